@@ -1,0 +1,53 @@
+// sim_api.h - host-side interface of the Metal simulator runtime.
+//
+// Kernels written in MSL (kernels/*.metal, or any user file) are translated/compiled as C++ against the
+// compatibility headers in this folder; each kernel entry point registers itself under its Metal function name.
+// `launch` executes one dispatch: a grid of threadgroups, each threadgroup's threads as fibers on one host thread,
+// with real barriers and SIMD-group collectives, and reports faults instead of crashing or hanging.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fasim {
+
+struct BufferArg {      // setBuffer:offset:atIndex:
+    int index;          // [[buffer(index)]]
+    void *data;         // already offset
+    size_t bytes;       // bytes addressable from data (accesses past it are out-of-bounds faults)
+    bool writable = true;
+};
+
+struct BytesArg {       // setBytes:length:atIndex:
+    int index;
+    const void *data;
+    size_t bytes;
+};
+
+struct LaunchConfig {
+    uint32_t grid[3] = {1, 1, 1};     // threadgroups per grid
+    uint32_t threads[3] = {1, 1, 1};  // threads per threadgroup
+    int schedules = 1;                // >1: rerun under reverse and seeded random schedules and compare results
+    uint64_t seed = 0x5eed;           // for the random schedules
+    bool checks = true;               // guard pages, poisoned threadgroup memory, divergence checks
+    int host_threads = 0;             // 0 = default pool size
+};
+
+struct Fault {
+    std::string kind;     // "race", "out-of-bounds", "uninitialized-read", "divergent-barrier", "error"
+    std::string message;  // names kernel, threadgroup, thread and source line where known
+};
+
+struct KernelInfo;  // opaque: one registered kernel entry point
+
+// Kernels compiled into the running binary (build-time translated kernels/*.metal, or a run-time compiled module).
+const KernelInfo *find_kernel(const char *name);
+std::vector<std::string> kernel_names();
+
+// Run one dispatch. Returns the faults found (empty = clean). Never throws for kernel faults.
+std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, const std::vector<BufferArg> &buffers,
+                          const std::vector<BytesArg> &bytes);
+
+}  // namespace fasim
