@@ -122,8 +122,19 @@ typedef struct fa_params {
     int32_t num_splits;          /* 0 = let the plan decide (split-KV decode); 1 = no split; n = at most n splits */
     int32_t num_threads;         /* CPU: 0 = pool default */
     int32_t sim_schedules;       /* sim: number of schedules to run and compare (0 or 1 = one forward schedule) */
-    void *backend_ctx;           /* metal: opaque handles for MPS tensors (see objc/), else NULL */
+    const struct fa_device_buffers *device_buffers; /* metal only: see below; NULL for host memory */
 } fa_params;
+
+/* Metal with tensors that already live in MTLBuffers (PyTorch MPS tensors, DLPack kDLMetal arrays): each user
+ * tensor is given as an `id<MTLBuffer>` handle (bridged to void*) plus a byte offset into it, indexed by
+ * fa_buffer_id (csrc/plan/fa_plan.h). The data pointers of fa_params are then not dereferenced by the Metal backend
+ * (they may be NULL); handle[i] == NULL means "not bound / use the host pointer". */
+#define FA_DEVICE_BUFFER_SLOTS 32
+typedef struct fa_device_buffers {
+    void *handle[FA_DEVICE_BUFFER_SLOTS];
+    int64_t byte_offset[FA_DEVICE_BUFFER_SLOTS];
+    int64_t byte_length[FA_DEVICE_BUFFER_SLOTS]; /* bytes addressable from byte_offset (bounds checks) */
+} fa_device_buffers;
 
 /* Zero every field and set the "off" values (-1 windows, headdim_v = headdim later, ...). */
 void fa_params_init(fa_params *p);
