@@ -22,15 +22,11 @@
 #include "bwd_dtype.h"
 #include "bwd_geometry.h"
 #include "bwd_parallel.h"
+#include "bwd_tile_math.h"
 #include "fa_backends.h"
 #include "fa_philox.h"
 
 namespace fa_bwd {
-
-// Tile sizes: 64 query rows x 64 keys keeps a worker's tiles (at head dim 128, fp32) around 200 KiB, inside L2,
-// while the inner loops run over 64 contiguous keys or head-dim elements (vectorisable without fast-math).
-constexpr int kBlockQ = 64;
-constexpr int kBlockK = 64;
 
 // The forward writes +inf as the LSE of a row that sees no key; test the bits so this survives -ffast-math.
 inline bool lse_is_dead(float v) {
@@ -70,27 +66,6 @@ struct Workspace {
         keep.assign(kBlockK, A(0));
     }
 };
-
-// out[r][c] = sum_e a[r][e] * bt[e][c] for r < nrows, all kBlockK columns (bt is [n][kBlockK], zero-padded).
-template <typename A>
-inline void matmul_rows_by_transposed(const A *a, int n, const A *bt, int nrows, A *out) {
-    for (int r = 0; r < nrows; ++r) {
-        A *o = out + (size_t)r * kBlockK;
-        for (int c = 0; c < kBlockK; ++c) o[c] = A(0);
-        const A *ar = a + (size_t)r * n;
-        for (int e = 0; e < n; ++e) {
-            const A x = ar[e];
-            const A *b = bt + (size_t)e * kBlockK;
-            for (int c = 0; c < kBlockK; ++c) o[c] += x * b[c];
-        }
-    }
-}
-
-// y[0..n) += alpha * x[0..n)
-template <typename A>
-inline void axpy(A *__restrict y, const A *__restrict x, A alpha, int n) {
-    for (int e = 0; e < n; ++e) y[e] += alpha * x[e];
-}
 
 template <typename T, typename A>
 class CpuBackward {
@@ -227,8 +202,8 @@ private:
         const bool capped = softcap_ > A(0);
         const A inv_cap = capped ? A(1) / softcap_ : A(0);
 
-        matmul_rows_by_transposed(w.q.data(), d_, w.k_t.data(), nq, w.s.data());
-        matmul_rows_by_transposed(w.dout.data(), dv_, w.v_t.data(), nq, w.dp.data());
+        tile_matmul_nt(w.q.data(), d_, w.k_t.data(), nq, w.s.data());
+        tile_matmul_nt(w.dout.data(), dv_, w.v_t.data(), nq, w.dp.data());
 
         bool any = false;
         for (int r = 0; r < nq; ++r) {
@@ -240,12 +215,12 @@ private:
                 for (int c = 0; c < kBlockK; ++c) s[c] = dp[c] = A(0);
                 continue;
             }
-            // P = exp(score - lse) on visible keys, 0 elsewhere
+            // P = exp(score - lse) on visible keys; masked keys get a huge negative exponent (exp -> 0)
             const A lse = w.lse[r];
             for (int c = 0; c < kBlockK; ++c) {
                 const int64_t j = j0 + c;
                 if (c >= nk || (!full && !window_.visible(i, j, g))) {
-                    s[c] = A(0);
+                    s[c] = A(-1e30);
                     continue;
                 }
                 A x = s[c] * scale_;
@@ -257,9 +232,10 @@ private:
                     const int64_t dist = i + g.diag - j;
                     x -= slope * (A)(dist < 0 ? -dist : dist);
                 }
-                s[c] = std::exp(x - lse);
+                s[c] = x - lse;
                 any = true;
             }
+            tile_exp_row(s);
             // dS = P (dP - D) with dP = dPd * keep / (1 - p); dX = dS * scale (* softcap derivative).
             // Pd = P * keep / (1 - p) replaces P afterwards (dS needs the undropped P).
             const A delta = w.delta[r];
@@ -314,16 +290,8 @@ private:
                     const int nq = (int)std::min<int64_t>(kBlockQ, ihi + 1 - i0);
                     load_query_tile(b, g, h, i0, nq, w);
                     if (!score_gradients(b, h, g, i0, nq, j0, nk, w)) continue;
-                    for (int r = 0; r < nq; ++r) {
-                        const A *pd = &w.s[(size_t)r * kBlockK];
-                        const A *dx = &w.dp[(size_t)r * kBlockK];
-                        const A *q = &w.q[(size_t)r * d_];
-                        const A *dout = &w.dout[(size_t)r * dv_];
-                        for (int c = 0; c < nk; ++c) {
-                            if (pd[c] != A(0)) axpy(dv + (size_t)c * dv_, dout, pd[c], dv_);
-                            if (dx[c] != A(0)) axpy(dk + (size_t)c * d_, q, dx[c], d_);
-                        }
-                    }
+                    tile_accumulate_tn(dv, w.s.data(), w.dout.data(), nq, nk, dv_);  // dV += Pdᵀ dO
+                    tile_accumulate_tn(dk, w.dp.data(), w.q.data(), nq, nk, d_);     // dK += dXᵀ Q
                 }
             }
         }
@@ -351,12 +319,7 @@ private:
             const int nk = (int)std::min<int64_t>(kBlockK, g.sk - j0);
             load_key_tile(b, g, hk, j0, nk, true, w);
             if (!score_gradients(b, h, g, i0, nq, j0, nk, w)) continue;
-            for (int r = 0; r < nq; ++r) {
-                const A *dx = &w.dp[(size_t)r * kBlockK];
-                A *dqr = dq + (size_t)r * d_;
-                for (int c = 0; c < nk; ++c)
-                    if (dx[c] != A(0)) axpy(dqr, &w.k_rows[(size_t)c * d_], dx[c], d_);
-            }
+            tile_accumulate_nn(dq, w.dp.data(), w.k_rows.data(), nq, nk, d_);  // dQ += dX K
         }
         for (int r = 0; r < nq; ++r) {
             T *out = q_side(p_->dq, b, g, i0 + r, h);
