@@ -201,12 +201,12 @@ cdef class _Call:
         """Fill `t` from a 4-d host buffer or DeviceTensor; returns its shape."""
         if isinstance(arr, DeviceTensor):
             return self._device_tensor(arr, t, slot, name)
-        cdef const uint16_t[:, :, :, ::1] r16
-        cdef uint16_t[:, :, :, ::1] w16
-        cdef const float[:, :, :, ::1] r32
-        cdef float[:, :, :, ::1] w32
-        cdef const double[:, :, :, ::1] r64
-        cdef double[:, :, :, ::1] w64
+        cdef const uint16_t[:, :, :, :] r16
+        cdef uint16_t[:, :, :, :] w16
+        cdef const float[:, :, :, :] r32
+        cdef float[:, :, :, :] w32
+        cdef const double[:, :, :, :] r64
+        cdef double[:, :, :, :] w64
         cdef Py_ssize_t[4] shp
         cdef Py_ssize_t[4] st
         cdef Py_ssize_t isz
@@ -259,6 +259,8 @@ cdef class _Call:
                 raise
             raise TypeError("%s: expected a %s 4-d buffer with a contiguous last axis%s (%s)"
                             % (name, _dtype_name(self.p.dtype), " (writable)" if writable else "", e)) from None
+        if st[3] != isz and shp[3] != 1:
+            raise ValueError("%s: the last (head-dim) axis must be contiguous (stride 1)" % name)
         t.batch_stride = _elem_stride(st[0], isz, name)
         t.row_stride = _elem_stride(st[1], isz, name)
         t.head_stride = _elem_stride(st[2], isz, name)
@@ -329,7 +331,7 @@ cdef class _Call:
         return (shp[0], shp[1], shp[2])
 
     cdef attn_probs(self, object arr):
-        cdef float[:, :, :, ::1] w
+        cdef float[:, :, :, :] w
         if isinstance(arr, DeviceTensor):
             raise NotImplementedError("attn_probs: only host memory is supported for the attention probabilities")
         try:
@@ -339,6 +341,8 @@ cdef class _Call:
                             % e) from None
         if w.shape[0] == 0 or w.shape[1] == 0 or w.shape[2] == 0 or w.shape[3] == 0:
             return
+        if w.strides[3] != 4 and w.shape[3] != 1:
+            raise ValueError("attn_probs: the last axis must be contiguous")
         self.keep.append(w)
         self.p.attn_probs = &w[0, 0, 0, 0]
         self.p.attn_probs_batch_stride = _elem_stride(w.strides[0], 4, "attn_probs")
@@ -360,11 +364,15 @@ cdef class _Call:
         return &r[0]
 
     cdef set_block_table(self, object arr):
-        cdef const int32_t[:, ::1] r
+        cdef const int32_t[:, :] r
         try:
             r = arr
         except (ValueError, TypeError, BufferError) as e:
             raise TypeError("block_table: expected an int32 2-d array with a contiguous last axis (%s)" % e) from None
+        if r.shape[1] > 1 and r.strides[1] != 4:
+            raise ValueError("block_table: the last axis must be contiguous")
+        if r.strides[0] < 0 or r.strides[0] % 4:
+            raise ValueError("block_table: row stride must be a non-negative multiple of 4 bytes")
         if r.shape[0] != self.p.batch:
             raise ValueError("block_table: expected %d rows (batch), got %d" % (self.p.batch, r.shape[0]))
         if r.shape[1] < 1:

@@ -117,6 +117,9 @@ def attention_forward(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seql
     kw = _core_kwargs(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
                       window_size, softcap, alibi_slopes, block_table, rng)
     kw.pop("deterministic")
+    if varlen and block_table is not None:
+        # paged varlen: keys of sequence b are the first cu_seqlens_k[b+1]-cu_seqlens_k[b] rows of its pages
+        kw["seqused_k"] = np.ascontiguousarray(np.diff(cu_seqlens_k), dtype=np.int32)
     if probs is not None:
         kw["attn_probs"] = _arrays.core_view(probs, "attn_probs", writable=True)
     lead = varlen
