@@ -9,8 +9,8 @@
 //   dQ  += dX K                                    pass 2: one work item per (batch, q head, query block)
 // D is the right correction with dropout too because O already contains the dropped, rescaled P.
 //
-// Every work item owns the output rows it writes and sums in a fixed order, so results never depend on the thread
-// schedule: the backward is always deterministic (fa_params.deterministic costs nothing here). The price is that
+// Work items run on the CPU backend's pool (csrc/cpu/thread_pool.h). Every work item owns the output rows it writes
+// and sums in a fixed order, so results never depend on the thread schedule: the backward is always deterministic (fa_params.deterministic costs nothing here). The price is that
 // pass 2 recomputes S and dPd (7 tile products instead of 5); in exchange there are no atomics, no per-thread dQ
 // copies and no reduction. Extra memory: D (one value per query row and head) plus a few tiles per worker.
 #include <cmath>
@@ -21,10 +21,10 @@
 
 #include "bwd_dtype.h"
 #include "bwd_geometry.h"
-#include "bwd_parallel.h"
 #include "bwd_tile_math.h"
 #include "fa_backends.h"
 #include "fa_philox.h"
+#include "cpu/thread_pool.h"
 
 namespace fa_bwd {
 
@@ -35,7 +35,7 @@ inline bool lse_is_dead(float v) {
     return (u & 0x7f800000u) == 0x7f800000u;  // +-inf or nan: the row contributes nothing
 }
 
-// Per-worker scratch tiles, accumulation type A. Sized once before the passes start.
+// Per-thread scratch tiles, accumulation type A (see CpuBackward::workspace).
 template <typename A>
 struct Workspace {
     std::vector<A> q, dout;     // [kBlockQ][d], [kBlockQ][dv]: query rows of the tile
@@ -47,6 +47,15 @@ struct Workspace {
     std::vector<A> lse, delta;  // [kBlockQ] per-row LSE and D
     std::vector<char> dead;     // [kBlockQ] row sees no key
     std::vector<A> keep;        // [kBlockK] dropout factor of one row: 0 or 1 / (1 - p)
+
+    int d_ = -1, dv_ = -1;  // head dims the tiles are sized for
+
+    void ensure(int d, int dv) {
+        if (d == d_ && dv == dv_) return;
+        allocate(d, dv);
+        d_ = d;
+        dv_ = dv;
+    }
 
     void allocate(int d, int dv) {
         const int dm = d > dv ? d : dv;
@@ -97,29 +106,28 @@ public:
         }
     }
 
-    void run() {
+    // Returns false if a work item failed (out of memory for its workspace).
+    bool run() {
         delta_.assign((size_t)p_->nheads_q * (size_t)q_rows_, A(0));
         const int64_t nqb = (max_sq_ + kBlockQ - 1) / kBlockQ;
         const int64_t nkb = (max_sk_ + kBlockK - 1) / kBlockK;
         const int64_t items0 = (int64_t)p_->batch * p_->nheads_q;
         const int64_t items1 = (int64_t)p_->batch * p_->nheads_kv * nkb;
         const int64_t items2 = (int64_t)p_->batch * p_->nheads_q * nqb;
-        const int workers = worker_count(p_->num_threads, std::max(items1, items2));
-        std::vector<Workspace<A>> ws((size_t)workers);
-        for (auto &w : ws) w.allocate(d_, dv_);
-
-        parallel_items(items0, worker_count(p_->num_threads, items0), [&](int64_t item, int) {
+        const int threads = p_->num_threads;
+        bool ok = fa_cpu::parallel_for(items0, [&](int64_t item) {
             compute_delta(item / p_->nheads_q, item % p_->nheads_q);
-        });
-        parallel_items(items1, workers, [&](int64_t item, int worker) {
+        }, threads);
+        ok = ok && fa_cpu::parallel_for(items1, [&](int64_t item) {
             const int64_t kb = item % nkb, rest = item / nkb;
-            dkdv_block(rest / p_->nheads_kv, rest % p_->nheads_kv, kb, ws[(size_t)worker]);
-        });
-        parallel_items(items2, workers, [&](int64_t item, int worker) {
+            dkdv_block(rest / p_->nheads_kv, rest % p_->nheads_kv, kb, workspace());
+        }, threads);
+        ok = ok && fa_cpu::parallel_for(items2, [&](int64_t item) {
             const int64_t qb = item % nqb, rest = item / nqb;
-            dq_block(rest / p_->nheads_q, rest % p_->nheads_q, qb, ws[(size_t)worker]);
-        });
-        zero_unowned_packed_rows();
+            dq_block(rest / p_->nheads_q, rest % p_->nheads_q, qb, workspace());
+        }, threads);
+        if (ok) zero_unowned_packed_rows();
+        return ok;
     }
 
 private:
@@ -141,6 +149,12 @@ private:
     A &delta_at(int64_t b, const SeqGeometry &g, int64_t row, int64_t h) {
         const int64_t r = packed_q_ ? g.q_row0 + row : b * p_->seqlen_q + row;
         return delta_[(size_t)h * (size_t)q_rows_ + (size_t)r];
+    }
+    // The calling thread's scratch tiles: pool workers persist, so each keeps one set across calls.
+    Workspace<A> &workspace() const {
+        thread_local Workspace<A> ws;
+        ws.ensure(d_, dv_);
+        return ws;
     }
     A alibi_slope(int64_t b, int64_t h) const {
         return p_->alibi_slopes ? (A)p_->alibi_slopes[b * p_->alibi_batch_stride + h] : A(0);
@@ -365,7 +379,10 @@ template <typename T, typename A>
 int run_backward(const fa_params *p, char *err, size_t errlen) {
     try {
         CpuBackward<T, A> bwd(p);
-        bwd.run();
+        if (!bwd.run()) {
+            std::snprintf(err, errlen, "cpu backward: a worker failed (out of memory for its tiles?)");
+            return FA_ERR_RUNTIME;
+        }
     } catch (const std::bad_alloc &) {
         std::snprintf(err, errlen, "cpu backward: out of memory allocating workspaces");
         return FA_ERR_RUNTIME;
