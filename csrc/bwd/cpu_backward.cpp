@@ -94,6 +94,7 @@ public:
             threshold_ = t >= 4294967295.0 ? 0xffffffffu : (uint32_t)t;
             keep_scale_ = p->dropout_p < 1.0f ? (A)(1.0 / (1.0 - (double)p->dropout_p)) : A(0);
         }
+        refine_lse_ = sizeof(A) > sizeof(float);
         q_rows_ = packed_q_ ? p->total_q : (int64_t)p->batch * p->seqlen_q;
         max_sq_ = p->seqlen_q;
         max_sk_ = p->seqlen_k;
@@ -118,6 +119,13 @@ public:
         bool ok = fa_cpu::parallel_for(items0, [&](int64_t item) {
             compute_delta(item / p_->nheads_q, item % p_->nheads_q);
         }, threads);
+        if (refine_lse_) {
+            lse_fine_.assign((size_t)p_->nheads_q * (size_t)q_rows_, A(0));
+            ok = ok && fa_cpu::parallel_for(items2, [&](int64_t item) {
+                const int64_t qb = item % nqb, rest = item / nqb;
+                refine_lse_block(rest / p_->nheads_q, rest % p_->nheads_q, qb, workspace());
+            }, threads);
+        }
         ok = ok && fa_cpu::parallel_for(items1, [&](int64_t item) {
             const int64_t kb = item % nkb, rest = item / nkb;
             dkdv_block(rest / p_->nheads_kv, rest % p_->nheads_kv, kb, workspace());
@@ -146,10 +154,12 @@ private:
                             (g.q_row0 + row) * p_->lse_row_stride;
         return p_->lse[off];
     }
-    A &delta_at(int64_t b, const SeqGeometry &g, int64_t row, int64_t h) {
+    // Element (b, h, row) of a per-query-row buffer laid out [nheads_q][q rows] (D, refined LSE).
+    A &row_at(std::vector<A> &buf, int64_t b, const SeqGeometry &g, int64_t row, int64_t h) const {
         const int64_t r = packed_q_ ? g.q_row0 + row : b * p_->seqlen_q + row;
-        return delta_[(size_t)h * (size_t)q_rows_ + (size_t)r];
+        return buf[(size_t)h * (size_t)q_rows_ + (size_t)r];
     }
+    A &delta_at(int64_t b, const SeqGeometry &g, int64_t row, int64_t h) { return row_at(delta_, b, g, row, h); }
     // The calling thread's scratch tiles: pool workers persist, so each keeps one set across calls.
     Workspace<A> &workspace() const {
         thread_local Workspace<A> ws;
@@ -184,7 +194,7 @@ private:
             for (int e = 0; e < dv_; ++e) dr[e] = elem<T, A>::load(dout + e);
             const float lse = lse_at(b, g, i0 + r, h);
             w.dead[r] = lse_is_dead(lse) || window_.key_lo(i0 + r, g) > window_.key_hi(i0 + r, g);
-            w.lse[r] = w.dead[r] ? A(0) : (A)lse;
+            w.lse[r] = w.dead[r] ? A(0) : (lse_fine_.empty() ? (A)lse : row_at(lse_fine_, b, g, i0 + r, h));
             w.delta[r] = delta_at(b, g, i0 + r, h);
         }
     }
@@ -206,15 +216,43 @@ private:
         }
     }
 
+    // One row of the tile: raw products q·k in s -> P = exp(score - lse), 0 on masked keys (and tanh of the capped
+    // score in th for the softcap derivative). Returns true if some key of the row is visible.
+    bool probabilities_row(int64_t b, int64_t h, const SeqGeometry &g, int64_t i, int64_t j0, int nk, bool full,
+                           A lse, A *s, A *th) const {
+        const A slope = alibi_slope(b, h);
+        const bool capped = softcap_ > A(0);
+        const A inv_cap = capped ? A(1) / softcap_ : A(0);
+        bool any = false;
+        for (int c = 0; c < kBlockK; ++c) {
+            const int64_t j = j0 + c;
+            if (c >= nk || (!full && !window_.visible(i, j, g))) {
+                s[c] = A(-1e30);  // exp -> 0
+                continue;
+            }
+            A x = s[c] * scale_;
+            if (capped) {
+                th[c] = std::tanh(x * inv_cap);
+                x = softcap_ * th[c];
+            }
+            if (slope != A(0)) {
+                const int64_t dist = i + g.diag - j;
+                x -= slope * (A)(dist < 0 ? -dist : dist);
+            }
+            s[c] = x - lse;
+            any = true;
+        }
+        tile_exp_row(s);
+        return any;
+    }
+
     // ---- the shared tile: probabilities and score gradients for rows [i0, i0+nq) x keys [j0, j0+nk) ----
     // On return w.s holds Pd (dropped, rescaled probabilities: dV += Pdᵀ dO) and w.dp holds dX, the gradient with
     // respect to the raw product q·k (dQ += dX K, dK += dXᵀ Q). Returns false when the whole tile is masked.
     bool score_gradients(int64_t b, int64_t h, const SeqGeometry &g, int64_t i0, int nq, int64_t j0, int nk,
                          Workspace<A> &w) {
         const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
-        const A slope = alibi_slope(b, h);
         const bool capped = softcap_ > A(0);
-        const A inv_cap = capped ? A(1) / softcap_ : A(0);
 
         tile_matmul_nt(w.q.data(), d_, w.k_t.data(), nq, w.s.data());
         tile_matmul_nt(w.dout.data(), dv_, w.v_t.data(), nq, w.dp.data());
@@ -229,27 +267,7 @@ private:
                 for (int c = 0; c < kBlockK; ++c) s[c] = dp[c] = A(0);
                 continue;
             }
-            // P = exp(score - lse) on visible keys; masked keys get a huge negative exponent (exp -> 0)
-            const A lse = w.lse[r];
-            for (int c = 0; c < kBlockK; ++c) {
-                const int64_t j = j0 + c;
-                if (c >= nk || (!full && !window_.visible(i, j, g))) {
-                    s[c] = A(-1e30);
-                    continue;
-                }
-                A x = s[c] * scale_;
-                if (capped) {
-                    th[c] = std::tanh(x * inv_cap);
-                    x = softcap_ * th[c];
-                }
-                if (slope != A(0)) {
-                    const int64_t dist = i + g.diag - j;
-                    x -= slope * (A)(dist < 0 ? -dist : dist);
-                }
-                s[c] = x - lse;
-                any = true;
-            }
-            tile_exp_row(s);
+            if (probabilities_row(b, h, g, i, j0, nk, full, w.lse[r], s, th)) any = true;
             // dS = P (dP - D) with dP = dPd * keep / (1 - p); dX = dS * scale (* softcap derivative).
             // Pd = P * keep / (1 - p) replaces P afterwards (dS needs the undropped P).
             const A delta = w.delta[r];
@@ -283,6 +301,34 @@ private:
                 fa_dropout_words(p_->dropout_seed, p_->dropout_offset, bh, (uint32_t)i, (uint32_t)(j0 + c));
             for (int u = 0; u < 4; ++u) keep[c + u] = words.w[u] >= threshold_ ? keep_scale_ : A(0);
         }
+    }
+
+    // ---- float64 only: LSE refined to double precision ----
+    // The ABI's LSE is fp32, which would cap fp64 gradients at ~1e-7 relative error (useless for gradcheck).
+    // lse64 = lse32 + log(sum_j exp(score_j - lse32)) recovers it with one extra pass of Q Kᵀ.
+    void refine_lse_block(int64_t b, int64_t h, int64_t qb, Workspace<A> &w) {
+        const SeqGeometry g = sequence_geometry(p_, b);
+        const int64_t i0 = qb * kBlockQ;
+        if (i0 >= g.sq) return;
+        const int nq = (int)std::min<int64_t>(kBlockQ, g.sq - i0);
+        load_query_tile(b, g, h, i0, nq, w);  // lse_fine_ is still empty here: w.lse holds the fp32 values
+        A sums[kBlockQ] = {};
+        const int64_t jlo = window_.key_lo(i0, g), jhi = window_.key_hi(i0 + nq - 1, g);
+        for (int64_t kb = jlo / kBlockK; jlo <= jhi && kb <= jhi / kBlockK; ++kb) {
+            const int64_t j0 = kb * kBlockK;
+            const int nk = (int)std::min<int64_t>(kBlockK, g.sk - j0);
+            load_key_tile(b, g, h / group_, j0, nk, false, w);
+            const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
+            tile_matmul_nt(w.q.data(), d_, w.k_t.data(), nq, w.s.data());
+            for (int r = 0; r < nq; ++r) {
+                if (w.dead[r]) continue;
+                A *s = &w.s[(size_t)r * kBlockK];
+                probabilities_row(b, h, g, i0 + r, j0, nk, full, w.lse[r], s, &w.tanh_t[(size_t)r * kBlockK]);
+                for (int c = 0; c < kBlockK; ++c) sums[r] += s[c];
+            }
+        }
+        for (int r = 0; r < nq; ++r)
+            row_at(lse_fine_, b, g, i0 + r, h) = (!w.dead[r] && sums[r] > A(0)) ? w.lse[r] + std::log(sums[r]) : w.lse[r];
     }
 
     // ---- pass 1: dK, dV for keys [kb*kBlockK, ...) of kv head hk, summed over the query heads of its group ----
@@ -372,7 +418,9 @@ private:
     uint32_t threshold_ = 0;
     A keep_scale_ = 1;
     int64_t q_rows_ = 0, max_sq_ = 0, max_sk_ = 0;
-    std::vector<A> delta_;  // [nheads_q][q rows]: D = rowsum(dO * O)
+    std::vector<A> delta_;     // [nheads_q][q rows]: D = rowsum(dO * O)
+    bool refine_lse_ = false;  // fp64: recompute the LSE in double (refine_lse_block)
+    std::vector<A> lse_fine_;  // [nheads_q][q rows]: the refined LSE, empty unless refine_lse_
 };
 
 template <typename T, typename A>
