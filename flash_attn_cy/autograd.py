@@ -16,7 +16,7 @@ Dropout: when no ``seed`` is given, the (seed, offset) pair is drawn from PyTorc
 from __future__ import annotations
 
 import numbers
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -80,7 +80,7 @@ def _out_shapes(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tensor],
 def _fwd_op(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor],
             alibi_slopes: Optional[Tensor], rng_state: Tensor, max_seqlen_q: int, max_seqlen_k: int,
             dropout_p: float, softmax_scale: float, window_left: int, window_right: int, softcap: float,
-            deterministic: bool, return_probs: bool, backend: str) -> List[Tensor]:
+            deterministic: bool, return_probs: bool, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     from .interface import attention_forward
 
     args = _norm_args(cu_seqlens_q, cu_seqlens_k, alibi_slopes, rng_state, max_seqlen_q, max_seqlen_k, dropout_p,
@@ -90,7 +90,7 @@ def _fwd_op(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tensor], cu_
         out[int(cu_seqlens_q[-1]):] = 0  # rows outside every sequence: defined zeros
     if probs is None:
         probs = torch.empty((0,), dtype=torch.float32, device=q.device)
-    return [out, lse, probs]
+    return out, lse, probs
 
 
 @_fwd_op.register_fake
@@ -98,15 +98,15 @@ def _fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes, rng_state, max_
               dropout_p, softmax_scale, window_left, window_right, softcap, deterministic, return_probs, backend):
     out_shape, lse_shape, probs_shape = _out_shapes(q, k, v, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
     want_probs = return_probs and dropout_p > 0
-    return [q.new_empty(out_shape), q.new_empty(lse_shape, dtype=torch.float32),
-            q.new_empty(probs_shape if want_probs else (0,), dtype=torch.float32)]
+    return (q.new_empty(out_shape), q.new_empty(lse_shape, dtype=torch.float32),
+            q.new_empty(probs_shape if want_probs else (0,), dtype=torch.float32))
 
 
 @torch.library.custom_op("flash_attn_cy::bwd", mutates_args=())
 def _bwd_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, softmax_lse: Tensor,
             cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor], alibi_slopes: Optional[Tensor],
             rng_state: Tensor, max_seqlen_q: int, max_seqlen_k: int, dropout_p: float, softmax_scale: float,
-            window_left: int, window_right: int, softcap: float, deterministic: bool, backend: str) -> List[Tensor]:
+            window_left: int, window_right: int, softcap: float, deterministic: bool, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     from .interface import attention_backward
 
     args = _norm_args(cu_seqlens_q, cu_seqlens_k, alibi_slopes, rng_state, max_seqlen_q, max_seqlen_k, dropout_p,
@@ -115,13 +115,13 @@ def _bwd_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, softmax_
     # varlen rows outside every sequence get zero gradients (backends write only the rows sequences own)
     grads = [torch.zeros_like(x) if varlen else torch.empty_like(x) for x in (q, k, v)]
     dq, dk, dv = attention_backward(dout, q, k, v, out, softmax_lse, dq=grads[0], dk=grads[1], dv=grads[2], **args)
-    return [dq, dk, dv]
+    return dq, dk, dv
 
 
 @_bwd_op.register_fake
 def _bwd_fake(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes, rng_state, max_seqlen_q,
               max_seqlen_k, dropout_p, softmax_scale, window_left, window_right, softcap, deterministic, backend):
-    return [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)]
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 # ---- autograd: fwd's derivative is bwd --------------------------------------------------------------------------
