@@ -92,7 +92,8 @@ public:
         if (dropout_) {
             const double t = std::floor((double)p->dropout_p * 4294967296.0);
             threshold_ = t >= 4294967295.0 ? 0xffffffffu : (uint32_t)t;
-            keep_scale_ = p->dropout_p < 1.0f ? (A)(1.0 / (1.0 - (double)p->dropout_p)) : A(0);
+            // the forward's factor exactly (a float, also in fp64) so forward and backward are consistent
+            keep_scale_ = p->dropout_p < 1.0f ? (A)(1.0f / (1.0f - p->dropout_p)) : A(0);
         }
         refine_lse_ = sizeof(A) > sizeof(float);
         q_rows_ = packed_q_ ? p->total_q : (int64_t)p->batch * p->seqlen_q;
