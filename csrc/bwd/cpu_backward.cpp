@@ -1,0 +1,397 @@
+// cpu_backward.cpp - FlashAttention-2 backward on the CPU (fa_cpu_backward in csrc/fa_backends.h).
+//
+// Algorithm (Dao, "FlashAttention-2", 2023, Algorithm 2), with P recomputed tile by tile from the forward's LSE:
+//   D    = rowsum(dO * O)                          pass 0, once per query row
+//   P    = exp(S - lse),  Pd = P * dropout_mask / (1 - p)
+//   dV  += Pdᵀ dO,  dPd = dO Vᵀ,  dS = P * (dPd * dropout_mask / (1 - p) - D)
+//   dX   = dS * scale * (1 - tanh²) under softcap  (gradient with respect to the raw product q·k)
+//   dK  += dXᵀ Q                                   pass 1: one work item per (batch, kv head, key block)
+//   dQ  += dX K                                    pass 2: one work item per (batch, q head, query block)
+// D is the right correction with dropout too because O already contains the dropped, rescaled P.
+//
+// Every work item owns the output rows it writes and sums in a fixed order, so results never depend on the thread
+// schedule: the backward is always deterministic (fa_params.deterministic costs nothing here). The price is that
+// pass 2 recomputes S and dPd (7 tile products instead of 5); in exchange there are no atomics, no per-thread dQ
+// copies and no reduction. Extra memory: D (one value per query row and head) plus a few tiles per worker.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "bwd_dtype.h"
+#include "bwd_geometry.h"
+#include "bwd_parallel.h"
+#include "bwd_tile_math.h"
+#include "fa_backends.h"
+#include "fa_philox.h"
+
+namespace fa_bwd {
+
+// The forward writes +inf as the LSE of a row that sees no key; test the bits so this survives -ffast-math.
+inline bool lse_is_dead(float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    return (u & 0x7f800000u) == 0x7f800000u;  // +-inf or nan: the row contributes nothing
+}
+
+// Per-worker scratch tiles, accumulation type A. Sized once before the passes start.
+template <typename A>
+struct Workspace {
+    std::vector<A> q, dout;     // [kBlockQ][d], [kBlockQ][dv]: query rows of the tile
+    std::vector<A> k_rows;      // [kBlockK][d]: keys row-major (dQ += dX K)
+    std::vector<A> k_t, v_t;    // [d][kBlockK], [dv][kBlockK]: keys/values transposed (S = Q Kᵀ, dPd = dO Vᵀ)
+    std::vector<A> s, dp;       // [kBlockQ][kBlockK]: scores, then Pd; dPd, then dX
+    std::vector<A> tanh_t;      // [kBlockQ][kBlockK]: tanh of the capped score (softcap derivative)
+    std::vector<A> acc_a, acc_b;  // dK/dV accumulators [kBlockK][d|dv] in pass 1; dQ [kBlockQ][d] in pass 2
+    std::vector<A> lse, delta;  // [kBlockQ] per-row LSE and D
+    std::vector<char> dead;     // [kBlockQ] row sees no key
+    std::vector<A> keep;        // [kBlockK] dropout factor of one row: 0 or 1 / (1 - p)
+
+    void allocate(int d, int dv) {
+        const int dm = d > dv ? d : dv;
+        q.assign((size_t)kBlockQ * d, A(0));
+        dout.assign((size_t)kBlockQ * dv, A(0));
+        k_rows.assign((size_t)kBlockK * d, A(0));
+        k_t.assign((size_t)d * kBlockK, A(0));
+        v_t.assign((size_t)dv * kBlockK, A(0));
+        s.assign((size_t)kBlockQ * kBlockK, A(0));
+        dp.assign((size_t)kBlockQ * kBlockK, A(0));
+        tanh_t.assign((size_t)kBlockQ * kBlockK, A(0));
+        acc_a.assign((size_t)(kBlockK > kBlockQ ? kBlockK : kBlockQ) * dm, A(0));
+        acc_b.assign((size_t)kBlockK * dm, A(0));
+        lse.assign(kBlockQ, A(0));
+        delta.assign(kBlockQ, A(0));
+        dead.assign(kBlockQ, 0);
+        keep.assign(kBlockK, A(0));
+    }
+};
+
+template <typename T, typename A>
+class CpuBackward {
+public:
+    explicit CpuBackward(const fa_params *p) : p_(p) {
+        d_ = p->headdim;
+        dv_ = p->headdim_v > 0 ? p->headdim_v : p->headdim;
+        group_ = p->nheads_q / p->nheads_kv;
+        window_ = mask_window(p);
+        packed_q_ = p->cu_seqlens_q != nullptr;
+        packed_k_ = p->cu_seqlens_k != nullptr;
+        scale_ = (A)p->softmax_scale;
+        softcap_ = (A)p->softcap;
+        dropout_ = p->dropout_p > 0.0f;
+        if (dropout_) {
+            const double t = std::floor((double)p->dropout_p * 4294967296.0);
+            threshold_ = t >= 4294967295.0 ? 0xffffffffu : (uint32_t)t;
+            keep_scale_ = p->dropout_p < 1.0f ? (A)(1.0 / (1.0 - (double)p->dropout_p)) : A(0);
+        }
+        q_rows_ = packed_q_ ? p->total_q : (int64_t)p->batch * p->seqlen_q;
+        max_sq_ = p->seqlen_q;
+        max_sk_ = p->seqlen_k;
+        if (packed_q_ || packed_k_) {
+            for (int64_t b = 0; b < p->batch; ++b) {
+                const SeqGeometry g = sequence_geometry(p, b);
+                if (packed_q_) max_sq_ = b == 0 ? g.sq : std::max(max_sq_, g.sq);
+                if (packed_k_) max_sk_ = b == 0 ? g.sk_rows : std::max(max_sk_, g.sk_rows);
+            }
+        }
+    }
+
+    void run() {
+        delta_.assign((size_t)p_->nheads_q * (size_t)q_rows_, A(0));
+        const int64_t nqb = (max_sq_ + kBlockQ - 1) / kBlockQ;
+        const int64_t nkb = (max_sk_ + kBlockK - 1) / kBlockK;
+        const int64_t items0 = (int64_t)p_->batch * p_->nheads_q;
+        const int64_t items1 = (int64_t)p_->batch * p_->nheads_kv * nkb;
+        const int64_t items2 = (int64_t)p_->batch * p_->nheads_q * nqb;
+        const int workers = worker_count(p_->num_threads, std::max(items1, items2));
+        std::vector<Workspace<A>> ws((size_t)workers);
+        for (auto &w : ws) w.allocate(d_, dv_);
+
+        parallel_items(items0, worker_count(p_->num_threads, items0), [&](int64_t item, int) {
+            compute_delta(item / p_->nheads_q, item % p_->nheads_q);
+        });
+        parallel_items(items1, workers, [&](int64_t item, int worker) {
+            const int64_t kb = item % nkb, rest = item / nkb;
+            dkdv_block(rest / p_->nheads_kv, rest % p_->nheads_kv, kb, ws[(size_t)worker]);
+        });
+        parallel_items(items2, workers, [&](int64_t item, int worker) {
+            const int64_t qb = item % nqb, rest = item / nqb;
+            dq_block(rest / p_->nheads_q, rest % p_->nheads_q, qb, ws[(size_t)worker]);
+        });
+        zero_unowned_packed_rows();
+    }
+
+private:
+    // ---- addressing ----
+    // Element pointer of row `row` (relative to the sequence) of a q-side tensor (q, out, dout, dq).
+    T *q_side(const fa_tensor &t, int64_t b, const SeqGeometry &g, int64_t row, int64_t h) const {
+        const int64_t off = (packed_q_ ? 0 : b * t.batch_stride) + (g.q_row0 + row) * t.row_stride + h * t.head_stride;
+        return static_cast<T *>(t.data) + off;
+    }
+    T *k_side(const fa_tensor &t, int64_t b, const SeqGeometry &g, int64_t row, int64_t h) const {
+        const int64_t off = (packed_k_ ? 0 : b * t.batch_stride) + (g.k_row0 + row) * t.row_stride + h * t.head_stride;
+        return static_cast<T *>(t.data) + off;
+    }
+    float lse_at(int64_t b, const SeqGeometry &g, int64_t row, int64_t h) const {
+        const int64_t off = (packed_q_ ? 0 : b * p_->lse_batch_stride) + h * p_->lse_head_stride +
+                            (g.q_row0 + row) * p_->lse_row_stride;
+        return p_->lse[off];
+    }
+    A &delta_at(int64_t b, const SeqGeometry &g, int64_t row, int64_t h) {
+        const int64_t r = packed_q_ ? g.q_row0 + row : b * p_->seqlen_q + row;
+        return delta_[(size_t)h * (size_t)q_rows_ + (size_t)r];
+    }
+    A alibi_slope(int64_t b, int64_t h) const {
+        return p_->alibi_slopes ? (A)p_->alibi_slopes[b * p_->alibi_batch_stride + h] : A(0);
+    }
+
+    // ---- pass 0: D = rowsum(dO * O) ----
+    void compute_delta(int64_t b, int64_t h) {
+        const SeqGeometry g = sequence_geometry(p_, b);
+        for (int64_t i = 0; i < g.sq; ++i) {
+            const T *o = q_side(p_->out, b, g, i, h);
+            const T *dout = q_side(p_->dout, b, g, i, h);
+            A sum = 0;
+            for (int e = 0; e < dv_; ++e) sum += elem<T, A>::load(o + e) * elem<T, A>::load(dout + e);
+            delta_at(b, g, i, h) = sum;
+        }
+    }
+
+    // ---- tile loads ----
+    // Query-side rows [i0, i0+nq) of head h: q, dO, LSE, D and the dead-row flags.
+    void load_query_tile(int64_t b, const SeqGeometry &g, int64_t h, int64_t i0, int nq, Workspace<A> &w) {
+        for (int r = 0; r < nq; ++r) {
+            const T *q = q_side(p_->q, b, g, i0 + r, h);
+            const T *dout = q_side(p_->dout, b, g, i0 + r, h);
+            A *qr = &w.q[(size_t)r * d_];
+            A *dr = &w.dout[(size_t)r * dv_];
+            for (int e = 0; e < d_; ++e) qr[e] = elem<T, A>::load(q + e);
+            for (int e = 0; e < dv_; ++e) dr[e] = elem<T, A>::load(dout + e);
+            const float lse = lse_at(b, g, i0 + r, h);
+            w.dead[r] = lse_is_dead(lse) || window_.key_lo(i0 + r, g) > window_.key_hi(i0 + r, g);
+            w.lse[r] = w.dead[r] ? A(0) : (A)lse;
+            w.delta[r] = delta_at(b, g, i0 + r, h);
+        }
+    }
+
+    // Keys/values [j0, j0+nk) of kv head hk, transposed (zero-padded to kBlockK columns); row-major keys if asked.
+    void load_key_tile(int64_t b, const SeqGeometry &g, int64_t hk, int64_t j0, int nk, bool rows, Workspace<A> &w) {
+        for (int c = 0; c < kBlockK; ++c) {
+            if (c < nk) {
+                const T *k = k_side(p_->k, b, g, j0 + c, hk);
+                const T *v = k_side(p_->v, b, g, j0 + c, hk);
+                for (int e = 0; e < d_; ++e) w.k_t[(size_t)e * kBlockK + c] = elem<T, A>::load(k + e);
+                for (int e = 0; e < dv_; ++e) w.v_t[(size_t)e * kBlockK + c] = elem<T, A>::load(v + e);
+                if (rows)
+                    for (int e = 0; e < d_; ++e) w.k_rows[(size_t)c * d_ + e] = w.k_t[(size_t)e * kBlockK + c];
+            } else {
+                for (int e = 0; e < d_; ++e) w.k_t[(size_t)e * kBlockK + c] = A(0);
+                for (int e = 0; e < dv_; ++e) w.v_t[(size_t)e * kBlockK + c] = A(0);
+            }
+        }
+    }
+
+    // ---- the shared tile: probabilities and score gradients for rows [i0, i0+nq) x keys [j0, j0+nk) ----
+    // On return w.s holds Pd (dropped, rescaled probabilities: dV += Pdᵀ dO) and w.dp holds dX, the gradient with
+    // respect to the raw product q·k (dQ += dX K, dK += dXᵀ Q). Returns false when the whole tile is masked.
+    bool score_gradients(int64_t b, int64_t h, const SeqGeometry &g, int64_t i0, int nq, int64_t j0, int nk,
+                         Workspace<A> &w) {
+        const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
+        const A slope = alibi_slope(b, h);
+        const bool capped = softcap_ > A(0);
+        const A inv_cap = capped ? A(1) / softcap_ : A(0);
+
+        tile_matmul_nt(w.q.data(), d_, w.k_t.data(), nq, w.s.data());
+        tile_matmul_nt(w.dout.data(), dv_, w.v_t.data(), nq, w.dp.data());
+
+        bool any = false;
+        for (int r = 0; r < nq; ++r) {
+            A *s = &w.s[(size_t)r * kBlockK];
+            A *dp = &w.dp[(size_t)r * kBlockK];
+            A *th = &w.tanh_t[(size_t)r * kBlockK];
+            const int64_t i = i0 + r;
+            if (w.dead[r]) {
+                for (int c = 0; c < kBlockK; ++c) s[c] = dp[c] = A(0);
+                continue;
+            }
+            // P = exp(score - lse) on visible keys; masked keys get a huge negative exponent (exp -> 0)
+            const A lse = w.lse[r];
+            for (int c = 0; c < kBlockK; ++c) {
+                const int64_t j = j0 + c;
+                if (c >= nk || (!full && !window_.visible(i, j, g))) {
+                    s[c] = A(-1e30);
+                    continue;
+                }
+                A x = s[c] * scale_;
+                if (capped) {
+                    th[c] = std::tanh(x * inv_cap);
+                    x = softcap_ * th[c];
+                }
+                if (slope != A(0)) {
+                    const int64_t dist = i + g.diag - j;
+                    x -= slope * (A)(dist < 0 ? -dist : dist);
+                }
+                s[c] = x - lse;
+                any = true;
+            }
+            tile_exp_row(s);
+            // dS = P (dP - D) with dP = dPd * keep / (1 - p); dX = dS * scale (* softcap derivative).
+            // Pd = P * keep / (1 - p) replaces P afterwards (dS needs the undropped P).
+            const A delta = w.delta[r];
+            if (dropout_) {
+                A *keep = w.keep.data();
+                dropout_factors(b, h, i, j0, keep);
+                for (int c = 0; c < kBlockK; ++c) {
+                    A ds = s[c] * (dp[c] * keep[c] - delta);
+                    if (capped) ds *= A(1) - th[c] * th[c];
+                    dp[c] = ds * scale_;
+                    s[c] *= keep[c];
+                }
+            } else {
+                for (int c = 0; c < kBlockK; ++c) {
+                    A ds = s[c] * (dp[c] - delta);
+                    if (capped) ds *= A(1) - th[c] * th[c];
+                    dp[c] = ds * scale_;
+                }
+            }
+        }
+        return any;
+    }
+
+    // keep[c] = 1 / (1 - p) if key j0 + c of row i survives dropout, else 0. The mask is regenerated from Philox
+    // exactly as the forward drew it (kernels/fa_philox.h): bh = b * nheads_q + h, row/col within the sequence.
+    // j0 is a multiple of kBlockK, hence of 4, so each Philox call covers 4 consecutive columns of this tile.
+    void dropout_factors(int64_t b, int64_t h, int64_t i, int64_t j0, A *keep) const {
+        const uint32_t bh = (uint32_t)(b * p_->nheads_q + h);
+        for (int c = 0; c < kBlockK; c += 4) {
+            const fa_philox_out words =
+                fa_dropout_words(p_->dropout_seed, p_->dropout_offset, bh, (uint32_t)i, (uint32_t)(j0 + c));
+            for (int u = 0; u < 4; ++u) keep[c + u] = words.w[u] >= threshold_ ? keep_scale_ : A(0);
+        }
+    }
+
+    // ---- pass 1: dK, dV for keys [kb*kBlockK, ...) of kv head hk, summed over the query heads of its group ----
+    void dkdv_block(int64_t b, int64_t hk, int64_t kb, Workspace<A> &w) {
+        const SeqGeometry g = sequence_geometry(p_, b);
+        const int64_t j0 = kb * kBlockK;
+        if (j0 >= g.sk_rows) return;
+        const int rows_out = (int)std::min<int64_t>(kBlockK, g.sk_rows - j0);  // rows this item writes
+        const int nk = (int)std::max<int64_t>(0, std::min<int64_t>(kBlockK, g.sk - j0));  // rows attended
+        A *dk = w.acc_a.data();
+        A *dv = w.acc_b.data();
+        std::fill(dk, dk + (size_t)kBlockK * d_, A(0));
+        std::fill(dv, dv + (size_t)kBlockK * dv_, A(0));
+        if (nk > 0 && g.sq > 0) {
+            load_key_tile(b, g, hk, j0, nk, false, w);
+            const int64_t ilo = window_.row_lo(j0, g), ihi = window_.row_hi(j0 + nk, g);
+            for (int64_t h = hk * group_; h < (hk + 1) * group_; ++h) {
+                for (int64_t i0 = ilo; i0 <= ihi; i0 += kBlockQ) {
+                    const int nq = (int)std::min<int64_t>(kBlockQ, ihi + 1 - i0);
+                    load_query_tile(b, g, h, i0, nq, w);
+                    if (!score_gradients(b, h, g, i0, nq, j0, nk, w)) continue;
+                    tile_accumulate_tn(dv, w.s.data(), w.dout.data(), nq, nk, dv_);  // dV += Pdᵀ dO
+                    tile_accumulate_tn(dk, w.dp.data(), w.q.data(), nq, nk, d_);     // dK += dXᵀ Q
+                }
+            }
+        }
+        for (int c = 0; c < rows_out; ++c) {
+            T *dkr = k_side(p_->dk, b, g, j0 + c, hk);
+            T *dvr = k_side(p_->dv, b, g, j0 + c, hk);
+            for (int e = 0; e < d_; ++e) elem<T, A>::store(dkr + e, dk[(size_t)c * d_ + e]);
+            for (int e = 0; e < dv_; ++e) elem<T, A>::store(dvr + e, dv[(size_t)c * dv_ + e]);
+        }
+    }
+
+    // ---- pass 2: dQ for query rows [qb*kBlockQ, ...) of head h ----
+    void dq_block(int64_t b, int64_t h, int64_t qb, Workspace<A> &w) {
+        const SeqGeometry g = sequence_geometry(p_, b);
+        const int64_t i0 = qb * kBlockQ;
+        if (i0 >= g.sq) return;
+        const int nq = (int)std::min<int64_t>(kBlockQ, g.sq - i0);
+        const int64_t hk = h / group_;
+        A *dq = w.acc_a.data();
+        std::fill(dq, dq + (size_t)kBlockQ * d_, A(0));
+        load_query_tile(b, g, h, i0, nq, w);
+        const int64_t jlo = window_.key_lo(i0, g), jhi = window_.key_hi(i0 + nq - 1, g);
+        for (int64_t kb = jlo / kBlockK; jlo <= jhi && kb <= jhi / kBlockK; ++kb) {
+            const int64_t j0 = kb * kBlockK;
+            const int nk = (int)std::min<int64_t>(kBlockK, g.sk - j0);
+            load_key_tile(b, g, hk, j0, nk, true, w);
+            if (!score_gradients(b, h, g, i0, nq, j0, nk, w)) continue;
+            tile_accumulate_nn(dq, w.dp.data(), w.k_rows.data(), nq, nk, d_);  // dQ += dX K
+        }
+        for (int r = 0; r < nq; ++r) {
+            T *out = q_side(p_->dq, b, g, i0 + r, h);
+            for (int e = 0; e < d_; ++e) elem<T, A>::store(out + e, dq[(size_t)r * d_ + e]);
+        }
+    }
+
+    // Packed rows past the last sequence belong to nobody; write zeros so the gradients are fully defined.
+    void zero_unowned_packed_rows() {
+        const int64_t nb = p_->batch;
+        if (packed_q_) {
+            for (int64_t row = p_->cu_seqlens_q[nb]; row < p_->total_q; ++row)
+                for (int64_t h = 0; h < p_->nheads_q; ++h) {
+                    T *out = static_cast<T *>(p_->dq.data) + row * p_->dq.row_stride + h * p_->dq.head_stride;
+                    for (int e = 0; e < d_; ++e) elem<T, A>::store(out + e, A(0));
+                }
+        }
+        if (packed_k_) {
+            for (int64_t row = p_->cu_seqlens_k[nb]; row < p_->total_k; ++row)
+                for (int64_t h = 0; h < p_->nheads_kv; ++h) {
+                    T *dk = static_cast<T *>(p_->dk.data) + row * p_->dk.row_stride + h * p_->dk.head_stride;
+                    T *dv = static_cast<T *>(p_->dv.data) + row * p_->dv.row_stride + h * p_->dv.head_stride;
+                    for (int e = 0; e < d_; ++e) elem<T, A>::store(dk + e, A(0));
+                    for (int e = 0; e < dv_; ++e) elem<T, A>::store(dv + e, A(0));
+                }
+        }
+    }
+
+    const fa_params *p_;
+    int d_ = 0, dv_ = 0;
+    int64_t group_ = 1;
+    MaskWindow window_;
+    bool packed_q_ = false, packed_k_ = false;
+    A scale_ = 1, softcap_ = 0;
+    bool dropout_ = false;
+    uint32_t threshold_ = 0;
+    A keep_scale_ = 1;
+    int64_t q_rows_ = 0, max_sq_ = 0, max_sk_ = 0;
+    std::vector<A> delta_;  // [nheads_q][q rows]: D = rowsum(dO * O)
+};
+
+template <typename T, typename A>
+int run_backward(const fa_params *p, char *err, size_t errlen) {
+    try {
+        CpuBackward<T, A> bwd(p);
+        bwd.run();
+    } catch (const std::bad_alloc &) {
+        std::snprintf(err, errlen, "cpu backward: out of memory allocating workspaces");
+        return FA_ERR_RUNTIME;
+    }
+    return FA_OK;
+}
+
+}  // namespace fa_bwd
+
+int fa_cpu_backward(const fa_params *p, char *err, size_t errlen) {
+    using namespace fa_bwd;
+    if (err && errlen) err[0] = '\0';
+    if (p->block_table || p->leftpad_k || p->cache_batch_idx) {
+        std::snprintf(err, errlen, "backward: paged / left-padded / batch-indexed KV caches have no backward");
+        return FA_ERR_UNSUPPORTED;
+    }
+    if (!p->lse || !p->dout.data || !p->dq.data || !p->dk.data || !p->dv.data || !p->out.data) {
+        std::snprintf(err, errlen, "backward: needs out, softmax_lse, dout, dq, dk and dv");
+        return FA_ERR_VALUE;
+    }
+    switch (p->dtype) {
+    case FA_F32: return run_backward<float, float>(p, err, errlen);
+    case FA_F16: return run_backward<half_bits, float>(p, err, errlen);
+    case FA_BF16: return run_backward<bf16_bits, float>(p, err, errlen);
+    case FA_F64: return run_backward<double, double>(p, err, errlen);
+    }
+    std::snprintf(err, errlen, "backward: unknown dtype %d", (int)p->dtype);
+    return FA_ERR_TYPE;
+}

@@ -1,0 +1,290 @@
+// attention_forward.cpp - FlashAttention-2 forward on the CPU: work split, band/tile walk, write-out.
+//
+// One work item = one tile of BLOCK_M query rows of one sequence and one KV head. With GQA/MQA the rows of a tile are
+// the (query, head) pairs of all query heads sharing that KV head (row r -> query r / G, head hk*G + r % G), so every
+// K/V tile loaded is used by the whole group; decode (1 query) with GQA thereby fills a tile with G heads.
+// For each K/V tile inside the causal/local band: S^T = K·Q^T, logit features (only on tiles that need them),
+// online-softmax step, optional dropout, O^T = alpha*O^T + V^T·P^T. One normalisation at the end.
+// Extra memory: a fixed per-thread workspace (O(BLOCK_M * headdim)), independent of the sequence length.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "cpu_dtype.h"
+#include "fa_backends.h"
+#include "score_features.h"
+#include "seq_geometry.h"
+#include "thread_pool.h"
+#include "tile_kernels.h"
+
+namespace fa_cpu {
+namespace {
+
+// Per-thread scratch, grown on demand and reused across calls (no allocation in steady state).
+struct Workspace {
+    std::unique_ptr<char[]> raw;
+    size_t size = 0;
+    char *get(size_t bytes) {
+        if (bytes + 64 > size) {
+            raw.reset(new char[bytes + 64]);
+            size = bytes + 64;
+        }
+        return reinterpret_cast<char *>((reinterpret_cast<uintptr_t>(raw.get()) + 63) & ~uintptr_t(63));
+    }
+};
+thread_local Workspace tl_workspace;
+
+template <typename Acc>
+struct ForwardJob {
+    const fa_params *p;
+    const TileKernels<Acc> *kern;
+    std::vector<SeqGeometry> seqs;
+    std::vector<int64_t> item_start;  // first work item of each sequence (prefix sums), size batch+1
+    std::vector<int32_t> tiles;       // query tiles per sequence
+    int group;                        // query heads per KV head
+    DropoutParams drop;
+    bool dropout;
+};
+
+template <typename Acc>
+struct TileBuffers {
+    Acc *qT, *sT, *oT, *m, *l, *alpha;
+    char *stage_k, *stage_v, *scratch;
+    static size_t bytes(int64_t elem_size) {
+        return sizeof(Acc) * (size_t(HEADDIM_PAD) * BLOCK_M * 2 + size_t(BLOCK_N) * BLOCK_M + 3 * BLOCK_M) +
+               2 * size_t(BLOCK_N) * HEADDIM_PAD * elem_size + TILE_SCRATCH_BYTES + 8 * 64;
+    }
+    void carve(char *base, int64_t elem_size) {
+        auto take = [&](size_t n) {
+            char *r = base;
+            base += (n + 63) & ~size_t(63);
+            return r;
+        };
+        qT = reinterpret_cast<Acc *>(take(sizeof(Acc) * HEADDIM_PAD * BLOCK_M));
+        oT = reinterpret_cast<Acc *>(take(sizeof(Acc) * HEADDIM_PAD * BLOCK_M));
+        sT = reinterpret_cast<Acc *>(take(sizeof(Acc) * BLOCK_N * BLOCK_M));
+        m = reinterpret_cast<Acc *>(take(sizeof(Acc) * BLOCK_M));
+        l = reinterpret_cast<Acc *>(take(sizeof(Acc) * BLOCK_M));
+        alpha = reinterpret_cast<Acc *>(take(sizeof(Acc) * BLOCK_M));
+        stage_k = take(size_t(BLOCK_N) * HEADDIM_PAD * elem_size);
+        stage_v = take(size_t(BLOCK_N) * HEADDIM_PAD * elem_size);
+        scratch = take(TILE_SCRATCH_BYTES);
+    }
+};
+
+// Rows [key0, key0+nk) of KV head hk as (pointer, row stride). Dense/varlen caches and tiles inside one page are used
+// in place; a tile that straddles pages is gathered into `stage` first.
+const void *kv_tile(const fa_params *p, const SeqGeometry &g, int hk, int64_t key0, int nk, bool is_v, char *stage,
+                    int64_t &stride) {
+    const fa_tensor &t = is_v ? p->v : p->k;
+    const int64_t esz = dtype_size(p->dtype);
+    const int64_t row0 = g.leftpad + key0;
+    const int64_t head_off = int64_t(hk) * t.head_stride;
+    if (!g.pages || row0 / p->page_block_size == (row0 + nk - 1) / p->page_block_size) {
+        stride = t.row_stride;
+        return elem_ptr(t.data, kv_row_offset(p, g, row0, is_v) + head_off, p->dtype);
+    }
+    const int d = p->headdim;
+    for (int j = 0; j < nk; ++j) {
+        const void *src = elem_ptr(t.data, kv_row_offset(p, g, row0 + j, is_v) + head_off, p->dtype);
+        std::memcpy(stage + int64_t(j) * d * esz, src, size_t(d * esz));
+    }
+    stride = d;
+    return stage;
+}
+
+// Debug output: the normalised probabilities of every (row, key), dropped ones negated (flash_attn's S_dmask).
+// Recomputes the scores with scalar code - slow by design, only used when attn_probs is requested.
+template <typename Acc>
+void write_attn_probs(const ForwardJob<Acc> &job, int b, const SeqGeometry &g, const RowInfo &row, Acc m, Acc l,
+                      const MaskParams &mp) {
+    const fa_params *p = job.p;
+    if (row.i >= p->seqlen_q) return;
+    float *dst = p->attn_probs + int64_t(b) * p->attn_probs_batch_stride + int64_t(row.head) * p->attn_probs_head_stride +
+                 int64_t(row.i) * p->attn_probs_row_stride;
+    const void *qrow = elem_ptr(p->q.data, g.q_row0 + int64_t(row.i) * p->q.row_stride +
+                                               int64_t(row.head) * p->q.head_stride, p->dtype);
+    const int hk = row.head / job.group;
+    const int64_t ncols = std::min<int64_t>(g.sk, p->seqlen_k);
+    const uint32_t bh = uint32_t(b) * uint32_t(p->nheads_q) + uint32_t(row.head);
+    for (int64_t j = 0; j < ncols; ++j) {
+        Acc prob = 0;
+        if (l > 0 && key_visible(mp, row.i, j)) {
+            const void *krow = elem_ptr(p->k.data, kv_row_offset(p, g, g.leftpad + j, false) +
+                                                       int64_t(hk) * p->k.head_stride, p->dtype);
+            Acc qk = 0;
+            for (int c = 0; c < p->headdim; ++c) qk += load_elem<Acc>(qrow, c, p->dtype) * load_elem<Acc>(krow, c, p->dtype);
+            prob = std::exp2(logit_log2(mp, qk, row, j, true) - m) / l;
+            if (job.dropout &&
+                !fa_dropout_keep(job.drop.seed, job.drop.offset, bh, uint32_t(row.i), uint32_t(j), job.drop.threshold))
+                prob = -prob;
+        }
+        dst[j] = float(prob);
+    }
+    for (int64_t j = ncols; j < p->seqlen_k; ++j) dst[j] = 0.0f;
+}
+
+template <typename Acc>
+void run_tile(const ForwardJob<Acc> &job, int b, int hk, int tile) {
+    const fa_params *p = job.p;
+    const SeqGeometry &g = job.seqs[b];
+    const TileKernels<Acc> &kern = *job.kern;
+    const int d = p->headdim;
+    const int G = job.group;
+    const int64_t esz = dtype_size(p->dtype);
+
+    TileBuffers<Acc> buf;
+    buf.carve(tl_workspace.get(TileBuffers<Acc>::bytes(esz)), esz);
+
+    // Rows of this tile: (query i, head h) pairs, queries major so the tile spans few query positions.
+    const int64_t r0 = int64_t(tile) * BLOCK_M;
+    const int nrows = int(std::min<int64_t>(BLOCK_M, int64_t(g.sq) * G - r0));
+    const int nv = (nrows + LANES - 1) / LANES;
+    const int lanes = nv * LANES;
+    RowInfo rows[BLOCK_M];
+    const void *qrows[BLOCK_M];
+    for (int r = 0; r < nrows; ++r) {
+        const int64_t rr = r0 + r;
+        rows[r].i = int32_t(rr / G);
+        rows[r].head = hk * G + int32_t(rr % G);
+        rows[r].slope = p->alibi_slopes ? p->alibi_slopes[int64_t(b) * p->alibi_batch_stride + rows[r].head] : 0.0f;
+        qrows[r] = elem_ptr(p->q.data, g.q_row0 + int64_t(rows[r].i) * p->q.row_stride +
+                                           int64_t(rows[r].head) * p->q.head_stride, p->dtype);
+    }
+    const int64_t i_min = rows[0].i, i_max = rows[nrows - 1].i;
+
+    MaskParams mp;
+    mp.offset = int64_t(g.sk) - g.sq;
+    mp.window_left = p->window_left;
+    mp.window_right = p->window_right;
+    mp.scale = p->softmax_scale;
+    mp.softcap = p->softcap;
+    mp.alibi = p->alibi_slopes != nullptr;
+    const bool always_features = mp.softcap > 0 || mp.alibi;
+
+    // Key band visible to any row of the tile; tiles outside it are never touched (causal/local early exit).
+    int64_t lo = 0, hi = g.sk;
+    if (p->window_left >= 0) lo = std::max<int64_t>(0, i_min + mp.offset - p->window_left);
+    if (p->window_right >= 0) hi = std::min<int64_t>(g.sk, i_max + mp.offset + p->window_right + 1);
+
+    kern.pack_qT(qrows, nrows, d, nv, buf.qT);
+    for (int c = 0; c < d; ++c)
+        for (int r = 0; r < lanes; ++r) buf.oT[c * BLOCK_M + r] = Acc(0);
+    for (int r = 0; r < lanes; ++r) {
+        buf.m[r] = Acc(-INFINITY);
+        buf.l[r] = Acc(0);
+    }
+    const Acc scale_log2 = Acc(double(p->softmax_scale) * LOG2E);
+    DropoutParams drop = job.drop;
+    drop.batch_index = b;
+
+    for (int64_t t0 = lo; t0 < hi; t0 += BLOCK_N) {
+        const int nk = int(std::min<int64_t>(BLOCK_N, hi - t0));
+        const int64_t t1 = t0 + nk;
+        // Only tiles crossing a band edge need per-element masks.
+        const bool masked = (p->window_left >= 0 && t0 < i_max + mp.offset - p->window_left) ||
+                            (p->window_right >= 0 && t1 - 1 > i_min + mp.offset + p->window_right);
+        int64_t kstride, vstride;
+        const void *kt = kv_tile(p, g, hk, t0, nk, false, buf.stage_k, kstride);
+        kern.scores(kt, kstride, nk, d, buf.qT, nv, buf.sT, buf.scratch);
+        Acc mul = scale_log2;
+        if (masked || always_features) {
+            apply_score_features(buf.sT, nk, nrows, lanes, rows, t0, mp, masked);
+            mul = Acc(1);
+        }
+        kern.softmax(buf.sT, nk, nv, mul, buf.m, buf.l, buf.alpha);
+        if (job.dropout) apply_dropout(buf.sT, nk, nrows, rows, t0, drop);
+        const void *vt = kv_tile(p, g, hk, t0, nk, true, buf.stage_v, vstride);
+        kern.pv(vt, vstride, nk, d, buf.sT, nv, buf.alpha, buf.oT, buf.scratch);
+    }
+
+    // Normalise once and write out (transposing O^T back to rows); LSE in natural log, +inf for empty rows.
+    for (int r = 0; r < nrows; ++r) {
+        const Acc l = buf.l[r];
+        const Acc inv = l > 0 ? Acc(1) / l : Acc(0);
+        void *orow = elem_ptr(p->out.data, g.out_row0 + int64_t(rows[r].i) * p->out.row_stride +
+                                               int64_t(rows[r].head) * p->out.head_stride, p->dtype);
+        switch (p->dtype) {
+            case FA_F32: for (int c = 0; c < d; ++c) static_cast<float *>(orow)[c] = float(buf.oT[c * BLOCK_M + r] * inv); break;
+            case FA_F64: for (int c = 0; c < d; ++c) static_cast<double *>(orow)[c] = double(buf.oT[c * BLOCK_M + r] * inv); break;
+            case FA_F16: for (int c = 0; c < d; ++c) static_cast<uint16_t *>(orow)[c] = f32_to_f16(float(buf.oT[c * BLOCK_M + r] * inv)); break;
+            case FA_BF16: for (int c = 0; c < d; ++c) static_cast<uint16_t *>(orow)[c] = f32_to_bf16(float(buf.oT[c * BLOCK_M + r] * inv)); break;
+        }
+        if (p->lse) {
+            const float lse = l > 0 ? float((double(buf.m[r]) + std::log2(double(l))) * LN2) : INFINITY;
+            p->lse[g.lse_row0 + int64_t(rows[r].head) * p->lse_head_stride + int64_t(rows[r].i) * p->lse_row_stride] = lse;
+        }
+        if (p->attn_probs) write_attn_probs(job, b, g, rows[r], buf.m[r], l, mp);
+    }
+}
+
+template <typename Acc>
+int forward_impl(const fa_params *p, const TileKernels<Acc> *kern, char *err, size_t errlen) {
+    ForwardJob<Acc> job;
+    job.p = p;
+    job.kern = kern;
+    job.group = p->nheads_q / p->nheads_kv;
+    job.seqs.resize(p->batch);
+    job.tiles.resize(p->batch);
+    job.item_start.assign(size_t(p->batch) + 1, 0);
+    for (int b = 0; b < p->batch; ++b) {
+        if (!resolve_sequence(p, b, job.seqs[b], err, errlen)) return FA_ERR_VALUE;
+        job.tiles[b] = int32_t((int64_t(job.seqs[b].sq) * job.group + BLOCK_M - 1) / BLOCK_M);
+        job.item_start[b + 1] = job.item_start[b] + int64_t(job.tiles[b]) * p->nheads_kv;
+    }
+    job.dropout = p->dropout_p > 0.0f;
+    if (job.dropout) {
+        job.drop.seed = p->dropout_seed;
+        job.drop.offset = p->dropout_offset;
+        job.drop.threshold = dropout_threshold(p->dropout_p);
+        job.drop.inv_keep = p->dropout_p < 1.0f ? 1.0f / (1.0f - p->dropout_p) : 0.0f;
+        job.drop.nheads_q = p->nheads_q;
+    }
+    const int64_t total = job.item_start[p->batch];
+    auto item_fn = [&job](int64_t item) {
+        const int b = int(std::upper_bound(job.item_start.begin(), job.item_start.end(), item) - job.item_start.begin()) - 1;
+        const int64_t local = item - job.item_start[b];
+        const int tiles = job.tiles[b];
+        const int hk = int(local / tiles);
+        // Hand out the last query tiles first: under a causal mask they are the most expensive.
+        const int tile = tiles - 1 - int(local % tiles);
+        run_tile(job, b, hk, tile);
+    };
+    if (!parallel_for(total, item_fn, p->num_threads)) {
+        std::snprintf(err, errlen, "cpu forward: a worker failed (out of memory?)");
+        return FA_ERR_RUNTIME;
+    }
+    return FA_OK;
+}
+
+}  // namespace
+}  // namespace fa_cpu
+
+int fa_cpu_forward(const fa_params *p, char *err, size_t errlen) {
+    using namespace fa_cpu;
+    if (!p || !p->q.data || !p->k.data || !p->v.data || !p->out.data) {
+        std::snprintf(err, errlen, "cpu forward: q, k, v and out must be non-NULL");
+        return FA_ERR_VALUE;
+    }
+    if (p->headdim < 1 || p->headdim > FA_MAX_HEADDIM || p->nheads_kv <= 0 || p->nheads_q % p->nheads_kv != 0 ||
+        p->batch < 0) {
+        std::snprintf(err, errlen, "cpu forward: bad shape (headdim=%d, nheads_q=%d, nheads_kv=%d, batch=%d)",
+                      p->headdim, p->nheads_q, p->nheads_kv, p->batch);
+        return FA_ERR_VALUE;
+    }
+    if (!(p->dropout_p >= 0.0f && p->dropout_p <= 1.0f)) {
+        std::snprintf(err, errlen, "cpu forward: dropout_p must be in [0, 1], got %g", double(p->dropout_p));
+        return FA_ERR_VALUE;
+    }
+    if (p->dtype == FA_F64) return forward_impl<double>(p, portable_kernels_f64(), err, errlen);
+    const TileKernels<float> *k = select_kernels_f32(p->dtype);
+    if (!k) {
+        std::snprintf(err, errlen, "cpu forward: unsupported dtype %d", int(p->dtype));
+        return FA_ERR_TYPE;
+    }
+    return forward_impl<float>(p, k, err, errlen);
+}

@@ -1,0 +1,61 @@
+// tile_kernels.h - the per-ISA inner kernels of the CPU FlashAttention forward, behind one function table.
+//
+// Layout idea ("query-lane" layout): every per-tile array keeps the BLOCK_M query rows of the tile along the
+// contiguous axis, so one SIMD vector holds 16 query rows.
+//   qT [d][BLOCK_M]      the Q tile transposed (packed once per Q tile)
+//   sT [BLOCK_N][BLOCK_M] scores / probabilities of one K tile: sT[j*BLOCK_M + r]
+//   oT [d][BLOCK_M]      the output accumulator, transposed
+// With this layout
+//   S^T = K · Q^T   broadcasts K elements straight from the user's K rows (no K packing for fp32/bf16),
+//   O^T += V^T · P^T broadcasts V elements straight from the user's V rows,
+// and the online softmax (max and sum over keys for each query) is a plain element-wise max/add over rows of sT,
+// i.e. no horizontal reductions at all. Only the final write-out transposes O back.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "fa_abi.h"
+
+namespace fa_cpu {
+
+// Query rows per tile: 4 vectors of 16 fp32 lanes. Large enough that K/V rows loaded into cache are reused by 64
+// queries; small enough that qT, sT and oT for d = 128 (32 + 16 + 32 KiB) stay in L1/L2.
+constexpr int BLOCK_M = 64;
+constexpr int LANES = 16;  // fp32 lanes per vector (AVX-512); the portable path uses the same layout
+// Keys per tile: 64 keeps sT at 16 KiB and gives the softmax pass enough work per rescale of oT.
+constexpr int BLOCK_N = 64;
+constexpr int HEADDIM_PAD = 256;  // FA_MAX_HEADDIM, even
+
+// Scratch bytes a kernel table may use per call (staging a converted or padded K/V tile).
+constexpr size_t TILE_SCRATCH_BYTES = size_t(BLOCK_N + 2) * (HEADDIM_PAD + 16) * sizeof(double);
+
+template <typename Acc>
+struct TileKernels {
+    const char *name;
+    // Pack `nrows` (<= BLOCK_M) query rows (pointers to the first element of each row, dtype of the table) into
+    // qT, zero-padding rows up to nv*LANES. qT is at least HEADDIM_PAD*BLOCK_M*sizeof(Acc) bytes.
+    void (*pack_qT)(const void *const *rows, int nrows, int d, int nv, void *qT);
+    // sT[j][r] = sum_k K[j][k] * qT[k][r] for j < nk, r < nv*LANES. K row j starts at k + j*kstride (elements).
+    void (*scores)(const void *k, int64_t kstride, int nk, int d, const void *qT, int nv, Acc *sT, void *scratch);
+    // Online-softmax step over rows j < nk of sT (scores times `mul` are log2-domain logits; -inf = masked):
+    // updates running max m[r] and sum l[r], writes alpha[r] = exp2(m_old - m_new) and replaces sT by
+    // p = exp2(s*mul - m_new). Lanes are r < nv*LANES.
+    void (*softmax)(Acc *sT, int nk, int nv, Acc mul, Acc *m, Acc *l, Acc *alpha);
+    // oT[c][r] = alpha[r]*oT[c][r] + sum_j V[j][c] * sT[j][r] for c < d, j < nk.
+    void (*pv)(const void *v, int64_t vstride, int nk, int d, const Acc *pT, int nv, const Acc *alpha, Acc *oT,
+               void *scratch);
+};
+
+// Portable kernels (any compiler, any CPU): element type dt, accumulator Acc.
+const TileKernels<float> *portable_kernels_f32(fa_dtype dt);
+const TileKernels<double> *portable_kernels_f64();
+// AVX-512 kernels (x86-64 builds only; nullptr when not compiled in). Callers check the CPU first.
+const TileKernels<float> *avx512_kernels(fa_dtype dt);
+
+// The kernel table chosen for this machine and dtype (runtime CPU-feature dispatch, isa_dispatch.cpp).
+const TileKernels<float> *select_kernels_f32(fa_dtype dt);
+// Human-readable ISA in use, e.g. "avx512f+avx512bf16" or "portable".
+const char *cpu_isa_description();
+
+}  // namespace fa_cpu

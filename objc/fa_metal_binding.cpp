@@ -1,0 +1,256 @@
+// fa_metal_binding.cpp - portable decisions of the Metal shim (see fa_metal_binding.h). No Metal in here.
+#include "fa_metal_binding.h"
+
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+
+namespace fametal {
+
+// Metal's buffer argument table has 31 entries per stage (indices 0..30) on Apple GPUs.
+constexpr int32_t kMaxBufferIndex = 30;
+
+int fail(int status, char *err, size_t errlen, const char *fmt, ...) {
+    if (err != nullptr && errlen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        std::vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+const char *buffer_name(int id) {
+    static const char *const names[FA_BUF_COUNT] = {
+        "q", "k", "v", "out", "lse", "alibi_slopes", "cu_seqlens_q", "cu_seqlens_k", "seqused_k", "leftpad_k",
+        "cache_batch_idx", "block_table", "dout", "dq", "dk", "dv", "k_new", "v_new", "rotary_cos", "rotary_sin",
+        "attn_probs", "scratch0", "scratch1", "scratch2", "scratch3"};
+    return (id >= 0 && id < FA_BUF_COUNT) ? names[id] : "?";
+}
+
+const void *host_pointer(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, int id) {
+    const bool has_update = kind == FA_PLAN_KVCACHE_APPEND && u != nullptr;
+    switch (id) {
+    case FA_BUF_Q: return p->q.data;
+    case FA_BUF_K: return p->k.data;
+    case FA_BUF_V: return p->v.data;
+    case FA_BUF_OUT: return p->out.data;
+    case FA_BUF_LSE: return p->lse;
+    case FA_BUF_ALIBI: return p->alibi_slopes;
+    case FA_BUF_CU_SEQLENS_Q: return p->cu_seqlens_q;
+    case FA_BUF_CU_SEQLENS_K: return p->cu_seqlens_k;
+    case FA_BUF_SEQUSED_K: return p->seqused_k;
+    case FA_BUF_LEFTPAD_K: return p->leftpad_k;
+    case FA_BUF_CACHE_BATCH_IDX: return p->cache_batch_idx;
+    case FA_BUF_BLOCK_TABLE: return p->block_table;
+    case FA_BUF_DOUT: return p->dout.data;
+    case FA_BUF_DQ: return p->dq.data;
+    case FA_BUF_DK: return p->dk.data;
+    case FA_BUF_DV: return p->dv.data;
+    case FA_BUF_KNEW: return has_update ? u->knew.data : nullptr;
+    case FA_BUF_VNEW: return has_update ? u->vnew.data : nullptr;
+    case FA_BUF_ROTARY_COS: return has_update ? u->rotary_cos : nullptr;
+    case FA_BUF_ROTARY_SIN: return has_update ? u->rotary_sin : nullptr;
+    case FA_BUF_ATTN_PROBS: return p->attn_probs;
+    default: return nullptr;  // scratch buffers and out-of-range ids have no host memory
+    }
+}
+
+bool buffer_written(fa_plan_kind kind, int id) {
+    if (id >= FA_BUF_SCRATCH0 && id < FA_BUF_COUNT) return true;
+    switch (kind) {
+    case FA_PLAN_FORWARD:
+        return id == FA_BUF_OUT || id == FA_BUF_LSE || id == FA_BUF_ATTN_PROBS;
+    case FA_PLAN_BACKWARD:
+        return id == FA_BUF_DQ || id == FA_BUF_DK || id == FA_BUF_DV;
+    case FA_PLAN_KVCACHE_APPEND:
+        // New rows go into the k/v cache in place, q is rotated in place (fa_abi.h), and the plan may end with the
+        // attention itself.
+        return id == FA_BUF_K || id == FA_BUF_V || id == FA_BUF_Q || id == FA_BUF_OUT || id == FA_BUF_LSE ||
+               id == FA_BUF_ATTN_PROBS;
+    }
+    return false;
+}
+
+bool page_region(const void *ptr, int64_t bytes, uint64_t page, void **base, int64_t *region_bytes,
+                 int64_t *offset_in_region) {
+    if (ptr == nullptr || bytes <= 0 || page == 0 || (page & (page - 1)) != 0) return false;
+    const uintptr_t start = reinterpret_cast<uintptr_t>(ptr);
+    const uintptr_t mask = static_cast<uintptr_t>(page - 1);
+    const uintptr_t room = UINTPTR_MAX - start;  // start + bytes + mask must not wrap around
+    if (room < mask || static_cast<uint64_t>(bytes) > room - mask) return false;
+    const uintptr_t lo = start & ~mask;
+    const uintptr_t hi = (start + static_cast<uintptr_t>(bytes) + mask) & ~mask;
+    if (hi - lo > static_cast<uintptr_t>(INT64_MAX)) return false;
+    *base = reinterpret_cast<void *>(lo);
+    *region_bytes = static_cast<int64_t>(hi - lo);
+    *offset_in_region = static_cast<int64_t>(start - lo);
+    return true;
+}
+
+void fallback_to_copy(BufferBinding *b) {
+    if (b->storage != Storage::Wrap) return;
+    b->storage = Storage::Copy;
+    b->base_offset = 0;
+    b->wrap_base = nullptr;
+    b->wrap_bytes = 0;
+    b->copy_back = b->written;
+}
+
+int64_t metal_offset(const BufferBinding &b, int64_t byte_offset) { return b.base_offset + byte_offset; }
+
+// Structural checks of one launch that do not depend on buffer storage.
+static int check_launch_shape(int li, const fa_launch &l, char *err, size_t errlen) {
+    if (memchr(l.kernel, '\0', sizeof l.kernel) == nullptr || l.kernel[0] == '\0')
+        return fail(FA_ERR_RUNTIME, err, errlen, "metal: launch %d of the plan has no valid kernel name", li);
+    for (int d = 0; d < 3; ++d) {
+        if (l.grid[d] == 0 || l.threads[d] == 0)
+            return fail(FA_ERR_RUNTIME, err, errlen,
+                        "metal: launch %d (%s) has an empty grid or threadgroup: grid (%u, %u, %u), threads (%u, %u, "
+                        "%u)",
+                        li, l.kernel, l.grid[0], l.grid[1], l.grid[2], l.threads[0], l.threads[1], l.threads[2]);
+    }
+    if (l.nbindings < 0 || l.nbindings > FA_PLAN_MAX_BINDINGS)
+        return fail(FA_ERR_RUNTIME, err, errlen, "metal: launch %d (%s) has %d bindings (at most %d)", li, l.kernel,
+                    l.nbindings, FA_PLAN_MAX_BINDINGS);
+    if (l.constants_size > FA_PLAN_MAX_CONSTANT_BYTES ||
+        (l.constants_size > 0 && (l.constants_index < 0 || l.constants_index > kMaxBufferIndex)))
+        return fail(FA_ERR_RUNTIME, err, errlen,
+                    "metal: launch %d (%s) has a constant block of %u bytes at index %d (at most %d bytes, index "
+                    "0..%d)",
+                    li, l.kernel, l.constants_size, l.constants_index, FA_PLAN_MAX_CONSTANT_BYTES, kMaxBufferIndex);
+    bool used[kMaxBufferIndex + 1] = {};
+    if (l.constants_size > 0) used[l.constants_index] = true;
+    for (int i = 0; i < l.nbindings; ++i) {
+        const fa_binding &b = l.bindings[i];
+        if (b.buffer < 0 || b.buffer >= FA_BUF_COUNT || b.index < 0 || b.index > kMaxBufferIndex)
+            return fail(FA_ERR_RUNTIME, err, errlen, "metal: launch %d (%s) binds buffer id %d at index %d", li,
+                        l.kernel, b.buffer, b.index);
+        if (used[b.index])
+            return fail(FA_ERR_RUNTIME, err, errlen, "metal: launch %d (%s) binds two arguments at buffer index %d",
+                        li, l.kernel, b.index);
+        used[b.index] = true;
+    }
+    return FA_OK;
+}
+
+int plan_bindings(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, const fa_plan *plan,
+                  uint64_t page, int64_t wrap_min_bytes, BindingPlan *out, char *err, size_t errlen) {
+    *out = BindingPlan{};
+    if (plan->nlaunches < 0 || plan->nlaunches > FA_PLAN_MAX_LAUNCHES)
+        return fail(FA_ERR_RUNTIME, err, errlen, "metal: the plan has %d launches (at most %d)", plan->nlaunches,
+                    FA_PLAN_MAX_LAUNCHES);
+    bool bound[FA_BUF_COUNT] = {};
+    for (int li = 0; li < plan->nlaunches; ++li) {
+        const fa_launch &l = plan->launches[li];
+        int st = check_launch_shape(li, l, err, errlen);
+        if (st != FA_OK) return st;
+        for (int i = 0; i < l.nbindings; ++i) bound[l.bindings[i].buffer] = true;
+    }
+    const fa_device_buffers *dev = p->device_buffers;
+    static_assert(FA_BUF_COUNT <= FA_DEVICE_BUFFER_SLOTS, "every logical buffer needs a device-buffer slot");
+
+    for (int id = 0; id < FA_BUF_COUNT; ++id) {
+        if (!bound[id]) continue;
+        BufferBinding &b = out->buf[id];
+        b.written = buffer_written(kind, id);
+        if (id >= FA_BUF_SCRATCH0) {
+            b.bytes = plan->scratch_bytes[id - FA_BUF_SCRATCH0];
+            if (b.bytes <= 0)
+                return fail(FA_ERR_RUNTIME, err, errlen, "metal: the plan binds %s but gives it %lld bytes",
+                            buffer_name(id), static_cast<long long>(b.bytes));
+            b.storage = Storage::Scratch;
+            continue;
+        }
+        b.bytes = plan->buffer_bytes[id];
+        if (b.bytes <= 0)
+            return fail(FA_ERR_RUNTIME, err, errlen, "metal: the plan binds %s but gives its size as %lld bytes",
+                        buffer_name(id), static_cast<long long>(b.bytes));
+        if (dev != nullptr && dev->handle[id] != nullptr) {
+            if (dev->byte_offset[id] < 0 || dev->byte_length[id] < b.bytes)
+                return fail(FA_ERR_VALUE, err, errlen,
+                            "metal: device buffer for %s is too small: %lld bytes from offset %lld, the call needs "
+                            "%lld",
+                            buffer_name(id), static_cast<long long>(dev->byte_length[id]),
+                            static_cast<long long>(dev->byte_offset[id]), static_cast<long long>(b.bytes));
+            b.storage = Storage::Device;
+            b.handle = dev->handle[id];
+            b.base_offset = dev->byte_offset[id];
+            continue;
+        }
+        b.host = host_pointer(kind, p, u, id);
+        if (b.host == nullptr)
+            return fail(FA_ERR_VALUE, err, errlen, "metal: the plan reads %s but no memory was given for it",
+                        buffer_name(id));
+        int64_t offset = 0;
+        if (b.bytes >= wrap_min_bytes &&
+            page_region(b.host, b.bytes, page, &b.wrap_base, &b.wrap_bytes, &offset)) {
+            b.storage = Storage::Wrap;
+            b.base_offset = offset;
+        } else {
+            b.storage = Storage::Copy;
+            b.copy_back = b.written;
+        }
+    }
+
+    // Every binding must start inside its buffer (Metal requires offset < length).
+    for (int li = 0; li < plan->nlaunches; ++li) {
+        const fa_launch &l = plan->launches[li];
+        for (int i = 0; i < l.nbindings; ++i) {
+            const fa_binding &fb = l.bindings[i];
+            const BufferBinding &b = out->buf[fb.buffer];
+            if (fb.byte_offset < 0 || fb.byte_offset >= b.bytes)
+                return fail(FA_ERR_RUNTIME, err, errlen,
+                            "metal: launch %d (%s) binds %s at byte %lld, outside its %lld bytes", li, l.kernel,
+                            buffer_name(fb.buffer), static_cast<long long>(fb.byte_offset),
+                            static_cast<long long>(b.bytes));
+        }
+    }
+    return FA_OK;
+}
+
+int check_launch_limits(const fa_launch &l, const PipelineLimits &lim, char *err, size_t errlen) {
+    const uint64_t total = static_cast<uint64_t>(l.threads[0]) * l.threads[1] * l.threads[2];
+    if (total > lim.max_total_threads || l.threads[0] > lim.max_threads[0] || l.threads[1] > lim.max_threads[1] ||
+        l.threads[2] > lim.max_threads[2])
+        return fail(FA_ERR_RUNTIME, err, errlen,
+                    "metal: kernel %s wants threadgroups of (%u, %u, %u) = %llu threads; this pipeline allows at "
+                    "most %llu threads per threadgroup and the device (%llu, %llu, %llu)",
+                    l.kernel, l.threads[0], l.threads[1], l.threads[2], static_cast<unsigned long long>(total),
+                    static_cast<unsigned long long>(lim.max_total_threads),
+                    static_cast<unsigned long long>(lim.max_threads[0]),
+                    static_cast<unsigned long long>(lim.max_threads[1]),
+                    static_cast<unsigned long long>(lim.max_threads[2]));
+    const uint64_t tg_mem = lim.static_threadgroup_memory > l.threadgroup_memory_bytes ? lim.static_threadgroup_memory
+                                                                                        : l.threadgroup_memory_bytes;
+    if (tg_mem > lim.max_threadgroup_memory)
+        return fail(FA_ERR_RUNTIME, err, errlen,
+                    "metal: kernel %s needs %llu bytes of threadgroup memory; the device allows %llu", l.kernel,
+                    static_cast<unsigned long long>(tg_mem), static_cast<unsigned long long>(lim.max_threadgroup_memory));
+    return FA_OK;
+}
+
+int encode_plan(const fa_plan &plan, const BindingPlan &bindings, Encoder &enc, char *err, size_t errlen) {
+    for (int li = 0; li < plan.nlaunches; ++li) {
+        const fa_launch &l = plan.launches[li];
+        if (li > 0) enc.barrier();
+        PipelineLimits limits{};
+        int st = enc.pipeline(l.kernel, &limits, err, errlen);
+        if (st != FA_OK) return st;
+        st = check_launch_limits(l, limits, err, errlen);
+        if (st != FA_OK) return st;
+        for (int i = 0; i < l.nbindings; ++i) {
+            const fa_binding &fb = l.bindings[i];
+            const BufferBinding &b = bindings.buf[fb.buffer];
+            if (b.storage == Storage::Unused)
+                return fail(FA_ERR_RUNTIME, err, errlen, "metal: launch %d (%s) binds %s, which has no storage", li,
+                            l.kernel, buffer_name(fb.buffer));
+            enc.buffer(fb.buffer, metal_offset(b, fb.byte_offset), fb.index);
+        }
+        if (l.constants_size > 0) enc.bytes(l.constants, l.constants_size, l.constants_index);
+        enc.dispatch(l.grid, l.threads);
+    }
+    return FA_OK;
+}
+
+}  // namespace fametal

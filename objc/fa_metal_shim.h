@@ -1,0 +1,18 @@
+// fa_metal_shim.h - Metal entry points beyond fa_backends.h, defined by objc/fa_metal_*.mm on macOS and by
+// csrc/metal_unavailable.cpp everywhere else (where they return FA_ERR_UNAVAILABLE with the reason).
+#pragma once
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Compile user Metal Shading Language source at run time (flash_attn_cy._flash_attn_metal.compile_shaders).
+ * On success writes the library's function names, newline-separated and sorted, into names[nameslen] and returns
+ * FA_OK; a compile error returns FA_ERR_VALUE with the compiler's log in err. The compiled library is not kept. */
+int fa_metal_compile_source(const char *source, char *names, size_t nameslen, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,104 @@
+"""Shared fixtures and helpers for the flash_attn_cy test suite.
+
+- ``rng``: a seeded ``numpy.random.Generator`` (different per test, stable across runs).
+- ``backends`` / ``available_backends()``: names of the backends this build can run (``flash_attn_cy.backends()``),
+  imported lazily so that a missing or half-built piece only skips the tests that need it.
+- ``backend``: parametrised over every available backend (use ``@pytest.mark.parametrize("backend", ...)`` yourself
+  to restrict).
+- dtype helpers: ``DTYPES`` maps "fp32"/"fp16"/"bf16"/"fp64" to NumPy dtypes (bfloat16 from ``ml_dtypes``, since NumPy
+  has none); ``randn(rng, shape, dtype)``.
+- ``_tolerance.assert_close_to_ref`` is the one tolerance rule (importable because this directory is put on sys.path,
+  whatever pytest's import mode).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+try:
+    import ml_dtypes
+
+    bfloat16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes is in the [test] extra
+    ml_dtypes = None
+    bfloat16 = None
+
+DTYPES = {"fp64": np.dtype(np.float64), "fp32": np.dtype(np.float32), "fp16": np.dtype(np.float16)}
+if bfloat16 is not None:
+    DTYPES["bf16"] = bfloat16
+LOWP_DTYPES = [n for n in ("fp32", "fp16", "bf16") if n in DTYPES]
+
+
+def randn(rng: np.random.Generator, shape, dtype="fp32", scale: float = 1.0) -> np.ndarray:
+    """Standard normal values (times ``scale``) rounded to ``dtype`` (name from DTYPES or a NumPy dtype)."""
+    dt = DTYPES[dtype] if isinstance(dtype, str) else np.dtype(dtype)
+    return (rng.standard_normal(shape) * scale).astype(dt)
+
+
+def to_torch(x: np.ndarray):
+    """NumPy array (incl. ml_dtypes.bfloat16) to a torch CPU tensor of the matching dtype."""
+    import torch
+
+    if bfloat16 is not None and x.dtype == bfloat16:
+        return torch.from_numpy(x.astype(np.float32)).to(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _backend_records():
+    """flash_attn_cy.backends() normalised to {name: (available, reason)}; {} when the package cannot be imported."""
+    try:
+        import flash_attn_cy
+    except Exception:  # pragma: no cover - a broken build shows up in the tests that import it
+        return {}
+    fn = getattr(flash_attn_cy, "backends", None)
+    if fn is None:
+        return {}
+    info = fn()
+    recs = {}
+    items = info.items() if isinstance(info, dict) else ((getattr(x, "name", x), x) for x in info)
+    for name, val in items:
+        if isinstance(val, bool):
+            recs[str(name)] = (val, "")
+        elif isinstance(val, dict):
+            recs[str(name)] = (bool(val.get("available", True)), str(val.get("reason", "") or ""))
+        elif isinstance(val, str) and val == name:
+            recs[str(name)] = (True, "")
+        else:
+            avail = getattr(val, "available", True)
+            recs[str(name)] = (bool(avail), str(getattr(val, "reason", "") or ""))
+    return recs
+
+
+def available_backends() -> list:
+    """Names of the backends usable in this process (e.g. ['cpu', 'sim'])."""
+    return [n for n, (ok, _) in _backend_records().items() if ok]
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    """Seeded per test from its node id: reproducible, but different tests draw different data."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(scope="session")
+def backends() -> list:
+    names = available_backends()
+    if not names:
+        pytest.skip("flash_attn_cy.backends() is not available in this build")
+    return names
+
+
+def pytest_generate_tests(metafunc):
+    # `backend` as a plain fixture argument parametrises over every available backend
+    if "backend" in metafunc.fixturenames and not any(
+            m.name == "parametrize" and "backend" in m.args[0] for m in metafunc.definition.iter_markers()):
+        names = available_backends() or [pytest.param("cpu", marks=pytest.mark.skip(reason="no backends"))]
+        metafunc.parametrize("backend", names)
