@@ -16,8 +16,8 @@ How a call is served:
 - padding mask: the valid tokens are packed with :mod:`flash_attn_cy.bert_padding` and ``flash_attn_varlen_func``
   runs on the packed batch, then the output is scattered back (pad rows are zero). Query rows are taken from the
   right end of the mask when q_len < kv_len (left padding, which ``generate()`` uses for decoder-only models);
-- packed sequences given as ``cu_seq_lens_q/k`` + ``max_length_q/k`` keyword arguments (padding-free training)
-  go straight to ``flash_attn_varlen_func``;
+- packed sequences given as ``cu_seq_lens_q/k`` + ``max_length_q/k`` keyword arguments, or one row whose
+  ``position_ids`` restart (padding-free training), go to ``flash_attn_varlen_func`` with one entry per sequence;
 - ``sliding_window=w`` becomes ``window_size=(w - 1, w - 1)`` (the window counts the token itself), ``softcap`` and
   ``scaling`` pass through, GQA/MQA is native (no repeat of K/V heads).
 
@@ -71,6 +71,24 @@ def _unpad_qkv(
     q_mask = kv_mask[:, -q_len:]
     q_packed, indices_q, cu_q, max_q, _ = bert_padding.unpad_input(query, q_mask)
     return q_packed, k_packed, v_packed, indices_q, cu_q, cu_k, max_q, max_k
+
+
+def _packed_cu_seqlens(position_ids: Optional[torch.Tensor], batch: int, q_len: int, kv_len: int):
+    """(cu_seqlens int32, max_seqlen) when ``position_ids`` describe several sequences packed into one row
+    (padding-free batching: positions restart), else None. A new sequence starts wherever a position is not its
+    predecessor + 1 (the rule transformers' mask builder uses, so eager attention sees the same blocks)."""
+    if position_ids is None or batch != 1 or q_len != kv_len or q_len <= 1:
+        return None
+    pos = position_ids.reshape(-1)
+    if pos.numel() != q_len:
+        return None
+    starts = torch.ones(q_len, dtype=torch.bool, device=pos.device)
+    starts[1:] = pos[1:] != pos[:-1] + 1
+    start_idx = torch.nonzero(starts, as_tuple=False).flatten()
+    if start_idx.numel() <= 1:
+        return None
+    cu = torch.cat([start_idx, torch.tensor([q_len], device=pos.device)]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max().item())
 
 
 def flash_attn_cy_attention_forward(
@@ -152,6 +170,9 @@ def flash_attn_cy_attention_forward(
             qp, kp, vp, cu_q.to(torch.int32), cu_k.to(torch.int32), int(max_q), int(max_k), **flash_kwargs
         )
         out = out.view(batch, -1, *out.shape[-2:])
+    elif (packed := _packed_cu_seqlens(kwargs.get("position_ids"), q.shape[0], q.shape[1], k.shape[1])) is not None:
+        cu, max_len = packed
+        out = fa.flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, max_len, max_len, **flash_kwargs).unsqueeze(0)
     else:
         out = fa.flash_attn_func(q, k, v, **flash_kwargs)
 
