@@ -56,10 +56,6 @@ int bad_backend(fa_backend b, char *err, size_t errlen) {
     return FA_ERR_VALUE;
 }
 
-// CPU thread-count setting (0 = hardware concurrency). The CPU pool (csrc/cpu) reads it through
-// fa_cpu_num_threads_setting() at each call, so a change applies to the next call.
-std::atomic<int> g_num_threads{0};
-
 // Sim and Metal backends both execute a plan; this forwards to the right executor.
 int execute_plan_backend(fa_backend backend, fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u,
                          char *err, size_t errlen) {
@@ -88,8 +84,6 @@ int require_available(fa_backend backend, char *err, size_t errlen) {
 }
 
 }  // namespace
-
-extern "C" int fa_cpu_num_threads_setting(void) { return g_num_threads.load(std::memory_order_relaxed); }
 
 extern "C" {
 
@@ -244,14 +238,7 @@ int fa_backend_describe(fa_backend backend, char *out, size_t outlen) {
     });
 }
 
-void fa_set_num_threads(int n) { g_num_threads.store(n < 0 ? 0 : n, std::memory_order_relaxed); }
-
-int fa_get_num_threads(void) {
-    int n = g_num_threads.load(std::memory_order_relaxed);
-    if (n > 0) return n;
-    unsigned hw = std::thread::hardware_concurrency();
-    return hw ? static_cast<int>(hw) : 1;
-}
+// fa_set_num_threads / fa_get_num_threads are defined by the CPU thread pool (csrc/cpu/thread_pool.cpp).
 
 }  // extern "C"
 
