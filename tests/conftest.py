@@ -102,3 +102,15 @@ def pytest_generate_tests(metafunc):
             m.name == "parametrize" and "backend" in m.args[0] for m in metafunc.definition.iter_markers()):
         names = available_backends() or [pytest.param("cpu", marks=pytest.mark.skip(reason="no backends"))]
         metafunc.parametrize("backend", names)
+
+
+def pytest_report_header(config):
+    # which flash_attn_cy the suite is testing: it must be the installed build, not an extension-less source tree
+    try:
+        import flash_attn_cy
+
+        where = os.path.dirname(flash_attn_cy.__file__)
+        names = available_backends()
+        return [f"flash_attn_cy {getattr(flash_attn_cy, '__version__', '?')} from {where}; backends: {names}"]
+    except Exception as e:  # noqa: BLE001 - the header must never break collection
+        return [f"flash_attn_cy not importable: {type(e).__name__}: {e}"]
