@@ -206,7 +206,7 @@ def format_table(rows: Sequence[Row], backends: Sequence[str], with_torch: bool,
     for be in backends:
         header += [f"{be} ms", f"{be} GFLOP/s"]
         if peak:
-            header.append(f"{be} %peak")
+            header.append(f"{be} %mm")
     if with_torch:
         header += ["torch ms", "torch GFLOP/s"]
         header += [f"torch/{be}" for be in backends]
@@ -230,8 +230,12 @@ def format_table(rows: Sequence[Row], backends: Sequence[str], with_torch: bool,
     notes = [f"  {row.shape.label()}: {be}: {msg}" for row in rows for be, msg in row.notes.items()]
     if notes:
         out += ["", "notes:"] + notes
+    out += [""]
+    if peak:
+        out += [f"<backend> %mm = share of the measured fp32 matrix-multiply peak ({peak:.1f} GFLOP/s); bf16/fp16 "
+                "kernels can exceed 100 with 16-bit dot-product instructions."]
     if with_torch:
-        out += ["", "torch/<backend> = torch ms / backend ms: above 1 means flash_attn_cy is faster."]
+        out += ["torch/<backend> = torch ms / backend ms: above 1 means flash_attn_cy is faster."]
     return "\n".join(out)
 
 

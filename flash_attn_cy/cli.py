@@ -248,6 +248,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     rows = _bench.run_bench(shapes, backends, torch is not None, min_time=args.min_time, min_reps=args.min_reps,
                             progress=progress)
+    if peak is not None:
+        # measured again after the run: on a shared machine one measurement can catch a busy moment
+        peaks2 = _bench.matmul_peak_gflops()
+        if max(peaks2.values()) > peak:
+            peak = max(peaks2.values())
+            print("fp32 matmul peak re-measured after the run: " +
+                  ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks2.items()))
     print(_bench.format_table(rows, backends, torch is not None, peak))
     if torch is not None:
         for be in backends:
