@@ -111,12 +111,14 @@ def cmd_info(args: argparse.Namespace) -> int:
             except Exception:  # noqa: BLE001 - a description is optional
                 pass
     info["backends"] = status
+    info["build"] = {"extension": getattr(core, "__file__", "?")}
     build = getattr(fa, "build_info", None) or getattr(core, "build_info", None)
     if callable(build):
         try:
-            info["build"] = build()
-        except Exception as e:  # noqa: BLE001
-            info["build"] = f"unavailable: {e}"
+            extra = build()
+            info["build"].update(extra if isinstance(extra, dict) else {"details": extra})
+        except Exception as e:  # noqa: BLE001 - report, do not fail `info`
+            info["build"]["details"] = f"unavailable: {e}"
     get_threads = getattr(fa, "get_num_threads", None) or getattr(core, "get_num_threads", None)
     if callable(get_threads):
         info["cpu_threads"] = get_threads()
@@ -131,13 +133,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         mark = "yes" if rec.get("available") else "no "
         extra = rec.get("description") or rec.get("reason") or ""
         print(f"  {name:<6} {mark}  {extra}")
-    if "build" in info:
-        print("\nbuild:")
-        if isinstance(info["build"], dict):
-            for k, v in info["build"].items():
-                print(f"  {k}: {v}")
-        else:
-            print(f"  {info['build']}")
+    print("\nbuild:")
+    for k, v in info["build"].items():
+        print(f"  {k}: {v}")
     if "cpu_threads" in info:
         print(f"\ncpu backend threads: {info['cpu_threads']}")
     print("\nversions:")
