@@ -20,10 +20,11 @@ TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.flo
 def _check(out, lse, q, k, v, dtype, **kw):
     """out/lse vs the float64 reference, tolerance from the reference computed in `dtype`.
 
-    float64 inputs: the C ABI carries softmax_scale as float32 and the LSE as float32, so the float64 reference
-    uses the float32-rounded scale and the LSE is held to float32's rule."""
-    if dtype == "fp64":
-        kw["softmax_scale"] = float(np.float32(kw.get("softmax_scale") or q.shape[-1] ** -0.5))
+    float64 inputs: the C ABI carries an explicit softmax_scale as float32 (the default 1/sqrt(d) is recovered
+    exactly) and the LSE as float32, so the float64 reference uses the float32-rounded explicit scale and the LSE is
+    held to float32's rule."""
+    if dtype == "fp64" and kw.get("softmax_scale") is not None:
+        kw["softmax_scale"] = float(np.float32(kw["softmax_scale"]))
     ref, ref_lse = R.attention_ref(q, k, v, return_lse=True, **kw)
     low, low_lse = R.attention_ref(q, k, v, return_lse=True, compute_dtype=DTYPES[dtype], **kw)
     assert_close_to_ref(out, ref, low)
