@@ -21,7 +21,7 @@ Normalised arguments (keyword names used by attention_forward, attention_backwar
     softcap        : float >= 0
     alibi_slopes   : float32 NumPy array of shape (1, nheads) or (batch, nheads), or None
     deterministic  : bool
-    return_attn_probs : bool (S_dmask is produced only when dropout_p > 0, as flash_attn)
+    return_attn_probs : bool (S_dmask, the attention probabilities, is computed only when asked for)
     block_table    : int32 NumPy array (batch, max_blocks) or None (varlen only)
     backend        : resolved backend name: "cpu", "sim" or "metal"
     rng            : (seed, offset) pair of ints for dropout (ignored when dropout_p == 0)
@@ -86,7 +86,8 @@ def attention_forward(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seql
 
     Returns (out, softmax_lse, S_dmask): out like q; softmax_lse float32 (batch, nheads, seqlen_q), or
     (nheads, total_q) in the varlen layout; S_dmask float32 (batch, nheads, seqlen_q, seqlen_k) attention
-    probabilities with dropped entries negated when dropout_p > 0 and return_attn_probs, else None.
+    probabilities (dropped entries negated when dropout_p > 0) when return_attn_probs, else None. Varlen:
+    (batch, nheads, max_seqlen_q, max_seqlen_k), sequence b in the top-left corner of its slice, zeros elsewhere.
     """
     kind, dtype = _kind_dtype(q)
     varlen = cu_seqlens_q is not None
@@ -104,7 +105,7 @@ def attention_forward(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seql
         lse = _arrays.empty(kind, q, (batch, nheads, sq), "float32")
         rows_q = batch * sq
         no_keys = sk == 0
-    want_probs = return_attn_probs and dropout_p > 0.0
+    want_probs = return_attn_probs
     probs = _arrays.empty(kind, q, (batch, nheads, sq, sk), "float32", fill=0.0) if want_probs else None
 
     if varlen and int(cu_seqlens_q[-1]) < rows_q:
@@ -278,8 +279,8 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
 
     Returns:
         out (batch, seqlen_q, nheads, headdim), or (out, softmax_lse, S_dmask) with return_attn_probs:
-        softmax_lse float32 (batch, nheads, seqlen_q); S_dmask float32 (batch, nheads, seqlen_q, seqlen_k)
-        probabilities with dropped entries negated, or None when dropout_p == 0.
+        softmax_lse float32 (batch, nheads, seqlen_q); S_dmask float32 (batch, nheads, seqlen_q, seqlen_k), the
+        softmax probabilities, with the entries dropout removed negated (a debugging aid, as flash_attn's).
     """
     V.dense_shapes(q, k, v)
     return _run(q, k, v, ("q", "k", "v"), dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
@@ -338,7 +339,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     Other options as flash_attn_func; masks align bottom-right per sequence.
 
     Returns out (total_q, nheads, headdim), or (out, softmax_lse (nheads, total_q) float32, S_dmask) with
-    return_attn_probs (S_dmask: (batch, nheads, max_seqlen_q, max_seqlen_k) or None when dropout_p == 0).
+    return_attn_probs (S_dmask: (batch, nheads, max_seqlen_q, max_seqlen_k), sequence b in the top-left corner).
     """
     V.ndim(q, "q", 3, "(total_q, nheads, headdim)")
     if block_table is None:
