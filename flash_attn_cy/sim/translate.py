@@ -588,6 +588,11 @@ class _Translator:
         if self.mode == "exec":
             out.append("#define FASIM 1")
             out.append(f'#include "{self.header}"')
+            out.append("#if defined(__GNUC__)")  # MSL kernels routinely leave id parameters unused
+            out.append('#pragma GCC diagnostic ignored "-Wunused-parameter"')
+            out.append('#pragma GCC diagnostic ignored "-Wunused-variable"')
+            out.append('#pragma GCC diagnostic ignored "-Wunknown-pragmas"')
+            out.append("#endif")
             out.append("namespace {")
             out.append(text)
             out.append('#line 1 "<simulator trampolines>"')
@@ -642,3 +647,42 @@ def translate_file(path: str, include_dirs: Sequence[str] = (), mode: str = "exe
     """Like :func:`translate` for a file on disk."""
     with open(path, encoding="utf-8") as fh:
         return translate(fh.read(), path, include_dirs, mode, header)
+
+
+def _write_if_changed(path: str, text: str) -> None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if fh.read() == text:
+                return
+    except OSError:
+        pass
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Build-time entry (kernels/meson.build runs this file as a script; it needs only the standard library)."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description="Translate an MSL file to C++ for the Metal simulator")
+    p.add_argument("input")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--depfile")
+    p.add_argument("--header", default="metal_stdlib", help="include path of the compatibility header")
+    p.add_argument("-I", "--include", action="append", default=[])
+    a = p.parse_args(argv)
+    try:
+        tr = translate_file(a.input, a.include, "exec", a.header)
+    except (TranslateError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    _write_if_changed(a.output, tr.code)
+    if a.depfile:
+        deps = " ".join(d.replace(" ", "\\ ") for d in [os.path.abspath(a.input)] + tr.dependencies)
+        _write_if_changed(a.depfile, f"{a.output}: {deps}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
