@@ -53,6 +53,8 @@ UNSUPPORTED_KEYWORDS = {
     "sampler": "samplers",
     "imageblock": "imageblocks",
 }
+HALF_LITERAL_RE = re.compile(r"^(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?[hH]$")
+VECTOR_TYPE_RE = re.compile(r"^(float|half|bfloat|int|uint|short|ushort|char|uchar|bool|long|ulong)[234]$")
 TEXTURE_RE = re.compile(r"^(texture[123]d|texture\dd_array|texturecube|texture_buffer|depth2d|depthcube)\w*$")
 
 _TOKEN_RE = re.compile(
@@ -316,7 +318,14 @@ class _Translator:
             if t.kind == "pp":
                 self.check_directive(i)
                 continue
+            if t.kind == "num" and HALF_LITERAL_RE.match(t.text):
+                self.edits.append((t.start, t.end, f"half({t.text[:-1]}f)"))
+                continue
             if t.kind != "id":
+                continue
+            if (self.mode == "check" and VECTOR_TYPE_RE.match(t.text) and i + 1 < len(toks)
+                    and toks[i + 1].text == "(" and (i == 0 or toks[i - 1].text not in (".", "->", "::"))):
+                self.edits.append((t.start, t.end, f"::metal::fasim_make<{t.text}>"))
                 continue
             if t.text in UNSUPPORTED_KEYWORDS:
                 raise self.err(i, f"{UNSUPPORTED_KEYWORDS[t.text]} ('{t.text}') are not supported by the simulator")
