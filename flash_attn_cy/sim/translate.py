@@ -512,7 +512,8 @@ class _Translator:
         host_name = None
         j = start
         decl_attrs = []
-        while j < len(toks) and (self.attr_owner[j] is not None or toks[j].text in ("kernel", "inline", "static")):
+        while j < len(toks) and (self.attr_owner[j] is not None or toks[j].kind == "pp"
+                                 or toks[j].text in ("kernel", "inline", "static")):
             if self.attr_owner[j] == j:
                 decl_attrs.extend(self.attrs[j][1])
                 j = self.attrs[j][0] + 1
