@@ -53,9 +53,10 @@ def test_unsupported_constructs_are_errors_with_line(body, needle, line):
     assert f"bad.metal:{line}" in str(e.value)
 
 
-def test_system_headers_are_rejected():
-    with pytest.raises(TranslateError, match="<cmath>"):
-        translate("#include <cmath>\n", "h.metal")
+def test_system_headers_become_errors_unless_preprocessed_away():
+    tr = translate("#include <cmath>\n#ifndef __METAL_VERSION__\n#include <stdint.h>\n#endif\n", "h.metal")
+    assert '#error "h.metal:1: #include <cmath>' in tr.code
+    assert "#include <stdint.h>" not in tr.code and "#error" in tr.code
 
 
 def test_local_headers_are_inlined(tmp_path):

@@ -146,9 +146,11 @@ class _Source:
                 if name.startswith("metal_") or name == "simd/simd.h":
                     self._emit("", (display, i + 1))
                     continue
-                raise TranslateError(
-                    f"{display}:{i + 1}: #include <{name}>: MSL kernels cannot use system or C++ library headers "
-                    f"(only <metal_*>)")
+                # Not an error yet: the include may sit in a branch for host compilers (#ifndef __METAL_VERSION__)
+                # that the preprocessor skips; if it is reached, compilation stops with this message.
+                self._emit(f'#error "{_c_string(display)}:{i + 1}: #include <{_c_string(name)}>: MSL kernels cannot '
+                           f'use system or C++ library headers (only <metal_*>)"', (display, i + 1))
+                continue
             found = None
             for d in [os.path.dirname(path) or "."] + self.include_dirs:
                 cand = os.path.join(d, name)
