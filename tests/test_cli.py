@@ -73,8 +73,8 @@ def test_info_reports_backends_and_hardware(tmp_path):
 def test_verify_quick_cpu_passes(tmp_path):
     out = tmp_path / "verify.json"
     # the forward cases (backward has its own tests in test_backward*.py)
-    forward = ["--case", "dense", "--case", "causal", "--case", "window", "--case", "alibi", "--case", "softcap",
-               "--case", "GQA", "--case", "varlen", "--case", "kvcache"]
+    forward = ["--case", "dense", "--case", "causal sq", "--case", "window", "--case", "alibi", "--case", "softcap",
+               "--case", "GQA 4", "--case", "varlen", "--case", "kvcache"]
     r = run_cli(["verify", "--quick", "--backend", "cpu", "--dtypes", "fp32,bf16", "--json", str(out), *forward],
                 tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
