@@ -25,7 +25,7 @@ struct RowInfo {
 struct MaskParams {
     int64_t offset;      // sk - sq: bottom-right alignment
     int32_t window_left, window_right;  // -1 = unbounded
-    float scale, softcap;
+    double scale, softcap;  // double so the fp64 path keeps full precision
     bool alibi;
 };
 
