@@ -72,3 +72,28 @@ def test_kvcache_every_backend(backend, paged, rng):
     np.testing.assert_array_equal(vc_b, vc_c)
     np.testing.assert_allclose(kc_b.astype(np.float32), kc_c.astype(np.float32), rtol=2e-3, atol=2e-3)
     np.testing.assert_allclose(out_b.astype(np.float32), out_c.astype(np.float32), rtol=5e-3, atol=5e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("varlen", [False, True])
+def test_dropout_every_backend(backend, varlen, rng):
+    """S_dmask from any backend is the mask that backend applied: the output equals the reference with that mask."""
+    p = 0.25
+    if varlen:
+        lq, lk = [6, 9], [11, 4]
+        q, k, v = randn(rng, (15, 2, 32)), randn(rng, (15, 2, 32)), randn(rng, (15, 2, 32))
+        cq, ck = _cu(lq), _cu(lk)
+        out, lse, s = fa.flash_attn_varlen_func(q, k, v, cq, ck, 9, 11, dropout_p=p, causal=True,
+                                                return_attn_probs=True, seed=(5, 7), backend=backend)
+        kw = dict(cu_seqlens_q=cq, cu_seqlens_k=ck, causal=True)
+    else:
+        q, k, v = randn(rng, (2, 13, 2, 32)), randn(rng, (2, 17, 2, 32)), randn(rng, (2, 17, 2, 32))
+        out, lse, s = fa.flash_attn_func(q, k, v, dropout_p=p, causal=True, return_attn_probs=True, seed=(5, 7),
+                                         backend=backend)
+        kw = dict(causal=True)
+    keep = s >= 0
+    ref, ref_lse = R.attention_ref(q, k, v, dropout_p=p, dropout_mask=keep, return_lse=True, **kw)
+    low = R.attention_ref(q, k, v, dropout_p=p, dropout_mask=keep, compute_dtype=np.float32, **kw)
+    assert_close_to_ref(out, ref, low)
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-5, atol=1e-5)
+    assert 0.1 < 1 - keep[np.abs(s) > 0].mean() < 0.4
