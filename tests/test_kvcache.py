@@ -233,3 +233,14 @@ def test_decode_loop_matches_full_attention(rng):
     full = fa.flash_attn_func(qs, ks, vs, causal=True, backend="cpu")
     np.testing.assert_allclose(np.concatenate(outs, axis=1), full, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(kc[:, :total], ks)
+
+
+def test_read_only_q_and_new_rows(rng):
+    """Without rotary nothing but the cache is written: read-only q, k, v are fine."""
+    q, k, v = randn(rng, (1, 2, 2, 8)), randn(rng, (1, 2, 2, 8)), randn(rng, (1, 2, 2, 8))
+    for x in (q, k, v):
+        x.flags.writeable = False
+    kc, vc = np.zeros((1, 16, 2, 8), np.float32), np.zeros((1, 16, 2, 8), np.float32)
+    out = fa.flash_attn_with_kvcache(q, kc, vc, k, v, cache_seqlens=0, causal=True, backend="cpu")
+    np.testing.assert_array_equal(kc[:, :2], k)
+    check(out, None, q, np.zeros_like(kc), np.zeros_like(vc), "fp32", k=k, v=v, seqlens=np.array([0]), causal=True)
