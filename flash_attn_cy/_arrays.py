@@ -14,7 +14,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+_NP_FLOAT_NAMES = {np.dtype(np.float16): "float16", np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
 
 
 def _torch():
@@ -44,7 +44,10 @@ def kind_of(x: Any, name: str) -> str:
 def float_dtype(x: Any, name: str) -> str:
     """The element type name of a float array/tensor, one of FLOAT_DTYPES; TypeError otherwise."""
     if isinstance(x, np.ndarray):
-        dname = x.dtype.name
+        known = _NP_FLOAT_NAMES.get(x.dtype)
+        if known is not None:
+            return known
+        dname = x.dtype.name  # ml_dtypes.bfloat16 (its dtype object is not a NumPy builtin)
         if dname in FLOAT_DTYPES:
             return dname
     else:

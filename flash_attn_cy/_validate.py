@@ -16,6 +16,7 @@ from . import _arrays
 from ._core import BACKENDS, backend_available
 
 MAX_HEADDIM = 256
+_INT32_MAX = 2 ** 31 - 1
 BACKEND_CHOICES = ("auto",) + tuple(BACKENDS)
 
 
@@ -163,7 +164,7 @@ def window(window_size: Any, causal: Any) -> Tuple[int, int]:
             raise TypeError(f"window_size: {side} must be an int >= -1, got {type(val).__name__}")
         if val < -1:
             raise ValueError(f"window_size: {side} must be -1 (unbounded) or >= 0, got {int(val)}")
-        if val > np.iinfo(np.int32).max:
+        if val > _INT32_MAX:
             raise ValueError(f"window_size: {side} must fit in int32, got {int(val)}")
     left, right = int(left), int(right)
     if causal:
