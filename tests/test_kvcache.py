@@ -139,10 +139,13 @@ def test_append_into_strided_cache_view(rng):
     big = randn(rng, (2, 2, 24, 3, 16))  # [layer, batch, seq, heads, d]
     kc, vc = big[0, :, :, :2], big[1, :, :, :2]
     q, k, v = randn(rng, (2, 2, 4, 16)), randn(rng, (2, 2, 2, 16)), randn(rng, (2, 2, 2, 16))
-    kc0, vc0 = kc.copy(), vc.copy()
+    kc0, vc0, big0 = kc.copy(), vc.copy(), big.copy()
     out = fa.flash_attn_with_kvcache(q, kc, vc, k, v, cache_seqlens=5, causal=True, backend="cpu")
     np.testing.assert_array_equal(big[0, :, 5:7, :2], k)
     np.testing.assert_array_equal(big[1, :, 5:7, :2], v)
+    written = np.zeros(big.shape, bool)
+    written[:, :, 5:7, :2] = True
+    np.testing.assert_array_equal(big[~written], big0[~written])  # nothing outside the new rows changed
     check(out, None, q, kc0, vc0, "fp32", k=k, v=v, seqlens=np.array([5, 5]), causal=True)
 
 
@@ -244,3 +247,20 @@ def test_read_only_q_and_new_rows(rng):
     out = fa.flash_attn_with_kvcache(q, kc, vc, k, v, cache_seqlens=0, causal=True, backend="cpu")
     np.testing.assert_array_equal(kc[:, :2], k)
     check(out, None, q, np.zeros_like(kc), np.zeros_like(vc), "fp32", k=k, v=v, seqlens=np.array([0]), causal=True)
+
+
+def test_append_in_place_torch_bf16_paged(rng):
+    page = 16
+    kc = to_torch(randn(rng, (4, page, 2, 32), "bf16"))
+    vc = to_torch(randn(rng, (4, page, 2, 32), "bf16"))
+    kc0, vc0 = kc.clone(), vc.clone()
+    q = to_torch(randn(rng, (1, 1, 4, 32), "bf16"))
+    k, v = to_torch(randn(rng, (1, 1, 2, 32), "bf16")), to_torch(randn(rng, (1, 1, 2, 32), "bf16"))
+    bt = torch.tensor([[2, 0, 3]], dtype=torch.int32)
+    out, lse = fa.flash_attn_with_kvcache(q, kc, vc, k, v, cache_seqlens=torch.tensor([20], dtype=torch.int32),
+                                          block_table=bt, return_softmax_lse=True, backend="cpu")
+    assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32 and tuple(lse.shape) == (1, 4, 1)
+    assert torch.equal(kc[0, 4], k[0, 0]) and torch.equal(vc[0, 4], v[0, 0])  # row 20 = page bt[0][1]=0, slot 4
+    changed = (kc != kc0).any(dim=(2, 3))
+    assert changed.sum() == 1 and bool(changed[0, 4])
+    check(out, lse, q, kc0, vc0, "bf16", k=k, v=v, seqlens=np.array([20]), block_table=bt.numpy())
