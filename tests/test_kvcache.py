@@ -264,3 +264,16 @@ def test_append_in_place_torch_bf16_paged(rng):
     changed = (kc != kc0).any(dim=(2, 3))
     assert changed.sum() == 1 and bool(changed[0, 4])
     check(out, lse, q, kc0, vc0, "bf16", k=k, v=v, seqlens=np.array([20]), block_table=bt.numpy())
+
+
+def test_leftpad_with_alibi_and_window(rng):
+    """Masks and ALiBi distances count keys from the first valid row (cache_leftpad), as flash_attn."""
+    batch, cap, h, d = 2, 32, 2, 16
+    kc, vc = randn(rng, (batch, cap, h, d)), randn(rng, (batch, cap, h, d))
+    q = randn(rng, (batch, 3, h, d))
+    seqlens = np.array([20, 31], np.int32)
+    leftpad = np.array([6, 2], np.int32)
+    slopes = rng.uniform(0.1, 0.5, (batch, h)).astype(np.float32)
+    out = fa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=seqlens, cache_leftpad=leftpad, alibi_slopes=slopes,
+                                     window_size=(7, 1), backend="cpu")
+    check(out, None, q, kc, vc, "fp32", seqlens=seqlens, leftpad=leftpad, alibi_slopes=slopes, window_size=(7, 1))
