@@ -277,3 +277,10 @@ def test_leftpad_with_alibi_and_window(rng):
     out = fa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=seqlens, cache_leftpad=leftpad, alibi_slopes=slopes,
                                      window_size=(7, 1), backend="cpu")
     check(out, None, q, kc, vc, "fp32", seqlens=seqlens, leftpad=leftpad, alibi_slopes=slopes, window_size=(7, 1))
+
+
+def test_zero_capacity_cache(rng):
+    q = randn(rng, (2, 1, 2, 8))
+    empty = np.zeros((2, 0, 2, 8), np.float32)
+    out, lse = fa.flash_attn_with_kvcache(q, empty, empty, cache_seqlens=0, return_softmax_lse=True, backend="cpu")
+    assert np.all(out == 0) and np.all(np.isposinf(lse))
