@@ -100,13 +100,17 @@ def core_view(x: Any, name: str, *, lead_axis: bool = False, in_place: bool = Fa
     """Buffer for `_core`: a zero-copy NumPy view (copied once if its strides are unusable), or a DeviceTensor for
     MPS tensors. `lead_axis` prepends an axis of length 1 (the varlen layout travels as [1, total, heads, dim]).
     `in_place`: the ABI writes into this array, so a copy would lose the result; raise instead of copying."""
-    if is_torch(x) and x.device.type == "mps":
+    if not isinstance(x, np.ndarray) and x.device.type == "mps":
         from . import _mps  # provided by the Metal shim component
         t = x.unsqueeze(0) if lead_axis else x
         return _mps.device_tensor(t)
     a = _host_numpy(x)
     if lead_axis:
         a = a[None]
+    if a.flags.c_contiguous and (a.ndim == 0 or min(a.strides) >= 0):  # the common case, checked cheaply
+        if (writable or in_place) and not a.flags.writeable:
+            raise ValueError(f"{name}: array is read-only but must be written in place")
+        return a
     if not _usable_strides(a):
         if in_place:
             raise ValueError(f"{name}: must have a contiguous last dimension (stride 1) and non-negative strides, "
