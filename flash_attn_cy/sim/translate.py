@@ -352,10 +352,13 @@ class _Translator:
         return self.emit()
 
     def check_directive(self, i: int) -> None:
-        text = self.toks[i].text
+        text = re.sub(r"//[^\n]*|/\*.*?\*/", " ", self.toks[i].text, flags=re.S)  # comments don't count
         if re.match(r"\s*#\s*define\b", text) and re.search(r"\bthreadgroup\b", text):
             raise self.err(i, "'threadgroup' inside a #define is not supported by the simulator's translator "
                               "(write the declaration out)")
+        if re.match(r"\s*#\s*define\b", text) and re.search(r"\[\[\s*(kernel|host_name)\b|\bkernel\s+void\b", text):
+            raise self.err(i, "kernel declarations or instantiations inside a #define are invisible to the "
+                              "simulator's translator (it reads the source before the preprocessor): write them out")
         if re.match(r"\s*#\s*define\b", text):
             body = text
             for word, space in ADDRESS_SPACES.items():
