@@ -142,7 +142,8 @@ struct SiteRec {
 };
 
 bool same_site(const SiteRec &s, const char *file, unsigned line, const char *what) {
-    return s.line == line && (s.file == file || strcmp(s.file, file) == 0) && strcmp(s.what, what) == 0;
+    return s.line == line && (s.what == what || strcmp(s.what, what) == 0) &&
+           (s.file == file || strcmp(s.file, file) == 0);
 }
 
 thread_local Worker *tl_worker = nullptr;

@@ -78,7 +78,16 @@ def _run(cmd: List[str], what: str) -> None:
         raise SimCompileError(f"{what} failed:\n{' '.join(cmd)}\n{p.stdout}")
 
 
+_compiler_ids: Dict[str, str] = {}
+
+
 def _compiler_id(cxx: str) -> str:
+    if cxx not in _compiler_ids:
+        _compiler_ids[cxx] = _query_compiler_id(cxx)
+    return _compiler_ids[cxx]
+
+
+def _query_compiler_id(cxx: str) -> str:
     try:
         out = subprocess.run(cxx.split() + ["--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True).stdout

@@ -72,6 +72,23 @@ def _index(k, name: str) -> int:
     return int(k)
 
 
+_modules: Dict[tuple, Tuple[ctypes.CDLL, List[Tuple[str, float]]]] = {}
+
+
+def _module_for(source: str, path: str, include_dirs: Tuple[str, ...]) -> ctypes.CDLL:
+    """Translated and compiled module for this source, reused while the included headers are unchanged."""
+    key = (source, path, include_dirs)
+    hit = _modules.get(key)
+    if hit is not None:
+        lib, deps = hit
+        if all(os.path.isfile(d) and os.path.getmtime(d) == m for d, m in deps):
+            return lib
+    tr = translate(source, path, list(include_dirs))
+    lib = _compile.load_module(tr.code, os.path.basename(path))
+    _modules[key] = (lib, [(d, os.path.getmtime(d)) for d in tr.dependencies])
+    return lib
+
+
 def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         buffers: Optional[Mapping[int, np.ndarray]] = None, bytes: Optional[Mapping[int, object]] = None,
         schedules: int = 3, *, seed: int = 0x5EED, host_threads: int = 0,
@@ -102,9 +119,7 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
     if not isinstance(schedules, (int, np.integer)) or schedules < 1:
         raise ValueError(f"schedules must be an int >= 1, got {schedules!r}")
     source, path = load_source(path_or_source)
-    dirs = list(include_dirs)
-    tr = translate(source, path, dirs)
-    lib = _compile.load_module(tr.code, os.path.basename(path))
+    lib = _module_for(source, path, tuple(include_dirs))
 
     out: Dict[int, np.ndarray] = {}
     idx, ptrs, lens, wr = [], [], [], []
