@@ -2,13 +2,17 @@
 // barriers and SIMD collectives, guarded buffers, fault capture (signals, divergence), and the multi-schedule launch
 // that compares results to find races and reads of uninitialised threadgroup memory.
 #undef _FORTIFY_SOURCE  // we _longjmp out of signal handlers and across fiber stacks (see fiber.cpp)
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -56,6 +60,21 @@ constexpr unsigned char kPoisonB = 0xa5;    // float -2.9e-16, half -0.0224
 constexpr unsigned char kSlackA = 0x6b;
 constexpr unsigned char kSlackB = 0x94;
 constexpr size_t kMaxFaults = 16;
+// The watchdog interrupts a threadgroup that runs longer than this without finishing (infinite loop, or a spin-wait
+// on memory another thread writes: cooperative fibers cannot preempt it). FLASH_ATTN_CY_SIM_TIMEOUT overrides.
+constexpr double kDefaultTimeoutSeconds = 300.0;
+constexpr int kWatchdogSignal = SIGUSR2;
+
+int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+double timeout_seconds() {
+    const char *e = getenv("FLASH_ATTN_CY_SIM_TIMEOUT");
+    double v = e ? atof(e) : 0.0;
+    return v > 0.0 ? v : kDefaultTimeoutSeconds;
+}
 
 enum Order { kForward, kReverse, kRandom };
 
@@ -169,7 +188,10 @@ struct Worker {
     int first_done = -1;
     SiteRec bar_site;
     bool abort = false;
-    bool in_fiber = false;
+    volatile bool in_fiber = false;
+    std::atomic<int64_t> tg_started_ns{0};  // 0 while not running a threadgroup (read by the watchdog)
+    std::atomic<bool> thread_known{false};
+    pthread_t thread;
     SimFiber *cur = nullptr;
     uint64_t rng = 0;
     std::vector<uint32_t> order;
@@ -359,8 +381,10 @@ struct Worker {
                 cur = nullptr;
                 if (r == 2) {  // signal: the fiber's stack is abandoned mid-kernel
                     f->fiber.started = false;
-                    if (!abort) L->add_fault(sig == SIGFPE || sig_addr == nullptr ? "error" : classify_signal(),
-                                             signal_message(f));
+                    if (!abort)
+                        L->add_fault(sig == SIGFPE || sig == kWatchdogSignal || sig_addr == nullptr ? "error"
+                                                                                                    : classify_signal(),
+                                     signal_message(f));
                     abort = true;
                 }
                 if (abort) {
@@ -388,6 +412,8 @@ struct Worker {
 
     void run_all() {
         tl_worker = this;
+        thread = pthread_self();
+        thread_known = true;
         // Our own signal stack: a stack overflow in a fiber must still be able to run the handler.
         altstack.resize(64 * 1024);
         stack_t ss, old_ss;
@@ -404,9 +430,13 @@ struct Worker {
                 if (L->stop) break;
                 uint32_t g = L->next_group.fetch_add(1);
                 if (g >= L->ngroups_total) break;
-                if (!run_group(g)) break;
+                tg_started_ns = now_ns();
+                bool ok = run_group(g);
+                tg_started_ns = 0;
+                if (!ok) break;
             }
         }
+        thread_known = false;
         sigaltstack(&old_ss, nullptr);
         tl_worker = nullptr;
         for (auto &f : fibers) f->fiber.stack.release();
@@ -430,6 +460,14 @@ const char *Worker::classify_signal() {
 
 std::string Worker::signal_message(SimFiber *f) {
     std::string who = thread_desc(f);
+    if (sig == kWatchdogSignal) {
+        char t[200];
+        snprintf(t, sizeof t, ": still running after %.0f s without finishing the threadgroup (an infinite loop, or a "
+                 "spin-wait on memory another thread writes, which the simulator's cooperative threads cannot "
+                 "preempt); FLASH_ATTN_CY_SIM_TIMEOUT sets the limit", timeout_seconds());
+        return who + t + "; last synchronisation point: " +
+               (f->wfile ? std::string(f->what) + " at " + where(f->wfile, f->wline) : std::string("kernel start"));
+    }
     std::string after = "; last synchronisation point: " +
                         (f->wfile ? std::string(f->what) + " at " + where(f->wfile, f->wline) : std::string("kernel start"));
     const char *acc = sig_write == 1 ? "write" : (sig_write == 0 ? "read" : "access");
@@ -463,9 +501,10 @@ std::string Worker::signal_message(SimFiber *f) {
 }
 
 // ------------------------------------------------------------------------------------------------ signals
-struct sigaction g_old[3];
+constexpr int kNumSignals = 4;
+struct sigaction g_old[kNumSignals];
 std::mutex g_sig_mu;
-const int kSignals[3] = {SIGSEGV, SIGBUS, SIGFPE};
+const int kSignals[kNumSignals] = {SIGSEGV, SIGBUS, SIGFPE, kWatchdogSignal};
 
 void on_signal(int sig, siginfo_t *si, void *uctx) {
     Worker *w = tl_worker;
@@ -478,7 +517,8 @@ void on_signal(int sig, siginfo_t *si, void *uctx) {
 #endif
         _longjmp(w->sched, 2);
     }
-    for (int i = 0; i < 3; i++) {
+    if (w && sig == kWatchdogSignal) return;  // arrived between fibers: the watchdog asks again shortly
+    for (int i = 0; i < kNumSignals; i++) {
         if (kSignals[i] != sig) continue;
         struct sigaction &o = g_old[i];
         if (o.sa_flags & SA_SIGINFO) {
@@ -497,7 +537,7 @@ void on_signal(int sig, siginfo_t *si, void *uctx) {
 // (Re)install our handler if someone (e.g. Python's faulthandler) replaced it; foreign faults chain to theirs.
 void install_signal_handlers() {
     std::lock_guard<std::mutex> lk(g_sig_mu);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < kNumSignals; i++) {
         struct sigaction cur;
         sigaction(kSignals[i], nullptr, &cur);
         if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_signal) continue;
@@ -554,10 +594,31 @@ bool execute_run(Launch &L, const RunSpec &spec) {
         for (int b = 0; b < kMaxBuffers; b++)
             w.bufptr[b] = L.bound[b] ? L.regions[L.bind[b].region].g.data + L.bind[b].offset : nullptr;
     }
+    // Watchdog: interrupts a worker whose current threadgroup exceeds the time limit (see kDefaultTimeoutSeconds).
+    std::mutex wd_mu;
+    std::condition_variable wd_cv;
+    bool wd_done = false;
+    const int64_t limit_ns = (int64_t)(timeout_seconds() * 1e9);
+    std::thread watchdog([&] {
+        std::unique_lock<std::mutex> lk(wd_mu);
+        while (!wd_cv.wait_for(lk, std::chrono::milliseconds(200), [&] { return wd_done; })) {
+            int64_t now = now_ns();
+            for (auto &w : workers) {
+                int64_t t0 = w->tg_started_ns.load();
+                if (t0 && now - t0 > limit_ns && w->thread_known) pthread_kill(w->thread, kWatchdogSignal);
+            }
+        }
+    });
     std::vector<std::thread> threads;
     for (int i = 1; i < nworkers; i++) threads.emplace_back([&workers, i] { workers[i]->run_all(); });
     workers[0]->run_all();
     for (auto &t : threads) t.join();
+    {
+        std::lock_guard<std::mutex> lk(wd_mu);
+        wd_done = true;
+    }
+    wd_cv.notify_all();
+    watchdog.join();
     bool ok = L.faults.empty();
     for (Region &r : L.regions) {
         long d = r.g.slack_damage(spec.slack);
