@@ -118,6 +118,12 @@ struct Launch {
     bool bound[kMaxBuffers];
     const RunSpec *run;
     bool hash_barriers;
+    // Diagnosis of a differing output word: which thread last wrote it (set by the diagnosis rerun only).
+    int watch_region = -1;
+    size_t watch_off = 0;
+    const char *watch_ptr = nullptr;
+    uint32_t watch_last = 0;
+    std::string watch_writer;
     std::vector<std::vector<BarrierHash>> hashes;  // per threadgroup
     std::mutex mu;
     std::vector<Fault> faults;
@@ -375,7 +381,10 @@ struct Worker {
                 cur = f;
                 tl_ctx = &f->ctx;
                 in_fiber = true;
+                const char *from_file = f->wfile, *from_what = f->what;
+                unsigned from_line = f->wline;
                 int r = fiber_resume(&f->fiber, &sched);
+                if (L->watch_ptr) note_watch(f, from_what, from_file, from_line);
                 in_fiber = false;
                 tl_ctx = nullptr;
                 cur = nullptr;
@@ -409,6 +418,19 @@ struct Worker {
     }
 
     const char *classify_signal();
+
+    // Diagnosis rerun: did the fiber that just ran change the watched word?
+    void note_watch(SimFiber *f, const char *from_what, const char *from_file, unsigned from_line) {
+        uint32_t v;
+        memcpy(&v, L->watch_ptr, 4);
+        if (v == L->watch_last) return;
+        L->watch_last = v;
+        std::string from = from_file ? std::string(from_what) + " at " + where(from_file, from_line)
+                                     : std::string("kernel start");
+        std::string to = f->state == kDone ? std::string("its return")
+                                           : std::string(f->what) + " at " + where(f->wfile, f->wline);
+        L->watch_writer = thread_desc(f) + ", between " + from + " and " + to;
+    }
 
     void run_all() {
         tl_worker = this;
@@ -585,6 +607,12 @@ bool execute_run(Launch &L, const RunSpec &spec) {
         L.hashes.assign(L.ngroups_total, {});
     }
     int nworkers = L.cfg.host_threads > 0 ? L.cfg.host_threads : (int)std::max(1u, std::thread::hardware_concurrency());
+    if (L.watch_region >= 0) {  // diagnosis: one worker, so "last writer" is well defined
+        nworkers = 1;
+        L.watch_ptr = L.regions[L.watch_region].g.data + L.watch_off;
+        memcpy(&L.watch_last, L.watch_ptr, 4);
+        L.watch_writer.clear();
+    }
     nworkers = (int)std::min<uint32_t>((uint32_t)nworkers, L.ngroups_total);
     std::vector<std::unique_ptr<Worker>> workers;
     for (int i = 0; i < nworkers; i++) {
@@ -633,6 +661,36 @@ bool execute_run(Launch &L, const RunSpec &spec) {
         }
     }
     return L.faults.empty();
+}
+
+void free_run(Launch &L);
+
+// Reruns the forward run and the given one serially, watching one output word, to name the thread that last wrote
+// it in each (a fault-path diagnosis: it costs two extra runs).
+std::string last_writers(Launch &L, int region, size_t off, const RunSpec &a, const RunSpec &b) {
+    if (L.regions[region].len < off + 4) return "";
+    std::vector<Fault> saved = L.faults;
+    auto hashes = std::move(L.hashes);
+    bool hb = L.hash_barriers;
+    L.hash_barriers = false;
+    std::string who[2];
+    int n = 0;
+    for (const RunSpec *spec : {&a, &b}) {
+        L.faults.clear();
+        free_run(L);
+        L.watch_region = region;
+        L.watch_off = off;
+        execute_run(L, *spec);
+        who[n++] = L.watch_writer.empty() ? std::string("no thread (never written)") : L.watch_writer;
+        L.watch_region = -1;
+        L.watch_ptr = nullptr;
+    }
+    L.faults = saved;
+    L.hashes = std::move(hashes);
+    L.hash_barriers = hb;
+    if (who[0] == who[1]) return "; that word is last written by " + who[0] + " in both runs";
+    return std::string("; that word is last written by ") + who[0] + " under the " + a.label + " run and by " +
+           who[1] + " under the " + b.label + " run";
 }
 
 void free_run(Launch &L) {
@@ -856,6 +914,7 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
                 size_t off = 0;
                 while (base[k][off] == r.g.data[off]) off++;
                 std::string d = describe_diff(r, base[k].data(), r.g.data, off, "forward", spec.label);
+                d += last_writers(L, (int)k, off & ~(size_t)3, runs[0], spec);
                 if (spec.poison != kPoisonA)
                     L.add_fault("uninitialized-read",
                                 std::string("kernel '") + kernel->name + "': results depend on threadgroup memory never "

@@ -366,7 +366,7 @@ class _Translator:
                 raise e
             self.warnings.append(str(e))
         if re.match(r"\s*#\s*define\b", text):
-            body = text
+            body = re.sub(r"\[\[.*?\]\]", " ", text)  # MSL attributes mean nothing to the C++ compiler
             for word, space in ADDRESS_SPACES.items():
                 body = re.sub(rf"\b{word}\b", self.space_text(space), body)
             if body != text:
