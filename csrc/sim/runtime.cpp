@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -157,6 +158,7 @@ struct TgArray {
     const TgSite *site;
     size_t bytes;
     Guarded g;
+    uint64_t epoch;  // the threadgroup run (Worker::epoch) that last declared it
 };
 
 struct SiteRec {
@@ -200,6 +202,7 @@ struct Worker {
     pthread_t thread;
     SimFiber *cur = nullptr;
     uint64_t rng = 0;
+    uint64_t epoch = 0;  // counts threadgroups run by this worker
     std::vector<uint32_t> order;
     // signal capture
     volatile int sig = 0;
@@ -236,9 +239,18 @@ struct Worker {
             if (fibers[i]->state == kWaitSimd) fibers[i]->state = kReady;
     }
 
+    // Arrays this threadgroup declared, in a worker-independent order (by site), so that runs that spread the
+    // threadgroups differently over workers compare like with like.
     void hash_arrays(const char *file, unsigned line) {
         std::vector<BarrierHash> &h = L->hashes[group];
-        for (const TgArray &a : arrays) {
+        std::vector<const TgArray *> mine;
+        for (const TgArray &a : arrays)
+            if (a.epoch == epoch) mine.push_back(&a);
+        std::sort(mine.begin(), mine.end(), [](const TgArray *x, const TgArray *y) {
+            return std::less<const TgSite *>()(x->site, y->site);
+        });
+        for (const TgArray *ap : mine) {
+            const TgArray &a = *ap;
             uint64_t x = 1469598103934665603ull;
             const unsigned char *p = (const unsigned char *)a.g.data;
             for (size_t i = 0; i < a.bytes; i++) x = (x ^ p[i]) * 1099511628211ull;
@@ -323,6 +335,7 @@ struct Worker {
     bool run_group(uint32_t g) {
         const LaunchConfig &cfg = L->cfg;
         group = g;
+        epoch++;
         tgid[0] = g % cfg.grid[0];
         tgid[1] = (g / cfg.grid[0]) % cfg.grid[1];
         tgid[2] = g / (cfg.grid[0] * cfg.grid[1]);
@@ -734,13 +747,17 @@ void *tg_alloc(const TgSite *site, size_t bytes, size_t align) {
     SimFiber *f = static_cast<SimFiber *>(ctx().runtime);
     Worker *w = f->w;
     for (TgArray &a : w->arrays)
-        if (a.site == site) return a.g.data;
-    w->arrays.push_back(TgArray{site, bytes, Guarded()});
+        if (a.site == site) {
+            a.epoch = w->epoch;
+            return a.g.data;
+        }
+    w->arrays.push_back(TgArray{site, bytes, Guarded(), w->epoch});
     TgArray &a = w->arrays.back();
     if (!a.g.create(bytes, w->L->run->end_aligned, w->L->run->slack)) w->fail(f, "error", "cannot map threadgroup memory");
     memset(a.g.data, w->L->run->poison, bytes);
     size_t total = 0;
-    for (const TgArray &x : w->arrays) total += x.bytes;
+    for (const TgArray &x : w->arrays)
+        if (x.epoch == w->epoch) total += x.bytes;
     if (total > 32768)
         w->fail(f, "error", w->thread_desc(f) + ": threadgroup memory exceeds Apple's 32 KiB limit (" +
                                 std::to_string(total) + " bytes after '" + site->name + "' at " +
