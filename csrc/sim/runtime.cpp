@@ -2,6 +2,7 @@
 // barriers and SIMD collectives, guarded buffers, fault capture (signals, divergence), and the multi-schedule launch
 // that compares results to find races and reads of uninitialised threadgroup memory.
 #undef _FORTIFY_SOURCE  // we _longjmp out of signal handlers and across fiber stacks (see fiber.cpp)
+#include <dlfcn.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -207,6 +208,7 @@ struct Worker {
     // signal capture
     volatile int sig = 0;
     void *sig_addr = nullptr;
+    void *sig_pc = nullptr;  // faulting instruction, for "[pc: module+offset]" (flash_attn_cy.sim maps it to a line)
     int sig_write = -1;  // 1 write, 0 read, -1 unknown
     std::vector<char> altstack;
 
@@ -493,6 +495,15 @@ const char *Worker::classify_signal() {
     return "error";
 }
 
+// " [pc: /path/module.so+0x1234]": the run-time compiled modules carry line tables that map it to the .metal line.
+std::string pc_text(void *pc) {
+    Dl_info info;
+    if (!pc || !dladdr(pc, &info) || !info.dli_fname || !info.dli_fbase) return "";
+    char b[64];
+    snprintf(b, sizeof b, "+0x%lx]", (unsigned long)((char *)pc - (char *)info.dli_fbase));
+    return std::string(" [pc: ") + info.dli_fname + b;
+}
+
 std::string Worker::signal_message(SimFiber *f) {
     std::string who = thread_desc(f);
     if (sig == kWatchdogSignal) {
@@ -503,7 +514,7 @@ std::string Worker::signal_message(SimFiber *f) {
         return who + t + "; last synchronisation point: " +
                (f->wfile ? std::string(f->what) + " at " + where(f->wfile, f->wline) : std::string("kernel start"));
     }
-    std::string after = "; last synchronisation point: " +
+    std::string after = pc_text(sig_pc) + "; last synchronisation point: " +
                         (f->wfile ? std::string(f->what) + " at " + where(f->wfile, f->wline) : std::string("kernel start"));
     const char *acc = sig_write == 1 ? "write" : (sig_write == 0 ? "read" : "access");
     char b[256];
@@ -536,6 +547,22 @@ std::string Worker::signal_message(SimFiber *f) {
 }
 
 // ------------------------------------------------------------------------------------------------ signals
+void *fault_pc(void *uctx) {
+    ucontext_t *uc = (ucontext_t *)uctx;
+    (void)uc;
+#if defined(__linux__) && defined(__x86_64__)
+    return (void *)uc->uc_mcontext.gregs[REG_RIP];
+#elif defined(__linux__) && defined(__aarch64__)
+    return (void *)uc->uc_mcontext.pc;
+#elif defined(__APPLE__) && defined(__aarch64__)
+    return (void *)uc->uc_mcontext->__ss.__pc;
+#elif defined(__APPLE__) && defined(__x86_64__)
+    return (void *)uc->uc_mcontext->__ss.__rip;
+#else
+    return nullptr;
+#endif
+}
+
 constexpr int kNumSignals = 4;
 struct sigaction g_old[kNumSignals];
 std::mutex g_sig_mu;
@@ -546,6 +573,7 @@ void on_signal(int sig, siginfo_t *si, void *uctx) {
     if (w && w->in_fiber) {
         w->sig = sig;
         w->sig_addr = si->si_addr;
+        w->sig_pc = fault_pc(uctx);
         w->sig_write = -1;
 #if defined(__linux__) && defined(__x86_64__)
         if (sig == SIGSEGV) w->sig_write = (((ucontext_t *)uctx)->uc_mcontext.gregs[REG_ERR] & 2) ? 1 : 0;

@@ -6,6 +6,7 @@ import builtins
 import ctypes
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -164,5 +165,17 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
     faults = []
     for line in text.splitlines():
         kind, _, m = line.partition("\t")
-        faults.append(Fault(kind, m))
+        faults.append(Fault(kind, _with_source_line(m)))
     return SimResult(out, faults)
+
+
+_PC_RE = re.compile(r" \[pc: (.+?)\+0x([0-9a-f]+)\]")
+
+
+def _with_source_line(message: str) -> str:
+    """Replace the runtime's "[pc: module+offset]" with the .metal source line when the line table knows it."""
+    m = _PC_RE.search(message)
+    if not m:
+        return message
+    where = _compile.source_line(m.group(1), int(m.group(2), 16))
+    return message[:m.start()] + (f" at {where}" if where else "") + message[m.end():]
