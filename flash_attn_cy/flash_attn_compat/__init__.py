@@ -1,0 +1,42 @@
+"""flash_attn_cy's stand-in for Dao-AILab ``flash_attn`` 2.x.
+
+After the explicit opt-in ``flash_attn_cy.install_as_flash_attn()`` (or ``FLASH_ATTN_CY_AS_FLASH_ATTN=1`` with a
+regular install), ``import flash_attn`` loads THIS package under the name ``flash_attn``, so code written for
+flash_attn (``from flash_attn import flash_attn_func``, ``from flash_attn.bert_padding import unpad_input``,
+``from flash_attn.layers.rotary import apply_rotary_emb``) runs unchanged on flash_attn_cy. A real flash_attn
+that is installed is never shadowed unless ``force=True`` is passed.
+
+Versions, honestly:
+- ``__version__`` is the flash_attn API level these modules reproduce (signatures, defaults, return values of the
+  released flash_attn 2.8.3), because model code compares it to decide which keywords it may pass.
+- ``__flash_attn_cy_version__`` is the version of the flash_attn_cy package that actually runs.
+- No ``flash-attn`` distribution metadata is faked: ``importlib.metadata.version("flash_attn")`` still fails, so
+  transformers' ``attn_implementation="flash_attention_2"`` does not select this; use
+  ``flash_attn_cy.register_transformers()`` and ``attn_implementation="flash_attn_cy"`` instead.
+"""
+
+from __future__ import annotations
+
+from .flash_attn_interface import (
+    flash_attn_func,
+    flash_attn_kvpacked_func,
+    flash_attn_qkvpacked_func,
+    flash_attn_varlen_func,
+    flash_attn_varlen_kvpacked_func,
+    flash_attn_varlen_qkvpacked_func,
+    flash_attn_with_kvcache,
+)
+from ._alias import FLASH_ATTN_API_LEVEL, flash_attn_cy_version
+
+__version__ = FLASH_ATTN_API_LEVEL
+__flash_attn_cy_version__ = flash_attn_cy_version()
+
+__all__ = [
+    "flash_attn_func",
+    "flash_attn_kvpacked_func",
+    "flash_attn_qkvpacked_func",
+    "flash_attn_varlen_func",
+    "flash_attn_varlen_kvpacked_func",
+    "flash_attn_varlen_qkvpacked_func",
+    "flash_attn_with_kvcache",
+]

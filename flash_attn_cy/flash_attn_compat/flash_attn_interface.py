@@ -1,0 +1,311 @@
+"""``flash_attn.flash_attn_interface`` served by flash_attn_cy.
+
+Every function has the exact name, positional order, keyword names and defaults of Dao-AILab flash_attn 2.8.3, so
+model code (and transformers, which inspects these signatures to decide which keywords to pass) can call it
+unchanged. The work is done by the matching ``flash_attn_cy`` function on its default backend ("auto").
+
+Errors: flash_attn's CUDA extension reports bad arguments as ``RuntimeError``; flash_attn_cy raises ``ValueError``
+or ``TypeError`` naming the argument. Here those are re-raised as :class:`FlashAttnValueError` /
+:class:`FlashAttnTypeError`, which derive from BOTH the flash_attn_cy type and ``RuntimeError``, so
+``except RuntimeError`` (code written for flash_attn) and ``except ValueError`` both catch them.
+``NotImplementedError`` (a ``RuntimeError`` already) passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional, Union
+
+import flash_attn_cy as _cy
+
+__all__ = [
+    "FlashAttnTypeError",
+    "FlashAttnValueError",
+    "flash_attn_func",
+    "flash_attn_kvpacked_func",
+    "flash_attn_qkvpacked_func",
+    "flash_attn_varlen_func",
+    "flash_attn_varlen_kvpacked_func",
+    "flash_attn_varlen_qkvpacked_func",
+    "flash_attn_with_kvcache",
+]
+
+
+class FlashAttnValueError(ValueError, RuntimeError):
+    """A bad argument value or shape (flash_attn raises RuntimeError for these, flash_attn_cy ValueError)."""
+
+
+class FlashAttnTypeError(TypeError, RuntimeError):
+    """A bad argument type or dtype (flash_attn raises RuntimeError for these, flash_attn_cy TypeError)."""
+
+
+def _flash_attn_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Re-raise flash_attn_cy's ValueError/TypeError as types that are also RuntimeError (see module docstring)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (FlashAttnValueError, FlashAttnTypeError):
+            raise
+        except ValueError as exc:
+            raise FlashAttnValueError(str(exc)) from exc
+        except TypeError as exc:
+            raise FlashAttnTypeError(str(exc)) from exc
+
+    return wrapper
+
+
+@_flash_attn_errors
+def flash_attn_qkvpacked_func(
+    qkv,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),  # -1 means infinite context window
+    softcap=0.0,  # <=0.0 means deactivate
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
+    """Attention on packed ``qkv`` of shape (batch, seqlen, 3, nheads, headdim); returns (batch, seqlen, nheads,
+    headdim), or ``(out, softmax_lse, S_dmask)`` with ``return_attn_probs=True``. Same semantics as flash_attn 2.x."""
+    return _cy.flash_attn_qkvpacked_func(
+        qkv,
+        dropout_p=dropout_p,
+        softmax_scale=softmax_scale,
+        causal=causal,
+        window_size=window_size,
+        softcap=softcap,
+        alibi_slopes=alibi_slopes,
+        deterministic=deterministic,
+        return_attn_probs=return_attn_probs,
+    )
+
+
+@_flash_attn_errors
+def flash_attn_kvpacked_func(
+    q,
+    kv,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),  # -1 means infinite context window
+    softcap=0.0,  # 0.0 means deactivated
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
+    """Attention with q (batch, seqlen_q, nheads, headdim) and packed kv (batch, seqlen_k, 2, nheads_k, headdim).
+    Same semantics and return values as flash_attn 2.x."""
+    return _cy.flash_attn_kvpacked_func(
+        q,
+        kv,
+        dropout_p=dropout_p,
+        softmax_scale=softmax_scale,
+        causal=causal,
+        window_size=window_size,
+        softcap=softcap,
+        alibi_slopes=alibi_slopes,
+        deterministic=deterministic,
+        return_attn_probs=return_attn_probs,
+    )
+
+
+@_flash_attn_errors
+def flash_attn_func(
+    q,
+    k,
+    v,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),  # -1 means infinite context window
+    softcap=0.0,  # 0.0 means deactivated
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
+    """Attention with q (batch, seqlen_q, nheads, headdim), k/v (batch, seqlen_k, nheads_k, headdim); causal and
+    window masks aligned bottom-right; GQA/MQA when nheads % nheads_k == 0. Returns out like q, or
+    ``(out, softmax_lse, S_dmask)`` with ``return_attn_probs=True``. Same semantics as flash_attn 2.x."""
+    return _cy.flash_attn_func(
+        q,
+        k,
+        v,
+        dropout_p=dropout_p,
+        softmax_scale=softmax_scale,
+        causal=causal,
+        window_size=window_size,
+        softcap=softcap,
+        alibi_slopes=alibi_slopes,
+        deterministic=deterministic,
+        return_attn_probs=return_attn_probs,
+    )
+
+
+@_flash_attn_errors
+def flash_attn_varlen_qkvpacked_func(
+    qkv,
+    cu_seqlens,
+    max_seqlen,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),  # -1 means infinite context window
+    softcap=0.0,  # 0.0 means deactivated
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
+    """Variable-length attention on packed qkv (total, 3, nheads, headdim) with int32 ``cu_seqlens`` (batch + 1,).
+    Same semantics and return values as flash_attn 2.x."""
+    return _cy.flash_attn_varlen_qkvpacked_func(
+        qkv,
+        cu_seqlens,
+        max_seqlen,
+        dropout_p=dropout_p,
+        softmax_scale=softmax_scale,
+        causal=causal,
+        window_size=window_size,
+        softcap=softcap,
+        alibi_slopes=alibi_slopes,
+        deterministic=deterministic,
+        return_attn_probs=return_attn_probs,
+    )
+
+
+@_flash_attn_errors
+def flash_attn_varlen_kvpacked_func(
+    q,
+    kv,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),  # -1 means infinite context window
+    softcap=0.0,  # 0.0 means deactivated
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
+    """Variable-length attention with q (total_q, nheads, headdim) and packed kv (total_k, 2, nheads_k, headdim).
+    Same semantics and return values as flash_attn 2.x."""
+    return _cy.flash_attn_varlen_kvpacked_func(
+        q,
+        kv,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        dropout_p=dropout_p,
+        softmax_scale=softmax_scale,
+        causal=causal,
+        window_size=window_size,
+        softcap=softcap,
+        alibi_slopes=alibi_slopes,
+        deterministic=deterministic,
+        return_attn_probs=return_attn_probs,
+    )
+
+
+@_flash_attn_errors
+def flash_attn_varlen_func(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),  # -1 means infinite context window
+    softcap=0.0,  # 0.0 means deactivated
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+    block_table=None,
+):
+    """Variable-length attention: q (total_q, nheads, headdim), k/v (total_k, nheads_k, headdim), int32
+    ``cu_seqlens_q``/``cu_seqlens_k`` (batch + 1,). Same semantics and return values as flash_attn 2.x.
+    ``block_table`` (a paged K/V cache) is accepted only as ``None`` unless flash_attn_cy's varlen function
+    supports it."""
+    kwargs = dict(
+        dropout_p=dropout_p,
+        softmax_scale=softmax_scale,
+        causal=causal,
+        window_size=window_size,
+        softcap=softcap,
+        alibi_slopes=alibi_slopes,
+        deterministic=deterministic,
+        return_attn_probs=return_attn_probs,
+    )
+    if block_table is not None:
+        # Passed on only when given, so a core without paged varlen support fails with its own clear message
+        # (TypeError for the unknown keyword is turned into FlashAttnTypeError naming block_table below).
+        try:
+            return _cy.flash_attn_varlen_func(
+                q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table=block_table, **kwargs
+            )
+        except TypeError as exc:
+            if "block_table" in str(exc) and "unexpected keyword" in str(exc):
+                raise NotImplementedError(
+                    "flash_attn_varlen_func(block_table=...): paged K/V caches are not supported by "
+                    "flash_attn_cy's varlen path; use flash_attn_with_kvcache(..., block_table=...)"
+                ) from None
+            raise
+    return _cy.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kwargs)
+
+
+@_flash_attn_errors
+def flash_attn_with_kvcache(
+    q,
+    k_cache,
+    v_cache,
+    k=None,
+    v=None,
+    rotary_cos=None,
+    rotary_sin=None,
+    cache_seqlens: Optional[Union[(int, Any)]] = None,
+    cache_batch_idx: Optional[Any] = None,
+    cache_leftpad: Optional[Any] = None,
+    block_table: Optional[Any] = None,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),  # -1 means infinite context window
+    softcap=0.0,  # 0.0 means deactivated
+    rotary_interleaved=True,
+    alibi_slopes=None,
+    num_splits=0,
+    return_softmax_lse=False,
+):
+    """Incremental decoding against a K/V cache: new ``k``/``v`` are written into ``k_cache``/``v_cache`` in place
+    at ``cache_seqlens``, optional rotary embedding on q and the new k, paged caches through ``block_table``.
+    Returns out (batch, seqlen, nheads, headdim), or ``(out, softmax_lse)`` with ``return_softmax_lse=True``.
+    Same semantics as flash_attn 2.x."""
+    return _cy.flash_attn_with_kvcache(
+        q,
+        k_cache,
+        v_cache,
+        k=k,
+        v=v,
+        rotary_cos=rotary_cos,
+        rotary_sin=rotary_sin,
+        cache_seqlens=cache_seqlens,
+        cache_batch_idx=cache_batch_idx,
+        cache_leftpad=cache_leftpad,
+        block_table=block_table,
+        softmax_scale=softmax_scale,
+        causal=causal,
+        window_size=window_size,
+        softcap=softcap,
+        rotary_interleaved=rotary_interleaved,
+        alibi_slopes=alibi_slopes,
+        num_splits=num_splits,
+        return_softmax_lse=return_softmax_lse,
+    )
