@@ -18,7 +18,7 @@ from test_metal_support import dropout_keep_mask, lse_close, np_dtype, rand, req
 from _tolerance import assert_close_to_ref
 
 BACKEND = os.environ.get("FA_TEST_METAL_BACKEND", "sim")
-SCHEDULES = 2
+SCHEDULES = 3  # forward, reverse and one seeded random thread order
 
 
 @pytest.fixture(autouse=True)
