@@ -64,6 +64,7 @@ extern "C" int fa_plan_build(fa_plan_kind kind, const fa_params *p, const fa_kvc
                              size_t errlen) {
     if (kind != FA_PLAN_FORWARD) return std::snprintf(err, errlen, "stand-in plan: forward only"), FA_ERR_UNSUPPORTED;
     std::memset(out, 0, sizeof *out);
+    if (p->seqlen_q == 0) return FA_OK;  // empty plan, as the real one for empty shapes
     const uint32_t n = static_cast<uint32_t>(p->seqlen_q) * static_cast<uint32_t>(p->headdim);
     const uint32_t rows = static_cast<uint32_t>(p->seqlen_q);
     ScaleConstants c{n, p->softmax_scale};
@@ -313,6 +314,13 @@ int main(int argc, char **argv) {
             CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_ERR_RUNTIME);
             CHECK_CONTAINS(msg, "could not allocate a 18944-byte buffer for");
             mock::knobs().max_buffer_length = 1ul << 30;
+        }
+        {  // an empty plan runs nothing: no buffers, no command buffer
+            Call c;
+            const size_t before = mock::journal().size();
+            c.p.seqlen_q = 0;
+            CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_OK);
+            CHECK(mock::journal().size() == before);
         }
         {  // and the next call works again
             Call c;
