@@ -52,8 +52,6 @@ extern "C" MTLSize MTLSizeMake(NSUInteger w, NSUInteger h, NSUInteger d) {
 + (instancetype)alloc { return class_createInstance(self, 0); }
 + (instancetype)new { return [[self alloc] init]; }
 - (instancetype)init { return self; }
-- (BOOL)isEqual:(id)object { return self == object; }
-- (NSString *)description { return (NSString *)[NSString stringWithUTF8String:"<mock object>"]; }
 @end
 
 // @autoreleasepool on the GNU runtime without ARC: [[NSAutoreleasePool alloc] init] ... [pool drain].
@@ -136,11 +134,8 @@ extern "C" MTLSize MTLSizeMake(NSUInteger w, NSUInteger h, NSUInteger d) {
 @end
 @implementation FAMockError
 - (NSString *)localizedDescription { return message; }
-- (NSInteger)code { return 1; }
 @end
 @implementation NSError
-- (NSErrorDomain)domain { return (NSString *)[NSString stringWithUTF8String:"mock"]; }
-- (NSInteger)code { return 0; }
 - (NSString *)localizedDescription { return (NSString *)[NSString stringWithUTF8String:""]; }
 - (id)copyWithZone:(void *)zone { (void)zone; return self; }
 @end
@@ -166,7 +161,6 @@ static NSError *mock_error(const std::string &text) {
 @implementation FAMockBuffer
 - (NSString *)label { return lbl; }
 - (void)setLabel:(NSString *)l { lbl = l; }
-- (id<MTLDevice>)device { return nil; }
 - (NSUInteger)length { return len; }
 - (void *)contents { return data; }
 @end
@@ -211,7 +205,6 @@ static NSError *mock_error(const std::string &text) {
 @end
 @implementation FAMockPipeline
 - (NSUInteger)maxTotalThreadsPerThreadgroup { return mock::knobs().max_total_threads; }
-- (NSUInteger)threadExecutionWidth { return 32; }
 - (NSUInteger)staticThreadgroupMemoryLength { return 0; }
 @end
 
@@ -443,9 +436,9 @@ static std::vector<std::string> *kernel_names_in(const std::string &source) {
 }
 - (id<MTLComputePipelineState>)newComputePipelineStateWithFunction:(id<MTLFunction>)fn error:(NSError **)error {
     (void)error;
-    mock::note(std::string("pipeline ") + fn.name.UTF8String);
+    mock::note(std::string("pipeline ") + ((FAMockFunction *)fn)->fname.UTF8String);
     FAMockPipeline *p = [FAMockPipeline new];
-    p->kname = new std::string(fn.name.UTF8String);
+    p->kname = new std::string(((FAMockFunction *)fn)->fname.UTF8String);
     return p;
 }
 @end
