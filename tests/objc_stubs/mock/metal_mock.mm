@@ -36,6 +36,11 @@ static std::map<std::string, Kernel> &kernels() {
     return k;
 }
 void register_kernel(const std::string &name, Kernel k) { kernels()[name] = std::move(k); }
+static FallbackRunner &fallback() {
+    static FallbackRunner f;
+    return f;
+}
+void set_fallback(FallbackRunner runner) { fallback() = std::move(runner); }
 static void note(const std::string &s) { journal().push_back(s); }
 }  // namespace mock
 
@@ -305,7 +310,7 @@ struct Dispatch {
     }
     for (const Dispatch &d : *dispatches) {
         auto k = mock::kernels().find(d.kernel);
-        if (k == mock::kernels().end()) {
+        if (k == mock::kernels().end() && !mock::fallback()) {
             st = MTLCommandBufferStatusError;
             err = mock_error("mock: no test kernel " + d.kernel);
             return;
@@ -315,6 +320,7 @@ struct Dispatch {
             if (kv.second.is_bytes) {
                 args[kv.first].data = const_cast<char *>(kv.second.bytes.data());
                 args[kv.first].bytes = kv.second.bytes.size();
+                args[kv.first].is_bytes = true;
             } else if (kv.second.buffer != nil) {
                 if (kv.second.offset >= kv.second.buffer->len) {
                     st = MTLCommandBufferStatusError;
@@ -325,7 +331,8 @@ struct Dispatch {
                 args[kv.first].bytes = kv.second.buffer->len - kv.second.offset;
             }
         }
-        std::string fault = k->second(args, d.grid, d.threads);
+        std::string fault = k != mock::kernels().end() ? k->second(args, d.grid, d.threads)
+                                                       : mock::fallback()(d.kernel, args, d.grid, d.threads);
         if (!fault.empty()) {
             st = MTLCommandBufferStatusError;
             err = mock_error("mock kernel fault: " + fault);
