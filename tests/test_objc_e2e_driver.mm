@@ -216,6 +216,83 @@ static void run_kvcache_case() {
     std::free(k_aligned);
 }
 
+// Tensors already in MTLBuffers (what PyTorch MPS tensors become): q/k/v/out/lse bound by handle at byte offsets,
+// host pointers NULL - through the dispatcher's checks, the plan and the shim's device-buffer binding.
+static void run_device_buffer_case() {
+    const int B = 1, sq = 19, sk = 45, h = 2, d = 64;
+    const size_t nq = size_t(B) * sq * h * d, nk = size_t(B) * sk * h * d, nl = size_t(B) * h * sq;
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal;
+    std::vector<float> q(nq), k(nk), v(nk), out_cpu(nq), lse_cpu(nl);
+    for (float &e : q) e = normal(rng);
+    for (float &e : k) e = normal(rng);
+    for (float &e : v) e = normal(rng);
+    const size_t offsets[5] = {256, 4096, 64, 1024, 16};  // q, k, v, out, lse
+    const size_t counts[5] = {nq, nk, nk, nq, nl};
+    fa_device_buffers dev;
+    std::memset(&dev, 0, sizeof dev);
+    float *contents[5];
+    for (int i = 0; i < 5; ++i) {
+        void *c = nullptr;
+        dev.handle[i] = mock::new_device_buffer(offsets[i] + counts[i] * 4, &c);
+        dev.byte_offset[i] = int64_t(offsets[i]);
+        dev.byte_length[i] = int64_t(counts[i] * 4);
+        contents[i] = reinterpret_cast<float *>(static_cast<char *>(c) + offsets[i]);
+    }
+    std::memcpy(contents[0], q.data(), nq * 4);
+    std::memcpy(contents[1], k.data(), nk * 4);
+    std::memcpy(contents[2], v.data(), nk * 4);
+    auto params = [&](bool on_device) {
+        fa_params p;
+        fa_params_init(&p);
+        p.batch = B, p.seqlen_q = sq, p.seqlen_k = sk, p.nheads_q = p.nheads_kv = h, p.headdim = p.headdim_v = d;
+        p.dtype = FA_F32;
+        auto dense = [](fa_tensor &t, void *data, int rows, int heads, int dd) {
+            t.data = data, t.head_stride = dd, t.row_stride = int64_t(heads) * dd, t.batch_stride = int64_t(rows) * heads * dd;
+        };
+        dense(p.q, on_device ? nullptr : q.data(), sq, h, d);
+        dense(p.k, on_device ? nullptr : k.data(), sk, h, d);
+        dense(p.v, on_device ? nullptr : v.data(), sk, h, d);
+        dense(p.out, on_device ? nullptr : out_cpu.data(), sq, h, d);
+        p.lse = on_device ? nullptr : lse_cpu.data();
+        p.lse_batch_stride = int64_t(h) * sq, p.lse_head_stride = sq, p.lse_row_stride = 1;
+        p.softmax_scale = 0.125f;
+        p.window_right = 0;  // causal
+        if (on_device) p.device_buffers = &dev;
+        return p;
+    };
+    char err[1024] = "";
+    fa_params pm = params(true);
+    int rc = fa_forward(FA_BACKEND_METAL, &pm, err, sizeof err);
+    if (rc != FA_OK && std::strstr(err, "softmax_lse") == nullptr && std::strstr(err, "lse was given") != nullptr) {
+        // csrc/plan decides "is there an LSE?" from the host pointer only; the shim refuses rather than leave it
+        // unwritten. Run the rest of the check without the device LSE so `out` is still compared.
+        std::printf("KNOWN-PLAN-ISSUE %s\n", err);
+        CHECK(false, std::string("KNOWN-PLAN-ISSUE device-buffer lse is bound by the plan"));
+        dev.handle[4] = nullptr;
+        pm = params(true);
+        pm.lse = nullptr;
+        rc = fa_forward(FA_BACKEND_METAL, &pm, err, sizeof err);
+        contents[4] = lse_cpu.data();  // nothing to compare: skip the LSE comparison below
+    }
+    CHECK(rc == FA_OK, std::string("device buffers metal: ") + err);
+    fa_params pc = params(false);
+    rc = fa_forward(FA_BACKEND_CPU, &pc, err, sizeof err);
+    CHECK(rc == FA_OK, std::string("device buffers cpu: ") + err);
+    double dout = 0, dlse = 0;
+    for (size_t i = 0; i < nq; ++i) dout = std::fmax(dout, std::fabs(contents[3][i] - out_cpu[i]));
+    for (size_t i = 0; i < nl; ++i) dlse = std::fmax(dlse, std::fabs(contents[4][i] - lse_cpu[i]));
+    std::printf("device buffers f32 causal: max|metal - cpu| out %.3g, lse %.3g\n", dout, dlse);
+    CHECK(dout <= 1e-5, std::string("device-buffer forward out matches the CPU backend"));
+    CHECK(dlse <= 1e-5, std::string("KNOWN-PLAN-ISSUE device-buffer lse matches the CPU backend"));
+    // A handle whose MTLBuffer is shorter than the byte_length the caller claims is caught by the shim.
+    dev.byte_offset[0] = int64_t(offsets[0]) + 64;
+    fa_params bad = params(true);
+    rc = fa_forward(FA_BACKEND_METAL, &bad, err, sizeof err);
+    CHECK(rc == FA_ERR_VALUE && std::strstr(err, "the MTLBuffer given for q holds") != nullptr,
+          std::string("short device buffer: ") + err);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return std::fprintf(stderr, "usage: e2e METALLIB_PATH\n"), 2;
     // The mock "metallib" lists every kernel the simulator has; the shim loads it like a real library.
@@ -236,6 +313,7 @@ int main(int argc, char **argv) {
     };
     for (const Case &c : cases) run_case(c);
     run_kvcache_case();
+    run_device_buffer_case();
     std::printf("passed %d of %d checks\n", g_checks - g_failures, g_checks);
     return g_failures ? 1 : 0;
 }
