@@ -5,9 +5,9 @@ without ARC on the GNU Objective-C runtime) -> the mock Metal of tests/objc_stub
 kernels, run by the Metal simulator when the mock's command buffer commits; outputs and LSE are compared with the CPU
 backend. See tests/test_objc_e2e_driver.mm.
 
-It links against the C++ core the build produced (libfa_core.a in a meson build directory, i.e. an editable install:
-`pip install --no-build-isolation -e .`), so it skips where there is none (a plain `pip install .`, as .ci/run
-does). What it cannot show: that Apple's compiler, Metal and an Apple GPU agree - that is the macOS workflow's job.
+It links against the C++ core the build produced (libfa_core.a in a meson build directory under build/: an editable
+install, `pip install --no-build-isolation -e .`, or `pip install . -Cbuild-dir=build/ci`), and skips where there is
+none (a plain `pip install .` builds in a temporary directory). What it cannot show: that Apple's compiler, Metal and an Apple GPU agree - that is the macOS workflow's job.
 """
 from __future__ import annotations
 
@@ -44,11 +44,11 @@ def test_metal_path_end_to_end(tmp_path: Path) -> None:
     if clang is None or not objc_lib or not Path(objc_lib).is_file():
         pytest.skip("needs clang (apt clang-19) and the GNU Objective-C runtime (apt libobjc-12-dev)")
     objc_dir = Path(objc_lib).parent
-    members = subprocess.run(["ar", "t", str(lib)], capture_output=True, text=True).stdout.split()
-    if not members or not all(Path(m).is_absolute() or (ROOT / m).is_file() or Path(m).is_file() for m in members):
+    # A thin archive lists its objects relative to the directory `ar` runs in.
+    members = subprocess.run(["ar", "t", lib.name], capture_output=True, text=True, cwd=lib.parent).stdout.split()
+    objects = [str(lib.parent / m) for m in members if "metal_unavailable" not in m]
+    if not members or not all(Path(o).is_file() for o in objects):
         pytest.skip(f"{lib} is not a thin archive whose objects can be linked individually")
-    objects = [str(m if Path(m).is_absolute() else (ROOT / m if (ROOT / m).is_file() else Path(m)))
-               for m in members if "metal_unavailable" not in m]
     exe = tmp_path / "e2e"
     cmd = [clang, "-x", "objective-c++", "-std=c++17", "-fobjc-runtime=gcc", "-fblocks",
            "-DFA_METAL_MRC_EXECUTION_TEST", "-O1", "-Wall", "-Werror",
