@@ -130,3 +130,23 @@ def test_stubs_declare_only_what_the_shim_uses() -> None:
                 continue
             unused.append(f"{header.parent.name}/{header.name}: {name}")
     assert not unused, "declared in the stubs but not used by objc/*.mm: " + ", ".join(unused)
+
+
+def _macos_sdk() -> str | None:
+    import sys
+    if sys.platform != "darwin" or shutil.which("xcrun") is None:
+        return None
+    sdk = subprocess.run(["xcrun", "--sdk", "macosx", "--show-sdk-path"], capture_output=True, text=True)
+    return sdk.stdout.strip() if sdk.returncode == 0 and sdk.stdout.strip() else None
+
+
+@pytest.mark.skipif(_macos_sdk() is None, reason="needs macOS with the SDK (xcrun): checks the stubs' fidelity")
+@pytest.mark.parametrize("path", MM_FILES, ids=lambda p: p.name)
+def test_mm_compiles_against_the_real_sdk(path: Path) -> None:
+    """On a Mac the same files must compile warning-free against Apple's real headers: a selector or type that the
+    stubs got wrong would pass the Linux check and fail here."""
+    cmd = ["xcrun", "clang", "-fsyntax-only", "-x", "objective-c++", "-std=c++17", "-fobjc-arc", "-fblocks",
+           "-Werror", "-Wall", "-Wextra", "-isysroot", _macos_sdk(), f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'kernels'}",
+           f"-I{ROOT / 'objc'}", str(path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
