@@ -260,7 +260,11 @@ int main(int argc, char **argv) {
             CHECK(!mock::journal_has("setbuffer 1 64"));
         }
     } else if (scenario == "embedded" || scenario == "embedded_error") {
+        setenv("FLASH_ATTN_CY_METALLIB", "/nonexistent/fa_kernels.metallib", 1);
+        CHECK(fa_metal_available(msg, sizeof msg) == 0);  // a library that is not there: backend unusable
+        CHECK_CONTAINS(msg, "FLASH_ATTN_CY_METALLIB=/nonexistent/fa_kernels.metallib is not a readable file");
         unsetenv("FLASH_ATTN_CY_METALLIB");
+        CHECK(fa_metal_available(msg, sizeof msg) == 1);
         if (scenario == "embedded_error") std::snprintf(g_second_file, sizeof g_second_file, "#error missing tile\n");
         CHECK(fa_metal_describe(msg, sizeof msg) == FA_OK);
         CHECK_CONTAINS(msg, "embedded kernel source (2 files), compiled at first use (not yet compiled)");
@@ -279,6 +283,8 @@ int main(int argc, char **argv) {
             Call again;  // the failure is remembered, not retried
             CHECK(fa_metal_execute(FA_PLAN_FORWARD, &again.p, nullptr, msg, sizeof msg) == FA_ERR_RUNTIME);
             CHECK(count_prefix("library source") == 2);
+            CHECK(fa_metal_available(msg, sizeof msg) == 0);  // and from now on the backend reports itself unusable
+            CHECK_CONTAINS(msg, "stage2.metal failed");
         }
     } else if (scenario == "errors") {
         if (argc < 3) return 2;
