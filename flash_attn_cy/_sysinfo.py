@@ -116,15 +116,18 @@ def apple_gpu() -> Optional[str]:
 
 
 def package_versions() -> Dict[str, Optional[str]]:
-    """Versions of the Python, NumPy and optional packages relevant to flash_attn_cy (None when not installed)."""
-    import importlib
+    """Versions of Python, NumPy and the optional packages flash_attn_cy works with (None when not installed).
+
+    Read from the installed distributions' metadata, without importing them (importing torch or transformers
+    takes seconds)."""
+    from importlib import metadata
 
     vers: Dict[str, Optional[str]] = {"python": platform.python_version()}
-    for mod in ("numpy", "torch", "ml_dtypes", "matplotlib", "transformers"):
+    for dist in ("numpy", "torch", "ml_dtypes", "matplotlib", "transformers"):
         try:
-            vers[mod] = getattr(importlib.import_module(mod), "__version__", "installed")
-        except Exception:  # noqa: BLE001 - any import failure means "not usable"
-            vers[mod] = None
+            vers[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            vers[dist] = None
     return vers
 
 

@@ -173,7 +173,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if args.progress:
             print(f"  {r.backend:<6} {r.case:<32} {r.dtype:<5} {r.status:<5} {r.seconds:6.2f}s", file=sys.stderr)
 
-    results = _verify.run_verify(backends, quick=args.quick, dtypes=args.dtypes, seed=args.seed, progress=progress)
+    cases = _verify.builtin_cases(args.quick)
+    if args.case:
+        cases = [c for c in cases if any(p.lower() in c.name.lower() for p in args.case)]
+        if not cases:
+            names = ", ".join(c.name for c in _verify.builtin_cases(args.quick))
+            print(f"error: --case: no built-in case matches {args.case}; cases: {names}", file=sys.stderr)
+            return 2
+    results = _verify.run_verify(backends, dtypes=args.dtypes, seed=args.seed, progress=progress, cases=cases)
     print(_verify.format_table(results, verbose=args.verbose))
     passed, failed, na = _verify.summary(results)
     print(f"\n{passed} passed, {failed} failed, {na} not applicable in {time.perf_counter() - t0:.1f}s")
@@ -304,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--quick", action="store_true", help="one small case per feature")
     pv.add_argument("--dtypes", type=_csv_dtypes, default=["fp32", "fp16", "bf16"], metavar="LIST",
                     help="comma-separated among fp32,fp16,bf16 (default: all)")
+    pv.add_argument("--case", action="append", metavar="TEXT",
+                    help="only cases whose name contains TEXT (repeatable), e.g. --case kvcache --case varlen")
     pv.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
     pv.add_argument("--verbose", "-v", action="store_true", help="one line per checked quantity")
     pv.add_argument("--progress", action="store_true", help="print each case to stderr as it finishes")

@@ -44,6 +44,7 @@ def test_no_subcommand_is_a_usage_error(tmp_path):
     (["bench", "--batch", "-1"], "--batch: expected a positive integer"),
     (["bench", "--backward", "--decode"], "--backward and --decode cannot be combined"),
     (["verify", "--backend", "nonexistent"], "--backend: unknown backend 'nonexistent'"),
+    (["verify", "--case", "no-such-case"], "--case: no built-in case matches"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
 def test_bad_arguments_exit_2_with_a_clear_message(tmp_path, args, message):
@@ -71,13 +72,17 @@ def test_info_reports_backends_and_hardware(tmp_path):
 
 def test_verify_quick_cpu_passes(tmp_path):
     out = tmp_path / "verify.json"
-    r = run_cli(["verify", "--quick", "--backend", "cpu", "--dtypes", "fp32,bf16", "--json", str(out)], tmp_path)
+    # the forward cases (backward has its own tests in test_backward*.py)
+    forward = ["--case", "dense", "--case", "causal sq", "--case", "window", "--case", "alibi", "--case", "softcap",
+               "--case", "GQA 4", "--case", "varlen", "--case", "kvcache"]
+    r = run_cli(["verify", "--quick", "--backend", "cpu", "--dtypes", "fp32,bf16", "--json", str(out), *forward],
+                tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert " 0 failed" in r.stdout
     results = json.loads(out.read_text())
     assert {x["dtype"] for x in results} == {"fp32", "bf16"}
     passed = [x for x in results if x["status"] == "pass"]
-    assert any(x["case"].startswith("causal") for x in passed)  # the core cases really ran
+    assert len(passed) >= 18  # 9 forward cases x 2 dtypes really ran
     assert all(x["err"] <= x["allowed"] for x in passed)
 
 
@@ -94,7 +99,7 @@ def test_verify_detects_a_wrong_backend(monkeypatch, capsys):
         return (bumped, *res[1:]) if isinstance(res, tuple) else bumped
 
     monkeypatch.setattr(flash_attn_cy, "flash_attn_func", off_by_a_little)
-    rc = cli.main(["verify", "--quick", "--backend", "cpu", "--dtypes", "fp32"])
+    rc = cli.main(["verify", "--quick", "--backend", "cpu", "--dtypes", "fp32", "--case", "dense"])
     text = capsys.readouterr().out
     assert rc == 1
     assert "FAIL" in text and "over budget" in text
