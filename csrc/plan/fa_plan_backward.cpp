@@ -17,28 +17,13 @@ namespace {
 using faplan::fail;
 using faplan::view_extent;
 
-// Every [[buffer(n)]] of the backward kernels must be bound (Metal's validation and the simulator want it), also the
-// optional ones a call does not use: those get a 16-byte plan-owned dummy (SCRATCH3) the kernels never read, because
-// the flag that would make them read it is clear.
-constexpr int kDummyScratch = 3;
-constexpr int64_t kDummyBytes = 16;
-
-void bind_unused(fa_plan *plan, fa_launch *l, const int *indices, int count) {
-    for (int i = 0; i < count; ++i) {
-        bool bound = false;
-        for (int b = 0; b < l->nbindings; ++b) bound = bound || l->bindings[b].index == indices[i];
-        if (bound) continue;
-        faplan::launch_bind(l, indices[i], fa_buffer_id(FA_BUF_SCRATCH0 + kDummyScratch));
-        plan->scratch_bytes[kDummyScratch] = kDummyBytes;
-    }
-}
-
 struct Binding {
     int index;
     fa_buffer_id buffer;
 };
 
-// Binds each buffer the call provides (bytes > 0), then the dummy on the kernel's other indices.
+// Binds each buffer the call provides (bytes > 0), then the plan's dummy on the kernel's other indices (Metal's
+// validation and the simulator want every [[buffer(n)]] bound; the kernels never read one whose flag is clear).
 void bind_all(fa_plan *plan, fa_launch *l, const Binding *bindings, int count, const int64_t *bytes) {
     int indices[FA_PLAN_MAX_BINDINGS];
     for (int i = 0; i < count; ++i) {
@@ -46,7 +31,7 @@ void bind_all(fa_plan *plan, fa_launch *l, const Binding *bindings, int count, c
         if (scratch || bytes[bindings[i].buffer] > 0) faplan::launch_bind(l, bindings[i].index, bindings[i].buffer);
         indices[i] = bindings[i].index;
     }
-    bind_unused(plan, l, indices, count);
+    faplan::launch_bind_unused(plan, l, indices, count);
 }
 
 uint32_t blocks(int64_t n, int64_t per) { return uint32_t((n + per - 1) / per); }
