@@ -59,7 +59,7 @@ def _unpad_qkv(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
     """Pack q/k/v ([b, s, h, d]) by a (b, kv_len) padding mask; returns the packed tensors, the query row indices,
     cu_seqlens_q/k and max_seqlen_q/k."""
-    batch, q_len = query.shape[0], query.shape[1]
+    q_len = query.shape[1]
     kv_mask = attention_mask.to(torch.bool)
     k_packed, indices_k, cu_k, max_k, _ = bert_padding.unpad_input(key, kv_mask)
     v_packed = bert_padding.index_first_axis(value.reshape(-1, *value.shape[2:]), indices_k)
