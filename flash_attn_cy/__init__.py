@@ -1,4 +1,70 @@
-"""flash_attn_cy: FlashAttention-2 for Apple Silicon (Metal) with a portable C++ backend."""
-from . import _core  # noqa: F401
+"""flash_attn_cy: FlashAttention-2 for Apple Silicon (Metal) with a portable C++ backend.
+
+A drop-in for Dao-AILab flash_attn 2.x's functional API that takes NumPy arrays or PyTorch tensors:
+
+    >>> import numpy as np, flash_attn_cy
+    >>> q = np.random.randn(2, 128, 8, 64).astype(np.float32)
+    >>> out = flash_attn_cy.flash_attn_func(q, q, q, causal=True)
+
+Backends: "cpu" (portable C++), "sim" (the project's Metal kernels on the CPU Metal simulator) and "metal" (Apple
+GPU, macOS builds). `backends()` says which are present here and why one is missing.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+from . import _core
+from .interface import (
+    flash_attn_func,
+    flash_attn_kvpacked_func,
+    flash_attn_qkvpacked_func,
+    flash_attn_varlen_func,
+    flash_attn_varlen_kvpacked_func,
+    flash_attn_varlen_qkvpacked_func,
+)
+from .kvcache import flash_attn_with_kvcache
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "flash_attn_func",
+    "flash_attn_qkvpacked_func",
+    "flash_attn_kvpacked_func",
+    "flash_attn_varlen_func",
+    "flash_attn_varlen_qkvpacked_func",
+    "flash_attn_varlen_kvpacked_func",
+    "flash_attn_with_kvcache",
+    "backends",
+    "available_backends",
+    "set_num_threads",
+    "get_num_threads",
+    "__version__",
+]
+
+
+def backends() -> Dict[str, Dict[str, object]]:
+    """Every backend this package knows, as name -> {"available": bool, "reason": why not (empty when available),
+    "description": what it is as built}."""
+    info = {}
+    for name in _core.BACKENDS:
+        ok, why = _core.backend_available(name)
+        info[name] = {"available": ok, "reason": "" if ok else why, "description": _core.backend_describe(name)}
+    return info
+
+
+def available_backends() -> list:
+    """Names of the backends usable on this machine, in preference order for backend="auto" (metal, then cpu)."""
+    order = ("metal", "cpu", "sim")
+    return [name for name in order if _core.backend_available(name)[0]]
+
+
+def set_num_threads(n: int) -> None:
+    """Threads the CPU backend uses from the next call on (0 = one per hardware thread)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: expected an int >= 0, got {type(n).__name__}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads the CPU backend will use."""
+    return _core.get_num_threads()

@@ -1,3 +1,90 @@
-def backend_available(name: str) -> tuple[bool, str]: ...
-def set_num_threads(n: int) -> None: ...
-def get_num_threads() -> int: ...
+"""Type stubs of flash_attn_cy._core, the thin bridge to the C ABI (csrc/fa_abi.h).
+
+Buffers
+-------
+`Buf` below is either a host buffer (NumPy array, or anything exporting the buffer protocol) or a `DeviceTensor`
+(memory inside an MTLBuffer; backend "metal" only). Host element types by `dtype`:
+    "float32" -> float32 buffer, "float64" -> float64, "float16" and "bfloat16" -> uint16 buffer (same bits).
+Layouts (the head-dim axis must have stride 1; other strides any non-negative multiple of the element size):
+    q, out, dout, dq         [batch, seqlen_q, nheads, headdim]       varlen: [1, total_q, nheads, headdim]
+    k, v, dk, dv             [batch, seqlen_k, nheads_k, headdim]     varlen: [1, total_k, ...];
+                             paged (block_table): [num_blocks, page_block_size, nheads_k, headdim];
+                             cache with cache_batch_idx: [batch_cache, capacity, nheads_k, headdim]
+    softmax_lse (float32)    [batch, nheads, seqlen_q]                varlen: [1, nheads, total_q]
+    attn_probs (float32)     [batch, nheads, seqlen_q, seqlen_k] (host only)
+    int32 vectors            cu_seqlens_q/k [batch+1], seqused_k, leftpad_k, cache_batch_idx [batch] (host only,
+                             C-contiguous); block_table [batch, max_blocks] (last axis contiguous)
+    alibi_slopes (float32)   [1, nheads] or [batch, nheads]
+    rotary_cos/sin           [seqlen_ro, rotary_dim/2], C-contiguous, element type of `dtype`
+Empty tensors never reach the ABI (the Python layer answers them itself): a zero-size q/k/v raises ValueError.
+
+Keyword options shared by forward / backward / kvcache_append / describe_plan
+-------------------------------------------------------------------------
+    softmax_scale: float (required)           window_left, window_right: int (-1 = unbounded; causal = right 0)
+    softcap: float (0 = off)                  alibi_slopes: Buf | None
+    dropout_p: float                          seed, offset: int (uint64 Philox key and counter offset)
+    cu_seqlens_q, cu_seqlens_k: Buf | None    max_seqlen_q, max_seqlen_k: int (required with cu_seqlens_q;
+                                              max_seqlen_k is the cache capacity for KV-cache calls)
+    seqused_k, leftpad_k, cache_batch_idx, block_table: Buf | None (seqused_k counts keys after leftpad_k)
+    attn_probs: Buf | None (forward only)     deterministic: bool (backward)
+    num_splits: int (0 = plan decides)        num_threads: int (CPU; 0 = pool setting)
+    sim_schedules: int (sim backend: schedules to run and compare)
+
+Errors: ValueError (FA_ERR_VALUE), TypeError (FA_ERR_TYPE), NotImplementedError (FA_ERR_UNSUPPORTED),
+RuntimeError (unavailable backend, runtime failure, simulator fault) -- with the C message. The GIL is released
+during every ABI call.
+"""
+from typing import Any, NamedTuple, Optional, Tuple, Union
+
+BACKENDS: Tuple[str, str, str]
+DTYPES: Tuple[str, str, str, str]
+ABI_VERSION: int
+
+class DeviceTensor(NamedTuple):
+    """A tensor inside an MTLBuffer (PyTorch MPS tensor, DLPack kDLMetal array).
+
+    handle: the id<MTLBuffer> pointer as an int; byte_offset: byte offset of element [0, ..., 0] in the buffer;
+    byte_length: bytes addressable from byte_offset (bounds-checked); shape, strides: same layout as the host
+    buffers above, strides in ELEMENTS (4-d; 3-d for softmax_lse)."""
+    handle: int
+    byte_offset: int
+    byte_length: int
+    shape: Tuple[int, ...]
+    strides: Tuple[int, ...]
+
+Buf = Union[Any, DeviceTensor]
+
+def forward(backend: str, dtype: str, q: Buf, k: Buf, v: Buf, out: Buf, softmax_lse: Optional[Buf] = None,
+            **options: Any) -> None:
+    """Attention forward; writes `out`, `softmax_lse` (if given) and `attn_probs` (if given, filled with
+    probabilities, dropped entries negated)."""
+
+def backward(backend: str, dtype: str, dout: Buf, q: Buf, k: Buf, v: Buf, out: Buf, softmax_lse: Buf, dq: Buf,
+             dk: Buf, dv: Buf, **options: Any) -> None:
+    """Attention backward: reads dout, q, k, v, out and the forward's softmax_lse; writes dq, dk, dv (shapes of
+    q, k, v). Same options as forward (same dropout seed/offset as the forward)."""
+
+def kvcache_append(backend: str, dtype: str, q: Buf, k_cache: Buf, v_cache: Buf, k_new: Optional[Buf] = None,
+                   v_new: Optional[Buf] = None, *, rotary_cos: Optional[Buf] = None,
+                   rotary_sin: Optional[Buf] = None, rotary_interleaved: bool = True,
+                   rotate_q_causal: bool = False, **options: Any) -> None:
+    """KV-cache update: rotates `q` IN PLACE (pass a private copy) and the new keys, and writes k_new/v_new into
+    k_cache/v_cache at rows leftpad_k[b] + seqused_k[b] (seqused_k required when k_new is given). Rotary
+    positions: new key i of sequence b at leftpad+seqused+i; q row i at the same when rotate_q_causal, else all q
+    rows at leftpad+seqused."""
+
+def describe_plan(kind: str, *args: Any, **options: Any) -> Any:
+    """The sim/metal dispatch plan for a call, parsed from JSON. kind: "forward", "backward" or "kvcache";
+    `args`/`options` exactly as for the matching entry point (backend name included but unused)."""
+
+def backend_available(name: str) -> Tuple[bool, str]:
+    """(available, reason-if-not) for "cpu", "sim" or "metal"."""
+
+def backend_describe(name: str) -> str:
+    """Short description of the backend as built (or "unavailable: reason")."""
+
+def set_num_threads(n: int) -> None:
+    """CPU thread count for later calls (0 = hardware concurrency). ValueError if n < 0."""
+
+def get_num_threads() -> int:
+    """CPU threads the next call will use."""

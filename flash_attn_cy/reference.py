@@ -560,7 +560,11 @@ TOLERANCE_FLOORS = {
 
 def dtype_name(x) -> str:
     """Canonical name ('float32', 'bfloat16', ...) of a NumPy / ml_dtypes / torch dtype, an array, or an alias."""
-    s = str(getattr(x, "dtype", x)).replace("torch.", "")
+    if isinstance(x, type) and issubclass(x, np.generic):
+        x = np.dtype(x)
+    elif not isinstance(x, (str, np.dtype)) and hasattr(x, "dtype"):
+        x = x.dtype
+    s = str(x).replace("torch.", "")
     aliases = {"half": "float16", "float": "float32", "double": "float64", "fp16": "float16", "fp32": "float32",
                "fp64": "float64", "bf16": "bfloat16"}
     return aliases.get(s, s)

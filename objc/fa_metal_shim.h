@@ -8,10 +8,14 @@
 extern "C" {
 #endif
 
+/* Exported from the extension module (the static core is built with hidden visibility) so that
+ * flash_attn_cy._flash_attn_metal can reach it with ctypes without a Cython wrapper. */
+#define FA_METAL_EXPORT __attribute__((visibility("default")))
+
 /* Compile user Metal Shading Language source at run time (flash_attn_cy._flash_attn_metal.compile_shaders).
  * On success writes the library's function names, newline-separated and sorted, into names[nameslen] and returns
  * FA_OK; a compile error returns FA_ERR_VALUE with the compiler's log in err. The compiled library is not kept. */
-int fa_metal_compile_source(const char *source, char *names, size_t nameslen, char *err, size_t errlen);
+FA_METAL_EXPORT int fa_metal_compile_source(const char *source, char *names, size_t nameslen, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

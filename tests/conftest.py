@@ -3,8 +3,8 @@
 - ``rng``: a seeded ``numpy.random.Generator`` (different per test, stable across runs).
 - ``backends`` / ``available_backends()``: names of the backends this build can run (``flash_attn_cy.backends()``),
   imported lazily so that a missing or half-built piece only skips the tests that need it.
-- ``backend``: parametrised over every available backend (use ``@pytest.mark.parametrize("backend", ...)`` yourself
-  to restrict).
+- ``backend``: parametrised over every available backend (a ``@pytest.mark.parametrize("backend", ...)`` or a
+  module's own ``backend`` fixture takes precedence).
 - dtype helpers: ``DTYPES`` maps "fp32"/"fp16"/"bf16"/"fp64" to NumPy dtypes (bfloat16 from ``ml_dtypes``, since NumPy
   has none); ``randn(rng, shape, dtype)``.
 - ``_tolerance.assert_close_to_ref`` is the one tolerance rule (importable because this directory is put on sys.path,
@@ -52,34 +52,14 @@ def to_torch(x: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
-def _backend_records():
-    """flash_attn_cy.backends() normalised to {name: (available, reason)}; {} when the package cannot be imported."""
-    try:
-        import flash_attn_cy
-    except Exception:  # pragma: no cover - a broken build shows up in the tests that import it
-        return {}
-    fn = getattr(flash_attn_cy, "backends", None)
-    if fn is None:
-        return {}
-    info = fn()
-    recs = {}
-    items = info.items() if isinstance(info, dict) else ((getattr(x, "name", x), x) for x in info)
-    for name, val in items:
-        if isinstance(val, bool):
-            recs[str(name)] = (val, "")
-        elif isinstance(val, dict):
-            recs[str(name)] = (bool(val.get("available", True)), str(val.get("reason", "") or ""))
-        elif isinstance(val, str) and val == name:
-            recs[str(name)] = (True, "")
-        else:
-            avail = getattr(val, "available", True)
-            recs[str(name)] = (bool(avail), str(getattr(val, "reason", "") or ""))
-    return recs
-
-
 def available_backends() -> list:
-    """Names of the backends usable in this process (e.g. ['cpu', 'sim'])."""
-    return [n for n, (ok, _) in _backend_records().items() if ok]
+    """Names of the backends usable in this process (e.g. ['cpu', 'sim']); [] when the package cannot be imported."""
+    try:
+        from flash_attn_cy import _sysinfo
+
+        return _sysinfo.available_backends()
+    except Exception:  # noqa: BLE001 - a broken build shows up in the tests that import it
+        return []
 
 
 @pytest.fixture
@@ -96,9 +76,26 @@ def backends() -> list:
     return names
 
 
-def pytest_generate_tests(metafunc):
-    # `backend` as a plain fixture argument parametrises over every available backend
-    if "backend" in metafunc.fixturenames and not any(
-            m.name == "parametrize" and "backend" in m.args[0] for m in metafunc.definition.iter_markers()):
-        names = available_backends() or [pytest.param("cpu", marks=pytest.mark.skip(reason="no backends"))]
-        metafunc.parametrize("backend", names)
+def _backend_params():
+    names = available_backends()
+    if not names:
+        return [pytest.param("cpu", marks=pytest.mark.skip(reason="flash_attn_cy has no usable backend"))]
+    return names
+
+
+@pytest.fixture(params=_backend_params())
+def backend(request) -> str:
+    """Every backend usable here (a module's own `backend` fixture or parametrize marker takes precedence)."""
+    return request.param
+
+
+def pytest_report_header(config):
+    # which flash_attn_cy the suite is testing: it must be the installed build, not an extension-less source tree
+    try:
+        import flash_attn_cy
+
+        where = os.path.dirname(flash_attn_cy.__file__)
+        names = available_backends()
+        return [f"flash_attn_cy {getattr(flash_attn_cy, '__version__', '?')} from {where}; backends: {names}"]
+    except Exception as e:  # noqa: BLE001 - the header must never break collection
+        return [f"flash_attn_cy not importable: {type(e).__name__}: {e}"]

@@ -9,8 +9,8 @@
 //   dQ  += dX K                                    pass 2: one work item per (batch, q head, query block)
 // D is the right correction with dropout too because O already contains the dropped, rescaled P.
 //
-// Every work item owns the output rows it writes and sums in a fixed order, so results never depend on the thread
-// schedule: the backward is always deterministic (fa_params.deterministic costs nothing here). The price is that
+// Work items run on the CPU backend's pool (csrc/cpu/thread_pool.h). Every work item owns the output rows it writes
+// and sums in a fixed order, so results never depend on the thread schedule: the backward is always deterministic (fa_params.deterministic costs nothing here). The price is that
 // pass 2 recomputes S and dPd (7 tile products instead of 5); in exchange there are no atomics, no per-thread dQ
 // copies and no reduction. Extra memory: D (one value per query row and head) plus a few tiles per worker.
 #include <cmath>
@@ -21,10 +21,10 @@
 
 #include "bwd_dtype.h"
 #include "bwd_geometry.h"
-#include "bwd_parallel.h"
 #include "bwd_tile_math.h"
 #include "fa_backends.h"
 #include "fa_philox.h"
+#include "cpu/thread_pool.h"
 
 namespace fa_bwd {
 
@@ -35,7 +35,7 @@ inline bool lse_is_dead(float v) {
     return (u & 0x7f800000u) == 0x7f800000u;  // +-inf or nan: the row contributes nothing
 }
 
-// Per-worker scratch tiles, accumulation type A. Sized once before the passes start.
+// Per-thread scratch tiles, accumulation type A (see CpuBackward::workspace).
 template <typename A>
 struct Workspace {
     std::vector<A> q, dout;     // [kBlockQ][d], [kBlockQ][dv]: query rows of the tile
@@ -47,6 +47,15 @@ struct Workspace {
     std::vector<A> lse, delta;  // [kBlockQ] per-row LSE and D
     std::vector<char> dead;     // [kBlockQ] row sees no key
     std::vector<A> keep;        // [kBlockK] dropout factor of one row: 0 or 1 / (1 - p)
+
+    int d_ = -1, dv_ = -1;  // head dims the tiles are sized for
+
+    void ensure(int d, int dv) {
+        if (d == d_ && dv == dv_) return;
+        allocate(d, dv);
+        d_ = d;
+        dv_ = dv;
+    }
 
     void allocate(int d, int dv) {
         const int dm = d > dv ? d : dv;
@@ -83,8 +92,10 @@ public:
         if (dropout_) {
             const double t = std::floor((double)p->dropout_p * 4294967296.0);
             threshold_ = t >= 4294967295.0 ? 0xffffffffu : (uint32_t)t;
-            keep_scale_ = p->dropout_p < 1.0f ? (A)(1.0 / (1.0 - (double)p->dropout_p)) : A(0);
+            // the forward's factor exactly (a float, also in fp64) so forward and backward are consistent
+            keep_scale_ = p->dropout_p < 1.0f ? (A)(1.0f / (1.0f - p->dropout_p)) : A(0);
         }
+        refine_lse_ = sizeof(A) > sizeof(float);
         q_rows_ = packed_q_ ? p->total_q : (int64_t)p->batch * p->seqlen_q;
         max_sq_ = p->seqlen_q;
         max_sk_ = p->seqlen_k;
@@ -97,29 +108,35 @@ public:
         }
     }
 
-    void run() {
+    // Returns false if a work item failed (out of memory for its workspace).
+    bool run() {
         delta_.assign((size_t)p_->nheads_q * (size_t)q_rows_, A(0));
         const int64_t nqb = (max_sq_ + kBlockQ - 1) / kBlockQ;
         const int64_t nkb = (max_sk_ + kBlockK - 1) / kBlockK;
         const int64_t items0 = (int64_t)p_->batch * p_->nheads_q;
         const int64_t items1 = (int64_t)p_->batch * p_->nheads_kv * nkb;
         const int64_t items2 = (int64_t)p_->batch * p_->nheads_q * nqb;
-        const int workers = worker_count(p_->num_threads, std::max(items1, items2));
-        std::vector<Workspace<A>> ws((size_t)workers);
-        for (auto &w : ws) w.allocate(d_, dv_);
-
-        parallel_items(items0, worker_count(p_->num_threads, items0), [&](int64_t item, int) {
+        const int threads = p_->num_threads;
+        bool ok = fa_cpu::parallel_for(items0, [&](int64_t item) {
             compute_delta(item / p_->nheads_q, item % p_->nheads_q);
-        });
-        parallel_items(items1, workers, [&](int64_t item, int worker) {
+        }, threads);
+        if (refine_lse_) {
+            lse_fine_.assign((size_t)p_->nheads_q * (size_t)q_rows_, A(0));
+            ok = ok && fa_cpu::parallel_for(items2, [&](int64_t item) {
+                const int64_t qb = item % nqb, rest = item / nqb;
+                refine_lse_block(rest / p_->nheads_q, rest % p_->nheads_q, qb, workspace());
+            }, threads);
+        }
+        ok = ok && fa_cpu::parallel_for(items1, [&](int64_t item) {
             const int64_t kb = item % nkb, rest = item / nkb;
-            dkdv_block(rest / p_->nheads_kv, rest % p_->nheads_kv, kb, ws[(size_t)worker]);
-        });
-        parallel_items(items2, workers, [&](int64_t item, int worker) {
+            dkdv_block(rest / p_->nheads_kv, rest % p_->nheads_kv, kb, workspace());
+        }, threads);
+        ok = ok && fa_cpu::parallel_for(items2, [&](int64_t item) {
             const int64_t qb = item % nqb, rest = item / nqb;
-            dq_block(rest / p_->nheads_q, rest % p_->nheads_q, qb, ws[(size_t)worker]);
-        });
-        zero_unowned_packed_rows();
+            dq_block(rest / p_->nheads_q, rest % p_->nheads_q, qb, workspace());
+        }, threads);
+        if (ok) zero_unowned_packed_rows();
+        return ok;
     }
 
 private:
@@ -138,9 +155,17 @@ private:
                             (g.q_row0 + row) * p_->lse_row_stride;
         return p_->lse[off];
     }
-    A &delta_at(int64_t b, const SeqGeometry &g, int64_t row, int64_t h) {
+    // Element (b, h, row) of a per-query-row buffer laid out [nheads_q][q rows] (D, refined LSE).
+    A &row_at(std::vector<A> &buf, int64_t b, const SeqGeometry &g, int64_t row, int64_t h) const {
         const int64_t r = packed_q_ ? g.q_row0 + row : b * p_->seqlen_q + row;
-        return delta_[(size_t)h * (size_t)q_rows_ + (size_t)r];
+        return buf[(size_t)h * (size_t)q_rows_ + (size_t)r];
+    }
+    A &delta_at(int64_t b, const SeqGeometry &g, int64_t row, int64_t h) { return row_at(delta_, b, g, row, h); }
+    // The calling thread's scratch tiles: pool workers persist, so each keeps one set across calls.
+    Workspace<A> &workspace() const {
+        thread_local Workspace<A> ws;
+        ws.ensure(d_, dv_);
+        return ws;
     }
     A alibi_slope(int64_t b, int64_t h) const {
         return p_->alibi_slopes ? (A)p_->alibi_slopes[b * p_->alibi_batch_stride + h] : A(0);
@@ -170,7 +195,7 @@ private:
             for (int e = 0; e < dv_; ++e) dr[e] = elem<T, A>::load(dout + e);
             const float lse = lse_at(b, g, i0 + r, h);
             w.dead[r] = lse_is_dead(lse) || window_.key_lo(i0 + r, g) > window_.key_hi(i0 + r, g);
-            w.lse[r] = w.dead[r] ? A(0) : (A)lse;
+            w.lse[r] = w.dead[r] ? A(0) : (lse_fine_.empty() ? (A)lse : row_at(lse_fine_, b, g, i0 + r, h));
             w.delta[r] = delta_at(b, g, i0 + r, h);
         }
     }
@@ -192,15 +217,43 @@ private:
         }
     }
 
+    // One row of the tile: raw products q·k in s -> P = exp(score - lse), 0 on masked keys (and tanh of the capped
+    // score in th for the softcap derivative). Returns true if some key of the row is visible.
+    bool probabilities_row(int64_t b, int64_t h, const SeqGeometry &g, int64_t i, int64_t j0, int nk, bool full,
+                           A lse, A *s, A *th) const {
+        const A slope = alibi_slope(b, h);
+        const bool capped = softcap_ > A(0);
+        const A inv_cap = capped ? A(1) / softcap_ : A(0);
+        bool any = false;
+        for (int c = 0; c < kBlockK; ++c) {
+            const int64_t j = j0 + c;
+            if (c >= nk || (!full && !window_.visible(i, j, g))) {
+                s[c] = A(-1e30);  // exp -> 0
+                continue;
+            }
+            A x = s[c] * scale_;
+            if (capped) {
+                th[c] = std::tanh(x * inv_cap);
+                x = softcap_ * th[c];
+            }
+            if (slope != A(0)) {
+                const int64_t dist = i + g.diag - j;
+                x -= slope * (A)(dist < 0 ? -dist : dist);
+            }
+            s[c] = x - lse;
+            any = true;
+        }
+        tile_exp_row(s);
+        return any;
+    }
+
     // ---- the shared tile: probabilities and score gradients for rows [i0, i0+nq) x keys [j0, j0+nk) ----
     // On return w.s holds Pd (dropped, rescaled probabilities: dV += Pdᵀ dO) and w.dp holds dX, the gradient with
     // respect to the raw product q·k (dQ += dX K, dK += dXᵀ Q). Returns false when the whole tile is masked.
     bool score_gradients(int64_t b, int64_t h, const SeqGeometry &g, int64_t i0, int nq, int64_t j0, int nk,
                          Workspace<A> &w) {
         const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
-        const A slope = alibi_slope(b, h);
         const bool capped = softcap_ > A(0);
-        const A inv_cap = capped ? A(1) / softcap_ : A(0);
 
         tile_matmul_nt(w.q.data(), d_, w.k_t.data(), nq, w.s.data());
         tile_matmul_nt(w.dout.data(), dv_, w.v_t.data(), nq, w.dp.data());
@@ -215,27 +268,7 @@ private:
                 for (int c = 0; c < kBlockK; ++c) s[c] = dp[c] = A(0);
                 continue;
             }
-            // P = exp(score - lse) on visible keys; masked keys get a huge negative exponent (exp -> 0)
-            const A lse = w.lse[r];
-            for (int c = 0; c < kBlockK; ++c) {
-                const int64_t j = j0 + c;
-                if (c >= nk || (!full && !window_.visible(i, j, g))) {
-                    s[c] = A(-1e30);
-                    continue;
-                }
-                A x = s[c] * scale_;
-                if (capped) {
-                    th[c] = std::tanh(x * inv_cap);
-                    x = softcap_ * th[c];
-                }
-                if (slope != A(0)) {
-                    const int64_t dist = i + g.diag - j;
-                    x -= slope * (A)(dist < 0 ? -dist : dist);
-                }
-                s[c] = x - lse;
-                any = true;
-            }
-            tile_exp_row(s);
+            if (probabilities_row(b, h, g, i, j0, nk, full, w.lse[r], s, th)) any = true;
             // dS = P (dP - D) with dP = dPd * keep / (1 - p); dX = dS * scale (* softcap derivative).
             // Pd = P * keep / (1 - p) replaces P afterwards (dS needs the undropped P).
             const A delta = w.delta[r];
@@ -269,6 +302,34 @@ private:
                 fa_dropout_words(p_->dropout_seed, p_->dropout_offset, bh, (uint32_t)i, (uint32_t)(j0 + c));
             for (int u = 0; u < 4; ++u) keep[c + u] = words.w[u] >= threshold_ ? keep_scale_ : A(0);
         }
+    }
+
+    // ---- float64 only: LSE refined to double precision ----
+    // The ABI's LSE is fp32, which would cap fp64 gradients at ~1e-7 relative error (useless for gradcheck).
+    // lse64 = lse32 + log(sum_j exp(score_j - lse32)) recovers it with one extra pass of Q Kᵀ.
+    void refine_lse_block(int64_t b, int64_t h, int64_t qb, Workspace<A> &w) {
+        const SeqGeometry g = sequence_geometry(p_, b);
+        const int64_t i0 = qb * kBlockQ;
+        if (i0 >= g.sq) return;
+        const int nq = (int)std::min<int64_t>(kBlockQ, g.sq - i0);
+        load_query_tile(b, g, h, i0, nq, w);  // lse_fine_ is still empty here: w.lse holds the fp32 values
+        A sums[kBlockQ] = {};
+        const int64_t jlo = window_.key_lo(i0, g), jhi = window_.key_hi(i0 + nq - 1, g);
+        for (int64_t kb = jlo / kBlockK; jlo <= jhi && kb <= jhi / kBlockK; ++kb) {
+            const int64_t j0 = kb * kBlockK;
+            const int nk = (int)std::min<int64_t>(kBlockK, g.sk - j0);
+            load_key_tile(b, g, h / group_, j0, nk, false, w);
+            const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
+            tile_matmul_nt(w.q.data(), d_, w.k_t.data(), nq, w.s.data());
+            for (int r = 0; r < nq; ++r) {
+                if (w.dead[r]) continue;
+                A *s = &w.s[(size_t)r * kBlockK];
+                probabilities_row(b, h, g, i0 + r, j0, nk, full, w.lse[r], s, &w.tanh_t[(size_t)r * kBlockK]);
+                for (int c = 0; c < kBlockK; ++c) sums[r] += s[c];
+            }
+        }
+        for (int r = 0; r < nq; ++r)
+            row_at(lse_fine_, b, g, i0 + r, h) = (!w.dead[r] && sums[r] > A(0)) ? w.lse[r] + std::log(sums[r]) : w.lse[r];
     }
 
     // ---- pass 1: dK, dV for keys [kb*kBlockK, ...) of kv head hk, summed over the query heads of its group ----
@@ -358,14 +419,19 @@ private:
     uint32_t threshold_ = 0;
     A keep_scale_ = 1;
     int64_t q_rows_ = 0, max_sq_ = 0, max_sk_ = 0;
-    std::vector<A> delta_;  // [nheads_q][q rows]: D = rowsum(dO * O)
+    std::vector<A> delta_;     // [nheads_q][q rows]: D = rowsum(dO * O)
+    bool refine_lse_ = false;  // fp64: recompute the LSE in double (refine_lse_block)
+    std::vector<A> lse_fine_;  // [nheads_q][q rows]: the refined LSE, empty unless refine_lse_
 };
 
 template <typename T, typename A>
 int run_backward(const fa_params *p, char *err, size_t errlen) {
     try {
         CpuBackward<T, A> bwd(p);
-        bwd.run();
+        if (!bwd.run()) {
+            std::snprintf(err, errlen, "cpu backward: a worker failed (out of memory for its tiles?)");
+            return FA_ERR_RUNTIME;
+        }
     } catch (const std::bad_alloc &) {
         std::snprintf(err, errlen, "cpu backward: out of memory allocating workspaces");
         return FA_ERR_RUNTIME;

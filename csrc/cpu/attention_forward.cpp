@@ -48,7 +48,15 @@ struct ForwardJob {
     int group;                        // query heads per KV head
     DropoutParams drop;
     bool dropout;
+    double scale;  // softmax scale in double (see effective_scale)
 };
+
+// The ABI carries softmax_scale as fp32. When it is the fp32 rounding of the default 1/sqrt(headdim), use the exact
+// double value: the fp64 path (gradient checks) would otherwise inherit a 1e-8 relative error in every score.
+double effective_scale(const fa_params *p) {
+    const double exact = 1.0 / std::sqrt(double(p->headdim));
+    return float(exact) == p->softmax_scale ? exact : double(p->softmax_scale);
+}
 
 template <typename Acc>
 struct TileBuffers {
@@ -161,7 +169,7 @@ void run_tile(const ForwardJob<Acc> &job, int b, int hk, int tile) {
     mp.offset = int64_t(g.sk) - g.sq;
     mp.window_left = p->window_left;
     mp.window_right = p->window_right;
-    mp.scale = p->softmax_scale;
+    mp.scale = job.scale;
     mp.softcap = p->softcap;
     mp.alibi = p->alibi_slopes != nullptr;
     const bool always_features = mp.softcap > 0 || mp.alibi;
@@ -178,7 +186,7 @@ void run_tile(const ForwardJob<Acc> &job, int b, int hk, int tile) {
         buf.m[r] = Acc(-INFINITY);
         buf.l[r] = Acc(0);
     }
-    const Acc scale_log2 = Acc(double(p->softmax_scale) * LOG2E);
+    const Acc scale_log2 = Acc(job.scale * LOG2E);
     DropoutParams drop = job.drop;
     drop.batch_index = b;
 
@@ -228,6 +236,7 @@ int forward_impl(const fa_params *p, const TileKernels<Acc> *kern, char *err, si
     job.p = p;
     job.kern = kern;
     job.group = p->nheads_q / p->nheads_kv;
+    job.scale = effective_scale(p);
     job.seqs.resize(p->batch);
     job.tiles.resize(p->batch);
     job.item_start.assign(size_t(p->batch) + 1, 0);
@@ -241,7 +250,7 @@ int forward_impl(const fa_params *p, const TileKernels<Acc> *kern, char *err, si
         job.drop.seed = p->dropout_seed;
         job.drop.offset = p->dropout_offset;
         job.drop.threshold = dropout_threshold(p->dropout_p);
-        job.drop.inv_keep = p->dropout_p < 1.0f ? 1.0f / (1.0f - p->dropout_p) : 0.0f;
+        job.drop.inv_keep = p->dropout_p < 1.0f ? 1.0 / (1.0 - double(p->dropout_p)) : 0.0;
         job.drop.nheads_q = p->nheads_q;
     }
     const int64_t total = job.item_start[p->batch];

@@ -1,0 +1,100 @@
+// fa_plan.cpp - fa_plan_build: dispatch by plan kind, plus the small helpers the plan files share.
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+
+#include "fa_plan_internal.h"
+
+namespace faplan {
+
+int elem_bytes(fa_dtype t) {
+    switch (t) {
+        case FA_F32: return 4;
+        case FA_F16: return 2;
+        case FA_BF16: return 2;
+        default: return 0;
+    }
+}
+
+const char *dtype_tag(fa_dtype t) {
+    switch (t) {
+        case FA_F32: return "f32";
+        case FA_F16: return "f16";
+        case FA_BF16: return "bf16";
+        default: return nullptr;
+    }
+}
+
+int64_t view_extent(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, int64_t s2, int64_t d) {
+    if (n0 <= 0 || n1 <= 0 || n2 <= 0 || d <= 0) return 0;
+    return (n0 - 1) * s0 + (n1 - 1) * s1 + (n2 - 1) * s2 + d;
+}
+
+void launch_init(fa_launch *l, const char *kernel, const uint32_t grid[3], const uint32_t threads[3],
+                 uint32_t tg_bytes) {
+    std::memset(l, 0, sizeof(*l));
+    std::snprintf(l->kernel, sizeof(l->kernel), "%s", kernel);
+    for (int i = 0; i < 3; ++i) {
+        l->grid[i] = grid[i];
+        l->threads[i] = threads[i];
+    }
+    l->threadgroup_memory_bytes = tg_bytes;
+    l->constants_index = -1;
+}
+
+void launch_bind(fa_launch *l, int index, fa_buffer_id buffer, int64_t byte_offset) {
+    fa_binding &b = l->bindings[l->nbindings++];
+    b.index = index;
+    b.buffer = buffer;
+    b.byte_offset = byte_offset;
+}
+
+void launch_bind_unused(fa_plan *plan, fa_launch *l, const int *indices, int count) {
+    for (int i = 0; i < count; ++i) {
+        bool bound = false;
+        for (int b = 0; b < l->nbindings; ++b) bound = bound || l->bindings[b].index == indices[i];
+        if (bound) continue;
+        launch_bind(l, indices[i], FA_PLAN_DUMMY_BUFFER);
+        plan->scratch_bytes[FA_PLAN_DUMMY_SCRATCH] = FA_PLAN_DUMMY_BYTES;
+    }
+}
+
+void launch_constants(fa_launch *l, int index, const void *data, uint32_t size) {
+    l->constants_index = index;
+    l->constants_size = size;
+    std::memcpy(l->constants, data, size);
+}
+
+int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        std::vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+}  // namespace faplan
+
+#ifdef FA_NO_PLAN_BACKWARD
+// Built without csrc/plan/fa_plan_backward.cpp: the Metal backward is not part of this build.
+int fa_plan_backward(const fa_params *, fa_plan *, char *err, size_t errlen) {
+    return faplan::fail(err, errlen, FA_ERR_UNSUPPORTED, "backward: this build has no Metal backward plan");
+}
+#endif
+
+extern "C" int fa_plan_build(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, fa_plan *out,
+                             char *err, size_t errlen) {
+    if (!p || !out) return faplan::fail(err, errlen, FA_ERR_VALUE, "fa_plan_build: params and plan are required");
+    std::memset(out, 0, sizeof(*out));
+    if (err && errlen) err[0] = '\0';
+    switch (kind) {
+        case FA_PLAN_FORWARD: return fa_plan_forward(p, out, err, errlen);
+        case FA_PLAN_BACKWARD: return fa_plan_backward(p, out, err, errlen);
+        case FA_PLAN_KVCACHE_APPEND:
+            if (!u) return faplan::fail(err, errlen, FA_ERR_VALUE, "fa_plan_build: kvcache append needs the update");
+            return fa_plan_kvcache_append(p, u, out, err, errlen);
+    }
+    return faplan::fail(err, errlen, FA_ERR_VALUE, "fa_plan_build: unknown plan kind %d", int(kind));
+}

@@ -1,0 +1,263 @@
+// fa_plan_forward.cpp - the forward plan: which attention specialization, its grid, split-KV and the merge.
+//
+// Launch 1: fa_fwd_<t>_d<BD> (prefill, 32-row tiles) or fa_dec_<t>_d<BD> (at most 8 packed query rows per head
+// block), grid (query tiles, head blocks, batch * num_splits). Launch 2 (only when the keys are split): fa_merge_<t>,
+// grid (seqlen_q, nheads_q, batch), which combines the partials in SCRATCH0 (O, fp32) and SCRATCH1 (LSE, fp32).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+#include "fa_kernel_params.h"
+#include "fa_plan_internal.h"
+#include "fa_tiles.h"
+
+namespace {
+
+using faplan::fail;
+using faplan::view_extent;
+
+constexpr int kAutoSplitTargetThreadgroups = 128;  // enough threadgroups to fill an M-series GPU (8..76 cores)
+constexpr int kMinTilesPerSplit = 2;               // a split below 2 key tiles costs more to merge than it saves
+constexpr int kMaxSplits = 128;
+constexpr int64_t kMaxPartialBytes = int64_t(256) << 20;  // scratch cap for split-KV partials
+
+int ceil_div(int64_t a, int64_t b) { return int((a + b - 1) / b); }
+
+// Split-KV decision: 1 = none. Auto (num_splits == 0) splits only when the grid is too small to fill the GPU.
+int choose_splits(const fa_params *p, int64_t blocks, int key_tiles, int64_t partial_bytes_per_split) {
+    if (p->num_splits == 1 || key_tiles < 2) return 1;
+    int s;
+    if (p->num_splits > 1) {
+        s = std::min(p->num_splits, key_tiles);
+    } else {
+        if (blocks >= kAutoSplitTargetThreadgroups) return 1;
+        s = ceil_div(kAutoSplitTargetThreadgroups, blocks);
+        s = std::min(s, key_tiles / kMinTilesPerSplit);
+    }
+    s = std::min(s, kMaxSplits);
+    if (partial_bytes_per_split > 0) s = int(std::min<int64_t>(s, kMaxPartialBytes / partial_bytes_per_split));
+    return std::max(s, 1);
+}
+
+}  // namespace
+
+int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) {
+    const char *tag = faplan::dtype_tag(p->dtype);
+    const int eb = faplan::elem_bytes(p->dtype);
+    if (!tag) return fail(err, errlen, FA_ERR_UNSUPPORTED, "dtype: the Metal kernels serve float16, bfloat16 and float32");
+    if (p->headdim < 1 || p->headdim > FA_MAX_HEADDIM)
+        return fail(err, errlen, FA_ERR_VALUE, "headdim: expected 1..%d, got %d", FA_MAX_HEADDIM, p->headdim);
+    if (p->headdim_v != p->headdim)
+        return fail(err, errlen, FA_ERR_UNSUPPORTED, "headdim_v: must equal headdim (%d), got %d", p->headdim,
+                    p->headdim_v);
+    if (p->nheads_q < 1 || p->nheads_kv < 1 || p->nheads_q % p->nheads_kv != 0)
+        return fail(err, errlen, FA_ERR_VALUE, "nheads: nheads_q (%d) must be a positive multiple of nheads_kv (%d)",
+                    p->nheads_q, p->nheads_kv);
+    if (p->attn_probs)
+        return fail(err, errlen, FA_ERR_UNSUPPORTED,
+                    "return_attn_probs: the Metal kernels never materialise the probabilities; use backend='cpu'");
+    if (!(p->dropout_p >= 0.0f && p->dropout_p < 1.0f))
+        return fail(err, errlen, FA_ERR_VALUE, "dropout_p: expected 0 <= p < 1, got %g", double(p->dropout_p));
+    if (p->block_table && p->page_block_size < 1)
+        return fail(err, errlen, FA_ERR_VALUE, "page_block_size: expected >= 1 with a block_table");
+
+    const bool varlen_q = p->cu_seqlens_q != nullptr;
+    const bool varlen_k = p->cu_seqlens_k != nullptr;
+    const int64_t q_rows = varlen_q ? p->total_q : int64_t(p->batch) * p->seqlen_q;
+    if (p->batch <= 0 || p->seqlen_q <= 0 || q_rows <= 0) return FA_OK;  // nothing to compute: empty plan
+
+    const int bd = fa_bucket_headdim(p->headdim);
+    const int group = p->nheads_q / p->nheads_kv;
+    const int pack = (group > 1 && p->seqlen_q < FA_FWD_BQ) ? group : 1;  // packed GQA for short queries
+    const int64_t rows = int64_t(p->seqlen_q) * pack;                      // packed rows per head block
+    const bool decode = rows <= FA_DEC_BQ;
+    const int bq = decode ? FA_DEC_BQ : FA_FWD_BQ;
+    const int bk = decode ? fa_dec_bk(bd, eb) : fa_fwd_bk(bd, eb);
+    const int nsg = decode ? FA_DEC_SIMDGROUPS : FA_FWD_SIMDGROUPS;
+
+    const int64_t gx = (rows + bq - 1) / bq;
+    const int64_t gy = p->nheads_q / pack;
+    const int key_tiles = ceil_div(std::max(p->seqlen_k, 0), bk);
+    const int64_t partial_bytes_per_split = int64_t(p->nheads_q) * q_rows * (int64_t(p->headdim) + 1) * 4;
+    const int splits = choose_splits(p, gx * gy * p->batch, key_tiles, partial_bytes_per_split);
+    if (gx > 0xffffffffLL || gy > 0xffffffffLL || int64_t(p->batch) * splits > 0xffffffffLL)
+        return fail(err, errlen, FA_ERR_VALUE, "shape: grid too large for one dispatch");
+
+    // ---- constants ----
+    fa_fwd_params k;
+    std::memset(&k, 0, sizeof(k));
+    k.q_batch_stride = p->q.batch_stride;
+    k.q_row_stride = p->q.row_stride;
+    k.q_head_stride = p->q.head_stride;
+    k.k_batch_stride = p->k.batch_stride;
+    k.k_row_stride = p->k.row_stride;
+    k.k_head_stride = p->k.head_stride;
+    k.v_batch_stride = p->v.batch_stride;
+    k.v_row_stride = p->v.row_stride;
+    k.v_head_stride = p->v.head_stride;
+    k.o_batch_stride = p->out.batch_stride;
+    k.o_row_stride = p->out.row_stride;
+    k.o_head_stride = p->out.head_stride;
+    k.lse_batch_stride = p->lse_batch_stride;
+    k.lse_head_stride = p->lse_head_stride;
+    k.lse_row_stride = p->lse_row_stride;
+    k.alibi_batch_stride = p->alibi_batch_stride;
+    k.block_table_batch_stride = p->block_table_batch_stride;
+    k.partial_rows = q_rows;
+    k.dropout_seed = p->dropout_seed;
+    k.dropout_offset = p->dropout_offset;
+    k.batch = p->batch;
+    k.seqlen_q = p->seqlen_q;
+    k.seqlen_k = p->seqlen_k;
+    k.nheads_q = p->nheads_q;
+    k.nheads_kv = p->nheads_kv;
+    k.headdim = p->headdim;
+    k.group = group;
+    k.pack = pack;
+    k.window_left = p->window_left;
+    k.window_right = p->window_right;
+    const float log2e = 1.4426950408889634f;
+    const bool softcap = p->softcap > 0.0f;
+    k.q_scale = softcap ? p->softmax_scale : p->softmax_scale * log2e;
+    k.softcap_inv = softcap ? 1.0f / p->softcap : 0.0f;
+    k.softcap_log2 = softcap ? p->softcap * log2e : 0.0f;
+    if (p->dropout_p > 0.0f) {
+        const double t = std::floor(double(p->dropout_p) * 4294967296.0);
+        k.dropout_threshold = t >= 4294967295.0 ? 0xffffffffu : uint32_t(t);
+        k.dropout_scale = 1.0f / (1.0f - p->dropout_p);
+    }
+    uint32_t flags = 0;
+    if (p->lse) flags |= FA_FLAG_LSE;
+    if (p->alibi_slopes) flags |= FA_FLAG_ALIBI;
+    if (varlen_q) flags |= FA_FLAG_VARLEN_Q;
+    if (varlen_k) flags |= FA_FLAG_VARLEN_K;
+    if (p->seqused_k) flags |= FA_FLAG_SEQUSED_K;
+    if (p->leftpad_k) flags |= FA_FLAG_LEFTPAD_K;
+    if (p->cache_batch_idx) flags |= FA_FLAG_CACHE_BATCH_IDX;
+    if (p->block_table) flags |= FA_FLAG_PAGED;
+    if (p->dropout_p > 0.0f) flags |= FA_FLAG_DROPOUT;
+    if (splits > 1) flags |= FA_FLAG_SPLIT;
+    k.flags = flags;
+    k.page_block_size = p->page_block_size;
+    k.max_blocks_per_seq = p->max_blocks_per_seq;
+    k.num_splits = splits;
+
+    // ---- byte sizes of the user buffers (executor bounds checks) ----
+    const int d = p->headdim;
+    int64_t *bytes = out->buffer_bytes;
+    if (varlen_q) {
+        bytes[FA_BUF_Q] = view_extent(1, 0, p->total_q, p->q.row_stride, p->nheads_q, p->q.head_stride, d) * eb;
+        bytes[FA_BUF_OUT] = view_extent(1, 0, p->total_q, p->out.row_stride, p->nheads_q, p->out.head_stride, d) * eb;
+        if (p->lse) bytes[FA_BUF_LSE] = view_extent(1, 0, p->nheads_q, p->lse_head_stride, p->total_q, p->lse_row_stride, 1) * 4;
+    } else {
+        bytes[FA_BUF_Q] = view_extent(p->batch, p->q.batch_stride, p->seqlen_q, p->q.row_stride, p->nheads_q,
+                                      p->q.head_stride, d) * eb;
+        bytes[FA_BUF_OUT] = view_extent(p->batch, p->out.batch_stride, p->seqlen_q, p->out.row_stride, p->nheads_q,
+                                        p->out.head_stride, d) * eb;
+        if (p->lse)
+            bytes[FA_BUF_LSE] = view_extent(p->batch, p->lse_batch_stride, p->nheads_q, p->lse_head_stride,
+                                            p->seqlen_q, p->lse_row_stride, 1) * 4;
+    }
+    int64_t kv_outer, kv_rows;
+    if (p->block_table) {
+        kv_outer = p->num_blocks;
+        kv_rows = p->page_block_size;
+    } else if (varlen_k) {
+        kv_outer = 1;
+        kv_rows = p->total_k;
+    } else {
+        kv_outer = p->cache_batch_idx ? p->cache_batch_count : p->batch;
+        kv_rows = p->seqlen_k;
+    }
+    const int64_t kbs = varlen_k && !p->block_table ? 0 : p->k.batch_stride;
+    const int64_t vbs = varlen_k && !p->block_table ? 0 : p->v.batch_stride;
+    bytes[FA_BUF_K] = view_extent(kv_outer, kbs, kv_rows, p->k.row_stride, p->nheads_kv, p->k.head_stride, d) * eb;
+    bytes[FA_BUF_V] = view_extent(kv_outer, vbs, kv_rows, p->v.row_stride, p->nheads_kv, p->v.head_stride, d) * eb;
+    if (p->alibi_slopes)
+        bytes[FA_BUF_ALIBI] = (int64_t(p->batch - 1) * p->alibi_batch_stride + p->nheads_q) * 4;
+    if (varlen_q) bytes[FA_BUF_CU_SEQLENS_Q] = int64_t(p->batch + 1) * 4;
+    if (varlen_k) bytes[FA_BUF_CU_SEQLENS_K] = int64_t(p->batch + 1) * 4;
+    if (p->seqused_k) bytes[FA_BUF_SEQUSED_K] = int64_t(p->batch) * 4;
+    if (p->leftpad_k) bytes[FA_BUF_LEFTPAD_K] = int64_t(p->batch) * 4;
+    if (p->cache_batch_idx) bytes[FA_BUF_CACHE_BATCH_IDX] = int64_t(p->batch) * 4;
+    if (p->block_table)
+        bytes[FA_BUF_BLOCK_TABLE] = (int64_t(p->batch - 1) * p->block_table_batch_stride + p->max_blocks_per_seq) * 4;
+    if (splits > 1) {
+        out->scratch_bytes[0] = int64_t(splits) * p->nheads_q * q_rows * d * 4;  // O partials
+        out->scratch_bytes[1] = int64_t(splits) * p->nheads_q * q_rows * 4;      // LSE partials
+    }
+
+    // ---- launch 1: attention ----
+    char name[FA_PLAN_KERNEL_NAME_LEN];
+    std::snprintf(name, sizeof(name), "fa_%s_%s_d%d", decode ? "dec" : "fwd", tag, bd);
+    const uint32_t grid[3] = {uint32_t(gx), uint32_t(gy), uint32_t(int64_t(p->batch) * splits)};
+    const uint32_t threads[3] = {uint32_t(nsg * FA_SIMD_WIDTH), 1, 1};
+    fa_launch *att = &out->launches[out->nlaunches++];
+    faplan::launch_init(att, name, grid, threads, uint32_t(fa_kv_tile_bytes(bk, bd, eb)));
+    const struct {
+        int index;
+        fa_buffer_id buffer;
+    } att_bindings[] = {
+        {FA_FWD_BUF_Q, FA_BUF_Q},
+        {FA_FWD_BUF_K, FA_BUF_K},
+        {FA_FWD_BUF_V, FA_BUF_V},
+        {FA_FWD_BUF_OUT, FA_BUF_OUT},
+        {FA_FWD_BUF_LSE, FA_BUF_LSE},
+        {FA_FWD_BUF_ALIBI, FA_BUF_ALIBI},
+        {FA_FWD_BUF_CU_SEQLENS_Q, FA_BUF_CU_SEQLENS_Q},
+        {FA_FWD_BUF_CU_SEQLENS_K, FA_BUF_CU_SEQLENS_K},
+        {FA_FWD_BUF_SEQUSED_K, FA_BUF_SEQUSED_K},
+        {FA_FWD_BUF_LEFTPAD_K, FA_BUF_LEFTPAD_K},
+        {FA_FWD_BUF_CACHE_BATCH_IDX, FA_BUF_CACHE_BATCH_IDX},
+        {FA_FWD_BUF_BLOCK_TABLE, FA_BUF_BLOCK_TABLE},
+    };
+    for (const auto &b : att_bindings) {
+        if (b.buffer == FA_BUF_OUT && splits > 1) continue;  // the merge writes out and lse
+        if (b.buffer == FA_BUF_LSE && splits > 1) continue;
+        if (bytes[b.buffer] > 0) faplan::launch_bind(att, b.index, b.buffer);
+    }
+    if (splits > 1) {
+        faplan::launch_bind(att, FA_FWD_BUF_O_PARTIAL, FA_BUF_SCRATCH0);
+        faplan::launch_bind(att, FA_FWD_BUF_LSE_PARTIAL, FA_BUF_SCRATCH1);
+    }
+    static const int att_indices[] = {FA_FWD_BUF_Q, FA_FWD_BUF_K, FA_FWD_BUF_V, FA_FWD_BUF_OUT, FA_FWD_BUF_LSE,
+                                      FA_FWD_BUF_ALIBI, FA_FWD_BUF_CU_SEQLENS_Q, FA_FWD_BUF_CU_SEQLENS_K,
+                                      FA_FWD_BUF_SEQUSED_K, FA_FWD_BUF_LEFTPAD_K, FA_FWD_BUF_CACHE_BATCH_IDX,
+                                      FA_FWD_BUF_BLOCK_TABLE, FA_FWD_BUF_O_PARTIAL, FA_FWD_BUF_LSE_PARTIAL};
+    faplan::launch_bind_unused(out, att, att_indices, int(sizeof(att_indices) / sizeof(att_indices[0])));
+    faplan::launch_constants(att, FA_FWD_BUF_PARAMS, &k, sizeof(k));
+    if (splits == 1) return FA_OK;
+
+    // ---- launch 2: merge the splits ----
+    fa_merge_params mp;
+    std::memset(&mp, 0, sizeof(mp));
+    mp.o_batch_stride = p->out.batch_stride;
+    mp.o_row_stride = p->out.row_stride;
+    mp.o_head_stride = p->out.head_stride;
+    mp.lse_batch_stride = p->lse_batch_stride;
+    mp.lse_head_stride = p->lse_head_stride;
+    mp.lse_row_stride = p->lse_row_stride;
+    mp.partial_rows = q_rows;
+    mp.batch = p->batch;
+    mp.seqlen_q = p->seqlen_q;
+    mp.nheads_q = p->nheads_q;
+    mp.headdim = d;
+    mp.num_splits = splits;
+    mp.flags = flags & (FA_FLAG_LSE | FA_FLAG_VARLEN_Q);
+    std::snprintf(name, sizeof(name), "fa_merge_%s", tag);
+    const uint32_t mgrid[3] = {uint32_t(p->seqlen_q), uint32_t(p->nheads_q), uint32_t(p->batch)};
+    const uint32_t mthreads[3] = {FA_MERGE_THREADS, 1, 1};
+    fa_launch *merge = &out->launches[out->nlaunches++];
+    faplan::launch_init(merge, name, mgrid, mthreads, 0);
+    faplan::launch_bind(merge, FA_MERGE_BUF_O_PARTIAL, FA_BUF_SCRATCH0);
+    faplan::launch_bind(merge, FA_MERGE_BUF_LSE_PARTIAL, FA_BUF_SCRATCH1);
+    faplan::launch_bind(merge, FA_MERGE_BUF_OUT, FA_BUF_OUT);
+    if (p->lse) faplan::launch_bind(merge, FA_MERGE_BUF_LSE, FA_BUF_LSE);
+    if (varlen_q) faplan::launch_bind(merge, FA_MERGE_BUF_CU_SEQLENS_Q, FA_BUF_CU_SEQLENS_Q);
+    static const int merge_indices[] = {FA_MERGE_BUF_O_PARTIAL, FA_MERGE_BUF_LSE_PARTIAL, FA_MERGE_BUF_OUT,
+                                        FA_MERGE_BUF_LSE, FA_MERGE_BUF_CU_SEQLENS_Q};
+    faplan::launch_bind_unused(out, merge, merge_indices, int(sizeof(merge_indices) / sizeof(merge_indices[0])));
+    faplan::launch_constants(merge, FA_MERGE_BUF_PARAMS, &mp, sizeof(mp));
+    return FA_OK;
+}

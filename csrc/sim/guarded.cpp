@@ -1,0 +1,64 @@
+// guarded.cpp - see guarded.h.
+#include "guarded.h"
+
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+namespace fasim {
+
+size_t host_page_size() {
+    static size_t p = (size_t)sysconf(_SC_PAGESIZE);
+    return p;
+}
+
+bool Guarded::create(size_t n, bool end_aligned, unsigned char slack_pattern) {
+    size_t page = host_page_size();
+    len = n;
+    area_len = (n + 16 + page - 1) / page * page;
+    map_len = area_len + 2 * page;
+    void *m = mmap(nullptr, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANON, -1, 0);
+    if (m == MAP_FAILED) {
+        map = nullptr;
+        return false;
+    }
+    map = (char *)m;
+    area = map + page;
+    mprotect(map, page, PROT_NONE);
+    mprotect(area + area_len, page, PROT_NONE);
+    memset(area, slack_pattern, area_len);
+    if (end_aligned) {
+        uintptr_t end = (uintptr_t)(area + area_len);
+        data = (char *)((end - n) & ~(uintptr_t)15);
+    } else {
+        data = area;
+    }
+    return true;
+}
+
+void Guarded::destroy() {
+    if (map) munmap(map, map_len);
+    map = nullptr;
+}
+
+void Guarded::protect_readonly() {
+    if (map) mprotect(area, area_len, PROT_READ);
+}
+
+long Guarded::slack_damage(unsigned char pat) const {
+    for (const char *p = area; p < data; p++)
+        if ((unsigned char)*p != pat) return (long)(p - data);
+    for (const char *p = data + len; p < area + area_len; p++)
+        if ((unsigned char)*p != pat) return (long)(p - data);
+    return -1;
+}
+
+int Guarded::guard_side(const void *p) const {
+    const char *c = (const char *)p;
+    if (!map) return 0;
+    if (c >= map && c < area) return -1;
+    if (c >= area + area_len && c < map + map_len) return 1;
+    return 0;
+}
+
+}  // namespace fasim

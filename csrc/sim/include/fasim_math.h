@@ -1,0 +1,201 @@
+// fasim_math.h - MSL math functions (metal::, metal::fast::, metal::precise::) on float, half, bfloat and vectors.
+// Compiler builtins stand in for <cmath> so that nothing lands in the global namespace next to metal::abs & co.
+#pragma once
+
+#include "fasim_types.h"
+
+#ifndef INFINITY
+#define INFINITY (__builtin_inff())
+#endif
+#ifndef NAN
+#define NAN (__builtin_nanf(""))
+#endif
+#ifndef HUGE_VALF
+#define HUGE_VALF (__builtin_huge_valf())
+#endif
+#ifndef FLT_MAX
+#define FLT_MAX 3.40282346638528859812e+38F
+#endif
+#ifndef FLT_MIN
+#define FLT_MIN 1.17549435082228750797e-38F
+#endif
+#ifndef FLT_EPSILON
+#define FLT_EPSILON 1.1920928955078125e-07F
+#endif
+#define MAXFLOAT FLT_MAX
+#define HALF_MAX 65504.0f
+#define HALF_MIN 6.103515625e-05f
+#define M_E_F 2.71828182845904523536f
+#define M_LOG2E_F 1.44269504088896340736f
+#define M_LOG10E_F 0.434294481903251827651f
+#define M_LN2_F 0.693147180559945309417f
+#define M_LN10_F 2.30258509299404568402f
+#define M_PI_F 3.14159265358979323846f
+#define M_PI_2_F 1.57079632679489661923f
+#define M_SQRT2_F 1.41421356237309504880f
+#define M_SQRT1_2_F 0.707106781186547524401f
+
+namespace metal {
+
+#define FASIM_MATH1(NAME, EXPR)                                                                              \
+    inline float NAME(float x) { return EXPR; }                                                              \
+    inline half NAME(half x) { return half(NAME((float)x)); }                                                \
+    inline bfloat NAME(bfloat x) { return bfloat(NAME((float)x)); }                                          \
+    template <class T, int N> inline vec<T, N> NAME(const vec<T, N> &v) {                                    \
+        return vmap(v, [](T a) { return NAME(a); });                                                         \
+    }
+FASIM_MATH1(exp, __builtin_expf(x))
+FASIM_MATH1(exp2, __builtin_exp2f(x))
+FASIM_MATH1(exp10, __builtin_powf(10.0f, x))
+FASIM_MATH1(log, __builtin_logf(x))
+FASIM_MATH1(log2, __builtin_log2f(x))
+FASIM_MATH1(log10, __builtin_log10f(x))
+FASIM_MATH1(sqrt, __builtin_sqrtf(x))
+FASIM_MATH1(rsqrt, 1.0f / __builtin_sqrtf(x))
+FASIM_MATH1(sin, __builtin_sinf(x))
+FASIM_MATH1(cos, __builtin_cosf(x))
+FASIM_MATH1(tan, __builtin_tanf(x))
+FASIM_MATH1(tanh, __builtin_tanhf(x))
+FASIM_MATH1(sinh, __builtin_sinhf(x))
+FASIM_MATH1(cosh, __builtin_coshf(x))
+FASIM_MATH1(asin, __builtin_asinf(x))
+FASIM_MATH1(acos, __builtin_acosf(x))
+FASIM_MATH1(atan, __builtin_atanf(x))
+FASIM_MATH1(floor, __builtin_floorf(x))
+FASIM_MATH1(ceil, __builtin_ceilf(x))
+FASIM_MATH1(round, __builtin_roundf(x))
+FASIM_MATH1(rint, __builtin_rintf(x))
+FASIM_MATH1(trunc, __builtin_truncf(x))
+FASIM_MATH1(fabs, __builtin_fabsf(x))
+FASIM_MATH1(fract, x - __builtin_floorf(x))
+FASIM_MATH1(saturate, x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x))
+FASIM_MATH1(sign, x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f))
+#undef FASIM_MATH1
+
+#define FASIM_MATH2(NAME, EXPR)                                                                              \
+    inline float NAME(float x, float y) { return EXPR; }                                                     \
+    inline half NAME(half x, half y) { return half(NAME((float)x, (float)y)); }                              \
+    inline bfloat NAME(bfloat x, bfloat y) { return bfloat(NAME((float)x, (float)y)); }                      \
+    template <class T, int N> inline vec<T, N> NAME(const vec<T, N> &a, const vec<T, N> &b) {                \
+        vec<T, N> r;                                                                                         \
+        for (int i = 0; i < N; i++) r[i] = NAME(a[i], b[i]);                                                 \
+        return r;                                                                                            \
+    }
+FASIM_MATH2(pow, __builtin_powf(x, y))
+FASIM_MATH2(powr, __builtin_powf(x, y))
+FASIM_MATH2(atan2, __builtin_atan2f(x, y))
+FASIM_MATH2(fmod, __builtin_fmodf(x, y))
+FASIM_MATH2(fmin, __builtin_fminf(x, y))
+FASIM_MATH2(fmax, __builtin_fmaxf(x, y))
+FASIM_MATH2(step, y < x ? 0.0f : 1.0f)
+FASIM_MATH2(divide, x / y)
+#undef FASIM_MATH2
+
+// min/max/abs/clamp: every scalar type (integers too) and vectors; float follows fmin/fmax (NaN-ignoring).
+template <class T> inline std::enable_if_t<fasim::is_scalar_v<T>, T> max(T a, T b) { return a < b ? b : a; }
+template <class T> inline std::enable_if_t<fasim::is_scalar_v<T>, T> min(T a, T b) { return b < a ? b : a; }
+inline float max(float a, float b) { return __builtin_fmaxf(a, b); }
+inline float min(float a, float b) { return __builtin_fminf(a, b); }
+template <class T, int N> inline vec<T, N> max(const vec<T, N> &a, const vec<T, N> &b) {
+    vec<T, N> r;
+    for (int i = 0; i < N; i++) r[i] = max(a[i], b[i]);
+    return r;
+}
+template <class T, int N> inline vec<T, N> min(const vec<T, N> &a, const vec<T, N> &b) {
+    vec<T, N> r;
+    for (int i = 0; i < N; i++) r[i] = min(a[i], b[i]);
+    return r;
+}
+template <class T, int N> inline vec<T, N> max(const vec<T, N> &a, T b) { return max(a, vec<T, N>(b)); }
+template <class T, int N> inline vec<T, N> min(const vec<T, N> &a, T b) { return min(a, vec<T, N>(b)); }
+template <class T> inline std::enable_if_t<fasim::is_scalar_v<T>, T> clamp(T x, T lo, T hi) { return min(max(x, lo), hi); }
+template <class T, int N> inline vec<T, N> clamp(const vec<T, N> &x, const vec<T, N> &lo, const vec<T, N> &hi) {
+    return min(max(x, lo), hi);
+}
+template <class T, int N> inline vec<T, N> clamp(const vec<T, N> &x, T lo, T hi) { return min(max(x, lo), hi); }
+
+template <class T> inline std::enable_if_t<std::is_integral<T>::value, T> abs(T x) { return x < 0 ? T(-x) : x; }
+inline float abs(float x) { return __builtin_fabsf(x); }
+inline half abs(half x) { return half::from_bits((uint16_t)(x.bits & 0x7fffu)); }
+inline bfloat abs(bfloat x) { return bfloat::from_bits((uint16_t)(x.bits & 0x7fffu)); }
+template <class T, int N> inline vec<T, N> abs(const vec<T, N> &v) { return vmap(v, [](T a) { return abs(a); }); }
+
+inline float fma(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+inline half fma(half a, half b, half c) { return half(__builtin_fmaf(a, b, c)); }
+inline bfloat fma(bfloat a, bfloat b, bfloat c) { return bfloat(__builtin_fmaf(a, b, c)); }
+template <class T, int N> inline vec<T, N> fma(const vec<T, N> &a, const vec<T, N> &b, const vec<T, N> &c) {
+    vec<T, N> r;
+    for (int i = 0; i < N; i++) r[i] = fma(a[i], b[i], c[i]);
+    return r;
+}
+inline float mix(float x, float y, float a) { return x + (y - x) * a; }
+inline half mix(half x, half y, half a) { return half(mix((float)x, (float)y, (float)a)); }
+template <class T, int N> inline vec<T, N> mix(const vec<T, N> &x, const vec<T, N> &y, const vec<T, N> &a) {
+    vec<T, N> r;
+    for (int i = 0; i < N; i++) r[i] = mix(x[i], y[i], a[i]);
+    return r;
+}
+template <class T, int N> inline vec<T, N> mix(const vec<T, N> &x, const vec<T, N> &y, T a) { return mix(x, y, vec<T, N>(a)); }
+
+inline bool isnan(float x) { return __builtin_isnan(x); }
+inline bool isinf(float x) { return __builtin_isinf(x); }
+inline bool isfinite(float x) { return __builtin_isfinite(x); }
+inline bool signbit(float x) { return __builtin_signbit(x); }
+inline bool isnan(half x) { return isnan((float)x); }
+inline bool isinf(half x) { return isinf((float)x); }
+inline bool isfinite(half x) { return isfinite((float)x); }
+inline bool isnan(bfloat x) { return isnan((float)x); }
+inline bool isinf(bfloat x) { return isinf((float)x); }
+inline bool isfinite(bfloat x) { return isfinite((float)x); }
+
+template <class T> inline std::enable_if_t<fasim::is_scalar_v<T>, T> select(T a, T b, bool c) { return c ? b : a; }
+template <class T, int N> inline vec<T, N> select(const vec<T, N> &a, const vec<T, N> &b, const vec<bool, N> &c) {
+    vec<T, N> r;
+    for (int i = 0; i < N; i++) r[i] = c[i] ? b[i] : a[i];
+    return r;
+}
+template <class T, int N> inline vec<T, N> select(const vec<T, N> &a, const vec<T, N> &b, bool c) { return c ? b : a; }
+
+template <class T, int N> inline T dot(const vec<T, N> &a, const vec<T, N> &b) {
+    float s = 0.0f;
+    for (int i = 0; i < N; i++) s += (float)a[i] * (float)b[i];
+    return T(s);
+}
+template <int N> inline int dot(const vec<int, N> &a, const vec<int, N> &b) {
+    int s = 0;
+    for (int i = 0; i < N; i++) s += a[i] * b[i];
+    return s;
+}
+template <class T, int N> inline T length(const vec<T, N> &a) { return T(sqrt((float)dot(a, a))); }
+template <class T, int N> inline vec<T, N> normalize(const vec<T, N> &a) { return a * rsqrt((float)dot(a, a)); }
+template <int N> inline bool all(const vec<bool, N> &v) {
+    for (int i = 0; i < N; i++) if (!v[i]) return false;
+    return true;
+}
+template <int N> inline bool any(const vec<bool, N> &v) {
+    for (int i = 0; i < N; i++) if (v[i]) return true;
+    return false;
+}
+inline bool all(bool b) { return b; }
+inline bool any(bool b) { return b; }
+
+template <class T, class U> inline T as_type(const U &u) {
+    static_assert(sizeof(T) == sizeof(U), "as_type: source and destination sizes differ");
+    T t;
+    __builtin_memcpy(&t, &u, sizeof(T));
+    return t;
+}
+
+inline uint mulhi(uint a, uint b) { return (uint)(((uint64_t)a * b) >> 32); }
+inline int mulhi(int a, int b) { return (int)(((int64_t)a * b) >> 32); }
+inline ulong mulhi(ulong a, ulong b) { return (ulong)(((unsigned __int128)a * b) >> 64); }
+inline uint popcount(uint x) { return (uint)__builtin_popcount(x); }
+inline uint ctz(uint x) { return x ? (uint)__builtin_ctz(x) : 32u; }
+inline uint clz(uint x) { return x ? (uint)__builtin_clz(x) : 32u; }
+inline ulong popcount(ulong x) { return (ulong)__builtin_popcountl(x); }
+
+// fast:: and precise:: variants compute the same here (the simulator is always IEEE single precision).
+namespace fast { using namespace ::metal; }
+namespace precise { using namespace ::metal; }
+
+}  // namespace metal

@@ -1,0 +1,131 @@
+// fasim_rt.h - what a translated kernel sees of the simulator runtime (csrc/sim/runtime.cpp): the current thread's
+// ids, its SIMD group's exchange area, the synchronisation hooks, threadgroup-memory allocation, kernel registration
+// and the binders that turn launch buffers and ids into kernel arguments.
+#pragma once
+
+#include "fasim_types.h"
+
+namespace fasim {
+
+constexpr int kSimdWidth = 32;
+constexpr int kMaxBuffers = 31;
+constexpr int kExchangeBytes = 64;  // per lane and collective: enough for a 4 x 64-bit vector or an MMA operand set
+
+// Per SIMD group exchange area for collectives. Double-buffered by collective parity: a lane that already left
+// collective n can write collective n+1's slot while slower lanes still read collective n's slot; it cannot reach
+// n+2 before every lane arrived at n+1, i.e. finished reading n.
+struct SimdGroup {
+    alignas(64) unsigned char xbuf[2][kSimdWidth][kExchangeBytes];
+    uint32_t mask[2];  // lanes that took part in the collective of each parity
+};
+
+struct ThreadCtx {
+    uint32_t tid[3];        // thread_position_in_threadgroup
+    uint32_t tindex;        // thread_index_in_threadgroup
+    uint32_t tgid[3];       // threadgroup_position_in_grid
+    uint32_t tptg[3];       // threads_per_threadgroup
+    uint32_t ngroups[3];    // threadgroups_per_grid
+    uint32_t sid, lane;     // simdgroup_index_in_threadgroup, thread_index_in_simdgroup
+    uint32_t nsimd;         // simdgroups_per_threadgroup
+    uint32_t coll;          // collectives done so far (parity selects the exchange buffer)
+    SimdGroup *sg;
+    void *const *buf;       // [kMaxBuffers] launch bindings
+    void *runtime;          // the runtime's own per-fiber state
+};
+
+// The fiber running on this host thread (set by the scheduler before every switch).
+extern thread_local ThreadCtx *tl_ctx;
+inline ThreadCtx &ctx() { return *tl_ctx; }
+
+enum SyncKind : int {
+    kSyncSimd = 1,      // all lanes that have not returned
+    kSyncSimdFull = 2,  // all 32 lanes (simdgroup_matrix operations)
+};
+
+// Blocks until the SIMD group (or threadgroup) has arrived; reports divergence instead of deadlocking.
+void simd_sync(ThreadCtx &c, const char *file, unsigned line, const char *what, int kind);
+void tg_barrier(ThreadCtx &c, const char *file, unsigned line, const char *what);
+
+struct TgSite {
+    const char *name;
+    const char *file;
+    unsigned line;
+};
+// Storage of one threadgroup declaration for the current threadgroup (same pointer for all its threads).
+void *tg_alloc(const TgSite *site, size_t bytes, size_t align);
+
+// Unsupported use found at run time (e.g. a missing binding): fault the threadgroup.
+[[noreturn]] void kernel_error(const char *kind, const char *file, unsigned line, const char *msg);
+
+typedef void (*KernelEntry)(ThreadCtx &);
+
+struct KernelInfo {
+    const char *name;        // Metal function name (host_name)
+    KernelEntry entry;
+    const char *file;
+    unsigned line;
+    uint32_t buffer_mask;    // [[buffer(n)]] indices the kernel binds
+    const KernelInfo *next;
+};
+struct KernelRegistrar {
+    explicit KernelRegistrar(KernelInfo *k);
+};
+
+// Kernel argument binders: a [[buffer(n)]] parameter converts to whatever pointer or reference type it has.
+struct BufArg {
+    int idx;
+    template <class U> operator U *() const { return static_cast<U *>(ctx().buf[idx]); }
+    template <class U, class = std::enable_if_t<!std::is_pointer<U>::value>> operator U &() const {
+        return *static_cast<U *>(ctx().buf[idx]);
+    }
+};
+
+enum IdKind : int {
+    kIdThreadPosInGrid,
+    kIdThreadPosInTg,
+    kIdThreadIndexInTg,
+    kIdTgPosInGrid,
+    kIdThreadsPerTg,
+    kIdTgsPerGrid,
+    kIdThreadsPerGrid,
+    kIdSimdIndexInTg,
+    kIdLaneInSimd,
+    kIdSimdsPerTg,
+    kIdThreadsPerSimd,
+};
+
+struct IdArg {
+    int kind;
+    metal::vec<uint, 3> v3() const {
+        const ThreadCtx &c = ctx();
+        switch (kind) {
+        case kIdThreadPosInGrid:
+            return {c.tgid[0] * c.tptg[0] + c.tid[0], c.tgid[1] * c.tptg[1] + c.tid[1], c.tgid[2] * c.tptg[2] + c.tid[2]};
+        case kIdThreadPosInTg: return {c.tid[0], c.tid[1], c.tid[2]};
+        case kIdThreadIndexInTg: return {c.tindex, 0u, 0u};
+        case kIdTgPosInGrid: return {c.tgid[0], c.tgid[1], c.tgid[2]};
+        case kIdThreadsPerTg: return {c.tptg[0], c.tptg[1], c.tptg[2]};
+        case kIdTgsPerGrid: return {c.ngroups[0], c.ngroups[1], c.ngroups[2]};
+        case kIdThreadsPerGrid:
+            return {c.ngroups[0] * c.tptg[0], c.ngroups[1] * c.tptg[1], c.ngroups[2] * c.tptg[2]};
+        case kIdSimdIndexInTg: return {c.sid, 0u, 0u};
+        case kIdLaneInSimd: return {c.lane, 0u, 0u};
+        case kIdSimdsPerTg: return {c.nsimd, 0u, 0u};
+        default: return {(uint)kSimdWidth, 0u, 0u};
+        }
+    }
+    operator uint() const { return v3().x; }
+    operator int() const { return (int)v3().x; }
+    operator ushort() const { return (ushort)v3().x; }
+    operator short() const { return (short)v3().x; }
+    operator metal::vec<uint, 2>() const { auto v = v3(); return {v.x, v.y}; }
+    operator metal::vec<uint, 3>() const { return v3(); }
+    operator metal::vec<ushort, 2>() const { auto v = v3(); return {(ushort)v.x, (ushort)v.y}; }
+    operator metal::vec<ushort, 3>() const { auto v = v3(); return {(ushort)v.x, (ushort)v.y, (ushort)v.z}; }
+    operator metal::vec<int, 2>() const { auto v = v3(); return {(int)v.x, (int)v.y}; }
+    operator metal::vec<int, 3>() const { auto v = v3(); return {(int)v.x, (int)v.y, (int)v.z}; }
+};
+
+}  // namespace fasim
+
+#define FASIM_SITE_PARAMS const char *fasim_file = __builtin_FILE(), unsigned fasim_line = __builtin_LINE()

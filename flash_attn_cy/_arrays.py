@@ -1,0 +1,188 @@
+"""Array plumbing between the public API and `_core`: which kind of array the caller gave (NumPy or PyTorch),
+its element type, zero-copy host views for the ABI, and output allocation in the caller's kind.
+
+`_core` takes plain buffers: NumPy views that share the caller's memory, with fp16/bf16 reinterpreted as uint16
+(the C side knows the real type from the dtype name). Contiguous inputs are never copied; strided inputs pass their
+strides when the last axis has stride 1, otherwise they are copied once. Tensors on Apple's MPS device are handed to
+the shim helper module `flash_attn_cy._mps` (`device_tensor(t) -> _core.DeviceTensor`).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+
+def _torch():
+    """The torch module if the caller has imported it (a torch tensor cannot exist otherwise)."""
+    return sys.modules.get("torch")
+
+
+def is_torch(x: Any) -> bool:
+    torch = _torch()
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def kind_of(x: Any, name: str) -> str:
+    """'numpy' or 'torch' (CPU) or 'mps'; TypeError for anything else."""
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    if is_torch(x):
+        dev = x.device.type
+        if dev == "cpu":
+            return "torch"
+        if dev == "mps":
+            return "mps"
+        raise ValueError(f"{name}: tensors on device '{dev}' are not supported; use CPU or MPS tensors")
+    raise TypeError(f"{name}: expected a numpy.ndarray or torch.Tensor, got {type(x).__name__}")
+
+
+def float_dtype(x: Any, name: str) -> str:
+    """The element type name of a float array/tensor, one of FLOAT_DTYPES; TypeError otherwise."""
+    if isinstance(x, np.ndarray):
+        dname = x.dtype.name
+        if dname in FLOAT_DTYPES:
+            return dname
+    else:
+        torch = _torch()
+        names = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
+                 torch.float64: "float64"}
+        if x.dtype in names:
+            return names[x.dtype]
+        dname = str(x.dtype)
+    raise TypeError(f"{name}: dtype must be float16, bfloat16, float32 or float64, got {dname}")
+
+
+def _host_numpy(x: Any) -> np.ndarray:
+    """A NumPy view sharing x's memory, 16-bit floats reinterpreted as uint16."""
+    if isinstance(x, np.ndarray):
+        if x.dtype.itemsize == 2 and x.dtype.kind != "u":
+            return x.view(np.uint16)
+        return x
+    torch = _torch()
+    t = x.detach()
+    if t.is_neg() or t.is_conj():
+        t = t.resolve_neg().resolve_conj()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+def _usable_strides(a: np.ndarray) -> bool:
+    """True if the ABI can address `a` in place: last-axis stride 1 (or length 1) and non-negative strides that are
+    whole elements."""
+    isz = a.dtype.itemsize
+    for n, s in zip(a.shape, a.strides):
+        if n > 1 and (s < 0 or s % isz):
+            return False
+    return a.ndim == 0 or a.shape[-1] <= 1 or a.strides[-1] == isz
+
+
+def _element_strides_fix(a: np.ndarray) -> np.ndarray:
+    """Axes of length 1 may carry any stride in NumPy; give them a harmless one so the C stride checks pass."""
+    if all(s >= 0 for s in a.strides) and (a.ndim == 0 or a.shape[-1] > 1 or a.strides[-1] == a.dtype.itemsize):
+        return a
+    strides = list(a.strides)
+    for i, (n, s) in enumerate(zip(a.shape, strides)):
+        if n <= 1:
+            strides[i] = a.dtype.itemsize if i == a.ndim - 1 else 0
+    return np.lib.stride_tricks.as_strided(a, a.shape, strides, writeable=a.flags.writeable)
+
+
+def core_view(x: Any, name: str, *, lead_axis: bool = False, in_place: bool = False, writable: bool = False):
+    """Buffer for `_core`: a zero-copy NumPy view (copied once if its strides are unusable), or a DeviceTensor for
+    MPS tensors. `lead_axis` prepends an axis of length 1 (the varlen layout travels as [1, total, heads, dim]).
+    `in_place`: the ABI writes into this array, so a copy would lose the result; raise instead of copying."""
+    if is_torch(x) and x.device.type == "mps":
+        from . import _mps  # provided by the Metal shim component
+        t = x.unsqueeze(0) if lead_axis else x
+        return _mps.device_tensor(t)
+    a = _host_numpy(x)
+    if lead_axis:
+        a = a[None]
+    if not _usable_strides(a):
+        if in_place:
+            raise ValueError(f"{name}: must have a contiguous last dimension (stride 1) and non-negative strides, "
+                             "because it is updated in place")
+        a = np.ascontiguousarray(a)
+    if (writable or in_place) and not a.flags.writeable:
+        raise ValueError(f"{name}: array is read-only but must be written in place")
+    return _element_strides_fix(a)
+
+
+def empty(kind: str, like: Any, shape: Tuple[int, ...], dtype: Optional[str] = None, fill: Optional[float] = None):
+    """A new array of the caller's kind (NumPy, or a torch tensor on like's device). dtype: a FLOAT_DTYPES name or
+    None for like's own dtype. fill: initial value (None = uninitialised)."""
+    if kind == "numpy":
+        np_dtype = like.dtype if dtype is None else (_np_bfloat16() if dtype == "bfloat16" else np.dtype(dtype))
+        out = np.empty(shape, dtype=np_dtype)
+        if fill is not None:
+            out[...] = fill
+        return out
+    torch = _torch()
+    t_dtype = like.dtype if dtype is None else getattr(torch, dtype)
+    if fill is None:
+        return torch.empty(shape, dtype=t_dtype, device=like.device)
+    return torch.full(shape, fill, dtype=t_dtype, device=like.device)
+
+
+def _np_bfloat16():
+    try:
+        import ml_dtypes
+    except ImportError as e:  # pragma: no cover - bf16 arrays cannot exist without it
+        raise TypeError("bfloat16 NumPy arrays need the ml_dtypes package") from e
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def host_int32(x: Any, name: str, *, ndim: int = 1) -> np.ndarray:
+    """An int array/tensor (int32 in flash_attn; any integer type accepted) as a C-contiguous int32 NumPy array.
+    Small metadata arrays only: copied freely. Range-checked against int32."""
+    if isinstance(x, np.ndarray):
+        a = x
+    elif is_torch(x):
+        a = x.detach().cpu().numpy()
+    else:
+        raise TypeError(f"{name}: expected an int32 numpy.ndarray or torch.Tensor, got {type(x).__name__}")
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name}: dtype must be int32, got {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-d array, got shape {tuple(a.shape)}")
+    if a.dtype != np.int32:
+        if a.size and (a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max):
+            raise ValueError(f"{name}: values must fit in int32")
+        a = a.astype(np.int32)
+    return np.ascontiguousarray(a)
+
+
+def host_float32(x: Any, name: str) -> np.ndarray:
+    """A float32 array/tensor (ALiBi slopes) as a C-contiguous NumPy array; TypeError for other dtypes."""
+    if isinstance(x, np.ndarray):
+        a = x
+    elif is_torch(x):
+        a = x.detach().cpu()
+        if str(a.dtype) != "torch.float32":
+            raise TypeError(f"{name}: dtype must be float32, got {a.dtype}")
+        a = a.numpy()
+    else:
+        raise TypeError(f"{name}: expected a float32 numpy.ndarray or torch.Tensor, got {type(x).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(f"{name}: dtype must be float32, got {a.dtype}")
+    return np.ascontiguousarray(a)
+
+
+def host_rotary(x: Any, name: str, dtype: str) -> np.ndarray:
+    """rotary_cos/sin: 2-d, the dtype of q, as a C-contiguous core view (16-bit as uint16)."""
+    if not isinstance(x, np.ndarray) and not is_torch(x):
+        raise TypeError(f"{name}: expected a numpy.ndarray or torch.Tensor, got {type(x).__name__}")
+    if is_torch(x) and x.device.type != "cpu":
+        x = x.cpu()
+    got = float_dtype(x, name)
+    if got != dtype:
+        raise TypeError(f"{name}: dtype must match q ({dtype}), got {got}")
+    if x.ndim != 2:
+        raise ValueError(f"{name}: expected shape (seqlen_ro, rotary_dim / 2), got {tuple(x.shape)}")
+    return np.ascontiguousarray(_host_numpy(x))

@@ -1,0 +1,276 @@
+"""``python -m flash_attn_cy bench``: time every backend present against PyTorch's scaled_dot_product_attention.
+
+Both sides get the same values in their native layouts (ours: [batch, seqlen, heads, dim] NumPy arrays; PyTorch:
+contiguous [batch, heads, seqlen, dim] tensors), run in the same process with the same number of threads. Each
+timing is the median of repeated calls after a warm-up call, repeated until ``min_time`` seconds have been spent
+(at least ``min_reps`` calls).
+
+FLOP counts follow flash-attention's benchmarks: forward 4 * b * h * sq * sk * d (two matrix products), halved for
+causal square attention; backward 2.5x the forward. The fp32 matrix-multiply peak of the machine (NumPy and PyTorch
+matmul, best of both) is measured in the same run so that "share of peak" is comparable across machines.
+
+The simulator backend (``sim``) executes the Metal kernels on the CPU for correctness only; it is timed only when
+asked for explicitly (``--backend sim``) and with small shapes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+DEFAULT_SEQLENS = (512, 2048, 4096)
+DEFAULT_HEADDIMS = (64, 128)
+DEFAULT_DTYPES = ("fp32", "bf16")
+QUICK_SEQLENS = (512, 2048)
+QUICK_HEADDIMS = (64,)
+
+
+@dataclass
+class Shape:
+    batch: int
+    heads: int
+    seqlen_q: int
+    seqlen_k: int
+    headdim: int
+    dtype: str
+    causal: bool
+    mode: str = "fwd"  # "fwd" | "fwd+bwd" | "decode"
+
+    def label(self) -> str:
+        s = f"{self.seqlen_q}" if self.seqlen_q == self.seqlen_k else f"{self.seqlen_q}x{self.seqlen_k}"
+        return (f"b{self.batch} h{self.heads} s{s} d{self.headdim} {self.dtype}"
+                f"{' causal' if self.causal else ''}{'' if self.mode == 'fwd' else ' ' + self.mode}")
+
+    def flops(self) -> float:
+        f = 4.0 * self.batch * self.heads * self.seqlen_q * self.seqlen_k * self.headdim
+        if self.causal and self.seqlen_q == self.seqlen_k:
+            f /= 2
+        if self.mode == "fwd+bwd":
+            f *= 3.5
+        return f
+
+
+@dataclass
+class Row:
+    shape: Shape
+    ms: Dict[str, Optional[float]] = field(default_factory=dict)  # backend -> median ms (None: failed / n/a)
+    notes: Dict[str, str] = field(default_factory=dict)
+
+    def gflops(self, name: str) -> Optional[float]:
+        ms = self.ms.get(name)
+        return None if not ms else self.shape.flops() / (ms * 1e-3) / 1e9
+
+
+def _median_ms(fn: Callable[[], object], min_time: float, min_reps: int, max_reps: int = 50) -> float:
+    fn()  # warm-up: thread pools, page faults, pipeline compilation
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def matmul_peak_gflops(n: int = 1024, min_time: float = 0.5) -> Dict[str, float]:
+    """fp32 matrix-multiply throughput of NumPy's BLAS and (if installed) PyTorch, GFLOP/s."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), dtype=np.float32)
+    flops = 2.0 * n ** 3
+    peaks = {"numpy": flops / (_median_ms(lambda: np.matmul(a, b, out=c), min_time, 3) * 1e-3) / 1e9}
+    try:
+        import torch
+    except ImportError:
+        return peaks
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    tc = torch.empty((n, n))
+    peaks["torch"] = flops / (_median_ms(lambda: torch.mm(ta, tb, out=tc), min_time, 3) * 1e-3) / 1e9
+    return peaks
+
+
+def _np_dtype(name: str):
+    if name == "bf16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype({"fp32": np.float32, "fp16": np.float16}[name])
+
+
+def _make_ours(fa, backend: str, shape: Shape, rng) -> Callable[[], object]:
+    b, h, sq, sk, d = shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim
+    if shape.mode == "fwd+bwd":
+        import torch
+
+        tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[shape.dtype]
+        q, k, v = (torch.randn(b, s, h, d, dtype=tdt, requires_grad=True) for s in (sq, sk, sk))
+        dout = torch.randn(b, sq, h, d, dtype=tdt)
+
+        def fwd_bwd():
+            out = fa.flash_attn_func(q, k, v, causal=shape.causal, backend=backend)
+            out.backward(dout)
+        return fwd_bwd
+    dt = _np_dtype(shape.dtype)
+    q = rng.standard_normal((b, sq, h, d)).astype(dt)
+    if shape.mode == "decode":
+        kc = rng.standard_normal((b, sk, h, d)).astype(dt)
+        vc = rng.standard_normal((b, sk, h, d)).astype(dt)
+        lens = np.full(b, sk, dtype=np.int32)
+        return lambda: fa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, causal=shape.causal,
+                                                  backend=backend)
+    k = rng.standard_normal((b, sk, h, d)).astype(dt)
+    v = rng.standard_normal((b, sk, h, d)).astype(dt)
+    return lambda: fa.flash_attn_func(q, k, v, causal=shape.causal, backend=backend)
+
+
+def _make_torch(shape: Shape) -> Callable[[], object]:
+    import torch
+    import torch.nn.functional as F
+
+    tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[shape.dtype]
+    b, h, sq, sk, d = shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim
+    grad = shape.mode == "fwd+bwd"
+    q = torch.randn(b, h, sq, d, dtype=tdt, requires_grad=grad)
+    k = torch.randn(b, h, sk, d, dtype=tdt, requires_grad=grad)
+    v = torch.randn(b, h, sk, d, dtype=tdt, requires_grad=grad)
+    # torch's is_causal is top-left aligned; it equals flash_attn's bottom-right one only for square attention,
+    # and decode (one query seeing the whole cache) is unmasked in both conventions.
+    causal = shape.causal and sq == sk
+    if grad:
+        dout = torch.randn(b, h, sq, d, dtype=tdt)
+
+        def fwd_bwd():
+            F.scaled_dot_product_attention(q, k, v, is_causal=causal).backward(dout)
+        return fwd_bwd
+
+    def fwd():
+        with torch.no_grad():
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return fwd
+
+
+def build_shapes(seqlens: Sequence[int], headdims: Sequence[int], dtypes: Sequence[str], causal: Sequence[bool],
+                 batch: int, heads: int, backward: bool = False, decode: bool = False) -> List[Shape]:
+    shapes = []
+    for dtype in dtypes:
+        for d in headdims:
+            for s in seqlens:
+                for c in causal:
+                    if decode:
+                        shapes.append(Shape(batch, heads, 1, s, d, dtype, c, "decode"))
+                    else:
+                        shapes.append(Shape(batch, heads, s, s, d, dtype, c, "fwd+bwd" if backward else "fwd"))
+    return shapes
+
+
+def run_bench(shapes: Sequence[Shape], backends: Sequence[str], with_torch: bool, min_time: float = 0.3,
+              min_reps: int = 2, progress: Optional[Callable[[Row], None]] = None) -> List[Row]:
+    import flash_attn_cy as fa
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for shape in shapes:
+        row = Row(shape)
+        for backend in backends:
+            try:
+                fn = _make_ours(fa, backend, shape, rng)
+                row.ms[backend] = _median_ms(fn, min_time, min_reps)
+            except NotImplementedError as e:
+                row.ms[backend], row.notes[backend] = None, f"n/a: {e}"
+            except Exception as e:  # noqa: BLE001 - report and continue with the other shapes
+                row.ms[backend], row.notes[backend] = None, f"{type(e).__name__}: {e}"
+            fn = None
+        if with_torch:
+            try:
+                row.ms["torch"] = _median_ms(_make_torch(shape), min_time, min_reps)
+            except Exception as e:  # noqa: BLE001
+                row.ms["torch"], row.notes["torch"] = None, f"{type(e).__name__}: {e}"
+        rows.append(row)
+        if progress is not None:
+            progress(row)
+    return rows
+
+
+def _fmt(x: Optional[float], spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def format_table(rows: Sequence[Row], backends: Sequence[str], with_torch: bool, peak: Optional[float]) -> str:
+    header = ["shape"]
+    for be in backends:
+        header += [f"{be} ms", f"{be} GFLOP/s"]
+        if peak:
+            header.append(f"{be} %mm")
+    if with_torch:
+        header += ["torch ms", "torch GFLOP/s"]
+        header += [f"torch/{be}" for be in backends]
+    body = []
+    for row in rows:
+        line = [row.shape.label()]
+        for be in backends:
+            g = row.gflops(be)
+            line += [_fmt(row.ms.get(be), ".2f"), _fmt(g, ".1f")]
+            if peak:
+                line.append(_fmt(None if g is None else 100 * g / peak, ".0f"))
+        if with_torch:
+            line += [_fmt(row.ms.get("torch"), ".2f"), _fmt(row.gflops("torch"), ".1f")]
+            for be in backends:
+                a, t = row.ms.get(be), row.ms.get("torch")
+                line.append(_fmt(None if not a or not t else t / a, ".2f"))
+        body.append(line)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    fmt = lambda r: "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))
+    out = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in body]
+    notes = [f"  {row.shape.label()}: {be}: {msg}" for row in rows for be, msg in row.notes.items()]
+    if notes:
+        out += ["", "notes:"] + notes
+    out += [""]
+    if peak:
+        out += [f"<backend> %mm = share of the measured fp32 matrix-multiply peak ({peak:.1f} GFLOP/s); bf16/fp16 "
+                "kernels can exceed 100 with 16-bit dot-product instructions."]
+    if with_torch:
+        out += ["torch/<backend> = torch ms / backend ms: above 1 means flash_attn_cy is faster."]
+    return "\n".join(out)
+
+
+def to_json(rows: Sequence[Row], meta: dict) -> str:
+    data = {"meta": meta, "rows": []}
+    for row in rows:
+        data["rows"].append({"shape": asdict(row.shape), "label": row.shape.label(), "flops": row.shape.flops(),
+                             "ms": row.ms, "gflops": {k: row.gflops(k) for k in row.ms}, "notes": row.notes})
+    return json.dumps(data, indent=2)
+
+
+def plot(rows: Sequence[Row], names: Sequence[str], path: str, title: str) -> None:
+    """Bar chart of GFLOP/s per shape and implementation (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r.shape.label() for r in rows]
+    x = np.arange(len(rows))
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(rows) + 2), 4.5))
+    for i, name in enumerate(names):
+        vals = [r.gflops(name) or 0.0 for r in rows]
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, label=name)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("GFLOP/s (higher is better)")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def geomean(xs: Sequence[float]) -> float:
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")

@@ -1,0 +1,44 @@
+"""Where the dropout RNG state comes from.
+
+The kernels draw their dropout mask from Philox4x32-10 keyed by a (seed, offset) pair (kernels/fa_philox.h), as
+flash_attn does with PyTorch's Philox generator state. This module picks that pair:
+- an explicit `seed=` keyword wins: an int (offset 0) or a (seed, offset) pair;
+- otherwise, for PyTorch inputs, two 64-bit values drawn from torch's default generator, so `torch.manual_seed`
+  makes dropout reproducible exactly as it does for flash_attn;
+- otherwise NumPy's global RNG (`np.random.seed` makes it reproducible).
+"""
+from __future__ import annotations
+
+import numbers
+import sys
+from typing import Any, Tuple
+
+import numpy as np
+
+_U64 = (1 << 64) - 1
+
+
+def _as_u64(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    return int(v) & _U64  # negative seeds wrap, like torch.manual_seed
+
+
+def philox_state(kind: str, seed: Any = None) -> Tuple[int, int]:
+    """The (seed, offset) pair for one dropout call; `kind` is the caller's array kind ('numpy', 'torch', 'mps')."""
+    if seed is not None:
+        if isinstance(seed, tuple) and len(seed) == 2:
+            return _as_u64(seed[0], "seed[0]"), _as_u64(seed[1], "seed[1]")
+        if isinstance(seed, np.random.Generator):
+            s, o = seed.integers(0, 1 << 63, size=2, dtype=np.int64)
+            return int(s), int(o)
+        if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+            return _as_u64(seed, "seed"), 0
+        raise TypeError("seed: expected None, an int, a (seed, offset) pair of ints or a numpy.random.Generator, "
+                        f"got {type(seed).__name__}")
+    if kind in ("torch", "mps"):
+        torch = sys.modules["torch"]
+        pair = torch.randint(-(1 << 63), (1 << 63) - 1, (2,), dtype=torch.int64)  # default CPU generator
+        return int(pair[0]) & _U64, int(pair[1]) & _U64
+    s, o = np.random.randint(0, (1 << 63) - 1, size=2, dtype=np.int64)
+    return int(s), int(o)

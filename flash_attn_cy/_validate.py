@@ -1,0 +1,211 @@
+"""Argument validation for the public API, done before any compute.
+
+Every check raises ValueError (bad value or shape) or TypeError (bad type or dtype) with a message that names the
+argument and the form it expects. The C side re-checks structurally (csrc/fa_check.cpp) so nothing can index out of
+bounds even if this layer missed something; this layer exists to give flash_attn-style, Python-spelled messages.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _arrays
+from ._core import BACKENDS, backend_available
+
+MAX_HEADDIM = 256
+BACKEND_CHOICES = ("auto",) + tuple(BACKENDS)
+
+
+def resolve_backend(backend: Any) -> str:
+    """'auto' -> 'metal' if usable here, else 'cpu'; any other name must be a known backend."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: expected a string, one of {', '.join(map(repr, BACKEND_CHOICES))}; "
+                        f"got {type(backend).__name__}")
+    if backend == "auto":
+        return "metal" if backend_available("metal")[0] else "cpu"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_CHOICES))}, got {backend!r}")
+    return backend
+
+
+def same_kind_and_dtype(named: Sequence[Tuple[str, Any]]) -> Tuple[str, str]:
+    """All tensors share one kind (NumPy / torch CPU / MPS) and one float dtype; returns (kind, dtype)."""
+    kinds = [(n, _arrays.kind_of(x, n)) for n, x in named]
+    dtypes = [(n, _arrays.float_dtype(x, n)) for n, x in named]
+    n0, k0 = kinds[0]
+    for n, k in kinds[1:]:
+        if k != k0:
+            raise TypeError(f"{n}: all tensors must be of one kind; {n0} is {k0} but {n} is {k}")
+    n0, d0 = dtypes[0]
+    for n, d in dtypes[1:]:
+        if d != d0:
+            raise TypeError(f"{n}: dtype {d} differs from {n0}'s {d0}; q, k, v must share one dtype")
+    return k0, d0
+
+
+def ndim(x: Any, name: str, want: int, form: str) -> None:
+    _arrays.kind_of(x, name)  # TypeError for anything that is not an array/tensor
+    if x.ndim != want:
+        raise ValueError(f"{name}: expected a {want}-d tensor of shape {form}, got shape {tuple(x.shape)}")
+
+
+def head_dims(q_shape: Tuple[int, ...], k_shape: Tuple[int, ...], v_shape: Tuple[int, ...],
+              k_name: str = "k", v_name: str = "v") -> None:
+    """heads and head dim: nheads_q % nheads_kv == 0, head dims equal and in 1..256."""
+    hq, d = q_shape[-2], q_shape[-1]
+    hk, dk = k_shape[-2], k_shape[-1]
+    if not 1 <= d <= MAX_HEADDIM:
+        raise ValueError(f"q: head dimension (last axis) must be in 1..{MAX_HEADDIM}, got {d}")
+    if dk != d:
+        raise ValueError(f"{k_name}: head dimension {dk} must equal q's head dimension {d}")
+    if v_shape[-1] != d:
+        raise ValueError(f"{v_name}: head dimension {v_shape[-1]} must equal q's head dimension {d}")
+    if hq < 1 or hk < 1:
+        raise ValueError(f"q/{k_name}: number of heads must be >= 1 (q has {hq}, {k_name} has {hk})")
+    if v_shape[-2] != hk:
+        raise ValueError(f"{v_name}: number of heads {v_shape[-2]} must equal {k_name}'s {hk}")
+    if hq % hk:
+        raise ValueError(f"number of heads in q ({hq}) must be a multiple of the number of heads in "
+                         f"{k_name}/{v_name} ({hk})")
+
+
+def dense_shapes(q: Any, k: Any, v: Any) -> None:
+    """flash_attn_func: q (batch, seqlen_q, nheads, d); k, v (batch, seqlen_k, nheads_k, d)."""
+    ndim(q, "q", 4, "(batch, seqlen_q, nheads, headdim)")
+    ndim(k, "k", 4, "(batch, seqlen_k, nheads_k, headdim)")
+    ndim(v, "v", 4, "(batch, seqlen_k, nheads_k, headdim)")
+    if k.shape[0] != q.shape[0]:
+        raise ValueError(f"k: batch size {k.shape[0]} must equal q's batch size {q.shape[0]}")
+    if v.shape[:2] != k.shape[:2]:
+        raise ValueError(f"v: (batch, seqlen) {tuple(v.shape[:2])} must equal k's {tuple(k.shape[:2])}")
+    head_dims(tuple(q.shape), tuple(k.shape), tuple(v.shape))
+
+
+def integer(x: Any, name: str, minimum: Optional[int] = None) -> int:
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        if _arrays.is_torch(x) and x.ndim == 0 and not x.dtype.is_floating_point:
+            x = int(x)
+        elif isinstance(x, np.ndarray) and x.ndim == 0 and x.dtype.kind in "iu":
+            x = int(x)
+        else:
+            raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
+    x = int(x)
+    if minimum is not None and x < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {x}")
+    return x
+
+
+def cu_seqlens(x: Any, name: str, batch: Optional[int], total: Optional[int], max_seqlen: int,
+               max_name: str) -> np.ndarray:
+    """(batch + 1,) int32, starting at 0, non-decreasing, last <= total rows, every length <= max_seqlen."""
+    a = _arrays.host_int32(x, name)
+    if a.shape[0] < 1:
+        raise ValueError(f"{name}: expected shape (batch_size + 1,), got an empty array")
+    if batch is not None and a.shape[0] != batch + 1:
+        raise ValueError(f"{name}: expected shape ({batch + 1},) (batch_size + 1), got ({a.shape[0]},)")
+    if a[0] != 0:
+        raise ValueError(f"{name}: must start at 0, got {name}[0] = {int(a[0])}")
+    lens = np.diff(a.astype(np.int64))
+    if lens.size and lens.min() < 0:
+        i = int(np.argmin(lens))
+        raise ValueError(f"{name}: must be non-decreasing, but {name}[{i}] = {int(a[i])} > "
+                         f"{name}[{i + 1}] = {int(a[i + 1])}")
+    if total is not None and a[-1] > total:
+        raise ValueError(f"{name}: last entry {int(a[-1])} exceeds the {total} rows of the packed tensor")
+    if lens.size and lens.max() > max_seqlen:
+        i = int(np.argmax(lens))
+        raise ValueError(f"{name}: sequence {i} has length {int(lens[i])}, more than {max_name} = {max_seqlen}")
+    return a
+
+
+def dropout(p: Any) -> float:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"dropout_p: expected a float in [0, 1), got {type(p).__name__}")
+    p = float(p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout_p: must be in [0, 1), got {p}")
+    return p
+
+
+def softmax_scale(scale: Any, headdim: int) -> float:
+    """Default 1/sqrt(headdim) of the original (unpadded) head dimension."""
+    if scale is None:
+        return headdim ** -0.5
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"softmax_scale: expected a float or None, got {type(scale).__name__}")
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"softmax_scale: must be finite, got {scale}")
+    return scale
+
+
+def softcap(cap: Any) -> float:
+    if isinstance(cap, bool) or not isinstance(cap, numbers.Real):
+        raise TypeError(f"softcap: expected a float >= 0 (0 = off), got {type(cap).__name__}")
+    cap = float(cap)
+    if not (cap >= 0.0 and math.isfinite(cap)):
+        raise ValueError(f"softcap: must be a finite float >= 0 (0 = off), got {cap}")
+    return cap
+
+
+def window(window_size: Any, causal: Any) -> Tuple[int, int]:
+    """(left, right) with -1 = unbounded; `causal` folds into right = 0 (left kept)."""
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
+    if (not isinstance(window_size, (tuple, list)) or len(window_size) != 2):
+        raise ValueError(f"window_size: expected a pair (left, right) of ints >= -1, got {window_size!r}")
+    left, right = window_size
+    for side, val in (("left", left), ("right", right)):
+        if isinstance(val, bool) or not isinstance(val, numbers.Integral):
+            raise TypeError(f"window_size: {side} must be an int >= -1, got {type(val).__name__}")
+        if val < -1:
+            raise ValueError(f"window_size: {side} must be -1 (unbounded) or >= 0, got {int(val)}")
+        if val > np.iinfo(np.int32).max:
+            raise ValueError(f"window_size: {side} must fit in int32, got {int(val)}")
+    left, right = int(left), int(right)
+    if causal:
+        right = 0
+    return left, right
+
+
+def alibi(slopes: Any, batch: int, nheads: int) -> Optional[np.ndarray]:
+    """(nheads,) or (batch, nheads) float32 -> a 2-d float32 array (1 or batch rows)."""
+    if slopes is None:
+        return None
+    a = _arrays.host_float32(slopes, "alibi_slopes")
+    if a.shape == (nheads,):
+        return a.reshape(1, nheads)
+    if a.shape == (batch, nheads):
+        return a
+    raise ValueError(f"alibi_slopes: expected shape ({nheads},) or ({batch}, {nheads}), got {tuple(a.shape)}")
+
+
+def flag(x: Any, name: str) -> bool:
+    if not isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(x).__name__}")
+    return bool(x)
+
+
+def block_table(x: Any, batch: int, num_blocks: int, page: int, pages_needed: Optional[np.ndarray]) -> np.ndarray:
+    """(batch, max_blocks) int32; page size (k_cache.shape[1]) a multiple of 16; the entries a sequence uses must
+    be page indices in [0, num_blocks)."""
+    a = _arrays.host_int32(x, "block_table", ndim=2)
+    if a.shape[0] != batch:
+        raise ValueError(f"block_table: expected shape ({batch}, max_num_blocks_per_seq), got {tuple(a.shape)}")
+    if a.shape[1] < 1:
+        raise ValueError("block_table: needs at least one page per sequence")
+    if page < 1 or page % 16:
+        raise ValueError(f"k_cache: page size (k_cache.shape[1]) must be a positive multiple of 16 with a "
+                         f"block_table, got {page}")
+    if pages_needed is None:
+        used = a
+    else:
+        cols = np.arange(a.shape[1])[None, :]
+        used = a[cols < pages_needed[:, None]]
+    if used.size and (used.min() < 0 or used.max() >= num_blocks):
+        bad = int(used[(used < 0) | (used >= num_blocks)][0])
+        raise ValueError(f"block_table: entry {bad} is not a page index in [0, {num_blocks}) of k_cache")
+    return a

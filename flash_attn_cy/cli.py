@@ -1,0 +1,360 @@
+"""Command line: ``python -m flash_attn_cy {info,verify,bench,demo}``.
+
+- ``info``    version, backends (and why one is missing), build, package versions, hardware.
+- ``verify``  every backend present against the float64 reference on built-in shapes; exit 1 on any failure.
+- ``bench``   every backend present against PyTorch's scaled_dot_product_attention on built-in shapes.
+- ``demo``    the README's main job: ``verify --quick`` then ``bench --quick``.
+
+Exit status: 0 success, 1 a check failed (verify) or a run failed (bench), 2 bad arguments or a missing optional
+dependency that was explicitly asked for (argparse's convention).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import List, Optional, Sequence
+
+from . import _sysinfo
+
+
+def _import_package():
+    """The package with its compiled extension, or a clear message and exit 1."""
+    try:
+        import flash_attn_cy
+        from flash_attn_cy import _core  # noqa: F401
+    except ImportError as e:
+        here = os.path.abspath(os.getcwd())
+        hint = ""
+        if os.path.isdir(os.path.join(here, "flash_attn_cy")) and os.path.isfile(os.path.join(here, "meson.build")):
+            hint = ("\nYou are in the source tree: its flash_attn_cy/ has no compiled extension and shadows the "
+                    "installed package. Run from another directory (e.g. `cd /tmp`) or use `python -P -m ...`.")
+        print(f"error: flash_attn_cy's compiled extension cannot be imported: {e}{hint}", file=sys.stderr)
+        raise SystemExit(1)
+    return flash_attn_cy
+
+
+def _csv_ints(text: str) -> List[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return vals
+
+
+def _csv_dtypes(text: str) -> List[str]:
+    vals = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [v for v in vals if v not in ("fp32", "fp16", "bf16")]
+    if not vals or bad:
+        raise argparse.ArgumentTypeError(f"dtypes must be among fp32,fp16,bf16; got {text!r}")
+    return vals
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return v
+
+
+def _choose_backends(requested: Optional[Sequence[str]], *, exclude_by_default=()) -> List[str]:
+    """Available backends, or the requested ones after checking that they exist and are available."""
+    status = _sysinfo.backend_status()
+    if not status:
+        print("error: flash_attn_cy.backends() reports no backends", file=sys.stderr)
+        raise SystemExit(1)
+    if not requested:
+        return [n for n, r in status.items() if r.get("available") and n not in exclude_by_default]
+    chosen = []
+    for name in requested:
+        if name not in status:
+            print(f"error: --backend: unknown backend {name!r}; this build has {', '.join(status)}", file=sys.stderr)
+            raise SystemExit(2)
+        if not status[name].get("available"):
+            print(f"error: --backend: {name!r} is not available here: {status[name].get('reason')}", file=sys.stderr)
+            raise SystemExit(2)
+        chosen.append(name)
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# info
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    fa = _import_package()
+    info = {"version": getattr(fa, "__version__", "unknown"), "package": os.path.dirname(fa.__file__)}
+    status = _sysinfo.backend_status()
+    core = fa._core
+    describe = getattr(core, "backend_describe", None)
+    for name, rec in status.items():
+        if describe is not None and rec.get("available") and "description" not in rec:
+            try:
+                rec["description"] = describe(name)
+            except Exception:  # noqa: BLE001 - a description is optional
+                pass
+    info["backends"] = status
+    info["build"] = {"extension": getattr(core, "__file__", "?")}
+    build = getattr(fa, "build_info", None) or getattr(core, "build_info", None)
+    if callable(build):
+        try:
+            extra = build()
+            info["build"].update(extra if isinstance(extra, dict) else {"details": extra})
+        except Exception as e:  # noqa: BLE001 - report, do not fail `info`
+            info["build"]["details"] = f"unavailable: {e}"
+    get_threads = getattr(fa, "get_num_threads", None) or getattr(core, "get_num_threads", None)
+    if callable(get_threads):
+        info["cpu_threads"] = get_threads()
+    info["versions"] = _sysinfo.package_versions()
+    info["hardware"] = _sysinfo.hardware_summary()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"flash_attn_cy {info['version']}  ({info['package']})")
+    print("\nbackends:")
+    for name, rec in status.items():
+        mark = "yes" if rec.get("available") else "no "
+        extra = rec.get("description") or rec.get("reason") or ""
+        print(f"  {name:<6} {mark}  {extra}")
+    print("\nbuild:")
+    for k, v in info["build"].items():
+        print(f"  {k}: {v}")
+    if "cpu_threads" in info:
+        print(f"\ncpu backend threads: {info['cpu_threads']}")
+    print("\nversions:")
+    print("  " + ", ".join(f"{k} {v if v else '(not installed)'}" for k, v in info["versions"].items()))
+    hw = info["hardware"]
+    print("\nhardware:")
+    print(f"  platform: {hw['platform']}")
+    print(f"  cpu:      {hw['cpu']}")
+    print(f"  features: {' '.join(hw['cpu_features']) or '(none detected)'}")
+    print(f"  cores:    " + ", ".join(f"{k} {v}" for k, v in hw["cores"].items()))
+    print(f"  memory:   {hw['memory_gib']} GiB" if hw["memory_gib"] else "  memory:   unknown")
+    if "gpu" in hw:
+        print(f"  gpu:      {hw['gpu']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# verify
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    _import_package()
+    from . import _verify
+
+    backends = _choose_backends(args.backend)
+    if not backends:
+        print("error: no backend available to verify", file=sys.stderr)
+        return 1
+    print(f"verifying {', '.join(backends)} against the float64 reference "
+          f"({'quick' if args.quick else 'full'} grid, dtypes {','.join(args.dtypes)}); rule: "
+          "max err <= 2 x error of the reference computed in the dtype + floor")
+    t0 = time.perf_counter()
+
+    def progress(r):
+        if args.progress:
+            print(f"  {r.backend:<6} {r.case:<32} {r.dtype:<5} {r.status:<5} {r.seconds:6.2f}s", file=sys.stderr)
+
+    cases = _verify.builtin_cases(args.quick)
+    if args.case:
+        cases = [c for c in cases if any(p.lower() in c.name.lower() for p in args.case)]
+        if not cases:
+            names = ", ".join(c.name for c in _verify.builtin_cases(args.quick))
+            print(f"error: --case: no built-in case matches {args.case}; cases: {names}", file=sys.stderr)
+            return 2
+    results = _verify.run_verify(backends, dtypes=args.dtypes, seed=args.seed, progress=progress, cases=cases)
+    print(_verify.format_table(results, verbose=args.verbose))
+    passed, failed, na = _verify.summary(results)
+    print(f"\n{passed} passed, {failed} failed, {na} not applicable in {time.perf_counter() - t0:.1f}s")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump([r.__dict__ for r in results], f, indent=2, default=str)
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    fa = _import_package()
+    from . import _bench
+
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("error: --plot needs matplotlib, which is not installed (pip install matplotlib)", file=sys.stderr)
+            return 2
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            print("note: PyTorch is not installed; timing flash_attn_cy only", file=sys.stderr)
+    if args.backward and torch is None:
+        print("error: --backward needs PyTorch (autograd drives the backward pass)", file=sys.stderr)
+        return 2
+    if "bf16" in args.dtypes:
+        try:
+            import ml_dtypes  # noqa: F401
+        except ImportError:
+            print("error: bf16 needs ml_dtypes (pip install ml_dtypes) or --dtypes fp32,fp16", file=sys.stderr)
+            return 2
+    backends = _choose_backends(args.backend, exclude_by_default=("sim",))
+    if args.threads:
+        setter = getattr(fa, "set_num_threads", None) or getattr(fa._core, "set_num_threads", None)
+        if setter:
+            setter(args.threads)
+        if torch is not None:
+            torch.set_num_threads(args.threads)
+
+    quick = args.quick
+    seqlens = args.seqlens or (_bench.QUICK_SEQLENS if quick else _bench.DEFAULT_SEQLENS)
+    headdims = args.headdims or (_bench.QUICK_HEADDIMS if quick else _bench.DEFAULT_HEADDIMS)
+    causal = {"both": (False, True), "true": (True,), "false": (False,)}[args.causal]
+    shapes = _bench.build_shapes(seqlens, headdims, args.dtypes, causal, args.batch, args.heads,
+                                 backward=args.backward, decode=args.decode)
+    hw = _sysinfo.hardware_summary()
+    threads = torch.get_num_threads() if torch is not None else None
+    print(f"flash_attn_cy {getattr(fa, '__version__', '?')} on {hw['cpu']} ({hw['cores']['usable']} usable cores"
+          f"{', ' + hw['gpu'] if 'gpu' in hw else ''}); torch {torch.__version__ if torch else 'absent'}"
+          f"{f' with {threads} threads' if threads else ''}")
+    peak = None
+    if not args.no_peak:
+        peaks = _bench.matmul_peak_gflops()
+        peak = max(peaks.values())
+        print("fp32 matmul peak (1024^3): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
+    print(f"timing {', '.join(backends) or '(no backend)'}{' and torch SDPA' if torch is not None else ''} on "
+          f"{len(shapes)} shapes (median of >= {args.min_reps} calls, >= {args.min_time}s each)\n", flush=True)
+
+    def progress(row):
+        if args.progress:
+            ms = ", ".join(f"{k} {v:.2f} ms" if v else f"{k} -" for k, v in row.ms.items())
+            print(f"  {row.shape.label()}: {ms}", file=sys.stderr, flush=True)
+
+    rows = _bench.run_bench(shapes, backends, torch is not None, min_time=args.min_time, min_reps=args.min_reps,
+                            progress=progress)
+    if peak is not None:
+        # measured again after the run: on a shared machine one measurement can catch a busy moment
+        peaks2 = _bench.matmul_peak_gflops()
+        if max(peaks2.values()) > peak:
+            peak = max(peaks2.values())
+            print("fp32 matmul peak re-measured after the run: " +
+                  ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks2.items()))
+    print(_bench.format_table(rows, backends, torch is not None, peak))
+    if torch is not None:
+        for be in backends:
+            ratios = [r.ms["torch"] / r.ms[be] for r in rows if r.ms.get(be) and r.ms.get("torch")]
+            if ratios:
+                print(f"geometric mean speed-up of {be} over torch: {_bench.geomean(ratios):.2f}x")
+    meta = {"hardware": hw, "versions": _sysinfo.package_versions(), "matmul_peak_gflops": peak,
+            "backends": list(backends), "torch_threads": threads}
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            f.write(_bench.to_json(rows, meta))
+        print(f"wrote {args.json}")
+    if args.plot:
+        names = list(backends) + (["torch"] if torch is not None else [])
+        _bench.plot(rows, names, args.plot, f"flash_attn_cy {getattr(fa, '__version__', '')} on {hw['cpu']}")
+        print(f"wrote {args.plot}")
+    failed = any(r.ms.get(be) is None and not r.notes.get(be, "").startswith("n/a") for r in rows for be in backends)
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# demo = verify --quick + bench --quick
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    parser = build_parser()
+    rc = cmd_verify(parser.parse_args(["verify", "--quick"]))
+    print()
+    rc_bench = cmd_bench(parser.parse_args(["bench", "--quick"]))
+    return rc or rc_bench
+
+
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m flash_attn_cy",
+                                description="flash_attn_cy: FlashAttention-2 for Apple Silicon and CPUs.")
+    sub = p.add_subparsers(dest="command", metavar="{info,verify,bench,demo}")
+    sub.required = True
+
+    pi = sub.add_parser("info", help="version, backends, build options and hardware")
+    pi.add_argument("--json", action="store_true", help="print as JSON")
+    pi.set_defaults(func=cmd_info)
+
+    pv = sub.add_parser("verify", help="check every backend against the float64 reference")
+    pv.add_argument("--backend", action="append", metavar="NAME",
+                    help="backend to check (repeatable; default: every available backend)")
+    pv.add_argument("--quick", action="store_true", help="one small case per feature")
+    pv.add_argument("--dtypes", type=_csv_dtypes, default=["fp32", "fp16", "bf16"], metavar="LIST",
+                    help="comma-separated among fp32,fp16,bf16 (default: all)")
+    pv.add_argument("--case", action="append", metavar="TEXT",
+                    help="only cases whose name contains TEXT (repeatable), e.g. --case kvcache --case varlen")
+    pv.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
+    pv.add_argument("--verbose", "-v", action="store_true", help="one line per checked quantity")
+    pv.add_argument("--progress", action="store_true", help="print each case to stderr as it finishes")
+    pv.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    pv.set_defaults(func=cmd_verify)
+
+    pb = sub.add_parser("bench", help="time backends against PyTorch scaled_dot_product_attention")
+    pb.add_argument("--backend", action="append", metavar="NAME",
+                    help="backend to time (repeatable; default: every available backend except sim)")
+    pb.add_argument("--quick", action="store_true", help="fewer shapes (seqlen 512,2048; head dim 64)")
+    pb.add_argument("--seqlens", type=_csv_ints, metavar="LIST", help="e.g. 512,2048,4096 (key length for --decode)")
+    pb.add_argument("--headdims", type=_csv_ints, metavar="LIST", help="e.g. 64,128")
+    pb.add_argument("--dtypes", type=_csv_dtypes, default=["fp32", "bf16"], metavar="LIST",
+                    help="comma-separated among fp32,fp16,bf16 (default fp32,bf16)")
+    pb.add_argument("--batch", type=_positive_int, default=1, help="batch size (default 1)")
+    pb.add_argument("--heads", type=_positive_int, default=8, help="number of heads (default 8)")
+    pb.add_argument("--causal", choices=["both", "true", "false"], default="both", help="default: both")
+    pb.add_argument("--backward", action="store_true", help="time forward + backward (needs PyTorch)")
+    pb.add_argument("--decode", action="store_true",
+                    help="time flash_attn_with_kvcache with one query against a cache of --seqlens keys")
+    pb.add_argument("--threads", type=_positive_int, help="threads for flash_attn_cy's CPU backend and torch")
+    pb.add_argument("--min-time", type=_nonneg_float, default=0.3, help="seconds per measurement (default 0.3)")
+    pb.add_argument("--min-reps", type=_positive_int, default=2, help="calls per measurement at least (default 2)")
+    pb.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
+    pb.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
+    pb.add_argument("--progress", action="store_true", help="print each shape to stderr as it finishes")
+    pb.add_argument("--plot", metavar="FILE.png", help="save a bar chart (needs matplotlib)")
+    pb.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    pb.set_defaults(func=cmd_bench)
+
+    pd = sub.add_parser("demo", help="verify --quick, then bench --quick (the README's main job)")
+    pd.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "backward", False) and getattr(args, "decode", False):
+        parser.error("--backward and --decode cannot be combined")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

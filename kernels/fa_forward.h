@@ -1,0 +1,354 @@
+// fa_forward.h - FlashAttention-2 forward on Apple GPUs: the templated kernel body and its helpers.
+//
+// Instantiated by fa_forward.metal (prefill: 4 simdgroups x 8 query rows) and fa_decode.metal (short queries: 1
+// simdgroup, split-KV). Include after <metal_stdlib> and `using namespace metal;`.
+//
+// Work split: one threadgroup per (query tile, head block, batch * num_splits + split). Each simdgroup owns 8 query
+// rows; its Q rows stay in registers as 8x8 fragments for the whole key loop. For each key tile the threadgroup stages
+// K and V (BK x BD, zero padded past the real head dim and past the last key) in threadgroup memory, then every
+// simdgroup computes S = Q K^T and O += P V with simdgroup_matrix 8x8 multiply-accumulates in fp32.
+//
+// Softmax: base 2, with softmax_scale * log2(e) folded into Q at load (the host passes q_scale). Each lane holds two
+// elements of one row of every 8x8 fragment (Apple's layout, see fa_frag_pos), so the row max / row sum are a local
+// reduction followed by simd_shuffle_xor over lane masks 1 and 8. O is rescaled when the max moves and divided by the
+// row sum once, at the end.
+//
+// No infinities or NaNs are computed (fast math): a masked score is the finite FA_MASKED and a row that has not seen
+// a key keeps m = FA_MASKED, which the code tests explicitly. Such rows write zeros; the LSE of a row with no visible
+// key is +inf (flash_attn's convention), stored as a bit pattern, not computed.
+//
+// Masks are bottom-right aligned: query i of a sequence (sq queries, sk keys) sees key j iff
+// i + sk - sq - window_left <= j <= i + sk - sq + window_right (-1 = unbounded side; causal = window_right 0).
+// The key-tile range of a query tile is computed up front, so tiles wholly outside the window are never loaded, and
+// only tiles that cross a mask edge (or the end of the keys) evaluate the mask per element.
+//
+// Packed GQA (p.pack = group): the rows of a tile are (query i, head g of the KV group) pairs, row m = i * pack + g,
+// so short queries fill the 8-row fragments with the heads that share one K/V tile. Prefill does not pack: a K/V
+// tile is already shared by BQ = 32 query rows, and packing would not reduce the loads per row.
+#ifndef FA_FORWARD_H
+#define FA_FORWARD_H
+
+#include "fa_kernel_params.h"
+#include "fa_philox.h"
+#include "fa_tiles.h"
+
+#define FA_MASKED (-1.0e30f)  // score of a key the row may not see; also the running max of a row without keys
+#define FA_LOG2E 1.4426950408889634f
+#define FA_LN2 0.6931471805599453f
+#define FA_INF_BITS 0x7f800000u  // +inf, stored (never computed) as a row's LSE when it sees no key
+
+typedef simdgroup_matrix<float, 8, 8> fa_frag;
+
+// Position of a lane's two fragment elements: (row, col) and (row, col + 1) (Apple's simdgroup_matrix layout).
+struct fa_lane_pos {
+    short row;
+    short col;
+};
+
+inline fa_lane_pos fa_frag_pos(ushort lane) {
+    const short qid = short(lane / 4);
+    fa_lane_pos pos;
+    pos.row = short((qid & 4) + (lane / 2) % 4);
+    pos.col = short((qid & 2) * 2 + (lane % 2) * 2);
+    return pos;
+}
+
+// Fragment (8x8 at src, row stride ld) from threadgroup memory, converted to fp32.
+template <typename T>
+inline void fa_load_frag(thread fa_frag& f, const threadgroup T* src, int ld, fa_lane_pos pos) {
+    f.thread_elements()[0] = float(src[pos.row * ld + pos.col]);
+    f.thread_elements()[1] = float(src[pos.row * ld + pos.col + 1]);
+}
+
+// Transposed fragment: element (r, c) is src[c * ld + r] (K^T from a row-major K tile).
+template <typename T>
+inline void fa_load_frag_t(thread fa_frag& f, const threadgroup T* src, int ld, fa_lane_pos pos) {
+    f.thread_elements()[0] = float(src[pos.col * ld + pos.row]);
+    f.thread_elements()[1] = float(src[(pos.col + 1) * ld + pos.row]);
+}
+
+// Row-wise reductions over a fragment row: the 4 lanes of a row differ in lane bits 0 and 3.
+inline float fa_row_max(float x) {
+    x = max(x, simd_shuffle_xor(x, ushort(1)));
+    return max(x, simd_shuffle_xor(x, ushort(8)));
+}
+
+inline float fa_row_sum(float x) {
+    x += simd_shuffle_xor(x, ushort(1));
+    return x + simd_shuffle_xor(x, ushort(8));
+}
+
+// Lengths and offsets of one sequence.
+struct fa_seq {
+    int sq;        // query rows
+    int sk;        // keys it attends to
+    int q_start;   // first packed q row (varlen), else 0
+    int k_start;   // first packed k row (varlen), else 0
+    int leftpad;   // key j is cache row leftpad + j
+    int kv_batch;  // batch row of a dense k/v (cache_batch_idx)
+};
+
+inline fa_seq fa_seq_info(constant fa_fwd_params& p, int b, device const int* cu_seqlens_q,
+                          device const int* cu_seqlens_k, device const int* seqused_k, device const int* leftpad_k,
+                          device const int* cache_batch_idx) {
+    fa_seq s;
+    const bool varlen_q = (p.flags & FA_FLAG_VARLEN_Q) != 0;
+    const bool varlen_k = (p.flags & FA_FLAG_VARLEN_K) != 0;
+    s.q_start = varlen_q ? cu_seqlens_q[b] : 0;
+    s.sq = varlen_q ? cu_seqlens_q[b + 1] - s.q_start : p.seqlen_q;
+    s.k_start = varlen_k ? cu_seqlens_k[b] : 0;
+    s.sk = varlen_k ? cu_seqlens_k[b + 1] - s.k_start : p.seqlen_k;
+    if (p.flags & FA_FLAG_SEQUSED_K) s.sk = seqused_k[b];
+    s.leftpad = (p.flags & FA_FLAG_LEFTPAD_K) ? leftpad_k[b] : 0;
+    s.kv_batch = (p.flags & FA_FLAG_CACHE_BATCH_IDX) ? cache_batch_idx[b] : b;
+    return s;
+}
+
+// Where key j of a sequence lives: element offset = outer * batch_stride + row * row_stride (+ head).
+struct fa_key_loc {
+    fa_long outer;  // batch row (dense), page (paged), 0 (varlen)
+    fa_long row;
+};
+
+inline fa_key_loc fa_locate_key(constant fa_fwd_params& p, thread const fa_seq& s, device const int* block_table,
+                                int b, int j) {
+    fa_key_loc loc;
+    const int row = s.leftpad + j;
+    if (p.flags & FA_FLAG_PAGED) {
+        loc.outer = block_table[fa_long(b) * p.block_table_batch_stride + row / p.page_block_size];
+        loc.row = row % p.page_block_size;
+    } else if (p.flags & FA_FLAG_VARLEN_K) {
+        loc.outer = 0;
+        loc.row = fa_long(s.k_start) + row;
+    } else {
+        loc.outer = s.kv_batch;
+        loc.row = row;
+    }
+    return loc;
+}
+
+// Stage keys kb .. kb+BK-1 of K and V into threadgroup memory (row stride fa_tile_ld(BD)); zero past the last key
+// and past the real head dim, so the fragments never need a bounds test. TPR threads share a row so the page /
+// batch lookup is done once per row.
+template <typename T, int BD, int BK, int NT>
+inline void fa_load_kv_tile(threadgroup T* ks, threadgroup T* vs, device const T* k, device const T* v,
+                            constant fa_fwd_params& p, thread const fa_seq& s, device const int* block_table, int b,
+                            int hkv, int kb, ushort tid) {
+    constexpr int LD = fa_tile_ld(BD);
+    constexpr int TPR = NT >= BK ? NT / BK : 1;
+    constexpr int ROW_STEP = NT / TPR;
+    for (int j = tid / TPR; j < BK; j += ROW_STEP) {
+        const int key = kb + j;
+        const bool valid = key < s.sk;
+        fa_long koff = 0;
+        fa_long voff = 0;
+        if (valid) {
+            const fa_key_loc loc = fa_locate_key(p, s, block_table, b, key);
+            koff = loc.outer * p.k_batch_stride + loc.row * p.k_row_stride + fa_long(hkv) * p.k_head_stride;
+            voff = loc.outer * p.v_batch_stride + loc.row * p.v_row_stride + fa_long(hkv) * p.v_head_stride;
+        }
+        for (int d = tid % TPR; d < BD; d += TPR) {
+            const bool in = valid && d < p.headdim;
+            ks[j * LD + d] = in ? T(k[koff + d]) : T(0.0f);
+            vs[j * LD + d] = in ? T(v[voff + d]) : T(0.0f);
+        }
+    }
+}
+
+// Does query i see key j? (bottom-right aligned window; off = sk - sq)
+inline bool fa_visible(constant fa_fwd_params& p, int i, int j, int off, int sk) {
+    return j < sk && (p.window_left < 0 || j >= i + off - p.window_left) &&
+           (p.window_right < 0 || j <= i + off + p.window_right);
+}
+
+// The kernel. T: element type; BD: head dim of the specialization; BQ = 8 * NSG query rows; BK keys per tile.
+template <typename T, int BD, int BQ, int BK, int NSG>
+[[kernel]] void fa_attention(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
+                             device const T* v [[buffer(2)]], device T* out [[buffer(3)]],
+                             device float* lse [[buffer(4)]], device const float* alibi [[buffer(5)]],
+                             device const int* cu_seqlens_q [[buffer(6)]], device const int* cu_seqlens_k [[buffer(7)]],
+                             device const int* seqused_k [[buffer(8)]], device const int* leftpad_k [[buffer(9)]],
+                             device const int* cache_batch_idx [[buffer(10)]],
+                             device const int* block_table [[buffer(11)]], device float* o_partial [[buffer(12)]],
+                             device float* lse_partial [[buffer(13)]], constant fa_fwd_params& p [[buffer(15)]],
+                             uint3 tgid [[threadgroup_position_in_grid]],
+                             ushort sg [[simdgroup_index_in_threadgroup]],
+                             ushort lane [[thread_index_in_simdgroup]],
+                             ushort tid [[thread_index_in_threadgroup]]) {
+    static_assert(BQ == 8 * NSG, "each simdgroup owns 8 query rows");
+    static_assert(BD % 8 == 0 && BK % 8 == 0, "tiles are made of 8x8 fragments");
+    constexpr int NT = NSG * FA_SIMD_WIDTH;
+    constexpr int LD = fa_tile_ld(BD);
+    constexpr int NKF = BK / 8;  // fragments across a key tile
+    constexpr int NDF = BD / 8;  // fragments across the head dim
+
+    threadgroup T ks[BK * LD];
+    threadgroup T vs[BK * LD];
+
+    // ---- which rows and keys this threadgroup owns (uniform across the threadgroup) ----
+    const int nsplit = p.num_splits;
+    const int b = int(tgid.z) / nsplit;
+    const int split = int(tgid.z) % nsplit;
+    const int hblock = int(tgid.y);
+    const fa_seq s = fa_seq_info(p, b, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, cache_batch_idx);
+    const int rows = s.sq * p.pack;
+    const int m0 = int(tgid.x) * BQ;
+    if (m0 >= rows) return;  // varlen grids are sized for the longest sequence: the whole threadgroup leaves
+
+    const int off = s.sk - s.sq;
+    const int i_lo = m0 / p.pack;
+    const int i_hi = (min(m0 + BQ, rows) - 1) / p.pack;
+    int k_lo = 0;
+    int k_hi = s.sk;
+    if (p.window_left >= 0) k_lo = max(k_lo, i_lo + off - p.window_left);
+    if (p.window_right >= 0) k_hi = min(k_hi, i_hi + off + p.window_right + 1);
+    int n_begin = 0;
+    int n_end = 0;
+    if (k_lo < k_hi) {
+        n_begin = k_lo / BK;
+        n_end = (k_hi + BK - 1) / BK;
+    }
+    if (nsplit > 1) {  // flash-decoding: this split takes a contiguous run of the key tiles
+        const int per = (n_end - n_begin + nsplit - 1) / nsplit;
+        n_begin = min(n_end, n_begin + split * per);
+        n_end = min(n_end, n_begin + per);
+    }
+
+    // ---- this lane's query row ----
+    const fa_lane_pos pos = fa_frag_pos(lane);
+    const int m = m0 + int(sg) * 8 + pos.row;
+    const bool row_valid = m < rows;
+    const int i = row_valid ? m / p.pack : i_lo;
+    const int hq = hblock * p.pack + (row_valid ? m % p.pack : 0);
+    const int hkv = (hblock * p.pack) / p.group;
+
+    // Q rows -> registers, scaled.
+    fa_frag qf[NDF];
+    {
+        const fa_long qrow = (p.flags & FA_FLAG_VARLEN_Q) ? fa_long(s.q_start + i) * p.q_row_stride
+                                                          : fa_long(b) * p.q_batch_stride + fa_long(i) * p.q_row_stride;
+        const fa_long qoff = qrow + fa_long(hq) * p.q_head_stride;
+        for (int kd = 0; kd < NDF; ++kd) {
+            for (int e = 0; e < 2; ++e) {
+                const int col = kd * 8 + pos.col + e;
+                const float x = (row_valid && col < p.headdim) ? float(q[qoff + col]) : 0.0f;
+                qf[kd].thread_elements()[e] = x * p.q_scale;
+            }
+        }
+    }
+
+    fa_frag of[NDF];
+    for (int d = 0; d < NDF; ++d) of[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    float m_run = FA_MASKED;  // running row max (base-2 units); FA_MASKED = no visible key yet
+    float l_run = 0.0f;       // running row sum of exp2(s - m_run), before dropout
+
+    const bool has_alibi = (p.flags & FA_FLAG_ALIBI) != 0;
+    const float slope_log2 = has_alibi ? alibi[fa_long(b) * p.alibi_batch_stride + hq] * FA_LOG2E : 0.0f;
+    const bool has_softcap = p.softcap_inv > 0.0f;
+    const bool has_dropout = (p.flags & FA_FLAG_DROPOUT) != 0;
+    const uint bh = uint(b * p.nheads_q + hq);
+
+    for (int n = n_begin; n < n_end; ++n) {
+        const int kb = n * BK;
+        fa_load_kv_tile<T, BD, BK, NT>(ks, vs, k, v, p, s, block_table, b, hkv, kb, tid);
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+
+        // S = Q K^T
+        fa_frag sf[NKF];
+        for (int j = 0; j < NKF; ++j) sf[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+        for (int kd = 0; kd < NDF; ++kd) {
+            for (int j = 0; j < NKF; ++j) {
+                fa_frag kt;
+                fa_load_frag_t(kt, ks + j * 8 * LD + kd * 8, LD, pos);
+                simdgroup_multiply_accumulate(sf[j], qf[kd], kt, sf[j]);
+            }
+        }
+
+        // Scores: softcap, ALiBi, and the mask only where the tile crosses a mask edge or the end of the keys.
+        const bool boundary = kb + BK > s.sk || (p.window_left >= 0 && kb < i_hi + off - p.window_left) ||
+                              (p.window_right >= 0 && kb + BK - 1 > i_lo + off + p.window_right);
+        float tile_max = FA_MASKED;
+        for (int j = 0; j < NKF; ++j) {
+            for (int e = 0; e < 2; ++e) {
+                const int key = kb + j * 8 + pos.col + e;
+                float x = sf[j].thread_elements()[e];
+                if (has_softcap) x = p.softcap_log2 * tanh(x * p.softcap_inv);
+                if (has_alibi) x -= slope_log2 * abs(float(i + off - key));
+                if (boundary && !fa_visible(p, i, key, off, s.sk)) x = FA_MASKED;
+                sf[j].thread_elements()[e] = x;
+                tile_max = max(tile_max, x);
+            }
+        }
+
+        // Online softmax: new max, rescale factor, probabilities (dropped ones zeroed after the sum), new sum.
+        const float m_new = max(m_run, fa_row_max(tile_max));
+        const float factor = (m_run == FA_MASKED) ? 0.0f : exp2(m_run - m_new);
+        float tile_sum = 0.0f;
+        for (int j = 0; j < NKF; ++j) {
+            for (int e = 0; e < 2; ++e) {
+                const float x = sf[j].thread_elements()[e];
+                float pr = (x == FA_MASKED) ? 0.0f : exp2(x - m_new);
+                tile_sum += pr;
+                if (has_dropout) {
+                    const uint key = uint(kb + j * 8 + pos.col + e);
+                    const bool keep = fa_dropout_keep(p.dropout_seed, p.dropout_offset, bh, uint(i), key,
+                                                      p.dropout_threshold);
+                    pr = keep ? pr * p.dropout_scale : 0.0f;
+                }
+                sf[j].thread_elements()[e] = pr;
+            }
+        }
+        l_run = l_run * factor + fa_row_sum(tile_sum);
+        m_run = m_new;
+        for (int d = 0; d < NDF; ++d) {
+            of[d].thread_elements()[0] *= factor;
+            of[d].thread_elements()[1] *= factor;
+        }
+
+        // O += P V
+        for (int j = 0; j < NKF; ++j) {
+            for (int d = 0; d < NDF; ++d) {
+                fa_frag vf;
+                fa_load_frag(vf, vs + j * 8 * LD + d * 8, LD, pos);
+                simdgroup_multiply_accumulate(of[d], sf[j], vf, of[d]);
+            }
+        }
+        threadgroup_barrier(mem_flags::mem_threadgroup);  // the next tile overwrites ks / vs
+    }
+
+    // ---- epilogue: one normalisation, then O and the LSE ----
+    if (!row_valid) return;  // no barrier or simd function follows
+    const bool has_key = m_run != FA_MASKED;
+    const float inv_l = (has_key && l_run > 0.0f) ? 1.0f / l_run : 0.0f;
+    const bool lse_lane = (lane & 9) == 0;  // one of the 4 lanes that share a row
+    if (p.flags & FA_FLAG_SPLIT) {
+        const fa_long prow = (p.flags & FA_FLAG_VARLEN_Q) ? fa_long(s.q_start + i) : fa_long(b) * p.seqlen_q + i;
+        const fa_long slab = (fa_long(split) * p.nheads_q + hq) * p.partial_rows + prow;
+        device float* orow = o_partial + slab * p.headdim;
+        for (int d = 0; d < NDF; ++d) {
+            for (int e = 0; e < 2; ++e) {
+                const int col = d * 8 + pos.col + e;
+                if (col < p.headdim) orow[col] = of[d].thread_elements()[e] * inv_l;
+            }
+        }
+        if (lse_lane) lse_partial[slab] = has_key ? (m_run + log2(l_run)) * FA_LN2 : FA_MASKED;
+        return;
+    }
+    const fa_long orow_off = ((p.flags & FA_FLAG_VARLEN_Q) ? fa_long(s.q_start + i) * p.o_row_stride
+                                                           : fa_long(b) * p.o_batch_stride + fa_long(i) * p.o_row_stride) +
+                             fa_long(hq) * p.o_head_stride;
+    for (int d = 0; d < NDF; ++d) {
+        for (int e = 0; e < 2; ++e) {
+            const int col = d * 8 + pos.col + e;
+            if (col < p.headdim) out[orow_off + col] = T(of[d].thread_elements()[e] * inv_l);
+        }
+    }
+    if ((p.flags & FA_FLAG_LSE) && lse_lane) {
+        const fa_long loff = ((p.flags & FA_FLAG_VARLEN_Q) ? fa_long(s.q_start + i) * p.lse_row_stride
+                                                           : fa_long(b) * p.lse_batch_stride + fa_long(i) * p.lse_row_stride) +
+                             fa_long(hq) * p.lse_head_stride;
+        lse[loff] = has_key ? (m_run + log2(l_run)) * FA_LN2 : as_type<float>(uint(FA_INF_BITS));
+    }
+}
+
+#endif  // FA_FORWARD_H

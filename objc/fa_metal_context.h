@@ -1,0 +1,33 @@
+// fa_metal_context.h - the process-wide Metal state of the shim (Objective-C++ only).
+//
+// One context per process, created at first use under std::call_once: the system default device (refused unless
+// it supports MTLGPUFamilyApple7 and MTLGPUFamilyMetal3, i.e. Apple M1 or newer, so that a paravirtual or older
+// device gives a clear error instead of wrong results), a command queue, the kernel library (loaded at first kernel
+// use) and a cache of compute pipelines keyed by kernel name, filled under a mutex.
+#pragma once
+
+#import <Metal/Metal.h>
+
+#include <cstddef>
+#include <string>
+
+namespace fametal {
+
+struct Context {
+    id<MTLDevice> device = nil;       // nil when the machine has no Metal device
+    id<MTLCommandQueue> queue = nil;  // nil unless `supported`
+    bool supported = false;           // device present and able to run our kernels
+    std::string reason;               // why not, when !supported
+};
+
+// The process-wide context (never NULL; check `supported`).
+Context &context();
+
+// The compute pipeline of a kernel, created on first use (which loads the kernel library on the very first use).
+// nil on failure, with an fa_status in *status and the reason (including Metal's error text) in err.
+id<MTLComputePipelineState> pipeline(Context &ctx, const char *kernel, int *status, char *err, size_t errlen);
+
+// Which kernel library this process uses or will use, for fa_metal_describe.
+std::string library_description();
+
+}  // namespace fametal

@@ -1,0 +1,143 @@
+// Declaration-only stand-in for <Metal/Metal.h>, used ONLY to compile-check objc/*.mm on Linux
+// (tests/test_objc_syntax.py). It declares just what the shim uses, with the selector names, argument types,
+// nullability and enum values of Apple's documented Metal API (developer.apple.com/documentation/metal), arm64
+// macOS. Nothing here is linked or executed; a real macOS build uses the SDK's headers. When the shim starts using
+// another Metal call, add it here from Apple's documentation, never by guessing.
+#pragma once
+
+#include <Foundation/Foundation.h>
+
+NS_ASSUME_NONNULL_BEGIN
+
+// ---- MTLTypes.h ----
+typedef struct {
+    NSUInteger width, height, depth;
+} MTLSize;
+// The SDK defines this as an inline function; a declaration is enough for a syntax-only check.
+extern "C" MTLSize MTLSizeMake(NSUInteger width, NSUInteger height, NSUInteger depth);
+
+// ---- MTLResource.h ----
+typedef NS_OPTIONS(NSUInteger, MTLResourceOptions) {
+    MTLResourceCPUCacheModeDefaultCache = 0,
+    MTLResourceStorageModeShared = 0UL << 4,
+    MTLResourceStorageModePrivate = 2UL << 4,
+    MTLResourceHazardTrackingModeDefault = 0UL << 8,
+    MTLResourceHazardTrackingModeTracked = 2UL << 8,
+};
+
+@protocol MTLDevice;
+
+@protocol MTLResource <NSObject>
+@property (nullable, copy, atomic) NSString *label;
+@property (readonly) id<MTLDevice> device;
+@end
+
+// ---- MTLBuffer.h ----
+@protocol MTLBuffer <MTLResource>
+@property (readonly) NSUInteger length;
+- (void *)contents NS_RETURNS_INNER_POINTER;
+@end
+
+// ---- MTLLibrary.h ----
+@protocol MTLFunction <NSObject>
+@property (readonly) NSString *name;
+@end
+
+@interface MTLCompileOptions : NSObject <NSCopying>
+@end
+
+@protocol MTLLibrary <NSObject>
+- (nullable id<MTLFunction>)newFunctionWithName:(NSString *)functionName;
+@property (readonly) NSArray<NSString *> *functionNames;
+@end
+
+// ---- MTLComputePipeline.h ----
+@protocol MTLComputePipelineState <NSObject>
+@property (readonly) NSUInteger maxTotalThreadsPerThreadgroup;
+@property (readonly) NSUInteger threadExecutionWidth;
+@property (readonly) NSUInteger staticThreadgroupMemoryLength;
+@end
+
+// ---- MTLCommandEncoder.h / MTLComputeCommandEncoder.h ----
+typedef NS_OPTIONS(NSUInteger, MTLBarrierScope) {
+    MTLBarrierScopeBuffers = 1UL << 0,
+};
+
+@protocol MTLCommandEncoder <NSObject>
+@property (nullable, copy, atomic) NSString *label;
+- (void)endEncoding;
+@end
+
+@protocol MTLComputeCommandEncoder <MTLCommandEncoder>
+- (void)setComputePipelineState:(id<MTLComputePipelineState>)state;
+- (void)setBytes:(const void *)bytes length:(NSUInteger)length atIndex:(NSUInteger)index;
+- (void)setBuffer:(nullable id<MTLBuffer>)buffer offset:(NSUInteger)offset atIndex:(NSUInteger)index;
+- (void)dispatchThreadgroups:(MTLSize)threadgroupsPerGrid threadsPerThreadgroup:(MTLSize)threadsPerThreadgroup;
+- (void)memoryBarrierWithScope:(MTLBarrierScope)scope;
+@end
+
+// ---- MTLCommandBuffer.h ----
+typedef NS_ENUM(NSUInteger, MTLCommandBufferStatus) {
+    MTLCommandBufferStatusNotEnqueued = 0,
+    MTLCommandBufferStatusEnqueued = 1,
+    MTLCommandBufferStatusCommitted = 2,
+    MTLCommandBufferStatusScheduled = 3,
+    MTLCommandBufferStatusCompleted = 4,
+    MTLCommandBufferStatusError = 5,
+};
+
+typedef NS_ENUM(NSUInteger, MTLDispatchType) {
+    MTLDispatchTypeSerial = 0,
+    MTLDispatchTypeConcurrent = 1,
+};
+
+@protocol MTLCommandBuffer <NSObject>
+@property (nullable, copy, atomic) NSString *label;
+@property (readonly) MTLCommandBufferStatus status;
+@property (nullable, readonly) NSError *error;
+- (nullable id<MTLComputeCommandEncoder>)computeCommandEncoderWithDispatchType:(MTLDispatchType)dispatchType;
+- (void)commit;
+- (void)waitUntilCompleted;
+@end
+
+// ---- MTLCommandQueue.h ----
+@protocol MTLCommandQueue <NSObject>
+@property (nullable, copy, atomic) NSString *label;
+- (nullable id<MTLCommandBuffer>)commandBuffer;
+@end
+
+// ---- MTLDevice.h ----
+typedef NS_ENUM(NSInteger, MTLGPUFamily) {
+    MTLGPUFamilyApple7 = 1007,
+    MTLGPUFamilyApple8 = 1008,
+    MTLGPUFamilyApple9 = 1009,
+    MTLGPUFamilyMetal3 = 5001,
+};
+
+@protocol MTLDevice <NSObject>
+@property (readonly) NSString *name;
+@property (readonly) BOOL hasUnifiedMemory;
+@property (readonly) MTLSize maxThreadsPerThreadgroup;
+@property (readonly) NSUInteger maxThreadgroupMemoryLength;
+@property (readonly) NSUInteger maxBufferLength;
+- (BOOL)supportsFamily:(MTLGPUFamily)gpuFamily;
+- (nullable id<MTLCommandQueue>)newCommandQueue;
+- (nullable id<MTLBuffer>)newBufferWithLength:(NSUInteger)length options:(MTLResourceOptions)options;
+- (nullable id<MTLBuffer>)newBufferWithBytes:(const void *)pointer
+                                      length:(NSUInteger)length
+                                     options:(MTLResourceOptions)options;
+- (nullable id<MTLBuffer>)newBufferWithBytesNoCopy:(void *)pointer
+                                            length:(NSUInteger)length
+                                           options:(MTLResourceOptions)options
+                                       deallocator:(void (^_Nullable)(void *pointer, NSUInteger length))deallocator;
+- (nullable id<MTLLibrary>)newLibraryWithURL:(NSURL *)url error:(__autoreleasing NSError **)error;
+- (nullable id<MTLLibrary>)newLibraryWithSource:(NSString *)source
+                                        options:(nullable MTLCompileOptions *)options
+                                          error:(__autoreleasing NSError **)error;
+- (nullable id<MTLComputePipelineState>)newComputePipelineStateWithFunction:(id<MTLFunction>)computeFunction
+                                                                      error:(__autoreleasing NSError **)error;
+@end
+
+extern "C" id<MTLDevice> _Nullable MTLCreateSystemDefaultDevice(void) NS_RETURNS_RETAINED;
+
+NS_ASSUME_NONNULL_END

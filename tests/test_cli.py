@@ -1,0 +1,138 @@
+"""The command line: `python -m flash_attn_cy info|verify|bench|demo` as a user runs it (subprocesses started from a
+directory outside the source tree), exit codes, and clear errors for bad arguments."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+flash_attn_cy = pytest.importorskip("flash_attn_cy")
+
+TINY_BENCH = ["bench", "--seqlens", "16,33", "--headdims", "8", "--batch", "1", "--heads", "2", "--dtypes", "fp32",
+              "--causal", "both", "--min-time", "0", "--min-reps", "1", "--no-peak"]
+
+
+def run_cli(args, cwd, timeout=120):
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)  # the installed package, as a user has it
+    return subprocess.run([sys.executable, "-m", "flash_attn_cy", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_lists_subcommands(tmp_path):
+    r = run_cli(["--help"], tmp_path)
+    assert r.returncode == 0
+    for sub in ("info", "verify", "bench", "demo"):
+        assert sub in r.stdout
+
+
+def test_no_subcommand_is_a_usage_error(tmp_path):
+    r = run_cli([], tmp_path)
+    assert r.returncode == 2
+    assert "usage:" in r.stderr and "required" in r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["bench", "--seqlens", "abc"], "--seqlens: expected comma-separated integers"),
+    (["bench", "--seqlens", "0,16"], "--seqlens: expected positive integers"),
+    (["bench", "--dtypes", "fp8"], "--dtypes: dtypes must be among fp32,fp16,bf16"),
+    (["bench", "--causal", "maybe"], "--causal: invalid choice"),
+    (["bench", "--batch", "-1"], "--batch: expected a positive integer"),
+    (["bench", "--backward", "--decode"], "--backward and --decode cannot be combined"),
+    (["verify", "--backend", "nonexistent"], "--backend: unknown backend 'nonexistent'"),
+    (["verify", "--case", "no-such-case"], "--case: no built-in case matches"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_bad_arguments_exit_2_with_a_clear_message(tmp_path, args, message):
+    r = run_cli(args, tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_info_reports_backends_and_hardware(tmp_path):
+    r = run_cli(["info"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "backends:" in r.stdout and "hardware:" in r.stdout
+    assert "cpu" in r.stdout
+    r = run_cli(["info", "--json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["version"] == flash_attn_cy.__version__
+    assert info["backends"]["cpu"]["available"] is True
+    assert info["hardware"]["cores"]["logical"] >= 1
+    # every backend that is missing says why
+    for name, rec in info["backends"].items():
+        assert rec["available"] or rec["reason"], name
+
+
+def test_verify_quick_cpu_passes(tmp_path):
+    out = tmp_path / "verify.json"
+    # the forward cases (backward has its own tests in test_backward*.py)
+    forward = ["--case", "dense", "--case", "causal sq", "--case", "window", "--case", "alibi", "--case", "softcap",
+               "--case", "GQA 4", "--case", "varlen", "--case", "kvcache"]
+    r = run_cli(["verify", "--quick", "--backend", "cpu", "--dtypes", "fp32,bf16", "--json", str(out), *forward],
+                tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert " 0 failed" in r.stdout
+    results = json.loads(out.read_text())
+    assert {x["dtype"] for x in results} == {"fp32", "bf16"}
+    passed = [x for x in results if x["status"] == "pass"]
+    assert len(passed) >= 18  # 9 forward cases x 2 dtypes really ran
+    assert all(x["err"] <= x["allowed"] for x in passed)
+
+
+def test_verify_detects_a_wrong_backend(monkeypatch, capsys):
+    """verify must fail (exit 1) when a backend is wrong: perturb the forward's output by a little."""
+    from flash_attn_cy import cli
+
+    real = flash_attn_cy.flash_attn_func
+
+    def off_by_a_little(*args, **kwargs):
+        res = real(*args, **kwargs)
+        out = res[0] if isinstance(res, tuple) else res
+        bumped = (np.asarray(out).astype(np.float64) * 1.001).astype(out.dtype)
+        return (bumped, *res[1:]) if isinstance(res, tuple) else bumped
+
+    monkeypatch.setattr(flash_attn_cy, "flash_attn_func", off_by_a_little)
+    rc = cli.main(["verify", "--quick", "--backend", "cpu", "--dtypes", "fp32", "--case", "dense"])
+    text = capsys.readouterr().out
+    assert rc == 1
+    assert "FAIL" in text and "over budget" in text
+
+
+def test_bench_tiny_shapes_table_and_json(tmp_path):
+    out = tmp_path / "bench.json"
+    r = run_cli(TINY_BENCH + ["--json", str(out)], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cpu ms" in r.stdout and "s16 d8 fp32" in r.stdout
+    data = json.loads(out.read_text())
+    assert len(data["rows"]) == 4  # 2 seqlens x causal both
+    for row in data["rows"]:
+        assert row["ms"]["cpu"] > 0 and row["gflops"]["cpu"] > 0
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return
+    assert "torch ms" in r.stdout and "torch/cpu" in r.stdout
+    assert all(row["ms"]["torch"] > 0 for row in data["rows"])
+
+
+def test_bench_decode_and_plot(tmp_path):
+    png = tmp_path / "bench.png"
+    args = ["bench", "--decode", "--seqlens", "40", "--headdims", "16", "--heads", "2", "--dtypes", "fp32",
+            "--causal", "false", "--min-time", "0", "--min-reps", "1", "--no-peak", "--plot", str(png)]
+    r = run_cli(args, tmp_path)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert r.returncode == 2
+        assert "--plot needs matplotlib" in r.stderr
+        return
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert png.stat().st_size > 1000
+    assert "s1x40" in r.stdout

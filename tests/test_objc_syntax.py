@@ -1,0 +1,100 @@
+"""Compile-check the Objective-C++ Metal shim (objc/*.mm) without a Mac.
+
+Every .mm file is compiled with clang in syntax-only mode, ARC on, against the declaration-only Metal and
+Foundation headers in tests/objc_stubs (written from Apple's documented API), and any warning fails the test. The
+negative cases prove the check has teeth: a misspelled selector, a wrong argument type and non-ARC code must fail.
+Skips (with the reason) when no clang with Objective-C support is installed (Debian/Ubuntu: apt package clang-19).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STUBS = ROOT / "tests" / "objc_stubs"
+MM_FILES = sorted((ROOT / "objc").glob("*.mm"))
+
+
+def _find_clang() -> str | None:
+    for name in (os.environ.get("FA_OBJC_CLANG"), "clang-19", "clang-20", "clang-18", "clang"):
+        if not name or shutil.which(name) is None:
+            continue
+        probe = subprocess.run([name, "-fsyntax-only", "-x", "objective-c++", "-fobjc-runtime=macosx", "-fobjc-arc",
+                                "-"], input="@class Foo;\nint main() { return 0; }\n", capture_output=True, text=True)
+        if probe.returncode == 0:
+            return name
+    return None
+
+
+CLANG = _find_clang()
+needs_clang = pytest.mark.skipif(CLANG is None, reason="no clang with Objective-C++ support found "
+                                 "(install the apt package clang-19, or set FA_OBJC_CLANG)")
+
+
+def _compile(path: Path, std: str = "c++17", arc: bool = True) -> subprocess.CompletedProcess:
+    # -fobjc-runtime=macosx: ARC needs the Apple runtime model; clang's Linux default is the legacy GNU runtime.
+    cmd = [CLANG, "-fsyntax-only", "-x", "objective-c++", f"-std={std}", "-fobjc-runtime=macosx", "-fblocks",
+           "-Werror", "-Wall", "-Wextra", "-Wnullability-completeness", "-Wobjc-method-access",
+           f"-I{STUBS}", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'kernels'}", f"-I{ROOT / 'objc'}", str(path)]
+    if arc:
+        cmd.insert(2, "-fobjc-arc")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_shim_sources_exist() -> None:
+    names = {p.name for p in MM_FILES}
+    assert {"fa_metal_context.mm", "fa_metal_execute.mm"} <= names, names
+
+
+@needs_clang
+@pytest.mark.parametrize("std", ["c++17", "c++14"])  # c++14: Apple clang's default may be older than ours
+@pytest.mark.parametrize("path", MM_FILES, ids=lambda p: p.name)
+def test_mm_compiles_without_warnings(path: Path, std: str) -> None:
+    result = _compile(path, std)
+    assert result.returncode == 0, f"{path.name} ({std}):\n{result.stderr}"
+    assert result.stderr.strip() == "", result.stderr
+
+
+_PRELUDE = "#import <Foundation/Foundation.h>\n#import <Metal/Metal.h>\n"
+
+_BAD_SNIPPETS = {
+    # A selector that does not exist on the protocol (typo of newBufferWithBytesNoCopy:...).
+    "misspelled selector": "void f(id<MTLDevice> d, void *p) { (void)[d newBufferWithBytesNoCopy:p length:16384 "
+                           "options:MTLResourceStorageModeShared dealocator:nil]; }",
+    # Wrong argument type: an NSString where an id<MTLFunction> is expected.
+    "wrong argument type": "void f(id<MTLDevice> d, NSString *s) { NSError *e = nil; "
+                           "(void)[d newComputePipelineStateWithFunction:s error:&e]; }",
+    # nil passed to a nonnull parameter.
+    "nil to nonnull": "void f(id<MTLComputeCommandEncoder> e) { [e setBytes:nil length:4 atIndex:0]; }",
+    # Missing required argument label (setBuffer:atIndex: does not exist, setBuffer:offset:atIndex: does).
+    "wrong selector shape": "void f(id<MTLComputeCommandEncoder> e, id<MTLBuffer> b) { [e setBuffer:b atIndex:0]; }",
+}
+
+
+@needs_clang
+@pytest.mark.parametrize("name", sorted(_BAD_SNIPPETS))
+def test_check_rejects_bad_code(tmp_path: Path, name: str) -> None:
+    src = tmp_path / "bad.mm"
+    src.write_text(_PRELUDE + _BAD_SNIPPETS[name] + "\n")
+    assert _compile(src).returncode != 0, f"the syntax check accepted code with a {name}"
+
+
+@needs_clang
+def test_shim_refuses_non_arc_build(tmp_path: Path) -> None:
+    result = _compile(ROOT / "objc" / "fa_metal_execute.mm", arc=False)
+    assert result.returncode != 0 and "fobjc-arc" in result.stderr
+
+
+@needs_clang
+def test_good_snippet_passes(tmp_path: Path) -> None:
+    # The positive control for the negative cases above: the same calls spelled correctly compile cleanly.
+    src = tmp_path / "good.mm"
+    src.write_text(_PRELUDE + "void f(id<MTLComputeCommandEncoder> e, id<MTLBuffer> b, const int *c) {\n"
+                   "  [e setBuffer:b offset:16 atIndex:0]; [e setBytes:c length:4 atIndex:1];\n"
+                   "  [e dispatchThreadgroups:MTLSizeMake(1, 2, 3) threadsPerThreadgroup:MTLSizeMake(32, 1, 1)]; }\n")
+    result = _compile(src)
+    assert result.returncode == 0, result.stderr

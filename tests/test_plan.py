@@ -1,0 +1,156 @@
+"""Unit tests of the dispatch plan (csrc/plan) through `_core.describe_plan`: the grid covers every output row
+exactly once, bindings and memory stay in range, tile sizes come from the tile table, and causal / sliding-window
+attention skips the key tiles that are entirely masked."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_metal_support import describe_forward, rand
+
+LIMIT_TG_MEMORY = 32768
+LIMIT_THREADS = 1024
+
+
+def _attention_launch(plan):
+    launches = [l for l in plan["launches"] if l["kernel"].startswith(("fa_fwd_", "fa_dec_"))]
+    assert len(launches) == 1, plan
+    return launches[0]
+
+
+def _check_common(plan):
+    for l in plan["launches"]:
+        threads = l["threads"][0] * l["threads"][1] * l["threads"][2]
+        assert 0 < threads <= LIMIT_THREADS and threads % 32 == 0, l
+        assert l["threadgroup_memory_bytes"] <= LIMIT_TG_MEMORY, l
+        indices = [b["index"] for b in l["bindings"]]
+        assert len(indices) == len(set(indices)), f"duplicate buffer index in {l['kernel']}"
+        assert l["constants_index"] not in indices
+        for b in l["bindings"]:
+            name = b["buffer"]
+            size = (plan["buffer_bytes"].get(name, 0) if not name.startswith("scratch")
+                    else plan["scratch_bytes"][int(name[-1])])
+            assert size > 0, f"{l['kernel']} binds {name} with no memory"
+            assert 0 <= b["byte_offset"] < size
+
+
+def _rows_covered(att, rows_per_head_block):
+    """Query rows each threadgroup row-tile covers, as the kernel derives them: tile x covers rows
+    [x * bq, (x + 1) * bq) of the packed (query, head-in-group) rows of its head block."""
+    bq = att["attention"]["bq"]
+    gx = att["grid"][0]
+    covered = np.zeros(gx * bq, dtype=np.int64)
+    for x in range(gx):
+        covered[x * bq:(x + 1) * bq] += 1
+    return covered[:rows_per_head_block], covered[rows_per_head_block:]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("d", [1, 40, 64, 80, 96, 100, 128, 129, 200, 256])
+@pytest.mark.parametrize("sq,sk,hq,hkv", [(37, 45, 4, 2), (1, 1000, 8, 2), (300, 300, 2, 2), (5, 64, 6, 1)])
+def test_grid_covers_every_row_once(dtype, d, sq, sk, hq, hkv, rng):
+    b = 2
+    q, k, v = rand(rng, (b, sq, hq, d), dtype), rand(rng, (b, sk, hkv, d), dtype), rand(rng, (b, sk, hkv, d), dtype)
+    plan = describe_forward(q, k, v, lse_shape=(b, hq, sq))
+    _check_common(plan)
+    att = _attention_launch(plan)
+    info = att["attention"]
+    bucket = next(x for x in (64, 80, 96, 128, 256) if d <= x)
+    assert att["kernel"].endswith(f"_d{bucket}") and info["bd"] == bucket
+    assert att["kernel"].split("_")[2] == {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}[dtype]
+    pack = info["pack"]
+    assert pack in (1, hq // hkv)
+    assert att["grid"][1] * pack == hq  # head blocks x heads per block = every head once
+    assert att["grid"][2] == b * info["num_splits"]
+    once, beyond = _rows_covered(att, sq * pack)
+    assert (once == 1).all() and beyond.size < info["bq"]  # every row once, less than one tile of padding
+    assert att["threads"][0] == 32 * info["simdgroups"] and info["bq"] == 8 * info["simdgroups"]
+    # tile table: MLX-style BK (32 up to d96, else 16), halved until K+V tiles fit 32 KiB
+    elem = 4 if dtype == "fp32" else 2
+    assert att["threadgroup_memory_bytes"] == 2 * info["bk"] * (bucket + 8) * elem
+    if not att["kernel"].startswith("fa_dec_"):
+        assert info["bk"] in ((32,) if bucket <= 96 else (16, 8))
+    # split-KV: partials + a merge launch writing out/lse; otherwise one launch writing them itself
+    if info["num_splits"] > 1:
+        assert plan["nlaunches"] == 2 and plan["launches"][1]["kernel"] == f"fa_merge_{att['kernel'].split('_')[2]}"
+        assert plan["launches"][1]["grid"] == [sq, hq, b]
+        assert plan["scratch_bytes"][0] == info["num_splits"] * hq * b * sq * d * 4
+    else:
+        assert plan["nlaunches"] == 1
+        assert {"out", "lse"} <= {x["buffer"] for x in att["bindings"]}
+
+
+def test_buffer_sizes_match_strides(rng):
+    """Non-contiguous views: the byte extents the executor bounds-checks come from the strides."""
+    base_q = rand(rng, (2, 10, 6, 64), "fp32")
+    q = base_q[:, :, 1:5, :]  # head stride 64 with 4 heads out of 6 -> non-contiguous
+    k = rand(rng, (2, 12, 2, 64), "fp32")
+    v = rand(rng, (2, 12, 2, 64), "fp32")
+    plan = describe_forward(q, k, v, lse_shape=(2, 4, 10))
+    assert plan["buffer_bytes"]["k"] == k.nbytes and plan["buffer_bytes"]["v"] == v.nbytes
+    assert plan["buffer_bytes"]["lse"] == 2 * 4 * 10 * 4
+    q_strides = [s // 4 for s in q.strides]
+    extent = sum((n - 1) * s for n, s in zip(q.shape[:3], q_strides[:3])) + 64
+    # q may be passed as given or copied contiguous by the Python layer: either way the extent is exact
+    assert plan["buffer_bytes"]["q"] in (extent * 4, q.size * 4)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_causal_skips_masked_tiles_at_4096(d, rng):
+    """Causal at seqlen 4096: a query tile visits only the key tiles up to the diagonal."""
+    s = 4096
+    q = np.zeros((1, s, 1, d), np.float16)
+    k = np.zeros((1, s, 1, d), np.float16)
+    plan = describe_forward(q, k, k, lse_shape=(1, 1, s), window_left=-1, window_right=0)
+    info = _attention_launch(plan)["attention"]
+    bq, bk = info["bq"], info["bk"]
+    qt, kt = s // bq, s // bk
+    expected = sum(((m + 1) * bq + bk - 1) // bk for m in range(qt))
+    assert info["key_tiles_total"] == qt * kt
+    assert info["key_tiles_visited"] == expected
+    skipped = 1 - expected / (qt * kt)
+    assert 0.49 < skipped < 0.5  # (1 - 1/qt) / 2 of the tiles are never loaded
+
+
+def test_window_skips_tiles(rng):
+    s, d = 4096, 64
+    q = np.zeros((1, s, 1, d), np.float16)
+    plan = describe_forward(q, q, q, lse_shape=(1, 1, s), window_left=256, window_right=0)
+    info = _attention_launch(plan)["attention"]
+    # each 32-row tile sees at most 256 + 32 keys -> at most 10 key tiles of 32
+    assert info["key_tiles_visited"] <= (s // 32) * 10
+    assert info["key_tiles_visited"] / info["key_tiles_total"] < 0.08
+
+
+def test_num_splits_contract(rng):
+    q = rand(rng, (1, 1, 4, 64), "fp32")
+    k = rand(rng, (1, 2048, 4, 64), "fp32")
+    auto = _attention_launch(describe_forward(q, k, k, lse_shape=(1, 4, 1)))["attention"]
+    assert auto["num_splits"] > 1  # 4 threadgroups cannot fill a GPU: the plan splits the keys
+    none = _attention_launch(describe_forward(q, k, k, lse_shape=(1, 4, 1), num_splits=1))["attention"]
+    assert none["num_splits"] == 1
+    three = describe_forward(q, k, k, lse_shape=(1, 4, 1), num_splits=3)
+    assert _attention_launch(three)["attention"]["num_splits"] == 3 and three["nlaunches"] == 2
+    big = rand(rng, (4, 512, 8, 64), "fp32")
+    prefill = _attention_launch(describe_forward(big, big, big, lse_shape=(4, 8, 512)))["attention"]
+    assert prefill["num_splits"] == 1  # 512 threadgroups already: no split
+
+
+def test_gqa_packs_short_queries(rng):
+    q = rand(rng, (1, 2, 8, 64), "fp16")
+    k = rand(rng, (1, 100, 2, 64), "fp16")
+    att = _attention_launch(describe_forward(q, k, k, lse_shape=(1, 8, 2), num_splits=1))
+    assert att["kernel"] == "fa_dec_f16_d64"  # 2 queries x 4 heads = 8 packed rows: one decode tile
+    assert att["attention"]["pack"] == 4 and att["grid"] == [1, 2, 1]
+
+
+def test_attn_probs_unsupported_on_sim(rng):
+    from flash_attn_cy import _core
+    from test_metal_support import host_view, dtype_name
+
+    q = rand(rng, (1, 4, 1, 32), "fp32")
+    out = np.zeros_like(q)
+    probs = np.zeros((1, 1, 4, 4), np.float32)
+    with pytest.raises(NotImplementedError, match="attn_probs"):
+        _core.describe_plan("forward", "sim", dtype_name(q.dtype), host_view(q), host_view(q), host_view(q),
+                            host_view(out), None, softmax_scale=0.5, attn_probs=probs, dropout_p=0.1)
