@@ -274,7 +274,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     if args.plot:
         names = list(backends) + (["torch"] if torch is not None else [])
-        _bench.plot(rows, names, args.plot, f"flash_attn_cy {getattr(fa, '__version__', '')} on {hw['cpu']}")
+        _bench.plot(rows, names, args.plot, f"flash_attn_cy {getattr(fa, '__version__', '')} on {hw['cpu']}",
+                    peak=peak)
         print(f"wrote {args.plot}")
     failed = any(r.ms.get(be) is None and not r.notes.get(be, "").startswith("n/a") for r in rows for be in backends)
     return 1 if failed else 0
