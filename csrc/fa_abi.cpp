@@ -3,15 +3,17 @@
 // backend is wrapped and an escaping exception becomes an error code with a message.
 #include "fa_abi.h"
 
-#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <exception>
 #include <memory>
 #include <new>
-#include <thread>
 
 #include "fa_backends.h"
+
+namespace fa_cpu {
+const char *cpu_isa_description();  // csrc/cpu/isa_dispatch.cpp: the kernel set the runtime dispatch picked
+}
 
 namespace {
 
@@ -221,7 +223,8 @@ int fa_backend_describe(fa_backend backend, char *out, size_t outlen) {
             case FA_BACKEND_CPU: {
                 int n = fa_get_num_threads();
                 if (out && outlen)
-                    std::snprintf(out, outlen, "portable C++ FlashAttention-2 (%d thread%s)", n, n == 1 ? "" : "s");
+                    std::snprintf(out, outlen, "C++ FlashAttention-2, %s kernels, %d thread%s",
+                                  fa_cpu::cpu_isa_description(), n, n == 1 ? "" : "s");
                 return FA_OK;
             }
             case FA_BACKEND_SIM:

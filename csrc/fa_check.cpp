@@ -229,9 +229,7 @@ int check_query_side(const Ctx &c, bool backward) {
             return fail(FA_ERR_VALUE, c.err, c.errlen, "softmax_lse: strides make distinct elements overlap");
     }
     if (p->attn_probs) {
-        if (c.varlen)
-            return fail(FA_ERR_UNSUPPORTED, c.err, c.errlen,
-                        "return_attn_probs is only supported for the dense (non-varlen) layout");
+        // varlen: [batch, nheads, max_seqlen_q, max_seqlen_k], sequence b in the top-left corner of its slice
         if (p->attn_probs_batch_stride < 0 || p->attn_probs_head_stride < 0 || p->attn_probs_row_stride < 0)
             return fail(FA_ERR_VALUE, c.err, c.errlen, "attn_probs: strides must be non-negative");
         Axis axes[4] = {{p->batch, p->attn_probs_batch_stride},

@@ -55,7 +55,7 @@ BufferMap map_buffers(fa_plan_kind kind, const fa_params *p, const fa_kvcache_up
     for (int i = 0; i < FA_PLAN_SCRATCH_COUNT; ++i) m.data[FA_BUF_SCRATCH0 + i] = scratch[i].data();
     // Outputs per kind; the simulator restores writable buffers between schedules, so mark only those.
     const fa_buffer_id always[] = {FA_BUF_OUT, FA_BUF_LSE, FA_BUF_DQ, FA_BUF_DK, FA_BUF_DV, FA_BUF_ATTN_PROBS,
-                                   FA_BUF_SCRATCH0, FA_BUF_SCRATCH1, FA_BUF_SCRATCH2, FA_BUF_SCRATCH3};
+                                   FA_BUF_SCRATCH0, FA_BUF_SCRATCH1, FA_BUF_SCRATCH2};  // SCRATCH3: the dummy (never written)
     for (fa_buffer_id id : always) m.writable[id] = true;
     if (kind == FA_PLAN_KVCACHE_APPEND) m.writable[FA_BUF_Q] = m.writable[FA_BUF_K] = m.writable[FA_BUF_V] = true;
     return m;

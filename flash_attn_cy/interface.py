@@ -107,6 +107,10 @@ def attention_forward(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seql
     want_probs = return_attn_probs and dropout_p > 0.0
     probs = _arrays.empty(kind, q, (batch, nheads, sq, sk), "float32", fill=0.0) if want_probs else None
 
+    if varlen and int(cu_seqlens_q[-1]) < rows_q:
+        # packed rows after the last sequence belong to no sequence: defined zeros (and +inf LSE) for them
+        out[int(cu_seqlens_q[-1]):] = 0
+        lse[:, int(cu_seqlens_q[-1]):] = float("inf")
     if rows_q == 0 or batch == 0:
         return out, lse, probs
     if no_keys:  # no key anywhere: every row sees nothing -> zeros and +inf LSE (as flash_attn)
@@ -145,9 +149,11 @@ def attention_backward(dout, q, k, v, out, softmax_lse, *, dq=None, dk=None, dv=
     if block_table is not None:
         raise NotImplementedError("block_table: backward through a paged KV cache is not supported")
     varlen = cu_seqlens_q is not None
-    dq = _arrays.empty(kind, q, tuple(q.shape)) if dq is None else dq
-    dk = _arrays.empty(kind, k, tuple(k.shape)) if dk is None else dk
-    dv = _arrays.empty(kind, v, tuple(v.shape)) if dv is None else dv
+    # varlen: packed rows outside every sequence get zero gradients (backends write only the rows sequences own)
+    fill = 0.0 if varlen else None
+    dq = _arrays.empty(kind, q, tuple(q.shape), fill=fill) if dq is None else dq
+    dk = _arrays.empty(kind, k, tuple(k.shape), fill=fill) if dk is None else dk
+    dv = _arrays.empty(kind, v, tuple(v.shape), fill=fill) if dv is None else dv
     if q.shape[0] == 0 or (not varlen and q.shape[1] == 0) or k.shape[0] == 0 or (not varlen and k.shape[1] == 0):
         dq[...] = 0
         dk[...] = 0

@@ -5,9 +5,6 @@ using namespace metal;
 
 #include "fa_kvcache_append.h"
 
-#define FA_INSTANTIATE_APPEND(tname, T) \
-    template [[host_name("fa_kvcache_append_" #tname)]] [[kernel]] decltype(fa_kvcache_append<T>) fa_kvcache_append<T>;
-
-FA_INSTANTIATE_APPEND(f16, half)
-FA_INSTANTIATE_APPEND(bf16, bfloat)
-FA_INSTANTIATE_APPEND(f32, float)
+template [[host_name("fa_kvcache_append_f16")]] [[kernel]] decltype(fa_kvcache_append<half>) fa_kvcache_append<half>;
+template [[host_name("fa_kvcache_append_bf16")]] [[kernel]] decltype(fa_kvcache_append<bfloat>) fa_kvcache_append<bfloat>;
+template [[host_name("fa_kvcache_append_f32")]] [[kernel]] decltype(fa_kvcache_append<float>) fa_kvcache_append<float>;

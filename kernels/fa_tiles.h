@@ -15,7 +15,8 @@
 #define FA_TILES_H
 
 #define FA_SIMD_WIDTH 32
-#define FA_TG_MEMORY_LIMIT 32768  // bytes of threadgroup memory on Apple GPUs (maxThreadgroupMemoryLength)
+// Bytes of threadgroup memory per threadgroup on Apple GPUs (maxThreadgroupMemoryLength).
+#define FA_TG_MEMORY_LIMIT 32768
 #define FA_TILE_PAD 8             // elements of padding per K/V tile row
 
 // The head dims with a compiled specialization; any head dim 1..256 runs on the next larger one (zero padding in the

@@ -15,7 +15,9 @@
 #include "fa_metal_binding.h"
 #include "fa_metal_context.h"
 
-#if !__has_feature(objc_arc)
+// FA_METAL_MRC_EXECUTION_TEST: tests/test_objc_execute.py runs this file on Linux against a mock Metal on the GNU
+// Objective-C runtime, which has no ARC; without ARC the test process merely leaks, which does not matter there.
+#if !__has_feature(objc_arc) && !defined(FA_METAL_MRC_EXECUTION_TEST)
 #error "objc/*.mm must be compiled with -fobjc-arc (objc/meson.build adds it)"
 #endif
 
@@ -64,6 +66,7 @@ private:
 
 // Give buffer `id` an MTLBuffer according to its binding (which may turn from Wrap into Copy).
 int make_buffer(Context &ctx, int buf_id, BufferBinding &b, __strong id<MTLBuffer> *out, char *err, size_t errlen) {
+    *out = nil;
     id<MTLDevice> device = ctx.device;
     const uint64_t max_length = device.maxBufferLength;
     switch (b.storage) {
@@ -120,7 +123,7 @@ int execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, c
                            err, errlen);
     if (status != FA_OK) return status;
 
-    __strong id<MTLBuffer> buffers[FA_BUF_COUNT];  // ARC: nil-initialised, released when this function returns
+    __strong id<MTLBuffer> buffers[FA_BUF_COUNT] = {};  // released (ARC) when this function returns
     for (int buf_id = 0; buf_id < FA_BUF_COUNT; ++buf_id) {
         status = make_buffer(ctx, buf_id, bindings.buf[buf_id], &buffers[buf_id], err, errlen);
         if (status != FA_OK) return status;

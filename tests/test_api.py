@@ -389,3 +389,25 @@ def test_signatures_match_flash_attn():
                 assert p.default == defaults[p.name], (fname, p.name)
         kwonly = {p.name: p.default for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY}
         assert kwonly.get("backend") == "auto", fname
+
+
+def test_varlen_rows_after_last_sequence_are_zero(rng):
+    q, k, v = randn(rng, (9, 2, 8)), randn(rng, (7, 2, 8)), randn(rng, (7, 2, 8))
+    cq, ck = _cu([3, 4]), _cu([3, 4])  # q rows 7, 8 belong to no sequence
+    out, lse, _ = fa.flash_attn_varlen_func(q, k, v, cq, ck, 4, 4, return_attn_probs=True, backend="cpu")
+    assert np.all(out[7:] == 0) and np.all(np.isposinf(lse[:, 7:]))
+    _check(out[:7], lse[:, :7], q[:7], k, v, "fp32", cu_seqlens_q=cq, cu_seqlens_k=ck)
+
+
+def test_varlen_dropout_probabilities(rng):
+    lq, lk = [5, 3], [7, 9]
+    q, k, v = randn(rng, (8, 2, 16)), randn(rng, (16, 2, 16)), randn(rng, (16, 2, 16))
+    cq, ck = _cu(lq), _cu(lk)
+    out, lse, s = fa.flash_attn_varlen_func(q, k, v, cq, ck, 5, 9, dropout_p=0.25, return_attn_probs=True,
+                                            seed=3, backend="cpu")
+    assert s.shape == (2, 2, 5, 9)
+    keep = s >= 0
+    for b in range(2):  # entries outside a sequence's (len_q, len_k) corner stay 0
+        assert np.all(s[b, :, lq[b]:, :] == 0) and np.all(s[b, :, :, lk[b]:] == 0)
+    ref = R.attention_ref(q, k, v, cu_seqlens_q=cq, cu_seqlens_k=ck, dropout_p=0.25, dropout_mask=keep)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)

@@ -250,7 +250,7 @@ int forward_impl(const fa_params *p, const TileKernels<Acc> *kern, char *err, si
         job.drop.seed = p->dropout_seed;
         job.drop.offset = p->dropout_offset;
         job.drop.threshold = dropout_threshold(p->dropout_p);
-        job.drop.inv_keep = p->dropout_p < 1.0f ? 1.0f / (1.0f - p->dropout_p) : 0.0f;
+        job.drop.inv_keep = p->dropout_p < 1.0f ? 1.0 / (1.0 - double(p->dropout_p)) : 0.0;
         job.drop.nheads_q = p->nheads_q;
     }
     const int64_t total = job.item_start[p->batch];

@@ -63,7 +63,7 @@ void apply_score_features(Acc *sT, int nk, int nrows, int lanes, const RowInfo *
 struct DropoutParams {
     uint64_t seed, offset;
     uint32_t threshold;  // keep iff philox word >= threshold
-    float inv_keep;      // 1 / (1 - p)
+    double inv_keep;     // 1 / (1 - p), double for the fp64 path
     int32_t nheads_q;
     int32_t batch_index;
 };

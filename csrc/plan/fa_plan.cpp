@@ -49,6 +49,16 @@ void launch_bind(fa_launch *l, int index, fa_buffer_id buffer, int64_t byte_offs
     b.byte_offset = byte_offset;
 }
 
+void launch_bind_unused(fa_plan *plan, fa_launch *l, const int *indices, int count) {
+    for (int i = 0; i < count; ++i) {
+        bool bound = false;
+        for (int b = 0; b < l->nbindings; ++b) bound = bound || l->bindings[b].index == indices[i];
+        if (bound) continue;
+        launch_bind(l, indices[i], FA_PLAN_DUMMY_BUFFER);
+        plan->scratch_bytes[FA_PLAN_DUMMY_SCRATCH] = FA_PLAN_DUMMY_BYTES;
+    }
+}
+
 void launch_constants(fa_launch *l, int index, const void *data, uint32_t size) {
     l->constants_index = index;
     l->constants_size = size;

@@ -221,6 +221,11 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
         faplan::launch_bind(att, FA_FWD_BUF_O_PARTIAL, FA_BUF_SCRATCH0);
         faplan::launch_bind(att, FA_FWD_BUF_LSE_PARTIAL, FA_BUF_SCRATCH1);
     }
+    static const int att_indices[] = {FA_FWD_BUF_Q, FA_FWD_BUF_K, FA_FWD_BUF_V, FA_FWD_BUF_OUT, FA_FWD_BUF_LSE,
+                                      FA_FWD_BUF_ALIBI, FA_FWD_BUF_CU_SEQLENS_Q, FA_FWD_BUF_CU_SEQLENS_K,
+                                      FA_FWD_BUF_SEQUSED_K, FA_FWD_BUF_LEFTPAD_K, FA_FWD_BUF_CACHE_BATCH_IDX,
+                                      FA_FWD_BUF_BLOCK_TABLE, FA_FWD_BUF_O_PARTIAL, FA_FWD_BUF_LSE_PARTIAL};
+    faplan::launch_bind_unused(out, att, att_indices, int(sizeof(att_indices) / sizeof(att_indices[0])));
     faplan::launch_constants(att, FA_FWD_BUF_PARAMS, &k, sizeof(k));
     if (splits == 1) return FA_OK;
 
@@ -250,6 +255,9 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     faplan::launch_bind(merge, FA_MERGE_BUF_OUT, FA_BUF_OUT);
     if (p->lse) faplan::launch_bind(merge, FA_MERGE_BUF_LSE, FA_BUF_LSE);
     if (varlen_q) faplan::launch_bind(merge, FA_MERGE_BUF_CU_SEQLENS_Q, FA_BUF_CU_SEQLENS_Q);
+    static const int merge_indices[] = {FA_MERGE_BUF_O_PARTIAL, FA_MERGE_BUF_LSE_PARTIAL, FA_MERGE_BUF_OUT,
+                                        FA_MERGE_BUF_LSE, FA_MERGE_BUF_CU_SEQLENS_Q};
+    faplan::launch_bind_unused(out, merge, merge_indices, int(sizeof(merge_indices) / sizeof(merge_indices[0])));
     faplan::launch_constants(merge, FA_MERGE_BUF_PARAMS, &mp, sizeof(mp));
     return FA_OK;
 }

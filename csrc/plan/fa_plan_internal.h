@@ -20,6 +20,14 @@ int64_t view_extent(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, 
 void launch_init(fa_launch *l, const char *kernel, const uint32_t grid[3], const uint32_t threads[3],
                  uint32_t tg_bytes);
 void launch_bind(fa_launch *l, int index, fa_buffer_id buffer, int64_t byte_offset = 0);
+// Optional kernel arguments a launch does not use are still bound (Metal's validation and the simulator want every
+// [[buffer(n)]] of the entry point bound): to FA_PLAN_DUMMY_BUFFER, a 16-byte plan-owned scratch buffer the
+// kernels never touch because the flag that would make them read it is clear.
+#define FA_PLAN_DUMMY_SCRATCH 3
+#define FA_PLAN_DUMMY_BUFFER FA_BUF_SCRATCH3
+#define FA_PLAN_DUMMY_BYTES 16
+// Bind the dummy at every index in [0, count) of `indices` not bound yet, and reserve its memory in the plan.
+void launch_bind_unused(fa_plan *plan, fa_launch *l, const int *indices, int count);
 void launch_constants(fa_launch *l, int index, const void *data, uint32_t size);
 
 // Formats a message into err (always NUL-terminated) and returns code.

@@ -98,7 +98,10 @@ int fa_plan_to_json(const fa_plan *plan, char *out, size_t outlen) {
             add(s, "%s{\"index\":%d,\"buffer\":\"%s\",\"byte_offset\":%lld}", b ? "," : "", l.bindings[b].index,
                 buffer_name(l.bindings[b].buffer), (long long)l.bindings[b].byte_offset);
         }
-        add(s, "],\"constants_index\":%d,\"constants_size\":%u", l.constants_index, l.constants_size);
+        add(s, "],\"constants_index\":%d,\"constants_size\":%u,\"constants_hex\":\"", l.constants_index,
+            l.constants_size);
+        for (uint32_t i = 0; i < l.constants_size && i < FA_PLAN_MAX_CONSTANT_BYTES; ++i) add(s, "%02x", l.constants[i]);
+        s += "\"";
         const bool attention = std::strncmp(l.kernel, "fa_fwd_", 7) == 0 || std::strncmp(l.kernel, "fa_dec_", 7) == 0;
         if (attention && l.constants_size == sizeof(fa_fwd_params)) attention_info(s, l);
         s += "}";

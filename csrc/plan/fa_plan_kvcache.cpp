@@ -128,6 +128,10 @@ int fa_plan_kvcache_append(const fa_params *p, const fa_kvcache_update *u, fa_pl
         if ((b.buffer == FA_BUF_K || b.buffer == FA_BUF_V) && !has_new) continue;
         if (bytes[b.buffer] > 0) faplan::launch_bind(l, b.index, b.buffer);
     }
+    static const int indices[] = {FA_APPEND_BUF_Q, FA_APPEND_BUF_KCACHE, FA_APPEND_BUF_VCACHE, FA_APPEND_BUF_KNEW,
+                                  FA_APPEND_BUF_VNEW, FA_APPEND_BUF_COS, FA_APPEND_BUF_SIN, FA_APPEND_BUF_SEQUSED_K,
+                                  FA_APPEND_BUF_LEFTPAD_K, FA_APPEND_BUF_CACHE_BATCH_IDX, FA_APPEND_BUF_BLOCK_TABLE};
+    faplan::launch_bind_unused(out, l, indices, int(sizeof(indices) / sizeof(indices[0])));
     faplan::launch_constants(l, FA_APPEND_BUF_PARAMS, &k, sizeof(k));
     return FA_OK;
 }

@@ -371,7 +371,10 @@ struct Worker {
                     return false;
                 }
             }
-            if (done == n) return true;
+            if (done == n) {
+                if (L->hash_barriers) hash_arrays(L->kernel->file, 0);  // final contents, "end of the kernel"
+                return true;
+            }
             if (!ran) {
                 L->add_fault("divergent-barrier", deadlock_message());
                 for (uint32_t i = 0; i < n; i++) fibers[i]->fiber.started = false;
@@ -507,14 +510,22 @@ void install_signal_handlers() {
 }
 
 // ------------------------------------------------------------------------------------------------ orchestration
-std::string describe_diff(const Region &r, size_t off, const char *a_label, const char *b_label, unsigned char va,
-                          unsigned char vb) {
+std::string describe_diff(const Region &r, const char *a, const char *b, size_t off, const char *a_label,
+                          const char *b_label) {
     std::string names;
     for (int i : r.indices) names += (names.empty() ? "" : "/") + std::string("buffer(") + std::to_string(i) + ")";
-    char b[256];
-    snprintf(b, sizeof b, "%s byte offset %zu is 0x%02x under the %s run and 0x%02x under the %s run", names.c_str(),
-             off, va, a_label, vb, b_label);
-    return b;
+    size_t w = off & ~(size_t)3;
+    uint32_t va = 0, vb = 0;
+    size_t n = std::min<size_t>(4, r.len - w);
+    memcpy(&va, a + w, n);
+    memcpy(&vb, b + w, n);
+    float fa, fb;
+    memcpy(&fa, &va, 4);
+    memcpy(&fb, &vb, 4);
+    char m[320];
+    snprintf(m, sizeof m, "%s bytes %zu..%zu hold 0x%08x (%g as float32) under the %s run but 0x%08x (%g) under the "
+             "%s run", names.c_str(), w, w + n - 1, va, (double)fa, a_label, vb, (double)fb, b_label);
+    return m;
 }
 
 bool execute_run(Launch &L, const RunSpec &spec) {
@@ -565,6 +576,35 @@ bool execute_run(Launch &L, const RunSpec &spec) {
 void free_run(Launch &L) {
     for (Region &r : L.regions) r.g.destroy();
 }
+
+void compare_hashes(Launch &L, const std::vector<std::vector<BarrierHash>> &base_hashes, const RunSpec &spec) {
+    const LaunchConfig &cfg = L.cfg;
+    const KernelInfo *kernel = L.kernel;
+    if (L.faults.empty() && spec.poison == kPoisonA && L.hash_barriers) {
+                for (size_t g = 0; g < L.hashes.size() && L.faults.empty(); g++) {
+                    const auto &a = base_hashes[g], &b = L.hashes[g];
+                    for (size_t j = 0; j < std::min(a.size(), b.size()); j++) {
+                        if (a[j].hash == b[j].hash) continue;
+                        uint32_t t0 = (uint32_t)(g % cfg.grid[0]), t1 = (uint32_t)((g / cfg.grid[0]) % cfg.grid[1]),
+                                 t2 = (uint32_t)(g / ((uint64_t)cfg.grid[0] * cfg.grid[1]));
+                        char m[512];
+                        char at[200];
+                        if (a[j].line)
+                            snprintf(at, sizeof at, "at the threadgroup_barrier at %s:%u", a[j].file, a[j].line);
+                        else
+                            snprintf(at, sizeof at, "at the end of the kernel");
+                        snprintf(m, sizeof m,
+                                 "kernel '%s', threadgroup (%u,%u,%u): threadgroup array '%s' (declared at %s:%u) holds "
+                                 "different values %s under the forward and %s schedules: threads of the phase "
+                                 "before that point race on it (a missing threadgroup_barrier?)",
+                                 kernel->name, t0, t1, t2, a[j].site->name, a[j].site->file, a[j].site->line, at,
+                                 spec.label);
+                        L.add_fault("race", m);
+                        break;
+                    }
+                }
+            }
+        }
 
 }  // namespace
 
@@ -727,10 +767,12 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
     std::vector<RunSpec> runs;
     runs.push_back({kForward, cfg.seed, kPoisonA, kSlackA, true, "forward"});
     if (cfg.schedules > 1) {
-        runs.push_back({kForward, cfg.seed, kPoisonB, kSlackB, false, "forward with other poison"});
+        // Order comparisons first: a missing barrier also makes some order read unwritten memory, and "race" is
+        // the better diagnosis for it; the poison run then only flags reads no order ever writes first.
         runs.push_back({kReverse, cfg.seed, kPoisonA, kSlackA, true, "reverse"});
         for (int i = 2; i < cfg.schedules; i++)
             runs.push_back({kRandom, cfg.seed + 0x1000193ull * (uint64_t)i, kPoisonA, kSlackA, true, "random"});
+        runs.push_back({kForward, cfg.seed, kPoisonB, kSlackB, false, "forward with other poison"});
     }
     L.hash_barriers = cfg.schedules > 1 && cfg.checks;
 
@@ -743,14 +785,15 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
             for (Region &r : L.regions) base.emplace_back(r.writable ? std::vector<char>(r.g.data, r.g.data + r.len) : std::vector<char>());
             base_hashes.swap(L.hashes);
         } else if (ok) {
-            // Compare with the forward run.
+            // Compare with the forward run: threadgroup memory first (names the array), then the outputs.
+            compare_hashes(L, base_hashes, spec);
             for (size_t k = 0; k < L.regions.size() && L.faults.empty(); k++) {
                 Region &r = L.regions[k];
                 if (!r.writable || !r.len) continue;
                 if (memcmp(base[k].data(), r.g.data, r.len) == 0) continue;
                 size_t off = 0;
                 while (base[k][off] == r.g.data[off]) off++;
-                std::string d = describe_diff(r, off, "forward", spec.label, (unsigned char)base[k][off], (unsigned char)r.g.data[off]);
+                std::string d = describe_diff(r, base[k].data(), r.g.data, off, "forward", spec.label);
                 if (spec.poison != kPoisonA)
                     L.add_fault("uninitialized-read",
                                 std::string("kernel '") + kernel->name + "': results depend on threadgroup memory never "
@@ -758,25 +801,6 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
                 else
                     L.add_fault("race", std::string("kernel '") + kernel->name +
                                             "': results depend on the order of threads between synchronisation points: " + d);
-            }
-            if (L.faults.empty() && spec.poison == kPoisonA && L.hash_barriers) {
-                for (size_t g = 0; g < L.hashes.size() && L.faults.empty(); g++) {
-                    const auto &a = base_hashes[g], &b = L.hashes[g];
-                    for (size_t j = 0; j < std::min(a.size(), b.size()); j++) {
-                        if (a[j].hash == b[j].hash) continue;
-                        uint32_t t0 = (uint32_t)(g % cfg.grid[0]), t1 = (uint32_t)((g / cfg.grid[0]) % cfg.grid[1]),
-                                 t2 = (uint32_t)(g / ((uint64_t)cfg.grid[0] * cfg.grid[1]));
-                        char m[512];
-                        snprintf(m, sizeof m,
-                                 "kernel '%s', threadgroup (%u,%u,%u): threadgroup array '%s' (declared at %s:%u) holds "
-                                 "different values at the threadgroup_barrier at %s:%u under the forward and %s "
-                                 "schedules: threads of the phase before that barrier race on it",
-                                 kernel->name, t0, t1, t2, a[j].site->name, a[j].site->file, a[j].site->line,
-                                 a[j].file, a[j].line, spec.label);
-                        L.add_fault("race", m);
-                        break;
-                    }
-                }
             }
         }
         free_run(L);

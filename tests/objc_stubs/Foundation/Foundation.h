@@ -38,7 +38,9 @@ NS_ASSUME_NONNULL_BEGIN
 @end
 
 __attribute__((objc_root_class))
-@interface NSObject <NSObject>
+@interface NSObject <NSObject> {
+    Class isa;  // as in the SDK's NSObject.h (the mock runtime test relies on it being the first ivar)
+}
 + (instancetype)alloc;
 + (instancetype)new;
 - (instancetype)init;

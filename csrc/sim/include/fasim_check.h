@@ -1,0 +1,141 @@
+// fasim_check.h - declarations of the MSL library for the strict syntax check (python -m flash_attn_cy.sim check).
+//
+// Only for clang -fsyntax-only: nothing here has a body. Scalars and vectors are clang builtin types (_Float16,
+// __bf16, ext_vector_type) because class types cannot live in clang address spaces the way MSL values live in
+// device/constant/threadgroup memory. The translator rewrites vector constructors `float4(a, b)` into
+// metal::fasim_make<float4>(a, b) for this header.
+#pragma once
+
+typedef unsigned char uchar;
+typedef unsigned short ushort;
+typedef unsigned int uint;
+typedef unsigned long ulong;
+typedef unsigned long size_t;
+typedef _Float16 half;
+typedef __bf16 bfloat;
+
+namespace metal {
+
+#define FASIM_CHECK_VEC(T)                                 \
+    typedef T T##2 __attribute__((ext_vector_type(2)));    \
+    typedef T T##3 __attribute__((ext_vector_type(3)));    \
+    typedef T T##4 __attribute__((ext_vector_type(4)));
+FASIM_CHECK_VEC(float)
+FASIM_CHECK_VEC(half)
+FASIM_CHECK_VEC(bfloat)
+FASIM_CHECK_VEC(int)
+FASIM_CHECK_VEC(uint)
+FASIM_CHECK_VEC(short)
+FASIM_CHECK_VEC(ushort)
+FASIM_CHECK_VEC(char)
+FASIM_CHECK_VEC(uchar)
+FASIM_CHECK_VEC(bool)
+FASIM_CHECK_VEC(long)
+FASIM_CHECK_VEC(ulong)
+#undef FASIM_CHECK_VEC
+template <class T, int N> using vec = T __attribute__((ext_vector_type(N)));
+
+template <class V, class... A> V fasim_make(A... a);
+
+#define FASIM_CHECK_F1(NAME) template <class T> T NAME(T x);
+FASIM_CHECK_F1(exp) FASIM_CHECK_F1(exp2) FASIM_CHECK_F1(exp10) FASIM_CHECK_F1(log) FASIM_CHECK_F1(log2)
+FASIM_CHECK_F1(log10) FASIM_CHECK_F1(sqrt) FASIM_CHECK_F1(rsqrt) FASIM_CHECK_F1(sin) FASIM_CHECK_F1(cos)
+FASIM_CHECK_F1(tan) FASIM_CHECK_F1(tanh) FASIM_CHECK_F1(sinh) FASIM_CHECK_F1(cosh) FASIM_CHECK_F1(asin)
+FASIM_CHECK_F1(acos) FASIM_CHECK_F1(atan) FASIM_CHECK_F1(floor) FASIM_CHECK_F1(ceil) FASIM_CHECK_F1(round)
+FASIM_CHECK_F1(rint) FASIM_CHECK_F1(trunc) FASIM_CHECK_F1(fabs) FASIM_CHECK_F1(fract) FASIM_CHECK_F1(saturate)
+FASIM_CHECK_F1(sign) FASIM_CHECK_F1(abs) FASIM_CHECK_F1(popcount) FASIM_CHECK_F1(ctz) FASIM_CHECK_F1(clz)
+#undef FASIM_CHECK_F1
+#define FASIM_CHECK_F2(NAME) template <class T> T NAME(T x, T y);
+FASIM_CHECK_F2(pow) FASIM_CHECK_F2(powr) FASIM_CHECK_F2(atan2) FASIM_CHECK_F2(fmod) FASIM_CHECK_F2(fmin)
+FASIM_CHECK_F2(fmax) FASIM_CHECK_F2(step) FASIM_CHECK_F2(divide) FASIM_CHECK_F2(mulhi)
+#undef FASIM_CHECK_F2
+template <class T> T max(T a, T b);
+template <class T> T min(T a, T b);
+template <class T, int N> vec<T, N> max(vec<T, N> a, T b);
+template <class T, int N> vec<T, N> min(vec<T, N> a, T b);
+template <class T> T clamp(T x, T lo, T hi);
+template <class T, int N> vec<T, N> clamp(vec<T, N> x, T lo, T hi);
+template <class T> T fma(T a, T b, T c);
+template <class T> T mix(T x, T y, T a);
+template <class T> bool isnan(T x);
+template <class T> bool isinf(T x);
+template <class T> bool isfinite(T x);
+template <class T> bool signbit(T x);
+template <class T, class C> T select(T a, T b, C c);
+template <class T, int N> T dot(vec<T, N> a, vec<T, N> b);
+template <class T, int N> T length(vec<T, N> a);
+template <class T, int N> vec<T, N> normalize(vec<T, N> a);
+template <class V> bool all(V v);
+template <class V> bool any(V v);
+template <class T, class U> T as_type(U u);
+
+namespace fast { using namespace ::metal; }
+namespace precise { using namespace ::metal; }
+
+enum class mem_flags : int { mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_texture = 4,
+                             mem_threadgroup_imageblock = 8 };
+constexpr mem_flags operator|(mem_flags a, mem_flags b) { return mem_flags((int)a | (int)b); }
+void threadgroup_barrier(mem_flags f);
+void simdgroup_barrier(mem_flags f);
+
+#define FASIM_CHECK_S1(NAME) template <class T> T NAME(T v);
+FASIM_CHECK_S1(simd_sum) FASIM_CHECK_S1(simd_product) FASIM_CHECK_S1(simd_max) FASIM_CHECK_S1(simd_min)
+FASIM_CHECK_S1(simd_and) FASIM_CHECK_S1(simd_or) FASIM_CHECK_S1(simd_xor) FASIM_CHECK_S1(simd_prefix_inclusive_sum)
+FASIM_CHECK_S1(simd_prefix_exclusive_sum) FASIM_CHECK_S1(simd_broadcast_first)
+#undef FASIM_CHECK_S1
+template <class T> T simd_shuffle(T v, ushort lane);
+template <class T> T simd_broadcast(T v, ushort lane);
+template <class T> T simd_shuffle_xor(T v, ushort mask);
+template <class T> T simd_shuffle_down(T v, ushort delta);
+template <class T> T simd_shuffle_up(T v, ushort delta);
+bool simd_is_first();
+struct simd_vote {
+    explicit operator ulong() const;
+    explicit operator bool() const;
+    bool all() const;
+    bool any() const;
+};
+simd_vote simd_ballot(bool b);
+bool simd_all(bool b);
+bool simd_any(bool b);
+
+template <class T, int Rows, int Cols> struct simdgroup_matrix {
+    vec<T, 2> elems;
+    vec<T, 2> &thread_elements();
+};
+typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
+typedef simdgroup_matrix<half, 8, 8> simdgroup_half8x8;
+typedef simdgroup_matrix<bfloat, 8, 8> simdgroup_bfloat8x8;
+template <class T, int R, int C> simdgroup_matrix<T, R, C> make_filled_simdgroup_matrix(T v);
+template <class T, class U>
+void simdgroup_load(simdgroup_matrix<T, 8, 8> &d, const U *src, ulong elements_per_row = 8,
+                    ulong2 matrix_origin = 0, bool transpose_matrix = false);
+template <class T, class U>
+void simdgroup_store(simdgroup_matrix<T, 8, 8> m, U *dst, ulong elements_per_row = 8, ulong2 matrix_origin = 0,
+                     bool transpose_matrix = false);
+template <class TD, class TA, class TB, class TC>
+void simdgroup_multiply_accumulate(simdgroup_matrix<TD, 8, 8> &d, simdgroup_matrix<TA, 8, 8> a,
+                                   simdgroup_matrix<TB, 8, 8> b, simdgroup_matrix<TC, 8, 8> c);
+template <class TD, class TA, class TB>
+void simdgroup_multiply(simdgroup_matrix<TD, 8, 8> &d, simdgroup_matrix<TA, 8, 8> a, simdgroup_matrix<TB, 8, 8> b);
+
+}  // namespace metal
+
+#define INFINITY (__builtin_inff())
+#define NAN (__builtin_nanf(""))
+#define HUGE_VALF (__builtin_huge_valf())
+#define FLT_MAX 3.40282346638528859812e+38F
+#define FLT_MIN 1.17549435082228750797e-38F
+#define FLT_EPSILON 1.1920928955078125e-07F
+#define MAXFLOAT FLT_MAX
+#define HALF_MAX 65504.0f
+#define HALF_MIN 6.103515625e-05f
+#define M_E_F 2.71828182845904523536f
+#define M_LOG2E_F 1.44269504088896340736f
+#define M_LOG10E_F 0.434294481903251827651f
+#define M_LN2_F 0.693147180559945309417f
+#define M_LN10_F 2.30258509299404568402f
+#define M_PI_F 3.14159265358979323846f
+#define M_PI_2_F 1.57079632679489661923f
+#define M_SQRT2_F 1.41421356237309504880f
+#define M_SQRT1_2_F 0.707106781186547524401f

@@ -1,0 +1,18 @@
+"""The Metal simulator: runs MSL compute kernels on the CPU with race, bounds, uninitialised-read and divergence
+checks. See kernels/README.md for the supported MSL subset and what is checked.
+
+    >>> from flash_attn_cy import sim
+    >>> res = sim.run("kernels/example_reduce.metal", "example_reduce", grid=4, threadgroup=128,
+    ...               buffers={0: x, 1: np.zeros(4, np.float32)}, bytes={2: np.uint32(512)})
+    >>> res.faults, res.buffers[1]
+"""
+
+from ._compile import SimCompileError
+from ._run import Fault, SimResult, run
+from .check import CheckResult, check_file, check_files, find_clang
+from .translate import TranslateError, translate, translate_file
+
+__all__ = [
+    "Fault", "SimResult", "run", "SimCompileError", "TranslateError", "translate", "translate_file",
+    "CheckResult", "check_file", "check_files", "find_clang",
+]

@@ -1,0 +1,161 @@
+"""Command line of the Metal simulator.
+
+    python -m flash_attn_cy.sim run FILE.metal --kernel NAME --grid X[,Y[,Z]] --threadgroup X[,Y[,Z]]
+        [--buffer INDEX=PATH.npy | --buffer INDEX=zeros:DTYPE:COUNT]... [--bytes INDEX=DTYPE:V1[,V2,...]]...
+        [--schedules N] [--out DIR]
+    python -m flash_attn_cy.sim check FILE.metal...
+
+Exit status: 0 clean, 1 faults found (run) or check failed (check), 2 usage or translation/compile error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from . import _compile
+from ._run import run
+from .check import check_files, find_clang
+from .translate import TranslateError
+
+DTYPES = ("float32", "float16", "bfloat16", "int32", "uint32", "int64", "uint64", "int8", "uint8", "bool")
+
+
+class UsageError(ValueError):
+    pass
+
+
+def _dtype(name: str) -> np.dtype:
+    if name not in DTYPES:
+        raise UsageError(f"unknown dtype {name!r} (one of {', '.join(DTYPES)})")
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise UsageError("bfloat16 needs the ml_dtypes package (pip install ml_dtypes)") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _dims(s: str, opt: str) -> List[int]:
+    try:
+        v = [int(x) for x in s.split(",")]
+    except ValueError:
+        raise UsageError(f"{opt} expects X[,Y[,Z]] positive integers, got {s!r}") from None
+    if not 1 <= len(v) <= 3 or min(v) < 1:
+        raise UsageError(f"{opt} expects X[,Y[,Z]] positive integers, got {s!r}")
+    return v
+
+
+def _split_index(s: str, opt: str):
+    k, sep, rest = s.partition("=")
+    if not sep or not k.strip().isdigit() or not 0 <= int(k) <= 30:
+        raise UsageError(f"{opt} expects INDEX=..., INDEX in 0..30, got {s!r}")
+    return int(k), rest
+
+
+def _buffer(s: str) -> (int, np.ndarray):
+    k, rest = _split_index(s, "--buffer")
+    if rest.startswith("zeros:"):
+        parts = rest.split(":")
+        if len(parts) != 3 or not parts[2].isdigit():
+            raise UsageError(f"--buffer expects INDEX=zeros:DTYPE:COUNT, got {s!r}")
+        return k, np.zeros(int(parts[2]), dtype=_dtype(parts[1]))
+    if not os.path.isfile(rest):
+        raise UsageError(f"--buffer {s!r}: no such file {rest!r}")
+    try:
+        return k, np.load(rest, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - numpy raises several types for a bad file
+        raise UsageError(f"--buffer {s!r}: cannot load {rest!r} as .npy: {e}") from None
+
+
+def _bytes(s: str) -> (int, bytes):
+    k, rest = _split_index(s, "--bytes")
+    dt, sep, vals = rest.partition(":")
+    if not sep or not vals:
+        raise UsageError(f"--bytes expects INDEX=DTYPE:V1[,V2,...], got {s!r}")
+    dtype = _dtype(dt)
+    try:
+        if dtype == np.bool_:
+            items = [v.strip().lower() in ("1", "true") for v in vals.split(",")]
+        elif dtype.kind in "iu":
+            items = [int(v, 0) for v in vals.split(",")]
+        else:
+            items = [float(v) for v in vals.split(",")]
+        return k, np.array(items, dtype=dtype).tobytes()
+    except (ValueError, OverflowError) as e:
+        raise UsageError(f"--bytes {s!r}: {e}") from None
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    buffers: Dict[int, np.ndarray] = {}
+    for s in a.buffer:
+        k, arr = _buffer(s)
+        if k in buffers:
+            raise UsageError(f"--buffer index {k} given twice")
+        buffers[k] = arr
+    byts: Dict[int, bytes] = {}
+    for s in a.bytes:
+        k, raw = _bytes(s)
+        if k in byts or k in buffers:
+            raise UsageError(f"--bytes index {k} already bound")
+        byts[k] = raw
+    if a.schedules < 1:
+        raise UsageError("--schedules must be >= 1")
+    res = run(a.file, a.kernel, _dims(a.grid, "--grid"), _dims(a.threadgroup, "--threadgroup"), buffers, byts,
+              a.schedules, include_dirs=a.include)
+    for f in res.faults:
+        print(f"{f.kind}: {f.message}")
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        for k, arr in res.buffers.items():
+            np.save(os.path.join(a.out, f"buffer{k}.npy"), arr)
+    if not res.faults:
+        print(f"ok: {a.kernel}: no faults ({a.schedules} schedule(s))")
+    return 1 if res.faults else 0
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    if not find_clang():
+        print("error: the strict check needs clang++ (none found; set FLASH_ATTN_CY_CLANG)", file=sys.stderr)
+        return 2
+    bad = 0
+    for r in check_files(a.files, a.include):
+        if r.ok:
+            print(f"ok: {r.path}")
+        else:
+            bad += 1
+            print(f"FAILED: {r.path}\n{r.message}")
+    return 1 if bad else 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flash_attn_cy.sim", description="Metal simulator")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run one dispatch of a kernel and report faults")
+    r.add_argument("file")
+    r.add_argument("--kernel", required=True)
+    r.add_argument("--grid", required=True, help="threadgroups per grid X[,Y[,Z]]")
+    r.add_argument("--threadgroup", required=True, help="threads per threadgroup X[,Y[,Z]]")
+    r.add_argument("--buffer", action="append", default=[], help="INDEX=PATH.npy or INDEX=zeros:DTYPE:COUNT")
+    r.add_argument("--bytes", action="append", default=[], help="INDEX=DTYPE:V1[,V2,...] (setBytes)")
+    r.add_argument("--schedules", type=int, default=3)
+    r.add_argument("--out", help="write buffer<INDEX>.npy files here")
+    r.add_argument("-I", "--include", action="append", default=[], help="extra directory for #include \"...\"")
+    c = sub.add_parser("check", help="strict clang check with MSL address spaces")
+    c.add_argument("files", nargs="+")
+    c.add_argument("-I", "--include", action="append", default=[])
+    a = p.parse_args(argv)
+    try:
+        return cmd_run(a) if a.cmd == "run" else cmd_check(a)
+    except (UsageError, TranslateError, _compile.SimCompileError, ValueError, TypeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Python entry point of the Metal simulator: run one dispatch of a kernel from any .metal file."""
+
+from __future__ import annotations
+
+import builtins
+import ctypes
+import dataclasses
+import os
+from pathlib import Path
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _compile
+from .translate import translate
+
+__all__ = ["Fault", "SimResult", "run", "load_source"]
+
+FAULT_KINDS = ("race", "out-of-bounds", "uninitialized-read", "divergent-barrier", "error", "note")
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    """One problem the simulator found: ``kind`` is race, out-of-bounds, uninitialized-read, divergent-barrier or
+    error; ``message`` names kernel, threadgroup, thread and source line where known."""
+
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+class SimResult(NamedTuple):
+    """Buffers after the dispatch (index -> array, same dtype and shape as given) and the faults found."""
+
+    buffers: Dict[int, np.ndarray]
+    faults: List[Fault]
+
+
+def load_source(path_or_source: Union[str, os.PathLike]) -> Tuple[str, str]:
+    """(source text, path used in messages) from a file path or MSL source text."""
+    if isinstance(path_or_source, os.PathLike):
+        p = Path(path_or_source)
+        return p.read_text(encoding="utf-8"), str(p)
+    if not isinstance(path_or_source, str):
+        raise TypeError(f"path_or_source must be a path or MSL source text, got {type(path_or_source).__name__}")
+    if "\n" not in path_or_source and path_or_source.endswith(".metal") or (
+            "\n" not in path_or_source and os.path.isfile(path_or_source)):
+        if not os.path.isfile(path_or_source):
+            raise FileNotFoundError(f"path_or_source: no such file {path_or_source!r}")
+        return Path(path_or_source).read_text(encoding="utf-8"), path_or_source
+    return path_or_source, "<source>.metal"
+
+
+def _dims(value, name: str) -> Tuple[int, int, int]:
+    if isinstance(value, (int, np.integer)):
+        value = (int(value),)
+    try:
+        vals = [int(v) for v in value]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an int or a sequence of 1 to 3 ints, got {value!r}") from None
+    if not 1 <= len(vals) <= 3 or any(v < 1 for v in vals):
+        raise ValueError(f"{name} must be 1 to 3 positive ints, got {value!r}")
+    vals += [1] * (3 - len(vals))
+    return vals[0], vals[1], vals[2]
+
+
+def _index(k, name: str) -> int:
+    if not isinstance(k, (int, np.integer)) or not 0 <= int(k) <= 30:
+        raise ValueError(f"{name}: buffer indices must be ints in [0, 30], got {k!r}")
+    return int(k)
+
+
+def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
+        buffers: Optional[Mapping[int, np.ndarray]] = None, bytes: Optional[Mapping[int, object]] = None,
+        schedules: int = 3, *, seed: int = 0x5EED, host_threads: int = 0,
+        include_dirs: Sequence[str] = ()) -> SimResult:
+    """Run ``kernel`` from an MSL file (or source text) on the simulator.
+
+    Args:
+        path_or_source: a ``.metal`` file path, or MSL source text.
+        kernel: Metal function name (``host_name`` for instantiated templates).
+        grid: threadgroups per grid, ``X`` or ``(X, Y[, Z])`` (as ``dispatchThreadgroups``).
+        threadgroup: threads per threadgroup, same forms.
+        buffers: ``{index: array}`` bound at ``[[buffer(index)]]``; arrays are copied, read-only arrays
+            (``flags.writeable == False``) are bound read-only.
+        bytes: ``{index: bytes | array | scalar}`` passed like ``setBytes``.
+        schedules: 1 runs once in forward thread order; N > 1 also reruns with other poison patterns and under
+            reverse and N-2 seeded random orders, reporting races and uninitialised reads.
+        seed: seed of the random schedules. host_threads: worker threads (0 = all cores).
+
+    Returns:
+        ``SimResult(buffers, faults)``: the buffers after the forward run (new arrays) and the faults found.
+    """
+    if not isinstance(kernel, str) or not kernel:
+        raise TypeError(f"kernel must be a non-empty str, got {kernel!r}")
+    g = _dims(grid, "grid")
+    t = _dims(threadgroup, "threadgroup")
+    if t[0] * t[1] * t[2] > 1024:
+        raise ValueError(f"threadgroup: at most 1024 threads per threadgroup, got {t}")
+    if not isinstance(schedules, (int, np.integer)) or schedules < 1:
+        raise ValueError(f"schedules must be an int >= 1, got {schedules!r}")
+    source, path = load_source(path_or_source)
+    dirs = list(include_dirs)
+    tr = translate(source, path, dirs)
+    lib = _compile.load_module(tr.code, os.path.basename(path))
+
+    out: Dict[int, np.ndarray] = {}
+    idx, ptrs, lens, wr = [], [], [], []
+    for k, a in (buffers or {}).items():
+        k = _index(k, "buffers")
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"buffers[{k}] must be a numpy array, got {type(a).__name__}")
+        writable = bool(a.flags.writeable)
+        c = np.array(a, copy=True, order="C")
+        out[k] = c
+        idx.append(k)
+        ptrs.append(c.ctypes.data if c.nbytes else None)
+        lens.append(c.nbytes)
+        wr.append(1 if writable else 0)
+    bidx, bptr, blen, keep = [], [], [], []
+    for k, v in (bytes or {}).items():
+        k = _index(k, "bytes")
+        if k in out:
+            raise ValueError(f"bytes: index {k} is also bound in buffers")
+        if isinstance(v, (builtins.bytes, bytearray, memoryview)):
+            raw = builtins.bytes(v)
+        else:
+            raw = np.ascontiguousarray(np.asarray(v)).tobytes()
+        cb = ctypes.create_string_buffer(raw, len(raw))
+        keep.append(cb)
+        bidx.append(k)
+        bptr.append(ctypes.cast(cb, ctypes.c_void_p).value)
+        blen.append(len(raw))
+
+    def arr(ctype, vals):
+        return (ctype * max(1, len(vals)))(*vals)
+
+    msg = ctypes.create_string_buffer(1 << 16)
+    n = lib.fasim_launch(kernel.encode(), arr(ctypes.c_uint, g), arr(ctypes.c_uint, t), len(idx),
+                         arr(ctypes.c_int, idx), arr(ctypes.c_void_p, ptrs), arr(ctypes.c_size_t, lens),
+                         arr(ctypes.c_int, wr), len(bidx), arr(ctypes.c_int, bidx), arr(ctypes.c_void_p, bptr),
+                         arr(ctypes.c_size_t, blen), int(schedules), int(seed) & (2**64 - 1), int(host_threads),
+                         msg, len(msg))
+    text = msg.value.decode(errors="replace")
+    if n < 0:
+        raise ValueError(f"kernel: {text}")
+    faults = []
+    for line in text.splitlines():
+        kind, _, m = line.partition("\t")
+        faults.append(Fault(kind, m))
+    return SimResult(out, faults)

@@ -1,0 +1,165 @@
+"""Backward pass (flash_attn_cy.backward) against float64 torch autograd of the plain reference.
+
+Tolerance: the project's rule (tests/_tolerance.py): error <= 2 x the error of the same reference computed in the
+input dtype + a small floor. Sizes are small but odd (tile boundaries at 64 are crossed, seqlen_q != seqlen_k).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from _tolerance import assert_close_to_ref  # noqa: E402
+from conftest import randn, to_torch  # noqa: E402
+
+import flash_attn_cy.interface as fa  # noqa: E402
+from flash_attn_cy.backward import backward  # noqa: E402
+from flash_attn_cy.reference import attention_ref_torch  # noqa: E402
+
+TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
+
+
+def ref_grads(q, k, v, dout, compute_dtype=None, **kw):
+    """(dq, dk, dv) of the torch reference by autograd; compute_dtype None = float64, else the low-precision twin."""
+    tq, tk, tv = (to_torch(x).requires_grad_() for x in (q, k, v))
+    out = attention_ref_torch(tq, tk, tv, compute_dtype=compute_dtype, **kw)
+    out.backward(to_torch(dout[:out.shape[0]]).to(out.dtype))  # varlen: the reference drops rows past the last seq
+    return [t.grad.detach().to(torch.float64).numpy() for t in (tq, tk, tv)]
+
+
+def forward_with_lse(q, k, v, backend="cpu", **kw):
+    """Our forward (out, softmax_lse) through the public API."""
+    if "cu_seqlens_q" in kw:
+        out, lse, _ = fa.flash_attn_varlen_func(q, k, v, return_attn_probs=True, backend=backend, **kw)
+    else:
+        out, lse, _ = fa.flash_attn_func(q, k, v, return_attn_probs=True, backend=backend, **kw)
+    return out, lse
+
+
+def check_grads(rng, dtype, q_shape, k_shape, backend="cpu", ref_kw=None, **kw):
+    """Random q/k/v/dout, our forward + backward, compared with the reference gradients under the tolerance rule."""
+    q, k, v = randn(rng, q_shape, dtype), randn(rng, k_shape, dtype), randn(rng, k_shape, dtype)
+    dout = randn(rng, q_shape, dtype)
+    out, lse = forward_with_lse(q, k, v, backend=backend, **kw)
+    grads = backward(dout, q, k, v, out, lse, backend=backend, **kw)
+    rkw = dict(kw)
+    for name in ("max_seqlen_q", "max_seqlen_k", "deterministic"):
+        rkw.pop(name, None)
+    rkw.update(ref_kw or {})
+    g64 = ref_grads(q, k, v, dout, **rkw)
+    glow = ref_grads(q, k, v, dout, compute_dtype=TORCH_DTYPES[dtype], **rkw)
+    for name, ours, r64, rlow, like in zip(("dq", "dk", "dv"), grads, g64, glow, (q, k, v)):
+        assert ours.shape == like.shape and ours.dtype == like.dtype, name
+        assert_close_to_ref(ours, r64, rlow, dtype=like.dtype, what=name)
+    return grads
+
+
+DENSE_CASES = {
+    "plain_gqa": dict(shapes=((2, 37, 4, 40), (2, 53, 2, 40)), kw={}),
+    "causal_sq_gt_sk": dict(shapes=((1, 70, 2, 64), (1, 20, 1, 64)), kw=dict(causal=True)),
+    "window": dict(shapes=((1, 45, 2, 32), (1, 50, 2, 32)), kw=dict(window_size=(5, 3))),
+    "window_left_only": dict(shapes=((1, 33, 1, 16), (1, 29, 1, 16)), kw=dict(window_size=(4, -1))),
+    "softcap": dict(shapes=((1, 29, 2, 96), (1, 31, 2, 96)), kw=dict(softcap=3.0)),
+    "alibi_per_batch": dict(shapes=((2, 21, 3, 128), (2, 26, 3, 128)),
+                            kw=dict(alibi_slopes=np.array([[0.1, 0.5, 1.0], [0.2, 0.3, 0.05]], np.float32))),
+    "headdim_1_mqa": dict(shapes=((1, 9, 3, 1), (1, 11, 1, 1)), kw={}),
+    "headdim_256": dict(shapes=((1, 13, 2, 256), (1, 17, 2, 256)), kw=dict(causal=True)),
+    "all_features_tiles": dict(shapes=((1, 130, 4, 24), (1, 150, 2, 24)),
+                               kw=dict(causal=True, softcap=2.0, window_size=(70, -1),
+                                       alibi_slopes=np.array([0.05, 0.1, 0.2, 0.4], np.float32),
+                                       softmax_scale=0.3)),
+}
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("case", list(DENSE_CASES))
+def test_dense_grads(rng, dtype, case):
+    c = DENSE_CASES[case]
+    check_grads(rng, dtype, *c["shapes"], **c["kw"])
+
+
+def test_fp64_exact(rng):
+    # fp64 gradients are accurate to float64 rounding (the backward refines the fp32 LSE); softmax_scale and softcap
+    # travel as fp32 through the C ABI, so pick values exact in fp32.
+    check_grads(rng, "fp64", (2, 19, 2, 8), (2, 23, 1, 8), causal=True, softcap=4.0, softmax_scale=0.25,
+                alibi_slopes=np.array([0.25, 0.5], np.float32))
+
+
+VARLEN = dict(cu_seqlens_q=np.array([0, 5, 17, 17, 40], np.int32), cu_seqlens_k=np.array([0, 9, 9, 30, 61], np.int32),
+              max_seqlen_q=23, max_seqlen_k=31)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "fp32"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_varlen_grads(rng, dtype, causal):
+    # sequence 1 has no keys (its rows are fully masked), sequence 2 no queries; 3 spare rows after the last sequence
+    dq, dk, dv = check_grads(rng, dtype, (43, 4, 24), (64, 2, 24), causal=causal, **VARLEN)
+    assert not dq[40:].any() and not dk[61:].any() and not dv[61:].any()
+
+
+def test_fully_masked_rows_zero_grads(rng):
+    # causal with seqlen_q > seqlen_k: the first seqlen_q - seqlen_k rows see no key (lse = +inf)
+    q, k, v = randn(rng, (1, 12, 2, 16)), randn(rng, (1, 5, 2, 16)), randn(rng, (1, 5, 2, 16))
+    out, lse = forward_with_lse(q, k, v, causal=True)
+    assert np.isinf(lse[:, :, :7]).all()
+    dq, dk, dv = backward(randn(rng, q.shape), q, k, v, out, lse, causal=True)
+    assert not dq[:, :7].any() and np.isfinite(dq).all() and np.isfinite(dk).all() and np.isfinite(dv).all()
+
+
+def test_strided_inputs_and_outputs(rng):
+    # q/k/v as views of a packed qkv (non-contiguous), gradients written into strided views of a packed dqkv
+    qkv = randn(rng, (2, 27, 3, 3, 16))
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    dout = randn(rng, q.shape)
+    out, lse = forward_with_lse(q, k, v, causal=True)
+    dqkv = np.zeros_like(qkv)
+    backward(dout, q, k, v, out, lse, causal=True, dq=dqkv[:, :, 0], dk=dqkv[:, :, 1], dv=dqkv[:, :, 2])
+    ref = backward(dout, *(np.ascontiguousarray(x) for x in (q, k, v)), out, lse, causal=True)
+    for i in range(3):
+        np.testing.assert_array_equal(dqkv[:, :, i], ref[i])
+
+
+def test_torch_tensors_in_and_out(rng):
+    q, k, v = (to_torch(randn(rng, (1, 10, 2, 8))) for _ in range(3))
+    out, lse = forward_with_lse(q, k, v)
+    grads = backward(torch.ones_like(out), q, k, v, out, lse)
+    assert all(isinstance(g, torch.Tensor) and g.shape == x.shape for g, x in zip(grads, (q, k, v)))
+
+
+def test_threads_do_not_change_bits(rng):
+    # every work item owns its output rows: the result is the same bits whatever the thread count
+    import flash_attn_cy
+
+    q, k, v = randn(rng, (1, 150, 4, 32)), randn(rng, (1, 140, 2, 32)), randn(rng, (1, 140, 2, 32))
+    dout = randn(rng, q.shape)
+    out, lse = forward_with_lse(q, k, v, causal=True)
+    before = flash_attn_cy._core.get_num_threads()
+    try:
+        flash_attn_cy._core.set_num_threads(1)
+        one = backward(dout, q, k, v, out, lse, causal=True)
+        flash_attn_cy._core.set_num_threads(3)
+        three = backward(dout, q, k, v, out, lse, causal=True, deterministic=True)
+    finally:
+        flash_attn_cy._core.set_num_threads(before)
+    for a, b in zip(one, three):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_arguments(rng):
+    q = randn(rng, (1, 6, 2, 8))
+    out, lse = forward_with_lse(q, q, q)
+    with pytest.raises(ValueError, match="dout"):
+        backward(q[:, :5], q, q, q, out, lse)
+    with pytest.raises(ValueError, match="softmax_lse"):
+        backward(q, q, q, q, out, lse[:, :1])
+    with pytest.raises(TypeError, match="seed"):
+        backward(q, q, q, q, out, lse, dropout_p=0.1)
+    with pytest.raises(ValueError, match="dropout_p"):
+        backward(q, q, q, q, out, lse, dropout_p=1.0, seed=1)
+    with pytest.raises(TypeError, match="dtype"):
+        backward(q.astype(np.float64), q, q, q, out, lse)
+    with pytest.raises(ValueError, match="dq"):
+        backward(q, q, q, q, out, lse, dq=np.empty((1, 6, 2, 4), np.float32))
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        backward(q[0], q[0], q[0], q[0], out[0], lse[0], cu_seqlens_q=np.array([0, 6], np.int32))

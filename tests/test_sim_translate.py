@@ -1,0 +1,69 @@
+"""The MSL -> C++ pass: supported forms translate, unsupported ones are errors naming the construct and line."""
+
+import pytest
+
+from flash_attn_cy.sim.translate import TranslateError, translate
+
+HEAD = "#include <metal_stdlib>\nusing namespace metal;\n"
+
+
+def test_kernel_forms_and_threadgroup_declarations():
+    src = HEAD + """
+template <typename T, int D>
+[[kernel]] void f(device const T* q [[buffer(0)]], constant uint& n [[buffer(3)]],
+                  uint3 tg [[threadgroup_position_in_grid]], ushort lane [[thread_index_in_simdgroup]]) {
+    threadgroup T tile[D][D + 1];
+    threadgroup float* p = &tile[0][0];
+    (void)p;
+}
+template [[host_name("f_half_64")]] [[kernel]] void f<half, 64>(device const half* q [[buffer(0)]],
+    constant uint& n [[buffer(3)]], uint3 tg [[threadgroup_position_in_grid]],
+    ushort lane [[thread_index_in_simdgroup]]);
+template [[host_name("f_float_32")]] [[kernel]] decltype(f<float, 32>) f<float, 32>;
+kernel void g(device float* y [[buffer(1)]]) { y[0] = 1.0h; }
+"""
+    tr = translate(src, "x.metal")
+    names = sorted(k.name for k in tr.kernels)
+    assert names == ["f_float_32", "f_half_64", "g"]
+    f = next(k for k in tr.kernels if k.name == "f_half_64")
+    assert f.call == "f<half, 64>"
+    assert f.params == [("buffer", "0"), ("buffer", "3"), ("id", "kIdTgPosInGrid"), ("id", "kIdLaneInSimd")]
+    assert "tg_alloc" in tr.code and "T (&tile)[D][D + 1]" in tr.code.replace(" D ", "D").replace("[ D", "[D") \
+        or "(&tile)" in tr.code
+    assert "half(1.0f)" in tr.code
+    assert "device" not in tr.code.split("namespace {", 1)[1].split("<simulator trampolines>")[0].replace(
+        "mem_device", "")
+
+
+@pytest.mark.parametrize("body,needle,line", [
+    ("kernel void k(device float* y [[buffer(0)]], threadgroup float* t [[threadgroup(0)]]) {}",
+     "threadgroup(n)", 3),
+    ("constant bool flag [[function_constant(0)]];", "function constants", 3),
+    ("kernel void k(device float* y [[buffer(0)]]) {\n  threadgroup float t[4] = {0};\n}", "initializer", 4),
+    ("kernel void k(device float* y [[buffer(0)]]) {\n  threadgroup float a[4], b[4];\n}", "one threadgroup", 4),
+    ("kernel void k(device float* y [[buffer(0)]], uint i) {}", "exactly one", 3),
+    ("vertex float4 v() { return 0; }", "vertex", 3),
+    ("kernel void k(texture2d<float> t [[texture(0)]]) {}", "texture", 3),
+    ("kernel int k(device float* y [[buffer(0)]]) { return 0; }", "return void", 3),
+])
+def test_unsupported_constructs_are_errors_with_line(body, needle, line):
+    with pytest.raises(TranslateError) as e:
+        translate(HEAD + body + "\n", "bad.metal")
+    assert needle in str(e.value)
+    assert f"bad.metal:{line}" in str(e.value)
+
+
+def test_system_headers_become_errors_unless_preprocessed_away():
+    tr = translate("#include <cmath>\n#ifndef __METAL_VERSION__\n#include <stdint.h>\n#endif\n", "h.metal")
+    assert '#error "h.metal:1: #include <cmath>' in tr.code
+    assert "#include <stdint.h>" not in tr.code and "#error" in tr.code
+
+
+def test_local_headers_are_inlined(tmp_path):
+    (tmp_path / "tile.h").write_text("#pragma once\ninline float twice(float x) { return 2 * x; }\n")
+    (tmp_path / "k.metal").write_text(HEAD + '#include "tile.h"\n#include "tile.h"\n'
+                                      "kernel void k(device float* y [[buffer(0)]]) { y[0] = twice(1); }\n")
+    from flash_attn_cy.sim.translate import translate_file
+    tr = translate_file(str(tmp_path / "k.metal"))
+    assert tr.code.count("inline float twice") == 1
+    assert str(tmp_path / "tile.h") in tr.dependencies[0]
