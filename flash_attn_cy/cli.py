@@ -251,6 +251,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"flash_attn_cy {getattr(fa, '__version__', '?')} on {hw['cpu']} ({hw['cores']['usable']} usable cores"
           f"{', ' + hw['gpu'] if 'gpu' in hw else ''}); torch {torch.__version__ if torch else 'absent'}"
           f"{f' with {threads} threads' if threads else ''}")
+    if hasattr(os, "getloadavg"):
+        load = os.getloadavg()[0]
+        if load > 1.5 * max(1, hw["cores"]["usable"]):
+            print(f"warning: load average {load:.1f} on {hw['cores']['usable']} cores: other processes compete for "
+                  "the CPU and the timings below are unreliable", file=sys.stderr)
     peak = None
     if not args.no_peak:
         peaks = _bench.matmul_peak_gflops()
