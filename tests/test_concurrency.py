@@ -114,8 +114,10 @@ def test_gil_released_during_compute(rng):
             stop.set()
             th.join(10)
         during = [t for t in ticks if t0 < t < t1]
-        # with the GIL released the counter ticks about every millisecond; demand a small fraction of that
-        assert len(during) >= max(5, int((t1 - t0) * 1000 * 0.1)), (len(during), t1 - t0)
+        # A call holding the GIL would freeze the counter for its whole duration (0 ticks inside it). Released,
+        # the counter ticks about every millisecond; on a loaded shared machine it may get far fewer, so demand
+        # only a handful - still impossible with the GIL held.
+        assert len(during) >= 5, (len(during), t1 - t0)
     finally:
         fa.set_num_threads(0)
 
