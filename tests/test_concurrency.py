@@ -124,7 +124,7 @@ def test_gil_released_during_compute(rng):
 
 @pytest.mark.parametrize("fn", ["kvcache", "varlen"])
 def test_other_entry_points_release_gil(rng, fn):
-    """The same for the KV-cache and varlen paths (smaller: only checks that the other thread ran at all)."""
+    """The same for the KV-cache and varlen paths."""
     fa.set_num_threads(1)
     try:
         q = rng.standard_normal((1, 1536, 4, 64)).astype(np.float32)
@@ -152,7 +152,7 @@ def test_other_entry_points_release_gil(rng, fn):
         inside.clear()
         stop.set()
         th.join(10)
-        if dt > 0.05:
-            assert len(ran) >= 3, (len(ran), dt)
+        if dt > 0.1:  # same calibration as above
+            assert len(ran) >= max(5, int(dt * 1000 * 0.05)), (len(ran), dt)
     finally:
         fa.set_num_threads(0)
