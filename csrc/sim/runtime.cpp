@@ -303,11 +303,9 @@ struct Worker {
         return true;
     }
 
-    void make_order(uint32_t pass) {
-        (void)pass;
-        const RunSpec *r = L->run;
-        if (r->order == kForward) return;
-        if (r->order == kReverse) return;
+    // Random schedules shuffle the thread order before every pass (forward and reverse keep theirs).
+    void shuffle_order() {
+        if (L->run->order != kRandom) return;
         for (uint32_t i = n - 1; i > 0; i--) {
             rng ^= rng << 13;
             rng ^= rng >> 7;
@@ -386,9 +384,9 @@ struct Worker {
         order.resize(n);
         for (uint32_t i = 0; i < n; i++) order[i] = L->run->order == kReverse ? n - 1 - i : i;
 
-        for (uint32_t pass = 0;; pass++) {
+        for (;;) {
             bool ran = false;
-            make_order(pass);
+            shuffle_order();
             for (uint32_t k = 0; k < n; k++) {
                 SimFiber *volatile f = fibers[order[k]].get();
                 if (f->state != kReady) continue;
@@ -412,10 +410,7 @@ struct Worker {
                     abort = true;
                 }
                 if (abort) {
-                    // Abandoned fibers are mid-kernel: give them fresh contexts before the next threadgroup.
-                    for (uint32_t i = 0; i < n; i++)
-                        if (fibers[i]->state != kDone || i == f->ctx.tindex) fibers[i]->fiber.started = false;
-                    // Fibers that faulted via fail() are parked inside fail(); restart them too.
+                    // Abandoned fibers are parked mid-kernel (or inside fail()): fresh contexts before reuse.
                     for (uint32_t i = 0; i < n; i++) fibers[i]->fiber.started = false;
                     return false;
                 }

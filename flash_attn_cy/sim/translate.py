@@ -441,7 +441,6 @@ class _Translator:
                 j = _match(toks, j, toks[j].text, {"(": ")", "[": "]", "{": "}"}[toks[j].text])
             j += 1
         stmt = [k for k in range(i + 1, j) if self.attr_owner[k] is None]
-        texts = [toks[k].text for k in stmt]
         depth = 0
         first_bracket = None
         for pos, k in enumerate(stmt):
@@ -478,21 +477,17 @@ class _Translator:
         else:
             site = f"fasim_tg_site_{n}"
             if dims:
-                arr = f"{ttype}{dims}"
                 repl = (f'static const ::fasim::TgSite {site}{{"{name}", "{_c_string(fname)}", {fline}}}; '
                         f"{ttype} (&{name}){dims} = *static_cast<{ttype} (*){dims}>(::fasim::tg_alloc(&{site}, "
                         f"sizeof({ttype}{dims}), alignof({ttype})))")
-                del arr
             else:
                 repl = (f'static const ::fasim::TgSite {site}{{"{name}", "{_c_string(fname)}", {fline}}}; '
                         f"{ttype} &{name} = *static_cast<{ttype} *>(::fasim::tg_alloc(&{site}, sizeof({ttype}), "
                         f"alignof({ttype})))")
         self.edits.append((toks[i].start, toks[j - 1].end if j - 1 > i else toks[i].end, repl))
-        # the replaced range covers tokens i..j-1; mark them so address-space handling skips them
-        for k in range(i + 1, j):
+        for k in range(i + 1, j):  # the replacement covers these tokens: no second address space among them
             if toks[k].text in ADDRESS_SPACES:
                 raise self.err(i, "more than one address space in a threadgroup declaration")
-        _ = texts
         return True
 
     # -- kernels --------------------------------------------------------------------------------------------
