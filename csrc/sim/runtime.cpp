@@ -502,7 +502,7 @@ std::string pc_text(void *pc) {
 std::string Worker::signal_message(SimFiber *f) {
     std::string who = thread_desc(f);
     if (sig == kWatchdogSignal) {
-        char t[200];
+        char t[512];
         snprintf(t, sizeof t, ": still running after %.0f s without finishing the threadgroup (an infinite loop, or a "
                  "spin-wait on memory another thread writes, which the simulator's cooperative threads cannot "
                  "preempt); FLASH_ATTN_CY_SIM_TIMEOUT sets the limit", timeout_seconds());
@@ -512,7 +512,7 @@ std::string Worker::signal_message(SimFiber *f) {
     std::string after = pc_text(sig_pc) + "; last synchronisation point: " +
                         (f->wfile ? std::string(f->what) + " at " + where(f->wfile, f->wline) : std::string("kernel start"));
     const char *acc = sig_write == 1 ? "write" : (sig_write == 0 ? "read" : "access");
-    char b[256];
+    char b[1024];
     if (sig == SIGFPE) return who + ": arithmetic exception (integer division by zero?)" + after;
     if (f->fiber.stack.in_guard(sig_addr)) return who + ": stack overflow (thread-private arrays too large?)" + after;
     for (const Region &r : L->regions) {
@@ -576,6 +576,17 @@ void on_signal(int sig, siginfo_t *si, void *uctx) {
         _longjmp(w->sched, 2);
     }
     if (w && sig == kWatchdogSignal) return;  // arrived between fibers: the watchdog asks again shortly
+    // Not ours: chain to the previous handler. Each run-time compiled module has its own copy of this runtime, and
+    // handlers may chain to each other; a second entry on this thread means a loop: fall back to the default.
+    static thread_local int chain_depth = 0;
+    if (chain_depth > 0) {
+        signal(sig, SIG_DFL);
+        return;
+    }
+    struct DepthGuard {
+        DepthGuard() { chain_depth++; }
+        ~DepthGuard() { chain_depth--; }
+    } guard;
     for (int i = 0; i < kNumSignals; i++) {
         if (kSignals[i] != sig) continue;
         struct sigaction &o = g_old[i];
@@ -621,7 +632,7 @@ std::string describe_diff(const Region &r, const char *a, const char *b, size_t 
     float fa, fb;
     memcpy(&fa, &va, 4);
     memcpy(&fb, &vb, 4);
-    char m[320];
+    char m[512];
     snprintf(m, sizeof m, "%s bytes %zu..%zu hold 0x%08x (%g as float32) under the %s run but 0x%08x (%g) under the "
              "%s run", names.c_str(), w, w + n - 1, va, (double)fa, a_label, vb, (double)fb, b_label);
     return m;
@@ -743,8 +754,8 @@ void compare_hashes(Launch &L, const std::vector<std::vector<BarrierHash>> &base
                         if (a[j].hash == b[j].hash) continue;
                         uint32_t t0 = (uint32_t)(g % cfg.grid[0]), t1 = (uint32_t)((g / cfg.grid[0]) % cfg.grid[1]),
                                  t2 = (uint32_t)(g / ((uint64_t)cfg.grid[0] * cfg.grid[1]));
-                        char m[512];
-                        char at[200];
+                        char m[1024];
+                        char at[512];
                         if (a[j].line)
                             snprintf(at, sizeof at, "at the threadgroup_barrier at %s:%u", a[j].file, a[j].line);
                         else

@@ -608,6 +608,7 @@ class _Translator:
             out.append('#pragma GCC diagnostic ignored "-Wunused-parameter"')
             out.append('#pragma GCC diagnostic ignored "-Wunused-variable"')
             out.append('#pragma GCC diagnostic ignored "-Wunknown-pragmas"')
+            out.append('#pragma GCC diagnostic ignored "-Wunused-function"')  # the unit is in an anonymous namespace
             out.append("#endif")
             out.append("namespace {")
             out.append(text)
