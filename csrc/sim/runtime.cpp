@@ -131,6 +131,7 @@ struct Launch {
     std::vector<Fault> faults;
     std::atomic<bool> stop{false};
     std::atomic<uint32_t> next_group{0};
+    std::vector<uint32_t> group_order;  // threadgroup launch order of this run (empty: 0, 1, 2, ...)
     size_t suppressed = 0;
 
     void add_fault(const std::string &kind, const std::string &msg) {
@@ -460,8 +461,9 @@ struct Worker {
         } else {
             for (;;) {
                 if (L->stop) break;
-                uint32_t g = L->next_group.fetch_add(1);
-                if (g >= L->ngroups_total) break;
+                uint32_t gi = L->next_group.fetch_add(1);
+                if (gi >= L->ngroups_total) break;
+                uint32_t g = L->group_order.empty() ? gi : L->group_order[gi];
                 tg_started_ns = now_ns();
                 bool ok = run_group(g);
                 tg_started_ns = 0;
@@ -642,6 +644,23 @@ bool execute_run(Launch &L, const RunSpec &spec) {
     L.run = &spec;
     L.stop = false;
     L.next_group = 0;
+    // Threadgroups start in the schedule's order too, so that races between threadgroups (through device memory)
+    // also change results.
+    L.group_order.clear();
+    if (spec.order != kForward) {
+        L.group_order.resize(L.ngroups_total);
+        for (uint32_t i = 0; i < L.ngroups_total; i++)
+            L.group_order[i] = spec.order == kReverse ? L.ngroups_total - 1 - i : i;
+        if (spec.order == kRandom) {
+            uint64_t x = spec.seed | 1;
+            for (uint32_t i = L.ngroups_total - 1; i > 0; i--) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                std::swap(L.group_order[i], L.group_order[(uint32_t)(x % (i + 1))]);
+            }
+        }
+    }
     for (Region &r : L.regions) {
         if (!r.g.create(r.len, spec.end_aligned, spec.slack)) {
             L.add_fault("error", "cannot map memory for a buffer copy");
