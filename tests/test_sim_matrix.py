@@ -80,3 +80,11 @@ def test_simd_sum_and_prefix_on_finite_values():
     s = res.buffers[3]
     np.testing.assert_array_equal(s[:32], np.full(32, x[:32].sum()))
     np.testing.assert_array_equal(s[128:160], np.concatenate([[0], np.cumsum(x[:31])]))
+
+
+def test_atomics_across_threads_and_threadgroups():
+    res = sim.run(CASE, "atomics", 6, 64, {0: np.zeros(2, np.uint32), 1: np.zeros(1, np.float32)}, schedules=2,
+                  host_threads=2)
+    assert res.faults == []
+    assert list(res.buffers[0]) == [6 * 64, 6 * 64 - 1]
+    assert res.buffers[1][0] == 6 * 64

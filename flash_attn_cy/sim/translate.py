@@ -473,7 +473,11 @@ class _Translator:
         self.tg_count += 1
         n = self.tg_count
         if self.mode == "check":
-            repl = f"static {self.space_text(3)} {ttype} {name}{dims}"
+            # A reference to address-space-3 storage (not a static variable: clang cannot construct class types,
+            # atomics or user structs, in an address space).
+            q = f"{self.space_text(3)} {ttype}"
+            repl = (f"{q} (&{name}){dims} = *::metal::fasim_tg_storage<{q}{dims}>()" if dims
+                    else f"{q} &{name} = *::metal::fasim_tg_storage<{q}>()")
         else:
             site = f"fasim_tg_site_{n}"
             if dims:

@@ -73,3 +73,20 @@ kernel void conversions(device const float* x [[buffer(0)]],
     }
     (void)lane;
 }
+
+// Atomics: every thread of every threadgroup adds 1 to counter[0] and its value to the float sum[0]; the maximum of
+// the thread positions goes to counter[1] (threadgroup atomics first, then one device update per threadgroup).
+kernel void atomics(device atomic_uint* counter [[buffer(0)]],
+                    device atomic_float* sum [[buffer(1)]],
+                    uint gid [[thread_position_in_grid]],
+                    uint tid [[thread_index_in_threadgroup]]) {
+    threadgroup atomic_uint local_max;
+    if (tid == 0) atomic_store_explicit(&local_max, 0, memory_order_relaxed);
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    atomic_fetch_add_explicit(&counter[0], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&sum[0], 1.0f, memory_order_relaxed);
+    atomic_fetch_max_explicit(&local_max, gid, memory_order_relaxed);
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    if (tid == 0) atomic_fetch_max_explicit(&counter[1], atomic_load_explicit(&local_max, memory_order_relaxed),
+                                            memory_order_relaxed);
+}
