@@ -88,3 +88,15 @@ def test_atomics_across_threads_and_threadgroups():
     assert res.faults == []
     assert list(res.buffers[0]) == [6 * 64, 6 * 64 - 1]
     assert res.buffers[1][0] == 6 * 64
+
+
+def test_swizzles_read_write_and_compound_assignment():
+    v = np.arange(12, dtype=np.float32).reshape(3, 4)
+    res = sim.run(CASE, "swizzles", 1, 3, {0: v, 1: np.zeros((3, 2), np.float32)}, schedules=1)
+    assert res.faults == []
+    a = v.copy()
+    b = a[:, :2] + a[:, 2:] * 2
+    a[:, :2] = b
+    a[:, 2:] += [1, 2]
+    np.testing.assert_array_equal(res.buffers[0], a[:, ::-1])
+    np.testing.assert_array_equal(res.buffers[1], np.stack([a[:, 2], a[:, :3].sum(1)], 1) + b[:, ::-1])

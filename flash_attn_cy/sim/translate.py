@@ -54,6 +54,7 @@ UNSUPPORTED_KEYWORDS = {
     "imageblock": "imageblocks",
 }
 HALF_LITERAL_RE = re.compile(r"^(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?[hH]$")
+SWIZZLE_RE = re.compile(r"^([xyzw]{2,4}|[rgba]{2,4})$")
 VECTOR_TYPE_RE = re.compile(r"^(float|half|bfloat|int|uint|short|ushort|char|uchar|bool|long|ulong)[234]$")
 TEXTURE_RE = re.compile(r"^(texture[123]d|texture\dd_array|texturecube|texture_buffer|depth2d|depthcube)\w*$")
 
@@ -64,7 +65,7 @@ _TOKEN_RE = re.compile(
   | (?P<str>"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*')
   | (?P<num>\.?\d(?:[\w.]|[eEpP][+-])*)
   | (?P<id>[A-Za-z_]\w*)
-  | (?P<punct>::|->|\+\+|--|<<=|>>=|<<|>>|<=|>=|==|!=|&&|\|\||[-+*/%&|^!~=<>?:;,.(){}\[\]\#])
+  | (?P<punct>::|->|\+\+|--|<<=|>>=|<<|>>|<=|>=|==|!=|&&|\|\||[-+*/%&|^]=|[-+*/%&|^!~=<>?:;,.(){}\[\]\#])
     """,
     re.VERBOSE | re.DOTALL,
 )
@@ -323,6 +324,10 @@ class _Translator:
             if t.kind == "pp":
                 self.check_directive(i)
                 continue
+            if (self.mode == "exec" and t.kind == "id" and SWIZZLE_RE.match(t.text) and i > 0
+                    and toks[i - 1].text in (".", "->")):
+                self.swizzle(i)
+                continue
             if t.kind == "num" and HALF_LITERAL_RE.match(t.text):
                 self.edits.append((t.start, t.end, f"half({t.text[:-1]}f)"))
                 continue
@@ -353,6 +358,19 @@ class _Translator:
             for it in items:
                 self.check_attribute(k, it)
         return self.emit()
+
+    def swizzle(self, i: int) -> None:
+        """`v.xy` -> `v.template fasim_swizzle<0, 1>()`; as an assignment target the writing proxy instead."""
+        t = self.toks[i]
+        idx = ", ".join(str("xyzw".index(c) if c in "xyzw" else "rgba".index(c)) for c in t.text)
+        nxt = self.toks[i + 1].text if i + 1 < len(self.toks) else ""
+        if nxt in ("=", "+=", "-=", "*=", "/="):
+            if len(set(t.text)) != len(t.text):
+                raise self.err(i, f"swizzle '.{t.text}' repeats a component and cannot be assigned to")
+            repl = f"template fasim_swizzle_ref<{idx}>()"
+        else:
+            repl = f"template fasim_swizzle<{idx}>()"
+        self.edits.append((t.start, t.end, repl))
 
     def check_directive(self, i: int) -> None:
         text = re.sub(r"//[^\n]*|/\*.*?\*/", " ", self.toks[i].text, flags=re.S)  # comments don't count

@@ -1,4 +1,5 @@
-// simdgroup_matrix checks for tests/test_sim_matrix.py: D = A x B + C for 16x16 matrices (K = 16), one 8x8 output
+// Kernels for tests/test_sim_matrix.py (simdgroup_matrix, conversions, SIMD functions, atomics, swizzles).
+// simdgroup_matrix: D = A x B + C for 16x16 matrices (K = 16), one 8x8 output
 // block per SIMD group (4 SIMD groups, 128 threads), A staged through threadgroup memory, B read from device memory
 // (stored transposed when transpose_b != 0), C and D in float. Instantiated for float, half and bfloat.
 #include <metal_stdlib>
@@ -89,4 +90,16 @@ kernel void atomics(device atomic_uint* counter [[buffer(0)]],
     threadgroup_barrier(mem_flags::mem_threadgroup);
     if (tid == 0) atomic_fetch_max_explicit(&counter[1], atomic_load_explicit(&local_max, memory_order_relaxed),
                                             memory_order_relaxed);
+}
+
+// Swizzles (read, write, compound assignment) and vector constructors.
+kernel void swizzles(device float4* v [[buffer(0)]], device float2* o [[buffer(1)]],
+                     uint i [[thread_position_in_grid]]) {
+    float4 a = v[i];
+    float2 b = a.xy + a.zw * 2.0f;
+    a.xy = b;
+    a.zw += float2(1.0f, 2.0f);
+    float3 c = a.xyz;
+    o[i] = float2(c.z, dot(a.rgb, float3(1.0f))) + b.yx;
+    v[i] = a.wzyx;
 }
