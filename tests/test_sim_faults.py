@@ -121,6 +121,8 @@ def test_bad_arguments_raise_clear_errors():
         sim.run(KERNELS / "example_reduce.metal", "example_reduce", 0, 32, {})
     with pytest.raises(ValueError, match="no kernel named 'nope'"):
         sim.run(KERNELS / "example_reduce.metal", "nope", 1, 32, {})
+    with pytest.raises(TypeError, match="explicit dtype"):
+        sim.run(KERNELS / "example_reduce.metal", "example_reduce", 1, 32, {0: np.zeros(4, np.float32)}, {2: 5})
     res = sim.run(KERNELS / "example_reduce.metal", "example_reduce", 1, 32, {0: np.zeros(4, np.float32)})
     assert res.faults and res.faults[0].kind == "error" and "buffer(1)" in res.faults[0].message
 

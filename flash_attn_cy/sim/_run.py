@@ -146,6 +146,10 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
             raise ValueError(f"bytes: index {k} is also bound in buffers")
         if isinstance(v, (builtins.bytes, bytearray, memoryview)):
             raw = builtins.bytes(v)
+        elif isinstance(v, (bool, int, float)) or (isinstance(v, (list, tuple)) and not isinstance(v, np.ndarray)):
+            raise TypeError(f"bytes[{k}]: give bytes or a NumPy scalar/array with an explicit dtype "
+                            f"(e.g. np.uint32(5) or np.array([1, 2], np.int32)), not {type(v).__name__}: the kernel "
+                            f"reads raw bytes, so the width must be explicit")
         else:
             raw = np.ascontiguousarray(np.asarray(v)).tobytes()
         cb = ctypes.create_string_buffer(raw, len(raw))
