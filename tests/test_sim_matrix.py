@@ -100,3 +100,10 @@ def test_swizzles_read_write_and_compound_assignment():
     a[:, 2:] += [1, 2]
     np.testing.assert_array_equal(res.buffers[0], a[:, ::-1])
     np.testing.assert_array_equal(res.buffers[1], np.stack([a[:, 2], a[:, :3].sum(1)], 1) + b[:, ::-1])
+
+
+def test_diagonal_constructor():
+    m = np.arange(64, dtype=np.float32).reshape(8, 8)
+    res = sim.run(CASE, "diagonal", 1, 32, {0: m, 1: np.zeros((8, 8), np.float32)}, schedules=1)
+    assert res.faults == []
+    np.testing.assert_array_equal(res.buffers[1], 2 * m)

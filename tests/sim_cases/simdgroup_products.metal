@@ -103,3 +103,13 @@ kernel void swizzles(device float4* v [[buffer(0)]], device float2* o [[buffer(1
     o[i] = float2(c.z, dot(a.rgb, float3(1.0f))) + b.yx;
     v[i] = a.wzyx;
 }
+
+// Diagonal constructor: identity x m == m.
+kernel void diagonal(device const float* m [[buffer(0)]], device float* out [[buffer(1)]],
+                     ushort lane [[thread_index_in_simdgroup]]) {
+    simdgroup_float8x8 eye(2.0f), x, y;
+    simdgroup_load(x, m);
+    simdgroup_multiply(y, eye, x);
+    simdgroup_store(y, out);
+    (void)lane;
+}

@@ -102,6 +102,8 @@ bool simd_any(bool b);
 
 template <class T, int Rows, int Cols> struct simdgroup_matrix {
     vec<T, 2> elems;
+    simdgroup_matrix();
+    explicit simdgroup_matrix(T diagonal);
     vec<T, 2> &thread_elements();
 };
 typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
