@@ -107,3 +107,11 @@ def test_diagonal_constructor():
     res = sim.run(CASE, "diagonal", 1, 32, {0: m, 1: np.zeros((8, 8), np.float32)}, schedules=1)
     assert res.faults == []
     np.testing.assert_array_equal(res.buffers[1], 2 * m)
+
+
+def test_threadgroup_memory_in_templated_helper():
+    x = np.arange(128, dtype=np.float32)
+    res = sim.run(CASE, "helper_tile", 2, 64, {0: x}, schedules=3)
+    assert res.faults == []
+    want = np.concatenate([x[:64][::-1], x[64:][::-1]]) + np.tile(np.arange(64)[::-1], 2)
+    np.testing.assert_array_equal(res.buffers[0], want)

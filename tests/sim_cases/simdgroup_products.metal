@@ -113,3 +113,21 @@ kernel void diagonal(device const float* m [[buffer(0)]], device float* out [[bu
     simdgroup_store(y, out);
     (void)lane;
 }
+
+// Threadgroup memory declared in a templated helper (one allocation per threadgroup and instantiation): reverse
+// the threadgroup's values through it.
+template <typename T, uint N>
+inline T reverse_through_tile(T v, uint tid) {
+    threadgroup T tile[N];
+    tile[tid] = v;
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    T r = tile[N - 1 - tid];
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    return r;
+}
+
+kernel void helper_tile(device float* x [[buffer(0)]], uint tid [[thread_index_in_threadgroup]],
+                        uint3 tg [[threadgroup_position_in_grid]]) {
+    uint i = tg.x * 64 + tid;
+    x[i] = reverse_through_tile<float, 64>(x[i], tid) + float(reverse_through_tile<int, 64>(int(tid), tid));
+}
