@@ -181,8 +181,8 @@ def test_kvcache_append_plan(paged, rng):
     else:
         kc = rand(rng, (b, cap, hkv, d), "fp16")
     cos = np.ones((cap, 8), np.float16)
-    plan = _describe_kvcache(q, kc, kc.copy(), knew, vnew, rotary_cos=cos.view(np.uint16), rotary_sin=cos.view(np.uint16),
-                             rotate_q_causal=True,
+    cos16 = cos.view(np.uint16)  # 16-bit tables travel as their bits, like q/k/v
+    plan = _describe_kvcache(q, kc, kc.copy(), knew, vnew, rotary_cos=cos16, rotary_sin=cos16, rotate_q_causal=True,
                              **opts)
     _check_common(plan)
     assert plan["nlaunches"] == 1
