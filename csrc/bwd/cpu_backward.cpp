@@ -6,7 +6,8 @@
 //   dV  += Pdᵀ dO,  dPd = dO Vᵀ,  dS = P * (dPd * dropout_mask / (1 - p) - D)
 //   dX   = dS * scale * (1 - tanh²) under softcap  (gradient with respect to the raw product q·k)
 //   dK  += dXᵀ Q                                   pass 1: one work item per (batch, kv head, key block)
-//   dQ  += dX K                                    pass 2: one work item per (batch, q head, query block)
+//   dQ  += dX K                                    pass 1 (per-thread partials), or pass 2 when deterministic:
+//                                                  one work item per (batch, q head, query block)
 // D is the right correction with dropout too because O already contains the dropped, rescaled P.
 //
 // Work items run on the CPU backend's pool (csrc/cpu/thread_pool.h). Two schedules:
