@@ -310,28 +310,50 @@ def _run_backward(fa, case, backend, dtname, rng):
     return [(n, o, r64, rlp, dtname) for n, o, r64, rlp in zip(names, ours, g64, glp)]
 
 
+DROPOUT_SEED = 1234
+
+
+def _keep_mask(probs, sq, sk) -> np.ndarray:
+    """flash_attn marks dropped entries of the returned probabilities by a negative sign."""
+    return ~np.signbit(ref.to_float64(probs)[:, :, :sq, :sk])
+
+
 def _run_dropout(fa, case, backend, dtname, rng):
-    """Dropout: the kept set comes back in return_attn_probs (dropped entries negated, as flash_attn marks them);
-    the output must equal the reference with that keep-mask, and the kept fraction must be near 1 - p."""
+    """Dropout with a fixed seed. The kept set comes back from return_attn_probs (dropped entries negated, as
+    flash_attn marks them); the output must equal the reference with that keep-mask, and the kept fraction must be
+    near 1 - p. A backend that cannot return the probabilities (the Metal kernels never materialise them) is checked
+    against the mask the cpu backend draws for the same seed: every backend must draw the identical mask."""
     dt = numpy_dtype(dtname)
     p = 0.17
     q = _randn(rng, (case.batch, case.seqlen_q, case.nheads, case.headdim), dt)
     k = _randn(rng, (case.batch, case.seqlen_k, case.nheads_k, case.headdim), dt)
     v = _randn(rng, (case.batch, case.seqlen_k, case.nheads_k, case.headdim), dt)
-    res = _call(_need(fa, "flash_attn_func"), q, k, v, dropout_p=p, return_attn_probs=True, backend=backend)
-    out, lse, probs = res
+    fn = _need(fa, "flash_attn_func")
+    kw = dict(dropout_p=p, seed=DROPOUT_SEED)
+    lse = None
+    try:
+        out, lse, probs = _call(fn, q, k, v, return_attn_probs=True, backend=backend, **kw)
+    except NotApplicable:
+        if backend == "cpu":
+            raise
+        out = _call(fn, q, k, v, backend=backend, **kw)
+        try:
+            _, _, probs = fn(q, k, v, return_attn_probs=True, backend="cpu", **kw)
+        except Exception as e:  # noqa: BLE001
+            raise NotApplicable(f"no dropout mask to compare with (cpu backend: {e})") from e
     if probs is None:
         raise NotApplicable("return_attn_probs gives no probabilities with dropout in this build")
-    probs = ref.to_float64(probs)[:, :, :case.seqlen_q, :case.seqlen_k]
-    keep = ~np.signbit(probs)
+    keep = _keep_mask(probs, case.seqlen_q, case.seqlen_k)
     frac = keep.mean()
-    n = keep.size
-    sigma = math.sqrt(p * (1 - p) / n)
+    sigma = math.sqrt(p * (1 - p) / keep.size)
     if abs(frac - (1 - p)) > 6 * sigma:
         raise AssertionError(f"kept fraction {frac:.4f} is not within 6 sigma of {1 - p}")
     o64, l64 = ref.attention_ref(q, k, v, dropout_mask=keep, dropout_p=p, return_lse=True)
     olp, llp = ref.attention_ref(q, k, v, dropout_mask=keep, dropout_p=p, return_lse=True, compute_dtype=dt)
-    return [("out", out, o64, olp, dt), ("lse", lse, l64, llp, np.float32)]
+    checks = [("out", out, o64, olp, dt)]
+    if lse is not None:
+        checks.append(("lse", lse, l64, llp, np.float32))
+    return checks
 
 
 RUNNERS: Dict[str, Callable] = {
@@ -388,7 +410,7 @@ def run_verify(backends: Sequence[str], quick: bool = False, dtypes: Sequence[st
                     out_ours = ref.to_float64(checks[0][1])
                     if backend == "cpu":
                         cpu_out[(case.name, dtname)] = out_ours
-                    elif (case.name, dtname) in cpu_out and case.kind != "dropout":
+                    elif (case.name, dtname) in cpu_out:
                         other = cpu_out[(case.name, dtname)]
                         if other.shape == out_ours.shape:
                             r.vs_cpu = float(np.max(np.abs(np.nan_to_num(other - out_ours)))) if other.size else 0.0

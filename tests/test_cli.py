@@ -136,3 +136,28 @@ def test_bench_decode_and_plot(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert png.stat().st_size > 1000
     assert "s1x40" in r.stdout
+
+
+@pytest.mark.parametrize("reported,expected", [
+    ({"cpu": {"available": True, "reason": ""}, "metal": {"available": False, "reason": "no GPU"}},
+     {"cpu": (True, ""), "metal": (False, "no GPU")}),
+    ({"cpu": True, "sim": False}, {"cpu": (True, ""), "sim": (False, "")}),
+    ({"cpu": (True, ""), "metal": (False, "not macOS")}, {"cpu": (True, ""), "metal": (False, "not macOS")}),
+    (["cpu", "sim"], {"cpu": (True, ""), "sim": (True, "")}),
+])
+def test_backend_status_normalises_every_shape(monkeypatch, reported, expected):
+    from flash_attn_cy import _sysinfo
+
+    monkeypatch.setattr(flash_attn_cy, "backends", lambda: reported)
+    got = {n: (r["available"], r["reason"]) for n, r in _sysinfo.backend_status().items()}
+    assert got == expected
+
+
+def test_bench_flop_counts():
+    from flash_attn_cy._bench import Shape
+
+    base = Shape(2, 4, 128, 128, 64, "fp32", False)
+    assert base.flops() == 4 * 2 * 4 * 128 * 128 * 64
+    assert Shape(2, 4, 128, 128, 64, "fp32", True).flops() == base.flops() / 2
+    assert Shape(2, 4, 128, 128, 64, "fp32", False, "fwd+bwd").flops() == 3.5 * base.flops()
+    assert Shape(2, 4, 1, 4096, 64, "fp32", True, "decode").flops() == 4 * 2 * 4 * 4096 * 64
