@@ -2,8 +2,8 @@
 
 ``register_transformers()`` registers :func:`flash_attn_cy_attention_forward` with transformers'
 ``AttentionInterface`` and the flash-attention mask builder with ``AttentionMaskInterface`` under the name
-``"flash_attn_cy"``. Models that use the attention interface (Llama, Mistral, Qwen2/3, Gemma, Phi3, ... in
-transformers >= 4.48) then run their attention through flash_attn_cy.
+``"flash_attn_cy"``. Models that use the attention interface (Llama, Mistral, Qwen2/3, Gemma, Phi3, ...) then
+run their attention through flash_attn_cy.
 
 What the attention function receives (transformers' attention-interface contract, same as its own
 ``flash_attention_forward``): ``query`` (batch, heads, q_len, head_dim), ``key``/``value`` (batch, kv_heads, kv_len,
@@ -59,7 +59,7 @@ def _unpad_qkv(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
     """Pack q/k/v ([b, s, h, d]) by a (b, kv_len) padding mask; returns the packed tensors, the query row indices,
     cu_seqlens_q/k and max_seqlen_q/k."""
-    batch, q_len = query.shape[0], query.shape[1]
+    q_len = query.shape[1]
     kv_mask = attention_mask.to(torch.bool)
     k_packed, indices_k, cu_k, max_k, _ = bert_padding.unpad_input(key, kv_mask)
     v_packed = bert_padding.index_first_axis(value.reshape(-1, *value.shape[2:]), indices_k)
@@ -224,7 +224,7 @@ def register_transformers() -> str:
         from transformers import AttentionInterface
     except ImportError as exc:
         raise ImportError(
-            "flash_attn_cy.register_transformers() needs transformers >= 4.48 (AttentionInterface); "
+            "flash_attn_cy.register_transformers() needs transformers with AttentionInterface (tested: 5.23.0); "
             "install it with `pip install transformers`"
         ) from exc
     name = ATTN_IMPLEMENTATION
@@ -235,7 +235,7 @@ def register_transformers() -> str:
     # flash-attention one: it yields None without padding and the 2-D padding mask otherwise.
     try:
         from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-    except ImportError:  # transformers < 4.53 builds masks per model from the implementation name
+    except ImportError:  # older transformers build masks per model from the implementation name (untested)
         pass
     else:
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["flash_attention_2"])

@@ -154,3 +154,40 @@ def test_attn_probs_unsupported_on_sim(rng):
     with pytest.raises(NotImplementedError, match="attn_probs"):
         _core.describe_plan("forward", "sim", dtype_name(q.dtype), host_view(q), host_view(q), host_view(q),
                             host_view(out), None, softmax_scale=0.5, attn_probs=probs, dropout_p=0.1)
+
+
+def _describe_kvcache(q, kc, vc, knew, vnew, **options):
+    from flash_attn_cy import _core
+    from test_metal_support import dtype_name, host_view
+
+    hv = lambda x: None if x is None else host_view(x)  # noqa: E731
+    options.setdefault("softmax_scale", 0.125)
+    return _core.describe_plan("kvcache", "sim", dtype_name(q.dtype), hv(q), hv(kc), hv(vc), hv(knew), hv(vnew),
+                               **options)
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_kvcache_append_plan(paged, rng):
+    b, sq, snew, hq, hkv, d, cap, page = 3, 2, 3, 4, 2, 64, 48, 16
+    q = rand(rng, (b, sq, hq, d), "fp16")
+    knew, vnew = rand(rng, (b, snew, hkv, d), "fp16"), rand(rng, (b, snew, hkv, d), "fp16")
+    opts = dict(seqused_k=np.array([1, 5, 9], np.int32), max_seqlen_k=cap)
+    if paged:
+        kc = rand(rng, (9, page, hkv, d), "fp16")
+        opts["block_table"] = np.arange(9, dtype=np.int32).reshape(3, 3)
+    else:
+        kc = rand(rng, (b, cap, hkv, d), "fp16")
+    cos = np.ones((cap, 8), np.float16)
+    plan = _describe_kvcache(q, kc, kc.copy(), knew, vnew, rotary_cos=cos.view(np.uint16), rotary_sin=cos.view(np.uint16),
+                             rotate_q_causal=True,
+                             **opts)
+    _check_common(plan)
+    assert plan["nlaunches"] == 1
+    l = plan["launches"][0]
+    assert l["kernel"] == "fa_kvcache_append_f16"
+    # one threadgroup per (row, head, sequence): rows cover q rows and new rows, heads cover q heads then kv heads
+    assert l["grid"] == [max(sq, snew), hq + hkv, b]
+    bound = {x["buffer"] for x in l["bindings"]}
+    assert {"q", "k", "v", "knew", "vnew", "rotary_cos", "rotary_sin", "seqused_k"} <= bound
+    assert ("block_table" in bound) == paged
+    assert plan["buffer_bytes"]["k"] == kc.nbytes and plan["buffer_bytes"]["knew"] == knew.nbytes

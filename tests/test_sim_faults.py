@@ -123,3 +123,10 @@ def test_bad_arguments_raise_clear_errors():
         sim.run(KERNELS / "example_reduce.metal", "nope", 1, 32, {})
     res = sim.run(KERNELS / "example_reduce.metal", "example_reduce", 1, 32, {0: np.zeros(4, np.float32)})
     assert res.faults and res.faults[0].kind == "error" and "buffer(1)" in res.faults[0].message
+
+
+def test_infinite_loop_is_interrupted_by_the_watchdog(monkeypatch):
+    monkeypatch.setenv("FLASH_ATTN_CY_SIM_TIMEOUT", "1")
+    res = sim.run(CASES / "wild_pointer.metal", "spin_forever", 2, 32, {0: np.zeros(32, np.float32)}, schedules=1)
+    assert res.faults and res.faults[0].kind == "error"
+    assert "still running" in res.faults[0].message and "spin_forever" in res.faults[0].message

@@ -179,9 +179,17 @@ void run_tile(const ForwardJob<Acc> &job, int b, int hk, int tile) {
     if (p->window_left >= 0) lo = std::max<int64_t>(0, i_min + mp.offset - p->window_left);
     if (p->window_right >= 0) hi = std::min<int64_t>(g.sk, i_max + mp.offset + p->window_right + 1);
 
-    kern.pack_qT(qrows, nrows, d, nv, buf.qT);
-    for (int c = 0; c < d; ++c)
-        for (int r = 0; r < lanes; ++r) buf.oT[c * BLOCK_M + r] = Acc(0);
+    // Few rows (decode): vectors over the head dim instead of over query rows (see tile_kernels.h).
+    const bool row_layout = nrows <= ROW_LAYOUT_MAX_ROWS && kern.pv_rows != nullptr;
+    if (row_layout) {
+        kern.pack_q_rows(qrows, nrows, d, buf.qT);
+        for (int r = 0; r < nrows; ++r)
+            for (int c = 0; c < HEADDIM_PAD; ++c) buf.oT[r * HEADDIM_PAD + c] = Acc(0);
+    } else {
+        kern.pack_qT(qrows, nrows, d, nv, buf.qT);
+        for (int c = 0; c < d; ++c)
+            for (int r = 0; r < lanes; ++r) buf.oT[c * BLOCK_M + r] = Acc(0);
+    }
     for (int r = 0; r < lanes; ++r) {
         buf.m[r] = Acc(-INFINITY);
         buf.l[r] = Acc(0);
@@ -198,7 +206,10 @@ void run_tile(const ForwardJob<Acc> &job, int b, int hk, int tile) {
                             (p->window_right >= 0 && t1 - 1 > i_min + mp.offset + p->window_right);
         int64_t kstride, vstride;
         const void *kt = kv_tile(p, g, hk, t0, nk, false, buf.stage_k, kstride);
-        kern.scores(kt, kstride, nk, d, buf.qT, nv, buf.sT, buf.scratch);
+        if (row_layout)
+            kern.scores_rows(kt, kstride, nk, d, buf.qT, nrows, buf.sT);
+        else
+            kern.scores(kt, kstride, nk, d, buf.qT, nv, buf.sT, buf.scratch);
         Acc mul = scale_log2;
         if (masked || always_features) {
             apply_score_features(buf.sT, nk, nrows, lanes, rows, t0, mp, masked);
@@ -207,20 +218,26 @@ void run_tile(const ForwardJob<Acc> &job, int b, int hk, int tile) {
         kern.softmax(buf.sT, nk, nv, mul, buf.m, buf.l, buf.alpha);
         if (job.dropout) apply_dropout(buf.sT, nk, nrows, rows, t0, drop);
         const void *vt = kv_tile(p, g, hk, t0, nk, true, buf.stage_v, vstride);
-        kern.pv(vt, vstride, nk, d, buf.sT, nv, buf.alpha, buf.oT, buf.scratch);
+        if (row_layout)
+            kern.pv_rows(vt, vstride, nk, d, buf.sT, nrows, buf.alpha, buf.oT);
+        else
+            kern.pv(vt, vstride, nk, d, buf.sT, nv, buf.alpha, buf.oT, buf.scratch);
     }
 
     // Normalise once and write out (transposing O^T back to rows); LSE in natural log, +inf for empty rows.
     for (int r = 0; r < nrows; ++r) {
         const Acc l = buf.l[r];
         const Acc inv = l > 0 ? Acc(1) / l : Acc(0);
+        // element (r, c) of the accumulator in either layout
+        const Acc *acc = row_layout ? buf.oT + r * HEADDIM_PAD : buf.oT + r;
+        const int cstride = row_layout ? 1 : BLOCK_M;
         void *orow = elem_ptr(p->out.data, g.out_row0 + int64_t(rows[r].i) * p->out.row_stride +
                                                int64_t(rows[r].head) * p->out.head_stride, p->dtype);
         switch (p->dtype) {
-            case FA_F32: for (int c = 0; c < d; ++c) static_cast<float *>(orow)[c] = float(buf.oT[c * BLOCK_M + r] * inv); break;
-            case FA_F64: for (int c = 0; c < d; ++c) static_cast<double *>(orow)[c] = double(buf.oT[c * BLOCK_M + r] * inv); break;
-            case FA_F16: for (int c = 0; c < d; ++c) static_cast<uint16_t *>(orow)[c] = f32_to_f16(float(buf.oT[c * BLOCK_M + r] * inv)); break;
-            case FA_BF16: for (int c = 0; c < d; ++c) static_cast<uint16_t *>(orow)[c] = f32_to_bf16(float(buf.oT[c * BLOCK_M + r] * inv)); break;
+            case FA_F32: for (int c = 0; c < d; ++c) static_cast<float *>(orow)[c] = float(acc[c * cstride] * inv); break;
+            case FA_F64: for (int c = 0; c < d; ++c) static_cast<double *>(orow)[c] = double(acc[c * cstride] * inv); break;
+            case FA_F16: for (int c = 0; c < d; ++c) static_cast<uint16_t *>(orow)[c] = f32_to_f16(float(acc[c * cstride] * inv)); break;
+            case FA_BF16: for (int c = 0; c < d; ++c) static_cast<uint16_t *>(orow)[c] = f32_to_bf16(float(acc[c * cstride] * inv)); break;
         }
         if (p->lse) {
             const float lse = l > 0 ? float((double(buf.m[r]) + std::log2(double(l))) * LN2) : INFINITY;

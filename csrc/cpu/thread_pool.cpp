@@ -13,6 +13,7 @@
 namespace fa_cpu {
 namespace {
 
+// True on pool workers, and on a calling thread while it executes items of its own job.
 thread_local bool tl_is_pool_worker = false;
 
 int hardware_threads() {
@@ -48,7 +49,11 @@ class ThreadPool {
             ++generation_;
         }
         cv_work_.notify_all();
-        work_loop();  // the caller helps
+        // The caller helps; while it does, a nested parallel_for from fn runs serially instead of waiting for
+        // call_mutex_, which this thread already holds.
+        tl_is_pool_worker = true;
+        work_loop();
+        tl_is_pool_worker = false;
         std::unique_lock<std::mutex> lk(m_);
         cv_done_.wait(lk, [&] { return pending_ == 0; });
         job_fn_ = nullptr;

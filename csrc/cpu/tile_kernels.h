@@ -45,7 +45,18 @@ struct TileKernels {
     // oT[c][r] = alpha[r]*oT[c][r] + sum_j V[j][c] * sT[j][r] for c < d, j < nk.
     void (*pv)(const void *v, int64_t vstride, int nk, int d, const Acc *pT, int nv, const Acc *alpha, Acc *oT,
                void *scratch);
+
+    // Optional "row layout" kernels for tiles with at most ROW_LAYOUT_MAX_ROWS query rows (decode). With one query
+    // the lane layout would use 1 of 16 lanes; here vectors run over the head dim instead, so the work per key is
+    // 2*d/16 vector FMAs per row and the kernel is bound by reading K/V, like any decode kernel. sT and the
+    // softmax are shared with the lane layout; the accumulator is row-major: oR[r*HEADDIM_PAD + c]. nullptr = absent.
+    void (*pack_q_rows)(const void *const *rows, int nrows, int d, Acc *qR);  // qR[r*HEADDIM_PAD + c], zero padded
+    void (*scores_rows)(const void *k, int64_t kstride, int nk, int d, const Acc *qR, int nrows, Acc *sT);
+    void (*pv_rows)(const void *v, int64_t vstride, int nk, int d, const Acc *pT, int nrows, const Acc *alpha,
+                    Acc *oR);
 };
+
+constexpr int ROW_LAYOUT_MAX_ROWS = 4;
 
 // Portable kernels (any compiler, any CPU): element type dt, accumulator Acc.
 const TileKernels<float> *portable_kernels_f32(fa_dtype dt);

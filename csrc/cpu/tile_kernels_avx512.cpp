@@ -139,16 +139,24 @@ void pv_f32(const void *v, int64_t vstride, int nk, int d, const float *pT, int 
     gemm_f32<true>(nv, d, vt, 1, widened_stride(d), nk, pT, oT, alpha);
 }
 
-// 2^x for x <= 128: split x = n + f with |f| <= 1/2, 2^f = e^(f ln2) by its degree-7 Taylor polynomial
-// (truncation error < 2e-9 relative), then scale by 2^n with vscalefps, which also flushes very negative
-// exponents (masked logits, clamped to -150) to exactly 0.
+// 2^x for x <= 128: split x = n + f with |f| <= 1/2, 2^f = e^(f ln2) by its Taylor polynomial of degree DEG, then
+// scale by 2^n with vscalefps, which also flushes very negative exponents (masked logits, clamped to -150) to
+// exactly 0. Truncation error (relative): degree 7 < 2e-9 (fp32 results); degree 5 < 3e-6, used where P is rounded
+// to bf16 (relative step 4e-3) right after, so the cheaper polynomial costs no accuracy there.
+template <int DEG>
 inline __m512 exp2_ps(__m512 x) {
+    static_assert(DEG == 5 || DEG == 7, "exp2 polynomial degree");
     x = _mm512_max_ps(x, _mm512_set1_ps(-150.0f));
     const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 y = _mm512_mul_ps(_mm512_sub_ps(x, n), _mm512_set1_ps(0.69314718055994531f));
-    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 120.0f));
+    __m512 p;
+    if (DEG == 7) {
+        p = _mm512_set1_ps(1.0f / 5040.0f);
+        p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 720.0f));
+        p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 120.0f));
+    } else {
+        p = _mm512_set1_ps(1.0f / 120.0f);
+    }
     p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 24.0f));
     p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 6.0f));
     p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(0.5f));
@@ -157,34 +165,40 @@ inline __m512 exp2_ps(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
+// Online-softmax step, one 16-row vector at a time. Pass 1 only finds the max of the raw scores (mul > 0 commutes
+// with max; a negative mul uses the min); pass 2 computes p = exp2(s*mul - m) with one FMA, stores it and sums it.
+template <int DEG>
 void softmax_f32(float *sT, int nk, int nv, float mul, float *m, float *l, float *alpha) {
     const __m512 vmul = _mm512_set1_ps(mul);
     const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
     for (int v = 0; v < nv; ++v) {
         float *col = sT + 16 * v;
         const __m512 m_old = _mm512_load_ps(m + 16 * v);
-        __m512 m_new = m_old;
-        for (int j = 0; j < nk; ++j) {
-            const __m512 s = _mm512_mul_ps(_mm512_load_ps(col + j * BLOCK_M), vmul);
-            _mm512_store_ps(col + j * BLOCK_M, s);
-            m_new = _mm512_max_ps(m_new, s);
+        __m512 raw_ext;  // max of the raw scores, or min when a negative softmax_scale flips the order
+        if (mul >= 0.0f) {
+            raw_ext = neg_inf;
+            for (int j = 0; j < nk; ++j) raw_ext = _mm512_max_ps(raw_ext, _mm512_load_ps(col + j * BLOCK_M));
+        } else {
+            raw_ext = _mm512_set1_ps(INFINITY);
+            for (int j = 0; j < nk; ++j) raw_ext = _mm512_min_ps(raw_ext, _mm512_load_ps(col + j * BLOCK_M));
         }
+        const __m512 m_new = _mm512_max_ps(m_old, _mm512_mul_ps(raw_ext, vmul));
         // Rows that have seen only masked keys keep m = -inf; subtract 0 instead so exp2 gives 0, not NaN.
         const __m512 m_use = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(m_new, neg_inf, _CMP_EQ_OQ), m_new,
                                                   _mm512_setzero_ps());
-        const __m512 a = exp2_ps(_mm512_sub_ps(m_old, m_use));
+        const __m512 a = exp2_ps<DEG>(_mm512_sub_ps(m_old, m_use));
         __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
         int j = 0;
         for (; j + 2 <= nk; j += 2) {  // two independent chains hide the exp latency
-            const __m512 p0 = exp2_ps(_mm512_sub_ps(_mm512_load_ps(col + j * BLOCK_M), m_use));
-            const __m512 p1 = exp2_ps(_mm512_sub_ps(_mm512_load_ps(col + (j + 1) * BLOCK_M), m_use));
+            const __m512 p0 = exp2_ps<DEG>(_mm512_fmsub_ps(_mm512_load_ps(col + j * BLOCK_M), vmul, m_use));
+            const __m512 p1 = exp2_ps<DEG>(_mm512_fmsub_ps(_mm512_load_ps(col + (j + 1) * BLOCK_M), vmul, m_use));
             _mm512_store_ps(col + j * BLOCK_M, p0);
             _mm512_store_ps(col + (j + 1) * BLOCK_M, p1);
             sum0 = _mm512_add_ps(sum0, p0);
             sum1 = _mm512_add_ps(sum1, p1);
         }
         if (j < nk) {
-            const __m512 p0 = exp2_ps(_mm512_sub_ps(_mm512_load_ps(col + j * BLOCK_M), m_use));
+            const __m512 p0 = exp2_ps<DEG>(_mm512_fmsub_ps(_mm512_load_ps(col + j * BLOCK_M), vmul, m_use));
             _mm512_store_ps(col + j * BLOCK_M, p0);
             sum0 = _mm512_add_ps(sum0, p0);
         }
@@ -233,6 +247,89 @@ void pv_f16(const void *v, int64_t vstride, int nk, int d, const float *pT, int 
     const int ws = widened_stride(d);
     for (int j = 0; j < nk; ++j) f16_row_to_f32(static_cast<const uint16_t *>(v) + j * vstride, d, vf + j * ws);
     gemm_f32<true>(nv, d, vf, 1, ws, nk, pT, oT, alpha);
+}
+
+// ---- row layout (decode: at most ROW_LAYOUT_MAX_ROWS query rows per tile), any storage type ----
+
+// 16 consecutive elements of a row widened to fp32; lanes outside `m` read nothing and are 0.
+template <fa_dtype DT>
+inline __m512 load16(const void *base, int64_t idx, __mmask16 m) {
+    if (DT == FA_F32) return _mm512_maskz_loadu_ps(m, static_cast<const float *>(base) + idx);
+    const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t *>(base) + idx);
+    if (DT == FA_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));  // bf16 -> fp32 is a shift
+}
+
+inline __mmask16 chunk_mask(int d, int c) { return d - c >= 16 ? __mmask16(0xffff) : __mmask16((1u << (d - c)) - 1u); }
+
+template <fa_dtype DT>
+void pack_q_rows(const void *const *rows, int nrows, int d, float *qR) {
+    for (int r = 0; r < nrows; ++r)
+        for (int c = 0; c < HEADDIM_PAD; c += 16)
+            _mm512_store_ps(qR + r * HEADDIM_PAD + c,
+                            c < d ? load16<DT>(rows[r], c, chunk_mask(d, c)) : _mm512_setzero_ps());
+}
+
+template <fa_dtype DT, int NR>
+void scores_rows_n(const void *k, int64_t kstride, int nk, int d, const float *qR, float *sT) {
+    for (int j = 0; j < nk; ++j) {
+        __m512 acc[NR];
+        for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
+        for (int c = 0; c < d; c += 16) {
+            const __m512 kv = load16<DT>(k, j * kstride + c, chunk_mask(d, c));
+            for (int r = 0; r < NR; ++r) acc[r] = _mm512_fmadd_ps(kv, _mm512_load_ps(qR + r * HEADDIM_PAD + c), acc[r]);
+        }
+        float *s = sT + j * BLOCK_M;
+        _mm512_store_ps(s, _mm512_setzero_ps());  // unused lanes hold 0, never stale data
+        for (int r = 0; r < NR; ++r) s[r] = _mm512_reduce_add_ps(acc[r]);
+    }
+}
+
+template <fa_dtype DT>
+void scores_rows(const void *k, int64_t kstride, int nk, int d, const float *qR, int nrows, float *sT) {
+    switch (nrows) {
+        case 1: scores_rows_n<DT, 1>(k, kstride, nk, d, qR, sT); break;
+        case 2: scores_rows_n<DT, 2>(k, kstride, nk, d, qR, sT); break;
+        case 3: scores_rows_n<DT, 3>(k, kstride, nk, d, qR, sT); break;
+        default: scores_rows_n<DT, 4>(k, kstride, nk, d, qR, sT); break;
+    }
+}
+
+// oR[r][c] = alpha[r]*oR[r][c] + sum_j P[j][r] * V[j][c], 64 columns (4 vectors) x NR rows in registers.
+template <fa_dtype DT, int NR>
+void pv_rows_n(const void *v, int64_t vstride, int nk, int d, const float *pT, const float *alpha, float *oR) {
+    constexpr int U = 4;
+    for (int c0 = 0; c0 < d; c0 += 16 * U) {
+        __m512 acc[NR][U];
+        __mmask16 msk[U];
+        for (int u = 0; u < U; ++u) msk[u] = c0 + 16 * u < d ? chunk_mask(d, c0 + 16 * u) : __mmask16(0);
+        for (int r = 0; r < NR; ++r) {
+            const __m512 a = _mm512_set1_ps(alpha[r]);
+            for (int u = 0; u < U; ++u) acc[r][u] = _mm512_mul_ps(_mm512_load_ps(oR + r * HEADDIM_PAD + c0 + 16 * u), a);
+        }
+        for (int j = 0; j < nk; ++j) {
+            __m512 vv[U];
+            for (int u = 0; u < U; ++u) vv[u] = load16<DT>(v, j * vstride + c0 + 16 * u, msk[u]);
+            for (int r = 0; r < NR; ++r) {
+                const __m512 pj = _mm512_set1_ps(pT[j * BLOCK_M + r]);
+                for (int u = 0; u < U; ++u) acc[r][u] = _mm512_fmadd_ps(pj, vv[u], acc[r][u]);
+            }
+        }
+        for (int r = 0; r < NR; ++r)
+            for (int u = 0; u < U; ++u)
+                if (c0 + 16 * u < HEADDIM_PAD) _mm512_store_ps(oR + r * HEADDIM_PAD + c0 + 16 * u, acc[r][u]);
+    }
+}
+
+template <fa_dtype DT>
+void pv_rows(const void *v, int64_t vstride, int nk, int d, const float *pT, int nrows, const float *alpha,
+             float *oR) {
+    switch (nrows) {
+        case 1: pv_rows_n<DT, 1>(v, vstride, nk, d, pT, alpha, oR); break;
+        case 2: pv_rows_n<DT, 2>(v, vstride, nk, d, pT, alpha, oR); break;
+        case 3: pv_rows_n<DT, 3>(v, vstride, nk, d, pT, alpha, oR); break;
+        default: pv_rows_n<DT, 4>(v, vstride, nk, d, pT, alpha, oR); break;
+    }
 }
 
 #pragma GCC pop_options
@@ -375,9 +472,12 @@ void pv_bf16(const void *v, int64_t vstride, int nk, int d, const float *pT, int
 
 #pragma GCC pop_options
 
-const TileKernels<float> k_f32 = {"avx512-f32", &pack_qT_f32, &scores_f32, &softmax_f32, &pv_f32};
-const TileKernels<float> k_f16 = {"avx512-f16", &pack_qT_f16, &scores_f16, &softmax_f32, &pv_f16};
-const TileKernels<float> k_bf16 = {"avx512-bf16", &pack_qT_bf16, &scores_bf16, &softmax_f32, &pv_bf16};
+const TileKernels<float> k_f32 = {"avx512-f32", &pack_qT_f32, &scores_f32, &softmax_f32<7>, &pv_f32,
+                                  &pack_q_rows<FA_F32>, &scores_rows<FA_F32>, &pv_rows<FA_F32>};
+const TileKernels<float> k_f16 = {"avx512-f16", &pack_qT_f16, &scores_f16, &softmax_f32<7>, &pv_f16,
+                                  &pack_q_rows<FA_F16>, &scores_rows<FA_F16>, &pv_rows<FA_F16>};
+const TileKernels<float> k_bf16 = {"avx512-bf16", &pack_qT_bf16, &scores_bf16, &softmax_f32<5>, &pv_bf16,
+                                   &pack_q_rows<FA_BF16>, &scores_rows<FA_BF16>, &pv_rows<FA_BF16>};
 
 }  // namespace
 

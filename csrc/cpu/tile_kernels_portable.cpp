@@ -90,7 +90,7 @@ void pv(const void *v, int64_t vstride, int nk, int d, const Acc *pT, int nv, co
 
 template <fa_dtype DT, typename Acc>
 TileKernels<Acc> make_table(const char *name) {
-    return TileKernels<Acc>{name, &pack_qT<DT, Acc>, &scores<DT, Acc>, &softmax<Acc>, &pv<DT, Acc>};
+    return TileKernels<Acc>{name, &pack_qT<DT, Acc>, &scores<DT, Acc>, &softmax<Acc>, &pv<DT, Acc>, nullptr, nullptr, nullptr};
 }
 
 const TileKernels<float> k_f32 = make_table<FA_F32, float>("portable-f32");

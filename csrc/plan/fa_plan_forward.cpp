@@ -18,14 +18,14 @@ using faplan::fail;
 using faplan::view_extent;
 
 constexpr int kAutoSplitTargetThreadgroups = 128;  // enough threadgroups to fill an M-series GPU (8..76 cores)
-constexpr int kMinTilesPerSplit = 2;               // a split below 2 key tiles costs more to merge than it saves
+constexpr int kMinKeysPerSplit = 256;  // auto: shorter splits cost more in launches and merging than they win
 constexpr int kMaxSplits = 128;
 constexpr int64_t kMaxPartialBytes = int64_t(256) << 20;  // scratch cap for split-KV partials
 
 int ceil_div(int64_t a, int64_t b) { return int((a + b - 1) / b); }
 
 // Split-KV decision: 1 = none. Auto (num_splits == 0) splits only when the grid is too small to fill the GPU.
-int choose_splits(const fa_params *p, int64_t blocks, int key_tiles, int64_t partial_bytes_per_split) {
+int choose_splits(const fa_params *p, int64_t blocks, int key_tiles, int bk, int64_t partial_bytes_per_split) {
     if (p->num_splits == 1 || key_tiles < 2) return 1;
     int s;
     if (p->num_splits > 1) {
@@ -33,7 +33,7 @@ int choose_splits(const fa_params *p, int64_t blocks, int key_tiles, int64_t par
     } else {
         if (blocks >= kAutoSplitTargetThreadgroups) return 1;
         s = ceil_div(kAutoSplitTargetThreadgroups, blocks);
-        s = std::min(s, key_tiles / kMinTilesPerSplit);
+        s = std::min<int64_t>(s, int64_t(key_tiles) * bk / kMinKeysPerSplit);
     }
     s = std::min(s, kMaxSplits);
     if (partial_bytes_per_split > 0) s = int(std::min<int64_t>(s, kMaxPartialBytes / partial_bytes_per_split));
@@ -80,7 +80,7 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     const int64_t gy = p->nheads_q / pack;
     const int key_tiles = ceil_div(std::max(p->seqlen_k, 0), bk);
     const int64_t partial_bytes_per_split = int64_t(p->nheads_q) * q_rows * (int64_t(p->headdim) + 1) * 4;
-    const int splits = choose_splits(p, gx * gy * p->batch, key_tiles, partial_bytes_per_split);
+    const int splits = choose_splits(p, gx * gy * p->batch, key_tiles, bk, partial_bytes_per_split);
     if (gx > 0xffffffffLL || gy > 0xffffffffLL || int64_t(p->batch) * splits > 0xffffffffLL)
         return fail(err, errlen, FA_ERR_VALUE, "shape: grid too large for one dispatch");
 

@@ -6,6 +6,7 @@ import builtins
 import ctypes
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -72,6 +73,23 @@ def _index(k, name: str) -> int:
     return int(k)
 
 
+_modules: Dict[tuple, Tuple[ctypes.CDLL, List[Tuple[str, float]]]] = {}
+
+
+def _module_for(source: str, path: str, include_dirs: Tuple[str, ...]) -> ctypes.CDLL:
+    """Translated and compiled module for this source, reused while the included headers are unchanged."""
+    key = (source, path, include_dirs)
+    hit = _modules.get(key)
+    if hit is not None:
+        lib, deps = hit
+        if all(os.path.isfile(d) and os.path.getmtime(d) == m for d, m in deps):
+            return lib
+    tr = translate(source, path, list(include_dirs))
+    lib = _compile.load_module(tr.code, os.path.basename(path))
+    _modules[key] = (lib, [(d, os.path.getmtime(d)) for d in tr.dependencies])
+    return lib
+
+
 def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         buffers: Optional[Mapping[int, np.ndarray]] = None, bytes: Optional[Mapping[int, object]] = None,
         schedules: int = 3, *, seed: int = 0x5EED, host_threads: int = 0,
@@ -102,9 +120,7 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
     if not isinstance(schedules, (int, np.integer)) or schedules < 1:
         raise ValueError(f"schedules must be an int >= 1, got {schedules!r}")
     source, path = load_source(path_or_source)
-    dirs = list(include_dirs)
-    tr = translate(source, path, dirs)
-    lib = _compile.load_module(tr.code, os.path.basename(path))
+    lib = _module_for(source, path, tuple(include_dirs))
 
     out: Dict[int, np.ndarray] = {}
     idx, ptrs, lens, wr = [], [], [], []
@@ -149,5 +165,17 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
     faults = []
     for line in text.splitlines():
         kind, _, m = line.partition("\t")
-        faults.append(Fault(kind, m))
+        faults.append(Fault(kind, _with_source_line(m)))
     return SimResult(out, faults)
+
+
+_PC_RE = re.compile(r" \[pc: (.+?)\+0x([0-9a-f]+)\]")
+
+
+def _with_source_line(message: str) -> str:
+    """Replace the runtime's "[pc: module+offset]" with the .metal source line when the line table knows it."""
+    m = _PC_RE.search(message)
+    if not m:
+        return message
+    where = _compile.source_line(m.group(1), int(m.group(2), 16))
+    return message[:m.start()] + (f" at {where}" if where else "") + message[m.end():]

@@ -93,6 +93,7 @@ class Translation:
     code: str
     kernels: List[KernelEntry]
     dependencies: List[str]
+    warnings: List[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -265,8 +266,10 @@ def _split_top(toks: List[Tok], lo: int, hi: int) -> List[Tuple[int, int]]:
 
 
 class _Translator:
-    def __init__(self, src: _Source, mode: str, header: str):
+    def __init__(self, src: _Source, mode: str, header: str, strict: bool = True):
         self.src = src
+        self.strict = strict
+        self.warnings: List[str] = []
         self.mode = mode  # "exec" or "check"
         self.header = header
         self.text = "\n".join(src.lines)
@@ -352,12 +355,18 @@ class _Translator:
         return self.emit()
 
     def check_directive(self, i: int) -> None:
-        text = self.toks[i].text
+        text = re.sub(r"//[^\n]*|/\*.*?\*/", " ", self.toks[i].text, flags=re.S)  # comments don't count
         if re.match(r"\s*#\s*define\b", text) and re.search(r"\bthreadgroup\b", text):
             raise self.err(i, "'threadgroup' inside a #define is not supported by the simulator's translator "
                               "(write the declaration out)")
+        if re.match(r"\s*#\s*define\b", text) and re.search(r"\[\[\s*(kernel|host_name)\b|\bkernel\s+void\b", text):
+            e = self.err(i, "kernel declarations or instantiations inside a #define are invisible to the "
+                            "simulator's translator (it reads the source before the preprocessor): write them out")
+            if self.strict:
+                raise e
+            self.warnings.append(str(e))
         if re.match(r"\s*#\s*define\b", text):
-            body = text
+            body = re.sub(r"\[\[.*?\]\]", " ", text)  # MSL attributes mean nothing to the C++ compiler
             for word, space in ADDRESS_SPACES.items():
                 body = re.sub(rf"\b{word}\b", self.space_text(space), body)
             if body != text:
@@ -632,7 +641,7 @@ class _Translator:
             out.append("#define std __msl_has_no_standard_library")
             out.append("#define malloc __msl_has_no_malloc")
             out.append(text)
-        return Translation("\n".join(out) + "\n", self.entries, self.src.deps)
+        return Translation("\n".join(out) + "\n", self.entries, self.src.deps, self.warnings)
 
 
 def toks_is_pp(t: Tok) -> bool:
@@ -640,25 +649,26 @@ def toks_is_pp(t: Tok) -> bool:
 
 
 def translate(source: str, path: str = "<source>.metal", include_dirs: Sequence[str] = (), mode: str = "exec",
-              header: str = "metal_stdlib") -> Translation:
+              header: str = "metal_stdlib", strict: bool = True) -> Translation:
     """Translate MSL ``source`` (read from ``path``, used for messages and relative includes) to C++.
 
     ``mode`` is ``"exec"`` (code for the simulator runtime) or ``"check"`` (code for the strict clang pass).
+    ``strict=False`` turns kernels hidden in macros into warnings (the build keeps going; the kernel is missing).
     """
     if mode not in ("exec", "check"):
         raise ValueError(f"mode must be 'exec' or 'check', got {mode!r}")
     src = _Source(path, source, include_dirs)
-    tr = _Translator(src, mode, header)
+    tr = _Translator(src, mode, header, strict)
     tr.seen_kernels = set()
     tr.pending_inst = []
     return tr.run()
 
 
 def translate_file(path: str, include_dirs: Sequence[str] = (), mode: str = "exec",
-                   header: str = "metal_stdlib") -> Translation:
+                   header: str = "metal_stdlib", strict: bool = True) -> Translation:
     """Like :func:`translate` for a file on disk."""
     with open(path, encoding="utf-8") as fh:
-        return translate(fh.read(), path, include_dirs, mode, header)
+        return translate(fh.read(), path, include_dirs, mode, header, strict)
 
 
 def _write_if_changed(path: str, text: str) -> None:
@@ -685,10 +695,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("-I", "--include", action="append", default=[])
     a = p.parse_args(argv)
     try:
-        tr = translate_file(a.input, a.include, "exec", a.header)
+        tr = translate_file(a.input, a.include, "exec", a.header, strict=False)
     except (TranslateError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    for w in tr.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     _write_if_changed(a.output, tr.code)
     if a.depfile:
         deps = " ".join(d.replace(" ", "\\ ") for d in [os.path.abspath(a.input)] + tr.dependencies)

@@ -19,3 +19,11 @@ kernel void simd_divergent(device float* y [[buffer(0)]], uint tid [[thread_inde
     threadgroup_barrier(mem_flags::mem_threadgroup);
     y[tid] = v + t[63 - tid];
 }
+
+kernel void spin_forever(device float* y [[buffer(0)]], uint tid [[thread_index_in_threadgroup]]) {
+    threadgroup float flag;
+    if (tid == 0) flag = 0.0f;
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    while (flag == 0.0f) { y[tid] += 1.0f; }  // BUG: waits for a write nobody makes
+    y[tid] = flag;
+}
