@@ -308,8 +308,8 @@ def attention_ref(q: ArrayLike, k: ArrayLike, v: ArrayLike, *,
         if used is not None:
             ks, vs = ks[:used[b]], vs[:used[b]]
         sq, sk = qs.shape[0], ks.shape[0]
-        if sq == 0:
-            continue
+        if sq == 0 or sk == 0:
+            continue  # no query rows, or rows that see no key: zeros and lse = +inf, as initialised
         mask = visible_mask(sq, sk, window_size, causal)
         keep = None if keep_all is None else keep_all[b, :, :sq, :sk]
         o, l = _attend_one(qs, ks, vs, scale=scale, mask=mask, softcap=float(softcap),

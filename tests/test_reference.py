@@ -137,6 +137,22 @@ def test_varlen_equals_dense_per_sequence(rng):
         np.testing.assert_array_equal(lse[:, cq[b]:cq[b + 1]], l[0])
 
 
+def test_sequences_without_keys(rng):
+    q = rng.standard_normal((5, 2, 4))
+    k = rng.standard_normal((3, 2, 4))
+    cq, ck = np.array([0, 2, 5], np.int32), np.array([0, 0, 3], np.int32)
+    out, lse = attention_ref(q, k, k, cu_seqlens_q=cq, cu_seqlens_k=ck, return_lse=True)
+    assert np.all(out[:2] == 0) and np.all(np.isposinf(lse[:, :2])) and np.all(np.isfinite(lse[:, 2:]))
+    t_out, t_lse = attention_ref_torch(*(torch.from_numpy(x) for x in (q, k, k)), cu_seqlens_q=cq, cu_seqlens_k=ck,
+                                       return_lse=True)
+    np.testing.assert_allclose(t_out.numpy(), out, atol=1e-12)
+    np.testing.assert_array_equal(np.isinf(t_lse.numpy()), np.isinf(lse))
+    # a KV cache that is empty and gets no new rows
+    o, l, _, _ = kvcache_ref(rng.standard_normal((1, 2, 2, 4)), np.zeros((1, 8, 2, 4)), np.zeros((1, 8, 2, 4)),
+                             cache_seqlens=0, return_lse=True)
+    assert np.all(o == 0) and np.all(np.isposinf(l))
+
+
 def test_seqused_k_ignores_tail(rng):
     q = rng.standard_normal((2, 3, 2, 4))
     k, v = rng.standard_normal((2, 2, 10, 2, 4))
