@@ -270,9 +270,23 @@ void pack_q_rows(const void *const *rows, int nrows, int d, float *qR) {
                             c < d ? load16<DT>(rows[r], c, chunk_mask(d, c)) : _mm512_setzero_ps());
 }
 
+// Decode streams K and V rows that are nheads*headdim elements apart, usually one row per 4 KiB page, where the
+// hardware prefetchers (which stop at page boundaries) cannot follow. Prefetch rows this far ahead instead; past
+// the tile end these are the next tile's rows in a dense cache (prefetches never fault, so a paged cache or the
+// last tile only wastes a few hints).
+constexpr int ROW_PREFETCH_DISTANCE = 32;
+
+template <fa_dtype DT>
+inline void prefetch_row(const void *base, int64_t idx, int d) {
+    const char *p = static_cast<const char *>(base) + idx * int64_t(DT == FA_F32 ? 4 : 2);
+    const int bytes = d * (DT == FA_F32 ? 4 : 2);
+    for (int off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+}
+
 template <fa_dtype DT, int NR>
 void scores_rows_n(const void *k, int64_t kstride, int nk, int d, const float *qR, float *sT) {
     for (int j = 0; j < nk; ++j) {
+        prefetch_row<DT>(k, (j + ROW_PREFETCH_DISTANCE) * kstride, d);
         __m512 acc[NR];
         for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
         for (int c = 0; c < d; c += 16) {
@@ -308,6 +322,7 @@ void pv_rows_n(const void *v, int64_t vstride, int nk, int d, const float *pT, c
             for (int u = 0; u < U; ++u) acc[r][u] = _mm512_mul_ps(_mm512_load_ps(oR + r * HEADDIM_PAD + c0 + 16 * u), a);
         }
         for (int j = 0; j < nk; ++j) {
+            if (c0 == 0) prefetch_row<DT>(v, (j + ROW_PREFETCH_DISTANCE) * vstride, d);
             __m512 vv[U];
             for (int u = 0; u < U; ++u) vv[u] = load16<DT>(v, j * vstride + c0 + 16 * u, msk[u]);
             for (int r = 0; r < NR; ++r) {
