@@ -224,7 +224,16 @@ int check_query_side(const Ctx &c, bool backward) {
         Axis axes[3] = {{c.varlen ? 1 : p->batch, c.varlen ? 0 : p->lse_batch_stride},
                         {p->nheads_q, p->lse_head_stride},
                         {rows, p->lse_row_stride}};
-        if (max_offset(axes, 3) < 0) return fail(FA_ERR_VALUE, c.err, c.errlen, "softmax_lse: offsets overflow");
+        int64_t last = max_offset(axes, 3);
+        if (last < 0) return fail(FA_ERR_VALUE, c.err, c.errlen, "softmax_lse: offsets overflow");
+        if (!p->lse && c.dev && c.dev->handle[FA_BUF_LSE]) {
+            int64_t bytes;
+            if (!mul_add(last, 4, 4, &bytes) || c.dev->byte_offset[FA_BUF_LSE] < 0 ||
+                bytes > c.dev->byte_length[FA_BUF_LSE])
+                return fail(FA_ERR_VALUE, c.err, c.errlen,
+                            "softmax_lse: view needs %lld bytes but its Metal buffer has %lld", (long long)bytes,
+                            (long long)c.dev->byte_length[FA_BUF_LSE]);
+        }
         if (!backward && !non_aliasing(axes, 3))
             return fail(FA_ERR_VALUE, c.err, c.errlen, "softmax_lse: strides make distinct elements overlap");
     }

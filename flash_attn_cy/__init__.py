@@ -38,8 +38,29 @@ __all__ = [
     "available_backends",
     "set_num_threads",
     "get_num_threads",
+    "install_as_flash_attn",
+    "uninstall_flash_attn_alias",
+    "register_transformers",
     "__version__",
 ]
+
+# Entry points of optional integrations, resolved on first use so `import flash_attn_cy` stays NumPy-only
+# (transformers_integration imports torch): name -> (module, attribute).
+_LAZY = {
+    "install_as_flash_attn": ("flash_attn_cy.flash_attn_compat._alias", "install_as_flash_attn"),
+    "uninstall_flash_attn_alias": ("flash_attn_cy.flash_attn_compat._alias", "uninstall_flash_attn_alias"),
+    "register_transformers": ("flash_attn_cy.transformers_integration", "register_transformers"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flash_attn_cy' has no attribute {name!r}")
 
 
 def backends() -> Dict[str, Dict[str, object]]:

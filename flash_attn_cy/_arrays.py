@@ -14,7 +14,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+_NP_FLOAT_NAMES = {np.dtype(np.float16): "float16", np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
 
 
 def _torch():
@@ -44,7 +44,10 @@ def kind_of(x: Any, name: str) -> str:
 def float_dtype(x: Any, name: str) -> str:
     """The element type name of a float array/tensor, one of FLOAT_DTYPES; TypeError otherwise."""
     if isinstance(x, np.ndarray):
-        dname = x.dtype.name
+        known = _NP_FLOAT_NAMES.get(x.dtype)
+        if known is not None:
+            return known
+        dname = x.dtype.name  # ml_dtypes.bfloat16 (its dtype object is not a NumPy builtin)
         if dname in FLOAT_DTYPES:
             return dname
     else:
@@ -97,13 +100,17 @@ def core_view(x: Any, name: str, *, lead_axis: bool = False, in_place: bool = Fa
     """Buffer for `_core`: a zero-copy NumPy view (copied once if its strides are unusable), or a DeviceTensor for
     MPS tensors. `lead_axis` prepends an axis of length 1 (the varlen layout travels as [1, total, heads, dim]).
     `in_place`: the ABI writes into this array, so a copy would lose the result; raise instead of copying."""
-    if is_torch(x) and x.device.type == "mps":
+    if not isinstance(x, np.ndarray) and x.device.type == "mps":
         from . import _mps  # provided by the Metal shim component
         t = x.unsqueeze(0) if lead_axis else x
         return _mps.device_tensor(t)
     a = _host_numpy(x)
     if lead_axis:
         a = a[None]
+    if a.flags.c_contiguous and (a.ndim == 0 or min(a.strides) >= 0):  # the common case, checked cheaply
+        if (writable or in_place) and not a.flags.writeable:
+            raise ValueError(f"{name}: array is read-only but must be written in place")
+        return a
     if not _usable_strides(a):
         if in_place:
             raise ValueError(f"{name}: must have a contiguous last dimension (stride 1) and non-negative strides, "

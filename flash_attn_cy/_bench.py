@@ -247,8 +247,8 @@ def to_json(rows: Sequence[Row], meta: dict) -> str:
     return json.dumps(data, indent=2)
 
 
-def plot(rows: Sequence[Row], names: Sequence[str], path: str, title: str) -> None:
-    """Bar chart of GFLOP/s per shape and implementation (needs matplotlib)."""
+def plot(rows: Sequence[Row], names: Sequence[str], path: str, title: str, peak: Optional[float] = None) -> None:
+    """Bar chart of GFLOP/s per shape and implementation, with the fp32 matmul peak as a line (needs matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -261,6 +261,8 @@ def plot(rows: Sequence[Row], names: Sequence[str], path: str, title: str) -> No
     for i, name in enumerate(names):
         vals = [r.gflops(name) or 0.0 for r in rows]
         ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, label=name)
+    if peak:
+        ax.axhline(peak, color="gray", linestyle="--", linewidth=1, label=f"fp32 matmul peak ({peak:.0f})")
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("GFLOP/s (higher is better)")

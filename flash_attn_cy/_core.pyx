@@ -607,9 +607,10 @@ cdef _Call _kvcache_call(str backend, str dtype, q, k_cache, v_cache, k_new, v_n
     rotate_q_causal = kw.pop("rotate_q_causal", False)
     kw.setdefault("softmax_scale", 1.0)
     c.fill(backend, dtype, q, k_cache, v_cache, None, None, False, kw)
-    # fill() exported q read-only; the update rotates q in place, so re-export it writable.
-    c.tensor(q, &c.p.q, SLOT_Q, True, "q")
-    c.p.out = c.p.q
+    if rotary_cos is not None:
+        # fill() exported q read-only; the rotary update rotates q in place, so re-export it writable.
+        c.tensor(q, &c.p.q, SLOT_Q, True, "q")
+        c.p.out = c.p.q
     if (k_new is None) != (v_new is None):
         raise ValueError("k and v must be given together")
     if k_new is not None:

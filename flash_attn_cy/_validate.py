@@ -16,6 +16,7 @@ from . import _arrays
 from ._core import BACKENDS, backend_available
 
 MAX_HEADDIM = 256
+_INT32_MAX = 2 ** 31 - 1
 BACKEND_CHOICES = ("auto",) + tuple(BACKENDS)
 
 
@@ -95,6 +96,8 @@ def integer(x: Any, name: str, minimum: Optional[int] = None) -> int:
     x = int(x)
     if minimum is not None and x < minimum:
         raise ValueError(f"{name}: must be >= {minimum}, got {x}")
+    if x > _INT32_MAX:
+        raise ValueError(f"{name}: must fit in int32 (<= {_INT32_MAX}), got {x}")
     return x
 
 
@@ -153,8 +156,7 @@ def softcap(cap: Any) -> float:
 
 def window(window_size: Any, causal: Any) -> Tuple[int, int]:
     """(left, right) with -1 = unbounded; `causal` folds into right = 0 (left kept)."""
-    if not isinstance(causal, (bool, np.bool_)):
-        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
+    causal = flag(causal, "causal")
     if (not isinstance(window_size, (tuple, list)) or len(window_size) != 2):
         raise ValueError(f"window_size: expected a pair (left, right) of ints >= -1, got {window_size!r}")
     left, right = window_size
@@ -163,7 +165,7 @@ def window(window_size: Any, causal: Any) -> Tuple[int, int]:
             raise TypeError(f"window_size: {side} must be an int >= -1, got {type(val).__name__}")
         if val < -1:
             raise ValueError(f"window_size: {side} must be -1 (unbounded) or >= 0, got {int(val)}")
-        if val > np.iinfo(np.int32).max:
+        if val > _INT32_MAX:
             raise ValueError(f"window_size: {side} must fit in int32, got {int(val)}")
     left, right = int(left), int(right)
     if causal:
@@ -184,9 +186,12 @@ def alibi(slopes: Any, batch: int, nheads: int) -> Optional[np.ndarray]:
 
 
 def flag(x: Any, name: str) -> bool:
-    if not isinstance(x, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected a bool, got {type(x).__name__}")
-    return bool(x)
+    """A bool (also NumPy bool, or the ints 0/1 that C-style callers pass); anything else is a TypeError."""
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, numbers.Integral) and int(x) in (0, 1):
+        return bool(x)
+    raise TypeError(f"{name}: expected a bool, got {type(x).__name__} {x!r}")
 
 
 def block_table(x: Any, batch: int, num_blocks: int, page: int, pages_needed: Optional[np.ndarray]) -> np.ndarray:

@@ -104,6 +104,9 @@ def builtin_cases(quick: bool) -> List[Case]:
              kv=dict(seqlen_new=1, cache_seqlens=[5, 200, 0, 255], rotary="interleaved")),
         Case("kvcache paged+rotary", "kvcache", 2, 3, 64, 4, 4, 64, causal=True,
              kv=dict(seqlen_new=3, cache_seqlens=[17, 40], rotary="half", paged=16)),
+        Case("kvcache batch_idx+leftpad", "kvcache", 2, 2, 64, 4, 2, 64, causal=True,
+             kv=dict(seqlen_new=2, cache_seqlens=[20, 50], leftpad=[3, 10], batch_idx=[2, 0], cache_batch=3,
+                     rotary="half")),
         Case("kvcache no append GQA", "kvcache", 2, 2, 100, 4, 1, 128,
              kv=dict(seqlen_new=0, cache_seqlens=[1, 99])),
         Case("dropout p=0.17", "dropout", 2, 45, 61, 2, 2, 64),
@@ -212,8 +215,9 @@ def _run_kvcache(fa, case, backend, dtname, rng):
     snew = int(opts.get("seqlen_new", 0))
     lens = np.asarray(opts["cache_seqlens"], dtype=np.int32)
     q = _randn(rng, (b, sq, h, d), dt)
-    kc = _randn(rng, (b, cap, hk, d), dt)
-    vc = _randn(rng, (b, cap, hk, d), dt)
+    cache_batch = int(opts.get("cache_batch", b))
+    kc = _randn(rng, (cache_batch, cap, hk, d), dt)
+    vc = _randn(rng, (cache_batch, cap, hk, d), dt)
     knew = _randn(rng, (b, snew, hk, d), dt) if snew else None
     vnew = _randn(rng, (b, snew, hk, d), dt) if snew else None
     kw = dict(causal=case.causal, window_size=case.window, softcap=case.softcap)
@@ -223,6 +227,10 @@ def _run_kvcache(fa, case, backend, dtname, rng):
         ang = np.outer(np.arange(cap), 1.0 / 10000 ** (np.arange(rd // 2) * 2.0 / rd))
         kw.update(rotary_cos=np.cos(ang).astype(dt), rotary_sin=np.sin(ang).astype(dt),
                   rotary_interleaved=(rot == "interleaved"))
+    if "batch_idx" in opts:
+        kw["cache_batch_idx"] = np.asarray(opts["batch_idx"], dtype=np.int32)
+    if "leftpad" in opts:
+        kw["cache_leftpad"] = np.asarray(opts["leftpad"], dtype=np.int32)
     page = opts.get("paged")
     k_arg, v_arg = kc, vc
     if page:
@@ -310,28 +318,50 @@ def _run_backward(fa, case, backend, dtname, rng):
     return [(n, o, r64, rlp, dtname) for n, o, r64, rlp in zip(names, ours, g64, glp)]
 
 
+DROPOUT_SEED = 1234
+
+
+def _keep_mask(probs, sq, sk) -> np.ndarray:
+    """flash_attn marks dropped entries of the returned probabilities by a negative sign."""
+    return ~np.signbit(ref.to_float64(probs)[:, :, :sq, :sk])
+
+
 def _run_dropout(fa, case, backend, dtname, rng):
-    """Dropout: the kept set comes back in return_attn_probs (dropped entries negated, as flash_attn marks them);
-    the output must equal the reference with that keep-mask, and the kept fraction must be near 1 - p."""
+    """Dropout with a fixed seed. The kept set comes back from return_attn_probs (dropped entries negated, as
+    flash_attn marks them); the output must equal the reference with that keep-mask, and the kept fraction must be
+    near 1 - p. A backend that cannot return the probabilities (the Metal kernels never materialise them) is checked
+    against the mask the cpu backend draws for the same seed: every backend must draw the identical mask."""
     dt = numpy_dtype(dtname)
     p = 0.17
     q = _randn(rng, (case.batch, case.seqlen_q, case.nheads, case.headdim), dt)
     k = _randn(rng, (case.batch, case.seqlen_k, case.nheads_k, case.headdim), dt)
     v = _randn(rng, (case.batch, case.seqlen_k, case.nheads_k, case.headdim), dt)
-    res = _call(_need(fa, "flash_attn_func"), q, k, v, dropout_p=p, return_attn_probs=True, backend=backend)
-    out, lse, probs = res
+    fn = _need(fa, "flash_attn_func")
+    kw = dict(dropout_p=p, seed=DROPOUT_SEED)
+    lse = None
+    try:
+        out, lse, probs = _call(fn, q, k, v, return_attn_probs=True, backend=backend, **kw)
+    except NotApplicable:
+        if backend == "cpu":
+            raise
+        out = _call(fn, q, k, v, backend=backend, **kw)
+        try:
+            _, _, probs = fn(q, k, v, return_attn_probs=True, backend="cpu", **kw)
+        except Exception as e:  # noqa: BLE001
+            raise NotApplicable(f"no dropout mask to compare with (cpu backend: {e})") from e
     if probs is None:
         raise NotApplicable("return_attn_probs gives no probabilities with dropout in this build")
-    probs = ref.to_float64(probs)[:, :, :case.seqlen_q, :case.seqlen_k]
-    keep = ~np.signbit(probs)
+    keep = _keep_mask(probs, case.seqlen_q, case.seqlen_k)
     frac = keep.mean()
-    n = keep.size
-    sigma = math.sqrt(p * (1 - p) / n)
+    sigma = math.sqrt(p * (1 - p) / keep.size)
     if abs(frac - (1 - p)) > 6 * sigma:
         raise AssertionError(f"kept fraction {frac:.4f} is not within 6 sigma of {1 - p}")
     o64, l64 = ref.attention_ref(q, k, v, dropout_mask=keep, dropout_p=p, return_lse=True)
     olp, llp = ref.attention_ref(q, k, v, dropout_mask=keep, dropout_p=p, return_lse=True, compute_dtype=dt)
-    return [("out", out, o64, olp, dt), ("lse", lse, l64, llp, np.float32)]
+    checks = [("out", out, o64, olp, dt)]
+    if lse is not None:
+        checks.append(("lse", lse, l64, llp, np.float32))
+    return checks
 
 
 RUNNERS: Dict[str, Callable] = {
@@ -388,7 +418,7 @@ def run_verify(backends: Sequence[str], quick: bool = False, dtypes: Sequence[st
                     out_ours = ref.to_float64(checks[0][1])
                     if backend == "cpu":
                         cpu_out[(case.name, dtname)] = out_ours
-                    elif (case.name, dtname) in cpu_out and case.kind != "dropout":
+                    elif (case.name, dtname) in cpu_out:
                         other = cpu_out[(case.name, dtname)]
                         if other.shape == out_ours.shape:
                             r.vs_cpu = float(np.max(np.abs(np.nan_to_num(other - out_ours)))) if other.size else 0.0

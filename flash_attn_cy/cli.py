@@ -164,8 +164,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not backends:
         print("error: no backend available to verify", file=sys.stderr)
         return 1
+    dtypes = args.dtypes or ["fp32", "fp16", "bf16"]
+    if args.dtypes is None:
+        try:
+            import ml_dtypes  # noqa: F401
+        except ImportError:
+            print("note: ml_dtypes is not installed, so NumPy has no bfloat16: bf16 is not checked "
+                  "(pip install ml_dtypes)", file=sys.stderr)
+            dtypes.remove("bf16")
     print(f"verifying {', '.join(backends)} against the float64 reference "
-          f"({'quick' if args.quick else 'full'} grid, dtypes {','.join(args.dtypes)}); rule: "
+          f"({'quick' if args.quick else 'full'} grid, dtypes {','.join(dtypes)}); rule: "
           "max err <= 2 x error of the reference computed in the dtype + floor")
     t0 = time.perf_counter()
 
@@ -180,7 +188,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             names = ", ".join(c.name for c in _verify.builtin_cases(args.quick))
             print(f"error: --case: no built-in case matches {args.case}; cases: {names}", file=sys.stderr)
             return 2
-    results = _verify.run_verify(backends, dtypes=args.dtypes, seed=args.seed, progress=progress, cases=cases)
+    results = _verify.run_verify(backends, dtypes=dtypes, seed=args.seed, progress=progress, cases=cases)
     print(_verify.format_table(results, verbose=args.verbose))
     passed, failed, na = _verify.summary(results)
     print(f"\n{passed} passed, {failed} failed, {na} not applicable in {time.perf_counter() - t0:.1f}s")
@@ -213,12 +221,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.backward and torch is None:
         print("error: --backward needs PyTorch (autograd drives the backward pass)", file=sys.stderr)
         return 2
-    if "bf16" in args.dtypes:
+    dtypes = args.dtypes or list(_bench.DEFAULT_DTYPES)
+    if "bf16" in dtypes:
         try:
             import ml_dtypes  # noqa: F401
         except ImportError:
-            print("error: bf16 needs ml_dtypes (pip install ml_dtypes) or --dtypes fp32,fp16", file=sys.stderr)
-            return 2
+            if args.dtypes:
+                print("error: bf16 needs ml_dtypes (pip install ml_dtypes) or --dtypes fp32,fp16", file=sys.stderr)
+                return 2
+            print("note: ml_dtypes is not installed, so NumPy has no bfloat16: timing fp32 only "
+                  "(pip install ml_dtypes for bf16)", file=sys.stderr)
+            dtypes = [d for d in dtypes if d != "bf16"]
     backends = _choose_backends(args.backend, exclude_by_default=("sim",))
     if args.threads:
         setter = getattr(fa, "set_num_threads", None) or getattr(fa._core, "set_num_threads", None)
@@ -231,13 +244,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     seqlens = args.seqlens or (_bench.QUICK_SEQLENS if quick else _bench.DEFAULT_SEQLENS)
     headdims = args.headdims or (_bench.QUICK_HEADDIMS if quick else _bench.DEFAULT_HEADDIMS)
     causal = {"both": (False, True), "true": (True,), "false": (False,)}[args.causal]
-    shapes = _bench.build_shapes(seqlens, headdims, args.dtypes, causal, args.batch, args.heads,
+    shapes = _bench.build_shapes(seqlens, headdims, dtypes, causal, args.batch, args.heads,
                                  backward=args.backward, decode=args.decode)
     hw = _sysinfo.hardware_summary()
     threads = torch.get_num_threads() if torch is not None else None
     print(f"flash_attn_cy {getattr(fa, '__version__', '?')} on {hw['cpu']} ({hw['cores']['usable']} usable cores"
           f"{', ' + hw['gpu'] if 'gpu' in hw else ''}); torch {torch.__version__ if torch else 'absent'}"
           f"{f' with {threads} threads' if threads else ''}")
+    if hasattr(os, "getloadavg"):
+        load = os.getloadavg()[0]
+        if load > 1.5 * max(1, hw["cores"]["usable"]):
+            print(f"warning: load average {load:.1f} on {hw['cores']['usable']} cores: other processes compete for "
+                  "the CPU and the timings below are unreliable", file=sys.stderr)
     peak = None
     if not args.no_peak:
         peaks = _bench.matmul_peak_gflops()
@@ -274,7 +292,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     if args.plot:
         names = list(backends) + (["torch"] if torch is not None else [])
-        _bench.plot(rows, names, args.plot, f"flash_attn_cy {getattr(fa, '__version__', '')} on {hw['cpu']}")
+        _bench.plot(rows, names, args.plot, f"flash_attn_cy {getattr(fa, '__version__', '')} on {hw['cpu']}",
+                    peak=peak)
         print(f"wrote {args.plot}")
     failed = any(r.ms.get(be) is None and not r.notes.get(be, "").startswith("n/a") for r in rows for be in backends)
     return 1 if failed else 0
@@ -309,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--backend", action="append", metavar="NAME",
                     help="backend to check (repeatable; default: every available backend)")
     pv.add_argument("--quick", action="store_true", help="one small case per feature")
-    pv.add_argument("--dtypes", type=_csv_dtypes, default=["fp32", "fp16", "bf16"], metavar="LIST",
+    pv.add_argument("--dtypes", type=_csv_dtypes, default=None, metavar="LIST",
                     help="comma-separated among fp32,fp16,bf16 (default: all)")
     pv.add_argument("--case", action="append", metavar="TEXT",
                     help="only cases whose name contains TEXT (repeatable), e.g. --case kvcache --case varlen")
@@ -325,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--quick", action="store_true", help="fewer shapes (seqlen 512,2048; head dim 64)")
     pb.add_argument("--seqlens", type=_csv_ints, metavar="LIST", help="e.g. 512,2048,4096 (key length for --decode)")
     pb.add_argument("--headdims", type=_csv_ints, metavar="LIST", help="e.g. 64,128")
-    pb.add_argument("--dtypes", type=_csv_dtypes, default=["fp32", "bf16"], metavar="LIST",
+    pb.add_argument("--dtypes", type=_csv_dtypes, default=None, metavar="LIST",
                     help="comma-separated among fp32,fp16,bf16 (default fp32,bf16)")
     pb.add_argument("--batch", type=_positive_int, default=1, help="batch size (default 1)")
     pb.add_argument("--heads", type=_positive_int, default=8, help="number of heads (default 8)")

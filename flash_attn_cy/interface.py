@@ -21,7 +21,7 @@ Normalised arguments (keyword names used by attention_forward, attention_backwar
     softcap        : float >= 0
     alibi_slopes   : float32 NumPy array of shape (1, nheads) or (batch, nheads), or None
     deterministic  : bool
-    return_attn_probs : bool (S_dmask is produced only when dropout_p > 0, as flash_attn)
+    return_attn_probs : bool (S_dmask, the attention probabilities, is computed only when asked for)
     block_table    : int32 NumPy array (batch, max_blocks) or None (varlen only)
     backend        : resolved backend name: "cpu", "sim" or "metal"
     rng            : (seed, offset) pair of ints for dropout (ignored when dropout_p == 0)
@@ -86,7 +86,8 @@ def attention_forward(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seql
 
     Returns (out, softmax_lse, S_dmask): out like q; softmax_lse float32 (batch, nheads, seqlen_q), or
     (nheads, total_q) in the varlen layout; S_dmask float32 (batch, nheads, seqlen_q, seqlen_k) attention
-    probabilities with dropped entries negated when dropout_p > 0 and return_attn_probs, else None.
+    probabilities (dropped entries negated when dropout_p > 0) when return_attn_probs, else None. Varlen:
+    (batch, nheads, max_seqlen_q, max_seqlen_k), sequence b in the top-left corner of its slice, zeros elsewhere.
     """
     kind, dtype = _kind_dtype(q)
     varlen = cu_seqlens_q is not None
@@ -104,7 +105,7 @@ def attention_forward(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seql
         lse = _arrays.empty(kind, q, (batch, nheads, sq), "float32")
         rows_q = batch * sq
         no_keys = sk == 0
-    want_probs = return_attn_probs and dropout_p > 0.0
+    want_probs = return_attn_probs
     probs = _arrays.empty(kind, q, (batch, nheads, sq, sk), "float32", fill=0.0) if want_probs else None
 
     if varlen and int(cu_seqlens_q[-1]) < rows_q:
@@ -124,10 +125,10 @@ def attention_forward(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seql
     if varlen and block_table is not None:
         # paged varlen: keys of sequence b are the first cu_seqlens_k[b+1]-cu_seqlens_k[b] rows of its pages
         kw["seqused_k"] = np.ascontiguousarray(np.diff(cu_seqlens_k), dtype=np.int32)
-    if probs is not None:
-        kw["attn_probs"] = _arrays.core_view(probs, "attn_probs", writable=True)
     lead = varlen
     kv_lead = varlen and block_table is None
+    if probs is not None and backend == "cpu":
+        kw["attn_probs"] = _arrays.core_view(probs, "attn_probs", writable=True)
     _mps_sync(kind)
     _core.forward(backend, dtype,
                   _arrays.core_view(q, "q", lead_axis=lead),
@@ -136,7 +137,34 @@ def attention_forward(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seql
                   _arrays.core_view(out, "out", lead_axis=lead, writable=True),
                   _arrays.core_view(lse, "softmax_lse", lead_axis=lead, writable=True),
                   **kw)
+    if probs is not None and backend != "cpu":
+        _probs_on_cpu(probs, q, k, v, dtype, lead, kv_lead, kw)
     return out, lse, probs
+
+
+def _probs_on_cpu(probs, q, k, v, dtype, lead, kv_lead, kw):
+    """S_dmask for backends whose kernels never materialise the (seqlen_q x seqlen_k) probabilities (sim, metal):
+    the CPU backend recomputes them with the same inputs and the same Philox (seed, offset), so the dropout pattern
+    is exactly the one the requested backend applied (kernels/fa_philox.h is shared by every backend)."""
+    def host(x):
+        return x.cpu() if _arrays.is_torch(x) and x.device.type != "cpu" else x
+    qh, kh, vh = host(q), host(k), host(v)
+    host_probs = host(probs)
+    scratch_out = np.empty(tuple(qh.shape), dtype=_arrays._host_numpy(qh).dtype)
+    if lead:  # varlen: (nheads, total_q)
+        scratch_lse = np.empty((qh.shape[1], qh.shape[0]), np.float32)
+    else:
+        scratch_lse = np.empty((qh.shape[0], qh.shape[2], qh.shape[1]), np.float32)
+    kw = dict(kw, attn_probs=_arrays.core_view(host_probs, "attn_probs", writable=True))
+    _core.forward("cpu", dtype,
+                  _arrays.core_view(qh, "q", lead_axis=lead),
+                  _arrays.core_view(kh, "k", lead_axis=kv_lead),
+                  _arrays.core_view(vh, "v", lead_axis=kv_lead),
+                  _arrays.core_view(scratch_out, "out", lead_axis=lead, writable=True),
+                  _arrays.core_view(scratch_lse, "softmax_lse", lead_axis=lead, writable=True),
+                  **kw)
+    if host_probs is not probs:
+        probs.copy_(host_probs)
 
 
 def attention_backward(dout, q, k, v, out, softmax_lse, *, dq=None, dk=None, dv=None, cu_seqlens_q=None,
@@ -216,6 +244,12 @@ def _run(q, k, v, names, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=N
         if importlib.util.find_spec("flash_attn_cy.autograd") is not None:
             from . import autograd
             out, lse, probs = autograd.attention_with_grad(q, k, v, **args)
+            if return_attn_probs and probs is None:
+                # the differentiable path may not materialise S_dmask; recompute it (same inputs, same Philox
+                # (seed, offset), so the same dropout pattern) outside the graph - a debugging output, not hot
+                import torch
+                with torch.no_grad():
+                    _, _, probs = attention_forward(q.detach(), k.detach(), v.detach(), **args)
         else:
             if not _autograd_warned:
                 warnings.warn("flash_attn_cy.autograd is not available in this build: the result is not "
@@ -278,8 +312,8 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
 
     Returns:
         out (batch, seqlen_q, nheads, headdim), or (out, softmax_lse, S_dmask) with return_attn_probs:
-        softmax_lse float32 (batch, nheads, seqlen_q); S_dmask float32 (batch, nheads, seqlen_q, seqlen_k)
-        probabilities with dropped entries negated, or None when dropout_p == 0.
+        softmax_lse float32 (batch, nheads, seqlen_q); S_dmask float32 (batch, nheads, seqlen_q, seqlen_k), the
+        softmax probabilities, with the entries dropout removed negated (a debugging aid, as flash_attn's).
     """
     V.dense_shapes(q, k, v)
     return _run(q, k, v, ("q", "k", "v"), dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
@@ -338,7 +372,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     Other options as flash_attn_func; masks align bottom-right per sequence.
 
     Returns out (total_q, nheads, headdim), or (out, softmax_lse (nheads, total_q) float32, S_dmask) with
-    return_attn_probs (S_dmask: (batch, nheads, max_seqlen_q, max_seqlen_k) or None when dropout_p == 0).
+    return_attn_probs (S_dmask: (batch, nheads, max_seqlen_q, max_seqlen_k), sequence b in the top-left corner).
     """
     V.ndim(q, "q", 3, "(total_q, nheads, headdim)")
     if block_table is None:

@@ -185,6 +185,11 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             raise ValueError("q: seqlen_q must be >= 1 when appending to the cache")
         return (out, lse) if want_lse else out
 
+    if capacity == 0 or k_cache.shape[0] == 0:  # an empty cache: no row sees a key
+        out[...] = 0
+        lse[...] = float("inf")
+        return (out, lse) if want_lse else out
+
     used_before = seqlens - (leftpad if leftpad is not None else 0)
     used_after = (used_before + seqlen_new).astype(np.int32)
     common = dict(block_table=bt, cache_batch_idx=batch_idx, leftpad_k=leftpad, max_seqlen_k=capacity)

@@ -127,16 +127,20 @@ inline fa_key_loc fa_locate_key(constant fa_fwd_params& p, thread const fa_seq& 
     return loc;
 }
 
+constexpr int fa_pow2_floor(int x) { return x >= 256 ? 256 : x >= 128 ? 128 : x >= 64 ? 64 : x >= 32 ? 32 : 16; }
+
 // Stage keys kb .. kb+BK-1 of K and V into threadgroup memory (row stride fa_tile_ld(BD)); zero past the last key
-// and past the real head dim, so the fragments never need a bounds test. TPR threads share a row so the page /
-// batch lookup is done once per row.
+// and past the real head dim, so the fragments never need a bounds test. TPR consecutive threads cover one row
+// (consecutive lanes read consecutive elements: coalesced device reads), and the page / batch lookup of a row is
+// done once per row.
 template <typename T, int BD, int BK, int NT>
 inline void fa_load_kv_tile(threadgroup T* ks, threadgroup T* vs, device const T* k, device const T* v,
                             constant fa_fwd_params& p, thread const fa_seq& s, device const int* block_table, int b,
                             int hkv, int kb, ushort tid) {
     constexpr int LD = fa_tile_ld(BD);
-    constexpr int TPR = NT >= BK ? NT / BK : 1;
-    constexpr int ROW_STEP = NT / TPR;
+    constexpr int TPR = fa_pow2_floor(NT < BD ? NT : BD);  // threads per row, divides NT
+    constexpr int ROW_STEP = NT / TPR;                     // rows loaded per pass
+    static_assert(NT % TPR == 0, "threads per row must divide the threadgroup");
     for (int j = tid / TPR; j < BK; j += ROW_STEP) {
         const int key = kb + j;
         const bool valid = key < s.sk;

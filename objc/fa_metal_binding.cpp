@@ -149,6 +149,17 @@ int plan_bindings(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update
     }
     const fa_device_buffers *dev = p->device_buffers;
     static_assert(FA_BUF_COUNT <= FA_DEVICE_BUFFER_SLOTS, "every logical buffer needs a device-buffer slot");
+    // A tensor handed over in an MTLBuffer that no launch binds would be silently ignored: an output never written,
+    // an input (ALiBi slopes, say) never applied. Refuse instead of returning a wrong answer.
+    if (dev != nullptr) {
+        for (int id = 0; id < FA_BUF_COUNT; ++id) {
+            if (dev->handle[id] != nullptr && !bound[id])
+                return fail(FA_ERR_RUNTIME, err, errlen,
+                            "metal: %s was given as a Metal buffer but the dispatch plan does not use it, so it "
+                            "would be silently %s",
+                            buffer_name(id), buffer_written(kind, id) ? "left unwritten" : "ignored");
+        }
+    }
 
     for (int id = 0; id < FA_BUF_COUNT; ++id) {
         if (!bound[id]) continue;

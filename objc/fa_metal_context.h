@@ -30,4 +30,7 @@ id<MTLComputePipelineState> pipeline(Context &ctx, const char *kernel, int *stat
 // Which kernel library this process uses or will use, for fa_metal_describe.
 std::string library_description();
 
+// Why no kernel library is usable ("" when one is found or loaded), for fa_metal_available.
+std::string library_problem();
+
 }  // namespace fametal

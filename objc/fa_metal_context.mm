@@ -214,6 +214,13 @@ id<MTLComputePipelineState> pipeline(Context &ctx, const char *kernel, int *stat
     return state;
 }
 
+std::string library_problem() {
+    KernelCache &kc = cache();
+    std::lock_guard<std::mutex> lock(kc.mu);
+    if (kc.loaded) return kc.load_status == FA_OK ? std::string() : kc.load_error;
+    return find_library_source().problem;
+}
+
 std::string library_description() {
     KernelCache &kc = cache();
     std::lock_guard<std::mutex> lock(kc.mu);
@@ -233,12 +240,19 @@ using fametal::fail;
 int fa_metal_available(char *why, size_t whylen) {
     try {
         fametal::Context &ctx = fametal::context();
-        if (ctx.supported) {
-            if (why != nullptr && whylen > 0) why[0] = '\0';
-            return 1;
+        if (!ctx.supported) {
+            fail(0, why, whylen, "%s", ctx.reason.c_str());
+            return 0;
         }
-        fail(0, why, whylen, "%s", ctx.reason.c_str());
-        return 0;
+        // Without a kernel library the backend cannot run anything: say so here, so that backend="auto" picks
+        // another one. (Whether the library loads or compiles is only known at first use.)
+        const std::string problem = fametal::library_problem();
+        if (!problem.empty()) {
+            fail(0, why, whylen, "%s", problem.c_str());
+            return 0;
+        }
+        if (why != nullptr && whylen > 0) why[0] = '\0';
+        return 1;
     } catch (...) {
         fail(0, why, whylen, "metal: unexpected exception while probing the Metal device");
         return 0;

@@ -117,6 +117,7 @@ int execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, c
     std::memset(plan.get(), 0, sizeof(fa_plan));
     int status = fa_plan_build(kind, p, u, plan.get(), err, errlen);
     if (status != FA_OK) return status;
+    if (plan->nlaunches == 0) return FA_OK;  // nothing to compute (empty shapes): no command buffer at all
 
     BindingPlan bindings;
     status = plan_bindings(kind, p, u, plan.get(), static_cast<uint64_t>(getpagesize()), kWrapMinBytes, &bindings,

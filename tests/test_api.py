@@ -20,10 +20,11 @@ TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.flo
 def _check(out, lse, q, k, v, dtype, **kw):
     """out/lse vs the float64 reference, tolerance from the reference computed in `dtype`.
 
-    float64 inputs: the C ABI carries softmax_scale as float32 and the LSE as float32, so the float64 reference
-    uses the float32-rounded scale and the LSE is held to float32's rule."""
-    if dtype == "fp64":
-        kw["softmax_scale"] = float(np.float32(kw.get("softmax_scale") or q.shape[-1] ** -0.5))
+    float64 inputs: the C ABI carries an explicit softmax_scale as float32 (the default 1/sqrt(d) is recovered
+    exactly) and the LSE as float32, so the float64 reference uses the float32-rounded explicit scale and the LSE is
+    held to float32's rule."""
+    if dtype == "fp64" and kw.get("softmax_scale") is not None:
+        kw["softmax_scale"] = float(np.float32(kw["softmax_scale"]))
     ref, ref_lse = R.attention_ref(q, k, v, return_lse=True, **kw)
     low, low_lse = R.attention_ref(q, k, v, return_lse=True, compute_dtype=DTYPES[dtype], **kw)
     assert_close_to_ref(out, ref, low)
@@ -32,6 +33,19 @@ def _check(out, lse, q, k, v, dtype, **kw):
             _, low_lse = R.attention_ref(q, k, v, return_lse=True, compute_dtype=np.float32, **kw)
         lse_dtype = "float32" if dtype == "fp64" else DTYPES[dtype]
         assert_close_to_ref(lse, ref_lse, low_lse, dtype=lse_dtype, what="softmax_lse")
+
+
+def _check_probs(probs, q, k, lse, **mask):
+    """Without dropout S_dmask is the softmax: exp(scale * q.k - lse) on visible keys, 0 elsewhere."""
+    q64, k64 = R.to_float64(q), R.to_float64(k)
+    group = q64.shape[2] // k64.shape[2]
+    s = np.einsum("bqhd,bkhd->bhqk", q64, np.repeat(k64, group, axis=2)) * q64.shape[-1] ** -0.5
+    vis = R.visible_mask(q64.shape[1], k64.shape[1], **mask)
+    lse64 = R.to_float64(lse)
+    with np.errstate(invalid="ignore"):
+        expect = np.where(vis, np.exp(s - np.where(np.isinf(lse64), 0.0, lse64)[..., None]), 0.0)
+    tol = 2e-2 if R.dtype_name(q) in ("float16", "bfloat16") else 1e-5
+    np.testing.assert_allclose(R.to_float64(probs), expect, rtol=tol, atol=tol)
 
 
 # ---- dense forward numerics over the feature set (small odd sizes) ----------------------------------------------
@@ -45,8 +59,9 @@ def test_func_matches_reference(rng, dtype, sq, sk):
     out, lse, probs = fa.flash_attn_func(q, k, v, causal=True, return_attn_probs=True, backend="cpu")
     assert out.dtype == q.dtype and out.shape == q.shape and isinstance(out, np.ndarray)
     assert lse.dtype == np.float32 and lse.shape == (2, 4, sq)
-    assert probs is None  # flash_attn returns S_dmask only with dropout
+    assert probs.shape == (2, 4, sq, sk) and probs.dtype == np.float32
     _check(out, lse, q, k, v, dtype, causal=True)
+    _check_probs(probs, q, k, lse, causal=True)
 
 
 @pytest.mark.parametrize("opts", [
@@ -108,7 +123,7 @@ def test_torch_in_torch_out(rng, dtype):
     out, lse, probs = fa.flash_attn_func(q, k, v, causal=True, return_attn_probs=True, backend="cpu")
     assert isinstance(out, torch.Tensor) and out.dtype == TORCH_DTYPES[dtype] and out.device.type == "cpu"
     assert isinstance(lse, torch.Tensor) and lse.dtype == torch.float32 and tuple(lse.shape) == (2, 4, 9)
-    assert probs is None
+    assert isinstance(probs, torch.Tensor) and tuple(probs.shape) == (2, 4, 9, 11) and probs.dtype == torch.float32
     out_np = fa.flash_attn_func(qn, kn, vn, causal=True, backend="cpu")
     np.testing.assert_array_equal(R.to_float64(out), R.to_float64(out_np))
 
@@ -207,7 +222,7 @@ def test_varlen_matches_reference(rng, dtype, causal):
     cq, ck = _cu(lq), _cu(lk)
     out, lse, probs = fa.flash_attn_varlen_func(q, k, v, cq, ck, max(lq), max(lk), causal=causal,
                                                 return_attn_probs=True, backend="cpu")
-    assert out.shape == q.shape and lse.shape == (4, sum(lq)) and probs is None
+    assert out.shape == q.shape and lse.shape == (4, sum(lq)) and probs.shape == (4, 4, max(lq), max(lk))
     _check(out, lse, q, k, v, dtype, causal=causal, cu_seqlens_q=cq, cu_seqlens_k=ck)
 
 
@@ -411,3 +426,14 @@ def test_varlen_dropout_probabilities(rng):
         assert np.all(s[b, :, lq[b]:, :] == 0) and np.all(s[b, :, :, lk[b]:] == 0)
     ref = R.attention_ref(q, k, v, cu_seqlens_q=cq, cu_seqlens_k=ck, dropout_p=0.25, dropout_mask=keep)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_attn_probs_same_with_and_without_grad(rng):
+    qn, kn, vn = (randn(rng, (1, 7, 2, 8)) for _ in range(3))
+    q, k, v = (to_torch(x).requires_grad_(True) for x in (qn, kn, vn))
+    for p in (0.0, 0.3):
+        out_g, lse_g, s_g = fa.flash_attn_func(q, k, v, dropout_p=p, return_attn_probs=True, seed=11, backend="cpu")
+        with torch.no_grad():
+            out, lse, s = fa.flash_attn_func(q, k, v, dropout_p=p, return_attn_probs=True, seed=11, backend="cpu")
+        assert s_g is not None and torch.equal(s_g, s)
+        assert torch.equal(out_g.detach(), out) and torch.equal(lse_g, lse)

@@ -62,12 +62,9 @@ def _forward(q, k, v, backend="cpu", **kw):
     return fn(q, k, v, return_attn_probs=True, backend=backend, **kw)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "sim"])
-def test_forward_mask_is_the_documented_one(rng, backend):
-    if backend not in available_backends():
-        pytest.skip(f"backend {backend} not available")
+def test_forward_mask_is_the_documented_one(rng):
     q, k, v = randn(rng, (2, 13, 3, 8)), randn(rng, (2, 21, 3, 8)), randn(rng, (2, 21, 3, 8))
-    _, _, probs = _forward(q, k, v, backend=backend, dropout_p=0.3, seed=SEED)
+    _, _, probs = _forward(q, k, v, dropout_p=0.3, seed=SEED)
     keep = keep_mask(*SEED, 2, 3, 13, 21, 0.3)
     np.testing.assert_array_equal(probs >= 0, keep)  # dropped entries are marked by a negative sign
 
@@ -140,21 +137,19 @@ def test_same_seed_same_bits_other_seed_differs(rng):
 
 
 def test_cpu_and_sim_agree(rng):
+    # the Metal kernels never materialise probabilities, so the shared mask shows through the results: forward and
+    # backward of both backends, same seed, each checked against the reference built on the documented mask
     if "sim" not in available_backends():
         pytest.skip("sim backend not available")
     q, k, v = randn(rng, (1, 19, 2, 64)), randn(rng, (1, 23, 1, 64)), randn(rng, (1, 23, 1, 64))
     dout = randn(rng, q.shape)
-    res = {}
-    for backend in ("cpu", "sim"):
-        out, lse, probs = _forward(q, k, v, backend=backend, dropout_p=0.3, seed=SEED, causal=True)
-        grads = backward(dout, q, k, v, out, lse, backend=backend, dropout_p=0.3, seed=SEED, causal=True)
-        res[backend] = (out, probs, grads)
-    np.testing.assert_array_equal(res["cpu"][1] < 0, res["sim"][1] < 0)  # the identical mask
     keep = keep_mask(*SEED, 1, 2, 19, 23, 0.3)
     o64, g64 = dropout_ref_grads(q, k, v, dout, keep, 0.3, causal=True)
     olow, glow = dropout_ref_grads(q, k, v, dout, keep, 0.3, compute_dtype=torch.float32, causal=True)
     for backend in ("cpu", "sim"):
-        out, _, grads = res[backend]
+        out, lse, _ = fa.attention_forward(q, k, v, dropout_p=0.3, softmax_scale=0.125, causal=True,
+                                           window_size=(-1, 0), rng=SEED, backend=backend)
+        grads = backward(dout, q, k, v, out, lse, backend=backend, dropout_p=0.3, seed=SEED, causal=True)
         assert_close_to_ref(out, o64, olow, what=f"{backend} out")
         for name, ours, r64, rlow in zip(("dq", "dk", "dv"), grads, g64, glow):
             assert_close_to_ref(ours, r64, rlow, what=f"{backend} {name}")

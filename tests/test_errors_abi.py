@@ -98,3 +98,15 @@ def test_device_tensor_needs_metal():
     d = _core.DeviceTensor(1, 0, 1024, (1, 1, 1, 8), (8, 8, 8, 1))
     with pytest.raises(ValueError, match="metal"):
         _core.forward("cpu", "float32", d, d, d, d, softmax_scale=1.0)
+
+
+def test_device_tensor_bounds_checked_before_the_backend():
+    """A Metal buffer view larger than its buffer is refused by the C checks (here reached with backend 'metal',
+    which on a machine without Metal would otherwise fail only for being unavailable)."""
+    small = _core.DeviceTensor(0x1000, 0, 64, (1, 4, 1, 8), (32, 8, 8, 1))      # needs 4*8*4 = 128 bytes
+    ok = _core.DeviceTensor(0x2000, 0, 4096, (1, 4, 1, 8), (32, 8, 8, 1))
+    with pytest.raises(ValueError, match="Metal buffer"):
+        _core.forward("metal", "float32", small, ok, ok, ok, softmax_scale=1.0)
+    lse = _core.DeviceTensor(0x3000, 0, 8, (1, 1, 4), (4, 4, 1))  # needs 16 bytes
+    with pytest.raises(ValueError, match="softmax_lse"):
+        _core.forward("metal", "float32", ok, ok, ok, ok, lse, softmax_scale=1.0)

@@ -69,6 +69,10 @@ def kv_reference(q, k_cache, v_cache, k=None, v=None, *, cos=None, sin=None, seq
             dst = rows(n0 + np.arange(snew))
             kc[dst], vc[dst] = kn, vn
         src = rows(np.arange(start, n0 + snew))
+        if src[0].size == 0:  # no key at all: zeros and +inf (flash_attn); the reference needs >= 1 key
+            outs.append(np.zeros(qb.shape, np.float32 if lowp else np.float64))
+            lses.append(np.full((qb.shape[1], sq), np.inf, np.float32 if lowp else np.float64))
+            continue
         o, lse = R.attention_ref(qb[None], kc[src][None], vc[src][None], causal=causal, window_size=window_size,
                                  compute_dtype=compute_dtype, return_lse=True,
                                  **{key: (val[b] if key == "alibi_slopes" and np.ndim(val) == 2 else val)
@@ -139,10 +143,13 @@ def test_append_into_strided_cache_view(rng):
     big = randn(rng, (2, 2, 24, 3, 16))  # [layer, batch, seq, heads, d]
     kc, vc = big[0, :, :, :2], big[1, :, :, :2]
     q, k, v = randn(rng, (2, 2, 4, 16)), randn(rng, (2, 2, 2, 16)), randn(rng, (2, 2, 2, 16))
-    kc0, vc0 = kc.copy(), vc.copy()
+    kc0, vc0, big0 = kc.copy(), vc.copy(), big.copy()
     out = fa.flash_attn_with_kvcache(q, kc, vc, k, v, cache_seqlens=5, causal=True, backend="cpu")
     np.testing.assert_array_equal(big[0, :, 5:7, :2], k)
     np.testing.assert_array_equal(big[1, :, 5:7, :2], v)
+    written = np.zeros(big.shape, bool)
+    written[:, :, 5:7, :2] = True
+    np.testing.assert_array_equal(big[~written], big0[~written])  # nothing outside the new rows changed
     check(out, None, q, kc0, vc0, "fp32", k=k, v=v, seqlens=np.array([5, 5]), causal=True)
 
 
@@ -233,3 +240,51 @@ def test_decode_loop_matches_full_attention(rng):
     full = fa.flash_attn_func(qs, ks, vs, causal=True, backend="cpu")
     np.testing.assert_allclose(np.concatenate(outs, axis=1), full, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(kc[:, :total], ks)
+
+
+def test_read_only_q_and_new_rows(rng):
+    """Without rotary nothing but the cache is written: read-only q, k, v are fine."""
+    q, k, v = randn(rng, (1, 2, 2, 8)), randn(rng, (1, 2, 2, 8)), randn(rng, (1, 2, 2, 8))
+    for x in (q, k, v):
+        x.flags.writeable = False
+    kc, vc = np.zeros((1, 16, 2, 8), np.float32), np.zeros((1, 16, 2, 8), np.float32)
+    out = fa.flash_attn_with_kvcache(q, kc, vc, k, v, cache_seqlens=0, causal=True, backend="cpu")
+    np.testing.assert_array_equal(kc[:, :2], k)
+    check(out, None, q, np.zeros_like(kc), np.zeros_like(vc), "fp32", k=k, v=v, seqlens=np.array([0]), causal=True)
+
+
+def test_append_in_place_torch_bf16_paged(rng):
+    page = 16
+    kc = to_torch(randn(rng, (4, page, 2, 32), "bf16"))
+    vc = to_torch(randn(rng, (4, page, 2, 32), "bf16"))
+    kc0, vc0 = kc.clone(), vc.clone()
+    q = to_torch(randn(rng, (1, 1, 4, 32), "bf16"))
+    k, v = to_torch(randn(rng, (1, 1, 2, 32), "bf16")), to_torch(randn(rng, (1, 1, 2, 32), "bf16"))
+    bt = torch.tensor([[2, 0, 3]], dtype=torch.int32)
+    out, lse = fa.flash_attn_with_kvcache(q, kc, vc, k, v, cache_seqlens=torch.tensor([20], dtype=torch.int32),
+                                          block_table=bt, return_softmax_lse=True, backend="cpu")
+    assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32 and tuple(lse.shape) == (1, 4, 1)
+    assert torch.equal(kc[0, 4], k[0, 0]) and torch.equal(vc[0, 4], v[0, 0])  # row 20 = page bt[0][1]=0, slot 4
+    changed = (kc != kc0).any(dim=(2, 3))
+    assert changed.sum() == 1 and bool(changed[0, 4])
+    check(out, lse, q, kc0, vc0, "bf16", k=k, v=v, seqlens=np.array([20]), block_table=bt.numpy())
+
+
+def test_leftpad_with_alibi_and_window(rng):
+    """Masks and ALiBi distances count keys from the first valid row (cache_leftpad), as flash_attn."""
+    batch, cap, h, d = 2, 32, 2, 16
+    kc, vc = randn(rng, (batch, cap, h, d)), randn(rng, (batch, cap, h, d))
+    q = randn(rng, (batch, 3, h, d))
+    seqlens = np.array([20, 31], np.int32)
+    leftpad = np.array([6, 2], np.int32)
+    slopes = rng.uniform(0.1, 0.5, (batch, h)).astype(np.float32)
+    out = fa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=seqlens, cache_leftpad=leftpad, alibi_slopes=slopes,
+                                     window_size=(7, 1), backend="cpu")
+    check(out, None, q, kc, vc, "fp32", seqlens=seqlens, leftpad=leftpad, alibi_slopes=slopes, window_size=(7, 1))
+
+
+def test_zero_capacity_cache(rng):
+    q = randn(rng, (2, 1, 2, 8))
+    empty = np.zeros((2, 0, 2, 8), np.float32)
+    out, lse = fa.flash_attn_with_kvcache(q, empty, empty, cache_seqlens=0, return_softmax_lse=True, backend="cpu")
+    assert np.all(out == 0) and np.all(np.isposinf(lse))

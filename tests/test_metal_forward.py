@@ -18,7 +18,7 @@ from test_metal_support import dropout_keep_mask, lse_close, np_dtype, rand, req
 from _tolerance import assert_close_to_ref
 
 BACKEND = os.environ.get("FA_TEST_METAL_BACKEND", "sim")
-SCHEDULES = 2
+SCHEDULES = 3  # forward, reverse and one seeded random thread order
 
 
 @pytest.fixture(autouse=True)
@@ -128,7 +128,13 @@ def test_decode_split_with_window_and_empty_splits(rng):
     check_dense(rng, "fp16", sq=2, sk=400, hq=4, hkv=4, window=(20, 0), num_splits=8)
 
 
-def test_varlen(rng):
+def test_prefill_kernel_split_kv(rng):
+    """The 32-row kernel writes split partials too (explicit num_splits), merged by fa_merge."""
+    check_dense(rng, "fp16", sq=40, sk=100, hq=3, hkv=3, causal=True, alibi="h", num_splits=3)
+
+
+@pytest.mark.parametrize("num_splits", [0, 3])
+def test_varlen(num_splits, rng):
     dtype, hq, hkv, d = "fp16", 4, 2, 48
     seqs_q = [13, 0, 40, 1]
     seqs_k = [20, 7, 33, 50]
@@ -139,7 +145,7 @@ def test_varlen(rng):
     scale = d ** -0.5
     out, lse = sim_forward(q[None], k[None], v[None], lse_shape=(1, hq, tq), backend=BACKEND, softmax_scale=scale,
                            window_left=-1, window_right=0, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
-                           max_seqlen_q=max(seqs_q), max_seqlen_k=max(seqs_k))
+                           max_seqlen_q=max(seqs_q), max_seqlen_k=max(seqs_k), num_splits=num_splits)
     kw = dict(softmax_scale=scale, causal=True, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
     ref64, lse64 = attention_ref(q, k, v, return_lse=True, **kw)
     ref_lowp = attention_ref(q, k, v, compute_dtype=np.float16, **kw)

@@ -44,3 +44,24 @@ def test_binding_driver(tmp_path: Path) -> None:
     run = subprocess.run([str(tmp_path / "binding_driver")], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "passed" in run.stdout and "FAIL" not in run.stdout, run.stdout
+
+
+def test_real_plans_through_the_binding(tmp_path: Path) -> None:
+    """The shim's binding/encoding over csrc/plan's real plans (tests/test_objc_plan_driver.cpp)."""
+    cxx = _compiler()
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    plan_dir = ROOT / "csrc" / "plan"
+    sources = sorted(str(p) for p in plan_dir.glob("*.cpp") if p.name != "fa_plan_json.cpp")
+    if not any(s.endswith("fa_plan_forward.cpp") for s in sources):
+        pytest.skip("csrc/plan has no forward plan yet")
+    defines = [] if (plan_dir / "fa_plan_backward.cpp").exists() else ["-DFA_NO_PLAN_BACKWARD"]
+    exe = tmp_path / "plan_driver"
+    cmd = [cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", *defines, f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'kernels'}",
+           f"-I{ROOT / 'objc'}", f"-I{plan_dir}", str(ROOT / "tests" / "test_objc_plan_driver.cpp"),
+           str(ROOT / "objc" / "fa_metal_binding.cpp"), *sources, "-o", str(exe)]
+    built = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr
+    assert "FAIL" not in run.stdout and "passed" in run.stdout, run.stdout[-5000:]

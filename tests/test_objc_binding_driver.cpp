@@ -159,6 +159,22 @@ static void test_device_buffers() {
     CHECK(bp.buf[FA_BUF_OUT].storage == Storage::Device && !bp.buf[FA_BUF_OUT].copy_back);
     CHECK(bp.buf[FA_BUF_K].storage == Storage::Copy);  // mixed: the rest still comes from host memory
 
+    // A device buffer the plan does not bind is an error, not a silently unwritten output / ignored input.
+    int fake_alibi = 0;
+    dev.handle[FA_BUF_ALIBI] = &fake_alibi;
+    dev.byte_length[FA_BUF_ALIBI] = 64;
+    CHECK(plan_bindings(FA_PLAN_FORWARD, &c.p, nullptr, &c.plan, 16384, kWrapMinBytes, &bp, err, sizeof err) ==
+          FA_ERR_RUNTIME);
+    CHECK_CONTAINS(err, "alibi_slopes was given as a Metal buffer but the dispatch plan does not use it");
+    CHECK_CONTAINS(err, "silently ignored");
+    dev.handle[FA_BUF_ALIBI] = nullptr;
+    int fake_probs = 0;
+    dev.handle[FA_BUF_ATTN_PROBS] = &fake_probs;
+    CHECK(plan_bindings(FA_PLAN_FORWARD, &c.p, nullptr, &c.plan, 16384, kWrapMinBytes, &bp, err, sizeof err) ==
+          FA_ERR_RUNTIME);
+    CHECK_CONTAINS(err, "left unwritten");
+    dev.handle[FA_BUF_ATTN_PROBS] = nullptr;
+
     dev.byte_length[FA_BUF_Q] = 16383;  // one byte short of what the plan touches
     CHECK(plan_bindings(FA_PLAN_FORWARD, &c.p, nullptr, &c.plan, 16384, kWrapMinBytes, &bp, err, sizeof err) ==
           FA_ERR_VALUE);

@@ -64,6 +64,7 @@ extern "C" int fa_plan_build(fa_plan_kind kind, const fa_params *p, const fa_kvc
                              size_t errlen) {
     if (kind != FA_PLAN_FORWARD) return std::snprintf(err, errlen, "stand-in plan: forward only"), FA_ERR_UNSUPPORTED;
     std::memset(out, 0, sizeof *out);
+    if (p->seqlen_q == 0) return FA_OK;  // empty plan, as the real one for empty shapes
     const uint32_t n = static_cast<uint32_t>(p->seqlen_q) * static_cast<uint32_t>(p->headdim);
     const uint32_t rows = static_cast<uint32_t>(p->seqlen_q);
     ScaleConstants c{n, p->softmax_scale};
@@ -259,7 +260,11 @@ int main(int argc, char **argv) {
             CHECK(!mock::journal_has("setbuffer 1 64"));
         }
     } else if (scenario == "embedded" || scenario == "embedded_error") {
+        setenv("FLASH_ATTN_CY_METALLIB", "/nonexistent/fa_kernels.metallib", 1);
+        CHECK(fa_metal_available(msg, sizeof msg) == 0);  // a library that is not there: backend unusable
+        CHECK_CONTAINS(msg, "FLASH_ATTN_CY_METALLIB=/nonexistent/fa_kernels.metallib is not a readable file");
         unsetenv("FLASH_ATTN_CY_METALLIB");
+        CHECK(fa_metal_available(msg, sizeof msg) == 1);
         if (scenario == "embedded_error") std::snprintf(g_second_file, sizeof g_second_file, "#error missing tile\n");
         CHECK(fa_metal_describe(msg, sizeof msg) == FA_OK);
         CHECK_CONTAINS(msg, "embedded kernel source (2 files), compiled at first use (not yet compiled)");
@@ -278,6 +283,8 @@ int main(int argc, char **argv) {
             Call again;  // the failure is remembered, not retried
             CHECK(fa_metal_execute(FA_PLAN_FORWARD, &again.p, nullptr, msg, sizeof msg) == FA_ERR_RUNTIME);
             CHECK(count_prefix("library source") == 2);
+            CHECK(fa_metal_available(msg, sizeof msg) == 0);  // and from now on the backend reports itself unusable
+            CHECK_CONTAINS(msg, "stage2.metal failed");
         }
     } else if (scenario == "errors") {
         if (argc < 3) return 2;
@@ -313,6 +320,13 @@ int main(int argc, char **argv) {
             CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_ERR_RUNTIME);
             CHECK_CONTAINS(msg, "could not allocate a 18944-byte buffer for");
             mock::knobs().max_buffer_length = 1ul << 30;
+        }
+        {  // an empty plan runs nothing: no buffers, no command buffer
+            Call c;
+            const size_t before = mock::journal().size();
+            c.p.seqlen_q = 0;
+            CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_OK);
+            CHECK(mock::journal().size() == before);
         }
         {  // and the next call works again
             Call c;

@@ -98,3 +98,55 @@ def test_good_snippet_passes(tmp_path: Path) -> None:
                    "  [e dispatchThreadgroups:MTLSizeMake(1, 2, 3) threadsPerThreadgroup:MTLSizeMake(32, 1, 1)]; }\n")
     result = _compile(src)
     assert result.returncode == 0, result.stderr
+
+
+def _declared_names(header: str) -> set:
+    """Selector pieces, property names, enumerators and C functions declared in a stub header."""
+    import re
+    text = re.sub(r"//[^\n]*", "", header)
+    names = set()
+    for decl in re.findall(r"^[-+]\s*\([^)]*\)\s*([^;]+);", text, flags=re.M):  # methods
+        pieces = re.findall(r"(\w+)\s*:", decl) or [decl.split()[0]]
+        names.add(":".join(pieces) + (":" if ":" in decl else ""))
+    names |= set(re.findall(r"^@property\s*(?:\([^)]*\))?[^;]*?\b(\w+)\s*(?:NS_\w+)?;", text, flags=re.M))
+    names |= set(re.findall(r"^\s+(MTL\w+)\s*=", text, flags=re.M))  # enumerators
+    names |= set(re.findall(r'^extern "C" [^(]*?\b(\w+)\(', text, flags=re.M))
+    return names
+
+
+def test_stubs_declare_only_what_the_shim_uses() -> None:
+    import re
+    shim = "\n".join(p.read_text() for p in sorted((ROOT / "objc").glob("*.mm")))
+    # Kept although unused: complete status enum (the shim prints the status number), both dispatch types, the
+    # protocol requirement of NSCopying, and the -init/-alloc/+new every class has.
+    allowed = {"copyWithZone:", "alloc", "new", "init", "MTLCommandBufferStatusNotEnqueued",
+               "MTLCommandBufferStatusEnqueued", "MTLCommandBufferStatusCommitted", "MTLCommandBufferStatusScheduled",
+               "MTLCommandBufferStatusError", "MTLDispatchTypeConcurrent"}
+    unused = []
+    for header in (STUBS / "Metal" / "Metal.h", STUBS / "Foundation" / "Foundation.h"):
+        for name in sorted(_declared_names(header.read_text())):
+            first = name.split(":")[0]
+            if name in allowed or re.search(rf"\b{re.escape(first)}\b", shim):
+                continue
+            unused.append(f"{header.parent.name}/{header.name}: {name}")
+    assert not unused, "declared in the stubs but not used by objc/*.mm: " + ", ".join(unused)
+
+
+def _macos_sdk() -> str | None:
+    import sys
+    if sys.platform != "darwin" or shutil.which("xcrun") is None:
+        return None
+    sdk = subprocess.run(["xcrun", "--sdk", "macosx", "--show-sdk-path"], capture_output=True, text=True)
+    return sdk.stdout.strip() if sdk.returncode == 0 and sdk.stdout.strip() else None
+
+
+@pytest.mark.skipif(_macos_sdk() is None, reason="needs macOS with the SDK (xcrun): checks the stubs' fidelity")
+@pytest.mark.parametrize("path", MM_FILES, ids=lambda p: p.name)
+def test_mm_compiles_against_the_real_sdk(path: Path) -> None:
+    """On a Mac the same files must compile warning-free against Apple's real headers: a selector or type that the
+    stubs got wrong would pass the Linux check and fail here."""
+    cmd = ["xcrun", "clang", "-fsyntax-only", "-x", "objective-c++", "-std=c++17", "-fobjc-arc", "-fblocks",
+           "-Werror", "-Wall", "-Wextra", "-isysroot", _macos_sdk(), f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'kernels'}",
+           f"-I{ROOT / 'objc'}", str(path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr

@@ -144,13 +144,53 @@ def test_gqa_packs_short_queries(rng):
     assert att["attention"]["pack"] == 4 and att["grid"] == [1, 2, 1]
 
 
-def test_attn_probs_unsupported_on_sim(rng):
-    from flash_attn_cy import _core
-    from test_metal_support import host_view, dtype_name
+def test_attn_probs_adds_the_debug_launch(rng):
+    q = rand(rng, (2, 4, 3, 32), "fp32")
+    k = rand(rng, (2, 100, 3, 32), "fp32")
+    probs = np.zeros((2, 3, 4, 100), np.float32)
+    plan = describe_forward(q, k, k, lse_shape=(2, 3, 4), attn_probs=probs, dropout_p=0.1, num_splits=2)
+    _check_common(plan)
+    kernels = [l["kernel"] for l in plan["launches"]]
+    assert kernels[-1] == "fa_probs_f32" and "fa_merge_f32" in kernels
+    last = plan["launches"][-1]
+    assert last["grid"] == [4, 3, 2]
+    assert plan["buffer_bytes"]["attn_probs"] == probs.nbytes
+    assert "attn_probs" in {b["buffer"] for b in last["bindings"]}
+    assert "fa_probs_f32" not in [l["kernel"] for l in describe_forward(q, k, k, lse_shape=(2, 3, 4))["launches"]]
 
-    q = rand(rng, (1, 4, 1, 32), "fp32")
-    out = np.zeros_like(q)
-    probs = np.zeros((1, 1, 4, 4), np.float32)
-    with pytest.raises(NotImplementedError, match="attn_probs"):
-        _core.describe_plan("forward", "sim", dtype_name(q.dtype), host_view(q), host_view(q), host_view(q),
-                            host_view(out), None, softmax_scale=0.5, attn_probs=probs, dropout_p=0.1)
+
+def _describe_kvcache(q, kc, vc, knew, vnew, **options):
+    from flash_attn_cy import _core
+    from test_metal_support import dtype_name, host_view
+
+    hv = lambda x: None if x is None else host_view(x)  # noqa: E731
+    options.setdefault("softmax_scale", 0.125)
+    return _core.describe_plan("kvcache", "sim", dtype_name(q.dtype), hv(q), hv(kc), hv(vc), hv(knew), hv(vnew),
+                               **options)
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_kvcache_append_plan(paged, rng):
+    b, sq, snew, hq, hkv, d, cap, page = 3, 2, 3, 4, 2, 64, 48, 16
+    q = rand(rng, (b, sq, hq, d), "fp16")
+    knew, vnew = rand(rng, (b, snew, hkv, d), "fp16"), rand(rng, (b, snew, hkv, d), "fp16")
+    opts = dict(seqused_k=np.array([1, 5, 9], np.int32), max_seqlen_k=cap)
+    if paged:
+        kc = rand(rng, (9, page, hkv, d), "fp16")
+        opts["block_table"] = np.arange(9, dtype=np.int32).reshape(3, 3)
+    else:
+        kc = rand(rng, (b, cap, hkv, d), "fp16")
+    cos = np.ones((cap, 8), np.float16)
+    cos16 = cos.view(np.uint16)  # 16-bit tables travel as their bits, like q/k/v
+    plan = _describe_kvcache(q, kc, kc.copy(), knew, vnew, rotary_cos=cos16, rotary_sin=cos16, rotate_q_causal=True,
+                             **opts)
+    _check_common(plan)
+    assert plan["nlaunches"] == 1
+    l = plan["launches"][0]
+    assert l["kernel"] == "fa_kvcache_append_f16"
+    # one threadgroup per (row, head, sequence): rows cover q rows and new rows, heads cover q heads then kv heads
+    assert l["grid"] == [max(sq, snew), hq + hkv, b]
+    bound = {x["buffer"] for x in l["bindings"]}
+    assert {"q", "k", "v", "knew", "vnew", "rotary_cos", "rotary_sin", "seqused_k"} <= bound
+    assert ("block_table" in bound) == paged
+    assert plan["buffer_bytes"]["k"] == kc.nbytes and plan["buffer_bytes"]["knew"] == knew.nbytes

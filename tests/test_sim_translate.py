@@ -56,7 +56,7 @@ def test_unsupported_constructs_are_errors_with_line(body, needle, line):
 def test_system_headers_become_errors_unless_preprocessed_away():
     tr = translate("#include <cmath>\n#ifndef __METAL_VERSION__\n#include <stdint.h>\n#endif\n", "h.metal")
     assert '#error "h.metal:1: #include <cmath>' in tr.code
-    assert "#include <stdint.h>" not in tr.code and "#error" in tr.code
+    assert not any(ln.lstrip().startswith("#include <") for ln in tr.code.splitlines())
 
 
 def test_local_headers_are_inlined(tmp_path):

@@ -8,6 +8,7 @@ Skipped when transformers is not installed; CI installs the pinned version from 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import subprocess
 import sys
@@ -173,6 +174,35 @@ def test_set_attn_implementation_switches_an_existing_model():
     assert torch.allclose(before[mask.bool()], after[mask.bool()], atol=1e-5, rtol=0)
 
 
+def _grads(model, ids, mask=None):
+    labels = ids.masked_fill(mask == 0, -100) if mask is not None else ids
+    model.zero_grad(set_to_none=True)
+    model(ids, attention_mask=mask, labels=labels).loss.backward()
+    return torch.cat([p.grad.reshape(-1).to(torch.float64) for p in model.parameters()])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn_cy.autograd") is None,
+                    reason="this build has no flash_attn_cy.autograd (backward) yet")
+@pytest.mark.parametrize("family", ["llama", "mistral-sliding"])
+def test_training_gradients_match_eager(family):
+    eager, ours, ref64 = _pair(family)
+    for m in (eager, ours, ref64):
+        m.train()  # attention_dropout is 0.0 in these configs: deterministic
+    ids, mask = _batch(seed=6)
+    # dense path (no padding): tolerance rule against the float64 eager model
+    g_ours, g_eager, g_ref = (_grads(m, ids) for m in (ours, eager, ref64))
+    assert_close_to_ref(g_ours.numpy(), g_ref.numpy(), g_eager.to(torch.float32).numpy(), what=f"{family} grads")
+    # Padded batch through unpad/varlen/pad: same gradients as eager (float64 eager NaNs on padded rows, see above).
+    # Right padding here: with left padding the last pad position's logits predict the first real token, so the loss
+    # would depend on pad rows, whose attention output is arbitrary (eager: uniform mix, flash: zeros).
+    mask = torch.ones_like(mask)
+    mask[1, -4:] = 0
+    mask[2, -9:] = 0
+    g_ours, g_eager = _grads(ours, ids, mask), _grads(eager, ids, mask)
+    assert torch.isfinite(g_ours).all()
+    assert (g_ours - g_eager).abs().max() <= 1e-4 * g_eager.abs().max()
+
+
 def test_unsupported_inputs_raise_clear_errors():
     class Module(torch.nn.Module):
         is_causal = True
@@ -202,6 +232,67 @@ def test_attention_function_layout_and_window_mapping():
     scores = scores.masked_fill(~((j <= i) & (j > i - 3)), float("-inf"))
     expected = (scores.softmax(-1) @ vv).transpose(1, 2)
     assert torch.allclose(out, expected, atol=1e-5, rtol=0)
+
+
+def _eager_rows(q, k, v, mask, scaling, window=None):
+    """float64 attention of [b, h, q_len, d] queries (the LAST q_len positions) over each row's valid keys."""
+    b, h, q_len, _ = q.shape
+    group = h // k.shape[1]
+    out = torch.zeros(b, q_len, h, q.shape[-1], dtype=torch.float64)
+    for r in range(b):
+        keys = torch.nonzero(mask[r]).flatten()
+        kr, vr = (x[r].double().repeat_interleave(group, 0)[:, keys] for x in (k, v))
+        qpos = torch.arange(mask.shape[1] - q_len, mask.shape[1])
+        scores = (q[r].double() @ kr.transpose(-1, -2)) * scaling
+        ok = keys[None, :] <= qpos[:, None]
+        if window is not None:
+            ok &= keys[None, :] > qpos[:, None] - window
+        probs = scores.masked_fill(~ok, float("-inf")).softmax(-1).nan_to_num(0.0)
+        out[r] = (probs @ vr).transpose(0, 1)
+    return out
+
+
+@pytest.mark.parametrize("q_len", [1, 3])
+def test_decode_on_left_padded_cache_reads_the_cache_in_place(monkeypatch, q_len):
+    class Module(torch.nn.Module):
+        is_causal = True
+
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(3, 4, q_len, 32, generator=g)
+    k = torch.randn(3, 2, 21, 32, generator=g)
+    v = torch.randn(3, 2, 21, 32, generator=g)
+    mask = torch.ones(3, 21, dtype=torch.long)
+    mask[1, :5] = 0
+    mask[2, :19] = 0   # fewer tokens than a 3-token chunk: its first query row is a pad (zeros)
+
+    def not_expected(*args, **kwargs):
+        raise AssertionError("a left-padded decode step must not pack the cache through the varlen path")
+
+    monkeypatch.setattr(flash_attn_cy, "flash_attn_varlen_func", not_expected)
+    for window in (None, 4):
+        out, _ = ti.flash_attn_cy_attention_forward(Module(), q, k, v, mask, scaling=0.2, sliding_window=window)
+        expected = _eager_rows(q, k, v, mask, 0.2, window)
+        assert out.shape == (3, q_len, 4, 32)
+        assert torch.allclose(out.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_decode_with_a_hole_in_the_mask_takes_the_varlen_path(monkeypatch):
+    class Module(torch.nn.Module):
+        is_causal = True
+
+    g = torch.Generator().manual_seed(8)
+    q = torch.randn(2, 4, 1, 16, generator=g)
+    k = torch.randn(2, 4, 9, 16, generator=g)
+    v = torch.randn(2, 4, 9, 16, generator=g)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[0, 3] = 0   # not left padding
+
+    def not_expected(*args, **kwargs):
+        raise AssertionError("cache_leftpad cannot express a hole in the mask")
+
+    monkeypatch.setattr(flash_attn_cy, "flash_attn_with_kvcache", not_expected)
+    out, _ = ti.flash_attn_cy_attention_forward(Module(), q, k, v, mask, scaling=0.25)
+    assert torch.allclose(out.double(), _eager_rows(q, k, v, mask, 0.25), atol=1e-5, rtol=0)
 
 
 def test_importing_flash_attn_cy_does_not_import_transformers():

@@ -2,13 +2,19 @@
 // barriers and SIMD collectives, guarded buffers, fault capture (signals, divergence), and the multi-schedule launch
 // that compares results to find races and reads of uninitialised threadgroup memory.
 #undef _FORTIFY_SOURCE  // we _longjmp out of signal handlers and across fiber stacks (see fiber.cpp)
+#include <dlfcn.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -56,6 +62,21 @@ constexpr unsigned char kPoisonB = 0xa5;    // float -2.9e-16, half -0.0224
 constexpr unsigned char kSlackA = 0x6b;
 constexpr unsigned char kSlackB = 0x94;
 constexpr size_t kMaxFaults = 16;
+// The watchdog interrupts a threadgroup that runs longer than this without finishing (infinite loop, or a spin-wait
+// on memory another thread writes: cooperative fibers cannot preempt it). FLASH_ATTN_CY_SIM_TIMEOUT overrides.
+constexpr double kDefaultTimeoutSeconds = 300.0;
+constexpr int kWatchdogSignal = SIGUSR2;
+
+int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+double timeout_seconds() {
+    const char *e = getenv("FLASH_ATTN_CY_SIM_TIMEOUT");
+    double v = e ? atof(e) : 0.0;
+    return v > 0.0 ? v : kDefaultTimeoutSeconds;
+}
 
 enum Order { kForward, kReverse, kRandom };
 
@@ -99,11 +120,18 @@ struct Launch {
     bool bound[kMaxBuffers];
     const RunSpec *run;
     bool hash_barriers;
+    // Diagnosis of a differing output word: which thread last wrote it (set by the diagnosis rerun only).
+    int watch_region = -1;
+    size_t watch_off = 0;
+    const char *watch_ptr = nullptr;
+    uint32_t watch_last = 0;
+    std::string watch_writer;
     std::vector<std::vector<BarrierHash>> hashes;  // per threadgroup
     std::mutex mu;
     std::vector<Fault> faults;
     std::atomic<bool> stop{false};
     std::atomic<uint32_t> next_group{0};
+    std::vector<uint32_t> group_order;  // threadgroup launch order of this run (empty: 0, 1, 2, ...)
     size_t suppressed = 0;
 
     void add_fault(const std::string &kind, const std::string &msg) {
@@ -132,6 +160,7 @@ struct TgArray {
     const TgSite *site;
     size_t bytes;
     Guarded g;
+    uint64_t epoch;  // the threadgroup run (Worker::epoch) that last declared it
 };
 
 struct SiteRec {
@@ -142,7 +171,8 @@ struct SiteRec {
 };
 
 bool same_site(const SiteRec &s, const char *file, unsigned line, const char *what) {
-    return s.line == line && (s.file == file || strcmp(s.file, file) == 0) && strcmp(s.what, what) == 0;
+    return s.line == line && (s.what == what || strcmp(s.what, what) == 0) &&
+           (s.file == file || strcmp(s.file, file) == 0);
 }
 
 thread_local Worker *tl_worker = nullptr;
@@ -168,13 +198,18 @@ struct Worker {
     int first_done = -1;
     SiteRec bar_site;
     bool abort = false;
-    bool in_fiber = false;
+    volatile bool in_fiber = false;
+    std::atomic<int64_t> tg_started_ns{0};  // 0 while not running a threadgroup (read by the watchdog)
+    std::atomic<bool> thread_known{false};
+    pthread_t thread;
     SimFiber *cur = nullptr;
     uint64_t rng = 0;
+    uint64_t epoch = 0;  // counts threadgroups run by this worker
     std::vector<uint32_t> order;
     // signal capture
     volatile int sig = 0;
     void *sig_addr = nullptr;
+    void *sig_pc = nullptr;  // faulting instruction, for "[pc: module+offset]" (flash_attn_cy.sim maps it to a line)
     int sig_write = -1;  // 1 write, 0 read, -1 unknown
     std::vector<char> altstack;
 
@@ -207,9 +242,18 @@ struct Worker {
             if (fibers[i]->state == kWaitSimd) fibers[i]->state = kReady;
     }
 
+    // Arrays this threadgroup declared, in a worker-independent order (by site), so that runs that spread the
+    // threadgroups differently over workers compare like with like.
     void hash_arrays(const char *file, unsigned line) {
         std::vector<BarrierHash> &h = L->hashes[group];
-        for (const TgArray &a : arrays) {
+        std::vector<const TgArray *> mine;
+        for (const TgArray &a : arrays)
+            if (a.epoch == epoch) mine.push_back(&a);
+        std::sort(mine.begin(), mine.end(), [](const TgArray *x, const TgArray *y) {
+            return std::less<const TgSite *>()(x->site, y->site);
+        });
+        for (const TgArray *ap : mine) {
+            const TgArray &a = *ap;
             uint64_t x = 1469598103934665603ull;
             const unsigned char *p = (const unsigned char *)a.g.data;
             for (size_t i = 0; i < a.bytes; i++) x = (x ^ p[i]) * 1099511628211ull;
@@ -260,11 +304,9 @@ struct Worker {
         return true;
     }
 
-    void make_order(uint32_t pass) {
-        (void)pass;
-        const RunSpec *r = L->run;
-        if (r->order == kForward) return;
-        if (r->order == kReverse) return;
+    // Random schedules shuffle the thread order before every pass (forward and reverse keep theirs).
+    void shuffle_order() {
+        if (L->run->order != kRandom) return;
         for (uint32_t i = n - 1; i > 0; i--) {
             rng ^= rng << 13;
             rng ^= rng >> 7;
@@ -294,6 +336,7 @@ struct Worker {
     bool run_group(uint32_t g) {
         const LaunchConfig &cfg = L->cfg;
         group = g;
+        epoch++;
         tgid[0] = g % cfg.grid[0];
         tgid[1] = (g / cfg.grid[0]) % cfg.grid[1];
         tgid[2] = g / (cfg.grid[0] * cfg.grid[1]);
@@ -342,9 +385,9 @@ struct Worker {
         order.resize(n);
         for (uint32_t i = 0; i < n; i++) order[i] = L->run->order == kReverse ? n - 1 - i : i;
 
-        for (uint32_t pass = 0;; pass++) {
+        for (;;) {
             bool ran = false;
-            make_order(pass);
+            shuffle_order();
             for (uint32_t k = 0; k < n; k++) {
                 SimFiber *volatile f = fibers[order[k]].get();
                 if (f->state != kReady) continue;
@@ -352,21 +395,23 @@ struct Worker {
                 cur = f;
                 tl_ctx = &f->ctx;
                 in_fiber = true;
+                const char *from_file = f->wfile, *from_what = f->what;
+                unsigned from_line = f->wline;
                 int r = fiber_resume(&f->fiber, &sched);
+                if (L->watch_ptr) note_watch(f, from_what, from_file, from_line);
                 in_fiber = false;
                 tl_ctx = nullptr;
                 cur = nullptr;
                 if (r == 2) {  // signal: the fiber's stack is abandoned mid-kernel
                     f->fiber.started = false;
-                    if (!abort) L->add_fault(sig == SIGFPE || sig_addr == nullptr ? "error" : classify_signal(),
-                                             signal_message(f));
+                    if (!abort)
+                        L->add_fault(sig == SIGFPE || sig == kWatchdogSignal || sig_addr == nullptr ? "error"
+                                                                                                    : classify_signal(),
+                                     signal_message(f));
                     abort = true;
                 }
                 if (abort) {
-                    // Abandoned fibers are mid-kernel: give them fresh contexts before the next threadgroup.
-                    for (uint32_t i = 0; i < n; i++)
-                        if (fibers[i]->state != kDone || i == f->ctx.tindex) fibers[i]->fiber.started = false;
-                    // Fibers that faulted via fail() are parked inside fail(); restart them too.
+                    // Abandoned fibers are parked mid-kernel (or inside fail()): fresh contexts before reuse.
                     for (uint32_t i = 0; i < n; i++) fibers[i]->fiber.started = false;
                     return false;
                 }
@@ -385,8 +430,23 @@ struct Worker {
 
     const char *classify_signal();
 
+    // Diagnosis rerun: did the fiber that just ran change the watched word?
+    void note_watch(SimFiber *f, const char *from_what, const char *from_file, unsigned from_line) {
+        uint32_t v;
+        memcpy(&v, L->watch_ptr, 4);
+        if (v == L->watch_last) return;
+        L->watch_last = v;
+        std::string from = from_file ? std::string(from_what) + " at " + where(from_file, from_line)
+                                     : std::string("kernel start");
+        std::string to = f->state == kDone ? std::string("its return")
+                                           : std::string(f->what) + " at " + where(f->wfile, f->wline);
+        L->watch_writer = thread_desc(f) + ", between " + from + " and " + to;
+    }
+
     void run_all() {
         tl_worker = this;
+        thread = pthread_self();
+        thread_known = true;
         // Our own signal stack: a stack overflow in a fiber must still be able to run the handler.
         altstack.resize(64 * 1024);
         stack_t ss, old_ss;
@@ -401,11 +461,16 @@ struct Worker {
         } else {
             for (;;) {
                 if (L->stop) break;
-                uint32_t g = L->next_group.fetch_add(1);
-                if (g >= L->ngroups_total) break;
-                if (!run_group(g)) break;
+                uint32_t gi = L->next_group.fetch_add(1);
+                if (gi >= L->ngroups_total) break;
+                uint32_t g = L->group_order.empty() ? gi : L->group_order[gi];
+                tg_started_ns = now_ns();
+                bool ok = run_group(g);
+                tg_started_ns = 0;
+                if (!ok) break;
             }
         }
+        thread_known = false;
         sigaltstack(&old_ss, nullptr);
         tl_worker = nullptr;
         for (auto &f : fibers) f->fiber.stack.release();
@@ -427,12 +492,29 @@ const char *Worker::classify_signal() {
     return "error";
 }
 
+// " [pc: /path/module.so+0x1234]": the run-time compiled modules carry line tables that map it to the .metal line.
+std::string pc_text(void *pc) {
+    Dl_info info;
+    if (!pc || !dladdr(pc, &info) || !info.dli_fname || !info.dli_fbase) return "";
+    char b[64];
+    snprintf(b, sizeof b, "+0x%lx]", (unsigned long)((char *)pc - (char *)info.dli_fbase));
+    return std::string(" [pc: ") + info.dli_fname + b;
+}
+
 std::string Worker::signal_message(SimFiber *f) {
     std::string who = thread_desc(f);
-    std::string after = "; last synchronisation point: " +
+    if (sig == kWatchdogSignal) {
+        char t[512];
+        snprintf(t, sizeof t, ": still running after %.0f s without finishing the threadgroup (an infinite loop, or a "
+                 "spin-wait on memory another thread writes, which the simulator's cooperative threads cannot "
+                 "preempt); FLASH_ATTN_CY_SIM_TIMEOUT sets the limit", timeout_seconds());
+        return who + t + "; last synchronisation point: " +
+               (f->wfile ? std::string(f->what) + " at " + where(f->wfile, f->wline) : std::string("kernel start"));
+    }
+    std::string after = pc_text(sig_pc) + "; last synchronisation point: " +
                         (f->wfile ? std::string(f->what) + " at " + where(f->wfile, f->wline) : std::string("kernel start"));
     const char *acc = sig_write == 1 ? "write" : (sig_write == 0 ? "read" : "access");
-    char b[256];
+    char b[1024];
     if (sig == SIGFPE) return who + ": arithmetic exception (integer division by zero?)" + after;
     if (f->fiber.stack.in_guard(sig_addr)) return who + ": stack overflow (thread-private arrays too large?)" + after;
     for (const Region &r : L->regions) {
@@ -462,22 +544,52 @@ std::string Worker::signal_message(SimFiber *f) {
 }
 
 // ------------------------------------------------------------------------------------------------ signals
-struct sigaction g_old[3];
+void *fault_pc(void *uctx) {
+    ucontext_t *uc = (ucontext_t *)uctx;
+    (void)uc;
+#if defined(__linux__) && defined(__x86_64__)
+    return (void *)uc->uc_mcontext.gregs[REG_RIP];
+#elif defined(__linux__) && defined(__aarch64__)
+    return (void *)uc->uc_mcontext.pc;
+#elif defined(__APPLE__) && defined(__aarch64__)
+    return (void *)uc->uc_mcontext->__ss.__pc;
+#elif defined(__APPLE__) && defined(__x86_64__)
+    return (void *)uc->uc_mcontext->__ss.__rip;
+#else
+    return nullptr;
+#endif
+}
+
+constexpr int kNumSignals = 4;
+struct sigaction g_old[kNumSignals];
 std::mutex g_sig_mu;
-const int kSignals[3] = {SIGSEGV, SIGBUS, SIGFPE};
+const int kSignals[kNumSignals] = {SIGSEGV, SIGBUS, SIGFPE, kWatchdogSignal};
 
 void on_signal(int sig, siginfo_t *si, void *uctx) {
     Worker *w = tl_worker;
     if (w && w->in_fiber) {
         w->sig = sig;
         w->sig_addr = si->si_addr;
+        w->sig_pc = fault_pc(uctx);
         w->sig_write = -1;
 #if defined(__linux__) && defined(__x86_64__)
         if (sig == SIGSEGV) w->sig_write = (((ucontext_t *)uctx)->uc_mcontext.gregs[REG_ERR] & 2) ? 1 : 0;
 #endif
         _longjmp(w->sched, 2);
     }
-    for (int i = 0; i < 3; i++) {
+    if (w && sig == kWatchdogSignal) return;  // arrived between fibers: the watchdog asks again shortly
+    // Not ours: chain to the previous handler. Each run-time compiled module has its own copy of this runtime, and
+    // handlers may chain to each other; a second entry on this thread means a loop: fall back to the default.
+    static thread_local int chain_depth = 0;
+    if (chain_depth > 0) {
+        signal(sig, SIG_DFL);
+        return;
+    }
+    struct DepthGuard {
+        DepthGuard() { chain_depth++; }
+        ~DepthGuard() { chain_depth--; }
+    } guard;
+    for (int i = 0; i < kNumSignals; i++) {
         if (kSignals[i] != sig) continue;
         struct sigaction &o = g_old[i];
         if (o.sa_flags & SA_SIGINFO) {
@@ -496,7 +608,7 @@ void on_signal(int sig, siginfo_t *si, void *uctx) {
 // (Re)install our handler if someone (e.g. Python's faulthandler) replaced it; foreign faults chain to theirs.
 void install_signal_handlers() {
     std::lock_guard<std::mutex> lk(g_sig_mu);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < kNumSignals; i++) {
         struct sigaction cur;
         sigaction(kSignals[i], nullptr, &cur);
         if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_signal) continue;
@@ -522,7 +634,7 @@ std::string describe_diff(const Region &r, const char *a, const char *b, size_t 
     float fa, fb;
     memcpy(&fa, &va, 4);
     memcpy(&fb, &vb, 4);
-    char m[320];
+    char m[512];
     snprintf(m, sizeof m, "%s bytes %zu..%zu hold 0x%08x (%g as float32) under the %s run but 0x%08x (%g) under the "
              "%s run", names.c_str(), w, w + n - 1, va, (double)fa, a_label, vb, (double)fb, b_label);
     return m;
@@ -532,6 +644,23 @@ bool execute_run(Launch &L, const RunSpec &spec) {
     L.run = &spec;
     L.stop = false;
     L.next_group = 0;
+    // Threadgroups start in the schedule's order too, so that races between threadgroups (through device memory)
+    // also change results.
+    L.group_order.clear();
+    if (spec.order != kForward) {
+        L.group_order.resize(L.ngroups_total);
+        for (uint32_t i = 0; i < L.ngroups_total; i++)
+            L.group_order[i] = spec.order == kReverse ? L.ngroups_total - 1 - i : i;
+        if (spec.order == kRandom) {
+            uint64_t x = spec.seed | 1;
+            for (uint32_t i = L.ngroups_total - 1; i > 0; i--) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                std::swap(L.group_order[i], L.group_order[(uint32_t)(x % (i + 1))]);
+            }
+        }
+    }
     for (Region &r : L.regions) {
         if (!r.g.create(r.len, spec.end_aligned, spec.slack)) {
             L.add_fault("error", "cannot map memory for a buffer copy");
@@ -544,6 +673,12 @@ bool execute_run(Launch &L, const RunSpec &spec) {
         L.hashes.assign(L.ngroups_total, {});
     }
     int nworkers = L.cfg.host_threads > 0 ? L.cfg.host_threads : (int)std::max(1u, std::thread::hardware_concurrency());
+    if (L.watch_region >= 0) {  // diagnosis: one worker, so "last writer" is well defined
+        nworkers = 1;
+        L.watch_ptr = L.regions[L.watch_region].g.data + L.watch_off;
+        memcpy(&L.watch_last, L.watch_ptr, 4);
+        L.watch_writer.clear();
+    }
     nworkers = (int)std::min<uint32_t>((uint32_t)nworkers, L.ngroups_total);
     std::vector<std::unique_ptr<Worker>> workers;
     for (int i = 0; i < nworkers; i++) {
@@ -553,10 +688,31 @@ bool execute_run(Launch &L, const RunSpec &spec) {
         for (int b = 0; b < kMaxBuffers; b++)
             w.bufptr[b] = L.bound[b] ? L.regions[L.bind[b].region].g.data + L.bind[b].offset : nullptr;
     }
+    // Watchdog: interrupts a worker whose current threadgroup exceeds the time limit (see kDefaultTimeoutSeconds).
+    std::mutex wd_mu;
+    std::condition_variable wd_cv;
+    bool wd_done = false;
+    const int64_t limit_ns = (int64_t)(timeout_seconds() * 1e9);
+    std::thread watchdog([&] {
+        std::unique_lock<std::mutex> lk(wd_mu);
+        while (!wd_cv.wait_for(lk, std::chrono::milliseconds(200), [&] { return wd_done; })) {
+            int64_t now = now_ns();
+            for (auto &w : workers) {
+                int64_t t0 = w->tg_started_ns.load();
+                if (t0 && now - t0 > limit_ns && w->thread_known) pthread_kill(w->thread, kWatchdogSignal);
+            }
+        }
+    });
     std::vector<std::thread> threads;
     for (int i = 1; i < nworkers; i++) threads.emplace_back([&workers, i] { workers[i]->run_all(); });
     workers[0]->run_all();
     for (auto &t : threads) t.join();
+    {
+        std::lock_guard<std::mutex> lk(wd_mu);
+        wd_done = true;
+    }
+    wd_cv.notify_all();
+    watchdog.join();
     bool ok = L.faults.empty();
     for (Region &r : L.regions) {
         long d = r.g.slack_damage(spec.slack);
@@ -573,6 +729,36 @@ bool execute_run(Launch &L, const RunSpec &spec) {
     return L.faults.empty();
 }
 
+void free_run(Launch &L);
+
+// Reruns the forward run and the given one serially, watching one output word, to name the thread that last wrote
+// it in each (a fault-path diagnosis: it costs two extra runs).
+std::string last_writers(Launch &L, int region, size_t off, const RunSpec &a, const RunSpec &b) {
+    if (L.regions[region].len < off + 4) return "";
+    std::vector<Fault> saved = L.faults;
+    auto hashes = std::move(L.hashes);
+    bool hb = L.hash_barriers;
+    L.hash_barriers = false;
+    std::string who[2];
+    int n = 0;
+    for (const RunSpec *spec : {&a, &b}) {
+        L.faults.clear();
+        free_run(L);
+        L.watch_region = region;
+        L.watch_off = off;
+        execute_run(L, *spec);
+        who[n++] = L.watch_writer.empty() ? std::string("no thread (never written)") : L.watch_writer;
+        L.watch_region = -1;
+        L.watch_ptr = nullptr;
+    }
+    L.faults = saved;
+    L.hashes = std::move(hashes);
+    L.hash_barriers = hb;
+    if (who[0] == who[1]) return "; that word is last written by " + who[0] + " in both runs";
+    return std::string("; that word is last written by ") + who[0] + " under the " + a.label + " run and by " +
+           who[1] + " under the " + b.label + " run";
+}
+
 void free_run(Launch &L) {
     for (Region &r : L.regions) r.g.destroy();
 }
@@ -587,8 +773,8 @@ void compare_hashes(Launch &L, const std::vector<std::vector<BarrierHash>> &base
                         if (a[j].hash == b[j].hash) continue;
                         uint32_t t0 = (uint32_t)(g % cfg.grid[0]), t1 = (uint32_t)((g / cfg.grid[0]) % cfg.grid[1]),
                                  t2 = (uint32_t)(g / ((uint64_t)cfg.grid[0] * cfg.grid[1]));
-                        char m[512];
-                        char at[200];
+                        char m[1024];
+                        char at[512];
                         if (a[j].line)
                             snprintf(at, sizeof at, "at the threadgroup_barrier at %s:%u", a[j].file, a[j].line);
                         else
@@ -614,13 +800,17 @@ void *tg_alloc(const TgSite *site, size_t bytes, size_t align) {
     SimFiber *f = static_cast<SimFiber *>(ctx().runtime);
     Worker *w = f->w;
     for (TgArray &a : w->arrays)
-        if (a.site == site) return a.g.data;
-    w->arrays.push_back(TgArray{site, bytes, Guarded()});
+        if (a.site == site) {
+            a.epoch = w->epoch;
+            return a.g.data;
+        }
+    w->arrays.push_back(TgArray{site, bytes, Guarded(), w->epoch});
     TgArray &a = w->arrays.back();
     if (!a.g.create(bytes, w->L->run->end_aligned, w->L->run->slack)) w->fail(f, "error", "cannot map threadgroup memory");
     memset(a.g.data, w->L->run->poison, bytes);
     size_t total = 0;
-    for (const TgArray &x : w->arrays) total += x.bytes;
+    for (const TgArray &x : w->arrays)
+        if (x.epoch == w->epoch) total += x.bytes;
     if (total > 32768)
         w->fail(f, "error", w->thread_desc(f) + ": threadgroup memory exceeds Apple's 32 KiB limit (" +
                                 std::to_string(total) + " bytes after '" + site->name + "' at " +
@@ -794,6 +984,7 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
                 size_t off = 0;
                 while (base[k][off] == r.g.data[off]) off++;
                 std::string d = describe_diff(r, base[k].data(), r.g.data, off, "forward", spec.label);
+                d += last_writers(L, (int)k, off & ~(size_t)3, runs[0], spec);
                 if (spec.poison != kPoisonA)
                     L.add_fault("uninitialized-read",
                                 std::string("kernel '") + kernel->name + "': results depend on threadgroup memory never "

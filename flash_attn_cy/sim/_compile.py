@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -21,6 +22,9 @@ __all__ = ["SimCompileError", "runtime_dir", "find_cxx", "cache_dir", "load_modu
 
 RUNTIME_SOURCES = ("runtime.cpp", "fiber.cpp", "guarded.cpp", "c_api.cpp")
 CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing"]
+# Kernel modules also carry line tables (through the translator's #line markers they point into the .metal file),
+# so a fault's program counter can be mapped back to the source line.
+MODULE_FLAGS = ["-g"]
 
 _lock = threading.Lock()
 _loaded: Dict[str, ctypes.CDLL] = {}
@@ -78,7 +82,16 @@ def _run(cmd: List[str], what: str) -> None:
         raise SimCompileError(f"{what} failed:\n{' '.join(cmd)}\n{p.stdout}")
 
 
+_compiler_ids: Dict[str, str] = {}
+
+
 def _compiler_id(cxx: str) -> str:
+    if cxx not in _compiler_ids:
+        _compiler_ids[cxx] = _query_compiler_id(cxx)
+    return _compiler_ids[cxx]
+
+
+def _query_compiler_id(cxx: str) -> str:
     try:
         out = subprocess.run(cxx.split() + ["--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True).stdout
@@ -118,7 +131,8 @@ def load_module(cpp_code: str, label: str = "kernel") -> ctypes.CDLL:
     with _lock:
         cid = _compiler_id(cxx)
         rt = runtime_dir()
-        key = hashlib.sha256((cid + "\0" + " ".join(CXXFLAGS) + "\0" + cpp_code).encode()).hexdigest()[:24]
+        key = hashlib.sha256((cid + "\0" + " ".join(CXXFLAGS + MODULE_FLAGS) + "\0" + cpp_code).encode()
+                             ).hexdigest()[:24]
         if key in _loaded:
             return _loaded[key]
         objs = _runtime_objects(cxx, cid)
@@ -129,8 +143,10 @@ def load_module(cpp_code: str, label: str = "kernel") -> ctypes.CDLL:
                 src = tmp / "kernel.cpp"
                 src.write_text(cpp_code)
                 out = tmp / "kernel.so"
-                _run(cxx.split() + CXXFLAGS + ["-I", str(rt), "-I", str(rt / "include"), "-shared", str(src)]
-                     + [str(o) for o in objs] + ["-o", str(out), "-lpthread"],
+                _run(cxx.split() + CXXFLAGS + MODULE_FLAGS + ["-I", str(rt), "-I", str(rt / "include"), "-shared",
+                                                              str(src)]
+                     + [str(o) for o in objs] + ["-o", str(out), "-lpthread"]
+                     + (["-ldl"] if sys.platform.startswith("linux") else []),  # dladdr on glibc < 2.34
                      f"compiling {label} for the simulator")
                 os.replace(out, so)
             finally:
@@ -155,3 +171,21 @@ def kernel_names(lib: ctypes.CDLL) -> List[str]:
     buf = ctypes.create_string_buffer(n)
     lib.fasim_kernel_names(buf, n)
     return [s for s in buf.value.decode().split("\n") if s]
+
+
+def source_line(module_path: str, offset: int) -> str:
+    """'file:line' of a program counter offset in a compiled kernel module, or '' if unknown (needs addr2line)."""
+    tool = shutil.which("addr2line")
+    if not tool:
+        return ""
+    try:
+        out = subprocess.run([tool, "-e", module_path, "-i", "-C", hex(offset)], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    inc = str(runtime_dir())
+    frames = [ln.strip() for ln in out.splitlines() if ln.strip() and not ln.startswith("??")]
+    for fr in frames:  # innermost first: skip frames inside the compatibility headers
+        if not fr.startswith(inc) and ":" in fr:
+            return fr.split(" (discriminator")[0]
+    return ""

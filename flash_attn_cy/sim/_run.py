@@ -6,6 +6,7 @@ import builtins
 import ctypes
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -39,18 +40,22 @@ class SimResult(NamedTuple):
 
 
 def load_source(path_or_source: Union[str, os.PathLike]) -> Tuple[str, str]:
-    """(source text, path used in messages) from a file path or MSL source text."""
+    """(source text, path used in messages) from a file path or MSL source text.
+
+    A str is a path if it is one line and names an existing file or ends in ".metal"; otherwise it is source text.
+    """
     if isinstance(path_or_source, os.PathLike):
-        p = Path(path_or_source)
-        return p.read_text(encoding="utf-8"), str(p)
-    if not isinstance(path_or_source, str):
+        path = os.fspath(path_or_source)
+    elif isinstance(path_or_source, str):
+        one_line = "\n" not in path_or_source
+        if not (one_line and (path_or_source.endswith(".metal") or os.path.isfile(path_or_source))):
+            return path_or_source, "<source>.metal"
+        path = path_or_source
+    else:
         raise TypeError(f"path_or_source must be a path or MSL source text, got {type(path_or_source).__name__}")
-    if "\n" not in path_or_source and path_or_source.endswith(".metal") or (
-            "\n" not in path_or_source and os.path.isfile(path_or_source)):
-        if not os.path.isfile(path_or_source):
-            raise FileNotFoundError(f"path_or_source: no such file {path_or_source!r}")
-        return Path(path_or_source).read_text(encoding="utf-8"), path_or_source
-    return path_or_source, "<source>.metal"
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path_or_source: no such file {path!r}")
+    return Path(path).read_text(encoding="utf-8"), str(path)
 
 
 def _dims(value, name: str) -> Tuple[int, int, int]:
@@ -70,6 +75,23 @@ def _index(k, name: str) -> int:
     if not isinstance(k, (int, np.integer)) or not 0 <= int(k) <= 30:
         raise ValueError(f"{name}: buffer indices must be ints in [0, 30], got {k!r}")
     return int(k)
+
+
+_modules: Dict[tuple, Tuple[ctypes.CDLL, List[Tuple[str, float]]]] = {}
+
+
+def _module_for(source: str, path: str, include_dirs: Tuple[str, ...]) -> ctypes.CDLL:
+    """Translated and compiled module for this source, reused while the included headers are unchanged."""
+    key = (source, path, include_dirs)
+    hit = _modules.get(key)
+    if hit is not None:
+        lib, deps = hit
+        if all(os.path.isfile(d) and os.path.getmtime(d) == m for d, m in deps):
+            return lib
+    tr = translate(source, path, list(include_dirs))
+    lib = _compile.load_module(tr.code, os.path.basename(path))
+    _modules[key] = (lib, [(d, os.path.getmtime(d)) for d in tr.dependencies])
+    return lib
 
 
 def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
@@ -102,9 +124,7 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
     if not isinstance(schedules, (int, np.integer)) or schedules < 1:
         raise ValueError(f"schedules must be an int >= 1, got {schedules!r}")
     source, path = load_source(path_or_source)
-    dirs = list(include_dirs)
-    tr = translate(source, path, dirs)
-    lib = _compile.load_module(tr.code, os.path.basename(path))
+    lib = _module_for(source, path, tuple(include_dirs))
 
     out: Dict[int, np.ndarray] = {}
     idx, ptrs, lens, wr = [], [], [], []
@@ -126,6 +146,10 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
             raise ValueError(f"bytes: index {k} is also bound in buffers")
         if isinstance(v, (builtins.bytes, bytearray, memoryview)):
             raw = builtins.bytes(v)
+        elif isinstance(v, (bool, int, float)) or (isinstance(v, (list, tuple)) and not isinstance(v, np.ndarray)):
+            raise TypeError(f"bytes[{k}]: give bytes or a NumPy scalar/array with an explicit dtype "
+                            f"(e.g. np.uint32(5) or np.array([1, 2], np.int32)), not {type(v).__name__}: the kernel "
+                            f"reads raw bytes, so the width must be explicit")
         else:
             raw = np.ascontiguousarray(np.asarray(v)).tobytes()
         cb = ctypes.create_string_buffer(raw, len(raw))
@@ -149,5 +173,17 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
     faults = []
     for line in text.splitlines():
         kind, _, m = line.partition("\t")
-        faults.append(Fault(kind, m))
+        faults.append(Fault(kind, _with_source_line(m)))
     return SimResult(out, faults)
+
+
+_PC_RE = re.compile(r" \[pc: (.+?)\+0x([0-9a-f]+)\]")
+
+
+def _with_source_line(message: str) -> str:
+    """Replace the runtime's "[pc: module+offset]" with the .metal source line when the line table knows it."""
+    m = _PC_RE.search(message)
+    if not m:
+        return message
+    where = _compile.source_line(m.group(1), int(m.group(2), 16))
+    return message[:m.start()] + (f" at {where}" if where else "") + message[m.end():]

@@ -47,7 +47,7 @@ def check_file(path: str, include_dirs: Sequence[str] = (), clang: Optional[str]
     if not clang:
         raise RuntimeError("the strict check needs clang++ (none found; set FLASH_ATTN_CY_CLANG)")
     try:
-        tr = translate_file(path, include_dirs, mode="check", header="fasim_check.h")
+        tr = translate_file(path, include_dirs, mode="check", header="fasim_check.h", strict=False)
     except (TranslateError, OSError) as e:
         return CheckResult(path, False, str(e))
     inc = _compile.runtime_dir() / "include"

@@ -34,7 +34,6 @@ NS_ASSUME_NONNULL_BEGIN
 @class NSString;
 
 @protocol NSObject
-- (BOOL)isEqual:(nullable id)object;
 @end
 
 __attribute__((objc_root_class))
@@ -44,7 +43,6 @@ __attribute__((objc_root_class))
 + (instancetype)alloc;
 + (instancetype)new;
 - (instancetype)init;
-@property (readonly, copy) NSString *description;
 @end
 
 @protocol NSCopying
@@ -54,7 +52,6 @@ __attribute__((objc_root_class))
 @interface NSString : NSObject <NSCopying>
 + (nullable instancetype)stringWithUTF8String:(const char *)nullTerminatedCString;
 @property (nullable, readonly) const char *UTF8String NS_RETURNS_INNER_POINTER;
-@property (readonly) NSUInteger length;
 @end
 
 @interface NSArray<__covariant ObjectType> : NSObject <NSCopying>
@@ -66,11 +63,7 @@ __attribute__((objc_root_class))
 + (NSURL *)fileURLWithPath:(NSString *)path;
 @end
 
-typedef NSString *NSErrorDomain;
-
 @interface NSError : NSObject <NSCopying>
-@property (readonly, copy) NSErrorDomain domain;
-@property (readonly) NSInteger code;
 @property (readonly, copy) NSString *localizedDescription;
 @end
 

@@ -18,18 +18,13 @@ extern "C" MTLSize MTLSizeMake(NSUInteger width, NSUInteger height, NSUInteger d
 
 // ---- MTLResource.h ----
 typedef NS_OPTIONS(NSUInteger, MTLResourceOptions) {
-    MTLResourceCPUCacheModeDefaultCache = 0,
     MTLResourceStorageModeShared = 0UL << 4,
     MTLResourceStorageModePrivate = 2UL << 4,
-    MTLResourceHazardTrackingModeDefault = 0UL << 8,
-    MTLResourceHazardTrackingModeTracked = 2UL << 8,
 };
 
 @protocol MTLDevice;
 
 @protocol MTLResource <NSObject>
-@property (nullable, copy, atomic) NSString *label;
-@property (readonly) id<MTLDevice> device;
 @end
 
 // ---- MTLBuffer.h ----
@@ -40,7 +35,6 @@ typedef NS_OPTIONS(NSUInteger, MTLResourceOptions) {
 
 // ---- MTLLibrary.h ----
 @protocol MTLFunction <NSObject>
-@property (readonly) NSString *name;
 @end
 
 @interface MTLCompileOptions : NSObject <NSCopying>
@@ -54,7 +48,6 @@ typedef NS_OPTIONS(NSUInteger, MTLResourceOptions) {
 // ---- MTLComputePipeline.h ----
 @protocol MTLComputePipelineState <NSObject>
 @property (readonly) NSUInteger maxTotalThreadsPerThreadgroup;
-@property (readonly) NSUInteger threadExecutionWidth;
 @property (readonly) NSUInteger staticThreadgroupMemoryLength;
 @end
 
@@ -64,7 +57,6 @@ typedef NS_OPTIONS(NSUInteger, MTLBarrierScope) {
 };
 
 @protocol MTLCommandEncoder <NSObject>
-@property (nullable, copy, atomic) NSString *label;
 - (void)endEncoding;
 @end
 

@@ -36,10 +36,15 @@ bool journal_has(const std::string &prefix);
 struct Arg {
     char *data = nullptr;  // contents + offset (nullptr when unbound)
     size_t bytes = 0;      // bytes addressable from data
+    bool is_bytes = false; // setBytes constants rather than a buffer
 };
 // A test kernel: args by [[buffer(i)]] index, executed once per dispatch; returns "" or a fault description.
 using Kernel = std::function<std::string(const std::vector<Arg> &args, const uint32_t grid[3], const uint32_t threads[3])>;
 void register_kernel(const std::string &name, Kernel k);
+// Runs any kernel not registered above (e.g. the project's kernels in the Metal simulator); "" or a fault.
+using FallbackRunner = std::function<std::string(const std::string &name, const std::vector<Arg> &args,
+                                                 const uint32_t grid[3], const uint32_t threads[3])>;
+void set_fallback(FallbackRunner runner);
 
 // A buffer created by the mock device for tests that pass device buffers (returns the id<MTLBuffer> as void*).
 void *new_device_buffer(size_t bytes, void **contents);

@@ -36,6 +36,11 @@ static std::map<std::string, Kernel> &kernels() {
     return k;
 }
 void register_kernel(const std::string &name, Kernel k) { kernels()[name] = std::move(k); }
+static FallbackRunner &fallback() {
+    static FallbackRunner f;
+    return f;
+}
+void set_fallback(FallbackRunner runner) { fallback() = std::move(runner); }
 static void note(const std::string &s) { journal().push_back(s); }
 }  // namespace mock
 
@@ -52,8 +57,6 @@ extern "C" MTLSize MTLSizeMake(NSUInteger w, NSUInteger h, NSUInteger d) {
 + (instancetype)alloc { return class_createInstance(self, 0); }
 + (instancetype)new { return [[self alloc] init]; }
 - (instancetype)init { return self; }
-- (BOOL)isEqual:(id)object { return self == object; }
-- (NSString *)description { return (NSString *)[NSString stringWithUTF8String:"<mock object>"]; }
 @end
 
 // @autoreleasepool on the GNU runtime without ARC: [[NSAutoreleasePool alloc] init] ... [pool drain].
@@ -136,11 +139,8 @@ extern "C" MTLSize MTLSizeMake(NSUInteger w, NSUInteger h, NSUInteger d) {
 @end
 @implementation FAMockError
 - (NSString *)localizedDescription { return message; }
-- (NSInteger)code { return 1; }
 @end
 @implementation NSError
-- (NSErrorDomain)domain { return (NSString *)[NSString stringWithUTF8String:"mock"]; }
-- (NSInteger)code { return 0; }
 - (NSString *)localizedDescription { return (NSString *)[NSString stringWithUTF8String:""]; }
 - (id)copyWithZone:(void *)zone { (void)zone; return self; }
 @end
@@ -166,7 +166,6 @@ static NSError *mock_error(const std::string &text) {
 @implementation FAMockBuffer
 - (NSString *)label { return lbl; }
 - (void)setLabel:(NSString *)l { lbl = l; }
-- (id<MTLDevice>)device { return nil; }
 - (NSUInteger)length { return len; }
 - (void *)contents { return data; }
 @end
@@ -211,7 +210,6 @@ static NSError *mock_error(const std::string &text) {
 @end
 @implementation FAMockPipeline
 - (NSUInteger)maxTotalThreadsPerThreadgroup { return mock::knobs().max_total_threads; }
-- (NSUInteger)threadExecutionWidth { return 32; }
 - (NSUInteger)staticThreadgroupMemoryLength { return 0; }
 @end
 
@@ -312,7 +310,7 @@ struct Dispatch {
     }
     for (const Dispatch &d : *dispatches) {
         auto k = mock::kernels().find(d.kernel);
-        if (k == mock::kernels().end()) {
+        if (k == mock::kernels().end() && !mock::fallback()) {
             st = MTLCommandBufferStatusError;
             err = mock_error("mock: no test kernel " + d.kernel);
             return;
@@ -322,6 +320,7 @@ struct Dispatch {
             if (kv.second.is_bytes) {
                 args[kv.first].data = const_cast<char *>(kv.second.bytes.data());
                 args[kv.first].bytes = kv.second.bytes.size();
+                args[kv.first].is_bytes = true;
             } else if (kv.second.buffer != nil) {
                 if (kv.second.offset >= kv.second.buffer->len) {
                     st = MTLCommandBufferStatusError;
@@ -332,7 +331,8 @@ struct Dispatch {
                 args[kv.first].bytes = kv.second.buffer->len - kv.second.offset;
             }
         }
-        std::string fault = k->second(args, d.grid, d.threads);
+        std::string fault = k != mock::kernels().end() ? k->second(args, d.grid, d.threads)
+                                                       : mock::fallback()(d.kernel, args, d.grid, d.threads);
         if (!fault.empty()) {
             st = MTLCommandBufferStatusError;
             err = mock_error("mock kernel fault: " + fault);
@@ -443,9 +443,9 @@ static std::vector<std::string> *kernel_names_in(const std::string &source) {
 }
 - (id<MTLComputePipelineState>)newComputePipelineStateWithFunction:(id<MTLFunction>)fn error:(NSError **)error {
     (void)error;
-    mock::note(std::string("pipeline ") + fn.name.UTF8String);
+    mock::note(std::string("pipeline ") + ((FAMockFunction *)fn)->fname.UTF8String);
     FAMockPipeline *p = [FAMockPipeline new];
-    p->kname = new std::string(fn.name.UTF8String);
+    p->kname = new std::string(((FAMockFunction *)fn)->fname.UTF8String);
     return p;
 }
 @end

@@ -1,0 +1,56 @@
+"""transformers generate() throughput of a tiny random Llama (no download) with attn_implementation
+"flash_attn_cy" beside "sdpa" and "eager", CPU, fp32. Skipped (n/a) when transformers is not installed.
+
+The model is small enough that attention is only part of the time: this tracks end-to-end integration overhead
+(unpadding, layout changes) as much as kernel speed."""
+from __future__ import annotations
+
+import time
+
+CONFIG = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
+              num_key_value_heads=2, max_position_embeddings=1024)
+PROMPT, NEW_TOKENS = 128, 32
+
+
+class TinyLlamaGenerate:
+    params = [["flash_attn_cy", "sdpa", "eager"], [1, 4]]
+    param_names = ["attn_implementation", "batch"]
+    timeout = 300
+
+    def setup(self, attn_implementation, batch):
+        try:
+            import torch
+            from transformers import LlamaConfig, LlamaForCausalLM
+        except ImportError:
+            raise NotImplementedError("transformers is not installed")
+        import flash_attn_cy
+
+        if attn_implementation == "flash_attn_cy":
+            flash_attn_cy.register_transformers()
+        torch.manual_seed(0)
+        self.model = LlamaForCausalLM._from_config(LlamaConfig(**CONFIG), attn_implementation=attn_implementation)
+        self.model.eval()
+        ids = torch.randint(1, CONFIG["vocab_size"], (batch, PROMPT), generator=torch.Generator().manual_seed(0))
+        mask = torch.ones_like(ids)
+        if batch > 1:
+            mask[1:, : PROMPT // 4] = 0  # left padding in all rows but the first
+        self.kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                           do_sample=False, pad_token_id=0)
+        self.batch = batch
+
+    def _generate(self):
+        import torch
+
+        with torch.no_grad():
+            return self.model.generate(**self.kwargs)
+
+    def time_generate(self, attn_implementation, batch):
+        self._generate()
+
+    def track_tokens_per_second(self, attn_implementation, batch):
+        self._generate()  # warm-up
+        t0 = time.perf_counter()
+        self._generate()
+        return self.batch * NEW_TOKENS / (time.perf_counter() - t0)
+
+    track_tokens_per_second.unit = "tokens/s"

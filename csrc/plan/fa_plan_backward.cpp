@@ -1,0 +1,212 @@
+// fa_plan_backward.cpp - the backward plan (owned by the backward component; kernels in kernels/fa_bwd.h).
+//
+// Launch 1: fa_bwd_pre_<t>, grid (ceil(seqlen_q / 32), nheads_q, batch): D = rowsum(dO * O) into SCRATCH0 and the
+//           LSE in base-2 units into SCRATCH1 (fp32, [nheads_q][q rows] each).
+// Launch 2: fa_bwd_dkdv_<t>_d<BD>, grid (ceil(seqlen_k / 32), nheads_kv, batch): dK, dV (one writer per row).
+// Launch 3: fa_bwd_dq_<t>_d<BD>, grid (ceil(seqlen_q / 32), nheads_q, batch): dQ.
+// Launches run in order, so 2 and 3 see the scratch written by 1. No atomics anywhere: deterministic by design.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+#include "fa_bwd_params.h"
+#include "fa_plan_internal.h"
+
+namespace {
+
+using faplan::fail;
+using faplan::view_extent;
+
+struct Binding {
+    int index;
+    fa_buffer_id buffer;
+};
+
+// Binds each buffer the call provides (bytes > 0), then the plan's dummy on the kernel's other indices (Metal's
+// validation and the simulator want every [[buffer(n)]] bound; the kernels never read one whose flag is clear).
+void bind_all(fa_plan *plan, fa_launch *l, const Binding *bindings, int count, const int64_t *bytes) {
+    int indices[FA_PLAN_MAX_BINDINGS];
+    for (int i = 0; i < count; ++i) {
+        const bool scratch = bindings[i].buffer >= FA_BUF_SCRATCH0;
+        if (scratch || bytes[bindings[i].buffer] > 0) faplan::launch_bind(l, bindings[i].index, bindings[i].buffer);
+        indices[i] = bindings[i].index;
+    }
+    faplan::launch_bind_unused(plan, l, indices, count);
+}
+
+uint32_t blocks(int64_t n, int64_t per) { return uint32_t((n + per - 1) / per); }
+
+}  // namespace
+
+int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen) {
+    const char *tag = faplan::dtype_tag(p->dtype);
+    const int eb = faplan::elem_bytes(p->dtype);
+    if (!tag)
+        return fail(err, errlen, FA_ERR_UNSUPPORTED,
+                    "dtype: the Metal backward serves float16, bfloat16 and float32 (float64: backend='cpu')");
+    if (p->headdim < 1 || p->headdim > FA_MAX_HEADDIM)
+        return fail(err, errlen, FA_ERR_VALUE, "headdim: expected 1..%d, got %d", FA_MAX_HEADDIM, p->headdim);
+    if (p->headdim_v != p->headdim)
+        return fail(err, errlen, FA_ERR_UNSUPPORTED, "headdim_v: must equal headdim (%d), got %d", p->headdim,
+                    p->headdim_v);
+    if (p->nheads_q < 1 || p->nheads_kv < 1 || p->nheads_q % p->nheads_kv != 0)
+        return fail(err, errlen, FA_ERR_VALUE, "nheads: nheads_q (%d) must be a positive multiple of nheads_kv (%d)",
+                    p->nheads_q, p->nheads_kv);
+    if (!(p->dropout_p >= 0.0f && p->dropout_p < 1.0f))
+        return fail(err, errlen, FA_ERR_VALUE, "dropout_p: expected 0 <= p < 1, got %g", double(p->dropout_p));
+    if (p->block_table || p->leftpad_k || p->cache_batch_idx)
+        return fail(err, errlen, FA_ERR_UNSUPPORTED,
+                    "backward: paged, left-padded or batch-indexed KV caches have no backward");
+    if (!p->lse) return fail(err, errlen, FA_ERR_VALUE, "softmax_lse: required for backward");
+
+    const bool varlen_q = p->cu_seqlens_q != nullptr;
+    const bool varlen_k = p->cu_seqlens_k != nullptr;
+    const int64_t q_rows = varlen_q ? p->total_q : int64_t(p->batch) * p->seqlen_q;
+    if (p->batch <= 0 || p->seqlen_q <= 0 || q_rows <= 0 || p->seqlen_k < 0) return FA_OK;  // nothing to compute
+
+    const int bd = fa_bucket_headdim(p->headdim);
+    const int kv_bq = fa_bwd_kv_bq(bd, eb);
+    const int q_bk = fa_bwd_q_bk(bd, eb);
+    const uint32_t gq = blocks(p->seqlen_q, FA_BWD_Q_BQ);
+    const uint32_t gk = blocks(p->seqlen_k, FA_BWD_KV_BK);
+
+    // ---- constants ----
+    fa_bwd_params k;
+    std::memset(&k, 0, sizeof(k));
+    k.q_batch_stride = p->q.batch_stride;
+    k.q_row_stride = p->q.row_stride;
+    k.q_head_stride = p->q.head_stride;
+    k.k_batch_stride = p->k.batch_stride;
+    k.k_row_stride = p->k.row_stride;
+    k.k_head_stride = p->k.head_stride;
+    k.v_batch_stride = p->v.batch_stride;
+    k.v_row_stride = p->v.row_stride;
+    k.v_head_stride = p->v.head_stride;
+    k.o_batch_stride = p->out.batch_stride;
+    k.o_row_stride = p->out.row_stride;
+    k.o_head_stride = p->out.head_stride;
+    k.do_batch_stride = p->dout.batch_stride;
+    k.do_row_stride = p->dout.row_stride;
+    k.do_head_stride = p->dout.head_stride;
+    k.dq_batch_stride = p->dq.batch_stride;
+    k.dq_row_stride = p->dq.row_stride;
+    k.dq_head_stride = p->dq.head_stride;
+    k.dk_batch_stride = p->dk.batch_stride;
+    k.dk_row_stride = p->dk.row_stride;
+    k.dk_head_stride = p->dk.head_stride;
+    k.dv_batch_stride = p->dv.batch_stride;
+    k.dv_row_stride = p->dv.row_stride;
+    k.dv_head_stride = p->dv.head_stride;
+    k.lse_batch_stride = p->lse_batch_stride;
+    k.lse_head_stride = p->lse_head_stride;
+    k.lse_row_stride = p->lse_row_stride;
+    k.alibi_batch_stride = p->alibi_batch_stride;
+    k.q_rows = q_rows;
+    k.dropout_seed = p->dropout_seed;
+    k.dropout_offset = p->dropout_offset;
+    k.batch = p->batch;
+    k.seqlen_q = p->seqlen_q;
+    k.seqlen_k = p->seqlen_k;
+    k.nheads_q = p->nheads_q;
+    k.nheads_kv = p->nheads_kv;
+    k.group = p->nheads_q / p->nheads_kv;
+    k.headdim = p->headdim;
+    k.window_left = p->window_left;
+    k.window_right = p->window_right;
+    k.softmax_scale = p->softmax_scale;
+    if (p->softcap > 0.0f) {
+        k.softcap = p->softcap;
+        k.softcap_inv = 1.0f / p->softcap;
+    }
+    if (p->dropout_p > 0.0f) {
+        const double t = std::floor(double(p->dropout_p) * 4294967296.0);
+        k.dropout_threshold = t >= 4294967295.0 ? 0xffffffffu : uint32_t(t);
+        k.dropout_scale = 1.0f / (1.0f - p->dropout_p);  // the forward's value, bit for bit
+    }
+    uint32_t flags = 0;
+    if (p->alibi_slopes) flags |= FA_FLAG_ALIBI;
+    if (varlen_q) flags |= FA_FLAG_VARLEN_Q;
+    if (varlen_k) flags |= FA_FLAG_VARLEN_K;
+    if (p->seqused_k) flags |= FA_FLAG_SEQUSED_K;
+    if (p->dropout_p > 0.0f) flags |= FA_FLAG_DROPOUT;
+    k.flags = flags;
+
+    // ---- byte sizes of the user buffers (executor bounds checks) ----
+    const int d = p->headdim;
+    int64_t *bytes = out->buffer_bytes;
+    struct QSide {
+        fa_buffer_id id;
+        const fa_tensor *t;
+    } qside[] = {{FA_BUF_Q, &p->q}, {FA_BUF_OUT, &p->out}, {FA_BUF_DOUT, &p->dout}, {FA_BUF_DQ, &p->dq}};
+    for (const QSide &x : qside) {
+        bytes[x.id] = varlen_q ? view_extent(1, 0, p->total_q, x.t->row_stride, p->nheads_q, x.t->head_stride, d) * eb
+                               : view_extent(p->batch, x.t->batch_stride, p->seqlen_q, x.t->row_stride, p->nheads_q,
+                                             x.t->head_stride, d) * eb;
+    }
+    QSide kside[] = {{FA_BUF_K, &p->k}, {FA_BUF_V, &p->v}, {FA_BUF_DK, &p->dk}, {FA_BUF_DV, &p->dv}};
+    for (const QSide &x : kside) {
+        bytes[x.id] = varlen_k ? view_extent(1, 0, p->total_k, x.t->row_stride, p->nheads_kv, x.t->head_stride, d) * eb
+                               : view_extent(p->batch, x.t->batch_stride, p->seqlen_k, x.t->row_stride, p->nheads_kv,
+                                             x.t->head_stride, d) * eb;
+    }
+    bytes[FA_BUF_LSE] = varlen_q
+                            ? view_extent(1, 0, p->nheads_q, p->lse_head_stride, p->total_q, p->lse_row_stride, 1) * 4
+                            : view_extent(p->batch, p->lse_batch_stride, p->nheads_q, p->lse_head_stride, p->seqlen_q,
+                                          p->lse_row_stride, 1) * 4;
+    if (p->alibi_slopes) bytes[FA_BUF_ALIBI] = (int64_t(p->batch - 1) * p->alibi_batch_stride + p->nheads_q) * 4;
+    if (varlen_q) bytes[FA_BUF_CU_SEQLENS_Q] = int64_t(p->batch + 1) * 4;
+    if (varlen_k) bytes[FA_BUF_CU_SEQLENS_K] = int64_t(p->batch + 1) * 4;
+    if (p->seqused_k) bytes[FA_BUF_SEQUSED_K] = int64_t(p->batch) * 4;
+    out->scratch_bytes[0] = int64_t(p->nheads_q) * q_rows * 4;  // D
+    out->scratch_bytes[1] = int64_t(p->nheads_q) * q_rows * 4;  // LSE2
+
+    const Binding common[] = {
+        {FA_BWD_BUF_ALIBI, FA_BUF_ALIBI},
+        {FA_BWD_BUF_CU_SEQLENS_Q, FA_BUF_CU_SEQLENS_Q},
+        {FA_BWD_BUF_CU_SEQLENS_K, FA_BUF_CU_SEQLENS_K},
+        {FA_BWD_BUF_SEQUSED_K, FA_BUF_SEQUSED_K},
+        {FA_BWD_BUF_DELTA, FA_BUF_SCRATCH0},
+        {FA_BWD_BUF_LSE2, FA_BUF_SCRATCH1},
+    };
+    const uint32_t threads[3] = {FA_BWD_PRE_THREADS, 1, 1};
+    char name[FA_PLAN_KERNEL_NAME_LEN];
+
+    // ---- launch 1: preprocess ----
+    {
+        std::snprintf(name, sizeof(name), "fa_bwd_pre_%s", tag);
+        const uint32_t grid[3] = {blocks(p->seqlen_q, FA_BWD_PRE_ROWS), uint32_t(p->nheads_q), uint32_t(p->batch)};
+        fa_launch *l = &out->launches[out->nlaunches++];
+        faplan::launch_init(l, name, grid, threads, 0);
+        const Binding b[] = {{FA_BWD_BUF_OUT, FA_BUF_OUT}, {FA_BWD_BUF_DOUT, FA_BUF_DOUT}, {FA_BWD_BUF_LSE, FA_BUF_LSE},
+                             common[1], common[2], common[3], common[4], common[5]};
+        bind_all(out, l, b, int(sizeof(b) / sizeof(b[0])), bytes);
+        faplan::launch_constants(l, FA_BWD_BUF_PARAMS, &k, sizeof(k));
+    }
+    // ---- launch 2: dK, dV ----
+    {
+        std::snprintf(name, sizeof(name), "fa_bwd_dkdv_%s_d%d", tag, bd);
+        const uint32_t grid[3] = {gk, uint32_t(p->nheads_kv), uint32_t(p->batch)};
+        const uint32_t t[3] = {FA_BWD_KV_SIMDGROUPS * FA_SIMD_WIDTH, 1, 1};
+        fa_launch *l = &out->launches[out->nlaunches++];
+        faplan::launch_init(l, name, grid, t, uint32_t(fa_bwd_qdo_bytes(kv_bq, bd, eb)));
+        const Binding b[] = {{FA_BWD_BUF_Q, FA_BUF_Q},   {FA_BWD_BUF_K, FA_BUF_K},   {FA_BWD_BUF_V, FA_BUF_V},
+                             {FA_BWD_BUF_DOUT, FA_BUF_DOUT}, {FA_BWD_BUF_DK, FA_BUF_DK}, {FA_BWD_BUF_DV, FA_BUF_DV},
+                             common[0], common[1], common[2], common[3], common[4], common[5]};
+        bind_all(out, l, b, int(sizeof(b) / sizeof(b[0])), bytes);
+        faplan::launch_constants(l, FA_BWD_BUF_PARAMS, &k, sizeof(k));
+    }
+    // ---- launch 3: dQ ----
+    {
+        std::snprintf(name, sizeof(name), "fa_bwd_dq_%s_d%d", tag, bd);
+        const uint32_t grid[3] = {gq, uint32_t(p->nheads_q), uint32_t(p->batch)};
+        const uint32_t t[3] = {FA_BWD_Q_SIMDGROUPS * FA_SIMD_WIDTH, 1, 1};
+        fa_launch *l = &out->launches[out->nlaunches++];
+        faplan::launch_init(l, name, grid, t, uint32_t(fa_kv_tile_bytes(q_bk, bd, eb)));
+        const Binding b[] = {{FA_BWD_BUF_Q, FA_BUF_Q},       {FA_BWD_BUF_K, FA_BUF_K}, {FA_BWD_BUF_V, FA_BUF_V},
+                             {FA_BWD_BUF_DOUT, FA_BUF_DOUT}, {FA_BWD_BUF_DQ, FA_BUF_DQ},
+                             common[0], common[1], common[2], common[3], common[4], common[5]};
+        bind_all(out, l, b, int(sizeof(b) / sizeof(b[0])), bytes);
+        faplan::launch_constants(l, FA_BWD_BUF_PARAMS, &k, sizeof(k));
+    }
+    return FA_OK;
+}

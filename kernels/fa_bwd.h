@@ -1,0 +1,386 @@
+// fa_bwd.h - FlashAttention-2 backward on Apple GPUs: the three kernel bodies, instantiated by fa_bwd.metal.
+//
+// Algorithm (Dao, "FlashAttention-2", 2023, Algorithm 2) with P recomputed from the forward's LSE:
+//   1. fa_bwd_preprocess: D = rowsum(dO * O) and the LSE in base-2 units (dead rows marked) -> two fp32 scratch rows
+//      per (head, query). One threadgroup per (32 query rows, head, batch).
+//   2. fa_bwd_dkdv: one threadgroup per (32 keys, kv head, batch); each simdgroup keeps K, V, dK, dV of its 8 keys in
+//      registers (8x8 fragments) and walks the query blocks that see them, for every query head of the GQA group:
+//      Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, then dV += Pdᵀ dO and dK += dXᵀ Q. Q and dO blocks are staged in threadgroup memory.
+//      Each dK/dV row has exactly one writer: no atomics.
+//   3. fa_bwd_dq: one threadgroup per (32 query rows, head, batch), the forward's shape: Q, dO, dQ of 8 rows per
+//      simdgroup in registers, K/V tiles staged; S = Q Kᵀ, dP = dO Vᵀ, dQ += dX K.
+// Per element: P = exp2(score·log2e - lse2), Pd = P·keep/(1-p), dS = P (dPd·keep/(1-p) - D),
+// dX = dS · softmax_scale · (1 - tanh²) under softcap: the gradient with respect to q·k.
+// Dropout regenerates the forward's mask from Philox (fa_philox.h): bh = b * nheads_q + h, row/col in the sequence.
+// Masks are bottom-right aligned as in the forward; tiles outside the window are never visited. Fast math: masked
+// scores and dead rows are tested explicitly, no infinity is ever computed.
+#ifndef FA_BWD_H
+#define FA_BWD_H
+
+#include "fa_bwd_params.h"
+#include "fa_forward.h"  // fragments (fa_frag, fa_frag_pos, fa_load_frag[_t]), FA_MASKED, FA_LOG2E, FA_INF_BITS
+#include "fa_philox.h"
+
+// Lengths and packed offsets of sequence b.
+struct fa_bwd_seq {
+    int sq, sk;        // query rows, keys attended (seqused_k applied)
+    int sk_rows;       // key rows the sequence owns (dK/dV rows sk .. sk_rows-1 are written as zeros)
+    int q_start, k_start;
+};
+
+inline fa_bwd_seq fa_bwd_seq_info(constant fa_bwd_params& p, int b, device const int* cu_seqlens_q,
+                                  device const int* cu_seqlens_k, device const int* seqused_k) {
+    fa_bwd_seq s;
+    const bool varlen_q = (p.flags & FA_FLAG_VARLEN_Q) != 0;
+    const bool varlen_k = (p.flags & FA_FLAG_VARLEN_K) != 0;
+    s.q_start = varlen_q ? cu_seqlens_q[b] : 0;
+    s.sq = varlen_q ? cu_seqlens_q[b + 1] - s.q_start : p.seqlen_q;
+    s.k_start = varlen_k ? cu_seqlens_k[b] : 0;
+    s.sk_rows = varlen_k ? cu_seqlens_k[b + 1] - s.k_start : p.seqlen_k;
+    s.sk = (p.flags & FA_FLAG_SEQUSED_K) ? min(seqused_k[b], s.sk_rows) : s.sk_rows;
+    return s;
+}
+
+// Element offset of row i (within sequence b) of a q-side / k-side tensor.
+inline fa_long fa_bwd_qrow(constant fa_bwd_params& p, fa_long batch_stride, fa_long row_stride, thread const fa_bwd_seq& s,
+                           int b, int i) {
+    return (p.flags & FA_FLAG_VARLEN_Q) ? fa_long(s.q_start + i) * row_stride
+                                        : fa_long(b) * batch_stride + fa_long(i) * row_stride;
+}
+inline fa_long fa_bwd_krow(constant fa_bwd_params& p, fa_long batch_stride, fa_long row_stride, thread const fa_bwd_seq& s,
+                           int b, int j) {
+    return (p.flags & FA_FLAG_VARLEN_K) ? fa_long(s.k_start + j) * row_stride
+                                        : fa_long(b) * batch_stride + fa_long(j) * row_stride;
+}
+// Index of (b, h, row i) in the DELTA / LSE2 scratch.
+inline fa_long fa_bwd_scratch_row(constant fa_bwd_params& p, thread const fa_bwd_seq& s, int b, int h, int i) {
+    const fa_long r = (p.flags & FA_FLAG_VARLEN_Q) ? fa_long(s.q_start + i) : fa_long(b) * p.seqlen_q + i;
+    return fa_long(h) * p.q_rows + r;
+}
+
+inline bool fa_bwd_visible(constant fa_bwd_params& p, int i, int j, int off, int sk) {
+    return j >= 0 && j < sk && (p.window_left < 0 || j >= i + off - p.window_left) &&
+           (p.window_right < 0 || j <= i + off + p.window_right);
+}
+
+// The per-element core shared by both kernels. raw = q·k, dpd = dO·v (both unscaled), for query i, key j.
+// Returns dX (gradient with respect to q·k) and sets pd (the dropped, rescaled probability, for dV).
+struct fa_bwd_elem {
+    float pd;
+    float dx;
+};
+
+inline fa_bwd_elem fa_bwd_element(constant fa_bwd_params& p, float raw, float dpd, int i, int j, int off, int sk,
+                                  float lse2, float delta, float slope, uint bh) {
+    fa_bwd_elem r;
+    r.pd = 0.0f;
+    r.dx = 0.0f;
+    if (lse2 >= FA_BWD_DEAD_LSE2 || !fa_bwd_visible(p, i, j, off, sk)) return r;
+    float s = raw * p.softmax_scale;
+    float dcap = 1.0f;
+    if (p.softcap > 0.0f) {
+        const float t = tanh(s * p.softcap_inv);
+        s = p.softcap * t;
+        dcap = 1.0f - t * t;
+    }
+    s -= slope * abs(float(i + off - j));
+    const float prob = exp2(s * FA_LOG2E - lse2);
+    float keep = 1.0f;
+    if (p.flags & FA_FLAG_DROPOUT)
+        keep = fa_dropout_keep(p.dropout_seed, p.dropout_offset, bh, uint(i), uint(j), p.dropout_threshold)
+                   ? p.dropout_scale
+                   : 0.0f;
+    r.pd = prob * keep;
+    r.dx = prob * (dpd * keep - delta) * p.softmax_scale * dcap;
+    return r;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// 1. preprocess: DELTA and LSE2. Lanes 4r .. 4r+3 of the threadgroup share row r and split the head dim.
+template <typename T>
+[[kernel]] void fa_bwd_preprocess(device const T* out [[buffer(3)]], device const T* dout [[buffer(4)]],
+                                  device const float* lse [[buffer(5)]], device const int* cu_seqlens_q [[buffer(7)]],
+                                  device const int* cu_seqlens_k [[buffer(8)]], device const int* seqused_k [[buffer(9)]],
+                                  device float* delta [[buffer(13)]], device float* lse2 [[buffer(14)]],
+                                  constant fa_bwd_params& p [[buffer(15)]],
+                                  uint3 tgid [[threadgroup_position_in_grid]],
+                                  ushort tid [[thread_index_in_threadgroup]]) {
+    const int b = int(tgid.z);
+    const int h = int(tgid.y);
+    const fa_bwd_seq s = fa_bwd_seq_info(p, b, cu_seqlens_q, cu_seqlens_k, seqused_k);
+    const int i = int(tgid.x) * FA_BWD_PRE_ROWS + int(tid / 4);
+    const bool valid = i < s.sq;
+    float sum = 0.0f;
+    if (valid) {
+        const fa_long ooff = fa_bwd_qrow(p, p.o_batch_stride, p.o_row_stride, s, b, i) + fa_long(h) * p.o_head_stride;
+        const fa_long doff = fa_bwd_qrow(p, p.do_batch_stride, p.do_row_stride, s, b, i) + fa_long(h) * p.do_head_stride;
+        for (int d = int(tid % 4); d < p.headdim; d += 4) sum += float(out[ooff + d]) * float(dout[doff + d]);
+    }
+    // the 4 lanes of a row are consecutive: reduce over lane bits 0 and 1 (every lane takes part)
+    sum += simd_shuffle_xor(sum, ushort(1));
+    sum += simd_shuffle_xor(sum, ushort(2));
+    if (!valid || (tid % 4) != 0) return;
+    const fa_long lrow = ((p.flags & FA_FLAG_VARLEN_Q) ? fa_long(s.q_start + i) * p.lse_row_stride
+                                                       : fa_long(b) * p.lse_batch_stride + fa_long(i) * p.lse_row_stride) +
+                         fa_long(h) * p.lse_head_stride;
+    const float l = lse[lrow];
+    const bool dead = (as_type<uint>(l) & FA_INF_BITS) == FA_INF_BITS;  // +inf (no key) or nan: never computed on
+    const fa_long at = fa_bwd_scratch_row(p, s, b, h, i);
+    delta[at] = sum;
+    lse2[at] = dead ? FA_BWD_DEAD_LSE2 : l * FA_LOG2E;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// 2. dK, dV. Threadgroup (key block, kv head, batch); simdgroup sg owns keys kb + 8 sg .. kb + 8 sg + 7.
+template <typename T, int BD, int BQ, int NSG>
+[[kernel]] void fa_bwd_dkdv(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
+                            device const T* v [[buffer(2)]], device const T* dout [[buffer(4)]],
+                            device const float* alibi [[buffer(6)]], device const int* cu_seqlens_q [[buffer(7)]],
+                            device const int* cu_seqlens_k [[buffer(8)]], device const int* seqused_k [[buffer(9)]],
+                            device T* dk [[buffer(11)]], device T* dv [[buffer(12)]],
+                            device const float* delta [[buffer(13)]], device const float* lse2 [[buffer(14)]],
+                            constant fa_bwd_params& p [[buffer(15)]], uint3 tgid [[threadgroup_position_in_grid]],
+                            ushort sg [[simdgroup_index_in_threadgroup]], ushort lane [[thread_index_in_simdgroup]],
+                            ushort tid [[thread_index_in_threadgroup]]) {
+    static_assert(BD % 8 == 0 && BQ % 8 == 0, "tiles are made of 8x8 fragments");
+    constexpr int NT = NSG * FA_SIMD_WIDTH;
+    constexpr int BK = 8 * NSG;
+    constexpr int LD = fa_tile_ld(BD);
+    constexpr int NDF = BD / 8;  // fragments across the head dim
+    constexpr int NQF = BQ / 8;  // fragments across a query block
+
+    threadgroup T qs[BQ * LD];
+    threadgroup T dos[BQ * LD];
+    threadgroup float lse2s[BQ];
+    threadgroup float deltas[BQ];
+
+    const int b = int(tgid.z);
+    const int hkv = int(tgid.y);
+    const fa_bwd_seq s = fa_bwd_seq_info(p, b, cu_seqlens_q, cu_seqlens_k, seqused_k);
+    const int kb = int(tgid.x) * BK;
+    if (kb >= s.sk_rows) return;  // grid sized for the longest sequence: the whole threadgroup leaves
+    const int off = s.sk - s.sq;
+
+    // ---- this lane's keys: fragment row = key, column = head dim ----
+    const fa_lane_pos pos = fa_frag_pos(lane);
+    const int key = kb + int(sg) * 8 + pos.row;
+    const bool key_valid = key < s.sk;
+    fa_frag kf[NDF];
+    fa_frag vf[NDF];
+    fa_frag dkf[NDF];
+    fa_frag dvf[NDF];
+    {
+        const fa_long koff = fa_bwd_krow(p, p.k_batch_stride, p.k_row_stride, s, b, key) + fa_long(hkv) * p.k_head_stride;
+        const fa_long voff = fa_bwd_krow(p, p.v_batch_stride, p.v_row_stride, s, b, key) + fa_long(hkv) * p.v_head_stride;
+        for (int d = 0; d < NDF; ++d) {
+            for (int e = 0; e < 2; ++e) {
+                const int col = d * 8 + pos.col + e;
+                const bool in = key_valid && col < p.headdim;
+                kf[d].thread_elements()[e] = in ? float(k[koff + col]) : 0.0f;
+                vf[d].thread_elements()[e] = in ? float(v[voff + col]) : 0.0f;
+            }
+            dkf[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+            dvf[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+        }
+    }
+
+    // ---- query rows that see any key of this block (uniform across the threadgroup) ----
+    const int k_last = min(kb + BK, s.sk) - 1;
+    int i_lo = 0;
+    int i_hi = s.sq - 1;
+    if (p.window_right >= 0) i_lo = max(i_lo, kb - off - p.window_right);
+    if (p.window_left >= 0) i_hi = min(i_hi, k_last - off + p.window_left);
+    if (kb >= s.sk) i_hi = -1;  // keys past seqused_k: zero gradients
+
+    const bool has_alibi = (p.flags & FA_FLAG_ALIBI) != 0;
+    for (int h = hkv * p.group; h < (hkv + 1) * p.group; ++h) {
+        const float slope = has_alibi ? alibi[fa_long(b) * p.alibi_batch_stride + h] : 0.0f;
+        const uint bh = uint(b * p.nheads_q + h);
+        for (int i0 = i_lo; i0 <= i_hi; i0 += BQ) {
+            // stage Q, dO rows i0 .. i0+BQ-1 (zero past the block / head dim) and their LSE2, D
+            for (int idx = int(tid); idx < BQ * BD; idx += NT) {
+                const int r = idx / BD;
+                const int col = idx % BD;
+                const int i = i0 + r;
+                const bool in = i <= i_hi && col < p.headdim;
+                const fa_long qo = fa_bwd_qrow(p, p.q_batch_stride, p.q_row_stride, s, b, i) + fa_long(h) * p.q_head_stride;
+                const fa_long dd = fa_bwd_qrow(p, p.do_batch_stride, p.do_row_stride, s, b, i) + fa_long(h) * p.do_head_stride;
+                qs[r * LD + col] = in ? q[qo + col] : T(0.0f);
+                dos[r * LD + col] = in ? dout[dd + col] : T(0.0f);
+            }
+            for (int r = int(tid); r < BQ; r += NT) {
+                const int i = i0 + r;
+                const bool in = i <= i_hi;
+                const fa_long at = in ? fa_bwd_scratch_row(p, s, b, h, i) : 0;
+                lse2s[r] = in ? lse2[at] : FA_BWD_DEAD_LSE2;
+                deltas[r] = in ? delta[at] : 0.0f;
+            }
+            threadgroup_barrier(mem_flags::mem_threadgroup);
+
+            for (int qf = 0; qf < NQF; ++qf) {
+                // Sᵀ (8 keys x 8 queries) = K Qᵀ and dPdᵀ = V dOᵀ
+                fa_frag st = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+                fa_frag dpt = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+                for (int d = 0; d < NDF; ++d) {
+                    fa_frag qt;
+                    fa_load_frag_t(qt, qs + qf * 8 * LD + d * 8, LD, pos);
+                    simdgroup_multiply_accumulate(st, kf[d], qt, st);
+                    fa_frag dot;
+                    fa_load_frag_t(dot, dos + qf * 8 * LD + d * 8, LD, pos);
+                    simdgroup_multiply_accumulate(dpt, vf[d], dot, dpt);
+                }
+                // element (key, query): Pdᵀ into st, dXᵀ into dpt
+                for (int e = 0; e < 2; ++e) {
+                    const int r = qf * 8 + pos.col + e;  // query row within the block
+                    const fa_bwd_elem g = fa_bwd_element(p, st.thread_elements()[e], dpt.thread_elements()[e],
+                                                         i0 + r, key, off, s.sk, lse2s[r], deltas[r], slope, bh);
+                    st.thread_elements()[e] = g.pd;
+                    dpt.thread_elements()[e] = g.dx;
+                }
+                // dV += Pdᵀ dO, dK += dXᵀ Q
+                for (int d = 0; d < NDF; ++d) {
+                    fa_frag dof;
+                    fa_load_frag(dof, dos + qf * 8 * LD + d * 8, LD, pos);
+                    simdgroup_multiply_accumulate(dvf[d], st, dof, dvf[d]);
+                    fa_frag qfr;
+                    fa_load_frag(qfr, qs + qf * 8 * LD + d * 8, LD, pos);
+                    simdgroup_multiply_accumulate(dkf[d], dpt, qfr, dkf[d]);
+                }
+            }
+            threadgroup_barrier(mem_flags::mem_threadgroup);  // the next block overwrites the staged rows
+        }
+    }
+
+    // ---- write dK, dV (rows of keys past seqused_k get the zeros they hold) ----
+    if (key >= s.sk_rows) return;
+    const fa_long dko = fa_bwd_krow(p, p.dk_batch_stride, p.dk_row_stride, s, b, key) + fa_long(hkv) * p.dk_head_stride;
+    const fa_long dvo = fa_bwd_krow(p, p.dv_batch_stride, p.dv_row_stride, s, b, key) + fa_long(hkv) * p.dv_head_stride;
+    for (int d = 0; d < NDF; ++d) {
+        for (int e = 0; e < 2; ++e) {
+            const int col = d * 8 + pos.col + e;
+            if (col < p.headdim) {
+                dk[dko + col] = T(dkf[d].thread_elements()[e]);
+                dv[dvo + col] = T(dvf[d].thread_elements()[e]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// 3. dQ. Threadgroup (query block, head, batch); simdgroup sg owns query rows m0 + 8 sg .. m0 + 8 sg + 7.
+template <typename T, int BD, int BK, int NSG>
+[[kernel]] void fa_bwd_dq(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
+                          device const T* v [[buffer(2)]], device const T* dout [[buffer(4)]],
+                          device const float* alibi [[buffer(6)]], device const int* cu_seqlens_q [[buffer(7)]],
+                          device const int* cu_seqlens_k [[buffer(8)]], device const int* seqused_k [[buffer(9)]],
+                          device T* dq [[buffer(10)]], device const float* delta [[buffer(13)]],
+                          device const float* lse2 [[buffer(14)]], constant fa_bwd_params& p [[buffer(15)]],
+                          uint3 tgid [[threadgroup_position_in_grid]], ushort sg [[simdgroup_index_in_threadgroup]],
+                          ushort lane [[thread_index_in_simdgroup]], ushort tid [[thread_index_in_threadgroup]]) {
+    static_assert(BD % 8 == 0 && BK % 8 == 0, "tiles are made of 8x8 fragments");
+    constexpr int NT = NSG * FA_SIMD_WIDTH;
+    constexpr int BQ = 8 * NSG;
+    constexpr int LD = fa_tile_ld(BD);
+    constexpr int NDF = BD / 8;
+    constexpr int NKF = BK / 8;
+
+    threadgroup T ks[BK * LD];
+    threadgroup T vs[BK * LD];
+
+    const int b = int(tgid.z);
+    const int h = int(tgid.y);
+    const int hkv = h / p.group;
+    const fa_bwd_seq s = fa_bwd_seq_info(p, b, cu_seqlens_q, cu_seqlens_k, seqused_k);
+    const int m0 = int(tgid.x) * BQ;
+    if (m0 >= s.sq) return;
+    const int off = s.sk - s.sq;
+    const int i_last = min(m0 + BQ, s.sq) - 1;
+
+    // keys seen by any row of the block (uniform)
+    int k_lo = 0;
+    int k_hi = s.sk;  // exclusive
+    if (p.window_left >= 0) k_lo = max(k_lo, m0 + off - p.window_left);
+    if (p.window_right >= 0) k_hi = min(k_hi, i_last + off + p.window_right + 1);
+    const int n_begin = k_lo < k_hi ? k_lo / BK : 0;
+    const int n_end = k_lo < k_hi ? (k_hi + BK - 1) / BK : 0;
+
+    // ---- this lane's query row: Q, dO, dQ fragments (row = query, column = head dim) ----
+    const fa_lane_pos pos = fa_frag_pos(lane);
+    const int i = m0 + int(sg) * 8 + pos.row;
+    const bool row_valid = i < s.sq;
+    fa_frag qf[NDF];
+    fa_frag dof[NDF];
+    fa_frag dqf[NDF];
+    {
+        const fa_long qo = fa_bwd_qrow(p, p.q_batch_stride, p.q_row_stride, s, b, i) + fa_long(h) * p.q_head_stride;
+        const fa_long dd = fa_bwd_qrow(p, p.do_batch_stride, p.do_row_stride, s, b, i) + fa_long(h) * p.do_head_stride;
+        for (int d = 0; d < NDF; ++d) {
+            for (int e = 0; e < 2; ++e) {
+                const int col = d * 8 + pos.col + e;
+                const bool in = row_valid && col < p.headdim;
+                qf[d].thread_elements()[e] = in ? float(q[qo + col]) : 0.0f;
+                dof[d].thread_elements()[e] = in ? float(dout[dd + col]) : 0.0f;
+            }
+            dqf[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+        }
+    }
+    const fa_long at = row_valid ? fa_bwd_scratch_row(p, s, b, h, i) : 0;
+    const float row_lse2 = row_valid ? lse2[at] : FA_BWD_DEAD_LSE2;
+    const float row_delta = row_valid ? delta[at] : 0.0f;
+    const float slope = (p.flags & FA_FLAG_ALIBI) ? alibi[fa_long(b) * p.alibi_batch_stride + h] : 0.0f;
+    const uint bh = uint(b * p.nheads_q + h);
+
+    for (int n = n_begin; n < n_end; ++n) {
+        const int kb = n * BK;
+        // stage K, V keys kb .. kb+BK-1 (zero past the keys / head dim)
+        for (int idx = int(tid); idx < BK * BD; idx += NT) {
+            const int r = idx / BD;
+            const int col = idx % BD;
+            const int j = kb + r;
+            const bool in = j < s.sk && col < p.headdim;
+            const fa_long ko = fa_bwd_krow(p, p.k_batch_stride, p.k_row_stride, s, b, j) + fa_long(hkv) * p.k_head_stride;
+            const fa_long vo = fa_bwd_krow(p, p.v_batch_stride, p.v_row_stride, s, b, j) + fa_long(hkv) * p.v_head_stride;
+            ks[r * LD + col] = in ? k[ko + col] : T(0.0f);
+            vs[r * LD + col] = in ? v[vo + col] : T(0.0f);
+        }
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+
+        for (int jf = 0; jf < NKF; ++jf) {
+            // S (8 queries x 8 keys) = Q Kᵀ, dPd = dO Vᵀ
+            fa_frag sf = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+            fa_frag dpf = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+            for (int d = 0; d < NDF; ++d) {
+                fa_frag kt;
+                fa_load_frag_t(kt, ks + jf * 8 * LD + d * 8, LD, pos);
+                simdgroup_multiply_accumulate(sf, qf[d], kt, sf);
+                fa_frag vt;
+                fa_load_frag_t(vt, vs + jf * 8 * LD + d * 8, LD, pos);
+                simdgroup_multiply_accumulate(dpf, dof[d], vt, dpf);
+            }
+            for (int e = 0; e < 2; ++e) {
+                const int j = kb + jf * 8 + pos.col + e;
+                const fa_bwd_elem g = fa_bwd_element(p, sf.thread_elements()[e], dpf.thread_elements()[e], i, j, off,
+                                                     s.sk, row_lse2, row_delta, slope, bh);
+                dpf.thread_elements()[e] = g.dx;
+            }
+            // dQ += dX K
+            for (int d = 0; d < NDF; ++d) {
+                fa_frag kfr;
+                fa_load_frag(kfr, ks + jf * 8 * LD + d * 8, LD, pos);
+                simdgroup_multiply_accumulate(dqf[d], dpf, kfr, dqf[d]);
+            }
+        }
+        threadgroup_barrier(mem_flags::mem_threadgroup);  // the next tile overwrites ks / vs
+    }
+
+    if (!row_valid) return;
+    const fa_long dqo = fa_bwd_qrow(p, p.dq_batch_stride, p.dq_row_stride, s, b, i) + fa_long(h) * p.dq_head_stride;
+    for (int d = 0; d < NDF; ++d) {
+        for (int e = 0; e < 2; ++e) {
+            const int col = d * 8 + pos.col + e;
+            if (col < p.headdim) dq[dqo + col] = T(dqf[d].thread_elements()[e]);
+        }
+    }
+}
+
+#endif  // FA_BWD_H
