@@ -20,7 +20,8 @@ from typing import Dict, List
 
 __all__ = ["SimCompileError", "runtime_dir", "find_cxx", "cache_dir", "load_module"]
 
-RUNTIME_SOURCES = ("runtime.cpp", "fiber.cpp", "guarded.cpp", "c_api.cpp")
+RUNTIME_SOURCES = ("runtime.cpp", "scheduler.cpp", "signals.cpp", "registry.cpp", "fiber.cpp", "guarded.cpp",
+                   "c_api.cpp")
 CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing"]
 # Kernel modules also carry line tables (through the translator's #line markers they point into the .metal file),
 # so a fault's program counter can be mapped back to the source line.
