@@ -96,6 +96,8 @@ def integer(x: Any, name: str, minimum: Optional[int] = None) -> int:
     x = int(x)
     if minimum is not None and x < minimum:
         raise ValueError(f"{name}: must be >= {minimum}, got {x}")
+    if x > _INT32_MAX:
+        raise ValueError(f"{name}: must fit in int32 (<= {_INT32_MAX}), got {x}")
     return x
 
 

@@ -244,6 +244,12 @@ def _run(q, k, v, names, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=N
         if importlib.util.find_spec("flash_attn_cy.autograd") is not None:
             from . import autograd
             out, lse, probs = autograd.attention_with_grad(q, k, v, **args)
+            if return_attn_probs and probs is None:
+                # the differentiable path may not materialise S_dmask; recompute it (same inputs, same Philox
+                # (seed, offset), so the same dropout pattern) outside the graph - a debugging output, not hot
+                import torch
+                with torch.no_grad():
+                    _, _, probs = attention_forward(q.detach(), k.detach(), v.detach(), **args)
         else:
             if not _autograd_warned:
                 warnings.warn("flash_attn_cy.autograd is not available in this build: the result is not "

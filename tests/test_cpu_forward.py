@@ -187,3 +187,25 @@ def test_portable_and_simd_agree(rng, monkeypatch):
     monkeypatch.delenv("FLASH_ATTN_CY_CPU_ISA")
     b = fa.flash_attn_func(q, k, v, backend="cpu")
     np.testing.assert_allclose(a, b, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("sq", [1, 20])  # 1: decode row kernels; 20: lane-layout kernels (vdpbf16ps for bf16)
+def test_output_rounding_is_round_to_nearest_even(rng, isa, dtype, sq):
+    # q = 0 makes both keys equally likely: out = (v0 + v1) / 2, one fp32 rounding, so the only other rounding is the
+    # final fp32 -> dtype conversion, which must match NumPy / ml_dtypes round-to-nearest-even bit for bit
+    # (halfway cases, overflow to inf included).
+    dt = DTYPES[dtype]
+    nheads, d = 64, 64
+    bits = rng.integers(0, 1 << 16, size=(1, 2, nheads, d), dtype=np.uint16)
+    v = bits.view(dt).astype(np.float32)
+    # finite inputs; bf16 also without subnormals, which vdpbf16ps treats as zero (denormals-are-zero)
+    keep = np.isfinite(v) & ((np.abs(v) >= 2.0 ** -100) if dtype == "bf16" else True)
+    v = np.where(keep, v, 0.0).astype(dt)
+    q = np.zeros((1, sq, nheads, d), dt)
+    k = randn(rng, (1, 2, nheads, d), dtype)
+    out = fa.flash_attn_func(q, k, v, backend="cpu")
+    with np.errstate(over="ignore"):
+        expect = ((v[:, 0].astype(np.float32) + v[:, 1].astype(np.float32)) * np.float32(0.5)).astype(dt)
+    for i in range(sq):
+        np.testing.assert_array_equal(out[:, i].view(np.uint16), expect.view(np.uint16))

@@ -170,8 +170,11 @@ static void run_kvcache_case() {
         }
     const size_t cache_elems = size_t(B) * cap * hkv * d;
     float *k_aligned = static_cast<float *>(std::aligned_alloc(16384, (cache_elems * 4 + 16383) / 16384 * 16384));
-    std::vector<float> v_host(cache_elems + 3);
-    float *v_unaligned = v_host.data() + 3;
+    // Wrapped host memory is rounded out to whole pages, and the simulator behind the mock snapshots and restores
+    // whole MTLBuffers, so every host tensor big enough to be wrapped lives in page-padded memory of its own here
+    // (a GPU touches only the tensor's bytes; the simulator would otherwise race other threads' heap bookkeeping).
+    char *v_block = static_cast<char *>(std::aligned_alloc(16384, (cache_elems * 4 + 2 * 16384) / 16384 * 16384));
+    float *v_unaligned = reinterpret_cast<float *>(v_block + 12);
     for (size_t i = 0; i < cache_elems; ++i) k_aligned[i] = normal(rng), v_unaligned[i] = normal(rng);
     std::vector<float> k_cpu(k_aligned, k_aligned + cache_elems), v_cpu(v_unaligned, v_unaligned + cache_elems);
     std::vector<float> q_metal = q, q_cpu = q, out_scratch(q.size());
@@ -214,6 +217,7 @@ static void run_kvcache_case() {
     CHECK(moved, std::string("kvcache append rotated q"));
     CHECK(dq <= 1e-5 && dk <= 1e-5 && dv == 0.0, std::string("kvcache append matches the CPU backend"));
     std::free(k_aligned);
+    std::free(v_block);
 }
 
 // Tensors already in MTLBuffers (what PyTorch MPS tensors become): q/k/v/out/lse bound by handle at byte offsets,

@@ -121,6 +121,8 @@ def test_bad_arguments_raise_clear_errors():
         sim.run(KERNELS / "example_reduce.metal", "example_reduce", 0, 32, {})
     with pytest.raises(ValueError, match="no kernel named 'nope'"):
         sim.run(KERNELS / "example_reduce.metal", "nope", 1, 32, {})
+    with pytest.raises(TypeError, match="explicit dtype"):
+        sim.run(KERNELS / "example_reduce.metal", "example_reduce", 1, 32, {0: np.zeros(4, np.float32)}, {2: 5})
     res = sim.run(KERNELS / "example_reduce.metal", "example_reduce", 1, 32, {0: np.zeros(4, np.float32)})
     assert res.faults and res.faults[0].kind == "error" and "buffer(1)" in res.faults[0].message
 
@@ -130,3 +132,10 @@ def test_infinite_loop_is_interrupted_by_the_watchdog(monkeypatch):
     res = sim.run(CASES / "wild_pointer.metal", "spin_forever", 2, 32, {0: np.zeros(32, np.float32)}, schedules=1)
     assert res.faults and res.faults[0].kind == "error"
     assert "still running" in res.faults[0].message and "spin_forever" in res.faults[0].message
+
+
+def test_race_between_threadgroups_through_device_memory():
+    res = sim.run(CASES / "wild_pointer.metal", "cross_group_race", 8, 32, {0: np.zeros(1, np.float32)},
+                  schedules=2, host_threads=1)
+    assert [f.kind for f in res.faults] == ["race"], res.faults
+    assert "buffer(0)" in res.faults[0].message and "threadgroup (" in res.faults[0].message

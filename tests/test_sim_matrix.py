@@ -80,3 +80,38 @@ def test_simd_sum_and_prefix_on_finite_values():
     s = res.buffers[3]
     np.testing.assert_array_equal(s[:32], np.full(32, x[:32].sum()))
     np.testing.assert_array_equal(s[128:160], np.concatenate([[0], np.cumsum(x[:31])]))
+
+
+def test_atomics_across_threads_and_threadgroups():
+    res = sim.run(CASE, "atomics", 6, 64, {0: np.zeros(2, np.uint32), 1: np.zeros(1, np.float32)}, schedules=2,
+                  host_threads=2)
+    assert res.faults == []
+    assert list(res.buffers[0]) == [6 * 64, 6 * 64 - 1]
+    assert res.buffers[1][0] == 6 * 64
+
+
+def test_swizzles_read_write_and_compound_assignment():
+    v = np.arange(12, dtype=np.float32).reshape(3, 4)
+    res = sim.run(CASE, "swizzles", 1, 3, {0: v, 1: np.zeros((3, 2), np.float32)}, schedules=1)
+    assert res.faults == []
+    a = v.copy()
+    b = a[:, :2] + a[:, 2:] * 2
+    a[:, :2] = b
+    a[:, 2:] += [1, 2]
+    np.testing.assert_array_equal(res.buffers[0], a[:, ::-1])
+    np.testing.assert_array_equal(res.buffers[1], np.stack([a[:, 2], a[:, :3].sum(1)], 1) + b[:, ::-1])
+
+
+def test_diagonal_constructor():
+    m = np.arange(64, dtype=np.float32).reshape(8, 8)
+    res = sim.run(CASE, "diagonal", 1, 32, {0: m, 1: np.zeros((8, 8), np.float32)}, schedules=1)
+    assert res.faults == []
+    np.testing.assert_array_equal(res.buffers[1], 2 * m)
+
+
+def test_threadgroup_memory_in_templated_helper():
+    x = np.arange(128, dtype=np.float32)
+    res = sim.run(CASE, "helper_tile", 2, 64, {0: x}, schedules=3)
+    assert res.faults == []
+    want = np.concatenate([x[:64][::-1], x[64:][::-1]]) + np.tile(np.arange(64)[::-1], 2)
+    np.testing.assert_array_equal(res.buffers[0], want)

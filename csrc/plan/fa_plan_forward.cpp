@@ -3,6 +3,7 @@
 // Launch 1: fa_fwd_<t>_d<BD> (prefill, 32-row tiles) or fa_dec_<t>_d<BD> (at most 8 packed query rows per head
 // block), grid (query tiles, head blocks, batch * num_splits). Launch 2 (only when the keys are split): fa_merge_<t>,
 // grid (seqlen_q, nheads_q, batch), which combines the partials in SCRATCH0 (O, fp32) and SCRATCH1 (LSE, fp32).
+// Last, only for return_attn_probs: fa_probs_<t> writes the probabilities (debug output, recomputes the scores).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -40,6 +41,40 @@ int choose_splits(const fa_params *p, int64_t blocks, int key_tiles, int bk, int
     return std::max(s, 1);
 }
 
+// Debug launch for return_attn_probs: fa_probs_<t>, one threadgroup per (query row, head, batch). Independent of
+// the attention launch (it recomputes the scores), so its position in the plan does not matter.
+void add_probs_launch(const fa_params *p, const fa_fwd_params &k, const char *tag, fa_plan *out) {
+    char name[FA_PLAN_KERNEL_NAME_LEN];
+    std::snprintf(name, sizeof(name), "fa_probs_%s", tag);
+    const uint32_t grid[3] = {uint32_t(p->seqlen_q), uint32_t(p->nheads_q), uint32_t(p->batch)};
+    const uint32_t threads[3] = {FA_PROBS_THREADS, 1, 1};
+    fa_launch *l = &out->launches[out->nlaunches++];
+    faplan::launch_init(l, name, grid, threads, uint32_t(FA_PROBS_THREADS / FA_SIMD_WIDTH * 4));
+    const struct {
+        int index;
+        fa_buffer_id buffer;
+    } binds[] = {
+        {FA_FWD_BUF_Q, FA_BUF_Q},
+        {FA_FWD_BUF_K, FA_BUF_K},
+        {FA_FWD_BUF_ALIBI, FA_BUF_ALIBI},
+        {FA_FWD_BUF_CU_SEQLENS_Q, FA_BUF_CU_SEQLENS_Q},
+        {FA_FWD_BUF_CU_SEQLENS_K, FA_BUF_CU_SEQLENS_K},
+        {FA_FWD_BUF_SEQUSED_K, FA_BUF_SEQUSED_K},
+        {FA_FWD_BUF_LEFTPAD_K, FA_BUF_LEFTPAD_K},
+        {FA_FWD_BUF_CACHE_BATCH_IDX, FA_BUF_CACHE_BATCH_IDX},
+        {FA_FWD_BUF_BLOCK_TABLE, FA_BUF_BLOCK_TABLE},
+        {FA_FWD_BUF_ATTN_PROBS, FA_BUF_ATTN_PROBS},
+    };
+    int indices[sizeof(binds) / sizeof(binds[0])];
+    int n = 0;
+    for (const auto &b : binds) {
+        indices[n++] = b.index;
+        if (out->buffer_bytes[b.buffer] > 0) faplan::launch_bind(l, b.index, b.buffer);
+    }
+    faplan::launch_bind_unused(out, l, indices, n);
+    faplan::launch_constants(l, FA_FWD_BUF_PARAMS, &k, sizeof(k));
+}
+
 }  // namespace
 
 int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) {
@@ -54,9 +89,6 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     if (p->nheads_q < 1 || p->nheads_kv < 1 || p->nheads_q % p->nheads_kv != 0)
         return fail(err, errlen, FA_ERR_VALUE, "nheads: nheads_q (%d) must be a positive multiple of nheads_kv (%d)",
                     p->nheads_q, p->nheads_kv);
-    if (p->attn_probs)
-        return fail(err, errlen, FA_ERR_UNSUPPORTED,
-                    "return_attn_probs: the Metal kernels never materialise the probabilities; use backend='cpu'");
     if (!(p->dropout_p >= 0.0f && p->dropout_p < 1.0f))
         return fail(err, errlen, FA_ERR_VALUE, "dropout_p: expected 0 <= p < 1, got %g", double(p->dropout_p));
     if (p->block_table && p->page_block_size < 1)
@@ -107,6 +139,9 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     k.partial_rows = q_rows;
     k.dropout_seed = p->dropout_seed;
     k.dropout_offset = p->dropout_offset;
+    k.probs_batch_stride = p->attn_probs_batch_stride;
+    k.probs_head_stride = p->attn_probs_head_stride;
+    k.probs_row_stride = p->attn_probs_row_stride;
     k.batch = p->batch;
     k.seqlen_q = p->seqlen_q;
     k.seqlen_k = p->seqlen_k;
@@ -183,6 +218,9 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     if (p->cache_batch_idx) bytes[FA_BUF_CACHE_BATCH_IDX] = int64_t(p->batch) * 4;
     if (p->block_table)
         bytes[FA_BUF_BLOCK_TABLE] = (int64_t(p->batch - 1) * p->block_table_batch_stride + p->max_blocks_per_seq) * 4;
+    if (p->attn_probs)
+        bytes[FA_BUF_ATTN_PROBS] = view_extent(p->batch, p->attn_probs_batch_stride, p->nheads_q, p->attn_probs_head_stride,
+                                               p->seqlen_q, p->attn_probs_row_stride, p->seqlen_k) * 4;
     if (splits > 1) {
         out->scratch_bytes[0] = int64_t(splits) * p->nheads_q * q_rows * d * 4;  // O partials
         out->scratch_bytes[1] = int64_t(splits) * p->nheads_q * q_rows * 4;      // LSE partials
@@ -227,7 +265,10 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
                                       FA_FWD_BUF_BLOCK_TABLE, FA_FWD_BUF_O_PARTIAL, FA_FWD_BUF_LSE_PARTIAL};
     faplan::launch_bind_unused(out, att, att_indices, int(sizeof(att_indices) / sizeof(att_indices[0])));
     faplan::launch_constants(att, FA_FWD_BUF_PARAMS, &k, sizeof(k));
-    if (splits == 1) return FA_OK;
+    if (splits == 1) {
+        if (p->attn_probs) add_probs_launch(p, k, tag, out);
+        return FA_OK;
+    }
 
     // ---- launch 2: merge the splits ----
     fa_merge_params mp;
@@ -259,5 +300,6 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
                                         FA_MERGE_BUF_LSE, FA_MERGE_BUF_CU_SEQLENS_Q};
     faplan::launch_bind_unused(out, merge, merge_indices, int(sizeof(merge_indices) / sizeof(merge_indices[0])));
     faplan::launch_constants(merge, FA_MERGE_BUF_PARAMS, &mp, sizeof(mp));
+    if (p->attn_probs) add_probs_launch(p, k, tag, out);
     return FA_OK;
 }

@@ -131,6 +131,7 @@ struct Launch {
     std::vector<Fault> faults;
     std::atomic<bool> stop{false};
     std::atomic<uint32_t> next_group{0};
+    std::vector<uint32_t> group_order;  // threadgroup launch order of this run (empty: 0, 1, 2, ...)
     size_t suppressed = 0;
 
     void add_fault(const std::string &kind, const std::string &msg) {
@@ -303,11 +304,9 @@ struct Worker {
         return true;
     }
 
-    void make_order(uint32_t pass) {
-        (void)pass;
-        const RunSpec *r = L->run;
-        if (r->order == kForward) return;
-        if (r->order == kReverse) return;
+    // Random schedules shuffle the thread order before every pass (forward and reverse keep theirs).
+    void shuffle_order() {
+        if (L->run->order != kRandom) return;
         for (uint32_t i = n - 1; i > 0; i--) {
             rng ^= rng << 13;
             rng ^= rng >> 7;
@@ -386,9 +385,9 @@ struct Worker {
         order.resize(n);
         for (uint32_t i = 0; i < n; i++) order[i] = L->run->order == kReverse ? n - 1 - i : i;
 
-        for (uint32_t pass = 0;; pass++) {
+        for (;;) {
             bool ran = false;
-            make_order(pass);
+            shuffle_order();
             for (uint32_t k = 0; k < n; k++) {
                 SimFiber *volatile f = fibers[order[k]].get();
                 if (f->state != kReady) continue;
@@ -412,10 +411,7 @@ struct Worker {
                     abort = true;
                 }
                 if (abort) {
-                    // Abandoned fibers are mid-kernel: give them fresh contexts before the next threadgroup.
-                    for (uint32_t i = 0; i < n; i++)
-                        if (fibers[i]->state != kDone || i == f->ctx.tindex) fibers[i]->fiber.started = false;
-                    // Fibers that faulted via fail() are parked inside fail(); restart them too.
+                    // Abandoned fibers are parked mid-kernel (or inside fail()): fresh contexts before reuse.
                     for (uint32_t i = 0; i < n; i++) fibers[i]->fiber.started = false;
                     return false;
                 }
@@ -465,8 +461,9 @@ struct Worker {
         } else {
             for (;;) {
                 if (L->stop) break;
-                uint32_t g = L->next_group.fetch_add(1);
-                if (g >= L->ngroups_total) break;
+                uint32_t gi = L->next_group.fetch_add(1);
+                if (gi >= L->ngroups_total) break;
+                uint32_t g = L->group_order.empty() ? gi : L->group_order[gi];
                 tg_started_ns = now_ns();
                 bool ok = run_group(g);
                 tg_started_ns = 0;
@@ -507,7 +504,7 @@ std::string pc_text(void *pc) {
 std::string Worker::signal_message(SimFiber *f) {
     std::string who = thread_desc(f);
     if (sig == kWatchdogSignal) {
-        char t[200];
+        char t[512];
         snprintf(t, sizeof t, ": still running after %.0f s without finishing the threadgroup (an infinite loop, or a "
                  "spin-wait on memory another thread writes, which the simulator's cooperative threads cannot "
                  "preempt); FLASH_ATTN_CY_SIM_TIMEOUT sets the limit", timeout_seconds());
@@ -517,7 +514,7 @@ std::string Worker::signal_message(SimFiber *f) {
     std::string after = pc_text(sig_pc) + "; last synchronisation point: " +
                         (f->wfile ? std::string(f->what) + " at " + where(f->wfile, f->wline) : std::string("kernel start"));
     const char *acc = sig_write == 1 ? "write" : (sig_write == 0 ? "read" : "access");
-    char b[256];
+    char b[1024];
     if (sig == SIGFPE) return who + ": arithmetic exception (integer division by zero?)" + after;
     if (f->fiber.stack.in_guard(sig_addr)) return who + ": stack overflow (thread-private arrays too large?)" + after;
     for (const Region &r : L->regions) {
@@ -581,6 +578,17 @@ void on_signal(int sig, siginfo_t *si, void *uctx) {
         _longjmp(w->sched, 2);
     }
     if (w && sig == kWatchdogSignal) return;  // arrived between fibers: the watchdog asks again shortly
+    // Not ours: chain to the previous handler. Each run-time compiled module has its own copy of this runtime, and
+    // handlers may chain to each other; a second entry on this thread means a loop: fall back to the default.
+    static thread_local int chain_depth = 0;
+    if (chain_depth > 0) {
+        signal(sig, SIG_DFL);
+        return;
+    }
+    struct DepthGuard {
+        DepthGuard() { chain_depth++; }
+        ~DepthGuard() { chain_depth--; }
+    } guard;
     for (int i = 0; i < kNumSignals; i++) {
         if (kSignals[i] != sig) continue;
         struct sigaction &o = g_old[i];
@@ -626,7 +634,7 @@ std::string describe_diff(const Region &r, const char *a, const char *b, size_t 
     float fa, fb;
     memcpy(&fa, &va, 4);
     memcpy(&fb, &vb, 4);
-    char m[320];
+    char m[512];
     snprintf(m, sizeof m, "%s bytes %zu..%zu hold 0x%08x (%g as float32) under the %s run but 0x%08x (%g) under the "
              "%s run", names.c_str(), w, w + n - 1, va, (double)fa, a_label, vb, (double)fb, b_label);
     return m;
@@ -636,6 +644,23 @@ bool execute_run(Launch &L, const RunSpec &spec) {
     L.run = &spec;
     L.stop = false;
     L.next_group = 0;
+    // Threadgroups start in the schedule's order too, so that races between threadgroups (through device memory)
+    // also change results.
+    L.group_order.clear();
+    if (spec.order != kForward) {
+        L.group_order.resize(L.ngroups_total);
+        for (uint32_t i = 0; i < L.ngroups_total; i++)
+            L.group_order[i] = spec.order == kReverse ? L.ngroups_total - 1 - i : i;
+        if (spec.order == kRandom) {
+            uint64_t x = spec.seed | 1;
+            for (uint32_t i = L.ngroups_total - 1; i > 0; i--) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                std::swap(L.group_order[i], L.group_order[(uint32_t)(x % (i + 1))]);
+            }
+        }
+    }
     for (Region &r : L.regions) {
         if (!r.g.create(r.len, spec.end_aligned, spec.slack)) {
             L.add_fault("error", "cannot map memory for a buffer copy");
@@ -748,8 +773,8 @@ void compare_hashes(Launch &L, const std::vector<std::vector<BarrierHash>> &base
                         if (a[j].hash == b[j].hash) continue;
                         uint32_t t0 = (uint32_t)(g % cfg.grid[0]), t1 = (uint32_t)((g / cfg.grid[0]) % cfg.grid[1]),
                                  t2 = (uint32_t)(g / ((uint64_t)cfg.grid[0] * cfg.grid[1]));
-                        char m[512];
-                        char at[200];
+                        char m[1024];
+                        char at[512];
                         if (a[j].line)
                             snprintf(at, sizeof at, "at the threadgroup_barrier at %s:%u", a[j].file, a[j].line);
                         else

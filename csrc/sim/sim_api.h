@@ -31,7 +31,8 @@ struct LaunchConfig {
     uint32_t threads[3] = {1, 1, 1};  // threads per threadgroup
     int schedules = 1;                // >1: rerun under reverse and seeded random schedules and compare results
     uint64_t seed = 0x5eed;           // for the random schedules
-    bool checks = true;               // guard pages, poisoned threadgroup memory, divergence checks
+    bool checks = true;               // with schedules > 1: also compare threadgroup memory at every barrier
+                                      // (guard pages, poison and divergence checks are always on: they are cheap)
     int host_threads = 0;             // 0 = default pool size
 };
 
@@ -46,7 +47,10 @@ struct KernelInfo;  // opaque: one registered kernel entry point
 const KernelInfo *find_kernel(const char *name);
 std::vector<std::string> kernel_names();
 
-// Run one dispatch. Returns the faults found (empty = clean). Never throws for kernel faults.
+// Run one dispatch. Returns the faults found (empty = clean). Never throws for kernel faults. Writable buffers get the
+// results of the forward schedule; Fault.kind is "race", "out-of-bounds", "uninitialized-read", "divergent-barrier",
+// "error" (invalid launch, wild pointer, timeout: FLASH_ATTN_CY_SIM_TIMEOUT seconds per threadgroup, default 300)
+// or "note" (how many further faults were not listed). Safe to call from several threads at once.
 std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, const std::vector<BufferArg> &buffers,
                           const std::vector<BytesArg> &bytes);
 

@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -144,7 +145,8 @@ def load_module(cpp_code: str, label: str = "kernel") -> ctypes.CDLL:
                 out = tmp / "kernel.so"
                 _run(cxx.split() + CXXFLAGS + MODULE_FLAGS + ["-I", str(rt), "-I", str(rt / "include"), "-shared",
                                                               str(src)]
-                     + [str(o) for o in objs] + ["-o", str(out), "-lpthread"],
+                     + [str(o) for o in objs] + ["-o", str(out), "-lpthread"]
+                     + (["-ldl"] if sys.platform.startswith("linux") else []),  # dladdr on glibc < 2.34
                      f"compiling {label} for the simulator")
                 os.replace(out, so)
             finally:

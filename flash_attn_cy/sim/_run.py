@@ -40,18 +40,22 @@ class SimResult(NamedTuple):
 
 
 def load_source(path_or_source: Union[str, os.PathLike]) -> Tuple[str, str]:
-    """(source text, path used in messages) from a file path or MSL source text."""
+    """(source text, path used in messages) from a file path or MSL source text.
+
+    A str is a path if it is one line and names an existing file or ends in ".metal"; otherwise it is source text.
+    """
     if isinstance(path_or_source, os.PathLike):
-        p = Path(path_or_source)
-        return p.read_text(encoding="utf-8"), str(p)
-    if not isinstance(path_or_source, str):
+        path = os.fspath(path_or_source)
+    elif isinstance(path_or_source, str):
+        one_line = "\n" not in path_or_source
+        if not (one_line and (path_or_source.endswith(".metal") or os.path.isfile(path_or_source))):
+            return path_or_source, "<source>.metal"
+        path = path_or_source
+    else:
         raise TypeError(f"path_or_source must be a path or MSL source text, got {type(path_or_source).__name__}")
-    if "\n" not in path_or_source and path_or_source.endswith(".metal") or (
-            "\n" not in path_or_source and os.path.isfile(path_or_source)):
-        if not os.path.isfile(path_or_source):
-            raise FileNotFoundError(f"path_or_source: no such file {path_or_source!r}")
-        return Path(path_or_source).read_text(encoding="utf-8"), path_or_source
-    return path_or_source, "<source>.metal"
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path_or_source: no such file {path!r}")
+    return Path(path).read_text(encoding="utf-8"), str(path)
 
 
 def _dims(value, name: str) -> Tuple[int, int, int]:
@@ -142,6 +146,10 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
             raise ValueError(f"bytes: index {k} is also bound in buffers")
         if isinstance(v, (builtins.bytes, bytearray, memoryview)):
             raw = builtins.bytes(v)
+        elif isinstance(v, (bool, int, float)) or (isinstance(v, (list, tuple)) and not isinstance(v, np.ndarray)):
+            raise TypeError(f"bytes[{k}]: give bytes or a NumPy scalar/array with an explicit dtype "
+                            f"(e.g. np.uint32(5) or np.array([1, 2], np.int32)), not {type(v).__name__}: the kernel "
+                            f"reads raw bytes, so the width must be explicit")
         else:
             raw = np.ascontiguousarray(np.asarray(v)).tobytes()
         cb = ctypes.create_string_buffer(raw, len(raw))

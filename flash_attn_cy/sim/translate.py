@@ -54,6 +54,7 @@ UNSUPPORTED_KEYWORDS = {
     "imageblock": "imageblocks",
 }
 HALF_LITERAL_RE = re.compile(r"^(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?[hH]$")
+SWIZZLE_RE = re.compile(r"^([xyzw]{2,4}|[rgba]{2,4})$")
 VECTOR_TYPE_RE = re.compile(r"^(float|half|bfloat|int|uint|short|ushort|char|uchar|bool|long|ulong)[234]$")
 TEXTURE_RE = re.compile(r"^(texture[123]d|texture\dd_array|texturecube|texture_buffer|depth2d|depthcube)\w*$")
 
@@ -64,7 +65,7 @@ _TOKEN_RE = re.compile(
   | (?P<str>"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*')
   | (?P<num>\.?\d(?:[\w.]|[eEpP][+-])*)
   | (?P<id>[A-Za-z_]\w*)
-  | (?P<punct>::|->|\+\+|--|<<=|>>=|<<|>>|<=|>=|==|!=|&&|\|\||[-+*/%&|^!~=<>?:;,.(){}\[\]\#])
+  | (?P<punct>::|->|\+\+|--|<<=|>>=|<<|>>|<=|>=|==|!=|&&|\|\||[-+*/%&|^]=|[-+*/%&|^!~=<>?:;,.(){}\[\]\#])
     """,
     re.VERBOSE | re.DOTALL,
 )
@@ -323,6 +324,10 @@ class _Translator:
             if t.kind == "pp":
                 self.check_directive(i)
                 continue
+            if (self.mode == "exec" and t.kind == "id" and SWIZZLE_RE.match(t.text) and i > 0
+                    and toks[i - 1].text in (".", "->")):
+                self.swizzle(i)
+                continue
             if t.kind == "num" and HALF_LITERAL_RE.match(t.text):
                 self.edits.append((t.start, t.end, f"half({t.text[:-1]}f)"))
                 continue
@@ -353,6 +358,19 @@ class _Translator:
             for it in items:
                 self.check_attribute(k, it)
         return self.emit()
+
+    def swizzle(self, i: int) -> None:
+        """`v.xy` -> `v.template fasim_swizzle<0, 1>()`; as an assignment target the writing proxy instead."""
+        t = self.toks[i]
+        idx = ", ".join(str("xyzw".index(c) if c in "xyzw" else "rgba".index(c)) for c in t.text)
+        nxt = self.toks[i + 1].text if i + 1 < len(self.toks) else ""
+        if nxt in ("=", "+=", "-=", "*=", "/="):
+            if len(set(t.text)) != len(t.text):
+                raise self.err(i, f"swizzle '.{t.text}' repeats a component and cannot be assigned to")
+            repl = f"template fasim_swizzle_ref<{idx}>()"
+        else:
+            repl = f"template fasim_swizzle<{idx}>()"
+        self.edits.append((t.start, t.end, repl))
 
     def check_directive(self, i: int) -> None:
         text = re.sub(r"//[^\n]*|/\*.*?\*/", " ", self.toks[i].text, flags=re.S)  # comments don't count
@@ -441,7 +459,6 @@ class _Translator:
                 j = _match(toks, j, toks[j].text, {"(": ")", "[": "]", "{": "}"}[toks[j].text])
             j += 1
         stmt = [k for k in range(i + 1, j) if self.attr_owner[k] is None]
-        texts = [toks[k].text for k in stmt]
         depth = 0
         first_bracket = None
         for pos, k in enumerate(stmt):
@@ -474,25 +491,25 @@ class _Translator:
         self.tg_count += 1
         n = self.tg_count
         if self.mode == "check":
-            repl = f"static {self.space_text(3)} {ttype} {name}{dims}"
+            # A reference to address-space-3 storage (not a static variable: clang cannot construct class types,
+            # atomics or user structs, in an address space).
+            q = f"{self.space_text(3)} {ttype}"
+            repl = (f"{q} (&{name}){dims} = *::metal::fasim_tg_storage<{q}{dims}>()" if dims
+                    else f"{q} &{name} = *::metal::fasim_tg_storage<{q}>()")
         else:
             site = f"fasim_tg_site_{n}"
             if dims:
-                arr = f"{ttype}{dims}"
                 repl = (f'static const ::fasim::TgSite {site}{{"{name}", "{_c_string(fname)}", {fline}}}; '
                         f"{ttype} (&{name}){dims} = *static_cast<{ttype} (*){dims}>(::fasim::tg_alloc(&{site}, "
                         f"sizeof({ttype}{dims}), alignof({ttype})))")
-                del arr
             else:
                 repl = (f'static const ::fasim::TgSite {site}{{"{name}", "{_c_string(fname)}", {fline}}}; '
                         f"{ttype} &{name} = *static_cast<{ttype} *>(::fasim::tg_alloc(&{site}, sizeof({ttype}), "
                         f"alignof({ttype})))")
         self.edits.append((toks[i].start, toks[j - 1].end if j - 1 > i else toks[i].end, repl))
-        # the replaced range covers tokens i..j-1; mark them so address-space handling skips them
-        for k in range(i + 1, j):
+        for k in range(i + 1, j):  # the replacement covers these tokens: no second address space among them
             if toks[k].text in ADDRESS_SPACES:
                 raise self.err(i, "more than one address space in a threadgroup declaration")
-        _ = texts
         return True
 
     # -- kernels --------------------------------------------------------------------------------------------
@@ -613,6 +630,7 @@ class _Translator:
             out.append('#pragma GCC diagnostic ignored "-Wunused-parameter"')
             out.append('#pragma GCC diagnostic ignored "-Wunused-variable"')
             out.append('#pragma GCC diagnostic ignored "-Wunknown-pragmas"')
+            out.append('#pragma GCC diagnostic ignored "-Wunused-function"')  # the unit is in an anonymous namespace
             out.append("#endif")
             out.append("namespace {")
             out.append(text)

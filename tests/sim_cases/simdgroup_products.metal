@@ -1,4 +1,5 @@
-// simdgroup_matrix checks for tests/test_sim_matrix.py: D = A x B + C for 16x16 matrices (K = 16), one 8x8 output
+// Kernels for tests/test_sim_matrix.py (simdgroup_matrix, conversions, SIMD functions, atomics, swizzles).
+// simdgroup_matrix: D = A x B + C for 16x16 matrices (K = 16), one 8x8 output
 // block per SIMD group (4 SIMD groups, 128 threads), A staged through threadgroup memory, B read from device memory
 // (stored transposed when transpose_b != 0), C and D in float. Instantiated for float, half and bfloat.
 #include <metal_stdlib>
@@ -72,4 +73,61 @@ kernel void conversions(device const float* x [[buffer(0)]],
         simd_out[160 + gid] = simd_broadcast(v, 7);
     }
     (void)lane;
+}
+
+// Atomics: every thread of every threadgroup adds 1 to counter[0] and its value to the float sum[0]; the maximum of
+// the thread positions goes to counter[1] (threadgroup atomics first, then one device update per threadgroup).
+kernel void atomics(device atomic_uint* counter [[buffer(0)]],
+                    device atomic_float* sum [[buffer(1)]],
+                    uint gid [[thread_position_in_grid]],
+                    uint tid [[thread_index_in_threadgroup]]) {
+    threadgroup atomic_uint local_max;
+    if (tid == 0) atomic_store_explicit(&local_max, 0, memory_order_relaxed);
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    atomic_fetch_add_explicit(&counter[0], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&sum[0], 1.0f, memory_order_relaxed);
+    atomic_fetch_max_explicit(&local_max, gid, memory_order_relaxed);
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    if (tid == 0) atomic_fetch_max_explicit(&counter[1], atomic_load_explicit(&local_max, memory_order_relaxed),
+                                            memory_order_relaxed);
+}
+
+// Swizzles (read, write, compound assignment) and vector constructors.
+kernel void swizzles(device float4* v [[buffer(0)]], device float2* o [[buffer(1)]],
+                     uint i [[thread_position_in_grid]]) {
+    float4 a = v[i];
+    float2 b = a.xy + a.zw * 2.0f;
+    a.xy = b;
+    a.zw += float2(1.0f, 2.0f);
+    float3 c = a.xyz;
+    o[i] = float2(c.z, dot(a.rgb, float3(1.0f))) + b.yx;
+    v[i] = a.wzyx;
+}
+
+// Diagonal constructor: identity x m == m.
+kernel void diagonal(device const float* m [[buffer(0)]], device float* out [[buffer(1)]],
+                     ushort lane [[thread_index_in_simdgroup]]) {
+    simdgroup_float8x8 eye(2.0f), x, y;
+    simdgroup_load(x, m);
+    simdgroup_multiply(y, eye, x);
+    simdgroup_store(y, out);
+    (void)lane;
+}
+
+// Threadgroup memory declared in a templated helper (one allocation per threadgroup and instantiation): reverse
+// the threadgroup's values through it.
+template <typename T, uint N>
+inline T reverse_through_tile(T v, uint tid) {
+    threadgroup T tile[N];
+    tile[tid] = v;
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    T r = tile[N - 1 - tid];
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    return r;
+}
+
+kernel void helper_tile(device float* x [[buffer(0)]], uint tid [[thread_index_in_threadgroup]],
+                        uint3 tg [[threadgroup_position_in_grid]]) {
+    uint i = tg.x * 64 + tid;
+    x[i] = reverse_through_tile<float, 64>(x[i], tid) + float(reverse_through_tile<int, 64>(int(tid), tid));
 }

@@ -27,3 +27,9 @@ kernel void spin_forever(device float* y [[buffer(0)]], uint tid [[thread_index_
     while (flag == 0.0f) { y[tid] += 1.0f; }  // BUG: waits for a write nobody makes
     y[tid] = flag;
 }
+
+// Planted bug: every threadgroup adds into the same device word without atomics (a race between threadgroups).
+kernel void cross_group_race(device float* total [[buffer(0)]], uint3 tg [[threadgroup_position_in_grid]],
+                             uint tid [[thread_index_in_threadgroup]]) {
+    if (tid == 0) total[0] = total[0] * 0.5f + float(tg.x);
+}

@@ -36,6 +36,7 @@ FASIM_CHECK_VEC(ulong)
 template <class T, int N> using vec = T __attribute__((ext_vector_type(N)));
 
 template <class V, class... A> V fasim_make(A... a);
+template <class T> T *fasim_tg_storage();  // threadgroup declarations become references to this
 
 #define FASIM_CHECK_F1(NAME) template <class T> T NAME(T x);
 FASIM_CHECK_F1(exp) FASIM_CHECK_F1(exp2) FASIM_CHECK_F1(exp10) FASIM_CHECK_F1(log) FASIM_CHECK_F1(log2)
@@ -101,6 +102,8 @@ bool simd_any(bool b);
 
 template <class T, int Rows, int Cols> struct simdgroup_matrix {
     vec<T, 2> elems;
+    simdgroup_matrix();
+    explicit simdgroup_matrix(T diagonal);
     vec<T, 2> &thread_elements();
 };
 typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
@@ -118,6 +121,25 @@ void simdgroup_multiply_accumulate(simdgroup_matrix<TD, 8, 8> &d, simdgroup_matr
                                    simdgroup_matrix<TB, 8, 8> b, simdgroup_matrix<TC, 8, 8> c);
 template <class TD, class TA, class TB>
 void simdgroup_multiply(simdgroup_matrix<TD, 8, 8> &d, simdgroup_matrix<TA, 8, 8> a, simdgroup_matrix<TB, 8, 8> b);
+
+enum memory_order { memory_order_relaxed = 0, memory_order_acquire, memory_order_release, memory_order_acq_rel,
+                    memory_order_seq_cst };
+template <class T> struct fasim_atomic { T value; };
+typedef fasim_atomic<int> atomic_int;
+typedef fasim_atomic<uint> atomic_uint;
+typedef fasim_atomic<bool> atomic_bool;
+typedef fasim_atomic<float> atomic_float;
+template <class T> using atomic = fasim_atomic<T>;
+#define FASIM_CHECK_ATOMIC(NAME) template <class A, class V> auto NAME(A *a, V v, memory_order o) -> decltype(a->value);
+FASIM_CHECK_ATOMIC(atomic_exchange_explicit) FASIM_CHECK_ATOMIC(atomic_fetch_add_explicit)
+FASIM_CHECK_ATOMIC(atomic_fetch_sub_explicit) FASIM_CHECK_ATOMIC(atomic_fetch_max_explicit)
+FASIM_CHECK_ATOMIC(atomic_fetch_min_explicit) FASIM_CHECK_ATOMIC(atomic_fetch_and_explicit)
+FASIM_CHECK_ATOMIC(atomic_fetch_or_explicit) FASIM_CHECK_ATOMIC(atomic_fetch_xor_explicit)
+#undef FASIM_CHECK_ATOMIC
+template <class A, class V> void atomic_store_explicit(A *a, V v, memory_order o);
+template <class A> auto atomic_load_explicit(A *a, memory_order o) -> decltype(a->value);
+template <class A, class E, class V>
+bool atomic_compare_exchange_weak_explicit(A *a, E *expected, V desired, memory_order s, memory_order f);
 
 }  // namespace metal
 

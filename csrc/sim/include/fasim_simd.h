@@ -181,6 +181,11 @@ template <class T, int Rows, int Cols> struct simdgroup_matrix {
     static_assert(Rows == 8 && Cols == 8, "the simulator supports 8x8 simdgroup_matrix only");
     vec<T, 2> elems;
     simdgroup_matrix() = default;
+    // MSL: a diagonal matrix with `diagonal` on the diagonal and zeros elsewhere.
+    explicit simdgroup_matrix(T diagonal) {
+        uint32_t l = fasim::ctx().lane, r = fasim_detail::mat_row(l), c = fasim_detail::mat_col(l);
+        elems = vec<T, 2>(r == c ? diagonal : T(0), r == c + 1 ? diagonal : T(0));
+    }
     vec<T, 2> &thread_elements() { return elems; }
     const vec<T, 2> &thread_elements() const { return elems; }
 };

@@ -151,9 +151,29 @@ namespace metal {
 
 template <class T, int N> struct vec;
 
+// Swizzles: the translator rewrites `v.xy` into `v.template fasim_swizzle<0, 1>()` (a value) and `v.xy = w` or
+// `v.xy += w` into `v.template fasim_swizzle_ref<0, 1>() = w` (a proxy that writes the components back).
+template <class T, int N, int... I> struct fasim_swizzle_proxy {
+    vec<T, N> *v;
+    using value_t = vec<T, (int)sizeof...(I)>;
+    operator value_t() const { return value_t((*v)[I]...); }
+    fasim_swizzle_proxy &operator=(const value_t &w) {
+        int k = 0;
+        int idx[] = {I...};
+        for (int i : idx) (*v)[i] = w[k++];
+        return *this;
+    }
+#define FASIM_SWZ_ASSIGN(OP) \
+    fasim_swizzle_proxy &operator OP##=(const value_t &w) { return *this = value_t(*this) OP w; }
+    FASIM_SWZ_ASSIGN(+) FASIM_SWZ_ASSIGN(-) FASIM_SWZ_ASSIGN(*) FASIM_SWZ_ASSIGN(/)
+#undef FASIM_SWZ_ASSIGN
+};
+
 #define FASIM_VEC_COMMON(N)                                                                    \
     using value_type = T;                                                                      \
     static constexpr int size = N;                                                             \
+    template <int... I> vec<T, (int)sizeof...(I)> fasim_swizzle() const { return vec<T, (int)sizeof...(I)>((*this)[I]...); } \
+    template <int... I> fasim_swizzle_proxy<T, N, I...> fasim_swizzle_ref() { return {this}; } \
     T &operator[](int i) { return (&x)[i]; }                                                   \
     const T &operator[](int i) const { return (&x)[i]; }                                       \
     template <class U, class = std::enable_if_t<!std::is_same<U, T>::value>>                   \
