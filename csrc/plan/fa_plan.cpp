@@ -81,13 +81,6 @@ int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
 
 }  // namespace faplan
 
-#ifdef FA_NO_PLAN_BACKWARD
-// Built without csrc/plan/fa_plan_backward.cpp: the Metal backward is not part of this build.
-int fa_plan_backward(const fa_params *, fa_plan *, char *err, size_t errlen) {
-    return faplan::fail(err, errlen, FA_ERR_UNSUPPORTED, "backward: this build has no Metal backward plan");
-}
-#endif
-
 extern "C" int fa_plan_build(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, fa_plan *out,
                              char *err, size_t errlen) {
     if (!p || !out) return faplan::fail(err, errlen, FA_ERR_VALUE, "fa_plan_build: params and plan are required");
