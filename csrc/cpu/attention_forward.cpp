@@ -54,12 +54,8 @@ struct ForwardJob {
     double scale;  // softmax scale in double (see effective_scale)
 };
 
-// The ABI carries softmax_scale as fp32. When it is the fp32 rounding of the default 1/sqrt(headdim), use the exact
-// double value: the fp64 path (gradient checks) would otherwise inherit a 1e-8 relative error in every score.
-double effective_scale(const fa_params *p) {
-    const double exact = 1.0 / std::sqrt(double(p->headdim));
-    return float(exact) == p->softmax_scale ? exact : double(p->softmax_scale);
-}
+// The ABI carries softmax_scale as a double, so the fp64 path (gradient checks) sees the exact scale.
+double effective_scale(const fa_params *p) { return p->softmax_scale; }
 
 template <typename Acc>
 struct TileBuffers {

@@ -113,10 +113,10 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
     k.headdim = p->headdim;
     k.window_left = p->window_left;
     k.window_right = p->window_right;
-    k.softmax_scale = p->softmax_scale;
+    k.softmax_scale = float(p->softmax_scale);
     if (p->softcap > 0.0f) {
-        k.softcap = p->softcap;
-        k.softcap_inv = 1.0f / p->softcap;
+        k.softcap = float(p->softcap);
+        k.softcap_inv = float(1.0 / p->softcap);
     }
     if (p->dropout_p > 0.0f) {
         const double t = std::floor(double(p->dropout_p) * 4294967296.0);

@@ -155,9 +155,9 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     k.window_right = p->window_right;
     const float log2e = 1.4426950408889634f;
     const bool softcap = p->softcap > 0.0f;
-    k.q_scale = softcap ? p->softmax_scale : p->softmax_scale * log2e;
-    k.softcap_inv = softcap ? 1.0f / p->softcap : 0.0f;
-    k.softcap_log2 = softcap ? p->softcap * log2e : 0.0f;
+    k.q_scale = float(softcap ? p->softmax_scale : p->softmax_scale * log2e);
+    k.softcap_inv = softcap ? float(1.0 / p->softcap) : 0.0f;
+    k.softcap_log2 = softcap ? float(p->softcap * log2e) : 0.0f;
     if (p->dropout_p > 0.0f) {
         const double t = std::floor(double(p->dropout_p) * 4294967296.0);
         k.dropout_threshold = t >= 4294967295.0 ? 0xffffffffu : uint32_t(t);
