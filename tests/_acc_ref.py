@@ -16,9 +16,9 @@ from flash_attn_cy import reference as R
 
 
 def t64(x) -> torch.Tensor:
-    """Anything (NumPy incl. bfloat16, torch) as a float64 torch tensor."""
+    """Anything (NumPy incl. bfloat16, torch) as a float64 torch tensor (differentiable for torch inputs)."""
     if isinstance(x, torch.Tensor):
-        return x.detach().to(torch.float64).cpu()
+        return x.to(torch.float64).cpu()
     return torch.from_numpy(np.asarray(x).astype(np.float64))
 
 
@@ -88,8 +88,8 @@ def varlen64(q, k, v, cu_q, cu_k, **kw):
 
 def assert_rule(out, exact64, lowp_ref, dtype, what="out", mult=2.0):
     """The BRIEF.md tolerance rule. `exact64`: float64 truth; `lowp_ref`: reference computed in the input dtype."""
-    o = t64(out).numpy()
-    e = t64(exact64).numpy()
+    o = t64(out).detach().numpy()
+    e = t64(exact64).detach().numpy()
     assert o.shape == e.shape, f"{what}: shape {o.shape} != expected {e.shape}"
     inf_e = ~np.isfinite(e)
     assert np.array_equal(~np.isfinite(o), inf_e), f"{what}: infinities differ"
