@@ -14,7 +14,19 @@ from __future__ import annotations
 import types as _types
 from typing import Dict
 
-from . import _core
+try:
+    from . import _core
+except ImportError as _e:  # the commonest cause: Python imported a source checkout instead of the installed build
+    import os as _os
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    if _os.path.exists(_os.path.join(_here, "_core.pyx")):
+        raise ImportError(
+            f"flash_attn_cy was imported from the source tree {_here}, which has no compiled extension "
+            f"(_core). Run from another directory (the current directory comes first on sys.path), use "
+            f"`python -P ...` (Python 3.11+), or install for development with "
+            f"`pip install --no-build-isolation -e .` (with an editable install, this means its rebuild failed: see the "
+            f"original error). Original error: {_e}") from _e
+    raise
 from . import backward as _backward_module
 from .interface import (
     flash_attn_func,
