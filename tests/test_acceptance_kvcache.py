@@ -211,3 +211,45 @@ def test_kvcache_errors(rng):
         flash_attn_with_kvcache(q, kc, np.zeros((2, 8, 2, 16), np.float16), backend="cpu")
     with pytest.raises(ValueError, match="cache_batch_idx"):
         flash_attn_with_kvcache(q, kc, kc.copy(), cache_batch_idx=np.array([0, 5], np.int32), backend="cpu")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "sim"])
+@pytest.mark.parametrize("layout", ["batch_idx", "leftpad", "paged"])
+def test_append_rotary_with_indirection(rng, backend, layout):
+    """New k/v + rotary (rotary_dim < headdim, GQA) together with cache_batch_idx, cache_leftpad or a paged cache.
+    Checked against the float64 computation of this file only (the project reference's rotary position with
+    leftpad is a known issue): rotary positions are absolute cache rows cache_seqlens + i, as flash_attn."""
+    b, sq, snew, h, hk, d, rot = 2, 2, 2, 4, 2, 24, 16
+    dtype = np.float32
+    q = rng.standard_normal((b, sq, h, d)).astype(dtype)
+    k = rng.standard_normal((b, snew, hk, d)).astype(dtype)
+    v = rng.standard_normal((b, snew, hk, d)).astype(dtype)
+    seqlens = np.array([5, 18], np.int32)
+    extra, ref_kw = {}, {}
+    if layout == "paged":
+        kc = rng.standard_normal((5, 16, hk, d)).astype(dtype)
+        bt = np.array([[4, 1], [0, 2]], np.int32)
+        extra["block_table"] = ref_kw["block_table"] = bt
+    else:
+        kc = rng.standard_normal((3, 32, hk, d)).astype(dtype)
+        if layout == "batch_idx":
+            idx = np.array([2, 0], np.int32)
+            extra["cache_batch_idx"] = ref_kw["batch_idx"] = idx
+        else:
+            lp = np.array([2, 7], np.int32)
+            extra["cache_leftpad"] = ref_kw["leftpad"] = lp
+    vc = rng.standard_normal(kc.shape).astype(dtype)
+    cos, sin = _rot_tables(rng, 40, rot, dtype)
+    kc0, vc0 = kc.copy(), vc.copy()
+    out = flash_attn_with_kvcache(q, kc, vc, k, v, rotary_cos=cos, rotary_sin=sin, cache_seqlens=seqlens,
+                                  causal=True, rotary_interleaved=False, backend=backend, **extra)
+    e_out, _, e_kc, e_vc = kv64(q, kc0, vc0, k, v, cos=cos, sin=sin, seqlens=seqlens, causal=True,
+                                interleaved=False, **ref_kw)
+    np.testing.assert_array_equal(vc, e_vc.numpy().astype(dtype))
+    assert_rule(kc, e_kc, e_kc.numpy().astype(dtype), dtype, "k_cache")
+    # fp32 budget: the reference in fp32 on the same cache (without leftpad-rotary, which it positions differently)
+    low = R.kvcache_ref(q, kc0, vc0, k, v, rotary_cos=cos, rotary_sin=sin, cache_seqlens=seqlens, causal=True,
+                        rotary_interleaved=False, compute_dtype=dtype,
+                        **{key: val for key, val in extra.items() if key != "cache_leftpad"})[0]
+    budget_ref = low if layout != "leftpad" else e_out.numpy().astype(dtype)
+    assert_rule(out, e_out, budget_ref, dtype)
