@@ -253,3 +253,26 @@ def test_backend_auto_and_listing():
     assert info["metal"]["available"] is False and info["metal"]["reason"]
     q = np.ones((1, 4, 1, 8), np.float32)
     np.testing.assert_allclose(flash_attn_func(q, q, q), 1.0)
+
+
+def test_padding_mask_roundtrip_like_flash_attn_tests():
+    """flash-attention's own test recipe: random key padding masks, unpad_input -> flash_attn_varlen_func ->
+    pad_input, compared with dense attention over the unpadded tokens of each sequence."""
+    from flash_attn_cy.bert_padding import pad_input, unpad_input
+
+    torch.manual_seed(7)
+    b, s, h, d = 3, 19, 4, 32
+    lens = torch.tensor([19, 6, 13])
+    mask = torch.arange(s)[None, :] < lens[:, None]
+    q, k, v = (torch.randn(b, s, h, d, dtype=torch.float16) for _ in range(3))
+    q_u, idx, cu, max_s, *_ = unpad_input(q, mask)
+    k_u, _, _, _, *_ = unpad_input(k, mask)
+    v_u, _, _, _, *_ = unpad_input(v, mask)
+    out_u = flash_attn_varlen_func(q_u, k_u, v_u, cu, cu, max_s, max_s, causal=True, backend="cpu")
+    out = pad_input(out_u, idx, b, s)
+    assert out.shape == q.shape and out.dtype == torch.float16
+    for i, n in enumerate(lens.tolist()):
+        exact = attn64(q[i:i + 1, :n], k[i:i + 1, :n], v[i:i + 1, :n], causal=True)[0]
+        low = R.attention_ref(q[i:i + 1, :n], k[i:i + 1, :n], v[i:i + 1, :n], causal=True, compute_dtype=np.float16)
+        assert_rule(out[i:i + 1, :n], exact, low, np.float16)
+        assert torch.all(out[i, n:] == 0)
