@@ -11,9 +11,23 @@ GPU, macOS builds). `backends()` says which are present here and why one is miss
 """
 from __future__ import annotations
 
+import types as _types
 from typing import Dict
 
-from . import _core
+try:
+    from . import _core
+except ImportError as _e:  # the commonest cause: Python imported a source checkout instead of the installed build
+    import os as _os
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    if _os.path.exists(_os.path.join(_here, "_core.pyx")):
+        raise ImportError(
+            f"flash_attn_cy was imported from the source tree {_here}, which has no compiled extension "
+            f"(_core). Run from another directory (the current directory comes first on sys.path), use "
+            f"`python -P ...` (Python 3.11+), or install for development with "
+            f"`pip install --no-build-isolation -e .` (with an editable install, this means its rebuild failed: see the "
+            f"original error). Original error: {_e}") from _e
+    raise
+from . import backward as _backward_module
 from .interface import (
     flash_attn_func,
     flash_attn_kvpacked_func,
@@ -26,6 +40,20 @@ from .kvcache import flash_attn_with_kvcache
 from .backward import backward
 
 __version__ = "0.1.0"
+
+
+class _CallableModule(_types.ModuleType):
+    """`flash_attn_cy.backward` is both the module (`flash_attn_cy.backward.backward`, `.rng_pair`) and, as
+    issue 9 and the README promise, the low-level function itself: `flash_attn_cy.backward(dout, q, k, v, out,
+    softmax_lse, ...)` -> (dq, dk, dv). A submodule attribute cannot be replaced by a function (importing the
+    submodule would put the module back), so the module is made callable instead."""
+
+    def __call__(self, dout, q, k, v, out, softmax_lse, **kwargs):
+        return self.backward(dout, q, k, v, out, softmax_lse, **kwargs)
+
+
+_backward_module.__class__ = _CallableModule
+backward = _backward_module
 
 __all__ = [
     "flash_attn_func",

@@ -20,20 +20,28 @@ _INT32_MAX = 2 ** 31 - 1
 BACKEND_CHOICES = ("auto",) + tuple(BACKENDS)
 
 
-# What backend="auto" means on this machine, decided once at import: the answer cannot change within a process, and
-# resolving it here keeps the Cython availability query out of torch.compile's traced code (no graph break).
-_AUTO_BACKEND = "metal" if backend_available("metal")[0] else "cpu"
+# Whether each backend can run here, asked once: it cannot change within a process, and a plain dict lookup keeps
+# the public functions traceable by torch.compile (dynamo cannot trace into the Cython backend_available).
+_AVAILABLE = {name: tuple(backend_available(name)) for name in BACKENDS}
+
+
+class BackendUnavailableError(RuntimeError, ValueError):
+    """A known backend this build or machine cannot run (e.g. backend="metal" on Linux). Both a RuntimeError (the
+    machine lacks it) and a ValueError (the `backend` argument is not acceptable here), so either `except` works."""
 
 
 def resolve_backend(backend: Any) -> str:
-    """'auto' -> 'metal' if usable here, else 'cpu'; any other name must be a known backend."""
+    """'auto' -> 'metal' if usable here, else 'cpu'; any other name must be a known backend usable here."""
     if not isinstance(backend, str):
         raise TypeError(f"backend: expected a string, one of {', '.join(map(repr, BACKEND_CHOICES))}; "
                         f"got {type(backend).__name__}")
     if backend == "auto":
-        return _AUTO_BACKEND
+        return "metal" if _AVAILABLE["metal"][0] else "cpu"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_CHOICES))}, got {backend!r}")
+    ok, why = _AVAILABLE[backend]
+    if not ok:
+        raise BackendUnavailableError(f"backend: {backend!r} is not available here: {why}")
     return backend
 
 

@@ -28,12 +28,17 @@ Normalised arguments (keyword names used by attention_forward, attention_backwar
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _arrays, _core, _dropout
 from . import _validate as V
+
+# A NumPy array (float16, ml_dtypes.bfloat16, float32, float64) or a PyTorch tensor (CPU, or MPS with Metal).
+Tensor = Any
+# out, or (out, softmax_lse, S_dmask) with return_attn_probs=True
+Result = Union[Tensor, Tuple[Tensor, Tensor, Optional[Tensor]]]
 
 __all__ = [
     "flash_attn_func",
@@ -269,9 +274,10 @@ def _varlen_meta(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, b
 # ---------------------------------------------------------------------------------------------------------------
 # public API
 
-def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                    alibi_slopes=None, deterministic=False, return_attn_probs=False, *, backend: str = "auto",
-                    seed: Any = None):
+def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, softmax_scale: Optional[float] = None,
+                    causal: bool = False, window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                    alibi_slopes: Optional[Tensor] = None, deterministic: bool = False,
+                    return_attn_probs: bool = False, *, backend: str = "auto", seed: Any = None) -> Result:
     """Scaled dot-product attention, FlashAttention-2 style (flash_attn 2.x semantics).
 
     Arguments:
@@ -313,9 +319,10 @@ def _unpack(x, name: str, axis: int, count: int, form: str, want_ndim: int):
     return parts
 
 
-def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
-                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
-                              backend: str = "auto", seed: Any = None):
+def flash_attn_qkvpacked_func(qkv: Tensor, dropout_p: float = 0.0, softmax_scale: Optional[float] = None,
+                              causal: bool = False, window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                              alibi_slopes: Optional[Tensor] = None, deterministic: bool = False,
+                              return_attn_probs: bool = False, *, backend: str = "auto", seed: Any = None) -> Result:
     """flash_attn_func with q, k, v stacked: qkv (batch, seqlen, 3, nheads, headdim). Same options and returns."""
     q, k, v = _unpack(qkv, "qkv", 2, 3, "(batch, seqlen, 3, nheads, headdim)", 5)
     V.dense_shapes(q, k, v)
@@ -324,9 +331,10 @@ def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=Fal
                 return_attn_probs=return_attn_probs, backend=backend, seed=seed)
 
 
-def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
-                             softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
-                             backend: str = "auto", seed: Any = None):
+def flash_attn_kvpacked_func(q: Tensor, kv: Tensor, dropout_p: float = 0.0, softmax_scale: Optional[float] = None,
+                             causal: bool = False, window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                             alibi_slopes: Optional[Tensor] = None, deterministic: bool = False,
+                             return_attn_probs: bool = False, *, backend: str = "auto", seed: Any = None) -> Result:
     """flash_attn_func with k, v stacked: q (batch, seqlen_q, nheads, headdim), kv (batch, seqlen_k, 2, nheads_k,
     headdim). Same options and returns."""
     k, v = _unpack(kv, "kv", 2, 2, "(batch, seqlen_k, 2, nheads_k, headdim)", 5)
@@ -339,10 +347,13 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
                 return_attn_probs=return_attn_probs, backend=backend, seed=seed)
 
 
-def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
-                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                           deterministic=False, return_attn_probs=False, block_table=None, *,
-                           backend: str = "auto", seed: Any = None):
+def flash_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                           max_seqlen_q: int, max_seqlen_k: int, dropout_p: float = 0.0,
+                           softmax_scale: Optional[float] = None, causal: bool = False,
+                           window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                           alibi_slopes: Optional[Tensor] = None, deterministic: bool = False,
+                           return_attn_probs: bool = False, block_table: Optional[Tensor] = None, *,
+                           backend: str = "auto", seed: Any = None) -> Result:
     """Attention over a batch of variable-length sequences packed along the first axis.
 
     q: (total_q, nheads, headdim); k, v: (total_k, nheads_k, headdim), or with block_table (paged KV)
@@ -374,9 +385,12 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                 return_attn_probs=return_attn_probs, block_table=bt, backend=backend, seed=seed)
 
 
-def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,
-                                     window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
-                                     return_attn_probs=False, *, backend: str = "auto", seed: Any = None):
+def flash_attn_varlen_qkvpacked_func(qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float = 0.0,
+                                     softmax_scale: Optional[float] = None, causal: bool = False,
+                                     window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                                     alibi_slopes: Optional[Tensor] = None, deterministic: bool = False,
+                                     return_attn_probs: bool = False, *, backend: str = "auto",
+                                     seed: Any = None) -> Result:
     """flash_attn_varlen_func with q, k, v stacked: qkv (total, 3, nheads, headdim), one cu_seqlens/max_seqlen."""
     q, k, v = _unpack(qkv, "qkv", 1, 3, "(total, 3, nheads, headdim)", 4)
     V.head_dims(tuple(q.shape), tuple(k.shape), tuple(v.shape), "qkv", "qkv")
@@ -387,10 +401,13 @@ def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0,
                 return_attn_probs=return_attn_probs, backend=backend, seed=seed)
 
 
-def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
-                                    softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                                    alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
-                                    backend: str = "auto", seed: Any = None):
+def flash_attn_varlen_kvpacked_func(q: Tensor, kv: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                                    max_seqlen_q: int, max_seqlen_k: int, dropout_p: float = 0.0,
+                                    softmax_scale: Optional[float] = None, causal: bool = False,
+                                    window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                                    alibi_slopes: Optional[Tensor] = None, deterministic: bool = False,
+                                    return_attn_probs: bool = False, *, backend: str = "auto",
+                                    seed: Any = None) -> Result:
     """flash_attn_varlen_func with k, v stacked: q (total_q, nheads, headdim), kv (total_k, 2, nheads_k, headdim)."""
     V.ndim(q, "q", 3, "(total_q, nheads, headdim)")
     k, v = _unpack(kv, "kv", 1, 2, "(total_k, 2, nheads_k, headdim)", 4)

@@ -11,7 +11,7 @@ after them. flash_attn's `cache_seqlens` includes the left padding, so seqused_k
 from __future__ import annotations
 
 import numbers
-from typing import Any, Optional
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from . import _arrays, _core
 from . import _validate as V
 
 __all__ = ["flash_attn_with_kvcache"]
+
+# A NumPy array (float16, ml_dtypes.bfloat16, float32, float64; int32 for indices) or a PyTorch tensor.
+Tensor = Any
 
 
 def _cache_seqlens(cache_seqlens: Any, batch: int, capacity: int, has_new: bool) -> np.ndarray:
@@ -54,11 +57,15 @@ def _per_batch_index(x: Any, name: str, batch: int, low: int, high: np.ndarray |
     return a
 
 
-def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
-                            cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
-                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                            rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False, *,
-                            backend: str = "auto"):
+def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor] = None,
+                            v: Optional[Tensor] = None, rotary_cos: Optional[Tensor] = None,
+                            rotary_sin: Optional[Tensor] = None, cache_seqlens: Union[int, Tensor, None] = None,
+                            cache_batch_idx: Optional[Tensor] = None, cache_leftpad: Optional[Tensor] = None,
+                            block_table: Optional[Tensor] = None, softmax_scale: Optional[float] = None,
+                            causal: bool = False, window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                            rotary_interleaved: bool = True, alibi_slopes: Optional[Tensor] = None,
+                            num_splits: int = 0, return_softmax_lse: bool = False, *,
+                            backend: str = "auto") -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Attention of q against a KV cache, optionally appending new keys/values to the cache first.
 
     Arguments (flash_attn 2.x):
