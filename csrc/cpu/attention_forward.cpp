@@ -198,7 +198,8 @@ void finish_row(const ForwardJob<Acc> &job, int b, const RowInfo &row, const Acc
     const fa_params *p = job.p;
     const SeqGeometry &g = job.seqs[b];
     const int d = p->headdim;
-    const Acc inv = l > 0 ? Acc(1) / l : Acc(0);
+    // !(l <= 0) rather than l > 0: a NaN row sum (NaN/inf input) must give NaN, not the zeros of an empty row.
+    const Acc inv = !(l <= 0) ? Acc(1) / l : Acc(0);
     void *orow = elem_ptr(p->out.data, g.out_row0 + int64_t(row.i) * p->out.row_stride +
                                            int64_t(row.head) * p->out.head_stride, p->dtype);
     switch (p->dtype) {
@@ -208,7 +209,7 @@ void finish_row(const ForwardJob<Acc> &job, int b, const RowInfo &row, const Acc
         case FA_BF16: for (int c = 0; c < d; ++c) static_cast<uint16_t *>(orow)[c] = f32_to_bf16(float(acc[c * cstride] * inv)); break;
     }
     if (p->lse) {
-        const float lse = l > 0 ? float((double(m) + std::log2(double(l))) * LN2) : INFINITY;
+        const float lse = !(l <= 0) ? float((double(m) + std::log2(double(l))) * LN2) : INFINITY;
         p->lse[g.lse_row0 + int64_t(row.head) * p->lse_head_stride + int64_t(row.i) * p->lse_row_stride] = lse;
     }
     if (p->attn_probs) write_attn_probs(job, b, g, row, m, l, mp);
@@ -376,7 +377,12 @@ void decode_merge(const ForwardJob<float> &job, const DecodePlan &plan, int b, i
     float acc[HEADDIM_PAD];
     for (int r = 0; r < t.nrows; ++r) {
         float M = -INFINITY;
-        for (int s = 0; s < plan.splits; ++s) M = std::max(M, plan.m[plan.index(b, s, hk, r, job.p->nheads_kv)]);
+        bool nan_seen = false;  // a NaN/inf input makes a split's row sum NaN; the merged row must stay NaN
+        for (int s = 0; s < plan.splits; ++s) {
+            const size_t ix = plan.index(b, s, hk, r, job.p->nheads_kv);
+            M = std::max(M, plan.m[ix]);
+            nan_seen |= std::isnan(plan.l[ix]);
+        }
         float L = 0.0f;
         std::fill(acc, acc + HEADDIM_PAD, 0.0f);
         if (M != -INFINITY) {
@@ -389,6 +395,7 @@ void decode_merge(const ForwardJob<float> &job, const DecodePlan &plan, int b, i
                 for (int c = 0; c < job.p->headdim; ++c) acc[c] += w * o[c];
             }
         }
+        if (nan_seen) L = NAN;
         finish_row(job, b, t.rows[r], acc, 1, M, L, mp);
     }
 }

@@ -158,7 +158,9 @@ void pv_f32(const void *v, int64_t vstride, int nk, int d, const float *pT, int 
 template <int DEG>
 inline __m512 exp2_ps(__m512 x) {
     static_assert(DEG == 5 || DEG == 7, "exp2 polynomial degree");
-    x = _mm512_max_ps(x, _mm512_set1_ps(-150.0f));
+    // Operand order matters: max_ps returns its second operand when either is NaN, so a NaN score (NaN/inf input)
+    // stays NaN and reaches the output, as in flash_attn and torch, instead of being clamped into a zero weight.
+    x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x);
     const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 y = _mm512_mul_ps(_mm512_sub_ps(x, n), _mm512_set1_ps(0.69314718055994531f));
     __m512 p;
