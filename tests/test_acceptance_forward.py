@@ -56,6 +56,7 @@ FEATURES = {
     "window_huge": {"window_size": (1000, 1000)},
     "softcap_alibi": {"softcap": 2.5, "alibi_slopes": "per_head", "causal": True},
     "scale": {"softmax_scale": 0.37},
+    "alibi_noncausal_window": {"alibi_slopes": "per_head", "window_size": (8, 2)},
 }
 
 
