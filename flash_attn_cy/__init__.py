@@ -11,7 +11,6 @@ GPU, macOS builds). `backends()` says which are present here and why one is miss
 """
 from __future__ import annotations
 
-import types as _types
 from typing import Dict
 
 try:
@@ -27,7 +26,6 @@ except ImportError as _e:  # the commonest cause: Python imported a source check
             f"`pip install --no-build-isolation -e .` (with an editable install, this means its rebuild failed: see the "
             f"original error). Original error: {_e}") from _e
     raise
-from . import backward as _backward_module
 from .interface import (
     flash_attn_func,
     flash_attn_kvpacked_func,
@@ -37,23 +35,10 @@ from .interface import (
     flash_attn_varlen_qkvpacked_func,
 )
 from .kvcache import flash_attn_with_kvcache
-from .backward import backward
+from ._backward import backward
 
 __version__ = "0.1.0"
 
-
-class _CallableModule(_types.ModuleType):
-    """`flash_attn_cy.backward` is both the module (`flash_attn_cy.backward.backward`, `.rng_pair`) and, as
-    issue 9 and the README promise, the low-level function itself: `flash_attn_cy.backward(dout, q, k, v, out,
-    softmax_lse, ...)` -> (dq, dk, dv). A submodule attribute cannot be replaced by a function (importing the
-    submodule would put the module back), so the module is made callable instead."""
-
-    def __call__(self, dout, q, k, v, out, softmax_lse, **kwargs):
-        return self.backward(dout, q, k, v, out, softmax_lse, **kwargs)
-
-
-_backward_module.__class__ = _CallableModule
-backward = _backward_module
 
 __all__ = [
     "flash_attn_func",

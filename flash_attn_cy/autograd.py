@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .backward import rng_pair
+from ._backward import rng_pair
 
 __all__ = ["attention_with_grad", "make_rng_state"]
 

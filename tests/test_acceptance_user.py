@@ -78,9 +78,8 @@ def test_torch_compile_default_backend_fullgraph():
 
 
 def test_backward_is_callable_at_package_level():
-    import flash_attn_cy.backward as module
-    assert callable(flash_attn_cy.backward) and module is flash_attn_cy.backward
-    assert callable(module.backward) and callable(module.rng_pair)
+    from flash_attn_cy._backward import backward as impl
+    assert flash_attn_cy.backward is impl and "backward" in flash_attn_cy.__all__
 
 
 # ---------------------------------------------------------------------------------------------------------------

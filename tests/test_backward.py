@@ -14,7 +14,7 @@ from _tolerance import assert_close_to_ref  # noqa: E402
 from conftest import randn, to_torch  # noqa: E402
 
 import flash_attn_cy.interface as fa  # noqa: E402
-from flash_attn_cy.backward import backward  # noqa: E402
+from flash_attn_cy import backward  # noqa: E402
 from flash_attn_cy.reference import attention_ref_torch  # noqa: E402
 
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}

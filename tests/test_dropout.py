@@ -16,7 +16,7 @@ from conftest import available_backends, randn, to_torch  # noqa: E402
 from test_backward import TORCH_DTYPES  # noqa: E402
 
 import flash_attn_cy.interface as fa  # noqa: E402
-from flash_attn_cy.backward import backward  # noqa: E402
+from flash_attn_cy import backward  # noqa: E402
 from flash_attn_cy.reference import attention_ref_torch  # noqa: E402
 
 _M0, _M1, _W0, _W1 = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85
