@@ -200,7 +200,8 @@ def test_source_tree_import_explains_itself(tmp_path):
     pkg.mkdir()
     (pkg / "__init__.py").write_text(open(flash_attn_cy.__file__).read())
     (pkg / "_core.pyx").write_text("# source only\n")
-    r = subprocess.run([sys.executable, "-c", "import flash_attn_cy"], capture_output=True, text=True,
+    # -S: no site hooks, so an editable install's import finder cannot take precedence over the current directory
+    r = subprocess.run([sys.executable, "-S", "-c", "import flash_attn_cy"], capture_output=True, text=True,
                        cwd=tmp_path, timeout=60, env=dict(os.environ, PYTHONPATH=""))
     assert r.returncode != 0
     assert "source tree" in r.stderr and "python -P" in r.stderr, r.stderr
