@@ -244,10 +244,3 @@ int fa_backend_describe(fa_backend backend, char *out, size_t outlen) {
 // fa_set_num_threads / fa_get_num_threads are defined by the CPU thread pool (csrc/cpu/thread_pool.cpp).
 
 }  // extern "C"
-
-// ---------------------------------------------------------------------------------------------------------------
-// TEMPORARY: weak stand-ins for the backend entry points of fa_backends.h (and the plan builder) so the library links
-// before every component has landed. Each strong definition in csrc/cpu, csrc/bwd, csrc/plan, csrc/sim_backend.cpp,
-// objc/ or csrc/metal_unavailable.cpp replaces its stand-in at link time (the extension links the core with
-// link_whole, so the strong objects are always present). The lead deletes this include once all components are in.
-#include "fa_scaffold_weak.cpp"

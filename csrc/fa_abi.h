@@ -99,10 +99,10 @@ typedef struct fa_params {
     int64_t num_blocks;          /* pages in the cache */
 
     /* ---- numerics and masks ---- */
-    float softmax_scale;
+    double softmax_scale;        /* double so fp64 gradient checks see the exact scale */
     int32_t window_left;         /* -1 = unbounded */
     int32_t window_right;        /* -1 = unbounded; 0 with causal */
-    float softcap;               /* 0 = off */
+    double softcap;              /* 0 = off */
     const float *alibi_slopes;   /* fp32, [nheads_q] or [batch, nheads_q], or NULL */
     int64_t alibi_batch_stride;  /* 0 when shape is [nheads_q] */
 

@@ -55,6 +55,14 @@ class Shape:
         return f
 
 
+_ELEM_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+def kv_bytes(shape: Shape) -> float:
+    """Bytes of K and V one call must read: what bounds decode (one query against a long cache)."""
+    return 2.0 * shape.batch * shape.heads * shape.seqlen_k * shape.headdim * _ELEM_BYTES[shape.dtype]
+
+
 @dataclass
 class Row:
     shape: Shape
@@ -64,6 +72,10 @@ class Row:
     def gflops(self, name: str) -> Optional[float]:
         ms = self.ms.get(name)
         return None if not ms else self.shape.flops() / (ms * 1e-3) / 1e9
+
+    def gbps(self, name: str) -> Optional[float]:
+        ms = self.ms.get(name)
+        return None if not ms else kv_bytes(self.shape) / (ms * 1e-3) / 1e9
 
 
 def _median_ms(fn: Callable[[], object], min_time: float, min_reps: int, max_reps: int = 50) -> float:
@@ -202,24 +214,26 @@ def _fmt(x: Optional[float], spec: str) -> str:
 
 
 def format_table(rows: Sequence[Row], backends: Sequence[str], with_torch: bool, peak: Optional[float]) -> str:
+    decode = any(r.shape.mode == "decode" for r in rows)
     header = ["shape"]
     for be in backends:
-        header += [f"{be} ms", f"{be} GFLOP/s"]
-        if peak:
+        header += [f"{be} ms", f"{be} GB/s" if decode else f"{be} GFLOP/s"]
+        if peak and not decode:
             header.append(f"{be} %mm")
     if with_torch:
-        header += ["torch ms", "torch GFLOP/s"]
+        header += ["torch ms", "torch GB/s" if decode else "torch GFLOP/s"]
         header += [f"torch/{be}" for be in backends]
     body = []
     for row in rows:
         line = [row.shape.label()]
         for be in backends:
             g = row.gflops(be)
-            line += [_fmt(row.ms.get(be), ".2f"), _fmt(g, ".1f")]
-            if peak:
+            line += [_fmt(row.ms.get(be), ".2f"), _fmt(row.gbps(be) if decode else g, ".1f")]
+            if peak and not decode:
                 line.append(_fmt(None if g is None else 100 * g / peak, ".0f"))
         if with_torch:
-            line += [_fmt(row.ms.get("torch"), ".2f"), _fmt(row.gflops("torch"), ".1f")]
+            line += [_fmt(row.ms.get("torch"), ".2f"),
+                     _fmt(row.gbps("torch") if decode else row.gflops("torch"), ".1f")]
             for be in backends:
                 a, t = row.ms.get(be), row.ms.get("torch")
                 line.append(_fmt(None if not a or not t else t / a, ".2f"))
@@ -231,7 +245,9 @@ def format_table(rows: Sequence[Row], backends: Sequence[str], with_torch: bool,
     if notes:
         out += ["", "notes:"] + notes
     out += [""]
-    if peak:
+    if decode:
+        out += ["GB/s = bytes of K and V read per call / time (decode is bound by memory bandwidth)."]
+    elif peak:
         out += [f"<backend> %mm = share of the measured fp32 matrix-multiply peak ({peak:.1f} GFLOP/s); bf16/fp16 "
                 "kernels can exceed 100 with 16-bit dot-product instructions."]
     if with_torch:
@@ -243,7 +259,8 @@ def to_json(rows: Sequence[Row], meta: dict) -> str:
     data = {"meta": meta, "rows": []}
     for row in rows:
         data["rows"].append({"shape": asdict(row.shape), "label": row.shape.label(), "flops": row.shape.flops(),
-                             "ms": row.ms, "gflops": {k: row.gflops(k) for k in row.ms}, "notes": row.notes})
+                             "ms": row.ms, "gflops": {k: row.gflops(k) for k in row.ms},
+                             "kv_gbps": {k: row.gbps(k) for k in row.ms}, "notes": row.notes})
     return json.dumps(data, indent=2)
 
 

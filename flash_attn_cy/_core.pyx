@@ -77,10 +77,10 @@ cdef extern from "fa_abi.h" nogil:
         int32_t max_blocks_per_seq
         int32_t page_block_size
         int64_t num_blocks
-        float softmax_scale
+        double softmax_scale
         int32_t window_left
         int32_t window_right
-        float softcap
+        double softcap
         const float *alibi_slopes
         int64_t alibi_batch_stride
         float dropout_p
@@ -520,10 +520,10 @@ cdef class _Call:
                 want = (int(self.p.batch), int(self.p.nheads_q), int(self.p.seqlen_q))
             if ls != want:
                 raise ValueError("softmax_lse: expected shape %s, got %s" % (want, ls))
-        self.p.softmax_scale = <float>kw.pop("softmax_scale")
+        self.p.softmax_scale = <double>kw.pop("softmax_scale")
         self.p.window_left = <int32_t>kw.pop("window_left", -1)
         self.p.window_right = <int32_t>kw.pop("window_right", -1)
-        self.p.softcap = <float>kw.pop("softcap", 0.0)
+        self.p.softcap = <double>kw.pop("softcap", 0.0)
         alibi = kw.pop("alibi_slopes", None)
         if alibi is not None:
             self.set_alibi(alibi)

@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--dtypes", type=_csv_dtypes, default=None, metavar="LIST",
                     help="comma-separated among fp32,fp16,bf16 (default fp32,bf16)")
     pb.add_argument("--batch", type=_positive_int, default=1, help="batch size (default 1)")
-    pb.add_argument("--heads", type=_positive_int, default=8, help="number of heads (default 8)")
+    pb.add_argument("--heads", type=_positive_int, default=16, help="number of heads (default 16)")
     pb.add_argument("--causal", choices=["both", "true", "false"], default="both", help="default: both")
     pb.add_argument("--backward", action="store_true", help="time forward + backward (needs PyTorch)")
     pb.add_argument("--decode", action="store_true",

@@ -24,7 +24,8 @@ How a call is served:
 - ``sliding_window=w`` becomes ``window_size=(w - 1, w - 1)`` (the window counts the token itself), ``softcap`` and
   ``scaling`` pass through, GQA/MQA is native (no repeat of K/V heads).
 
-Importing flash_attn_cy never imports transformers: only this module does, and only when it is imported.
+Importing flash_attn_cy never imports transformers (nor this module); transformers is imported by
+``register_transformers()`` only.
 """
 
 from __future__ import annotations

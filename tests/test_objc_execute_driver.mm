@@ -67,7 +67,7 @@ extern "C" int fa_plan_build(fa_plan_kind kind, const fa_params *p, const fa_kvc
     if (p->seqlen_q == 0) return FA_OK;  // empty plan, as the real one for empty shapes
     const uint32_t n = static_cast<uint32_t>(p->seqlen_q) * static_cast<uint32_t>(p->headdim);
     const uint32_t rows = static_cast<uint32_t>(p->seqlen_q);
-    ScaleConstants c{n, p->softmax_scale};
+    ScaleConstants c{n, static_cast<float>(p->softmax_scale)};
     out->buffer_bytes[FA_BUF_Q] = int64_t(n) * 4;
     out->buffer_bytes[FA_BUF_OUT] = int64_t(n) * 4;
     out->buffer_bytes[FA_BUF_LSE] = int64_t(rows) * 4;

@@ -30,6 +30,10 @@ int64_t view_extent(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, 
     return (n0 - 1) * s0 + (n1 - 1) * s1 + (n2 - 1) * s2 + d;
 }
 
+bool has_tensor(const fa_params *p, const void *host_ptr, fa_buffer_id slot) {
+    return host_ptr != nullptr || (p->device_buffers != nullptr && p->device_buffers->handle[slot] != nullptr);
+}
+
 void launch_init(fa_launch *l, const char *kernel, const uint32_t grid[3], const uint32_t threads[3],
                  uint32_t tg_bytes) {
     std::memset(l, 0, sizeof(*l));
@@ -76,13 +80,6 @@ int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
 }
 
 }  // namespace faplan
-
-#ifdef FA_NO_PLAN_BACKWARD
-// Built without csrc/plan/fa_plan_backward.cpp: the Metal backward is not part of this build.
-int fa_plan_backward(const fa_params *, fa_plan *, char *err, size_t errlen) {
-    return faplan::fail(err, errlen, FA_ERR_UNSUPPORTED, "backward: this build has no Metal backward plan");
-}
-#endif
 
 extern "C" int fa_plan_build(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, fa_plan *out,
                              char *err, size_t errlen) {
