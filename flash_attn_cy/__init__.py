@@ -37,7 +37,6 @@ from .interface import (
     flash_attn_varlen_qkvpacked_func,
 )
 from .kvcache import flash_attn_with_kvcache
-from .backward import backward
 
 __version__ = "0.1.0"
 
