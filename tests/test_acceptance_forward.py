@@ -277,3 +277,14 @@ def test_padding_mask_roundtrip_like_flash_attn_tests():
         low = R.attention_ref(q[i:i + 1, :n], k[i:i + 1, :n], v[i:i + 1, :n], causal=True, compute_dtype=np.float16)
         assert_rule(out[i:i + 1, :n], exact, low, np.float16)
         assert torch.all(out[i, n:] == 0)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "sim"])
+def test_nan_and_inf_propagate(rng, backend):
+    """A NaN in the inputs must show in the output (as torch SDPA and flash_attn), never become silent zeros."""
+    q = _np(rng, (1, 4, 2, 8), "fp32")
+    qn = q.copy()
+    qn[0, 1, 0, 0] = np.nan
+    out = flash_attn_func(qn, q, q, backend=backend)
+    assert np.isnan(out[0, 1, 0]).all()
+    assert np.isfinite(np.delete(out, 1, axis=1)).all()  # other query rows untouched
