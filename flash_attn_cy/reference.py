@@ -386,7 +386,12 @@ def kvcache_ref(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, k: Optiona
         raise ValueError("k and v must be given together")
     snew = 0 if knew is None else knew.shape[1]
     if cache_seqlens is None:
-        lens = np.zeros(batch, dtype=np.int64)
+        # flash_attn: without cache_seqlens the whole cache is attended (seqlen_k = its capacity); appending then has
+        # no position, so the public function rejects k/v without cache_seqlens.
+        if knew is not None:
+            raise ValueError("cache_seqlens: required when k and v are appended")
+        capacity = kc.shape[1] if block_table is None else np.shape(block_table)[1] * kc.shape[1]
+        lens = np.full(batch, capacity, dtype=np.int64)
     else:
         lens = np.broadcast_to(np.asarray(cache_seqlens, dtype=np.int64), (batch,)).copy()
     leftpad = np.zeros(batch, dtype=np.int64) if cache_leftpad is None else np.asarray(cache_leftpad, np.int64)

@@ -71,20 +71,19 @@ def test_packed_autograd_gives_packed_grads():
     assert qkv.grad.shape == qkv.shape and qkv.grad.dtype == torch.float64
     ref = qkv.detach().clone().requires_grad_(True)
     attn64(ref[:, :, 0], ref[:, :, 1], ref[:, :, 2], causal=True)[0].sum().backward()
-    # packed gradients are exactly the split ones stacked (the float64 comparison is loose: see qa_findings F2,
-    # the float32 softmax_lse limits float64 gradients to ~1e-7)
+    # packed gradients are exactly the split ones stacked, and float64 gradients are float64-accurate
     q_, k_, v_ = (qkv.detach()[:, :, i].clone().requires_grad_(True) for i in range(3))
     flash_attn_func(q_, k_, v_, causal=True, backend="cpu").sum().backward()
     assert torch.equal(qkv.grad, torch.stack([q_.grad, k_.grad, v_.grad], 2))
-    torch.testing.assert_close(qkv.grad, ref.grad, atol=1e-6, rtol=0)
+    torch.testing.assert_close(qkv.grad, ref.grad, atol=1e-10, rtol=0)
 
     q = torch.randn(2, 5, 4, 8, dtype=torch.float64, requires_grad=True)
     kv = torch.randn(2, 9, 2, 2, 8, dtype=torch.float64, requires_grad=True)
     flash_attn_kvpacked_func(q, kv, backend="cpu").pow(2).sum().backward()
     q2, kv2 = q.detach().clone().requires_grad_(True), kv.detach().clone().requires_grad_(True)
     attn64(q2, kv2[:, :, 0], kv2[:, :, 1])[0].pow(2).sum().backward()
-    torch.testing.assert_close(kv.grad, kv2.grad, atol=1e-6, rtol=0)
-    torch.testing.assert_close(q.grad, q2.grad, atol=1e-6, rtol=0)
+    torch.testing.assert_close(kv.grad, kv2.grad, atol=1e-10, rtol=0)
+    torch.testing.assert_close(q.grad, q2.grad, atol=1e-10, rtol=0)
 
 
 def test_gradcheck_fp64_alibi_gqa():
@@ -109,7 +108,7 @@ def test_varlen_autograd():
     ref, _ = varlen64(*ins, cu.numpy(), cu.numpy(), causal=True)
     (ref * torch.arange(16, dtype=torch.float64)).sum().backward()
     for got, want in zip((q.grad, k.grad, v.grad), ins):
-        torch.testing.assert_close(got, want.grad, atol=1e-6, rtol=0)
+        torch.testing.assert_close(got, want.grad, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "sim"])

@@ -277,3 +277,38 @@ def test_padding_mask_roundtrip_like_flash_attn_tests():
         low = R.attention_ref(q[i:i + 1, :n], k[i:i + 1, :n], v[i:i + 1, :n], causal=True, compute_dtype=np.float16)
         assert_rule(out[i:i + 1, :n], exact, low, np.float16)
         assert torch.all(out[i, n:] == 0)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "sim"])
+def test_nan_and_inf_propagate(rng, backend):
+    """A NaN in the inputs must show in the output (as torch SDPA and flash_attn), never become silent zeros."""
+    q = _np(rng, (1, 4, 2, 8), "fp32")
+    qn = q.copy()
+    qn[0, 1, 0, 0] = np.nan
+    out = flash_attn_func(qn, q, q, backend=backend)
+    assert np.isnan(out[0, 1, 0]).all()
+    assert np.isfinite(np.delete(out, 1, axis=1)).all()  # other query rows untouched
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_configurations(seed):
+    """Seeded random sweep (shapes, head dims 1..256, GQA, masks, softcap, ALiBi, dtypes; every 5th on sim)."""
+    rng = np.random.default_rng(1000 + seed)
+    for it in range(25):
+        dt = ["fp16", "bf16", "fp32"][rng.integers(3)]
+        d, hk = int(rng.integers(1, 257)), int(rng.integers(1, 4))
+        h, b = hk * int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        backend = "sim" if it % 5 == 0 else "cpu"
+        sq, sk = int(rng.integers(1, 20 if backend == "sim" else 90)), int(rng.integers(1, 30 if backend == "sim" else 90))
+        kw = {}
+        if rng.random() < .4:
+            kw["causal"] = True
+        if rng.random() < .3:
+            kw["window_size"] = (int(rng.integers(-1, 40)), int(rng.integers(-1, 40)))
+        if rng.random() < .3:
+            kw["softcap"] = float(rng.uniform(0.5, 20))
+        if rng.random() < .3:
+            kw["alibi_slopes"] = rng.uniform(0, 1, (b, h) if rng.random() < .5 else (h,)).astype(np.float32)
+        q, k, v = _np(rng, (b, sq, h, d), dt), _np(rng, (b, sk, hk, d), dt), _np(rng, (b, sk, hk, d), dt)
+        out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True, backend=backend, **kw)
+        _check_dense(out, lse, q, k, v, dt, **kw)

@@ -190,3 +190,17 @@ def test_install_as_flash_attn_script():
     r = _run("-c", script)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK" in r.stdout or "SKIP" in r.stdout
+
+
+def test_source_tree_import_explains_itself(tmp_path):
+    """Running from a source checkout (the current directory shadows the installed package) must say so instead of
+    a bare 'cannot import name _core ... circular import'."""
+    pkg = tmp_path / "flash_attn_cy"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(open(flash_attn_cy.__file__).read())
+    (pkg / "_core.pyx").write_text("# source only\n")
+    # -S: no site hooks, so an editable install's import finder cannot take precedence over the current directory
+    r = subprocess.run([sys.executable, "-S", "-c", "import flash_attn_cy"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=60, env=dict(os.environ, PYTHONPATH=""))
+    assert r.returncode != 0
+    assert "source tree" in r.stderr and "python -P" in r.stderr, r.stderr
