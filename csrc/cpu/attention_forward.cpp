@@ -1,7 +1,7 @@
 // attention_forward.cpp - FlashAttention-2 forward on the CPU: work split, band/tile walk, write-out.
 //
-// One work item = one tile of BLOCK_M query rows of one sequence and one KV head. With GQA/MQA the rows of a tile are
-// the (query, head) pairs of all query heads sharing that KV head (row r -> query r / G, head hk*G + r % G), so every
+// One work item = up to QUERY_TILES_PER_ITEM tiles of BLOCK_M query rows of one sequence and one KV head (each K/V
+// tile is loaded once for all of them). With GQA/MQA the rows of a tile are the (query, head) pairs of all query heads sharing that KV head (row r -> query r / G, head hk*G + r % G), so every
 // K/V tile loaded is used by the whole group; decode (1 query) with GQA thereby fills a tile with G heads.
 // For each K/V tile inside the causal/local band: S^T = K·Q^T, logit features (only on tiles that need them),
 // online-softmax step, optional dropout, O^T = alpha*O^T + V^T·P^T. One normalisation at the end.
@@ -52,18 +52,32 @@ struct ForwardJob {
     DropoutParams drop;
     bool dropout;
     double scale;  // softmax scale in double (see effective_scale)
+    int tiles_per_item;  // query tiles per work item, <= QUERY_TILES_PER_ITEM
 };
 
 // The ABI carries softmax_scale as a double, so the fp64 path (gradient checks) sees the exact scale.
 double effective_scale(const fa_params *p) { return p->softmax_scale; }
 
+// Query tiles per work item (lane layout), at most. Each K/V tile is then fetched from memory once and used by all
+// of them while it is hot in L1/L2; with one query tile per item every query tile streamed all of K and V from memory
+// again (perf: ~27% of fp32 d=128 time sat in the K/V tile copies, i.e. in their cache misses). Eight tiles keep the
+// per-item state (qT + oT, 8 x 64 KiB at d = 128) inside a 1 MiB L2 and measured 2-4% faster than four; jobs with
+// few query tiles use fewer per item so that every thread still gets several items (tiles_per_item()).
+constexpr int QUERY_TILES_PER_ITEM = 8;
+
 template <typename Acc>
 struct TileBuffers {
-    Acc *qT, *sT, *oT, *m, *l, *alpha;
+    Acc *qT, *sT, *oT, *m, *l, *alpha;  // query tile 0 (and the row layout)
     char *stage_k, *stage_v, *scratch;
-    static size_t bytes(int64_t elem_size) {
+    // qT, oT, m, l, alpha of query tiles 1.. of an item, `extra_tile_bytes()` each, after the buffers above.
+    char *extra;
+    static size_t extra_tile_bytes() {
+        return sizeof(Acc) * (size_t(HEADDIM_PAD) * BLOCK_M * 2 + 3 * BLOCK_M) + 5 * 64;
+    }
+    static size_t bytes(int64_t elem_size, int extra_tiles = 0) {
         return sizeof(Acc) * (size_t(HEADDIM_PAD) * BLOCK_M * 2 + size_t(BLOCK_N) * BLOCK_M + 3 * BLOCK_M) +
-               2 * size_t(BLOCK_N) * HEADDIM_PAD * elem_size + TILE_SCRATCH_BYTES + 8 * 64;
+               2 * size_t(BLOCK_N) * HEADDIM_PAD * elem_size + TILE_SCRATCH_BYTES + 8 * 64 +
+               size_t(extra_tiles) * extra_tile_bytes();
     }
     void carve(char *base, int64_t elem_size) {
         auto take = [&](size_t n) {
@@ -80,6 +94,25 @@ struct TileBuffers {
         stage_k = take(size_t(BLOCK_N) * HEADDIM_PAD * elem_size);
         stage_v = take(size_t(BLOCK_N) * HEADDIM_PAD * elem_size);
         scratch = take(TILE_SCRATCH_BYTES);
+        extra = base;
+    }
+    // State of query tile i (0 = the buffers above) of an item.
+    void tile_state(int i, Acc *&q, Acc *&o, Acc *&mm, Acc *&ll, Acc *&al) const {
+        if (i == 0) {
+            q = qT, o = oT, mm = m, ll = l, al = alpha;
+            return;
+        }
+        char *base = extra + size_t(i - 1) * extra_tile_bytes();
+        auto take = [&](size_t n) {
+            char *r = base;
+            base += (n + 63) & ~size_t(63);
+            return reinterpret_cast<Acc *>(r);
+        };
+        q = take(sizeof(Acc) * HEADDIM_PAD * BLOCK_M);
+        o = take(sizeof(Acc) * HEADDIM_PAD * BLOCK_M);
+        mm = take(sizeof(Acc) * BLOCK_M);
+        ll = take(sizeof(Acc) * BLOCK_M);
+        al = take(sizeof(Acc) * BLOCK_M);
     }
 };
 
@@ -241,8 +274,64 @@ void row_layout_tile(const ForwardJob<Acc> &job, int b, int hk, const TileRows &
     kern.pv_rows(vt, vstride, nk, p->headdim, buf.sT, t.nrows, buf.alpha, oR);
 }
 
+// One query tile of a work item in the lane layout: its rows, state and visible key band.
 template <typename Acc>
-void run_tile(const ForwardJob<Acc> &job, int b, int hk, int tile) {
+struct QueryTile {
+    TileRows t;
+    Acc *qT, *oT, *m, *l, *alpha;
+    int nv, lanes;
+    int64_t lo, hi;
+};
+
+// Keys [t0, t0+nk) of KV head hk for one query tile: S^T, logit features, softmax step, dropout, O^T update.
+template <typename Acc>
+void lane_layout_tile(const ForwardJob<Acc> &job, int b, int hk, QueryTile<Acc> &q, const MaskParams &mp,
+                      const DropoutParams &drop, int64_t t0, int nk, TileBuffers<Acc> &buf) {
+    const fa_params *p = job.p;
+    const SeqGeometry &g = job.seqs[b];
+    const TileKernels<Acc> &kern = *job.kern;
+    const int d = p->headdim;
+    const bool masked = tile_needs_mask(mp, q.t, t0, t0 + nk);
+    int64_t kstride, vstride;
+    const void *kt = kv_tile(p, g, hk, t0, nk, false, buf.stage_k, kstride);
+    kern.scores(kt, kstride, nk, d, q.qT, q.nv, buf.sT, buf.scratch);
+    Acc mul = Acc(job.scale * LOG2E);
+    if (masked || mp.softcap > 0 || mp.alibi) {
+        apply_score_features(buf.sT, nk, q.t.nrows, q.lanes, q.t.rows, t0, mp, masked);
+        mul = Acc(1);
+    }
+    kern.softmax(buf.sT, nk, q.nv, mul, q.m, q.l, q.alpha);
+    if (job.dropout) apply_dropout(buf.sT, nk, q.t.nrows, q.t.rows, t0, drop);
+    const void *vt = kv_tile(p, g, hk, t0, nk, true, buf.stage_v, vstride);
+    kern.pv(vt, vstride, nk, d, buf.sT, q.nv, q.alpha, q.oT, buf.scratch);
+}
+
+// Ask for the K and V rows of keys [key0, key0 + n) of KV head hk to be brought into L2. Issued for the NEXT K/V
+// tile, a slice per query tile, while the current one is processed: the first reader of a tile (the contiguous copy
+// or conversion at the start of scores/pv) otherwise stalls on memory (~12% of fp32 d=128 time). Rows are
+// nheads*headdim apart, usually on different pages, where the hardware prefetchers do not follow.
+void prefetch_kv_rows(const fa_params *p, const SeqGeometry &g, int hk, int64_t key0, int n) {
+#if defined(__GNUC__) || defined(__clang__)
+    const int64_t bytes = int64_t(p->headdim) * dtype_size(p->dtype);
+    for (int j = 0; j < n; ++j) {
+        const int64_t row = g.leftpad + key0 + j;
+        const char *k = static_cast<const char *>(
+            elem_ptr(p->k.data, kv_row_offset(p, g, row, false) + int64_t(hk) * p->k.head_stride, p->dtype));
+        const char *v = static_cast<const char *>(
+            elem_ptr(p->v.data, kv_row_offset(p, g, row, true) + int64_t(hk) * p->v.head_stride, p->dtype));
+        for (int64_t off = 0; off < bytes; off += 64) {
+            __builtin_prefetch(k + off, 0, 2);
+            __builtin_prefetch(v + off, 0, 2);
+        }
+    }
+#else
+    (void)p, (void)g, (void)hk, (void)key0, (void)n;
+#endif
+}
+
+// Query tiles [tile0, tile0 + ntiles) of (sequence b, KV head hk), ntiles <= QUERY_TILES_PER_ITEM.
+template <typename Acc>
+void run_tiles(const ForwardJob<Acc> &job, int b, int hk, int tile0, int ntiles) {
     const fa_params *p = job.p;
     const SeqGeometry &g = job.seqs[b];
     const TileKernels<Acc> &kern = *job.kern;
@@ -250,56 +339,67 @@ void run_tile(const ForwardJob<Acc> &job, int b, int hk, int tile) {
     const int64_t esz = dtype_size(p->dtype);
 
     TileBuffers<Acc> buf;
-    buf.carve(tl_workspace.get(TileBuffers<Acc>::bytes(esz)), esz);
-    TileRows t;
-    build_tile_rows(job, b, hk, tile, t);
-    const int nrows = t.nrows;
-    const int nv = (nrows + LANES - 1) / LANES;
-    const int lanes = nv * LANES;
+    buf.carve(tl_workspace.get(TileBuffers<Acc>::bytes(esz, QUERY_TILES_PER_ITEM - 1)), esz);
     const MaskParams mp = mask_params(job, g);
-    int64_t lo, hi;
-    key_band(mp, g.sk, t, lo, hi);
-    for (int r = 0; r < lanes; ++r) {
-        buf.m[r] = Acc(-INFINITY);
-        buf.l[r] = Acc(0);
+    QueryTile<Acc> qt[QUERY_TILES_PER_ITEM];
+    for (int i = 0; i < ntiles; ++i) {
+        QueryTile<Acc> &q = qt[i];
+        build_tile_rows(job, b, hk, tile0 + i, q.t);
+        buf.tile_state(i, q.qT, q.oT, q.m, q.l, q.alpha);
+        q.nv = (q.t.nrows + LANES - 1) / LANES;
+        q.lanes = q.nv * LANES;
+        key_band(mp, g.sk, q.t, q.lo, q.hi);
+        for (int r = 0; r < q.lanes; ++r) {
+            q.m[r] = Acc(-INFINITY);
+            q.l[r] = Acc(0);
+        }
     }
 
     // Few rows (decode): vectors over the head dim instead of over query rows (see tile_kernels.h).
-    if (nrows <= ROW_LAYOUT_MAX_ROWS && kern.pv_rows != nullptr) {
-        kern.pack_q_rows(t.qrows, nrows, d, buf.qT);
-        std::fill(buf.oT, buf.oT + size_t(nrows) * HEADDIM_PAD, Acc(0));
-        for (int64_t t0 = lo; t0 < hi; t0 += BLOCK_N)
-            row_layout_tile(job, b, hk, t, mp, t0, int(std::min<int64_t>(BLOCK_N, hi - t0)), buf.qT, buf.oT, buf.m,
-                            buf.l, buf);
-        for (int r = 0; r < nrows; ++r) finish_row(job, b, t.rows[r], buf.oT + r * HEADDIM_PAD, 1, buf.m[r], buf.l[r], mp);
+    const TileRows &t = qt[0].t;
+    if (ntiles == 1 && t.nrows <= ROW_LAYOUT_MAX_ROWS && kern.pv_rows != nullptr) {
+        kern.pack_q_rows(t.qrows, t.nrows, d, buf.qT);
+        std::fill(buf.oT, buf.oT + size_t(t.nrows) * HEADDIM_PAD, Acc(0));
+        for (int64_t t0 = qt[0].lo; t0 < qt[0].hi; t0 += BLOCK_N)
+            row_layout_tile(job, b, hk, t, mp, t0, int(std::min<int64_t>(BLOCK_N, qt[0].hi - t0)), buf.qT, buf.oT,
+                            buf.m, buf.l, buf);
+        for (int r = 0; r < t.nrows; ++r)
+            finish_row(job, b, t.rows[r], buf.oT + r * HEADDIM_PAD, 1, buf.m[r], buf.l[r], mp);
         return;
     }
 
-    kern.pack_qT(t.qrows, nrows, d, nv, buf.qT);
-    for (int c = 0; c < d; ++c)
-        for (int r = 0; r < lanes; ++r) buf.oT[c * BLOCK_M + r] = Acc(0);
-    const Acc scale_log2 = Acc(job.scale * LOG2E);
-    const bool always_features = mp.softcap > 0 || mp.alibi;
+    int64_t band_lo = qt[0].lo, band_hi = qt[0].hi;
+    for (int i = 0; i < ntiles; ++i) {
+        QueryTile<Acc> &q = qt[i];
+        kern.pack_qT(q.t.qrows, q.t.nrows, d, q.nv, q.qT);
+        for (int c = 0; c < d; ++c)
+            for (int r = 0; r < q.lanes; ++r) q.oT[c * BLOCK_M + r] = Acc(0);
+        band_lo = std::min(band_lo, q.lo);
+        band_hi = std::max(band_hi, q.hi);
+    }
     DropoutParams drop = job.drop;
     drop.batch_index = b;
-    for (int64_t t0 = lo; t0 < hi; t0 += BLOCK_N) {
-        const int nk = int(std::min<int64_t>(BLOCK_N, hi - t0));
-        const bool masked = tile_needs_mask(mp, t, t0, t0 + nk);
-        int64_t kstride, vstride;
-        const void *kt = kv_tile(p, g, hk, t0, nk, false, buf.stage_k, kstride);
-        kern.scores(kt, kstride, nk, d, buf.qT, nv, buf.sT, buf.scratch);
-        Acc mul = scale_log2;
-        if (masked || always_features) {
-            apply_score_features(buf.sT, nk, nrows, lanes, t.rows, t0, mp, masked);
-            mul = Acc(1);
+    // K/V tiles on one grid from the lowest band start; each query tile takes the part of a tile inside its own band
+    // (causal/local tiles outside it are skipped), so the tile just loaded is reused by every query tile of the item.
+    // bf16 tiles are half the bytes and its kernels read K in place: there the prefetch measured ~7% slower (d=64).
+    const bool prefetch_next = p->dtype != FA_BF16;
+    const int prefetch_slice = (BLOCK_N + ntiles - 1) / ntiles;  // keys of the next tile prefetched per query tile
+    for (int64_t g0 = band_lo; g0 < band_hi; g0 += BLOCK_N) {
+        for (int i = 0; i < ntiles; ++i) {
+            const int64_t pf0 = g0 + BLOCK_N + int64_t(i) * prefetch_slice;
+            const int64_t pf1 = std::min<int64_t>(std::min<int64_t>(pf0 + prefetch_slice, g0 + 2 * BLOCK_N), band_hi);
+            if (prefetch_next && pf0 < pf1) prefetch_kv_rows(p, g, hk, pf0, int(pf1 - pf0));
+            QueryTile<Acc> &q = qt[i];
+            const int64_t t0 = std::max(g0, q.lo), t1 = std::min(g0 + BLOCK_N, q.hi);
+            if (t0 < t1) lane_layout_tile(job, b, hk, q, mp, drop, t0, int(t1 - t0), buf);
         }
-        kern.softmax(buf.sT, nk, nv, mul, buf.m, buf.l, buf.alpha);
-        if (job.dropout) apply_dropout(buf.sT, nk, nrows, t.rows, t0, drop);
-        const void *vt = kv_tile(p, g, hk, t0, nk, true, buf.stage_v, vstride);
-        kern.pv(vt, vstride, nk, d, buf.sT, nv, buf.alpha, buf.oT, buf.scratch);
     }
     // One normalisation at the end, transposing O^T back to rows.
-    for (int r = 0; r < nrows; ++r) finish_row(job, b, t.rows[r], buf.oT + r, BLOCK_M, buf.m[r], buf.l[r], mp);
+    for (int i = 0; i < ntiles; ++i) {
+        const QueryTile<Acc> &q = qt[i];
+        for (int r = 0; r < q.t.nrows; ++r)
+            finish_row(job, b, q.t.rows[r], q.oT + r, BLOCK_M, q.m[r], q.l[r], mp);
+    }
 }
 
 // ---- split-K decode (flash-decoding) ----
@@ -429,6 +529,16 @@ bool use_split_decode(const ForwardJob<Acc> &job) {
     return true;
 }
 
+// Work items of one (sequence, KV head): its query tiles in groups of QUERY_TILES_PER_ITEM.
+inline int tile_groups(int tiles, int per_item) { return (tiles + per_item - 1) / per_item; }
+
+// The largest power of two <= QUERY_TILES_PER_ITEM that still leaves about 4 work items per thread (load balance).
+inline int tiles_per_item(int64_t total_tiles, int threads) {
+    int per = QUERY_TILES_PER_ITEM;
+    while (per > 1 && total_tiles / per < 4 * int64_t(threads)) per /= 2;
+    return per;
+}
+
 template <typename Acc>
 int forward_impl(const fa_params *p, const TileKernels<Acc> *kern, char *err, size_t errlen) {
     ForwardJob<Acc> job;
@@ -442,8 +552,12 @@ int forward_impl(const fa_params *p, const TileKernels<Acc> *kern, char *err, si
     for (int b = 0; b < p->batch; ++b) {
         if (!resolve_sequence(p, b, job.seqs[b], err, errlen)) return FA_ERR_VALUE;
         job.tiles[b] = int32_t((int64_t(job.seqs[b].sq) * job.group + BLOCK_M - 1) / BLOCK_M);
-        job.item_start[b + 1] = job.item_start[b] + int64_t(job.tiles[b]) * p->nheads_kv;
     }
+    int64_t total_tiles = 0;
+    for (int b = 0; b < p->batch; ++b) total_tiles += int64_t(job.tiles[b]) * p->nheads_kv;
+    job.tiles_per_item = tiles_per_item(total_tiles, p->num_threads > 0 ? p->num_threads : pool_num_threads());
+    for (int b = 0; b < p->batch; ++b)
+        job.item_start[b + 1] = job.item_start[b] + int64_t(tile_groups(job.tiles[b], job.tiles_per_item)) * p->nheads_kv;
     job.dropout = p->dropout_p > 0.0f;
     if (job.dropout) {
         job.drop.seed = p->dropout_seed;
@@ -466,10 +580,11 @@ int forward_impl(const fa_params *p, const TileKernels<Acc> *kern, char *err, si
         const int b = int(std::upper_bound(job.item_start.begin(), job.item_start.end(), item) - job.item_start.begin()) - 1;
         const int64_t local = item - job.item_start[b];
         const int tiles = job.tiles[b];
-        const int hk = int(local / tiles);
+        const int groups = tile_groups(tiles, job.tiles_per_item);
+        const int hk = int(local / groups);
         // Hand out the last query tiles first: under a causal mask they are the most expensive.
-        const int tile = tiles - 1 - int(local % tiles);
-        run_tile(job, b, hk, tile);
+        const int tile0 = (groups - 1 - int(local % groups)) * job.tiles_per_item;
+        run_tiles(job, b, hk, tile0, std::min(job.tiles_per_item, tiles - tile0));
     };
     if (!parallel_for(total, item_fn, p->num_threads)) {
         std::snprintf(err, errlen, "cpu forward: a worker failed (out of memory?)");

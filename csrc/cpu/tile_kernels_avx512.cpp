@@ -425,18 +425,25 @@ void gemm_bf16(int nv, int rows, const uint16_t *a, int64_t a_rs, int64_t a_ks, 
     }
 }
 
-// qT as [d/2][BLOCK_M][2] bf16 pairs (the head dim padded to even with zeros).
+// qT as [d/2][BLOCK_M][2] bf16 pairs (the head dim padded to even with zeros). A pair of a Q row is one 32-bit word
+// (x86 is little-endian: element 2kp in the low half), so rows are copied a word at a time with no per-element tests.
 void pack_qT_bf16(const void *const *rows, int nrows, int d, int nv, void *qT_) {
-    uint16_t *qT = static_cast<uint16_t *>(qT_);
+    uint32_t *qT = static_cast<uint32_t *>(qT_);
     const int lanes = nv * LANES;
+    const int full_pairs = d / 2;
     const int kpairs = (d + 1) / 2;
     for (int r = 0; r < lanes; ++r) {
-        const uint16_t *q = r < nrows ? static_cast<const uint16_t *>(rows[r]) : nullptr;
-        for (int kp = 0; kp < kpairs; ++kp) {
-            const int c = 2 * kp;
-            qT[(kp * BLOCK_M + r) * 2] = q ? q[c] : 0;
-            qT[(kp * BLOCK_M + r) * 2 + 1] = (q && c + 1 < d) ? q[c + 1] : 0;
+        if (r >= nrows) {
+            for (int kp = 0; kp < kpairs; ++kp) qT[kp * BLOCK_M + r] = 0;
+            continue;
         }
+        const uint16_t *q = static_cast<const uint16_t *>(rows[r]);
+        for (int kp = 0; kp < full_pairs; ++kp) {
+            uint32_t pair;
+            std::memcpy(&pair, q + 2 * kp, 4);
+            qT[kp * BLOCK_M + r] = pair;
+        }
+        if (d & 1) qT[full_pairs * BLOCK_M + r] = q[d - 1];  // odd head dim: last element, zero pad in the high half
     }
 }
 
