@@ -85,6 +85,24 @@ int require_available(fa_backend backend, char *err, size_t errlen) {
     return FA_ERR_UNAVAILABLE;
 }
 
+// Forward and backward share every step but the CPU entry point and the plan kind.
+int run_attention(fa_backend backend, fa_params *p, bool backward, char *err, size_t errlen) {
+    set_msg(err, errlen, "");
+    if (!valid_backend(backend)) return bad_backend(backend, err, errlen);
+    if (!p) {
+        set_msg(err, errlen, "params must not be NULL");
+        return FA_ERR_VALUE;
+    }
+    return guarded(err, errlen, [&]() -> int {
+        int rc = fa_check_params(p, backward ? 1 : 0, err, errlen);
+        if (rc != FA_OK) return rc;
+        if ((rc = check_device_buffers(backend, p, err, errlen)) != FA_OK) return rc;
+        if ((rc = require_available(backend, err, errlen)) != FA_OK) return rc;
+        if (backend == FA_BACKEND_CPU) return backward ? fa_cpu_backward(p, err, errlen) : fa_cpu_forward(p, err, errlen);
+        return execute_plan_backend(backend, backward ? FA_PLAN_BACKWARD : FA_PLAN_FORWARD, p, nullptr, err, errlen);
+    });
+}
+
 }  // namespace
 
 extern "C" {
@@ -102,37 +120,11 @@ void fa_params_init(fa_params *p) {
 }
 
 int fa_forward(fa_backend backend, fa_params *p, char *err, size_t errlen) {
-    set_msg(err, errlen, "");
-    if (!valid_backend(backend)) return bad_backend(backend, err, errlen);
-    if (!p) {
-        set_msg(err, errlen, "params must not be NULL");
-        return FA_ERR_VALUE;
-    }
-    return guarded(err, errlen, [&]() -> int {
-        int rc = fa_check_params(p, 0, err, errlen);
-        if (rc != FA_OK) return rc;
-        if ((rc = check_device_buffers(backend, p, err, errlen)) != FA_OK) return rc;
-        if ((rc = require_available(backend, err, errlen)) != FA_OK) return rc;
-        if (backend == FA_BACKEND_CPU) return fa_cpu_forward(p, err, errlen);
-        return execute_plan_backend(backend, FA_PLAN_FORWARD, p, nullptr, err, errlen);
-    });
+    return run_attention(backend, p, /*backward=*/false, err, errlen);
 }
 
 int fa_backward(fa_backend backend, fa_params *p, char *err, size_t errlen) {
-    set_msg(err, errlen, "");
-    if (!valid_backend(backend)) return bad_backend(backend, err, errlen);
-    if (!p) {
-        set_msg(err, errlen, "params must not be NULL");
-        return FA_ERR_VALUE;
-    }
-    return guarded(err, errlen, [&]() -> int {
-        int rc = fa_check_params(p, 1, err, errlen);
-        if (rc != FA_OK) return rc;
-        if ((rc = check_device_buffers(backend, p, err, errlen)) != FA_OK) return rc;
-        if ((rc = require_available(backend, err, errlen)) != FA_OK) return rc;
-        if (backend == FA_BACKEND_CPU) return fa_cpu_backward(p, err, errlen);
-        return execute_plan_backend(backend, FA_PLAN_BACKWARD, p, nullptr, err, errlen);
-    });
+    return run_attention(backend, p, /*backward=*/true, err, errlen);
 }
 
 // Checks of the update descriptor that fa_check_params cannot do (it does not see `u`); see fa_check.cpp.
