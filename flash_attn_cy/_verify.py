@@ -104,6 +104,9 @@ def builtin_cases(quick: bool) -> List[Case]:
              kv=dict(seqlen_new=1, cache_seqlens=[5, 200, 0, 255], rotary="interleaved")),
         Case("kvcache paged+rotary", "kvcache", 2, 3, 64, 4, 4, 64, causal=True,
              kv=dict(seqlen_new=3, cache_seqlens=[17, 40], rotary="half", paged=16)),
+        Case("kvcache batch_idx+leftpad", "kvcache", 2, 2, 64, 4, 2, 64, causal=True,
+             kv=dict(seqlen_new=2, cache_seqlens=[20, 50], leftpad=[3, 10], batch_idx=[2, 0], cache_batch=3,
+                     rotary="half")),
         Case("kvcache no append GQA", "kvcache", 2, 2, 100, 4, 1, 128,
              kv=dict(seqlen_new=0, cache_seqlens=[1, 99])),
         Case("dropout p=0.17", "dropout", 2, 45, 61, 2, 2, 64),
@@ -212,8 +215,9 @@ def _run_kvcache(fa, case, backend, dtname, rng):
     snew = int(opts.get("seqlen_new", 0))
     lens = np.asarray(opts["cache_seqlens"], dtype=np.int32)
     q = _randn(rng, (b, sq, h, d), dt)
-    kc = _randn(rng, (b, cap, hk, d), dt)
-    vc = _randn(rng, (b, cap, hk, d), dt)
+    cache_batch = int(opts.get("cache_batch", b))
+    kc = _randn(rng, (cache_batch, cap, hk, d), dt)
+    vc = _randn(rng, (cache_batch, cap, hk, d), dt)
     knew = _randn(rng, (b, snew, hk, d), dt) if snew else None
     vnew = _randn(rng, (b, snew, hk, d), dt) if snew else None
     kw = dict(causal=case.causal, window_size=case.window, softcap=case.softcap)
@@ -223,6 +227,10 @@ def _run_kvcache(fa, case, backend, dtname, rng):
         ang = np.outer(np.arange(cap), 1.0 / 10000 ** (np.arange(rd // 2) * 2.0 / rd))
         kw.update(rotary_cos=np.cos(ang).astype(dt), rotary_sin=np.sin(ang).astype(dt),
                   rotary_interleaved=(rot == "interleaved"))
+    if "batch_idx" in opts:
+        kw["cache_batch_idx"] = np.asarray(opts["batch_idx"], dtype=np.int32)
+    if "leftpad" in opts:
+        kw["cache_leftpad"] = np.asarray(opts["leftpad"], dtype=np.int32)
     page = opts.get("paged")
     k_arg, v_arg = kc, vc
     if page:

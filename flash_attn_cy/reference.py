@@ -308,8 +308,8 @@ def attention_ref(q: ArrayLike, k: ArrayLike, v: ArrayLike, *,
         if used is not None:
             ks, vs = ks[:used[b]], vs[:used[b]]
         sq, sk = qs.shape[0], ks.shape[0]
-        if sq == 0:
-            continue
+        if sq == 0 or sk == 0:
+            continue  # no query rows, or rows that see no key: zeros and lse = +inf, as initialised
         mask = visible_mask(sq, sk, window_size, causal)
         keep = None if keep_all is None else keep_all[b, :, :sq, :sk]
         o, l = _attend_one(qs, ks, vs, scale=scale, mask=mask, softcap=float(softcap),
@@ -371,10 +371,11 @@ def kvcache_ref(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, k: Optiona
     (batch, max_blocks) int, paged (num_blocks, page_size, nheads_k, d); new rows k/v (batch, seqlen_new,
     nheads_k, d); ``cache_seqlens`` int or (batch,); ``cache_leftpad`` (batch,) first valid cache row.
 
-    As in flash_attn's tests: new rows go to cache rows ``cache_seqlens[b] + i``; keys ``leftpad[b] <= j <
-    cache_seqlens[b] + seqlen_new`` are attended with bottom-right alignment; rotary (only when new k is given)
-    rotates new k at positions ``cache_seqlens - leftpad + i`` and q at the same successive positions when causal or
-    windowed, otherwise every q row at ``cache_seqlens - leftpad``.
+    As flash_attn 2.x: new rows go to cache rows ``cache_seqlens[b] + i`` (``cache_seqlens`` counts from row 0, the
+    leftpad included); keys ``leftpad[b] <= j < cache_seqlens[b] + seqlen_new`` are attended with bottom-right
+    alignment; rotary (only when new k is given) rotates new k at positions ``cache_seqlens + i`` (absolute cache
+    rows, leftpad or not) and q at the same successive positions when causal or windowed, otherwise every q row at
+    ``cache_seqlens``.
     """
     q64 = to_float64(q)
     kc, vc = to_float64(k_cache).copy(), to_float64(v_cache).copy()
@@ -406,7 +407,7 @@ def kvcache_ref(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, k: Optiona
     outs, lses = [], []
     for b in range(batch):
         q_b = q64[b]
-        rot0 = lens[b] - leftpad[b]
+        rot0 = lens[b]  # absolute cache row, also with a leftpad (the CUDA kernel adds leftpad_k to its cos/sin row)
         if rotate:
             qpos = rot0 + np.arange(sq) if windowed else np.full(sq, rot0)
             q_b = rotary_ref(q_b, rotary_cos, rotary_sin, qpos, interleaved=rotary_interleaved)

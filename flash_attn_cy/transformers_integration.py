@@ -13,15 +13,19 @@ exactly that. It returns (batch, q_len, heads, head_dim) and ``None`` for the at
 
 How a call is served:
 - no mask: ``flash_attn_func`` (causal aligned bottom-right, so decode steps against a longer cache are right);
-- padding mask: the valid tokens are packed with :mod:`flash_attn_cy.bert_padding` and ``flash_attn_varlen_func``
-  runs on the packed batch, then the output is scattered back (pad rows are zero). Query rows are taken from the
-  right end of the mask when q_len < kv_len (left padding, which ``generate()`` uses for decoder-only models);
+- padding mask, decode steps (q_len < kv_len) on a left-padded batch (what ``generate()`` builds for decoder-only
+  models): ``flash_attn_with_kvcache`` reads the K/V cache in place with ``cache_leftpad`` = each row's pad count,
+  so nothing is copied per step;
+- any other padding mask: the valid tokens are packed with :mod:`flash_attn_cy.bert_padding`,
+  ``flash_attn_varlen_func`` runs on the packed batch and the output is scattered back (pad rows are zero). Query
+  rows are taken from the right end of the mask when q_len < kv_len;
 - packed sequences given as ``cu_seq_lens_q/k`` + ``max_length_q/k`` keyword arguments, or one row whose
   ``position_ids`` restart (padding-free training), go to ``flash_attn_varlen_func`` with one entry per sequence;
 - ``sliding_window=w`` becomes ``window_size=(w - 1, w - 1)`` (the window counts the token itself), ``softcap`` and
   ``scaling`` pass through, GQA/MQA is native (no repeat of K/V heads).
 
-Importing flash_attn_cy never imports transformers: only this module does, and only when it is imported.
+Importing flash_attn_cy never imports transformers (nor this module); transformers is imported by
+``register_transformers()`` only.
 """
 
 from __future__ import annotations
@@ -71,6 +75,16 @@ def _unpad_qkv(
     q_mask = kv_mask[:, -q_len:]
     q_packed, indices_q, cu_q, max_q, _ = bert_padding.unpad_input(query, q_mask)
     return q_packed, k_packed, v_packed, indices_q, cu_q, cu_k, max_q, max_k
+
+
+def _left_padding(attention_mask: torch.Tensor) -> Optional[torch.Tensor]:
+    """Per-row count of leading pad positions (int32) if every row of the (batch, kv_len) mask is pads followed
+    only by tokens (left padding, what ``generate()`` builds), else None."""
+    valid = attention_mask.to(torch.bool)
+    # left padding <=> each row is non-decreasing (0...0 1...1)
+    if bool((valid[:, 1:].to(torch.int8) < valid[:, :-1].to(torch.int8)).any()):
+        return None
+    return (valid.shape[1] - valid.sum(dim=1)).to(torch.int32)
 
 
 def _packed_cu_seqlens(position_ids: Optional[torch.Tensor], batch: int, q_len: int, kv_len: int):
@@ -160,9 +174,18 @@ def flash_attn_cy_attention_forward(
         elif k.shape[1] < attention_mask.shape[-1]:
             attention_mask = attention_mask[:, -k.shape[1] :]
         batch, q_len = q.shape[0], q.shape[1]
-        qp, kp, vp, indices_q, cu_q, cu_k, max_q, max_k = _unpad_qkv(q, k, v, attention_mask)
-        out = fa.flash_attn_varlen_func(qp, kp, vp, cu_q, cu_k, max_q, max_k, **flash_kwargs)
-        out = bert_padding.pad_input(out, indices_q, batch, q_len)
+        leftpad = _left_padding(attention_mask) if q_len < k.shape[1] and not flash_kwargs["dropout_p"] else None
+        if leftpad is not None:
+            # Decode (or a chunk) on top of a left-padded cache: read the cache where it lies, skipping each row's
+            # leading pads, instead of packing the whole cache again in every layer at every step.
+            cache_seqlens = torch.full((batch,), k.shape[1], dtype=torch.int32, device=k.device)
+            kv_kwargs = {key: val for key, val in flash_kwargs.items() if key != "dropout_p"}
+            out = fa.flash_attn_with_kvcache(q, k, v, cache_seqlens=cache_seqlens, cache_leftpad=leftpad,
+                                             **kv_kwargs)
+        else:
+            qp, kp, vp, indices_q, cu_q, cu_k, max_q, max_k = _unpad_qkv(q, k, v, attention_mask)
+            out = fa.flash_attn_varlen_func(qp, kp, vp, cu_q, cu_k, max_q, max_k, **flash_kwargs)
+            out = bert_padding.pad_input(out, indices_q, batch, q_len)
     elif all(x is not None for x in (cu_q, cu_k, max_q, max_k)):
         batch = q.shape[0]
         qp, kp, vp = (x.reshape(-1, *x.shape[2:]) for x in (q, k, v))

@@ -45,6 +45,7 @@ typedef unsigned int fa_uint;
 #define FA_FWD_BUF_BLOCK_TABLE 11
 #define FA_FWD_BUF_O_PARTIAL 12
 #define FA_FWD_BUF_LSE_PARTIAL 13
+#define FA_FWD_BUF_ATTN_PROBS 14  // fa_probs_* only
 #define FA_FWD_BUF_PARAMS 15
 
 // Forward / decode attention. One threadgroup per (query tile, head block, batch * num_splits + split).
@@ -59,6 +60,7 @@ struct fa_fwd_params {
     fa_long block_table_batch_stride;  // int32 elements
     fa_long partial_rows;              // split: query rows per (split, head) slab of the partial buffers
     fa_ulong dropout_seed, dropout_offset;
+    fa_long probs_batch_stride, probs_head_stride, probs_row_stride;  // fa_probs_*: attn_probs (fp32) strides
     // ---- 4-byte fields ----
     fa_int batch, seqlen_q, seqlen_k;  // varlen: maxima (only the grid depends on them)
     fa_int nheads_q, nheads_kv;

@@ -43,8 +43,9 @@ constexpr int fa_fwd_bk(int bd, int elem_bytes) { return fa_fit_bk(bd <= 96 ? 32
 #define FA_DEC_BQ (8 * FA_DEC_SIMDGROUPS)
 constexpr int fa_dec_bk(int bd, int elem_bytes) { return fa_fit_bk(32, bd, elem_bytes); }
 
-// Merge of split-KV partials and KV-cache append: threads per threadgroup.
+// Merge of split-KV partials, KV-cache append and the attn_probs debug kernel: threads per threadgroup.
 #define FA_MERGE_THREADS 64
 #define FA_APPEND_THREADS 64
+#define FA_PROBS_THREADS 64  // debug attn_probs kernel
 
 #endif  // FA_TILES_H

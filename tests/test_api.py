@@ -426,3 +426,14 @@ def test_varlen_dropout_probabilities(rng):
         assert np.all(s[b, :, lq[b]:, :] == 0) and np.all(s[b, :, :, lk[b]:] == 0)
     ref = R.attention_ref(q, k, v, cu_seqlens_q=cq, cu_seqlens_k=ck, dropout_p=0.25, dropout_mask=keep)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_attn_probs_same_with_and_without_grad(rng):
+    qn, kn, vn = (randn(rng, (1, 7, 2, 8)) for _ in range(3))
+    q, k, v = (to_torch(x).requires_grad_(True) for x in (qn, kn, vn))
+    for p in (0.0, 0.3):
+        out_g, lse_g, s_g = fa.flash_attn_func(q, k, v, dropout_p=p, return_attn_probs=True, seed=11, backend="cpu")
+        with torch.no_grad():
+            out, lse, s = fa.flash_attn_func(q, k, v, dropout_p=p, return_attn_probs=True, seed=11, backend="cpu")
+        assert s_g is not None and torch.equal(s_g, s)
+        assert torch.equal(out_g.detach(), out) and torch.equal(lse_g, lse)

@@ -97,3 +97,21 @@ def test_dropout_every_backend(backend, varlen, rng):
     assert_close_to_ref(out, ref, low)
     np.testing.assert_allclose(lse, ref_lse, rtol=1e-5, atol=1e-5)
     assert 0.1 < 1 - keep[np.abs(s) > 0].mean() < 0.4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("num_splits", [0, 1, 3])
+def test_kvcache_num_splits_every_backend(backend, num_splits, rng):
+    """num_splits only changes how the keys are divided (split-KV decode), never the answer."""
+    q = randn(rng, (2, 1, 8, 64), "fp16")
+    kc, vc = randn(rng, (2, 200, 2, 64), "fp16"), randn(rng, (2, 200, 2, 64), "fp16")
+    seqlens = np.array([37, 200], np.int32)
+    out, lse = fa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=seqlens, num_splits=num_splits,
+                                          return_softmax_lse=True, backend=backend)
+    for b in range(2):
+        n = seqlens[b]
+        ref, ref_lse = R.attention_ref(q[b:b + 1], kc[b:b + 1, :n], vc[b:b + 1, :n], return_lse=True)
+        low, low_lse = R.attention_ref(q[b:b + 1], kc[b:b + 1, :n], vc[b:b + 1, :n], return_lse=True,
+                                       compute_dtype=np.float16)
+        assert_close_to_ref(out[b:b + 1], ref, low)
+        assert_close_to_ref(lse[b:b + 1], ref_lse, low_lse, dtype=np.float16, what="softmax_lse")

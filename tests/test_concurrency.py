@@ -114,15 +114,17 @@ def test_gil_released_during_compute(rng):
             stop.set()
             th.join(10)
         during = [t for t in ticks if t0 < t < t1]
-        # with the GIL released the counter ticks about every millisecond; demand a small fraction of that
-        assert len(during) >= max(5, int((t1 - t0) * 1000 * 0.1)), (len(during), t1 - t0)
+        # Released, the counter ticks up to once per millisecond (measured here: 0.2-0.7 per ms on a loaded
+        # 2-core machine). A C call holding the GIL lets it in only at rare forced switches (measured with
+        # sum(range(...)) in place of the call: ~0.01 per ms). 0.05 per ms separates the two with margin.
+        assert len(during) >= max(10, int((t1 - t0) * 1000 * 0.05)), (len(during), t1 - t0)
     finally:
         fa.set_num_threads(0)
 
 
 @pytest.mark.parametrize("fn", ["kvcache", "varlen"])
 def test_other_entry_points_release_gil(rng, fn):
-    """The same for the KV-cache and varlen paths (smaller: only checks that the other thread ran at all)."""
+    """The same for the KV-cache and varlen paths."""
     fa.set_num_threads(1)
     try:
         q = rng.standard_normal((1, 1536, 4, 64)).astype(np.float32)
@@ -150,7 +152,7 @@ def test_other_entry_points_release_gil(rng, fn):
         inside.clear()
         stop.set()
         th.join(10)
-        if dt > 0.05:
-            assert len(ran) >= 3, (len(ran), dt)
+        if dt > 0.1:  # same calibration as above
+            assert len(ran) >= max(5, int(dt * 1000 * 0.05)), (len(ran), dt)
     finally:
         fa.set_num_threads(0)

@@ -187,3 +187,38 @@ def test_portable_and_simd_agree(rng, monkeypatch):
     monkeypatch.delenv("FLASH_ATTN_CY_CPU_ISA")
     b = fa.flash_attn_func(q, k, v, backend="cpu")
     np.testing.assert_allclose(a, b, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("sq", [1, 20])  # 1: decode row kernels; 20: lane-layout kernels (vdpbf16ps for bf16)
+def test_output_rounding_is_round_to_nearest_even(rng, isa, dtype, sq):
+    # q = 0 makes both keys equally likely: out = (v0 + v1) / 2, one fp32 rounding, so the only other rounding is the
+    # final fp32 -> dtype conversion, which must match NumPy / ml_dtypes round-to-nearest-even bit for bit
+    # (halfway cases, overflow to inf included).
+    dt = DTYPES[dtype]
+    nheads, d = 64, 64
+    bits = rng.integers(0, 1 << 16, size=(1, 2, nheads, d), dtype=np.uint16)
+    v = bits.view(dt).astype(np.float32)
+    # finite inputs; bf16 also without subnormals, which vdpbf16ps treats as zero (denormals-are-zero)
+    keep = np.isfinite(v) & ((np.abs(v) >= 2.0 ** -100) if dtype == "bf16" else True)
+    v = np.where(keep, v, 0.0).astype(dt)
+    q = np.zeros((1, sq, nheads, d), dt)
+    k = randn(rng, (1, 2, nheads, d), dtype)
+    out = fa.flash_attn_func(q, k, v, backend="cpu")
+    with np.errstate(over="ignore"):
+        expect = ((v[:, 0].astype(np.float32) + v[:, 1].astype(np.float32)) * np.float32(0.5)).astype(dt)
+    for i in range(sq):
+        np.testing.assert_array_equal(out[:, i].view(np.uint16), expect.view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("hq,hk,sq", [(4, 4, 1), (6, 3, 2), (4, 1, 1), (3, 3, 4)])
+def test_split_decode_long_cache_with_features(rng, dtype, hq, hk, sq):
+    # <= 4 query rows per KV head: key splits over all heads, merged by LSE; features must survive the split.
+    sk = 1900
+    q = randn(rng, (2, sq, hq, 64), dtype)
+    k = randn(rng, (2, sk, hk, 64), dtype)
+    v = randn(rng, (2, sk, hk, 64), dtype)
+    _check(q, k, v, dtype)
+    _check(q, k, v, dtype, causal=True, window_size=(700, 0), softcap=6.0,
+           alibi_slopes=(rng.random((2, hq)) * 0.01).astype(np.float32))

@@ -274,6 +274,30 @@ def test_varlen_through_bert_padding_matches_dense_per_sequence():
         _check(out[b:b + 1, rows], q[b:b + 1, rows], k[b:b + 1, rows], v[b:b + 1, rows], causal=True)
 
 
+def test_varlen_with_block_table_reads_a_paged_cache():
+    g = torch.Generator().manual_seed(6)
+    h, hk, d, page = 4, 2, 32, 16
+    lengths_q, lengths_k = [3, 5], [21, 40]
+    q = torch.randn(sum(lengths_q), h, d, generator=g, dtype=torch.float16)
+    k_dense = [torch.randn(n, hk, d, generator=g, dtype=torch.float16) for n in lengths_k]
+    v_dense = [torch.randn(n, hk, d, generator=g, dtype=torch.float16) for n in lengths_k]
+    # scatter each sequence's keys into non-consecutive physical pages
+    block_table = torch.tensor([[5, 1, 0], [2, 6, 3]], dtype=torch.int32)
+    k_cache = torch.zeros(7, page, hk, d, dtype=torch.float16)
+    v_cache = torch.zeros(7, page, hk, d, dtype=torch.float16)
+    for b, n in enumerate(lengths_k):
+        for i in range(n):
+            k_cache[block_table[b, i // page], i % page] = k_dense[b][i]
+            v_cache[block_table[b, i // page], i % page] = v_dense[b][i]
+    cu_q = torch.tensor([0, 3, 8], dtype=torch.int32)
+    cu_k = torch.tensor([0, 21, 61], dtype=torch.int32)
+    out = fai.flash_attn_varlen_func(q, k_cache, v_cache, cu_q, cu_k, 5, 40, causal=True, block_table=block_table)
+    assert out.shape == q.shape and out.dtype == torch.float16
+    for b in range(2):
+        rows = slice(int(cu_q[b]), int(cu_q[b + 1]))
+        _check(out[rows][None], q[rows][None], k_dense[b][None], v_dense[b][None], causal=True)
+
+
 def test_with_kvcache_appends_in_place_and_attends():
     g = torch.Generator().manual_seed(5)
     batch, cap, h, hk, d = 2, 64, 4, 1, 32

@@ -69,6 +69,10 @@ def kv_reference(q, k_cache, v_cache, k=None, v=None, *, cos=None, sin=None, seq
             dst = rows(n0 + np.arange(snew))
             kc[dst], vc[dst] = kn, vn
         src = rows(np.arange(start, n0 + snew))
+        if src[0].size == 0:  # no key at all: zeros and +inf (flash_attn); the reference needs >= 1 key
+            outs.append(np.zeros(qb.shape, np.float32 if lowp else np.float64))
+            lses.append(np.full((qb.shape[1], sq), np.inf, np.float32 if lowp else np.float64))
+            continue
         o, lse = R.attention_ref(qb[None], kc[src][None], vc[src][None], causal=causal, window_size=window_size,
                                  compute_dtype=compute_dtype, return_lse=True,
                                  **{key: (val[b] if key == "alibi_slopes" and np.ndim(val) == 2 else val)

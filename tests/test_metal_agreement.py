@@ -107,7 +107,32 @@ def test_dropout_same_mask_on_both(rng):
     assert np.max(np.abs(other - outs[0])) > 1e-2  # a different seed drops different entries
 
 
-def test_attn_probs_with_dropout_is_unsupported_on_sim(rng):
-    q = rand(rng, (1, 8, 1, 32), "fp32")
-    with pytest.raises(NotImplementedError, match="attn_probs"):
-        fa.flash_attn_func(q, q, q, dropout_p=0.1, return_attn_probs=True, backend="sim", seed=1)
+@pytest.mark.parametrize("window,softcap,alibi", [((-1, 0), 0.0, False), ((5, 2), 3.0, True)])
+def test_attn_probs_debug_output(window, softcap, alibi, rng):
+    """return_attn_probs with dropout: probabilities (dropped ones negated) equal on sim and cpu, and equal to the
+    reference softmax with the documented Philox mask."""
+    from test_metal_support import dropout_keep_mask
+
+    q, k, v = rand(rng, (2, 13, 3, 40), "fp16"), rand(rng, (2, 21, 3, 40), "fp16"), rand(rng, (2, 21, 3, 40), "fp16")
+    kw = dict(dropout_p=0.3, window_size=window, softcap=softcap, return_attn_probs=True, seed=(77, 5))
+    if alibi:
+        kw["alibi_slopes"] = rng.uniform(0.1, 1.0, size=(3,)).astype(np.float32)
+    probs = {b: np.asarray(fa.flash_attn_func(q, k, v, backend=b, **kw)[2]) for b in ("sim", "cpu")}
+    keep = dropout_keep_mask(77, 5, 2, 3, 13, 21, 0.3)
+    ref = np.zeros((2, 3, 13, 21))
+    s64 = np.einsum("bihd,bjhd->bhij", to_float64(q), to_float64(k)) / np.sqrt(40)
+    if softcap:
+        s64 = softcap * np.tanh(s64 / softcap)
+    i, j = np.arange(13)[:, None], np.arange(21)[None, :]
+    if alibi:
+        s64 = s64 - kw["alibi_slopes"][None, :, None, None] * np.abs(i + 8 - j)
+    vis = (j >= i + 8 - window[0]) if window[0] >= 0 else np.ones((13, 21), bool)
+    vis = vis & ((j <= i + 8 + window[1]) if window[1] >= 0 else True)
+    s64 = np.where(vis, s64, -np.inf)
+    ref = np.exp(s64 - s64.max(-1, keepdims=True))
+    ref = ref / ref.sum(-1, keepdims=True)
+    ref = np.where(keep, ref, -ref)
+    for backend, got in probs.items():
+        assert got.shape == ref.shape
+        assert np.array_equal(got < 0, (ref < 0)), backend  # the same dropped entries (visible ones)
+        assert np.max(np.abs(got - ref)) < 1e-5, backend

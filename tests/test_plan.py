@@ -144,16 +144,19 @@ def test_gqa_packs_short_queries(rng):
     assert att["attention"]["pack"] == 4 and att["grid"] == [1, 2, 1]
 
 
-def test_attn_probs_unsupported_on_sim(rng):
-    from flash_attn_cy import _core
-    from test_metal_support import host_view, dtype_name
-
-    q = rand(rng, (1, 4, 1, 32), "fp32")
-    out = np.zeros_like(q)
-    probs = np.zeros((1, 1, 4, 4), np.float32)
-    with pytest.raises(NotImplementedError, match="attn_probs"):
-        _core.describe_plan("forward", "sim", dtype_name(q.dtype), host_view(q), host_view(q), host_view(q),
-                            host_view(out), None, softmax_scale=0.5, attn_probs=probs, dropout_p=0.1)
+def test_attn_probs_adds_the_debug_launch(rng):
+    q = rand(rng, (2, 4, 3, 32), "fp32")
+    k = rand(rng, (2, 100, 3, 32), "fp32")
+    probs = np.zeros((2, 3, 4, 100), np.float32)
+    plan = describe_forward(q, k, k, lse_shape=(2, 3, 4), attn_probs=probs, dropout_p=0.1, num_splits=2)
+    _check_common(plan)
+    kernels = [l["kernel"] for l in plan["launches"]]
+    assert kernels[-1] == "fa_probs_f32" and "fa_merge_f32" in kernels
+    last = plan["launches"][-1]
+    assert last["grid"] == [4, 3, 2]
+    assert plan["buffer_bytes"]["attn_probs"] == probs.nbytes
+    assert "attn_probs" in {b["buffer"] for b in last["bindings"]}
+    assert "fa_probs_f32" not in [l["kernel"] for l in describe_forward(q, k, k, lse_shape=(2, 3, 4))["launches"]]
 
 
 def _describe_kvcache(q, kc, vc, knew, vnew, **options):
@@ -178,8 +181,8 @@ def test_kvcache_append_plan(paged, rng):
     else:
         kc = rand(rng, (b, cap, hkv, d), "fp16")
     cos = np.ones((cap, 8), np.float16)
-    plan = _describe_kvcache(q, kc, kc.copy(), knew, vnew, rotary_cos=cos.view(np.uint16), rotary_sin=cos.view(np.uint16),
-                             rotate_q_causal=True,
+    cos16 = cos.view(np.uint16)  # 16-bit tables travel as their bits, like q/k/v
+    plan = _describe_kvcache(q, kc, kc.copy(), knew, vnew, rotary_cos=cos16, rotary_sin=cos16, rotate_q_causal=True,
                              **opts)
     _check_common(plan)
     assert plan["nlaunches"] == 1

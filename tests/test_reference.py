@@ -137,6 +137,22 @@ def test_varlen_equals_dense_per_sequence(rng):
         np.testing.assert_array_equal(lse[:, cq[b]:cq[b + 1]], l[0])
 
 
+def test_sequences_without_keys(rng):
+    q = rng.standard_normal((5, 2, 4))
+    k = rng.standard_normal((3, 2, 4))
+    cq, ck = np.array([0, 2, 5], np.int32), np.array([0, 0, 3], np.int32)
+    out, lse = attention_ref(q, k, k, cu_seqlens_q=cq, cu_seqlens_k=ck, return_lse=True)
+    assert np.all(out[:2] == 0) and np.all(np.isposinf(lse[:, :2])) and np.all(np.isfinite(lse[:, 2:]))
+    t_out, t_lse = attention_ref_torch(*(torch.from_numpy(x) for x in (q, k, k)), cu_seqlens_q=cq, cu_seqlens_k=ck,
+                                       return_lse=True)
+    np.testing.assert_allclose(t_out.numpy(), out, atol=1e-12)
+    np.testing.assert_array_equal(np.isinf(t_lse.numpy()), np.isinf(lse))
+    # a KV cache that is empty and gets no new rows
+    o, l, _, _ = kvcache_ref(rng.standard_normal((1, 2, 2, 4)), np.zeros((1, 8, 2, 4)), np.zeros((1, 8, 2, 4)),
+                             cache_seqlens=0, return_lse=True)
+    assert np.all(o == 0) and np.all(np.isposinf(l))
+
+
 def test_seqused_k_ignores_tail(rng):
     q = rng.standard_normal((2, 3, 2, 4))
     k, v = rng.standard_normal((2, 2, 10, 2, 4))
@@ -277,3 +293,28 @@ def test_kvcache_append_then_attend(rng, paged):
         qrot = _rotate_loop(q[bb], np.cos(ang), np.sin(ang), pos, True)
         want, _ = loop_attention(qrot, keys, vals, scale=d ** -0.5, causal=True)
         np.testing.assert_allclose(out[bb], want, rtol=1e-12, atol=1e-12)
+
+
+def test_kvcache_leftpad_and_batch_idx(rng):
+    """cache_seqlens counts from row 0 (leftpad included); keys before the leftpad are ignored; rotary positions are
+    absolute cache rows (flash_attn 2.x adds leftpad_k to its cos/sin row); cache_batch_idx picks the cache row."""
+    b, sq, h, d, cap, snew = 2, 2, 2, 6, 24, 2
+    q = rng.standard_normal((b, sq, h, d))
+    kc, vc = rng.standard_normal((2, 3, cap, h, d))
+    knew, vnew = rng.standard_normal((2, b, snew, h, d))
+    lens, leftpad, bidx = np.array([9, 15]), np.array([4, 0]), np.array([2, 0])
+    ang = rng.uniform(0, 3, size=(cap, 3))
+    out, k2, v2 = kvcache_ref(q, kc, vc, knew, vnew, rotary_cos=np.cos(ang), rotary_sin=np.sin(ang),
+                              cache_seqlens=lens, cache_leftpad=leftpad, cache_batch_idx=bidx, causal=True,
+                              rotary_interleaved=False)
+    for bb in range(b):
+        n, lp, row = lens[bb], leftpad[bb], bidx[bb]
+        pos = n + np.arange(snew)
+        krot = _rotate_loop(knew[bb], np.cos(ang), np.sin(ang), pos, False)
+        np.testing.assert_allclose(k2[row, n:n + snew], krot, rtol=1e-14)
+        keys = np.concatenate([kc[row, lp:n], krot])
+        vals = np.concatenate([vc[row, lp:n], vnew[bb]])
+        qrot = _rotate_loop(q[bb], np.cos(ang), np.sin(ang), pos, False)
+        want, _ = loop_attention(qrot, keys, vals, scale=d ** -0.5, causal=True)
+        np.testing.assert_allclose(out[bb], want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(k2[1], kc[1])  # the unused cache row is untouched

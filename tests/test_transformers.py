@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -234,9 +231,62 @@ def test_attention_function_layout_and_window_mapping():
     assert torch.allclose(out, expected, atol=1e-5, rtol=0)
 
 
-def test_importing_flash_attn_cy_does_not_import_transformers():
-    code = "import sys, flash_attn_cy; print('transformers' in sys.modules)"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ),
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "False"
+def _eager_rows(q, k, v, mask, scaling, window=None):
+    """float64 attention of [b, h, q_len, d] queries (the LAST q_len positions) over each row's valid keys."""
+    b, h, q_len, _ = q.shape
+    group = h // k.shape[1]
+    out = torch.zeros(b, q_len, h, q.shape[-1], dtype=torch.float64)
+    for r in range(b):
+        keys = torch.nonzero(mask[r]).flatten()
+        kr, vr = (x[r].double().repeat_interleave(group, 0)[:, keys] for x in (k, v))
+        qpos = torch.arange(mask.shape[1] - q_len, mask.shape[1])
+        scores = (q[r].double() @ kr.transpose(-1, -2)) * scaling
+        ok = keys[None, :] <= qpos[:, None]
+        if window is not None:
+            ok &= keys[None, :] > qpos[:, None] - window
+        probs = scores.masked_fill(~ok, float("-inf")).softmax(-1).nan_to_num(0.0)
+        out[r] = (probs @ vr).transpose(0, 1)
+    return out
+
+
+@pytest.mark.parametrize("q_len", [1, 3])
+def test_decode_on_left_padded_cache_reads_the_cache_in_place(monkeypatch, q_len):
+    class Module(torch.nn.Module):
+        is_causal = True
+
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(3, 4, q_len, 32, generator=g)
+    k = torch.randn(3, 2, 21, 32, generator=g)
+    v = torch.randn(3, 2, 21, 32, generator=g)
+    mask = torch.ones(3, 21, dtype=torch.long)
+    mask[1, :5] = 0
+    mask[2, :19] = 0   # fewer tokens than a 3-token chunk: its first query row is a pad (zeros)
+
+    def not_expected(*args, **kwargs):
+        raise AssertionError("a left-padded decode step must not pack the cache through the varlen path")
+
+    monkeypatch.setattr(flash_attn_cy, "flash_attn_varlen_func", not_expected)
+    for window in (None, 4):
+        out, _ = ti.flash_attn_cy_attention_forward(Module(), q, k, v, mask, scaling=0.2, sliding_window=window)
+        expected = _eager_rows(q, k, v, mask, 0.2, window)
+        assert out.shape == (3, q_len, 4, 32)
+        assert torch.allclose(out.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_decode_with_a_hole_in_the_mask_takes_the_varlen_path(monkeypatch):
+    class Module(torch.nn.Module):
+        is_causal = True
+
+    g = torch.Generator().manual_seed(8)
+    q = torch.randn(2, 4, 1, 16, generator=g)
+    k = torch.randn(2, 4, 9, 16, generator=g)
+    v = torch.randn(2, 4, 9, 16, generator=g)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[0, 3] = 0   # not left padding
+
+    def not_expected(*args, **kwargs):
+        raise AssertionError("cache_leftpad cannot express a hole in the mask")
+
+    monkeypatch.setattr(flash_attn_cy, "flash_attn_with_kvcache", not_expected)
+    out, _ = ti.flash_attn_cy_attention_forward(Module(), q, k, v, mask, scaling=0.25)
+    assert torch.allclose(out.double(), _eager_rows(q, k, v, mask, 0.25), atol=1e-5, rtol=0)

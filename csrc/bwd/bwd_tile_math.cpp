@@ -47,33 +47,48 @@ FA_BWD_INLINE void matmul_nt_body(const A *__restrict a, int n, const A *__restr
     }
 }
 
+// The accumulations keep a chunk of kChunk output elements in registers while the (non-zero) coefficients stream
+// by, instead of reloading and storing the destination for every multiply-add.
+constexpr int kChunk = 32;
+
+// dst[:n] += sum_t w_t * src_t[:n] over the terms t whose weight is non-zero; weights[t * wstride], src_t at
+// src + t * sstride. Terms are summed in increasing t for every element (the same order in every chunk).
 template <typename A>
-FA_BWD_INLINE void accumulate_tn_body(A *__restrict acc, const A *__restrict coef, const A *__restrict x, int nrows,
-                                      int ncols, int n) {
-    for (int c = 0; c < ncols; ++c) {
-        A *dst = acc + (size_t)c * n;
-        for (int r = 0; r < nrows; ++r) {
-            const A w = coef[(size_t)r * kBlockK + c];
+FA_BWD_INLINE void weighted_rows_body(A *__restrict dst, const A *__restrict weights, int wstride,
+                                      const A *__restrict src, int sstride, int nterms, int n) {
+    int e0 = 0;
+    for (; e0 + kChunk <= n; e0 += kChunk) {
+        A acc[kChunk];
+        for (int e = 0; e < kChunk; ++e) acc[e] = dst[e0 + e];
+        for (int t = 0; t < nterms; ++t) {
+            const A w = weights[(size_t)t * wstride];
             if (w == A(0)) continue;  // masked or dropped: common on boundary tiles
-            const A *src = x + (size_t)r * n;
-            for (int e = 0; e < n; ++e) dst[e] += w * src[e];
+            const A *x = src + (size_t)t * sstride + e0;
+            for (int e = 0; e < kChunk; ++e) acc[e] += w * x[e];
+        }
+        for (int e = 0; e < kChunk; ++e) dst[e0 + e] = acc[e];
+    }
+    if (e0 < n) {  // tail of a head dim that is not a multiple of kChunk
+        for (int t = 0; t < nterms; ++t) {
+            const A w = weights[(size_t)t * wstride];
+            if (w == A(0)) continue;
+            const A *x = src + (size_t)t * sstride;
+            for (int e = e0; e < n; ++e) dst[e] += w * x[e];
         }
     }
 }
 
 template <typename A>
+FA_BWD_INLINE void accumulate_tn_body(A *__restrict acc, const A *__restrict coef, const A *__restrict x, int nrows,
+                                      int ncols, int n) {
+    for (int c = 0; c < ncols; ++c) weighted_rows_body(acc + (size_t)c * n, coef + c, kBlockK, x, n, nrows, n);
+}
+
+template <typename A>
 FA_BWD_INLINE void accumulate_nn_body(A *__restrict acc, const A *__restrict coef, const A *__restrict y, int nrows,
                                       int ncols, int n) {
-    for (int r = 0; r < nrows; ++r) {
-        A *dst = acc + (size_t)r * n;
-        const A *cr = coef + (size_t)r * kBlockK;
-        for (int c = 0; c < ncols; ++c) {
-            const A w = cr[c];
-            if (w == A(0)) continue;
-            const A *src = y + (size_t)c * n;
-            for (int e = 0; e < n; ++e) dst[e] += w * src[e];
-        }
-    }
+    for (int r = 0; r < nrows; ++r)
+        weighted_rows_body(acc + (size_t)r * n, coef + (size_t)r * kBlockK, 1, y, n, ncols, n);
 }
 
 // exp(x) = 2^k * exp(r), k = round(x / ln 2), r = x - k ln 2 split in two constants (Cody and Waite), exp(r) by the

@@ -6,16 +6,23 @@
 //   dV  += Pdᵀ dO,  dPd = dO Vᵀ,  dS = P * (dPd * dropout_mask / (1 - p) - D)
 //   dX   = dS * scale * (1 - tanh²) under softcap  (gradient with respect to the raw product q·k)
 //   dK  += dXᵀ Q                                   pass 1: one work item per (batch, kv head, key block)
-//   dQ  += dX K                                    pass 2: one work item per (batch, q head, query block)
+//   dQ  += dX K                                    pass 1 (per-thread partials), or pass 2 when deterministic:
+//                                                  one work item per (batch, q head, query block)
 // D is the right correction with dropout too because O already contains the dropped, rescaled P.
 //
-// Work items run on the CPU backend's pool (csrc/cpu/thread_pool.h). Every work item owns the output rows it writes
-// and sums in a fixed order, so results never depend on the thread schedule: the backward is always deterministic (fa_params.deterministic costs nothing here). The price is that
-// pass 2 recomputes S and dPd (7 tile products instead of 5); in exchange there are no atomics, no per-thread dQ
-// copies and no reduction. Extra memory: D (one value per query row and head) plus a few tiles per worker.
+// Work items run on the CPU backend's pool (csrc/cpu/thread_pool.h). Two schedules:
+// - deterministic (fa_params.deterministic = 1): every work item owns the output rows it writes and sums in a fixed
+//   order, so the bits never depend on the thread count or schedule. Pass 2 recomputes S and dPd for dQ (7 tile
+//   products instead of 5); no atomics, no copies of dQ. Extra memory: D per query row and head, tiles per thread.
+// - default: pass 1 also accumulates dQ into one fp32 partial copy per thread, summed at the end (5 products; the
+//   summation order of dQ depends on the schedule, as flash_attn's deterministic=False allows). Extra memory: one
+//   dQ-sized fp32 buffer per thread, capped (above the cap the deterministic schedule runs).
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
 #include <new>
 #include <vector>
 
@@ -127,14 +134,22 @@ public:
                 refine_lse_block(rest / p_->nheads_q, rest % p_->nheads_q, qb, workspace());
             }, threads);
         }
+        single_pass_ = use_single_pass(threads);
         ok = ok && fa_cpu::parallel_for(items1, [&](int64_t item) {
             const int64_t kb = item % nkb, rest = item / nkb;
             dkdv_block(rest / p_->nheads_kv, rest % p_->nheads_kv, kb, workspace());
         }, threads);
-        ok = ok && fa_cpu::parallel_for(items2, [&](int64_t item) {
-            const int64_t qb = item % nqb, rest = item / nqb;
-            dq_block(rest / p_->nheads_q, rest % p_->nheads_q, qb, workspace());
-        }, threads);
+        if (single_pass_) {
+            ok = ok && fa_cpu::parallel_for(items2, [&](int64_t item) {
+                const int64_t qb = item % nqb, rest = item / nqb;
+                store_dq_from_partials(rest / p_->nheads_q, rest % p_->nheads_q, qb);
+            }, threads);
+        } else {
+            ok = ok && fa_cpu::parallel_for(items2, [&](int64_t item) {
+                const int64_t qb = item % nqb, rest = item / nqb;
+                dq_block(rest / p_->nheads_q, rest % p_->nheads_q, qb, workspace());
+            }, threads);
+        }
         if (ok) zero_unowned_packed_rows();
         return ok;
     }
@@ -344,7 +359,8 @@ private:
         std::fill(dk, dk + (size_t)kBlockK * d_, A(0));
         std::fill(dv, dv + (size_t)kBlockK * dv_, A(0));
         if (nk > 0 && g.sq > 0) {
-            load_key_tile(b, g, hk, j0, nk, false, w);
+            load_key_tile(b, g, hk, j0, nk, single_pass_, w);
+            A *dq_part = single_pass_ ? dq_partials() : nullptr;
             const int64_t ilo = window_.row_lo(j0, g), ihi = window_.row_hi(j0 + nk, g);
             for (int64_t h = hk * group_; h < (hk + 1) * group_; ++h) {
                 for (int64_t i0 = ilo; i0 <= ihi; i0 += kBlockQ) {
@@ -353,6 +369,9 @@ private:
                     if (!score_gradients(b, h, g, i0, nq, j0, nk, w)) continue;
                     tile_accumulate_tn(dv, w.s.data(), w.dout.data(), nq, nk, dv_);  // dV += Pdᵀ dO
                     tile_accumulate_tn(dk, w.dp.data(), w.q.data(), nq, nk, d_);     // dK += dXᵀ Q
+                    if (dq_part)  // dQ += dX K into this thread's partial sums (rows are contiguous there)
+                        tile_accumulate_nn(dq_part + (size_t)partial_row(b, g, i0, h) * d_, w.dp.data(),
+                                           w.k_rows.data(), nq, nk, d_);
                 }
             }
         }
@@ -361,6 +380,52 @@ private:
             T *dvr = k_side(p_->dv, b, g, j0 + c, hk);
             for (int e = 0; e < d_; ++e) elem<T, A>::store(dkr + e, dk[(size_t)c * d_ + e]);
             for (int e = 0; e < dv_; ++e) elem<T, A>::store(dvr + e, dv[(size_t)c * dv_ + e]);
+        }
+    }
+
+    // ---- single pass (deterministic == 0): dQ from per-thread partial sums ----
+    // Saves pass 2's recomputation of S and dPd (5 tile products instead of 7) at the price of one fp32 copy of dQ
+    // per thread, summed at the end in thread-arrival order: the bits may then differ from run to run, which is what
+    // flash_attn's deterministic=False allows. deterministic=1 (or too little memory) keeps the two-pass schedule.
+    bool use_single_pass(int threads) const {
+        if (p_->deterministic) return false;
+        const int n = threads > 0 ? threads : fa_cpu::pool_num_threads();
+        const double bytes = (double)n * (double)p_->nheads_q * (double)q_rows_ * d_ * sizeof(A);
+        return bytes <= kMaxPartialBytes;
+    }
+    static constexpr double kMaxPartialBytes = 256.0 * 1024 * 1024;
+
+    // Row index of (b, h, row i) in a [nheads_q][q rows][d] partial buffer.
+    int64_t partial_row(int64_t b, const SeqGeometry &g, int64_t i, int64_t h) const {
+        const int64_t r = packed_q_ ? g.q_row0 + i : b * p_->seqlen_q + i;
+        return h * q_rows_ + r;
+    }
+
+    // The calling thread's zeroed partial dQ buffer for this call (registered on first use).
+    A *dq_partials() {
+        std::lock_guard<std::mutex> lock(partials_mutex_);
+        const std::thread::id me = std::this_thread::get_id();
+        for (size_t i = 0; i < partial_owner_.size(); ++i)
+            if (partial_owner_[i] == me) return partials_[i].data();
+        partials_.emplace_back((size_t)p_->nheads_q * (size_t)q_rows_ * (size_t)d_, A(0));
+        partial_owner_.push_back(me);
+        return partials_.back().data();
+    }
+
+    // dQ rows of query block qb of head h: the sum of every thread's partials.
+    void store_dq_from_partials(int64_t b, int64_t h, int64_t qb) {
+        const SeqGeometry g = sequence_geometry(p_, b);
+        const int64_t i0 = qb * kBlockQ;
+        if (i0 >= g.sq) return;
+        const int nq = (int)std::min<int64_t>(kBlockQ, g.sq - i0);
+        for (int r = 0; r < nq; ++r) {
+            const size_t at = (size_t)partial_row(b, g, i0 + r, h) * d_;
+            T *out = q_side(p_->dq, b, g, i0 + r, h);
+            for (int e = 0; e < d_; ++e) {
+                A sum = A(0);
+                for (const auto &part : partials_) sum += part[at + e];
+                elem<T, A>::store(out + e, sum);
+            }
         }
     }
 
@@ -420,6 +485,10 @@ private:
     A keep_scale_ = 1;
     int64_t q_rows_ = 0, max_sq_ = 0, max_sk_ = 0;
     std::vector<A> delta_;     // [nheads_q][q rows]: D = rowsum(dO * O)
+    bool single_pass_ = false; // dQ accumulated in pass 1 (see use_single_pass)
+    std::mutex partials_mutex_;
+    std::deque<std::vector<A>> partials_;      // per-thread [nheads_q][q rows][d] dQ partial sums
+    std::vector<std::thread::id> partial_owner_;
     bool refine_lse_ = false;  // fp64: recompute the LSE in double (refine_lse_block)
     std::vector<A> lse_fine_;  // [nheads_q][q rows]: the refined LSE, empty unless refine_lse_
 };

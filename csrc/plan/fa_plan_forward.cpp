@@ -3,6 +3,7 @@
 // Launch 1: fa_fwd_<t>_d<BD> (prefill, 32-row tiles) or fa_dec_<t>_d<BD> (at most 8 packed query rows per head
 // block), grid (query tiles, head blocks, batch * num_splits). Launch 2 (only when the keys are split): fa_merge_<t>,
 // grid (seqlen_q, nheads_q, batch), which combines the partials in SCRATCH0 (O, fp32) and SCRATCH1 (LSE, fp32).
+// Last, only for return_attn_probs: fa_probs_<t> writes the probabilities (debug output, recomputes the scores).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -16,6 +17,7 @@ namespace {
 
 using faplan::fail;
 using faplan::view_extent;
+using faplan::has_tensor;
 
 constexpr int kAutoSplitTargetThreadgroups = 128;  // enough threadgroups to fill an M-series GPU (8..76 cores)
 constexpr int kMinKeysPerSplit = 256;  // auto: shorter splits cost more in launches and merging than they win
@@ -40,6 +42,40 @@ int choose_splits(const fa_params *p, int64_t blocks, int key_tiles, int bk, int
     return std::max(s, 1);
 }
 
+// Debug launch for return_attn_probs: fa_probs_<t>, one threadgroup per (query row, head, batch). Independent of
+// the attention launch (it recomputes the scores), so its position in the plan does not matter.
+void add_probs_launch(const fa_params *p, const fa_fwd_params &k, const char *tag, fa_plan *out) {
+    char name[FA_PLAN_KERNEL_NAME_LEN];
+    std::snprintf(name, sizeof(name), "fa_probs_%s", tag);
+    const uint32_t grid[3] = {uint32_t(p->seqlen_q), uint32_t(p->nheads_q), uint32_t(p->batch)};
+    const uint32_t threads[3] = {FA_PROBS_THREADS, 1, 1};
+    fa_launch *l = &out->launches[out->nlaunches++];
+    faplan::launch_init(l, name, grid, threads, uint32_t(FA_PROBS_THREADS / FA_SIMD_WIDTH * 4));
+    const struct {
+        int index;
+        fa_buffer_id buffer;
+    } binds[] = {
+        {FA_FWD_BUF_Q, FA_BUF_Q},
+        {FA_FWD_BUF_K, FA_BUF_K},
+        {FA_FWD_BUF_ALIBI, FA_BUF_ALIBI},
+        {FA_FWD_BUF_CU_SEQLENS_Q, FA_BUF_CU_SEQLENS_Q},
+        {FA_FWD_BUF_CU_SEQLENS_K, FA_BUF_CU_SEQLENS_K},
+        {FA_FWD_BUF_SEQUSED_K, FA_BUF_SEQUSED_K},
+        {FA_FWD_BUF_LEFTPAD_K, FA_BUF_LEFTPAD_K},
+        {FA_FWD_BUF_CACHE_BATCH_IDX, FA_BUF_CACHE_BATCH_IDX},
+        {FA_FWD_BUF_BLOCK_TABLE, FA_BUF_BLOCK_TABLE},
+        {FA_FWD_BUF_ATTN_PROBS, FA_BUF_ATTN_PROBS},
+    };
+    int indices[sizeof(binds) / sizeof(binds[0])];
+    int n = 0;
+    for (const auto &b : binds) {
+        indices[n++] = b.index;
+        if (out->buffer_bytes[b.buffer] > 0) faplan::launch_bind(l, b.index, b.buffer);
+    }
+    faplan::launch_bind_unused(out, l, indices, n);
+    faplan::launch_constants(l, FA_FWD_BUF_PARAMS, &k, sizeof(k));
+}
+
 }  // namespace
 
 int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) {
@@ -54,9 +90,6 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     if (p->nheads_q < 1 || p->nheads_kv < 1 || p->nheads_q % p->nheads_kv != 0)
         return fail(err, errlen, FA_ERR_VALUE, "nheads: nheads_q (%d) must be a positive multiple of nheads_kv (%d)",
                     p->nheads_q, p->nheads_kv);
-    if (p->attn_probs)
-        return fail(err, errlen, FA_ERR_UNSUPPORTED,
-                    "return_attn_probs: the Metal kernels never materialise the probabilities; use backend='cpu'");
     if (!(p->dropout_p >= 0.0f && p->dropout_p < 1.0f))
         return fail(err, errlen, FA_ERR_VALUE, "dropout_p: expected 0 <= p < 1, got %g", double(p->dropout_p));
     if (p->block_table && p->page_block_size < 1)
@@ -107,6 +140,9 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     k.partial_rows = q_rows;
     k.dropout_seed = p->dropout_seed;
     k.dropout_offset = p->dropout_offset;
+    k.probs_batch_stride = p->attn_probs_batch_stride;
+    k.probs_head_stride = p->attn_probs_head_stride;
+    k.probs_row_stride = p->attn_probs_row_stride;
     k.batch = p->batch;
     k.seqlen_q = p->seqlen_q;
     k.seqlen_k = p->seqlen_k;
@@ -128,8 +164,8 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
         k.dropout_scale = 1.0f / (1.0f - p->dropout_p);
     }
     uint32_t flags = 0;
-    if (p->lse) flags |= FA_FLAG_LSE;
-    if (p->alibi_slopes) flags |= FA_FLAG_ALIBI;
+    if (has_tensor(p, p->lse, FA_BUF_LSE)) flags |= FA_FLAG_LSE;
+    if (has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI)) flags |= FA_FLAG_ALIBI;
     if (varlen_q) flags |= FA_FLAG_VARLEN_Q;
     if (varlen_k) flags |= FA_FLAG_VARLEN_K;
     if (p->seqused_k) flags |= FA_FLAG_SEQUSED_K;
@@ -149,13 +185,13 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     if (varlen_q) {
         bytes[FA_BUF_Q] = view_extent(1, 0, p->total_q, p->q.row_stride, p->nheads_q, p->q.head_stride, d) * eb;
         bytes[FA_BUF_OUT] = view_extent(1, 0, p->total_q, p->out.row_stride, p->nheads_q, p->out.head_stride, d) * eb;
-        if (p->lse) bytes[FA_BUF_LSE] = view_extent(1, 0, p->nheads_q, p->lse_head_stride, p->total_q, p->lse_row_stride, 1) * 4;
+        if (has_tensor(p, p->lse, FA_BUF_LSE)) bytes[FA_BUF_LSE] = view_extent(1, 0, p->nheads_q, p->lse_head_stride, p->total_q, p->lse_row_stride, 1) * 4;
     } else {
         bytes[FA_BUF_Q] = view_extent(p->batch, p->q.batch_stride, p->seqlen_q, p->q.row_stride, p->nheads_q,
                                       p->q.head_stride, d) * eb;
         bytes[FA_BUF_OUT] = view_extent(p->batch, p->out.batch_stride, p->seqlen_q, p->out.row_stride, p->nheads_q,
                                         p->out.head_stride, d) * eb;
-        if (p->lse)
+        if (has_tensor(p, p->lse, FA_BUF_LSE))
             bytes[FA_BUF_LSE] = view_extent(p->batch, p->lse_batch_stride, p->nheads_q, p->lse_head_stride,
                                             p->seqlen_q, p->lse_row_stride, 1) * 4;
     }
@@ -174,7 +210,7 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     const int64_t vbs = varlen_k && !p->block_table ? 0 : p->v.batch_stride;
     bytes[FA_BUF_K] = view_extent(kv_outer, kbs, kv_rows, p->k.row_stride, p->nheads_kv, p->k.head_stride, d) * eb;
     bytes[FA_BUF_V] = view_extent(kv_outer, vbs, kv_rows, p->v.row_stride, p->nheads_kv, p->v.head_stride, d) * eb;
-    if (p->alibi_slopes)
+    if (has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI))
         bytes[FA_BUF_ALIBI] = (int64_t(p->batch - 1) * p->alibi_batch_stride + p->nheads_q) * 4;
     if (varlen_q) bytes[FA_BUF_CU_SEQLENS_Q] = int64_t(p->batch + 1) * 4;
     if (varlen_k) bytes[FA_BUF_CU_SEQLENS_K] = int64_t(p->batch + 1) * 4;
@@ -183,6 +219,9 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     if (p->cache_batch_idx) bytes[FA_BUF_CACHE_BATCH_IDX] = int64_t(p->batch) * 4;
     if (p->block_table)
         bytes[FA_BUF_BLOCK_TABLE] = (int64_t(p->batch - 1) * p->block_table_batch_stride + p->max_blocks_per_seq) * 4;
+    if (has_tensor(p, p->attn_probs, FA_BUF_ATTN_PROBS))
+        bytes[FA_BUF_ATTN_PROBS] = view_extent(p->batch, p->attn_probs_batch_stride, p->nheads_q, p->attn_probs_head_stride,
+                                               p->seqlen_q, p->attn_probs_row_stride, p->seqlen_k) * 4;
     if (splits > 1) {
         out->scratch_bytes[0] = int64_t(splits) * p->nheads_q * q_rows * d * 4;  // O partials
         out->scratch_bytes[1] = int64_t(splits) * p->nheads_q * q_rows * 4;      // LSE partials
@@ -227,7 +266,10 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
                                       FA_FWD_BUF_BLOCK_TABLE, FA_FWD_BUF_O_PARTIAL, FA_FWD_BUF_LSE_PARTIAL};
     faplan::launch_bind_unused(out, att, att_indices, int(sizeof(att_indices) / sizeof(att_indices[0])));
     faplan::launch_constants(att, FA_FWD_BUF_PARAMS, &k, sizeof(k));
-    if (splits == 1) return FA_OK;
+    if (splits == 1) {
+        if (has_tensor(p, p->attn_probs, FA_BUF_ATTN_PROBS)) add_probs_launch(p, k, tag, out);
+        return FA_OK;
+    }
 
     // ---- launch 2: merge the splits ----
     fa_merge_params mp;
@@ -253,11 +295,12 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     faplan::launch_bind(merge, FA_MERGE_BUF_O_PARTIAL, FA_BUF_SCRATCH0);
     faplan::launch_bind(merge, FA_MERGE_BUF_LSE_PARTIAL, FA_BUF_SCRATCH1);
     faplan::launch_bind(merge, FA_MERGE_BUF_OUT, FA_BUF_OUT);
-    if (p->lse) faplan::launch_bind(merge, FA_MERGE_BUF_LSE, FA_BUF_LSE);
+    if (has_tensor(p, p->lse, FA_BUF_LSE)) faplan::launch_bind(merge, FA_MERGE_BUF_LSE, FA_BUF_LSE);
     if (varlen_q) faplan::launch_bind(merge, FA_MERGE_BUF_CU_SEQLENS_Q, FA_BUF_CU_SEQLENS_Q);
     static const int merge_indices[] = {FA_MERGE_BUF_O_PARTIAL, FA_MERGE_BUF_LSE_PARTIAL, FA_MERGE_BUF_OUT,
                                         FA_MERGE_BUF_LSE, FA_MERGE_BUF_CU_SEQLENS_Q};
     faplan::launch_bind_unused(out, merge, merge_indices, int(sizeof(merge_indices) / sizeof(merge_indices[0])));
     faplan::launch_constants(merge, FA_MERGE_BUF_PARAMS, &mp, sizeof(mp));
+    if (has_tensor(p, p->attn_probs, FA_BUF_ATTN_PROBS)) add_probs_launch(p, k, tag, out);
     return FA_OK;
 }

@@ -232,10 +232,16 @@ def flash_attn_varlen_func(
     block_table=None,
 ):
     """Variable-length attention: q (total_q, nheads, headdim), k/v (total_k, nheads_k, headdim), int32
-    ``cu_seqlens_q``/``cu_seqlens_k`` (batch + 1,). Same semantics and return values as flash_attn 2.x.
-    ``block_table`` (a paged K/V cache) is accepted only as ``None`` unless flash_attn_cy's varlen function
-    supports it."""
-    kwargs = dict(
+    ``cu_seqlens_q``/``cu_seqlens_k`` (batch + 1,); with ``block_table`` k/v are a paged cache
+    (num_blocks, page_block_size, nheads_k, headdim). Same semantics and return values as flash_attn 2.x."""
+    return _cy.flash_attn_varlen_func(
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
         dropout_p=dropout_p,
         softmax_scale=softmax_scale,
         causal=causal,
@@ -244,22 +250,8 @@ def flash_attn_varlen_func(
         alibi_slopes=alibi_slopes,
         deterministic=deterministic,
         return_attn_probs=return_attn_probs,
+        block_table=block_table,
     )
-    if block_table is not None:
-        # Passed on only when given, so a core without paged varlen support fails with its own clear message
-        # (TypeError for the unknown keyword is turned into FlashAttnTypeError naming block_table below).
-        try:
-            return _cy.flash_attn_varlen_func(
-                q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table=block_table, **kwargs
-            )
-        except TypeError as exc:
-            if "block_table" in str(exc) and "unexpected keyword" in str(exc):
-                raise NotImplementedError(
-                    "flash_attn_varlen_func(block_table=...): paged K/V caches are not supported by "
-                    "flash_attn_cy's varlen path; use flash_attn_with_kvcache(..., block_table=...)"
-                ) from None
-            raise
-    return _cy.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kwargs)
 
 
 @_flash_attn_errors
