@@ -23,6 +23,7 @@ from .interface import (
     flash_attn_varlen_qkvpacked_func,
 )
 from .kvcache import flash_attn_with_kvcache
+from .backward import backward
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,7 @@ __all__ = [
     "flash_attn_varlen_qkvpacked_func",
     "flash_attn_varlen_kvpacked_func",
     "flash_attn_with_kvcache",
+    "backward",
     "backends",
     "available_backends",
     "set_num_threads",

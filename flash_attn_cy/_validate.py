@@ -20,13 +20,18 @@ _INT32_MAX = 2 ** 31 - 1
 BACKEND_CHOICES = ("auto",) + tuple(BACKENDS)
 
 
+# What backend="auto" means on this machine, decided once at import: the answer cannot change within a process, and
+# resolving it here keeps the Cython availability query out of torch.compile's traced code (no graph break).
+_AUTO_BACKEND = "metal" if backend_available("metal")[0] else "cpu"
+
+
 def resolve_backend(backend: Any) -> str:
     """'auto' -> 'metal' if usable here, else 'cpu'; any other name must be a known backend."""
     if not isinstance(backend, str):
         raise TypeError(f"backend: expected a string, one of {', '.join(map(repr, BACKEND_CHOICES))}; "
                         f"got {type(backend).__name__}")
     if backend == "auto":
-        return "metal" if backend_available("metal")[0] else "cpu"
+        return _AUTO_BACKEND
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_CHOICES))}, got {backend!r}")
     return backend

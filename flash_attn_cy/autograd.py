@@ -97,7 +97,7 @@ def _fwd_op(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tensor], cu_
 def _fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes, rng_state, max_seqlen_q, max_seqlen_k,
               dropout_p, softmax_scale, window_left, window_right, softcap, deterministic, return_probs, backend):
     out_shape, lse_shape, probs_shape = _out_shapes(q, k, v, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
-    want_probs = return_probs and dropout_p > 0
+    want_probs = return_probs
     return (q.new_empty(out_shape), q.new_empty(lse_shape, dtype=torch.float32),
             q.new_empty(probs_shape if want_probs else (0,), dtype=torch.float32))
 
@@ -186,8 +186,7 @@ def attention_with_grad(q: Tensor, k: Tensor, v: Tensor, *, cu_seqlens_q=None, c
     - ``backend``: "cpu", "sim" or "metal".
 
     Returns ``(out, softmax_lse, S_dmask)``: S_dmask (the attention probabilities (batch, nheads, seqlen_q,
-    seqlen_k) with dropped entries negated, a debugging aid) only when ``return_attn_probs`` and dropout_p > 0,
-    else None. Gradients reach q, k, v (and through views any packed tensor they were sliced from); softmax_lse
+    seqlen_k) with dropped entries negated, a debugging aid) when ``return_attn_probs``, else None. Gradients reach q, k, v (and through views any packed tensor they were sliced from); softmax_lse
     and S_dmask are not differentiable.
     """
     if block_table is not None:
@@ -218,5 +217,5 @@ def attention_with_grad(q: Tensor, k: Tensor, v: Tensor, *, cu_seqlens_q=None, c
     out, lse, probs = torch.ops.flash_attn_cy.fwd(
         q, k, v, _int_tensor(cu_seqlens_q), _int_tensor(cu_seqlens_k), alibi, rng_state, max_q, max_k,
         float(dropout_p), scale, left, right, float(softcap), bool(deterministic), bool(return_attn_probs), backend)
-    want_probs = return_attn_probs and dropout_p > 0
+    want_probs = return_attn_probs
     return out, lse, (probs if want_probs else None)

@@ -28,8 +28,6 @@ Normalised arguments (keyword names used by attention_forward, attention_backwar
 """
 from __future__ import annotations
 
-import importlib.util
-import warnings
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -208,9 +206,6 @@ def attention_backward(dout, q, k, v, out, softmax_lse, *, dq=None, dk=None, dv=
 # ---------------------------------------------------------------------------------------------------------------
 # shared front end of the public functions
 
-_autograd_warned = False
-
-
 def _needs_grad(kind: str, tensors) -> bool:
     if kind not in ("torch", "mps"):
         return False
@@ -222,7 +217,6 @@ def _run(q, k, v, names, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=N
          dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs,
          block_table=None, backend, seed):
     """Validate + normalise everything, then compute. `names` are the caller's argument names for q, k, v."""
-    global _autograd_warned
     backend = V.resolve_backend(backend)
     kind, _ = V.same_kind_and_dtype(list(zip(names, (q, k, v))))
     dropout_p = V.dropout(dropout_p)
@@ -241,23 +235,8 @@ def _run(q, k, v, names, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=N
                 return_attn_probs=return_attn_probs, block_table=block_table, backend=backend, rng=rng)
 
     if _needs_grad(kind, (q, k, v)):
-        if importlib.util.find_spec("flash_attn_cy.autograd") is not None:
-            from . import autograd
-            out, lse, probs = autograd.attention_with_grad(q, k, v, **args)
-            if return_attn_probs and probs is None:
-                # the differentiable path may not materialise S_dmask; recompute it (same inputs, same Philox
-                # (seed, offset), so the same dropout pattern) outside the graph - a debugging output, not hot
-                import torch
-                with torch.no_grad():
-                    _, _, probs = attention_forward(q.detach(), k.detach(), v.detach(), **args)
-        else:
-            if not _autograd_warned:
-                warnings.warn("flash_attn_cy.autograd is not available in this build: the result is not "
-                              "connected to the autograd graph", RuntimeWarning, stacklevel=3)
-                _autograd_warned = True
-            import torch
-            with torch.no_grad():
-                out, lse, probs = attention_forward(q, k, v, **args)
+        from . import autograd  # imports torch: reached only with torch tensors that require grad
+        out, lse, probs = autograd.attention_with_grad(q, k, v, **args)
     else:
         out, lse, probs = attention_forward(q, k, v, **args)
     return (out, lse, probs) if return_attn_probs else out

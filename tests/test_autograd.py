@@ -152,8 +152,6 @@ def test_torch_compile_fullgraph_public_api():
     _compile_matches_eager(lambda q, k, v: fa.flash_attn_func(q, k, v, causal=True, backend="cpu").square().sum())
 
 
-@pytest.mark.xfail(strict=True, reason="interface: backend='auto' calls the Cython _core.backend_available, which "
-                   "dynamo cannot trace (graph break); owned by helper py")
 def test_torch_compile_fullgraph_default_backend():
     _compile_matches_eager(lambda q, k, v: fa.flash_attn_func(q, k, v, causal=True).square().sum())
 

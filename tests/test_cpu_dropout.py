@@ -118,3 +118,19 @@ def test_dropout_varlen_uses_in_sequence_indices(rng):
         out64 = ref.attention_ref(qb, kb, vb, dropout_mask=keep, dropout_p=p)
         out_lp = ref.attention_ref(qb, kb, vb, dropout_mask=keep, dropout_p=p, compute_dtype=np.float32)
         assert_close_to_ref(out[None, cu_q[bi]:cu_q[bi + 1]], out64, out_lp, dtype=np.dtype(np.float32))
+
+
+def test_dropout_in_split_decode(rng):
+    # One query per head: the split-K decode path (several key splits merged by their LSE) with dropout and S_dmask.
+    b, sq, sk, h, d, p = 2, 1, 1500, 3, 32, 0.25
+    q, k, v = (randn(rng, (b, n, h, d), "fp32") for n in (sq, sk, sk))
+    out, lse, s_dmask = fa.flash_attn_func(q, k, v, dropout_p=p, return_attn_probs=True, backend="cpu",
+                                           seed=(1234, 5))
+    keep = _keep_mask(1234, 5, b, h, sq, sk, p)
+    out64, lse64 = ref.attention_ref(q, k, v, dropout_mask=keep, dropout_p=p, return_lse=True)
+    out_lp = ref.attention_ref(q, k, v, dropout_mask=keep, dropout_p=p, compute_dtype=np.float32)
+    assert_close_to_ref(out, out64, out_lp, dtype=np.dtype(np.float32))
+    np.testing.assert_allclose(lse, lse64, rtol=1e-5)
+    _, _, probs = _probs_ref(q, k, False)
+    np.testing.assert_allclose(np.abs(s_dmask), probs, rtol=1e-5, atol=1e-7)
+    assert np.array_equal(np.asarray(s_dmask) > 0, keep)

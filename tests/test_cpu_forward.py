@@ -209,3 +209,16 @@ def test_output_rounding_is_round_to_nearest_even(rng, isa, dtype, sq):
         expect = ((v[:, 0].astype(np.float32) + v[:, 1].astype(np.float32)) * np.float32(0.5)).astype(dt)
     for i in range(sq):
         np.testing.assert_array_equal(out[:, i].view(np.uint16), expect.view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("hq,hk,sq", [(4, 4, 1), (6, 3, 2), (4, 1, 1), (3, 3, 4)])
+def test_split_decode_long_cache_with_features(rng, dtype, hq, hk, sq):
+    # <= 4 query rows per KV head: key splits over all heads, merged by LSE; features must survive the split.
+    sk = 1900
+    q = randn(rng, (2, sq, hq, 64), dtype)
+    k = randn(rng, (2, sk, hk, 64), dtype)
+    v = randn(rng, (2, sk, hk, 64), dtype)
+    _check(q, k, v, dtype)
+    _check(q, k, v, dtype, causal=True, window_size=(700, 0), softcap=6.0,
+           alibi_slopes=(rng.random((2, hq)) * 0.01).astype(np.float32))

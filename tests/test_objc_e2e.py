@@ -80,10 +80,5 @@ def test_metal_path_end_to_end(tmp_path: Path) -> None:
     print(run.stdout)
     fails = [line for line in run.stdout.splitlines() if line.startswith("FAIL")]
     assert "ERROR: AddressSanitizer" not in run.stderr, run.stderr[-6000:]
-    if fails and all("KNOWN-PLAN-ISSUE" in line for line in fails) and run.returncode == 1:
-        # Reported to the plan's owner: csrc/plan/fa_plan_forward.cpp tests `p->lse` (the host pointer) to decide
-        # whether to bind/write the LSE, so an LSE given as a Metal buffer (PyTorch MPS) is not bound; the shim
-        # refuses the call instead of returning an unwritten LSE. Everything else in the run passed.
-        pytest.xfail("csrc/plan ignores device-buffer LSE (host-pointer test): " + fails[0])
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     assert "FAIL" not in run.stdout

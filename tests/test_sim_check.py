@@ -32,6 +32,7 @@ def test_simulator_cases_pass_the_strict_check():
 @pytest.mark.parametrize("name,needle", [
     ("strict_mixed_address_space.metal", "address_space(1)"),
     ("strict_double.metal", "double"),
+    ("strict_recursion.metal", "recursion"),
 ])
 def test_planted_strict_errors_fail(name, needle):
     p = subprocess.run([sys.executable, "-m", "flash_attn_cy.sim", "check", str(CASES / name)],

@@ -67,3 +67,18 @@ def test_local_headers_are_inlined(tmp_path):
     tr = translate_file(str(tmp_path / "k.metal"))
     assert tr.code.count("inline float twice") == 1
     assert str(tmp_path / "tile.h") in tr.dependencies[0]
+
+
+def test_buffer_arguments_without_index_are_numbered_in_order():
+    src = HEAD + """
+kernel void add_arrays(device const float* inA, device const float* inB, device float* result,
+                       uint index [[thread_position_in_grid]]) {
+    result[index] = inA[index] + inB[index];
+}
+kernel void mixed(device float* a, device float* b [[buffer(0)]], constant uint& n,
+                  uint i [[thread_position_in_grid]]) { a[i] = b[i] + n; }
+"""
+    tr = translate(src, "apple_sample.metal")
+    k = {e.name: e.params for e in tr.kernels}
+    assert k["add_arrays"] == [("buffer", "0"), ("buffer", "1"), ("buffer", "2"), ("id", "kIdThreadPosInGrid")]
+    assert k["mixed"] == [("buffer", "1"), ("buffer", "0"), ("buffer", "2"), ("id", "kIdThreadPosInGrid")]

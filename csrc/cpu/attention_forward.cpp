@@ -6,12 +6,15 @@
 // For each K/V tile inside the causal/local band: S^T = K·Q^T, logit features (only on tiles that need them),
 // online-softmax step, optional dropout, O^T = alpha*O^T + V^T·P^T. One normalisation at the end.
 // Extra memory: a fixed per-thread workspace (O(BLOCK_M * headdim)), independent of the sequence length.
+// Decode (at most ROW_LAYOUT_MAX_ROWS rows per KV head) runs as split-K items over all KV heads instead (see
+// "split-K decode" below); its partial results are O(batch * splits * nheads * headdim).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_dtype.h"
@@ -136,115 +139,291 @@ void write_attn_probs(const ForwardJob<Acc> &job, int b, const SeqGeometry &g, c
     for (int64_t j = ncols; j < p->seqlen_k; ++j) dst[j] = 0.0f;
 }
 
+// The rows of query tile `tile` of (sequence b, KV head hk) and what masks need to know about them.
+struct TileRows {
+    RowInfo rows[BLOCK_M];
+    const void *qrows[BLOCK_M];
+    int nrows;
+    int64_t i_min, i_max;  // query index range of the rows
+};
+
+template <typename Acc>
+void build_tile_rows(const ForwardJob<Acc> &job, int b, int hk, int tile, TileRows &t) {
+    const fa_params *p = job.p;
+    const SeqGeometry &g = job.seqs[b];
+    const int G = job.group;
+    // (query i, head h) pairs, queries major so the tile spans few query positions.
+    const int64_t r0 = int64_t(tile) * BLOCK_M;
+    t.nrows = int(std::min<int64_t>(BLOCK_M, int64_t(g.sq) * G - r0));
+    for (int r = 0; r < t.nrows; ++r) {
+        const int64_t rr = r0 + r;
+        RowInfo &row = t.rows[r];
+        row.i = int32_t(rr / G);
+        row.head = hk * G + int32_t(rr % G);
+        row.slope = p->alibi_slopes ? p->alibi_slopes[int64_t(b) * p->alibi_batch_stride + row.head] : 0.0f;
+        t.qrows[r] = elem_ptr(p->q.data, g.q_row0 + int64_t(row.i) * p->q.row_stride +
+                                             int64_t(row.head) * p->q.head_stride, p->dtype);
+    }
+    t.i_min = t.rows[0].i;
+    t.i_max = t.rows[t.nrows - 1].i;
+}
+
+template <typename Acc>
+MaskParams mask_params(const ForwardJob<Acc> &job, const SeqGeometry &g) {
+    MaskParams mp;
+    mp.offset = int64_t(g.sk) - g.sq;
+    mp.window_left = job.p->window_left;
+    mp.window_right = job.p->window_right;
+    mp.scale = job.scale;
+    mp.softcap = job.p->softcap;
+    mp.alibi = job.p->alibi_slopes != nullptr;
+    return mp;
+}
+
+// Keys [lo, hi) visible to any row of the tile; tiles outside are never touched (causal/local early exit).
+inline void key_band(const MaskParams &mp, int64_t sk, const TileRows &t, int64_t &lo, int64_t &hi) {
+    lo = 0;
+    hi = sk;
+    if (mp.window_left >= 0) lo = std::max<int64_t>(0, t.i_min + mp.offset - mp.window_left);
+    if (mp.window_right >= 0) hi = std::min<int64_t>(sk, t.i_max + mp.offset + mp.window_right + 1);
+}
+
+// Only key tiles crossing a band edge need per-element masks.
+inline bool tile_needs_mask(const MaskParams &mp, const TileRows &t, int64_t t0, int64_t t1) {
+    return (mp.window_left >= 0 && t0 < t.i_max + mp.offset - mp.window_left) ||
+           (mp.window_right >= 0 && t1 - 1 > t.i_min + mp.offset + mp.window_right);
+}
+
+// Normalise one row (accumulator element c at acc[c * cstride]) and write out, LSE (natural log, +inf when the row
+// saw no key) and, on request, its S_dmask row.
+template <typename Acc>
+void finish_row(const ForwardJob<Acc> &job, int b, const RowInfo &row, const Acc *acc, int cstride, Acc m, Acc l,
+                const MaskParams &mp) {
+    const fa_params *p = job.p;
+    const SeqGeometry &g = job.seqs[b];
+    const int d = p->headdim;
+    const Acc inv = l > 0 ? Acc(1) / l : Acc(0);
+    void *orow = elem_ptr(p->out.data, g.out_row0 + int64_t(row.i) * p->out.row_stride +
+                                           int64_t(row.head) * p->out.head_stride, p->dtype);
+    switch (p->dtype) {
+        case FA_F32: for (int c = 0; c < d; ++c) static_cast<float *>(orow)[c] = float(acc[c * cstride] * inv); break;
+        case FA_F64: for (int c = 0; c < d; ++c) static_cast<double *>(orow)[c] = double(acc[c * cstride] * inv); break;
+        case FA_F16: for (int c = 0; c < d; ++c) static_cast<uint16_t *>(orow)[c] = f32_to_f16(float(acc[c * cstride] * inv)); break;
+        case FA_BF16: for (int c = 0; c < d; ++c) static_cast<uint16_t *>(orow)[c] = f32_to_bf16(float(acc[c * cstride] * inv)); break;
+    }
+    if (p->lse) {
+        const float lse = l > 0 ? float((double(m) + std::log2(double(l))) * LN2) : INFINITY;
+        p->lse[g.lse_row0 + int64_t(row.head) * p->lse_head_stride + int64_t(row.i) * p->lse_row_stride] = lse;
+    }
+    if (p->attn_probs) write_attn_probs(job, b, g, row, m, l, mp);
+}
+
+// One K/V tile [t0, t0+nk) of KV head hk for the rows of `t` in the row layout (decode kernels).
+template <typename Acc>
+void row_layout_tile(const ForwardJob<Acc> &job, int b, int hk, const TileRows &t, const MaskParams &mp, int64_t t0,
+                     int nk, const Acc *qR, Acc *oR, Acc *m, Acc *l, TileBuffers<Acc> &buf) {
+    const fa_params *p = job.p;
+    const SeqGeometry &g = job.seqs[b];
+    const TileKernels<Acc> &kern = *job.kern;
+    int64_t kstride, vstride;
+    const void *kt = kv_tile(p, g, hk, t0, nk, false, buf.stage_k, kstride);
+    kern.scores_rows(kt, kstride, nk, p->headdim, qR, t.nrows, buf.sT);
+    Acc mul = Acc(job.scale * LOG2E);
+    const bool masked = tile_needs_mask(mp, t, t0, t0 + nk);
+    if (masked || mp.softcap > 0 || mp.alibi) {
+        apply_score_features(buf.sT, nk, t.nrows, LANES, t.rows, t0, mp, masked);
+        mul = Acc(1);
+    }
+    kern.softmax(buf.sT, nk, 1, mul, m, l, buf.alpha);
+    if (job.dropout) {
+        DropoutParams drop = job.drop;
+        drop.batch_index = b;
+        apply_dropout(buf.sT, nk, t.nrows, t.rows, t0, drop);
+    }
+    const void *vt = kv_tile(p, g, hk, t0, nk, true, buf.stage_v, vstride);
+    kern.pv_rows(vt, vstride, nk, p->headdim, buf.sT, t.nrows, buf.alpha, oR);
+}
+
 template <typename Acc>
 void run_tile(const ForwardJob<Acc> &job, int b, int hk, int tile) {
     const fa_params *p = job.p;
     const SeqGeometry &g = job.seqs[b];
     const TileKernels<Acc> &kern = *job.kern;
     const int d = p->headdim;
-    const int G = job.group;
     const int64_t esz = dtype_size(p->dtype);
 
     TileBuffers<Acc> buf;
     buf.carve(tl_workspace.get(TileBuffers<Acc>::bytes(esz)), esz);
-
-    // Rows of this tile: (query i, head h) pairs, queries major so the tile spans few query positions.
-    const int64_t r0 = int64_t(tile) * BLOCK_M;
-    const int nrows = int(std::min<int64_t>(BLOCK_M, int64_t(g.sq) * G - r0));
+    TileRows t;
+    build_tile_rows(job, b, hk, tile, t);
+    const int nrows = t.nrows;
     const int nv = (nrows + LANES - 1) / LANES;
     const int lanes = nv * LANES;
-    RowInfo rows[BLOCK_M];
-    const void *qrows[BLOCK_M];
-    for (int r = 0; r < nrows; ++r) {
-        const int64_t rr = r0 + r;
-        rows[r].i = int32_t(rr / G);
-        rows[r].head = hk * G + int32_t(rr % G);
-        rows[r].slope = p->alibi_slopes ? p->alibi_slopes[int64_t(b) * p->alibi_batch_stride + rows[r].head] : 0.0f;
-        qrows[r] = elem_ptr(p->q.data, g.q_row0 + int64_t(rows[r].i) * p->q.row_stride +
-                                           int64_t(rows[r].head) * p->q.head_stride, p->dtype);
-    }
-    const int64_t i_min = rows[0].i, i_max = rows[nrows - 1].i;
-
-    MaskParams mp;
-    mp.offset = int64_t(g.sk) - g.sq;
-    mp.window_left = p->window_left;
-    mp.window_right = p->window_right;
-    mp.scale = job.scale;
-    mp.softcap = p->softcap;
-    mp.alibi = p->alibi_slopes != nullptr;
-    const bool always_features = mp.softcap > 0 || mp.alibi;
-
-    // Key band visible to any row of the tile; tiles outside it are never touched (causal/local early exit).
-    int64_t lo = 0, hi = g.sk;
-    if (p->window_left >= 0) lo = std::max<int64_t>(0, i_min + mp.offset - p->window_left);
-    if (p->window_right >= 0) hi = std::min<int64_t>(g.sk, i_max + mp.offset + p->window_right + 1);
-
-    // Few rows (decode): vectors over the head dim instead of over query rows (see tile_kernels.h).
-    const bool row_layout = nrows <= ROW_LAYOUT_MAX_ROWS && kern.pv_rows != nullptr;
-    if (row_layout) {
-        kern.pack_q_rows(qrows, nrows, d, buf.qT);
-        for (int r = 0; r < nrows; ++r)
-            for (int c = 0; c < HEADDIM_PAD; ++c) buf.oT[r * HEADDIM_PAD + c] = Acc(0);
-    } else {
-        kern.pack_qT(qrows, nrows, d, nv, buf.qT);
-        for (int c = 0; c < d; ++c)
-            for (int r = 0; r < lanes; ++r) buf.oT[c * BLOCK_M + r] = Acc(0);
-    }
+    const MaskParams mp = mask_params(job, g);
+    int64_t lo, hi;
+    key_band(mp, g.sk, t, lo, hi);
     for (int r = 0; r < lanes; ++r) {
         buf.m[r] = Acc(-INFINITY);
         buf.l[r] = Acc(0);
     }
+
+    // Few rows (decode): vectors over the head dim instead of over query rows (see tile_kernels.h).
+    if (nrows <= ROW_LAYOUT_MAX_ROWS && kern.pv_rows != nullptr) {
+        kern.pack_q_rows(t.qrows, nrows, d, buf.qT);
+        std::fill(buf.oT, buf.oT + size_t(nrows) * HEADDIM_PAD, Acc(0));
+        for (int64_t t0 = lo; t0 < hi; t0 += BLOCK_N)
+            row_layout_tile(job, b, hk, t, mp, t0, int(std::min<int64_t>(BLOCK_N, hi - t0)), buf.qT, buf.oT, buf.m,
+                            buf.l, buf);
+        for (int r = 0; r < nrows; ++r) finish_row(job, b, t.rows[r], buf.oT + r * HEADDIM_PAD, 1, buf.m[r], buf.l[r], mp);
+        return;
+    }
+
+    kern.pack_qT(t.qrows, nrows, d, nv, buf.qT);
+    for (int c = 0; c < d; ++c)
+        for (int r = 0; r < lanes; ++r) buf.oT[c * BLOCK_M + r] = Acc(0);
     const Acc scale_log2 = Acc(job.scale * LOG2E);
+    const bool always_features = mp.softcap > 0 || mp.alibi;
     DropoutParams drop = job.drop;
     drop.batch_index = b;
-
     for (int64_t t0 = lo; t0 < hi; t0 += BLOCK_N) {
         const int nk = int(std::min<int64_t>(BLOCK_N, hi - t0));
-        const int64_t t1 = t0 + nk;
-        // Only tiles crossing a band edge need per-element masks.
-        const bool masked = (p->window_left >= 0 && t0 < i_max + mp.offset - p->window_left) ||
-                            (p->window_right >= 0 && t1 - 1 > i_min + mp.offset + p->window_right);
+        const bool masked = tile_needs_mask(mp, t, t0, t0 + nk);
         int64_t kstride, vstride;
         const void *kt = kv_tile(p, g, hk, t0, nk, false, buf.stage_k, kstride);
-        if (row_layout)
-            kern.scores_rows(kt, kstride, nk, d, buf.qT, nrows, buf.sT);
-        else
-            kern.scores(kt, kstride, nk, d, buf.qT, nv, buf.sT, buf.scratch);
+        kern.scores(kt, kstride, nk, d, buf.qT, nv, buf.sT, buf.scratch);
         Acc mul = scale_log2;
         if (masked || always_features) {
-            apply_score_features(buf.sT, nk, nrows, lanes, rows, t0, mp, masked);
+            apply_score_features(buf.sT, nk, nrows, lanes, t.rows, t0, mp, masked);
             mul = Acc(1);
         }
         kern.softmax(buf.sT, nk, nv, mul, buf.m, buf.l, buf.alpha);
-        if (job.dropout) apply_dropout(buf.sT, nk, nrows, rows, t0, drop);
+        if (job.dropout) apply_dropout(buf.sT, nk, nrows, t.rows, t0, drop);
         const void *vt = kv_tile(p, g, hk, t0, nk, true, buf.stage_v, vstride);
-        if (row_layout)
-            kern.pv_rows(vt, vstride, nk, d, buf.sT, nrows, buf.alpha, buf.oT);
-        else
-            kern.pv(vt, vstride, nk, d, buf.sT, nv, buf.alpha, buf.oT, buf.scratch);
+        kern.pv(vt, vstride, nk, d, buf.sT, nv, buf.alpha, buf.oT, buf.scratch);
     }
+    // One normalisation at the end, transposing O^T back to rows.
+    for (int r = 0; r < nrows; ++r) finish_row(job, b, t.rows[r], buf.oT + r, BLOCK_M, buf.m[r], buf.l[r], mp);
+}
 
-    // Normalise once and write out (transposing O^T back to rows); LSE in natural log, +inf for empty rows.
-    for (int r = 0; r < nrows; ++r) {
-        const Acc l = buf.l[r];
-        const Acc inv = l > 0 ? Acc(1) / l : Acc(0);
-        // element (r, c) of the accumulator in either layout
-        const Acc *acc = row_layout ? buf.oT + r * HEADDIM_PAD : buf.oT + r;
-        const int cstride = row_layout ? 1 : BLOCK_M;
-        void *orow = elem_ptr(p->out.data, g.out_row0 + int64_t(rows[r].i) * p->out.row_stride +
-                                               int64_t(rows[r].head) * p->out.head_stride, p->dtype);
-        switch (p->dtype) {
-            case FA_F32: for (int c = 0; c < d; ++c) static_cast<float *>(orow)[c] = float(acc[c * cstride] * inv); break;
-            case FA_F64: for (int c = 0; c < d; ++c) static_cast<double *>(orow)[c] = double(acc[c * cstride] * inv); break;
-            case FA_F16: for (int c = 0; c < d; ++c) static_cast<uint16_t *>(orow)[c] = f32_to_f16(float(acc[c * cstride] * inv)); break;
-            case FA_BF16: for (int c = 0; c < d; ++c) static_cast<uint16_t *>(orow)[c] = f32_to_bf16(float(acc[c * cstride] * inv)); break;
-        }
-        if (p->lse) {
-            const float lse = l > 0 ? float((double(buf.m[r]) + std::log2(double(l))) * LN2) : INFINITY;
-            p->lse[g.lse_row0 + int64_t(rows[r].head) * p->lse_head_stride + int64_t(rows[r].i) * p->lse_row_stride] = lse;
-        }
-        if (p->attn_probs) write_attn_probs(job, b, g, rows[r], buf.m[r], l, mp);
+// ---- split-K decode (flash-decoding) ----
+//
+// When every (sequence, KV head) has at most ROW_LAYOUT_MAX_ROWS query rows, a work item is instead one KEY RANGE of
+// one sequence for ALL KV heads: the cache layout [.., seqlen, nheads_kv, d] puts the rows of all heads of a key
+// next to each other, so sweeping the heads inside each 64-key tile reads memory contiguously (one head at a time
+// would touch a new 4 KiB page per key and starve on TLB misses). Splitting the keys gives every thread work even
+// for batch 1; each split leaves (m, l, unnormalised O) per row, merged by their log-sum-exp at the end.
+struct DecodePlan {
+    int splits = 1;
+    std::vector<float> m, l, o;  // [batch][splits][nheads_kv][ROW_LAYOUT_MAX_ROWS] (+ [HEADDIM_PAD] for o)
+    size_t index(int b, int s, int hk, int r, int nheads_kv) const {
+        return ((size_t(b) * splits + s) * nheads_kv + hk) * ROW_LAYOUT_MAX_ROWS + r;
     }
+};
+
+thread_local Workspace tl_decode_workspace;  // per-KV-head decode state (64-byte aligned for the SIMD kernels)
+
+void decode_item(const ForwardJob<float> &job, DecodePlan &plan, int b, int s) {
+    const fa_params *p = job.p;
+    const SeqGeometry &g = job.seqs[b];
+    const int hkv = p->nheads_kv;
+    const int64_t esz = dtype_size(p->dtype);
+    TileBuffers<float> buf;
+    buf.carve(tl_workspace.get(TileBuffers<float>::bytes(esz)), esz);
+    if (g.sq == 0) return;
+    // Per KV head: q rows, accumulator, running max/sum (LANES entries: the softmax kernel works on a vector).
+    const size_t per_head = size_t(2) * ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD + 2 * LANES;
+    float *state = reinterpret_cast<float *>(tl_decode_workspace.get(per_head * hkv * sizeof(float)));
+    std::vector<TileRows> rows(static_cast<size_t>(hkv));
+    for (int hk = 0; hk < hkv; ++hk) {
+        build_tile_rows(job, b, hk, 0, rows[hk]);
+        float *st = state + per_head * hk;
+        job.kern->pack_q_rows(rows[hk].qrows, rows[hk].nrows, p->headdim, st);
+        std::fill(st + ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD, st + 2 * ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD, 0.0f);
+        std::fill(st + 2 * ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD, st + 2 * ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD + LANES,
+                  -INFINITY);
+        std::fill(st + 2 * ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD + LANES, st + per_head, 0.0f);
+    }
+    const MaskParams mp = mask_params(job, g);
+    int64_t lo, hi;
+    key_band(mp, g.sk, rows[0], lo, hi);  // the same query positions for every head
+    const int64_t ntiles = hi > lo ? (hi - lo + BLOCK_N - 1) / BLOCK_N : 0;
+    const int64_t tile_begin = ntiles * s / plan.splits, tile_end = ntiles * (s + 1) / plan.splits;
+    for (int64_t tt = tile_begin; tt < tile_end; ++tt) {
+        const int64_t t0 = lo + tt * BLOCK_N;
+        const int nk = int(std::min<int64_t>(BLOCK_N, hi - t0));
+        for (int hk = 0; hk < hkv; ++hk) {
+            float *st = state + per_head * hk;
+            float *oR = st + ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD;
+            float *m = st + 2 * ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD;
+            row_layout_tile(job, b, hk, rows[hk], mp, t0, nk, st, oR, m, m + LANES, buf);
+        }
+    }
+    for (int hk = 0; hk < hkv; ++hk) {
+        const float *st = state + per_head * hk;
+        for (int r = 0; r < rows[hk].nrows; ++r) {
+            const size_t ix = plan.index(b, s, hk, r, hkv);
+            plan.m[ix] = st[2 * ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD + r];
+            plan.l[ix] = st[2 * ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD + LANES + r];
+            std::copy(st + (ROW_LAYOUT_MAX_ROWS + r) * HEADDIM_PAD, st + (ROW_LAYOUT_MAX_ROWS + r + 1) * HEADDIM_PAD,
+                      plan.o.begin() + ix * HEADDIM_PAD);
+        }
+    }
+}
+
+// Merge the splits of (sequence b, KV head hk): rescale each by 2^(m_s - M) and normalise once.
+void decode_merge(const ForwardJob<float> &job, const DecodePlan &plan, int b, int hk) {
+    const SeqGeometry &g = job.seqs[b];
+    if (g.sq == 0) return;
+    TileRows t;
+    build_tile_rows(job, b, hk, 0, t);
+    const MaskParams mp = mask_params(job, g);
+    float acc[HEADDIM_PAD];
+    for (int r = 0; r < t.nrows; ++r) {
+        float M = -INFINITY;
+        for (int s = 0; s < plan.splits; ++s) M = std::max(M, plan.m[plan.index(b, s, hk, r, job.p->nheads_kv)]);
+        float L = 0.0f;
+        std::fill(acc, acc + HEADDIM_PAD, 0.0f);
+        if (M != -INFINITY) {
+            for (int s = 0; s < plan.splits; ++s) {
+                const size_t ix = plan.index(b, s, hk, r, job.p->nheads_kv);
+                if (plan.l[ix] == 0.0f) continue;
+                const float w = std::exp2(plan.m[ix] - M);
+                L += plan.l[ix] * w;
+                const float *o = plan.o.data() + ix * HEADDIM_PAD;
+                for (int c = 0; c < job.p->headdim; ++c) acc[c] += w * o[c];
+            }
+        }
+        finish_row(job, b, t.rows[r], acc, 1, M, L, mp);
+    }
+}
+
+bool run_split_decode(const ForwardJob<float> &job) {
+    const fa_params *p = job.p;
+    DecodePlan plan;
+    int64_t max_tiles = 1;
+    for (const SeqGeometry &g : job.seqs) max_tiles = std::max<int64_t>(max_tiles, (g.sk + BLOCK_N - 1) / BLOCK_N);
+    const int threads = p->num_threads > 0 ? p->num_threads : pool_num_threads();
+    // About 4 items per thread for balance, but at least 4 key tiles per split so the merge stays negligible.
+    const int64_t want = (4 * int64_t(threads) + p->batch - 1) / std::max(1, p->batch);
+    plan.splits = int(std::max<int64_t>(1, std::min<int64_t>(want, max_tiles / 4)));
+    const size_t slots = size_t(p->batch) * plan.splits * p->nheads_kv * ROW_LAYOUT_MAX_ROWS;
+    plan.m.assign(slots, -INFINITY);
+    plan.l.assign(slots, 0.0f);
+    plan.o.assign(slots * HEADDIM_PAD, 0.0f);
+    const bool ok = parallel_for(int64_t(p->batch) * plan.splits, [&](int64_t item) {
+        decode_item(job, plan, int(item / plan.splits), int(item % plan.splits));
+    }, p->num_threads);
+    return ok && parallel_for(int64_t(p->batch) * p->nheads_kv, [&](int64_t item) {
+        decode_merge(job, plan, int(item / p->nheads_kv), int(item % p->nheads_kv));
+    }, p->num_threads);
+}
+
+template <typename Acc>
+bool use_split_decode(const ForwardJob<Acc> &job) {
+    if (job.kern->pv_rows == nullptr) return false;
+    for (const SeqGeometry &g : job.seqs)
+        if (int64_t(g.sq) * job.group > ROW_LAYOUT_MAX_ROWS) return false;
+    return true;
 }
 
 template <typename Acc>
@@ -269,6 +448,15 @@ int forward_impl(const fa_params *p, const TileKernels<Acc> *kern, char *err, si
         job.drop.threshold = dropout_threshold(p->dropout_p);
         job.drop.inv_keep = p->dropout_p < 1.0f ? 1.0 / (1.0 - double(p->dropout_p)) : 0.0;
         job.drop.nheads_q = p->nheads_q;
+    }
+    if constexpr (std::is_same<Acc, float>::value) {
+        if (use_split_decode(job)) {
+            if (!run_split_decode(job)) {
+                std::snprintf(err, errlen, "cpu forward: a worker failed (out of memory?)");
+                return FA_ERR_RUNTIME;
+            }
+            return FA_OK;
+        }
     }
     const int64_t total = job.item_start[p->batch];
     auto item_fn = [&job](int64_t item) {

@@ -1,6 +1,6 @@
 // tile_kernels_avx512.cpp - AVX-512 kernels for the query-lane layout of tile_kernels.h.
 //
-// Compiled for any x86-64 target; the AVX-512 code lives in `#pragma GCC target` regions and is only reached after
+// Compiled for any x86-64 target; the AVX-512 code lives in target regions (FA_TARGET_BEGIN) and is only reached after
 // isa_dispatch.cpp has checked the CPU (so no -march flag and no illegal instruction on older CPUs).
 //   fp32: micro-kernels C[R rows][NV*16 lanes] += A[r][k] (broadcast from the user's K or V rows) * B[k][lanes].
 //   bf16: the same shape with vdpbf16ps, which multiplies PAIRS of bf16 and accumulates in fp32 (2x the fp32 FMA
@@ -16,10 +16,23 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define FA_HAVE_AVX512_KERNELS 1
+#include <immintrin.h>
+
+// Regions of functions compiled for an extra ISA. GCC uses target pragmas; clang (Linux, Intel Macs) needs an
+// attribute applied to every function of the region.
+#define FA_STR(x) #x
+#if defined(__clang__)
+#define FA_TARGET_BEGIN(isa) _Pragma(FA_STR(clang attribute push(__attribute__((target(isa))), apply_to = function)))
+#define FA_TARGET_END _Pragma("clang attribute pop")
+#else
 // GCC 12 reports false "may be used uninitialized" warnings inside its own AVX-512 intrinsic headers
 // (the _mm512_undefined_* idiom) when they are inlined under a target pragma.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
+#define FA_TARGET_BEGIN(isa) _Pragma("GCC push_options") _Pragma(FA_STR(GCC target(isa)))
+#define FA_TARGET_END _Pragma("GCC pop_options")
+#endif
+#define FA_ISA_AVX512 "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"
+#define FA_ISA_AVX512_BF16 "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,avx512bf16"
 #endif
 
 namespace fa_cpu {
@@ -27,8 +40,7 @@ namespace fa_cpu {
 #ifdef FA_HAVE_AVX512_KERNELS
 namespace {
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
+FA_TARGET_BEGIN(FA_ISA_AVX512)
 
 // Register-tile rows per query-vector count: R*NV accumulators + NV B vectors must fit the 32 zmm registers.
 template <int NV> struct MicroRows;
@@ -270,9 +282,23 @@ void pack_q_rows(const void *const *rows, int nrows, int d, float *qR) {
                             c < d ? load16<DT>(rows[r], c, chunk_mask(d, c)) : _mm512_setzero_ps());
 }
 
+// Decode streams K and V rows that are nheads*headdim elements apart, usually one row per 4 KiB page, where the
+// hardware prefetchers (which stop at page boundaries) cannot follow. Prefetch rows this far ahead instead; past
+// the tile end these are the next tile's rows in a dense cache (prefetches never fault, so a paged cache or the
+// last tile only wastes a few hints).
+constexpr int ROW_PREFETCH_DISTANCE = 32;
+
+template <fa_dtype DT>
+inline void prefetch_row(const void *base, int64_t idx, int d) {
+    const char *p = static_cast<const char *>(base) + idx * int64_t(DT == FA_F32 ? 4 : 2);
+    const int bytes = d * (DT == FA_F32 ? 4 : 2);
+    for (int off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+}
+
 template <fa_dtype DT, int NR>
 void scores_rows_n(const void *k, int64_t kstride, int nk, int d, const float *qR, float *sT) {
     for (int j = 0; j < nk; ++j) {
+        prefetch_row<DT>(k, (j + ROW_PREFETCH_DISTANCE) * kstride, d);
         __m512 acc[NR];
         for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
         for (int c = 0; c < d; c += 16) {
@@ -308,6 +334,7 @@ void pv_rows_n(const void *v, int64_t vstride, int nk, int d, const float *pT, c
             for (int u = 0; u < U; ++u) acc[r][u] = _mm512_mul_ps(_mm512_load_ps(oR + r * HEADDIM_PAD + c0 + 16 * u), a);
         }
         for (int j = 0; j < nk; ++j) {
+            if (c0 == 0) prefetch_row<DT>(v, (j + ROW_PREFETCH_DISTANCE) * vstride, d);
             __m512 vv[U];
             for (int u = 0; u < U; ++u) vv[u] = load16<DT>(v, j * vstride + c0 + 16 * u, msk[u]);
             for (int r = 0; r < NR; ++r) {
@@ -332,11 +359,10 @@ void pv_rows(const void *v, int64_t vstride, int nk, int d, const float *pT, int
     }
 }
 
-#pragma GCC pop_options
+FA_TARGET_END
 
 // ---- bf16 with vdpbf16ps ----
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,avx512bf16")
+FA_TARGET_BEGIN(FA_ISA_AVX512_BF16)
 
 // C[r][lanes] (=|+=) sum_kp dot2(A pair (r, kp), B pair [kp][lanes]). A pair (r, kp) is the 32-bit word at
 // a + r*a_rs + kp*a_ks (in uint16 units); B is [kp][BLOCK_M][2] bf16. Accumulation is fp32.
@@ -470,7 +496,7 @@ void pv_bf16(const void *v, int64_t vstride, int nk, int d, const float *pT, int
     gemm_bf16<true>(nv, d, vp, 2, int64_t(dp) * 2, kpairs, pp, oT, alpha);
 }
 
-#pragma GCC pop_options
+FA_TARGET_END
 
 const TileKernels<float> k_f32 = {"avx512-f32", &pack_qT_f32, &scores_f32, &softmax_f32<7>, &pv_f32,
                                   &pack_q_rows<FA_F32>, &scores_rows<FA_F32>, &pv_rows<FA_F32>};

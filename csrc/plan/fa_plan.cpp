@@ -30,6 +30,10 @@ int64_t view_extent(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, 
     return (n0 - 1) * s0 + (n1 - 1) * s1 + (n2 - 1) * s2 + d;
 }
 
+bool has_tensor(const fa_params *p, const void *host_ptr, fa_buffer_id slot) {
+    return host_ptr != nullptr || (p->device_buffers != nullptr && p->device_buffers->handle[slot] != nullptr);
+}
+
 void launch_init(fa_launch *l, const char *kernel, const uint32_t grid[3], const uint32_t threads[3],
                  uint32_t tg_bytes) {
     std::memset(l, 0, sizeof(*l));

@@ -57,7 +57,7 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
     if (p->block_table || p->leftpad_k || p->cache_batch_idx)
         return fail(err, errlen, FA_ERR_UNSUPPORTED,
                     "backward: paged, left-padded or batch-indexed KV caches have no backward");
-    if (!p->lse) return fail(err, errlen, FA_ERR_VALUE, "softmax_lse: required for backward");
+    if (!faplan::has_tensor(p, p->lse, FA_BUF_LSE)) return fail(err, errlen, FA_ERR_VALUE, "softmax_lse: required for backward");
 
     const bool varlen_q = p->cu_seqlens_q != nullptr;
     const bool varlen_k = p->cu_seqlens_k != nullptr;
@@ -124,7 +124,7 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
         k.dropout_scale = 1.0f / (1.0f - p->dropout_p);  // the forward's value, bit for bit
     }
     uint32_t flags = 0;
-    if (p->alibi_slopes) flags |= FA_FLAG_ALIBI;
+    if (faplan::has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI)) flags |= FA_FLAG_ALIBI;
     if (varlen_q) flags |= FA_FLAG_VARLEN_Q;
     if (varlen_k) flags |= FA_FLAG_VARLEN_K;
     if (p->seqused_k) flags |= FA_FLAG_SEQUSED_K;
@@ -153,7 +153,7 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
                             ? view_extent(1, 0, p->nheads_q, p->lse_head_stride, p->total_q, p->lse_row_stride, 1) * 4
                             : view_extent(p->batch, p->lse_batch_stride, p->nheads_q, p->lse_head_stride, p->seqlen_q,
                                           p->lse_row_stride, 1) * 4;
-    if (p->alibi_slopes) bytes[FA_BUF_ALIBI] = (int64_t(p->batch - 1) * p->alibi_batch_stride + p->nheads_q) * 4;
+    if (faplan::has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI)) bytes[FA_BUF_ALIBI] = (int64_t(p->batch - 1) * p->alibi_batch_stride + p->nheads_q) * 4;
     if (varlen_q) bytes[FA_BUF_CU_SEQLENS_Q] = int64_t(p->batch + 1) * 4;
     if (varlen_k) bytes[FA_BUF_CU_SEQLENS_K] = int64_t(p->batch + 1) * 4;
     if (p->seqused_k) bytes[FA_BUF_SEQUSED_K] = int64_t(p->batch) * 4;

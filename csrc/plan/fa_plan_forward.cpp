@@ -17,6 +17,7 @@ namespace {
 
 using faplan::fail;
 using faplan::view_extent;
+using faplan::has_tensor;
 
 constexpr int kAutoSplitTargetThreadgroups = 128;  // enough threadgroups to fill an M-series GPU (8..76 cores)
 constexpr int kMinKeysPerSplit = 256;  // auto: shorter splits cost more in launches and merging than they win
@@ -163,8 +164,8 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
         k.dropout_scale = 1.0f / (1.0f - p->dropout_p);
     }
     uint32_t flags = 0;
-    if (p->lse) flags |= FA_FLAG_LSE;
-    if (p->alibi_slopes) flags |= FA_FLAG_ALIBI;
+    if (has_tensor(p, p->lse, FA_BUF_LSE)) flags |= FA_FLAG_LSE;
+    if (has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI)) flags |= FA_FLAG_ALIBI;
     if (varlen_q) flags |= FA_FLAG_VARLEN_Q;
     if (varlen_k) flags |= FA_FLAG_VARLEN_K;
     if (p->seqused_k) flags |= FA_FLAG_SEQUSED_K;
@@ -184,13 +185,13 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     if (varlen_q) {
         bytes[FA_BUF_Q] = view_extent(1, 0, p->total_q, p->q.row_stride, p->nheads_q, p->q.head_stride, d) * eb;
         bytes[FA_BUF_OUT] = view_extent(1, 0, p->total_q, p->out.row_stride, p->nheads_q, p->out.head_stride, d) * eb;
-        if (p->lse) bytes[FA_BUF_LSE] = view_extent(1, 0, p->nheads_q, p->lse_head_stride, p->total_q, p->lse_row_stride, 1) * 4;
+        if (has_tensor(p, p->lse, FA_BUF_LSE)) bytes[FA_BUF_LSE] = view_extent(1, 0, p->nheads_q, p->lse_head_stride, p->total_q, p->lse_row_stride, 1) * 4;
     } else {
         bytes[FA_BUF_Q] = view_extent(p->batch, p->q.batch_stride, p->seqlen_q, p->q.row_stride, p->nheads_q,
                                       p->q.head_stride, d) * eb;
         bytes[FA_BUF_OUT] = view_extent(p->batch, p->out.batch_stride, p->seqlen_q, p->out.row_stride, p->nheads_q,
                                         p->out.head_stride, d) * eb;
-        if (p->lse)
+        if (has_tensor(p, p->lse, FA_BUF_LSE))
             bytes[FA_BUF_LSE] = view_extent(p->batch, p->lse_batch_stride, p->nheads_q, p->lse_head_stride,
                                             p->seqlen_q, p->lse_row_stride, 1) * 4;
     }
@@ -209,7 +210,7 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     const int64_t vbs = varlen_k && !p->block_table ? 0 : p->v.batch_stride;
     bytes[FA_BUF_K] = view_extent(kv_outer, kbs, kv_rows, p->k.row_stride, p->nheads_kv, p->k.head_stride, d) * eb;
     bytes[FA_BUF_V] = view_extent(kv_outer, vbs, kv_rows, p->v.row_stride, p->nheads_kv, p->v.head_stride, d) * eb;
-    if (p->alibi_slopes)
+    if (has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI))
         bytes[FA_BUF_ALIBI] = (int64_t(p->batch - 1) * p->alibi_batch_stride + p->nheads_q) * 4;
     if (varlen_q) bytes[FA_BUF_CU_SEQLENS_Q] = int64_t(p->batch + 1) * 4;
     if (varlen_k) bytes[FA_BUF_CU_SEQLENS_K] = int64_t(p->batch + 1) * 4;
@@ -218,7 +219,7 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     if (p->cache_batch_idx) bytes[FA_BUF_CACHE_BATCH_IDX] = int64_t(p->batch) * 4;
     if (p->block_table)
         bytes[FA_BUF_BLOCK_TABLE] = (int64_t(p->batch - 1) * p->block_table_batch_stride + p->max_blocks_per_seq) * 4;
-    if (p->attn_probs)
+    if (has_tensor(p, p->attn_probs, FA_BUF_ATTN_PROBS))
         bytes[FA_BUF_ATTN_PROBS] = view_extent(p->batch, p->attn_probs_batch_stride, p->nheads_q, p->attn_probs_head_stride,
                                                p->seqlen_q, p->attn_probs_row_stride, p->seqlen_k) * 4;
     if (splits > 1) {
@@ -266,7 +267,7 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     faplan::launch_bind_unused(out, att, att_indices, int(sizeof(att_indices) / sizeof(att_indices[0])));
     faplan::launch_constants(att, FA_FWD_BUF_PARAMS, &k, sizeof(k));
     if (splits == 1) {
-        if (p->attn_probs) add_probs_launch(p, k, tag, out);
+        if (has_tensor(p, p->attn_probs, FA_BUF_ATTN_PROBS)) add_probs_launch(p, k, tag, out);
         return FA_OK;
     }
 
@@ -294,12 +295,12 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     faplan::launch_bind(merge, FA_MERGE_BUF_O_PARTIAL, FA_BUF_SCRATCH0);
     faplan::launch_bind(merge, FA_MERGE_BUF_LSE_PARTIAL, FA_BUF_SCRATCH1);
     faplan::launch_bind(merge, FA_MERGE_BUF_OUT, FA_BUF_OUT);
-    if (p->lse) faplan::launch_bind(merge, FA_MERGE_BUF_LSE, FA_BUF_LSE);
+    if (has_tensor(p, p->lse, FA_BUF_LSE)) faplan::launch_bind(merge, FA_MERGE_BUF_LSE, FA_BUF_LSE);
     if (varlen_q) faplan::launch_bind(merge, FA_MERGE_BUF_CU_SEQLENS_Q, FA_BUF_CU_SEQLENS_Q);
     static const int merge_indices[] = {FA_MERGE_BUF_O_PARTIAL, FA_MERGE_BUF_LSE_PARTIAL, FA_MERGE_BUF_OUT,
                                         FA_MERGE_BUF_LSE, FA_MERGE_BUF_CU_SEQLENS_Q};
     faplan::launch_bind_unused(out, merge, merge_indices, int(sizeof(merge_indices) / sizeof(merge_indices[0])));
     faplan::launch_constants(merge, FA_MERGE_BUF_PARAMS, &mp, sizeof(mp));
-    if (p->attn_probs) add_probs_launch(p, k, tag, out);
+    if (has_tensor(p, p->attn_probs, FA_BUF_ATTN_PROBS)) add_probs_launch(p, k, tag, out);
     return FA_OK;
 }

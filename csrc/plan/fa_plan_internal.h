@@ -30,6 +30,10 @@ void launch_bind(fa_launch *l, int index, fa_buffer_id buffer, int64_t byte_offs
 void launch_bind_unused(fa_plan *plan, fa_launch *l, const int *indices, int count);
 void launch_constants(fa_launch *l, int index, const void *data, uint32_t size);
 
+// Whether an optional tensor is present: its host pointer is set or, for the Metal backend, it is given as an
+// MTLBuffer handle in p->device_buffers (PyTorch MPS tensors arrive that way with NULL host pointers).
+bool has_tensor(const fa_params *p, const void *host_ptr, fa_buffer_id slot);
+
 // Formats a message into err (always NUL-terminated) and returns code.
 int fail(char *err, size_t errlen, int code, const char *fmt, ...);
 

@@ -4,16 +4,18 @@ The file goes through the translator in "check" mode: ``device``, ``constant`` a
 address spaces 1, 2 and 3 (so mixing them fails as it does on a Mac), threadgroup declarations become ``static``
 address-space-3 variables, and what MSL lacks is poisoned after the compatibility header: ``double``, ``new``,
 ``delete``, ``virtual``, ``printf``, ``malloc``, the ``std`` namespace; system headers are rejected by the translator;
-``-fno-exceptions -fno-rtti`` reject ``throw``, ``try`` and ``dynamic_cast``.
+``-fno-exceptions -fno-rtti`` reject ``throw``, ``try`` and ``dynamic_cast``; a call cycle in clang's LLVM IR of the
+file (recursion, which MSL does not have) fails the check too.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
-from typing import List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Set
 
 from . import _compile
 from .translate import TranslateError, translate_file
@@ -57,7 +59,71 @@ def check_file(path: str, include_dirs: Sequence[str] = (), clang: Optional[str]
             fh.write(tr.code)
         p = subprocess.run([clang] + CLANG_FLAGS + ["-I", str(inc), "-x", "c++", src], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
-    return CheckResult(path, p.returncode == 0, p.stdout.strip())
+        if p.returncode != 0:
+            return CheckResult(path, False, p.stdout.strip())
+        cycle = _find_recursion(clang, inc, src)
+    if cycle:
+        return CheckResult(path, False, f"{path}: error: recursion (MSL has none): {' -> '.join(cycle)}")
+    return CheckResult(path, True, p.stdout.strip())
+
+
+def _find_recursion(clang: str, inc, src: str) -> List[str]:
+    """A call cycle among the functions of the file, from clang's LLVM IR (mangled names keep overloads apart)."""
+    flags = [f for f in CLANG_FLAGS if f != "-fsyntax-only"]
+    p = subprocess.run([clang] + flags + ["-I", str(inc), "-x", "c++", "-O0", "-S", "-emit-llvm", "-o", "-", src],
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if p.returncode != 0:
+        return []  # the syntax check passed; without IR there is just no recursion check
+    edges: Dict[str, Set[str]] = {}
+    cur = None
+    for line in p.stdout.splitlines():
+        m = _DEFINE_RE.match(line)
+        if m:
+            cur = m.group(1)
+            edges[cur] = set()
+        elif line.startswith("}"):
+            cur = None
+        elif cur is not None:
+            edges[cur].update(_CALL_RE.findall(line))
+    state: Dict[str, int] = {}
+    stack: List[str] = []
+
+    def visit(f: str) -> List[str]:
+        state[f] = 1
+        stack.append(f)
+        for g in sorted(edges.get(f, ())):
+            if g not in edges:
+                continue
+            if state.get(g) == 1:
+                return stack[stack.index(g):] + [g]
+            if g not in state:
+                c = visit(g)
+                if c:
+                    return c
+        stack.pop()
+        state[f] = 2
+        return []
+
+    for f in sorted(edges):
+        if f not in state:
+            c = visit(f)
+            if c:
+                return _demangle(c)
+    return []
+
+
+_DEFINE_RE = re.compile(r'^define [^@]*@("[^"]+"|[\w.$]+)\(')
+_CALL_RE = re.compile(r'(?:call|invoke) [^@]*@("[^"]+"|[\w.$]+)\(')
+
+
+def _demangle(names: List[str]) -> List[str]:
+    tool = shutil.which("c++filt") or shutil.which("llvm-cxxfilt") or shutil.which("llvm-cxxfilt-19")
+    names = [n.strip('"') for n in names]
+    if not tool:
+        return names
+    p = subprocess.run([tool], input="\n".join(names), stdout=subprocess.PIPE, text=True)
+    out = p.stdout.split("\n")
+    return out[:len(names)] if len(out) >= len(names) else names
 
 
 def check_files(paths: Sequence[str], include_dirs: Sequence[str] = ()) -> List[CheckResult]:

@@ -597,11 +597,19 @@ class _Translator:
                     continue
                 else:
                     self.check_attribute(a, it)
+            words = [toks[q].text for q in range(a, b) if self.attr_owner[q] is None]
+            if not binds and ("device" in words or "constant" in words) and ("*" in words or "&" in words):
+                # No [[buffer(n)]]: Metal numbers such buffer arguments itself, in order (Apple's own samples do
+                # this); they take the lowest indices no explicit [[buffer(n)]] of this kernel uses.
+                binds.append(("buffer", None))
             if len(binds) != 1:
-                ptext = " ".join(toks[q].text for q in range(a, b) if self.attr_owner[q] is None)
-                raise self.err(a, f"kernel '{name}': parameter '{ptext}' needs exactly one [[buffer(n)]] or id "
-                                  "attribute")
+                raise self.err(a, f"kernel '{name}': parameter '{' '.join(words)}' needs exactly one [[buffer(n)]] "
+                                  "or id attribute")
             params.append(binds[0])
+        used = {int(v) for kind, v in params if kind == "buffer" and v is not None}
+        free = (i for i in range(31) if i not in used)
+        params = [("buffer", str(next(free))) if (kind == "buffer" and v is None) else (kind, v)
+                  for kind, v in params]
         d = _KernelDef(name, is_template, params, host_name, fname, fline)
         self.defs[name] = d
         if not is_template:

@@ -221,7 +221,9 @@ inline void simdgroup_store(const simdgroup_matrix<T, 8, 8> &m, U *dst, ulong el
     dst[fasim_mat_index(r, c + 1, elements_per_row, matrix_origin, transpose_matrix)] = U(m.elems.y);
 }
 
-// D = A * B + C over the whole SIMD group, accumulated in float (fma chain over k starting from C).
+// D = A * B + C over the whole SIMD group: a chain over k starting from C, each step a*b+acc rounded once to float
+// (the product of two floats is exact in double, so this is a fused multiply-add except for rare double-rounding
+// ties; it avoids a libm fmaf call per step on machines compiled without FMA instructions).
 template <class TD, class TA, class TB, class TC>
 inline void fasim_mma(simdgroup_matrix<TD, 8, 8> &d, const simdgroup_matrix<TA, 8, 8> &a,
                       const simdgroup_matrix<TB, 8, 8> &b, const simdgroup_matrix<TC, 8, 8> *c, const char *file,
@@ -242,7 +244,7 @@ inline void fasim_mma(simdgroup_matrix<TD, 8, 8> &d, const simdgroup_matrix<TA, 
             uint32_t oa = fasim_detail::kMatOwner.at[r][k], ob = fasim_detail::kMatOwner.at[k][col + j];
             float av = fasim_detail::slot<float>(x, par, oa >> 1)[oa & 1u];
             float bv = fasim_detail::slot<float>(x, par, ob >> 1)[2 + (ob & 1u)];
-            acc[j] = __builtin_fmaf(av, bv, acc[j]);
+            acc[j] = (float)((double)av * (double)bv + (double)acc[j]);
         }
     }
     d.elems.x = TD(acc[0]);
