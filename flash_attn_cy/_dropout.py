@@ -21,7 +21,11 @@ _U64 = (1 << 64) - 1
 def _as_u64(v: Any, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
-    return int(v) & _U64  # negative seeds wrap, like torch.manual_seed
+    v = int(v)
+    # torch.manual_seed's range: negative seeds wrap modulo 2**64, anything outside 64 bits is an error
+    if not -(1 << 63) <= v <= _U64:
+        raise ValueError(f"{name}: expected an integer in [-2**63, 2**64 - 1], got {v}")
+    return v & _U64
 
 
 def philox_state(kind: str, seed: Any = None) -> Tuple[int, int]:

@@ -288,3 +288,10 @@ def test_unknown_backend_lists_choices():
     msg = str(info.value)
     for name in ("auto", "cpu", "sim", "metal"):
         assert repr(name) in msg
+
+
+@pytest.mark.parametrize("seed", [1 << 64, -(1 << 63) - 1, (0, 1 << 64)])
+def test_dropout_seed_outside_64_bits_is_rejected(seed):
+    q = np.zeros((1, 4, 1, 8), np.float32)
+    with pytest.raises(ValueError, match="seed"):
+        fa.flash_attn_func(q, q, q, dropout_p=0.1, seed=seed, backend="cpu")
