@@ -50,6 +50,7 @@ __all__ = [
     "flash_attn_with_kvcache",
     "backward",
     "backends",
+    "build_info",
     "available_backends",
     "set_num_threads",
     "get_num_threads",
@@ -86,6 +87,13 @@ def backends() -> Dict[str, Dict[str, object]]:
         ok, why = _core.backend_available(name)
         info[name] = {"available": ok, "reason": "" if ok else why, "description": _core.backend_describe(name)}
     return info
+
+
+def build_info() -> Dict[str, str]:
+    """How this build was configured (version, host, C++ compiler, Cython, meson, build type, the `metal` option and
+    whether the Metal shim was compiled in), as recorded by meson."""
+    from ._build_info import BUILD_INFO
+    return dict(BUILD_INFO)
 
 
 def available_backends() -> list:

@@ -183,3 +183,13 @@ def test_readme_examples_run(tmp_path, index):
     script.write_text(code, encoding="utf-8")
     r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def test_build_info_records_the_configuration():
+    import flash_attn_cy
+    info = flash_attn_cy.build_info()
+    assert info["version"] == flash_attn_cy.__version__
+    assert info["metal option"] in ("auto", "enabled", "disabled")
+    if sys.platform != "darwin":
+        assert info["metal shim built"] == "no"  # Metal exists only on macOS
+    assert info["buildtype"] and info["c++ compiler"] and info["cython"]
