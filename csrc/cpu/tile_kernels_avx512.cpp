@@ -49,6 +49,33 @@ template <> struct MicroRows<2> { static constexpr int value = 12; };
 template <> struct MicroRows<3> { static constexpr int value = 8; };
 template <> struct MicroRows<4> { static constexpr int value = 6; };
 
+// Row dispatch shared by the fp32 and bf16 products: Kernel<NV, SCALE_C>::tile<R> computes R rows of C with NV
+// 16-lane vectors; all `rows` rows are covered by full register tiles, then 8/4/2/1-row remainders.
+template <template <int, bool> class Kernel, int NV, bool SCALE_C, typename Elem>
+void gemm_rows(int rows, const Elem *a, int64_t a_rs, int64_t a_ks, int kk, const Elem *b, float *c,
+               const float *alpha) {
+    using K = Kernel<NV, SCALE_C>;
+    constexpr int R = MicroRows<NV>::value;
+    int r = 0;
+    for (; r + R <= rows; r += R) K::template tile<R>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha);
+    if (R > 8 && r + 8 <= rows) { K::template tile<8>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha); r += 8; }
+    if (r + 4 <= rows) { K::template tile<4>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha); r += 4; }
+    if (r + 2 <= rows) { K::template tile<2>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha); r += 2; }
+    if (r < rows) K::template tile<1>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha);
+}
+
+// C for `nv` query vectors (1..4): picks the register-tile shape at compile time.
+template <template <int, bool> class Kernel, bool SCALE_C, typename Elem>
+void gemm(int nv, int rows, const Elem *a, int64_t a_rs, int64_t a_ks, int kk, const Elem *b, float *c,
+          const float *alpha) {
+    switch (nv) {
+        case 1: gemm_rows<Kernel, 1, SCALE_C>(rows, a, a_rs, a_ks, kk, b, c, alpha); break;
+        case 2: gemm_rows<Kernel, 2, SCALE_C>(rows, a, a_rs, a_ks, kk, b, c, alpha); break;
+        case 3: gemm_rows<Kernel, 3, SCALE_C>(rows, a, a_rs, a_ks, kk, b, c, alpha); break;
+        default: gemm_rows<Kernel, 4, SCALE_C>(rows, a, a_rs, a_ks, kk, b, c, alpha); break;
+    }
+}
+
 // C[r][lanes] (=|+=) sum_k A[r*a_rs + k*a_ks] * B[k*BLOCK_M + lanes], r < R, lanes < NV*16.
 // With SCALE_C, the old C is first multiplied by alpha[lanes] (the online-softmax rescale of O^T).
 template <int R, int NV, bool SCALE_C>
@@ -83,29 +110,14 @@ inline void micro_f32(const float *a, int64_t a_rs, int64_t a_ks, int kk, const 
         for (int v = 0; v < NV; ++v) _mm512_store_ps(c + r * BLOCK_M + 16 * v, acc[r][v]);
 }
 
-// All `rows` rows of C: full register tiles, then the remainder in 8/4/2/1-row tiles.
+// micro_f32 as a gemm() kernel.
 template <int NV, bool SCALE_C>
-void gemm_rows_f32(int rows, const float *a, int64_t a_rs, int64_t a_ks, int kk, const float *b, float *c,
-                   const float *alpha) {
-    constexpr int R = MicroRows<NV>::value;
-    int r = 0;
-    for (; r + R <= rows; r += R) micro_f32<R, NV, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha);
-    if (R > 8 && r + 8 <= rows) { micro_f32<8, NV, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha); r += 8; }
-    if (r + 4 <= rows) { micro_f32<4, NV, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha); r += 4; }
-    if (r + 2 <= rows) { micro_f32<2, NV, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha); r += 2; }
-    if (r < rows) micro_f32<1, NV, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha);
-}
-
-template <bool SCALE_C>
-void gemm_f32(int nv, int rows, const float *a, int64_t a_rs, int64_t a_ks, int kk, const float *b, float *c,
-              const float *alpha) {
-    switch (nv) {
-        case 1: gemm_rows_f32<1, SCALE_C>(rows, a, a_rs, a_ks, kk, b, c, alpha); break;
-        case 2: gemm_rows_f32<2, SCALE_C>(rows, a, a_rs, a_ks, kk, b, c, alpha); break;
-        case 3: gemm_rows_f32<3, SCALE_C>(rows, a, a_rs, a_ks, kk, b, c, alpha); break;
-        default: gemm_rows_f32<4, SCALE_C>(rows, a, a_rs, a_ks, kk, b, c, alpha); break;
+struct MicroF32 {
+    template <int R>
+    static void tile(const float *a, int64_t a_rs, int64_t a_ks, int kk, const float *b, float *c, const float *alpha) {
+        micro_f32<R, NV, SCALE_C>(a, a_rs, a_ks, kk, b, c, alpha);
     }
-}
+};
 
 // ---- fp32 ----
 
@@ -141,14 +153,14 @@ inline const float *contiguous_tile_f32(const float *src, int64_t stride, int nk
 void scores_f32(const void *k, int64_t kstride, int nk, int d, const void *qT, int nv, float *sT, void *scratch) {
     // S^T[j][lanes] = sum_c K[j][c] * qT[c][lanes]: A = K rows (row stride ws, k stride 1).
     const float *kt = contiguous_tile_f32(static_cast<const float *>(k), kstride, nk, d, static_cast<float *>(scratch));
-    gemm_f32<false>(nv, nk, kt, widened_stride(d), 1, d, static_cast<const float *>(qT), sT, nullptr);
+    gemm<MicroF32, false>(nv, nk, kt, widened_stride(d), 1, d, static_cast<const float *>(qT), sT, nullptr);
 }
 
 void pv_f32(const void *v, int64_t vstride, int nk, int d, const float *pT, int nv, const float *alpha, float *oT,
             void *scratch) {
     // O^T[c][lanes] = alpha*O^T + sum_j V[j][c] * P^T[j][lanes]: A = V^T (row stride 1, k stride ws).
     const float *vt = contiguous_tile_f32(static_cast<const float *>(v), vstride, nk, d, static_cast<float *>(scratch));
-    gemm_f32<true>(nv, d, vt, 1, widened_stride(d), nk, pT, oT, alpha);
+    gemm<MicroF32, true>(nv, d, vt, 1, widened_stride(d), nk, pT, oT, alpha);
 }
 
 // 2^x for x <= 128: split x = n + f with |f| <= 1/2, 2^f = e^(f ln2) by its Taylor polynomial of degree DEG, then
@@ -252,7 +264,7 @@ void scores_f16(const void *k, int64_t kstride, int nk, int d, const void *qT, i
     float *kf = static_cast<float *>(scratch);
     const int ws = widened_stride(d);
     for (int j = 0; j < nk; ++j) f16_row_to_f32(static_cast<const uint16_t *>(k) + j * kstride, d, kf + j * ws);
-    gemm_f32<false>(nv, nk, kf, ws, 1, d, static_cast<const float *>(qT), sT, nullptr);
+    gemm<MicroF32, false>(nv, nk, kf, ws, 1, d, static_cast<const float *>(qT), sT, nullptr);
 }
 
 void pv_f16(const void *v, int64_t vstride, int nk, int d, const float *pT, int nv, const float *alpha, float *oT,
@@ -260,7 +272,7 @@ void pv_f16(const void *v, int64_t vstride, int nk, int d, const float *pT, int 
     float *vf = static_cast<float *>(scratch);
     const int ws = widened_stride(d);
     for (int j = 0; j < nk; ++j) f16_row_to_f32(static_cast<const uint16_t *>(v) + j * vstride, d, vf + j * ws);
-    gemm_f32<true>(nv, d, vf, 1, ws, nk, pT, oT, alpha);
+    gemm<MicroF32, true>(nv, d, vf, 1, ws, nk, pT, oT, alpha);
 }
 
 // ---- row layout (decode: at most ROW_LAYOUT_MAX_ROWS query rows per tile), any storage type ----
@@ -402,28 +414,15 @@ inline void micro_bf16(const uint16_t *a, int64_t a_rs, int64_t a_ks, int kpairs
         for (int v = 0; v < NV; ++v) _mm512_store_ps(c + r * BLOCK_M + 16 * v, acc[r][v]);
 }
 
+// micro_bf16 as a gemm() kernel (kk counts bf16 pairs).
 template <int NV, bool SCALE_C>
-void gemm_rows_bf16(int rows, const uint16_t *a, int64_t a_rs, int64_t a_ks, int kp, const uint16_t *b, float *c,
-                    const float *alpha) {
-    constexpr int R = MicroRows<NV>::value;
-    int r = 0;
-    for (; r + R <= rows; r += R) micro_bf16<R, NV, SCALE_C>(a + r * a_rs, a_rs, a_ks, kp, b, c + r * BLOCK_M, alpha);
-    if (R > 8 && r + 8 <= rows) { micro_bf16<8, NV, SCALE_C>(a + r * a_rs, a_rs, a_ks, kp, b, c + r * BLOCK_M, alpha); r += 8; }
-    if (r + 4 <= rows) { micro_bf16<4, NV, SCALE_C>(a + r * a_rs, a_rs, a_ks, kp, b, c + r * BLOCK_M, alpha); r += 4; }
-    if (r + 2 <= rows) { micro_bf16<2, NV, SCALE_C>(a + r * a_rs, a_rs, a_ks, kp, b, c + r * BLOCK_M, alpha); r += 2; }
-    if (r < rows) micro_bf16<1, NV, SCALE_C>(a + r * a_rs, a_rs, a_ks, kp, b, c + r * BLOCK_M, alpha);
-}
-
-template <bool SCALE_C>
-void gemm_bf16(int nv, int rows, const uint16_t *a, int64_t a_rs, int64_t a_ks, int kp, const uint16_t *b, float *c,
-               const float *alpha) {
-    switch (nv) {
-        case 1: gemm_rows_bf16<1, SCALE_C>(rows, a, a_rs, a_ks, kp, b, c, alpha); break;
-        case 2: gemm_rows_bf16<2, SCALE_C>(rows, a, a_rs, a_ks, kp, b, c, alpha); break;
-        case 3: gemm_rows_bf16<3, SCALE_C>(rows, a, a_rs, a_ks, kp, b, c, alpha); break;
-        default: gemm_rows_bf16<4, SCALE_C>(rows, a, a_rs, a_ks, kp, b, c, alpha); break;
+struct MicroBf16 {
+    template <int R>
+    static void tile(const uint16_t *a, int64_t a_rs, int64_t a_ks, int kp, const uint16_t *b, float *c,
+                     const float *alpha) {
+        micro_bf16<R, NV, SCALE_C>(a, a_rs, a_ks, kp, b, c, alpha);
     }
-}
+};
 
 // qT as [d/2][BLOCK_M][2] bf16 pairs (the head dim padded to even with zeros). A pair of a Q row is one 32-bit word
 // (x86 is little-endian: element 2kp in the low half), so rows are copied a word at a time with no per-element tests.
@@ -461,7 +460,7 @@ void scores_bf16(const void *k, int64_t kstride, int nk, int d, const void *qT, 
         kb = staged;
         ks = ws;
     }
-    gemm_bf16<false>(nv, nk, kb, ks, 2, (d + 1) / 2, static_cast<const uint16_t *>(qT), sT, nullptr);
+    gemm<MicroBf16, false>(nv, nk, kb, ks, 2, (d + 1) / 2, static_cast<const uint16_t *>(qT), sT, nullptr);
 }
 
 // Interleave 16+16 fp32 values into 16 bf16 pairs (a[i], b[i]), rounding to nearest even.
@@ -502,7 +501,7 @@ void pv_bf16(const void *v, int64_t vstride, int nk, int d, const float *pT, int
         }
     }
     // O^T[c][lanes] += sum_kp dot2(V pair (kp, c), P pair [kp][lanes]): A pair (r=c, kp) at vp + c*2 + kp*dp*2.
-    gemm_bf16<true>(nv, d, vp, 2, int64_t(dp) * 2, kpairs, pp, oT, alpha);
+    gemm<MicroBf16, true>(nv, d, vp, 2, int64_t(dp) * 2, kpairs, pp, oT, alpha);
 }
 
 FA_TARGET_END
