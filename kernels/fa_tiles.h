@@ -43,6 +43,39 @@ constexpr int fa_fwd_bk(int bd, int elem_bytes) { return fa_fit_bk(bd <= 96 ? 32
 #define FA_DEC_BQ (8 * FA_DEC_SIMDGROUPS)
 constexpr int fa_dec_bk(int bd, int elem_bytes) { return fa_fit_bk(32, bd, elem_bytes); }
 
+// Vector decode (fa_decode_vec.h): one threadgroup serves at most FA_VEC_ROWS packed rows (query, head of one KV
+// group) against the keys of its split; each of its FA_VEC_SIMDGROUPS simdgroups walks every FA_VEC_SIMDGROUPS-th
+// key. Each lane holds fa_vec_span(BD) / 32 columns of every row's q and O in registers; a key's row of K (and of V)
+// is read once per simdgroup, as fa_vec_chunks(BD) vector loads of fa_vec_width(BD) elements per lane, and serves
+// all the rows. FA_VEC_BK only sets the granularity of the split-KV partition (splits take runs of 32-key blocks,
+// as the fragment kernel's splits take runs of key tiles); the vector kernel has no key tile in memory.
+#define FA_VEC_SIMDGROUPS 8
+#define FA_VEC_ROWS 4
+#define FA_VEC_BK 32
+// Elements per vector load: 4 when 128 | BD (one half4/bfloat4/float4 per lane per chunk), 2 for 64, 1 for 80 / 96
+// (96 = 3 x 32: no vector width tiles it; d80 runs with the d96 layout, its last 16 columns zero).
+constexpr int fa_vec_width(int bd) { return bd % 128 == 0 ? 4 : bd % 64 == 0 ? 2 : 1; }
+constexpr int fa_vec_chunks(int bd) { return (bd + 32 * fa_vec_width(bd) - 1) / (32 * fa_vec_width(bd)); }
+constexpr int fa_vec_span(int bd) { return 32 * fa_vec_width(bd) * fa_vec_chunks(bd); }  // columns a simdgroup holds
+// Threadgroup memory: each simdgroup's partial O row (fp32) and its running max and sum, combined at the end.
+constexpr int fa_vec_tg_bytes(int bd) { return (FA_VEC_SIMDGROUPS * fa_vec_span(bd) + 2 * FA_VEC_SIMDGROUPS) * 4; }
+
+// Which kernel serves a launch (csrc/plan/fa_plan_forward.cpp applies this; `rows` = seqlen_q x pack, the packed rows
+// of one head block):
+//   rows <= FA_VEC_ROWS  -> vector decode (fa_vec_*)
+//   rows <= FA_DEC_BQ    -> 8-row fragment decode (fa_dec_*)
+//   otherwise            -> prefill (fa_fwd_*)
+// Why 4: decode streams K/V once per KV head and does little arithmetic per byte, so the kernel that issues the fewest
+// load instructions per key wins while the ALU keeps up. The fragment kernel stages each 32-key tile through
+// threadgroup memory with scalar loads and fills rows / 8 of its 8x8 products: at rows = 1 (plain decode, the
+// commonest call) 7/8 of its multiply work and all its loads serve nothing else. The vector kernel reads each K and V
+// row with BD / (32 x width) vector loads per lane and spends per key and row BD/32 FMAs, one simd_sum and an exp2,
+// plus BD/32 FMAs for O; its registers grow with the rows (q and O: 2 x rows x BD/32 floats per lane, 64 at d256
+// with 4 rows). Up to 4 rows that stays well below the memory time of a key (2 x BD x element bytes) on M-series
+// GPUs; from 5 rows the fragment kernel's products are at least 5/8 used and its register use does not grow.
+// GQA: the rows of a threadgroup are the heads of one KV group (packed as in the fragment kernel), so a group of up
+// to 4 heads (Llama-3-8B, Mistral: 32 query / 8 KV heads) reads each K/V row once for all its heads.
+
 // Merge of split-KV partials, KV-cache append and the attn_probs debug kernel: threads per threadgroup.
 #define FA_MERGE_THREADS 64
 #define FA_APPEND_THREADS 64

@@ -1,13 +1,15 @@
 // fa_plan_forward.cpp - the forward plan: which attention specialization, its grid, split-KV and the merge.
 //
-// Launch 1: fa_fwd_<t>_d<BD> (prefill, 32-row tiles) or fa_dec_<t>_d<BD> (at most 8 packed query rows per head
-// block), grid (query tiles, head blocks, batch * num_splits). Launch 2 (only when the keys are split): fa_merge_<t>,
+// Launch 1: fa_fwd_<t>_d<BD> (prefill, 32-row tiles), fa_dec_<t>_d<BD> (8-row fragment decode, 5..8 packed query rows
+// per head block) or fa_vec_<t>_d<BD> (vector decode, at most 4 packed rows; the rule is explained in
+// kernels/fa_tiles.h), grid (row tiles, head blocks, batch * num_splits). Launch 2 (only when the keys are split): fa_merge_<t>,
 // grid (seqlen_q, nheads_q, batch), which combines the partials in SCRATCH0 (O, fp32) and SCRATCH1 (LSE, fp32).
 // Last, only for return_attn_probs: fa_probs_<t> writes the probabilities (debug output, recomputes the scores).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <cstdint>
 
 #include "fa_kernel_params.h"
 #include "fa_plan_internal.h"
@@ -25,6 +27,37 @@ constexpr int kMaxSplits = 128;
 constexpr int64_t kMaxPartialBytes = int64_t(256) << 20;  // scratch cap for split-KV partials
 
 int ceil_div(int64_t a, int64_t b) { return int((a + b - 1) / b); }
+
+// Which attention kernel serves `rows` packed query rows per head block (kernels/fa_tiles.h gives the reasons).
+enum class AttnKernel { Vector, Fragment, Prefill };
+
+AttnKernel choose_kernel(int64_t rows) {
+    if (rows <= FA_VEC_ROWS) return AttnKernel::Vector;
+    if (rows <= FA_DEC_BQ) return AttnKernel::Fragment;
+    return AttnKernel::Prefill;
+}
+
+// Whether the vector kernel may read K/V rows as vectors of `width` elements (FA_FLAG_KV_ALIGNED): headdim, every
+// stride it uses and each base address (host pointer, or the MTLBuffer offset of a device tensor) are multiples of
+// the width. Otherwise it reads scalars (any layout still works).
+bool kv_vector_aligned(const fa_params *p, int width, int eb) {
+    if (width <= 1) return true;
+    if (p->headdim % width != 0) return false;
+    const bool batch_stride_used = p->block_table || !p->cu_seqlens_k;
+    const fa_tensor *views[2] = {&p->k, &p->v};
+    const fa_buffer_id slots[2] = {FA_BUF_K, FA_BUF_V};
+    for (int t = 0; t < 2; ++t) {
+        const fa_tensor &x = *views[t];
+        if (x.row_stride % width || x.head_stride % width || (batch_stride_used && x.batch_stride % width)) return false;
+        int64_t base;
+        if (p->device_buffers && p->device_buffers->handle[slots[t]])
+            base = p->device_buffers->byte_offset[slots[t]];
+        else
+            base = int64_t(reinterpret_cast<uintptr_t>(x.data) % uintptr_t(width * eb));
+        if (base % (width * eb) != 0) return false;
+    }
+    return true;
+}
 
 // Split-KV decision: 1 = none. Auto (num_splits == 0) splits only when the grid is too small to fill the GPU.
 int choose_splits(const fa_params *p, int64_t blocks, int key_tiles, int bk, int64_t partial_bytes_per_split) {
@@ -104,10 +137,13 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     const int group = p->nheads_q / p->nheads_kv;
     const int pack = (group > 1 && p->seqlen_q < FA_FWD_BQ) ? group : 1;  // packed GQA for short queries
     const int64_t rows = int64_t(p->seqlen_q) * pack;                      // packed rows per head block
-    const bool decode = rows <= FA_DEC_BQ;
-    const int bq = decode ? FA_DEC_BQ : FA_FWD_BQ;
-    const int bk = decode ? fa_dec_bk(bd, eb) : fa_fwd_bk(bd, eb);
-    const int nsg = decode ? FA_DEC_SIMDGROUPS : FA_FWD_SIMDGROUPS;
+    const AttnKernel kind = choose_kernel(rows);
+    const bool vector = kind == AttnKernel::Vector;
+    const bool decode = kind == AttnKernel::Fragment;
+    const int bq = vector ? FA_VEC_ROWS : decode ? FA_DEC_BQ : FA_FWD_BQ;
+    const int bk = vector ? FA_VEC_BK : decode ? fa_dec_bk(bd, eb) : fa_fwd_bk(bd, eb);
+    const int nsg = vector ? FA_VEC_SIMDGROUPS : decode ? FA_DEC_SIMDGROUPS : FA_FWD_SIMDGROUPS;
+    const uint32_t tg_bytes = uint32_t(vector ? fa_vec_tg_bytes(bd) : fa_kv_tile_bytes(bk, bd, eb));
 
     const int64_t gx = (rows + bq - 1) / bq;
     const int64_t gy = p->nheads_q / pack;
@@ -174,6 +210,7 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     if (p->block_table) flags |= FA_FLAG_PAGED;
     if (p->dropout_p > 0.0f) flags |= FA_FLAG_DROPOUT;
     if (splits > 1) flags |= FA_FLAG_SPLIT;
+    if (vector && kv_vector_aligned(p, fa_vec_width(bd), eb)) flags |= FA_FLAG_KV_ALIGNED;
     k.flags = flags;
     k.page_block_size = p->page_block_size;
     k.max_blocks_per_seq = p->max_blocks_per_seq;
@@ -229,11 +266,11 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
 
     // ---- launch 1: attention ----
     char name[FA_PLAN_KERNEL_NAME_LEN];
-    std::snprintf(name, sizeof(name), "fa_%s_%s_d%d", decode ? "dec" : "fwd", tag, bd);
+    std::snprintf(name, sizeof(name), "fa_%s_%s_d%d", vector ? "vec" : decode ? "dec" : "fwd", tag, bd);
     const uint32_t grid[3] = {uint32_t(gx), uint32_t(gy), uint32_t(int64_t(p->batch) * splits)};
     const uint32_t threads[3] = {uint32_t(nsg * FA_SIMD_WIDTH), 1, 1};
     fa_launch *att = &out->launches[out->nlaunches++];
-    faplan::launch_init(att, name, grid, threads, uint32_t(fa_kv_tile_bytes(bk, bd, eb)));
+    faplan::launch_init(att, name, grid, threads, tg_bytes);
     const struct {
         int index;
         fa_buffer_id buffer;

@@ -55,16 +55,21 @@ void tile_range(const fa_fwd_params &k, int bq, int bk, int64_t mt, int64_t *n_b
 void attention_info(std::string &s, const fa_launch &l) {
     fa_fwd_params k;
     std::memcpy(&k, l.constants, sizeof(k));
+    const bool vector = std::strncmp(l.kernel, "fa_vec_", 7) == 0;
     const bool decode = std::strncmp(l.kernel, "fa_dec_", 7) == 0;
     const int eb = std::strstr(l.kernel, "_f32_") ? 4 : 2;
     const char *dpos = std::strrchr(l.kernel, 'd');
     const int bd = dpos ? std::atoi(dpos + 1) : 0;
-    const int nsg = decode ? FA_DEC_SIMDGROUPS : FA_FWD_SIMDGROUPS;
-    const int bq = 8 * nsg;
-    const int bk = decode ? fa_dec_bk(bd, eb) : fa_fwd_bk(bd, eb);
-    add(s, ",\"attention\":{\"bq\":%d,\"bk\":%d,\"bd\":%d,\"simdgroups\":%d,\"pack\":%d,\"num_splits\":%d,"
-           "\"headdim\":%d,\"flags\":%u",
-        bq, bk, bd, nsg, k.pack, k.num_splits, k.headdim, k.flags);
+    const int nsg = vector ? FA_VEC_SIMDGROUPS : decode ? FA_DEC_SIMDGROUPS : FA_FWD_SIMDGROUPS;
+    // vector kernel: bq = rows per threadgroup, bk = keys per split block (no key tile in memory)
+    const int bq = vector ? FA_VEC_ROWS : 8 * nsg;
+    const int bk = vector ? FA_VEC_BK : decode ? fa_dec_bk(bd, eb) : fa_fwd_bk(bd, eb);
+    add(s, ",\"attention\":{\"kind\":\"%s\",\"bq\":%d,\"bk\":%d,\"bd\":%d,\"simdgroups\":%d,\"pack\":%d,"
+           "\"num_splits\":%d,\"headdim\":%d,\"flags\":%u",
+        vector ? "vector" : decode ? "fragment" : "prefill", bq, bk, bd, nsg, k.pack, k.num_splits, k.headdim,
+        k.flags);
+    if (vector) add(s, ",\"vector_width\":%d,\"kv_vector_loads\":%s", fa_vec_width(bd),
+                    (k.flags & FA_FLAG_KV_ALIGNED) ? "true" : "false");
     const bool dense = !(k.flags & (FA_FLAG_VARLEN_Q | FA_FLAG_VARLEN_K | FA_FLAG_SEQUSED_K));
     if (dense) {
         const int64_t qtiles = (int64_t(k.seqlen_q) * k.pack + bq - 1) / bq;
@@ -102,7 +107,8 @@ int fa_plan_to_json(const fa_plan *plan, char *out, size_t outlen) {
             l.constants_size);
         for (uint32_t i = 0; i < l.constants_size && i < FA_PLAN_MAX_CONSTANT_BYTES; ++i) add(s, "%02x", l.constants[i]);
         s += "\"";
-        const bool attention = std::strncmp(l.kernel, "fa_fwd_", 7) == 0 || std::strncmp(l.kernel, "fa_dec_", 7) == 0;
+        const bool attention = std::strncmp(l.kernel, "fa_fwd_", 7) == 0 || std::strncmp(l.kernel, "fa_dec_", 7) == 0 ||
+                               std::strncmp(l.kernel, "fa_vec_", 7) == 0;
         if (attention && l.constants_size == sizeof(fa_fwd_params)) attention_info(s, l);
         s += "}";
     }
