@@ -1,4 +1,4 @@
-"""The Metal forward kernels (kernels/fa_forward.metal, fa_decode.metal) executed by the simulator, against the
+"""The Metal forward kernels (kernels/fa_forward.metal, fa_decode.metal, fa_decode_vec.metal) executed by the simulator, against the
 float64 reference with the project's tolerance rule, under several thread schedules (races and reads of
 uninitialised threadgroup memory show up as differences between schedules, out-of-bounds accesses as faults).
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from flash_attn_cy.reference import attention_ref
-from test_metal_support import dropout_keep_mask, lse_close, np_dtype, rand, require_sim, sim_forward
+from test_metal_support import describe_forward, dropout_keep_mask, lse_close, np_dtype, rand, require_sim, sim_forward
 from _tolerance import assert_close_to_ref
 
 BACKEND = os.environ.get("FA_TEST_METAL_BACKEND", "sim")
@@ -103,7 +103,7 @@ def test_softcap(alibi, rng):
     check_dense(rng, "fp32", softcap=4.0, alibi=alibi, scale=0.5)
 
 
-@pytest.mark.parametrize("hq,hkv,sq", [(6, 2, 21), (4, 1, 3), (8, 2, 1), (5, 5, 9)])
+@pytest.mark.parametrize("hq,hkv,sq", [(6, 2, 21), (4, 1, 3), (8, 2, 1), (8, 1, 1), (6, 1, 1), (5, 5, 9)])
 def test_gqa_mqa(hq, hkv, sq, rng):
     check_dense(rng, "fp16", hq=hq, hkv=hkv, sq=sq, sk=50, causal=True)
 
@@ -116,16 +116,27 @@ def test_dropout_uses_the_shared_philox_mask(rng):
     check_dense(rng, "fp32", sq=17, sk=35, dropout_p=0.3, causal=True)
 
 
+def _kernel_kind(b, sq, sk, hq, hkv, d, dtype, **opts):
+    q = np.zeros((b, sq, hq, d), _lowp(dtype))
+    k = np.zeros((b, sk, hkv, d), _lowp(dtype))
+    return describe_forward(q, k, k, lse_shape=(b, hq, sq), **opts)["launches"][0]["attention"]["kind"]
+
+
 @pytest.mark.parametrize("num_splits", [0, 1, 5])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_decode_split_kv(num_splits, dtype, rng):
-    """One query against many keys: the decode kernel, split across threadgroups and merged by LSE."""
-    check_dense(rng, dtype, sq=1, sk=333, hq=8, hkv=2, d=128, num_splits=num_splits)
+@pytest.mark.parametrize("hkv,kind", [(2, "vector"), (1, "fragment")])
+def test_decode_split_kv(num_splits, dtype, hkv, kind, rng):
+    """One query against many keys, split across threadgroups and merged by LSE: GQA 4 runs the vector kernel (4
+    packed rows), GQA 8 the 8-row fragment kernel."""
+    assert _kernel_kind(2, 1, 333, 8, hkv, 128, dtype, num_splits=num_splits) == kind
+    check_dense(rng, dtype, sq=1, sk=333, hq=8, hkv=hkv, d=128, num_splits=num_splits)
 
 
-def test_decode_split_with_window_and_empty_splits(rng):
+@pytest.mark.parametrize("hkv,kind", [(4, "vector"), (1, "fragment")])
+def test_decode_split_with_window_and_empty_splits(hkv, kind, rng):
     # most splits see no key of the window: their partials must not disturb the merge
-    check_dense(rng, "fp16", sq=2, sk=400, hq=4, hkv=4, window=(20, 0), num_splits=8)
+    assert _kernel_kind(2, 2, 400, 4, hkv, 64, "fp16", num_splits=8) == kind
+    check_dense(rng, "fp16", sq=2, sk=400, hq=4, hkv=hkv, window=(20, 0), num_splits=8)
 
 
 def test_prefill_kernel_split_kv(rng):

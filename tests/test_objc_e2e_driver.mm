@@ -312,7 +312,9 @@ int main(int argc, char **argv) {
     const Case cases[] = {
         {"f32 dense causal GQA", FA_F32, 2, 37, 53, 4, 2, 64, -1, 0, 1, true},
         {"f32 sliding window, unaligned", FA_F32, 1, 29, 29, 2, 2, 96, 8, 3, 1, false},
-        {"f16 decode split-KV", FA_F16, 2, 1, 300, 4, 1, 128, -1, -1, 3, true},
+        {"f16 decode split-KV (vector kernel, GQA 4)", FA_F16, 2, 1, 300, 4, 1, 128, -1, -1, 3, true},
+        {"f16 decode no GQA (vector kernel), copied", FA_F16, 3, 1, 200, 8, 8, 64, -1, -1, 1, false},
+        {"f32 decode GQA 8 (fragment kernel)", FA_F32, 1, 1, 150, 8, 1, 128, -1, 0, 1, true},
         {"f16 prefill d80", FA_F16, 1, 40, 23, 3, 3, 80, -1, 0, 1, false},
     };
     for (const Case &c : cases) run_case(c);

@@ -13,7 +13,7 @@ LIMIT_THREADS = 1024
 
 
 def _attention_launch(plan):
-    launches = [l for l in plan["launches"] if l["kernel"].startswith(("fa_fwd_", "fa_dec_"))]
+    launches = [l for l in plan["launches"] if l["kernel"].startswith(("fa_fwd_", "fa_dec_", "fa_vec_"))]
     assert len(launches) == 1, plan
     return launches[0]
 
@@ -64,11 +64,24 @@ def test_grid_covers_every_row_once(dtype, d, sq, sk, hq, hkv, rng):
     assert att["grid"][2] == b * info["num_splits"]
     once, beyond = _rows_covered(att, sq * pack)
     assert (once == 1).all() and beyond.size < info["bq"]  # every row once, less than one tile of padding
-    assert att["threads"][0] == 32 * info["simdgroups"] and info["bq"] == 8 * info["simdgroups"]
-    # tile table: MLX-style BK (32 up to d96, else 16), halved until K+V tiles fit 32 KiB
+    assert att["threads"][0] == 32 * info["simdgroups"]
+    # the selection rule of kernels/fa_tiles.h: vector decode up to 4 packed rows, 8-row fragments up to 8
+    rows = sq * pack
+    kind = "vector" if rows <= 4 else "fragment" if rows <= 8 else "prefill"
+    assert info["kind"] == kind and att["kernel"].startswith({"vector": "fa_vec_", "fragment": "fa_dec_",
+                                                              "prefill": "fa_fwd_"}[kind])
     elem = 4 if dtype == "fp32" else 2
-    assert att["threadgroup_memory_bytes"] == 2 * info["bk"] * (bucket + 8) * elem
-    if not att["kernel"].startswith("fa_dec_"):
+    if kind == "vector":
+        # 8 simdgroups; per simdgroup one partial O row (fp32, lanes x vector chunks >= bucket) plus its max and sum
+        width = 4 if bucket % 128 == 0 else 2 if bucket == 64 else 1
+        span = 32 * width * -(-bucket // (32 * width))
+        assert info["bq"] == 4 and info["simdgroups"] == 8 and info["vector_width"] == width
+        assert att["threadgroup_memory_bytes"] == (8 * span + 16) * 4
+    else:
+        assert info["bq"] == 8 * info["simdgroups"]
+        # tile table: MLX-style BK (32 up to d96, else 16), halved until K+V tiles fit 32 KiB
+        assert att["threadgroup_memory_bytes"] == 2 * info["bk"] * (bucket + 8) * elem
+    if kind == "prefill":
         assert info["bk"] in ((32,) if bucket <= 96 else (16, 8))
     # split-KV: partials + a merge launch writing out/lse; otherwise one launch writing them itself
     if info["num_splits"] > 1:
@@ -194,3 +207,66 @@ def test_kvcache_append_plan(paged, rng):
     assert {"q", "k", "v", "knew", "vnew", "rotary_cos", "rotary_sin", "seqused_k"} <= bound
     assert ("block_table" in bound) == paged
     assert plan["buffer_bytes"]["k"] == kc.nbytes and plan["buffer_bytes"]["knew"] == knew.nbytes
+
+
+@pytest.mark.parametrize("sq,hq,hkv,kind", [
+    (1, 8, 8, "vector"),     # plain decode, no GQA: one row per head block
+    (1, 32, 8, "vector"),    # GQA 4 (Llama-3-8B): the 4 heads of a group share each K/V load
+    (2, 4, 2, "vector"),     # 2 queries x 2 heads
+    (1, 6, 1, "fragment"),   # 6 packed rows: the 8x8 fragments are 3/4 used
+    (1, 64, 8, "fragment"),  # GQA 8 (Llama-3-70B): exactly one fragment
+    (3, 4, 4, "vector"),     # 3 queries, no GQA
+    (5, 4, 4, "fragment"),
+    (9, 2, 2, "prefill"),
+])
+def test_decode_kernel_selection(sq, hq, hkv, kind, rng):
+    q = rand(rng, (2, sq, hq, 128), "fp16")
+    k = rand(rng, (2, 300, hkv, 128), "fp16")
+    att = _attention_launch(describe_forward(q, k, k, lse_shape=(2, hq, sq), num_splits=1))
+    info = att["attention"]
+    assert info["kind"] == kind, att["kernel"]
+    rows = sq * info["pack"]
+    assert att["grid"] == [-(-rows // info["bq"]), hq // info["pack"], 2]
+
+
+def _vec_info(q, k, v, **kw):
+    att = _attention_launch(describe_forward(q, k, v, lse_shape=(q.shape[0], q.shape[2], q.shape[1]), **kw))
+    assert att["attention"]["kind"] == "vector"
+    return att["attention"]
+
+
+def test_vector_loads_need_aligned_kv(rng):
+    """FA_FLAG_KV_ALIGNED (vector K/V loads) only when headdim, the k/v strides and base addresses are multiples of
+    the vector width (4 elements at d128); any other layout gets the scalar path."""
+    q = rand(rng, (1, 1, 2, 128), "fp16")
+    k = rand(rng, (1, 64, 2, 128), "fp16")
+    assert _vec_info(q, k, k)["kv_vector_loads"] is True
+    # rows 130 elements apart (a slice of a wider buffer): not a multiple of 4
+    wide = rand(rng, (1, 64, 2, 130), "fp16")
+    assert _vec_info(q, wide[..., :128], k)["kv_vector_loads"] is False
+    # base address 2 elements past an aligned one
+    flat = rand(rng, (64 * 2 * 128 + 2,), "fp16")
+    shifted = flat[2:].reshape(1, 64, 2, 128)
+    assert shifted.ctypes.data % 8 != 0
+    assert _vec_info(q, k, shifted)["kv_vector_loads"] is False
+    # headdim 126 (bucket 128) is not a multiple of 4
+    q126, k126 = rand(rng, (1, 1, 2, 126), "fp16"), rand(rng, (1, 64, 2, 126), "fp16")
+    assert _vec_info(q126, k126, k126)["kv_vector_loads"] is False
+    # d80 and d96 load scalars (width 1): always "aligned"
+    q96, k96 = rand(rng, (1, 1, 2, 96), "fp16"), rand(rng, (1, 64, 2, 96), "fp16")
+    info = _vec_info(q96, k96, k96)
+    assert info["vector_width"] == 1 and info["kv_vector_loads"] is True
+
+
+def test_vector_decode_splits_long_caches(rng):
+    """One token against 8192 keys on 8 heads: 16 threadgroups cannot fill a GPU, so the keys are split and merged."""
+    q = rand(rng, (2, 1, 8, 128), "fp16")
+    k = np.zeros((2, 8192, 8, 128), np.float16)
+    plan = describe_forward(q, k, k, lse_shape=(2, 8, 1))
+    _check_common(plan)
+    att = _attention_launch(plan)
+    info = att["attention"]
+    assert info["kind"] == "vector" and info["num_splits"] > 1
+    assert att["grid"] == [1, 8, 2 * info["num_splits"]]
+    assert plan["launches"][1]["kernel"] == "fa_merge_f16" and plan["launches"][1]["grid"] == [1, 8, 2]
+    assert 8192 / info["num_splits"] >= 256  # no split shorter than kMinKeysPerSplit
