@@ -11,7 +11,9 @@
 // FA_FLAG_KV_ALIGNED), form the partial dot products with the rows' q (kept in registers, scaled), and one simd_sum per
 // row gives the score on every lane. The score being uniform across the simdgroup, the online softmax (base 2) is
 // scalar per row and its branches are uniform: O (registers, same columns as q) is rescaled only when a row's max
-// grows. Then the V row is loaded the same way and O += p * v. No threadgroup memory or barrier in the key loop.
+// grows, then O += p * v. The key's V row is loaded together with its K row, and both for the simdgroup's next key
+// before this key's math (a GPU waits for a load only at its first use), so one memory latency overlaps one step.
+// No threadgroup memory or barrier in the key loop.
 // At the end the simdgroups' (max, sum, O) are combined through threadgroup memory, row by row, one column per
 // thread: O = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s.
 //
@@ -78,6 +80,18 @@ inline void fa_vec_load_row(device const T* base, fa_long off, int headdim, bool
 template <int V>
 inline int fa_vec_col(int e, ushort lane) {
     return (e / V) * 32 * V + int(lane) * V + e % V;
+}
+
+// K and V rows of key `key` of the sequence (page / batch / varlen lookup once for both).
+template <typename T, int C, int V>
+inline void fa_vec_load_kv(device const T* k, device const T* v, constant fa_fwd_params& p, thread const fa_seq& s,
+                           device const int* block_table, int b, int key, fa_long k_head, fa_long v_head,
+                           bool aligned, ushort lane, thread float* kx, thread float* vx) {
+    const fa_key_loc loc = fa_locate_key(p, s, block_table, b, key);
+    fa_vec_load_row<T, C, V>(k, loc.outer * p.k_batch_stride + loc.row * p.k_row_stride + k_head, p.headdim, aligned,
+                             lane, kx);
+    fa_vec_load_row<T, C, V>(v, loc.outer * p.v_batch_stride + loc.row * p.v_row_stride + v_head, p.headdim, aligned,
+                             lane, vx);
 }
 
 template <typename T, int BD>
@@ -170,22 +184,27 @@ template <typename T, int BD>
         l_run[r] = 0.0f;
     }
 
-    // ---- key loop: one key per simdgroup step ----
+    // ---- key loop: one key per simdgroup step, the next key's K and V loads issued before this key's math ----
     const bool aligned = (p.flags & FA_FLAG_KV_ALIGNED) != 0;
     const fa_long k_head = fa_long(hkv) * p.k_head_stride;
     const fa_long v_head = fa_long(hkv) * p.v_head_stride;
-    for (int key = key_begin + int(sg); key < key_end; key += NSG) {
-        const fa_key_loc loc = fa_locate_key(p, s, block_table, b, key);
-        float kx[E];
-        fa_vec_load_row<T, C, V>(k, loc.outer * p.k_batch_stride + loc.row * p.k_row_stride + k_head, p.headdim,
-                                 aligned, lane, kx);
-        float pr[R];
-        bool any = false;
+    float kx[E];  // K and V rows of the key being loaded (the next one while a key is scored)
+    float vx[E];
+    int key = key_begin + int(sg);
+    if (key < key_end) fa_vec_load_kv<T, C, V>(k, v, p, s, block_table, b, key, k_head, v_head, aligned, lane, kx, vx);
+    for (; key < key_end; key += NSG) {
+        float kc[E];
+        float vc[E];
+        for (int e = 0; e < E; ++e) {
+            kc[e] = kx[e];
+            vc[e] = vx[e];
+        }
+        if (key + NSG < key_end)  // uniform; a GPU stalls on a load only at its first use, so these fly meanwhile
+            fa_vec_load_kv<T, C, V>(k, v, p, s, block_table, b, key + NSG, k_head, v_head, aligned, lane, kx, vx);
         for (int r = 0; r < R; ++r) {
-            pr[r] = 0.0f;
             if (r >= nrows) continue;  // uniform
             float part = 0.0f;
-            for (int e = 0; e < E; ++e) part = fma(qr[r][e], kx[e], part);
+            for (int e = 0; e < E; ++e) part = fma(qr[r][e], kc[e], part);
             float x = simd_sum(part);
             if (!fa_visible(p, row_i[r], key, off, s.sk)) continue;  // uniform: same key and row on every lane
             if (has_softcap) x = p.softcap_log2 * tanh(x * p.softcap_inv);
@@ -204,16 +223,7 @@ template <typename T, int BD>
                                                   p.dropout_threshold);
                 pe = keep ? pe * p.dropout_scale : 0.0f;
             }
-            pr[r] = pe;
-            any = any || pe != 0.0f;
-        }
-        if (!any) continue;  // uniform: no row takes this key's V
-        float vx[E];
-        fa_vec_load_row<T, C, V>(v, loc.outer * p.v_batch_stride + loc.row * p.v_row_stride + v_head, p.headdim,
-                                 aligned, lane, vx);
-        for (int r = 0; r < R; ++r) {
-            if (r >= nrows) continue;
-            for (int e = 0; e < E; ++e) o[r][e] = fma(pr[r], vx[e], o[r][e]);
+            for (int e = 0; e < E; ++e) o[r][e] = fma(pe, vc[e], o[r][e]);
         }
     }
 
