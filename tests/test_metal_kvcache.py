@@ -30,6 +30,8 @@ def _run(backend, q, kc, vc, **kw):
 
 CASES = {
     # name: (dtype, seqlen_q, seqlen_new, causal, window, rotary ("i"/"h"/None), layout, extras)
+    # With 4 query heads on 2 KV heads, seqlen_q 1-2 runs the vector decode kernel (2-4 packed rows: dense, paged,
+    # batch_idx and leftpad caches all reach it), seqlen_q 3-4 the 8-row fragment kernel (6-8 rows).
     "decode_gqa": ("fp16", 1, 0, False, (-1, -1), None, "dense", {}),
     "append_rotary_interleaved_causal": ("fp32", 3, 3, True, (-1, -1), "i", "dense", {}),
     "append_rotary_halfsplit_noncausal": ("bf16", 2, 2, False, (-1, -1), "h", "dense", {}),
