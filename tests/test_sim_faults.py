@@ -139,3 +139,20 @@ def test_race_between_threadgroups_through_device_memory():
                   schedules=2, host_threads=1)
     assert [f.kind for f in res.faults] == ["race"], res.faults
     assert "buffer(0)" in res.faults[0].message and "threadgroup (" in res.faults[0].message
+
+
+@pytest.mark.parametrize("first", [0, 4, 1, 2])
+def test_misaligned_vector_load_is_a_fault(first):
+    """A pointer cast to half4 at an address that is not a multiple of 8 bytes is reported (the GPU would not, and
+    x86 would just do the unaligned read): the check the vector decode kernel's aligned K/V path relies on."""
+    x = np.arange(4 * 32 + 8, dtype=np.float16)
+    res = sim.run(CASES / "misaligned_vector_load.metal", "misaligned_vector_load", 1, 32,
+                  {0: x, 1: np.zeros(32, np.float32)}, {2: np.uint32(first)}, schedules=1)
+    if first % 4 == 0:
+        assert res.faults == []
+        want = x[first:first + 128].astype(np.float32).reshape(32, 4).sum(axis=1)
+        np.testing.assert_array_equal(res.buffers[1], want)
+    else:
+        assert [f.kind for f in res.faults] == ["error"], res.faults
+        msg = res.faults[0].message
+        assert "misaligned pointer" in msg and "aligned to 8 bytes" in msg and "misaligned_vector_load.metal:8" in msg

@@ -155,4 +155,11 @@ void kernel_error(const char *kind, const char *file, unsigned line, const char 
     SimFiber *f = static_cast<SimFiber *>(ctx().runtime);
     f->w->fail(f, kind, f->w->thread_desc(f) + ": " + msg + " (" + where(file, line) + ")");
 }
+
+void misaligned_cast(const char *file, unsigned line, const void *addr, size_t align) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "misaligned pointer: reinterpret_cast to a type aligned to %zu bytes at address %p", align,
+             addr);
+    kernel_error("error", file, line, msg);
+}
 }  // namespace fasim

@@ -341,6 +341,11 @@ class _Translator:
                 raise self.err(i, f"{UNSUPPORTED_KEYWORDS[t.text]} ('{t.text}') are not supported by the simulator")
             if TEXTURE_RE.match(t.text) and i + 1 < len(toks) and toks[i + 1].text == "<":
                 raise self.err(i, f"textures ('{t.text}') are not supported by the simulator")
+            if (self.mode == "exec" and t.text == "reinterpret_cast" and i + 1 < len(toks) and toks[i + 1].text == "<"
+                    and (i == 0 or toks[i - 1].text not in (".", "->", "::"))):
+                # checked: a pointer cast to a type its address is not aligned for is a fault (fasim_rt.h CastSite)
+                self.edits.append((t.start, t.end, "::fasim::CastSite(__FILE__, __LINE__).as"))
+                continue
             if t.text == "kernel":
                 self.edits.append((t.start, t.end, ""))
             elif t.text in ADDRESS_SPACES:

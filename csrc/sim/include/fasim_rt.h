@@ -57,6 +57,35 @@ void *tg_alloc(const TgSite *site, size_t bytes, size_t align);
 // Unsupported use found at run time (e.g. a missing binding): fault the threadgroup.
 [[noreturn]] void kernel_error(const char *kind, const char *file, unsigned line, const char *msg);
 
+// `reinterpret_cast<To>(from)` in a kernel (the translator rewrites it to CastSite(__FILE__, __LINE__).as<To>(from)):
+// a pointer cast to a type the address is not aligned for faults here. On an Apple GPU a misaligned vector load
+// (e.g. a half4 read at an address that is not a multiple of 8) is not reported, and on x86 the host would silently
+// do the unaligned access, so without this check the simulator could not tell an aligned vector path from a broken one.
+[[noreturn]] void misaligned_cast(const char *file, unsigned line, const void *addr, size_t align);
+
+struct CastSite {
+    const char *file;
+    unsigned line;
+    CastSite(const char *f, unsigned l) : file(f), line(l) {}
+    template <class To, class From>
+    To as(From from) const {
+        using Pointee = std::remove_cv_t<std::remove_pointer_t<To>>;
+        check<To, From, Pointee>(from, std::integral_constant<bool, std::is_pointer<To>::value &&
+                                                                        std::is_pointer<From>::value &&
+                                                                        !std::is_void<Pointee>::value>());
+        return reinterpret_cast<To>(from);
+    }
+
+  private:
+    template <class To, class From, class Pointee>
+    void check(From from, std::true_type) const {
+        if (reinterpret_cast<uintptr_t>(from) % alignof(Pointee) != 0)
+            misaligned_cast(file, line, static_cast<const void *>(from), alignof(Pointee));
+    }
+    template <class To, class From, class Pointee>
+    void check(From, std::false_type) const {}
+};
+
 typedef void (*KernelEntry)(ThreadCtx &);
 
 struct KernelInfo {
