@@ -64,7 +64,8 @@ BufferMap map_buffers(fa_plan_kind kind, const fa_params *p, const fa_kvcache_up
 }  // namespace
 
 int fa_sim_available(char *why, size_t whylen) {
-    if (fasim::find_kernel("fa_fwd_f32_d64") && fasim::find_kernel("fa_dec_f32_d64") && fasim::find_kernel("fa_vec_f32_d64") &&
+    if (fasim::find_kernel("fa_fwd_f32_d64") && fasim::find_kernel("fa_dec_f32_d64") && fasim::find_kernel("fa_vec1_f32_d64") &&
+        fasim::find_kernel("fa_vec4_f32_d64") &&
         fasim::find_kernel("fa_merge_f32") && fasim::find_kernel("fa_kvcache_append_f32"))
         return 1;
     if (why && whylen)

@@ -1,11 +1,12 @@
 // fa_decode_vec.h - vector decode: a few query rows per head against a long key cache (token-by-token generation).
 //
-// Instantiated by fa_decode_vec.metal as fa_vec_<dtype>_d<BD>; the plan picks it when a head block has at most
-// FA_VEC_ROWS packed rows (fa_tiles.h explains the rule). Same buffers, constants and grid layout as fa_attention
-// (fa_forward.h), with BQ = FA_VEC_ROWS: grid (row blocks, head blocks, batch * num_splits), so the plan, the split
-// partials and the merge kernel (fa_merge.h) are shared with the fragment kernels.
+// Instantiated as fa_vec1_<dtype>_d<BD> (R = 1 row, fa_decode_vec1.metal) and fa_vec4_<dtype>_d<BD> (R = 4 rows,
+// fa_decode_vec.metal); the plan picks them when a head block has 1, resp. 2..4, packed rows (fa_tiles.h explains the
+// rule). Same buffers, constants and grid layout as fa_attention (fa_forward.h), with BQ = R: grid (row blocks, head
+// blocks, batch * num_splits), so the plan, the split partials and the merge kernel (fa_merge.h) are shared with the
+// fragment kernels.
 //
-// Work split. One threadgroup = FA_VEC_SIMDGROUPS simdgroups serving up to FA_VEC_ROWS rows (query i, head g of one KV
+// Work split. One threadgroup = FA_VEC_SIMDGROUPS simdgroups serving up to R rows (query i, head g of one KV
 // group; packed as in fa_attention). Simdgroup sg takes keys key_begin + sg, + NSG, ... of its split, one key per
 // step: its 32 lanes each load fa_vec_span(BD) / 32 columns of that key's K row (vector loads when the plan sets
 // FA_FLAG_KV_ALIGNED), form the partial dot products with the rows' q (kept in registers, scaled), and one simd_sum per
@@ -94,7 +95,7 @@ inline void fa_vec_load_kv(device const T* k, device const T* v, constant fa_fwd
                              lane, vx);
 }
 
-template <typename T, int BD>
+template <typename T, int BD, int R>
 [[kernel]] void fa_decode_vec(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
                               device const T* v [[buffer(2)]], device T* out [[buffer(3)]],
                               device float* lse [[buffer(4)]], device const float* alibi [[buffer(5)]],
@@ -110,13 +111,13 @@ template <typename T, int BD>
                               ushort tid [[thread_index_in_threadgroup]]) {
     constexpr int NSG = FA_VEC_SIMDGROUPS;
     constexpr int NT = NSG * FA_SIMD_WIDTH;
-    constexpr int R = FA_VEC_ROWS;
     constexpr int V = fa_vec_width(BD);
     constexpr int C = fa_vec_chunks(BD);
     constexpr int E = C * V;                // columns per lane
     constexpr int SPAN = fa_vec_span(BD);   // = 32 * E >= BD
     constexpr int BK = FA_VEC_BK;
     static_assert(SPAN == 32 * E && SPAN >= BD, "the lanes cover every column");
+    static_assert(R >= 1 && R <= FA_VEC_ROWS, "rows per threadgroup");
 
     threadgroup float part_o[NSG * SPAN];  // one row's partial O per simdgroup (combine step)
     threadgroup float part_m[NSG];

@@ -29,7 +29,7 @@ typedef unsigned int fa_uint;
 #define FA_FLAG_PAGED (1u << 7)            // k/v are pages [num_blocks, page, hkv, d] mapped through block_table
 #define FA_FLAG_DROPOUT (1u << 8)          // Philox dropout on the probabilities (kernels/fa_philox.h)
 #define FA_FLAG_SPLIT (1u << 9)            // write un-merged partial O / LSE to scratch (flash-decoding split-KV)
-#define FA_FLAG_KV_ALIGNED (1u << 10)      // fa_vec_*: headdim, every k/v stride and both base addresses are
+#define FA_FLAG_KV_ALIGNED (1u << 10)      // fa_vec1/4_*: headdim, every k/v stride and both base addresses are
                                            // multiples of fa_vec_width(BD) elements, so K/V rows load as vectors
 
 // Buffer indices of the attention kernels (forward and decode) - [[buffer(n)]] in the kernel, fa_binding.index.

@@ -50,8 +50,12 @@ constexpr int fa_dec_bk(int bd, int elem_bytes) { return fa_fit_bk(32, bd, elem_
 // all the rows. FA_VEC_BK only sets the granularity of the split-KV partition (splits take runs of 32-key blocks,
 // as the fragment kernel's splits take runs of key tiles); the vector kernel has no key tile in memory.
 #define FA_VEC_SIMDGROUPS 8
-#define FA_VEC_ROWS 4
+#define FA_VEC_ROWS 4  // most rows of the vector kernel
 #define FA_VEC_BK 32
+// Two variants, because a lane's q and O registers are sized for the compiled row count whatever the call uses:
+// fa_vec1_* for one row (plain decode without GQA: the commonest call keeps the smallest register footprint, hence
+// the best occupancy) and fa_vec4_* for 2..4 rows (GQA groups of 2-4 heads, or 2-4 query tokens).
+constexpr int fa_vec_rows(int rows) { return rows <= 1 ? 1 : FA_VEC_ROWS; }
 // Elements per vector load: 4 when 128 | BD (one half4/bfloat4/float4 per lane per chunk), 2 for 64, 1 for 80 / 96
 // (96 = 3 x 32: no vector width tiles it; d80 runs with the d96 layout, its last 16 columns zero).
 constexpr int fa_vec_width(int bd) { return bd % 128 == 0 ? 4 : bd % 64 == 0 ? 2 : 1; }
@@ -62,7 +66,7 @@ constexpr int fa_vec_tg_bytes(int bd) { return (FA_VEC_SIMDGROUPS * fa_vec_span(
 
 // Which kernel serves a launch (csrc/plan/fa_plan_forward.cpp applies this; `rows` = seqlen_q x pack, the packed rows
 // of one head block):
-//   rows <= FA_VEC_ROWS  -> vector decode (fa_vec_*)
+//   rows <= FA_VEC_ROWS  -> vector decode (fa_vec1_* for 1 row, fa_vec4_* for 2..4)
 //   rows <= FA_DEC_BQ    -> 8-row fragment decode (fa_dec_*)
 //   otherwise            -> prefill (fa_fwd_*)
 // Why 4: decode streams K/V once per KV head and does little arithmetic per byte, so the kernel that issues the fewest

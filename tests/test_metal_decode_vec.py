@@ -1,4 +1,4 @@
-"""The vector decode kernel (kernels/fa_decode_vec.h, fa_vec_<dtype>_d<BD>) in the simulator against the float64
+"""The vector decode kernels (kernels/fa_decode_vec.h: fa_vec1_* for one row, fa_vec4_* for 2..4) in the simulator against the float64
 reference, under several thread schedules (reverse and seeded random orders: races in its threadgroup combine, reads
 of uninitialised threadgroup memory and divergent barriers become faults, and out-of-bounds reads fault on the guard
 pages right after each buffer's last element).
@@ -47,10 +47,11 @@ def check_vec(rng, dtype, *, b=2, sq=1, sk=77, hq=4, hkv=1, d=64, num_splits=0, 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("d", [64, 80, 96, 128, 256])
-def test_every_specialization(dtype, d, rng):
-    # GQA 4: the 4 heads of the group are the 4 rows of one threadgroup
-    info, _, _ = check_vec(rng, dtype, d=d, hq=4, hkv=1, sk=77, causal=(d % 128 == 0))
-    assert info["pack"] == 4 and info["kv_vector_loads"]
+@pytest.mark.parametrize("rows", [1, 4])
+def test_every_specialization(dtype, d, rows, rng):
+    # rows 4 = GQA 4: the 4 heads of the group are the 4 rows of one threadgroup (fa_vec4_*); rows 1: fa_vec1_*
+    info, _, _ = check_vec(rng, dtype, d=d, hq=4, hkv=4 // rows, sk=77, causal=(d % 128 == 0))
+    assert info["pack"] == rows and info["bq"] == rows and info["kv_vector_loads"]
 
 
 @pytest.mark.parametrize("d", [1, 33, 100, 126, 130, 200])

@@ -13,7 +13,7 @@ LIMIT_THREADS = 1024
 
 
 def _attention_launch(plan):
-    launches = [l for l in plan["launches"] if l["kernel"].startswith(("fa_fwd_", "fa_dec_", "fa_vec_"))]
+    launches = [l for l in plan["launches"] if l["kernel"].startswith(("fa_fwd_", "fa_dec_", "fa_vec"))]
     assert len(launches) == 1, plan
     return launches[0]
 
@@ -68,14 +68,14 @@ def test_grid_covers_every_row_once(dtype, d, sq, sk, hq, hkv, rng):
     # the selection rule of kernels/fa_tiles.h: vector decode up to 4 packed rows, 8-row fragments up to 8
     rows = sq * pack
     kind = "vector" if rows <= 4 else "fragment" if rows <= 8 else "prefill"
-    assert info["kind"] == kind and att["kernel"].startswith({"vector": "fa_vec_", "fragment": "fa_dec_",
-                                                              "prefill": "fa_fwd_"}[kind])
+    assert info["kind"] == kind and att["kernel"].startswith({"vector": f"fa_vec{1 if rows == 1 else 4}_",
+                                                              "fragment": "fa_dec_", "prefill": "fa_fwd_"}[kind])
     elem = 4 if dtype == "fp32" else 2
     if kind == "vector":
         # 8 simdgroups; per simdgroup one partial O row (fp32, lanes x vector chunks >= bucket) plus its max and sum
         width = 4 if bucket % 128 == 0 else 2 if bucket == 64 else 1
         span = 32 * width * -(-bucket // (32 * width))
-        assert info["bq"] == 4 and info["simdgroups"] == 8 and info["vector_width"] == width
+        assert info["bq"] == (1 if rows == 1 else 4) and info["simdgroups"] == 8 and info["vector_width"] == width
         assert att["threadgroup_memory_bytes"] == (8 * span + 16) * 4
     else:
         assert info["bq"] == 8 * info["simdgroups"]
@@ -226,6 +226,9 @@ def test_decode_kernel_selection(sq, hq, hkv, kind, rng):
     info = att["attention"]
     assert info["kind"] == kind, att["kernel"]
     rows = sq * info["pack"]
+    if kind == "vector":  # one-row variant for one row, registers for 4 rows otherwise
+        assert att["kernel"] == ("fa_vec1_f16_d128" if rows == 1 else "fa_vec4_f16_d128")
+        assert info["bq"] == (1 if rows == 1 else 4)
     assert att["grid"] == [-(-rows // info["bq"]), hq // info["pack"], 2]
 
 

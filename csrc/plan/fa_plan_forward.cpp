@@ -1,7 +1,7 @@
 // fa_plan_forward.cpp - the forward plan: which attention specialization, its grid, split-KV and the merge.
 //
 // Launch 1: fa_fwd_<t>_d<BD> (prefill, 32-row tiles), fa_dec_<t>_d<BD> (8-row fragment decode, 5..8 packed query rows
-// per head block) or fa_vec_<t>_d<BD> (vector decode, at most 4 packed rows; the rule is explained in
+// per head block) or fa_vec1/fa_vec4_<t>_d<BD> (vector decode, 1 / 2..4 packed rows; the rule is explained in
 // kernels/fa_tiles.h), grid (row tiles, head blocks, batch * num_splits). Launch 2 (only when the keys are split): fa_merge_<t>,
 // grid (seqlen_q, nheads_q, batch), which combines the partials in SCRATCH0 (O, fp32) and SCRATCH1 (LSE, fp32).
 // Last, only for return_attn_probs: fa_probs_<t> writes the probabilities (debug output, recomputes the scores).
@@ -140,7 +140,7 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     const AttnKernel kind = choose_kernel(rows);
     const bool vector = kind == AttnKernel::Vector;
     const bool decode = kind == AttnKernel::Fragment;
-    const int bq = vector ? FA_VEC_ROWS : decode ? FA_DEC_BQ : FA_FWD_BQ;
+    const int bq = vector ? fa_vec_rows(int(rows)) : decode ? FA_DEC_BQ : FA_FWD_BQ;
     const int bk = vector ? FA_VEC_BK : decode ? fa_dec_bk(bd, eb) : fa_fwd_bk(bd, eb);
     const int nsg = vector ? FA_VEC_SIMDGROUPS : decode ? FA_DEC_SIMDGROUPS : FA_FWD_SIMDGROUPS;
     const uint32_t tg_bytes = uint32_t(vector ? fa_vec_tg_bytes(bd) : fa_kv_tile_bytes(bk, bd, eb));
@@ -266,7 +266,10 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
 
     // ---- launch 1: attention ----
     char name[FA_PLAN_KERNEL_NAME_LEN];
-    std::snprintf(name, sizeof(name), "fa_%s_%s_d%d", vector ? "vec" : decode ? "dec" : "fwd", tag, bd);
+    if (vector)
+        std::snprintf(name, sizeof(name), "fa_vec%d_%s_d%d", bq, tag, bd);
+    else
+        std::snprintf(name, sizeof(name), "fa_%s_%s_d%d", decode ? "dec" : "fwd", tag, bd);
     const uint32_t grid[3] = {uint32_t(gx), uint32_t(gy), uint32_t(int64_t(p->batch) * splits)};
     const uint32_t threads[3] = {uint32_t(nsg * FA_SIMD_WIDTH), 1, 1};
     fa_launch *att = &out->launches[out->nlaunches++];

@@ -55,14 +55,14 @@ void tile_range(const fa_fwd_params &k, int bq, int bk, int64_t mt, int64_t *n_b
 void attention_info(std::string &s, const fa_launch &l) {
     fa_fwd_params k;
     std::memcpy(&k, l.constants, sizeof(k));
-    const bool vector = std::strncmp(l.kernel, "fa_vec_", 7) == 0;
+    const bool vector = std::strncmp(l.kernel, "fa_vec", 6) == 0;  // fa_vec1_ / fa_vec4_: rows in the name
     const bool decode = std::strncmp(l.kernel, "fa_dec_", 7) == 0;
     const int eb = std::strstr(l.kernel, "_f32_") ? 4 : 2;
     const char *dpos = std::strrchr(l.kernel, 'd');
     const int bd = dpos ? std::atoi(dpos + 1) : 0;
     const int nsg = vector ? FA_VEC_SIMDGROUPS : decode ? FA_DEC_SIMDGROUPS : FA_FWD_SIMDGROUPS;
     // vector kernel: bq = rows per threadgroup, bk = keys per split block (no key tile in memory)
-    const int bq = vector ? FA_VEC_ROWS : 8 * nsg;
+    const int bq = vector ? std::atoi(l.kernel + 6) : 8 * nsg;
     const int bk = vector ? FA_VEC_BK : decode ? fa_dec_bk(bd, eb) : fa_fwd_bk(bd, eb);
     add(s, ",\"attention\":{\"kind\":\"%s\",\"bq\":%d,\"bk\":%d,\"bd\":%d,\"simdgroups\":%d,\"pack\":%d,"
            "\"num_splits\":%d,\"headdim\":%d,\"flags\":%u",
@@ -108,7 +108,7 @@ int fa_plan_to_json(const fa_plan *plan, char *out, size_t outlen) {
         for (uint32_t i = 0; i < l.constants_size && i < FA_PLAN_MAX_CONSTANT_BYTES; ++i) add(s, "%02x", l.constants[i]);
         s += "\"";
         const bool attention = std::strncmp(l.kernel, "fa_fwd_", 7) == 0 || std::strncmp(l.kernel, "fa_dec_", 7) == 0 ||
-                               std::strncmp(l.kernel, "fa_vec_", 7) == 0;
+                               std::strncmp(l.kernel, "fa_vec", 6) == 0;
         if (attention && l.constants_size == sizeof(fa_fwd_params)) attention_info(s, l);
         s += "}";
     }
