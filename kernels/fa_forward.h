@@ -1,7 +1,8 @@
 // fa_forward.h - FlashAttention-2 forward on Apple GPUs: the templated kernel body and its helpers.
 //
-// Instantiated by fa_forward.metal (prefill: 4 simdgroups x 8 query rows) and fa_decode.metal (short queries: 1
-// simdgroup, split-KV). Include after <metal_stdlib> and `using namespace metal;`.
+// Instantiated by fa_forward.metal (prefill: 4 simdgroups x 8 query rows) and fa_decode.metal (5..8 packed short-query
+// rows: 1 simdgroup, split-KV; 1..4 rows run the vector kernel of fa_decode_vec.h, which reuses the helpers below).
+// Include after <metal_stdlib> and `using namespace metal;`.
 //
 // Work split: one threadgroup per (query tile, head block, batch * num_splits + split). Each simdgroup owns 8 query
 // rows; its Q rows stay in registers as 8x8 fragments for the whole key loop. For each key tile the threadgroup stages

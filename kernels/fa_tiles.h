@@ -38,7 +38,7 @@ constexpr int fa_fit_bk(int pref, int bd, int elem_bytes) {
 #define FA_FWD_BQ (8 * FA_FWD_SIMDGROUPS)
 constexpr int fa_fwd_bk(int bd, int elem_bytes) { return fa_fit_bk(bd <= 96 ? 32 : 16, bd, elem_bytes); }
 
-// Decode (short queries, packed GQA rows <= 8, split-KV): one simdgroup, 8 query rows, 32-key tiles.
+// Fragment decode (5..8 packed rows: short queries x GQA groups; split-KV): one simdgroup, 8 rows, 32-key tiles.
 #define FA_DEC_SIMDGROUPS 1
 #define FA_DEC_BQ (8 * FA_DEC_SIMDGROUPS)
 constexpr int fa_dec_bk(int bd, int elem_bytes) { return fa_fit_bk(32, bd, elem_bytes); }
