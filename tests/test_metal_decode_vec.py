@@ -181,3 +181,19 @@ def test_vector_and_fragment_kernels_agree(rng):
         outs.append(sim_forward(q, k, v, lse_shape=(1, q.shape[2], 1), schedules=2)[0])
     assert kinds == ["vector", "fragment"]
     assert np.max(np.abs(outs[0] - outs[1][:, :, :4])) < 1e-6 * math.sqrt(sk)
+
+
+@pytest.mark.parametrize("num_splits", [1, 2])
+def test_cache_row_with_no_keys(num_splits, rng):
+    """seqused_k = 0 (an empty cache row): zeros and LSE +inf, with and without the split/merge path; the other
+    sequence against the reference."""
+    q = rand(rng, (2, 1, 4, 64), "fp16")
+    k, v = rand(rng, (2, 10, 4, 64), "fp16"), rand(rng, (2, 10, 4, 64), "fp16")
+    used = np.array([0, 3], np.int32)
+    opts = dict(seqused_k=used, num_splits=num_splits)
+    assert describe_forward(q, k, v, lse_shape=(2, 4, 1), **opts)["launches"][0]["kernel"] == "fa_vec1_f16_d64"
+    out, lse = sim_forward(q, k, v, lse_shape=(2, 4, 1), schedules=SCHEDULES, **opts)
+    assert not out[0].astype(np.float32).any() and np.isposinf(lse[0]).all()
+    ref64, lse64 = attention_ref(q[1:], k[1:, :3], v[1:, :3], return_lse=True)
+    assert_close_to_ref(out[1:], ref64, attention_ref(q[1:], k[1:, :3], v[1:, :3], compute_dtype=np.float16))
+    lse_close(lse[1:], lse64, atol=1e-5)
