@@ -273,3 +273,16 @@ def test_vector_decode_splits_long_caches(rng):
     assert att["grid"] == [1, 8, 2 * info["num_splits"]]
     assert plan["launches"][1]["kernel"] == "fa_merge_f16" and plan["launches"][1]["grid"] == [1, 8, 2]
     assert 8192 / info["num_splits"] >= 256  # no split shorter than kMinKeysPerSplit
+
+
+def test_vector_decode_window_skips_key_blocks(rng):
+    """A decode step with a 256-key sliding window over 4096 cached keys: the vector kernel's key range starts at the
+    window (the JSON counts 32-key blocks with the kernel's own range arithmetic)."""
+    q = np.zeros((1, 1, 2, 128), np.float16)
+    k = np.zeros((1, 4096, 2, 128), np.float16)
+    info = _attention_launch(describe_forward(q, k, k, lse_shape=(1, 2, 1), window_left=256, window_right=0,
+                                              num_splits=1))["attention"]
+    assert info["kind"] == "vector" and info["bk"] == 32
+    assert info["key_tiles_total"] == 2 * 128
+    # keys 3839..4095 (257 keys) lie in blocks 119..127
+    assert info["key_tiles_visited"] == 2 * 9
