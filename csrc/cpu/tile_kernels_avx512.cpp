@@ -285,31 +285,26 @@ void pack_qT_f16(const void *const *rows, int nrows, int d, int nv, void *qT) {
     pack_qT_words<LoadF16>(rows, nrows, d, d, nv, static_cast<uint32_t *>(qT));
 }
 
-// 2^x for x <= 128: split x = n + f with |f| <= 1/2, 2^f = e^(f ln2) by its Taylor polynomial of degree DEG, then
-// scale by 2^n with vscalefps, which also flushes very negative exponents (masked logits, clamped to -150) to
-// exactly 0. Truncation error (relative): degree 7 < 2e-9 (fp32 results); degree 5 < 3e-6, used where P is rounded
-// to bf16 (relative step 4e-3) right after, so the cheaper polynomial costs no accuracy there.
+// 2^x for x <= 128: split x = n + f with |f| <= 1/2, 2^f by the Taylor polynomial of e^(f ln2) of degree DEG with
+// the powers of ln2 folded into the coefficients (sum_k (ln2)^k/k! f^k: no multiply by ln2), then scale by 2^n with
+// vscalefps, which also flushes very negative exponents (masked logits, clamped to -150) to exactly 0. Truncation
+// error (relative): degree 7 < 1e-8 (fp32 results); degree 5 < 3e-6; degree 4 < 5e-5, used where P is rounded to bf16 (relative
+// step 4e-3) right after, so the cheaper polynomial costs no accuracy there (and changes the row sum by < 5e-5).
 template <int DEG>
 inline __m512 exp2_ps(__m512 x) {
-    static_assert(DEG == 5 || DEG == 7, "exp2 polynomial degree");
+    static_assert(DEG >= 4 && DEG <= 7, "exp2 polynomial degree");
+    // (ln2)^k / k!, k = 0..7
+    constexpr float c[8] = {1.0f, 0.693147180559945f, 0.240226506959101f, 0.0555041086648216f,
+                            0.00961812910762848f, 0.00133335581464284f, 0.000154035303933816f,
+                            1.52527338040598e-05f};
     // Operand order matters: max_ps returns its second operand when either is NaN, so a NaN score (NaN/inf input)
     // stays NaN and reaches the output, as in flash_attn and torch, instead of being clamped into a zero weight.
     x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x);
     const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 y = _mm512_mul_ps(_mm512_sub_ps(x, n), _mm512_set1_ps(0.69314718055994531f));
-    __m512 p;
-    if (DEG == 7) {
-        p = _mm512_set1_ps(1.0f / 5040.0f);
-        p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 720.0f));
-        p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 120.0f));
-    } else {
-        p = _mm512_set1_ps(1.0f / 120.0f);
-    }
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f));
+    const __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(c[DEG]);
+#pragma GCC unroll 8
+    for (int k = DEG - 1; k >= 0; --k) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c[k]));
     return _mm512_scalef_ps(p, n);
 }
 
@@ -579,9 +574,9 @@ struct StoreBf16Pairs {
 };
 
 // The softmax step writing P directly as bf16 pairs (flash_attn rounds P to the input dtype before the PV product).
-// The exp2 polynomial is degree 5: its error (< 3e-6) is far below the bf16 rounding of P (4e-3).
+// The exp2 polynomial is degree 4: its error (< 5e-5) is far below the bf16 rounding of P (4e-3).
 void softmax_p_bf16(float *sT, int nk, int nv, float mul, float *m, float *l, float *alpha, void *p) {
-    softmax_core<5>(sT, nk, nv, mul, m, l, alpha, StoreBf16Pairs{static_cast<uint32_t *>(p)});
+    softmax_core<4>(sT, nk, nv, mul, m, l, alpha, StoreBf16Pairs{static_cast<uint32_t *>(p)});
 }
 
 // fp32 P (after dropout) to bf16 pairs.
