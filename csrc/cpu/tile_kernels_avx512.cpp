@@ -2,12 +2,13 @@
 //
 // Compiled for any x86-64 target; the AVX-512 code lives in target regions (FA_TARGET_BEGIN) and is only reached after
 // isa_dispatch.cpp has checked the CPU (so no -march flag and no illegal instruction on older CPUs).
-//   fp32: micro-kernels C[R rows][NV*16 lanes] += A[r][k] (broadcast from the user's K or V rows) * B[k][lanes].
+//   fp32: micro-kernels C[R rows][NV*16 lanes] += A[r][k] (broadcast from the prepared K or V tile) * B[k][lanes].
 //   bf16: the same shape with vdpbf16ps, which multiplies PAIRS of bf16 and accumulates in fp32 (2x the fp32 FMA
-//         rate): S^T pairs over the head dim (adjacent in K rows, so K is read in place), O^T pairs over keys
-//         (V rows and P are interleaved into pairs per tile).
-//   fp16: K/V tiles are widened to fp32 with vcvtph2ps (F16C) into scratch, then the fp32 micro-kernels run.
-//   softmax: vectorized online-softmax step with a polynomial exp2 (error < 2e-9 relative before rounding).
+//         rate): S^T pairs over the head dim (adjacent in K rows), O^T pairs over keys (V interleaved into key pairs
+//         once per K/V tile and work item; P written as key pairs by the fused softmax).
+//   fp16: K/V tiles are widened to fp32 with vcvtph2ps (F16C) once per work item, then the fp32 micro-kernels run.
+//   softmax: vectorized online-softmax step with a polynomial exp2.
+//   Q in and O out: 16x16 register transposes between rows and the query-lane layout.
 #include <cmath>
 #include <cstring>
 
@@ -77,17 +78,22 @@ void gemm(int nv, int rows, const Elem *a, int64_t a_rs, int64_t a_ks, int kk, c
 }
 
 // C[r][lanes] (=|+=) sum_k A[r*a_rs + k*a_ks] * B[k*BLOCK_M + lanes], r < R, lanes < NV*16.
-// With SCALE_C, the old C is first multiplied by alpha[lanes] (the online-softmax rescale of O^T).
+// With SCALE_C, the old C is first multiplied by alpha[lanes] (the online-softmax rescale of O^T), or kept as it is
+// when alpha is nullptr.
 template <int R, int NV, bool SCALE_C>
 inline void micro_f32(const float *a, int64_t a_rs, int64_t a_ks, int kk, const float *b, float *c,
                       const float *alpha) {
     __m512 acc[R][NV];
-    if (SCALE_C) {
+    if (SCALE_C && alpha) {
         __m512 al[NV];
         for (int v = 0; v < NV; ++v) al[v] = _mm512_load_ps(alpha + 16 * v);
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r)
             for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_mul_ps(_mm512_load_ps(c + r * BLOCK_M + 16 * v), al[v]);
+    } else if (SCALE_C) {  // alpha == nullptr: every rescale factor is 1 (the running max did not move)
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r)
+            for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_load_ps(c + r * BLOCK_M + 16 * v);
     } else {
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r)
@@ -236,6 +242,14 @@ void write_rows(const float *oT, int nrows, int d, const float *inv_l, void *con
     }
 }
 
+// nullptr when every rescale factor of the nv query vectors is exactly 1, i.e. no row's running max moved (the
+// usual case once a few K tiles have been seen): the PV product then skips the multiply of O^T by alpha.
+inline const float *rescale_or_null(const float *alpha, int nv) {
+    for (int v = 0; v < nv; ++v)
+        if (_mm512_cmp_ps_mask(_mm512_load_ps(alpha + 16 * v), _mm512_set1_ps(1.0f), _CMP_EQ_OQ) != 0xffff) return alpha;
+    return nullptr;
+}
+
 // ---- fp32 ----
 
 void pack_qT_f32(const void *const *rows, int nrows, int d, int nv, void *qT) {
@@ -278,7 +292,7 @@ void pv_f32(const KvTile &v, int j0, int nk, int d, const void *pT, int nv, cons
     // O^T[c][lanes] = alpha*O^T + sum_j V[j][c] * P^T[j][lanes]: A = V^T (row stride 1, k stride ws).
     const int ws = widened_stride(d);
     const float *vt = static_cast<const float *>(v.packed) + j0 * ws;
-    gemm<MicroF32, true>(nv, d, vt, 1, ws, nk, static_cast<const float *>(pT), oT, alpha);
+    gemm<MicroF32, true>(nv, d, vt, 1, ws, nk, static_cast<const float *>(pT), oT, rescale_or_null(alpha, nv));
 }
 
 void pack_qT_f16(const void *const *rows, int nrows, int d, int nv, void *qT) {
@@ -488,12 +502,16 @@ template <int R, int NV, bool SCALE_C>
 inline void micro_bf16(const uint16_t *a, int64_t a_rs, int64_t a_ks, int kpairs, const uint16_t *b, float *c,
                        const float *alpha) {
     __m512 acc[R][NV];
-    if (SCALE_C) {
+    if (SCALE_C && alpha) {
         __m512 al[NV];
         for (int v = 0; v < NV; ++v) al[v] = _mm512_load_ps(alpha + 16 * v);
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r)
             for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_mul_ps(_mm512_load_ps(c + r * BLOCK_M + 16 * v), al[v]);
+    } else if (SCALE_C) {  // alpha == nullptr: every rescale factor is 1 (the running max did not move)
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r)
+            for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_load_ps(c + r * BLOCK_M + 16 * v);
     } else {
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r)
@@ -634,7 +652,8 @@ void pv_bf16(const KvTile &v, int j0, int nk, int d, const void *p, int nv, cons
         vp = own;
     }
     // O^T[c][lanes] += sum_kp dot2(V pair (kp, c), P pair [kp][lanes]): A pair (r=c, kp) at vp + c*2 + kp*dp*2.
-    gemm<MicroBf16, true>(nv, d, vp, 2, int64_t(dp) * 2, kpairs, static_cast<const uint16_t *>(p), oT, alpha);
+    gemm<MicroBf16, true>(nv, d, vp, 2, int64_t(dp) * 2, kpairs, static_cast<const uint16_t *>(p), oT,
+                          rescale_or_null(alpha, nv));
 }
 
 FA_TARGET_END
