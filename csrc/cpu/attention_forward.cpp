@@ -69,6 +69,7 @@ template <typename Acc>
 struct TileBuffers {
     Acc *qT, *sT, *oT, *m, *l, *alpha;  // query tile 0 (and the row layout)
     char *stage_k, *stage_v, *scratch;
+    char *kpack, *vpack, *pbuf;  // prepared K/V tile (KvTile::packed) and P in the table's format
     // qT, oT, m, l, alpha of query tiles 1.. of an item, `extra_tile_bytes()` each, after the buffers above.
     char *extra;
     static size_t extra_tile_bytes() {
@@ -76,7 +77,8 @@ struct TileBuffers {
     }
     static size_t bytes(int64_t elem_size, int extra_tiles = 0) {
         return sizeof(Acc) * (size_t(HEADDIM_PAD) * BLOCK_M * 2 + size_t(BLOCK_N) * BLOCK_M + 3 * BLOCK_M) +
-               2 * size_t(BLOCK_N) * HEADDIM_PAD * elem_size + TILE_SCRATCH_BYTES + 8 * 64 +
+               2 * size_t(BLOCK_N) * HEADDIM_PAD * elem_size + TILE_SCRATCH_BYTES + 2 * KV_PACK_BYTES +
+               P_PACK_BYTES + 11 * 64 +
                size_t(extra_tiles) * extra_tile_bytes();
     }
     void carve(char *base, int64_t elem_size) {
@@ -94,6 +96,9 @@ struct TileBuffers {
         stage_k = take(size_t(BLOCK_N) * HEADDIM_PAD * elem_size);
         stage_v = take(size_t(BLOCK_N) * HEADDIM_PAD * elem_size);
         scratch = take(TILE_SCRATCH_BYTES);
+        kpack = take(KV_PACK_BYTES);
+        vpack = take(KV_PACK_BYTES);
+        pbuf = take(P_PACK_BYTES);
         extra = base;
     }
     // State of query tile i (0 = the buffers above) of an item.
@@ -223,29 +228,43 @@ inline bool tile_needs_mask(const MaskParams &mp, const TileRows &t, int64_t t0,
            (mp.window_right >= 0 && t1 - 1 > t.i_min + mp.offset + mp.window_right);
 }
 
-// Normalise one row (accumulator element c at acc[c * cstride]) and write out, LSE (natural log, +inf when the row
-// saw no key) and, on request, its S_dmask row.
+// 1/l of a row, 0 for a row that saw no key. !(l <= 0) rather than l > 0: a NaN row sum (NaN/inf input) must give
+// NaN, not the zeros of an empty row.
+template <typename Acc>
+inline Acc row_inv_sum(Acc l) { return !(l <= 0) ? Acc(1) / l : Acc(0); }
+
+inline void *out_row_ptr(const fa_params *p, const SeqGeometry &g, const RowInfo &row) {
+    return elem_ptr(p->out.data, g.out_row0 + int64_t(row.i) * p->out.row_stride + int64_t(row.head) * p->out.head_stride,
+                    p->dtype);
+}
+
+// LSE (natural log, +inf when the row saw no key) and, on request, the S_dmask row of a finished row.
+template <typename Acc>
+void finish_row_stats(const ForwardJob<Acc> &job, int b, const RowInfo &row, Acc m, Acc l, const MaskParams &mp) {
+    const fa_params *p = job.p;
+    const SeqGeometry &g = job.seqs[b];
+    if (p->lse) {
+        const float lse = !(l <= 0) ? float((double(m) + std::log2(double(l))) * LN2) : INFINITY;
+        p->lse[g.lse_row0 + int64_t(row.head) * p->lse_head_stride + int64_t(row.i) * p->lse_row_stride] = lse;
+    }
+    if (p->attn_probs) write_attn_probs(job, b, g, row, m, l, mp);
+}
+
+// Normalise one row (accumulator element c at acc[c * cstride]) and write it out, then its LSE / S_dmask.
 template <typename Acc>
 void finish_row(const ForwardJob<Acc> &job, int b, const RowInfo &row, const Acc *acc, int cstride, Acc m, Acc l,
                 const MaskParams &mp) {
     const fa_params *p = job.p;
-    const SeqGeometry &g = job.seqs[b];
     const int d = p->headdim;
-    // !(l <= 0) rather than l > 0: a NaN row sum (NaN/inf input) must give NaN, not the zeros of an empty row.
-    const Acc inv = !(l <= 0) ? Acc(1) / l : Acc(0);
-    void *orow = elem_ptr(p->out.data, g.out_row0 + int64_t(row.i) * p->out.row_stride +
-                                           int64_t(row.head) * p->out.head_stride, p->dtype);
+    const Acc inv = row_inv_sum(l);
+    void *orow = out_row_ptr(p, job.seqs[b], row);
     switch (p->dtype) {
         case FA_F32: for (int c = 0; c < d; ++c) static_cast<float *>(orow)[c] = float(acc[c * cstride] * inv); break;
         case FA_F64: for (int c = 0; c < d; ++c) static_cast<double *>(orow)[c] = double(acc[c * cstride] * inv); break;
         case FA_F16: for (int c = 0; c < d; ++c) static_cast<uint16_t *>(orow)[c] = f32_to_f16(float(acc[c * cstride] * inv)); break;
         case FA_BF16: for (int c = 0; c < d; ++c) static_cast<uint16_t *>(orow)[c] = f32_to_bf16(float(acc[c * cstride] * inv)); break;
     }
-    if (p->lse) {
-        const float lse = !(l <= 0) ? float((double(m) + std::log2(double(l))) * LN2) : INFINITY;
-        p->lse[g.lse_row0 + int64_t(row.head) * p->lse_head_stride + int64_t(row.i) * p->lse_row_stride] = lse;
-    }
-    if (p->attn_probs) write_attn_probs(job, b, g, row, m, l, mp);
+    finish_row_stats(job, b, row, m, l, mp);
 }
 
 // One K/V tile [t0, t0+nk) of KV head hk for the rows of `t` in the row layout (decode kernels).
@@ -283,27 +302,33 @@ struct QueryTile {
     int64_t lo, hi;
 };
 
-// Keys [t0, t0+nk) of KV head hk for one query tile: S^T, logit features, softmax step, dropout, O^T update.
+// Keys [t0, t0+nk) = keys j0.. of the prepared K/V tiles kt/vt for one query tile: S^T, logit features, softmax
+// step, dropout, O^T update.
 template <typename Acc>
-void lane_layout_tile(const ForwardJob<Acc> &job, int b, int hk, QueryTile<Acc> &q, const MaskParams &mp,
-                      const DropoutParams &drop, int64_t t0, int nk, TileBuffers<Acc> &buf) {
-    const fa_params *p = job.p;
-    const SeqGeometry &g = job.seqs[b];
+void lane_layout_tile(const ForwardJob<Acc> &job, QueryTile<Acc> &q, const MaskParams &mp, const DropoutParams &drop,
+                      const KvTile &kt, const KvTile &vt, int64_t t0, int j0, int nk, TileBuffers<Acc> &buf) {
     const TileKernels<Acc> &kern = *job.kern;
-    const int d = p->headdim;
+    const int d = job.p->headdim;
     const bool masked = tile_needs_mask(mp, q.t, t0, t0 + nk);
-    int64_t kstride, vstride;
-    const void *kt = kv_tile(p, g, hk, t0, nk, false, buf.stage_k, kstride);
-    kern.scores(kt, kstride, nk, d, q.qT, q.nv, buf.sT, buf.scratch);
+    kern.scores(kt, j0, nk, d, q.qT, q.nv, buf.sT, buf.scratch);
     Acc mul = Acc(job.scale * LOG2E);
     if (masked || mp.softcap > 0 || mp.alibi) {
         apply_score_features(buf.sT, nk, q.t.nrows, q.lanes, q.t.rows, t0, mp, masked);
         mul = Acc(1);
     }
-    kern.softmax(buf.sT, nk, q.nv, mul, q.m, q.l, q.alpha);
-    if (job.dropout) apply_dropout(buf.sT, nk, q.t.nrows, q.t.rows, t0, drop);
-    const void *vt = kv_tile(p, g, hk, t0, nk, true, buf.stage_v, vstride);
-    kern.pv(vt, vstride, nk, d, buf.sT, q.nv, q.alpha, q.oT, buf.scratch);
+    const void *pmat = buf.sT;
+    if (kern.softmax_p && !job.dropout) {
+        kern.softmax_p(buf.sT, nk, q.nv, mul, q.m, q.l, q.alpha, buf.pbuf);  // P straight into pv's format
+        pmat = buf.pbuf;
+    } else {
+        kern.softmax(buf.sT, nk, q.nv, mul, q.m, q.l, q.alpha);
+        if (job.dropout) apply_dropout(buf.sT, nk, q.t.nrows, q.t.rows, t0, drop);
+        if (kern.pack_p) {
+            kern.pack_p(buf.sT, nk, q.nv, buf.pbuf);
+            pmat = buf.pbuf;
+        }
+    }
+    kern.pv(vt, j0, nk, d, pmat, q.nv, q.alpha, q.oT, buf.scratch);
 }
 
 // Ask for the K and V rows of keys [key0, key0 + n) of KV head hk to be brought into L2. Issued for the NEXT K/V
@@ -372,8 +397,7 @@ void run_tiles(const ForwardJob<Acc> &job, int b, int hk, int tile0, int ntiles)
     for (int i = 0; i < ntiles; ++i) {
         QueryTile<Acc> &q = qt[i];
         kern.pack_qT(q.t.qrows, q.t.nrows, d, q.nv, q.qT);
-        for (int c = 0; c < d; ++c)
-            for (int r = 0; r < q.lanes; ++r) q.oT[c * BLOCK_M + r] = Acc(0);
+        std::memset(static_cast<void *>(q.oT), 0, sizeof(Acc) * size_t(d) * BLOCK_M);
         band_lo = std::min(band_lo, q.lo);
         band_hi = std::max(band_hi, q.hi);
     }
@@ -381,24 +405,48 @@ void run_tiles(const ForwardJob<Acc> &job, int b, int hk, int tile0, int ntiles)
     drop.batch_index = b;
     // K/V tiles on one grid from the lowest band start; each query tile takes the part of a tile inside its own band
     // (causal/local tiles outside it are skipped), so the tile just loaded is reused by every query tile of the item.
-    // bf16 tiles are half the bytes and its kernels read K in place: there the prefetch measured ~7% slower (d=64).
+    // bf16 tiles are half the bytes: there the prefetch measured 1-3% slower (d=64 and 128, tiles prepared once).
     const bool prefetch_next = p->dtype != FA_BF16;
     const int prefetch_slice = (BLOCK_N + ntiles - 1) / ntiles;  // keys of the next tile prefetched per query tile
+    KvTile kt, vt;
+    kt.packed = buf.kpack;
+    vt.packed = buf.vpack;
     for (int64_t g0 = band_lo; g0 < band_hi; g0 += BLOCK_N) {
+        const int64_t g1 = std::min<int64_t>(g0 + BLOCK_N, band_hi);
+        bool used = false;
+        for (int i = 0; i < ntiles; ++i) used |= std::max(g0, qt[i].lo) < std::min(g1, qt[i].hi);
+        if (!used) continue;  // a gap between the bands of the item's query tiles (local attention)
+        // The K/V tile is gathered/prepared once here and read by every query tile of the item.
+        kt.nk = vt.nk = int(g1 - g0);
+        kt.rows = kv_tile(p, g, hk, g0, kt.nk, false, buf.stage_k, kt.stride);
+        vt.rows = kv_tile(p, g, hk, g0, vt.nk, true, buf.stage_v, vt.stride);
+        if (kern.prep_k) kern.prep_k(kt, d);
+        if (kern.prep_v) kern.prep_v(vt, d);
         for (int i = 0; i < ntiles; ++i) {
             const int64_t pf0 = g0 + BLOCK_N + int64_t(i) * prefetch_slice;
             const int64_t pf1 = std::min<int64_t>(std::min<int64_t>(pf0 + prefetch_slice, g0 + 2 * BLOCK_N), band_hi);
             if (prefetch_next && pf0 < pf1) prefetch_kv_rows(p, g, hk, pf0, int(pf1 - pf0));
             QueryTile<Acc> &q = qt[i];
-            const int64_t t0 = std::max(g0, q.lo), t1 = std::min(g0 + BLOCK_N, q.hi);
-            if (t0 < t1) lane_layout_tile(job, b, hk, q, mp, drop, t0, int(t1 - t0), buf);
+            const int64_t t0 = std::max(g0, q.lo), t1 = std::min(g1, q.hi);
+            if (t0 < t1) lane_layout_tile(job, q, mp, drop, kt, vt, t0, int(t0 - g0), int(t1 - t0), buf);
         }
     }
     // One normalisation at the end, transposing O^T back to rows.
     for (int i = 0; i < ntiles; ++i) {
         const QueryTile<Acc> &q = qt[i];
-        for (int r = 0; r < q.t.nrows; ++r)
-            finish_row(job, b, q.t.rows[r], q.oT + r, BLOCK_M, q.m[r], q.l[r], mp);
+        if (!kern.write_rows) {
+            for (int r = 0; r < q.t.nrows; ++r)
+                finish_row(job, b, q.t.rows[r], q.oT + r, BLOCK_M, q.m[r], q.l[r], mp);
+            continue;
+        }
+        alignas(64) Acc inv_l[BLOCK_M] = {};
+        void *out_rows[BLOCK_M];
+        for (int r = 0; r < q.t.nrows; ++r) {
+            inv_l[r] = row_inv_sum(q.l[r]);
+            out_rows[r] = out_row_ptr(p, g, q.t.rows[r]);
+        }
+        kern.write_rows(q.oT, q.t.nrows, d, inv_l, out_rows);
+        for (int r = 0; r < q.t.nrows; ++r) finish_row_stats(job, b, q.t.rows[r], q.m[r], q.l[r], mp);
     }
 }
 

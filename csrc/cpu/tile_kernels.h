@@ -29,6 +29,19 @@ constexpr int HEADDIM_PAD = 256;  // FA_MAX_HEADDIM, even
 
 // Scratch bytes a kernel table may use per call (staging a converted or padded K/V tile).
 constexpr size_t TILE_SCRATCH_BYTES = size_t(BLOCK_N + 2) * (HEADDIM_PAD + 16) * sizeof(double);
+// Bytes of one prepared K or V tile (KvTile::packed): up to BLOCK_N rows widened to fp32 with padded rows.
+constexpr size_t KV_PACK_BYTES = size_t(BLOCK_N + 2) * (HEADDIM_PAD + 32) * sizeof(float);
+// Bytes of P in a table's own format (softmax_p / pack_p): at most the fp32 sT of a tile.
+constexpr size_t P_PACK_BYTES = size_t(BLOCK_N + 2) * BLOCK_M * sizeof(float);
+
+// One K or V tile of up to BLOCK_N keys, prepared ONCE per work item (prep_k / prep_v) and then read by every query
+// tile of the item: a conversion or re-layout is paid once per K/V tile instead of once per (query tile, K/V tile).
+struct KvTile {
+    const void *rows;  // row 0 of the tile (the user's storage, or a staged copy)
+    int64_t stride;    // elements between rows
+    int nk;            // keys in the tile
+    void *packed;      // KV_PACK_BYTES, 64-byte aligned, for the table's prepared copy
+};
 
 template <typename Acc>
 struct TileKernels {
@@ -36,16 +49,16 @@ struct TileKernels {
     // Pack `nrows` (<= BLOCK_M) query rows (pointers to the first element of each row, dtype of the table) into
     // qT, zero-padding rows up to nv*LANES. qT is at least HEADDIM_PAD*BLOCK_M*sizeof(Acc) bytes.
     void (*pack_qT)(const void *const *rows, int nrows, int d, int nv, void *qT);
-    // sT[j][r] = sum_k K[j][k] * qT[k][r] for j < nk, r < nv*LANES. K row j starts at k + j*kstride (elements).
-    void (*scores)(const void *k, int64_t kstride, int nk, int d, const void *qT, int nv, Acc *sT, void *scratch);
+    // sT[j][r] = sum_k K[j0+j][k] * qT[k][r] for j < nk, r < nv*LANES (keys j0.. of a prepared tile).
+    void (*scores)(const KvTile &k, int j0, int nk, int d, const void *qT, int nv, Acc *sT, void *scratch);
     // Online-softmax step over rows j < nk of sT (scores times `mul` are log2-domain logits; -inf = masked):
     // updates running max m[r] and sum l[r], writes alpha[r] = exp2(m_old - m_new) and replaces sT by
     // p = exp2(s*mul - m_new). Lanes are r < nv*LANES.
     void (*softmax)(Acc *sT, int nk, int nv, Acc mul, Acc *m, Acc *l, Acc *alpha);
-    // oT[c][r] = alpha[r]*oT[c][r] + sum_j V[j][c] * sT[j][r] for c < d, j < nk.
-    void (*pv)(const void *v, int64_t vstride, int nk, int d, const Acc *pT, int nv, const Acc *alpha, Acc *oT,
+    // oT[c][r] = alpha[r]*oT[c][r] + sum_j V[j0+j][c] * P[j][r] for c < d, j < nk. P is fp32 sT, or the table's P
+    // format when it has softmax_p.
+    void (*pv)(const KvTile &v, int j0, int nk, int d, const void *p, int nv, const Acc *alpha, Acc *oT,
                void *scratch);
-
     // Optional "row layout" kernels for tiles with at most ROW_LAYOUT_MAX_ROWS query rows (decode). With one query
     // the lane layout would use 1 of 16 lanes; here vectors run over the head dim instead, so the work per key is
     // 2*d/16 vector FMAs per row and the kernel is bound by reading K/V, like any decode kernel. sT and the
@@ -54,6 +67,17 @@ struct TileKernels {
     void (*scores_rows)(const void *k, int64_t kstride, int nk, int d, const Acc *qR, int nrows, Acc *sT);
     void (*pv_rows)(const void *v, int64_t vstride, int nk, int d, const Acc *pT, int nrows, const Acc *alpha,
                     Acc *oR);
+
+    // Lane-layout extras, each optional (nullptr):
+    // prep_k / prep_v fill KvTile::packed from KvTile::rows (once per K/V tile and work item).
+    void (*prep_k)(KvTile &k, int d);
+    void (*prep_v)(KvTile &v, int d);
+    // softmax followed by conversion of P to the format pv reads (e.g. bf16 key pairs), in one pass, to `p`
+    // (P_PACK_BYTES); pack_p converts an fp32 sT (after dropout) to the same format.
+    void (*softmax_p)(Acc *sT, int nk, int nv, Acc mul, Acc *m, Acc *l, Acc *alpha, void *p);
+    void (*pack_p)(const Acc *sT, int nk, int nv, void *p);
+    // out_rows[r][c] = oT[c][r] * inv_l[r] in the table's dtype, r < nrows, c < d (the transposing write-out).
+    void (*write_rows)(const Acc *oT, int nrows, int d, const Acc *inv_l, void *const *out_rows);
 };
 
 constexpr int ROW_LAYOUT_MAX_ROWS = 4;

@@ -2,12 +2,13 @@
 //
 // Compiled for any x86-64 target; the AVX-512 code lives in target regions (FA_TARGET_BEGIN) and is only reached after
 // isa_dispatch.cpp has checked the CPU (so no -march flag and no illegal instruction on older CPUs).
-//   fp32: micro-kernels C[R rows][NV*16 lanes] += A[r][k] (broadcast from the user's K or V rows) * B[k][lanes].
+//   fp32: micro-kernels C[R rows][NV*16 lanes] += A[r][k] (broadcast from the prepared K or V tile) * B[k][lanes].
 //   bf16: the same shape with vdpbf16ps, which multiplies PAIRS of bf16 and accumulates in fp32 (2x the fp32 FMA
-//         rate): S^T pairs over the head dim (adjacent in K rows, so K is read in place), O^T pairs over keys
-//         (V rows and P are interleaved into pairs per tile).
-//   fp16: K/V tiles are widened to fp32 with vcvtph2ps (F16C) into scratch, then the fp32 micro-kernels run.
-//   softmax: vectorized online-softmax step with a polynomial exp2 (error < 2e-9 relative before rounding).
+//         rate): S^T pairs over the head dim (adjacent in K rows), O^T pairs over keys (V interleaved into key pairs
+//         once per K/V tile and work item; P written as key pairs by the fused softmax).
+//   fp16: K/V tiles are widened to fp32 with vcvtph2ps (F16C) once per work item, then the fp32 micro-kernels run.
+//   softmax: vectorized online-softmax step with a polynomial exp2.
+//   Q in and O out: 16x16 register transposes between rows and the query-lane layout.
 #include <cmath>
 #include <cstring>
 
@@ -77,17 +78,22 @@ void gemm(int nv, int rows, const Elem *a, int64_t a_rs, int64_t a_ks, int kk, c
 }
 
 // C[r][lanes] (=|+=) sum_k A[r*a_rs + k*a_ks] * B[k*BLOCK_M + lanes], r < R, lanes < NV*16.
-// With SCALE_C, the old C is first multiplied by alpha[lanes] (the online-softmax rescale of O^T).
+// With SCALE_C, the old C is first multiplied by alpha[lanes] (the online-softmax rescale of O^T), or kept as it is
+// when alpha is nullptr.
 template <int R, int NV, bool SCALE_C>
 inline void micro_f32(const float *a, int64_t a_rs, int64_t a_ks, int kk, const float *b, float *c,
                       const float *alpha) {
     __m512 acc[R][NV];
-    if (SCALE_C) {
+    if (SCALE_C && alpha) {
         __m512 al[NV];
         for (int v = 0; v < NV; ++v) al[v] = _mm512_load_ps(alpha + 16 * v);
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r)
             for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_mul_ps(_mm512_load_ps(c + r * BLOCK_M + 16 * v), al[v]);
+    } else if (SCALE_C) {  // alpha == nullptr: every rescale factor is 1 (the running max did not move)
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r)
+            for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_load_ps(c + r * BLOCK_M + 16 * v);
     } else {
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r)
@@ -119,113 +125,256 @@ struct MicroF32 {
     }
 };
 
-// ---- fp32 ----
+// ---- transposes between rows and the query-lane layout ----
 
-void pack_qT_f32(const void *const *rows, int nrows, int d, int nv, void *qT_) {
-    float *qT = static_cast<float *>(qT_);
-    const int lanes = nv * LANES;
-    for (int r = 0; r < lanes; ++r) {
-        const float *q = r < nrows ? static_cast<const float *>(rows[r]) : nullptr;
-        for (int k = 0; k < d; ++k) qT[k * BLOCK_M + r] = q ? q[k] : 0.0f;
+// Transpose a 16x16 block of 32-bit elements held in 16 registers: on return x[c] holds column c of the input
+// (element r of x[c] = element c of input row r). 64 shuffles per 256 elements.
+inline void transpose16(__m512 x[16]) {
+    __m512 t[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(x[2 * i], x[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(x[2 * i], x[2 * i + 1]);
+    }
+    // x[4i+k], 128-bit lane L: column 4L+k of rows 4i..4i+3.
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+        x[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        x[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        x[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        x[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    // Gather the four 128-bit lanes of each column: lanes (0, 2) and (1, 3) first, then merge.
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+        t[k] = _mm512_shuffle_f32x4(x[k], x[4 + k], 0x88);
+        t[4 + k] = _mm512_shuffle_f32x4(x[k], x[4 + k], 0xDD);
+        t[8 + k] = _mm512_shuffle_f32x4(x[8 + k], x[12 + k], 0x88);
+        t[12 + k] = _mm512_shuffle_f32x4(x[8 + k], x[12 + k], 0xDD);
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+        x[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+        x[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xDD);
+        x[4 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0x88);
+        x[12 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0xDD);
     }
 }
 
-// Copy nk rows of d floats into a contiguous tile with 64-byte aligned rows. The user's rows are often 2-8 KiB
-// apart (row stride = nheads * headdim), which maps a whole K/V tile onto a few L1 sets; a contiguous copy keeps the
-// tile resident in L1/L2 while the micro-kernels sweep it. Costs ~3% of the tile's FLOPs.
-inline int widened_stride(int d) { return (d + 15) & ~15; }
+inline __mmask16 mask16(int n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u); }
+inline __mmask32 mask32(int n) { return n >= 32 ? ~__mmask32(0) : __mmask32((1u << n) - 1u); }
 
-inline const float *contiguous_tile_f32(const float *src, int64_t stride, int nk, int d, float *dst) {
-    const int ws = widened_stride(d);
-    for (int j = 0; j < nk; ++j) {
-        const float *s = src + j * stride;
-        float *o = dst + j * ws;
-        int c = 0;
-        for (; c + 16 <= d; c += 16) _mm512_store_ps(o + c, _mm512_loadu_ps(s + c));
-        if (c < d) {
-            const __mmask16 tail = __mmask16((1u << (d - c)) - 1u);
-            _mm512_store_ps(o + c, _mm512_maskz_loadu_ps(tail, s + c));
+// Words w0..w0+15 of a Q row of `n` elements as 32-bit lanes, widened to fp32 where needed; words past the row are 0.
+// bf16 keeps the raw pairs (the bf16 qT is [d/2][BLOCK_M] of 32-bit pairs: word w = elements 2w, 2w+1).
+struct LoadF32 {
+    static __m512 words(const void *row, int w0, int n) {
+        return _mm512_maskz_loadu_ps(mask16(n - w0), static_cast<const float *>(row) + w0);
+    }
+};
+struct LoadF16 {
+    static __m512 words(const void *row, int w0, int n) {
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask16(n - w0), static_cast<const uint16_t *>(row) + w0));
+    }
+};
+struct LoadBf16Pairs {
+    static __m512 words(const void *row, int w0, int n) {
+        return _mm512_castsi512_ps(
+            _mm512_maskz_loadu_epi16(mask32(n - 2 * w0), static_cast<const uint16_t *>(row) + 2 * w0));
+    }
+};
+
+// qT[w][r] = word w of row r (zero past nrows and past `words`); rows are read 16 x 16 words at a time and
+// transposed in registers (a scalar transpose cost ~6% of a short bf16 call).
+template <class Load>
+void pack_qT_words(const void *const *rows, int nrows, int nwords, int nelem, int nv, uint32_t *qT) {
+    for (int g = 0; g < nv; ++g) {
+        const int r0 = 16 * g;
+        for (int w0 = 0; w0 < nwords; w0 += 16) {
+            __m512 x[16];
+#pragma GCC unroll 16
+            for (int r = 0; r < 16; ++r)
+                x[r] = r0 + r < nrows ? Load::words(rows[r0 + r], w0, nelem) : _mm512_setzero_ps();
+            transpose16(x);
+            const int nw = nwords - w0 < 16 ? nwords - w0 : 16;
+            for (int c = 0; c < nw; ++c) _mm512_store_ps(reinterpret_cast<float *>(qT + (w0 + c) * BLOCK_M + r0), x[c]);
         }
     }
-    return dst;
 }
 
-void scores_f32(const void *k, int64_t kstride, int nk, int d, const void *qT, int nv, float *sT, void *scratch) {
+// ---- the transposing write-out: out_rows[r][c] = oT[c][r] * inv_l[r] ----
+
+// fp32 -> bf16 with round-to-nearest-even and quiet NaNs, bit-identical to f32_to_bf16 (cpu_dtype.h).
+inline __m256i f32_to_bf16_16(__m512 x) {
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(r);
+}
+
+// Masked stores only for a partial last chunk: full chunks use plain stores (cheaper than masked ones on Zen 4).
+template <fa_dtype DT>
+inline void store_row16(void *row, int c0, int n, __m512 x) {
+    if (DT == FA_F32) {
+        float *dst = static_cast<float *>(row) + c0;
+        if (n >= 16) _mm512_storeu_ps(dst, x);
+        else _mm512_mask_storeu_ps(dst, mask16(n), x);
+    } else {
+        const __m256i h = DT == FA_F16 ? _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+                                       : f32_to_bf16_16(x);
+        uint16_t *dst = static_cast<uint16_t *>(row) + c0;
+        if (n >= 16) _mm256_storeu_si256(reinterpret_cast<__m256i *>(dst), h);
+        else _mm256_mask_storeu_epi16(dst, mask16(n), h);
+    }
+}
+
+template <fa_dtype DT>
+void write_rows(const float *oT, int nrows, int d, const float *inv_l, void *const *out_rows) {
+    for (int r0 = 0; r0 < nrows; r0 += 16) {
+        const __m512 inv = _mm512_load_ps(inv_l + r0);
+        const int nr = nrows - r0 < 16 ? nrows - r0 : 16;
+        for (int c0 = 0; c0 < d; c0 += 16) {
+            const int nc = d - c0 < 16 ? d - c0 : 16;
+            __m512 x[16];
+#pragma GCC unroll 16
+            for (int c = 0; c < 16; ++c)
+                x[c] = c < nc ? _mm512_mul_ps(_mm512_load_ps(oT + (c0 + c) * BLOCK_M + r0), inv) : _mm512_setzero_ps();
+            transpose16(x);
+            for (int r = 0; r < nr; ++r) store_row16<DT>(out_rows[r0 + r], c0, nc, x[r]);
+        }
+    }
+}
+
+// nullptr when every rescale factor of the nv query vectors is exactly 1, i.e. no row's running max moved (the
+// usual case once a few K tiles have been seen): the PV product then skips the multiply of O^T by alpha.
+inline const float *rescale_or_null(const float *alpha, int nv) {
+    for (int v = 0; v < nv; ++v)
+        if (_mm512_cmp_ps_mask(_mm512_load_ps(alpha + 16 * v), _mm512_set1_ps(1.0f), _CMP_EQ_OQ) != 0xffff) return alpha;
+    return nullptr;
+}
+
+// ---- fp32 ----
+
+void pack_qT_f32(const void *const *rows, int nrows, int d, int nv, void *qT) {
+    pack_qT_words<LoadF32>(rows, nrows, d, d, nv, static_cast<uint32_t *>(qT));
+}
+
+// K/V tiles as contiguous fp32 rows, 64-byte aligned, prepared once per work item. The user's rows are often 2-8 KiB
+// apart (row stride = nheads * headdim), which maps a whole K/V tile onto a few L1 sets; the contiguous copy keeps the
+// tile resident in L1/L2 while the micro-kernels sweep it.
+inline int widened_stride(int d) { return (d + 15) & ~15; }
+
+void prep_f32(KvTile &t, int d) {
+    const int ws = widened_stride(d);
+    float *dst = static_cast<float *>(t.packed);
+    for (int j = 0; j < t.nk; ++j) {
+        const float *s = static_cast<const float *>(t.rows) + j * t.stride;
+        for (int c = 0; c < d; c += 16) _mm512_store_ps(dst + j * ws + c, _mm512_maskz_loadu_ps(mask16(d - c), s + c));
+    }
+}
+
+// fp16 K/V widened to fp32 once per work item (vcvtph2ps), then the fp32 kernels.
+void prep_f16(KvTile &t, int d) {
+    const int ws = widened_stride(d);
+    float *dst = static_cast<float *>(t.packed);
+    for (int j = 0; j < t.nk; ++j) {
+        const uint16_t *s = static_cast<const uint16_t *>(t.rows) + j * t.stride;
+        for (int c = 0; c < d; c += 16)
+            _mm512_store_ps(dst + j * ws + c, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask16(d - c), s + c)));
+    }
+}
+
+void scores_f32(const KvTile &k, int j0, int nk, int d, const void *qT, int nv, float *sT, void *) {
     // S^T[j][lanes] = sum_c K[j][c] * qT[c][lanes]: A = K rows (row stride ws, k stride 1).
-    const float *kt = contiguous_tile_f32(static_cast<const float *>(k), kstride, nk, d, static_cast<float *>(scratch));
-    gemm<MicroF32, false>(nv, nk, kt, widened_stride(d), 1, d, static_cast<const float *>(qT), sT, nullptr);
+    const int ws = widened_stride(d);
+    const float *kt = static_cast<const float *>(k.packed) + j0 * ws;
+    gemm<MicroF32, false>(nv, nk, kt, ws, 1, d, static_cast<const float *>(qT), sT, nullptr);
 }
 
-void pv_f32(const void *v, int64_t vstride, int nk, int d, const float *pT, int nv, const float *alpha, float *oT,
-            void *scratch) {
+void pv_f32(const KvTile &v, int j0, int nk, int d, const void *pT, int nv, const float *alpha, float *oT, void *) {
     // O^T[c][lanes] = alpha*O^T + sum_j V[j][c] * P^T[j][lanes]: A = V^T (row stride 1, k stride ws).
-    const float *vt = contiguous_tile_f32(static_cast<const float *>(v), vstride, nk, d, static_cast<float *>(scratch));
-    gemm<MicroF32, true>(nv, d, vt, 1, widened_stride(d), nk, pT, oT, alpha);
+    const int ws = widened_stride(d);
+    const float *vt = static_cast<const float *>(v.packed) + j0 * ws;
+    gemm<MicroF32, true>(nv, d, vt, 1, ws, nk, static_cast<const float *>(pT), oT, rescale_or_null(alpha, nv));
 }
 
-// 2^x for x <= 128: split x = n + f with |f| <= 1/2, 2^f = e^(f ln2) by its Taylor polynomial of degree DEG, then
-// scale by 2^n with vscalefps, which also flushes very negative exponents (masked logits, clamped to -150) to
-// exactly 0. Truncation error (relative): degree 7 < 2e-9 (fp32 results); degree 5 < 3e-6, used where P is rounded
-// to bf16 (relative step 4e-3) right after, so the cheaper polynomial costs no accuracy there.
+void pack_qT_f16(const void *const *rows, int nrows, int d, int nv, void *qT) {
+    pack_qT_words<LoadF16>(rows, nrows, d, d, nv, static_cast<uint32_t *>(qT));
+}
+
+// 2^x for x <= 128: split x = n + f with |f| <= 1/2, 2^f by the Taylor polynomial of e^(f ln2) of degree DEG with
+// the powers of ln2 folded into the coefficients (sum_k (ln2)^k/k! f^k: no multiply by ln2), then scale by 2^n with
+// vscalefps, which also flushes very negative exponents (masked logits, clamped to -150) to exactly 0. Truncation
+// error (relative): degree 7 < 1e-8 (fp32 results); degree 5 < 3e-6; degree 4 < 5e-5, used where P is rounded to bf16 (relative
+// step 4e-3) right after, so the cheaper polynomial costs no accuracy there (and changes the row sum by < 5e-5).
 template <int DEG>
 inline __m512 exp2_ps(__m512 x) {
-    static_assert(DEG == 5 || DEG == 7, "exp2 polynomial degree");
+    static_assert(DEG >= 4 && DEG <= 7, "exp2 polynomial degree");
+    // (ln2)^k / k!, k = 0..7
+    constexpr float c[8] = {1.0f, 0.693147180559945f, 0.240226506959101f, 0.0555041086648216f,
+                            0.00961812910762848f, 0.00133335581464284f, 0.000154035303933816f,
+                            1.52527338040598e-05f};
     // Operand order matters: max_ps returns its second operand when either is NaN, so a NaN score (NaN/inf input)
     // stays NaN and reaches the output, as in flash_attn and torch, instead of being clamped into a zero weight.
     x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x);
     const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 y = _mm512_mul_ps(_mm512_sub_ps(x, n), _mm512_set1_ps(0.69314718055994531f));
-    __m512 p;
-    if (DEG == 7) {
-        p = _mm512_set1_ps(1.0f / 5040.0f);
-        p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 720.0f));
-        p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 120.0f));
-    } else {
-        p = _mm512_set1_ps(1.0f / 120.0f);
-    }
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f));
+    const __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(c[DEG]);
+#pragma GCC unroll 8
+    for (int k = DEG - 1; k >= 0; --k) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c[k]));
     return _mm512_scalef_ps(p, n);
 }
 
 // Online-softmax step, one 16-row vector at a time. Pass 1 only finds the max of the raw scores (mul > 0 commutes
-// with max; a negative mul uses the min); pass 2 computes p = exp2(s*mul - m) with one FMA, stores it and sums it.
-template <int DEG>
-void softmax_f32(float *sT, int nk, int nv, float mul, float *m, float *l, float *alpha) {
+// with max; a negative mul uses the min); pass 2 computes p = exp2(s*mul - m) with one FMA, sums it in fp32 and
+// hands each pair of key rows (j, j+1) to Store, which writes P in the format the PV kernel reads (fp32 sT in
+// place, or bf16 key pairs in one pass with no second sweep over sT). always_inline: Store may need a wider ISA
+// than this region (bf16), which is fine once the body is inlined into a caller compiled for it.
+template <int DEG, class Store>
+__attribute__((always_inline)) inline void softmax_core(float *sT, int nk, int nv, float mul, float *m, float *l,
+                                                        float *alpha, const Store &store) {
     const __m512 vmul = _mm512_set1_ps(mul);
     const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
     for (int v = 0; v < nv; ++v) {
         float *col = sT + 16 * v;
         const __m512 m_old = _mm512_load_ps(m + 16 * v);
-        __m512 raw_ext;  // max of the raw scores, or min when a negative softmax_scale flips the order
+        // max of the raw scores, or min when a negative softmax_scale flips the order; two chains for latency
+        __m512 ext0, ext1;
+        int j = 0;
         if (mul >= 0.0f) {
-            raw_ext = neg_inf;
-            for (int j = 0; j < nk; ++j) raw_ext = _mm512_max_ps(raw_ext, _mm512_load_ps(col + j * BLOCK_M));
+            ext0 = ext1 = neg_inf;
+            for (; j + 2 <= nk; j += 2) {
+                ext0 = _mm512_max_ps(ext0, _mm512_load_ps(col + j * BLOCK_M));
+                ext1 = _mm512_max_ps(ext1, _mm512_load_ps(col + (j + 1) * BLOCK_M));
+            }
+            if (j < nk) ext0 = _mm512_max_ps(ext0, _mm512_load_ps(col + j * BLOCK_M));
+            ext0 = _mm512_max_ps(ext0, ext1);
         } else {
-            raw_ext = _mm512_set1_ps(INFINITY);
-            for (int j = 0; j < nk; ++j) raw_ext = _mm512_min_ps(raw_ext, _mm512_load_ps(col + j * BLOCK_M));
+            ext0 = ext1 = _mm512_set1_ps(INFINITY);
+            for (; j + 2 <= nk; j += 2) {
+                ext0 = _mm512_min_ps(ext0, _mm512_load_ps(col + j * BLOCK_M));
+                ext1 = _mm512_min_ps(ext1, _mm512_load_ps(col + (j + 1) * BLOCK_M));
+            }
+            if (j < nk) ext0 = _mm512_min_ps(ext0, _mm512_load_ps(col + j * BLOCK_M));
+            ext0 = _mm512_min_ps(ext0, ext1);
         }
-        const __m512 m_new = _mm512_max_ps(m_old, _mm512_mul_ps(raw_ext, vmul));
+        const __m512 m_new = _mm512_max_ps(m_old, _mm512_mul_ps(ext0, vmul));
         // Rows that have seen only masked keys keep m = -inf; subtract 0 instead so exp2 gives 0, not NaN.
         const __m512 m_use = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(m_new, neg_inf, _CMP_EQ_OQ), m_new,
                                                   _mm512_setzero_ps());
         const __m512 a = exp2_ps<DEG>(_mm512_sub_ps(m_old, m_use));
         __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
-        int j = 0;
-        for (; j + 2 <= nk; j += 2) {  // two independent chains hide the exp latency
+        for (j = 0; j + 2 <= nk; j += 2) {  // two independent chains hide the exp latency
             const __m512 p0 = exp2_ps<DEG>(_mm512_fmsub_ps(_mm512_load_ps(col + j * BLOCK_M), vmul, m_use));
             const __m512 p1 = exp2_ps<DEG>(_mm512_fmsub_ps(_mm512_load_ps(col + (j + 1) * BLOCK_M), vmul, m_use));
-            _mm512_store_ps(col + j * BLOCK_M, p0);
-            _mm512_store_ps(col + (j + 1) * BLOCK_M, p1);
+            store.pair(col, v, j, p0, p1);
             sum0 = _mm512_add_ps(sum0, p0);
             sum1 = _mm512_add_ps(sum1, p1);
         }
         if (j < nk) {
             const __m512 p0 = exp2_ps<DEG>(_mm512_fmsub_ps(_mm512_load_ps(col + j * BLOCK_M), vmul, m_use));
-            _mm512_store_ps(col + j * BLOCK_M, p0);
+            store.last(col, v, j, p0);
             sum0 = _mm512_add_ps(sum0, p0);
         }
         _mm512_store_ps(alpha + 16 * v, a);
@@ -234,45 +383,18 @@ void softmax_f32(float *sT, int nk, int nv, float mul, float *m, float *l, float
     }
 }
 
-// ---- fp16: widen to fp32, then the fp32 kernels ----
-
-inline void f16_row_to_f32(const uint16_t *src, int d, float *dst) {
-    int c = 0;
-    for (; c + 16 <= d; c += 16)
-        _mm512_storeu_ps(dst + c, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + c))));
-    if (c < d) {
-        const __mmask16 tail = __mmask16((1u << (d - c)) - 1u);
-        _mm512_mask_storeu_ps(dst + c, tail, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail, src + c)));
+// P stays fp32 in sT (fp32/fp16 tables, and before dropout).
+struct StoreF32InPlace {
+    void pair(float *col, int, int j, __m512 p0, __m512 p1) const {
+        _mm512_store_ps(col + j * BLOCK_M, p0);
+        _mm512_store_ps(col + (j + 1) * BLOCK_M, p1);
     }
-}
+    void last(float *col, int, int j, __m512 p0) const { _mm512_store_ps(col + j * BLOCK_M, p0); }
+};
 
-void pack_qT_f16(const void *const *rows, int nrows, int d, int nv, void *qT_) {
-    float *qT = static_cast<float *>(qT_);
-    float tmp[HEADDIM_PAD];
-    const int lanes = nv * LANES;
-    for (int r = 0; r < lanes; ++r) {
-        if (r < nrows) {
-            f16_row_to_f32(static_cast<const uint16_t *>(rows[r]), d, tmp);
-            for (int k = 0; k < d; ++k) qT[k * BLOCK_M + r] = tmp[k];
-        } else {
-            for (int k = 0; k < d; ++k) qT[k * BLOCK_M + r] = 0.0f;
-        }
-    }
-}
-
-void scores_f16(const void *k, int64_t kstride, int nk, int d, const void *qT, int nv, float *sT, void *scratch) {
-    float *kf = static_cast<float *>(scratch);
-    const int ws = widened_stride(d);
-    for (int j = 0; j < nk; ++j) f16_row_to_f32(static_cast<const uint16_t *>(k) + j * kstride, d, kf + j * ws);
-    gemm<MicroF32, false>(nv, nk, kf, ws, 1, d, static_cast<const float *>(qT), sT, nullptr);
-}
-
-void pv_f16(const void *v, int64_t vstride, int nk, int d, const float *pT, int nv, const float *alpha, float *oT,
-            void *scratch) {
-    float *vf = static_cast<float *>(scratch);
-    const int ws = widened_stride(d);
-    for (int j = 0; j < nk; ++j) f16_row_to_f32(static_cast<const uint16_t *>(v) + j * vstride, d, vf + j * ws);
-    gemm<MicroF32, true>(nv, d, vf, 1, ws, nk, pT, oT, alpha);
+template <int DEG>
+void softmax_f32(float *sT, int nk, int nv, float mul, float *m, float *l, float *alpha) {
+    softmax_core<DEG>(sT, nk, nv, mul, m, l, alpha, StoreF32InPlace{});
 }
 
 // ---- row layout (decode: at most ROW_LAYOUT_MAX_ROWS query rows per tile), any storage type ----
@@ -384,12 +506,16 @@ template <int R, int NV, bool SCALE_C>
 inline void micro_bf16(const uint16_t *a, int64_t a_rs, int64_t a_ks, int kpairs, const uint16_t *b, float *c,
                        const float *alpha) {
     __m512 acc[R][NV];
-    if (SCALE_C) {
+    if (SCALE_C && alpha) {
         __m512 al[NV];
         for (int v = 0; v < NV; ++v) al[v] = _mm512_load_ps(alpha + 16 * v);
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r)
             for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_mul_ps(_mm512_load_ps(c + r * BLOCK_M + 16 * v), al[v]);
+    } else if (SCALE_C) {  // alpha == nullptr: every rescale factor is 1 (the running max did not move)
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r)
+            for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_load_ps(c + r * BLOCK_M + 16 * v);
     } else {
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r)
@@ -425,42 +551,29 @@ struct MicroBf16 {
 };
 
 // qT as [d/2][BLOCK_M][2] bf16 pairs (the head dim padded to even with zeros). A pair of a Q row is one 32-bit word
-// (x86 is little-endian: element 2kp in the low half), so rows are copied a word at a time with no per-element tests.
-void pack_qT_bf16(const void *const *rows, int nrows, int d, int nv, void *qT_) {
-    uint32_t *qT = static_cast<uint32_t *>(qT_);
-    const int lanes = nv * LANES;
-    const int full_pairs = d / 2;
-    const int kpairs = (d + 1) / 2;
-    for (int r = 0; r < lanes; ++r) {
-        if (r >= nrows) {
-            for (int kp = 0; kp < kpairs; ++kp) qT[kp * BLOCK_M + r] = 0;
-            continue;
-        }
-        const uint16_t *q = static_cast<const uint16_t *>(rows[r]);
-        for (int kp = 0; kp < full_pairs; ++kp) {
-            uint32_t pair;
-            std::memcpy(&pair, q + 2 * kp, 4);
-            qT[kp * BLOCK_M + r] = pair;
-        }
-        if (d & 1) qT[full_pairs * BLOCK_M + r] = q[d - 1];  // odd head dim: last element, zero pad in the high half
+// (x86 is little-endian: element 2kp in the low half), so this is the 32-bit transpose of the Q rows.
+void pack_qT_bf16(const void *const *rows, int nrows, int d, int nv, void *qT) {
+    pack_qT_words<LoadBf16Pairs>(rows, nrows, (d + 1) / 2, d, nv, static_cast<uint32_t *>(qT));
+}
+
+// K rows copied contiguously (64-byte rows, an odd head dim padded with a zero), once per work item: the pairs are
+// then read from L1 instead of rows 2-8 KiB apart that share a few L1 sets.
+inline int bf16_row_stride(int d) { return (d + 31) & ~31; }
+
+void prep_k_bf16(KvTile &t, int d) {
+    const int ws = bf16_row_stride(d);
+    uint16_t *dst = static_cast<uint16_t *>(t.packed);
+    for (int j = 0; j < t.nk; ++j) {
+        const uint16_t *s = static_cast<const uint16_t *>(t.rows) + j * t.stride;
+        for (int c = 0; c < d; c += 32)
+            _mm512_store_si512(dst + j * ws + c, _mm512_maskz_loadu_epi16(mask32(d - c), s + c));
     }
 }
 
-void scores_bf16(const void *k, int64_t kstride, int nk, int d, const void *qT, int nv, float *sT, void *scratch) {
-    const uint16_t *kb = static_cast<const uint16_t *>(k);
-    int64_t ks = kstride;
-    if (d & 1) {
-        // Odd head dim: the last pair would read one element past the row; stage rows with a zero pad instead.
-        uint16_t *staged = static_cast<uint16_t *>(scratch);
-        const int ws = d + 1;
-        for (int j = 0; j < nk; ++j) {
-            std::memcpy(staged + j * ws, kb + j * kstride, size_t(d) * 2);
-            staged[j * ws + d] = 0;
-        }
-        kb = staged;
-        ks = ws;
-    }
-    gemm<MicroBf16, false>(nv, nk, kb, ks, 2, (d + 1) / 2, static_cast<const uint16_t *>(qT), sT, nullptr);
+void scores_bf16(const KvTile &k, int j0, int nk, int d, const void *qT, int nv, float *sT, void *) {
+    const int ws = bf16_row_stride(d);
+    const uint16_t *kb = static_cast<const uint16_t *>(k.packed) + j0 * ws;
+    gemm<MicroBf16, false>(nv, nk, kb, ws, 2, (d + 1) / 2, static_cast<const uint16_t *>(qT), sT, nullptr);
 }
 
 // Interleave 16+16 fp32 values into 16 bf16 pairs (a[i], b[i]), rounding to nearest even.
@@ -470,48 +583,97 @@ inline __m512i interleave_bf16(__m512 a, __m512 b) {
     return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(b, a));
 }
 
-void pv_bf16(const void *v, int64_t vstride, int nk, int d, const float *pT, int nv, const float *alpha, float *oT,
-             void *scratch) {
-    const int kpairs = (nk + 1) / 2;
-    const int dp = (d + 31) & ~31;  // V pair rows padded to whole 32-column blocks
-    // P^T as bf16 pairs over keys: [kpairs][BLOCK_M][2].
-    uint16_t *pp = static_cast<uint16_t *>(scratch);
-    // V as bf16 pairs over keys: [kpairs][dp][2], after pp.
-    uint16_t *vp = pp + size_t(BLOCK_N / 2 + 1) * BLOCK_M * 2;
-    for (int kp = 0; kp < kpairs; ++kp) {
-        const int j0 = 2 * kp, j1 = 2 * kp + 1;
-        for (int w = 0; w < nv; ++w) {
-            const __m512 a = _mm512_load_ps(pT + j0 * BLOCK_M + 16 * w);
-            const __m512 b = j1 < nk ? _mm512_load_ps(pT + j1 * BLOCK_M + 16 * w) : _mm512_setzero_ps();
-            _mm512_store_si512(pp + (kp * BLOCK_M + 16 * w) * 2, interleave_bf16(a, b));
+// P^T as bf16 pairs over keys, [kpairs][BLOCK_M] 32-bit words (key 2kp in the low half): the B operand of the PV
+// product. An odd last key is paired with a zero.
+struct StoreBf16Pairs {
+    uint32_t *pp;
+    void pair(float *, int v, int j, __m512 p0, __m512 p1) const {
+        _mm512_store_si512(pp + (j / 2) * BLOCK_M + 16 * v, interleave_bf16(p0, p1));
+    }
+    void last(float *, int v, int j, __m512 p0) const {
+        _mm512_store_si512(pp + (j / 2) * BLOCK_M + 16 * v, interleave_bf16(p0, _mm512_setzero_ps()));
+    }
+};
+
+// The softmax step writing P directly as bf16 pairs (flash_attn rounds P to the input dtype before the PV product).
+// The exp2 polynomial is degree 4: its error (< 5e-5) is far below the bf16 rounding of P (4e-3).
+void softmax_p_bf16(float *sT, int nk, int nv, float mul, float *m, float *l, float *alpha, void *p) {
+    softmax_core<4>(sT, nk, nv, mul, m, l, alpha, StoreBf16Pairs{static_cast<uint32_t *>(p)});
+}
+
+// fp32 P (after dropout) to bf16 pairs.
+void pack_p_bf16(const float *sT, int nk, int nv, void *p) {
+    uint32_t *pp = static_cast<uint32_t *>(p);
+    for (int j = 0; j < nk; j += 2)
+        for (int v = 0; v < nv; ++v) {
+            const __m512 a = _mm512_load_ps(sT + j * BLOCK_M + 16 * v);
+            const __m512 b = j + 1 < nk ? _mm512_load_ps(sT + (j + 1) * BLOCK_M + 16 * v) : _mm512_setzero_ps();
+            _mm512_store_si512(pp + (j / 2) * BLOCK_M + 16 * v, interleave_bf16(a, b));
         }
-        const uint16_t *v0 = static_cast<const uint16_t *>(v) + j0 * vstride;
-        const uint16_t *v1 = static_cast<const uint16_t *>(v) + j1 * vstride;
+}
+
+// V rows j < nk as bf16 pairs over keys, [kpairs][dp] 32-bit words (dp = d padded to 32 columns): word (kp, c) =
+// (V[2kp][c], V[2kp+1][c]); an odd last key is paired with a zero.
+inline int v_pair_cols(int d) { return (d + 31) & ~31; }
+
+void pair_v_rows(const uint16_t *v, int64_t vstride, int nk, int d, uint16_t *vp) {
+    const int dp = v_pair_cols(d);
+    const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7,
+                                            38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i hi_idx = _mm512_add_epi16(lo_idx, _mm512_set1_epi16(16));
+    for (int kp = 0; kp < (nk + 1) / 2; ++kp) {
+        const int j0 = 2 * kp, j1 = 2 * kp + 1;
+        const uint16_t *v0 = v + j0 * vstride;
+        const uint16_t *v1 = v + j1 * vstride;
         uint16_t *dst = vp + size_t(kp) * dp * 2;
-        const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7,
-                                                38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-        const __m512i hi_idx = _mm512_add_epi16(lo_idx, _mm512_set1_epi16(16));
         for (int c = 0; c < d; c += 32) {
-            const int n = d - c < 32 ? d - c : 32;
-            const __mmask32 m = n == 32 ? ~__mmask32(0) : __mmask32((1u << n) - 1u);
+            const __mmask32 m = mask32(d - c);
             const __m512i x0 = _mm512_maskz_loadu_epi16(m, v0 + c);
             const __m512i x1 = j1 < nk ? _mm512_maskz_loadu_epi16(m, v1 + c) : _mm512_setzero_si512();
             _mm512_store_si512(dst + 2 * c, _mm512_permutex2var_epi16(x0, lo_idx, x1));
             _mm512_store_si512(dst + 2 * c + 32, _mm512_permutex2var_epi16(x0, hi_idx, x1));
         }
     }
+}
+
+void prep_v_bf16(KvTile &t, int d) {
+    pair_v_rows(static_cast<const uint16_t *>(t.rows), t.stride, t.nk, d, static_cast<uint16_t *>(t.packed));
+}
+
+void pv_bf16(const KvTile &v, int j0, int nk, int d, const void *p, int nv, const float *alpha, float *oT,
+             void *scratch) {
+    const int kpairs = (nk + 1) / 2;
+    const int dp = v_pair_cols(d);
+    const uint16_t *vp;
+    if (j0 % 2 == 0 && (nk % 2 == 0 || j0 + nk == v.nk)) {
+        // Keys j0.. start a pair of the prepared tile, and an odd count ends where the tile's zero pad is.
+        vp = static_cast<const uint16_t *>(v.packed) + size_t(j0 / 2) * dp * 2;
+    } else {
+        // The query tile's band starts or ends inside a pair (local windows, causal diagonals with odd offsets):
+        // pair these keys on their own, so that a key outside the band never meets a zero P (0 * inf = NaN).
+        uint16_t *own = static_cast<uint16_t *>(scratch);
+        pair_v_rows(static_cast<const uint16_t *>(v.rows) + j0 * v.stride, v.stride, nk, d, own);
+        vp = own;
+    }
     // O^T[c][lanes] += sum_kp dot2(V pair (kp, c), P pair [kp][lanes]): A pair (r=c, kp) at vp + c*2 + kp*dp*2.
-    gemm<MicroBf16, true>(nv, d, vp, 2, int64_t(dp) * 2, kpairs, pp, oT, alpha);
+    gemm<MicroBf16, true>(nv, d, vp, 2, int64_t(dp) * 2, kpairs, static_cast<const uint16_t *>(p), oT,
+                          rescale_or_null(alpha, nv));
 }
 
 FA_TARGET_END
 
+// Order: name, pack_qT, scores, softmax, pv, row layout (pack_q_rows, scores_rows, pv_rows), then
+// prep_k, prep_v, softmax_p, pack_p, write_rows.
 const TileKernels<float> k_f32 = {"avx512-f32", &pack_qT_f32, &scores_f32, &softmax_f32<7>, &pv_f32,
-                                  &pack_q_rows<FA_F32>, &scores_rows<FA_F32>, &pv_rows<FA_F32>};
-const TileKernels<float> k_f16 = {"avx512-f16", &pack_qT_f16, &scores_f16, &softmax_f32<7>, &pv_f16,
-                                  &pack_q_rows<FA_F16>, &scores_rows<FA_F16>, &pv_rows<FA_F16>};
+                                  &pack_q_rows<FA_F32>, &scores_rows<FA_F32>, &pv_rows<FA_F32>,
+                                  &prep_f32, &prep_f32, nullptr, nullptr, &write_rows<FA_F32>};
+// fp16 runs the fp32 products on K/V widened once per work item (prep_f16).
+const TileKernels<float> k_f16 = {"avx512-f16", &pack_qT_f16, &scores_f32, &softmax_f32<7>, &pv_f32,
+                                  &pack_q_rows<FA_F16>, &scores_rows<FA_F16>, &pv_rows<FA_F16>,
+                                  &prep_f16, &prep_f16, nullptr, nullptr, &write_rows<FA_F16>};
 const TileKernels<float> k_bf16 = {"avx512-bf16", &pack_qT_bf16, &scores_bf16, &softmax_f32<5>, &pv_bf16,
-                                   &pack_q_rows<FA_BF16>, &scores_rows<FA_BF16>, &pv_rows<FA_BF16>};
+                                   &pack_q_rows<FA_BF16>, &scores_rows<FA_BF16>, &pv_rows<FA_BF16>,
+                                   &prep_k_bf16, &prep_v_bf16, &softmax_p_bf16, &pack_p_bf16, &write_rows<FA_BF16>};
 
 }  // namespace
 

@@ -29,8 +29,10 @@ void pack_qT(const void *const *rows, int nrows, int d, int nv, void *qT_) {
 }
 
 template <fa_dtype DT, typename Acc>
-void scores(const void *k, int64_t kstride, int nk, int d, const void *qT_, int nv, Acc *sT, void *) {
+void scores(const KvTile &kt, int j0, int nk, int d, const void *qT_, int nv, Acc *sT, void *) {
     const Acc *qT = static_cast<const Acc *>(qT_);
+    const int64_t kstride = kt.stride;
+    const void *k = elem_ptr(kt.rows, j0 * kstride, DT);
     const int lanes = nv * LANES;
     for (int j = 0; j < nk; ++j) {
         Acc *s = sT + j * BLOCK_M;
@@ -75,8 +77,11 @@ void softmax(Acc *sT, int nk, int nv, Acc mul, Acc *m, Acc *l, Acc *alpha) {
 }
 
 template <fa_dtype DT, typename Acc>
-void pv(const void *v, int64_t vstride, int nk, int d, const Acc *pT, int nv, const Acc *alpha, Acc *oT, void *) {
+void pv(const KvTile &vt, int j0, int nk, int d, const void *p_, int nv, const Acc *alpha, Acc *oT, void *) {
+    const Acc *pT = static_cast<const Acc *>(p_);
     const int lanes = nv * LANES;
+    const int64_t vstride = vt.stride;
+    const void *v = elem_ptr(vt.rows, j0 * vstride, DT);
     for (int c = 0; c < d; ++c) {
         Acc *o = oT + c * BLOCK_M;
         for (int r = 0; r < lanes; ++r) o[r] *= alpha[r];
@@ -90,7 +95,9 @@ void pv(const void *v, int64_t vstride, int nk, int d, const Acc *pT, int nv, co
 
 template <fa_dtype DT, typename Acc>
 TileKernels<Acc> make_table(const char *name) {
-    return TileKernels<Acc>{name, &pack_qT<DT, Acc>, &scores<DT, Acc>, &softmax<Acc>, &pv<DT, Acc>, nullptr, nullptr, nullptr};
+    return TileKernels<Acc>{name, &pack_qT<DT, Acc>, &scores<DT, Acc>, &softmax<Acc>, &pv<DT, Acc>,
+                            nullptr, nullptr, nullptr,       // no row layout
+                            nullptr, nullptr, nullptr, nullptr, nullptr};  // K/V in place, fp32 P, scalar write-out
 }
 
 const TileKernels<float> k_f32 = make_table<FA_F32, float>("portable-f32");
