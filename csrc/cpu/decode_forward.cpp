@@ -32,6 +32,7 @@ struct DecodeJob {
     int splits;  // key ranges per sequence
     MaskParams mp_base;
     int max_rows;  // query rows per KV head, largest over the sequences
+    int pitch;     // row pitch of O (decode_pitch(headdim))
     // Partial results, [batch][splits][nheads_kv * max_rows slots]; row (hk, r) of sequence b is slot
     // hk * rows(b) + r (the kernels' layout). Every item writes all its rows, so no initialisation is needed here.
     float *m, *l, *o;
@@ -90,11 +91,12 @@ void decode_item(const DecodeJob &job, int b, int s) {
     const int R = job.rows(b), hkv = p->nheads_kv, d = p->headdim, n = hkv * R;
     if (R == 0) return;
     float *m = job.m + job.slot0(b, s), *l = job.l + job.slot0(b, s);
-    float *o = job.o + job.slot0(b, s) * DECODE_DPAD;
+    const int pitch = job.pitch;
+    float *o = job.o + job.slot0(b, s) * pitch;
     for (int row = 0; row < n; ++row) {
         m[row] = -INFINITY;
         l[row] = 0.0f;
-        std::fill(o + size_t(row) * DECODE_DPAD, o + size_t(row + 1) * DECODE_DPAD, 0.0f);
+        std::fill(o + size_t(row) * pitch, o + size_t(row + 1) * pitch, 0.0f);
     }
     const MaskParams mp = mask_params(job, g);
     int64_t lo, hi;
@@ -103,46 +105,79 @@ void decode_item(const DecodeJob &job, int b, int s) {
     const int64_t blk_begin = nblocks * s / job.splits, blk_end = nblocks * (s + 1) / job.splits;
     if (blk_begin >= blk_end) return;
 
-    // Workspace: packed q [n][DECODE_DPAD], scores [n][DECODE_BLOCK], kernel scratch [n][DECODE_BLOCK][16].
-    const size_t q_bytes = size_t(n) * DECODE_DPAD * sizeof(float);
+    // Workspace: packed q [n][pitch] (at most 4 bytes an element), scores of two blocks [2][n][DECODE_BLOCK],
+    // the kernels' partial scores [n][64], q row pointers [n].
+    const size_t q_bytes = size_t(n) * pitch * sizeof(float);
     const size_t s_bytes = size_t(n) * DECODE_BLOCK * sizeof(float);
-    char *ws = tl_decode_workspace.get(q_bytes + s_bytes + s_bytes * 16);
+    char *ws = tl_decode_workspace.get(q_bytes + 6 * s_bytes + size_t(n) * sizeof(void *));
     void *qpack = ws;
-    float *sc = reinterpret_cast<float *>(ws + q_bytes);
-    float *partial = reinterpret_cast<float *>(ws + q_bytes + s_bytes);
-    const void *qrows[DECODE_MAX_ROWS];
+    float *sc[2] = {reinterpret_cast<float *>(ws + q_bytes), reinterpret_cast<float *>(ws + q_bytes + s_bytes)};
+    float *partial = reinterpret_cast<float *>(ws + q_bytes + 2 * s_bytes);
+    const void **qrows = reinterpret_cast<const void **>(ws + q_bytes + 6 * s_bytes);
     for (int hk = 0; hk < hkv; ++hk) {
         for (int r = 0; r < R; ++r) {
             const RowInfo ri = row_info(job, b, hk, r);
-            qrows[r] = elem_ptr(p->q.data, g.q_row0 + int64_t(ri.i) * p->q.row_stride +
-                                               int64_t(ri.head) * p->q.head_stride, p->dtype);
+            qrows[hk * R + r] = elem_ptr(p->q.data, g.q_row0 + int64_t(ri.i) * p->q.row_stride +
+                                                        int64_t(ri.head) * p->q.head_stride, p->dtype);
         }
-        job.kern->pack_q(qrows, R, d, static_cast<char *>(qpack) + size_t(hk) * R * DECODE_DPAD * sizeof(float));
     }
+    const DecodeKernels &kern = *job.kern;
+    kern.pack_q(qrows, n, d, pitch, qpack);
+
     const bool features = mp.softcap > 0 || mp.alibi;
     const float mul_plain = float(mp.scale * LOG2E);
-    const void *krows[DECODE_BLOCK], *vrows[DECODE_BLOCK];
-    for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
-        const int64_t t0 = lo + blk * DECODE_BLOCK;
-        const int nk = int(std::min<int64_t>(DECODE_BLOCK, hi - t0));
-        for (int j = 0; j < nk; ++j) {
-            const int64_t row = g.leftpad + t0 + j;
-            krows[j] = elem_ptr(p->k.data, kv_row_offset(p, g, row, false), p->dtype);
-            vrows[j] = elem_ptr(p->v.data, kv_row_offset(p, g, row, true), p->dtype);
+    struct Block {
+        int64_t t0;
+        int nk;
+        const void *krows[DECODE_BLOCK], *vrows[DECODE_BLOCK];
+    } blocks[2];
+    auto locate = [&](int64_t blk, Block &B) {
+        B.t0 = lo + blk * DECODE_BLOCK;
+        B.nk = int(std::min<int64_t>(DECODE_BLOCK, hi - B.t0));
+        for (int j = 0; j < DECODE_BLOCK; ++j) {  // keys past nk repeat the first one (read, never used)
+            const int64_t row = g.leftpad + B.t0 + (j < B.nk ? j : 0);
+            B.krows[j] = elem_ptr(p->k.data, kv_row_offset(p, g, row, false), p->dtype);
+            B.vrows[j] = elem_ptr(p->v.data, kv_row_offset(p, g, row, true), p->dtype);
         }
-        job.kern->scores(krows, nk, p->k.head_stride, hkv, R, d, qpack, sc, partial);
+    };
+    auto score_group = [&](const Block &B, int grp) {
+        if (4 * grp < B.nk)
+            kern.scores_group(B.krows + 4 * grp, std::min(4, B.nk - 4 * grp), p->k.head_stride, hkv, R, d, pitch,
+                              qpack, grp, partial);
+    };
+    // After all groups of block B are scored: logits (features, masks), online-softmax step (rescales O).
+    auto softmax_block = [&](const Block &B, float *s) {
+        kern.scores_finish(partial, n, s);
         float mul = mul_plain;
-        const bool masked = block_needs_mask(mp, g, t0, t0 + nk);
+        const bool masked = block_needs_mask(mp, g, B.t0, B.t0 + B.nk);
         if (masked || features) {
             for (int row = 0; row < n; ++row) {
                 const RowInfo ri = row_info(job, b, row / R, row % R);
-                float *sr = sc + row * DECODE_BLOCK;
-                for (int j = 0; j < nk; ++j) sr[j] = logit_log2(mp, sr[j], ri, t0 + j, masked);
+                float *sr = s + row * DECODE_BLOCK;
+                for (int j = 0; j < B.nk; ++j) sr[j] = logit_log2(mp, sr[j], ri, B.t0 + j, masked);
             }
             mul = 1.0f;
         }
-        job.kern->softmax(sc, n, nk, mul, m, l, o, d);
-        job.kern->pv(vrows, nk, p->v.head_stride, hkv, R, d, sc, o);
+        kern.softmax(s, n, B.nk, mul, m, l, o, d, pitch);
+    };
+    // Software pipeline: the key groups of block i+1's scores alternate with those of block i's O += P V.
+    int cur = 0;
+    locate(blk_begin, blocks[cur]);
+    for (int grp = 0; grp < 4; ++grp) score_group(blocks[cur], grp);
+    softmax_block(blocks[cur], sc[cur]);
+    for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
+        const Block &B = blocks[cur];
+        Block &N = blocks[cur ^ 1];
+        const bool next = blk + 1 < blk_end;
+        if (next) locate(blk + 1, N);
+        for (int grp = 0; grp < 4; ++grp) {
+            if (next) score_group(N, grp);
+            if (4 * grp < B.nk)
+                kern.pv(B.vrows + 4 * grp, std::min(4, B.nk - 4 * grp), p->v.head_stride, hkv, R, d, pitch,
+                        sc[cur] + 4 * grp, o);
+        }
+        if (next) softmax_block(N, sc[cur ^ 1]);
+        cur ^= 1;
     }
 }
 
@@ -165,7 +200,7 @@ void write_row(const DecodeJob &job, int b, const RowInfo &row, const float *acc
 // Merge the splits of (sequence b, KV head hk): rescale each by 2^(m_s - M) and normalise once.
 void decode_merge(const DecodeJob &job, int b, int hk) {
     const int R = job.rows(b);
-    float acc[DECODE_DPAD];
+    float acc[FA_MAX_HEADDIM];
     for (int r = 0; r < R; ++r) {
         const size_t row = size_t(hk) * R + r;
         float M = -INFINITY;
@@ -175,14 +210,14 @@ void decode_merge(const DecodeJob &job, int b, int hk) {
             nan_seen |= std::isnan(job.l[job.slot0(b, s) + row]);
         }
         float L = 0.0f;
-        std::fill(acc, acc + DECODE_DPAD, 0.0f);
+        std::fill(acc, acc + FA_MAX_HEADDIM, 0.0f);
         if (M != -INFINITY) {
             for (int s = 0; s < job.splits; ++s) {
                 const size_t ix = job.slot0(b, s) + row;
                 if (job.l[ix] == 0.0f) continue;
                 const float w = std::exp2(job.m[ix] - M);
                 L += job.l[ix] * w;
-                const float *os = job.o + ix * DECODE_DPAD;
+                const float *os = job.o + ix * job.pitch;
                 for (int c = 0; c < job.p->headdim; ++c) acc[c] += w * os[c];
             }
         }
@@ -225,9 +260,10 @@ bool run_decode(const fa_params *p, const std::vector<SeqGeometry> &seqs) {
     job.max_rows = 0;
     for (int b = 0; b < p->batch; ++b) job.max_rows = std::max(job.max_rows, job.rows(b));
     const size_t slots = size_t(p->batch) * job.splits * p->nheads_kv * job.max_rows;
-    float *partials = reinterpret_cast<float *>(tl_decode_partials.get(slots * (DECODE_DPAD + 2) * sizeof(float)));
+    job.pitch = decode_pitch(p->headdim);
+    float *partials = reinterpret_cast<float *>(tl_decode_partials.get(slots * (job.pitch + 2) * sizeof(float)));
     job.o = partials;  // first: rows of O stay 64-byte aligned for the kernels
-    job.m = partials + slots * DECODE_DPAD;
+    job.m = partials + slots * job.pitch;
     job.l = job.m + slots;
     const bool ok = parallel_for(int64_t(p->batch) * job.splits, [&](int64_t item) {
         decode_item(job, int(item / job.splits), int(item % job.splits));

@@ -21,26 +21,24 @@ using avx512::exp2_ps;
 
 FA_TARGET_BEGIN(FA_ISA_AVX512)
 
-// Slot of key j among the 16 vectors fed to reduce16: the reduction below leaves the sum of input slot m in lane
-// (m % 4) * 4 + m / 4 (a 4x4 transpose, its own inverse), so storing key j in that slot gives lane j = key j.
-constexpr int reduce_slot(int j) { return (j % 4) * 4 + j / 4; }
-
-// Horizontal sums of 16 vectors at once: lane (m % 4) * 4 + m / 4 of the result = sum of the lanes of v[m].
-// 4 rounds that halve the width while doubling the vectors packed per register: 15 adds and 30 shuffles in all,
-// instead of 16 separate horizontal reductions.
-inline __m512 reduce16(const float *v) {
-    __m512 w[8], x[4], y[2];
-    for (int i = 0; i < 8; ++i) {
-        const __m512 a = _mm512_load_ps(v + 32 * i), b = _mm512_load_ps(v + 32 * i + 16);
-        w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-    }
-    for (int i = 0; i < 4; ++i)
-        x[i] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0x88),
-                             _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0xDD));
-    for (int i = 0; i < 2; ++i)
-        y[i] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0x44),
-                             _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0xEE));
-    return _mm512_add_ps(_mm512_shuffle_ps(y[0], y[1], 0x88), _mm512_shuffle_ps(y[0], y[1], 0xDD));
+// Transposed reductions: the horizontal sums of 16 vectors (4 keys x 4 key groups of one row) in one vector, with
+// 15 adds and 30 shuffles instead of 16 separate horizontal reductions. fold4 packs the sums of the 4 keys of a
+// group into one vector (two rounds that halve the width and double the keys per register); finish4 folds the 4
+// groups' vectors and puts key j = 4*group + key-in-group into lane j.
+inline __m512 fold4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+    const __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
+    const __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, 0x88), _mm512_shuffle_f32x4(w0, w1, 0xDD));
+}
+inline __m512 finish4(const float *x) {
+    const __m512 x0 = _mm512_load_ps(x), x1 = _mm512_load_ps(x + 16), x2 = _mm512_load_ps(x + 32),
+                 x3 = _mm512_load_ps(x + 48);
+    const __m512 y0 = _mm512_add_ps(_mm512_shuffle_ps(x0, x1, 0x44), _mm512_shuffle_ps(x0, x1, 0xEE));
+    const __m512 y1 = _mm512_add_ps(_mm512_shuffle_ps(x2, x3, 0x44), _mm512_shuffle_ps(x2, x3, 0xEE));
+    const __m512 z = _mm512_add_ps(_mm512_shuffle_ps(y0, y1, 0x88), _mm512_shuffle_ps(y0, y1, 0xDD));
+    // z lane 4u + g holds key 4g + u (a 4x4 transpose of the natural order)
+    const __m512i natural = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_permutexvar_ps(natural, z);
 }
 
 inline __mmask16 tail_mask16(int n) { return __mmask16((1u << n) - 1u); }  // lanes [0, n), n <= 16
@@ -62,73 +60,65 @@ inline __m512 load16(const void *base, int64_t idx, __mmask16 m) {
 }
 
 template <fa_dtype DT>
-void pack_q_f32(const void *const *qrows, int rows, int d, void *qpack) {
+void pack_q_f32(const void *const *qrows, int rows, int d, int pitch, void *qpack) {
     float *q = static_cast<float *>(qpack);
     for (int r = 0; r < rows; ++r)
-        for (int c = 0; c < DECODE_DPAD; c += 16)
-            _mm512_store_ps(q + r * DECODE_DPAD + c,
+        for (int c = 0; c < pitch; c += 16)
+            _mm512_store_ps(q + size_t(r) * pitch + c,
                             c < d ? load16<DT>(qrows[r], c, d - c >= 16 ? __mmask16(0xffff) : tail_mask16(d - c))
                                   : _mm512_setzero_ps());
 }
 
-// Scores with fp32 FMAs (fp16/bf16 widened on load). R rows per KV head share every K vector.
+// Scores of one key group with fp32 FMAs (fp16/bf16 widened on load): four K rows read together, and the R rows of
+// a KV head share every K vector, so each q vector load feeds four FMAs.
 template <fa_dtype DT, int R>
-void scores_f32(const void *const *krows, int nk, int64_t head_stride, int hkv, int d, const float *q, float *s,
+void scores_f32(const void *const *krows, int64_t head_stride, int hkv, int d, int pitch, const float *q, int g,
                 float *partial) {
     const int full = d / 16, tail = d % 16;
     const __mmask16 tm = tail_mask16(tail);
-    for (int j = 0; j < nk; ++j) {
-        const void *kr = krows[j];
-        float *dst = partial + reduce_slot(j) * 16;
-        for (int hk = 0; hk < hkv; ++hk) {
-            const int64_t k0 = hk * head_stride;
-            const float *qh = q + size_t(hk) * R * DECODE_DPAD;
-            __m512 acc[R], acc2[R];
-            for (int r = 0; r < R; ++r) acc[r] = acc2[r] = _mm512_setzero_ps();
-            int c = 0;
-            // two accumulator sets: the FMA chain per row is d/32 long instead of d/16
-            for (; c + 2 <= full; c += 2) {
-                const __m512 k0v = load16<DT>(kr, k0 + 16 * c), k1v = load16<DT>(kr, k0 + 16 * c + 16);
-                for (int r = 0; r < R; ++r) {
-                    acc[r] = _mm512_fmadd_ps(k0v, _mm512_load_ps(qh + r * DECODE_DPAD + 16 * c), acc[r]);
-                    acc2[r] = _mm512_fmadd_ps(k1v, _mm512_load_ps(qh + r * DECODE_DPAD + 16 * c + 16), acc2[r]);
-                }
+    const void *k0 = krows[0], *k1 = krows[1], *k2 = krows[2], *k3 = krows[3];
+    for (int hk = 0; hk < hkv; ++hk) {
+        const int64_t h0 = hk * head_stride;
+        const float *qh = q + size_t(hk) * R * pitch;
+        __m512 acc[4][R];
+        for (int u = 0; u < 4; ++u)
+            for (int r = 0; r < R; ++r) acc[u][r] = _mm512_setzero_ps();
+        for (int c = 0; c <= full; ++c) {
+            if (c == full && !tail) break;
+            const __mmask16 m = c < full ? __mmask16(0xffff) : tm;
+            const __m512 a0 = load16<DT>(k0, h0 + 16 * c, m), a1 = load16<DT>(k1, h0 + 16 * c, m),
+                         a2 = load16<DT>(k2, h0 + 16 * c, m), a3 = load16<DT>(k3, h0 + 16 * c, m);
+            for (int r = 0; r < R; ++r) {
+                const __m512 qv = _mm512_load_ps(qh + r * pitch + 16 * c);
+                acc[0][r] = _mm512_fmadd_ps(a0, qv, acc[0][r]);
+                acc[1][r] = _mm512_fmadd_ps(a1, qv, acc[1][r]);
+                acc[2][r] = _mm512_fmadd_ps(a2, qv, acc[2][r]);
+                acc[3][r] = _mm512_fmadd_ps(a3, qv, acc[3][r]);
             }
-            if (c < full) {
-                const __m512 kv = load16<DT>(kr, k0 + 16 * c);
-                for (int r = 0; r < R; ++r)
-                    acc[r] = _mm512_fmadd_ps(kv, _mm512_load_ps(qh + r * DECODE_DPAD + 16 * c), acc[r]);
-            }
-            if (tail) {
-                const __m512 kv = load16<DT>(kr, k0 + 16 * full, tm);
-                for (int r = 0; r < R; ++r)
-                    acc2[r] = _mm512_fmadd_ps(kv, _mm512_load_ps(qh + r * DECODE_DPAD + 16 * full), acc2[r]);
-            }
-            for (int r = 0; r < R; ++r)
-                _mm512_store_ps(dst + size_t(hk * R + r) * DECODE_BLOCK * 16, _mm512_add_ps(acc[r], acc2[r]));
         }
+        for (int r = 0; r < R; ++r)
+            _mm512_store_ps(partial + (hk * R + r) * 64 + g * 16, fold4(acc[0][r], acc[1][r], acc[2][r], acc[3][r]));
     }
-    for (int j = nk; j < DECODE_BLOCK; ++j)
-        for (int row = 0; row < hkv * R; ++row)
-            _mm512_store_ps(partial + size_t(row) * DECODE_BLOCK * 16 + reduce_slot(j) * 16, _mm512_setzero_ps());
-    for (int row = 0; row < hkv * R; ++row)
-        _mm512_store_ps(s + row * DECODE_BLOCK, reduce16(partial + size_t(row) * DECODE_BLOCK * 16));
 }
 
 template <fa_dtype DT>
-void scores_widen(const void *const *krows, int nk, int64_t head_stride, int hkv, int rows, int d,
-                  const void *qpack, float *s, float *partial) {
+void scores_widen(const void *const *krows, int /*nk*/, int64_t head_stride, int hkv, int rows, int d, int pitch,
+                  const void *qpack, int g, float *partial) {
     const float *q = static_cast<const float *>(qpack);
     switch (rows) {
-        case 1: scores_f32<DT, 1>(krows, nk, head_stride, hkv, d, q, s, partial); break;
-        case 2: scores_f32<DT, 2>(krows, nk, head_stride, hkv, d, q, s, partial); break;
-        case 3: scores_f32<DT, 3>(krows, nk, head_stride, hkv, d, q, s, partial); break;
-        default: scores_f32<DT, 4>(krows, nk, head_stride, hkv, d, q, s, partial); break;
+        case 1: scores_f32<DT, 1>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+        case 2: scores_f32<DT, 2>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+        case 3: scores_f32<DT, 3>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+        default: scores_f32<DT, 4>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
     }
 }
 
+void scores_finish(const float *partial, int n, float *s) {
+    for (int row = 0; row < n; ++row) _mm512_store_ps(s + row * DECODE_BLOCK, finish4(partial + row * 64));
+}
+
 // Online-softmax step per row on its 16 scores (one vector).
-void softmax(float *s, int n, int nk, float mul, float *m, float *l, float *o, int d) {
+void softmax(float *s, int n, int nk, float mul, float *m, float *l, float *o, int d, int pitch) {
     const __mmask16 valid = tail_mask16(nk);
     const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
     const __m512 vmul = _mm512_set1_ps(mul);
@@ -146,7 +136,7 @@ void softmax(float *s, int n, int nk, float mul, float *m, float *l, float *o, i
         m[row] = m_new;
         if (alpha != 1.0f) {  // once the running max settles (most blocks) O needs no rescale
             const __m512 a = _mm512_set1_ps(alpha);
-            float *orow = o + size_t(row) * DECODE_DPAD;
+            float *orow = o + size_t(row) * pitch;
             for (int c = 0; c < d; c += 16) _mm512_store_ps(orow + c, _mm512_mul_ps(_mm512_load_ps(orow + c), a));
         }
     }
@@ -155,7 +145,8 @@ void softmax(float *s, int n, int nk, float mul, float *m, float *l, float *o, i
 // O_row += sum_j p_j * V_j over the block, four keys per pass so each O vector is loaded and stored once per four
 // V vectors (the V rows are streamed in memory order: key by key, all heads).
 template <fa_dtype DT, int R>
-void pv_n(const void *const *vrows, int nk, int64_t head_stride, int hkv, int d, const float *p, float *o) {
+void pv_n(const void *const *vrows, int nk, int64_t head_stride, int hkv, int d, int pitch, const float *p,
+          float *o) {
     const int chunks = (d + 15) / 16;
     const __mmask16 last = tail_mask16(d % 16 ? d % 16 : 16);
     int j = 0;
@@ -166,7 +157,7 @@ void pv_n(const void *const *vrows, int nk, int64_t head_stride, int hkv, int d,
             __m512 pb[R][4];
             for (int r = 0; r < R; ++r)
                 for (int u = 0; u < 4; ++u) pb[r][u] = _mm512_set1_ps(p[(hk * R + r) * DECODE_BLOCK + j + u]);
-            float *oh = o + size_t(hk) * R * DECODE_DPAD;
+            float *oh = o + size_t(hk) * R * pitch;
             for (int c = 0; c < chunks; ++c) {
                 const __mmask16 m = c + 1 < chunks ? __mmask16(0xffff) : last;
                 __m512 a0, a1, a2, a3;
@@ -178,7 +169,7 @@ void pv_n(const void *const *vrows, int nk, int64_t head_stride, int hkv, int d,
                     a2 = load16<DT>(v2, h0 + 16 * c, m), a3 = load16<DT>(v3, h0 + 16 * c, m);
                 }
                 for (int r = 0; r < R; ++r) {
-                    float *oc = oh + r * DECODE_DPAD + 16 * c;
+                    float *oc = oh + r * pitch + 16 * c;
                     __m512 acc = _mm512_fmadd_ps(pb[r][0], a0, _mm512_load_ps(oc));
                     acc = _mm512_fmadd_ps(pb[r][1], a1, acc);
                     acc = _mm512_fmadd_ps(pb[r][2], a2, acc);
@@ -191,12 +182,12 @@ void pv_n(const void *const *vrows, int nk, int64_t head_stride, int hkv, int d,
         const void *v0 = vrows[j];
         for (int hk = 0; hk < hkv; ++hk) {
             const int64_t h0 = hk * head_stride;
-            float *oh = o + size_t(hk) * R * DECODE_DPAD;
+            float *oh = o + size_t(hk) * R * pitch;
             for (int c = 0; c < chunks; ++c) {
                 const __mmask16 m = c + 1 < chunks ? __mmask16(0xffff) : last;
                 const __m512 a0 = load16<DT>(v0, h0 + 16 * c, m);
                 for (int r = 0; r < R; ++r) {
-                    float *oc = oh + r * DECODE_DPAD + 16 * c;
+                    float *oc = oh + r * pitch + 16 * c;
                     const __m512 pj = _mm512_set1_ps(p[(hk * R + r) * DECODE_BLOCK + j]);
                     _mm512_store_ps(oc, _mm512_fmadd_ps(pj, a0, _mm512_load_ps(oc)));
                 }
@@ -206,12 +197,13 @@ void pv_n(const void *const *vrows, int nk, int64_t head_stride, int hkv, int d,
 }
 
 template <fa_dtype DT>
-void pv(const void *const *vrows, int nk, int64_t head_stride, int hkv, int rows, int d, const float *p, float *o) {
+void pv(const void *const *vrows, int nk, int64_t head_stride, int hkv, int rows, int d, int pitch, const float *p,
+        float *o) {
     switch (rows) {
-        case 1: pv_n<DT, 1>(vrows, nk, head_stride, hkv, d, p, o); break;
-        case 2: pv_n<DT, 2>(vrows, nk, head_stride, hkv, d, p, o); break;
-        case 3: pv_n<DT, 3>(vrows, nk, head_stride, hkv, d, p, o); break;
-        default: pv_n<DT, 4>(vrows, nk, head_stride, hkv, d, p, o); break;
+        case 1: pv_n<DT, 1>(vrows, nk, head_stride, hkv, d, pitch, p, o); break;
+        case 2: pv_n<DT, 2>(vrows, nk, head_stride, hkv, d, pitch, p, o); break;
+        case 3: pv_n<DT, 3>(vrows, nk, head_stride, hkv, d, pitch, p, o); break;
+        default: pv_n<DT, 4>(vrows, nk, head_stride, hkv, d, pitch, p, o); break;
     }
 }
 
@@ -220,85 +212,69 @@ FA_TARGET_END
 // ---- bf16 scores with vdpbf16ps ----
 FA_TARGET_BEGIN(FA_ISA_AVX512_BF16)
 
-// q rows kept as bf16 (exactly as given), zero padded to DECODE_DPAD elements; rows DECODE_DPAD*2 uint16 apart
-// (the qpack row pitch of every table is DECODE_DPAD*4 bytes).
-void pack_q_bf16_pairs(const void *const *qrows, int rows, int d, void *qpack) {
+// q rows kept as bf16 (exactly as given), zero padded; `pitch` (a multiple of 32) uint16 per row.
+void pack_q_bf16_pairs(const void *const *qrows, int rows, int d, int pitch, void *qpack) {
     uint16_t *q = static_cast<uint16_t *>(qpack);
     for (int r = 0; r < rows; ++r) {
-        uint16_t *dst = q + size_t(r) * DECODE_DPAD * 2;
-        std::memset(dst, 0, DECODE_DPAD * 2 * sizeof(uint16_t));
+        uint16_t *dst = q + size_t(r) * pitch;
+        std::memset(dst, 0, size_t(pitch) * sizeof(uint16_t));
         std::memcpy(dst, qrows[r], size_t(d) * sizeof(uint16_t));
     }
 }
 
-// 32 bf16 of a K row at idx, as 16 pairs (masked: elements past the mask read nothing and are 0).
-inline __m512bh load32_bf16(const void *base, int64_t idx) {
-    return (__m512bh)_mm512_loadu_si512(static_cast<const uint16_t *>(base) + idx);
-}
+// 32 bf16 of a K row at idx, as 16 pairs (elements past the mask read nothing and are 0).
 inline __m512bh load32_bf16(const void *base, int64_t idx, __mmask32 m) {
     return (__m512bh)_mm512_maskz_loadu_epi16(m, static_cast<const uint16_t *>(base) + idx);
 }
 
+// scores_f32 with vdpbf16ps: 32 elements (16 pairs) of the head dim per instruction, fp32 accumulation.
 template <int R>
-void scores_dp(const void *const *krows, int nk, int64_t head_stride, int hkv, int d, const uint16_t *q, float *s,
+void scores_dp(const void *const *krows, int64_t head_stride, int hkv, int d, int pitch, const uint16_t *q, int g,
                float *partial) {
     const int full = d / 32, tail = d % 32;
     const __mmask32 tm = tail ? __mmask32((1u << tail) - 1u) : __mmask32(0);
-    constexpr size_t QP = size_t(DECODE_DPAD) * 2;  // q row pitch in uint16
-    for (int j = 0; j < nk; ++j) {
-        const void *kr = krows[j];
-        float *dst = partial + reduce_slot(j) * 16;
-        for (int hk = 0; hk < hkv; ++hk) {
-            const int64_t k0 = hk * head_stride;
-            const uint16_t *qh = q + size_t(hk) * R * QP;
-            __m512 acc[R], acc2[R];
-            for (int r = 0; r < R; ++r) acc[r] = acc2[r] = _mm512_setzero_ps();
-            int c = 0;
-            for (; c + 2 <= full; c += 2) {
-                const __m512bh k0v = load32_bf16(kr, k0 + 32 * c), k1v = load32_bf16(kr, k0 + 32 * c + 32);
-                for (int r = 0; r < R; ++r) {
-                    acc[r] = _mm512_dpbf16_ps(acc[r], k0v, (__m512bh)_mm512_load_si512(qh + r * QP + 32 * c));
-                    acc2[r] = _mm512_dpbf16_ps(acc2[r], k1v, (__m512bh)_mm512_load_si512(qh + r * QP + 32 * c + 32));
-                }
+    const void *k0 = krows[0], *k1 = krows[1], *k2 = krows[2], *k3 = krows[3];
+    for (int hk = 0; hk < hkv; ++hk) {
+        const int64_t h0 = hk * head_stride;
+        const uint16_t *qh = q + size_t(hk) * R * pitch;
+        __m512 acc[4][R];
+        for (int u = 0; u < 4; ++u)
+            for (int r = 0; r < R; ++r) acc[u][r] = _mm512_setzero_ps();
+        for (int c = 0; c <= full; ++c) {
+            if (c == full && !tail) break;
+            const __mmask32 m = c < full ? ~__mmask32(0) : tm;
+            const __m512bh a0 = load32_bf16(k0, h0 + 32 * c, m), a1 = load32_bf16(k1, h0 + 32 * c, m),
+                           a2 = load32_bf16(k2, h0 + 32 * c, m), a3 = load32_bf16(k3, h0 + 32 * c, m);
+            for (int r = 0; r < R; ++r) {
+                const __m512bh qv = (__m512bh)_mm512_load_si512(qh + r * pitch + 32 * c);
+                acc[0][r] = _mm512_dpbf16_ps(acc[0][r], a0, qv);
+                acc[1][r] = _mm512_dpbf16_ps(acc[1][r], a1, qv);
+                acc[2][r] = _mm512_dpbf16_ps(acc[2][r], a2, qv);
+                acc[3][r] = _mm512_dpbf16_ps(acc[3][r], a3, qv);
             }
-            if (c < full) {
-                const __m512bh kv = load32_bf16(kr, k0 + 32 * c);
-                for (int r = 0; r < R; ++r)
-                    acc[r] = _mm512_dpbf16_ps(acc[r], kv, (__m512bh)_mm512_load_si512(qh + r * QP + 32 * c));
-            }
-            if (tail) {
-                const __m512bh kv = load32_bf16(kr, k0 + 32 * full, tm);
-                for (int r = 0; r < R; ++r)
-                    acc2[r] = _mm512_dpbf16_ps(acc2[r], kv, (__m512bh)_mm512_load_si512(qh + r * QP + 32 * full));
-            }
-            for (int r = 0; r < R; ++r)
-                _mm512_store_ps(dst + size_t(hk * R + r) * DECODE_BLOCK * 16, _mm512_add_ps(acc[r], acc2[r]));
         }
+        for (int r = 0; r < R; ++r)
+            _mm512_store_ps(partial + (hk * R + r) * 64 + g * 16, fold4(acc[0][r], acc[1][r], acc[2][r], acc[3][r]));
     }
-    for (int j = nk; j < DECODE_BLOCK; ++j)
-        for (int row = 0; row < hkv * R; ++row)
-            _mm512_store_ps(partial + size_t(row) * DECODE_BLOCK * 16 + reduce_slot(j) * 16, _mm512_setzero_ps());
-    for (int row = 0; row < hkv * R; ++row)
-        _mm512_store_ps(s + row * DECODE_BLOCK, reduce16(partial + size_t(row) * DECODE_BLOCK * 16));
 }
 
-void scores_bf16_pairs(const void *const *krows, int nk, int64_t head_stride, int hkv, int rows, int d,
-                       const void *qpack, float *s, float *partial) {
+void scores_bf16_pairs(const void *const *krows, int /*nk*/, int64_t head_stride, int hkv, int rows, int d,
+                       int pitch, const void *qpack, int g, float *partial) {
     const uint16_t *q = static_cast<const uint16_t *>(qpack);
     switch (rows) {
-        case 1: scores_dp<1>(krows, nk, head_stride, hkv, d, q, s, partial); break;
-        case 2: scores_dp<2>(krows, nk, head_stride, hkv, d, q, s, partial); break;
-        case 3: scores_dp<3>(krows, nk, head_stride, hkv, d, q, s, partial); break;
-        default: scores_dp<4>(krows, nk, head_stride, hkv, d, q, s, partial); break;
+        case 1: scores_dp<1>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+        case 2: scores_dp<2>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+        case 3: scores_dp<3>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+        default: scores_dp<4>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
     }
 }
 
 FA_TARGET_END
 
-const DecodeKernels k_f32 = {"avx512-f32", &pack_q_f32<FA_F32>, &scores_widen<FA_F32>, &softmax, &pv<FA_F32>};
-const DecodeKernels k_f16 = {"avx512-f16", &pack_q_f32<FA_F16>, &scores_widen<FA_F16>, &softmax, &pv<FA_F16>};
-const DecodeKernels k_bf16_dp = {"avx512-bf16", &pack_q_bf16_pairs, &scores_bf16_pairs, &softmax, &pv<FA_BF16>};
-const DecodeKernels k_bf16_widen = {"avx512-bf16-widened", &pack_q_f32<FA_BF16>, &scores_widen<FA_BF16>, &softmax,
+const DecodeKernels k_f32 = {"avx512-f32", &pack_q_f32<FA_F32>, &scores_widen<FA_F32>, &scores_finish, &softmax, &pv<FA_F32>};
+const DecodeKernels k_f16 = {"avx512-f16", &pack_q_f32<FA_F16>, &scores_widen<FA_F16>, &scores_finish, &softmax, &pv<FA_F16>};
+const DecodeKernels k_bf16_dp = {"avx512-bf16", &pack_q_bf16_pairs, &scores_bf16_pairs, &scores_finish, &softmax, &pv<FA_BF16>};
+const DecodeKernels k_bf16_widen = {"avx512-bf16-widened", &pack_q_f32<FA_BF16>, &scores_widen<FA_BF16>, &scores_finish, &softmax,
                                     &pv<FA_BF16>};
 
 }  // namespace

@@ -18,32 +18,33 @@ inline float load_f32(const void *base, int64_t idx) {
 }
 
 template <fa_dtype DT>
-void pack_q(const void *const *qrows, int rows, int d, void *qpack) {
+void pack_q(const void *const *qrows, int rows, int d, int pitch, void *qpack) {
     float *q = static_cast<float *>(qpack);
     for (int r = 0; r < rows; ++r)
-        for (int c = 0; c < DECODE_DPAD; ++c) q[r * DECODE_DPAD + c] = c < d ? load_f32<DT>(qrows[r], c) : 0.0f;
+        for (int c = 0; c < pitch; ++c) q[size_t(r) * pitch + c] = c < d ? load_f32<DT>(qrows[r], c) : 0.0f;
 }
 
 template <fa_dtype DT>
-void scores(const void *const *krows, int nk, int64_t head_stride, int hkv, int rows, int d, const void *qpack,
-            float *s, float * /*partial*/) {
+void scores_group(const void *const *krows, int nk, int64_t head_stride, int hkv, int rows, int d, int pitch,
+                  const void *qpack, int g, float *partial) {
     const float *q = static_cast<const float *>(qpack);
-    for (int j = 0; j < DECODE_BLOCK; ++j) {
-        for (int hk = 0; hk < hkv; ++hk) {
+    for (int u = 0; u < nk; ++u)
+        for (int hk = 0; hk < hkv; ++hk)
             for (int r = 0; r < rows; ++r) {
                 const int row = hk * rows + r;
+                const float *qr = q + size_t(row) * pitch;
                 float acc = 0.0f;
-                if (j < nk) {
-                    const float *qr = q + size_t(row) * DECODE_DPAD;
-                    for (int c = 0; c < d; ++c) acc += qr[c] * load_f32<DT>(krows[j], hk * head_stride + c);
-                }
-                s[row * DECODE_BLOCK + j] = acc;
+                for (int c = 0; c < d; ++c) acc += qr[c] * load_f32<DT>(krows[u], hk * head_stride + c);
+                partial[row * 64 + 16 * g + u] = acc;
             }
-        }
-    }
 }
 
-void softmax(float *s, int n, int nk, float mul, float *m, float *l, float *o, int d) {
+void scores_finish(const float *partial, int n, float *s) {
+    for (int row = 0; row < n; ++row)
+        for (int j = 0; j < DECODE_BLOCK; ++j) s[row * DECODE_BLOCK + j] = partial[row * 64 + 16 * (j / 4) + j % 4];
+}
+
+void softmax(float *s, int n, int nk, float mul, float *m, float *l, float *o, int d, int pitch) {
     for (int row = 0; row < n; ++row) {
         float *sr = s + row * DECODE_BLOCK;
         float mx = -INFINITY;
@@ -63,25 +64,29 @@ void softmax(float *s, int n, int nk, float mul, float *m, float *l, float *o, i
         l[row] = l[row] * alpha + sum;
         m[row] = m_new;
         if (alpha != 1.0f)
-            for (int c = 0; c < d; ++c) o[size_t(row) * DECODE_DPAD + c] *= alpha;
+            for (int c = 0; c < d; ++c) o[size_t(row) * pitch + c] *= alpha;
     }
 }
 
 template <fa_dtype DT>
-void pv(const void *const *vrows, int nk, int64_t head_stride, int hkv, int rows, int d, const float *p, float *o) {
+void pv(const void *const *vrows, int nk, int64_t head_stride, int hkv, int rows, int d, int pitch, const float *p,
+        float *o) {
     for (int j = 0; j < nk; ++j)
         for (int hk = 0; hk < hkv; ++hk)
             for (int r = 0; r < rows; ++r) {
                 const int row = hk * rows + r;
                 const float pj = p[row * DECODE_BLOCK + j];
-                float *orow = o + size_t(row) * DECODE_DPAD;
+                float *orow = o + size_t(row) * pitch;
                 for (int c = 0; c < d; ++c) orow[c] += pj * load_f32<DT>(vrows[j], hk * head_stride + c);
             }
 }
 
-const DecodeKernels k_f32 = {"portable-f32", &pack_q<FA_F32>, &scores<FA_F32>, &softmax, &pv<FA_F32>};
-const DecodeKernels k_f16 = {"portable-f16", &pack_q<FA_F16>, &scores<FA_F16>, &softmax, &pv<FA_F16>};
-const DecodeKernels k_bf16 = {"portable-bf16", &pack_q<FA_BF16>, &scores<FA_BF16>, &softmax, &pv<FA_BF16>};
+const DecodeKernels k_f32 = {"portable-f32", &pack_q<FA_F32>, &scores_group<FA_F32>, &scores_finish,
+                                    &softmax, &pv<FA_F32>};
+const DecodeKernels k_f16 = {"portable-f16", &pack_q<FA_F16>, &scores_group<FA_F16>, &scores_finish,
+                                    &softmax, &pv<FA_F16>};
+const DecodeKernels k_bf16 = {"portable-bf16", &pack_q<FA_BF16>, &scores_group<FA_BF16>, &scores_finish,
+                                    &softmax, &pv<FA_BF16>};
 
 }  // namespace
 
