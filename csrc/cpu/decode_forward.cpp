@@ -126,24 +126,27 @@ void decode_item(const DecodeJob &job, int b, int s) {
 
     const bool features = mp.softcap > 0 || mp.alibi;
     const float mul_plain = float(mp.scale * LOG2E);
+    // Key rows of a block by group: krows[4*grp + u] is key grp + 4u (see decode_kernels.h).
     struct Block {
         int64_t t0;
         int nk;
         const void *krows[DECODE_BLOCK], *vrows[DECODE_BLOCK];
+        int group_keys(int grp) const { return grp < nk ? (nk - grp + 3) / 4 : 0; }
     } blocks[2];
     auto locate = [&](int64_t blk, Block &B) {
         B.t0 = lo + blk * DECODE_BLOCK;
         B.nk = int(std::min<int64_t>(DECODE_BLOCK, hi - B.t0));
-        for (int j = 0; j < DECODE_BLOCK; ++j) {  // keys past nk repeat the first one (read, never used)
-            const int64_t row = g.leftpad + B.t0 + (j < B.nk ? j : 0);
-            B.krows[j] = elem_ptr(p->k.data, kv_row_offset(p, g, row, false), p->dtype);
-            B.vrows[j] = elem_ptr(p->v.data, kv_row_offset(p, g, row, true), p->dtype);
-        }
+        for (int grp = 0; grp < 4; ++grp)
+            for (int u = 0; u < 4; ++u) {
+                const int j = grp + 4 * u;  // keys past nk repeat the first one (read, never used)
+                const int64_t row = g.leftpad + B.t0 + (j < B.nk ? j : 0);
+                B.krows[4 * grp + u] = elem_ptr(p->k.data, kv_row_offset(p, g, row, false), p->dtype);
+                B.vrows[4 * grp + u] = elem_ptr(p->v.data, kv_row_offset(p, g, row, true), p->dtype);
+            }
     };
     auto score_group = [&](const Block &B, int grp) {
-        if (4 * grp < B.nk)
-            kern.scores_group(B.krows + 4 * grp, std::min(4, B.nk - 4 * grp), p->k.head_stride, hkv, R, d, pitch,
-                              qpack, grp, partial);
+        if (B.group_keys(grp) > 0)
+            kern.scores_group(B.krows + 4 * grp, p->k.head_stride, hkv, R, d, pitch, qpack, grp, partial);
     };
     // After all groups of block B are scored: logits (features, masks), online-softmax step (rescales O).
     auto softmax_block = [&](const Block &B, float *s) {
@@ -172,9 +175,8 @@ void decode_item(const DecodeJob &job, int b, int s) {
         if (next) locate(blk + 1, N);
         for (int grp = 0; grp < 4; ++grp) {
             if (next) score_group(N, grp);
-            if (4 * grp < B.nk)
-                kern.pv(B.vrows + 4 * grp, std::min(4, B.nk - 4 * grp), p->v.head_stride, hkv, R, d, pitch,
-                        sc[cur] + 4 * grp, o);
+            if (B.group_keys(grp) > 0)
+                kern.pv(B.vrows + 4 * grp, B.group_keys(grp), p->v.head_stride, hkv, R, d, pitch, sc[cur] + grp, 4, o);
         }
         if (next) softmax_block(N, sc[cur ^ 1]);
         cur ^= 1;

@@ -24,7 +24,7 @@ FA_TARGET_BEGIN(FA_ISA_AVX512)
 // Transposed reductions: the horizontal sums of 16 vectors (4 keys x 4 key groups of one row) in one vector, with
 // 15 adds and 30 shuffles instead of 16 separate horizontal reductions. fold4 packs the sums of the 4 keys of a
 // group into one vector (two rounds that halve the width and double the keys per register); finish4 folds the 4
-// groups' vectors and puts key j = 4*group + key-in-group into lane j.
+// groups' vectors; with group g holding keys g, g+4, g+8, g+12 this leaves key j in lane j.
 inline __m512 fold4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
     const __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
     const __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
@@ -35,10 +35,8 @@ inline __m512 finish4(const float *x) {
                  x3 = _mm512_load_ps(x + 48);
     const __m512 y0 = _mm512_add_ps(_mm512_shuffle_ps(x0, x1, 0x44), _mm512_shuffle_ps(x0, x1, 0xEE));
     const __m512 y1 = _mm512_add_ps(_mm512_shuffle_ps(x2, x3, 0x44), _mm512_shuffle_ps(x2, x3, 0xEE));
-    const __m512 z = _mm512_add_ps(_mm512_shuffle_ps(y0, y1, 0x88), _mm512_shuffle_ps(y0, y1, 0xDD));
-    // z lane 4u + g holds key 4g + u (a 4x4 transpose of the natural order)
-    const __m512i natural = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-    return _mm512_permutexvar_ps(natural, z);
+    // lane 4u + g: the sum of x_g's fourth u, i.e. key g + 4u of group g = lane j for key j
+    return _mm512_add_ps(_mm512_shuffle_ps(y0, y1, 0x88), _mm512_shuffle_ps(y0, y1, 0xDD));
 }
 
 inline __mmask16 tail_mask16(int n) { return __mmask16((1u << n) - 1u); }  // lanes [0, n), n <= 16
@@ -102,7 +100,7 @@ void scores_f32(const void *const *krows, int64_t head_stride, int hkv, int d, i
 }
 
 template <fa_dtype DT>
-void scores_widen(const void *const *krows, int /*nk*/, int64_t head_stride, int hkv, int rows, int d, int pitch,
+void scores_widen(const void *const *krows, int64_t head_stride, int hkv, int rows, int d, int pitch,
                   const void *qpack, int g, float *partial) {
     const float *q = static_cast<const float *>(qpack);
     switch (rows) {
@@ -146,7 +144,7 @@ void softmax(float *s, int n, int nk, float mul, float *m, float *l, float *o, i
 // V vectors (the V rows are streamed in memory order: key by key, all heads).
 template <fa_dtype DT, int R>
 void pv_n(const void *const *vrows, int nk, int64_t head_stride, int hkv, int d, int pitch, const float *p,
-          float *o) {
+          int pstep, float *o) {
     const int chunks = (d + 15) / 16;
     const __mmask16 last = tail_mask16(d % 16 ? d % 16 : 16);
     int j = 0;
@@ -156,7 +154,7 @@ void pv_n(const void *const *vrows, int nk, int64_t head_stride, int hkv, int d,
             const int64_t h0 = hk * head_stride;
             __m512 pb[R][4];
             for (int r = 0; r < R; ++r)
-                for (int u = 0; u < 4; ++u) pb[r][u] = _mm512_set1_ps(p[(hk * R + r) * DECODE_BLOCK + j + u]);
+                for (int u = 0; u < 4; ++u) pb[r][u] = _mm512_set1_ps(p[(hk * R + r) * DECODE_BLOCK + (j + u) * pstep]);
             float *oh = o + size_t(hk) * R * pitch;
             for (int c = 0; c < chunks; ++c) {
                 const __mmask16 m = c + 1 < chunks ? __mmask16(0xffff) : last;
@@ -188,7 +186,7 @@ void pv_n(const void *const *vrows, int nk, int64_t head_stride, int hkv, int d,
                 const __m512 a0 = load16<DT>(v0, h0 + 16 * c, m);
                 for (int r = 0; r < R; ++r) {
                     float *oc = oh + r * pitch + 16 * c;
-                    const __m512 pj = _mm512_set1_ps(p[(hk * R + r) * DECODE_BLOCK + j]);
+                    const __m512 pj = _mm512_set1_ps(p[(hk * R + r) * DECODE_BLOCK + j * pstep]);
                     _mm512_store_ps(oc, _mm512_fmadd_ps(pj, a0, _mm512_load_ps(oc)));
                 }
             }
@@ -198,12 +196,12 @@ void pv_n(const void *const *vrows, int nk, int64_t head_stride, int hkv, int d,
 
 template <fa_dtype DT>
 void pv(const void *const *vrows, int nk, int64_t head_stride, int hkv, int rows, int d, int pitch, const float *p,
-        float *o) {
+        int pstep, float *o) {
     switch (rows) {
-        case 1: pv_n<DT, 1>(vrows, nk, head_stride, hkv, d, pitch, p, o); break;
-        case 2: pv_n<DT, 2>(vrows, nk, head_stride, hkv, d, pitch, p, o); break;
-        case 3: pv_n<DT, 3>(vrows, nk, head_stride, hkv, d, pitch, p, o); break;
-        default: pv_n<DT, 4>(vrows, nk, head_stride, hkv, d, pitch, p, o); break;
+        case 1: pv_n<DT, 1>(vrows, nk, head_stride, hkv, d, pitch, p, pstep, o); break;
+        case 2: pv_n<DT, 2>(vrows, nk, head_stride, hkv, d, pitch, p, pstep, o); break;
+        case 3: pv_n<DT, 3>(vrows, nk, head_stride, hkv, d, pitch, p, pstep, o); break;
+        default: pv_n<DT, 4>(vrows, nk, head_stride, hkv, d, pitch, p, pstep, o); break;
     }
 }
 
@@ -258,7 +256,7 @@ void scores_dp(const void *const *krows, int64_t head_stride, int hkv, int d, in
     }
 }
 
-void scores_bf16_pairs(const void *const *krows, int /*nk*/, int64_t head_stride, int hkv, int rows, int d,
+void scores_bf16_pairs(const void *const *krows, int64_t head_stride, int hkv, int rows, int d,
                        int pitch, const void *qpack, int g, float *partial) {
     const uint16_t *q = static_cast<const uint16_t *>(qpack);
     switch (rows) {

@@ -25,10 +25,10 @@ void pack_q(const void *const *qrows, int rows, int d, int pitch, void *qpack) {
 }
 
 template <fa_dtype DT>
-void scores_group(const void *const *krows, int nk, int64_t head_stride, int hkv, int rows, int d, int pitch,
+void scores_group(const void *const *krows, int64_t head_stride, int hkv, int rows, int d, int pitch,
                   const void *qpack, int g, float *partial) {
     const float *q = static_cast<const float *>(qpack);
-    for (int u = 0; u < nk; ++u)
+    for (int u = 0; u < 4; ++u)
         for (int hk = 0; hk < hkv; ++hk)
             for (int r = 0; r < rows; ++r) {
                 const int row = hk * rows + r;
@@ -41,7 +41,7 @@ void scores_group(const void *const *krows, int nk, int64_t head_stride, int hkv
 
 void scores_finish(const float *partial, int n, float *s) {
     for (int row = 0; row < n; ++row)
-        for (int j = 0; j < DECODE_BLOCK; ++j) s[row * DECODE_BLOCK + j] = partial[row * 64 + 16 * (j / 4) + j % 4];
+        for (int j = 0; j < DECODE_BLOCK; ++j) s[row * DECODE_BLOCK + j] = partial[row * 64 + 16 * (j % 4) + j / 4];
 }
 
 void softmax(float *s, int n, int nk, float mul, float *m, float *l, float *o, int d, int pitch) {
@@ -70,12 +70,12 @@ void softmax(float *s, int n, int nk, float mul, float *m, float *l, float *o, i
 
 template <fa_dtype DT>
 void pv(const void *const *vrows, int nk, int64_t head_stride, int hkv, int rows, int d, int pitch, const float *p,
-        float *o) {
+        int pstep, float *o) {
     for (int j = 0; j < nk; ++j)
         for (int hk = 0; hk < hkv; ++hk)
             for (int r = 0; r < rows; ++r) {
                 const int row = hk * rows + r;
-                const float pj = p[row * DECODE_BLOCK + j];
+                const float pj = p[row * DECODE_BLOCK + j * pstep];
                 float *orow = o + size_t(row) * pitch;
                 for (int c = 0; c < d; ++c) orow[c] += pj * load_f32<DT>(vrows[j], hk * head_stride + c);
             }
