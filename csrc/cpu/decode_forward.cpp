@@ -105,15 +105,15 @@ void decode_item(const DecodeJob &job, int b, int s) {
     const int64_t blk_begin = nblocks * s / job.splits, blk_end = nblocks * (s + 1) / job.splits;
     if (blk_begin >= blk_end) return;
 
-    // Workspace: packed q [n][pitch] (at most 4 bytes an element), scores of two blocks [2][n][DECODE_BLOCK],
-    // the kernels' partial scores [n][64], q row pointers [n].
+    // Workspace: packed q [n][pitch] (at most 4 bytes an element), scores [n][DECODE_BLOCK], the kernels' partial
+    // scores [n][64], q row pointers [n].
     const size_t q_bytes = size_t(n) * pitch * sizeof(float);
     const size_t s_bytes = size_t(n) * DECODE_BLOCK * sizeof(float);
-    char *ws = tl_decode_workspace.get(q_bytes + 6 * s_bytes + size_t(n) * sizeof(void *));
+    char *ws = tl_decode_workspace.get(q_bytes + 5 * s_bytes + size_t(n) * sizeof(void *));
     void *qpack = ws;
-    float *sc[2] = {reinterpret_cast<float *>(ws + q_bytes), reinterpret_cast<float *>(ws + q_bytes + s_bytes)};
-    float *partial = reinterpret_cast<float *>(ws + q_bytes + 2 * s_bytes);
-    const void **qrows = reinterpret_cast<const void **>(ws + q_bytes + 6 * s_bytes);
+    float *sc = reinterpret_cast<float *>(ws + q_bytes);
+    float *partial = reinterpret_cast<float *>(ws + q_bytes + s_bytes);
+    const void **qrows = reinterpret_cast<const void **>(ws + q_bytes + 5 * s_bytes);
     for (int hk = 0; hk < hkv; ++hk) {
         for (int r = 0; r < R; ++r) {
             const RowInfo ri = row_info(job, b, hk, r);
@@ -127,59 +127,35 @@ void decode_item(const DecodeJob &job, int b, int s) {
     const bool features = mp.softcap > 0 || mp.alibi;
     const float mul_plain = float(mp.scale * LOG2E);
     // Key rows of a block by group: krows[4*grp + u] is key grp + 4u (see decode_kernels.h).
-    struct Block {
-        int64_t t0;
-        int nk;
-        const void *krows[DECODE_BLOCK], *vrows[DECODE_BLOCK];
-        int group_keys(int grp) const { return grp < nk ? (nk - grp + 3) / 4 : 0; }
-    } blocks[2];
-    auto locate = [&](int64_t blk, Block &B) {
-        B.t0 = lo + blk * DECODE_BLOCK;
-        B.nk = int(std::min<int64_t>(DECODE_BLOCK, hi - B.t0));
+    const void *krows[DECODE_BLOCK], *vrows[DECODE_BLOCK];
+    for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
+        const int64_t t0 = lo + blk * DECODE_BLOCK;
+        const int nk = int(std::min<int64_t>(DECODE_BLOCK, hi - t0));
         for (int grp = 0; grp < 4; ++grp)
             for (int u = 0; u < 4; ++u) {
                 const int j = grp + 4 * u;  // keys past nk repeat the first one (read, never used)
-                const int64_t row = g.leftpad + B.t0 + (j < B.nk ? j : 0);
-                B.krows[4 * grp + u] = elem_ptr(p->k.data, kv_row_offset(p, g, row, false), p->dtype);
-                B.vrows[4 * grp + u] = elem_ptr(p->v.data, kv_row_offset(p, g, row, true), p->dtype);
+                const int64_t row = g.leftpad + t0 + (j < nk ? j : 0);
+                krows[4 * grp + u] = elem_ptr(p->k.data, kv_row_offset(p, g, row, false), p->dtype);
+                vrows[4 * grp + u] = elem_ptr(p->v.data, kv_row_offset(p, g, row, true), p->dtype);
             }
-    };
-    auto score_group = [&](const Block &B, int grp) {
-        if (B.group_keys(grp) > 0)
-            kern.scores_group(B.krows + 4 * grp, p->k.head_stride, hkv, R, d, pitch, qpack, grp, partial);
-    };
-    // After all groups of block B are scored: logits (features, masks), online-softmax step (rescales O).
-    auto softmax_block = [&](const Block &B, float *s) {
-        kern.scores_finish(partial, n, s);
+        const int groups = std::min(4, nk);  // group grp holds (nk - grp + 3) / 4 keys
+        for (int grp = 0; grp < groups; ++grp)
+            kern.scores_group(krows + 4 * grp, p->k.head_stride, hkv, R, d, pitch, qpack, grp, partial);
+        kern.scores_finish(partial, n, sc);
+        // logits in log2 units: features and masks (only on blocks crossing a band edge) by the scalar pass
         float mul = mul_plain;
-        const bool masked = block_needs_mask(mp, g, B.t0, B.t0 + B.nk);
+        const bool masked = block_needs_mask(mp, g, t0, t0 + nk);
         if (masked || features) {
             for (int row = 0; row < n; ++row) {
                 const RowInfo ri = row_info(job, b, row / R, row % R);
-                float *sr = s + row * DECODE_BLOCK;
-                for (int j = 0; j < B.nk; ++j) sr[j] = logit_log2(mp, sr[j], ri, B.t0 + j, masked);
+                float *sr = sc + row * DECODE_BLOCK;
+                for (int j = 0; j < nk; ++j) sr[j] = logit_log2(mp, sr[j], ri, t0 + j, masked);
             }
             mul = 1.0f;
         }
-        kern.softmax(s, n, B.nk, mul, m, l, o, d, pitch);
-    };
-    // Software pipeline: the key groups of block i+1's scores alternate with those of block i's O += P V.
-    int cur = 0;
-    locate(blk_begin, blocks[cur]);
-    for (int grp = 0; grp < 4; ++grp) score_group(blocks[cur], grp);
-    softmax_block(blocks[cur], sc[cur]);
-    for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
-        const Block &B = blocks[cur];
-        Block &N = blocks[cur ^ 1];
-        const bool next = blk + 1 < blk_end;
-        if (next) locate(blk + 1, N);
-        for (int grp = 0; grp < 4; ++grp) {
-            if (next) score_group(N, grp);
-            if (B.group_keys(grp) > 0)
-                kern.pv(B.vrows + 4 * grp, B.group_keys(grp), p->v.head_stride, hkv, R, d, pitch, sc[cur] + grp, 4, o);
-        }
-        if (next) softmax_block(N, sc[cur ^ 1]);
-        cur ^= 1;
+        kern.softmax(sc, n, nk, mul, m, l, o, d, pitch);
+        for (int grp = 0; grp < groups; ++grp)
+            kern.pv(vrows + 4 * grp, (nk - grp + 3) / 4, p->v.head_stride, hkv, R, d, pitch, sc + grp, 4, o);
     }
 }
 

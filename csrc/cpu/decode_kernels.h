@@ -10,8 +10,6 @@
 //   softmax: per row the online-softmax step over the block's 16 scores (running max m, sum l, O rescaled);
 //   pv:      for every key (4 at a time, the same groups) and row, O_row += p_j * v_{j,hk}, with O of all rows
 //            small enough for L1/L2.
-// The driver interleaves the key groups of block i+1's scores with those of block i's pv, so that the K and the V
-// stream are both read all the time (like one stream of twice the width) rather than in alternating 16-key bursts.
 // Rows of KV head hk are the (query, head) pairs sharing it (GQA, or a few queries): at most DECODE_MAX_ROWS.
 #pragma once
 
