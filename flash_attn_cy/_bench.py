@@ -40,10 +40,15 @@ class Shape:
     dtype: str
     causal: bool
     mode: str = "fwd"  # "fwd" | "fwd+bwd" | "decode"
+    heads_kv: int = 0  # K/V heads (GQA/MQA when fewer than heads); 0 = heads
+
+    def kv_heads(self) -> int:
+        return self.heads_kv or self.heads
 
     def label(self) -> str:
         s = f"{self.seqlen_q}" if self.seqlen_q == self.seqlen_k else f"{self.seqlen_q}x{self.seqlen_k}"
-        return (f"b{self.batch} h{self.heads} s{s} d{self.headdim} {self.dtype}"
+        kv = f"/{self.kv_heads()}" if self.kv_heads() != self.heads else ""
+        return (f"b{self.batch} h{self.heads}{kv} s{s} d{self.headdim} {self.dtype}"
                 f"{' causal' if self.causal else ''}{'' if self.mode == 'fwd' else ' ' + self.mode}")
 
     def flops(self) -> float:
@@ -60,7 +65,7 @@ _ELEM_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 def kv_bytes(shape: Shape) -> float:
     """Bytes of K and V one call must read: what bounds decode (one query against a long cache)."""
-    return 2.0 * shape.batch * shape.heads * shape.seqlen_k * shape.headdim * _ELEM_BYTES[shape.dtype]
+    return 2.0 * shape.batch * shape.kv_heads() * shape.seqlen_k * shape.headdim * _ELEM_BYTES[shape.dtype]
 
 
 @dataclass
@@ -131,8 +136,8 @@ def _make_ours(fa, backend: str, shape: Shape, rng) -> Callable[[], object]:
     dt = _np_dtype(shape.dtype)
     q = rng.standard_normal((b, sq, h, d)).astype(dt)
     if shape.mode == "decode":
-        kc = rng.standard_normal((b, sk, h, d)).astype(dt)
-        vc = rng.standard_normal((b, sk, h, d)).astype(dt)
+        kc = rng.standard_normal((b, sk, shape.kv_heads(), d)).astype(dt)
+        vc = rng.standard_normal((b, sk, shape.kv_heads(), d)).astype(dt)
         lens = np.full(b, sk, dtype=np.int32)
         return lambda: fa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, causal=shape.causal,
                                                   backend=backend)
@@ -148,9 +153,11 @@ def _make_torch(shape: Shape) -> Callable[[], object]:
     tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[shape.dtype]
     b, h, sq, sk, d = shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim
     grad = shape.mode == "fwd+bwd"
+    hkv = shape.kv_heads()
     q = torch.randn(b, h, sq, d, dtype=tdt, requires_grad=grad)
-    k = torch.randn(b, h, sk, d, dtype=tdt, requires_grad=grad)
-    v = torch.randn(b, h, sk, d, dtype=tdt, requires_grad=grad)
+    k = torch.randn(b, hkv, sk, d, dtype=tdt, requires_grad=grad)
+    v = torch.randn(b, hkv, sk, d, dtype=tdt, requires_grad=grad)
+    gqa = {"enable_gqa": True} if hkv != h else {}
     # torch's is_causal is top-left aligned; it equals flash_attn's bottom-right one only for square attention,
     # and decode (one query seeing the whole cache) is unmasked in both conventions.
     causal = shape.causal and sq == sk
@@ -158,24 +165,25 @@ def _make_torch(shape: Shape) -> Callable[[], object]:
         dout = torch.randn(b, h, sq, d, dtype=tdt)
 
         def fwd_bwd():
-            F.scaled_dot_product_attention(q, k, v, is_causal=causal).backward(dout)
+            F.scaled_dot_product_attention(q, k, v, is_causal=causal, **gqa).backward(dout)
         return fwd_bwd
 
     def fwd():
         with torch.no_grad():
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, **gqa)
     return fwd
 
 
 def build_shapes(seqlens: Sequence[int], headdims: Sequence[int], dtypes: Sequence[str], causal: Sequence[bool],
-                 batch: int, heads: int, backward: bool = False, decode: bool = False) -> List[Shape]:
+                 batch: int, heads: int, backward: bool = False, decode: bool = False,
+                 heads_kv: int = 0) -> List[Shape]:
     shapes = []
     for dtype in dtypes:
         for d in headdims:
             for s in seqlens:
                 for c in causal:
                     if decode:
-                        shapes.append(Shape(batch, heads, 1, s, d, dtype, c, "decode"))
+                        shapes.append(Shape(batch, heads, 1, s, d, dtype, c, "decode", heads_kv))
                     else:
                         shapes.append(Shape(batch, heads, s, s, d, dtype, c, "fwd+bwd" if backward else "fwd"))
     return shapes

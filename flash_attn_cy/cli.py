@@ -245,7 +245,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     headdims = args.headdims or (_bench.QUICK_HEADDIMS if quick else _bench.DEFAULT_HEADDIMS)
     causal = {"both": (False, True), "true": (True,), "false": (False,)}[args.causal]
     shapes = _bench.build_shapes(seqlens, headdims, dtypes, causal, args.batch, args.heads,
-                                 backward=args.backward, decode=args.decode)
+                                 backward=args.backward, decode=args.decode, heads_kv=args.kv_heads)
     hw = _sysinfo.hardware_summary()
     threads = torch.get_num_threads() if torch is not None else None
     print(f"flash_attn_cy {getattr(fa, '__version__', '?')} on {hw['cpu']} ({hw['cores']['usable']} usable cores"
@@ -348,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated among fp32,fp16,bf16 (default fp32,bf16)")
     pb.add_argument("--batch", type=_positive_int, default=1, help="batch size (default 1)")
     pb.add_argument("--heads", type=_positive_int, default=16, help="number of heads (default 16)")
+    pb.add_argument("--kv-heads", type=_positive_int, default=0, metavar="N",
+                    help="K/V heads for --decode (GQA/MQA; must divide --heads; default: --heads)")
     pb.add_argument("--causal", choices=["both", "true", "false"], default="both", help="default: both")
     pb.add_argument("--backward", action="store_true", help="time forward + backward (needs PyTorch)")
     pb.add_argument("--decode", action="store_true",
@@ -372,6 +374,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "backward", False) and getattr(args, "decode", False):
         parser.error("--backward and --decode cannot be combined")
+    kv_heads = getattr(args, "kv_heads", 0)
+    if kv_heads and not getattr(args, "decode", False):
+        parser.error("--kv-heads is only used with --decode")
+    if kv_heads and args.heads % kv_heads:
+        parser.error(f"--kv-heads {kv_heads} must divide --heads {args.heads}")
     return int(args.func(args) or 0)
 
 

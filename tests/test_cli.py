@@ -43,6 +43,8 @@ def test_no_subcommand_is_a_usage_error(tmp_path):
     (["bench", "--causal", "maybe"], "--causal: invalid choice"),
     (["bench", "--batch", "-1"], "--batch: expected a positive integer"),
     (["bench", "--backward", "--decode"], "--backward and --decode cannot be combined"),
+    (["bench", "--decode", "--heads", "16", "--kv-heads", "3"], "--kv-heads 3 must divide --heads 16"),
+    (["bench", "--kv-heads", "2"], "--kv-heads is only used with --decode"),
     (["verify", "--backend", "nonexistent"], "--backend: unknown backend 'nonexistent'"),
     (["verify", "--case", "no-such-case"], "--case: no built-in case matches"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -161,6 +163,23 @@ def test_bench_flop_counts():
     assert Shape(2, 4, 128, 128, 64, "fp32", True).flops() == base.flops() / 2
     assert Shape(2, 4, 128, 128, 64, "fp32", False, "fwd+bwd").flops() == 3.5 * base.flops()
     assert Shape(2, 4, 1, 4096, 64, "fp32", True, "decode").flops() == 4 * 2 * 4 * 4096 * 64
+
+
+def test_bench_decode_bytes_count_kv_heads():
+    from flash_attn_cy._bench import Shape, kv_bytes
+
+    gqa = Shape(1, 32, 1, 4096, 128, "bf16", False, "decode", heads_kv=8)
+    assert kv_bytes(gqa) == 2 * 8 * 4096 * 128 * 2
+    assert gqa.label() == "b1 h32/8 s1x4096 d128 bf16 decode"
+    assert kv_bytes(Shape(1, 32, 1, 4096, 128, "fp32", False, "decode")) == 2 * 32 * 4096 * 128 * 4
+
+
+def test_bench_decode_gqa_runs(tmp_path):
+    args = ["bench", "--decode", "--seqlens", "40", "--headdims", "16", "--heads", "4", "--kv-heads", "2",
+            "--dtypes", "fp32", "--causal", "false", "--min-time", "0", "--min-reps", "1", "--no-peak"]
+    r = run_cli(args, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "h4/2 s1x40" in r.stdout
 
 
 def _readme_python_blocks():

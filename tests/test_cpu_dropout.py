@@ -121,7 +121,8 @@ def test_dropout_varlen_uses_in_sequence_indices(rng):
 
 
 def test_dropout_in_split_decode(rng):
-    # One query per head: the split-K decode path (several key splits merged by their LSE) with dropout and S_dmask.
+    # One query per head with dropout and S_dmask: decode shapes that the decode path (decode_forward.cpp) hands to
+    # the general forward's few-row layout.
     b, sq, sk, h, d, p = 2, 1, 1500, 3, 32, 0.25
     q, k, v = (randn(rng, (b, n, h, d), "fp32") for n in (sq, sk, sk))
     out, lse, s_dmask = fa.flash_attn_func(q, k, v, dropout_p=p, return_attn_probs=True, backend="cpu",

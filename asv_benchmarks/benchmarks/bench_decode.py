@@ -1,6 +1,7 @@
 """Decode: one new query token against a long K/V cache (flash_attn_with_kvcache), the memory-bound case.
 
 track_bandwidth reports GB/s of K/V cache read; at these sizes a good decode kernel approaches the memory bandwidth.
+kv_heads 8 is GQA (4 query heads per K/V head, as Llama-3-8B), 32 plain multi-head attention (4x the bytes per token).
 """
 from __future__ import annotations
 
@@ -8,19 +9,19 @@ import numpy as np
 
 from ._common import best_time, implementations, is_baseline, numpy_dtype, randn, synchronize, to_impl
 
-Q_HEADS, KV_HEADS, HEADDIM = 32, 8, 128
+Q_HEADS, HEADDIM = 32, 128
 
 
 class Decode:
-    params = [implementations(), ["fp16", "bf16"], [4096, 16384, 65536]]
-    param_names = ["impl", "dtype", "cache_len"]
+    params = [implementations(), ["fp16", "bf16", "fp32"], [4096, 16384, 65536], [8, 32]]
+    param_names = ["impl", "dtype", "cache_len", "kv_heads"]
     timeout = 300
 
-    def setup(self, impl, dtype, cache_len):
+    def setup(self, impl, dtype, cache_len, kv_heads):
         rng = np.random.default_rng(5)
         q = randn(rng, (1, 1, Q_HEADS, HEADDIM), dtype)
-        k_cache = randn(rng, (1, cache_len, KV_HEADS, HEADDIM), dtype)
-        v_cache = randn(rng, (1, cache_len, KV_HEADS, HEADDIM), dtype)
+        k_cache = randn(rng, (1, cache_len, kv_heads, HEADDIM), dtype)
+        v_cache = randn(rng, (1, cache_len, kv_heads, HEADDIM), dtype)
         self.bytes = 2 * k_cache.size * numpy_dtype(dtype).itemsize
         self.impl = impl
         q, k_cache, v_cache = to_impl([q, k_cache, v_cache], impl, dtype)
@@ -40,11 +41,11 @@ class Decode:
             # the new token is the last position: causal == attend to the whole cache
             self.run = attention_call(impl, q, k_cache, v_cache, causal=False)
 
-    def time_decode(self, impl, dtype, cache_len):
+    def time_decode(self, impl, dtype, cache_len, kv_heads):
         self.run()
         synchronize(self.impl)
 
-    def track_bandwidth(self, impl, dtype, cache_len):
+    def track_bandwidth(self, impl, dtype, cache_len, kv_heads):
         return self.bytes / best_time(self.run, self.impl, repeat=1) / 1e9
 
     track_bandwidth.unit = "GB/s"

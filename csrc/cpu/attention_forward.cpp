@@ -6,8 +6,7 @@
 // For each K/V tile inside the causal/local band: S^T = K·Q^T, logit features (only on tiles that need them),
 // online-softmax step, optional dropout, O^T = alpha*O^T + V^T·P^T. One normalisation at the end.
 // Extra memory: a fixed per-thread workspace (O(BLOCK_M * headdim)), independent of the sequence length.
-// Decode (at most ROW_LAYOUT_MAX_ROWS rows per KV head) runs as split-K items over all KV heads instead (see
-// "split-K decode" below); its partial results are O(batch * splits * nheads * headdim).
+// Decode (at most DECODE_MAX_ROWS rows per KV head, no dropout) runs in decode_forward.cpp instead.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -18,6 +17,7 @@
 #include <vector>
 
 #include "cpu_dtype.h"
+#include "decode_forward.h"
 #include "fa_backends.h"
 #include "score_features.h"
 #include "seq_geometry.h"
@@ -450,133 +450,6 @@ void run_tiles(const ForwardJob<Acc> &job, int b, int hk, int tile0, int ntiles)
     }
 }
 
-// ---- split-K decode (flash-decoding) ----
-//
-// When every (sequence, KV head) has at most ROW_LAYOUT_MAX_ROWS query rows, a work item is instead one KEY RANGE of
-// one sequence for ALL KV heads: the cache layout [.., seqlen, nheads_kv, d] puts the rows of all heads of a key
-// next to each other, so sweeping the heads inside each 64-key tile reads memory contiguously (one head at a time
-// would touch a new 4 KiB page per key and starve on TLB misses). Splitting the keys gives every thread work even
-// for batch 1; each split leaves (m, l, unnormalised O) per row, merged by their log-sum-exp at the end.
-struct DecodePlan {
-    int splits = 1;
-    std::vector<float> m, l, o;  // [batch][splits][nheads_kv][ROW_LAYOUT_MAX_ROWS] (+ [HEADDIM_PAD] for o)
-    size_t index(int b, int s, int hk, int r, int nheads_kv) const {
-        return ((size_t(b) * splits + s) * nheads_kv + hk) * ROW_LAYOUT_MAX_ROWS + r;
-    }
-};
-
-thread_local Workspace tl_decode_workspace;  // per-KV-head decode state (64-byte aligned for the SIMD kernels)
-
-void decode_item(const ForwardJob<float> &job, DecodePlan &plan, int b, int s) {
-    const fa_params *p = job.p;
-    const SeqGeometry &g = job.seqs[b];
-    const int hkv = p->nheads_kv;
-    const int64_t esz = dtype_size(p->dtype);
-    TileBuffers<float> buf;
-    buf.carve(tl_workspace.get(TileBuffers<float>::bytes(esz)), esz);
-    if (g.sq == 0) return;
-    // Per KV head: q rows, accumulator, running max/sum (LANES entries: the softmax kernel works on a vector).
-    const size_t per_head = size_t(2) * ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD + 2 * LANES;
-    float *state = reinterpret_cast<float *>(tl_decode_workspace.get(per_head * hkv * sizeof(float)));
-    std::vector<TileRows> rows(static_cast<size_t>(hkv));
-    for (int hk = 0; hk < hkv; ++hk) {
-        build_tile_rows(job, b, hk, 0, rows[hk]);
-        float *st = state + per_head * hk;
-        job.kern->pack_q_rows(rows[hk].qrows, rows[hk].nrows, p->headdim, st);
-        std::fill(st + ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD, st + 2 * ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD, 0.0f);
-        std::fill(st + 2 * ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD, st + 2 * ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD + LANES,
-                  -INFINITY);
-        std::fill(st + 2 * ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD + LANES, st + per_head, 0.0f);
-    }
-    const MaskParams mp = mask_params(job, g);
-    int64_t lo, hi;
-    key_band(mp, g.sk, rows[0], lo, hi);  // the same query positions for every head
-    const int64_t ntiles = hi > lo ? (hi - lo + BLOCK_N - 1) / BLOCK_N : 0;
-    const int64_t tile_begin = ntiles * s / plan.splits, tile_end = ntiles * (s + 1) / plan.splits;
-    for (int64_t tt = tile_begin; tt < tile_end; ++tt) {
-        const int64_t t0 = lo + tt * BLOCK_N;
-        const int nk = int(std::min<int64_t>(BLOCK_N, hi - t0));
-        for (int hk = 0; hk < hkv; ++hk) {
-            float *st = state + per_head * hk;
-            float *oR = st + ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD;
-            float *m = st + 2 * ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD;
-            row_layout_tile(job, b, hk, rows[hk], mp, t0, nk, st, oR, m, m + LANES, buf);
-        }
-    }
-    for (int hk = 0; hk < hkv; ++hk) {
-        const float *st = state + per_head * hk;
-        for (int r = 0; r < rows[hk].nrows; ++r) {
-            const size_t ix = plan.index(b, s, hk, r, hkv);
-            plan.m[ix] = st[2 * ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD + r];
-            plan.l[ix] = st[2 * ROW_LAYOUT_MAX_ROWS * HEADDIM_PAD + LANES + r];
-            std::copy(st + (ROW_LAYOUT_MAX_ROWS + r) * HEADDIM_PAD, st + (ROW_LAYOUT_MAX_ROWS + r + 1) * HEADDIM_PAD,
-                      plan.o.begin() + ix * HEADDIM_PAD);
-        }
-    }
-}
-
-// Merge the splits of (sequence b, KV head hk): rescale each by 2^(m_s - M) and normalise once.
-void decode_merge(const ForwardJob<float> &job, const DecodePlan &plan, int b, int hk) {
-    const SeqGeometry &g = job.seqs[b];
-    if (g.sq == 0) return;
-    TileRows t;
-    build_tile_rows(job, b, hk, 0, t);
-    const MaskParams mp = mask_params(job, g);
-    float acc[HEADDIM_PAD];
-    for (int r = 0; r < t.nrows; ++r) {
-        float M = -INFINITY;
-        bool nan_seen = false;  // a NaN/inf input makes a split's row sum NaN; the merged row must stay NaN
-        for (int s = 0; s < plan.splits; ++s) {
-            const size_t ix = plan.index(b, s, hk, r, job.p->nheads_kv);
-            M = std::max(M, plan.m[ix]);
-            nan_seen |= std::isnan(plan.l[ix]);
-        }
-        float L = 0.0f;
-        std::fill(acc, acc + HEADDIM_PAD, 0.0f);
-        if (M != -INFINITY) {
-            for (int s = 0; s < plan.splits; ++s) {
-                const size_t ix = plan.index(b, s, hk, r, job.p->nheads_kv);
-                if (plan.l[ix] == 0.0f) continue;
-                const float w = std::exp2(plan.m[ix] - M);
-                L += plan.l[ix] * w;
-                const float *o = plan.o.data() + ix * HEADDIM_PAD;
-                for (int c = 0; c < job.p->headdim; ++c) acc[c] += w * o[c];
-            }
-        }
-        if (nan_seen) L = NAN;
-        finish_row(job, b, t.rows[r], acc, 1, M, L, mp);
-    }
-}
-
-bool run_split_decode(const ForwardJob<float> &job) {
-    const fa_params *p = job.p;
-    DecodePlan plan;
-    int64_t max_tiles = 1;
-    for (const SeqGeometry &g : job.seqs) max_tiles = std::max<int64_t>(max_tiles, (g.sk + BLOCK_N - 1) / BLOCK_N);
-    const int threads = p->num_threads > 0 ? p->num_threads : pool_num_threads();
-    // About 4 items per thread for balance, but at least 4 key tiles per split so the merge stays negligible.
-    const int64_t want = (4 * int64_t(threads) + p->batch - 1) / std::max(1, p->batch);
-    plan.splits = int(std::max<int64_t>(1, std::min<int64_t>(want, max_tiles / 4)));
-    const size_t slots = size_t(p->batch) * plan.splits * p->nheads_kv * ROW_LAYOUT_MAX_ROWS;
-    plan.m.assign(slots, -INFINITY);
-    plan.l.assign(slots, 0.0f);
-    plan.o.assign(slots * HEADDIM_PAD, 0.0f);
-    const bool ok = parallel_for(int64_t(p->batch) * plan.splits, [&](int64_t item) {
-        decode_item(job, plan, int(item / plan.splits), int(item % plan.splits));
-    }, p->num_threads);
-    return ok && parallel_for(int64_t(p->batch) * p->nheads_kv, [&](int64_t item) {
-        decode_merge(job, plan, int(item / p->nheads_kv), int(item % p->nheads_kv));
-    }, p->num_threads);
-}
-
-template <typename Acc>
-bool use_split_decode(const ForwardJob<Acc> &job) {
-    if (job.kern->pv_rows == nullptr) return false;
-    for (const SeqGeometry &g : job.seqs)
-        if (int64_t(g.sq) * job.group > ROW_LAYOUT_MAX_ROWS) return false;
-    return true;
-}
-
 // Work items of one (sequence, KV head): its query tiles in groups of QUERY_TILES_PER_ITEM.
 inline int tile_groups(int tiles, int per_item) { return (tiles + per_item - 1) / per_item; }
 
@@ -614,14 +487,12 @@ int forward_impl(const fa_params *p, const TileKernels<Acc> *kern, char *err, si
         job.drop.inv_keep = p->dropout_p < 1.0f ? 1.0 / (1.0 - double(p->dropout_p)) : 0.0;
         job.drop.nheads_q = p->nheads_q;
     }
-    if constexpr (std::is_same<Acc, float>::value) {
-        if (use_split_decode(job)) {
-            if (!run_split_decode(job)) {
-                std::snprintf(err, errlen, "cpu forward: a worker failed (out of memory?)");
-                return FA_ERR_RUNTIME;
-            }
-            return FA_OK;
+    if (decode_path_applies(p, job.seqs)) {  // few query rows per KV head: decode_forward.cpp
+        if (!run_decode(p, job.seqs)) {
+            std::snprintf(err, errlen, "cpu forward: a worker failed (out of memory?)");
+            return FA_ERR_RUNTIME;
         }
+        return FA_OK;
     }
     const int64_t total = job.item_start[p->batch];
     auto item_fn = [&job](int64_t item) {

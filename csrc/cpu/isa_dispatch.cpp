@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "decode_kernels.h"
 #include "tile_kernels.h"
 
 namespace fa_cpu {
@@ -48,6 +49,13 @@ const TileKernels<float> *select_kernels_f32(fa_dtype dt) {
         if (const TileKernels<float> *k = avx512_kernels(dt)) return k;
     }
     return portable_kernels_f32(dt);
+}
+
+const DecodeKernels *select_decode_kernels(fa_dtype dt) {
+    if (!forced_portable() && features().avx512) {
+        if (const DecodeKernels *k = avx512_decode_kernels(dt)) return k;
+    }
+    return portable_decode_kernels(dt);
 }
 
 const char *cpu_isa_description() {

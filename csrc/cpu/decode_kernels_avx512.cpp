@@ -1,0 +1,297 @@
+// decode_kernels_avx512.cpp - AVX-512 decode kernels (see decode_kernels.h for the memory-order walk).
+//
+//   fp32: vfmadd231ps over the head dim; fp16 widened on the fly with vcvtph2ps; bf16 scores with vdpbf16ps
+//   (pairs over the head dim, fp32 accumulation, q kept in bf16 as given) when AVX512-BF16 is present, otherwise
+//   widened by a shift; O += p * V always in fp32 (P is not rounded to bf16 here: the loop is memory bound anyway).
+// Every kernel is instantiated per row count (1..DECODE_MAX_ROWS) so the rows sharing a K/V vector load stay in
+// registers.
+#include <cmath>
+#include <cstring>
+
+#include "avx512_common.h"
+#include "cpu_dtype.h"
+#include "decode_kernels.h"
+
+namespace fa_cpu {
+
+#ifdef FA_HAVE_AVX512_KERNELS
+namespace {
+
+using avx512::exp2_ps;
+
+FA_TARGET_BEGIN(FA_ISA_AVX512)
+
+// Transposed reductions: the horizontal sums of 16 vectors (4 keys x 4 key groups of one row) in one vector, with
+// 15 adds and 30 shuffles instead of 16 separate horizontal reductions. fold4 packs the sums of the 4 keys of a
+// group into one vector (two rounds that halve the width and double the keys per register); finish4 folds the 4
+// groups' vectors; with group g holding keys g, g+4, g+8, g+12 this leaves key j in lane j.
+inline __m512 fold4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+    const __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
+    const __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, 0x88), _mm512_shuffle_f32x4(w0, w1, 0xDD));
+}
+inline __m512 finish4(const float *x) {
+    const __m512 x0 = _mm512_load_ps(x), x1 = _mm512_load_ps(x + 16), x2 = _mm512_load_ps(x + 32),
+                 x3 = _mm512_load_ps(x + 48);
+    const __m512 y0 = _mm512_add_ps(_mm512_shuffle_ps(x0, x1, 0x44), _mm512_shuffle_ps(x0, x1, 0xEE));
+    const __m512 y1 = _mm512_add_ps(_mm512_shuffle_ps(x2, x3, 0x44), _mm512_shuffle_ps(x2, x3, 0xEE));
+    // lane 4u + g: the sum of x_g's fourth u, i.e. key g + 4u of group g = lane j for key j
+    return _mm512_add_ps(_mm512_shuffle_ps(y0, y1, 0x88), _mm512_shuffle_ps(y0, y1, 0xDD));
+}
+
+inline __mmask16 tail_mask16(int n) { return __mmask16((1u << n) - 1u); }  // lanes [0, n), n <= 16
+
+// 16 elements of a K/V row at `idx` widened to fp32 (masked lanes read nothing and are 0).
+template <fa_dtype DT>
+inline __m512 load16(const void *base, int64_t idx) {
+    if (DT == FA_F32) return _mm512_loadu_ps(static_cast<const float *>(base) + idx);
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(static_cast<const uint16_t *>(base) + idx));
+    if (DT == FA_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));  // bf16 -> fp32 is a shift
+}
+template <fa_dtype DT>
+inline __m512 load16(const void *base, int64_t idx, __mmask16 m) {
+    if (DT == FA_F32) return _mm512_maskz_loadu_ps(m, static_cast<const float *>(base) + idx);
+    const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t *>(base) + idx);
+    if (DT == FA_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <fa_dtype DT>
+void pack_q_f32(const void *const *qrows, int rows, int d, int pitch, void *qpack) {
+    float *q = static_cast<float *>(qpack);
+    for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < pitch; c += 16)
+            _mm512_store_ps(q + size_t(r) * pitch + c,
+                            c < d ? load16<DT>(qrows[r], c, d - c >= 16 ? __mmask16(0xffff) : tail_mask16(d - c))
+                                  : _mm512_setzero_ps());
+}
+
+// Scores of one key group with fp32 FMAs (fp16/bf16 widened on load): four K rows read together, and the R rows of
+// a KV head share every K vector, so each q vector load feeds four FMAs.
+template <fa_dtype DT, int R>
+void scores_f32(const void *const *krows, int64_t head_stride, int hkv, int d, int pitch, const float *q, int g,
+                float *partial) {
+    const int full = d / 16, tail = d % 16;
+    const __mmask16 tm = tail_mask16(tail);
+    const void *k0 = krows[0], *k1 = krows[1], *k2 = krows[2], *k3 = krows[3];
+    for (int hk = 0; hk < hkv; ++hk) {
+        const int64_t h0 = hk * head_stride;
+        const float *qh = q + size_t(hk) * R * pitch;
+        __m512 acc[4][R];
+        for (int u = 0; u < 4; ++u)
+            for (int r = 0; r < R; ++r) acc[u][r] = _mm512_setzero_ps();
+        for (int c = 0; c <= full; ++c) {
+            if (c == full && !tail) break;
+            const __mmask16 m = c < full ? __mmask16(0xffff) : tm;
+            const __m512 a0 = load16<DT>(k0, h0 + 16 * c, m), a1 = load16<DT>(k1, h0 + 16 * c, m),
+                         a2 = load16<DT>(k2, h0 + 16 * c, m), a3 = load16<DT>(k3, h0 + 16 * c, m);
+            for (int r = 0; r < R; ++r) {
+                const __m512 qv = _mm512_load_ps(qh + r * pitch + 16 * c);
+                acc[0][r] = _mm512_fmadd_ps(a0, qv, acc[0][r]);
+                acc[1][r] = _mm512_fmadd_ps(a1, qv, acc[1][r]);
+                acc[2][r] = _mm512_fmadd_ps(a2, qv, acc[2][r]);
+                acc[3][r] = _mm512_fmadd_ps(a3, qv, acc[3][r]);
+            }
+        }
+        for (int r = 0; r < R; ++r)
+            _mm512_store_ps(partial + (hk * R + r) * 64 + g * 16, fold4(acc[0][r], acc[1][r], acc[2][r], acc[3][r]));
+    }
+}
+
+template <fa_dtype DT>
+void scores_widen(const void *const *krows, int64_t head_stride, int hkv, int rows, int d, int pitch,
+                  const void *qpack, int g, float *partial) {
+    const float *q = static_cast<const float *>(qpack);
+    switch (rows) {
+        case 1: scores_f32<DT, 1>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+        case 2: scores_f32<DT, 2>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+        case 3: scores_f32<DT, 3>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+        default: scores_f32<DT, 4>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+    }
+}
+
+void scores_finish(const float *partial, int n, float *s) {
+    for (int row = 0; row < n; ++row) _mm512_store_ps(s + row * DECODE_BLOCK, finish4(partial + row * 64));
+}
+
+// Online-softmax step per row on its 16 scores (one vector).
+void softmax(float *s, int n, int nk, float mul, float *m, float *l, float *o, int d, int pitch) {
+    const __mmask16 valid = tail_mask16(nk);
+    const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
+    const __m512 vmul = _mm512_set1_ps(mul);
+    for (int row = 0; row < n; ++row) {
+        // lanes past nk become -inf after the multiply (a negative softmax scale must not turn them into +inf)
+        const __m512 x = _mm512_mask_mul_ps(neg_inf, valid, _mm512_load_ps(s + row * DECODE_BLOCK), vmul);
+        const float m_old = m[row];
+        const float m_new = std::fmax(m_old, _mm512_reduce_max_ps(x));
+        // A row that has seen only masked keys keeps m = -inf; subtract 0 instead so exp2 gives 0, not NaN.
+        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+        const __m512 p = exp2_ps(_mm512_sub_ps(x, _mm512_set1_ps(m_use)));
+        _mm512_store_ps(s + row * DECODE_BLOCK, p);
+        const float alpha = std::exp2(m_old - m_use);
+        l[row] = l[row] * alpha + _mm512_reduce_add_ps(p);
+        m[row] = m_new;
+        if (alpha != 1.0f) {  // once the running max settles (most blocks) O needs no rescale
+            const __m512 a = _mm512_set1_ps(alpha);
+            float *orow = o + size_t(row) * pitch;
+            for (int c = 0; c < d; c += 16) _mm512_store_ps(orow + c, _mm512_mul_ps(_mm512_load_ps(orow + c), a));
+        }
+    }
+}
+
+// O_row += sum_j p_j * V_j over the block, four keys per pass so each O vector is loaded and stored once per four
+// V vectors (the V rows are streamed in memory order: key by key, all heads).
+template <fa_dtype DT, int R>
+void pv_n(const void *const *vrows, int nk, int64_t head_stride, int hkv, int d, int pitch, const float *p,
+          int pstep, float *o) {
+    const int chunks = (d + 15) / 16;
+    const __mmask16 last = tail_mask16(d % 16 ? d % 16 : 16);
+    int j = 0;
+    for (; j + 4 <= nk; j += 4) {
+        const void *v0 = vrows[j], *v1 = vrows[j + 1], *v2 = vrows[j + 2], *v3 = vrows[j + 3];
+        for (int hk = 0; hk < hkv; ++hk) {
+            const int64_t h0 = hk * head_stride;
+            __m512 pb[R][4];
+            for (int r = 0; r < R; ++r)
+                for (int u = 0; u < 4; ++u) pb[r][u] = _mm512_set1_ps(p[(hk * R + r) * DECODE_BLOCK + (j + u) * pstep]);
+            float *oh = o + size_t(hk) * R * pitch;
+            for (int c = 0; c < chunks; ++c) {
+                const __mmask16 m = c + 1 < chunks ? __mmask16(0xffff) : last;
+                __m512 a0, a1, a2, a3;
+                if (m == 0xffff) {
+                    a0 = load16<DT>(v0, h0 + 16 * c), a1 = load16<DT>(v1, h0 + 16 * c);
+                    a2 = load16<DT>(v2, h0 + 16 * c), a3 = load16<DT>(v3, h0 + 16 * c);
+                } else {
+                    a0 = load16<DT>(v0, h0 + 16 * c, m), a1 = load16<DT>(v1, h0 + 16 * c, m);
+                    a2 = load16<DT>(v2, h0 + 16 * c, m), a3 = load16<DT>(v3, h0 + 16 * c, m);
+                }
+                for (int r = 0; r < R; ++r) {
+                    float *oc = oh + r * pitch + 16 * c;
+                    __m512 acc = _mm512_fmadd_ps(pb[r][0], a0, _mm512_load_ps(oc));
+                    acc = _mm512_fmadd_ps(pb[r][1], a1, acc);
+                    acc = _mm512_fmadd_ps(pb[r][2], a2, acc);
+                    _mm512_store_ps(oc, _mm512_fmadd_ps(pb[r][3], a3, acc));
+                }
+            }
+        }
+    }
+    for (; j < nk; ++j) {
+        const void *v0 = vrows[j];
+        for (int hk = 0; hk < hkv; ++hk) {
+            const int64_t h0 = hk * head_stride;
+            float *oh = o + size_t(hk) * R * pitch;
+            for (int c = 0; c < chunks; ++c) {
+                const __mmask16 m = c + 1 < chunks ? __mmask16(0xffff) : last;
+                const __m512 a0 = load16<DT>(v0, h0 + 16 * c, m);
+                for (int r = 0; r < R; ++r) {
+                    float *oc = oh + r * pitch + 16 * c;
+                    const __m512 pj = _mm512_set1_ps(p[(hk * R + r) * DECODE_BLOCK + j * pstep]);
+                    _mm512_store_ps(oc, _mm512_fmadd_ps(pj, a0, _mm512_load_ps(oc)));
+                }
+            }
+        }
+    }
+}
+
+template <fa_dtype DT>
+void pv(const void *const *vrows, int nk, int64_t head_stride, int hkv, int rows, int d, int pitch, const float *p,
+        int pstep, float *o) {
+    switch (rows) {
+        case 1: pv_n<DT, 1>(vrows, nk, head_stride, hkv, d, pitch, p, pstep, o); break;
+        case 2: pv_n<DT, 2>(vrows, nk, head_stride, hkv, d, pitch, p, pstep, o); break;
+        case 3: pv_n<DT, 3>(vrows, nk, head_stride, hkv, d, pitch, p, pstep, o); break;
+        default: pv_n<DT, 4>(vrows, nk, head_stride, hkv, d, pitch, p, pstep, o); break;
+    }
+}
+
+FA_TARGET_END
+
+// ---- bf16 scores with vdpbf16ps ----
+FA_TARGET_BEGIN(FA_ISA_AVX512_BF16)
+
+// q rows kept as bf16 (exactly as given), zero padded; `pitch` (a multiple of 32) uint16 per row.
+void pack_q_bf16_pairs(const void *const *qrows, int rows, int d, int pitch, void *qpack) {
+    uint16_t *q = static_cast<uint16_t *>(qpack);
+    for (int r = 0; r < rows; ++r) {
+        uint16_t *dst = q + size_t(r) * pitch;
+        std::memset(dst, 0, size_t(pitch) * sizeof(uint16_t));
+        std::memcpy(dst, qrows[r], size_t(d) * sizeof(uint16_t));
+    }
+}
+
+// 32 bf16 of a K row at idx, as 16 pairs (elements past the mask read nothing and are 0).
+inline __m512bh load32_bf16(const void *base, int64_t idx, __mmask32 m) {
+    return (__m512bh)_mm512_maskz_loadu_epi16(m, static_cast<const uint16_t *>(base) + idx);
+}
+
+// scores_f32 with vdpbf16ps: 32 elements (16 pairs) of the head dim per instruction, fp32 accumulation.
+template <int R>
+void scores_dp(const void *const *krows, int64_t head_stride, int hkv, int d, int pitch, const uint16_t *q, int g,
+               float *partial) {
+    const int full = d / 32, tail = d % 32;
+    const __mmask32 tm = tail ? __mmask32((1u << tail) - 1u) : __mmask32(0);
+    const void *k0 = krows[0], *k1 = krows[1], *k2 = krows[2], *k3 = krows[3];
+    for (int hk = 0; hk < hkv; ++hk) {
+        const int64_t h0 = hk * head_stride;
+        const uint16_t *qh = q + size_t(hk) * R * pitch;
+        __m512 acc[4][R];
+        for (int u = 0; u < 4; ++u)
+            for (int r = 0; r < R; ++r) acc[u][r] = _mm512_setzero_ps();
+        for (int c = 0; c <= full; ++c) {
+            if (c == full && !tail) break;
+            const __mmask32 m = c < full ? ~__mmask32(0) : tm;
+            const __m512bh a0 = load32_bf16(k0, h0 + 32 * c, m), a1 = load32_bf16(k1, h0 + 32 * c, m),
+                           a2 = load32_bf16(k2, h0 + 32 * c, m), a3 = load32_bf16(k3, h0 + 32 * c, m);
+            for (int r = 0; r < R; ++r) {
+                const __m512bh qv = (__m512bh)_mm512_load_si512(qh + r * pitch + 32 * c);
+                acc[0][r] = _mm512_dpbf16_ps(acc[0][r], a0, qv);
+                acc[1][r] = _mm512_dpbf16_ps(acc[1][r], a1, qv);
+                acc[2][r] = _mm512_dpbf16_ps(acc[2][r], a2, qv);
+                acc[3][r] = _mm512_dpbf16_ps(acc[3][r], a3, qv);
+            }
+        }
+        for (int r = 0; r < R; ++r)
+            _mm512_store_ps(partial + (hk * R + r) * 64 + g * 16, fold4(acc[0][r], acc[1][r], acc[2][r], acc[3][r]));
+    }
+}
+
+void scores_bf16_pairs(const void *const *krows, int64_t head_stride, int hkv, int rows, int d,
+                       int pitch, const void *qpack, int g, float *partial) {
+    const uint16_t *q = static_cast<const uint16_t *>(qpack);
+    switch (rows) {
+        case 1: scores_dp<1>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+        case 2: scores_dp<2>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+        case 3: scores_dp<3>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+        default: scores_dp<4>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+    }
+}
+
+FA_TARGET_END
+
+const DecodeKernels k_f32 = {"avx512-f32", &pack_q_f32<FA_F32>, &scores_widen<FA_F32>, &scores_finish, &softmax, &pv<FA_F32>};
+const DecodeKernels k_f16 = {"avx512-f16", &pack_q_f32<FA_F16>, &scores_widen<FA_F16>, &scores_finish, &softmax, &pv<FA_F16>};
+const DecodeKernels k_bf16_dp = {"avx512-bf16", &pack_q_bf16_pairs, &scores_bf16_pairs, &scores_finish, &softmax, &pv<FA_BF16>};
+const DecodeKernels k_bf16_widen = {"avx512-bf16-widened", &pack_q_f32<FA_BF16>, &scores_widen<FA_BF16>, &scores_finish, &softmax,
+                                    &pv<FA_BF16>};
+
+}  // namespace
+
+bool cpu_has_avx512bf16();
+
+const DecodeKernels *avx512_decode_kernels(fa_dtype dt) {
+    switch (dt) {
+        case FA_F32: return &k_f32;
+        case FA_F16: return &k_f16;
+        case FA_BF16: return cpu_has_avx512bf16() ? &k_bf16_dp : &k_bf16_widen;
+        default: return nullptr;
+    }
+}
+
+#else
+
+const DecodeKernels *avx512_decode_kernels(fa_dtype) { return nullptr; }
+
+#endif
+
+}  // namespace fa_cpu
