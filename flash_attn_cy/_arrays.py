@@ -27,6 +27,17 @@ def is_torch(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+def compiling() -> bool:
+    """True while torch.compile (dynamo) traces the caller: then tensors must stay tensors (no NumPy views, no
+    Python ints read from tensor values), so the public functions route through the torch custom ops."""
+    torch = _torch()
+    if torch is None:
+        return False
+    compiler = getattr(torch, "compiler", None)
+    is_compiling = getattr(compiler, "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
 def kind_of(x: Any, name: str) -> str:
     """'numpy' or 'torch' (CPU) or 'mps'; TypeError for anything else."""
     if isinstance(x, np.ndarray):
