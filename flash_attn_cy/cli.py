@@ -367,11 +367,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _output_path_problem(path: str) -> Optional[str]:
+    """Why `path` cannot be written as an output file, or None: checked before a long run, not after it."""
+    if os.path.isdir(path):
+        return f"{path!r} is a directory"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"directory {parent!r} does not exist"
+    if not os.access(parent, os.W_OK):
+        return f"directory {parent!r} is not writable"
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "backward", False) and getattr(args, "decode", False):
         parser.error("--backward and --decode cannot be combined")
+    for flag in ("json", "plot"):
+        path = getattr(args, flag, None)
+        if isinstance(path, str):  # `info --json` is a switch, not a file
+            problem = _output_path_problem(path)
+            if problem:
+                parser.error(f"--{flag}: cannot write {path!r}: {problem}")
     return int(args.func(args) or 0)
 
 

@@ -46,6 +46,10 @@ def test_no_subcommand_is_a_usage_error(tmp_path):
     (["verify", "--backend", "nonexistent"], "--backend: unknown backend 'nonexistent'"),
     (["verify", "--case", "no-such-case"], "--case: no built-in case matches"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    # output files are checked before a long run, not by a traceback after it
+    (["bench", "--json", "no-such-dir/out.json"], "--json: cannot write 'no-such-dir/out.json'"),
+    (["verify", "--quick", "--json", "no-such-dir/out.json"], "--json: cannot write"),
+    (["bench", "--plot", "."], "--plot: cannot write '.': '.' is a directory"),
 ])
 def test_bad_arguments_exit_2_with_a_clear_message(tmp_path, args, message):
     r = run_cli(args, tmp_path)
