@@ -180,12 +180,20 @@ def softcap(cap: Any) -> float:
     return cap
 
 
+def _scalar_int(x: Any) -> Any:
+    """A 0-d integer tensor/array (e.g. a config value kept as a tensor) as a Python int; anything else unchanged."""
+    if (_arrays.is_torch(x) or isinstance(x, np.ndarray)) and x.ndim == 0 and str(x.dtype).replace("torch.", "") in (
+            "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"):
+        return int(x)
+    return x
+
+
 def window(window_size: Any, causal: Any) -> Tuple[int, int]:
     """(left, right) with -1 = unbounded; `causal` folds into right = 0 (left kept)."""
     causal = flag(causal, "causal")
     if (not isinstance(window_size, (tuple, list)) or len(window_size) != 2):
         raise ValueError(f"window_size: expected a pair (left, right) of ints >= -1, got {window_size!r}")
-    left, right = window_size
+    left, right = (_scalar_int(w) for w in window_size)
     for side, val in (("left", left), ("right", right)):
         if isinstance(val, bool) or not isinstance(val, numbers.Integral):
             raise TypeError(f"window_size: {side} must be an int >= -1, got {type(val).__name__}")

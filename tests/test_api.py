@@ -94,6 +94,17 @@ def test_default_scale_is_original_headdim(rng):
     np.testing.assert_array_equal(out, explicit)
 
 
+def test_window_size_accepts_integer_scalars_of_numpy_and_torch(rng):
+    # configs sometimes keep the window as a 0-d tensor or a NumPy integer
+    q, k, v = (randn(rng, (1, 9, 2, 8)) for _ in range(3))
+    want = fa.flash_attn_func(q, k, v, window_size=(3, 1), backend="cpu")
+    for w in [(np.int64(3), np.int32(1)), (torch.tensor(3), np.array(1)), [3, torch.tensor(1, dtype=torch.int32)]]:
+        np.testing.assert_array_equal(fa.flash_attn_func(q, k, v, window_size=w, backend="cpu"), want)
+    for bad in [(torch.tensor(3.0), 1), (torch.tensor([3]), 1), (np.array([3]), 1)]:
+        with pytest.raises(TypeError, match="window_size"):
+            fa.flash_attn_func(q, k, v, window_size=bad, backend="cpu")
+
+
 def test_rows_without_keys_give_zero_and_inf_lse(rng):
     q, k, v = randn(rng, (1, 7, 2, 16)), randn(rng, (1, 3, 2, 16)), randn(rng, (1, 3, 2, 16))
     out, lse, _ = fa.flash_attn_func(q, k, v, causal=True, return_attn_probs=True, backend="cpu")
