@@ -43,13 +43,25 @@ def kind_of(x: Any, name: str) -> str:
     if isinstance(x, np.ndarray):
         return "numpy"
     if is_torch(x):
-        dev = x.device.type
-        if dev == "cpu":
+        if x.is_cpu:  # the flags avoid building a torch.device per call
             return "torch"
-        if dev == "mps":
+        if x.is_mps:
             return "mps"
+        dev = x.device.type
         raise ValueError(f"{name}: tensors on device '{dev}' are not supported; use CPU or MPS tensors")
     raise TypeError(f"{name}: expected a numpy.ndarray or torch.Tensor, got {type(x).__name__}")
+
+
+_TORCH_FLOAT_NAMES: dict = {}
+
+
+def _torch_float_names() -> dict:
+    """torch dtype -> FLOAT_DTYPES name, built once (torch is imported by then: a tensor exists)."""
+    if not _TORCH_FLOAT_NAMES:
+        torch = _torch()
+        _TORCH_FLOAT_NAMES.update({torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
+                                   torch.float64: "float64"})
+    return _TORCH_FLOAT_NAMES
 
 
 def float_dtype(x: Any, name: str) -> str:
@@ -62,11 +74,9 @@ def float_dtype(x: Any, name: str) -> str:
         if dname in FLOAT_DTYPES:
             return dname
     else:
-        torch = _torch()
-        names = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
-                 torch.float64: "float64"}
-        if x.dtype in names:
-            return names[x.dtype]
+        known = _torch_float_names().get(x.dtype)
+        if known is not None:
+            return known
         dname = str(x.dtype)
     raise TypeError(f"{name}: dtype must be float16, bfloat16, float32 or float64, got {dname}")
 
@@ -78,9 +88,9 @@ def _host_numpy(x: Any) -> np.ndarray:
             return x.view(np.uint16)
         return x
     torch = _torch()
-    t = x.detach()
-    if t.is_neg() or t.is_conj():
-        t = t.resolve_neg().resolve_conj()
+    t = x.detach() if x.requires_grad else x
+    if t.is_neg():  # a lazily negated view (real dtypes only here, so no conjugate bit)
+        t = t.resolve_neg()
     if t.dtype in (torch.float16, torch.bfloat16):
         return t.view(torch.int16).numpy().view(np.uint16)
     return t.numpy()
@@ -111,10 +121,14 @@ def core_view(x: Any, name: str, *, lead_axis: bool = False, in_place: bool = Fa
     """Buffer for `_core`: a zero-copy NumPy view (copied once if its strides are unusable), or a DeviceTensor for
     MPS tensors. `lead_axis` prepends an axis of length 1 (the varlen layout travels as [1, total, heads, dim]).
     `in_place`: the ABI writes into this array, so a copy would lose the result; raise instead of copying."""
-    if not isinstance(x, np.ndarray) and x.device.type == "mps":
-        from . import _mps  # provided by the Metal shim component
-        t = x.unsqueeze(0) if lead_axis else x
-        return _mps.device_tensor(t)
+    if not isinstance(x, np.ndarray):
+        if x.is_mps:
+            from . import _mps  # provided by the Metal shim component
+            t = x.unsqueeze(0) if lead_axis else x
+            return _mps.device_tensor(t)
+        if x.is_contiguous():  # the common torch case: its NumPy view is C-contiguous, strides >= 0, writable
+            a = _host_numpy(x)
+            return a[None] if lead_axis else a
     a = _host_numpy(x)
     if lead_axis:
         a = a[None]
@@ -143,9 +157,10 @@ def empty(kind: str, like: Any, shape: Tuple[int, ...], dtype: Optional[str] = N
         return out
     torch = _torch()
     t_dtype = like.dtype if dtype is None else getattr(torch, dtype)
+    device = None if kind == "torch" else like.device  # "torch" is the CPU kind: skip building a device object
     if fill is None:
-        return torch.empty(shape, dtype=t_dtype, device=like.device)
-    return torch.full(shape, fill, dtype=t_dtype, device=like.device)
+        return torch.empty(shape, dtype=t_dtype, device=device)
+    return torch.full(shape, fill, dtype=t_dtype, device=device)
 
 
 def _np_bfloat16():

@@ -182,6 +182,8 @@ def softcap(cap: Any) -> float:
 
 def _scalar_int(x: Any) -> Any:
     """A 0-d integer tensor/array (e.g. a config value kept as a tensor) as a Python int; anything else unchanged."""
+    if type(x) is int:
+        return x
     if (_arrays.is_torch(x) or isinstance(x, np.ndarray)) and x.ndim == 0 and str(x.dtype).replace("torch.", "") in (
             "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"):
         return int(x)

@@ -182,6 +182,24 @@ def test_strided_inputs(rng, monkeypatch, kind):
     _check(out, None, *ref_in, "fp32", causal=True)
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_torch_special_tensors_read_correctly(rng, dtype):
+    # the fast path of the torch -> NumPy view must not skip what some tensors need: a lazily negated view (its
+    # memory holds -x), a tensor that requires grad used under no_grad, an inference-mode tensor
+    qn, kn, vn = (randn(rng, (1, 7, 2, 16), dtype) for _ in range(3))
+    q, k, v = to_torch(qn), to_torch(kn), to_torch(vn)
+    want = fa.flash_attn_func(q, k, v, causal=True, backend="cpu")
+    neg_k = (-k)._neg_view()  # values equal k, storage holds -k
+    assert neg_k.is_neg()
+    torch.testing.assert_close(fa.flash_attn_func(q, neg_k, v, causal=True, backend="cpu"), want, rtol=0, atol=0)
+    with torch.no_grad():
+        got = fa.flash_attn_func(q.clone().requires_grad_(), k, v, causal=True, backend="cpu")
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with torch.inference_mode():
+        qi, ki, vi = q.clone(), k.clone(), v.clone()
+        torch.testing.assert_close(fa.flash_attn_func(qi, ki, vi, causal=True, backend="cpu"), want, rtol=0, atol=0)
+
+
 def test_inputs_not_modified(rng):
     q, k, v = (randn(rng, (2, 7, 2, 8)) for _ in range(3))
     copies = [x.copy() for x in (q, k, v)]
