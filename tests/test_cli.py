@@ -197,3 +197,16 @@ def test_build_info_records_the_configuration():
     if sys.platform != "darwin":
         assert info["metal shim built"] == "no"  # Metal exists only on macOS
     assert info["buildtype"] and info["c++ compiler"] and info["cython"]
+
+
+def test_output_closed_early_is_not_a_traceback(tmp_path):
+    # `python -m flash_attn_cy info | head -1`: the reader closes the pipe after the first line
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    p = subprocess.Popen([sys.executable, "-m", "flash_attn_cy", "info"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline().startswith(b"flash_attn_cy")
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
