@@ -117,6 +117,12 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Opti
         if tuple(v.shape) != tuple(k.shape):
             raise ValueError(f"v: shape {tuple(v.shape)} must equal k's {tuple(k.shape)}")
         seqlen_new = int(k.shape[1])
+        if seqlen_new == 0:
+            if rotary_cos is not None or rotary_sin is not None:
+                # flash_attn would still rotate q here; the append kernels rotate q only together with new rows
+                raise ValueError("k: seqlen_new = 0 (no new rows) together with rotary_cos/rotary_sin is not "
+                                 "supported; append at least one row, or rotate q yourself and pass k=v=None")
+            k = v = None  # nothing to append: attend over the cache as it is
 
     window = V.window(window_size, causal)
     scale = V.softmax_scale(softmax_scale, headdim)
