@@ -114,3 +114,58 @@ def test_varlen_bad_cu_seqlens_values_are_caught_when_the_graph_runs():
     cu = torch.tensor([0, 7, 20], dtype=torch.int32)
     with pytest.raises(ValueError, match="max_seqlen_q"):
         _compiled(lambda a: fa.flash_attn_varlen_func(a, a, a, cu, cu, 5, 13))(x)
+
+
+def _decode_inputs(seed=6):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return dict(q=r(2, 1, 4, 16), k_cache=r(2, 32, 2, 16), v_cache=r(2, 32, 2, 16), k=r(2, 1, 2, 16),
+                v=r(2, 1, 2, 16), rotary_cos=r(40, 4), rotary_sin=r(40, 4))
+
+
+def test_kvcache_decode_step_traces_and_updates_the_cache_in_place():
+    x = _decode_inputs()
+    lens = torch.tensor([3, 9], dtype=torch.int32)
+
+    def step(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin):
+        return fa.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens=lens,
+                                          causal=True, rotary_interleaved=False, return_softmax_lse=True)
+
+    mine = {n: t.clone() for n, t in x.items()}
+    want = {n: t.clone() for n, t in x.items()}
+    out, lse = _compiled(step)(**mine)
+    out_e, lse_e = step(**want)
+    torch.testing.assert_close(out, out_e, rtol=0, atol=0)
+    torch.testing.assert_close(lse, lse_e, rtol=0, atol=0)
+    for name in ("k_cache", "v_cache"):  # the new rows landed in the caller's caches
+        torch.testing.assert_close(mine[name], want[name], rtol=0, atol=0)
+        assert not torch.equal(mine[name], x[name])
+
+
+def test_kvcache_decode_loop_with_int_cache_seqlens():
+    x = _decode_inputs(seed=7)
+    mine = {n: t.clone() for n, t in x.items()}
+    fn = lambda q, kc, vc, k, v, n: fa.flash_attn_with_kvcache(q, kc, vc, k, v, cache_seqlens=n, causal=True)  # noqa
+    step = _compiled(fn)
+    for n in range(4, 7):
+        got = step(mine["q"], mine["k_cache"], mine["v_cache"], mine["k"], mine["v"], n)
+        want = fn(x["q"], x["k_cache"], x["v_cache"], x["k"], x["v"], n)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(mine["k_cache"], x["k_cache"], rtol=0, atol=0)
+
+
+def test_kvcache_bad_cache_seqlens_caught_when_the_graph_runs():
+    x = _decode_inputs(seed=8)
+    bad = torch.tensor([3, 40], dtype=torch.int32)  # beyond the 32-row cache
+    with pytest.raises(ValueError, match="cache_seqlens"):
+        _compiled(lambda q, kc, vc, k, v: fa.flash_attn_with_kvcache(q, kc, vc, k, v, cache_seqlens=bad))(
+            x["q"], x["k_cache"], x["v_cache"], x["k"], x["v"])
+
+
+def test_kvcache_op_declares_its_mutations():
+    from flash_attn_cy import _kvcache_op  # noqa: F401  (registers the op)
+
+    x = _decode_inputs(seed=9)
+    args = (x["q"], x["k_cache"], x["v_cache"], x["k"], x["v"], None, None, torch.tensor([3, 9], dtype=torch.int32),
+            -1, None, None, None, None, None, True, -1, 0, 0.0, True, 0, "cpu")
+    torch.library.opcheck(torch.ops.flash_attn_cy.kvcache.default, args, test_utils=("test_schema", "test_faketensor"))
