@@ -60,12 +60,11 @@ __all__ = [
     "__version__",
 ]
 
-# Entry points of optional integrations, resolved on first use so `import flash_attn_cy` stays NumPy-only
-# (transformers_integration imports torch): name -> (module, attribute).
+# Entry points of optional integrations, resolved on first use so `import flash_attn_cy` stays NumPy-only:
+# name -> (module, attribute).
 _LAZY = {
     "install_as_flash_attn": ("flash_attn_cy.flash_attn_compat._alias", "install_as_flash_attn"),
     "uninstall_flash_attn_alias": ("flash_attn_cy.flash_attn_compat._alias", "uninstall_flash_attn_alias"),
-    "register_transformers": ("flash_attn_cy.transformers_integration", "register_transformers"),
 }
 
 
@@ -77,6 +76,19 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'flash_attn_cy' has no attribute {name!r}")
+
+
+def register_transformers() -> str:
+    """Register flash_attn_cy with Hugging Face transformers as ``attn_implementation="flash_attn_cy"``; returns
+    that name. Needs PyTorch and transformers; importing flash_attn_cy alone imports neither (see
+    flash_attn_cy.transformers_integration)."""
+    try:
+        import torch  # noqa: F401  (the integration module is PyTorch code)
+    except ImportError as exc:
+        raise ImportError("flash_attn_cy.register_transformers() needs PyTorch and transformers: "
+                          "pip install torch==2.13.0 transformers") from exc
+    from .transformers_integration import register_transformers as register
+    return register()
 
 
 def backends() -> Dict[str, Dict[str, object]]:

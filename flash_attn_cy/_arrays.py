@@ -27,18 +27,41 @@ def is_torch(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+def compiling() -> bool:
+    """True while torch.compile (dynamo) traces the caller: then tensors must stay tensors (no NumPy views, no
+    Python ints read from tensor values), so the public functions route through the torch custom ops."""
+    torch = _torch()
+    if torch is None:
+        return False
+    compiler = getattr(torch, "compiler", None)
+    is_compiling = getattr(compiler, "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
 def kind_of(x: Any, name: str) -> str:
     """'numpy' or 'torch' (CPU) or 'mps'; TypeError for anything else."""
     if isinstance(x, np.ndarray):
         return "numpy"
     if is_torch(x):
-        dev = x.device.type
-        if dev == "cpu":
+        if x.is_cpu:  # the flags avoid building a torch.device per call
             return "torch"
-        if dev == "mps":
+        if x.is_mps:
             return "mps"
+        dev = x.device.type
         raise ValueError(f"{name}: tensors on device '{dev}' are not supported; use CPU or MPS tensors")
     raise TypeError(f"{name}: expected a numpy.ndarray or torch.Tensor, got {type(x).__name__}")
+
+
+_TORCH_FLOAT_NAMES: dict = {}
+
+
+def _torch_float_names() -> dict:
+    """torch dtype -> FLOAT_DTYPES name, built once (torch is imported by then: a tensor exists)."""
+    if not _TORCH_FLOAT_NAMES:
+        torch = _torch()
+        _TORCH_FLOAT_NAMES.update({torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
+                                   torch.float64: "float64"})
+    return _TORCH_FLOAT_NAMES
 
 
 def float_dtype(x: Any, name: str) -> str:
@@ -51,11 +74,9 @@ def float_dtype(x: Any, name: str) -> str:
         if dname in FLOAT_DTYPES:
             return dname
     else:
-        torch = _torch()
-        names = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
-                 torch.float64: "float64"}
-        if x.dtype in names:
-            return names[x.dtype]
+        known = _torch_float_names().get(x.dtype)
+        if known is not None:
+            return known
         dname = str(x.dtype)
     raise TypeError(f"{name}: dtype must be float16, bfloat16, float32 or float64, got {dname}")
 
@@ -67,9 +88,9 @@ def _host_numpy(x: Any) -> np.ndarray:
             return x.view(np.uint16)
         return x
     torch = _torch()
-    t = x.detach()
-    if t.is_neg() or t.is_conj():
-        t = t.resolve_neg().resolve_conj()
+    t = x.detach() if x.requires_grad else x
+    if t.is_neg():  # a lazily negated view (real dtypes only here, so no conjugate bit)
+        t = t.resolve_neg()
     if t.dtype in (torch.float16, torch.bfloat16):
         return t.view(torch.int16).numpy().view(np.uint16)
     return t.numpy()
@@ -100,10 +121,14 @@ def core_view(x: Any, name: str, *, lead_axis: bool = False, in_place: bool = Fa
     """Buffer for `_core`: a zero-copy NumPy view (copied once if its strides are unusable), or a DeviceTensor for
     MPS tensors. `lead_axis` prepends an axis of length 1 (the varlen layout travels as [1, total, heads, dim]).
     `in_place`: the ABI writes into this array, so a copy would lose the result; raise instead of copying."""
-    if not isinstance(x, np.ndarray) and x.device.type == "mps":
-        from . import _mps  # provided by the Metal shim component
-        t = x.unsqueeze(0) if lead_axis else x
-        return _mps.device_tensor(t)
+    if not isinstance(x, np.ndarray):
+        if x.is_mps:
+            from . import _mps  # provided by the Metal shim component
+            t = x.unsqueeze(0) if lead_axis else x
+            return _mps.device_tensor(t)
+        if x.is_contiguous():  # the common torch case: its NumPy view is C-contiguous, strides >= 0, writable
+            a = _host_numpy(x)
+            return a[None] if lead_axis else a
     a = _host_numpy(x)
     if lead_axis:
         a = a[None]
@@ -132,9 +157,10 @@ def empty(kind: str, like: Any, shape: Tuple[int, ...], dtype: Optional[str] = N
         return out
     torch = _torch()
     t_dtype = like.dtype if dtype is None else getattr(torch, dtype)
+    device = None if kind == "torch" else like.device  # "torch" is the CPU kind: skip building a device object
     if fill is None:
-        return torch.empty(shape, dtype=t_dtype, device=like.device)
-    return torch.full(shape, fill, dtype=t_dtype, device=like.device)
+        return torch.empty(shape, dtype=t_dtype, device=device)
+    return torch.full(shape, fill, dtype=t_dtype, device=device)
 
 
 def _np_bfloat16():
@@ -146,22 +172,19 @@ def _np_bfloat16():
 
 
 def host_int32(x: Any, name: str, *, ndim: int = 1) -> np.ndarray:
-    """An int array/tensor (int32 in flash_attn; any integer type accepted) as a C-contiguous int32 NumPy array.
-    Small metadata arrays only: copied freely. Range-checked against int32."""
+    """An int32 array/tensor (cu_seqlens, cache_seqlens, block_table, ...) as a C-contiguous NumPy array.
+    int32 exactly, as flash_attn requires: another integer type is a TypeError rather than a silent cast, so code
+    tested here also runs on flash_attn. Small metadata arrays only: copied freely."""
     if isinstance(x, np.ndarray):
         a = x
     elif is_torch(x):
         a = x.detach().cpu().numpy()
     else:
         raise TypeError(f"{name}: expected an int32 numpy.ndarray or torch.Tensor, got {type(x).__name__}")
-    if a.dtype.kind not in "iu":
-        raise TypeError(f"{name}: dtype must be int32, got {a.dtype}")
+    if a.dtype != np.int32:
+        raise TypeError(f"{name}: dtype must be int32 (as in flash_attn), got {a.dtype}")
     if a.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-d array, got shape {tuple(a.shape)}")
-    if a.dtype != np.int32:
-        if a.size and (a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max):
-            raise ValueError(f"{name}: values must fit in int32")
-        a = a.astype(np.int32)
     return np.ascontiguousarray(a)
 
 

@@ -137,6 +137,19 @@ def cu_seqlens(x: Any, name: str, batch: Optional[int], total: Optional[int], ma
     return a
 
 
+def cu_seqlens_traced(x: Any, name: str, batch: Optional[int]) -> Any:
+    """cu_seqlens as a torch tensor while torch.compile traces: dtype and shape are checked here; the values
+    (start at 0, non-decreasing, within the packed rows and max_seqlen) are data the tracer cannot see, so the C
+    layer checks them when the compiled graph runs (csrc/fa_check.cpp, same ValueError)."""
+    if str(x.dtype) != "torch.int32":
+        raise TypeError(f"{name}: dtype must be int32, got {str(x.dtype).replace('torch.', '')}")
+    if x.ndim != 1 or x.shape[0] < 1:
+        raise ValueError(f"{name}: expected shape (batch_size + 1,), got {tuple(x.shape)}")
+    if batch is not None and x.shape[0] != batch + 1:
+        raise ValueError(f"{name}: expected shape ({batch + 1},) (batch_size + 1), got ({x.shape[0]},)")
+    return x
+
+
 def dropout(p: Any) -> float:
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"dropout_p: expected a float in [0, 1), got {type(p).__name__}")
@@ -167,12 +180,22 @@ def softcap(cap: Any) -> float:
     return cap
 
 
+def _scalar_int(x: Any) -> Any:
+    """A 0-d integer tensor/array (e.g. a config value kept as a tensor) as a Python int; anything else unchanged."""
+    if type(x) is int:
+        return x
+    if (_arrays.is_torch(x) or isinstance(x, np.ndarray)) and x.ndim == 0 and str(x.dtype).replace("torch.", "") in (
+            "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"):
+        return int(x)
+    return x
+
+
 def window(window_size: Any, causal: Any) -> Tuple[int, int]:
     """(left, right) with -1 = unbounded; `causal` folds into right = 0 (left kept)."""
     causal = flag(causal, "causal")
     if (not isinstance(window_size, (tuple, list)) or len(window_size) != 2):
         raise ValueError(f"window_size: expected a pair (left, right) of ints >= -1, got {window_size!r}")
-    left, right = window_size
+    left, right = (_scalar_int(w) for w in window_size)
     for side, val in (("left", left), ("right", right)):
         if isinstance(val, bool) or not isinstance(val, numbers.Integral):
             raise TypeError(f"window_size: {side} must be an int >= -1, got {type(val).__name__}")
@@ -186,10 +209,21 @@ def window(window_size: Any, causal: Any) -> Tuple[int, int]:
     return left, right
 
 
-def alibi(slopes: Any, batch: int, nheads: int) -> Optional[np.ndarray]:
-    """(nheads,) or (batch, nheads) float32 -> a 2-d float32 array (1 or batch rows)."""
+def alibi(slopes: Any, batch: int, nheads: int, traced: bool = False) -> Optional[np.ndarray]:
+    """(nheads,) or (batch, nheads) float32 -> a 2-d float32 array (1 or batch rows).
+
+    traced (torch.compile is tracing): a torch tensor stays a tensor, checked on dtype and shape only."""
     if slopes is None:
         return None
+    if traced and _arrays.is_torch(slopes):
+        if str(slopes.dtype) != "torch.float32":
+            raise TypeError(f"alibi_slopes: dtype must be float32, got {slopes.dtype}")
+        if tuple(slopes.shape) == (nheads,):
+            return slopes.reshape(1, nheads).contiguous()
+        if tuple(slopes.shape) == (batch, nheads):
+            return slopes.contiguous()
+        raise ValueError(f"alibi_slopes: expected shape ({nheads},) or ({batch}, {nheads}), "
+                         f"got {tuple(slopes.shape)}")
     a = _arrays.host_float32(slopes, "alibi_slopes")
     if a.shape == (nheads,):
         return a.reshape(1, nheads)

@@ -1,6 +1,7 @@
 """PyTorch autograd for flash_attn_cy: the forward and the backward registered as ``torch.library`` custom ops.
 
-``flash_attn_func`` and friends route here when an input requires grad. Two custom ops carry the work:
+``flash_attn_func`` and friends route here when an input requires grad, and for every torch call while
+``torch.compile`` traces (so compiled inference graphs need no graph break either). Two custom ops carry the work:
 
 - ``flash_attn_cy::fwd``  (q, k, v, ...) -> (out, softmax_lse, attn_probs)
 - ``flash_attn_cy::bwd``  (dout, q, k, v, out, softmax_lse, ...) -> (dq, dk, dv)
@@ -52,13 +53,16 @@ def _norm_args(cu_seqlens_q, cu_seqlens_k, alibi_slopes, rng_state, max_seqlen_q
                softmax_scale, window_left, window_right, softcap, deterministic, backend) -> dict:
     """The custom ops' arguments as interface.attention_forward/attention_backward take them (NumPy metadata)."""
     varlen = cu_seqlens_q is not None
+
+    def host(t):  # small metadata: a C-contiguous NumPy copy or view for the Cython layer
+        return np.ascontiguousarray(t.detach().cpu().numpy())
     return dict(
-        cu_seqlens_q=cu_seqlens_q.detach().cpu().numpy() if varlen else None,
-        cu_seqlens_k=cu_seqlens_k.detach().cpu().numpy() if varlen else None,
+        cu_seqlens_q=host(cu_seqlens_q) if varlen else None,
+        cu_seqlens_k=host(cu_seqlens_k) if varlen else None,
         max_seqlen_q=max_seqlen_q if varlen else None, max_seqlen_k=max_seqlen_k if varlen else None,
         dropout_p=dropout_p, softmax_scale=softmax_scale, causal=window_right == 0,
         window_size=(window_left, window_right), softcap=softcap,
-        alibi_slopes=alibi_slopes.detach().cpu().numpy() if alibi_slopes is not None else None,
+        alibi_slopes=host(alibi_slopes) if alibi_slopes is not None else None,
         deterministic=deterministic, backend=backend,
         rng=rng_pair(rng_state=rng_state) if dropout_p > 0 else (0, 0))
 

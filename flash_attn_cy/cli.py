@@ -369,6 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _output_path_problem(path: str) -> Optional[str]:
+    """Why `path` cannot be written as an output file, or None: checked before a long run, not after it."""
+    if os.path.isdir(path):
+        return f"{path!r} is a directory"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"directory {parent!r} does not exist"
+    if not os.access(parent, os.W_OK):
+        return f"directory {parent!r} is not writable"
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -379,6 +391,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--kv-heads is only used with --decode")
     if kv_heads and args.heads % kv_heads:
         parser.error(f"--kv-heads {kv_heads} must divide --heads {args.heads}")
+    for flag in ("json", "plot"):
+        path = getattr(args, flag, None)
+        if isinstance(path, str):  # `info --json` is a switch, not a file
+            problem = _output_path_problem(path)
+            if problem:
+                parser.error(f"--{flag}: cannot write {path!r}: {problem}")
     return int(args.func(args) or 0)
 
 

@@ -232,15 +232,23 @@ def _run(q, k, v, names, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=N
     scale = V.softmax_scale(softmax_scale, q.shape[-1])
     varlen = cu_seqlens_q is not None
     batch = cu_seqlens_q.shape[0] - 1 if varlen else q.shape[0]
-    slopes = V.alibi(alibi_slopes, batch, q.shape[-2])
-    rng = _dropout.philox_state(kind, seed) if dropout_p > 0.0 else (0, 0)
+    # torch.compile tracing: everything must stay in torch ops, so the custom ops carry the call (grad or not)
+    traced = kind in ("torch", "mps") and block_table is None and _arrays.compiling()
+    slopes = V.alibi(alibi_slopes, batch, q.shape[-2], traced=traced)
+    use_ops = traced or _needs_grad(kind, (q, k, v))
+    if dropout_p == 0.0:
+        rng = (0, 0)
+    elif use_ops and seed is None:
+        rng = None  # drawn from torch's default generator as a tensor by the op path (same draw, no graph break)
+    else:
+        rng = _dropout.philox_state(kind, seed)
     args = dict(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
                 max_seqlen_k=max_seqlen_k, dropout_p=dropout_p, softmax_scale=scale, causal=bool(causal),
                 window_size=window, softcap=softcap, alibi_slopes=slopes, deterministic=deterministic,
                 return_attn_probs=return_attn_probs, block_table=block_table, backend=backend, rng=rng)
 
-    if _needs_grad(kind, (q, k, v)):
-        from . import autograd  # imports torch: reached only with torch tensors that require grad
+    if use_ops:
+        from . import autograd  # imports torch: reached only with torch tensors (grad, or torch.compile)
         out, lse, probs = autograd.attention_with_grad(q, k, v, **args)
     else:
         out, lse, probs = attention_forward(q, k, v, **args)
@@ -251,6 +259,11 @@ def _varlen_meta(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, b
     """Validate the varlen metadata; returns (cu_q, cu_k, max_q, max_k, block_table) normalised."""
     max_q = V.integer(max_seqlen_q, "max_seqlen_q", 0)
     max_k = V.integer(max_seqlen_k, "max_seqlen_k", 0)
+    if (block_table is None and _arrays.is_torch(q) and _arrays.is_torch(cu_seqlens_q)
+            and _arrays.is_torch(cu_seqlens_k) and _arrays.compiling()):
+        cu_q = V.cu_seqlens_traced(cu_seqlens_q, "cu_seqlens_q", None)
+        cu_k = V.cu_seqlens_traced(cu_seqlens_k, "cu_seqlens_k", cu_q.shape[0] - 1)
+        return cu_q, cu_k, max_q, max_k, None
     cu_q = V.cu_seqlens(cu_seqlens_q, "cu_seqlens_q", None, q.shape[0], max_q, "max_seqlen_q")
     batch = cu_q.shape[0] - 1
     total_k = None if block_table is not None else k.shape[0]

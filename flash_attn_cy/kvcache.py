@@ -90,6 +90,13 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Opti
     Returns out (batch, seqlen_q, nheads, headdim), or (out, softmax_lse) with return_softmax_lse.
     """
     backend = V.resolve_backend(backend)
+    if _arrays.is_torch(q) and _arrays.compiling():
+        # torch.compile is tracing: the custom op (which declares the in-place cache update) carries the call, and
+        # this function runs, fully validated, as its implementation when the compiled graph executes
+        from ._kvcache_op import kvcache_traced
+        return kvcache_traced(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx,
+                              cache_leftpad, block_table, softmax_scale, causal, window_size, softcap,
+                              rotary_interleaved, alibi_slopes, num_splits, return_softmax_lse, backend)
     V.ndim(q, "q", 4, "(batch, seqlen_q, nheads, headdim)")
     paged = block_table is not None
     cache_form = ("(num_blocks, page_block_size, nheads_k, headdim) with a block_table" if paged
@@ -117,6 +124,12 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Opti
         if tuple(v.shape) != tuple(k.shape):
             raise ValueError(f"v: shape {tuple(v.shape)} must equal k's {tuple(k.shape)}")
         seqlen_new = int(k.shape[1])
+        if seqlen_new == 0:
+            if rotary_cos is not None or rotary_sin is not None:
+                # flash_attn would still rotate q here; the append kernels rotate q only together with new rows
+                raise ValueError("k: seqlen_new = 0 (no new rows) together with rotary_cos/rotary_sin is not "
+                                 "supported; append at least one row, or rotate q yourself and pass k=v=None")
+            k = v = None  # nothing to append: attend over the cache as it is
 
     window = V.window(window_size, causal)
     scale = V.softmax_scale(softmax_scale, headdim)

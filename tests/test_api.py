@@ -94,6 +94,17 @@ def test_default_scale_is_original_headdim(rng):
     np.testing.assert_array_equal(out, explicit)
 
 
+def test_window_size_accepts_integer_scalars_of_numpy_and_torch(rng):
+    # configs sometimes keep the window as a 0-d tensor or a NumPy integer
+    q, k, v = (randn(rng, (1, 9, 2, 8)) for _ in range(3))
+    want = fa.flash_attn_func(q, k, v, window_size=(3, 1), backend="cpu")
+    for w in [(np.int64(3), np.int32(1)), (torch.tensor(3), np.array(1)), [3, torch.tensor(1, dtype=torch.int32)]]:
+        np.testing.assert_array_equal(fa.flash_attn_func(q, k, v, window_size=w, backend="cpu"), want)
+    for bad in [(torch.tensor(3.0), 1), (torch.tensor([3]), 1), (np.array([3]), 1)]:
+        with pytest.raises(TypeError, match="window_size"):
+            fa.flash_attn_func(q, k, v, window_size=bad, backend="cpu")
+
+
 def test_rows_without_keys_give_zero_and_inf_lse(rng):
     q, k, v = randn(rng, (1, 7, 2, 16)), randn(rng, (1, 3, 2, 16)), randn(rng, (1, 3, 2, 16))
     out, lse, _ = fa.flash_attn_func(q, k, v, causal=True, return_attn_probs=True, backend="cpu")
@@ -169,6 +180,24 @@ def test_strided_inputs(rng, monkeypatch, kind):
     out = fa.flash_attn_func(q, k, v, causal=True, backend="cpu")
     assert np.shares_memory(seen["q"], big) and np.shares_memory(seen["k"], big)
     _check(out, None, *ref_in, "fp32", causal=True)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_torch_special_tensors_read_correctly(rng, dtype):
+    # the fast path of the torch -> NumPy view must not skip what some tensors need: a lazily negated view (its
+    # memory holds -x), a tensor that requires grad used under no_grad, an inference-mode tensor
+    qn, kn, vn = (randn(rng, (1, 7, 2, 16), dtype) for _ in range(3))
+    q, k, v = to_torch(qn), to_torch(kn), to_torch(vn)
+    want = fa.flash_attn_func(q, k, v, causal=True, backend="cpu")
+    neg_k = (-k)._neg_view()  # values equal k, storage holds -k
+    assert neg_k.is_neg()
+    torch.testing.assert_close(fa.flash_attn_func(q, neg_k, v, causal=True, backend="cpu"), want, rtol=0, atol=0)
+    with torch.no_grad():
+        got = fa.flash_attn_func(q.clone().requires_grad_(), k, v, causal=True, backend="cpu")
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with torch.inference_mode():
+        qi, ki, vi = q.clone(), k.clone(), v.clone()
+        torch.testing.assert_close(fa.flash_attn_func(qi, ki, vi, causal=True, backend="cpu"), want, rtol=0, atol=0)
 
 
 def test_inputs_not_modified(rng):

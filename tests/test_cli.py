@@ -48,6 +48,10 @@ def test_no_subcommand_is_a_usage_error(tmp_path):
     (["verify", "--backend", "nonexistent"], "--backend: unknown backend 'nonexistent'"),
     (["verify", "--case", "no-such-case"], "--case: no built-in case matches"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    # output files are checked before a long run, not by a traceback after it
+    (["bench", "--json", "no-such-dir/out.json"], "--json: cannot write 'no-such-dir/out.json'"),
+    (["verify", "--quick", "--json", "no-such-dir/out.json"], "--json: cannot write"),
+    (["bench", "--plot", "."], "--plot: cannot write '.': '.' is a directory"),
 ])
 def test_bad_arguments_exit_2_with_a_clear_message(tmp_path, args, message):
     r = run_cli(args, tmp_path)
@@ -212,3 +216,16 @@ def test_build_info_records_the_configuration():
     if sys.platform != "darwin":
         assert info["metal shim built"] == "no"  # Metal exists only on macOS
     assert info["buildtype"] and info["c++ compiler"] and info["cython"]
+
+
+def test_output_closed_early_is_not_a_traceback(tmp_path):
+    # `python -m flash_attn_cy info | head -1`: the reader closes the pipe after the first line
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    p = subprocess.Popen([sys.executable, "-m", "flash_attn_cy", "info"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline().startswith(b"flash_attn_cy")
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -288,3 +288,22 @@ def test_zero_capacity_cache(rng):
     empty = np.zeros((2, 0, 2, 8), np.float32)
     out, lse = fa.flash_attn_with_kvcache(q, empty, empty, cache_seqlens=0, return_softmax_lse=True, backend="cpu")
     assert np.all(out == 0) and np.all(np.isposinf(lse))
+
+
+def test_zero_new_rows_append_nothing(rng):
+    # k/v with seqlen_new = 0 (an empty chunk in a streaming loop): nothing is written, the cache is attended as is
+    q, kc, vc = randn(rng, (2, 3, 4, 16)), randn(rng, (2, 24, 2, 16)), randn(rng, (2, 24, 2, 16))
+    empty = np.zeros((2, 0, 2, 16), np.float32)
+    lens = np.array([5, 17], np.int32)
+    kc0, vc0 = kc.copy(), vc.copy()
+    out, lse = fa.flash_attn_with_kvcache(q, kc, vc, empty, empty, cache_seqlens=lens, causal=True,
+                                          return_softmax_lse=True, backend="cpu")
+    np.testing.assert_array_equal(kc, kc0)
+    np.testing.assert_array_equal(vc, vc0)
+    want, want_lse = fa.flash_attn_with_kvcache(q, kc0, vc0, cache_seqlens=lens, causal=True,
+                                                return_softmax_lse=True, backend="cpu")
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(lse, want_lse)
+    cos = np.ones((32, 4), np.float32)
+    with pytest.raises(ValueError, match="seqlen_new = 0"):
+        fa.flash_attn_with_kvcache(q, kc, vc, empty, empty, cos, cos, cache_seqlens=lens, backend="cpu")
