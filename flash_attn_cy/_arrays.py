@@ -172,19 +172,25 @@ def _np_bfloat16():
 
 
 def host_int32(x: Any, name: str, *, ndim: int = 1) -> np.ndarray:
-    """An int32 array/tensor (cu_seqlens, cache_seqlens, block_table, ...) as a C-contiguous NumPy array.
-    int32 exactly, as flash_attn requires: another integer type is a TypeError rather than a silent cast, so code
-    tested here also runs on flash_attn. Small metadata arrays only: copied freely."""
+    """An integer array/tensor (cu_seqlens, cache_seqlens, block_table, ...) as a C-contiguous int32 NumPy array.
+    flash_attn documents these as int32; any integer dtype is accepted here (``np.cumsum`` and ``torch.tensor([...])``
+    give int64) and converted after a range check, floats and bools are a TypeError. Small metadata arrays only:
+    copied freely."""
     if isinstance(x, np.ndarray):
         a = x
     elif is_torch(x):
         a = x.detach().cpu().numpy()
     else:
         raise TypeError(f"{name}: expected an int32 numpy.ndarray or torch.Tensor, got {type(x).__name__}")
-    if a.dtype != np.int32:
-        raise TypeError(f"{name}: dtype must be int32 (as in flash_attn), got {a.dtype}")
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name}: dtype must be int32 (or another integer type), got {a.dtype}")
     if a.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-d array, got shape {tuple(a.shape)}")
+    if a.dtype != np.int32:
+        info = np.iinfo(np.int32)
+        if a.size and (int(a.min()) < info.min or int(a.max()) > info.max):
+            raise ValueError(f"{name}: values must fit in int32, got range [{a.min()}, {a.max()}]")
+        a = a.astype(np.int32)
     return np.ascontiguousarray(a)
 
 

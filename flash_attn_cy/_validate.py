@@ -141,8 +141,11 @@ def cu_seqlens_traced(x: Any, name: str, batch: Optional[int]) -> Any:
     """cu_seqlens as a torch tensor while torch.compile traces: dtype and shape are checked here; the values
     (start at 0, non-decreasing, within the packed rows and max_seqlen) are data the tracer cannot see, so the C
     layer checks them when the compiled graph runs (csrc/fa_check.cpp, same ValueError)."""
-    if str(x.dtype) != "torch.int32":
-        raise TypeError(f"{name}: dtype must be int32, got {str(x.dtype).replace('torch.', '')}")
+    dt = str(x.dtype).replace("torch.", "")
+    if dt not in ("int32", "int64", "int16", "int8", "uint8"):
+        raise TypeError(f"{name}: dtype must be int32 (or another integer type), got {dt}")
+    if dt != "int32":  # converted, as on the eager path (the C layer checks the values when the graph runs)
+        x = x.int()
     if x.ndim != 1 or x.shape[0] < 1:
         raise ValueError(f"{name}: expected shape (batch_size + 1,), got {tuple(x.shape)}")
     if batch is not None and x.shape[0] != batch + 1:
