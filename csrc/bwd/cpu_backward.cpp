@@ -22,12 +22,14 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
-#include <thread>
 #include <new>
+#include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "bwd_dtype.h"
 #include "bwd_geometry.h"
+#include "bwd_kernels.h"
 #include "bwd_tile_math.h"
 #include "fa_backends.h"
 #include "fa_philox.h"
@@ -53,6 +55,7 @@ struct Workspace {
     std::vector<A> acc_a, acc_b;  // dK/dV accumulators [kBlockK][d|dv] in pass 1; dQ [kBlockQ][d] in pass 2
     std::vector<A> lse, delta;  // [kBlockQ] per-row LSE and D
     std::vector<char> dead;     // [kBlockQ] row sees no key
+    bool any_dead = false;      // some row of the loaded query tile is dead
     std::vector<A> keep;        // [kBlockK] dropout factor of one row: 0 or 1 / (1 - p)
 
     int d_ = -1, dv_ = -1;  // head dims the tiles are sized for
@@ -103,6 +106,7 @@ public:
             keep_scale_ = p->dropout_p < 1.0f ? (A)(1.0f / (1.0f - p->dropout_p)) : A(0);
         }
         refine_lse_ = sizeof(A) > sizeof(float);
+        kernels_ = select_bwd_kernels_f32();
         q_rows_ = packed_q_ ? p->total_q : (int64_t)p->batch * p->seqlen_q;
         max_sq_ = p->seqlen_q;
         max_sk_ = p->seqlen_k;
@@ -186,6 +190,31 @@ private:
         return p_->alibi_slopes ? (A)p_->alibi_slopes[b * p_->alibi_batch_stride + h] : A(0);
     }
 
+    // ---- tile products (bwd_kernels.h): the float kernel table, or the portable double loops ----
+    void product(int m, int n, int kk, const A *a, int64_t a_rs, int64_t a_ks, const A *b, int64_t b_rs, A *c,
+                 int64_t c_rs, bool accumulate) const {
+        if constexpr (std::is_same<A, float>::value)
+            kernels_->product(m, n, kk, a, a_rs, a_ks, b, b_rs, c, c_rs, accumulate);
+        else
+            tile_product(m, n, kk, a, a_rs, a_ks, b, b_rs, c, c_rs, accumulate);
+    }
+    void exp_row(A *x) const {
+        if constexpr (std::is_same<A, float>::value) kernels_->exp_row(x);
+        else tile_exp_row(x);
+    }
+    // out[r][0:kBlockK] = x[r][:n] · yt[:n][0:kBlockK] for r < nrows  (S = Q Kᵀ, dPd = dO Vᵀ)
+    void matmul_nt(const A *x, int n, const A *yt, int nrows, A *out) const {
+        product(nrows, kBlockK, n, x, n, 1, yt, kBlockK, out, kBlockK, false);
+    }
+    // acc[c][:n] += sum_r coef[r][c] * x[r][:n] for c < ncols, r < nrows  (dV += Pdᵀ dO, dK += dXᵀ Q)
+    void accumulate_tn(A *acc, const A *coef, const A *x, int nrows, int ncols, int n) const {
+        product(ncols, n, nrows, coef, 1, kBlockK, x, n, acc, n, true);
+    }
+    // acc[r][:n] += sum_c coef[r][c] * y[c][:n] for r < nrows, c < ncols  (dQ += dX K)
+    void accumulate_nn(A *acc, const A *coef, const A *y, int nrows, int ncols, int n) const {
+        product(nrows, n, ncols, coef, kBlockK, 1, y, n, acc, n, true);
+    }
+
     // ---- pass 0: D = rowsum(dO * O) ----
     void compute_delta(int64_t b, int64_t h) {
         const SeqGeometry g = sequence_geometry(p_, b);
@@ -201,6 +230,7 @@ private:
     // ---- tile loads ----
     // Query-side rows [i0, i0+nq) of head h: q, dO, LSE, D and the dead-row flags.
     void load_query_tile(int64_t b, const SeqGeometry &g, int64_t h, int64_t i0, int nq, Workspace<A> &w) {
+        w.any_dead = false;
         for (int r = 0; r < nq; ++r) {
             const T *q = q_side(p_->q, b, g, i0 + r, h);
             const T *dout = q_side(p_->dout, b, g, i0 + r, h);
@@ -210,6 +240,7 @@ private:
             for (int e = 0; e < dv_; ++e) dr[e] = elem<T, A>::load(dout + e);
             const float lse = lse_at(b, g, i0 + r, h);
             w.dead[r] = lse_is_dead(lse) || window_.key_lo(i0 + r, g) > window_.key_hi(i0 + r, g);
+            w.any_dead = w.any_dead || w.dead[r];
             w.lse[r] = w.dead[r] ? A(0) : (lse_fine_.empty() ? (A)lse : row_at(lse_fine_, b, g, i0 + r, h));
             w.delta[r] = delta_at(b, g, i0 + r, h);
         }
@@ -258,7 +289,7 @@ private:
             s[c] = x - lse;
             any = true;
         }
-        tile_exp_row(s);
+        exp_row(s);
         return any;
     }
 
@@ -270,8 +301,16 @@ private:
         const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
         const bool capped = softcap_ > A(0);
 
-        tile_matmul_nt(w.q.data(), d_, w.k_t.data(), nq, w.s.data());
-        tile_matmul_nt(w.dout.data(), dv_, w.v_t.data(), nq, w.dp.data());
+        matmul_nt(w.q.data(), d_, w.k_t.data(), nq, w.s.data());
+        matmul_nt(w.dout.data(), dv_, w.v_t.data(), nq, w.dp.data());
+
+        // The common interior tile: every pair visible, no per-element feature. One fused vector pass.
+        if constexpr (std::is_same<A, float>::value) {
+            if (full && nk == kBlockK && !capped && !dropout_ && !w.any_dead && alibi_slope(b, h) == A(0)) {
+                kernels_->softmax_grad(w.s.data(), w.dp.data(), w.lse.data(), w.delta.data(), nq, scale_);
+                return true;
+            }
+        }
 
         bool any = false;
         for (int r = 0; r < nq; ++r) {
@@ -335,7 +374,7 @@ private:
             const int nk = (int)std::min<int64_t>(kBlockK, g.sk - j0);
             load_key_tile(b, g, h / group_, j0, nk, false, w);
             const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
-            tile_matmul_nt(w.q.data(), d_, w.k_t.data(), nq, w.s.data());
+            matmul_nt(w.q.data(), d_, w.k_t.data(), nq, w.s.data());
             for (int r = 0; r < nq; ++r) {
                 if (w.dead[r]) continue;
                 A *s = &w.s[(size_t)r * kBlockK];
@@ -367,10 +406,10 @@ private:
                     const int nq = (int)std::min<int64_t>(kBlockQ, ihi + 1 - i0);
                     load_query_tile(b, g, h, i0, nq, w);
                     if (!score_gradients(b, h, g, i0, nq, j0, nk, w)) continue;
-                    tile_accumulate_tn(dv, w.s.data(), w.dout.data(), nq, nk, dv_);  // dV += Pdᵀ dO
-                    tile_accumulate_tn(dk, w.dp.data(), w.q.data(), nq, nk, d_);     // dK += dXᵀ Q
+                    accumulate_tn(dv, w.s.data(), w.dout.data(), nq, nk, dv_);  // dV += Pdᵀ dO
+                    accumulate_tn(dk, w.dp.data(), w.q.data(), nq, nk, d_);     // dK += dXᵀ Q
                     if (dq_part)  // dQ += dX K into this thread's partial sums (rows are contiguous there)
-                        tile_accumulate_nn(dq_part + (size_t)partial_row(b, g, i0, h) * d_, w.dp.data(),
+                        accumulate_nn(dq_part + (size_t)partial_row(b, g, i0, h) * d_, w.dp.data(),
                                            w.k_rows.data(), nq, nk, d_);
                 }
             }
@@ -445,7 +484,7 @@ private:
             const int nk = (int)std::min<int64_t>(kBlockK, g.sk - j0);
             load_key_tile(b, g, hk, j0, nk, true, w);
             if (!score_gradients(b, h, g, i0, nq, j0, nk, w)) continue;
-            tile_accumulate_nn(dq, w.dp.data(), w.k_rows.data(), nq, nk, d_);  // dQ += dX K
+            accumulate_nn(dq, w.dp.data(), w.k_rows.data(), nq, nk, d_);  // dQ += dX K
         }
         for (int r = 0; r < nq; ++r) {
             T *out = q_side(p_->dq, b, g, i0 + r, h);
@@ -489,6 +528,7 @@ private:
     std::mutex partials_mutex_;
     std::deque<std::vector<A>> partials_;      // per-thread [nheads_q][q rows][d] dQ partial sums
     std::vector<std::thread::id> partial_owner_;
+    const BwdKernelsF32 *kernels_ = nullptr;  // float products (runtime ISA choice); double uses tile_product
     bool refine_lse_ = false;  // fp64: recompute the LSE in double (refine_lse_block)
     std::vector<A> lse_fine_;  // [nheads_q][q rows]: the refined LSE, empty unless refine_lse_
 };
