@@ -47,7 +47,9 @@ inline bool lse_is_dead(float v) {
 // Per-thread scratch tiles, accumulation type A (see CpuBackward::workspace).
 template <typename A>
 struct Workspace {
-    std::vector<A> q, dout;     // [kBlockQ][d], [kBlockQ][dv]: query rows of the tile
+    std::vector<A> q, dout;     // [kBlockQ][d], [kBlockQ][dv]: query rows of the tile, converted (T != A)
+    const A *q_rows = nullptr, *dout_rows = nullptr;  // the tile's q and dO rows: the user's arrays or q/dout
+    int64_t q_rs = 0, dout_rs = 0;                    // their row strides (elements)
     std::vector<A> k_rows;      // [kBlockK][d]: keys row-major (dQ += dX K)
     std::vector<A> k_t, v_t;    // [d][kBlockK], [dv][kBlockK]: keys/values transposed (S = Q Kᵀ, dPd = dO Vᵀ)
     std::vector<A> s, dp;       // [kBlockQ][kBlockK]: scores, then Pd; dPd, then dX
@@ -202,13 +204,13 @@ private:
         if constexpr (std::is_same<A, float>::value) kernels_->exp_row(x);
         else tile_exp_row(x);
     }
-    // out[r][0:kBlockK] = x[r][:n] · yt[:n][0:kBlockK] for r < nrows  (S = Q Kᵀ, dPd = dO Vᵀ)
-    void matmul_nt(const A *x, int n, const A *yt, int nrows, A *out) const {
-        product(nrows, kBlockK, n, x, n, 1, yt, kBlockK, out, kBlockK, false);
+    // out[r][0:kBlockK] = x[r][:n] · yt[:n][0:kBlockK] for r < nrows, x rows x_rs apart (S = Q Kᵀ, dPd = dO Vᵀ)
+    void matmul_nt(const A *x, int64_t x_rs, int n, const A *yt, int nrows, A *out) const {
+        product(nrows, kBlockK, n, x, x_rs, 1, yt, kBlockK, out, kBlockK, false);
     }
     // acc[c][:n] += sum_r coef[r][c] * x[r][:n] for c < ncols, r < nrows  (dV += Pdᵀ dO, dK += dXᵀ Q)
-    void accumulate_tn(A *acc, const A *coef, const A *x, int nrows, int ncols, int n) const {
-        product(ncols, n, nrows, coef, 1, kBlockK, x, n, acc, n, true);
+    void accumulate_tn(A *acc, const A *coef, const A *x, int64_t x_rs, int nrows, int ncols, int n) const {
+        product(ncols, n, nrows, coef, 1, kBlockK, x, x_rs, acc, n, true);
     }
     // acc[r][:n] += sum_c coef[r][c] * y[c][:n] for r < nrows, c < ncols  (dQ += dX K)
     void accumulate_nn(A *acc, const A *coef, const A *y, int nrows, int ncols, int n) const {
@@ -231,18 +233,48 @@ private:
     // Query-side rows [i0, i0+nq) of head h: q, dO, LSE, D and the dead-row flags.
     void load_query_tile(int64_t b, const SeqGeometry &g, int64_t h, int64_t i0, int nq, Workspace<A> &w) {
         w.any_dead = false;
+        if constexpr (std::is_same<T, A>::value) {  // the products read the user's rows in place
+            w.q_rows = q_side(p_->q, b, g, i0, h);
+            w.dout_rows = q_side(p_->dout, b, g, i0, h);
+            w.q_rs = p_->q.row_stride;
+            w.dout_rs = p_->dout.row_stride;
+        } else {
+            for (int r = 0; r < nq; ++r) {
+                const T *q = q_side(p_->q, b, g, i0 + r, h);
+                const T *dout = q_side(p_->dout, b, g, i0 + r, h);
+                A *qr = &w.q[(size_t)r * d_];
+                A *dr = &w.dout[(size_t)r * dv_];
+                for (int e = 0; e < d_; ++e) qr[e] = elem<T, A>::load(q + e);
+                for (int e = 0; e < dv_; ++e) dr[e] = elem<T, A>::load(dout + e);
+            }
+            w.q_rows = w.q.data();
+            w.dout_rows = w.dout.data();
+            w.q_rs = d_;
+            w.dout_rs = dv_;
+        }
         for (int r = 0; r < nq; ++r) {
-            const T *q = q_side(p_->q, b, g, i0 + r, h);
-            const T *dout = q_side(p_->dout, b, g, i0 + r, h);
-            A *qr = &w.q[(size_t)r * d_];
-            A *dr = &w.dout[(size_t)r * dv_];
-            for (int e = 0; e < d_; ++e) qr[e] = elem<T, A>::load(q + e);
-            for (int e = 0; e < dv_; ++e) dr[e] = elem<T, A>::load(dout + e);
             const float lse = lse_at(b, g, i0 + r, h);
             w.dead[r] = lse_is_dead(lse) || window_.key_lo(i0 + r, g) > window_.key_hi(i0 + r, g);
             w.any_dead = w.any_dead || w.dead[r];
             w.lse[r] = w.dead[r] ? A(0) : (lse_fine_.empty() ? (A)lse : row_at(lse_fine_, b, g, i0 + r, h));
             w.delta[r] = delta_at(b, g, i0 + r, h);
+        }
+    }
+
+    // Cache hints for the rows load_query_tile(b, g, h, i0, nq) will read, and the tile's dQ partial rows.
+    void prefetch_query_tile(int64_t b, const SeqGeometry &g, int64_t h, int64_t i0, int nq, const A *dq_part) const {
+        constexpr int line = 64;
+        const int q_bytes = d_ * (int)sizeof(T), dout_bytes = dv_ * (int)sizeof(T);
+        for (int r = 0; r < nq; ++r) {
+            const char *q = reinterpret_cast<const char *>(q_side(p_->q, b, g, i0 + r, h));
+            const char *dout = reinterpret_cast<const char *>(q_side(p_->dout, b, g, i0 + r, h));
+            for (int o = 0; o < q_bytes; o += line) __builtin_prefetch(q + o, 0, 2);
+            for (int o = 0; o < dout_bytes; o += line) __builtin_prefetch(dout + o, 0, 2);
+        }
+        if (dq_part) {
+            const char *part = reinterpret_cast<const char *>(dq_part + (size_t)partial_row(b, g, i0, h) * d_);
+            const int64_t bytes = (int64_t)nq * d_ * (int64_t)sizeof(A);
+            for (int64_t o = 0; o < bytes; o += line) __builtin_prefetch(part + o, 1, 2);
         }
     }
 
@@ -301,8 +333,8 @@ private:
         const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
         const bool capped = softcap_ > A(0);
 
-        matmul_nt(w.q.data(), d_, w.k_t.data(), nq, w.s.data());
-        matmul_nt(w.dout.data(), dv_, w.v_t.data(), nq, w.dp.data());
+        matmul_nt(w.q_rows, w.q_rs, d_, w.k_t.data(), nq, w.s.data());
+        matmul_nt(w.dout_rows, w.dout_rs, dv_, w.v_t.data(), nq, w.dp.data());
 
         // The common interior tile: every pair visible, no per-element feature. One fused vector pass.
         if constexpr (std::is_same<A, float>::value) {
@@ -374,7 +406,7 @@ private:
             const int nk = (int)std::min<int64_t>(kBlockK, g.sk - j0);
             load_key_tile(b, g, h / group_, j0, nk, false, w);
             const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
-            matmul_nt(w.q.data(), d_, w.k_t.data(), nq, w.s.data());
+            matmul_nt(w.q_rows, w.q_rs, d_, w.k_t.data(), nq, w.s.data());
             for (int r = 0; r < nq; ++r) {
                 if (w.dead[r]) continue;
                 A *s = &w.s[(size_t)r * kBlockK];
@@ -405,9 +437,16 @@ private:
                 for (int64_t i0 = ilo; i0 <= ihi; i0 += kBlockQ) {
                     const int nq = (int)std::min<int64_t>(kBlockQ, ihi + 1 - i0);
                     load_query_tile(b, g, h, i0, nq, w);
+                    // The next tile's rows are strided across heads in the user's arrays and rarely cached: fetch
+                    // them while this tile computes instead of stalling on the misses in the next load.
+                    const bool last_of_head = i0 + kBlockQ > ihi;
+                    if (!last_of_head || h + 1 < (hk + 1) * group_) {
+                        const int64_t hn = last_of_head ? h + 1 : h, in = last_of_head ? ilo : i0 + kBlockQ;
+                        prefetch_query_tile(b, g, hn, in, (int)std::min<int64_t>(kBlockQ, ihi + 1 - in), dq_part);
+                    }
                     if (!score_gradients(b, h, g, i0, nq, j0, nk, w)) continue;
-                    accumulate_tn(dv, w.s.data(), w.dout.data(), nq, nk, dv_);  // dV += Pdᵀ dO
-                    accumulate_tn(dk, w.dp.data(), w.q.data(), nq, nk, d_);     // dK += dXᵀ Q
+                    accumulate_tn(dv, w.s.data(), w.dout_rows, w.dout_rs, nq, nk, dv_);  // dV += Pdᵀ dO
+                    accumulate_tn(dk, w.dp.data(), w.q_rows, w.q_rs, nq, nk, d_);        // dK += dXᵀ Q
                     if (dq_part)  // dQ += dX K into this thread's partial sums (rows are contiguous there)
                         accumulate_nn(dq_part + (size_t)partial_row(b, g, i0, h) * d_, w.dp.data(),
                                            w.k_rows.data(), nq, nk, d_);
