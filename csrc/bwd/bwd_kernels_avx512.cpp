@@ -46,8 +46,9 @@ template <> struct TileRows<2> { static constexpr int value = 10; };
 template <> struct TileRows<3> { static constexpr int value = 7; };
 template <> struct TileRows<4> { static constexpr int value = 6; };
 
-// C[R][NV*16] (+)= sum_t A[r*a_rs + t*a_ks] * B[t*b_rs + :]; `last` masks the columns of the last vector.
-template <int R, int NV, bool ACC>
+// C[R][NV*16] (+)= sum_t A[r*a_rs + t*a_ks] * B[t*b_rs + :]; with MASKED, `last` masks the columns of the last
+// vector (plain loads otherwise: a masked load cannot fold into anything and costs more on some cores).
+template <int R, int NV, bool ACC, bool MASKED>
 FA_BWD_ALWAYS_INLINE void micro(int kk, const float *a, int64_t a_rs, int64_t a_ks, const float *b, int64_t b_rs,
                                 float *c, int64_t c_rs, __mmask16 last) {
     __m512 acc[R][NV];
@@ -61,7 +62,8 @@ FA_BWD_ALWAYS_INLINE void micro(int kk, const float *a, int64_t a_rs, int64_t a_
         const float *acol = a + t * a_ks;
         __m512 bv[NV];
         for (int v = 0; v < NV - 1; ++v) bv[v] = _mm512_loadu_ps(brow + 16 * v);
-        bv[NV - 1] = _mm512_maskz_loadu_ps(last, brow + 16 * (NV - 1));
+        const float *btail = brow + 16 * (NV - 1);
+        bv[NV - 1] = MASKED ? _mm512_maskz_loadu_ps(last, btail) : _mm512_loadu_ps(btail);
         for (int r = 0; r < R; ++r) {
             const __m512 ar = _mm512_set1_ps(acol[r * a_rs]);
             for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
@@ -75,25 +77,32 @@ FA_BWD_ALWAYS_INLINE void micro(int kk, const float *a, int64_t a_rs, int64_t a_
 }
 
 // All m rows of one column chunk: full register tiles, then 8/4/2/1-row remainders.
-template <int NV, bool ACC>
-void chunk_rows(int m, int kk, const float *a, int64_t a_rs, int64_t a_ks, const float *b, int64_t b_rs, float *c,
+template <int NV, bool ACC, bool MASKED>
+void chunk_rows_masked(int m, int kk, const float *a, int64_t a_rs, int64_t a_ks, const float *b, int64_t b_rs, float *c,
                 int64_t c_rs, __mmask16 last) {
     constexpr int R = TileRows<NV>::value;
     int r = 0;
-    for (; r + R <= m; r += R) micro<R, NV, ACC>(kk, a + r * a_rs, a_rs, a_ks, b, b_rs, c + r * c_rs, c_rs, last);
+    for (; r + R <= m; r += R) micro<R, NV, ACC, MASKED>(kk, a + r * a_rs, a_rs, a_ks, b, b_rs, c + r * c_rs, c_rs, last);
     if (R > 8 && r + 8 <= m) {
-        micro<8, NV, ACC>(kk, a + r * a_rs, a_rs, a_ks, b, b_rs, c + r * c_rs, c_rs, last);
+        micro<8, NV, ACC, MASKED>(kk, a + r * a_rs, a_rs, a_ks, b, b_rs, c + r * c_rs, c_rs, last);
         r += 8;
     }
     if (R > 4 && r + 4 <= m) {
-        micro<4, NV, ACC>(kk, a + r * a_rs, a_rs, a_ks, b, b_rs, c + r * c_rs, c_rs, last);
+        micro<4, NV, ACC, MASKED>(kk, a + r * a_rs, a_rs, a_ks, b, b_rs, c + r * c_rs, c_rs, last);
         r += 4;
     }
     if (r + 2 <= m) {
-        micro<2, NV, ACC>(kk, a + r * a_rs, a_rs, a_ks, b, b_rs, c + r * c_rs, c_rs, last);
+        micro<2, NV, ACC, MASKED>(kk, a + r * a_rs, a_rs, a_ks, b, b_rs, c + r * c_rs, c_rs, last);
         r += 2;
     }
-    if (r < m) micro<1, NV, ACC>(kk, a + r * a_rs, a_rs, a_ks, b, b_rs, c + r * c_rs, c_rs, last);
+    if (r < m) micro<1, NV, ACC, MASKED>(kk, a + r * a_rs, a_rs, a_ks, b, b_rs, c + r * c_rs, c_rs, last);
+}
+
+template <int NV, bool ACC>
+void chunk_rows(int m, int kk, const float *a, int64_t a_rs, int64_t a_ks, const float *b, int64_t b_rs, float *c,
+                int64_t c_rs, __mmask16 last) {
+    if (last == (__mmask16)0xffff) chunk_rows_masked<NV, ACC, false>(m, kk, a, a_rs, a_ks, b, b_rs, c, c_rs, last);
+    else chunk_rows_masked<NV, ACC, true>(m, kk, a, a_rs, a_ks, b, b_rs, c, c_rs, last);
 }
 
 template <bool ACC>

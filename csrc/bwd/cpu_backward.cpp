@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <thread>
@@ -44,17 +45,31 @@ inline bool lse_is_dead(float v) {
     return (u & 0x7f800000u) == 0x7f800000u;  // +-inf or nan: the row contributes nothing
 }
 
+// Vectors on 64-byte (cache line, zmm) boundaries: with rows of d floats (d a multiple of 16) every tile row starts
+// a line, so the product kernels' vector loads never straddle two lines.
+template <typename A>
+struct LineAllocator {
+    using value_type = A;
+    static constexpr std::align_val_t kAlign{64};
+    LineAllocator() = default;
+    template <typename U> LineAllocator(const LineAllocator<U> &) {}
+    A *allocate(size_t n) { return static_cast<A *>(::operator new(n * sizeof(A), kAlign)); }
+    void deallocate(A *ptr, size_t) { ::operator delete(ptr, kAlign); }
+    template <typename U> bool operator==(const LineAllocator<U> &) const { return true; }
+    template <typename U> bool operator!=(const LineAllocator<U> &) const { return false; }
+};
+template <typename A> using TileVec = std::vector<A, LineAllocator<A>>;
+
 // Per-thread scratch tiles, accumulation type A (see CpuBackward::workspace).
 template <typename A>
 struct Workspace {
-    std::vector<A> q, dout;     // [kBlockQ][d], [kBlockQ][dv]: query rows of the tile, converted (T != A)
-    const A *q_rows = nullptr, *dout_rows = nullptr;  // the tile's q and dO rows: the user's arrays or q/dout
-    int64_t q_rs = 0, dout_rs = 0;                    // their row strides (elements)
-    std::vector<A> k_rows;      // [kBlockK][d]: keys row-major (dQ += dX K)
-    std::vector<A> k_t, v_t;    // [d][kBlockK], [dv][kBlockK]: keys/values transposed (S = Q Kᵀ, dPd = dO Vᵀ)
-    std::vector<A> s, dp;       // [kBlockQ][kBlockK]: scores, then Pd; dPd, then dX
-    std::vector<A> tanh_t;      // [kBlockQ][kBlockK]: tanh of the capped score (softcap derivative)
-    std::vector<A> acc_a, acc_b;  // dK/dV accumulators [kBlockK][d|dv] in pass 1; dQ [kBlockQ][d] in pass 2
+    TileVec<A> q, dout;     // [kBlockQ][d], [kBlockQ][dv]: query rows of the tile (when not packed)
+    const A *q_rows = nullptr, *dout_rows = nullptr;  // the tile's q and dO rows, d and dv apart
+    TileVec<A> k_rows;      // [kBlockK][d]: keys row-major (dQ += dX K)
+    TileVec<A> k_t, v_t;    // [d][kBlockK], [dv][kBlockK]: keys/values transposed (S = Q Kᵀ, dPd = dO Vᵀ)
+    TileVec<A> s, dp;       // [kBlockQ][kBlockK]: scores, then Pd; dPd, then dX
+    TileVec<A> tanh_t;      // [kBlockQ][kBlockK]: tanh of the capped score (softcap derivative)
+    TileVec<A> acc_a, acc_b;  // dK/dV accumulators [kBlockK][d|dv] in pass 1; dQ [kBlockQ][d] in pass 2
     std::vector<A> lse, delta;  // [kBlockQ] per-row LSE and D
     std::vector<char> dead;     // [kBlockQ] row sees no key
     bool any_dead = false;      // some row of the loaded query tile is dead
@@ -124,6 +139,7 @@ public:
     // Returns false if a work item failed (out of memory for its workspace).
     bool run() {
         delta_.assign((size_t)p_->nheads_q * (size_t)q_rows_, A(0));
+        allocate_query_packs();
         const int64_t nqb = (max_sq_ + kBlockQ - 1) / kBlockQ;
         const int64_t nkb = (max_sk_ + kBlockK - 1) / kBlockK;
         const int64_t items0 = (int64_t)p_->batch * p_->nheads_q;
@@ -217,7 +233,26 @@ private:
         product(nrows, n, ncols, coef, kBlockK, 1, y, n, acc, n, true);
     }
 
-    // ---- pass 0: D = rowsum(dO * O) ----
+    // ---- query-side packs: q and dO of every head, converted to A, rows contiguous per head ----
+    // Every key block sweeps all query rows of its heads; read from the user's arrays (rows nheads * d apart, a
+    // power of two that folds a tile onto a few L1 sets) each sweep stalls on misses. Packed once in pass 0, the
+    // tiles are contiguous, stream well and need no per-tile copy or conversion. Costs (d + dv) * sizeof(A) bytes
+    // per query row and head; above kMaxPackBytes the tiles are copied from the user's arrays instead.
+    void allocate_query_packs() {
+        const double bytes = (double)p_->nheads_q * (double)q_rows_ * (double)(d_ + dv_) * sizeof(A);
+        if (bytes > kMaxPackBytes) return;
+        const size_t n = (size_t)p_->nheads_q * (size_t)q_rows_;
+        // uninitialised: pass 0 writes every row a tile can read
+        q_pack_.reset(LineAllocator<A>().allocate(n * (size_t)d_));
+        dout_pack_.reset(LineAllocator<A>().allocate(n * (size_t)dv_));
+    }
+    static constexpr double kMaxPackBytes = 1024.0 * 1024 * 1024;
+    size_t pack_row(int64_t b, const SeqGeometry &g, int64_t i, int64_t h) const {
+        const int64_t r = packed_q_ ? g.q_row0 + i : b * p_->seqlen_q + i;
+        return (size_t)h * (size_t)q_rows_ + (size_t)r;
+    }
+
+    // ---- pass 0: D = rowsum(dO * O), and the query-side packs ----
     void compute_delta(int64_t b, int64_t h) {
         const SeqGeometry g = sequence_geometry(p_, b);
         for (int64_t i = 0; i < g.sq; ++i) {
@@ -226,6 +261,13 @@ private:
             A sum = 0;
             for (int e = 0; e < dv_; ++e) sum += elem<T, A>::load(o + e) * elem<T, A>::load(dout + e);
             delta_at(b, g, i, h) = sum;
+            if (q_pack_) {
+                const T *q = q_side(p_->q, b, g, i, h);
+                A *qp = &q_pack_[pack_row(b, g, i, h) * d_];
+                A *dp = &dout_pack_[pack_row(b, g, i, h) * dv_];
+                for (int e = 0; e < d_; ++e) qp[e] = elem<T, A>::load(q + e);
+                for (int e = 0; e < dv_; ++e) dp[e] = elem<T, A>::load(dout + e);
+            }
         }
     }
 
@@ -233,12 +275,11 @@ private:
     // Query-side rows [i0, i0+nq) of head h: q, dO, LSE, D and the dead-row flags.
     void load_query_tile(int64_t b, const SeqGeometry &g, int64_t h, int64_t i0, int nq, Workspace<A> &w) {
         w.any_dead = false;
-        if constexpr (std::is_same<T, A>::value) {  // the products read the user's rows in place
-            w.q_rows = q_side(p_->q, b, g, i0, h);
-            w.dout_rows = q_side(p_->dout, b, g, i0, h);
-            w.q_rs = p_->q.row_stride;
-            w.dout_rs = p_->dout.row_stride;
+        if (q_pack_) {
+            w.q_rows = &q_pack_[pack_row(b, g, i0, h) * d_];
+            w.dout_rows = &dout_pack_[pack_row(b, g, i0, h) * dv_];
         } else {
+            // Copied even when T == A, for the same L1-set reason as the packs.
             for (int r = 0; r < nq; ++r) {
                 const T *q = q_side(p_->q, b, g, i0 + r, h);
                 const T *dout = q_side(p_->dout, b, g, i0 + r, h);
@@ -249,8 +290,6 @@ private:
             }
             w.q_rows = w.q.data();
             w.dout_rows = w.dout.data();
-            w.q_rs = d_;
-            w.dout_rs = dv_;
         }
         for (int r = 0; r < nq; ++r) {
             const float lse = lse_at(b, g, i0 + r, h);
@@ -258,23 +297,6 @@ private:
             w.any_dead = w.any_dead || w.dead[r];
             w.lse[r] = w.dead[r] ? A(0) : (lse_fine_.empty() ? (A)lse : row_at(lse_fine_, b, g, i0 + r, h));
             w.delta[r] = delta_at(b, g, i0 + r, h);
-        }
-    }
-
-    // Cache hints for the rows load_query_tile(b, g, h, i0, nq) will read, and the tile's dQ partial rows.
-    void prefetch_query_tile(int64_t b, const SeqGeometry &g, int64_t h, int64_t i0, int nq, const A *dq_part) const {
-        constexpr int line = 64;
-        const int q_bytes = d_ * (int)sizeof(T), dout_bytes = dv_ * (int)sizeof(T);
-        for (int r = 0; r < nq; ++r) {
-            const char *q = reinterpret_cast<const char *>(q_side(p_->q, b, g, i0 + r, h));
-            const char *dout = reinterpret_cast<const char *>(q_side(p_->dout, b, g, i0 + r, h));
-            for (int o = 0; o < q_bytes; o += line) __builtin_prefetch(q + o, 0, 2);
-            for (int o = 0; o < dout_bytes; o += line) __builtin_prefetch(dout + o, 0, 2);
-        }
-        if (dq_part) {
-            const char *part = reinterpret_cast<const char *>(dq_part + (size_t)partial_row(b, g, i0, h) * d_);
-            const int64_t bytes = (int64_t)nq * d_ * (int64_t)sizeof(A);
-            for (int64_t o = 0; o < bytes; o += line) __builtin_prefetch(part + o, 1, 2);
         }
     }
 
@@ -333,8 +355,8 @@ private:
         const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
         const bool capped = softcap_ > A(0);
 
-        matmul_nt(w.q_rows, w.q_rs, d_, w.k_t.data(), nq, w.s.data());
-        matmul_nt(w.dout_rows, w.dout_rs, dv_, w.v_t.data(), nq, w.dp.data());
+        matmul_nt(w.q_rows, d_, d_, w.k_t.data(), nq, w.s.data());
+        matmul_nt(w.dout_rows, dv_, dv_, w.v_t.data(), nq, w.dp.data());
 
         // The common interior tile: every pair visible, no per-element feature. One fused vector pass.
         if constexpr (std::is_same<A, float>::value) {
@@ -406,7 +428,7 @@ private:
             const int nk = (int)std::min<int64_t>(kBlockK, g.sk - j0);
             load_key_tile(b, g, h / group_, j0, nk, false, w);
             const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
-            matmul_nt(w.q_rows, w.q_rs, d_, w.k_t.data(), nq, w.s.data());
+            matmul_nt(w.q_rows, d_, d_, w.k_t.data(), nq, w.s.data());
             for (int r = 0; r < nq; ++r) {
                 if (w.dead[r]) continue;
                 A *s = &w.s[(size_t)r * kBlockK];
@@ -437,16 +459,9 @@ private:
                 for (int64_t i0 = ilo; i0 <= ihi; i0 += kBlockQ) {
                     const int nq = (int)std::min<int64_t>(kBlockQ, ihi + 1 - i0);
                     load_query_tile(b, g, h, i0, nq, w);
-                    // The next tile's rows are strided across heads in the user's arrays and rarely cached: fetch
-                    // them while this tile computes instead of stalling on the misses in the next load.
-                    const bool last_of_head = i0 + kBlockQ > ihi;
-                    if (!last_of_head || h + 1 < (hk + 1) * group_) {
-                        const int64_t hn = last_of_head ? h + 1 : h, in = last_of_head ? ilo : i0 + kBlockQ;
-                        prefetch_query_tile(b, g, hn, in, (int)std::min<int64_t>(kBlockQ, ihi + 1 - in), dq_part);
-                    }
                     if (!score_gradients(b, h, g, i0, nq, j0, nk, w)) continue;
-                    accumulate_tn(dv, w.s.data(), w.dout_rows, w.dout_rs, nq, nk, dv_);  // dV += Pdᵀ dO
-                    accumulate_tn(dk, w.dp.data(), w.q_rows, w.q_rs, nq, nk, d_);        // dK += dXᵀ Q
+                    accumulate_tn(dv, w.s.data(), w.dout_rows, dv_, nq, nk, dv_);  // dV += Pdᵀ dO
+                    accumulate_tn(dk, w.dp.data(), w.q_rows, d_, nq, nk, d_);        // dK += dXᵀ Q
                     if (dq_part)  // dQ += dX K into this thread's partial sums (rows are contiguous there)
                         accumulate_nn(dq_part + (size_t)partial_row(b, g, i0, h) * d_, w.dp.data(),
                                            w.k_rows.data(), nq, nk, d_);
@@ -563,9 +578,13 @@ private:
     A keep_scale_ = 1;
     int64_t q_rows_ = 0, max_sq_ = 0, max_sk_ = 0;
     std::vector<A> delta_;     // [nheads_q][q rows]: D = rowsum(dO * O)
+    struct PackFree {
+        void operator()(A *ptr) const { LineAllocator<A>().deallocate(ptr, 0); }
+    };
+    std::unique_ptr<A[], PackFree> q_pack_, dout_pack_;  // [nheads_q][q rows][d | dv], or null (see allocate_query_packs)
     bool single_pass_ = false; // dQ accumulated in pass 1 (see use_single_pass)
     std::mutex partials_mutex_;
-    std::deque<std::vector<A>> partials_;      // per-thread [nheads_q][q rows][d] dQ partial sums
+    std::deque<TileVec<A>> partials_;      // per-thread [nheads_q][q rows][d] dQ partial sums
     std::vector<std::thread::id> partial_owner_;
     const BwdKernelsF32 *kernels_ = nullptr;  // float products (runtime ISA choice); double uses tile_product
     bool refine_lse_ = false;  // fp64: recompute the LSE in double (refine_lse_block)
