@@ -60,22 +60,32 @@ struct LineAllocator {
 };
 template <typename A> using TileVec = std::vector<A, LineAllocator<A>>;
 
+// Key blocks per pass-1 work item: each query tile (q, dO, the dQ partial rows) is brought into cache once for
+// this many key blocks, halving that traffic; the key-side tiles of both blocks stay in L2 (d = 128: ~330 KiB).
+constexpr int kKeyGroup = 2;
+
 // Per-thread scratch tiles, accumulation type A (see CpuBackward::workspace).
 template <typename A>
 struct Workspace {
     TileVec<A> q, dout;     // [kBlockQ][d], [kBlockQ][dv]: query rows of the tile (when not packed)
     const A *q_rows = nullptr, *dout_rows = nullptr;  // the tile's q and dO rows, d and dv apart
-    TileVec<A> k_rows;      // [kBlockK][d]: keys row-major (dQ += dX K)
-    TileVec<A> k_t, v_t;    // [d][kBlockK], [dv][kBlockK]: keys/values transposed (S = Q Kᵀ, dPd = dO Vᵀ)
+    // Key tiles come in kKeyGroup slots (pass 1 works on that many key blocks per query tile).
+    TileVec<A> k_rows;      // [slot][kBlockK][d]: keys row-major (dQ += dX K)
+    TileVec<A> k_t, v_t;    // [slot][d][kBlockK], [slot][dv][kBlockK]: keys/values transposed (S = Q Kᵀ, dPd = dO Vᵀ)
     TileVec<A> s, dp;       // [kBlockQ][kBlockK]: scores, then Pd; dPd, then dX
     TileVec<A> tanh_t;      // [kBlockQ][kBlockK]: tanh of the capped score (softcap derivative)
-    TileVec<A> acc_a, acc_b;  // dK/dV accumulators [kBlockK][d|dv] in pass 1; dQ [kBlockQ][d] in pass 2
+    TileVec<A> dk_acc, dv_acc;  // [slot][kBlockK][d | dv]: dK/dV accumulators of pass 1
+    TileVec<A> dq_acc;          // [kBlockQ][d]: dQ accumulator of pass 2
     std::vector<A> lse, delta;  // [kBlockQ] per-row LSE and D
     std::vector<char> dead;     // [kBlockQ] row sees no key
     bool any_dead = false;      // some row of the loaded query tile is dead
     std::vector<A> keep;        // [kBlockK] dropout factor of one row: 0 or 1 / (1 - p)
 
     int d_ = -1, dv_ = -1;  // head dims the tiles are sized for
+
+    A *kt(int slot) { return k_t.data() + (size_t)slot * d_ * kBlockK; }
+    A *vt(int slot) { return v_t.data() + (size_t)slot * dv_ * kBlockK; }
+    A *krows(int slot) { return k_rows.data() + (size_t)slot * kBlockK * d_; }
 
     void ensure(int d, int dv) {
         if (d == d_ && dv == dv_) return;
@@ -85,17 +95,17 @@ struct Workspace {
     }
 
     void allocate(int d, int dv) {
-        const int dm = d > dv ? d : dv;
         q.assign((size_t)kBlockQ * d, A(0));
         dout.assign((size_t)kBlockQ * dv, A(0));
-        k_rows.assign((size_t)kBlockK * d, A(0));
-        k_t.assign((size_t)d * kBlockK, A(0));
-        v_t.assign((size_t)dv * kBlockK, A(0));
+        k_rows.assign((size_t)kKeyGroup * kBlockK * d, A(0));
+        k_t.assign((size_t)kKeyGroup * d * kBlockK, A(0));
+        v_t.assign((size_t)kKeyGroup * dv * kBlockK, A(0));
         s.assign((size_t)kBlockQ * kBlockK, A(0));
         dp.assign((size_t)kBlockQ * kBlockK, A(0));
         tanh_t.assign((size_t)kBlockQ * kBlockK, A(0));
-        acc_a.assign((size_t)(kBlockK > kBlockQ ? kBlockK : kBlockQ) * dm, A(0));
-        acc_b.assign((size_t)kBlockK * dm, A(0));
+        dk_acc.assign((size_t)kKeyGroup * kBlockK * d, A(0));
+        dv_acc.assign((size_t)kKeyGroup * kBlockK * dv, A(0));
+        dq_acc.assign((size_t)kBlockQ * d, A(0));
         lse.assign(kBlockQ, A(0));
         delta.assign(kBlockQ, A(0));
         dead.assign(kBlockQ, 0);
@@ -143,7 +153,8 @@ public:
         const int64_t nqb = (max_sq_ + kBlockQ - 1) / kBlockQ;
         const int64_t nkb = (max_sk_ + kBlockK - 1) / kBlockK;
         const int64_t items0 = (int64_t)p_->batch * p_->nheads_q;
-        const int64_t items1 = (int64_t)p_->batch * p_->nheads_kv * nkb;
+        const int64_t nkg = (nkb + kKeyGroup - 1) / kKeyGroup;
+        const int64_t items1 = (int64_t)p_->batch * p_->nheads_kv * nkg;
         const int64_t items2 = (int64_t)p_->batch * p_->nheads_q * nqb;
         const int threads = p_->num_threads;
         bool ok = fa_cpu::parallel_for(items0, [&](int64_t item) {
@@ -158,8 +169,8 @@ public:
         }
         single_pass_ = use_single_pass(threads);
         ok = ok && fa_cpu::parallel_for(items1, [&](int64_t item) {
-            const int64_t kb = item % nkb, rest = item / nkb;
-            dkdv_block(rest / p_->nheads_kv, rest % p_->nheads_kv, kb, workspace());
+            const int64_t kg = item % nkg, rest = item / nkg;
+            dkdv_block(rest / p_->nheads_kv, rest % p_->nheads_kv, kg, workspace());
         }, threads);
         if (single_pass_) {
             ok = ok && fa_cpu::parallel_for(items2, [&](int64_t item) {
@@ -301,18 +312,20 @@ private:
     }
 
     // Keys/values [j0, j0+nk) of kv head hk, transposed (zero-padded to kBlockK columns); row-major keys if asked.
-    void load_key_tile(int64_t b, const SeqGeometry &g, int64_t hk, int64_t j0, int nk, bool rows, Workspace<A> &w) {
+    void load_key_tile(int64_t b, const SeqGeometry &g, int64_t hk, int64_t j0, int nk, bool rows, Workspace<A> &w,
+                       int slot) {
+        A *kt = w.kt(slot), *vt = w.vt(slot), *krows = w.krows(slot);
         for (int c = 0; c < kBlockK; ++c) {
             if (c < nk) {
                 const T *k = k_side(p_->k, b, g, j0 + c, hk);
                 const T *v = k_side(p_->v, b, g, j0 + c, hk);
-                for (int e = 0; e < d_; ++e) w.k_t[(size_t)e * kBlockK + c] = elem<T, A>::load(k + e);
-                for (int e = 0; e < dv_; ++e) w.v_t[(size_t)e * kBlockK + c] = elem<T, A>::load(v + e);
+                for (int e = 0; e < d_; ++e) kt[(size_t)e * kBlockK + c] = elem<T, A>::load(k + e);
+                for (int e = 0; e < dv_; ++e) vt[(size_t)e * kBlockK + c] = elem<T, A>::load(v + e);
                 if (rows)
-                    for (int e = 0; e < d_; ++e) w.k_rows[(size_t)c * d_ + e] = w.k_t[(size_t)e * kBlockK + c];
+                    for (int e = 0; e < d_; ++e) krows[(size_t)c * d_ + e] = kt[(size_t)e * kBlockK + c];
             } else {
-                for (int e = 0; e < d_; ++e) w.k_t[(size_t)e * kBlockK + c] = A(0);
-                for (int e = 0; e < dv_; ++e) w.v_t[(size_t)e * kBlockK + c] = A(0);
+                for (int e = 0; e < d_; ++e) kt[(size_t)e * kBlockK + c] = A(0);
+                for (int e = 0; e < dv_; ++e) vt[(size_t)e * kBlockK + c] = A(0);
             }
         }
     }
@@ -351,12 +364,12 @@ private:
     // On return w.s holds Pd (dropped, rescaled probabilities: dV += Pdᵀ dO) and w.dp holds dX, the gradient with
     // respect to the raw product q·k (dQ += dX K, dK += dXᵀ Q). Returns false when the whole tile is masked.
     bool score_gradients(int64_t b, int64_t h, const SeqGeometry &g, int64_t i0, int nq, int64_t j0, int nk,
-                         Workspace<A> &w) {
+                         Workspace<A> &w, int slot) {
         const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
         const bool capped = softcap_ > A(0);
 
-        matmul_nt(w.q_rows, d_, d_, w.k_t.data(), nq, w.s.data());
-        matmul_nt(w.dout_rows, dv_, dv_, w.v_t.data(), nq, w.dp.data());
+        matmul_nt(w.q_rows, d_, d_, w.kt(slot), nq, w.s.data());
+        matmul_nt(w.dout_rows, dv_, dv_, w.vt(slot), nq, w.dp.data());
 
         // The common interior tile: every pair visible, no per-element feature. One fused vector pass.
         if constexpr (std::is_same<A, float>::value) {
@@ -426,9 +439,9 @@ private:
         for (int64_t kb = jlo / kBlockK; jlo <= jhi && kb <= jhi / kBlockK; ++kb) {
             const int64_t j0 = kb * kBlockK;
             const int nk = (int)std::min<int64_t>(kBlockK, g.sk - j0);
-            load_key_tile(b, g, h / group_, j0, nk, false, w);
+            load_key_tile(b, g, h / group_, j0, nk, false, w, 0);
             const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
-            matmul_nt(w.q_rows, d_, d_, w.k_t.data(), nq, w.s.data());
+            matmul_nt(w.q_rows, d_, d_, w.kt(0), nq, w.s.data());
             for (int r = 0; r < nq; ++r) {
                 if (w.dead[r]) continue;
                 A *s = &w.s[(size_t)r * kBlockK];
@@ -440,39 +453,65 @@ private:
             row_at(lse_fine_, b, g, i0 + r, h) = (!w.dead[r] && sums[r] > A(0)) ? w.lse[r] + std::log(sums[r]) : w.lse[r];
     }
 
-    // ---- pass 1: dK, dV for keys [kb*kBlockK, ...) of kv head hk, summed over the query heads of its group ----
-    void dkdv_block(int64_t b, int64_t hk, int64_t kb, Workspace<A> &w) {
+    // ---- pass 1: dK, dV for key blocks [kg*kKeyGroup, ...) of kv head hk, summed over its query heads ----
+    void dkdv_block(int64_t b, int64_t hk, int64_t kg, Workspace<A> &w) {
         const SeqGeometry g = sequence_geometry(p_, b);
-        const int64_t j0 = kb * kBlockK;
-        if (j0 >= g.sk_rows) return;
-        const int rows_out = (int)std::min<int64_t>(kBlockK, g.sk_rows - j0);  // rows this item writes
-        const int nk = (int)std::max<int64_t>(0, std::min<int64_t>(kBlockK, g.sk - j0));  // rows attended
-        A *dk = w.acc_a.data();
-        A *dv = w.acc_b.data();
-        std::fill(dk, dk + (size_t)kBlockK * d_, A(0));
-        std::fill(dv, dv + (size_t)kBlockK * dv_, A(0));
-        if (nk > 0 && g.sq > 0) {
-            load_key_tile(b, g, hk, j0, nk, single_pass_, w);
-            A *dq_part = single_pass_ ? dq_partials() : nullptr;
-            const int64_t ilo = window_.row_lo(j0, g), ihi = window_.row_hi(j0 + nk, g);
-            for (int64_t h = hk * group_; h < (hk + 1) * group_; ++h) {
-                for (int64_t i0 = ilo; i0 <= ihi; i0 += kBlockQ) {
-                    const int nq = (int)std::min<int64_t>(kBlockQ, ihi + 1 - i0);
-                    load_query_tile(b, g, h, i0, nq, w);
-                    if (!score_gradients(b, h, g, i0, nq, j0, nk, w)) continue;
-                    accumulate_tn(dv, w.s.data(), w.dout_rows, dv_, nq, nk, dv_);  // dV += Pdᵀ dO
-                    accumulate_tn(dk, w.dp.data(), w.q_rows, d_, nq, nk, d_);        // dK += dXᵀ Q
+        struct Slot {
+            int64_t j0;
+            int rows_out, nk;    // key rows this item writes / rows attended
+            int64_t ilo, ihi;    // query rows that see a key of the block
+        } slots[kKeyGroup];
+        int nslots = 0;
+        int64_t ilo = g.sq, ihi = -1;  // union of the slots' query rows
+        for (int sl = 0; sl < kKeyGroup; ++sl) {
+            const int64_t j0 = (kg * kKeyGroup + sl) * kBlockK;
+            if (j0 >= g.sk_rows) break;
+            Slot &s = slots[nslots++];
+            s.j0 = j0;
+            s.rows_out = (int)std::min<int64_t>(kBlockK, g.sk_rows - j0);
+            s.nk = (int)std::max<int64_t>(0, std::min<int64_t>(kBlockK, g.sk - j0));
+            s.ilo = window_.row_lo(j0, g);
+            s.ihi = s.nk > 0 ? window_.row_hi(j0 + s.nk, g) : -1;
+            std::fill(w.dk_acc.begin() + (size_t)sl * kBlockK * d_, w.dk_acc.begin() + (size_t)(sl + 1) * kBlockK * d_,
+                      A(0));
+            std::fill(w.dv_acc.begin() + (size_t)sl * kBlockK * dv_,
+                      w.dv_acc.begin() + (size_t)(sl + 1) * kBlockK * dv_, A(0));
+            if (s.nk > 0 && s.ilo <= s.ihi) {
+                load_key_tile(b, g, hk, j0, s.nk, single_pass_, w, sl);
+                ilo = std::min(ilo, s.ilo);
+                ihi = std::max(ihi, s.ihi);
+            }
+        }
+        if (nslots == 0) return;
+        A *dq_part = single_pass_ && ilo <= ihi ? dq_partials() : nullptr;
+        for (int64_t h = hk * group_; h < (hk + 1) * group_; ++h) {
+            for (int64_t i0 = ilo; i0 <= ihi; i0 += kBlockQ) {
+                const int nq = (int)std::min<int64_t>(kBlockQ, ihi + 1 - i0);
+                load_query_tile(b, g, h, i0, nq, w);
+                for (int sl = 0; sl < nslots; ++sl) {
+                    const Slot &s = slots[sl];
+                    if (s.nk == 0 || i0 > s.ihi || i0 + nq - 1 < s.ilo) continue;  // no row of the tile sees it
+                    if (!score_gradients(b, h, g, i0, nq, s.j0, s.nk, w, sl)) continue;
+                    A *dk = w.dk_acc.data() + (size_t)sl * kBlockK * d_;
+                    A *dv = w.dv_acc.data() + (size_t)sl * kBlockK * dv_;
+                    accumulate_tn(dv, w.s.data(), w.dout_rows, dv_, nq, s.nk, dv_);  // dV += Pdᵀ dO
+                    accumulate_tn(dk, w.dp.data(), w.q_rows, d_, nq, s.nk, d_);      // dK += dXᵀ Q
                     if (dq_part)  // dQ += dX K into this thread's partial sums (rows are contiguous there)
-                        accumulate_nn(dq_part + (size_t)partial_row(b, g, i0, h) * d_, w.dp.data(),
-                                           w.k_rows.data(), nq, nk, d_);
+                        accumulate_nn(dq_part + (size_t)partial_row(b, g, i0, h) * d_, w.dp.data(), w.krows(sl),
+                                      nq, s.nk, d_);
                 }
             }
         }
-        for (int c = 0; c < rows_out; ++c) {
-            T *dkr = k_side(p_->dk, b, g, j0 + c, hk);
-            T *dvr = k_side(p_->dv, b, g, j0 + c, hk);
-            for (int e = 0; e < d_; ++e) elem<T, A>::store(dkr + e, dk[(size_t)c * d_ + e]);
-            for (int e = 0; e < dv_; ++e) elem<T, A>::store(dvr + e, dv[(size_t)c * dv_ + e]);
+        for (int sl = 0; sl < nslots; ++sl) {
+            const Slot &s = slots[sl];
+            const A *dk = w.dk_acc.data() + (size_t)sl * kBlockK * d_;
+            const A *dv = w.dv_acc.data() + (size_t)sl * kBlockK * dv_;
+            for (int c = 0; c < s.rows_out; ++c) {
+                T *dkr = k_side(p_->dk, b, g, s.j0 + c, hk);
+                T *dvr = k_side(p_->dv, b, g, s.j0 + c, hk);
+                for (int e = 0; e < d_; ++e) elem<T, A>::store(dkr + e, dk[(size_t)c * d_ + e]);
+                for (int e = 0; e < dv_; ++e) elem<T, A>::store(dvr + e, dv[(size_t)c * dv_ + e]);
+            }
         }
     }
 
@@ -529,16 +568,16 @@ private:
         if (i0 >= g.sq) return;
         const int nq = (int)std::min<int64_t>(kBlockQ, g.sq - i0);
         const int64_t hk = h / group_;
-        A *dq = w.acc_a.data();
+        A *dq = w.dq_acc.data();
         std::fill(dq, dq + (size_t)kBlockQ * d_, A(0));
         load_query_tile(b, g, h, i0, nq, w);
         const int64_t jlo = window_.key_lo(i0, g), jhi = window_.key_hi(i0 + nq - 1, g);
         for (int64_t kb = jlo / kBlockK; jlo <= jhi && kb <= jhi / kBlockK; ++kb) {
             const int64_t j0 = kb * kBlockK;
             const int nk = (int)std::min<int64_t>(kBlockK, g.sk - j0);
-            load_key_tile(b, g, hk, j0, nk, true, w);
-            if (!score_gradients(b, h, g, i0, nq, j0, nk, w)) continue;
-            accumulate_nn(dq, w.dp.data(), w.k_rows.data(), nq, nk, d_);  // dQ += dX K
+            load_key_tile(b, g, hk, j0, nk, true, w, 0);
+            if (!score_gradients(b, h, g, i0, nq, j0, nk, w, 0)) continue;
+            accumulate_nn(dq, w.dp.data(), w.krows(0), nq, nk, d_);  // dQ += dX K
         }
         for (int r = 0; r < nq; ++r) {
             T *out = q_side(p_->dq, b, g, i0 + r, h);
