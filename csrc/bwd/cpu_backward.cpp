@@ -71,6 +71,7 @@ struct Workspace {
     const A *q_rows = nullptr, *dout_rows = nullptr;  // the tile's q and dO rows, d and dv apart
     // Key tiles come in kKeyGroup slots (pass 1 works on that many key blocks per query tile).
     TileVec<A> k_rows;      // [slot][kBlockK][d]: keys row-major (dQ += dX K)
+    TileVec<A> v_rows;      // [kBlockK][dv]: values row-major (staging for v_t)
     TileVec<A> k_t, v_t;    // [slot][d][kBlockK], [slot][dv][kBlockK]: keys/values transposed (S = Q Kᵀ, dPd = dO Vᵀ)
     TileVec<A> s, dp;       // [kBlockQ][kBlockK]: scores, then Pd; dPd, then dX
     TileVec<A> tanh_t;      // [kBlockQ][kBlockK]: tanh of the capped score (softcap derivative)
@@ -98,6 +99,7 @@ struct Workspace {
         q.assign((size_t)kBlockQ * d, A(0));
         dout.assign((size_t)kBlockQ * dv, A(0));
         k_rows.assign((size_t)kKeyGroup * kBlockK * d, A(0));
+        v_rows.assign((size_t)kBlockK * dv, A(0));
         k_t.assign((size_t)kKeyGroup * d * kBlockK, A(0));
         v_t.assign((size_t)kKeyGroup * dv * kBlockK, A(0));
         s.assign((size_t)kBlockQ * kBlockK, A(0));
@@ -311,23 +313,28 @@ private:
         }
     }
 
-    // Keys/values [j0, j0+nk) of kv head hk, transposed (zero-padded to kBlockK columns); row-major keys if asked.
-    void load_key_tile(int64_t b, const SeqGeometry &g, int64_t hk, int64_t j0, int nk, bool rows, Workspace<A> &w,
-                       int slot) {
-        A *kt = w.kt(slot), *vt = w.vt(slot), *krows = w.krows(slot);
+    // Keys/values [j0, j0+nk) of kv head hk into a slot: row-major keys (dQ += dX K) and Kᵀ, Vᵀ zero-padded to
+    // kBlockK columns.
+    // The user's rows are first copied whole (sequential reads, many misses in flight), then transposed from cache.
+    void load_key_tile(int64_t b, const SeqGeometry &g, int64_t hk, int64_t j0, int nk, Workspace<A> &w, int slot) {
+        A *kt = w.kt(slot), *vt = w.vt(slot), *krows = w.krows(slot), *vrows = w.v_rows.data();
         for (int c = 0; c < kBlockK; ++c) {
+            A *kr = krows + (size_t)c * d_;
+            A *vr = vrows + (size_t)c * dv_;
             if (c < nk) {
                 const T *k = k_side(p_->k, b, g, j0 + c, hk);
                 const T *v = k_side(p_->v, b, g, j0 + c, hk);
-                for (int e = 0; e < d_; ++e) kt[(size_t)e * kBlockK + c] = elem<T, A>::load(k + e);
-                for (int e = 0; e < dv_; ++e) vt[(size_t)e * kBlockK + c] = elem<T, A>::load(v + e);
-                if (rows)
-                    for (int e = 0; e < d_; ++e) krows[(size_t)c * d_ + e] = kt[(size_t)e * kBlockK + c];
+                for (int e = 0; e < d_; ++e) kr[e] = elem<T, A>::load(k + e);
+                for (int e = 0; e < dv_; ++e) vr[e] = elem<T, A>::load(v + e);
             } else {
-                for (int e = 0; e < d_; ++e) kt[(size_t)e * kBlockK + c] = A(0);
-                for (int e = 0; e < dv_; ++e) vt[(size_t)e * kBlockK + c] = A(0);
+                for (int e = 0; e < d_; ++e) kr[e] = A(0);
+                for (int e = 0; e < dv_; ++e) vr[e] = A(0);
             }
         }
+        for (int e = 0; e < d_; ++e)
+            for (int c = 0; c < kBlockK; ++c) kt[(size_t)e * kBlockK + c] = krows[(size_t)c * d_ + e];
+        for (int e = 0; e < dv_; ++e)
+            for (int c = 0; c < kBlockK; ++c) vt[(size_t)e * kBlockK + c] = vrows[(size_t)c * dv_ + e];
     }
 
     // One row of the tile: raw products q·k in s -> P = exp(score - lse), 0 on masked keys (and tanh of the capped
@@ -439,7 +446,7 @@ private:
         for (int64_t kb = jlo / kBlockK; jlo <= jhi && kb <= jhi / kBlockK; ++kb) {
             const int64_t j0 = kb * kBlockK;
             const int nk = (int)std::min<int64_t>(kBlockK, g.sk - j0);
-            load_key_tile(b, g, h / group_, j0, nk, false, w, 0);
+            load_key_tile(b, g, h / group_, j0, nk, w, 0);
             const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
             matmul_nt(w.q_rows, d_, d_, w.kt(0), nq, w.s.data());
             for (int r = 0; r < nq; ++r) {
@@ -477,7 +484,7 @@ private:
             std::fill(w.dv_acc.begin() + (size_t)sl * kBlockK * dv_,
                       w.dv_acc.begin() + (size_t)(sl + 1) * kBlockK * dv_, A(0));
             if (s.nk > 0 && s.ilo <= s.ihi) {
-                load_key_tile(b, g, hk, j0, s.nk, single_pass_, w, sl);
+                load_key_tile(b, g, hk, j0, s.nk, w, sl);
                 ilo = std::min(ilo, s.ilo);
                 ihi = std::max(ihi, s.ihi);
             }
@@ -575,7 +582,7 @@ private:
         for (int64_t kb = jlo / kBlockK; jlo <= jhi && kb <= jhi / kBlockK; ++kb) {
             const int64_t j0 = kb * kBlockK;
             const int nk = (int)std::min<int64_t>(kBlockK, g.sk - j0);
-            load_key_tile(b, g, hk, j0, nk, true, w, 0);
+            load_key_tile(b, g, hk, j0, nk, w, 0);
             if (!score_gradients(b, h, g, i0, nq, j0, nk, w, 0)) continue;
             accumulate_nn(dq, w.dp.data(), w.krows(0), nq, nk, d_);  // dQ += dX K
         }
