@@ -27,14 +27,21 @@ struct BwdKernelsF32 {
     // width kBlockK: s[r][c] <- P = exp(s*scale - lse[r]), dp[r][c] <- P * (dp - delta[r]) * scale.
     void (*softmax_grad)(float *s, float *dp, const float *lse, const float *delta, int nrows, float scale);
     // x[c] = exp(x[c]) for c < kBlockK (masked or feature-laden tiles; -1e30 gives 0, NaN stays NaN).
-    void (*exp_row)(float *x);
+    void (*exp_row)(float *x);    // bf16 inputs only, nullptr without AVX512-BF16: S = Q Kᵀ and dPd = dO Vᵀ straight from the bf16 values, which
+    // are exact in fp32, so pairs multiplied by vdpbf16ps and summed in fp32 cost half the fp32 FMAs for the same
+    // precision. out[r][0:kBlockK] = sum_{t < kk2} sum_{u < 2} a[r*a_rs + 2t + u] * bt2[(t*kBlockK + c)*2 + u],
+    // r < m: a = bf16 rows (a_rs elements apart, zero-padded to 2*kk2), bt2 = the key tile as bf16 pairs over the
+    // head dim, [kk2][kBlockK][2].
+    void (*scores_bf16)(int m, int kk2, const uint16_t *a, int64_t a_rs, const uint16_t *bt2, float *out);
 };
 
 // The portable table (any CPU).
 const BwdKernelsF32 *bwd_portable_kernels_f32();
-// The AVX-512 table, or nullptr when this build has none (not x86-64 GCC/clang). Callers check the CPU first.
-const BwdKernelsF32 *bwd_avx512_kernels_f32();
-// The table for this machine: AVX-512F/BW/VL/DQ present and FLASH_ATTN_CY_CPU_ISA not "portable" -> AVX-512.
+// The AVX-512 table (with or without the AVX512-BF16 entry), or nullptr when this build has none (not x86-64
+// GCC/clang). Callers check the CPU first.
+const BwdKernelsF32 *bwd_avx512_kernels_f32(bool with_bf16);
+// The table for this machine: AVX-512F/BW/VL/DQ present and FLASH_ATTN_CY_CPU_ISA not "portable" -> AVX-512,
+// with scores_bf16 when the CPU also has AVX512-BF16.
 const BwdKernelsF32 *select_bwd_kernels_f32();
 
 }  // namespace fa_bwd

@@ -10,6 +10,7 @@
 #include "bwd_kernels.h"
 
 #include <cstdint>
+#include <cstring>
 
 #include "bwd_tile_math.h"
 
@@ -23,8 +24,9 @@
     _Pragma(FA_BWD_STR(clang attribute push(__attribute__((target(isa))), apply_to = function)))
 #define FA_BWD_TARGET_END _Pragma("clang attribute pop")
 #else
-// GCC 12 warns "may be used uninitialized" inside its own AVX-512 headers when they are inlined in target regions.
+// GCC 12 warns "(may be) used uninitialized" inside its own AVX-512 headers when they are inlined in target regions.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #define FA_BWD_TARGET_BEGIN(isa) _Pragma("GCC push_options") _Pragma(FA_BWD_STR(GCC target(isa)))
 #define FA_BWD_TARGET_END _Pragma("GCC pop_options")
 #endif
@@ -176,13 +178,57 @@ void exp_row(float *x) {
 
 FA_BWD_TARGET_END
 
-const BwdKernelsF32 kAvx512 = {"avx512 (fp32 FMA register tiles)", product, softmax_grad, exp_row};
+FA_BWD_TARGET_BEGIN("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")
+
+// Register tile R rows x 4 vectors (64 columns) of out; per step t one bf16 pair of each A row (a 32-bit broadcast)
+// times 16 pairs per B vector, summed in fp32 by vdpbf16ps.
+template <int R>
+FA_BWD_ALWAYS_INLINE void micro_bf16(int kk2, const uint16_t *a, int64_t a_rs, const uint16_t *bt2, float *out) {
+    __m512 acc[R][4];
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int t = 0; t < kk2; ++t) {
+        const uint16_t *brow = bt2 + (size_t)t * kBlockK * 2;
+        __m512i bv[4];
+        for (int v = 0; v < 4; ++v) bv[v] = _mm512_loadu_si512(brow + 32 * v);
+        for (int r = 0; r < R; ++r) {
+            uint32_t pair;
+            std::memcpy(&pair, a + r * a_rs + 2 * t, 4);
+            const __m512i ar = _mm512_set1_epi32((int)pair);
+            for (int v = 0; v < 4; ++v)
+                acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)ar, (__m512bh)bv[v]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + r * kBlockK + 16 * v, acc[r][v]);
+}
+
+void scores_bf16(int m, int kk2, const uint16_t *a, int64_t a_rs, const uint16_t *bt2, float *out) {
+    static_assert(kBlockK == 64, "the bf16 register tile covers 64 columns");
+    int r = 0;
+    for (; r + 6 <= m; r += 6) micro_bf16<6>(kk2, a + r * a_rs, a_rs, bt2, out + r * kBlockK);
+    if (r + 4 <= m) {
+        micro_bf16<4>(kk2, a + r * a_rs, a_rs, bt2, out + r * kBlockK);
+        r += 4;
+    }
+    if (r + 2 <= m) {
+        micro_bf16<2>(kk2, a + r * a_rs, a_rs, bt2, out + r * kBlockK);
+        r += 2;
+    }
+    if (r < m) micro_bf16<1>(kk2, a + r * a_rs, a_rs, bt2, out + r * kBlockK);
+}
+
+FA_BWD_TARGET_END
+
+const BwdKernelsF32 kAvx512 = {"avx512 (fp32 FMA register tiles)", product, softmax_grad, exp_row, nullptr};
+const BwdKernelsF32 kAvx512Bf16 = {"avx512 (fp32 FMA register tiles, bf16 scores by vdpbf16ps)", product,
+                                   softmax_grad, exp_row, scores_bf16};
 
 }  // namespace
 
-const BwdKernelsF32 *bwd_avx512_kernels_f32() { return &kAvx512; }
+const BwdKernelsF32 *bwd_avx512_kernels_f32(bool with_bf16) { return with_bf16 ? &kAvx512Bf16 : &kAvx512; }
 #else
-const BwdKernelsF32 *bwd_avx512_kernels_f32() { return nullptr; }
+const BwdKernelsF32 *bwd_avx512_kernels_f32(bool) { return nullptr; }
 #endif
 
 }  // namespace fa_bwd

@@ -72,6 +72,10 @@ struct Workspace {
     // Key tiles come in kKeyGroup slots (pass 1 works on that many key blocks per query tile).
     TileVec<A> k_rows;      // [slot][kBlockK][d]: keys row-major (dQ += dX K)
     TileVec<A> v_rows;      // [kBlockK][dv]: values row-major (staging for v_t)
+    // bf16 inputs with BwdKernelsF32::scores_bf16: the key tiles as bf16 pairs over the head dim (zero-padded to an
+    // even d2 / dv2), [slot][d2/2][kBlockK][2] and [slot][dv2/2][kBlockK][2]; the query tile's bf16 rows.
+    TileVec<uint16_t> k_t16, v_t16;
+    const uint16_t *q16_rows = nullptr, *dout16_rows = nullptr;
     TileVec<A> k_t, v_t;    // [slot][d][kBlockK], [slot][dv][kBlockK]: keys/values transposed (S = Q Kᵀ, dPd = dO Vᵀ)
     TileVec<A> s, dp;       // [kBlockQ][kBlockK]: scores, then Pd; dPd, then dX
     TileVec<A> tanh_t;      // [kBlockQ][kBlockK]: tanh of the capped score (softcap derivative)
@@ -87,6 +91,9 @@ struct Workspace {
     A *kt(int slot) { return k_t.data() + (size_t)slot * d_ * kBlockK; }
     A *vt(int slot) { return v_t.data() + (size_t)slot * dv_ * kBlockK; }
     A *krows(int slot) { return k_rows.data() + (size_t)slot * kBlockK * d_; }
+    uint16_t *kt16(int slot) { return k_t16.data() + (size_t)slot * even(d_) * kBlockK; }
+    uint16_t *vt16(int slot) { return v_t16.data() + (size_t)slot * even(dv_) * kBlockK; }
+    static int even(int n) { return (n + 1) & ~1; }
 
     void ensure(int d, int dv) {
         if (d == d_ && dv == dv_) return;
@@ -100,6 +107,8 @@ struct Workspace {
         dout.assign((size_t)kBlockQ * dv, A(0));
         k_rows.assign((size_t)kKeyGroup * kBlockK * d, A(0));
         v_rows.assign((size_t)kBlockK * dv, A(0));
+        k_t16.assign((size_t)kKeyGroup * even(d) * kBlockK, 0);
+        v_t16.assign((size_t)kKeyGroup * even(dv) * kBlockK, 0);
         k_t.assign((size_t)kKeyGroup * d * kBlockK, A(0));
         v_t.assign((size_t)kKeyGroup * dv * kBlockK, A(0));
         s.assign((size_t)kBlockQ * kBlockK, A(0));
@@ -152,6 +161,9 @@ public:
     bool run() {
         delta_.assign((size_t)p_->nheads_q * (size_t)q_rows_, A(0));
         allocate_query_packs();
+        if constexpr (std::is_same<T, bf16_bits>::value) {
+            if (kernels_->scores_bf16 && q_pack_) allocate_bf16_packs();
+        }
         const int64_t nqb = (max_sq_ + kBlockQ - 1) / kBlockQ;
         const int64_t nkb = (max_sk_ + kBlockK - 1) / kBlockK;
         const int64_t items0 = (int64_t)p_->batch * p_->nheads_q;
@@ -260,6 +272,14 @@ private:
         dout_pack_.reset(LineAllocator<A>().allocate(n * (size_t)dv_));
     }
     static constexpr double kMaxPackBytes = 1024.0 * 1024 * 1024;
+    // bf16 copies of the packs for scores_bf16 (raw bits, rows zero-padded to an even length): half the bytes again.
+    void allocate_bf16_packs() {
+        const size_t n = (size_t)p_->nheads_q * (size_t)q_rows_;
+        d2_ = (d_ + 1) & ~1;
+        dv2_ = (dv_ + 1) & ~1;
+        q16_pack_.reset(LineAllocator<uint16_t>().allocate(n * (size_t)d2_));
+        dout16_pack_.reset(LineAllocator<uint16_t>().allocate(n * (size_t)dv2_));
+    }
     size_t pack_row(int64_t b, const SeqGeometry &g, int64_t i, int64_t h) const {
         const int64_t r = packed_q_ ? g.q_row0 + i : b * p_->seqlen_q + i;
         return (size_t)h * (size_t)q_rows_ + (size_t)r;
@@ -274,6 +294,15 @@ private:
             A sum = 0;
             for (int e = 0; e < dv_; ++e) sum += elem<T, A>::load(o + e) * elem<T, A>::load(dout + e);
             delta_at(b, g, i, h) = sum;
+            if constexpr (std::is_same<T, bf16_bits>::value) {
+                if (q16_pack_) {
+                    const T *q = q_side(p_->q, b, g, i, h);
+                    uint16_t *q16 = &q16_pack_[pack_row(b, g, i, h) * d2_];
+                    uint16_t *do16 = &dout16_pack_[pack_row(b, g, i, h) * dv2_];
+                    for (int e = 0; e < d2_; ++e) q16[e] = e < d_ ? q[e].bits : 0;
+                    for (int e = 0; e < dv2_; ++e) do16[e] = e < dv_ ? dout[e].bits : 0;
+                }
+            }
             if (q_pack_) {
                 const T *q = q_side(p_->q, b, g, i, h);
                 A *qp = &q_pack_[pack_row(b, g, i, h) * d_];
@@ -288,6 +317,10 @@ private:
     // Query-side rows [i0, i0+nq) of head h: q, dO, LSE, D and the dead-row flags.
     void load_query_tile(int64_t b, const SeqGeometry &g, int64_t h, int64_t i0, int nq, Workspace<A> &w) {
         w.any_dead = false;
+        if (q16_pack_) {
+            w.q16_rows = &q16_pack_[pack_row(b, g, i0, h) * d2_];
+            w.dout16_rows = &dout16_pack_[pack_row(b, g, i0, h) * dv2_];
+        }
         if (q_pack_) {
             w.q_rows = &q_pack_[pack_row(b, g, i0, h) * d_];
             w.dout_rows = &dout_pack_[pack_row(b, g, i0, h) * dv_];
@@ -331,10 +364,31 @@ private:
                 for (int e = 0; e < dv_; ++e) vr[e] = A(0);
             }
         }
+        if constexpr (std::is_same<T, bf16_bits>::value) {
+            if (q16_pack_) {  // pairs over the head dim for scores_bf16 (the fp32 Kᵀ, Vᵀ are not needed then)
+                bf16_pairs(b, g, p_->k, hk, j0, nk, d_, w.kt16(slot));
+                bf16_pairs(b, g, p_->v, hk, j0, nk, dv_, w.vt16(slot));
+                return;
+            }
+        }
         for (int e = 0; e < d_; ++e)
             for (int c = 0; c < kBlockK; ++c) kt[(size_t)e * kBlockK + c] = krows[(size_t)c * d_ + e];
         for (int e = 0; e < dv_; ++e)
             for (int c = 0; c < kBlockK; ++c) vt[(size_t)e * kBlockK + c] = vrows[(size_t)c * dv_ + e];
+    }
+
+    // out[((e/2)*kBlockK + c)*2 + e%2] = bits of row j0 + c, element e of t (0 past nk rows or the head dim n).
+    void bf16_pairs(int64_t b, const SeqGeometry &g, const fa_tensor &t, int64_t hk, int64_t j0, int nk, int n,
+                    uint16_t *out) const {
+        const int n2 = (n + 1) & ~1;
+        for (int c = 0; c < kBlockK; ++c) {
+            const T *row = c < nk ? k_side(t, b, g, j0 + c, hk) : nullptr;
+            for (int e = 0; e < n2; ++e) {
+                uint16_t bits = 0;
+                if constexpr (std::is_same<T, bf16_bits>::value) bits = (row && e < n) ? row[e].bits : 0;
+                out[((size_t)(e >> 1) * kBlockK + c) * 2 + (e & 1)] = bits;
+            }
+        }
     }
 
     // One row of the tile: raw products q·k in s -> P = exp(score - lse), 0 on masked keys (and tanh of the capped
@@ -375,8 +429,18 @@ private:
         const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
         const bool capped = softcap_ > A(0);
 
-        matmul_nt(w.q_rows, d_, d_, w.kt(slot), nq, w.s.data());
-        matmul_nt(w.dout_rows, dv_, dv_, w.vt(slot), nq, w.dp.data());
+        bool bf16_done = false;
+        if constexpr (std::is_same<A, float>::value) {
+            if (q16_pack_) {
+                kernels_->scores_bf16(nq, d2_ / 2, w.q16_rows, d2_, w.kt16(slot), w.s.data());
+                kernels_->scores_bf16(nq, dv2_ / 2, w.dout16_rows, dv2_, w.vt16(slot), w.dp.data());
+                bf16_done = true;
+            }
+        }
+        if (!bf16_done) {
+            matmul_nt(w.q_rows, d_, d_, w.kt(slot), nq, w.s.data());
+            matmul_nt(w.dout_rows, dv_, dv_, w.vt(slot), nq, w.dp.data());
+        }
 
         // The common interior tile: every pair visible, no per-element feature. One fused vector pass.
         if constexpr (std::is_same<A, float>::value) {
@@ -627,7 +691,12 @@ private:
     struct PackFree {
         void operator()(A *ptr) const { LineAllocator<A>().deallocate(ptr, 0); }
     };
-    std::unique_ptr<A[], PackFree> q_pack_, dout_pack_;  // [nheads_q][q rows][d | dv], or null (see allocate_query_packs)
+    std::unique_ptr<A[], PackFree> q_pack_, dout_pack_;
+    struct Pack16Free {
+        void operator()(uint16_t *ptr) const { LineAllocator<uint16_t>().deallocate(ptr, 0); }
+    };
+    std::unique_ptr<uint16_t[], Pack16Free> q16_pack_, dout16_pack_;  // bf16 only: see allocate_bf16_packs
+    int d2_ = 0, dv2_ = 0;                                              // their (even) row lengths  // [nheads_q][q rows][d | dv], or null (see allocate_query_packs)
     bool single_pass_ = false; // dQ accumulated in pass 1 (see use_single_pass)
     std::mutex partials_mutex_;
     std::deque<TileVec<A>> partials_;      // per-thread [nheads_q][q rows][d] dQ partial sums
