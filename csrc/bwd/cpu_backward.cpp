@@ -267,18 +267,29 @@ private:
         const double bytes = (double)p_->nheads_q * (double)q_rows_ * (double)(d_ + dv_) * sizeof(A);
         if (bytes > kMaxPackBytes) return;
         const size_t n = (size_t)p_->nheads_q * (size_t)q_rows_;
-        // uninitialised: pass 0 writes every row a tile can read
-        q_pack_.reset(LineAllocator<A>().allocate(n * (size_t)d_));
-        dout_pack_.reset(LineAllocator<A>().allocate(n * (size_t)dv_));
+        try {  // uninitialised: pass 0 writes every row a tile can read
+            q_pack_.reset(LineAllocator<A>().allocate(n * (size_t)d_));
+            dout_pack_.reset(LineAllocator<A>().allocate(n * (size_t)dv_));
+        } catch (const std::bad_alloc &) {  // slower per-tile copies instead
+            q_pack_.reset();
+            dout_pack_.reset();
+        }
     }
-    static constexpr double kMaxPackBytes = 1024.0 * 1024 * 1024;
+    // Up to 8 GiB of packs (q and dO of 4 GiB each in fp32, e.g. batch 4 x 32 heads x 64k rows x d 128); beyond,
+    // or when the allocation fails, the tiles are copied per use.
+    static constexpr double kMaxPackBytes = 8.0 * 1024 * 1024 * 1024;
     // bf16 copies of the packs for scores_bf16 (raw bits, rows zero-padded to an even length): half the bytes again.
     void allocate_bf16_packs() {
         const size_t n = (size_t)p_->nheads_q * (size_t)q_rows_;
         d2_ = (d_ + 1) & ~1;
         dv2_ = (dv_ + 1) & ~1;
-        q16_pack_.reset(LineAllocator<uint16_t>().allocate(n * (size_t)d2_));
-        dout16_pack_.reset(LineAllocator<uint16_t>().allocate(n * (size_t)dv2_));
+        try {
+            q16_pack_.reset(LineAllocator<uint16_t>().allocate(n * (size_t)d2_));
+            dout16_pack_.reset(LineAllocator<uint16_t>().allocate(n * (size_t)dv2_));
+        } catch (const std::bad_alloc &) {  // fp32 products instead
+            q16_pack_.reset();
+            dout16_pack_.reset();
+        }
     }
     size_t pack_row(int64_t b, const SeqGeometry &g, int64_t i, int64_t h) const {
         const int64_t r = packed_q_ ? g.q_row0 + i : b * p_->seqlen_q + i;
