@@ -1,14 +1,16 @@
 // cpu_backward.cpp - FlashAttention-2 backward on the CPU (fa_cpu_backward in csrc/fa_backends.h).
 //
 // Algorithm (Dao, "FlashAttention-2", 2023, Algorithm 2), with P recomputed tile by tile from the forward's LSE:
-//   D    = rowsum(dO * O)                          pass 0, once per query row
+//   D    = rowsum(dO * O)                          pass 0, once per query row (also packs q and dO per head)
 //   P    = exp(S - lse),  Pd = P * dropout_mask / (1 - p)
 //   dV  += Pdᵀ dO,  dPd = dO Vᵀ,  dS = P * (dPd * dropout_mask / (1 - p) - D)
 //   dX   = dS * scale * (1 - tanh²) under softcap  (gradient with respect to the raw product q·k)
-//   dK  += dXᵀ Q                                   pass 1: one work item per (batch, kv head, key block)
+//   dK  += dXᵀ Q                                   pass 1: one work item per (batch, kv head, kKeyGroup key blocks)
 //   dQ  += dX K                                    pass 1 (per-thread partials), or pass 2 when deterministic:
 //                                                  one work item per (batch, q head, query block)
 // D is the right correction with dropout too because O already contains the dropped, rescaled P.
+// The tile products and the fused interior-tile softmax gradient come from a kernel table chosen at run time
+// (bwd_kernels.h: AVX-512 register tiles, or portable loops); README.md in this directory has the layout decisions.
 //
 // Work items run on the CPU backend's pool (csrc/cpu/thread_pool.h). Two schedules:
 // - deterministic (fa_params.deterministic = 1): every work item owns the output rows it writes and sums in a fixed
