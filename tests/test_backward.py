@@ -82,6 +82,37 @@ def test_dense_grads(rng, dtype, case):
     check_grads(rng, dtype, *c["shapes"], **c["kw"])
 
 
+# Longer sequences: several groups of key blocks per work item (pass 1 pairs key blocks of 64), full interior tiles
+# (the fused softmax-gradient kernel), and head dims that are not a multiple of the 16-lane vectors or span several
+# 64-column chunks of the product kernels. Each runs on the selected kernels and on the portable ones
+# (FLASH_ATTN_CY_CPU_ISA is read on every call).
+LONG_CASES = {
+    "full_tiles_d64": dict(shapes=((2, 257, 2, 64), (2, 320, 2, 64)), kw={}),
+    "window_spans_key_groups_d72": dict(shapes=((1, 300, 2, 72), (1, 333, 1, 72)), kw=dict(window_size=(40, 20))),
+    "causal_d160": dict(shapes=((1, 200, 2, 160), (1, 260, 2, 160)), kw=dict(causal=True)),
+    "causal_deterministic_d128": dict(shapes=((1, 190, 2, 128), (1, 300, 2, 128)),
+                                      kw=dict(causal=True, deterministic=True)),
+}
+
+
+@pytest.mark.parametrize("isa", ["selected", "portable"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+@pytest.mark.parametrize("case", list(LONG_CASES))
+def test_long_grads(rng, monkeypatch, isa, dtype, case):
+    if isa == "portable":
+        monkeypatch.setenv("FLASH_ATTN_CY_CPU_ISA", "portable")
+    c = LONG_CASES[case]
+    check_grads(rng, dtype, *c["shapes"], **c["kw"])
+
+
+def test_long_varlen_grads(rng):
+    # sequences longer than a key-block pair, one without keys, causal; packed rows past the last sequence stay zero
+    kw = dict(cu_seqlens_q=np.array([0, 150, 150, 170, 400], np.int32),
+              cu_seqlens_k=np.array([0, 200, 330, 330, 530], np.int32), max_seqlen_q=230, max_seqlen_k=200)
+    dq, dk, dv = check_grads(rng, "fp32", (405, 2, 32), (540, 1, 32), causal=True, **kw)
+    assert not dq[400:].any() and not dk[530:].any() and not dv[530:].any()
+
+
 def test_fp64_exact(rng):
     # fp64 gradients are accurate to float64 rounding (the backward refines the fp32 LSE); softmax_scale and softcap
     # travel as fp32 through the C ABI, so pick values exact in fp32.

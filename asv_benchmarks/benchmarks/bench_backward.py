@@ -24,7 +24,7 @@ def _has_backward() -> bool:
 
 
 class ForwardBackward:
-    params = [implementations(), ["fp32", "bf16"], [64, 128], [512, 2048], [True]]
+    params = [implementations(), ["fp32", "bf16"], [64, 128], [512, 2048], [True, False]]
     param_names = ["impl", "dtype", "headdim", "seqlen", "causal"]
     timeout = 300
 

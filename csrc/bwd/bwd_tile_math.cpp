@@ -1,10 +1,13 @@
-// bwd_tile_math.cpp - tile products and exp for the CPU backward (see bwd_tile_math.h).
+// bwd_tile_math.cpp - portable tile products and exp of the CPU backward (bwd_tile_math.h), and the portable
+// float kernel table of bwd_kernels.h.
 #include "bwd_tile_math.h"
 
 #include <cmath>
 #include <cstring>
 
-// Multi-ISA float kernels where the toolchain can resolve clones at load time (GCC, x86-64, ELF ifunc).
+#include "bwd_kernels.h"
+
+// Multi-ISA float loops where the toolchain can resolve clones at load time (GCC, x86-64, ELF ifunc).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define FA_BWD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -15,80 +18,46 @@
 namespace fa_bwd {
 namespace {
 
-// Two rows at a time so each loaded element of bt feeds two multiply-adds.
-template <typename A>
-FA_BWD_INLINE void matmul_nt_body(const A *__restrict a, int n, const A *__restrict bt, int nrows, A *__restrict out) {
-    int r = 0;
-    for (; r + 2 <= nrows; r += 2) {
-        A o0[kBlockK], o1[kBlockK];
-        for (int c = 0; c < kBlockK; ++c) o0[c] = o1[c] = A(0);
-        const A *a0 = a + (size_t)r * n, *a1 = a0 + n;
+// Output chunk kept in local accumulators (registers once vectorised) while t runs over the reduction; two rows at
+// a time so each loaded element of B feeds two multiply-adds.
+constexpr int kChunk = 64;
+
+template <typename A, int LEN>
+FA_BWD_INLINE void rows_chunk(int rows, int len, int kk, const A *__restrict a, int64_t a_rs, int64_t a_ks,
+                              const A *__restrict b, int64_t b_rs, A *__restrict c, int64_t c_rs, bool accumulate) {
+    const int n = LEN > 0 ? LEN : len;
+    A o0[kChunk], o1[kChunk];
+    for (int e = 0; e < n; ++e) {
+        o0[e] = accumulate ? c[e] : A(0);
+        o1[e] = (rows > 1 && accumulate) ? c[c_rs + e] : A(0);
+    }
+    for (int t = 0; t < kk; ++t) {
+        const A w0 = a[t * a_ks];
+        const A w1 = rows > 1 ? a[a_rs + t * a_ks] : A(0);
+        const A *x = b + t * b_rs;
         for (int e = 0; e < n; ++e) {
-            const A x0 = a0[e], x1 = a1[e];
-            const A *b = bt + (size_t)e * kBlockK;
-            for (int c = 0; c < kBlockK; ++c) {
-                o0[c] += x0 * b[c];
-                o1[c] += x1 * b[c];
-            }
-        }
-        std::memcpy(out + (size_t)r * kBlockK, o0, sizeof(o0));
-        std::memcpy(out + (size_t)(r + 1) * kBlockK, o1, sizeof(o1));
-    }
-    for (; r < nrows; ++r) {
-        A o0[kBlockK];
-        for (int c = 0; c < kBlockK; ++c) o0[c] = A(0);
-        const A *a0 = a + (size_t)r * n;
-        for (int e = 0; e < n; ++e) {
-            const A x0 = a0[e];
-            const A *b = bt + (size_t)e * kBlockK;
-            for (int c = 0; c < kBlockK; ++c) o0[c] += x0 * b[c];
-        }
-        std::memcpy(out + (size_t)r * kBlockK, o0, sizeof(o0));
-    }
-}
-
-// The accumulations keep a chunk of kChunk output elements in registers while the (non-zero) coefficients stream
-// by, instead of reloading and storing the destination for every multiply-add.
-constexpr int kChunk = 32;
-
-// dst[:n] += sum_t w_t * src_t[:n] over the terms t whose weight is non-zero; weights[t * wstride], src_t at
-// src + t * sstride. Terms are summed in increasing t for every element (the same order in every chunk).
-template <typename A>
-FA_BWD_INLINE void weighted_rows_body(A *__restrict dst, const A *__restrict weights, int wstride,
-                                      const A *__restrict src, int sstride, int nterms, int n) {
-    int e0 = 0;
-    for (; e0 + kChunk <= n; e0 += kChunk) {
-        A acc[kChunk];
-        for (int e = 0; e < kChunk; ++e) acc[e] = dst[e0 + e];
-        for (int t = 0; t < nterms; ++t) {
-            const A w = weights[(size_t)t * wstride];
-            if (w == A(0)) continue;  // masked or dropped: common on boundary tiles
-            const A *x = src + (size_t)t * sstride + e0;
-            for (int e = 0; e < kChunk; ++e) acc[e] += w * x[e];
-        }
-        for (int e = 0; e < kChunk; ++e) dst[e0 + e] = acc[e];
-    }
-    if (e0 < n) {  // tail of a head dim that is not a multiple of kChunk
-        for (int t = 0; t < nterms; ++t) {
-            const A w = weights[(size_t)t * wstride];
-            if (w == A(0)) continue;
-            const A *x = src + (size_t)t * sstride;
-            for (int e = e0; e < n; ++e) dst[e] += w * x[e];
+            o0[e] += w0 * x[e];
+            o1[e] += w1 * x[e];
         }
     }
+    for (int e = 0; e < n; ++e) c[e] = o0[e];
+    if (rows > 1)
+        for (int e = 0; e < n; ++e) c[c_rs + e] = o1[e];
 }
 
 template <typename A>
-FA_BWD_INLINE void accumulate_tn_body(A *__restrict acc, const A *__restrict coef, const A *__restrict x, int nrows,
-                                      int ncols, int n) {
-    for (int c = 0; c < ncols; ++c) weighted_rows_body(acc + (size_t)c * n, coef + c, kBlockK, x, n, nrows, n);
-}
-
-template <typename A>
-FA_BWD_INLINE void accumulate_nn_body(A *__restrict acc, const A *__restrict coef, const A *__restrict y, int nrows,
-                                      int ncols, int n) {
-    for (int r = 0; r < nrows; ++r)
-        weighted_rows_body(acc + (size_t)r * n, coef + (size_t)r * kBlockK, 1, y, n, ncols, n);
+FA_BWD_INLINE void product_body(int m, int n, int kk, const A *__restrict a, int64_t a_rs, int64_t a_ks,
+                                const A *__restrict b, int64_t b_rs, A *__restrict c, int64_t c_rs, bool accumulate) {
+    for (int r = 0; r < m; r += 2) {
+        const int rows = m - r < 2 ? 1 : 2;
+        for (int e0 = 0; e0 < n; e0 += kChunk) {
+            const int len = n - e0 < kChunk ? n - e0 : kChunk;
+            const A *ar = a + r * a_rs;
+            A *cr = c + r * c_rs + e0;
+            if (len == kChunk) rows_chunk<A, kChunk>(rows, len, kk, ar, a_rs, a_ks, b + e0, b_rs, cr, c_rs, accumulate);
+            else rows_chunk<A, 0>(rows, len, kk, ar, a_rs, a_ks, b + e0, b_rs, cr, c_rs, accumulate);
+        }
+    }
 }
 
 // exp(x) = 2^k * exp(r), k = round(x / ln 2), r = x - k ln 2 split in two constants (Cody and Waite), exp(r) by the
@@ -119,32 +88,41 @@ FA_BWD_INLINE float exp_scalar(float x) {
     return underflow ? 0.0f : v;
 }
 
-}  // namespace
-
-FA_BWD_CLONES void tile_matmul_nt(const float *a, int n, const float *bt, int nrows, float *out) {
-    matmul_nt_body(a, n, bt, nrows, out);
-}
-void tile_matmul_nt(const double *a, int n, const double *bt, int nrows, double *out) {
-    matmul_nt_body(a, n, bt, nrows, out);
+FA_BWD_CLONES void product_f32(int m, int n, int kk, const float *a, int64_t a_rs, int64_t a_ks, const float *b,
+                               int64_t b_rs, float *c, int64_t c_rs, bool accumulate) {
+    product_body(m, n, kk, a, a_rs, a_ks, b, b_rs, c, c_rs, accumulate);
 }
 
-FA_BWD_CLONES void tile_accumulate_tn(float *acc, const float *coef, const float *x, int nrows, int ncols, int n) {
-    accumulate_tn_body(acc, coef, x, nrows, ncols, n);
-}
-void tile_accumulate_tn(double *acc, const double *coef, const double *x, int nrows, int ncols, int n) {
-    accumulate_tn_body(acc, coef, x, nrows, ncols, n);
-}
-
-FA_BWD_CLONES void tile_accumulate_nn(float *acc, const float *coef, const float *y, int nrows, int ncols, int n) {
-    accumulate_nn_body(acc, coef, y, nrows, ncols, n);
-}
-void tile_accumulate_nn(double *acc, const double *coef, const double *y, int nrows, int ncols, int n) {
-    accumulate_nn_body(acc, coef, y, nrows, ncols, n);
-}
-
-FA_BWD_CLONES void tile_exp_row(float *x) {
+FA_BWD_CLONES void exp_row_f32(float *x) {
     for (int c = 0; c < kBlockK; ++c) x[c] = exp_scalar(x[c]);
 }
+
+FA_BWD_CLONES void softmax_grad_f32(float *s, float *dp, const float *lse, const float *delta, int nrows,
+                                    float scale) {
+    for (int r = 0; r < nrows; ++r) {
+        float *sr = s + (size_t)r * kBlockK;
+        float *dr = dp + (size_t)r * kBlockK;
+        const float l = lse[r], dl = delta[r];
+        for (int c = 0; c < kBlockK; ++c) {
+            const float p = exp_scalar(sr[c] * scale - l);
+            sr[c] = p;
+            dr[c] = p * (dr[c] - dl) * scale;
+        }
+    }
+}
+
+const BwdKernelsF32 kPortable = {"portable (compiler-vectorised loops)", product_f32, softmax_grad_f32, exp_row_f32,
+                                 nullptr};
+
+}  // namespace
+
+const BwdKernelsF32 *bwd_portable_kernels_f32() { return &kPortable; }
+
+void tile_product(int m, int n, int kk, const double *a, int64_t a_rs, int64_t a_ks, const double *b, int64_t b_rs,
+                  double *c, int64_t c_rs, bool accumulate) {
+    product_body(m, n, kk, a, a_rs, a_ks, b, b_rs, c, c_rs, accumulate);
+}
+
 void tile_exp_row(double *x) {
     for (int c = 0; c < kBlockK; ++c) x[c] = std::exp(x[c]);
 }

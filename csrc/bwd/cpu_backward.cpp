@@ -1,14 +1,16 @@
 // cpu_backward.cpp - FlashAttention-2 backward on the CPU (fa_cpu_backward in csrc/fa_backends.h).
 //
 // Algorithm (Dao, "FlashAttention-2", 2023, Algorithm 2), with P recomputed tile by tile from the forward's LSE:
-//   D    = rowsum(dO * O)                          pass 0, once per query row
+//   D    = rowsum(dO * O)                          pass 0, once per query row (also packs q and dO per head)
 //   P    = exp(S - lse),  Pd = P * dropout_mask / (1 - p)
 //   dV  += Pdᵀ dO,  dPd = dO Vᵀ,  dS = P * (dPd * dropout_mask / (1 - p) - D)
 //   dX   = dS * scale * (1 - tanh²) under softcap  (gradient with respect to the raw product q·k)
-//   dK  += dXᵀ Q                                   pass 1: one work item per (batch, kv head, key block)
+//   dK  += dXᵀ Q                                   pass 1: one work item per (batch, kv head, kKeyGroup key blocks)
 //   dQ  += dX K                                    pass 1 (per-thread partials), or pass 2 when deterministic:
 //                                                  one work item per (batch, q head, query block)
 // D is the right correction with dropout too because O already contains the dropped, rescaled P.
+// The tile products and the fused interior-tile softmax gradient come from a kernel table chosen at run time
+// (bwd_kernels.h: AVX-512 register tiles, or portable loops); README.md in this directory has the layout decisions.
 //
 // Work items run on the CPU backend's pool (csrc/cpu/thread_pool.h). Two schedules:
 // - deterministic (fa_params.deterministic = 1): every work item owns the output rows it writes and sums in a fixed
@@ -21,13 +23,16 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <memory>
 #include <mutex>
-#include <thread>
 #include <new>
+#include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "bwd_dtype.h"
 #include "bwd_geometry.h"
+#include "bwd_kernels.h"
 #include "bwd_tile_math.h"
 #include "fa_backends.h"
 #include "fa_philox.h"
@@ -42,20 +47,55 @@ inline bool lse_is_dead(float v) {
     return (u & 0x7f800000u) == 0x7f800000u;  // +-inf or nan: the row contributes nothing
 }
 
+// Vectors on 64-byte (cache line, zmm) boundaries: with rows of d floats (d a multiple of 16) every tile row starts
+// a line, so the product kernels' vector loads never straddle two lines.
+template <typename A>
+struct LineAllocator {
+    using value_type = A;
+    static constexpr std::align_val_t kAlign{64};
+    LineAllocator() = default;
+    template <typename U> LineAllocator(const LineAllocator<U> &) {}
+    A *allocate(size_t n) { return static_cast<A *>(::operator new(n * sizeof(A), kAlign)); }
+    void deallocate(A *ptr, size_t) { ::operator delete(ptr, kAlign); }
+    template <typename U> bool operator==(const LineAllocator<U> &) const { return true; }
+    template <typename U> bool operator!=(const LineAllocator<U> &) const { return false; }
+};
+template <typename A> using TileVec = std::vector<A, LineAllocator<A>>;
+
+// Key blocks per pass-1 work item: each query tile (q, dO, the dQ partial rows) is brought into cache once for
+// this many key blocks, halving that traffic; the key-side tiles of both blocks stay in L2 (d = 128: ~330 KiB).
+constexpr int kKeyGroup = 2;
+
 // Per-thread scratch tiles, accumulation type A (see CpuBackward::workspace).
 template <typename A>
 struct Workspace {
-    std::vector<A> q, dout;     // [kBlockQ][d], [kBlockQ][dv]: query rows of the tile
-    std::vector<A> k_rows;      // [kBlockK][d]: keys row-major (dQ += dX K)
-    std::vector<A> k_t, v_t;    // [d][kBlockK], [dv][kBlockK]: keys/values transposed (S = Q Kᵀ, dPd = dO Vᵀ)
-    std::vector<A> s, dp;       // [kBlockQ][kBlockK]: scores, then Pd; dPd, then dX
-    std::vector<A> tanh_t;      // [kBlockQ][kBlockK]: tanh of the capped score (softcap derivative)
-    std::vector<A> acc_a, acc_b;  // dK/dV accumulators [kBlockK][d|dv] in pass 1; dQ [kBlockQ][d] in pass 2
+    TileVec<A> q, dout;     // [kBlockQ][d], [kBlockQ][dv]: query rows of the tile (when not packed)
+    const A *q_rows = nullptr, *dout_rows = nullptr;  // the tile's q and dO rows, d and dv apart
+    // Key tiles come in kKeyGroup slots (pass 1 works on that many key blocks per query tile).
+    TileVec<A> k_rows;      // [slot][kBlockK][d]: keys row-major (dQ += dX K)
+    TileVec<A> v_rows;      // [kBlockK][dv]: values row-major (staging for v_t)
+    // bf16 inputs with BwdKernelsF32::scores_bf16: the key tiles as bf16 pairs over the head dim (zero-padded to an
+    // even d2 / dv2), [slot][d2/2][kBlockK][2] and [slot][dv2/2][kBlockK][2]; the query tile's bf16 rows.
+    TileVec<uint16_t> k_t16, v_t16;
+    const uint16_t *q16_rows = nullptr, *dout16_rows = nullptr;
+    TileVec<A> k_t, v_t;    // [slot][d][kBlockK], [slot][dv][kBlockK]: keys/values transposed (S = Q Kᵀ, dPd = dO Vᵀ)
+    TileVec<A> s, dp;       // [kBlockQ][kBlockK]: scores, then Pd; dPd, then dX
+    TileVec<A> tanh_t;      // [kBlockQ][kBlockK]: tanh of the capped score (softcap derivative)
+    TileVec<A> dk_acc, dv_acc;  // [slot][kBlockK][d | dv]: dK/dV accumulators of pass 1
+    TileVec<A> dq_acc;          // [kBlockQ][d]: dQ accumulator of pass 2
     std::vector<A> lse, delta;  // [kBlockQ] per-row LSE and D
     std::vector<char> dead;     // [kBlockQ] row sees no key
+    bool any_dead = false;      // some row of the loaded query tile is dead
     std::vector<A> keep;        // [kBlockK] dropout factor of one row: 0 or 1 / (1 - p)
 
     int d_ = -1, dv_ = -1;  // head dims the tiles are sized for
+
+    A *kt(int slot) { return k_t.data() + (size_t)slot * d_ * kBlockK; }
+    A *vt(int slot) { return v_t.data() + (size_t)slot * dv_ * kBlockK; }
+    A *krows(int slot) { return k_rows.data() + (size_t)slot * kBlockK * d_; }
+    uint16_t *kt16(int slot) { return k_t16.data() + (size_t)slot * even(d_) * kBlockK; }
+    uint16_t *vt16(int slot) { return v_t16.data() + (size_t)slot * even(dv_) * kBlockK; }
+    static int even(int n) { return (n + 1) & ~1; }
 
     void ensure(int d, int dv) {
         if (d == d_ && dv == dv_) return;
@@ -65,17 +105,20 @@ struct Workspace {
     }
 
     void allocate(int d, int dv) {
-        const int dm = d > dv ? d : dv;
         q.assign((size_t)kBlockQ * d, A(0));
         dout.assign((size_t)kBlockQ * dv, A(0));
-        k_rows.assign((size_t)kBlockK * d, A(0));
-        k_t.assign((size_t)d * kBlockK, A(0));
-        v_t.assign((size_t)dv * kBlockK, A(0));
+        k_rows.assign((size_t)kKeyGroup * kBlockK * d, A(0));
+        v_rows.assign((size_t)kBlockK * dv, A(0));
+        k_t16.assign((size_t)kKeyGroup * even(d) * kBlockK, 0);
+        v_t16.assign((size_t)kKeyGroup * even(dv) * kBlockK, 0);
+        k_t.assign((size_t)kKeyGroup * d * kBlockK, A(0));
+        v_t.assign((size_t)kKeyGroup * dv * kBlockK, A(0));
         s.assign((size_t)kBlockQ * kBlockK, A(0));
         dp.assign((size_t)kBlockQ * kBlockK, A(0));
         tanh_t.assign((size_t)kBlockQ * kBlockK, A(0));
-        acc_a.assign((size_t)(kBlockK > kBlockQ ? kBlockK : kBlockQ) * dm, A(0));
-        acc_b.assign((size_t)kBlockK * dm, A(0));
+        dk_acc.assign((size_t)kKeyGroup * kBlockK * d, A(0));
+        dv_acc.assign((size_t)kKeyGroup * kBlockK * dv, A(0));
+        dq_acc.assign((size_t)kBlockQ * d, A(0));
         lse.assign(kBlockQ, A(0));
         delta.assign(kBlockQ, A(0));
         dead.assign(kBlockQ, 0);
@@ -103,6 +146,7 @@ public:
             keep_scale_ = p->dropout_p < 1.0f ? (A)(1.0f / (1.0f - p->dropout_p)) : A(0);
         }
         refine_lse_ = sizeof(A) > sizeof(float);
+        kernels_ = select_bwd_kernels_f32();
         q_rows_ = packed_q_ ? p->total_q : (int64_t)p->batch * p->seqlen_q;
         max_sq_ = p->seqlen_q;
         max_sk_ = p->seqlen_k;
@@ -118,10 +162,15 @@ public:
     // Returns false if a work item failed (out of memory for its workspace).
     bool run() {
         delta_.assign((size_t)p_->nheads_q * (size_t)q_rows_, A(0));
+        allocate_query_packs();
+        if constexpr (std::is_same<T, bf16_bits>::value) {
+            if (kernels_->scores_bf16 && q_pack_) allocate_bf16_packs();
+        }
         const int64_t nqb = (max_sq_ + kBlockQ - 1) / kBlockQ;
         const int64_t nkb = (max_sk_ + kBlockK - 1) / kBlockK;
         const int64_t items0 = (int64_t)p_->batch * p_->nheads_q;
-        const int64_t items1 = (int64_t)p_->batch * p_->nheads_kv * nkb;
+        const int64_t nkg = (nkb + kKeyGroup - 1) / kKeyGroup;
+        const int64_t items1 = (int64_t)p_->batch * p_->nheads_kv * nkg;
         const int64_t items2 = (int64_t)p_->batch * p_->nheads_q * nqb;
         const int threads = p_->num_threads;
         bool ok = fa_cpu::parallel_for(items0, [&](int64_t item) {
@@ -136,8 +185,8 @@ public:
         }
         single_pass_ = use_single_pass(threads);
         ok = ok && fa_cpu::parallel_for(items1, [&](int64_t item) {
-            const int64_t kb = item % nkb, rest = item / nkb;
-            dkdv_block(rest / p_->nheads_kv, rest % p_->nheads_kv, kb, workspace());
+            const int64_t kg = item % nkg, rest = item / nkg;
+            dkdv_block(rest / p_->nheads_kv, rest % p_->nheads_kv, kg, workspace());
         }, threads);
         if (single_pass_) {
             ok = ok && fa_cpu::parallel_for(items2, [&](int64_t item) {
@@ -186,7 +235,70 @@ private:
         return p_->alibi_slopes ? (A)p_->alibi_slopes[b * p_->alibi_batch_stride + h] : A(0);
     }
 
-    // ---- pass 0: D = rowsum(dO * O) ----
+    // ---- tile products (bwd_kernels.h): the float kernel table, or the portable double loops ----
+    void product(int m, int n, int kk, const A *a, int64_t a_rs, int64_t a_ks, const A *b, int64_t b_rs, A *c,
+                 int64_t c_rs, bool accumulate) const {
+        if constexpr (std::is_same<A, float>::value)
+            kernels_->product(m, n, kk, a, a_rs, a_ks, b, b_rs, c, c_rs, accumulate);
+        else
+            tile_product(m, n, kk, a, a_rs, a_ks, b, b_rs, c, c_rs, accumulate);
+    }
+    void exp_row(A *x) const {
+        if constexpr (std::is_same<A, float>::value) kernels_->exp_row(x);
+        else tile_exp_row(x);
+    }
+    // out[r][0:kBlockK] = x[r][:n] · yt[:n][0:kBlockK] for r < nrows, x rows x_rs apart (S = Q Kᵀ, dPd = dO Vᵀ)
+    void matmul_nt(const A *x, int64_t x_rs, int n, const A *yt, int nrows, A *out) const {
+        product(nrows, kBlockK, n, x, x_rs, 1, yt, kBlockK, out, kBlockK, false);
+    }
+    // acc[c][:n] += sum_r coef[r][c] * x[r][:n] for c < ncols, r < nrows  (dV += Pdᵀ dO, dK += dXᵀ Q)
+    void accumulate_tn(A *acc, const A *coef, const A *x, int64_t x_rs, int nrows, int ncols, int n) const {
+        product(ncols, n, nrows, coef, 1, kBlockK, x, x_rs, acc, n, true);
+    }
+    // acc[r][:n] += sum_c coef[r][c] * y[c][:n] for r < nrows, c < ncols  (dQ += dX K)
+    void accumulate_nn(A *acc, const A *coef, const A *y, int nrows, int ncols, int n) const {
+        product(nrows, n, ncols, coef, kBlockK, 1, y, n, acc, n, true);
+    }
+
+    // ---- query-side packs: q and dO of every head, converted to A, rows contiguous per head ----
+    // Every key block sweeps all query rows of its heads; read from the user's arrays (rows nheads * d apart, a
+    // power of two that folds a tile onto a few L1 sets) each sweep stalls on misses. Packed once in pass 0, the
+    // tiles are contiguous, stream well and need no per-tile copy or conversion. Costs (d + dv) * sizeof(A) bytes
+    // per query row and head; above kMaxPackBytes the tiles are copied from the user's arrays instead.
+    void allocate_query_packs() {
+        const double bytes = (double)p_->nheads_q * (double)q_rows_ * (double)(d_ + dv_) * sizeof(A);
+        if (bytes > kMaxPackBytes) return;
+        const size_t n = (size_t)p_->nheads_q * (size_t)q_rows_;
+        try {  // uninitialised: pass 0 writes every row a tile can read
+            q_pack_.reset(LineAllocator<A>().allocate(n * (size_t)d_));
+            dout_pack_.reset(LineAllocator<A>().allocate(n * (size_t)dv_));
+        } catch (const std::bad_alloc &) {  // slower per-tile copies instead
+            q_pack_.reset();
+            dout_pack_.reset();
+        }
+    }
+    // Up to 8 GiB of packs (q and dO of 4 GiB each in fp32, e.g. batch 4 x 32 heads x 64k rows x d 128); beyond,
+    // or when the allocation fails, the tiles are copied per use.
+    static constexpr double kMaxPackBytes = 8.0 * 1024 * 1024 * 1024;
+    // bf16 copies of the packs for scores_bf16 (raw bits, rows zero-padded to an even length): half the bytes again.
+    void allocate_bf16_packs() {
+        const size_t n = (size_t)p_->nheads_q * (size_t)q_rows_;
+        d2_ = (d_ + 1) & ~1;
+        dv2_ = (dv_ + 1) & ~1;
+        try {
+            q16_pack_.reset(LineAllocator<uint16_t>().allocate(n * (size_t)d2_));
+            dout16_pack_.reset(LineAllocator<uint16_t>().allocate(n * (size_t)dv2_));
+        } catch (const std::bad_alloc &) {  // fp32 products instead
+            q16_pack_.reset();
+            dout16_pack_.reset();
+        }
+    }
+    size_t pack_row(int64_t b, const SeqGeometry &g, int64_t i, int64_t h) const {
+        const int64_t r = packed_q_ ? g.q_row0 + i : b * p_->seqlen_q + i;
+        return (size_t)h * (size_t)q_rows_ + (size_t)r;
+    }
+
+    // ---- pass 0: D = rowsum(dO * O), and the query-side packs ----
     void compute_delta(int64_t b, int64_t h) {
         const SeqGeometry g = sequence_geometry(p_, b);
         for (int64_t i = 0; i < g.sq; ++i) {
@@ -195,39 +307,99 @@ private:
             A sum = 0;
             for (int e = 0; e < dv_; ++e) sum += elem<T, A>::load(o + e) * elem<T, A>::load(dout + e);
             delta_at(b, g, i, h) = sum;
+            if constexpr (std::is_same<T, bf16_bits>::value) {
+                if (q16_pack_) {
+                    const T *q = q_side(p_->q, b, g, i, h);
+                    uint16_t *q16 = &q16_pack_[pack_row(b, g, i, h) * d2_];
+                    uint16_t *do16 = &dout16_pack_[pack_row(b, g, i, h) * dv2_];
+                    for (int e = 0; e < d2_; ++e) q16[e] = e < d_ ? q[e].bits : 0;
+                    for (int e = 0; e < dv2_; ++e) do16[e] = e < dv_ ? dout[e].bits : 0;
+                }
+            }
+            if (q_pack_) {
+                const T *q = q_side(p_->q, b, g, i, h);
+                A *qp = &q_pack_[pack_row(b, g, i, h) * d_];
+                A *dp = &dout_pack_[pack_row(b, g, i, h) * dv_];
+                for (int e = 0; e < d_; ++e) qp[e] = elem<T, A>::load(q + e);
+                for (int e = 0; e < dv_; ++e) dp[e] = elem<T, A>::load(dout + e);
+            }
         }
     }
 
     // ---- tile loads ----
     // Query-side rows [i0, i0+nq) of head h: q, dO, LSE, D and the dead-row flags.
     void load_query_tile(int64_t b, const SeqGeometry &g, int64_t h, int64_t i0, int nq, Workspace<A> &w) {
+        w.any_dead = false;
+        if (q16_pack_) {
+            w.q16_rows = &q16_pack_[pack_row(b, g, i0, h) * d2_];
+            w.dout16_rows = &dout16_pack_[pack_row(b, g, i0, h) * dv2_];
+        }
+        if (q_pack_) {
+            w.q_rows = &q_pack_[pack_row(b, g, i0, h) * d_];
+            w.dout_rows = &dout_pack_[pack_row(b, g, i0, h) * dv_];
+        } else {
+            // Copied even when T == A, for the same L1-set reason as the packs.
+            for (int r = 0; r < nq; ++r) {
+                const T *q = q_side(p_->q, b, g, i0 + r, h);
+                const T *dout = q_side(p_->dout, b, g, i0 + r, h);
+                A *qr = &w.q[(size_t)r * d_];
+                A *dr = &w.dout[(size_t)r * dv_];
+                for (int e = 0; e < d_; ++e) qr[e] = elem<T, A>::load(q + e);
+                for (int e = 0; e < dv_; ++e) dr[e] = elem<T, A>::load(dout + e);
+            }
+            w.q_rows = w.q.data();
+            w.dout_rows = w.dout.data();
+        }
         for (int r = 0; r < nq; ++r) {
-            const T *q = q_side(p_->q, b, g, i0 + r, h);
-            const T *dout = q_side(p_->dout, b, g, i0 + r, h);
-            A *qr = &w.q[(size_t)r * d_];
-            A *dr = &w.dout[(size_t)r * dv_];
-            for (int e = 0; e < d_; ++e) qr[e] = elem<T, A>::load(q + e);
-            for (int e = 0; e < dv_; ++e) dr[e] = elem<T, A>::load(dout + e);
             const float lse = lse_at(b, g, i0 + r, h);
             w.dead[r] = lse_is_dead(lse) || window_.key_lo(i0 + r, g) > window_.key_hi(i0 + r, g);
+            w.any_dead = w.any_dead || w.dead[r];
             w.lse[r] = w.dead[r] ? A(0) : (lse_fine_.empty() ? (A)lse : row_at(lse_fine_, b, g, i0 + r, h));
             w.delta[r] = delta_at(b, g, i0 + r, h);
         }
     }
 
-    // Keys/values [j0, j0+nk) of kv head hk, transposed (zero-padded to kBlockK columns); row-major keys if asked.
-    void load_key_tile(int64_t b, const SeqGeometry &g, int64_t hk, int64_t j0, int nk, bool rows, Workspace<A> &w) {
+    // Keys/values [j0, j0+nk) of kv head hk into a slot: row-major keys (dQ += dX K) and Kᵀ, Vᵀ zero-padded to
+    // kBlockK columns.
+    // The user's rows are first copied whole (sequential reads, many misses in flight), then transposed from cache.
+    void load_key_tile(int64_t b, const SeqGeometry &g, int64_t hk, int64_t j0, int nk, Workspace<A> &w, int slot) {
+        A *kt = w.kt(slot), *vt = w.vt(slot), *krows = w.krows(slot), *vrows = w.v_rows.data();
         for (int c = 0; c < kBlockK; ++c) {
+            A *kr = krows + (size_t)c * d_;
+            A *vr = vrows + (size_t)c * dv_;
             if (c < nk) {
                 const T *k = k_side(p_->k, b, g, j0 + c, hk);
                 const T *v = k_side(p_->v, b, g, j0 + c, hk);
-                for (int e = 0; e < d_; ++e) w.k_t[(size_t)e * kBlockK + c] = elem<T, A>::load(k + e);
-                for (int e = 0; e < dv_; ++e) w.v_t[(size_t)e * kBlockK + c] = elem<T, A>::load(v + e);
-                if (rows)
-                    for (int e = 0; e < d_; ++e) w.k_rows[(size_t)c * d_ + e] = w.k_t[(size_t)e * kBlockK + c];
+                for (int e = 0; e < d_; ++e) kr[e] = elem<T, A>::load(k + e);
+                for (int e = 0; e < dv_; ++e) vr[e] = elem<T, A>::load(v + e);
             } else {
-                for (int e = 0; e < d_; ++e) w.k_t[(size_t)e * kBlockK + c] = A(0);
-                for (int e = 0; e < dv_; ++e) w.v_t[(size_t)e * kBlockK + c] = A(0);
+                for (int e = 0; e < d_; ++e) kr[e] = A(0);
+                for (int e = 0; e < dv_; ++e) vr[e] = A(0);
+            }
+        }
+        if constexpr (std::is_same<T, bf16_bits>::value) {
+            if (q16_pack_) {  // pairs over the head dim for scores_bf16 (the fp32 Kᵀ, Vᵀ are not needed then)
+                bf16_pairs(b, g, p_->k, hk, j0, nk, d_, w.kt16(slot));
+                bf16_pairs(b, g, p_->v, hk, j0, nk, dv_, w.vt16(slot));
+                return;
+            }
+        }
+        for (int e = 0; e < d_; ++e)
+            for (int c = 0; c < kBlockK; ++c) kt[(size_t)e * kBlockK + c] = krows[(size_t)c * d_ + e];
+        for (int e = 0; e < dv_; ++e)
+            for (int c = 0; c < kBlockK; ++c) vt[(size_t)e * kBlockK + c] = vrows[(size_t)c * dv_ + e];
+    }
+
+    // out[((e/2)*kBlockK + c)*2 + e%2] = bits of row j0 + c, element e of t (0 past nk rows or the head dim n).
+    void bf16_pairs(int64_t b, const SeqGeometry &g, const fa_tensor &t, int64_t hk, int64_t j0, int nk, int n,
+                    uint16_t *out) const {
+        const int n2 = (n + 1) & ~1;
+        for (int c = 0; c < kBlockK; ++c) {
+            const T *row = c < nk ? k_side(t, b, g, j0 + c, hk) : nullptr;
+            for (int e = 0; e < n2; ++e) {
+                uint16_t bits = 0;
+                if constexpr (std::is_same<T, bf16_bits>::value) bits = (row && e < n) ? row[e].bits : 0;
+                out[((size_t)(e >> 1) * kBlockK + c) * 2 + (e & 1)] = bits;
             }
         }
     }
@@ -258,7 +430,7 @@ private:
             s[c] = x - lse;
             any = true;
         }
-        tile_exp_row(s);
+        exp_row(s);
         return any;
     }
 
@@ -266,12 +438,30 @@ private:
     // On return w.s holds Pd (dropped, rescaled probabilities: dV += Pdᵀ dO) and w.dp holds dX, the gradient with
     // respect to the raw product q·k (dQ += dX K, dK += dXᵀ Q). Returns false when the whole tile is masked.
     bool score_gradients(int64_t b, int64_t h, const SeqGeometry &g, int64_t i0, int nq, int64_t j0, int nk,
-                         Workspace<A> &w) {
+                         Workspace<A> &w, int slot) {
         const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
         const bool capped = softcap_ > A(0);
 
-        tile_matmul_nt(w.q.data(), d_, w.k_t.data(), nq, w.s.data());
-        tile_matmul_nt(w.dout.data(), dv_, w.v_t.data(), nq, w.dp.data());
+        bool bf16_done = false;
+        if constexpr (std::is_same<A, float>::value) {
+            if (q16_pack_) {
+                kernels_->scores_bf16(nq, d2_ / 2, w.q16_rows, d2_, w.kt16(slot), w.s.data());
+                kernels_->scores_bf16(nq, dv2_ / 2, w.dout16_rows, dv2_, w.vt16(slot), w.dp.data());
+                bf16_done = true;
+            }
+        }
+        if (!bf16_done) {
+            matmul_nt(w.q_rows, d_, d_, w.kt(slot), nq, w.s.data());
+            matmul_nt(w.dout_rows, dv_, dv_, w.vt(slot), nq, w.dp.data());
+        }
+
+        // The common interior tile: every pair visible, no per-element feature. One fused vector pass.
+        if constexpr (std::is_same<A, float>::value) {
+            if (full && nk == kBlockK && !capped && !dropout_ && !w.any_dead && alibi_slope(b, h) == A(0)) {
+                kernels_->softmax_grad(w.s.data(), w.dp.data(), w.lse.data(), w.delta.data(), nq, scale_);
+                return true;
+            }
+        }
 
         bool any = false;
         for (int r = 0; r < nq; ++r) {
@@ -333,9 +523,9 @@ private:
         for (int64_t kb = jlo / kBlockK; jlo <= jhi && kb <= jhi / kBlockK; ++kb) {
             const int64_t j0 = kb * kBlockK;
             const int nk = (int)std::min<int64_t>(kBlockK, g.sk - j0);
-            load_key_tile(b, g, h / group_, j0, nk, false, w);
+            load_key_tile(b, g, h / group_, j0, nk, w, 0);
             const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
-            tile_matmul_nt(w.q.data(), d_, w.k_t.data(), nq, w.s.data());
+            matmul_nt(w.q_rows, d_, d_, w.kt(0), nq, w.s.data());
             for (int r = 0; r < nq; ++r) {
                 if (w.dead[r]) continue;
                 A *s = &w.s[(size_t)r * kBlockK];
@@ -347,39 +537,65 @@ private:
             row_at(lse_fine_, b, g, i0 + r, h) = (!w.dead[r] && sums[r] > A(0)) ? w.lse[r] + std::log(sums[r]) : w.lse[r];
     }
 
-    // ---- pass 1: dK, dV for keys [kb*kBlockK, ...) of kv head hk, summed over the query heads of its group ----
-    void dkdv_block(int64_t b, int64_t hk, int64_t kb, Workspace<A> &w) {
+    // ---- pass 1: dK, dV for key blocks [kg*kKeyGroup, ...) of kv head hk, summed over its query heads ----
+    void dkdv_block(int64_t b, int64_t hk, int64_t kg, Workspace<A> &w) {
         const SeqGeometry g = sequence_geometry(p_, b);
-        const int64_t j0 = kb * kBlockK;
-        if (j0 >= g.sk_rows) return;
-        const int rows_out = (int)std::min<int64_t>(kBlockK, g.sk_rows - j0);  // rows this item writes
-        const int nk = (int)std::max<int64_t>(0, std::min<int64_t>(kBlockK, g.sk - j0));  // rows attended
-        A *dk = w.acc_a.data();
-        A *dv = w.acc_b.data();
-        std::fill(dk, dk + (size_t)kBlockK * d_, A(0));
-        std::fill(dv, dv + (size_t)kBlockK * dv_, A(0));
-        if (nk > 0 && g.sq > 0) {
-            load_key_tile(b, g, hk, j0, nk, single_pass_, w);
-            A *dq_part = single_pass_ ? dq_partials() : nullptr;
-            const int64_t ilo = window_.row_lo(j0, g), ihi = window_.row_hi(j0 + nk, g);
-            for (int64_t h = hk * group_; h < (hk + 1) * group_; ++h) {
-                for (int64_t i0 = ilo; i0 <= ihi; i0 += kBlockQ) {
-                    const int nq = (int)std::min<int64_t>(kBlockQ, ihi + 1 - i0);
-                    load_query_tile(b, g, h, i0, nq, w);
-                    if (!score_gradients(b, h, g, i0, nq, j0, nk, w)) continue;
-                    tile_accumulate_tn(dv, w.s.data(), w.dout.data(), nq, nk, dv_);  // dV += Pdᵀ dO
-                    tile_accumulate_tn(dk, w.dp.data(), w.q.data(), nq, nk, d_);     // dK += dXᵀ Q
+        struct Slot {
+            int64_t j0;
+            int rows_out, nk;    // key rows this item writes / rows attended
+            int64_t ilo, ihi;    // query rows that see a key of the block
+        } slots[kKeyGroup];
+        int nslots = 0;
+        int64_t ilo = g.sq, ihi = -1;  // union of the slots' query rows
+        for (int sl = 0; sl < kKeyGroup; ++sl) {
+            const int64_t j0 = (kg * kKeyGroup + sl) * kBlockK;
+            if (j0 >= g.sk_rows) break;
+            Slot &s = slots[nslots++];
+            s.j0 = j0;
+            s.rows_out = (int)std::min<int64_t>(kBlockK, g.sk_rows - j0);
+            s.nk = (int)std::max<int64_t>(0, std::min<int64_t>(kBlockK, g.sk - j0));
+            s.ilo = window_.row_lo(j0, g);
+            s.ihi = s.nk > 0 ? window_.row_hi(j0 + s.nk, g) : -1;
+            std::fill(w.dk_acc.begin() + (size_t)sl * kBlockK * d_, w.dk_acc.begin() + (size_t)(sl + 1) * kBlockK * d_,
+                      A(0));
+            std::fill(w.dv_acc.begin() + (size_t)sl * kBlockK * dv_,
+                      w.dv_acc.begin() + (size_t)(sl + 1) * kBlockK * dv_, A(0));
+            if (s.nk > 0 && s.ilo <= s.ihi) {
+                load_key_tile(b, g, hk, j0, s.nk, w, sl);
+                ilo = std::min(ilo, s.ilo);
+                ihi = std::max(ihi, s.ihi);
+            }
+        }
+        if (nslots == 0) return;
+        A *dq_part = single_pass_ && ilo <= ihi ? dq_partials() : nullptr;
+        for (int64_t h = hk * group_; h < (hk + 1) * group_; ++h) {
+            for (int64_t i0 = ilo; i0 <= ihi; i0 += kBlockQ) {
+                const int nq = (int)std::min<int64_t>(kBlockQ, ihi + 1 - i0);
+                load_query_tile(b, g, h, i0, nq, w);
+                for (int sl = 0; sl < nslots; ++sl) {
+                    const Slot &s = slots[sl];
+                    if (s.nk == 0 || i0 > s.ihi || i0 + nq - 1 < s.ilo) continue;  // no row of the tile sees it
+                    if (!score_gradients(b, h, g, i0, nq, s.j0, s.nk, w, sl)) continue;
+                    A *dk = w.dk_acc.data() + (size_t)sl * kBlockK * d_;
+                    A *dv = w.dv_acc.data() + (size_t)sl * kBlockK * dv_;
+                    accumulate_tn(dv, w.s.data(), w.dout_rows, dv_, nq, s.nk, dv_);  // dV += Pdᵀ dO
+                    accumulate_tn(dk, w.dp.data(), w.q_rows, d_, nq, s.nk, d_);      // dK += dXᵀ Q
                     if (dq_part)  // dQ += dX K into this thread's partial sums (rows are contiguous there)
-                        tile_accumulate_nn(dq_part + (size_t)partial_row(b, g, i0, h) * d_, w.dp.data(),
-                                           w.k_rows.data(), nq, nk, d_);
+                        accumulate_nn(dq_part + (size_t)partial_row(b, g, i0, h) * d_, w.dp.data(), w.krows(sl),
+                                      nq, s.nk, d_);
                 }
             }
         }
-        for (int c = 0; c < rows_out; ++c) {
-            T *dkr = k_side(p_->dk, b, g, j0 + c, hk);
-            T *dvr = k_side(p_->dv, b, g, j0 + c, hk);
-            for (int e = 0; e < d_; ++e) elem<T, A>::store(dkr + e, dk[(size_t)c * d_ + e]);
-            for (int e = 0; e < dv_; ++e) elem<T, A>::store(dvr + e, dv[(size_t)c * dv_ + e]);
+        for (int sl = 0; sl < nslots; ++sl) {
+            const Slot &s = slots[sl];
+            const A *dk = w.dk_acc.data() + (size_t)sl * kBlockK * d_;
+            const A *dv = w.dv_acc.data() + (size_t)sl * kBlockK * dv_;
+            for (int c = 0; c < s.rows_out; ++c) {
+                T *dkr = k_side(p_->dk, b, g, s.j0 + c, hk);
+                T *dvr = k_side(p_->dv, b, g, s.j0 + c, hk);
+                for (int e = 0; e < d_; ++e) elem<T, A>::store(dkr + e, dk[(size_t)c * d_ + e]);
+                for (int e = 0; e < dv_; ++e) elem<T, A>::store(dvr + e, dv[(size_t)c * dv_ + e]);
+            }
         }
     }
 
@@ -436,16 +652,16 @@ private:
         if (i0 >= g.sq) return;
         const int nq = (int)std::min<int64_t>(kBlockQ, g.sq - i0);
         const int64_t hk = h / group_;
-        A *dq = w.acc_a.data();
+        A *dq = w.dq_acc.data();
         std::fill(dq, dq + (size_t)kBlockQ * d_, A(0));
         load_query_tile(b, g, h, i0, nq, w);
         const int64_t jlo = window_.key_lo(i0, g), jhi = window_.key_hi(i0 + nq - 1, g);
         for (int64_t kb = jlo / kBlockK; jlo <= jhi && kb <= jhi / kBlockK; ++kb) {
             const int64_t j0 = kb * kBlockK;
             const int nk = (int)std::min<int64_t>(kBlockK, g.sk - j0);
-            load_key_tile(b, g, hk, j0, nk, true, w);
-            if (!score_gradients(b, h, g, i0, nq, j0, nk, w)) continue;
-            tile_accumulate_nn(dq, w.dp.data(), w.k_rows.data(), nq, nk, d_);  // dQ += dX K
+            load_key_tile(b, g, hk, j0, nk, w, 0);
+            if (!score_gradients(b, h, g, i0, nq, j0, nk, w, 0)) continue;
+            accumulate_nn(dq, w.dp.data(), w.krows(0), nq, nk, d_);  // dQ += dX K
         }
         for (int r = 0; r < nq; ++r) {
             T *out = q_side(p_->dq, b, g, i0 + r, h);
@@ -485,10 +701,20 @@ private:
     A keep_scale_ = 1;
     int64_t q_rows_ = 0, max_sq_ = 0, max_sk_ = 0;
     std::vector<A> delta_;     // [nheads_q][q rows]: D = rowsum(dO * O)
+    struct PackFree {
+        void operator()(A *ptr) const { LineAllocator<A>().deallocate(ptr, 0); }
+    };
+    std::unique_ptr<A[], PackFree> q_pack_, dout_pack_;
+    struct Pack16Free {
+        void operator()(uint16_t *ptr) const { LineAllocator<uint16_t>().deallocate(ptr, 0); }
+    };
+    std::unique_ptr<uint16_t[], Pack16Free> q16_pack_, dout16_pack_;  // bf16 only: see allocate_bf16_packs
+    int d2_ = 0, dv2_ = 0;                                              // their (even) row lengths  // [nheads_q][q rows][d | dv], or null (see allocate_query_packs)
     bool single_pass_ = false; // dQ accumulated in pass 1 (see use_single_pass)
     std::mutex partials_mutex_;
-    std::deque<std::vector<A>> partials_;      // per-thread [nheads_q][q rows][d] dQ partial sums
+    std::deque<TileVec<A>> partials_;      // per-thread [nheads_q][q rows][d] dQ partial sums
     std::vector<std::thread::id> partial_owner_;
+    const BwdKernelsF32 *kernels_ = nullptr;  // float products (runtime ISA choice); double uses tile_product
     bool refine_lse_ = false;  // fp64: recompute the LSE in double (refine_lse_block)
     std::vector<A> lse_fine_;  // [nheads_q][q rows]: the refined LSE, empty unless refine_lse_
 };
