@@ -34,8 +34,8 @@ void launch_constants(fa_launch *l, int index, const void *data, uint32_t size);
 // MTLBuffer handle in p->device_buffers (PyTorch MPS tensors arrive that way with NULL host pointers).
 bool has_tensor(const fa_params *p, const void *host_ptr, fa_buffer_id slot);
 
-// Formats a message into err (always NUL-terminated) and returns code.
-int fail(char *err, size_t errlen, int code, const char *fmt, ...);
+// Formats a message into err (always NUL-terminated) and returns code. Also the error path of csrc/fa_check.cpp.
+int fail(char *err, size_t errlen, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 }  // namespace faplan
 
