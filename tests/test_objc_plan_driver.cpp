@@ -11,18 +11,11 @@
 #include <vector>
 
 #include "fa_metal_binding.h"
+#include "objc_driver_checks.h"
 
 using namespace fametal;
 
-static int g_checks = 0, g_failures = 0;
-#define CHECK(cond, what)                                                                      \
-    do {                                                                                       \
-        ++g_checks;                                                                            \
-        if (!(cond)) {                                                                         \
-            ++g_failures;                                                                      \
-            std::printf("FAIL %s: %s (line %d) %s\n", (what).c_str(), #cond, __LINE__, err);  \
-        }                                                                                      \
-    } while (0)
+#define CHECK(cond, what) fa_check((cond), __FILE__, __LINE__, #cond, (what) + " " + err)
 
 static char err[1024];
 static int g_multi_launch_plans = 0, g_wrapped = 0, g_copied = 0;
@@ -196,6 +189,5 @@ int main() {
     CHECK(g_multi_launch_plans > 0 && g_wrapped > 0 && g_copied > 0, std::string("grid coverage"));
     std::printf("%d multi-launch plans, %d wrapped and %d copied buffers\n", g_multi_launch_plans, g_wrapped,
                 g_copied);
-    std::printf("passed %d of %d checks\n", g_checks - g_failures, g_checks);
-    return g_failures ? 1 : 0;
+    return fa_checks_report() ? 1 : 0;
 }
