@@ -55,16 +55,7 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
     if (!tag)
         return fail(err, errlen, FA_ERR_UNSUPPORTED,
                     "dtype: the Metal backward serves float16, bfloat16 and float32 (float64: backend='cpu')");
-    if (p->headdim < 1 || p->headdim > FA_MAX_HEADDIM)
-        return fail(err, errlen, FA_ERR_VALUE, "headdim: expected 1..%d, got %d", FA_MAX_HEADDIM, p->headdim);
-    if (p->headdim_v != p->headdim)
-        return fail(err, errlen, FA_ERR_UNSUPPORTED, "headdim_v: must equal headdim (%d), got %d", p->headdim,
-                    p->headdim_v);
-    if (p->nheads_q < 1 || p->nheads_kv < 1 || p->nheads_q % p->nheads_kv != 0)
-        return fail(err, errlen, FA_ERR_VALUE, "nheads: nheads_q (%d) must be a positive multiple of nheads_kv (%d)",
-                    p->nheads_q, p->nheads_kv);
-    if (!(p->dropout_p >= 0.0f && p->dropout_p < 1.0f))
-        return fail(err, errlen, FA_ERR_VALUE, "dropout_p: expected 0 <= p < 1, got %g", double(p->dropout_p));
+    if (const int rc = faplan::check_attention_shape(p, err, errlen)) return rc;
     if (p->block_table || p->leftpad_k || p->cache_batch_idx)
         return fail(err, errlen, FA_ERR_UNSUPPORTED,
                     "backward: paged, left-padded or batch-indexed KV caches have no backward");
