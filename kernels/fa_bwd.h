@@ -71,6 +71,25 @@ inline void fa_bwd_load_row(thread fa_frag* f, device const T* src, fa_long row,
     }
 }
 
+// The two 8x8 products both gradient kernels form per block, over the head dim: s = Σ_d s_rows[d] · (8 rows of
+// s_tile)ᵀ and t = Σ_d t_rows[d] · (8 rows of t_tile)ᵀ, the tiles staged in threadgroup memory and read transposed
+// (dK/dV kernel: Sᵀ = K Qᵀ and dPdᵀ = V dOᵀ; dQ kernel: S = Q Kᵀ and dPd = dO Vᵀ).
+template <typename T, int NDF, int LD>
+inline void fa_bwd_products_t(thread fa_frag& s, thread const fa_frag* s_rows, const threadgroup T* s_tile,
+                              thread fa_frag& t, thread const fa_frag* t_rows, const threadgroup T* t_tile,
+                              fa_lane_pos pos) {
+    s = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    t = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    for (int d = 0; d < NDF; ++d) {
+        fa_frag st;
+        fa_load_frag_t(st, s_tile + d * 8, LD, pos);
+        simdgroup_multiply_accumulate(s, s_rows[d], st, s);
+        fa_frag tt;
+        fa_load_frag_t(tt, t_tile + d * 8, LD, pos);
+        simdgroup_multiply_accumulate(t, t_rows[d], tt, t);
+    }
+}
+
 inline bool fa_bwd_visible(constant fa_bwd_params& p, int i, int j, int off, int sk) {
     return j >= 0 && j < sk && (p.window_left < 0 || j >= i + off - p.window_left) &&
            (p.window_right < 0 || j <= i + off + p.window_right);
@@ -228,16 +247,9 @@ template <typename T, int BD, int BQ, int NSG>
 
             for (int qf = 0; qf < NQF; ++qf) {
                 // Sᵀ (8 keys x 8 queries) = K Qᵀ and dPdᵀ = V dOᵀ
-                fa_frag st = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-                fa_frag dpt = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-                for (int d = 0; d < NDF; ++d) {
-                    fa_frag qt;
-                    fa_load_frag_t(qt, qs + qf * 8 * LD + d * 8, LD, pos);
-                    simdgroup_multiply_accumulate(st, kf[d], qt, st);
-                    fa_frag dot;
-                    fa_load_frag_t(dot, dos + qf * 8 * LD + d * 8, LD, pos);
-                    simdgroup_multiply_accumulate(dpt, vf[d], dot, dpt);
-                }
+                fa_frag st;
+                fa_frag dpt;
+                fa_bwd_products_t<T, NDF, LD>(st, kf, qs + qf * 8 * LD, dpt, vf, dos + qf * 8 * LD, pos);
                 // element (key, query): Pdᵀ into st, dXᵀ into dpt
                 for (int e = 0; e < 2; ++e) {
                     const int r = qf * 8 + pos.col + e;  // query row within the block
@@ -350,16 +362,9 @@ template <typename T, int BD, int BK, int NSG>
 
         for (int jf = 0; jf < NKF; ++jf) {
             // S (8 queries x 8 keys) = Q Kᵀ, dPd = dO Vᵀ
-            fa_frag sf = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-            fa_frag dpf = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-            for (int d = 0; d < NDF; ++d) {
-                fa_frag kt;
-                fa_load_frag_t(kt, ks + jf * 8 * LD + d * 8, LD, pos);
-                simdgroup_multiply_accumulate(sf, qf[d], kt, sf);
-                fa_frag vt;
-                fa_load_frag_t(vt, vs + jf * 8 * LD + d * 8, LD, pos);
-                simdgroup_multiply_accumulate(dpf, dof[d], vt, dpf);
-            }
+            fa_frag sf;
+            fa_frag dpf;
+            fa_bwd_products_t<T, NDF, LD>(sf, qf, ks + jf * 8 * LD, dpf, dof, vs + jf * 8 * LD, pos);
             for (int e = 0; e < 2; ++e) {
                 const int j = kb + jf * 8 + pos.col + e;
                 const fa_bwd_elem g = fa_bwd_element(p, sf.thread_elements()[e], dpf.thread_elements()[e], i, j, off,
