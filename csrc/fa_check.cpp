@@ -4,26 +4,16 @@
 // indexes out of bounds even when the ABI is called directly. Messages name arguments as the Python API spells them
 // (q, k, v, cu_seqlens_q, cache_seqlens, block_table, ...). All index arithmetic is 64-bit and overflow-checked.
 #include <cmath>
-#include <cstdarg>
 #include <cstdint>
-#include <cstdio>
 #include <limits>
 
 #include "fa_abi.h"
 #include "plan/fa_plan.h"
+#include "plan/fa_plan_internal.h"  // faplan::fail
 
 namespace {
 
-int fail(int code, char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-int fail(int code, char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        std::vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
+using faplan::fail;
 
 constexpr int64_t kI64Max = std::numeric_limits<int64_t>::max();
 
@@ -107,24 +97,24 @@ bool present(const Ctx &c, const void *host, int slot) {
 // strides, no int64 overflow, device byte bounds, and non-aliasing when the tensor is written.
 int check_tensor(const Ctx &c, const char *name, const fa_tensor &t, int slot, bool packed, int64_t n0, int64_t rows,
                  int64_t heads, int64_t dim, bool written) {
-    if (!present(c, t.data, slot)) return fail(FA_ERR_VALUE, c.err, c.errlen, "%s: data pointer is NULL", name);
+    if (!present(c, t.data, slot)) return fail(c.err, c.errlen, FA_ERR_VALUE, "%s: data pointer is NULL", name);
     if ((!packed && t.batch_stride < 0) || t.row_stride < 0 || t.head_stride < 0)
-        return fail(FA_ERR_VALUE, c.err, c.errlen,
+        return fail(c.err, c.errlen, FA_ERR_VALUE,
                     "%s: strides must be non-negative (got batch %lld, row %lld, head %lld)", name,
                     (long long)t.batch_stride, (long long)t.row_stride, (long long)t.head_stride);
     Axis axes[4] = {{packed ? 1 : n0, packed ? 0 : t.batch_stride}, {rows, t.row_stride}, {heads, t.head_stride},
                     {dim, 1}};
     int64_t last = max_offset(axes, 4);
     if (last < 0)
-        return fail(FA_ERR_VALUE, c.err, c.errlen, "%s: shape and strides overflow 64-bit element offsets", name);
+        return fail(c.err, c.errlen, FA_ERR_VALUE, "%s: shape and strides overflow 64-bit element offsets", name);
     if (written && !non_aliasing(axes, 4))
-        return fail(FA_ERR_VALUE, c.err, c.errlen,
+        return fail(c.err, c.errlen, FA_ERR_VALUE,
                     "%s: strides make distinct elements overlap; an output must not alias itself", name);
     if (c.dev && !t.data && slot >= 0 && c.dev->handle[slot]) {
-        int64_t bytes;
+        int64_t bytes = kI64Max;  // what the message reports when the size overflows
         if (!mul_add(last, (int64_t)dtype_size(c.p->dtype), (int64_t)dtype_size(c.p->dtype), &bytes) ||
             c.dev->byte_offset[slot] < 0 || bytes > c.dev->byte_length[slot])
-            return fail(FA_ERR_VALUE, c.err, c.errlen,
+            return fail(c.err, c.errlen, FA_ERR_VALUE,
                         "%s: view needs %lld bytes but its Metal buffer has %lld from offset %lld", name,
                         (long long)bytes, (long long)c.dev->byte_length[slot], (long long)c.dev->byte_offset[slot]);
     }
@@ -135,18 +125,18 @@ int check_tensor(const Ctx &c, const char *name, const fa_tensor &t, int slot, b
 int check_cu_seqlens(const Ctx &c, const char *name, const int32_t *cu, int32_t batch, int64_t total,
                      const char *total_name, int32_t max_len, const char *max_name) {
     if (!cu) return FA_OK;  // device-only copy: contents cannot be read on the host
-    if (cu[0] != 0) return fail(FA_ERR_VALUE, c.err, c.errlen, "%s[0] must be 0, got %d", name, cu[0]);
+    if (cu[0] != 0) return fail(c.err, c.errlen, FA_ERR_VALUE, "%s[0] must be 0, got %d", name, cu[0]);
     for (int32_t b = 0; b < batch; ++b) {
         int64_t len = (int64_t)cu[b + 1] - cu[b];
         if (len < 0)
-            return fail(FA_ERR_VALUE, c.err, c.errlen, "%s must be non-decreasing, but %s[%d]=%d > %s[%d]=%d", name,
+            return fail(c.err, c.errlen, FA_ERR_VALUE, "%s must be non-decreasing, but %s[%d]=%d > %s[%d]=%d", name,
                         name, b, cu[b], name, b + 1, cu[b + 1]);
         if (len > max_len)
-            return fail(FA_ERR_VALUE, c.err, c.errlen,
+            return fail(c.err, c.errlen, FA_ERR_VALUE,
                         "%s: sequence %d has length %lld, more than %s=%d", name, b, (long long)len, max_name, max_len);
     }
     if (total >= 0 && cu[batch] > total)
-        return fail(FA_ERR_VALUE, c.err, c.errlen, "%s[-1]=%d exceeds the %lld rows of %s", name, cu[batch],
+        return fail(c.err, c.errlen, FA_ERR_VALUE, "%s[-1]=%d exceeds the %lld rows of %s", name, cu[batch],
                     (long long)total, total_name);
     return FA_OK;
 }
@@ -155,46 +145,46 @@ int check_cu_seqlens(const Ctx &c, const char *name, const int32_t *cu, int32_t 
 
 int check_shapes(const Ctx &c) {
     const fa_params *p = c.p;
-    if (p->batch < 1) return fail(FA_ERR_VALUE, c.err, c.errlen, "batch size must be >= 1, got %d", p->batch);
+    if (p->batch < 1) return fail(c.err, c.errlen, FA_ERR_VALUE, "batch size must be >= 1, got %d", p->batch);
     if (p->seqlen_q < 0 || p->seqlen_k < 0)
-        return fail(FA_ERR_VALUE, c.err, c.errlen, "sequence lengths must be >= 0 (seqlen_q=%d, seqlen_k=%d)",
+        return fail(c.err, c.errlen, FA_ERR_VALUE, "sequence lengths must be >= 0 (seqlen_q=%d, seqlen_k=%d)",
                     p->seqlen_q, p->seqlen_k);
     if (p->nheads_q < 1 || p->nheads_kv < 1)
-        return fail(FA_ERR_VALUE, c.err, c.errlen, "number of heads must be >= 1 (q: %d, k/v: %d)", p->nheads_q,
+        return fail(c.err, c.errlen, FA_ERR_VALUE, "number of heads must be >= 1 (q: %d, k/v: %d)", p->nheads_q,
                     p->nheads_kv);
     if (p->nheads_q % p->nheads_kv != 0)
-        return fail(FA_ERR_VALUE, c.err, c.errlen,
+        return fail(c.err, c.errlen, FA_ERR_VALUE,
                     "number of heads in q (%d) must be a multiple of the number of heads in k/v (%d)", p->nheads_q,
                     p->nheads_kv);
     if (p->headdim < 1 || p->headdim > FA_MAX_HEADDIM)
-        return fail(FA_ERR_VALUE, c.err, c.errlen, "head dimension must be in 1..%d, got %d", FA_MAX_HEADDIM,
+        return fail(c.err, c.errlen, FA_ERR_VALUE, "head dimension must be in 1..%d, got %d", FA_MAX_HEADDIM,
                     p->headdim);
     if (p->headdim_v != p->headdim)
-        return fail(FA_ERR_VALUE, c.err, c.errlen, "v head dimension (%d) must equal the q/k head dimension (%d)",
+        return fail(c.err, c.errlen, FA_ERR_VALUE, "v head dimension (%d) must equal the q/k head dimension (%d)",
                     p->headdim_v, p->headdim);
     if (dtype_size(p->dtype) == 0)
-        return fail(FA_ERR_TYPE, c.err, c.errlen, "unknown dtype code %d", (int)p->dtype);
+        return fail(c.err, c.errlen, FA_ERR_TYPE, "unknown dtype code %d", (int)p->dtype);
     return FA_OK;
 }
 
 int check_numerics(const Ctx &c) {
     const fa_params *p = c.p;
     if (!std::isfinite(p->softmax_scale))
-        return fail(FA_ERR_VALUE, c.err, c.errlen, "softmax_scale must be finite, got %g", (double)p->softmax_scale);
+        return fail(c.err, c.errlen, FA_ERR_VALUE, "softmax_scale must be finite, got %g", (double)p->softmax_scale);
     if (p->window_left < -1 || p->window_right < -1)
-        return fail(FA_ERR_VALUE, c.err, c.errlen,
+        return fail(c.err, c.errlen, FA_ERR_VALUE,
                     "window_size values must be -1 (unbounded) or >= 0, got (%d, %d)", p->window_left,
                     p->window_right);
     if (!(p->softcap >= 0.0f) || !std::isfinite(p->softcap))
-        return fail(FA_ERR_VALUE, c.err, c.errlen, "softcap must be a finite number >= 0, got %g", (double)p->softcap);
+        return fail(c.err, c.errlen, FA_ERR_VALUE, "softcap must be a finite number >= 0, got %g", (double)p->softcap);
     if (!(p->dropout_p >= 0.0f && p->dropout_p < 1.0f))
-        return fail(FA_ERR_VALUE, c.err, c.errlen, "dropout_p must be in [0, 1), got %g", (double)p->dropout_p);
+        return fail(c.err, c.errlen, FA_ERR_VALUE, "dropout_p must be in [0, 1), got %g", (double)p->dropout_p);
     if (p->alibi_slopes && p->alibi_batch_stride < 0)
-        return fail(FA_ERR_VALUE, c.err, c.errlen, "alibi_slopes: batch stride must be >= 0");
+        return fail(c.err, c.errlen, FA_ERR_VALUE, "alibi_slopes: batch stride must be >= 0");
     if (p->num_splits < 0)
-        return fail(FA_ERR_VALUE, c.err, c.errlen, "num_splits must be >= 0, got %d", p->num_splits);
+        return fail(c.err, c.errlen, FA_ERR_VALUE, "num_splits must be >= 0, got %d", p->num_splits);
     if (p->num_threads < 0)
-        return fail(FA_ERR_VALUE, c.err, c.errlen, "num_threads must be >= 0, got %d", p->num_threads);
+        return fail(c.err, c.errlen, FA_ERR_VALUE, "num_threads must be >= 0, got %d", p->num_threads);
     return FA_OK;
 }
 
@@ -203,7 +193,7 @@ int check_query_side(const Ctx &c, bool backward) {
     const fa_params *p = c.p;
     int64_t rows = c.varlen ? p->total_q : p->seqlen_q;
     if (c.varlen && p->total_q < 0)
-        return fail(FA_ERR_VALUE, c.err, c.errlen, "q: total_q must be >= 0, got %lld", (long long)p->total_q);
+        return fail(c.err, c.errlen, FA_ERR_VALUE, "q: total_q must be >= 0, got %lld", (long long)p->total_q);
     int rc;
     if ((rc = check_tensor(c, "q", p->q, FA_BUF_Q, c.varlen, p->batch, rows, p->nheads_q, p->headdim, false)))
         return rc;
@@ -216,42 +206,42 @@ int check_query_side(const Ctx &c, bool backward) {
         if ((rc = check_tensor(c, "dq", p->dq, FA_BUF_DQ, c.varlen, p->batch, rows, p->nheads_q, p->headdim, true)))
             return rc;
         if (!present(c, p->lse, FA_BUF_LSE))
-            return fail(FA_ERR_VALUE, c.err, c.errlen, "softmax_lse from the forward pass is required for backward");
+            return fail(c.err, c.errlen, FA_ERR_VALUE, "softmax_lse from the forward pass is required for backward");
     }
     if (p->lse || present(c, nullptr, FA_BUF_LSE)) {
         if (p->lse_batch_stride < 0 || p->lse_head_stride < 0 || p->lse_row_stride < 0)
-            return fail(FA_ERR_VALUE, c.err, c.errlen, "softmax_lse: strides must be non-negative");
+            return fail(c.err, c.errlen, FA_ERR_VALUE, "softmax_lse: strides must be non-negative");
         Axis axes[3] = {{c.varlen ? 1 : p->batch, c.varlen ? 0 : p->lse_batch_stride},
                         {p->nheads_q, p->lse_head_stride},
                         {rows, p->lse_row_stride}};
         int64_t last = max_offset(axes, 3);
-        if (last < 0) return fail(FA_ERR_VALUE, c.err, c.errlen, "softmax_lse: offsets overflow");
+        if (last < 0) return fail(c.err, c.errlen, FA_ERR_VALUE, "softmax_lse: offsets overflow");
         if (!p->lse && c.dev && c.dev->handle[FA_BUF_LSE]) {
-            int64_t bytes;
+            int64_t bytes = kI64Max;  // what the message reports when the size overflows
             if (!mul_add(last, 4, 4, &bytes) || c.dev->byte_offset[FA_BUF_LSE] < 0 ||
                 bytes > c.dev->byte_length[FA_BUF_LSE])
-                return fail(FA_ERR_VALUE, c.err, c.errlen,
+                return fail(c.err, c.errlen, FA_ERR_VALUE,
                             "softmax_lse: view needs %lld bytes but its Metal buffer has %lld", (long long)bytes,
                             (long long)c.dev->byte_length[FA_BUF_LSE]);
         }
         if (!backward && !non_aliasing(axes, 3))
-            return fail(FA_ERR_VALUE, c.err, c.errlen, "softmax_lse: strides make distinct elements overlap");
+            return fail(c.err, c.errlen, FA_ERR_VALUE, "softmax_lse: strides make distinct elements overlap");
     }
     if (p->attn_probs) {
         // varlen: [batch, nheads, max_seqlen_q, max_seqlen_k], sequence b in the top-left corner of its slice
         if (p->attn_probs_batch_stride < 0 || p->attn_probs_head_stride < 0 || p->attn_probs_row_stride < 0)
-            return fail(FA_ERR_VALUE, c.err, c.errlen, "attn_probs: strides must be non-negative");
+            return fail(c.err, c.errlen, FA_ERR_VALUE, "attn_probs: strides must be non-negative");
         Axis axes[4] = {{p->batch, p->attn_probs_batch_stride},
                         {p->nheads_q, p->attn_probs_head_stride},
                         {p->seqlen_q, p->attn_probs_row_stride},
                         {p->seqlen_k, 1}};
-        if (max_offset(axes, 4) < 0) return fail(FA_ERR_VALUE, c.err, c.errlen, "attn_probs: offsets overflow");
+        if (max_offset(axes, 4) < 0) return fail(c.err, c.errlen, FA_ERR_VALUE, "attn_probs: offsets overflow");
         if (!non_aliasing(axes, 4))
-            return fail(FA_ERR_VALUE, c.err, c.errlen, "attn_probs: strides make distinct elements overlap");
+            return fail(c.err, c.errlen, FA_ERR_VALUE, "attn_probs: strides make distinct elements overlap");
     }
     if (c.varlen) {
         if (!p->cu_seqlens_k && !p->block_table)
-            return fail(FA_ERR_VALUE, c.err, c.errlen, "cu_seqlens_k is required together with cu_seqlens_q");
+            return fail(c.err, c.errlen, FA_ERR_VALUE, "cu_seqlens_k is required together with cu_seqlens_q");
         if ((rc = check_cu_seqlens(c, "cu_seqlens_q", p->cu_seqlens_q, p->batch, p->total_q, "q", p->seqlen_q,
                                    "max_seqlen_q")))
             return rc;
@@ -267,33 +257,33 @@ int check_key_side(const Ctx &c, bool backward) {
     bool packed;
     if (c.paged) {
         if (p->page_block_size < 1 || p->page_block_size % 16 != 0)
-            return fail(FA_ERR_VALUE, c.err, c.errlen, "block_table: page size (k_cache.shape[1]) must be a positive "
+            return fail(c.err, c.errlen, FA_ERR_VALUE, "block_table: page size (k_cache.shape[1]) must be a positive "
                         "multiple of 16, got %d", p->page_block_size);
         if (p->num_blocks < 1)
-            return fail(FA_ERR_VALUE, c.err, c.errlen, "k_cache: number of pages must be >= 1, got %lld",
+            return fail(c.err, c.errlen, FA_ERR_VALUE, "k_cache: number of pages must be >= 1, got %lld",
                         (long long)p->num_blocks);
         if (p->max_blocks_per_seq < 1 || p->block_table_batch_stride < 0)
-            return fail(FA_ERR_VALUE, c.err, c.errlen, "block_table: must be (batch, max_blocks) with max_blocks >= 1");
+            return fail(c.err, c.errlen, FA_ERR_VALUE, "block_table: must be (batch, max_blocks) with max_blocks >= 1");
         if ((int64_t)p->seqlen_k > (int64_t)p->max_blocks_per_seq * p->page_block_size)
-            return fail(FA_ERR_VALUE, c.err, c.errlen,
+            return fail(c.err, c.errlen, FA_ERR_VALUE,
                         "block_table: seqlen_k=%d exceeds the %d pages x %d rows the table can address", p->seqlen_k,
                         p->max_blocks_per_seq, p->page_block_size);
         if (p->cache_batch_idx)
-            return fail(FA_ERR_VALUE, c.err, c.errlen, "cache_batch_idx cannot be combined with block_table");
+            return fail(c.err, c.errlen, FA_ERR_VALUE, "cache_batch_idx cannot be combined with block_table");
         if (p->leftpad_k)
-            return fail(FA_ERR_VALUE, c.err, c.errlen, "cache_leftpad cannot be combined with block_table");
+            return fail(c.err, c.errlen, FA_ERR_VALUE, "cache_leftpad cannot be combined with block_table");
         n0 = p->num_blocks;
         rows = p->page_block_size;
         packed = false;
     } else if (c.varlen && p->cu_seqlens_k) {
         if (p->total_k < 0)
-            return fail(FA_ERR_VALUE, c.err, c.errlen, "k: total_k must be >= 0, got %lld", (long long)p->total_k);
+            return fail(c.err, c.errlen, FA_ERR_VALUE, "k: total_k must be >= 0, got %lld", (long long)p->total_k);
         n0 = 1;
         rows = p->total_k;
         packed = true;
     } else {
         if (p->cache_batch_idx && p->cache_batch_count < 1)
-            return fail(FA_ERR_VALUE, c.err, c.errlen, "k_cache: batch dimension must be >= 1 with cache_batch_idx");
+            return fail(c.err, c.errlen, FA_ERR_VALUE, "k_cache: batch dimension must be >= 1 with cache_batch_idx");
         n0 = p->cache_batch_idx ? p->cache_batch_count : p->batch;
         rows = p->seqlen_k;
         packed = false;
@@ -321,7 +311,7 @@ int check_key_side(const Ctx &c, bool backward) {
     if (p->cache_batch_idx) {
         for (int32_t b = 0; b < p->batch; ++b)
             if (p->cache_batch_idx[b] < 0 || p->cache_batch_idx[b] >= p->cache_batch_count)
-                return fail(FA_ERR_VALUE, c.err, c.errlen,
+                return fail(c.err, c.errlen, FA_ERR_VALUE,
                             "cache_batch_idx[%d]=%d is outside the %lld batch rows of k_cache", b,
                             p->cache_batch_idx[b], (long long)p->cache_batch_count);
     }
@@ -331,9 +321,9 @@ int check_key_side(const Ctx &c, bool backward) {
         int64_t left = p->leftpad_k ? p->leftpad_k[b] : 0;
         int64_t used = p->seqused_k ? p->seqused_k[b] : cap - left;
         if (left < 0)
-            return fail(FA_ERR_VALUE, c.err, c.errlen, "cache_leftpad[%d]=%lld must be >= 0", b, (long long)left);
+            return fail(c.err, c.errlen, FA_ERR_VALUE, "cache_leftpad[%d]=%lld must be >= 0", b, (long long)left);
         if (used < 0 || left + used > cap)
-            return fail(FA_ERR_VALUE, c.err, c.errlen,
+            return fail(c.err, c.errlen, FA_ERR_VALUE,
                         "cache_seqlens[%d]: %lld keys from row %lld do not fit the cache of %lld rows", b,
                         (long long)used, (long long)left, (long long)cap);
         if (c.paged && p->block_table) {
@@ -341,7 +331,7 @@ int check_key_side(const Ctx &c, bool backward) {
             for (int64_t j = 0; j < pages; ++j) {
                 int32_t blk = p->block_table[(int64_t)b * p->block_table_batch_stride + j];
                 if (blk < 0 || blk >= p->num_blocks)
-                    return fail(FA_ERR_VALUE, c.err, c.errlen,
+                    return fail(c.err, c.errlen, FA_ERR_VALUE,
                                 "block_table[%d, %lld]=%d is outside the %lld pages of k_cache", b, (long long)j, blk,
                                 (long long)p->num_blocks);
             }
@@ -353,15 +343,15 @@ int check_key_side(const Ctx &c, bool backward) {
 }  // namespace
 
 extern "C" int fa_check_params(const fa_params *p, int backward, char *err, size_t errlen) {
-    if (!p) return fail(FA_ERR_VALUE, err, errlen, "params must not be NULL");
+    if (!p) return fail(err, errlen, FA_ERR_VALUE, "params must not be NULL");
     Ctx c{p, err, errlen, p->cu_seqlens_q != nullptr, p->block_table != nullptr, p->device_buffers};
     int rc;
     if ((rc = check_shapes(c))) return rc;
     if ((rc = check_numerics(c))) return rc;
     if (backward && c.paged)
-        return fail(FA_ERR_UNSUPPORTED, err, errlen, "backward through a paged KV cache is not supported");
+        return fail(err, errlen, FA_ERR_UNSUPPORTED, "backward through a paged KV cache is not supported");
     if (!c.varlen && p->cu_seqlens_k && !p->block_table)
-        return fail(FA_ERR_VALUE, err, errlen, "cu_seqlens_k given without cu_seqlens_q");
+        return fail(err, errlen, FA_ERR_VALUE, "cu_seqlens_k given without cu_seqlens_q");
     if ((rc = check_query_side(c, backward != 0))) return rc;
     if ((rc = check_key_side(c, backward != 0))) return rc;
     return FA_OK;
@@ -369,15 +359,15 @@ extern "C" int fa_check_params(const fa_params *p, int backward, char *err, size
 
 // Checks of the KV-cache update descriptor (called by fa_kvcache_append / fa_describe_plan after fa_check_params).
 extern "C" int fa_check_kvcache_update(const fa_params *p, const fa_kvcache_update *u, char *err, size_t errlen) {
-    if (!u) return fail(FA_ERR_VALUE, err, errlen, "KV-cache update descriptor must not be NULL");
+    if (!u) return fail(err, errlen, FA_ERR_VALUE, "KV-cache update descriptor must not be NULL");
     Ctx c{p, err, errlen, p->cu_seqlens_q != nullptr, p->block_table != nullptr, p->device_buffers};
-    if (c.varlen) return fail(FA_ERR_UNSUPPORTED, err, errlen, "the KV-cache update does not take cu_seqlens");
-    if (u->seqlen_new < 0) return fail(FA_ERR_VALUE, err, errlen, "k: seqlen_new must be >= 0");
+    if (c.varlen) return fail(err, errlen, FA_ERR_UNSUPPORTED, "the KV-cache update does not take cu_seqlens");
+    if (u->seqlen_new < 0) return fail(err, errlen, FA_ERR_VALUE, "k: seqlen_new must be >= 0");
     bool has_k = present(c, u->knew.data, FA_BUF_KNEW), has_v = present(c, u->vnew.data, FA_BUF_VNEW);
-    if (has_k != has_v) return fail(FA_ERR_VALUE, err, errlen, "k and v must be given together");
+    if (has_k != has_v) return fail(err, errlen, FA_ERR_VALUE, "k and v must be given together");
     int rc;
     if (has_k) {
-        if (!p->seqused_k) return fail(FA_ERR_VALUE, err, errlen, "cache_seqlens is required when appending k/v");
+        if (!p->seqused_k) return fail(err, errlen, FA_ERR_VALUE, "cache_seqlens is required when appending k/v");
         if ((rc = check_tensor(c, "k", u->knew, FA_BUF_KNEW, false, p->batch, u->seqlen_new, p->nheads_kv, p->headdim,
                                false)))
             return rc;
@@ -387,27 +377,27 @@ extern "C" int fa_check_kvcache_update(const fa_params *p, const fa_kvcache_upda
     }
     int64_t new_rows = has_k ? u->seqlen_new : 0;
     bool has_cos = present(c, u->rotary_cos, FA_BUF_ROTARY_COS), has_sin = present(c, u->rotary_sin, FA_BUF_ROTARY_SIN);
-    if (has_cos != has_sin) return fail(FA_ERR_VALUE, err, errlen, "rotary_cos and rotary_sin must be given together");
+    if (has_cos != has_sin) return fail(err, errlen, FA_ERR_VALUE, "rotary_cos and rotary_sin must be given together");
     if (has_cos) {
         if (u->rotary_dim < 2 || u->rotary_dim % 2 != 0 || u->rotary_dim > p->headdim)
-            return fail(FA_ERR_VALUE, err, errlen,
+            return fail(err, errlen, FA_ERR_VALUE,
                         "rotary_cos: rotary_dim (2 * rotary_cos.shape[1]) must be even and in 2..headdim=%d, got %d",
                         p->headdim, u->rotary_dim);
-        if (u->seqlen_ro < 0) return fail(FA_ERR_VALUE, err, errlen, "rotary_cos: seqlen_ro must be >= 0");
+        if (u->seqlen_ro < 0) return fail(err, errlen, FA_ERR_VALUE, "rotary_cos: seqlen_ro must be >= 0");
     }
     for (int32_t b = 0; b < p->batch; ++b) {
         int64_t cap = p->seqlen_k;
         int64_t left = p->leftpad_k ? p->leftpad_k[b] : 0;
         int64_t used = p->seqused_k ? p->seqused_k[b] : cap - left;
         if (left + used + new_rows > cap)
-            return fail(FA_ERR_VALUE, err, errlen,
+            return fail(err, errlen, FA_ERR_VALUE,
                         "cache_seqlens[%d]=%lld plus %lld new rows exceed the cache capacity of %lld rows", b,
                         (long long)(left + used), (long long)new_rows, (long long)cap);
         if (has_cos) {
             int64_t qspan = u->rotate_q_causal ? p->seqlen_q : (p->seqlen_q > 0 ? 1 : 0);
             int64_t span = new_rows > qspan ? new_rows : qspan;
             if (span > 0 && left + used + span > u->seqlen_ro)
-                return fail(FA_ERR_VALUE, err, errlen,
+                return fail(err, errlen, FA_ERR_VALUE,
                             "rotary_cos/rotary_sin: %d positions, but sequence %d needs positions up to %lld",
                             u->seqlen_ro, b, (long long)(left + used + span - 1));
         }

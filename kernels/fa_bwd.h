@@ -31,12 +31,12 @@ struct fa_bwd_seq {
 inline fa_bwd_seq fa_bwd_seq_info(constant fa_bwd_params& p, int b, device const int* cu_seqlens_q,
                                   device const int* cu_seqlens_k, device const int* seqused_k) {
     fa_bwd_seq s;
-    const bool varlen_q = (p.flags & FA_FLAG_VARLEN_Q) != 0;
-    const bool varlen_k = (p.flags & FA_FLAG_VARLEN_K) != 0;
-    s.q_start = varlen_q ? cu_seqlens_q[b] : 0;
-    s.sq = varlen_q ? cu_seqlens_q[b + 1] - s.q_start : p.seqlen_q;
-    s.k_start = varlen_k ? cu_seqlens_k[b] : 0;
-    s.sk_rows = varlen_k ? cu_seqlens_k[b + 1] - s.k_start : p.seqlen_k;
+    const fa_seq_rows qr = fa_seq_rows_of((p.flags & FA_FLAG_VARLEN_Q) != 0, cu_seqlens_q, b, p.seqlen_q);
+    const fa_seq_rows kr = fa_seq_rows_of((p.flags & FA_FLAG_VARLEN_K) != 0, cu_seqlens_k, b, p.seqlen_k);
+    s.q_start = qr.start;
+    s.sq = qr.count;
+    s.k_start = kr.start;
+    s.sk_rows = kr.count;
     s.sk = (p.flags & FA_FLAG_SEQUSED_K) ? min(seqused_k[b], s.sk_rows) : s.sk_rows;
     return s;
 }
@@ -56,6 +56,38 @@ inline fa_long fa_bwd_krow(constant fa_bwd_params& p, fa_long batch_stride, fa_l
 inline fa_long fa_bwd_scratch_row(constant fa_bwd_params& p, thread const fa_bwd_seq& s, int b, int h, int i) {
     const fa_long r = (p.flags & FA_FLAG_VARLEN_Q) ? fa_long(s.q_start + i) : fa_long(b) * p.seqlen_q + i;
     return fa_long(h) * p.q_rows + r;
+}
+
+// This lane's elements of the NDF 8-column fragments of one row (element offset `row` of `src`; fragment row = that
+// row, columns = head dim): zero for an invalid row and past headdim.
+template <typename T, int NDF>
+inline void fa_bwd_load_row(thread fa_frag* f, device const T* src, fa_long row, bool valid, int headdim,
+                            fa_lane_pos pos) {
+    for (int d = 0; d < NDF; ++d) {
+        for (int e = 0; e < 2; ++e) {
+            const int col = d * 8 + pos.col + e;
+            f[d].thread_elements()[e] = (valid && col < headdim) ? float(src[row + col]) : 0.0f;
+        }
+    }
+}
+
+// The two 8x8 products both gradient kernels form per block, over the head dim: s = Σ_d s_rows[d] · (8 rows of
+// s_tile)ᵀ and t = Σ_d t_rows[d] · (8 rows of t_tile)ᵀ, the tiles staged in threadgroup memory and read transposed
+// (dK/dV kernel: Sᵀ = K Qᵀ and dPdᵀ = V dOᵀ; dQ kernel: S = Q Kᵀ and dPd = dO Vᵀ).
+template <typename T, int NDF, int LD>
+inline void fa_bwd_products_t(thread fa_frag& s, thread const fa_frag* s_rows, const threadgroup T* s_tile,
+                              thread fa_frag& t, thread const fa_frag* t_rows, const threadgroup T* t_tile,
+                              fa_lane_pos pos) {
+    s = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    t = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    for (int d = 0; d < NDF; ++d) {
+        fa_frag st;
+        fa_load_frag_t(st, s_tile + d * 8, LD, pos);
+        simdgroup_multiply_accumulate(s, s_rows[d], st, s);
+        fa_frag tt;
+        fa_load_frag_t(tt, t_tile + d * 8, LD, pos);
+        simdgroup_multiply_accumulate(t, t_rows[d], tt, t);
+    }
 }
 
 inline bool fa_bwd_visible(constant fa_bwd_params& p, int i, int j, int off, int sk) {
@@ -172,13 +204,9 @@ template <typename T, int BD, int BQ, int NSG>
     {
         const fa_long koff = fa_bwd_krow(p, p.k_batch_stride, p.k_row_stride, s, b, key) + fa_long(hkv) * p.k_head_stride;
         const fa_long voff = fa_bwd_krow(p, p.v_batch_stride, p.v_row_stride, s, b, key) + fa_long(hkv) * p.v_head_stride;
+        fa_bwd_load_row<T, NDF>(kf, k, koff, key_valid, p.headdim, pos);
+        fa_bwd_load_row<T, NDF>(vf, v, voff, key_valid, p.headdim, pos);
         for (int d = 0; d < NDF; ++d) {
-            for (int e = 0; e < 2; ++e) {
-                const int col = d * 8 + pos.col + e;
-                const bool in = key_valid && col < p.headdim;
-                kf[d].thread_elements()[e] = in ? float(k[koff + col]) : 0.0f;
-                vf[d].thread_elements()[e] = in ? float(v[voff + col]) : 0.0f;
-            }
             dkf[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
             dvf[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
         }
@@ -219,16 +247,9 @@ template <typename T, int BD, int BQ, int NSG>
 
             for (int qf = 0; qf < NQF; ++qf) {
                 // Sᵀ (8 keys x 8 queries) = K Qᵀ and dPdᵀ = V dOᵀ
-                fa_frag st = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-                fa_frag dpt = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-                for (int d = 0; d < NDF; ++d) {
-                    fa_frag qt;
-                    fa_load_frag_t(qt, qs + qf * 8 * LD + d * 8, LD, pos);
-                    simdgroup_multiply_accumulate(st, kf[d], qt, st);
-                    fa_frag dot;
-                    fa_load_frag_t(dot, dos + qf * 8 * LD + d * 8, LD, pos);
-                    simdgroup_multiply_accumulate(dpt, vf[d], dot, dpt);
-                }
+                fa_frag st;
+                fa_frag dpt;
+                fa_bwd_products_t<T, NDF, LD>(st, kf, qs + qf * 8 * LD, dpt, vf, dos + qf * 8 * LD, pos);
                 // element (key, query): Pdᵀ into st, dXᵀ into dpt
                 for (int e = 0; e < 2; ++e) {
                     const int r = qf * 8 + pos.col + e;  // query row within the block
@@ -314,15 +335,9 @@ template <typename T, int BD, int BK, int NSG>
     {
         const fa_long qo = fa_bwd_qrow(p, p.q_batch_stride, p.q_row_stride, s, b, i) + fa_long(h) * p.q_head_stride;
         const fa_long dd = fa_bwd_qrow(p, p.do_batch_stride, p.do_row_stride, s, b, i) + fa_long(h) * p.do_head_stride;
-        for (int d = 0; d < NDF; ++d) {
-            for (int e = 0; e < 2; ++e) {
-                const int col = d * 8 + pos.col + e;
-                const bool in = row_valid && col < p.headdim;
-                qf[d].thread_elements()[e] = in ? float(q[qo + col]) : 0.0f;
-                dof[d].thread_elements()[e] = in ? float(dout[dd + col]) : 0.0f;
-            }
-            dqf[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-        }
+        fa_bwd_load_row<T, NDF>(qf, q, qo, row_valid, p.headdim, pos);
+        fa_bwd_load_row<T, NDF>(dof, dout, dd, row_valid, p.headdim, pos);
+        for (int d = 0; d < NDF; ++d) dqf[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
     }
     const fa_long at = row_valid ? fa_bwd_scratch_row(p, s, b, h, i) : 0;
     const float row_lse2 = row_valid ? lse2[at] : FA_BWD_DEAD_LSE2;
@@ -347,16 +362,9 @@ template <typename T, int BD, int BK, int NSG>
 
         for (int jf = 0; jf < NKF; ++jf) {
             // S (8 queries x 8 keys) = Q Kᵀ, dPd = dO Vᵀ
-            fa_frag sf = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-            fa_frag dpf = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-            for (int d = 0; d < NDF; ++d) {
-                fa_frag kt;
-                fa_load_frag_t(kt, ks + jf * 8 * LD + d * 8, LD, pos);
-                simdgroup_multiply_accumulate(sf, qf[d], kt, sf);
-                fa_frag vt;
-                fa_load_frag_t(vt, vs + jf * 8 * LD + d * 8, LD, pos);
-                simdgroup_multiply_accumulate(dpf, dof[d], vt, dpf);
-            }
+            fa_frag sf;
+            fa_frag dpf;
+            fa_bwd_products_t<T, NDF, LD>(sf, qf, ks + jf * 8 * LD, dpf, dof, vs + jf * 8 * LD, pos);
             for (int e = 0; e < 2; ++e) {
                 const int j = kb + jf * 8 + pos.col + e;
                 const fa_bwd_elem g = fa_bwd_element(p, sf.thread_elements()[e], dpf.thread_elements()[e], i, j, off,

@@ -31,33 +31,19 @@
 #include "fa_philox.h"
 #include "fa_tiles.h"
 
-// V consecutive elements (V = fa_vec_width) as floats, from an address aligned to V elements.
+// V consecutive elements (V = fa_vec_width) as floats, from an address aligned to V elements: one vector load.
 template <typename T, int V>
-struct fa_vec_io;
+struct fa_vec_io {
+    static inline void load(device const T* src, thread float* dst) {
+        const vec<T, V> x = *reinterpret_cast<device const vec<T, V>*>(src);
+        for (int e = 0; e < V; ++e) dst[e] = float(x[e]);
+    }
+};
 
+// Width 1 is a scalar (MSL has no 1-element vector).
 template <typename T>
 struct fa_vec_io<T, 1> {
     static inline void load(device const T* src, thread float* dst) { dst[0] = float(src[0]); }
-};
-
-template <typename T>
-struct fa_vec_io<T, 2> {
-    static inline void load(device const T* src, thread float* dst) {
-        const vec<T, 2> x = *reinterpret_cast<device const vec<T, 2>*>(src);
-        dst[0] = float(x.x);
-        dst[1] = float(x.y);
-    }
-};
-
-template <typename T>
-struct fa_vec_io<T, 4> {
-    static inline void load(device const T* src, thread float* dst) {
-        const vec<T, 4> x = *reinterpret_cast<device const vec<T, 4>*>(src);
-        dst[0] = float(x.x);
-        dst[1] = float(x.y);
-        dst[2] = float(x.z);
-        dst[3] = float(x.w);
-    }
 };
 
 // This lane's columns of one K or V row (row starts at element `off` of `base`): chunk c holds columns
@@ -124,34 +110,12 @@ template <typename T, int BD, int R>
     threadgroup float part_l[NSG];
 
     // ---- rows and keys of this threadgroup (uniform) ----
-    const int nsplit = p.num_splits;
-    const int b = int(tgid.z) / nsplit;
-    const int split = int(tgid.z) % nsplit;
-    const int hblock = int(tgid.y);
-    const fa_seq s = fa_seq_info(p, b, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, cache_batch_idx);
-    const int rows = s.sq * p.pack;
-    const int m0 = int(tgid.x) * R;
-    if (m0 >= rows) return;  // varlen grids are sized for the longest sequence: the whole threadgroup leaves
-    const int nrows = min(R, rows - m0);
-
-    const int off = s.sk - s.sq;
-    const int i_lo = m0 / p.pack;
-    const int i_hi = (m0 + nrows - 1) / p.pack;
-    int k_lo = 0;
-    int k_hi = s.sk;
-    if (p.window_left >= 0) k_lo = max(k_lo, i_lo + off - p.window_left);
-    if (p.window_right >= 0) k_hi = min(k_hi, i_hi + off + p.window_right + 1);
-    int n_begin = 0;
-    int n_end = 0;
-    if (k_lo < k_hi) {
-        n_begin = k_lo / BK;
-        n_end = (k_hi + BK - 1) / BK;
-    }
-    if (nsplit > 1) {  // flash-decoding: this split takes a contiguous run of the 32-key blocks
-        const int per = (n_end - n_begin + nsplit - 1) / nsplit;
-        n_begin = min(n_end, n_begin + split * per);
-        n_end = min(n_end, n_begin + per);
-    }
+    const fa_tg_rows tg = fa_tg_rows_of(p, tgid, R, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, cache_batch_idx);
+    if (tg.m0 >= tg.rows) return;  // varlen grids are sized for the longest sequence: the whole threadgroup leaves
+    const fa_tg_keys tk = fa_tg_keys_of<BK>(p, tg);
+    const int b = tg.batch, split = tg.split, hblock = tg.hblock, m0 = tg.m0, nrows = tg.nrows;
+    const fa_seq s = tg.seq;
+    const int off = tk.off, k_lo = tk.k_lo, k_hi = tk.k_hi, n_begin = tk.n_begin, n_end = tk.n_end;
     const int key_begin = max(k_lo, n_begin * BK);
     const int key_end = min(k_hi, n_end * BK);
     const int hkv = (hblock * p.pack) / p.group;

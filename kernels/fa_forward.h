@@ -89,16 +89,30 @@ struct fa_seq {
     int kv_batch;  // batch row of a dense k/v (cache_batch_idx)
 };
 
+// First packed row and row count of sequence b: from cu_seqlens in the varlen layout, else 0 and the dense length.
+// Shared with the backward's fa_bwd_seq_info.
+struct fa_seq_rows {
+    int start;
+    int count;
+};
+
+inline fa_seq_rows fa_seq_rows_of(bool varlen, device const int* cu_seqlens, int b, int dense_count) {
+    fa_seq_rows r;
+    r.start = varlen ? cu_seqlens[b] : 0;
+    r.count = varlen ? cu_seqlens[b + 1] - r.start : dense_count;
+    return r;
+}
+
 inline fa_seq fa_seq_info(constant fa_fwd_params& p, int b, device const int* cu_seqlens_q,
                           device const int* cu_seqlens_k, device const int* seqused_k, device const int* leftpad_k,
                           device const int* cache_batch_idx) {
     fa_seq s;
-    const bool varlen_q = (p.flags & FA_FLAG_VARLEN_Q) != 0;
-    const bool varlen_k = (p.flags & FA_FLAG_VARLEN_K) != 0;
-    s.q_start = varlen_q ? cu_seqlens_q[b] : 0;
-    s.sq = varlen_q ? cu_seqlens_q[b + 1] - s.q_start : p.seqlen_q;
-    s.k_start = varlen_k ? cu_seqlens_k[b] : 0;
-    s.sk = varlen_k ? cu_seqlens_k[b + 1] - s.k_start : p.seqlen_k;
+    const fa_seq_rows qr = fa_seq_rows_of((p.flags & FA_FLAG_VARLEN_Q) != 0, cu_seqlens_q, b, p.seqlen_q);
+    const fa_seq_rows kr = fa_seq_rows_of((p.flags & FA_FLAG_VARLEN_K) != 0, cu_seqlens_k, b, p.seqlen_k);
+    s.q_start = qr.start;
+    s.sq = qr.count;
+    s.k_start = kr.start;
+    s.sk = kr.count;
     if (p.flags & FA_FLAG_SEQUSED_K) s.sk = seqused_k[b];
     s.leftpad = (p.flags & FA_FLAG_LEFTPAD_K) ? leftpad_k[b] : 0;
     s.kv_batch = (p.flags & FA_FLAG_CACHE_BATCH_IDX) ? cache_batch_idx[b] : b;
@@ -160,6 +174,67 @@ inline void fa_load_kv_tile(threadgroup T* ks, threadgroup T* vs, device const T
     }
 }
 
+// What one attention threadgroup works on (grid: row blocks of `rows_per_tg` packed rows, head blocks, batch x
+// splits). Shared by the fragment and the vector kernels; uniform across the threadgroup.
+struct fa_tg_rows {
+    int batch;   // sequence
+    int split;   // split-KV index (0 without splits)
+    int hblock;  // head block: query heads hblock * pack .. + pack - 1
+    fa_seq seq;
+    int rows;    // packed rows of the sequence (query rows x pack)
+    int m0;      // first packed row of the threadgroup; >= rows: nothing to do (varlen grids fit the longest)
+    int nrows;   // packed rows it owns, when m0 < rows
+};
+
+inline fa_tg_rows fa_tg_rows_of(constant fa_fwd_params& p, uint3 tgid, int rows_per_tg, device const int* cu_seqlens_q,
+                                device const int* cu_seqlens_k, device const int* seqused_k,
+                                device const int* leftpad_k, device const int* cache_batch_idx) {
+    fa_tg_rows t;
+    t.batch = int(tgid.z) / p.num_splits;
+    t.split = int(tgid.z) % p.num_splits;
+    t.hblock = int(tgid.y);
+    t.seq = fa_seq_info(p, t.batch, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, cache_batch_idx);
+    t.rows = t.seq.sq * p.pack;
+    t.m0 = int(tgid.x) * rows_per_tg;
+    t.nrows = min(rows_per_tg, t.rows - t.m0);
+    return t;
+}
+
+// The keys a threadgroup's rows visit: the sliding window of its first and last query row bounds them (bottom-right
+// aligned, off = sk - sq), whole blocks of BK keys are visited, and with split-KV each split takes a contiguous run
+// of those blocks.
+struct fa_tg_keys {
+    int off;             // sk - sq
+    int i_lo, i_hi;      // first and last query row (unpacked) of the threadgroup
+    int k_lo, k_hi;      // keys [k_lo, k_hi) some row may see; empty when k_lo >= k_hi
+    int n_begin, n_end;  // key blocks [n_begin, n_end) of this split
+};
+
+template <int BK>
+inline fa_tg_keys fa_tg_keys_of(constant fa_fwd_params& p, thread const fa_tg_rows& t) {
+    fa_tg_keys r;
+    r.off = t.seq.sk - t.seq.sq;
+    r.i_lo = t.m0 / p.pack;
+    r.i_hi = (t.m0 + t.nrows - 1) / p.pack;
+    r.k_lo = 0;
+    r.k_hi = t.seq.sk;
+    if (p.window_left >= 0) r.k_lo = max(r.k_lo, r.i_lo + r.off - p.window_left);
+    if (p.window_right >= 0) r.k_hi = min(r.k_hi, r.i_hi + r.off + p.window_right + 1);
+    r.n_begin = 0;
+    r.n_end = 0;
+    if (r.k_lo < r.k_hi) {
+        r.n_begin = r.k_lo / BK;
+        r.n_end = (r.k_hi + BK - 1) / BK;
+    }
+    const int nsplit = p.num_splits;
+    if (nsplit > 1) {  // flash-decoding: this split takes a contiguous run of the key blocks
+        const int per = (r.n_end - r.n_begin + nsplit - 1) / nsplit;
+        r.n_begin = min(r.n_end, r.n_begin + t.split * per);
+        r.n_end = min(r.n_end, r.n_begin + per);
+    }
+    return r;
+}
+
 // Does query i see key j? (bottom-right aligned window; off = sk - sq)
 inline bool fa_visible(constant fa_fwd_params& p, int i, int j, int off, int sk) {
     return j < sk && (p.window_left < 0 || j >= i + off - p.window_left) &&
@@ -191,33 +266,12 @@ template <typename T, int BD, int BQ, int BK, int NSG>
     threadgroup T vs[BK * LD];
 
     // ---- which rows and keys this threadgroup owns (uniform across the threadgroup) ----
-    const int nsplit = p.num_splits;
-    const int b = int(tgid.z) / nsplit;
-    const int split = int(tgid.z) % nsplit;
-    const int hblock = int(tgid.y);
-    const fa_seq s = fa_seq_info(p, b, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, cache_batch_idx);
-    const int rows = s.sq * p.pack;
-    const int m0 = int(tgid.x) * BQ;
-    if (m0 >= rows) return;  // varlen grids are sized for the longest sequence: the whole threadgroup leaves
-
-    const int off = s.sk - s.sq;
-    const int i_lo = m0 / p.pack;
-    const int i_hi = (min(m0 + BQ, rows) - 1) / p.pack;
-    int k_lo = 0;
-    int k_hi = s.sk;
-    if (p.window_left >= 0) k_lo = max(k_lo, i_lo + off - p.window_left);
-    if (p.window_right >= 0) k_hi = min(k_hi, i_hi + off + p.window_right + 1);
-    int n_begin = 0;
-    int n_end = 0;
-    if (k_lo < k_hi) {
-        n_begin = k_lo / BK;
-        n_end = (k_hi + BK - 1) / BK;
-    }
-    if (nsplit > 1) {  // flash-decoding: this split takes a contiguous run of the key tiles
-        const int per = (n_end - n_begin + nsplit - 1) / nsplit;
-        n_begin = min(n_end, n_begin + split * per);
-        n_end = min(n_end, n_begin + per);
-    }
+    const fa_tg_rows tg = fa_tg_rows_of(p, tgid, BQ, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, cache_batch_idx);
+    if (tg.m0 >= tg.rows) return;  // varlen grids are sized for the longest sequence: the whole threadgroup leaves
+    const fa_tg_keys tk = fa_tg_keys_of<BK>(p, tg);
+    const int b = tg.batch, split = tg.split, hblock = tg.hblock, rows = tg.rows, m0 = tg.m0;
+    const fa_seq s = tg.seq;
+    const int off = tk.off, i_lo = tk.i_lo, i_hi = tk.i_hi, n_begin = tk.n_begin, n_end = tk.n_end;
 
     // ---- this lane's query row ----
     const fa_lane_pos pos = fa_frag_pos(lane);

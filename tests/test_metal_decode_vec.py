@@ -18,7 +18,7 @@ import pytest
 
 from flash_attn_cy.reference import attention_ref
 from test_metal_forward import check_dense
-from test_metal_support import describe_forward, lse_close, np_dtype, rand, require_sim, sim_forward
+from test_metal_support import check_varlen_causal, describe_forward, lse_close, np_dtype, rand, require_sim, sim_forward
 from _tolerance import assert_close_to_ref
 
 SCHEDULES = 4  # forward, reverse and two seeded random thread orders
@@ -121,24 +121,8 @@ def test_split_rows_without_keys(rng):
 
 @pytest.mark.parametrize("num_splits", [0, 2])
 def test_varlen(num_splits, rng):
-    dtype, hq, hkv, d = "fp16", 4, 2, 64
-    seqs_q = [1, 0, 2, 1]
-    seqs_k = [20, 7, 300, 50]
-    cu_q = np.concatenate([[0], np.cumsum(seqs_q)]).astype(np.int32)
-    cu_k = np.concatenate([[0], np.cumsum(seqs_k)]).astype(np.int32)
-    tq, tk = int(cu_q[-1]), int(cu_k[-1])
-    q, k, v = rand(rng, (tq, hq, d), dtype), rand(rng, (tk, hkv, d), dtype), rand(rng, (tk, hkv, d), dtype)
-    scale = d ** -0.5
-    opts = dict(softmax_scale=scale, window_left=-1, window_right=0, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
-                max_seqlen_q=max(seqs_q), max_seqlen_k=max(seqs_k), num_splits=num_splits)
-    plan = describe_forward(q[None], k[None], v[None], lse_shape=(1, hq, tq), **opts)
-    assert plan["launches"][0]["attention"]["kind"] == "vector"
-    out, lse = sim_forward(q[None], k[None], v[None], lse_shape=(1, hq, tq), schedules=SCHEDULES, **opts)
-    kw = dict(softmax_scale=scale, causal=True, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
-    ref64, lse64 = attention_ref(q, k, v, return_lse=True, **kw)
-    ref_lowp = attention_ref(q, k, v, compute_dtype=np.float16, **kw)
-    assert_close_to_ref(out[0], ref64, ref_lowp)
-    lse_close(lse[0], lse64, atol=1e-4)
+    check_varlen_causal(rng, [1, 0, 2, 1], [20, 7, 300, 50], hq=4, hkv=2, d=64, num_splits=num_splits, kind="vector",
+                        schedules=SCHEDULES)
 
 
 @pytest.mark.parametrize("layout", ["wide_rows", "shifted_base", "aligned"])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from flash_attn_cy import _core
-from flash_attn_cy.reference import to_float64
+from flash_attn_cy.reference import attention_ref, to_float64
+from _tolerance import assert_close_to_ref
 
 try:
     from ml_dtypes import bfloat16
@@ -113,3 +114,26 @@ def rand(rng: np.random.Generator, shape, dtype: str, scale: float = 1.0) -> np.
 
 def optional(x: Optional[np.ndarray]):
     return None if x is None else np.ascontiguousarray(x)
+
+
+def check_varlen_causal(rng, seqs_q, seqs_k, *, hq: int, hkv: int, d: int, num_splits: int, kind=None, **run):
+    """fp16 causal attention over packed (varlen) sequences of these lengths on the simulator against the float64
+    reference (tolerance from the fp16 reference's error) and the LSE. `kind` (vector / fragment / prefill), when
+    given, must be the attention kernel the plan picks; `run` goes to sim_forward (backend, schedules)."""
+    dtype = "fp16"
+    cu_q = np.concatenate([[0], np.cumsum(seqs_q)]).astype(np.int32)
+    cu_k = np.concatenate([[0], np.cumsum(seqs_k)]).astype(np.int32)
+    tq, tk = int(cu_q[-1]), int(cu_k[-1])
+    q, k, v = rand(rng, (tq, hq, d), dtype), rand(rng, (tk, hkv, d), dtype), rand(rng, (tk, hkv, d), dtype)
+    scale = d ** -0.5
+    opts = dict(softmax_scale=scale, window_left=-1, window_right=0, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+                max_seqlen_q=max(seqs_q), max_seqlen_k=max(seqs_k), num_splits=num_splits)
+    if kind is not None:
+        plan = describe_forward(q[None], k[None], v[None], lse_shape=(1, hq, tq), **opts)
+        assert plan["launches"][0]["attention"]["kind"] == kind
+    out, lse = sim_forward(q[None], k[None], v[None], lse_shape=(1, hq, tq), **run, **opts)
+    kw = dict(softmax_scale=scale, causal=True, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    ref64, lse64 = attention_ref(q, k, v, return_lse=True, **kw)
+    ref_lowp = attention_ref(q, k, v, compute_dtype=np.float16, **kw)
+    assert_close_to_ref(out[0], ref64, ref_lowp)
+    lse_close(lse[0], lse64, atol=1e-4)

@@ -9,19 +9,11 @@
 #include <vector>
 
 #include "fa_metal_binding.h"
+#include "objc_driver_checks.h"
 
 using namespace fametal;
 
-static int g_checks = 0, g_failures = 0;
-
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        ++g_checks;                                                                  \
-        if (!(cond)) {                                                               \
-            ++g_failures;                                                            \
-            std::printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);             \
-        }                                                                            \
-    } while (0)
+#define CHECK(cond) fa_check((cond), __FILE__, __LINE__, #cond)
 
 #define CHECK_CONTAINS(text, part) CHECK(std::strstr((text), (part)) != nullptr)
 
@@ -391,6 +383,6 @@ int main() {
     test_plan_errors();
     test_kinds();
     test_encode();
-    std::printf("passed %d of %d checks\n", g_checks - g_failures, g_checks);
-    return g_failures > 100 ? 100 : g_failures;
+    const int failures = fa_checks_report();
+    return failures > 100 ? 100 : failures;
 }

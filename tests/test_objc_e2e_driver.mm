@@ -16,16 +16,9 @@
 #include "fa_abi.h"
 #include "mock/metal_mock.h"
 #include "sim/sim_api.h"
+#include "objc_driver_checks.h"
 
-static int g_checks = 0, g_failures = 0;
-#define CHECK(cond, what)                                                               \
-    do {                                                                                \
-        ++g_checks;                                                                     \
-        if (!(cond)) {                                                                  \
-            ++g_failures;                                                               \
-            std::printf("FAIL %s: %s (line %d)\n", std::string(what).c_str(), #cond, __LINE__); \
-        }                                                                               \
-    } while (0)
+#define CHECK(cond, what) fa_check((cond), __FILE__, __LINE__, #cond, std::string(what))
 
 // The mock's command buffer hands every project kernel to the simulator, with the exact bindings the shim made.
 static std::string run_in_simulator(const std::string &name, const std::vector<mock::Arg> &args, const uint32_t g[3],
@@ -320,6 +313,5 @@ int main(int argc, char **argv) {
     for (const Case &c : cases) run_case(c);
     run_kvcache_case();
     run_device_buffer_case();
-    std::printf("passed %d of %d checks\n", g_checks - g_failures, g_checks);
-    return g_failures ? 1 : 0;
+    return fa_checks_report() ? 1 : 0;
 }

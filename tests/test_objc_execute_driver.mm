@@ -19,24 +19,12 @@
 #include "fa_metal_kernel_source.h"
 #include "fa_metal_shim.h"
 #include "mock/metal_mock.h"
+#include "objc_driver_checks.h"
 
-static int g_checks = 0, g_failures = 0;
-#define CHECK(cond)                                                          \
-    do {                                                                     \
-        ++g_checks;                                                          \
-        if (!(cond)) {                                                       \
-            ++g_failures;                                                    \
-            std::printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);     \
-        }                                                                    \
-    } while (0)
-#define CHECK_CONTAINS(text, part)                                                      \
-    do {                                                                                \
-        ++g_checks;                                                                     \
-        if (std::strstr((text), (part)) == nullptr) {                                   \
-            ++g_failures;                                                               \
-            std::printf("FAIL %s:%d: \"%s\" not in \"%s\"\n", __FILE__, __LINE__, part, text); \
-        }                                                                               \
-    } while (0)
+#define CHECK(cond) fa_check((cond), __FILE__, __LINE__, #cond)
+#define CHECK_CONTAINS(text, part)                                                             \
+    fa_check(std::strstr((text), (part)) != nullptr, __FILE__, __LINE__, "CHECK_CONTAINS",        \
+             std::string("\"") + (part) + "\" not in \"" + (text) + "\"")
 
 // ---- embedded kernel source as the build would generate it (the second file is editable per scenario) ----
 static char g_second_file[256] = "kernel void mock_stage2(device float *x) {}\nkernel void mock_lse(device float *l) {}\n";
@@ -368,6 +356,5 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (g_failures) dump_journal();
-    std::printf("passed %d of %d checks\n", g_checks - g_failures, g_checks);
-    return g_failures ? 1 : 0;
+    return fa_checks_report() ? 1 : 0;
 }

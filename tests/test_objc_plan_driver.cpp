@@ -11,18 +11,11 @@
 #include <vector>
 
 #include "fa_metal_binding.h"
+#include "objc_driver_checks.h"
 
 using namespace fametal;
 
-static int g_checks = 0, g_failures = 0;
-#define CHECK(cond, what)                                                                      \
-    do {                                                                                       \
-        ++g_checks;                                                                            \
-        if (!(cond)) {                                                                         \
-            ++g_failures;                                                                      \
-            std::printf("FAIL %s: %s (line %d) %s\n", (what).c_str(), #cond, __LINE__, err);  \
-        }                                                                                      \
-    } while (0)
+#define CHECK(cond, what) fa_check((cond), __FILE__, __LINE__, #cond, (what) + " " + err)
 
 static char err[1024];
 static int g_multi_launch_plans = 0, g_wrapped = 0, g_copied = 0;
@@ -55,6 +48,13 @@ struct Tensors {
         t.head_stride = dim;
         t.row_stride = int64_t(heads) * dim;
         t.batch_stride = int64_t(rows) * heads * dim;
+    }
+    // q and out [q_outer, q_rows, nheads_q, dim], k and v [kv_outer, kv_rows, nheads_kv, dim] of an attention call.
+    void attention(fa_params &p, int q_outer, int q_rows, int kv_outer, int kv_rows, int dim, int eb) {
+        dense(p.q, q_outer, q_rows, p.nheads_q, dim, eb);
+        dense(p.out, q_outer, q_rows, p.nheads_q, dim, eb);
+        dense(p.k, kv_outer, kv_rows, p.nheads_kv, dim, eb);
+        dense(p.v, kv_outer, kv_rows, p.nheads_kv, dim, eb);
     }
 };
 
@@ -121,10 +121,7 @@ int main() {
                 Tensors t;
                 fa_params p = base_params(dtypes[di], d);
                 p.batch = 2, p.seqlen_q = 77, p.seqlen_k = 131, p.nheads_q = 4, p.nheads_kv = 4;
-                t.dense(p.q, 2, 77, 4, d, eb);
-                t.dense(p.out, 2, 77, 4, d, eb);
-                t.dense(p.k, 2, 131, 4, d, eb);
-                t.dense(p.v, 2, 131, 4, d, eb);
+                t.attention(p, 2, 77, 2, 131, d, eb);
                 p.lse = static_cast<float *>(t.alloc(2 * 4 * 77 * 4));
                 p.lse_batch_stride = 4 * 77, p.lse_head_stride = 77, p.lse_row_stride = 1;
                 p.window_left = 32, p.window_right = 0;
@@ -134,10 +131,7 @@ int main() {
                 Tensors t;
                 fa_params p = base_params(dtypes[di], d);
                 p.batch = 1, p.seqlen_q = 1, p.seqlen_k = 4099, p.nheads_q = 8, p.nheads_kv = 2;
-                t.dense(p.q, 1, 1, 8, d, eb);
-                t.dense(p.out, 1, 1, 8, d, eb);
-                t.dense(p.k, 1, 4099, 2, d, eb);
-                t.dense(p.v, 1, 4099, 2, d, eb);
+                t.attention(p, 1, 1, 1, 4099, d, eb);
                 p.lse = static_cast<float *>(t.alloc(8 * 4));
                 p.lse_batch_stride = 8, p.lse_head_stride = 1, p.lse_row_stride = 1;
                 p.num_splits = 4;
@@ -150,10 +144,7 @@ int main() {
                 fa_params p = base_params(dtypes[di], d);
                 p.batch = 3, p.seqlen_q = 18, p.seqlen_k = 31, p.nheads_q = 2, p.nheads_kv = 1;
                 p.cu_seqlens_q = cu_q, p.cu_seqlens_k = cu_k, p.total_q = 24, p.total_k = 41;
-                t.dense(p.q, 1, 24, 2, d, eb);
-                t.dense(p.out, 1, 24, 2, d, eb);
-                t.dense(p.k, 1, 41, 1, d, eb);
-                t.dense(p.v, 1, 41, 1, d, eb);
+                t.attention(p, 1, 24, 1, 41, d, eb);
                 check_plan("varlen " + tag, FA_PLAN_FORWARD, p, nullptr);
             }
             {  // paged cache with seqused_k
@@ -164,10 +155,7 @@ int main() {
                 p.batch = 2, p.seqlen_q = 3, p.seqlen_k = 64, p.nheads_q = 2, p.nheads_kv = 2;
                 p.block_table = table, p.block_table_batch_stride = 2, p.max_blocks_per_seq = 2;
                 p.page_block_size = 32, p.num_blocks = 4, p.seqused_k = used;
-                t.dense(p.q, 2, 3, 2, d, eb);
-                t.dense(p.out, 2, 3, 2, d, eb);
-                t.dense(p.k, 4, 32, 2, d, eb);
-                t.dense(p.v, 4, 32, 2, d, eb);
+                t.attention(p, 2, 3, 4, 32, d, eb);
                 check_plan("paged " + tag, FA_PLAN_FORWARD, p, nullptr);
             }
             {  // KV-cache append with rotary
@@ -196,6 +184,5 @@ int main() {
     CHECK(g_multi_launch_plans > 0 && g_wrapped > 0 && g_copied > 0, std::string("grid coverage"));
     std::printf("%d multi-launch plans, %d wrapped and %d copied buffers\n", g_multi_launch_plans, g_wrapped,
                 g_copied);
-    std::printf("passed %d of %d checks\n", g_checks - g_failures, g_checks);
-    return g_failures ? 1 : 0;
+    return fa_checks_report() ? 1 : 0;
 }

@@ -69,6 +69,20 @@ void launch_constants(fa_launch *l, int index, const void *data, uint32_t size) 
     std::memcpy(l->constants, data, size);
 }
 
+int check_attention_shape(const fa_params *p, char *err, size_t errlen) {
+    if (p->headdim < 1 || p->headdim > FA_MAX_HEADDIM)
+        return fail(err, errlen, FA_ERR_VALUE, "headdim: expected 1..%d, got %d", FA_MAX_HEADDIM, p->headdim);
+    if (p->headdim_v != p->headdim)
+        return fail(err, errlen, FA_ERR_UNSUPPORTED, "headdim_v: must equal headdim (%d), got %d", p->headdim,
+                    p->headdim_v);
+    if (p->nheads_q < 1 || p->nheads_kv < 1 || p->nheads_q % p->nheads_kv != 0)
+        return fail(err, errlen, FA_ERR_VALUE, "nheads: nheads_q (%d) must be a positive multiple of nheads_kv (%d)",
+                    p->nheads_q, p->nheads_kv);
+    if (!(p->dropout_p >= 0.0f && p->dropout_p < 1.0f))
+        return fail(err, errlen, FA_ERR_VALUE, "dropout_p: expected 0 <= p < 1, got %g", double(p->dropout_p));
+    return FA_OK;
+}
+
 int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
     if (err && errlen) {
         va_list ap;

@@ -5,11 +5,11 @@
 // Launch 2: fa_bwd_dkdv_<t>_d<BD>, grid (ceil(seqlen_k / 32), nheads_kv, batch): dK, dV (one writer per row).
 // Launch 3: fa_bwd_dq_<t>_d<BD>, grid (ceil(seqlen_q / 32), nheads_q, batch): dQ.
 // Launches run in order, so 2 and 3 see the scratch written by 1. No atomics anywhere: deterministic by design.
-#include <cmath>
 #include <cstdio>
 #include <cstring>
 
 #include "fa_bwd_params.h"
+#include "fa_plan_constants.h"
 #include "fa_plan_internal.h"
 
 namespace {
@@ -24,7 +24,8 @@ struct Binding {
 
 // Binds each buffer the call provides (bytes > 0), then the plan's dummy on the kernel's other indices (Metal's
 // validation and the simulator want every [[buffer(n)]] bound; the kernels never read one whose flag is clear).
-void bind_all(fa_plan *plan, fa_launch *l, const Binding *bindings, int count, const int64_t *bytes) {
+void bind_all(fa_plan *plan, fa_launch *l, const Binding *bindings, int count) {
+    const int64_t *bytes = plan->buffer_bytes;
     int indices[FA_PLAN_MAX_BINDINGS];
     for (int i = 0; i < count; ++i) {
         const bool scratch = bindings[i].buffer >= FA_BUF_SCRATCH0;
@@ -32,6 +33,16 @@ void bind_all(fa_plan *plan, fa_launch *l, const Binding *bindings, int count, c
         indices[i] = bindings[i].index;
     }
     faplan::launch_bind_unused(plan, l, indices, count);
+}
+
+// Appends one backward launch: every kernel of the backward reads the same constant block.
+void add_launch(fa_plan *plan, const char *name, const uint32_t grid[3], uint32_t threads_x, uint32_t tg_bytes,
+                const Binding *bindings, int count, const fa_bwd_params &k) {
+    const uint32_t threads[3] = {threads_x, 1, 1};
+    fa_launch *l = &plan->launches[plan->nlaunches++];
+    faplan::launch_init(l, name, grid, threads, tg_bytes);
+    bind_all(plan, l, bindings, count);
+    faplan::launch_constants(l, FA_BWD_BUF_PARAMS, &k, sizeof(k));
 }
 
 uint32_t blocks(int64_t n, int64_t per) { return uint32_t((n + per - 1) / per); }
@@ -44,16 +55,7 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
     if (!tag)
         return fail(err, errlen, FA_ERR_UNSUPPORTED,
                     "dtype: the Metal backward serves float16, bfloat16 and float32 (float64: backend='cpu')");
-    if (p->headdim < 1 || p->headdim > FA_MAX_HEADDIM)
-        return fail(err, errlen, FA_ERR_VALUE, "headdim: expected 1..%d, got %d", FA_MAX_HEADDIM, p->headdim);
-    if (p->headdim_v != p->headdim)
-        return fail(err, errlen, FA_ERR_UNSUPPORTED, "headdim_v: must equal headdim (%d), got %d", p->headdim,
-                    p->headdim_v);
-    if (p->nheads_q < 1 || p->nheads_kv < 1 || p->nheads_q % p->nheads_kv != 0)
-        return fail(err, errlen, FA_ERR_VALUE, "nheads: nheads_q (%d) must be a positive multiple of nheads_kv (%d)",
-                    p->nheads_q, p->nheads_kv);
-    if (!(p->dropout_p >= 0.0f && p->dropout_p < 1.0f))
-        return fail(err, errlen, FA_ERR_VALUE, "dropout_p: expected 0 <= p < 1, got %g", double(p->dropout_p));
+    if (const int rc = faplan::check_attention_shape(p, err, errlen)) return rc;
     if (p->block_table || p->leftpad_k || p->cache_batch_idx)
         return fail(err, errlen, FA_ERR_UNSUPPORTED,
                     "backward: paged, left-padded or batch-indexed KV caches have no backward");
@@ -73,55 +75,16 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
     // ---- constants ----
     fa_bwd_params k;
     std::memset(&k, 0, sizeof(k));
-    k.q_batch_stride = p->q.batch_stride;
-    k.q_row_stride = p->q.row_stride;
-    k.q_head_stride = p->q.head_stride;
-    k.k_batch_stride = p->k.batch_stride;
-    k.k_row_stride = p->k.row_stride;
-    k.k_head_stride = p->k.head_stride;
-    k.v_batch_stride = p->v.batch_stride;
-    k.v_row_stride = p->v.row_stride;
-    k.v_head_stride = p->v.head_stride;
-    k.o_batch_stride = p->out.batch_stride;
-    k.o_row_stride = p->out.row_stride;
-    k.o_head_stride = p->out.head_stride;
-    k.do_batch_stride = p->dout.batch_stride;
-    k.do_row_stride = p->dout.row_stride;
-    k.do_head_stride = p->dout.head_stride;
-    k.dq_batch_stride = p->dq.batch_stride;
-    k.dq_row_stride = p->dq.row_stride;
-    k.dq_head_stride = p->dq.head_stride;
-    k.dk_batch_stride = p->dk.batch_stride;
-    k.dk_row_stride = p->dk.row_stride;
-    k.dk_head_stride = p->dk.head_stride;
-    k.dv_batch_stride = p->dv.batch_stride;
-    k.dv_row_stride = p->dv.row_stride;
-    k.dv_head_stride = p->dv.head_stride;
-    k.lse_batch_stride = p->lse_batch_stride;
-    k.lse_head_stride = p->lse_head_stride;
-    k.lse_row_stride = p->lse_row_stride;
-    k.alibi_batch_stride = p->alibi_batch_stride;
+    faplan::set_attention_common(k, p);
+    faplan::set_strides(p->dout, k.do_batch_stride, k.do_row_stride, k.do_head_stride);
+    faplan::set_strides(p->dq, k.dq_batch_stride, k.dq_row_stride, k.dq_head_stride);
+    faplan::set_strides(p->dk, k.dk_batch_stride, k.dk_row_stride, k.dk_head_stride);
+    faplan::set_strides(p->dv, k.dv_batch_stride, k.dv_row_stride, k.dv_head_stride);
     k.q_rows = q_rows;
-    k.dropout_seed = p->dropout_seed;
-    k.dropout_offset = p->dropout_offset;
-    k.batch = p->batch;
-    k.seqlen_q = p->seqlen_q;
-    k.seqlen_k = p->seqlen_k;
-    k.nheads_q = p->nheads_q;
-    k.nheads_kv = p->nheads_kv;
-    k.group = p->nheads_q / p->nheads_kv;
-    k.headdim = p->headdim;
-    k.window_left = p->window_left;
-    k.window_right = p->window_right;
     k.softmax_scale = float(p->softmax_scale);
     if (p->softcap > 0.0f) {
         k.softcap = float(p->softcap);
         k.softcap_inv = float(1.0 / p->softcap);
-    }
-    if (p->dropout_p > 0.0f) {
-        const double t = std::floor(double(p->dropout_p) * 4294967296.0);
-        k.dropout_threshold = t >= 4294967295.0 ? 0xffffffffu : uint32_t(t);
-        k.dropout_scale = 1.0f / (1.0f - p->dropout_p);  // the forward's value, bit for bit
     }
     uint32_t flags = 0;
     if (faplan::has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI)) flags |= FA_FLAG_ALIBI;
@@ -168,45 +131,35 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
         {FA_BWD_BUF_DELTA, FA_BUF_SCRATCH0},
         {FA_BWD_BUF_LSE2, FA_BUF_SCRATCH1},
     };
-    const uint32_t threads[3] = {FA_BWD_PRE_THREADS, 1, 1};
     char name[FA_PLAN_KERNEL_NAME_LEN];
 
     // ---- launch 1: preprocess ----
     {
         std::snprintf(name, sizeof(name), "fa_bwd_pre_%s", tag);
         const uint32_t grid[3] = {blocks(p->seqlen_q, FA_BWD_PRE_ROWS), uint32_t(p->nheads_q), uint32_t(p->batch)};
-        fa_launch *l = &out->launches[out->nlaunches++];
-        faplan::launch_init(l, name, grid, threads, 0);
         const Binding b[] = {{FA_BWD_BUF_OUT, FA_BUF_OUT}, {FA_BWD_BUF_DOUT, FA_BUF_DOUT}, {FA_BWD_BUF_LSE, FA_BUF_LSE},
                              common[1], common[2], common[3], common[4], common[5]};
-        bind_all(out, l, b, int(sizeof(b) / sizeof(b[0])), bytes);
-        faplan::launch_constants(l, FA_BWD_BUF_PARAMS, &k, sizeof(k));
+        add_launch(out, name, grid, FA_BWD_PRE_THREADS, 0, b, int(sizeof(b) / sizeof(b[0])), k);
     }
     // ---- launch 2: dK, dV ----
     {
         std::snprintf(name, sizeof(name), "fa_bwd_dkdv_%s_d%d", tag, bd);
         const uint32_t grid[3] = {gk, uint32_t(p->nheads_kv), uint32_t(p->batch)};
-        const uint32_t t[3] = {FA_BWD_KV_SIMDGROUPS * FA_SIMD_WIDTH, 1, 1};
-        fa_launch *l = &out->launches[out->nlaunches++];
-        faplan::launch_init(l, name, grid, t, uint32_t(fa_bwd_qdo_bytes(kv_bq, bd, eb)));
         const Binding b[] = {{FA_BWD_BUF_Q, FA_BUF_Q},   {FA_BWD_BUF_K, FA_BUF_K},   {FA_BWD_BUF_V, FA_BUF_V},
                              {FA_BWD_BUF_DOUT, FA_BUF_DOUT}, {FA_BWD_BUF_DK, FA_BUF_DK}, {FA_BWD_BUF_DV, FA_BUF_DV},
                              common[0], common[1], common[2], common[3], common[4], common[5]};
-        bind_all(out, l, b, int(sizeof(b) / sizeof(b[0])), bytes);
-        faplan::launch_constants(l, FA_BWD_BUF_PARAMS, &k, sizeof(k));
+        add_launch(out, name, grid, FA_BWD_KV_SIMDGROUPS * FA_SIMD_WIDTH, uint32_t(fa_bwd_qdo_bytes(kv_bq, bd, eb)), b,
+                   int(sizeof(b) / sizeof(b[0])), k);
     }
     // ---- launch 3: dQ ----
     {
         std::snprintf(name, sizeof(name), "fa_bwd_dq_%s_d%d", tag, bd);
         const uint32_t grid[3] = {gq, uint32_t(p->nheads_q), uint32_t(p->batch)};
-        const uint32_t t[3] = {FA_BWD_Q_SIMDGROUPS * FA_SIMD_WIDTH, 1, 1};
-        fa_launch *l = &out->launches[out->nlaunches++];
-        faplan::launch_init(l, name, grid, t, uint32_t(fa_kv_tile_bytes(q_bk, bd, eb)));
         const Binding b[] = {{FA_BWD_BUF_Q, FA_BUF_Q},       {FA_BWD_BUF_K, FA_BUF_K}, {FA_BWD_BUF_V, FA_BUF_V},
                              {FA_BWD_BUF_DOUT, FA_BUF_DOUT}, {FA_BWD_BUF_DQ, FA_BUF_DQ},
                              common[0], common[1], common[2], common[3], common[4], common[5]};
-        bind_all(out, l, b, int(sizeof(b) / sizeof(b[0])), bytes);
-        faplan::launch_constants(l, FA_BWD_BUF_PARAMS, &k, sizeof(k));
+        add_launch(out, name, grid, FA_BWD_Q_SIMDGROUPS * FA_SIMD_WIDTH, uint32_t(fa_kv_tile_bytes(q_bk, bd, eb)), b,
+                   int(sizeof(b) / sizeof(b[0])), k);
     }
     return FA_OK;
 }

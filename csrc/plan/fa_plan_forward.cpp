@@ -6,12 +6,12 @@
 // grid (seqlen_q, nheads_q, batch), which combines the partials in SCRATCH0 (O, fp32) and SCRATCH1 (LSE, fp32).
 // Last, only for return_attn_probs: fa_probs_<t> writes the probabilities (debug output, recomputes the scores).
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <cstdint>
 
 #include "fa_kernel_params.h"
+#include "fa_plan_constants.h"
 #include "fa_plan_internal.h"
 #include "fa_tiles.h"
 
@@ -115,16 +115,7 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     const char *tag = faplan::dtype_tag(p->dtype);
     const int eb = faplan::elem_bytes(p->dtype);
     if (!tag) return fail(err, errlen, FA_ERR_UNSUPPORTED, "dtype: the Metal kernels serve float16, bfloat16 and float32");
-    if (p->headdim < 1 || p->headdim > FA_MAX_HEADDIM)
-        return fail(err, errlen, FA_ERR_VALUE, "headdim: expected 1..%d, got %d", FA_MAX_HEADDIM, p->headdim);
-    if (p->headdim_v != p->headdim)
-        return fail(err, errlen, FA_ERR_UNSUPPORTED, "headdim_v: must equal headdim (%d), got %d", p->headdim,
-                    p->headdim_v);
-    if (p->nheads_q < 1 || p->nheads_kv < 1 || p->nheads_q % p->nheads_kv != 0)
-        return fail(err, errlen, FA_ERR_VALUE, "nheads: nheads_q (%d) must be a positive multiple of nheads_kv (%d)",
-                    p->nheads_q, p->nheads_kv);
-    if (!(p->dropout_p >= 0.0f && p->dropout_p < 1.0f))
-        return fail(err, errlen, FA_ERR_VALUE, "dropout_p: expected 0 <= p < 1, got %g", double(p->dropout_p));
+    if (const int rc = faplan::check_attention_shape(p, err, errlen)) return rc;
     if (p->block_table && p->page_block_size < 1)
         return fail(err, errlen, FA_ERR_VALUE, "page_block_size: expected >= 1 with a block_table");
 
@@ -156,49 +147,18 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     // ---- constants ----
     fa_fwd_params k;
     std::memset(&k, 0, sizeof(k));
-    k.q_batch_stride = p->q.batch_stride;
-    k.q_row_stride = p->q.row_stride;
-    k.q_head_stride = p->q.head_stride;
-    k.k_batch_stride = p->k.batch_stride;
-    k.k_row_stride = p->k.row_stride;
-    k.k_head_stride = p->k.head_stride;
-    k.v_batch_stride = p->v.batch_stride;
-    k.v_row_stride = p->v.row_stride;
-    k.v_head_stride = p->v.head_stride;
-    k.o_batch_stride = p->out.batch_stride;
-    k.o_row_stride = p->out.row_stride;
-    k.o_head_stride = p->out.head_stride;
-    k.lse_batch_stride = p->lse_batch_stride;
-    k.lse_head_stride = p->lse_head_stride;
-    k.lse_row_stride = p->lse_row_stride;
-    k.alibi_batch_stride = p->alibi_batch_stride;
+    faplan::set_attention_common(k, p);
     k.block_table_batch_stride = p->block_table_batch_stride;
     k.partial_rows = q_rows;
-    k.dropout_seed = p->dropout_seed;
-    k.dropout_offset = p->dropout_offset;
     k.probs_batch_stride = p->attn_probs_batch_stride;
     k.probs_head_stride = p->attn_probs_head_stride;
     k.probs_row_stride = p->attn_probs_row_stride;
-    k.batch = p->batch;
-    k.seqlen_q = p->seqlen_q;
-    k.seqlen_k = p->seqlen_k;
-    k.nheads_q = p->nheads_q;
-    k.nheads_kv = p->nheads_kv;
-    k.headdim = p->headdim;
-    k.group = group;
     k.pack = pack;
-    k.window_left = p->window_left;
-    k.window_right = p->window_right;
     const float log2e = 1.4426950408889634f;
     const bool softcap = p->softcap > 0.0f;
     k.q_scale = float(softcap ? p->softmax_scale : p->softmax_scale * log2e);
     k.softcap_inv = softcap ? float(1.0 / p->softcap) : 0.0f;
     k.softcap_log2 = softcap ? float(p->softcap * log2e) : 0.0f;
-    if (p->dropout_p > 0.0f) {
-        const double t = std::floor(double(p->dropout_p) * 4294967296.0);
-        k.dropout_threshold = t >= 4294967295.0 ? 0xffffffffu : uint32_t(t);
-        k.dropout_scale = 1.0f / (1.0f - p->dropout_p);
-    }
     uint32_t flags = 0;
     if (has_tensor(p, p->lse, FA_BUF_LSE)) flags |= FA_FLAG_LSE;
     if (has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI)) flags |= FA_FLAG_ALIBI;
@@ -314,12 +274,8 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     // ---- launch 2: merge the splits ----
     fa_merge_params mp;
     std::memset(&mp, 0, sizeof(mp));
-    mp.o_batch_stride = p->out.batch_stride;
-    mp.o_row_stride = p->out.row_stride;
-    mp.o_head_stride = p->out.head_stride;
-    mp.lse_batch_stride = p->lse_batch_stride;
-    mp.lse_head_stride = p->lse_head_stride;
-    mp.lse_row_stride = p->lse_row_stride;
+    faplan::set_strides(p->out, mp.o_batch_stride, mp.o_row_stride, mp.o_head_stride);
+    faplan::set_lse_strides(mp, p);
     mp.partial_rows = q_rows;
     mp.batch = p->batch;
     mp.seqlen_q = p->seqlen_q;

@@ -34,8 +34,12 @@ void launch_constants(fa_launch *l, int index, const void *data, uint32_t size);
 // MTLBuffer handle in p->device_buffers (PyTorch MPS tensors arrive that way with NULL host pointers).
 bool has_tensor(const fa_params *p, const void *host_ptr, fa_buffer_id slot);
 
-// Formats a message into err (always NUL-terminated) and returns code.
-int fail(char *err, size_t errlen, int code, const char *fmt, ...);
+// The checks every attention plan (forward, backward) makes: headdim in 1..FA_MAX_HEADDIM and equal to headdim_v,
+// nheads_q a positive multiple of nheads_kv, 0 <= dropout_p < 1. FA_OK, or the error code with the message in err.
+int check_attention_shape(const fa_params *p, char *err, size_t errlen);
+
+// Formats a message into err (always NUL-terminated) and returns code. Also the error path of csrc/fa_check.cpp.
+int fail(char *err, size_t errlen, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 }  // namespace faplan
 

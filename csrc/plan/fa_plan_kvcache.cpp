@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "fa_kernel_params.h"
+#include "fa_plan_constants.h"
 #include "fa_plan_internal.h"
 #include "fa_tiles.h"
 
@@ -34,21 +35,9 @@ int fa_plan_kvcache_append(const fa_params *p, const fa_kvcache_update *u, fa_pl
 
     fa_append_params k;
     std::memset(&k, 0, sizeof(k));
-    k.q_batch_stride = p->q.batch_stride;
-    k.q_row_stride = p->q.row_stride;
-    k.q_head_stride = p->q.head_stride;
-    k.k_batch_stride = p->k.batch_stride;
-    k.k_row_stride = p->k.row_stride;
-    k.k_head_stride = p->k.head_stride;
-    k.v_batch_stride = p->v.batch_stride;
-    k.v_row_stride = p->v.row_stride;
-    k.v_head_stride = p->v.head_stride;
-    k.kn_batch_stride = u->knew.batch_stride;
-    k.kn_row_stride = u->knew.row_stride;
-    k.kn_head_stride = u->knew.head_stride;
-    k.vn_batch_stride = u->vnew.batch_stride;
-    k.vn_row_stride = u->vnew.row_stride;
-    k.vn_head_stride = u->vnew.head_stride;
+    faplan::set_qkv_strides(k, p);
+    faplan::set_strides(u->knew, k.kn_batch_stride, k.kn_row_stride, k.kn_head_stride);
+    faplan::set_strides(u->vnew, k.vn_batch_stride, k.vn_row_stride, k.vn_head_stride);
     k.block_table_batch_stride = p->block_table_batch_stride;
     k.cache_batch_count = p->cache_batch_idx ? p->cache_batch_count : p->batch;
     k.num_blocks = p->num_blocks;
