@@ -1,5 +1,5 @@
 """transformers generate() time of a tiny random Llama (no download) with attn_implementation "flash_attn_cy" beside
-"sdpa" and "eager", CPU, fp32: 32 new tokens per row after a 128-token prompt (tokens/s = batch * 32 / time).
+"sdpa", CPU, fp32: 32 new tokens per row after a 128-token prompt (tokens/s = batch * 32 / time).
 Skipped (n/a) when transformers is not installed (asv.conf.json installs it in asv's environments).
 
 The model is small enough that attention is only part of the time: this tracks end-to-end integration overhead
@@ -13,7 +13,7 @@ _warmed = set()
 
 
 class TinyLlamaGenerate:
-    params = [["flash_attn_cy", "sdpa", "eager"], [1, 4]]
+    params = [["flash_attn_cy", "sdpa"], [1, 4]]
     param_names = ["attn_implementation", "batch"]
     timeout = 300
     repeat = (1, 5, 4.0)
