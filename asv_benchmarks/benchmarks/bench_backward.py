@@ -1,69 +1,84 @@
-"""Forward + backward through PyTorch autograd (flash_attn_cy's autograd path vs SDPA's), when the build has a
-backward. GFLOP/s use FlashAttention-2's convention: backward = 2.5x the forward's matrix-product FLOPs."""
+"""Backward: gradients of q, k, v given the forward's output (and, for ours, its log-sum-exp).
+
+Ours is timed through the NumPy API (flash_attn_cy.backward), the kernel without autograd bookkeeping; SDPA through
+torch autograd on a retained graph (its forward is not re-run). GFLOP/s use FlashAttention-2's convention:
+backward = 2.5x the forward's matrix-product FLOPs (five products instead of two).
+"""
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
-from ._common import best_time, forward_flops, implementations, randn, synchronize, visible_pairs
+from ._common import (best_time, convert, forward_flops, implementations, is_baseline, random_arrays,
+                      require_torch_baseline, synchronize, visible_pairs, warm_up)
 
-BATCH, HEADS = 1, 8
-
-
-def _has_backward() -> bool:
-    try:
-        import flash_attn_cy
-        import torch
-    except ImportError:
-        return False
-    q = torch.randn(1, 4, 1, 8, requires_grad=True)
-    try:
-        out = flash_attn_cy.flash_attn_func(q, q, q)
-    except Exception:
-        return False
-    return getattr(out, "requires_grad", False)
+BATCH, SEQLEN, HEADS = 1, 1024, 4
+_autograd_started = set()
 
 
-class ForwardBackward:
-    params = [implementations(), ["fp32", "bf16"], [64, 128], [512, 2048], [True, False]]
-    param_names = ["impl", "dtype", "headdim", "seqlen", "causal"]
+@functools.lru_cache(maxsize=1)
+def _forward_state(impl: str, dtype: str, headdim: int, causal: bool) -> tuple:
+    """Inputs, output and log-sum-exp of one forward (memoised: setup() runs before every timing sample)."""
+    import flash_attn_cy
+
+    shape = (BATCH, SEQLEN, HEADS, headdim)
+    q, k, v = random_arrays([shape] * 3, dtype, 7)
+    q, k, v = convert(impl, (q, k, v), dtype)
+    out, lse, _ = flash_attn_cy.flash_attn_func(q, k, v, causal=causal, return_attn_probs=True, backend=impl)
+    dout = random_arrays([shape], dtype, 8)[0]
+    (dout,) = convert(impl, (dout,), dtype)
+    return q, k, v, out, lse, dout
+
+
+@functools.lru_cache(maxsize=1)
+def _sdpa_graph(impl: str, dtype: str, headdim: int, causal: bool) -> tuple:
+    import torch
+
+    shape = (BATCH, SEQLEN, HEADS, headdim)
+    q, k, v, dout = convert(impl, random_arrays([shape] * 4, dtype, 7), dtype)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return q, k, v, out, dout
+
+
+class Backward:
+    # non-causal is the backward's heavier case (twice the tiles), causal the common one in training
+    params = [implementations(), ["fp32", "bf16"], [64, 128], [True, False]]
+    param_names = ["impl", "dtype", "headdim", "causal"]
     timeout = 300
+    repeat = (2, 10, 4.0)
 
-    def setup(self, impl, dtype, headdim, seqlen, causal):
-        import torch
-
-        if impl == "mlx":
-            raise NotImplementedError("not measured for MLX (its own autograd API)")
-        if impl not in ("torch-sdpa-cpu", "torch-sdpa-mps") and not _has_backward():
-            raise NotImplementedError("this flash_attn_cy build has no autograd backward")
-        rng = np.random.default_rng(7)
-        device = "mps" if impl in ("metal", "torch-sdpa-mps") else "cpu"
-        tdt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-        shape = (BATCH, seqlen, HEADS, headdim)
-        tensors = [torch.from_numpy(randn(rng, shape, "fp32")).to(device, tdt) for _ in range(3)]
-        if impl.startswith("torch-sdpa"):
-            tensors = [t.transpose(1, 2).contiguous() for t in tensors]
-        q, k, v = (t.requires_grad_() for t in tensors)
-        grad = torch.ones_like(q)
+    def setup(self, impl, dtype, headdim, causal):
         self.impl = impl
-        if impl.startswith("torch-sdpa"):
-            fwd = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)  # noqa: E731
-        else:
+        self.flops = 2.5 * forward_flops(BATCH, HEADS, headdim, visible_pairs(SEQLEN, SEQLEN, causal))
+        if not is_baseline(impl):
             import flash_attn_cy
 
-            fwd = lambda: flash_attn_cy.flash_attn_func(q, k, v, causal=causal, backend=impl)  # noqa: E731
+            warm_up(impl, dtype, headdim)
+            q, k, v, out, lse, dout = _forward_state(impl, dtype, headdim, causal)
+            self.run = lambda: flash_attn_cy.backward(dout, q, k, v, out, lse, causal=causal, backend=impl)
+        elif impl.startswith("torch-sdpa"):
+            require_torch_baseline(impl)
+            warm_up(impl, dtype, headdim)
+            q, k, v, out, dout = _sdpa_graph(impl, dtype, headdim, causal)
 
-        def run():
-            q.grad = k.grad = v.grad = None
-            fwd().backward(grad)
+            def run():
+                q.grad = k.grad = v.grad = None
+                out.backward(dout, retain_graph=True)
 
-        self.run = run
-        self.flops = 3.5 * forward_flops(BATCH, HEADS, headdim, visible_pairs(seqlen, seqlen, causal))
+            if impl not in _autograd_started:
+                run()  # autograd's first backward starts its engine threads: not part of the measurement
+                _autograd_started.add(impl)
+            self.run = run
+        else:
+            raise NotImplementedError(f"{impl}: backward not measured (its own autograd API)")
 
-    def time_forward_backward(self, impl, dtype, headdim, seqlen, causal):
+    def time_backward(self, impl, dtype, headdim, causal):
         self.run()
         synchronize(self.impl)
 
-    def track_gflops(self, impl, dtype, headdim, seqlen, causal):
-        return self.flops / best_time(self.run, self.impl, repeat=1) / 1e9
+    def track_gflops(self, impl, dtype, headdim, causal):
+        return self.flops / best_time(self.run, self.impl) / 1e9
 
     track_gflops.unit = "GFLOP/s"
