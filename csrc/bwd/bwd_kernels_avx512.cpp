@@ -1,7 +1,7 @@
 // bwd_kernels_avx512.cpp - AVX-512 kernels of the CPU backward (the table of bwd_kernels.h).
 //
-// The package is built for the baseline ISA; this code sits in a `#pragma GCC target` region and is only called
-// after select_bwd_kernels_f32 has checked the CPU, so older CPUs never execute it.
+// The package is built for the baseline ISA; this code sits in the target regions of csrc/cpu/avx512_common.h and is
+// only called after select_bwd_kernels_f32 has checked the CPU (cpu_features.h), so older CPUs never execute it.
 //
 // product: register-blocked micro-kernel C[R rows][NV x 16 columns] kept in zmm registers while t runs over the
 // reduction: per step NV vector loads of a B row, R broadcasts of A, R*NV FMAs. R*NV accumulators + NV B vectors
@@ -13,31 +13,14 @@
 #include <cstring>
 
 #include "bwd_tile_math.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define FA_BWD_HAVE_AVX512 1
-#include <immintrin.h>
-
-#define FA_BWD_STR(x) #x
-#if defined(__clang__)
-#define FA_BWD_TARGET_BEGIN(isa) \
-    _Pragma(FA_BWD_STR(clang attribute push(__attribute__((target(isa))), apply_to = function)))
-#define FA_BWD_TARGET_END _Pragma("clang attribute pop")
-#else
-// GCC 12 warns "(may be) used uninitialized" inside its own AVX-512 headers when they are inlined in target regions.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#define FA_BWD_TARGET_BEGIN(isa) _Pragma("GCC push_options") _Pragma(FA_BWD_STR(GCC target(isa)))
-#define FA_BWD_TARGET_END _Pragma("GCC pop_options")
-#endif
-#endif
+#include "cpu/avx512_common.h"  // FA_TARGET_BEGIN / FA_ISA_*, FA_HAVE_AVX512_KERNELS
 
 namespace fa_bwd {
 
-#ifdef FA_BWD_HAVE_AVX512
+#ifdef FA_HAVE_AVX512_KERNELS
 namespace {
 
-FA_BWD_TARGET_BEGIN("avx512f,avx512bw,avx512vl,avx512dq,fma")
+FA_TARGET_BEGIN(FA_ISA_AVX512)
 
 #define FA_BWD_ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -176,9 +159,9 @@ void exp_row(float *x) {
     for (int c = 0; c < kBlockK; c += 16) _mm512_storeu_ps(x + c, exp_ps(_mm512_loadu_ps(x + c)));
 }
 
-FA_BWD_TARGET_END
+FA_TARGET_END
 
-FA_BWD_TARGET_BEGIN("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")
+FA_TARGET_BEGIN(FA_ISA_AVX512_BF16)
 
 // Register tile R rows x 4 vectors (64 columns) of out; per step t one bf16 pair of each A row (a 32-bit broadcast)
 // times 16 pairs per B vector, summed in fp32 by vdpbf16ps.
@@ -218,7 +201,7 @@ void scores_bf16(int m, int kk2, const uint16_t *a, int64_t a_rs, const uint16_t
     if (r < m) micro_bf16<1>(kk2, a + r * a_rs, a_rs, bt2, out + r * kBlockK);
 }
 
-FA_BWD_TARGET_END
+FA_TARGET_END
 
 const BwdKernelsF32 kAvx512 = {"avx512 (fp32 FMA register tiles)", product, softmax_grad, exp_row, nullptr};
 const BwdKernelsF32 kAvx512Bf16 = {"avx512 (fp32 FMA register tiles, bf16 scores by vdpbf16ps)", product,

@@ -36,6 +36,7 @@
 #include "bwd_tile_math.h"
 #include "fa_backends.h"
 #include "fa_philox.h"
+#include "cpu/buffer_pool.h"
 #include "cpu/thread_pool.h"
 
 namespace fa_bwd {
@@ -269,12 +270,14 @@ private:
         const double bytes = (double)p_->nheads_q * (double)q_rows_ * (double)(d_ + dv_) * sizeof(A);
         if (bytes > kMaxPackBytes) return;
         const size_t n = (size_t)p_->nheads_q * (size_t)q_rows_;
-        try {  // uninitialised: pass 0 writes every row a tile can read
-            q_pack_.reset(LineAllocator<A>().allocate(n * (size_t)d_));
-            dout_pack_.reset(LineAllocator<A>().allocate(n * (size_t)dv_));
+        try {  // from the buffer pool, contents unspecified: pass 0 writes every row a tile can read
+            q_pack_mem_ = fa_cpu::PooledBuffer(n * (size_t)d_ * sizeof(A));
+            dout_pack_mem_ = fa_cpu::PooledBuffer(n * (size_t)dv_ * sizeof(A));
+            q_pack_ = q_pack_mem_.as<A>();
+            dout_pack_ = dout_pack_mem_.as<A>();
         } catch (const std::bad_alloc &) {  // slower per-tile copies instead
-            q_pack_.reset();
-            dout_pack_.reset();
+            q_pack_mem_.release();
+            dout_pack_mem_.release();
         }
     }
     // Up to 8 GiB of packs (q and dO of 4 GiB each in fp32, e.g. batch 4 x 32 heads x 64k rows x d 128); beyond,
@@ -286,11 +289,13 @@ private:
         d2_ = (d_ + 1) & ~1;
         dv2_ = (dv_ + 1) & ~1;
         try {
-            q16_pack_.reset(LineAllocator<uint16_t>().allocate(n * (size_t)d2_));
-            dout16_pack_.reset(LineAllocator<uint16_t>().allocate(n * (size_t)dv2_));
+            q16_pack_mem_ = fa_cpu::PooledBuffer(n * (size_t)d2_ * sizeof(uint16_t));
+            dout16_pack_mem_ = fa_cpu::PooledBuffer(n * (size_t)dv2_ * sizeof(uint16_t));
+            q16_pack_ = q16_pack_mem_.as<uint16_t>();
+            dout16_pack_ = dout16_pack_mem_.as<uint16_t>();
         } catch (const std::bad_alloc &) {  // fp32 products instead
-            q16_pack_.reset();
-            dout16_pack_.reset();
+            q16_pack_mem_.release();
+            dout16_pack_mem_.release();
         }
     }
     size_t pack_row(int64_t b, const SeqGeometry &g, int64_t i, int64_t h) const {
@@ -619,13 +624,19 @@ private:
 
     // The calling thread's zeroed partial dQ buffer for this call (registered on first use).
     A *dq_partials() {
-        std::lock_guard<std::mutex> lock(partials_mutex_);
-        const std::thread::id me = std::this_thread::get_id();
-        for (size_t i = 0; i < partial_owner_.size(); ++i)
-            if (partial_owner_[i] == me) return partials_[i].data();
-        partials_.emplace_back((size_t)p_->nheads_q * (size_t)q_rows_ * (size_t)d_, A(0));
-        partial_owner_.push_back(me);
-        return partials_.back().data();
+        const size_t n = (size_t)p_->nheads_q * (size_t)q_rows_ * (size_t)d_;
+        A *part;
+        {
+            std::lock_guard<std::mutex> lock(partials_mutex_);
+            const std::thread::id me = std::this_thread::get_id();
+            for (size_t i = 0; i < partial_owner_.size(); ++i)
+                if (partial_owner_[i] == me) return partials_[i].as<A>();
+            partials_.emplace_back(n * sizeof(A));  // pooled: warm pages after the first call, old contents
+            partial_owner_.push_back(me);
+            part = partials_.back().as<A>();
+        }
+        std::fill(part, part + n, A(0));  // outside the lock; no other thread reads it before pass 1 ends
+        return part;
     }
 
     // dQ rows of query block qb of head h: the sum of every thread's partials.
@@ -639,7 +650,7 @@ private:
             T *out = q_side(p_->dq, b, g, i0 + r, h);
             for (int e = 0; e < d_; ++e) {
                 A sum = A(0);
-                for (const auto &part : partials_) sum += part[at + e];
+                for (const auto &part : partials_) sum += part.as<A>()[at + e];
                 elem<T, A>::store(out + e, sum);
             }
         }
@@ -701,18 +712,15 @@ private:
     A keep_scale_ = 1;
     int64_t q_rows_ = 0, max_sq_ = 0, max_sk_ = 0;
     std::vector<A> delta_;     // [nheads_q][q rows]: D = rowsum(dO * O)
-    struct PackFree {
-        void operator()(A *ptr) const { LineAllocator<A>().deallocate(ptr, 0); }
-    };
-    std::unique_ptr<A[], PackFree> q_pack_, dout_pack_;
-    struct Pack16Free {
-        void operator()(uint16_t *ptr) const { LineAllocator<uint16_t>().deallocate(ptr, 0); }
-    };
-    std::unique_ptr<uint16_t[], Pack16Free> q16_pack_, dout16_pack_;  // bf16 only: see allocate_bf16_packs
-    int d2_ = 0, dv2_ = 0;                                              // their (even) row lengths  // [nheads_q][q rows][d | dv], or null (see allocate_query_packs)
+    // Query packs (see allocate_query_packs), [nheads_q][q rows][d | dv]: pooled memory and typed views of it (null
+    // when not packed); the bf16 ones only for scores_bf16, rows d2_ / dv2_ long.
+    fa_cpu::PooledBuffer q_pack_mem_, dout_pack_mem_, q16_pack_mem_, dout16_pack_mem_;
+    A *q_pack_ = nullptr, *dout_pack_ = nullptr;
+    uint16_t *q16_pack_ = nullptr, *dout16_pack_ = nullptr;
+    int d2_ = 0, dv2_ = 0;
     bool single_pass_ = false; // dQ accumulated in pass 1 (see use_single_pass)
     std::mutex partials_mutex_;
-    std::deque<TileVec<A>> partials_;      // per-thread [nheads_q][q rows][d] dQ partial sums
+    std::deque<fa_cpu::PooledBuffer> partials_;  // per-thread [nheads_q][q rows][d] dQ partial sums
     std::vector<std::thread::id> partial_owner_;
     const BwdKernelsF32 *kernels_ = nullptr;  // float products (runtime ISA choice); double uses tile_product
     bool refine_lse_ = false;  // fp64: recompute the LSE in double (refine_lse_block)

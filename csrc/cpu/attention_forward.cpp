@@ -19,27 +19,17 @@
 #include "cpu_dtype.h"
 #include "decode_forward.h"
 #include "fa_backends.h"
+#include "row_output.h"
 #include "score_features.h"
 #include "seq_geometry.h"
 #include "thread_pool.h"
 #include "tile_kernels.h"
+#include "workspace.h"
 
 namespace fa_cpu {
 namespace {
 
-// Per-thread scratch, grown on demand and reused across calls (no allocation in steady state).
-struct Workspace {
-    std::unique_ptr<char[]> raw;
-    size_t size = 0;
-    char *get(size_t bytes) {
-        if (bytes + 64 > size) {
-            raw.reset(new char[bytes + 64]);
-            size = bytes + 64;
-        }
-        return reinterpret_cast<char *>((reinterpret_cast<uintptr_t>(raw.get()) + 63) & ~uintptr_t(63));
-    }
-};
-thread_local Workspace tl_workspace;
+thread_local Workspace tl_workspace;  // per thread: the tiles of one work item (workspace.h)
 
 template <typename Acc>
 struct ForwardJob {
@@ -228,25 +218,12 @@ inline bool tile_needs_mask(const MaskParams &mp, const TileRows &t, int64_t t0,
            (mp.window_right >= 0 && t1 - 1 > t.i_min + mp.offset + mp.window_right);
 }
 
-// 1/l of a row, 0 for a row that saw no key. !(l <= 0) rather than l > 0: a NaN row sum (NaN/inf input) must give
-// NaN, not the zeros of an empty row.
-template <typename Acc>
-inline Acc row_inv_sum(Acc l) { return !(l <= 0) ? Acc(1) / l : Acc(0); }
-
-inline void *out_row_ptr(const fa_params *p, const SeqGeometry &g, const RowInfo &row) {
-    return elem_ptr(p->out.data, g.out_row0 + int64_t(row.i) * p->out.row_stride + int64_t(row.head) * p->out.head_stride,
-                    p->dtype);
-}
-
 // LSE (natural log, +inf when the row saw no key) and, on request, the S_dmask row of a finished row.
 template <typename Acc>
 void finish_row_stats(const ForwardJob<Acc> &job, int b, const RowInfo &row, Acc m, Acc l, const MaskParams &mp) {
     const fa_params *p = job.p;
     const SeqGeometry &g = job.seqs[b];
-    if (p->lse) {
-        const float lse = !(l <= 0) ? float((double(m) + std::log2(double(l))) * LN2) : INFINITY;
-        p->lse[g.lse_row0 + int64_t(row.head) * p->lse_head_stride + int64_t(row.i) * p->lse_row_stride] = lse;
-    }
+    write_row_lse(p, g, row, m, l);
     if (p->attn_probs) write_attn_probs(job, b, g, row, m, l, mp);
 }
 

@@ -1,8 +1,9 @@
-// avx512_common.h - what the AVX-512 kernel files share: target-region macros and a vector exp2.
+// avx512_common.h - what the AVX-512 kernel files (forward, decode, backward) share: target-region macros and the
+// vector exp2 variants.
 //
 // Include it only from x86-64 builds (FA_HAVE_AVX512_KERNELS is defined then). Functions defined between
 // FA_TARGET_BEGIN(isa) and FA_TARGET_END are compiled for that ISA without any -march flag; they may only be
-// called after runtime CPU-feature dispatch (isa_dispatch.cpp) has checked the CPU.
+// called after runtime CPU-feature dispatch (cpu_features.h) has checked the CPU.
 #pragma once
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -19,6 +20,7 @@
 // GCC 12 reports false "may be used uninitialized" warnings inside its own AVX-512 intrinsic headers
 // (the _mm512_undefined_* idiom) when they are inlined under a target pragma.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #define FA_TARGET_BEGIN(isa) _Pragma("GCC push_options") _Pragma(FA_STR(GCC target(isa)))
 #define FA_TARGET_END _Pragma("GCC pop_options")
 #endif
@@ -30,10 +32,16 @@ namespace avx512 {
 
 FA_TARGET_BEGIN(FA_ISA_AVX512)
 
-// 2^x for x <= 128: x = n + f with |f| <= 1/2, 2^f = e^(f ln2) by its degree-7 Taylor polynomial (relative error
-// < 2e-9), scaled by 2^n with vscalefps, which also flushes very negative exponents (masked logits, clamped to
-// -150) to exactly 0. max_ps returns its second operand when either is NaN, so a NaN logit stays NaN.
-inline __m512 exp2_ps(__m512 x) {
+// Two vector 2^x, each kept bit-for-bit where it is used (changing one would change that path's results):
+//   exp2_ps_scaled_arg    decode (decode_kernels_avx512.cpp): f ln2 first, then e^y's degree-7 Taylor polynomial.
+//   exp2_ps_folded<DEG>   forward tiles (tile_kernels_avx512.cpp): ln2 powers folded into the coefficients, DEG 4..7.
+// Both: x = n + f with |f| <= 1/2, the polynomial for 2^f, then 2^n by vscalefps, which also flushes very negative
+// exponents (masked logits, clamped to -150) to exactly 0. Operand order matters in the clamp: max_ps returns its
+// second operand when either is NaN, so a NaN logit (NaN/inf input) stays NaN and reaches the output, as in
+// flash_attn and torch, instead of being clamped into a zero weight.
+
+// 2^x for x <= 128, relative error < 2e-9.
+inline __m512 exp2_ps_scaled_arg(__m512 x) {
     x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x);
     const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 y = _mm512_mul_ps(_mm512_sub_ps(x, n), _mm512_set1_ps(0.69314718055994531f));
@@ -45,6 +53,25 @@ inline __m512 exp2_ps(__m512 x) {
     p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(0.5f));
     p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+// 2^x for x <= 128 by sum_k (ln2)^k/k! f^k, k <= DEG (no multiply by ln2). Truncation error (relative): degree 7
+// < 1e-8 (fp32 results); degree 5 < 3e-6; degree 4 < 5e-5, for use where P is rounded to bf16 (relative step 4e-3)
+// right after, so the cheaper polynomial costs no accuracy there (and changes the row sum by < 5e-5).
+template <int DEG>
+inline __m512 exp2_ps_folded(__m512 x) {
+    static_assert(DEG >= 4 && DEG <= 7, "exp2 polynomial degree");
+    // (ln2)^k / k!, k = 0..7
+    constexpr float c[8] = {1.0f, 0.693147180559945f, 0.240226506959101f, 0.0555041086648216f,
+                            0.00961812910762848f, 0.00133335581464284f, 0.000154035303933816f,
+                            1.52527338040598e-05f};
+    x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x);
+    const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(c[DEG]);
+#pragma GCC unroll 8
+    for (int k = DEG - 1; k >= 0; --k) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c[k]));
     return _mm512_scalef_ps(p, n);
 }
 

@@ -15,8 +15,10 @@
 
 #include "cpu_dtype.h"
 #include "decode_kernels.h"
+#include "row_output.h"
 #include "score_features.h"
 #include "thread_pool.h"
+#include "workspace.h"
 
 namespace fa_cpu {
 namespace {
@@ -70,17 +72,6 @@ inline bool block_needs_mask(const MaskParams &mp, const SeqGeometry &g, int64_t
            (mp.window_right >= 0 && t1 - 1 > mp.offset + mp.window_right);
 }
 
-struct Workspace {
-    std::unique_ptr<char[]> raw;
-    size_t size = 0;
-    char *get(size_t bytes) {
-        if (bytes + 64 > size) {
-            raw.reset(new char[bytes + 64]);
-            size = bytes + 64;
-        }
-        return reinterpret_cast<char *>((reinterpret_cast<uintptr_t>(raw.get()) + 63) & ~uintptr_t(63));
-    }
-};
 thread_local Workspace tl_decode_workspace;  // per worker: packed q, scores, kernel scratch
 thread_local Workspace tl_decode_partials;   // per calling thread: the splits' (m, l, O)
 
@@ -163,16 +154,10 @@ void decode_item(const DecodeJob &job, int b, int s) {
 void write_row(const DecodeJob &job, int b, const RowInfo &row, const float *acc, float m, float l) {
     const fa_params *p = job.p;
     const SeqGeometry &g = (*job.seqs)[b];
-    const int d = p->headdim;
-    // !(l <= 0) rather than l > 0: a NaN row sum (NaN/inf input) must give NaN, not the zeros of an empty row.
-    const float inv = !(l <= 0) ? 1.0f / l : 0.0f;
-    void *orow = elem_ptr(p->out.data, g.out_row0 + int64_t(row.i) * p->out.row_stride +
-                                           int64_t(row.head) * p->out.head_stride, p->dtype);
-    for (int c = 0; c < d; ++c) store_elem<float>(orow, c, p->dtype, acc[c] * inv);
-    if (p->lse) {
-        const float lse = !(l <= 0) ? float((double(m) + std::log2(double(l))) * LN2) : INFINITY;
-        p->lse[g.lse_row0 + int64_t(row.head) * p->lse_head_stride + int64_t(row.i) * p->lse_row_stride] = lse;
-    }
+    const float inv = row_inv_sum(l);
+    void *orow = out_row_ptr(p, g, row);
+    for (int c = 0; c < p->headdim; ++c) store_elem<float>(orow, c, p->dtype, acc[c] * inv);
+    write_row_lse(p, g, row, m, l);
 }
 
 // Merge the splits of (sequence b, KV head hk): rescale each by 2^(m_s - M) and normalise once.

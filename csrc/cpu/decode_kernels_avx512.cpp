@@ -10,6 +10,7 @@
 
 #include "avx512_common.h"
 #include "cpu_dtype.h"
+#include "cpu_features.h"
 #include "decode_kernels.h"
 
 namespace fa_cpu {
@@ -17,7 +18,7 @@ namespace fa_cpu {
 #ifdef FA_HAVE_AVX512_KERNELS
 namespace {
 
-using avx512::exp2_ps;
+using avx512::exp2_ps_scaled_arg;
 
 FA_TARGET_BEGIN(FA_ISA_AVX512)
 
@@ -127,7 +128,7 @@ void softmax(float *s, int n, int nk, float mul, float *m, float *l, float *o, i
         const float m_new = std::fmax(m_old, _mm512_reduce_max_ps(x));
         // A row that has seen only masked keys keeps m = -inf; subtract 0 instead so exp2 gives 0, not NaN.
         const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-        const __m512 p = exp2_ps(_mm512_sub_ps(x, _mm512_set1_ps(m_use)));
+        const __m512 p = exp2_ps_scaled_arg(_mm512_sub_ps(x, _mm512_set1_ps(m_use)));
         _mm512_store_ps(s + row * DECODE_BLOCK, p);
         const float alpha = std::exp2(m_old - m_use);
         l[row] = l[row] * alpha + _mm512_reduce_add_ps(p);
@@ -277,13 +278,11 @@ const DecodeKernels k_bf16_widen = {"avx512-bf16-widened", &pack_q_f32<FA_BF16>,
 
 }  // namespace
 
-bool cpu_has_avx512bf16();
-
 const DecodeKernels *avx512_decode_kernels(fa_dtype dt) {
     switch (dt) {
         case FA_F32: return &k_f32;
         case FA_F16: return &k_f16;
-        case FA_BF16: return cpu_has_avx512bf16() ? &k_bf16_dp : &k_bf16_widen;
+        case FA_BF16: return cpu_features().avx512bf16 ? &k_bf16_dp : &k_bf16_widen;
         default: return nullptr;
     }
 }

@@ -7,39 +7,22 @@
 //         rate): S^T pairs over the head dim (adjacent in K rows), O^T pairs over keys (V interleaved into key pairs
 //         once per K/V tile and work item; P written as key pairs by the fused softmax).
 //   fp16: K/V tiles are widened to fp32 with vcvtph2ps (F16C) once per work item, then the fp32 micro-kernels run.
-//   softmax: vectorized online-softmax step with a polynomial exp2.
+//   softmax: vectorized online-softmax step with a polynomial exp2 (exp2_ps_folded, avx512_common.h).
 //   Q in and O out: 16x16 register transposes between rows and the query-lane layout.
 #include <cmath>
 #include <cstring>
 
+#include "avx512_common.h"
 #include "cpu_dtype.h"
+#include "cpu_features.h"
 #include "tile_kernels.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define FA_HAVE_AVX512_KERNELS 1
-#include <immintrin.h>
-
-// Regions of functions compiled for an extra ISA. GCC uses target pragmas; clang (Linux, Intel Macs) needs an
-// attribute applied to every function of the region.
-#define FA_STR(x) #x
-#if defined(__clang__)
-#define FA_TARGET_BEGIN(isa) _Pragma(FA_STR(clang attribute push(__attribute__((target(isa))), apply_to = function)))
-#define FA_TARGET_END _Pragma("clang attribute pop")
-#else
-// GCC 12 reports false "may be used uninitialized" warnings inside its own AVX-512 intrinsic headers
-// (the _mm512_undefined_* idiom) when they are inlined under a target pragma.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#define FA_TARGET_BEGIN(isa) _Pragma("GCC push_options") _Pragma(FA_STR(GCC target(isa)))
-#define FA_TARGET_END _Pragma("GCC pop_options")
-#endif
-#define FA_ISA_AVX512 "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"
-#define FA_ISA_AVX512_BF16 "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,avx512bf16"
-#endif
 
 namespace fa_cpu {
 
 #ifdef FA_HAVE_AVX512_KERNELS
 namespace {
+
+using avx512::exp2_ps_folded;
 
 FA_TARGET_BEGIN(FA_ISA_AVX512)
 
@@ -303,29 +286,6 @@ void pack_qT_f16(const void *const *rows, int nrows, int d, int nv, void *qT) {
     pack_qT_words<LoadF16>(rows, nrows, d, d, nv, static_cast<uint32_t *>(qT));
 }
 
-// 2^x for x <= 128: split x = n + f with |f| <= 1/2, 2^f by the Taylor polynomial of e^(f ln2) of degree DEG with
-// the powers of ln2 folded into the coefficients (sum_k (ln2)^k/k! f^k: no multiply by ln2), then scale by 2^n with
-// vscalefps, which also flushes very negative exponents (masked logits, clamped to -150) to exactly 0. Truncation
-// error (relative): degree 7 < 1e-8 (fp32 results); degree 5 < 3e-6; degree 4 < 5e-5, used where P is rounded to bf16 (relative
-// step 4e-3) right after, so the cheaper polynomial costs no accuracy there (and changes the row sum by < 5e-5).
-template <int DEG>
-inline __m512 exp2_ps(__m512 x) {
-    static_assert(DEG >= 4 && DEG <= 7, "exp2 polynomial degree");
-    // (ln2)^k / k!, k = 0..7
-    constexpr float c[8] = {1.0f, 0.693147180559945f, 0.240226506959101f, 0.0555041086648216f,
-                            0.00961812910762848f, 0.00133335581464284f, 0.000154035303933816f,
-                            1.52527338040598e-05f};
-    // Operand order matters: max_ps returns its second operand when either is NaN, so a NaN score (NaN/inf input)
-    // stays NaN and reaches the output, as in flash_attn and torch, instead of being clamped into a zero weight.
-    x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x);
-    const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 f = _mm512_sub_ps(x, n);
-    __m512 p = _mm512_set1_ps(c[DEG]);
-#pragma GCC unroll 8
-    for (int k = DEG - 1; k >= 0; --k) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c[k]));
-    return _mm512_scalef_ps(p, n);
-}
-
 // Online-softmax step, one 16-row vector at a time. Pass 1 only finds the max of the raw scores (mul > 0 commutes
 // with max; a negative mul uses the min); pass 2 computes p = exp2(s*mul - m) with one FMA, sums it in fp32 and
 // hands each pair of key rows (j, j+1) to Store, which writes P in the format the PV kernel reads (fp32 sT in
@@ -363,17 +323,17 @@ __attribute__((always_inline)) inline void softmax_core(float *sT, int nk, int n
         // Rows that have seen only masked keys keep m = -inf; subtract 0 instead so exp2 gives 0, not NaN.
         const __m512 m_use = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(m_new, neg_inf, _CMP_EQ_OQ), m_new,
                                                   _mm512_setzero_ps());
-        const __m512 a = exp2_ps<DEG>(_mm512_sub_ps(m_old, m_use));
+        const __m512 a = exp2_ps_folded<DEG>(_mm512_sub_ps(m_old, m_use));
         __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
         for (j = 0; j + 2 <= nk; j += 2) {  // two independent chains hide the exp latency
-            const __m512 p0 = exp2_ps<DEG>(_mm512_fmsub_ps(_mm512_load_ps(col + j * BLOCK_M), vmul, m_use));
-            const __m512 p1 = exp2_ps<DEG>(_mm512_fmsub_ps(_mm512_load_ps(col + (j + 1) * BLOCK_M), vmul, m_use));
+            const __m512 p0 = exp2_ps_folded<DEG>(_mm512_fmsub_ps(_mm512_load_ps(col + j * BLOCK_M), vmul, m_use));
+            const __m512 p1 = exp2_ps_folded<DEG>(_mm512_fmsub_ps(_mm512_load_ps(col + (j + 1) * BLOCK_M), vmul, m_use));
             store.pair(col, v, j, p0, p1);
             sum0 = _mm512_add_ps(sum0, p0);
             sum1 = _mm512_add_ps(sum1, p1);
         }
         if (j < nk) {
-            const __m512 p0 = exp2_ps<DEG>(_mm512_fmsub_ps(_mm512_load_ps(col + j * BLOCK_M), vmul, m_use));
+            const __m512 p0 = exp2_ps_folded<DEG>(_mm512_fmsub_ps(_mm512_load_ps(col + j * BLOCK_M), vmul, m_use));
             store.last(col, v, j, p0);
             sum0 = _mm512_add_ps(sum0, p0);
         }
@@ -677,13 +637,11 @@ const TileKernels<float> k_bf16 = {"avx512-bf16", &pack_qT_bf16, &scores_bf16, &
 
 }  // namespace
 
-bool cpu_has_avx512bf16();
-
 const TileKernels<float> *avx512_kernels(fa_dtype dt) {
     switch (dt) {
         case FA_F32: return &k_f32;
         case FA_F16: return &k_f16;
-        case FA_BF16: return cpu_has_avx512bf16() ? &k_bf16 : nullptr;  // else: portable bf16
+        case FA_BF16: return cpu_features().avx512bf16 ? &k_bf16 : nullptr;  // else: portable bf16
         default: return nullptr;
     }
 }
