@@ -78,3 +78,16 @@ def test_inf_value_outside_a_tiles_band_stays_out(rng, one_thread, dtype, left):
     out64 = ref.attention_ref(q, k, v_clean, window_size=(left, 0))
     out_lp = ref.attention_ref(q, k, v_clean, window_size=(left, 0), compute_dtype=DTYPES[dtype])
     assert_close_to_ref(out[:, 64:128], out64[:, 64:128], out_lp[:, 64:128], dtype=DTYPES[dtype])
+
+
+@pytest.mark.parametrize("scale", [0.11, -0.11], ids=["positive", "negative"])
+@pytest.mark.parametrize("kw", [dict(causal=True), dict(window_size=(40, 7)), dict(causal=True, window_size=(90, -1))],
+                         ids=["causal", "local", "causal-left"])
+def test_band_edge_masking_with_grouped_rows(rng, isa, one_thread, scale, kw):
+    """Boundary tiles without softcap/ALiBi are masked by prefix/suffix fills (a positive scale), or by the scalar
+    logit pass (a negative scale, which would turn -inf into +inf in the softmax's scaling); GQA packs 4 heads per
+    query position, so a tile's rows repeat each query index."""
+    q = randn(rng, (2, 203, 8, 40), "fp32")
+    k = randn(rng, (2, 250, 2, 40), "fp32")
+    v = randn(rng, (2, 250, 2, 40), "fp32")
+    _check(q, k, v, "fp32", softmax_scale=scale, **kw)

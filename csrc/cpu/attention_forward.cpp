@@ -289,7 +289,9 @@ void lane_layout_tile(const ForwardJob<Acc> &job, QueryTile<Acc> &q, const MaskP
     const bool masked = tile_needs_mask(mp, q.t, t0, t0 + nk);
     kern.scores(kt, j0, nk, d, q.qT, q.nv, buf.sT, buf.scratch);
     Acc mul = Acc(job.scale * LOG2E);
-    if (masked || mp.softcap > 0 || mp.alibi) {
+    if (masked && !(mp.softcap > 0) && !mp.alibi && job.scale > 0) {
+        mask_band_edges(buf.sT, nk, q.t.nrows, q.lanes, q.t.rows, t0, mp);
+    } else if (masked || mp.softcap > 0 || mp.alibi) {
         apply_score_features(buf.sT, nk, q.t.nrows, q.lanes, q.t.rows, t0, mp, masked);
         mul = Acc(1);
     }

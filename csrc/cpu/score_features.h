@@ -60,6 +60,31 @@ void apply_score_features(Acc *sT, int nk, int nrows, int lanes, const RowInfo *
     }
 }
 
+// Boundary tiles of a causal/local band when no softcap or ALiBi is on: the rows of a tile are in non-decreasing
+// query order, so the rows that cannot see key j are a prefix (past the right edge) and a suffix (before the left
+// edge), and both grow with j. Filling them with -inf leaves the raw products of the visible rows for the softmax to
+// scale, so a boundary tile costs two short fills per key instead of the scalar logit pass above (which made causal
+// attention at seqlen <= 2048 barely cheaper than non-causal). Only for a positive scale: the softmax multiplies the
+// -inf by it.
+template <typename Acc>
+void mask_band_edges(Acc *sT, int nk, int nrows, int lanes, const RowInfo *rows, int64_t key0, const MaskParams &mp) {
+    int past_right = 0;     // rows [0, past_right) end before key j
+    int before_left = 0;    // rows [before_left, nrows) start after key j
+    for (int j = 0; j < nk; ++j) {
+        const int64_t key = key0 + j;
+        if (mp.window_right >= 0)
+            while (past_right < nrows && rows[past_right].i + mp.offset + mp.window_right < key) ++past_right;
+        if (mp.window_left >= 0) {
+            while (before_left < nrows && rows[before_left].i + mp.offset - mp.window_left <= key) ++before_left;
+        } else {
+            before_left = nrows;
+        }
+        Acc *s = sT + int64_t(j) * BLOCK_M;
+        for (int r = 0; r < past_right; ++r) s[r] = Acc(-INFINITY);
+        for (int r = before_left > past_right ? before_left : past_right; r < lanes; ++r) s[r] = Acc(-INFINITY);
+    }
+}
+
 struct DropoutParams {
     uint64_t seed, offset;
     uint32_t threshold;  // keep iff philox word >= threshold
