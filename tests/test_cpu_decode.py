@@ -8,22 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _cpu_isa import isa  # noqa: F401 (the fixture)
 from _tolerance import assert_close_to_ref
 from conftest import DTYPES, LOWP_DTYPES, randn
 
 fa = pytest.importorskip("flash_attn_cy")
 ref = pytest.importorskip("flash_attn_cy.reference")
 
-ISAS = ["native", "portable"]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request, monkeypatch):
-    if request.param == "portable":
-        monkeypatch.setenv("FLASH_ATTN_CY_CPU_ISA", "portable")
-    else:
-        monkeypatch.delenv("FLASH_ATTN_CY_CPU_ISA", raising=False)
-    return request.param
 
 
 def _check(q, kc, vc, dtype, **kw):
