@@ -5,6 +5,12 @@ contiguous [batch, heads, seqlen, dim] tensors), run in the same process with th
 timing is the median of repeated calls after a warm-up call, repeated until ``min_time`` seconds have been spent
 (at least ``min_reps`` calls).
 
+The sides of one shape (every backend, then PyTorch) are timed in interleaved rounds rather than one after the
+other, so that a slow phase of a shared or virtual machine (a core taken away for a second) lands on all of them
+instead of deciding the ratio. Before each side's round the bench sleeps ``SETTLE_SECONDS``: an OpenMP runtime such
+as PyTorch's keeps its idle worker threads spinning for milliseconds after a parallel region, and a side timed
+inside that window would be measured while another library's threads still occupy its cores.
+
 FLOP counts follow flash-attention's benchmarks: forward 4 * b * h * sq * sk * d (two matrix products), halved for
 causal square attention; backward 2.5x the forward. The fp32 matrix-multiply peak of the machine (NumPy and PyTorch
 matmul, best of both) is measured in the same run so that "share of peak" is comparable across machines.
@@ -83,6 +89,10 @@ class Row:
         return None if not ms else kv_bytes(self.shape) / (ms * 1e-3) / 1e9
 
 
+SETTLE_SECONDS = 0.02  # libgomp spins ~300k pause instructions (a few ms) before an idle thread sleeps
+MAX_ROUNDS = 5
+
+
 def _median_ms(fn: Callable[[], object], min_time: float, min_reps: int, max_reps: int = 50) -> float:
     fn()  # warm-up: thread pools, page faults, pipeline compilation
     times: List[float] = []
@@ -92,6 +102,38 @@ def _median_ms(fn: Callable[[], object], min_time: float, min_reps: int, max_rep
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
+
+
+def _interleaved_median_ms(fns: Dict[str, Callable[[], object]], min_time: float, min_reps: int,
+                           max_reps: int = 50, warm: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+    """Median ms per side, the sides timed in alternating rounds (see the module docstring).
+
+    Each side gets at least ``min_reps`` timed calls and about ``min_time`` seconds in all, split over up to
+    MAX_ROUNDS rounds; calls longer than a round's share get one call per round (at least ``min_reps`` rounds).
+    ``warm`` holds the seconds of a warm-up call already made per side; without it each side is warmed up here."""
+    if warm is None:
+        warm = {}
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()  # warm-up: thread pools, page faults, pipeline compilation
+            warm[name] = time.perf_counter() - t0
+    longest = max(warm.values(), default=0.0)
+    rounds = max(min_reps, min(MAX_ROUNDS, int(min_time / longest) if longest > 0 else MAX_ROUNDS))
+    round_time = min_time / rounds
+    reps_per_round = max(1, -(-min_reps // rounds))
+    cap_per_round = max(reps_per_round, max_reps // rounds)
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            time.sleep(SETTLE_SECONDS)
+            start = time.perf_counter()
+            n = 0
+            while n < reps_per_round or (time.perf_counter() - start < round_time and n < cap_per_round):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+                n += 1
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def matmul_peak_gflops(n: int = 1024, min_time: float = 0.5) -> Dict[str, float]:
@@ -197,20 +239,28 @@ def run_bench(shapes: Sequence[Shape], backends: Sequence[str], with_torch: bool
     rng = np.random.default_rng(0)
     for shape in shapes:
         row = Row(shape)
-        for backend in backends:
-            try:
-                fn = _make_ours(fa, backend, shape, rng)
-                row.ms[backend] = _median_ms(fn, min_time, min_reps)
-            except NotImplementedError as e:
-                row.ms[backend], row.notes[backend] = None, f"n/a: {e}"
-            except Exception as e:  # noqa: BLE001 - report and continue with the other shapes
-                row.ms[backend], row.notes[backend] = None, f"{type(e).__name__}: {e}"
-            fn = None
+        sides: Dict[str, Callable[[], object]] = {}
+        warm: Dict[str, float] = {}
+        makers = [(backend, lambda b=backend: _make_ours(fa, b, shape, rng)) for backend in backends]
         if with_torch:
+            makers.append(("torch", lambda: _make_torch(shape)))
+        for name, make in makers:
             try:
-                row.ms["torch"] = _median_ms(_make_torch(shape), min_time, min_reps)
-            except Exception as e:  # noqa: BLE001
-                row.ms["torch"], row.notes["torch"] = None, f"{type(e).__name__}: {e}"
+                fn = make()
+                t0 = time.perf_counter()
+                fn()  # warm-up, and fail here (before timing) if this side cannot run the shape
+                warm[name] = time.perf_counter() - t0
+                sides[name] = fn
+            except NotImplementedError as e:
+                row.ms[name], row.notes[name] = None, f"n/a: {e}"
+            except Exception as e:  # noqa: BLE001 - report and continue with the other sides and shapes
+                row.ms[name], row.notes[name] = None, f"{type(e).__name__}: {e}"
+        try:
+            row.ms.update(_interleaved_median_ms(sides, min_time, min_reps, warm=warm))
+        except Exception as e:  # noqa: BLE001 - a side that ran once but failed later
+            for name in sides:
+                row.ms[name], row.notes[name] = None, f"{type(e).__name__}: {e}"
+        sides.clear()
         rows.append(row)
         if progress is not None:
             progress(row)

@@ -229,3 +229,35 @@ def test_output_closed_early_is_not_a_traceback(tmp_path):
     err = p.stderr.read().decode()
     p.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_bench_times_sides_in_alternating_rounds(monkeypatch):
+    """Every side is timed in each round, one side after the other, so a slow phase of the machine hits all sides."""
+    from flash_attn_cy import _bench
+
+    monkeypatch.setattr(_bench, "SETTLE_SECONDS", 0.0)
+    calls = []
+    fns = {"cpu": lambda: calls.append("cpu"), "torch": lambda: calls.append("torch")}
+    ms = _bench._interleaved_median_ms(fns, min_time=0.0, min_reps=3)
+    assert set(ms) == {"cpu", "torch"} and all(v >= 0 for v in ms.values())
+    # one warm-up call each, then >= 3 rounds of one timed call per side
+    assert calls[:2] == ["cpu", "torch"]
+    timed = calls[2:]
+    assert timed.count("cpu") >= 3 and timed.count("torch") >= 3
+    switches = sum(1 for a, b in zip(timed, timed[1:]) if a != b)
+    assert switches >= 5  # cpu, torch, cpu, torch, cpu, torch
+
+
+def test_bench_reports_a_failing_side_and_times_the_rest(monkeypatch):
+    from flash_attn_cy import _bench
+
+    monkeypatch.setattr(_bench, "SETTLE_SECONDS", 0.0)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("backend exploded")
+
+    monkeypatch.setattr(_bench, "_make_torch", broken)
+    shapes = _bench.build_shapes([16], [8], ["fp32"], [False], batch=1, heads=1)
+    (row,) = _bench.run_bench(shapes, ["cpu"], with_torch=True, min_time=0.0, min_reps=1)
+    assert row.ms["cpu"] > 0
+    assert row.ms["torch"] is None and "backend exploded" in row.notes["torch"]
