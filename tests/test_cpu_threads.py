@@ -61,3 +61,45 @@ def test_set_num_threads_roundtrip():
         assert fa.get_num_threads() >= 1
     finally:
         fa.set_num_threads(old)
+
+
+def _attention_and_grads(q, k, v, dout):
+    out, lse, _ = fa.flash_attn_func(q, k, v, causal=True, backend="cpu", return_attn_probs=True)
+    dq, dk, dv = fa.backward(dout, q, k, v, out, lse, causal=True, backend="cpu", deterministic=True)
+    return out, dq, dk, dv
+
+
+def _child_after_fork(conn, q, k, v, dout) -> None:
+    try:
+        conn.send([np.asarray(x) for x in _attention_and_grads(q, k, v, dout)])
+    finally:
+        conn.close()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+def test_forked_child_gets_a_working_pool(rng):
+    """A process forked after the pool started (DataLoader workers, multiprocessing) has none of the parent's worker
+    threads: its calls must still finish (they used to wait forever for the missing workers) and be correct."""
+    import multiprocessing
+
+    q, k, v, dout = (randn(rng, (2, 300, 4, 64), "fp32") for _ in range(4))
+    old = fa.get_num_threads()
+    try:
+        fa.set_num_threads(2)
+        expected = _attention_and_grads(q, k, v, dout)  # starts the pool's workers and fills the buffer pool
+        ctx = multiprocessing.get_context("fork")
+        parent_end, child_end = ctx.Pipe(duplex=False)
+        child = ctx.Process(target=_child_after_fork, args=(child_end, q, k, v, dout))
+        child.start()
+        child_end.close()
+        got = parent_end.recv() if parent_end.poll(120) else None
+        child.join(30)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+        assert got is not None, "the forked child's attention call did not finish"
+        assert child.exitcode == 0
+        for e, g in zip(expected, got):
+            np.testing.assert_array_equal(np.asarray(e), g)  # deterministic: bit-identical
+    finally:
+        fa.set_num_threads(old)

@@ -6,6 +6,10 @@
 #include <new>
 #include <utility>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
+
 namespace fa_cpu {
 namespace {
 
@@ -18,9 +22,22 @@ struct Pool {
 };
 
 // Never destroyed: buffers may be released by threads that outlive static destruction at interpreter exit.
+Pool *g_pool = nullptr;
+
+// After fork() the mutex may be held by a parent thread that does not exist in the child: the child starts with an
+// empty pool and leaks the old idle list (copy-on-write pages it never touches).
+void renew_pool_in_child() { g_pool = new Pool; }
+
 Pool &pool() {
-    static Pool *p = new Pool;
-    return *p;
+    static const bool created = [] {
+        g_pool = new Pool;
+#if defined(__unix__) || defined(__APPLE__)
+        pthread_atfork(nullptr, nullptr, &renew_pool_in_child);
+#endif
+        return true;
+    }();
+    (void)created;
+    return *g_pool;
 }
 
 }  // namespace
