@@ -1,14 +1,11 @@
 // buffer_pool.cpp - the process-wide free list behind PooledBuffer (see buffer_pool.h).
 #include "buffer_pool.h"
+#include "fork_renewed.h"
 
 #include <deque>
 #include <mutex>
 #include <new>
 #include <utility>
-
-#if defined(__unix__) || defined(__APPLE__)
-#include <pthread.h>
-#endif
 
 namespace fa_cpu {
 namespace {
@@ -19,26 +16,12 @@ struct Pool {
     std::mutex mu;
     std::deque<std::pair<void *, size_t>> idle;  // (memory, capacity), oldest first
     size_t idle_bytes = 0;
+    // A fork()ed child starts empty: the mutex may be held by a parent thread that does not exist there.
+    static Pool *renewed_after_fork(const Pool &) { return new Pool; }
 };
 
 // Never destroyed: buffers may be released by threads that outlive static destruction at interpreter exit.
-Pool *g_pool = nullptr;
-
-// After fork() the mutex may be held by a parent thread that does not exist in the child: the child starts with an
-// empty pool and leaks the old idle list (copy-on-write pages it never touches).
-void renew_pool_in_child() { g_pool = new Pool; }
-
-Pool &pool() {
-    static const bool created = [] {
-        g_pool = new Pool;
-#if defined(__unix__) || defined(__APPLE__)
-        pthread_atfork(nullptr, nullptr, &renew_pool_in_child);
-#endif
-        return true;
-    }();
-    (void)created;
-    return *g_pool;
-}
+Pool &pool() { return ForkRenewed<Pool>::get(); }
 
 }  // namespace
 

@@ -9,11 +9,8 @@
 #include <thread>
 #include <vector>
 
-#if defined(__unix__) || defined(__APPLE__)
-#include <pthread.h>
-#endif
-
 #include "fa_abi.h"
+#include "fork_renewed.h"
 
 namespace fa_cpu {
 namespace {
@@ -64,7 +61,12 @@ class ThreadPool {
         return n > 0 ? n : hardware_threads();
     }
     void set_size(int n) { requested_.store(n < 0 ? 0 : std::min(n, 1024), std::memory_order_relaxed); }
-    int requested() const { return requested_.load(std::memory_order_relaxed); }
+    // The pool of a fork()ed child (see fork_renewed.h): no workers yet, the same requested size.
+    static ThreadPool *renewed_after_fork(const ThreadPool &old) {
+        ThreadPool *p = new ThreadPool();
+        p->set_size(old.requested_.load(std::memory_order_relaxed));
+        return p;
+    }
 
     bool run(int64_t n, const std::function<void(int64_t)> &fn, int max_threads) {
         if (n <= 0) return true;
@@ -158,29 +160,9 @@ class ThreadPool {
     std::atomic<int> pending_{0};  // written under m_; also polled by the caller
 };
 
-// The process's pool. Deliberately leaked: joining workers from a static destructor at interpreter exit can deadlock.
-ThreadPool *g_pool = nullptr;
-
-// After fork() the child holds only the forking thread: the pool's workers are gone (a job would wait for them
-// forever) and its mutexes may be held by threads that no longer exist. The child starts over with a new pool of the
-// same requested size; the old one is leaked, never touched again.
-void renew_pool_in_child() {
-    const int requested = g_pool->requested();
-    g_pool = new ThreadPool();
-    g_pool->set_size(requested);
-}
-
-ThreadPool &pool() {
-    static const bool created = [] {
-        g_pool = new ThreadPool();
-#if defined(__unix__) || defined(__APPLE__)
-        pthread_atfork(nullptr, nullptr, &renew_pool_in_child);
-#endif
-        return true;
-    }();
-    (void)created;
-    return *g_pool;
-}
+// The process's pool (leaked: joining workers from a static destructor at interpreter exit can deadlock); a fork()ed
+// child gets a new one, since the parent's workers do not exist there and a job would wait for them forever.
+ThreadPool &pool() { return ForkRenewed<ThreadPool>::get(); }
 
 }  // namespace
 
