@@ -105,6 +105,23 @@ def test_long_grads(rng, monkeypatch, isa, dtype, case):
     check_grads(rng, dtype, *c["shapes"], **c["kw"])
 
 
+# bf16 on AVX512-BF16: dV, dK and dQ multiply bf16 pairs (csrc/bwd accumulate_bf16). Its register tiles depend on the
+# head dim (1-4 vectors of 16 columns per 64-column chunk, a masked tail, several chunks) and cover the rows of a
+# product in tiles of R rows plus 8/4/2/1-row remainders: key counts and query counts below give every remainder,
+# odd counts (a pair completed with zero) and tiles that start at odd query rows (windows).
+BF16_TILE_CASES = [
+    (8, 3, 1, {}), (16, 33, 29, dict(window_size=(4, -1))), (24, 66, 63, dict(causal=True)), (40, 1, 65, {}),
+    (56, 70, 100, dict(window_size=(9, 2))), (72, 17, 7, {}), (100, 64, 64, {}), (136, 95, 77, dict(causal=True)),
+    (200, 41, 130, {}), (256, 6, 23, dict(window_size=(3, 3))),
+]
+
+
+@pytest.mark.parametrize("d,sq,sk,kw", BF16_TILE_CASES, ids=[f"d{c[0]}_sq{c[1]}_sk{c[2]}" for c in BF16_TILE_CASES])
+def test_bf16_products_every_register_tile(rng, d, sq, sk, kw):
+    check_grads(rng, "bf16", (1, sq, 2, d), (1, sk, 1, d), **kw)
+    check_grads(rng, "bf16", (1, sq, 2, d), (1, sk, 1, d), deterministic=True, **kw)
+
+
 def test_long_varlen_grads(rng):
     # sequences longer than a key-block pair, one without keys, causal; packed rows past the last sequence stay zero
     kw = dict(cu_seqlens_q=np.array([0, 150, 150, 170, 400], np.int32),

@@ -33,6 +33,24 @@ struct BwdKernelsF32 {
     // r < m: a = bf16 rows (a_rs elements apart, zero-padded to 2*kk2), bt2 = the key tile as bf16 pairs over the
     // head dim, [kk2][kBlockK][2].
     void (*scores_bf16)(int m, int kk2, const uint16_t *a, int64_t a_rs, const uint16_t *bt2, float *out);
+
+    // bf16 inputs only, nullptr without AVX512-BF16: the three products whose left operand is a probability or
+    // score-gradient tile (dV += Pdᵀ dO, dK += dXᵀ Q, dQ += dX K) with that tile rounded to bf16 first, as flash_attn
+    // does before these matrix products; the right operand (dO, Q, K) is exact bf16, the sums fp32.
+    //   C[m][0:n] += sum_{t < kk2} dot2(A pair (m, t), B pair row t [0:n])
+    // A pair (m, t) = the 32-bit word a[m*a_rs + t*a_ks] (two bf16, reduction index 2t in the low half); B pair row
+    // t = n bf16 pairs at b + t*b_rs (uint16 units). Any n <= 256 (masked tail).
+    void (*accumulate_bf16)(int m, int n, int kk2, const uint32_t *a, int64_t a_rs, int64_t a_ks, const uint16_t *b,
+                            int64_t b_rs, float *c, int64_t c_rs);
+    // out[t][c] = (bf16(x[2t][c]), bf16(x[2t+1][c])) for t < (rows+1)/2, c < kBlockK, x rows kBlockK apart; the
+    // missing row of an odd count is 0. (Pdᵀ and dXᵀ as A of the dV and dK products: pairs over query rows.)
+    void (*pair_tile_rows_bf16)(const float *x, int rows, uint32_t *out);
+    // out[r][c] = bf16(x[r][c]) for r < rows, c < kBlockK, then out[r][ncols] = 0 if ncols is odd (dX as A of the dQ
+    // product: pairs over keys, the last pair of an odd key count completed with 0).
+    void (*round_tile_bf16)(const float *x, int rows, int ncols, uint16_t *out);
+    // out[t*out_rs + 2e + u] = x[(2t+u)*x_rs + e] for t < (rows+1)/2, e < n, u < 2 (bf16 bits), the missing row of an
+    // odd count 0: rows of Q, dO or K interleaved into pairs over rows (B of the three products above).
+    void (*pair_rows_bf16)(const uint16_t *x, int64_t x_rs, int rows, int n, uint16_t *out, int64_t out_rs);
 };
 
 // The portable table (any CPU).

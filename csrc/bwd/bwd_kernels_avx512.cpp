@@ -7,6 +7,8 @@
 // reduction: per step NV vector loads of a B row, R broadcasts of A, R*NV FMAs. R*NV accumulators + NV B vectors
 // fit the 32 registers (NV = 4 -> R = 6: 24 + 4). Columns beyond n are masked off in loads and stores, so any head
 // dim works. Each output element is summed over t in increasing order, whatever the tile split.
+// bf16 (AVX512-BF16): scores_bf16 (S, dPd) and accumulate_bf16 (dV, dK, dQ with Pd / dX rounded to bf16) are the same
+// register tiles with vdpbf16ps on pairs of the reduction index; the pair_* / round_* helpers build those operands.
 #include "bwd_kernels.h"
 
 #include <cstdint>
@@ -201,11 +203,137 @@ void scores_bf16(int m, int kk2, const uint16_t *a, int64_t a_rs, const uint16_t
     if (r < m) micro_bf16<1>(kk2, a + r * a_rs, a_rs, bt2, out + r * kBlockK);
 }
 
+// ---- dV, dK, dQ with bf16 left operands (BwdKernelsF32::accumulate_bf16) ----
+
+// C[R][NV*16] += sum_t dot2(A pair (r, t), B pair row t); with MASKED, `last` masks the pairs/columns of the last
+// vector.
+template <int R, int NV, bool MASKED>
+FA_BWD_ALWAYS_INLINE void micro_pairs(int kk2, const uint32_t *a, int64_t a_rs, int64_t a_ks, const uint16_t *b,
+                                      int64_t b_rs, float *c, int64_t c_rs, __mmask16 last) {
+    __m512 acc[R][NV];
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v)
+            acc[r][v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : (__mmask16)0xffff, c + r * c_rs + 16 * v);
+    for (int t = 0; t < kk2; ++t) {
+        const uint16_t *brow = b + t * b_rs;
+        __m512i bv[NV];
+        for (int v = 0; v < NV - 1; ++v) bv[v] = _mm512_loadu_si512(brow + 32 * v);
+        bv[NV - 1] = MASKED ? _mm512_maskz_loadu_epi32(last, brow + 32 * (NV - 1))
+                            : _mm512_loadu_si512(brow + 32 * (NV - 1));
+        const uint32_t *acol = a + t * a_ks;
+        for (int r = 0; r < R; ++r) {
+            const __m512i ar = _mm512_set1_epi32((int)acol[r * a_rs]);
+            for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)ar, (__m512bh)bv[v]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v)
+            _mm512_mask_storeu_ps(c + r * c_rs + 16 * v, v == NV - 1 ? last : (__mmask16)0xffff, acc[r][v]);
+}
+
+template <int NV, bool MASKED>
+void pair_rows_chunk(int m, int kk2, const uint32_t *a, int64_t a_rs, int64_t a_ks, const uint16_t *b, int64_t b_rs,
+                     float *c, int64_t c_rs, __mmask16 last) {
+    constexpr int R = TileRows<NV>::value;
+    int r = 0;
+    for (; r + R <= m; r += R) micro_pairs<R, NV, MASKED>(kk2, a + r * a_rs, a_rs, a_ks, b, b_rs, c + r * c_rs, c_rs, last);
+    if (R > 8 && r + 8 <= m) {
+        micro_pairs<8, NV, MASKED>(kk2, a + r * a_rs, a_rs, a_ks, b, b_rs, c + r * c_rs, c_rs, last);
+        r += 8;
+    }
+    if (R > 4 && r + 4 <= m) {
+        micro_pairs<4, NV, MASKED>(kk2, a + r * a_rs, a_rs, a_ks, b, b_rs, c + r * c_rs, c_rs, last);
+        r += 4;
+    }
+    if (r + 2 <= m) {
+        micro_pairs<2, NV, MASKED>(kk2, a + r * a_rs, a_rs, a_ks, b, b_rs, c + r * c_rs, c_rs, last);
+        r += 2;
+    }
+    if (r < m) micro_pairs<1, NV, MASKED>(kk2, a + r * a_rs, a_rs, a_ks, b, b_rs, c + r * c_rs, c_rs, last);
+}
+
+template <int NV>
+void pair_rows_chunk_any(int m, int kk2, const uint32_t *a, int64_t a_rs, int64_t a_ks, const uint16_t *b,
+                         int64_t b_rs, float *c, int64_t c_rs, __mmask16 last) {
+    if (last == (__mmask16)0xffff) pair_rows_chunk<NV, false>(m, kk2, a, a_rs, a_ks, b, b_rs, c, c_rs, last);
+    else pair_rows_chunk<NV, true>(m, kk2, a, a_rs, a_ks, b, b_rs, c, c_rs, last);
+}
+
+void accumulate_bf16(int m, int n, int kk2, const uint32_t *a, int64_t a_rs, int64_t a_ks, const uint16_t *b,
+                     int64_t b_rs, float *c, int64_t c_rs) {
+    for (int col = 0; col < n; col += 64) {  // column chunks of up to 4 vectors, as product()
+        const int cols = n - col < 64 ? n - col : 64;
+        const int nv = (cols + 15) / 16;
+        const int tail = cols - 16 * (nv - 1);
+        const __mmask16 last = (__mmask16)(tail == 16 ? 0xffffu : ((1u << tail) - 1u));
+        const uint16_t *bc = b + 2 * col;
+        float *cc = c + col;
+        switch (nv) {
+        case 1: pair_rows_chunk_any<1>(m, kk2, a, a_rs, a_ks, bc, b_rs, cc, c_rs, last); break;
+        case 2: pair_rows_chunk_any<2>(m, kk2, a, a_rs, a_ks, bc, b_rs, cc, c_rs, last); break;
+        case 3: pair_rows_chunk_any<3>(m, kk2, a, a_rs, a_ks, bc, b_rs, cc, c_rs, last); break;
+        default: pair_rows_chunk_any<4>(m, kk2, a, a_rs, a_ks, bc, b_rs, cc, c_rs, last); break;
+        }
+    }
+}
+
+// 16 pairs (x0[i], x1[i]) of two fp32 vectors rounded to bf16 (nearest even); x0 in the low half of each word.
+FA_BWD_ALWAYS_INLINE __m512i pair_bf16(__m512 x0, __m512 x1) {
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(x1, x0));
+}
+
+void pair_tile_rows_bf16(const float *x, int rows, uint32_t *out) {
+    for (int t = 0; 2 * t < rows; ++t) {
+        const float *x0 = x + (size_t)(2 * t) * kBlockK;
+        const bool has1 = 2 * t + 1 < rows;
+        for (int c = 0; c < kBlockK; c += 16) {
+            const __m512 v1 = has1 ? _mm512_loadu_ps(x0 + kBlockK + c) : _mm512_setzero_ps();
+            _mm512_storeu_si512(out + (size_t)t * kBlockK + c, pair_bf16(_mm512_loadu_ps(x0 + c), v1));
+        }
+    }
+}
+
+void round_tile_bf16(const float *x, int rows, int ncols, uint16_t *out) {
+    for (int r = 0; r < rows; ++r) {
+        for (int c = 0; c < kBlockK; c += 16)
+            _mm256_storeu_si256((__m256i *)(out + (size_t)r * kBlockK + c),
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + (size_t)r * kBlockK + c)));
+        if ((ncols & 1) && ncols < kBlockK) out[(size_t)r * kBlockK + ncols] = 0;
+    }
+}
+
+void pair_rows_bf16(const uint16_t *x, int64_t x_rs, int rows, int n, uint16_t *out, int64_t out_rs) {
+    const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7,
+                                            38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i hi_idx = _mm512_add_epi16(lo_idx, _mm512_set1_epi16(16));
+    for (int t = 0; 2 * t < rows; ++t) {
+        const uint16_t *x0 = x + (2 * t) * x_rs;
+        const bool has1 = 2 * t + 1 < rows;
+        uint16_t *dst = out + t * out_rs;
+        for (int e = 0; e < n; e += 32) {
+            const int left = n - e;
+            const __mmask32 m = left >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << left) - 1);
+            const __m512i v0 = _mm512_maskz_loadu_epi16(m, x0 + e);
+            const __m512i v1 = has1 ? _mm512_maskz_loadu_epi16(m, x0 + x_rs + e) : _mm512_setzero_si512();
+            const int lo_words = left >= 16 ? 16 : left;          // pairs of elements e .. e+15
+            const int hi_words = left >= 32 ? 16 : (left > 16 ? left - 16 : 0);
+            const __mmask32 mlo = lo_words == 16 ? ~(__mmask32)0 : (((__mmask32)1 << (2 * lo_words)) - 1);
+            const __mmask32 mhi = hi_words == 16 ? ~(__mmask32)0 : (((__mmask32)1 << (2 * hi_words)) - 1);
+            _mm512_mask_storeu_epi16(dst + 2 * e, mlo, _mm512_permutex2var_epi16(v0, lo_idx, v1));
+            if (hi_words > 0) _mm512_mask_storeu_epi16(dst + 2 * e + 32, mhi, _mm512_permutex2var_epi16(v0, hi_idx, v1));
+        }
+    }
+}
+
 FA_TARGET_END
 
-const BwdKernelsF32 kAvx512 = {"avx512 (fp32 FMA register tiles)", product, softmax_grad, exp_row, nullptr};
-const BwdKernelsF32 kAvx512Bf16 = {"avx512 (fp32 FMA register tiles, bf16 scores by vdpbf16ps)", product,
-                                   softmax_grad, exp_row, scores_bf16};
+const BwdKernelsF32 kAvx512 = {"avx512 (fp32 FMA register tiles)", product, softmax_grad, exp_row, nullptr,
+                               nullptr, nullptr, nullptr, nullptr};
+const BwdKernelsF32 kAvx512Bf16 = {"avx512 (fp32 FMA register tiles; bf16 products by vdpbf16ps)", product,
+                                   softmax_grad, exp_row, scores_bf16, accumulate_bf16, pair_tile_rows_bf16,
+                                   round_tile_bf16, pair_rows_bf16};
 
 }  // namespace
 

@@ -112,7 +112,7 @@ FA_BWD_CLONES void softmax_grad_f32(float *s, float *dp, const float *lse, const
 }
 
 const BwdKernelsF32 kPortable = {"portable (compiler-vectorised loops)", product_f32, softmax_grad_f32, exp_row_f32,
-                                 nullptr};
+                                 nullptr, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace
 

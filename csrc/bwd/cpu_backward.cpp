@@ -79,6 +79,11 @@ struct Workspace {
     // even d2 / dv2), [slot][d2/2][kBlockK][2] and [slot][dv2/2][kBlockK][2]; the query tile's bf16 rows.
     TileVec<uint16_t> k_t16, v_t16;
     const uint16_t *q16_rows = nullptr, *dout16_rows = nullptr;
+    // bf16 inputs with BwdKernelsF32::accumulate_bf16: B operands as bf16 pairs over rows - the query tile's q and
+    // dO [kBlockQ/2][d | dv][2] and the keys [slot][kBlockK/2][d][2] - and the A operands rounded to bf16: Pdᵀ and
+    // dXᵀ as pairs over query rows [kBlockQ/2][kBlockK], dX as rows [kBlockQ][kBlockK] (pairs over keys).
+    TileVec<uint16_t> q_pairs, dout_pairs, k_pairs, dx_rows16;
+    TileVec<uint32_t> pd_t2, dx_t2;
     TileVec<A> k_t, v_t;    // [slot][d][kBlockK], [slot][dv][kBlockK]: keys/values transposed (S = Q Kᵀ, dPd = dO Vᵀ)
     TileVec<A> s, dp;       // [kBlockQ][kBlockK]: scores, then Pd; dPd, then dX
     TileVec<A> tanh_t;      // [kBlockQ][kBlockK]: tanh of the capped score (softcap derivative)
@@ -96,6 +101,7 @@ struct Workspace {
     A *krows(int slot) { return k_rows.data() + (size_t)slot * kBlockK * d_; }
     uint16_t *kt16(int slot) { return k_t16.data() + (size_t)slot * even(d_) * kBlockK; }
     uint16_t *vt16(int slot) { return v_t16.data() + (size_t)slot * even(dv_) * kBlockK; }
+    uint16_t *kpairs(int slot) { return k_pairs.data() + (size_t)slot * kBlockK * d_; }
     static int even(int n) { return (n + 1) & ~1; }
 
     void ensure(int d, int dv) {
@@ -112,6 +118,12 @@ struct Workspace {
         v_rows.assign((size_t)kBlockK * dv, A(0));
         k_t16.assign((size_t)kKeyGroup * even(d) * kBlockK, 0);
         v_t16.assign((size_t)kKeyGroup * even(dv) * kBlockK, 0);
+        q_pairs.assign((size_t)kBlockQ * d, 0);
+        dout_pairs.assign((size_t)kBlockQ * dv, 0);
+        k_pairs.assign((size_t)kKeyGroup * kBlockK * d, 0);
+        dx_rows16.assign((size_t)kBlockQ * kBlockK, 0);
+        pd_t2.assign((size_t)kBlockQ / 2 * kBlockK, 0);
+        dx_t2.assign((size_t)kBlockQ / 2 * kBlockK, 0);
         k_t.assign((size_t)kKeyGroup * d * kBlockK, A(0));
         v_t.assign((size_t)kKeyGroup * dv * kBlockK, A(0));
         s.assign((size_t)kBlockQ * kBlockK, A(0));
@@ -166,6 +178,7 @@ public:
         allocate_query_packs();
         if constexpr (std::is_same<T, bf16_bits>::value) {
             if (kernels_->scores_bf16 && q_pack_) allocate_bf16_packs();
+            bf16_products_ = q16_pack_ != nullptr && kernels_->accumulate_bf16 != nullptr;
         }
         const int64_t nqb = (max_sq_ + kBlockQ - 1) / kBlockQ;
         const int64_t nkb = (max_sk_ + kBlockK - 1) / kBlockK;
@@ -338,6 +351,10 @@ private:
         if (q16_pack_) {
             w.q16_rows = &q16_pack_[pack_row(b, g, i0, h) * d2_];
             w.dout16_rows = &dout16_pack_[pack_row(b, g, i0, h) * dv2_];
+            if (bf16_products_) {
+                kernels_->pair_rows_bf16(w.q16_rows, d2_, nq, d_, w.q_pairs.data(), 2 * d_);
+                kernels_->pair_rows_bf16(w.dout16_rows, dv2_, nq, dv_, w.dout_pairs.data(), 2 * dv_);
+            }
         }
         if (q_pack_) {
             w.q_rows = &q_pack_[pack_row(b, g, i0, h) * d_];
@@ -386,6 +403,9 @@ private:
             if (q16_pack_) {  // pairs over the head dim for scores_bf16 (the fp32 Kᵀ, Vᵀ are not needed then)
                 bf16_pairs(b, g, p_->k, hk, j0, nk, d_, w.kt16(slot));
                 bf16_pairs(b, g, p_->v, hk, j0, nk, dv_, w.vt16(slot));
+                if (bf16_products_ && nk > 0)  // keys as pairs over rows for dQ += dX K
+                    kernels_->pair_rows_bf16(reinterpret_cast<const uint16_t *>(k_side(p_->k, b, g, j0, hk)),
+                                             p_->k.row_stride, nk, d_, w.kpairs(slot), 2 * d_);
                 return;
             }
         }
@@ -583,11 +603,17 @@ private:
                     if (!score_gradients(b, h, g, i0, nq, s.j0, s.nk, w, sl)) continue;
                     A *dk = w.dk_acc.data() + (size_t)sl * kBlockK * d_;
                     A *dv = w.dv_acc.data() + (size_t)sl * kBlockK * dv_;
+                    A *dq_rows = dq_part ? dq_part + (size_t)partial_row(b, g, i0, h) * d_ : nullptr;
+                    if constexpr (std::is_same<A, float>::value) {
+                        if (bf16_products_) {
+                            bf16_gradient_products(w, nq, s.nk, sl, dv, dk, dq_rows);
+                            continue;
+                        }
+                    }
                     accumulate_tn(dv, w.s.data(), w.dout_rows, dv_, nq, s.nk, dv_);  // dV += Pdᵀ dO
                     accumulate_tn(dk, w.dp.data(), w.q_rows, d_, nq, s.nk, d_);      // dK += dXᵀ Q
-                    if (dq_part)  // dQ += dX K into this thread's partial sums (rows are contiguous there)
-                        accumulate_nn(dq_part + (size_t)partial_row(b, g, i0, h) * d_, w.dp.data(), w.krows(sl),
-                                      nq, s.nk, d_);
+                    if (dq_rows)  // dQ += dX K into this thread's partial sums (rows are contiguous there)
+                        accumulate_nn(dq_rows, w.dp.data(), w.krows(sl), nq, s.nk, d_);
                 }
             }
         }
@@ -656,6 +682,26 @@ private:
         }
     }
 
+    // dV += Pdᵀ dO, dK += dXᵀ Q (when dv/dk are given) and dQ += dX K (when dq is given) for the tile in w (nq query
+    // rows, nk keys of key slot `slot`), by accumulate_bf16: Pd and dX rounded to bf16 as flash_attn rounds P and dS
+    // before these products; q, dO and K are the exact bf16 inputs. Only A = float (bf16 inputs) gets here.
+    void bf16_gradient_products(Workspace<A> &w, int nq, int nk, int slot, float *dv, float *dk, float *dq) const {
+        const int nq2 = (nq + 1) / 2;
+        if (dv) {
+            kernels_->pair_tile_rows_bf16(w.s.data(), nq, w.pd_t2.data());
+            kernels_->accumulate_bf16(nk, dv_, nq2, w.pd_t2.data(), 1, kBlockK, w.dout_pairs.data(), 2 * dv_, dv, dv_);
+        }
+        if (dk) {
+            kernels_->pair_tile_rows_bf16(w.dp.data(), nq, w.dx_t2.data());
+            kernels_->accumulate_bf16(nk, d_, nq2, w.dx_t2.data(), 1, kBlockK, w.q_pairs.data(), 2 * d_, dk, d_);
+        }
+        if (dq) {
+            kernels_->round_tile_bf16(w.dp.data(), nq, nk, w.dx_rows16.data());
+            kernels_->accumulate_bf16(nq, d_, (nk + 1) / 2, reinterpret_cast<const uint32_t *>(w.dx_rows16.data()),
+                                      kBlockK / 2, 1, w.kpairs(slot), 2 * d_, dq, d_);
+        }
+    }
+
     // ---- pass 2: dQ for query rows [qb*kBlockQ, ...) of head h ----
     void dq_block(int64_t b, int64_t h, int64_t qb, Workspace<A> &w) {
         const SeqGeometry g = sequence_geometry(p_, b);
@@ -672,6 +718,12 @@ private:
             const int nk = (int)std::min<int64_t>(kBlockK, g.sk - j0);
             load_key_tile(b, g, hk, j0, nk, w, 0);
             if (!score_gradients(b, h, g, i0, nq, j0, nk, w, 0)) continue;
+            if constexpr (std::is_same<A, float>::value) {
+                if (bf16_products_) {
+                    bf16_gradient_products(w, nq, nk, 0, nullptr, nullptr, dq);
+                    continue;
+                }
+            }
             accumulate_nn(dq, w.dp.data(), w.krows(0), nq, nk, d_);  // dQ += dX K
         }
         for (int r = 0; r < nq; ++r) {
@@ -717,6 +769,7 @@ private:
     fa_cpu::PooledBuffer q_pack_mem_, dout_pack_mem_, q16_pack_mem_, dout16_pack_mem_;
     A *q_pack_ = nullptr, *dout_pack_ = nullptr;
     uint16_t *q16_pack_ = nullptr, *dout16_pack_ = nullptr;
+    bool bf16_products_ = false;  // dV, dK, dQ by accumulate_bf16 (bf16 inputs, AVX512-BF16, bf16 packs present)
     int d2_ = 0, dv2_ = 0;
     bool single_pass_ = false; // dQ accumulated in pass 1 (see use_single_pass)
     std::mutex partials_mutex_;
