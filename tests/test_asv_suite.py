@@ -99,7 +99,7 @@ def _tiny_cases(cls):
     i = cls.param_names.index("impl")
     cases = []
     for impl in cls.params[i]:
-        if impl in ("cpu", "torch-sdpa-cpu"):
+        if impl in ("cpu", "torch-sdpa-cpu", "mlx"):  # mlx: only when installed (it has Linux CPU wheels)
             case = list(base)
             case[i] = impl
             cases.append(tuple(case))

@@ -1,8 +1,9 @@
 """Backward: gradients of q, k, v given the forward's output (and, for ours, its log-sum-exp).
 
 Ours is timed through the NumPy API (flash_attn_cy.backward), the kernel without autograd bookkeeping; SDPA through
-torch autograd on a retained graph (its forward is not re-run). GFLOP/s use FlashAttention-2's convention:
-backward = 2.5x the forward's matrix-product FLOPs (five products instead of two).
+torch autograd on a retained graph (its forward is not re-run); MLX through mx.vjp of mx.fast.scaled_dot_product_attention,
+which has no retained graph, so its time includes one forward (flagged, not subtracted). GFLOP/s use
+FlashAttention-2's convention: backward = 2.5x the forward's matrix-product FLOPs (five products instead of two).
 """
 from __future__ import annotations
 
@@ -42,6 +43,25 @@ def _sdpa_graph(impl: str, dtype: str, headdim: int, causal: bool) -> tuple:
     return q, k, v, out, dout
 
 
+def _mlx_vjp(dtype: str, headdim: int, causal: bool):
+    """A callable computing MLX's gradients of q, k, v (forward included: MLX's vjp re-runs the function)."""
+    import mlx.core as mx
+
+    shape = (BATCH, SEQLEN, HEADS, headdim)
+    q, k, v, dout = convert("mlx", random_arrays([shape] * 4, dtype, 7), dtype)
+    scale = headdim ** -0.5
+
+    def attention(q, k, v):
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal" if causal else None)
+
+    def run():
+        _, grads = mx.vjp(attention, [q, k, v], [dout])
+        mx.eval(grads)
+        return grads
+
+    return run
+
+
 class Backward:
     # non-causal is the backward's heavier case (twice the tiles), causal the common one in training
     params = [implementations(), ["fp32", "bf16"], [64, 128], [True, False]]
@@ -71,8 +91,12 @@ class Backward:
                 run()  # autograd's first backward starts its engine threads: not part of the measurement
                 _autograd_started.add(impl)
             self.run = run
+        elif impl == "mlx":
+            require_torch_baseline(impl)
+            self.run = _mlx_vjp(dtype, headdim, causal)
+            self.run()  # first call builds MLX's graph and kernels: not part of the measurement
         else:
-            raise NotImplementedError(f"{impl}: backward not measured (its own autograd API)")
+            raise NotImplementedError(f"{impl}: no backward comparison")
 
     def time_backward(self, impl, dtype, headdim, causal):
         self.run()
