@@ -15,6 +15,13 @@ FLOP counts follow flash-attention's benchmarks: forward 4 * b * h * sq * sk * d
 causal square attention; backward 2.5x the forward. The fp32 matrix-multiply peak of the machine (NumPy and PyTorch
 matmul, best of both) is measured in the same run so that "share of peak" is comparable across machines.
 
+Comparisons (``COMPARISONS``): "torch" is PyTorch's SDPA on the CPU, the one the CPU backend's targets are stated
+against; "torch-mps" (PyTorch on Apple's GPU) and "mlx" (``mx.fast.scaled_dot_product_attention`` on MLX's default
+device: the GPU on a Mac, the CPU elsewhere) are what the Metal backend competes with. GPU sides wait for their
+queue (``torch.mps.synchronize``, ``mx.eval``) inside the timed call; on a Mac the ``metal`` backend is given MPS
+tensors (no host copies) when PyTorch has MPS. fwd+bwd rows time a forward and a backward on every side (MLX:
+``mx.vjp``, which computes both).
+
 The simulator backend (``sim``) executes the Metal kernels on the CPU for correctness only; it is timed only when
 asked for explicitly (``--backend sim``) and with small shapes.
 """
@@ -34,6 +41,7 @@ DEFAULT_HEADDIMS = (64, 128)
 DEFAULT_DTYPES = ("fp32", "bf16")
 QUICK_SEQLENS = (512, 2048)
 QUICK_HEADDIMS = (64,)
+COMPARISONS = ("torch", "torch-mps", "mlx")
 
 
 @dataclass
@@ -162,19 +170,57 @@ def _np_dtype(name: str):
     return np.dtype({"fp32": np.float32, "fp16": np.float16}[name])
 
 
+def _torch_mps_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+def _mps_sync() -> None:
+    import torch
+
+    torch.mps.synchronize()
+
+
 def _make_ours(fa, backend: str, shape: Shape, rng) -> Callable[[], object]:
     b, h, sq, sk, d = shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim
+    on_mps = backend == "metal" and _torch_mps_available()  # a Mac: time the GPU without host copies
     if shape.mode == "fwd+bwd":
         import torch
 
         tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[shape.dtype]
-        q, k, v = (torch.randn(b, s, h, d, dtype=tdt, requires_grad=True) for s in (sq, sk, sk))
-        dout = torch.randn(b, sq, h, d, dtype=tdt)
+        dev = "mps" if on_mps else "cpu"
+        q, k, v = (torch.randn(b, s, h, d, dtype=tdt, device=dev, requires_grad=True) for s in (sq, sk, sk))
+        dout = torch.randn(b, sq, h, d, dtype=tdt, device=dev)
 
         def fwd_bwd():
             out = fa.flash_attn_func(q, k, v, causal=shape.causal, backend=backend)
             out.backward(dout)
+            if on_mps:
+                _mps_sync()
         return fwd_bwd
+    if on_mps:
+        import torch
+
+        tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[shape.dtype]
+        hkv = shape.kv_heads()
+        q = torch.randn(b, sq, h, d, dtype=tdt, device="mps")
+        k = torch.randn(b, sk, hkv if shape.mode == "decode" else h, d, dtype=tdt, device="mps")
+        v = torch.randn_like(k)
+        if shape.mode == "decode":
+            lens = torch.full((b,), sk, dtype=torch.int32, device="mps")
+
+            def decode_mps():
+                fa.flash_attn_with_kvcache(q, k, v, cache_seqlens=lens, causal=shape.causal, backend=backend)
+                _mps_sync()
+            return decode_mps
+
+        def fwd_mps():
+            fa.flash_attn_func(q, k, v, causal=shape.causal, backend=backend)
+            _mps_sync()
+        return fwd_mps
     dt = _np_dtype(shape.dtype)
     q = rng.standard_normal((b, sq, h, d)).astype(dt)
     if shape.mode == "decode":
@@ -188,7 +234,7 @@ def _make_ours(fa, backend: str, shape: Shape, rng) -> Callable[[], object]:
     return lambda: fa.flash_attn_func(q, k, v, causal=shape.causal, backend=backend)
 
 
-def _make_torch(shape: Shape) -> Callable[[], object]:
+def _make_torch(shape: Shape, device: str = "cpu") -> Callable[[], object]:
     import torch
     import torch.nn.functional as F
 
@@ -196,24 +242,103 @@ def _make_torch(shape: Shape) -> Callable[[], object]:
     b, h, sq, sk, d = shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim
     grad = shape.mode == "fwd+bwd"
     hkv = shape.kv_heads()
-    q = torch.randn(b, h, sq, d, dtype=tdt, requires_grad=grad)
-    k = torch.randn(b, hkv, sk, d, dtype=tdt, requires_grad=grad)
-    v = torch.randn(b, hkv, sk, d, dtype=tdt, requires_grad=grad)
+    sync = _mps_sync if device == "mps" else (lambda: None)
+    q = torch.randn(b, h, sq, d, dtype=tdt, device=device, requires_grad=grad)
+    k = torch.randn(b, hkv, sk, d, dtype=tdt, device=device, requires_grad=grad)
+    v = torch.randn(b, hkv, sk, d, dtype=tdt, device=device, requires_grad=grad)
     gqa = {"enable_gqa": True} if hkv != h else {}
     # torch's is_causal is top-left aligned; it equals flash_attn's bottom-right one only for square attention,
     # and decode (one query seeing the whole cache) is unmasked in both conventions.
     causal = shape.causal and sq == sk
     if grad:
-        dout = torch.randn(b, h, sq, d, dtype=tdt)
+        dout = torch.randn(b, h, sq, d, dtype=tdt, device=device)
 
         def fwd_bwd():
             F.scaled_dot_product_attention(q, k, v, is_causal=causal, **gqa).backward(dout)
+            sync()
         return fwd_bwd
 
     def fwd():
         with torch.no_grad():
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, **gqa)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, **gqa)
+        sync()
+        return out
     return fwd
+
+
+def _make_mlx(shape: Shape) -> Callable[[], object]:
+    """MLX's fused attention on its default device, [batch, heads, seqlen, dim] inputs, evaluated inside the call."""
+    import mlx.core as mx
+
+    mdt = {"fp32": mx.float32, "fp16": mx.float16, "bf16": mx.bfloat16}[shape.dtype]
+    b, h, sq, sk, d = shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim
+    hkv = shape.kv_heads()
+    key = mx.random.key(0)
+    kq, kk, kv, kd = mx.random.split(key, 4)
+    q = mx.random.normal((b, h, sq, d), key=kq).astype(mdt)
+    k = mx.random.normal((b, hkv, sk, d), key=kk).astype(mdt)
+    v = mx.random.normal((b, hkv, sk, d), key=kv).astype(mdt)
+    mask = "causal" if shape.causal and sq == sk else None  # as for torch: decode sees the whole cache
+    scale = d ** -0.5
+
+    def attention(q, k, v):
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+    if shape.mode == "fwd+bwd":
+        dout = mx.random.normal((b, h, sq, d), key=kd).astype(mdt)
+
+        def fwd_bwd():
+            out, grads = mx.vjp(attention, [q, k, v], [dout])
+            mx.eval(out, grads)
+        return fwd_bwd
+
+    def fwd():
+        out = attention(q, k, v)
+        mx.eval(out)
+        return out
+    return fwd
+
+
+def comparison_available(name: str) -> Optional[str]:
+    """None if comparison ``name`` can run here, else the reason it cannot."""
+    if name not in COMPARISONS:
+        return f"unknown comparison {name!r} (choose from {', '.join(COMPARISONS)})"
+    if name in ("torch", "torch-mps"):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            return "PyTorch is not installed"
+        if name == "torch-mps" and not _torch_mps_available():
+            return "PyTorch has no MPS device here (macOS on Apple Silicon only)"
+        return None
+    try:
+        import mlx.core  # noqa: F401
+    except ImportError:
+        return "mlx is not installed (pip install mlx; on Linux mlx[cpu])"
+    return None
+
+
+def default_comparisons(with_torch: bool = True) -> List[str]:
+    """PyTorch's CPU SDPA when installed; on a Mac also PyTorch MPS and MLX (the GPU competitors) when present.
+    Elsewhere MLX runs on the CPU only and is timed on request (``--compare mlx``)."""
+    import platform
+
+    names = []
+    if with_torch and comparison_available("torch") is None:
+        names.append("torch")
+        if comparison_available("torch-mps") is None:
+            names.append("torch-mps")
+    if platform.system() == "Darwin" and comparison_available("mlx") is None:
+        names.append("mlx")
+    return names
+
+
+def _make_comparison(name: str, shape: Shape) -> Callable[[], object]:
+    if name == "torch":
+        return _make_torch(shape)
+    if name == "torch-mps":
+        return _make_torch(shape, device="mps")
+    return _make_mlx(shape)
 
 
 def build_shapes(seqlens: Sequence[int], headdims: Sequence[int], dtypes: Sequence[str], causal: Sequence[bool],
@@ -231,9 +356,13 @@ def build_shapes(seqlens: Sequence[int], headdims: Sequence[int], dtypes: Sequen
     return shapes
 
 
-def run_bench(shapes: Sequence[Shape], backends: Sequence[str], with_torch: bool, min_time: float = 0.3,
+def run_bench(shapes: Sequence[Shape], backends: Sequence[str], comparisons, min_time: float = 0.3,
               min_reps: int = 2, progress: Optional[Callable[[Row], None]] = None) -> List[Row]:
+    """Time every backend and comparison on every shape. ``comparisons``: names from COMPARISONS (True means
+    ["torch"], False none)."""
     import flash_attn_cy as fa
+
+    comparisons = _comparison_list(comparisons)
 
     rows = []
     rng = np.random.default_rng(0)
@@ -242,8 +371,7 @@ def run_bench(shapes: Sequence[Shape], backends: Sequence[str], with_torch: bool
         sides: Dict[str, Callable[[], object]] = {}
         warm: Dict[str, float] = {}
         makers = [(backend, lambda b=backend: _make_ours(fa, b, shape, rng)) for backend in backends]
-        if with_torch:
-            makers.append(("torch", lambda: _make_torch(shape)))
+        makers += [(name, lambda n=name: _make_comparison(n, shape)) for name in comparisons]
         for name, make in makers:
             try:
                 fn = make()
@@ -271,16 +399,28 @@ def _fmt(x: Optional[float], spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def format_table(rows: Sequence[Row], backends: Sequence[str], with_torch: bool, peak: Optional[float]) -> str:
+def _comparison_list(comparisons) -> List[str]:
+    if comparisons is True:
+        return ["torch"]
+    if comparisons is False or comparisons is None:
+        return []
+    return list(comparisons)
+
+
+def format_table(rows: Sequence[Row], backends: Sequence[str], comparisons, peak: Optional[float]) -> str:
+    """The bench table; ``comparisons`` as for run_bench (each gets its own ms and rate columns and one ratio
+    column per backend: comparison ms / backend ms)."""
+    comparisons = _comparison_list(comparisons)
     decode = any(r.shape.mode == "decode" for r in rows)
+    rate = "GB/s" if decode else "GFLOP/s"
     header = ["shape"]
     for be in backends:
-        header += [f"{be} ms", f"{be} GB/s" if decode else f"{be} GFLOP/s"]
+        header += [f"{be} ms", f"{be} {rate}"]
         if peak and not decode:
             header.append(f"{be} %mm")
-    if with_torch:
-        header += ["torch ms", "torch GB/s" if decode else "torch GFLOP/s"]
-        header += [f"torch/{be}" for be in backends]
+    for c in comparisons:
+        header += [f"{c} ms", f"{c} {rate}"]
+    header += [f"{c}/{be}" for c in comparisons for be in backends]
     body = []
     for row in rows:
         line = [row.shape.label()]
@@ -289,11 +429,11 @@ def format_table(rows: Sequence[Row], backends: Sequence[str], with_torch: bool,
             line += [_fmt(row.ms.get(be), ".2f"), _fmt(row.gbps(be) if decode else g, ".1f")]
             if peak and not decode:
                 line.append(_fmt(None if g is None else 100 * g / peak, ".0f"))
-        if with_torch:
-            line += [_fmt(row.ms.get("torch"), ".2f"),
-                     _fmt(row.gbps("torch") if decode else row.gflops("torch"), ".1f")]
+        for c in comparisons:
+            line += [_fmt(row.ms.get(c), ".2f"), _fmt(row.gbps(c) if decode else row.gflops(c), ".1f")]
+        for c in comparisons:
             for be in backends:
-                a, t = row.ms.get(be), row.ms.get("torch")
+                a, t = row.ms.get(be), row.ms.get(c)
                 line.append(_fmt(None if not a or not t else t / a, ".2f"))
         body.append(line)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
@@ -308,8 +448,9 @@ def format_table(rows: Sequence[Row], backends: Sequence[str], with_torch: bool,
     elif peak:
         out += [f"<backend> %mm = share of the measured fp32 matrix-multiply peak ({peak:.1f} GFLOP/s); bf16/fp16 "
                 "kernels can exceed 100 with 16-bit dot-product instructions."]
-    if with_torch:
-        out += ["torch/<backend> = torch ms / backend ms: above 1 means flash_attn_cy is faster."]
+    names = {"torch": "PyTorch SDPA on the CPU", "torch-mps": "PyTorch SDPA on MPS", "mlx": "MLX fast SDPA"}
+    for c in comparisons:
+        out += [f"{c}/<backend> = {c} ms / backend ms ({names[c]}): above 1 means flash_attn_cy is faster."]
     return "\n".join(out)
 
 

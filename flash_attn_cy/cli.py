@@ -213,14 +213,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print("error: --plot needs matplotlib, which is not installed (pip install matplotlib)", file=sys.stderr)
             return 2
     torch = None
-    if not args.no_torch:
+    if not args.no_torch or args.backward or any(c.startswith("torch") for c in args.compare or ()):
         try:
             import torch
         except ImportError:
-            print("note: PyTorch is not installed; timing flash_attn_cy only", file=sys.stderr)
+            if not args.no_torch and not args.compare:
+                print("note: PyTorch is not installed; timing flash_attn_cy only", file=sys.stderr)
     if args.backward and torch is None:
         print("error: --backward needs PyTorch (autograd drives the backward pass)", file=sys.stderr)
         return 2
+    if args.compare:
+        comparisons = list(dict.fromkeys(args.compare))
+        for name in comparisons:
+            reason = _bench.comparison_available(name)
+            if reason:
+                print(f"error: --compare {name}: {reason}", file=sys.stderr)
+                return 2
+    else:
+        comparisons = _bench.default_comparisons(with_torch=not args.no_torch)
     dtypes = args.dtypes or list(_bench.DEFAULT_DTYPES)
     if "bf16" in dtypes:
         try:
@@ -261,7 +271,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         peaks = _bench.matmul_peak_gflops()
         peak = max(peaks.values())
         print("fp32 matmul peak (1024^3): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
-    print(f"timing {', '.join(backends) or '(no backend)'}{' and torch SDPA' if torch is not None else ''} on "
+    print(f"timing {', '.join(backends) or '(no backend)'}"
+          f"{' against ' + ', '.join(comparisons) if comparisons else ''} on "
           f"{len(shapes)} shapes (median of >= {args.min_reps} calls, >= {args.min_time}s each)\n", flush=True)
 
     def progress(row):
@@ -269,7 +280,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             ms = ", ".join(f"{k} {v:.2f} ms" if v else f"{k} -" for k, v in row.ms.items())
             print(f"  {row.shape.label()}: {ms}", file=sys.stderr, flush=True)
 
-    rows = _bench.run_bench(shapes, backends, torch is not None, min_time=args.min_time, min_reps=args.min_reps,
+    rows = _bench.run_bench(shapes, backends, comparisons, min_time=args.min_time, min_reps=args.min_reps,
                             progress=progress)
     if peak is not None:
         # measured again after the run: on a shared machine one measurement can catch a busy moment
@@ -278,20 +289,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
             peak = max(peaks2.values())
             print("fp32 matmul peak re-measured after the run: " +
                   ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks2.items()))
-    print(_bench.format_table(rows, backends, torch is not None, peak))
-    if torch is not None:
+    print(_bench.format_table(rows, backends, comparisons, peak))
+    for c in comparisons:
         for be in backends:
-            ratios = [r.ms["torch"] / r.ms[be] for r in rows if r.ms.get(be) and r.ms.get("torch")]
+            ratios = [r.ms[c] / r.ms[be] for r in rows if r.ms.get(be) and r.ms.get(c)]
             if ratios:
-                print(f"geometric mean speed-up of {be} over torch: {_bench.geomean(ratios):.2f}x")
+                print(f"geometric mean speed-up of {be} over {c}: {_bench.geomean(ratios):.2f}x")
     meta = {"hardware": hw, "versions": _sysinfo.package_versions(), "matmul_peak_gflops": peak,
-            "backends": list(backends), "torch_threads": threads}
+            "backends": list(backends), "comparisons": comparisons, "torch_threads": threads}
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             f.write(_bench.to_json(rows, meta))
         print(f"wrote {args.json}")
     if args.plot:
-        names = list(backends) + (["torch"] if torch is not None else [])
+        names = list(backends) + comparisons
         _bench.plot(rows, names, args.plot, f"flash_attn_cy {getattr(fa, '__version__', '')} on {hw['cpu']}",
                     peak=peak)
         print(f"wrote {args.plot}")
@@ -358,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--min-time", type=_nonneg_float, default=0.3, help="seconds per measurement (default 0.3)")
     pb.add_argument("--min-reps", type=_positive_int, default=2, help="calls per measurement at least (default 2)")
     pb.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
+    pb.add_argument("--compare", action="append", metavar="NAME", choices=["torch", "torch-mps", "mlx"],
+                    help="library to time beside flash_attn_cy (repeatable): torch (SDPA on the CPU), torch-mps, "
+                         "mlx (default: torch; on a Mac also torch-mps and mlx when present)")
     pb.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
     pb.add_argument("--progress", action="store_true", help="print each shape to stderr as it finishes")
     pb.add_argument("--plot", metavar="FILE.png", help="save a bar chart (needs matplotlib)")

@@ -258,6 +258,43 @@ def test_bench_reports_a_failing_side_and_times_the_rest(monkeypatch):
 
     monkeypatch.setattr(_bench, "_make_torch", broken)
     shapes = _bench.build_shapes([16], [8], ["fp32"], [False], batch=1, heads=1)
-    (row,) = _bench.run_bench(shapes, ["cpu"], with_torch=True, min_time=0.0, min_reps=1)
+    (row,) = _bench.run_bench(shapes, ["cpu"], ["torch"], min_time=0.0, min_reps=1)
     assert row.ms["cpu"] > 0
     assert row.ms["torch"] is None and "backend exploded" in row.notes["torch"]
+
+
+def test_bench_compares_with_mlx_on_request(tmp_path):
+    pytest.importorskip("mlx.core")
+    out = tmp_path / "bench.json"
+    args = ["bench", "--seqlens", "40", "--headdims", "16", "--heads", "2", "--dtypes", "fp32", "--causal", "true",
+            "--min-time", "0", "--min-reps", "1", "--no-peak", "--no-torch", "--compare", "mlx", "--json", str(out)]
+    r = run_cli(args, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "mlx ms" in r.stdout and "mlx/cpu" in r.stdout and "torch ms" not in r.stdout
+    data = json.loads(out.read_text())
+    assert data["meta"]["comparisons"] == ["mlx"]
+    assert all(row["ms"]["mlx"] > 0 and row["ms"]["cpu"] > 0 for row in data["rows"])
+
+
+def test_bench_mlx_fwd_bwd_and_decode_rows():
+    """The MLX side runs every mode the bench has: forward, fwd+bwd (mx.vjp) and GQA decode."""
+    pytest.importorskip("mlx.core")
+    pytest.importorskip("torch")
+    from flash_attn_cy import _bench
+
+    shapes = (_bench.build_shapes([48], [16], ["bf16"], [True], batch=1, heads=2, backward=True)
+              + _bench.build_shapes([96], [16], ["fp32"], [False], batch=2, heads=4, decode=True, heads_kv=2))
+    rows = _bench.run_bench(shapes, ["cpu"], ["mlx"], min_time=0.0, min_reps=1)
+    for row in rows:
+        assert row.ms["mlx"] > 0 and row.ms["cpu"] > 0, (row.shape.label(), row.notes)
+
+
+@pytest.mark.parametrize("name,message", [("torch-mps", "MPS"), ("mlx", "mlx")])
+def test_bench_compare_with_a_missing_library_is_a_usage_error(tmp_path, name, message):
+    from flash_attn_cy import _bench
+
+    if _bench.comparison_available(name) is None:
+        pytest.skip(f"{name} is available here")
+    r = run_cli(["bench", "--seqlens", "40", "--headdims", "16", "--compare", name], tmp_path)
+    assert r.returncode == 2
+    assert f"--compare {name}" in r.stderr and message in r.stderr
