@@ -29,7 +29,9 @@
 // ---- embedded kernel source as the build would generate it (the second file is editable per scenario) ----
 static char g_second_file[256] = "kernel void mock_stage2(device float *x) {}\nkernel void mock_lse(device float *l) {}\n";
 const fa_embedded_kernel_file fa_embedded_kernel_files[] = {
-    {"stage1.metal", "#include <metal_stdlib>\nkernel void mock_stage1(device float *x) {}\n"},
+    // bfloat, as the project's kernel files use it: compiles only with the language version pinned to MSL 3.1.
+    {"stage1.metal", "#include <metal_stdlib>\ninline bfloat to_bf(float x) { return bfloat(x); }\n"
+                     "kernel void mock_stage1(device float *x) {}\n"},
     {"stage2.metal", g_second_file},
 };
 const int fa_embedded_kernel_file_count = 2;
@@ -261,6 +263,8 @@ int main(int argc, char **argv) {
         if (scenario == "embedded") {
             CHECK(rc == FA_OK && c.results_ok(c.out) && c.lse_ok());
             CHECK(count_prefix("library source") == 2);
+            for (const std::string &l : mock::journal())  // every file compiled as MSL 3.1 (the offline build's -std)
+                if (l.rfind("library source", 0) == 0) CHECK(l.size() > 8 && l.substr(l.size() - 8) == " msl 3.1");
             CHECK(fa_metal_describe(msg, sizeof msg) == FA_OK);
             CHECK_CONTAINS(msg, "embedded kernel source (2 files) compiled at first use");
         } else {
