@@ -205,20 +205,22 @@ inline ulong fasim_mat_index(uint32_t r, uint32_t c, ulong epr, vec<ulong, 2> or
     return transpose ? (origin.y + c) * epr + origin.x + r : (origin.y + r) * epr + origin.x + c;
 }
 
-template <class T, class U>
-inline void simdgroup_load(simdgroup_matrix<T, 8, 8> &d, const U *src, ulong elements_per_row = 8,
+// MSL declares load and store with the matrix's own element type (`const device T *src` for a
+// simdgroup_matrix<T, ...>), so a float matrix cannot be loaded from half memory: neither can it here.
+template <class T>
+inline void simdgroup_load(simdgroup_matrix<T, 8, 8> &d, const T *src, ulong elements_per_row = 8,
                            vec<ulong, 2> matrix_origin = vec<ulong, 2>(0, 0), bool transpose_matrix = false) {
     uint32_t l = fasim::ctx().lane, r = fasim_detail::mat_row(l), c = fasim_detail::mat_col(l);
-    d.elems.x = T(src[fasim_mat_index(r, c, elements_per_row, matrix_origin, transpose_matrix)]);
-    d.elems.y = T(src[fasim_mat_index(r, c + 1, elements_per_row, matrix_origin, transpose_matrix)]);
+    d.elems.x = src[fasim_mat_index(r, c, elements_per_row, matrix_origin, transpose_matrix)];
+    d.elems.y = src[fasim_mat_index(r, c + 1, elements_per_row, matrix_origin, transpose_matrix)];
 }
 
-template <class T, class U>
-inline void simdgroup_store(const simdgroup_matrix<T, 8, 8> &m, U *dst, ulong elements_per_row = 8,
+template <class T>
+inline void simdgroup_store(const simdgroup_matrix<T, 8, 8> &m, T *dst, ulong elements_per_row = 8,
                             vec<ulong, 2> matrix_origin = vec<ulong, 2>(0, 0), bool transpose_matrix = false) {
     uint32_t l = fasim::ctx().lane, r = fasim_detail::mat_row(l), c = fasim_detail::mat_col(l);
-    dst[fasim_mat_index(r, c, elements_per_row, matrix_origin, transpose_matrix)] = U(m.elems.x);
-    dst[fasim_mat_index(r, c + 1, elements_per_row, matrix_origin, transpose_matrix)] = U(m.elems.y);
+    dst[fasim_mat_index(r, c, elements_per_row, matrix_origin, transpose_matrix)] = m.elems.x;
+    dst[fasim_mat_index(r, c + 1, elements_per_row, matrix_origin, transpose_matrix)] = m.elems.y;
 }
 
 // D = A * B + C over the whole SIMD group: a chain of fused multiply-adds over k starting from C (a double-precision
