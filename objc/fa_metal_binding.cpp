@@ -56,6 +56,16 @@ const void *host_pointer(fa_plan_kind kind, const fa_params *p, const fa_kvcache
     }
 }
 
+int64_t element_bytes(const fa_params *p, int id) {
+    switch (id) {
+    case FA_BUF_Q: case FA_BUF_K: case FA_BUF_V: case FA_BUF_OUT: case FA_BUF_DOUT: case FA_BUF_DQ: case FA_BUF_DK:
+    case FA_BUF_DV: case FA_BUF_KNEW: case FA_BUF_VNEW: case FA_BUF_ROTARY_COS: case FA_BUF_ROTARY_SIN:
+        return p->dtype == FA_F64 ? 8 : (p->dtype == FA_F16 || p->dtype == FA_BF16) ? 2 : 4;
+    default:
+        return 4;  // lse, alibi slopes, attn_probs and scratch (fp32); cu_seqlens & co. (int32)
+    }
+}
+
 bool buffer_written(fa_plan_kind kind, int id) {
     if (id >= FA_BUF_SCRATCH0 && id < FA_BUF_COUNT) return true;
     switch (kind) {
@@ -177,7 +187,14 @@ int plan_bindings(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update
         if (b.bytes <= 0)
             return fail(FA_ERR_RUNTIME, err, errlen, "metal: the plan binds %s but gives its size as %lld bytes",
                         buffer_name(id), static_cast<long long>(b.bytes));
+        const int64_t elem = element_bytes(p, id);
         if (dev != nullptr && dev->handle[id] != nullptr) {
+            if (dev->byte_offset[id] >= 0 && dev->byte_offset[id] % elem != 0)
+                return fail(FA_ERR_VALUE, err, errlen,
+                            "metal: %s starts at byte offset %lld of its MTLBuffer, not a multiple of its %lld-byte "
+                            "element (Metal needs buffer offsets aligned to the type the kernel reads)",
+                            buffer_name(id), static_cast<long long>(dev->byte_offset[id]),
+                            static_cast<long long>(elem));
             if (dev->byte_offset[id] < 0 || dev->byte_length[id] < b.bytes)
                 return fail(FA_ERR_VALUE, err, errlen,
                             "metal: device buffer for %s is too small: %lld bytes from offset %lld, the call needs "
@@ -194,7 +211,10 @@ int plan_bindings(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update
             return fail(FA_ERR_VALUE, err, errlen, "metal: the plan reads %s but no memory was given for it",
                         buffer_name(id));
         int64_t offset = 0;
-        if (b.bytes >= wrap_min_bytes &&
+        // Host memory not aligned to its element (a NumPy view at an odd byte, say) is copied, which realigns it:
+        // wrapped, it would give Metal a buffer offset the kernel cannot read its type at.
+        const bool aligned = reinterpret_cast<uintptr_t>(b.host) % static_cast<uint64_t>(elem) == 0;
+        if (aligned && b.bytes >= wrap_min_bytes &&
             page_region(b.host, b.bytes, page, &b.wrap_base, &b.wrap_bytes, &offset)) {
             b.storage = Storage::Wrap;
             b.base_offset = offset;
@@ -215,6 +235,11 @@ int plan_bindings(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update
                             "metal: launch %d (%s) binds %s at byte %lld, outside its %lld bytes", li, l.kernel,
                             buffer_name(fb.buffer), static_cast<long long>(fb.byte_offset),
                             static_cast<long long>(b.bytes));
+            if (fb.byte_offset % element_bytes(p, fb.buffer) != 0)
+                return fail(FA_ERR_RUNTIME, err, errlen,
+                            "metal: launch %d (%s) binds %s at byte %lld, not a multiple of its %lld-byte element",
+                            li, l.kernel, buffer_name(fb.buffer), static_cast<long long>(fb.byte_offset),
+                            static_cast<long long>(element_bytes(p, fb.buffer)));
         }
     }
     return FA_OK;

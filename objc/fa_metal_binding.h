@@ -55,6 +55,11 @@ const void *host_pointer(fa_plan_kind kind, const fa_params *p, const fa_kvcache
 // Whether a plan of this kind may write the buffer (outputs; in-place cache and rotary updates; scratch).
 bool buffer_written(fa_plan_kind kind, int buffer_id);
 
+// Bytes of one element of a logical buffer as its kernels read it: the call's dtype for the tensors, 4 for the fp32
+// and int32 side buffers. Metal requires setBuffer:offset:atIndex: offsets of device buffers to be aligned to the
+// type the kernel reads (Apple's documentation of that method), so a binding must start at a multiple of it.
+int64_t element_bytes(const fa_params *p, int buffer_id);
+
 // Page arithmetic for newBufferWithBytesNoCopy: the smallest page-aligned region holding [ptr, ptr + bytes).
 // page must be a power of two. Returns false (nothing written) when the arithmetic would overflow.
 bool page_region(const void *ptr, int64_t bytes, uint64_t page, void **base, int64_t *region_bytes,
