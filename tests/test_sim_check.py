@@ -80,3 +80,20 @@ def test_simdgroup_load_store_signatures_are_msls(tmp_path, body, exec_too):
                  "  simdgroup_load(m, a, 8, ulong2(0, 0), true); simdgroup_store(m, t); simdgroup_load(m, t);\n"
                  "  simdgroup_store(m, d, 8); }\n")
     assert sim.check_file(str(f)).ok
+
+
+@pytest.mark.parametrize("body", [
+    # The MSL specification declares simdgroup_multiply_accumulate's operands as non-const thread references: a
+    # const matrix or a temporary is not a documented operand, so neither check nor simulator accepts one.
+    "thread const simdgroup_float8x8& a) { simdgroup_float8x8 d; simdgroup_multiply_accumulate(d, a, d, d); }",
+    "simdgroup_float8x8 a) { simdgroup_float8x8 d;\n"
+    "  simdgroup_multiply(d, a, make_filled_simdgroup_matrix<float, 8, 8>(1.0f)); }",
+])
+def test_simdgroup_product_operands_are_msls(tmp_path, body):
+    f = tmp_path / "k.metal"
+    f.write_text("#include <metal_stdlib>\nusing namespace metal;\ninline void helper(" + body + "\n"
+                 "kernel void k(device float* y [[buffer(0)]]) { y[0] = 0; }\n")
+    r = sim.check_file(str(f))
+    assert not r.ok and "simdgroup_multiply" in r.message, r.message
+    with pytest.raises(sim.SimCompileError):
+        sim.run(str(f), "k", 1, 32, {0: __import__("numpy").zeros(1, "float32")})

@@ -121,11 +121,12 @@ template <class T, int R, int C> simdgroup_matrix<T, R, C> make_filled_simdgroup
 FASIM_CHECK_MATRIX_MEMORY(1)
 FASIM_CHECK_MATRIX_MEMORY(3)
 #undef FASIM_CHECK_MATRIX_MEMORY
+// Operands as the MSL specification declares them: non-const `thread simdgroup_matrix&`.
 template <class TD, class TA, class TB, class TC>
-void simdgroup_multiply_accumulate(simdgroup_matrix<TD, 8, 8> &d, simdgroup_matrix<TA, 8, 8> a,
-                                   simdgroup_matrix<TB, 8, 8> b, simdgroup_matrix<TC, 8, 8> c);
+void simdgroup_multiply_accumulate(simdgroup_matrix<TD, 8, 8> &d, simdgroup_matrix<TA, 8, 8> &a,
+                                   simdgroup_matrix<TB, 8, 8> &b, simdgroup_matrix<TC, 8, 8> &c);
 template <class TD, class TA, class TB>
-void simdgroup_multiply(simdgroup_matrix<TD, 8, 8> &d, simdgroup_matrix<TA, 8, 8> a, simdgroup_matrix<TB, 8, 8> b);
+void simdgroup_multiply(simdgroup_matrix<TD, 8, 8> &d, simdgroup_matrix<TA, 8, 8> &a, simdgroup_matrix<TB, 8, 8> &b);
 
 enum memory_order { memory_order_relaxed = 0, memory_order_acquire, memory_order_release, memory_order_acq_rel,
                     memory_order_seq_cst };

@@ -252,15 +252,18 @@ inline void fasim_mma(simdgroup_matrix<TD, 8, 8> &d, const simdgroup_matrix<TA, 
     d.elems.y = TD(acc[1]);
 }
 
+// The MSL specification declares every operand as a non-const `thread simdgroup_matrix&`; so do we, so that code
+// the simulator accepts (no const matrices, no temporaries as operands) compiles whatever Apple's header allows
+// beyond that. Mixed element types (half/bfloat operands into a float accumulator) are allowed, as on Apple GPUs.
 template <class TD, class TA, class TB, class TC>
-inline void simdgroup_multiply_accumulate(simdgroup_matrix<TD, 8, 8> &d, const simdgroup_matrix<TA, 8, 8> &a,
-                                          const simdgroup_matrix<TB, 8, 8> &b, const simdgroup_matrix<TC, 8, 8> &c,
+inline void simdgroup_multiply_accumulate(simdgroup_matrix<TD, 8, 8> &d, simdgroup_matrix<TA, 8, 8> &a,
+                                          simdgroup_matrix<TB, 8, 8> &b, simdgroup_matrix<TC, 8, 8> &c,
                                           FASIM_SITE_PARAMS) {
     fasim_mma(d, a, b, &c, fasim_file, fasim_line, "simdgroup_multiply_accumulate");
 }
 template <class TD, class TA, class TB>
-inline void simdgroup_multiply(simdgroup_matrix<TD, 8, 8> &d, const simdgroup_matrix<TA, 8, 8> &a,
-                               const simdgroup_matrix<TB, 8, 8> &b, FASIM_SITE_PARAMS) {
+inline void simdgroup_multiply(simdgroup_matrix<TD, 8, 8> &d, simdgroup_matrix<TA, 8, 8> &a,
+                               simdgroup_matrix<TB, 8, 8> &b, FASIM_SITE_PARAMS) {
     fasim_mma(d, a, b, (const simdgroup_matrix<TD, 8, 8> *)nullptr, fasim_file, fasim_line, "simdgroup_multiply");
 }
 
