@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include "fa_tiles.h"  // FA_SIMD_WIDTH
+
 namespace fametal {
 
 // Metal's buffer argument table has 31 entries per stage (indices 0..30) on Apple GPUs.
@@ -246,6 +248,13 @@ int plan_bindings(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update
 }
 
 int check_launch_limits(const fa_launch &l, const PipelineLimits &lim, char *err, size_t errlen) {
+    // Every kernel is written for 32-lane SIMD groups (FA_SIMD_WIDTH: simdgroup_matrix lane layout, shuffles over
+    // lane bits, simdgroup index = thread index / 32). All Apple GPUs report 32; anything else would be silently
+    // wrong, so it is refused.
+    if (lim.simd_width != FA_SIMD_WIDTH)
+        return fail(FA_ERR_RUNTIME, err, errlen,
+                    "metal: kernel %s is written for %d-lane SIMD groups; this pipeline's threadExecutionWidth is %llu",
+                    l.kernel, FA_SIMD_WIDTH, static_cast<unsigned long long>(lim.simd_width));
     const uint64_t total = static_cast<uint64_t>(l.threads[0]) * l.threads[1] * l.threads[2];
     if (total > lim.max_total_threads || l.threads[0] > lim.max_threads[0] || l.threads[1] > lim.max_threads[1] ||
         l.threads[2] > lim.max_threads[2])

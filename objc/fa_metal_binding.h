@@ -84,6 +84,7 @@ struct PipelineLimits {
     uint64_t max_threads[3];           // device.maxThreadsPerThreadgroup (width, height, depth)
     uint64_t max_threadgroup_memory;   // device.maxThreadgroupMemoryLength
     uint64_t static_threadgroup_memory;// pipeline.staticThreadgroupMemoryLength
+    uint64_t simd_width = 32;          // pipeline.threadExecutionWidth: the kernels' SIMD groups are 32 lanes
 };
 
 // FA_OK or FA_ERR_RUNTIME with the launch's sizes and the limits in the message.

@@ -42,6 +42,7 @@ public:
         limits->max_threads[2] = most.depth;
         limits->max_threadgroup_memory = ctx_.device.maxThreadgroupMemoryLength;
         limits->static_threadgroup_memory = state.staticThreadgroupMemoryLength;
+        limits->simd_width = state.threadExecutionWidth;
         return FA_OK;
     }
     void buffer(int buffer_id, int64_t offset, int32_t index) override {

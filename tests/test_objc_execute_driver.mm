@@ -298,6 +298,15 @@ int main(int argc, char **argv) {
             CHECK(!mock::journal_has("commit") && c.out_untouched());
             mock::knobs().max_total_threads = 1024;
         }
+        {  // a pipeline whose SIMD groups are not 32 lanes wide: the kernels would be wrong, so it is refused
+            mock::knobs().thread_execution_width = 64;
+            Call c;
+            CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_ERR_RUNTIME);
+            CHECK_CONTAINS(msg, "kernel mock_stage1 is written for 32-lane SIMD groups; this pipeline's "
+                                "threadExecutionWidth is 64");
+            CHECK(!mock::journal_has("commit") && c.out_untouched());
+            mock::knobs().thread_execution_width = 32;
+        }
         {  // the command buffer fails on the GPU: error text and status reach the caller, no copy-back
             mock::knobs().fail_command_buffer = true;
             Call c;

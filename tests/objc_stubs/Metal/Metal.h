@@ -58,6 +58,7 @@ typedef NS_ENUM(NSUInteger, MTLLanguageVersion) {
 @protocol MTLComputePipelineState <NSObject>
 @property (readonly) NSUInteger maxTotalThreadsPerThreadgroup;
 @property (readonly) NSUInteger staticThreadgroupMemoryLength API_AVAILABLE(macos(11.0));
+@property (readonly) NSUInteger threadExecutionWidth;
 @end
 
 // ---- MTLCommandEncoder.h / MTLComputeCommandEncoder.h ----

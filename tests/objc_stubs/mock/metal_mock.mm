@@ -222,6 +222,7 @@ static std::map<const void *, MTLLanguageVersion> &compile_versions() {
 @implementation FAMockPipeline
 - (NSUInteger)maxTotalThreadsPerThreadgroup { return mock::knobs().max_total_threads; }
 - (NSUInteger)staticThreadgroupMemoryLength { return 0; }
+- (NSUInteger)threadExecutionWidth { return mock::knobs().thread_execution_width; }
 @end
 
 namespace {
