@@ -9,6 +9,9 @@
 
 namespace fametal {
 
+// setBytes:length:atIndex: is documented for single-use data of less than 4 KB (larger constants need a buffer).
+static_assert(FA_PLAN_MAX_CONSTANT_BYTES < 4096, "a plan's constant block must fit setBytes' 4 KB");
+
 // Metal's buffer argument table has 31 entries per stage (indices 0..30) on Apple GPUs.
 constexpr int32_t kMaxBufferIndex = 30;
 
