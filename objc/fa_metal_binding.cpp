@@ -5,9 +5,15 @@
 #include <cstdio>
 #include <cstring>
 
-#include "fa_tiles.h"  // FA_SIMD_WIDTH
+#include "fa_bwd_params.h"     // FA_BWD_BUF_PARAMS
+#include "fa_kernel_params.h"  // FA_*_BUF_*
+#include "fa_tiles.h"          // FA_SIMD_WIDTH
 
 namespace fametal {
+
+static_assert(FA_FWD_BUF_PARAMS < kKernelBufferIndices && FA_MERGE_BUF_PARAMS < kKernelBufferIndices &&
+                  FA_APPEND_BUF_PARAMS < kKernelBufferIndices && FA_BWD_BUF_PARAMS < kKernelBufferIndices,
+              "every buffer index a kernel declares gets a placeholder when unbound");
 
 // setBytes:length:atIndex: is documented for single-use data of less than 4 KB (larger constants need a buffer).
 static_assert(FA_PLAN_MAX_CONSTANT_BYTES < 4096, "a plan's constant block must fit setBytes' 4 KB");
@@ -279,6 +285,7 @@ int check_launch_limits(const fa_launch &l, const PipelineLimits &lim, char *err
 }
 
 int encode_plan(const fa_plan &plan, const BindingPlan &bindings, Encoder &enc, char *err, size_t errlen) {
+    bool ever_bound[kKernelBufferIndices] = {};  // binding state persists across the dispatches of one encoder
     for (int li = 0; li < plan.nlaunches; ++li) {
         const fa_launch &l = plan.launches[li];
         if (li > 0) enc.barrier();
@@ -294,8 +301,16 @@ int encode_plan(const fa_plan &plan, const BindingPlan &bindings, Encoder &enc, 
                 return fail(FA_ERR_RUNTIME, err, errlen, "metal: launch %d (%s) binds %s, which has no storage", li,
                             l.kernel, buffer_name(fb.buffer));
             enc.buffer(fb.buffer, metal_offset(b, fb.byte_offset), fb.index);
+            if (fb.index < kKernelBufferIndices) ever_bound[fb.index] = true;
         }
-        if (l.constants_size > 0) enc.bytes(l.constants, l.constants_size, l.constants_index);
+        if (l.constants_size > 0) {
+            enc.bytes(l.constants, l.constants_size, l.constants_index);
+            if (l.constants_index < kKernelBufferIndices) ever_bound[l.constants_index] = true;
+        }
+        for (int32_t index = 0; index < kKernelBufferIndices; ++index) {
+            if (!ever_bound[index]) enc.placeholder(index);
+            ever_bound[index] = true;
+        }
         enc.dispatch(l.grid, l.threads);
     }
     return FA_OK;

@@ -101,7 +101,14 @@ public:
     virtual void dispatch(const uint32_t grid[3], const uint32_t threads[3]) = 0;
     // Make the writes of everything dispatched so far visible to what follows (between launches).
     virtual void barrier() = 0;
+    // Bind a small placeholder buffer at a buffer index no launch of this encoder has bound yet. The kernels declare
+    // optional buffers (ALiBi slopes, cu_seqlens, ... behind a clear flag) that a plan leaves unbound; Metal expects
+    // every buffer argument of the function bound, and its API validation layer aborts the process otherwise.
+    virtual void placeholder(int32_t index) = 0;
 };
+
+// Buffer indices 0 .. kKernelBufferIndices - 1 may be declared by the kernels (FA_*_BUF_PARAMS = 15 is the last).
+constexpr int32_t kKernelBufferIndices = 16;
 
 // Encode every launch of the plan in order: pipeline, limit check, buffers at their Metal offsets, constants,
 // dispatch, and a barrier between consecutive launches. Stops at the first error.

@@ -229,6 +229,19 @@ int main(int argc, char **argv) {
         CHECK(count_prefix("barrier") == 4);               // between the 3 launches of each call
         CHECK(count_prefix("length 18944 private") == 2);   // scratch0, GPU-only
         CHECK(count_prefix("setbytes 2 8") == 2 && count_prefix("setbytes 1 8") == 2);
+        {  // every buffer index a kernel may declare (0..15) is bound before the first dispatch: Metal's validation
+           // layer aborts on an unbound argument, so unused ones get a 16-byte placeholder (one per call)
+            bool set[16] = {};
+            for (const std::string &l : mock::journal()) {
+                if (l.rfind("dispatch", 0) == 0) break;
+                unsigned idx = 99;
+                const char *s = l.c_str();
+                if (std::sscanf(s, "setbuffer %u", &idx) == 1 || std::sscanf(s, "setbytes %u", &idx) == 1)
+                    if (idx < 16) set[idx] = true;
+            }
+            for (int i = 0; i < 16; ++i) CHECK(set[i]);
+            CHECK(count_prefix("length 16 shared") == 2);
+        }
         const size_t page = size_t(getpagesize());
         // q (18944 bytes, page-aligned) and out (18944 bytes at +64) are wrapped, rounded out to whole pages; lse
         // (148 bytes) is copied in and back.
