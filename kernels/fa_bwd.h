@@ -74,9 +74,10 @@ inline void fa_bwd_load_row(thread fa_frag* f, device const T* src, fa_long row,
 // The two 8x8 products both gradient kernels form per block, over the head dim: s = Σ_d s_rows[d] · (8 rows of
 // s_tile)ᵀ and t = Σ_d t_rows[d] · (8 rows of t_tile)ᵀ, the tiles staged in threadgroup memory and read transposed
 // (dK/dV kernel: Sᵀ = K Qᵀ and dPdᵀ = V dOᵀ; dQ kernel: S = Q Kᵀ and dPd = dO Vᵀ).
+// The row fragments are not const: MSL declares simdgroup_multiply_accumulate's operands as non-const references.
 template <typename T, int NDF, int LD>
-inline void fa_bwd_products_t(thread fa_frag& s, thread const fa_frag* s_rows, const threadgroup T* s_tile,
-                              thread fa_frag& t, thread const fa_frag* t_rows, const threadgroup T* t_tile,
+inline void fa_bwd_products_t(thread fa_frag& s, thread fa_frag* s_rows, const threadgroup T* s_tile,
+                              thread fa_frag& t, thread fa_frag* t_rows, const threadgroup T* t_tile,
                               fa_lane_pos pos) {
     s = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
     t = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);

@@ -5,7 +5,18 @@
 #include <cstdio>
 #include <cstring>
 
+#include "fa_bwd_params.h"     // FA_BWD_BUF_PARAMS
+#include "fa_kernel_params.h"  // FA_*_BUF_*
+#include "fa_tiles.h"          // FA_SIMD_WIDTH
+
 namespace fametal {
+
+static_assert(FA_FWD_BUF_PARAMS < kKernelBufferIndices && FA_MERGE_BUF_PARAMS < kKernelBufferIndices &&
+                  FA_APPEND_BUF_PARAMS < kKernelBufferIndices && FA_BWD_BUF_PARAMS < kKernelBufferIndices,
+              "every buffer index a kernel declares gets a placeholder when unbound");
+
+// setBytes:length:atIndex: is documented for single-use data of less than 4 KB (larger constants need a buffer).
+static_assert(FA_PLAN_MAX_CONSTANT_BYTES < 4096, "a plan's constant block must fit setBytes' 4 KB");
 
 // Metal's buffer argument table has 31 entries per stage (indices 0..30) on Apple GPUs.
 constexpr int32_t kMaxBufferIndex = 30;
@@ -53,6 +64,16 @@ const void *host_pointer(fa_plan_kind kind, const fa_params *p, const fa_kvcache
     case FA_BUF_ROTARY_SIN: return has_update ? u->rotary_sin : nullptr;
     case FA_BUF_ATTN_PROBS: return p->attn_probs;
     default: return nullptr;  // scratch buffers and out-of-range ids have no host memory
+    }
+}
+
+int64_t element_bytes(const fa_params *p, int id) {
+    switch (id) {
+    case FA_BUF_Q: case FA_BUF_K: case FA_BUF_V: case FA_BUF_OUT: case FA_BUF_DOUT: case FA_BUF_DQ: case FA_BUF_DK:
+    case FA_BUF_DV: case FA_BUF_KNEW: case FA_BUF_VNEW: case FA_BUF_ROTARY_COS: case FA_BUF_ROTARY_SIN:
+        return p->dtype == FA_F64 ? 8 : (p->dtype == FA_F16 || p->dtype == FA_BF16) ? 2 : 4;
+    default:
+        return 4;  // lse, alibi slopes, attn_probs and scratch (fp32); cu_seqlens & co. (int32)
     }
 }
 
@@ -177,7 +198,14 @@ int plan_bindings(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update
         if (b.bytes <= 0)
             return fail(FA_ERR_RUNTIME, err, errlen, "metal: the plan binds %s but gives its size as %lld bytes",
                         buffer_name(id), static_cast<long long>(b.bytes));
+        const int64_t elem = element_bytes(p, id);
         if (dev != nullptr && dev->handle[id] != nullptr) {
+            if (dev->byte_offset[id] >= 0 && dev->byte_offset[id] % elem != 0)
+                return fail(FA_ERR_VALUE, err, errlen,
+                            "metal: %s starts at byte offset %lld of its MTLBuffer, not a multiple of its %lld-byte "
+                            "element (Metal needs buffer offsets aligned to the type the kernel reads)",
+                            buffer_name(id), static_cast<long long>(dev->byte_offset[id]),
+                            static_cast<long long>(elem));
             if (dev->byte_offset[id] < 0 || dev->byte_length[id] < b.bytes)
                 return fail(FA_ERR_VALUE, err, errlen,
                             "metal: device buffer for %s is too small: %lld bytes from offset %lld, the call needs "
@@ -194,7 +222,10 @@ int plan_bindings(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update
             return fail(FA_ERR_VALUE, err, errlen, "metal: the plan reads %s but no memory was given for it",
                         buffer_name(id));
         int64_t offset = 0;
-        if (b.bytes >= wrap_min_bytes &&
+        // Host memory not aligned to its element (a NumPy view at an odd byte, say) is copied, which realigns it:
+        // wrapped, it would give Metal a buffer offset the kernel cannot read its type at.
+        const bool aligned = reinterpret_cast<uintptr_t>(b.host) % static_cast<uint64_t>(elem) == 0;
+        if (aligned && b.bytes >= wrap_min_bytes &&
             page_region(b.host, b.bytes, page, &b.wrap_base, &b.wrap_bytes, &offset)) {
             b.storage = Storage::Wrap;
             b.base_offset = offset;
@@ -215,12 +246,24 @@ int plan_bindings(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update
                             "metal: launch %d (%s) binds %s at byte %lld, outside its %lld bytes", li, l.kernel,
                             buffer_name(fb.buffer), static_cast<long long>(fb.byte_offset),
                             static_cast<long long>(b.bytes));
+            if (fb.byte_offset % element_bytes(p, fb.buffer) != 0)
+                return fail(FA_ERR_RUNTIME, err, errlen,
+                            "metal: launch %d (%s) binds %s at byte %lld, not a multiple of its %lld-byte element",
+                            li, l.kernel, buffer_name(fb.buffer), static_cast<long long>(fb.byte_offset),
+                            static_cast<long long>(element_bytes(p, fb.buffer)));
         }
     }
     return FA_OK;
 }
 
 int check_launch_limits(const fa_launch &l, const PipelineLimits &lim, char *err, size_t errlen) {
+    // Every kernel is written for 32-lane SIMD groups (FA_SIMD_WIDTH: simdgroup_matrix lane layout, shuffles over
+    // lane bits, simdgroup index = thread index / 32). All Apple GPUs report 32; anything else would be silently
+    // wrong, so it is refused.
+    if (lim.simd_width != FA_SIMD_WIDTH)
+        return fail(FA_ERR_RUNTIME, err, errlen,
+                    "metal: kernel %s is written for %d-lane SIMD groups; this pipeline's threadExecutionWidth is %llu",
+                    l.kernel, FA_SIMD_WIDTH, static_cast<unsigned long long>(lim.simd_width));
     const uint64_t total = static_cast<uint64_t>(l.threads[0]) * l.threads[1] * l.threads[2];
     if (total > lim.max_total_threads || l.threads[0] > lim.max_threads[0] || l.threads[1] > lim.max_threads[1] ||
         l.threads[2] > lim.max_threads[2])
@@ -242,6 +285,7 @@ int check_launch_limits(const fa_launch &l, const PipelineLimits &lim, char *err
 }
 
 int encode_plan(const fa_plan &plan, const BindingPlan &bindings, Encoder &enc, char *err, size_t errlen) {
+    bool ever_bound[kKernelBufferIndices] = {};  // binding state persists across the dispatches of one encoder
     for (int li = 0; li < plan.nlaunches; ++li) {
         const fa_launch &l = plan.launches[li];
         if (li > 0) enc.barrier();
@@ -257,8 +301,16 @@ int encode_plan(const fa_plan &plan, const BindingPlan &bindings, Encoder &enc, 
                 return fail(FA_ERR_RUNTIME, err, errlen, "metal: launch %d (%s) binds %s, which has no storage", li,
                             l.kernel, buffer_name(fb.buffer));
             enc.buffer(fb.buffer, metal_offset(b, fb.byte_offset), fb.index);
+            if (fb.index < kKernelBufferIndices) ever_bound[fb.index] = true;
         }
-        if (l.constants_size > 0) enc.bytes(l.constants, l.constants_size, l.constants_index);
+        if (l.constants_size > 0) {
+            enc.bytes(l.constants, l.constants_size, l.constants_index);
+            if (l.constants_index < kKernelBufferIndices) ever_bound[l.constants_index] = true;
+        }
+        for (int32_t index = 0; index < kKernelBufferIndices; ++index) {
+            if (!ever_bound[index]) enc.placeholder(index);
+            ever_bound[index] = true;
+        }
         enc.dispatch(l.grid, l.threads);
     }
     return FA_OK;

@@ -55,6 +55,11 @@ const void *host_pointer(fa_plan_kind kind, const fa_params *p, const fa_kvcache
 // Whether a plan of this kind may write the buffer (outputs; in-place cache and rotary updates; scratch).
 bool buffer_written(fa_plan_kind kind, int buffer_id);
 
+// Bytes of one element of a logical buffer as its kernels read it: the call's dtype for the tensors, 4 for the fp32
+// and int32 side buffers. Metal requires setBuffer:offset:atIndex: offsets of device buffers to be aligned to the
+// type the kernel reads (Apple's documentation of that method), so a binding must start at a multiple of it.
+int64_t element_bytes(const fa_params *p, int buffer_id);
+
 // Page arithmetic for newBufferWithBytesNoCopy: the smallest page-aligned region holding [ptr, ptr + bytes).
 // page must be a power of two. Returns false (nothing written) when the arithmetic would overflow.
 bool page_region(const void *ptr, int64_t bytes, uint64_t page, void **base, int64_t *region_bytes,
@@ -79,6 +84,7 @@ struct PipelineLimits {
     uint64_t max_threads[3];           // device.maxThreadsPerThreadgroup (width, height, depth)
     uint64_t max_threadgroup_memory;   // device.maxThreadgroupMemoryLength
     uint64_t static_threadgroup_memory;// pipeline.staticThreadgroupMemoryLength
+    uint64_t simd_width = 32;          // pipeline.threadExecutionWidth: the kernels' SIMD groups are 32 lanes
 };
 
 // FA_OK or FA_ERR_RUNTIME with the launch's sizes and the limits in the message.
@@ -95,7 +101,14 @@ public:
     virtual void dispatch(const uint32_t grid[3], const uint32_t threads[3]) = 0;
     // Make the writes of everything dispatched so far visible to what follows (between launches).
     virtual void barrier() = 0;
+    // Bind a small placeholder buffer at a buffer index no launch of this encoder has bound yet. The kernels declare
+    // optional buffers (ALiBi slopes, cu_seqlens, ... behind a clear flag) that a plan leaves unbound; Metal expects
+    // every buffer argument of the function bound, and its API validation layer aborts the process otherwise.
+    virtual void placeholder(int32_t index) = 0;
 };
+
+// Buffer indices 0 .. kKernelBufferIndices - 1 may be declared by the kernels (FA_*_BUF_PARAMS = 15 is the last).
+constexpr int32_t kKernelBufferIndices = 16;
 
 // Encode every launch of the plan in order: pipeline, limit check, buffers at their Metal offsets, constants,
 // dispatch, and a barrier between consecutive launches. Stops at the first error.

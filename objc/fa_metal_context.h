@@ -1,9 +1,10 @@
 // fa_metal_context.h - the process-wide Metal state of the shim (Objective-C++ only).
 //
 // One context per process, created at first use under std::call_once: the system default device (refused unless
-// it supports MTLGPUFamilyApple7 and MTLGPUFamilyMetal3, i.e. Apple M1 or newer, so that a paravirtual or older
-// device gives a clear error instead of wrong results), a command queue, the kernel library (loaded at first kernel
-// use) and a cache of compute pipelines keyed by kernel name, filled under a mutex.
+// it supports MTLGPUFamilyApple7 and MTLGPUFamilyMetal3, i.e. Apple M1 or newer, on macOS 14 or newer for MSL 3.1,
+// so that a paravirtual or older device or OS gives a clear error instead of wrong results), a command queue, the
+// kernel library (loaded at first kernel use) and a cache of compute pipelines keyed by kernel name, filled under a
+// mutex.
 #pragma once
 
 #import <Metal/Metal.h>

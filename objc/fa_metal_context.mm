@@ -121,8 +121,19 @@ void load_libraries(Context &ctx, KernelCache &kc) {
         return;
     }
     // Embedded source: one library per kernel file, as the build would have compiled one .air per file.
-    // MTLCompileOptions' defaults apply: fast math on, the newest language version this OS supports.
+    // The language version is pinned to the one the offline build uses (-std=metal3.1 in objc/meson.build): bfloat
+    // needs MSL 3.1, and the default ("the newest this OS supports") would make the same source mean different
+    // things on different macOS releases. Fast math stays at its default (on), as in the offline build; the kernels
+    // never compute an inf or NaN (kernels/README.md). context() refuses macOS < 14, so the else branch is only
+    // there for the compiler's availability check.
     MTLCompileOptions *options = [MTLCompileOptions new];
+    if (@available(macOS 14.0, *)) {
+        options.languageVersion = MTLLanguageVersion3_1;
+    } else {
+        kc.load_status = FA_ERR_UNAVAILABLE;
+        kc.load_error = "metal: the kernels need Metal Shading Language 3.1 (macOS 14 or newer)";
+        return;
+    }
     for (int i = 0; i < fa_embedded_kernel_file_count; ++i) {
         const fa_embedded_kernel_file &file = fa_embedded_kernel_files[i];
         NSString *text = [NSString stringWithUTF8String:file.source];
@@ -141,6 +152,29 @@ void load_libraries(Context &ctx, KernelCache &kc) {
                      " files) compiled at first use";
 }
 
+// Why this device cannot run our kernels ("" when it can).
+std::string unsupported_reason(id<MTLDevice> device, const std::string &name) {
+    // The kernels use bfloat, which needs Metal Shading Language 3.1 (macOS 14); the metallib is built for it
+    // (objc/meson.build: -std=metal3.1 -mmacosx-version-min=14.0) and would not load on an older macOS. The checks
+    // below sit inside the @available block so that the compiler's availability check sees them guarded
+    // (MTLGPUFamilyMetal3 is macOS 13+), whatever deployment target the build uses.
+    if (@available(macOS 14.0, *)) {
+        // simdgroup_matrix and our tile sizes need Apple7 (M1) and Metal 3. GitHub's hosted macOS runners expose an
+        // "Apple Paravirtual device" that reports neither and returns zeros from compute kernels, so refusing here
+        // is what keeps a wrong answer from ever reaching the caller.
+        if (![device supportsFamily:MTLGPUFamilyApple7] || ![device supportsFamily:MTLGPUFamilyMetal3])
+            return "Metal device '" + name +
+                   "' is not supported: flash_attn_cy's kernels need MTLGPUFamilyApple7 and MTLGPUFamilyMetal3 "
+                   "(Apple M1 or newer); paravirtual devices in virtual machines and CI runners do not qualify. Use "
+                   "backend='cpu'";
+        if (!device.hasUnifiedMemory)
+            return "Metal device '" + name + "' has no unified memory, which the shim relies on";
+        return std::string();
+    }
+    return "Metal device '" + name + "' is on a macOS older than 14: flash_attn_cy's kernels need Metal Shading "
+           "Language 3.1 (bfloat), which macOS 14 introduced. Use backend='cpu'";
+}
+
 }  // namespace
 
 Context &context() {
@@ -155,20 +189,8 @@ Context &context() {
                 return;
             }
             const std::string name = to_string(ctx.device.name);
-            // simdgroup_matrix and our tile sizes need Apple7 (M1) and Metal 3. GitHub's hosted macOS runners
-            // expose an "Apple Paravirtual device" that reports neither and returns zeros from compute kernels, so
-            // refusing here is what keeps a wrong answer from ever reaching the caller.
-            if (![ctx.device supportsFamily:MTLGPUFamilyApple7] || ![ctx.device supportsFamily:MTLGPUFamilyMetal3]) {
-                ctx.reason = "Metal device '" + name +
-                             "' is not supported: flash_attn_cy's kernels need MTLGPUFamilyApple7 and "
-                             "MTLGPUFamilyMetal3 (Apple M1 or newer on macOS 13+); paravirtual devices in virtual "
-                             "machines and CI runners do not qualify. Use backend='cpu'";
-                return;
-            }
-            if (!ctx.device.hasUnifiedMemory) {
-                ctx.reason = "Metal device '" + name + "' has no unified memory, which the shim relies on";
-                return;
-            }
+            ctx.reason = unsupported_reason(ctx.device, name);
+            if (!ctx.reason.empty()) return;
             ctx.queue = [ctx.device newCommandQueue];
             if (ctx.queue == nil) {
                 ctx.reason = "Metal device '" + name + "' could not create a command queue";

@@ -42,6 +42,7 @@ public:
         limits->max_threads[2] = most.depth;
         limits->max_threadgroup_memory = ctx_.device.maxThreadgroupMemoryLength;
         limits->static_threadgroup_memory = state.staticThreadgroupMemoryLength;
+        limits->simd_width = state.threadExecutionWidth;
         return FA_OK;
     }
     void buffer(int buffer_id, int64_t offset, int32_t index) override {
@@ -57,11 +58,19 @@ public:
     // The encoder is serial (dispatches run in order and the buffers are hazard-tracked); the barrier states the
     // plan's contract - each launch sees the previous launch's writes - explicitly.
     void barrier() override { [enc_ memoryBarrierWithScope:MTLBarrierScopeBuffers]; }
+    // One 16-byte buffer per call, never read (the flags that would read its argument are clear). Not shared across
+    // calls: a buffer bound by several command buffers makes Metal's hazard tracking order them.
+    void placeholder(int32_t index) override {
+        if (placeholder_ == nil)
+            placeholder_ = [ctx_.device newBufferWithLength:16 options:MTLResourceStorageModeShared];
+        [enc_ setBuffer:placeholder_ offset:0 atIndex:static_cast<NSUInteger>(index)];
+    }
 
 private:
     Context &ctx_;
     id<MTLComputeCommandEncoder> enc_;
     __strong id<MTLBuffer> *buffers_;
+    id<MTLBuffer> placeholder_ = nil;
 };
 
 // Give buffer `id` an MTLBuffer according to its binding (which may turn from Wrap into Copy).

@@ -176,6 +176,38 @@ static void test_device_buffers() {
     dev.byte_offset[FA_BUF_Q] = -1;
     CHECK(plan_bindings(FA_PLAN_FORWARD, &c.p, nullptr, &c.plan, 16384, kWrapMinBytes, &bp, err, sizeof err) ==
           FA_ERR_VALUE);
+    // Metal wants a buffer offset aligned to the type the kernel reads: an fp32 tensor at byte 4098 is refused,
+    // an fp16 one there is fine.
+    dev.byte_offset[FA_BUF_Q] = 4098;
+    dev.byte_length[FA_BUF_Q] = 1 << 20;
+    CHECK(plan_bindings(FA_PLAN_FORWARD, &c.p, nullptr, &c.plan, 16384, kWrapMinBytes, &bp, err, sizeof err) ==
+          FA_ERR_VALUE);
+    CHECK_CONTAINS(err, "q starts at byte offset 4098 of its MTLBuffer, not a multiple of its 4-byte element");
+    c.p.dtype = FA_F16;
+    CHECK(plan_bindings(FA_PLAN_FORWARD, &c.p, nullptr, &c.plan, 16384, kWrapMinBytes, &bp, err, sizeof err) == FA_OK);
+    CHECK(metal_offset(bp.buf[FA_BUF_Q], 0) == 4098);
+}
+
+// Host memory not aligned to its element type is copied (which realigns it), never wrapped at an unaligned offset;
+// a plan binding at a byte offset that is not a whole element is a plan error.
+static void test_alignment() {
+    ForwardCase c;
+    BindingPlan bp;
+    char err[512] = "";
+    c.p.v.data = c.arena.base + 2 * 16384 + 2;  // fp32 tensor at an address that is only 2-byte aligned
+    c.plan.buffer_bytes[FA_BUF_V] = 16384 - 2;
+    CHECK(plan_bindings(FA_PLAN_FORWARD, &c.p, nullptr, &c.plan, 16384, 1, &bp, err, sizeof err) == FA_OK);
+    CHECK(bp.buf[FA_BUF_V].storage == Storage::Copy && bp.buf[FA_BUF_V].base_offset == 0);
+    CHECK(bp.buf[FA_BUF_K].storage == Storage::Wrap && bp.buf[FA_BUF_K].base_offset == 256);  // aligned: wrapped
+    c.p.dtype = FA_F16;  // the same address holds fp16 elements aligned: wrapped at byte 2 of its page
+    CHECK(plan_bindings(FA_PLAN_FORWARD, &c.p, nullptr, &c.plan, 16384, 1, &bp, err, sizeof err) == FA_OK);
+    CHECK(bp.buf[FA_BUF_V].storage == Storage::Wrap && bp.buf[FA_BUF_V].base_offset == 2);
+    CHECK(element_bytes(&c.p, FA_BUF_LSE) == 4 && element_bytes(&c.p, FA_BUF_CU_SEQLENS_Q) == 4);
+    c.p.dtype = FA_F32;
+    c.plan.launches[0].bindings[1].byte_offset = 130;  // k at byte 130: not a whole fp32 element
+    CHECK(plan_bindings(FA_PLAN_FORWARD, &c.p, nullptr, &c.plan, 16384, kWrapMinBytes, &bp, err, sizeof err) ==
+          FA_ERR_RUNTIME);
+    CHECK_CONTAINS(err, "binds k at byte 130, not a multiple of its 4-byte element");
 }
 
 static void test_plan_errors() {
@@ -319,6 +351,7 @@ public:
                std::to_string(t[0]) + "x" + std::to_string(t[1]) + "x" + std::to_string(t[2]) + ";";
     }
     void barrier() override { log += "|;"; }
+    void placeholder(int32_t index) override { log += "N" + std::to_string(index) + ";"; }
 };
 
 static void test_encode() {
@@ -341,7 +374,8 @@ static void test_encode() {
     const std::string expected =
         "P:fa_fwd_f16_d64;B0=q+0;B1=k+384;B2=v+0;B3=out+64;B4=lse+" +
         std::to_string(16 + reinterpret_cast<uintptr_t>(c.lse_storage.data()) % 16384) +
-        ";B6=scratch0+0;C5=abcdefghijkl;D7x1x1/128x1x1;|;P:fa_merge;B0=scratch0+2048;B1=out+64;D7x3x1/32x1x1;";
+        ";B6=scratch0+0;C5=abcdefghijkl;N7;N8;N9;N10;N11;N12;N13;N14;N15;D7x1x1/128x1x1;|;P:fa_merge;"
+        "B0=scratch0+2048;B1=out+64;D7x3x1/32x1x1;";  // placeholders only where nothing was bound yet
     CHECK(r.log == expected);
     if (r.log != expected) std::printf("  got      %s\n  expected %s\n", r.log.c_str(), expected.c_str());
 
@@ -378,6 +412,7 @@ static void test_encode() {
 
 int main() {
     test_page_region();
+    test_alignment();
     test_forward_storage();
     test_device_buffers();
     test_plan_errors();

@@ -29,7 +29,9 @@
 // ---- embedded kernel source as the build would generate it (the second file is editable per scenario) ----
 static char g_second_file[256] = "kernel void mock_stage2(device float *x) {}\nkernel void mock_lse(device float *l) {}\n";
 const fa_embedded_kernel_file fa_embedded_kernel_files[] = {
-    {"stage1.metal", "#include <metal_stdlib>\nkernel void mock_stage1(device float *x) {}\n"},
+    // bfloat, as the project's kernel files use it: compiles only with the language version pinned to MSL 3.1.
+    {"stage1.metal", "#include <metal_stdlib>\ninline bfloat to_bf(float x) { return bfloat(x); }\n"
+                     "kernel void mock_stage1(device float *x) {}\n"},
     {"stage2.metal", g_second_file},
 };
 const int fa_embedded_kernel_file_count = 2;
@@ -227,6 +229,19 @@ int main(int argc, char **argv) {
         CHECK(count_prefix("barrier") == 4);               // between the 3 launches of each call
         CHECK(count_prefix("length 18944 private") == 2);   // scratch0, GPU-only
         CHECK(count_prefix("setbytes 2 8") == 2 && count_prefix("setbytes 1 8") == 2);
+        {  // every buffer index a kernel may declare (0..15) is bound before the first dispatch: Metal's validation
+           // layer aborts on an unbound argument, so unused ones get a 16-byte placeholder (one per call)
+            bool set[16] = {};
+            for (const std::string &l : mock::journal()) {
+                if (l.rfind("dispatch", 0) == 0) break;
+                unsigned idx = 99;
+                const char *s = l.c_str();
+                if (std::sscanf(s, "setbuffer %u", &idx) == 1 || std::sscanf(s, "setbytes %u", &idx) == 1)
+                    if (idx < 16) set[idx] = true;
+            }
+            for (int i = 0; i < 16; ++i) CHECK(set[i]);
+            CHECK(count_prefix("length 16 shared") == 2);
+        }
         const size_t page = size_t(getpagesize());
         // q (18944 bytes, page-aligned) and out (18944 bytes at +64) are wrapped, rounded out to whole pages; lse
         // (148 bytes) is copied in and back.
@@ -261,6 +276,8 @@ int main(int argc, char **argv) {
         if (scenario == "embedded") {
             CHECK(rc == FA_OK && c.results_ok(c.out) && c.lse_ok());
             CHECK(count_prefix("library source") == 2);
+            for (const std::string &l : mock::journal())  // every file compiled as MSL 3.1 (the offline build's -std)
+                if (l.rfind("library source", 0) == 0) CHECK(l.size() > 8 && l.substr(l.size() - 8) == " msl 3.1");
             CHECK(fa_metal_describe(msg, sizeof msg) == FA_OK);
             CHECK_CONTAINS(msg, "embedded kernel source (2 files) compiled at first use");
         } else {
@@ -293,6 +310,15 @@ int main(int argc, char **argv) {
             CHECK_CONTAINS(msg, "at most 64 threads");
             CHECK(!mock::journal_has("commit") && c.out_untouched());
             mock::knobs().max_total_threads = 1024;
+        }
+        {  // a pipeline whose SIMD groups are not 32 lanes wide: the kernels would be wrong, so it is refused
+            mock::knobs().thread_execution_width = 64;
+            Call c;
+            CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_ERR_RUNTIME);
+            CHECK_CONTAINS(msg, "kernel mock_stage1 is written for 32-lane SIMD groups; this pipeline's "
+                                "threadExecutionWidth is 64");
+            CHECK(!mock::journal_has("commit") && c.out_untouched());
+            mock::knobs().thread_execution_width = 32;
         }
         {  // the command buffer fails on the GPU: error text and status reach the caller, no copy-back
             mock::knobs().fail_command_buffer = true;

@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
     -o) out="$2"; shift 2;;
     -MF) dep="$2"; shift 2;;
     -I) shift 2;;
-    -c|-MMD) shift;;
+    -c|-MMD|-std=*|-mmacosx-version-min=*) shift;;
     *) ins="$ins $1"; shift;;
   esac
 done
@@ -118,7 +118,11 @@ def test_with_metal_toolchain(scratch: Path) -> None:
     metallib = build / "objc" / "fa_kernels.metallib"
     body = metallib.read_text()
     assert "one.metal" in body and "two.metal" in body  # both kernels went through `metal -c` into the library
-    assert "-sdk macosx metal -c" in log and "-MMD -MF" in log and "-sdk macosx metallib" in log
+    assert "-sdk macosx metal " in log and "-MMD -MF" in log and "-sdk macosx metallib" in log
+    # Every kernel file is compiled as MSL 3.1 (bfloat) for macOS 14, never with the compiler's default version.
+    compiles = [line for line in log.splitlines() if " metal " in line and " -c " in line]
+    assert len(compiles) == 2, log
+    assert all("-std=metal3.1" in line and "-mmacosx-version-min=14.0" in line for line in compiles), log
     embedded = (build / "objc" / "fa_metal_kernels_embedded.cpp").read_text()
     assert "fa_embedded_kernel_file_count = 0;" in embedded
     assert f'fa_metallib_build_path = "{metallib}"' in embedded
@@ -130,7 +134,7 @@ def test_without_metal_toolchain(scratch: Path) -> None:
     build, out, log = _configure_and_build(scratch, no_metal=True)
     assert "kernel sources are embedded" in out
     assert re.search(r"sources\s*:\s*4\b", out) and re.search(r"deps\s*:\s*2\b", out), out[-2000:]
-    assert "metal -c" not in log
+    assert not [line for line in log.splitlines() if " metal " in line and " -c " in line], log
     embedded = (build / "objc" / "fa_metal_kernels_embedded.cpp").read_text()
     assert "fa_embedded_kernel_file_count = 2;" in embedded
     assert "kernel void one()" in embedded and "kernel void two()" in embedded

@@ -34,6 +34,7 @@ public:
     void bytes(const void *, uint32_t, int32_t) override { ++bytes_calls; }
     void dispatch(const uint32_t *, const uint32_t *) override { ++dispatches; }
     void barrier() override { ++barriers; }
+    void placeholder(int32_t) override {}
 };
 
 // Host memory for one call, laid out dense [batch, rows, heads, dim].

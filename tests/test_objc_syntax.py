@@ -45,6 +45,41 @@ def _compile(path: Path, std: str = "c++17", arc: bool = True) -> subprocess.Com
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
+def _linux_system_includes() -> list:
+    """The C and C++ header directories clang uses for this Linux host, to be passed explicitly to a macOS-target
+    compile (which would otherwise look for an SDK)."""
+    probe = subprocess.run([CLANG, "-E", "-x", "c++", "-std=c++17", "-v", "-"], input="", capture_output=True,
+                           text=True)
+    dirs, inside = [], False
+    for line in probe.stderr.splitlines():
+        if line.startswith("#include <...> search starts here"):
+            inside = True
+        elif line.startswith("End of search list"):
+            break
+        elif inside:
+            dirs.append(line.strip().split(" (")[0])
+    return dirs
+
+
+def _compile_for_macos(path: Path, deployment: str = "11.0") -> subprocess.CompletedProcess:
+    """Compile-check for a macOS target with an old deployment target, so that clang's availability analysis runs
+    on the API_AVAILABLE annotations of the stubs (an unguarded use of a macOS 13/14 API is a warning, hence an
+    error here). The C/C++ library headers are this Linux host's, with the predefined macros of a Linux target, since
+    no macOS SDK exists here; only the Objective-C and Metal parts are what this check is about."""
+    import platform
+    arch = {"x86_64": "x86_64", "AMD64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine())
+    includes = _linux_system_includes()
+    if arch is None or not includes:
+        pytest.skip(f"no macOS-target availability check on this host ({platform.machine()})")
+    cmd = [CLANG, "-fsyntax-only", "-x", "objective-c++", "-std=c++17", "-fobjc-arc", "-fblocks", "-Werror", "-Wall",
+           "-Wextra", "-target", f"{arch}-apple-macos{deployment}", "-nostdinc", "-nostdinc++"]
+    cmd += [f"-isystem{d}" for d in includes]
+    cmd += ["-U__APPLE__", "-U__MACH__", "-U__nonnull", "-D__linux__", "-D__linux", "-Dlinux", "-D__gnu_linux__",
+            "-D__unix__", "-D__unix", "-D__ELF__", "-D_GNU_SOURCE",
+            f"-I{STUBS}", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'kernels'}", f"-I{ROOT / 'objc'}", str(path)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
 def test_shim_sources_exist() -> None:
     names = {p.name for p in MM_FILES}
     assert {"fa_metal_context.mm", "fa_metal_execute.mm"} <= names, names
@@ -57,6 +92,30 @@ def test_mm_compiles_without_warnings(path: Path, std: str) -> None:
     result = _compile(path, std)
     assert result.returncode == 0, f"{path.name} ({std}):\n{result.stderr}"
     assert result.stderr.strip() == "", result.stderr
+
+
+@needs_clang
+@pytest.mark.parametrize("path", MM_FILES, ids=lambda p: p.name)
+def test_mm_guards_newer_apis_for_old_deployment_targets(path: Path) -> None:
+    """A wheel built with MACOSX_DEPLOYMENT_TARGET=11.0 (cibuildwheel's arm64 default) must not use a macOS 13/14 API
+    (MTLGPUFamilyMetal3, MTLLanguageVersion3_1, ...) outside an @available check: Apple's clang warns
+    (-Wunguarded-availability-new), and the call would misbehave on the older OS."""
+    result = _compile_for_macos(path)
+    assert result.returncode == 0, f"{path.name}:\n{result.stderr}"
+
+
+@needs_clang
+def test_availability_check_has_teeth(tmp_path: Path) -> None:
+    src = tmp_path / "unguarded.mm"
+    src.write_text("#import <Foundation/Foundation.h>\n#import <Metal/Metal.h>\n"
+                   "void f(MTLCompileOptions *o) { o.languageVersion = MTLLanguageVersion3_1; }\n")
+    result = _compile_for_macos(src)
+    assert result.returncode != 0 and "only available on macOS 14.0 or newer" in result.stderr, result.stderr
+    src.write_text("#import <Foundation/Foundation.h>\n#import <Metal/Metal.h>\n"
+                   "void f(MTLCompileOptions *o) { if (@available(macOS 14.0, *)) o.languageVersion = "
+                   "MTLLanguageVersion3_1; }\n")
+    result = _compile_for_macos(src)
+    assert result.returncode == 0, result.stderr
 
 
 _PRELUDE = "#import <Foundation/Foundation.h>\n#import <Metal/Metal.h>\n"
@@ -109,7 +168,8 @@ def _declared_names(header: str) -> set:
         pieces = re.findall(r"(\w+)\s*:", decl) or [decl.split()[0]]
         names.add(":".join(pieces) + (":" if ":" in decl else ""))
     names |= set(re.findall(r"^@property\s*(?:\([^)]*\))?[^;]*?\b(\w+)\s*(?:NS_\w+)?;", text, flags=re.M))
-    names |= set(re.findall(r"^\s+(MTL\w+)\s*=", text, flags=re.M))  # enumerators
+    enumerator = r"^\s+(MTL\w+)\s*(?:API_AVAILABLE\(\w+\([\d.]+\)\)\s*)?="  # name [API_AVAILABLE(...)] =
+    names |= set(re.findall(enumerator, text, flags=re.M))
     names |= set(re.findall(r'^extern "C" [^(]*?\b(\w+)\(', text, flags=re.M))
     return names
 
@@ -145,8 +205,9 @@ def _macos_sdk() -> str | None:
 def test_mm_compiles_against_the_real_sdk(path: Path) -> None:
     """On a Mac the same files must compile warning-free against Apple's real headers: a selector or type that the
     stubs got wrong would pass the Linux check and fail here."""
+    # An old deployment target, so that the SDK's availability annotations are checked as in a wheel build.
     cmd = ["xcrun", "clang", "-fsyntax-only", "-x", "objective-c++", "-std=c++17", "-fobjc-arc", "-fblocks",
-           "-Werror", "-Wall", "-Wextra", "-isysroot", _macos_sdk(), f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'kernels'}",
-           f"-I{ROOT / 'objc'}", str(path)]
+           "-Werror", "-Wall", "-Wextra", "-mmacosx-version-min=11.0", "-isysroot", _macos_sdk(),
+           f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'kernels'}", f"-I{ROOT / 'objc'}", str(path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -54,3 +54,46 @@ def test_poisoned_constructs(tmp_path, snippet, needle):
     r = sim.check_file(str(f))
     assert not r.ok
     assert needle in r.message
+
+
+@pytest.mark.parametrize("body,exec_too", [
+    # MSL's simdgroup_load/store take a pointer to the matrix's own element type: no half -> float on the way.
+    ("device const half* a [[buffer(0)]], device float* d [[buffer(1)]]) {\n"
+     "  simdgroup_float8x8 m; simdgroup_load(m, a); simdgroup_store(m, d); }", True),
+    ("device const float* a [[buffer(0)]], device half* d [[buffer(1)]]) {\n"
+     "  simdgroup_float8x8 m; simdgroup_load(m, a); simdgroup_store(m, d); }", True),
+    # ... from device or threadgroup memory only (address spaces exist in the strict check alone).
+    ("constant float* a [[buffer(0)]], device float* d [[buffer(1)]]) {\n"
+     "  simdgroup_float8x8 m; simdgroup_load(m, a); simdgroup_store(m, d); }", False),
+])
+def test_simdgroup_load_store_signatures_are_msls(tmp_path, body, exec_too):
+    f = tmp_path / "k.metal"
+    f.write_text("#include <metal_stdlib>\nusing namespace metal;\nkernel void k(" + body + "\n")
+    r = sim.check_file(str(f))
+    assert not r.ok and "simdgroup_" in r.message, r.message
+    # The execution header is as strict: the simulator would otherwise run what Apple's compiler rejects.
+    if exec_too:
+        with pytest.raises(sim.SimCompileError):
+            sim.run(str(f), "k", 1, 32, {})
+    f.write_text("#include <metal_stdlib>\nusing namespace metal;\nkernel void k(device const float* a [[buffer(0)]], "
+                 "device float* d [[buffer(1)]]) {\n  threadgroup float t[64];\n  simdgroup_float8x8 m;\n"
+                 "  simdgroup_load(m, a, 8, ulong2(0, 0), true); simdgroup_store(m, t); simdgroup_load(m, t);\n"
+                 "  simdgroup_store(m, d, 8); }\n")
+    assert sim.check_file(str(f)).ok
+
+
+@pytest.mark.parametrize("body", [
+    # The MSL specification declares simdgroup_multiply_accumulate's operands as non-const thread references: a
+    # const matrix or a temporary is not a documented operand, so neither check nor simulator accepts one.
+    "thread const simdgroup_float8x8& a) { simdgroup_float8x8 d; simdgroup_multiply_accumulate(d, a, d, d); }",
+    "simdgroup_float8x8 a) { simdgroup_float8x8 d;\n"
+    "  simdgroup_multiply(d, a, make_filled_simdgroup_matrix<float, 8, 8>(1.0f)); }",
+])
+def test_simdgroup_product_operands_are_msls(tmp_path, body):
+    f = tmp_path / "k.metal"
+    f.write_text("#include <metal_stdlib>\nusing namespace metal;\ninline void helper(" + body + "\n"
+                 "kernel void k(device float* y [[buffer(0)]]) { y[0] = 0; }\n")
+    r = sim.check_file(str(f))
+    assert not r.ok and "simdgroup_multiply" in r.message, r.message
+    with pytest.raises(sim.SimCompileError):
+        sim.run(str(f), "k", 1, 32, {0: __import__("numpy").zeros(1, "float32")})

@@ -82,3 +82,30 @@ kernel void mixed(device float* a, device float* b [[buffer(0)]], constant uint&
     k = {e.name: e.params for e in tr.kernels}
     assert k["add_arrays"] == [("buffer", "0"), ("buffer", "1"), ("buffer", "2"), ("id", "kIdThreadPosInGrid")]
     assert k["mixed"] == [("buffer", "1"), ("buffer", "0"), ("buffer", "2"), ("id", "kIdThreadPosInGrid")]
+
+
+@pytest.mark.parametrize("params,needle", [
+    # Types Apple's compiler rejects for position/index attributes (MSL: uint/ushort, vectors only for positions).
+    ("int i [[thread_position_in_grid]]", "is declared 'int'"),
+    ("uint2 i [[thread_index_in_threadgroup]]", "uint or ushort only"),
+    # Vector-typed positions and sizes must agree in their number of components.
+    ("uint3 g [[threadgroup_position_in_grid]], uint2 t [[thread_position_in_threadgroup]]", "number of components"),
+    # Pairs (and the SIMD-group attributes) that MSL requires to share one type.
+    ("uint i [[thread_position_in_grid]], ushort n [[threads_per_grid]]", "same type"),
+    ("ushort3 t [[thread_position_in_threadgroup]], uint3 n [[threads_per_threadgroup]]", "same type"),
+    ("uint lane [[thread_index_in_simdgroup]], ushort sg [[simdgroup_index_in_threadgroup]]", "same type"),
+    ("uint2 t [[thread_position_in_threadgroup]], ushort i [[thread_index_in_threadgroup]]", "must be uint"),
+])
+def test_id_parameter_types_follow_msl_rules(params, needle):
+    with pytest.raises(TranslateError) as e:
+        translate(HEAD + f"kernel void k(device float* y [[buffer(0)]], {params}) {{}}\n", "ids.metal")
+    assert needle in str(e.value) and "ids.metal:3" in str(e.value)
+
+
+def test_id_parameter_types_msl_accepts():
+    # Mixed scalar widths across groups, a scalar next to 3-vectors, ushort SIMD ids with a uint3 grid position.
+    src = HEAD + ("kernel void k(device float* y [[buffer(0)]], uint3 tg [[threadgroup_position_in_grid]], "
+                  "uint3 tpg [[threadgroups_per_grid]], ushort tid [[thread_index_in_threadgroup]], "
+                  "ushort sg [[simdgroup_index_in_threadgroup]], ushort lane [[thread_index_in_simdgroup]], "
+                  "ushort3 t [[thread_position_in_threadgroup]], ushort3 n [[threads_per_threadgroup]]) {}\n")
+    assert [k.name for k in translate(src, "ok.metal").kernels] == ["k"]

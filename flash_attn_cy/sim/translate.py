@@ -44,6 +44,18 @@ ID_ATTRIBUTES = {
     "dispatch_simdgroups_per_threadgroup": "kIdSimdsPerTg",
     "dispatch_threads_per_threadgroup": "kIdThreadsPerTg",
 }
+# MSL's rules for the types of these parameters (Metal Shading Language Specification, "Attributes for kernel
+# function input arguments" and the notes after it). Apple's compiler rejects a kernel that breaks them, so the
+# translator does too, although the simulator itself could run any integer type.
+GRID_ID_ATTRIBUTES = {"thread_position_in_grid", "threads_per_grid", "thread_position_in_threadgroup",
+                      "threads_per_threadgroup", "threadgroup_position_in_grid", "dispatch_threads_per_threadgroup",
+                      "threadgroups_per_grid"}  # uint/ushort, scalar or 2-/3-vector
+SIMD_ID_ATTRIBUTES = {"thread_index_in_simdgroup", "threads_per_simdgroup", "simdgroup_index_in_threadgroup",
+                      "simdgroups_per_threadgroup", "dispatch_simdgroups_per_threadgroup"}  # one type, uint or ushort
+SAME_TYPE_ID_GROUPS = (("thread_position_in_grid", "threads_per_grid"),
+                       ("thread_position_in_threadgroup", "threads_per_threadgroup",
+                        "dispatch_threads_per_threadgroup"),
+                       tuple(sorted(SIMD_ID_ATTRIBUTES)))
 IGNORED_ATTRIBUTES = {"maybe_unused", "likely", "unlikely", "max_total_threads_per_threadgroup", "noreturn",
                       "nodiscard", "fallthrough", "visible"}
 ADDRESS_SPACES = {"device": 1, "constant": 2, "threadgroup": 3, "thread": 0}
@@ -586,9 +598,11 @@ class _Translator:
             raise self.err(k, f"cannot parse the parameter list of kernel '{name}'")
         close = _match(toks, k, "(", ")")
         params = []
+        declared_ids = {}  # attribute -> (type, token index)
         for a, b in _split_top(toks, k + 1, close):
             items = [it for _, it in self.attr_items_between(a, b)]
             binds = []
+            id_types = []
             for it in items:
                 nm = it.split("(")[0].strip()
                 if nm == "buffer":
@@ -598,6 +612,7 @@ class _Translator:
                     binds.append(("buffer", m.group(1)))
                 elif nm in ID_ATTRIBUTES:
                     binds.append(("id", ID_ATTRIBUTES[nm]))
+                    id_types.append((nm, a))
                 elif nm in IGNORED_ATTRIBUTES:
                     continue
                 else:
@@ -611,6 +626,9 @@ class _Translator:
                 raise self.err(a, f"kernel '{name}': parameter '{' '.join(words)}' needs exactly one [[buffer(n)]] "
                                   "or id attribute")
             params.append(binds[0])
+            for nm, at in id_types:
+                declared_ids[nm] = (" ".join(w for w in words[:-1] if w != "const"), at)
+        self.check_id_types(name, declared_ids)
         used = {int(v) for kind, v in params if kind == "buffer" and v is not None}
         free = (i for i in range(31) if i not in used)
         params = [("buffer", str(next(free))) if (kind == "buffer" and v is None) else (kind, v)
@@ -619,6 +637,30 @@ class _Translator:
         self.defs[name] = d
         if not is_template:
             self.entries.append(KernelEntry(host_name or name, name, params, fname, fline))
+
+    def check_id_types(self, kernel: str, ids: dict) -> None:
+        """MSL's type rules for the thread/threadgroup/SIMD-group position parameters of one kernel."""
+        def fail(attr: str, msg: str) -> TranslateError:
+            return self.err(ids[attr][1], f"kernel '{kernel}': [[{attr}]] {msg}")
+        for attr, (typ, _) in ids.items():
+            ok = re.fullmatch(r"u(int|short)[23]?" if attr in GRID_ID_ATTRIBUTES else r"u(int|short)", typ)
+            if not ok:
+                allowed = "uint, ushort or their 2-/3-vectors" if attr in GRID_ID_ATTRIBUTES else "uint or ushort"
+                raise fail(attr, f"is declared '{typ}'; MSL allows {allowed} only")
+        widths = {attr: typ[-1] for attr, (typ, _) in ids.items() if attr in GRID_ID_ATTRIBUTES and typ[-1] in "23"}
+        if len(set(widths.values())) > 1:
+            raise fail(sorted(widths)[0], "and the other vector-typed grid/threadgroup positions and sizes must have "
+                       f"the same number of components (MSL): {', '.join(f'{a}: {ids[a][0]}' for a in sorted(widths))}")
+        for group in SAME_TYPE_ID_GROUPS:
+            present = [attr for attr in group if attr in ids]
+            if len({ids[attr][0] for attr in present}) > 1:
+                raise fail(present[0], "must be declared with the same type as "
+                           f"{', '.join(f'[[{a}]] ({ids[a][0]})' for a in present[1:])} (MSL)")
+        tpos = ids.get("thread_position_in_threadgroup")
+        tidx = ids.get("thread_index_in_threadgroup")
+        if tpos and tidx and tpos[0].startswith("uint") and tidx[0] != "uint":
+            raise fail("thread_index_in_threadgroup", "must be uint when [[thread_position_in_threadgroup]] is "
+                       f"{tpos[0]} (MSL)")
 
     def emit(self) -> Translation:
         for host, name, targs, fname, fline, k in self.pending_inst:

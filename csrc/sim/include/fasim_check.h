@@ -110,17 +110,23 @@ typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
 typedef simdgroup_matrix<half, 8, 8> simdgroup_half8x8;
 typedef simdgroup_matrix<bfloat, 8, 8> simdgroup_bfloat8x8;
 template <class T, int R, int C> simdgroup_matrix<T, R, C> make_filled_simdgroup_matrix(T v);
-template <class T, class U>
-void simdgroup_load(simdgroup_matrix<T, 8, 8> &d, const U *src, ulong elements_per_row = 8,
-                    ulong2 matrix_origin = 0, bool transpose_matrix = false);
-template <class T, class U>
-void simdgroup_store(simdgroup_matrix<T, 8, 8> m, U *dst, ulong elements_per_row = 8, ulong2 matrix_origin = 0,
-                     bool transpose_matrix = false);
+// As MSL declares them: the pointer's element type is the matrix's, in device (1) or threadgroup (3) memory only.
+#define FASIM_CHECK_MATRIX_MEMORY(AS)                                                                              \
+    template <class T>                                                                                            \
+    void simdgroup_load(simdgroup_matrix<T, 8, 8> &d, const __attribute__((address_space(AS))) T *src,            \
+                        ulong elements_per_row = 8, ulong2 matrix_origin = 0, bool transpose_matrix = false);     \
+    template <class T>                                                                                            \
+    void simdgroup_store(simdgroup_matrix<T, 8, 8> m, __attribute__((address_space(AS))) T *dst,                  \
+                         ulong elements_per_row = 8, ulong2 matrix_origin = 0, bool transpose_matrix = false);
+FASIM_CHECK_MATRIX_MEMORY(1)
+FASIM_CHECK_MATRIX_MEMORY(3)
+#undef FASIM_CHECK_MATRIX_MEMORY
+// Operands as the MSL specification declares them: non-const `thread simdgroup_matrix&`.
 template <class TD, class TA, class TB, class TC>
-void simdgroup_multiply_accumulate(simdgroup_matrix<TD, 8, 8> &d, simdgroup_matrix<TA, 8, 8> a,
-                                   simdgroup_matrix<TB, 8, 8> b, simdgroup_matrix<TC, 8, 8> c);
+void simdgroup_multiply_accumulate(simdgroup_matrix<TD, 8, 8> &d, simdgroup_matrix<TA, 8, 8> &a,
+                                   simdgroup_matrix<TB, 8, 8> &b, simdgroup_matrix<TC, 8, 8> &c);
 template <class TD, class TA, class TB>
-void simdgroup_multiply(simdgroup_matrix<TD, 8, 8> &d, simdgroup_matrix<TA, 8, 8> a, simdgroup_matrix<TB, 8, 8> b);
+void simdgroup_multiply(simdgroup_matrix<TD, 8, 8> &d, simdgroup_matrix<TA, 8, 8> &a, simdgroup_matrix<TB, 8, 8> &b);
 
 enum memory_order { memory_order_relaxed = 0, memory_order_acquire, memory_order_release, memory_order_acq_rel,
                     memory_order_seq_cst };

@@ -205,20 +205,22 @@ inline ulong fasim_mat_index(uint32_t r, uint32_t c, ulong epr, vec<ulong, 2> or
     return transpose ? (origin.y + c) * epr + origin.x + r : (origin.y + r) * epr + origin.x + c;
 }
 
-template <class T, class U>
-inline void simdgroup_load(simdgroup_matrix<T, 8, 8> &d, const U *src, ulong elements_per_row = 8,
+// MSL declares load and store with the matrix's own element type (`const device T *src` for a
+// simdgroup_matrix<T, ...>), so a float matrix cannot be loaded from half memory: neither can it here.
+template <class T>
+inline void simdgroup_load(simdgroup_matrix<T, 8, 8> &d, const T *src, ulong elements_per_row = 8,
                            vec<ulong, 2> matrix_origin = vec<ulong, 2>(0, 0), bool transpose_matrix = false) {
     uint32_t l = fasim::ctx().lane, r = fasim_detail::mat_row(l), c = fasim_detail::mat_col(l);
-    d.elems.x = T(src[fasim_mat_index(r, c, elements_per_row, matrix_origin, transpose_matrix)]);
-    d.elems.y = T(src[fasim_mat_index(r, c + 1, elements_per_row, matrix_origin, transpose_matrix)]);
+    d.elems.x = src[fasim_mat_index(r, c, elements_per_row, matrix_origin, transpose_matrix)];
+    d.elems.y = src[fasim_mat_index(r, c + 1, elements_per_row, matrix_origin, transpose_matrix)];
 }
 
-template <class T, class U>
-inline void simdgroup_store(const simdgroup_matrix<T, 8, 8> &m, U *dst, ulong elements_per_row = 8,
+template <class T>
+inline void simdgroup_store(const simdgroup_matrix<T, 8, 8> &m, T *dst, ulong elements_per_row = 8,
                             vec<ulong, 2> matrix_origin = vec<ulong, 2>(0, 0), bool transpose_matrix = false) {
     uint32_t l = fasim::ctx().lane, r = fasim_detail::mat_row(l), c = fasim_detail::mat_col(l);
-    dst[fasim_mat_index(r, c, elements_per_row, matrix_origin, transpose_matrix)] = U(m.elems.x);
-    dst[fasim_mat_index(r, c + 1, elements_per_row, matrix_origin, transpose_matrix)] = U(m.elems.y);
+    dst[fasim_mat_index(r, c, elements_per_row, matrix_origin, transpose_matrix)] = m.elems.x;
+    dst[fasim_mat_index(r, c + 1, elements_per_row, matrix_origin, transpose_matrix)] = m.elems.y;
 }
 
 // D = A * B + C over the whole SIMD group: a chain of fused multiply-adds over k starting from C (a double-precision
@@ -250,15 +252,18 @@ inline void fasim_mma(simdgroup_matrix<TD, 8, 8> &d, const simdgroup_matrix<TA, 
     d.elems.y = TD(acc[1]);
 }
 
+// The MSL specification declares every operand as a non-const `thread simdgroup_matrix&`; so do we, so that code
+// the simulator accepts (no const matrices, no temporaries as operands) compiles whatever Apple's header allows
+// beyond that. Mixed element types (half/bfloat operands into a float accumulator) are allowed, as on Apple GPUs.
 template <class TD, class TA, class TB, class TC>
-inline void simdgroup_multiply_accumulate(simdgroup_matrix<TD, 8, 8> &d, const simdgroup_matrix<TA, 8, 8> &a,
-                                          const simdgroup_matrix<TB, 8, 8> &b, const simdgroup_matrix<TC, 8, 8> &c,
+inline void simdgroup_multiply_accumulate(simdgroup_matrix<TD, 8, 8> &d, simdgroup_matrix<TA, 8, 8> &a,
+                                          simdgroup_matrix<TB, 8, 8> &b, simdgroup_matrix<TC, 8, 8> &c,
                                           FASIM_SITE_PARAMS) {
     fasim_mma(d, a, b, &c, fasim_file, fasim_line, "simdgroup_multiply_accumulate");
 }
 template <class TD, class TA, class TB>
-inline void simdgroup_multiply(simdgroup_matrix<TD, 8, 8> &d, const simdgroup_matrix<TA, 8, 8> &a,
-                               const simdgroup_matrix<TB, 8, 8> &b, FASIM_SITE_PARAMS) {
+inline void simdgroup_multiply(simdgroup_matrix<TD, 8, 8> &d, simdgroup_matrix<TA, 8, 8> &a,
+                               simdgroup_matrix<TB, 8, 8> &b, FASIM_SITE_PARAMS) {
     fasim_mma(d, a, b, (const simdgroup_matrix<TD, 8, 8> *)nullptr, fasim_file, fasim_line, "simdgroup_multiply");
 }
 

@@ -15,6 +15,11 @@
 #define NS_ASSUME_NONNULL_END _Pragma("clang assume_nonnull end")
 #define NS_RETURNS_RETAINED __attribute__((ns_returns_retained))
 #define NS_RETURNS_INNER_POINTER __attribute__((objc_returns_inner_pointer))
+// <os/availability.h>: API_AVAILABLE(macos(14.0)) -> clang's availability attribute, as in the SDK. It only takes
+// effect when compiling for a macOS target (the real-SDK check does, with an old deployment target), where an
+// unguarded use of a newer API is a -Wunguarded-availability warning.
+#define FA_STUB_AVAIL_macos(v) __attribute__((availability(macos, introduced = v)))
+#define API_AVAILABLE(p) FA_STUB_AVAIL_##p
 // In C++ an NS_ENUM is an enum with a fixed underlying type and an NS_OPTIONS is the integer type itself plus
 // anonymous enumerators, so `A | B` keeps the options type (as the SDK's CF_OPTIONS does under __cplusplus).
 #define NS_ENUM(_type, _name) enum _name : _type _name; enum _name : _type

@@ -22,6 +22,7 @@ struct Knobs {
     bool refuse_nocopy = false;      // newBufferWithBytesNoCopy returns nil
     bool fail_command_buffer = false;// status Error after commit
     unsigned long max_total_threads = 1024;
+    unsigned long thread_execution_width = 32;
     unsigned long max_buffer_length = 1ul << 30;
 };
 Knobs &knobs();

@@ -152,8 +152,19 @@ static NSError *mock_error(const std::string &text) {
 }
 
 // ---------------------------------------------------------------- Metal
+// languageVersion starts at 0 ("not set"): Apple documents no fixed default, so the mock assumes nothing about it.
+// Kept in a side table: the GNU runtime's fragile ivars cannot be added to the stub's @interface.
+static std::map<const void *, MTLLanguageVersion> &compile_versions() {
+    static std::map<const void *, MTLLanguageVersion> m;
+    return m;
+}
 @implementation MTLCompileOptions
 - (id)copyWithZone:(void *)zone { (void)zone; return self; }
+- (MTLLanguageVersion)languageVersion {
+    auto it = compile_versions().find((__bridge const void *)self);
+    return it != compile_versions().end() ? it->second : MTLLanguageVersion(0);
+}
+- (void)setLanguageVersion:(MTLLanguageVersion)v { compile_versions()[(__bridge const void *)self] = v; }
 @end
 
 @interface FAMockBuffer : NSObject <MTLBuffer> {
@@ -211,6 +222,7 @@ static NSError *mock_error(const std::string &text) {
 @implementation FAMockPipeline
 - (NSUInteger)maxTotalThreadsPerThreadgroup { return mock::knobs().max_total_threads; }
 - (NSUInteger)staticThreadgroupMemoryLength { return 0; }
+- (NSUInteger)threadExecutionWidth { return mock::knobs().thread_execution_width; }
 @end
 
 namespace {
@@ -430,9 +442,15 @@ static std::vector<std::string> *kernel_names_in(const std::string &source) {
     return lib;
 }
 - (id<MTLLibrary>)newLibraryWithSource:(NSString *)source options:(MTLCompileOptions *)options error:(NSError **)error {
-    (void)options;
     const std::string text = source.UTF8String;
-    mock::note("library source " + std::to_string(text.size()));
+    const unsigned long version = options != nil ? static_cast<unsigned long>(options.languageVersion) : 0;
+    mock::note("library source " + std::to_string(text.size()) + " msl " + std::to_string(version >> 16) + "." +
+               std::to_string(version & 0xffff));
+    // Apple's compiler: bfloat exists from Metal Shading Language 3.1 on.
+    if (text.find("bfloat") != std::string::npos && version < ((3ul << 16) + 1)) {
+        if (error) *error = mock_error("program_source:1:1: error: unknown type name 'bfloat' (MSL < 3.1)");
+        return nil;
+    }
     if (text.find("#error") != std::string::npos) {
         if (error) *error = mock_error("program_source:3:2: error: " + text.substr(text.find("#error") + 7, 20));
         return nil;
