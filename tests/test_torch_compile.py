@@ -169,3 +169,21 @@ def test_kvcache_op_declares_its_mutations():
     args = (x["q"], x["k_cache"], x["v_cache"], x["k"], x["v"], None, None, torch.tensor([3, 9], dtype=torch.int32),
             -1, None, None, None, None, None, True, -1, 0, 0.0, True, 0, "cpu")
     torch.library.opcheck(torch.ops.flash_attn_cy.kvcache.default, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_dynamic_shapes_with_float_arguments_trace_in_one_graph():
+    """torch.compile(dynamic=True) passes Python floats (softmax_scale, softcap, dropout_p) as symbolic floats: the
+    validation must not break the graph (math.isfinite on a symbolic float used to), and a bad value is still an
+    error naming the argument."""
+    def step(q, k, v, scale, cap):
+        return fa.flash_attn_func(q, k, v, causal=True, softmax_scale=scale, softcap=cap, window_size=(3, -1))
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=True, backend="aot_eager")
+    for seqlen in (5, 9):
+        xs = _leaves((2, seqlen, 2, 16), (2, seqlen + 3, 1, 16), (2, seqlen + 3, 1, 16), seed=seqlen)
+        got = _grads_after(lambda q, k, v: compiled(q, k, v, 0.3, 2.0).square().sum(), xs)
+        want = _grads_after(lambda q, k, v: step(q, k, v, 0.3, 2.0).square().sum(), xs)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+    with pytest.raises(Exception, match="softcap: must be a finite float"):
+        compiled(*_leaves((1, 4, 1, 8), (1, 4, 1, 8), (1, 4, 1, 8), grad=False), 0.3, float("inf"))
