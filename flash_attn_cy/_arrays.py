@@ -96,6 +96,34 @@ def _host_numpy(x: Any) -> np.ndarray:
     return t.numpy()
 
 
+_TooHardError = getattr(getattr(np, "exceptions", np), "TooHardError")
+
+
+def shares_memory(a: Any, b: Any) -> bool:
+    """True if NumPy arrays / CPU tensors a and b have an element in common (exact, so that interleaved views of one
+    buffer, like dq/dk/dv of a packed dqkv, do not count). MPS tensors are not inspected (False)."""
+    if any(not isinstance(x, np.ndarray) and x.device.type != "cpu" for x in (a, b)):
+        return False
+    x, y = _host_numpy(a), _host_numpy(b)
+    try:
+        return bool(np.shares_memory(x, y, max_work=100_000))
+    except _TooHardError:  # strides too irregular to decide cheaply: the bounds decide
+        return bool(np.may_share_memory(x, y))
+
+
+def check_not_overlapping(written: Any, read: Any) -> None:
+    """Raise ValueError naming the pair if a tensor written in place shares memory with another written one or with
+    an input: the kernels would read values they are overwriting (silently wrong results). Both are (name, x)
+    sequences; None entries are skipped."""
+    written = [(n, x) for n, x in written if x is not None]
+    read = [(n, x) for n, x in read if x is not None]
+    for i, (name, x) in enumerate(written):
+        for other, y in written[i + 1:] + read:
+            if shares_memory(x, y):
+                raise ValueError(f"{name}: shares memory with {other}; an output written in place must not overlap "
+                                 "another output or an input")
+
+
 def _usable_strides(a: np.ndarray) -> bool:
     """True if the ABI can address `a` in place: last-axis stride 1 (or length 1) and non-negative strides that are
     whole elements."""
