@@ -44,6 +44,9 @@ def kind_of(x: Any, name: str) -> str:
         return "numpy"
     if is_torch(x):
         if x.is_cpu:  # the flags avoid building a torch.device per call
+            if x.layout is not _torch().strided:  # sparse or mkldnn tensors have no strides to address
+                raise TypeError(f"{name}: torch tensors of layout {x.layout} are not supported; pass a dense "
+                                "(strided) tensor, e.g. x.to_dense()")
             return "torch"
         if x.is_mps:
             return "mps"
