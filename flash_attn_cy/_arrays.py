@@ -102,10 +102,31 @@ def _host_numpy(x: Any) -> np.ndarray:
 _TooHardError = getattr(getattr(np, "exceptions", np), "TooHardError")
 
 
+def _byte_extent(x: Any) -> Optional[Tuple[int, int]]:
+    """[first, last + 1) byte addresses x's elements occupy, or None when it has none."""
+    if isinstance(x, np.ndarray):
+        ptr, strides, itemsize = x.__array_interface__["data"][0], x.strides, x.itemsize
+    else:
+        ptr, itemsize = x.data_ptr(), x.element_size()
+        strides = [s * itemsize for s in x.stride()]
+    lo = hi = ptr
+    for n, st in zip(x.shape, strides):
+        if n == 0:
+            return None
+        if st < 0:
+            lo += (n - 1) * st
+        else:
+            hi += (n - 1) * st
+    return lo, hi + itemsize
+
+
 def shares_memory(a: Any, b: Any) -> bool:
     """True if NumPy arrays / CPU tensors a and b have an element in common (exact, so that interleaved views of one
     buffer, like dq/dk/dv of a packed dqkv, do not count). MPS tensors are not inspected (False)."""
-    if any(not isinstance(x, np.ndarray) and x.device.type != "cpu" for x in (a, b)):
+    if any(not isinstance(x, np.ndarray) and not x.is_cpu for x in (a, b)):
+        return False
+    ea, eb = _byte_extent(a), _byte_extent(b)
+    if ea is None or eb is None or ea[1] <= eb[0] or eb[1] <= ea[0]:  # the common case, decided cheaply
         return False
     x, y = _host_numpy(a), _host_numpy(b)
     try:
