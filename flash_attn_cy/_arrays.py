@@ -35,7 +35,11 @@ def compiling() -> bool:
         return False
     compiler = getattr(torch, "compiler", None)
     is_compiling = getattr(compiler, "is_compiling", None)
-    return bool(is_compiling()) if is_compiling is not None else False
+    if is_compiling is not None and is_compiling():
+        return True
+    # torch.jit.trace records only torch ops: a result computed through NumPy views would be traced as the
+    # torch.empty it was written into (a graph returning uninitialised memory), so the custom ops carry the call
+    return bool(torch.jit.is_tracing())
 
 
 def kind_of(x: Any, name: str) -> str:

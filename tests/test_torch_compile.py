@@ -187,3 +187,33 @@ def test_dynamic_shapes_with_float_arguments_trace_in_one_graph():
             torch.testing.assert_close(g, w, rtol=0, atol=0)
     with pytest.raises(Exception, match="softcap: must be a finite float"):
         compiled(*_leaves((1, 4, 1, 8), (1, 4, 1, 8), (1, 4, 1, 8), grad=False), 0.3, float("inf"))
+
+
+class _Attention(torch.nn.Module):
+    def forward(self, q, k, v):
+        return fa.flash_attn_func(q, k, v, causal=True, softcap=3.0)
+
+
+def test_torch_jit_trace_records_the_attention():
+    """torch.jit.trace sees only torch ops: the result used to be computed through NumPy views into a torch.empty,
+    so the traced graph returned uninitialised memory. Now the custom op is recorded and the trace recomputes."""
+    q, k, v = _leaves((1, 7, 4, 16), (1, 9, 2, 16), (1, 9, 2, 16), seed=5, grad=False)
+    traced = torch.jit.trace(_Attention(), (q, k, v))
+    for seqlen_q, seqlen_k, seed in ((7, 9, 6), (12, 20, 7)):  # other values, and other shapes
+        x = _leaves((1, seqlen_q, 4, 16), (1, seqlen_k, 2, 16), (1, seqlen_k, 2, 16), seed=seed, grad=False)
+        torch.testing.assert_close(traced(*x), _Attention()(*x), rtol=0, atol=0)
+    xs = _leaves((1, 7, 4, 16), (1, 9, 2, 16), (1, 9, 2, 16), seed=8)
+    got = _grads_after(lambda *a: traced(*a).square().sum(), xs)
+    want = _grads_after(lambda *a: _Attention()(*a).square().sum(), xs)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_torch_export_with_a_dynamic_seqlen():
+    """torch.export with a dynamic sequence length: the seqlen used to be pinned by an int() on the way to the custom
+    op ("You marked s as dynamic but your code specialized it to be a constant")."""
+    q, k, v = _leaves((1, 7, 4, 16), (1, 7, 2, 16), (1, 7, 2, 16), seed=9, grad=False)
+    seqlen = torch.export.Dim("seqlen", min=2, max=1024)
+    program = torch.export.export(_Attention(), (q, k, v), dynamic_shapes=({1: seqlen}, {1: seqlen}, {1: seqlen}))
+    x = _leaves((1, 33, 4, 16), (1, 33, 2, 16), (1, 33, 2, 16), seed=10, grad=False)
+    torch.testing.assert_close(program.module()(*x), _Attention()(*x), rtol=0, atol=0)
