@@ -11,6 +11,7 @@ GPU, macOS builds). `backends()` says which are present here and why one is miss
 """
 from __future__ import annotations
 
+import numbers
 from typing import Dict
 
 try:
@@ -116,9 +117,12 @@ def available_backends() -> list:
 
 def set_num_threads(n: int) -> None:
     """Threads the CPU backend uses from the next call on (0 = one per hardware thread)."""
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):  # NumPy/PyTorch integers too (os.cpu_count() etc.)
         raise TypeError(f"set_num_threads: expected an int >= 0, got {type(n).__name__}")
-    _core.set_num_threads(n)
+    n = int(n)
+    if n < 0:
+        raise ValueError(f"set_num_threads: expected an int >= 0 (0 = one per hardware thread), got {n}")
+    _core.set_num_threads(min(n, 2**31 - 1))  # the pool caps its size; a C int must not overflow on the way
 
 
 def get_num_threads() -> int:

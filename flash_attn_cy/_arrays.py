@@ -35,7 +35,11 @@ def compiling() -> bool:
         return False
     compiler = getattr(torch, "compiler", None)
     is_compiling = getattr(compiler, "is_compiling", None)
-    return bool(is_compiling()) if is_compiling is not None else False
+    if is_compiling is not None and is_compiling():
+        return True
+    # torch.jit.trace records only torch ops: a result computed through NumPy views would be traced as the
+    # torch.empty it was written into (a graph returning uninitialised memory), so the custom ops carry the call
+    return bool(torch.jit.is_tracing())
 
 
 def kind_of(x: Any, name: str) -> str:
@@ -44,6 +48,9 @@ def kind_of(x: Any, name: str) -> str:
         return "numpy"
     if is_torch(x):
         if x.is_cpu:  # the flags avoid building a torch.device per call
+            if x.layout is not _torch().strided:  # sparse or mkldnn tensors have no strides to address
+                raise TypeError(f"{name}: torch tensors of layout {x.layout} are not supported; pass a dense "
+                                "(strided) tensor, e.g. x.to_dense()")
             return "torch"
         if x.is_mps:
             return "mps"
@@ -94,6 +101,55 @@ def _host_numpy(x: Any) -> np.ndarray:
     if t.dtype in (torch.float16, torch.bfloat16):
         return t.view(torch.int16).numpy().view(np.uint16)
     return t.numpy()
+
+
+_TooHardError = getattr(getattr(np, "exceptions", np), "TooHardError")
+
+
+def _byte_extent(x: Any) -> Optional[Tuple[int, int]]:
+    """[first, last + 1) byte addresses x's elements occupy, or None when it has none."""
+    if isinstance(x, np.ndarray):
+        ptr, strides, itemsize = x.__array_interface__["data"][0], x.strides, x.itemsize
+    else:
+        ptr, itemsize = x.data_ptr(), x.element_size()
+        strides = [s * itemsize for s in x.stride()]
+    lo = hi = ptr
+    for n, st in zip(x.shape, strides):
+        if n == 0:
+            return None
+        if st < 0:
+            lo += (n - 1) * st
+        else:
+            hi += (n - 1) * st
+    return lo, hi + itemsize
+
+
+def shares_memory(a: Any, b: Any) -> bool:
+    """True if NumPy arrays / CPU tensors a and b have an element in common (exact, so that interleaved views of one
+    buffer, like dq/dk/dv of a packed dqkv, do not count). MPS tensors are not inspected (False)."""
+    if any(not isinstance(x, np.ndarray) and not x.is_cpu for x in (a, b)):
+        return False
+    ea, eb = _byte_extent(a), _byte_extent(b)
+    if ea is None or eb is None or ea[1] <= eb[0] or eb[1] <= ea[0]:  # the common case, decided cheaply
+        return False
+    x, y = _host_numpy(a), _host_numpy(b)
+    try:
+        return bool(np.shares_memory(x, y, max_work=100_000))
+    except _TooHardError:  # strides too irregular to decide cheaply: the bounds decide
+        return bool(np.may_share_memory(x, y))
+
+
+def check_not_overlapping(written: Any, read: Any) -> None:
+    """Raise ValueError naming the pair if a tensor written in place shares memory with another written one or with
+    an input: the kernels would read values they are overwriting (silently wrong results). Both are (name, x)
+    sequences; None entries are skipped."""
+    written = [(n, x) for n, x in written if x is not None]
+    read = [(n, x) for n, x in read if x is not None]
+    for i, (name, x) in enumerate(written):
+        for other, y in written[i + 1:] + read:
+            if shares_memory(x, y):
+                raise ValueError(f"{name}: shares memory with {other}; an output written in place must not overlap "
+                                 "another output or an input")
 
 
 def _usable_strides(a: np.ndarray) -> bool:

@@ -120,6 +120,9 @@ def backward(dout, q, k, v, out, softmax_lse, *,
               or _arrays.float_dtype(given, name) != dtype):
             raise ValueError(f"{name}: expected a {kind} array of shape {tuple(like.shape)} and dtype {dtype}")
         grads.append(given)
+    _arrays.check_not_overlapping([("dq", dq), ("dk", dk), ("dv", dv)],  # the caller's buffers (None skipped)
+                                  [("dout", dout), ("q", q), ("k", k), ("v", v), ("out", out),
+                                   ("softmax_lse", softmax_lse)])
     return attention_backward(
         dout, q, k, v, out, softmax_lse, dq=grads[0], dk=grads[1], dv=grads[2], cu_seqlens_q=cu_q,
         cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k, dropout_p=dropout_p,

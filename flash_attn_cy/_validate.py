@@ -153,6 +153,12 @@ def cu_seqlens_traced(x: Any, name: str, batch: Optional[int]) -> Any:
     return x
 
 
+def _finite(x: float) -> bool:
+    # Comparisons rather than math.isfinite: under torch.compile(dynamic=True) a float argument arrives as a symbolic
+    # float, which comparisons turn into guards while math.isfinite is a graph break (fatal with fullgraph=True).
+    return -math.inf < x < math.inf
+
+
 def dropout(p: Any) -> float:
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"dropout_p: expected a float in [0, 1), got {type(p).__name__}")
@@ -169,7 +175,7 @@ def softmax_scale(scale: Any, headdim: int) -> float:
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"softmax_scale: expected a float or None, got {type(scale).__name__}")
     scale = float(scale)
-    if not math.isfinite(scale):
+    if not _finite(scale):
         raise ValueError(f"softmax_scale: must be finite, got {scale}")
     return scale
 
@@ -178,7 +184,7 @@ def softcap(cap: Any) -> float:
     if isinstance(cap, bool) or not isinstance(cap, numbers.Real):
         raise TypeError(f"softcap: expected a float >= 0 (0 = off), got {type(cap).__name__}")
     cap = float(cap)
-    if not (cap >= 0.0 and math.isfinite(cap)):
+    if not (cap >= 0.0 and _finite(cap)):
         raise ValueError(f"softcap: must be a finite float >= 0 (0 = off), got {cap}")
     return cap
 

@@ -207,7 +207,8 @@ def attention_with_grad(q: Tensor, k: Tensor, v: Tensor, *, cu_seqlens_q=None, c
             raise TypeError("max_seqlen_q and max_seqlen_k: required with cu_seqlens_q/cu_seqlens_k")
         max_q, max_k = int(max_seqlen_q), int(max_seqlen_k)
     else:
-        max_q, max_k = int(q.shape[1]), int(k.shape[1])
+        # kept as the shapes' own (possibly symbolic) ints: int() would pin a dynamic seqlen to its traced value
+        max_q, max_k = q.shape[1], k.shape[1]
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0.0 <= float(dropout_p) < 1.0:
         raise ValueError(f"dropout_p: expected a float in [0, 1), got {dropout_p!r}")
     scale = float(q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale)

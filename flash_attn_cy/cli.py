@@ -46,6 +46,14 @@ def _csv_ints(text: str) -> List[int]:
     return vals
 
 
+def _csv_headdims(text: str) -> List[int]:
+    vals = _csv_ints(text)
+    bad = [v for v in vals if v > 256]
+    if bad:  # rejected before any timing: every flash_attn_cy backend would fail on each such shape
+        raise argparse.ArgumentTypeError(f"head dims must be in 1..256, got {text!r}")
+    return vals
+
+
 def _csv_dtypes(text: str) -> List[str]:
     vals = [x.strip() for x in text.split(",") if x.strip()]
     bad = [v for v in vals if v not in ("fp32", "fp16", "bf16")]
@@ -354,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="backend to time (repeatable; default: every available backend except sim)")
     pb.add_argument("--quick", action="store_true", help="fewer shapes (seqlen 512,2048; head dim 64)")
     pb.add_argument("--seqlens", type=_csv_ints, metavar="LIST", help="e.g. 512,2048,4096 (key length for --decode)")
-    pb.add_argument("--headdims", type=_csv_ints, metavar="LIST", help="e.g. 64,128")
+    pb.add_argument("--headdims", type=_csv_headdims, metavar="LIST", help="e.g. 64,128")
     pb.add_argument("--dtypes", type=_csv_dtypes, default=None, metavar="LIST",
                     help="comma-separated among fp32,fp16,bf16 (default fp32,bf16)")
     pb.add_argument("--batch", type=_positive_int, default=1, help="batch size (default 1)")

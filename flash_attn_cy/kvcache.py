@@ -217,6 +217,8 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Opti
     cache_rows = k_cache if (paged or batch_idx is not None) else k_cache[:batch]
     vcache_rows = v_cache if (paged or batch_idx is not None) else v_cache[:batch]
     appending = k is not None
+    if appending:  # the append writes both caches: one buffer for both would end up holding v's rows as keys
+        _arrays.check_not_overlapping([("v_cache", v_cache)], [("k_cache", k_cache)])
     kc = _arrays.core_view(cache_rows, "k_cache", in_place=appending)
     vc = _arrays.core_view(vcache_rows, "v_cache", in_place=appending)
 

@@ -39,6 +39,7 @@ def test_no_subcommand_is_a_usage_error(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["bench", "--seqlens", "abc"], "--seqlens: expected comma-separated integers"),
     (["bench", "--seqlens", "0,16"], "--seqlens: expected positive integers"),
+    (["bench", "--headdims", "64,300", "--no-torch", "--no-peak"], "--headdims: head dims must be in 1..256"),
     (["bench", "--dtypes", "fp8"], "--dtypes: dtypes must be among fp32,fp16,bf16"),
     (["bench", "--causal", "maybe"], "--causal: invalid choice"),
     (["bench", "--batch", "-1"], "--batch: expected a positive integer"),

@@ -52,6 +52,23 @@ def test_many_python_threads_share_the_pool(rng):
         fa.set_num_threads(old)
 
 
+def test_set_num_threads_takes_any_integer_and_names_itself_when_wrong():
+    """NumPy integers (a config value, np.int64(os.cpu_count())) are integers; a huge request is capped by the pool
+    instead of overflowing the C int on the way; bad values name the function."""
+    old = fa.get_num_threads()
+    try:
+        fa.set_num_threads(np.int64(1))
+        assert fa.get_num_threads() == 1
+        fa.set_num_threads(2**40)
+        assert 1 <= fa.get_num_threads() <= 4096
+        for bad, exc in ((-1, ValueError), (np.int32(-2), ValueError), (2.0, TypeError), (True, TypeError),
+                         ("2", TypeError)):
+            with pytest.raises(exc, match="set_num_threads"):
+                fa.set_num_threads(bad)
+    finally:
+        fa.set_num_threads(old)
+
+
 def test_set_num_threads_roundtrip():
     old = fa.get_num_threads()
     try:

@@ -303,3 +303,12 @@ def test_dropout_seed_outside_64_bits_is_rejected(seed):
     q = np.zeros((1, 4, 1, 8), np.float32)
     with pytest.raises(ValueError, match="seed"):
         fa.flash_attn_func(q, q, q, dropout_p=0.1, seed=seed, backend="cpu")
+
+
+def test_torch_tensors_without_strides_or_on_other_devices_name_the_argument():
+    torch = pytest.importorskip("torch")
+    dense = torch.zeros(1, 3, 2, 8)
+    with pytest.raises(TypeError, match="k: torch tensors of layout torch.sparse_coo are not supported"):
+        fa.flash_attn_func(dense, dense.to_sparse(), dense)
+    with pytest.raises(ValueError, match="q: tensors on device 'meta' are not supported"):
+        fa.flash_attn_func(dense.to("meta"), dense, dense)

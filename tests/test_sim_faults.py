@@ -156,3 +156,63 @@ def test_misaligned_vector_load_is_a_fault(first):
         assert [f.kind for f in res.faults] == ["error"], res.faults
         msg = res.faults[0].message
         assert "misaligned pointer" in msg and "aligned to 8 bytes" in msg and "misaligned_vector_load.metal:8" in msg
+
+
+def _saxpy_in_child(conn) -> None:
+    try:
+        # a kernel this process has not loaded yet (as the parent's compiling thread would be doing), so that
+        # the compile lock is taken
+        res = sim.run(SAXPY + "// in the child\n", "saxpy", 1, 32, {0: np.ones(32, np.float32)},
+                      {1: np.float32(2.0)}, schedules=1)
+        conn.send(res.buffers[0].tolist())
+    finally:
+        conn.close()
+
+
+SAXPY = """
+#include <metal_stdlib>
+using namespace metal;
+kernel void saxpy(device float* y [[buffer(0)]], constant float& a [[buffer(1)]],
+                  uint gid [[thread_position_in_grid]]) {
+    y[gid] = a * y[gid] + 1.0f;
+}
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+def test_process_forked_while_a_kernel_compiles_can_still_run_kernels():
+    """The run-time compile lock is held for seconds while a thread compiles a kernel; a process forked meanwhile
+    (multiprocessing, DataLoader workers) used to inherit it locked and wait forever in its first sim.run."""
+    import multiprocessing
+    import threading
+
+    from flash_attn_cy.sim import _compile
+
+    sim.run(SAXPY, "saxpy", 1, 32, {0: np.ones(32, np.float32)}, {1: np.float32(2.0)}, schedules=1)  # compiled
+    holding, release = threading.Event(), threading.Event()
+
+    def compile_in_progress():
+        with _compile._lock:
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=compile_in_progress)
+    holder.start()
+    child = None
+    try:
+        assert holding.wait(30)
+        ctx = multiprocessing.get_context("fork")
+        parent_end, child_end = ctx.Pipe(duplex=False)
+        child = ctx.Process(target=_saxpy_in_child, args=(child_end,))
+        child.start()
+        child_end.close()
+        got = parent_end.recv() if parent_end.poll(180) else None  # one kernel compile at most
+        assert got == [3.0] * 32, "the forked child's sim.run did not finish"
+    finally:
+        release.set()
+        holder.join()
+        if child is not None:
+            child.join(30)
+            if child.exitcode is None:
+                child.kill()
+                child.join()

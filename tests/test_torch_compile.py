@@ -169,3 +169,51 @@ def test_kvcache_op_declares_its_mutations():
     args = (x["q"], x["k_cache"], x["v_cache"], x["k"], x["v"], None, None, torch.tensor([3, 9], dtype=torch.int32),
             -1, None, None, None, None, None, True, -1, 0, 0.0, True, 0, "cpu")
     torch.library.opcheck(torch.ops.flash_attn_cy.kvcache.default, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_dynamic_shapes_with_float_arguments_trace_in_one_graph():
+    """torch.compile(dynamic=True) passes Python floats (softmax_scale, softcap, dropout_p) as symbolic floats: the
+    validation must not break the graph (math.isfinite on a symbolic float used to), and a bad value is still an
+    error naming the argument."""
+    def step(q, k, v, scale, cap):
+        return fa.flash_attn_func(q, k, v, causal=True, softmax_scale=scale, softcap=cap, window_size=(3, -1))
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=True, backend="aot_eager")
+    for seqlen in (5, 9):
+        xs = _leaves((2, seqlen, 2, 16), (2, seqlen + 3, 1, 16), (2, seqlen + 3, 1, 16), seed=seqlen)
+        got = _grads_after(lambda q, k, v: compiled(q, k, v, 0.3, 2.0).square().sum(), xs)
+        want = _grads_after(lambda q, k, v: step(q, k, v, 0.3, 2.0).square().sum(), xs)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+    with pytest.raises(Exception, match="softcap: must be a finite float"):
+        compiled(*_leaves((1, 4, 1, 8), (1, 4, 1, 8), (1, 4, 1, 8), grad=False), 0.3, float("inf"))
+
+
+class _Attention(torch.nn.Module):
+    def forward(self, q, k, v):
+        return fa.flash_attn_func(q, k, v, causal=True, softcap=3.0)
+
+
+def test_torch_jit_trace_records_the_attention():
+    """torch.jit.trace sees only torch ops: the result used to be computed through NumPy views into a torch.empty,
+    so the traced graph returned uninitialised memory. Now the custom op is recorded and the trace recomputes."""
+    q, k, v = _leaves((1, 7, 4, 16), (1, 9, 2, 16), (1, 9, 2, 16), seed=5, grad=False)
+    traced = torch.jit.trace(_Attention(), (q, k, v))
+    for seqlen_q, seqlen_k, seed in ((7, 9, 6), (12, 20, 7)):  # other values, and other shapes
+        x = _leaves((1, seqlen_q, 4, 16), (1, seqlen_k, 2, 16), (1, seqlen_k, 2, 16), seed=seed, grad=False)
+        torch.testing.assert_close(traced(*x), _Attention()(*x), rtol=0, atol=0)
+    xs = _leaves((1, 7, 4, 16), (1, 9, 2, 16), (1, 9, 2, 16), seed=8)
+    got = _grads_after(lambda *a: traced(*a).square().sum(), xs)
+    want = _grads_after(lambda *a: _Attention()(*a).square().sum(), xs)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_torch_export_with_a_dynamic_seqlen():
+    """torch.export with a dynamic sequence length: the seqlen used to be pinned by an int() on the way to the custom
+    op ("You marked s as dynamic but your code specialized it to be a constant")."""
+    q, k, v = _leaves((1, 7, 4, 16), (1, 7, 2, 16), (1, 7, 2, 16), seed=9, grad=False)
+    seqlen = torch.export.Dim("seqlen", min=2, max=1024)
+    program = torch.export.export(_Attention(), (q, k, v), dynamic_shapes=({1: seqlen}, {1: seqlen}, {1: seqlen}))
+    x = _leaves((1, 33, 4, 16), (1, 33, 2, 16), (1, 33, 2, 16), seed=10, grad=False)
+    torch.testing.assert_close(program.module()(*x), _Attention()(*x), rtol=0, atol=0)

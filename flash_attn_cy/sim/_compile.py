@@ -31,6 +31,17 @@ _lock = threading.Lock()
 _loaded: Dict[str, ctypes.CDLL] = {}
 
 
+def _new_lock_in_child() -> None:
+    # A process forked while another thread held the lock (compiling a kernel takes seconds) would inherit it locked,
+    # with no thread left to release it: its first sim.run would wait forever. The child starts with a free lock.
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 class SimCompileError(RuntimeError):
     """No usable C++ compiler, or the translated kernel source failed to compile (message has the compiler output)."""
 
