@@ -41,6 +41,22 @@ from ._backward import backward
 __version__ = "0.1.0"
 
 
+def _check_cpu_isa_override() -> None:
+    # The C++ backend reads FLASH_ATTN_CY_CPU_ISA on every call and knows one value, "portable"; anything else
+    # (a typo, "avx2") would silently keep the best kernels for this CPU, so it is pointed out once at import.
+    import os
+    import warnings
+
+    value = os.environ.get("FLASH_ATTN_CY_CPU_ISA", "")
+    if value not in ("", "portable"):
+        warnings.warn(f"FLASH_ATTN_CY_CPU_ISA={value!r} is not a known value: only 'portable' (force the portable "
+                      "CPU kernels) is; the CPU backend uses the best kernels for this CPU", RuntimeWarning,
+                      stacklevel=3)
+
+
+_check_cpu_isa_override()
+
+
 __all__ = [
     "flash_attn_func",
     "flash_attn_qkvpacked_func",

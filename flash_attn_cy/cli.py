@@ -20,6 +20,15 @@ from typing import List, Optional, Sequence
 from . import _sysinfo
 
 
+def _package_version() -> str:
+    """The installed distribution's version (no import of the compiled extension, so it works when that is broken)."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+        return version("flash_attn_cy")
+    except (ImportError, PackageNotFoundError):
+        return "unknown"
+
+
 def _import_package():
     """The package with its compiled extension, or a clear message and exit 1."""
     try:
@@ -336,6 +345,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m flash_attn_cy",
                                 description="flash_attn_cy: FlashAttention-2 for Apple Silicon and CPUs.")
+    p.add_argument("--version", action="version", version=f"flash_attn_cy {_package_version()}")
     sub = p.add_subparsers(dest="command", metavar="{info,verify,bench,demo}")
     sub.required = True
 

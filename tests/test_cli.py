@@ -23,6 +23,12 @@ def run_cli(args, cwd, timeout=120):
                           text=True, timeout=timeout)
 
 
+def test_version_flag(tmp_path):
+    r = run_cli(["--version"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"flash_attn_cy {flash_attn_cy.__version__}"
+
+
 def test_help_lists_subcommands(tmp_path):
     r = run_cli(["--help"], tmp_path)
     assert r.returncode == 0
