@@ -59,16 +59,10 @@ def kind_of(x: Any, name: str) -> str:
     raise TypeError(f"{name}: expected a numpy.ndarray or torch.Tensor, got {type(x).__name__}")
 
 
-_TORCH_FLOAT_NAMES: dict = {}
-
-
-def _torch_float_names() -> dict:
-    """torch dtype -> FLOAT_DTYPES name, built once (torch is imported by then: a tensor exists)."""
-    if not _TORCH_FLOAT_NAMES:
-        torch = _torch()
-        _TORCH_FLOAT_NAMES.update({torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
-                                   torch.float64: "float64"})
-    return _TORCH_FLOAT_NAMES
+# str(torch dtype) -> FLOAT_DTYPES name. Keyed by the dtype's name, a constant table: a dict filled lazily on first
+# use made torch.compile guard on its contents and compile every function twice (before and after the filling).
+_TORCH_FLOAT_NAMES = {"torch.float16": "float16", "torch.bfloat16": "bfloat16", "torch.float32": "float32",
+                      "torch.float64": "float64"}
 
 
 def float_dtype(x: Any, name: str) -> str:
@@ -81,7 +75,7 @@ def float_dtype(x: Any, name: str) -> str:
         if dname in FLOAT_DTYPES:
             return dname
     else:
-        known = _torch_float_names().get(x.dtype)
+        known = _TORCH_FLOAT_NAMES.get(str(x.dtype))
         if known is not None:
             return known
         dname = str(x.dtype)
