@@ -42,6 +42,18 @@ def compiling() -> bool:
     return bool(torch.jit.is_tracing())
 
 
+def _functorch_wrapped(x: Any) -> bool:
+    """A tensor inside torch.func.vmap/grad: a wrapper without storage of its own. Eager only: under torch.compile
+    the custom ops carry the call and never read storage, and dynamo cannot trace the check (so it goes second).
+    Looked up on every call, not cached in module state: dynamo would guard on such state and compile twice."""
+    torch = _torch()
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and compiler.is_compiling():
+        return False
+    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return wrapped is not None and wrapped(x)
+
+
 def kind_of(x: Any, name: str) -> str:
     """'numpy' or 'torch' (CPU) or 'mps'; TypeError for anything else."""
     if isinstance(x, np.ndarray):
@@ -51,6 +63,10 @@ def kind_of(x: Any, name: str) -> str:
             if x.layout is not _torch().strided:  # sparse or mkldnn tensors have no strides to address
                 raise TypeError(f"{name}: torch tensors of layout {x.layout} are not supported; pass a dense "
                                 "(strided) tensor, e.g. x.to_dense()")
+            if _functorch_wrapped(x):
+                raise TypeError(f"{name}: torch.func transforms (vmap, grad, jacrev, ...) are not supported by "
+                                "flash_attn_cy; call it outside the transform (batch through the leading axis, "
+                                "differentiate with torch.autograd / .backward())")
             return "torch"
         if x.is_mps:
             return "mps"

@@ -312,3 +312,16 @@ def test_torch_tensors_without_strides_or_on_other_devices_name_the_argument():
         fa.flash_attn_func(dense, dense.to_sparse(), dense)
     with pytest.raises(ValueError, match="q: tensors on device 'meta' are not supported"):
         fa.flash_attn_func(dense.to("meta"), dense, dense)
+
+
+def test_torch_func_transforms_name_the_argument():
+    """vmap/grad wrap tensors without storage of their own; the call used to die in torch ("Cannot access data
+    pointer of Tensor that doesn't have storage")."""
+    torch = pytest.importorskip("torch")
+    import flash_attn_cy as fa
+
+    q = torch.randn(3, 1, 16, 2, 8)
+    with pytest.raises(TypeError, match=r"q: torch\.func transforms"):
+        torch.vmap(lambda x: fa.flash_attn_func(x, x, x))(q)
+    with pytest.raises(TypeError, match=r"q: torch\.func transforms"):
+        torch.func.grad(lambda x: fa.flash_attn_func(x, x, x).sum())(q[0])
