@@ -118,6 +118,23 @@ int make_buffer(Context &ctx, int buf_id, BufferBinding &b, __strong id<MTLBuffe
     return FA_OK;
 }
 
+// Whether a vector decode launch (fa_vec*, 256-thread threadgroups) wants more threads than its pipeline allows:
+// Metal lowers a pipeline's maxTotalThreadsPerThreadgroup when its kernel needs many registers, which the 4-row
+// vector kernel at head dim 256 may. A pipeline that cannot be made is not decided here (encoding reports it).
+bool vector_launch_exceeds_pipeline(Context &ctx, const fa_plan &plan) {
+    for (int li = 0; li < plan.nlaunches; ++li) {
+        const fa_launch &l = plan.launches[li];
+        if (std::strncmp(l.kernel, "fa_vec", 6) != 0) continue;
+        int status = FA_OK;
+        char ignored[256];
+        id<MTLComputePipelineState> state = fametal::pipeline(ctx, l.kernel, &status, ignored, sizeof ignored);
+        if (state == nil) return false;
+        const uint64_t threads = static_cast<uint64_t>(l.threads[0]) * l.threads[1] * l.threads[2];
+        if (threads > state.maxTotalThreadsPerThreadgroup) return true;
+    }
+    return false;
+}
+
 int execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, char *err, size_t errlen) {
     Context &ctx = context();
     if (!ctx.supported) return fail(FA_ERR_UNAVAILABLE, err, errlen, "%s", ctx.reason.c_str());
@@ -127,6 +144,10 @@ int execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, c
     int status = fa_plan_build(kind, p, u, plan.get(), err, errlen);
     if (status != FA_OK) return status;
     if (plan->nlaunches == 0) return FA_OK;  // nothing to compute (empty shapes): no command buffer at all
+    if (kind == FA_PLAN_FORWARD && vector_launch_exceeds_pipeline(ctx, *plan)) {
+        status = fa_plan_build_forward_without_vector(p, plan.get(), err, errlen);  // the fragment decode kernel
+        if (status != FA_OK) return status;
+    }
 
     BindingPlan bindings;
     status = plan_bindings(kind, p, u, plan.get(), static_cast<uint64_t>(getpagesize()), kWrapMinBytes, &bindings,

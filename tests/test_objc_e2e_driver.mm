@@ -311,6 +311,20 @@ int main(int argc, char **argv) {
         {"f16 prefill d80", FA_F16, 1, 40, 23, 3, 3, 80, -1, 0, 1, false},
     };
     for (const Case &c : cases) run_case(c);
+    {  // a vector decode pipeline that allows fewer than its 256 threads: the call is planned on the fragment kernel
+        mock::knobs().limited_prefix = "fa_vec";
+        mock::knobs().limited_max_total_threads = 128;
+        const size_t before = mock::journal().size();
+        run_case({"f16 d256 decode GQA 4, vector pipeline limited to 128 threads", FA_F16, 2, 1, 130, 8, 2, 256,
+                  -1, -1, 1, true});
+        bool vec_dispatched = false, dec_dispatched = false;
+        for (size_t i = before; i < mock::journal().size(); ++i) {
+            vec_dispatched |= mock::journal()[i].rfind("dispatch fa_vec", 0) == 0;
+            dec_dispatched |= mock::journal()[i].rfind("dispatch fa_dec", 0) == 0;
+        }
+        CHECK(!vec_dispatched && dec_dispatched, std::string("limited vector pipeline: fragment kernel dispatched"));
+        mock::knobs().limited_prefix.clear();
+    }
     run_kvcache_case();
     run_device_buffer_case();
     return fa_checks_report() ? 1 : 0;

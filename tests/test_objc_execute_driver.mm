@@ -87,6 +87,11 @@ extern "C" int fa_plan_build(fa_plan_kind kind, const fa_params *p, const fa_kvc
     return FA_OK;
 }
 
+// The stand-in plan has no vector decode launch, so the shim's fallback never asks for this; it links the shim.
+extern "C" int fa_plan_build_forward_without_vector(const fa_params *p, fa_plan *out, char *err, size_t errlen) {
+    return fa_plan_build(FA_PLAN_FORWARD, p, nullptr, out, err, errlen);
+}
+
 // Test kernels: every access is bounds-checked against the bound MTLBuffer.
 static void register_kernels() {
     mock::register_kernel("mock_stage1", [](const std::vector<mock::Arg> &a, const uint32_t g[3], const uint32_t t[3]) {

@@ -109,3 +109,10 @@ extern "C" int fa_plan_build(fa_plan_kind kind, const fa_params *p, const fa_kvc
     }
     return faplan::fail(err, errlen, FA_ERR_VALUE, "fa_plan_build: unknown plan kind %d", int(kind));
 }
+
+extern "C" int fa_plan_build_forward_without_vector(const fa_params *p, fa_plan *out, char *err, size_t errlen) {
+    if (!p || !out) return faplan::fail(err, errlen, FA_ERR_VALUE, "fa_plan_build: params and plan are required");
+    std::memset(out, 0, sizeof(*out));
+    if (err && errlen) err[0] = '\0';
+    return fa_plan_forward(p, out, err, errlen, /*allow_vector=*/false);
+}

@@ -93,6 +93,11 @@ typedef struct fa_plan {
 int fa_plan_build(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, fa_plan *out, char *err,
                   size_t errlen);
 
+/* The forward plan with decode calls on the fragment kernel (fa_dec_*) instead of the vector kernels (fa_vec*_*,
+ * 256-thread threadgroups): the Metal shim's fallback when a vector pipeline allows fewer threads per threadgroup
+ * (a register-heavy specialisation, e.g. head dim 256). Same results, same contract as fa_plan_build. */
+int fa_plan_build_forward_without_vector(const fa_params *p, fa_plan *out, char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

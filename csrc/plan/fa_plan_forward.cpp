@@ -111,7 +111,7 @@ void add_probs_launch(const fa_params *p, const fa_fwd_params &k, const char *ta
 
 }  // namespace
 
-int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) {
+int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen, bool allow_vector) {
     const char *tag = faplan::dtype_tag(p->dtype);
     const int eb = faplan::elem_bytes(p->dtype);
     if (!tag) return fail(err, errlen, FA_ERR_UNSUPPORTED, "dtype: the Metal kernels serve float16, bfloat16 and float32");
@@ -128,7 +128,8 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen) 
     const int group = p->nheads_q / p->nheads_kv;
     const int pack = (group > 1 && p->seqlen_q < FA_FWD_BQ) ? group : 1;  // packed GQA for short queries
     const int64_t rows = int64_t(p->seqlen_q) * pack;                      // packed rows per head block
-    const AttnKernel kind = choose_kernel(rows);
+    AttnKernel kind = choose_kernel(rows);
+    if (kind == AttnKernel::Vector && !allow_vector) kind = AttnKernel::Fragment;
     const bool vector = kind == AttnKernel::Vector;
     const bool decode = kind == AttnKernel::Fragment;
     const int bq = vector ? fa_vec_rows(int(rows)) : decode ? FA_DEC_BQ : FA_FWD_BQ;

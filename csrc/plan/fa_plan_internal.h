@@ -48,5 +48,7 @@ int fail(char *err, size_t errlen, int code, const char *fmt, ...) __attribute__
 int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen);
 
 // Forward and KV-cache append plans (fa_plan_forward.cpp, fa_plan_kvcache.cpp).
-int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen);
+// allow_vector = false plans decode calls with the fragment kernel instead of the 256-thread vector kernels
+// (fa_plan_build_forward_without_vector).
+int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen, bool allow_vector = true);
 int fa_plan_kvcache_append(const fa_params *p, const fa_kvcache_update *u, fa_plan *out, char *err, size_t errlen);

@@ -22,6 +22,10 @@ struct Knobs {
     bool refuse_nocopy = false;      // newBufferWithBytesNoCopy returns nil
     bool fail_command_buffer = false;// status Error after commit
     unsigned long max_total_threads = 1024;
+    // Pipelines of kernels whose name starts with limited_prefix report limited_max_total_threads instead (a
+    // register-heavy kernel whose thread limit Metal lowered).
+    std::string limited_prefix;
+    unsigned long limited_max_total_threads = 0;
     unsigned long thread_execution_width = 32;
     unsigned long max_buffer_length = 1ul << 30;
 };

@@ -220,7 +220,11 @@ static std::map<const void *, MTLLanguageVersion> &compile_versions() {
 }
 @end
 @implementation FAMockPipeline
-- (NSUInteger)maxTotalThreadsPerThreadgroup { return mock::knobs().max_total_threads; }
+- (NSUInteger)maxTotalThreadsPerThreadgroup {
+    const mock::Knobs &k = mock::knobs();
+    if (!k.limited_prefix.empty() && kname->rfind(k.limited_prefix, 0) == 0) return k.limited_max_total_threads;
+    return k.max_total_threads;
+}
 - (NSUInteger)staticThreadgroupMemoryLength { return 0; }
 - (NSUInteger)threadExecutionWidth { return mock::knobs().thread_execution_width; }
 @end
