@@ -5,7 +5,7 @@ contiguous [batch, heads, seqlen, dim] tensors), run in the same process with th
 timing is the median of repeated calls after a warm-up call, repeated until ``min_time`` seconds have been spent
 (at least ``min_reps`` calls).
 
-The sides of one shape (every backend, then PyTorch) are timed in interleaved rounds rather than one after the
+The sides of one shape (every backend, then each comparison) are timed in interleaved rounds rather than one after the
 other, so that a slow phase of a shared or virtual machine (a core taken away for a second) lands on all of them
 instead of deciding the ratio. Before each side's round the bench sleeps ``SETTLE_SECONDS``: an OpenMP runtime such
 as PyTorch's keeps its idle worker threads spinning for milliseconds after a parallel region, and a side timed
