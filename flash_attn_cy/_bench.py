@@ -357,7 +357,7 @@ def build_shapes(seqlens: Sequence[int], headdims: Sequence[int], dtypes: Sequen
 
 
 def run_bench(shapes: Sequence[Shape], backends: Sequence[str], comparisons, min_time: float = 0.3,
-              min_reps: int = 2, progress: Optional[Callable[[Row], None]] = None) -> List[Row]:
+              min_reps: int = 3, progress: Optional[Callable[[Row], None]] = None) -> List[Row]:
     """Time every backend and comparison on every shape. ``comparisons``: names from COMPARISONS (True means
     ["torch"], False none)."""
     import flash_attn_cy as fa

@@ -385,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="time flash_attn_with_kvcache with one query against a cache of --seqlens keys")
     pb.add_argument("--threads", type=_positive_int, help="threads for flash_attn_cy's CPU backend and torch")
     pb.add_argument("--min-time", type=_nonneg_float, default=0.3, help="seconds per measurement (default 0.3)")
-    pb.add_argument("--min-reps", type=_positive_int, default=2, help="calls per measurement at least (default 2)")
+    # 3: the median of three alternating rounds ignores one call caught by a slow phase of a shared machine
+    pb.add_argument("--min-reps", type=_positive_int, default=3, help="calls per measurement at least (default 3)")
     pb.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
     pb.add_argument("--compare", action="append", metavar="NAME", choices=["torch", "torch-mps", "mlx"],
                     help="library to time beside flash_attn_cy (repeatable): torch (SDPA on the CPU), torch-mps, "
