@@ -184,14 +184,19 @@ def _mps_sync() -> None:
     torch.mps.synchronize()
 
 
+def _torch_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
 def _make_ours(fa, backend: str, shape: Shape, rng) -> Callable[[], object]:
     b, h, sq, sk, d = shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim
     on_mps = backend == "metal" and _torch_mps_available()  # a Mac: time the GPU without host copies
     if shape.mode == "fwd+bwd":
         import torch
 
-        tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[shape.dtype]
-        dev = "mps" if on_mps else "cpu"
+        tdt, dev = _torch_dtype(shape.dtype), "mps" if on_mps else "cpu"
         q, k, v = (torch.randn(b, s, h, d, dtype=tdt, device=dev, requires_grad=True) for s in (sq, sk, sk))
         dout = torch.randn(b, sq, h, d, dtype=tdt, device=dev)
 
@@ -199,38 +204,23 @@ def _make_ours(fa, backend: str, shape: Shape, rng) -> Callable[[], object]:
             out = fa.flash_attn_func(q, k, v, causal=shape.causal, backend=backend)
             out.backward(dout)
             if on_mps:
-                _mps_sync()
+                _mps_sync()  # autograd's own MPS work (gradient accumulation) is queued on PyTorch's stream
         return fwd_bwd
+    dt = _np_dtype(shape.dtype)
+    hk = shape.kv_heads() if shape.mode == "decode" else h
+    q = rng.standard_normal((b, sq, h, d)).astype(dt)
+    k = rng.standard_normal((b, sk, hk, d)).astype(dt)
+    v = rng.standard_normal((b, sk, hk, d)).astype(dt)
+    lens = np.full(b, sk, dtype=np.int32)
     if on_mps:
+        # MPS tensors, as a PyTorch user on a Mac calls the metal backend. No synchronize in the timed call: the
+        # public functions synchronize PyTorch's queue before the call and the shim waits for its own command buffer.
         import torch
 
-        tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[shape.dtype]
-        hkv = shape.kv_heads()
-        q = torch.randn(b, sq, h, d, dtype=tdt, device="mps")
-        k = torch.randn(b, sk, hkv if shape.mode == "decode" else h, d, dtype=tdt, device="mps")
-        v = torch.randn_like(k)
-        if shape.mode == "decode":
-            lens = torch.full((b,), sk, dtype=torch.int32, device="mps")
-
-            def decode_mps():
-                fa.flash_attn_with_kvcache(q, k, v, cache_seqlens=lens, causal=shape.causal, backend=backend)
-                _mps_sync()
-            return decode_mps
-
-        def fwd_mps():
-            fa.flash_attn_func(q, k, v, causal=shape.causal, backend=backend)
-            _mps_sync()
-        return fwd_mps
-    dt = _np_dtype(shape.dtype)
-    q = rng.standard_normal((b, sq, h, d)).astype(dt)
+        q, k, v = (torch.from_numpy(x.astype(np.float32)).to("mps", _torch_dtype(shape.dtype)) for x in (q, k, v))
+        lens = torch.from_numpy(lens).to("mps")
     if shape.mode == "decode":
-        kc = rng.standard_normal((b, sk, shape.kv_heads(), d)).astype(dt)
-        vc = rng.standard_normal((b, sk, shape.kv_heads(), d)).astype(dt)
-        lens = np.full(b, sk, dtype=np.int32)
-        return lambda: fa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, causal=shape.causal,
-                                                  backend=backend)
-    k = rng.standard_normal((b, sk, h, d)).astype(dt)
-    v = rng.standard_normal((b, sk, h, d)).astype(dt)
+        return lambda: fa.flash_attn_with_kvcache(q, k, v, cache_seqlens=lens, causal=shape.causal, backend=backend)
     return lambda: fa.flash_attn_func(q, k, v, causal=shape.causal, backend=backend)
 
 
@@ -238,7 +228,7 @@ def _make_torch(shape: Shape, device: str = "cpu") -> Callable[[], object]:
     import torch
     import torch.nn.functional as F
 
-    tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[shape.dtype]
+    tdt = _torch_dtype(shape.dtype)
     b, h, sq, sk, d = shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, shape.headdim
     grad = shape.mode == "fwd+bwd"
     hkv = shape.kv_heads()

@@ -388,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     # 3: the median of three alternating rounds ignores one call caught by a slow phase of a shared machine
     pb.add_argument("--min-reps", type=_positive_int, default=3, help="calls per measurement at least (default 3)")
     pb.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
-    pb.add_argument("--compare", action="append", metavar="NAME", choices=["torch", "torch-mps", "mlx"],
+    from ._bench import COMPARISONS
+
+    pb.add_argument("--compare", action="append", metavar="NAME", choices=COMPARISONS,
                     help="library to time beside flash_attn_cy (repeatable): torch (SDPA on the CPU), torch-mps, "
                          "mlx (default: torch; on a Mac also torch-mps and mlx when present)")
     pb.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
