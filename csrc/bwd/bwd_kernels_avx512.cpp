@@ -277,20 +277,14 @@ void accumulate_bf16(int m, int n, int kk2, const uint32_t *a, int64_t a_rs, int
     }
 }
 
-// 16 pairs (x0[i], x1[i]) of two fp32 vectors rounded to bf16 (nearest even); x0 in the low half of each word.
-FA_BWD_ALWAYS_INLINE __m512i pair_bf16(__m512 x0, __m512 x1) {
-    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
-                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(x1, x0));
-}
-
 void pair_tile_rows_bf16(const float *x, int rows, uint32_t *out) {
     for (int t = 0; 2 * t < rows; ++t) {
         const float *x0 = x + (size_t)(2 * t) * kBlockK;
         const bool has1 = 2 * t + 1 < rows;
         for (int c = 0; c < kBlockK; c += 16) {
             const __m512 v1 = has1 ? _mm512_loadu_ps(x0 + kBlockK + c) : _mm512_setzero_ps();
-            _mm512_storeu_si512(out + (size_t)t * kBlockK + c, pair_bf16(_mm512_loadu_ps(x0 + c), v1));
+            _mm512_storeu_si512(out + (size_t)t * kBlockK + c,
+                                fa_cpu::avx512::interleave_bf16(_mm512_loadu_ps(x0 + c), v1));
         }
     }
 }

@@ -77,6 +77,18 @@ inline __m512 exp2_ps_folded(__m512 x) {
 
 FA_TARGET_END
 
+FA_TARGET_BEGIN(FA_ISA_AVX512_BF16)
+
+// 16 bf16 pairs (a[i], b[i]) of two fp32 vectors, rounded to nearest even, a[i] in the low half of word i: the
+// operand layout of vdpbf16ps (forward P^T over key pairs, backward Pd^T / dX^T over query-row pairs).
+inline __m512i interleave_bf16(__m512 a, __m512 b) {
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+}
+
+FA_TARGET_END
+
 }  // namespace avx512
 }  // namespace fa_cpu
 #endif

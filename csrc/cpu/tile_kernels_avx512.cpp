@@ -536,12 +536,7 @@ void scores_bf16(const KvTile &k, int j0, int nk, int d, const void *qT, int nv,
     gemm<MicroBf16, false>(nv, nk, kb, ws, 2, (d + 1) / 2, static_cast<const uint16_t *>(qT), sT, nullptr);
 }
 
-// Interleave 16+16 fp32 values into 16 bf16 pairs (a[i], b[i]), rounding to nearest even.
-inline __m512i interleave_bf16(__m512 a, __m512 b) {
-    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
-                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(b, a));
-}
+using avx512::interleave_bf16;
 
 // P^T as bf16 pairs over keys, [kpairs][BLOCK_M] 32-bit words (key 2kp in the low half): the B operand of the PV
 // product. An odd last key is paired with a zero.
