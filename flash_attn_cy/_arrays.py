@@ -43,14 +43,12 @@ def compiling() -> bool:
 
 
 def _functorch_wrapped(x: Any) -> bool:
-    """A tensor inside torch.func.vmap/grad: a wrapper without storage of its own. Eager only: under torch.compile
-    the custom ops carry the call and never read storage, and dynamo cannot trace the check (so it goes second).
-    Looked up on every call, not cached in module state: dynamo would guard on such state and compile twice."""
-    torch = _torch()
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and compiler.is_compiling():
+    """A tensor inside torch.func.vmap/grad: a wrapper without storage of its own. Eager only: while compiling or
+    tracing the custom ops carry the call and never read storage, and dynamo cannot trace the check (so it goes
+    second). Looked up on every call, not cached in module state: dynamo would guard on such state."""
+    if compiling():
         return False
-    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    wrapped = getattr(getattr(_torch()._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
     return wrapped is not None and wrapped(x)
 
 
