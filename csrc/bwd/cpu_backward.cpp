@@ -80,10 +80,11 @@ struct Workspace {
     TileVec<uint16_t> k_t16, v_t16;
     const uint16_t *q16_rows = nullptr, *dout16_rows = nullptr;
     // bf16 inputs with BwdKernelsF32::accumulate_bf16: B operands as bf16 pairs over rows - the query tile's q and
-    // dO [kBlockQ/2][d | dv][2] and the keys [slot][kBlockK/2][d][2] - and the A operands rounded to bf16: Pdᵀ and
-    // dXᵀ as pairs over query rows [kBlockQ/2][kBlockK], dX as rows [kBlockQ][kBlockK] (pairs over keys).
+    // dO [kBlockQ/2][d | dv][2] and the keys [slot][kBlockK/2][d][2] - and the A operands rounded to bf16: Pdᵀ, then
+    // dXᵀ, as pairs over query rows [kBlockQ/2][kBlockK] (one buffer, used in turn), dX as rows [kBlockQ][kBlockK]
+    // (pairs over keys).
     TileVec<uint16_t> q_pairs, dout_pairs, k_pairs, dx_rows16;
-    TileVec<uint32_t> pd_t2, dx_t2;
+    TileVec<uint32_t> coef_t2;
     TileVec<A> k_t, v_t;    // [slot][d][kBlockK], [slot][dv][kBlockK]: keys/values transposed (S = Q Kᵀ, dPd = dO Vᵀ)
     TileVec<A> s, dp;       // [kBlockQ][kBlockK]: scores, then Pd; dPd, then dX
     TileVec<A> tanh_t;      // [kBlockQ][kBlockK]: tanh of the capped score (softcap derivative)
@@ -122,8 +123,7 @@ struct Workspace {
         dout_pairs.assign((size_t)kBlockQ * dv, 0);
         k_pairs.assign((size_t)kKeyGroup * kBlockK * d, 0);
         dx_rows16.assign((size_t)kBlockQ * kBlockK, 0);
-        pd_t2.assign((size_t)kBlockQ / 2 * kBlockK, 0);
-        dx_t2.assign((size_t)kBlockQ / 2 * kBlockK, 0);
+        coef_t2.assign((size_t)kBlockQ / 2 * kBlockK, 0);
         k_t.assign((size_t)kKeyGroup * d * kBlockK, A(0));
         v_t.assign((size_t)kKeyGroup * dv * kBlockK, A(0));
         s.assign((size_t)kBlockQ * kBlockK, A(0));
@@ -688,12 +688,12 @@ private:
     void bf16_gradient_products(Workspace<A> &w, int nq, int nk, int slot, float *dv, float *dk, float *dq) const {
         const int nq2 = (nq + 1) / 2;
         if (dv) {
-            kernels_->pair_tile_rows_bf16(w.s.data(), nq, w.pd_t2.data());
-            kernels_->accumulate_bf16(nk, dv_, nq2, w.pd_t2.data(), 1, kBlockK, w.dout_pairs.data(), 2 * dv_, dv, dv_);
+            kernels_->pair_tile_rows_bf16(w.s.data(), nq, w.coef_t2.data());
+            kernels_->accumulate_bf16(nk, dv_, nq2, w.coef_t2.data(), 1, kBlockK, w.dout_pairs.data(), 2 * dv_, dv, dv_);
         }
         if (dk) {
-            kernels_->pair_tile_rows_bf16(w.dp.data(), nq, w.dx_t2.data());
-            kernels_->accumulate_bf16(nk, d_, nq2, w.dx_t2.data(), 1, kBlockK, w.q_pairs.data(), 2 * d_, dk, d_);
+            kernels_->pair_tile_rows_bf16(w.dp.data(), nq, w.coef_t2.data());
+            kernels_->accumulate_bf16(nk, d_, nq2, w.coef_t2.data(), 1, kBlockK, w.q_pairs.data(), 2 * d_, dk, d_);
         }
         if (dq) {
             kernels_->round_tile_bf16(w.dp.data(), nq, nk, w.dx_rows16.data());
