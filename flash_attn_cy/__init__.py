@@ -38,7 +38,10 @@ from .interface import (
 from .kvcache import flash_attn_with_kvcache
 from ._backward import backward
 
-__version__ = "0.1.0"
+# Written by meson from the VERSION file at the repository root (the one place the version is set).
+from ._build_info import BUILD_INFO as _BUILD_INFO
+
+__version__: str = _BUILD_INFO["version"]
 
 
 def _check_cpu_isa_override() -> None:

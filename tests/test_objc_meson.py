@@ -84,6 +84,7 @@ def scratch(tmp_path: Path) -> Path:
     (k / "two.metal").write_text('#include "common.h"\nkernel void two() {}\n')
     (k / "meson.build").write_text("metal_kernel_sources = files('one.metal', 'two.metal')\n")
     (src / "meson.build").write_text(HARNESS)
+    shutil.copy(ROOT / "meson.options", src / "meson.options")  # -Dmetallib
     bindir = tmp_path / "bin"
     bindir.mkdir()
     xcrun = bindir / "xcrun"
@@ -92,7 +93,7 @@ def scratch(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _configure_and_build(root: Path, no_metal: bool) -> tuple:
+def _setup(root: Path, no_metal: bool, options: tuple = ()) -> tuple:
     meson = _meson()
     if meson is None or shutil.which("ninja") is None:
         pytest.skip("meson/ninja not installed")
@@ -101,8 +102,13 @@ def _configure_and_build(root: Path, no_metal: bool) -> tuple:
     if no_metal:
         env["FAKE_NO_METAL"] = "1"
     build = root / "build"
-    setup = subprocess.run(meson + ["setup", str(build), str(root / "src")], capture_output=True, text=True, env=env,
-                           timeout=120)
+    setup = subprocess.run(meson + ["setup", str(build), str(root / "src"), *options], capture_output=True, text=True,
+                           env=env, timeout=120)
+    return build, env, setup
+
+
+def _configure_and_build(root: Path, no_metal: bool) -> tuple:
+    build, env, setup = _setup(root, no_metal)
     assert setup.returncode == 0, setup.stdout[-4000:] + setup.stderr[-4000:]
     targets = ["objc/fa_metal_kernels_embedded.cpp"] + ([] if no_metal else ["objc/fa_kernels.metallib"])
     ninja = subprocess.run(["ninja", "-C", str(build), *targets], capture_output=True, text=True, env=env, timeout=120)
@@ -140,3 +146,17 @@ def test_without_metal_toolchain(scratch: Path) -> None:
     assert "kernel void one()" in embedded and "kernel void two()" in embedded
     assert 'fa_metallib_build_path = ""' in embedded
     assert not (build / "objc" / "fa_kernels.metallib").exists()
+
+
+def test_metallib_required_fails_without_toolchain(scratch: Path) -> None:
+    # Wheels build with -Dmetallib=enabled: a runner whose Xcode lacks the Metal toolchain must fail the build instead
+    # of quietly shipping embedded source.
+    _, _, setup = _setup(scratch, no_metal=True, options=("-Dmetallib=enabled",))
+    assert setup.returncode != 0
+    assert "-Dmetallib=enabled" in setup.stdout and "xcodebuild -downloadComponent MetalToolchain" in setup.stdout
+
+
+def test_metallib_required_with_toolchain_builds(scratch: Path) -> None:
+    build, _, setup = _setup(scratch, no_metal=False, options=("-Dmetallib=enabled",))
+    assert setup.returncode == 0, setup.stdout[-4000:]
+    assert "kernels compiled into fa_kernels.metallib" in setup.stdout
