@@ -43,3 +43,9 @@ int fa_metal_compile_source(const char *, char *names, size_t nameslen, char *er
     if (names != nullptr && nameslen > 0) names[0] = '\0';
     return unavailable(err, errlen);
 }
+
+int fa_metal_library_functions(char *path, size_t pathlen, char *names, size_t nameslen, char *err, size_t errlen) {
+    if (path != nullptr && pathlen > 0) path[0] = '\0';
+    if (names != nullptr && nameslen > 0) names[0] = '\0';
+    return unavailable(err, errlen);
+}

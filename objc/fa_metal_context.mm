@@ -97,6 +97,34 @@ KernelCache &cache() {
     return *c;
 }
 
+// Options for every run-time compile (the embedded kernels and compile_shaders): the language version is pinned to
+// the offline build's (metal_std = '3.1' in objc/meson.build; bfloat needs MSL 3.1), because the default ("the newest
+// this OS supports") would make the same source mean different things on different macOS releases. Fast math stays
+// at its default (on), as in the offline build; the kernels never compute an inf or NaN (kernels/README.md). nil
+// before macOS 14, which has no MSL 3.1 (context() refuses such systems anyway).
+MTLCompileOptions *compile_options() {
+    if (@available(macOS 14.0, *)) {
+        MTLCompileOptions *options = [MTLCompileOptions new];
+        options.languageVersion = MTLLanguageVersion3_1;
+        return options;
+    }
+    return nil;
+}
+
+// Sorted, newline-separated function names of a library into names[nameslen].
+int write_function_names(id<MTLLibrary> lib, char *names, size_t nameslen, char *err, size_t errlen) {
+    NSArray<NSString *> *fnames = lib.functionNames;
+    std::vector<std::string> sorted;
+    for (NSUInteger i = 0; i < fnames.count; ++i) sorted.push_back(to_string([fnames objectAtIndex:i]));
+    std::sort(sorted.begin(), sorted.end());
+    std::string joined;
+    for (const std::string &n : sorted) joined += (joined.empty() ? "" : "\n") + n;
+    if (joined.size() + 1 > nameslen)
+        return fail(FA_ERR_VALUE, err, errlen, "%zu function names do not fit in %zu bytes", sorted.size(), nameslen);
+    std::memcpy(names, joined.c_str(), joined.size() + 1);
+    return FA_OK;
+}
+
 // Load the library (caller holds cache().mu). The outcome, good or bad, is kept for the process.
 void load_libraries(Context &ctx, KernelCache &kc) {
     kc.loaded = true;
@@ -120,16 +148,10 @@ void load_libraries(Context &ctx, KernelCache &kc) {
         kc.description = "prebuilt metallib " + src.metallib;
         return;
     }
-    // Embedded source: one library per kernel file, as the build would have compiled one .air per file.
-    // The language version is pinned to the one the offline build uses (-std=metal3.1 in objc/meson.build): bfloat
-    // needs MSL 3.1, and the default ("the newest this OS supports") would make the same source mean different
-    // things on different macOS releases. Fast math stays at its default (on), as in the offline build; the kernels
-    // never compute an inf or NaN (kernels/README.md). context() refuses macOS < 14, so the else branch is only
-    // there for the compiler's availability check.
-    MTLCompileOptions *options = [MTLCompileOptions new];
-    if (@available(macOS 14.0, *)) {
-        options.languageVersion = MTLLanguageVersion3_1;
-    } else {
+    // Embedded source: one library per kernel file, as the build would have compiled one .air per file, with the
+    // offline build's language version (compile_options).
+    MTLCompileOptions *options = compile_options();
+    if (options == nil) {
         kc.load_status = FA_ERR_UNAVAILABLE;
         kc.load_error = "metal: the kernels need Metal Shading Language 3.1 (macOS 14 or newer)";
         return;
@@ -150,6 +172,17 @@ void load_libraries(Context &ctx, KernelCache &kc) {
     }
     kc.description = "embedded kernel source (" + std::to_string(fa_embedded_kernel_file_count) +
                      " files) compiled at first use";
+}
+
+// The newest Apple GPU family the device supports: Apple7 M1, Apple8 M2, Apple9 M3/M4, Apple10 M5 (Apple's Metal
+// feature set tables). MTLGPUFamilyApple10 (1010) is declared only by the macOS 26 SDK, so it is named by value here to
+// keep older SDKs building; a macOS that does not know the family answers NO. Only called on a supported device,
+// which is at least Apple7.
+const char *apple_family(id<MTLDevice> device) {
+    if ([device supportsFamily:static_cast<MTLGPUFamily>(1010)]) return "Apple10";
+    if ([device supportsFamily:MTLGPUFamilyApple9]) return "Apple9";
+    if ([device supportsFamily:MTLGPUFamilyApple8]) return "Apple8";
+    return "Apple7";
 }
 
 // Why this device cannot run our kernels ("" when it can).
@@ -287,9 +320,7 @@ int fa_metal_describe(char *out, size_t outlen) {
             fametal::Context &ctx = fametal::context();
             if (!ctx.supported) return fail(FA_OK, out, outlen, "unavailable: %s", ctx.reason.c_str());
             const std::string device = fametal::to_string(ctx.device.name);
-            const char *family = [ctx.device supportsFamily:MTLGPUFamilyApple9]   ? "Apple9"
-                                 : [ctx.device supportsFamily:MTLGPUFamilyApple8] ? "Apple8"
-                                                                                   : "Apple7";
+            const char *family = fametal::apple_family(ctx.device);
             return fail(FA_OK, out, outlen, "%s (MTLGPUFamily%s, Metal3); kernel library: %s", device.c_str(), family,
                         fametal::library_description().c_str());
         }
@@ -309,24 +340,48 @@ int fa_metal_compile_source(const char *source, char *names, size_t nameslen, ch
             if (ctx.device == nil) return fail(FA_ERR_UNAVAILABLE, err, errlen, "%s", ctx.reason.c_str());
             NSString *text = [NSString stringWithUTF8String:source];
             if (text == nil) return fail(FA_ERR_VALUE, err, errlen, "compile_shaders: source is not valid UTF-8");
+            MTLCompileOptions *options = fametal::compile_options();
+            if (options == nil)
+                return fail(FA_ERR_UNAVAILABLE, err, errlen, "compile_shaders: needs Metal Shading Language 3.1 "
+                            "(macOS 14 or newer)");
             NSError *error = nil;
-            id<MTLLibrary> lib = [ctx.device newLibraryWithSource:text options:[MTLCompileOptions new] error:&error];
+            id<MTLLibrary> lib = [ctx.device newLibraryWithSource:text options:options error:&error];
             if (lib == nil)
                 return fail(FA_ERR_VALUE, err, errlen, "Metal compile error: %s",
                             fametal::describe_error(error).c_str());
-            NSArray<NSString *> *fnames = lib.functionNames;
-            std::vector<std::string> sorted;
-            for (NSUInteger i = 0; i < fnames.count; ++i) sorted.push_back(fametal::to_string([fnames objectAtIndex:i]));
-            std::sort(sorted.begin(), sorted.end());
-            std::string joined;
-            for (const std::string &n : sorted) joined += (joined.empty() ? "" : "\n") + n;
-            if (joined.size() + 1 > nameslen)
-                return fail(FA_ERR_VALUE, err, errlen, "compile_shaders: %zu function names do not fit in %zu bytes",
-                            sorted.size(), nameslen);
-            std::memcpy(names, joined.c_str(), joined.size() + 1);
-            return FA_OK;
+            return fametal::write_function_names(lib, names, nameslen, err, errlen);
         }
     } catch (...) {
         return fail(FA_ERR_RUNTIME, err, errlen, "metal: unexpected exception while compiling the source");
+    }
+}
+
+int fa_metal_library_functions(char *path, size_t pathlen, char *names, size_t nameslen, char *err, size_t errlen) {
+    if (path != nullptr && pathlen > 0) path[0] = '\0';
+    if (names != nullptr && nameslen > 0) names[0] = '\0';
+    if (path == nullptr || names == nullptr) return fail(FA_ERR_VALUE, err, errlen, "library_functions: NULL buffer");
+    try {
+        @autoreleasepool {
+            fametal::Context &ctx = fametal::context();
+            if (ctx.device == nil) return fail(FA_ERR_UNAVAILABLE, err, errlen, "%s", ctx.reason.c_str());
+            const fametal::LibrarySource src = fametal::find_library_source();
+            if (!src.problem.empty()) return fail(FA_ERR_UNAVAILABLE, err, errlen, "%s", src.problem.c_str());
+            if (src.metallib.empty())
+                return fail(FA_ERR_UNAVAILABLE, err, errlen, "this build has no " FA_METALLIB_NAME ": it embeds the "
+                            "kernel source, compiled at first use");
+            if (src.metallib.size() + 1 > pathlen)
+                return fail(FA_ERR_VALUE, err, errlen, "library_functions: path does not fit in %zu bytes", pathlen);
+            std::memcpy(path, src.metallib.c_str(), src.metallib.size() + 1);
+            NSError *error = nil;
+            NSString *p = [NSString stringWithUTF8String:src.metallib.c_str()];
+            id<MTLLibrary> lib =
+                p != nil ? [ctx.device newLibraryWithURL:[NSURL fileURLWithPath:p] error:&error] : nil;
+            if (lib == nil)
+                return fail(FA_ERR_RUNTIME, err, errlen, "metal: cannot load the kernel library %s: %s",
+                            src.metallib.c_str(), fametal::describe_error(error).c_str());
+            return fametal::write_function_names(lib, names, nameslen, err, errlen);
+        }
+    } catch (...) {
+        return fail(FA_ERR_RUNTIME, err, errlen, "metal: unexpected exception while loading the kernel library");
     }
 }

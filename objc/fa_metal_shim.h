@@ -17,6 +17,14 @@ extern "C" {
  * FA_OK; a compile error returns FA_ERR_VALUE with the compiler's log in err. The compiled library is not kept. */
 FA_METAL_EXPORT int fa_metal_compile_source(const char *source, char *names, size_t nameslen, char *err, size_t errlen);
 
+/* Load the kernel library this build ships (fa_kernels.metallib) on the default Metal device, whether or not that
+ * device can run our kernels (a CI runner's paravirtual device can still load it), and list its functions: the
+ * library's path goes into path[pathlen], its function names, newline-separated and sorted, into names[nameslen].
+ * FA_ERR_UNAVAILABLE (reason in err) when there is no Metal device or the build embeds kernel source instead of a
+ * metallib; FA_ERR_RUNTIME when Metal refuses to load the file. (flash_attn_cy._metallib, used by the wheel check.) */
+FA_METAL_EXPORT int fa_metal_library_functions(char *path, size_t pathlen, char *names, size_t nameslen, char *err,
+                                               size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -190,6 +190,10 @@ int main(int argc, char **argv) {
         CHECK_CONTAINS(msg, "unavailable: no Metal device");
         char names[64];
         CHECK(fa_metal_compile_source("kernel void k() {}", names, sizeof names, msg, sizeof msg) == FA_ERR_UNAVAILABLE);
+        char path[64];
+        CHECK(fa_metal_library_functions(path, sizeof path, names, sizeof names, msg, sizeof msg) ==
+              FA_ERR_UNAVAILABLE);
+        CHECK_CONTAINS(msg, "no Metal device");
         CHECK(c.out_untouched());
     } else if (scenario == "paravirtual") {
         mock::knobs().families_ok = false;
@@ -209,6 +213,35 @@ int main(int argc, char **argv) {
         CHECK(fa_metal_compile_source("#error nope", names, sizeof names, msg, sizeof msg) == FA_ERR_VALUE);
         CHECK_CONTAINS(msg, "Metal compile error: program_source:3:2: error: nope");
         CHECK(fa_metal_compile_source("kernel void a() {}", names, 1, msg, sizeof msg) == FA_ERR_VALUE);
+        // ... with the language version the shim's own kernels use (the offline build's -std=metal3.1)
+        for (const std::string &l : mock::journal())
+            if (l.rfind("library source", 0) == 0) CHECK(l.size() > 8 && l.substr(l.size() - 8) == " msl 3.1");
+        // Loading the shipped metallib needs a device, not a supported one (the wheel check on CI runners).
+        if (argc >= 3) {
+            setenv("FLASH_ATTN_CY_METALLIB", argv[2], 1);
+            char path[512];
+            CHECK(fa_metal_library_functions(path, sizeof path, names, sizeof names, msg, sizeof msg) == FA_OK);
+            CHECK(std::strcmp(path, argv[2]) == 0);
+            CHECK(std::strcmp(names, "mock_lse\nmock_stage1\nmock_stage2") == 0);
+            CHECK(fa_metal_library_functions(path, sizeof path, names, 4, msg, sizeof msg) == FA_ERR_VALUE);
+            setenv("FLASH_ATTN_CY_METALLIB", "/nonexistent/x.metallib", 1);
+            CHECK(fa_metal_library_functions(path, sizeof path, names, sizeof names, msg, sizeof msg) ==
+                  FA_ERR_UNAVAILABLE);
+            CHECK_CONTAINS(msg, "is not a readable file");
+            unsetenv("FLASH_ATTN_CY_METALLIB");
+            CHECK(fa_metal_library_functions(path, sizeof path, names, sizeof names, msg, sizeof msg) ==
+                  FA_ERR_UNAVAILABLE);  // this driver embeds kernel source
+            CHECK_CONTAINS(msg, "embeds the kernel source");
+        }
+    } else if (scenario == "apple10") {  // M5-class GPUs are MTLGPUFamilyApple10 (1010), not Apple9
+        mock::knobs().apple_family = 1010;
+        mock::knobs().device_name = "Mock Apple M5";
+        CHECK(fa_metal_describe(msg, sizeof msg) == FA_OK);
+        CHECK_CONTAINS(msg, "Mock Apple M5 (MTLGPUFamilyApple10, Metal3)");
+    } else if (scenario == "apple7") {
+        mock::knobs().apple_family = 1007;
+        CHECK(fa_metal_describe(msg, sizeof msg) == FA_OK);
+        CHECK_CONTAINS(msg, "Mock Apple M1 (MTLGPUFamilyApple7, Metal3)");
     } else if (scenario == "metallib" || scenario == "nocopy_refused") {
         if (argc < 3) return 2;
         setenv("FLASH_ATTN_CY_METALLIB", argv[2], 1);

@@ -18,6 +18,7 @@ namespace mock {
 struct Knobs {
     bool device_present = true;
     bool families_ok = true;         // supportsFamily: Apple7 and Metal3
+    long apple_family = 1009;        // newest MTLGPUFamilyAppleN (1000 + N) reported when families_ok
     std::string device_name = "Mock Apple M1";
     bool refuse_nocopy = false;      // newBufferWithBytesNoCopy returns nil
     bool fail_command_buffer = false;// status Error after commit

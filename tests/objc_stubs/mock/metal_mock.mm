@@ -399,6 +399,8 @@ static std::vector<std::string> *kernel_names_in(const std::string &source) {
 - (NSUInteger)maxBufferLength { return mock::knobs().max_buffer_length; }
 - (BOOL)supportsFamily:(MTLGPUFamily)f {
     mock::note("supportsFamily " + std::to_string(static_cast<long>(f)));
+    const long v = static_cast<long>(f);
+    if (v > 1000 && v < 2000) return mock::knobs().families_ok && v <= mock::knobs().apple_family;  // Apple1..
     return mock::knobs().families_ok;
 }
 - (id<MTLCommandQueue>)newCommandQueue { return [FAMockQueue new]; }
