@@ -10,10 +10,11 @@ emulated for that CPU.
 Checks: the package imports from site-packages (not a source tree); `__version__` equals the VERSION file (with
 --project); `info` runs and reports the version and build configuration; no -march flag went into the build;
 `verify --quick` on the CPU backend passes (no GPU results are claimed anywhere: a CI runner's paravirtual GPU
-cannot run the kernels). On macOS: the wheel carries fa_kernels.metallib, compiled by Apple's offline compiler, and
-Metal loads it and lists every kernel of the sources (with --project, compared with Apple's run-time compiler's
-functions of each kernel file). With --expect-portable: the CPU backend chose its portable kernels (an x86-64 CPU
-without AVX-512, e.g. qemu's Westmere), not forced by FLASH_ATTN_CY_CPU_ISA.
+cannot run the kernels). On macOS: the build has the Metal shim; with a metallib (required by --require-metallib,
+as for wheels) Metal loads the installed fa_kernels.metallib and it lists every kernel of the sources (with
+--project: the functions Apple's run-time compiler finds in each kernel file); with embedded source, every kernel
+file compiles with Apple's run-time compiler. With --expect-portable: the CPU backend chose its portable kernels
+(an x86-64 CPU without AVX-512, e.g. qemu's Westmere), not forced by FLASH_ATTN_CY_CPU_ISA.
 Exit status 0 when every check passes; the first failure raises.
 """
 from __future__ import annotations
@@ -40,12 +41,28 @@ def _kernel_files(project: Path) -> list:
     return [project / "kernels" / name for name in re.findall(r"'([A-Za-z0-9_]+\.metal)'", text)]
 
 
-def _check_metallib(fa, project) -> None:
+def _compile_sources(project: Path) -> set:
+    """Function names of every kernel file, compiled by Apple's run-time compiler (MSL 3.1, as the shim does)."""
+    from flash_attn_cy import _flash_attn_metal as fam
+    spec = importlib.util.spec_from_file_location("embed_kernels", project / "objc" / "embed_kernels.py")
+    embed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(embed)
+    names = set()
+    for src in _kernel_files(project):
+        names |= set(fam.compile_shaders(embed.flatten(src, [project / "kernels"])))
+    return names
+
+
+def _check_metal(fa, project, require_metallib: bool) -> None:
     from flash_attn_cy import _metallib
     info = fa.build_info()
     _check(info["metal shim built"] == "yes", "the macOS build contains the Objective-C++ Metal shim")
-    _check(info["metal kernel library"].startswith("fa_kernels.metallib"),
-           f"kernels precompiled by Apple's metal (build info: {info['metal kernel library']!r})")
+    if not info["metal kernel library"].startswith("fa_kernels.metallib"):
+        _check(not require_metallib,
+               f"kernels precompiled by Apple's metal (build info: {info['metal kernel library']!r})")
+        if project is not None:  # what the shim will compile at first use must compile
+            _check(bool(_compile_sources(project)), "Apple's run-time compiler accepts every kernel file")
+        return
     shipped = Path(fa.__file__).parent / "fa_kernels.metallib"
     _check(shipped.is_file(), f"{shipped} is in the installed package")
     path, names = _metallib.library_functions()
@@ -53,13 +70,7 @@ def _check_metallib(fa, project) -> None:
            f"Metal loads {path} ({len(names)} functions)")
     if project is None:
         return
-    from flash_attn_cy import _flash_attn_metal as fam
-    spec = importlib.util.spec_from_file_location("embed_kernels", project / "objc" / "embed_kernels.py")
-    embed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(embed)
-    expected = set()
-    for src in _kernel_files(project):  # Apple's run-time compiler, MSL 3.1 as the shim uses
-        expected |= set(fam.compile_shaders(embed.flatten(src, [project / "kernels"])))
+    expected = _compile_sources(project)
     missing, extra = sorted(expected - set(names)), sorted(set(names) - expected)
     _check(not missing and not extra,
            f"the metallib lists every kernel of the sources ({len(expected)}; missing {missing}, extra {extra})")
@@ -68,6 +79,8 @@ def _check_metallib(fa, project) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--project", type=Path, help="the source tree the wheel was built from")
+    parser.add_argument("--require-metallib", action="store_true",
+                        help="macOS: the kernels must be precompiled into fa_kernels.metallib (wheels)")
     parser.add_argument("--expect-portable", action="store_true",
                         help="the CPU backend must choose its portable kernels on this CPU")
     args = parser.parse_args(argv)
@@ -99,7 +112,7 @@ def main(argv=None) -> int:
                "the x86-64 build keeps the run-time-dispatched AVX-512 kernels")
 
     if sys.platform == "darwin":
-        _check_metallib(fa, project)
+        _check_metal(fa, project, args.require_metallib)
         ok, why = fa._core.backend_available("metal")
         print(f"note: metal backend {'available' if ok else 'unavailable'} here{'' if ok else ': ' + why}; "
               "no GPU results are claimed by this check")
