@@ -56,13 +56,18 @@ def test_jobs_and_runners() -> None:
     assert any(r.startswith("macos-") for r in jobs["sdist"]["strategy"]["matrix"]["runner"])
 
 
-def test_macos_downloads_metal_toolchain_and_requires_the_metallib() -> None:
+def test_macos_builds_get_the_metal_toolchain_and_require_the_metallib() -> None:
     job = _doc()["jobs"]["macos"]
-    download = _step_index(job, "xcodebuild -downloadComponent MetalToolchain")
+    toolchain = _step_index(job, "bash .ci/macos_metal_toolchain.sh")
     build = _step_index(job, "cibuildwheel --platform macos --archs arm64")
     check = _step_index(job, "fa_kernels.metallib")
-    assert download < build < check
-    assert "exit 1" in _runs(job)[download]  # an unusable toolchain stops the job before the build
+    assert toolchain < build < check
+    # the test workflow's builds too: hosted runners and the self-hosted Apple GPU
+    macos = yaml.safe_load((ROOT / ".github" / "workflows" / "macos.yml").read_text())
+    for name in ("hosted", "apple-gpu"):
+        j = macos["jobs"][name]
+        pip = _step_index(j, "-Csetup-args=-Dmetallib=enabled")
+        assert _step_index(j, "bash .ci/macos_metal_toolchain.sh") < pip and "-Dmetal=enabled" in _runs(j)[pip]
     mac = _pyproject()["tool"]["cibuildwheel"]["macos"]
     assert {"-Dmetal=enabled", "-Dmetallib=enabled"} <= set(mac["config-settings"]["setup-args"])
     assert "--require-metallib" in mac["test-command"]
@@ -143,3 +148,57 @@ def test_pinned_cibuildwheel_is_the_one_checked() -> None:
     assert importlib.metadata.version("cibuildwheel") == pinned  # the identifiers above are the workflow's
     extra = " ".join(_pyproject()["project"]["optional-dependencies"]["test"])
     assert f"cibuildwheel=={pinned}" in extra
+
+
+FAKE_XCRUN = """#!/bin/sh
+# fake xcrun: metal works once $FAKE/downloaded exists, or when TOOLCHAINS names the downloaded toolchain
+echo "xcrun $*" >> "$FAKE/log"
+case "$*" in
+  *"-f metallib"*) echo /fake/metallib; exit 0;;
+esac
+if [ -e "$FAKE/downloaded" ] && { [ -z "$FAKE_NEEDS_TOOLCHAINS" ] || [ "$TOOLCHAINS" = "$FAKE_ID" ]; }; then
+  echo "Apple metal version 32023.883"; exit 0
+fi
+echo "error: cannot execute tool 'metal' due to missing Metal Toolchain" >&2; exit 1
+"""
+FAKE_XCODEBUILD = """#!/bin/sh
+echo "xcodebuild $*" >> "$FAKE/log"
+case "$1" in
+  -version) echo "Xcode 26.1"; exit 0;;
+  -downloadComponent) [ -n "$FAKE_DOWNLOAD_FAILS" ] && exit 70; touch "$FAKE/downloaded"; exit 0;;
+  -showComponent) printf '{"identifier": "MetalToolchain", "toolchain": "%s"}\\n' "$FAKE_ID"; exit 0;;
+esac
+exit 64
+"""
+
+
+@pytest.mark.parametrize("case", ["present", "downloaded", "needs_toolchains", "unavailable"])
+def test_metal_toolchain_script(tmp_path: Path, case: str) -> None:
+    bash = shutil.which("bash")
+    if bash is None or shutil.which("python3") is None:
+        pytest.skip("needs bash and python3")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, text in (("xcrun", FAKE_XCRUN), ("xcodebuild", FAKE_XCODEBUILD)):
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    ident = "com.apple.dt.toolchain.Metal.32023.883"
+    env = {k: v for k, v in os.environ.items() if k not in ("TOOLCHAINS", "GITHUB_ENV")}
+    env.update(PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}", FAKE=str(tmp_path), FAKE_ID=ident,
+               GITHUB_ENV=str(tmp_path / "github_env"))
+    if case == "present":
+        (tmp_path / "downloaded").touch()
+    if case == "needs_toolchains":
+        env["FAKE_NEEDS_TOOLCHAINS"] = "1"
+    if case == "unavailable":
+        env["FAKE_DOWNLOAD_FAILS"] = "1"
+    r = subprocess.run([bash, str(ROOT / ".ci" / "macos_metal_toolchain.sh")], capture_output=True, text=True,
+                       env=env, timeout=60)
+    log = (tmp_path / "log").read_text()
+    if case == "unavailable":
+        assert r.returncode != 0  # the job stops before any build could embed kernel source instead
+        return
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ("-downloadComponent MetalToolchain" in log) == (case != "present")
+    exported = (tmp_path / "github_env").read_text() if (tmp_path / "github_env").exists() else ""
+    assert (f"TOOLCHAINS={ident}" in exported) == (case == "needs_toolchains")
