@@ -61,6 +61,9 @@ def _compile_entry():
 def compile_shaders(source: str) -> List[str]:
     """Compile Metal Shading Language ``source`` at run time and return its function names, sorted.
 
+    The language version is MSL 3.1, the one flash_attn_cy's own kernels are compiled with (offline and at run time),
+    not the newest the running macOS knows.
+
     Raises ``TypeError`` for a non-string, ``ValueError`` with the compiler's messages if it does not compile, and
     ``RuntimeError`` where Metal is unavailable (not macOS, no Metal device, or a build without the Metal shim).
     """
