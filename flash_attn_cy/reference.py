@@ -185,13 +185,18 @@ def _attend_one(q, k, v, *, scale, mask, softcap, slopes, keep, dropout_p, dtype
     m = np.broadcast_to(mask[None], s.shape)
     s_masked = np.where(m, s, -np.inf)
     any_visible = mask.any(axis=1)  # (sq,)
-    row_max = np.max(s_masked, axis=-1, keepdims=True)
-    row_max = np.where(np.isfinite(row_max), row_max, 0.0)
-    e = np.where(m, np.exp(s_masked - row_max), 0.0)
-    denom = e.sum(axis=-1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.where(denom > 0, e / np.where(denom > 0, denom, 1.0), 0.0)
-        lse = np.where(any_visible[None, :], (np.log(denom[..., 0]) + row_max[..., 0]), np.inf)
+    row_max = np.max(s_masked, axis=-1, keepdims=True)  # NaN if any visible score is NaN (np.max propagates it)
+    # Only a row that sees no key has max -inf: shift it by 0 instead (its e is all zeros). NaN and +inf maxima stay,
+    # so a NaN anywhere in a row's inputs makes its softmax, output and LSE NaN, as plain float64 math would.
+    row_max = np.where(row_max == -np.inf, 0.0, row_max)
+    visible = any_visible[None, :, None]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        e = np.where(m, np.exp(s_masked - row_max), 0.0)
+        denom = e.sum(axis=-1, keepdims=True)
+        p = np.where(visible, e / np.where(visible, denom, 1.0), 0.0)
+        # log(sum(exp(s))) of a row holding +inf (and no NaN) is +inf, as torch.logsumexp gives
+        lse = np.where(row_max[..., 0] == np.inf, np.inf, np.log(denom[..., 0]) + row_max[..., 0])
+        lse = np.where(any_visible[None, :], lse, np.inf)
     p = rnd(p.astype(acc))
 
     vv = vh
@@ -201,7 +206,14 @@ def _attend_one(q, k, v, *, scale, mask, softcap, slopes, keep, dropout_p, dtype
             vv = rnd(vh / np.float32(1.0 - dropout_p))
         else:
             p = p / (1.0 - dropout_p)
-    out = rnd(np.matmul(p, vv))  # (h, sq, d)
+    bad = ~np.isfinite(vv)
+    if bad.any():  # a NaN/inf value reaches exactly the rows that see its key (never through a masked key's p = 0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            seen = np.where(m[..., None], p[..., None] * np.where(bad, vv, 0.0)[:, None], 0.0).sum(axis=2)
+        vv = np.where(bad, 0.0, vv).astype(vv.dtype)
+        out = rnd(np.matmul(p, vv) + seen.astype(acc))
+    else:
+        out = rnd(np.matmul(p, vv))  # (h, sq, d)
     out = np.where(any_visible[None, :, None], out, 0.0)
     return np.transpose(out, (1, 0, 2)), lse.astype(acc)
 
@@ -529,7 +541,12 @@ def attention_ref_torch(q, k, v, *,
                 else dropout_mask[b, :, :sq, :sk]
             p = p.masked_fill(~keep.bool(), 0.0)
             vv = vh * (1.0 / (1.0 - dropout_p))
-        o = torch.matmul(p, vv).transpose(0, 1)  # (sq, h, d)
+        bad = ~torch.isfinite(vv)
+        if bool(bad.any()):  # as the NumPy reference: a NaN/inf value reaches only the rows that see its key
+            seen = torch.where(mask[None, :, :, None], p[..., None] * torch.where(bad, vv, 0.0)[:, None], 0.0)
+            o = (torch.matmul(p, torch.where(bad, 0.0, vv)) + seen.sum(dim=2)).transpose(0, 1)
+        else:
+            o = torch.matmul(p, vv).transpose(0, 1)  # (sq, h, d)
         outs.append(o)
         lses.append(lse)
     if varlen:
