@@ -160,6 +160,37 @@ def check_not_overlapping(written: Any, read: Any) -> None:
                                  "another output or an input")
 
 
+def check_torch_in_place(x: Any, name: str) -> None:
+    """Refuse, as PyTorch refuses any in-place op, to write into a tensor PyTorch would not let one modify: an inference
+    tensor outside inference mode, or (with grad mode on) a tensor that requires grad - a leaf or a view of one, as
+    torch says, and any other tensor in a graph too, since the write is not differentiable. NumPy arrays pass."""
+    if not is_torch(x):
+        return
+    torch = _torch()
+    if x.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{name}: Inplace update to inference tensor outside InferenceMode is not allowed "
+                           "(flash_attn_cy writes it in place); clone it first, or call inside torch.inference_mode()")
+    if x.requires_grad and torch.is_grad_enabled():
+        base = x._base
+        if x.is_leaf:
+            what = "a leaf Variable that requires grad"
+        elif base is not None and base.is_leaf and base.requires_grad:
+            what = "a view of a leaf Variable that requires grad"
+        else:
+            what = "a tensor that requires grad (the in-place KV-cache append is not differentiable)"
+        raise RuntimeError(f"{name}: {what} is being used in an in-place operation; detach() it or write under "
+                           "torch.no_grad()")
+
+
+def bump_versions(*xs: Any) -> None:
+    """After writing torch tensors in place through their memory: advance their version counters, as an in-place op
+    does, so autograd detects a saved tensor that changed (instead of silently computing wrong gradients). Views
+    share their base's counter. Inference tensors have none."""
+    for x in xs:
+        if is_torch(x) and not x.is_inference():
+            _torch().autograd.graph.increment_version(x)
+
+
 def _usable_strides(a: np.ndarray) -> bool:
     """True if the ABI can address `a` in place: last-axis stride 1 (or length 1) and non-negative strides that are
     whole elements."""
