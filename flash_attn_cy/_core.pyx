@@ -29,6 +29,7 @@ cdef extern from "fa_abi.h" nogil:
         FA_ERR_UNAVAILABLE
         FA_ERR_RUNTIME
         FA_ERR_FAULT
+        FA_ERR_MEMORY
 
     ctypedef enum fa_dtype:
         FA_F32
@@ -155,6 +156,8 @@ cdef object _raise(int rc, const char *err):
         raise TypeError(msg)
     if rc == FA_ERR_UNSUPPORTED:
         raise NotImplementedError(msg)
+    if rc == FA_ERR_MEMORY:
+        raise MemoryError(msg)
     raise RuntimeError(msg)
 
 
