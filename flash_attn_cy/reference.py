@@ -73,16 +73,23 @@ def _is_low_precision(dtype: np.dtype) -> bool:
     return dtype != np.dtype(np.float64)
 
 
-def to_float64(x: ArrayLike) -> np.ndarray:
-    """Any array-like (NumPy of any float dtype incl. ml_dtypes.bfloat16, PyTorch CPU/MPS tensor) as a float64 array."""
+def to_float64(x: ArrayLike, name: Optional[str] = None) -> np.ndarray:
+    """Any array-like (NumPy of any float dtype incl. ml_dtypes.bfloat16, PyTorch CPU/MPS tensor) as a float64 array.
+    None stays None unless `name` is given (a required argument): then None, or anything that is not numbers, is a
+    TypeError naming it."""
     if x is None:
+        if name is not None:
+            raise TypeError(f"{name}: expected a float array or tensor, got None")
         return None
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor without importing torch
         x = x.detach().cpu()
         if str(x.dtype) in ("torch.bfloat16", "torch.float16"):
             x = x.float()
         return x.double().numpy()
-    return np.asarray(x).astype(np.float64)
+    try:
+        return np.asarray(x).astype(np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name or 'input'}: expected a float array or tensor, got {type(x).__name__} ({e})") from None
 
 
 def round_to(x: np.ndarray, dtype) -> np.ndarray:
@@ -218,6 +225,29 @@ def _attend_one(q, k, v, *, scale, mask, softcap, slopes, keep, dropout_p, dtype
     return np.transpose(out, (1, 0, 2)), lse.astype(acc)
 
 
+def _real(x, name: str, *, optional: bool = False) -> Optional[float]:
+    """A real number argument as float; TypeError naming it otherwise (None allowed when `optional`)."""
+    if x is None and optional:
+        return None
+    if isinstance(x, (str, bytes)) or x is None:
+        raise TypeError(f"{name}: expected a real number, got {type(x).__name__}")
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a real number, got {type(x).__name__}") from None
+
+
+def _window(window_size) -> Tuple[int, int]:
+    """(left, right) as two ints; TypeError/ValueError naming window_size otherwise."""
+    try:
+        left, right = window_size
+    except (TypeError, ValueError):
+        raise ValueError(f"window_size: expected a pair (left, right), got {window_size!r}") from None
+    if not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) for w in (left, right)):
+        raise TypeError(f"window_size: expected two ints, got {window_size!r}")
+    return int(left), int(right)
+
+
 def _check_layouts(q, k, v, varlen):
     want = 3 if varlen else 4
     for name, x in (("q", q), ("k", k), ("v", v)):
@@ -279,7 +309,7 @@ def attention_ref(q: ArrayLike, k: ArrayLike, v: ArrayLike, *,
     """
     dtype = _normalise_compute_dtype(compute_dtype)
     lowp = _is_low_precision(dtype)
-    q64, k64, v64 = to_float64(q), to_float64(k), to_float64(v)
+    q64, k64, v64 = to_float64(q, "q"), to_float64(k, "k"), to_float64(v, "v")
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     if varlen and (cu_seqlens_q is None or cu_seqlens_k is None):
         raise ValueError("cu_seqlens_q and cu_seqlens_k must be given together")
@@ -287,6 +317,8 @@ def attention_ref(q: ArrayLike, k: ArrayLike, v: ArrayLike, *,
     if lowp:
         q64, k64, v64 = round_to(q64, dtype), round_to(k64, dtype), round_to(v64, dtype)
     d = q64.shape[-1]
+    softmax_scale, softcap = _real(softmax_scale, "softmax_scale", optional=True), _real(softcap, "softcap")
+    dropout_p, window_size = _real(dropout_p, "dropout_p"), _window(window_size)
     scale = float(d ** -0.5) if softmax_scale is None else float(softmax_scale)
     if dropout_p and dropout_mask is None:
         raise ValueError("dropout_p > 0 needs the keep-mask (dropout_mask) for a deterministic reference")
