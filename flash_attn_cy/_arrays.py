@@ -241,12 +241,41 @@ def core_view(x: Any, name: str, *, lead_axis: bool = False, in_place: bool = Fa
     return _element_strides_fix(a)
 
 
+# NumPy outputs of at least this many bytes come from the package's own page allocator (_core.HostBuffer) where the
+# Metal shim is built: the only host memory it wraps without a copy (Apple forbids wrapping malloc'd memory, so the
+# caller's arrays are copied; see csrc/fa_host_memory.h). Elsewhere (and below it) np.empty: copying is cheaper.
+HOST_BUFFER_MIN_BYTES = 16384
+
+
+def _metal_built() -> bool:
+    try:
+        from ._build_info import BUILD_INFO
+    except ImportError:  # pragma: no cover - a source checkout without the generated file
+        return False
+    return BUILD_INFO.get("metal shim built") == "yes"
+
+
+_OUTPUTS_IN_HOST_BUFFERS = _metal_built()
+
+
+def page_aligned_empty(shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised (in fact zeroed) NumPy array in memory from _core.HostBuffer, which it keeps alive."""
+    from . import _core
+    dt = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    return np.frombuffer(_core.HostBuffer(count * dt.itemsize), dtype=dt, count=count).reshape(shape)
+
+
 def empty(kind: str, like: Any, shape: Tuple[int, ...], dtype: Optional[str] = None, fill: Optional[float] = None):
     """A new array of the caller's kind (NumPy, or a torch tensor on like's device). dtype: a FLOAT_DTYPES name or
     None for like's own dtype. fill: initial value (None = uninitialised)."""
     if kind == "numpy":
         np_dtype = like.dtype if dtype is None else (_np_bfloat16() if dtype == "bfloat16" else np.dtype(dtype))
-        out = np.empty(shape, dtype=np_dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(np_dtype).itemsize
+        if _OUTPUTS_IN_HOST_BUFFERS and nbytes >= HOST_BUFFER_MIN_BYTES:
+            out = page_aligned_empty(shape, np_dtype)
+        else:
+            out = np.empty(shape, dtype=np_dtype)
         if fill is not None:
             out[...] = fill
         return out
