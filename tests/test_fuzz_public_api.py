@@ -27,7 +27,7 @@ from flash_attn_cy import reference as R  # noqa: E402
 from _tolerance import assert_close_to_ref  # noqa: E402
 from conftest import DTYPES  # noqa: E402
 
-FUZZ = settings(max_examples=25, derandomize=True, deadline=None, database=None,
+FUZZ = settings(max_examples=60, derandomize=True, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
 ARGUMENT_ERRORS = (ValueError, TypeError, NotImplementedError)
 HANG_S = 60.0
