@@ -9,6 +9,7 @@
 #include <memory>
 #include <new>
 
+#include "fa_alloc.h"
 #include "fa_backends.h"
 
 namespace fa_cpu {
@@ -29,7 +30,7 @@ int guarded(char *err, size_t errlen, Fn &&fn) {
         return fn();
     } catch (const std::bad_alloc &) {
         set_msg(err, errlen, "out of memory while running attention (std::bad_alloc)");
-        return FA_ERR_RUNTIME;
+        return FA_ERR_MEMORY;
     } catch (const std::exception &e) {
         if (err && errlen) std::snprintf(err, errlen, "internal error: %s", e.what());
         return FA_ERR_RUNTIME;
@@ -37,6 +38,18 @@ int guarded(char *err, size_t errlen, Fn &&fn) {
         set_msg(err, errlen, "internal error: unknown C++ exception");
         return FA_ERR_RUNTIME;
     }
+}
+
+// A call that failed while a large allocation failed (on any thread: a worker's failure reaches the backend only as
+// "a work item failed") is an out-of-memory error: FA_ERR_MEMORY, with the size of that allocation in the message.
+int memory_status(uint64_t failures_before, int rc, char *err, size_t errlen) {
+    if (rc == FA_OK || fa_alloc::failures() == failures_before) return rc;
+    char what[512] = {0};
+    if (err && errlen) std::snprintf(what, sizeof what, "%s", err);
+    if (err && errlen)
+        std::snprintf(err, errlen, "out of memory: allocating %llu bytes failed (%s)",
+                      static_cast<unsigned long long>(fa_alloc::last_failed_bytes()), what);
+    return FA_ERR_MEMORY;
 }
 
 const char *backend_name(fa_backend b) {
@@ -93,14 +106,15 @@ int run_attention(fa_backend backend, fa_params *p, bool backward, char *err, si
         set_msg(err, errlen, "params must not be NULL");
         return FA_ERR_VALUE;
     }
-    return guarded(err, errlen, [&]() -> int {
+    const uint64_t failures_before = fa_alloc::failures();
+    return memory_status(failures_before, guarded(err, errlen, [&]() -> int {
         int rc = fa_check_params(p, backward ? 1 : 0, err, errlen);
         if (rc != FA_OK) return rc;
         if ((rc = check_device_buffers(backend, p, err, errlen)) != FA_OK) return rc;
         if ((rc = require_available(backend, err, errlen)) != FA_OK) return rc;
         if (backend == FA_BACKEND_CPU) return backward ? fa_cpu_backward(p, err, errlen) : fa_cpu_forward(p, err, errlen);
         return execute_plan_backend(backend, backward ? FA_PLAN_BACKWARD : FA_PLAN_FORWARD, p, nullptr, err, errlen);
-    });
+    }), err, errlen);
 }
 
 }  // namespace
@@ -137,7 +151,8 @@ int fa_kvcache_append(fa_backend backend, fa_params *p, const fa_kvcache_update 
         set_msg(err, errlen, "params and update must not be NULL");
         return FA_ERR_VALUE;
     }
-    return guarded(err, errlen, [&]() -> int {
+    const uint64_t failures_before = fa_alloc::failures();
+    return memory_status(failures_before, guarded(err, errlen, [&]() -> int {
         int rc = fa_check_params(p, 0, err, errlen);
         if (rc != FA_OK) return rc;
         if ((rc = fa_check_kvcache_update(p, u, err, errlen)) != FA_OK) return rc;
@@ -145,7 +160,7 @@ int fa_kvcache_append(fa_backend backend, fa_params *p, const fa_kvcache_update 
         if ((rc = require_available(backend, err, errlen)) != FA_OK) return rc;
         if (backend == FA_BACKEND_CPU) return fa_cpu_kvcache_append(p, u, err, errlen);
         return execute_plan_backend(backend, FA_PLAN_KVCACHE_APPEND, p, u, err, errlen);
-    });
+    }), err, errlen);
 }
 
 int fa_describe_plan(int kind, const fa_params *p, const fa_kvcache_update *u, char *json, size_t jsonlen,

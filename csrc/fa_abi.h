@@ -41,7 +41,8 @@ typedef enum fa_status {
     FA_ERR_UNSUPPORTED = 3, /* valid request this backend cannot serve: NotImplementedError */
     FA_ERR_UNAVAILABLE = 4, /* backend not present in this build / on this machine: RuntimeError */
     FA_ERR_RUNTIME = 5,     /* failure while running (Metal command buffer error, allocation): RuntimeError */
-    FA_ERR_FAULT = 6        /* the simulator detected a kernel fault (race, out-of-bounds, ...): RuntimeError */
+    FA_ERR_FAULT = 6,       /* the simulator detected a kernel fault (race, out-of-bounds, ...): RuntimeError */
+    FA_ERR_MEMORY = 7       /* an allocation failed (the message names its size where known): MemoryError */
 } fa_status;
 
 typedef enum fa_dtype {

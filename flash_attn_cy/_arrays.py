@@ -160,6 +160,37 @@ def check_not_overlapping(written: Any, read: Any) -> None:
                                  "another output or an input")
 
 
+def check_torch_in_place(x: Any, name: str) -> None:
+    """Refuse, as PyTorch refuses any in-place op, to write into a tensor PyTorch would not let one modify: an inference
+    tensor outside inference mode, or (with grad mode on) a tensor that requires grad - a leaf or a view of one, as
+    torch says, and any other tensor in a graph too, since the write is not differentiable. NumPy arrays pass."""
+    if not is_torch(x):
+        return
+    torch = _torch()
+    if x.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{name}: Inplace update to inference tensor outside InferenceMode is not allowed "
+                           "(flash_attn_cy writes it in place); clone it first, or call inside torch.inference_mode()")
+    if x.requires_grad and torch.is_grad_enabled():
+        base = x._base
+        if x.is_leaf:
+            what = "a leaf Variable that requires grad"
+        elif base is not None and base.is_leaf and base.requires_grad:
+            what = "a view of a leaf Variable that requires grad"
+        else:
+            what = "a tensor that requires grad (the in-place KV-cache append is not differentiable)"
+        raise RuntimeError(f"{name}: {what} is being used in an in-place operation; detach() it or write under "
+                           "torch.no_grad()")
+
+
+def bump_versions(*xs: Any) -> None:
+    """After writing torch tensors in place through their memory: advance their version counters, as an in-place op
+    does, so autograd detects a saved tensor that changed (instead of silently computing wrong gradients). Views
+    share their base's counter. Inference tensors have none."""
+    for x in xs:
+        if is_torch(x) and not x.is_inference():
+            _torch().autograd.graph.increment_version(x)
+
+
 def _usable_strides(a: np.ndarray) -> bool:
     """True if the ABI can address `a` in place: last-axis stride 1 (or length 1) and non-negative strides that are
     whole elements."""
@@ -210,12 +241,41 @@ def core_view(x: Any, name: str, *, lead_axis: bool = False, in_place: bool = Fa
     return _element_strides_fix(a)
 
 
+# NumPy outputs of at least this many bytes come from the package's own page allocator (_core.HostBuffer) where the
+# Metal shim is built: the only host memory it wraps without a copy (Apple forbids wrapping malloc'd memory, so the
+# caller's arrays are copied; see csrc/fa_host_memory.h). Elsewhere (and below it) np.empty: copying is cheaper.
+HOST_BUFFER_MIN_BYTES = 16384
+
+
+def _metal_built() -> bool:
+    try:
+        from ._build_info import BUILD_INFO
+    except ImportError:  # pragma: no cover - a source checkout without the generated file
+        return False
+    return BUILD_INFO.get("metal shim built") == "yes"
+
+
+_OUTPUTS_IN_HOST_BUFFERS = _metal_built()
+
+
+def page_aligned_empty(shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised (in fact zeroed) NumPy array in memory from _core.HostBuffer, which it keeps alive."""
+    from . import _core
+    dt = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    return np.frombuffer(_core.HostBuffer(count * dt.itemsize), dtype=dt, count=count).reshape(shape)
+
+
 def empty(kind: str, like: Any, shape: Tuple[int, ...], dtype: Optional[str] = None, fill: Optional[float] = None):
     """A new array of the caller's kind (NumPy, or a torch tensor on like's device). dtype: a FLOAT_DTYPES name or
     None for like's own dtype. fill: initial value (None = uninitialised)."""
     if kind == "numpy":
         np_dtype = like.dtype if dtype is None else (_np_bfloat16() if dtype == "bfloat16" else np.dtype(dtype))
-        out = np.empty(shape, dtype=np_dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(np_dtype).itemsize
+        if _OUTPUTS_IN_HOST_BUFFERS and nbytes >= HOST_BUFFER_MIN_BYTES:
+            out = page_aligned_empty(shape, np_dtype)
+        else:
+            out = np.empty(shape, dtype=np_dtype)
         if fill is not None:
             out[...] = fill
         return out

@@ -31,7 +31,8 @@ Keyword options shared by forward / backward / kvcache_append / describe_plan
     sim_schedules: int (sim backend: schedules to run and compare)
 
 Errors: ValueError (FA_ERR_VALUE), TypeError (FA_ERR_TYPE), NotImplementedError (FA_ERR_UNSUPPORTED),
-RuntimeError (unavailable backend, runtime failure, simulator fault) -- with the C message. The GIL is released
+MemoryError (FA_ERR_MEMORY, naming the size), RuntimeError (unavailable backend, runtime failure, simulator fault)
+-- with the C message. The GIL is released
 during every ABI call.
 """
 from typing import Any, NamedTuple, Optional, Tuple, Union

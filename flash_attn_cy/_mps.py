@@ -3,13 +3,16 @@
 The Metal backend binds such a tensor's own ``MTLBuffer`` at the tensor's byte offset, so no byte is copied
 (``fa_device_buffers`` in csrc/fa_abi.h). This module finds that buffer:
 
-1. **DLPack** (preferred, any framework): an array whose ``__dlpack_device__()`` is ``(kDLMetal = 8, id)`` exports
-   a capsule whose ``data`` field is the ``id<MTLBuffer>`` and ``byte_offset`` the offset of element 0 inside it
-   (DLPack's convention for Metal; PyTorch exports MPS tensors this way since pytorch PR 158888, MLX since
-   mlx PR 3531). Both the legacy ``"dltensor"`` and the versioned ``"dltensor_versioned"`` capsules are read.
-2. **PyTorch storage** (older PyTorch without MPS DLPack export): an MPS tensor's untyped storage ``data_ptr()`` is
-   its ``MTLBuffer`` - the mapping PyTorch's own guide for custom MPS operations relies on
-   (``getMTLBufferStorage``) - and ``storage_offset() * element_size()`` the offset.
+1. **PyTorch storage** (every PyTorch MPS tensor): an MPS tensor's untyped storage ``data_ptr()`` is its
+   ``MTLBuffer`` - the mapping PyTorch's own guide for custom MPS operations relies on (``getMTLBufferStorage``) -
+   and ``storage_offset() * element_size()`` the offset. PyTorch tensors never go through DLPack: the first
+   releases that export MPS tensors through DLPack (2.9.0, 2.9.1) put ``buffer + offset`` in the ``data`` field of a
+   sliced view (k/v sliced out of a packed qkv, a cache slice), which is not an MTLBuffer at all; messaging it would
+   crash the process.
+2. **DLPack** (any other framework, e.g. MLX since mlx PR 3531): an array whose ``__dlpack_device__()`` is
+   ``(kDLMetal = 8, id)`` exports a capsule whose ``data`` field is the ``id<MTLBuffer>`` and ``byte_offset`` the
+   offset of element 0 inside it (DLPack's convention for Metal). Both the legacy ``"dltensor"`` and the versioned
+   ``"dltensor_versioned"`` capsules are read.
 
 Ordering: the shim runs on its own Metal command queue, so ``synchronize()`` (``torch.mps.synchronize()``) is
 called before each call to finish the work PyTorch has queued on those tensors; the shim waits for its own command
@@ -173,24 +176,18 @@ def _torch_storage_view(t: Any) -> MetalBufferView:
 
 
 def buffer_view(x: Any) -> MetalBufferView:
-    """Where the Metal array `x` lives (DLPack first, PyTorch storage as the fallback for MPS tensors)."""
+    """Where the Metal array `x` lives: a PyTorch MPS tensor's storage (never its DLPack export, see the module
+    docstring), any other kDLMetal producer's DLPack capsule."""
     if _is_torch_mps(x):
         # Conjugate/negative views are lazy flags in PyTorch: the bytes in the buffer are not the values.
         if x.is_neg() or x.is_conj():
             raise ValueError("MPS tensor is a lazy negated/conjugated view; call .resolve_neg() first")
-    dlpack_ok = hasattr(x, "__dlpack__") and is_metal_array(x)
-    if dlpack_ok:
-        try:
-            view = parse_capsule(_export(x))
-        except (BufferError, RuntimeError, TypeError, ValueError):
-            if not _is_torch_mps(x):
-                raise
-        else:
-            if view.device[0] != KDL_METAL:
-                raise ValueError(f"expected a Metal (kDLMetal={KDL_METAL}) DLPack tensor, got device {view.device}")
-            return view
-    if _is_torch_mps(x):
         return _torch_storage_view(x)
+    if hasattr(x, "__dlpack__") and is_metal_array(x):
+        view = parse_capsule(_export(x))
+        if view.device[0] != KDL_METAL:
+            raise ValueError(f"expected a Metal (kDLMetal={KDL_METAL}) DLPack tensor, got device {view.device}")
+        return view
     raise TypeError(f"{type(x).__name__} is not a Metal array (PyTorch MPS tensor or DLPack kDLMetal producer)")
 
 

@@ -26,13 +26,17 @@ __all__ = [
 ]
 
 
-def _check_indices(indices: torch.Tensor, name: str = "indices") -> None:
+def _check_indices(indices: torch.Tensor, rows: int, rows_name: str, name: str = "indices") -> None:
+    """1-D integer indices, each in [0, rows): torch's own out-of-range error would name no argument."""
     if not isinstance(indices, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integer indices, got {type(indices).__name__}")
     if indices.ndim != 1:
         raise ValueError(f"{name} must be 1-D (total_nnz,), got shape {tuple(indices.shape)}")
-    if indices.dtype.is_floating_point or indices.dtype == torch.bool:
+    if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
         raise TypeError(f"{name} must hold integers, got {indices.dtype}")
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= rows):
+        raise ValueError(f"{name} must be in [0, {rows}) ({rows_name}), got range [{int(indices.min())}, "
+                         f"{int(indices.max())}]")
 
 
 def index_first_axis(input: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -44,7 +48,7 @@ def index_first_axis(input: torch.Tensor, indices: torch.Tensor) -> torch.Tensor
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
     if input.ndim < 2:
         raise ValueError(f"input must have at least 2 dims (first_axis, ...), got shape {tuple(input.shape)}")
-    _check_indices(indices)
+    _check_indices(indices, input.shape[0], "input.shape[0]")
     return input.index_select(0, indices.to(device=input.device, dtype=torch.long))
 
 
@@ -57,14 +61,14 @@ def index_put_first_axis(values: torch.Tensor, indices: torch.Tensor, first_axis
         raise TypeError(f"values must be a torch.Tensor, got {type(values).__name__}")
     if values.ndim < 2:
         raise ValueError(f"values must have at least 2 dims (nnz, ...), got shape {tuple(values.shape)}")
-    _check_indices(indices)
+    first_axis_dim = int(first_axis_dim)
+    if first_axis_dim < 0:
+        raise ValueError(f"first_axis_dim must be >= 0, got {first_axis_dim}")
+    _check_indices(indices, first_axis_dim, "first_axis_dim")
     if indices.shape[0] != values.shape[0]:
         raise ValueError(
             f"indices has {indices.shape[0]} entries but values has {values.shape[0]} rows; they must match"
         )
-    first_axis_dim = int(first_axis_dim)
-    if first_axis_dim < 0:
-        raise ValueError(f"first_axis_dim must be >= 0, got {first_axis_dim}")
     output = values.new_zeros((first_axis_dim, *values.shape[1:]))
     return output.index_copy(0, indices.to(device=values.device, dtype=torch.long), values)
 
@@ -101,9 +105,14 @@ def unpad_input(
     if not isinstance(hidden_states, torch.Tensor):
         raise TypeError(f"hidden_states must be a torch.Tensor, got {type(hidden_states).__name__}")
     _check_mask(attention_mask, hidden_states, "attention_mask")
+    if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+        # a 0.5 would be selected by nonzero() but counted as 0 in cu_seqlens: refuse it, not a torn packing
+        raise ValueError("attention_mask must hold 0/1 (or bool) values")
     all_masks = attention_mask
     if unused_mask is not None:
         _check_mask(unused_mask, hidden_states, "unused_mask")
+        if bool(((unused_mask != 0) & (unused_mask != 1)).any()):
+            raise ValueError("unused_mask must hold 0/1 (or bool) values")
         all_masks = attention_mask.to(torch.int32) + unused_mask.to(torch.int32)
     seqlens_in_batch = all_masks.sum(dim=-1, dtype=torch.int32)
     used_seqlens_in_batch = attention_mask.sum(dim=-1, dtype=torch.int32)
@@ -152,5 +161,11 @@ def pad_input(hidden_states: torch.Tensor, indices: torch.Tensor, batch: int, se
     batch, seqlen = int(batch), int(seqlen)
     if batch < 0 or seqlen < 0:
         raise ValueError(f"batch and seqlen must be >= 0, got batch={batch}, seqlen={seqlen}")
+    if not isinstance(hidden_states, torch.Tensor):
+        raise TypeError(f"hidden_states must be a torch.Tensor, got {type(hidden_states).__name__}")
+    if hidden_states.ndim < 2:
+        raise ValueError(f"hidden_states must be (total_nnz, ...) with at least 2 dims, got shape "
+                         f"{tuple(hidden_states.shape)}")
+    _check_indices(indices, batch * seqlen, "batch * seqlen")
     output = index_put_first_axis(hidden_states, indices, batch * seqlen)
     return output.view(batch, seqlen, *hidden_states.shape[1:])

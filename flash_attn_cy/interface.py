@@ -28,6 +28,7 @@ Normalised arguments (keyword names used by attention_forward, attention_backwar
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Optional, Tuple, Union
 
 import numpy as np
@@ -407,7 +408,10 @@ def flash_attn_varlen_qkvpacked_func(qkv: Tensor, cu_seqlens: Tensor, max_seqlen
     """flash_attn_varlen_func with q, k, v stacked: qkv (total, 3, nheads, headdim), one cu_seqlens/max_seqlen."""
     q, k, v = _unpack(qkv, "qkv", 1, 3, "(total, 3, nheads, headdim)", 4)
     V.head_dims(tuple(q.shape), tuple(k.shape), tuple(v.shape), "qkv", "qkv")
-    cu_q, cu_k, max_q, max_k, _ = _varlen_meta(q, k, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, None)
+    try:
+        cu_q, cu_k, max_q, max_k, _ = _varlen_meta(q, k, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, None)
+    except (TypeError, ValueError) as e:  # the shared check names the unpacked arguments; ours have no _q/_k
+        raise type(e)(re.sub(r"\b(cu_seqlens|max_seqlen)_[qk]\b", r"\1", str(e))) from None
     return _run(q, k, v, ("qkv", "qkv", "qkv"), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
                 max_seqlen_k=max_k, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
                 window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic,

@@ -219,6 +219,8 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Opti
     appending = k is not None
     if appending:  # the append writes both caches: one buffer for both would end up holding v's rows as keys
         _arrays.check_not_overlapping([("v_cache", v_cache)], [("k_cache", k_cache)])
+        _arrays.check_torch_in_place(k_cache, "k_cache")
+        _arrays.check_torch_in_place(v_cache, "v_cache")
     kc = _arrays.core_view(cache_rows, "k_cache", in_place=appending)
     vc = _arrays.core_view(vcache_rows, "v_cache", in_place=appending)
 
@@ -239,6 +241,7 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Opti
             kw.update(rotary_cos=cos, rotary_sin=sin)
         _core.kvcache_append(backend, dtype, qc, kc, vc, _arrays.core_view(k, "k"), _arrays.core_view(v, "v"),
                              **kw)
+        _arrays.bump_versions(k_cache, v_cache)  # written through their memory: tell autograd, as in-place ops do
     kw = dict(common, seqused_k=used_after, softmax_scale=scale, window_left=window[0], window_right=window[1],
               softcap=cap, num_splits=splits)
     if slopes is not None:

@@ -73,16 +73,23 @@ def _is_low_precision(dtype: np.dtype) -> bool:
     return dtype != np.dtype(np.float64)
 
 
-def to_float64(x: ArrayLike) -> np.ndarray:
-    """Any array-like (NumPy of any float dtype incl. ml_dtypes.bfloat16, PyTorch CPU/MPS tensor) as a float64 array."""
+def to_float64(x: ArrayLike, name: Optional[str] = None) -> np.ndarray:
+    """Any array-like (NumPy of any float dtype incl. ml_dtypes.bfloat16, PyTorch CPU/MPS tensor) as a float64 array.
+    None stays None unless `name` is given (a required argument): then None, or anything that is not numbers, is a
+    TypeError naming it."""
     if x is None:
+        if name is not None:
+            raise TypeError(f"{name}: expected a float array or tensor, got None")
         return None
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor without importing torch
         x = x.detach().cpu()
         if str(x.dtype) in ("torch.bfloat16", "torch.float16"):
             x = x.float()
         return x.double().numpy()
-    return np.asarray(x).astype(np.float64)
+    try:
+        return np.asarray(x).astype(np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name or 'input'}: expected a float array or tensor, got {type(x).__name__} ({e})") from None
 
 
 def round_to(x: np.ndarray, dtype) -> np.ndarray:
@@ -185,13 +192,18 @@ def _attend_one(q, k, v, *, scale, mask, softcap, slopes, keep, dropout_p, dtype
     m = np.broadcast_to(mask[None], s.shape)
     s_masked = np.where(m, s, -np.inf)
     any_visible = mask.any(axis=1)  # (sq,)
-    row_max = np.max(s_masked, axis=-1, keepdims=True)
-    row_max = np.where(np.isfinite(row_max), row_max, 0.0)
-    e = np.where(m, np.exp(s_masked - row_max), 0.0)
-    denom = e.sum(axis=-1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.where(denom > 0, e / np.where(denom > 0, denom, 1.0), 0.0)
-        lse = np.where(any_visible[None, :], (np.log(denom[..., 0]) + row_max[..., 0]), np.inf)
+    row_max = np.max(s_masked, axis=-1, keepdims=True)  # NaN if any visible score is NaN (np.max propagates it)
+    # Only a row that sees no key has max -inf: shift it by 0 instead (its e is all zeros). NaN and +inf maxima stay,
+    # so a NaN anywhere in a row's inputs makes its softmax, output and LSE NaN, as plain float64 math would.
+    row_max = np.where(row_max == -np.inf, 0.0, row_max)
+    visible = any_visible[None, :, None]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        e = np.where(m, np.exp(s_masked - row_max), 0.0)
+        denom = e.sum(axis=-1, keepdims=True)
+        p = np.where(visible, e / np.where(visible, denom, 1.0), 0.0)
+        # log(sum(exp(s))) of a row holding +inf (and no NaN) is +inf, as torch.logsumexp gives
+        lse = np.where(row_max[..., 0] == np.inf, np.inf, np.log(denom[..., 0]) + row_max[..., 0])
+        lse = np.where(any_visible[None, :], lse, np.inf)
     p = rnd(p.astype(acc))
 
     vv = vh
@@ -201,9 +213,39 @@ def _attend_one(q, k, v, *, scale, mask, softcap, slopes, keep, dropout_p, dtype
             vv = rnd(vh / np.float32(1.0 - dropout_p))
         else:
             p = p / (1.0 - dropout_p)
-    out = rnd(np.matmul(p, vv))  # (h, sq, d)
+    bad = ~np.isfinite(vv)
+    if bad.any():  # a NaN/inf value reaches exactly the rows that see its key (never through a masked key's p = 0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            seen = np.where(m[..., None], p[..., None] * np.where(bad, vv, 0.0)[:, None], 0.0).sum(axis=2)
+        vv = np.where(bad, 0.0, vv).astype(vv.dtype)
+        out = rnd(np.matmul(p, vv) + seen.astype(acc))
+    else:
+        out = rnd(np.matmul(p, vv))  # (h, sq, d)
     out = np.where(any_visible[None, :, None], out, 0.0)
     return np.transpose(out, (1, 0, 2)), lse.astype(acc)
+
+
+def _real(x, name: str, *, optional: bool = False) -> Optional[float]:
+    """A real number argument as float; TypeError naming it otherwise (None allowed when `optional`)."""
+    if x is None and optional:
+        return None
+    if isinstance(x, (str, bytes)) or x is None:
+        raise TypeError(f"{name}: expected a real number, got {type(x).__name__}")
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a real number, got {type(x).__name__}") from None
+
+
+def _window(window_size) -> Tuple[int, int]:
+    """(left, right) as two ints; TypeError/ValueError naming window_size otherwise."""
+    try:
+        left, right = window_size
+    except (TypeError, ValueError):
+        raise ValueError(f"window_size: expected a pair (left, right), got {window_size!r}") from None
+    if not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) for w in (left, right)):
+        raise TypeError(f"window_size: expected two ints, got {window_size!r}")
+    return int(left), int(right)
 
 
 def _check_layouts(q, k, v, varlen):
@@ -267,7 +309,7 @@ def attention_ref(q: ArrayLike, k: ArrayLike, v: ArrayLike, *,
     """
     dtype = _normalise_compute_dtype(compute_dtype)
     lowp = _is_low_precision(dtype)
-    q64, k64, v64 = to_float64(q), to_float64(k), to_float64(v)
+    q64, k64, v64 = to_float64(q, "q"), to_float64(k, "k"), to_float64(v, "v")
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     if varlen and (cu_seqlens_q is None or cu_seqlens_k is None):
         raise ValueError("cu_seqlens_q and cu_seqlens_k must be given together")
@@ -275,6 +317,8 @@ def attention_ref(q: ArrayLike, k: ArrayLike, v: ArrayLike, *,
     if lowp:
         q64, k64, v64 = round_to(q64, dtype), round_to(k64, dtype), round_to(v64, dtype)
     d = q64.shape[-1]
+    softmax_scale, softcap = _real(softmax_scale, "softmax_scale", optional=True), _real(softcap, "softcap")
+    dropout_p, window_size = _real(dropout_p, "dropout_p"), _window(window_size)
     scale = float(d ** -0.5) if softmax_scale is None else float(softmax_scale)
     if dropout_p and dropout_mask is None:
         raise ValueError("dropout_p > 0 needs the keep-mask (dropout_mask) for a deterministic reference")
@@ -529,7 +573,12 @@ def attention_ref_torch(q, k, v, *,
                 else dropout_mask[b, :, :sq, :sk]
             p = p.masked_fill(~keep.bool(), 0.0)
             vv = vh * (1.0 / (1.0 - dropout_p))
-        o = torch.matmul(p, vv).transpose(0, 1)  # (sq, h, d)
+        bad = ~torch.isfinite(vv)
+        if bool(bad.any()):  # as the NumPy reference: a NaN/inf value reaches only the rows that see its key
+            seen = torch.where(mask[None, :, :, None], p[..., None] * torch.where(bad, vv, 0.0)[:, None], 0.0)
+            o = (torch.matmul(p, torch.where(bad, 0.0, vv)) + seen.sum(dim=2)).transpose(0, 1)
+        else:
+            o = torch.matmul(p, vv).transpose(0, 1)  # (sq, h, d)
         outs.append(o)
         lses.append(lse)
     if varlen:

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "fa_bwd_params.h"     // FA_BWD_BUF_PARAMS
+#include "fa_host_memory.h"    // fa_host::owned_region
 #include "fa_kernel_params.h"  // FA_*_BUF_*
 #include "fa_tiles.h"          // FA_SIMD_WIDTH
 
@@ -222,10 +223,12 @@ int plan_bindings(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update
             return fail(FA_ERR_VALUE, err, errlen, "metal: the plan reads %s but no memory was given for it",
                         buffer_name(id));
         int64_t offset = 0;
-        // Host memory not aligned to its element (a NumPy view at an odd byte, say) is copied, which realigns it:
+        // Host memory is COPIED unless this package allocated it itself, page-aligned from mmap
+        // (csrc/fa_host_memory.h): Apple forbids wrapping malloc'd memory, which every caller's array may be.
+        // Memory not aligned to its element (a NumPy view at an odd byte, say) is copied too, which realigns it:
         // wrapped, it would give Metal a buffer offset the kernel cannot read its type at.
         const bool aligned = reinterpret_cast<uintptr_t>(b.host) % static_cast<uint64_t>(elem) == 0;
-        if (aligned && b.bytes >= wrap_min_bytes &&
+        if (aligned && b.bytes >= wrap_min_bytes && fa_host::owned_region(b.host, static_cast<size_t>(b.bytes)) &&
             page_region(b.host, b.bytes, page, &b.wrap_base, &b.wrap_bytes, &offset)) {
             b.storage = Storage::Wrap;
             b.base_offset = offset;

@@ -25,8 +25,10 @@ constexpr int64_t kWrapMinBytes = 16384;
 enum class Storage {
     Unused,   // no launch of the plan binds it
     Device,   // caller's own MTLBuffer (fa_device_buffers): bound directly at its byte offset
-    Wrap,     // host memory wrapped without a copy: pages [wrap_base, wrap_base + wrap_bytes) of unified memory
-    Copy,     // host memory copied into a new shared buffer before the call (and back after it, if written)
+    Wrap,     // host memory wrapped without a copy: pages [wrap_base, wrap_base + wrap_bytes) of unified memory, only
+              // inside a region the package allocated itself with mmap (csrc/fa_host_memory.h), never a caller's
+    Copy,     // host memory copied into a new shared buffer before the call (and back after it, if written): the
+              // caller's arrays, which may come from malloc (Apple forbids wrapping those)
     Scratch   // plan-owned temporary, GPU only
 };
 

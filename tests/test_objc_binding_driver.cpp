@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "fa_host_memory.h"
 #include "fa_metal_binding.h"
 #include "objc_driver_checks.h"
 
@@ -32,11 +33,25 @@ static fa_launch make_launch(const char *name) {
     return l;
 }
 
-// A 64 KiB page-aligned arena we carve tensors from, so the expected page offsets are known exactly.
+// A 64 KiB arena aligned to Apple's 16 KiB pages that we carve tensors from, so the expected page offsets are known
+// exactly. `owned`: from the package's own page allocator (csrc/fa_host_memory.h), the only host memory the shim may
+// wrap; otherwise from aligned_alloc, malloc's family, which Metal must never be asked to wrap.
 struct Arena {
     unsigned char *base;
-    Arena() { base = static_cast<unsigned char *>(std::aligned_alloc(kApplePageBytes, 4 * kApplePageBytes)); }
-    ~Arena() { std::free(base); }
+    void *region = nullptr;
+    explicit Arena(bool owned = true) {
+        if (owned) {
+            region = fa_host::allocate(5 * kApplePageBytes);
+            const uintptr_t r = reinterpret_cast<uintptr_t>(region);
+            base = reinterpret_cast<unsigned char *>((r + kApplePageBytes - 1) & ~uintptr_t(kApplePageBytes - 1));
+        } else {
+            base = static_cast<unsigned char *>(std::aligned_alloc(kApplePageBytes, 4 * kApplePageBytes));
+        }
+    }
+    ~Arena() {
+        if (region) fa_host::release(region);
+        else std::free(base);
+    }
 };
 
 static void test_page_region() {
@@ -65,10 +80,12 @@ static void test_page_region() {
 // Forward call: q/k/v large (wrapped), out large but unaligned, lse small (copied).
 struct ForwardCase {
     Arena arena;
+    explicit ForwardCase(bool owned = true) : arena(owned) { init(); }
+    ForwardCase(const ForwardCase &) = delete;
     std::vector<float> lse_storage = std::vector<float>(64);
     fa_params p;
     fa_plan plan;
-    ForwardCase() {
+    void init() {
         std::memset(&p, 0, sizeof p);
         std::memset(&plan, 0, sizeof plan);
         p.q.data = arena.base;                  // page aligned
@@ -119,6 +136,17 @@ static void test_forward_storage() {
     CHECK(bp.buf[FA_BUF_OUT].storage == Storage::Wrap && bp.buf[FA_BUF_OUT].base_offset == 64);
     CHECK(!bp.buf[FA_BUF_OUT].copy_back && bp.buf[FA_BUF_OUT].written);
     CHECK(metal_offset(bp.buf[FA_BUF_K], 128) == 256 + 128);
+
+    // The caller's memory (malloc's family: NumPy arrays, ...) is never wrapped, whatever its size and alignment
+    // (Apple forbids it): copied, and copied back when written.
+    {
+        ForwardCase m(false);
+        BindingPlan mp;
+        CHECK(plan_bindings(FA_PLAN_FORWARD, &m.p, nullptr, &m.plan, 16384, 1, &mp, err, sizeof err) == FA_OK);
+        for (int id : {FA_BUF_Q, FA_BUF_K, FA_BUF_V, FA_BUF_OUT, FA_BUF_LSE})
+            CHECK(mp.buf[id].storage == Storage::Copy && mp.buf[id].wrap_base == nullptr);
+        CHECK(mp.buf[FA_BUF_OUT].copy_back && !mp.buf[FA_BUF_Q].copy_back);
+    }
 
     // A refused wrap falls back to a copy that is copied back when written.
     BufferBinding out = bp.buf[FA_BUF_OUT];
@@ -372,8 +400,7 @@ static void test_encode() {
     Recorder r;
     CHECK(encode_plan(c.plan, bp, r, err, sizeof err) == FA_OK);
     const std::string expected =
-        "P:fa_fwd_f16_d64;B0=q+0;B1=k+384;B2=v+0;B3=out+64;B4=lse+" +
-        std::to_string(16 + reinterpret_cast<uintptr_t>(c.lse_storage.data()) % 16384) +
+        "P:fa_fwd_f16_d64;B0=q+0;B1=k+384;B2=v+0;B3=out+64;B4=lse+16"  // lse: a std::vector's memory, copied
         ";B6=scratch0+0;C5=abcdefghijkl;N7;N8;N9;N10;N11;N12;N13;N14;N15;D7x1x1/128x1x1;|;P:fa_merge;"
         "B0=scratch0+2048;B1=out+64;D7x3x1/32x1x1;";  // placeholders only where nothing was bound yet
     CHECK(r.log == expected);

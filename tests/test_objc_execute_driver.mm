@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "fa_backends.h"
+#include "fa_host_memory.h"
 #include "fa_metal_kernel_source.h"
 #include "fa_metal_shim.h"
 #include "mock/metal_mock.h"
@@ -125,11 +126,14 @@ struct Call {
     size_t n() const { return size_t(rows) * dim; }
     float *q, *out, *lse;
     void *q_block, *out_block;
-    Call() {
+    bool owned;
+    // owned: q and out come from the package's page allocator (csrc/fa_host_memory.h), the only host memory the shim
+    // wraps; otherwise from aligned_alloc (malloc's family, like a caller's NumPy array), which must be copied.
+    explicit Call(bool owned_memory = true) : owned(owned_memory) {
         std::memset(&p, 0, sizeof p);
         const size_t page = size_t(getpagesize());
-        q_block = std::aligned_alloc(page, 8 * page);
-        out_block = std::aligned_alloc(page, 8 * page);
+        q_block = owned ? fa_host::allocate(8 * page) : std::aligned_alloc(page, 8 * page);
+        out_block = owned ? fa_host::allocate(8 * page) : std::aligned_alloc(page, 8 * page);
         q = static_cast<float *>(q_block);                                   // page-aligned
         out = reinterpret_cast<float *>(static_cast<char *>(out_block) + 64);  // inside its first page
         lse = new float[rows];
@@ -143,8 +147,13 @@ struct Call {
         p.lse = lse;
     }
     ~Call() {
-        std::free(q_block);
-        std::free(out_block);
+        if (owned) {
+            fa_host::release(q_block);
+            fa_host::release(out_block);
+        } else {
+            std::free(q_block);
+            std::free(out_block);
+        }
         delete[] lse;
     }
     bool results_ok(const float *o) const {
@@ -295,6 +304,12 @@ int main(int argc, char **argv) {
             }
             CHECK(saw_q && saw_out);
             CHECK(mock::journal_has("setbuffer 1 64"));  // out bound at its offset inside the wrapped page
+            // The same call on memory from aligned_alloc (a caller's array): never wrapped (Apple forbids wrapping
+            // malloc'd memory), copied in and out, and the results still come back.
+            Call m(false);
+            CHECK(fa_metal_execute(FA_PLAN_FORWARD, &m.p, nullptr, msg, sizeof msg) == FA_OK);
+            CHECK(m.results_ok(m.out) && m.lse_ok());
+            CHECK(count_prefix("nocopy") == 4 && count_prefix("bytes 18944 shared") == 2);
         } else {
             // Metal refused to wrap: both fall back to copies, and out still comes back.
             CHECK(count_prefix("bytes 18944 shared") == 4);

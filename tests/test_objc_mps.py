@@ -164,3 +164,73 @@ def test_real_mps_tensor_view() -> None:  # pragma: no cover - runs on a Mac onl
     # The DLPack route and the storage route must agree on buffer and offset.
     s = _mps._torch_storage_view(t)
     assert (s.handle, s.byte_offset, s.shape, s.strides) == (v.handle, v.byte_offset, v.shape, v.strides)
+
+
+class _FakeStorage:
+    def __init__(self, handle: int, nbytes: int):
+        self._handle, self._nbytes = handle, nbytes
+
+    def data_ptr(self) -> int:
+        return self._handle
+
+    def nbytes(self) -> int:
+        return self._nbytes
+
+
+def _fake_mps_view(handle: int, storage_bytes: int, shape, strides, offset: int, dtype):
+    """A PyTorch tensor that says it lives on MPS (a wrapper subclass: no MPS device needed), sliced at `offset`
+    elements into a storage whose MTLBuffer is `handle`, and whose DLPack export behaves as PyTorch 2.9.0/2.9.1's:
+    `data` = buffer + byte offset, `byte_offset` = 0."""
+
+    class FakeMpsView(torch.Tensor):
+        @staticmethod
+        def __new__(cls):
+            return torch.Tensor._make_wrapper_subclass(cls, shape, strides=strides, storage_offset=offset,
+                                                       dtype=dtype, device="meta")
+
+        @classmethod
+        def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+            raise NotImplementedError(f"fake MPS tensor: {func}")
+
+        @property
+        def device(self):
+            return torch.device("mps", 0)
+
+        def untyped_storage(self):
+            return _FakeStorage(handle, storage_bytes)
+
+        def __dlpack_device__(self):
+            return (_mps.KDL_METAL, 0)
+
+        def __dlpack__(self, *, stream=None, max_version=None):
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            self._exported = FakeMetalArray(handle + offset * itemsize, shape, strides=strides, byte_offset=0,
+                                            code=2, bits=8 * itemsize)
+            return self._exported.__dlpack__()
+
+    return FakeMpsView()
+
+
+@pytest.mark.skipif(torch is None, reason="PyTorch not installed")
+def test_sliced_mps_view_takes_its_buffer_from_the_storage() -> None:
+    """k sliced out of a packed (batch, seqlen, 3, heads, dim) qkv MPS tensor: its MTLBuffer is the storage's and
+    the slice's start an offset into it, whatever PyTorch 2.9's DLPack export says (buffer + offset as `data`, which
+    the shim would message as if it were an MTLBuffer). The DeviceTensor then passes the ABI's Metal-buffer checks
+    (through the plan description, which never touches the fake buffers)."""
+    from flash_attn_cy import _core
+    b, s, h, d = 1, 32, 2, 16
+    buffer, nbytes = 0x7000_0000, b * s * 3 * h * d * 2
+    strides = (s * 3 * h * d, 3 * h * d, d, 1)
+    q, k, v = (_fake_mps_view(buffer, nbytes, (b, s, h, d), strides, i * h * d, torch.float16) for i in range(3))
+    assert _mps.parse_capsule(k.__dlpack__()).handle == buffer + h * d * 2  # the 2.9 export, not an MTLBuffer
+    view = _mps.buffer_view(k)
+    assert (view.handle, view.byte_offset) == (buffer, h * d * 2)
+    assert view.shape == (b, s, h, d) and view.strides == strides and view.dtype == "float16"
+    dq, dk, dv = (_mps.device_tensor(x) for x in (q, k, v))
+    assert {t.handle for t in (dq, dk, dv)} == {buffer} and [t.byte_offset for t in (dq, dk, dv)] == [0, 64, 128]
+    out = _core.DeviceTensor(0x7100_0000, 0, b * s * h * d * 2, (b, s, h, d), (s * h * d, h * d, d, 1))
+    lse = _core.DeviceTensor(0x7200_0000, 0, b * h * s * 4, (b, h, s), (h * s, s, 1))
+    _core.describe_plan("forward", "metal", "float16", dq, dk, dv, out, lse, softmax_scale=0.25)
+    # the storage's length bounds the view: one reaching past its storage is refused before the shim sees it
+    with pytest.raises(ValueError, match="past its storage"):
+        _mps.buffer_view(_fake_mps_view(buffer, nbytes - 2, (b, s, h, d), strides, 2 * h * d, torch.float16))

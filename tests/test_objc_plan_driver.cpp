@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "fa_host_memory.h"
 #include "fa_metal_binding.h"
 #include "objc_driver_checks.h"
 
@@ -37,12 +38,18 @@ public:
     void placeholder(int32_t) override {}
 };
 
-// Host memory for one call, laid out dense [batch, rows, heads, dim].
+// Host memory for one call, laid out dense [batch, rows, heads, dim]: from the package's page allocator
+// (csrc/fa_host_memory.h), as outputs the package allocates itself, so large buffers may be wrapped.
 struct Tensors {
-    std::vector<std::vector<unsigned char>> blocks;
+    std::vector<void *> blocks;
+    Tensors() = default;
+    Tensors(const Tensors &) = delete;
+    ~Tensors() {
+        for (void *b : blocks) fa_host::release(b);
+    }
     void *alloc(size_t bytes) {
-        blocks.emplace_back(bytes + 64, 0);
-        return blocks.back().data();
+        blocks.push_back(fa_host::allocate(bytes + 64));
+        return blocks.back();
     }
     void dense(fa_tensor &t, int batch, int rows, int heads, int dim, int eb) {
         t.data = alloc(size_t(batch) * rows * heads * dim * eb);

@@ -318,3 +318,25 @@ def test_kvcache_leftpad_and_batch_idx(rng):
         want, _ = loop_attention(qrot, keys, vals, scale=d ** -0.5, causal=True)
         np.testing.assert_allclose(out[bb], want, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(k2[1], kc[1])  # the unused cache row is untouched
+
+
+@pytest.mark.parametrize("compute_dtype", ["float64", "float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+def test_nan_in_a_visible_input_propagates(compute_dtype, where):
+    """A NaN in q, or in a key/value some query row sees, makes that row NaN (out and, for q/k, the LSE), as plain
+    float64 math would; rows that cannot see it stay finite. The reference once hid it as a row of zeros."""
+    from flash_attn_cy import reference as R
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 6, 2, 8)) for _ in range(3))
+    x = {"q": q, "k": k, "v": v}[where]
+    x[0, 3, 1, 2] = np.nan  # row / key 3, head 1
+    out, lse = R.attention_ref(q, k, v, causal=True, return_lse=True, compute_dtype=compute_dtype)
+    out, lse = np.asarray(out, np.float64), np.asarray(lse, np.float64)
+    bad_rows = [3] if where == "q" else [3, 4, 5]  # causal: key 3 is seen by rows 3.. only
+    for r in range(6):
+        nan_row = np.isnan(out[0, r, 1])
+        assert nan_row.any() == (r in bad_rows), (r, out[0, r, 1])
+        assert np.isnan(lse[0, 1, r]) == (r in bad_rows and where != "v"), (r, lse[0, 1, r])
+    assert np.isfinite(out[0, :, 0]).all() and np.isfinite(lse[0, 0]).all()  # the other head is untouched
+    t_out = R.attention_ref_torch(*(torch.tensor(a) for a in (q, k, v)), causal=True)
+    assert np.array_equal(np.isnan(t_out.numpy()), np.isnan(R.attention_ref(q, k, v, causal=True)))

@@ -5,6 +5,8 @@
 #include <deque>
 #include <mutex>
 #include <new>
+
+#include "fa_alloc.h"
 #include <utility>
 
 namespace fa_cpu {
@@ -46,7 +48,12 @@ PooledBuffer::PooledBuffer(size_t bytes) {
             return;
         }
     }
-    ptr_ = ::operator new(bytes, kAlign);
+    try {
+        ptr_ = ::operator new(bytes, kAlign);
+    } catch (const std::bad_alloc &) {
+        fa_alloc::note_failure(bytes);  // so the error can name the size (fa_alloc.h)
+        throw;
+    }
     cap_ = bytes;
 }
 

@@ -8,6 +8,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <new>
+
+#include "fa_alloc.h"
 
 namespace fa_cpu {
 
@@ -17,7 +20,12 @@ struct Workspace {
     // At least `bytes` bytes, 64-byte aligned; the contents are unspecified (and lost when it grows).
     char *get(size_t bytes) {
         if (bytes + 64 > size) {
-            raw.reset(new char[bytes + 64]);
+            try {
+                raw.reset(new char[bytes + 64]);
+            } catch (const std::bad_alloc &) {
+                fa_alloc::note_failure(bytes + 64);  // so the error can name the size (fa_alloc.h)
+                throw;
+            }
             size = bytes + 64;
         }
         return reinterpret_cast<char *>((reinterpret_cast<uintptr_t>(raw.get()) + 63) & ~uintptr_t(63));
