@@ -6,6 +6,9 @@
     python -m flash_attn_cy.sim check FILE.metal...
 
 Exit status: 0 clean, 1 faults found (run) or check failed (check), 2 usage or translation/compile error.
+
+Simulating a kernel means compiling it as C++ and running it as a native program inside this process: simulate only
+files you trust (see TRUST below).
 """
 
 from __future__ import annotations
@@ -133,10 +136,20 @@ def cmd_check(a: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+TRUST = """\
+trust: simulating a kernel means compiling the .metal file as C++ and running it as a native program inside this
+process, with your rights. `run` and `check` refuse files outside the MSL subset (extern, asm, calls to anything but
+the MSL built-ins and the file's own functions, code run at load time, includes other than <metal_*> and files beside
+the kernel; see kernels/README.md, 'Trust'), but that is a filter, not a sandbox: a kernel can still forge a pointer
+and write anywhere in the process. Simulate only files you trust."""
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flash_attn_cy.sim", description="Metal simulator")
+    p = argparse.ArgumentParser(prog="python -m flash_attn_cy.sim", description="Metal simulator", epilog=TRUST,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run one dispatch of a kernel and report faults")
+    r = sub.add_parser("run", help="run one dispatch of a kernel and report faults (runs the file as native code: "
+                       "trusted files only)", epilog=TRUST, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("file")
     r.add_argument("--kernel", required=True)
     r.add_argument("--grid", required=True, help="threadgroups per grid X[,Y[,Z]]")

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 __all__ = ["SimCompileError", "runtime_dir", "find_cxx", "cache_dir", "load_module"]
 
@@ -24,8 +24,10 @@ RUNTIME_SOURCES = ("runtime.cpp", "scheduler.cpp", "signals.cpp", "registry.cpp"
                    "c_api.cpp")
 CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing"]
 # Kernel modules also carry line tables (through the translator's #line markers they point into the .metal file),
-# so a fault's program counter can be mapped back to the source line.
-MODULE_FLAGS = ["-g"]
+# so a fault's program counter can be mapped back to the source line. Stack clash protection makes a frame larger
+# than the fiber stack's guard page probe it page by page, so that a large thread-private array is reported as a
+# stack overflow instead of writing into whatever mapping lies below the stack.
+MODULE_FLAGS = ["-g", "-fstack-clash-protection"]
 
 _lock = threading.Lock()
 _loaded: Dict[str, ctypes.CDLL] = {}
@@ -144,19 +146,25 @@ def _runtime_objects(cxx: str, cid: str) -> List[Path]:
     return objs
 
 
-def load_module(cpp_code: str, label: str = "kernel") -> ctypes.CDLL:
-    """Compile translated C++ (with the runtime) into a cached shared library and load it."""
+def load_module(cpp_code: str, label: str = "kernel", verify: Optional[Callable[[], None]] = None,
+                salt: str = "") -> ctypes.CDLL:
+    """Compile translated C++ (with the runtime) into a cached shared library and load it.
+
+    verify() runs before the code is compiled (not when a module built earlier, after the same check, is reused);
+    salt names the checks, so that modules built under other rules are not reused."""
     cxx = find_cxx()
     with _lock:
         cid = _compiler_id(cxx)
         rt = runtime_dir()
-        key = hashlib.sha256((cid + "\0" + " ".join(CXXFLAGS + MODULE_FLAGS) + "\0" + cpp_code).encode()
-                             ).hexdigest()[:24]
+        key = hashlib.sha256((cid + "\0" + " ".join(CXXFLAGS + MODULE_FLAGS) + "\0" + salt + "\0" + cpp_code
+                              ).encode()).hexdigest()[:24]
         if key in _loaded:
             return _loaded[key]
         objs = _runtime_objects(cxx, cid)
         so = cache_dir() / f"mod-{key}-{objs[0].parent.name}.so"
         if not so.is_file():
+            if verify is not None:
+                verify()
             tmp = Path(tempfile.mkdtemp(dir=cache_dir(), prefix="mod-tmp-"))
             try:
                 src = tmp / "kernel.cpp"
@@ -204,7 +212,9 @@ def source_line(module_path: str, offset: int) -> str:
         return ""
     inc = str(runtime_dir())
     frames = [ln.strip() for ln in out.splitlines() if ln.strip() and not ln.startswith("??")]
-    for fr in frames:  # innermost first: skip frames inside the compatibility headers
-        if not fr.startswith(inc) and ":" in fr:
+    for fr in frames:  # innermost first: skip frames inside the compatibility headers and the generated code
+        path = fr.rsplit(":", 1)[0]
+        generated = "<simulator trampolines>" in path or os.path.basename(os.path.dirname(path)).startswith("mod-tmp-")
+        if not fr.startswith(inc) and ":" in fr and not generated:
             return fr.split(" (discriminator")[0]
     return ""

@@ -12,7 +12,8 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, U
 
 import numpy as np
 
-from . import _compile
+from . import _compile, trust
+from .check import find_clang
 from .translate import translate
 
 __all__ = ["Fault", "SimResult", "run", "load_source"]
@@ -89,7 +90,18 @@ def _module_for(source: str, path: str, include_dirs: Tuple[str, ...]) -> ctypes
         if all(os.path.isfile(d) and os.path.getmtime(d) == m for d, m in deps):
             return lib
     tr = translate(source, path, list(include_dirs))
-    lib = _compile.load_module(tr.code, os.path.basename(path))
+    if trust.unchecked():
+        lib = _compile.load_module(tr.code, os.path.basename(path), salt="unchecked")
+    else:
+        trust.check_translation(tr, source, path, include_dirs)
+        clang = find_clang()
+        if not clang:
+            raise _compile.SimCompileError(
+                "the simulator checks every kernel file with clang++ before it compiles and runs it as native code "
+                "(none found: install clang, or set FLASH_ATTN_CY_CLANG); FLASH_ATTN_CY_SIM_UNCHECKED=1 runs files "
+                "unchecked, for files you trust")
+        lib = _compile.load_module(tr.code, os.path.basename(path), salt=trust.SALT,
+                                   verify=lambda: trust.check_compiled(tr.code, path, clang))
     _modules[key] = (lib, [(d, os.path.getmtime(d)) for d in tr.dependencies])
     return lib
 
