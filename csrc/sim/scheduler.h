@@ -52,6 +52,8 @@ inline double timeout_seconds() {
 
 enum Order { kForward, kReverse, kRandom };
 
+enum RunPurpose { kOrderRun, kBoundsRun, kPoisonRun };  // what a difference from the forward run means
+
 struct RunSpec {
     Order order;
     uint64_t seed;
@@ -59,10 +61,12 @@ struct RunSpec {
     unsigned char slack;
     bool end_aligned;
     const char *label;
+    RunPurpose purpose = kOrderRun;
 };
 
 struct Region {                // one guarded copy of caller memory (overlapping bindings share one)
     char *orig;
+    const char *src = nullptr; // initial contents when not at orig (BufferArg::src): orig then receives results
     size_t len;
     bool writable;
     std::vector<int> indices;  // buffer indices bound into it, for messages

@@ -51,6 +51,9 @@ def _dims(s: str, opt: str) -> List[int]:
         raise UsageError(f"{opt} expects X[,Y[,Z]] positive integers, got {s!r}") from None
     if not 1 <= len(v) <= 3 or min(v) < 1:
         raise UsageError(f"{opt} expects X[,Y[,Z]] positive integers, got {s!r}")
+    if max(v) > 2**32 - 1:
+        raise UsageError(f"{opt}: each size must be at most 2**32 - 1 = {2**32 - 1} (Metal's sizes are 32-bit), "
+                         f"got {s!r}")
     return v
 
 
@@ -67,7 +70,12 @@ def _buffer(s: str) -> (int, np.ndarray):
         parts = rest.split(":")
         if len(parts) != 3 or not parts[2].isdigit():
             raise UsageError(f"--buffer expects INDEX=zeros:DTYPE:COUNT, got {s!r}")
-        return k, np.zeros(int(parts[2]), dtype=_dtype(parts[1]))
+        dt, count = _dtype(parts[1]), int(parts[2])
+        try:
+            return k, np.zeros(count, dtype=dt)
+        except (MemoryError, ValueError) as e:
+            raise UsageError(f"--buffer {s!r}: cannot allocate {count} x {dt.itemsize} = {count * dt.itemsize} bytes "
+                             f"({type(e).__name__})") from None
     if not os.path.isfile(rest):
         raise UsageError(f"--buffer {s!r}: no such file {rest!r}")
     try:
@@ -95,6 +103,8 @@ def _bytes(s: str) -> (int, bytes):
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    if not os.path.isfile(a.file):
+        raise UsageError(f"no such file {a.file!r} (run takes the path of a .metal file)")
     buffers: Dict[int, np.ndarray] = {}
     for s in a.buffer:
         k, arr = _buffer(s)
@@ -107,8 +117,9 @@ def cmd_run(a: argparse.Namespace) -> int:
         if k in byts or k in buffers:
             raise UsageError(f"--bytes index {k} already bound")
         byts[k] = raw
-    if a.schedules < 1:
-        raise UsageError("--schedules must be >= 1")
+    if not 1 <= a.schedules <= 2**31 - 1:
+        raise UsageError(f"--schedules must be in [1, 2**31 - 1], got {a.schedules}")
+
     res = run(a.file, a.kernel, _dims(a.grid, "--grid"), _dims(a.threadgroup, "--threadgroup"), buffers, byts,
               a.schedules, include_dirs=a.include)
     for f in res.faults:
@@ -167,6 +178,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return cmd_run(a) if a.cmd == "run" else cmd_check(a)
     except (UsageError, TranslateError, _compile.SimCompileError, ValueError, TypeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError as e:
+        print(f"error: out of memory: {e or 'an allocation failed'}", file=sys.stderr)
         return 2
 
 
