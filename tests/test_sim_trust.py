@@ -92,3 +92,16 @@ def test_help_says_simulating_runs_native_code():
     assert "native" in p.stdout and "trust" in p.stdout, p.stdout
     readme = (ROOT / "kernels" / "README.md").read_text()
     assert "native program" in readme
+
+
+def test_without_clang_run_refuses_unless_unchecked(monkeypatch, tmp_path):
+    from flash_attn_cy.sim import _run
+    monkeypatch.setattr(_run, "find_clang", lambda: None)
+    src = "kernel void k(device int* y [[buffer(0)]]) { y[0] = 7; }  // " + str(tmp_path)
+    with pytest.raises(sim.SimCompileError, match="clang"):
+        sim.run(src, "k", 1, 1, {0: np.zeros(1, np.int32)}, schedules=1)
+    # the explicit opt-out compiles files as they are (here one the checks would refuse)
+    monkeypatch.setenv("FLASH_ATTN_CY_SIM_UNCHECKED", "1")
+    res = sim.run(HOSTILE / "extern_c.metal", "extern_c", 1, 32, {0: np.zeros(32, np.int32)}, schedules=1)
+    import os
+    assert res.faults == [] and (res.buffers[0] == os.getpid()).all()

@@ -239,12 +239,13 @@ def _runtime_objects(cxx: str, cid: str) -> List[Path]:
     return objs
 
 
-def load_module(cpp_code: str, label: str = "kernel", verify: Optional[Callable[[], None]] = None,
+def load_module(cpp_code: str, label: str = "kernel", verify: Optional[Callable[[List[str]], None]] = None,
                 salt: str = "") -> ctypes.CDLL:
     """Compile translated C++ (with the runtime) into a cached shared library and load it.
 
-    verify() runs before the code is compiled (not when a module built earlier, after the same check, is reused);
-    salt names the checks, so that modules built under other rules are not reused."""
+    verify(flags) runs before the code is compiled, with the compiler flags the module gets (not when a module built
+    earlier, after the same check, is reused); salt names the checks, so that modules built under other rules are
+    not reused."""
     cxx = find_cxx()
     with _lock:
         cid = _compiler_id(cxx)
@@ -256,7 +257,7 @@ def load_module(cpp_code: str, label: str = "kernel", verify: Optional[Callable[
         so = cache_dir() / f"mod-{key}-{_runtime_name(cid)}.so"
         if not _module_matches(so, key):  # absent, or not ours to load: (re)build it
             if verify is not None:
-                verify()
+                verify(CXXFLAGS + MODULE_FLAGS)
             objs = _runtime_objects(cxx, cid)
             so = objs[0].parent.parent / so.name  # the runtime may have moved to a private cache
             tmp = Path(tempfile.mkdtemp(dir=so.parent, prefix="mod-tmp-"))

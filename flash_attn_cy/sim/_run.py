@@ -108,7 +108,7 @@ def _module_for(source: str, path: str, include_dirs: Tuple[str, ...]) -> ctypes
                 "(none found: install clang, or set FLASH_ATTN_CY_CLANG); FLASH_ATTN_CY_SIM_UNCHECKED=1 runs files "
                 "unchecked, for files you trust")
         lib = _compile.load_module(tr.code, os.path.basename(path), salt=trust.SALT,
-                                   verify=lambda: trust.check_compiled(tr.code, path, clang))
+                                   verify=lambda flags: trust.check_compiled(tr.code, path, clang, flags))
     _modules[key] = (lib, [(d, os.path.getmtime(d)) for d in tr.dependencies])
     return lib
 

@@ -363,12 +363,13 @@ def check_translation(tr: "_tr.Translation", source: str, path: str, include_dir
         raise KernelRefused(_refusal(path, errors))
 
 
-def check_compiled(code: str, label: str, clang: str) -> None:
-    """Compiled rules on the translated C++ about to be compiled; raises KernelRefused, or SimCompileError when clang
-    cannot compile it (its message names file and line)."""
+def check_compiled(code: str, label: str, clang: str, flags: Optional[Sequence[str]] = None) -> None:
+    """Compiled rules on the translated C++ about to be compiled with `flags` (default: the module flags); raises
+    KernelRefused, or SimCompileError when clang cannot compile it (its message names file and line)."""
     from . import _compile
     rt = _compile.runtime_dir()
-    ll, out = emit_ir(clang, code, _compile.CXXFLAGS + _compile.MODULE_FLAGS, [rt, rt / "include"])
+    flags = list(flags) if flags is not None else _compile.CXXFLAGS + _compile.MODULE_FLAGS
+    ll, out = emit_ir(clang, code, flags, [rt, rt / "include"])
     if ll is None:
         raise _compile.SimCompileError(f"compiling {label} for the simulator failed:\n{out}")
     errors = check_ir(ll, label)
