@@ -182,7 +182,10 @@ FRIENDLY = {
 
 _NAME = r'(?:"[^"]+"|[\w.$]+)'
 _DECLARE_RE = re.compile(rf"^declare [^@]*@({_NAME})\(", re.M)
-_EXTERN_GLOBAL_RE = re.compile(rf"^@({_NAME}) = (?:[\w ]*?)external\b", re.M)
+_EXTERN_GLOBAL_RE = re.compile(rf"^@({_NAME}) = (?:[\w ]*?)(?:external|extern_weak)\b", re.M)
+# Definitions the code generator may drop and import instead.
+_AVAILABLE_EXTERNALLY_RE = re.compile(rf"^(?:define|@({_NAME}) =) [^@\n]*\bavailable_externally\b[^@\n]*@?({_NAME})?",
+                                      re.M)
 _DEFINE_RE = re.compile(rf"^define [^@]*@({_NAME})\((.*)$", re.M)
 _REF_RE = re.compile(rf"@({_NAME})")
 _DBG_RE = re.compile(r"!dbg !(\d+)")
@@ -261,6 +264,10 @@ def check_ir(ll: str, label: str) -> List[str]:
         return (dbg.where(m.group(1)) if m else None) or fallback
 
     imports = {n.strip('"') for n in _DECLARE_RE.findall(ll)} | {n.strip('"') for n in _EXTERN_GLOBAL_RE.findall(ll)}
+    for m in _AVAILABLE_EXTERNALLY_RE.finditer(ll):
+        name = m.group(1) or m.group(2)
+        if name:
+            imports.add(name.strip('"'))
     bad = {n for n in imports if not _allowed_import(n)}
     funcs = _functions(ll)
     reported = set()
@@ -283,6 +290,8 @@ def check_ir(ll: str, label: str) -> List[str]:
     for m in re.finditer(rf"^@({_NAME}) = .*\bifunc\b", ll, re.M):
         errors.append(f"{label}: '{_demangle(m.group(1).strip(chr(34)))}' is an ifunc (code run by the loader)")
     for m in re.finditer(rf"^@({_NAME}) = .*\bsection \"([^\"]*)\"(.*)$", ll, re.M):
+        if m.group(1).startswith("llvm."):  # @llvm.used & co. (__attribute__((used))): compiler bookkeeping
+            continue
         errors.append(f"{at(m.group(0), label)}: '{_demangle(m.group(1).strip(chr(34)))}' is placed in section "
                       f"'{m.group(2)}' (__attribute__((section)) is not MSL)")
     inits = {}
@@ -302,6 +311,9 @@ def check_ir(ll: str, label: str) -> List[str]:
             errors.append(f"{at(head, label)}: '{_demangle(ctor)}' runs when the module is loaded "
                           "(__attribute__((constructor)) is not MSL)")
             continue
+        stray = [ln for ln in body.split("\n") if ln.strip() and not re.match(r"\s*(call void @|ret void)", ln)]
+        if stray:
+            errors.append(f"{at(body, label)}: code run when the module is loaded is not MSL")
         for sub in re.findall(rf"call void @({_NAME})\(", body):
             sub = sub.strip('"')
             shead, sbody = inits.get(sub, ("", ""))
