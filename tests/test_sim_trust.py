@@ -105,3 +105,8 @@ def test_without_clang_run_refuses_unless_unchecked(monkeypatch, tmp_path):
     res = sim.run(HOSTILE / "extern_c.metal", "extern_c", 1, 32, {0: np.zeros(32, np.int32)}, schedules=1)
     import os
     assert res.faults == [] and (res.buffers[0] == os.getpid()).all()
+    # and a module built unchecked never serves a checked run later in the process
+    monkeypatch.delenv("FLASH_ATTN_CY_SIM_UNCHECKED")
+    monkeypatch.setattr(_run, "find_clang", sim.find_clang)
+    with pytest.raises(trust.KernelRefused, match="extern_c.metal:4"):
+        sim.run(HOSTILE / "extern_c.metal", "extern_c", 1, 32, {0: np.zeros(32, np.int32)}, schedules=1)

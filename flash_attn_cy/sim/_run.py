@@ -90,7 +90,7 @@ _modules: Dict[tuple, Tuple[ctypes.CDLL, List[Tuple[str, float]]]] = {}
 
 def _module_for(source: str, path: str, include_dirs: Tuple[str, ...]) -> ctypes.CDLL:
     """Translated and compiled module for this source, reused while the included headers are unchanged."""
-    key = (source, path, include_dirs)
+    key = (source, path, include_dirs, trust.unchecked())  # a module built unchecked never serves a checked run
     hit = _modules.get(key)
     if hit is not None:
         lib, deps = hit
