@@ -2,6 +2,8 @@
 // ctypes). Only built into those modules, not into the package's core library.
 #include <string.h>
 
+#include <exception>
+#include <new>
 #include <string>
 
 #include "sim_api.h"
@@ -32,12 +34,15 @@ FASIM_EXPORT size_t fasim_kernel_names(char *out, size_t outlen) {
 }
 
 // Runs one launch. Faults are written to out as lines "kind\tmessage". Returns the number of faults, or -1 if the
-// kernel does not exist (message in out).
+// kernel does not exist (message in out). buf_src[i], when not null, holds buffer i's initial contents (buf_data[i]
+// then only receives the results). bounds_run: see LaunchConfig. Never lets a C++ exception out (out of memory
+// becomes an "error" fault).
 FASIM_EXPORT int fasim_launch(const char *kernel, const unsigned *grid, const unsigned *threads, int nbuf,
-                              const int *buf_index, void *const *buf_data, const size_t *buf_bytes,
-                              const int *buf_writable, int nbytes, const int *bytes_index,
+                              const int *buf_index, void *const *buf_data, const void *const *buf_src,
+                              const size_t *buf_bytes, const int *buf_writable, int nbytes, const int *bytes_index,
                               const void *const *bytes_data, const size_t *bytes_len, int schedules,
-                              unsigned long long seed, int host_threads, char *out, size_t outlen) {
+                              unsigned long long seed, int host_threads, int bounds_run, char *out, size_t outlen) {
+    try {
     const fasim::KernelInfo *k = fasim::find_kernel(kernel);
     if (!k) {
         std::string names;
@@ -53,8 +58,10 @@ FASIM_EXPORT int fasim_launch(const char *kernel, const unsigned *grid, const un
     cfg.schedules = schedules;
     cfg.seed = seed;
     cfg.host_threads = host_threads;
+    cfg.bounds_run = bounds_run != 0;
     std::vector<fasim::BufferArg> bufs;
-    for (int i = 0; i < nbuf; i++) bufs.push_back({buf_index[i], buf_data[i], buf_bytes[i], buf_writable[i] != 0});
+    for (int i = 0; i < nbuf; i++)
+        bufs.push_back({buf_index[i], buf_data[i], buf_bytes[i], buf_writable[i] != 0, buf_src ? buf_src[i] : nullptr});
     std::vector<fasim::BytesArg> bytes;
     for (int i = 0; i < nbytes; i++) bytes.push_back({bytes_index[i], bytes_data[i], bytes_len[i]});
     std::vector<fasim::Fault> faults = fasim::launch(k, cfg, bufs, bytes);
@@ -67,6 +74,17 @@ FASIM_EXPORT int fasim_launch(const char *kernel, const unsigned *grid, const un
     }
     copy_out(s, out, outlen);
     return (int)faults.size();
+    } catch (const std::bad_alloc &) {
+        // the results may be half written: give the buffers back as they came in
+        for (int i = 0; buf_src && i < nbuf; i++)
+            if (buf_src[i] && buf_data[i] && buf_writable[i]) memcpy(buf_data[i], buf_src[i], buf_bytes[i]);
+        copy_out(std::string("error\tlaunch of '") + kernel + "': out of memory (the simulator keeps one guarded "
+                 "copy of the buffers, and the results of writable ones)\n", out, outlen);
+        return 1;
+    } catch (const std::exception &e) {
+        copy_out(std::string("error\tlaunch of '") + kernel + "': " + e.what() + "\n", out, outlen);
+        return 1;
+    }
 }
 
 }  // extern "C"

@@ -26,13 +26,16 @@ bool Guarded::create(size_t n, bool end_aligned, unsigned char slack_pattern) {
     area = map + page;
     mprotect(map, page, PROT_NONE);
     mprotect(area + area_len, page, PROT_NONE);
-    memset(area, slack_pattern, area_len);
     if (end_aligned) {
         uintptr_t end = (uintptr_t)(area + area_len);
         data = (char *)((end - n) & ~(uintptr_t)15);
     } else {
         data = area;
     }
+    // Only the slack gets the pattern: the data is filled by the caller (touching it twice would cost time, and
+    // for a large buffer the pages of the data are only touched once, by that copy).
+    memset(area, slack_pattern, (size_t)(data - area));
+    memset(data + n, slack_pattern, (size_t)(area + area_len - (data + n)));
     return true;
 }
 

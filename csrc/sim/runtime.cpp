@@ -2,6 +2,7 @@
 // orders, other poison), the host thread pool and watchdog, and the comparisons that turn differences into race and
 // uninitialized-read faults.
 #include <pthread.h>
+#include <sys/mman.h>
 
 #include <condition_variable>
 #include <functional>
@@ -56,7 +57,7 @@ bool execute_run(Launch &L, const RunSpec &spec) {
             L.add_fault("error", "cannot map memory for a buffer copy");
             return false;
         }
-        if (r.len) memcpy(r.g.data, r.orig, r.len);
+        if (r.len) memcpy(r.g.data, r.src ? r.src : r.orig, r.len);
         if (!r.writable) r.g.protect_readonly();
     }
     if (L.hash_barriers) {
@@ -120,6 +121,33 @@ bool execute_run(Launch &L, const RunSpec &spec) {
 }
 
 void free_run(Launch &L);
+
+// Copies a region's forward results to the caller's memory a few MiB at a time, giving each copied part of the
+// guarded mapping back to the system, so that the copy and the results are never both whole in memory.
+void copy_out_releasing(Region &r) {
+    const size_t chunk = (size_t)16 << 20, page = host_page_size();
+    size_t done = 0;
+    while (done < r.len) {
+        size_t n = std::min(chunk, r.len - done);
+        memcpy(r.orig + done, r.g.data + done, n);
+        done += n;
+        // whole pages of data already copied (the first page may also hold slack; it is checked before this)
+        uintptr_t lo = ((uintptr_t)r.g.data + page - 1) / page * page, hi = ((uintptr_t)r.g.data + done) / page * page;
+        if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    }
+}
+
+// "buffer(0) (12 bytes), threadgroup array 'x' (...)": what a read within the alignment slack could have hit.
+std::string slack_candidates(const Launch &L) {
+    std::string s;
+    for (const Region &r : L.regions) {
+        if (r.len % 16 == 0) continue;
+        for (int i : r.indices)
+            s += (s.empty() ? "" : ", ") + std::string(r.is_bytes ? "bytes(" : "buffer(") + std::to_string(i) + ") (" +
+                 std::to_string(r.len) + " bytes)";
+    }
+    return s.empty() ? std::string("a buffer or threadgroup array") : s + " or of a threadgroup array";
+}
 
 // Reruns the forward run and the given one serially, watching one output word, to name the thread that last wrote
 // it in each (a fault-path diagnosis: it costs two extra runs).
@@ -189,6 +217,17 @@ using namespace detail;
 std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, const std::vector<BufferArg> &buffers,
                           const std::vector<BytesArg> &bytes) {
     if (!kernel) return {{"error", "launch: no kernel (find_kernel returned null?)"}};
+    // Bindings with separate initial contents (BufferArg::src) must still come back holding them when the launch
+    // is refused before any run.
+    struct RestoreOnEarlyReturn {
+        const std::vector<BufferArg> &bufs;
+        bool armed = true;
+        ~RestoreOnEarlyReturn() {
+            if (!armed) return;
+            for (const BufferArg &b : bufs)
+                if (b.src && b.data && b.bytes && b.writable && b.src != b.data) memcpy(b.data, b.src, b.bytes);
+        }
+    } restore_on_early_return{buffers};
     Launch L;
     L.kernel = kernel;
     L.cfg = cfg;
@@ -209,7 +248,7 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
     for (int i = 0; i < kMaxBuffers; i++) L.bound[i] = false;
 
     // Regions: overlapping buffer bindings share one copy so that aliasing behaves as on the GPU.
-    struct Item { char *p; size_t n; bool w; int idx; bool is_bytes; };
+    struct Item { char *p; size_t n; bool w; int idx; bool is_bytes; const char *src; };
     std::vector<Item> items;
     for (const BufferArg &b : buffers) {
         if (b.index < 0 || b.index >= kMaxBuffers || L.bound[b.index])
@@ -218,7 +257,7 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
         if (!b.data && b.bytes)
             return {{"error", std::string("launch of '") + kernel->name + "': buffer(" + std::to_string(b.index) + ") is null"}};
         L.bound[b.index] = true;
-        items.push_back({(char *)b.data, b.bytes, b.writable, b.index, false});
+        items.push_back({(char *)b.data, b.bytes, b.writable, b.index, false, (const char *)b.src});
     }
     for (const BytesArg &b : bytes) {
         if (b.index < 0 || b.index >= kMaxBuffers || L.bound[b.index])
@@ -227,7 +266,7 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
         if (!b.data && b.bytes)
             return {{"error", std::string("launch of '") + kernel->name + "': bytes(" + std::to_string(b.index) + ") is null"}};
         L.bound[b.index] = true;
-        items.push_back({(char *)b.data, b.bytes, false, b.index, true});
+        items.push_back({(char *)b.data, b.bytes, false, b.index, true, nullptr});
     }
     for (int i = 0; i < kMaxBuffers; i++)
         if ((kernel->buffer_mask >> i & 1u) && !L.bound[i])
@@ -240,6 +279,9 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
         if (!it.is_bytes && !L.regions.empty() && !L.regions.back().is_bytes && it.n && L.regions.back().len &&
             it.p < L.regions.back().orig + L.regions.back().len) {
             Region &r = L.regions.back();
+            if (r.src || it.src)
+                return {{"error", std::string("launch of '") + kernel->name + "': buffer(" + std::to_string(it.idx) +
+                                      ") overlaps another binding but has separate initial contents"}};
             size_t end = std::max((size_t)(r.orig + r.len - r.orig), (size_t)(it.p + it.n - r.orig));
             r.len = end;
             r.writable = r.writable || it.w;
@@ -251,6 +293,7 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
             r.writable = it.w;
             r.indices = {it.idx};
             r.is_bytes = it.is_bytes;
+            r.src = it.src != it.p ? it.src : nullptr;
             L.regions.push_back(std::move(r));
         }
         item_region[i] = (int)L.regions.size() - 1;
@@ -258,9 +301,12 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
     }
 
     install_signal_handlers();
+    restore_on_early_return.armed = false;
 
-    // Runs: forward first (its results are returned); with schedules > 1 also a run with other poison/slack
-    // patterns and start-aligned guards, then reverse and seeded random orders.
+    // Runs: forward first (its results are returned). Then, with schedules > 1 (or cfg.bounds_run), a run with the
+    // buffers placed against the lower guard and other bytes past their ends (reads before the start hit the guard,
+    // reads within the alignment slack past the end change results); with schedules > 1 also reverse and seeded
+    // random orders and a run with another poison for threadgroup memory.
     std::vector<RunSpec> runs;
     runs.push_back({kForward, cfg.seed, kPoisonA, kSlackA, true, "forward"});
     if (cfg.schedules > 1) {
@@ -269,17 +315,36 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
         runs.push_back({kReverse, cfg.seed, kPoisonA, kSlackA, true, "reverse"});
         for (int i = 2; i < cfg.schedules; i++)
             runs.push_back({kRandom, cfg.seed + 0x1000193ull * (uint64_t)i, kPoisonA, kSlackA, true, "random"});
-        runs.push_back({kForward, cfg.seed, kPoisonB, kSlackB, false, "forward with other poison"});
     }
+    if (cfg.schedules > 1 || cfg.bounds_run)
+        runs.push_back({kForward, cfg.seed, kPoisonA, kSlackB, false, "start-aligned", kBoundsRun});
+    if (cfg.schedules > 1)
+        runs.push_back({kForward, cfg.seed, kPoisonB, kSlackA, true, "forward with other poison", kPoisonRun});
     L.hash_barriers = cfg.schedules > 1 && cfg.checks;
 
-    std::vector<std::vector<char>> base;  // writable results of the forward run
+    // Writable results of the forward run: in the caller's memory for regions with separate initial contents (no
+    // copy kept: the simulator's memory stays one guarded copy at a time), else in `base` until the end.
+    std::vector<std::vector<char>> base;
     std::vector<std::vector<BarrierHash>> base_hashes;
+    bool have_results = false;
     for (size_t ri = 0; ri < runs.size(); ri++) {
         const RunSpec &spec = runs[ri];
         bool ok = execute_run(L, spec);
         if (ri == 0) {
-            for (Region &r : L.regions) base.emplace_back(r.writable ? std::vector<char>(r.g.data, r.g.data + r.len) : std::vector<char>());
+            for (Region &r : L.regions) {
+                bool mapped = r.g.map != nullptr;
+                if (r.src) {
+                    if (r.writable && r.len) {
+                        if (mapped) copy_out_releasing(r);
+                        else memcpy(r.orig, r.src, r.len);
+                    }
+                    base.emplace_back();
+                } else {
+                    base.emplace_back(r.writable && mapped ? std::vector<char>(r.g.data, r.g.data + r.len)
+                                                           : std::vector<char>());
+                }
+            }
+            have_results = true;
             base_hashes.swap(L.hashes);
         } else if (ok) {
             // Compare with the forward run: threadgroup memory first (names the array), then the outputs.
@@ -287,15 +352,20 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
             for (size_t k = 0; k < L.regions.size() && L.faults.empty(); k++) {
                 Region &r = L.regions[k];
                 if (!r.writable || !r.len) continue;
-                if (memcmp(base[k].data(), r.g.data, r.len) == 0) continue;
+                const char *fwd = r.src ? r.orig : base[k].data();
+                if (memcmp(fwd, r.g.data, r.len) == 0) continue;
                 size_t off = 0;
-                while (base[k][off] == r.g.data[off]) off++;
-                std::string d = describe_diff(r, base[k].data(), r.g.data, off, "forward", spec.label);
+                while (fwd[off] == r.g.data[off]) off++;
+                std::string d = describe_diff(r, fwd, r.g.data, off, "forward", spec.label);
                 d += last_writers(L, (int)k, off & ~(size_t)3, runs[0], spec);
-                if (spec.poison != kPoisonA)
+                if (spec.purpose == kPoisonRun)
                     L.add_fault("uninitialized-read",
                                 std::string("kernel '") + kernel->name + "': results depend on threadgroup memory never "
-                                "written in this launch (or on bytes past the end of a buffer): " + d);
+                                "written in this launch: " + d);
+                else if (spec.purpose == kBoundsRun)
+                    L.add_fault("out-of-bounds", std::string("kernel '") + kernel->name + "': results depend on the "
+                                "bytes just past the end of " + slack_candidates(L) + ", which the kernel reads (a read "
+                                "past the end within the 16-byte alignment slack before the guard page): " + d);
                 else
                     L.add_fault("race", std::string("kernel '") + kernel->name +
                                             "': results depend on the order of threads between synchronisation points: " + d);
@@ -305,8 +375,9 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
         if (!L.faults.empty()) break;
     }
     // Results of the forward run go back to the caller.
-    for (size_t k = 0; k < L.regions.size() && k < base.size(); k++)
-        if (L.regions[k].writable && L.regions[k].len) memcpy(L.regions[k].orig, base[k].data(), L.regions[k].len);
+    for (size_t k = 0; have_results && k < L.regions.size() && k < base.size(); k++)
+        if (!L.regions[k].src && L.regions[k].writable && L.regions[k].len && !base[k].empty())
+            memcpy(L.regions[k].orig, base[k].data(), L.regions[k].len);
     std::vector<Fault> out = L.faults;
     if (L.suppressed) out.push_back({"note", std::to_string(L.suppressed) + " more fault(s) not shown"});
     return out;

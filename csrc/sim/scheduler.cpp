@@ -16,7 +16,18 @@ void Worker::fiber_main(Fiber *fb) {
     f->w->thread_exit(f);
 }
 
-const char *Worker::classify_signal() {
+// A stack overflow: the fault hit the fiber's guard page, or the stack pointer itself left the fiber's stack (a frame
+// larger than the guard; kernel modules are built with -fstack-clash-protection so that such frames probe the guard).
+static bool is_stack_overflow(const Fiber &fb, const void *addr, const void *sp) {
+    const FiberStack &s = fb.stack;
+    if (!s.map) return false;
+    if (s.in_guard(addr)) return true;
+    return sp && (const char *)sp < s.guard_end && (const char *)sp + (64u << 20) > s.map;
+}
+
+const char *Worker::classify_signal(const SimFiber *f) {
+    if (sig == SIGFPE || sig == SIGILL || sig == SIGTRAP || sig == kWatchdogSignal || sig_addr == nullptr) return "error";
+    if (is_stack_overflow(f->fiber, sig_addr, sig_sp)) return "error";
     for (const Region &r : L->regions)
         if (r.g.contains_mapping(sig_addr)) return "out-of-bounds";
     for (const TgArray &a : arrays)
@@ -39,8 +50,17 @@ std::string Worker::signal_message(SimFiber *f) {
                         (f->wfile ? std::string(f->what) + " at " + where(f->wfile, f->wline) : std::string("kernel start"));
     const char *acc = sig_write == 1 ? "write" : (sig_write == 0 ? "read" : "access");
     char b[1024];
-    if (sig == SIGFPE) return who + ": arithmetic exception (integer division by zero?)" + after;
-    if (f->fiber.stack.in_guard(sig_addr)) return who + ": stack overflow (thread-private arrays too large?)" + after;
+    if (sig == SIGFPE) return who + ": SIGFPE, arithmetic exception (integer division by zero or overflow)" + after;
+    if (sig == SIGILL)
+        return who + ": SIGILL, illegal instruction (a trap the compiler put where the code has undefined behaviour, "
+                     "e.g. an integer division by a value known to be zero, or a call to a trap builtin)" + after;
+    if (sig == SIGTRAP) return who + ": SIGTRAP, trap instruction" + after;
+    if (is_stack_overflow(f->fiber, sig_addr, sig_sp)) {
+        snprintf(b, sizeof b, ": stack overflow (the simulated thread's stack holds %zu KiB: thread-private arrays too "
+                 "large?)", (size_t)(f->fiber.stack.map_len - (size_t)(f->fiber.stack.guard_end - f->fiber.stack.map)) >> 10);
+        return who + b + after;
+    }
+    const char *signame = sig == SIGBUS ? "SIGBUS, " : "SIGSEGV, ";
     for (const Region &r : L->regions) {
         if (!r.g.contains_mapping(sig_addr)) continue;
         std::string names;
@@ -63,7 +83,8 @@ std::string Worker::signal_message(SimFiber *f) {
                  a.site->file, a.site->line, off);
         return who + b + after;
     }
-    snprintf(b, sizeof b, ": invalid memory %s at address %p (wild or misaligned pointer)", acc, sig_addr);
+    snprintf(b, sizeof b, ": %sinvalid memory %s at address %p (wild, non-canonical or misaligned pointer)", signame,
+             acc, sig_addr);
     return who + b + after;
 }
 

@@ -52,6 +52,8 @@ inline double timeout_seconds() {
 
 enum Order { kForward, kReverse, kRandom };
 
+enum RunPurpose { kOrderRun, kBoundsRun, kPoisonRun };  // what a difference from the forward run means
+
 struct RunSpec {
     Order order;
     uint64_t seed;
@@ -59,10 +61,12 @@ struct RunSpec {
     unsigned char slack;
     bool end_aligned;
     const char *label;
+    RunPurpose purpose = kOrderRun;
 };
 
 struct Region {                // one guarded copy of caller memory (overlapping bindings share one)
     char *orig;
+    const char *src = nullptr; // initial contents when not at orig (BufferArg::src): orig then receives results
     size_t len;
     bool writable;
     std::vector<int> indices;  // buffer indices bound into it, for messages
@@ -183,6 +187,7 @@ struct Worker {
     volatile int sig = 0;
     void *sig_addr = nullptr;
     void *sig_pc = nullptr;  // faulting instruction, for "[pc: module+offset]" (flash_attn_cy.sim maps it to a line)
+    void *sig_sp = nullptr;  // stack pointer at the fault: below the fiber's stack means a stack overflow
     int sig_write = -1;  // 1 write, 0 read, -1 unknown
     std::vector<char> altstack;
 
@@ -377,10 +382,7 @@ struct Worker {
                 cur = nullptr;
                 if (r == 2) {  // signal: the fiber's stack is abandoned mid-kernel
                     f->fiber.started = false;
-                    if (!abort)
-                        L->add_fault(sig == SIGFPE || sig == kWatchdogSignal || sig_addr == nullptr ? "error"
-                                                                                                    : classify_signal(),
-                                     signal_message(f));
+                    if (!abort) L->add_fault(classify_signal(f), signal_message(f));
                     abort = true;
                 }
                 if (abort) {
@@ -401,7 +403,7 @@ struct Worker {
         }
     }
 
-    const char *classify_signal();
+    const char *classify_signal(const SimFiber *f);
 
     // Diagnosis rerun: did the fiber that just ran change the watched word?
     void note_watch(SimFiber *f, const char *from_what, const char *from_file, unsigned from_line) {
@@ -454,6 +456,7 @@ struct Worker {
 // Signal plumbing (signals.cpp).
 void install_signal_handlers();
 void *fault_pc(void *uctx);
+void *fault_sp(void *uctx);
 std::string pc_text(void *pc);
 
 }  // namespace detail

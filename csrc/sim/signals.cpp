@@ -1,5 +1,7 @@
-// signals.cpp - turns SIGSEGV/SIGBUS/SIGFPE in a simulated thread, and the watchdog's signal, into a jump back to
-// the worker's scheduler (the fault is then reported), and chains every other signal to the previous handler.
+// signals.cpp - turns every synchronous signal a simulated thread can raise (SIGSEGV, SIGBUS, SIGFPE, SIGILL: a trap
+// the compiler planted for undefined behaviour, SIGTRAP) and the watchdog's signal into a jump back to the worker's
+// scheduler (the fault is then reported and the process goes on), and chains every other signal to the previous
+// handler. Handlers run on the worker's alternate signal stack, so a fiber's stack overflow is caught too.
 #include <dlfcn.h>
 
 #include "scheduler.h"
@@ -14,6 +16,22 @@ std::string pc_text(void *pc) {
     char b[64];
     snprintf(b, sizeof b, "+0x%lx]", (unsigned long)((char *)pc - (char *)info.dli_fbase));
     return std::string(" [pc: ") + info.dli_fname + b;
+}
+
+void *fault_sp(void *uctx) {
+    ucontext_t *uc = (ucontext_t *)uctx;
+    (void)uc;
+#if defined(__linux__) && defined(__x86_64__)
+    return (void *)uc->uc_mcontext.gregs[REG_RSP];
+#elif defined(__linux__) && defined(__aarch64__)
+    return (void *)uc->uc_mcontext.sp;
+#elif defined(__APPLE__) && defined(__aarch64__)
+    return (void *)uc->uc_mcontext->__ss.__sp;
+#elif defined(__APPLE__) && defined(__x86_64__)
+    return (void *)uc->uc_mcontext->__ss.__rsp;
+#else
+    return nullptr;
+#endif
 }
 
 void *fault_pc(void *uctx) {
@@ -32,10 +50,10 @@ void *fault_pc(void *uctx) {
 #endif
 }
 
-constexpr int kNumSignals = 4;
+constexpr int kNumSignals = 6;
 struct sigaction g_old[kNumSignals];
 std::mutex g_sig_mu;
-const int kSignals[kNumSignals] = {SIGSEGV, SIGBUS, SIGFPE, kWatchdogSignal};
+const int kSignals[kNumSignals] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, kWatchdogSignal};
 
 void on_signal(int sig, siginfo_t *si, void *uctx) {
     Worker *w = tl_worker;
@@ -43,6 +61,7 @@ void on_signal(int sig, siginfo_t *si, void *uctx) {
         w->sig = sig;
         w->sig_addr = si->si_addr;
         w->sig_pc = fault_pc(uctx);
+        w->sig_sp = fault_sp(uctx);
         w->sig_write = -1;
 #if defined(__linux__) && defined(__x86_64__)
         if (sig == SIGSEGV) w->sig_write = (((ucontext_t *)uctx)->uc_mcontext.gregs[REG_ERR] & 2) ? 1 : 0;

@@ -15,9 +15,11 @@ namespace fasim {
 
 struct BufferArg {      // setBuffer:offset:atIndex:
     int index;          // [[buffer(index)]]
-    void *data;         // already offset
+    void *data;         // already offset; a writable buffer gets the forward run's results here
     size_t bytes;       // bytes addressable from data (accesses past it are out-of-bounds faults)
     bool writable = true;
+    const void *src = nullptr;  // initial contents, when not at data (then data is only written: no copy of the
+                                // inputs is kept, and later runs compare with data); must not overlap other bindings
 };
 
 struct BytesArg {       // setBytes:length:atIndex:
@@ -34,6 +36,10 @@ struct LaunchConfig {
     bool checks = true;               // with schedules > 1: also compare threadgroup memory at every barrier
                                       // (guard pages, poison and divergence checks are always on: they are cheap)
     int host_threads = 0;             // 0 = default pool size
+    bool bounds_run = false;          // with schedules == 1 too: a second run with the buffers placed against the
+                                      // lower guard and other bytes past their ends, so that reads before the start
+                                      // (guard page) and within the 16-byte alignment slack past the end (changed
+                                      // results) are out-of-bounds faults (schedules > 1 always include this run)
 };
 
 struct Fault {

@@ -6,6 +6,9 @@
     python -m flash_attn_cy.sim check FILE.metal...
 
 Exit status: 0 clean, 1 faults found (run) or check failed (check), 2 usage or translation/compile error.
+
+Simulating a kernel means compiling it as C++ and running it as a native program inside this process: simulate only
+files you trust (see TRUST below).
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ def _dims(s: str, opt: str) -> List[int]:
         raise UsageError(f"{opt} expects X[,Y[,Z]] positive integers, got {s!r}") from None
     if not 1 <= len(v) <= 3 or min(v) < 1:
         raise UsageError(f"{opt} expects X[,Y[,Z]] positive integers, got {s!r}")
+    if max(v) > 2**32 - 1:
+        raise UsageError(f"{opt}: each size must be at most 2**32 - 1 = {2**32 - 1} (Metal's sizes are 32-bit), "
+                         f"got {s!r}")
     return v
 
 
@@ -64,7 +70,12 @@ def _buffer(s: str) -> (int, np.ndarray):
         parts = rest.split(":")
         if len(parts) != 3 or not parts[2].isdigit():
             raise UsageError(f"--buffer expects INDEX=zeros:DTYPE:COUNT, got {s!r}")
-        return k, np.zeros(int(parts[2]), dtype=_dtype(parts[1]))
+        dt, count = _dtype(parts[1]), int(parts[2])
+        try:
+            return k, np.zeros(count, dtype=dt)
+        except (MemoryError, ValueError) as e:
+            raise UsageError(f"--buffer {s!r}: cannot allocate {count} x {dt.itemsize} = {count * dt.itemsize} bytes "
+                             f"({type(e).__name__})") from None
     if not os.path.isfile(rest):
         raise UsageError(f"--buffer {s!r}: no such file {rest!r}")
     try:
@@ -92,6 +103,8 @@ def _bytes(s: str) -> (int, bytes):
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    if not os.path.isfile(a.file):
+        raise UsageError(f"no such file {a.file!r} (run takes the path of a .metal file)")
     buffers: Dict[int, np.ndarray] = {}
     for s in a.buffer:
         k, arr = _buffer(s)
@@ -104,8 +117,9 @@ def cmd_run(a: argparse.Namespace) -> int:
         if k in byts or k in buffers:
             raise UsageError(f"--bytes index {k} already bound")
         byts[k] = raw
-    if a.schedules < 1:
-        raise UsageError("--schedules must be >= 1")
+    if not 1 <= a.schedules <= 2**31 - 1:
+        raise UsageError(f"--schedules must be in [1, 2**31 - 1], got {a.schedules}")
+
     res = run(a.file, a.kernel, _dims(a.grid, "--grid"), _dims(a.threadgroup, "--threadgroup"), buffers, byts,
               a.schedules, include_dirs=a.include)
     for f in res.faults:
@@ -133,10 +147,20 @@ def cmd_check(a: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+TRUST = """\
+trust: simulating a kernel means compiling the .metal file as C++ and running it as a native program inside this
+process, with your rights. `run` and `check` refuse files outside the MSL subset (extern, asm, calls to anything but
+the MSL built-ins and the file's own functions, code run at load time, includes other than <metal_*> and files beside
+the kernel; see kernels/README.md, 'Trust'), but that is a filter, not a sandbox: a kernel can still forge a pointer
+and write anywhere in the process. Simulate only files you trust."""
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flash_attn_cy.sim", description="Metal simulator")
+    p = argparse.ArgumentParser(prog="python -m flash_attn_cy.sim", description="Metal simulator", epilog=TRUST,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run one dispatch of a kernel and report faults")
+    r = sub.add_parser("run", help="run one dispatch of a kernel and report faults (runs the file as native code: "
+                       "trusted files only)", epilog=TRUST, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("file")
     r.add_argument("--kernel", required=True)
     r.add_argument("--grid", required=True, help="threadgroups per grid X[,Y[,Z]]")
@@ -154,6 +178,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return cmd_run(a) if a.cmd == "run" else cmd_check(a)
     except (UsageError, TranslateError, _compile.SimCompileError, ValueError, TypeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError as e:
+        print(f"error: out of memory: {e or 'an allocation failed'}", file=sys.stderr)
         return 2
 
 

@@ -7,16 +7,19 @@ kernel registry) and is loaded with ctypes.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 __all__ = ["SimCompileError", "runtime_dir", "find_cxx", "cache_dir", "load_module"]
 
@@ -24,8 +27,10 @@ RUNTIME_SOURCES = ("runtime.cpp", "scheduler.cpp", "signals.cpp", "registry.cpp"
                    "c_api.cpp")
 CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing"]
 # Kernel modules also carry line tables (through the translator's #line markers they point into the .metal file),
-# so a fault's program counter can be mapped back to the source line.
-MODULE_FLAGS = ["-g"]
+# so a fault's program counter can be mapped back to the source line. Stack clash protection makes a frame larger
+# than the fiber stack's guard page probe it page by page, so that a large thread-private array is reported as a
+# stack overflow instead of writing into whatever mapping lies below the stack.
+MODULE_FLAGS = ["-g", "-fstack-clash-protection"]
 
 _lock = threading.Lock()
 _loaded: Dict[str, ctypes.CDLL] = {}
@@ -74,7 +79,11 @@ def find_cxx() -> str:
 
 
 def cache_dir() -> Path:
-    """Where compiled modules are kept: $FLASH_ATTN_CY_SIM_CACHE, else ~/.cache/flash_attn_cy/sim."""
+    """Where compiled modules are kept: $FLASH_ATTN_CY_SIM_CACHE, else ~/.cache/flash_attn_cy/sim, else (read-only
+    home) $TMPDIR/flash_attn_cy-sim-<uid>. Created 0700. A directory the caller does not own, or that group or others
+    can write, is never used: a private one for this process is, with one RuntimeWarning saying so."""
+    if _private_dir is not None:
+        return _private_dir
     env = os.environ.get("FLASH_ATTN_CY_SIM_CACHE")
     if env:
         d = Path(env)
@@ -82,14 +91,85 @@ def cache_dir() -> Path:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         d = Path(base) / "flash_attn_cy" / "sim"
     try:
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
         if os.access(d, os.W_OK):
-            return d
+            return _checked_dir(d)
     except OSError:
         pass
+    # read-only home (some CI sandboxes): the shared temporary directory, where anyone may have planted this name
     d = Path(tempfile.gettempdir()) / f"flash_attn_cy-sim-{os.getuid() if hasattr(os, 'getuid') else 0}"
-    d.mkdir(parents=True, exist_ok=True)  # read-only home (some CI sandboxes): fall back to the temp directory
-    return d
+    try:
+        d.mkdir(mode=0o700, exist_ok=True)
+    except OSError as e:
+        return _use_private(d, f"cannot create it ({e})")
+    return _checked_dir(d)
+
+
+_private_dir: Optional[Path] = None
+
+
+def untrusted_reason(path: Path, is_dir: bool) -> Optional[str]:
+    """Why a cache directory or file must not be trusted (another owner, writable by group or others, not what it
+    claims to be), or None. On systems without uids (Windows) only the kind is checked."""
+    try:
+        st = os.stat(path) if is_dir else os.lstat(path)  # a file must not be a link (to someone else's file)
+    except OSError as e:
+        return f"cannot stat it ({e.strerror})"
+    if is_dir and not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory"
+    if not is_dir and not stat.S_ISREG(st.st_mode):
+        return "it is not a regular file"
+    if hasattr(os, "geteuid"):
+        if st.st_uid != os.geteuid():
+            return f"it is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})"
+        if st.st_mode & 0o022:
+            return f"group or others can write it (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _checked_dir(d: Path) -> Path:
+    why = untrusted_reason(d, True)
+    return _use_private(d, why) if why else d
+
+
+def _use_private(rejected: Path, why: str) -> Path:
+    """Switch this process to a private cache (once) and say why."""
+    global _private_dir
+    if _private_dir is None:
+        _private_dir = Path(tempfile.mkdtemp(prefix="flash_attn_cy-sim-private-"))  # 0700, unique, ours
+        atexit.register(shutil.rmtree, str(_private_dir), True)
+        warnings.warn(f"flash_attn_cy.sim: not using the module cache {rejected}: {why}; compiled kernels go to the "
+                      f"private directory {_private_dir} for this process (fix the cache's owner and permissions, "
+                      "or set FLASH_ATTN_CY_SIM_CACHE, to keep them)", RuntimeWarning, stacklevel=3)
+    return _private_dir
+
+
+def _harden(path: Path) -> None:
+    """Files we put in the cache: no group/other write, whatever the umask."""
+    try:
+        os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) & ~0o022)
+    except OSError:
+        pass
+
+
+MODULE_KEY_PREFIX = b"fasim-module-key:"
+
+
+def _key_source(key: str) -> str:
+    # A separate translation unit, so the kernel file's macros cannot touch it.
+    return (f'extern "C" __attribute__((visibility("default"), used)) const char fasim_module_key[] = '
+            f'"{MODULE_KEY_PREFIX.decode()}{key}";\n')
+
+
+def _module_matches(so: Path, key: str) -> bool:
+    """The file is ours to load: owned, not writable by others, and built for this key (source, compiler, flags)."""
+    if untrusted_reason(so, False):
+        return False
+    try:
+        with open(so, "rb") as fh:
+            return MODULE_KEY_PREFIX + key.encode() + b"\0" in fh.read()
+    except OSError:
+        return False
 
 
 def _run(cmd: List[str], what: str) -> None:
@@ -119,67 +199,95 @@ def _query_compiler_id(cxx: str) -> str:
     return out.splitlines()[0] if out else cxx
 
 
+_runtime_names: Dict[str, str] = {}
+
+
+def _runtime_name(cid: str) -> str:
+    """rt-<hash of the runtime sources, compiler and flags>: the cache folder of the runtime's object files."""
+    if cid not in _runtime_names:
+        rt = runtime_dir()
+        h = hashlib.sha256()
+        h.update((cid + " ".join(CXXFLAGS)).encode())
+        for p in sorted(rt.rglob("*")):
+            if p.is_file() and p.suffix in (".cpp", ".h", "") and "__pycache__" not in p.parts:
+                h.update(p.name.encode())
+                h.update(p.read_bytes())
+        _runtime_names[cid] = f"rt-{h.hexdigest()[:16]}"
+    return _runtime_names[cid]
+
+
 def _runtime_objects(cxx: str, cid: str) -> List[Path]:
     rt = runtime_dir()
-    h = hashlib.sha256()
-    h.update((cid + " ".join(CXXFLAGS)).encode())
-    for p in sorted(rt.rglob("*")):
-        if p.is_file() and p.suffix in (".cpp", ".h", "") and "__pycache__" not in p.parts:
-            h.update(p.name.encode())
-            h.update(p.read_bytes())
-    d = cache_dir() / f"rt-{h.hexdigest()[:16]}"
+    d = cache_dir() / _runtime_name(cid)
     objs = [d / (s[:-4] + ".o") for s in RUNTIME_SOURCES]
-    if all(o.is_file() for o in objs):
+    if d.exists() and untrusted_reason(d, True):
+        d = _use_private(d, untrusted_reason(d, True)) / d.name
+        objs = [d / o.name for o in objs]
+    if all(o.is_file() and not untrusted_reason(o, False) for o in objs):
         return objs
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir(), prefix="rt-tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix="rt-tmp-"))
     try:
         for s, o in zip(RUNTIME_SOURCES, objs):
             _run(cxx.split() + CXXFLAGS + ["-I", str(rt), "-c", str(rt / s), "-o", str(tmp / o.name)],
                  f"compiling the simulator runtime ({s})")
-        d.mkdir(exist_ok=True)
+            _harden(tmp / o.name)
+        d.mkdir(mode=0o700, exist_ok=True)
         for o in objs:
-            os.replace(tmp / o.name, o)
+            os.replace(tmp / o.name, o)  # also replaces a file we must not trust
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return objs
 
 
-def load_module(cpp_code: str, label: str = "kernel") -> ctypes.CDLL:
-    """Compile translated C++ (with the runtime) into a cached shared library and load it."""
+def load_module(cpp_code: str, label: str = "kernel", verify: Optional[Callable[[List[str]], None]] = None,
+                salt: str = "") -> ctypes.CDLL:
+    """Compile translated C++ (with the runtime) into a cached shared library and load it.
+
+    verify(flags) runs before the code is compiled, with the compiler flags the module gets (not when a module built
+    earlier, after the same check, is reused); salt names the checks, so that modules built under other rules are
+    not reused."""
     cxx = find_cxx()
     with _lock:
         cid = _compiler_id(cxx)
         rt = runtime_dir()
-        key = hashlib.sha256((cid + "\0" + " ".join(CXXFLAGS + MODULE_FLAGS) + "\0" + cpp_code).encode()
-                             ).hexdigest()[:24]
+        key = hashlib.sha256((cid + "\0" + " ".join(CXXFLAGS + MODULE_FLAGS) + "\0" + salt + "\0" + cpp_code
+                              ).encode()).hexdigest()[:24]
         if key in _loaded:
             return _loaded[key]
-        objs = _runtime_objects(cxx, cid)
-        so = cache_dir() / f"mod-{key}-{objs[0].parent.name}.so"
-        if not so.is_file():
-            tmp = Path(tempfile.mkdtemp(dir=cache_dir(), prefix="mod-tmp-"))
+        so = cache_dir() / f"mod-{key}-{_runtime_name(cid)}.so"
+        if not _module_matches(so, key):  # absent, or not ours to load: (re)build it
+            if verify is not None:
+                verify(CXXFLAGS + MODULE_FLAGS)
+            objs = _runtime_objects(cxx, cid)
+            so = objs[0].parent.parent / so.name  # the runtime may have moved to a private cache
+            tmp = Path(tempfile.mkdtemp(dir=so.parent, prefix="mod-tmp-"))
             try:
                 src = tmp / "kernel.cpp"
                 src.write_text(cpp_code)
+                (tmp / "key.cpp").write_text(_key_source(key))
                 out = tmp / "kernel.so"
                 _run(cxx.split() + CXXFLAGS + MODULE_FLAGS + ["-I", str(rt), "-I", str(rt / "include"), "-shared",
-                                                              str(src)]
+                                                              str(src), str(tmp / "key.cpp")]
                      + [str(o) for o in objs] + ["-o", str(out), "-lpthread"]
                      + (["-ldl"] if sys.platform.startswith("linux") else []),  # dladdr on glibc < 2.34
                      f"compiling {label} for the simulator")
+                _harden(out)
                 os.replace(out, so)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+            if not _module_matches(so, key):
+                raise SimCompileError(f"the module just built for {label} ({so}) does not check out (owner, mode or "
+                                      "key); is the cache directory shared?")
         lib = ctypes.CDLL(str(so), mode=getattr(os, "RTLD_LOCAL", 0) | getattr(os, "RTLD_NOW", 2))
         lib.fasim_kernel_names.restype = ctypes.c_size_t
         lib.fasim_kernel_names.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
         lib.fasim_launch.restype = ctypes.c_int
         lib.fasim_launch.argtypes = [
             ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint), ctypes.c_int,
-            ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t),
-            ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.POINTER(ctypes.c_int),
+            ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p),
+            ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.POINTER(ctypes.c_int),
             ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t), ctypes.c_int, ctypes.c_ulonglong,
-            ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t,
+            ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t,
         ]
         _loaded[key] = lib
         return lib
@@ -204,7 +312,9 @@ def source_line(module_path: str, offset: int) -> str:
         return ""
     inc = str(runtime_dir())
     frames = [ln.strip() for ln in out.splitlines() if ln.strip() and not ln.startswith("??")]
-    for fr in frames:  # innermost first: skip frames inside the compatibility headers
-        if not fr.startswith(inc) and ":" in fr:
+    for fr in frames:  # innermost first: skip frames inside the compatibility headers and the generated code
+        path = fr.rsplit(":", 1)[0]
+        generated = "<simulator trampolines>" in path or os.path.basename(os.path.dirname(path)).startswith("mod-tmp-")
+        if not fr.startswith(inc) and ":" in fr and not generated:
             return fr.split(" (discriminator")[0]
     return ""

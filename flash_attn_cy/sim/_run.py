@@ -12,7 +12,8 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, U
 
 import numpy as np
 
-from . import _compile
+from . import _compile, trust
+from .check import find_clang
 from .translate import translate
 
 __all__ = ["Fault", "SimResult", "run", "load_source"]
@@ -42,13 +43,14 @@ class SimResult(NamedTuple):
 def load_source(path_or_source: Union[str, os.PathLike]) -> Tuple[str, str]:
     """(source text, path used in messages) from a file path or MSL source text.
 
-    A str is a path if it is one line and names an existing file or ends in ".metal"; otherwise it is source text.
+    A str is source text if it has a line break or a ``{`` (and is not the name of an existing file); otherwise it is
+    a path, which must exist (a mistyped path is a FileNotFoundError, not source text that fails to compile).
     """
     if isinstance(path_or_source, os.PathLike):
         path = os.fspath(path_or_source)
     elif isinstance(path_or_source, str):
         one_line = "\n" not in path_or_source
-        if not (one_line and (path_or_source.endswith(".metal") or os.path.isfile(path_or_source))):
+        if not (one_line and (os.path.isfile(path_or_source) or "{" not in path_or_source)):
             return path_or_source, "<source>.metal"
         path = path_or_source
     else:
@@ -67,8 +69,14 @@ def _dims(value, name: str) -> Tuple[int, int, int]:
         raise TypeError(f"{name} must be an int or a sequence of 1 to 3 ints, got {value!r}") from None
     if not 1 <= len(vals) <= 3 or any(v < 1 for v in vals):
         raise ValueError(f"{name} must be 1 to 3 positive ints, got {value!r}")
+    if any(v > UINT32_MAX for v in vals):
+        raise ValueError(f"{name}: each size must be at most 2**32 - 1 = {UINT32_MAX} (Metal's sizes are 32-bit), "
+                         f"got {value!r}")
     vals += [1] * (3 - len(vals))
     return vals[0], vals[1], vals[2]
+
+
+UINT32_MAX = 2**32 - 1
 
 
 def _index(k, name: str) -> int:
@@ -82,14 +90,25 @@ _modules: Dict[tuple, Tuple[ctypes.CDLL, List[Tuple[str, float]]]] = {}
 
 def _module_for(source: str, path: str, include_dirs: Tuple[str, ...]) -> ctypes.CDLL:
     """Translated and compiled module for this source, reused while the included headers are unchanged."""
-    key = (source, path, include_dirs)
+    key = (source, path, include_dirs, trust.unchecked())  # a module built unchecked never serves a checked run
     hit = _modules.get(key)
     if hit is not None:
         lib, deps = hit
         if all(os.path.isfile(d) and os.path.getmtime(d) == m for d, m in deps):
             return lib
     tr = translate(source, path, list(include_dirs))
-    lib = _compile.load_module(tr.code, os.path.basename(path))
+    if trust.unchecked():
+        lib = _compile.load_module(tr.code, os.path.basename(path), salt="unchecked")
+    else:
+        trust.check_translation(tr, source, path, include_dirs)
+        clang = find_clang()
+        if not clang:
+            raise _compile.SimCompileError(
+                "the simulator checks every kernel file with clang++ before it compiles and runs it as native code "
+                "(none found: install clang, or set FLASH_ATTN_CY_CLANG); FLASH_ATTN_CY_SIM_UNCHECKED=1 runs files "
+                "unchecked, for files you trust")
+        lib = _compile.load_module(tr.code, os.path.basename(path), salt=trust.SALT,
+                                   verify=lambda flags: trust.check_compiled(tr.code, path, clang, flags))
     _modules[key] = (lib, [(d, os.path.getmtime(d)) for d in tr.dependencies])
     return lib
 
@@ -105,15 +124,17 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         kernel: Metal function name (``host_name`` for instantiated templates).
         grid: threadgroups per grid, ``X`` or ``(X, Y[, Z])`` (as ``dispatchThreadgroups``).
         threadgroup: threads per threadgroup, same forms.
-        buffers: ``{index: array}`` bound at ``[[buffer(index)]]``; arrays are copied, read-only arrays
-            (``flags.writeable == False``) are bound read-only.
+        buffers: ``{index: array}`` bound at ``[[buffer(index)]]``; the caller's arrays are never written;
+            read-only arrays (``flags.writeable == False``) are bound read-only.
         bytes: ``{index: bytes | array | scalar}`` passed like ``setBytes``.
-        schedules: 1 runs once in forward thread order; N > 1 also reruns with other poison patterns and under
-            reverse and N-2 seeded random orders, reporting races and uninitialised reads.
+        schedules: 1 runs in forward thread order, plus once with the buffers against their lower guard pages
+            (out-of-bounds reads before the start or just past the end); N > 1 also reruns under reverse and N-2
+            seeded random orders and with another poison pattern, reporting races and uninitialised reads.
         seed: seed of the random schedules. host_threads: worker threads (0 = all cores).
 
     Returns:
-        ``SimResult(buffers, faults)``: the buffers after the forward run (new arrays) and the faults found.
+        ``SimResult(buffers, faults)``: the buffers after the forward run (new arrays; a read-only buffer comes
+        back as a read-only view of the input) and the faults found.
     """
     if not isinstance(kernel, str) or not kernel:
         raise TypeError(f"kernel must be a non-empty str, got {kernel!r}")
@@ -121,25 +142,44 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
     t = _dims(threadgroup, "threadgroup")
     if t[0] * t[1] * t[2] > 1024:
         raise ValueError(f"threadgroup: at most 1024 threads per threadgroup, got {t}")
-    if not isinstance(schedules, (int, np.integer)) or schedules < 1:
-        raise ValueError(f"schedules must be an int >= 1, got {schedules!r}")
+    if g[0] * g[1] * g[2] > UINT32_MAX:
+        raise ValueError(f"grid: at most 2**32 - 1 threadgroups in all, got {g[0] * g[1] * g[2]} ({g})")
+    if not isinstance(schedules, (int, np.integer)) or not 1 <= schedules <= 2**31 - 1:
+        raise ValueError(f"schedules must be an int in [1, 2**31 - 1], got {schedules!r}")
+    if not isinstance(host_threads, (int, np.integer)) or not 0 <= host_threads <= 4096:
+        raise ValueError(f"host_threads must be an int in [0, 4096] (0 = all cores), got {host_threads!r}")
     source, path = load_source(path_or_source)
     lib = _module_for(source, path, tuple(include_dirs))
 
+    # No copy of the inputs on this side: the runtime copies each buffer into its guarded mapping straight from the
+    # caller's array and writes the forward run's results into a fresh output array (pages touched only then), so
+    # the simulator holds one guarded copy at a time (plus the outputs of writable buffers).
     out: Dict[int, np.ndarray] = {}
-    idx, ptrs, lens, wr = [], [], [], []
+    keep = []
+    idx, ptrs, srcs, lens, wr = [], [], [], [], []
     for k, a in (buffers or {}).items():
         k = _index(k, "buffers")
         if not isinstance(a, np.ndarray):
             raise TypeError(f"buffers[{k}] must be a numpy array, got {type(a).__name__}")
         writable = bool(a.flags.writeable)
-        c = np.array(a, copy=True, order="C")
+        src = np.ascontiguousarray(a)
+        keep.append(src)
+        if writable:
+            try:
+                c = np.empty_like(src, order="C")
+            except MemoryError:
+                raise MemoryError(f"buffers[{k}]: cannot allocate {src.nbytes} bytes for the results") from None
+            srcs.append(src.ctypes.data if src.nbytes else None)
+        else:
+            c = src.view()  # bound read-only: the kernel cannot change it, so the result is the input itself
+            c.flags.writeable = False
+            srcs.append(None)
         out[k] = c
         idx.append(k)
         ptrs.append(c.ctypes.data if c.nbytes else None)
         lens.append(c.nbytes)
         wr.append(1 if writable else 0)
-    bidx, bptr, blen, keep = [], [], [], []
+    bidx, bptr, blen = [], [], []
     for k, v in (bytes or {}).items():
         k = _index(k, "bytes")
         if k in out:
@@ -163,10 +203,10 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
 
     msg = ctypes.create_string_buffer(1 << 16)
     n = lib.fasim_launch(kernel.encode(), arr(ctypes.c_uint, g), arr(ctypes.c_uint, t), len(idx),
-                         arr(ctypes.c_int, idx), arr(ctypes.c_void_p, ptrs), arr(ctypes.c_size_t, lens),
-                         arr(ctypes.c_int, wr), len(bidx), arr(ctypes.c_int, bidx), arr(ctypes.c_void_p, bptr),
-                         arr(ctypes.c_size_t, blen), int(schedules), int(seed) & (2**64 - 1), int(host_threads),
-                         msg, len(msg))
+                         arr(ctypes.c_int, idx), arr(ctypes.c_void_p, ptrs), arr(ctypes.c_void_p, srcs),
+                         arr(ctypes.c_size_t, lens), arr(ctypes.c_int, wr), len(bidx), arr(ctypes.c_int, bidx),
+                         arr(ctypes.c_void_p, bptr), arr(ctypes.c_size_t, blen), int(schedules),
+                         int(seed) & (2**64 - 1), int(host_threads), 1, msg, len(msg))
     text = msg.value.decode(errors="replace")
     if n < 0:
         raise ValueError(f"kernel: {text}")

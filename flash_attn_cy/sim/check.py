@@ -5,7 +5,9 @@ address spaces 1, 2 and 3 (so mixing them fails as it does on a Mac), threadgrou
 address-space-3 variables, and what MSL lacks is poisoned after the compatibility header: ``double``, ``new``,
 ``delete``, ``virtual``, ``printf``, ``malloc``, the ``std`` namespace; system headers are rejected by the translator;
 ``-fno-exceptions -fno-rtti`` reject ``throw``, ``try`` and ``dynamic_cast``; a call cycle in clang's LLVM IR of the
-file (recursion, which MSL does not have) fails the check too.
+file (recursion, which MSL does not have) fails the check too. Then the simulator's trust rules (trust.py: no
+``extern``, ``asm``, calls outside the MSL built-ins and the file's own functions, load-time code) run on the code
+``sim run`` would compile.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import subprocess
 import tempfile
 from typing import Dict, List, NamedTuple, Optional, Sequence, Set
 
-from . import _compile
-from .translate import TranslateError, translate_file
+from . import _compile, trust
+from .translate import TranslateError, translate, translate_file
 
 __all__ = ["CheckResult", "find_clang", "check_file", "check_files"]
 
@@ -64,7 +66,23 @@ def check_file(path: str, include_dirs: Sequence[str] = (), clang: Optional[str]
         cycle = _find_recursion(clang, inc, src)
     if cycle:
         return CheckResult(path, False, f"{path}: error: recursion (MSL has none): {' -> '.join(cycle)}")
+    refused = _trust_check(path, include_dirs, clang)
+    if refused:
+        return CheckResult(path, False, refused)
     return CheckResult(path, True, p.stdout.strip())
+
+
+def _trust_check(path: str, include_dirs: Sequence[str], clang: str) -> str:
+    """The simulator's trust rules (trust.py) on the code `sim run` would compile; '' when the file passes."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            source = fh.read()
+        tr = translate(source, path, include_dirs, mode="exec", strict=False)
+        trust.check_translation(tr, source, path, include_dirs)
+        trust.check_compiled(tr.code, path, clang)
+    except (TranslateError, OSError, trust.KernelRefused, _compile.SimCompileError) as e:
+        return str(e)
+    return ""
 
 
 def _find_recursion(clang: str, inc, src: str) -> List[str]:
