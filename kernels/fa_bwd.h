@@ -107,12 +107,15 @@ inline fa_bwd_elem fa_bwd_element(constant fa_bwd_params& p, float raw, float dp
     float s = raw * p.softmax_scale;
     float dcap = 1.0f;
     if (p.softcap > 0.0f) {
-        const float t = tanh(s * p.softcap_inv);
+        const float t = fa_tanh(s * p.softcap_inv);
         s = p.softcap * t;
         dcap = 1.0f - t * t;
     }
     s -= slope * abs(float(i + (sk - sq) - j));
-    const float prob = exp2(s * FA_LOG2E - lse2);
+    // P <= 1: the exponent is <= 0 up to rounding (lse2 is the row's log-sum-exp), and is clamped there, so a huge
+    // score whose fp32 rounding differs from the LSE's by more than a few units cannot give exp2 of a large
+    // positive number (inf, then NaN in dK/dQ) - under fast math, exp2 is only safe for bounded arguments.
+    const float prob = exp2(min(s * FA_LOG2E - lse2, 0.0f));
     float keep = 1.0f;
     if (p.flags & FA_FLAG_DROPOUT)
         keep = fa_dropout_keep(p.dropout_seed, p.dropout_offset, bh, uint(i), uint(j), p.dropout_threshold)

@@ -42,6 +42,14 @@
 
 typedef simdgroup_matrix<float, 8, 8> fa_frag;
 
+// tanh for softcap, finite for every finite x. Metal compiles with fast math, where `tanh` is (t-1)/(t+1) with
+// t = exp(2x) (MSL specification, Table 8.2): NaN once exp(2x) overflows, i.e. for x above ~44, which a small softcap
+// reaches with ordinary logits. precise::tanh is the Table 8.1 function (<= 5 ulp, all finite x), as MLX and candle
+// use for the same reason. Every other transcendental in these kernels is fast and safe by construction: exp2 only
+// of arguments <= 0 (a score minus a running max it cannot exceed), log2 only of row sums >= 1, divisions only by
+// row sums in [1, 2^31]. The simulator's fast-math mode (FLASH_ATTN_CY_SIM_FAST_MATH=1) checks all of it.
+inline float fa_tanh(float x) { return precise::tanh(x); }
+
 // Position of a lane's two fragment elements: (row, col) and (row, col + 1) (Apple's simdgroup_matrix layout).
 struct fa_lane_pos {
     short row;
@@ -332,7 +340,7 @@ template <typename T, int BD, int BQ, int BK, int NSG>
             for (int e = 0; e < 2; ++e) {
                 const int key = kb + j * 8 + pos.col + e;
                 float x = sf[j].thread_elements()[e];
-                if (has_softcap) x = p.softcap_log2 * tanh(x * p.softcap_inv);
+                if (has_softcap) x = p.softcap_log2 * fa_tanh(x * p.softcap_inv);
                 if (has_alibi) x -= slope_log2 * abs(float(i + off - key));
                 if (boundary && (key < row_klo || key >= row_khi)) x = FA_MASKED;
                 sf[j].thread_elements()[e] = x;

@@ -25,7 +25,7 @@ inline float fa_probs_score(constant fa_fwd_params& p, device const T* qrow, dev
     float acc = 0.0f;
     for (int c = 0; c < p.headdim; ++c) acc += float(qrow[c]) * float(krow[c]);
     float x = acc * p.q_scale;
-    if (p.softcap_inv > 0.0f) x = p.softcap_log2 * tanh(x * p.softcap_inv);
+    if (p.softcap_inv > 0.0f) x = p.softcap_log2 * fa_tanh(x * p.softcap_inv);
     if (p.flags & FA_FLAG_ALIBI) x -= slope_log2 * abs(float(i + off - j));
     return x;
 }

@@ -189,6 +189,7 @@ using namespace detail;
 std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, const std::vector<BufferArg> &buffers,
                           const std::vector<BytesArg> &bytes) {
     if (!kernel) return {{"error", "launch: no kernel (find_kernel returned null?)"}};
+    refresh_fast_math();  // FLASH_ATTN_CY_SIM_FAST_MATH, read per launch (include/fasim_fast_math.h)
     Launch L;
     L.kernel = kernel;
     L.cfg = cfg;
