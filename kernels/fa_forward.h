@@ -35,7 +35,10 @@
 #include "fa_philox.h"
 #include "fa_tiles.h"
 
-#define FA_MASKED (-1.0e30f)  // score of a key the row may not see; also the running max of a row without keys
+// Score of a key the row may not see; also the running max of a row without keys. The most negative float, so that
+// no real score (any finite fp32 value) is taken for it: -1e30 made rows whose scores all lay below -1e30 (huge
+// logits) look empty.
+#define FA_MASKED (-3.40282346638528859812e+38f)
 #define FA_LOG2E 1.4426950408889634f
 #define FA_LN2 0.6931471805599453f
 #define FA_INF_BITS 0x7f800000u  // +inf, stored (never computed) as a row's LSE when it sees no key
