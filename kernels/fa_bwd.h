@@ -91,11 +91,6 @@ inline void fa_bwd_products_t(thread fa_frag& s, thread fa_frag* s_rows, const t
     }
 }
 
-inline bool fa_bwd_visible(constant fa_bwd_params& p, int i, int j, int off, int sk) {
-    return j >= 0 && j < sk && (p.window_left < 0 || j >= i + off - p.window_left) &&
-           (p.window_right < 0 || j <= i + off + p.window_right);
-}
-
 // The per-element core shared by both kernels. raw = q·k, dpd = dO·v (both unscaled), for query i, key j.
 // Returns dX (gradient with respect to q·k) and sets pd (the dropped, rescaled probability, for dV).
 struct fa_bwd_elem {
@@ -103,21 +98,24 @@ struct fa_bwd_elem {
     float dx;
 };
 
-inline fa_bwd_elem fa_bwd_element(constant fa_bwd_params& p, float raw, float dpd, int i, int j, int off, int sk,
+inline fa_bwd_elem fa_bwd_element(constant fa_bwd_params& p, float raw, float dpd, int i, int j, int sq, int sk,
                                   float lse2, float delta, float slope, uint bh) {
     fa_bwd_elem r;
     r.pd = 0.0f;
     r.dx = 0.0f;
-    if (lse2 >= FA_BWD_DEAD_LSE2 || !fa_bwd_visible(p, i, j, off, sk)) return r;
+    if (lse2 >= FA_BWD_DEAD_LSE2 || !fa_mask_visible(i, j, sq, sk, p.window_left, p.window_right)) return r;
     float s = raw * p.softmax_scale;
     float dcap = 1.0f;
     if (p.softcap > 0.0f) {
-        const float t = tanh(s * p.softcap_inv);
+        const float t = fa_tanh(s * p.softcap_inv);
         s = p.softcap * t;
         dcap = 1.0f - t * t;
     }
-    s -= slope * abs(float(i + off - j));
-    const float prob = exp2(s * FA_LOG2E - lse2);
+    s -= slope * abs(float(i + (sk - sq) - j));
+    // P <= 1: the exponent is <= 0 up to rounding (lse2 is the row's log-sum-exp), and is clamped there, so a huge
+    // score whose fp32 rounding differs from the LSE's by more than a few units cannot give exp2 of a large
+    // positive number (inf, then NaN in dK/dQ) - under fast math, exp2 is only safe for bounded arguments.
+    const float prob = exp2(min(s * FA_LOG2E - lse2, 0.0f));
     float keep = 1.0f;
     if (p.flags & FA_FLAG_DROPOUT)
         keep = fa_dropout_keep(p.dropout_seed, p.dropout_offset, bh, uint(i), uint(j), p.dropout_threshold)
@@ -192,7 +190,6 @@ template <typename T, int BD, int BQ, int NSG>
     const fa_bwd_seq s = fa_bwd_seq_info(p, b, cu_seqlens_q, cu_seqlens_k, seqused_k);
     const int kb = int(tgid.x) * BK;
     if (kb >= s.sk_rows) return;  // grid sized for the longest sequence: the whole threadgroup leaves
-    const int off = s.sk - s.sq;
 
     // ---- this lane's keys: fragment row = key, column = head dim ----
     const fa_lane_pos pos = fa_frag_pos(lane);
@@ -215,10 +212,8 @@ template <typename T, int BD, int BQ, int NSG>
 
     // ---- query rows that see any key of this block (uniform across the threadgroup) ----
     const int k_last = min(kb + BK, s.sk) - 1;
-    int i_lo = 0;
-    int i_hi = s.sq - 1;
-    if (p.window_right >= 0) i_lo = max(i_lo, kb - off - p.window_right);
-    if (p.window_left >= 0) i_hi = min(i_hi, k_last - off + p.window_left);
+    const int i_lo = int(fa_mask_row_lo(kb, s.sq, s.sk, p.window_right));
+    int i_hi = int(fa_mask_row_hi(k_last, s.sq, s.sk, p.window_left)) - 1;
     if (kb >= s.sk) i_hi = -1;  // keys past seqused_k: zero gradients
 
     const bool has_alibi = (p.flags & FA_FLAG_ALIBI) != 0;
@@ -255,7 +250,7 @@ template <typename T, int BD, int BQ, int NSG>
                 for (int e = 0; e < 2; ++e) {
                     const int r = qf * 8 + pos.col + e;  // query row within the block
                     const fa_bwd_elem g = fa_bwd_element(p, st.thread_elements()[e], dpt.thread_elements()[e],
-                                                         i0 + r, key, off, s.sk, lse2s[r], deltas[r], slope, bh);
+                                                         i0 + r, key, s.sq, s.sk, lse2s[r], deltas[r], slope, bh);
                     st.thread_elements()[e] = g.pd;
                     dpt.thread_elements()[e] = g.dx;
                 }
@@ -315,14 +310,11 @@ template <typename T, int BD, int BK, int NSG>
     const fa_bwd_seq s = fa_bwd_seq_info(p, b, cu_seqlens_q, cu_seqlens_k, seqused_k);
     const int m0 = int(tgid.x) * BQ;
     if (m0 >= s.sq) return;
-    const int off = s.sk - s.sq;
     const int i_last = min(m0 + BQ, s.sq) - 1;
 
     // keys seen by any row of the block (uniform)
-    int k_lo = 0;
-    int k_hi = s.sk;  // exclusive
-    if (p.window_left >= 0) k_lo = max(k_lo, m0 + off - p.window_left);
-    if (p.window_right >= 0) k_hi = min(k_hi, i_last + off + p.window_right + 1);
+    const int k_lo = int(fa_mask_key_lo(m0, s.sq, s.sk, p.window_left));
+    const int k_hi = int(fa_mask_key_hi(i_last, s.sq, s.sk, p.window_right));  // exclusive
     const int n_begin = k_lo < k_hi ? k_lo / BK : 0;
     const int n_end = k_lo < k_hi ? (k_hi + BK - 1) / BK : 0;
 
@@ -368,7 +360,7 @@ template <typename T, int BD, int BK, int NSG>
             fa_bwd_products_t<T, NDF, LD>(sf, qf, ks + jf * 8 * LD, dpf, dof, vs + jf * 8 * LD, pos);
             for (int e = 0; e < 2; ++e) {
                 const int j = kb + jf * 8 + pos.col + e;
-                const fa_bwd_elem g = fa_bwd_element(p, sf.thread_elements()[e], dpf.thread_elements()[e], i, j, off,
+                const fa_bwd_elem g = fa_bwd_element(p, sf.thread_elements()[e], dpf.thread_elements()[e], i, j, s.sq,
                                                      s.sk, row_lse2, row_delta, slope, bh);
                 dpf.thread_elements()[e] = g.dx;
             }

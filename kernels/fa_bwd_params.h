@@ -26,7 +26,7 @@
 #define FA_BWD_BUF_PARAMS 15
 
 // LSE2 of a row that sees no key: so large that exp2(score - it) is never evaluated (tested explicitly, fast math).
-#define FA_BWD_DEAD_LSE2 1.0e30f
+#define FA_BWD_DEAD_LSE2 3.40282346638528859812e+38f  // FLT_MAX: above any live row's LSE (1e30 was not, for huge logits)
 
 // Flags: FA_FLAG_ALIBI, FA_FLAG_VARLEN_Q, FA_FLAG_VARLEN_K, FA_FLAG_SEQUSED_K, FA_FLAG_DROPOUT (fa_kernel_params.h).
 struct fa_bwd_params {

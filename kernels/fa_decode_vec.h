@@ -171,8 +171,8 @@ template <typename T, int BD, int R>
             float part = 0.0f;
             for (int e = 0; e < E; ++e) part = fma(qr[r][e], kc[e], part);
             float x = simd_sum(part);
-            if (!fa_visible(p, row_i[r], key, off, s.sk)) continue;  // uniform: same key and row on every lane
-            if (has_softcap) x = p.softcap_log2 * tanh(x * p.softcap_inv);
+            if (!fa_visible(p, s, row_i[r], key)) continue;  // uniform: same key and row on every lane
+            if (has_softcap) x = p.softcap_log2 * fa_tanh(x * p.softcap_inv);
             if (has_alibi) x -= slope_log2[r] * abs(float(row_i[r] + off - key));
             if (x > m_run[r]) {  // the max grows: rescale (a row's first key has nothing to rescale)
                 const float factor = (m_run[r] == FA_MASKED) ? 0.0f : exp2(m_run[r] - x);

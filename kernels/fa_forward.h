@@ -19,7 +19,8 @@
 // key is +inf (flash_attn's convention), stored as a bit pattern, not computed.
 //
 // Masks are bottom-right aligned: query i of a sequence (sq queries, sk keys) sees key j iff
-// i + sk - sq - window_left <= j <= i + sk - sq + window_right (-1 = unbounded side; causal = window_right 0).
+// i + sk - sq - window_left <= j <= i + sk - sq + window_right (-1 = unbounded side; causal = window_right 0). The rule
+// and its 64-bit, overflow-free evaluation live in fa_mask.h; here only its clamped results are used.
 // The key-tile range of a query tile is computed up front, so tiles wholly outside the window are never loaded, and
 // only tiles that cross a mask edge (or the end of the keys) evaluate the mask per element.
 //
@@ -30,15 +31,27 @@
 #define FA_FORWARD_H
 
 #include "fa_kernel_params.h"
+#include "fa_mask.h"
 #include "fa_philox.h"
 #include "fa_tiles.h"
 
-#define FA_MASKED (-1.0e30f)  // score of a key the row may not see; also the running max of a row without keys
+// Score of a key the row may not see; also the running max of a row without keys. The most negative float, so that
+// no real score (any finite fp32 value) is taken for it: -1e30 made rows whose scores all lay below -1e30 (huge
+// logits) look empty.
+#define FA_MASKED (-3.40282346638528859812e+38f)
 #define FA_LOG2E 1.4426950408889634f
 #define FA_LN2 0.6931471805599453f
 #define FA_INF_BITS 0x7f800000u  // +inf, stored (never computed) as a row's LSE when it sees no key
 
 typedef simdgroup_matrix<float, 8, 8> fa_frag;
+
+// tanh for softcap, finite for every finite x. Metal compiles with fast math, where `tanh` is (t-1)/(t+1) with
+// t = exp(2x) (MSL specification, Table 8.2): NaN once exp(2x) overflows, i.e. for x above ~44, which a small softcap
+// reaches with ordinary logits. precise::tanh is the Table 8.1 function (<= 5 ulp, all finite x), as MLX and candle
+// use for the same reason. Every other transcendental in these kernels is fast and safe by construction: exp2 only
+// of arguments <= 0 (a score minus a running max it cannot exceed), log2 only of row sums >= 1, divisions only by
+// row sums in [1, 2^31]. The simulator's fast-math mode (FLASH_ATTN_CY_SIM_FAST_MATH=1) checks all of it.
+inline float fa_tanh(float x) { return precise::tanh(x); }
 
 // Position of a lane's two fragment elements: (row, col) and (row, col + 1) (Apple's simdgroup_matrix layout).
 struct fa_lane_pos {
@@ -216,10 +229,8 @@ inline fa_tg_keys fa_tg_keys_of(constant fa_fwd_params& p, thread const fa_tg_ro
     r.off = t.seq.sk - t.seq.sq;
     r.i_lo = t.m0 / p.pack;
     r.i_hi = (t.m0 + t.nrows - 1) / p.pack;
-    r.k_lo = 0;
-    r.k_hi = t.seq.sk;
-    if (p.window_left >= 0) r.k_lo = max(r.k_lo, r.i_lo + r.off - p.window_left);
-    if (p.window_right >= 0) r.k_hi = min(r.k_hi, r.i_hi + r.off + p.window_right + 1);
+    r.k_lo = int(fa_mask_key_lo(r.i_lo, t.seq.sq, t.seq.sk, p.window_left));
+    r.k_hi = int(fa_mask_key_hi(r.i_hi, t.seq.sq, t.seq.sk, p.window_right));
     r.n_begin = 0;
     r.n_end = 0;
     if (r.k_lo < r.k_hi) {
@@ -235,10 +246,9 @@ inline fa_tg_keys fa_tg_keys_of(constant fa_fwd_params& p, thread const fa_tg_ro
     return r;
 }
 
-// Does query i see key j? (bottom-right aligned window; off = sk - sq)
-inline bool fa_visible(constant fa_fwd_params& p, int i, int j, int off, int sk) {
-    return j < sk && (p.window_left < 0 || j >= i + off - p.window_left) &&
-           (p.window_right < 0 || j <= i + off + p.window_right);
+// Does query i of sequence s see key j? (fa_mask.h)
+inline bool fa_visible(constant fa_fwd_params& p, thread const fa_seq& s, int i, int j) {
+    return fa_mask_visible(i, j, s.sq, s.sk, p.window_left, p.window_right);
 }
 
 // The kernel. T: element type; BD: head dim of the specialization; BQ = 8 * NSG query rows; BK keys per tile.
@@ -280,6 +290,8 @@ template <typename T, int BD, int BQ, int BK, int NSG>
     const int i = row_valid ? m / p.pack : i_lo;
     const int hq = hblock * p.pack + (row_valid ? m % p.pack : 0);
     const int hkv = (hblock * p.pack) / p.group;
+    const int row_klo = int(fa_mask_key_lo(i, s.sq, s.sk, p.window_left));  // keys [row_klo, row_khi) are visible
+    const int row_khi = int(fa_mask_key_hi(i, s.sq, s.sk, p.window_right));
 
     // Q rows -> registers, scaled.
     fa_frag qf[NDF];
@@ -324,16 +336,16 @@ template <typename T, int BD, int BQ, int BK, int NSG>
         }
 
         // Scores: softcap, ALiBi, and the mask only where the tile crosses a mask edge or the end of the keys.
-        const bool boundary = kb + BK > s.sk || (p.window_left >= 0 && kb < i_hi + off - p.window_left) ||
-                              (p.window_right >= 0 && kb + BK - 1 > i_lo + off + p.window_right);
+        const bool boundary = !fa_mask_block_full(i_lo, i_hi, kb, fa_long(kb) + BK, s.sq, s.sk, p.window_left,
+                                                  p.window_right);
         float tile_max = FA_MASKED;
         for (int j = 0; j < NKF; ++j) {
             for (int e = 0; e < 2; ++e) {
                 const int key = kb + j * 8 + pos.col + e;
                 float x = sf[j].thread_elements()[e];
-                if (has_softcap) x = p.softcap_log2 * tanh(x * p.softcap_inv);
+                if (has_softcap) x = p.softcap_log2 * fa_tanh(x * p.softcap_inv);
                 if (has_alibi) x -= slope_log2 * abs(float(i + off - key));
-                if (boundary && !fa_visible(p, i, key, off, s.sk)) x = FA_MASKED;
+                if (boundary && (key < row_klo || key >= row_khi)) x = FA_MASKED;
                 sf[j].thread_elements()[e] = x;
                 tile_max = max(tile_max, x);
             }

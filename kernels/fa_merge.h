@@ -12,7 +12,7 @@
 #include "fa_tiles.h"
 
 #ifndef FA_MASKED
-#define FA_MASKED (-1.0e30f)
+#define FA_MASKED (-3.40282346638528859812e+38f)  // as in fa_forward.h
 #define FA_INF_BITS 0x7f800000u
 #endif
 

@@ -19,13 +19,13 @@ inline float fa_probs_score(constant fa_fwd_params& p, device const T* qrow, dev
                             thread const fa_seq& s, device const int* block_table, int b, int hkv, int i, int j,
                             float slope_log2) {
     const int off = s.sk - s.sq;
-    if (!fa_visible(p, i, j, off, s.sk)) return FA_MASKED;
+    if (!fa_visible(p, s, i, j)) return FA_MASKED;
     const fa_key_loc loc = fa_locate_key(p, s, block_table, b, j);
     device const T* krow = k + loc.outer * p.k_batch_stride + loc.row * p.k_row_stride + fa_long(hkv) * p.k_head_stride;
     float acc = 0.0f;
     for (int c = 0; c < p.headdim; ++c) acc += float(qrow[c]) * float(krow[c]);
     float x = acc * p.q_scale;
-    if (p.softcap_inv > 0.0f) x = p.softcap_log2 * tanh(x * p.softcap_inv);
+    if (p.softcap_inv > 0.0f) x = p.softcap_log2 * fa_tanh(x * p.softcap_inv);
     if (p.flags & FA_FLAG_ALIBI) x -= slope_log2 * abs(float(i + off - j));
     return x;
 }

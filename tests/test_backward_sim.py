@@ -19,6 +19,9 @@ from test_dropout import keep_mask  # noqa: E402
 
 from flash_attn_cy import _arrays, _core  # noqa: E402
 from flash_attn_cy.reference import attention_ref_torch  # noqa: E402
+from _sim_math import sim_math  # noqa: E402,F401  (every test: IEEE and fast math)
+
+pytestmark = pytest.mark.usefixtures("sim_math")
 
 SCHEDULES = 2
 NAMES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}

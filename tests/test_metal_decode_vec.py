@@ -20,6 +20,9 @@ from flash_attn_cy.reference import attention_ref
 from test_metal_forward import check_dense
 from test_metal_support import check_varlen_causal, describe_forward, lse_close, np_dtype, rand, require_sim, sim_forward
 from _tolerance import assert_close_to_ref
+from _sim_math import sim_math  # noqa: E402,F401  (every test: IEEE and fast math)
+
+pytestmark = pytest.mark.usefixtures("sim_math")
 
 SCHEDULES = 4  # forward, reverse and two seeded random thread orders
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "fa_abi.h"
+#include "fa_mask.h"
 
 namespace fa_bwd {
 
@@ -40,31 +41,26 @@ inline SeqGeometry sequence_geometry(const fa_params *p, int64_t b) {
     return g;
 }
 
-// The window of keys query row i may see: [key_lo(i), key_hi(i)] intersected with [0, sk).
+// The band rule of kernels/fa_mask.h (the one definition shared with the forward and the Metal kernels), in the
+// inclusive bounds this backward's loops use.
 struct MaskWindow {
-    int64_t left = -1, right = -1;  // -1 = unbounded
-    int64_t key_lo(int64_t i, const SeqGeometry &g) const {
-        return left < 0 ? 0 : std::max<int64_t>(0, i + g.diag - left);
-    }
+    int left = -1, right = -1;  // -1 = unbounded
+    // The keys query row i may see: [key_lo(i), key_hi(i)] intersected with [0, sk).
+    int64_t key_lo(int64_t i, const SeqGeometry &g) const { return fa_mask_key_lo(i, g.sq, g.sk, left); }
     int64_t key_hi(int64_t i, const SeqGeometry &g) const {  // inclusive
-        return right < 0 ? g.sk - 1 : std::min<int64_t>(g.sk - 1, i + g.diag + right);
+        return fa_mask_key_hi(i, g.sq, g.sk, right) - 1;
     }
     // Query rows that see at least one key of [j0, j1): [row_lo, row_hi] intersected with [0, sq).
-    int64_t row_lo(int64_t j0, const SeqGeometry &g) const {
-        return right < 0 ? 0 : std::max<int64_t>(0, j0 - g.diag - right);
-    }
+    int64_t row_lo(int64_t j0, const SeqGeometry &g) const { return fa_mask_row_lo(j0, g.sq, g.sk, right); }
     int64_t row_hi(int64_t j1, const SeqGeometry &g) const {  // inclusive
-        return left < 0 ? g.sq - 1 : std::min<int64_t>(g.sq - 1, j1 - 1 - g.diag + left);
+        return fa_mask_row_hi(j1 - 1, g.sq, g.sk, left) - 1;
     }
     bool visible(int64_t i, int64_t j, const SeqGeometry &g) const {
-        return j >= 0 && j < g.sk && (left < 0 || j >= i + g.diag - left) && (right < 0 || j <= i + g.diag + right);
+        return fa_mask_visible(i, j, g.sq, g.sk, left, right);
     }
     // Every pair of the tile rows [i0, i1) x keys [j0, j1) is visible (no per-element masking needed).
     bool tile_fully_visible(int64_t i0, int64_t i1, int64_t j0, int64_t j1, const SeqGeometry &g) const {
-        if (i1 > g.sq || j1 > g.sk) return false;
-        if (left >= 0 && j0 < (i1 - 1) + g.diag - left) return false;
-        if (right >= 0 && j1 - 1 > i0 + g.diag + right) return false;
-        return true;
+        return i1 <= g.sq && fa_mask_block_full(i0, i1 - 1, j0, j1, g.sq, g.sk, left, right);
     }
 };
 

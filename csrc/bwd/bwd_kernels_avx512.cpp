@@ -120,11 +120,13 @@ void product(int m, int n, int kk, const float *a, int64_t a_rs, int64_t a_ks, c
 
 // exp(x) = 2^k exp(r): k = round(x log2 e), r = x - k ln 2 with ln 2 split in a short high part (k * hi exact) and a
 // low part, exp(r) on |r| <= ln2/2 by a degree-6 polynomial (about 1 ulp), 2^k applied with vscalefps, which
-// underflows gracefully to 0. Inputs are clamped to [-104, 89] first (exp is 0 / inf beyond) so r stays small;
+// underflows gracefully to 0. Inputs are clamped to [-104, 0] first so r stays small: every use is a probability
+// P = exp(score - lse) <= 1, whose exponent exceeds 0 only by rounding (huge logits: the fp32 score and LSE are
+// each rounded to a unit that can be 64 or more), and exp of that would be a weight above 1 or inf (then NaN);
 // max/min take x as the second operand, which keeps NaN inputs NaN.
 FA_BWD_ALWAYS_INLINE __m512 exp_ps(__m512 x) {
     x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
-    x = _mm512_min_ps(_mm512_set1_ps(89.0f), x);
+    x = _mm512_min_ps(_mm512_setzero_ps(), x);
     const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);

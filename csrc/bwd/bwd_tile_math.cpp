@@ -62,8 +62,10 @@ FA_BWD_INLINE void product_body(int m, int n, int kk, const A *__restrict a, int
 
 // exp(x) = 2^k * exp(r), k = round(x / ln 2), r = x - k ln 2 split in two constants (Cody and Waite), exp(r) by the
 // classic Cephes expf polynomial. Rounding uses the 1.5 * 2^23 trick so the loop vectorises without fast-math.
+// Arguments are clamped to <= 0: every use is a probability P = exp(score - lse) <= 1, whose exponent exceeds 0 only
+// by the rounding of huge fp32 scores and LSEs, where exp would give weights above 1 or inf (then NaN in dK/dQ).
 FA_BWD_INLINE float exp_scalar(float x) {
-    const float lo_limit = -87.33654f, hi_limit = 88.37626f;
+    const float lo_limit = -87.33654f, hi_limit = 0.0f;
     const bool underflow = x < lo_limit;
     x = x < lo_limit ? lo_limit : (x > hi_limit ? hi_limit : x);
     const float shifter = 12582912.0f;  // 1.5 * 2^23

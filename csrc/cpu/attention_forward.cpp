@@ -196,6 +196,8 @@ template <typename Acc>
 MaskParams mask_params(const ForwardJob<Acc> &job, const SeqGeometry &g) {
     MaskParams mp;
     mp.offset = int64_t(g.sk) - g.sq;
+    mp.sq = g.sq;
+    mp.sk = g.sk;
     mp.window_left = job.p->window_left;
     mp.window_right = job.p->window_right;
     mp.scale = job.scale;
@@ -206,16 +208,14 @@ MaskParams mask_params(const ForwardJob<Acc> &job, const SeqGeometry &g) {
 
 // Keys [lo, hi) visible to any row of the tile; tiles outside are never touched (causal/local early exit).
 inline void key_band(const MaskParams &mp, int64_t sk, const TileRows &t, int64_t &lo, int64_t &hi) {
-    lo = 0;
-    hi = sk;
-    if (mp.window_left >= 0) lo = std::max<int64_t>(0, t.i_min + mp.offset - mp.window_left);
-    if (mp.window_right >= 0) hi = std::min<int64_t>(sk, t.i_max + mp.offset + mp.window_right + 1);
+    (void)sk;  // mp.sk (kernels/fa_mask.h clamps to it)
+    lo = fa_mask_key_lo(t.i_min, mp.sq, mp.sk, mp.window_left);
+    hi = fa_mask_key_hi(t.i_max, mp.sq, mp.sk, mp.window_right);
 }
 
 // Only key tiles crossing a band edge need per-element masks.
 inline bool tile_needs_mask(const MaskParams &mp, const TileRows &t, int64_t t0, int64_t t1) {
-    return (mp.window_left >= 0 && t0 < t.i_max + mp.offset - mp.window_left) ||
-           (mp.window_right >= 0 && t1 - 1 > t.i_min + mp.offset + mp.window_right);
+    return !fa_mask_block_full(t.i_min, t.i_max, t0, t1, mp.sq, mp.sk, mp.window_left, mp.window_right);
 }
 
 // LSE (natural log, +inf when the row saw no key) and, on request, the S_dmask row of a finished row.

@@ -55,21 +55,20 @@ inline RowInfo row_info(const DecodeJob &job, int b, int hk, int r) {
 inline MaskParams mask_params(const DecodeJob &job, const SeqGeometry &g) {
     MaskParams mp = job.mp_base;
     mp.offset = int64_t(g.sk) - g.sq;
+    mp.sq = g.sq;
+    mp.sk = g.sk;
     return mp;
 }
 
 // Keys [lo, hi) visible to any query row of sequence g (rows have query indices 0..sq-1).
 inline void key_band(const MaskParams &mp, const SeqGeometry &g, int64_t &lo, int64_t &hi) {
-    lo = 0;
-    hi = g.sk;
-    if (mp.window_left >= 0) lo = std::max<int64_t>(0, mp.offset - mp.window_left);
-    if (mp.window_right >= 0) hi = std::min<int64_t>(g.sk, g.sq - 1 + mp.offset + mp.window_right + 1);
+    lo = fa_mask_key_lo(0, g.sq, g.sk, mp.window_left);
+    hi = fa_mask_key_hi(int64_t(g.sq) - 1, g.sq, g.sk, mp.window_right);
 }
 
 // Only blocks crossing the band edge of some row need per-element masks.
 inline bool block_needs_mask(const MaskParams &mp, const SeqGeometry &g, int64_t t0, int64_t t1) {
-    return (mp.window_left >= 0 && t0 < g.sq - 1 + mp.offset - mp.window_left) ||
-           (mp.window_right >= 0 && t1 - 1 > mp.offset + mp.window_right);
+    return !fa_mask_block_full(0, int64_t(g.sq) - 1, t0, t1, g.sq, g.sk, mp.window_left, mp.window_right);
 }
 
 thread_local Workspace tl_decode_workspace;  // per worker: packed q, scores, kernel scratch

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "fa_mask.h"
 #include "fa_philox.h"
 #include "tile_kernels.h"
 
@@ -23,17 +24,15 @@ struct RowInfo {
 };
 
 struct MaskParams {
-    int64_t offset;      // sk - sq: bottom-right alignment
+    int64_t offset;      // sk - sq: bottom-right alignment (ALiBi distances)
+    int64_t sq, sk;      // the sequence's query and key counts (the band rule of kernels/fa_mask.h)
     int32_t window_left, window_right;  // -1 = unbounded
     double scale, softcap;  // double so the fp64 path keeps full precision
     bool alibi;
 };
 
 inline bool key_visible(const MaskParams &mp, int64_t i, int64_t j) {
-    const int64_t diag = i + mp.offset;
-    if (mp.window_left >= 0 && j < diag - mp.window_left) return false;
-    if (mp.window_right >= 0 && j > diag + mp.window_right) return false;
-    return true;
+    return fa_mask_visible(i, j, mp.sq, mp.sk, mp.window_left, mp.window_right);
 }
 
 // One logit in log2 units: softcap, then ALiBi, then the mask (flash_attn's order). Acc is float or double.
@@ -72,13 +71,10 @@ void mask_band_edges(Acc *sT, int nk, int nrows, int lanes, const RowInfo *rows,
     int before_left = 0;    // rows [before_left, nrows) start after key j
     for (int j = 0; j < nk; ++j) {
         const int64_t key = key0 + j;
-        if (mp.window_right >= 0)
-            while (past_right < nrows && rows[past_right].i + mp.offset + mp.window_right < key) ++past_right;
-        if (mp.window_left >= 0) {
-            while (before_left < nrows && rows[before_left].i + mp.offset - mp.window_left <= key) ++before_left;
-        } else {
-            before_left = nrows;
-        }
+        while (past_right < nrows && fa_mask_key_hi(rows[past_right].i, mp.sq, mp.sk, mp.window_right) <= key)
+            ++past_right;
+        while (before_left < nrows && fa_mask_key_lo(rows[before_left].i, mp.sq, mp.sk, mp.window_left) <= key)
+            ++before_left;
         Acc *s = sT + int64_t(j) * BLOCK_M;
         for (int r = 0; r < past_right; ++r) s[r] = Acc(-INFINITY);
         for (int r = before_left > past_right ? before_left : past_right; r < lanes; ++r) s[r] = Acc(-INFINITY);

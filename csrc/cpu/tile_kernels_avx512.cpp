@@ -287,10 +287,16 @@ void pack_qT_f16(const void *const *rows, int nrows, int d, int nv, void *qT) {
 }
 
 // Online-softmax step, one 16-row vector at a time. Pass 1 only finds the max of the raw scores (mul > 0 commutes
-// with max; a negative mul uses the min); pass 2 computes p = exp2(s*mul - m) with one FMA, sums it in fp32 and
+// with max; a negative mul uses the min); pass 2 computes p = exp2(s*mul - m), sums it in fp32 and
 // hands each pair of key rows (j, j+1) to Store, which writes P in the format the PV kernel reads (fp32 sT in
 // place, or bf16 key pairs in one pass with no second sweep over sT). always_inline: Store may need a wider ISA
 // than this region (bf16), which is fine once the body is inlined into a caller compiled for it.
+// a * b rounded to fp32. The plain multiply intrinsic is an ordinary vector product to GCC, which contracts it with
+// a following subtract into one FMA (C++ compilers fuse by default); the explicitly rounded form is opaque to that.
+__attribute__((always_inline)) inline __m512 mul_rounded(__m512 a, __m512 b) {
+    return _mm512_mul_round_ps(a, b, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
 template <int DEG, class Store>
 __attribute__((always_inline)) inline void softmax_core(float *sT, int nk, int nv, float mul, float *m, float *l,
                                                         float *alpha, const Store &store) {
@@ -324,16 +330,26 @@ __attribute__((always_inline)) inline void softmax_core(float *sT, int nk, int n
         const __m512 m_use = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(m_new, neg_inf, _CMP_EQ_OQ), m_new,
                                                   _mm512_setzero_ps());
         const __m512 a = exp2_ps_folded<DEG>(_mm512_sub_ps(m_old, m_use));
+        // Exponents s*mul - m. m_new is a rounded product fl(s*mul); one FMA keeps the exact product, which is the
+        // accurate choice while the rounding of m is small, but exceeds m by up to half an ulp of it: for huge logits
+        // (|m| 1e9: ulp 64) that is exp2(+32) for the max key, exp2 overflow (inf, NaN) and, at |m| ~ 1e30, the max
+        // key's own weight flushed to 0 (a row sum of 0). So where some row's |m| >= 2^20 (ulp >= 2^-3) the product
+        // is rounded first (mul_rounded, then subtract): consistent with m, the max key gets exactly exp2(0) = 1.
+        const bool huge = _mm512_cmp_ps_mask(_mm512_abs_ps(m_use), _mm512_set1_ps(1048576.0f), _CMP_GE_OQ) != 0;
+        const auto expo = [&](const float *src) {
+            const __m512 x = _mm512_load_ps(src);
+            return huge ? _mm512_sub_ps(mul_rounded(x, vmul), m_use) : _mm512_fmsub_ps(x, vmul, m_use);
+        };
         __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
         for (j = 0; j + 2 <= nk; j += 2) {  // two independent chains hide the exp latency
-            const __m512 p0 = exp2_ps_folded<DEG>(_mm512_fmsub_ps(_mm512_load_ps(col + j * BLOCK_M), vmul, m_use));
-            const __m512 p1 = exp2_ps_folded<DEG>(_mm512_fmsub_ps(_mm512_load_ps(col + (j + 1) * BLOCK_M), vmul, m_use));
+            const __m512 p0 = exp2_ps_folded<DEG>(expo(col + j * BLOCK_M));
+            const __m512 p1 = exp2_ps_folded<DEG>(expo(col + (j + 1) * BLOCK_M));
             store.pair(col, v, j, p0, p1);
             sum0 = _mm512_add_ps(sum0, p0);
             sum1 = _mm512_add_ps(sum1, p1);
         }
         if (j < nk) {
-            const __m512 p0 = exp2_ps_folded<DEG>(_mm512_fmsub_ps(_mm512_load_ps(col + j * BLOCK_M), vmul, m_use));
+            const __m512 p0 = exp2_ps_folded<DEG>(expo(col + j * BLOCK_M));
             store.last(col, v, j, p0);
             sum0 = _mm512_add_ps(sum0, p0);
         }

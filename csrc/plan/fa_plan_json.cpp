@@ -12,6 +12,7 @@
 
 #include "fa_backends.h"
 #include "fa_kernel_params.h"
+#include "fa_mask.h"
 #include "fa_plan_internal.h"
 #include "fa_tiles.h"
 
@@ -40,11 +41,9 @@ void add(std::string &s, const char *fmt, ...) {
 void tile_range(const fa_fwd_params &k, int bq, int bk, int64_t mt, int64_t *n_begin, int64_t *n_end) {
     const int64_t rows = int64_t(k.seqlen_q) * k.pack;
     const int64_t m0 = mt * bq;
-    const int64_t off = int64_t(k.seqlen_k) - k.seqlen_q;
     const int64_t i_lo = m0 / k.pack, i_hi = (std::min(m0 + bq, rows) - 1) / k.pack;
-    int64_t k_lo = 0, k_hi = k.seqlen_k;
-    if (k.window_left >= 0) k_lo = std::max(k_lo, i_lo + off - k.window_left);
-    if (k.window_right >= 0) k_hi = std::min(k_hi, i_hi + off + k.window_right + 1);
+    const int64_t k_lo = fa_mask_key_lo(i_lo, k.seqlen_q, k.seqlen_k, k.window_left);
+    const int64_t k_hi = fa_mask_key_hi(i_hi, k.seqlen_q, k.seqlen_k, k.window_right);
     *n_begin = *n_end = 0;
     if (k_lo < k_hi) {
         *n_begin = k_lo / bk;

@@ -228,6 +228,7 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
                 if (b.src && b.data && b.bytes && b.writable && b.src != b.data) memcpy(b.data, b.src, b.bytes);
         }
     } restore_on_early_return{buffers};
+    refresh_fast_math();  // FLASH_ATTN_CY_SIM_FAST_MATH, read per launch (include/fasim_fast_math.h)
     Launch L;
     L.kernel = kernel;
     L.cfg = cfg;

@@ -2,6 +2,10 @@
 // on the simulated thread (see scheduler.h for the Worker that resumes the fibers).
 #include "scheduler.h"
 
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
 namespace fasim {
 
 thread_local ThreadCtx *tl_ctx = nullptr;
@@ -182,5 +186,20 @@ void misaligned_cast(const char *file, unsigned line, const void *addr, size_t a
     snprintf(msg, sizeof msg, "misaligned pointer: reinterpret_cast to a type aligned to %zu bytes at address %p", align,
              addr);
     kernel_error("error", file, line, msg);
+}
+
+// Metal's fast math model (include/fasim_fast_math.h).
+int g_fast_math = 0;
+
+void refresh_fast_math() {
+    const char *e = getenv("FLASH_ATTN_CY_SIM_FAST_MATH");
+    g_fast_math = (e && *e && strcmp(e, "0") != 0) ? 1 : 0;
+}
+
+void fast_math_hazard(const char *file, unsigned line, const char *fn, float x, const char *why) {
+    char msg[320];
+    snprintf(msg, sizeof msg, "%s(%.9g): %s (Metal compiles with fast math: MSL specification, section 8, Table 8.2)",
+             fn, double(x), why);
+    kernel_error("fast-math-hazard", file, line, msg);
 }
 }  // namespace fasim

@@ -19,6 +19,7 @@
 
 #include "fiber.h"
 #include "guarded.h"
+#include "include/fasim_fast_math.h"
 #include "include/fasim_rt.h"
 #include "sim_api.h"
 #include <chrono>

@@ -119,6 +119,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         byts[k] = raw
     if not 1 <= a.schedules <= 2**31 - 1:
         raise UsageError(f"--schedules must be in [1, 2**31 - 1], got {a.schedules}")
+    if a.fast_math:  # read by the runtime at every launch (csrc/sim/include/fasim_fast_math.h)
+        os.environ["FLASH_ATTN_CY_SIM_FAST_MATH"] = "1"
 
     res = run(a.file, a.kernel, _dims(a.grid, "--grid"), _dims(a.threadgroup, "--threadgroup"), buffers, byts,
               a.schedules, include_dirs=a.include)
@@ -170,6 +172,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--schedules", type=int, default=3)
     r.add_argument("--out", help="write buffer<INDEX>.npy files here")
     r.add_argument("-I", "--include", action="append", default=[], help="extra directory for #include \"...\"")
+    r.add_argument("--fast-math", action="store_true",
+                   help="model Metal's default fast math: transcendental functions at the MSL specification's error "
+                        "bounds (Table 8.2), denormals flushed, NaN/Inf and out-of-range arguments reported as "
+                        "fast-math-hazard (same as FLASH_ATTN_CY_SIM_FAST_MATH=1)")
     c = sub.add_parser("check", help="strict clang check with MSL address spaces")
     c.add_argument("files", nargs="+")
     c.add_argument("-I", "--include", action="append", default=[])

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "fasim_types.h"
+#include "fasim_fast_math.h"
 
 #ifndef INFINITY
 #define INFINITY (__builtin_inff())
@@ -44,23 +45,7 @@ namespace metal {
     template <class T, int N> inline vec<T, N> NAME(const vec<T, N> &v) {                                    \
         return vmap(v, [](T a) { return NAME(a); });                                                         \
     }
-FASIM_MATH1(exp, __builtin_expf(x))
-FASIM_MATH1(exp2, __builtin_exp2f(x))
-FASIM_MATH1(exp10, __builtin_powf(10.0f, x))
-FASIM_MATH1(log, __builtin_logf(x))
-FASIM_MATH1(log2, __builtin_log2f(x))
-FASIM_MATH1(log10, __builtin_log10f(x))
-FASIM_MATH1(sqrt, __builtin_sqrtf(x))
-FASIM_MATH1(rsqrt, 1.0f / __builtin_sqrtf(x))
-FASIM_MATH1(sin, __builtin_sinf(x))
-FASIM_MATH1(cos, __builtin_cosf(x))
-FASIM_MATH1(tan, __builtin_tanf(x))
-FASIM_MATH1(tanh, __builtin_tanhf(x))
-FASIM_MATH1(sinh, __builtin_sinhf(x))
-FASIM_MATH1(cosh, __builtin_coshf(x))
-FASIM_MATH1(asin, __builtin_asinf(x))
-FASIM_MATH1(acos, __builtin_acosf(x))
-FASIM_MATH1(atan, __builtin_atanf(x))
+// Exact (or rounding-only) functions: the same in every math mode.
 FASIM_MATH1(floor, __builtin_floorf(x))
 FASIM_MATH1(ceil, __builtin_ceilf(x))
 FASIM_MATH1(round, __builtin_roundf(x))
@@ -72,6 +57,52 @@ FASIM_MATH1(saturate, x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x))
 FASIM_MATH1(sign, x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f))
 #undef FASIM_MATH1
 
+// Transcendental functions. precise::NAME is IEEE single precision here (Table 8.1 allows a few ulp; the simulator is
+// exact). metal::NAME (and fast::NAME) is the same unless the fast-math model is on (FLASH_ATTN_CY_SIM_FAST_MATH,
+// `sim run --fast-math`), then it is fasim::fm::NAME (fasim_fast_math.h), reported at the caller's source line.
+// half keeps the precise form in both modes: the MSL specification's Table 8.3 (half precision) has no fast variant.
+#define FASIM_MATH_T(NAME, EXPR)                                                                             \
+    namespace precise {                                                                                      \
+    inline float NAME(float x) { return EXPR; }                                                              \
+    inline half NAME(half x) { return half(NAME((float)x)); }                                                \
+    inline bfloat NAME(bfloat x) { return bfloat(NAME((float)x)); }                                          \
+    template <class T, int N> inline vec<T, N> NAME(const vec<T, N> &v) {                                    \
+        return vmap(v, [](T a) { return NAME(a); });                                                         \
+    }                                                                                                        \
+    }                                                                                                        \
+    inline float NAME(float x, const char *fasim_file = __builtin_FILE(), unsigned fasim_line = __builtin_LINE()) { \
+        if (__builtin_expect(::fasim::g_fast_math != 0, 0)) return ::fasim::fm::NAME(x, fasim_file, fasim_line); \
+        return EXPR;                                                                                         \
+    }                                                                                                        \
+    inline half NAME(half x, const char * = nullptr, unsigned = 0) { return precise::NAME(x); }              \
+    inline bfloat NAME(bfloat x, const char *fasim_file = __builtin_FILE(), unsigned fasim_line = __builtin_LINE()) { \
+        return bfloat(NAME((float)x, fasim_file, fasim_line));                                               \
+    }                                                                                                        \
+    template <class T, int N> inline vec<T, N> NAME(const vec<T, N> &v, const char *fasim_file = __builtin_FILE(), \
+                                                    unsigned fasim_line = __builtin_LINE()) {                \
+        vec<T, N> r;                                                                                         \
+        for (int i = 0; i < N; i++) r[i] = NAME(v[i], fasim_file, fasim_line);                             \
+        return r;                                                                                            \
+    }
+FASIM_MATH_T(exp, __builtin_expf(x))
+FASIM_MATH_T(exp2, __builtin_exp2f(x))
+FASIM_MATH_T(exp10, __builtin_powf(10.0f, x))
+FASIM_MATH_T(log, __builtin_logf(x))
+FASIM_MATH_T(log2, __builtin_log2f(x))
+FASIM_MATH_T(log10, __builtin_log10f(x))
+FASIM_MATH_T(sqrt, __builtin_sqrtf(x))
+FASIM_MATH_T(rsqrt, 1.0f / __builtin_sqrtf(x))
+FASIM_MATH_T(sin, __builtin_sinf(x))
+FASIM_MATH_T(cos, __builtin_cosf(x))
+FASIM_MATH_T(tan, __builtin_tanf(x))
+FASIM_MATH_T(tanh, __builtin_tanhf(x))
+FASIM_MATH_T(sinh, __builtin_sinhf(x))
+FASIM_MATH_T(cosh, __builtin_coshf(x))
+FASIM_MATH_T(asin, __builtin_asinf(x))
+FASIM_MATH_T(acos, __builtin_acosf(x))
+FASIM_MATH_T(atan, __builtin_atanf(x))
+#undef FASIM_MATH_T
+
 #define FASIM_MATH2(NAME, EXPR)                                                                              \
     inline float NAME(float x, float y) { return EXPR; }                                                     \
     inline half NAME(half x, half y) { return half(NAME((float)x, (float)y)); }                              \
@@ -81,15 +112,35 @@ FASIM_MATH1(sign, x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f))
         for (int i = 0; i < N; i++) r[i] = NAME(a[i], b[i]);                                                 \
         return r;                                                                                            \
     }
-FASIM_MATH2(pow, __builtin_powf(x, y))
-FASIM_MATH2(powr, __builtin_powf(x, y))
 FASIM_MATH2(atan2, __builtin_atan2f(x, y))
-FASIM_MATH2(fmod, __builtin_fmodf(x, y))
 FASIM_MATH2(fmin, __builtin_fminf(x, y))
 FASIM_MATH2(fmax, __builtin_fmaxf(x, y))
 FASIM_MATH2(step, y < x ? 0.0f : 1.0f)
-FASIM_MATH2(divide, x / y)
 #undef FASIM_MATH2
+
+// Two-argument functions with a fast form (see FASIM_MATH_T).
+#define FASIM_MATH2_T(NAME, EXPR)                                                                            \
+    namespace precise {                                                                                      \
+    inline float NAME(float x, float y) { return EXPR; }                                                     \
+    inline half NAME(half x, half y) { return half(NAME((float)x, (float)y)); }                              \
+    }                                                                                                        \
+    inline float NAME(float x, float y, const char *fasim_file = __builtin_FILE(),                           \
+                      unsigned fasim_line = __builtin_LINE()) {                                              \
+        if (__builtin_expect(::fasim::g_fast_math != 0, 0)) return ::fasim::fm::NAME(x, y, fasim_file, fasim_line); \
+        return EXPR;                                                                                         \
+    }                                                                                                        \
+    inline half NAME(half x, half y) { return precise::NAME(x, y); }                                         \
+    inline bfloat NAME(bfloat x, bfloat y) { return bfloat(NAME((float)x, (float)y)); }                      \
+    template <class T, int N> inline vec<T, N> NAME(const vec<T, N> &a, const vec<T, N> &b) {                \
+        vec<T, N> r;                                                                                         \
+        for (int i = 0; i < N; i++) r[i] = NAME(a[i], b[i]);                                                 \
+        return r;                                                                                            \
+    }
+FASIM_MATH2_T(pow, __builtin_powf(x, y))
+FASIM_MATH2_T(powr, __builtin_powf(x, y))
+FASIM_MATH2_T(fmod, __builtin_fmodf(x, y))
+FASIM_MATH2_T(divide, x / y)
+#undef FASIM_MATH2_T
 
 // min/max/abs/clamp: every scalar type (integers too) and vectors; float follows fmin/fmax (NaN-ignoring).
 template <class T> inline std::enable_if_t<fasim::is_scalar_v<T>, T> max(T a, T b) { return a < b ? b : a; }
@@ -194,7 +245,8 @@ inline uint ctz(uint x) { return x ? (uint)__builtin_ctz(x) : 32u; }
 inline uint clz(uint x) { return x ? (uint)__builtin_clz(x) : 32u; }
 inline ulong popcount(ulong x) { return (ulong)__builtin_popcountl(x); }
 
-// fast:: and precise:: variants compute the same here (the simulator is always IEEE single precision).
+// fast:: is the default form (MSL compiles with fast math unless told otherwise); precise:: holds its own exact
+// transcendental functions above and sees the rest of metal:: (min, max, abs, ...) through this directive.
 namespace fast { using namespace ::metal; }
 namespace precise { using namespace ::metal; }
 
