@@ -37,6 +37,14 @@ from .interface import (
 )
 from .kvcache import flash_attn_with_kvcache
 from ._backward import backward
+from .errors import (  # every exception a caller may catch, documented in errors.py
+    BackendUnavailableError,
+    FlashAttnShadowWarning,
+    FlashAttnTypeError,
+    FlashAttnValueError,
+    SimCompileError,
+    TranslateError,
+)
 
 __version__ = "0.1.0"
 
@@ -74,6 +82,12 @@ __all__ = [
     "install_as_flash_attn",
     "uninstall_flash_attn_alias",
     "register_transformers",
+    "BackendUnavailableError",
+    "FlashAttnValueError",
+    "FlashAttnTypeError",
+    "FlashAttnShadowWarning",
+    "SimCompileError",
+    "TranslateError",
     "__version__",
 ]
 

@@ -25,9 +25,7 @@ BACKEND_CHOICES = ("auto",) + tuple(BACKENDS)
 _AVAILABLE = {name: tuple(backend_available(name)) for name in BACKENDS}
 
 
-class BackendUnavailableError(RuntimeError, ValueError):
-    """A known backend this build or machine cannot run (e.g. backend="metal" on Linux). Both a RuntimeError (the
-    machine lacks it) and a ValueError (the `backend` argument is not acceptable here), so either `except` works."""
+from .errors import BackendUnavailableError  # noqa: E402  (declared with the other exceptions in errors.py)
 
 
 def resolve_backend(backend: Any) -> str:

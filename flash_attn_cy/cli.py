@@ -344,7 +344,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m flash_attn_cy",
-                                description="flash_attn_cy: FlashAttention-2 for Apple Silicon and CPUs.")
+                                description="flash_attn_cy: FlashAttention-2 for Apple Silicon and CPUs.",
+                                epilog="`python -m flash_attn_cy COMMAND --help` lists a command's options.")
     p.add_argument("--version", action="version", version=f"flash_attn_cy {_package_version()}")
     sub = p.add_subparsers(dest="command", metavar="{info,verify,bench,demo}")
     sub.required = True
@@ -418,6 +419,10 @@ def _output_path_problem(path: str) -> Optional[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # a first try with no arguments: show what there is rather than a usage error
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     if getattr(args, "backward", False) and getattr(args, "decode", False):
         parser.error("--backward and --decode cannot be combined")

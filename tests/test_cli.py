@@ -36,10 +36,13 @@ def test_help_lists_subcommands(tmp_path):
         assert sub in r.stdout
 
 
-def test_no_subcommand_is_a_usage_error(tmp_path):
+def test_no_arguments_prints_the_help_and_the_commands(tmp_path):
+    # a new user's first try: the help and the list of commands, not a usage error
     r = run_cli([], tmp_path)
-    assert r.returncode == 2
-    assert "usage:" in r.stderr and "required" in r.stderr
+    assert r.returncode == 0, r.stderr
+    assert "usage:" in r.stdout and r.stderr == ""
+    for sub in ("info", "verify", "bench", "demo"):
+        assert f"    {sub} " in r.stdout  # one line per command with what it does
 
 
 @pytest.mark.parametrize("args,message", [
