@@ -347,9 +347,10 @@ def build_shapes(seqlens: Sequence[int], headdims: Sequence[int], dtypes: Sequen
 
 
 def run_bench(shapes: Sequence[Shape], backends: Sequence[str], comparisons, min_time: float = 0.3,
-              min_reps: int = 3, progress: Optional[Callable[[Row], None]] = None) -> List[Row]:
+              min_reps: int = 3, progress: Optional[Callable[[Row], None]] = None,
+              started: Optional[Callable[[Shape], None]] = None) -> List[Row]:
     """Time every backend and comparison on every shape. ``comparisons``: names from COMPARISONS (True means
-    ["torch"], False none)."""
+    ["torch"], False none). ``started(shape)`` is called before each shape, ``progress(row)`` after it."""
     import flash_attn_cy as fa
 
     comparisons = _comparison_list(comparisons)
@@ -357,6 +358,8 @@ def run_bench(shapes: Sequence[Shape], backends: Sequence[str], comparisons, min
     rows = []
     rng = np.random.default_rng(0)
     for shape in shapes:
+        if started is not None:
+            started(shape)
         row = Row(shape)
         sides: Dict[str, Callable[[], object]] = {}
         warm: Dict[str, float] = {}

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
-from . import _sysinfo
+from . import _progress, _sysinfo
 
 
 def _package_version() -> str:
@@ -111,6 +111,13 @@ def _choose_backends(requested: Optional[Sequence[str]], *, exclude_by_default=(
     return chosen
 
 
+def _progress_mode(args: argparse.Namespace) -> str:
+    """--quiet: none; --progress: a line per finished case even on a terminal; else a live line on a terminal."""
+    if args.quiet:
+        return "quiet"
+    return "lines" if args.progress else "auto"
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # info
 
@@ -193,11 +200,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
           f"({'quick' if args.quick else 'full'} grid, dtypes {','.join(dtypes)}); rule: "
           "max err <= 2 x error of the reference computed in the dtype + floor")
     t0 = time.perf_counter()
-
-    def progress(r):
-        if args.progress:
-            print(f"  {r.backend:<6} {r.case:<32} {r.dtype:<5} {r.status:<5} {r.seconds:6.2f}s", file=sys.stderr)
-
     cases = _verify.builtin_cases(args.quick)
     if args.case:
         cases = [c for c in cases if any(p.lower() in c.name.lower() for p in args.case)]
@@ -205,7 +207,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
             names = ", ".join(c.name for c in _verify.builtin_cases(args.quick))
             print(f"error: --case: no built-in case matches {args.case}; cases: {names}", file=sys.stderr)
             return 2
-    results = _verify.run_verify(backends, dtypes=dtypes, seed=args.seed, progress=progress, cases=cases)
+    report = _progress.Progress("verify", len(backends) * len(cases) * len(dtypes), _progress_mode(args))
+
+    def progress(r):
+        report.done(f"{r.backend} {r.case} {r.dtype} {r.status} in {r.seconds:.2f}s")
+
+    try:
+        results = _verify.run_verify(backends, dtypes=dtypes, seed=args.seed, progress=progress, cases=cases,
+                                     started=report.start)
+    finally:
+        report.close()
     print(_verify.format_table(results, verbose=args.verbose))
     passed, failed, na = _verify.summary(results)
     print(f"\n{passed} passed, {failed} failed, {na} not applicable in {time.perf_counter() - t0:.1f}s")
@@ -292,13 +303,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
           f"{' against ' + ', '.join(comparisons) if comparisons else ''} on "
           f"{len(shapes)} shapes (median of >= {args.min_reps} calls, >= {args.min_time}s each)\n", flush=True)
 
-    def progress(row):
-        if args.progress:
-            ms = ", ".join(f"{k} {v:.2f} ms" if v else f"{k} -" for k, v in row.ms.items())
-            print(f"  {row.shape.label()}: {ms}", file=sys.stderr, flush=True)
+    report = _progress.Progress("bench", len(shapes), _progress_mode(args))
 
-    rows = _bench.run_bench(shapes, backends, comparisons, min_time=args.min_time, min_reps=args.min_reps,
-                            progress=progress)
+    def progress(row):
+        ms = ", ".join(f"{k} {v:.2f} ms" if v else f"{k} -" for k, v in row.ms.items())
+        report.done(f"{row.shape.label()}: {ms}")
+
+    try:
+        rows = _bench.run_bench(shapes, backends, comparisons, min_time=args.min_time, min_reps=args.min_reps,
+                                progress=progress, started=lambda shape: report.start(shape.label()))
+    finally:
+        report.close()
     if peak is not None:
         # measured again after the run: on a shared machine one measurement can catch a busy moment
         peaks2 = _bench.matmul_peak_gflops()
@@ -333,13 +348,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     parser = build_parser()
-    rc = cmd_verify(parser.parse_args(["verify", "--quick"]))
+    flags = ["--quiet"] if args.quiet else ["--progress"] if args.progress else []
+    rc = cmd_verify(parser.parse_args(["verify", "--quick", *flags]))
     print()
-    rc_bench = cmd_bench(parser.parse_args(["bench", "--quick"]))
+    rc_bench = cmd_bench(parser.parse_args(["bench", "--quick", *flags]))
     return rc or rc_bench
 
 
 # --------------------------------------------------------------------------------------------------------------------
+
+
+def _progress_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress report on stderr")
+    g.add_argument("--progress", action="store_true",
+                   help="a line per finished case on stderr even on a terminal (default there: one live line with "
+                        "case i of n, elapsed time and ETA; elsewhere a line per case)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -364,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only cases whose name contains TEXT (repeatable), e.g. --case kvcache --case varlen")
     pv.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
     pv.add_argument("--verbose", "-v", action="store_true", help="one line per checked quantity")
-    pv.add_argument("--progress", action="store_true", help="print each case to stderr as it finishes")
+    _progress_options(pv)
     pv.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     pv.set_defaults(func=cmd_verify)
 
@@ -395,12 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="library to time beside flash_attn_cy (repeatable): torch (SDPA on the CPU), torch-mps, "
                          "mlx (default: torch; on a Mac also torch-mps and mlx when present)")
     pb.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
-    pb.add_argument("--progress", action="store_true", help="print each shape to stderr as it finishes")
+    _progress_options(pb)
     pb.add_argument("--plot", metavar="FILE.png", help="save a bar chart (needs matplotlib)")
     pb.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     pb.set_defaults(func=cmd_bench)
 
     pd = sub.add_parser("demo", help="verify --quick, then bench --quick (the README's main job)")
+    _progress_options(pd)
     pd.set_defaults(func=cmd_demo)
     return p
 

@@ -308,3 +308,85 @@ def test_bench_compare_with_a_missing_library_is_a_usage_error(tmp_path, name, m
     r = run_cli(["bench", "--seqlens", "40", "--headdims", "16", "--compare", name], tmp_path)
     assert r.returncode == 2
     assert f"--compare {name}" in r.stderr and message in r.stderr
+
+
+# ---- progress report (issue 16 item 9) -----------------------------------------------------------------------------
+
+VERIFY_TWO = ["verify", "--quick", "--backend", "cpu", "--dtypes", "fp32", "--case", "dense", "--case", "window"]
+
+
+def test_verify_and_bench_report_a_line_per_case_when_not_on_a_terminal(tmp_path):
+    r = run_cli(VERIFY_TWO, tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("verify: case")]
+    assert len(lines) == 2, r.stderr
+    assert lines[0].startswith("verify: case 1 of 2 done: cpu dense fp32 pass") and "ETA" in lines[0]
+    assert lines[1].startswith("verify: case 2 of 2 done: cpu window (7,3) fp32 pass")
+    assert "\r" not in r.stderr  # no terminal, no rewritten line
+    r = run_cli(TINY_BENCH, tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("bench: case")]
+    assert [x.split(" done:")[0] for x in lines] == [f"bench: case {i} of 4" for i in (1, 2, 3, 4)], r.stderr
+    assert "s16 d8 fp32" in lines[0] and "cpu" in lines[0] and "elapsed" in lines[0]
+    assert "bench: case" not in r.stdout  # the table on stdout stays clean
+
+
+@pytest.mark.parametrize("args", [VERIFY_TWO, TINY_BENCH])
+def test_quiet_silences_the_progress_report(tmp_path, args):
+    r = run_cli(args + ["--quiet"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "case 1 of" not in r.stderr and "elapsed" not in r.stderr
+    assert r.stdout  # the results still come
+
+
+def test_progress_on_a_terminal_is_one_rewritten_line(tmp_path):
+    """stderr on a pseudo-terminal: a live line (case i of n, elapsed, ETA) rewritten with carriage returns."""
+    pty = pytest.importorskip("pty")
+    master, slave = pty.openpty()
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "flash_attn_cy", *VERIFY_TWO], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        out = p.stdout.read().decode()
+        assert p.wait(timeout=120) == 0
+    finally:
+        os.close(master)
+    err = b"".join(chunks).decode()
+    assert "\r\x1b[K" in err and "\n" not in err.replace("\r\n", ""), repr(err)
+    assert "verify: case 1 of 2 (cpu dense fp32)" in err  # shown while the case runs
+    assert "verify: case 2 of 2 done" in err and "elapsed" in err
+    assert err.endswith("\r\x1b[K")  # cleared before the table is read
+    assert "2 passed" in out
+
+
+def test_progress_eta_from_the_cases_finished():
+    import io
+
+    from flash_attn_cy._progress import Progress
+
+    now = [100.0]
+    s = io.StringIO()
+    p = Progress("bench", 4, mode="lines", stream=s, clock=lambda: now[0])
+    now[0] += 10
+    p.done("first")
+    now[0] += 10
+    p.done("second")
+    assert s.getvalue().splitlines() == ["bench: case 1 of 4 done: first (10s elapsed, ETA 30s)",
+                                         "bench: case 2 of 4 done: second (20s elapsed, ETA 20s)"]
+    s = io.StringIO()
+    p = Progress("verify", 2, mode="quiet", stream=s)
+    p.start("x")
+    p.done("x")
+    p.close()
+    assert s.getvalue() == ""
