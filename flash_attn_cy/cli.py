@@ -148,6 +148,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         info["cpu_threads"] = get_threads()
     info["versions"] = _sysinfo.package_versions()
     info["hardware"] = _sysinfo.hardware_summary()
+    info["hardware"]["cpu_kernel_path"] = _sysinfo.cpu_kernel_path()
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -168,6 +169,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("\nhardware:")
     print(f"  platform: {hw['platform']}")
     print(f"  cpu:      {hw['cpu']}")
+    print(f"  kernels:  {hw['cpu_kernel_path']}  (the CPU backend's kernel path in use)")
     print(f"  features: {' '.join(hw['cpu_features']) or '(none detected)'}")
     print(f"  cores:    " + ", ".join(f"{k} {v}" for k, v in hw["cores"].items()))
     print(f"  memory:   {hw['memory_gib']} GiB" if hw["memory_gib"] else "  memory:   unknown")
@@ -285,10 +287,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     shapes = _bench.build_shapes(seqlens, headdims, dtypes, causal, args.batch, args.heads,
                                  backward=args.backward, decode=args.decode, heads_kv=args.kv_heads)
     hw = _sysinfo.hardware_summary()
+    hw["cpu_kernel_path"] = _sysinfo.cpu_kernel_path()
     threads = torch.get_num_threads() if torch is not None else None
     print(f"flash_attn_cy {getattr(fa, '__version__', '?')} on {hw['cpu']} ({hw['cores']['usable']} usable cores"
           f"{', ' + hw['gpu'] if 'gpu' in hw else ''}); torch {torch.__version__ if torch else 'absent'}"
           f"{f' with {threads} threads' if threads else ''}")
+    print(f"cpu kernel path: {hw['cpu_kernel_path']}; measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     if hasattr(os, "getloadavg"):
         load = os.getloadavg()[0]
         if load > 1.5 * max(1, hw["cores"]["usable"]):

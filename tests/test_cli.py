@@ -390,3 +390,37 @@ def test_progress_eta_from_the_cases_finished():
     p.done("x")
     p.close()
     assert s.getvalue() == ""
+
+
+# ---- CPU model and kernel path (issue 16 item 15) -----------------------------------------------------------------
+
+def _expected_kernel_path():
+    from flash_attn_cy import _sysinfo
+
+    feats = set(_sysinfo.cpu_features())
+    if {"avx512f", "avx512bw", "avx512vl"} <= feats:
+        return "avx512-bf16" if "avx512_bf16" in feats else "avx512"
+    return "portable"
+
+
+@pytest.mark.parametrize("forced", [False, True])
+def test_info_and_bench_print_the_cpu_model_and_kernel_path(tmp_path, monkeypatch, forced):
+    from flash_attn_cy import _sysinfo
+
+    if forced:
+        monkeypatch.setenv("FLASH_ATTN_CY_CPU_ISA", "portable")
+    else:
+        monkeypatch.delenv("FLASH_ATTN_CY_CPU_ISA", raising=False)
+    want = "portable" if forced else _expected_kernel_path()
+    model = _sysinfo.cpu_model()
+    assert model and model != "unknown"
+    r = run_cli(["info"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"kernels:  {want} " in r.stdout and model in r.stdout
+    r = run_cli(["info", "--json"], tmp_path)
+    assert json.loads(r.stdout)["hardware"]["cpu_kernel_path"] == want
+    out = tmp_path / "b.json"
+    r = run_cli(TINY_BENCH + ["--quiet", "--causal", "false", "--seqlens", "16", "--json", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert model in r.stdout and f"cpu kernel path: {want};" in r.stdout and "measured 20" in r.stdout
+    assert json.loads(out.read_text())["meta"]["hardware"]["cpu_kernel_path"] == want
