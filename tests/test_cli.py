@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -424,3 +425,38 @@ def test_info_and_bench_print_the_cpu_model_and_kernel_path(tmp_path, monkeypatc
     assert r.returncode == 0, r.stderr
     assert model in r.stdout and f"cpu kernel path: {want};" in r.stdout and "measured 20" in r.stdout
     assert json.loads(out.read_text())["meta"]["hardware"]["cpu_kernel_path"] == want
+
+
+# ---- stable decode timings (issue 16 item 16) ----------------------------------------------------------------------
+
+def test_short_calls_are_timed_for_min_time_not_a_fixed_count(monkeypatch):
+    """A decode call takes well under a millisecond: each side must get about min_time of timed calls (the old cap of
+    50 calls gave a few ms of measurement and unstable ratios)."""
+    from flash_attn_cy import _bench
+
+    monkeypatch.setattr(_bench, "SETTLE_SECONDS", 0.0)
+    fns = {"cpu": lambda: time.sleep(0.0001), "torch": lambda: time.sleep(0.0001)}
+    times = _bench._interleaved_times(fns, min_time=0.1, min_reps=3)
+    for name, t in times.items():
+        assert len(t) > 50, name
+        assert sum(t) >= 0.09, (name, sum(t))
+
+
+def test_spread_is_printed_beside_each_median():
+    from flash_attn_cy import _bench
+
+    assert _bench.spread_pct([1.0, 1.0, 1.0, 1.0]) == 0.0
+    assert abs(_bench.spread_pct([0.9, 1.0, 1.0, 1.1, 5.0]) - 5.0) < 1e-9  # half the IQR (0.1) of median 1.0
+    shape = _bench.Shape(1, 2, 1, 64, 16, "fp32", False, "decode")
+    row = _bench.Row(shape, ms={"cpu": 0.5, "torch": 1.0}, spread={"cpu": 3.2, "torch": 12.0})
+    table = _bench.format_table([row], ["cpu"], ["torch"], None)
+    assert "0.50 ±3%" in table and "1.00 ±12%" in table and "2.00" in table
+
+
+def test_bench_json_has_spread_and_call_counts(tmp_path):
+    out = tmp_path / "bench.json"
+    r = run_cli(TINY_BENCH + ["--quiet", "--json", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "±" in r.stdout
+    for row in json.loads(out.read_text())["rows"]:
+        assert row["calls"]["cpu"] >= 1 and row["spread_pct"]["cpu"] >= 0
