@@ -197,28 +197,6 @@ def test_bench_decode_gqa_runs(tmp_path):
     assert "h4/2 s1x40" in r.stdout
 
 
-def _readme_python_blocks():
-    import pathlib
-    import re
-
-    readme = pathlib.Path(__file__).resolve().parent.parent / "README.md"
-    if not readme.is_file():
-        return []
-    return re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), flags=re.S)
-
-
-@pytest.mark.parametrize("index", range(len(_readme_python_blocks())))
-def test_readme_examples_run(tmp_path, index):
-    """Every Python example in the README runs as written (a README-only feature would fail here)."""
-    code = _readme_python_blocks()[index]
-    if "import torch" in code:
-        pytest.importorskip("torch")
-    script = tmp_path / "example.py"
-    script.write_text(code, encoding="utf-8")
-    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-
-
 def test_build_info_records_the_configuration():
     import flash_attn_cy
     info = flash_attn_cy.build_info()
