@@ -105,6 +105,7 @@ MAX_ROUNDS = 5
 # decode call takes 0.05-1 ms, and 50 calls of it (the former cap) were a few ms of measurement, too little for a
 # stable median on a shared machine (PyTorch's side varied 0.09-8 ms between runs).
 MAX_REPS = 20000
+NOISY_SPREAD_PCT = 20.0  # a spread above this says the machine was busy (quiet machines measure a few %)
 
 
 def spread_pct(times: Sequence[float]) -> float:
@@ -479,6 +480,12 @@ def format_table(rows: Sequence[Row], backends: Sequence[str], comparisons, peak
     elif peak:
         out += [f"<backend> %mm = share of the measured fp32 matrix-multiply peak ({peak:.1f} GFLOP/s); bf16/fp16 "
                 "kernels can exceed 100 with 16-bit dot-product instructions."]
+    noisy = [(row.shape.label(), name) for row in rows for name, pct in row.spread.items()
+             if row.ms.get(name) and pct > NOISY_SPREAD_PCT]
+    if noisy:
+        out += [f"note: {len(noisy)} timing(s) spread by more than ±{NOISY_SPREAD_PCT:.0f}% (e.g. {noisy[0][1]} on "
+                f"{noisy[0][0]}): something else used the CPU meanwhile, and ratios involving them are unreliable; "
+                "rerun on a quieter machine, or with a longer --min-time."]
     names = {"torch": "PyTorch SDPA on the CPU", "torch-mps": "PyTorch SDPA on MPS", "mlx": "MLX fast SDPA"}
     for c in comparisons:
         out += [f"{c}/<backend> = {c} ms / backend ms ({names[c]}): above 1 means flash_attn_cy is faster."]

@@ -429,6 +429,10 @@ def test_spread_is_printed_beside_each_median():
     row = _bench.Row(shape, ms={"cpu": 0.5, "torch": 1.0}, spread={"cpu": 3.2, "torch": 12.0})
     table = _bench.format_table([row], ["cpu"], ["torch"], None)
     assert "0.50 ±3%" in table and "1.00 ±12%" in table and "2.00" in table
+    assert "unreliable" not in table
+    row.spread["torch"] = 45.0  # a busy machine: the table says the ratio cannot be trusted
+    table = _bench.format_table([row], ["cpu"], ["torch"], None)
+    assert "1.00 ±45%" in table and "note: 1 timing(s) spread by more than ±20% (e.g. torch on b1 h2" in table
 
 
 def test_bench_json_has_spread_and_call_counts(tmp_path):
