@@ -105,6 +105,10 @@ MAX_ROUNDS = 5
 # decode call takes 0.05-1 ms, and 50 calls of it (the former cap) were a few ms of measurement, too little for a
 # stable median on a shared machine (PyTorch's side varied 0.09-8 ms between runs).
 MAX_REPS = 20000
+DEFAULT_MIN_TIME = 0.3  # seconds of timed calls per side and shape
+# Decode: two runs of the decode grid on a 16-core Xeon VM gave torch/cpu ratios that moved by up to 39% between runs
+# with 0.3 s per side and by at most 13% with 1.0 s (2 threads, 4k-64k keys, fp32/bf16, d64/d128).
+DECODE_MIN_TIME = 1.0
 NOISY_SPREAD_PCT = 20.0  # a spread above this says the machine was busy (quiet machines measure a few %)
 
 

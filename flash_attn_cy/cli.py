@@ -280,6 +280,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if torch is not None:
             torch.set_num_threads(args.threads)
 
+    if args.min_time is None:
+        args.min_time = _bench.DECODE_MIN_TIME if args.decode else _bench.DEFAULT_MIN_TIME
     quick = args.quick
     seqlens = args.seqlens or (_bench.QUICK_SEQLENS if quick else _bench.DEFAULT_SEQLENS)
     headdims = args.headdims or (_bench.QUICK_HEADDIMS if quick else _bench.DEFAULT_HEADDIMS)
@@ -371,6 +373,8 @@ def _progress_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import _bench  # defaults and choices of `bench` (NumPy only; no torch, no compiled extension)
+
     p = argparse.ArgumentParser(prog="python -m flash_attn_cy",
                                 description="flash_attn_cy: FlashAttention-2 for Apple Silicon and CPUs.",
                                 epilog="`python -m flash_attn_cy COMMAND --help` lists a command's options.")
@@ -413,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--decode", action="store_true",
                     help="time flash_attn_with_kvcache with one query against a cache of --seqlens keys")
     pb.add_argument("--threads", type=_positive_int, help="threads for flash_attn_cy's CPU backend and torch")
-    pb.add_argument("--min-time", type=_nonneg_float, default=0.3, help="seconds per measurement (default 0.3)")
+    pb.add_argument("--min-time", type=_nonneg_float, default=None,
+                    help=f"seconds of timed calls per side and shape (default {_bench.DEFAULT_MIN_TIME}; "
+                         f"{_bench.DECODE_MIN_TIME} with --decode)")
     # 3: the median of three alternating rounds ignores one call caught by a slow phase of a shared machine
     pb.add_argument("--min-reps", type=_positive_int, default=3, help="calls per measurement at least (default 3)")
     pb.add_argument("--no-torch", action="store_true", help="do not time PyTorch")

@@ -442,3 +442,19 @@ def test_bench_json_has_spread_and_call_counts(tmp_path):
     assert "±" in r.stdout
     for row in json.loads(out.read_text())["rows"]:
         assert row["calls"]["cpu"] >= 1 and row["spread_pct"]["cpu"] >= 0
+
+
+@pytest.mark.parametrize("extra,want", [([], 0.3), (["--decode"], 1.0), (["--decode", "--min-time", "0.05"], 0.05)])
+def test_decode_gets_a_longer_default_min_time(monkeypatch, capsys, extra, want):
+    from flash_attn_cy import _bench, cli
+
+    seen = {}
+
+    def fake_run_bench(shapes, backends, comparisons, min_time, min_reps, progress=None, started=None):
+        seen["min_time"] = min_time
+        return []
+
+    monkeypatch.setattr(_bench, "run_bench", fake_run_bench)
+    rc = cli.main(["bench", "--seqlens", "64", "--headdims", "16", "--dtypes", "fp32", "--no-peak", "--no-torch",
+                   "--quiet", *extra])
+    assert rc == 0 and seen["min_time"] == want
