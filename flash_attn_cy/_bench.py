@@ -102,8 +102,8 @@ class Row:
 SETTLE_SECONDS = 0.02  # libgomp spins ~300k pause instructions (a few ms) before an idle thread sleeps
 MAX_ROUNDS = 5
 # Calls per side at most. Generous, so that min_time (not a call count) decides how long a short call is timed: a
-# decode call takes 0.05-1 ms, and 50 calls of it (the former cap) were a few ms of measurement, too little for a
-# stable median on a shared machine (PyTorch's side varied 0.09-8 ms between runs).
+# decode call against a short cache takes well under a millisecond, and 50 calls of it (the former cap) were a few ms
+# of measurement, too little for a stable median on a shared machine (PyTorch's side varied 0.09-8 ms between runs).
 MAX_REPS = 20000
 DEFAULT_MIN_TIME = 0.3  # seconds of timed calls per side and shape
 # Decode: two runs of the decode grid on a 16-core Xeon VM gave torch/cpu ratios that moved by up to 39% between runs
@@ -377,7 +377,7 @@ def build_shapes(seqlens: Sequence[int], headdims: Sequence[int], dtypes: Sequen
     return shapes
 
 
-def run_bench(shapes: Sequence[Shape], backends: Sequence[str], comparisons, min_time: float = 0.3,
+def run_bench(shapes: Sequence[Shape], backends: Sequence[str], comparisons, min_time: float = DEFAULT_MIN_TIME,
               min_reps: int = 3, progress: Optional[Callable[[Row], None]] = None,
               started: Optional[Callable[[Shape], None]] = None) -> List[Row]:
     """Time every backend and comparison on every shape. ``comparisons``: names from COMPARISONS (True means

@@ -5,6 +5,9 @@
 - ``bench``   every backend present against PyTorch's scaled_dot_product_attention on built-in shapes.
 - ``demo``    the README's main job: ``verify --quick`` then ``bench --quick``.
 
+No arguments print the help and the commands. ``verify``, ``bench`` and ``demo`` report progress on stderr
+(flash_attn_cy/_progress.py; ``--quiet`` silences it); their results go to stdout.
+
 Exit status: 0 success, 1 a check failed (verify) or a run failed (bench), 2 bad arguments or a missing optional
 dependency that was explicitly asked for (argparse's convention).
 """
@@ -373,7 +376,7 @@ def _progress_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import _bench  # defaults and choices of `bench` (NumPy only; no torch, no compiled extension)
+    from . import _bench  # defaults and choices of `bench` (imports NumPy only, not torch)
 
     p = argparse.ArgumentParser(prog="python -m flash_attn_cy",
                                 description="flash_attn_cy: FlashAttention-2 for Apple Silicon and CPUs.",
