@@ -133,9 +133,10 @@ int check_cu_seqlens(const Ctx &c, const char *name, const int32_t *cu, int32_t 
         if (len < 0)
             return fail(c.err, c.errlen, FA_ERR_VALUE, "%s must be non-decreasing, but %s[%d]=%d > %s[%d]=%d", name,
                         name, b, cu[b], name, b + 1, cu[b + 1]);
-        if (len > max_len)
+        if (len > max_len)  // max_seqlen is the caller's claim about cu_seqlens: the claim is what is wrong
             return fail(c.err, c.errlen, FA_ERR_VALUE,
-                        "%s: sequence %d has length %lld, more than %s=%d", name, b, (long long)len, max_name, max_len);
+                        "%s: %d is less than the longest sequence in %s (sequence %d has %lld rows)", max_name,
+                        max_len, name, b, (long long)len);
     }
     if (total >= 0 && cu[batch] > total)
         return fail(c.err, c.errlen, FA_ERR_VALUE, "%s[-1]=%d exceeds the %lld rows of %s", name, cu[batch],
@@ -148,9 +149,13 @@ int check_cu_seqlens(const Ctx &c, const char *name, const int32_t *cu, int32_t 
 int check_shapes(const Ctx &c) {
     const fa_params *p = c.p;
     if (p->batch < 1) return fail(c.err, c.errlen, FA_ERR_VALUE, "batch size must be >= 1, got %d", p->batch);
-    if (p->seqlen_q < 0 || p->seqlen_k < 0)
-        return fail(c.err, c.errlen, FA_ERR_VALUE, "sequence lengths must be >= 0 (seqlen_q=%d, seqlen_k=%d)",
-                    p->seqlen_q, p->seqlen_k);
+    // varlen: seqlen_q/k are the caller's max_seqlen_q/k; otherwise they come from q's and k's shapes
+    if (p->seqlen_q < 0)
+        return fail(c.err, c.errlen, FA_ERR_VALUE, "%s must be >= 0, got %d",
+                    c.varlen ? "max_seqlen_q" : "q: seqlen_q", p->seqlen_q);
+    if (p->seqlen_k < 0)
+        return fail(c.err, c.errlen, FA_ERR_VALUE, "%s must be >= 0, got %d",
+                    c.varlen ? "max_seqlen_k" : "k: seqlen_k", p->seqlen_k);
     if (p->nheads_q < 1 || p->nheads_kv < 1)
         return fail(c.err, c.errlen, FA_ERR_VALUE, "number of heads must be >= 1 (q: %d, k/v: %d)", p->nheads_q,
                     p->nheads_kv);
@@ -266,10 +271,12 @@ int check_key_side(const Ctx &c, bool backward) {
                         (long long)p->num_blocks);
         if (p->max_blocks_per_seq < 1 || p->block_table_batch_stride < 0)
             return fail(c.err, c.errlen, FA_ERR_VALUE, "block_table: must be (batch, max_blocks) with max_blocks >= 1");
+        // varlen: seqlen_k is the caller's max_seqlen_k; the KV-cache path sets it to the table's capacity
         if ((int64_t)p->seqlen_k > (int64_t)p->max_blocks_per_seq * p->page_block_size)
             return fail(c.err, c.errlen, FA_ERR_VALUE,
-                        "block_table: seqlen_k=%d exceeds the %d pages x %d rows the table can address", p->seqlen_k,
-                        p->max_blocks_per_seq, p->page_block_size);
+                        "%s: %d is more than the %d pages x %d rows that block_table can address",
+                        c.varlen ? "max_seqlen_k" : "block_table: seqlen_k", p->seqlen_k, p->max_blocks_per_seq,
+                        p->page_block_size);
         if (p->cache_batch_idx)
             return fail(c.err, c.errlen, FA_ERR_VALUE, "cache_batch_idx cannot be combined with block_table");
         if (p->leftpad_k)
@@ -324,6 +331,11 @@ int check_key_side(const Ctx &c, bool backward) {
         int64_t used = p->seqused_k ? p->seqused_k[b] : cap - left;
         if (left < 0)
             return fail(c.err, c.errlen, FA_ERR_VALUE, "cache_leftpad[%d]=%lld must be >= 0", b, (long long)left);
+        if (!p->seqused_k && left > cap)  // no cache_seqlens: the whole cache is used, so the padding is at fault
+            return fail(c.err, c.errlen, FA_ERR_VALUE, "cache_leftpad[%d]=%lld exceeds the cache of %lld rows", b,
+                        (long long)left, (long long)cap);
+        if (p->seqused_k && used < 0)
+            return fail(c.err, c.errlen, FA_ERR_VALUE, "cache_seqlens[%d]=%lld must be >= 0", b, (long long)used);
         if (used < 0 || left + used > cap)
             return fail(c.err, c.errlen, FA_ERR_VALUE,
                         "cache_seqlens[%d]: %lld keys from row %lld do not fit the cache of %lld rows", b,

@@ -37,6 +37,14 @@ from .interface import (
 )
 from .kvcache import flash_attn_with_kvcache
 from ._backward import backward
+from .errors import (  # every exception a caller may catch, documented in errors.py
+    BackendUnavailableError,
+    FlashAttnShadowWarning,
+    FlashAttnTypeError,
+    FlashAttnValueError,
+    SimCompileError,
+    TranslateError,
+)
 
 # Written by meson from the VERSION file at the repository root (the one place the version is set).
 from ._build_info import BUILD_INFO as _BUILD_INFO
@@ -77,6 +85,12 @@ __all__ = [
     "install_as_flash_attn",
     "uninstall_flash_attn_alias",
     "register_transformers",
+    "BackendUnavailableError",
+    "FlashAttnValueError",
+    "FlashAttnTypeError",
+    "FlashAttnShadowWarning",
+    "SimCompileError",
+    "TranslateError",
     "__version__",
 ]
 

@@ -87,6 +87,8 @@ class Row:
     shape: Shape
     ms: Dict[str, Optional[float]] = field(default_factory=dict)  # backend -> median ms (None: failed / n/a)
     notes: Dict[str, str] = field(default_factory=dict)
+    spread: Dict[str, float] = field(default_factory=dict)  # backend -> spread_pct of its timed calls
+    calls: Dict[str, int] = field(default_factory=dict)  # backend -> number of timed calls
 
     def gflops(self, name: str) -> Optional[float]:
         ms = self.ms.get(name)
@@ -99,6 +101,25 @@ class Row:
 
 SETTLE_SECONDS = 0.02  # libgomp spins ~300k pause instructions (a few ms) before an idle thread sleeps
 MAX_ROUNDS = 5
+# Calls per side at most. Generous, so that min_time (not a call count) decides how long a short call is timed: a
+# decode call against a short cache takes well under a millisecond, and 50 calls of it (the former cap) were a few ms
+# of measurement, too little for a stable median on a shared machine (PyTorch's side varied 0.09-8 ms between runs).
+MAX_REPS = 20000
+DEFAULT_MIN_TIME = 0.3  # seconds of timed calls per side and shape
+# Decode: two runs of the decode grid on a 16-core Xeon VM gave torch/cpu ratios that moved by up to 39% between runs
+# with 0.3 s per side and by at most 13% with 1.0 s (2 threads, 4k-64k keys, fp32/bf16, d64/d128).
+DECODE_MIN_TIME = 1.0
+NOISY_SPREAD_PCT = 20.0  # a spread above this says the machine was busy (quiet machines measure a few %)
+
+
+def spread_pct(times: Sequence[float]) -> float:
+    """Half the interquartile range of ``times``, in percent of their median: the "±" printed beside a median
+    (robust to the odd call caught by a slow phase, unlike the standard deviation)."""
+    if len(times) < 2:
+        return 0.0
+    q = statistics.quantiles(times, n=4, method="inclusive")
+    med = statistics.median(times)
+    return 0.0 if med <= 0 else 100.0 * (q[2] - q[0]) / 2 / med
 
 
 def _median_ms(fn: Callable[[], object], min_time: float, min_reps: int, max_reps: int = 50) -> float:
@@ -113,12 +134,20 @@ def _median_ms(fn: Callable[[], object], min_time: float, min_reps: int, max_rep
 
 
 def _interleaved_median_ms(fns: Dict[str, Callable[[], object]], min_time: float, min_reps: int,
-                           max_reps: int = 50, warm: Optional[Dict[str, float]] = None) -> Dict[str, float]:
-    """Median ms per side, the sides timed in alternating rounds (see the module docstring).
+                           max_reps: int = MAX_REPS, warm: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+    """Median ms per side, the sides timed in alternating rounds (see the module docstring)."""
+    times = _interleaved_times(fns, min_time, min_reps, max_reps, warm)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
-    Each side gets at least ``min_reps`` timed calls and about ``min_time`` seconds in all, split over up to
-    MAX_ROUNDS rounds; calls longer than a round's share get one call per round (at least ``min_reps`` rounds).
-    ``warm`` holds the seconds of a warm-up call already made per side; without it each side is warmed up here."""
+
+def _interleaved_times(fns: Dict[str, Callable[[], object]], min_time: float, min_reps: int,
+                       max_reps: int = MAX_REPS, warm: Optional[Dict[str, float]] = None) -> Dict[str, List[float]]:
+    """Seconds of every timed call per side, the sides timed in alternating rounds (see the module docstring).
+
+    Each side gets at least ``min_reps`` timed calls and about ``min_time`` seconds of calls in all (up to
+    ``max_reps`` calls), split over up to MAX_ROUNDS rounds; calls longer than a round's share get one call per
+    round (at least ``min_reps`` rounds). ``warm`` holds the seconds of a warm-up call already made per side;
+    without it each side is warmed up here."""
     if warm is None:
         warm = {}
         for name, fn in fns.items():
@@ -134,14 +163,16 @@ def _interleaved_median_ms(fns: Dict[str, Callable[[], object]], min_time: float
     for _ in range(rounds):
         for name, fn in fns.items():
             time.sleep(SETTLE_SECONDS)
-            start = time.perf_counter()
+            spent = 0.0  # time inside the calls: the measured time, not counting the timer's own overhead
             n = 0
-            while n < reps_per_round or (time.perf_counter() - start < round_time and n < cap_per_round):
+            while n < reps_per_round or (spent < round_time and n < cap_per_round):
                 t0 = time.perf_counter()
                 fn()
-                times[name].append(time.perf_counter() - t0)
+                dt = time.perf_counter() - t0
+                times[name].append(dt)
+                spent += dt
                 n += 1
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    return times
 
 
 def matmul_peak_gflops(n: int = 1024, min_time: float = 0.5) -> Dict[str, float]:
@@ -346,10 +377,11 @@ def build_shapes(seqlens: Sequence[int], headdims: Sequence[int], dtypes: Sequen
     return shapes
 
 
-def run_bench(shapes: Sequence[Shape], backends: Sequence[str], comparisons, min_time: float = 0.3,
-              min_reps: int = 3, progress: Optional[Callable[[Row], None]] = None) -> List[Row]:
+def run_bench(shapes: Sequence[Shape], backends: Sequence[str], comparisons, min_time: float = DEFAULT_MIN_TIME,
+              min_reps: int = 3, progress: Optional[Callable[[Row], None]] = None,
+              started: Optional[Callable[[Shape], None]] = None) -> List[Row]:
     """Time every backend and comparison on every shape. ``comparisons``: names from COMPARISONS (True means
-    ["torch"], False none)."""
+    ["torch"], False none). ``started(shape)`` is called before each shape, ``progress(row)`` after it."""
     import flash_attn_cy as fa
 
     comparisons = _comparison_list(comparisons)
@@ -357,6 +389,8 @@ def run_bench(shapes: Sequence[Shape], backends: Sequence[str], comparisons, min
     rows = []
     rng = np.random.default_rng(0)
     for shape in shapes:
+        if started is not None:
+            started(shape)
         row = Row(shape)
         sides: Dict[str, Callable[[], object]] = {}
         warm: Dict[str, float] = {}
@@ -374,7 +408,10 @@ def run_bench(shapes: Sequence[Shape], backends: Sequence[str], comparisons, min
             except Exception as e:  # noqa: BLE001 - report and continue with the other sides and shapes
                 row.ms[name], row.notes[name] = None, f"{type(e).__name__}: {e}"
         try:
-            row.ms.update(_interleaved_median_ms(sides, min_time, min_reps, warm=warm))
+            for name, t in _interleaved_times(sides, min_time, min_reps, warm=warm).items():
+                row.ms[name] = statistics.median(t) * 1e3
+                row.spread[name] = spread_pct(t)
+                row.calls[name] = len(t)
         except Exception as e:  # noqa: BLE001 - a side that ran once but failed later
             for name in sides:
                 row.ms[name], row.notes[name] = None, f"{type(e).__name__}: {e}"
@@ -426,6 +463,14 @@ def format_table(rows: Sequence[Row], backends: Sequence[str], comparisons, peak
                 a, t = row.ms.get(be), row.ms.get(c)
                 line.append(_fmt(None if not a or not t else t / a, ".2f"))
         body.append(line)
+    # the spread (half the interquartile range of the timed calls) beside each median: a ratio is only as good
+    # as the two medians it divides
+    for line, row in zip(body, rows):
+        col = 1
+        for name in list(backends) + comparisons:
+            if row.ms.get(name) and name in row.spread:
+                line[col] += f" ±{row.spread[name]:.0f}%"
+            col += 3 if (name in backends and peak and not decode) else 2
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     fmt = lambda r: "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))
     out = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in body]
@@ -433,11 +478,18 @@ def format_table(rows: Sequence[Row], backends: Sequence[str], comparisons, peak
     if notes:
         out += ["", "notes:"] + notes
     out += [""]
+    out += ["ms = median of the timed calls ± half their interquartile range (in % of the median)."]
     if decode:
         out += ["GB/s = bytes of K and V read per call / time (decode is bound by memory bandwidth)."]
     elif peak:
         out += [f"<backend> %mm = share of the measured fp32 matrix-multiply peak ({peak:.1f} GFLOP/s); bf16/fp16 "
                 "kernels can exceed 100 with 16-bit dot-product instructions."]
+    noisy = [(row.shape.label(), name) for row in rows for name, pct in row.spread.items()
+             if row.ms.get(name) and pct > NOISY_SPREAD_PCT]
+    if noisy:
+        out += [f"note: {len(noisy)} timing(s) spread by more than ±{NOISY_SPREAD_PCT:.0f}% (e.g. {noisy[0][1]} on "
+                f"{noisy[0][0]}): something else used the CPU meanwhile, and ratios involving them are unreliable; "
+                "rerun on a quieter machine, or with a longer --min-time."]
     names = {"torch": "PyTorch SDPA on the CPU", "torch-mps": "PyTorch SDPA on MPS", "mlx": "MLX fast SDPA"}
     for c in comparisons:
         out += [f"{c}/<backend> = {c} ms / backend ms ({names[c]}): above 1 means flash_attn_cy is faster."]
@@ -449,7 +501,8 @@ def to_json(rows: Sequence[Row], meta: dict) -> str:
     for row in rows:
         data["rows"].append({"shape": asdict(row.shape), "label": row.shape.label(), "flops": row.shape.flops(),
                              "ms": row.ms, "gflops": {k: row.gflops(k) for k in row.ms},
-                             "kv_gbps": {k: row.gbps(k) for k in row.ms}, "notes": row.notes})
+                             "kv_gbps": {k: row.gbps(k) for k in row.ms}, "notes": row.notes,
+                             "spread_pct": row.spread, "calls": row.calls})
     return json.dumps(data, indent=2)
 
 

@@ -48,7 +48,11 @@ def cpu_model() -> str:
     if sys.platform == "darwin":
         return _sysctl("machdep.cpu.brand_string") or platform.processor() or "unknown"
     info = _cpuinfo()
-    return info.get("model name") or info.get("Model") or info.get("Hardware") or platform.processor() or "unknown"
+    name = info.get("model name") or info.get("Model") or info.get("Hardware") or platform.processor() or "unknown"
+    if "cpu family" in info and "model" in info:
+        # x86: virtual machines often report a bare "AMD EPYC"; family/model tell the generation (25/17: Zen 4)
+        name += f" (family {info['cpu family']}, model {info['model']})"
+    return name
 
 
 def cpu_features() -> List[str]:
@@ -129,6 +133,21 @@ def package_versions() -> Dict[str, Optional[str]]:
         except metadata.PackageNotFoundError:
             vers[dist] = None
     return vers
+
+
+def cpu_kernel_path() -> str:
+    """The CPU backend's kernel path in use: "avx512-bf16", "avx512" or "portable" ("unknown" if the extension
+    cannot say). It is the first word of the ISA part of the backend's description (csrc/cpu/isa_dispatch.cpp);
+    FLASH_ATTN_CY_CPU_ISA=portable is honoured, as by the kernels themselves."""
+    import re
+
+    try:
+        from . import _core
+        text = _core.backend_describe("cpu")
+    except Exception:  # noqa: BLE001 - best effort, as every probe here
+        return "unknown"
+    m = re.search(r"FlashAttention-2, ([a-z0-9-]+)", text)
+    return m.group(1) if m else "unknown"
 
 
 def hardware_summary() -> Dict[str, object]:

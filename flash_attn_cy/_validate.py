@@ -25,9 +25,7 @@ BACKEND_CHOICES = ("auto",) + tuple(BACKENDS)
 _AVAILABLE = {name: tuple(backend_available(name)) for name in BACKENDS}
 
 
-class BackendUnavailableError(RuntimeError, ValueError):
-    """A known backend this build or machine cannot run (e.g. backend="metal" on Linux). Both a RuntimeError (the
-    machine lacks it) and a ValueError (the `backend` argument is not acceptable here), so either `except` works."""
+from .errors import BackendUnavailableError  # noqa: E402  (declared with the other exceptions in errors.py)
 
 
 def resolve_backend(backend: Any) -> str:
@@ -115,13 +113,18 @@ def integer(x: Any, name: str, minimum: Optional[int] = None) -> int:
 
 
 def cu_seqlens(x: Any, name: str, batch: Optional[int], total: Optional[int], max_seqlen: int,
-               max_name: str) -> np.ndarray:
-    """(batch + 1,) int32, starting at 0, non-decreasing, last <= total rows, every length <= max_seqlen."""
+               max_name: str, total_name: str = "the packed tensor", batch_name: str = "cu_seqlens_q") -> np.ndarray:
+    """(batch + 1,) int32, starting at 0, non-decreasing, last <= total rows, every length <= max_seqlen.
+
+    Each message starts with the argument to fix: `name` for the array's own form, `max_name` (the caller's
+    max_seqlen argument) when a sequence is longer than it, `total_name` is the packed tensor whose rows
+    cu_seqlens indexes and `batch_name` the argument that fixed the batch size."""
     a = _arrays.host_int32(x, name)
     if a.shape[0] < 1:
         raise ValueError(f"{name}: expected shape (batch_size + 1,), got an empty array")
     if batch is not None and a.shape[0] != batch + 1:
-        raise ValueError(f"{name}: expected shape ({batch + 1},) (batch_size + 1), got ({a.shape[0]},)")
+        raise ValueError(f"{name}: expected shape ({batch + 1},) (batch_size + 1, as {batch_name}), "
+                         f"got ({a.shape[0]},)")
     if a[0] != 0:
         raise ValueError(f"{name}: must start at 0, got {name}[0] = {int(a[0])}")
     lens = np.diff(a.astype(np.int64))
@@ -130,10 +133,12 @@ def cu_seqlens(x: Any, name: str, batch: Optional[int], total: Optional[int], ma
         raise ValueError(f"{name}: must be non-decreasing, but {name}[{i}] = {int(a[i])} > "
                          f"{name}[{i + 1}] = {int(a[i + 1])}")
     if total is not None and a[-1] > total:
-        raise ValueError(f"{name}: last entry {int(a[-1])} exceeds the {total} rows of the packed tensor")
+        raise ValueError(f"{name}: last entry {int(a[-1])} exceeds the {total} rows of {total_name}")
     if lens.size and lens.max() > max_seqlen:
+        # max_seqlen is the caller's claim about cu_seqlens (usually computed from it): the claim is what is wrong
         i = int(np.argmax(lens))
-        raise ValueError(f"{name}: sequence {i} has length {int(lens[i])}, more than {max_name} = {max_seqlen}")
+        raise ValueError(f"{max_name}: {max_seqlen} is less than the longest sequence in {name} (sequence {i} has "
+                         f"{int(lens[i])} rows); pass at least {int(lens[i])}")
     return a
 
 

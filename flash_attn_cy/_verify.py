@@ -399,7 +399,10 @@ def _judge(checks) -> Tuple[str, float, float, List[Tuple[str, float, float]], s
 
 def run_verify(backends: Sequence[str], quick: bool = False, dtypes: Sequence[str] = DTYPE_NAMES,
                seed: int = 0, progress: Optional[Callable[[Result], None]] = None,
-               cases: Optional[Sequence[Case]] = None) -> List[Result]:
+               cases: Optional[Sequence[Case]] = None,
+               started: Optional[Callable[[str], None]] = None) -> List[Result]:
+    """Every case on every backend in every dtype. ``started(label)`` is called before each one and
+    ``progress(result)`` after it (the command line's progress report)."""
     import flash_attn_cy as fa
 
     results: List[Result] = []
@@ -409,6 +412,8 @@ def run_verify(backends: Sequence[str], quick: bool = False, dtypes: Sequence[st
         for ci, case in enumerate(cases):
             for di, dtname in enumerate(dtypes):
                 rng = np.random.default_rng([seed, ci, di])  # same inputs for every backend
+                if started is not None:
+                    started(f"{backend} {case.name} {dtname}")
                 t0 = time.perf_counter()
                 r = Result(backend, case.name, dtname, "pass")
                 try:

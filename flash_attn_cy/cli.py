@@ -5,6 +5,9 @@
 - ``bench``   every backend present against PyTorch's scaled_dot_product_attention on built-in shapes.
 - ``demo``    the README's main job: ``verify --quick`` then ``bench --quick``.
 
+No arguments print the help and the commands. ``verify``, ``bench`` and ``demo`` report progress on stderr
+(flash_attn_cy/_progress.py; ``--quiet`` silences it); their results go to stdout.
+
 Exit status: 0 success, 1 a check failed (verify) or a run failed (bench), 2 bad arguments or a missing optional
 dependency that was explicitly asked for (argparse's convention).
 """
@@ -17,7 +20,7 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
-from . import _sysinfo
+from . import _progress, _sysinfo
 
 
 def _package_version() -> str:
@@ -111,6 +114,13 @@ def _choose_backends(requested: Optional[Sequence[str]], *, exclude_by_default=(
     return chosen
 
 
+def _progress_mode(args: argparse.Namespace) -> str:
+    """--quiet: none; --progress: a line per finished case even on a terminal; else a live line on a terminal."""
+    if args.quiet:
+        return "quiet"
+    return "lines" if args.progress else "auto"
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # info
 
@@ -141,6 +151,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         info["cpu_threads"] = get_threads()
     info["versions"] = _sysinfo.package_versions()
     info["hardware"] = _sysinfo.hardware_summary()
+    info["hardware"]["cpu_kernel_path"] = _sysinfo.cpu_kernel_path()
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -161,6 +172,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("\nhardware:")
     print(f"  platform: {hw['platform']}")
     print(f"  cpu:      {hw['cpu']}")
+    print(f"  kernels:  {hw['cpu_kernel_path']}  (the CPU backend's kernel path in use)")
     print(f"  features: {' '.join(hw['cpu_features']) or '(none detected)'}")
     print(f"  cores:    " + ", ".join(f"{k} {v}" for k, v in hw["cores"].items()))
     print(f"  memory:   {hw['memory_gib']} GiB" if hw["memory_gib"] else "  memory:   unknown")
@@ -193,11 +205,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
           f"({'quick' if args.quick else 'full'} grid, dtypes {','.join(dtypes)}); rule: "
           "max err <= 2 x error of the reference computed in the dtype + floor")
     t0 = time.perf_counter()
-
-    def progress(r):
-        if args.progress:
-            print(f"  {r.backend:<6} {r.case:<32} {r.dtype:<5} {r.status:<5} {r.seconds:6.2f}s", file=sys.stderr)
-
     cases = _verify.builtin_cases(args.quick)
     if args.case:
         cases = [c for c in cases if any(p.lower() in c.name.lower() for p in args.case)]
@@ -205,7 +212,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
             names = ", ".join(c.name for c in _verify.builtin_cases(args.quick))
             print(f"error: --case: no built-in case matches {args.case}; cases: {names}", file=sys.stderr)
             return 2
-    results = _verify.run_verify(backends, dtypes=dtypes, seed=args.seed, progress=progress, cases=cases)
+    report = _progress.Progress("verify", len(backends) * len(cases) * len(dtypes), _progress_mode(args))
+
+    def progress(r):
+        report.done(f"{r.backend} {r.case} {r.dtype} {r.status} in {r.seconds:.2f}s")
+
+    try:
+        results = _verify.run_verify(backends, dtypes=dtypes, seed=args.seed, progress=progress, cases=cases,
+                                     started=report.start)
+    finally:
+        report.close()
     print(_verify.format_table(results, verbose=args.verbose))
     passed, failed, na = _verify.summary(results)
     print(f"\n{passed} passed, {failed} failed, {na} not applicable in {time.perf_counter() - t0:.1f}s")
@@ -267,6 +283,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if torch is not None:
             torch.set_num_threads(args.threads)
 
+    if args.min_time is None:
+        args.min_time = _bench.DECODE_MIN_TIME if args.decode else _bench.DEFAULT_MIN_TIME
     quick = args.quick
     seqlens = args.seqlens or (_bench.QUICK_SEQLENS if quick else _bench.DEFAULT_SEQLENS)
     headdims = args.headdims or (_bench.QUICK_HEADDIMS if quick else _bench.DEFAULT_HEADDIMS)
@@ -274,10 +292,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     shapes = _bench.build_shapes(seqlens, headdims, dtypes, causal, args.batch, args.heads,
                                  backward=args.backward, decode=args.decode, heads_kv=args.kv_heads)
     hw = _sysinfo.hardware_summary()
+    hw["cpu_kernel_path"] = _sysinfo.cpu_kernel_path()
     threads = torch.get_num_threads() if torch is not None else None
     print(f"flash_attn_cy {getattr(fa, '__version__', '?')} on {hw['cpu']} ({hw['cores']['usable']} usable cores"
           f"{', ' + hw['gpu'] if 'gpu' in hw else ''}); torch {torch.__version__ if torch else 'absent'}"
           f"{f' with {threads} threads' if threads else ''}")
+    print(f"cpu kernel path: {hw['cpu_kernel_path']}; measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     if hasattr(os, "getloadavg"):
         load = os.getloadavg()[0]
         if load > 1.5 * max(1, hw["cores"]["usable"]):
@@ -292,13 +312,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
           f"{' against ' + ', '.join(comparisons) if comparisons else ''} on "
           f"{len(shapes)} shapes (median of >= {args.min_reps} calls, >= {args.min_time}s each)\n", flush=True)
 
-    def progress(row):
-        if args.progress:
-            ms = ", ".join(f"{k} {v:.2f} ms" if v else f"{k} -" for k, v in row.ms.items())
-            print(f"  {row.shape.label()}: {ms}", file=sys.stderr, flush=True)
+    report = _progress.Progress("bench", len(shapes), _progress_mode(args))
 
-    rows = _bench.run_bench(shapes, backends, comparisons, min_time=args.min_time, min_reps=args.min_reps,
-                            progress=progress)
+    def progress(row):
+        ms = ", ".join(f"{k} {v:.2f} ms" if v else f"{k} -" for k, v in row.ms.items())
+        report.done(f"{row.shape.label()}: {ms}")
+
+    try:
+        rows = _bench.run_bench(shapes, backends, comparisons, min_time=args.min_time, min_reps=args.min_reps,
+                                progress=progress, started=lambda shape: report.start(shape.label()))
+    finally:
+        report.close()
     if peak is not None:
         # measured again after the run: on a shared machine one measurement can catch a busy moment
         peaks2 = _bench.matmul_peak_gflops()
@@ -333,18 +357,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     parser = build_parser()
-    rc = cmd_verify(parser.parse_args(["verify", "--quick"]))
+    flags = ["--quiet"] if args.quiet else ["--progress"] if args.progress else []
+    rc = cmd_verify(parser.parse_args(["verify", "--quick", *flags]))
     print()
-    rc_bench = cmd_bench(parser.parse_args(["bench", "--quick"]))
+    rc_bench = cmd_bench(parser.parse_args(["bench", "--quick", *flags]))
     return rc or rc_bench
 
 
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _progress_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress report on stderr")
+    g.add_argument("--progress", action="store_true",
+                   help="a line per finished case on stderr even on a terminal (default there: one live line with "
+                        "case i of n, elapsed time and ETA; elsewhere a line per case)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import _bench  # defaults and choices of `bench` (imports NumPy only, not torch)
+
     p = argparse.ArgumentParser(prog="python -m flash_attn_cy",
-                                description="flash_attn_cy: FlashAttention-2 for Apple Silicon and CPUs.")
+                                description="flash_attn_cy: FlashAttention-2 for Apple Silicon and CPUs.",
+                                epilog="`python -m flash_attn_cy COMMAND --help` lists a command's options.")
     p.add_argument("--version", action="version", version=f"flash_attn_cy {_package_version()}")
     sub = p.add_subparsers(dest="command", metavar="{info,verify,bench,demo}")
     sub.required = True
@@ -363,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only cases whose name contains TEXT (repeatable), e.g. --case kvcache --case varlen")
     pv.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
     pv.add_argument("--verbose", "-v", action="store_true", help="one line per checked quantity")
-    pv.add_argument("--progress", action="store_true", help="print each case to stderr as it finishes")
+    _progress_options(pv)
     pv.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     pv.set_defaults(func=cmd_verify)
 
@@ -384,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--decode", action="store_true",
                     help="time flash_attn_with_kvcache with one query against a cache of --seqlens keys")
     pb.add_argument("--threads", type=_positive_int, help="threads for flash_attn_cy's CPU backend and torch")
-    pb.add_argument("--min-time", type=_nonneg_float, default=0.3, help="seconds per measurement (default 0.3)")
+    pb.add_argument("--min-time", type=_nonneg_float, default=None,
+                    help=f"seconds of timed calls per side and shape (default {_bench.DEFAULT_MIN_TIME}; "
+                         f"{_bench.DECODE_MIN_TIME} with --decode)")
     # 3: the median of three alternating rounds ignores one call caught by a slow phase of a shared machine
     pb.add_argument("--min-reps", type=_positive_int, default=3, help="calls per measurement at least (default 3)")
     pb.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
@@ -394,12 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="library to time beside flash_attn_cy (repeatable): torch (SDPA on the CPU), torch-mps, "
                          "mlx (default: torch; on a Mac also torch-mps and mlx when present)")
     pb.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
-    pb.add_argument("--progress", action="store_true", help="print each shape to stderr as it finishes")
+    _progress_options(pb)
     pb.add_argument("--plot", metavar="FILE.png", help="save a bar chart (needs matplotlib)")
     pb.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     pb.set_defaults(func=cmd_bench)
 
     pd = sub.add_parser("demo", help="verify --quick, then bench --quick (the README's main job)")
+    _progress_options(pd)
     pd.set_defaults(func=cmd_demo)
     return p
 
@@ -418,6 +457,10 @@ def _output_path_problem(path: str) -> Optional[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # a first try with no arguments: show what there is rather than a usage error
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     if getattr(args, "backward", False) and getattr(args, "decode", False):
         parser.error("--backward and --decode cannot be combined")

@@ -256,19 +256,23 @@ def _run(q, k, v, names, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=N
     return (out, lse, probs) if return_attn_probs else out
 
 
-def _varlen_meta(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table, k_name="k"):
-    """Validate the varlen metadata; returns (cu_q, cu_k, max_q, max_k, block_table) normalised."""
-    max_q = V.integer(max_seqlen_q, "max_seqlen_q", 0)
-    max_k = V.integer(max_seqlen_k, "max_seqlen_k", 0)
+def _varlen_meta(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table, k_name="k",
+                 names=("q", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k")):
+    """Validate the varlen metadata; returns (cu_q, cu_k, max_q, max_k, block_table) normalised. `names`: the
+    caller's argument names (q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k), so that a message names
+    what the user passed (the packed variants call them qkv, cu_seqlens, max_seqlen)."""
+    q_name, cu_q_name, cu_k_name, max_q_name, max_k_name = names
+    max_q = V.integer(max_seqlen_q, max_q_name, 0)
+    max_k = V.integer(max_seqlen_k, max_k_name, 0)
     if (block_table is None and _arrays.is_torch(q) and _arrays.is_torch(cu_seqlens_q)
             and _arrays.is_torch(cu_seqlens_k) and _arrays.compiling()):
-        cu_q = V.cu_seqlens_traced(cu_seqlens_q, "cu_seqlens_q", None)
-        cu_k = V.cu_seqlens_traced(cu_seqlens_k, "cu_seqlens_k", cu_q.shape[0] - 1)
+        cu_q = V.cu_seqlens_traced(cu_seqlens_q, cu_q_name, None)
+        cu_k = V.cu_seqlens_traced(cu_seqlens_k, cu_k_name, cu_q.shape[0] - 1)
         return cu_q, cu_k, max_q, max_k, None
-    cu_q = V.cu_seqlens(cu_seqlens_q, "cu_seqlens_q", None, q.shape[0], max_q, "max_seqlen_q")
+    cu_q = V.cu_seqlens(cu_seqlens_q, cu_q_name, None, q.shape[0], max_q, max_q_name, q_name)
     batch = cu_q.shape[0] - 1
     total_k = None if block_table is not None else k.shape[0]
-    cu_k = V.cu_seqlens(cu_seqlens_k, "cu_seqlens_k", batch, total_k, max_k, "max_seqlen_k")
+    cu_k = V.cu_seqlens(cu_seqlens_k, cu_k_name, batch, total_k, max_k, max_k_name, k_name, cu_q_name)
     bt = None
     if block_table is not None:
         lens = np.diff(cu_k.astype(np.int64))
@@ -408,10 +412,8 @@ def flash_attn_varlen_qkvpacked_func(qkv: Tensor, cu_seqlens: Tensor, max_seqlen
     """flash_attn_varlen_func with q, k, v stacked: qkv (total, 3, nheads, headdim), one cu_seqlens/max_seqlen."""
     q, k, v = _unpack(qkv, "qkv", 1, 3, "(total, 3, nheads, headdim)", 4)
     V.head_dims(tuple(q.shape), tuple(k.shape), tuple(v.shape), "qkv", "qkv")
-    try:
-        cu_q, cu_k, max_q, max_k, _ = _varlen_meta(q, k, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, None)
-    except (TypeError, ValueError) as e:  # the shared check names the unpacked arguments; ours have no _q/_k
-        raise type(e)(re.sub(r"\b(cu_seqlens|max_seqlen)_[qk]\b", r"\1", str(e))) from None
+    cu_q, cu_k, max_q, max_k, _ = _varlen_meta(q, k, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, None, "qkv",
+                                               ("qkv", "cu_seqlens", "cu_seqlens", "max_seqlen", "max_seqlen"))
     return _run(q, k, v, ("qkv", "qkv", "qkv"), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
                 max_seqlen_k=max_k, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
                 window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic,
@@ -429,7 +431,8 @@ def flash_attn_varlen_kvpacked_func(q: Tensor, kv: Tensor, cu_seqlens_q: Tensor,
     V.ndim(q, "q", 3, "(total_q, nheads, headdim)")
     k, v = _unpack(kv, "kv", 1, 2, "(total_k, 2, nheads_k, headdim)", 4)
     V.head_dims(tuple(q.shape), tuple(k.shape), tuple(v.shape), "kv", "kv")
-    cu_q, cu_k, max_q, max_k, _ = _varlen_meta(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, None)
+    cu_q, cu_k, max_q, max_k, _ = _varlen_meta(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, None,
+                                               "kv")
     return _run(q, k, v, ("q", "kv", "kv"), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
                 max_seqlen_k=max_k, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
                 window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic,

@@ -24,10 +24,12 @@ const DecodeKernels *select_decode_kernels(fa_dtype dt) {
 }
 
 const char *cpu_isa_description() {
+    // The first word is the kernel path's short name (avx512-bf16, avx512, portable): `info` and `bench` print it
+    // (flash_attn_cy/_sysinfo.py cpu_kernel_path) so that timings from different machines can be compared.
     if (cpu_isa_forced_portable()) return "portable (forced by FLASH_ATTN_CY_CPU_ISA)";
     const CpuFeatures &f = cpu_features();
     if (f.avx512 && avx512_kernels(FA_F32)) {
-        return f.avx512bf16 ? "avx512 (fp32 FMA, bf16 vdpbf16ps, fp16 via vcvtph2ps)"
+        return f.avx512bf16 ? "avx512-bf16 (fp32 FMA, bf16 vdpbf16ps, fp16 via vcvtph2ps)"
                             : "avx512 (fp32 FMA, bf16/fp16 converted to fp32)";
     }
     return "portable";

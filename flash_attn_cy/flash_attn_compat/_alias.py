@@ -34,8 +34,7 @@ COMPAT_DIR = os.path.dirname(os.path.abspath(__file__))
 FINDER_MARKER = "flash_attn_cy_alias"
 
 
-class FlashAttnShadowWarning(UserWarning):
-    """A real ``flash_attn`` is installed or imported, so flash_attn_cy did not take its name."""
+from flash_attn_cy.errors import FlashAttnShadowWarning  # noqa: E402  (declared in flash_attn_cy/errors.py)
 
 
 def flash_attn_cy_version() -> str:

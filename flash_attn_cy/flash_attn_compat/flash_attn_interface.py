@@ -31,12 +31,7 @@ __all__ = [
 ]
 
 
-class FlashAttnValueError(ValueError, RuntimeError):
-    """A bad argument value or shape (flash_attn raises RuntimeError for these, flash_attn_cy ValueError)."""
-
-
-class FlashAttnTypeError(TypeError, RuntimeError):
-    """A bad argument type or dtype (flash_attn raises RuntimeError for these, flash_attn_cy TypeError)."""
+from flash_attn_cy.errors import FlashAttnTypeError, FlashAttnValueError  # noqa: E402  (declared in flash_attn_cy/errors.py)
 
 
 def _flash_attn_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -47,8 +47,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
-class SimCompileError(RuntimeError):
-    """No usable C++ compiler, or the translated kernel source failed to compile (message has the compiler output)."""
+from ..errors import SimCompileError  # noqa: E402  (declared in flash_attn_cy/errors.py)
 
 
 def runtime_dir() -> Path:

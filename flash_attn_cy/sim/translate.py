@@ -25,8 +25,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 __all__ = ["TranslateError", "Translation", "translate", "translate_file"]
 
 
-class TranslateError(ValueError):
-    """The MSL source uses something the simulator does not support (message names construct and line)."""
+if __package__:
+    from ..errors import TranslateError  # declared with the package's other exceptions in flash_attn_cy/errors.py
+else:  # the build runs this file as a script (meson custom_target), outside the package: a stand-in
+    class TranslateError(ValueError):
+        """See flash_attn_cy/errors.py."""
 
 
 ID_ATTRIBUTES = {
