@@ -134,10 +134,19 @@ void pv(const KvTile &v, int j0, int nk, int d, const void *pT, int nv, const fl
                rescale_or_null(alpha, nv));
 }
 
+// s * mul rounded to fp32 on its own: the asm barrier keeps the compiler from fusing it with the subtraction that
+// follows (GCC contracts vector multiply-subtract into an FMA by default).
+inline __m256 mul_rounded(__m256 s, __m256 mul) {
+    __m256 t = _mm256_mul_ps(s, mul);
+    __asm__("" : "+x"(t));
+    return t;
+}
+
 // Online-softmax step, 8 query rows (lanes) at a time. Pass 1 finds the max of the raw scores (mul > 0 commutes with
-// max; a negative mul uses the min); pass 2 replaces sT by p = exp2(min(0, s*mul - m)) and sums it. The min with 0
-// matters for huge logits only: s*mul - m is one fused operation, so the row max itself can come out up to half an
-// ulp of m above 0 (1e18 logits: ~3e10), and that must give p = 1, not a huge value; exp2_ps also clamps on its own.
+// max; a negative mul uses the min); pass 2 replaces sT by p = exp2(round(s*mul) - m) and sums it. m is the max of
+// the same rounded products, so the argument is <= 0 exactly and the row max gets p = 1 for any logit size. A fused
+// s*mul - m would not: for huge logits (softmax_scale 1e10: m ~ 1e11, ulp 8192) its residue for the max key is
+// thousands either way, i.e. p = 0 for every key (O = 0) or an overflowing exp2.
 void softmax(float *sT, int nk, int nv, float mul, float *m, float *l, float *alpha) {
     const __m256 vmul = _mm256_set1_ps(mul);
     const __m256 neg_inf = _mm256_set1_ps(-INFINITY);
@@ -171,9 +180,9 @@ void softmax(float *sT, int nk, int nv, float mul, float *m, float *l, float *al
         __m256 sum0 = zero, sum1 = zero;
         for (j = 0; j + 2 <= nk; j += 2) {  // two independent chains hide the exp latency
             const __m256 p0 =
-                exp2_ps(_mm256_min_ps(zero, _mm256_fmsub_ps(_mm256_load_ps(col + j * BLOCK_M), vmul, m_use)));
+                exp2_ps(_mm256_sub_ps(mul_rounded(_mm256_load_ps(col + j * BLOCK_M), vmul), m_use));
             const __m256 p1 =
-                exp2_ps(_mm256_min_ps(zero, _mm256_fmsub_ps(_mm256_load_ps(col + (j + 1) * BLOCK_M), vmul, m_use)));
+                exp2_ps(_mm256_sub_ps(mul_rounded(_mm256_load_ps(col + (j + 1) * BLOCK_M), vmul), m_use));
             _mm256_store_ps(col + j * BLOCK_M, p0);
             _mm256_store_ps(col + (j + 1) * BLOCK_M, p1);
             sum0 = _mm256_add_ps(sum0, p0);
@@ -181,7 +190,7 @@ void softmax(float *sT, int nk, int nv, float mul, float *m, float *l, float *al
         }
         if (j < nk) {
             const __m256 p0 =
-                exp2_ps(_mm256_min_ps(zero, _mm256_fmsub_ps(_mm256_load_ps(col + j * BLOCK_M), vmul, m_use)));
+                exp2_ps(_mm256_sub_ps(mul_rounded(_mm256_load_ps(col + j * BLOCK_M), vmul), m_use));
             _mm256_store_ps(col + j * BLOCK_M, p0);
             sum0 = _mm256_add_ps(sum0, p0);
         }
