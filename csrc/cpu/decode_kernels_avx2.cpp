@@ -63,11 +63,12 @@ void scores_group(const void *const *krows, int64_t head_stride, int hkv, int ro
     const float *q = static_cast<const float *>(qpack);
     for (int hk = 0; hk < hkv; ++hk) {
         const int64_t h0 = hk * head_stride;
-        int r = 0;
-        for (; r + 2 <= rows; r += 2)
-            scores_rows<DT, 2>(krows, h0, d, pitch, q + size_t(hk * rows + r) * pitch, partial + (hk * rows + r) * 64 + 16 * g);
-        if (r < rows)
-            scores_rows<DT, 1>(krows, h0, d, pitch, q + size_t(hk * rows + r) * pitch, partial + (hk * rows + r) * 64 + 16 * g);
+        for (int r = 0; r < rows; r += 2) {
+            const float *qr = q + size_t(hk * rows + r) * pitch;
+            float *part = partial + (hk * rows + r) * 64 + 16 * g;
+            if (r + 2 <= rows) scores_rows<DT, 2>(krows, h0, d, pitch, qr, part);
+            else scores_rows<DT, 1>(krows, h0, d, pitch, qr, part);
+        }
     }
 }
 
@@ -144,13 +145,14 @@ void pv(const void *const *vrows, int nk, int64_t head_stride, int hkv, int rows
     for (; j + 4 <= nk; j += 4) {
         for (int hk = 0; hk < hkv; ++hk) {
             const int64_t h0 = hk * head_stride;
-            int r = 0;
-            for (; r + 2 <= rows; r += 2)
-                pv_rows4<DT, 2>(vrows[j], vrows[j + 1], vrows[j + 2], vrows[j + 3], h0, d, pitch,
-                                p + (hk * rows + r) * DECODE_BLOCK + j * pstep, pstep, o + size_t(hk * rows + r) * pitch);
-            if (r < rows)
-                pv_rows4<DT, 1>(vrows[j], vrows[j + 1], vrows[j + 2], vrows[j + 3], h0, d, pitch,
-                                p + (hk * rows + r) * DECODE_BLOCK + j * pstep, pstep, o + size_t(hk * rows + r) * pitch);
+            for (int r = 0; r < rows; r += 2) {
+                const float *pr = p + (hk * rows + r) * DECODE_BLOCK + j * pstep;
+                float *orow = o + size_t(hk * rows + r) * pitch;
+                if (r + 2 <= rows)
+                    pv_rows4<DT, 2>(vrows[j], vrows[j + 1], vrows[j + 2], vrows[j + 3], h0, d, pitch, pr, pstep, orow);
+                else
+                    pv_rows4<DT, 1>(vrows[j], vrows[j + 1], vrows[j + 2], vrows[j + 3], h0, d, pitch, pr, pstep, orow);
+            }
         }
     }
     for (; j < nk; ++j) {
@@ -170,8 +172,10 @@ void pv(const void *const *vrows, int nk, int64_t head_stride, int hkv, int rows
 
 FA_TARGET_END
 
-const DecodeKernels k_f32 = {"avx2-f32", &pack_q<FA_F32>, &scores_group<FA_F32>, &scores_finish, &softmax, &pv<FA_F32>};
-const DecodeKernels k_f16 = {"avx2-f16", &pack_q<FA_F16>, &scores_group<FA_F16>, &scores_finish, &softmax, &pv<FA_F16>};
+const DecodeKernels k_f32 = {"avx2-f32", &pack_q<FA_F32>, &scores_group<FA_F32>, &scores_finish, &softmax,
+                             &pv<FA_F32>};
+const DecodeKernels k_f16 = {"avx2-f16", &pack_q<FA_F16>, &scores_group<FA_F16>, &scores_finish, &softmax,
+                             &pv<FA_F16>};
 const DecodeKernels k_bf16 = {"avx2-bf16", &pack_q<FA_BF16>, &scores_group<FA_BF16>, &scores_finish, &softmax,
                               &pv<FA_BF16>};
 
