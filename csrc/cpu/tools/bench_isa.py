@@ -14,7 +14,6 @@ import argparse
 import os
 import time
 
-import numpy as np
 import torch
 
 import flash_attn_cy as fa
@@ -59,7 +58,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     # one thread: the calling thread's CPU time, so other processes on a shared machine do not count
     clock = time.thread_time if args.threads == 1 else time.perf_counter
-    rng = np.random.default_rng(0)
     for isa in isas:
         os.environ["FLASH_ATTN_CY_CPU_ISA"] = isa
         print(f"# {isa}: {fa.backends()['cpu']['description']}")
@@ -93,7 +91,6 @@ def main() -> None:
             fns = {i: with_isa(i, lambda: fa.flash_attn_with_kvcache(q, kc, vc, backend="cpu")) for i in isas}
             fns["torch"] = lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True)
             report(f"decode {dt} 32/8 heads {sk} keys D{d}", interleaved_best(fns, args.reps, clock))
-    del rng
 
 
 if __name__ == "__main__":
