@@ -53,16 +53,23 @@ __version__: str = _BUILD_INFO["version"]
 
 
 def _check_cpu_isa_override() -> None:
-    # The C++ backend reads FLASH_ATTN_CY_CPU_ISA on every call and knows one value, "portable"; anything else
-    # (a typo, "avx2") would silently keep the best kernels for this CPU, so it is pointed out once at import.
+    # The C++ backend reads FLASH_ATTN_CY_CPU_ISA on every call and knows three values, "portable", "avx2" and
+    # "avx512"; anything else (a typo) or a kernel set this CPU cannot run silently keeps the best kernels for this
+    # CPU, so either is pointed out once at import.
     import os
     import warnings
 
     value = os.environ.get("FLASH_ATTN_CY_CPU_ISA", "")
-    if value not in ("", "portable"):
-        warnings.warn(f"FLASH_ATTN_CY_CPU_ISA={value!r} is not a known value: only 'portable' (force the portable "
-                      "CPU kernels) is; the CPU backend uses the best kernels for this CPU", RuntimeWarning,
-                      stacklevel=3)
+    if value not in ("", "portable", "avx2", "avx512"):
+        warnings.warn(f"FLASH_ATTN_CY_CPU_ISA={value!r} is not a known value: only 'portable', 'avx2' and 'avx512' "
+                      "(force those CPU kernels) are; the CPU backend uses the best kernels for this CPU",
+                      RuntimeWarning, stacklevel=3)
+    elif value in ("avx2", "avx512"):
+        # The description's kernel set (csrc/cpu/isa_dispatch.cpp) is the one the C++ dispatch picked.
+        desc = _core.backend_describe("cpu")
+        if f", {value} " not in desc:
+            warnings.warn(f"FLASH_ATTN_CY_CPU_ISA={value!r}: this CPU cannot run the {value} kernels; the CPU backend "
+                          f"uses the best kernels it can run ({desc})", RuntimeWarning, stacklevel=3)
 
 
 _check_cpu_isa_override()

@@ -379,6 +379,8 @@ def _expected_kernel_path():
     feats = set(_sysinfo.cpu_features())
     if {"avx512f", "avx512bw", "avx512vl"} <= feats:
         return "avx512-bf16" if "avx512_bf16" in feats else "avx512"
+    if {"avx2", "fma", "f16c"} <= feats:
+        return "avx2"
     return "portable"
 
 

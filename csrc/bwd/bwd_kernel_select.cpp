@@ -1,8 +1,8 @@
 // bwd_kernel_select.cpp - picks the float kernel table of the CPU backward from the CPU's features at run time.
 //
-// Same rule as the forward's csrc/cpu/isa_dispatch.cpp, from the same detection (csrc/cpu/cpu_features.h): AVX-512
-// selects the AVX-512 kernels (plus the bf16 pair products with AVX512-BF16), anything else the portable ones, and
-// FLASH_ATTN_CY_CPU_ISA=portable forces the portable kernels (read on every call).
+// From the forward's choice (csrc/cpu/cpu_features.h cpu_isa(), which applies FLASH_ATTN_CY_CPU_ISA on every call):
+// AVX-512 selects the AVX-512 kernels (plus the bf16 pair products with AVX512-BF16); avx2 and portable the portable
+// ones (the backward has no AVX2 kernels yet).
 #include "bwd_kernels.h"
 #include "cpu/cpu_features.h"
 

@@ -1,5 +1,6 @@
-// cpu_features.h - the one place that asks the CPU what it can run; the forward's kernel choice (isa_dispatch.cpp)
-// and the backward's (csrc/bwd/bwd_kernel_select.cpp) both decide from it.
+// cpu_features.h - the one place that asks the CPU what it can run, and the FLASH_ATTN_CY_CPU_ISA override; the
+// forward's and decode's kernel choice (isa_dispatch.cpp) and the backward's (csrc/bwd/bwd_kernel_select.cpp) all
+// decide from cpu_isa().
 #pragma once
 
 namespace fa_cpu {
@@ -8,16 +9,30 @@ struct CpuFeatures {
     // Everything the FA_ISA_AVX512 target regions (avx512_common.h) are compiled for: AVX-512 F+BW+VL+DQ, FMA, F16C.
     bool avx512 = false;
     bool avx512bf16 = false;  // avx512 plus AVX512-BF16 (vdpbf16ps): FA_ISA_AVX512_BF16
+    bool avx2 = false;        // AVX2 + FMA + F16C: FA_ISA_AVX2 (avx2_common.h)
 };
 
-// Detected once per process.
+// Detected once per process. For tests only, FLASH_ATTN_CY_CPU_HIDE (read once, at the first detection) hides
+// features from it: a comma list of "avx512", "avx2" (hiding avx2 hides avx512 too), so one machine can act as a
+// CPU without AVX-512 or without AVX2 (run such a test in a fresh process).
 const CpuFeatures &cpu_features();
 
-// FLASH_ATTN_CY_CPU_ISA=portable: every CPU path uses its portable kernels. Read on every call, so a test can switch
-// paths inside one process.
-bool cpu_isa_forced_portable();
+// The kernel sets, best last.
+enum class CpuIsa { portable, avx2, avx512 };
 
-// What the kernel selections may use: cpu_features(), or nothing when the portable path is forced.
-inline bool cpu_use_avx512() { return !cpu_isa_forced_portable() && cpu_features().avx512; }
+// The kernel set the CPU paths use now. FLASH_ATTN_CY_CPU_ISA (read on every call, so a test can switch paths inside
+// one process) forces one: "portable", "avx2" or "avx512"; a forced set this CPU cannot run, an unknown value, or no
+// value gives the best set the CPU has (the Python package warns at import about the first two).
+CpuIsa cpu_isa();
+
+// What FLASH_ATTN_CY_CPU_ISA asks for now.
+enum class CpuIsaRequest { best, portable, avx2, avx512, unknown };
+CpuIsaRequest cpu_isa_request();
+
+// The best kernel set this CPU can run (ignores FLASH_ATTN_CY_CPU_ISA).
+CpuIsa cpu_isa_best();
+
+inline bool cpu_use_avx512() { return cpu_isa() == CpuIsa::avx512; }
+inline bool cpu_use_avx2() { return cpu_isa() == CpuIsa::avx2; }
 
 }  // namespace fa_cpu

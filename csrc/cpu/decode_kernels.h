@@ -58,7 +58,9 @@ struct DecodeKernels {
 const DecodeKernels *portable_decode_kernels(fa_dtype dt);
 // AVX-512 kernels, nullptr when not compiled in; callers check the CPU first (select_decode_kernels).
 const DecodeKernels *avx512_decode_kernels(fa_dtype dt);
-// The table for this machine (isa_dispatch.cpp): AVX-512 when present and not forced portable.
+// AVX2+FMA+F16C kernels, nullptr when not compiled in; callers check the CPU first.
+const DecodeKernels *avx2_decode_kernels(fa_dtype dt);
+// The table for this machine (isa_dispatch.cpp): cpu_isa()'s set (AVX-512, AVX2 or portable).
 const DecodeKernels *select_decode_kernels(fa_dtype dt);
 
 }  // namespace fa_cpu

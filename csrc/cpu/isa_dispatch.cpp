@@ -1,8 +1,12 @@
-// isa_dispatch.cpp - picks the CPU kernels at run time from the CPU's features (no -march flags needed).
+// isa_dispatch.cpp - picks the CPU kernels at run time from cpu_isa() (cpu_features.h; no -march flags needed).
 //
-// x86-64 with AVX-512 (cpu_features.h: F+BW+VL+DQ, FMA, F16C; plus AVX512-BF16 for the bf16 dot-product kernels)
-// selects the AVX-512 kernels of tile_kernels_avx512.cpp and decode_kernels_avx512.cpp; everything else uses the
-// portable kernels. FLASH_ATTN_CY_CPU_ISA=portable forces the portable kernels (tests check both paths on one machine).
+// x86-64 with AVX-512 (F+BW+VL+DQ, FMA, F16C; plus AVX512-BF16 for the bf16 dot-product kernels) selects the
+// AVX-512 kernels of tile_kernels_avx512.cpp and decode_kernels_avx512.cpp; x86-64 with AVX2+FMA+F16C but no
+// AVX-512 the AVX2 kernels of tile_kernels_avx2.cpp and decode_kernels_avx2.cpp; everything else the portable
+// kernels. FLASH_ATTN_CY_CPU_ISA=portable|avx2|avx512 forces a set the CPU can run (tests check every path on one
+// machine).
+#include <string>
+
 #include "cpu_features.h"
 #include "decode_kernels.h"
 #include "tile_kernels.h"
@@ -10,29 +14,68 @@
 namespace fa_cpu {
 
 const TileKernels<float> *select_kernels_f32(fa_dtype dt) {
-    if (cpu_use_avx512()) {
-        if (const TileKernels<float> *k = avx512_kernels(dt)) return k;
+    switch (cpu_isa()) {
+        case CpuIsa::avx512:
+            if (const TileKernels<float> *k = avx512_kernels(dt)) return k;
+            break;
+        case CpuIsa::avx2:
+            if (const TileKernels<float> *k = avx2_kernels(dt)) return k;
+            break;
+        default: break;
     }
     return portable_kernels_f32(dt);
 }
 
 const DecodeKernels *select_decode_kernels(fa_dtype dt) {
-    if (cpu_use_avx512()) {
-        if (const DecodeKernels *k = avx512_decode_kernels(dt)) return k;
+    switch (cpu_isa()) {
+        case CpuIsa::avx512:
+            if (const DecodeKernels *k = avx512_decode_kernels(dt)) return k;
+            break;
+        case CpuIsa::avx2:
+            if (const DecodeKernels *k = avx2_decode_kernels(dt)) return k;
+            break;
+        default: break;
     }
     return portable_decode_kernels(dt);
 }
 
-const char *cpu_isa_description() {
-    // The first word is the kernel path's short name (avx512-bf16, avx512, portable): `info` and `bench` print it
-    // (flash_attn_cy/_sysinfo.py cpu_kernel_path) so that timings from different machines can be compared.
-    if (cpu_isa_forced_portable()) return "portable (forced by FLASH_ATTN_CY_CPU_ISA)";
-    const CpuFeatures &f = cpu_features();
-    if (f.avx512 && avx512_kernels(FA_F32)) {
-        return f.avx512bf16 ? "avx512-bf16 (fp32 FMA, bf16 vdpbf16ps, fp16 via vcvtph2ps)"
-                            : "avx512 (fp32 FMA, bf16/fp16 converted to fp32)";
+namespace {
+
+const char *isa_name(CpuIsaRequest r) {
+    switch (r) {
+        case CpuIsaRequest::avx2: return "avx2";
+        case CpuIsaRequest::avx512: return "avx512";
+        default: return "portable";
     }
-    return "portable";
+}
+
+}  // namespace
+
+// The first word is the kernel path in use (portable, avx2, avx512, or avx512-bf16 where the bf16 kernels use
+// vdpbf16ps): `info` and `bench` print it (flash_attn_cy/_sysinfo.py cpu_kernel_path) so that timings from different
+// machines can be compared, and the tests read the kernel set from it (tests/_cpu_isa.py).
+const char *cpu_isa_description() {
+    thread_local std::string s;
+    const CpuIsa isa = cpu_isa();
+    const CpuIsaRequest req = cpu_isa_request();
+    const CpuFeatures &f = cpu_features();
+    if (isa == CpuIsa::avx512) {
+        s = f.avx512bf16 ? "avx512-bf16 (fp32 FMA, bf16 vdpbf16ps, fp16 via vcvtph2ps)"
+                         : "avx512 (fp32 FMA, bf16/fp16 converted to fp32)";
+    } else if (isa == CpuIsa::avx2) {
+        s = "avx2 (fp32 FMA, fp16 via vcvtph2ps, bf16 widened to fp32; backward: portable)";
+    } else {
+        s = "portable";
+    }
+    if (req == CpuIsaRequest::portable || req == CpuIsaRequest::avx2 || req == CpuIsaRequest::avx512) {
+        const bool honoured = (req == CpuIsaRequest::portable && isa == CpuIsa::portable) ||
+                              (req == CpuIsaRequest::avx2 && isa == CpuIsa::avx2) ||
+                              (req == CpuIsaRequest::avx512 && isa == CpuIsa::avx512);
+        s += honoured ? std::string(" (forced by FLASH_ATTN_CY_CPU_ISA)")
+                      : std::string(" (FLASH_ATTN_CY_CPU_ISA=") + isa_name(req) +
+                            " ignored: this CPU cannot run those kernels)";
+    }
+    return s.c_str();
 }
 
 }  // namespace fa_cpu
