@@ -65,9 +65,10 @@ def _check_cpu_isa_override() -> None:
                       "(force those CPU kernels) are; the CPU backend uses the best kernels for this CPU",
                       RuntimeWarning, stacklevel=3)
     elif value in ("avx2", "avx512"):
-        # The description's kernel set (csrc/cpu/isa_dispatch.cpp) is the one the C++ dispatch picked.
+        # The description's first word (csrc/cpu/isa_dispatch.cpp) is the kernel path the C++ dispatch picked
+        # (avx512-bf16 is the avx512 set with bf16 dot products).
         desc = _core.backend_describe("cpu")
-        if f", {value} " not in desc:
+        if f", {value} " not in desc and f", {value}-" not in desc:
             warnings.warn(f"FLASH_ATTN_CY_CPU_ISA={value!r}: this CPU cannot run the {value} kernels; the CPU backend "
                           f"uses the best kernels it can run ({desc})", RuntimeWarning, stacklevel=3)
 
