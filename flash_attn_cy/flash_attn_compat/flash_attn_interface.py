@@ -54,6 +54,16 @@ except ImportError:  # no torch: the public functions still take NumPy arrays
     pass
 
 
+def maybe_contiguous(x: Any) -> Any:
+    """flash_attn's helper: x with a unit stride on its last axis (a contiguous copy only when it has another)."""
+    return x.contiguous() if x is not None and x.stride(-1) != 1 else x
+
+
+def round_multiple(x: int, m: int) -> int:
+    """flash_attn's helper: x rounded up to a multiple of m."""
+    return (x + m - 1) // m * m
+
+
 class FlashAttnValueError(ValueError, RuntimeError):
     """A bad argument value or shape (flash_attn raises RuntimeError for these, flash_attn_cy ValueError)."""
 
