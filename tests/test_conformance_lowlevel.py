@@ -71,8 +71,12 @@ def test_importable_through_the_alias():
         m = importlib.import_module("flash_attn.flash_attn_interface")
         for name in ("_flash_attn_forward", "_flash_attn_backward", "_flash_attn_varlen_forward",
                      "_flash_attn_varlen_backward", "_wrapped_flash_attn_forward", "_wrapped_flash_attn_backward",
-                     "_get_block_size_n", "maybe_contiguous", "round_multiple"):
+                     "_get_block_size_n"):
             assert getattr(m, name) is getattr(fai, name), name
+        assert m.round_multiple(130, 128) == 256 and m.round_multiple(128, 128) == 128
+        x = torch.zeros(3, 4)
+        assert m.maybe_contiguous(x) is x and m.maybe_contiguous(x.t()).stride(-1) == 1
+        assert m.maybe_contiguous(None) is None
     finally:
         from flash_attn_cy.flash_attn_compat._alias import uninstall_flash_attn_alias
         uninstall_flash_attn_alias()
