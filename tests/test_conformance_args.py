@@ -217,3 +217,14 @@ def test_native_api_keeps_probabilities_without_dropout():
 
 def test_get_block_size_n_covers_a_whole_row():
     assert fai._get_block_size_n("cpu", 128, True, False) >= 2 ** 31 - 1
+
+
+def test_kvcache_window_as_a_tensor_while_torch_compile_traces():
+    """flash_attn_with_kvcache's traced path (torch.compile) takes the same window forms as the eager one."""
+    q, kc, vc = _t(2, 1, 4, 16), _t(2, 32, 2, 16), _t(2, 32, 2, 16)
+    lens = torch.tensor([9, 20], dtype=torch.int32)
+    want = fa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, window_size=WINDOW, softcap=3.0)
+    window = torch.tensor(WINDOW)
+    fn = torch.compile(lambda q, kc, vc: fa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, window_size=window,
+                                                                    softcap=np.float32(3.0)), backend="eager")
+    assert torch.equal(fn(q, kc, vc), want)
