@@ -59,6 +59,19 @@ def test_distribution_metadata_only_while_aliased():
     assert "flash_attn_cy" in lines[2]
 
 
+def test_environment_route_answers_the_metadata_lookup_lazily():
+    site_dir = os.path.join(os.path.dirname(TESTS), "flash_attn_cy", "flash_attn_compat", "site")
+    env_code = f"""
+        import importlib.metadata as md, os, site, sys
+        os.environ["FLASH_ATTN_CY_AS_FLASH_ATTN"] = "1"
+        site.addsitedir({site_dir!r})          # processes the .pth as start-up does for site-packages
+        names = [d.metadata["Name"] for d in md.distributions()]
+        print("flash_attn" in names, "flash_attn_cy" in sys.modules)   # enumerations stay cheap and alias-free
+        print(md.version("flash_attn").startswith("2.8.3+flash_attn_cy"), "flash_attn_cy" in sys.modules)
+    """
+    assert run_python(env_code).split() == ["False", "False", "True", "True"]
+
+
 def test_a_real_flash_attn_distribution_is_never_shadowed(tmp_path):
     pkg = tmp_path / "flash_attn"
     pkg.mkdir()
