@@ -13,6 +13,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import _validate as V
+
 __all__ = ["kvcache_traced"]
 
 
@@ -47,11 +49,10 @@ def kvcache_traced(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seql
         seq_t, seq_i = cache_seqlens, -1
     else:
         seq_t, seq_i = None, (-1 if cache_seqlens is None else int(cache_seqlens))
-    if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
-        raise ValueError(f"window_size: expected a pair (left, right) of ints >= -1, got {window_size!r}")
+    window_size = V.window(window_size, causal)  # the public functions' one normaliser (any form flash_attn takes)
     out, lse = torch.ops.flash_attn_cy.kvcache(
         q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, seq_t, seq_i, cache_batch_idx, cache_leftpad,
-        block_table, alibi_slopes, None if softmax_scale is None else float(softmax_scale), bool(causal),
-        int(window_size[0]), int(window_size[1]), float(softcap), bool(rotary_interleaved), int(num_splits),
+        block_table, alibi_slopes, None if softmax_scale is None else V.softmax_scale(softmax_scale, q.shape[-1]),
+        bool(causal), window_size[0], window_size[1], V.softcap(softcap), bool(rotary_interleaved), int(num_splits),
         backend)
     return (out, lse) if return_softmax_lse else out

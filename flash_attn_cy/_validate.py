@@ -164,10 +164,42 @@ def _finite(x: float) -> bool:
     return -math.inf < x < math.inf
 
 
+_INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
+
+def _dtype_name(x: Any) -> str:
+    return str(x.dtype).replace("torch.", "")
+
+
+def scalar(x: Any) -> Any:
+    """One number as flash_attn lets callers give it: a Python number stays as it is; a NumPy scalar, a 0-d NumPy
+    array or a 0-d torch tensor becomes the Python int / float it holds (bools stay bools, so the checks below
+    reject them); anything else comes back unchanged for the caller's type check to name.
+
+    The one place that decides what "a number" is for window_size, softmax_scale, dropout_p and softcap (flash_attn
+    forwards them to its C++ op, whose int/float arguments accept all of these)."""
+    if isinstance(x, (int, float)):  # includes bool: left for the callers to reject
+        return x
+    if isinstance(x, np.generic) or ((isinstance(x, np.ndarray) or _arrays.is_torch(x)) and x.ndim == 0):
+        name = _dtype_name(x)
+        if name in _INT_DTYPES:
+            return int(x)
+        if name.startswith(("float", "bfloat")):
+            return float(x)
+        if name == "bool":
+            return bool(x)
+    return x
+
+
+def _real(x: Any, name: str, form: str) -> float:
+    x = scalar(x)
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name}: expected {form} (a Python, NumPy or 0-d tensor number), got {type(x).__name__}")
+    return float(x)
+
+
 def dropout(p: Any) -> float:
-    if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"dropout_p: expected a float in [0, 1), got {type(p).__name__}")
-    p = float(p)
+    p = _real(p, "dropout_p", "a float in [0, 1)")
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout_p: must be in [0, 1), got {p}")
     return p
@@ -177,39 +209,44 @@ def softmax_scale(scale: Any, headdim: int) -> float:
     """Default 1/sqrt(headdim) of the original (unpadded) head dimension."""
     if scale is None:
         return headdim ** -0.5
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"softmax_scale: expected a float or None, got {type(scale).__name__}")
-    scale = float(scale)
+    scale = _real(scale, "softmax_scale", "a float or None")
     if not _finite(scale):
         raise ValueError(f"softmax_scale: must be finite, got {scale}")
     return scale
 
 
 def softcap(cap: Any) -> float:
-    if isinstance(cap, bool) or not isinstance(cap, numbers.Real):
-        raise TypeError(f"softcap: expected a float >= 0 (0 = off), got {type(cap).__name__}")
-    cap = float(cap)
+    cap = _real(cap, "softcap", "a float >= 0 (0 = off)")
     if not (cap >= 0.0 and _finite(cap)):
         raise ValueError(f"softcap: must be a finite float >= 0 (0 = off), got {cap}")
     return cap
 
 
-def _scalar_int(x: Any) -> Any:
-    """A 0-d integer tensor/array (e.g. a config value kept as a tensor) as a Python int; anything else unchanged."""
-    if type(x) is int:
-        return x
-    if (_arrays.is_torch(x) or isinstance(x, np.ndarray)) and x.ndim == 0 and str(x.dtype).replace("torch.", "") in (
-            "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"):
-        return int(x)
-    return x
+_WINDOW_FORM = ("a pair (left, right) of ints >= -1: a tuple or list of two ints (Python, NumPy or 0-d tensors), "
+                "or a 1-D NumPy array / torch tensor of two integers")
+
+
+def _window_pair(window_size: Any) -> Tuple[Any, Any]:
+    """The two entries of window_size in any form flash_attn accepts (it only indexes [0] and [1])."""
+    if isinstance(window_size, (tuple, list)):
+        if len(window_size) != 2:
+            raise ValueError(f"window_size: expected {_WINDOW_FORM}; got {len(window_size)} entries")
+        return window_size[0], window_size[1]
+    if isinstance(window_size, np.ndarray) or _arrays.is_torch(window_size):
+        if tuple(window_size.shape) != (2,):
+            raise ValueError(f"window_size: expected {_WINDOW_FORM}; got an array of shape "
+                             f"{tuple(window_size.shape)}")
+        if _dtype_name(window_size) not in _INT_DTYPES:
+            raise TypeError(f"window_size: expected {_WINDOW_FORM}; got dtype {_dtype_name(window_size)}")
+        vals = window_size.tolist()
+        return vals[0], vals[1]
+    raise ValueError(f"window_size: expected {_WINDOW_FORM}; got {type(window_size).__name__}")
 
 
 def window(window_size: Any, causal: Any) -> Tuple[int, int]:
     """(left, right) with -1 = unbounded; `causal` folds into right = 0 (left kept)."""
     causal = flag(causal, "causal")
-    if (not isinstance(window_size, (tuple, list)) or len(window_size) != 2):
-        raise ValueError(f"window_size: expected a pair (left, right) of ints >= -1, got {window_size!r}")
-    left, right = (_scalar_int(w) for w in window_size)
+    left, right = (scalar(w) for w in _window_pair(window_size))
     for side, val in (("left", left), ("right", right)):
         if isinstance(val, bool) or not isinstance(val, numbers.Integral):
             raise TypeError(f"window_size: {side} must be an int >= -1, got {type(val).__name__}")

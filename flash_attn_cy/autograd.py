@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ._backward import rng_pair
 
-__all__ = ["attention_with_grad", "make_rng_state"]
+__all__ = ["attention_with_grad", "make_rng_state", "paged_forward"]
 
 _U64 = (1 << 64) - 1
 
@@ -169,6 +169,33 @@ def _float_tensor(x) -> Optional[Tensor]:
     if x is None or isinstance(x, torch.Tensor):
         return x
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+class _PagedForward(torch.autograd.Function):
+    """Forward of varlen attention over a paged KV cache (block_table) for inputs that require grad: flash_attn runs
+    this forward too and only its backward cannot go through the pages, so the output joins the graph and the
+    backward raises, naming block_table."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, args):
+        from .interface import attention_forward
+
+        out, lse, probs = attention_forward(q.detach(), k.detach(), v.detach(), **args)
+        if probs is not None:
+            ctx.mark_non_differentiable(probs)
+        ctx.mark_non_differentiable(lse)
+        return out, lse, probs
+
+    @staticmethod
+    def backward(ctx, dout, dlse, dprobs):
+        raise NotImplementedError("block_table: backward through a paged KV cache is not supported (flash_attn "
+                                  "cannot either); call the forward under torch.no_grad(), or pass the keys and "
+                                  "values unpaged (without block_table) to get gradients")
+
+
+def paged_forward(q: Tensor, k: Tensor, v: Tensor, **args):
+    """``interface.attention_forward`` over a paged cache for inputs that require grad (see _PagedForward)."""
+    return _PagedForward.apply(q, k, v, args)
 
 
 def attention_with_grad(q: Tensor, k: Tensor, v: Tensor, *, cu_seqlens_q=None, cu_seqlens_k=None,

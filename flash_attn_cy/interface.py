@@ -212,6 +212,19 @@ def attention_backward(dout, q, k, v, out, softmax_lse, *, dq=None, dk=None, dv=
 # ---------------------------------------------------------------------------------------------------------------
 # shared front end of the public functions
 
+class _ProbsWithDropoutOnly:
+    """The type of FLASH_ATTN_PROBS (see there)."""
+
+    def __repr__(self) -> str:
+        return "flash_attn_cy.interface.FLASH_ATTN_PROBS"
+
+
+#: Passed as ``return_attn_probs`` by the flash_attn drop-in (flash_attn_compat): return (out, softmax_lse, S_dmask)
+#: but materialise S_dmask only when dropout_p > 0, as flash_attn does (``return_softmax=return_attn_probs and
+#: dropout_p > 0``); S_dmask is None otherwise. flash_attn_cy's own ``return_attn_probs=True`` always computes it.
+FLASH_ATTN_PROBS = _ProbsWithDropoutOnly()
+
+
 def _needs_grad(kind: str, tensors) -> bool:
     if kind not in ("torch", "mps"):
         return False
@@ -229,7 +242,9 @@ def _run(q, k, v, names, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=N
     window = V.window(window_size, causal)
     softcap = V.softcap(softcap)
     deterministic = V.flag(deterministic, "deterministic")
-    return_attn_probs = V.flag(return_attn_probs, "return_attn_probs")
+    flash_attn_rule = return_attn_probs is FLASH_ATTN_PROBS
+    return_attn_probs = flash_attn_rule or V.flag(return_attn_probs, "return_attn_probs")
+    want_probs = return_attn_probs and (dropout_p > 0.0 or not flash_attn_rule)
     scale = V.softmax_scale(softmax_scale, q.shape[-1])
     varlen = cu_seqlens_q is not None
     batch = cu_seqlens_q.shape[0] - 1 if varlen else q.shape[0]
@@ -239,16 +254,19 @@ def _run(q, k, v, names, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=N
     use_ops = traced or _needs_grad(kind, (q, k, v))
     if dropout_p == 0.0:
         rng = (0, 0)
-    elif use_ops and seed is None:
+    elif use_ops and seed is None and block_table is None:
         rng = None  # drawn from torch's default generator as a tensor by the op path (same draw, no graph break)
     else:
         rng = _dropout.philox_state(kind, seed)
     args = dict(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
                 max_seqlen_k=max_seqlen_k, dropout_p=dropout_p, softmax_scale=scale, causal=bool(causal),
                 window_size=window, softcap=softcap, alibi_slopes=slopes, deterministic=deterministic,
-                return_attn_probs=return_attn_probs, block_table=block_table, backend=backend, rng=rng)
+                return_attn_probs=want_probs, block_table=block_table, backend=backend, rng=rng)
 
-    if use_ops:
+    if use_ops and block_table is not None:  # a paged cache: forward as flash_attn, a backward raises
+        from . import autograd
+        out, lse, probs = autograd.paged_forward(q, k, v, **args)
+    elif use_ops:
         from . import autograd  # imports torch: reached only with torch tensors (grad, or torch.compile)
         out, lse, probs = autograd.attention_with_grad(q, k, v, **args)
     else:

@@ -153,9 +153,20 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Opti
         capacity = int(bt_raw.shape[1]) * page
     else:
         capacity = int(k_cache.shape[1])
-    seqlens = _cache_seqlens(cache_seqlens, batch, capacity, k is not None)
+    try:
+        seqlens = _cache_seqlens(cache_seqlens, batch, capacity, k is not None)
+    except ValueError as exc:
+        if not paged or "cache length" not in str(exc):
+            raise
+        raise ValueError(f"{exc}; with a block_table the cache length is block_table.shape[1] = "
+                         f"{bt_raw.shape[1]} pages x {page} rows") from None
     if k is not None and seqlens.size and int(seqlens.max()) + seqlen_new > capacity:
         i = int(np.argmax(seqlens))
+        if paged:  # the capacity is the block_table's row of pages, not k_cache's length
+            need = -(-(int(seqlens[i]) + seqlen_new) // page)
+            raise ValueError(f"block_table: sequence {i} needs {need} pages of {page} rows (cache_seqlens[{i}] = "
+                             f"{int(seqlens[i])} plus {seqlen_new} new rows) but block_table has "
+                             f"{bt_raw.shape[1]} pages per sequence ({capacity} rows)")
         raise ValueError(f"k: cache_seqlens[{i}] = {int(seqlens[i])} plus {seqlen_new} new rows exceed the cache "
                          f"length {capacity}")
     leftpad = None

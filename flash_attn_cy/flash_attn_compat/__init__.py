@@ -10,8 +10,10 @@ Versions, honestly:
 - ``__version__`` is the flash_attn API level these modules reproduce (signatures, defaults, return values of the
   released flash_attn 2.8.3), because model code compares it to decide which keywords it may pass.
 - ``__flash_attn_cy_version__`` is the version of the flash_attn_cy package that actually runs.
-- No ``flash-attn`` distribution metadata is faked: ``importlib.metadata.version("flash_attn")`` still fails, so
-  transformers' ``attn_implementation="flash_attention_2"`` does not select this; use
+- While the alias is installed, and only when no real flash_attn package or distribution exists,
+  ``importlib.metadata.version("flash_attn")`` answers ``2.8.3+flash_attn_cy.<version>`` (from the alias's finder;
+  nothing is written to disk), so libraries that gate on the installed version (diffusers) can use the drop-in.
+  transformers' ``attn_implementation="flash_attention_2"`` still needs CUDA; use
   ``flash_attn_cy.register_transformers()`` and ``attn_implementation="flash_attn_cy"`` instead.
 """
 

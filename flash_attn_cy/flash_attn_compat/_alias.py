@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import importlib.metadata
 import importlib.util
 import os
+import re
 import sys
 import warnings
 from typing import Optional, Sequence
@@ -60,8 +62,68 @@ def alias_spec() -> importlib.machinery.ModuleSpec:
     return spec
 
 
+def alias_version() -> str:
+    """The version the alias's distribution metadata gives: flash_attn's API level, with flash_attn_cy and its
+    version as the PEP 440 local label (``2.8.3+flash.attn.cy.0.1.0`` once normalised), so a version check such as
+    diffusers' ``>= 2.6.3`` compares the API level while the string still says what runs."""
+    cy = re.sub(r"[^0-9A-Za-z.]+", ".", flash_attn_cy_version()).strip(".")
+    return f"{FLASH_ATTN_API_LEVEL}+flash_attn_cy" + (f".{cy}" if cy and cy != "unknown" else "")
+
+
+class FlashAttnCyDistribution(importlib.metadata.Distribution):
+    """Distribution metadata for the alias: ``importlib.metadata.version("flash_attn")`` answers with
+    :func:`alias_version` while the alias is installed and no real flash_attn distribution exists (packages such as
+    diffusers gate their flash backends on it). Nothing is written to disk: a real installation is never touched."""
+
+    def read_text(self, filename: str) -> Optional[str]:
+        if filename == "METADATA":
+            return (f"Metadata-Version: 2.1\nName: {ALIAS_NAME}\nVersion: {alias_version()}\n"
+                    "Summary: flash_attn_cy serving the flash_attn API (install_as_flash_attn); not Dao-AILab's "
+                    "flash-attn\n")
+        if filename == "top_level.txt":
+            return ALIAS_NAME + "\n"
+        return None
+
+    def locate_file(self, path: object) -> "os.PathLike[str]":
+        import pathlib
+
+        return pathlib.Path(COMPAT_DIR) / str(path)
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _real_distribution_exists() -> bool:
+    """Whether some finder other than ours has distribution metadata for flash_attn (a real installation)."""
+    for finder in sys.meta_path:
+        if _is_our_finder(finder):
+            continue
+        find = getattr(finder, "find_distributions", None)
+        if find is None:
+            continue
+        try:
+            if any(True for _ in find(importlib.metadata.DistributionFinder.Context(name=ALIAS_NAME))):
+                return True
+        except Exception:  # a broken third-party finder must not break metadata lookups
+            continue
+    return False
+
+
+def alias_distributions(context: object) -> list:
+    """What our finders answer to ``importlib.metadata``: the alias's metadata for the name flash_attn (or an
+    enumeration of all distributions), unless a real flash_attn distribution or package is present."""
+    name = getattr(context, "name", None)
+    if name is not None and _normalise(name) != ALIAS_NAME:
+        return []
+    if _real_distribution_exists() or find_real_flash_attn() is not None:
+        return []
+    return [FlashAttnCyDistribution()]
+
+
 class FlashAttnAliasFinder(importlib.abc.MetaPathFinder):
-    """Meta-path finder serving ``flash_attn`` from flash_attn_cy's compat package (top-level name only)."""
+    """Meta-path finder serving ``flash_attn`` from flash_attn_cy's compat package (top-level name only), and its
+    distribution metadata (see :class:`FlashAttnCyDistribution`)."""
 
     flash_attn_cy_alias = True
 
@@ -71,6 +133,9 @@ class FlashAttnAliasFinder(importlib.abc.MetaPathFinder):
         if fullname != ALIAS_NAME:
             return None
         return alias_spec()
+
+    def find_distributions(self, context: object = None) -> list:
+        return alias_distributions(context if context is not None else importlib.metadata.DistributionFinder.Context())
 
     def __repr__(self) -> str:
         return f"<FlashAttnAliasFinder serving {ALIAS_NAME!r} from {COMPAT_DIR}>"

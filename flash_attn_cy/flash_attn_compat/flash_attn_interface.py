@@ -17,6 +17,13 @@ import functools
 from typing import Any, Callable, Optional, Union
 
 import flash_attn_cy as _cy
+from flash_attn_cy import _validate
+from flash_attn_cy import interface as _interface
+from flash_attn_cy.flash_attn_compat._s_dmask import (  # noqa: F401  (_get_block_size_n: re-exported API)
+    _empty_like_flash_attn,
+    _flash_scaled_s_dmask,
+    _get_block_size_n,
+)
 
 __all__ = [
     "FlashAttnTypeError",
@@ -32,6 +39,32 @@ __all__ = [
 
 
 from flash_attn_cy.errors import FlashAttnTypeError, FlashAttnValueError  # noqa: E402  (declared in flash_attn_cy/errors.py)
+
+
+try:  # the semi-private functions and ops of flash_attn 2.8.3 (torch.library custom ops: they need PyTorch)
+    # absolute import: one module (one set of registered ops) whether this file loads as flash_attn.* or not
+    from flash_attn_cy.flash_attn_compat._lowlevel import (  # noqa: F401  (re-exported API)
+        _flash_attn_backward,
+        _flash_attn_forward,
+        _flash_attn_varlen_backward,
+        _flash_attn_varlen_forward,
+        _wrapped_flash_attn_backward,
+        _wrapped_flash_attn_forward,
+        _wrapped_flash_attn_varlen_backward,
+        _wrapped_flash_attn_varlen_forward,
+    )
+except ImportError:  # no torch: the public functions still take NumPy arrays
+    pass
+
+
+def maybe_contiguous(x: Any) -> Any:
+    """flash_attn's helper: x with a unit stride on its last axis (a contiguous copy only when it has another)."""
+    return x.contiguous() if x is not None and x.stride(-1) != 1 else x
+
+
+def round_multiple(x: int, m: int) -> int:
+    """flash_attn's helper: x rounded up to a multiple of m."""
+    return (x + m - 1) // m * m
 
 
 def _flash_attn_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -51,7 +84,34 @@ def _flash_attn_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@_flash_attn_errors
+def _flash_attn_semantics(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """flash_attn's rules on top of flash_attn_cy's function: errors as above; with return_attn_probs the third value
+    is materialised only when dropout_p > 0 (flash_attn: ``return_softmax=return_attn_probs and dropout_p > 0``),
+    otherwise it is the empty (0,) tensor flash_attn 2.7+ returns (2.0-2.6 returned None); when present it is scaled
+    per row as flash_attn's kernel does for one key block (see _flash_scaled_s_dmask)."""
+    checked = _flash_attn_errors(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        res = checked(*args, **kwargs)
+        if not isinstance(res, tuple):
+            return res
+        out, lse, s_dmask = res
+        if s_dmask is None:
+            s_dmask = _empty_like_flash_attn(out)
+        else:
+            s_dmask = _flash_scaled_s_dmask(s_dmask)
+        return out, lse, s_dmask
+
+    return wrapper
+
+
+def _probs(return_attn_probs: Any) -> Any:
+    """return_attn_probs as flash_attn_cy's functions take it under flash_attn's rule (see _flash_attn_semantics)."""
+    return _interface.FLASH_ATTN_PROBS if _validate.flag(return_attn_probs, "return_attn_probs") else False
+
+
+@_flash_attn_semantics
 def flash_attn_qkvpacked_func(
     qkv,
     dropout_p=0.0,
@@ -74,11 +134,11 @@ def flash_attn_qkvpacked_func(
         softcap=softcap,
         alibi_slopes=alibi_slopes,
         deterministic=deterministic,
-        return_attn_probs=return_attn_probs,
+        return_attn_probs=_probs(return_attn_probs),
     )
 
 
-@_flash_attn_errors
+@_flash_attn_semantics
 def flash_attn_kvpacked_func(
     q,
     kv,
@@ -103,11 +163,11 @@ def flash_attn_kvpacked_func(
         softcap=softcap,
         alibi_slopes=alibi_slopes,
         deterministic=deterministic,
-        return_attn_probs=return_attn_probs,
+        return_attn_probs=_probs(return_attn_probs),
     )
 
 
-@_flash_attn_errors
+@_flash_attn_semantics
 def flash_attn_func(
     q,
     k,
@@ -135,11 +195,11 @@ def flash_attn_func(
         softcap=softcap,
         alibi_slopes=alibi_slopes,
         deterministic=deterministic,
-        return_attn_probs=return_attn_probs,
+        return_attn_probs=_probs(return_attn_probs),
     )
 
 
-@_flash_attn_errors
+@_flash_attn_semantics
 def flash_attn_varlen_qkvpacked_func(
     qkv,
     cu_seqlens,
@@ -166,11 +226,11 @@ def flash_attn_varlen_qkvpacked_func(
         softcap=softcap,
         alibi_slopes=alibi_slopes,
         deterministic=deterministic,
-        return_attn_probs=return_attn_probs,
+        return_attn_probs=_probs(return_attn_probs),
     )
 
 
-@_flash_attn_errors
+@_flash_attn_semantics
 def flash_attn_varlen_kvpacked_func(
     q,
     kv,
@@ -203,11 +263,11 @@ def flash_attn_varlen_kvpacked_func(
         softcap=softcap,
         alibi_slopes=alibi_slopes,
         deterministic=deterministic,
-        return_attn_probs=return_attn_probs,
+        return_attn_probs=_probs(return_attn_probs),
     )
 
 
-@_flash_attn_errors
+@_flash_attn_semantics
 def flash_attn_varlen_func(
     q,
     k,
@@ -244,7 +304,7 @@ def flash_attn_varlen_func(
         softcap=softcap,
         alibi_slopes=alibi_slopes,
         deterministic=deterministic,
-        return_attn_probs=return_attn_probs,
+        return_attn_probs=_probs(return_attn_probs),
         block_table=block_table,
     )
 

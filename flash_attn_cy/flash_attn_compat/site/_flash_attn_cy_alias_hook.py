@@ -23,6 +23,18 @@ class _LazyFlashAttnAliasFinder:
             return None
         return alias_spec()
 
+    def find_distributions(self, context=None):
+        # Only a lookup of flash_attn by name imports flash_attn_cy; enumerations of every distribution (pip,
+        # importers scanning metadata) stay cheap and never see the alias.
+        name = getattr(context, "name", None)
+        if name is None or name.replace("-", "_").replace(".", "_").lower() != "flash_attn":
+            return []
+        try:
+            from flash_attn_cy.flash_attn_compat._alias import alias_distributions
+        except ImportError:
+            return []
+        return alias_distributions(context)
+
 
 if not any(getattr(f, "flash_attn_cy_alias", False) for f in sys.meta_path):
     sys.meta_path.append(_LazyFlashAttnAliasFinder())
