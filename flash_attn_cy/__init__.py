@@ -42,6 +42,7 @@ from .errors import (  # every exception a caller may catch, documented in error
     FlashAttnShadowWarning,
     FlashAttnTypeError,
     FlashAttnValueError,
+    KernelRefused,
     SimCompileError,
     TranslateError,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "FlashAttnShadowWarning",
     "SimCompileError",
     "TranslateError",
+    "KernelRefused",
     "__version__",
 ]
 

@@ -21,6 +21,7 @@ __all__ = [
     "FlashAttnShadowWarning",
     "SimCompileError",
     "TranslateError",
+    "KernelRefused",
 ]
 
 
@@ -54,3 +55,9 @@ class SimCompileError(RuntimeError):
 class TranslateError(ValueError):
     """``flash_attn_cy.sim``: the MSL source uses something the simulator does not support (the message names the
     construct and the line)."""
+
+
+class KernelRefused(ValueError):
+    """``flash_attn_cy.sim`` refused a kernel file before compiling it: it leaves the MSL subset the simulator agrees
+    to run as native code (``extern``, ``asm``, calls outside MSL's built-ins, load-time code, includes outside the
+    kernel's directory). The message has one ``file:line: why`` per refusal (``flash_attn_cy/sim/trust.py``)."""

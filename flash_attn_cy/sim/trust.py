@@ -34,8 +34,7 @@ from . import translate as _tr
 __all__ = ["KernelRefused", "scan_sources", "check_ir", "emit_ir", "RESERVED_ALLOWED"]
 
 
-class KernelRefused(ValueError):
-    """The kernel file leaves the MSL subset the simulator agrees to run (message: one ``file:line: why`` per line)."""
+from ..errors import KernelRefused  # declared with the package's other exceptions in flash_attn_cy/errors.py
 
 
 # Reserved identifiers MSL code may use: Apple's predefined macros (undefined for both host compilers alike), the
