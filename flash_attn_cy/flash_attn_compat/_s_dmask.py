@@ -24,12 +24,3 @@ def _flash_scaled_s_dmask(probs: Any) -> Any:
 
     row_max = np.abs(probs).max(axis=-1, keepdims=True, initial=0.0)
     return probs / np.where(row_max == 0, 1.0, row_max).astype(probs.dtype)
-
-
-def _empty_like_flash_attn(q: Any) -> Any:
-    """What flash_attn 2.7+ returns for S_dmask when it was not materialised: an empty (0,) tensor in q's dtype."""
-    if hasattr(q, "new_empty"):
-        return q.new_empty((0,))
-    import numpy as np
-
-    return np.empty((0,), dtype=q.dtype)

@@ -20,7 +20,6 @@ import flash_attn_cy as _cy
 from flash_attn_cy import _validate
 from flash_attn_cy import interface as _interface
 from flash_attn_cy.flash_attn_compat._s_dmask import (  # noqa: F401  (_get_block_size_n: re-exported API)
-    _empty_like_flash_attn,
     _flash_scaled_s_dmask,
     _get_block_size_n,
 )
@@ -87,8 +86,10 @@ def _flash_attn_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _flash_attn_semantics(fn: Callable[..., Any]) -> Callable[..., Any]:
     """flash_attn's rules on top of flash_attn_cy's function: errors as above; with return_attn_probs the third value
     is materialised only when dropout_p > 0 (flash_attn: ``return_softmax=return_attn_probs and dropout_p > 0``),
-    otherwise it is the empty (0,) tensor flash_attn 2.7+ returns (2.0-2.6 returned None); when present it is scaled
-    per row as flash_attn's kernel does for one key block (see _flash_scaled_s_dmask)."""
+    otherwise it is None, as flash_attn 2.0-2.6 return it and as this project's issue 16 asks (2.7+ hand back an
+    empty (0,) tensor from their kernel instead; the low-level ``_flash_attn_forward`` family, whose custom-op
+    schemas must return a tensor, keeps that); when present it is scaled per row as flash_attn's kernel does for one
+    key block (see _flash_scaled_s_dmask)."""
     checked = _flash_attn_errors(fn)
 
     @functools.wraps(fn)
@@ -97,9 +98,7 @@ def _flash_attn_semantics(fn: Callable[..., Any]) -> Callable[..., Any]:
         if not isinstance(res, tuple):
             return res
         out, lse, s_dmask = res
-        if s_dmask is None:
-            s_dmask = _empty_like_flash_attn(out)
-        else:
+        if s_dmask is not None:
             s_dmask = _flash_scaled_s_dmask(s_dmask)
         return out, lse, s_dmask
 
