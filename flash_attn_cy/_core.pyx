@@ -16,9 +16,20 @@ varlen layout passes its packed [total, heads, dim] tensors with a leading axis 
 
 from collections import namedtuple
 import json as _json
+import threading as _threading
 
 from libc.stdint cimport int32_t, int64_t, uint16_t, uint64_t
 from libc.string cimport memset
+from cpython.exc cimport PyErr_CheckSignals
+
+cdef extern from "pythread.h":
+    unsigned long PyThread_get_thread_ident() nogil
+
+cdef extern from "sim/fa_cancel.h" nogil:
+    ctypedef struct fa_cancel:
+        int32_t requested
+        int (*poll)(void *ctx) noexcept nogil
+        void *poll_ctx
 
 cdef extern from "fa_abi.h" nogil:
     ctypedef enum fa_status:
@@ -29,6 +40,7 @@ cdef extern from "fa_abi.h" nogil:
         FA_ERR_UNAVAILABLE
         FA_ERR_RUNTIME
         FA_ERR_FAULT
+        FA_ERR_CANCELLED
 
     ctypedef enum fa_dtype:
         FA_F32
@@ -94,6 +106,7 @@ cdef extern from "fa_abi.h" nogil:
         int32_t num_threads
         int32_t sim_schedules
         const fa_device_buffers *device_buffers
+        fa_cancel *cancel
 
     ctypedef struct fa_kvcache_update:
         fa_tensor knew, vnew
@@ -156,6 +169,51 @@ cdef object _raise(int rc, const char *err):
     if rc == FA_ERR_UNSUPPORTED:
         raise NotImplementedError(msg)
     raise RuntimeError(msg)
+
+
+# ---- Ctrl-C: signals reach a long call (fa_cancel.h) ----------------------------------------------------------------
+# Every call runs with the GIL released. On the main thread (the only one Python delivers signals to) the call gets a
+# cancellation token whose poll the C side runs on this thread about every FA_CANCEL_POLL_MS: it takes the GIL and
+# runs Python's signal handlers. If one raises (KeyboardInterrupt for SIGINT), the exception is kept, the token asks
+# the workers to stop between tiles, and once the call has returned - no worker still running - the exception is
+# raised here. Calls from other threads get no poll (their signals are handled by the main thread anyway).
+cdef object _pending_signal_exc = None  # only the main thread writes it
+cdef unsigned long _main_thread_ident = _threading.main_thread().ident
+
+
+cdef int _poll_signals(void *ctx) noexcept nogil:
+    with gil:
+        return _run_signal_handlers()
+
+
+cdef int _run_signal_handlers() noexcept:
+    global _pending_signal_exc
+    try:
+        PyErr_CheckSignals()
+    except BaseException as e:  # the handler's exception, raised once the call has stopped
+        _pending_signal_exc = e
+        return 1
+    return 0
+
+
+cdef inline void _arm_cancel(fa_params *p, fa_cancel *tok) noexcept:
+    tok.requested = 0
+    tok.poll = NULL
+    if PyThread_get_thread_ident() == _main_thread_ident:
+        tok.poll = _poll_signals
+    tok.poll_ctx = NULL
+    p.cancel = tok
+
+
+cdef object _check_call(int rc, const char *err):
+    """After a call: a signal handler's exception first (even if the call finished), then the call's error."""
+    global _pending_signal_exc
+    if _pending_signal_exc is not None:
+        e = _pending_signal_exc
+        _pending_signal_exc = None
+        raise e
+    if rc != FA_OK:
+        _raise(rc, err)
 
 
 cdef fa_backend _backend_code(str name) except *:
@@ -563,11 +621,12 @@ def forward(str backend, str dtype, q, k, v, out, softmax_lse=None, **kw):
     cdef _Call c = _forward_call(backend, dtype, q, k, v, out, softmax_lse, kw)
     cdef char err[ERRLEN]
     cdef int rc
+    cdef fa_cancel tok
     err[0] = 0
+    _arm_cancel(&c.p, &tok)
     with nogil:
         rc = fa_forward(c.backend, &c.p, err, ERRLEN)
-    if rc != FA_OK:
-        _raise(rc, err)
+    _check_call(rc, err)
 
 
 cdef _Call _backward_call(str backend, str dtype, dout, q, k, v, out, softmax_lse, dq, dk, dv, dict kw):
@@ -592,11 +651,12 @@ def backward(str backend, str dtype, dout, q, k, v, out, softmax_lse, dq, dk, dv
     cdef _Call c = _backward_call(backend, dtype, dout, q, k, v, out, softmax_lse, dq, dk, dv, kw)
     cdef char err[ERRLEN]
     cdef int rc
+    cdef fa_cancel tok
     err[0] = 0
+    _arm_cancel(&c.p, &tok)
     with nogil:
         rc = fa_backward(c.backend, &c.p, err, ERRLEN)
-    if rc != FA_OK:
-        _raise(rc, err)
+    _check_call(rc, err)
 
 
 cdef _Call _kvcache_call(str backend, str dtype, q, k_cache, v_cache, k_new, v_new, dict kw):

@@ -1,0 +1,78 @@
+// key_chunks.h - accumulation over very long key ranges: blocked partial sums merged through the running max.
+//
+// The online softmax adds every K/V tile's row sums (l) and P·V products (O) into fp32 accumulators. Each addition
+// rounds to the accumulator's ulp, so after n keys the error grows like n * eps: with a constant tile sum the
+// rounding is systematic, and at 2^26 keys an fp32 sum of ~2^26 stops absorbing tile sums of ~40 altogether (the
+// output was off by 0.4). Here the fp32 accumulators only ever hold one chunk of KEY_CHUNK keys: at every chunk
+// boundary (absolute key index a multiple of KEY_CHUNK) the chunk's (l, O), relative to the running max m, is
+// folded into a double total (L, O_total) and the fp32 accumulators restart from zero. The chunk error stays that of
+// KEY_CHUNK keys; the double totals add ~1e-16 per fold, so the result keeps the accuracy of a 4096-key call up to
+// the ABI's 2^31 - 1 keys.
+//
+// The chunk boundaries sit at fixed absolute key positions, never at thread or work-item boundaries, so folding
+// changes nothing about determinism (results are the same for every thread count). Rows whose visible keys fit one
+// chunk never fold and keep the plain fp32 path bit for bit.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+namespace fa_cpu {
+
+// Keys per chunk. 4096 keys (64 tiles of 64) keep the worst-case fp32 drift of a chunk near 1e-7 relative; a fold
+// costs ~d operations per row per 4096 keys (< 0.1% of the chunk's work).
+constexpr int64_t KEY_CHUNK = 4096;
+
+// True when keys [.., t1) end a chunk that keys up to `hi` continue past (a fold is due after key t1 - 1).
+inline bool chunk_ends_at(int64_t t1, int64_t hi) { return t1 < hi && t1 % KEY_CHUNK == 0; }
+
+// The double totals of `rows` rows: M (running max at the last fold, log2 units), L, and O with element c of row r at
+// O[r * row_stride + c * col_stride] (the layout of the fp32 accumulator it folds).
+struct ChunkTotals {
+    double *M, *L, *O;
+    int64_t row_stride, col_stride;
+    void reset(int rows, int d) {
+        for (int r = 0; r < rows; ++r) {
+            M[r] = -INFINITY;
+            L[r] = 0.0;
+            for (int c = 0; c < d; ++c) O[r * row_stride + c * col_stride] = 0.0;
+        }
+    }
+};
+
+// Folds the fp32 chunk accumulators (m: running max, l, o with o's element (r, c) at o[r*ors + c*ocs]) into `t`
+// and restarts l and o from zero (m is kept: it is still the max of everything seen). m only grows, so the total
+// rescales by exp2(M - m) <= 1. NaN in l, o or m stays NaN in the total, as it would in one long fp32 sum.
+template <typename Acc>
+inline void fold_chunk(int rows, int d, const Acc *m, Acc *l, Acc *o, int64_t ors, int64_t ocs, ChunkTotals &t) {
+    for (int r = 0; r < rows; ++r) {
+        const double mm = double(m[r]);
+        const double scale = t.M[r] == -INFINITY ? 0.0 : std::exp2(t.M[r] - mm);
+        t.L[r] = t.L[r] * scale + double(l[r]);
+        l[r] = Acc(0);
+        double *O = t.O + r * t.row_stride;
+        Acc *orow = o + r * ors;
+        for (int c = 0; c < d; ++c) {
+            O[c * t.col_stride] = O[c * t.col_stride] * scale + double(orow[c * ocs]);
+            orow[c * ocs] = Acc(0);
+        }
+        t.M[r] = mm;
+    }
+}
+
+// After the last fold: o = O_total / L_total in the accumulator (so that a write-out with 1/l = 1 stores it),
+// m = M and l = L for the LSE. Rows with L = 0 (no key seen) keep o = 0, l = 0.
+template <typename Acc>
+inline void unfold_normalised(int rows, int d, Acc *m, Acc *l, Acc *o, int64_t ors, int64_t ocs, const ChunkTotals &t) {
+    for (int r = 0; r < rows; ++r) {
+        const double L = t.L[r];
+        const double inv = !(L <= 0) ? 1.0 / L : 0.0;  // NaN L gives NaN, as row_inv_sum does
+        const double *O = t.O + r * t.row_stride;
+        Acc *orow = o + r * ors;
+        for (int c = 0; c < d; ++c) orow[c * ocs] = Acc(O[c * t.col_stride] * inv);
+        m[r] = Acc(t.M[r]);
+        l[r] = Acc(L);
+    }
+}
+
+}  // namespace fa_cpu
