@@ -205,6 +205,18 @@ cdef inline void _arm_cancel(fa_params *p, fa_cancel *tok) noexcept:
     p.cancel = tok
 
 
+def _signal_poll_address():
+    """Address of the C poll function above, for cancellation tokens built elsewhere (flash_attn_cy.sim passes it to
+    its ctypes-loaded modules: a Python callback could itself be interrupted before it catches anything). Call it
+    only with a token used on the main thread; afterwards `_raise_pending_signal()`."""
+    return <size_t><void *>_poll_signals
+
+
+def _raise_pending_signal():
+    """Raise the exception a signal handler raised during a poll, if one is pending."""
+    _check_call(FA_OK, b"")
+
+
 cdef object _check_call(int rc, const char *err):
     """After a call: a signal handler's exception first (even if the call finished), then the call's error."""
     global _pending_signal_exc

@@ -32,12 +32,14 @@ FASIM_EXPORT size_t fasim_kernel_names(char *out, size_t outlen) {
 }
 
 // Runs one launch. Faults are written to out as lines "kind\tmessage". Returns the number of faults, or -1 if the
-// kernel does not exist (message in out).
+// kernel does not exist (message in out). `cancel` (fa_cancel.h, may be null) stops it early: the only fault is then
+// "cancelled" and the buffers are untouched; its poll runs on the calling thread.
 FASIM_EXPORT int fasim_launch(const char *kernel, const unsigned *grid, const unsigned *threads, int nbuf,
                               const int *buf_index, void *const *buf_data, const size_t *buf_bytes,
                               const int *buf_writable, int nbytes, const int *bytes_index,
                               const void *const *bytes_data, const size_t *bytes_len, int schedules,
-                              unsigned long long seed, int host_threads, char *out, size_t outlen) {
+                              unsigned long long seed, int host_threads, char *out, size_t outlen,
+                              const fa_cancel *cancel) {
     const fasim::KernelInfo *k = fasim::find_kernel(kernel);
     if (!k) {
         std::string names;
@@ -53,6 +55,8 @@ FASIM_EXPORT int fasim_launch(const char *kernel, const unsigned *grid, const un
     cfg.schedules = schedules;
     cfg.seed = seed;
     cfg.host_threads = host_threads;
+    cfg.cancel = cancel;
+    fa_cancel_rt::PollScope poller(cancel);
     std::vector<fasim::BufferArg> bufs;
     for (int i = 0; i < nbuf; i++) bufs.push_back({buf_index[i], buf_data[i], buf_bytes[i], buf_writable[i] != 0});
     std::vector<fasim::BytesArg> bytes;

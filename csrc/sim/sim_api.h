@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "fa_cancel.h"
+
 namespace fasim {
 
 struct BufferArg {      // setBuffer:offset:atIndex:
@@ -34,6 +36,9 @@ struct LaunchConfig {
     bool checks = true;               // with schedules > 1: also compare threadgroup memory at every barrier
                                       // (guard pages, poison and divergence checks are always on: they are cheap)
     int host_threads = 0;             // 0 = default pool size
+    // Cancellation (fa_cancel.h), or null. Checked between fiber steps and threadgroups; a request also interrupts a
+    // thread stuck inside the kernel (as the watchdog does). The calling thread polls it while the launch runs.
+    const fa_cancel *cancel = nullptr;
 };
 
 struct Fault {
@@ -51,6 +56,7 @@ std::vector<std::string> kernel_names();
 // results of the forward schedule; Fault.kind is "race", "out-of-bounds", "uninitialized-read", "divergent-barrier",
 // "error" (invalid launch, wild pointer, timeout: FLASH_ATTN_CY_SIM_TIMEOUT seconds per threadgroup, default 300)
 // or "note" (how many further faults were not listed). Safe to call from several threads at once.
+// A cancelled launch returns the single fault {"cancelled", ...} and leaves the caller's buffers untouched.
 std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, const std::vector<BufferArg> &buffers,
                           const std::vector<BytesArg> &bytes);
 
