@@ -228,6 +228,20 @@ cdef object _check_call(int rc, const char *err):
         _raise(rc, err)
 
 
+# The ABI counts rows and keys of a sequence in int32: the longest sequence it can describe.
+MAX_SEQLEN = 2**31 - 1
+
+
+cdef int32_t _seqlen(object n, str what) except? -1:
+    """A sequence length (rows of q, keys of k/v, new rows, page rows) as the ABI's int32, or a ValueError naming the
+    limit (not the OverflowError of a bare conversion)."""
+    n = int(n)
+    if n > MAX_SEQLEN:
+        raise ValueError("%s: %d exceeds the limit of %d (2**31 - 1) rows per sequence: the ABI counts them in "
+                         "int32" % (what, n, MAX_SEQLEN))
+    return <int32_t>n
+
+
 cdef fa_backend _backend_code(str name) except *:
     try:
         return _BACKEND_CODES[name]
@@ -549,22 +563,23 @@ cdef class _Call:
             self.p.total_q = qs[1]
             if "max_seqlen_q" not in kw or "max_seqlen_k" not in kw:
                 raise TypeError("the varlen layout needs max_seqlen_q and max_seqlen_k")
-            self.p.seqlen_q = <int32_t>kw.pop("max_seqlen_q")
+            self.p.seqlen_q = _seqlen(kw.pop("max_seqlen_q"), "max_seqlen_q")
             if cu_k is not None:
                 self.p.cu_seqlens_k = self.ints(cu_k, "cu_seqlens_k", self.p.batch + 1)
-            self.p.seqlen_k = <int32_t>kw.pop("max_seqlen_k")
+            self.p.seqlen_k = _seqlen(kw.pop("max_seqlen_k"), "max_seqlen_k")
             if block_table is None:
                 if ks[0] != 1:
                     raise ValueError("k: the varlen layout is passed as [1, total_k, heads, dim]")
                 self.p.total_k = ks[1]
         else:
             self.p.batch = <int32_t>qs[0]
-            self.p.seqlen_q = <int32_t>qs[1]
+            self.p.seqlen_q = _seqlen(qs[1], "q: sequence length")
             kw.pop("max_seqlen_q", None)
             if block_table is not None:
-                self.p.seqlen_k = <int32_t>kw.pop("max_seqlen_k", <int64_t>ks[1] * len(block_table[0]))
+                self.p.seqlen_k = _seqlen(kw.pop("max_seqlen_k", <int64_t>ks[1] * len(block_table[0])),
+                                          "k: cache capacity (page size x block_table columns)")
             else:
-                self.p.seqlen_k = <int32_t>kw.pop("max_seqlen_k", ks[1])
+                self.p.seqlen_k = _seqlen(kw.pop("max_seqlen_k", ks[1]), "k: sequence length")
             if cu_k is not None:
                 raise ValueError("cu_seqlens_k: only valid together with cu_seqlens_q")
             if block_table is None and cache_batch_idx is None and ks[0] != qs[0]:
@@ -572,7 +587,7 @@ cdef class _Call:
         if block_table is not None:
             self.set_block_table(block_table)
             self.p.num_blocks = ks[0]
-            self.p.page_block_size = <int32_t>ks[1]
+            self.p.page_block_size = _seqlen(ks[1], "k_cache: page size")
         if cache_batch_idx is not None:
             self.p.cache_batch_idx = self.ints(cache_batch_idx, "cache_batch_idx", self.p.batch)
             self.p.cache_batch_count = ks[0]
@@ -692,7 +707,7 @@ cdef _Call _kvcache_call(str backend, str dtype, q, k_cache, v_cache, k_new, v_n
         if ns[0] != c.p.batch or ns[2] != c.p.nheads_kv or ns[3] != c.p.headdim:
             raise ValueError("k: expected shape (%d, seqlen_new, %d, %d), got %s"
                              % (c.p.batch, c.p.nheads_kv, c.p.headdim, ns))
-        c.u.seqlen_new = <int32_t>ns[1]
+        c.u.seqlen_new = _seqlen(ns[1], "k: new rows")
     if (rotary_cos is None) != (rotary_sin is None):
         raise ValueError("rotary_cos and rotary_sin must be given together")
     if rotary_cos is not None:
