@@ -75,8 +75,8 @@ def test_the_longest_paged_sequence():
 @pytest.mark.slow
 def test_the_longest_sequence_the_abi_allows():
     q = np.ones((1, 1, 1, D), np.float32)
-    k = np.broadcast_to(np.float32(0.5), (1, 2**31 - 1, 1, D))  # stride 0: no memory, every weight equal
-    v = np.broadcast_to(np.arange(D, dtype=np.float32) / 3, (1, 2**31 - 1, 1, D))
+    k = np.broadcast_to(np.full((1, 1, 1, D), 0.5, np.float32), (1, 2**31 - 1, 1, D))  # row stride 0: no memory
+    v = np.broadcast_to((np.arange(D, dtype=np.float32) / 3).reshape(1, 1, 1, D), (1, 2**31 - 1, 1, D))
     out = fa.flash_attn_func(q, k, v, backend="cpu")
     np.testing.assert_allclose(out[0, 0, 0], np.arange(D) / 3, rtol=FP32_FLOOR, atol=FP32_FLOOR)
 
