@@ -35,6 +35,7 @@ namespace {
 
 thread_local Workspace tl_workspace;  // per thread: the tiles of one work item (workspace.h)
 thread_local Workspace tl_chunk_totals;  // per thread: the double chunk totals of one work item (key_chunks.h)
+static_assert(KEY_CHUNK % BLOCK_N == 0, "chunk ends lie on the K/V tile grid");
 
 template <typename Acc>
 struct ForwardJob {
@@ -402,7 +403,7 @@ void run_tiles(const ForwardJob<Acc> &job, int b, int hk, int tile0, int ntiles)
             if (fa_cancel_rt::check(p->cancel)) return;
             t1 = std::min<int64_t>((t0 / BLOCK_N + 1) * BLOCK_N, q.hi);
             row_layout_tile(job, b, hk, t, mp, t0, int(t1 - t0), buf.qT, buf.oT, buf.m, buf.l, buf);
-            if (chunk_ends_at(t1, q.hi)) fold(0, HEADDIM_PAD, 1);
+            if (chunk_ends_at(t1, q.hi, KEY_CHUNK)) fold(0, HEADDIM_PAD, 1);
         }
         if (q.folded) {
             fold(0, HEADDIM_PAD, 1);
@@ -451,7 +452,7 @@ void run_tiles(const ForwardJob<Acc> &job, int b, int hk, int tile0, int ntiles)
             QueryTile<Acc> &q = qt[i];
             const int64_t t0 = std::max(g0, q.lo), t1 = std::min(g1, q.hi);
             if (t0 < t1) lane_layout_tile(job, q, mp, drop, kt, vt, t0, int(t0 - g0), int(t1 - t0), buf);
-            if (t0 < t1 && chunk_ends_at(t1, q.hi)) fold(i, 1, BLOCK_M);
+            if (t0 < t1 && chunk_ends_at(t1, q.hi, KEY_CHUNK)) fold(i, 1, BLOCK_M);
         }
     }
     for (int i = 0; i < ntiles; ++i) {

@@ -136,10 +136,9 @@ void decode_item(const DecodeJob &job, int b, int s) {
     const float mul_plain = float(mp.scale * LOG2E);
     // Key rows of a block by group: krows[4*grp + u] is key grp + 4u (see decode_kernels.h).
     const void *krows[DECODE_BLOCK], *vrows[DECODE_BLOCK];
-    constexpr int64_t blocks_per_chunk = KEY_CHUNK / DECODE_BLOCK;
     for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
         if (fa_cancel_rt::check(p->cancel)) return;
-        if (blk > blk_begin && (blk - blk_begin) % blocks_per_chunk == 0) fold_chunk(n, d, m, l, o, pitch, 1, totals);
+        if (blk > blk_begin && (blk - blk_begin) % (KEY_CHUNK / DECODE_BLOCK) == 0) fold_chunk(n, d, m, l, o, pitch, 1, totals);
         const int64_t t0 = lo + blk * DECODE_BLOCK;
         const int nk = int(std::min<int64_t>(DECODE_BLOCK, hi - t0));
         for (int grp = 0; grp < 4; ++grp)
