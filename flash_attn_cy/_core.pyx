@@ -220,7 +220,8 @@ def _raise_pending_signal():
 cdef object _check_call(int rc, const char *err):
     """After a call: a signal handler's exception first (even if the call finished), then the call's error."""
     global _pending_signal_exc
-    if _pending_signal_exc is not None:
+    # Only the main thread polls; another thread's call must not take its pending exception.
+    if _pending_signal_exc is not None and PyThread_get_thread_ident() == _main_thread_ident:
         e = _pending_signal_exc
         _pending_signal_exc = None
         raise e
