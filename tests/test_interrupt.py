@@ -100,7 +100,7 @@ def test_kvcache_interrupted_during_attention_leaves_the_cache_fully_written():
         k_cache = rng.standard_normal((1, 16400, 8, 64)).astype(np.float32)
         v_cache = rng.standard_normal((1, 16400, 8, 64)).astype(np.float32)
         before = k_cache.copy()
-        q = rng.standard_normal((1, 2048, 8, 64)).astype(np.float32)
+        q = rng.standard_normal((1, 8192, 8, 64)).astype(np.float32)  # attention of several seconds
         k_new = rng.standard_normal((1, 16, 8, 64)).astype(np.float32)
         v_new = rng.standard_normal((1, 16, 8, 64)).astype(np.float32)
         cache_seqlens = np.array([14000], np.int32)
@@ -110,7 +110,7 @@ def test_kvcache_interrupted_during_attention_leaves_the_cache_fully_written():
                                     (v_cache[0, 14000:14016] == v_new[0]).all()), flush=True)
         print("rest untouched:", bool((k_cache[0, :14000] == before[0, :14000]).all() and
                                       (k_cache[0, 14016:] == before[0, 14016:]).all()), flush=True)
-    """, delay=1.0)
+    """)
     assert rest == ["rows written: True", "rest untouched: True"]
     assert latency < MAX_LATENCY
 
