@@ -45,35 +45,71 @@ struct ChunkTotals {
 // Folds the fp32 chunk accumulators (m: running max, l, o with o's element (r, c) at o[r*ors + c*ocs]) into `t`
 // and restarts l and o from zero (m is kept: it is still the max of everything seen). m only grows, so the total
 // rescales by exp2(M - m) <= 1. NaN in l, o or m stays NaN in the total, as it would in one long fp32 sum.
+// The element loops run along the contiguous axis (rows of the forward's O^T, at most LANE_ROWS of them; columns of
+// the row-major O of decode and the row layout), so they vectorise.
+constexpr int LANE_ROWS = 64;  // rows of a forward tile (BLOCK_M)
+
+template <typename Acc>
+inline double fold_row_stats(int r, const Acc *m, Acc *l, ChunkTotals &t) {
+    const double mm = double(m[r]);
+    const double scale = t.M[r] == -INFINITY ? 0.0 : std::exp2(t.M[r] - mm);
+    t.L[r] = t.L[r] * scale + double(l[r]);
+    l[r] = Acc(0);
+    t.M[r] = mm;
+    return scale;
+}
+
 template <typename Acc>
 inline void fold_chunk(int rows, int d, const Acc *m, Acc *l, Acc *o, int64_t ors, int64_t ocs, ChunkTotals &t) {
+    if (ors == 1 && t.row_stride == 1 && rows <= LANE_ROWS) {  // O^T [d][rows]: rows contiguous
+        double scale[LANE_ROWS];
+        for (int r = 0; r < rows; ++r) scale[r] = fold_row_stats(r, m, l, t);
+        for (int c = 0; c < d; ++c) {
+            double *O = t.O + c * t.col_stride;
+            Acc *oc = o + c * ocs;
+            for (int r = 0; r < rows; ++r) {
+                O[r] = O[r] * scale[r] + double(oc[r]);
+                oc[r] = Acc(0);
+            }
+        }
+        return;
+    }
     for (int r = 0; r < rows; ++r) {
-        const double mm = double(m[r]);
-        const double scale = t.M[r] == -INFINITY ? 0.0 : std::exp2(t.M[r] - mm);
-        t.L[r] = t.L[r] * scale + double(l[r]);
-        l[r] = Acc(0);
+        const double scale = fold_row_stats(r, m, l, t);
         double *O = t.O + r * t.row_stride;
         Acc *orow = o + r * ors;
         for (int c = 0; c < d; ++c) {
             O[c * t.col_stride] = O[c * t.col_stride] * scale + double(orow[c * ocs]);
             orow[c * ocs] = Acc(0);
         }
-        t.M[r] = mm;
     }
 }
 
 // After the last fold: o = O_total / L_total in the accumulator (so that a write-out with 1/l = 1 stores it),
-// m = M and l = L for the LSE. Rows with L = 0 (no key seen) keep o = 0, l = 0.
+// m = M and l = L for the LSE. Rows with L = 0 (no key seen) keep o = 0, l = 0; a NaN L gives NaN, as row_inv_sum.
 template <typename Acc>
 inline void unfold_normalised(int rows, int d, Acc *m, Acc *l, Acc *o, int64_t ors, int64_t ocs, const ChunkTotals &t) {
-    for (int r = 0; r < rows; ++r) {
+    auto inv_of = [&](int r) {
         const double L = t.L[r];
-        const double inv = !(L <= 0) ? 1.0 / L : 0.0;  // NaN L gives NaN, as row_inv_sum does
+        m[r] = Acc(t.M[r]);
+        l[r] = Acc(L);
+        return !(L <= 0) ? 1.0 / L : 0.0;
+    };
+    if (ors == 1 && t.row_stride == 1 && rows <= LANE_ROWS) {
+        double inv[LANE_ROWS];
+        for (int r = 0; r < rows; ++r) inv[r] = inv_of(r);
+        for (int c = 0; c < d; ++c) {
+            const double *O = t.O + c * t.col_stride;
+            Acc *oc = o + c * ocs;
+            for (int r = 0; r < rows; ++r) oc[r] = Acc(O[r] * inv[r]);
+        }
+        return;
+    }
+    for (int r = 0; r < rows; ++r) {
+        const double inv = inv_of(r);
         const double *O = t.O + r * t.row_stride;
         Acc *orow = o + r * ors;
         for (int c = 0; c < d; ++c) orow[c * ocs] = Acc(O[c * t.col_stride] * inv);
-        m[r] = Acc(t.M[r]);
-        l[r] = Acc(L);
     }
 }
 
