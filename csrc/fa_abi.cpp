@@ -98,6 +98,13 @@ int require_available(fa_backend backend, char *err, size_t errlen) {
     return FA_ERR_UNAVAILABLE;
 }
 
+// A cancelled call reports FA_ERR_CANCELLED whatever the backend made of its early stop (a worker's "failed").
+int cancelled_status(const fa_params *p, int rc, char *err, size_t errlen) {
+    if (rc == FA_OK || !fa_cancel_rt::requested(p->cancel)) return rc;
+    set_msg(err, errlen, "cancelled (fa_params.cancel was requested)");
+    return FA_ERR_CANCELLED;
+}
+
 // Forward and backward share every step but the CPU entry point and the plan kind.
 int run_attention(fa_backend backend, fa_params *p, bool backward, char *err, size_t errlen) {
     set_msg(err, errlen, "");
@@ -112,8 +119,12 @@ int run_attention(fa_backend backend, fa_params *p, bool backward, char *err, si
         if (rc != FA_OK) return rc;
         if ((rc = check_device_buffers(backend, p, err, errlen)) != FA_OK) return rc;
         if ((rc = require_available(backend, err, errlen)) != FA_OK) return rc;
-        if (backend == FA_BACKEND_CPU) return backward ? fa_cpu_backward(p, err, errlen) : fa_cpu_forward(p, err, errlen);
-        return execute_plan_backend(backend, backward ? FA_PLAN_BACKWARD : FA_PLAN_FORWARD, p, nullptr, err, errlen);
+        // This thread polls the cancellation token while the call runs (fa_cancel.h).
+        fa_cancel_rt::PollScope poller(p->cancel);
+        if (fa_cancel_rt::requested(p->cancel)) rc = FA_ERR_CANCELLED;
+        else if (backend == FA_BACKEND_CPU) rc = backward ? fa_cpu_backward(p, err, errlen) : fa_cpu_forward(p, err, errlen);
+        else rc = execute_plan_backend(backend, backward ? FA_PLAN_BACKWARD : FA_PLAN_FORWARD, p, nullptr, err, errlen);
+        return cancelled_status(p, rc, err, errlen);
     }), err, errlen);
 }
 
@@ -158,6 +169,8 @@ int fa_kvcache_append(fa_backend backend, fa_params *p, const fa_kvcache_update 
         if ((rc = fa_check_kvcache_update(p, u, err, errlen)) != FA_OK) return rc;
         if ((rc = check_device_buffers(backend, p, err, errlen)) != FA_OK) return rc;
         if ((rc = require_available(backend, err, errlen)) != FA_OK) return rc;
+        // Not a cancellation point: once started, the append writes every new row (a cache is never left half
+        // written). Its CPU work is O(new rows); the simulator runs the append launches without the token.
         if (backend == FA_BACKEND_CPU) return fa_cpu_kvcache_append(p, u, err, errlen);
         return execute_plan_backend(backend, FA_PLAN_KVCACHE_APPEND, p, u, err, errlen);
     }), err, errlen);

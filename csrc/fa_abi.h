@@ -27,6 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sim/fa_cancel.h" /* fa_cancel: cooperative cancellation (Ctrl-C) of a running call */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -42,7 +44,8 @@ typedef enum fa_status {
     FA_ERR_UNAVAILABLE = 4, /* backend not present in this build / on this machine: RuntimeError */
     FA_ERR_RUNTIME = 5,     /* failure while running (Metal command buffer error, allocation): RuntimeError */
     FA_ERR_FAULT = 6,       /* the simulator detected a kernel fault (race, out-of-bounds, ...): RuntimeError */
-    FA_ERR_MEMORY = 7       /* an allocation failed (the message names its size where known): MemoryError */
+    FA_ERR_MEMORY = 7,      /* an allocation failed (the message names its size where known): MemoryError */
+    FA_ERR_CANCELLED = 8    /* fa_params.cancel was requested: the call stopped early, outputs are unspecified */
 } fa_status;
 
 typedef enum fa_dtype {
@@ -124,6 +127,11 @@ typedef struct fa_params {
     int32_t num_threads;         /* CPU: 0 = pool default */
     int32_t sim_schedules;       /* sim: number of schedules to run and compare (0 or 1 = one forward schedule) */
     const struct fa_device_buffers *device_buffers; /* metal only: see below; NULL for host memory */
+    /* Cancellation token (sim/fa_cancel.h) or NULL. The CPU backend and the simulator check it between tiles; the
+     * thread that made the call runs its poll about every FA_CANCEL_POLL_MS. A cancelled call returns FA_ERR_CANCELLED
+     * with no worker still running; its outputs are unspecified, except that fa_kvcache_append is not a cancellation
+     * point (a started append always writes every row). */
+    fa_cancel *cancel;
 } fa_params;
 
 /* Metal with tensors that already live in MTLBuffers (PyTorch MPS tensors, DLPack kDLMetal arrays): each user

@@ -4,6 +4,8 @@
 // in order, with the plan's grid, threadgroup size, buffer bindings and setBytes constants. Buffers are bound with
 // their exact byte sizes so the simulator reports any access outside a tensor; p->sim_schedules > 1 reruns each
 // launch under other thread schedules and reports differences (races). Any fault becomes FA_ERR_FAULT.
+// Cancellation (fa_params.cancel) is checked between launches and by the simulator inside them, except for the
+// KV-cache append plan: a started append writes every row (fa_abi.h).
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -94,7 +96,9 @@ int fa_sim_execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_updat
     for (int i = 0; i < FA_PLAN_SCRATCH_COUNT; ++i) plan.buffer_bytes[FA_BUF_SCRATCH0 + i] = plan.scratch_bytes[i];
     const BufferMap map = map_buffers(kind, p, u, scratch);
 
+    const fa_cancel *cancel = kind == FA_PLAN_KVCACHE_APPEND ? nullptr : p->cancel;
     for (int li = 0; li < plan.nlaunches; ++li) {
+        if (fa_cancel_rt::check(cancel)) return fail(err, errlen, FA_ERR_CANCELLED, "sim: cancelled");
         const fa_launch &l = plan.launches[li];
         const fasim::KernelInfo *kernel = fasim::find_kernel(l.kernel);
         if (!kernel)
@@ -126,7 +130,9 @@ int fa_sim_execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_updat
             cfg.threads[i] = l.threads[i];
         }
         cfg.schedules = p->sim_schedules > 1 ? p->sim_schedules : 1;
+        cfg.cancel = cancel;
         const std::vector<fasim::Fault> faults = fasim::launch(kernel, cfg, buffers, bytes);
+        if (fa_cancel_rt::requested(cancel)) return fail(err, errlen, FA_ERR_CANCELLED, "sim: cancelled");
         if (!faults.empty()) {
             std::string msg = std::string("sim: ") + std::to_string(faults.size()) + " fault(s) in " + l.kernel + ":";
             for (size_t f = 0; f < faults.size() && f < 8; ++f) msg += "\n" + faults[f].kind + ": " + faults[f].message;

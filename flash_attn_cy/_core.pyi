@@ -32,14 +32,17 @@ Keyword options shared by forward / backward / kvcache_append / describe_plan
 
 Errors: ValueError (FA_ERR_VALUE), TypeError (FA_ERR_TYPE), NotImplementedError (FA_ERR_UNSUPPORTED),
 MemoryError (FA_ERR_MEMORY, naming the size), RuntimeError (unavailable backend, runtime failure, simulator fault)
--- with the C message. The GIL is released
-during every ABI call.
+-- with the C message. The GIL is released during every ABI call. On the main thread forward/backward run Python's
+signal handlers about every 20 ms: Ctrl-C stops the call between tiles and raises KeyboardInterrupt once no worker
+runs (kvcache_append is never interrupted: a started append writes every row). Sequence lengths above MAX_SEQLEN
+(2**31 - 1) raise ValueError.
 """
 from typing import Any, NamedTuple, Optional, Tuple, Union
 
 BACKENDS: Tuple[str, str, str]
 DTYPES: Tuple[str, str, str, str]
 ABI_VERSION: int
+MAX_SEQLEN: int
 
 class DeviceTensor(NamedTuple):
     """A tensor inside an MTLBuffer (PyTorch MPS tensor, DLPack kDLMetal array).
@@ -89,3 +92,9 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     """CPU threads the next call will use."""
+
+def _signal_poll_address() -> int:
+    """Address of the C function that runs Python's signal handlers for a cancellation token (flash_attn_cy.sim)."""
+
+def _raise_pending_signal() -> None:
+    """Raise the exception a signal handler raised during such a poll, if any."""

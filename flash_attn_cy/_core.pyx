@@ -16,9 +16,20 @@ varlen layout passes its packed [total, heads, dim] tensors with a leading axis 
 
 from collections import namedtuple
 import json as _json
+import threading as _threading
 
 from libc.stdint cimport int32_t, int64_t, uint16_t, uint64_t
 from libc.string cimport memset
+from cpython.exc cimport PyErr_CheckSignals
+
+cdef extern from "pythread.h":
+    unsigned long PyThread_get_thread_ident() nogil
+
+cdef extern from "sim/fa_cancel.h" nogil:
+    ctypedef struct fa_cancel:
+        int32_t requested
+        int (*poll)(void *ctx) noexcept nogil
+        void *poll_ctx
 
 cdef extern from "fa_abi.h" nogil:
     ctypedef enum fa_status:
@@ -30,6 +41,7 @@ cdef extern from "fa_abi.h" nogil:
         FA_ERR_RUNTIME
         FA_ERR_FAULT
         FA_ERR_MEMORY
+        FA_ERR_CANCELLED
 
     ctypedef enum fa_dtype:
         FA_F32
@@ -95,6 +107,7 @@ cdef extern from "fa_abi.h" nogil:
         int32_t num_threads
         int32_t sim_schedules
         const fa_device_buffers *device_buffers
+        fa_cancel *cancel
 
     ctypedef struct fa_kvcache_update:
         fa_tensor knew, vnew
@@ -159,6 +172,78 @@ cdef object _raise(int rc, const char *err):
     if rc == FA_ERR_MEMORY:
         raise MemoryError(msg)
     raise RuntimeError(msg)
+
+
+# ---- Ctrl-C: signals reach a long call (fa_cancel.h) ----------------------------------------------------------------
+# Every call runs with the GIL released. On the main thread (the only one Python delivers signals to) the call gets a
+# cancellation token whose poll the C side runs on this thread about every FA_CANCEL_POLL_MS: it takes the GIL and
+# runs Python's signal handlers. If one raises (KeyboardInterrupt for SIGINT), the exception is kept, the token asks
+# the workers to stop between tiles, and once the call has returned - no worker still running - the exception is
+# raised here. Calls from other threads get no poll (their signals are handled by the main thread anyway).
+cdef object _pending_signal_exc = None  # only the main thread writes it
+cdef unsigned long _main_thread_ident = _threading.main_thread().ident
+
+
+cdef int _poll_signals(void *ctx) noexcept nogil:
+    with gil:
+        return _run_signal_handlers()
+
+
+cdef int _run_signal_handlers() noexcept:
+    global _pending_signal_exc
+    try:
+        PyErr_CheckSignals()
+    except BaseException as e:  # the handler's exception, raised once the call has stopped
+        _pending_signal_exc = e
+        return 1
+    return 0
+
+
+cdef inline void _arm_cancel(fa_params *p, fa_cancel *tok) noexcept:
+    tok.requested = 0
+    tok.poll = NULL
+    if PyThread_get_thread_ident() == _main_thread_ident:
+        tok.poll = _poll_signals
+    tok.poll_ctx = NULL
+    p.cancel = tok
+
+
+def _signal_poll_address():
+    """Address of the C poll function above, for cancellation tokens built elsewhere (flash_attn_cy.sim passes it to
+    its ctypes-loaded modules: a Python callback could itself be interrupted before it catches anything). Call it
+    only with a token used on the main thread; afterwards `_raise_pending_signal()`."""
+    return <size_t><void *>_poll_signals
+
+
+def _raise_pending_signal():
+    """Raise the exception a signal handler raised during a poll, if one is pending."""
+    _check_call(FA_OK, b"")
+
+
+cdef object _check_call(int rc, const char *err):
+    """After a call: a signal handler's exception first (even if the call finished), then the call's error."""
+    global _pending_signal_exc
+    # Only the main thread polls; another thread's call must not take its pending exception.
+    if _pending_signal_exc is not None and PyThread_get_thread_ident() == _main_thread_ident:
+        e = _pending_signal_exc
+        _pending_signal_exc = None
+        raise e
+    if rc != FA_OK:
+        _raise(rc, err)
+
+
+# The ABI counts rows and keys of a sequence in int32: the longest sequence it can describe.
+MAX_SEQLEN = 2**31 - 1
+
+
+cdef int32_t _seqlen(object n, str what) except? -1:
+    """A sequence length (rows of q, keys of k/v, new rows, page rows) as the ABI's int32, or a ValueError naming the
+    limit (not the OverflowError of a bare conversion)."""
+    n = int(n)
+    if n > MAX_SEQLEN:
+        raise ValueError("%s: %d exceeds the limit of %d (2**31 - 1) rows per sequence: the ABI counts them in "
+                         "int32" % (what, n, MAX_SEQLEN))
+    return <int32_t>n
 
 
 cdef fa_backend _backend_code(str name) except *:
@@ -482,22 +567,23 @@ cdef class _Call:
             self.p.total_q = qs[1]
             if "max_seqlen_q" not in kw or "max_seqlen_k" not in kw:
                 raise TypeError("the varlen layout needs max_seqlen_q and max_seqlen_k")
-            self.p.seqlen_q = <int32_t>kw.pop("max_seqlen_q")
+            self.p.seqlen_q = _seqlen(kw.pop("max_seqlen_q"), "max_seqlen_q")
             if cu_k is not None:
                 self.p.cu_seqlens_k = self.ints(cu_k, "cu_seqlens_k", self.p.batch + 1)
-            self.p.seqlen_k = <int32_t>kw.pop("max_seqlen_k")
+            self.p.seqlen_k = _seqlen(kw.pop("max_seqlen_k"), "max_seqlen_k")
             if block_table is None:
                 if ks[0] != 1:
                     raise ValueError("k: the varlen layout is passed as [1, total_k, heads, dim]")
                 self.p.total_k = ks[1]
         else:
             self.p.batch = <int32_t>qs[0]
-            self.p.seqlen_q = <int32_t>qs[1]
+            self.p.seqlen_q = _seqlen(qs[1], "q: sequence length")
             kw.pop("max_seqlen_q", None)
             if block_table is not None:
-                self.p.seqlen_k = <int32_t>kw.pop("max_seqlen_k", <int64_t>ks[1] * len(block_table[0]))
+                self.p.seqlen_k = _seqlen(kw.pop("max_seqlen_k", <int64_t>ks[1] * len(block_table[0])),
+                                          "k: cache capacity (page size x block_table columns)")
             else:
-                self.p.seqlen_k = <int32_t>kw.pop("max_seqlen_k", ks[1])
+                self.p.seqlen_k = _seqlen(kw.pop("max_seqlen_k", ks[1]), "k: sequence length")
             if cu_k is not None:
                 raise ValueError("cu_seqlens_k: only valid together with cu_seqlens_q")
             if block_table is None and cache_batch_idx is None and ks[0] != qs[0]:
@@ -505,7 +591,7 @@ cdef class _Call:
         if block_table is not None:
             self.set_block_table(block_table)
             self.p.num_blocks = ks[0]
-            self.p.page_block_size = <int32_t>ks[1]
+            self.p.page_block_size = _seqlen(ks[1], "k_cache: page size")
         if cache_batch_idx is not None:
             self.p.cache_batch_idx = self.ints(cache_batch_idx, "cache_batch_idx", self.p.batch)
             self.p.cache_batch_count = ks[0]
@@ -566,11 +652,12 @@ def forward(str backend, str dtype, q, k, v, out, softmax_lse=None, **kw):
     cdef _Call c = _forward_call(backend, dtype, q, k, v, out, softmax_lse, kw)
     cdef char err[ERRLEN]
     cdef int rc
+    cdef fa_cancel tok
     err[0] = 0
+    _arm_cancel(&c.p, &tok)
     with nogil:
         rc = fa_forward(c.backend, &c.p, err, ERRLEN)
-    if rc != FA_OK:
-        _raise(rc, err)
+    _check_call(rc, err)
 
 
 cdef _Call _backward_call(str backend, str dtype, dout, q, k, v, out, softmax_lse, dq, dk, dv, dict kw):
@@ -595,11 +682,12 @@ def backward(str backend, str dtype, dout, q, k, v, out, softmax_lse, dq, dk, dv
     cdef _Call c = _backward_call(backend, dtype, dout, q, k, v, out, softmax_lse, dq, dk, dv, kw)
     cdef char err[ERRLEN]
     cdef int rc
+    cdef fa_cancel tok
     err[0] = 0
+    _arm_cancel(&c.p, &tok)
     with nogil:
         rc = fa_backward(c.backend, &c.p, err, ERRLEN)
-    if rc != FA_OK:
-        _raise(rc, err)
+    _check_call(rc, err)
 
 
 cdef _Call _kvcache_call(str backend, str dtype, q, k_cache, v_cache, k_new, v_new, dict kw):
@@ -623,7 +711,7 @@ cdef _Call _kvcache_call(str backend, str dtype, q, k_cache, v_cache, k_new, v_n
         if ns[0] != c.p.batch or ns[2] != c.p.nheads_kv or ns[3] != c.p.headdim:
             raise ValueError("k: expected shape (%d, seqlen_new, %d, %d), got %s"
                              % (c.p.batch, c.p.nheads_kv, c.p.headdim, ns))
-        c.u.seqlen_new = <int32_t>ns[1]
+        c.u.seqlen_new = _seqlen(ns[1], "k: new rows")
     if (rotary_cos is None) != (rotary_sin is None):
         raise ValueError("rotary_cos and rotary_sin must be given together")
     if rotary_cos is not None:

@@ -189,32 +189,33 @@ public:
         const int64_t items1 = (int64_t)p_->batch * p_->nheads_kv * nkg;
         const int64_t items2 = (int64_t)p_->batch * p_->nheads_q * nqb;
         const int threads = p_->num_threads;
+        const fa_cancel *cancel = p_->cancel;  // items stop early once requested (fa_cancel.h)
         bool ok = fa_cpu::parallel_for(items0, [&](int64_t item) {
             compute_delta(item / p_->nheads_q, item % p_->nheads_q);
-        }, threads);
+        }, threads, cancel);
         if (refine_lse_) {
             lse_fine_.assign((size_t)p_->nheads_q * (size_t)q_rows_, A(0));
             lse_lo_.assign((size_t)p_->nheads_q * (size_t)q_rows_, A(0));
             ok = ok && fa_cpu::parallel_for(items2, [&](int64_t item) {
                 const int64_t qb = item % nqb, rest = item / nqb;
                 refine_lse_block(rest / p_->nheads_q, rest % p_->nheads_q, qb, workspace());
-            }, threads);
+            }, threads, cancel);
         }
         single_pass_ = use_single_pass(threads);
         ok = ok && fa_cpu::parallel_for(items1, [&](int64_t item) {
             const int64_t kg = item % nkg, rest = item / nkg;
             dkdv_block(rest / p_->nheads_kv, rest % p_->nheads_kv, kg, workspace());
-        }, threads);
+        }, threads, cancel);
         if (single_pass_) {
             ok = ok && fa_cpu::parallel_for(items2, [&](int64_t item) {
                 const int64_t qb = item % nqb, rest = item / nqb;
                 store_dq_from_partials(rest / p_->nheads_q, rest % p_->nheads_q, qb);
-            }, threads);
+            }, threads, cancel);
         } else {
             ok = ok && fa_cpu::parallel_for(items2, [&](int64_t item) {
                 const int64_t qb = item % nqb, rest = item / nqb;
                 dq_block(rest / p_->nheads_q, rest % p_->nheads_q, qb, workspace());
-            }, threads);
+            }, threads, cancel);
         }
         if (ok) zero_unowned_packed_rows();
         return ok;
@@ -704,6 +705,7 @@ private:
         A *dq_part = single_pass_ && ilo <= ihi ? dq_partials() : nullptr;
         for (int64_t h = hk * group_; h < (hk + 1) * group_; ++h) {
             for (int64_t i0 = ilo; i0 <= ihi; i0 += kBlockQ) {
+                if (fa_cancel_rt::check(p_->cancel)) return;
                 const int nq = (int)std::min<int64_t>(kBlockQ, ihi + 1 - i0);
                 load_query_tile(b, g, h, i0, nq, w);
                 for (int sl = 0; sl < nslots; ++sl) {
@@ -823,6 +825,7 @@ private:
         load_query_tile(b, g, h, i0, nq, w);
         const int64_t jlo = window_.key_lo(i0, g), jhi = window_.key_hi(i0 + nq - 1, g);
         for (int64_t kb = jlo / kBlockK; jlo <= jhi && kb <= jhi / kBlockK; ++kb) {
+            if (fa_cancel_rt::check(p_->cancel)) return;
             const int64_t j0 = kb * kBlockK;
             const int nk = (int)std::min<int64_t>(kBlockK, g.sk - j0);
             load_key_tile(b, g, hk, j0, nk, w, 0);

@@ -6,6 +6,9 @@
 // For each K/V tile inside the causal/local band: S^T = K·Q^T, logit features (only on tiles that need them),
 // online-softmax step, optional dropout, O^T = alpha*O^T + V^T·P^T. One normalisation at the end.
 // Extra memory: a fixed per-thread workspace (O(BLOCK_M * headdim)), independent of the sequence length.
+// Bits: the K/V tiles sit on a fixed grid (multiples of BLOCK_N), the row-layout kernels serve only one-tile sequences
+// and long key ranges fold in chunks at fixed positions (key_chunks.h), so no result depends on how query tiles are
+// grouped into work items, i.e. on the thread count. Cancellation (fa_params.cancel) is checked per K/V tile.
 // Decode (at most DECODE_MAX_ROWS rows per KV head, no dropout) runs in decode_forward.cpp instead.
 #include <algorithm>
 #include <cmath>
@@ -19,6 +22,7 @@
 #include "cpu_dtype.h"
 #include "decode_forward.h"
 #include "fa_backends.h"
+#include "key_chunks.h"
 #include "row_output.h"
 #include "score_features.h"
 #include "seq_geometry.h"
@@ -30,6 +34,8 @@ namespace fa_cpu {
 namespace {
 
 thread_local Workspace tl_workspace;  // per thread: the tiles of one work item (workspace.h)
+thread_local Workspace tl_chunk_totals;  // per thread: the double chunk totals of one work item (key_chunks.h)
+static_assert(KEY_CHUNK % BLOCK_N == 0, "chunk ends lie on the K/V tile grid");
 
 template <typename Acc>
 struct ForwardJob {
@@ -228,12 +234,13 @@ void finish_row_stats(const ForwardJob<Acc> &job, int b, const RowInfo &row, Acc
 }
 
 // Normalise one row (accumulator element c at acc[c * cstride]) and write it out, then its LSE / S_dmask.
+// `normalised`: acc already holds the normalised output (a row folded in chunks, key_chunks.h).
 template <typename Acc>
 void finish_row(const ForwardJob<Acc> &job, int b, const RowInfo &row, const Acc *acc, int cstride, Acc m, Acc l,
-                const MaskParams &mp) {
+                const MaskParams &mp, bool normalised = false) {
     const fa_params *p = job.p;
     const int d = p->headdim;
-    const Acc inv = row_inv_sum(l);
+    const Acc inv = normalised ? Acc(1) : row_inv_sum(l);
     void *orow = out_row_ptr(p, job.seqs[b], row);
     switch (p->dtype) {
         case FA_F32: for (int c = 0; c < d; ++c) static_cast<float *>(orow)[c] = float(acc[c * cstride] * inv); break;
@@ -277,6 +284,7 @@ struct QueryTile {
     Acc *qT, *oT, *m, *l, *alpha;
     int nv, lanes;
     int64_t lo, hi;
+    bool folded;  // some chunk was folded into the double totals (key_chunks.h)
 };
 
 // Keys [t0, t0+nk) = keys j0.. of the prepared K/V tiles kt/vt for one query tile: S^T, logit features, softmax
@@ -353,22 +361,56 @@ void run_tiles(const ForwardJob<Acc> &job, int b, int hk, int tile0, int ntiles)
         q.nv = (q.t.nrows + LANES - 1) / LANES;
         q.lanes = q.nv * LANES;
         key_band(mp, g.sk, q.t, q.lo, q.hi);
+        q.folded = false;
         for (int r = 0; r < q.lanes; ++r) {
             q.m[r] = Acc(-INFINITY);
             q.l[r] = Acc(0);
         }
     }
 
-    // Few rows (decode): vectors over the head dim instead of over query rows (see tile_kernels.h).
+    // Double totals of the item's query tiles, when a band is longer than a chunk (key_chunks.h); allocated at the
+    // first fold.
+    ChunkTotals totals[QUERY_TILES_PER_ITEM];
+    bool have_totals = false;
+    auto fold = [&](int i, int64_t ors, int64_t ocs) {
+        QueryTile<Acc> &q = qt[i];
+        if (!have_totals) {
+            const size_t per = size_t(HEADDIM_PAD) * BLOCK_M + 2 * BLOCK_M;
+            double *base = reinterpret_cast<double *>(tl_chunk_totals.get(sizeof(double) * per * ntiles));
+            for (int j = 0; j < ntiles; ++j) {
+                totals[j].M = base + per * j;
+                totals[j].L = totals[j].M + BLOCK_M;
+                totals[j].O = totals[j].L + BLOCK_M;
+                totals[j].row_stride = ors;
+                totals[j].col_stride = ocs;
+            }
+            have_totals = true;
+        }
+        if (!q.folded) totals[i].reset(q.t.nrows, d);
+        fold_chunk(q.t.nrows, d, q.m, q.l, q.oT, ors, ocs, totals[i]);
+        q.folded = true;
+    };
+
+    // Few rows (decode) in a one-tile sequence: vectors over the head dim instead of over query rows (see
+    // tile_kernels.h). Chosen by the sequence, not by the item, so that the thread count never changes the kernels.
     const TileRows &t = qt[0].t;
-    if (ntiles == 1 && t.nrows <= ROW_LAYOUT_MAX_ROWS && kern.pv_rows != nullptr) {
+    if (job.tiles[b] == 1 && t.nrows <= ROW_LAYOUT_MAX_ROWS && kern.pv_rows != nullptr) {
         kern.pack_q_rows(t.qrows, t.nrows, d, buf.qT);
         std::fill(buf.oT, buf.oT + size_t(t.nrows) * HEADDIM_PAD, Acc(0));
-        for (int64_t t0 = qt[0].lo; t0 < qt[0].hi; t0 += BLOCK_N)
-            row_layout_tile(job, b, hk, t, mp, t0, int(std::min<int64_t>(BLOCK_N, qt[0].hi - t0)), buf.qT, buf.oT,
-                            buf.m, buf.l, buf);
+        QueryTile<Acc> &q = qt[0];
+        q.oT = buf.oT;  // row layout: oR[r * HEADDIM_PAD + c]
+        for (int64_t t0 = q.lo, t1; t0 < q.hi; t0 = t1) {  // tiles on the grid of multiples of BLOCK_N
+            if (fa_cancel_rt::check(p->cancel)) return;
+            t1 = std::min<int64_t>((t0 / BLOCK_N + 1) * BLOCK_N, q.hi);
+            row_layout_tile(job, b, hk, t, mp, t0, int(t1 - t0), buf.qT, buf.oT, buf.m, buf.l, buf);
+            if (chunk_ends_at(t1, q.hi, KEY_CHUNK)) fold(0, HEADDIM_PAD, 1);
+        }
+        if (q.folded) {
+            fold(0, HEADDIM_PAD, 1);
+            unfold_normalised(t.nrows, d, q.m, q.l, q.oT, HEADDIM_PAD, 1, totals[0]);
+        }
         for (int r = 0; r < t.nrows; ++r)
-            finish_row(job, b, t.rows[r], buf.oT + r * HEADDIM_PAD, 1, buf.m[r], buf.l[r], mp);
+            finish_row(job, b, t.rows[r], buf.oT + r * HEADDIM_PAD, 1, buf.m[r], buf.l[r], mp, q.folded);
         return;
     }
 
@@ -382,15 +424,17 @@ void run_tiles(const ForwardJob<Acc> &job, int b, int hk, int tile0, int ntiles)
     }
     DropoutParams drop = job.drop;
     drop.batch_index = b;
-    // K/V tiles on one grid from the lowest band start; each query tile takes the part of a tile inside its own band
-    // (causal/local tiles outside it are skipped), so the tile just loaded is reused by every query tile of the item.
+    // K/V tiles on one grid, multiples of BLOCK_N from key 0 (so a query tile meets the same tile edges whichever
+    // item holds it); each query tile takes the part of a tile inside its own band (causal/local tiles outside it
+    // are skipped), so the tile just loaded is reused by every query tile of the item.
     // bf16 tiles are half the bytes: there the prefetch measured 1-3% slower (d=64 and 128, tiles prepared once).
     const bool prefetch_next = p->dtype != FA_BF16;
     const int prefetch_slice = (BLOCK_N + ntiles - 1) / ntiles;  // keys of the next tile prefetched per query tile
     KvTile kt, vt;
     kt.packed = buf.kpack;
     vt.packed = buf.vpack;
-    for (int64_t g0 = band_lo; g0 < band_hi; g0 += BLOCK_N) {
+    for (int64_t g0 = band_lo / BLOCK_N * BLOCK_N; g0 < band_hi; g0 += BLOCK_N) {
+        if (fa_cancel_rt::check(p->cancel)) return;
         const int64_t g1 = std::min<int64_t>(g0 + BLOCK_N, band_hi);
         bool used = false;
         for (int i = 0; i < ntiles; ++i) used |= std::max(g0, qt[i].lo) < std::min(g1, qt[i].hi);
@@ -408,20 +452,27 @@ void run_tiles(const ForwardJob<Acc> &job, int b, int hk, int tile0, int ntiles)
             QueryTile<Acc> &q = qt[i];
             const int64_t t0 = std::max(g0, q.lo), t1 = std::min(g1, q.hi);
             if (t0 < t1) lane_layout_tile(job, q, mp, drop, kt, vt, t0, int(t0 - g0), int(t1 - t0), buf);
+            if (t0 < t1 && chunk_ends_at(t1, q.hi, KEY_CHUNK)) fold(i, 1, BLOCK_M);
         }
+    }
+    for (int i = 0; i < ntiles; ++i) {
+        QueryTile<Acc> &q = qt[i];
+        if (!q.folded) continue;
+        fold(i, 1, BLOCK_M);
+        unfold_normalised(q.t.nrows, d, q.m, q.l, q.oT, 1, BLOCK_M, totals[i]);
     }
     // One normalisation at the end, transposing O^T back to rows.
     for (int i = 0; i < ntiles; ++i) {
         const QueryTile<Acc> &q = qt[i];
         if (!kern.write_rows) {
             for (int r = 0; r < q.t.nrows; ++r)
-                finish_row(job, b, q.t.rows[r], q.oT + r, BLOCK_M, q.m[r], q.l[r], mp);
+                finish_row(job, b, q.t.rows[r], q.oT + r, BLOCK_M, q.m[r], q.l[r], mp, q.folded);
             continue;
         }
         alignas(64) Acc inv_l[BLOCK_M] = {};
         void *out_rows[BLOCK_M];
         for (int r = 0; r < q.t.nrows; ++r) {
-            inv_l[r] = row_inv_sum(q.l[r]);
+            inv_l[r] = q.folded ? Acc(1) : row_inv_sum(q.l[r]);
             out_rows[r] = out_row_ptr(p, g, q.t.rows[r]);
         }
         kern.write_rows(q.oT, q.t.nrows, d, inv_l, out_rows);
@@ -467,7 +518,7 @@ int forward_impl(const fa_params *p, const TileKernels<Acc> *kern, char *err, si
         job.drop.nheads_q = p->nheads_q;
     }
     if (decode_path_applies(p, job.seqs)) {  // few query rows per KV head: decode_forward.cpp
-        if (!run_decode(p, job.seqs)) {
+        if (!run_decode(p, job.seqs)) {  // (a cancelled call becomes FA_ERR_CANCELLED in fa_abi.cpp)
             std::snprintf(err, errlen, "cpu forward: a worker failed (out of memory?)");
             return FA_ERR_RUNTIME;
         }
@@ -484,7 +535,7 @@ int forward_impl(const fa_params *p, const TileKernels<Acc> *kern, char *err, si
         const int tile0 = (groups - 1 - int(local % groups)) * job.tiles_per_item;
         run_tiles(job, b, hk, tile0, std::min(job.tiles_per_item, tiles - tile0));
     };
-    if (!parallel_for(total, item_fn, p->num_threads)) {
+    if (!parallel_for(total, item_fn, p->num_threads, p->cancel)) {
         std::snprintf(err, errlen, "cpu forward: a worker failed (out of memory?)");
         return FA_ERR_RUNTIME;
     }

@@ -141,6 +141,8 @@ int fa_cpu_kvcache_append(const fa_params *p, const fa_kvcache_update *u, char *
         else
             append_sequence<float>(p, u, int(b), seqs[b], pos0[b]);
     };
+    // No cancellation token here: a started append always writes every row (fa_abi.h), so an interrupted
+    // flash_attn_with_kvcache never leaves a cache half written.
     if (!parallel_for(p->batch, fn, p->num_threads)) {
         std::snprintf(err, errlen, "kvcache append: a worker failed");
         return FA_ERR_RUNTIME;

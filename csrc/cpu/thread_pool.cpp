@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -54,6 +55,21 @@ int hardware_threads() {
     return n == 0 ? 1 : int(std::min(n, 256u));
 }
 
+// How often a waiting caller polls its cancellation token (fa_cancel.h).
+constexpr std::chrono::milliseconds POLL_INTERVAL{FA_CANCEL_POLL_MS};
+
+// An idle worker exits after this long without a job (the next job starts it again): an idle process holds no
+// threads, while a model calling attention every few milliseconds keeps its workers. FLASH_ATTN_CY_THREAD_IDLE_SECONDS
+// overrides it (tests).
+std::chrono::nanoseconds idle_release_from_env() {
+    double s = 10.0;
+    if (const char *e = std::getenv("FLASH_ATTN_CY_THREAD_IDLE_SECONDS")) {
+        const double v = std::atof(e);
+        if (v > 0) s = v;
+    }
+    return std::chrono::nanoseconds(int64_t(s * 1e9));
+}
+
 class ThreadPool {
   public:
     int size() {
@@ -67,20 +83,37 @@ class ThreadPool {
         p->set_size(old.requested_.load(std::memory_order_relaxed));
         return p;
     }
+    int live_workers() {
+        std::lock_guard<std::mutex> lk(m_);
+        return live_;
+    }
+    // At exit: sleeping workers leave (busy ones after their item); nobody waits for them.
+    void release_all() {
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            shutdown_ = true;
+        }
+        cv_work_.notify_all();
+    }
 
-    bool run(int64_t n, const std::function<void(int64_t)> &fn, int max_threads) {
-        if (n <= 0) return true;
+    bool run(int64_t n, const std::function<void(int64_t)> &fn, int max_threads, const fa_cancel *cancel) {
+        if (n <= 0) return !fa_cancel_rt::requested(cancel);
         int threads = size();
         if (max_threads > 0) threads = std::min(threads, max_threads);
         if (int64_t(threads) > n) threads = int(n);
-        if (threads <= 1 || tl_is_pool_worker) return run_serial(n, fn);
+        if (threads <= 1 || tl_is_pool_worker) return run_serial(n, fn, cancel);
 
-        std::lock_guard<std::mutex> call_lock(call_mutex_);  // one job at a time; other callers wait here
-        grow_to(threads - 1);
+        // One job at a time; other callers wait here, polling their cancellation token.
+        std::unique_lock<std::timed_mutex> call_lock(call_mutex_, std::defer_lock);
+        while (!call_lock.try_lock_for(POLL_INTERVAL))
+            if (fa_cancel_rt::check(cancel)) return false;
         {
             std::lock_guard<std::mutex> lk(m_);
+            // Under m_, so that a worker retiring at this moment is either seen as gone here or sees this job.
+            start_workers(threads - 1);
             job_fn_ = &fn;
             job_n_ = n;
+            job_cancel_ = cancel;
             next_.store(0, std::memory_order_relaxed);
             failed_.store(false, std::memory_order_relaxed);
             active_workers_ = threads - 1;
@@ -95,23 +128,32 @@ class ThreadPool {
         tl_is_pool_worker = false;
         spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; });
         std::unique_lock<std::mutex> lk(m_);
-        cv_done_.wait(lk, [&] { return pending_.load(std::memory_order_relaxed) == 0; });
+        while (!cv_done_.wait_for(lk, POLL_INTERVAL, [&] { return pending_.load(std::memory_order_relaxed) == 0; })) {
+            lk.unlock();
+            fa_cancel_rt::check(cancel);  // a request makes the workers skip their remaining items
+            lk.lock();
+        }
         job_fn_ = nullptr;
-        return !failed_.load(std::memory_order_relaxed);
+        job_cancel_ = nullptr;
+        return !failed_.load(std::memory_order_relaxed) && !fa_cancel_rt::requested(cancel);
     }
 
   private:
-    static bool run_serial(int64_t n, const std::function<void(int64_t)> &fn) {
+    static bool run_serial(int64_t n, const std::function<void(int64_t)> &fn, const fa_cancel *cancel) {
         try {
-            for (int64_t i = 0; i < n; ++i) fn(i);
+            for (int64_t i = 0; i < n; ++i) {
+                if (fa_cancel_rt::check(cancel)) return false;
+                fn(i);
+            }
         } catch (...) {
             return false;
         }
-        return true;
+        return !fa_cancel_rt::requested(cancel);
     }
 
     void work_loop() {
         for (;;) {
+            if (fa_cancel_rt::requested(job_cancel_)) break;  // skip the items not started yet
             int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
             if (i >= job_n_) break;
             try {
@@ -122,11 +164,19 @@ class ThreadPool {
         }
     }
 
-    void grow_to(int workers) {  // called with call_mutex_ held
-        while (int(workers_.size()) < workers) {
-            int index = int(workers_.size());
-            uint64_t start_generation = generation_.load(std::memory_order_relaxed);  // changes only under call_mutex_
-            workers_.emplace_back([this, index, start_generation] { worker_main(index, start_generation); });
+    void start_workers(int workers) {  // called with m_ held
+        if (int(alive_.size()) < workers) alive_.resize(size_t(workers), false);
+        for (int index = 0; index < workers; ++index) {
+            if (alive_[size_t(index)]) continue;
+            const uint64_t start_generation = generation_.load(std::memory_order_relaxed);
+            // Detached: a worker leaves on its own (idle, exit); nothing ever joins it.
+            std::thread([this, index, start_generation] { worker_main(index, start_generation); }).detach();
+            alive_[size_t(index)] = true;
+            ++live_;
+            if (!exit_hook_registered_) {
+                exit_hook_registered_ = true;
+                std::atexit([] { pool_release_at_exit(); });
+            }
         }
     }
 
@@ -136,7 +186,17 @@ class ThreadPool {
             // A job posted while polling starts without a futex wake-up; the lock below then orders its fields.
             spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
             std::unique_lock<std::mutex> lk(m_);
-            cv_work_.wait(lk, [&] { return generation_.load(std::memory_order_relaxed) != seen; });
+            const auto idle_until = std::chrono::steady_clock::now() + idle_release_;
+            while (generation_.load(std::memory_order_relaxed) == seen) {
+                if (shutdown_ || cv_work_.wait_until(lk, idle_until) == std::cv_status::timeout) {
+                    if (generation_.load(std::memory_order_relaxed) != seen) break;
+                    if (shutdown_ || std::chrono::steady_clock::now() >= idle_until) {
+                        alive_[size_t(index)] = false;  // retire; start_workers() starts a new one when needed
+                        --live_;
+                        return;
+                    }
+                }
+            }
             seen = generation_.load(std::memory_order_relaxed);
             if (index >= active_workers_) continue;  // this job uses fewer threads
             lk.unlock();
@@ -146,13 +206,20 @@ class ThreadPool {
         }
     }
 
+    static void pool_release_at_exit();
+
     std::atomic<int> requested_{0};
-    std::mutex call_mutex_;
+    std::timed_mutex call_mutex_;
     std::mutex m_;
     std::condition_variable cv_work_, cv_done_;
-    std::vector<std::thread> workers_;
+    std::vector<bool> alive_;  // under m_: worker index i is running
+    int live_ = 0;             // under m_
+    bool shutdown_ = false;    // under m_
+    bool exit_hook_registered_ = false;  // under m_
+    const std::chrono::nanoseconds idle_release_ = idle_release_from_env();
     std::atomic<uint64_t> generation_{0};  // written under m_; also polled without it by spin_until
     const std::function<void(int64_t)> *job_fn_ = nullptr;
+    const fa_cancel *job_cancel_ = nullptr;
     int64_t job_n_ = 0;
     std::atomic<int64_t> next_{0};
     std::atomic<bool> failed_{false};
@@ -164,11 +231,14 @@ class ThreadPool {
 // child gets a new one, since the parent's workers do not exist there and a job would wait for them forever.
 ThreadPool &pool() { return ForkRenewed<ThreadPool>::get(); }
 
+void ThreadPool::pool_release_at_exit() { pool().release_all(); }
+
 }  // namespace
 
-bool parallel_for(int64_t n, const std::function<void(int64_t)> &fn, int max_threads) {
-    return pool().run(n, fn, max_threads);
+bool parallel_for(int64_t n, const std::function<void(int64_t)> &fn, int max_threads, const fa_cancel *cancel) {
+    return pool().run(n, fn, max_threads, cancel);
 }
+int pool_live_workers() { return pool().live_workers(); }
 int pool_num_threads() { return pool().size(); }
 void pool_set_num_threads(int n) { pool().set_size(n); }
 

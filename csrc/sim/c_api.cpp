@@ -37,11 +37,14 @@ FASIM_EXPORT size_t fasim_kernel_names(char *out, size_t outlen) {
 // kernel does not exist (message in out). buf_src[i], when not null, holds buffer i's initial contents (buf_data[i]
 // then only receives the results). bounds_run: see LaunchConfig. Never lets a C++ exception out (out of memory
 // becomes an "error" fault).
+// `cancel` (fa_cancel.h, may be null) stops it early: the only fault is then "cancelled" and the buffers are
+// untouched; its poll runs on the calling thread.
 FASIM_EXPORT int fasim_launch(const char *kernel, const unsigned *grid, const unsigned *threads, int nbuf,
                               const int *buf_index, void *const *buf_data, const void *const *buf_src,
                               const size_t *buf_bytes, const int *buf_writable, int nbytes, const int *bytes_index,
                               const void *const *bytes_data, const size_t *bytes_len, int schedules,
-                              unsigned long long seed, int host_threads, int bounds_run, char *out, size_t outlen) {
+                              unsigned long long seed, int host_threads, int bounds_run, char *out, size_t outlen,
+                              const fa_cancel *cancel) {
     try {
     const fasim::KernelInfo *k = fasim::find_kernel(kernel);
     if (!k) {
@@ -59,6 +62,8 @@ FASIM_EXPORT int fasim_launch(const char *kernel, const unsigned *grid, const un
     cfg.seed = seed;
     cfg.host_threads = host_threads;
     cfg.bounds_run = bounds_run != 0;
+    cfg.cancel = cancel;
+    fa_cancel_rt::PollScope poller(cancel);
     std::vector<fasim::BufferArg> bufs;
     for (int i = 0; i < nbuf; i++)
         bufs.push_back({buf_index[i], buf_data[i], buf_bytes[i], buf_writable[i] != 0, buf_src ? buf_src[i] : nullptr});

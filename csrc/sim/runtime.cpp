@@ -79,31 +79,40 @@ bool execute_run(Launch &L, const RunSpec &spec) {
         for (int b = 0; b < kMaxBuffers; b++)
             w.bufptr[b] = L.bound[b] ? L.regions[L.bind[b].region].g.data + L.bind[b].offset : nullptr;
     }
-    // Watchdog: interrupts a worker whose current threadgroup exceeds the time limit (see kDefaultTimeoutSeconds).
+    // Every worker runs on a thread of its own; the calling thread is the watchdog: it interrupts a worker whose
+    // current threadgroup exceeds the time limit (see kDefaultTimeoutSeconds) and, with a cancellation token, polls it
+    // (the caller's poll must run on the caller's thread, fa_cancel.h) and interrupts every busy worker once it is
+    // requested - also a thread stuck in a loop that no fiber switch would ever end.
     std::mutex wd_mu;
     std::condition_variable wd_cv;
-    bool wd_done = false;
+    int finished = 0;
     const int64_t limit_ns = (int64_t)(timeout_seconds() * 1e9);
-    std::thread watchdog([&] {
+    const auto tick = std::chrono::milliseconds(L.cfg.cancel ? FA_CANCEL_POLL_MS : 200);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < nworkers; i++)
+        threads.emplace_back([&, i] {
+            workers[i]->run_all();
+            std::lock_guard<std::mutex> lk(wd_mu);
+            if (++finished == nworkers) wd_cv.notify_all();
+        });
+    {
         std::unique_lock<std::mutex> lk(wd_mu);
-        while (!wd_cv.wait_for(lk, std::chrono::milliseconds(200), [&] { return wd_done; })) {
+        while (!wd_cv.wait_for(lk, tick, [&] { return finished == nworkers; })) {
+            lk.unlock();
+            if (!L.cancelled && fa_cancel_rt::check(L.cfg.cancel)) {
+                L.cancelled = true;
+                L.stop = true;
+            }
             int64_t now = now_ns();
             for (auto &w : workers) {
                 int64_t t0 = w->tg_started_ns.load();
-                if (t0 && now - t0 > limit_ns && w->thread_known) pthread_kill(w->thread, kWatchdogSignal);
+                if (t0 && (L.cancelled || now - t0 > limit_ns) && w->thread_known) pthread_kill(w->thread, kWatchdogSignal);
             }
+            lk.lock();
         }
-    });
-    std::vector<std::thread> threads;
-    for (int i = 1; i < nworkers; i++) threads.emplace_back([&workers, i] { workers[i]->run_all(); });
-    workers[0]->run_all();
-    for (auto &t : threads) t.join();
-    {
-        std::lock_guard<std::mutex> lk(wd_mu);
-        wd_done = true;
     }
-    wd_cv.notify_all();
-    watchdog.join();
+    for (auto &t : threads) t.join();
+    if (L.cancelled) return false;
     bool ok = L.faults.empty();
     for (Region &r : L.regions) {
         long d = r.g.slack_damage(spec.slack);
@@ -331,6 +340,10 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
     for (size_t ri = 0; ri < runs.size(); ri++) {
         const RunSpec &spec = runs[ri];
         bool ok = execute_run(L, spec);
+        if (L.cancelled) {  // nothing goes back to the caller
+            free_run(L);
+            return {{"cancelled", std::string("launch of '") + kernel->name + "' cancelled"}};
+        }
         if (ri == 0) {
             for (Region &r : L.regions) {
                 bool mapped = r.g.map != nullptr;

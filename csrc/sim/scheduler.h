@@ -107,6 +107,7 @@ struct Launch {
     std::mutex mu;
     std::vector<Fault> faults;
     std::atomic<bool> stop{false};
+    std::atomic<bool> cancelled{false};  // cfg.cancel was requested: abandon the run, report nothing
     std::atomic<uint32_t> next_group{0};
     std::vector<uint32_t> group_order;  // threadgroup launch order of this run (empty: 0, 1, 2, ...)
     size_t suppressed = 0;
@@ -365,6 +366,10 @@ struct Worker {
         for (uint32_t i = 0; i < n; i++) order[i] = L->run->order == kReverse ? n - 1 - i : i;
 
         for (;;) {
+            if (L->cancelled.load(std::memory_order_relaxed)) {  // between fiber steps (fa_cancel.h)
+                for (uint32_t i = 0; i < n; i++) fibers[i]->fiber.started = false;
+                return false;
+            }
             bool ran = false;
             shuffle_order();
             for (uint32_t k = 0; k < n; k++) {
@@ -383,6 +388,7 @@ struct Worker {
                 cur = nullptr;
                 if (r == 2) {  // signal: the fiber's stack is abandoned mid-kernel
                     f->fiber.started = false;
+                    if (L->cancelled.load(std::memory_order_relaxed)) abort = true;  // the cancel's interrupt, no fault
                     if (!abort) L->add_fault(classify_signal(f), signal_message(f));
                     abort = true;
                 }

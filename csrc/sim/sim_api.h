@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "fa_cancel.h"
+
 namespace fasim {
 
 struct BufferArg {      // setBuffer:offset:atIndex:
@@ -40,6 +42,9 @@ struct LaunchConfig {
                                       // lower guard and other bytes past their ends, so that reads before the start
                                       // (guard page) and within the 16-byte alignment slack past the end (changed
                                       // results) are out-of-bounds faults (schedules > 1 always include this run)
+    // Cancellation (fa_cancel.h), or null. Checked between fiber steps and threadgroups; a request also interrupts a
+    // thread stuck inside the kernel (as the watchdog does). The calling thread polls it while the launch runs.
+    const fa_cancel *cancel = nullptr;
 };
 
 struct Fault {
@@ -57,6 +62,7 @@ std::vector<std::string> kernel_names();
 // results of the forward schedule; Fault.kind is "race", "out-of-bounds", "uninitialized-read", "divergent-barrier",
 // "error" (invalid launch, wild pointer, timeout: FLASH_ATTN_CY_SIM_TIMEOUT seconds per threadgroup, default 300)
 // or "note" (how many further faults were not listed). Safe to call from several threads at once.
+// A cancelled launch returns the single fault {"cancelled", ...} and leaves the caller's buffers untouched.
 std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, const std::vector<BufferArg> &buffers,
                           const std::vector<BytesArg> &bytes);
 

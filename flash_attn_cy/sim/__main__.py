@@ -5,7 +5,8 @@
         [--schedules N] [--out DIR]
     python -m flash_attn_cy.sim check FILE.metal...
 
-Exit status: 0 clean, 1 faults found (run) or check failed (check), 2 usage or translation/compile error.
+Exit status: 0 clean, 1 faults found (run) or check failed (check), 2 usage or translation/compile error,
+130 interrupted (Ctrl-C stops a run promptly, even a kernel stuck in a loop).
 
 Simulating a kernel means compiling it as C++ and running it as a native program inside this process: simulate only
 files you trust (see TRUST below).
@@ -188,6 +189,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except MemoryError as e:
         print(f"error: out of memory: {e or 'an allocation failed'}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import ctypes
 import dataclasses
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -202,11 +203,11 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         return (ctype * max(1, len(vals)))(*vals)
 
     msg = ctypes.create_string_buffer(1 << 16)
-    n = lib.fasim_launch(kernel.encode(), arr(ctypes.c_uint, g), arr(ctypes.c_uint, t), len(idx),
-                         arr(ctypes.c_int, idx), arr(ctypes.c_void_p, ptrs), arr(ctypes.c_void_p, srcs),
-                         arr(ctypes.c_size_t, lens), arr(ctypes.c_int, wr), len(bidx), arr(ctypes.c_int, bidx),
-                         arr(ctypes.c_void_p, bptr), arr(ctypes.c_size_t, blen), int(schedules),
-                         int(seed) & (2**64 - 1), int(host_threads), 1, msg, len(msg))
+    n = _launch_interruptibly(lib, [
+        kernel.encode(), arr(ctypes.c_uint, g), arr(ctypes.c_uint, t), len(idx), arr(ctypes.c_int, idx),
+        arr(ctypes.c_void_p, ptrs), arr(ctypes.c_void_p, srcs), arr(ctypes.c_size_t, lens), arr(ctypes.c_int, wr),
+        len(bidx), arr(ctypes.c_int, bidx), arr(ctypes.c_void_p, bptr), arr(ctypes.c_size_t, blen), int(schedules),
+        int(seed) & (2**64 - 1), int(host_threads), 1, msg, len(msg)])
     text = msg.value.decode(errors="replace")
     if n < 0:
         raise ValueError(f"kernel: {text}")
@@ -215,6 +216,30 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         kind, _, m = line.partition("\t")
         faults.append(Fault(kind, _with_source_line(m)))
     return SimResult(out, faults)
+
+
+_POLL = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+
+
+class _Cancel(ctypes.Structure):
+    """csrc/sim/fa_cancel.h: the launch polls it on this thread and stops early once `requested` is set."""
+
+    _fields_ = [("requested", ctypes.c_int32), ("poll", _POLL), ("poll_ctx", ctypes.c_void_p)]
+
+
+def _launch_interruptibly(lib: ctypes.CDLL, args: list):
+    """lib.fasim_launch(*args, token): on the main thread, the simulator runs Python's signal handlers about every
+    20 ms (ctypes releases the GIL for the call) through the package's C poll function (flash_attn_cy._core, the same
+    one the attention calls use); an exception they raise (KeyboardInterrupt) stops the launch - also a kernel stuck
+    in a loop - and is raised here once no simulated thread runs any more."""
+    from .. import _core
+
+    token = _Cancel()
+    if threading.current_thread() is threading.main_thread():
+        token.poll = ctypes.cast(ctypes.c_void_p(_core._signal_poll_address()), _POLL)
+    n = lib.fasim_launch(*args, ctypes.byref(token))
+    _core._raise_pending_signal()
+    return n
 
 
 _PC_RE = re.compile(r" \[pc: (.+?)\+0x([0-9a-f]+)\]")
