@@ -37,6 +37,7 @@ from .interface import (
 )
 from .kvcache import flash_attn_with_kvcache
 from ._backward import backward
+from . import errors as _errors
 from .errors import (  # every exception a caller may catch, documented in errors.py
     BackendUnavailableError,
     FlashAttnShadowWarning,
@@ -94,14 +95,8 @@ __all__ = [
     "install_as_flash_attn",
     "uninstall_flash_attn_alias",
     "register_transformers",
-    "BackendUnavailableError",
-    "FlashAttnValueError",
-    "FlashAttnTypeError",
-    "FlashAttnShadowWarning",
-    "SimCompileError",
-    "TranslateError",
-    "KernelRefused",
     "__version__",
+    *_errors.__all__,  # every exception class (declared in errors.py)
 ]
 
 # Entry points of optional integrations, resolved on first use so `import flash_attn_cy` stays NumPy-only:
