@@ -22,11 +22,17 @@
 #define FA_BWD_BUF_DK 11
 #define FA_BWD_BUF_DV 12
 #define FA_BWD_BUF_DELTA 13  // scratch: D = rowsum(dO * O), fp32 [nheads_q][q_rows]
-#define FA_BWD_BUF_LSE2 14   // scratch: the LSE in base-2 units, fp32 [nheads_q][q_rows]; dead rows FA_BWD_DEAD_LSE2
+#define FA_BWD_BUF_LSE2 14   // scratch: fp32 [FA_BWD_LSE2_SLOTS][nheads_q][q_rows]: slot 0 the LSE in base-2 units
+                             // (dead rows FA_BWD_DEAD_LSE2), slots 1-3 a refined row's reference (fa_bwd.h)
 #define FA_BWD_BUF_PARAMS 15
 
 // LSE2 of a row that sees no key: so large that exp2(score - it) is never evaluated (tested explicitly, fast math).
 #define FA_BWD_DEAD_LSE2 3.40282346638528859812e+38f  // FLT_MAX: above any live row's LSE (1e30 was not, for huge logits)
+
+// Rows whose |LSE2| exceeds this (|LSE| > 1024, huge logits: the fp32 LSE's unit is then 2^-13 and more, and it does
+// not match the kernels' own rounding of the scores) get their softmax recomputed by the dQ kernel (fa_bwd.h).
+#define FA_BWD_REFINE_LSE2 1477.3197f  // 1024 * log2(e)
+#define FA_BWD_LSE2_SLOTS 4
 
 // Flags: FA_FLAG_ALIBI, FA_FLAG_VARLEN_Q, FA_FLAG_VARLEN_K, FA_FLAG_SEQUSED_K, FA_FLAG_DROPOUT (fa_kernel_params.h).
 struct fa_bwd_params {
