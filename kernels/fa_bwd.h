@@ -3,14 +3,16 @@
 // Algorithm (Dao, "FlashAttention-2", 2023, Algorithm 2) with P recomputed from the forward's LSE:
 //   1. fa_bwd_preprocess: D = rowsum(dO * O) and the LSE in base-2 units (dead rows marked) -> two fp32 scratch rows
 //      per (head, query). One threadgroup per (32 query rows, head, batch).
+//   Launched after it, fa_bwd_dq (3.) also recomputes the softmax of rows with huge logits (|LSE| > 1024, see
+//   fa_bwd_ref) and stores it for fa_bwd_dkdv, which runs last.
 //   2. fa_bwd_dkdv: one threadgroup per (32 keys, kv head, batch); each simdgroup keeps K, V, dK, dV of its 8 keys in
 //      registers (8x8 fragments) and walks the query blocks that see them, for every query head of the GQA group:
 //      Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, then dV += Pdᵀ dO and dK += dXᵀ Q. Q and dO blocks are staged in threadgroup memory.
 //      Each dK/dV row has exactly one writer: no atomics.
 //   3. fa_bwd_dq: one threadgroup per (32 query rows, head, batch), the forward's shape: Q, dO, dQ of 8 rows per
 //      simdgroup in registers, K/V tiles staged; S = Q Kᵀ, dP = dO Vᵀ, dQ += dX K.
-// Per element: P = exp2(score·log2e - lse2), Pd = P·keep/(1-p), dS = P (dPd·keep/(1-p) - D),
-// dX = dS · softmax_scale · (1 - tanh²) under softcap: the gradient with respect to q·k.
+// Per element: P = exp2(score·log2e - lse2) (refined rows: relative to their reference key), Pd = P·keep/(1-p),
+// dS = P (dPd·keep/(1-p) - D), dX = dS · softmax_scale · (1 - tanh²) under softcap: the gradient with respect to q·k.
 // Dropout regenerates the forward's mask from Philox (fa_philox.h): bh = b * nheads_q + h, row/col in the sequence.
 // Masks are bottom-right aligned as in the forward; tiles outside the window are never visited. Fast math: masked
 // scores and dead rows are tested explicitly, no infinity is ever computed.
@@ -197,7 +199,9 @@ inline void fa_bwd_refine_add(thread fa_bwd_refine_acc& a, float base_mul, float
         a.dist = dist;
         x = 0.0f;
     }
-    const float e = x == 0.0f ? 1.0f : exp2(min(x, 0.0f));  // the reference's own weight exactly 1 (fast exp2 of 0 need not be)
+    // the reference's own weight exactly 1: a fast exp2(0) need not be, and the lanes of a row, which merge their
+    // shares in different orders, would then disagree on the sums
+    const float e = x == 0.0f ? 1.0f : exp2(min(x, 0.0f));
     a.sum += e * sum;
     a.wsum += e * wsum;
 }

@@ -6,7 +6,8 @@
 //           first get their softmax recomputed from the kernel's own scores: a reference score and log2 of the row sum
 //           into SCRATCH1's slots 1-3, and D taken from those probabilities into SCRATCH0 (fa_bwd.h).
 // Launch 3: fa_bwd_dkdv_<t>_d<BD>, grid (ceil(seqlen_k / 32), nheads_kv, batch): dK, dV (one writer per row).
-// Launches run in order, so 2 sees the scratch written by 1, and 3 that written by 1 and 2. No atomics anywhere: deterministic by design.
+// Launches run in order, so 2 sees the scratch written by 1, and 3 that written by 1 and 2. No atomics anywhere:
+// deterministic by design.
 #include <cstdio>
 #include <cstring>
 
