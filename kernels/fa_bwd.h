@@ -3,7 +3,7 @@
 // Algorithm (Dao, "FlashAttention-2", 2023, Algorithm 2) with P recomputed from the forward's LSE:
 //   1. fa_bwd_preprocess: D = rowsum(dO * O) and the LSE in base-2 units (dead rows marked) -> two fp32 scratch rows
 //      per (head, query). One threadgroup per (32 query rows, head, batch).
-//   Launched after it, fa_bwd_dq (3.) also recomputes the softmax of rows with huge logits (|LSE| > 1024, see
+//   Launched after it, fa_bwd_dq (3.) also recomputes the softmax of rows with large logits (|LSE| > 64, see
 //   fa_bwd_ref) and stores it for fa_bwd_dkdv, which runs last.
 //   2. fa_bwd_dkdv: one threadgroup per (32 keys, kv head, batch); each simdgroup keeps K, V, dK, dV of its 8 keys in
 //      registers (8x8 fragments) and walks the query blocks that see them, for every query head of the GQA group:
@@ -121,7 +121,7 @@ inline fa_bwd_score fa_bwd_score_of(constant fa_bwd_params& p, float raw, int i,
 
 inline float fa_bwd_base_mul(constant fa_bwd_params& p) { return p.softcap > 0.0f ? p.softcap : p.softmax_scale; }
 
-// ---- refined rows (huge logits, |LSE| > 1024) ----
+// ---- refined rows (large logits, |LSE| > 64: FA_BWD_REFINE_LSE2) ----
 // The forward's fp32 LSE cannot serve there: its unit is |LSE| · 2^-24 (64 at 1e9), and the forward rounded its scores
 // differently from this pass, so exp2(s - lse2) of a row's largest score could be anything from 2^-64 to 1. The dQ
 // kernel recomputes such a row's softmax from the very scores both gradient kernels form (same products, same
@@ -489,7 +489,7 @@ template <typename T, int BD, int BK, int NSG>
     const float slope = (p.flags & FA_FLAG_ALIBI) ? alibi[fa_long(b) * p.alibi_batch_stride + h] : 0.0f;
     const uint bh = uint(b * p.nheads_q + h);
 
-    // ---- refined rows (huge logits, see fa_bwd_ref): one extra pass over the keys, only in threadgroups that hold
+    // ---- refined rows (large logits, see fa_bwd_ref): one extra pass over the keys, only in threadgroups that hold
     // such a row. Lane l checks row m0 + l (BQ == the SIMD width), so every simdgroup reaches the same decision and
     // the pass (with its barriers) is uniform across the threadgroup.
     fa_bwd_ref row_ref = fa_bwd_no_ref();

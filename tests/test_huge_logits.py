@@ -182,3 +182,29 @@ def test_backward_huge_logits_sim(rng, monkeypatch, math, dtype, case, kw):
     glow = ref_grads(q, k, v, dout, compute_dtype=TORCH_DTYPES[dtype], softmax_scale=scale, **kw)
     for name, ours, r64, rlow, like in zip(("dq", "dk", "dv"), grads, g64, glow, (q, k, v)):
         assert_close_to_ref(ours, r64, baseline(rlow, r64, like.dtype), dtype=like.dtype, what=name)
+
+
+@pytest.mark.parametrize("math", ["ieee", "fast_math"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("scale", [10.0, 30.0, 100.0])
+def test_backward_large_logits_sim(rng, monkeypatch, math, dtype, scale):
+    # Large, not huge, logits (|LSE| ~300 .. 3000): the fp32 LSE's unit and the forward's different rounding of the
+    # scores (softmax_scale folded into Q) gave fp32 dV errors above the float32 reference's own until these rows
+    # were refined too (FA_BWD_REFINE_LSE2, kernels/fa_bwd_params.h).
+    if "sim" not in available_backends():
+        pytest.skip("the sim backend is not available in this build")
+    if math == "fast_math" and dtype == "fp32":
+        # The fast-math model applies exp2's specified bound (3 + 2|x| ulp) in full: fp32 dQ then exceeds the fp32
+        # reference's error by up to ~10% at scales 10 and 100 (before and after the refinement alike).
+        pytest.skip("fp32 at fast math's worst-case exp2 error: see the comment")
+    if math == "fast_math":
+        monkeypatch.setenv("FLASH_ATTN_CY_SIM_FAST_MATH", "1")
+    else:
+        monkeypatch.delenv("FLASH_ATTN_CY_SIM_FAST_MATH", raising=False)
+    q, k, v, dout = inputs(rng, dtype, 40, 50, 40, 1.0)
+    out, lse, _ = fa.flash_attn_func(q, k, v, softmax_scale=scale, return_attn_probs=True, backend="sim")
+    grads = backward(dout, q, k, v, out, lse, softmax_scale=scale, backend="sim")
+    g64 = ref_grads(q, k, v, dout, softmax_scale=scale)
+    glow = ref_grads(q, k, v, dout, compute_dtype=TORCH_DTYPES[dtype], softmax_scale=scale)
+    for name, ours, r64, rlow, like in zip(("dq", "dk", "dv"), grads, g64, glow, (q, k, v)):
+        assert_close_to_ref(ours, r64, baseline(rlow, r64, like.dtype), dtype=like.dtype, what=name)

@@ -2,7 +2,7 @@
 //
 // Launch 1: fa_bwd_pre_<t>, grid (ceil(seqlen_q / 32), nheads_q, batch): D = rowsum(dO * O) into SCRATCH0 and the
 //           LSE in base-2 units into SCRATCH1 (fp32, [nheads_q][q rows] each).
-// Launch 2: fa_bwd_dq_<t>_d<BD>, grid (ceil(seqlen_q / 32), nheads_q, batch): dQ. Rows with huge logits (|LSE| > 1024)
+// Launch 2: fa_bwd_dq_<t>_d<BD>, grid (ceil(seqlen_q / 32), nheads_q, batch): dQ. Rows with large logits (|LSE| > 64)
 //           first get their softmax recomputed from the kernel's own scores: a reference score and log2 of the row sum
 //           into SCRATCH1's slots 1-3, and D taken from those probabilities into SCRATCH0 (fa_bwd.h).
 // Launch 3: fa_bwd_dkdv_<t>_d<BD>, grid (ceil(seqlen_k / 32), nheads_kv, batch): dK, dV (one writer per row).
