@@ -3,14 +3,16 @@
 // Algorithm (Dao, "FlashAttention-2", 2023, Algorithm 2) with P recomputed from the forward's LSE:
 //   1. fa_bwd_preprocess: D = rowsum(dO * O) and the LSE in base-2 units (dead rows marked) -> two fp32 scratch rows
 //      per (head, query). One threadgroup per (32 query rows, head, batch).
+//   Launched after it, fa_bwd_dq (3.) also recomputes the softmax of rows with large logits (|LSE| > 64, see
+//   fa_bwd_ref) and stores it for fa_bwd_dkdv, which runs last.
 //   2. fa_bwd_dkdv: one threadgroup per (32 keys, kv head, batch); each simdgroup keeps K, V, dK, dV of its 8 keys in
 //      registers (8x8 fragments) and walks the query blocks that see them, for every query head of the GQA group:
 //      Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, then dV += Pdᵀ dO and dK += dXᵀ Q. Q and dO blocks are staged in threadgroup memory.
 //      Each dK/dV row has exactly one writer: no atomics.
 //   3. fa_bwd_dq: one threadgroup per (32 query rows, head, batch), the forward's shape: Q, dO, dQ of 8 rows per
 //      simdgroup in registers, K/V tiles staged; S = Q Kᵀ, dP = dO Vᵀ, dQ += dX K.
-// Per element: P = exp2(score·log2e - lse2), Pd = P·keep/(1-p), dS = P (dPd·keep/(1-p) - D),
-// dX = dS · softmax_scale · (1 - tanh²) under softcap: the gradient with respect to q·k.
+// Per element: P = exp2(score·log2e - lse2) (refined rows: relative to their reference key), Pd = P·keep/(1-p),
+// dS = P (dPd·keep/(1-p) - D), dX = dS · softmax_scale · (1 - tanh²) under softcap: the gradient with respect to q·k.
 // Dropout regenerates the forward's mask from Philox (fa_philox.h): bh = b * nheads_q + h, row/col in the sequence.
 // Masks are bottom-right aligned as in the forward; tiles outside the window are never visited. Fast math: masked
 // scores and dead rows are tested explicitly, no infinity is ever computed.
@@ -91,6 +93,133 @@ inline void fa_bwd_products_t(thread fa_frag& s, thread fa_frag* s_rows, const t
     }
 }
 
+// The score of query i, key j from raw = q·k (unscaled), in the parts the gradient and the refinement need:
+// s = base · base_mul - slope · dist, with base = raw (base_mul = softmax_scale) or, under softcap, base = tanh(raw ·
+// softmax_scale / softcap) (base_mul = softcap). dcap is the softcap derivative (1 without).
+struct fa_bwd_score {
+    float s;
+    float base;
+    float dist;
+    float dcap;
+};
+
+inline fa_bwd_score fa_bwd_score_of(constant fa_bwd_params& p, float raw, int i, int j, int sq, int sk, float slope) {
+    fa_bwd_score r;
+    r.s = raw * p.softmax_scale;
+    r.base = raw;
+    r.dcap = 1.0f;
+    if (p.softcap > 0.0f) {
+        const float t = fa_tanh(r.s * p.softcap_inv);
+        r.s = p.softcap * t;
+        r.base = t;
+        r.dcap = 1.0f - t * t;
+    }
+    r.dist = abs(float(i + (sk - sq) - j));
+    r.s -= slope * r.dist;
+    return r;
+}
+
+inline float fa_bwd_base_mul(constant fa_bwd_params& p) { return p.softcap > 0.0f ? p.softcap : p.softmax_scale; }
+
+// ---- refined rows (large logits, |LSE| > 64: FA_BWD_REFINE_LSE2) ----
+// The forward's fp32 LSE cannot serve there: its unit is |LSE| · 2^-24 (64 at 1e9), and the forward rounded its scores
+// differently from this pass, so exp2(s - lse2) of a row's largest score could be anything from 2^-64 to 1. The dQ
+// kernel recomputes such a row's softmax from the very scores both gradient kernels form (same products, same
+// rounding) and keeps it in two parts: a reference key (the row's largest score, as its base and distance) and
+// log2 of the row sum relative to it. Exponents are then formed as differences from the reference,
+// (base - ref.base) · base_mul - slope · (dist - ref.dist): exactly 0 for the reference key itself, and no huge score
+// is ever subtracted from another huge number (where a fused multiply-add could leave its rounding error, 64 at 1e9).
+// D = rowsum(dO * O) is replaced by Σ_j P_j · keep_j · dPd_j over these probabilities and the same dPd values the
+// gradient subtracts it from: where one key holds all the weight, dPd - D is then exactly 0 (the exact gradient)
+// instead of the rounding of the stored O times softmax_scale.
+struct fa_bwd_ref {
+    bool on;
+    float base, dist, lo2;
+};
+
+inline bool fa_bwd_refine_row(float lse2) { return lse2 < FA_BWD_DEAD_LSE2 && abs(lse2) > FA_BWD_REFINE_LSE2; }
+
+inline fa_bwd_ref fa_bwd_no_ref() {
+    fa_bwd_ref r;
+    r.on = false;
+    r.base = 0.0f;
+    r.dist = 0.0f;
+    r.lo2 = 0.0f;
+    return r;
+}
+
+// Index of slot `slot` of the LSE2 scratch for the row at `at` (fa_bwd_scratch_row).
+inline fa_long fa_bwd_slot(constant fa_bwd_params& p, fa_long at, int slot) {
+    return at + fa_long(slot) * fa_long(p.nheads_q) * p.q_rows;
+}
+
+inline fa_bwd_ref fa_bwd_load_ref(constant fa_bwd_params& p, device const float* lse2, fa_long at) {
+    fa_bwd_ref r;
+    r.on = true;
+    r.base = lse2[fa_bwd_slot(p, at, 1)];
+    r.dist = lse2[fa_bwd_slot(p, at, 2)];
+    r.lo2 = lse2[fa_bwd_slot(p, at, 3)];
+    return r;
+}
+
+// log2 of the weight of a key (base, dist) relative to the reference key (rbase, rdist) of its row. Antisymmetric:
+// swapping the two keys negates it exactly, so lanes that compare the same pair agree on the winner.
+inline float fa_bwd_rel_log2(float base_mul, float slope, float base, float dist, float rbase, float rdist) {
+    return ((base - rbase) * base_mul - slope * (dist - rdist)) * FA_LOG2E;
+}
+
+// Does key (base, dist) at relative log-weight x against the reference (rbase, rdist) replace it? Ties broken on the
+// parts, so that every lane of a row picks the same reference.
+inline bool fa_bwd_beats(float x, float base, float dist, float rbase, float rdist) {
+    return x > 0.0f || (x == 0.0f && (base > rbase || (base == rbase && dist < rdist)));
+}
+
+// One lane's share of a refined row: reference key, Σ 2^x and Σ 2^x · keep · dPd over the keys it saw.
+struct fa_bwd_refine_acc {
+    float has;  // 1 once a key was seen (a float: it travels through simd_shuffle_xor)
+    float base, dist, sum, wsum;
+};
+
+inline void fa_bwd_refine_add(thread fa_bwd_refine_acc& a, float base_mul, float slope, float base, float dist,
+                              float sum, float wsum) {
+    if (a.has == 0.0f) {
+        a.has = 1.0f;
+        a.base = base;
+        a.dist = dist;
+        a.sum = sum;
+        a.wsum = wsum;
+        return;
+    }
+    float x = fa_bwd_rel_log2(base_mul, slope, base, dist, a.base, a.dist);
+    if (fa_bwd_beats(x, base, dist, a.base, a.dist)) {
+        const float f = exp2(-x);  // <= 1: the old reference's weight relative to the new one
+        a.sum *= f;
+        a.wsum *= f;
+        a.base = base;
+        a.dist = dist;
+        x = 0.0f;
+    }
+    // the reference's own weight exactly 1: a fast exp2(0) need not be, and the lanes of a row, which merge their
+    // shares in different orders, would then disagree on the sums
+    const float e = x == 0.0f ? 1.0f : exp2(min(x, 0.0f));
+    a.sum += e * sum;
+    a.wsum += e * wsum;
+}
+
+// Merges the shares of the other lanes of the row (lane masks 1 and 8 keep the fragment row, fa_frag_pos).
+// Every lane of the simdgroup must call it.
+inline void fa_bwd_refine_merge(thread fa_bwd_refine_acc& a, float base_mul, float slope) {
+    for (ushort m = 1; m <= 8; m *= 8) {
+        fa_bwd_refine_acc o;
+        o.has = simd_shuffle_xor(a.has, m);
+        o.base = simd_shuffle_xor(a.base, m);
+        o.dist = simd_shuffle_xor(a.dist, m);
+        o.sum = simd_shuffle_xor(a.sum, m);
+        o.wsum = simd_shuffle_xor(a.wsum, m);
+        if (o.has != 0.0f) fa_bwd_refine_add(a, base_mul, slope, o.base, o.dist, o.sum, o.wsum);
+    }
+}
+
 // The per-element core shared by both kernels. raw = q·k, dpd = dO·v (both unscaled), for query i, key j.
 // Returns dX (gradient with respect to q·k) and sets pd (the dropped, rescaled probability, for dV).
 struct fa_bwd_elem {
@@ -98,31 +227,30 @@ struct fa_bwd_elem {
     float dx;
 };
 
+inline float fa_bwd_keep(constant fa_bwd_params& p, uint bh, int i, int j) {
+    if ((p.flags & FA_FLAG_DROPOUT) == 0) return 1.0f;
+    return fa_dropout_keep(p.dropout_seed, p.dropout_offset, bh, uint(i), uint(j), p.dropout_threshold)
+               ? p.dropout_scale
+               : 0.0f;
+}
+
 inline fa_bwd_elem fa_bwd_element(constant fa_bwd_params& p, float raw, float dpd, int i, int j, int sq, int sk,
-                                  float lse2, float delta, float slope, uint bh) {
+                                  float lse2, float delta, float slope, uint bh, thread const fa_bwd_ref& ref) {
     fa_bwd_elem r;
     r.pd = 0.0f;
     r.dx = 0.0f;
     if (lse2 >= FA_BWD_DEAD_LSE2 || !fa_mask_visible(i, j, sq, sk, p.window_left, p.window_right)) return r;
-    float s = raw * p.softmax_scale;
-    float dcap = 1.0f;
-    if (p.softcap > 0.0f) {
-        const float t = fa_tanh(s * p.softcap_inv);
-        s = p.softcap * t;
-        dcap = 1.0f - t * t;
-    }
-    s -= slope * abs(float(i + (sk - sq) - j));
+    const fa_bwd_score sc = fa_bwd_score_of(p, raw, i, j, sq, sk, slope);
     // P <= 1: the exponent is <= 0 up to rounding (lse2 is the row's log-sum-exp), and is clamped there, so a huge
     // score whose fp32 rounding differs from the LSE's by more than a few units cannot give exp2 of a large
     // positive number (inf, then NaN in dK/dQ) - under fast math, exp2 is only safe for bounded arguments.
-    const float prob = exp2(min(s * FA_LOG2E - lse2, 0.0f));
-    float keep = 1.0f;
-    if (p.flags & FA_FLAG_DROPOUT)
-        keep = fa_dropout_keep(p.dropout_seed, p.dropout_offset, bh, uint(i), uint(j), p.dropout_threshold)
-                   ? p.dropout_scale
-                   : 0.0f;
+    // Refined rows (huge logits) take their exponent relative to the row's reference key instead (see fa_bwd_ref).
+    const float x = ref.on ? fa_bwd_rel_log2(fa_bwd_base_mul(p), slope, sc.base, sc.dist, ref.base, ref.dist) - ref.lo2
+                           : sc.s * FA_LOG2E - lse2;
+    const float prob = exp2(min(x, 0.0f));
+    const float keep = fa_bwd_keep(p, bh, i, j);
     r.pd = prob * keep;
-    r.dx = prob * (dpd * keep - delta) * p.softmax_scale * dcap;
+    r.dx = prob * (dpd * keep - delta) * p.softmax_scale * sc.dcap;
     return r;
 }
 
@@ -249,8 +377,13 @@ template <typename T, int BD, int BQ, int NSG>
                 // element (key, query): Pdᵀ into st, dXᵀ into dpt
                 for (int e = 0; e < 2; ++e) {
                     const int r = qf * 8 + pos.col + e;  // query row within the block
+                    const float l2 = lse2s[r];
+                    // a refined row (huge logits, written by the dQ kernel): its reference from the scratch
+                    const fa_bwd_ref ref = fa_bwd_refine_row(l2)
+                                               ? fa_bwd_load_ref(p, lse2, fa_bwd_scratch_row(p, s, b, h, i0 + r))
+                                               : fa_bwd_no_ref();
                     const fa_bwd_elem g = fa_bwd_element(p, st.thread_elements()[e], dpt.thread_elements()[e],
-                                                         i0 + r, key, s.sq, s.sk, lse2s[r], deltas[r], slope, bh);
+                                                         i0 + r, key, s.sq, s.sk, l2, deltas[r], slope, bh, ref);
                     st.thread_elements()[e] = g.pd;
                     dpt.thread_elements()[e] = g.dx;
                 }
@@ -283,6 +416,23 @@ template <typename T, int BD, int BQ, int NSG>
     }
 }
 
+// Stages K, V keys kb .. kb+BK-1 of kv head hkv into ks / vs (zero past the keys / head dim); the caller syncs.
+template <typename T, int BD, int BK, int NT>
+inline void fa_bwd_stage_kv(threadgroup T* ks, threadgroup T* vs, device const T* k, device const T* v,
+                            constant fa_bwd_params& p, thread const fa_bwd_seq& s, int b, int hkv, int kb, ushort tid) {
+    constexpr int LD = fa_tile_ld(BD);
+    for (int idx = int(tid); idx < BK * BD; idx += NT) {
+        const int r = idx / BD;
+        const int col = idx % BD;
+        const int j = kb + r;
+        const bool in = j < s.sk && col < p.headdim;
+        const fa_long ko = fa_bwd_krow(p, p.k_batch_stride, p.k_row_stride, s, b, j) + fa_long(hkv) * p.k_head_stride;
+        const fa_long vo = fa_bwd_krow(p, p.v_batch_stride, p.v_row_stride, s, b, j) + fa_long(hkv) * p.v_head_stride;
+        ks[r * LD + col] = in ? k[ko + col] : T(0.0f);
+        vs[r * LD + col] = in ? v[vo + col] : T(0.0f);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // 3. dQ. Threadgroup (query block, head, batch); simdgroup sg owns query rows m0 + 8 sg .. m0 + 8 sg + 7.
 template <typename T, int BD, int BK, int NSG>
@@ -290,11 +440,12 @@ template <typename T, int BD, int BK, int NSG>
                           device const T* v [[buffer(2)]], device const T* dout [[buffer(4)]],
                           device const float* alibi [[buffer(6)]], device const int* cu_seqlens_q [[buffer(7)]],
                           device const int* cu_seqlens_k [[buffer(8)]], device const int* seqused_k [[buffer(9)]],
-                          device T* dq [[buffer(10)]], device const float* delta [[buffer(13)]],
-                          device const float* lse2 [[buffer(14)]], constant fa_bwd_params& p [[buffer(15)]],
+                          device T* dq [[buffer(10)]], device float* delta [[buffer(13)]],
+                          device float* lse2 [[buffer(14)]], constant fa_bwd_params& p [[buffer(15)]],
                           uint3 tgid [[threadgroup_position_in_grid]], ushort sg [[simdgroup_index_in_threadgroup]],
                           ushort lane [[thread_index_in_simdgroup]], ushort tid [[thread_index_in_threadgroup]]) {
     static_assert(BD % 8 == 0 && BK % 8 == 0, "tiles are made of 8x8 fragments");
+    static_assert(8 * NSG <= FA_SIMD_WIDTH, "the refinement check gives each row of the block one lane");
     constexpr int NT = NSG * FA_SIMD_WIDTH;
     constexpr int BQ = 8 * NSG;
     constexpr int LD = fa_tile_ld(BD);
@@ -334,23 +485,65 @@ template <typename T, int BD, int BK, int NSG>
     }
     const fa_long at = row_valid ? fa_bwd_scratch_row(p, s, b, h, i) : 0;
     const float row_lse2 = row_valid ? lse2[at] : FA_BWD_DEAD_LSE2;
-    const float row_delta = row_valid ? delta[at] : 0.0f;
+    float row_delta = row_valid ? delta[at] : 0.0f;
     const float slope = (p.flags & FA_FLAG_ALIBI) ? alibi[fa_long(b) * p.alibi_batch_stride + h] : 0.0f;
     const uint bh = uint(b * p.nheads_q + h);
 
+    // ---- refined rows (large logits, see fa_bwd_ref): one extra pass over the keys, only in threadgroups that hold
+    // such a row. Lane l checks row m0 + l (BQ == the SIMD width), so every simdgroup reaches the same decision and
+    // the pass (with its barriers) is uniform across the threadgroup.
+    fa_bwd_ref row_ref = fa_bwd_no_ref();
+    const bool refine = fa_bwd_refine_row(row_lse2);
+    bool any_refine;
+    {
+        const int ic = m0 + int(lane);
+        const bool ok = lane < BQ && ic < s.sq;
+        const float lc = ok ? lse2[fa_bwd_scratch_row(p, s, b, h, ic)] : 0.0f;
+        any_refine = simd_any(ok && fa_bwd_refine_row(lc));
+    }
+    if (any_refine) {
+        const float base_mul = fa_bwd_base_mul(p);
+        fa_bwd_refine_acc acc;
+        acc.has = 0.0f;
+        acc.base = acc.dist = acc.sum = acc.wsum = 0.0f;
+        for (int n = n_begin; n < n_end; ++n) {
+            const int kb = n * BK;
+            fa_bwd_stage_kv<T, BD, BK, NT>(ks, vs, k, v, p, s, b, hkv, kb, tid);
+            threadgroup_barrier(mem_flags::mem_threadgroup);
+            for (int jf = 0; jf < NKF; ++jf) {
+                fa_frag sf;
+                fa_frag dpf;
+                fa_bwd_products_t<T, NDF, LD>(sf, qf, ks + jf * 8 * LD, dpf, dof, vs + jf * 8 * LD, pos);
+                for (int e = 0; e < 2; ++e) {
+                    const int j = kb + jf * 8 + pos.col + e;
+                    if (!refine || !fa_mask_visible(i, j, s.sq, s.sk, p.window_left, p.window_right)) continue;
+                    const fa_bwd_score sc = fa_bwd_score_of(p, sf.thread_elements()[e], i, j, s.sq, s.sk, slope);
+                    fa_bwd_refine_add(acc, base_mul, slope, sc.base, sc.dist, 1.0f,
+                                      dpf.thread_elements()[e] * fa_bwd_keep(p, bh, i, j));
+                }
+            }
+            threadgroup_barrier(mem_flags::mem_threadgroup);  // the next tile overwrites ks / vs
+        }
+        fa_bwd_refine_merge(acc, base_mul, slope);
+        if (refine && acc.has != 0.0f) {
+            // acc.sum >= 1: the reference key's own term is 2^0
+            row_ref.on = true;
+            row_ref.base = acc.base;
+            row_ref.dist = acc.dist;
+            row_ref.lo2 = log2(acc.sum);
+            row_delta = acc.wsum / acc.sum;
+            if ((lane & 9) == 0) {  // one lane per row (fragment column 0)
+                lse2[fa_bwd_slot(p, at, 1)] = row_ref.base;
+                lse2[fa_bwd_slot(p, at, 2)] = row_ref.dist;
+                lse2[fa_bwd_slot(p, at, 3)] = row_ref.lo2;
+                delta[at] = row_delta;
+            }
+        }
+    }
+
     for (int n = n_begin; n < n_end; ++n) {
         const int kb = n * BK;
-        // stage K, V keys kb .. kb+BK-1 (zero past the keys / head dim)
-        for (int idx = int(tid); idx < BK * BD; idx += NT) {
-            const int r = idx / BD;
-            const int col = idx % BD;
-            const int j = kb + r;
-            const bool in = j < s.sk && col < p.headdim;
-            const fa_long ko = fa_bwd_krow(p, p.k_batch_stride, p.k_row_stride, s, b, j) + fa_long(hkv) * p.k_head_stride;
-            const fa_long vo = fa_bwd_krow(p, p.v_batch_stride, p.v_row_stride, s, b, j) + fa_long(hkv) * p.v_head_stride;
-            ks[r * LD + col] = in ? k[ko + col] : T(0.0f);
-            vs[r * LD + col] = in ? v[vo + col] : T(0.0f);
-        }
+        fa_bwd_stage_kv<T, BD, BK, NT>(ks, vs, k, v, p, s, b, hkv, kb, tid);
         threadgroup_barrier(mem_flags::mem_threadgroup);
 
         for (int jf = 0; jf < NKF; ++jf) {
@@ -361,7 +554,7 @@ template <typename T, int BD, int BK, int NSG>
             for (int e = 0; e < 2; ++e) {
                 const int j = kb + jf * 8 + pos.col + e;
                 const fa_bwd_elem g = fa_bwd_element(p, sf.thread_elements()[e], dpf.thread_elements()[e], i, j, s.sq,
-                                                     s.sk, row_lse2, row_delta, slope, bh);
+                                                     s.sk, row_lse2, row_delta, slope, bh, row_ref);
                 dpf.thread_elements()[e] = g.dx;
             }
             // dQ += dX K

@@ -22,11 +22,21 @@
 #define FA_BWD_BUF_DK 11
 #define FA_BWD_BUF_DV 12
 #define FA_BWD_BUF_DELTA 13  // scratch: D = rowsum(dO * O), fp32 [nheads_q][q_rows]
-#define FA_BWD_BUF_LSE2 14   // scratch: the LSE in base-2 units, fp32 [nheads_q][q_rows]; dead rows FA_BWD_DEAD_LSE2
+#define FA_BWD_BUF_LSE2 14   // scratch: fp32 [FA_BWD_LSE2_SLOTS][nheads_q][q_rows]: slot 0 the LSE in base-2 units
+                             // (dead rows FA_BWD_DEAD_LSE2), slots 1-3 a refined row's reference (fa_bwd.h)
 #define FA_BWD_BUF_PARAMS 15
 
 // LSE2 of a row that sees no key: so large that exp2(score - it) is never evaluated (tested explicitly, fast math).
 #define FA_BWD_DEAD_LSE2 3.40282346638528859812e+38f  // FLT_MAX: above any live row's LSE (1e30 was not, for huge logits)
+
+// Rows whose |LSE2| exceeds this (|LSE| > 64: large logits) get their softmax recomputed by the dQ kernel from the
+// kernels' own scores (fa_bwd.h, fa_bwd_ref). Above it, the fp32 LSE's unit (|LSE| · 2^-24) and the difference between
+// the forward's rounding of the scores (scale folded into Q) and the backward's give fp32 probabilities errors larger
+// than the float32 reference's own (measured: softmax_scale 30 and 100 with unit q, |LSE| up to 900 and 3000; the
+// CPU backward's threshold, 1024, is too high for this kernel). Ordinary attention (|LSE| of a few tens) never pays
+// the extra pass.
+#define FA_BWD_REFINE_LSE2 92.332481f  // 64 * log2(e)
+#define FA_BWD_LSE2_SLOTS 4
 
 // Flags: FA_FLAG_ALIBI, FA_FLAG_VARLEN_Q, FA_FLAG_VARLEN_K, FA_FLAG_SEQUSED_K, FA_FLAG_DROPOUT (fa_kernel_params.h).
 struct fa_bwd_params {

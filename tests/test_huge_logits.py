@@ -112,6 +112,9 @@ def test_kvcache_huge_logits(rng, path, dtype):
                             what=f"out[{b}]")
 
 
+# ALiBi slopes large enough to move the softmax at these scales (the refined rows' exponents carry the distance).
+ALIBI_HUGE = np.array([3e7, 1e8], np.float32)
+
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -144,21 +147,64 @@ def test_backward_huge_logits_cpu(rng, path, dtype, case, kw):
         assert_close_to_ref(ours, r64, baseline(rlow, r64, like.dtype), dtype=like.dtype, what=name)
 
 
+@pytest.mark.parametrize("math", ["ieee", "fast_math"])
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("case", list(CASES))
-def test_backward_huge_logits_sim_finite(rng, dtype, case):
-    # The Metal kernels' P = exp2(score - lse2) is clamped to <= 1, so dV (a sum of P dO) stays finite (it was inf),
-    # and rows are no longer taken for rows without keys when their LSE exceeds 1e30 (the old marker). The accuracy
-    # of dQ/dK at these scales is a known limit (README, reliability section): the forward's fp32 LSE is not
-    # consistent with the backward kernels' own rounding of scores this large, and D = dO.O cancels against dP, so
-    # the error is rounding noise times softmax_scale - which fp16 cannot hold at softmax_scale 1e30.
+@pytest.mark.parametrize("kw", [{}, dict(causal=True), dict(softcap=1e9), dict(alibi_slopes=ALIBI_HUGE)],
+                         ids=["plain", "causal", "softcap", "alibi"])
+def test_backward_huge_logits_sim(rng, monkeypatch, math, dtype, case, kw):
+    # The Metal kernels against the float64 reference, as the CPU test above (the kernels are always deterministic),
+    # in IEEE and in the simulator's model of Metal's fast math.
+    # Before the fix, dQ/dK were wrong there: the forward's fp32 LSE did not match the kernels' own rounding of
+    # scores this large (P = exp2(s - lse2) anything from 2^-64 to 1), and D = dO.O cancelled against dP.
     if "sim" not in available_backends():
         pytest.skip("the sim backend is not available in this build")
+    if case == "q_1e5" and "alibi_slopes" in kw:
+        # Not a huge-LSE case: the slopes make the diagonal key win with |LSE| < 1024 in some rows, where q.k of
+        # q ~1e5 cancels (terms ~1e5, sum ~1e3) and the forward's rounding of it (scale folded into Q) differs from
+        # the backward's by ~1e-2: a known limit of the unrefined path (issue 17 item 6 report).
+        pytest.skip("q ~1e5 with ALiBi: q.k cancellation in rows with |LSE| < 1024 (see the comment)")
+    if math == "fast_math":
+        monkeypatch.setenv("FLASH_ATTN_CY_SIM_FAST_MATH", "1")
+    else:
+        monkeypatch.delenv("FLASH_ATTN_CY_SIM_FAST_MATH", raising=False)
     scale, qmag = CASES[case]
-    q, k, v, dout = inputs(rng, dtype, 40, 50, 32, qmag)
-    out, lse, _ = fa.flash_attn_func(q, k, v, softmax_scale=scale, return_attn_probs=True, backend="cpu")
-    dq, dk, dv = backward(dout, q, k, v, out, lse, softmax_scale=scale, backend="sim")
-    assert np.isfinite(dv.astype(np.float64)).all()
-    if dtype == "fp16" and case == "scale_1e30":
-        return  # see above: dQ/dK overflow fp16 here
-    assert np.isfinite(dq.astype(np.float64)).all() and np.isfinite(dk.astype(np.float64)).all()
+    q, k, v, dout = inputs(rng, dtype, 40, 50, 40, qmag)
+    out, lse, _ = fa.flash_attn_func(q, k, v, softmax_scale=scale, return_attn_probs=True, backend="sim", **kw)
+    check_forward(out, lse, q, k, v, dtype, softmax_scale=scale, **kw)
+    grads = backward(dout, q, k, v, out, lse, softmax_scale=scale, backend="sim", **kw)
+    if case == "q_1e5" and dtype == "fp16":
+        # A precision limit, not an overflow (see test_backward_huge_logits_cpu): dK sums terms ~1e4 times larger
+        # than itself, rounded in an order of its own. The gradients must still be finite.
+        assert all(np.isfinite(g.astype(np.float64)).all() for g in grads)
+        return
+    g64 = ref_grads(q, k, v, dout, softmax_scale=scale, **kw)
+    glow = ref_grads(q, k, v, dout, compute_dtype=TORCH_DTYPES[dtype], softmax_scale=scale, **kw)
+    for name, ours, r64, rlow, like in zip(("dq", "dk", "dv"), grads, g64, glow, (q, k, v)):
+        assert_close_to_ref(ours, r64, baseline(rlow, r64, like.dtype), dtype=like.dtype, what=name)
+
+
+@pytest.mark.parametrize("math", ["ieee", "fast_math"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("scale", [10.0, 30.0, 100.0])
+def test_backward_large_logits_sim(rng, monkeypatch, math, dtype, scale):
+    # Large, not huge, logits (|LSE| ~300 .. 3000): the fp32 LSE's unit and the forward's different rounding of the
+    # scores (softmax_scale folded into Q) gave fp32 dV errors above the float32 reference's own until these rows
+    # were refined too (FA_BWD_REFINE_LSE2, kernels/fa_bwd_params.h).
+    if "sim" not in available_backends():
+        pytest.skip("the sim backend is not available in this build")
+    if math == "fast_math" and dtype == "fp32":
+        # The fast-math model applies exp2's specified bound (3 + 2|x| ulp) in full: fp32 dQ then exceeds the fp32
+        # reference's error by up to ~10% at scales 10 and 100 (before and after the refinement alike).
+        pytest.skip("fp32 at fast math's worst-case exp2 error: see the comment")
+    if math == "fast_math":
+        monkeypatch.setenv("FLASH_ATTN_CY_SIM_FAST_MATH", "1")
+    else:
+        monkeypatch.delenv("FLASH_ATTN_CY_SIM_FAST_MATH", raising=False)
+    q, k, v, dout = inputs(rng, dtype, 40, 50, 40, 1.0)
+    out, lse, _ = fa.flash_attn_func(q, k, v, softmax_scale=scale, return_attn_probs=True, backend="sim")
+    grads = backward(dout, q, k, v, out, lse, softmax_scale=scale, backend="sim")
+    g64 = ref_grads(q, k, v, dout, softmax_scale=scale)
+    glow = ref_grads(q, k, v, dout, compute_dtype=TORCH_DTYPES[dtype], softmax_scale=scale)
+    for name, ours, r64, rlow, like in zip(("dq", "dk", "dv"), grads, g64, glow, (q, k, v)):
+        assert_close_to_ref(ours, r64, baseline(rlow, r64, like.dtype), dtype=like.dtype, what=name)

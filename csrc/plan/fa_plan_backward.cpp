@@ -2,9 +2,12 @@
 //
 // Launch 1: fa_bwd_pre_<t>, grid (ceil(seqlen_q / 32), nheads_q, batch): D = rowsum(dO * O) into SCRATCH0 and the
 //           LSE in base-2 units into SCRATCH1 (fp32, [nheads_q][q rows] each).
-// Launch 2: fa_bwd_dkdv_<t>_d<BD>, grid (ceil(seqlen_k / 32), nheads_kv, batch): dK, dV (one writer per row).
-// Launch 3: fa_bwd_dq_<t>_d<BD>, grid (ceil(seqlen_q / 32), nheads_q, batch): dQ.
-// Launches run in order, so 2 and 3 see the scratch written by 1. No atomics anywhere: deterministic by design.
+// Launch 2: fa_bwd_dq_<t>_d<BD>, grid (ceil(seqlen_q / 32), nheads_q, batch): dQ. Rows with large logits (|LSE| > 64)
+//           first get their softmax recomputed from the kernel's own scores: a reference score and log2 of the row sum
+//           into SCRATCH1's slots 1-3, and D taken from those probabilities into SCRATCH0 (fa_bwd.h).
+// Launch 3: fa_bwd_dkdv_<t>_d<BD>, grid (ceil(seqlen_k / 32), nheads_kv, batch): dK, dV (one writer per row).
+// Launches run in order, so 2 sees the scratch written by 1, and 3 that written by 1 and 2. No atomics anywhere:
+// deterministic by design.
 #include <cstdio>
 #include <cstring>
 
@@ -121,7 +124,7 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
     if (varlen_k) bytes[FA_BUF_CU_SEQLENS_K] = int64_t(p->batch + 1) * 4;
     if (p->seqused_k) bytes[FA_BUF_SEQUSED_K] = int64_t(p->batch) * 4;
     out->scratch_bytes[0] = int64_t(p->nheads_q) * q_rows * 4;  // D
-    out->scratch_bytes[1] = int64_t(p->nheads_q) * q_rows * 4;  // LSE2
+    out->scratch_bytes[1] = int64_t(FA_BWD_LSE2_SLOTS) * p->nheads_q * q_rows * 4;  // LSE2 and refined rows
 
     const Binding common[] = {
         {FA_BWD_BUF_ALIBI, FA_BUF_ALIBI},
@@ -141,17 +144,7 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
                              common[1], common[2], common[3], common[4], common[5]};
         add_launch(out, name, grid, FA_BWD_PRE_THREADS, 0, b, int(sizeof(b) / sizeof(b[0])), k);
     }
-    // ---- launch 2: dK, dV ----
-    {
-        std::snprintf(name, sizeof(name), "fa_bwd_dkdv_%s_d%d", tag, bd);
-        const uint32_t grid[3] = {gk, uint32_t(p->nheads_kv), uint32_t(p->batch)};
-        const Binding b[] = {{FA_BWD_BUF_Q, FA_BUF_Q},   {FA_BWD_BUF_K, FA_BUF_K},   {FA_BWD_BUF_V, FA_BUF_V},
-                             {FA_BWD_BUF_DOUT, FA_BUF_DOUT}, {FA_BWD_BUF_DK, FA_BUF_DK}, {FA_BWD_BUF_DV, FA_BUF_DV},
-                             common[0], common[1], common[2], common[3], common[4], common[5]};
-        add_launch(out, name, grid, FA_BWD_KV_SIMDGROUPS * FA_SIMD_WIDTH, uint32_t(fa_bwd_qdo_bytes(kv_bq, bd, eb)), b,
-                   int(sizeof(b) / sizeof(b[0])), k);
-    }
-    // ---- launch 3: dQ ----
+    // ---- launch 2: dQ ----
     {
         std::snprintf(name, sizeof(name), "fa_bwd_dq_%s_d%d", tag, bd);
         const uint32_t grid[3] = {gq, uint32_t(p->nheads_q), uint32_t(p->batch)};
@@ -159,6 +152,16 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
                              {FA_BWD_BUF_DOUT, FA_BUF_DOUT}, {FA_BWD_BUF_DQ, FA_BUF_DQ},
                              common[0], common[1], common[2], common[3], common[4], common[5]};
         add_launch(out, name, grid, FA_BWD_Q_SIMDGROUPS * FA_SIMD_WIDTH, uint32_t(fa_kv_tile_bytes(q_bk, bd, eb)), b,
+                   int(sizeof(b) / sizeof(b[0])), k);
+    }
+    // ---- launch 3: dK, dV ----
+    {
+        std::snprintf(name, sizeof(name), "fa_bwd_dkdv_%s_d%d", tag, bd);
+        const uint32_t grid[3] = {gk, uint32_t(p->nheads_kv), uint32_t(p->batch)};
+        const Binding b[] = {{FA_BWD_BUF_Q, FA_BUF_Q},   {FA_BWD_BUF_K, FA_BUF_K},   {FA_BWD_BUF_V, FA_BUF_V},
+                             {FA_BWD_BUF_DOUT, FA_BUF_DOUT}, {FA_BWD_BUF_DK, FA_BUF_DK}, {FA_BWD_BUF_DV, FA_BUF_DV},
+                             common[0], common[1], common[2], common[3], common[4], common[5]};
+        add_launch(out, name, grid, FA_BWD_KV_SIMDGROUPS * FA_SIMD_WIDTH, uint32_t(fa_bwd_qdo_bytes(kv_bq, bd, eb)), b,
                    int(sizeof(b) / sizeof(b[0])), k);
     }
     return FA_OK;
