@@ -208,3 +208,21 @@ def test_backward_large_logits_sim(rng, monkeypatch, math, dtype, scale):
     glow = ref_grads(q, k, v, dout, compute_dtype=TORCH_DTYPES[dtype], softmax_scale=scale)
     for name, ours, r64, rlow, like in zip(("dq", "dk", "dv"), grads, g64, glow, (q, k, v)):
         assert_close_to_ref(ours, r64, baseline(rlow, r64, like.dtype), dtype=like.dtype, what=name)
+
+
+# fp32 is left out because it is known and open (issue 17 item 6): depending on the data, fp32 dQ on either CPU path
+# is 1.0-1.8x the allowed error at softmax_scale 10-100 (the session-start code failed dQ and dV at every scale here;
+# rows are now refined from |LSE| 64, as in the Metal kernels). bf16 holds at every scale.
+@pytest.mark.parametrize("path", ["cpu-avx512", "cpu-portable"], indirect=True)
+@pytest.mark.parametrize("dtype,scale", [("bf16", 10.0), ("bf16", 20.0), ("bf16", 30.0), ("bf16", 100.0)])
+def test_backward_large_logits_cpu(rng, path, dtype, scale):
+    # Large, not huge, logits (|LSE| ~100 .. 3000) on the CPU backward: with rows refined only above |LSE| 1024 the
+    # fp32 dV missed the float32 reference's error at scales 20 and 30 (the fp32 LSE's unit there); the CPU now
+    # refines from the same threshold as the Metal kernels (FA_BWD_REFINE_LSE2).
+    q, k, v, dout = inputs(rng, dtype, 40, 50, 40, 1.0)
+    out, lse, _ = fa.flash_attn_func(q, k, v, softmax_scale=scale, return_attn_probs=True, backend="cpu")
+    grads = backward(dout, q, k, v, out, lse, softmax_scale=scale, backend="cpu")
+    g64 = ref_grads(q, k, v, dout, softmax_scale=scale)
+    glow = ref_grads(q, k, v, dout, compute_dtype=TORCH_DTYPES[dtype], softmax_scale=scale)
+    for name, ours, r64, rlow, like in zip(("dq", "dk", "dv"), grads, g64, glow, (q, k, v)):
+        assert_close_to_ref(ours, r64, baseline(rlow, r64, like.dtype), dtype=like.dtype, what=name)

@@ -659,7 +659,9 @@ private:
     }
 
     // Are there live rows whose fp32 LSE is too coarse for consistent probabilities (see refine_lse_block)?
-    static constexpr float kRefineLseAbove = 1024.0f;  // unit of an fp32 LSE there: 2^-13
+    // 64, as the Metal kernels (FA_BWD_REFINE_LSE2, kernels/fa_bwd_params.h): from |LSE| ~100 (softmax_scale 20 with
+    // unit q) the fp32 LSE's unit (2^-17 at 64) already moved fp32 dV past the float32 reference's error.
+    static constexpr float kRefineLseAbove = 64.0f;
     bool huge_lse() const {
         for (int64_t b = 0; b < p_->batch; ++b) {
             const SeqGeometry g = sequence_geometry(p_, b);
