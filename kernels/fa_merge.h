@@ -17,11 +17,11 @@
 #endif
 
 // Pairwise (cascade) summation in a fixed binary tree: after n terms the relative error is at most about
-// log2(n) * 2^-24 instead of n * 2^-24 for a running sum, which matters with many splits (the plan splits every
-// 4096 keys, so 2^31 keys make 2^19 splits). part[k] holds the sum of the last complete block of 2^k terms; adding
-// term i carries up through the set low bits of i, like a binary counter. The tree is data (array slots and the term
-// count), not an expression, so fast math cannot reassociate it back into a running sum (a Kahan correction could be
-// optimised away). 32 levels cover any int count of splits.
+// log2(n) * 2^-24 instead of n * 2^-24 for a running sum, which matters with many splits (the plan gives a split at
+// most 4096 keys in decode, so 2^31 keys make 2^19 splits). part[k] holds the sum of the last complete block of 2^k
+// terms; adding term i carries up through the set low bits of i, like a binary counter. The tree is data (array
+// slots and the term count), not an expression, so fast math cannot reassociate it back into a running sum (a Kahan
+// correction could be optimised away). 32 levels cover any int count of splits.
 struct fa_pairwise_sum {
     float part[32];
     int n;

@@ -11,7 +11,8 @@ import math
 import numpy as np
 import pytest
 
-MAX_KEYS_PER_SPLIT = 4096  # kMaxKeysPerSplit in csrc/plan/fa_plan_forward.cpp
+MAX_ADDS_PER_SPLIT = 512  # kMaxAccumulatorAddsPerSplit in csrc/plan/fa_plan_forward.cpp
+MAX_KEYS_PER_SPLIT = 4096  # = MAX_ADDS_PER_SPLIT x 8: the vector kernel adds one term per 8 keys, the others per BK
 ENV = "FLASH_ATTN_CY_TEST_MAX_KEYS_PER_SPLIT"
 
 
@@ -39,6 +40,11 @@ def _attention(plan):
     return att
 
 
+def _max_keys(info):
+    """Most keys a split of this attention launch may take: 512 accumulator additions of its kernel."""
+    return MAX_ADDS_PER_SPLIT * (8 if info["kind"] == "vector" else info["bk"])
+
+
 def _keys_per_split(sk, bk, splits):
     """The most keys one split visits, with the kernel's partition (fa_tg_keys_of): whole BK-key blocks,
     ceil(blocks / splits) of them per split."""
@@ -55,8 +61,9 @@ def test_every_split_has_at_most_max_keys(sk, sq, hq, hkv, kind, num_splits):
     info = att["attention"]
     assert info["kind"] == kind
     splits = info["num_splits"]
-    assert splits >= math.ceil(sk / MAX_KEYS_PER_SPLIT)  # raised above a forced num_splits and the scratch cap
-    assert _keys_per_split(sk, info["bk"], splits) <= MAX_KEYS_PER_SPLIT
+    assert MAX_KEYS_PER_SPLIT <= _max_keys(info) <= 4 * MAX_KEYS_PER_SPLIT
+    assert splits >= math.ceil(sk / _max_keys(info))  # raised above a forced num_splits and the scratch cap
+    assert _keys_per_split(sk, info["bk"], splits) <= _max_keys(info)
     assert att["grid"][2] == splits  # batch 1
     merges = [l for l in plan["launches"] if l["kernel"].startswith("fa_merge_")]
     assert len(merges) == 1 and plan["scratch_bytes"][1] == splits * hq * sq * 4
@@ -79,17 +86,21 @@ def test_kvcache_attention_splits_by_cache_capacity(columns, sq):
     plan = _core.describe_plan("forward", "metal", "float16", q, k, v, out, None, softmax_scale=0.1,
                                block_table=table, seqused_k=np.array([sk - 3], np.int32), num_splits=1)
     info = _attention(plan)["attention"]
-    assert info["num_splits"] >= math.ceil(sk / MAX_KEYS_PER_SPLIT)
-    assert _keys_per_split(sk, info["bk"], info["num_splits"]) <= MAX_KEYS_PER_SPLIT
+    assert info["num_splits"] >= math.ceil(sk / _max_keys(info))
+    assert _keys_per_split(sk, info["bk"], info["num_splits"]) <= _max_keys(info)
     assert [l["kernel"] for l in plan["launches"]][-1] == "fa_merge_f16"
 
 
 def test_short_key_ranges_keep_their_split_choice():
-    """At most kMaxKeysPerSplit keys: num_splits=1 still means one split (no merge launch)."""
+    """Vector decode: up to 4096 keys num_splits=1 still means one split (no merge launch), one more key makes two.
+    The prefill kernel at d64 / float16 (BK = 32) takes up to 512 x 32 keys in one split."""
     plan = _describe_metal(1, MAX_KEYS_PER_SPLIT, num_splits=1)
     assert _attention(plan)["attention"]["num_splits"] == 1 and plan["nlaunches"] == 1
     plan = _describe_metal(1, MAX_KEYS_PER_SPLIT + 1, num_splits=1)
     assert _attention(plan)["attention"]["num_splits"] == 2 and plan["nlaunches"] == 2
+    for sk, splits in ((16384, 1), (16385, 2)):
+        info = _attention(_describe_metal(40, sk, num_splits=1))["attention"]
+        assert (info["kind"], info["bk"], info["num_splits"]) == ("prefill", 32, splits)
 
 
 def _need_sim():
@@ -97,7 +108,7 @@ def _need_sim():
     require_sim()
 
 
-@pytest.mark.parametrize("sq", [1, 40])
+@pytest.mark.parametrize("sq", [1, 4, 40])  # vector, fragment and prefill kernels (2 heads per KV head)
 def test_forced_splits_are_correct_in_the_simulator(sq, monkeypatch):
     """With the test-only override of kMaxKeysPerSplit (256 keys), 1024 keys are split into 4 although num_splits=1
     asks for none; the merged result meets the float32 tolerance against the float64 reference."""

@@ -27,32 +27,36 @@ constexpr int kMinKeysPerSplit = 256;  // auto: shorter splits cost more in laun
 constexpr int kMaxSplits = 128;
 constexpr int64_t kMaxPartialBytes = int64_t(256) << 20;  // scratch cap for split-KV partials (auto and forced)
 
-// Most keys one work item (one split of one threadgroup) ever accumulates. The kernels keep the softmax row sum l and
-// O in fp32 across all the keys of their split, and every addition rounds: the relative error of n additions is at
-// worst about n * 2^-24 (with constant terms the rounding is systematic: unbounded, the sum stops absorbing terms at
-// 2^26 keys). An accumulator takes one addition per BK keys in the tiled kernels (BK >= 8, fa_tiles.h) and one per
-// FA_VEC_SIMDGROUPS = 8 keys in the vector kernel (each simdgroup adds every 8th key), so a split of 4096 keys makes
-// at most 512 additions: worst case 512 * 2^-24 = 3.1e-5, 8x under the float16 floor (2.5e-4) of the tolerance rule
+// Most fp32 accumulator additions one work item (one split of one threadgroup) makes. The kernels keep the softmax
+// row sum l and O in fp32 across all the keys of their split, and every addition rounds: the relative error of n
+// additions is at worst about n * 2^-24 (with constant terms the rounding is systematic: unbounded, the sum stops
+// absorbing terms at 2^26 keys, error 0.5 at 2^28). An accumulator takes one addition per key tile (BK keys) in the
+// tiled kernels and one per FA_VEC_SIMDGROUPS = 8 keys in the vector kernel (each simdgroup adds every 8th key).
+// 512 additions: worst case 512 * 2^-24 = 3.1e-5, 8x under the float16 floor (2.5e-4) of the tolerance rule
 // (flash_attn_cy/reference.py); typical (random rounding) sqrt(512) * 2^-24 = 1.3e-6, under the float32 floor 4e-6.
-// The prefill kernel at BK = 32 makes 128 (worst case 7.6e-6). Longer key ranges are split (flash-decoding) and the
-// merge (kernels/fa_merge.h) sums the splits pairwise, so the error stays at this level up to the ABI's 2^31 - 1
-// keys. The price: a prefill with more keys than this always writes split partials (scratch grows with the splits).
-constexpr int kMaxKeysPerSplit = 4096;
+// So a split takes at most 512 x (keys per addition) keys: 4096 for vector decode, 512 x BK (4096..16384) for the
+// fragment and prefill kernels. Longer key ranges are split (flash-decoding) and the merge (kernels/fa_merge.h) sums
+// the splits pairwise, so the error stays at this level up to the ABI's 2^31 - 1 keys. The price: a prefill with
+// more keys than that always writes split partials (fp32 scratch of splits x q rows x heads x (headdim + 1)).
+constexpr int kMaxAccumulatorAddsPerSplit = 512;
 
-// kMaxKeysPerSplit, or for tests only the environment's FLASH_ATTN_CY_TEST_MAX_KEYS_PER_SPLIT (a multiple of 32 up to
-// kMaxKeysPerSplit), so the simulator can exercise the forced minimum at a size it runs in seconds.
-int64_t max_keys_per_split() {
+// Most keys per split for a kernel adding one term per `keys_per_add` keys, or for tests only the environment's
+// FLASH_ATTN_CY_TEST_MAX_KEYS_PER_SPLIT (a multiple of 32, hence of every BK, no larger than the limit), so the
+// simulator can exercise the forced minimum at a size it runs in seconds.
+int64_t max_keys_per_split(int keys_per_add) {
+    const int64_t limit = int64_t(kMaxAccumulatorAddsPerSplit) * keys_per_add;
     if (const char *e = std::getenv("FLASH_ATTN_CY_TEST_MAX_KEYS_PER_SPLIT")) {
         const long v = std::strtol(e, nullptr, 10);
-        if (v >= 32 && v <= kMaxKeysPerSplit && v % 32 == 0) return v;
+        if (v >= 32 && v <= limit && v % 32 == 0) return v;
     }
-    return kMaxKeysPerSplit;
+    return limit;
 }
 
-// Fewest splits that give no split more than max_keys_per_split() keys. A split takes ceil(tiles / splits) whole key
-// tiles (fa_tg_keys_of in kernels/fa_forward.h); the limit is a multiple of every BK (8..32), so this count suffices.
-int64_t min_splits_for(int64_t seqlen_k) {
-    const int64_t m = max_keys_per_split();
+// Fewest splits that give no split more than max_keys_per_split() keys. A split takes ceil(blocks / splits) whole
+// key blocks (fa_tg_keys_of in kernels/fa_forward.h); the limit is a multiple of the block size (BK, or FA_VEC_BK for
+// the vector kernel), so this count suffices.
+int64_t min_splits_for(int64_t seqlen_k, int keys_per_add) {
+    const int64_t m = max_keys_per_split(keys_per_add);
     return (std::max<int64_t>(seqlen_k, 0) + m - 1) / m;
 }
 
@@ -91,9 +95,10 @@ bool kv_vector_aligned(const fa_params *p, int width, int eb) {
 
 // Split-KV decision: 1 = none. Auto (num_splits == 0) splits only when the grid is too small to fill the GPU.
 // Whatever num_splits asks (1 included) and whatever the caps say, there are at least min_splits_for(seqlen_k) splits:
-// a smaller forced num_splits is raised to that minimum (accuracy, see kMaxKeysPerSplit).
-int64_t choose_splits(const fa_params *p, int64_t blocks, int key_tiles, int bk, int64_t partial_bytes_per_split) {
-    const int64_t forced_min = std::max<int64_t>(min_splits_for(p->seqlen_k), 1);
+// a smaller forced num_splits is raised to that minimum (accuracy, see kMaxAccumulatorAddsPerSplit).
+int64_t choose_splits(const fa_params *p, int64_t blocks, int key_tiles, int bk, int keys_per_add,
+                      int64_t partial_bytes_per_split) {
+    const int64_t forced_min = std::max<int64_t>(min_splits_for(p->seqlen_k, keys_per_add), 1);
     if (p->num_splits == 1 || key_tiles < 2) return forced_min;
     int s;
     if (p->num_splits > 1) {
@@ -174,7 +179,8 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen, 
     const int64_t gy = p->nheads_q / pack;
     const int key_tiles = ceil_div(std::max(p->seqlen_k, 0), bk);
     const int64_t partial_bytes_per_split = int64_t(p->nheads_q) * q_rows * (int64_t(p->headdim) + 1) * 4;
-    const int64_t splits64 = choose_splits(p, gx * gy * p->batch, key_tiles, bk, partial_bytes_per_split);
+    const int64_t splits64 = choose_splits(p, gx * gy * p->batch, key_tiles, bk, vector ? FA_VEC_SIMDGROUPS : bk,
+                                                   partial_bytes_per_split);
     if (gx > 0xffffffffLL || gy > 0xffffffffLL || int64_t(p->batch) * splits64 > 0xffffffffLL)
         return fail(err, errlen, FA_ERR_VALUE, "shape: grid too large for one dispatch");
     const int splits = int(splits64);  // <= seqlen_k / 32 + 1: fits
