@@ -1,5 +1,6 @@
-"""Issue 17 item 8 on the Metal kernels (run by the simulator): no attention work item accumulates more than
-kMaxKeysPerSplit keys in fp32 (csrc/plan/fa_plan_forward.cpp forces split-KV), and the merge of thousands of splits
+"""Issue 17 item 8 on the Metal kernels (run by the simulator): no attention work item makes more than
+kMaxAccumulatorAddsPerSplit = 512 fp32 additions, i.e. 4096 keys in vector decode and 512 x BK in the tiled kernels
+(csrc/plan/fa_plan_forward.cpp forces split-KV), and the merge of thousands of splits
 (kernels/fa_merge.h, pairwise sums) stays accurate.
 
 Plans are described without allocating: Metal device tensors with fake MTLBuffer handles (the description never
