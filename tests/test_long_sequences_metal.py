@@ -151,3 +151,14 @@ def test_merge_of_thousands_of_splits_is_accurate(monkeypatch):
     assert_close_to_ref(out, exact, exact.astype(np.float32))  # no low-precision slack: the float32 floor only
     score = 0.125 * float(np.dot(q[0, 0, 0].astype(np.float64), krow.astype(np.float64)))
     lse_close(lse, np.full(lse.shape, score + math.log(sk)), atol=2e-5 * max(1.0, abs(score) + math.log(sk)))
+
+
+@pytest.mark.parametrize("s", [32768, 65536])
+def test_long_prefill_keeps_linear_memory(s):
+    """A long prefill (32 heads, d128) would need 0.5-1 GB of fp32 split partials per split: the accuracy-forced
+    splits stay within their scratch budget (forced_partial_budget: 1 GiB or 1/16 of the K/V bytes), so such a call
+    keeps FlashAttention's O(N) memory (one split, no partials) and makes s / BK accumulator additions."""
+    plan = _describe_metal(s, s, hq=32, hkv=32, d=128)
+    info = _attention(plan)["attention"]
+    assert info["kind"] == "prefill" and s > _max_keys(info)  # past the accuracy limit ...
+    assert info["num_splits"] == 1 and not any(l["kernel"].startswith("fa_merge_") for l in plan["launches"])

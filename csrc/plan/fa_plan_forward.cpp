@@ -36,9 +36,19 @@ constexpr int64_t kMaxPartialBytes = int64_t(256) << 20;  // scratch cap for spl
 // (flash_attn_cy/reference.py); typical (random rounding) sqrt(512) * 2^-24 = 1.3e-6, under the float32 floor 4e-6.
 // So a split takes at most 512 x (keys per addition) keys: 4096 for vector decode, 512 x BK (4096..16384) for the
 // fragment and prefill kernels. Longer key ranges are split (flash-decoding) and the merge (kernels/fa_merge.h) sums
-// the splits pairwise, so the error stays at this level up to the ABI's 2^31 - 1 keys. The price: a prefill with
-// more keys than that always writes split partials (fp32 scratch of splits x q rows x heads x (headdim + 1)).
+// the splits pairwise, so the error stays at this level up to the ABI's 2^31 - 1 keys, as long as the split partials
+// (fp32, splits x q rows x heads x (headdim + 1)) stay within forced_partial_budget(): decode and short-query calls
+// always do; a long prefill (e.g. 32k x 32k tokens, 32 heads: 0.5 GB of partials a split) keeps FlashAttention's O(N)
+// memory instead, with one addition per BK keys (64k keys at BK 32: 2048 additions, worst case 1.2e-4, typical 2.7e-6).
 constexpr int kMaxAccumulatorAddsPerSplit = 512;
+constexpr int64_t kMinForcedPartialBytes = int64_t(1) << 30;  // see forced_partial_budget
+
+// Scratch the accuracy-forced splits may take: 1 GiB, or 1/16 of the K/V bytes the call reads if that is more (a
+// decode over 2^31 keys reads terabytes; its partials are a small fraction of that).
+int64_t forced_partial_budget(const fa_params *p, int eb) {
+    const int64_t kv_bytes = 2 * int64_t(p->batch) * std::max<int64_t>(p->seqlen_k, 0) * p->nheads_kv * p->headdim * eb;
+    return std::max(kMinForcedPartialBytes, kv_bytes / 16);
+}
 
 // Most keys per split for a kernel adding one term per `keys_per_add` keys, or for tests only the environment's
 // FLASH_ATTN_CY_TEST_MAX_KEYS_PER_SPLIT (a multiple of 32, hence of every BK, no larger than the limit), so the
@@ -97,8 +107,10 @@ bool kv_vector_aligned(const fa_params *p, int width, int eb) {
 // Whatever num_splits asks (1 included) and whatever the caps say, there are at least min_splits_for(seqlen_k) splits:
 // a smaller forced num_splits is raised to that minimum (accuracy, see kMaxAccumulatorAddsPerSplit).
 int64_t choose_splits(const fa_params *p, int64_t blocks, int key_tiles, int bk, int keys_per_add,
-                      int64_t partial_bytes_per_split) {
-    const int64_t forced_min = std::max<int64_t>(min_splits_for(p->seqlen_k, keys_per_add), 1);
+                      int64_t partial_bytes_per_split, int eb) {
+    int64_t forced_min = std::max<int64_t>(min_splits_for(p->seqlen_k, keys_per_add), 1);
+    if (forced_min > 1 && partial_bytes_per_split > 0)  // within the scratch budget only (kMaxAccumulatorAddsPerSplit)
+        forced_min = std::max<int64_t>(1, std::min(forced_min, forced_partial_budget(p, eb) / partial_bytes_per_split));
     if (p->num_splits == 1 || key_tiles < 2) return forced_min;
     int s;
     if (p->num_splits > 1) {
@@ -180,7 +192,7 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen, 
     const int key_tiles = ceil_div(std::max(p->seqlen_k, 0), bk);
     const int64_t partial_bytes_per_split = int64_t(p->nheads_q) * q_rows * (int64_t(p->headdim) + 1) * 4;
     const int64_t splits64 = choose_splits(p, gx * gy * p->batch, key_tiles, bk, vector ? FA_VEC_SIMDGROUPS : bk,
-                                                   partial_bytes_per_split);
+                                           partial_bytes_per_split, eb);
     if (gx > 0xffffffffLL || gy > 0xffffffffLL || int64_t(p->batch) * splits64 > 0xffffffffLL)
         return fail(err, errlen, FA_ERR_VALUE, "shape: grid too large for one dispatch");
     const int splits = int(splits64);  // <= seqlen_k / 32 + 1: fits
