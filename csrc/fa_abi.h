@@ -123,7 +123,9 @@ typedef struct fa_params {
     int32_t deterministic;       /* bit-identical gradients run to run */
 
     /* ---- execution ---- */
-    int32_t num_splits;          /* 0 = let the plan decide (split-KV decode); 1 = no split; n = at most n splits */
+    int32_t num_splits;          /* 0 = let the plan decide (split-KV decode); 1 = no split; n = at most n splits.
+                                    Metal/sim: raised to the fewest splits that keep each split within 512 fp32
+                                    additions (4096 keys in vector decode; csrc/plan/fa_plan_forward.cpp) */
     int32_t num_threads;         /* CPU: 0 = pool default */
     int32_t sim_schedules;       /* sim: number of schedules to run and compare (0 or 1 = one forward schedule) */
     const struct fa_device_buffers *device_buffers; /* metal only: see below; NULL for host memory */

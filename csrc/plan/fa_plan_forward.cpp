@@ -7,6 +7,7 @@
 // Last, only for return_attn_probs: fa_probs_<t> writes the probabilities (debug output, recomputes the scores).
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <cstdint>
 
@@ -24,7 +25,50 @@ using faplan::has_tensor;
 constexpr int kAutoSplitTargetThreadgroups = 128;  // enough threadgroups to fill an M-series GPU (8..76 cores)
 constexpr int kMinKeysPerSplit = 256;  // auto: shorter splits cost more in launches and merging than they win
 constexpr int kMaxSplits = 128;
-constexpr int64_t kMaxPartialBytes = int64_t(256) << 20;  // scratch cap for split-KV partials
+constexpr int64_t kMaxPartialBytes = int64_t(256) << 20;  // scratch cap for split-KV partials (auto and forced)
+
+// Most fp32 accumulator additions one work item (one split of one threadgroup) makes. The kernels keep the softmax
+// row sum l and O in fp32 across all the keys of their split, and every addition rounds: the relative error of n
+// additions is at worst about n * 2^-24 (with constant terms the rounding is systematic: unbounded, the sum stops
+// absorbing terms at 2^26 keys, error 0.5 at 2^28). An accumulator takes one addition per key tile (BK keys) in the
+// tiled kernels and one per FA_VEC_SIMDGROUPS = 8 keys in the vector kernel (each simdgroup adds every 8th key).
+// 512 additions: worst case 512 * 2^-24 = 3.1e-5, 8x under the float16 floor (2.5e-4) of the tolerance rule
+// (flash_attn_cy/reference.py); typical (random rounding) sqrt(512) * 2^-24 = 1.3e-6, under the float32 floor 4e-6.
+// So a split takes at most 512 x (keys per addition) keys: 4096 for vector decode, 512 x BK (4096..16384) for the
+// fragment and prefill kernels. Longer key ranges are split (flash-decoding) and the merge (kernels/fa_merge.h) sums
+// the splits pairwise, so the error stays at this level up to the ABI's 2^31 - 1 keys, as long as the split partials
+// (fp32, splits x q rows x heads x (headdim + 1)) stay within forced_partial_budget(): decode and short-query calls
+// always do; a long prefill (e.g. 32k x 32k tokens, 32 heads: 0.5 GB of partials a split) keeps FlashAttention's O(N)
+// memory instead, with one addition per BK keys (64k keys at BK 32: 2048 additions, worst case 1.2e-4, typical 2.7e-6).
+constexpr int kMaxAccumulatorAddsPerSplit = 512;
+constexpr int64_t kMinForcedPartialBytes = int64_t(1) << 30;  // see forced_partial_budget
+
+// Scratch the accuracy-forced splits may take: 1 GiB, or 1/16 of the K/V bytes the call reads if that is more (a
+// decode over 2^31 keys reads terabytes; its partials are a small fraction of that).
+int64_t forced_partial_budget(const fa_params *p, int eb) {
+    const int64_t kv_bytes = 2 * int64_t(p->batch) * std::max<int64_t>(p->seqlen_k, 0) * p->nheads_kv * p->headdim * eb;
+    return std::max(kMinForcedPartialBytes, kv_bytes / 16);
+}
+
+// Most keys per split for a kernel adding one term per `keys_per_add` keys, or for tests only the environment's
+// FLASH_ATTN_CY_TEST_MAX_KEYS_PER_SPLIT (a multiple of 32, hence of every BK, no larger than the limit), so the
+// simulator can exercise the forced minimum at a size it runs in seconds.
+int64_t max_keys_per_split(int keys_per_add) {
+    const int64_t limit = int64_t(kMaxAccumulatorAddsPerSplit) * keys_per_add;
+    if (const char *e = std::getenv("FLASH_ATTN_CY_TEST_MAX_KEYS_PER_SPLIT")) {
+        const long v = std::strtol(e, nullptr, 10);
+        if (v >= 32 && v <= limit && v % 32 == 0) return v;
+    }
+    return limit;
+}
+
+// Fewest splits that give no split more than max_keys_per_split() keys. A split takes ceil(blocks / splits) whole
+// key blocks (fa_tg_keys_of in kernels/fa_forward.h); the limit is a multiple of the block size (BK, or FA_VEC_BK for
+// the vector kernel), so this count suffices.
+int64_t min_splits_for(int64_t seqlen_k, int keys_per_add) {
+    const int64_t m = max_keys_per_split(keys_per_add);
+    return (std::max<int64_t>(seqlen_k, 0) + m - 1) / m;
+}
 
 int ceil_div(int64_t a, int64_t b) { return int((a + b - 1) / b); }
 
@@ -60,19 +104,25 @@ bool kv_vector_aligned(const fa_params *p, int width, int eb) {
 }
 
 // Split-KV decision: 1 = none. Auto (num_splits == 0) splits only when the grid is too small to fill the GPU.
-int choose_splits(const fa_params *p, int64_t blocks, int key_tiles, int bk, int64_t partial_bytes_per_split) {
-    if (p->num_splits == 1 || key_tiles < 2) return 1;
+// Whatever num_splits asks (1 included) and whatever the caps say, there are at least min_splits_for(seqlen_k) splits:
+// a smaller forced num_splits is raised to that minimum (accuracy, see kMaxAccumulatorAddsPerSplit).
+int64_t choose_splits(const fa_params *p, int64_t blocks, int key_tiles, int bk, int keys_per_add,
+                      int64_t partial_bytes_per_split, int eb) {
+    int64_t forced_min = std::max<int64_t>(min_splits_for(p->seqlen_k, keys_per_add), 1);
+    if (forced_min > 1 && partial_bytes_per_split > 0)  // within the scratch budget only (kMaxAccumulatorAddsPerSplit)
+        forced_min = std::max<int64_t>(1, std::min(forced_min, forced_partial_budget(p, eb) / partial_bytes_per_split));
+    if (p->num_splits == 1 || key_tiles < 2) return forced_min;
     int s;
     if (p->num_splits > 1) {
         s = std::min(p->num_splits, key_tiles);
     } else {
-        if (blocks >= kAutoSplitTargetThreadgroups) return 1;
+        if (blocks >= kAutoSplitTargetThreadgroups) return forced_min;
         s = ceil_div(kAutoSplitTargetThreadgroups, blocks);
         s = std::min<int64_t>(s, int64_t(key_tiles) * bk / kMinKeysPerSplit);
     }
     s = std::min(s, kMaxSplits);
     if (partial_bytes_per_split > 0) s = int(std::min<int64_t>(s, kMaxPartialBytes / partial_bytes_per_split));
-    return std::max(s, 1);
+    return std::max<int64_t>(s, forced_min);
 }
 
 // Debug launch for return_attn_probs: fa_probs_<t>, one threadgroup per (query row, head, batch). Independent of
@@ -141,9 +191,11 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen, 
     const int64_t gy = p->nheads_q / pack;
     const int key_tiles = ceil_div(std::max(p->seqlen_k, 0), bk);
     const int64_t partial_bytes_per_split = int64_t(p->nheads_q) * q_rows * (int64_t(p->headdim) + 1) * 4;
-    const int splits = choose_splits(p, gx * gy * p->batch, key_tiles, bk, partial_bytes_per_split);
-    if (gx > 0xffffffffLL || gy > 0xffffffffLL || int64_t(p->batch) * splits > 0xffffffffLL)
+    const int64_t splits64 = choose_splits(p, gx * gy * p->batch, key_tiles, bk, vector ? FA_VEC_SIMDGROUPS : bk,
+                                           partial_bytes_per_split, eb);
+    if (gx > 0xffffffffLL || gy > 0xffffffffLL || int64_t(p->batch) * splits64 > 0xffffffffLL)
         return fail(err, errlen, FA_ERR_VALUE, "shape: grid too large for one dispatch");
+    const int splits = int(splits64);  // <= seqlen_k / 32 + 1: fits
 
     // ---- constants ----
     fa_fwd_params k;
