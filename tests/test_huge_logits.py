@@ -125,6 +125,18 @@ def ref_grads(q, k, v, dout, compute_dtype=None, **kw):
     return [t.grad.detach().to(torch.float64).numpy() for t in (tq, tk, tv)]
 
 
+def check_large_logits_backward(rng, dtype, scale, backend):
+    """Unit-size inputs at a large softmax_scale: forward, then dq/dk/dv against the float64 reference with the
+    tolerance of a reference computed in `dtype`."""
+    q, k, v, dout = inputs(rng, dtype, 40, 50, 40, 1.0)
+    out, lse, _ = fa.flash_attn_func(q, k, v, softmax_scale=scale, return_attn_probs=True, backend=backend)
+    grads = backward(dout, q, k, v, out, lse, softmax_scale=scale, backend=backend)
+    g64 = ref_grads(q, k, v, dout, softmax_scale=scale)
+    glow = ref_grads(q, k, v, dout, compute_dtype=TORCH_DTYPES[dtype], softmax_scale=scale)
+    for name, ours, r64, rlow, like in zip(("dq", "dk", "dv"), grads, g64, glow, (q, k, v)):
+        assert_close_to_ref(ours, r64, baseline(rlow, r64, like.dtype), dtype=like.dtype, what=name)
+
+
 @pytest.mark.parametrize("path", ["cpu-avx512", "cpu-portable"], indirect=True)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("case", list(CASES))
@@ -201,13 +213,7 @@ def test_backward_large_logits_sim(rng, monkeypatch, math, dtype, scale):
         monkeypatch.setenv("FLASH_ATTN_CY_SIM_FAST_MATH", "1")
     else:
         monkeypatch.delenv("FLASH_ATTN_CY_SIM_FAST_MATH", raising=False)
-    q, k, v, dout = inputs(rng, dtype, 40, 50, 40, 1.0)
-    out, lse, _ = fa.flash_attn_func(q, k, v, softmax_scale=scale, return_attn_probs=True, backend="sim")
-    grads = backward(dout, q, k, v, out, lse, softmax_scale=scale, backend="sim")
-    g64 = ref_grads(q, k, v, dout, softmax_scale=scale)
-    glow = ref_grads(q, k, v, dout, compute_dtype=TORCH_DTYPES[dtype], softmax_scale=scale)
-    for name, ours, r64, rlow, like in zip(("dq", "dk", "dv"), grads, g64, glow, (q, k, v)):
-        assert_close_to_ref(ours, r64, baseline(rlow, r64, like.dtype), dtype=like.dtype, what=name)
+    check_large_logits_backward(rng, dtype, scale, "sim")
 
 
 # fp32 is left out because it is known and open (issue 17 item 6): depending on the data, fp32 dQ on either CPU path
@@ -219,10 +225,4 @@ def test_backward_large_logits_cpu(rng, path, dtype, scale):
     # Large, not huge, logits (|LSE| ~100 .. 3000) on the CPU backward: with rows refined only above |LSE| 1024 the
     # fp32 dV missed the float32 reference's error at scales 20 and 30 (the fp32 LSE's unit there); the CPU now
     # refines from the same threshold as the Metal kernels (FA_BWD_REFINE_LSE2).
-    q, k, v, dout = inputs(rng, dtype, 40, 50, 40, 1.0)
-    out, lse, _ = fa.flash_attn_func(q, k, v, softmax_scale=scale, return_attn_probs=True, backend="cpu")
-    grads = backward(dout, q, k, v, out, lse, softmax_scale=scale, backend="cpu")
-    g64 = ref_grads(q, k, v, dout, softmax_scale=scale)
-    glow = ref_grads(q, k, v, dout, compute_dtype=TORCH_DTYPES[dtype], softmax_scale=scale)
-    for name, ours, r64, rlow, like in zip(("dq", "dk", "dv"), grads, g64, glow, (q, k, v)):
-        assert_close_to_ref(ours, r64, baseline(rlow, r64, like.dtype), dtype=like.dtype, what=name)
+    check_large_logits_backward(rng, dtype, scale, "cpu")
