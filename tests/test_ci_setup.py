@@ -92,15 +92,16 @@ def test_readme_and_ci_use_the_script():
 
 
 def _apt_deps(tmp_path, have_qemu=True, **env_extra):
-    """Runs .ci/apt-deps as root on a machine without clang-19 or libobjc (and without qemu-x86_64 unless have_qemu),
-    with apt-get logging its calls."""
+    """Runs .ci/apt-deps as root on a machine without clang-19 or libobjc (and without qemu-x86_64, qemu-aarch64 and
+    the AArch64 cross compiler unless have_qemu), with apt-get logging its calls."""
     stubs = tmp_path / "bin"
     stubs.mkdir()
     log = tmp_path / "apt.log"
     for name, body in {"id": 'echo 0',  # root
                        "apt-get": f'echo "apt-get $*" >> {log}',
                        "gcc": 'echo libobjc.so',  # the compiler finds no libobjc.so
-                       **({"qemu-x86_64": "exit 0"} if have_qemu else {})}.items():
+                       **({"qemu-x86_64": "exit 0", "qemu-aarch64": "exit 0", "aarch64-linux-gnu-g++": "exit 0"}
+                          if have_qemu else {})}.items():
         (stubs / name).write_text(f"#!/bin/sh\n{body}\n")
         (stubs / name).chmod(0o755)
     env = {"PATH": str(stubs), "HOME": str(tmp_path), **env_extra}  # no clang-19 on this PATH
@@ -120,9 +121,10 @@ def test_apt_step_says_what_it_installs_as_root_before_doing_it(tmp_path):
 def test_apt_step_adds_qemu_user_on_x86_64_when_missing(tmp_path):
     r, calls = _apt_deps(tmp_path, have_qemu=False, HOSTTYPE="x86_64")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert calls == ["apt-get update -qq", "apt-get install -y -qq clang-19 libobjc-12-dev qemu-user"]
+    assert calls == ["apt-get update -qq",
+                     "apt-get install -y -qq clang-19 libobjc-12-dev qemu-user g++-aarch64-linux-gnu"]
     (tmp_path / "arm").mkdir()
-    r, calls = _apt_deps(tmp_path / "arm", have_qemu=False, HOSTTYPE="aarch64")  # the wheel test is x86-64 only
+    r, calls = _apt_deps(tmp_path / "arm", have_qemu=False, HOSTTYPE="aarch64")  # both are x86-64 hosts' tests
     assert calls == ["apt-get update -qq", "apt-get install -y -qq clang-19 libobjc-12-dev"]
 
 

@@ -50,7 +50,7 @@ def test_override_picks_the_kernel_set(monkeypatch, value):
     assert "forced by FLASH_ATTN_CY_CPU_ISA" in desc
 
 
-@pytest.mark.parametrize("value", ["AVX2", "sse4", "avx-512", "neon"])
+@pytest.mark.parametrize("value", ["AVX2", "sse4", "avx-512", "sve"])
 def test_unknown_value_keeps_the_best_set(monkeypatch, value):
     best = _best_isa(monkeypatch)
     monkeypatch.setenv("FLASH_ATTN_CY_CPU_ISA", value)

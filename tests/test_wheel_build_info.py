@@ -50,10 +50,13 @@ def test_cpu_kernels_compiled_matches_dispatch() -> None:
     compiled = flash_attn_cy.build_info()["cpu kernels compiled"]
     assert "portable" in compiled
     chosen = flash_attn_cy.backends()["cpu"]["description"]
-    if "avx512" in chosen:  # the dispatcher can only pick what the build compiled
-        assert "avx512" in compiled
+    for isa in ("avx512", "avx2", "neon"):  # the dispatcher can only pick what the build compiled
+        if f", {isa}" in chosen:
+            assert isa in compiled, (isa, compiled)
     if platform.machine() not in ("x86_64", "AMD64"):
-        assert "avx512" not in compiled
+        assert "avx512" not in compiled and "avx2" not in compiled
+    if platform.machine() not in ("aarch64", "arm64"):
+        assert "neon" not in compiled
 
 
 def test_metal_language_version_is_one_fact() -> None:

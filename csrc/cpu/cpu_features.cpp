@@ -4,6 +4,12 @@
 #include <cstdlib>
 #include <cstring>
 
+#if defined(__aarch64__) && defined(__linux__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
+#include "neon_common.h"
+
 namespace fa_cpu {
 namespace {
 
@@ -34,6 +40,14 @@ CpuFeatures detect() {
     if (hidden("avx2")) f.avx2 = false;
     if (hidden("avx512") || !f.avx2) f.avx512 = f.avx512bf16 = false;  // no AVX-512 machine lacks AVX2
 #endif
+#ifdef FA_HAVE_NEON_KERNELS
+#if defined(__linux__)
+    f.neon = (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0;
+#else
+    f.neon = true;  // every AArch64 macOS machine (Apple silicon) has Advanced SIMD
+#endif
+    if (hidden("neon")) f.neon = false;
+#endif
     return f;
 }
 
@@ -50,12 +64,13 @@ CpuIsaRequest cpu_isa_request() {
     if (std::strcmp(env, "portable") == 0) return CpuIsaRequest::portable;
     if (std::strcmp(env, "avx2") == 0) return CpuIsaRequest::avx2;
     if (std::strcmp(env, "avx512") == 0) return CpuIsaRequest::avx512;
+    if (std::strcmp(env, "neon") == 0) return CpuIsaRequest::neon;
     return CpuIsaRequest::unknown;
 }
 
 CpuIsa cpu_isa_best() {
     const CpuFeatures &f = cpu_features();
-    return f.avx512 ? CpuIsa::avx512 : f.avx2 ? CpuIsa::avx2 : CpuIsa::portable;
+    return f.avx512 ? CpuIsa::avx512 : f.avx2 ? CpuIsa::avx2 : f.neon ? CpuIsa::neon : CpuIsa::portable;
 }
 
 CpuIsa cpu_isa() {
@@ -64,6 +79,7 @@ CpuIsa cpu_isa() {
         case CpuIsaRequest::portable: return CpuIsa::portable;
         case CpuIsaRequest::avx2: if (f.avx2) return CpuIsa::avx2; break;
         case CpuIsaRequest::avx512: if (f.avx512) return CpuIsa::avx512; break;
+        case CpuIsaRequest::neon: if (f.neon) return CpuIsa::neon; break;
         default: break;
     }
     return cpu_isa_best();

@@ -10,23 +10,24 @@ struct CpuFeatures {
     bool avx512 = false;
     bool avx512bf16 = false;  // avx512 plus AVX512-BF16 (vdpbf16ps): FA_ISA_AVX512_BF16
     bool avx2 = false;        // AVX2 + FMA + F16C: FA_ISA_AVX2 (avx2_common.h)
+    bool neon = false;        // AArch64 Advanced SIMD (HWCAP_ASIMD), in an AArch64 build (neon_common.h)
 };
 
 // Detected once per process. For tests only, FLASH_ATTN_CY_CPU_HIDE (read once, at the first detection) hides
-// features from it: a comma list of "avx512", "avx2" (hiding avx2 hides avx512 too), so one machine can act as a
-// CPU without AVX-512 or without AVX2 (run such a test in a fresh process).
+// features from it: a comma list of "avx512", "avx2" (hiding avx2 hides avx512 too), "neon", so one machine can
+// act as a CPU without AVX-512, AVX2 or NEON (run such a test in a fresh process).
 const CpuFeatures &cpu_features();
 
 // The kernel sets, best last.
-enum class CpuIsa { portable, avx2, avx512 };
+enum class CpuIsa { portable, avx2, avx512, neon };
 
 // The kernel set the CPU paths use now. FLASH_ATTN_CY_CPU_ISA (read on every call, so a test can switch paths inside
-// one process) forces one: "portable", "avx2" or "avx512"; a forced set this CPU cannot run, an unknown value, or no
+// one process) forces one: "portable", "avx2", "avx512" or "neon"; a forced set this CPU cannot run, an unknown value, or no
 // value gives the best set the CPU has (the Python package warns at import about the first two).
 CpuIsa cpu_isa();
 
 // What FLASH_ATTN_CY_CPU_ISA asks for now.
-enum class CpuIsaRequest { best, portable, avx2, avx512, unknown };
+enum class CpuIsaRequest { best, portable, avx2, avx512, neon, unknown };
 CpuIsaRequest cpu_isa_request();
 
 // The best kernel set this CPU can run (ignores FLASH_ATTN_CY_CPU_ISA).

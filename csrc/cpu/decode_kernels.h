@@ -60,7 +60,9 @@ const DecodeKernels *portable_decode_kernels(fa_dtype dt);
 const DecodeKernels *avx512_decode_kernels(fa_dtype dt);
 // AVX2+FMA+F16C kernels, nullptr when not compiled in; callers check the CPU first.
 const DecodeKernels *avx2_decode_kernels(fa_dtype dt);
-// The table for this machine (isa_dispatch.cpp): cpu_isa()'s set (AVX-512, AVX2 or portable).
+// Arm NEON kernels (AArch64 builds only), nullptr when not compiled in; callers check the CPU first.
+const DecodeKernels *neon_decode_kernels(fa_dtype dt);
+// The table for this machine (isa_dispatch.cpp): cpu_isa()'s set (AVX-512, AVX2, NEON or portable).
 const DecodeKernels *select_decode_kernels(fa_dtype dt);
 
 }  // namespace fa_cpu

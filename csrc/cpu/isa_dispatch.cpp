@@ -2,8 +2,9 @@
 //
 // x86-64 with AVX-512 (F+BW+VL+DQ, FMA, F16C; plus AVX512-BF16 for the bf16 dot-product kernels) selects the
 // AVX-512 kernels of tile_kernels_avx512.cpp and decode_kernels_avx512.cpp; x86-64 with AVX2+FMA+F16C but no
-// AVX-512 the AVX2 kernels of tile_kernels_avx2.cpp and decode_kernels_avx2.cpp; everything else the portable
-// kernels. FLASH_ATTN_CY_CPU_ISA=portable|avx2|avx512 forces a set the CPU can run (tests check every path on one
+// AVX-512 the AVX2 kernels of tile_kernels_avx2.cpp and decode_kernels_avx2.cpp; AArch64 (Advanced SIMD) the NEON
+// kernels of tile_kernels_neon.cpp and decode_kernels_neon.cpp; everything else the portable kernels.
+// FLASH_ATTN_CY_CPU_ISA=portable|avx2|avx512|neon forces a set the CPU can run (tests check every path on one
 // machine).
 #include <string>
 
@@ -21,6 +22,9 @@ const TileKernels<float> *select_kernels_f32(fa_dtype dt) {
         case CpuIsa::avx2:
             if (const TileKernels<float> *k = avx2_kernels(dt)) return k;
             break;
+        case CpuIsa::neon:
+            if (const TileKernels<float> *k = neon_kernels(dt)) return k;
+            break;
         default: break;
     }
     return portable_kernels_f32(dt);
@@ -34,6 +38,9 @@ const DecodeKernels *select_decode_kernels(fa_dtype dt) {
         case CpuIsa::avx2:
             if (const DecodeKernels *k = avx2_decode_kernels(dt)) return k;
             break;
+        case CpuIsa::neon:
+            if (const DecodeKernels *k = neon_decode_kernels(dt)) return k;
+            break;
         default: break;
     }
     return portable_decode_kernels(dt);
@@ -45,13 +52,14 @@ const char *isa_name(CpuIsaRequest r) {
     switch (r) {
         case CpuIsaRequest::avx2: return "avx2";
         case CpuIsaRequest::avx512: return "avx512";
+        case CpuIsaRequest::neon: return "neon";
         default: return "portable";
     }
 }
 
 }  // namespace
 
-// The first word is the kernel path in use (portable, avx2, avx512, or avx512-bf16 where the bf16 kernels use
+// The first word is the kernel path in use (portable, avx2, neon, avx512, or avx512-bf16 where the bf16 kernels use
 // vdpbf16ps): `info` and `bench` print it (flash_attn_cy/_sysinfo.py cpu_kernel_path) so that timings from different
 // machines can be compared, and the tests read the kernel set from it (tests/_cpu_isa.py).
 const char *cpu_isa_description() {
@@ -64,13 +72,16 @@ const char *cpu_isa_description() {
                          : "avx512 (fp32 FMA, bf16/fp16 converted to fp32)";
     } else if (isa == CpuIsa::avx2) {
         s = "avx2 (fp32 FMA, fp16 via vcvtph2ps, bf16 widened to fp32; backward: portable)";
+    } else if (isa == CpuIsa::neon) {
+        s = "neon (fp32 FMA, fp16/bf16 widened to fp32; backward: portable)";
     } else {
         s = "portable";
     }
-    if (req == CpuIsaRequest::portable || req == CpuIsaRequest::avx2 || req == CpuIsaRequest::avx512) {
+    if (req != CpuIsaRequest::best && req != CpuIsaRequest::unknown) {
         const bool honoured = (req == CpuIsaRequest::portable && isa == CpuIsa::portable) ||
                               (req == CpuIsaRequest::avx2 && isa == CpuIsa::avx2) ||
-                              (req == CpuIsaRequest::avx512 && isa == CpuIsa::avx512);
+                              (req == CpuIsaRequest::avx512 && isa == CpuIsa::avx512) ||
+                              (req == CpuIsaRequest::neon && isa == CpuIsa::neon);
         s += honoured ? std::string(" (forced by FLASH_ATTN_CY_CPU_ISA)")
                       : std::string(" (FLASH_ATTN_CY_CPU_ISA=") + isa_name(req) +
                             " ignored: this CPU cannot run those kernels)";

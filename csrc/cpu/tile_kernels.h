@@ -89,10 +89,12 @@ const TileKernels<double> *portable_kernels_f64();
 const TileKernels<float> *avx512_kernels(fa_dtype dt);
 // AVX2+FMA+F16C kernels (x86-64 builds only; nullptr when not compiled in). Callers check the CPU first.
 const TileKernels<float> *avx2_kernels(fa_dtype dt);
+// Arm NEON kernels (AArch64 builds only; nullptr when not compiled in). Callers check the CPU first.
+const TileKernels<float> *neon_kernels(fa_dtype dt);
 
 // The kernel table chosen for this machine and dtype (runtime CPU-feature dispatch, isa_dispatch.cpp).
 const TileKernels<float> *select_kernels_f32(fa_dtype dt);
-// Human-readable kernel set in use, its first word "avx512", "avx2" or "portable" (isa_dispatch.cpp).
+// Human-readable kernel set in use, its first word "avx512", "avx2", "neon" or "portable" (isa_dispatch.cpp).
 const char *cpu_isa_description();
 
 }  // namespace fa_cpu
