@@ -69,8 +69,9 @@ def driver(tmp_path_factory) -> Path:
 
 
 def run_driver(driver: Path, tmp_path: Path, q, k, v, *, dtype: str, window=(-1, -1), scale=None, softcap=0.0,
-               isa="neon", env_extra=None):
-    """(out, lse, description) of one forward on the emulated AArch64 CPU backend."""
+               isa="neon", env_extra=None, cpu="max"):
+    """(out, lse, description) of one forward on the emulated AArch64 CPU backend. cpu: the emulated CPU model
+    ("max": every extension qemu has, the bf16 one (BFDOT) included; "cortex-a72": Armv8.0, no bf16)."""
     b, sq, hq, d = q.shape
     sk, hkv = k.shape[1], k.shape[2]
     scale = d ** -0.5 if scale is None else scale
@@ -78,7 +79,7 @@ def run_driver(driver: Path, tmp_path: Path, q, k, v, *, dtype: str, window=(-1,
     header += struct.pack("<2d", scale, softcap)
     job, res = tmp_path / "job.bin", tmp_path / "out.bin"
     job.write_bytes(header + b"".join(np.ascontiguousarray(x).tobytes() for x in (q, k, v)))
-    env = {**os.environ, "FLASH_ATTN_CY_CPU_ISA": isa, **(env_extra or {})}
+    env = {**os.environ, "FLASH_ATTN_CY_CPU_ISA": isa, "QEMU_CPU": cpu, **(env_extra or {})}
     r = subprocess.run([QEMU, str(driver), str(job), str(res)], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     raw = res.read_bytes()
@@ -89,7 +90,8 @@ def run_driver(driver: Path, tmp_path: Path, q, k, v, *, dtype: str, window=(-1,
 
 
 def _kernel_set(description: str) -> str:
-    # "C++ FlashAttention-2, neon (...) kernels, 2 threads": the first word after the comma (csrc/cpu/isa_dispatch.cpp)
+    # "C++ FlashAttention-2, neon (...) kernels, 2 threads": the first word after the comma (csrc/cpu/isa_dispatch.cpp),
+    # "neon-bf16" where the CPU has the bf16 extension
     return description.split(", ", 1)[1].split()[0]
 
 
@@ -120,15 +122,19 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "bf16-no-bfdot"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}sq{}sk{}h{}-{}d{}w{}_{}".format(*c[:6], *c[6]))
 def test_neon_forward_and_decode_match_reference(driver, tmp_path, rng, dtype, case):
+    """Every case on the emulated "max" CPU (bf16 decode scores by BFDOT), and bf16 once more on a CPU without the
+    bf16 extension (cortex-a72: the widening kernels)."""
+    cpu = "cortex-a72" if dtype == "bf16-no-bfdot" else "max"
+    dtype = dtype.split("-")[0]
     if dtype not in DTYPES:
         pytest.skip("bfloat16 needs ml_dtypes")
     b, sq, sk, hq, hkv, d, window = case
     q, k, v = _inputs(rng, (b, sq, hq, d), (b, sk, hkv, d), dtype)
-    out, lse, desc = run_driver(driver, tmp_path, q, k, v, dtype=dtype, window=window)
-    assert _kernel_set(desc) == "neon", desc
+    out, lse, desc = run_driver(driver, tmp_path, q, k, v, dtype=dtype, window=window, cpu=cpu)
+    assert _kernel_set(desc) == ("neon" if cpu == "cortex-a72" else "neon-bf16"), desc
     _check(out, lse, q, k, v, dtype, window_size=window)
 
 
@@ -161,8 +167,9 @@ def test_isa_override_and_detection_on_aarch64(driver, tmp_path, rng):
     reason in the description; FLASH_ATTN_CY_CPU_HIDE=neon makes the CPU look like one without Advanced SIMD."""
     q, k, v = _inputs(rng, (1, 70, 2, 64), (1, 100, 2, 64), "fp32")
     outs = {}
-    for isa, env, expect in (("neon", None, "neon"), ("portable", None, "portable"), ("", None, "neon"),
-                             ("avx512", None, "neon"), ("", {"FLASH_ATTN_CY_CPU_HIDE": "neon"}, "portable")):
+    for isa, env, expect in (("neon", None, "neon-bf16"), ("portable", None, "portable"), ("", None, "neon-bf16"),
+                             ("avx512", None, "neon-bf16"), ("", {"FLASH_ATTN_CY_CPU_HIDE": "neon"}, "portable"),
+                             ("", {"FLASH_ATTN_CY_CPU_HIDE": "neon-bf16"}, "neon")):
         out, lse, desc = run_driver(driver, tmp_path, q, k, v, dtype="fp32", isa=isa, env_extra=env)
         assert _kernel_set(desc) == expect, (isa, env, desc)
         if isa == "avx512":
@@ -170,6 +177,19 @@ def test_isa_override_and_detection_on_aarch64(driver, tmp_path, rng):
         _check(out, lse, q, k, v, "fp32")
         outs[(isa, expect)] = out
     # the same kernels give the same bits whether chosen by detection or forced
-    np.testing.assert_array_equal(outs[("", "neon")], outs[("neon", "neon")])
+    np.testing.assert_array_equal(outs[("", "neon-bf16")], outs[("neon", "neon-bf16")])
+    # fp32 takes the same NEON kernels with or without the bf16 extension
+    np.testing.assert_array_equal(outs[("", "neon")], outs[("neon", "neon-bf16")])
     # NEON and portable are different arithmetic (vector exp2 polynomial, other summation order)
-    assert not np.array_equal(outs[("neon", "neon")], outs[("portable", "portable")])
+    assert not np.array_equal(outs[("neon", "neon-bf16")], outs[("portable", "portable")])
+
+
+def test_bf16_decode_by_bfdot_matches_the_widening_kernels_closely(driver, tmp_path, rng):
+    """BFDOT (bf16 pairs, fp32 sums) and the widening kernels compute the same exact products, summed in another
+    order: their decode outputs differ by no more than fp32 rounding noise, far below bf16's resolution."""
+    q, k, v = _inputs(rng, (2, 1, 8, 128), (2, 700, 2, 128), "bf16")
+    out_dot, _, d1 = run_driver(driver, tmp_path, q, k, v, dtype="bf16", cpu="max")
+    out_wide, _, d2 = run_driver(driver, tmp_path, q, k, v, dtype="bf16", cpu="cortex-a72")
+    assert _kernel_set(d1) == "neon-bf16" and _kernel_set(d2) == "neon"
+    diff = np.abs(out_dot.astype(np.float64) - out_wide.astype(np.float64))
+    assert diff.max() <= 2 * 2.0 ** -8 * np.abs(out_wide.astype(np.float64)).max()  # at most a bf16 rounding step

@@ -7,6 +7,8 @@
 #if defined(__aarch64__) && defined(__linux__)
 #include <asm/hwcap.h>
 #include <sys/auxv.h>
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
 #endif
 #include "neon_common.h"
 
@@ -43,10 +45,17 @@ CpuFeatures detect() {
 #ifdef FA_HAVE_NEON_KERNELS
 #if defined(__linux__)
     f.neon = (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0;
+    f.neon_bf16 = f.neon && (getauxval(AT_HWCAP2) & HWCAP2_BF16) != 0;
+#elif defined(__APPLE__)
+    f.neon = true;  // every Apple silicon machine has Advanced SIMD
+    int has_bf16 = 0;
+    size_t len = sizeof has_bf16;
+    f.neon_bf16 = sysctlbyname("hw.optional.arm.FEAT_BF16", &has_bf16, &len, nullptr, 0) == 0 && has_bf16 != 0;
 #else
-    f.neon = true;  // every AArch64 macOS machine (Apple silicon) has Advanced SIMD
+    f.neon = true;  // Advanced SIMD is part of every AArch64 implementation
 #endif
     if (hidden("neon")) f.neon = false;
+    if (hidden("neon-bf16") || !f.neon) f.neon_bf16 = false;
 #endif
     return f;
 }

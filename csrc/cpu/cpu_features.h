@@ -11,11 +11,12 @@ struct CpuFeatures {
     bool avx512bf16 = false;  // avx512 plus AVX512-BF16 (vdpbf16ps): FA_ISA_AVX512_BF16
     bool avx2 = false;        // AVX2 + FMA + F16C: FA_ISA_AVX2 (avx2_common.h)
     bool neon = false;        // AArch64 Advanced SIMD (HWCAP_ASIMD), in an AArch64 build (neon_common.h)
+    bool neon_bf16 = false;   // neon plus the bf16 extension (FEAT_BF16: BFDOT): FA_NEON_BF16_BEGIN regions
 };
 
 // Detected once per process. For tests only, FLASH_ATTN_CY_CPU_HIDE (read once, at the first detection) hides
-// features from it: a comma list of "avx512", "avx2" (hiding avx2 hides avx512 too), "neon", so one machine can
-// act as a CPU without AVX-512, AVX2 or NEON (run such a test in a fresh process).
+// features from it: a comma list of "avx512", "avx2" (hiding avx2 hides avx512 too), "neon", "neon-bf16"
+// (hiding neon hides it too), so one machine can act as a CPU without AVX-512, AVX2, NEON or its bf16 extension (run such a test in a fresh process).
 const CpuFeatures &cpu_features();
 
 // The kernel sets, best last.

@@ -62,6 +62,8 @@ const DecodeKernels *avx512_decode_kernels(fa_dtype dt);
 const DecodeKernels *avx2_decode_kernels(fa_dtype dt);
 // Arm NEON kernels (AArch64 builds only), nullptr when not compiled in; callers check the CPU first.
 const DecodeKernels *neon_decode_kernels(fa_dtype dt);
+// The bf16 table whose scores use BFDOT (AArch64 with FEAT_BF16: cpu_features().neon_bf16), nullptr when not compiled.
+const DecodeKernels *neon_bf16dot_decode_kernels();
 // The table for this machine (isa_dispatch.cpp): cpu_isa()'s set (AVX-512, AVX2, NEON or portable).
 const DecodeKernels *select_decode_kernels(fa_dtype dt);
 

@@ -4,10 +4,13 @@
 //   fp32 FMA over the head dim, 4 lanes; fp16 widened on load with fcvtl, bf16 by a 16-bit shift (exact); O += p V in
 //   fp32. With 32 q registers a K/V vector load is shared by up to 4 query rows of a KV head (4 keys x 4 rows = 16
 //   accumulators + 4 K vectors + q), so every row of a KV head is served in one pass over its K/V vectors.
+//   bf16 scores, where the CPU has the bf16 extension (FEAT_BF16), by BFDOT on the bf16 K rows and q as they are
+//   (neon_bf16dot_decode_kernels; the rest of that table is the widening one).
 //   Partial scores are plain sums: partial[row*64 + 16g + u] = score of key g + 4u (4 floats per group; the
 //   portable layout), so scores_finish is one 4x4 transpose per row.
 // Speed on real Arm hardware has never been measured (built with a cross compiler, checked under qemu-aarch64).
 #include <cmath>
+#include <cstring>
 
 #include "decode_kernels.h"
 #include "neon_common.h"
@@ -166,14 +169,75 @@ void pv(const void *const *vrows, int nk, int64_t head_stride, int hkv, int rows
     }
 }
 
+FA_NEON_BF16_BEGIN
+
+// bf16 q kept as it is (the input's own values: exact), `pitch` elements per row, zero padded: the BFDOT operand.
+void pack_q_bf16dot(const void *const *qrows, int rows, int d, int pitch, void *qpack) {
+    uint16_t *q = static_cast<uint16_t *>(qpack);
+    for (int r = 0; r < rows; ++r) {
+        const uint16_t *src = static_cast<const uint16_t *>(qrows[r]);
+        for (int c = 0; c < pitch; ++c) q[size_t(r) * pitch + c] = c < d ? src[c] : uint16_t(0);
+    }
+}
+
+// Elements [c, c+8) of a bf16 row, zero past d (reads nothing past element d-1).
+inline bfloat16x8_t load8_bf16_upto(const void *base, int64_t row0, int c, int d) {
+    const uint16_t *p = static_cast<const uint16_t *>(base) + row0 + c;
+    if (d - c >= 8) return vreinterpretq_bf16_u16(vld1q_u16(p));
+    alignas(16) uint16_t tmp[8] = {};
+    std::memcpy(tmp, p, sizeof(uint16_t) * size_t(d - c));
+    return vreinterpretq_bf16_u16(vld1q_u16(tmp));
+}
+
+// scores_rows with BFDOT: each instruction multiplies 4 pairs of bf16 (exact products) and adds both to an fp32
+// lane, so a K row is never widened: half the instructions of the widening path for the same bytes read.
+template <int R>
+inline void scores_rows_bf16dot(const void *const *krows, int64_t h0, int d, int pitch, const uint16_t *qh,
+                                float *part) {
+    float32x4_t acc[4][R];
+    for (int u = 0; u < 4; ++u)
+        for (int r = 0; r < R; ++r) acc[u][r] = vdupq_n_f32(0.0f);
+    for (int c = 0; c < d; c += 8) {
+        bfloat16x8_t a[4];
+        for (int u = 0; u < 4; ++u) a[u] = load8_bf16_upto(krows[u], h0, c, d);
+        for (int r = 0; r < R; ++r) {
+            const bfloat16x8_t qv = vreinterpretq_bf16_u16(vld1q_u16(qh + r * pitch + c));
+            for (int u = 0; u < 4; ++u) acc[u][r] = vbfdotq_f32(acc[u][r], a[u], qv);
+        }
+    }
+    for (int r = 0; r < R; ++r) vst1q_f32(part + r * 64, neon::hsum4(acc[0][r], acc[1][r], acc[2][r], acc[3][r]));
+}
+
+void scores_group_bf16dot(const void *const *krows, int64_t head_stride, int hkv, int rows, int d, int pitch,
+                          const void *qpack, int g, float *partial) {
+    const uint16_t *q = static_cast<const uint16_t *>(qpack);
+    for (int hk = 0; hk < hkv; ++hk) {
+        const int64_t h0 = hk * head_stride;
+        const uint16_t *qr = q + size_t(hk * rows) * pitch;
+        float *part = partial + (hk * rows) * 64 + 16 * g;
+        switch (rows) {
+            case 4: scores_rows_bf16dot<4>(krows, h0, d, pitch, qr, part); break;
+            case 3: scores_rows_bf16dot<3>(krows, h0, d, pitch, qr, part); break;
+            case 2: scores_rows_bf16dot<2>(krows, h0, d, pitch, qr, part); break;
+            default: scores_rows_bf16dot<1>(krows, h0, d, pitch, qr, part); break;
+        }
+    }
+}
+
+FA_NEON_BF16_END
+
 const DecodeKernels k_f32 = {"neon-f32", &pack_q<FA_F32>, &scores_group<FA_F32>, &scores_finish, &softmax,
                              &pv<FA_F32>};
 const DecodeKernels k_f16 = {"neon-f16", &pack_q<FA_F16>, &scores_group<FA_F16>, &scores_finish, &softmax,
                              &pv<FA_F16>};
 const DecodeKernels k_bf16 = {"neon-bf16", &pack_q<FA_BF16>, &scores_group<FA_BF16>, &scores_finish, &softmax,
                               &pv<FA_BF16>};
+const DecodeKernels k_bf16dot = {"neon-bf16dot", &pack_q_bf16dot, &scores_group_bf16dot, &scores_finish, &softmax,
+                                 &pv<FA_BF16>};
 
 }  // namespace
+
+const DecodeKernels *neon_bf16dot_decode_kernels() { return &k_bf16dot; }
 
 const DecodeKernels *neon_decode_kernels(fa_dtype dt) {
     switch (dt) {
@@ -187,6 +251,7 @@ const DecodeKernels *neon_decode_kernels(fa_dtype dt) {
 #else
 
 const DecodeKernels *neon_decode_kernels(fa_dtype) { return nullptr; }
+const DecodeKernels *neon_bf16dot_decode_kernels() { return nullptr; }
 
 #endif
 

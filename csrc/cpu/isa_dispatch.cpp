@@ -39,6 +39,8 @@ const DecodeKernels *select_decode_kernels(fa_dtype dt) {
             if (const DecodeKernels *k = avx2_decode_kernels(dt)) return k;
             break;
         case CpuIsa::neon:
+            if (dt == FA_BF16 && cpu_features().neon_bf16)
+                if (const DecodeKernels *k = neon_bf16dot_decode_kernels()) return k;
             if (const DecodeKernels *k = neon_decode_kernels(dt)) return k;
             break;
         default: break;
@@ -73,7 +75,9 @@ const char *cpu_isa_description() {
     } else if (isa == CpuIsa::avx2) {
         s = "avx2 (fp32 FMA, fp16 via vcvtph2ps, bf16 widened to fp32; backward: portable)";
     } else if (isa == CpuIsa::neon) {
-        s = "neon (fp32 FMA, fp16/bf16 widened to fp32; backward: portable)";
+        s = f.neon_bf16 ? "neon-bf16 (fp32 FMA, bf16 decode scores by BFDOT, fp16/bf16 otherwise widened to fp32; "
+                          "backward: portable)"
+                        : "neon (fp32 FMA, fp16/bf16 widened to fp32; backward: portable)";
     } else {
         s = "portable";
     }

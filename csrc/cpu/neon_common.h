@@ -16,6 +16,19 @@
 
 #include "fa_abi.h"
 
+// Regions of functions compiled for the bf16 extension (FEAT_BF16: BFDOT, Armv8.6-A, optional from Armv8.2-A), which
+// may only run after cpu_features().neon_bf16 was checked. GCC takes a target pragma; clang an attribute applied to
+// every function of the region.
+#define FA_NEON_STR(x) #x
+#if defined(__clang__)
+#define FA_NEON_BF16_BEGIN \
+    _Pragma(FA_NEON_STR(clang attribute push(__attribute__((target("bf16"))), apply_to = function)))
+#define FA_NEON_BF16_END _Pragma("clang attribute pop")
+#else
+#define FA_NEON_BF16_BEGIN _Pragma("GCC push_options") _Pragma(FA_NEON_STR(GCC target("arch=armv8.2-a+bf16")))
+#define FA_NEON_BF16_END _Pragma("GCC pop_options")
+#endif
+
 namespace fa_cpu {
 namespace neon {
 
