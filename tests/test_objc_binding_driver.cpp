@@ -362,7 +362,8 @@ public:
     std::string log;
     PipelineLimits limits{1024, {1024, 1024, 1024}, 32768, 0};
     std::string fail_kernel;
-    int pipeline(const char *kernel, PipelineLimits *lim, char *err, size_t errlen) override {
+    int pipeline(const fa_launch &launch, PipelineLimits *lim, char *err, size_t errlen) override {
+        const char *kernel = launch.kernel;
         if (fail_kernel == kernel) return fail(FA_ERR_RUNTIME, err, errlen, "no function %s", kernel);
         log += std::string("P:") + kernel + ";";
         *lim = limits;
