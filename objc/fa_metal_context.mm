@@ -255,7 +255,8 @@ MTLFunctionConstantValues *function_constants(const fa_kernel_desc &desc) {
         const fa_spec_constant &c = desc.specs[i];
         if (c.index == FA_SPEC_TEMPLATE) continue;
         const bool flag = c.value.i != 0;  // a bool function constant is one byte
-        const void *value = c.type == FA_SPEC_BOOL ? static_cast<const void *>(&flag) : static_cast<const void *>(&c.value);
+        const void *value = c.type == FA_SPEC_BOOL ? static_cast<const void *>(&flag)
+                                                   : static_cast<const void *>(&c.value);
         [values setConstantValue:value type:metal_data_type(c.type) atIndex:static_cast<NSUInteger>(c.index)];
     }
     return values;

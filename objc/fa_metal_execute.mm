@@ -118,9 +118,9 @@ int make_buffer(Context &ctx, int buf_id, BufferBinding &b, __strong id<MTLBuffe
     return FA_OK;
 }
 
-// Whether a vector decode launch (family FA_KERNEL_VECTOR, fa_vec*: 256-thread threadgroups) wants more threads than its pipeline allows:
-// Metal lowers a pipeline's maxTotalThreadsPerThreadgroup when its kernel needs many registers, which the 4-row
-// vector kernel at head dim 256 may. A pipeline that cannot be made is not decided here (encoding reports it).
+// Whether a vector decode launch (family FA_KERNEL_VECTOR, fa_vec*: 256-thread threadgroups) wants more threads than
+// its pipeline allows: Metal lowers a pipeline's maxTotalThreadsPerThreadgroup when its kernel needs many registers,
+// which the 4-row vector kernel at head dim 256 may. A pipeline that cannot be made is not decided here (encoding reports it).
 bool vector_launch_exceeds_pipeline(Context &ctx, const fa_plan &plan) {
     for (int li = 0; li < plan.nlaunches; ++li) {
         const fa_launch &l = plan.launches[li];

@@ -40,8 +40,9 @@ typedef enum fa_plan_kind {
 #define FA_WRITES_FORWARD (1 << FA_PLAN_FORWARD)
 #define FA_WRITES_BACKWARD (1 << FA_PLAN_BACKWARD)
 /* The append plan rotates q and writes the new rows into the k/v cache in place (fa_abi.h); the attention that
- * follows it may be part of the same call. */
+ * follows it may be part of the same call, so the forward's outputs count as its outputs too (FA_WRITES_ATTENTION). */
 #define FA_WRITES_APPEND (1 << FA_PLAN_KVCACHE_APPEND)
+#define FA_WRITES_ATTENTION (FA_WRITES_FORWARD | FA_WRITES_APPEND)
 #define FA_WRITES_ALL (FA_WRITES_FORWARD | FA_WRITES_BACKWARD | FA_WRITES_APPEND)
 
 /* clang-format off */
@@ -50,8 +51,8 @@ typedef enum fa_plan_kind {
     X(Q,                "q",               "q",               DATA, PARAMS, q.data,          FA_WRITES_APPEND)    \
     X(K,                "k",               "k",               DATA, PARAMS, k.data,          FA_WRITES_APPEND)    \
     X(V,                "v",               "v",               DATA, PARAMS, v.data,          FA_WRITES_APPEND)    \
-    X(OUT,              "out",             "out",             DATA, PARAMS, out.data,        FA_WRITES_FORWARD | FA_WRITES_APPEND) \
-    X(LSE,              "lse",             "lse",             F32,  PARAMS, lse,             FA_WRITES_FORWARD | FA_WRITES_APPEND) \
+    X(OUT,              "out",             "out",             DATA, PARAMS, out.data,        FA_WRITES_ATTENTION) \
+    X(LSE,              "lse",             "lse",             F32,  PARAMS, lse,             FA_WRITES_ATTENTION) \
     X(ALIBI,            "alibi",           "alibi_slopes",    F32,  PARAMS, alibi_slopes,    FA_WRITES_NONE)      \
     X(CU_SEQLENS_Q,     "cu_seqlens_q",    "cu_seqlens_q",    I32,  PARAMS, cu_seqlens_q,    FA_WRITES_NONE)      \
     X(CU_SEQLENS_K,     "cu_seqlens_k",    "cu_seqlens_k",    I32,  PARAMS, cu_seqlens_k,    FA_WRITES_NONE)      \
@@ -67,7 +68,7 @@ typedef enum fa_plan_kind {
     X(VNEW,             "vnew",            "v_new",           DATA, UPDATE, vnew.data,       FA_WRITES_NONE)      \
     X(ROTARY_COS,       "rotary_cos",      "rotary_cos",      DATA, UPDATE, rotary_cos,      FA_WRITES_NONE)      \
     X(ROTARY_SIN,       "rotary_sin",      "rotary_sin",      DATA, UPDATE, rotary_sin,      FA_WRITES_NONE)      \
-    X(ATTN_PROBS,       "attn_probs",      "attn_probs",      F32,  PARAMS, attn_probs,      FA_WRITES_FORWARD | FA_WRITES_APPEND) \
+    X(ATTN_PROBS,       "attn_probs",      "attn_probs",      F32,  PARAMS, attn_probs,      FA_WRITES_ATTENTION) \
     /* plan-owned fp32 temporaries (sizes in fa_plan.scratch_bytes): split-KV partials, backward D and LSE2 */      \
     X(SCRATCH0,         "scratch0",        "scratch0",        F32,  NONE,   none,            FA_WRITES_ALL)       \
     X(SCRATCH1,         "scratch1",        "scratch1",        F32,  NONE,   none,            FA_WRITES_ALL)       \

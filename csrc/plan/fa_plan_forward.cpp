@@ -197,7 +197,9 @@ void set_q_side_bytes(const ForwardCall &c, fa_plan *out) {
     if (p->cu_seqlens_q) {
         bytes[FA_BUF_Q] = view_extent(1, 0, p->total_q, p->q.row_stride, p->nheads_q, p->q.head_stride, d) * c.eb;
         bytes[FA_BUF_OUT] = view_extent(1, 0, p->total_q, p->out.row_stride, p->nheads_q, p->out.head_stride, d) * c.eb;
-        if (lse) bytes[FA_BUF_LSE] = view_extent(1, 0, p->nheads_q, p->lse_head_stride, p->total_q, p->lse_row_stride, 1) * 4;
+        if (lse)
+            bytes[FA_BUF_LSE] =
+                view_extent(1, 0, p->nheads_q, p->lse_head_stride, p->total_q, p->lse_row_stride, 1) * 4;
         return;
     }
     bytes[FA_BUF_Q] =
@@ -311,8 +313,8 @@ fa_merge_params merge_constants(const ForwardCall &c, const fa_fwd_params &k) {
 // The attention kernel; split, it writes partials to scratch and leaves out and the LSE to the merge.
 int add_attention_launch(const ForwardCall &c, const AttentionTiles &t, const uint32_t grid[3],
                          const fa_fwd_params &k, fa_plan *out, char *err, size_t errlen) {
-    faplan::LaunchSpec s{attention_desc(c.p, t), {grid[0], grid[1], grid[2]}, uint32_t(t.tile.simdgroups * FA_SIMD_WIDTH),
-                         t.threadgroup_bytes, t.tile, 0};
+    faplan::LaunchSpec s{attention_desc(c.p, t), {grid[0], grid[1], grid[2]},
+                         uint32_t(t.tile.simdgroups * FA_SIMD_WIDTH), t.threadgroup_bytes, t.tile, 0};
     if (k.num_splits > 1) s.placeholder = faplan::buffer_bit(FA_BUF_OUT) | faplan::buffer_bit(FA_BUF_LSE);
     return faplan::add_launch(out, s, k, err, errlen);
 }
@@ -349,7 +351,8 @@ int check_forward(const fa_params *p, char *err, size_t errlen) {
 
 int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen, bool allow_vector) {
     if (const int rc = check_forward(p, err, errlen)) return rc;
-    const ForwardCall c{p, faplan::elem_bytes(p->dtype), p->cu_seqlens_q ? p->total_q : int64_t(p->batch) * p->seqlen_q};
+    const int64_t q_rows = p->cu_seqlens_q ? p->total_q : int64_t(p->batch) * p->seqlen_q;
+    const ForwardCall c{p, faplan::elem_bytes(p->dtype), q_rows};
     if (p->batch <= 0 || p->seqlen_q <= 0 || c.q_rows <= 0) return FA_OK;  // nothing to compute: empty plan
 
     const AttentionTiles tiles = choose_tiles(c, allow_vector);

@@ -42,7 +42,8 @@ void tile_range(const fa_fwd_params &k, int bq, int bk, int64_t mt, int64_t *n_b
 }
 
 bool is_attention(const fa_launch &l) {
-    return l.desc.family == FA_KERNEL_PREFILL || l.desc.family == FA_KERNEL_FRAGMENT || l.desc.family == FA_KERNEL_VECTOR;
+    const int f = l.desc.family;
+    return f == FA_KERNEL_PREFILL || f == FA_KERNEL_FRAGMENT || f == FA_KERNEL_VECTOR;
 }
 
 // Tile and specialisation of an attention launch, with the counts of key tiles it visits (dense inputs).

@@ -42,7 +42,8 @@ constexpr bool signature_valid(const KernelArg (&args)[N]) {
     if (N > FA_PLAN_MAX_BINDINGS) return false;
     for (size_t i = 0; i < N; ++i) {
         if (args[i].index < 0 || args[i].index >= FA_KERNEL_PARAMS_INDEX) return false;
-        if (args[i].buffer < 0 || args[i].buffer >= FA_BUF_COUNT || args[i].buffer == FA_PLAN_DUMMY_BUFFER) return false;
+        const int32_t b = args[i].buffer;
+        if (b < 0 || b >= FA_BUF_COUNT || b == FA_PLAN_DUMMY_BUFFER) return false;
         for (size_t j = 0; j < i; ++j)
             if (args[j].index == args[i].index || args[j].buffer == args[i].buffer) return false;
     }
@@ -64,9 +65,10 @@ constexpr Family kFamilies[FA_KERNEL_FAMILY_COUNT] = {FA_KERNEL_FAMILIES(FA_FAMI
 #undef FA_ARG_BWD_
 
 static_assert(FA_KERNEL_PARAMS_INDEX < FA_KERNEL_ARG_SLOTS, "the constant block takes the last argument slot");
-static_assert(FA_PLAN_MAX_CONSTANT_BYTES >= sizeof(fa_fwd_params) && FA_PLAN_MAX_CONSTANT_BYTES >= sizeof(fa_bwd_params) &&
-                  FA_PLAN_MAX_CONSTANT_BYTES >= sizeof(fa_append_params),
-              "every constant block fits a launch");
+#define FA_FAMILY_BLOCK_FITS_(ID, name, pattern, signature, space, block) \
+    static_assert(sizeof(block) <= FA_PLAN_MAX_CONSTANT_BYTES, #block " fits a launch's constant block");
+FA_KERNEL_FAMILIES(FA_FAMILY_BLOCK_FITS_)
+#undef FA_FAMILY_BLOCK_FITS_
 
 bool valid_family(int family) { return family >= 0 && family < FA_KERNEL_FAMILY_COUNT; }
 
