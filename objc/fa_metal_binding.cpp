@@ -126,94 +126,103 @@ static int check_launch_shape(int li, const fa_launch &l, char *err, size_t errl
     return FA_OK;
 }
 
-int plan_bindings(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, const fa_plan *plan,
-                  uint64_t page, int64_t wrap_min_bytes, BindingPlan *out, char *err, size_t errlen) {
-    *out = BindingPlan{};
+// Which logical buffers the plan binds, checking every launch's shape on the way.
+static int bound_buffers(const fa_plan *plan, bool bound[FA_BUF_COUNT], char *err, size_t errlen) {
     if (plan->nlaunches < 0 || plan->nlaunches > FA_PLAN_MAX_LAUNCHES)
         return fail(FA_ERR_RUNTIME, err, errlen, "metal: the plan has %d launches (at most %d)", plan->nlaunches,
                     FA_PLAN_MAX_LAUNCHES);
-    bool bound[FA_BUF_COUNT] = {};
     for (int li = 0; li < plan->nlaunches; ++li) {
         const fa_launch &l = plan->launches[li];
-        int st = check_launch_shape(li, l, err, errlen);
+        const int st = check_launch_shape(li, l, err, errlen);
         if (st != FA_OK) return st;
         for (int i = 0; i < l.nbindings; ++i) bound[l.bindings[i].buffer] = true;
     }
-    const fa_device_buffers *dev = p->device_buffers;
+    return FA_OK;
+}
+
+// A tensor handed over in an MTLBuffer that no launch binds would be silently ignored: an output never written,
+// an input (ALiBi slopes, say) never applied. Refuse instead of returning a wrong answer.
+static int check_unbound_device_tensors(fa_plan_kind kind, const fa_device_buffers *dev, const bool bound[],
+                                        char *err, size_t errlen) {
     static_assert(FA_BUF_COUNT <= FA_DEVICE_BUFFER_SLOTS, "every logical buffer needs a device-buffer slot");
-    // A tensor handed over in an MTLBuffer that no launch binds would be silently ignored: an output never written,
-    // an input (ALiBi slopes, say) never applied. Refuse instead of returning a wrong answer.
-    if (dev != nullptr) {
-        for (int id = 0; id < FA_BUF_COUNT; ++id) {
-            if (dev->handle[id] != nullptr && !bound[id])
-                return fail(FA_ERR_RUNTIME, err, errlen,
-                            "metal: %s was given as a Metal buffer but the dispatch plan does not use it, so it "
-                            "would be silently %s",
-                            buffer_name(id), buffer_written(kind, id) ? "left unwritten" : "ignored");
-        }
+    for (int id = 0; dev != nullptr && id < FA_BUF_COUNT; ++id) {
+        if (dev->handle[id] != nullptr && !bound[id])
+            return fail(FA_ERR_RUNTIME, err, errlen,
+                        "metal: %s was given as a Metal buffer but the dispatch plan does not use it, so it "
+                        "would be silently %s",
+                        buffer_name(id), buffer_written(kind, id) ? "left unwritten" : "ignored");
     }
+    return FA_OK;
+}
 
-    for (int id = 0; id < FA_BUF_COUNT; ++id) {
-        if (!bound[id]) continue;
-        BufferBinding &b = out->buf[id];
-        b.written = buffer_written(kind, id);
-        if (fa_buffer_is_scratch(id)) {
-            b.bytes = plan->scratch_bytes[id - FA_BUF_FIRST_SCRATCH];
-            if (b.bytes <= 0)
-                return fail(FA_ERR_RUNTIME, err, errlen, "metal: the plan binds %s but gives it %lld bytes",
-                            buffer_name(id), static_cast<long long>(b.bytes));
-            b.storage = Storage::Scratch;
-            continue;
-        }
-        b.bytes = plan->buffer_bytes[id];
-        if (b.bytes <= 0)
-            return fail(FA_ERR_RUNTIME, err, errlen, "metal: the plan binds %s but gives its size as %lld bytes",
-                        buffer_name(id), static_cast<long long>(b.bytes));
-        const int64_t elem = element_bytes(p, id);
-        if (dev != nullptr && dev->handle[id] != nullptr) {
-            if (dev->byte_offset[id] >= 0 && dev->byte_offset[id] % elem != 0)
-                return fail(FA_ERR_VALUE, err, errlen,
-                            "metal: %s starts at byte offset %lld of its MTLBuffer, not a multiple of its %lld-byte "
-                            "element (Metal needs buffer offsets aligned to the type the kernel reads)",
-                            buffer_name(id), static_cast<long long>(dev->byte_offset[id]),
-                            static_cast<long long>(elem));
-            if (dev->byte_offset[id] < 0 || dev->byte_length[id] < b.bytes)
-                return fail(FA_ERR_VALUE, err, errlen,
-                            "metal: device buffer for %s is too small: %lld bytes from offset %lld, the call needs "
-                            "%lld",
-                            buffer_name(id), static_cast<long long>(dev->byte_length[id]),
-                            static_cast<long long>(dev->byte_offset[id]), static_cast<long long>(b.bytes));
-            b.storage = Storage::Device;
-            b.handle = dev->handle[id];
-            b.base_offset = dev->byte_offset[id];
-            continue;
-        }
-        b.host = host_pointer(kind, p, u, id);
-        if (b.host == nullptr)
-            return fail(FA_ERR_VALUE, err, errlen, "metal: the plan reads %s but no memory was given for it",
-                        buffer_name(id));
-        int64_t offset = 0;
-        // Host memory is COPIED unless this package allocated it itself, page-aligned from mmap
-        // (csrc/fa_host_memory.h): Apple forbids wrapping malloc'd memory, which every caller's array may be.
-        // Memory not aligned to its element (a NumPy view at an odd byte, say) is copied too, which realigns it:
-        // wrapped, it would give Metal a buffer offset the kernel cannot read its type at.
-        const bool aligned = reinterpret_cast<uintptr_t>(b.host) % static_cast<uint64_t>(elem) == 0;
-        if (aligned && b.bytes >= wrap_min_bytes && fa_host::owned_region(b.host, static_cast<size_t>(b.bytes)) &&
-            page_region(b.host, b.bytes, page, &b.wrap_base, &b.wrap_bytes, &offset)) {
-            b.storage = Storage::Wrap;
-            b.base_offset = offset;
-        } else {
-            b.storage = Storage::Copy;
-            b.copy_back = b.written;
-        }
+// The caller's own MTLBuffer, bound at its offset: aligned to the element the kernel reads and long enough.
+static int device_storage(const fa_device_buffers *dev, int id, int64_t elem, BufferBinding &b, char *err,
+                          size_t errlen) {
+    if (dev->byte_offset[id] >= 0 && dev->byte_offset[id] % elem != 0)
+        return fail(FA_ERR_VALUE, err, errlen,
+                    "metal: %s starts at byte offset %lld of its MTLBuffer, not a multiple of its %lld-byte "
+                    "element (Metal needs buffer offsets aligned to the type the kernel reads)",
+                    buffer_name(id), static_cast<long long>(dev->byte_offset[id]), static_cast<long long>(elem));
+    if (dev->byte_offset[id] < 0 || dev->byte_length[id] < b.bytes)
+        return fail(FA_ERR_VALUE, err, errlen,
+                    "metal: device buffer for %s is too small: %lld bytes from offset %lld, the call needs %lld",
+                    buffer_name(id), static_cast<long long>(dev->byte_length[id]),
+                    static_cast<long long>(dev->byte_offset[id]), static_cast<long long>(b.bytes));
+    b.storage = Storage::Device;
+    b.handle = dev->handle[id];
+    b.base_offset = dev->byte_offset[id];
+    return FA_OK;
+}
+
+// Host memory is COPIED unless this package allocated it itself, page-aligned from mmap (csrc/fa_host_memory.h):
+// Apple forbids wrapping malloc'd memory, which every caller's array may be. Memory not aligned to its element (a
+// NumPy view at an odd byte, say) is copied too, which realigns it: wrapped, it would give Metal a buffer offset the
+// kernel cannot read its type at.
+static void host_storage(int64_t elem, uint64_t page, int64_t wrap_min_bytes, BufferBinding &b) {
+    int64_t offset = 0;
+    const bool aligned = reinterpret_cast<uintptr_t>(b.host) % static_cast<uint64_t>(elem) == 0;
+    if (aligned && b.bytes >= wrap_min_bytes && fa_host::owned_region(b.host, static_cast<size_t>(b.bytes)) &&
+        page_region(b.host, b.bytes, page, &b.wrap_base, &b.wrap_bytes, &offset)) {
+        b.storage = Storage::Wrap;
+        b.base_offset = offset;
+    } else {
+        b.storage = Storage::Copy;
+        b.copy_back = b.written;
     }
+}
 
-    // Every binding must start inside its buffer (Metal requires offset < length).
+// Storage of one buffer the plan binds: plan scratch, the caller's MTLBuffer, or host memory.
+static int buffer_storage(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, const fa_plan *plan,
+                          int id, uint64_t page, int64_t wrap_min_bytes, BufferBinding &b, char *err, size_t errlen) {
+    b.written = buffer_written(kind, id);
+    const bool scratch = fa_buffer_is_scratch(id);
+    b.bytes = scratch ? plan->scratch_bytes[id - FA_BUF_FIRST_SCRATCH] : plan->buffer_bytes[id];
+    if (b.bytes <= 0)
+        return fail(FA_ERR_RUNTIME, err, errlen, "metal: the plan binds %s but gives %s %lld bytes", buffer_name(id),
+                    scratch ? "it" : "its size as", static_cast<long long>(b.bytes));
+    if (scratch) {
+        b.storage = Storage::Scratch;
+        return FA_OK;
+    }
+    const int64_t elem = element_bytes(p, id);
+    const fa_device_buffers *dev = p->device_buffers;
+    if (dev != nullptr && dev->handle[id] != nullptr) return device_storage(dev, id, elem, b, err, errlen);
+    b.host = host_pointer(kind, p, u, id);
+    if (b.host == nullptr)
+        return fail(FA_ERR_VALUE, err, errlen, "metal: the plan reads %s but no memory was given for it",
+                    buffer_name(id));
+    host_storage(elem, page, wrap_min_bytes, b);
+    return FA_OK;
+}
+
+// Every binding must start inside its buffer (Metal requires offset < length), at a whole element.
+static int check_binding_offsets(const fa_params *p, const fa_plan *plan, const BindingPlan &bp, char *err,
+                                 size_t errlen) {
     for (int li = 0; li < plan->nlaunches; ++li) {
         const fa_launch &l = plan->launches[li];
         for (int i = 0; i < l.nbindings; ++i) {
             const fa_binding &fb = l.bindings[i];
-            const BufferBinding &b = out->buf[fb.buffer];
+            const BufferBinding &b = bp.buf[fb.buffer];
             if (fb.byte_offset < 0 || fb.byte_offset >= b.bytes)
                 return fail(FA_ERR_RUNTIME, err, errlen,
                             "metal: launch %d (%s) binds %s at byte %lld, outside its %lld bytes", li, l.kernel,
@@ -227,6 +236,17 @@ int plan_bindings(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update
         }
     }
     return FA_OK;
+}
+
+int plan_bindings(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, const fa_plan *plan,
+                  uint64_t page, int64_t wrap_min_bytes, BindingPlan *out, char *err, size_t errlen) {
+    *out = BindingPlan{};
+    bool bound[FA_BUF_COUNT] = {};
+    int st = bound_buffers(plan, bound, err, errlen);
+    if (st == FA_OK) st = check_unbound_device_tensors(kind, p->device_buffers, bound, err, errlen);
+    for (int id = 0; st == FA_OK && id < FA_BUF_COUNT; ++id)
+        if (bound[id]) st = buffer_storage(kind, p, u, plan, id, page, wrap_min_bytes, out->buf[id], err, errlen);
+    return st == FA_OK ? check_binding_offsets(p, plan, *out, err, errlen) : st;
 }
 
 int check_launch_limits(const fa_launch &l, const PipelineLimits &lim, char *err, size_t errlen) {
