@@ -168,22 +168,26 @@ fa_kernel_desc attention_desc(const fa_params *p, const AttentionTiles &t) {
     return faplan::kernel_desc(t.family, p->dtype, t.bd, t.family == FA_KERNEL_VECTOR ? t.tile.rows : 0);
 }
 
-// ---- steps 2 and 3: the split count and the grid (row tiles, head blocks, batch * splits) ----
-int split_and_grid(const ForwardCall &c, const AttentionTiles &t, int *splits, uint32_t grid[3], char *err,
-                   size_t errlen) {
+int64_t row_tiles(const AttentionTiles &t) { return (t.rows + t.tile.rows - 1) / t.tile.rows; }
+int64_t head_blocks(const fa_params *p, const AttentionTiles &t) { return p->nheads_q / t.pack; }
+
+// ---- step 2: the split count (split-KV: 1 = none; see choose_splits) ----
+int64_t split_count(const ForwardCall &c, const AttentionTiles &t) {
     const fa_params *p = c.p;
-    const int64_t gx = (t.rows + t.tile.rows - 1) / t.tile.rows;
-    const int64_t gy = p->nheads_q / t.pack;
     const int key_tiles = ceil_div(std::max(p->seqlen_k, 0), t.tile.keys);
     const int64_t partial_bytes_per_split = int64_t(p->nheads_q) * c.q_rows * (int64_t(p->headdim) + 1) * 4;
-    const int64_t s = choose_splits(p, gx * gy * p->batch, key_tiles, t.tile.keys, t.keys_per_add,
-                                    partial_bytes_per_split, c.eb);
-    if (gx > 0xffffffffLL || gy > 0xffffffffLL || int64_t(p->batch) * s > 0xffffffffLL)
-        return fail(err, errlen, FA_ERR_VALUE, "shape: grid too large for one dispatch");
-    *splits = int(s);  // <= seqlen_k / 32 + 1: fits
-    grid[0] = uint32_t(gx);
-    grid[1] = uint32_t(gy);
-    grid[2] = uint32_t(int64_t(p->batch) * s);
+    return choose_splits(p, row_tiles(t) * head_blocks(p, t) * p->batch, key_tiles, t.tile.keys, t.keys_per_add,
+                         partial_bytes_per_split, c.eb);
+}
+
+// ---- step 3: the grid (row tiles, head blocks, batch * splits), within Metal's 32-bit dispatch sizes ----
+int attention_grid(const ForwardCall &c, const AttentionTiles &t, int64_t splits, uint32_t grid[3], char *err,
+                   size_t errlen) {
+    const int64_t g[3] = {row_tiles(t), head_blocks(c.p, t), int64_t(c.p->batch) * splits};
+    for (int i = 0; i < 3; ++i) {
+        if (g[i] > 0xffffffffLL) return fail(err, errlen, FA_ERR_VALUE, "shape: grid too large for one dispatch");
+        grid[i] = uint32_t(g[i]);
+    }
     return FA_OK;
 }
 
@@ -356,9 +360,10 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen, 
     if (p->batch <= 0 || p->seqlen_q <= 0 || c.q_rows <= 0) return FA_OK;  // nothing to compute: empty plan
 
     const AttentionTiles tiles = choose_tiles(c, allow_vector);
-    int splits = 1;
+    const int64_t splits64 = split_count(c, tiles);
     uint32_t grid[3] = {0, 0, 0};
-    if (const int rc = split_and_grid(c, tiles, &splits, grid, err, errlen)) return rc;
+    if (const int rc = attention_grid(c, tiles, splits64, grid, err, errlen)) return rc;
+    const int splits = int(splits64);  // <= seqlen_k / 32 + 1: fits
     set_forward_bytes(c, splits, out);
     const fa_fwd_params k = forward_constants(c, tiles, splits);
 
