@@ -35,6 +35,31 @@ bool has_tensor(const fa_params *p, const void *host_ptr, fa_buffer_id slot) {
     return host_ptr != nullptr || (p->device_buffers != nullptr && p->device_buffers->handle[slot] != nullptr);
 }
 
+// A [batch, rows, heads, d] view, or the packed [total, heads, d] one when `packed`.
+static int64_t tensor_bytes(const fa_tensor &t, bool packed, int64_t batch, int64_t rows, int64_t total, int heads,
+                            int d, int eb) {
+    return (packed ? view_extent(1, 0, total, t.row_stride, heads, t.head_stride, d)
+                   : view_extent(batch, t.batch_stride, rows, t.row_stride, heads, t.head_stride, d)) * eb;
+}
+
+int64_t q_side_bytes(const fa_params *p, const fa_tensor &t, int eb) {
+    return tensor_bytes(t, p->cu_seqlens_q != nullptr, p->batch, p->seqlen_q, p->total_q, p->nheads_q, p->headdim, eb);
+}
+
+int64_t k_side_bytes(const fa_params *p, const fa_tensor &t, int eb) {
+    return tensor_bytes(t, p->cu_seqlens_k != nullptr, p->batch, p->seqlen_k, p->total_k, p->nheads_kv, p->headdim,
+                        eb);
+}
+
+int64_t lse_bytes(const fa_params *p) {  // [batch, heads, rows] fp32, or [heads, total_q] for varlen
+    if (p->cu_seqlens_q)
+        return view_extent(1, 0, p->nheads_q, p->lse_head_stride, p->total_q, p->lse_row_stride, 1) * 4;
+    return view_extent(p->batch, p->lse_batch_stride, p->nheads_q, p->lse_head_stride, p->seqlen_q,
+                       p->lse_row_stride, 1) * 4;
+}
+
+int64_t alibi_bytes(const fa_params *p) { return (int64_t(p->batch - 1) * p->alibi_batch_stride + p->nheads_q) * 4; }
+
 void set_index_buffer_bytes(const fa_params *p, fa_plan *plan) {
     int64_t *bytes = plan->buffer_bytes;
     if (p->cu_seqlens_q) bytes[FA_BUF_CU_SEQLENS_Q] = int64_t(p->batch + 1) * 4;

@@ -17,7 +17,6 @@
 namespace {
 
 using faplan::fail;
-using faplan::view_extent;
 
 uint32_t blocks(int64_t n, int64_t per) { return uint32_t((n + per - 1) / per); }
 
@@ -60,32 +59,17 @@ fa_bwd_params backward_constants(const fa_params *p, int64_t q_rows) {
 
 // Byte sizes of the user buffers (executor bounds checks) and of the D / LSE2 scratch.
 void set_backward_bytes(const fa_params *p, int eb, int64_t q_rows, fa_plan *out) {
-    const int d = p->headdim;
     int64_t *bytes = out->buffer_bytes;
-    struct Side {
-        fa_buffer_id id;
-        const fa_tensor *t;
-    };
-    const Side qside[] = {{FA_BUF_Q, &p->q}, {FA_BUF_OUT, &p->out}, {FA_BUF_DOUT, &p->dout}, {FA_BUF_DQ, &p->dq}};
-    for (const Side &x : qside) {
-        bytes[x.id] = p->cu_seqlens_q
-                          ? view_extent(1, 0, p->total_q, x.t->row_stride, p->nheads_q, x.t->head_stride, d) * eb
-                          : view_extent(p->batch, x.t->batch_stride, p->seqlen_q, x.t->row_stride, p->nheads_q,
-                                        x.t->head_stride, d) * eb;
+    const fa_buffer_id q_ids[] = {FA_BUF_Q, FA_BUF_OUT, FA_BUF_DOUT, FA_BUF_DQ};
+    const fa_tensor *q_side[] = {&p->q, &p->out, &p->dout, &p->dq};
+    const fa_buffer_id k_ids[] = {FA_BUF_K, FA_BUF_V, FA_BUF_DK, FA_BUF_DV};
+    const fa_tensor *k_side[] = {&p->k, &p->v, &p->dk, &p->dv};
+    for (int i = 0; i < 4; ++i) {
+        bytes[q_ids[i]] = faplan::q_side_bytes(p, *q_side[i], eb);
+        bytes[k_ids[i]] = faplan::k_side_bytes(p, *k_side[i], eb);
     }
-    const Side kside[] = {{FA_BUF_K, &p->k}, {FA_BUF_V, &p->v}, {FA_BUF_DK, &p->dk}, {FA_BUF_DV, &p->dv}};
-    for (const Side &x : kside) {
-        bytes[x.id] = p->cu_seqlens_k
-                          ? view_extent(1, 0, p->total_k, x.t->row_stride, p->nheads_kv, x.t->head_stride, d) * eb
-                          : view_extent(p->batch, x.t->batch_stride, p->seqlen_k, x.t->row_stride, p->nheads_kv,
-                                        x.t->head_stride, d) * eb;
-    }
-    bytes[FA_BUF_LSE] = p->cu_seqlens_q
-                            ? view_extent(1, 0, p->nheads_q, p->lse_head_stride, p->total_q, p->lse_row_stride, 1) * 4
-                            : view_extent(p->batch, p->lse_batch_stride, p->nheads_q, p->lse_head_stride, p->seqlen_q,
-                                          p->lse_row_stride, 1) * 4;
-    if (faplan::has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI))
-        bytes[FA_BUF_ALIBI] = (int64_t(p->batch - 1) * p->alibi_batch_stride + p->nheads_q) * 4;
+    bytes[FA_BUF_LSE] = faplan::lse_bytes(p);
+    if (faplan::has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI)) bytes[FA_BUF_ALIBI] = faplan::alibi_bytes(p);
     faplan::set_index_buffer_bytes(p, out);
     out->scratch_bytes[0] = int64_t(p->nheads_q) * q_rows * 4;                          // D
     out->scratch_bytes[1] = int64_t(FA_BWD_LSE2_SLOTS) * p->nheads_q * q_rows * 4;  // LSE2 and refined rows

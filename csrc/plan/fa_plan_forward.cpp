@@ -192,29 +192,6 @@ int attention_grid(const ForwardCall &c, const AttentionTiles &t, int64_t splits
 }
 
 // ---- step 4: byte sizes of the buffers (executor bounds checks; a binding needs bytes > 0) ----
-// q, out and the LSE: packed [total_q, heads, d] (varlen) or [batch, seqlen_q, heads, d].
-void set_q_side_bytes(const ForwardCall &c, fa_plan *out) {
-    const fa_params *p = c.p;
-    const int d = p->headdim;
-    int64_t *bytes = out->buffer_bytes;
-    const bool lse = has_tensor(p, p->lse, FA_BUF_LSE);
-    if (p->cu_seqlens_q) {
-        bytes[FA_BUF_Q] = view_extent(1, 0, p->total_q, p->q.row_stride, p->nheads_q, p->q.head_stride, d) * c.eb;
-        bytes[FA_BUF_OUT] = view_extent(1, 0, p->total_q, p->out.row_stride, p->nheads_q, p->out.head_stride, d) * c.eb;
-        if (lse)
-            bytes[FA_BUF_LSE] =
-                view_extent(1, 0, p->nheads_q, p->lse_head_stride, p->total_q, p->lse_row_stride, 1) * 4;
-        return;
-    }
-    bytes[FA_BUF_Q] =
-        view_extent(p->batch, p->q.batch_stride, p->seqlen_q, p->q.row_stride, p->nheads_q, p->q.head_stride, d) * c.eb;
-    bytes[FA_BUF_OUT] = view_extent(p->batch, p->out.batch_stride, p->seqlen_q, p->out.row_stride, p->nheads_q,
-                                    p->out.head_stride, d) * c.eb;
-    if (lse)
-        bytes[FA_BUF_LSE] = view_extent(p->batch, p->lse_batch_stride, p->nheads_q, p->lse_head_stride, p->seqlen_q,
-                                        p->lse_row_stride, 1) * 4;
-}
-
 // k and v: pages (paged), packed rows (varlen) or [batch or cache rows, seqlen_k, heads, d].
 void set_kv_bytes(const ForwardCall &c, fa_plan *out) {
     const fa_params *p = c.p;
@@ -241,11 +218,12 @@ void set_kv_bytes(const ForwardCall &c, fa_plan *out) {
 void set_forward_bytes(const ForwardCall &c, int splits, fa_plan *out) {
     const fa_params *p = c.p;
     int64_t *bytes = out->buffer_bytes;
-    set_q_side_bytes(c, out);
+    bytes[FA_BUF_Q] = faplan::q_side_bytes(p, p->q, c.eb);
+    bytes[FA_BUF_OUT] = faplan::q_side_bytes(p, p->out, c.eb);
+    if (has_tensor(p, p->lse, FA_BUF_LSE)) bytes[FA_BUF_LSE] = faplan::lse_bytes(p);
     set_kv_bytes(c, out);
     faplan::set_index_buffer_bytes(p, out);
-    if (has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI))
-        bytes[FA_BUF_ALIBI] = (int64_t(p->batch - 1) * p->alibi_batch_stride + p->nheads_q) * 4;
+    if (has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI)) bytes[FA_BUF_ALIBI] = faplan::alibi_bytes(p);
     if (has_tensor(p, p->attn_probs, FA_BUF_ATTN_PROBS))
         bytes[FA_BUF_ATTN_PROBS] = view_extent(p->batch, p->attn_probs_batch_stride, p->nheads_q,
                                                p->attn_probs_head_stride, p->seqlen_q, p->attn_probs_row_stride,

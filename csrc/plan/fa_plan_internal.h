@@ -16,6 +16,14 @@ const char *dtype_tag(fa_dtype t);
 // touched plus one, 0 when any extent is 0.
 int64_t view_extent(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, int64_t s2, int64_t d);
 
+// Byte extents the executors bounds-check, of tensors laid out as fa_abi.h describes: a q-side tensor (q, out,
+// dout, dq) and a k-side tensor (k, v, dk, dv; not a paged or batch-indexed cache) in the dense
+// [batch, rows, heads, d] or packed varlen [total, heads, d] layout, the fp32 LSE, the fp32 ALiBi slopes.
+int64_t q_side_bytes(const fa_params *p, const fa_tensor &t, int eb);
+int64_t k_side_bytes(const fa_params *p, const fa_tensor &t, int eb);
+int64_t lse_bytes(const fa_params *p);
+int64_t alibi_bytes(const fa_params *p);
+
 // Byte sizes of the int32 side buffers the call gives (cu_seqlens_q/k, seqused_k, leftpad_k, cache_batch_idx,
 // block_table) into plan->buffer_bytes.
 void set_index_buffer_bytes(const fa_params *p, fa_plan *plan);

@@ -83,8 +83,7 @@ void set_append_bytes(const AppendCall &c, const fa_append_params &k, fa_plan *o
     const fa_kvcache_update *u = c.u;
     const int d = p->headdim;
     int64_t *bytes = out->buffer_bytes;
-    bytes[FA_BUF_Q] = view_extent(p->batch, p->q.batch_stride, p->seqlen_q, p->q.row_stride, p->nheads_q,
-                                  p->q.head_stride, d) * c.eb;
+    bytes[FA_BUF_Q] = faplan::q_side_bytes(p, p->q, c.eb);  // dense: the append takes no cu_seqlens
     const int64_t kv_outer = p->block_table ? p->num_blocks : k.cache_batch_count;
     const int64_t kv_rows = p->block_table ? p->page_block_size : p->seqlen_k;
     bytes[FA_BUF_K] = view_extent(kv_outer, p->k.batch_stride, kv_rows, p->k.row_stride, p->nheads_kv,
