@@ -138,8 +138,8 @@ typedef struct fa_params {
 
 /* Metal with tensors that already live in MTLBuffers (PyTorch MPS tensors, DLPack kDLMetal arrays): each user
  * tensor is given as an `id<MTLBuffer>` handle (bridged to void*) plus a byte offset into it, indexed by
- * fa_buffer_id (csrc/plan/fa_plan.h). The data pointers of fa_params are then not dereferenced by the Metal backend
- * (they may be NULL); handle[i] == NULL means "not bound / use the host pointer". */
+ * fa_buffer_id (the buffer table, csrc/plan/fa_buffers.h). The data pointers of fa_params are then not dereferenced
+ * by the Metal backend (they may be NULL); handle[i] == NULL means "not bound / use the host pointer". */
 #define FA_DEVICE_BUFFER_SLOTS 32
 typedef struct fa_device_buffers {
     void *handle[FA_DEVICE_BUFFER_SLOTS];

@@ -13,6 +13,8 @@
 
 #include "fa_backends.h"
 #include "plan/fa_plan.h"
+#include "plan/fa_plan_internal.h"  // faplan::kernel_desc
+#include "fa_tiles.h"               // FA_VEC_ROWS
 #include "sim/sim_api.h"
 
 namespace {
@@ -22,7 +24,7 @@ int fail(char *err, size_t errlen, int code, const std::string &msg) {
     return code;
 }
 
-// Host memory behind each logical buffer, and whether kernels of this plan kind may write it.
+// Host memory behind each logical buffer (fa_buffers.h), and whether kernels of this plan kind may write it.
 struct BufferMap {
     void *data[FA_BUF_COUNT] = {};
     bool writable[FA_BUF_COUNT] = {};
@@ -31,45 +33,40 @@ struct BufferMap {
 BufferMap map_buffers(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u,
                       std::vector<std::vector<unsigned char>> &scratch) {
     BufferMap m;
-    m.data[FA_BUF_Q] = p->q.data;
-    m.data[FA_BUF_K] = p->k.data;
-    m.data[FA_BUF_V] = p->v.data;
-    m.data[FA_BUF_OUT] = p->out.data;
-    m.data[FA_BUF_LSE] = p->lse;
-    m.data[FA_BUF_ALIBI] = const_cast<float *>(p->alibi_slopes);
-    m.data[FA_BUF_CU_SEQLENS_Q] = const_cast<int32_t *>(p->cu_seqlens_q);
-    m.data[FA_BUF_CU_SEQLENS_K] = const_cast<int32_t *>(p->cu_seqlens_k);
-    m.data[FA_BUF_SEQUSED_K] = const_cast<int32_t *>(p->seqused_k);
-    m.data[FA_BUF_LEFTPAD_K] = const_cast<int32_t *>(p->leftpad_k);
-    m.data[FA_BUF_CACHE_BATCH_IDX] = const_cast<int32_t *>(p->cache_batch_idx);
-    m.data[FA_BUF_BLOCK_TABLE] = const_cast<int32_t *>(p->block_table);
-    m.data[FA_BUF_DOUT] = p->dout.data;
-    m.data[FA_BUF_DQ] = p->dq.data;
-    m.data[FA_BUF_DK] = p->dk.data;
-    m.data[FA_BUF_DV] = p->dv.data;
-    m.data[FA_BUF_ATTN_PROBS] = p->attn_probs;
-    if (u) {
-        m.data[FA_BUF_KNEW] = u->knew.data;
-        m.data[FA_BUF_VNEW] = u->vnew.data;
-        m.data[FA_BUF_ROTARY_COS] = const_cast<void *>(u->rotary_cos);
-        m.data[FA_BUF_ROTARY_SIN] = const_cast<void *>(u->rotary_sin);
+    for (int id = 0; id < FA_BUF_COUNT; ++id) {
+        // the simulator restores writable buffers between schedules and compares them, so mark only those
+        m.writable[id] = fa_buffer_written(kind, id) != 0;
+        m.data[id] = fa_buffer_is_scratch(id) ? scratch[id - FA_BUF_FIRST_SCRATCH].data()
+                                              : const_cast<void *>(fa_buffer_host_pointer(id, p, u));
     }
-    for (int i = 0; i < FA_PLAN_SCRATCH_COUNT; ++i) m.data[FA_BUF_SCRATCH0 + i] = scratch[i].data();
-    // Outputs per kind; the simulator restores writable buffers between schedules, so mark only those.
-    const fa_buffer_id always[] = {FA_BUF_OUT, FA_BUF_LSE, FA_BUF_DQ, FA_BUF_DK, FA_BUF_DV, FA_BUF_ATTN_PROBS,
-                                   FA_BUF_SCRATCH0, FA_BUF_SCRATCH1, FA_BUF_SCRATCH2};  // SCRATCH3: the dummy (never written)
-    for (fa_buffer_id id : always) m.writable[id] = true;
-    if (kind == FA_PLAN_KVCACHE_APPEND) m.writable[FA_BUF_Q] = m.writable[FA_BUF_K] = m.writable[FA_BUF_V] = true;
     return m;
+}
+
+// The simulator's kernels specialise by name (templates); a launch with Metal function constants needs the
+// simulator's function-constant support, which this build does not have.
+int check_specialization(const fa_launch &l, char *err, size_t errlen) {
+    if (fa_kernel_function_constant_count(&l.desc) == 0) return FA_OK;
+    return fail(err, errlen, FA_ERR_UNAVAILABLE,
+                std::string("sim: kernel ") + l.kernel + " takes function constants, which this simulator build does "
+                "not support");
 }
 
 }  // namespace
 
 int fa_sim_available(char *why, size_t whylen) {
-    if (fasim::find_kernel("fa_fwd_f32_d64") && fasim::find_kernel("fa_dec_f32_d64") && fasim::find_kernel("fa_vec1_f32_d64") &&
-        fasim::find_kernel("fa_vec4_f32_d64") &&
-        fasim::find_kernel("fa_merge_f32") && fasim::find_kernel("fa_kvcache_append_f32"))
-        return 1;
+    // one kernel of every forward and KV-cache family (fp32, head dim 64), named as the plan names them
+    const fa_kernel_desc probes[] = {faplan::kernel_desc(FA_KERNEL_PREFILL, FA_F32, 64),
+                                     faplan::kernel_desc(FA_KERNEL_FRAGMENT, FA_F32, 64),
+                                     faplan::kernel_desc(FA_KERNEL_VECTOR, FA_F32, 64, 1),
+                                     faplan::kernel_desc(FA_KERNEL_VECTOR, FA_F32, 64, FA_VEC_ROWS),
+                                     faplan::kernel_desc(FA_KERNEL_MERGE, FA_F32),
+                                     faplan::kernel_desc(FA_KERNEL_KVCACHE_APPEND, FA_F32)};
+    bool all = true;
+    for (const fa_kernel_desc &d : probes) {
+        char name[FA_PLAN_KERNEL_NAME_LEN];
+        all = all && fa_kernel_name(&d, name, sizeof(name)) == FA_OK && fasim::find_kernel(name) != nullptr;
+    }
+    if (all) return 1;
     if (why && whylen)
         std::snprintf(why, whylen, "the simulator build does not contain the attention kernels (kernels/*.metal)");
     return 0;
@@ -93,13 +90,14 @@ int fa_sim_execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_updat
                         "sim: cannot allocate " + std::to_string(n) + " bytes of scratch memory");
         }
     }
-    for (int i = 0; i < FA_PLAN_SCRATCH_COUNT; ++i) plan.buffer_bytes[FA_BUF_SCRATCH0 + i] = plan.scratch_bytes[i];
+    for (int i = 0; i < FA_PLAN_SCRATCH_COUNT; ++i) plan.buffer_bytes[FA_BUF_FIRST_SCRATCH + i] = plan.scratch_bytes[i];
     const BufferMap map = map_buffers(kind, p, u, scratch);
 
     const fa_cancel *cancel = kind == FA_PLAN_KVCACHE_APPEND ? nullptr : p->cancel;
     for (int li = 0; li < plan.nlaunches; ++li) {
         if (fa_cancel_rt::check(cancel)) return fail(err, errlen, FA_ERR_CANCELLED, "sim: cancelled");
         const fa_launch &l = plan.launches[li];
+        if (const int st = check_specialization(l, err, errlen)) return st;
         const fasim::KernelInfo *kernel = fasim::find_kernel(l.kernel);
         if (!kernel)
             return fail(err, errlen, FA_ERR_UNAVAILABLE,
@@ -113,7 +111,7 @@ int fa_sim_execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_updat
             unsigned char *base = static_cast<unsigned char *>(map.data[b.buffer]);
             if (!base || size <= 0 || b.byte_offset < 0 || b.byte_offset >= size)
                 return fail(err, errlen, FA_ERR_RUNTIME,
-                            std::string("plan: launch ") + l.kernel + " binds buffer " + std::to_string(b.buffer) +
+                            std::string("plan: launch ") + l.kernel + " binds buffer " + fa_buffer_name(b.buffer) +
                                 " at index " + std::to_string(b.index) + " with no memory or an offset out of range");
             fasim::BufferArg a;
             a.index = b.index;

@@ -130,20 +130,21 @@ cdef extern from "fa_abi.h" nogil:
     void fa_set_num_threads(int n)
     int fa_get_num_threads()
 
-# fa_buffer_id slots (csrc/plan/fa_plan.h) used for device buffers.
-cdef enum:
-    SLOT_Q = 0
-    SLOT_K = 1
-    SLOT_V = 2
-    SLOT_OUT = 3
-    SLOT_LSE = 4
-    SLOT_DOUT = 12
-    SLOT_DQ = 13
-    SLOT_DK = 14
-    SLOT_DV = 15
-    SLOT_KNEW = 16
-    SLOT_VNEW = 17
-    SLOT_ATTN_PROBS = 20
+# Device-buffer slots: the fa_buffer_id of each tensor, from the buffer table (csrc/plan/fa_buffers.h).
+cdef extern from "plan/fa_buffers.h" nogil:
+    cdef enum:
+        SLOT_Q "FA_BUF_Q"
+        SLOT_K "FA_BUF_K"
+        SLOT_V "FA_BUF_V"
+        SLOT_OUT "FA_BUF_OUT"
+        SLOT_LSE "FA_BUF_LSE"
+        SLOT_DOUT "FA_BUF_DOUT"
+        SLOT_DQ "FA_BUF_DQ"
+        SLOT_DK "FA_BUF_DK"
+        SLOT_DV "FA_BUF_DV"
+        SLOT_KNEW "FA_BUF_KNEW"
+        SLOT_VNEW "FA_BUF_VNEW"
+        SLOT_ATTN_PROBS "FA_BUF_ATTN_PROBS"
 
 DEF ERRLEN = 1024
 

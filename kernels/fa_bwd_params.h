@@ -7,24 +7,7 @@
 #include "fa_kernel_params.h"
 #include "fa_tiles.h"
 
-// Buffer indices shared by the three backward kernels ([[buffer(n)]], fa_binding.index).
-#define FA_BWD_BUF_Q 0
-#define FA_BWD_BUF_K 1
-#define FA_BWD_BUF_V 2
-#define FA_BWD_BUF_OUT 3
-#define FA_BWD_BUF_DOUT 4
-#define FA_BWD_BUF_LSE 5
-#define FA_BWD_BUF_ALIBI 6
-#define FA_BWD_BUF_CU_SEQLENS_Q 7
-#define FA_BWD_BUF_CU_SEQLENS_K 8
-#define FA_BWD_BUF_SEQUSED_K 9
-#define FA_BWD_BUF_DQ 10
-#define FA_BWD_BUF_DK 11
-#define FA_BWD_BUF_DV 12
-#define FA_BWD_BUF_DELTA 13  // scratch: D = rowsum(dO * O), fp32 [nheads_q][q_rows]
-#define FA_BWD_BUF_LSE2 14   // scratch: fp32 [FA_BWD_LSE2_SLOTS][nheads_q][q_rows]: slot 0 the LSE in base-2 units
-                             // (dead rows FA_BWD_DEAD_LSE2), slots 1-3 a refined row's reference (fa_bwd.h)
-#define FA_BWD_BUF_PARAMS 15
+// Buffer indices of the three backward kernels: FA_BWD_BUF_* (fa_kernel_args.h).
 
 // LSE2 of a row that sees no key: so large that exp2(score - it) is never evaluated (tested explicitly, fast math).
 #define FA_BWD_DEAD_LSE2 3.40282346638528859812e+38f  // FLT_MAX: above any live row's LSE (1e30 was not, for huge logits)

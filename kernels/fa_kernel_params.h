@@ -18,6 +18,8 @@ typedef unsigned long long fa_ulong;
 typedef int fa_int;
 typedef unsigned int fa_uint;
 
+#include "fa_kernel_args.h"
+
 // Bits of fa_fwd_params.flags: which optional inputs/outputs a launch uses. Buffers behind a clear bit may be unbound.
 #define FA_FLAG_LSE (1u << 0)              // write the log-sum-exp
 #define FA_FLAG_ALIBI (1u << 1)            // alibi slopes bound at FA_FWD_BUF_ALIBI
@@ -32,23 +34,8 @@ typedef unsigned int fa_uint;
 #define FA_FLAG_KV_ALIGNED (1u << 10)      // fa_vec1/4_*: headdim, every k/v stride and both base addresses are
                                            // multiples of fa_vec_width(BD) elements, so K/V rows load as vectors
 
-// Buffer indices of the attention kernels (forward and decode) - [[buffer(n)]] in the kernel, fa_binding.index.
-#define FA_FWD_BUF_Q 0
-#define FA_FWD_BUF_K 1
-#define FA_FWD_BUF_V 2
-#define FA_FWD_BUF_OUT 3
-#define FA_FWD_BUF_LSE 4
-#define FA_FWD_BUF_ALIBI 5
-#define FA_FWD_BUF_CU_SEQLENS_Q 6
-#define FA_FWD_BUF_CU_SEQLENS_K 7
-#define FA_FWD_BUF_SEQUSED_K 8
-#define FA_FWD_BUF_LEFTPAD_K 9
-#define FA_FWD_BUF_CACHE_BATCH_IDX 10
-#define FA_FWD_BUF_BLOCK_TABLE 11
-#define FA_FWD_BUF_O_PARTIAL 12
-#define FA_FWD_BUF_LSE_PARTIAL 13
-#define FA_FWD_BUF_ATTN_PROBS 14  // fa_probs_* only
-#define FA_FWD_BUF_PARAMS 15
+// Buffer indices: FA_FWD_BUF_*, FA_MERGE_BUF_*, FA_APPEND_BUF_* (fa_kernel_args.h, the table of every kernel's
+// [[buffer(n)]] arguments).
 
 // Forward / decode attention. One threadgroup per (query tile, head block, batch * num_splits + split).
 struct fa_fwd_params {
@@ -82,13 +69,6 @@ struct fa_fwd_params {
 };
 
 // Merge of split-KV partials: one threadgroup per (query row, head, batch).
-#define FA_MERGE_BUF_O_PARTIAL 0
-#define FA_MERGE_BUF_LSE_PARTIAL 1
-#define FA_MERGE_BUF_OUT 2
-#define FA_MERGE_BUF_LSE 3
-#define FA_MERGE_BUF_CU_SEQLENS_Q 4
-#define FA_MERGE_BUF_PARAMS 15
-
 struct fa_merge_params {
     fa_long o_batch_stride, o_row_stride, o_head_stride;
     fa_long lse_batch_stride, lse_head_stride, lse_row_stride;
@@ -100,18 +80,6 @@ struct fa_merge_params {
 
 // KV-cache append: rotary on q (in place) and on the new keys, new k/v written into the cache.
 // Grid (max(seqlen_q, seqlen_new), nheads_q + nheads_kv, batch); y < nheads_q rotates q, else appends kv head y - nheads_q.
-#define FA_APPEND_BUF_Q 0
-#define FA_APPEND_BUF_KCACHE 1
-#define FA_APPEND_BUF_VCACHE 2
-#define FA_APPEND_BUF_KNEW 3
-#define FA_APPEND_BUF_VNEW 4
-#define FA_APPEND_BUF_COS 5
-#define FA_APPEND_BUF_SIN 6
-#define FA_APPEND_BUF_SEQUSED_K 7
-#define FA_APPEND_BUF_LEFTPAD_K 8
-#define FA_APPEND_BUF_CACHE_BATCH_IDX 9
-#define FA_APPEND_BUF_BLOCK_TABLE 10
-#define FA_APPEND_BUF_PARAMS 15
 
 #define FA_APPEND_ROTATE_Q (1u << 16)     // rotate q in place
 #define FA_APPEND_ROTATE_K (1u << 17)     // rotate the new keys

@@ -5,16 +5,14 @@
 #include <cstdio>
 #include <cstring>
 
-#include "fa_bwd_params.h"     // FA_BWD_BUF_PARAMS
 #include "fa_host_memory.h"    // fa_host::owned_region
-#include "fa_kernel_params.h"  // FA_*_BUF_*
+#include "fa_kernel_args.h"    // FA_KERNEL_PARAMS_INDEX
 #include "fa_tiles.h"          // FA_SIMD_WIDTH
 
 namespace fametal {
 
-static_assert(FA_FWD_BUF_PARAMS < kKernelBufferIndices && FA_MERGE_BUF_PARAMS < kKernelBufferIndices &&
-                  FA_APPEND_BUF_PARAMS < kKernelBufferIndices && FA_BWD_BUF_PARAMS < kKernelBufferIndices,
-              "every buffer index a kernel declares gets a placeholder when unbound");
+static_assert(FA_KERNEL_PARAMS_INDEX < kKernelBufferIndices,
+              "every buffer index a kernel declares (fa_kernel_args.h) gets a placeholder when unbound");
 
 // setBytes:length:atIndex: is documented for single-use data of less than 4 KB (larger constants need a buffer).
 static_assert(FA_PLAN_MAX_CONSTANT_BYTES < 4096, "a plan's constant block must fit setBytes' 4 KB");
@@ -32,66 +30,27 @@ int fail(int status, char *err, size_t errlen, const char *fmt, ...) {
     return status;
 }
 
-const char *buffer_name(int id) {
-    static const char *const names[FA_BUF_COUNT] = {
-        "q", "k", "v", "out", "lse", "alibi_slopes", "cu_seqlens_q", "cu_seqlens_k", "seqused_k", "leftpad_k",
-        "cache_batch_idx", "block_table", "dout", "dq", "dk", "dv", "k_new", "v_new", "rotary_cos", "rotary_sin",
-        "attn_probs", "scratch0", "scratch1", "scratch2", "scratch3"};
-    return (id >= 0 && id < FA_BUF_COUNT) ? names[id] : "?";
-}
+const char *buffer_name(int id) { return fa_buffer_message_name(id); }
 
 const void *host_pointer(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, int id) {
-    const bool has_update = kind == FA_PLAN_KVCACHE_APPEND && u != nullptr;
-    switch (id) {
-    case FA_BUF_Q: return p->q.data;
-    case FA_BUF_K: return p->k.data;
-    case FA_BUF_V: return p->v.data;
-    case FA_BUF_OUT: return p->out.data;
-    case FA_BUF_LSE: return p->lse;
-    case FA_BUF_ALIBI: return p->alibi_slopes;
-    case FA_BUF_CU_SEQLENS_Q: return p->cu_seqlens_q;
-    case FA_BUF_CU_SEQLENS_K: return p->cu_seqlens_k;
-    case FA_BUF_SEQUSED_K: return p->seqused_k;
-    case FA_BUF_LEFTPAD_K: return p->leftpad_k;
-    case FA_BUF_CACHE_BATCH_IDX: return p->cache_batch_idx;
-    case FA_BUF_BLOCK_TABLE: return p->block_table;
-    case FA_BUF_DOUT: return p->dout.data;
-    case FA_BUF_DQ: return p->dq.data;
-    case FA_BUF_DK: return p->dk.data;
-    case FA_BUF_DV: return p->dv.data;
-    case FA_BUF_KNEW: return has_update ? u->knew.data : nullptr;
-    case FA_BUF_VNEW: return has_update ? u->vnew.data : nullptr;
-    case FA_BUF_ROTARY_COS: return has_update ? u->rotary_cos : nullptr;
-    case FA_BUF_ROTARY_SIN: return has_update ? u->rotary_sin : nullptr;
-    case FA_BUF_ATTN_PROBS: return p->attn_probs;
-    default: return nullptr;  // scratch buffers and out-of-range ids have no host memory
-    }
+    // the update's tensors exist only for a KV-cache plan
+    return fa_buffer_host_pointer(id, p, kind == FA_PLAN_KVCACHE_APPEND ? u : nullptr);
 }
 
-int64_t element_bytes(const fa_params *p, int id) {
-    switch (id) {
-    case FA_BUF_Q: case FA_BUF_K: case FA_BUF_V: case FA_BUF_OUT: case FA_BUF_DOUT: case FA_BUF_DQ: case FA_BUF_DK:
-    case FA_BUF_DV: case FA_BUF_KNEW: case FA_BUF_VNEW: case FA_BUF_ROTARY_COS: case FA_BUF_ROTARY_SIN:
-        return p->dtype == FA_F64 ? 8 : (p->dtype == FA_F16 || p->dtype == FA_BF16) ? 2 : 4;
-    default:
-        return 4;  // lse, alibi slopes, attn_probs and scratch (fp32); cu_seqlens & co. (int32)
-    }
-}
+int64_t element_bytes(const fa_params *p, int id) { return fa_buffer_element_bytes(id, p->dtype); }
 
-bool buffer_written(fa_plan_kind kind, int id) {
-    if (id >= FA_BUF_SCRATCH0 && id < FA_BUF_COUNT) return true;
-    switch (kind) {
-    case FA_PLAN_FORWARD:
-        return id == FA_BUF_OUT || id == FA_BUF_LSE || id == FA_BUF_ATTN_PROBS;
-    case FA_PLAN_BACKWARD:
-        return id == FA_BUF_DQ || id == FA_BUF_DK || id == FA_BUF_DV;
-    case FA_PLAN_KVCACHE_APPEND:
-        // New rows go into the k/v cache in place, q is rotated in place (fa_abi.h), and the plan may end with the
-        // attention itself.
-        return id == FA_BUF_K || id == FA_BUF_V || id == FA_BUF_Q || id == FA_BUF_OUT || id == FA_BUF_LSE ||
-               id == FA_BUF_ATTN_PROBS;
+bool buffer_written(fa_plan_kind kind, int id) { return fa_buffer_written(kind, id) != 0; }
+
+std::string pipeline_key(const fa_launch &l) {
+    std::string key(l.kernel, strnlen(l.kernel, sizeof l.kernel));
+    for (int i = 0; i < l.desc.nspecs && i < FA_PLAN_MAX_SPECS; ++i) {
+        const fa_spec_constant &c = l.desc.specs[i];
+        if (c.index == FA_SPEC_TEMPLATE) continue;  // already in the name
+        char part[64];
+        std::snprintf(part, sizeof part, "|%d:%d:%08x", c.index, c.type, c.value.u);
+        key += part;
     }
-    return false;
+    return key;
 }
 
 bool page_region(const void *ptr, int64_t bytes, uint64_t page, void **base, int64_t *region_bytes,
@@ -125,6 +84,17 @@ int64_t metal_offset(const BufferBinding &b, int64_t byte_offset) { return b.bas
 static int check_launch_shape(int li, const fa_launch &l, char *err, size_t errlen) {
     if (memchr(l.kernel, '\0', sizeof l.kernel) == nullptr || l.kernel[0] == '\0')
         return fail(FA_ERR_RUNTIME, err, errlen, "metal: launch %d of the plan has no valid kernel name", li);
+    if (l.desc.nspecs < 0 || l.desc.nspecs > FA_PLAN_MAX_SPECS)
+        return fail(FA_ERR_RUNTIME, err, errlen, "metal: launch %d (%s) has %d specialisation constants (at most %d)",
+                    li, l.kernel, l.desc.nspecs, FA_PLAN_MAX_SPECS);
+    for (int i = 0; i < l.desc.nspecs; ++i) {
+        const fa_spec_constant &c = l.desc.specs[i];
+        // Metal specialises scalars only (MTLFunctionConstantValues); an element type selects a template instance
+        if (c.index != FA_SPEC_TEMPLATE && (c.index < 0 || c.type <= FA_SPEC_DTYPE || c.type > FA_SPEC_FLOAT))
+            return fail(FA_ERR_RUNTIME, err, errlen,
+                        "metal: launch %d (%s) has function constant %.*s at index %d of type %d, which Metal cannot "
+                        "take", li, l.kernel, FA_SPEC_NAME_LEN, c.name, c.index, c.type);
+    }
     for (int d = 0; d < 3; ++d) {
         if (l.grid[d] == 0 || l.threads[d] == 0)
             return fail(FA_ERR_RUNTIME, err, errlen,
@@ -156,94 +126,103 @@ static int check_launch_shape(int li, const fa_launch &l, char *err, size_t errl
     return FA_OK;
 }
 
-int plan_bindings(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, const fa_plan *plan,
-                  uint64_t page, int64_t wrap_min_bytes, BindingPlan *out, char *err, size_t errlen) {
-    *out = BindingPlan{};
+// Which logical buffers the plan binds, checking every launch's shape on the way.
+static int bound_buffers(const fa_plan *plan, bool bound[FA_BUF_COUNT], char *err, size_t errlen) {
     if (plan->nlaunches < 0 || plan->nlaunches > FA_PLAN_MAX_LAUNCHES)
         return fail(FA_ERR_RUNTIME, err, errlen, "metal: the plan has %d launches (at most %d)", plan->nlaunches,
                     FA_PLAN_MAX_LAUNCHES);
-    bool bound[FA_BUF_COUNT] = {};
     for (int li = 0; li < plan->nlaunches; ++li) {
         const fa_launch &l = plan->launches[li];
-        int st = check_launch_shape(li, l, err, errlen);
+        const int st = check_launch_shape(li, l, err, errlen);
         if (st != FA_OK) return st;
         for (int i = 0; i < l.nbindings; ++i) bound[l.bindings[i].buffer] = true;
     }
-    const fa_device_buffers *dev = p->device_buffers;
+    return FA_OK;
+}
+
+// A tensor handed over in an MTLBuffer that no launch binds would be silently ignored: an output never written,
+// an input (ALiBi slopes, say) never applied. Refuse instead of returning a wrong answer.
+static int check_unbound_device_tensors(fa_plan_kind kind, const fa_device_buffers *dev, const bool bound[],
+                                        char *err, size_t errlen) {
     static_assert(FA_BUF_COUNT <= FA_DEVICE_BUFFER_SLOTS, "every logical buffer needs a device-buffer slot");
-    // A tensor handed over in an MTLBuffer that no launch binds would be silently ignored: an output never written,
-    // an input (ALiBi slopes, say) never applied. Refuse instead of returning a wrong answer.
-    if (dev != nullptr) {
-        for (int id = 0; id < FA_BUF_COUNT; ++id) {
-            if (dev->handle[id] != nullptr && !bound[id])
-                return fail(FA_ERR_RUNTIME, err, errlen,
-                            "metal: %s was given as a Metal buffer but the dispatch plan does not use it, so it "
-                            "would be silently %s",
-                            buffer_name(id), buffer_written(kind, id) ? "left unwritten" : "ignored");
-        }
+    for (int id = 0; dev != nullptr && id < FA_BUF_COUNT; ++id) {
+        if (dev->handle[id] != nullptr && !bound[id])
+            return fail(FA_ERR_RUNTIME, err, errlen,
+                        "metal: %s was given as a Metal buffer but the dispatch plan does not use it, so it "
+                        "would be silently %s",
+                        buffer_name(id), buffer_written(kind, id) ? "left unwritten" : "ignored");
     }
+    return FA_OK;
+}
 
-    for (int id = 0; id < FA_BUF_COUNT; ++id) {
-        if (!bound[id]) continue;
-        BufferBinding &b = out->buf[id];
-        b.written = buffer_written(kind, id);
-        if (id >= FA_BUF_SCRATCH0) {
-            b.bytes = plan->scratch_bytes[id - FA_BUF_SCRATCH0];
-            if (b.bytes <= 0)
-                return fail(FA_ERR_RUNTIME, err, errlen, "metal: the plan binds %s but gives it %lld bytes",
-                            buffer_name(id), static_cast<long long>(b.bytes));
-            b.storage = Storage::Scratch;
-            continue;
-        }
-        b.bytes = plan->buffer_bytes[id];
-        if (b.bytes <= 0)
-            return fail(FA_ERR_RUNTIME, err, errlen, "metal: the plan binds %s but gives its size as %lld bytes",
-                        buffer_name(id), static_cast<long long>(b.bytes));
-        const int64_t elem = element_bytes(p, id);
-        if (dev != nullptr && dev->handle[id] != nullptr) {
-            if (dev->byte_offset[id] >= 0 && dev->byte_offset[id] % elem != 0)
-                return fail(FA_ERR_VALUE, err, errlen,
-                            "metal: %s starts at byte offset %lld of its MTLBuffer, not a multiple of its %lld-byte "
-                            "element (Metal needs buffer offsets aligned to the type the kernel reads)",
-                            buffer_name(id), static_cast<long long>(dev->byte_offset[id]),
-                            static_cast<long long>(elem));
-            if (dev->byte_offset[id] < 0 || dev->byte_length[id] < b.bytes)
-                return fail(FA_ERR_VALUE, err, errlen,
-                            "metal: device buffer for %s is too small: %lld bytes from offset %lld, the call needs "
-                            "%lld",
-                            buffer_name(id), static_cast<long long>(dev->byte_length[id]),
-                            static_cast<long long>(dev->byte_offset[id]), static_cast<long long>(b.bytes));
-            b.storage = Storage::Device;
-            b.handle = dev->handle[id];
-            b.base_offset = dev->byte_offset[id];
-            continue;
-        }
-        b.host = host_pointer(kind, p, u, id);
-        if (b.host == nullptr)
-            return fail(FA_ERR_VALUE, err, errlen, "metal: the plan reads %s but no memory was given for it",
-                        buffer_name(id));
-        int64_t offset = 0;
-        // Host memory is COPIED unless this package allocated it itself, page-aligned from mmap
-        // (csrc/fa_host_memory.h): Apple forbids wrapping malloc'd memory, which every caller's array may be.
-        // Memory not aligned to its element (a NumPy view at an odd byte, say) is copied too, which realigns it:
-        // wrapped, it would give Metal a buffer offset the kernel cannot read its type at.
-        const bool aligned = reinterpret_cast<uintptr_t>(b.host) % static_cast<uint64_t>(elem) == 0;
-        if (aligned && b.bytes >= wrap_min_bytes && fa_host::owned_region(b.host, static_cast<size_t>(b.bytes)) &&
-            page_region(b.host, b.bytes, page, &b.wrap_base, &b.wrap_bytes, &offset)) {
-            b.storage = Storage::Wrap;
-            b.base_offset = offset;
-        } else {
-            b.storage = Storage::Copy;
-            b.copy_back = b.written;
-        }
+// The caller's own MTLBuffer, bound at its offset: aligned to the element the kernel reads and long enough.
+static int device_storage(const fa_device_buffers *dev, int id, int64_t elem, BufferBinding &b, char *err,
+                          size_t errlen) {
+    if (dev->byte_offset[id] >= 0 && dev->byte_offset[id] % elem != 0)
+        return fail(FA_ERR_VALUE, err, errlen,
+                    "metal: %s starts at byte offset %lld of its MTLBuffer, not a multiple of its %lld-byte "
+                    "element (Metal needs buffer offsets aligned to the type the kernel reads)",
+                    buffer_name(id), static_cast<long long>(dev->byte_offset[id]), static_cast<long long>(elem));
+    if (dev->byte_offset[id] < 0 || dev->byte_length[id] < b.bytes)
+        return fail(FA_ERR_VALUE, err, errlen,
+                    "metal: device buffer for %s is too small: %lld bytes from offset %lld, the call needs %lld",
+                    buffer_name(id), static_cast<long long>(dev->byte_length[id]),
+                    static_cast<long long>(dev->byte_offset[id]), static_cast<long long>(b.bytes));
+    b.storage = Storage::Device;
+    b.handle = dev->handle[id];
+    b.base_offset = dev->byte_offset[id];
+    return FA_OK;
+}
+
+// Host memory is COPIED unless this package allocated it itself, page-aligned from mmap (csrc/fa_host_memory.h):
+// Apple forbids wrapping malloc'd memory, which every caller's array may be. Memory not aligned to its element (a
+// NumPy view at an odd byte, say) is copied too, which realigns it: wrapped, it would give Metal a buffer offset the
+// kernel cannot read its type at.
+static void host_storage(int64_t elem, uint64_t page, int64_t wrap_min_bytes, BufferBinding &b) {
+    int64_t offset = 0;
+    const bool aligned = reinterpret_cast<uintptr_t>(b.host) % static_cast<uint64_t>(elem) == 0;
+    if (aligned && b.bytes >= wrap_min_bytes && fa_host::owned_region(b.host, static_cast<size_t>(b.bytes)) &&
+        page_region(b.host, b.bytes, page, &b.wrap_base, &b.wrap_bytes, &offset)) {
+        b.storage = Storage::Wrap;
+        b.base_offset = offset;
+    } else {
+        b.storage = Storage::Copy;
+        b.copy_back = b.written;
     }
+}
 
-    // Every binding must start inside its buffer (Metal requires offset < length).
+// Storage of one buffer the plan binds: plan scratch, the caller's MTLBuffer, or host memory.
+static int buffer_storage(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, const fa_plan *plan,
+                          int id, uint64_t page, int64_t wrap_min_bytes, BufferBinding &b, char *err, size_t errlen) {
+    b.written = buffer_written(kind, id);
+    const bool scratch = fa_buffer_is_scratch(id);
+    b.bytes = scratch ? plan->scratch_bytes[id - FA_BUF_FIRST_SCRATCH] : plan->buffer_bytes[id];
+    if (b.bytes <= 0)
+        return fail(FA_ERR_RUNTIME, err, errlen, "metal: the plan binds %s but gives %s %lld bytes", buffer_name(id),
+                    scratch ? "it" : "its size as", static_cast<long long>(b.bytes));
+    if (scratch) {
+        b.storage = Storage::Scratch;
+        return FA_OK;
+    }
+    const int64_t elem = element_bytes(p, id);
+    const fa_device_buffers *dev = p->device_buffers;
+    if (dev != nullptr && dev->handle[id] != nullptr) return device_storage(dev, id, elem, b, err, errlen);
+    b.host = host_pointer(kind, p, u, id);
+    if (b.host == nullptr)
+        return fail(FA_ERR_VALUE, err, errlen, "metal: the plan reads %s but no memory was given for it",
+                    buffer_name(id));
+    host_storage(elem, page, wrap_min_bytes, b);
+    return FA_OK;
+}
+
+// Every binding must start inside its buffer (Metal requires offset < length), at a whole element.
+static int check_binding_offsets(const fa_params *p, const fa_plan *plan, const BindingPlan &bp, char *err,
+                                 size_t errlen) {
     for (int li = 0; li < plan->nlaunches; ++li) {
         const fa_launch &l = plan->launches[li];
         for (int i = 0; i < l.nbindings; ++i) {
             const fa_binding &fb = l.bindings[i];
-            const BufferBinding &b = out->buf[fb.buffer];
+            const BufferBinding &b = bp.buf[fb.buffer];
             if (fb.byte_offset < 0 || fb.byte_offset >= b.bytes)
                 return fail(FA_ERR_RUNTIME, err, errlen,
                             "metal: launch %d (%s) binds %s at byte %lld, outside its %lld bytes", li, l.kernel,
@@ -257,6 +236,17 @@ int plan_bindings(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update
         }
     }
     return FA_OK;
+}
+
+int plan_bindings(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, const fa_plan *plan,
+                  uint64_t page, int64_t wrap_min_bytes, BindingPlan *out, char *err, size_t errlen) {
+    *out = BindingPlan{};
+    bool bound[FA_BUF_COUNT] = {};
+    int st = bound_buffers(plan, bound, err, errlen);
+    if (st == FA_OK) st = check_unbound_device_tensors(kind, p->device_buffers, bound, err, errlen);
+    for (int id = 0; st == FA_OK && id < FA_BUF_COUNT; ++id)
+        if (bound[id]) st = buffer_storage(kind, p, u, plan, id, page, wrap_min_bytes, out->buf[id], err, errlen);
+    return st == FA_OK ? check_binding_offsets(p, plan, *out, err, errlen) : st;
 }
 
 int check_launch_limits(const fa_launch &l, const PipelineLimits &lim, char *err, size_t errlen) {
@@ -293,7 +283,7 @@ int encode_plan(const fa_plan &plan, const BindingPlan &bindings, Encoder &enc, 
         const fa_launch &l = plan.launches[li];
         if (li > 0) enc.barrier();
         PipelineLimits limits{};
-        int st = enc.pipeline(l.kernel, &limits, err, errlen);
+        int st = enc.pipeline(l, &limits, err, errlen);
         if (st != FA_OK) return st;
         st = check_launch_limits(l, limits, err, errlen);
         if (st != FA_OK) return st;

@@ -8,8 +8,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "fa_abi.h"
+#include "fa_kernel_args.h"
 #include "plan/fa_plan.h"
 
 namespace fametal {
@@ -48,10 +50,12 @@ struct BindingPlan {
     BufferBinding buf[FA_BUF_COUNT];
 };
 
-// Short stable name of a logical buffer ("q", "out", "scratch0", ...) for messages; "?" when out of range.
+// The facts of a logical buffer, read from the buffer table (csrc/plan/fa_buffers.h):
+// Short stable name ("q", "alibi_slopes", "scratch0", ...) for messages; "?" when out of range.
 const char *buffer_name(int buffer_id);
 
-// The host pointer fa_params / fa_kvcache_update give for a logical buffer (NULL for scratch or absent tensors).
+// The host pointer fa_params / fa_kvcache_update give for a logical buffer (NULL for scratch or absent tensors; the
+// update only for a KV-cache plan).
 const void *host_pointer(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, int buffer_id);
 
 // Whether a plan of this kind may write the buffer (outputs; in-place cache and rotary updates; scratch).
@@ -61,6 +65,10 @@ bool buffer_written(fa_plan_kind kind, int buffer_id);
 // and int32 side buffers. Metal requires setBuffer:offset:atIndex: offsets of device buffers to be aligned to the
 // type the kernel reads (Apple's documentation of that method), so a binding must start at a multiple of it.
 int64_t element_bytes(const fa_params *p, int buffer_id);
+
+// The key of a launch's compute pipeline: the kernel name, plus index, type and value of each Metal function
+// constant of its descriptor (two launches of one function with other function constants need other pipelines).
+std::string pipeline_key(const fa_launch &launch);
 
 // Page arithmetic for newBufferWithBytesNoCopy: the smallest page-aligned region holding [ptr, ptr + bytes).
 // page must be a power of two. Returns false (nothing written) when the arithmetic would overflow.
@@ -96,8 +104,9 @@ int check_launch_limits(const fa_launch &launch, const PipelineLimits &limits, c
 class Encoder {
 public:
     virtual ~Encoder() = default;
-    // Select the compute pipeline of a kernel; fills limits. Non-zero return = fa_status (message in err).
-    virtual int pipeline(const char *kernel, PipelineLimits *limits, char *err, size_t errlen) = 0;
+    // Select the compute pipeline of a launch's kernel (launch.kernel, specialised with the function constants of
+    // launch.desc); fills limits. Non-zero return = fa_status (message in err).
+    virtual int pipeline(const fa_launch &launch, PipelineLimits *limits, char *err, size_t errlen) = 0;
     virtual void buffer(int buffer_id, int64_t offset, int32_t index) = 0;
     virtual void bytes(const void *data, uint32_t size, int32_t index) = 0;
     virtual void dispatch(const uint32_t grid[3], const uint32_t threads[3]) = 0;
@@ -109,8 +118,9 @@ public:
     virtual void placeholder(int32_t index) = 0;
 };
 
-// Buffer indices 0 .. kKernelBufferIndices - 1 may be declared by the kernels (FA_*_BUF_PARAMS = 15 is the last).
-constexpr int32_t kKernelBufferIndices = 16;
+// Buffer indices 0 .. kKernelBufferIndices - 1 may be declared by the kernels (kernels/fa_kernel_args.h; the constant
+// block at FA_KERNEL_PARAMS_INDEX is the last).
+constexpr int32_t kKernelBufferIndices = FA_KERNEL_ARG_SLOTS;
 
 // Encode every launch of the plan in order: pipeline, limit check, buffers at their Metal offsets, constants,
 // dispatch, and a barrier between consecutive launches. Stops at the first error.

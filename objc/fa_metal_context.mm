@@ -236,7 +236,48 @@ Context &context() {
     return ctx;
 }
 
-id<MTLComputePipelineState> pipeline(Context &ctx, const char *kernel, int *status, char *err, size_t errlen) {
+namespace {
+
+MTLDataType metal_data_type(int32_t type) {
+    switch (type) {
+    case FA_SPEC_INT: return MTLDataTypeInt;
+    case FA_SPEC_UINT: return MTLDataTypeUInt;
+    case FA_SPEC_BOOL: return MTLDataTypeBool;
+    default: return MTLDataTypeFloat;  // FA_SPEC_FLOAT (fa_metal_binding.cpp refuses other types)
+    }
+}
+
+// The Metal function constants of a kernel descriptor, nil when it has none (today's kernels specialise by name).
+MTLFunctionConstantValues *function_constants(const fa_kernel_desc &desc) {
+    if (fa_kernel_function_constant_count(&desc) == 0) return nil;
+    MTLFunctionConstantValues *values = [MTLFunctionConstantValues new];
+    for (int i = 0; i < desc.nspecs && i < FA_PLAN_MAX_SPECS; ++i) {
+        const fa_spec_constant &c = desc.specs[i];
+        if (c.index == FA_SPEC_TEMPLATE) continue;
+        const bool flag = c.value.i != 0;  // a bool function constant is one byte
+        const void *value = c.type == FA_SPEC_BOOL ? static_cast<const void *>(&flag)
+                                                   : static_cast<const void *>(&c.value);
+        [values setConstantValue:value type:metal_data_type(c.type) atIndex:static_cast<NSUInteger>(c.index)];
+    }
+    return values;
+}
+
+// The kernel's function from the first library that has it, specialised with the launch's function constants.
+id<MTLFunction> find_function(const KernelCache &kc, const fa_launch &launch, NSError **error) {
+    NSString *name = [NSString stringWithUTF8String:launch.kernel];
+    if (name == nil) return nil;
+    MTLFunctionConstantValues *values = function_constants(launch.desc);
+    for (id<MTLLibrary> lib : kc.libraries) {
+        id<MTLFunction> function = values == nil ? [lib newFunctionWithName:name]
+                                                 : [lib newFunctionWithName:name constantValues:values error:error];
+        if (function != nil) return function;
+    }
+    return nil;
+}
+
+}  // namespace
+
+id<MTLComputePipelineState> pipeline(Context &ctx, const fa_launch &launch, int *status, char *err, size_t errlen) {
     KernelCache &kc = cache();
     std::lock_guard<std::mutex> lock(kc.mu);
     if (!kc.loaded) load_libraries(ctx, kc);
@@ -244,24 +285,21 @@ id<MTLComputePipelineState> pipeline(Context &ctx, const char *kernel, int *stat
         *status = fail(kc.load_status, err, errlen, "%s", kc.load_error.c_str());
         return nil;
     }
-    const std::string key(kernel);  // the plan bakes every specialization into the kernel name
+    const std::string key = pipeline_key(launch);  // the name, plus the function constants if any
     auto hit = kc.pipelines.find(key);
     if (hit != kc.pipelines.end()) return hit->second;
 
-    NSString *name = [NSString stringWithUTF8String:kernel];
-    id<MTLFunction> function = nil;
-    for (id<MTLLibrary> lib : kc.libraries) {
-        if (name != nil && (function = [lib newFunctionWithName:name]) != nil) break;
-    }
+    NSError *error = nil;
+    id<MTLFunction> function = find_function(kc, launch, &error);
     if (function == nil) {
-        *status = fail(FA_ERR_RUNTIME, err, errlen, "metal: kernel %s is not in the kernel library (%s)", kernel,
-                       kc.description.c_str());
+        *status = fail(FA_ERR_RUNTIME, err, errlen, "metal: kernel %s is not in the kernel library (%s)%s%s",
+                       launch.kernel, kc.description.c_str(), error != nil ? ": " : "",
+                       error != nil ? describe_error(error).c_str() : "");
         return nil;
     }
-    NSError *error = nil;
     id<MTLComputePipelineState> state = [ctx.device newComputePipelineStateWithFunction:function error:&error];
     if (state == nil) {
-        *status = fail(FA_ERR_RUNTIME, err, errlen, "metal: creating the pipeline of %s failed: %s", kernel,
+        *status = fail(FA_ERR_RUNTIME, err, errlen, "metal: creating the pipeline of %s failed: %s", launch.kernel,
                        describe_error(error).c_str());
         return nil;
     }

@@ -30,9 +30,9 @@ public:
     MetalEncoder(Context &ctx, id<MTLComputeCommandEncoder> enc, __strong id<MTLBuffer> *buffers)
         : ctx_(ctx), enc_(enc), buffers_(buffers) {}
 
-    int pipeline(const char *kernel, PipelineLimits *limits, char *err, size_t errlen) override {
+    int pipeline(const fa_launch &launch, PipelineLimits *limits, char *err, size_t errlen) override {
         int status = FA_OK;
-        id<MTLComputePipelineState> state = fametal::pipeline(ctx_, kernel, &status, err, errlen);
+        id<MTLComputePipelineState> state = fametal::pipeline(ctx_, launch, &status, err, errlen);
         if (state == nil) return status;
         [enc_ setComputePipelineState:state];
         const MTLSize most = ctx_.device.maxThreadsPerThreadgroup;
@@ -118,16 +118,16 @@ int make_buffer(Context &ctx, int buf_id, BufferBinding &b, __strong id<MTLBuffe
     return FA_OK;
 }
 
-// Whether a vector decode launch (fa_vec*, 256-thread threadgroups) wants more threads than its pipeline allows:
-// Metal lowers a pipeline's maxTotalThreadsPerThreadgroup when its kernel needs many registers, which the 4-row
-// vector kernel at head dim 256 may. A pipeline that cannot be made is not decided here (encoding reports it).
+// Whether a vector decode launch (family FA_KERNEL_VECTOR, fa_vec*: 256-thread threadgroups) wants more threads than
+// its pipeline allows: Metal lowers a pipeline's maxTotalThreadsPerThreadgroup when its kernel needs many registers,
+// which the 4-row vector kernel at head dim 256 may. A pipeline that cannot be made is not decided here (encoding reports it).
 bool vector_launch_exceeds_pipeline(Context &ctx, const fa_plan &plan) {
     for (int li = 0; li < plan.nlaunches; ++li) {
         const fa_launch &l = plan.launches[li];
-        if (std::strncmp(l.kernel, "fa_vec", 6) != 0) continue;
+        if (l.desc.family != FA_KERNEL_VECTOR) continue;
         int status = FA_OK;
         char ignored[256];
-        id<MTLComputePipelineState> state = fametal::pipeline(ctx, l.kernel, &status, ignored, sizeof ignored);
+        id<MTLComputePipelineState> state = fametal::pipeline(ctx, l, &status, ignored, sizeof ignored);
         if (state == nil) return false;
         const uint64_t threads = static_cast<uint64_t>(l.threads[0]) * l.threads[1] * l.threads[2];
         if (threads > state.maxTotalThreadsPerThreadgroup) return true;

@@ -362,7 +362,8 @@ public:
     std::string log;
     PipelineLimits limits{1024, {1024, 1024, 1024}, 32768, 0};
     std::string fail_kernel;
-    int pipeline(const char *kernel, PipelineLimits *lim, char *err, size_t errlen) override {
+    int pipeline(const fa_launch &launch, PipelineLimits *lim, char *err, size_t errlen) override {
+        const char *kernel = launch.kernel;
         if (fail_kernel == kernel) return fail(FA_ERR_RUNTIME, err, errlen, "no function %s", kernel);
         log += std::string("P:") + kernel + ";";
         *lim = limits;
@@ -437,7 +438,30 @@ static void test_encode() {
     CHECK(check_launch_limits(big, lim, err, sizeof err) == FA_ERR_RUNTIME);
 }
 
+// Pipelines are keyed by name and Metal function constants: the same function with other constant values is another
+// pipeline; template constants are already in the name.
+static void test_pipeline_key() {
+    fa_launch l = make_launch("fa_x");
+    CHECK(pipeline_key(l) == "fa_x");
+    fa_spec_constant &t = l.desc.specs[l.desc.nspecs++];
+    std::snprintf(t.name, sizeof t.name, "T");
+    t.index = FA_SPEC_TEMPLATE;
+    t.type = FA_SPEC_DTYPE;
+    t.value.i = FA_F16;
+    CHECK(pipeline_key(l) == "fa_x");
+    fa_spec_constant &c = l.desc.specs[l.desc.nspecs++];
+    std::snprintf(c.name, sizeof c.name, "CAUSAL");
+    c.index = 2;
+    c.type = FA_SPEC_BOOL;
+    c.value.i = 1;
+    const std::string on = pipeline_key(l);
+    c.value.i = 0;
+    CHECK(on != pipeline_key(l) && on.rfind("fa_x|", 0) == 0);
+    CHECK(fa_kernel_function_constant_count(&l.desc) == 1);
+}
+
 int main() {
+    test_pipeline_key();
     test_page_region();
     test_alignment();
     test_forward_storage();

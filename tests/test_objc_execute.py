@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(sys.platform == "darwin", reason="compiles the Metal shim against Linux stub headers; "
                                 "macOS builds the real shim instead")
 SCENARIOS = ["nodevice", "paravirtual", "apple10", "apple7", "metallib", "nocopy_refused", "embedded",
-             "embedded_error", "errors", "device_buffers"]
+             "embedded_error", "errors", "device_buffers", "function_constants"]
 
 
 def _toolchain():

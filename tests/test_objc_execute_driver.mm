@@ -41,6 +41,8 @@ const char *const fa_metallib_build_path = "";
 // ---- the stand-in plan: out = (q + 1) * scale through scratch0, then lse[i] = i + 0.5 ----
 static const char *g_stage2_kernel = "mock_stage2";
 static uint32_t g_threads = 128;
+// A Metal function constant on stage 2 (scenario function_constants): none while g_stage2_constant_type < 0.
+static int32_t g_stage2_constant_type = -1, g_stage2_constant = 0;
 
 struct ScaleConstants {
     uint32_t n;
@@ -72,6 +74,13 @@ extern "C" int fa_plan_build(fa_plan_kind kind, const fa_params *p, const fa_kvc
         l.threads[0] = g_threads;
         l.threads[1] = l.threads[2] = 1;
         l.constants_index = -1;
+    }
+    if (g_stage2_constant_type >= 0) {
+        fa_spec_constant &mode = out->launches[1].desc.specs[out->launches[1].desc.nspecs++];
+        std::snprintf(mode.name, sizeof mode.name, "MODE");
+        mode.index = 3;
+        mode.type = g_stage2_constant_type;
+        mode.value.i = g_stage2_constant;
     }
     bind(out->launches[0], 0, FA_BUF_Q, 0);
     bind(out->launches[0], 1, FA_BUF_SCRATCH0, 0);
@@ -430,6 +439,29 @@ int main(int argc, char **argv) {
         dev.byte_offset[FA_BUF_Q] = 512;
         CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_ERR_VALUE);
         CHECK_CONTAINS(msg, "the MTLBuffer given for q holds 19200 bytes; the call needs 18944 from offset 512");
+    } else if (scenario == "function_constants") {
+        if (argc < 3) return 2;
+        setenv("FLASH_ATTN_CY_METALLIB", argv[2], 1);
+        g_stage2_constant_type = FA_SPEC_INT;
+        for (int32_t value : {7, 7, -9}) {  // one pipeline per set of constant values, cached like the others
+            g_stage2_constant = value;
+            Call c;
+            CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_OK);
+            CHECK(c.results_ok(c.out) && c.lse_ok());
+        }
+        CHECK(count_prefix("specialize mock_stage2 3:29=7") == 1 && count_prefix("specialize mock_stage2 3:29=-9") == 1);
+        CHECK(count_prefix("pipeline mock_stage2") == 2 && count_prefix("pipeline mock_stage1") == 1);
+        CHECK(count_prefix("specialize mock_stage1") == 0);  // no constants: the plain function
+        g_stage2_constant_type = FA_SPEC_BOOL;
+        g_stage2_constant = 1;
+        Call b;
+        CHECK(fa_metal_execute(FA_PLAN_FORWARD, &b.p, nullptr, msg, sizeof msg) == FA_OK);
+        CHECK(mock::journal_has("specialize mock_stage2 3:53=1"));
+        g_stage2_constant_type = FA_SPEC_DTYPE;  // an element type is a template parameter, never a function constant
+        Call d;
+        CHECK(fa_metal_execute(FA_PLAN_FORWARD, &d.p, nullptr, msg, sizeof msg) == FA_ERR_RUNTIME);
+        CHECK_CONTAINS(msg, "function constant MODE at index 3");
+        CHECK(d.out_untouched());
     } else {
         std::fprintf(stderr, "unknown scenario %s\n", scenario.c_str());
         return 2;

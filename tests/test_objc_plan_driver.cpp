@@ -24,7 +24,7 @@ static int g_multi_launch_plans = 0, g_wrapped = 0, g_copied = 0;
 class Counter : public Encoder {
 public:
     int pipelines = 0, dispatches = 0, barriers = 0, bytes_calls = 0;
-    int pipeline(const char *, PipelineLimits *lim, char *, size_t) override {
+    int pipeline(const fa_launch &, PipelineLimits *lim, char *, size_t) override {
         ++pipelines;
         // An M1's limits (maxTotalThreadsPerThreadgroup may be lower for a register-heavy pipeline; 1024 is the
         // device bound the plan must respect in any case).

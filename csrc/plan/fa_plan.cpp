@@ -1,4 +1,5 @@
-// fa_plan.cpp - fa_plan_build: dispatch by plan kind, plus the small helpers the plan files share.
+// fa_plan.cpp - fa_plan_build: dispatch by plan kind, plus the small helpers the plan files share (the launch
+// builder and the kernel families are in fa_plan_launch.cpp).
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
@@ -34,39 +35,40 @@ bool has_tensor(const fa_params *p, const void *host_ptr, fa_buffer_id slot) {
     return host_ptr != nullptr || (p->device_buffers != nullptr && p->device_buffers->handle[slot] != nullptr);
 }
 
-void launch_init(fa_launch *l, const char *kernel, const uint32_t grid[3], const uint32_t threads[3],
-                 uint32_t tg_bytes) {
-    std::memset(l, 0, sizeof(*l));
-    std::snprintf(l->kernel, sizeof(l->kernel), "%s", kernel);
-    for (int i = 0; i < 3; ++i) {
-        l->grid[i] = grid[i];
-        l->threads[i] = threads[i];
-    }
-    l->threadgroup_memory_bytes = tg_bytes;
-    l->constants_index = -1;
+// A [batch, rows, heads, d] view, or the packed [total, heads, d] one when `packed`.
+static int64_t tensor_bytes(const fa_tensor &t, bool packed, int64_t batch, int64_t rows, int64_t total, int heads,
+                            int d, int eb) {
+    return (packed ? view_extent(1, 0, total, t.row_stride, heads, t.head_stride, d)
+                   : view_extent(batch, t.batch_stride, rows, t.row_stride, heads, t.head_stride, d)) * eb;
 }
 
-void launch_bind(fa_launch *l, int index, fa_buffer_id buffer, int64_t byte_offset) {
-    fa_binding &b = l->bindings[l->nbindings++];
-    b.index = index;
-    b.buffer = buffer;
-    b.byte_offset = byte_offset;
+int64_t q_side_bytes(const fa_params *p, const fa_tensor &t, int eb) {
+    return tensor_bytes(t, p->cu_seqlens_q != nullptr, p->batch, p->seqlen_q, p->total_q, p->nheads_q, p->headdim, eb);
 }
 
-void launch_bind_unused(fa_plan *plan, fa_launch *l, const int *indices, int count) {
-    for (int i = 0; i < count; ++i) {
-        bool bound = false;
-        for (int b = 0; b < l->nbindings; ++b) bound = bound || l->bindings[b].index == indices[i];
-        if (bound) continue;
-        launch_bind(l, indices[i], FA_PLAN_DUMMY_BUFFER);
-        plan->scratch_bytes[FA_PLAN_DUMMY_SCRATCH] = FA_PLAN_DUMMY_BYTES;
-    }
+int64_t k_side_bytes(const fa_params *p, const fa_tensor &t, int eb) {
+    return tensor_bytes(t, p->cu_seqlens_k != nullptr, p->batch, p->seqlen_k, p->total_k, p->nheads_kv, p->headdim,
+                        eb);
 }
 
-void launch_constants(fa_launch *l, int index, const void *data, uint32_t size) {
-    l->constants_index = index;
-    l->constants_size = size;
-    std::memcpy(l->constants, data, size);
+int64_t lse_bytes(const fa_params *p) {  // [batch, heads, rows] fp32, or [heads, total_q] for varlen
+    if (p->cu_seqlens_q)
+        return view_extent(1, 0, p->nheads_q, p->lse_head_stride, p->total_q, p->lse_row_stride, 1) * 4;
+    return view_extent(p->batch, p->lse_batch_stride, p->nheads_q, p->lse_head_stride, p->seqlen_q,
+                       p->lse_row_stride, 1) * 4;
+}
+
+int64_t alibi_bytes(const fa_params *p) { return (int64_t(p->batch - 1) * p->alibi_batch_stride + p->nheads_q) * 4; }
+
+void set_index_buffer_bytes(const fa_params *p, fa_plan *plan) {
+    int64_t *bytes = plan->buffer_bytes;
+    if (p->cu_seqlens_q) bytes[FA_BUF_CU_SEQLENS_Q] = int64_t(p->batch + 1) * 4;
+    if (p->cu_seqlens_k) bytes[FA_BUF_CU_SEQLENS_K] = int64_t(p->batch + 1) * 4;
+    if (p->seqused_k) bytes[FA_BUF_SEQUSED_K] = int64_t(p->batch) * 4;
+    if (p->leftpad_k) bytes[FA_BUF_LEFTPAD_K] = int64_t(p->batch) * 4;
+    if (p->cache_batch_idx) bytes[FA_BUF_CACHE_BATCH_IDX] = int64_t(p->batch) * 4;
+    if (p->block_table)
+        bytes[FA_BUF_BLOCK_TABLE] = (int64_t(p->batch - 1) * p->block_table_batch_stride + p->max_blocks_per_seq) * 4;
 }
 
 int check_attention_shape(const fa_params *p, char *err, size_t errlen) {

@@ -1,61 +1,94 @@
 /*
- * fa_plan.h - the dispatch plan shared by the Metal shim (objc/) and the Metal simulator (csrc/sim/).
+ * fa_plan.h - the dispatch plan shared by the Metal shim (objc/) and the Metal simulator (csrc/sim_backend.cpp).
  *
- * fa_plan_build() turns validated fa_params into a list of kernel launches. Each launch names a kernel (the
- * Metal function name, which is also the simulator's registry name), a grid of threadgroups, the threads per
- * threadgroup, the threadgroup memory it needs, the buffers it binds (a logical buffer plus a byte offset into it)
- * and a small constant block passed with setBytes. Executors do nothing but follow the plan: the simulator runs it
- * on the CPU, the shim encodes it into one Metal command buffer. Launches run in order; each one sees the writes of
- * the previous ones (one compute encoder per launch or a barrier between them).
+ * fa_plan_build() turns validated fa_params into a list of kernel launches, made once by the plan and only followed
+ * by the executors: the simulator runs it on the CPU, the shim encodes it into one Metal command buffer. Each launch
+ * is typed: which kernel (a family and its specialisation constants, fa_kernel_desc), the grid of threadgroups, the
+ * threads per threadgroup, the tile the plan chose, the threadgroup memory it needs, the buffers it binds (a logical
+ * buffer, fa_buffers.h, at a [[buffer(n)]] index, kernels/fa_kernel_args.h) and its constant block (setBytes).
+ * The kernel's Metal function name, which is also the simulator's registry name, is derived from the descriptor by
+ * fa_kernel_name(); nothing parses it back. describe_plan's JSON (fa_plan_json.cpp) is for display and tests only.
+ * Launches run in order; each one sees the writes of the previous ones (one compute encoder per launch or a barrier
+ * between them).
  */
 #ifndef FA_PLAN_H
 #define FA_PLAN_H
 
-#include <stdint.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 #include "../fa_abi.h"
+#include "fa_buffers.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* Logical buffers a launch can bind. The executor maps each to memory: fa_params' pointers for the user tensors,
- * its own allocations for the scratch buffers (sizes in fa_plan.scratch_bytes). */
-typedef enum fa_buffer_id {
-    FA_BUF_Q = 0,
-    FA_BUF_K,
-    FA_BUF_V,
-    FA_BUF_OUT,
-    FA_BUF_LSE,
-    FA_BUF_ALIBI,
-    FA_BUF_CU_SEQLENS_Q,
-    FA_BUF_CU_SEQLENS_K,
-    FA_BUF_SEQUSED_K,
-    FA_BUF_LEFTPAD_K,
-    FA_BUF_CACHE_BATCH_IDX,
-    FA_BUF_BLOCK_TABLE,
-    FA_BUF_DOUT,
-    FA_BUF_DQ,
-    FA_BUF_DK,
-    FA_BUF_DV,
-    FA_BUF_KNEW,
-    FA_BUF_VNEW,
-    FA_BUF_ROTARY_COS,
-    FA_BUF_ROTARY_SIN,
-    FA_BUF_ATTN_PROBS,
-    FA_BUF_SCRATCH0, /* plan-owned temporaries, e.g. split-KV partial outputs and LSEs, backward D = rowsum(dO*O) */
-    FA_BUF_SCRATCH1,
-    FA_BUF_SCRATCH2,
-    FA_BUF_SCRATCH3,
-    FA_BUF_COUNT
-} fa_buffer_id;
-
 #define FA_PLAN_MAX_LAUNCHES 8
 #define FA_PLAN_MAX_BINDINGS 24
 #define FA_PLAN_MAX_CONSTANT_BYTES 1024
 #define FA_PLAN_KERNEL_NAME_LEN 96
-#define FA_PLAN_SCRATCH_COUNT 4
+#define FA_PLAN_MAX_SPECS 8
+#define FA_SPEC_NAME_LEN 16
+
+/* Kernel families: one per kernel template of kernels/, with the pattern of its Metal function names ({NAME} is the
+ * template specialisation constant NAME; {T} prints as the dtype tag f16 / bf16 / f32), the signature of its buffer
+ * arguments (kernels/fa_kernel_args.h) and the constant block it reads.
+ * X(ID, name, function_name_pattern, signature, index_space, constant_block) */
+#define FA_KERNEL_FAMILIES(X)                                                                                      \
+    X(PREFILL, "prefill", "fa_fwd_{T}_d{BD}", FA_ATTENTION_SIGNATURE, FWD, fa_fwd_params)                         \
+    X(FRAGMENT, "fragment", "fa_dec_{T}_d{BD}", FA_ATTENTION_SIGNATURE, FWD, fa_fwd_params)                       \
+    X(VECTOR, "vector", "fa_vec{ROWS}_{T}_d{BD}", FA_ATTENTION_SIGNATURE, FWD, fa_fwd_params)                     \
+    X(MERGE, "merge", "fa_merge_{T}", FA_MERGE_SIGNATURE, MERGE, fa_merge_params)                                 \
+    X(PROBS, "probs", "fa_probs_{T}", FA_PROBS_SIGNATURE, FWD, fa_fwd_params)                                     \
+    X(KVCACHE_APPEND, "kvcache_append", "fa_kvcache_append_{T}", FA_APPEND_SIGNATURE, APPEND, fa_append_params)   \
+    X(BWD_PRE, "bwd_pre", "fa_bwd_pre_{T}", FA_BWD_PRE_SIGNATURE, BWD, fa_bwd_params)                             \
+    X(BWD_DQ, "bwd_dq", "fa_bwd_dq_{T}_d{BD}", FA_BWD_DQ_SIGNATURE, BWD, fa_bwd_params)                           \
+    X(BWD_DKDV, "bwd_dkdv", "fa_bwd_dkdv_{T}_d{BD}", FA_BWD_DKDV_SIGNATURE, BWD, fa_bwd_params)
+
+#define FA_KERNEL_FAMILY_ENUM_(ID, name, pattern, signature, space, block) FA_KERNEL_##ID,
+typedef enum fa_kernel_family { FA_KERNEL_FAMILIES(FA_KERNEL_FAMILY_ENUM_) FA_KERNEL_FAMILY_COUNT } fa_kernel_family;
+#undef FA_KERNEL_FAMILY_ENUM_
+
+/* Type of a specialisation constant. DTYPE (an fa_dtype) only selects a template instance: Metal cannot specialise
+ * an element type at pipeline creation. The others map to MTLDataType (Int, UInt, Bool, Float) for function
+ * constants. */
+typedef enum fa_spec_type { FA_SPEC_DTYPE = 0, FA_SPEC_INT, FA_SPEC_UINT, FA_SPEC_BOOL, FA_SPEC_FLOAT } fa_spec_type;
+
+/* index of a constant that is a template parameter of the kernel, selected by the function name */
+#define FA_SPEC_TEMPLATE (-1)
+
+typedef union fa_spec_value {
+    int32_t i; /* DTYPE (fa_dtype), INT, BOOL (0 / 1) */
+    uint32_t u;
+    float f;
+} fa_spec_value;
+
+/* One specialisation constant: a template parameter of today's kernels (index FA_SPEC_TEMPLATE: part of the function
+ * name), or a Metal function constant, [[function_constant(index)]], that an executor passes when it creates the
+ * pipeline (MTLFunctionConstantValues setConstantValue:type:atIndex:, or the simulator's equivalent). */
+typedef struct fa_spec_constant {
+    char name[FA_SPEC_NAME_LEN]; /* "T", "BD", "ROWS", or the function constant's name */
+    int32_t index;               /* [[function_constant(index)]] or FA_SPEC_TEMPLATE */
+    int32_t type;                /* fa_spec_type */
+    fa_spec_value value;
+} fa_spec_constant;
+
+/* Which kernel a launch runs: its family and specialisation constants. */
+typedef struct fa_kernel_desc {
+    int32_t family; /* fa_kernel_family */
+    int32_t nspecs;
+    fa_spec_constant specs[FA_PLAN_MAX_SPECS];
+} fa_kernel_desc;
+
+/* The tile the plan chose for a launch (zeros for kernels without one): query rows and keys per threadgroup step,
+ * simdgroups per threadgroup. The kernel instance was compiled with the same numbers (kernels/fa_tiles.h). */
+typedef struct fa_tile {
+    int32_t rows;
+    int32_t keys;
+    int32_t simdgroups;
+} fa_tile;
 
 typedef struct fa_binding {
     int32_t index;       /* [[buffer(index)]] in the kernel */
@@ -64,7 +97,9 @@ typedef struct fa_binding {
 } fa_binding;
 
 typedef struct fa_launch {
-    char kernel[FA_PLAN_KERNEL_NAME_LEN]; /* Metal function name, e.g. "fa_fwd_f16_d64" */
+    fa_kernel_desc desc;
+    char kernel[FA_PLAN_KERNEL_NAME_LEN]; /* fa_kernel_name(&desc), e.g. "fa_fwd_f16_d64": derived, never parsed */
+    fa_tile tile;
     uint32_t grid[3];                     /* threadgroups per grid */
     uint32_t threads[3];                  /* threads per threadgroup */
     uint32_t threadgroup_memory_bytes;    /* static threadgroup memory the kernel declares (for checks/reports) */
@@ -75,16 +110,10 @@ typedef struct fa_launch {
     unsigned char constants[FA_PLAN_MAX_CONSTANT_BYTES];
 } fa_launch;
 
-typedef enum fa_plan_kind {
-    FA_PLAN_FORWARD = 0,
-    FA_PLAN_BACKWARD = 1,
-    FA_PLAN_KVCACHE_APPEND = 2
-} fa_plan_kind;
-
 typedef struct fa_plan {
     int32_t nlaunches;
     fa_launch launches[FA_PLAN_MAX_LAUNCHES];
-    int64_t scratch_bytes[FA_PLAN_SCRATCH_COUNT]; /* 0 = unused */
+    int64_t scratch_bytes[FA_PLAN_SCRATCH_COUNT]; /* 0 = unused; scratch_bytes[i] is FA_BUF_SCRATCH0 + i */
     /* byte size of each user buffer the plan may touch, for executor bounds checks (0 = not bound) */
     int64_t buffer_bytes[FA_BUF_COUNT];
 } fa_plan;
@@ -97,6 +126,29 @@ int fa_plan_build(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update
  * 256-thread threadgroups): the Metal shim's fallback when a vector pipeline allows fewer threads per threadgroup
  * (a register-heavy specialisation, e.g. head dim 256). Same results, same contract as fa_plan_build. */
 int fa_plan_build_forward_without_vector(const fa_params *p, fa_plan *out, char *err, size_t errlen);
+
+/* The Metal function name of a kernel: its family's pattern with the template constants filled in. FA_OK, or
+ * FA_ERR_RUNTIME (message in out) for an unknown family, a pattern constant the descriptor lacks, or a template
+ * constant the pattern does not name (two descriptors must never share a name). */
+int fa_kernel_name(const fa_kernel_desc *desc, char *out, size_t outlen);
+
+/* Short name of a family ("prefill", "vector", "merge", ...), or "invalid". */
+const char *fa_kernel_family_name(int family);
+
+/* The specialisation constant called `name`, or NULL. */
+static inline const fa_spec_constant *fa_kernel_spec(const fa_kernel_desc *desc, const char *name) {
+    for (int i = 0; i < desc->nspecs && i < FA_PLAN_MAX_SPECS; ++i)
+        if (strncmp(desc->specs[i].name, name, FA_SPEC_NAME_LEN) == 0) return &desc->specs[i];
+    return NULL;
+}
+
+/* Number of constants of a kernel that are Metal function constants (index != FA_SPEC_TEMPLATE). Header-only like
+ * fa_kernel_spec, so that the executors (objc/, the simulator binding) read descriptors without linking the plan. */
+static inline int fa_kernel_function_constant_count(const fa_kernel_desc *desc) {
+    int n = 0;
+    for (int i = 0; i < desc->nspecs && i < FA_PLAN_MAX_SPECS; ++i) n += desc->specs[i].index != FA_SPEC_TEMPLATE;
+    return n;
+}
 
 #ifdef __cplusplus
 }

@@ -8,7 +8,6 @@
 // Launch 3: fa_bwd_dkdv_<t>_d<BD>, grid (ceil(seqlen_k / 32), nheads_kv, batch): dK, dV (one writer per row).
 // Launches run in order, so 2 sees the scratch written by 1, and 3 that written by 1 and 2. No atomics anywhere:
 // deterministic by design.
-#include <cstdio>
 #include <cstring>
 
 #include "fa_bwd_params.h"
@@ -18,44 +17,11 @@
 namespace {
 
 using faplan::fail;
-using faplan::view_extent;
-
-struct Binding {
-    int index;
-    fa_buffer_id buffer;
-};
-
-// Binds each buffer the call provides (bytes > 0), then the plan's dummy on the kernel's other indices (Metal's
-// validation and the simulator want every [[buffer(n)]] bound; the kernels never read one whose flag is clear).
-void bind_all(fa_plan *plan, fa_launch *l, const Binding *bindings, int count) {
-    const int64_t *bytes = plan->buffer_bytes;
-    int indices[FA_PLAN_MAX_BINDINGS];
-    for (int i = 0; i < count; ++i) {
-        const bool scratch = bindings[i].buffer >= FA_BUF_SCRATCH0;
-        if (scratch || bytes[bindings[i].buffer] > 0) faplan::launch_bind(l, bindings[i].index, bindings[i].buffer);
-        indices[i] = bindings[i].index;
-    }
-    faplan::launch_bind_unused(plan, l, indices, count);
-}
-
-// Appends one backward launch: every kernel of the backward reads the same constant block.
-void add_launch(fa_plan *plan, const char *name, const uint32_t grid[3], uint32_t threads_x, uint32_t tg_bytes,
-                const Binding *bindings, int count, const fa_bwd_params &k) {
-    const uint32_t threads[3] = {threads_x, 1, 1};
-    fa_launch *l = &plan->launches[plan->nlaunches++];
-    faplan::launch_init(l, name, grid, threads, tg_bytes);
-    bind_all(plan, l, bindings, count);
-    faplan::launch_constants(l, FA_BWD_BUF_PARAMS, &k, sizeof(k));
-}
 
 uint32_t blocks(int64_t n, int64_t per) { return uint32_t((n + per - 1) / per); }
 
-}  // namespace
-
-int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen) {
-    const char *tag = faplan::dtype_tag(p->dtype);
-    const int eb = faplan::elem_bytes(p->dtype);
-    if (!tag)
+int check_backward(const fa_params *p, char *err, size_t errlen) {
+    if (!faplan::dtype_tag(p->dtype))
         return fail(err, errlen, FA_ERR_UNSUPPORTED,
                     "dtype: the Metal backward serves float16, bfloat16 and float32 (float64: backend='cpu')");
     if (const int rc = faplan::check_attention_shape(p, err, errlen)) return rc;
@@ -63,19 +29,11 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
         return fail(err, errlen, FA_ERR_UNSUPPORTED,
                     "backward: paged, left-padded or batch-indexed KV caches have no backward");
     if (!faplan::has_tensor(p, p->lse, FA_BUF_LSE)) return fail(err, errlen, FA_ERR_VALUE, "softmax_lse: required for backward");
+    return FA_OK;
+}
 
-    const bool varlen_q = p->cu_seqlens_q != nullptr;
-    const bool varlen_k = p->cu_seqlens_k != nullptr;
-    const int64_t q_rows = varlen_q ? p->total_q : int64_t(p->batch) * p->seqlen_q;
-    if (p->batch <= 0 || p->seqlen_q <= 0 || q_rows <= 0 || p->seqlen_k < 0) return FA_OK;  // nothing to compute
-
-    const int bd = fa_bucket_headdim(p->headdim);
-    const int kv_bq = fa_bwd_kv_bq(bd, eb);
-    const int q_bk = fa_bwd_q_bk(bd, eb);
-    const uint32_t gq = blocks(p->seqlen_q, FA_BWD_Q_BQ);
-    const uint32_t gk = blocks(p->seqlen_k, FA_BWD_KV_BK);
-
-    // ---- constants ----
+// The constant block every backward kernel reads.
+fa_bwd_params backward_constants(const fa_params *p, int64_t q_rows) {
     fa_bwd_params k;
     std::memset(&k, 0, sizeof(k));
     faplan::set_attention_common(k, p);
@@ -91,78 +49,59 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
     }
     uint32_t flags = 0;
     if (faplan::has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI)) flags |= FA_FLAG_ALIBI;
-    if (varlen_q) flags |= FA_FLAG_VARLEN_Q;
-    if (varlen_k) flags |= FA_FLAG_VARLEN_K;
+    if (p->cu_seqlens_q) flags |= FA_FLAG_VARLEN_Q;
+    if (p->cu_seqlens_k) flags |= FA_FLAG_VARLEN_K;
     if (p->seqused_k) flags |= FA_FLAG_SEQUSED_K;
     if (p->dropout_p > 0.0f) flags |= FA_FLAG_DROPOUT;
     k.flags = flags;
+    return k;
+}
 
-    // ---- byte sizes of the user buffers (executor bounds checks) ----
-    const int d = p->headdim;
+// Byte sizes of the user buffers (executor bounds checks) and of the D / LSE2 scratch.
+void set_backward_bytes(const fa_params *p, int eb, int64_t q_rows, fa_plan *out) {
     int64_t *bytes = out->buffer_bytes;
-    struct QSide {
-        fa_buffer_id id;
-        const fa_tensor *t;
-    } qside[] = {{FA_BUF_Q, &p->q}, {FA_BUF_OUT, &p->out}, {FA_BUF_DOUT, &p->dout}, {FA_BUF_DQ, &p->dq}};
-    for (const QSide &x : qside) {
-        bytes[x.id] = varlen_q ? view_extent(1, 0, p->total_q, x.t->row_stride, p->nheads_q, x.t->head_stride, d) * eb
-                               : view_extent(p->batch, x.t->batch_stride, p->seqlen_q, x.t->row_stride, p->nheads_q,
-                                             x.t->head_stride, d) * eb;
+    const fa_buffer_id q_ids[] = {FA_BUF_Q, FA_BUF_OUT, FA_BUF_DOUT, FA_BUF_DQ};
+    const fa_tensor *q_side[] = {&p->q, &p->out, &p->dout, &p->dq};
+    const fa_buffer_id k_ids[] = {FA_BUF_K, FA_BUF_V, FA_BUF_DK, FA_BUF_DV};
+    const fa_tensor *k_side[] = {&p->k, &p->v, &p->dk, &p->dv};
+    for (int i = 0; i < 4; ++i) {
+        bytes[q_ids[i]] = faplan::q_side_bytes(p, *q_side[i], eb);
+        bytes[k_ids[i]] = faplan::k_side_bytes(p, *k_side[i], eb);
     }
-    QSide kside[] = {{FA_BUF_K, &p->k}, {FA_BUF_V, &p->v}, {FA_BUF_DK, &p->dk}, {FA_BUF_DV, &p->dv}};
-    for (const QSide &x : kside) {
-        bytes[x.id] = varlen_k ? view_extent(1, 0, p->total_k, x.t->row_stride, p->nheads_kv, x.t->head_stride, d) * eb
-                               : view_extent(p->batch, x.t->batch_stride, p->seqlen_k, x.t->row_stride, p->nheads_kv,
-                                             x.t->head_stride, d) * eb;
-    }
-    bytes[FA_BUF_LSE] = varlen_q
-                            ? view_extent(1, 0, p->nheads_q, p->lse_head_stride, p->total_q, p->lse_row_stride, 1) * 4
-                            : view_extent(p->batch, p->lse_batch_stride, p->nheads_q, p->lse_head_stride, p->seqlen_q,
-                                          p->lse_row_stride, 1) * 4;
-    if (faplan::has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI)) bytes[FA_BUF_ALIBI] = (int64_t(p->batch - 1) * p->alibi_batch_stride + p->nheads_q) * 4;
-    if (varlen_q) bytes[FA_BUF_CU_SEQLENS_Q] = int64_t(p->batch + 1) * 4;
-    if (varlen_k) bytes[FA_BUF_CU_SEQLENS_K] = int64_t(p->batch + 1) * 4;
-    if (p->seqused_k) bytes[FA_BUF_SEQUSED_K] = int64_t(p->batch) * 4;
-    out->scratch_bytes[0] = int64_t(p->nheads_q) * q_rows * 4;  // D
+    bytes[FA_BUF_LSE] = faplan::lse_bytes(p);
+    if (faplan::has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI)) bytes[FA_BUF_ALIBI] = faplan::alibi_bytes(p);
+    faplan::set_index_buffer_bytes(p, out);
+    out->scratch_bytes[0] = int64_t(p->nheads_q) * q_rows * 4;                          // D
     out->scratch_bytes[1] = int64_t(FA_BWD_LSE2_SLOTS) * p->nheads_q * q_rows * 4;  // LSE2 and refined rows
+}
 
-    const Binding common[] = {
-        {FA_BWD_BUF_ALIBI, FA_BUF_ALIBI},
-        {FA_BWD_BUF_CU_SEQLENS_Q, FA_BUF_CU_SEQLENS_Q},
-        {FA_BWD_BUF_CU_SEQLENS_K, FA_BUF_CU_SEQLENS_K},
-        {FA_BWD_BUF_SEQUSED_K, FA_BUF_SEQUSED_K},
-        {FA_BWD_BUF_DELTA, FA_BUF_SCRATCH0},
-        {FA_BWD_BUF_LSE2, FA_BUF_SCRATCH1},
+}  // namespace
+
+int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen) {
+    if (const int rc = check_backward(p, err, errlen)) return rc;
+    const int eb = faplan::elem_bytes(p->dtype);
+    const int64_t q_rows = p->cu_seqlens_q ? p->total_q : int64_t(p->batch) * p->seqlen_q;
+    if (p->batch <= 0 || p->seqlen_q <= 0 || q_rows <= 0 || p->seqlen_k < 0) return FA_OK;  // nothing to compute
+
+    set_backward_bytes(p, eb, q_rows, out);
+    const fa_bwd_params k = backward_constants(p, q_rows);
+    const int bd = fa_bucket_headdim(p->headdim);
+    const uint32_t heads_q = uint32_t(p->nheads_q), heads_kv = uint32_t(p->nheads_kv), batch = uint32_t(p->batch);
+    const int q_bk = fa_bwd_q_bk(bd, eb), kv_bq = fa_bwd_kv_bq(bd, eb);
+    const faplan::LaunchSpec launches[] = {
+        // 1: preprocess (D and LSE2)
+        {faplan::kernel_desc(FA_KERNEL_BWD_PRE, p->dtype), {blocks(p->seqlen_q, FA_BWD_PRE_ROWS), heads_q, batch},
+         FA_BWD_PRE_THREADS, 0, fa_tile{FA_BWD_PRE_ROWS, 0, FA_BWD_PRE_THREADS / FA_SIMD_WIDTH}, 0},
+        // 2: dQ (32-row query blocks against staged K/V tiles)
+        {faplan::kernel_desc(FA_KERNEL_BWD_DQ, p->dtype, bd), {blocks(p->seqlen_q, FA_BWD_Q_BQ), heads_q, batch},
+         FA_BWD_Q_SIMDGROUPS * FA_SIMD_WIDTH, uint32_t(fa_kv_tile_bytes(q_bk, bd, eb)),
+         fa_tile{FA_BWD_Q_BQ, q_bk, FA_BWD_Q_SIMDGROUPS}, 0},
+        // 3: dK, dV (32-key blocks against staged Q/dO blocks)
+        {faplan::kernel_desc(FA_KERNEL_BWD_DKDV, p->dtype, bd), {blocks(p->seqlen_k, FA_BWD_KV_BK), heads_kv, batch},
+         FA_BWD_KV_SIMDGROUPS * FA_SIMD_WIDTH, uint32_t(fa_bwd_qdo_bytes(kv_bq, bd, eb)),
+         fa_tile{kv_bq, FA_BWD_KV_BK, FA_BWD_KV_SIMDGROUPS}, 0},
     };
-    char name[FA_PLAN_KERNEL_NAME_LEN];
-
-    // ---- launch 1: preprocess ----
-    {
-        std::snprintf(name, sizeof(name), "fa_bwd_pre_%s", tag);
-        const uint32_t grid[3] = {blocks(p->seqlen_q, FA_BWD_PRE_ROWS), uint32_t(p->nheads_q), uint32_t(p->batch)};
-        const Binding b[] = {{FA_BWD_BUF_OUT, FA_BUF_OUT}, {FA_BWD_BUF_DOUT, FA_BUF_DOUT}, {FA_BWD_BUF_LSE, FA_BUF_LSE},
-                             common[1], common[2], common[3], common[4], common[5]};
-        add_launch(out, name, grid, FA_BWD_PRE_THREADS, 0, b, int(sizeof(b) / sizeof(b[0])), k);
-    }
-    // ---- launch 2: dQ ----
-    {
-        std::snprintf(name, sizeof(name), "fa_bwd_dq_%s_d%d", tag, bd);
-        const uint32_t grid[3] = {gq, uint32_t(p->nheads_q), uint32_t(p->batch)};
-        const Binding b[] = {{FA_BWD_BUF_Q, FA_BUF_Q},       {FA_BWD_BUF_K, FA_BUF_K}, {FA_BWD_BUF_V, FA_BUF_V},
-                             {FA_BWD_BUF_DOUT, FA_BUF_DOUT}, {FA_BWD_BUF_DQ, FA_BUF_DQ},
-                             common[0], common[1], common[2], common[3], common[4], common[5]};
-        add_launch(out, name, grid, FA_BWD_Q_SIMDGROUPS * FA_SIMD_WIDTH, uint32_t(fa_kv_tile_bytes(q_bk, bd, eb)), b,
-                   int(sizeof(b) / sizeof(b[0])), k);
-    }
-    // ---- launch 3: dK, dV ----
-    {
-        std::snprintf(name, sizeof(name), "fa_bwd_dkdv_%s_d%d", tag, bd);
-        const uint32_t grid[3] = {gk, uint32_t(p->nheads_kv), uint32_t(p->batch)};
-        const Binding b[] = {{FA_BWD_BUF_Q, FA_BUF_Q},   {FA_BWD_BUF_K, FA_BUF_K},   {FA_BWD_BUF_V, FA_BUF_V},
-                             {FA_BWD_BUF_DOUT, FA_BUF_DOUT}, {FA_BWD_BUF_DK, FA_BUF_DK}, {FA_BWD_BUF_DV, FA_BUF_DV},
-                             common[0], common[1], common[2], common[3], common[4], common[5]};
-        add_launch(out, name, grid, FA_BWD_KV_SIMDGROUPS * FA_SIMD_WIDTH, uint32_t(fa_bwd_qdo_bytes(kv_bq, bd, eb)), b,
-                   int(sizeof(b) / sizeof(b[0])), k);
-    }
+    for (const faplan::LaunchSpec &s : launches)
+        if (const int rc = faplan::add_launch(out, s, k, err, errlen)) return rc;
     return FA_OK;
 }

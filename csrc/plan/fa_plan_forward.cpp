@@ -5,6 +5,7 @@
 // kernels/fa_tiles.h), grid (row tiles, head blocks, batch * num_splits). Launch 2 (only when the keys are split): fa_merge_<t>,
 // grid (seqlen_q, nheads_q, batch), which combines the partials in SCRATCH0 (O, fp32) and SCRATCH1 (LSE, fp32).
 // Last, only for return_attn_probs: fa_probs_<t> writes the probabilities (debug output, recomputes the scores).
+// fa_plan_forward is the steps in order: checks, tile choice, split choice, grid, buffer sizes, constants, launches.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -73,12 +74,10 @@ int64_t min_splits_for(int64_t seqlen_k, int keys_per_add) {
 int ceil_div(int64_t a, int64_t b) { return int((a + b - 1) / b); }
 
 // Which attention kernel serves `rows` packed query rows per head block (kernels/fa_tiles.h gives the reasons).
-enum class AttnKernel { Vector, Fragment, Prefill };
-
-AttnKernel choose_kernel(int64_t rows) {
-    if (rows <= FA_VEC_ROWS) return AttnKernel::Vector;
-    if (rows <= FA_DEC_BQ) return AttnKernel::Fragment;
-    return AttnKernel::Prefill;
+fa_kernel_family choose_family(int64_t rows, bool allow_vector) {
+    if (rows <= FA_VEC_ROWS && allow_vector) return FA_KERNEL_VECTOR;
+    if (rows <= FA_DEC_BQ) return FA_KERNEL_FRAGMENT;
+    return FA_KERNEL_PREFILL;
 }
 
 // Whether the vector kernel may read K/V rows as vectors of `width` elements (FA_FLAG_KV_ALIGNED): headdim, every
@@ -125,231 +124,229 @@ int64_t choose_splits(const fa_params *p, int64_t blocks, int key_tiles, int bk,
     return std::max<int64_t>(s, forced_min);
 }
 
-// Debug launch for return_attn_probs: fa_probs_<t>, one threadgroup per (query row, head, batch). Independent of
-// the attention launch (it recomputes the scores), so its position in the plan does not matter.
-void add_probs_launch(const fa_params *p, const fa_fwd_params &k, const char *tag, fa_plan *out) {
-    char name[FA_PLAN_KERNEL_NAME_LEN];
-    std::snprintf(name, sizeof(name), "fa_probs_%s", tag);
-    const uint32_t grid[3] = {uint32_t(p->seqlen_q), uint32_t(p->nheads_q), uint32_t(p->batch)};
-    const uint32_t threads[3] = {FA_PROBS_THREADS, 1, 1};
-    fa_launch *l = &out->launches[out->nlaunches++];
-    faplan::launch_init(l, name, grid, threads, uint32_t(FA_PROBS_THREADS / FA_SIMD_WIDTH * 4));
-    const struct {
-        int index;
-        fa_buffer_id buffer;
-    } binds[] = {
-        {FA_FWD_BUF_Q, FA_BUF_Q},
-        {FA_FWD_BUF_K, FA_BUF_K},
-        {FA_FWD_BUF_ALIBI, FA_BUF_ALIBI},
-        {FA_FWD_BUF_CU_SEQLENS_Q, FA_BUF_CU_SEQLENS_Q},
-        {FA_FWD_BUF_CU_SEQLENS_K, FA_BUF_CU_SEQLENS_K},
-        {FA_FWD_BUF_SEQUSED_K, FA_BUF_SEQUSED_K},
-        {FA_FWD_BUF_LEFTPAD_K, FA_BUF_LEFTPAD_K},
-        {FA_FWD_BUF_CACHE_BATCH_IDX, FA_BUF_CACHE_BATCH_IDX},
-        {FA_FWD_BUF_BLOCK_TABLE, FA_BUF_BLOCK_TABLE},
-        {FA_FWD_BUF_ATTN_PROBS, FA_BUF_ATTN_PROBS},
-    };
-    int indices[sizeof(binds) / sizeof(binds[0])];
-    int n = 0;
-    for (const auto &b : binds) {
-        indices[n++] = b.index;
-        if (out->buffer_bytes[b.buffer] > 0) faplan::launch_bind(l, b.index, b.buffer);
+// What every step needs to know about the call.
+struct ForwardCall {
+    const fa_params *p;
+    int eb;          // element bytes of q/k/v/out
+    int64_t q_rows;  // query rows of all sequences: total_q (varlen) or batch * seqlen_q
+};
+
+// ---- step 1: the tile (kernel family, head-dim bucket, GQA packing, tile sizes) ----
+struct AttentionTiles {
+    fa_kernel_family family;
+    int bd;                      // head-dim bucket: the kernel's BD
+    int pack;                    // query heads sharing a head block (packed GQA for short queries), 1 = none
+    int64_t rows;                // packed query rows per head block
+    fa_tile tile;                // rows (BQ), keys (BK; FA_VEC_BK for the vector kernel), simdgroups
+    uint32_t threadgroup_bytes;
+    int keys_per_add;            // keys per fp32 accumulator addition (kMaxAccumulatorAddsPerSplit)
+};
+
+AttentionTiles choose_tiles(const ForwardCall &c, bool allow_vector) {
+    const fa_params *p = c.p;
+    AttentionTiles t;
+    t.bd = fa_bucket_headdim(p->headdim);
+    const int group = p->nheads_q / p->nheads_kv;
+    t.pack = (group > 1 && p->seqlen_q < FA_FWD_BQ) ? group : 1;
+    t.rows = int64_t(p->seqlen_q) * t.pack;
+    t.family = choose_family(t.rows, allow_vector);
+    if (t.family == FA_KERNEL_VECTOR) {
+        t.tile = fa_tile{fa_vec_rows(int(t.rows)), FA_VEC_BK, FA_VEC_SIMDGROUPS};
+        t.threadgroup_bytes = uint32_t(fa_vec_tg_bytes(t.bd));
+        t.keys_per_add = FA_VEC_SIMDGROUPS;
+    } else {
+        const bool fragment = t.family == FA_KERNEL_FRAGMENT;
+        const int bk = fragment ? fa_dec_bk(t.bd, c.eb) : fa_fwd_bk(t.bd, c.eb);
+        t.tile = fa_tile{fragment ? FA_DEC_BQ : FA_FWD_BQ, bk, fragment ? FA_DEC_SIMDGROUPS : FA_FWD_SIMDGROUPS};
+        t.threadgroup_bytes = uint32_t(fa_kv_tile_bytes(bk, t.bd, c.eb));
+        t.keys_per_add = bk;
     }
-    faplan::launch_bind_unused(out, l, indices, n);
-    faplan::launch_constants(l, FA_FWD_BUF_PARAMS, &k, sizeof(k));
+    return t;
 }
 
-}  // namespace
+fa_kernel_desc attention_desc(const fa_params *p, const AttentionTiles &t) {
+    return faplan::kernel_desc(t.family, p->dtype, t.bd, t.family == FA_KERNEL_VECTOR ? t.tile.rows : 0);
+}
 
-int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen, bool allow_vector) {
-    const char *tag = faplan::dtype_tag(p->dtype);
-    const int eb = faplan::elem_bytes(p->dtype);
-    if (!tag) return fail(err, errlen, FA_ERR_UNSUPPORTED, "dtype: the Metal kernels serve float16, bfloat16 and float32");
-    if (const int rc = faplan::check_attention_shape(p, err, errlen)) return rc;
-    if (p->block_table && p->page_block_size < 1)
-        return fail(err, errlen, FA_ERR_VALUE, "page_block_size: expected >= 1 with a block_table");
+int64_t row_tiles(const AttentionTiles &t) { return (t.rows + t.tile.rows - 1) / t.tile.rows; }
+int64_t head_blocks(const fa_params *p, const AttentionTiles &t) { return p->nheads_q / t.pack; }
 
-    const bool varlen_q = p->cu_seqlens_q != nullptr;
-    const bool varlen_k = p->cu_seqlens_k != nullptr;
-    const int64_t q_rows = varlen_q ? p->total_q : int64_t(p->batch) * p->seqlen_q;
-    if (p->batch <= 0 || p->seqlen_q <= 0 || q_rows <= 0) return FA_OK;  // nothing to compute: empty plan
+// ---- step 2: the split count (split-KV: 1 = none; see choose_splits) ----
+int64_t split_count(const ForwardCall &c, const AttentionTiles &t) {
+    const fa_params *p = c.p;
+    const int key_tiles = ceil_div(std::max(p->seqlen_k, 0), t.tile.keys);
+    const int64_t partial_bytes_per_split = int64_t(p->nheads_q) * c.q_rows * (int64_t(p->headdim) + 1) * 4;
+    return choose_splits(p, row_tiles(t) * head_blocks(p, t) * p->batch, key_tiles, t.tile.keys, t.keys_per_add,
+                         partial_bytes_per_split, c.eb);
+}
 
-    const int bd = fa_bucket_headdim(p->headdim);
-    const int group = p->nheads_q / p->nheads_kv;
-    const int pack = (group > 1 && p->seqlen_q < FA_FWD_BQ) ? group : 1;  // packed GQA for short queries
-    const int64_t rows = int64_t(p->seqlen_q) * pack;                      // packed rows per head block
-    AttnKernel kind = choose_kernel(rows);
-    if (kind == AttnKernel::Vector && !allow_vector) kind = AttnKernel::Fragment;
-    const bool vector = kind == AttnKernel::Vector;
-    const bool decode = kind == AttnKernel::Fragment;
-    const int bq = vector ? fa_vec_rows(int(rows)) : decode ? FA_DEC_BQ : FA_FWD_BQ;
-    const int bk = vector ? FA_VEC_BK : decode ? fa_dec_bk(bd, eb) : fa_fwd_bk(bd, eb);
-    const int nsg = vector ? FA_VEC_SIMDGROUPS : decode ? FA_DEC_SIMDGROUPS : FA_FWD_SIMDGROUPS;
-    const uint32_t tg_bytes = uint32_t(vector ? fa_vec_tg_bytes(bd) : fa_kv_tile_bytes(bk, bd, eb));
-
-    const int64_t gx = (rows + bq - 1) / bq;
-    const int64_t gy = p->nheads_q / pack;
-    const int key_tiles = ceil_div(std::max(p->seqlen_k, 0), bk);
-    const int64_t partial_bytes_per_split = int64_t(p->nheads_q) * q_rows * (int64_t(p->headdim) + 1) * 4;
-    const int64_t splits64 = choose_splits(p, gx * gy * p->batch, key_tiles, bk, vector ? FA_VEC_SIMDGROUPS : bk,
-                                           partial_bytes_per_split, eb);
-    if (gx > 0xffffffffLL || gy > 0xffffffffLL || int64_t(p->batch) * splits64 > 0xffffffffLL)
-        return fail(err, errlen, FA_ERR_VALUE, "shape: grid too large for one dispatch");
-    const int splits = int(splits64);  // <= seqlen_k / 32 + 1: fits
-
-    // ---- constants ----
-    fa_fwd_params k;
-    std::memset(&k, 0, sizeof(k));
-    faplan::set_attention_common(k, p);
-    k.block_table_batch_stride = p->block_table_batch_stride;
-    k.partial_rows = q_rows;
-    k.probs_batch_stride = p->attn_probs_batch_stride;
-    k.probs_head_stride = p->attn_probs_head_stride;
-    k.probs_row_stride = p->attn_probs_row_stride;
-    k.pack = pack;
-    const float log2e = 1.4426950408889634f;
-    const bool softcap = p->softcap > 0.0f;
-    k.q_scale = float(softcap ? p->softmax_scale : p->softmax_scale * log2e);
-    k.softcap_inv = softcap ? float(1.0 / p->softcap) : 0.0f;
-    k.softcap_log2 = softcap ? float(p->softcap * log2e) : 0.0f;
-    uint32_t flags = 0;
-    if (has_tensor(p, p->lse, FA_BUF_LSE)) flags |= FA_FLAG_LSE;
-    if (has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI)) flags |= FA_FLAG_ALIBI;
-    if (varlen_q) flags |= FA_FLAG_VARLEN_Q;
-    if (varlen_k) flags |= FA_FLAG_VARLEN_K;
-    if (p->seqused_k) flags |= FA_FLAG_SEQUSED_K;
-    if (p->leftpad_k) flags |= FA_FLAG_LEFTPAD_K;
-    if (p->cache_batch_idx) flags |= FA_FLAG_CACHE_BATCH_IDX;
-    if (p->block_table) flags |= FA_FLAG_PAGED;
-    if (p->dropout_p > 0.0f) flags |= FA_FLAG_DROPOUT;
-    if (splits > 1) flags |= FA_FLAG_SPLIT;
-    if (vector && kv_vector_aligned(p, fa_vec_width(bd), eb)) flags |= FA_FLAG_KV_ALIGNED;
-    k.flags = flags;
-    k.page_block_size = p->page_block_size;
-    k.max_blocks_per_seq = p->max_blocks_per_seq;
-    k.num_splits = splits;
-
-    // ---- byte sizes of the user buffers (executor bounds checks) ----
-    const int d = p->headdim;
-    int64_t *bytes = out->buffer_bytes;
-    if (varlen_q) {
-        bytes[FA_BUF_Q] = view_extent(1, 0, p->total_q, p->q.row_stride, p->nheads_q, p->q.head_stride, d) * eb;
-        bytes[FA_BUF_OUT] = view_extent(1, 0, p->total_q, p->out.row_stride, p->nheads_q, p->out.head_stride, d) * eb;
-        if (has_tensor(p, p->lse, FA_BUF_LSE)) bytes[FA_BUF_LSE] = view_extent(1, 0, p->nheads_q, p->lse_head_stride, p->total_q, p->lse_row_stride, 1) * 4;
-    } else {
-        bytes[FA_BUF_Q] = view_extent(p->batch, p->q.batch_stride, p->seqlen_q, p->q.row_stride, p->nheads_q,
-                                      p->q.head_stride, d) * eb;
-        bytes[FA_BUF_OUT] = view_extent(p->batch, p->out.batch_stride, p->seqlen_q, p->out.row_stride, p->nheads_q,
-                                        p->out.head_stride, d) * eb;
-        if (has_tensor(p, p->lse, FA_BUF_LSE))
-            bytes[FA_BUF_LSE] = view_extent(p->batch, p->lse_batch_stride, p->nheads_q, p->lse_head_stride,
-                                            p->seqlen_q, p->lse_row_stride, 1) * 4;
+// ---- step 3: the grid (row tiles, head blocks, batch * splits), within Metal's 32-bit dispatch sizes ----
+int attention_grid(const ForwardCall &c, const AttentionTiles &t, int64_t splits, uint32_t grid[3], char *err,
+                   size_t errlen) {
+    const int64_t g[3] = {row_tiles(t), head_blocks(c.p, t), int64_t(c.p->batch) * splits};
+    for (int i = 0; i < 3; ++i) {
+        if (g[i] > 0xffffffffLL) return fail(err, errlen, FA_ERR_VALUE, "shape: grid too large for one dispatch");
+        grid[i] = uint32_t(g[i]);
     }
+    return FA_OK;
+}
+
+// ---- step 4: byte sizes of the buffers (executor bounds checks; a binding needs bytes > 0) ----
+// k and v: pages (paged), packed rows (varlen) or [batch or cache rows, seqlen_k, heads, d].
+void set_kv_bytes(const ForwardCall &c, fa_plan *out) {
+    const fa_params *p = c.p;
     int64_t kv_outer, kv_rows;
     if (p->block_table) {
         kv_outer = p->num_blocks;
         kv_rows = p->page_block_size;
-    } else if (varlen_k) {
+    } else if (p->cu_seqlens_k) {
         kv_outer = 1;
         kv_rows = p->total_k;
     } else {
         kv_outer = p->cache_batch_idx ? p->cache_batch_count : p->batch;
         kv_rows = p->seqlen_k;
     }
-    const int64_t kbs = varlen_k && !p->block_table ? 0 : p->k.batch_stride;
-    const int64_t vbs = varlen_k && !p->block_table ? 0 : p->v.batch_stride;
-    bytes[FA_BUF_K] = view_extent(kv_outer, kbs, kv_rows, p->k.row_stride, p->nheads_kv, p->k.head_stride, d) * eb;
-    bytes[FA_BUF_V] = view_extent(kv_outer, vbs, kv_rows, p->v.row_stride, p->nheads_kv, p->v.head_stride, d) * eb;
-    if (has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI))
-        bytes[FA_BUF_ALIBI] = (int64_t(p->batch - 1) * p->alibi_batch_stride + p->nheads_q) * 4;
-    if (varlen_q) bytes[FA_BUF_CU_SEQLENS_Q] = int64_t(p->batch + 1) * 4;
-    if (varlen_k) bytes[FA_BUF_CU_SEQLENS_K] = int64_t(p->batch + 1) * 4;
-    if (p->seqused_k) bytes[FA_BUF_SEQUSED_K] = int64_t(p->batch) * 4;
-    if (p->leftpad_k) bytes[FA_BUF_LEFTPAD_K] = int64_t(p->batch) * 4;
-    if (p->cache_batch_idx) bytes[FA_BUF_CACHE_BATCH_IDX] = int64_t(p->batch) * 4;
-    if (p->block_table)
-        bytes[FA_BUF_BLOCK_TABLE] = (int64_t(p->batch - 1) * p->block_table_batch_stride + p->max_blocks_per_seq) * 4;
+    const bool packed = p->cu_seqlens_k && !p->block_table;
+    const fa_tensor *views[2] = {&p->k, &p->v};
+    const fa_buffer_id ids[2] = {FA_BUF_K, FA_BUF_V};
+    for (int i = 0; i < 2; ++i)
+        out->buffer_bytes[ids[i]] = view_extent(kv_outer, packed ? 0 : views[i]->batch_stride, kv_rows,
+                                                views[i]->row_stride, p->nheads_kv, views[i]->head_stride,
+                                                p->headdim) * c.eb;
+}
+
+void set_forward_bytes(const ForwardCall &c, int splits, fa_plan *out) {
+    const fa_params *p = c.p;
+    int64_t *bytes = out->buffer_bytes;
+    bytes[FA_BUF_Q] = faplan::q_side_bytes(p, p->q, c.eb);
+    bytes[FA_BUF_OUT] = faplan::q_side_bytes(p, p->out, c.eb);
+    if (has_tensor(p, p->lse, FA_BUF_LSE)) bytes[FA_BUF_LSE] = faplan::lse_bytes(p);
+    set_kv_bytes(c, out);
+    faplan::set_index_buffer_bytes(p, out);
+    if (has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI)) bytes[FA_BUF_ALIBI] = faplan::alibi_bytes(p);
     if (has_tensor(p, p->attn_probs, FA_BUF_ATTN_PROBS))
-        bytes[FA_BUF_ATTN_PROBS] = view_extent(p->batch, p->attn_probs_batch_stride, p->nheads_q, p->attn_probs_head_stride,
-                                               p->seqlen_q, p->attn_probs_row_stride, p->seqlen_k) * 4;
+        bytes[FA_BUF_ATTN_PROBS] = view_extent(p->batch, p->attn_probs_batch_stride, p->nheads_q,
+                                               p->attn_probs_head_stride, p->seqlen_q, p->attn_probs_row_stride,
+                                               p->seqlen_k) * 4;
     if (splits > 1) {
-        out->scratch_bytes[0] = int64_t(splits) * p->nheads_q * q_rows * d * 4;  // O partials
-        out->scratch_bytes[1] = int64_t(splits) * p->nheads_q * q_rows * 4;      // LSE partials
+        out->scratch_bytes[0] = int64_t(splits) * p->nheads_q * c.q_rows * p->headdim * 4;  // O partials
+        out->scratch_bytes[1] = int64_t(splits) * p->nheads_q * c.q_rows * 4;               // LSE partials
     }
+}
 
-    // ---- launch 1: attention ----
-    char name[FA_PLAN_KERNEL_NAME_LEN];
-    if (vector)
-        std::snprintf(name, sizeof(name), "fa_vec%d_%s_d%d", bq, tag, bd);
-    else
-        std::snprintf(name, sizeof(name), "fa_%s_%s_d%d", decode ? "dec" : "fwd", tag, bd);
-    const uint32_t grid[3] = {uint32_t(gx), uint32_t(gy), uint32_t(int64_t(p->batch) * splits)};
-    const uint32_t threads[3] = {uint32_t(nsg * FA_SIMD_WIDTH), 1, 1};
-    fa_launch *att = &out->launches[out->nlaunches++];
-    faplan::launch_init(att, name, grid, threads, tg_bytes);
-    const struct {
-        int index;
-        fa_buffer_id buffer;
-    } att_bindings[] = {
-        {FA_FWD_BUF_Q, FA_BUF_Q},
-        {FA_FWD_BUF_K, FA_BUF_K},
-        {FA_FWD_BUF_V, FA_BUF_V},
-        {FA_FWD_BUF_OUT, FA_BUF_OUT},
-        {FA_FWD_BUF_LSE, FA_BUF_LSE},
-        {FA_FWD_BUF_ALIBI, FA_BUF_ALIBI},
-        {FA_FWD_BUF_CU_SEQLENS_Q, FA_BUF_CU_SEQLENS_Q},
-        {FA_FWD_BUF_CU_SEQLENS_K, FA_BUF_CU_SEQLENS_K},
-        {FA_FWD_BUF_SEQUSED_K, FA_BUF_SEQUSED_K},
-        {FA_FWD_BUF_LEFTPAD_K, FA_BUF_LEFTPAD_K},
-        {FA_FWD_BUF_CACHE_BATCH_IDX, FA_BUF_CACHE_BATCH_IDX},
-        {FA_FWD_BUF_BLOCK_TABLE, FA_BUF_BLOCK_TABLE},
-    };
-    for (const auto &b : att_bindings) {
-        if (b.buffer == FA_BUF_OUT && splits > 1) continue;  // the merge writes out and lse
-        if (b.buffer == FA_BUF_LSE && splits > 1) continue;
-        if (bytes[b.buffer] > 0) faplan::launch_bind(att, b.index, b.buffer);
-    }
-    if (splits > 1) {
-        faplan::launch_bind(att, FA_FWD_BUF_O_PARTIAL, FA_BUF_SCRATCH0);
-        faplan::launch_bind(att, FA_FWD_BUF_LSE_PARTIAL, FA_BUF_SCRATCH1);
-    }
-    static const int att_indices[] = {FA_FWD_BUF_Q, FA_FWD_BUF_K, FA_FWD_BUF_V, FA_FWD_BUF_OUT, FA_FWD_BUF_LSE,
-                                      FA_FWD_BUF_ALIBI, FA_FWD_BUF_CU_SEQLENS_Q, FA_FWD_BUF_CU_SEQLENS_K,
-                                      FA_FWD_BUF_SEQUSED_K, FA_FWD_BUF_LEFTPAD_K, FA_FWD_BUF_CACHE_BATCH_IDX,
-                                      FA_FWD_BUF_BLOCK_TABLE, FA_FWD_BUF_O_PARTIAL, FA_FWD_BUF_LSE_PARTIAL};
-    faplan::launch_bind_unused(out, att, att_indices, int(sizeof(att_indices) / sizeof(att_indices[0])));
-    faplan::launch_constants(att, FA_FWD_BUF_PARAMS, &k, sizeof(k));
-    if (splits == 1) {
-        if (has_tensor(p, p->attn_probs, FA_BUF_ATTN_PROBS)) add_probs_launch(p, k, tag, out);
-        return FA_OK;
-    }
+// ---- step 5: the constant block ----
+uint32_t forward_flags(const ForwardCall &c, const AttentionTiles &t, int splits) {
+    const fa_params *p = c.p;
+    uint32_t flags = 0;
+    if (has_tensor(p, p->lse, FA_BUF_LSE)) flags |= FA_FLAG_LSE;
+    if (has_tensor(p, p->alibi_slopes, FA_BUF_ALIBI)) flags |= FA_FLAG_ALIBI;
+    if (p->cu_seqlens_q) flags |= FA_FLAG_VARLEN_Q;
+    if (p->cu_seqlens_k) flags |= FA_FLAG_VARLEN_K;
+    if (p->seqused_k) flags |= FA_FLAG_SEQUSED_K;
+    if (p->leftpad_k) flags |= FA_FLAG_LEFTPAD_K;
+    if (p->cache_batch_idx) flags |= FA_FLAG_CACHE_BATCH_IDX;
+    if (p->block_table) flags |= FA_FLAG_PAGED;
+    if (p->dropout_p > 0.0f) flags |= FA_FLAG_DROPOUT;
+    if (splits > 1) flags |= FA_FLAG_SPLIT;
+    if (t.family == FA_KERNEL_VECTOR && kv_vector_aligned(p, fa_vec_width(t.bd), c.eb)) flags |= FA_FLAG_KV_ALIGNED;
+    return flags;
+}
 
-    // ---- launch 2: merge the splits ----
+fa_fwd_params forward_constants(const ForwardCall &c, const AttentionTiles &t, int splits) {
+    const fa_params *p = c.p;
+    fa_fwd_params k;
+    std::memset(&k, 0, sizeof(k));
+    faplan::set_attention_common(k, p);
+    k.block_table_batch_stride = p->block_table_batch_stride;
+    k.partial_rows = c.q_rows;
+    k.probs_batch_stride = p->attn_probs_batch_stride;
+    k.probs_head_stride = p->attn_probs_head_stride;
+    k.probs_row_stride = p->attn_probs_row_stride;
+    k.pack = t.pack;
+    const float log2e = 1.4426950408889634f;
+    const bool softcap = p->softcap > 0.0f;
+    k.q_scale = float(softcap ? p->softmax_scale : p->softmax_scale * log2e);
+    k.softcap_inv = softcap ? float(1.0 / p->softcap) : 0.0f;
+    k.softcap_log2 = softcap ? float(p->softcap * log2e) : 0.0f;
+    k.flags = forward_flags(c, t, splits);
+    k.page_block_size = p->page_block_size;
+    k.max_blocks_per_seq = p->max_blocks_per_seq;
+    k.num_splits = splits;
+    return k;
+}
+
+fa_merge_params merge_constants(const ForwardCall &c, const fa_fwd_params &k) {
+    const fa_params *p = c.p;
     fa_merge_params mp;
     std::memset(&mp, 0, sizeof(mp));
     faplan::set_strides(p->out, mp.o_batch_stride, mp.o_row_stride, mp.o_head_stride);
     faplan::set_lse_strides(mp, p);
-    mp.partial_rows = q_rows;
+    mp.partial_rows = c.q_rows;
     mp.batch = p->batch;
     mp.seqlen_q = p->seqlen_q;
     mp.nheads_q = p->nheads_q;
-    mp.headdim = d;
-    mp.num_splits = splits;
-    mp.flags = flags & (FA_FLAG_LSE | FA_FLAG_VARLEN_Q);
-    std::snprintf(name, sizeof(name), "fa_merge_%s", tag);
-    const uint32_t mgrid[3] = {uint32_t(p->seqlen_q), uint32_t(p->nheads_q), uint32_t(p->batch)};
-    const uint32_t mthreads[3] = {FA_MERGE_THREADS, 1, 1};
-    fa_launch *merge = &out->launches[out->nlaunches++];
-    faplan::launch_init(merge, name, mgrid, mthreads, 0);
-    faplan::launch_bind(merge, FA_MERGE_BUF_O_PARTIAL, FA_BUF_SCRATCH0);
-    faplan::launch_bind(merge, FA_MERGE_BUF_LSE_PARTIAL, FA_BUF_SCRATCH1);
-    faplan::launch_bind(merge, FA_MERGE_BUF_OUT, FA_BUF_OUT);
-    if (has_tensor(p, p->lse, FA_BUF_LSE)) faplan::launch_bind(merge, FA_MERGE_BUF_LSE, FA_BUF_LSE);
-    if (varlen_q) faplan::launch_bind(merge, FA_MERGE_BUF_CU_SEQLENS_Q, FA_BUF_CU_SEQLENS_Q);
-    static const int merge_indices[] = {FA_MERGE_BUF_O_PARTIAL, FA_MERGE_BUF_LSE_PARTIAL, FA_MERGE_BUF_OUT,
-                                        FA_MERGE_BUF_LSE, FA_MERGE_BUF_CU_SEQLENS_Q};
-    faplan::launch_bind_unused(out, merge, merge_indices, int(sizeof(merge_indices) / sizeof(merge_indices[0])));
-    faplan::launch_constants(merge, FA_MERGE_BUF_PARAMS, &mp, sizeof(mp));
-    if (has_tensor(p, p->attn_probs, FA_BUF_ATTN_PROBS)) add_probs_launch(p, k, tag, out);
+    mp.headdim = p->headdim;
+    mp.num_splits = k.num_splits;
+    mp.flags = k.flags & (FA_FLAG_LSE | FA_FLAG_VARLEN_Q);
+    return mp;
+}
+
+// ---- step 6: the launches (bindings come from each kernel's signature, kernels/fa_kernel_args.h) ----
+// The attention kernel; split, it writes partials to scratch and leaves out and the LSE to the merge.
+int add_attention_launch(const ForwardCall &c, const AttentionTiles &t, const uint32_t grid[3],
+                         const fa_fwd_params &k, fa_plan *out, char *err, size_t errlen) {
+    faplan::LaunchSpec s{attention_desc(c.p, t), {grid[0], grid[1], grid[2]},
+                         uint32_t(t.tile.simdgroups * FA_SIMD_WIDTH), t.threadgroup_bytes, t.tile, 0};
+    if (k.num_splits > 1) s.placeholder = faplan::buffer_bit(FA_BUF_OUT) | faplan::buffer_bit(FA_BUF_LSE);
+    return faplan::add_launch(out, s, k, err, errlen);
+}
+
+// fa_merge_<t>, one threadgroup per (query row, head, batch): combines the split partials into out and the LSE.
+int add_merge_launch(const ForwardCall &c, const fa_fwd_params &k, fa_plan *out, char *err, size_t errlen) {
+    const fa_params *p = c.p;
+    const faplan::LaunchSpec s{faplan::kernel_desc(FA_KERNEL_MERGE, p->dtype),
+                               {uint32_t(p->seqlen_q), uint32_t(p->nheads_q), uint32_t(p->batch)},
+                               FA_MERGE_THREADS, 0, fa_tile{}, 0};
+    return faplan::add_launch(out, s, merge_constants(c, k), err, errlen);
+}
+
+// Debug launch for return_attn_probs: fa_probs_<t>, one threadgroup per (query row, head, batch). Independent of
+// the attention launch (it recomputes the scores), so its position in the plan does not matter.
+int add_probs_launch(const ForwardCall &c, const fa_fwd_params &k, fa_plan *out, char *err, size_t errlen) {
+    const fa_params *p = c.p;
+    const faplan::LaunchSpec s{faplan::kernel_desc(FA_KERNEL_PROBS, p->dtype),
+                               {uint32_t(p->seqlen_q), uint32_t(p->nheads_q), uint32_t(p->batch)},
+                               FA_PROBS_THREADS, uint32_t(FA_PROBS_THREADS / FA_SIMD_WIDTH * 4), fa_tile{}, 0};
+    return faplan::add_launch(out, s, k, err, errlen);
+}
+
+int check_forward(const fa_params *p, char *err, size_t errlen) {
+    if (!faplan::dtype_tag(p->dtype))
+        return fail(err, errlen, FA_ERR_UNSUPPORTED, "dtype: the Metal kernels serve float16, bfloat16 and float32");
+    if (const int rc = faplan::check_attention_shape(p, err, errlen)) return rc;
+    if (p->block_table && p->page_block_size < 1)
+        return fail(err, errlen, FA_ERR_VALUE, "page_block_size: expected >= 1 with a block_table");
     return FA_OK;
+}
+
+}  // namespace
+
+int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen, bool allow_vector) {
+    if (const int rc = check_forward(p, err, errlen)) return rc;
+    const int64_t q_rows = p->cu_seqlens_q ? p->total_q : int64_t(p->batch) * p->seqlen_q;
+    const ForwardCall c{p, faplan::elem_bytes(p->dtype), q_rows};
+    if (p->batch <= 0 || p->seqlen_q <= 0 || c.q_rows <= 0) return FA_OK;  // nothing to compute: empty plan
+
+    const AttentionTiles tiles = choose_tiles(c, allow_vector);
+    const int64_t splits64 = split_count(c, tiles);
+    uint32_t grid[3] = {0, 0, 0};
+    if (const int rc = attention_grid(c, tiles, splits64, grid, err, errlen)) return rc;
+    const int splits = int(splits64);  // <= seqlen_k / 32 + 1: fits
+    set_forward_bytes(c, splits, out);
+    const fa_fwd_params k = forward_constants(c, tiles, splits);
+
+    int rc = add_attention_launch(c, tiles, grid, k, out, err, errlen);
+    if (rc == FA_OK && splits > 1) rc = add_merge_launch(c, k, out, err, errlen);
+    if (rc == FA_OK && has_tensor(p, p->attn_probs, FA_BUF_ATTN_PROBS)) rc = add_probs_launch(c, k, out, err, errlen);
+    return rc;
 }

@@ -16,19 +16,51 @@ const char *dtype_tag(fa_dtype t);
 // touched plus one, 0 when any extent is 0.
 int64_t view_extent(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, int64_t s2, int64_t d);
 
-// Launch building helpers.
-void launch_init(fa_launch *l, const char *kernel, const uint32_t grid[3], const uint32_t threads[3],
-                 uint32_t tg_bytes);
-void launch_bind(fa_launch *l, int index, fa_buffer_id buffer, int64_t byte_offset = 0);
+// Byte extents the executors bounds-check, of tensors laid out as fa_abi.h describes: a q-side tensor (q, out,
+// dout, dq) and a k-side tensor (k, v, dk, dv; not a paged or batch-indexed cache) in the dense
+// [batch, rows, heads, d] or packed varlen [total, heads, d] layout, the fp32 LSE, the fp32 ALiBi slopes.
+int64_t q_side_bytes(const fa_params *p, const fa_tensor &t, int eb);
+int64_t k_side_bytes(const fa_params *p, const fa_tensor &t, int eb);
+int64_t lse_bytes(const fa_params *p);
+int64_t alibi_bytes(const fa_params *p);
+
+// Byte sizes of the int32 side buffers the call gives (cu_seqlens_q/k, seqused_k, leftpad_k, cache_batch_idx,
+// block_table) into plan->buffer_bytes.
+void set_index_buffer_bytes(const fa_params *p, fa_plan *plan);
+
 // Optional kernel arguments a launch does not use are still bound (Metal's validation and the simulator want every
 // [[buffer(n)]] of the entry point bound): to FA_PLAN_DUMMY_BUFFER, a 16-byte plan-owned scratch buffer the
 // kernels never touch because the flag that would make them read it is clear.
-#define FA_PLAN_DUMMY_SCRATCH 3
 #define FA_PLAN_DUMMY_BUFFER FA_BUF_SCRATCH3
 #define FA_PLAN_DUMMY_BYTES 16
-// Bind the dummy at every index in [0, count) of `indices` not bound yet, and reserve its memory in the plan.
-void launch_bind_unused(fa_plan *plan, fa_launch *l, const int *indices, int count);
-void launch_constants(fa_launch *l, int index, const void *data, uint32_t size);
+
+// Bit of a logical buffer in LaunchSpec::placeholder.
+constexpr uint64_t buffer_bit(fa_buffer_id id) { return uint64_t(1) << id; }
+
+// The descriptor of one kernel: its family and template constants T (the dtype), BD (head-dim bucket; 0 = the
+// family has none) and ROWS (query rows of the vector kernels; 0 = none).
+fa_kernel_desc kernel_desc(fa_kernel_family family, fa_dtype dtype, int bd = 0, int rows = 0);
+
+// Everything a launch is made of besides its constant block.
+struct LaunchSpec {
+    fa_kernel_desc desc;
+    uint32_t grid[3];
+    uint32_t threads;          // threads per threadgroup (one dimension)
+    uint32_t threadgroup_bytes;
+    fa_tile tile;
+    uint64_t placeholder;      // buffer_bit()s of logical buffers to bind the placeholder for even when present
+};
+
+// Append a launch: the kernel name derived from the descriptor, every buffer argument of the family's signature
+// (kernels/fa_kernel_args.h) bound to its logical buffer when the plan gives that memory (buffer_bytes or
+// scratch_bytes > 0, so set those first) and to the placeholder otherwise, and the constant block at
+// FA_KERNEL_PARAMS_INDEX, whose size must be that of the family's block. FA_OK, or FA_ERR_RUNTIME with a message.
+int add_launch(fa_plan *plan, const LaunchSpec &spec, const void *constants, uint32_t constants_size, char *err,
+               size_t errlen);
+template <class Block>
+int add_launch(fa_plan *plan, const LaunchSpec &spec, const Block &constants, char *err, size_t errlen) {
+    return add_launch(plan, spec, &constants, uint32_t(sizeof(constants)), err, errlen);
+}
 
 // Whether an optional tensor is present: its host pointer is set or, for the Metal backend, it is given as an
 // MTLBuffer handle in p->device_buffers (PyTorch MPS tensors arrive that way with NULL host pointers).

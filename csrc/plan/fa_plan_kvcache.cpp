@@ -2,7 +2,6 @@
 // rotates the new keys and writes the new k/v rows into the cache (dense, batch-indirected or paged). Attention over
 // the updated cache is a separate forward plan (the caller passes seqused_k + seqlen_new as the key counts).
 #include <algorithm>
-#include <cstdio>
 #include <cstring>
 
 #include "fa_kernel_params.h"
@@ -10,29 +9,42 @@
 #include "fa_plan_internal.h"
 #include "fa_tiles.h"
 
+namespace {
+
 using faplan::fail;
 using faplan::view_extent;
 
-int fa_plan_kvcache_append(const fa_params *p, const fa_kvcache_update *u, fa_plan *out, char *err, size_t errlen) {
-    const char *tag = faplan::dtype_tag(p->dtype);
-    const int eb = faplan::elem_bytes(p->dtype);
-    if (!tag) return fail(err, errlen, FA_ERR_UNSUPPORTED, "dtype: the Metal kernels serve float16, bfloat16 and float32");
+// What the update does: rotate (q and/or the new keys), append new rows, or both.
+struct AppendCall {
+    const fa_params *p;
+    const fa_kvcache_update *u;
+    int eb;
+    bool rotary;      // rotary tables given
+    bool has_new;     // new k/v rows given
+    int seqlen_new;   // 0 without new rows
+};
+
+int check_append(const AppendCall &c, char *err, size_t errlen) {
+    const fa_params *p = c.p;
+    const fa_kvcache_update *u = c.u;
+    if (!faplan::dtype_tag(p->dtype))
+        return fail(err, errlen, FA_ERR_UNSUPPORTED, "dtype: the Metal kernels serve float16, bfloat16 and float32");
     if (p->headdim < 1 || p->headdim > FA_MAX_HEADDIM)
         return fail(err, errlen, FA_ERR_VALUE, "headdim: expected 1..%d, got %d", FA_MAX_HEADDIM, p->headdim);
     if (p->cu_seqlens_q || p->cu_seqlens_k)
         return fail(err, errlen, FA_ERR_VALUE, "cu_seqlens: the KV-cache append takes dense q and caches");
-    const bool rotary = u->rotary_cos && u->rotary_sin && u->rotary_dim > 0;
-    if (rotary && (u->rotary_dim % 2 != 0 || u->rotary_dim > p->headdim))
+    if (c.rotary && (u->rotary_dim % 2 != 0 || u->rotary_dim > p->headdim))
         return fail(err, errlen, FA_ERR_VALUE, "rotary_cos: rotary_dim must be even and <= headdim (%d), got %d",
                     p->headdim, u->rotary_dim);
-    const bool has_new = u->knew.data != nullptr && u->seqlen_new > 0;
-    if (has_new && !u->vnew.data) return fail(err, errlen, FA_ERR_VALUE, "v: new k given without new v");
+    if (c.has_new && !u->vnew.data) return fail(err, errlen, FA_ERR_VALUE, "v: new k given without new v");
     if (p->block_table && p->page_block_size < 1)
         return fail(err, errlen, FA_ERR_VALUE, "page_block_size: expected >= 1 with a block_table");
-    const int seqlen_new = has_new ? u->seqlen_new : 0;
-    const int gx = std::max(rotary ? p->seqlen_q : 0, seqlen_new);
-    if (p->batch <= 0 || gx <= 0) return FA_OK;  // nothing to rotate or append
+    return FA_OK;
+}
 
+fa_append_params append_constants(const AppendCall &c) {
+    const fa_params *p = c.p;
+    const fa_kvcache_update *u = c.u;
     fa_append_params k;
     std::memset(&k, 0, sizeof(k));
     faplan::set_qkv_strides(k, p);
@@ -43,84 +55,71 @@ int fa_plan_kvcache_append(const fa_params *p, const fa_kvcache_update *u, fa_pl
     k.num_blocks = p->num_blocks;
     k.batch = p->batch;
     k.seqlen_q = p->seqlen_q;
-    k.seqlen_new = seqlen_new;
+    k.seqlen_new = c.seqlen_new;
     k.seqlen_k = p->seqlen_k;
     k.nheads_q = p->nheads_q;
     k.nheads_kv = p->nheads_kv;
     k.headdim = p->headdim;
-    k.rotary_dim = rotary ? u->rotary_dim : 0;
-    k.seqlen_ro = rotary ? u->seqlen_ro : 0;
+    k.rotary_dim = c.rotary ? u->rotary_dim : 0;
+    k.seqlen_ro = c.rotary ? u->seqlen_ro : 0;
     k.page_block_size = p->page_block_size;
     k.max_blocks_per_seq = p->max_blocks_per_seq;
     uint32_t flags = 0;
-    if (rotary && p->seqlen_q > 0) flags |= FA_APPEND_ROTATE_Q;
-    if (rotary && has_new) flags |= FA_APPEND_ROTATE_K;
+    if (c.rotary && p->seqlen_q > 0) flags |= FA_APPEND_ROTATE_Q;
+    if (c.rotary && c.has_new) flags |= FA_APPEND_ROTATE_K;
     if (u->rotary_interleaved) flags |= FA_APPEND_INTERLEAVED;
     if (u->rotate_q_causal) flags |= FA_APPEND_Q_CAUSAL;
-    if (has_new) flags |= FA_APPEND_KV;
+    if (c.has_new) flags |= FA_APPEND_KV;
     if (p->seqused_k) flags |= FA_FLAG_SEQUSED_K;
     if (p->leftpad_k) flags |= FA_FLAG_LEFTPAD_K;
     if (p->cache_batch_idx) flags |= FA_FLAG_CACHE_BATCH_IDX;
     if (p->block_table) flags |= FA_FLAG_PAGED;
     k.flags = flags;
+    return k;
+}
 
+void set_append_bytes(const AppendCall &c, const fa_append_params &k, fa_plan *out) {
+    const fa_params *p = c.p;
+    const fa_kvcache_update *u = c.u;
     const int d = p->headdim;
     int64_t *bytes = out->buffer_bytes;
-    bytes[FA_BUF_Q] = view_extent(p->batch, p->q.batch_stride, p->seqlen_q, p->q.row_stride, p->nheads_q,
-                                  p->q.head_stride, d) * eb;
+    bytes[FA_BUF_Q] = faplan::q_side_bytes(p, p->q, c.eb);  // dense: the append takes no cu_seqlens
     const int64_t kv_outer = p->block_table ? p->num_blocks : k.cache_batch_count;
     const int64_t kv_rows = p->block_table ? p->page_block_size : p->seqlen_k;
     bytes[FA_BUF_K] = view_extent(kv_outer, p->k.batch_stride, kv_rows, p->k.row_stride, p->nheads_kv,
-                                  p->k.head_stride, d) * eb;
+                                  p->k.head_stride, d) * c.eb;
     bytes[FA_BUF_V] = view_extent(kv_outer, p->v.batch_stride, kv_rows, p->v.row_stride, p->nheads_kv,
-                                  p->v.head_stride, d) * eb;
-    if (has_new) {
-        bytes[FA_BUF_KNEW] = view_extent(p->batch, u->knew.batch_stride, seqlen_new, u->knew.row_stride, p->nheads_kv,
-                                         u->knew.head_stride, d) * eb;
-        bytes[FA_BUF_VNEW] = view_extent(p->batch, u->vnew.batch_stride, seqlen_new, u->vnew.row_stride, p->nheads_kv,
-                                         u->vnew.head_stride, d) * eb;
+                                  p->v.head_stride, d) * c.eb;
+    if (c.has_new) {
+        bytes[FA_BUF_KNEW] = view_extent(p->batch, u->knew.batch_stride, c.seqlen_new, u->knew.row_stride,
+                                         p->nheads_kv, u->knew.head_stride, d) * c.eb;
+        bytes[FA_BUF_VNEW] = view_extent(p->batch, u->vnew.batch_stride, c.seqlen_new, u->vnew.row_stride,
+                                         p->nheads_kv, u->vnew.head_stride, d) * c.eb;
     }
-    if (rotary) {
-        bytes[FA_BUF_ROTARY_COS] = int64_t(u->seqlen_ro) * (u->rotary_dim / 2) * eb;
+    if (c.rotary) {
+        bytes[FA_BUF_ROTARY_COS] = int64_t(u->seqlen_ro) * (u->rotary_dim / 2) * c.eb;
         bytes[FA_BUF_ROTARY_SIN] = bytes[FA_BUF_ROTARY_COS];
     }
-    if (p->seqused_k) bytes[FA_BUF_SEQUSED_K] = int64_t(p->batch) * 4;
-    if (p->leftpad_k) bytes[FA_BUF_LEFTPAD_K] = int64_t(p->batch) * 4;
-    if (p->cache_batch_idx) bytes[FA_BUF_CACHE_BATCH_IDX] = int64_t(p->batch) * 4;
-    if (p->block_table)
-        bytes[FA_BUF_BLOCK_TABLE] = (int64_t(p->batch - 1) * p->block_table_batch_stride + p->max_blocks_per_seq) * 4;
+    faplan::set_index_buffer_bytes(p, out);
+}
 
-    char name[FA_PLAN_KERNEL_NAME_LEN];
-    std::snprintf(name, sizeof(name), "fa_kvcache_append_%s", tag);
-    const uint32_t grid[3] = {uint32_t(gx), uint32_t(p->nheads_q + p->nheads_kv), uint32_t(p->batch)};
-    const uint32_t threads[3] = {FA_APPEND_THREADS, 1, 1};
-    fa_launch *l = &out->launches[out->nlaunches++];
-    faplan::launch_init(l, name, grid, threads, 0);
-    const struct {
-        int index;
-        fa_buffer_id buffer;
-    } binds[] = {
-        {FA_APPEND_BUF_Q, FA_BUF_Q},
-        {FA_APPEND_BUF_KCACHE, FA_BUF_K},
-        {FA_APPEND_BUF_VCACHE, FA_BUF_V},
-        {FA_APPEND_BUF_KNEW, FA_BUF_KNEW},
-        {FA_APPEND_BUF_VNEW, FA_BUF_VNEW},
-        {FA_APPEND_BUF_COS, FA_BUF_ROTARY_COS},
-        {FA_APPEND_BUF_SIN, FA_BUF_ROTARY_SIN},
-        {FA_APPEND_BUF_SEQUSED_K, FA_BUF_SEQUSED_K},
-        {FA_APPEND_BUF_LEFTPAD_K, FA_BUF_LEFTPAD_K},
-        {FA_APPEND_BUF_CACHE_BATCH_IDX, FA_BUF_CACHE_BATCH_IDX},
-        {FA_APPEND_BUF_BLOCK_TABLE, FA_BUF_BLOCK_TABLE},
-    };
-    for (const auto &b : binds) {
-        if (b.buffer == FA_BUF_Q && !(flags & FA_APPEND_ROTATE_Q)) continue;
-        if ((b.buffer == FA_BUF_K || b.buffer == FA_BUF_V) && !has_new) continue;
-        if (bytes[b.buffer] > 0) faplan::launch_bind(l, b.index, b.buffer);
-    }
-    static const int indices[] = {FA_APPEND_BUF_Q, FA_APPEND_BUF_KCACHE, FA_APPEND_BUF_VCACHE, FA_APPEND_BUF_KNEW,
-                                  FA_APPEND_BUF_VNEW, FA_APPEND_BUF_COS, FA_APPEND_BUF_SIN, FA_APPEND_BUF_SEQUSED_K,
-                                  FA_APPEND_BUF_LEFTPAD_K, FA_APPEND_BUF_CACHE_BATCH_IDX, FA_APPEND_BUF_BLOCK_TABLE};
-    faplan::launch_bind_unused(out, l, indices, int(sizeof(indices) / sizeof(indices[0])));
-    faplan::launch_constants(l, FA_APPEND_BUF_PARAMS, &k, sizeof(k));
-    return FA_OK;
+}  // namespace
+
+int fa_plan_kvcache_append(const fa_params *p, const fa_kvcache_update *u, fa_plan *out, char *err, size_t errlen) {
+    const bool rotary = u->rotary_cos && u->rotary_sin && u->rotary_dim > 0;
+    const bool has_new = u->knew.data != nullptr && u->seqlen_new > 0;
+    const AppendCall c{p, u, faplan::elem_bytes(p->dtype), rotary, has_new, has_new ? u->seqlen_new : 0};
+    if (const int rc = check_append(c, err, errlen)) return rc;
+    const int gx = std::max(rotary ? p->seqlen_q : 0, c.seqlen_new);
+    if (p->batch <= 0 || gx <= 0) return FA_OK;  // nothing to rotate or append
+
+    const fa_append_params k = append_constants(c);
+    set_append_bytes(c, k, out);
+    faplan::LaunchSpec s{faplan::kernel_desc(FA_KERNEL_KVCACHE_APPEND, p->dtype),
+                         {uint32_t(gx), uint32_t(p->nheads_q + p->nheads_kv), uint32_t(p->batch)},
+                         FA_APPEND_THREADS, 0, fa_tile{}, 0};
+    // q is bound only to be rotated, the caches only to receive new rows (otherwise: the placeholder)
+    if (!(k.flags & FA_APPEND_ROTATE_Q)) s.placeholder |= faplan::buffer_bit(FA_BUF_Q);
+    if (!has_new) s.placeholder |= faplan::buffer_bit(FA_BUF_K) | faplan::buffer_bit(FA_BUF_V);
+    return faplan::add_launch(out, s, k, err, errlen);
 }

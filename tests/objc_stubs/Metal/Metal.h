@@ -35,6 +35,20 @@ typedef NS_OPTIONS(NSUInteger, MTLResourceOptions) {
 - (void *)contents NS_RETURNS_INNER_POINTER;
 @end
 
+// ---- MTLDataType.h (MTLArgument.h before macOS 26) ----
+typedef NS_ENUM(NSUInteger, MTLDataType) {
+    MTLDataTypeFloat = 3,
+    MTLDataTypeInt = 29,
+    MTLDataTypeUInt = 33,
+    MTLDataTypeBool = 53,
+} API_AVAILABLE(macos(10.11));
+
+// ---- MTLFunctionConstantValues.h ----
+API_AVAILABLE(macos(10.12))
+@interface MTLFunctionConstantValues : NSObject <NSCopying>
+- (void)setConstantValue:(const void *)value type:(MTLDataType)type atIndex:(NSUInteger)index;
+@end
+
 // ---- MTLLibrary.h ----
 @protocol MTLFunction <NSObject>
 @end
@@ -51,6 +65,9 @@ typedef NS_ENUM(NSUInteger, MTLLanguageVersion) {
 
 @protocol MTLLibrary <NSObject>
 - (nullable id<MTLFunction>)newFunctionWithName:(NSString *)functionName;
+- (nullable id<MTLFunction>)newFunctionWithName:(NSString *)name
+                                 constantValues:(MTLFunctionConstantValues *)constantValues
+                                          error:(__autoreleasing NSError **)error API_AVAILABLE(macos(10.12));
 @property (readonly) NSArray<NSString *> *functionNames;
 @end
 

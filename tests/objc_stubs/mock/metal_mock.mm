@@ -190,6 +190,32 @@ static std::map<const void *, MTLLanguageVersion> &compile_versions() {
 - (NSString *)name { return fname; }
 @end
 
+// Function constants: the values set on each MTLFunctionConstantValues object, as "index:type=value" words (kept
+// beside the object: the stub declares the class without ivars, as the SDK does).
+static std::map<const void *, std::string> &constant_values() {
+    static std::map<const void *, std::string> m;
+    return m;
+}
+
+@implementation MTLFunctionConstantValues
+- (void)setConstantValue:(const void *)value type:(MTLDataType)type atIndex:(NSUInteger)index {
+    std::ostringstream os;
+    os << " " << index << ":" << static_cast<unsigned long>(type) << "=";
+    switch (type) {
+    case MTLDataTypeBool: os << int(*static_cast<const bool *>(value)); break;
+    case MTLDataTypeInt: os << *static_cast<const int32_t *>(value); break;
+    case MTLDataTypeUInt: os << *static_cast<const uint32_t *>(value); break;
+    case MTLDataTypeFloat: os << *static_cast<const float *>(value); break;
+    default: os << "?"; break;
+    }
+    constant_values()[(__bridge const void *)self] += os.str();
+}
+- (id)copyWithZone:(void *)zone {
+    (void)zone;
+    return self;
+}
+@end
+
 @interface FAMockLibrary : NSObject <MTLLibrary> {
 @public
     std::vector<std::string> *names;
@@ -205,6 +231,18 @@ static std::map<const void *, MTLLanguageVersion> &compile_versions() {
         }
     }
     return nil;
+}
+// Journal "specialize <name><constants>"; the function is found as without constants.
+- (id<MTLFunction>)newFunctionWithName:(NSString *)name
+                        constantValues:(MTLFunctionConstantValues *)constantValues
+                                 error:(NSError **)error {
+    id<MTLFunction> f = [self newFunctionWithName:name];
+    if (f == nil) {
+        if (error) *error = mock_error(std::string("no function ") + name.UTF8String);
+        return nil;
+    }
+    mock::note(std::string("specialize ") + name.UTF8String + constant_values()[(__bridge const void *)constantValues]);
+    return f;
 }
 - (NSArray<NSString *> *)functionNames {
     FAMockArray *a = [FAMockArray new];
