@@ -1,5 +1,6 @@
-"""Helpers shared by tests/test_metal_*.py and tests/test_plan*.py (no tests here): drive the sim backend through `_core`
-(so the tests can ask for several thread schedules) and build inputs in the ABI's layouts."""
+"""Helpers shared by the Metal-kernel tests (tests/metal/test_metal_*.py, tests/kvcache/test_metal_kvcache.py,
+tests/reliability/test_long_sequences_metal.py; no tests here): drive the sim backend through `_core` (so the tests can
+ask for several thread schedules) and build inputs in the ABI's layouts."""
 from __future__ import annotations
 
 import math

@@ -8,12 +8,13 @@ import re
 
 import numpy as np
 import pytest
+from _paths import ROOT
 
 import flash_attn_cy
 from flash_attn_cy import errors
 
 PKG = pathlib.Path(errors.__file__).resolve().parent
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"  # the checkout's (the package may be installed)
+README = ROOT / "README.md"  # the checkout's (the package may be installed)
 # Exceptions that never leave their module: the verify driver's "n/a" marker and the sim CLI's argument error
 # (both caught where they are raised and turned into a table entry or an exit status).
 INTERNAL = {"NotApplicable", "UsageError"}

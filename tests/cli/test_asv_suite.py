@@ -7,13 +7,12 @@ import inspect
 import math
 import pkgutil
 import sys
-from pathlib import Path
 
 import pytest
 
 import flash_attn_cy
 
-ROOT = Path(__file__).resolve().parents[1]
+from _paths import ROOT  # noqa: E402
 SUITE = ROOT / "asv_benchmarks"
 PREFIXES = ("time_", "track_", "peakmem_", "mem_", "timeraw_")
 

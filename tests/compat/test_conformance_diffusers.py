@@ -13,9 +13,10 @@ import subprocess
 import sys
 import textwrap
 
+import _paths
 import pytest
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+TESTS = str(_paths.TESTS)  # on the subprocesses' path: the shared helpers (_tolerance)
 
 
 def run_python(code: str, pythonpath: str | None = None) -> str:
@@ -60,7 +61,7 @@ def test_distribution_metadata_only_while_aliased():
 
 
 def test_environment_route_answers_the_metadata_lookup_lazily():
-    site_dir = os.path.join(os.path.dirname(TESTS), "flash_attn_cy", "flash_attn_compat", "site")
+    site_dir = str(_paths.ROOT / "flash_attn_cy" / "flash_attn_compat" / "site")
     env_code = f"""
         import importlib.metadata as md, os, site, sys
         os.environ["FLASH_ATTN_CY_AS_FLASH_ATTN"] = "1"

@@ -10,11 +10,11 @@ Then window sizes at INT32_MAX - 1 go through the public API on every backend.
 from __future__ import annotations
 
 import itertools
-import pathlib
 
 import numpy as np
 import pytest
 
+from _paths import ROOT
 from _tolerance import assert_close_to_ref
 from conftest import available_backends, randn
 
@@ -22,7 +22,7 @@ import flash_attn_cy
 import flash_attn_cy.interface as fa
 from flash_attn_cy.reference import attention_ref
 
-HEADER = pathlib.Path(__file__).resolve().parents[1] / "kernels" / "fa_mask.h"
+HEADER = ROOT / "kernels" / "fa_mask.h"
 I32MAX = 2**31 - 1
 
 # One thread per case: (i, j, sq, sk, left, right) in, (visible, key_lo(i), key_hi(i), row_lo(j), row_hi(j),
@@ -139,7 +139,7 @@ def test_window_near_int32_max_matches_reference(rng, backend, window, sq, sk):
 def test_window_near_int32_max_backward(rng, backend, window):
     if backend not in available_backends():
         pytest.skip(f"the {backend} backend is not available in this build")
-    from test_backward import check_grads
+    from _grad_check import check_grads
     check_grads(rng, "fp32", (1, 19, 2, 16), (1, 23, 1, 16), backend=backend, window_size=window)
 
 

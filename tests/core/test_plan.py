@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_metal_support import describe_forward, rand
+from _metal_support import describe_forward, rand
 
 LIMIT_TG_MEMORY = 32768
 LIMIT_THREADS = 1024
@@ -174,7 +174,7 @@ def test_attn_probs_adds_the_debug_launch(rng):
 
 def _describe_kvcache(q, kc, vc, knew, vnew, **options):
     from flash_attn_cy import _core
-    from test_metal_support import dtype_name, host_view
+    from _metal_support import dtype_name, host_view
 
     hv = lambda x: None if x is None else host_view(x)  # noqa: E731
     options.setdefault("softmax_scale", 0.125)

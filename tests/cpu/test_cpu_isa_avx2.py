@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from _cpu_isa import cpu_isa_in_use, isa  # noqa: F401 (the fixture)
+from _paths import TESTS
 from _tolerance import assert_close_to_ref
 from conftest import DTYPES, randn
 
@@ -69,7 +70,7 @@ with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter("always")
     import flash_attn_cy as fa
     caught = [str(x.message) for x in w if issubclass(x.category, RuntimeWarning)]
-sys.path.insert(0, {here!r})
+sys.path[:0] = [{here!r}, {tests!r}]
 from _cpu_isa import cpu_isa_in_use
 from test_cpu_isa_avx2 import run_cases
 res = dict(isa=cpu_isa_in_use(), desc=fa.backends()["cpu"]["description"], warnings=caught)
@@ -100,7 +101,7 @@ def _child(hide: str, isa_value, out: str = "") -> dict:
     env.pop("FLASH_ATTN_CY_CPU_ISA", None)
     if isa_value is not None:
         env["FLASH_ATTN_CY_CPU_ISA"] = isa_value
-    r = subprocess.run([sys.executable, "-c", CHILD.format(here=HERE, out=out)], env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-c", CHILD.format(here=HERE, tests=str(TESTS), out=out)], env=env, capture_output=True,
                        text=True, timeout=300, cwd=HERE)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])

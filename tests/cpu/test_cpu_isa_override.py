@@ -1,5 +1,5 @@
 """FLASH_ATTN_CY_CPU_ISA: 'portable', 'avx2' and 'avx512' force those CPU kernels; any other value is pointed out at
-import (it used to be ignored silently). Forcing a set the CPU cannot run: tests/test_cpu_isa_avx2.py."""
+import (it used to be ignored silently). Forcing a set the CPU cannot run: tests/cpu/test_cpu_isa_avx2.py."""
 from __future__ import annotations
 
 import os

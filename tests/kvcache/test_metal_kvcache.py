@@ -8,7 +8,7 @@ import pytest
 
 import flash_attn_cy
 from flash_attn_cy.reference import kvcache_ref, rotary_ref, to_float64
-from test_metal_support import np_dtype, rand, require_sim
+from _metal_support import np_dtype, rand, require_sim
 from _tolerance import assert_close_to_ref
 
 

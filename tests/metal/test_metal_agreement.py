@@ -8,7 +8,7 @@ import pytest
 
 import flash_attn_cy as fa
 from flash_attn_cy.reference import attention_ref, to_float64
-from test_metal_support import np_dtype, rand, require_sim
+from _metal_support import np_dtype, rand, require_sim
 from _tolerance import assert_close_to_ref
 
 
@@ -111,7 +111,7 @@ def test_dropout_same_mask_on_both(rng):
 def test_attn_probs_debug_output(window, softcap, alibi, rng):
     """return_attn_probs with dropout: probabilities (dropped ones negated) equal on sim and cpu, and equal to the
     reference softmax with the documented Philox mask."""
-    from test_metal_support import dropout_keep_mask
+    from _metal_support import dropout_keep_mask
 
     q, k, v = rand(rng, (2, 13, 3, 40), "fp16"), rand(rng, (2, 21, 3, 40), "fp16"), rand(rng, (2, 21, 3, 40), "fp16")
     kw = dict(dropout_p=0.3, window_size=window, softcap=softcap, return_attn_probs=True, seed=(77, 5))

@@ -8,7 +8,7 @@ checks the output with the project's tolerance rule and the LSE. Covered: every 
 head dims (zero padded columns), GQA groups of 2 and 4 sharing K/V loads, MQA, causal with rows that see no key,
 sliding windows, ALiBi, softcap, dropout (the shared Philox mask), seqused_k, varlen, split-KV (auto and explicit,
 including splits that see no key) and K/V layouts that are not vector aligned (the scalar load path). The KV-cache
-layouts (paged, cache_batch_idx, leftpad) reach the same kernel through tests/test_metal_kvcache.py."""
+layouts (paged, cache_batch_idx, leftpad) reach the same kernel through tests/kvcache/test_metal_kvcache.py."""
 from __future__ import annotations
 
 import math
@@ -18,7 +18,7 @@ import pytest
 
 from flash_attn_cy.reference import attention_ref
 from test_metal_forward import check_dense
-from test_metal_support import check_varlen_causal, describe_forward, lse_close, np_dtype, rand, require_sim, sim_forward
+from _metal_support import check_varlen_causal, describe_forward, lse_close, np_dtype, rand, require_sim, sim_forward
 from _tolerance import assert_close_to_ref
 from _sim_math import sim_math  # noqa: E402,F401  (every test: IEEE and fast math)
 

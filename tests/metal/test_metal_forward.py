@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from flash_attn_cy.reference import attention_ref
-from test_metal_support import check_varlen_causal, describe_forward, dropout_keep_mask, lse_close, np_dtype, rand, require_sim, sim_forward
+from _metal_support import check_varlen_causal, describe_forward, dropout_keep_mask, lse_close, np_dtype, rand, require_sim, sim_forward
 from _tolerance import assert_close_to_ref
 from _sim_math import sim_math  # noqa: E402,F401  (every test: IEEE and fast math)
 

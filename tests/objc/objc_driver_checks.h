@@ -1,4 +1,4 @@
-// objc_driver_checks.h - check counting shared by the tests/test_objc_*_driver programs (included by each, header
+// objc_driver_checks.h - check counting shared by the tests/objc/test_objc_*_driver programs (included by each, header
 // only). Every check counts; a failed one prints one line starting with "FAIL" (the Python side looks for it) and
 // counts as a failure; main() ends with fa_checks_report().
 #pragma once

@@ -1,7 +1,7 @@
 """Unit tests of the Metal shim's portable C++ (objc/fa_metal_binding.cpp): buffer storage decisions, page
 arithmetic for newBufferWithBytesNoCopy, copy-back, device-buffer offsets and the plan-to-encoder walk.
 
-The driver (tests/test_objc_binding_driver.cpp) is compiled with the host C++ compiler, with AddressSanitizer and
+The driver (tests/objc/test_objc_binding_driver.cpp) is compiled with the host C++ compiler, with AddressSanitizer and
 UndefinedBehaviorSanitizer when the compiler supports them, and run; every check it makes is a plain assertion.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from _paths import OBJC_TESTS, ROOT  # noqa: E402
 
 
 def _compiler() -> str | None:
@@ -26,7 +26,7 @@ def _compiler() -> str | None:
 def _build(tmp_path: Path, cxx: str, sanitize: bool) -> subprocess.CompletedProcess:
     cmd = [cxx, "-std=c++17", "-O1", "-g", "-Wall", "-Wextra", "-Werror",
            f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'kernels'}", f"-I{ROOT / 'objc'}",
-           str(ROOT / "tests" / "test_objc_binding_driver.cpp"), str(ROOT / "objc" / "fa_metal_binding.cpp"),
+           str(OBJC_TESTS / "test_objc_binding_driver.cpp"), str(ROOT / "objc" / "fa_metal_binding.cpp"),
            "-o", str(tmp_path / "binding_driver")]
     if sanitize:
         cmd[1:1] = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
@@ -47,7 +47,7 @@ def test_binding_driver(tmp_path: Path) -> None:
 
 
 def test_real_plans_through_the_binding(tmp_path: Path) -> None:
-    """The shim's binding/encoding over csrc/plan's real plans (tests/test_objc_plan_driver.cpp)."""
+    """The shim's binding/encoding over csrc/plan's real plans (tests/objc/test_objc_plan_driver.cpp)."""
     cxx = _compiler()
     if cxx is None:
         pytest.skip("no C++ compiler")
@@ -58,7 +58,7 @@ def test_real_plans_through_the_binding(tmp_path: Path) -> None:
     defines = [] if (plan_dir / "fa_plan_backward.cpp").exists() else ["-DFA_NO_PLAN_BACKWARD"]
     exe = tmp_path / "plan_driver"
     cmd = [cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", *defines, f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'kernels'}",
-           f"-I{ROOT / 'objc'}", f"-I{plan_dir}", str(ROOT / "tests" / "test_objc_plan_driver.cpp"),
+           f"-I{ROOT / 'objc'}", f"-I{plan_dir}", str(OBJC_TESTS / "test_objc_plan_driver.cpp"),
            str(ROOT / "objc" / "fa_metal_binding.cpp"), *sources, "-o", str(exe)]
     built = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr

@@ -1,5 +1,5 @@
 // Unit tests of the portable half of the Metal shim (objc/fa_metal_binding.cpp), built and run by
-// tests/test_objc_binding.py with the host C++ compiler (and sanitizers where available). Prints one line per
+// tests/objc/test_objc_binding.py with the host C++ compiler (and sanitizers where available). Prints one line per
 // failed check and "passed N checks" at the end; the exit status is the number of failures (capped).
 #include <cstdint>
 #include <cstdio>

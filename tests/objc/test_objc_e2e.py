@@ -1,9 +1,9 @@
 """End to end without a Mac: the Metal backend's whole host path, with only the GPU replaced.
 
 fa_forward(backend=metal) -> dispatcher -> the real dispatch plan -> the real Objective-C++ shim (objc/*.mm, built
-without ARC on the GNU Objective-C runtime) -> the mock Metal of tests/objc_stubs/mock -> the project's real Metal
+without ARC on the GNU Objective-C runtime) -> the mock Metal of tests/objc/objc_stubs/mock -> the project's real Metal
 kernels, run by the Metal simulator when the mock's command buffer commits; outputs and LSE are compared with the CPU
-backend. See tests/test_objc_e2e_driver.mm.
+backend. See tests/objc/test_objc_e2e_driver.mm.
 
 It links against the C++ core the build produced (libfa_core.a in a meson build directory under build/: an editable
 install, `pip install --no-build-isolation -e .`, or `pip install . -Cbuild-dir=build/ci`), and skips where there is
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-# This file compiles the shim against tests/objc_stubs and runs it on the GNU Objective-C runtime; on macOS the real SDK
-# headers clash with those stubs, and the shim is compiled and run for real there (the macOS workflows).
+from _paths import OBJC_STUBS, OBJC_TESTS, ROOT  # noqa: E402
+# This file compiles the shim against tests/objc/objc_stubs and runs it on the GNU Objective-C runtime; on macOS the
+# real SDK headers clash with those stubs, and the shim is compiled and run for real there (the macOS workflows).
 pytestmark = pytest.mark.skipif(sys.platform == "darwin", reason="compiles the Metal shim against Linux stub headers; "
                                 "macOS builds the real shim instead")
 
@@ -59,10 +59,10 @@ def test_metal_path_end_to_end(tmp_path: Path) -> None:
     # memcpy/malloc go through ASan's interceptors); leaks are expected without ARC, so leak checks are off.
     cmd = [clang, "-fsanitize=address", "-x", "objective-c++", "-std=c++17", "-fobjc-runtime=gcc", "-fblocks",
            "-DFA_METAL_MRC_EXECUTION_TEST", "-O1", "-Wall", "-Werror",
-           f"-I{ROOT / 'tests' / 'objc_stubs'}", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'kernels'}", f"-I{ROOT / 'objc'}",
+           f"-I{OBJC_STUBS}", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'kernels'}", f"-I{ROOT / 'objc'}",
            str(ROOT / "objc" / "fa_metal_context.mm"), str(ROOT / "objc" / "fa_metal_execute.mm"),
-           str(ROOT / "tests" / "objc_stubs" / "mock" / "metal_mock.mm"),
-           str(ROOT / "tests" / "test_objc_e2e_driver.mm"),
+           str(OBJC_STUBS / "mock" / "metal_mock.mm"),
+           str(OBJC_TESTS / "test_objc_e2e_driver.mm"),
            "-x", "c++", str(ROOT / "objc" / "fa_metal_binding.cpp"),
            # Every object of the core (as the extension's link_whole does: weak scaffold definitions must not
            # shadow the real ones) except metal_unavailable, whose fa_metal_* the shim defines here.

@@ -1,8 +1,8 @@
 // End to end without a Mac: fa_forward(FA_BACKEND_METAL) through the dispatcher (csrc/fa_abi.cpp), the REAL
 // dispatch plan (csrc/plan), the real shim (objc/*.mm, built without ARC on the GNU runtime), the mock Metal of
-// tests/objc_stubs/mock, and the project's real Metal kernels executed by the Metal simulator (csrc/sim) when the
+// tests/objc/objc_stubs/mock, and the project's real Metal kernels executed by the Metal simulator (csrc/sim) when the
 // mock's command buffer commits. Results are compared with the CPU backend on the same inputs.
-// Linked against the build's libfa_core.a; built and run by tests/test_objc_e2e.py.
+// Linked against the build's libfa_core.a; built and run by tests/objc/test_objc_e2e.py.
 #import <Foundation/Foundation.h>
 #import <Metal/Metal.h>
 

@@ -2,7 +2,7 @@
 
 objc/fa_metal_context.mm, objc/fa_metal_execute.mm and objc/fa_metal_binding.cpp are compiled unchanged (except
 that the GNU Objective-C runtime has no ARC, so they are built with manual reference counting and leak) together
-with tests/objc_stubs/mock (Foundation/Metal classes implementing the stub declarations: buffers are host memory,
+with tests/objc/objc_stubs/mock (Foundation/Metal classes implementing the stub declarations: buffers are host memory,
 command buffers run small C++ test kernels at commit and bounds-check every access) and a stand-in dispatch plan.
 Each scenario runs in its own process because the shim's Metal context is process-wide.
 
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-# This file compiles the shim against tests/objc_stubs and runs it on the GNU Objective-C runtime; on macOS the real SDK
-# headers clash with those stubs, and the shim is compiled and run for real there (the macOS workflows).
+from _paths import OBJC_STUBS, OBJC_TESTS, ROOT  # noqa: E402
+# This file compiles the shim against tests/objc/objc_stubs and runs it on the GNU Objective-C runtime; on macOS the
+# real SDK headers clash with those stubs, and the shim is compiled and run for real there (the macOS workflows).
 pytestmark = pytest.mark.skipif(sys.platform == "darwin", reason="compiles the Metal shim against Linux stub headers; "
                                 "macOS builds the real shim instead")
 SCENARIOS = ["nodevice", "paravirtual", "apple10", "apple7", "metallib", "nocopy_refused", "embedded",
@@ -51,10 +51,10 @@ def driver(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shim_exec") / "driver"
     cmd = [clang, "-x", "objective-c++", "-std=c++17", "-fobjc-runtime=gcc", "-fblocks",
            "-DFA_METAL_MRC_EXECUTION_TEST", "-g", "-O1", "-Wall", "-Werror",
-           f"-I{ROOT / 'tests' / 'objc_stubs'}", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'kernels'}", f"-I{ROOT / 'objc'}",
+           f"-I{OBJC_STUBS}", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'kernels'}", f"-I{ROOT / 'objc'}",
            str(ROOT / "objc" / "fa_metal_context.mm"), str(ROOT / "objc" / "fa_metal_execute.mm"),
-           str(ROOT / "tests" / "objc_stubs" / "mock" / "metal_mock.mm"),
-           str(ROOT / "tests" / "test_objc_execute_driver.mm"),
+           str(OBJC_STUBS / "mock" / "metal_mock.mm"),
+           str(OBJC_TESTS / "test_objc_execute_driver.mm"),
            "-x", "c++", str(ROOT / "objc" / "fa_metal_binding.cpp"),
            f"-L{objc_libdir}", f"-Wl,-rpath,{objc_libdir}", "-lobjc", "-o", str(out)]
     built = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

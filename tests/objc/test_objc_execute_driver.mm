@@ -1,6 +1,6 @@
 // Runs the real shim (objc/fa_metal_context.mm, objc/fa_metal_execute.mm, objc/fa_metal_binding.cpp) against the
-// mock Metal of tests/objc_stubs/mock, one scenario per process (the shim's Metal context is process-wide).
-// Built and run by tests/test_objc_execute.py. Prints "FAIL ..." lines and "passed N checks"; exits non-zero on
+// mock Metal of tests/objc/objc_stubs/mock, one scenario per process (the shim's Metal context is process-wide).
+// Built and run by tests/objc/test_objc_execute.py. Prints "FAIL ..." lines and "passed N checks"; exits non-zero on
 // failure. The plan comes from a stand-in fa_plan_build below (test kernels, not the project's), so this checks
 // the shim's own logic: device checks, library choice, buffers, offsets, encoding, errors and copy-back.
 #import <Foundation/Foundation.h>

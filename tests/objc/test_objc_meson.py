@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from _paths import ROOT  # noqa: E402
 
 FAKE_XCRUN = r"""#!/bin/sh
 # fake xcrun: -sdk macosx {metal --version | -f metallib | metal -c IN -o OUT ... -MF DEP | metallib AIRS -o OUT}

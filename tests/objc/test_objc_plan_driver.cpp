@@ -3,7 +3,7 @@
 // KV-cache append). For each plan: every bound buffer gets storage, outputs are copied back or wrapped, inputs are
 // not, binding offsets fall inside their buffers, the encoding walk issues one dispatch per launch with barriers
 // between them, and every launch fits an M1's limits (1024 threads, 32 KiB threadgroup memory).
-// Built and run by tests/test_objc_binding.py. Prints "FAIL ..." lines and "passed N checks".
+// Built and run by tests/objc/test_objc_binding.py. Prints "FAIL ..." lines and "passed N checks".
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>

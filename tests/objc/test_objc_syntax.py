@@ -1,7 +1,7 @@
 """Compile-check the Objective-C++ Metal shim (objc/*.mm) without a Mac.
 
 Every .mm file is compiled with clang in syntax-only mode, ARC on, against the declaration-only Metal and
-Foundation headers in tests/objc_stubs (written from Apple's documented API), and any warning fails the test. The
+Foundation headers in tests/objc/objc_stubs (written from Apple's documented API), and any warning fails the test. The
 negative cases prove the check has teeth: a misspelled selector, a wrong argument type and non-ARC code must fail.
 Skips (with the reason) when no clang with Objective-C support is installed (Debian/Ubuntu: apt package clang-19).
 """
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-# This file compiles the shim against the declaration-only Linux stub headers of tests/objc_stubs; on macOS the real SDK
-# headers clash with those stubs, and the shim is compiled and run for real there (the macOS workflows).
+from _paths import OBJC_STUBS, ROOT  # noqa: E402
+# This file compiles the shim against the declaration-only Linux stub headers of tests/objc/objc_stubs; on macOS the
+# real SDK headers clash with those stubs, and the shim is compiled and run for real there (the macOS workflows).
 pytestmark = pytest.mark.skipif(sys.platform == "darwin", reason="compiles the Metal shim against Linux stub headers; "
                                 "macOS builds the real shim instead")
-STUBS = ROOT / "tests" / "objc_stubs"
+STUBS = OBJC_STUBS
 MM_FILES = sorted((ROOT / "objc").glob("*.mm"))
 
 

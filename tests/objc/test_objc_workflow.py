@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from _paths import ROOT  # noqa: E402
 WORKFLOW = ROOT / ".github" / "workflows" / "macos.yml"
 yaml = pytest.importorskip("yaml")
 

@@ -17,7 +17,7 @@ import zipfile
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from _paths import ROOT  # noqa: E402
 SCRIPT = ROOT / ".ci" / "install-torch"
 WHEEL = "fa_cy_probe-1.0-py3-none-any.whl"
 

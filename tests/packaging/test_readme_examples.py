@@ -4,7 +4,6 @@ it was (its files go to a temporary directory). Blocks that need a Mac are skipp
 from __future__ import annotations
 
 import os
-import pathlib
 import re
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from _paths import ROOT  # noqa: E402
 README = ROOT / "README.md"
 MAC_ONLY = re.compile(r"\"mps\"|'mps'|backend=\"metal\"|mx\.metal")  # needs Apple's GPU
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import flash_attn_cy
 
-ROOT = Path(__file__).resolve().parents[1]
+from _paths import ROOT  # noqa: E402
 VERSION = (ROOT / "VERSION").read_text().strip()
 
 

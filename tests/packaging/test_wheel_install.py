@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from _paths import ROOT  # noqa: E402
 CHECK = ROOT / ".ci" / "wheel_check.py"
 COMPILERS = ("cc", "c++", "gcc", "g++", "clang", "clang++", "clang-19", "clang++-19")
 

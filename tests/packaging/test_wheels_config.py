@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from _paths import ROOT  # noqa: E402
 WORKFLOW = ROOT / ".github" / "workflows" / "wheels.yml"
 yaml = pytest.importorskip("yaml")
 if sys.version_info >= (3, 11):

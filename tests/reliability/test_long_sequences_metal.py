@@ -105,7 +105,7 @@ def test_short_key_ranges_keep_their_split_choice():
 
 
 def _need_sim():
-    from test_metal_support import require_sim
+    from _metal_support import require_sim
     require_sim()
 
 
@@ -115,7 +115,7 @@ def test_forced_splits_are_correct_in_the_simulator(sq, monkeypatch):
     asks for none; the merged result meets the float32 tolerance against the float64 reference."""
     from _tolerance import assert_close_to_ref
     from flash_attn_cy.reference import attention_ref
-    from test_metal_support import describe_forward, lse_close, sim_forward
+    from _metal_support import describe_forward, lse_close, sim_forward
     _need_sim()
     monkeypatch.setenv(ENV, "256")
     rng = np.random.default_rng(17)
@@ -136,7 +136,7 @@ def test_merge_of_thousands_of_splits_is_accurate(monkeypatch):
     so the exact output is that row and the exact LSE is log(65536) + the score. A running fp32 sum over the splits
     is off by ~2e-5 here (n * eps growth, 5x the float32 floor); the pairwise merge stays at a few ulps."""
     from _tolerance import assert_close_to_ref
-    from test_metal_support import lse_close, sim_forward
+    from _metal_support import lse_close, sim_forward
     _need_sim()
     monkeypatch.setenv(ENV, "32")
     rng = np.random.default_rng(3)

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -11,9 +10,9 @@ if sim.find_clang() is None:
     pytest.skip("the strict MSL check needs clang++ (not found: install clang or set FLASH_ATTN_CY_CLANG)",
                 allow_module_level=True)
 
-ROOT = Path(__file__).parent.parent
+from _paths import ROOT, SIM_CASES  # noqa: E402
 KERNELS = sorted((ROOT / "kernels").glob("*.metal"))
-CASES = ROOT / "tests" / "sim_cases"
+CASES = SIM_CASES
 
 
 def test_project_kernels_pass_the_strict_check():

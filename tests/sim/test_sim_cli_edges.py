@@ -19,8 +19,8 @@ except sim.SimCompileError:
 if sim.find_clang() is None:
     pytest.skip("the simulator checks kernel files with clang++ (not found)", allow_module_level=True)
 
-ROOT = Path(__file__).parent.parent
-CASE = ROOT / "tests" / "sim_cases" / "oob_reads.metal"
+from _paths import ROOT, SIM_CASES  # noqa: E402
+CASE = SIM_CASES / "oob_reads.metal"
 REDUCE = ROOT / "kernels" / "example_reduce.metal"
 
 

@@ -3,18 +3,18 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _paths import ROOT, SIM_CASES
 
 sim = pytest.importorskip("flash_attn_cy.sim")
 if sim._compile.shutil.which("c++") is None and sim._compile.shutil.which("g++") is None \
         and sim._compile.shutil.which("clang++") is None and not os.environ.get("CXX"):
     pytest.skip("the simulator needs a C++ compiler at run time (none found)", allow_module_level=True)
 
-CASES = Path(__file__).parent / "sim_cases"
-KERNELS = Path(__file__).parent.parent / "kernels"
+CASES = SIM_CASES
+KERNELS = ROOT / "kernels"
 
 # (file, kernel, grid, threadgroup, buffers {index: (dtype, count)}, bytes {index: (dtype, value)}, expected kind)
 PLANTED = [

@@ -1,14 +1,13 @@
 """simdgroup_matrix, half/bfloat conversions and SIMD-group functions of the Metal simulator against NumPy."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from _paths import SIM_CASES
 
 sim = pytest.importorskip("flash_attn_cy.sim")
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
-CASE = Path(__file__).parent / "sim_cases" / "simdgroup_products.metal"
+CASE = SIM_CASES / "simdgroup_products.metal"
 DTYPES = {"float": np.float32, "half": np.float16, "bfloat": ml_dtypes.bfloat16}
 
 

@@ -5,10 +5,10 @@ correctly (it used to die: a trap instruction ended the interpreter with SIGILL)
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _paths import ROOT, SIM_CASES
 
 sim = pytest.importorskip("flash_attn_cy.sim")
 try:
@@ -18,8 +18,8 @@ except sim.SimCompileError:
 if sim.find_clang() is None:
     pytest.skip("the simulator checks kernel files with clang++ (not found)", allow_module_level=True)
 
-CASE = Path(__file__).parent / "sim_cases" / "signals.metal"
-KERNELS = Path(__file__).parent.parent / "kernels"
+CASE = SIM_CASES / "signals.metal"
+KERNELS = ROOT / "kernels"
 IS_GCC = "clang" not in sim._compile._compiler_id(_CXX).lower()
 
 # kernel, buffers, bytes, words expected in the message

@@ -4,7 +4,6 @@ and nothing of theirs runs; the project's own kernels pass."""
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +13,8 @@ if sim.find_clang() is None:
     pytest.skip("the trust check needs clang++ (not found)", allow_module_level=True)
 from flash_attn_cy.sim import trust  # noqa: E402
 
-ROOT = Path(__file__).parent.parent
-HOSTILE = ROOT / "tests" / "sim_cases" / "hostile"
+from _paths import ROOT, SIM_CASES  # noqa: E402
+HOSTILE = SIM_CASES / "hostile"
 
 # file (= kernel name), what the refusal must say (file:line and why)
 PLANTED = [

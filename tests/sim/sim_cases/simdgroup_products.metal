@@ -1,4 +1,4 @@
-// Kernels for tests/test_sim_matrix.py (simdgroup_matrix, conversions, SIMD functions, atomics, swizzles).
+// Kernels for tests/sim/test_sim_matrix.py (simdgroup_matrix, conversions, SIMD functions, atomics, swizzles).
 // simdgroup_matrix: D = A x B + C for 16x16 matrices (K = 16), one 8x8 output
 // block per SIMD group (4 SIMD groups, 128 threads), A staged through threadgroup memory, B read from device memory
 // (stored transposed when transpose_b != 0), C and D in float. Instantiated for float, half and bfloat.

@@ -1,5 +1,5 @@
 // Declaration-only stand-in for <Foundation/Foundation.h>, used ONLY to compile-check objc/*.mm on Linux
-// (tests/test_objc_syntax.py). It declares just what the shim uses, with the selector names, argument types and
+// (tests/objc/test_objc_syntax.py). It declares just what the shim uses, with the selector names, argument types and
 // nullability of Apple's documented API (developer.apple.com/documentation/foundation), for the arm64 macOS ABI.
 // Nothing here is ever linked or executed; a real macOS build uses the SDK's headers.
 #pragma once

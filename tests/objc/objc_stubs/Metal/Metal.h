@@ -1,5 +1,5 @@
 // Declaration-only stand-in for <Metal/Metal.h>, used ONLY to compile-check objc/*.mm on Linux
-// (tests/test_objc_syntax.py). It declares just what the shim uses, with the selector names, argument types,
+// (tests/objc/test_objc_syntax.py). It declares just what the shim uses, with the selector names, argument types,
 // nullability, enum values and availability (API_AVAILABLE, macOS only) of Apple's Metal API, arm64 macOS, as the
 // SDK headers declare them (checked against the macOS 26.4 SDK's MTLDevice.h / MTLComputeCommandEncoder.h and
 // Apple's metal-cpp, which spells out every selector). Nothing here is linked or executed; a real macOS build uses

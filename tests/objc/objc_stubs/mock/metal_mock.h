@@ -1,6 +1,7 @@
-// metal_mock.h - knobs and journal of the mock Metal used to EXECUTE the shim on Linux (tests/test_objc_execute.py).
+// metal_mock.h - knobs and journal of the mock Metal used to EXECUTE the shim on Linux
+// (tests/objc/test_objc_execute.py).
 //
-// The mock implements the Foundation/Metal declarations of tests/objc_stubs on the GNU Objective-C runtime: a
+// The mock implements the Foundation/Metal declarations of tests/objc/objc_stubs on the GNU Objective-C runtime: a
 // device whose buffers are host memory, libraries whose functions are listed in a text "metallib" or found in the
 // source, and command buffers that run a few C++ test kernels (registered by name) when committed. It checks that
 // every buffer access stays inside its MTLBuffer and records each Metal call, so tests can see exactly what the shim
