@@ -2,9 +2,12 @@
 runs once on a tiny shape. Nothing here is timed: speed is what the suite itself measures."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
+import itertools
 import math
+import pathlib
 import pkgutil
 import sys
 
@@ -45,7 +48,23 @@ def _methods(cls):
 def test_suite_has_every_group():
     names = {c.__name__ for c in CLASSES}
     assert {"Forward", "SeqlenScaling", "GroupedQuery", "SlidingWindow", "Varlen", "Decode", "Backward",
-            "PeakMemory", "Simulator", "TinyLlamaGenerate"} <= names
+            "PeakMemory", "Simulator", "TinyLlamaGenerate", "HostCost"} <= names
+
+
+def test_classes_are_the_case_table_of_the_cli():
+    """One case table: every group of flash_attn_cy/_bench/cases.py is one asv class, the suite loads that very file,
+    and each class's parameter combinations are the table's cases."""
+    from flash_attn_cy import _bench
+
+    assert pathlib.Path(_common.cases.__file__).resolve() == pathlib.Path(_bench.cases.__file__).resolve()
+    assert sorted(c.__name__ for c in CLASSES) == sorted(_bench.GROUPS)
+    for cls in CLASSES:
+        group = _bench.GROUPS[cls.__name__]
+        own = [n for n, _ in group.axes]
+        assert cls.param_names[-len(own):] == own and cls.params[-len(own):] == [list(v) for _, v in group.axes]
+        for values in itertools.product(*cls.params):
+            params = cls()._params(values)
+            assert dataclasses.astuple(cls.group.case(**params)) == dataclasses.astuple(group.case(**params))
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=IDS)
@@ -56,7 +75,7 @@ def test_params_are_well_formed(cls):
     for axis in params:
         assert len({repr(v) for v in axis}) == len(axis), f"{cls.__name__}: duplicate values in {axis}"
     assert _methods(cls), f"{cls.__name__} has no benchmark method"
-    for name in _methods(cls) + ["setup"]:
+    for name in _methods(cls) + ["setup", "teardown"]:
         sig = inspect.signature(getattr(cls, name))
         assert len(sig.parameters) == len(params) + 1, f"{cls.__name__}.{name}{sig} vs {names}"
     for name in _methods(cls):
@@ -85,14 +104,16 @@ def test_every_backend_is_measured():
         assert "torch-sdpa-cpu" not in impls
 
 
-# Tiny stand-ins for the sizes the benchmarks use: parameter values by name, class and module constants.
-TINY_PARAMS = {"seqlen": 64, "cache_len": 96, "max_seqlen": 48}
-TINY_ATTRS = {"SEQLEN": 64, "CACHE_LEN": 96, "NEW_TOKENS": 2, "PROMPT": 8}
+def _tiny(shape):
+    """A tiny stand-in for a benchmark's case: same mode, features and dtype, at most 64 tokens (96 cached keys, an
+    8-token prompt and 2 new tokens)."""
+    return _common.cases.shrink(shape, seqlen=64, cache_len=96, new_tokens=2, prompt=8)
 
 
 def _tiny_cases(cls):
-    """One parameter tuple per implementation (ours and the torch baseline when installed), sizes shrunk."""
-    base = [TINY_PARAMS.get(name, axis[-1]) for name, axis in zip(cls.param_names, cls.params)]
+    """One parameter tuple per implementation (ours and the torch baseline when installed), the last value of every
+    other axis (the largest case: _tiny shrinks it)."""
+    base = [axis[-1] for axis in cls.params]
     if "impl" not in cls.param_names:
         return [tuple(base)]
     i = cls.param_names.index("impl")
@@ -114,10 +135,7 @@ def _clear_caches(mod):
 @pytest.mark.parametrize("cls", CLASSES, ids=IDS)
 def test_each_benchmark_runs_on_a_tiny_case(cls, monkeypatch):
     mod = sys.modules[cls.__module__]
-    for name, value in TINY_ATTRS.items():
-        for owner in (cls, mod):
-            if hasattr(owner, name):
-                monkeypatch.setattr(owner, name, value)
+    monkeypatch.setattr(cls, "resize", _tiny)
     if cls.__name__ == "TinyLlamaGenerate":
         pytest.importorskip("transformers")
     _clear_caches(mod)
@@ -131,7 +149,11 @@ def test_each_benchmark_runs_on_a_tiny_case(cls, monkeypatch):
                     # only optional comparisons may be n/a; our backends must run
                     assert _common.is_baseline(case[0]) or cls.__name__ == "TinyLlamaGenerate", (case, e)
                     continue
-                result = getattr(bench, method)(*case)
+                try:
+                    result = getattr(bench, method)(*case)
+                finally:
+                    bench.teardown(*case)
+                assert max(bench.shape.seqlen_q, bench.shape.seqlen_k) <= 96, bench.shape  # the tiny case ran
                 if method.startswith("track_"):
                     assert isinstance(result, float) and math.isfinite(result) and result > 0, (method, case, result)
     finally:

@@ -56,6 +56,12 @@ def test_no_arguments_prints_the_help_and_the_commands(tmp_path):
     (["bench", "--backward", "--decode"], "--backward and --decode cannot be combined"),
     (["bench", "--decode", "--heads", "16", "--kv-heads", "3"], "--kv-heads 3 must divide --heads 16"),
     (["bench", "--kv-heads", "2"], "--kv-heads is only used with --decode"),
+    (["bench", "--host-cost", "--decode"], "--host-cost takes its own cases: drop --decode"),
+    (["bench", "--host-cost", "--no-torch"], "--host-cost compares with PyTorch SDPA on the CPU"),
+    (["bench", "--group", "Decode", "--seqlens", "64"], "--group takes its own cases: drop --seqlens"),
+    (["bench", "--group", "HostCost"], "--group: invalid choice: 'HostCost'"),
+    (["bench", "--cpu-isa", "sse4"], "--cpu-isa: kernel sets must be among portable,avx2,avx512"),
+    (["bench", "--cpu-time"], "--cpu-time needs --threads 1"),
     (["verify", "--backend", "nonexistent"], "--backend: unknown backend 'nonexistent'"),
     (["verify", "--case", "no-such-case"], "--case: no built-in case matches"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -137,6 +143,38 @@ def test_bench_tiny_shapes_table_and_json(tmp_path):
         return
     assert "torch ms" in r.stdout and "torch/cpu" in r.stdout
     assert all(row["ms"]["torch"] > 0 for row in data["rows"])
+
+
+def test_bench_host_cost_table_and_json(tmp_path):
+    """`bench --host-cost`: microseconds per call of every public call at tiny shapes beside PyTorch SDPA's on the
+    same shapes, their ratio, and whether flash_attn_cy's host cost is at most SDPA's."""
+    pytest.importorskip("torch")
+    from flash_attn_cy._bench import HOST_COST_CALLS
+
+    out = tmp_path / "host.json"
+    r = run_cli(["bench", "--host-cost", "--seqlens", "1,8", "--min-time", "0.02", "--min-reps", "2", "--quiet",
+                 "--json", str(out)], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cpu us" in r.stdout and "torch us" in r.stdout and "cpu/torch" in r.stdout
+    assert "host cost per call: " in r.stdout and "SDPA's (worst cpu/torch " in r.stdout
+    data = json.loads(out.read_text())
+    assert data["meta"]["threads"] == 1 and data["meta"]["comparisons"] == ["torch"]
+    assert sorted((row["name"], row["shape"]["seqlen_k"]) for row in data["rows"]) == sorted(
+        (name, s) for name in HOST_COST_CALLS for s in (1, 8))
+    for row in data["rows"]:
+        shape = row["shape"]
+        assert (shape["batch"], shape["heads"], shape["heads_kv"], shape["headdim"]) == (1, 4, 2, 64), row
+        assert row["ms"]["cpu"] > 0 and row["ms"]["torch"] > 0 and row["calls"]["cpu"] >= 2, row
+        assert row["name"] in r.stdout
+
+
+def test_bench_cpu_kernel_sets_side_by_side(tmp_path):
+    """`--cpu-isa`: the CPU backend once per kernel set (FLASH_ATTN_CY_CPU_ISA per call), each its own column."""
+    r = run_cli(TINY_BENCH + ["--quiet", "--seqlens", "16", "--causal", "true", "--no-torch", "--cpu-isa",
+                              "portable,portable"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cpu:portable ms" in r.stdout and "cpu ms" not in r.stdout
+    assert r.stdout.count("cpu:portable ms") == 1  # a kernel set listed twice is timed once
 
 
 def test_bench_decode_and_plot(tmp_path):
@@ -224,10 +262,10 @@ def test_bench_times_sides_in_alternating_rounds(monkeypatch):
     """Every side is timed in each round, one side after the other, so a slow phase of the machine hits all sides."""
     from flash_attn_cy import _bench
 
-    monkeypatch.setattr(_bench, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(_bench.timing, "SETTLE_SECONDS", 0.0)
     calls = []
     fns = {"cpu": lambda: calls.append("cpu"), "torch": lambda: calls.append("torch")}
-    ms = _bench._interleaved_median_ms(fns, min_time=0.0, min_reps=3)
+    ms = _bench.interleaved_median_ms(fns, min_time=0.0, min_reps=3)
     assert set(ms) == {"cpu", "torch"} and all(v >= 0 for v in ms.values())
     # one warm-up call each, then >= 3 rounds of one timed call per side
     assert calls[:2] == ["cpu", "torch"]
@@ -240,12 +278,12 @@ def test_bench_times_sides_in_alternating_rounds(monkeypatch):
 def test_bench_reports_a_failing_side_and_times_the_rest(monkeypatch):
     from flash_attn_cy import _bench
 
-    monkeypatch.setattr(_bench, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(_bench.timing, "SETTLE_SECONDS", 0.0)
 
     def broken(*args, **kwargs):
         raise RuntimeError("backend exploded")
 
-    monkeypatch.setattr(_bench, "_make_torch", broken)
+    monkeypatch.setattr(_bench.sides, "_torch", broken)
     shapes = _bench.build_shapes([16], [8], ["fp32"], [False], batch=1, heads=1)
     (row,) = _bench.run_bench(shapes, ["cpu"], ["torch"], min_time=0.0, min_reps=1)
     assert row.ms["cpu"] > 0
@@ -414,9 +452,9 @@ def test_short_calls_are_timed_for_min_time_not_a_fixed_count(monkeypatch):
     50 calls gave a few ms of measurement and unstable ratios)."""
     from flash_attn_cy import _bench
 
-    monkeypatch.setattr(_bench, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(_bench.timing, "SETTLE_SECONDS", 0.0)
     fns = {"cpu": lambda: time.sleep(0.0001), "torch": lambda: time.sleep(0.0001)}
-    times = _bench._interleaved_times(fns, min_time=0.1, min_reps=3)
+    times = _bench.interleaved_times(fns, min_time=0.1, min_reps=3)
     for name, t in times.items():
         assert len(t) > 50, name
         assert sum(t) >= 0.09, (name, sum(t))
