@@ -254,7 +254,8 @@ def _host_cost(args, backend: str, hw: dict, torch) -> int:
 
 def _timing_table(args, fa, torch, hw, shapes, backends, comparisons) -> int:
     if args.min_time is None:
-        args.min_time = _bench.DECODE_MIN_TIME if args.decode else _bench.DEFAULT_MIN_TIME
+        decode = any(s.mode == "decode" for s in shapes)
+        args.min_time = _bench.DECODE_MIN_TIME if decode else _bench.DEFAULT_MIN_TIME
     peak = None
     if not args.no_peak:
         peaks = _bench.matmul_peak_gflops()

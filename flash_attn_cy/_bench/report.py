@@ -45,8 +45,10 @@ def format_table(rows: Sequence[Row], backends: Sequence[str], comparisons, peak
     """The bench table; ``comparisons`` as for run_bench (each gets its own ms and rate columns and one ratio
     column per backend: comparison ms / backend ms)."""
     comparisons = comparison_list(comparisons)
-    decode = any(r.shape.mode == "decode" for r in rows)
+    decode = any(r.shape.mode == "decode" for r in rows)  # decode rows are rated by the bytes of K/V they read
     rate = "GB/s" if decode else "GFLOP/s"
+    if decode and not all(r.shape.mode == "decode" for r in rows):
+        rate = "GFLOP/s|GB/s"  # a mixed group (the simulator's): GB/s on decode rows, GFLOP/s on the others
     header = ["shape"]
     for be in backends:
         header += [f"{be} ms", f"{be} {rate}"]
@@ -58,13 +60,14 @@ def format_table(rows: Sequence[Row], backends: Sequence[str], comparisons, peak
     body = []
     for row in rows:
         line = [row.shape.label()]
+        by_bytes = row.shape.mode == "decode"
         for be in backends:
             g = row.gflops(be)
-            line += [_fmt(row.ms.get(be), ".2f"), _fmt(row.gbps(be) if decode else g, ".1f")]
+            line += [_fmt(row.ms.get(be), ".2f"), _fmt(row.gbps(be) if by_bytes else g, ".1f")]
             if peak and not decode:
                 line.append(_fmt(None if g is None else 100 * g / peak, ".0f"))
         for c in comparisons:
-            line += [_fmt(row.ms.get(c), ".2f"), _fmt(row.gbps(c) if decode else row.gflops(c), ".1f")]
+            line += [_fmt(row.ms.get(c), ".2f"), _fmt(row.gbps(c) if by_bytes else row.gflops(c), ".1f")]
         for c in comparisons:
             for be in backends:
                 a, t = row.ms.get(be), row.ms.get(c)
@@ -82,6 +85,8 @@ def format_table(rows: Sequence[Row], backends: Sequence[str], comparisons, peak
     out += ["ms = median of the timed calls ± half their interquartile range (in % of the median)."]
     if decode:
         out += ["GB/s = bytes of K and V read per call / time (decode is bound by memory bandwidth)."]
+        if rate != "GB/s":
+            out += ["GFLOP/s = the FLOPs of the rows other than decode / time."]
     elif peak:
         out += [f"<backend> %mm = share of the measured fp32 matrix-multiply peak ({peak:.1f} GFLOP/s); bf16/fp16 "
                 "kernels can exceed 100 with 16-bit dot-product instructions."]
