@@ -117,8 +117,8 @@ def format_host_cost(rows: Sequence[Row], backend: str = "cpu", comparison: str 
     out += ["us = median time per call in microseconds ± half the interquartile range, 1 thread on both sides: at",
             "     these sizes the attention itself takes about a microsecond, the rest is host time (argument checks,",
             "     plan, dispatch).",
-            f"{ratio} = flash_attn_cy's time per call / that of {TITLES.get(comparison, comparison)}, same shapes, same "
-            "process:",
+            f"{ratio} = flash_attn_cy's time per call / that of {TITLES.get(comparison, comparison)}, same shapes, "
+            "same process:",
             "     at most 1.00 means no more host time per call than SDPA."]
     out += _noisy_note(rows)
     if worst is not None:
