@@ -56,12 +56,6 @@ def test_no_arguments_prints_the_help_and_the_commands(tmp_path):
     (["bench", "--backward", "--decode"], "--backward and --decode cannot be combined"),
     (["bench", "--decode", "--heads", "16", "--kv-heads", "3"], "--kv-heads 3 must divide --heads 16"),
     (["bench", "--kv-heads", "2"], "--kv-heads is only used with --decode"),
-    (["bench", "--host-cost", "--decode"], "--host-cost takes its own cases: drop --decode"),
-    (["bench", "--host-cost", "--no-torch"], "--host-cost compares with PyTorch SDPA on the CPU"),
-    (["bench", "--group", "Decode", "--seqlens", "64"], "--group takes its own cases: drop --seqlens"),
-    (["bench", "--group", "HostCost"], "--group: invalid choice: 'HostCost'"),
-    (["bench", "--cpu-isa", "sse4"], "--cpu-isa: kernel sets must be among portable,avx2,avx512"),
-    (["bench", "--cpu-time"], "--cpu-time needs --threads 1"),
     (["verify", "--backend", "nonexistent"], "--backend: unknown backend 'nonexistent'"),
     (["verify", "--case", "no-such-case"], "--case: no built-in case matches"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -69,6 +63,12 @@ def test_no_arguments_prints_the_help_and_the_commands(tmp_path):
     (["bench", "--json", "no-such-dir/out.json"], "--json: cannot write 'no-such-dir/out.json'"),
     (["verify", "--quick", "--json", "no-such-dir/out.json"], "--json: cannot write"),
     (["bench", "--plot", "."], "--plot: cannot write '.': '.' is a directory"),
+    (["bench", "--host-cost", "--decode"], "--host-cost takes its own cases: drop --decode"),
+    (["bench", "--host-cost", "--no-torch"], "--host-cost compares with PyTorch SDPA on the CPU"),
+    (["bench", "--group", "Decode", "--seqlens", "64"], "--group takes its own cases: drop --seqlens"),
+    (["bench", "--group", "HostCost"], "--group: invalid choice: 'HostCost'"),
+    (["bench", "--cpu-isa", "sse4"], "--cpu-isa: kernel sets must be among portable,avx2,avx512"),
+    (["bench", "--cpu-time"], "--cpu-time needs --threads 1"),
 ])
 def test_bad_arguments_exit_2_with_a_clear_message(tmp_path, args, message):
     r = run_cli(args, tmp_path)
