@@ -118,8 +118,6 @@ def require_baseline(impl: str) -> None:
 
 @functools.lru_cache(maxsize=1)
 def side(impl: str, shape) -> "sides.Side":
-    if is_baseline(impl):
-        require_baseline(impl)
     return sides.make_side(impl, shape)
 
 
@@ -198,6 +196,8 @@ class _Benchmark:
         if g.impls == "":
             self._setup_host_cost(shape)
             return
+        if is_baseline(impl):
+            require_baseline(impl)
         warm_up(impl, shape)
         self.run = side(impl, shape)
 
