@@ -99,6 +99,31 @@ def backend(request) -> str:
     return request.param
 
 
+def layout_problems(root: str = _HERE) -> list:
+    """What breaks the suite's layout rules (tests/README.md): two test modules with one file name in different
+    folders (pytest imports test modules by file name, and would stop with a cryptic "import file mismatch"), or a
+    conftest.py / __init__.py below this directory."""
+    problems, seen = [], {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__")))
+        rel = os.path.relpath(dirpath, root)
+        for name in sorted(filenames):
+            if rel != "." and name in ("conftest.py", "__init__.py"):
+                problems.append(f"tests/{rel}/{name}: only tests/ itself has a conftest.py, and no folder an "
+                                "__init__.py")
+            if name.startswith("test_") and name.endswith(".py"):
+                if name in seen:
+                    problems.append(f"two test modules named {name}: tests/{seen[name]} and tests/{rel}: rename one")
+                seen.setdefault(name, rel)
+    return problems
+
+
+def pytest_configure(config):
+    problems = layout_problems()
+    if problems:
+        raise pytest.UsageError("tests/ layout (tests/README.md): " + "; ".join(problems))
+
+
 def pytest_report_header(config):
     # which flash_attn_cy the suite is testing: it must be the installed build, not an extension-less source tree
     try:
