@@ -3,8 +3,8 @@
     python wheel_check.py [--project DIR] [--expect-portable]
 
 Run by cibuildwheel after each wheel build (pyproject.toml: [tool.cibuildwheel] test-command), by the wheels
-workflow on the sdist and under qemu, and by tests/test_wheel_install.py on a wheel built here. Everything runs in
-this one process (no subprocess), so that under `qemu-x86_64 -cpu <older CPU>` every instruction executed is
+workflow on the sdist and under qemu, and by tests/packaging/test_wheel_install.py on a wheel built here. Everything
+runs in this one process (no subprocess), so that under `qemu-x86_64 -cpu <older CPU>` every instruction executed is
 emulated for that CPU.
 
 Checks: the package imports from site-packages (not a source tree); `__version__` equals the VERSION file (with

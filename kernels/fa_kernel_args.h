@@ -10,7 +10,7 @@
 // Every kernel also takes its constant block (fa_kernel_params.h, fa_bwd_params.h) at FA_KERNEL_PARAMS_INDEX.
 //
 // The MSL sources write the indices as numbers (the simulator's translator reads [[buffer(n)]] literally), so they
-// are checked against this table, not generated from it: tests/test_kernel_args.py parses every kernel's parameter
+// are checked against this table, not generated from it: tests/core/test_kernel_args.py parses every kernel's parameter
 // list and requires (param, index) to be exactly its signature here. To add an argument: a row in the index space,
 // a row in each signature that declares it, the parameter in the kernels; a new logical buffer goes into
 // csrc/plan/fa_buffers.h.

@@ -7,7 +7,7 @@ so that Metal's run-time compiler reports errors against the original files - an
 ``newLibraryWithSource`` at first use. With the toolchain (``--no-sources``) it embeds nothing and records where the
 build put the metallib, for editable installs.
 
-Run by objc/meson.build; also imported by tests/test_objc_embed.py.
+Run by objc/meson.build; also imported by tests/objc/test_objc_embed.py.
 """
 from __future__ import annotations
 

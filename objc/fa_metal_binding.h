@@ -2,7 +2,7 @@
 //
 // The Objective-C++ files in this folder only create Metal objects and call Metal; what to bind, where, at which
 // byte offset, what to copy in and out, and the order of the encoder calls are decided here, in plain C++ that the
-// Linux test suite compiles and runs (tests/test_objc_binding.py). The shim follows the dispatch plan
+// Linux test suite compiles and runs (tests/objc/test_objc_binding.py). The shim follows the dispatch plan
 // (csrc/plan/fa_plan.h) exactly, the same plan the simulator executes.
 #pragma once
 

@@ -15,7 +15,7 @@
 #include "fa_metal_binding.h"
 #include "fa_metal_context.h"
 
-// FA_METAL_MRC_EXECUTION_TEST: tests/test_objc_execute.py runs this file on Linux against a mock Metal on the GNU
+// FA_METAL_MRC_EXECUTION_TEST: tests/objc/test_objc_execute.py runs this file on Linux against a mock Metal on the GNU
 // Objective-C runtime, which has no ARC; without ARC the test process merely leaks, which does not matter there.
 #if !__has_feature(objc_arc) && !defined(FA_METAL_MRC_EXECUTION_TEST)
 #error "objc/*.mm must be compiled with -fobjc-arc (objc/meson.build adds it)"

@@ -1,14 +1,15 @@
 """Shared fixtures and helpers for the flash_attn_cy test suite.
 
-- ``rng``: a seeded ``numpy.random.Generator`` (different per test, stable across runs).
+- ``rng``: a seeded ``numpy.random.Generator`` (different per test, stable across runs and moves between folders).
 - ``backends`` / ``available_backends()``: names of the backends this build can run (``flash_attn_cy.backends()``),
   imported lazily so that a missing or half-built piece only skips the tests that need it.
 - ``backend``: parametrised over every available backend (a ``@pytest.mark.parametrize("backend", ...)`` or a
   module's own ``backend`` fixture takes precedence).
 - dtype helpers: ``DTYPES`` maps "fp32"/"fp16"/"bf16"/"fp64" to NumPy dtypes (bfloat16 from ``ml_dtypes``, since NumPy
   has none); ``randn(rng, shape, dtype)``.
-- ``_tolerance.assert_close_to_ref`` is the one tolerance rule (importable because this directory is put on sys.path,
-  whatever pytest's import mode).
+- ``_tolerance.assert_close_to_ref`` is the one tolerance rule. It and the other helper modules of this directory
+  (``_*.py``: tests/README.md lists them) are importable from the test files in every subfolder because this directory
+  is put on sys.path, whatever pytest's import mode. This is the suite's only conftest.py (tests/README.md says why).
 """
 from __future__ import annotations
 
@@ -62,10 +63,19 @@ def available_backends() -> list:
         return []
 
 
+def seed_key(nodeid: str) -> str:
+    """The text a test's ``rng`` is seeded from: its file's name and its test id, not the folder the file is in, so that
+    moving a file between tests/ subfolders keeps its data. Written as the node id of the former flat layout
+    (``tests/<file>::<test>``), which keeps every moved test's data what it was before the suite was grouped."""
+    path, sep, test = nodeid.partition("::")
+    return f"tests/{os.path.basename(path)}{sep}{test}"
+
+
 @pytest.fixture
 def rng(request) -> np.random.Generator:
-    """Seeded per test from its node id: reproducible, but different tests draw different data."""
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+    """Seeded per test from its file and test id (``seed_key``): reproducible, but different tests draw different
+    data."""
+    return np.random.default_rng(zlib.crc32(seed_key(request.node.nodeid).encode()))
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +97,31 @@ def _backend_params():
 def backend(request) -> str:
     """Every backend usable here (a module's own `backend` fixture or parametrize marker takes precedence)."""
     return request.param
+
+
+def layout_problems(root: str = _HERE) -> list:
+    """What breaks the suite's layout rules (tests/README.md): two test modules with one file name in different
+    folders (pytest imports test modules by file name, and would stop with a cryptic "import file mismatch"), or a
+    conftest.py / __init__.py below this directory."""
+    problems, seen = [], {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__")))
+        rel = os.path.relpath(dirpath, root)
+        for name in sorted(filenames):
+            if rel != "." and name in ("conftest.py", "__init__.py"):
+                problems.append(f"tests/{rel}/{name}: only tests/ itself has a conftest.py, and no folder an "
+                                "__init__.py")
+            if name.startswith("test_") and name.endswith(".py"):
+                if name in seen:
+                    problems.append(f"two test modules named {name}: tests/{seen[name]} and tests/{rel}: rename one")
+                seen.setdefault(name, rel)
+    return problems
+
+
+def pytest_configure(config):
+    problems = layout_problems()
+    if problems:
+        raise pytest.UsageError("tests/ layout (tests/README.md): " + "; ".join(problems))
 
 
 def pytest_report_header(config):

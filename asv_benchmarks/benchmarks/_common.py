@@ -1,14 +1,17 @@
-"""Shared pieces of the asv suite: which implementations exist here, input construction, FLOP/byte counts.
+"""The asv suite's classes, generated from the case table that ``python -m flash_attn_cy bench`` uses.
 
-An "implementation" is one axis value of most benchmarks: a flash_attn_cy backend ("cpu", "metal") or a library
-measured beside it in the same run ("torch-sdpa-cpu", "torch-sdpa-mps", "mlx"). Only what this machine can run is
-listed, so result files from different machines differ in that axis. A baseline that cannot serve a combination
-raises NotImplementedError in setup, which asv records as "n/a"; our own backends never do: anything broken there
-fails the benchmark.
+The benchmark library (flash_attn_cy/_bench/: cases.py's GROUPS, sides.py, timing.py) is loaded from this working
+tree by path, not from the installed package: asv builds each commit it measures, and the library times that build
+through its public API only, so older commits (without the library) are measured by the same code as new ones.
+
+An "implementation" is the first axis of most groups: a flash_attn_cy backend ("cpu", "metal") or a library measured
+beside it in the same run ("torch-sdpa-cpu", "torch-sdpa-mps", "mlx"). Only what this machine can run is listed, so
+result files from different machines differ in that axis. A baseline that cannot serve a case raises
+NotImplementedError in setup, which asv records as "n/a"; our own backends never do: anything broken there fails the
+benchmark. The "sim" backend (the Metal simulator, a correctness tool orders of magnitude slower than the CPU
+backend) has its own group on tiny shapes.
 
 Environment knob: FLASH_ATTN_CY_ASV_BACKENDS, a comma-separated list overriding the implementations to measure.
-The "sim" backend (the Metal simulator, a correctness tool orders of magnitude slower than the CPU backend) is not
-in the default list: bench_simulator.py gives it its own tiny shapes.
 
 asv starts a fresh interpreter for every parameter combination (its default "spawn" launch method), so this module
 only *looks* for torch and MLX (importlib.util.find_spec) instead of importing them: a benchmark of our CPU backend
@@ -16,17 +19,38 @@ then never pays for `import torch` (seconds of start-up per process, hundreds of
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import importlib.util
+import inspect
 import os
 import platform
-import time
-from typing import Callable, List, Sequence
+import sys
+from pathlib import Path
+from typing import List
 
-import numpy as np
-
+LIBRARY = Path(__file__).resolve().parents[2] / "flash_attn_cy" / "_bench"
 BASELINES = ("torch-sdpa-cpu", "torch-sdpa-mps", "mlx")
 SLOW_BY_DESIGN = ("sim",)
+
+
+def _load_library():
+    """flash_attn_cy/_bench of this checkout, as the package "flash_attn_cy_benchlib" (its modules import one another
+    relatively and flash_attn_cy only through its public API)."""
+    name = "flash_attn_cy_benchlib"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, LIBRARY / "__init__.py",
+                                                  submodule_search_locations=[str(LIBRARY)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+lib = _load_library()
+cases, sides, timing = lib.cases, lib.sides, lib.timing
 
 
 def our_backends() -> List[str]:
@@ -78,179 +102,173 @@ def is_baseline(impl: str) -> bool:
     return impl in BASELINES
 
 
-def require_torch_baseline(impl: str) -> None:
+def require_baseline(impl: str) -> None:
     """Baselines are optional comparisons: a missing library or device is n/a, not a failure."""
     if impl.startswith("torch-sdpa") and not _has_module("torch"):
         raise NotImplementedError("torch is not installed")
-    if impl == "torch-sdpa-mps":
-        import torch
-
-        if not torch.backends.mps.is_available():
-            raise NotImplementedError("torch MPS is not available")
+    if impl == "torch-sdpa-mps" and not sides.torch_mps_available():
+        raise NotImplementedError("torch MPS is not available")
     if impl == "mlx" and not _has_module("mlx.core"):
         raise NotImplementedError("mlx is not installed")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------------------------------------------
-
-def numpy_dtype(name: str):
-    if name == "bf16":
-        import ml_dtypes  # a dependency of the suite (asv.conf.json matrix): missing it is an error, not n/a
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return {"fp16": np.dtype(np.float16), "fp32": np.dtype(np.float32)}[name]
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
-
-
-def randn(rng: np.random.Generator, shape: Sequence[int], dtype: str) -> np.ndarray:
-    return rng.standard_normal(shape, dtype=np.float32).astype(numpy_dtype(dtype))
-
-
-def random_arrays(shapes: Sequence[tuple], dtype: str, seed: int) -> tuple:
-    rng = np.random.default_rng(seed)
-    return tuple(randn(rng, shape, dtype) for shape in shapes)
-
-
-def _metal_inputs(arrays, dtype: str) -> list:
-    """The Metal backend is timed the way a PyTorch user calls it (MPS tensors, no host copies), when torch has
-    MPS; otherwise on NumPy arrays."""
-    if not (_has_module("torch") and platform.system() == "Darwin"):
-        return list(arrays)
-    import torch
-
-    if not torch.backends.mps.is_available():
-        return list(arrays)
-    return [torch.from_numpy(a.astype(np.float32)).to("mps", torch_dtype(dtype)) for a in arrays]
-
-
-def convert(impl: str, arrays: Sequence[np.ndarray], dtype: str) -> tuple:
-    """Move flash-layout NumPy arrays to what ``impl`` consumes."""
-    require_torch_baseline(impl)
-    if impl == "metal":
-        return tuple(_metal_inputs(arrays, dtype))
-    if impl in ("torch-sdpa-cpu", "torch-sdpa-mps"):
-        import torch
-
-        device = "mps" if impl.endswith("mps") else "cpu"
-        # SDPA layout is [batch, heads, seq, dim]; made contiguous once here, outside the timed region.
-        return tuple(torch.from_numpy(a.astype(np.float32)).to(device, torch_dtype(dtype)).transpose(1, 2)
-                     .contiguous() for a in arrays)
-    if impl == "mlx":
-        import mlx.core as mx
-
-        mdt = {"fp16": mx.float16, "bf16": mx.bfloat16, "fp32": mx.float32}[dtype]
-        return tuple(mx.array(a.astype(np.float32).transpose(0, 2, 1, 3)).astype(mdt) for a in arrays)
-    return tuple(arrays)
-
+# --------------------------------------------------------------------------------------------------------------------
+# Sides, made once per process: asv re-runs setup() before every timing sample, and generating a 64k-token cache each
+# time would cost more than the attention being timed. The benchmarks only call them.
 
 @functools.lru_cache(maxsize=1)
-def inputs(impl: str, shapes: tuple, dtype: str, seed: int) -> tuple:
-    """Random flash-layout inputs for ``impl``, memoised: asv re-runs setup() before every timing sample, and
-    generating a 64k-token cache each time would cost more than the attention being timed. The benchmarks only
-    read them."""
-    return convert(impl, random_arrays(shapes, dtype, seed), dtype)
-
-
-def synchronize(impl: str) -> None:
-    """Wait for queued GPU work so that timings include it."""
-    if impl in ("metal", "torch-sdpa-mps") and _has_module("torch") and platform.system() == "Darwin":
-        import torch
-
-        if torch.backends.mps.is_available():
-            torch.mps.synchronize()
-
-
-def attention_call(impl: str, q, k, v, *, causal: bool, window: tuple = (-1, -1)) -> Callable[[], object]:
-    """A no-argument callable running one forward of ``impl`` on inputs from :func:`inputs` or :func:`convert`."""
-    if impl in ("torch-sdpa-cpu", "torch-sdpa-mps"):
-        import torch
-        import torch.nn.functional as F
-
-        if window != (-1, -1):
-            raise NotImplementedError("scaled_dot_product_attention has no sliding window")
-        gqa = q.shape[1] != k.shape[1]
-
-        def run():
-            with torch.no_grad():
-                return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
-
-        return run
-    if impl == "mlx":
-        import mlx.core as mx
-
-        if window != (-1, -1):
-            raise NotImplementedError("mlx.core.fast.scaled_dot_product_attention has no sliding window")
-        scale = q.shape[-1] ** -0.5
-
-        def run():
-            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal" if causal else None)
-            mx.eval(out)
-            return out
-
-        return run
-    import flash_attn_cy
-
-    def run():
-        return flash_attn_cy.flash_attn_func(q, k, v, causal=causal, window_size=window, backend=impl)
-
-    return run
+def side(impl: str, shape) -> "sides.Side":
+    return sides.make_side(impl, shape)
 
 
 _warm = set()
 
 
-def warm_up(impl: str, dtype: str, headdim: int = 64) -> None:
-    """Run one tiny forward of ``impl`` once per process, so that one-time costs (thread pools, lazy library
-    initialisation, GPU pipeline compilation) stay out of the first timed call: `asv run --quick` times exactly
-    one call per benchmark."""
-    key = (impl, dtype, headdim)
+def warm_up(impl: str, shape) -> None:
+    """One call of a small case of the same kind, once per process, so that one-time costs (thread pools, autograd's
+    engine, lazy library initialisation, GPU pipeline compilation) stay out of the first timed call: `asv run
+    --quick` times exactly one call per benchmark."""
+    small = cases.shrink(shape)
+    key = (impl, small)
     if key in _warm:
         return
-    q, k, v = random_arrays([(1, 64, 2, headdim)] * 3, dtype, 0)
-    q, k, v = convert(impl, (q, k, v), dtype)
-    attention_call(impl, q, k, v, causal=True)()
-    synchronize(impl)
+    sides.make_side(impl, small)()
     _warm.add(key)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Work counts and rates
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------------------------
+# The classes
 
-def visible_pairs(seqlen_q: int, seqlen_k: int, causal: bool, window: tuple = (-1, -1)) -> int:
-    """Number of (query, key) pairs attended (bottom-right aligned masks, flash_attn semantics)."""
-    left, right = window
-    if causal:
-        right = 0
-    if left < 0 and right < 0:
-        return seqlen_q * seqlen_k
-    i = np.arange(seqlen_q, dtype=np.int64) + (seqlen_k - seqlen_q)
-    lo = np.zeros_like(i) if left < 0 else np.maximum(0, i - left)
-    hi = np.full_like(i, seqlen_k - 1) if right < 0 else np.minimum(seqlen_k - 1, i + right)
-    return int(np.maximum(0, hi - lo + 1).sum())
+def _signature(names):
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return inspect.Signature([inspect.Parameter(n, kind) for n in ["self", *names]])
 
 
-def forward_flops(batch: int, nheads: int, headdim: int, pairs: int) -> float:
-    """FLOPs of the two matrix products of the forward (2 per multiply-add): S = QK^T and O = PV."""
-    return 4.0 * batch * nheads * headdim * pairs
+def _metric(metric: str):
+    """The body of track_<metric>: seconds per call from the shared timing core (median over ~0.3 s of calls)."""
+    def rate(self):
+        seconds = timing.median_seconds(self.run, timing.DEFAULT_MIN_TIME)
+        if metric in ("gflops", "useful_gflops"):
+            return self.shape.flops() / seconds / 1e9
+        return cases.kv_bytes(self.shape) / seconds / 1e9
+
+    def host_us(self):
+        return self.host_us()[0]
+
+    def sdpa_host_us(self):
+        return self.host_us()[1]
+
+    def ratio_to_sdpa(self):
+        ours, theirs = self.host_us()
+        return ours / theirs
+
+    return {"gflops": rate, "useful_gflops": rate, "bandwidth": rate, "host_us": host_us,
+            "sdpa_host_us": sdpa_host_us, "ratio_to_sdpa": ratio_to_sdpa}[metric]
 
 
-def best_time(fn: Callable[[], object], impl: str, budget: float = 0.3, max_calls: int = 5) -> float:
-    """Best wall time of ``fn`` (GPU work included) for the track_* rates: calls repeat until ``budget`` seconds
-    have been spent (at most ``max_calls``); a single call longer than the budget is reported as it is, since
-    :func:`warm_up` already took the one-time costs out of it. Bounded so that `asv run --quick` stays short."""
-    best, spent, calls = float("inf"), 0.0, 0
-    while calls < max_calls and (calls == 0 or spent < budget):
-        t0 = time.perf_counter()
-        fn()
-        synchronize(impl)
-        dt = time.perf_counter() - t0
-        best, spent, calls = min(best, dt), spent + dt, calls + 1
-    return best
+class _Benchmark:
+    """What every generated class shares. ``group``: its entry in the case table; ``resize``: a function applied to
+    each case before it is set up (tests/cli/test_asv_suite.py runs every benchmark on shrunken cases with it)."""
+
+    group = None
+    resize = None
+
+    def _params(self, values):
+        names = [n for n, _ in self.group.axes]
+        return dict(zip(names, values[-len(names):])) if names else {}
+
+    def setup(self, *values):
+        g = self.group
+        shape = g.case(**self._params(values))
+        if self.resize is not None:
+            shape = type(self).resize(shape)
+        self.shape = shape
+        if g.impls == cases.IMPLS_SIM:
+            impl = "sim"
+            _require_sim()
+        elif g.impls == "":  # HostCost: ours and SDPA, both made here
+            impl = "cpu"
+        else:
+            impl = values[0]
+            if g.peakmem_method and impl in ("metal", "torch-sdpa-mps", "mlx"):
+                raise NotImplementedError("process RSS does not see GPU allocations")
+        self.impl = impl
+        if g.impls == "":
+            self._setup_host_cost(shape)
+            return
+        if is_baseline(impl):
+            require_baseline(impl)
+        warm_up(impl, shape)
+        self.run = side(impl, shape)
+
+    def _setup_host_cost(self, shape):
+        """Ours and SDPA on one thread each until teardown (so that setting it is not part of a timed call)."""
+        require_baseline("torch-sdpa-cpu")
+        self._threads = contextlib.ExitStack()
+        self._threads.enter_context(lib.threads(1))
+        self.run = side("cpu", shape)
+        self.sdpa = sides.make_side("torch", shape)
+        timing.warm_up({"cpu": self.run, "torch": self.sdpa})
+
+    def teardown(self, *values):
+        threads = getattr(self, "_threads", None)
+        if threads is not None:
+            threads.close()
+
+    def host_us(self):
+        """(ours, SDPA) median microseconds per call, timed in alternating rounds (timing.py)."""
+        t = timing.interleaved_median_ms({"cpu": self.run, "torch": self.sdpa}, timing.HOST_COST_MIN_TIME, 3,
+                                         warm={"cpu": 0.0, "torch": 0.0})
+        return t["cpu"] * 1e3, t["torch"] * 1e3
+
+    def _call(self):
+        self.run()
+
+
+def _require_sim() -> None:
+    import flash_attn_cy
+
+    if not flash_attn_cy.backends()["sim"]["available"]:
+        raise RuntimeError(f"the sim backend is unavailable: {flash_attn_cy.backends()['sim']['reason']}")
+
+
+def benchmark_class(name: str, module: str) -> type:
+    """The asv class of case-table group ``name``, defined in ``module`` (asv names a benchmark after its module)."""
+    g = cases.GROUPS[name]
+    if g.impl_axis:
+        axes = [(g.impl_axis[0], list(g.impl_axis[1]))]
+    elif g.impls == cases.IMPLS_ALL:
+        axes = [("impl", implementations())]
+    elif g.impls == cases.IMPLS_OURS:
+        axes = [("impl", our_implementations())]
+    else:
+        axes = []
+    axes += [(n, list(v)) for n, v in g.axes]
+    names = [n for n, _ in axes]
+    body = {"group": g, "params": [v for _, v in axes], "param_names": names, "timeout": g.timeout,
+            "repeat": g.repeat, "__module__": module, "__doc__": g.doc,
+            # a change of the group's cases starts a new series; a change of how they are timed does not
+            "version": hashlib.sha256(cases.describe(g).encode()).hexdigest()[:16]}
+
+    def method(fn, unit=None):
+        def bench(self, *values):
+            return fn(self)
+        bench.__signature__ = _signature(names)
+        if unit:
+            bench.unit = unit
+        return bench
+
+    def setup(self, *values):
+        _Benchmark.setup(self, *values)
+
+    def teardown(self, *values):
+        _Benchmark.teardown(self, *values)
+    setup.__signature__ = teardown.__signature__ = _signature(names)
+    body.update(setup=setup, teardown=teardown)
+    if g.time_method:
+        body[g.time_method] = method(_Benchmark._call)
+    if g.peakmem_method:
+        body[g.peakmem_method] = method(_Benchmark._call)
+    for metric in g.tracks:
+        body[f"track_{metric}"] = method(_metric(metric), cases.METRICS[metric])
+    return type(name, (_Benchmark,), body)
