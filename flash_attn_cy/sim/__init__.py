@@ -8,11 +8,12 @@ checks. See kernels/README.md for the supported MSL subset and what is checked.
 """
 
 from ._compile import SimCompileError
+from ._profile import Profile, Roofline, attention_flops, profile
 from ._run import Fault, SimResult, run
 from .check import CheckResult, check_file, check_files, find_clang
 from .translate import TranslateError, translate, translate_file
 
 __all__ = [
     "Fault", "SimResult", "run", "SimCompileError", "TranslateError", "translate", "translate_file",
-    "CheckResult", "check_file", "check_files", "find_clang",
+    "CheckResult", "check_file", "check_files", "find_clang", "profile", "Profile", "Roofline", "attention_flops",
 ]
