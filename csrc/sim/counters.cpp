@@ -283,6 +283,13 @@ void prof_flops(int kind, unsigned n) {
     if (w && w->prof_counts && kind >= 0 && kind < kFlopKinds) w->prof_counts->c.flops[kind] += n;
 }
 
+void prof_atomic(const volatile void *addr, unsigned bytes, int op) {
+    using namespace detail::prof;
+    count_access(const_cast<const void *>(addr), bytes,
+                 op == kAtomicLoadOp ? kAtomicLoad : op == kAtomicStoreOp ? kAtomicStore : kAtomicRmw,
+                 __builtin_frame_address(0));
+}
+
 void prof_mma(int kind) {
     detail::Worker *w = detail::tl_worker;
     if (w && w->prof_counts && kind >= 0 && kind < kFlopKinds) w->prof_counts->c.mma[kind]++;
@@ -353,54 +360,43 @@ void *__tsan_memset(void *dst, int c, unsigned long n) {
     return memset(dst, c, n);
 }
 
-// Atomics: performed sequentially consistent (what fasim_atomic.h asks for anyway), counted as atomic operations.
+// Atomics: performed sequentially consistent (what fasim_atomic.h asks for anyway). Not counted here: the MSL atomic
+// functions count themselves once each (fasim_atomic.h, prof_atomic), however many builtins they take.
 #define FASIM_TSAN_ATOMIC(N, T)                                                                                       \
     T __tsan_atomic##N##_load(const volatile T *a, int) {                                                             \
-        count_access((const void *)a, sizeof(T), kAtomicLoad, FASIM_FRAME);                                                 \
         return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                                  \
     }                                                                                                                 \
     void __tsan_atomic##N##_store(volatile T *a, T v, int) {                                                          \
-        count_access((const void *)a, sizeof(T), kAtomicStore, FASIM_FRAME);                                                \
         __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                                     \
     }                                                                                                                 \
     T __tsan_atomic##N##_exchange(volatile T *a, T v, int) {                                                          \
-        count_access((const void *)a, sizeof(T), kAtomicRmw, FASIM_FRAME);                                                  \
         return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                                           \
     }                                                                                                                 \
     T __tsan_atomic##N##_fetch_add(volatile T *a, T v, int) {                                                         \
-        count_access((const void *)a, sizeof(T), kAtomicRmw, FASIM_FRAME);                                                  \
         return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                                            \
     }                                                                                                                 \
     T __tsan_atomic##N##_fetch_sub(volatile T *a, T v, int) {                                                         \
-        count_access((const void *)a, sizeof(T), kAtomicRmw, FASIM_FRAME);                                                  \
         return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                                            \
     }                                                                                                                 \
     T __tsan_atomic##N##_fetch_and(volatile T *a, T v, int) {                                                         \
-        count_access((const void *)a, sizeof(T), kAtomicRmw, FASIM_FRAME);                                                  \
         return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                                            \
     }                                                                                                                 \
     T __tsan_atomic##N##_fetch_or(volatile T *a, T v, int) {                                                          \
-        count_access((const void *)a, sizeof(T), kAtomicRmw, FASIM_FRAME);                                                  \
         return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                                             \
     }                                                                                                                 \
     T __tsan_atomic##N##_fetch_xor(volatile T *a, T v, int) {                                                         \
-        count_access((const void *)a, sizeof(T), kAtomicRmw, FASIM_FRAME);                                                  \
         return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                                            \
     }                                                                                                                 \
     T __tsan_atomic##N##_fetch_nand(volatile T *a, T v, int) {                                                        \
-        count_access((const void *)a, sizeof(T), kAtomicRmw, FASIM_FRAME);                                                  \
         return __atomic_fetch_nand(a, v, __ATOMIC_SEQ_CST);                                                           \
     }                                                                                                                 \
     int __tsan_atomic##N##_compare_exchange_strong(volatile T *a, T *c, T v, int, int) {                              \
-        count_access((const void *)a, sizeof(T), kAtomicRmw, FASIM_FRAME);                                                  \
         return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                       \
     }                                                                                                                 \
     int __tsan_atomic##N##_compare_exchange_weak(volatile T *a, T *c, T v, int, int) {                                \
-        count_access((const void *)a, sizeof(T), kAtomicRmw, FASIM_FRAME);                                                  \
         return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                       \
     }                                                                                                                 \
     T __tsan_atomic##N##_compare_exchange_val(volatile T *a, T c, T v, int, int) {                                    \
-        count_access((const void *)a, sizeof(T), kAtomicRmw, FASIM_FRAME);                                                  \
         __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                             \
         return c;                                                                                                     \
     }

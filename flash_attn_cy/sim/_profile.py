@@ -370,7 +370,8 @@ def format_dispatch(d: Dict[str, Any]) -> str:
                    + (f", {b['atomics']} atomics" if b.get("atomics") else ""))
     out.append(f"  threadgroup memory: {d['threadgroup_memory_bytes']} bytes per threadgroup; "
                f"{d['threadgroup_bytes_read']} bytes read in {d['threadgroup_load_ops']} loads, "
-               f"{d['threadgroup_bytes_written']} bytes written in {d['threadgroup_store_ops']} stores")
+               f"{d['threadgroup_bytes_written']} bytes written in {d['threadgroup_store_ops']} stores, "
+               f"{d['threadgroup_atomic_ops']} atomics")
     out.append(f"  thread-private: {d['thread_private_bytes']} bytes per thread at most (the stack below the "
                "kernel's entry, as the host compiler lays it out)")
     out.append(f"  simdgroup_matrix: {d['simdgroup_mma']} 8x8x8 multiply-accumulates; barriers: "

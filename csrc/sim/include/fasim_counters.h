@@ -11,6 +11,8 @@
 // - float vector arithmetic (float2/3/4 + - * /): 1 flop per component (fp32);
 // - fma: 2, mix: 3, dot of N components: 2N (typed by the element type); the math library's exp, exp2, log, log2,
 //   sqrt, rsqrt, sin, cos, tanh, pow, ... (1 each, "transcendental", whatever the element type).
+// Atomics count once per MSL operation (atomic_fetch_add_explicit & co.), whatever loads and compare-exchanges the
+// simulator runs to perform it (the instrumented atomic builtins themselves are not counted).
 // Scalar float arithmetic written with C operators (a + b on two floats) compiles to native host instructions that
 // the simulator never sees, so it is NOT counted: counted fp32 flops are a lower bound.
 #pragma once
@@ -20,6 +22,7 @@
 namespace fasim {
 
 enum FlopKind : int { kFlopFp32 = 0, kFlopFp16, kFlopBf16, kFlopTranscendental, kFlopKinds };
+enum AtomicOp : int { kAtomicLoadOp = 0, kAtomicStoreOp, kAtomicRmwOp };
 
 }  // namespace fasim
 
@@ -32,6 +35,7 @@ namespace fasim {
 
 void prof_flops(int kind, unsigned n);  // counters.cpp
 void prof_mma(int kind);                // one 8x8x8 multiply-accumulate of one SIMD group
+void prof_atomic(const volatile void *addr, unsigned bytes, int op);  // one MSL atomic operation (fasim_atomic.h)
 
 // The flop kind of arithmetic on T, or -1 when T is not a floating-point type (integer vectors are not counted).
 template <class T>
@@ -58,11 +62,13 @@ constexpr int mma_kind() {
     } while (0)
 #define FASIM_COUNT_FLOPS_OF(T, N) FASIM_COUNT_FLOPS(::fasim::flop_kind<T>(), (N))
 #define FASIM_COUNT_MMA(KIND) ::fasim::prof_mma(KIND)
+#define FASIM_COUNT_ATOMIC(ADDR, BYTES, OP) ::fasim::prof_atomic((ADDR), (BYTES), (OP))
 
 #else
 
 #define FASIM_COUNT_FLOPS(KIND, N) ((void)0)
 #define FASIM_COUNT_FLOPS_OF(T, N) ((void)0)
 #define FASIM_COUNT_MMA(KIND) ((void)0)
+#define FASIM_COUNT_ATOMIC(ADDR, BYTES, OP) ((void)0)
 
 #endif
