@@ -196,6 +196,14 @@ def test_attention_flops_masks():
     assert sim.attention_flops(1, 1, 5, 7, 16, causal=True) == sum(i + 3 for i in range(5)) * 64
     assert sim.attention_flops(1, 1, 4, 4, 8, window_size=(1, 0)) == (1 + 2 + 2 + 2) * 32
     assert sim.attention_flops(1, 1, 4, 4, 8, backward=True) == 16 * 80
+    with pytest.raises(ValueError, match="seqlen_q must be an int >= 0"):
+        sim.attention_flops(1, 1, -4, 4, 8)
+    with pytest.raises(ValueError, match="window_size"):
+        sim.attention_flops(1, 1, 4, 4, 8, window_size=(-2, 0))
+    with pytest.raises(ValueError, match="useful_flops must be a finite number"):
+        sim.profile().roofline("M1", useful_flops=-1.0)
+    with pytest.raises(TypeError, match="chip must be a str"):
+        sim.profile().roofline(4)
 
 
 def test_chip_table():

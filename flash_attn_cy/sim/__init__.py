@@ -5,6 +5,12 @@ checks. See kernels/README.md for the supported MSL subset and what is checked.
     >>> res = sim.run("kernels/example_reduce.metal", "example_reduce", grid=4, threadgroup=128,
     ...               buffers={0: x, 1: np.zeros(4, np.float32)}, bytes={2: np.uint32(512)})
     >>> res.faults, res.buffers[1]
+
+Work counters (flash_attn_cy.sim.profile, `python -m flash_attn_cy.sim profile`): see flash_attn_cy/sim/_profile.py.
+
+    >>> with sim.profile() as p:
+    ...     flash_attn_cy.flash_attn_func(q, k, v, backend="sim")
+    >>> p.dispatches[0]["device_bytes_read"], p.roofline("M4 Max").bound
 """
 
 from ._compile import SimCompileError

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import json
+import math
 import os
 import threading
 from pathlib import Path
@@ -40,6 +41,16 @@ FLOP_KEYS = ("mma_fp32", "mma_fp16", "mma_bf16", "fp32", "fp16", "bf16", "transc
 
 _lock = threading.RLock()
 _active: List["Profile"] = []
+
+
+def _new_lock_in_child() -> None:
+    # a fork while another thread held the lock (compiling a profile module takes seconds) would leave it held
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def active() -> bool:
@@ -81,7 +92,11 @@ class Profile:
         their type) against memory time (device bytes read and written at the peak bandwidth), whichever is larger.
         ``useful_flops`` (default: that of the attention calls profiled, if any) gives the ratio of useful flops to
         the simdgroup_matrix flops counted."""
-        return Roofline.of(self.dispatches, _chip(chip), useful_flops if useful_flops is not None
+        if useful_flops is not None:
+            if isinstance(useful_flops, bool) or not isinstance(useful_flops, (int, float)) \
+                    or not math.isfinite(useful_flops) or useful_flops < 0:
+                raise ValueError(f"useful_flops must be a finite number >= 0, got {useful_flops!r}")
+        return Roofline.of(self.dispatches, _chip(chip), float(useful_flops) if useful_flops is not None
                            else self.useful_flops())
 
     def __repr__(self) -> str:
@@ -98,6 +113,13 @@ def attention_flops(batch: int, nheads: int, seqlen_q: int, seqlen_k: int, headd
     """The attention's own flops: 4 * headdim per visible (query, key) pair and head (QK^T and PV), 10 * headdim for
     the backward; masked pairs excluded (bottom-right aligned causal / sliding-window masks, as flash_attn). The
     same count the sim backend attaches to its dispatches (csrc/sim_profile_hook.cpp, fa_useful_flops)."""
+    for name, val in (("batch", batch), ("nheads", nheads), ("seqlen_q", seqlen_q), ("seqlen_k", seqlen_k),
+                      ("headdim", headdim)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {val!r}")
+    if (not isinstance(window_size, (tuple, list)) or len(window_size) != 2
+            or not all(isinstance(w, int) and not isinstance(w, bool) and w >= -1 for w in window_size)):
+        raise ValueError(f"window_size must be (left, right) ints >= -1 (-1: unbounded), got {window_size!r}")
     left, right = window_size
     if causal:
         right = 0
