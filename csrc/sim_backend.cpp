@@ -16,6 +16,7 @@
 #include "plan/fa_plan_internal.h"  // faplan::kernel_desc
 #include "fa_tiles.h"               // FA_VEC_ROWS
 #include "sim/sim_api.h"
+#include "sim_profile_hook.h"
 
 namespace {
 
@@ -94,6 +95,7 @@ int fa_sim_execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_updat
     const BufferMap map = map_buffers(kind, p, u, scratch);
 
     const fa_cancel *cancel = kind == FA_PLAN_KVCACHE_APPEND ? nullptr : p->cancel;
+    const fasim::ProfiledCall call(kind, p);  // flash_attn_cy.sim.profile() runs the launches when active
     for (int li = 0; li < plan.nlaunches; ++li) {
         if (fa_cancel_rt::check(cancel)) return fail(err, errlen, FA_ERR_CANCELLED, "sim: cancelled");
         const fa_launch &l = plan.launches[li];
@@ -129,7 +131,7 @@ int fa_sim_execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_updat
         }
         cfg.schedules = p->sim_schedules > 1 ? p->sim_schedules : 1;
         cfg.cancel = cancel;
-        const std::vector<fasim::Fault> faults = fasim::launch(kernel, cfg, buffers, bytes);
+        const std::vector<fasim::Fault> faults = call.launch(l.kernel, kernel, cfg, buffers, bytes);
         if (fa_cancel_rt::requested(cancel)) return fail(err, errlen, FA_ERR_CANCELLED, "sim: cancelled");
         if (!faults.empty()) {
             std::string msg = std::string("sim: ") + std::to_string(faults.size()) + " fault(s) in " + l.kernel + ":";

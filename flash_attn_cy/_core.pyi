@@ -98,3 +98,6 @@ def _signal_poll_address() -> int:
 
 def _raise_pending_signal() -> None:
     """Raise the exception a signal handler raised during such a poll, if any."""
+
+def _sim_set_launch_hook(address: int) -> None:
+    """Install (a C function's address, csrc/sim_profile_hook.h) or remove (0) the sim backend's launch hook."""

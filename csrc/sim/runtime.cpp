@@ -89,6 +89,7 @@ bool execute_run(Launch &L, const RunSpec &spec) {
     const int64_t limit_ns = (int64_t)(timeout_seconds() * 1e9);
     const auto tick = std::chrono::milliseconds(L.cfg.cancel ? FA_CANCEL_POLL_MS : 200);
     std::vector<std::thread> threads;
+    FASIM_PROF(prof::begin_run(L, workers));
     for (int i = 0; i < nworkers; i++)
         threads.emplace_back([&, i] {
             workers[i]->run_all();
@@ -112,6 +113,7 @@ bool execute_run(Launch &L, const RunSpec &spec) {
         }
     }
     for (auto &t : threads) t.join();
+    FASIM_PROF(prof::end_run(L, workers));
     if (L.cancelled) return false;
     bool ok = L.faults.empty();
     for (Region &r : L.regions) {
@@ -312,6 +314,7 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
 
     install_signal_handlers();
     restore_on_early_return.armed = false;
+    FASIM_PROF(prof::begin_launch(L));
 
     // Runs: forward first (its results are returned). Then, with schedules > 1 (or cfg.bounds_run), a run with the
     // buffers placed against the lower guard and other bytes past their ends (reads before the start hit the guard,
@@ -392,6 +395,7 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
     for (size_t k = 0; have_results && k < L.regions.size() && k < base.size(); k++)
         if (!L.regions[k].src && L.regions[k].writable && L.regions[k].len && !base[k].empty())
             memcpy(L.regions[k].orig, base[k].data(), L.regions[k].len);
+    FASIM_PROF(prof::end_launch(L));
     std::vector<Fault> out = L.faults;
     if (L.suppressed) out.push_back({"note", std::to_string(L.suppressed) + " more fault(s) not shown"});
     return out;

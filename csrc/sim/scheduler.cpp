@@ -16,6 +16,7 @@ thread_local Worker *tl_worker = nullptr;
 
 void Worker::fiber_main(Fiber *fb) {
     SimFiber *f = reinterpret_cast<SimFiber *>(reinterpret_cast<char *>(fb) - offsetof(SimFiber, fiber));
+    FASIM_PROF(prof::on_kernel_entry(f->w, f));
     f->w->L->kernel->entry(f->ctx);
     f->w->thread_exit(f);
 }
@@ -113,6 +114,7 @@ void *tg_alloc(const TgSite *site, size_t bytes, size_t align) {
     size_t total = 0;
     for (const TgArray &x : w->arrays)
         if (x.epoch == w->epoch) total += x.bytes;
+    FASIM_PROF(prof::on_tg_alloc(w, total));
     if (total > 32768)
         w->fail(f, "error", w->thread_desc(f) + ": threadgroup memory exceeds Apple's 32 KiB limit (" +
                                 std::to_string(total) + " bytes after '" + site->name + "' at " +
@@ -169,6 +171,7 @@ void tg_barrier(ThreadCtx &c, const char *file, unsigned line, const char *what)
     }
     f->state = kWaitBarrier;
     if (++w->bar_arrived == w->n) {
+        FASIM_PROF(prof::on_tg_barrier(w));
         w->bar_arrived = 0;
         for (uint32_t i = 0; i < w->n; i++) w->fibers[i]->state = kReady;
         if (w->L->hash_barriers) w->hash_arrays(file, line);

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "counters.h"
 #include "fiber.h"
 #include "guarded.h"
 #include "include/fasim_fast_math.h"
@@ -192,6 +193,7 @@ struct Worker {
     void *sig_sp = nullptr;  // stack pointer at the fault: below the fiber's stack means a stack overflow
     int sig_write = -1;  // 1 write, 0 read, -1 unknown
     std::vector<char> altstack;
+    prof::WorkerCounts *prof_counts = nullptr;  // work counters of the counted run (profile builds only, counters.h)
 
     std::string thread_desc(const SimFiber *f) const {
         char b[200];
@@ -215,6 +217,7 @@ struct Worker {
     }
 
     void release_simd(uint32_t s, uint32_t par) {
+        FASIM_PROF(prof::on_simd_release(this, sg_site[s]));
         sgs[s].mask[par] = sg_mask[s];
         sg_arrived[s] = 0;
         uint32_t lo = s * kSimdWidth, hi = std::min(n, lo + kSimdWidth);

@@ -3,9 +3,10 @@
     python -m flash_attn_cy.sim run FILE.metal --kernel NAME --grid X[,Y[,Z]] --threadgroup X[,Y[,Z]]
         [--buffer INDEX=PATH.npy | --buffer INDEX=zeros:DTYPE:COUNT]... [--bytes INDEX=DTYPE:V1[,V2,...]]...
         [--schedules N] [--out DIR]
+    python -m flash_attn_cy.sim profile FILE.metal <the arguments of run> [--json] [--chip NAME] [--useful-flops N]
     python -m flash_attn_cy.sim check FILE.metal...
 
-Exit status: 0 clean, 1 faults found (run) or check failed (check), 2 usage or translation/compile error,
+Exit status: 0 clean, 1 faults found (run, profile) or check failed (check), 2 usage or translation/compile error,
 130 interrupted (Ctrl-C stops a run promptly, even a kernel stuck in a loop).
 
 Simulating a kernel means compiling it as C++ and running it as a native program inside this process: simulate only
@@ -15,13 +16,15 @@ files you trust (see TRUST below).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from . import _compile
+from . import _compile, chips
+from ._profile import format_dispatch, profile
 from ._run import run
 from .check import check_files, find_clang
 from .translate import TranslateError
@@ -103,7 +106,8 @@ def _bytes(s: str) -> (int, bytes):
         raise UsageError(f"--bytes {s!r}: {e}") from None
 
 
-def cmd_run(a: argparse.Namespace) -> int:
+def _run_args(a: argparse.Namespace):
+    """Runs the dispatch `run` and `profile` describe; returns the SimResult."""
     if not os.path.isfile(a.file):
         raise UsageError(f"no such file {a.file!r} (run takes the path of a .metal file)")
     buffers: Dict[int, np.ndarray] = {}
@@ -123,16 +127,48 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.fast_math:  # read by the runtime at every launch (csrc/sim/include/fasim_fast_math.h)
         os.environ["FLASH_ATTN_CY_SIM_FAST_MATH"] = "1"
 
-    res = run(a.file, a.kernel, _dims(a.grid, "--grid"), _dims(a.threadgroup, "--threadgroup"), buffers, byts,
-              a.schedules, include_dirs=a.include)
-    for f in res.faults:
-        print(f"{f.kind}: {f.message}")
+    return run(a.file, a.kernel, _dims(a.grid, "--grid"), _dims(a.threadgroup, "--threadgroup"), buffers, byts,
+               a.schedules, include_dirs=a.include)
+
+
+def _save_buffers(a: argparse.Namespace, res) -> None:
     if a.out:
         os.makedirs(a.out, exist_ok=True)
         for k, arr in res.buffers.items():
             np.save(os.path.join(a.out, f"buffer{k}.npy"), arr)
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    res = _run_args(a)
+    for f in res.faults:
+        print(f"{f.kind}: {f.message}")
+    _save_buffers(a, res)
     if not res.faults:
         print(f"ok: {a.kernel}: no faults ({a.schedules} schedule(s))")
+    return 1 if res.faults else 0
+
+
+def cmd_profile(a: argparse.Namespace) -> int:
+    chip = chips.chip(a.chip) if a.chip else None  # a bad name fails before the kernel runs
+    if a.useful_flops is not None and a.useful_flops < 0:
+        raise UsageError(f"--useful-flops must be >= 0, got {a.useful_flops}")
+    with profile() as p:
+        res = _run_args(a)
+    _save_buffers(a, res)
+    roof = p.roofline(chip.name, a.useful_flops) if chip else None
+    if a.json:
+        doc = {"dispatches": [dict(d, buffers={str(i): b for i, b in d["buffers"].items()}) for d in p.dispatches],
+               "faults": [{"kind": f.kind, "message": f.message} for f in res.faults]}
+        if roof is not None:
+            doc["roofline"] = roof.as_dict()
+        print(json.dumps(doc, indent=1))
+    else:
+        for f in res.faults:
+            print(f"{f.kind}: {f.message}")
+        for d in p.dispatches:
+            print(format_dispatch(d))
+        if roof is not None:
+            print(roof)
     return 1 if res.faults else 0
 
 
@@ -164,6 +200,35 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run one dispatch of a kernel and report faults (runs the file as native code: "
                        "trusted files only)", epilog=TRUST, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pr = sub.add_parser("profile", help="run one dispatch like `run` and report its work counters (memory traffic, "
+                        "simdgroup_matrix products, barriers, flops, threadgroup and thread-private memory) and, with "
+                        "--chip, the roofline lower bound on its time on that Apple GPU", epilog=TRUST,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pr.add_argument("--json", action="store_true", help="print the counters (and roofline) as JSON")
+    pr.add_argument("--chip", help="Apple GPU for the roofline: " + ", ".join(chips.chip_names()))
+    pr.add_argument("--useful-flops", type=float, help="the kernel's useful flops (e.g. an attention's 4*N*M*d per "
+                    "head), for the roofline's useful / simdgroup_matrix flops ratio")
+    for r in (r, pr):
+        _add_run_arguments(r)
+    c = sub.add_parser("check", help="strict clang check with MSL address spaces")
+    c.add_argument("files", nargs="+")
+    c.add_argument("-I", "--include", action="append", default=[])
+    a = p.parse_args(argv)
+    try:
+        return {"run": cmd_run, "profile": cmd_profile, "check": cmd_check}[a.cmd](a)
+    except (UsageError, TranslateError, _compile.SimCompileError, ValueError, TypeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError as e:
+        print(f"error: out of memory: {e or 'an allocation failed'}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _add_run_arguments(r: argparse.ArgumentParser) -> None:
+    """The arguments of `run`, which `profile` takes too."""
     r.add_argument("file")
     r.add_argument("--kernel", required=True)
     r.add_argument("--grid", required=True, help="threadgroups per grid X[,Y[,Z]]")
@@ -177,21 +242,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="model Metal's default fast math: transcendental functions at the MSL specification's error "
                         "bounds (Table 8.2), denormals flushed, NaN/Inf and out-of-range arguments reported as "
                         "fast-math-hazard (same as FLASH_ATTN_CY_SIM_FAST_MATH=1)")
-    c = sub.add_parser("check", help="strict clang check with MSL address spaces")
-    c.add_argument("files", nargs="+")
-    c.add_argument("-I", "--include", action="append", default=[])
-    a = p.parse_args(argv)
-    try:
-        return cmd_run(a) if a.cmd == "run" else cmd_check(a)
-    except (UsageError, TranslateError, _compile.SimCompileError, ValueError, TypeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except MemoryError as e:
-        print(f"error: out of memory: {e or 'an allocation failed'}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

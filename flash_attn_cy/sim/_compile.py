@@ -31,6 +31,13 @@ CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fno-strict-al
 # than the fiber stack's guard page probe it page by page, so that a large thread-private array is reported as a
 # stack overflow instead of writing into whatever mapping lies below the stack.
 MODULE_FLAGS = ["-g", "-fstack-clash-protection"]
+# Variant "profile" (flash_attn_cy.sim.profile, `sim profile`): the runtime and the kernel are compiled with the work
+# counters (csrc/sim/counters.h) and the runtime gains counters.cpp; the kernel alone is also compiled with the
+# compiler's ThreadSanitizer instrumentation (every load and store calls counters.cpp; no sanitizer runtime is linked)
+# and without vectorisation or store merging, so that each load or store the source asks for stays one access.
+PROFILE_DEFINES = ["-DFASIM_PROFILE=1"]
+PROFILE_SOURCES = ("counters.cpp",)
+VARIANTS = ("", "profile")
 
 _lock = threading.Lock()
 _loaded: Dict[str, ctypes.CDLL] = {}
@@ -198,27 +205,47 @@ def _query_compiler_id(cxx: str) -> str:
     return out.splitlines()[0] if out else cxx
 
 
-_runtime_names: Dict[str, str] = {}
+_runtime_names: Dict[tuple, str] = {}
 
 
-def _runtime_name(cid: str) -> str:
+def _variant_flags(variant: str) -> List[str]:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    return PROFILE_DEFINES if variant == "profile" else []
+
+
+def _runtime_sources(variant: str) -> tuple:
+    return RUNTIME_SOURCES + (PROFILE_SOURCES if variant == "profile" else ())
+
+
+def instrument_flags(cid: str) -> List[str]:
+    """Flags of a profile module's kernel (not of its runtime): memory accesses instrumented, no vectorisation."""
+    if "clang" in cid.lower():
+        return ["-fsanitize=thread", "-mllvm", "-tsan-instrument-func-entry-exit=0", "-fno-vectorize",
+                "-fno-slp-vectorize"]
+    return ["-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0", "-fno-tree-vectorize",
+            "-fno-tree-slp-vectorize", "-fno-store-merging"]
+
+
+def _runtime_name(cid: str, variant: str = "") -> str:
     """rt-<hash of the runtime sources, compiler and flags>: the cache folder of the runtime's object files."""
-    if cid not in _runtime_names:
+    if (cid, variant) not in _runtime_names:
         rt = runtime_dir()
         h = hashlib.sha256()
-        h.update((cid + " ".join(CXXFLAGS)).encode())
+        h.update((cid + " ".join(CXXFLAGS + _variant_flags(variant))).encode())
         for p in sorted(rt.rglob("*")):
             if p.is_file() and p.suffix in (".cpp", ".h", "") and "__pycache__" not in p.parts:
                 h.update(p.name.encode())
                 h.update(p.read_bytes())
-        _runtime_names[cid] = f"rt-{h.hexdigest()[:16]}"
-    return _runtime_names[cid]
+        _runtime_names[(cid, variant)] = f"rt-{h.hexdigest()[:16]}"
+    return _runtime_names[(cid, variant)]
 
 
-def _runtime_objects(cxx: str, cid: str) -> List[Path]:
+def _runtime_objects(cxx: str, cid: str, variant: str = "") -> List[Path]:
     rt = runtime_dir()
-    d = cache_dir() / _runtime_name(cid)
-    objs = [d / (s[:-4] + ".o") for s in RUNTIME_SOURCES]
+    d = cache_dir() / _runtime_name(cid, variant)
+    sources = _runtime_sources(variant)
+    objs = [d / (s[:-4] + ".o") for s in sources]
     if d.exists() and untrusted_reason(d, True):
         d = _use_private(d, untrusted_reason(d, True)) / d.name
         objs = [d / o.name for o in objs]
@@ -226,8 +253,9 @@ def _runtime_objects(cxx: str, cid: str) -> List[Path]:
         return objs
     tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix="rt-tmp-"))
     try:
-        for s, o in zip(RUNTIME_SOURCES, objs):
-            _run(cxx.split() + CXXFLAGS + ["-I", str(rt), "-c", str(rt / s), "-o", str(tmp / o.name)],
+        for s, o in zip(sources, objs):
+            _run(cxx.split() + CXXFLAGS + _variant_flags(variant) + ["-I", str(rt), "-c", str(rt / s), "-o",
+                                                                   str(tmp / o.name)],
                  f"compiling the simulator runtime ({s})")
             _harden(tmp / o.name)
         d.mkdir(mode=0o700, exist_ok=True)
@@ -239,25 +267,28 @@ def _runtime_objects(cxx: str, cid: str) -> List[Path]:
 
 
 def load_module(cpp_code: str, label: str = "kernel", verify: Optional[Callable[[List[str]], None]] = None,
-                salt: str = "") -> ctypes.CDLL:
+                salt: str = "", variant: str = "") -> ctypes.CDLL:
     """Compile translated C++ (with the runtime) into a cached shared library and load it.
 
     verify(flags) runs before the code is compiled, with the compiler flags the module gets (not when a module built
     earlier, after the same check, is reused); salt names the checks, so that modules built under other rules are
-    not reused."""
+    not reused. variant "profile" builds the module with the work counters (see PROFILE_DEFINES); it then also
+    exports fasim_profile_counters."""
     cxx = find_cxx()
+    vflags = _variant_flags(variant)
     with _lock:
         cid = _compiler_id(cxx)
         rt = runtime_dir()
-        key = hashlib.sha256((cid + "\0" + " ".join(CXXFLAGS + MODULE_FLAGS) + "\0" + salt + "\0" + cpp_code
-                              ).encode()).hexdigest()[:24]
+        kflags = instrument_flags(cid) if variant == "profile" else []
+        key = hashlib.sha256((cid + "\0" + " ".join(CXXFLAGS + MODULE_FLAGS + vflags + kflags) + "\0" + salt + "\0"
+                              + cpp_code).encode()).hexdigest()[:24]
         if key in _loaded:
             return _loaded[key]
-        so = cache_dir() / f"mod-{key}-{_runtime_name(cid)}.so"
+        so = cache_dir() / f"mod-{key}-{_runtime_name(cid, variant)}.so"
         if not _module_matches(so, key):  # absent, or not ours to load: (re)build it
             if verify is not None:
-                verify(CXXFLAGS + MODULE_FLAGS)
-            objs = _runtime_objects(cxx, cid)
+                verify(CXXFLAGS + MODULE_FLAGS + vflags)
+            objs = _runtime_objects(cxx, cid, variant)
             so = objs[0].parent.parent / so.name  # the runtime may have moved to a private cache
             tmp = Path(tempfile.mkdtemp(dir=so.parent, prefix="mod-tmp-"))
             try:
@@ -265,8 +296,14 @@ def load_module(cpp_code: str, label: str = "kernel", verify: Optional[Callable[
                 src.write_text(cpp_code)
                 (tmp / "key.cpp").write_text(_key_source(key))
                 out = tmp / "kernel.so"
-                _run(cxx.split() + CXXFLAGS + MODULE_FLAGS + ["-I", str(rt), "-I", str(rt / "include"), "-shared",
-                                                              str(src), str(tmp / "key.cpp")]
+                if kflags:  # instrumented kernel: compiled on its own, so that the link pulls in no sanitizer runtime
+                    obj = tmp / "kernel.o"
+                    _run(cxx.split() + CXXFLAGS + MODULE_FLAGS + vflags + kflags
+                         + ["-I", str(rt), "-I", str(rt / "include"), "-c", str(src), "-o", str(obj)],
+                         f"compiling {label} for the simulator (profile)")
+                    src = obj
+                _run(cxx.split() + CXXFLAGS + MODULE_FLAGS + vflags + ["-I", str(rt), "-I", str(rt / "include"),
+                                                                       "-shared", str(src), str(tmp / "key.cpp")]
                      + [str(o) for o in objs] + ["-o", str(out), "-lpthread"]
                      + (["-ldl"] if sys.platform.startswith("linux") else []),  # dladdr on glibc < 2.34
                      f"compiling {label} for the simulator")
@@ -288,6 +325,9 @@ def load_module(cpp_code: str, label: str = "kernel", verify: Optional[Callable[
             ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t), ctypes.c_int, ctypes.c_ulonglong,
             ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p,  # the last: fa_cancel * (_run.py)
         ]
+        if variant == "profile":
+            lib.fasim_profile_counters.restype = ctypes.c_size_t
+            lib.fasim_profile_counters.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
         _loaded[key] = lib
         return lib
 

@@ -13,7 +13,7 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, U
 
 import numpy as np
 
-from . import _compile, trust
+from . import _compile, _profile, trust
 from .check import find_clang
 from .translate import translate
 
@@ -89,9 +89,10 @@ def _index(k, name: str) -> int:
 _modules: Dict[tuple, Tuple[ctypes.CDLL, List[Tuple[str, float]]]] = {}
 
 
-def _module_for(source: str, path: str, include_dirs: Tuple[str, ...]) -> ctypes.CDLL:
-    """Translated and compiled module for this source, reused while the included headers are unchanged."""
-    key = (source, path, include_dirs, trust.unchecked())  # a module built unchecked never serves a checked run
+def _module_for(source: str, path: str, include_dirs: Tuple[str, ...], variant: str = "") -> ctypes.CDLL:
+    """Translated and compiled module for this source, reused while the included headers are unchanged
+    (variant "profile": built with the work counters, flash_attn_cy.sim.profile)."""
+    key = (source, path, include_dirs, trust.unchecked(), variant)  # unchecked modules never serve checked runs
     hit = _modules.get(key)
     if hit is not None:
         lib, deps = hit
@@ -99,7 +100,7 @@ def _module_for(source: str, path: str, include_dirs: Tuple[str, ...]) -> ctypes
             return lib
     tr = translate(source, path, list(include_dirs))
     if trust.unchecked():
-        lib = _compile.load_module(tr.code, os.path.basename(path), salt="unchecked")
+        lib = _compile.load_module(tr.code, os.path.basename(path), salt="unchecked", variant=variant)
     else:
         trust.check_translation(tr, source, path, include_dirs)
         clang = find_clang()
@@ -108,7 +109,7 @@ def _module_for(source: str, path: str, include_dirs: Tuple[str, ...]) -> ctypes
                 "the simulator checks every kernel file with clang++ before it compiles and runs it as native code "
                 "(none found: install clang, or set FLASH_ATTN_CY_CLANG); FLASH_ATTN_CY_SIM_UNCHECKED=1 runs files "
                 "unchecked, for files you trust")
-        lib = _compile.load_module(tr.code, os.path.basename(path), salt=trust.SALT,
+        lib = _compile.load_module(tr.code, os.path.basename(path), salt=trust.SALT, variant=variant,
                                    verify=lambda flags: trust.check_compiled(tr.code, path, clang, flags))
     _modules[key] = (lib, [(d, os.path.getmtime(d)) for d in tr.dependencies])
     return lib
@@ -150,7 +151,8 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
     if not isinstance(host_threads, (int, np.integer)) or not 0 <= host_threads <= 4096:
         raise ValueError(f"host_threads must be an int in [0, 4096] (0 = all cores), got {host_threads!r}")
     source, path = load_source(path_or_source)
-    lib = _module_for(source, path, tuple(include_dirs))
+    counted = _profile.active()  # inside flash_attn_cy.sim.profile(): a profile build, and the dispatch is recorded
+    lib = _module_for(source, path, tuple(include_dirs), "profile" if counted else "")
 
     # No copy of the inputs on this side: the runtime copies each buffer into its guarded mapping straight from the
     # caller's array and writes the forward run's results into a fresh output array (pages touched only then), so
@@ -215,6 +217,8 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
     for line in text.splitlines():
         kind, _, m = line.partition("\t")
         faults.append(Fault(kind, _with_source_line(m)))
+    if counted:
+        _profile.record(lib, kernel, g, t, [str(f) for f in faults])
     return SimResult(out, faults)
 
 

@@ -4,7 +4,7 @@
 // (Metal only guarantees relaxed ordering too).
 #pragma once
 
-#include "fasim_types.h"
+#include "fasim_types.h"  // and fasim_counters.h
 
 namespace metal {
 
@@ -24,14 +24,17 @@ typedef fasim_atomic<float> atomic_float;
 template <class T> using atomic = fasim_atomic<T>;
 
 template <class T> inline void atomic_store_explicit(fasim_atomic<T> *a, fasim_val<T> v, memory_order) {
+    FASIM_COUNT_ATOMIC(&a->value, sizeof(T), ::fasim::kAtomicStoreOp);
     __atomic_store(&a->value, &v, __ATOMIC_SEQ_CST);
 }
 template <class T> inline T atomic_load_explicit(const fasim_atomic<T> *a, memory_order) {
+    FASIM_COUNT_ATOMIC(&a->value, sizeof(T), ::fasim::kAtomicLoadOp);
     T v;
     __atomic_load(&a->value, &v, __ATOMIC_SEQ_CST);
     return v;
 }
 template <class T> inline T atomic_exchange_explicit(fasim_atomic<T> *a, fasim_val<T> v, memory_order) {
+    FASIM_COUNT_ATOMIC(&a->value, sizeof(T), ::fasim::kAtomicRmwOp);
     T old;
     __atomic_exchange(&a->value, &v, &old, __ATOMIC_SEQ_CST);
     return old;
@@ -39,11 +42,13 @@ template <class T> inline T atomic_exchange_explicit(fasim_atomic<T> *a, fasim_v
 template <class T>
 inline bool atomic_compare_exchange_weak_explicit(fasim_atomic<T> *a, T *expected, fasim_val<T> desired, memory_order,
                                                   memory_order) {
+    FASIM_COUNT_ATOMIC(&a->value, sizeof(T), ::fasim::kAtomicRmwOp);
     return __atomic_compare_exchange(&a->value, expected, &desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 }
 
 // Read-modify-write through compare-exchange, so that float (no native fetch_add builtin) works the same way.
 template <class T, class F> inline T fasim_atomic_rmw(fasim_atomic<T> *a, F f) {
+    FASIM_COUNT_ATOMIC(&a->value, sizeof(T), ::fasim::kAtomicRmwOp);  // one MSL operation, whatever the loop does
     T old;
     __atomic_load(&a->value, &old, __ATOMIC_SEQ_CST);
     T desired = f(old);

@@ -63,7 +63,7 @@ FASIM_MATH1(sign, x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f))
 // half keeps the precise form in both modes: the MSL specification's Table 8.3 (half precision) has no fast variant.
 #define FASIM_MATH_T(NAME, EXPR)                                                                             \
     namespace precise {                                                                                      \
-    inline float NAME(float x) { return EXPR; }                                                              \
+    inline float NAME(float x) { FASIM_COUNT_FLOPS(::fasim::kFlopTranscendental, 1); return EXPR; }          \
     inline half NAME(half x) { return half(NAME((float)x)); }                                                \
     inline bfloat NAME(bfloat x) { return bfloat(NAME((float)x)); }                                          \
     template <class T, int N> inline vec<T, N> NAME(const vec<T, N> &v) {                                    \
@@ -71,6 +71,7 @@ FASIM_MATH1(sign, x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f))
     }                                                                                                        \
     }                                                                                                        \
     inline float NAME(float x, const char *fasim_file = __builtin_FILE(), unsigned fasim_line = __builtin_LINE()) { \
+        FASIM_COUNT_FLOPS(::fasim::kFlopTranscendental, 1);                                                  \
         if (__builtin_expect(::fasim::g_fast_math != 0, 0)) return ::fasim::fm::NAME(x, fasim_file, fasim_line); \
         return EXPR;                                                                                         \
     }                                                                                                        \
@@ -119,13 +120,14 @@ FASIM_MATH2(step, y < x ? 0.0f : 1.0f)
 #undef FASIM_MATH2
 
 // Two-argument functions with a fast form (see FASIM_MATH_T).
-#define FASIM_MATH2_T(NAME, EXPR)                                                                            \
+#define FASIM_MATH2_T(NAME, EXPR, KIND)                                                                          \
     namespace precise {                                                                                      \
-    inline float NAME(float x, float y) { return EXPR; }                                                     \
+    inline float NAME(float x, float y) { FASIM_COUNT_FLOPS(KIND, 1); return EXPR; }                         \
     inline half NAME(half x, half y) { return half(NAME((float)x, (float)y)); }                              \
     }                                                                                                        \
     inline float NAME(float x, float y, const char *fasim_file = __builtin_FILE(),                           \
                       unsigned fasim_line = __builtin_LINE()) {                                              \
+        FASIM_COUNT_FLOPS(KIND, 1);                                                                          \
         if (__builtin_expect(::fasim::g_fast_math != 0, 0)) return ::fasim::fm::NAME(x, y, fasim_file, fasim_line); \
         return EXPR;                                                                                         \
     }                                                                                                        \
@@ -136,10 +138,10 @@ FASIM_MATH2(step, y < x ? 0.0f : 1.0f)
         for (int i = 0; i < N; i++) r[i] = NAME(a[i], b[i]);                                                 \
         return r;                                                                                            \
     }
-FASIM_MATH2_T(pow, __builtin_powf(x, y))
-FASIM_MATH2_T(powr, __builtin_powf(x, y))
-FASIM_MATH2_T(fmod, __builtin_fmodf(x, y))
-FASIM_MATH2_T(divide, x / y)
+FASIM_MATH2_T(pow, __builtin_powf(x, y), ::fasim::kFlopTranscendental)
+FASIM_MATH2_T(powr, __builtin_powf(x, y), ::fasim::kFlopTranscendental)
+FASIM_MATH2_T(fmod, __builtin_fmodf(x, y), ::fasim::kFlopTranscendental)
+FASIM_MATH2_T(divide, x / y, ::fasim::kFlopFp32)
 #undef FASIM_MATH2_T
 
 // min/max/abs/clamp: every scalar type (integers too) and vectors; float follows fmin/fmax (NaN-ignoring).
@@ -171,16 +173,22 @@ inline half abs(half x) { return half::from_bits((uint16_t)(x.bits & 0x7fffu)); 
 inline bfloat abs(bfloat x) { return bfloat::from_bits((uint16_t)(x.bits & 0x7fffu)); }
 template <class T, int N> inline vec<T, N> abs(const vec<T, N> &v) { return vmap(v, [](T a) { return abs(a); }); }
 
-inline float fma(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
-inline half fma(half a, half b, half c) { return half(__builtin_fmaf(a, b, c)); }
-inline bfloat fma(bfloat a, bfloat b, bfloat c) { return bfloat(__builtin_fmaf(a, b, c)); }
+inline float fma(float a, float b, float c) { FASIM_COUNT_FLOPS(::fasim::kFlopFp32, 2); return __builtin_fmaf(a, b, c); }
+inline half fma(half a, half b, half c) { FASIM_COUNT_FLOPS(::fasim::kFlopFp16, 2); return half(__builtin_fmaf(a, b, c)); }
+inline bfloat fma(bfloat a, bfloat b, bfloat c) {
+    FASIM_COUNT_FLOPS(::fasim::kFlopBf16, 2);
+    return bfloat(__builtin_fmaf(a, b, c));
+}
 template <class T, int N> inline vec<T, N> fma(const vec<T, N> &a, const vec<T, N> &b, const vec<T, N> &c) {
     vec<T, N> r;
     for (int i = 0; i < N; i++) r[i] = fma(a[i], b[i], c[i]);
     return r;
 }
-inline float mix(float x, float y, float a) { return x + (y - x) * a; }
-inline half mix(half x, half y, half a) { return half(mix((float)x, (float)y, (float)a)); }
+inline float mix(float x, float y, float a) { FASIM_COUNT_FLOPS(::fasim::kFlopFp32, 3); return x + (y - x) * a; }
+inline half mix(half x, half y, half a) {
+    FASIM_COUNT_FLOPS(::fasim::kFlopFp16, 3);
+    return half((float)x + ((float)y - (float)x) * (float)a);
+}
 template <class T, int N> inline vec<T, N> mix(const vec<T, N> &x, const vec<T, N> &y, const vec<T, N> &a) {
     vec<T, N> r;
     for (int i = 0; i < N; i++) r[i] = mix(x[i], y[i], a[i]);
@@ -208,6 +216,7 @@ template <class T, int N> inline vec<T, N> select(const vec<T, N> &a, const vec<
 template <class T, int N> inline vec<T, N> select(const vec<T, N> &a, const vec<T, N> &b, bool c) { return c ? b : a; }
 
 template <class T, int N> inline T dot(const vec<T, N> &a, const vec<T, N> &b) {
+    FASIM_COUNT_FLOPS_OF(T, 2 * N);
     float s = 0.0f;
     for (int i = 0; i < N; i++) s += (float)a[i] * (float)b[i];
     return T(s);

@@ -238,6 +238,7 @@ inline void fasim_mma(simdgroup_matrix<TD, 8, 8> &d, const simdgroup_matrix<TA, 
     mine[3] = (float)b.elems.y;
     float c0 = c ? (float)c->elems.x : 0.0f, c1 = c ? (float)c->elems.y : 0.0f;
     fasim::simd_sync(x, file, line, what, fasim::kSyncSimdFull);
+    if (x.lane == 0) FASIM_COUNT_MMA((fasim::mma_kind<TA, TB>()));  // once per SIMD group (all 32 lanes take part)
     uint32_t r = fasim_detail::mat_row(x.lane), col = fasim_detail::mat_col(x.lane);
     float acc[2] = {c0, c1};
     for (uint32_t j = 0; j < 2; j++) {

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <type_traits>
 
+#include "fasim_counters.h"
+
 typedef unsigned char uchar;
 typedef unsigned short ushort;
 typedef unsigned int uint;
@@ -112,6 +114,7 @@ using lowp_cmp_t = std::enable_if_t<(is_lowp<A>::value || is_lowp<B>::value) && 
     template <class A, class B>                                                                \
     inline fasim::lowp_op_t<A, B> operator OP(A a, B b) {                                      \
         using R = fasim::lowp_op_t<A, B>;                                                      \
+        FASIM_COUNT_FLOPS_OF(R, 1);                                                            \
         return R((float)a OP (float)b);                                                        \
     }
 FASIM_LOWP_BINOP(+)
@@ -133,7 +136,7 @@ FASIM_LOWP_CMP(>=)
 
 #define FASIM_LOWP_ASSIGN(OP)                                                                  \
     template <class L, class B, class = std::enable_if_t<fasim::is_lowp<L>::value && fasim::is_scalar_v<B>>> \
-    inline L &operator OP##=(L &a, B b) { a = L((float)a OP (float)b); return a; }
+    inline L &operator OP##=(L &a, B b) { FASIM_COUNT_FLOPS_OF(L, 1); a = L((float)a OP (float)b); return a; }
 FASIM_LOWP_ASSIGN(+)
 FASIM_LOWP_ASSIGN(-)
 FASIM_LOWP_ASSIGN(*)
@@ -231,14 +234,25 @@ template <class T, int N, class F> inline vec<T, N> vmap(const vec<T, N> &a, F f
     return r;
 }
 
+// Work counters (fasim_counters.h): float vector arithmetic counts one flop per component; half and bfloat
+// components count through their scalar operators.
+#define FASIM_COUNT_VEC_FLOPS(T, N, OPNAME)                                                                       \
+    do {                                                                                                         \
+        if (std::is_same<T, float>::value && (OPNAME)[1] == 0 &&                                                 \
+            ((OPNAME)[0] == '+' || (OPNAME)[0] == '-' || (OPNAME)[0] == '*' || (OPNAME)[0] == '/'))              \
+            FASIM_COUNT_FLOPS(::fasim::kFlopFp32, N);                                                            \
+    } while (0)
+
 #define FASIM_VEC_BINOP(OP)                                                                                      \
     template <class T, int N> inline vec<T, N> operator OP(const vec<T, N> &a, const vec<T, N> &b) {              \
+        FASIM_COUNT_VEC_FLOPS(T, N, #OP);                                                                        \
         vec<T, N> r;                                                                                             \
         for (int i = 0; i < N; i++) r[i] = T(a[i] OP b[i]);                                                      \
         return r;                                                                                                \
     }                                                                                                            \
     template <class T, int N, class S, class = std::enable_if_t<fasim::is_scalar_v<S>>>                          \
     inline vec<T, N> operator OP(const vec<T, N> &a, S s) {                                                      \
+        FASIM_COUNT_VEC_FLOPS(T, N, #OP);                                                                        \
         vec<T, N> r;                                                                                             \
         T t = T(s);                                                                                              \
         for (int i = 0; i < N; i++) r[i] = T(a[i] OP t);                                                         \
@@ -246,17 +260,20 @@ template <class T, int N, class F> inline vec<T, N> vmap(const vec<T, N> &a, F f
     }                                                                                                            \
     template <class T, int N, class S, class = std::enable_if_t<fasim::is_scalar_v<S>>>                          \
     inline vec<T, N> operator OP(S s, const vec<T, N> &a) {                                                      \
+        FASIM_COUNT_VEC_FLOPS(T, N, #OP);                                                                        \
         vec<T, N> r;                                                                                             \
         T t = T(s);                                                                                              \
         for (int i = 0; i < N; i++) r[i] = T(t OP a[i]);                                                         \
         return r;                                                                                                \
     }                                                                                                            \
     template <class T, int N> inline vec<T, N> &operator OP##=(vec<T, N> &a, const vec<T, N> &b) {              \
+        FASIM_COUNT_VEC_FLOPS(T, N, #OP);                                                                        \
         for (int i = 0; i < N; i++) a[i] = T(a[i] OP b[i]);                                                      \
         return a;                                                                                                \
     }                                                                                                            \
     template <class T, int N, class S, class = std::enable_if_t<fasim::is_scalar_v<S>>>                          \
     inline vec<T, N> &operator OP##=(vec<T, N> &a, S s) {                                                        \
+        FASIM_COUNT_VEC_FLOPS(T, N, #OP);                                                                        \
         T t = T(s);                                                                                              \
         for (int i = 0; i < N; i++) a[i] = T(a[i] OP t);                                                         \
         return a;                                                                                                \
@@ -272,6 +289,7 @@ FASIM_VEC_BINOP(^)
 FASIM_VEC_BINOP(<<)
 FASIM_VEC_BINOP(>>)
 #undef FASIM_VEC_BINOP
+#undef FASIM_COUNT_VEC_FLOPS
 
 #define FASIM_VEC_CMP(OP)                                                                                        \
     template <class T, int N> inline vec<bool, N> operator OP(const vec<T, N> &a, const vec<T, N> &b) {           \
