@@ -11,6 +11,7 @@
 // Speed on real Arm hardware has never been measured (built with a cross compiler, checked under qemu-aarch64).
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "decode_kernels.h"
 #include "neon_common.h"
@@ -52,21 +53,37 @@ inline void scores_rows(const void *const *krows, int64_t h0, int d, int pitch, 
     for (int r = 0; r < R; ++r) vst1q_f32(part + r * 64, neon::hsum4(acc[0][r], acc[1][r], acc[2][r], acc[3][r]));
 }
 
+// Calls f(std::integral_constant<int, R>{}) with R = rows (1..DECODE_MAX_ROWS): every row of a KV head is served by
+// one pass over the head's K/V vectors, with the row count known to the compiler (registers, unrolling).
+template <typename F>
+inline void with_rows(int rows, F &&f) {
+    static_assert(DECODE_MAX_ROWS == 4, "with_rows covers 1..4 rows");
+    switch (rows) {
+        case 4: f(std::integral_constant<int, 4>{}); break;
+        case 3: f(std::integral_constant<int, 3>{}); break;
+        case 2: f(std::integral_constant<int, 2>{}); break;
+        default: f(std::integral_constant<int, 1>{}); break;
+    }
+}
+
+// scores_group's walk over the KV heads: rows_kernel(R, h0, q rows of the head, partial of the head) per head.
+template <typename QElem, typename RowsKernel>
+inline void scores_heads(const void *qpack, int64_t head_stride, int hkv, int rows, int pitch, int g, float *partial,
+                         RowsKernel &&rows_kernel) {
+    const QElem *q = static_cast<const QElem *>(qpack);
+    for (int hk = 0; hk < hkv; ++hk)
+        with_rows(rows, [&](auto R) {
+            rows_kernel(R, hk * head_stride, q + size_t(hk * rows) * pitch, partial + (hk * rows) * 64 + 16 * g);
+        });
+}
+
 template <fa_dtype DT>
 void scores_group(const void *const *krows, int64_t head_stride, int hkv, int rows, int d, int pitch,
                   const void *qpack, int g, float *partial) {
-    const float *q = static_cast<const float *>(qpack);
-    for (int hk = 0; hk < hkv; ++hk) {
-        const int64_t h0 = hk * head_stride;
-        const float *qr = q + size_t(hk * rows) * pitch;
-        float *part = partial + (hk * rows) * 64 + 16 * g;
-        switch (rows) {
-            case 4: scores_rows<DT, 4>(krows, h0, d, pitch, qr, part); break;
-            case 3: scores_rows<DT, 3>(krows, h0, d, pitch, qr, part); break;
-            case 2: scores_rows<DT, 2>(krows, h0, d, pitch, qr, part); break;
-            default: scores_rows<DT, 1>(krows, h0, d, pitch, qr, part); break;
-        }
-    }
+    scores_heads<float>(qpack, head_stride, hkv, rows, pitch, g, partial,
+                        [&](auto R, int64_t h0, const float *qr, float *part) {
+                            scores_rows<DT, decltype(R)::value>(krows, h0, d, pitch, qr, part);
+                        });
 }
 
 // Group g holds keys g, g+4, g+8, g+12 in its 4 floats: a 4x4 transpose puts key j in lane j.
@@ -147,12 +164,7 @@ void pv(const void *const *vrows, int nk, int64_t head_stride, int hkv, int rows
             const int64_t h0 = hk * head_stride;
             const float *pr = p + (hk * rows) * DECODE_BLOCK + j * pstep;
             float *orow = o + size_t(hk * rows) * pitch;
-            switch (rows) {
-                case 4: pv_rows4<DT, 4>(vrows + j, h0, d, pitch, pr, pstep, orow); break;
-                case 3: pv_rows4<DT, 3>(vrows + j, h0, d, pitch, pr, pstep, orow); break;
-                case 2: pv_rows4<DT, 2>(vrows + j, h0, d, pitch, pr, pstep, orow); break;
-                default: pv_rows4<DT, 1>(vrows + j, h0, d, pitch, pr, pstep, orow); break;
-            }
+            with_rows(rows, [&](auto R) { pv_rows4<DT, decltype(R)::value>(vrows + j, h0, d, pitch, pr, pstep, orow); });
         }
     }
     for (; j < nk; ++j) {
@@ -210,18 +222,10 @@ inline void scores_rows_bf16dot(const void *const *krows, int64_t h0, int d, int
 
 void scores_group_bf16dot(const void *const *krows, int64_t head_stride, int hkv, int rows, int d, int pitch,
                           const void *qpack, int g, float *partial) {
-    const uint16_t *q = static_cast<const uint16_t *>(qpack);
-    for (int hk = 0; hk < hkv; ++hk) {
-        const int64_t h0 = hk * head_stride;
-        const uint16_t *qr = q + size_t(hk * rows) * pitch;
-        float *part = partial + (hk * rows) * 64 + 16 * g;
-        switch (rows) {
-            case 4: scores_rows_bf16dot<4>(krows, h0, d, pitch, qr, part); break;
-            case 3: scores_rows_bf16dot<3>(krows, h0, d, pitch, qr, part); break;
-            case 2: scores_rows_bf16dot<2>(krows, h0, d, pitch, qr, part); break;
-            default: scores_rows_bf16dot<1>(krows, h0, d, pitch, qr, part); break;
-        }
-    }
+    scores_heads<uint16_t>(qpack, head_stride, hkv, rows, pitch, g, partial,
+                           [&](auto R, int64_t h0, const uint16_t *qr, float *part) {
+                               scores_rows_bf16dot<decltype(R)::value>(krows, h0, d, pitch, qr, part);
+                           });
 }
 
 FA_NEON_BF16_END
