@@ -5,7 +5,7 @@
 #include "fa_abi.h"
 #include "plan/fa_plan.h"
 
-// CPU backend (csrc/cpu for forward and the KV-cache update, csrc/bwd for backward).
+// CPU backend (csrc/cpu for forward and the KV-cache update, csrc/cpu/backward for backward).
 int fa_cpu_forward(const fa_params *p, char *err, size_t errlen);
 int fa_cpu_backward(const fa_params *p, char *err, size_t errlen);
 int fa_cpu_kvcache_append(const fa_params *p, const fa_kvcache_update *u, char *err, size_t errlen);

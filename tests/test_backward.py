@@ -105,7 +105,7 @@ def test_long_grads(rng, monkeypatch, isa, dtype, case):
     check_grads(rng, dtype, *c["shapes"], **c["kw"])
 
 
-# bf16 on AVX512-BF16: dV, dK and dQ multiply bf16 pairs (csrc/bwd accumulate_bf16). Its register tiles depend on the
+# bf16 on AVX512-BF16: dV, dK and dQ multiply bf16 pairs (csrc/cpu/backward accumulate_bf16). Its register tiles depend on the
 # head dim (1-4 vectors of 16 columns per 64-column chunk, a masked tail, several chunks) and cover the rows of a
 # product in tiles of R rows plus 8/4/2/1-row remainders: key counts and query counts below give every remainder,
 # odd counts (a pair completed with zero) and tiles that start at odd query rows (windows).
