@@ -13,6 +13,7 @@
 
 #include "fa_backends.h"
 #include "plan/fa_plan.h"
+#include "plan/fa_plan_build.h"  // the executor builds its own plan (tests/test_layers.py: KNOWN_UPWARD)
 #include "sim/sim_api.h"
 
 namespace {
