@@ -131,8 +131,11 @@ def attention_forward(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seql
         kw["seqused_k"] = np.ascontiguousarray(np.diff(cu_seqlens_k), dtype=np.int32)
     lead = varlen
     kv_lead = varlen and block_table is None
-    if probs is not None and backend == "cpu":
-        kw["attn_probs"] = _arrays.core_view(probs, "attn_probs", writable=True)
+    # S_dmask: every backend writes it itself (cpu: attention_forward.cpp; sim, metal: the fa_probs_* kernels that
+    # close the forward plan), into host memory; a tensor on a device gets it by a copy afterwards.
+    host_probs = probs.cpu() if probs is not None and _arrays.is_torch(probs) and probs.device.type != "cpu" else probs
+    if host_probs is not None:
+        kw["attn_probs"] = _arrays.core_view(host_probs, "attn_probs", writable=True)
     _mps_sync(kind)
     _core.forward(backend, dtype,
                   _arrays.core_view(q, "q", lead_axis=lead),
@@ -141,34 +144,9 @@ def attention_forward(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seql
                   _arrays.core_view(out, "out", lead_axis=lead, writable=True),
                   _arrays.core_view(lse, "softmax_lse", lead_axis=lead, writable=True),
                   **kw)
-    if probs is not None and backend != "cpu":
-        _probs_on_cpu(probs, q, k, v, dtype, lead, kv_lead, kw)
-    return out, lse, probs
-
-
-def _probs_on_cpu(probs, q, k, v, dtype, lead, kv_lead, kw):
-    """S_dmask for backends whose kernels never materialise the (seqlen_q x seqlen_k) probabilities (sim, metal):
-    the CPU backend recomputes them with the same inputs and the same Philox (seed, offset), so the dropout pattern
-    is exactly the one the requested backend applied (kernels/fa_philox.h is shared by every backend)."""
-    def host(x):
-        return x.cpu() if _arrays.is_torch(x) and x.device.type != "cpu" else x
-    qh, kh, vh = host(q), host(k), host(v)
-    host_probs = host(probs)
-    scratch_out = np.empty(tuple(qh.shape), dtype=_arrays._host_numpy(qh).dtype)
-    if lead:  # varlen: (nheads, total_q)
-        scratch_lse = np.empty((qh.shape[1], qh.shape[0]), np.float32)
-    else:
-        scratch_lse = np.empty((qh.shape[0], qh.shape[2], qh.shape[1]), np.float32)
-    kw = dict(kw, attn_probs=_arrays.core_view(host_probs, "attn_probs", writable=True))
-    _core.forward("cpu", dtype,
-                  _arrays.core_view(qh, "q", lead_axis=lead),
-                  _arrays.core_view(kh, "k", lead_axis=kv_lead),
-                  _arrays.core_view(vh, "v", lead_axis=kv_lead),
-                  _arrays.core_view(scratch_out, "out", lead_axis=lead, writable=True),
-                  _arrays.core_view(scratch_lse, "softmax_lse", lead_axis=lead, writable=True),
-                  **kw)
     if host_probs is not probs:
         probs.copy_(host_probs)
+    return out, lse, probs
 
 
 def attention_backward(dout, q, k, v, out, softmax_lse, *, dq=None, dk=None, dv=None, cu_seqlens_q=None,

@@ -12,7 +12,7 @@ if sim.find_clang() is None:
                 allow_module_level=True)
 
 ROOT = Path(__file__).parent.parent
-KERNELS = sorted((ROOT / "kernels").glob("*.metal"))
+KERNELS = sorted((ROOT / "kernels").glob("*.metal")) + sorted((ROOT / "examples").glob("*.metal"))
 CASES = ROOT / "tests" / "sim_cases"
 
 

@@ -21,7 +21,7 @@ if sim.find_clang() is None:
 
 ROOT = Path(__file__).parent.parent
 CASE = ROOT / "tests" / "sim_cases" / "oob_reads.metal"
-REDUCE = ROOT / "kernels" / "example_reduce.metal"
+REDUCE = ROOT / "examples" / "example_reduce.metal"
 
 
 def _cli(*args, timeout=300):
