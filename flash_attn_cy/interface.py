@@ -16,7 +16,8 @@ Normalised arguments (keyword names used by attention_forward, attention_backwar
     max_seqlen_q, max_seqlen_k : int or None (dense)
     dropout_p      : float in [0, 1)
     softmax_scale  : float (default already applied: q.shape[-1] ** -0.5)
-    causal         : bool, as the caller gave it (already folded into window_size)
+    causal         : bool, as the caller gave it; not read: the mask is window_size, into which
+                     _validate.window (the one fold) has already folded it
     window_size    : (left, right) ints, -1 = unbounded, right == 0 when causal
     softcap        : float >= 0
     alibi_slopes   : float32 NumPy array of shape (1, nheads) or (batch, nheads), or None
@@ -72,6 +73,16 @@ def _core_kwargs(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, drop
     return kw
 
 
+def _zero_unowned_rows(cu_seqlens, *arrays) -> int:
+    """Varlen: packed rows from cu_seqlens[-1] on belong to no sequence and no backend writes them; give them
+    defined zeros in each array (out, dq, dk, dv), here and nowhere else. Returns cu_seqlens[-1]."""
+    end = int(cu_seqlens[-1])
+    for x in arrays:
+        if end < x.shape[0]:
+            x[end:] = 0
+    return end
+
+
 def _kind_dtype(q) -> Tuple[str, str]:
     return _arrays.kind_of(q, "q"), _arrays.float_dtype(q, "q")
 
@@ -112,10 +123,8 @@ def attention_forward(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seql
     want_probs = return_attn_probs
     probs = _arrays.empty(kind, q, (batch, nheads, sq, sk), "float32", fill=0.0) if want_probs else None
 
-    if varlen and int(cu_seqlens_q[-1]) < rows_q:
-        # packed rows after the last sequence belong to no sequence: defined zeros (and +inf LSE) for them
-        out[int(cu_seqlens_q[-1]):] = 0
-        lse[:, int(cu_seqlens_q[-1]):] = float("inf")
+    if varlen:
+        lse[:, _zero_unowned_rows(cu_seqlens_q, out):] = float("inf")
     if rows_q == 0 or batch == 0:
         return out, lse, probs
     if no_keys:  # no key anywhere: every row sees nothing -> zeros and +inf LSE (as flash_attn)
@@ -159,11 +168,12 @@ def attention_backward(dout, q, k, v, out, softmax_lse, *, dq=None, dk=None, dv=
     if block_table is not None:
         raise NotImplementedError("block_table: backward through a paged KV cache is not supported")
     varlen = cu_seqlens_q is not None
-    # varlen: packed rows outside every sequence get zero gradients (backends write only the rows sequences own)
-    fill = 0.0 if varlen else None
-    dq = _arrays.empty(kind, q, tuple(q.shape), fill=fill) if dq is None else dq
-    dk = _arrays.empty(kind, k, tuple(k.shape), fill=fill) if dk is None else dk
-    dv = _arrays.empty(kind, v, tuple(v.shape), fill=fill) if dv is None else dv
+    dq = _arrays.empty(kind, q, tuple(q.shape)) if dq is None else dq
+    dk = _arrays.empty(kind, k, tuple(k.shape)) if dk is None else dk
+    dv = _arrays.empty(kind, v, tuple(v.shape)) if dv is None else dv
+    if varlen:
+        _zero_unowned_rows(cu_seqlens_q, dq)
+        _zero_unowned_rows(cu_seqlens_k, dk, dv)
     if q.shape[0] == 0 or (not varlen and q.shape[1] == 0) or k.shape[0] == 0 or (not varlen and k.shape[1] == 0):
         dq[...] = 0
         dk[...] = 0

@@ -215,3 +215,19 @@ def test_bad_arguments(rng):
         backward(q, q, q, q, out, lse, dq=np.empty((1, 6, 2, 4), np.float32))
     with pytest.raises(ValueError, match="cu_seqlens"):
         backward(q[0], q[0], q[0], q[0], out[0], lse[0], cu_seqlens_q=np.array([0, 6], np.int32))
+
+
+def test_varlen_rows_no_sequence_owns_are_zeroed_whatever_the_buffers_held(rng, backend):
+    """Every backend writes every row a sequence owns (a sequence without keys and one without queries included);
+    the rows after the last sequence get zeros from the Python layer, also in the caller's own dq/dk/dv."""
+    if backend == "metal":
+        pytest.skip("host NumPy buffers: cpu and sim")
+    q, k, v = randn(rng, (43, 4, 24)), randn(rng, (64, 2, 24)), randn(rng, (64, 2, 24))
+    out, lse = forward_with_lse(q, k, v, backend=backend, causal=True, **VARLEN)
+    assert not out[40:].any() and np.isposinf(lse[:, 40:]).all()
+    grads = [np.full_like(x, np.nan) for x in (q, k, v)]
+    backward(randn(rng, out.shape), q, k, v, out, lse, causal=True, backend=backend, dq=grads[0], dk=grads[1],
+             dv=grads[2], **VARLEN)
+    dq, dk, dv = grads
+    assert all(np.isfinite(g).all() for g in grads)
+    assert not dq[40:].any() and not dk[61:].any() and not dv[61:].any()

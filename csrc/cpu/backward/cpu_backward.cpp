@@ -217,7 +217,6 @@ public:
                 dq_block(rest / p_->nheads_q, rest % p_->nheads_q, qb, workspace());
             }, threads, cancel);
         }
-        if (ok) zero_unowned_packed_rows();
         return ok;
     }
 
@@ -843,27 +842,6 @@ private:
         for (int r = 0; r < nq; ++r) {
             T *out = q_side(p_->dq, b, g, i0 + r, h);
             for (int e = 0; e < d_; ++e) elem<T, A>::store(out + e, dq[(size_t)r * d_ + e]);
-        }
-    }
-
-    // Packed rows past the last sequence belong to nobody; write zeros so the gradients are fully defined.
-    void zero_unowned_packed_rows() {
-        const int64_t nb = p_->batch;
-        if (packed_q_) {
-            for (int64_t row = p_->cu_seqlens_q[nb]; row < p_->total_q; ++row)
-                for (int64_t h = 0; h < p_->nheads_q; ++h) {
-                    T *out = static_cast<T *>(p_->dq.data) + row * p_->dq.row_stride + h * p_->dq.head_stride;
-                    for (int e = 0; e < d_; ++e) elem<T, A>::store(out + e, A(0));
-                }
-        }
-        if (packed_k_) {
-            for (int64_t row = p_->cu_seqlens_k[nb]; row < p_->total_k; ++row)
-                for (int64_t h = 0; h < p_->nheads_kv; ++h) {
-                    T *dk = static_cast<T *>(p_->dk.data) + row * p_->dk.row_stride + h * p_->dk.head_stride;
-                    T *dv = static_cast<T *>(p_->dv.data) + row * p_->dv.row_stride + h * p_->dv.head_stride;
-                    for (int e = 0; e < d_; ++e) elem<T, A>::store(dk + e, A(0));
-                    for (int e = 0; e < dv_; ++e) elem<T, A>::store(dv + e, A(0));
-                }
         }
     }
 
