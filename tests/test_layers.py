@@ -4,7 +4,7 @@
 From the top:
 
     cython    flash_attn_cy/*.pyx                         the Python extension
-    abi       csrc/fa_abi.cpp, fa_check.cpp, csrc/plan/   the C ABI (checks, dispatch) and the dispatch plan
+    abi       csrc/fa_abi.cpp, fa_check*, csrc/plan/       the C ABI (checks, dispatch) and the dispatch plan
     cpu | sim | metal | no-metal                          the backends, side by side: none includes another
               csrc/cpu/ (with csrc/cpu/backward/); csrc/sim/ and its executor csrc/sim_backend.cpp; objc/ (the
               macOS shim); csrc/metal_unavailable.cpp (the Metal entry points of builds without the shim, which
@@ -38,7 +38,7 @@ BASE_FILES = {
 # (path prefix, component); the first match wins, after BASE_FILES.
 PLACES = [
     ("flash_attn_cy/", "cython"),
-    ("csrc/fa_abi.cpp", "abi"), ("csrc/fa_check.cpp", "abi"), ("csrc/plan/", "abi"),
+    ("csrc/fa_abi.cpp", "abi"), ("csrc/fa_check", "abi"), ("csrc/plan/", "abi"),
     ("csrc/cpu/", "cpu"),
     ("csrc/sim/", "sim"), ("csrc/sim_backend.cpp", "sim"),
     ("objc/", "metal"), ("csrc/metal_unavailable.cpp", "no-metal"),
