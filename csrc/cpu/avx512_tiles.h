@@ -15,6 +15,9 @@ namespace fa_cpu {
 namespace avx512_tile {
 
 using avx512::exp2_ps_folded;
+using avx512::load16;
+using avx512::mask16;
+using avx512::mask32;
 
 FA_TARGET_BEGIN(FA_ISA_AVX512)
 
@@ -117,20 +120,11 @@ inline void transpose16(__m512 x[16]) {
     }
 }
 
-inline __mmask16 mask16(int n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u); }
-inline __mmask32 mask32(int n) { return n >= 32 ? ~__mmask32(0) : __mmask32((1u << n) - 1u); }
-
 // Words w0..w0+15 of a Q row of `n` elements as 32-bit lanes, widened to fp32 where needed; words past the row are 0.
 // bf16 keeps the raw pairs (the bf16 qT is [d/2][BLOCK_M] of 32-bit pairs: word w = elements 2w, 2w+1).
-struct LoadF32 {
-    static __m512 words(const void *row, int w0, int n) {
-        return _mm512_maskz_loadu_ps(mask16(n - w0), static_cast<const float *>(row) + w0);
-    }
-};
-struct LoadF16 {
-    static __m512 words(const void *row, int w0, int n) {
-        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask16(n - w0), static_cast<const uint16_t *>(row) + w0));
-    }
+template <fa_dtype DT>
+struct LoadWidened {
+    static __m512 words(const void *row, int w0, int n) { return load16<DT>(row, w0, mask16(n - w0)); }
 };
 struct LoadBf16Pairs {
     static __m512 words(const void *row, int w0, int n) {

@@ -91,12 +91,7 @@ const DecodeKernels k_bf16 = {"portable-bf16", &pack_q<FA_BF16>, &scores_group<F
 }  // namespace
 
 const DecodeKernels *portable_decode_kernels(fa_dtype dt) {
-    switch (dt) {
-        case FA_F32: return &k_f32;
-        case FA_F16: return &k_f16;
-        case FA_BF16: return &k_bf16;
-        default: return nullptr;
-    }
+    return table_for(dt, &k_f32, &k_f16, &k_bf16);
 }
 
 }  // namespace fa_cpu

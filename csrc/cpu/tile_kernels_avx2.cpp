@@ -258,12 +258,7 @@ const TileKernels<float> k_bf16 = table<FA_BF16>("avx2-bf16");
 }  // namespace
 
 const TileKernels<float> *avx2_kernels(fa_dtype dt) {
-    switch (dt) {
-        case FA_F32: return &k_f32;
-        case FA_F16: return &k_f16;
-        case FA_BF16: return &k_bf16;
-        default: return nullptr;
-    }
+    return table_for(dt, &k_f32, &k_f16, &k_bf16);
 }
 
 #else

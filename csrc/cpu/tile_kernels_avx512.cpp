@@ -104,7 +104,7 @@ void write_rows(const float *oT, int nrows, int d, const float *inv_l, void *con
 // ---- fp32 ----
 
 void pack_qT_f32(const void *const *rows, int nrows, int d, int nv, void *qT) {
-    pack_qT_words<LoadF32>(rows, nrows, d, d, nv, static_cast<uint32_t *>(qT));
+    pack_qT_words<LoadWidened<FA_F32>>(rows, nrows, d, d, nv, static_cast<uint32_t *>(qT));
 }
 
 // K/V tiles as contiguous fp32 rows, 64-byte aligned, prepared once per work item. The user's rows are often 2-8 KiB
@@ -147,7 +147,7 @@ void pv_f32(const KvTile &v, int j0, int nk, int d, const void *pT, int nv, cons
 }
 
 void pack_qT_f16(const void *const *rows, int nrows, int d, int nv, void *qT) {
-    pack_qT_words<LoadF16>(rows, nrows, d, d, nv, static_cast<uint32_t *>(qT));
+    pack_qT_words<LoadWidened<FA_F16>>(rows, nrows, d, d, nv, static_cast<uint32_t *>(qT));
 }
 
 // P stays fp32 in sT (fp32/fp16 tables, and before dropout).
@@ -166,23 +166,12 @@ void softmax_f32(float *sT, int nk, int nv, float mul, float *m, float *l, float
 
 // ---- row layout (decode: at most ROW_LAYOUT_MAX_ROWS query rows per tile), any storage type ----
 
-// 16 consecutive elements of a row widened to fp32; lanes outside `m` read nothing and are 0.
-template <fa_dtype DT>
-inline __m512 load16(const void *base, int64_t idx, __mmask16 m) {
-    if (DT == FA_F32) return _mm512_maskz_loadu_ps(m, static_cast<const float *>(base) + idx);
-    const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t *>(base) + idx);
-    if (DT == FA_F16) return _mm512_cvtph_ps(h);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));  // bf16 -> fp32 is a shift
-}
-
-inline __mmask16 chunk_mask(int d, int c) { return d - c >= 16 ? __mmask16(0xffff) : __mmask16((1u << (d - c)) - 1u); }
-
 template <fa_dtype DT>
 void pack_q_rows(const void *const *rows, int nrows, int d, float *qR) {
     for (int r = 0; r < nrows; ++r)
         for (int c = 0; c < HEADDIM_PAD; c += 16)
             _mm512_store_ps(qR + r * HEADDIM_PAD + c,
-                            c < d ? load16<DT>(rows[r], c, chunk_mask(d, c)) : _mm512_setzero_ps());
+                            c < d ? load16<DT>(rows[r], c, mask16(d - c)) : _mm512_setzero_ps());
 }
 
 // Decode streams K and V rows that are nheads*headdim elements apart, usually one row per 4 KiB page, where the
@@ -205,7 +194,7 @@ void scores_rows_n(const void *k, int64_t kstride, int nk, int d, const float *q
         __m512 acc[NR];
         for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
         for (int c = 0; c < d; c += 16) {
-            const __m512 kv = load16<DT>(k, j * kstride + c, chunk_mask(d, c));
+            const __m512 kv = load16<DT>(k, j * kstride + c, mask16(d - c));
             for (int r = 0; r < NR; ++r) acc[r] = _mm512_fmadd_ps(kv, _mm512_load_ps(qR + r * HEADDIM_PAD + c), acc[r]);
         }
         float *s = sT + j * BLOCK_M;
@@ -231,7 +220,7 @@ void pv_rows_n(const void *v, int64_t vstride, int nk, int d, const float *pT, c
     for (int c0 = 0; c0 < d; c0 += 16 * U) {
         __m512 acc[NR][U];
         __mmask16 msk[U];
-        for (int u = 0; u < U; ++u) msk[u] = c0 + 16 * u < d ? chunk_mask(d, c0 + 16 * u) : __mmask16(0);
+        for (int u = 0; u < U; ++u) msk[u] = c0 + 16 * u < d ? mask16(d - c0 - 16 * u) : __mmask16(0);
         for (int r = 0; r < NR; ++r) {
             const __m512 a = _mm512_set1_ps(alpha[r]);
             for (int u = 0; u < U; ++u) acc[r][u] = _mm512_mul_ps(_mm512_load_ps(oR + r * HEADDIM_PAD + c0 + 16 * u), a);
@@ -280,12 +269,7 @@ const TileKernels<float> k_bf16 = {"avx512-bf16", &pack_qT_bf16, &scores_bf16, &
 }  // namespace
 
 const TileKernels<float> *avx512_kernels(fa_dtype dt) {
-    switch (dt) {
-        case FA_F32: return &k_f32;
-        case FA_F16: return &k_f16;
-        case FA_BF16: return cpu_features().avx512bf16 ? &k_bf16 : nullptr;  // else: portable bf16
-        default: return nullptr;
-    }
+    return table_for(dt, &k_f32, &k_f16, cpu_features().avx512bf16 ? &k_bf16 : nullptr);  // else: portable bf16
 }
 
 #else
