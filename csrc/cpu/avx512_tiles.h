@@ -86,6 +86,17 @@ __attribute__((always_inline)) inline void store_acc(__m512 (&acc)[R][NV], float
 
 // ---- transposes between rows and the query-lane layout ----
 
+// A step of transpose16: for k < 4, out[o_even + k] takes the even 128-bit lanes of in[i_a + k] and in[i_b + k]
+// (0, 2 of each), out[o_odd + k] the odd ones (1, 3).
+__attribute__((always_inline)) inline void merge_lanes4(__m512 *out, int o_even, int o_odd, const __m512 *in, int i_a,
+                                                        int i_b) {
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+        out[o_even + k] = _mm512_shuffle_f32x4(in[i_a + k], in[i_b + k], 0x88);
+        out[o_odd + k] = _mm512_shuffle_f32x4(in[i_a + k], in[i_b + k], 0xDD);
+    }
+}
+
 // Transpose a 16x16 block of 32-bit elements held in 16 registers: on return x[c] holds column c of the input
 // (element r of x[c] = element c of input row r). 64 shuffles per 256 elements.
 inline void transpose16(__m512 x[16]) {
@@ -104,20 +115,10 @@ inline void transpose16(__m512 x[16]) {
         x[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
     }
     // Gather the four 128-bit lanes of each column: lanes (0, 2) and (1, 3) first, then merge.
-#pragma GCC unroll 4
-    for (int k = 0; k < 4; ++k) {
-        t[k] = _mm512_shuffle_f32x4(x[k], x[4 + k], 0x88);
-        t[4 + k] = _mm512_shuffle_f32x4(x[k], x[4 + k], 0xDD);
-        t[8 + k] = _mm512_shuffle_f32x4(x[8 + k], x[12 + k], 0x88);
-        t[12 + k] = _mm512_shuffle_f32x4(x[8 + k], x[12 + k], 0xDD);
-    }
-#pragma GCC unroll 4
-    for (int k = 0; k < 4; ++k) {
-        x[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
-        x[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xDD);
-        x[4 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0x88);
-        x[12 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0xDD);
-    }
+    merge_lanes4(t, 0, 4, x, 0, 4);
+    merge_lanes4(t, 8, 12, x, 8, 12);
+    merge_lanes4(x, 0, 8, t, 0, 8);
+    merge_lanes4(x, 4, 12, t, 4, 12);
 }
 
 // Words w0..w0+15 of a Q row of `n` elements as 32-bit lanes, widened to fp32 where needed; words past the row are 0.

@@ -108,16 +108,11 @@ void softmax(float *s, int n, int nk, float mul, float *m, float *l, float *o, i
     for (int row = 0; row < n; ++row) {
         // lanes past nk become -inf after the multiply (a negative softmax scale must not turn them into +inf)
         const __m512 x = _mm512_mask_mul_ps(neg_inf, valid, _mm512_load_ps(s + row * DECODE_BLOCK), vmul);
-        const float m_old = m[row];
-        const float m_new = std::fmax(m_old, _mm512_reduce_max_ps(x));
-        // A row that has seen only masked keys keeps m = -inf; subtract 0 instead so exp2 gives 0, not NaN.
-        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-        const __m512 p = exp2_ps_scaled_arg(_mm512_sub_ps(x, _mm512_set1_ps(m_use)));
+        const float m_new = std::fmax(m[row], _mm512_reduce_max_ps(x));
+        const __m512 p = exp2_ps_scaled_arg(_mm512_sub_ps(x, _mm512_set1_ps(softmax_shift(m_new))));
         _mm512_store_ps(s + row * DECODE_BLOCK, p);
-        const float alpha = std::exp2(m_old - m_use);
-        l[row] = l[row] * alpha + _mm512_reduce_add_ps(p);
-        m[row] = m_new;
-        if (alpha != 1.0f) {  // once the running max settles (most blocks) O needs no rescale
+        const float alpha = advance_row(m[row], l[row], m_new, _mm512_reduce_add_ps(p));
+        if (alpha != 1.0f) {
             const __m512 a = _mm512_set1_ps(alpha);
             float *orow = o + size_t(row) * pitch;
             for (int c = 0; c < d; c += 16) _mm512_store_ps(orow + c, _mm512_mul_ps(_mm512_load_ps(orow + c), a));

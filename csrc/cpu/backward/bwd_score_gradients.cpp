@@ -191,10 +191,8 @@ void CpuBackward<T, A>::dropout_factors(int64_t b, int64_t h, int64_t i, int64_t
 // no exponent is positive. One extra pass of Q Kᵀ, only in those two cases.
 template <typename T, typename A>
 void CpuBackward<T, A>::refine_lse_block(int64_t b, int64_t h, int64_t qb, Workspace<A> &w) {
-    const SeqGeometry g = sequence_geometry(p_, b);
-    const int64_t i0 = qb * kBlockQ;
-    if (i0 >= g.sq) return;
-    const int nq = (int)std::min<int64_t>(kBlockQ, g.sq - i0);
+    const auto [g, i0, nq] = query_block(b, qb);
+    if (nq == 0) return;
     load_query_tile(b, g, h, i0, nq, w);  // lse_fine_ holds zeros here: w.lse = 0, so logits_row gives x_j
     A mx[kBlockQ];
     double sums[kBlockQ] = {}, wsums[kBlockQ] = {};  // sum_j e^(x_j - mx) and sum_j e^(x_j - mx) keep_j dPd_j

@@ -212,10 +212,8 @@ A *CpuBackward<T, A>::dq_partials() {
 // dQ rows of query block qb of head h: the sum of every thread's partials.
 template <typename T, typename A>
 void CpuBackward<T, A>::store_dq_from_partials(int64_t b, int64_t h, int64_t qb) {
-    const SeqGeometry g = sequence_geometry(p_, b);
-    const int64_t i0 = qb * kBlockQ;
-    if (i0 >= g.sq) return;
-    const int nq = (int)std::min<int64_t>(kBlockQ, g.sq - i0);
+    const auto [g, i0, nq] = query_block(b, qb);
+    if (nq == 0) return;
     for (int r = 0; r < nq; ++r) {
         const size_t at = (size_t)partial_row(b, g, i0 + r, h) * d_;
         T *out = q_side(p_->dq, b, g, i0 + r, h);
@@ -255,10 +253,8 @@ void CpuBackward<T, A>::bf16_gradient_products(Workspace<A> &w, int nq, int nk, 
 // ---- pass 2: dQ for query rows [qb*kBlockQ, ...) of head h ----
 template <typename T, typename A>
 void CpuBackward<T, A>::dq_block(int64_t b, int64_t h, int64_t qb, Workspace<A> &w) {
-    const SeqGeometry g = sequence_geometry(p_, b);
-    const int64_t i0 = qb * kBlockQ;
-    if (i0 >= g.sq) return;
-    const int nq = (int)std::min<int64_t>(kBlockQ, g.sq - i0);
+    const auto [g, i0, nq] = query_block(b, qb);
+    if (nq == 0) return;
     const int64_t hk = h / group_;
     A *dq = w.dq_acc.data();
     std::fill(dq, dq + (size_t)kBlockQ * d_, A(0));

@@ -61,6 +61,17 @@ private:
         ws.ensure(d_, dv_);
         return ws;
     }
+    // Rows [i0, i0 + nq) of query block qb of sequence b (nq = 0: the sequence is shorter).
+    struct QueryBlock {
+        SeqGeometry g;
+        int64_t i0;
+        int nq;
+    };
+    QueryBlock query_block(int64_t b, int64_t qb) const {
+        QueryBlock t{sequence_geometry(p_, b), qb * kBlockQ, 0};
+        if (t.i0 < t.g.sq) t.nq = (int)std::min<int64_t>(kBlockQ, t.g.sq - t.i0);
+        return t;
+    }
     A alibi_slope(int64_t b, int64_t h) const {
         return p_->alibi_slopes ? (A)p_->alibi_slopes[b * p_->alibi_batch_stride + h] : A(0);
     }
