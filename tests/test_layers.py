@@ -174,3 +174,16 @@ def test_the_check_itself(tmp_path, files, expected):
     bad, unplaced, _ = violations(root, {})
     found = [b.rsplit(": ", 1)[1] for b in bad] + ["unplaced"] * len(unplaced)
     assert found == expected, (bad, unplaced)
+
+
+def test_no_native_source_over_700_lines():
+    # issue 18: small files with one job; generated code (build outputs) aside. Python files are checked with the
+    # Python layout (flash_attn_cy), not here.
+    big = []
+    for top in ("csrc", "objc", "kernels", "tests"):
+        for path in (ROOT / top).rglob("*"):
+            if path.is_file() and (path.suffix in SOURCE_SUFFIXES or path.name == "metal_stdlib"):
+                n = len(path.read_text(encoding="utf-8", errors="replace").splitlines())
+                if n > 700:
+                    big.append(f"{path.relative_to(ROOT)}: {n} lines")
+    assert not big, big
