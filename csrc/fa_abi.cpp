@@ -11,10 +11,7 @@
 
 #include "fa_alloc.h"
 #include "fa_backends.h"
-
-namespace fa_cpu {
-const char *cpu_isa_description();  // csrc/cpu/isa_dispatch.cpp: the kernel set the runtime dispatch picked
-}
+#include "plan/fa_plan_build.h"
 
 namespace {
 

@@ -14,6 +14,8 @@
  *   cu_seqlens_q[b] .. cu_seqlens_q[b+1]-1 (likewise k/v with cu_seqlens_k). batch_stride fields are ignored.
  *   lse is [nheads_q, total_q] (flash_attn 2.x "unpadded" LSE): element (b, h, i) lives at
  *   lse_head_stride*h + lse_row_stride*(cu_seqlens_q[b] + i).
+ *   Packed rows from cu_seqlens_q[batch] (cu_seqlens_k[batch]) on belong to no sequence: no backend writes them
+ *   (out, lse, dq, dk, dv); the Python layer gives them defined values (flash_attn_cy/interface.py).
  * - Masks are aligned bottom-right: query i of a sequence with lengths (sq, sk) sees key j iff
  *   i + sk - sq - window_left <= j <= i + sk - sq + window_right, with -1 meaning unbounded on that side
  *   and causal meaning window_right = 0 (Python folds `causal` into window_right before calling).

@@ -5,10 +5,14 @@
 #include "fa_abi.h"
 #include "plan/fa_plan.h"
 
-// CPU backend (csrc/cpu for forward and the KV-cache update, csrc/bwd for backward).
+// CPU backend (csrc/cpu for forward and the KV-cache update, csrc/cpu/backward for backward).
 int fa_cpu_forward(const fa_params *p, char *err, size_t errlen);
 int fa_cpu_backward(const fa_params *p, char *err, size_t errlen);
 int fa_cpu_kvcache_append(const fa_params *p, const fa_kvcache_update *u, char *err, size_t errlen);
+namespace fa_cpu {
+// The kernel set the runtime dispatch picked, first word "avx512", "avx2" or "portable" (csrc/cpu/isa_dispatch.cpp).
+const char *cpu_isa_description();
+}  // namespace fa_cpu
 
 // Simulator backend (csrc/sim_backend.cpp): builds the plan and runs it on the Metal simulator.
 int fa_sim_execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, char *err, size_t errlen);
@@ -18,6 +22,3 @@ int fa_sim_available(char *why, size_t whylen);
 int fa_metal_execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, char *err, size_t errlen);
 int fa_metal_available(char *why, size_t whylen);
 int fa_metal_describe(char *out, size_t outlen);
-
-// Plan serialisation for fa_describe_plan (csrc/plan).
-int fa_plan_to_json(const fa_plan *plan, char *out, size_t outlen);

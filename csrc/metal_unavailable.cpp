@@ -4,7 +4,7 @@
 #include <cstdio>
 
 #include "fa_backends.h"
-#include "../objc/fa_metal_shim.h"
+#include "fa_metal_shim.h"
 
 namespace {
 

@@ -13,6 +13,7 @@
 
 #include "fa_backends.h"
 #include "plan/fa_plan.h"
+#include "plan/fa_plan_build.h"  // the executor builds its own plan (tests/core/test_layers.py: KNOWN_UPWARD)
 #include "plan/fa_plan_internal.h"  // faplan::kernel_desc
 #include "fa_tiles.h"               // FA_VEC_ROWS
 #include "sim/sim_api.h"

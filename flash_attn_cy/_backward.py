@@ -113,9 +113,8 @@ def backward(dout, q, k, v, out, softmax_lse, *,
     rng = rng_pair(seed, rng_state) if dropout_p > 0.0 else (0, 0)
     grads = []
     for name, given, like in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
-        if given is None:
-            # varlen rows outside every sequence get zeros (backends write only the rows sequences own)
-            given = _arrays.empty(kind, like, tuple(like.shape), fill=0.0 if varlen else None)
+        if given is None:  # attention_backward zeroes the varlen rows no sequence owns
+            given = _arrays.empty(kind, like, tuple(like.shape))
         elif (tuple(given.shape) != tuple(like.shape) or _arrays.kind_of(given, name) != kind
               or _arrays.float_dtype(given, name) != dtype):
             raise ValueError(f"{name}: expected a {kind} array of shape {tuple(like.shape)} and dtype {dtype}")

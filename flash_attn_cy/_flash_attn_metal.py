@@ -49,7 +49,7 @@ def backend() -> Optional[str]:
 
 
 def _compile_entry():
-    """fa_metal_compile_source, exported by the extension module (objc/fa_metal_shim.h; every build defines it,
+    """fa_metal_compile_source, exported by the extension module (csrc/fa_metal_shim.h; every build defines it,
     builds without Metal as an honest 'unavailable')."""
     from . import _core
     fn = ctypes.CDLL(_core.__file__).fa_metal_compile_source

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import _validate as V
 from ._backward import rng_pair
 
 __all__ = ["attention_with_grad", "make_rng_state", "paged_forward"]
@@ -60,8 +61,7 @@ def _norm_args(cu_seqlens_q, cu_seqlens_k, alibi_slopes, rng_state, max_seqlen_q
         cu_seqlens_q=host(cu_seqlens_q) if varlen else None,
         cu_seqlens_k=host(cu_seqlens_k) if varlen else None,
         max_seqlen_q=max_seqlen_q if varlen else None, max_seqlen_k=max_seqlen_k if varlen else None,
-        dropout_p=dropout_p, softmax_scale=softmax_scale, causal=window_right == 0,
-        window_size=(window_left, window_right), softcap=softcap,
+        dropout_p=dropout_p, softmax_scale=softmax_scale, window_size=(window_left, window_right), softcap=softcap,
         alibi_slopes=host(alibi_slopes) if alibi_slopes is not None else None,
         deterministic=deterministic, backend=backend,
         rng=rng_pair(rng_state=rng_state) if dropout_p > 0 else (0, 0))
@@ -90,8 +90,6 @@ def _fwd_op(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tensor], cu_
     args = _norm_args(cu_seqlens_q, cu_seqlens_k, alibi_slopes, rng_state, max_seqlen_q, max_seqlen_k, dropout_p,
                       softmax_scale, window_left, window_right, softcap, deterministic, backend)
     out, lse, probs = attention_forward(q, k, v, return_attn_probs=return_probs, **args)
-    if cu_seqlens_q is not None and int(cu_seqlens_q[-1]) < q.shape[0]:
-        out[int(cu_seqlens_q[-1]):] = 0  # rows outside every sequence: defined zeros
     if probs is None:
         probs = torch.empty((0,), dtype=torch.float32, device=q.device)
     return out, lse, probs
@@ -115,9 +113,7 @@ def _bwd_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, softmax_
 
     args = _norm_args(cu_seqlens_q, cu_seqlens_k, alibi_slopes, rng_state, max_seqlen_q, max_seqlen_k, dropout_p,
                       softmax_scale, window_left, window_right, softcap, deterministic, backend)
-    varlen = cu_seqlens_q is not None
-    # varlen rows outside every sequence get zero gradients (backends write only the rows sequences own)
-    grads = [torch.zeros_like(x) if varlen else torch.empty_like(x) for x in (q, k, v)]
+    grads = [torch.empty_like(x) for x in (q, k, v)]  # attention_backward zeroes the rows no sequence owns
     dq, dk, dv = attention_backward(dout, q, k, v, out, softmax_lse, dq=grads[0], dk=grads[1], dv=grads[2], **args)
     return dq, dk, dv
 
@@ -239,9 +235,7 @@ def attention_with_grad(q: Tensor, k: Tensor, v: Tensor, *, cu_seqlens_q=None, c
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0.0 <= float(dropout_p) < 1.0:
         raise ValueError(f"dropout_p: expected a float in [0, 1), got {dropout_p!r}")
     scale = float(q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale)
-    left, right = (int(w) for w in window_size)
-    if causal:
-        right = 0
+    left, right = V.window(window_size, causal)  # the one place `causal` folds into the window
     alibi = _float_tensor(alibi_slopes)
     if alibi is not None and alibi.dim() == 1:
         alibi = alibi.reshape(1, -1)

@@ -16,7 +16,8 @@ Normalised arguments (keyword names used by attention_forward, attention_backwar
     max_seqlen_q, max_seqlen_k : int or None (dense)
     dropout_p      : float in [0, 1)
     softmax_scale  : float (default already applied: q.shape[-1] ** -0.5)
-    causal         : bool, as the caller gave it (already folded into window_size)
+    causal         : bool, as the caller gave it; not read: the mask is window_size, into which
+                     _validate.window (the one fold) has already folded it
     window_size    : (left, right) ints, -1 = unbounded, right == 0 when causal
     softcap        : float >= 0
     alibi_slopes   : float32 NumPy array of shape (1, nheads) or (batch, nheads), or None
@@ -72,6 +73,16 @@ def _core_kwargs(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, drop
     return kw
 
 
+def _zero_unowned_rows(cu_seqlens, *arrays) -> int:
+    """Varlen: packed rows from cu_seqlens[-1] on belong to no sequence and no backend writes them; give them
+    defined zeros in each array (out, dq, dk, dv), here and nowhere else. Returns cu_seqlens[-1]."""
+    end = int(cu_seqlens[-1])
+    for x in arrays:
+        if end < x.shape[0]:
+            x[end:] = 0
+    return end
+
+
 def _kind_dtype(q) -> Tuple[str, str]:
     return _arrays.kind_of(q, "q"), _arrays.float_dtype(q, "q")
 
@@ -112,10 +123,8 @@ def attention_forward(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seql
     want_probs = return_attn_probs
     probs = _arrays.empty(kind, q, (batch, nheads, sq, sk), "float32", fill=0.0) if want_probs else None
 
-    if varlen and int(cu_seqlens_q[-1]) < rows_q:
-        # packed rows after the last sequence belong to no sequence: defined zeros (and +inf LSE) for them
-        out[int(cu_seqlens_q[-1]):] = 0
-        lse[:, int(cu_seqlens_q[-1]):] = float("inf")
+    if varlen:
+        lse[:, _zero_unowned_rows(cu_seqlens_q, out):] = float("inf")
     if rows_q == 0 or batch == 0:
         return out, lse, probs
     if no_keys:  # no key anywhere: every row sees nothing -> zeros and +inf LSE (as flash_attn)
@@ -131,8 +140,11 @@ def attention_forward(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seql
         kw["seqused_k"] = np.ascontiguousarray(np.diff(cu_seqlens_k), dtype=np.int32)
     lead = varlen
     kv_lead = varlen and block_table is None
-    if probs is not None and backend == "cpu":
-        kw["attn_probs"] = _arrays.core_view(probs, "attn_probs", writable=True)
+    # S_dmask: every backend writes it itself (cpu: attention_forward.cpp; sim, metal: the fa_probs_* kernels that
+    # close the forward plan), into host memory; a tensor on a device gets it by a copy afterwards.
+    host_probs = probs.cpu() if probs is not None and _arrays.is_torch(probs) and probs.device.type != "cpu" else probs
+    if host_probs is not None:
+        kw["attn_probs"] = _arrays.core_view(host_probs, "attn_probs", writable=True)
     _mps_sync(kind)
     _core.forward(backend, dtype,
                   _arrays.core_view(q, "q", lead_axis=lead),
@@ -141,34 +153,9 @@ def attention_forward(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seql
                   _arrays.core_view(out, "out", lead_axis=lead, writable=True),
                   _arrays.core_view(lse, "softmax_lse", lead_axis=lead, writable=True),
                   **kw)
-    if probs is not None and backend != "cpu":
-        _probs_on_cpu(probs, q, k, v, dtype, lead, kv_lead, kw)
-    return out, lse, probs
-
-
-def _probs_on_cpu(probs, q, k, v, dtype, lead, kv_lead, kw):
-    """S_dmask for backends whose kernels never materialise the (seqlen_q x seqlen_k) probabilities (sim, metal):
-    the CPU backend recomputes them with the same inputs and the same Philox (seed, offset), so the dropout pattern
-    is exactly the one the requested backend applied (kernels/fa_philox.h is shared by every backend)."""
-    def host(x):
-        return x.cpu() if _arrays.is_torch(x) and x.device.type != "cpu" else x
-    qh, kh, vh = host(q), host(k), host(v)
-    host_probs = host(probs)
-    scratch_out = np.empty(tuple(qh.shape), dtype=_arrays._host_numpy(qh).dtype)
-    if lead:  # varlen: (nheads, total_q)
-        scratch_lse = np.empty((qh.shape[1], qh.shape[0]), np.float32)
-    else:
-        scratch_lse = np.empty((qh.shape[0], qh.shape[2], qh.shape[1]), np.float32)
-    kw = dict(kw, attn_probs=_arrays.core_view(host_probs, "attn_probs", writable=True))
-    _core.forward("cpu", dtype,
-                  _arrays.core_view(qh, "q", lead_axis=lead),
-                  _arrays.core_view(kh, "k", lead_axis=kv_lead),
-                  _arrays.core_view(vh, "v", lead_axis=kv_lead),
-                  _arrays.core_view(scratch_out, "out", lead_axis=lead, writable=True),
-                  _arrays.core_view(scratch_lse, "softmax_lse", lead_axis=lead, writable=True),
-                  **kw)
     if host_probs is not probs:
         probs.copy_(host_probs)
+    return out, lse, probs
 
 
 def attention_backward(dout, q, k, v, out, softmax_lse, *, dq=None, dk=None, dv=None, cu_seqlens_q=None,
@@ -181,11 +168,12 @@ def attention_backward(dout, q, k, v, out, softmax_lse, *, dq=None, dk=None, dv=
     if block_table is not None:
         raise NotImplementedError("block_table: backward through a paged KV cache is not supported")
     varlen = cu_seqlens_q is not None
-    # varlen: packed rows outside every sequence get zero gradients (backends write only the rows sequences own)
-    fill = 0.0 if varlen else None
-    dq = _arrays.empty(kind, q, tuple(q.shape), fill=fill) if dq is None else dq
-    dk = _arrays.empty(kind, k, tuple(k.shape), fill=fill) if dk is None else dk
-    dv = _arrays.empty(kind, v, tuple(v.shape), fill=fill) if dv is None else dv
+    dq = _arrays.empty(kind, q, tuple(q.shape)) if dq is None else dq
+    dk = _arrays.empty(kind, k, tuple(k.shape)) if dk is None else dk
+    dv = _arrays.empty(kind, v, tuple(v.shape)) if dv is None else dv
+    if varlen:
+        _zero_unowned_rows(cu_seqlens_q, dq)
+        _zero_unowned_rows(cu_seqlens_k, dk, dv)
     if q.shape[0] == 0 or (not varlen and q.shape[1] == 0) or k.shape[0] == 0 or (not varlen and k.shape[1] == 0):
         dq[...] = 0
         dk[...] = 0

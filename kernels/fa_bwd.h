@@ -21,6 +21,7 @@
 
 #include "fa_bwd_params.h"
 #include "fa_forward.h"  // fragments (fa_frag, fa_frag_pos, fa_load_frag[_t]), FA_MASKED, FA_LOG2E, FA_INF_BITS
+#include "fa_bwd_refine.h"  // refined rows (large logits): fa_bwd_ref, fa_bwd_refine_add / _merge
 #include "fa_philox.h"
 
 // Lengths and packed offsets of sequence b.
@@ -60,6 +61,29 @@ inline fa_long fa_bwd_scratch_row(constant fa_bwd_params& p, thread const fa_bwd
     return fa_long(h) * p.q_rows + r;
 }
 
+// One head of a q-side (q, dout, dq: rows are queries) or k-side (k, v, dk, dv: rows are keys) tensor.
+struct fa_bwd_view {
+    fa_long batch_stride, row_stride, head_offset;
+    bool q_side;
+};
+
+inline fa_bwd_view fa_bwd_view_of(fa_long batch_stride, fa_long row_stride, fa_long head_stride, int head,
+                                  bool q_side) {
+    fa_bwd_view v;
+    v.batch_stride = batch_stride;
+    v.row_stride = row_stride;
+    v.head_offset = fa_long(head) * head_stride;
+    v.q_side = q_side;
+    return v;
+}
+
+// Element offset of row `row` (within sequence b) of the view.
+inline fa_long fa_bwd_at(constant fa_bwd_params& p, fa_bwd_view v, thread const fa_bwd_seq& s, int b, int row) {
+    return (v.q_side ? fa_bwd_qrow(p, v.batch_stride, v.row_stride, s, b, row)
+                     : fa_bwd_krow(p, v.batch_stride, v.row_stride, s, b, row)) +
+           v.head_offset;
+}
+
 // This lane's elements of the NDF 8-column fragments of one row (element offset `row` of `src`; fragment row = that
 // row, columns = head dim): zero for an invalid row and past headdim.
 template <typename T, int NDF>
@@ -70,6 +94,49 @@ inline void fa_bwd_load_row(thread fa_frag* f, device const T* src, fa_long row,
             const int col = d * 8 + pos.col + e;
             f[d].thread_elements()[e] = (valid && col < headdim) ? float(src[row + col]) : 0.0f;
         }
+    }
+}
+
+// The register state of a simdgroup's 8 rows (keys in the dK/dV kernel, queries in the dQ kernel): this lane's row
+// of the two inputs x and y (K and V, or Q and dO), and the accumulators of one (dQ) or two (dK, dV) gradients.
+template <typename T, int NDF>
+inline void fa_bwd_lane_rows(thread fa_frag* xf, thread fa_frag* yf, thread fa_frag* acc0, thread fa_frag* acc1,
+                             device const T* x, device const T* y, constant fa_bwd_params& p, fa_bwd_view xv,
+                             fa_bwd_view yv, thread const fa_bwd_seq& s, int b, int row, bool valid,
+                             fa_lane_pos pos) {
+    fa_bwd_load_row<T, NDF>(xf, x, fa_bwd_at(p, xv, s, b, row), valid, p.headdim, pos);
+    fa_bwd_load_row<T, NDF>(yf, y, fa_bwd_at(p, yv, s, b, row), valid, p.headdim, pos);
+    for (int d = 0; d < NDF; ++d) {
+        acc0[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+        if (acc1) acc1[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    }
+}
+
+// Writes this lane's elements of a gradient row (the inverse of fa_bwd_load_row, columns past headdim skipped).
+template <typename T, int NDF>
+inline void fa_bwd_store_row(device T* dst, fa_long row, thread fa_frag* f, int headdim, fa_lane_pos pos) {
+    for (int d = 0; d < NDF; ++d) {
+        for (int e = 0; e < 2; ++e) {
+            const int col = d * 8 + pos.col + e;
+            if (col < headdim) dst[row + col] = T(f[d].thread_elements()[e]);
+        }
+    }
+}
+
+// Stages rows row0 .. row0 + ROWS - 1 of x and y (views xv, yv) into xs / ys, row stride fa_tile_ld(BD): zero for
+// rows >= row_end and past the head dim. The caller syncs.
+template <typename T, int BD, int ROWS, int NT>
+inline void fa_bwd_stage_rows(threadgroup T* xs, threadgroup T* ys, device const T* x, device const T* y,
+                              constant fa_bwd_params& p, fa_bwd_view xv, fa_bwd_view yv, thread const fa_bwd_seq& s,
+                              int b, int row0, int row_end, ushort tid) {
+    constexpr int LD = fa_tile_ld(BD);
+    for (int idx = int(tid); idx < ROWS * BD; idx += NT) {
+        const int r = idx / BD;
+        const int col = idx % BD;
+        const int row = row0 + r;
+        const bool in = row < row_end && col < p.headdim;
+        xs[r * LD + col] = in ? x[fa_bwd_at(p, xv, s, b, row) + col] : T(0.0f);
+        ys[r * LD + col] = in ? y[fa_bwd_at(p, yv, s, b, row) + col] : T(0.0f);
     }
 }
 
@@ -120,105 +187,6 @@ inline fa_bwd_score fa_bwd_score_of(constant fa_bwd_params& p, float raw, int i,
 }
 
 inline float fa_bwd_base_mul(constant fa_bwd_params& p) { return p.softcap > 0.0f ? p.softcap : p.softmax_scale; }
-
-// ---- refined rows (large logits, |LSE| > 64: FA_BWD_REFINE_LSE2) ----
-// The forward's fp32 LSE cannot serve there: its unit is |LSE| · 2^-24 (64 at 1e9), and the forward rounded its scores
-// differently from this pass, so exp2(s - lse2) of a row's largest score could be anything from 2^-64 to 1. The dQ
-// kernel recomputes such a row's softmax from the very scores both gradient kernels form (same products, same
-// rounding) and keeps it in two parts: a reference key (the row's largest score, as its base and distance) and
-// log2 of the row sum relative to it. Exponents are then formed as differences from the reference,
-// (base - ref.base) · base_mul - slope · (dist - ref.dist): exactly 0 for the reference key itself, and no huge score
-// is ever subtracted from another huge number (where a fused multiply-add could leave its rounding error, 64 at 1e9).
-// D = rowsum(dO * O) is replaced by Σ_j P_j · keep_j · dPd_j over these probabilities and the same dPd values the
-// gradient subtracts it from: where one key holds all the weight, dPd - D is then exactly 0 (the exact gradient)
-// instead of the rounding of the stored O times softmax_scale.
-struct fa_bwd_ref {
-    bool on;
-    float base, dist, lo2;
-};
-
-inline bool fa_bwd_refine_row(float lse2) { return lse2 < FA_BWD_DEAD_LSE2 && abs(lse2) > FA_BWD_REFINE_LSE2; }
-
-inline fa_bwd_ref fa_bwd_no_ref() {
-    fa_bwd_ref r;
-    r.on = false;
-    r.base = 0.0f;
-    r.dist = 0.0f;
-    r.lo2 = 0.0f;
-    return r;
-}
-
-// Index of slot `slot` of the LSE2 scratch for the row at `at` (fa_bwd_scratch_row).
-inline fa_long fa_bwd_slot(constant fa_bwd_params& p, fa_long at, int slot) {
-    return at + fa_long(slot) * fa_long(p.nheads_q) * p.q_rows;
-}
-
-inline fa_bwd_ref fa_bwd_load_ref(constant fa_bwd_params& p, device const float* lse2, fa_long at) {
-    fa_bwd_ref r;
-    r.on = true;
-    r.base = lse2[fa_bwd_slot(p, at, 1)];
-    r.dist = lse2[fa_bwd_slot(p, at, 2)];
-    r.lo2 = lse2[fa_bwd_slot(p, at, 3)];
-    return r;
-}
-
-// log2 of the weight of a key (base, dist) relative to the reference key (rbase, rdist) of its row. Antisymmetric:
-// swapping the two keys negates it exactly, so lanes that compare the same pair agree on the winner.
-inline float fa_bwd_rel_log2(float base_mul, float slope, float base, float dist, float rbase, float rdist) {
-    return ((base - rbase) * base_mul - slope * (dist - rdist)) * FA_LOG2E;
-}
-
-// Does key (base, dist) at relative log-weight x against the reference (rbase, rdist) replace it? Ties broken on the
-// parts, so that every lane of a row picks the same reference.
-inline bool fa_bwd_beats(float x, float base, float dist, float rbase, float rdist) {
-    return x > 0.0f || (x == 0.0f && (base > rbase || (base == rbase && dist < rdist)));
-}
-
-// One lane's share of a refined row: reference key, Σ 2^x and Σ 2^x · keep · dPd over the keys it saw.
-struct fa_bwd_refine_acc {
-    float has;  // 1 once a key was seen (a float: it travels through simd_shuffle_xor)
-    float base, dist, sum, wsum;
-};
-
-inline void fa_bwd_refine_add(thread fa_bwd_refine_acc& a, float base_mul, float slope, float base, float dist,
-                              float sum, float wsum) {
-    if (a.has == 0.0f) {
-        a.has = 1.0f;
-        a.base = base;
-        a.dist = dist;
-        a.sum = sum;
-        a.wsum = wsum;
-        return;
-    }
-    float x = fa_bwd_rel_log2(base_mul, slope, base, dist, a.base, a.dist);
-    if (fa_bwd_beats(x, base, dist, a.base, a.dist)) {
-        const float f = exp2(-x);  // <= 1: the old reference's weight relative to the new one
-        a.sum *= f;
-        a.wsum *= f;
-        a.base = base;
-        a.dist = dist;
-        x = 0.0f;
-    }
-    // the reference's own weight exactly 1: a fast exp2(0) need not be, and the lanes of a row, which merge their
-    // shares in different orders, would then disagree on the sums
-    const float e = x == 0.0f ? 1.0f : exp2(min(x, 0.0f));
-    a.sum += e * sum;
-    a.wsum += e * wsum;
-}
-
-// Merges the shares of the other lanes of the row (lane masks 1 and 8 keep the fragment row, fa_frag_pos).
-// Every lane of the simdgroup must call it.
-inline void fa_bwd_refine_merge(thread fa_bwd_refine_acc& a, float base_mul, float slope) {
-    for (ushort m = 1; m <= 8; m *= 8) {
-        fa_bwd_refine_acc o;
-        o.has = simd_shuffle_xor(a.has, m);
-        o.base = simd_shuffle_xor(a.base, m);
-        o.dist = simd_shuffle_xor(a.dist, m);
-        o.sum = simd_shuffle_xor(a.sum, m);
-        o.wsum = simd_shuffle_xor(a.wsum, m);
-        if (o.has != 0.0f) fa_bwd_refine_add(a, base_mul, slope, o.base, o.dist, o.sum, o.wsum);
-    }
-}
 
 // The per-element core shared by both kernels. raw = q·k, dpd = dO·v (both unscaled), for query i, key j.
 // Returns dX (gradient with respect to q·k) and sets pd (the dropped, rescaled probability, for dV).
@@ -322,21 +290,13 @@ template <typename T, int BD, int BQ, int NSG>
     // ---- this lane's keys: fragment row = key, column = head dim ----
     const fa_lane_pos pos = fa_frag_pos(lane);
     const int key = kb + int(sg) * 8 + pos.row;
-    const bool key_valid = key < s.sk;
     fa_frag kf[NDF];
     fa_frag vf[NDF];
     fa_frag dkf[NDF];
     fa_frag dvf[NDF];
-    {
-        const fa_long koff = fa_bwd_krow(p, p.k_batch_stride, p.k_row_stride, s, b, key) + fa_long(hkv) * p.k_head_stride;
-        const fa_long voff = fa_bwd_krow(p, p.v_batch_stride, p.v_row_stride, s, b, key) + fa_long(hkv) * p.v_head_stride;
-        fa_bwd_load_row<T, NDF>(kf, k, koff, key_valid, p.headdim, pos);
-        fa_bwd_load_row<T, NDF>(vf, v, voff, key_valid, p.headdim, pos);
-        for (int d = 0; d < NDF; ++d) {
-            dkf[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-            dvf[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-        }
-    }
+    fa_bwd_lane_rows<T, NDF>(kf, vf, dkf, dvf, k, v, p, fa_bwd_view_of(p.k_batch_stride, p.k_row_stride,
+                             p.k_head_stride, hkv, false), fa_bwd_view_of(p.v_batch_stride, p.v_row_stride,
+                             p.v_head_stride, hkv, false), s, b, key, key < s.sk, pos);
 
     // ---- query rows that see any key of this block (uniform across the threadgroup) ----
     const int k_last = min(kb + BK, s.sk) - 1;
@@ -348,18 +308,11 @@ template <typename T, int BD, int BQ, int NSG>
     for (int h = hkv * p.group; h < (hkv + 1) * p.group; ++h) {
         const float slope = has_alibi ? alibi[fa_long(b) * p.alibi_batch_stride + h] : 0.0f;
         const uint bh = uint(b * p.nheads_q + h);
+        const fa_bwd_view qv = fa_bwd_view_of(p.q_batch_stride, p.q_row_stride, p.q_head_stride, h, true);
+        const fa_bwd_view dov = fa_bwd_view_of(p.do_batch_stride, p.do_row_stride, p.do_head_stride, h, true);
         for (int i0 = i_lo; i0 <= i_hi; i0 += BQ) {
             // stage Q, dO rows i0 .. i0+BQ-1 (zero past the block / head dim) and their LSE2, D
-            for (int idx = int(tid); idx < BQ * BD; idx += NT) {
-                const int r = idx / BD;
-                const int col = idx % BD;
-                const int i = i0 + r;
-                const bool in = i <= i_hi && col < p.headdim;
-                const fa_long qo = fa_bwd_qrow(p, p.q_batch_stride, p.q_row_stride, s, b, i) + fa_long(h) * p.q_head_stride;
-                const fa_long dd = fa_bwd_qrow(p, p.do_batch_stride, p.do_row_stride, s, b, i) + fa_long(h) * p.do_head_stride;
-                qs[r * LD + col] = in ? q[qo + col] : T(0.0f);
-                dos[r * LD + col] = in ? dout[dd + col] : T(0.0f);
-            }
+            fa_bwd_stage_rows<T, BD, BQ, NT>(qs, dos, q, dout, p, qv, dov, s, b, i0, i_hi + 1, tid);
             for (int r = int(tid); r < BQ; r += NT) {
                 const int i = i0 + r;
                 const bool in = i <= i_hi;
@@ -403,35 +356,84 @@ template <typename T, int BD, int BQ, int NSG>
 
     // ---- write dK, dV (rows of keys past seqused_k get the zeros they hold) ----
     if (key >= s.sk_rows) return;
-    const fa_long dko = fa_bwd_krow(p, p.dk_batch_stride, p.dk_row_stride, s, b, key) + fa_long(hkv) * p.dk_head_stride;
-    const fa_long dvo = fa_bwd_krow(p, p.dv_batch_stride, p.dv_row_stride, s, b, key) + fa_long(hkv) * p.dv_head_stride;
-    for (int d = 0; d < NDF; ++d) {
-        for (int e = 0; e < 2; ++e) {
-            const int col = d * 8 + pos.col + e;
-            if (col < p.headdim) {
-                dk[dko + col] = T(dkf[d].thread_elements()[e]);
-                dv[dvo + col] = T(dvf[d].thread_elements()[e]);
-            }
+    const fa_bwd_view dkv = fa_bwd_view_of(p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, hkv, false);
+    const fa_bwd_view dvv = fa_bwd_view_of(p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, hkv, false);
+    fa_bwd_store_row<T, NDF>(dk, fa_bwd_at(p, dkv, s, b, key), dkf, p.headdim, pos);
+    fa_bwd_store_row<T, NDF>(dv, fa_bwd_at(p, dvv, s, b, key), dvf, p.headdim, pos);
+}
+
+// The dQ kernel's sweep over the key tiles n_begin .. n_end - 1 of its block: each tile of K, V (kv head hkv) is
+// staged into ks / vs, and for each of its 8-key fragments S = Q Kᵀ and dPd = dO Vᵀ are formed and handed to
+// op.tile(p, S, dPd, first key of this lane's columns, the fragment's K rows). The refinement pass and the gradient
+// pass are this sweep with different ops (fa_bwd_refine_op, fa_bwd_dq_op). Every thread of the threadgroup calls it.
+template <typename T, int BD, int BK, int NT, int NDF, typename Op>
+inline void fa_bwd_key_sweep(thread Op& op, threadgroup T* ks, threadgroup T* vs, device const T* k,
+                             device const T* v, constant fa_bwd_params& p, thread const fa_bwd_seq& s, int b, int hkv,
+                             int n_begin, int n_end, thread fa_frag* qf, thread fa_frag* dof, fa_lane_pos pos,
+                             ushort tid) {
+    constexpr int LD = fa_tile_ld(BD);
+    const fa_bwd_view kv = fa_bwd_view_of(p.k_batch_stride, p.k_row_stride, p.k_head_stride, hkv, false);
+    const fa_bwd_view vv = fa_bwd_view_of(p.v_batch_stride, p.v_row_stride, p.v_head_stride, hkv, false);
+    for (int n = n_begin; n < n_end; ++n) {
+        const int kb = n * BK;
+        fa_bwd_stage_rows<T, BD, BK, NT>(ks, vs, k, v, p, kv, vv, s, b, kb, s.sk, tid);
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+        for (int jf = 0; jf < BK / 8; ++jf) {
+            fa_frag sf;
+            fa_frag dpf;
+            fa_bwd_products_t<T, NDF, LD>(sf, qf, ks + jf * 8 * LD, dpf, dof, vs + jf * 8 * LD, pos);
+            op.tile(p, sf, dpf, kb + jf * 8 + pos.col, ks + jf * 8 * LD);
         }
+        threadgroup_barrier(mem_flags::mem_threadgroup);  // the next tile overwrites ks / vs
     }
 }
 
-// Stages K, V keys kb .. kb+BK-1 of kv head hkv into ks / vs (zero past the keys / head dim); the caller syncs.
-template <typename T, int BD, int BK, int NT>
-inline void fa_bwd_stage_kv(threadgroup T* ks, threadgroup T* vs, device const T* k, device const T* v,
-                            constant fa_bwd_params& p, thread const fa_bwd_seq& s, int b, int hkv, int kb, ushort tid) {
-    constexpr int LD = fa_tile_ld(BD);
-    for (int idx = int(tid); idx < BK * BD; idx += NT) {
-        const int r = idx / BD;
-        const int col = idx % BD;
-        const int j = kb + r;
-        const bool in = j < s.sk && col < p.headdim;
-        const fa_long ko = fa_bwd_krow(p, p.k_batch_stride, p.k_row_stride, s, b, j) + fa_long(hkv) * p.k_head_stride;
-        const fa_long vo = fa_bwd_krow(p, p.v_batch_stride, p.v_row_stride, s, b, j) + fa_long(hkv) * p.v_head_stride;
-        ks[r * LD + col] = in ? k[ko + col] : T(0.0f);
-        vs[r * LD + col] = in ? v[vo + col] : T(0.0f);
+// The refinement pass of a row (see fa_bwd_ref): this lane's share of the row's reference key and sums.
+struct fa_bwd_refine_op {
+    fa_bwd_refine_acc acc;
+    fa_bwd_seq s;
+    int i;
+    bool refine;  // this lane's row is refined (the other lanes take part in the sweep, adding nothing)
+    float base_mul, slope;
+    uint bh;
+
+    template <typename T>
+    void tile(constant fa_bwd_params& p, thread fa_frag& sf, thread fa_frag& dpf, int j0, const threadgroup T*) {
+        for (int e = 0; e < 2; ++e) {
+            const int j = j0 + e;
+            if (!refine || !fa_mask_visible(i, j, s.sq, s.sk, p.window_left, p.window_right)) continue;
+            const fa_bwd_score sc = fa_bwd_score_of(p, sf.thread_elements()[e], i, j, s.sq, s.sk, slope);
+            fa_bwd_refine_add(acc, base_mul, slope, sc.base, sc.dist, 1.0f,
+                              dpf.thread_elements()[e] * fa_bwd_keep(p, bh, i, j));
+        }
     }
-}
+};
+
+// The gradient pass of the dQ kernel: dX per element, then dQ += dX K.
+template <int NDF, int LD>
+struct fa_bwd_dq_op {
+    thread fa_frag* dqf;
+    fa_bwd_seq s;
+    int i;
+    float lse2, delta, slope;
+    uint bh;
+    fa_bwd_ref ref;
+    fa_lane_pos pos;
+
+    template <typename T>
+    void tile(constant fa_bwd_params& p, thread fa_frag& sf, thread fa_frag& dpf, int j0, const threadgroup T* krows) {
+        for (int e = 0; e < 2; ++e) {
+            const fa_bwd_elem g = fa_bwd_element(p, sf.thread_elements()[e], dpf.thread_elements()[e], i, j0 + e,
+                                                 s.sq, s.sk, lse2, delta, slope, bh, ref);
+            dpf.thread_elements()[e] = g.dx;
+        }
+        for (int d = 0; d < NDF; ++d) {
+            fa_frag kfr;
+            fa_load_frag(kfr, krows + d * 8, LD, pos);
+            simdgroup_multiply_accumulate(dqf[d], dpf, kfr, dqf[d]);
+        }
+    }
+};
 
 // ---------------------------------------------------------------------------------------------------------------
 // 3. dQ. Threadgroup (query block, head, batch); simdgroup sg owns query rows m0 + 8 sg .. m0 + 8 sg + 7.
@@ -450,7 +452,6 @@ template <typename T, int BD, int BK, int NSG>
     constexpr int BQ = 8 * NSG;
     constexpr int LD = fa_tile_ld(BD);
     constexpr int NDF = BD / 8;
-    constexpr int NKF = BK / 8;
 
     threadgroup T ks[BK * LD];
     threadgroup T vs[BK * LD];
@@ -476,13 +477,9 @@ template <typename T, int BD, int BK, int NSG>
     fa_frag qf[NDF];
     fa_frag dof[NDF];
     fa_frag dqf[NDF];
-    {
-        const fa_long qo = fa_bwd_qrow(p, p.q_batch_stride, p.q_row_stride, s, b, i) + fa_long(h) * p.q_head_stride;
-        const fa_long dd = fa_bwd_qrow(p, p.do_batch_stride, p.do_row_stride, s, b, i) + fa_long(h) * p.do_head_stride;
-        fa_bwd_load_row<T, NDF>(qf, q, qo, row_valid, p.headdim, pos);
-        fa_bwd_load_row<T, NDF>(dof, dout, dd, row_valid, p.headdim, pos);
-        for (int d = 0; d < NDF; ++d) dqf[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-    }
+    fa_bwd_lane_rows<T, NDF>(qf, dof, dqf, (thread fa_frag*)nullptr, q, dout, p, fa_bwd_view_of(p.q_batch_stride,
+                             p.q_row_stride, p.q_head_stride, h, true), fa_bwd_view_of(p.do_batch_stride,
+                             p.do_row_stride, p.do_head_stride, h, true), s, b, i, row_valid, pos);
     const fa_long at = row_valid ? fa_bwd_scratch_row(p, s, b, h, i) : 0;
     const float row_lse2 = row_valid ? lse2[at] : FA_BWD_DEAD_LSE2;
     float row_delta = row_valid ? delta[at] : 0.0f;
@@ -493,7 +490,6 @@ template <typename T, int BD, int BK, int NSG>
     // such a row. Lane l checks row m0 + l (BQ == the SIMD width), so every simdgroup reaches the same decision and
     // the pass (with its barriers) is uniform across the threadgroup.
     fa_bwd_ref row_ref = fa_bwd_no_ref();
-    const bool refine = fa_bwd_refine_row(row_lse2);
     bool any_refine;
     {
         const int ic = m0 + int(lane);
@@ -502,36 +498,24 @@ template <typename T, int BD, int BK, int NSG>
         any_refine = simd_any(ok && fa_bwd_refine_row(lc));
     }
     if (any_refine) {
-        const float base_mul = fa_bwd_base_mul(p);
-        fa_bwd_refine_acc acc;
-        acc.has = 0.0f;
-        acc.base = acc.dist = acc.sum = acc.wsum = 0.0f;
-        for (int n = n_begin; n < n_end; ++n) {
-            const int kb = n * BK;
-            fa_bwd_stage_kv<T, BD, BK, NT>(ks, vs, k, v, p, s, b, hkv, kb, tid);
-            threadgroup_barrier(mem_flags::mem_threadgroup);
-            for (int jf = 0; jf < NKF; ++jf) {
-                fa_frag sf;
-                fa_frag dpf;
-                fa_bwd_products_t<T, NDF, LD>(sf, qf, ks + jf * 8 * LD, dpf, dof, vs + jf * 8 * LD, pos);
-                for (int e = 0; e < 2; ++e) {
-                    const int j = kb + jf * 8 + pos.col + e;
-                    if (!refine || !fa_mask_visible(i, j, s.sq, s.sk, p.window_left, p.window_right)) continue;
-                    const fa_bwd_score sc = fa_bwd_score_of(p, sf.thread_elements()[e], i, j, s.sq, s.sk, slope);
-                    fa_bwd_refine_add(acc, base_mul, slope, sc.base, sc.dist, 1.0f,
-                                      dpf.thread_elements()[e] * fa_bwd_keep(p, bh, i, j));
-                }
-            }
-            threadgroup_barrier(mem_flags::mem_threadgroup);  // the next tile overwrites ks / vs
-        }
-        fa_bwd_refine_merge(acc, base_mul, slope);
-        if (refine && acc.has != 0.0f) {
+        fa_bwd_refine_op ro;
+        ro.acc.has = 0.0f;
+        ro.acc.base = ro.acc.dist = ro.acc.sum = ro.acc.wsum = 0.0f;
+        ro.s = s;
+        ro.i = i;
+        ro.refine = fa_bwd_refine_row(row_lse2);
+        ro.base_mul = fa_bwd_base_mul(p);
+        ro.slope = slope;
+        ro.bh = bh;
+        fa_bwd_key_sweep<T, BD, BK, NT, NDF>(ro, ks, vs, k, v, p, s, b, hkv, n_begin, n_end, qf, dof, pos, tid);
+        fa_bwd_refine_merge(ro.acc, ro.base_mul, slope);
+        if (ro.refine && ro.acc.has != 0.0f) {
             // acc.sum >= 1: the reference key's own term is 2^0
             row_ref.on = true;
-            row_ref.base = acc.base;
-            row_ref.dist = acc.dist;
-            row_ref.lo2 = log2(acc.sum);
-            row_delta = acc.wsum / acc.sum;
+            row_ref.base = ro.acc.base;
+            row_ref.dist = ro.acc.dist;
+            row_ref.lo2 = log2(ro.acc.sum);
+            row_delta = ro.acc.wsum / ro.acc.sum;
             if ((lane & 9) == 0) {  // one lane per row (fragment column 0)
                 lse2[fa_bwd_slot(p, at, 1)] = row_ref.base;
                 lse2[fa_bwd_slot(p, at, 2)] = row_ref.dist;
@@ -541,40 +525,22 @@ template <typename T, int BD, int BK, int NSG>
         }
     }
 
-    for (int n = n_begin; n < n_end; ++n) {
-        const int kb = n * BK;
-        fa_bwd_stage_kv<T, BD, BK, NT>(ks, vs, k, v, p, s, b, hkv, kb, tid);
-        threadgroup_barrier(mem_flags::mem_threadgroup);
-
-        for (int jf = 0; jf < NKF; ++jf) {
-            // S (8 queries x 8 keys) = Q Kᵀ, dPd = dO Vᵀ
-            fa_frag sf;
-            fa_frag dpf;
-            fa_bwd_products_t<T, NDF, LD>(sf, qf, ks + jf * 8 * LD, dpf, dof, vs + jf * 8 * LD, pos);
-            for (int e = 0; e < 2; ++e) {
-                const int j = kb + jf * 8 + pos.col + e;
-                const fa_bwd_elem g = fa_bwd_element(p, sf.thread_elements()[e], dpf.thread_elements()[e], i, j, s.sq,
-                                                     s.sk, row_lse2, row_delta, slope, bh, row_ref);
-                dpf.thread_elements()[e] = g.dx;
-            }
-            // dQ += dX K
-            for (int d = 0; d < NDF; ++d) {
-                fa_frag kfr;
-                fa_load_frag(kfr, ks + jf * 8 * LD + d * 8, LD, pos);
-                simdgroup_multiply_accumulate(dqf[d], dpf, kfr, dqf[d]);
-            }
-        }
-        threadgroup_barrier(mem_flags::mem_threadgroup);  // the next tile overwrites ks / vs
-    }
+    // ---- S = Q Kᵀ, dPd = dO Vᵀ per 8-key fragment, dX, dQ += dX K ----
+    fa_bwd_dq_op<NDF, LD> go;
+    go.dqf = dqf;
+    go.s = s;
+    go.i = i;
+    go.lse2 = row_lse2;
+    go.delta = row_delta;
+    go.slope = slope;
+    go.bh = bh;
+    go.ref = row_ref;
+    go.pos = pos;
+    fa_bwd_key_sweep<T, BD, BK, NT, NDF>(go, ks, vs, k, v, p, s, b, hkv, n_begin, n_end, qf, dof, pos, tid);
 
     if (!row_valid) return;
-    const fa_long dqo = fa_bwd_qrow(p, p.dq_batch_stride, p.dq_row_stride, s, b, i) + fa_long(h) * p.dq_head_stride;
-    for (int d = 0; d < NDF; ++d) {
-        for (int e = 0; e < 2; ++e) {
-            const int col = d * 8 + pos.col + e;
-            if (col < p.headdim) dq[dqo + col] = T(dqf[d].thread_elements()[e]);
-        }
-    }
+    const fa_bwd_view dqv = fa_bwd_view_of(p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, h, true);
+    fa_bwd_store_row<T, NDF>(dq, fa_bwd_at(p, dqv, s, b, i), dqf, p.headdim, pos);
 }
 
 #endif  // FA_BWD_H

@@ -14,6 +14,7 @@
 #include "fa_backends.h"
 #include "fa_metal_binding.h"
 #include "fa_metal_context.h"
+#include "plan/fa_plan_build.h"  // the executor builds its own plan (tests/core/test_layers.py: KNOWN_UPWARD)
 
 // FA_METAL_MRC_EXECUTION_TEST: tests/objc/test_objc_execute.py runs this file on Linux against a mock Metal on the GNU
 // Objective-C runtime, which has no ARC; without ARC the test process merely leaks, which does not matter there.

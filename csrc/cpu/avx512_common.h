@@ -1,5 +1,5 @@
-// avx512_common.h - what the AVX-512 kernel files (forward, decode, backward) share: target-region macros and the
-// vector exp2 variants.
+// avx512_common.h - what the AVX-512 kernel files (forward, decode, backward) share: target-region macros, lane
+// masks, widening loads and the vector exp2 variants.
 //
 // Include it only from x86-64 builds (FA_HAVE_AVX512_KERNELS is defined then). Functions defined between
 // FA_TARGET_BEGIN(isa) and FA_TARGET_END are compiled for that ISA without any -march flag; they may only be
@@ -9,6 +9,10 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define FA_HAVE_AVX512_KERNELS 1
 #include <immintrin.h>
+
+#include <cstdint>
+
+#include "fa_abi.h"  // fa_dtype
 
 // Regions of functions compiled for an extra ISA. GCC uses target pragmas; clang (Linux, Intel Macs) needs an
 // attribute applied to every function of the region.
@@ -31,6 +35,27 @@ namespace fa_cpu {
 namespace avx512 {
 
 FA_TARGET_BEGIN(FA_ISA_AVX512)
+
+// Lanes [0, n) of a 16- / 32-lane mask; every lane for n >= 16 / 32.
+inline __mmask16 mask16(int n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u); }
+inline __mmask32 mask32(int n) { return n >= 32 ? ~__mmask32(0) : __mmask32((1u << n) - 1u); }
+
+// 16 consecutive elements of a row (fp32, fp16 or bf16 storage) at element `idx`, widened to fp32: all 16, or the
+// lanes of m (the others read nothing and are 0).
+template <fa_dtype DT>
+inline __m512 load16(const void *base, int64_t idx) {
+    if (DT == FA_F32) return _mm512_loadu_ps(static_cast<const float *>(base) + idx);
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(static_cast<const uint16_t *>(base) + idx));
+    if (DT == FA_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));  // bf16 -> fp32 is a shift
+}
+template <fa_dtype DT>
+inline __m512 load16(const void *base, int64_t idx, __mmask16 m) {
+    if (DT == FA_F32) return _mm512_maskz_loadu_ps(m, static_cast<const float *>(base) + idx);
+    const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t *>(base) + idx);
+    if (DT == FA_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
 
 // Two vector 2^x, each kept bit-for-bit where it is used (changing one would change that path's results):
 //   exp2_ps_scaled_arg    decode (decode_kernels_avx512.cpp): f ln2 first, then e^y's degree-7 Taylor polynomial.

@@ -11,6 +11,18 @@
 
 namespace fa_cpu {
 
+// One kernel set's table for dtype dt, among its fp32, fp16 and bf16 tables (nullptr for another dtype, or where the
+// set has no table for it): the per-ISA avx512_kernels / avx2_kernels / portable_kernels and their decode twins.
+template <class Table>
+inline const Table *table_for(fa_dtype dt, const Table *f32, const Table *f16, const Table *bf16) {
+    switch (dt) {
+        case FA_F32: return f32;
+        case FA_F16: return f16;
+        case FA_BF16: return bf16;
+        default: return nullptr;
+    }
+}
+
 inline uint32_t f32_bits(float f) {
     uint32_t u;
     std::memcpy(&u, &f, 4);

@@ -1,5 +1,5 @@
 // cpu_features.h - the one place that asks the CPU what it can run, and the FLASH_ATTN_CY_CPU_ISA override; the
-// forward's and decode's kernel choice (isa_dispatch.cpp) and the backward's (csrc/bwd/bwd_kernel_select.cpp) all
+// forward's and decode's kernel choice (isa_dispatch.cpp) and the backward's (csrc/cpu/backward/bwd_kernel_select.cpp) all
 // decide from cpu_isa().
 #pragma once
 

@@ -13,6 +13,7 @@
 // Rows of KV head hk are the (query, head) pairs sharing it (GQA, or a few queries): at most DECODE_MAX_ROWS.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -53,6 +54,21 @@ struct DecodeKernels {
     void (*pv)(const void *const *vrows, int nk, int64_t head_stride, int hkv, int rows, int d, int pitch,
                const float *p, int pstep, float *o);
 };
+
+// The online-softmax bookkeeping of one row, shared by every softmax kernel. The value a row's exponents are taken
+// against after a block whose running max is m_new: m_new itself, or 0 while the row has seen only masked keys
+// (m_new = -inf), so that exp2 gives 0 and not NaN.
+inline float softmax_shift(float m_new) { return m_new == -INFINITY ? 0.0f : m_new; }
+
+// A row's running max m and sum l after a block of keys with running max m_new, whose weights exp2(x - shift) sum to
+// block_sum. Returns exp2(m_old - shift), the factor the row's O is rescaled by (1 once the max settles, as in most
+// blocks: the kernels skip the rescale then).
+inline float advance_row(float &m, float &l, float m_new, float block_sum) {
+    const float alpha = std::exp2(m - softmax_shift(m_new));
+    l = l * alpha + block_sum;
+    m = m_new;
+    return alpha;
+}
 
 // Portable kernels (any CPU): dtype fp32, fp16 or bf16.
 const DecodeKernels *portable_decode_kernels(fa_dtype dt);

@@ -99,17 +99,13 @@ void softmax(float *s, int n, int nk, float mul, float *m, float *l, float *o, i
         float *sr = s + row * DECODE_BLOCK;
         const __m256 x0 = _mm256_blendv_ps(neg_inf, _mm256_mul_ps(_mm256_load_ps(sr), vmul), valid0);
         const __m256 x1 = _mm256_blendv_ps(neg_inf, _mm256_mul_ps(_mm256_load_ps(sr + 8), vmul), valid1);
-        const float m_old = m[row];
-        const float m_new = std::fmax(m_old, avx2::hmax(_mm256_max_ps(x0, x1)));
-        // A row that has seen only masked keys keeps m = -inf; subtract 0 instead so exp2 gives 0, not NaN.
-        const __m256 m_use = _mm256_set1_ps(m_new == -INFINITY ? 0.0f : m_new);
-        const __m256 p0 = exp2_ps(_mm256_sub_ps(x0, m_use)), p1 = exp2_ps(_mm256_sub_ps(x1, m_use));
+        const float m_new = std::fmax(m[row], avx2::hmax(_mm256_max_ps(x0, x1)));
+        const __m256 shift = _mm256_set1_ps(softmax_shift(m_new));
+        const __m256 p0 = exp2_ps(_mm256_sub_ps(x0, shift)), p1 = exp2_ps(_mm256_sub_ps(x1, shift));
         _mm256_store_ps(sr, p0);
         _mm256_store_ps(sr + 8, p1);
-        const float alpha = std::exp2(m_old - (m_new == -INFINITY ? 0.0f : m_new));
-        l[row] = l[row] * alpha + avx2::hsum(_mm256_add_ps(p0, p1));
-        m[row] = m_new;
-        if (alpha != 1.0f) {  // once the running max settles (most blocks) O needs no rescale
+        const float alpha = advance_row(m[row], l[row], m_new, avx2::hsum(_mm256_add_ps(p0, p1)));
+        if (alpha != 1.0f) {
             const __m256 a = _mm256_set1_ps(alpha);
             float *orow = o + size_t(row) * pitch;
             for (int c = 0; c < d; c += 8) _mm256_store_ps(orow + c, _mm256_mul_ps(_mm256_load_ps(orow + c), a));
@@ -182,12 +178,7 @@ const DecodeKernels k_bf16 = {"avx2-bf16", &pack_q<FA_BF16>, &scores_group<FA_BF
 }  // namespace
 
 const DecodeKernels *avx2_decode_kernels(fa_dtype dt) {
-    switch (dt) {
-        case FA_F32: return &k_f32;
-        case FA_F16: return &k_f16;
-        case FA_BF16: return &k_bf16;
-        default: return nullptr;
-    }
+    return table_for(dt, &k_f32, &k_f16, &k_bf16);
 }
 
 #else

@@ -19,6 +19,8 @@ namespace fa_cpu {
 namespace {
 
 using avx512::exp2_ps_scaled_arg;
+using avx512::load16;
+using avx512::mask16;
 
 FA_TARGET_BEGIN(FA_ISA_AVX512)
 
@@ -40,31 +42,13 @@ inline __m512 finish4(const float *x) {
     return _mm512_add_ps(_mm512_shuffle_ps(y0, y1, 0x88), _mm512_shuffle_ps(y0, y1, 0xDD));
 }
 
-inline __mmask16 tail_mask16(int n) { return __mmask16((1u << n) - 1u); }  // lanes [0, n), n <= 16
-
-// 16 elements of a K/V row at `idx` widened to fp32 (masked lanes read nothing and are 0).
-template <fa_dtype DT>
-inline __m512 load16(const void *base, int64_t idx) {
-    if (DT == FA_F32) return _mm512_loadu_ps(static_cast<const float *>(base) + idx);
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(static_cast<const uint16_t *>(base) + idx));
-    if (DT == FA_F16) return _mm512_cvtph_ps(h);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));  // bf16 -> fp32 is a shift
-}
-template <fa_dtype DT>
-inline __m512 load16(const void *base, int64_t idx, __mmask16 m) {
-    if (DT == FA_F32) return _mm512_maskz_loadu_ps(m, static_cast<const float *>(base) + idx);
-    const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t *>(base) + idx);
-    if (DT == FA_F16) return _mm512_cvtph_ps(h);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
 template <fa_dtype DT>
 void pack_q_f32(const void *const *qrows, int rows, int d, int pitch, void *qpack) {
     float *q = static_cast<float *>(qpack);
     for (int r = 0; r < rows; ++r)
         for (int c = 0; c < pitch; c += 16)
             _mm512_store_ps(q + size_t(r) * pitch + c,
-                            c < d ? load16<DT>(qrows[r], c, d - c >= 16 ? __mmask16(0xffff) : tail_mask16(d - c))
+                            c < d ? load16<DT>(qrows[r], c, mask16(d - c))
                                   : _mm512_setzero_ps());
 }
 
@@ -74,7 +58,7 @@ template <fa_dtype DT, int R>
 void scores_f32(const void *const *krows, int64_t head_stride, int hkv, int d, int pitch, const float *q, int g,
                 float *partial) {
     const int full = d / 16, tail = d % 16;
-    const __mmask16 tm = tail_mask16(tail);
+    const __mmask16 tm = mask16(tail);
     const void *k0 = krows[0], *k1 = krows[1], *k2 = krows[2], *k3 = krows[3];
     for (int hk = 0; hk < hkv; ++hk) {
         const int64_t h0 = hk * head_stride;
@@ -118,22 +102,17 @@ void scores_finish(const float *partial, int n, float *s) {
 
 // Online-softmax step per row on its 16 scores (one vector).
 void softmax(float *s, int n, int nk, float mul, float *m, float *l, float *o, int d, int pitch) {
-    const __mmask16 valid = tail_mask16(nk);
+    const __mmask16 valid = mask16(nk);
     const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
     const __m512 vmul = _mm512_set1_ps(mul);
     for (int row = 0; row < n; ++row) {
         // lanes past nk become -inf after the multiply (a negative softmax scale must not turn them into +inf)
         const __m512 x = _mm512_mask_mul_ps(neg_inf, valid, _mm512_load_ps(s + row * DECODE_BLOCK), vmul);
-        const float m_old = m[row];
-        const float m_new = std::fmax(m_old, _mm512_reduce_max_ps(x));
-        // A row that has seen only masked keys keeps m = -inf; subtract 0 instead so exp2 gives 0, not NaN.
-        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-        const __m512 p = exp2_ps_scaled_arg(_mm512_sub_ps(x, _mm512_set1_ps(m_use)));
+        const float m_new = std::fmax(m[row], _mm512_reduce_max_ps(x));
+        const __m512 p = exp2_ps_scaled_arg(_mm512_sub_ps(x, _mm512_set1_ps(softmax_shift(m_new))));
         _mm512_store_ps(s + row * DECODE_BLOCK, p);
-        const float alpha = std::exp2(m_old - m_use);
-        l[row] = l[row] * alpha + _mm512_reduce_add_ps(p);
-        m[row] = m_new;
-        if (alpha != 1.0f) {  // once the running max settles (most blocks) O needs no rescale
+        const float alpha = advance_row(m[row], l[row], m_new, _mm512_reduce_add_ps(p));
+        if (alpha != 1.0f) {
             const __m512 a = _mm512_set1_ps(alpha);
             float *orow = o + size_t(row) * pitch;
             for (int c = 0; c < d; c += 16) _mm512_store_ps(orow + c, _mm512_mul_ps(_mm512_load_ps(orow + c), a));
@@ -147,7 +126,7 @@ template <fa_dtype DT, int R>
 void pv_n(const void *const *vrows, int nk, int64_t head_stride, int hkv, int d, int pitch, const float *p,
           int pstep, float *o) {
     const int chunks = (d + 15) / 16;
-    const __mmask16 last = tail_mask16(d % 16 ? d % 16 : 16);
+    const __mmask16 last = mask16(d % 16 ? d % 16 : 16);
     int j = 0;
     for (; j + 4 <= nk; j += 4) {
         const void *v0 = vrows[j], *v1 = vrows[j + 1], *v2 = vrows[j + 2], *v3 = vrows[j + 3];
@@ -279,12 +258,7 @@ const DecodeKernels k_bf16_widen = {"avx512-bf16-widened", &pack_q_f32<FA_BF16>,
 }  // namespace
 
 const DecodeKernels *avx512_decode_kernels(fa_dtype dt) {
-    switch (dt) {
-        case FA_F32: return &k_f32;
-        case FA_F16: return &k_f16;
-        case FA_BF16: return cpu_features().avx512bf16 ? &k_bf16_dp : &k_bf16_widen;
-        default: return nullptr;
-    }
+    return table_for(dt, &k_f32, &k_f16, cpu_features().avx512bf16 ? &k_bf16_dp : &k_bf16_widen);
 }
 
 #else

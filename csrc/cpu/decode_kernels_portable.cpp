@@ -53,16 +53,13 @@ void softmax(float *s, int n, int nk, float mul, float *m, float *l, float *o, i
             mx = std::fmax(mx, sr[j]);
         }
         const float m_new = std::fmax(m[row], mx);
-        // A row that has seen only masked keys keeps m = -inf; subtract 0 instead so exp2 gives 0, not NaN.
-        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-        const float alpha = std::exp2(m[row] - m_use);
+        const float shift = softmax_shift(m_new);
         float sum = 0.0f;
         for (int j = 0; j < DECODE_BLOCK; ++j) {
-            sr[j] = j < nk ? std::exp2(sr[j] - m_use) : 0.0f;  // a NaN score stays NaN and reaches l and O
+            sr[j] = j < nk ? std::exp2(sr[j] - shift) : 0.0f;  // a NaN score stays NaN and reaches l and O
             sum += sr[j];
         }
-        l[row] = l[row] * alpha + sum;
-        m[row] = m_new;
+        const float alpha = advance_row(m[row], l[row], m_new, sum);
         if (alpha != 1.0f)
             for (int c = 0; c < d; ++c) o[size_t(row) * pitch + c] *= alpha;
     }
@@ -91,12 +88,7 @@ const DecodeKernels k_bf16 = {"portable-bf16", &pack_q<FA_BF16>, &scores_group<F
 }  // namespace
 
 const DecodeKernels *portable_decode_kernels(fa_dtype dt) {
-    switch (dt) {
-        case FA_F32: return &k_f32;
-        case FA_F16: return &k_f16;
-        case FA_BF16: return &k_bf16;
-        default: return nullptr;
-    }
+    return table_for(dt, &k_f32, &k_f16, &k_bf16);
 }
 
 }  // namespace fa_cpu

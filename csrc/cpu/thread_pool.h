@@ -1,4 +1,4 @@
-// thread_pool.h - the CPU backend's persistent worker pool (also used by the CPU backward in csrc/bwd).
+// thread_pool.h - the CPU backend's persistent worker pool (also used by the CPU backward in csrc/cpu/backward).
 //
 // parallel_for(n, fn) calls fn(i) once for every i in [0, n) using the pool's workers plus the calling thread, and
 // returns when all calls finished. Items are handed out one at a time from an atomic counter, so uneven items (causal

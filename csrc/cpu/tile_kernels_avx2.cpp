@@ -30,100 +30,61 @@ using avx2::load8_upto;
 
 FA_TARGET_BEGIN(FA_ISA_AVX2)
 
-// C[r][0..16) (=|+=) sum_k A[r*a_rs + k*a_ks] * B[k*BLOCK_M + 0..16), r < R (c and b already offset to the
-// 16-lane vector). With SCALE_C the old C is first multiplied by alpha[0..16) (the online-softmax rescale of O^T),
-// or kept as it is when alpha is nullptr.
-template <int R, bool SCALE_C>
+// C[r][0..8W) (=|+=) sum_k A[r*a_rs + k*a_ks] * B[k*BLOCK_M + 0..8W), r < R: R rows x W ymm accumulators (c and b
+// already offset to the first lane). With SCALE_C the old C is first multiplied by alpha[0..8W) (the online-softmax
+// rescale of O^T), or kept as it is when alpha is nullptr (every rescale factor is 1: the running max did not move).
+template <int R, int W, bool SCALE_C>
 inline void micro(const float *a, int64_t a_rs, int64_t a_ks, int kk, const float *b, float *c, const float *alpha) {
-    __m256 acc[R][2];
-    if (SCALE_C && alpha) {
-        const __m256 al0 = _mm256_load_ps(alpha), al1 = _mm256_load_ps(alpha + 8);
+    __m256 acc[R][W];
 #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-            acc[r][0] = _mm256_mul_ps(_mm256_load_ps(c + r * BLOCK_M), al0);
-            acc[r][1] = _mm256_mul_ps(_mm256_load_ps(c + r * BLOCK_M + 8), al1);
-        }
-    } else if (SCALE_C) {  // alpha == nullptr: every rescale factor is 1 (the running max did not move)
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-            acc[r][0] = _mm256_load_ps(c + r * BLOCK_M);
-            acc[r][1] = _mm256_load_ps(c + r * BLOCK_M + 8);
-        }
-    } else {
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    }
-    for (int k = 0; k < kk; ++k) {
-        const __m256 b0 = _mm256_load_ps(b + k * BLOCK_M), b1 = _mm256_load_ps(b + k * BLOCK_M + 8);
-        const float *ak = a + k * a_ks;
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-            const __m256 av = _mm256_broadcast_ss(ak + r * a_rs);
-            acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-        _mm256_store_ps(c + r * BLOCK_M, acc[r][0]);
-        _mm256_store_ps(c + r * BLOCK_M + 8, acc[r][1]);
-    }
-}
-
-// micro() for 32 lanes (two 16-lane vectors): R rows x 4 ymm accumulators.
-template <int R, bool SCALE_C>
-inline void micro32(const float *a, int64_t a_rs, int64_t a_ks, int kk, const float *b, float *c, const float *alpha) {
-    __m256 acc[R][4];
-#pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
-        for (int w = 0; w < 4; ++w) {
+        for (int w = 0; w < W; ++w) {
             if (SCALE_C && alpha)
                 acc[r][w] = _mm256_mul_ps(_mm256_load_ps(c + r * BLOCK_M + 8 * w), _mm256_load_ps(alpha + 8 * w));
             else if (SCALE_C) acc[r][w] = _mm256_load_ps(c + r * BLOCK_M + 8 * w);
             else acc[r][w] = _mm256_setzero_ps();
         }
     for (int k = 0; k < kk; ++k) {
-        __m256 bv[4];
+        __m256 bv[W];
 #pragma GCC unroll 4
-        for (int w = 0; w < 4; ++w) bv[w] = _mm256_load_ps(b + k * BLOCK_M + 8 * w);
+        for (int w = 0; w < W; ++w) bv[w] = _mm256_load_ps(b + k * BLOCK_M + 8 * w);
         const float *ak = a + k * a_ks;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
             const __m256 av = _mm256_broadcast_ss(ak + r * a_rs);
 #pragma GCC unroll 4
-            for (int w = 0; w < 4; ++w) acc[r][w] = _mm256_fmadd_ps(av, bv[w], acc[r][w]);
+            for (int w = 0; w < W; ++w) acc[r][w] = _mm256_fmadd_ps(av, bv[w], acc[r][w]);
         }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
-        for (int w = 0; w < 4; ++w) _mm256_store_ps(c + r * BLOCK_M + 8 * w, acc[r][w]);
+        for (int w = 0; w < W; ++w) _mm256_store_ps(c + r * BLOCK_M + 8 * w, acc[r][w]);
 }
 
-// All `rows` rows of C: pairs of 16-lane vectors in 3-row tiles (then 2/1), an odd last vector in 6-row tiles
-// (then 4/2/1).
+// All `rows` rows of C over W ymm vectors: register tiles of the most rows the 16 ymm registers hold (R*W
+// accumulators + W B vectors + the broadcast: 3 rows of 4, 6 rows of 2), then 4 (W = 2), 2 and 1 rows.
+template <int W, bool SCALE_C>
+void gemm_cols(int rows, const float *a, int64_t a_rs, int64_t a_ks, int kk, const float *b, float *c,
+               const float *alpha) {
+    constexpr int R = W == 4 ? 3 : 6;
+    int r = 0;
+    for (; r + R <= rows; r += R) micro<R, W, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha);
+    if constexpr (W == 2) {
+        if (r + 4 <= rows) { micro<4, W, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha); r += 4; }
+    }
+    if (r + 2 <= rows) { micro<2, W, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha); r += 2; }
+    if (r < rows) micro<1, W, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha);
+}
+
+// All `rows` rows of C: pairs of 16-lane vectors (4 ymm per row), then an odd last vector (2 ymm per row).
 template <bool SCALE_C>
 void gemm(int nv, int rows, const float *a, int64_t a_rs, int64_t a_ks, int kk, const float *b, float *c,
           const float *alpha) {
     int v = 0;
-    for (; v + 2 <= nv; v += 2) {
-        const float *bv = b + 16 * v;
-        float *cv = c + 16 * v;
-        const float *al = alpha ? alpha + 16 * v : nullptr;
-        int r = 0;
-        for (; r + 3 <= rows; r += 3) micro32<3, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, bv, cv + r * BLOCK_M, al);
-        if (r + 2 <= rows) { micro32<2, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, bv, cv + r * BLOCK_M, al); r += 2; }
-        if (r < rows) micro32<1, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, bv, cv + r * BLOCK_M, al);
-    }
-    for (; v < nv; ++v) {
-        const float *bv = b + 16 * v;
-        float *cv = c + 16 * v;
-        const float *al = alpha ? alpha + 16 * v : nullptr;
-        int r = 0;
-        for (; r + 6 <= rows; r += 6) micro<6, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, bv, cv + r * BLOCK_M, al);
-        if (r + 4 <= rows) { micro<4, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, bv, cv + r * BLOCK_M, al); r += 4; }
-        if (r + 2 <= rows) { micro<2, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, bv, cv + r * BLOCK_M, al); r += 2; }
-        if (r < rows) micro<1, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, bv, cv + r * BLOCK_M, al);
-    }
+    for (; v + 2 <= nv; v += 2)
+        gemm_cols<4, SCALE_C>(rows, a, a_rs, a_ks, kk, b + 16 * v, c + 16 * v, alpha ? alpha + 16 * v : nullptr);
+    for (; v < nv; ++v)
+        gemm_cols<2, SCALE_C>(rows, a, a_rs, a_ks, kk, b + 16 * v, c + 16 * v, alpha ? alpha + 16 * v : nullptr);
 }
 
 // nullptr when every rescale factor of the nv query vectors is exactly 1 (no row's running max moved): the PV
@@ -258,12 +219,7 @@ const TileKernels<float> k_bf16 = table<FA_BF16>("avx2-bf16");
 }  // namespace
 
 const TileKernels<float> *avx2_kernels(fa_dtype dt) {
-    switch (dt) {
-        case FA_F32: return &k_f32;
-        case FA_F16: return &k_f16;
-        case FA_BF16: return &k_bf16;
-        default: return nullptr;
-    }
+    return table_for(dt, &k_f32, &k_f16, &k_bf16);
 }
 
 #else

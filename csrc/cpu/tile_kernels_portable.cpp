@@ -108,12 +108,7 @@ const TileKernels<double> k_f64 = make_table<FA_F64, double>("portable-f64");
 }  // namespace
 
 const TileKernels<float> *portable_kernels_f32(fa_dtype dt) {
-    switch (dt) {
-        case FA_F32: return &k_f32;
-        case FA_F16: return &k_f16;
-        case FA_BF16: return &k_bf16;
-        default: return nullptr;
-    }
+    return table_for(dt, &k_f32, &k_f16, &k_bf16);
 }
 const TileKernels<double> *portable_kernels_f64() { return &k_f64; }
 

@@ -1,5 +1,7 @@
 /*
- * fa_plan.h - the dispatch plan shared by the Metal shim (objc/) and the Metal simulator (csrc/sim_backend.cpp).
+ * fa_plan.h - the dispatch plan shared by the Metal shim (objc/) and the Metal simulator (csrc/sim/): the descriptor
+ * the executors read. It declares types only, so that the executors below the plan layer can include it; the
+ * builders that fill it are declared in fa_plan_build.h.
  *
  * fa_plan_build() turns validated fa_params into a list of kernel launches, made once by the plan and only followed
  * by the executors: the simulator runs it on the CPU, the shim encodes it into one Metal command buffer. Each launch
@@ -117,15 +119,6 @@ typedef struct fa_plan {
     /* byte size of each user buffer the plan may touch, for executor bounds checks (0 = not bound) */
     int64_t buffer_bytes[FA_BUF_COUNT];
 } fa_plan;
-
-/* Build the plan. `u` is required for FA_PLAN_KVCACHE_APPEND and ignored otherwise. */
-int fa_plan_build(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, fa_plan *out, char *err,
-                  size_t errlen);
-
-/* The forward plan with decode calls on the fragment kernel (fa_dec_*) instead of the vector kernels (fa_vec*_*,
- * 256-thread threadgroups): the Metal shim's fallback when a vector pipeline allows fewer threads per threadgroup
- * (a register-heavy specialisation, e.g. head dim 256). Same results, same contract as fa_plan_build. */
-int fa_plan_build_forward_without_vector(const fa_params *p, fa_plan *out, char *err, size_t errlen);
 
 /* The Metal function name of a kernel: its family's pattern with the template constants filled in. FA_OK, or
  * FA_ERR_RUNTIME (message in out) for an unknown family, a pattern constant the descriptor lacks, or a template

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "fa_plan.h"
+#include "fa_plan_build.h"
 
 namespace faplan {
 

@@ -10,9 +10,9 @@
 #include <cstring>
 #include <string>
 
-#include "fa_backends.h"
 #include "fa_kernel_params.h"
 #include "fa_mask.h"
+#include "fa_plan_build.h"
 #include "fa_plan_internal.h"
 #include "fa_tiles.h"
 

@@ -116,21 +116,19 @@ def _forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dr
     return out, lse, _scaled(s_dmask, q), rng_state
 
 
-def _grad_buffer(given: Optional[Tensor], like: Tensor, varlen: bool) -> Tensor:
-    """Where the gradient is computed: the caller's dq/dk/dv itself when the backends can write into it."""
+def _grad_buffer(given: Optional[Tensor], like: Tensor) -> Tensor:
+    """Where the gradient is computed: the caller's dq/dk/dv itself when the backends can write into it (the public
+    backward zeroes the varlen rows no sequence owns, in either buffer)."""
     if given is not None and given.stride(-1) == 1 and given.dtype == like.dtype and given.shape == like.shape:
         return given
-    return torch.zeros_like(like) if varlen else torch.empty_like(like)
+    return torch.empty_like(like)
 
 
 def _backward(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
               dropout_p, softmax_scale, causal, window_size_left, window_size_right, softcap, alibi_slopes,
               deterministic, rng_state) -> Tensor:
     varlen = cu_seqlens_q is not None
-    bufs = [_grad_buffer(g, x, varlen) for g, x in ((dq, q), (dk, k), (dv, v))]
-    for given, buf in zip((dq, dk, dv), bufs):
-        if varlen and given is buf:
-            buf.zero_()  # rows outside every sequence get defined (zero) gradients, as on the public path
+    bufs = [_grad_buffer(g, x) for g, x in ((dq, q), (dk, k), (dv, v))]
     _cy.backward(dout, q, k, v, out, softmax_lse, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                  max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, dropout_p=dropout_p,
                  softmax_scale=softmax_scale, causal=causal, window_size=(window_size_left, window_size_right),

@@ -2,7 +2,7 @@
 checks. See kernels/README.md for the supported MSL subset and what is checked.
 
     >>> from flash_attn_cy import sim
-    >>> res = sim.run("kernels/example_reduce.metal", "example_reduce", grid=4, threadgroup=128,
+    >>> res = sim.run("examples/example_reduce.metal", "example_reduce", grid=4, threadgroup=128,
     ...               buffers={0: x, 1: np.zeros(4, np.float32)}, bytes={2: np.uint32(512)})
     >>> res.faults, res.buffers[1]
 

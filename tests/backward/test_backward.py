@@ -67,7 +67,7 @@ def test_long_grads(rng, monkeypatch, isa, dtype, case):
     check_grads(rng, dtype, *c["shapes"], **c["kw"])
 
 
-# bf16 on AVX512-BF16: dV, dK and dQ multiply bf16 pairs (csrc/bwd accumulate_bf16). Its register tiles depend on the
+# bf16 on AVX512-BF16: dV, dK and dQ multiply bf16 pairs (csrc/cpu/backward accumulate_bf16). Its register tiles depend on the
 # head dim (1-4 vectors of 16 columns per 64-column chunk, a masked tail, several chunks) and cover the rows of a
 # product in tiles of R rows plus 8/4/2/1-row remainders: key counts and query counts below give every remainder,
 # odd counts (a pair completed with zero) and tiles that start at odd query rows (windows).
@@ -177,3 +177,19 @@ def test_bad_arguments(rng):
         backward(q, q, q, q, out, lse, dq=np.empty((1, 6, 2, 4), np.float32))
     with pytest.raises(ValueError, match="cu_seqlens"):
         backward(q[0], q[0], q[0], q[0], out[0], lse[0], cu_seqlens_q=np.array([0, 6], np.int32))
+
+
+def test_varlen_rows_no_sequence_owns_are_zeroed_whatever_the_buffers_held(rng, backend):
+    """Every backend writes every row a sequence owns (a sequence without keys and one without queries included);
+    the rows after the last sequence get zeros from the Python layer, also in the caller's own dq/dk/dv."""
+    if backend == "metal":
+        pytest.skip("host NumPy buffers: cpu and sim")
+    q, k, v = randn(rng, (43, 4, 24)), randn(rng, (64, 2, 24)), randn(rng, (64, 2, 24))
+    out, lse = forward_with_lse(q, k, v, backend=backend, causal=True, **VARLEN)
+    assert not out[40:].any() and np.isposinf(lse[:, 40:]).all()
+    grads = [np.full_like(x, np.nan) for x in (q, k, v)]
+    backward(randn(rng, out.shape), q, k, v, out, lse, causal=True, backend=backend, dq=grads[0], dk=grads[1],
+             dv=grads[2], **VARLEN)
+    dq, dk, dv = grads
+    assert all(np.isfinite(g).all() for g in grads)
+    assert not dq[40:].any() and not dk[61:].any() and not dv[61:].any()

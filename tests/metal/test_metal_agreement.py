@@ -136,3 +136,24 @@ def test_attn_probs_debug_output(window, softcap, alibi, rng):
         assert got.shape == ref.shape
         assert np.array_equal(got < 0, (ref < 0)), backend  # the same dropped entries (visible ones)
         assert np.max(np.abs(got - ref)) < 1e-5, backend
+
+
+def test_attn_probs_of_sim_come_from_its_own_kernel(monkeypatch, rng):
+    """S_dmask on sim is written by the fa_probs_* kernel at the end of the sim's forward plan: one call of the core,
+    on the sim backend, with the probabilities buffer (no CPU recomputation)."""
+    from flash_attn_cy import _core, interface
+
+    calls = []
+    real = _core.forward
+
+    def spy(backend, *args, **kw):
+        calls.append((backend, "attn_probs" in kw))
+        return real(backend, *args, **kw)
+
+    monkeypatch.setattr(interface._core, "forward", spy)
+    q = rand(rng, (1, 7, 2, 32), "fp32")
+    _, _, probs = fa.flash_attn_func(q, q, q, causal=True, return_attn_probs=True, backend="sim")
+    assert calls == [("sim", True)]
+    probs = np.asarray(probs)
+    assert probs.shape == (1, 2, 7, 7) and np.allclose(probs.sum(-1), 1.0, atol=1e-5)
+    assert np.all(np.triu(probs, 1) == 0)  # causal: no probability above the diagonal

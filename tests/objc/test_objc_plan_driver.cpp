@@ -12,6 +12,7 @@
 
 #include "fa_host_memory.h"
 #include "fa_metal_binding.h"
+#include "plan/fa_plan_build.h"
 #include "objc_driver_checks.h"
 
 using namespace fametal;

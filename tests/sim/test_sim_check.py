@@ -11,7 +11,7 @@ if sim.find_clang() is None:
                 allow_module_level=True)
 
 from _paths import ROOT, SIM_CASES  # noqa: E402
-KERNELS = sorted((ROOT / "kernels").glob("*.metal"))
+KERNELS = sorted((ROOT / "kernels").glob("*.metal")) + sorted((ROOT / "examples").glob("*.metal"))
 CASES = SIM_CASES
 
 

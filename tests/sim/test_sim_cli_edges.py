@@ -21,7 +21,7 @@ if sim.find_clang() is None:
 
 from _paths import ROOT, SIM_CASES  # noqa: E402
 CASE = SIM_CASES / "oob_reads.metal"
-REDUCE = ROOT / "kernels" / "example_reduce.metal"
+REDUCE = ROOT / "examples" / "example_reduce.metal"
 
 
 def _cli(*args, timeout=300):

@@ -14,7 +14,7 @@ if sim._compile.shutil.which("c++") is None and sim._compile.shutil.which("g++")
     pytest.skip("the simulator needs a C++ compiler at run time (none found)", allow_module_level=True)
 
 CASES = SIM_CASES
-KERNELS = ROOT / "kernels"
+EXAMPLES = ROOT / "examples"
 
 # (file, kernel, grid, threadgroup, buffers {index: (dtype, count)}, bytes {index: (dtype, value)}, expected kind)
 PLANTED = [
@@ -71,7 +71,7 @@ def test_planted_bug_cli(case, tmp_path):
 def test_example_reduce_runs_clean():
     x = np.random.default_rng(0).standard_normal(1001).astype(np.float32)
     groups = 3
-    res = sim.run(KERNELS / "example_reduce.metal", "example_reduce", groups, 96,
+    res = sim.run(EXAMPLES / "example_reduce.metal", "example_reduce", groups, 96,
                   {0: x, 1: np.zeros(2 * groups, np.float32)}, {2: np.uint32(x.size)}, schedules=3)
     assert res.faults == []
     chunk = -(-x.size // groups)
@@ -85,7 +85,7 @@ def test_example_reduce_runs_clean():
 def test_example_reduce_cli_clean(tmp_path):
     x = np.arange(300, dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
-    p = subprocess.run([sys.executable, "-m", "flash_attn_cy.sim", "run", str(KERNELS / "example_reduce.metal"),
+    p = subprocess.run([sys.executable, "-m", "flash_attn_cy.sim", "run", str(EXAMPLES / "example_reduce.metal"),
                         "--kernel", "example_reduce", "--grid", "2", "--threadgroup", "64", "--buffer",
                         f"0={tmp_path / 'x.npy'}", "--buffer", "1=zeros:float32:4", "--bytes", "2=uint32:300",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
@@ -116,14 +116,14 @@ def test_simd_function_in_divergent_branch_is_reported():
 
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="threadgroup"):
-        sim.run(KERNELS / "example_reduce.metal", "example_reduce", 1, 2048, {})
+        sim.run(EXAMPLES / "example_reduce.metal", "example_reduce", 1, 2048, {})
     with pytest.raises(ValueError, match="grid"):
-        sim.run(KERNELS / "example_reduce.metal", "example_reduce", 0, 32, {})
+        sim.run(EXAMPLES / "example_reduce.metal", "example_reduce", 0, 32, {})
     with pytest.raises(ValueError, match="no kernel named 'nope'"):
-        sim.run(KERNELS / "example_reduce.metal", "nope", 1, 32, {})
+        sim.run(EXAMPLES / "example_reduce.metal", "nope", 1, 32, {})
     with pytest.raises(TypeError, match="explicit dtype"):
-        sim.run(KERNELS / "example_reduce.metal", "example_reduce", 1, 32, {0: np.zeros(4, np.float32)}, {2: 5})
-    res = sim.run(KERNELS / "example_reduce.metal", "example_reduce", 1, 32, {0: np.zeros(4, np.float32)})
+        sim.run(EXAMPLES / "example_reduce.metal", "example_reduce", 1, 32, {0: np.zeros(4, np.float32)}, {2: 5})
+    res = sim.run(EXAMPLES / "example_reduce.metal", "example_reduce", 1, 32, {0: np.zeros(4, np.float32)})
     assert res.faults and res.faults[0].kind == "error" and "buffer(1)" in res.faults[0].message
 
 

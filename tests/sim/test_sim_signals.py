@@ -19,7 +19,7 @@ if sim.find_clang() is None:
     pytest.skip("the simulator checks kernel files with clang++ (not found)", allow_module_level=True)
 
 CASE = SIM_CASES / "signals.metal"
-KERNELS = ROOT / "kernels"
+EXAMPLES = ROOT / "examples"
 IS_GCC = "clang" not in sim._compile._compiler_id(_CXX).lower()
 
 # kernel, buffers, bytes, words expected in the message
@@ -42,7 +42,7 @@ def _skip_if_unsupported(kernel):
 
 def _saxpy_still_works():
     x = np.arange(1001, dtype=np.float32)
-    res = sim.run(KERNELS / "example_reduce.metal", "example_reduce", 2, 64, {0: x, 1: np.zeros(4, np.float32)},
+    res = sim.run(EXAMPLES / "example_reduce.metal", "example_reduce", 2, 64, {0: x, 1: np.zeros(4, np.float32)},
                   {2: np.uint32(x.size)}, schedules=2)
     assert res.faults == []
     np.testing.assert_array_equal(res.buffers[1], [x[:501].sum(), 500, x[501:].sum(), 1000])

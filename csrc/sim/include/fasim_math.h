@@ -3,38 +3,9 @@
 #pragma once
 
 #include "fasim_types.h"
+#include "fasim_constants.h"
 #include "fasim_fast_math.h"
 
-#ifndef INFINITY
-#define INFINITY (__builtin_inff())
-#endif
-#ifndef NAN
-#define NAN (__builtin_nanf(""))
-#endif
-#ifndef HUGE_VALF
-#define HUGE_VALF (__builtin_huge_valf())
-#endif
-#ifndef FLT_MAX
-#define FLT_MAX 3.40282346638528859812e+38F
-#endif
-#ifndef FLT_MIN
-#define FLT_MIN 1.17549435082228750797e-38F
-#endif
-#ifndef FLT_EPSILON
-#define FLT_EPSILON 1.1920928955078125e-07F
-#endif
-#define MAXFLOAT FLT_MAX
-#define HALF_MAX 65504.0f
-#define HALF_MIN 6.103515625e-05f
-#define M_E_F 2.71828182845904523536f
-#define M_LOG2E_F 1.44269504088896340736f
-#define M_LOG10E_F 0.434294481903251827651f
-#define M_LN2_F 0.693147180559945309417f
-#define M_LN10_F 2.30258509299404568402f
-#define M_PI_F 3.14159265358979323846f
-#define M_PI_2_F 1.57079632679489661923f
-#define M_SQRT2_F 1.41421356237309504880f
-#define M_SQRT1_2_F 0.707106781186547524401f
 
 namespace metal {
 
@@ -81,9 +52,7 @@ FASIM_MATH1(sign, x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f))
     }                                                                                                        \
     template <class T, int N> inline vec<T, N> NAME(const vec<T, N> &v, const char *fasim_file = __builtin_FILE(), \
                                                     unsigned fasim_line = __builtin_LINE()) {                \
-        vec<T, N> r;                                                                                         \
-        for (int i = 0; i < N; i++) r[i] = NAME(v[i], fasim_file, fasim_line);                             \
-        return r;                                                                                            \
+        return vmap(v, [&](T a) { return NAME(a, fasim_file, fasim_line); });                                \
     }
 FASIM_MATH_T(exp, __builtin_expf(x))
 FASIM_MATH_T(exp2, __builtin_exp2f(x))
@@ -109,9 +78,7 @@ FASIM_MATH_T(atan, __builtin_atanf(x))
     inline half NAME(half x, half y) { return half(NAME((float)x, (float)y)); }                              \
     inline bfloat NAME(bfloat x, bfloat y) { return bfloat(NAME((float)x, (float)y)); }                      \
     template <class T, int N> inline vec<T, N> NAME(const vec<T, N> &a, const vec<T, N> &b) {                \
-        vec<T, N> r;                                                                                         \
-        for (int i = 0; i < N; i++) r[i] = NAME(a[i], b[i]);                                                 \
-        return r;                                                                                            \
+        return vzip(a, b, [](T x, T y) { return NAME(x, y); });                                              \
     }
 FASIM_MATH2(atan2, __builtin_atan2f(x, y))
 FASIM_MATH2(fmin, __builtin_fminf(x, y))
@@ -134,9 +101,7 @@ FASIM_MATH2(step, y < x ? 0.0f : 1.0f)
     inline half NAME(half x, half y) { return precise::NAME(x, y); }                                         \
     inline bfloat NAME(bfloat x, bfloat y) { return bfloat(NAME((float)x, (float)y)); }                      \
     template <class T, int N> inline vec<T, N> NAME(const vec<T, N> &a, const vec<T, N> &b) {                \
-        vec<T, N> r;                                                                                         \
-        for (int i = 0; i < N; i++) r[i] = NAME(a[i], b[i]);                                                 \
-        return r;                                                                                            \
+        return vzip(a, b, [](T x, T y) { return NAME(x, y); });                                              \
     }
 FASIM_MATH2_T(pow, __builtin_powf(x, y), ::fasim::kFlopTranscendental)
 FASIM_MATH2_T(powr, __builtin_powf(x, y), ::fasim::kFlopTranscendental)
@@ -150,14 +115,10 @@ template <class T> inline std::enable_if_t<fasim::is_scalar_v<T>, T> min(T a, T 
 inline float max(float a, float b) { return __builtin_fmaxf(a, b); }
 inline float min(float a, float b) { return __builtin_fminf(a, b); }
 template <class T, int N> inline vec<T, N> max(const vec<T, N> &a, const vec<T, N> &b) {
-    vec<T, N> r;
-    for (int i = 0; i < N; i++) r[i] = max(a[i], b[i]);
-    return r;
+    return vzip(a, b, [](T x, T y) { return max(x, y); });
 }
 template <class T, int N> inline vec<T, N> min(const vec<T, N> &a, const vec<T, N> &b) {
-    vec<T, N> r;
-    for (int i = 0; i < N; i++) r[i] = min(a[i], b[i]);
-    return r;
+    return vzip(a, b, [](T x, T y) { return min(x, y); });
 }
 template <class T, int N> inline vec<T, N> max(const vec<T, N> &a, T b) { return max(a, vec<T, N>(b)); }
 template <class T, int N> inline vec<T, N> min(const vec<T, N> &a, T b) { return min(a, vec<T, N>(b)); }

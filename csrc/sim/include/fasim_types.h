@@ -233,6 +233,12 @@ template <class T, int N, class F> inline vec<T, N> vmap(const vec<T, N> &a, F f
     for (int i = 0; i < N; i++) r[i] = f(a[i]);
     return r;
 }
+// vmap of a two-argument function, element by element.
+template <class T, int N, class F> inline vec<T, N> vzip(const vec<T, N> &a, const vec<T, N> &b, F f) {
+    vec<T, N> r;
+    for (int i = 0; i < N; i++) r[i] = f(a[i], b[i]);
+    return r;
+}
 
 // Work counters (fasim_counters.h): float vector arithmetic counts one flop per component; half and bfloat
 // components count through their scalar operators.

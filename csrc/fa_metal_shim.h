@@ -1,5 +1,6 @@
 // fa_metal_shim.h - Metal entry points beyond fa_backends.h, defined by objc/fa_metal_*.mm on macOS and by
-// csrc/metal_unavailable.cpp everywhere else (where they return FA_ERR_UNAVAILABLE with the reason).
+// csrc/metal_unavailable.cpp everywhere else (where they return FA_ERR_UNAVAILABLE with the reason). It lives in
+// csrc/, beside fa_backends.h, because both implementations include it: a header below them, not one of them.
 #pragma once
 
 #include <stddef.h>

@@ -1,5 +1,6 @@
 // example_reduce.metal - a small reduction showing the simulator-checked MSL dialect (kernels/README.md):
-// threadgroup memory, SIMD-group functions and simdgroup_matrix with Apple's lane layout.
+// threadgroup memory, SIMD-group functions and simdgroup_matrix with Apple's lane layout. The kernel of the README's
+// `flash_attn_cy.sim run` example; an example, so not part of the kernel library the package ships (kernels/).
 //
 // Threadgroup g reduces elements [g * chunk, min(n, (g + 1) * chunk)) of x, chunk = ceil(n / groups), and writes
 // out[2 g] = their sum and out[2 g + 1] = their maximum (-FLT_MAX for an empty chunk).
