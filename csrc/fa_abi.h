@@ -185,6 +185,10 @@ int fa_backend_available(fa_backend backend, char *why, size_t whylen);
 /* A short human description of the backend as built (e.g. Metal library path in use, CPU ISA selected). */
 int fa_backend_describe(fa_backend backend, char *out, size_t outlen);
 
+/* flash_attn_cy.sim.profile(): installs (or, with NULL, removes) the hook through which the sim backend hands each
+ * launch of its plans to a profiling run instead of running it itself (the hook's type: csrc/sim_profile_hook.h). */
+void fa_sim_set_launch_hook(void *hook);
+
 /* CPU thread pool size (0 = hardware concurrency). */
 void fa_set_num_threads(int n);
 int fa_get_num_threads(void);

@@ -14,8 +14,6 @@
 #include "fa_backends.h"
 #include "plan/fa_plan.h"
 #include "plan/fa_plan_build.h"  // the executor builds its own plan (tests/core/test_layers.py: KNOWN_UPWARD)
-#include "plan/fa_plan_internal.h"  // faplan::kernel_desc
-#include "fa_tiles.h"               // FA_VEC_ROWS
 #include "sim/sim_api.h"
 #include "sim_profile_hook.h"
 
@@ -56,18 +54,10 @@ int check_specialization(const fa_launch &l, char *err, size_t errlen) {
 }  // namespace
 
 int fa_sim_available(char *why, size_t whylen) {
-    // one kernel of every forward and KV-cache family (fp32, head dim 64), named as the plan names them
-    const fa_kernel_desc probes[] = {faplan::kernel_desc(FA_KERNEL_PREFILL, FA_F32, 64),
-                                     faplan::kernel_desc(FA_KERNEL_FRAGMENT, FA_F32, 64),
-                                     faplan::kernel_desc(FA_KERNEL_VECTOR, FA_F32, 64, 1),
-                                     faplan::kernel_desc(FA_KERNEL_VECTOR, FA_F32, 64, FA_VEC_ROWS),
-                                     faplan::kernel_desc(FA_KERNEL_MERGE, FA_F32),
-                                     faplan::kernel_desc(FA_KERNEL_KVCACHE_APPEND, FA_F32)};
     bool all = true;
-    for (const fa_kernel_desc &d : probes) {
-        char name[FA_PLAN_KERNEL_NAME_LEN];
-        all = all && fa_kernel_name(&d, name, sizeof(name)) == FA_OK && fasim::find_kernel(name) != nullptr;
-    }
+    char name[FA_PLAN_KERNEL_NAME_LEN];
+    for (int i = 0; all && fa_plan_probe_kernel_name(i, name, sizeof(name)) == FA_OK; ++i)
+        all = fasim::find_kernel(name) != nullptr;
     if (all) return 1;
     if (why && whylen)
         std::snprintf(why, whylen, "the simulator build does not contain the attention kernels (kernels/*.metal)");

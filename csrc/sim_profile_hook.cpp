@@ -13,7 +13,7 @@ std::atomic<unsigned long long> g_next_call{1};
 
 }  // namespace
 
-extern "C" void fasim_set_launch_hook(void *hook) {
+extern "C" void fa_sim_set_launch_hook(void *hook) {
     g_hook.store(reinterpret_cast<fasim_launch_hook>(hook), std::memory_order_release);
 }
 

@@ -27,8 +27,8 @@ typedef int (*fasim_launch_hook)(const char *kernel, const unsigned *grid, const
                                  const void *cancel, double useful_flops, unsigned long long call_id, char *out,
                                  size_t outlen);
 
-// Installs (or, with NULL, removes) the hook. Called by flash_attn_cy.sim.profile (through flash_attn_cy._core).
-void fasim_set_launch_hook(void *hook);
+// Installed (or, with NULL, removed) by fa_sim_set_launch_hook (fa_abi.h), which flash_attn_cy.sim.profile calls
+// through flash_attn_cy._core.
 
 }  // extern "C"
 

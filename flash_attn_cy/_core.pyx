@@ -221,14 +221,14 @@ def _raise_pending_signal():
     _check_call(FA_OK, b"")
 
 
-cdef extern from "sim_profile_hook.h" nogil:
-    void fasim_set_launch_hook(void *hook)
+cdef extern from "fa_abi.h" nogil:
+    void fa_sim_set_launch_hook(void *hook)
 
 
 def _sim_set_launch_hook(size_t address):
     """Install (address of a C function, csrc/sim_profile_hook.h) or remove (0) the hook through which the sim
     backend runs its launches while flash_attn_cy.sim.profile() is active."""
-    fasim_set_launch_hook(<void *>address)
+    fa_sim_set_launch_hook(<void *>address)
 
 
 cdef object _check_call(int rc, const char *err):

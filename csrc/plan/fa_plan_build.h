@@ -23,6 +23,10 @@ int fa_plan_build(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update
  * (a register-heavy specialisation, e.g. head dim 256). Same results, same contract as fa_plan_build. */
 int fa_plan_build_forward_without_vector(const fa_params *p, fa_plan *out, char *err, size_t errlen);
 
+/* The Metal function name of probe kernel i (one of every forward and KV-cache family): FA_OK, or -1 past the last.
+ * An executor that finds every probe can serve plans. */
+int fa_plan_probe_kernel_name(int i, char *out, size_t outlen);
+
 /* The plan as JSON (fa_describe_plan, tests, `python -m flash_attn_cy info`): FA_OK, or an error code when it does
  * not fit out[outlen]. */
 int fa_plan_to_json(const fa_plan *plan, char *out, size_t outlen);

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "fa_bwd_params.h"
+#include "fa_tiles.h"  // FA_VEC_ROWS
 #include "fa_kernel_params.h"
 #include "fa_plan_internal.h"
 
@@ -186,3 +187,16 @@ int add_launch(fa_plan *plan, const LaunchSpec &s, const void *constants, uint32
 }
 
 }  // namespace faplan
+
+// One kernel of every forward and KV-cache family (fp32, head dim 64), named as the plan names them: what an executor
+// checks it has before it says it can serve plans (fa_sim_available).
+extern "C" int fa_plan_probe_kernel_name(int i, char *out, size_t outlen) {
+    const fa_kernel_desc probes[] = {faplan::kernel_desc(FA_KERNEL_PREFILL, FA_F32, 64),
+                                     faplan::kernel_desc(FA_KERNEL_FRAGMENT, FA_F32, 64),
+                                     faplan::kernel_desc(FA_KERNEL_VECTOR, FA_F32, 64, 1),
+                                     faplan::kernel_desc(FA_KERNEL_VECTOR, FA_F32, 64, FA_VEC_ROWS),
+                                     faplan::kernel_desc(FA_KERNEL_MERGE, FA_F32),
+                                     faplan::kernel_desc(FA_KERNEL_KVCACHE_APPEND, FA_F32)};
+    if (i < 0 || i >= int(sizeof(probes) / sizeof(probes[0]))) return -1;
+    return fa_kernel_name(&probes[i], out, outlen);
+}

@@ -33,14 +33,14 @@ RANK = {"cython": 4, "abi": 3, "cpu": 2, "sim": 2, "metal": 2, "no-metal": 2, "k
 
 BASE_FILES = {
     "csrc/fa_abi.h", "csrc/fa_backends.h", "csrc/fa_metal_shim.h", "csrc/plan/fa_plan.h", "csrc/sim/fa_cancel.h",
-    "csrc/fa_alloc.h", "csrc/fa_host_memory.h",
+    "csrc/fa_alloc.h", "csrc/fa_host_memory.h", "csrc/plan/fa_buffers.h",
 }
 # (path prefix, component); the first match wins, after BASE_FILES.
 PLACES = [
     ("flash_attn_cy/", "cython"),
     ("csrc/fa_abi.cpp", "abi"), ("csrc/fa_check", "abi"), ("csrc/plan/", "abi"),
     ("csrc/cpu/", "cpu"),
-    ("csrc/sim/", "sim"), ("csrc/sim_backend.cpp", "sim"),
+    ("csrc/sim/", "sim"), ("csrc/sim_backend.cpp", "sim"), ("csrc/sim_profile_hook.", "sim"),
     ("objc/", "metal"), ("csrc/metal_unavailable.cpp", "no-metal"),
     ("kernels/", "kernels"),
 ]
@@ -77,12 +77,13 @@ def _sources(root: Path) -> Iterable[Path]:
                 yield path
     yield from sorted((root / "flash_attn_cy").glob("*.pyx"))
     yield from sorted((root / "flash_attn_cy").glob("*.pxd"))
+    yield from sorted((root / "flash_attn_cy").glob("*.pxi"))
 
 
 def includes(path: Path) -> List[Tuple[str, bool]]:
     """(header, quoted) for every #include/#import, or every `cdef extern from` header of a Cython file."""
     text = path.read_text(encoding="utf-8", errors="replace")
-    if path.suffix in (".pyx", ".pxd"):
+    if path.suffix in (".pyx", ".pxd", ".pxi"):
         return [(h, True) for h in _CYTHON_EXTERN.findall(text)]
     return [(name, quote == '"') for quote, name in _INCLUDE.findall(text)]
 
