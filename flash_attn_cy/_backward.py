@@ -7,42 +7,14 @@ do not call it: ``flash_attn_func`` and friends are differentiable (see :mod:`fl
 """
 from __future__ import annotations
 
-import numbers
-from typing import Any, Optional, Sequence, Tuple
-
-import numpy as np
+from typing import Any, Optional, Sequence
 
 from . import _arrays
+from . import _validate as V
+from ._dispatch import attention_backward
+from ._dropout import rng_pair  # re-exported: the pair a backward is given
 
 __all__ = ["backward", "rng_pair"]
-
-_U64 = (1 << 64) - 1
-
-
-def rng_pair(seed: Any = None, rng_state: Any = None) -> Tuple[int, int]:
-    """The (seed, offset) pair the forward drew its dropout mask with.
-
-    ``seed``: an int (offset 0) or a (seed, offset) pair; ``rng_state``: a 2-element integer array/tensor holding
-    (seed, offset) as the forward returned it (64-bit values stored as int64 wrap around).
-    """
-    if rng_state is not None:
-        if seed is not None:
-            raise ValueError("seed and rng_state: give one of them, not both")
-        a = rng_state.detach().cpu().numpy() if _arrays.is_torch(rng_state) else np.asarray(rng_state)
-        if a.dtype.kind not in "iu" or a.shape != (2,):
-            raise ValueError(f"rng_state: expected 2 integers (seed, offset), got shape {a.shape} dtype {a.dtype}")
-        return int(a[0]) & _U64, int(a[1]) & _U64
-    if isinstance(seed, tuple) and len(seed) == 2:
-        vals = seed
-    elif isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        vals = (seed, 0)
-    else:
-        raise TypeError("seed: with dropout_p > 0 the backward needs the forward's seed: an int or a "
-                        f"(seed, offset) pair of ints (or rng_state=), got {type(seed).__name__}")
-    for v, name in zip(vals, ("seed", "offset")):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
-    return int(vals[0]) & _U64, int(vals[1]) & _U64
 
 
 def backward(dout, q, k, v, out, softmax_lse, *,
@@ -77,9 +49,6 @@ def backward(dout, q, k, v, out, softmax_lse, *,
     Returns:
         (dq, dk, dv) of the caller's array kind (NumPy or torch), with the dtypes and shapes of q, k, v.
     """
-    from . import _validate as V
-    from .interface import attention_backward
-
     backend = V.resolve_backend(backend)
     kind, dtype = V.same_kind_and_dtype([("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout)])
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
