@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple, Union
 
+from . import _arrays, _dispatch
 from . import _validate as V
-from ._dispatch import attention_backward, attention_forward
+from ._dispatch import PlanKey, attention_backward, attention_forward
 from ._validate import FLASH_ATTN_PROBS
 
 # A NumPy array (float16, ml_dtypes.bfloat16, float32, float64) or a PyTorch tensor (CPU, or MPS with Metal).
@@ -40,9 +41,10 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------------------------
 # shared front end of the public functions
 
-def _run(q, k, v, names, **options):
+def _run(q, k, v, names, plan_key=None, **options):
     """Validate + normalise the options (`_validate.attention`), then compute, with autograd where it is needed.
-    `names` are the caller's argument names for q, k, v (a message names what the user passed)."""
+    `names` are the caller's argument names for q, k, v (a message names what the user passed); `plan_key` the plan
+    cache's key for this call form, under which the normalised arguments are stored once the call has run."""
     args, use_ops, return_attn_probs = V.attention(q, k, v, names, **options)
     block_table = args["block_table"]
     if use_ops and block_table is not None:  # a paged cache: forward as flash_attn, a backward raises
@@ -53,6 +55,8 @@ def _run(q, k, v, names, **options):
         out, lse, probs = autograd.attention_with_grad(q, k, v, **args)
     else:
         out, lse, probs = attention_forward(q, k, v, **args)
+        if plan_key is not None:
+            plan_key.store_forward(args, return_attn_probs)
     return (out, lse, probs) if return_attn_probs else out
 
 
@@ -85,8 +89,14 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, sof
         softmax_lse float32 (batch, nheads, seqlen_q); S_dmask float32 (batch, nheads, seqlen_q, seqlen_k), the
         softmax probabilities, with the entries dropout removed negated (a debugging aid, as flash_attn's).
     """
+    # a call of a form seen before runs from its stored plan (the outputs directly); else validate and run
+    plan = None if _arrays.dynamo_compiling() else _dispatch.planned_forward(
+        q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+        return_attn_probs, backend, _arrays._OUTPUTS_IN_HOST_BUFFERS)
+    if plan is not None and type(plan) is not PlanKey:
+        return plan
     V.dense_shapes(q, k, v)
-    return _run(q, k, v, ("q", "k", "v"), dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
+    return _run(q, k, v, ("q", "k", "v"), plan, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
                 window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic,
                 return_attn_probs=return_attn_probs, backend=backend, seed=seed)
 

@@ -1,8 +1,9 @@
 """flash_attn_with_kvcache: incremental decoding against a key/value cache (flash_attn 2.x semantics).
 
-The public function only routes: while torch.compile traces, the custom op of `_kvcache_op` carries the call;
-otherwise `_validate_kvcache.kvcache` validates and normalises the arguments and `_dispatch.kvcache_attention` runs
-them (two ABI calls: the append into the caller's cache, then the attention over it).
+The public function only routes: a call of a form seen before runs from its stored plan (`_dispatch.planned_kvcache`);
+while torch.compile traces, the custom op of `_kvcache_op` carries the call; otherwise `_validate_kvcache.kvcache`
+validates and normalises the arguments and `_dispatch.kvcache_attention` runs them (two ABI calls: the append into the
+caller's cache, then the attention over it), and the plan is stored.
 """
 from __future__ import annotations
 
@@ -50,6 +51,13 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Opti
 
     Returns out (batch, seqlen_q, nheads, headdim), or (out, softmax_lse) with return_softmax_lse.
     """
+    # a call of a form seen before runs from its stored plan (the outputs directly); else validate and run
+    plan = None if _arrays.dynamo_compiling() else _dispatch.planned_kvcache(
+        q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx, cache_leftpad, block_table,
+        softmax_scale, causal, window_size, softcap, rotary_interleaved, alibi_slopes, num_splits, return_softmax_lse,
+        backend, _arrays._OUTPUTS_IN_HOST_BUFFERS)
+    if plan is not None and type(plan) is not _dispatch.PlanKey:
+        return plan
     backend = V.resolve_backend(backend)
     if _arrays.is_torch(q) and _arrays.compiling():
         # torch.compile is tracing: the custom op (which declares the in-place cache update) carries the call, and
@@ -58,7 +66,11 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Opti
         return kvcache_traced(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx,
                               cache_leftpad, block_table, softmax_scale, causal, window_size, softcap,
                               rotary_interleaved, alibi_slopes, num_splits, return_softmax_lse, backend)
-    return _dispatch.kvcache_attention(_validate_kvcache.kvcache(
+    call = _validate_kvcache.kvcache(
         q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx, cache_leftpad, block_table,
         softmax_scale, causal, window_size, softcap, rotary_interleaved, alibi_slopes, num_splits, return_softmax_lse,
-        backend))
+        backend)
+    result = _dispatch.kvcache_attention(call)
+    if plan is not None:
+        plan.store_kvcache(call)
+    return result

@@ -1,0 +1,629 @@
+# The plan cache: a call of a form seen before runs without redoing the Python validation it passed then.
+# Included by _core.pyx.
+#
+# The public functions (interface.flash_attn_func, kvcache.flash_attn_with_kvcache) call planned_forward /
+# planned_kvcache first, with their raw arguments. That reads the tensors directly (NumPy's array struct; a torch
+# tensor's data_ptr(), shape and stride()), builds a key from everything the Python validation decides on - array
+# kind, dtype, shapes, every option's type and value - and looks it up. A hit fills fa_params from the plan stored
+# under the key and calls the ABI: nothing is normalised again and no Python object is made but the outputs. A miss
+# returns a PlanKey: the public function validates and runs the call on the general path and, when the call is of a
+# form a plan describes, stores its normalised arguments under that key (PlanKey.store_forward / store_kvcache).
+#
+# A key covers what validation looked at, so a hit is a call validation would accept, normalised the same way; what
+# is data rather than form (pointers, strides, cache_seqlens values) is checked on every call, and anything the fast
+# path cannot vouch for - strides to copy, caches that overlap, lengths out of range, a spy on forward - goes to the
+# general path, which decides and raises its own messages. The ABI re-checks every call structurally either way.
+
+import numpy as _np
+
+from cpython.object cimport PyObject
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from libc.string cimport memcmp, memcpy
+
+cdef extern from *:
+    """
+    /* The leading fields of NumPy's array object (PyArrayObject_fields, numpy/ndarraytypes.h): the layout the
+       PyArray_DATA/NDIM/DIMS/STRIDES/DESCR/FLAGS macros of every compiled NumPy extension read, kept by NumPy 2.
+       Declared here because NumPy is not a build dependency; checked against __array_interface__ at import. */
+    typedef struct {
+        PyObject_HEAD
+        char *data;
+        int nd;
+        Py_ssize_t *dimensions;
+        Py_ssize_t *strides;
+        PyObject *base;
+        PyObject *descr;
+        int flags;
+    } fa_np_array;
+    #define FA_NPY_WRITEABLE 0x0400
+    """
+    ctypedef struct fa_np_array:
+        char *data
+        int nd
+        Py_ssize_t *dimensions
+        Py_ssize_t *strides
+        PyObject *descr
+        int flags
+    int FA_NPY_WRITEABLE
+
+cdef enum:
+    KEY_WORDS = 64
+    PLAN_SLOTS = 64          # a power of two; a new form replaces whatever shared its slot
+    PLAN_FORWARD = 1
+    PLAN_KVCACHE = 2
+    STACK_BATCH = 256        # cache_seqlens of up to this many sequences live on the stack
+
+cdef struct _View:           # one tensor as read directly
+    char *data
+    Py_ssize_t shape[4]
+    Py_ssize_t strides[4]    # NumPy: bytes; torch: elements (see elements)
+    PyObject *dtype          # the dtype object (NumPy descr or torch.dtype); compared, never dereferenced
+    bint elements
+    bint writeable
+
+cdef struct _Key:
+    int64_t w[KEY_WORDS]
+    int n
+
+cdef struct _Plan:
+    bint used
+    int64_t key[KEY_WORDS]
+    fa_backend backend
+    fa_dtype dtype
+    double softmax_scale, softcap
+    int32_t window_left, window_right, num_splits
+    int32_t capacity
+    bint want_lse, appending, interleaved, rotate_q_causal
+
+cdef _Plan _plans[PLAN_SLOTS]
+cdef list _plan_refs = [None] * PLAN_SLOTS   # per slot: the objects whose addresses its key holds, kept alive
+
+
+# ---- reading tensors ----------------------------------------------------------------------------------------------
+
+cdef object _np_ndarray = _np.ndarray
+cdef object _np_empty = _np.empty
+cdef object _np_int32 = _np.dtype(_np.int32)
+
+
+cdef bint _numpy_struct_matches() except -1:
+    a = _np.zeros((3, 4), _np.float32)[:, 1:]
+    cdef fa_np_array *s = <fa_np_array *>a
+    ok = (s.nd == 2 and s.dimensions[0] == 3 and s.dimensions[1] == 3 and s.strides[0] == 16 and s.strides[1] == 4
+          and <size_t>s.data == a.__array_interface__["data"][0] and <object>s.descr is a.dtype
+          and (s.flags & FA_NPY_WRITEABLE) != 0)
+    a.setflags(write=False)
+    return ok and (s.flags & FA_NPY_WRITEABLE) == 0
+
+
+cdef bint _NUMPY_DIRECT = _numpy_struct_matches()
+
+cdef object _torch_tensor = None   # torch.Tensor and the torch functions used per call, once torch is imported
+cdef object _torch_grad_enabled, _torch_is_tracing, _torch_inference_mode, _torch_bump, _torch_empty
+cdef object _torch_empty_like, _torch_float32, _torch_int32
+
+
+cdef bint _torch_ready() except -1:
+    global _torch_tensor, _torch_grad_enabled, _torch_is_tracing, _torch_inference_mode, _torch_bump
+    global _torch_empty, _torch_empty_like, _torch_float32, _torch_int32
+    if _torch_tensor is not None:
+        return True
+    torch = _sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "Tensor"):  # not imported (or still importing)
+        return False
+    _torch_grad_enabled, _torch_is_tracing = torch.is_grad_enabled, torch._C._is_tracing
+    _torch_inference_mode, _torch_bump = torch.is_inference_mode_enabled, torch._C._increment_version
+    _torch_empty, _torch_empty_like = torch.empty, torch.empty_like
+    _torch_float32, _torch_int32 = torch.float32, torch.int32
+    _torch_tensor = torch.Tensor
+    return True
+
+
+cdef int _read(object x, object kind, int ndim, _View *v) except -1:
+    """x (of exactly the type `kind`: numpy.ndarray or torch.Tensor) as a _View of `ndim` axes; 0 when it cannot be
+    read directly (another rank, a torch tensor off the CPU, without storage, strides or with the negation bit)."""
+    cdef fa_np_array *a
+    cdef int i
+    if kind is _np_ndarray:
+        a = <fa_np_array *>x
+        if a.nd != ndim:
+            return 0
+        for i in range(ndim):
+            v.shape[i] = a.dimensions[i]
+            v.strides[i] = a.strides[i]
+        v.data = a.data
+        v.dtype = a.descr
+        v.elements = False
+        v.writeable = (a.flags & FA_NPY_WRITEABLE) != 0
+        return 1
+    try:
+        if not x.is_cpu or x.is_neg():
+            return 0
+        shape = x.shape
+        if len(shape) != ndim:
+            return 0
+        strides = x.stride()
+        dtype = x.dtype
+        v.data = <char *><size_t>x.data_ptr()
+    except Exception:  # no storage (functorch wrappers, fake tensors), no strides (sparse, mkldnn): general path
+        return 0
+    for i in range(ndim):
+        v.shape[i] = shape[i]
+        v.strides[i] = strides[i]
+    v.dtype = <PyObject *>dtype  # a torch.dtype singleton: it outlives the call
+    v.elements = True
+    v.writeable = True
+    return 1
+
+
+cdef bint _usable(_View *v, Py_ssize_t itemsize, int ndim, bint written) noexcept:
+    """Whether the ABI can address v as it is (what _arrays.core_view passes without a copy): non-empty, aligned,
+    non-negative strides of whole elements, the last of stride 1; turns v's strides into element strides."""
+    cdef int i
+    cdef Py_ssize_t st
+    if v.data == NULL or (<size_t>v.data) % itemsize or (written and not v.writeable):
+        return False
+    for i in range(ndim):
+        st = v.strides[i] * (itemsize if v.elements else 1)
+        if v.shape[i] == 0 or st < 0 or st % itemsize:
+            return False
+        v.strides[i] = st // itemsize
+    return v.strides[ndim - 1] == 1 or v.shape[ndim - 1] == 1
+
+
+cdef void _to_tensor(_View *v, fa_tensor *t) noexcept:
+    t.data = v.data
+    t.batch_stride = v.strides[0]
+    t.row_stride = v.strides[1]
+    t.head_stride = v.strides[2]
+
+
+cdef void _extent(_View *v, Py_ssize_t itemsize, size_t *lo, size_t *hi) noexcept:
+    """[lo, hi): the bytes v's elements occupy (element strides, all non-negative)."""
+    cdef int i
+    lo[0] = <size_t>v.data
+    hi[0] = lo[0] + itemsize
+    for i in range(4):
+        hi[0] += (v.shape[i] - 1) * v.strides[i] * itemsize
+
+
+# ---- keys -----------------------------------------------------------------------------------------------------------
+
+cdef inline void _push(_Key *k, int64_t word) noexcept:
+    if k.n < KEY_WORDS:
+        k.w[k.n] = word
+    k.n += 1
+
+
+cdef bint _push_option(_Key *k, object x) except -1:
+    """An option's exact type and value as two key words: None, a bool, an int that fits int64 or a float. Anything
+    else (NumPy scalars, tensors, other objects) is not described by a key: False."""
+    cdef double d
+    cdef int64_t bits
+    if x is None:
+        _push(k, 1)
+        _push(k, 0)
+    elif x is True or x is False:
+        _push(k, 2)
+        _push(k, 1 if x is True else 0)
+    elif type(x) is int:
+        try:
+            bits = x
+        except OverflowError:
+            return False
+        _push(k, 3)
+        _push(k, bits)
+    elif type(x) is float:
+        d = x
+        memcpy(&bits, &d, sizeof(bits))
+        _push(k, 4)
+        _push(k, bits)
+    else:
+        return False
+    return True
+
+
+cdef bint _push_pair(_Key *k, object pair) except -1:
+    """window_size as flash_attn's callers pass it: a tuple of two options."""
+    if type(pair) is not tuple or len(pair) != 2:
+        return False
+    return _push_option(k, pair[0]) and _push_option(k, pair[1])
+
+
+cdef bint _push_backend(_Key *k, object backend) noexcept:
+    cdef int code
+    if backend == "auto":
+        code = 1
+    elif backend == "cpu":
+        code = 2
+    elif backend == "sim":
+        code = 3
+    elif backend == "metal":
+        code = 4
+    else:
+        return False
+    _push(k, code)
+    return True
+
+
+cdef void _push_shape(_Key *k, _View *v, int ndim) noexcept:
+    cdef int i
+    for i in range(ndim):
+        _push(k, v.shape[i])
+
+
+cdef inline uint64_t _hash(_Key *k) noexcept:
+    cdef uint64_t h = 1469598103934665603ULL
+    cdef int i
+    for i in range(k.n):
+        h = (h ^ <uint64_t>k.w[i]) * 1099511628211ULL
+    return h
+
+
+cdef _Plan *_lookup(_Key *k) noexcept:
+    cdef _Plan *plan = &_plans[_hash(k) & (PLAN_SLOTS - 1)]
+    if plan.used and memcmp(plan.key, k.w, sizeof(k.w)) == 0:
+        return plan
+    return NULL
+
+
+cdef class PlanKey:
+    """The key of a call form no plan covers yet, returned by planned_forward / planned_kvcache: once the general
+    path has validated and run the call, store_forward / store_kvcache record its normalised arguments under it."""
+    cdef _Key k
+    cdef tuple refs  # the type and dtype objects whose addresses the key holds
+
+    cdef _Plan *_claim(self):
+        slot = _hash(&self.k) & (PLAN_SLOTS - 1)
+        cdef _Plan *plan = &_plans[slot]
+        memset(plan, 0, sizeof(_Plan))
+        memcpy(plan.key, self.k.w, sizeof(self.k.w))
+        _plan_refs[slot] = self.refs
+        return plan
+
+    cdef fa_dtype _dtype(self):
+        name = str(<object>self.refs[1]).replace("torch.", "")
+        return _DTYPE_CODES[name]
+
+    def store_forward(self, dict args, bint return_tuple):
+        """Record flash_attn_func's normalised arguments (`_validate.attention`'s) if a plan describes the call:
+        dense, no dropout, ALiBi or probabilities, the output alone returned."""
+        if (return_tuple or args["cu_seqlens_q"] is not None or args["block_table"] is not None
+                or args["alibi_slopes"] is not None or args["dropout_p"] != 0.0 or args["return_attn_probs"]):
+            return
+        cdef fa_dtype dtype = self._dtype()
+        cdef fa_backend backend = _backend_code(args["backend"])
+        cdef _Plan *plan = self._claim()
+        plan.backend, plan.dtype = backend, dtype
+        plan.softmax_scale, plan.softcap = args["softmax_scale"], args["softcap"]
+        plan.window_left, plan.window_right = args["window_size"]
+        plan.used = True
+
+    def store_kvcache(self, c):
+        """Record flash_attn_with_kvcache's normalised arguments (a _validate_kvcache.KvcacheCall) if a plan
+        describes the call: a dense cache without rotary, left padding, batch index or ALiBi, something to compute."""
+        if (c.cos is not None or c.leftpad is not None or c.batch_idx is not None or c.block_table is not None
+                or c.alibi is not None or c.empty or c.kind == "mps"):
+            return
+        cdef fa_dtype dtype = self._dtype()
+        cdef fa_backend backend = _backend_code(c.backend)
+        cdef _Plan *plan = self._claim()
+        plan.backend, plan.dtype = backend, dtype
+        plan.softmax_scale, plan.softcap = c.scale, c.softcap
+        plan.window_left, plan.window_right = c.window
+        plan.num_splits, plan.capacity = c.splits, c.capacity
+        plan.want_lse, plan.appending = c.want_lse, c.k is not None
+        plan.interleaved, plan.rotate_q_causal = c.interleaved, c.rotate_q_causal
+        plan.used = True
+
+
+cdef object _kind_of(object x):
+    """numpy.ndarray or torch.Tensor when x is exactly one of them (subclasses may override anything), else None."""
+    t = type(x)
+    if t is _np_ndarray:
+        return t if _NUMPY_DIRECT else None
+    if _torch_tensor is not None or _torch_ready():
+        if t is _torch_tensor:
+            return t
+    return None
+
+
+cdef object _miss(_Key *k, object kind, _View *q):
+    if k.n > KEY_WORDS:
+        return None
+    memset(&k.w[k.n], 0, (KEY_WORDS - k.n) * sizeof(int64_t))
+    cdef PlanKey key = PlanKey.__new__(PlanKey)
+    key.k = k[0]
+    key.refs = (kind, <object>q.dtype)
+    return key
+
+
+cdef object _empty_like(object kind, object x, _View *v, bint contiguous):
+    """An uninitialised output of x's kind, dtype and shape, C-contiguous (as _arrays.empty makes it)."""
+    if kind is _np_ndarray:
+        return _np_empty((v.shape[0], v.shape[1], v.shape[2], v.shape[3]), <object>v.dtype)
+    if contiguous:
+        return _torch_empty_like(x)
+    return _torch_empty(x.shape, dtype=<object>v.dtype)
+
+
+cdef object _empty_lse(object kind, Py_ssize_t b, Py_ssize_t h, Py_ssize_t s):
+    if kind is _np_ndarray:
+        return _np_empty((b, h, s), _np.float32)
+    return _torch_empty((b, h, s), dtype=_torch_float32)
+
+
+cdef char *_data_of(object kind, object x) except? NULL:
+    """The data pointer of an output this module just allocated (C-contiguous, the shape it asked for)."""
+    if kind is _np_ndarray:
+        return (<fa_np_array *>x).data
+    return <char *><size_t>x.data_ptr()
+
+
+cdef void _contiguous_view(_View *like, char *data, _View *v) noexcept:
+    """v: a C-contiguous tensor of like's shape at data (element strides)."""
+    cdef int i
+    v.data = data
+    for i in range(4):
+        v.shape[i] = like.shape[i]
+    v.strides[3] = 1
+    for i in range(2, -1, -1):
+        v.strides[i] = v.strides[i + 1] * v.shape[i + 1]
+
+
+cdef bint _contiguous(_View *v) noexcept:
+    return (v.strides[3] == 1 and v.strides[2] == v.shape[3] and v.strides[1] == v.shape[2] * v.shape[3]
+            and v.strides[0] == v.shape[1] * v.shape[2] * v.shape[3])
+
+
+cdef bint _finish_key(_Key *k) noexcept:
+    """Zero the unused words (keys compare whole); False when the call needs more words than a key has."""
+    if k.n > KEY_WORDS:
+        return False
+    memset(&k.w[k.n], 0, (KEY_WORDS - k.n) * sizeof(int64_t))
+    return True
+
+
+cdef int _call_forward(fa_backend backend, fa_params *p) except -1:
+    cdef char err[ERRLEN]
+    cdef int rc
+    cdef fa_cancel tok
+    err[0] = 0
+    _arm_cancel(p, &tok)
+    with nogil:
+        rc = fa_forward(backend, p, err, ERRLEN)
+    _check_call(rc, err)
+    return 0
+
+
+cdef object _general_forward = forward
+cdef object _general_kvcache_append = kvcache_append
+
+
+# ---- flash_attn_func ----------------------------------------------------------------------------------------------
+
+def planned_forward(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                    return_attn_probs, backend, bint host_buffer_outputs):
+    """flash_attn_func's arguments (seed aside: no plan has dropout) through the plan cache: the output when a
+    stored plan covers the call; a PlanKey to store one under once the general path has run it; None when no plan
+    can describe the call. host_buffer_outputs: NumPy outputs must come from HostBuffer (see _arrays.empty)."""
+    if forward is not _general_forward:  # a spy or a hook replaced forward: it sees every call
+        return None
+    kind = _kind_of(q)
+    if kind is None or type(k) is not kind or type(v) is not kind:
+        return None
+    if kind is _np_ndarray:
+        if host_buffer_outputs:
+            return None
+    elif _torch_is_tracing() or (_torch_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        return None  # torch.jit.trace records torch ops only; autograd needs the custom ops
+    cdef _View vq, vk, vv, vo
+    if not (_read(q, kind, 4, &vq) and _read(k, kind, 4, &vk) and _read(v, kind, 4, &vv)):
+        return None
+    if vk.dtype != vq.dtype or vv.dtype != vq.dtype:
+        return None
+    cdef _Key key
+    key.n = 0
+    _push(&key, PLAN_FORWARD)
+    _push(&key, <int64_t><size_t><PyObject *>kind)
+    _push(&key, <int64_t><size_t>vq.dtype)
+    _push_shape(&key, &vq, 4)
+    _push_shape(&key, &vk, 4)
+    _push_shape(&key, &vv, 4)
+    if not (_push_option(&key, dropout_p) and _push_option(&key, softmax_scale) and _push_option(&key, causal)
+            and _push_pair(&key, window_size) and _push_option(&key, softcap) and _push_option(&key, alibi_slopes)
+            and _push_option(&key, deterministic) and _push_option(&key, return_attn_probs)
+            and _push_backend(&key, backend) and _finish_key(&key)):
+        return None
+    cdef _Plan *plan = _lookup(&key)
+    if plan == NULL:
+        return _miss(&key, kind, &vq)
+    cdef Py_ssize_t isz = _element_size(plan.dtype)
+    if not (_usable(&vq, isz, 4, False) and _usable(&vk, isz, 4, False) and _usable(&vv, isz, 4, False)):
+        return None
+    out = _empty_like(kind, q, &vq, _contiguous(&vq))
+    _contiguous_view(&vq, _data_of(kind, out), &vo)
+    cdef fa_params p
+    fa_params_init(&p)
+    p.batch, p.seqlen_q, p.nheads_q, p.headdim = vq.shape[0], vq.shape[1], vq.shape[2], vq.shape[3]
+    p.seqlen_k, p.nheads_kv, p.headdim_v = vk.shape[1], vk.shape[2], vv.shape[3]
+    p.dtype = plan.dtype
+    _to_tensor(&vq, &p.q)
+    _to_tensor(&vk, &p.k)
+    _to_tensor(&vv, &p.v)
+    _to_tensor(&vo, &p.out)
+    p.softmax_scale, p.softcap = plan.softmax_scale, plan.softcap
+    p.window_left, p.window_right = plan.window_left, plan.window_right
+    _call_forward(plan.backend, &p)
+    return out
+
+
+# ---- flash_attn_with_kvcache --------------------------------------------------------------------------------------
+
+cdef int _cache_writable(object cache) except -1:
+    """What _arrays.check_torch_in_place asks of a torch cache written in place, as a yes/no (the general path
+    raises the message)."""
+    if cache.is_inference() and not _torch_inference_mode():
+        return 0
+    return 0 if (cache.requires_grad and _torch_grad_enabled()) else 1
+
+
+def planned_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx, cache_leftpad,
+                    block_table, softmax_scale, causal, window_size, softcap, rotary_interleaved, alibi_slopes,
+                    num_splits, return_softmax_lse, backend, bint host_buffer_outputs):
+    """flash_attn_with_kvcache's arguments through the plan cache, as planned_forward. A plan covers a dense cache
+    (no rotary tables, cache_batch_idx, cache_leftpad, block_table or ALiBi) with cache_seqlens None, an int or an
+    int32 vector of the caller's kind; the lengths are checked on every call (out of range: the general path)."""
+    if forward is not _general_forward or kvcache_append is not _general_kvcache_append:
+        return None
+    if not (rotary_cos is None and rotary_sin is None and cache_batch_idx is None and cache_leftpad is None
+            and block_table is None and alibi_slopes is None and (k is None) == (v is None)):
+        return None
+    kind = _kind_of(q)
+    if kind is None or type(k_cache) is not kind or type(v_cache) is not kind:
+        return None
+    cdef bint new_rows = k is not None
+    if new_rows and (type(k) is not kind or type(v) is not kind):
+        return None
+    if kind is _np_ndarray:
+        if host_buffer_outputs:
+            return None
+    elif _torch_is_tracing():
+        return None
+    cdef _View vq, vkc, vvc, vk, vv, vs, vo
+    if not (_read(q, kind, 4, &vq) and _read(k_cache, kind, 4, &vkc) and _read(v_cache, kind, 4, &vvc)):
+        return None
+    if new_rows and not (_read(k, kind, 4, &vk) and _read(v, kind, 4, &vv)):
+        return None
+    if (vkc.dtype != vq.dtype or vvc.dtype != vq.dtype
+            or (new_rows and (vk.dtype != vq.dtype or vv.dtype != vq.dtype))):
+        return None
+    # cache_seqlens: data, read on every call; only its form goes into the key
+    cdef int seq_form
+    cdef int64_t seq_value = 0
+    if cache_seqlens is None:
+        seq_form = 0
+    elif type(cache_seqlens) is int:
+        seq_form = 1
+        try:
+            seq_value = cache_seqlens
+        except OverflowError:
+            return None
+    elif type(cache_seqlens) is kind and _read(cache_seqlens, kind, 1, &vs):
+        seq_form = 2
+        if (vs.dtype != <PyObject *>(_np_int32 if kind is _np_ndarray else _torch_int32)
+                or not _usable(&vs, 4, 1, False)):
+            return None
+    else:
+        return None
+    cdef _Key key
+    key.n = 0
+    _push(&key, PLAN_KVCACHE)
+    _push(&key, <int64_t><size_t><PyObject *>kind)
+    _push(&key, <int64_t><size_t>vq.dtype)
+    _push_shape(&key, &vq, 4)
+    _push_shape(&key, &vkc, 4)
+    _push_shape(&key, &vvc, 4)
+    _push(&key, new_rows)
+    if new_rows:
+        _push_shape(&key, &vk, 4)
+        _push_shape(&key, &vv, 4)
+    _push(&key, seq_form)
+    _push(&key, vs.shape[0] if seq_form == 2 else 0)
+    if not (_push_option(&key, softmax_scale) and _push_option(&key, causal) and _push_pair(&key, window_size)
+            and _push_option(&key, softcap) and _push_option(&key, rotary_interleaved)
+            and _push_option(&key, num_splits) and _push_option(&key, return_softmax_lse)
+            and _push_backend(&key, backend) and _finish_key(&key)):
+        return None
+    cdef _Plan *plan = _lookup(&key)
+    if plan == NULL:
+        return _miss(&key, kind, &vq)
+
+    cdef Py_ssize_t isz = _element_size(plan.dtype)
+    cdef bint appending = plan.appending  # False also for k, v of zero new rows (nothing to append)
+    cdef size_t klo, khi, vlo, vhi
+    if not (_usable(&vq, isz, 4, False) and _usable(&vkc, isz, 4, appending)
+            and _usable(&vvc, isz, 4, appending)):
+        return None
+    if appending:
+        if not (_usable(&vk, isz, 4, False) and _usable(&vv, isz, 4, False)):
+            return None
+        _extent(&vkc, isz, &klo, &khi)
+        _extent(&vvc, isz, &vlo, &vhi)
+        if klo < vhi and vlo < khi:  # the general path decides exactly (interleaved views share no element)
+            return None
+        if kind is not _np_ndarray and not (_cache_writable(k_cache) and _cache_writable(v_cache)):
+            return None
+    cdef Py_ssize_t batch = vq.shape[0]
+    cdef Py_ssize_t new = vk.shape[1] if appending else 0
+    cdef int32_t stack_lens[2 * STACK_BATCH]
+    cdef int32_t *before = stack_lens
+    cdef Py_ssize_t b
+    cdef int64_t n
+    if batch > STACK_BATCH:
+        before = <int32_t *>PyMem_Malloc(2 * batch * sizeof(int32_t))
+        if before == NULL:
+            raise MemoryError()
+    cdef int32_t *after = before + batch
+    try:
+        for b in range(batch):
+            n = plan.capacity if seq_form == 0 else (seq_value if seq_form == 1 else (<int32_t *>vs.data)[b * vs.strides[0]])
+            if n < 0 or n + new > plan.capacity:
+                return None  # the general path names the sequence and the limit
+            before[b] = <int32_t>n
+            after[b] = <int32_t>(n + new)
+        return _run_kvcache(plan, kind, q, k_cache, v_cache, &vq, &vkc, &vvc, &vk, &vv, before, after, isz)
+    finally:
+        if before != stack_lens:
+            PyMem_Free(before)
+
+
+cdef object _run_kvcache(_Plan *plan, object kind, object q, object k_cache, object v_cache, _View *vq, _View *vkc,
+                         _View *vvc, _View *vk, _View *vv, int32_t *before, int32_t *after, Py_ssize_t isz):
+    """The two ABI calls of a planned flash_attn_with_kvcache: the append (when there are new rows), then the
+    attention over cache_seqlens + new rows, with exactly the arguments _dispatch.kvcache_attention gives them."""
+    cdef _View vo
+    out = _empty_like(kind, q, vq, _contiguous(vq))
+    _contiguous_view(vq, _data_of(kind, out), &vo)
+    lse = None
+    cdef fa_params pa, pf
+    cdef fa_kvcache_update u
+    cdef char err[ERRLEN]
+    cdef int rc = FA_OK
+    cdef fa_cancel tok
+    fa_params_init(&pa)
+    pa.batch, pa.seqlen_q, pa.nheads_q, pa.headdim = vq.shape[0], vq.shape[1], vq.shape[2], vq.shape[3]
+    pa.seqlen_k, pa.nheads_kv, pa.headdim_v = plan.capacity, vkc.shape[2], vvc.shape[3]
+    pa.dtype = plan.dtype
+    _to_tensor(vq, &pa.q)
+    _to_tensor(vkc, &pa.k)
+    _to_tensor(vvc, &pa.v)
+    pa.softmax_scale = plan.softmax_scale
+    pf = pa  # the attention: the append's geometry, plus the output, the new lengths and the options
+    pa.out = pa.q
+    pa.seqused_k = before
+    memset(&u, 0, sizeof(u))
+    if plan.appending:
+        _to_tensor(vk, &u.knew)
+        _to_tensor(vv, &u.vnew)
+        u.seqlen_new = <int32_t>vk.shape[1]
+        u.rotary_interleaved = plan.interleaved
+        u.rotate_q_causal = plan.rotate_q_causal
+    _to_tensor(&vo, &pf.out)
+    if plan.want_lse:
+        lse = _empty_lse(kind, vq.shape[0], vq.shape[2], vq.shape[1])
+        pf.lse = <float *>_data_of(kind, lse)
+        pf.lse_batch_stride, pf.lse_head_stride, pf.lse_row_stride = vq.shape[2] * vq.shape[1], vq.shape[1], 1
+    pf.seqused_k = after
+    pf.window_left, pf.window_right = plan.window_left, plan.window_right
+    pf.softcap, pf.num_splits = plan.softcap, plan.num_splits
+    err[0] = 0
+    if plan.appending:  # never interrupted: a started append writes every row
+        with nogil:
+            rc = fa_kvcache_append(plan.backend, &pa, &u, err, ERRLEN)
+        if kind is not _np_ndarray:
+            _torch_bump((k_cache, v_cache))  # written through their memory: tell autograd, as in-place ops do
+        if rc != FA_OK:
+            _raise(rc, err)
+    _call_forward(plan.backend, &pf)
+    return (out, lse) if plan.want_lse else out
