@@ -18,6 +18,8 @@ import numpy as _np
 
 from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from cpython.pycapsule cimport PyCapsule_GetPointer
+from libc.stdint cimport uint8_t
 from libc.string cimport memcmp, memcpy
 
 cdef extern from *:
@@ -36,6 +38,25 @@ cdef extern from *:
         int flags;
     } fa_np_array;
     #define FA_NPY_WRITEABLE 0x0400
+
+    /* DLPack's DLManagedTensor (dlpack.h, the ABI of every "dltensor" capsule): how a torch tensor's pointer,
+       shape, strides, dtype and device come out in one call (torch.utils.dlpack.to_dlpack). */
+    typedef struct { int32_t device_type; int32_t device_id; } fa_dl_device;
+    typedef struct { uint8_t code; uint8_t bits; uint16_t lanes; } fa_dl_dtype;
+    typedef struct {
+        void *data;
+        fa_dl_device device;
+        int32_t ndim;
+        fa_dl_dtype dtype;
+        int64_t *shape;
+        int64_t *strides;
+        uint64_t byte_offset;
+    } fa_dl_tensor;
+    typedef struct fa_dl_managed {
+        fa_dl_tensor dl_tensor;
+        void *manager_ctx;
+        void (*deleter)(struct fa_dl_managed *self);
+    } fa_dl_managed;
     """
     ctypedef struct fa_np_array:
         char *data
@@ -45,6 +66,22 @@ cdef extern from *:
         PyObject *descr
         int flags
     int FA_NPY_WRITEABLE
+    ctypedef struct fa_dl_device:
+        int32_t device_type
+    ctypedef struct fa_dl_dtype:
+        uint8_t code
+        uint8_t bits
+        uint16_t lanes
+    ctypedef struct fa_dl_tensor:
+        void *data
+        fa_dl_device device
+        int32_t ndim
+        fa_dl_dtype dtype
+        int64_t *shape
+        int64_t *strides
+        uint64_t byte_offset
+    ctypedef struct fa_dl_managed:
+        fa_dl_tensor dl_tensor
 
 cdef enum:
     KEY_WORDS = 64
@@ -57,7 +94,7 @@ cdef struct _View:           # one tensor as read directly
     char *data
     Py_ssize_t shape[4]
     Py_ssize_t strides[4]    # NumPy: bytes; torch: elements (see elements)
-    PyObject *dtype          # the dtype object (NumPy descr or torch.dtype); compared, never dereferenced
+    int64_t dtype            # the element type: NumPy's descr (address), or torch's as DLPack (code, bits)
     bint elements
     bint writeable
 
@@ -100,12 +137,16 @@ cdef bint _NUMPY_DIRECT = _numpy_struct_matches()
 
 cdef object _torch_tensor = None   # torch.Tensor and the torch functions used per call, once torch is imported
 cdef object _torch_grad_enabled, _torch_is_tracing, _torch_inference_mode, _torch_bump, _torch_empty
-cdef object _torch_empty_like, _torch_float32, _torch_int32
+cdef object _torch_empty_like, _torch_float32, _torch_to_dlpack
+
+# torch dtypes in _View.dtype: DLPack's (code, bits) with bit 62 set (never a NumPy descr's address)
+cdef int64_t _DL_TAG = 1LL << 62
+cdef int64_t _DL_INT32 = _DL_TAG | (0 << 8) | 32
 
 
 cdef bint _torch_ready() except -1:
     global _torch_tensor, _torch_grad_enabled, _torch_is_tracing, _torch_inference_mode, _torch_bump
-    global _torch_empty, _torch_empty_like, _torch_float32, _torch_int32
+    global _torch_empty, _torch_empty_like, _torch_float32, _torch_to_dlpack
     if _torch_tensor is not None:
         return True
     torch = _sys.modules.get("torch")
@@ -114,16 +155,18 @@ cdef bint _torch_ready() except -1:
     _torch_grad_enabled, _torch_is_tracing = torch.is_grad_enabled, torch._C._is_tracing
     _torch_inference_mode, _torch_bump = torch.is_inference_mode_enabled, torch._C._increment_version
     _torch_empty, _torch_empty_like = torch.empty, torch.empty_like
-    _torch_float32, _torch_int32 = torch.float32, torch.int32
+    _torch_float32, _torch_to_dlpack = torch.float32, torch._C._to_dlpack
     _torch_tensor = torch.Tensor
     return True
 
 
 cdef int _read(object x, object kind, int ndim, _View *v) except -1:
     """x (of exactly the type `kind`: numpy.ndarray or torch.Tensor) as a _View of `ndim` axes; 0 when it cannot be
-    read directly (another rank, a torch tensor off the CPU, without storage, strides or with the negation bit)."""
+    read directly (another rank; a torch tensor off the CPU, without storage, or with the negation bit)."""
     cdef fa_np_array *a
+    cdef fa_dl_tensor *t
     cdef int i
+    cdef Py_ssize_t compact = 1
     if kind is _np_ndarray:
         a = <fa_np_array *>x
         if a.nd != ndim:
@@ -132,25 +175,25 @@ cdef int _read(object x, object kind, int ndim, _View *v) except -1:
             v.shape[i] = a.dimensions[i]
             v.strides[i] = a.strides[i]
         v.data = a.data
-        v.dtype = a.descr
+        v.dtype = <int64_t><size_t>a.descr
         v.elements = False
         v.writeable = (a.flags & FA_NPY_WRITEABLE) != 0
         return 1
     try:
-        if not x.is_cpu or x.is_neg():
+        if x.is_neg():  # DLPack hands out the stored values, not the negated ones the tensor stands for
             return 0
-        shape = x.shape
-        if len(shape) != ndim:
-            return 0
-        strides = x.stride()
-        dtype = x.dtype
-        v.data = <char *><size_t>x.data_ptr()
-    except Exception:  # no storage (functorch wrappers, fake tensors), no strides (sparse, mkldnn): general path
+        capsule = _torch_to_dlpack(x)
+    except Exception:  # no storage (functorch wrappers, fake tensors, sparse): the general path decides
         return 0
-    for i in range(ndim):
-        v.shape[i] = shape[i]
-        v.strides[i] = strides[i]
-    v.dtype = <PyObject *>dtype  # a torch.dtype singleton: it outlives the call
+    t = &(<fa_dl_managed *>PyCapsule_GetPointer(capsule, "dltensor")).dl_tensor
+    if t.device.device_type != 1 or t.ndim != ndim or t.dtype.lanes != 1:  # kDLCPU
+        return 0
+    v.data = <char *>t.data + t.byte_offset  # valid after the capsule goes: x keeps the storage alive
+    for i in range(ndim - 1, -1, -1):  # no strides: compact row-major (older DLPack)
+        v.shape[i] = t.shape[i]
+        v.strides[i] = t.strides[i] if t.strides != NULL else compact
+        compact *= t.shape[i]
+    v.dtype = _DL_TAG | (t.dtype.code << 8) | t.dtype.bits
     v.elements = True
     v.writeable = True
     return 1
@@ -328,23 +371,20 @@ cdef object _kind_of(object x):
     return None
 
 
-cdef object _miss(_Key *k, object kind, _View *q):
-    if k.n > KEY_WORDS:
-        return None
-    memset(&k.w[k.n], 0, (KEY_WORDS - k.n) * sizeof(int64_t))
+cdef object _miss(_Key *k, object kind, object q):
     cdef PlanKey key = PlanKey.__new__(PlanKey)
     key.k = k[0]
-    key.refs = (kind, <object>q.dtype)
+    key.refs = (kind, q.dtype)  # a NumPy descr's address is in the key: it must stay that descr
     return key
 
 
 cdef object _empty_like(object kind, object x, _View *v, bint contiguous):
     """An uninitialised output of x's kind, dtype and shape, C-contiguous (as _arrays.empty makes it)."""
     if kind is _np_ndarray:
-        return _np_empty((v.shape[0], v.shape[1], v.shape[2], v.shape[3]), <object>v.dtype)
+        return _np_empty((v.shape[0], v.shape[1], v.shape[2], v.shape[3]), <object><PyObject *><size_t>v.dtype)
     if contiguous:
         return _torch_empty_like(x)
-    return _torch_empty(x.shape, dtype=<object>v.dtype)
+    return _torch_empty(x.shape, dtype=x.dtype)
 
 
 cdef object _empty_lse(object kind, Py_ssize_t b, Py_ssize_t h, Py_ssize_t s):
@@ -426,7 +466,7 @@ def planned_forward(q, k, v, dropout_p, softmax_scale, causal, window_size, soft
     key.n = 0
     _push(&key, PLAN_FORWARD)
     _push(&key, <int64_t><size_t><PyObject *>kind)
-    _push(&key, <int64_t><size_t>vq.dtype)
+    _push(&key, vq.dtype)
     _push_shape(&key, &vq, 4)
     _push_shape(&key, &vk, 4)
     _push_shape(&key, &vv, 4)
@@ -437,7 +477,7 @@ def planned_forward(q, k, v, dropout_p, softmax_scale, causal, window_size, soft
         return None
     cdef _Plan *plan = _lookup(&key)
     if plan == NULL:
-        return _miss(&key, kind, &vq)
+        return _miss(&key, kind, q)
     cdef Py_ssize_t isz = _element_size(plan.dtype)
     if not (_usable(&vq, isz, 4, False) and _usable(&vk, isz, 4, False) and _usable(&vv, isz, 4, False)):
         return None
@@ -460,12 +500,12 @@ def planned_forward(q, k, v, dropout_p, softmax_scale, causal, window_size, soft
 
 # ---- flash_attn_with_kvcache --------------------------------------------------------------------------------------
 
-cdef int _cache_writable(object cache) except -1:
-    """What _arrays.check_torch_in_place asks of a torch cache written in place, as a yes/no (the general path
-    raises the message)."""
-    if cache.is_inference() and not _torch_inference_mode():
-        return 0
-    return 0 if (cache.requires_grad and _torch_grad_enabled()) else 1
+cdef bint _caches_writable(object k_cache, object v_cache) except -1:
+    """What _arrays.check_torch_in_place asks of torch caches written in place, as a yes/no (the general path raises
+    the message): no inference tensor outside inference mode, none that requires grad while grad mode is on."""
+    if not _torch_inference_mode() and (k_cache.is_inference() or v_cache.is_inference()):
+        return False
+    return not (_torch_grad_enabled() and (k_cache.requires_grad or v_cache.requires_grad))
 
 
 def planned_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx, cache_leftpad,
@@ -511,7 +551,7 @@ def planned_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seq
             return None
     elif type(cache_seqlens) is kind and _read(cache_seqlens, kind, 1, &vs):
         seq_form = 2
-        if (vs.dtype != <PyObject *>(_np_int32 if kind is _np_ndarray else _torch_int32)
+        if (vs.dtype != (<int64_t><size_t><PyObject *>_np_int32 if kind is _np_ndarray else _DL_INT32)
                 or not _usable(&vs, 4, 1, False)):
             return None
     else:
@@ -520,7 +560,7 @@ def planned_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seq
     key.n = 0
     _push(&key, PLAN_KVCACHE)
     _push(&key, <int64_t><size_t><PyObject *>kind)
-    _push(&key, <int64_t><size_t>vq.dtype)
+    _push(&key, vq.dtype)
     _push_shape(&key, &vq, 4)
     _push_shape(&key, &vkc, 4)
     _push_shape(&key, &vvc, 4)
@@ -537,7 +577,7 @@ def planned_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seq
         return None
     cdef _Plan *plan = _lookup(&key)
     if plan == NULL:
-        return _miss(&key, kind, &vq)
+        return _miss(&key, kind, q)
 
     cdef Py_ssize_t isz = _element_size(plan.dtype)
     cdef bint appending = plan.appending  # False also for k, v of zero new rows (nothing to append)
@@ -552,7 +592,7 @@ def planned_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seq
         _extent(&vvc, isz, &vlo, &vhi)
         if klo < vhi and vlo < khi:  # the general path decides exactly (interleaved views share no element)
             return None
-        if kind is not _np_ndarray and not (_cache_writable(k_cache) and _cache_writable(v_cache)):
+        if kind is not _np_ndarray and not _caches_writable(k_cache, v_cache):
             return None
     cdef Py_ssize_t batch = vq.shape[0]
     cdef Py_ssize_t new = vk.shape[1] if appending else 0
