@@ -3,9 +3,16 @@
 
 Everything here is deliberately thin: the public API (interface.py, kvcache.py) validates and normalises
 arguments, allocates outputs and converts NumPy/PyTorch objects into the plain buffers these functions take.
-This module turns those buffers into an `fa_params` through typed memoryviews (fp16 and bf16 travel as uint16
-views, fp32 as float, fp64 as double; the head-dim axis must have stride 1), releases the GIL for every call into
+This module turns those buffers into an `fa_params` through the buffer protocol (fp16 and bf16 travel as uint16
+buffers, fp32 as float, fp64 as double; the head-dim axis must have stride 1), releases the GIL for every call into
 the ABI, and maps the ABI's error codes to Python exceptions carrying the C message.
+
+The plan cache (planned_forward, planned_kvcache) is the one shortcut: a public call of a form already validated
+and run once goes straight from its arguments to the ABI (see _core_plans.pxi).
+
+Files, by job (included here, one extension module): _core_abi.pxi (the C declarations), _core_call.pxi (an ABI call
+assembled from buffers), _core_plans.pxi and _core_planned.pxi (the plan cache and its entry points),
+_core_host.pxi (host memory the package allocates itself).
 
 Tensor arguments are either host buffers (NumPy arrays or anything exporting the buffer protocol with the
 element type above) or `DeviceTensor` tuples describing memory inside an MTLBuffer (PyTorch MPS / DLPack
@@ -327,4 +334,5 @@ ABI_VERSION = 1
 
 
 include "_core_plans.pxi"
+include "_core_planned.pxi"
 include "_core_host.pxi"
