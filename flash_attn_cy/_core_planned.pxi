@@ -40,9 +40,11 @@ def planned_forward(q, k, v, dropout_p, softmax_scale, causal, window_size, soft
             and _push_option(&key, deterministic) and _push_option(&key, return_attn_probs)
             and _push_backend(&key, backend) and _finish_key(&key)):
         return None
-    cdef _Plan *plan = _lookup(&key)
-    if plan == NULL:
+    cdef _Plan *stored = _lookup(&key)
+    if stored == NULL:
         return _miss(&key, kind, q)
+    cdef _Plan plan_copy = stored[0]  # the slot may take another plan while the GIL is released
+    cdef _Plan *plan = &plan_copy
     cdef Py_ssize_t isz = _element_size(plan.dtype)
     if not (_usable(&vq, isz, 4, False) and _usable(&vk, isz, 4, False) and _usable(&vv, isz, 4, False)):
         return None
@@ -142,9 +144,11 @@ def planned_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seq
             and _push_option(&key, num_splits) and _push_option(&key, return_softmax_lse)
             and _push_backend(&key, backend) and _finish_key(&key)):
         return None
-    cdef _Plan *plan = _lookup(&key)
-    if plan == NULL:
+    cdef _Plan *stored = _lookup(&key)
+    if stored == NULL:
         return _miss(&key, kind, q)
+    cdef _Plan plan_copy = stored[0]  # the slot may take another plan while the GIL is released
+    cdef _Plan *plan = &plan_copy
 
     cdef Py_ssize_t isz = _element_size(plan.dtype)
     cdef bint appending = plan.appending  # False also for k, v of zero new rows (nothing to append)

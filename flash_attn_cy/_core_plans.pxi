@@ -304,6 +304,7 @@ cdef inline uint64_t _hash(_Key *k) noexcept:
 
 
 cdef _Plan *_lookup(_Key *k) noexcept:
+    """The plan stored under k, or NULL. Valid while the GIL is held (another thread may replace it)."""
     cdef _Plan *plan = &_plans[_hash(k) & (PLAN_SLOTS - 1)]
     if plan.used and memcmp(plan.key, k.w, sizeof(k.w)) == 0:
         return plan

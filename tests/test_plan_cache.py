@@ -238,3 +238,28 @@ def test_kvcache_in_place_rules_hold_after_a_plan(rng):
     leaf = kct.clone().requires_grad_()
     with pytest.raises(RuntimeError, match="requires grad"):
         fa.flash_attn_with_kvcache(qt, leaf, vct, kt, vt, cache_seqlens=lt, backend="cpu")
+
+
+def test_threads_share_the_cache_safely(rng):
+    """Threads storing and running plans of many forms at once (the slots change hands while calls run without the
+    GIL) get what a single thread gets."""
+    import threading
+
+    forms = [(randn(rng, (1, s, 2, 8)), randn(rng, (1, 2 * s, 1, 8))) for s in range(1, 81)]
+    want = [fa.flash_attn_func(q, k, k, causal=True, backend="cpu") for q, k in forms]
+    failures = []
+
+    def work(offset):
+        for i in range(3 * len(forms)):
+            j = (i * 7 + offset) % len(forms)
+            q, k = forms[j]
+            got = fa.flash_attn_func(q, k, k, causal=True, backend="cpu")
+            if not np.array_equal(got, want[j]):
+                failures.append(j)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == [] and _core.plan_cache_info()["hits"] > 0

@@ -82,7 +82,7 @@ def _call(fn: Callable[..., Any], args: Tuple[Any, ...], probs_at: int) -> Any:
       tensor, keeps that); when present it is scaled per row as flash_attn's kernel does for one key block (see
       _flash_scaled_s_dmask)."""
     try:
-        if probs_at >= 0:
+        if probs_at >= 0 and args[probs_at] is not False:  # (the default needs no conversion)
             rule = FLASH_ATTN_PROBS if flag(args[probs_at], "return_attn_probs") else False
             args = args[:probs_at] + (rule,) + args[probs_at + 1:]
         res = fn(*args)
