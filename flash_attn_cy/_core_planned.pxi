@@ -179,7 +179,10 @@ def planned_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seq
     cdef int32_t *after = before + batch
     try:
         for b in range(batch):
-            n = plan.capacity if seq_form == 0 else (seq_value if seq_form == 1 else (<int32_t *>vs.data)[b * vs.strides[0]])
+            if seq_form == 0:  # no cache_seqlens (nothing appended): the whole cache
+                n = plan.capacity
+            else:
+                n = seq_value if seq_form == 1 else (<int32_t *>vs.data)[b * vs.strides[0]]
             if n < 0 or n + new > plan.capacity:
                 return None  # the general path names the sequence and the limit
             before[b] = <int32_t>n

@@ -317,6 +317,7 @@ def block_table(x: Any, batch: int, num_blocks: int, page: int, pages_needed: Op
 # The call-level normalisers below take flash_attn's argument names, which shadow the per-argument normalisers of
 # the same names: they call these.
 _window_fn, _softmax_scale_fn, _softcap_fn, _block_table_fn = window, softmax_scale, softcap, block_table
+_dropout_fn = dropout
 
 
 # ---- the attention functions' shared arguments ------------------------------------------------------------------
@@ -423,3 +424,55 @@ def attention(q: Any, k: Any, v: Any, names: Sequence[str], *, cu_seqlens_q: Any
                 window_size=win, softcap=cap, alibi_slopes=slopes, deterministic=deterministic,
                 return_attn_probs=want_probs, block_table=block_table, backend=backend, rng=rng)
     return args, use_ops, return_attn_probs
+
+
+def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, softmax_lse: Any, *, cu_seqlens_q: Any, cu_seqlens_k: Any,
+             max_seqlen_q: Any, max_seqlen_k: Any, dropout_p: Any, softmax_scale: Any, causal: Any, window_size: Any,
+             softcap: Any, alibi_slopes: Any, deterministic: Any, seed: Any, rng_state: Any, backend: Any, dq: Any,
+             dk: Any, dv: Any) -> dict:
+    """The low-level backward's arguments (_backward.backward), validated and normalised: the keyword arguments of
+    `_dispatch.attention_backward` (dq/dk/dv as given: None ones are allocated there)."""
+    backend = resolve_backend(backend)
+    kind, dtype = same_kind_and_dtype([("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout)])
+    varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
+    if varlen and (cu_seqlens_q is None or cu_seqlens_k is None):
+        raise ValueError("cu_seqlens_q and cu_seqlens_k: the varlen layout needs both")
+    if varlen:
+        for name, x in (("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout)):
+            ndim(x, name, 3, "(total, nheads, headdim)")
+        if max_seqlen_q is None or max_seqlen_k is None:
+            raise TypeError("max_seqlen_q and max_seqlen_k: required with cu_seqlens_q/cu_seqlens_k")
+        max_q = integer(max_seqlen_q, "max_seqlen_q", 0)
+        max_k = integer(max_seqlen_k, "max_seqlen_k", 0)
+        cu_q = cu_seqlens(cu_seqlens_q, "cu_seqlens_q", None, q.shape[0], max_q, "max_seqlen_q")
+        batch = cu_q.shape[0] - 1
+        cu_k = cu_seqlens(cu_seqlens_k, "cu_seqlens_k", batch, k.shape[0], max_k, "max_seqlen_k")
+        lse_shape = (q.shape[1], q.shape[0])
+    else:
+        dense_shapes(q, k, v)
+        for name, x in (("out", out), ("dout", dout)):
+            ndim(x, name, 4, "(batch, seqlen_q, nheads, headdim)")
+        cu_q = cu_k = max_q = max_k = None
+        batch = q.shape[0]
+        lse_shape = (q.shape[0], q.shape[2], q.shape[1])
+    head_dims(tuple(q.shape), tuple(k.shape), tuple(v.shape))
+    for name, x in (("out", out), ("dout", dout)):
+        if tuple(x.shape) != tuple(q.shape[:-1]) + (v.shape[-1],):
+            raise ValueError(f"{name}: expected shape {tuple(q.shape[:-1]) + (v.shape[-1],)}, got {tuple(x.shape)}")
+    if tuple(softmax_lse.shape) != lse_shape or _arrays.kind_of(softmax_lse, "softmax_lse") != kind:
+        raise ValueError(f"softmax_lse: expected a float32 array of shape {lse_shape} of the kind of q ({kind})")
+    dropout_p = _dropout_fn(dropout_p)
+    rng = _dropout.rng_pair(seed, rng_state) if dropout_p > 0.0 else (0, 0)
+    for name, given, like in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
+        if given is not None and (tuple(given.shape) != tuple(like.shape) or _arrays.kind_of(given, name) != kind
+                                  or _arrays.float_dtype(given, name) != dtype):
+            raise ValueError(f"{name}: expected a {kind} array of shape {tuple(like.shape)} and dtype {dtype}")
+    _arrays.check_not_overlapping([("dq", dq), ("dk", dk), ("dv", dv)],  # the caller's buffers (None skipped)
+                                  [("dout", dout), ("q", q), ("k", k), ("v", v), ("out", out),
+                                   ("softmax_lse", softmax_lse)])
+    return dict(
+        dq=dq, dk=dk, dv=dv, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k,
+        dropout_p=dropout_p, softmax_scale=_softmax_scale_fn(softmax_scale, q.shape[-1]), causal=flag(causal, "causal"),
+        window_size=_window_fn(window_size, causal), softcap=_softcap_fn(softcap),
+        alibi_slopes=alibi(alibi_slopes, batch, q.shape[-2]), deterministic=flag(deterministic, "deterministic"),
+        backend=backend, rng=rng)
