@@ -170,6 +170,19 @@ cdef str _dtype_name(int code):
 
 # ---- entry points ---------------------------------------------------------------------------------------------------
 
+cdef int _attention(fa_backend backend, fa_params *p, bint backward) except -1:
+    """One forward or backward ABI call: the GIL released, signals polled on the main thread, errors raised."""
+    cdef char err[ERRLEN]
+    cdef int rc
+    cdef fa_cancel tok
+    err[0] = 0
+    _arm_cancel(p, &tok)
+    with nogil:
+        rc = fa_backward(backend, p, err, ERRLEN) if backward else fa_forward(backend, p, err, ERRLEN)
+    _check_call(rc, err)
+    return 0
+
+
 cdef _Call _forward_call(str backend, str dtype, q, k, v, out, softmax_lse, dict kw):
     cdef _Call c = _Call()
     c.fill(backend, dtype, q, k, v, out, softmax_lse, True, kw)
@@ -180,14 +193,7 @@ cdef _Call _forward_call(str backend, str dtype, q, k, v, out, softmax_lse, dict
 def forward(str backend, str dtype, q, k, v, out, softmax_lse=None, **kw):
     """Forward attention into the caller's `out` (and `softmax_lse`, `attn_probs` when given). See _core.pyi."""
     cdef _Call c = _forward_call(backend, dtype, q, k, v, out, softmax_lse, kw)
-    cdef char err[ERRLEN]
-    cdef int rc
-    cdef fa_cancel tok
-    err[0] = 0
-    _arm_cancel(&c.p, &tok)
-    with nogil:
-        rc = fa_forward(c.backend, &c.p, err, ERRLEN)
-    _check_call(rc, err)
+    _attention(c.backend, &c.p, False)
 
 
 cdef _Call _backward_call(str backend, str dtype, dout, q, k, v, out, softmax_lse, dq, dk, dv, dict kw):
@@ -210,14 +216,7 @@ cdef _Call _backward_call(str backend, str dtype, dout, q, k, v, out, softmax_ls
 def backward(str backend, str dtype, dout, q, k, v, out, softmax_lse, dq, dk, dv, **kw):
     """Gradients of the attention: fills the caller's dq, dk, dv. See _core.pyi."""
     cdef _Call c = _backward_call(backend, dtype, dout, q, k, v, out, softmax_lse, dq, dk, dv, kw)
-    cdef char err[ERRLEN]
-    cdef int rc
-    cdef fa_cancel tok
-    err[0] = 0
-    _arm_cancel(&c.p, &tok)
-    with nogil:
-        rc = fa_backward(c.backend, &c.p, err, ERRLEN)
-    _check_call(rc, err)
+    _attention(c.backend, &c.p, True)
 
 
 cdef _Call _kvcache_call(str backend, str dtype, q, k_cache, v_cache, k_new, v_new, dict kw):

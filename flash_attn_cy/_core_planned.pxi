@@ -63,7 +63,7 @@ def planned_forward(q, k, v, dropout_p, softmax_scale, causal, window_size, soft
     _to_tensor(&vo, &p.out)
     p.softmax_scale, p.softcap = plan.softmax_scale, plan.softcap
     p.window_left, p.window_right = plan.window_left, plan.window_right
-    _call_forward(plan.backend, &p)
+    _attention(plan.backend, &p, False)
     return out
 
 
@@ -241,5 +241,5 @@ cdef object _run_kvcache(_Plan *plan, object kind, object q, object k_cache, obj
             _torch_bump((k_cache, v_cache))  # written through their memory: tell autograd, as in-place ops do
         if rc != FA_OK:
             _raise(rc, err)
-    _call_forward(plan.backend, &pf)
+    _attention(plan.backend, &pf, False)
     return (out, lse) if plan.want_lse else out

@@ -425,18 +425,6 @@ cdef bint _finish_key(_Key *k) noexcept:
     return True
 
 
-cdef int _call_forward(fa_backend backend, fa_params *p) except -1:
-    cdef char err[ERRLEN]
-    cdef int rc
-    cdef fa_cancel tok
-    err[0] = 0
-    _arm_cancel(p, &tok)
-    with nogil:
-        rc = fa_forward(backend, p, err, ERRLEN)
-    _check_call(rc, err)
-    return 0
-
-
 cdef uint64_t _plan_hits = 0  # calls a stored plan ran (plan_cache_info)
 
 
