@@ -42,6 +42,18 @@ def compiling() -> bool:
     return bool(torch.jit.is_tracing())
 
 
+def dynamo_compiling() -> bool:
+    """True while torch.compile traces the caller: asked by the public functions on every call before the plan cache
+    (which dynamo cannot trace into), so it must be cheap. torch.jit.trace is noticed by the plan cache itself."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # a torch without torch.compiler.is_compiling
+        return compiling()
+
+
 def _functorch_wrapped(x: Any) -> bool:
     """A tensor inside torch.func.vmap/grad: a wrapper without storage of its own. Eager only: while compiling or
     tracing the custom ops carry the call and never read storage, and dynamo cannot trace the check (so it goes

@@ -7,42 +7,13 @@ do not call it: ``flash_attn_func`` and friends are differentiable (see :mod:`fl
 """
 from __future__ import annotations
 
-import numbers
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence
 
-import numpy as np
-
-from . import _arrays
+from . import _validate as V
+from ._dispatch import attention_backward
+from ._dropout import rng_pair  # re-exported: the pair a backward is given
 
 __all__ = ["backward", "rng_pair"]
-
-_U64 = (1 << 64) - 1
-
-
-def rng_pair(seed: Any = None, rng_state: Any = None) -> Tuple[int, int]:
-    """The (seed, offset) pair the forward drew its dropout mask with.
-
-    ``seed``: an int (offset 0) or a (seed, offset) pair; ``rng_state``: a 2-element integer array/tensor holding
-    (seed, offset) as the forward returned it (64-bit values stored as int64 wrap around).
-    """
-    if rng_state is not None:
-        if seed is not None:
-            raise ValueError("seed and rng_state: give one of them, not both")
-        a = rng_state.detach().cpu().numpy() if _arrays.is_torch(rng_state) else np.asarray(rng_state)
-        if a.dtype.kind not in "iu" or a.shape != (2,):
-            raise ValueError(f"rng_state: expected 2 integers (seed, offset), got shape {a.shape} dtype {a.dtype}")
-        return int(a[0]) & _U64, int(a[1]) & _U64
-    if isinstance(seed, tuple) and len(seed) == 2:
-        vals = seed
-    elif isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        vals = (seed, 0)
-    else:
-        raise TypeError("seed: with dropout_p > 0 the backward needs the forward's seed: an int or a "
-                        f"(seed, offset) pair of ints (or rng_state=), got {type(seed).__name__}")
-    for v, name in zip(vals, ("seed", "offset")):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
-    return int(vals[0]) & _U64, int(vals[1]) & _U64
 
 
 def backward(dout, q, k, v, out, softmax_lse, *,
@@ -77,55 +48,9 @@ def backward(dout, q, k, v, out, softmax_lse, *,
     Returns:
         (dq, dk, dv) of the caller's array kind (NumPy or torch), with the dtypes and shapes of q, k, v.
     """
-    from . import _validate as V
-    from .interface import attention_backward
-
-    backend = V.resolve_backend(backend)
-    kind, dtype = V.same_kind_and_dtype([("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout)])
-    varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
-    if varlen and (cu_seqlens_q is None or cu_seqlens_k is None):
-        raise ValueError("cu_seqlens_q and cu_seqlens_k: the varlen layout needs both")
-    if varlen:
-        for name, x in (("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout)):
-            V.ndim(x, name, 3, "(total, nheads, headdim)")
-        if max_seqlen_q is None or max_seqlen_k is None:
-            raise TypeError("max_seqlen_q and max_seqlen_k: required with cu_seqlens_q/cu_seqlens_k")
-        max_q = V.integer(max_seqlen_q, "max_seqlen_q", 0)
-        max_k = V.integer(max_seqlen_k, "max_seqlen_k", 0)
-        cu_q = V.cu_seqlens(cu_seqlens_q, "cu_seqlens_q", None, q.shape[0], max_q, "max_seqlen_q")
-        batch = cu_q.shape[0] - 1
-        cu_k = V.cu_seqlens(cu_seqlens_k, "cu_seqlens_k", batch, k.shape[0], max_k, "max_seqlen_k")
-        lse_shape = (q.shape[1], q.shape[0])
-    else:
-        V.dense_shapes(q, k, v)
-        for name, x in (("out", out), ("dout", dout)):
-            V.ndim(x, name, 4, "(batch, seqlen_q, nheads, headdim)")
-        cu_q = cu_k = max_q = max_k = None
-        batch = q.shape[0]
-        lse_shape = (q.shape[0], q.shape[2], q.shape[1])
-    V.head_dims(tuple(q.shape), tuple(k.shape), tuple(v.shape))
-    for name, x in (("out", out), ("dout", dout)):
-        if tuple(x.shape) != tuple(q.shape[:-1]) + (v.shape[-1],):
-            raise ValueError(f"{name}: expected shape {tuple(q.shape[:-1]) + (v.shape[-1],)}, got {tuple(x.shape)}")
-    if tuple(softmax_lse.shape) != lse_shape or _arrays.kind_of(softmax_lse, "softmax_lse") != kind:
-        raise ValueError(f"softmax_lse: expected a float32 array of shape {lse_shape} of the kind of q ({kind})")
-    dropout_p = V.dropout(dropout_p)
-    rng = rng_pair(seed, rng_state) if dropout_p > 0.0 else (0, 0)
-    grads = []
-    for name, given, like in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
-        if given is None:  # attention_backward zeroes the varlen rows no sequence owns
-            given = _arrays.empty(kind, like, tuple(like.shape))
-        elif (tuple(given.shape) != tuple(like.shape) or _arrays.kind_of(given, name) != kind
-              or _arrays.float_dtype(given, name) != dtype):
-            raise ValueError(f"{name}: expected a {kind} array of shape {tuple(like.shape)} and dtype {dtype}")
-        grads.append(given)
-    _arrays.check_not_overlapping([("dq", dq), ("dk", dk), ("dv", dv)],  # the caller's buffers (None skipped)
-                                  [("dout", dout), ("q", q), ("k", k), ("v", v), ("out", out),
-                                   ("softmax_lse", softmax_lse)])
-    return attention_backward(
-        dout, q, k, v, out, softmax_lse, dq=grads[0], dk=grads[1], dv=grads[2], cu_seqlens_q=cu_q,
-        cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k, dropout_p=dropout_p,
-        softmax_scale=V.softmax_scale(softmax_scale, q.shape[-1]), causal=V.flag(causal, "causal"),
-        window_size=V.window(window_size, causal), softcap=V.softcap(softcap),
-        alibi_slopes=V.alibi(alibi_slopes, batch, q.shape[-2]), deterministic=V.flag(deterministic, "deterministic"),
-        backend=backend, rng=rng)
+    args = V.backward(dout, q, k, v, out, softmax_lse, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                      max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, dropout_p=dropout_p,
+                      softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
+                      alibi_slopes=alibi_slopes, deterministic=deterministic, seed=seed, rng_state=rng_state,
+                      backend=backend, dq=dq, dk=dk, dv=dv)
+    return attention_backward(dout, q, k, v, out, softmax_lse, **args)

@@ -37,7 +37,7 @@ signal handlers about every 20 ms: Ctrl-C stops the call between tiles and raise
 runs (kvcache_append is never interrupted: a started append writes every row). Sequence lengths above MAX_SEQLEN
 (2**31 - 1) raise ValueError.
 """
-from typing import Any, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 BACKENDS: Tuple[str, str, str]
 DTYPES: Tuple[str, str, str, str]
@@ -101,3 +101,32 @@ def _raise_pending_signal() -> None:
 
 def _sim_set_launch_hook(address: int) -> None:
     """Install (a C function's address, csrc/sim_profile_hook.h) or remove (0) the sim backend's launch hook."""
+
+# ---- the plan cache (_core_plans.pxi) ----------------------------------------------------------------------------
+# A public call of a form validated and run once before (same array kind, dtype, shapes and option types/values)
+# runs from the plan stored for that form: straight from the caller's NumPy arrays / CPU torch tensors to the ABI.
+
+class PlanKey:
+    """The key of a call form no plan covers yet (what planned_forward / planned_kvcache return on a miss)."""
+    def store_forward(self, args: Dict[str, Any], return_tuple: bool) -> None:
+        """Store `_validate.attention`'s normalised arguments under this key, if a plan describes the call."""
+    def store_kvcache(self, call: Any) -> None:
+        """Store a `_validate_kvcache.KvcacheCall` under this key, if a plan describes the call."""
+
+def planned_forward(q: Any, k: Any, v: Any, dropout_p: Any, softmax_scale: Any, causal: Any, window_size: Any,
+                    softcap: Any, alibi_slopes: Any, deterministic: Any, return_attn_probs: Any, backend: Any,
+                    host_buffer_outputs: bool) -> Any:
+    """flash_attn_func's raw arguments: its result when a stored plan covers the call, a PlanKey when none does yet,
+    None when no plan can describe the call (the general path runs it)."""
+
+def planned_kvcache(q: Any, k_cache: Any, v_cache: Any, k: Any, v: Any, rotary_cos: Any, rotary_sin: Any,
+                    cache_seqlens: Any, cache_batch_idx: Any, cache_leftpad: Any, block_table: Any, softmax_scale: Any,
+                    causal: Any, window_size: Any, softcap: Any, rotary_interleaved: Any, alibi_slopes: Any,
+                    num_splits: Any, return_softmax_lse: Any, backend: Any, host_buffer_outputs: bool) -> Any:
+    """flash_attn_with_kvcache's raw arguments, as planned_forward."""
+
+def plan_cache_info() -> Dict[str, int]:
+    """{"slots", "used", "hits"}: capacity, stored plans, calls run from a plan since start or clear_plans()."""
+
+def clear_plans() -> None:
+    """Forget every stored plan."""

@@ -1,9 +1,10 @@
 """flash_attn_with_kvcache as a torch custom op, so that torch.compile(fullgraph=True) traces decode steps.
 
 ``flash_attn_cy::kvcache`` declares that it writes k_cache and v_cache in place (``mutates_args``), which is what
-lets the compiler order it against other uses of the caches. Its real implementation is the eager
-``flash_attn_with_kvcache`` (so all validation, including checks of index values the tracer cannot see, runs when
-the compiled graph executes); its fake implementation only gives the shapes of out and softmax_lse.
+lets the compiler order it against other uses of the caches. Its real implementation is what the eager
+``flash_attn_with_kvcache`` runs, `_validate_kvcache.kvcache` then `_dispatch.kvcache_attention` (so all validation,
+including checks of index values the tracer cannot see, runs when the compiled graph executes); its fake
+implementation only gives the shapes of out and softmax_lse.
 ``kvcache.flash_attn_with_kvcache`` routes here only while dynamo traces; eager calls never pay for the op dispatch.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import _dispatch, _validate_kvcache
 from . import _validate as V
 
 __all__ = ["kvcache_traced"]
@@ -25,12 +27,11 @@ def _kvcache_op(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor]
                 block_table: Optional[Tensor], alibi_slopes: Optional[Tensor], softmax_scale: Optional[float],
                 causal: bool, window_left: int, window_right: int, softcap: float, rotary_interleaved: bool,
                 num_splits: int, backend: str) -> Tuple[Tensor, Tensor]:
-    from .kvcache import flash_attn_with_kvcache
-
     seqlens = cache_seqlens if cache_seqlens is not None else (None if cache_seqlens_int < 0 else cache_seqlens_int)
-    return flash_attn_with_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, seqlens, cache_batch_idx,
-                                   cache_leftpad, block_table, softmax_scale, causal, (window_left, window_right),
-                                   softcap, rotary_interleaved, alibi_slopes, num_splits, True, backend=backend)
+    return _dispatch.kvcache_attention(_validate_kvcache.kvcache(
+        q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, seqlens, cache_batch_idx, cache_leftpad, block_table,
+        softmax_scale, causal, (window_left, window_right), softcap, rotary_interleaved, alibi_slopes, num_splits,
+        True, V.resolve_backend(backend)))
 
 
 @_kvcache_op.register_fake

@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _arrays
+from . import _arrays, _dropout
 from ._core import BACKENDS, backend_available
 
 MAX_HEADDIM = 256
@@ -312,3 +312,167 @@ def block_table(x: Any, batch: int, num_blocks: int, page: int, pages_needed: Op
         bad = int(used[(used < 0) | (used >= num_blocks)][0])
         raise ValueError(f"block_table: entry {bad} is not a page index in [0, {num_blocks}) of k_cache")
     return a
+
+
+# The call-level normalisers below take flash_attn's argument names, which shadow the per-argument normalisers of
+# the same names: they call these.
+_window_fn, _softmax_scale_fn, _softcap_fn, _block_table_fn = window, softmax_scale, softcap, block_table
+_dropout_fn = dropout
+
+
+# ---- the attention functions' shared arguments ------------------------------------------------------------------
+
+def unpack(x, name: str, axis: int, count: int, form: str, want_ndim: int):
+    """Split a packed tensor along `axis` into `count` views (no copy)."""
+    _arrays.kind_of(x, name)
+    if x.ndim != want_ndim or x.shape[axis] != count:
+        raise ValueError(f"{name}: expected shape {form}, got {tuple(x.shape)}")
+    idx = [slice(None)] * x.ndim
+    parts = []
+    for i in range(count):
+        idx[axis] = i
+        parts.append(x[tuple(idx)])
+    return parts
+
+
+def varlen_meta(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table, k_name="k",
+                 names=("q", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k")):
+    """Validate the varlen metadata; returns (cu_q, cu_k, max_q, max_k, block_table) normalised. `names`: the
+    caller's argument names (q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k), so that a message names
+    what the user passed (the packed variants call them qkv, cu_seqlens, max_seqlen)."""
+    q_name, cu_q_name, cu_k_name, max_q_name, max_k_name = names
+    max_q = integer(max_seqlen_q, max_q_name, 0)
+    max_k = integer(max_seqlen_k, max_k_name, 0)
+    if (block_table is None and _arrays.is_torch(q) and _arrays.is_torch(cu_seqlens_q)
+            and _arrays.is_torch(cu_seqlens_k) and _arrays.compiling()):
+        cu_q = cu_seqlens_traced(cu_seqlens_q, cu_q_name, None)
+        cu_k = cu_seqlens_traced(cu_seqlens_k, cu_k_name, cu_q.shape[0] - 1)
+        return cu_q, cu_k, max_q, max_k, None
+    cu_q = cu_seqlens(cu_seqlens_q, cu_q_name, None, q.shape[0], max_q, max_q_name, q_name)
+    batch = cu_q.shape[0] - 1
+    total_k = None if block_table is not None else k.shape[0]
+    cu_k = cu_seqlens(cu_seqlens_k, cu_k_name, batch, total_k, max_k, max_k_name, k_name, cu_q_name)
+    bt_checked = None
+    if block_table is not None:
+        lens = np.diff(cu_k.astype(np.int64))
+        page = k.shape[1]
+        bt_arr = _arrays.host_int32(block_table, "block_table", ndim=2)
+        if bt_arr.shape[0] == batch and page > 0:
+            need = (lens + page - 1) // page
+            if need.size and need.max() > bt_arr.shape[1]:
+                raise ValueError(f"block_table: sequence lengths need {int(need.max())} pages but block_table has "
+                                 f"{bt_arr.shape[1]} columns")
+        else:
+            need = None
+        bt_checked = _block_table_fn(block_table, batch, k.shape[0], page, need)
+    return cu_q, cu_k, max_q, max_k, bt_checked
+
+
+class _ProbsWithDropoutOnly:
+    """The type of FLASH_ATTN_PROBS (see there)."""
+
+    def __repr__(self) -> str:
+        return "flash_attn_cy.interface.FLASH_ATTN_PROBS"
+
+
+#: Passed as ``return_attn_probs`` by the flash_attn drop-in (flash_attn_compat): return (out, softmax_lse, S_dmask)
+#: but materialise S_dmask only when dropout_p > 0, as flash_attn does (``return_softmax=return_attn_probs and
+#: dropout_p > 0``); S_dmask is None otherwise. flash_attn_cy's own ``return_attn_probs=True`` always computes it.
+FLASH_ATTN_PROBS = _ProbsWithDropoutOnly()
+
+
+def needs_grad(kind: str, tensors: Sequence[Any]) -> bool:
+    """Whether autograd must record the call: torch tensors, grad mode on, one of them requiring grad."""
+    if kind not in ("torch", "mps"):
+        return False
+    import torch
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def attention(q: Any, k: Any, v: Any, names: Sequence[str], *, cu_seqlens_q: Any = None, cu_seqlens_k: Any = None,
+              max_seqlen_q: Any = None, max_seqlen_k: Any = None, dropout_p: Any, softmax_scale: Any, causal: Any,
+              window_size: Any, softcap: Any, alibi_slopes: Any, deterministic: Any, return_attn_probs: Any,
+              block_table: Any = None, backend: Any, seed: Any) -> Tuple[dict, bool, bool]:
+    """The attention functions' options, validated and normalised (q, k, v shapes and the varlen metadata already
+    checked by the caller; `names` are the caller's names for q, k, v). Returns (args, use_ops, return_attn_probs):
+    args the keyword arguments of `_dispatch.attention_forward` / `autograd.attention_with_grad`; use_ops whether the
+    torch custom ops must carry the call (an input requires grad, or torch.compile is tracing)."""
+    backend = resolve_backend(backend)
+    kind, _ = same_kind_and_dtype(list(zip(names, (q, k, v))))
+    dropout_p = dropout(dropout_p)
+    win = _window_fn(window_size, causal)
+    cap = _softcap_fn(softcap)
+    deterministic = flag(deterministic, "deterministic")
+    flash_attn_rule = return_attn_probs is FLASH_ATTN_PROBS
+    return_attn_probs = flash_attn_rule or flag(return_attn_probs, "return_attn_probs")
+    want_probs = return_attn_probs and (dropout_p > 0.0 or not flash_attn_rule)
+    scale = _softmax_scale_fn(softmax_scale, q.shape[-1])
+    varlen = cu_seqlens_q is not None
+    batch = cu_seqlens_q.shape[0] - 1 if varlen else q.shape[0]
+    # torch.compile tracing: everything must stay in torch ops, so the custom ops carry the call (grad or not)
+    traced = kind in ("torch", "mps") and block_table is None and _arrays.compiling()
+    slopes = alibi(alibi_slopes, batch, q.shape[-2], traced=traced)
+    use_ops = traced or needs_grad(kind, (q, k, v))
+    if dropout_p == 0.0:
+        rng = (0, 0)
+    elif use_ops and seed is None and block_table is None:
+        rng = None  # drawn from torch's default generator as a tensor by the op path (same draw, no graph break)
+    else:
+        rng = _dropout.philox_state(kind, seed)
+    args = dict(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
+                max_seqlen_k=max_seqlen_k, dropout_p=dropout_p, softmax_scale=scale, causal=bool(causal),
+                window_size=win, softcap=cap, alibi_slopes=slopes, deterministic=deterministic,
+                return_attn_probs=want_probs, block_table=block_table, backend=backend, rng=rng)
+    return args, use_ops, return_attn_probs
+
+
+def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, softmax_lse: Any, *, cu_seqlens_q: Any, cu_seqlens_k: Any,
+             max_seqlen_q: Any, max_seqlen_k: Any, dropout_p: Any, softmax_scale: Any, causal: Any, window_size: Any,
+             softcap: Any, alibi_slopes: Any, deterministic: Any, seed: Any, rng_state: Any, backend: Any, dq: Any,
+             dk: Any, dv: Any) -> dict:
+    """The low-level backward's arguments (_backward.backward), validated and normalised: the keyword arguments of
+    `_dispatch.attention_backward` (dq/dk/dv as given: None ones are allocated there)."""
+    backend = resolve_backend(backend)
+    kind, dtype = same_kind_and_dtype([("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout)])
+    varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
+    if varlen and (cu_seqlens_q is None or cu_seqlens_k is None):
+        raise ValueError("cu_seqlens_q and cu_seqlens_k: the varlen layout needs both")
+    if varlen:
+        for name, x in (("q", q), ("k", k), ("v", v), ("out", out), ("dout", dout)):
+            ndim(x, name, 3, "(total, nheads, headdim)")
+        if max_seqlen_q is None or max_seqlen_k is None:
+            raise TypeError("max_seqlen_q and max_seqlen_k: required with cu_seqlens_q/cu_seqlens_k")
+        max_q = integer(max_seqlen_q, "max_seqlen_q", 0)
+        max_k = integer(max_seqlen_k, "max_seqlen_k", 0)
+        cu_q = cu_seqlens(cu_seqlens_q, "cu_seqlens_q", None, q.shape[0], max_q, "max_seqlen_q")
+        batch = cu_q.shape[0] - 1
+        cu_k = cu_seqlens(cu_seqlens_k, "cu_seqlens_k", batch, k.shape[0], max_k, "max_seqlen_k")
+        lse_shape = (q.shape[1], q.shape[0])
+    else:
+        dense_shapes(q, k, v)
+        for name, x in (("out", out), ("dout", dout)):
+            ndim(x, name, 4, "(batch, seqlen_q, nheads, headdim)")
+        cu_q = cu_k = max_q = max_k = None
+        batch = q.shape[0]
+        lse_shape = (q.shape[0], q.shape[2], q.shape[1])
+    head_dims(tuple(q.shape), tuple(k.shape), tuple(v.shape))
+    for name, x in (("out", out), ("dout", dout)):
+        if tuple(x.shape) != tuple(q.shape[:-1]) + (v.shape[-1],):
+            raise ValueError(f"{name}: expected shape {tuple(q.shape[:-1]) + (v.shape[-1],)}, got {tuple(x.shape)}")
+    if tuple(softmax_lse.shape) != lse_shape or _arrays.kind_of(softmax_lse, "softmax_lse") != kind:
+        raise ValueError(f"softmax_lse: expected a float32 array of shape {lse_shape} of the kind of q ({kind})")
+    dropout_p = _dropout_fn(dropout_p)
+    rng = _dropout.rng_pair(seed, rng_state) if dropout_p > 0.0 else (0, 0)
+    for name, given, like in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
+        if given is not None and (tuple(given.shape) != tuple(like.shape) or _arrays.kind_of(given, name) != kind
+                                  or _arrays.float_dtype(given, name) != dtype):
+            raise ValueError(f"{name}: expected a {kind} array of shape {tuple(like.shape)} and dtype {dtype}")
+    _arrays.check_not_overlapping([("dq", dq), ("dk", dk), ("dv", dv)],  # the caller's buffers (None skipped)
+                                  [("dout", dout), ("q", q), ("k", k), ("v", v), ("out", out),
+                                   ("softmax_lse", softmax_lse)])
+    return dict(
+        dq=dq, dk=dk, dv=dv, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k,
+        dropout_p=dropout_p, softmax_scale=_softmax_scale_fn(softmax_scale, q.shape[-1]), causal=flag(causal, "causal"),
+        window_size=_window_fn(window_size, causal), softcap=_softcap_fn(softcap),
+        alibi_slopes=alibi(alibi_slopes, batch, q.shape[-2]), deterministic=flag(deterministic, "deterministic"),
+        backend=backend, rng=rng)

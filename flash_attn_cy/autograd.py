@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from . import _validate as V
-from ._backward import rng_pair
+from ._dispatch import attention_backward, attention_forward
+from ._dropout import rng_pair
 
 __all__ = ["attention_with_grad", "make_rng_state", "paged_forward"]
 
@@ -52,7 +53,7 @@ def make_rng_state(dropout_p: float, seed: Any = None, rng: Optional[Tuple[int, 
 
 def _norm_args(cu_seqlens_q, cu_seqlens_k, alibi_slopes, rng_state, max_seqlen_q, max_seqlen_k, dropout_p,
                softmax_scale, window_left, window_right, softcap, deterministic, backend) -> dict:
-    """The custom ops' arguments as interface.attention_forward/attention_backward take them (NumPy metadata)."""
+    """The custom ops' arguments as _dispatch.attention_forward/attention_backward take them (NumPy metadata)."""
     varlen = cu_seqlens_q is not None
 
     def host(t):  # small metadata: a C-contiguous NumPy copy or view for the Cython layer
@@ -85,8 +86,6 @@ def _fwd_op(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tensor], cu_
             alibi_slopes: Optional[Tensor], rng_state: Tensor, max_seqlen_q: int, max_seqlen_k: int,
             dropout_p: float, softmax_scale: float, window_left: int, window_right: int, softcap: float,
             deterministic: bool, return_probs: bool, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    from .interface import attention_forward
-
     args = _norm_args(cu_seqlens_q, cu_seqlens_k, alibi_slopes, rng_state, max_seqlen_q, max_seqlen_k, dropout_p,
                       softmax_scale, window_left, window_right, softcap, deterministic, backend)
     out, lse, probs = attention_forward(q, k, v, return_attn_probs=return_probs, **args)
@@ -109,8 +108,6 @@ def _bwd_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, softmax_
             cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor], alibi_slopes: Optional[Tensor],
             rng_state: Tensor, max_seqlen_q: int, max_seqlen_k: int, dropout_p: float, softmax_scale: float,
             window_left: int, window_right: int, softcap: float, deterministic: bool, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    from .interface import attention_backward
-
     args = _norm_args(cu_seqlens_q, cu_seqlens_k, alibi_slopes, rng_state, max_seqlen_q, max_seqlen_k, dropout_p,
                       softmax_scale, window_left, window_right, softcap, deterministic, backend)
     grads = [torch.empty_like(x) for x in (q, k, v)]  # attention_backward zeroes the rows no sequence owns
@@ -174,8 +171,6 @@ class _PagedForward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, args):
-        from .interface import attention_forward
-
         out, lse, probs = attention_forward(q.detach(), k.detach(), v.detach(), **args)
         if probs is not None:
             ctx.mark_non_differentiable(probs)
@@ -190,7 +185,7 @@ class _PagedForward(torch.autograd.Function):
 
 
 def paged_forward(q: Tensor, k: Tensor, v: Tensor, **args):
-    """``interface.attention_forward`` over a paged cache for inputs that require grad (see _PagedForward)."""
+    """``_dispatch.attention_forward`` over a paged cache for inputs that require grad (see _PagedForward)."""
     return _PagedForward.apply(q, k, v, args)
 
 

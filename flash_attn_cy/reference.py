@@ -39,6 +39,10 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+# dtype helpers and the tolerance rule live in their own modules; part of this module's API
+from ._reference_dtypes import _is_low_precision, _normalise_compute_dtype, round_to, to_float64
+from ._reference_tolerance import TOLERANCE_FLOORS, dtype_name, error_budget, max_error, tolerance_floor  # noqa: F401
+
 __all__ = [
     "attention_ref",
     "attention_ref_torch",
@@ -55,75 +59,6 @@ __all__ = [
 ]
 
 ArrayLike = Any
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# dtype helpers
-
-
-def _bfloat16():
-    try:
-        import ml_dtypes
-    except ImportError:  # pragma: no cover - ml_dtypes is a test dependency
-        return None
-    return np.dtype(ml_dtypes.bfloat16)
-
-
-def _is_low_precision(dtype: np.dtype) -> bool:
-    return dtype != np.dtype(np.float64)
-
-
-def to_float64(x: ArrayLike, name: Optional[str] = None) -> np.ndarray:
-    """Any array-like (NumPy of any float dtype incl. ml_dtypes.bfloat16, PyTorch CPU/MPS tensor) as a float64 array.
-    None stays None unless `name` is given (a required argument): then None, or anything that is not numbers, is a
-    TypeError naming it."""
-    if x is None:
-        if name is not None:
-            raise TypeError(f"{name}: expected a float array or tensor, got None")
-        return None
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor without importing torch
-        x = x.detach().cpu()
-        if str(x.dtype) in ("torch.bfloat16", "torch.float16"):
-            x = x.float()
-        return x.double().numpy()
-    try:
-        return np.asarray(x).astype(np.float64)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name or 'input'}: expected a float array or tensor, got {type(x).__name__} ({e})") from None
-
-
-def round_to(x: np.ndarray, dtype) -> np.ndarray:
-    """Round float values to ``dtype`` and return them widened to float32 (float64 stays float64).
-
-    This is how the low-precision reference keeps every intermediate representable in the input dtype while doing
-    arithmetic in float32 (the accumulation precision of flash-attention's kernels and of PyTorch's half matmuls).
-    """
-    dtype = np.dtype(dtype)
-    if dtype == np.dtype(np.float64):
-        return np.asarray(x, dtype=np.float64)
-    return np.asarray(x).astype(dtype).astype(np.float32)
-
-
-def _normalise_compute_dtype(compute_dtype) -> np.dtype:
-    if isinstance(compute_dtype, str):
-        names = {"fp64": np.float64, "float64": np.float64, "fp32": np.float32, "float32": np.float32,
-                 "fp16": np.float16, "float16": np.float16}
-        if compute_dtype in ("bf16", "bfloat16"):
-            bf = _bfloat16()
-            if bf is None:
-                raise ImportError("compute_dtype='bfloat16' needs the ml_dtypes package")
-            return bf
-        if compute_dtype not in names:
-            raise ValueError(f"compute_dtype: unknown dtype name {compute_dtype!r}")
-        return np.dtype(names[compute_dtype])
-    dt = np.dtype(compute_dtype)
-    allowed = {np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.float16)}
-    bf = _bfloat16()
-    if bf is not None:
-        allowed.add(bf)
-    if dt not in allowed:
-        raise ValueError(f"compute_dtype: expected float64, float32, float16 or bfloat16, got {dt}")
-    return dt
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -590,81 +525,3 @@ def attention_ref_torch(q, k, v, *,
     if return_lse:
         return out, lse
     return out
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# the tolerance rule (shared by the test suite and `python -m flash_attn_cy verify`)
-#
-# A result is correct when its error against the float64 reference is at most `rtol_mult` (2) times the error of the
-# same reference computed in the input dtype, plus a small floor:
-#
-#     max|out - ref64| <= rtol_mult * max|ref_lowp - ref64| + floor * max(1, max|ref64|)
-#
-# as flash-attention's own tests judge their kernels. The floor only matters where the low-precision reference is
-# (almost) exact, e.g. one key per query, where the output is a copy of v. Floors are a small fraction of the dtype's
-# unit roundoff at 1.0 (fp32: a few dozen ulps, because backends legitimately accumulate in another order than BLAS).
-# Never raise them to make a test pass: a real precision problem shows up as a factor, not a floor.
-
-TOLERANCE_FLOORS = {
-    "float64": 1e-10,
-    "float32": 4e-6,     # eps 1.2e-7
-    "float16": 2.5e-4,   # eps 9.8e-4: a quarter ulp
-    "bfloat16": 2e-3,    # eps 7.8e-3: a quarter ulp
-}
-
-
-def dtype_name(x) -> str:
-    """Canonical name ('float32', 'bfloat16', ...) of a NumPy / ml_dtypes / torch dtype, an array, or an alias."""
-    if isinstance(x, type) and issubclass(x, np.generic):
-        x = np.dtype(x)
-    elif not isinstance(x, (str, np.dtype)) and hasattr(x, "dtype"):
-        x = x.dtype
-    s = str(x).replace("torch.", "")
-    aliases = {"half": "float16", "float": "float32", "double": "float64", "fp16": "float16", "fp32": "float32",
-               "fp64": "float64", "bf16": "bfloat16"}
-    return aliases.get(s, s)
-
-
-def tolerance_floor(dtype) -> float:
-    name = dtype_name(dtype)
-    if name not in TOLERANCE_FLOORS:
-        raise ValueError(f"no tolerance floor for dtype {name!r}")
-    return TOLERANCE_FLOORS[name]
-
-
-def _finite_parts(out: np.ndarray, ref: np.ndarray, what: str):
-    """Where the reference is infinite (LSE of rows without keys) the result must be the same infinity; returns the
-    finite parts of both for the numeric comparison. Raises AssertionError on a mismatch."""
-    inf_ref = ~np.isfinite(ref)
-    inf_out = ~np.isfinite(out)
-    if inf_ref.any() or inf_out.any():
-        if np.isnan(out).any():
-            raise AssertionError(f"{what}: contains NaN")
-        if not np.array_equal(inf_ref, inf_out):
-            bad = np.argwhere(inf_ref != inf_out)[:5].tolist()
-            raise AssertionError(f"{what}: non-finite values differ from the reference at {bad}")
-        if not np.array_equal(out[inf_ref], ref[inf_ref]):
-            raise AssertionError(f"{what}: infinities of the wrong sign")
-    return out[~inf_ref], ref[~inf_ref]
-
-
-def max_error(out, ref64, what: str = "out") -> float:
-    """max|out - ref64| over finite entries (infinite entries must match exactly); AssertionError on NaN/mismatch."""
-    o, r = _finite_parts(to_float64(out), to_float64(ref64), what)
-    if np.isnan(o).any():
-        raise AssertionError(f"{what}: contains NaN")
-    return float(np.max(np.abs(o - r))) if r.size else 0.0
-
-
-def error_budget(ref64, ref_lowp, *, dtype=None, rtol_mult: float = 2.0, atol_floor: Optional[float] = None):
-    """(allowed error, low-precision reference error) under the tolerance rule above.
-
-    ``dtype`` picks the floor (default: the dtype of ``ref_lowp``)."""
-    r64 = to_float64(ref64)
-    if dtype is None:
-        dtype = getattr(ref_lowp, "dtype", "float64")
-    floor = tolerance_floor(dtype) if atol_floor is None else float(atol_floor)
-    rlp_f, r64_f = _finite_parts(to_float64(ref_lowp), r64, "low-precision reference")
-    lowp_err = float(np.max(np.abs(rlp_f - r64_f))) if r64_f.size else 0.0
-    scale = max(1.0, float(np.max(np.abs(r64_f)))) if r64_f.size else 1.0
-    return rtol_mult * lowp_err + floor * scale, lowp_err

@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from . import bert_padding
+from . import bert_padding, interface, kvcache  # modules, not the package: the package imports this one
 
 __all__ = ["ATTN_IMPLEMENTATION", "flash_attn_cy_attention_forward", "register_transformers"]
 
@@ -43,12 +43,6 @@ __all__ = ["ATTN_IMPLEMENTATION", "flash_attn_cy_attention_forward", "register_t
 ATTN_IMPLEMENTATION = "flash_attn_cy"
 
 _logger = logging.getLogger(__name__)
-
-
-def _core() -> Any:
-    import flash_attn_cy
-
-    return flash_attn_cy
 
 
 def _window(sliding_window: Optional[int], kv_len: int) -> tuple[int, int]:
@@ -146,7 +140,6 @@ def flash_attn_cy_attention_forward(
     if any(dim == 0 for dim in query.shape):
         raise ValueError(f"query has a zero-sized dimension {tuple(query.shape)}; flash attention needs non-empty inputs")
 
-    fa = _core()
     causal = bool(module.is_causal if is_causal is None else is_causal)
     # Attention-interface layout is [batch, heads, seq, dim]; flash_attn's is [batch, seq, heads, dim]. The
     # transposed views are strided, not copied: flash_attn_cy takes strided inputs.
@@ -180,24 +173,24 @@ def flash_attn_cy_attention_forward(
             # leading pads, instead of packing the whole cache again in every layer at every step.
             cache_seqlens = torch.full((batch,), k.shape[1], dtype=torch.int32, device=k.device)
             kv_kwargs = {key: val for key, val in flash_kwargs.items() if key != "dropout_p"}
-            out = fa.flash_attn_with_kvcache(q, k, v, cache_seqlens=cache_seqlens, cache_leftpad=leftpad,
+            out = kvcache.flash_attn_with_kvcache(q, k, v, cache_seqlens=cache_seqlens, cache_leftpad=leftpad,
                                              **kv_kwargs)
         else:
             qp, kp, vp, indices_q, cu_q, cu_k, max_q, max_k = _unpad_qkv(q, k, v, attention_mask)
-            out = fa.flash_attn_varlen_func(qp, kp, vp, cu_q, cu_k, max_q, max_k, **flash_kwargs)
+            out = interface.flash_attn_varlen_func(qp, kp, vp, cu_q, cu_k, max_q, max_k, **flash_kwargs)
             out = bert_padding.pad_input(out, indices_q, batch, q_len)
     elif all(x is not None for x in (cu_q, cu_k, max_q, max_k)):
         batch = q.shape[0]
         qp, kp, vp = (x.reshape(-1, *x.shape[2:]) for x in (q, k, v))
-        out = fa.flash_attn_varlen_func(
+        out = interface.flash_attn_varlen_func(
             qp, kp, vp, cu_q.to(torch.int32), cu_k.to(torch.int32), int(max_q), int(max_k), **flash_kwargs
         )
         out = out.view(batch, -1, *out.shape[-2:])
     elif (packed := _packed_cu_seqlens(kwargs.get("position_ids"), q.shape[0], q.shape[1], k.shape[1])) is not None:
         cu, max_len = packed
-        out = fa.flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, max_len, max_len, **flash_kwargs).unsqueeze(0)
+        out = interface.flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, max_len, max_len, **flash_kwargs).unsqueeze(0)
     else:
-        out = fa.flash_attn_func(q, k, v, **flash_kwargs)
+        out = interface.flash_attn_func(q, k, v, **flash_kwargs)
 
     if v_head_dim != head_dim:
         out = out[..., :v_head_dim]

@@ -38,11 +38,12 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-import flash_attn_cy as _cy
 from flash_attn_cy import _validate as V
-from flash_attn_cy import interface as _interface
-from flash_attn_cy._backward import rng_pair
+from flash_attn_cy._backward import backward as _cy_backward
+from flash_attn_cy._dispatch import attention_forward
+from flash_attn_cy._dropout import rng_pair
 from flash_attn_cy.autograd import make_rng_state
+from flash_attn_cy.errors import FlashAttnValueError
 from flash_attn_cy.flash_attn_compat._s_dmask import _flash_scaled_s_dmask
 
 __all__ = [
@@ -78,14 +79,12 @@ def _scaled(s_dmask: Optional[Tensor], q: Tensor) -> Tensor:
 def _check_return_softmax(return_softmax: bool, dropout_p: float) -> None:
     # flash_attn's C++ forward: TORCH_CHECK(p_dropout > 0.0f, "return_softmax is only supported when p_dropout > 0.0")
     if return_softmax and not dropout_p > 0.0:
-        from flash_attn_cy.flash_attn_compat.flash_attn_interface import FlashAttnValueError
-
         raise FlashAttnValueError("return_softmax: only supported when dropout_p > 0 (as flash_attn)")
 
 
 def _forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
              window_size_left, window_size_right, softcap, alibi_slopes, return_softmax, block_table):
-    """Validate like the public functions, then run interface.attention_forward with a fresh rng_state."""
+    """Validate like the public functions, then run _dispatch.attention_forward with a fresh rng_state."""
     backend = V.resolve_backend("auto")
     varlen = cu_seqlens_q is not None
     if varlen:
@@ -95,8 +94,8 @@ def _forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dr
         V.ndim(k, "k", 4 if block_table is not None else 3, kv_form)
         V.ndim(v, "v", 4 if block_table is not None else 3, kv_form)
         V.head_dims(tuple(q.shape), tuple(k.shape), tuple(v.shape))
-        cu_q, cu_k, max_q, max_k, bt = _interface._varlen_meta(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                                               max_seqlen_k, block_table)
+        cu_q, cu_k, max_q, max_k, bt = V.varlen_meta(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                                     block_table)
         batch = cu_q.shape[0] - 1
     else:
         V.dense_shapes(q, k, v)
@@ -107,7 +106,7 @@ def _forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dr
     return_softmax = V.flag(return_softmax, "return_softmax")
     _check_return_softmax(return_softmax, dropout_p)
     rng_state = make_rng_state(dropout_p).to(q.device)
-    out, lse, s_dmask = _interface.attention_forward(
+    out, lse, s_dmask = attention_forward(
         q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k, dropout_p=dropout_p,
         softmax_scale=V.softmax_scale(softmax_scale, q.shape[-1]), causal=V.flag(causal, "causal"),
         window_size=V.window((window_size_left, window_size_right), causal), softcap=V.softcap(softcap),
@@ -129,7 +128,7 @@ def _backward(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seql
               deterministic, rng_state) -> Tensor:
     varlen = cu_seqlens_q is not None
     bufs = [_grad_buffer(g, x) for g, x in ((dq, q), (dk, k), (dv, v))]
-    _cy.backward(dout, q, k, v, out, softmax_lse, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+    _cy_backward(dout, q, k, v, out, softmax_lse, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                  max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, dropout_p=dropout_p,
                  softmax_scale=softmax_scale, causal=causal, window_size=(window_size_left, window_size_right),
                  softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic,

@@ -4,6 +4,11 @@ Every function has the exact name, positional order, keyword names and defaults 
 model code (and transformers, which inspects these signatures to decide which keywords to pass) can call it
 unchanged. The work is done by the matching ``flash_attn_cy`` function on its default backend ("auto").
 
+The wrappers are derived from those functions' own signatures (`_drop_in`), not written out again: flash_attn_cy's
+public functions take flash_attn's parameters in flash_attn's order with its defaults, plus keyword-only extras
+(``backend``, ``seed``) that flash_attn does not have. So a wrapper is the function's positional-or-keyword part,
+and cannot drift from it; tests/test_flash_attn_compat_signatures.py holds them to the 2.8.3 table.
+
 Errors: flash_attn's CUDA extension reports bad arguments as ``RuntimeError``; flash_attn_cy raises ``ValueError``
 or ``TypeError`` naming the argument. Here those are re-raised as :class:`FlashAttnValueError` /
 :class:`FlashAttnTypeError`, which derive from BOTH the flash_attn_cy type and ``RuntimeError``, so
@@ -13,12 +18,12 @@ or ``TypeError`` naming the argument. Here those are re-raised as :class:`FlashA
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Optional, Union
+import inspect
+from typing import Any, Callable, Tuple
 
-import flash_attn_cy as _cy
-from flash_attn_cy import _validate
 from flash_attn_cy import interface as _interface
+from flash_attn_cy import kvcache as _kvcache
+from flash_attn_cy._validate import FLASH_ATTN_PROBS, flag
 from flash_attn_cy.flash_attn_compat._s_dmask import (  # noqa: F401  (_get_block_size_n: re-exported API)
     _flash_scaled_s_dmask,
     _get_block_size_n,
@@ -66,292 +71,68 @@ def round_multiple(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
-def _flash_attn_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Re-raise flash_attn_cy's ValueError/TypeError as types that are also RuntimeError (see module docstring)."""
+def _call(fn: Callable[..., Any], args: Tuple[Any, ...], probs_at: int) -> Any:
+    """fn(*args) under flash_attn's rules:
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (FlashAttnValueError, FlashAttnTypeError):
-            raise
-        except ValueError as exc:
-            raise FlashAttnValueError(str(exc)) from exc
-        except TypeError as exc:
-            raise FlashAttnTypeError(str(exc)) from exc
+    - errors: flash_attn_cy's ValueError/TypeError re-raised as types that are also RuntimeError (module docstring);
+    - with ``probs_at`` >= 0, ``args[probs_at]`` is return_attn_probs: the third value is materialised only when
+      dropout_p > 0 (flash_attn: ``return_softmax=return_attn_probs and dropout_p > 0``), otherwise it is None, as
+      flash_attn 2.0-2.6 return it and as this project's issue 16 asks (2.7+ hand back an empty (0,) tensor from
+      their kernel instead; the low-level ``_flash_attn_forward`` family, whose custom-op schemas must return a
+      tensor, keeps that); when present it is scaled per row as flash_attn's kernel does for one key block (see
+      _flash_scaled_s_dmask)."""
+    try:
+        if probs_at >= 0 and args[probs_at] is not False:  # (the default needs no conversion)
+            rule = FLASH_ATTN_PROBS if flag(args[probs_at], "return_attn_probs") else False
+            args = args[:probs_at] + (rule,) + args[probs_at + 1:]
+        res = fn(*args)
+    except (FlashAttnValueError, FlashAttnTypeError):
+        raise
+    except ValueError as exc:
+        raise FlashAttnValueError(str(exc)) from exc
+    except TypeError as exc:
+        raise FlashAttnTypeError(str(exc)) from exc
+    if probs_at < 0 or not isinstance(res, tuple):
+        return res
+    out, lse, s_dmask = res
+    if s_dmask is not None:
+        s_dmask = _flash_scaled_s_dmask(s_dmask)
+    return out, lse, s_dmask
 
+
+def flash_attn_signature(fn: Callable[..., Any]) -> inspect.Signature:
+    """fn's signature as flash_attn has it: its positional-or-keyword parameters (flash_attn's names, order and
+    defaults), without annotations; flash_attn_cy's keyword-only extras (backend, seed) dropped."""
+    params = [p.replace(annotation=inspect.Parameter.empty)
+              for p in inspect.signature(fn).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    return inspect.Signature(params)
+
+
+def _drop_in(module: Any, name: str) -> Callable[..., Any]:
+    """flash_attn's function `name`: a plain function with ``flash_attn_signature`` of flash_attn_cy's function of
+    that name in `module` (one ``def`` generated from the signature, so a call binds its arguments exactly as
+    flash_attn's own function would, at no cost per call), calling it positionally under `_call`'s rules, on its
+    default backend. The function is looked up in `module` at call time (a spy or debugging hook set there sees it)."""
+    fn = getattr(module, name)
+    sig = flash_attn_signature(fn)
+    names = list(sig.parameters)
+    probs_at = names.index("return_attn_probs") if "return_attn_probs" in names else -1
+    namespace = {"_call": _call, "_module": module}
+    arglist = ", ".join(names)
+    exec(f"def {name}({arglist}):\n    return _call(_module.{name}, ({arglist},), {probs_at})\n", namespace)
+    wrapper = namespace[name]
+    wrapper.__defaults__ = tuple(p.default for p in sig.parameters.values() if p.default is not p.empty) or None
+    wrapper.__module__ = __name__
+    wrapper.__qualname__ = name
+    wrapper.__doc__ = (f"flash_attn 2.8.3's ``{name}``, run by ``{module.__name__}.{name}`` (the same arguments "
+                       "without its keyword-only extras; its errors are also RuntimeError).\n\n" + inspect.getdoc(fn))
     return wrapper
 
 
-def _flash_attn_semantics(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """flash_attn's rules on top of flash_attn_cy's function: errors as above; with return_attn_probs the third value
-    is materialised only when dropout_p > 0 (flash_attn: ``return_softmax=return_attn_probs and dropout_p > 0``),
-    otherwise it is None, as flash_attn 2.0-2.6 return it and as this project's issue 16 asks (2.7+ hand back an
-    empty (0,) tensor from their kernel instead; the low-level ``_flash_attn_forward`` family, whose custom-op
-    schemas must return a tensor, keeps that); when present it is scaled per row as flash_attn's kernel does for one
-    key block (see _flash_scaled_s_dmask)."""
-    checked = _flash_attn_errors(fn)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        res = checked(*args, **kwargs)
-        if not isinstance(res, tuple):
-            return res
-        out, lse, s_dmask = res
-        if s_dmask is not None:
-            s_dmask = _flash_scaled_s_dmask(s_dmask)
-        return out, lse, s_dmask
-
-    return wrapper
-
-
-def _probs(return_attn_probs: Any) -> Any:
-    """return_attn_probs as flash_attn_cy's functions take it under flash_attn's rule (see _flash_attn_semantics)."""
-    return _interface.FLASH_ATTN_PROBS if _validate.flag(return_attn_probs, "return_attn_probs") else False
-
-
-@_flash_attn_semantics
-def flash_attn_qkvpacked_func(
-    qkv,
-    dropout_p=0.0,
-    softmax_scale=None,
-    causal=False,
-    window_size=(-1, -1),  # -1 means infinite context window
-    softcap=0.0,  # <=0.0 means deactivate
-    alibi_slopes=None,
-    deterministic=False,
-    return_attn_probs=False,
-):
-    """Attention on packed ``qkv`` of shape (batch, seqlen, 3, nheads, headdim); returns (batch, seqlen, nheads,
-    headdim), or ``(out, softmax_lse, S_dmask)`` with ``return_attn_probs=True``. Same semantics as flash_attn 2.x."""
-    return _cy.flash_attn_qkvpacked_func(
-        qkv,
-        dropout_p=dropout_p,
-        softmax_scale=softmax_scale,
-        causal=causal,
-        window_size=window_size,
-        softcap=softcap,
-        alibi_slopes=alibi_slopes,
-        deterministic=deterministic,
-        return_attn_probs=_probs(return_attn_probs),
-    )
-
-
-@_flash_attn_semantics
-def flash_attn_kvpacked_func(
-    q,
-    kv,
-    dropout_p=0.0,
-    softmax_scale=None,
-    causal=False,
-    window_size=(-1, -1),  # -1 means infinite context window
-    softcap=0.0,  # 0.0 means deactivated
-    alibi_slopes=None,
-    deterministic=False,
-    return_attn_probs=False,
-):
-    """Attention with q (batch, seqlen_q, nheads, headdim) and packed kv (batch, seqlen_k, 2, nheads_k, headdim).
-    Same semantics and return values as flash_attn 2.x."""
-    return _cy.flash_attn_kvpacked_func(
-        q,
-        kv,
-        dropout_p=dropout_p,
-        softmax_scale=softmax_scale,
-        causal=causal,
-        window_size=window_size,
-        softcap=softcap,
-        alibi_slopes=alibi_slopes,
-        deterministic=deterministic,
-        return_attn_probs=_probs(return_attn_probs),
-    )
-
-
-@_flash_attn_semantics
-def flash_attn_func(
-    q,
-    k,
-    v,
-    dropout_p=0.0,
-    softmax_scale=None,
-    causal=False,
-    window_size=(-1, -1),  # -1 means infinite context window
-    softcap=0.0,  # 0.0 means deactivated
-    alibi_slopes=None,
-    deterministic=False,
-    return_attn_probs=False,
-):
-    """Attention with q (batch, seqlen_q, nheads, headdim), k/v (batch, seqlen_k, nheads_k, headdim); causal and
-    window masks aligned bottom-right; GQA/MQA when nheads % nheads_k == 0. Returns out like q, or
-    ``(out, softmax_lse, S_dmask)`` with ``return_attn_probs=True``. Same semantics as flash_attn 2.x."""
-    return _cy.flash_attn_func(
-        q,
-        k,
-        v,
-        dropout_p=dropout_p,
-        softmax_scale=softmax_scale,
-        causal=causal,
-        window_size=window_size,
-        softcap=softcap,
-        alibi_slopes=alibi_slopes,
-        deterministic=deterministic,
-        return_attn_probs=_probs(return_attn_probs),
-    )
-
-
-@_flash_attn_semantics
-def flash_attn_varlen_qkvpacked_func(
-    qkv,
-    cu_seqlens,
-    max_seqlen,
-    dropout_p=0.0,
-    softmax_scale=None,
-    causal=False,
-    window_size=(-1, -1),  # -1 means infinite context window
-    softcap=0.0,  # 0.0 means deactivated
-    alibi_slopes=None,
-    deterministic=False,
-    return_attn_probs=False,
-):
-    """Variable-length attention on packed qkv (total, 3, nheads, headdim) with int32 ``cu_seqlens`` (batch + 1,).
-    Same semantics and return values as flash_attn 2.x."""
-    return _cy.flash_attn_varlen_qkvpacked_func(
-        qkv,
-        cu_seqlens,
-        max_seqlen,
-        dropout_p=dropout_p,
-        softmax_scale=softmax_scale,
-        causal=causal,
-        window_size=window_size,
-        softcap=softcap,
-        alibi_slopes=alibi_slopes,
-        deterministic=deterministic,
-        return_attn_probs=_probs(return_attn_probs),
-    )
-
-
-@_flash_attn_semantics
-def flash_attn_varlen_kvpacked_func(
-    q,
-    kv,
-    cu_seqlens_q,
-    cu_seqlens_k,
-    max_seqlen_q,
-    max_seqlen_k,
-    dropout_p=0.0,
-    softmax_scale=None,
-    causal=False,
-    window_size=(-1, -1),  # -1 means infinite context window
-    softcap=0.0,  # 0.0 means deactivated
-    alibi_slopes=None,
-    deterministic=False,
-    return_attn_probs=False,
-):
-    """Variable-length attention with q (total_q, nheads, headdim) and packed kv (total_k, 2, nheads_k, headdim).
-    Same semantics and return values as flash_attn 2.x."""
-    return _cy.flash_attn_varlen_kvpacked_func(
-        q,
-        kv,
-        cu_seqlens_q,
-        cu_seqlens_k,
-        max_seqlen_q,
-        max_seqlen_k,
-        dropout_p=dropout_p,
-        softmax_scale=softmax_scale,
-        causal=causal,
-        window_size=window_size,
-        softcap=softcap,
-        alibi_slopes=alibi_slopes,
-        deterministic=deterministic,
-        return_attn_probs=_probs(return_attn_probs),
-    )
-
-
-@_flash_attn_semantics
-def flash_attn_varlen_func(
-    q,
-    k,
-    v,
-    cu_seqlens_q,
-    cu_seqlens_k,
-    max_seqlen_q,
-    max_seqlen_k,
-    dropout_p=0.0,
-    softmax_scale=None,
-    causal=False,
-    window_size=(-1, -1),  # -1 means infinite context window
-    softcap=0.0,  # 0.0 means deactivated
-    alibi_slopes=None,
-    deterministic=False,
-    return_attn_probs=False,
-    block_table=None,
-):
-    """Variable-length attention: q (total_q, nheads, headdim), k/v (total_k, nheads_k, headdim), int32
-    ``cu_seqlens_q``/``cu_seqlens_k`` (batch + 1,); with ``block_table`` k/v are a paged cache
-    (num_blocks, page_block_size, nheads_k, headdim). Same semantics and return values as flash_attn 2.x."""
-    return _cy.flash_attn_varlen_func(
-        q,
-        k,
-        v,
-        cu_seqlens_q,
-        cu_seqlens_k,
-        max_seqlen_q,
-        max_seqlen_k,
-        dropout_p=dropout_p,
-        softmax_scale=softmax_scale,
-        causal=causal,
-        window_size=window_size,
-        softcap=softcap,
-        alibi_slopes=alibi_slopes,
-        deterministic=deterministic,
-        return_attn_probs=_probs(return_attn_probs),
-        block_table=block_table,
-    )
-
-
-@_flash_attn_errors
-def flash_attn_with_kvcache(
-    q,
-    k_cache,
-    v_cache,
-    k=None,
-    v=None,
-    rotary_cos=None,
-    rotary_sin=None,
-    cache_seqlens: Optional[Union[(int, Any)]] = None,
-    cache_batch_idx: Optional[Any] = None,
-    cache_leftpad: Optional[Any] = None,
-    block_table: Optional[Any] = None,
-    softmax_scale=None,
-    causal=False,
-    window_size=(-1, -1),  # -1 means infinite context window
-    softcap=0.0,  # 0.0 means deactivated
-    rotary_interleaved=True,
-    alibi_slopes=None,
-    num_splits=0,
-    return_softmax_lse=False,
-):
-    """Incremental decoding against a K/V cache: new ``k``/``v`` are written into ``k_cache``/``v_cache`` in place
-    at ``cache_seqlens``, optional rotary embedding on q and the new k, paged caches through ``block_table``.
-    Returns out (batch, seqlen, nheads, headdim), or ``(out, softmax_lse)`` with ``return_softmax_lse=True``.
-    Same semantics as flash_attn 2.x."""
-    return _cy.flash_attn_with_kvcache(
-        q,
-        k_cache,
-        v_cache,
-        k=k,
-        v=v,
-        rotary_cos=rotary_cos,
-        rotary_sin=rotary_sin,
-        cache_seqlens=cache_seqlens,
-        cache_batch_idx=cache_batch_idx,
-        cache_leftpad=cache_leftpad,
-        block_table=block_table,
-        softmax_scale=softmax_scale,
-        causal=causal,
-        window_size=window_size,
-        softcap=softcap,
-        rotary_interleaved=rotary_interleaved,
-        alibi_slopes=alibi_slopes,
-        num_splits=num_splits,
-        return_softmax_lse=return_softmax_lse,
-    )
+flash_attn_func = _drop_in(_interface, "flash_attn_func")
+flash_attn_qkvpacked_func = _drop_in(_interface, "flash_attn_qkvpacked_func")
+flash_attn_kvpacked_func = _drop_in(_interface, "flash_attn_kvpacked_func")
+flash_attn_varlen_func = _drop_in(_interface, "flash_attn_varlen_func")
+flash_attn_varlen_qkvpacked_func = _drop_in(_interface, "flash_attn_varlen_qkvpacked_func")
+flash_attn_varlen_kvpacked_func = _drop_in(_interface, "flash_attn_varlen_kvpacked_func")
+flash_attn_with_kvcache = _drop_in(_kvcache, "flash_attn_with_kvcache")

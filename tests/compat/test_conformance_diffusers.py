@@ -106,10 +106,10 @@ def test_diffusers_flash_backends_match_native():
 
         calls = []
         for name in ("flash_attn_func", "flash_attn_varlen_func"):   # count what diffusers calls through the alias
-            def spy(*a, _orig=getattr(flash_attn_cy, name), _name=name, **k):
+            def spy(*a, _orig=getattr(flash_attn_cy.interface, name), _name=name, **k):
                 calls.append(_name)
                 return _orig(*a, **k)
-            setattr(flash_attn_cy, name, spy)
+            setattr(flash_attn_cy.interface, name, spy)
 
         torch.manual_seed(0)
         model = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,

@@ -265,7 +265,7 @@ def test_decode_on_left_padded_cache_reads_the_cache_in_place(monkeypatch, q_len
     def not_expected(*args, **kwargs):
         raise AssertionError("a left-padded decode step must not pack the cache through the varlen path")
 
-    monkeypatch.setattr(flash_attn_cy, "flash_attn_varlen_func", not_expected)
+    monkeypatch.setattr(flash_attn_cy.interface, "flash_attn_varlen_func", not_expected)
     for window in (None, 4):
         out, _ = ti.flash_attn_cy_attention_forward(Module(), q, k, v, mask, scaling=0.2, sliding_window=window)
         expected = _eager_rows(q, k, v, mask, 0.2, window)
@@ -287,6 +287,6 @@ def test_decode_with_a_hole_in_the_mask_takes_the_varlen_path(monkeypatch):
     def not_expected(*args, **kwargs):
         raise AssertionError("cache_leftpad cannot express a hole in the mask")
 
-    monkeypatch.setattr(flash_attn_cy, "flash_attn_with_kvcache", not_expected)
+    monkeypatch.setattr(flash_attn_cy.kvcache, "flash_attn_with_kvcache", not_expected)
     out, _ = ti.flash_attn_cy_attention_forward(Module(), q, k, v, mask, scaling=0.25)
     assert torch.allclose(out.double(), _eager_rows(q, k, v, mask, 0.25), atol=1e-5, rtol=0)

@@ -141,7 +141,7 @@ def test_attn_probs_debug_output(window, softcap, alibi, rng):
 def test_attn_probs_of_sim_come_from_its_own_kernel(monkeypatch, rng):
     """S_dmask on sim is written by the fa_probs_* kernel at the end of the sim's forward plan: one call of the core,
     on the sim backend, with the probabilities buffer (no CPU recomputation)."""
-    from flash_attn_cy import _core, interface
+    from flash_attn_cy import _core
 
     calls = []
     real = _core.forward
@@ -150,7 +150,7 @@ def test_attn_probs_of_sim_come_from_its_own_kernel(monkeypatch, rng):
         calls.append((backend, "attn_probs" in kw))
         return real(backend, *args, **kw)
 
-    monkeypatch.setattr(interface._core, "forward", spy)
+    monkeypatch.setattr(_core, "forward", spy)
     q = rand(rng, (1, 7, 2, 32), "fp32")
     _, _, probs = fa.flash_attn_func(q, q, q, causal=True, return_attn_probs=True, backend="sim")
     assert calls == [("sim", True)]
