@@ -2,8 +2,8 @@
 
     python -m flash_attn_cy.sim run FILE.metal --kernel NAME --grid X[,Y[,Z]] --threadgroup X[,Y[,Z]]
         [--buffer INDEX=PATH.npy | --buffer INDEX=zeros:DTYPE:COUNT]... [--bytes INDEX=DTYPE:V1[,V2,...]]...
-        [--schedules N] [--out DIR]
-    python -m flash_attn_cy.sim check FILE.metal...
+        [--constant NAME=VALUE | --constant INDEX=VALUE]... [-D NAME[=VALUE]]... [--schedules N] [--out DIR]
+    python -m flash_attn_cy.sim check [-D NAME[=VALUE]]... FILE.metal...
 
 Exit status: 0 clean, 1 faults found (run) or check failed (check), 2 usage or translation/compile error,
 130 interrupted (Ctrl-C stops a run promptly, even a kernel stuck in a loop).
@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import _compile
+from ._constants import normalize_defines, parse_constant_value
 from ._run import run
 from .check import check_files, find_clang
 from .translate import TranslateError
@@ -103,6 +104,23 @@ def _bytes(s: str) -> (int, bytes):
         raise UsageError(f"--bytes {s!r}: {e}") from None
 
 
+def _constants(specs: List[str]) -> Dict[str, object]:
+    """--constant NAME=VALUE or INDEX=VALUE (VALUE: true/false, an integer or a number)."""
+    out: Dict[str, object] = {}
+    for s in specs:
+        key, sep, value = s.partition("=")
+        key = key.strip()
+        if not sep or not key or not value.strip():
+            raise UsageError(f"--constant expects NAME=VALUE or INDEX=VALUE, got {s!r}")
+        if key in out:
+            raise UsageError(f"--constant {key} given twice")
+        try:
+            out[key] = parse_constant_value(value)
+        except ValueError as e:
+            raise UsageError(f"--constant {s!r}: {e}") from None
+    return out
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     if not os.path.isfile(a.file):
         raise UsageError(f"no such file {a.file!r} (run takes the path of a .metal file)")
@@ -124,7 +142,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         os.environ["FLASH_ATTN_CY_SIM_FAST_MATH"] = "1"
 
     res = run(a.file, a.kernel, _dims(a.grid, "--grid"), _dims(a.threadgroup, "--threadgroup"), buffers, byts,
-              a.schedules, include_dirs=a.include)
+              a.schedules, include_dirs=a.include, defines=a.define, constants=_constants(a.constant))
     for f in res.faults:
         print(f"{f.kind}: {f.message}")
     if a.out:
@@ -141,7 +159,7 @@ def cmd_check(a: argparse.Namespace) -> int:
         print("error: the strict check needs clang++ (none found; set FLASH_ATTN_CY_CLANG)", file=sys.stderr)
         return 2
     bad = 0
-    for r in check_files(a.files, a.include):
+    for r in check_files(a.files, a.include, dict(normalize_defines(a.define))):
         if r.ok:
             print(f"ok: {r.path}")
         else:
@@ -173,6 +191,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--schedules", type=int, default=3)
     r.add_argument("--out", help="write buffer<INDEX>.npy files here")
     r.add_argument("-I", "--include", action="append", default=[], help="extra directory for #include \"...\"")
+    r.add_argument("-D", "--define", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="define a preprocessor macro (VALUE defaults to 1)")
+    r.add_argument("--constant", action="append", default=[], metavar="NAME=VALUE",
+                   help="function constant value ([[function_constant(INDEX)]]), by name or INDEX=VALUE; VALUE is "
+                        "true/false, an integer or a number, converted to the declared type")
     r.add_argument("--fast-math", action="store_true",
                    help="model Metal's default fast math: transcendental functions at the MSL specification's error "
                         "bounds (Table 8.2), denormals flushed, NaN/Inf and out-of-range arguments reported as "
@@ -180,6 +203,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     c = sub.add_parser("check", help="strict clang check with MSL address spaces")
     c.add_argument("files", nargs="+")
     c.add_argument("-I", "--include", action="append", default=[])
+    c.add_argument("-D", "--define", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="define a preprocessor macro (VALUE defaults to 1)")
     a = p.parse_args(argv)
     try:
         return cmd_run(a) if a.cmd == "run" else cmd_check(a)

@@ -30,6 +30,7 @@ import tempfile
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import translate as _tr
+from .translate import lexer as _lexer
 
 __all__ = ["KernelRefused", "scan_sources", "check_ir", "emit_ir", "RESERVED_ALLOWED"]
 
@@ -56,8 +57,8 @@ _RESERVED_RE = re.compile(r"^(__|_[A-Z]|_$)")
 _DIRECTIVE_RE = re.compile(r"^\s*#\s*([A-Za-z_]\w*|\d+)?(.*)$", re.S)
 
 
-def _tokens(text: str) -> List[_tr.Tok]:
-    return _tr._tokenize(text)
+def _tokens(text: str) -> List[_lexer.Tok]:
+    return _lexer.tokenize(text)
 
 
 def _scan_identifiers(toks: Iterable[Tuple[str, int]], where, errors: List[str]) -> None:
@@ -92,7 +93,7 @@ def _scan_identifiers(toks: Iterable[Tuple[str, int]], where, errors: List[str])
 
 def _directive_tokens(body: str) -> List[str]:
     out = []
-    for m in _tr._TOKEN_RE.finditer(body):
+    for m in _lexer.TOKEN_RE.finditer(body):
         if m.lastgroup in ("id", "punct", "num", "str"):
             out.append(m.group())
     return out
