@@ -149,6 +149,12 @@ bool atomic_compare_exchange_weak_explicit(A *a, E *expected, V desired, memory_
 
 }  // namespace metal
 
+// is_function_constant_defined(name), as the translator rewrites it (the names of function constants stay: they are
+// `extern const` variables in the constant address space, not constant expressions, as in MSL).
+namespace fasim {
+bool fc_defined(int slot);
+}
+
 #define INFINITY (__builtin_inff())
 #define NAN (__builtin_nanf(""))
 #define HUGE_VALF (__builtin_huge_valf())

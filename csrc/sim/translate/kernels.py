@@ -44,6 +44,7 @@ SAME_TYPE_ID_GROUPS = (("thread_position_in_grid", "threads_per_grid"),
 IGNORED_ATTRIBUTES = {"maybe_unused", "likely", "unlikely", "noreturn", "nodiscard", "fallthrough", "visible"}
 _MAX_THREADS_RE = re.compile(r"max_total_threads_per_threadgroup\s*\((.*)\)\s*$", re.S)
 _SPECIFIERS = ("kernel", "inline", "static", "METAL_FUNC")
+_STRING_RE = re.compile(r'"((?:\\.|[^"\\])*)"')
 
 
 class KernelPass:
@@ -94,9 +95,9 @@ class KernelPass:
         host_name = None
         max_threads = None
         for a in decl_attrs:
-            m = re.match(r'host_name\s*\(\s*"(.*)"\s*\)', a)
+            m = re.match(r"host_name\s*\((.*)\)\s*$", a, re.S)
             if m:
-                host_name = m.group(1)
+                host_name = self.string_literal(m.group(1), j)
             m = _MAX_THREADS_RE.match(a)
             if m:
                 max_threads = m.group(1).strip()
@@ -136,6 +137,13 @@ class KernelPass:
         if not is_template:
             self.entries.append(KernelEntry(host_name or name, name, params, fname, fline, gates,
                                             None if max_threads is None else max_threads))
+
+    def string_literal(self, text: str, at: int) -> str:
+        """The value of one or more adjacent string literals (joined, as C++ does after macro expansion)."""
+        parts = _STRING_RE.findall(text)
+        if not parts or _STRING_RE.sub("", text).strip():
+            raise self.err(at, f"[[host_name({text})]]: expected a string literal")
+        return "".join(re.sub(r"\\(.)", r"\1", p) for p in parts)
 
     def max_threads_expr(self, name: str, expr: str, template_open: Optional[int], template_close: Optional[int]):
         """C++ expression for the kernel's thread limit; a template's depends on its parameters, so a helper
