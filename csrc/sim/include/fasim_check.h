@@ -162,6 +162,7 @@ bool fc_defined(int slot);
 #define FLT_MIN 1.17549435082228750797e-38F
 #define FLT_EPSILON 1.1920928955078125e-07F
 #define MAXFLOAT FLT_MAX
+#define METAL_FUNC inline  // <metal_stdlib>'s spelling of an always-inlined helper
 #define HALF_MAX 65504.0f
 #define HALF_MIN 6.103515625e-05f
 #define M_E_F 2.71828182845904523536f

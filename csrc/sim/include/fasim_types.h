@@ -73,11 +73,19 @@ struct half {
     static half from_bits(uint16_t b) { half h; h.bits = b; return h; }
 };
 
+// MSL specification 3.1, §2.1 "Scalar data types" (the note on bfloat): "bfloat is an extended floating point type
+// that only allows implicit conversion to a type of greater floating point rank. While bfloat can be implicitly
+// converted to float, it cannot be implicitly converted to half, and neither float nor half can be implicitly
+// converted to bfloat." So float/half -> bfloat is explicit here (`bfloat z = 2.0f;`, or a ternary mixing bfloat and
+// float assigned to a bfloat, fail to compile as on a Mac; `bfloat(x)` and static_cast are fine), bfloat -> float is
+// implicit, bfloat -> half only explicit (half(float(b)) or static_cast). Integers convert implicitly.
 struct bfloat {
     uint16_t bits;
     bfloat() = default;
-    bfloat(float f) : bits(fasim::f32_to_bf16(f)) {}
-    template <class A, class = std::enable_if_t<std::is_arithmetic<A>::value>>
+    explicit bfloat(float f) : bits(fasim::f32_to_bf16(f)) {}
+    template <class A, std::enable_if_t<std::is_floating_point<A>::value, int> = 0>
+    explicit bfloat(A a) : bits(fasim::f32_to_bf16((float)a)) {}
+    template <class A, std::enable_if_t<std::is_integral<A>::value, int> = 0>
     bfloat(A a) : bits(fasim::f32_to_bf16((float)a)) {}
     explicit bfloat(half h) : bits(fasim::f32_to_bf16((float)h)) {}
     operator float() const { return fasim::bf16_to_f32(bits); }
@@ -131,8 +139,14 @@ FASIM_LOWP_CMP(<=)
 FASIM_LOWP_CMP(>=)
 #undef FASIM_LOWP_CMP
 
+// `x op= y` is `x = x op y`: a bfloat target takes no float or half value implicitly (see struct bfloat).
+namespace fasim {
+template <class L, class B>
+constexpr bool lowp_assignable_v = is_lowp<L>::value && is_scalar_v<B> &&
+    !(std::is_same<L, bfloat>::value && (std::is_floating_point<B>::value || std::is_same<B, half>::value));
+}  // namespace fasim
 #define FASIM_LOWP_ASSIGN(OP)                                                                  \
-    template <class L, class B, class = std::enable_if_t<fasim::is_lowp<L>::value && fasim::is_scalar_v<B>>> \
+    template <class L, class B, class = std::enable_if_t<fasim::lowp_assignable_v<L, B>>>    \
     inline L &operator OP##=(L &a, B b) { a = L((float)a OP (float)b); return a; }
 FASIM_LOWP_ASSIGN(+)
 FASIM_LOWP_ASSIGN(-)

@@ -13,8 +13,9 @@ A derived program-scope constant becomes an accessor that evaluates its initiali
 and declares them `extern const` in the constant address space: usable like MSL's, but not in constant
 expressions (template arguments, array sizes), which Metal refuses too.
 
-Because uses are rewritten by name, a local variable or parameter that shadows a function constant is refused (a
-member of a struct may share the name)."""
+Uses are rewritten by name, so the pass follows C++ scoping where a local variable or parameter of the same name
+shadows a function constant (MLX's kernels do this): inside its block, for statement or function body the name is
+left alone."""
 
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ class FunctionConstantPass:
         self.fcs: Dict[str, FunctionConstant] = {}
         self.derived: Dict[str, int] = {}      # derived program-scope constant -> its number
         self.fc_consumed: Set[int] = set()     # tokens replaced as part of a larger edit
+        self.fc_shadows: Dict[str, list] = {}  # name -> [(first, end) token ranges where a local of that name lives]
 
     def fc_statement_end(self, i: int) -> int:
         toks = self.toks
@@ -91,6 +93,8 @@ class FunctionConstantPass:
         """At a program-scope `constant` keyword: handles a function constant or a constant derived from one.
         Returns True if the statement's text was replaced (then the caller leaves its tokens alone)."""
         toks = self.toks
+        if self.in_parameter_list(i) or self.in_template_arguments(i):
+            return False  # `constant T& x [[buffer(n), function_constant(c)]]`: a kernel argument, not a declaration
         end = self.fc_statement_end(i)
         attr_items = [it for _, it in self.attr_items_between(i, end)]
         fc_items = [it for it in attr_items if re.match(r"function_constant\s*\(", it)]
@@ -167,22 +171,51 @@ class FunctionConstantPass:
         t = toks[i]
         if i > 0 and toks[i - 1].text in (".", "->", "::"):
             return  # a member, or a qualified name: not ours
+        if any(a <= i < b for a, b in self.fc_shadows.get(t.text, ())):
+            return  # a local variable or parameter of that name is in scope
         prev = self.prev_sig(i)
         nxt = toks[i + 1].text if i + 1 < len(toks) else ""
         if (prev is not None and toks[prev].kind == "id" and toks[prev].text not in _NOT_A_DECLARATOR_BEFORE
                 and nxt in _DECLARATOR_AFTER):
             if self.in_function(i) or self.in_parameter_list(i):
-                fc = self.fcs.get(t.text)
-                at = f" (declared at {fc.file}:{fc.line})" if fc else ""
-                raise self.err(i, f"'{t.text}' is declared here but also names a function constant{at}: the "
-                                  "simulator rewrites function constants by name, so rename this variable")
-            return  # a struct member of that name
+                self.fc_shadows.setdefault(t.text, []).append((i, self.scope_end(i)))
+            return  # a declaration of that name (a struct member's, or one that shadows the constant)
         if self.mode != "exec":
             return
         if t.text in self.fcs:
             self.edits.append((t.start, t.end, f"fasim_fc_{self.fcs[t.text].slot}()"))
         else:
             self.edits.append((t.start, t.end, f"fasim_fcd_{self.derived[t.text]}()"))
+
+    def scope_end(self, i: int) -> int:
+        """Index of the token that ends the scope of a variable or parameter declared at toks[i]: the end of the
+        enclosing block, of the for statement whose init it is in, or of the body of the function it is a
+        parameter of."""
+        toks = self.toks
+        depth = 0
+        for j in range(i - 1, -1, -1):
+            tx = toks[j].text
+            if tx in (")", "]", "}"):
+                depth += 1
+            elif tx in ("(", "["):
+                if depth:
+                    depth -= 1
+                    continue
+                close = match(toks, j, "(", ")") if tx == "(" else match(toks, j, "[", "]")
+                k = close + 1
+                while k < len(toks) and toks[k].text not in ("{", ";"):
+                    k += 1  # `) const {`, `) -> T {`, attributes
+                if k < len(toks) and toks[k].text == "{":
+                    return match(toks, k, "{", "}")
+                if j > 0 and toks[j - 1].text in ("for", "while", "if", "switch"):
+                    return k  # a statement without braces
+                return close
+            elif tx == "{":
+                if depth:
+                    depth -= 1
+                    continue
+                return match(toks, j, "{", "}")
+        return len(toks)
 
     def in_parameter_list(self, i: int) -> bool:
         """toks[i] is inside a parenthesised list at namespace or struct scope (a function's parameters)."""
@@ -197,6 +230,23 @@ class FunctionConstantPass:
                 depth -= 1
             elif tx in ("{", "}", ";") and depth == 0:
                 return False
+        return False
+
+    def in_template_arguments(self, i: int) -> bool:
+        """toks[i] follows an unclosed '<' of the current statement (`foo<constant T*>`)."""
+        depth = 0
+        for j in range(i - 1, -1, -1):
+            tx = self.toks[j].text
+            if tx in (";", "{", "}"):
+                return False
+            if tx == ">":
+                depth += 1
+            elif tx == ">>":
+                depth += 2
+            elif tx == "<":
+                if depth == 0:
+                    return True
+                depth -= 1
         return False
 
     def fc_gate(self, item: str, where_tok: int) -> Optional[str]:
