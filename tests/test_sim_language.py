@@ -70,6 +70,11 @@ def test_reading_a_constant_without_a_value_is_a_fault_at_the_use():
     assert res.faults and "has_bias" in res.faults[0].message and "no value" in res.faults[0].message
 
 
+def test_locals_shadowing_a_function_constant_follow_cpp_scoping():
+    res = sim.run(FC, "fc_shadow", 1, 2, {0: np.zeros(2, np.int32)}, schedules=1, constants={"repeat_count": 3})
+    assert res.faults == [] and res.buffers[0].tolist() == [3 * 10001 + 1107] * 2
+
+
 @pytest.mark.parametrize("consts,needle", [
     ({"nope": 1}, "not a function constant"),
     ({"repeat_count": 2**31}, "out of range"),
@@ -136,7 +141,6 @@ def test_function_constants_are_not_compile_time_constants_in_the_strict_check(t
 
 
 @pytest.mark.parametrize("body,needle", [
-    ("kernel void k(device int* y [[buffer(0)]]) { int n_fc = 2; y[0] = n_fc; }", "rename this variable"),
     ("constant int n_fc2 [[function_constant(0)]];", "share index 0"),
     ("kernel void k(device int* y [[buffer(0)]], device int* z [[buffer(1), function_constant(n_fc)]]) {}",
      "bool function constant"),

@@ -24,6 +24,9 @@ PLANTED = [
     ("b[i] = y[i] * 2.0f;", "bfloat"),
     ("bfloat z = b[i]; z += 1.0f; b[i] = z;", "bfloat"),
     ("half h = b[i]; y[i] = h;", "half"),
+    # §2.1 / §6.5: no math function takes bfloat; the float result does not convert back implicitly
+    ("b[i] = exp(b[i]);", "bfloat"),
+    ("bfloat2 v = bfloat2(b[i]); v = sqrt(v); b[i] = v.x;", "sqrt"),
     # §2.4: simdgroup_matrix elements are float, half or bfloat
     ("simdgroup_matrix<int, 8, 8> m; (void)m;", "simdgroup_matrix elements are float, half or bfloat"),
     # §6.15.1: atomic functions take memory_order_relaxed only
@@ -50,7 +53,7 @@ LEGAL = """
     half h = half(float(b[i]));
     z += 1;
     b[i] = bfloat(f32 * 0.5f) + w + s;
-    y[i] = float(h) + float(z);
+    y[i] = float(h) + float(z) + exp(b[i]) * 0.0f;
     simdgroup_matrix<half, 8, 8> hm = make_filled_simdgroup_matrix<half, 8, 8>(half(1.0f));
     simdgroup_matrix<float, 8, 8> acc = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
     simdgroup_multiply_accumulate(acc, hm, hm, acc);

@@ -70,8 +70,20 @@ template <class V> bool all(V v);
 template <class V> bool any(V v);
 template <class T, class U> T as_type(U u);
 
-namespace fast { using namespace ::metal; }
-namespace precise { using namespace ::metal; }
+// The math functions are members of fast:: and precise:: too (see fasim_math.h), so that overloads a kernel adds
+// there extend them.
+#define FASIM_CHECK_MATH_MEMBERS                                                                                 \
+    using ::metal::floor; using ::metal::ceil; using ::metal::round; using ::metal::rint; using ::metal::trunc;  \
+    using ::metal::fabs; using ::metal::fract; using ::metal::saturate; using ::metal::sign;                     \
+    using ::metal::atan2; using ::metal::fmin; using ::metal::fmax; using ::metal::step; using ::metal::exp;     \
+    using ::metal::exp2; using ::metal::exp10; using ::metal::log; using ::metal::log2; using ::metal::log10;    \
+    using ::metal::sqrt; using ::metal::rsqrt; using ::metal::sin; using ::metal::cos; using ::metal::tan;       \
+    using ::metal::tanh; using ::metal::sinh; using ::metal::cosh; using ::metal::asin; using ::metal::acos;     \
+    using ::metal::atan; using ::metal::pow; using ::metal::powr; using ::metal::divide; using ::metal::fmod;    \
+    using namespace ::metal;
+namespace fast { FASIM_CHECK_MATH_MEMBERS }
+namespace precise { FASIM_CHECK_MATH_MEMBERS }
+#undef FASIM_CHECK_MATH_MEMBERS
 
 enum class mem_flags : int { mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_texture = 4,
                              mem_threadgroup_imageblock = 8 };

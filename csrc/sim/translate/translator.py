@@ -129,6 +129,8 @@ class Translator(KernelPass, FunctionConstantPass):
                 # checked: a pointer cast to a type its address is not aligned for is a fault (fasim_rt.h CastSite)
                 self.edits.append((t.start, t.end, "::fasim::CastSite(__FILE__, __LINE__).as"))
                 continue
+            if t.text == "namespace" and self.mode == "exec" and i + 1 < len(toks) and toks[i + 1].text == "metal":
+                self.reopen_metal(i)
             if t.text == "kernel":
                 self.edits.append((t.start, t.end, ""))
             elif t.text == "constant" and not self.in_function(i) and self.fc_declaration(i):
@@ -148,6 +150,34 @@ class Translator(KernelPass, FunctionConstantPass):
         self.instantiate()
         from .emit import emit  # emit.py builds the output from this pass's results
         return emit(self)
+
+    def reopen_metal(self, i: int) -> None:
+        """`namespace metal { ... }` at file scope (kernels add overloads and specialisations to MSL's namespace): the
+        simulator wraps a file in an anonymous namespace (emit.py), inside which this would open a namespace of
+        its own; close the anonymous one around the block so that the additions reach ::metal."""
+        toks = self.toks
+        if any(toks[j].text == "{" for j in range(i)) and self.brace_depth(i) != 0:
+            return  # inside another namespace or block: left as written
+        k = i + 1
+        while k < len(toks) and toks[k].text != "{":
+            if toks[k].text == ";":
+                return  # `namespace metal = ...;` or similar: not a block
+            k += 1
+        if k >= len(toks):
+            return
+        close = match(toks, k, "{", "}")
+        self.edits.append((toks[i].start, toks[i].start, "}  /* to ::metal */ "))
+        self.edits.append((toks[close].end, toks[close].end, " namespace {"))
+
+    def brace_depth(self, i: int) -> int:
+        depth = 0
+        for j in range(i):
+            tx = self.toks[j].text
+            if tx == "{":
+                depth += 1
+            elif tx == "}":
+                depth -= 1
+        return depth
 
     def swizzle(self, i: int) -> None:
         """`v.xy` -> `v.template fasim_swizzle<0, 1>()`; as an assignment target the writing proxy instead."""

@@ -39,3 +39,18 @@ kernel void fc_scale(device const float* x [[buffer(0)]],
 kernel void fc_required(device int* y [[buffer(0)]], uint i [[thread_position_in_grid]]) {
     y[i] = repeat_count + int(i);
 }
+
+// A local variable or parameter may shadow a function constant (MLX's sdpa_vector kernels do): inside its scope the
+// name means the local, outside it the constant. y = repeat_count * 10001 + 100 + 1000 + 7.
+inline int plus_seven(int repeat_count) { return repeat_count + 7; }
+kernel void fc_shadow(device int* y [[buffer(0)]], uint i [[thread_position_in_grid]]) {
+    int acc = repeat_count;
+    {
+        const int repeat_count = 100;
+        acc += repeat_count;
+    }
+    for (int repeat_count = 0; repeat_count < 1; repeat_count++) {
+        acc += 1000;
+    }
+    y[i] = plus_seven(acc) + repeat_count * 10000;
+}
