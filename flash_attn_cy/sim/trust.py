@@ -7,7 +7,8 @@ passed (``sim check``) it must stay inside the MSL subset:
 * Source rules (:func:`scan_sources`, on the tokens of the file and the local headers it includes): no ``extern``,
   no ``asm``; no reserved identifiers (``__x``, ``_X``: compiler builtins and the predefined macros that tell one
   compiler from another, through which the preprocessor could show the checker other code than the compiler) except
-  the MSL ones in :data:`RESERVED_ALLOWED` and anything inside ``__attribute__((...))``; only the usual preprocessor
+  the MSL ones in :data:`RESERVED_ALLOWED`, anything inside ``__attribute__((...))`` and ``_Pragma("...")`` with an
+  allowed pragma; only the usual preprocessor
   directives (no ``#line``, ``#include_next``, ``#import``, ``#embed``, computed ``#include``, unknown ``#pragma``);
   quoted includes name files in the kernel's directory (or a directory given with ``-I``), not absolute paths or
   paths that climb out of it. ``<...>`` includes other than ``<metal_*>`` are already refused by the translator.
@@ -80,6 +81,16 @@ def _scan_identifiers(toks: Iterable[Tuple[str, int]], where, errors: List[str])
                 j += 1
             i = j + 1
             continue
+        if text == "_Pragma":
+            # the operator form of #pragma (kernels hide `#pragma clang loop unroll` in macros this way): the same
+            # pragmas as the directive
+            arg = toks[i + 2][0] if i + 3 < len(toks) and toks[i + 1][0] == "(" and toks[i + 3][0] == ")" else ""
+            words = arg[1:-1].split() if arg.startswith('"') else []
+            first, second = (words + ["", ""])[:2]
+            if not (first in PRAGMAS_ALLOWED or (first == "GCC" and second in PRAGMA_GCC_ALLOWED)):
+                errors.append(f"{where(line)}: _Pragma({arg or '...'}) is not allowed in a kernel file")
+            i += 4
+            continue
         if text in ("extern",):
             errors.append(f"{where(line)}: 'extern' is not MSL: a kernel file may only use what it defines and the "
                           "MSL built-ins")
@@ -145,7 +156,7 @@ def scan_sources(files: Sequence[Tuple[str, str]], include_dirs: Sequence[str] =
                 if name in ("error", "warning"):
                     continue  # free text
                 ids.extend((w, t.line) for w in words)
-            elif t.kind in ("id", "punct"):
+            elif t.kind in ("id", "punct", "str"):
                 ids.append((t.text, t.line))
         _scan_identifiers(ids, where, errors)
     return errors
