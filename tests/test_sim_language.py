@@ -1,6 +1,6 @@
 """The language real kernels use (issue 19 section 2): function constants (MSL specification §5.8.1), the
 preprocessor (own headers, #define/#if, macro-generated kernels, -D), templates instantiated under [[host_name]],
-and [[max_total_threads_per_threadgroup]] enforced at launch. Each feature has a kernel of its own in
+[[max_total_threads_per_threadgroup]] enforced at launch, and [[threadgroup(n)]] arguments. Each feature has a kernel of its own in
 sim_cases/lang/ whose results are checked here, in Python and through the command line."""
 
 import ctypes
@@ -100,7 +100,7 @@ def test_runtime_entry_point_checks_type_and_ignores_unknown_constants():
         n = lib.fasim_launch(b"fc_required", (ctypes.c_uint * 3)(1, 1, 1), (ctypes.c_uint * 3)(2, 1, 1), 1,
                              (ctypes.c_int * 1)(0), (ctypes.c_void_p * 1)(y.ctypes.data), None,
                              (ctypes.c_size_t * 1)(y.nbytes), (ctypes.c_int * 1)(1), 0, None, None, None, 1, 1, 1, 0,
-                             msg, len(msg), None, *args[:6])
+                             msg, len(msg), None, *args[:6], 0, None, None)
         return n, msg.value.decode(), y
 
     n, msg, y = launch([(1, "", 29, np.int32(40).tobytes()), (77, "unused", 53, b"\x01")])
@@ -215,3 +215,30 @@ def test_cli_constants_and_defines(tmp_path):
         assert p.returncode == 2 and needle in p.stderr, p.stdout + p.stderr
     p = cli("check", "-D", "TILE=8", str(LANG / "macros.metal"))
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_threadgroup_memory_arguments():
+    p = LANG / "threadgroup_memory.metal"
+    x = np.arange(128, dtype=np.float32)
+    res = sim.run(p, "reverse_blocks", 2, 64, {0: x, 1: np.zeros(128, np.float32), 2: np.zeros(2, np.float32)},
+                  schedules=3, threadgroup_memory={0: 256, 1: 16})
+    assert res.faults == []
+    np.testing.assert_array_equal(res.buffers[1], np.concatenate([x[:64][::-1], x[64:][::-1]]))
+    np.testing.assert_array_equal(res.buffers[2], [x[:64].sum(), x[64:].sum()])
+    bufs = {0: x, 1: np.zeros(128, np.float32), 2: np.zeros(2, np.float32)}
+    for lengths, needle in (({0: 256}, "[[threadgroup(1)]] has no length"),
+                            ({0: 256, 1: 8}, "multiple of 16"),
+                            ({0: 256, 1: 16, 2: 16}, "no [[threadgroup(2)]] argument"),
+                            ({0: 32768, 1: 16}, "32 KiB")):
+        res = sim.run(p, "reverse_blocks", 2, 64, bufs, schedules=1, threadgroup_memory=lengths)
+        assert res.faults and needle in res.faults[0].message, (lengths, res.faults)
+    # a length too small for what the kernel indexes: out of bounds, as on the GPU's guard-less memory it would be
+    res = sim.run(p, "reverse_blocks", 2, 64, bufs, schedules=1, threadgroup_memory={0: 128, 1: 16})
+    assert res.faults and res.faults[0].kind == "out-of-bounds", res.faults
+    # and through the command line
+    p2 = subprocess.run([sys.executable, "-m", "flash_attn_cy.sim", "run", str(p), "--kernel", "reverse_blocks",
+                         "--grid", "1", "--threadgroup", "32", "--buffer", "0=zeros:float32:32",
+                         "--buffer", "1=zeros:float32:32", "--buffer", "2=zeros:float32:1",
+                         "--threadgroup-memory", "0=128", "--threadgroup-memory", "1=16", "--schedules", "1"],
+                        capture_output=True, text=True, timeout=300)
+    assert p2.returncode == 0, p2.stdout + p2.stderr

@@ -83,6 +83,26 @@ std::string required_buffers(const KernelInfo *k, const std::vector<FcValue> &va
     return "";
 }
 
+std::string threadgroup_memory(const KernelInfo *k, const std::vector<ThreadgroupMemoryArg> &given,
+                               LaunchValues *values) {
+    const std::string who = "launch of '" + std::string(k->name) + "': ";
+    for (int i = 0; i < kMaxBuffers; i++) values->tg_mem[i] = 0;
+    for (const ThreadgroupMemoryArg &g : given) {
+        if (g.index < 0 || g.index >= kMaxBuffers || !(k->tg_mem_mask >> g.index & 1u))
+            return who + "threadgroup memory length given for index " + std::to_string(g.index) +
+                   ", but the kernel has no [[threadgroup(" + std::to_string(g.index) + ")]] argument";
+        // setThreadgroupMemoryLength:atIndex: takes multiples of 16 bytes, at most the 32 KiB Apple GPUs have
+        if (g.bytes == 0 || g.bytes % 16 != 0 || g.bytes > 32768)
+            return who + "[[threadgroup(" + std::to_string(g.index) + ")]] length " + std::to_string(g.bytes) +
+                   " bytes: Metal takes a positive multiple of 16, at most 32768";
+        values->tg_mem[g.index] = (uint32_t)g.bytes;
+    }
+    for (int i = 0; i < kMaxBuffers; i++)
+        if ((k->tg_mem_mask >> i & 1u) && !values->tg_mem[i])
+            return who + "[[threadgroup(" + std::to_string(i) + ")]] has no length (setThreadgroupMemoryLength)";
+    return "";
+}
+
 std::string check_threadgroup_size(const KernelInfo *k, uint64_t nthreads) {
     if (!k->max_threads || nthreads <= k->max_threads) return "";
     return "launch of '" + std::string(k->name) + "': a threadgroup of " + std::to_string(nthreads) +

@@ -258,6 +258,7 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
     if (refused.empty()) refused = resolve_constants(kernel, cfg.constants, L.fc_values);
     uint32_t required = 0;
     if (refused.empty()) refused = required_buffers(kernel, L.fc_values, &required);
+    if (refused.empty()) refused = threadgroup_memory(kernel, cfg.threadgroup_memory, &L.values);
     if (!refused.empty()) return {{"error", refused}};
     L.values.fc = L.fc_values.data();
     L.nthreads = (uint32_t)nthreads;

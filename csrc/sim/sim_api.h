@@ -40,6 +40,11 @@ struct FunctionConstantValue {
     std::vector<unsigned char> value;  // the value's bytes: components x element size of that type
 };
 
+struct ThreadgroupMemoryArg {  // setThreadgroupMemoryLength:atIndex: for a [[threadgroup(index)]] argument
+    int index;
+    size_t bytes;                // a multiple of 16, as Metal requires
+};
+
 struct LaunchConfig {
     uint32_t grid[3] = {1, 1, 1};     // threadgroups per grid
     uint32_t threads[3] = {1, 1, 1};  // threads per threadgroup
@@ -57,6 +62,8 @@ struct LaunchConfig {
     const fa_cancel *cancel = nullptr;
     // Function constant values (specialisation): what the dispatch plan passes to MTLFunctionConstantValues.
     std::vector<FunctionConstantValue> constants;
+    // Lengths of the kernel's [[threadgroup(n)]] arguments.
+    std::vector<ThreadgroupMemoryArg> threadgroup_memory;
 };
 
 struct Fault {

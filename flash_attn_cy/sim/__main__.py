@@ -2,7 +2,8 @@
 
     python -m flash_attn_cy.sim run FILE.metal --kernel NAME --grid X[,Y[,Z]] --threadgroup X[,Y[,Z]]
         [--buffer INDEX=PATH.npy | --buffer INDEX=zeros:DTYPE:COUNT]... [--bytes INDEX=DTYPE:V1[,V2,...]]...
-        [--constant NAME=VALUE | --constant INDEX=VALUE]... [-D NAME[=VALUE]]... [--schedules N] [--out DIR]
+        [--constant NAME=VALUE | --constant INDEX=VALUE]... [-D NAME[=VALUE]]... [--threadgroup-memory INDEX=BYTES]...
+        [--schedules N] [--out DIR]
     python -m flash_attn_cy.sim check [-D NAME[=VALUE]]... FILE.metal...
 
 Exit status: 0 clean, 1 faults found (run) or check failed (check), 2 usage or translation/compile error,
@@ -121,6 +122,19 @@ def _constants(specs: List[str]) -> Dict[str, object]:
     return out
 
 
+def _tg_memory(specs: List[str]) -> Dict[int, int]:
+    """--threadgroup-memory INDEX=BYTES."""
+    out: Dict[int, int] = {}
+    for s in specs:
+        k, rest = _split_index(s, "--threadgroup-memory")
+        if not rest.strip().isdigit():
+            raise UsageError(f"--threadgroup-memory expects INDEX=BYTES, got {s!r}")
+        if k in out:
+            raise UsageError(f"--threadgroup-memory index {k} given twice")
+        out[k] = int(rest)
+    return out
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     if not os.path.isfile(a.file):
         raise UsageError(f"no such file {a.file!r} (run takes the path of a .metal file)")
@@ -142,7 +156,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         os.environ["FLASH_ATTN_CY_SIM_FAST_MATH"] = "1"
 
     res = run(a.file, a.kernel, _dims(a.grid, "--grid"), _dims(a.threadgroup, "--threadgroup"), buffers, byts,
-              a.schedules, include_dirs=a.include, defines=a.define, constants=_constants(a.constant))
+              a.schedules, include_dirs=a.include, defines=a.define, constants=_constants(a.constant),
+              threadgroup_memory=_tg_memory(a.threadgroup_memory))
     for f in res.faults:
         print(f"{f.kind}: {f.message}")
     if a.out:
@@ -193,6 +208,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("-I", "--include", action="append", default=[], help="extra directory for #include \"...\"")
     r.add_argument("-D", "--define", action="append", default=[], metavar="NAME[=VALUE]",
                    help="define a preprocessor macro (VALUE defaults to 1)")
+    r.add_argument("--threadgroup-memory", action="append", default=[], metavar="INDEX=BYTES",
+                   help="length of a [[threadgroup(INDEX)]] argument (setThreadgroupMemoryLength; multiple of 16)")
     r.add_argument("--constant", action="append", default=[], metavar="NAME=VALUE",
                    help="function constant value ([[function_constant(INDEX)]]), by name or INDEX=VALUE; VALUE is "
                         "true/false, an integer or a number, converted to the declared type")

@@ -290,6 +290,8 @@ def load_module(cpp_code: str, label: str = "kernel", verify: Optional[Callable[
             # function constants: count, index, name, MTLDataType, value pointer, value bytes (c_api.cpp)
             ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_uint),
             ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t),
+            # [[threadgroup(n)]] lengths: count, indices, bytes
+            ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_size_t),
         ]
         _loaded[key] = lib
         return lib

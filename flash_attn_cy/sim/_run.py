@@ -121,7 +121,8 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         buffers: Optional[Mapping[int, np.ndarray]] = None, bytes: Optional[Mapping[int, object]] = None,
         schedules: int = 3, *, seed: int = 0x5EED, host_threads: int = 0,
         include_dirs: Sequence[str] = (), defines: Optional[Union[Mapping[str, object], Sequence[str]]] = None,
-        constants: Optional[Mapping[Union[str, int], object]] = None) -> SimResult:
+        constants: Optional[Mapping[Union[str, int], object]] = None,
+        threadgroup_memory: Optional[Mapping[int, int]] = None) -> SimResult:
     """Run ``kernel`` from an MSL file (or source text) on the simulator.
 
     Args:
@@ -142,6 +143,8 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
             ``{"has_mask": True, 3: 64}``; the value is converted to the declared type (out of range is an
             error). Constants not given are undefined (``is_function_constant_defined`` is false; reading one is
             an error fault).
+        threadgroup_memory: ``{index: bytes}`` for the kernel's ``[[threadgroup(index)]]`` arguments (as
+            ``setThreadgroupMemoryLength:atIndex:``; multiples of 16).
 
     Returns:
         ``SimResult(buffers, faults)``: the buffers after the forward run (new arrays; a read-only buffer comes
@@ -161,7 +164,7 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         raise ValueError(f"host_threads must be an int in [0, 4096] (0 = all cores), got {host_threads!r}")
     source, path = load_source(path_or_source)
     lib, fcs = _module_for(source, path, tuple(str(d) for d in include_dirs), normalize_defines(defines))
-    const_args = _constant_args(pack_constants(constants, fcs, path))
+    const_args = _constant_args(pack_constants(constants, fcs, path)) + _tg_memory_args(threadgroup_memory)
 
     # No copy of the inputs on this side: the runtime copies each buffer into its guarded mapping straight from the
     # caller's array and writes the forward run's results into a fresh output array (pages touched only then), so
@@ -249,6 +252,18 @@ def _constant_args(packed: List[Tuple[int, str, int, builtins.bytes]]) -> list:
             (ctypes.c_size_t * max(1, n))(*[len(p[3]) for p in packed]), values]
 
 
+def _tg_memory_args(lengths: Optional[Mapping[int, int]]) -> list:
+    """fasim_launch's [[threadgroup(n)]] arguments: count, indices, byte lengths."""
+    items = []
+    for k, v in (lengths or {}).items():
+        k = _index(k, "threadgroup_memory")
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+            raise TypeError(f"threadgroup_memory[{k}] must be a byte count (int >= 0), got {v!r}")
+        items.append((k, int(v)))
+    n = len(items)
+    return [n, (ctypes.c_int * max(1, n))(*[k for k, _ in items]), (ctypes.c_size_t * max(1, n))(*[v for _, v in items])]
+
+
 def _launch_interruptibly(lib: ctypes.CDLL, args: list, const_args: list):
     """lib.fasim_launch(*args, token): on the main thread, the simulator runs Python's signal handlers about every
     20 ms (ctypes releases the GIL for the call) through the package's C poll function (flash_attn_cy._core, the same
@@ -259,7 +274,8 @@ def _launch_interruptibly(lib: ctypes.CDLL, args: list, const_args: list):
     token = _Cancel()
     if threading.current_thread() is threading.main_thread():
         token.poll = ctypes.cast(ctypes.c_void_p(_core._signal_poll_address()), _POLL)
-    n = lib.fasim_launch(*args, ctypes.byref(token), *const_args[:6])  # const_args[6] keeps the values alive
+    # const_args: 6 function constant arguments, the list that keeps their values alive, 3 threadgroup memory ones
+    n = lib.fasim_launch(*args, ctypes.byref(token), *const_args[:6], *const_args[7:])
     _core._raise_pending_signal()
     return n
 

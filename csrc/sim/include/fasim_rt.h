@@ -42,7 +42,8 @@ struct GatedBuffer {
 };
 // What a launch adds to the kernel's code, the same for all its threads.
 struct LaunchValues {
-    const FcValue *fc;  // [KernelInfo::n_fc]
+    const FcValue *fc;               // [KernelInfo::n_fc]
+    uint32_t tg_mem[kMaxBuffers];    // bytes of each [[threadgroup(n)]] argument (setThreadgroupMemoryLength:atIndex:)
 };
 
 struct ThreadCtx {
@@ -141,6 +142,7 @@ struct KernelInfo {
     const FcDecl *const *fc; // the function constants of the kernel's file (the same table for all its kernels)
     uint32_t n_fc;
     uint32_t max_threads;    // [[max_total_threads_per_threadgroup(N)]], 0 if none: a larger threadgroup is refused
+    uint32_t tg_mem_mask;    // [[threadgroup(n)]] indices: the launch must give each a length
     const KernelInfo *next;
 };
 struct KernelRegistrar {
@@ -153,6 +155,16 @@ struct BufArg {
     template <class U> operator U *() const { return static_cast<U *>(ctx().buf[idx]); }
     template <class U, class = std::enable_if_t<!std::is_pointer<U>::value>> operator U &() const {
         return *static_cast<U *>(ctx().buf[idx]);
+    }
+};
+
+// A [[threadgroup(n)]] argument (dynamic threadgroup memory, MSL §4.4): the launch's length for index n, allocated
+// once per threadgroup like a `threadgroup` declaration (tg_alloc: poisoned, counted against the 32 KiB limit).
+struct TgMemArg {
+    const TgSite *site;
+    int idx;
+    template <class U> operator U *() const {
+        return static_cast<U *>(tg_alloc(site, ctx().launch->tg_mem[idx], 16));
     }
 };
 

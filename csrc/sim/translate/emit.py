@@ -48,11 +48,17 @@ def _trampolines(tr) -> list:
         args = []
         mask = 0
         gated = {b for b, _ in e.gates}
+        tg_mask = 0
         for kind, v in e.params:
             if kind == "buffer":
                 args.append(f"::fasim::BufArg{{{v}}}")
                 if int(v) not in gated:
                     mask |= 1 << int(v)
+            elif kind == "tgmem":
+                out.append(f'const ::fasim::TgSite fasim_tgmem_{n}_{v}{{"[[threadgroup({v})]]", '
+                           f'"{c_string(e.file)}", {e.line}}};')
+                args.append(f"::fasim::TgMemArg{{&fasim_tgmem_{n}_{v}, {v}}}")
+                tg_mask |= 1 << int(v)
             else:
                 args.append(f"::fasim::IdArg{{::fasim::{v}}}")
         gates = "nullptr"
@@ -64,7 +70,7 @@ def _trampolines(tr) -> list:
         out.append(f"void fasim_entry_{n}(::fasim::ThreadCtx &) {{ {e.call}({', '.join(args)}); }}")
         out.append(f'::fasim::KernelInfo fasim_info_{n}{{"{c_string(e.name)}", &fasim_entry_{n}, '
                    f'"{c_string(e.file)}", {e.line}, {mask}u, {gates}, {len(e.gates)}u, {table}, {len(fcs)}u, '
-                   f"{max_threads}, nullptr}};")
+                   f"{max_threads}, {tg_mask}u, nullptr}};")
         out.append(f"::fasim::KernelRegistrar fasim_registrar_{n}{{&fasim_info_{n}}};")
     return out
 

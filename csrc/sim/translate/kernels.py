@@ -1,7 +1,7 @@
 """Kernel entry points: definitions (`kernel void f(...)`, `[[kernel]]`, templates), explicit instantiations
 registered under their `[[host_name("...")]]`, the binding of every parameter (buffer index or thread id), MSL's type
 rules for the id parameters, optional arguments gated by function constants, and
-`[[max_total_threads_per_threadgroup(N)]]`."""
+`[[max_total_threads_per_threadgroup(N)]]`; `[[threadgroup(n)]]` arguments (dynamic threadgroup memory)."""
 
 from __future__ import annotations
 
@@ -176,6 +176,11 @@ class KernelPass:
                 elif nm in ID_ATTRIBUTES:
                     binds.append(("id", ID_ATTRIBUTES[nm]))
                     id_types.append((nm, a))
+                elif nm == "threadgroup":  # dynamic threadgroup memory: a `threadgroup T*` the launch sizes
+                    m = re.match(r"threadgroup\s*\(\s*(\d+)\s*\)", it)
+                    if not m or int(m.group(1)) >= 31:
+                        raise self.err(a, f"bad index in [[{it}]] (expected 0..30)")
+                    binds.append(("tgmem", m.group(1)))
                 elif nm == "function_constant":
                     gate = self.fc_gate(it, a)
                 elif nm in IGNORED_ATTRIBUTES:
@@ -188,8 +193,8 @@ class KernelPass:
                 # this); they take the lowest indices no explicit [[buffer(n)]] of this kernel uses.
                 binds.append(("buffer", None))
             if len(binds) != 1:
-                raise self.err(a, f"kernel '{name}': parameter '{' '.join(words)}' needs exactly one [[buffer(n)]] "
-                                  "or id attribute")
+                raise self.err(a, f"kernel '{name}': parameter '{' '.join(words)}' needs exactly one [[buffer(n)]], "
+                                  "[[threadgroup(n)]] or id attribute")
             params.append(binds[0])
             if gate is not None:
                 if binds[0][0] != "buffer":

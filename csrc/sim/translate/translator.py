@@ -25,7 +25,8 @@ UNSUPPORTED_KEYWORDS = {
     "imageblock": "imageblocks",
 }
 # Attributes the translator reads elsewhere or that change nothing the simulator models.
-KNOWN_ATTRIBUTES = {"kernel", "host_name", "buffer", "function_constant", "max_total_threads_per_threadgroup"}
+KNOWN_ATTRIBUTES = {"kernel", "host_name", "buffer", "function_constant", "max_total_threads_per_threadgroup",
+                    "threadgroup"}
 HALF_LITERAL_RE = re.compile(r"^(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?[hH]$")
 SWIZZLE_RE = re.compile(r"^([xyzw]{2,4}|[rgba]{2,4})$")
 VECTOR_TYPE_RE = re.compile(r"^(float|half|bfloat|int|uint|short|ushort|char|uchar|bool|long|ulong)[234]$")
@@ -87,7 +88,6 @@ class Translator(KernelPass, FunctionConstantPass):
         if name.startswith("clang ::") or name.startswith("gnu ::"):
             return
         what = {
-            "threadgroup": "[[threadgroup(n)]] parameters (dynamic threadgroup memory): declare the array in the kernel",
             "stage_in": "[[stage_in]]",
             "texture": "textures",
             "sampler": "samplers",
