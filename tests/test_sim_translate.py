@@ -37,7 +37,7 @@ kernel void g(device float* y [[buffer(1)]]) { y[0] = 1.0h; }
 
 @pytest.mark.parametrize("body,needle,line", [
     ("kernel void k(device float* y [[buffer(0)]], threadgroup float* t [[threadgroup(31)]]) {}",
-     "threadgroup(31)", 3),
+     "expected 0..30", 3),
     ("constant float2x2 flag [[function_constant(0)]];", "function constant of type", 3),
     ("kernel void k(device float* y [[buffer(0)]]) { y[0] = is_function_constant_defined(y); }",
      "not a function constant", 3),
