@@ -81,6 +81,7 @@ class FunctionConstantPass:
         self.fc_shadows: Dict[str, list] = {}  # name -> [(first, end) token ranges where a local of that name lives]
 
     def fc_statement_end(self, i: int) -> int:
+        """Index of the ';' ending the statement that starts at toks[i] (brackets skipped)."""
         toks = self.toks
         j = i
         while j < len(toks) and toks[j].text != ";":
