@@ -242,3 +242,10 @@ def test_threadgroup_memory_arguments():
                          "--threadgroup-memory", "0=128", "--threadgroup-memory", "1=16", "--schedules", "1"],
                         capture_output=True, text=True, timeout=300)
     assert p2.returncode == 0, p2.stdout + p2.stderr
+
+
+def test_type_traits_numeric_limits_and_global_vector_names():
+    res = sim.run(LANG / "type_traits.metal", "traits_report", 1, 1, {0: np.zeros(8, np.float32)}, schedules=1)
+    assert res.faults == []
+    np.testing.assert_array_equal(res.buffers[0], [-65504.0, np.float32(3.3895313892515355e38), 2.0 ** -10,
+                                                   2.0 ** -126, 1, 1, 1, 4])

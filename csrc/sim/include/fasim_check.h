@@ -34,6 +34,18 @@ FASIM_CHECK_VEC(long)
 FASIM_CHECK_VEC(ulong)
 #undef FASIM_CHECK_VEC
 template <class T, int N> using vec = T __attribute__((ext_vector_type(N)));
+}  // namespace metal
+
+// MSL's vector types are global names too (see fasim_types.h).
+#define FASIM_VEC_GLOBAL(P) using metal::P##2; using metal::P##3; using metal::P##4;
+FASIM_VEC_GLOBAL(float) FASIM_VEC_GLOBAL(half) FASIM_VEC_GLOBAL(bfloat) FASIM_VEC_GLOBAL(int) FASIM_VEC_GLOBAL(uint)
+FASIM_VEC_GLOBAL(short) FASIM_VEC_GLOBAL(ushort) FASIM_VEC_GLOBAL(char) FASIM_VEC_GLOBAL(uchar)
+FASIM_VEC_GLOBAL(bool) FASIM_VEC_GLOBAL(long) FASIM_VEC_GLOBAL(ulong)
+#undef FASIM_VEC_GLOBAL
+
+#include "fasim_traits.h"
+
+namespace metal {
 
 template <class V, class... A> V fasim_make(A... a);
 template <class T> T *fasim_tg_storage();  // threadgroup declarations become references to this
@@ -176,6 +188,7 @@ bool fc_defined(int slot);
 #define MAXFLOAT FLT_MAX
 #define METAL_FUNC inline  // <metal_stdlib>'s spelling of an always-inlined helper
 #define HALF_MAX 65504.0f
+#define MAXHALF HALF_MAX
 #define HALF_MIN 6.103515625e-05f
 #define M_E_F 2.71828182845904523536f
 #define M_LOG2E_F 1.44269504088896340736f

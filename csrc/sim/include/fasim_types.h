@@ -345,3 +345,10 @@ FASIM_VEC_NAMES(ulong, ulong)
 static_assert(sizeof(float3) == 16 && alignof(float4) == 16 && sizeof(half4) == 8, "MSL vector layout");
 
 }  // namespace metal
+
+// MSL's vector types are names of the global namespace too (headers use half2 before `using namespace metal;`).
+#define FASIM_VEC_GLOBAL(P) using metal::P##2; using metal::P##3; using metal::P##4;
+FASIM_VEC_GLOBAL(float) FASIM_VEC_GLOBAL(half) FASIM_VEC_GLOBAL(bfloat) FASIM_VEC_GLOBAL(int) FASIM_VEC_GLOBAL(uint)
+FASIM_VEC_GLOBAL(short) FASIM_VEC_GLOBAL(ushort) FASIM_VEC_GLOBAL(char) FASIM_VEC_GLOBAL(uchar)
+FASIM_VEC_GLOBAL(bool) FASIM_VEC_GLOBAL(long) FASIM_VEC_GLOBAL(ulong)
+#undef FASIM_VEC_GLOBAL

@@ -33,7 +33,7 @@ PREDEFINED = {"__METAL_VERSION__": "310", "__HAVE_BFLOAT__": "1", "__cplusplus":
 METAL_STDLIB_MACROS = frozenset({
     "INFINITY", "NAN", "HUGE_VALF", "FLT_MAX", "FLT_MIN", "FLT_EPSILON", "MAXFLOAT", "HALF_MAX", "HALF_MIN",
     "M_E_F", "M_LOG2E_F", "M_LOG10E_F", "M_LN2_F", "M_LN10_F", "M_PI_F", "M_PI_2_F", "M_SQRT2_F", "M_SQRT1_2_F",
-    "METAL_FUNC",
+    "METAL_FUNC", "MAXHALF",
 })
 _IGNORED_SYSTEM_HEADERS = ("simd/simd.h",)
 _NEAR_GAP = 8  # blank lines (instead of a #line marker) to bridge a gap this small
