@@ -39,12 +39,18 @@ FASIM_EXPORT size_t fasim_kernel_names(char *out, size_t outlen) {
 // becomes an "error" fault).
 // `cancel` (fa_cancel.h, may be null) stops it early: the only fault is then "cancelled" and the buffers are
 // untouched; its poll runs on the calling thread.
+// Function constants (sim_api.h, FunctionConstantValue): nconst values, each an index (-1: by name only), a name
+// (null or empty: by index only), an MTLDataType code and the value's bytes. [[threadgroup(n)]] lengths: ntgmem
+// (index, bytes) pairs.
 FASIM_EXPORT int fasim_launch(const char *kernel, const unsigned *grid, const unsigned *threads, int nbuf,
                               const int *buf_index, void *const *buf_data, const void *const *buf_src,
                               const size_t *buf_bytes, const int *buf_writable, int nbytes, const int *bytes_index,
                               const void *const *bytes_data, const size_t *bytes_len, int schedules,
                               unsigned long long seed, int host_threads, int bounds_run, char *out, size_t outlen,
-                              const fa_cancel *cancel) {
+                              const fa_cancel *cancel, int nconst, const int *const_index,
+                              const char *const *const_name, const unsigned *const_type,
+                              const void *const *const_value, const size_t *const_bytes, int ntgmem,
+                              const int *tgmem_index, const size_t *tgmem_bytes) {
     try {
     const fasim::KernelInfo *k = fasim::find_kernel(kernel);
     if (!k) {
@@ -63,6 +69,16 @@ FASIM_EXPORT int fasim_launch(const char *kernel, const unsigned *grid, const un
     cfg.host_threads = host_threads;
     cfg.bounds_run = bounds_run != 0;
     cfg.cancel = cancel;
+    for (int i = 0; i < nconst; i++) {
+        fasim::FunctionConstantValue v;
+        v.index = const_index[i];
+        if (const_name && const_name[i]) v.name = const_name[i];
+        v.mtl_type = const_type[i];
+        const unsigned char *p = static_cast<const unsigned char *>(const_value[i]);
+        v.value.assign(p, p + const_bytes[i]);
+        cfg.constants.push_back(std::move(v));
+    }
+    for (int i = 0; i < ntgmem; i++) cfg.threadgroup_memory.push_back({tgmem_index[i], tgmem_bytes[i]});
     fa_cancel_rt::PollScope poller(cancel);
     std::vector<fasim::BufferArg> bufs;
     for (int i = 0; i < nbuf; i++)

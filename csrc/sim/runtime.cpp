@@ -8,6 +8,7 @@
 #include <functional>
 #include <thread>
 
+#include "constants.h"
 #include "scheduler.h"
 
 namespace fasim {
@@ -255,6 +256,13 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
                               " threads per threadgroup exceed Metal's limit of 1024"}};
     if (ngroups > 0xffffffffull)
         return {{"error", std::string("launch of '") + kernel->name + "': too many threadgroups"}};
+    std::string refused = check_threadgroup_size(kernel, nthreads);
+    if (refused.empty()) refused = resolve_constants(kernel, cfg.constants, L.fc_values);
+    uint32_t required = 0;
+    if (refused.empty()) refused = required_buffers(kernel, L.fc_values, &required);
+    if (refused.empty()) refused = threadgroup_memory(kernel, cfg.threadgroup_memory, &L.values);
+    if (!refused.empty()) return {{"error", refused}};
+    L.values.fc = L.fc_values.data();
     L.nthreads = (uint32_t)nthreads;
     L.ngroups_total = (uint32_t)ngroups;
     for (int i = 0; i < kMaxBuffers; i++) L.bound[i] = false;
@@ -281,7 +289,7 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
         items.push_back({(char *)b.data, b.bytes, false, b.index, true, nullptr});
     }
     for (int i = 0; i < kMaxBuffers; i++)
-        if ((kernel->buffer_mask >> i & 1u) && !L.bound[i])
+        if ((required >> i & 1u) && !L.bound[i])
             return {{"error", std::string("launch of '") + kernel->name + "': [[buffer(" + std::to_string(i) +
                                   ")]] is not bound (kernel declared at " + where(kernel->file, kernel->line) + ")"}};
     std::sort(items.begin(), items.end(), [](const Item &a, const Item &b) { return a.p < b.p; });

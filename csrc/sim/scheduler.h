@@ -111,6 +111,8 @@ struct Launch {
     std::atomic<bool> cancelled{false};  // cfg.cancel was requested: abandon the run, report nothing
     std::atomic<uint32_t> next_group{0};
     std::vector<uint32_t> group_order;  // threadgroup launch order of this run (empty: 0, 1, 2, ...)
+    std::vector<FcValue> fc_values;     // the launch's function constants (constants.cpp), for LaunchValues
+    LaunchValues values{};              // what every thread's ThreadCtx::launch points to
     size_t suppressed = 0;
 
     void add_fault(const std::string &kind, const std::string &msg) {
@@ -357,6 +359,7 @@ struct Worker {
             c.coll = 0;
             c.sg = &sgs[c.sid];
             c.buf = bufptr;
+            c.launch = &L->values;
             f->state = kReady;
             f->wfile = nullptr;
             f->wline = 0;

@@ -30,6 +30,21 @@ struct BytesArg {       // setBytes:length:atIndex:
     size_t bytes;
 };
 
+// A function constant's value for one launch (MSL specification §5.8.1; the host side of Metal's
+// MTLFunctionConstantValues setConstantValue:type:atIndex: / setConstantValue:type:withName:). As in Metal, a value
+// is looked up first by index, then by name, and values that match no constant of the kernel's file are ignored.
+struct FunctionConstantValue {
+    int index = -1;                    // [[function_constant(index)]]; -1: match by name only
+    std::string name;                  // the constant's name in the source; empty: match by index only
+    uint32_t mtl_type = 0;             // MTLDataType code; must be the declared type's (bool 53, int 29, float 3, ...)
+    std::vector<unsigned char> value;  // the value's bytes: components x element size of that type
+};
+
+struct ThreadgroupMemoryArg {  // setThreadgroupMemoryLength:atIndex: for a [[threadgroup(index)]] argument
+    int index;
+    size_t bytes;                // a multiple of 16, as Metal requires
+};
+
 struct LaunchConfig {
     uint32_t grid[3] = {1, 1, 1};     // threadgroups per grid
     uint32_t threads[3] = {1, 1, 1};  // threads per threadgroup
@@ -45,6 +60,10 @@ struct LaunchConfig {
     // Cancellation (fa_cancel.h), or null. Checked between fiber steps and threadgroups; a request also interrupts a
     // thread stuck inside the kernel (as the watchdog does). The calling thread polls it while the launch runs.
     const fa_cancel *cancel = nullptr;
+    // Function constant values (specialisation): what the dispatch plan passes to MTLFunctionConstantValues.
+    std::vector<FunctionConstantValue> constants;
+    // Lengths of the kernel's [[threadgroup(n)]] arguments.
+    std::vector<ThreadgroupMemoryArg> threadgroup_memory;
 };
 
 struct Fault {
@@ -60,7 +79,9 @@ std::vector<std::string> kernel_names();
 
 // Run one dispatch. Returns the faults found (empty = clean). Never throws for kernel faults. Writable buffers get the
 // results of the forward schedule; Fault.kind is "race", "out-of-bounds", "uninitialized-read", "divergent-barrier",
-// "error" (invalid launch, wild pointer, timeout: FLASH_ATTN_CY_SIM_TIMEOUT seconds per threadgroup, default 300)
+// "error" (invalid launch - a threadgroup above the kernel's [[max_total_threads_per_threadgroup]], a function
+// constant value of the wrong type, an unbound buffer -, wild pointer, timeout: FLASH_ATTN_CY_SIM_TIMEOUT seconds per
+// threadgroup, default 300)
 // or "note" (how many further faults were not listed). Safe to call from several threads at once.
 // A cancelled launch returns the single fault {"cancelled", ...} and leaves the caller's buffers untouched.
 std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, const std::vector<BufferArg> &buffers,

@@ -2,9 +2,10 @@
 
     python -m flash_attn_cy.sim run FILE.metal --kernel NAME --grid X[,Y[,Z]] --threadgroup X[,Y[,Z]]
         [--buffer INDEX=PATH.npy | --buffer INDEX=zeros:DTYPE:COUNT]... [--bytes INDEX=DTYPE:V1[,V2,...]]...
+        [--constant NAME=VALUE | --constant INDEX=VALUE]... [-D NAME[=VALUE]]... [--threadgroup-memory INDEX=BYTES]...
         [--schedules N] [--out DIR]
     python -m flash_attn_cy.sim profile FILE.metal <the arguments of run> [--json] [--chip NAME] [--useful-flops N]
-    python -m flash_attn_cy.sim check FILE.metal...
+    python -m flash_attn_cy.sim check [-D NAME[=VALUE]]... FILE.metal...
 
 Exit status: 0 clean, 1 faults found (run, profile) or check failed (check), 2 usage or translation/compile error,
 130 interrupted (Ctrl-C stops a run promptly, even a kernel stuck in a loop).
@@ -24,6 +25,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import _compile, chips
+from ._constants import normalize_defines, parse_constant_value
 from ._profile import format_dispatch, profile
 from ._run import run
 from .check import check_files, find_clang
@@ -106,6 +108,36 @@ def _bytes(s: str) -> (int, bytes):
         raise UsageError(f"--bytes {s!r}: {e}") from None
 
 
+def _constants(specs: List[str]) -> Dict[str, object]:
+    """--constant NAME=VALUE or INDEX=VALUE (VALUE: true/false, an integer or a number)."""
+    out: Dict[str, object] = {}
+    for s in specs:
+        key, sep, value = s.partition("=")
+        key = key.strip()
+        if not sep or not key or not value.strip():
+            raise UsageError(f"--constant expects NAME=VALUE or INDEX=VALUE, got {s!r}")
+        if key in out:
+            raise UsageError(f"--constant {key} given twice")
+        try:
+            out[key] = parse_constant_value(value)
+        except ValueError as e:
+            raise UsageError(f"--constant {s!r}: {e}") from None
+    return out
+
+
+def _tg_memory(specs: List[str]) -> Dict[int, int]:
+    """--threadgroup-memory INDEX=BYTES."""
+    out: Dict[int, int] = {}
+    for s in specs:
+        k, rest = _split_index(s, "--threadgroup-memory")
+        if not rest.strip().isdigit():
+            raise UsageError(f"--threadgroup-memory expects INDEX=BYTES, got {s!r}")
+        if k in out:
+            raise UsageError(f"--threadgroup-memory index {k} given twice")
+        out[k] = int(rest)
+    return out
+
+
 def _run_args(a: argparse.Namespace):
     """Runs the dispatch `run` and `profile` describe; returns the SimResult."""
     if not os.path.isfile(a.file):
@@ -128,7 +160,8 @@ def _run_args(a: argparse.Namespace):
         os.environ["FLASH_ATTN_CY_SIM_FAST_MATH"] = "1"
 
     return run(a.file, a.kernel, _dims(a.grid, "--grid"), _dims(a.threadgroup, "--threadgroup"), buffers, byts,
-               a.schedules, include_dirs=a.include)
+               a.schedules, include_dirs=a.include, defines=a.define, constants=_constants(a.constant),
+               threadgroup_memory=_tg_memory(a.threadgroup_memory))
 
 
 def _save_buffers(a: argparse.Namespace, res) -> None:
@@ -177,7 +210,7 @@ def cmd_check(a: argparse.Namespace) -> int:
         print("error: the strict check needs clang++ (none found; set FLASH_ATTN_CY_CLANG)", file=sys.stderr)
         return 2
     bad = 0
-    for r in check_files(a.files, a.include):
+    for r in check_files(a.files, a.include, dict(normalize_defines(a.define))):
         if r.ok:
             print(f"ok: {r.path}")
         else:
@@ -213,6 +246,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     c = sub.add_parser("check", help="strict clang check with MSL address spaces")
     c.add_argument("files", nargs="+")
     c.add_argument("-I", "--include", action="append", default=[])
+    c.add_argument("-D", "--define", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="define a preprocessor macro (VALUE defaults to 1)")
     a = p.parse_args(argv)
     try:
         return {"run": cmd_run, "profile": cmd_profile, "check": cmd_check}[a.cmd](a)
@@ -242,6 +277,13 @@ def _add_run_arguments(r: argparse.ArgumentParser) -> None:
                    help="model Metal's default fast math: transcendental functions at the MSL specification's error "
                         "bounds (Table 8.2), denormals flushed, NaN/Inf and out-of-range arguments reported as "
                         "fast-math-hazard (same as FLASH_ATTN_CY_SIM_FAST_MATH=1)")
+    r.add_argument("-D", "--define", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="define a preprocessor macro (VALUE defaults to 1)")
+    r.add_argument("--threadgroup-memory", action="append", default=[], metavar="INDEX=BYTES",
+                   help="length of a [[threadgroup(INDEX)]] argument (setThreadgroupMemoryLength; multiple of 16)")
+    r.add_argument("--constant", action="append", default=[], metavar="NAME=VALUE",
+                   help="function constant value ([[function_constant(INDEX)]]), by name or INDEX=VALUE; VALUE is "
+                        "true/false, an integer or a number, converted to the declared type")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional
 __all__ = ["SimCompileError", "runtime_dir", "find_cxx", "cache_dir", "load_module"]
 
 RUNTIME_SOURCES = ("runtime.cpp", "scheduler.cpp", "signals.cpp", "registry.cpp", "fiber.cpp", "guarded.cpp",
-                   "c_api.cpp")
+                   "constants.cpp", "c_api.cpp")
 CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing"]
 # Kernel modules also carry line tables (through the translator's #line markers they point into the .metal file),
 # so a fault's program counter can be mapped back to the source line. Stack clash protection makes a frame larger
@@ -323,7 +323,12 @@ def load_module(cpp_code: str, label: str = "kernel", verify: Optional[Callable[
             ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p),
             ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.POINTER(ctypes.c_int),
             ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t), ctypes.c_int, ctypes.c_ulonglong,
-            ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p,  # the last: fa_cancel * (_run.py)
+            ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p,  # fa_cancel * (_run.py)
+            # function constants: count, index, name, MTLDataType, value pointer, value bytes (c_api.cpp)
+            ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_uint),
+            ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t),
+            # [[threadgroup(n)]] lengths: count, indices, bytes
+            ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_size_t),
         ]
         if variant == "profile":
             lib.fasim_profile_counters.restype = ctypes.c_size_t

@@ -14,8 +14,9 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, U
 import numpy as np
 
 from . import _compile, _profile, trust
+from ._constants import normalize_defines, pack_constants
 from .check import find_clang
-from .translate import translate
+from .translate import FunctionConstant, translate
 
 __all__ = ["Fault", "SimResult", "run", "load_source"]
 
@@ -86,19 +87,20 @@ def _index(k, name: str) -> int:
     return int(k)
 
 
-_modules: Dict[tuple, Tuple[ctypes.CDLL, List[Tuple[str, float]]]] = {}
+_modules: Dict[tuple, Tuple[ctypes.CDLL, List[Tuple[str, float]], List[FunctionConstant]]] = {}
 
 
-def _module_for(source: str, path: str, include_dirs: Tuple[str, ...], variant: str = "") -> ctypes.CDLL:
-    """Translated and compiled module for this source, reused while the included headers are unchanged
-    (variant "profile": built with the work counters, flash_attn_cy.sim.profile)."""
-    key = (source, path, include_dirs, trust.unchecked(), variant)  # unchecked modules never serve checked runs
+def _module_for(source: str, path: str, include_dirs: Tuple[str, ...], defines: Tuple[Tuple[str, str], ...],
+                variant: str = "") -> Tuple[ctypes.CDLL, List[FunctionConstant]]:
+    """Translated and compiled module for this source (and its function constants), reused while the included
+    headers are unchanged (variant "profile": built with the work counters, flash_attn_cy.sim.profile)."""
+    key = (source, path, include_dirs, defines, trust.unchecked(), variant)  # unchecked modules never serve checked runs
     hit = _modules.get(key)
     if hit is not None:
-        lib, deps = hit
+        lib, deps, fcs = hit
         if all(os.path.isfile(d) and os.path.getmtime(d) == m for d, m in deps):
-            return lib
-    tr = translate(source, path, list(include_dirs))
+            return lib, fcs
+    tr = translate(source, path, list(include_dirs), defines=dict(defines))
     if trust.unchecked():
         lib = _compile.load_module(tr.code, os.path.basename(path), salt="unchecked", variant=variant)
     else:
@@ -111,14 +113,16 @@ def _module_for(source: str, path: str, include_dirs: Tuple[str, ...], variant: 
                 "unchecked, for files you trust")
         lib = _compile.load_module(tr.code, os.path.basename(path), salt=trust.SALT, variant=variant,
                                    verify=lambda flags: trust.check_compiled(tr.code, path, clang, flags))
-    _modules[key] = (lib, [(d, os.path.getmtime(d)) for d in tr.dependencies])
-    return lib
+    _modules[key] = (lib, [(d, os.path.getmtime(d)) for d in tr.dependencies], tr.function_constants)
+    return lib, tr.function_constants
 
 
 def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         buffers: Optional[Mapping[int, np.ndarray]] = None, bytes: Optional[Mapping[int, object]] = None,
         schedules: int = 3, *, seed: int = 0x5EED, host_threads: int = 0,
-        include_dirs: Sequence[str] = ()) -> SimResult:
+        include_dirs: Sequence[str] = (), defines: Optional[Union[Mapping[str, object], Sequence[str]]] = None,
+        constants: Optional[Mapping[Union[str, int], object]] = None,
+        threadgroup_memory: Optional[Mapping[int, int]] = None) -> SimResult:
     """Run ``kernel`` from an MSL file (or source text) on the simulator.
 
     Args:
@@ -133,6 +137,14 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
             (out-of-bounds reads before the start or just past the end); N > 1 also reruns under reverse and N-2
             seeded random orders and with another poison pattern, reporting races and uninitialised reads.
         seed: seed of the random schedules. host_threads: worker threads (0 = all cores).
+        include_dirs: more directories for ``#include "..."`` (after the file's own).
+        defines: preprocessor macros, ``{"NAME": value}`` or ``["NAME=VALUE", "NAME"]`` (as ``-D``).
+        constants: function constant values (``constant T name [[function_constant(i)]]``), by name or index:
+            ``{"has_mask": True, 3: 64}``; the value is converted to the declared type (out of range is an
+            error). Constants not given are undefined (``is_function_constant_defined`` is false; reading one is
+            an error fault).
+        threadgroup_memory: ``{index: bytes}`` for the kernel's ``[[threadgroup(index)]]`` arguments (as
+            ``setThreadgroupMemoryLength:atIndex:``; multiples of 16).
 
     Returns:
         ``SimResult(buffers, faults)``: the buffers after the forward run (new arrays; a read-only buffer comes
@@ -152,7 +164,9 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         raise ValueError(f"host_threads must be an int in [0, 4096] (0 = all cores), got {host_threads!r}")
     source, path = load_source(path_or_source)
     counted = _profile.active()  # inside flash_attn_cy.sim.profile(): a profile build, and the dispatch is recorded
-    lib = _module_for(source, path, tuple(include_dirs), "profile" if counted else "")
+    lib, fcs = _module_for(source, path, tuple(str(d) for d in include_dirs), normalize_defines(defines),
+                           "profile" if counted else "")
+    const_args = _constant_args(pack_constants(constants, fcs, path)) + _tg_memory_args(threadgroup_memory)
 
     # No copy of the inputs on this side: the runtime copies each buffer into its guarded mapping straight from the
     # caller's array and writes the forward run's results into a fresh output array (pages touched only then), so
@@ -209,7 +223,7 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         kernel.encode(), arr(ctypes.c_uint, g), arr(ctypes.c_uint, t), len(idx), arr(ctypes.c_int, idx),
         arr(ctypes.c_void_p, ptrs), arr(ctypes.c_void_p, srcs), arr(ctypes.c_size_t, lens), arr(ctypes.c_int, wr),
         len(bidx), arr(ctypes.c_int, bidx), arr(ctypes.c_void_p, bptr), arr(ctypes.c_size_t, blen), int(schedules),
-        int(seed) & (2**64 - 1), int(host_threads), 1, msg, len(msg)])
+        int(seed) & (2**64 - 1), int(host_threads), 1, msg, len(msg)], const_args)
     text = msg.value.decode(errors="replace")
     if n < 0:
         raise ValueError(f"kernel: {text}")
@@ -231,7 +245,30 @@ class _Cancel(ctypes.Structure):
     _fields_ = [("requested", ctypes.c_int32), ("poll", _POLL), ("poll_ctx", ctypes.c_void_p)]
 
 
-def _launch_interruptibly(lib: ctypes.CDLL, args: list):
+def _constant_args(packed: List[Tuple[int, str, int, builtins.bytes]]) -> list:
+    """fasim_launch's function constant arguments (c_api.cpp): count, indices, names, types, values, sizes."""
+    n = len(packed)
+    values = [ctypes.create_string_buffer(v, max(1, len(v))) for _, _, _, v in packed]
+    return [n, (ctypes.c_int * max(1, n))(*[p[0] for p in packed]),
+            (ctypes.c_char_p * max(1, n))(*[p[1].encode() for p in packed]),
+            (ctypes.c_uint * max(1, n))(*[p[2] for p in packed]),
+            (ctypes.c_void_p * max(1, n))(*[ctypes.cast(v, ctypes.c_void_p).value for v in values]),
+            (ctypes.c_size_t * max(1, n))(*[len(p[3]) for p in packed]), values]
+
+
+def _tg_memory_args(lengths: Optional[Mapping[int, int]]) -> list:
+    """fasim_launch's [[threadgroup(n)]] arguments: count, indices, byte lengths."""
+    items = []
+    for k, v in (lengths or {}).items():
+        k = _index(k, "threadgroup_memory")
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+            raise TypeError(f"threadgroup_memory[{k}] must be a byte count (int >= 0), got {v!r}")
+        items.append((k, int(v)))
+    n = len(items)
+    return [n, (ctypes.c_int * max(1, n))(*[k for k, _ in items]), (ctypes.c_size_t * max(1, n))(*[v for _, v in items])]
+
+
+def _launch_interruptibly(lib: ctypes.CDLL, args: list, const_args: list):
     """lib.fasim_launch(*args, token): on the main thread, the simulator runs Python's signal handlers about every
     20 ms (ctypes releases the GIL for the call) through the package's C poll function (flash_attn_cy._core, the same
     one the attention calls use); an exception they raise (KeyboardInterrupt) stops the launch - also a kernel stuck
@@ -241,7 +278,8 @@ def _launch_interruptibly(lib: ctypes.CDLL, args: list):
     token = _Cancel()
     if threading.current_thread() is threading.main_thread():
         token.poll = ctypes.cast(ctypes.c_void_p(_core._signal_poll_address()), _POLL)
-    n = lib.fasim_launch(*args, ctypes.byref(token))
+    # const_args: 6 function constant arguments, the list that keeps their values alive, 3 threadgroup memory ones
+    n = lib.fasim_launch(*args, ctypes.byref(token), *const_args[:6], *const_args[7:])
     _core._raise_pending_signal()
     return n
 

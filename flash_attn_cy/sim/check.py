@@ -24,8 +24,10 @@ from .translate import TranslateError, translate, translate_file
 
 __all__ = ["CheckResult", "find_clang", "check_file", "check_files"]
 
+# -Werror=vla: clang accepts variable-length arrays in C++ as an extension, MSL has none (an array sized by a function
+# constant, which is no constant expression, must fail here as it does on a Mac).
 CLANG_FLAGS = ["-std=c++17", "-fsyntax-only", "-fno-exceptions", "-fno-rtti", "-Wno-unknown-attributes",
-               "-Wno-unused-value", "-Wno-unknown-pragmas", "-ferror-limit=20"]
+               "-Wno-unused-value", "-Wno-unknown-pragmas", "-Werror=vla", "-ferror-limit=20"]
 
 
 class CheckResult(NamedTuple):
@@ -45,13 +47,14 @@ def find_clang() -> Optional[str]:
     return None
 
 
-def check_file(path: str, include_dirs: Sequence[str] = (), clang: Optional[str] = None) -> CheckResult:
-    """Strict-check one .metal file."""
+def check_file(path: str, include_dirs: Sequence[str] = (), clang: Optional[str] = None,
+               defines: Optional[Dict[str, str]] = None) -> CheckResult:
+    """Strict-check one .metal file (``defines``: macros as with ``-D NAME=VALUE``)."""
     clang = clang or find_clang()
     if not clang:
         raise RuntimeError("the strict check needs clang++ (none found; set FLASH_ATTN_CY_CLANG)")
     try:
-        tr = translate_file(path, include_dirs, mode="check", header="fasim_check.h", strict=False)
+        tr = translate_file(path, include_dirs, mode="check", header="fasim_check.h", defines=defines)
     except (TranslateError, OSError) as e:
         return CheckResult(path, False, str(e))
     inc = _compile.runtime_dir() / "include"
@@ -66,18 +69,18 @@ def check_file(path: str, include_dirs: Sequence[str] = (), clang: Optional[str]
         cycle = _find_recursion(clang, inc, src)
     if cycle:
         return CheckResult(path, False, f"{path}: error: recursion (MSL has none): {' -> '.join(cycle)}")
-    refused = _trust_check(path, include_dirs, clang)
+    refused = _trust_check(path, include_dirs, clang, defines)
     if refused:
         return CheckResult(path, False, refused)
     return CheckResult(path, True, p.stdout.strip())
 
 
-def _trust_check(path: str, include_dirs: Sequence[str], clang: str) -> str:
+def _trust_check(path: str, include_dirs: Sequence[str], clang: str, defines: Optional[Dict[str, str]]) -> str:
     """The simulator's trust rules (trust.py) on the code `sim run` would compile; '' when the file passes."""
     try:
         with open(path, encoding="utf-8") as fh:
             source = fh.read()
-        tr = translate(source, path, include_dirs, mode="exec", strict=False)
+        tr = translate(source, path, include_dirs, mode="exec", defines=defines)
         trust.check_translation(tr, source, path, include_dirs)
         trust.check_compiled(tr.code, path, clang)
     except (TranslateError, OSError, trust.KernelRefused, _compile.SimCompileError) as e:
@@ -144,6 +147,8 @@ def _demangle(names: List[str]) -> List[str]:
     return out[:len(names)] if len(out) >= len(names) else names
 
 
-def check_files(paths: Sequence[str], include_dirs: Sequence[str] = ()) -> List[CheckResult]:
+def check_files(paths: Sequence[str], include_dirs: Sequence[str] = (),
+                defines: Optional[Dict[str, str]] = None) -> List[CheckResult]:
+    """check_file on each path."""
     clang = find_clang()
-    return [check_file(p, include_dirs, clang) for p in paths]
+    return [check_file(p, include_dirs, clang, defines) for p in paths]

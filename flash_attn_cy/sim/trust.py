@@ -7,7 +7,8 @@ passed (``sim check``) it must stay inside the MSL subset:
 * Source rules (:func:`scan_sources`, on the tokens of the file and the local headers it includes): no ``extern``,
   no ``asm``; no reserved identifiers (``__x``, ``_X``: compiler builtins and the predefined macros that tell one
   compiler from another, through which the preprocessor could show the checker other code than the compiler) except
-  the MSL ones in :data:`RESERVED_ALLOWED` and anything inside ``__attribute__((...))``; only the usual preprocessor
+  the MSL ones in :data:`RESERVED_ALLOWED`, anything inside ``__attribute__((...))`` and ``_Pragma("...")`` with an
+  allowed pragma; only the usual preprocessor
   directives (no ``#line``, ``#include_next``, ``#import``, ``#embed``, computed ``#include``, unknown ``#pragma``);
   quoted includes name files in the kernel's directory (or a directory given with ``-I``), not absolute paths or
   paths that climb out of it. ``<...>`` includes other than ``<metal_*>`` are already refused by the translator.
@@ -30,6 +31,7 @@ import tempfile
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import translate as _tr
+from .translate import lexer as _lexer
 
 __all__ = ["KernelRefused", "scan_sources", "check_ir", "emit_ir", "RESERVED_ALLOWED"]
 
@@ -56,8 +58,8 @@ _RESERVED_RE = re.compile(r"^(__|_[A-Z]|_$)")
 _DIRECTIVE_RE = re.compile(r"^\s*#\s*([A-Za-z_]\w*|\d+)?(.*)$", re.S)
 
 
-def _tokens(text: str) -> List[_tr.Tok]:
-    return _tr._tokenize(text)
+def _tokens(text: str) -> List[_lexer.Tok]:
+    return _lexer.tokenize(text)
 
 
 def _scan_identifiers(toks: Iterable[Tuple[str, int]], where, errors: List[str]) -> None:
@@ -79,6 +81,16 @@ def _scan_identifiers(toks: Iterable[Tuple[str, int]], where, errors: List[str])
                 j += 1
             i = j + 1
             continue
+        if text == "_Pragma":
+            # the operator form of #pragma (kernels hide `#pragma clang loop unroll` in macros this way): the same
+            # pragmas as the directive
+            arg = toks[i + 2][0] if i + 3 < len(toks) and toks[i + 1][0] == "(" and toks[i + 3][0] == ")" else ""
+            words = arg[1:-1].split() if arg.startswith('"') else []
+            first, second = (words + ["", ""])[:2]
+            if not (first in PRAGMAS_ALLOWED or (first == "GCC" and second in PRAGMA_GCC_ALLOWED)):
+                errors.append(f"{where(line)}: _Pragma({arg or '...'}) is not allowed in a kernel file")
+            i += 4
+            continue
         if text in ("extern",):
             errors.append(f"{where(line)}: 'extern' is not MSL: a kernel file may only use what it defines and the "
                           "MSL built-ins")
@@ -92,7 +104,7 @@ def _scan_identifiers(toks: Iterable[Tuple[str, int]], where, errors: List[str])
 
 def _directive_tokens(body: str) -> List[str]:
     out = []
-    for m in _tr._TOKEN_RE.finditer(body):
+    for m in _lexer.TOKEN_RE.finditer(body):
         if m.lastgroup in ("id", "punct", "num", "str"):
             out.append(m.group())
     return out
@@ -144,7 +156,7 @@ def scan_sources(files: Sequence[Tuple[str, str]], include_dirs: Sequence[str] =
                 if name in ("error", "warning"):
                     continue  # free text
                 ids.extend((w, t.line) for w in words)
-            elif t.kind in ("id", "punct"):
+            elif t.kind in ("id", "punct", "str"):
                 ids.append((t.text, t.line))
         _scan_identifiers(ids, where, errors)
     return errors
@@ -171,7 +183,7 @@ _MATH = ("exp exp2 exp10 expm1 log log2 log10 log1p pow sqrt cbrt sin cos tan as
          "modf copysign nextafter erf erfc sincos lround lrint llround llrint ilogb logb scalbn fdim").split()
 IMPORTS_ALLOWED = frozenset([f for m in _MATH for f in (m, m + "f")] + ["memcpy", "memmove", "memset"])
 IMPORT_PREFIXES_ALLOWED = ("llvm.", "_ZN5fasim", "_ZNK5fasim", "_ZTHN5fasim", "_ZTWN5fasim")
-# The one thing the generated kernel registration runs at load time (translate.py's trampolines).
+# The one thing the generated kernel registration runs at load time (the translator's trampolines, translate/emit.py).
 REGISTRAR_CTOR = "_ZN5fasim15KernelRegistrarC1EPNS_10KernelInfoE"
 FRIENDLY = {
     "__cxa_guard_acquire": "a static local variable with dynamic initialisation",

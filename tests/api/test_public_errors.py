@@ -18,9 +18,10 @@ README = ROOT / "README.md"  # the checkout's (the package may be installed)
 # Exceptions that never leave their module: the verify driver's "n/a" marker and the sim CLI's argument error
 # (both caught where they are raised and turned into a table entry or an exit status).
 INTERNAL = {"NotApplicable", "UsageError"}
-# The build runs sim/translate.py as a script, outside the package, where it declares a stand-in of the same name
-# (inside the package it is errors.TranslateError: test_raisers_raise_the_top_level_classes).
-SCRIPT_STAND_INS = {("sim/translate.py", "TranslateError")}
+# The build runs the translator (csrc/sim/translate, installed as sim/translate) as a script, outside the package,
+# where it declares a stand-in of the same name (inside the package it is errors.TranslateError:
+# test_raisers_raise_the_top_level_classes).
+SCRIPT_STAND_INS = {("sim/translate/errors.py", "TranslateError")}
 
 
 def test_every_public_exception_is_importable_from_the_top_level():

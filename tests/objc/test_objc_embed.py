@@ -113,15 +113,11 @@ def test_objc_meson_build_lists_the_shim() -> None:
 
 
 def _load_translator():
-    import sys
-    path = ROOT / "flash_attn_cy" / "sim" / "translate.py"
-    if not path.is_file():
+    """The simulator's translator (csrc/sim/translate), imported as the package does."""
+    try:
+        return importlib.import_module("flash_attn_cy.sim.translate")
+    except ImportError:
         return None
-    spec = importlib.util.spec_from_file_location("_fa_sim_translate_for_embed_test", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses need the module registered
-    spec.loader.exec_module(mod)
-    return mod
 
 
 KERNEL_FILES = sorted((ROOT / "kernels").glob("*.metal"))

@@ -44,8 +44,7 @@ def test_planted_strict_errors_fail(name, needle):
     ("kernel void k(device float* y [[buffer(0)]]) { float* p = new float[4]; y[0] = p[0]; }", "new"),
     ("#include <vector>\nkernel void k(device float* y [[buffer(0)]]) { y[0] = 1; }", "<vector>"),
     ("kernel void k(device float* y [[buffer(0)]]) { float x = std::max(1.0f, 2.0f); y[0] = x; }", "standard"),
-    ("kernel void k(device float* y [[buffer(0)]], threadgroup float* t [[threadgroup(0)]]) { y[0] = t[0]; }",
-     "threadgroup(n)"),
+    ("kernel void k(device float* y [[buffer(0)]], float4 p [[stage_in]]) { y[0] = p.x; }", "stage_in"),
 ])
 def test_poisoned_constructs(tmp_path, snippet, needle):
     f = tmp_path / "k.metal"

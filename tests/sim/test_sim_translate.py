@@ -36,9 +36,11 @@ kernel void g(device float* y [[buffer(1)]]) { y[0] = 1.0h; }
 
 
 @pytest.mark.parametrize("body,needle,line", [
-    ("kernel void k(device float* y [[buffer(0)]], threadgroup float* t [[threadgroup(0)]]) {}",
-     "threadgroup(n)", 3),
-    ("constant bool flag [[function_constant(0)]];", "function constants", 3),
+    ("kernel void k(device float* y [[buffer(0)]], threadgroup float* t [[threadgroup(31)]]) {}",
+     "expected 0..30", 3),
+    ("constant float2x2 flag [[function_constant(0)]];", "function constant of type", 3),
+    ("kernel void k(device float* y [[buffer(0)]]) { y[0] = is_function_constant_defined(y); }",
+     "not a function constant", 3),
     ("kernel void k(device float* y [[buffer(0)]]) {\n  threadgroup float t[4] = {0};\n}", "initializer", 4),
     ("kernel void k(device float* y [[buffer(0)]]) {\n  threadgroup float a[4], b[4];\n}", "one threadgroup", 4),
     ("kernel void k(device float* y [[buffer(0)]], uint i) {}", "exactly one", 3),
@@ -109,3 +111,25 @@ def test_id_parameter_types_msl_accepts():
                   "ushort sg [[simdgroup_index_in_threadgroup]], ushort lane [[thread_index_in_simdgroup]], "
                   "ushort3 t [[thread_position_in_threadgroup]], ushort3 n [[threads_per_threadgroup]]) {}\n")
     assert [k.name for k in translate(src, "ok.metal").kernels] == ["k"]
+
+
+def test_build_entry_runs_outside_the_package(tmp_path):
+    """csrc/sim/meson.build runs the translator as a script with the standard library only (its TranslateError is
+    then a stand-in): a kernel file gives C++ and a depfile naming its headers; an error is one line, exit 1."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).parent.parent / "csrc" / "sim" / "translate" / "__main__.py"
+    (tmp_path / "h.h").write_text("#define SCALE 2\n")
+    (tmp_path / "k.metal").write_text('#include "h.h"\nkernel void k(device float* y [[buffer(0)]]) '
+                                      "{ y[0] = SCALE; }\n")
+    out, dep = tmp_path / "k.cpp", tmp_path / "k.d"
+    p = subprocess.run([sys.executable, "-I", str(script), str(tmp_path / "k.metal"), "-o", str(out),
+                        "--depfile", str(dep)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "y[0] = 2;" in out.read_text() and "fasim_info_0" in out.read_text()
+    assert str(tmp_path / "h.h") in dep.read_text()
+    (tmp_path / "bad.metal").write_text("kernel int k() { return 0; }\n")
+    p = subprocess.run([sys.executable, "-I", str(script), str(tmp_path / "bad.metal"), "-o", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and p.stderr.startswith("error: ") and "bad.metal:1" in p.stderr, p.stderr

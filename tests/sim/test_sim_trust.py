@@ -28,6 +28,7 @@ PLANTED = [
     ("constructor_attr", ["constructor_attr.metal:4", "loaded"]),
     ("line_marker", ["line_marker.metal:4", "#line"]),
     ("absolute_include", ["absolute_include.metal:2", "absolute path"]),
+    ("pragma_operator", ["pragma_operator.metal:5", "_Pragma"]),
 ]
 
 
@@ -73,6 +74,11 @@ def test_project_kernels_pass_the_trust_rules():
     "#pragma clang diagnostic ignored \"-Wunused\"\n"
     "#define METAL_FUNC inline __attribute__((__always_inline__))\nMETAL_FUNC float twice(float x) { return x * 2; }\n"
     "#define CAT(a, b) a##b\nconstant float CAT(sc, ale) = 0.5f;\n",
+    # _Pragma, the operator form (llama.cpp's FOR_UNROLL, MLX's MLX_MTL_PRAGMA_UNROLL), and a function constant
+    '#define UNROLL _Pragma("clang loop unroll(full)")\nconstant float scale = 0.5f;\n'
+    "constant bool fc_on [[function_constant(0)]];\n"
+    "METAL_FUNC float twice(float x) { UNROLL for (int i = 0; i < 1; i++) x *= 2; return fc_on ? x : 0.0f; }\n"
+    "#define TILE(n) (n * 2)\n",
 ])
 def test_msl_preprocessor_features_are_not_refused(tmp_path, snippet):
     f = tmp_path / "ok.metal"
@@ -80,7 +86,8 @@ def test_msl_preprocessor_features_are_not_refused(tmp_path, snippet):
                  "kernel void ok(device float* y [[buffer(0)]], uint tid [[thread_index_in_threadgroup]]) {\n"
                  "    float acc = 0.0f;\n#pragma unroll\n    for (int i = 0; i < 4; i++) acc += 0.25f;\n"
                  "    y[tid] = twice(float(TILE(tid))) * scale + exp(0.0f) * acc;\n}\n")
-    res = sim.run(f, "ok", 1, 32, {0: np.zeros(32, np.float32)}, schedules=1)
+    res = sim.run(f, "ok", 1, 32, {0: np.zeros(32, np.float32)}, schedules=1,
+                  constants={"fc_on": True} if "fc_on" in snippet else None)
     assert res.faults == []
     np.testing.assert_array_equal(res.buffers[0], np.arange(32, dtype=np.float32) * 2 + 1)
 

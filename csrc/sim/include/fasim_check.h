@@ -34,6 +34,18 @@ FASIM_CHECK_VEC(long)
 FASIM_CHECK_VEC(ulong)
 #undef FASIM_CHECK_VEC
 template <class T, int N> using vec = T __attribute__((ext_vector_type(N)));
+}  // namespace metal
+
+// MSL's vector types are global names too (see fasim_types.h).
+#define FASIM_VEC_GLOBAL(P) using metal::P##2; using metal::P##3; using metal::P##4;
+FASIM_VEC_GLOBAL(float) FASIM_VEC_GLOBAL(half) FASIM_VEC_GLOBAL(bfloat) FASIM_VEC_GLOBAL(int) FASIM_VEC_GLOBAL(uint)
+FASIM_VEC_GLOBAL(short) FASIM_VEC_GLOBAL(ushort) FASIM_VEC_GLOBAL(char) FASIM_VEC_GLOBAL(uchar)
+FASIM_VEC_GLOBAL(bool) FASIM_VEC_GLOBAL(long) FASIM_VEC_GLOBAL(ulong)
+#undef FASIM_VEC_GLOBAL
+
+#include "fasim_traits.h"
+
+namespace metal {
 
 template <class V, class... A> V fasim_make(A... a);
 template <class T> T *fasim_tg_storage();  // threadgroup declarations become references to this
@@ -70,8 +82,20 @@ template <class V> bool all(V v);
 template <class V> bool any(V v);
 template <class T, class U> T as_type(U u);
 
-namespace fast { using namespace ::metal; }
-namespace precise { using namespace ::metal; }
+// The math functions are members of fast:: and precise:: too (see fasim_math.h), so that overloads a kernel adds
+// there extend them.
+#define FASIM_CHECK_MATH_MEMBERS                                                                                 \
+    using ::metal::floor; using ::metal::ceil; using ::metal::round; using ::metal::rint; using ::metal::trunc;  \
+    using ::metal::fabs; using ::metal::fract; using ::metal::saturate; using ::metal::sign;                     \
+    using ::metal::atan2; using ::metal::fmin; using ::metal::fmax; using ::metal::step; using ::metal::exp;     \
+    using ::metal::exp2; using ::metal::exp10; using ::metal::log; using ::metal::log2; using ::metal::log10;    \
+    using ::metal::sqrt; using ::metal::rsqrt; using ::metal::sin; using ::metal::cos; using ::metal::tan;       \
+    using ::metal::tanh; using ::metal::sinh; using ::metal::cosh; using ::metal::asin; using ::metal::acos;     \
+    using ::metal::atan; using ::metal::pow; using ::metal::powr; using ::metal::divide; using ::metal::fmod;    \
+    using namespace ::metal;
+namespace fast { FASIM_CHECK_MATH_MEMBERS }
+namespace precise { FASIM_CHECK_MATH_MEMBERS }
+#undef FASIM_CHECK_MATH_MEMBERS
 
 enum class mem_flags : int { mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_texture = 4,
                              mem_threadgroup_imageblock = 8 };
@@ -148,5 +172,11 @@ template <class A, class E, class V>
 bool atomic_compare_exchange_weak_explicit(A *a, E *expected, V desired, memory_order s, memory_order f);
 
 }  // namespace metal
+
+// is_function_constant_defined(name), as the translator rewrites it (the names of function constants stay: they are
+// `extern const` variables in the constant address space, not constant expressions, as in MSL).
+namespace fasim {
+bool fc_defined(int slot);
+}
 
 #include "fasim_constants.h"

@@ -21,7 +21,9 @@
 #define FLT_EPSILON 1.1920928955078125e-07F
 #endif
 #define MAXFLOAT FLT_MAX
+#define METAL_FUNC inline  // <metal_stdlib>'s spelling of an always-inlined helper
 #define HALF_MAX 65504.0f
+#define MAXHALF HALF_MAX
 #define HALF_MIN 6.103515625e-05f
 #define M_E_F 2.71828182845904523536f
 #define M_LOG2E_F 1.44269504088896340736f

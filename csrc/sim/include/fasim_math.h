@@ -7,13 +7,20 @@
 #include "fasim_fast_math.h"
 
 
+namespace fasim {
+template <class T> using not_bfloat_t = std::enable_if_t<!std::is_same<T, bfloat>::value>;
+}  // namespace fasim
+
 namespace metal {
 
+// No math function takes bfloat: the MSL specification (3.1, §2.1 and the math functions of §6.5) declares them for
+// float and half, so a bfloat argument converts to float and the result is a float, which does not convert back to
+// bfloat implicitly (`bfloat y = exp(b);` fails on a Mac; MLX's bf16_math.h adds bfloat overloads of its own, which
+// would collide with ours). Same for abs, fma and the vector forms.
 #define FASIM_MATH1(NAME, EXPR)                                                                              \
     inline float NAME(float x) { return EXPR; }                                                              \
     inline half NAME(half x) { return half(NAME((float)x)); }                                                \
-    inline bfloat NAME(bfloat x) { return bfloat(NAME((float)x)); }                                          \
-    template <class T, int N> inline vec<T, N> NAME(const vec<T, N> &v) {                                    \
+    template <class T, int N, class = fasim::not_bfloat_t<T>> inline vec<T, N> NAME(const vec<T, N> &v) {     \
         return vmap(v, [](T a) { return NAME(a); });                                                         \
     }
 // Exact (or rounding-only) functions: the same in every math mode.
@@ -36,8 +43,7 @@ FASIM_MATH1(sign, x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f))
     namespace precise {                                                                                      \
     inline float NAME(float x) { FASIM_COUNT_FLOPS(::fasim::kFlopTranscendental, 1); return EXPR; }          \
     inline half NAME(half x) { return half(NAME((float)x)); }                                                \
-    inline bfloat NAME(bfloat x) { return bfloat(NAME((float)x)); }                                          \
-    template <class T, int N> inline vec<T, N> NAME(const vec<T, N> &v) {                                    \
+    template <class T, int N, class = fasim::not_bfloat_t<T>> inline vec<T, N> NAME(const vec<T, N> &v) {     \
         return vmap(v, [](T a) { return NAME(a); });                                                         \
     }                                                                                                        \
     }                                                                                                        \
@@ -47,10 +53,8 @@ FASIM_MATH1(sign, x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f))
         return EXPR;                                                                                         \
     }                                                                                                        \
     inline half NAME(half x, const char * = nullptr, unsigned = 0) { return precise::NAME(x); }              \
-    inline bfloat NAME(bfloat x, const char *fasim_file = __builtin_FILE(), unsigned fasim_line = __builtin_LINE()) { \
-        return bfloat(NAME((float)x, fasim_file, fasim_line));                                               \
-    }                                                                                                        \
-    template <class T, int N> inline vec<T, N> NAME(const vec<T, N> &v, const char *fasim_file = __builtin_FILE(), \
+    template <class T, int N, class = fasim::not_bfloat_t<T>>                                                \
+    inline vec<T, N> NAME(const vec<T, N> &v, const char *fasim_file = __builtin_FILE(),                     \
                                                     unsigned fasim_line = __builtin_LINE()) {                \
         return vmap(v, [&](T a) { return NAME(a, fasim_file, fasim_line); });                                \
     }
@@ -76,8 +80,8 @@ FASIM_MATH_T(atan, __builtin_atanf(x))
 #define FASIM_MATH2(NAME, EXPR)                                                                              \
     inline float NAME(float x, float y) { return EXPR; }                                                     \
     inline half NAME(half x, half y) { return half(NAME((float)x, (float)y)); }                              \
-    inline bfloat NAME(bfloat x, bfloat y) { return bfloat(NAME((float)x, (float)y)); }                      \
-    template <class T, int N> inline vec<T, N> NAME(const vec<T, N> &a, const vec<T, N> &b) {                \
+    template <class T, int N, class = fasim::not_bfloat_t<T>>                                                \
+    inline vec<T, N> NAME(const vec<T, N> &a, const vec<T, N> &b) {                                          \
         return vzip(a, b, [](T x, T y) { return NAME(x, y); });                                              \
     }
 FASIM_MATH2(atan2, __builtin_atan2f(x, y))
@@ -99,8 +103,8 @@ FASIM_MATH2(step, y < x ? 0.0f : 1.0f)
         return EXPR;                                                                                         \
     }                                                                                                        \
     inline half NAME(half x, half y) { return precise::NAME(x, y); }                                         \
-    inline bfloat NAME(bfloat x, bfloat y) { return bfloat(NAME((float)x, (float)y)); }                      \
-    template <class T, int N> inline vec<T, N> NAME(const vec<T, N> &a, const vec<T, N> &b) {                \
+    template <class T, int N, class = fasim::not_bfloat_t<T>>                                                \
+    inline vec<T, N> NAME(const vec<T, N> &a, const vec<T, N> &b) {                                          \
         return vzip(a, b, [](T x, T y) { return NAME(x, y); });                                              \
     }
 FASIM_MATH2_T(pow, __builtin_powf(x, y), ::fasim::kFlopTranscendental)
@@ -131,16 +135,13 @@ template <class T, int N> inline vec<T, N> clamp(const vec<T, N> &x, T lo, T hi)
 template <class T> inline std::enable_if_t<std::is_integral<T>::value, T> abs(T x) { return x < 0 ? T(-x) : x; }
 inline float abs(float x) { return __builtin_fabsf(x); }
 inline half abs(half x) { return half::from_bits((uint16_t)(x.bits & 0x7fffu)); }
-inline bfloat abs(bfloat x) { return bfloat::from_bits((uint16_t)(x.bits & 0x7fffu)); }
-template <class T, int N> inline vec<T, N> abs(const vec<T, N> &v) { return vmap(v, [](T a) { return abs(a); }); }
+template <class T, int N, class = fasim::not_bfloat_t<T>>
+inline vec<T, N> abs(const vec<T, N> &v) { return vmap(v, [](T a) { return abs(a); }); }
 
 inline float fma(float a, float b, float c) { FASIM_COUNT_FLOPS(::fasim::kFlopFp32, 2); return __builtin_fmaf(a, b, c); }
 inline half fma(half a, half b, half c) { FASIM_COUNT_FLOPS(::fasim::kFlopFp16, 2); return half(__builtin_fmaf(a, b, c)); }
-inline bfloat fma(bfloat a, bfloat b, bfloat c) {
-    FASIM_COUNT_FLOPS(::fasim::kFlopBf16, 2);
-    return bfloat(__builtin_fmaf(a, b, c));
-}
-template <class T, int N> inline vec<T, N> fma(const vec<T, N> &a, const vec<T, N> &b, const vec<T, N> &c) {
+template <class T, int N, class = fasim::not_bfloat_t<T>>
+inline vec<T, N> fma(const vec<T, N> &a, const vec<T, N> &b, const vec<T, N> &c) {
     vec<T, N> r;
     for (int i = 0; i < N; i++) r[i] = fma(a[i], b[i], c[i]);
     return r;
@@ -216,8 +217,26 @@ inline uint clz(uint x) { return x ? (uint)__builtin_clz(x) : 32u; }
 inline ulong popcount(ulong x) { return (ulong)__builtin_popcountl(x); }
 
 // fast:: is the default form (MSL compiles with fast math unless told otherwise); precise:: holds its own exact
-// transcendental functions above and sees the rest of metal:: (min, max, abs, ...) through this directive.
-namespace fast { using namespace ::metal; }
-namespace precise { using namespace ::metal; }
+// transcendental functions above. As in Apple's header the math functions are members of both namespaces (using-
+// declarations), so that a kernel adding overloads there (MLX adds bfloat ones to metal::fast and metal::precise)
+// extends them instead of hiding them; the rest of metal:: (min, max, abs, ...) is visible through the directives.
+namespace fast {
+using ::metal::floor; using ::metal::ceil; using ::metal::round; using ::metal::rint; using ::metal::trunc;
+using ::metal::fabs; using ::metal::fract; using ::metal::saturate; using ::metal::sign; using ::metal::atan2;
+using ::metal::fmin; using ::metal::fmax; using ::metal::step;
+using ::metal::exp; using ::metal::exp2; using ::metal::exp10; using ::metal::log; using ::metal::log2;
+using ::metal::log10; using ::metal::sqrt; using ::metal::rsqrt; using ::metal::sin; using ::metal::cos;
+using ::metal::tan; using ::metal::tanh; using ::metal::sinh; using ::metal::cosh; using ::metal::asin;
+using ::metal::acos; using ::metal::atan; using ::metal::pow; using ::metal::powr; using ::metal::divide;
+using ::metal::fmod;
+using namespace ::metal;
+}  // namespace fast
+namespace precise {
+using ::metal::floor; using ::metal::ceil; using ::metal::round; using ::metal::rint; using ::metal::trunc;
+using ::metal::fabs; using ::metal::fract; using ::metal::saturate; using ::metal::sign; using ::metal::atan2;
+using ::metal::fmin; using ::metal::fmax; using ::metal::step;
+using namespace ::metal;
+}  // namespace precise
+
 
 }  // namespace metal

@@ -19,6 +19,33 @@ struct SimdGroup {
     uint32_t mask[2];  // lanes that took part in the collective of each parity
 };
 
+// Function constants (MSL specification §5.8.1). The translator replaces each declaration
+// `constant T name [[function_constant(index)]];` of a kernel file by an FcDecl and an accessor, and lists them in
+// the module's table (KernelInfo::fc); a launch gives values by index or name (sim_api.h, FunctionConstantValue),
+// which the runtime matches to the table (constants.cpp) before any thread runs.
+struct FcDecl {
+    const char *name;
+    int index;          // [[function_constant(index)]]
+    uint32_t mtl_type;  // MTLDataType code of the declared type (bool 53, int 29, float 3, half 16, ...)
+    uint32_t bytes;     // size of a value: components x element size
+    const char *file;
+    unsigned line;
+};
+struct FcValue {        // one launch's value of one FcDecl
+    bool defined;       // is_function_constant_defined
+    alignas(16) unsigned char bytes[32];
+};
+// [[buffer(n), function_constant(gate)]]: an argument that exists only when the bool constant `gate` is true.
+struct GatedBuffer {
+    int buffer;
+    int fc;             // slot in KernelInfo::fc
+};
+// What a launch adds to the kernel's code, the same for all its threads.
+struct LaunchValues {
+    const FcValue *fc;               // [KernelInfo::n_fc]
+    uint32_t tg_mem[kMaxBuffers];    // bytes of each [[threadgroup(n)]] argument (setThreadgroupMemoryLength:atIndex:)
+};
+
 struct ThreadCtx {
     uint32_t tid[3];        // thread_position_in_threadgroup
     uint32_t tindex;        // thread_index_in_threadgroup
@@ -31,6 +58,7 @@ struct ThreadCtx {
     SimdGroup *sg;
     void *const *buf;       // [kMaxBuffers] launch bindings
     void *runtime;          // the runtime's own per-fiber state
+    const LaunchValues *launch;
 };
 
 // The fiber running on this host thread (set by the scheduler before every switch).
@@ -86,6 +114,21 @@ struct CastSite {
     void check(From, std::false_type) const {}
 };
 
+// Reading a function constant the launch gave no value (Metal cannot create such a pipeline): a fault at the use.
+[[noreturn]] void fc_undefined(const FcDecl *decl, const char *file, unsigned line);
+
+// What every use of a function constant calls (the translator rewrites `name` into an accessor that calls this with
+// the use's source position).
+template <class T> inline T fc_value(const FcDecl *decl, int slot, const char *file, unsigned line) {
+    const FcValue &v = ctx().launch->fc[slot];
+    if (__builtin_expect(!v.defined, 0)) fc_undefined(decl, file, line);
+    T out{};
+    __builtin_memcpy(&out, v.bytes, decl->bytes < sizeof(T) ? decl->bytes : sizeof(T));
+    return out;
+}
+// is_function_constant_defined(name)
+inline bool fc_defined(int slot) { return ctx().launch->fc[slot].defined; }
+
 typedef void (*KernelEntry)(ThreadCtx &);
 
 struct KernelInfo {
@@ -93,7 +136,13 @@ struct KernelInfo {
     KernelEntry entry;
     const char *file;
     unsigned line;
-    uint32_t buffer_mask;    // [[buffer(n)]] indices the kernel binds
+    uint32_t buffer_mask;    // [[buffer(n)]] indices the kernel binds (always; gated ones are in `gates`)
+    const GatedBuffer *gates;
+    uint32_t n_gates;
+    const FcDecl *const *fc; // the function constants of the kernel's file (the same table for all its kernels)
+    uint32_t n_fc;
+    uint32_t max_threads;    // [[max_total_threads_per_threadgroup(N)]], 0 if none: a larger threadgroup is refused
+    uint32_t tg_mem_mask;    // [[threadgroup(n)]] indices: the launch must give each a length
     const KernelInfo *next;
 };
 struct KernelRegistrar {
@@ -106,6 +155,16 @@ struct BufArg {
     template <class U> operator U *() const { return static_cast<U *>(ctx().buf[idx]); }
     template <class U, class = std::enable_if_t<!std::is_pointer<U>::value>> operator U &() const {
         return *static_cast<U *>(ctx().buf[idx]);
+    }
+};
+
+// A [[threadgroup(n)]] argument (dynamic threadgroup memory, MSL §4.4): the launch's length for index n, allocated
+// once per threadgroup like a `threadgroup` declaration (tg_alloc: poisoned, counted against the 32 KiB limit).
+struct TgMemArg {
+    const TgSite *site;
+    int idx;
+    template <class U> operator U *() const {
+        return static_cast<U *>(tg_alloc(site, ctx().launch->tg_mem[idx], 16));
     }
 };
 

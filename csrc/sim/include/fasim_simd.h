@@ -177,7 +177,15 @@ struct MatOwner {
 constexpr MatOwner kMatOwner{};
 }  // namespace fasim_detail
 
+// Element types: MSL specification §2.4 "SIMD-group matrix data types" (float, half; bfloat from MSL 3.1). The
+// operations below accept independent element types for d, a, b and c: the specification's table (§6.7, "SIMD-group
+// matrix functions") prints one T for all four, but Apple's metal_simdgroup_matrix header - what the compiler
+// enforces - declares them as four floating-point types (publicly transcribed from toolchain 32023.x), and kernels
+// that build on a Mac rely on it (llama.cpp's flash_attn_ext multiplies half fragments into a float accumulator).
+// Anything else, e.g. an integer matrix, fails here as there.
 template <class T, int Rows, int Cols> struct simdgroup_matrix {
+    static_assert(std::is_same<T, float>::value || std::is_same<T, half>::value || std::is_same<T, bfloat>::value,
+                  "MSL §2.4: simdgroup_matrix elements are float, half or bfloat");
     static_assert(Rows == 8 && Cols == 8, "the simulator supports 8x8 simdgroup_matrix only");
     vec<T, 2> elems;
     simdgroup_matrix() = default;
@@ -255,7 +263,7 @@ inline void fasim_mma(simdgroup_matrix<TD, 8, 8> &d, const simdgroup_matrix<TA, 
 
 // The MSL specification declares every operand as a non-const `thread simdgroup_matrix&`; so do we, so that code
 // the simulator accepts (no const matrices, no temporaries as operands) compiles whatever Apple's header allows
-// beyond that. Mixed element types (half/bfloat operands into a float accumulator) are allowed, as on Apple GPUs.
+// beyond that. Element types: see simdgroup_matrix above (any of float/half/bfloat per operand, as Apple's header).
 template <class TD, class TA, class TB, class TC>
 inline void simdgroup_multiply_accumulate(simdgroup_matrix<TD, 8, 8> &d, simdgroup_matrix<TA, 8, 8> &a,
                                           simdgroup_matrix<TB, 8, 8> &b, simdgroup_matrix<TC, 8, 8> &c,

@@ -75,11 +75,19 @@ struct half {
     static half from_bits(uint16_t b) { half h; h.bits = b; return h; }
 };
 
+// MSL specification 3.1, §2.1 "Scalar data types" (the note on bfloat): "bfloat is an extended floating point type
+// that only allows implicit conversion to a type of greater floating point rank. While bfloat can be implicitly
+// converted to float, it cannot be implicitly converted to half, and neither float nor half can be implicitly
+// converted to bfloat." So float/half -> bfloat is explicit here (`bfloat z = 2.0f;`, or a ternary mixing bfloat and
+// float assigned to a bfloat, fail to compile as on a Mac; `bfloat(x)` and static_cast are fine), bfloat -> float is
+// implicit, bfloat -> half only explicit (half(float(b)) or static_cast). Integers convert implicitly.
 struct bfloat {
     uint16_t bits;
     bfloat() = default;
-    bfloat(float f) : bits(fasim::f32_to_bf16(f)) {}
-    template <class A, class = std::enable_if_t<std::is_arithmetic<A>::value>>
+    explicit bfloat(float f) : bits(fasim::f32_to_bf16(f)) {}
+    template <class A, std::enable_if_t<std::is_floating_point<A>::value, int> = 0>
+    explicit bfloat(A a) : bits(fasim::f32_to_bf16((float)a)) {}
+    template <class A, std::enable_if_t<std::is_integral<A>::value, int> = 0>
     bfloat(A a) : bits(fasim::f32_to_bf16((float)a)) {}
     explicit bfloat(half h) : bits(fasim::f32_to_bf16((float)h)) {}
     operator float() const { return fasim::bf16_to_f32(bits); }
@@ -134,8 +142,14 @@ FASIM_LOWP_CMP(<=)
 FASIM_LOWP_CMP(>=)
 #undef FASIM_LOWP_CMP
 
+// `x op= y` is `x = x op y`: a bfloat target takes no float or half value implicitly (see struct bfloat).
+namespace fasim {
+template <class L, class B>
+constexpr bool lowp_assignable_v = is_lowp<L>::value && is_scalar_v<B> &&
+    !(std::is_same<L, bfloat>::value && (std::is_floating_point<B>::value || std::is_same<B, half>::value));
+}  // namespace fasim
 #define FASIM_LOWP_ASSIGN(OP)                                                                  \
-    template <class L, class B, class = std::enable_if_t<fasim::is_lowp<L>::value && fasim::is_scalar_v<B>>> \
+    template <class L, class B, class = std::enable_if_t<fasim::lowp_assignable_v<L, B>>>    \
     inline L &operator OP##=(L &a, B b) { FASIM_COUNT_FLOPS_OF(L, 1); a = L((float)a OP (float)b); return a; }
 FASIM_LOWP_ASSIGN(+)
 FASIM_LOWP_ASSIGN(-)
@@ -355,3 +369,10 @@ FASIM_VEC_NAMES(ulong, ulong)
 static_assert(sizeof(float3) == 16 && alignof(float4) == 16 && sizeof(half4) == 8, "MSL vector layout");
 
 }  // namespace metal
+
+// MSL's vector types are names of the global namespace too (headers use half2 before `using namespace metal;`).
+#define FASIM_VEC_GLOBAL(P) using metal::P##2; using metal::P##3; using metal::P##4;
+FASIM_VEC_GLOBAL(float) FASIM_VEC_GLOBAL(half) FASIM_VEC_GLOBAL(bfloat) FASIM_VEC_GLOBAL(int) FASIM_VEC_GLOBAL(uint)
+FASIM_VEC_GLOBAL(short) FASIM_VEC_GLOBAL(ushort) FASIM_VEC_GLOBAL(char) FASIM_VEC_GLOBAL(uchar)
+FASIM_VEC_GLOBAL(bool) FASIM_VEC_GLOBAL(long) FASIM_VEC_GLOBAL(ulong)
+#undef FASIM_VEC_GLOBAL
