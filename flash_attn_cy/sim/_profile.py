@@ -186,8 +186,10 @@ def _backend_launch(kernel, grid, threads, nbuf, bidx, bdata, blen, bwr, nbytes,
         name = kernel.decode()
         lib = _project_module(name)
         msg = ctypes.create_string_buffer(1 << 16)
+        # the package's kernels take no function constants and no [[threadgroup(n)]] arguments: 6 + 3 empty ones
         n = lib.fasim_launch(kernel, grid, threads, nbuf, bidx, bdata, None, blen, bwr, nbytes, cidx, cdata, clen,
-                             schedules, 0x5EED, 0, 0, msg, len(msg), cancel)
+                             schedules, 0x5EED, 0, 0, msg, len(msg), cancel, 0, None, None, None, None, None,
+                             0, None, None)
         text = msg.value.decode(errors="replace")
         if n < 0:
             _write_out(out, outlen, text)
@@ -251,7 +253,7 @@ def _project_module(kernel: str) -> ctypes.CDLL:
             d = project_kernels_dir()
             found: Dict[str, Path] = {}
             for f in sorted(d.glob("*.metal")):
-                for e in translate_file(str(f), [str(d)], strict=False).kernels:
+                for e in translate_file(str(f), [str(d)]).kernels:
                     found.setdefault(e.name, f)
             _project_files = found
         path = _project_files.get(kernel)
@@ -259,7 +261,7 @@ def _project_module(kernel: str) -> ctypes.CDLL:
             raise ValueError(f"kernel {kernel!r} is not in the package's kernel files ({project_kernels_dir()})")
         lib = _project_libs.get(str(path))
         if lib is None:
-            tr = translate_file(str(path), [str(path.parent)], strict=False)
+            tr = translate_file(str(path), [str(path.parent)])
             # the package's own kernels: trusted like the rest of the package (no source or IR check)
             lib = _compile.load_module(tr.code, path.name, salt="project", variant="profile")
             _project_libs[str(path)] = lib

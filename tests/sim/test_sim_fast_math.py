@@ -180,5 +180,5 @@ def test_softcap_large_logits_kvcache_split_fast_math(rng, fast):
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_softcap_large_logits_backward_fast_math(rng, fast, dtype):
     need_sim()
-    from test_backward import check_grads
+    from _grad_check import check_grads
     check_grads(rng, dtype, (1, 37, 2, 64), (1, 45, 1, 64), backend="sim", softcap=0.05, softmax_scale=2.0)

@@ -96,7 +96,7 @@ def test_metal_stdlib_macro_list_matches_the_compatibility_headers():
     """METAL_STDLIB_MACROS (what #ifdef sees as defined by <metal_stdlib>) is what the headers define."""
     inc = ROOT / "csrc" / "sim" / "include"
     defined = set()
-    for name in ("fasim_math.h", "fasim_check.h"):
+    for name in ("fasim_math.h", "fasim_check.h", "fasim_constants.h"):
         defined |= set(re.findall(r"^#define (\w+)", (inc / name).read_text(), re.M))
     user_visible = {m for m in defined if not m.startswith("FASIM_")}
     assert user_visible == set(pp.METAL_STDLIB_MACROS)

@@ -3,6 +3,7 @@
 import pytest
 
 from flash_attn_cy.sim.translate import TranslateError, translate
+from _paths import ROOT  # noqa: E402
 
 HEAD = "#include <metal_stdlib>\nusing namespace metal;\n"
 
@@ -119,7 +120,7 @@ def test_build_entry_runs_outside_the_package(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
-    script = Path(__file__).parent.parent / "csrc" / "sim" / "translate" / "__main__.py"
+    script = ROOT / "csrc" / "sim" / "translate" / "__main__.py"
     (tmp_path / "h.h").write_text("#define SCALE 2\n")
     (tmp_path / "k.metal").write_text('#include "h.h"\nkernel void k(device float* y [[buffer(0)]]) '
                                       "{ y[0] = SCALE; }\n")
