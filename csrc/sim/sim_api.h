@@ -42,13 +42,23 @@ struct LaunchConfig {
                                       // lower guard and other bytes past their ends, so that reads before the start
                                       // (guard page) and within the 16-byte alignment slack past the end (changed
                                       // results) are out-of-bounds faults (schedules > 1 always include this run)
+    // Hazard detection (hazard.h): every load and store of the first run is checked against shadow state of
+    // threadgroup memory and of the writable buffers, and a race is reported whatever the thread schedule. Needs
+    // the kernel compiled with the access instrumentation (KernelInfo::instrumented; otherwise an "error" fault).
+    bool hazards = false;
+    // Which schedules the runs use (ScheduleMode): kInterleaved resumes every ready thread once per pass;
+    // kRunAhead lets each SIMD group run ahead of the others up to its next threadgroup barrier, the SIMD groups
+    // in forward, reverse or random order; kMixed alternates them (runtime.cpp lists the runs).
+    int schedule_mode = 2;
     // Cancellation (fa_cancel.h), or null. Checked between fiber steps and threadgroups; a request also interrupts a
     // thread stuck inside the kernel (as the watchdog does). The calling thread polls it while the launch runs.
     const fa_cancel *cancel = nullptr;
 };
 
+enum ScheduleMode { kScheduleInterleaved = 0, kScheduleRunAhead = 1, kScheduleMixed = 2 };
+
 struct Fault {
-    std::string kind;     // "race", "out-of-bounds", "uninitialized-read", "divergent-barrier", "error"
+    std::string kind;     // "race", "race (simdgroup)", "out-of-bounds", "uninitialized-read", "divergent-barrier", "error"
     std::string message;  // names kernel, threadgroup, thread and source line where known
 };
 

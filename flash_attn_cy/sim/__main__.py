@@ -2,7 +2,7 @@
 
     python -m flash_attn_cy.sim run FILE.metal --kernel NAME --grid X[,Y[,Z]] --threadgroup X[,Y[,Z]]
         [--buffer INDEX=PATH.npy | --buffer INDEX=zeros:DTYPE:COUNT]... [--bytes INDEX=DTYPE:V1[,V2,...]]...
-        [--schedules N] [--out DIR]
+        [--schedules N] [--schedule-mode interleaved|run-ahead|mixed] [--no-hazards] [--fast-math] [--out DIR]
     python -m flash_attn_cy.sim check FILE.metal...
 
 Exit status: 0 clean, 1 faults found (run) or check failed (check), 2 usage or translation/compile error,
@@ -124,7 +124,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         os.environ["FLASH_ATTN_CY_SIM_FAST_MATH"] = "1"
 
     res = run(a.file, a.kernel, _dims(a.grid, "--grid"), _dims(a.threadgroup, "--threadgroup"), buffers, byts,
-              a.schedules, include_dirs=a.include)
+              a.schedules, include_dirs=a.include, hazards=a.hazards, schedule_mode=a.schedule_mode)
     for f in res.faults:
         print(f"{f.kind}: {f.message}")
     if a.out:
@@ -170,7 +170,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--threadgroup", required=True, help="threads per threadgroup X[,Y[,Z]]")
     r.add_argument("--buffer", action="append", default=[], help="INDEX=PATH.npy or INDEX=zeros:DTYPE:COUNT")
     r.add_argument("--bytes", action="append", default=[], help="INDEX=DTYPE:V1[,V2,...] (setBytes)")
-    r.add_argument("--schedules", type=int, default=3)
+    r.add_argument("--schedules", type=int, default=3,
+                   help="runs under different thread orders whose results are compared (default 3)")
+    r.add_argument("--schedule-mode", choices=("interleaved", "run-ahead", "mixed"), default="mixed",
+                   help="thread orders of those runs: interleaved (every ready thread one step at a time), run-ahead "
+                        "(each SIMD group runs ahead of the others up to its next threadgroup barrier, in forward, "
+                        "reverse and random SIMD-group order) or mixed (both; default)")
+    r.add_argument("--no-hazards", dest="hazards", action="store_false",
+                   help="turn the hazard detector off (on by default: every load and store of the first run is "
+                        "checked, and races are reported naming both threads and source lines; the kernel is then "
+                        "compiled with instrumentation and runs a few times slower)")
     r.add_argument("--out", help="write buffer<INDEX>.npy files here")
     r.add_argument("-I", "--include", action="append", default=[], help="extra directory for #include \"...\"")
     r.add_argument("--fast-math", action="store_true",

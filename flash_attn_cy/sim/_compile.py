@@ -24,13 +24,22 @@ from typing import Callable, Dict, List, Optional
 __all__ = ["SimCompileError", "runtime_dir", "find_cxx", "cache_dir", "load_module"]
 
 RUNTIME_SOURCES = ("runtime.cpp", "scheduler.cpp", "signals.cpp", "registry.cpp", "fiber.cpp", "guarded.cpp",
-                   "c_api.cpp")
+                   "hazard.cpp", "hazard_hooks.cpp", "c_api.cpp")
 CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing"]
 # Kernel modules also carry line tables (through the translator's #line markers they point into the .metal file),
 # so a fault's program counter can be mapped back to the source line. Stack clash protection makes a frame larger
 # than the fiber stack's guard page probe it page by page, so that a large thread-private array is reported as a
 # stack overflow instead of writing into whatever mapping lies below the stack.
 MODULE_FLAGS = ["-g", "-fstack-clash-protection"]
+
+
+def instrument_flags(compiler_id: str) -> List[str]:
+    """Flags that make a kernel module call the hazard detector before every load and store (csrc/sim/hazard.h):
+    the compiler's ThreadSanitizer instrumentation, whose entry points the simulator runtime defines itself
+    (csrc/sim/hazard_hooks.cpp; the sanitizer's runtime is never linked). Function entry/exit calls are not needed."""
+    if "clang" in compiler_id.lower():
+        return ["-fsanitize=thread", "-mllvm", "-tsan-instrument-func-entry-exit=0"]
+    return ["-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0"]
 
 _lock = threading.Lock()
 _loaded: Dict[str, ctypes.CDLL] = {}
@@ -239,17 +248,19 @@ def _runtime_objects(cxx: str, cid: str) -> List[Path]:
 
 
 def load_module(cpp_code: str, label: str = "kernel", verify: Optional[Callable[[List[str]], None]] = None,
-                salt: str = "") -> ctypes.CDLL:
+                salt: str = "", instrumented: bool = False) -> ctypes.CDLL:
     """Compile translated C++ (with the runtime) into a cached shared library and load it.
 
     verify(flags) runs before the code is compiled, with the compiler flags the module gets (not when a module built
     earlier, after the same check, is reused); salt names the checks, so that modules built under other rules are
-    not reused."""
+    not reused. instrumented: the kernels are compiled for the hazard detector (:func:`instrument_flags`; a module
+    of its own, so that a module without it contains no instrumentation at all)."""
     cxx = find_cxx()
     with _lock:
         cid = _compiler_id(cxx)
         rt = runtime_dir()
-        key = hashlib.sha256((cid + "\0" + " ".join(CXXFLAGS + MODULE_FLAGS) + "\0" + salt + "\0" + cpp_code
+        extra = instrument_flags(cid) if instrumented else []
+        key = hashlib.sha256((cid + "\0" + " ".join(CXXFLAGS + MODULE_FLAGS + extra) + "\0" + salt + "\0" + cpp_code
                               ).encode()).hexdigest()[:24]
         if key in _loaded:
             return _loaded[key]
@@ -265,8 +276,14 @@ def load_module(cpp_code: str, label: str = "kernel", verify: Optional[Callable[
                 src.write_text(cpp_code)
                 (tmp / "key.cpp").write_text(_key_source(key))
                 out = tmp / "kernel.so"
-                _run(cxx.split() + CXXFLAGS + MODULE_FLAGS + ["-I", str(rt), "-I", str(rt / "include"), "-shared",
-                                                              str(src), str(tmp / "key.cpp")]
+                includes = ["-I", str(rt), "-I", str(rt / "include")]
+                if instrumented:  # compiled on its own: linking with the flag would pull in the sanitizer runtime
+                    obj = tmp / "kernel.o"
+                    _run(cxx.split() + CXXFLAGS + MODULE_FLAGS + extra + includes + ["-c", str(src), "-o", str(obj)],
+                         f"compiling {label} for the simulator with hazard detection (the compiler must support "
+                         "-fsanitize=thread: GCC or clang)")
+                    src = obj
+                _run(cxx.split() + CXXFLAGS + MODULE_FLAGS + includes + ["-shared", str(src), str(tmp / "key.cpp")]
                      + [str(o) for o in objs] + ["-o", str(out), "-lpthread"]
                      + (["-ldl"] if sys.platform.startswith("linux") else []),  # dladdr on glibc < 2.34
                      f"compiling {label} for the simulator")
@@ -286,7 +303,8 @@ def load_module(cpp_code: str, label: str = "kernel", verify: Optional[Callable[
             ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p),
             ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.POINTER(ctypes.c_int),
             ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t), ctypes.c_int, ctypes.c_ulonglong,
-            ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p,  # the last: fa_cancel * (_run.py)
+            ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,  # host_threads, bounds_run, hazards, schedule_mode
+            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p,  # the last: fa_cancel * (_run.py)
         ]
         _loaded[key] = lib
         return lib
@@ -312,8 +330,11 @@ def source_line(module_path: str, offset: int) -> str:
     inc = str(runtime_dir())
     frames = [ln.strip() for ln in out.splitlines() if ln.strip() and not ln.startswith("??")]
     for fr in frames:  # innermost first: skip frames inside the compatibility headers and the generated code
-        path = fr.rsplit(":", 1)[0]
+        fr = fr.split(" (discriminator")[0]
+        path, _, line = fr.rpartition(":")
+        path = os.path.normpath(path)  # the package's own kernels: paths relative to the build directory
         generated = "<simulator trampolines>" in path or os.path.basename(os.path.dirname(path)).startswith("mod-tmp-")
-        if not fr.startswith(inc) and ":" in fr and not generated:
-            return fr.split(" (discriminator")[0]
+        header = path.startswith(inc) or os.path.basename(path).startswith("fasim_")  # (built elsewhere: a wheel)
+        if path and not header and not generated:
+            return f"{path}:{line}"
     return ""
