@@ -35,8 +35,8 @@ FASIM_EXPORT size_t fasim_kernel_names(char *out, size_t outlen) {
 
 // Runs one launch. Faults are written to out as lines "kind\tmessage". Returns the number of faults, or -1 if the
 // kernel does not exist (message in out). buf_src[i], when not null, holds buffer i's initial contents (buf_data[i]
-// then only receives the results). bounds_run, hazards, schedule_mode: see LaunchConfig. Never lets a C++ exception out (out of memory
-// becomes an "error" fault).
+// then only receives the results). bounds_run, hazards, schedule_mode: see LaunchConfig. Never lets a C++ exception
+// out (out of memory becomes an "error" fault).
 // `cancel` (fa_cancel.h, may be null) stops it early: the only fault is then "cancelled" and the buffers are
 // untouched; its poll runs on the calling thread.
 FASIM_EXPORT int fasim_launch(const char *kernel, const unsigned *grid, const unsigned *threads, int nbuf,

@@ -214,7 +214,8 @@ void HzWorker::report(HzSpace sp, const HzRange &r, size_t off, const HzAcc &pre
                  "or threadgroup_barrier(mem_flags::%s) between them: lanes of one SIMD group need a "
                  "simdgroup_barrier to order their memory accesses", sid, space, space);
         why = b;
-        if (prev.simd_all < simd_all[sid]) why += std::string(" (a simdgroup_barrier between them lacks mem_flags::") + space + ")";
+        if (prev.simd_all < simd_all[sid])
+            why += std::string(" (a simdgroup_barrier between them lacks mem_flags::") + space + ")";
     } else {
         snprintf(b, sizeof b, "no threadgroup_barrier(mem_flags::%s) between them", space);
         why = b;
@@ -255,20 +256,22 @@ void HzWorker::end_group() {
             if (!x->pc) continue;
             for (const HzAcc *p : theirs) {
                 if (!p->pc || !conflicting(*p, *x) || !first_report_locked(3, p->pc, x->pc)) continue;
-                const size_t off = (size_t)(kv.first & ((1ull << kRegionShift) - 1)) * 2 + ((p->mask & x->mask & 1) ? 0 : 1);
+                const size_t cell = (size_t)(kv.first & ((1ull << kRegionShift) - 1));
+                const size_t off = cell * 2 + ((p->mask & x->mask & 1) ? 0 : 1);
                 hz->L->add_fault("race", "kernel '" + std::string(L.kernel->name) + "': " +
                                              memory_text(kHzDevice, (int)(kv.first >> kRegionShift), off) + ": " +
                                              access_text(*p) + " by " + group_text(L.cfg, p->group) + ", " +
                                              thread_text(L.cfg, p->tindex) + site_text(*p) + " and " + access_text(*x) +
-                                             " by " + group_text(L.cfg, x->group) + ", " + thread_text(L.cfg, x->tindex) +
-                                             site_text(*x) + ": threadgroups of one dispatch are not ordered, so one "
+                                             " by " + group_text(L.cfg, x->group) + ", " +
+                                             thread_text(L.cfg, x->tindex) + site_text(*x) + ": threadgroups of one dispatch are not ordered, so one "
                                              "may not write device memory that another reads or writes (unless both "
                                              "access it atomically)");
             }
         }
-        for (int k = 0; k < 3; k++)
-            if (mine[k]->pc && (!theirs[k]->pc || (k == 2 && (mine[k]->flags & kHzWrite) && !(theirs[k]->flags & kHzWrite))))
-                *theirs[k] = *mine[k];
+        for (int k = 0; k < 3; k++) {  // the first of each kind stays (of atomics, preferably one that writes)
+            const bool upgrade = k == 2 && (mine[k]->flags & kHzWrite) && !(theirs[k]->flags & kHzWrite);
+            if (mine[k]->pc && (!theirs[k]->pc || upgrade)) *theirs[k] = *mine[k];
+        }
     }
 }
 

@@ -14,10 +14,11 @@
 //     mem_device for device memory);
 //   - for two lanes of one SIMD group, also a simdgroup_barrier whose mem_flags name the memory, or a SIMD-group
 //     function (simd_sum, simd_shuffle*, simd_ballot, simdgroup_matrix multiply, ...). MSL does not call SIMD-group
-//     functions fences (section 6.9.2 describes them as exchanging values "without using threadgroup memory"); we
-//     accept them as ordering points of their own SIMD group because each one is a convergence point whose result
-//     depends on every lane's argument, and Apple GPUs run a SIMD group as one instruction stream, so every lane's
-//     memory operations before it have issued before any lane's after it. They never order other SIMD groups.
+//     functions fences (section 6.9.2 presents them as a way to share values between lanes without threadgroup
+//     memory); we accept them as ordering points of their own SIMD group because each one is a convergence point
+//     whose result depends on every lane's argument, and Apple GPUs run a SIMD group as one instruction stream, so
+//     every lane's memory operations before it have issued before any lane's after it. They never order other SIMD
+//     groups.
 // Nothing orders two threadgroups of one dispatch: a device word written by one threadgroup and read or written by
 // another is a race unless both accesses are atomic. Two atomic accesses never race; an atomic and a plain access do.
 //

@@ -384,7 +384,8 @@ struct Worker {
         for (uint32_t i = 0; i < n; i++) order[i] = L->run->order == kReverse ? n - 1 - i : i;
 
         for (uint32_t s = 0; s < nsg; s++) sg_order[s] = L->run->order == kReverse ? nsg - 1 - s : s;
-        for (uint32_t l = 0; l < (uint32_t)kSimdWidth; l++) lane_order[l] = L->run->order == kReverse ? kSimdWidth - 1 - l : l;
+        for (uint32_t l = 0; l < (uint32_t)kSimdWidth; l++)
+            lane_order[l] = L->run->order == kReverse ? kSimdWidth - 1 - l : l;
         if (hz) hz->begin_group();
 
         for (;;) {

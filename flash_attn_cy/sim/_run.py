@@ -96,7 +96,7 @@ _modules: Dict[tuple, Tuple[ctypes.CDLL, List[Tuple[str, float]]]] = {}
 def _module_for(source: str, path: str, include_dirs: Tuple[str, ...], instrumented: bool = False) -> ctypes.CDLL:
     """Translated and compiled module for this source, reused while the included headers are unchanged.
     instrumented: built for the hazard detector (a module of its own)."""
-    key = (source, path, include_dirs, trust.unchecked(), instrumented)  # an unchecked module never serves a checked run
+    key = (source, path, include_dirs, trust.unchecked(), instrumented)  # unchecked modules never serve checked runs
     hit = _modules.get(key)
     if hit is not None:
         lib, deps = hit

@@ -6,10 +6,12 @@ using namespace metal;
 
 // The issue's row softmax: one row per threadgroup, the two SIMD groups' maxima and then sums exchanged through
 // part[]. Without the second barrier, SIMD group 1 may overwrite part[1] with its sum while SIMD group 0 still reads
-// it as a maximum (on a GPU the SIMD groups run independently; the simd_sum does not order them).
+// it as a maximum (on a GPU the SIMD groups run independently; the simd_sum does not order them). buffer(3): the
+// lane that publishes its SIMD group's values.
 kernel void row_softmax(device const float* x [[buffer(0)]],
                         device float* y [[buffer(1)]],
                         constant uint& fixed [[buffer(2)]],
+                        constant uint& publisher [[buffer(3)]],
                         uint tid [[thread_index_in_threadgroup]],
                         uint sid [[simdgroup_index_in_threadgroup]],
                         uint lane [[thread_index_in_simdgroup]],
@@ -17,13 +19,13 @@ kernel void row_softmax(device const float* x [[buffer(0)]],
     threadgroup float part[2];
     const float v = x[row * 64 + tid];
     float m = simd_max(v);
-    if (lane == 0) part[sid] = m;
+    if (lane == publisher) part[sid] = m;
     threadgroup_barrier(mem_flags::mem_threadgroup);
     m = max(part[0], part[1]);  // @softmax-read
     const float e = exp(v - m);
     float s = simd_sum(e);
     if (fixed != 0) threadgroup_barrier(mem_flags::mem_threadgroup);  // BUG when fixed == 0: the second barrier
-    if (lane == 0) part[sid] = s;  // @softmax-write
+    if (lane == publisher) part[sid] = s;  // @softmax-write
     threadgroup_barrier(mem_flags::mem_threadgroup);
     s = part[0] + part[1];
     y[row * 64 + tid] = e / s;
