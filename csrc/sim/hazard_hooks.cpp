@@ -16,7 +16,7 @@ using fasim::detail::tl_hz;
 #define FASIM_RET() ((uintptr_t)__builtin_return_address(0))
 
 namespace {
-inline void note(const volatile void *a, size_t n, uint8_t flags, uintptr_t pc) {
+inline void note(const volatile void *a, size_t n, uint16_t flags, uintptr_t pc) {
     if (HzWorker *h = tl_hz) h->access((uintptr_t)a, n, flags, pc);
 }
 }  // namespace

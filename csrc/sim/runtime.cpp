@@ -63,7 +63,13 @@ bool execute_run(Launch &L, const RunSpec &spec) {
     if (L.hash_barriers) {
         L.hashes.assign(L.ngroups_total, {});
     }
-    if (L.hz) L.hz->begin_run();
+    if (L.hz) {
+        std::string why;
+        if (!L.hz->begin_run(&why)) {
+            L.add_fault("error", std::string("kernel '") + L.kernel->name + "': " + why);
+            return false;
+        }
+    }
     int nworkers = L.cfg.host_threads > 0 ? L.cfg.host_threads : (int)std::max(1u, std::thread::hardware_concurrency());
     if (L.watch_region >= 0) {  // diagnosis: one worker, so "last writer" is well defined
         nworkers = 1;
@@ -369,11 +375,11 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
     std::vector<std::vector<char>> base;
     std::vector<std::vector<BarrierHash>> base_hashes;
     bool have_results = false;
-    Hazards hazards;
-    hazards.L = &L;
+    std::unique_ptr<Hazards> hazards(cfg.hazards ? new Hazards() : nullptr);
+    if (hazards) hazards->L = &L;
     for (size_t ri = 0; ri < runs.size(); ri++) {
         const RunSpec &spec = runs[ri];
-        L.hz = spec.hazards ? &hazards : nullptr;
+        L.hz = spec.hazards ? hazards.get() : nullptr;
         bool ok = execute_run(L, spec);
         L.hz = nullptr;
         if (L.cancelled) {  // nothing goes back to the caller

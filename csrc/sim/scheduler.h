@@ -420,7 +420,6 @@ struct Worker {
             }
             if (done == n) {
                 if (L->hash_barriers) hash_arrays(L->kernel->file, 0);  // final contents, "end of the kernel"
-                if (hz) hz->end_group();  // device accesses against other threadgroups' (may add a fault)
                 return true;
             }
             if (!ran) {
@@ -446,6 +445,7 @@ struct Worker {
         cur = nullptr;
         if (r == 2) {  // signal: the fiber's stack is abandoned mid-kernel
             f->fiber.started = false;
+            if (hz) hz->let_go();  // it may have been inside the hazard detector
             if (L->cancelled.load(std::memory_order_relaxed)) abort = true;  // the cancel's interrupt, no fault
             if (!abort) L->add_fault(classify_signal(f), signal_message(f));
             abort = true;

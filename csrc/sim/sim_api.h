@@ -69,8 +69,8 @@ const KernelInfo *find_kernel(const char *name);
 std::vector<std::string> kernel_names();
 
 // Run one dispatch. Returns the faults found (empty = clean). Never throws for kernel faults. Writable buffers get the
-// results of the forward schedule; Fault.kind is "race", "out-of-bounds", "uninitialized-read", "divergent-barrier",
-// "error" (invalid launch, wild pointer, timeout: FLASH_ATTN_CY_SIM_TIMEOUT seconds per threadgroup, default 300)
+// results of the forward schedule; Fault.kind is "race", "race (simdgroup)" (hazard detector: two lanes of one SIMD
+// group), "out-of-bounds", "uninitialized-read", "divergent-barrier", "fast-math-hazard", "error" (invalid launch, wild pointer, timeout: FLASH_ATTN_CY_SIM_TIMEOUT seconds per threadgroup, default 300)
 // or "note" (how many further faults were not listed). Safe to call from several threads at once.
 // A cancelled launch returns the single fault {"cancelled", ...} and leaves the caller's buffers untouched.
 std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, const std::vector<BufferArg> &buffers,
