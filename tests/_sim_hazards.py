@@ -21,7 +21,8 @@ def hazard_module_built() -> bool:
 
 
 def enable_hazards(monkeypatch) -> None:
-    if hazard_module_built():
+    """On, unless the module is missing or the caller set FLASH_ATTN_CY_SIM_HAZARDS=0 for the whole run."""
+    if hazard_module_built() and os.environ.get(HAZARDS_ENV) != "0":
         monkeypatch.setenv(HAZARDS_ENV, "1")
 
 

@@ -137,5 +137,11 @@ struct HzWorker {
 // The worker running on this host thread while a hazard run is in progress (else null: the entry points return).
 extern thread_local HzWorker *tl_hz;
 
+// The one call of the access path (hazard_hooks.cpp's instrumentation entry points make it for every load and store):
+// another observer of the same instrumentation (e.g. work counters) calls it from its own entry points.
+inline void hazard_note(const volatile void *addr, size_t bytes, uint16_t flags, uintptr_t pc) {
+    if (HzWorker *h = tl_hz) h->access((uintptr_t)addr, bytes, flags, pc);
+}
+
 }  // namespace detail
 }  // namespace fasim

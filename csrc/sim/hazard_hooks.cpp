@@ -8,16 +8,14 @@
 
 #include "hazard.h"
 
-using fasim::detail::HzWorker;
 using fasim::detail::kHzAtomic;
 using fasim::detail::kHzWrite;
-using fasim::detail::tl_hz;
 
 #define FASIM_RET() ((uintptr_t)__builtin_return_address(0))
 
 namespace {
 inline void note(const volatile void *a, size_t n, uint16_t flags, uintptr_t pc) {
-    if (HzWorker *h = tl_hz) h->access((uintptr_t)a, n, flags, pc);
+    fasim::detail::hazard_note(a, n, flags, pc);
 }
 }  // namespace
 
@@ -32,7 +30,9 @@ extern "C" {
     void __tsan_volatile_read##N(void *a) { note(a, N, 0, FASIM_RET()); }                                  \
     void __tsan_volatile_write##N(void *a) { note(a, N, kHzWrite, FASIM_RET()); }                          \
     void __tsan_unaligned_volatile_read##N(void *a) { note(a, N, 0, FASIM_RET()); }                        \
-    void __tsan_unaligned_volatile_write##N(void *a) { note(a, N, kHzWrite, FASIM_RET()); }
+    void __tsan_unaligned_volatile_write##N(void *a) { note(a, N, kHzWrite, FASIM_RET()); }                \
+    void __tsan_read##N##_pc(void *a, void *pc) { note(a, N, 0, (uintptr_t)pc + 1); }                      \
+    void __tsan_write##N##_pc(void *a, void *pc) { note(a, N, kHzWrite, (uintptr_t)pc + 1); }
 FASIM_HZ_PLAIN(1)
 FASIM_HZ_PLAIN(2)
 FASIM_HZ_PLAIN(4)
@@ -42,6 +42,9 @@ FASIM_HZ_PLAIN(16)
 
 void __tsan_read_range(void *a, uintptr_t n) { note(a, n, 0, FASIM_RET()); }
 void __tsan_write_range(void *a, uintptr_t n) { note(a, n, kHzWrite, FASIM_RET()); }
+// The "_pc" forms pass the instruction's address (the site is kept as a return address: one byte after a call).
+void __tsan_read_range_pc(void *a, uintptr_t n, void *pc) { note(a, n, 0, (uintptr_t)pc + 1); }
+void __tsan_write_range_pc(void *a, uintptr_t n, void *pc) { note(a, n, kHzWrite, (uintptr_t)pc + 1); }
 
 // clang turns memcpy/memmove/memset into these.
 void *__tsan_memcpy(void *d, const void *s, uintptr_t n) {

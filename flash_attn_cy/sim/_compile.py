@@ -33,7 +33,7 @@ CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fno-strict-al
 MODULE_FLAGS = ["-g", "-fstack-clash-protection"]
 
 
-def instrument_flags(compiler_id: str) -> List[str]:
+def hazard_flags(compiler_id: str) -> List[str]:
     """Flags that make a kernel module call the hazard detector before every load and store (csrc/sim/hazard.h):
     the compiler's ThreadSanitizer instrumentation, whose entry points the simulator runtime defines itself
     (csrc/sim/hazard_hooks.cpp; the sanitizer's runtime is never linked). Function entry/exit calls are not needed."""
@@ -253,13 +253,13 @@ def load_module(cpp_code: str, label: str = "kernel", verify: Optional[Callable[
 
     verify(flags) runs before the code is compiled, with the compiler flags the module gets (not when a module built
     earlier, after the same check, is reused); salt names the checks, so that modules built under other rules are
-    not reused. instrumented: the kernels are compiled for the hazard detector (:func:`instrument_flags`; a module
+    not reused. instrumented: the kernels are compiled for the hazard detector (:func:`hazard_flags`; a module
     of its own, so that a module without it contains no instrumentation at all)."""
     cxx = find_cxx()
     with _lock:
         cid = _compiler_id(cxx)
         rt = runtime_dir()
-        extra = instrument_flags(cid) if instrumented else []
+        extra = hazard_flags(cid) if instrumented else []
         key = hashlib.sha256((cid + "\0" + " ".join(CXXFLAGS + MODULE_FLAGS + extra) + "\0" + salt + "\0" + cpp_code
                               ).encode()).hexdigest()[:24]
         if key in _loaded:
