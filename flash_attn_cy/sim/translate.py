@@ -704,7 +704,7 @@ class _Translator:
                         args.append(f"::fasim::IdArg{{::fasim::{v}}}")
                 out.append(f"void fasim_entry_{n}(::fasim::ThreadCtx &) {{ {e.call}({', '.join(args)}); }}")
                 out.append(f'::fasim::KernelInfo fasim_info_{n}{{"{_c_string(e.name)}", &fasim_entry_{n}, '
-                           f'"{_c_string(e.file)}", {e.line}, {mask}u, nullptr, FASIM_INSTRUMENTED != 0}};')
+                           f'"{_c_string(e.file)}", {e.line}, {mask}u, nullptr}};')
                 out.append(f"::fasim::KernelRegistrar fasim_registrar_{n}{{&fasim_info_{n}}};")
             out.append("}  // namespace")
         else:

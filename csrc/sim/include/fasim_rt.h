@@ -105,8 +105,8 @@ struct KernelInfo {
     unsigned line;
     uint32_t buffer_mask;    // [[buffer(n)]] indices the kernel binds
     const KernelInfo *next;
-    bool instrumented;       // compiled with the access instrumentation the hazard detector needs (hazard.h):
-                             // the generated registration sets it to FASIM_INSTRUMENTED
+    bool instrumented = false;  // compiled with the access instrumentation the hazard detector needs (hazard.h):
+                                // set by the registration, from FASIM_INSTRUMENTED of the kernel's own unit
 };
 
 // Whether this translation unit is compiled with -fsanitize=thread, whose load/store calls feed the hazard
@@ -123,7 +123,8 @@ struct KernelInfo {
 #endif
 
 struct KernelRegistrar {
-    explicit KernelRegistrar(KernelInfo *k);
+    // The default argument is evaluated where the registration is (the kernel's translation unit).
+    explicit KernelRegistrar(KernelInfo *k, bool instrumented = FASIM_INSTRUMENTED != 0);
 };
 
 // Kernel argument binders: a [[buffer(n)]] parameter converts to whatever pointer or reference type it has.
