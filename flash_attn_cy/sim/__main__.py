@@ -179,7 +179,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--no-hazards", dest="hazards", action="store_false",
                    help="turn the hazard detector off (on by default: every load and store of the first run is "
                         "checked, and races are reported naming both threads and source lines; the kernel is then "
-                        "compiled with instrumentation and runs a few times slower)")
+                        "compiled with instrumentation and its first run takes about twice the CPU time)")
     r.add_argument("--out", help="write buffer<INDEX>.npy files here")
     r.add_argument("-I", "--include", action="append", default=[], help="extra directory for #include \"...\"")
     r.add_argument("--fast-math", action="store_true",

@@ -141,7 +141,7 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         hazards: check every load and store of the first run against shadow state of threadgroup memory and of the
             writable buffers (``kernels/README.md``, "Hazard detection"): a race is reported on the first run,
             naming both threads, the memory and both source lines. The kernel is compiled for it into a module of
-            its own (the runs then take a few times longer); ``False`` runs the plain module.
+            its own (its first run then takes about twice the CPU time); ``False`` runs the plain module.
         schedule_mode: the thread orders of the runs: ``"interleaved"`` (every ready thread one step at a time),
             ``"run-ahead"`` (each SIMD group runs ahead of the others up to its next threadgroup barrier, in
             forward, reverse and random SIMD-group order) or ``"mixed"`` (both; the default).
