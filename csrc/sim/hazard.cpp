@@ -221,7 +221,13 @@ void HzWorker::cell_access(HzCell &c, const HzRange &r, HzSpace sp, size_t off, 
             q.bits |= (uint16_t)(x.mask() << 10);
             return;
         }
-    c.r[1] = x;
+    // Both kept reads are unordered with x. r[0] stays; r[1] is the read most unlike it (another threadgroup, else
+    // another SIMD group, else another thread; the later one among equals): whatever thread writes next, a read of
+    // another threadgroup or SIMD group than the writer's is then kept if there was one.
+    auto unlike = [](const HzAcc &a, const HzAcc &b) {
+        return a.group1 != b.group1 ? 3 : a.tindex() / kSimdWidth != b.tindex() / kSimdWidth ? 2 : 1;
+    };
+    if (unlike(x, c.r[0]) >= unlike(c.r[1], c.r[0])) c.r[1] = x;
 }
 
 std::string HzWorker::memory_text(HzSpace sp, int id, size_t off) const {
