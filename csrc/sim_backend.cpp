@@ -3,7 +3,8 @@
 // Exactly what the Metal shim does on a Mac, with the simulator in place of the GPU: every launch of the plan runs
 // in order, with the plan's grid, threadgroup size, buffer bindings and setBytes constants. Buffers are bound with
 // their exact byte sizes so the simulator reports any access outside a tensor; p->sim_schedules > 1 reruns each
-// launch under other thread schedules and reports differences (races). Any fault becomes FA_ERR_FAULT.
+// launch under other thread schedules and reports differences (races); FLASH_ATTN_CY_SIM_HAZARDS=1 runs the launches
+// under the hazard detector (csrc/sim/hazard.h: races found on the first run). Any fault becomes FA_ERR_FAULT.
 // Cancellation (fa_params.cancel) is checked between launches and by the simulator inside them, except for the
 // KV-cache append plan: a started append writes every row (fa_abi.h).
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include "fa_backends.h"
 #include "plan/fa_plan.h"
 #include "plan/fa_plan_build.h"  // the executor builds its own plan (tests/core/test_layers.py: KNOWN_UPWARD)
+#include "sim/hazard_module.h"
 #include "sim/sim_api.h"
 #include "sim_profile_hook.h"
 
@@ -87,6 +89,7 @@ int fa_sim_execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_updat
 
     const fa_cancel *cancel = kind == FA_PLAN_KVCACHE_APPEND ? nullptr : p->cancel;
     const fasim::ProfiledCall call(kind, p);  // flash_attn_cy.sim.profile() runs the launches when active
+    const bool hazards = fasim::hazards_requested();
     for (int li = 0; li < plan.nlaunches; ++li) {
         if (fa_cancel_rt::check(cancel)) return fail(err, errlen, FA_ERR_CANCELLED, "sim: cancelled");
         const fa_launch &l = plan.launches[li];
@@ -122,7 +125,11 @@ int fa_sim_execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_updat
         }
         cfg.schedules = p->sim_schedules > 1 ? p->sim_schedules : 1;
         cfg.cancel = cancel;
-        const std::vector<fasim::Fault> faults = call.launch(l.kernel, kernel, cfg, buffers, bytes);
+        std::vector<fasim::Fault> faults;
+        std::string why;
+        if (!hazards) faults = call.launch(l.kernel, kernel, cfg, buffers, bytes);
+        else if (!fasim::launch_with_hazards(l.kernel, cfg, buffers, bytes, &faults, &why))
+            return fail(err, errlen, FA_ERR_UNAVAILABLE, "sim: FLASH_ATTN_CY_SIM_HAZARDS is set, but " + why);
         if (fa_cancel_rt::requested(cancel)) return fail(err, errlen, FA_ERR_CANCELLED, "sim: cancelled");
         if (!faults.empty()) {
             std::string msg = std::string("sim: ") + std::to_string(faults.size()) + " fault(s) in " + l.kernel + ":";

@@ -47,7 +47,7 @@ cdef extern from "plan/fa_buffers.h" nogil:
         SLOT_VNEW "FA_BUF_VNEW"
         SLOT_ATTN_PROBS "FA_BUF_ATTN_PROBS"
 
-DEF ERRLEN = 1024
+DEF ERRLEN = 4096  # the sim backend lists up to 8 faults
 
 BACKENDS = ("cpu", "sim", "metal")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -65,6 +65,12 @@ DeviceTensor.__doc__ = (
 
 cdef object _raise(int rc, const char *err):
     msg = err.decode("utf-8", "replace") or "error code %d" % rc
+    if rc == FA_ERR_FAULT and "[pc: " in msg:  # a simulator fault's code address: the .metal line, where known
+        try:
+            from .sim._run import _with_source_line
+            msg = _with_source_line(msg)
+        except Exception:  # noqa: BLE001 - the address stays in the message
+            pass
     if rc == FA_ERR_VALUE:
         raise ValueError(msg)
     if rc == FA_ERR_TYPE:

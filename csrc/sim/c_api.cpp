@@ -35,8 +35,8 @@ FASIM_EXPORT size_t fasim_kernel_names(char *out, size_t outlen) {
 
 // Runs one launch. Faults are written to out as lines "kind\tmessage". Returns the number of faults, or -1 if the
 // kernel does not exist (message in out). buf_src[i], when not null, holds buffer i's initial contents (buf_data[i]
-// then only receives the results). bounds_run: see LaunchConfig. Never lets a C++ exception out (out of memory
-// becomes an "error" fault).
+// then only receives the results). bounds_run, hazards, schedule_mode: see LaunchConfig. Never lets a C++ exception
+// out (out of memory becomes an "error" fault).
 // `cancel` (fa_cancel.h, may be null) stops it early: the only fault is then "cancelled" and the buffers are
 // untouched; its poll runs on the calling thread.
 // Function constants (sim_api.h, FunctionConstantValue): nconst values, each an index (-1: by name only), a name
@@ -46,9 +46,9 @@ FASIM_EXPORT int fasim_launch(const char *kernel, const unsigned *grid, const un
                               const int *buf_index, void *const *buf_data, const void *const *buf_src,
                               const size_t *buf_bytes, const int *buf_writable, int nbytes, const int *bytes_index,
                               const void *const *bytes_data, const size_t *bytes_len, int schedules,
-                              unsigned long long seed, int host_threads, int bounds_run, char *out, size_t outlen,
-                              const fa_cancel *cancel, int nconst, const int *const_index,
-                              const char *const *const_name, const unsigned *const_type,
+                              unsigned long long seed, int host_threads, int bounds_run, int hazards,
+                              int schedule_mode, char *out, size_t outlen, const fa_cancel *cancel, int nconst,
+                              const int *const_index, const char *const *const_name, const unsigned *const_type,
                               const void *const *const_value, const size_t *const_bytes, int ntgmem,
                               const int *tgmem_index, const size_t *tgmem_bytes) {
     try {
@@ -68,6 +68,8 @@ FASIM_EXPORT int fasim_launch(const char *kernel, const unsigned *grid, const un
     cfg.seed = seed;
     cfg.host_threads = host_threads;
     cfg.bounds_run = bounds_run != 0;
+    cfg.hazards = hazards != 0;
+    cfg.schedule_mode = schedule_mode;
     cfg.cancel = cancel;
     for (int i = 0; i < nconst; i++) {
         fasim::FunctionConstantValue v;

@@ -12,7 +12,8 @@ namespace fasim {
 
 static const KernelInfo *g_registry = nullptr;  // constant-initialised, so registrars may run in any order
 
-KernelRegistrar::KernelRegistrar(KernelInfo *k) {
+KernelRegistrar::KernelRegistrar(KernelInfo *k, bool instrumented) {
+    k->instrumented = instrumented;
     k->next = g_registry;
     g_registry = k;
 }

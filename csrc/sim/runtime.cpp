@@ -64,6 +64,13 @@ bool execute_run(Launch &L, const RunSpec &spec) {
     if (L.hash_barriers) {
         L.hashes.assign(L.ngroups_total, {});
     }
+    if (L.hz) {
+        std::string why;
+        if (!L.hz->begin_run(&why)) {
+            L.add_fault("error", std::string("kernel '") + L.kernel->name + "': " + why);
+            return false;
+        }
+    }
     int nworkers = L.cfg.host_threads > 0 ? L.cfg.host_threads : (int)std::max(1u, std::thread::hardware_concurrency());
     if (L.watch_region >= 0) {  // diagnosis: one worker, so "last writer" is well defined
         nworkers = 1;
@@ -115,6 +122,7 @@ bool execute_run(Launch &L, const RunSpec &spec) {
     }
     for (auto &t : threads) t.join();
     FASIM_PROF(prof::end_run(L, workers));
+    if (L.hz) L.hz->end_run();
     if (L.cancelled) return false;
     bool ok = L.faults.empty();
     for (Region &r : L.regions) {
@@ -251,6 +259,12 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
         nthreads *= cfg.threads[d];
         ngroups *= cfg.grid[d];
     }
+    if (cfg.hazards && !kernel->instrumented)
+        return {{"error", std::string("launch of '") + kernel->name + "': hazard detection needs the kernel compiled "
+                          "with the access instrumentation (flash_attn_cy.sim builds such modules itself)"}};
+    if (cfg.schedule_mode < kScheduleInterleaved || cfg.schedule_mode > kScheduleMixed)
+        return {{"error", std::string("launch of '") + kernel->name + "': unknown schedule mode " +
+                          std::to_string(cfg.schedule_mode)}};
     if (nthreads > (uint64_t)kMaxThreads)
         return {{"error", std::string("launch of '") + kernel->name + "': " + std::to_string(nthreads) +
                               " threads per threadgroup exceed Metal's limit of 1024"}};
@@ -324,23 +338,47 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
     restore_on_early_return.armed = false;
     FASIM_PROF(prof::begin_launch(L));
 
-    // Runs: forward first (its results are returned). Then, with schedules > 1 (or cfg.bounds_run), a run with the
-    // buffers placed against the lower guard and other bytes past their ends (reads before the start hit the guard,
-    // reads within the alignment slack past the end change results); with schedules > 1 also reverse and seeded
-    // random orders and a run with another poison for threadgroup memory.
+    // Runs: forward first (its results are returned; the hazard detector checks it, when on). Then, with schedules > 1
+    // (or cfg.bounds_run), a run with the buffers placed against the lower guard and other bytes past their ends (reads
+    // before the start hit the guard, reads within the alignment slack past the end change results); with
+    // schedules > 1 also other thread orders and a run with another poison for threadgroup memory. The other orders,
+    // by schedule mode: interleaved: reverse, then seeded random ones; run-ahead: the same with SIMD groups running
+    // ahead; mixed: reverse run-ahead (a SIMD group far ahead of those before it), forward run-ahead, reverse
+    // interleaved, then random ones alternating between the paces.
     std::vector<RunSpec> runs;
-    runs.push_back({kForward, cfg.seed, kPoisonA, kSlackA, true, "forward"});
+    const Pace first_pace = cfg.schedule_mode == kScheduleRunAhead ? kRunAhead : kInterleaved;
+    runs.push_back({kForward, cfg.seed, kPoisonA, kSlackA, true, first_pace == kRunAhead ? "forward run-ahead" : "forward",
+                    kOrderRun, first_pace, cfg.hazards});
     if (cfg.schedules > 1) {
         // Order comparisons first: a missing barrier also makes some order read unwritten memory, and "race" is
         // the better diagnosis for it; the poison run then only flags reads no order ever writes first.
-        runs.push_back({kReverse, cfg.seed, kPoisonA, kSlackA, true, "reverse"});
-        for (int i = 2; i < cfg.schedules; i++)
-            runs.push_back({kRandom, cfg.seed + 0x1000193ull * (uint64_t)i, kPoisonA, kSlackA, true, "random"});
+        struct Sched { Order order; Pace pace; const char *label; };
+        static const Sched kInterleavedRuns[] = {{kReverse, kInterleaved, "reverse"}};
+        static const Sched kRunAheadRuns[] = {{kReverse, kRunAhead, "reverse run-ahead"}};
+        static const Sched kMixedRuns[] = {{kReverse, kRunAhead, "reverse run-ahead"},
+                                           {kForward, kRunAhead, "forward run-ahead"},
+                                           {kReverse, kInterleaved, "reverse"}};
+        const Sched *fixed = cfg.schedule_mode == kScheduleInterleaved ? kInterleavedRuns
+                             : cfg.schedule_mode == kScheduleRunAhead  ? kRunAheadRuns
+                                                                       : kMixedRuns;
+        const int nfixed = cfg.schedule_mode == kScheduleMixed ? 3 : 1;
+        for (int i = 1; i < cfg.schedules; i++) {
+            Sched sc;
+            if (i - 1 < nfixed) {
+                sc = fixed[i - 1];
+            } else {
+                const bool ahead = cfg.schedule_mode == kScheduleRunAhead ||
+                                   (cfg.schedule_mode == kScheduleMixed && (i - nfixed) % 2 == 1);
+                sc = {kRandom, ahead ? kRunAhead : kInterleaved, ahead ? "random run-ahead" : "random"};
+            }
+            runs.push_back({sc.order, cfg.seed + 0x1000193ull * (uint64_t)i, kPoisonA, kSlackA, true, sc.label,
+                            kOrderRun, sc.pace});
+        }
     }
     if (cfg.schedules > 1 || cfg.bounds_run)
-        runs.push_back({kForward, cfg.seed, kPoisonA, kSlackB, false, "start-aligned", kBoundsRun});
+        runs.push_back({kForward, cfg.seed, kPoisonA, kSlackB, false, "start-aligned", kBoundsRun, first_pace});
     if (cfg.schedules > 1)
-        runs.push_back({kForward, cfg.seed, kPoisonB, kSlackA, true, "forward with other poison", kPoisonRun});
+        runs.push_back({kForward, cfg.seed, kPoisonB, kSlackA, true, "forward with other poison", kPoisonRun, first_pace});
     L.hash_barriers = cfg.schedules > 1 && cfg.checks;
 
     // Writable results of the forward run: in the caller's memory for regions with separate initial contents (no
@@ -348,9 +386,13 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
     std::vector<std::vector<char>> base;
     std::vector<std::vector<BarrierHash>> base_hashes;
     bool have_results = false;
+    std::unique_ptr<Hazards> hazards(cfg.hazards ? new Hazards() : nullptr);
+    if (hazards) hazards->L = &L;
     for (size_t ri = 0; ri < runs.size(); ri++) {
         const RunSpec &spec = runs[ri];
+        L.hz = spec.hazards ? hazards.get() : nullptr;
         bool ok = execute_run(L, spec);
+        L.hz = nullptr;
         if (L.cancelled) {  // nothing goes back to the caller
             free_run(L);
             return {{"cancelled", std::string("launch of '") + kernel->name + "' cancelled"}};

@@ -110,6 +110,7 @@ void *tg_alloc(const TgSite *site, size_t bytes, size_t align) {
     w->arrays.push_back(TgArray{site, bytes, Guarded(), w->epoch});
     TgArray &a = w->arrays.back();
     if (!a.g.create(bytes, w->L->run->end_aligned, w->L->run->slack)) w->fail(f, "error", "cannot map threadgroup memory");
+    if (w->hz) w->hz->on_tg_alloc(w->arrays.size() - 1);
     memset(a.g.data, w->L->run->poison, bytes);
     size_t total = 0;
     for (const TgArray &x : w->arrays)
@@ -122,7 +123,7 @@ void *tg_alloc(const TgSite *site, size_t bytes, size_t align) {
     return a.g.data;
 }
 
-void simd_sync(ThreadCtx &c, const char *file, unsigned line, const char *what, int kind) {
+void simd_sync(ThreadCtx &c, const char *file, unsigned line, const char *what, int kind, int mem) {
     SimFiber *f = static_cast<SimFiber *>(c.runtime);
     Worker *w = f->w;
     uint32_t s = c.sid;
@@ -135,7 +136,7 @@ void simd_sync(ThreadCtx &c, const char *file, unsigned line, const char *what, 
                     " needs all 32 lanes of the SIMD group, but " +
                     std::to_string(kSimdWidth - (int)w->sg_live[s]) + " have returned or do not exist");
     if (w->sg_arrived[s] == 0) {
-        w->sg_site[s] = SiteRec{file, line, what, kind};
+        w->sg_site[s] = SiteRec{file, line, what, kind, mem};
     } else if (!same_site(w->sg_site[s], file, line, what)) {
         w->fail(f, "divergent-barrier",
                 w->thread_desc(f) + ": reached " + what + " at " + where(file, line) +
@@ -150,7 +151,7 @@ void simd_sync(ThreadCtx &c, const char *file, unsigned line, const char *what, 
     fiber_yield(&f->fiber);
 }
 
-void tg_barrier(ThreadCtx &c, const char *file, unsigned line, const char *what) {
+void tg_barrier(ThreadCtx &c, const char *file, unsigned line, const char *what, int mem) {
     SimFiber *f = static_cast<SimFiber *>(c.runtime);
     Worker *w = f->w;
     f->wfile = file;
@@ -163,16 +164,18 @@ void tg_barrier(ThreadCtx &c, const char *file, unsigned line, const char *what)
                     w->thread_desc(g) + " already returned without reaching it");
     }
     if (w->bar_arrived == 0) {
-        w->bar_site = SiteRec{file, line, what, 0};
+        w->bar_site = SiteRec{file, line, what, 0, mem};
     } else if (!same_site(w->bar_site, file, line, what)) {
         w->fail(f, "divergent-barrier",
                 w->thread_desc(f) + ": reached threadgroup_barrier at " + where(file, line) +
                     " while other threads wait at the threadgroup_barrier at " + where(w->bar_site.file, w->bar_site.line));
     }
+    w->bar_site.mem &= mem;  // memory is ordered for what every thread's barrier names
     f->state = kWaitBarrier;
     if (++w->bar_arrived == w->n) {
         FASIM_PROF(prof::on_tg_barrier(w));
         w->bar_arrived = 0;
+        if (w->hz) w->hz->on_barrier(w->bar_site.mem, file, line);
         for (uint32_t i = 0; i < w->n; i++) w->fibers[i]->state = kReady;
         if (w->L->hash_barriers) w->hash_arrays(file, line);
     }

@@ -20,6 +20,7 @@
 #include "counters.h"
 #include "fiber.h"
 #include "guarded.h"
+#include "hazard.h"
 #include "include/fasim_fast_math.h"
 #include "include/fasim_rt.h"
 #include "sim_api.h"
@@ -54,6 +55,13 @@ inline double timeout_seconds() {
 
 enum Order { kForward, kReverse, kRandom };
 
+// How a run orders the threads of a threadgroup between synchronisation points (LaunchConfig::schedule_mode):
+// interleaved: each pass resumes every ready thread once, in the run's thread order (a SIMD-group function moves
+// all lanes of a SIMD group forward together, and in practice the whole threadgroup);
+// run-ahead: one SIMD group at a time runs as far as it can - through its own SIMD-group functions, up to its next
+// threadgroup barrier (or its end) - before the next one starts, the SIMD groups taken in the run's order.
+enum Pace { kInterleaved, kRunAhead };
+
 enum RunPurpose { kOrderRun, kBoundsRun, kPoisonRun };  // what a difference from the forward run means
 
 struct RunSpec {
@@ -64,6 +72,8 @@ struct RunSpec {
     bool end_aligned;
     const char *label;
     RunPurpose purpose = kOrderRun;
+    Pace pace = kInterleaved;
+    bool hazards = false;  // the hazard detector checks this run (hazard.h)
 };
 
 struct Region {                // one guarded copy of caller memory (overlapping bindings share one)
@@ -114,6 +124,7 @@ struct Launch {
     std::vector<FcValue> fc_values;     // the launch's function constants (constants.cpp), for LaunchValues
     LaunchValues values{};              // what every thread's ThreadCtx::launch points to
     size_t suppressed = 0;
+    Hazards *hz = nullptr;  // the hazard detector's dispatch state, while a run with hazards is in progress
 
     void add_fault(const std::string &kind, const std::string &msg) {
         std::lock_guard<std::mutex> lk(mu);
@@ -149,6 +160,7 @@ struct SiteRec {
     unsigned line = 0;
     const char *what = nullptr;
     int kind = 0;
+    int mem = 0;  // mem_flags of a barrier, or kMemCollective (what it orders: hazard.h)
 };
 
 inline bool same_site(const SiteRec &s, const char *file, unsigned line, const char *what) {
@@ -178,7 +190,7 @@ struct Worker {
     SiteRec sg_site[kMaxThreads / kSimdWidth];
     uint32_t bar_arrived = 0, done = 0;
     int first_done = -1;
-    SiteRec bar_site;
+    SiteRec bar_site;  // bar_site.mem: the mem_flags every thread arriving so far passed (their intersection)
     bool abort = false;
     volatile bool in_fiber = false;
     std::atomic<int64_t> tg_started_ns{0};  // 0 while not running a threadgroup (read by the watchdog)
@@ -188,6 +200,8 @@ struct Worker {
     uint64_t rng = 0;
     uint64_t epoch = 0;  // counts threadgroups run by this worker
     std::vector<uint32_t> order;
+    uint32_t sg_order[kMaxThreads / kSimdWidth], lane_order[kSimdWidth];  // run-ahead pace
+    std::unique_ptr<HzWorker> hz;  // hazard detector, during a run that has it on
     // signal capture
     volatile int sig = 0;
     void *sig_addr = nullptr;
@@ -222,6 +236,7 @@ struct Worker {
         FASIM_PROF(prof::on_simd_release(this, sg_site[s]));
         sgs[s].mask[par] = sg_mask[s];
         sg_arrived[s] = 0;
+        if (hz) hz->on_simd_release(s, sg_site[s].mem);
         uint32_t lo = s * kSimdWidth, hi = std::min(n, lo + kSimdWidth);
         for (uint32_t i = lo; i < hi; i++)
             if (fibers[i]->state == kWaitSimd) fibers[i]->state = kReady;
@@ -292,12 +307,15 @@ struct Worker {
     // Random schedules shuffle the thread order before every pass (forward and reverse keep theirs).
     void shuffle_order() {
         if (L->run->order != kRandom) return;
-        for (uint32_t i = n - 1; i > 0; i--) {
+        shuffle(order.data(), n);
+    }
+    void shuffle(uint32_t *v, uint32_t count) {
+        for (uint32_t i = count > 0 ? count - 1 : 0; i > 0; i--) {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
             uint32_t j = (uint32_t)(rng % (i + 1));
-            std::swap(order[i], order[j]);
+            std::swap(v[i], v[j]);
         }
     }
 
@@ -371,37 +389,39 @@ struct Worker {
         order.resize(n);
         for (uint32_t i = 0; i < n; i++) order[i] = L->run->order == kReverse ? n - 1 - i : i;
 
+        for (uint32_t s = 0; s < nsg; s++) sg_order[s] = L->run->order == kReverse ? nsg - 1 - s : s;
+        for (uint32_t l = 0; l < (uint32_t)kSimdWidth; l++)
+            lane_order[l] = L->run->order == kReverse ? kSimdWidth - 1 - l : l;
+        if (hz) hz->begin_group();
+
         for (;;) {
             if (L->cancelled.load(std::memory_order_relaxed)) {  // between fiber steps (fa_cancel.h)
                 for (uint32_t i = 0; i < n; i++) fibers[i]->fiber.started = false;
                 return false;
             }
             bool ran = false;
-            shuffle_order();
-            for (uint32_t k = 0; k < n; k++) {
-                SimFiber *volatile f = fibers[order[k]].get();
-                if (f->state != kReady) continue;
-                ran = true;
-                cur = f;
-                tl_ctx = &f->ctx;
-                in_fiber = true;
-                const char *from_file = f->wfile, *from_what = f->what;
-                unsigned from_line = f->wline;
-                int r = fiber_resume(&f->fiber, &sched);
-                if (L->watch_ptr) note_watch(f, from_what, from_file, from_line);
-                in_fiber = false;
-                tl_ctx = nullptr;
-                cur = nullptr;
-                if (r == 2) {  // signal: the fiber's stack is abandoned mid-kernel
-                    f->fiber.started = false;
-                    if (L->cancelled.load(std::memory_order_relaxed)) abort = true;  // the cancel's interrupt, no fault
-                    if (!abort) L->add_fault(classify_signal(f), signal_message(f));
-                    abort = true;
+            if (L->run->pace == kRunAhead) {
+                if (L->run->order == kRandom) shuffle(sg_order, nsg);
+                for (uint32_t si = 0; si < nsg; si++) {  // one SIMD group as far as it gets, then the next
+                    const uint32_t lo = sg_order[si] * kSimdWidth;
+                    for (bool progress = true; progress;) {
+                        progress = false;
+                        if (L->run->order == kRandom) shuffle(lane_order, kSimdWidth);
+                        for (uint32_t k = 0; k < (uint32_t)kSimdWidth; k++) {
+                            const uint32_t i = lo + lane_order[k];
+                            if (i >= n || fibers[i]->state != kReady) continue;
+                            progress = ran = true;
+                            if (!step(fibers[i].get())) return false;
+                        }
+                    }
                 }
-                if (abort) {
-                    // Abandoned fibers are parked mid-kernel (or inside fail()): fresh contexts before reuse.
-                    for (uint32_t i = 0; i < n; i++) fibers[i]->fiber.started = false;
-                    return false;
+            } else {
+                shuffle_order();
+                for (uint32_t k = 0; k < n; k++) {
+                    SimFiber *f = fibers[order[k]].get();
+                    if (f->state != kReady) continue;
+                    ran = true;
+                    if (!step(f)) return false;
                 }
             }
             if (done == n) {
@@ -414,6 +434,34 @@ struct Worker {
                 return false;
             }
         }
+    }
+
+    // Resumes one ready fiber until its next synchronisation point (or its end); false when the threadgroup is
+    // abandoned (a fault, or cancellation).
+    bool step(SimFiber *volatile f) {
+        cur = f;
+        tl_ctx = &f->ctx;
+        in_fiber = true;
+        const char *from_file = f->wfile, *from_what = f->what;
+        unsigned from_line = f->wline;
+        int r = fiber_resume(&f->fiber, &sched);
+        if (L->watch_ptr) note_watch(f, from_what, from_file, from_line);
+        in_fiber = false;
+        tl_ctx = nullptr;
+        cur = nullptr;
+        if (r == 2) {  // signal: the fiber's stack is abandoned mid-kernel
+            f->fiber.started = false;
+            if (hz) hz->let_go();  // it may have been inside the hazard detector
+            if (L->cancelled.load(std::memory_order_relaxed)) abort = true;  // the cancel's interrupt, no fault
+            if (!abort) L->add_fault(classify_signal(f), signal_message(f));
+            abort = true;
+        }
+        if (abort) {
+            // Abandoned fibers are parked mid-kernel (or inside fail()): fresh contexts before reuse.
+            for (uint32_t i = 0; i < n; i++) fibers[i]->fiber.started = false;
+            return false;
+        }
+        return true;
     }
 
     const char *classify_signal(const SimFiber *f);
@@ -444,6 +492,12 @@ struct Worker {
         sigaltstack(&ss, &old_ss);
         n = L->nthreads;
         nsg = (n + kSimdWidth - 1) / kSimdWidth;
+        if (L->hz && L->run->hazards) {
+            hz.reset(new HzWorker());
+            hz->hz = L->hz;
+            hz->w = this;
+            tl_hz = hz.get();
+        }
         if (!ensure_fibers()) {
             L->add_fault("error", "cannot allocate fiber stacks");
         } else {
@@ -461,6 +515,7 @@ struct Worker {
         thread_known = false;
         sigaltstack(&old_ss, nullptr);
         tl_worker = nullptr;
+        tl_hz = nullptr;
         for (auto &f : fibers) f->fiber.stack.release();
         for (auto &a : arrays) a.g.destroy();
     }

@@ -57,6 +57,14 @@ struct LaunchConfig {
                                       // lower guard and other bytes past their ends, so that reads before the start
                                       // (guard page) and within the 16-byte alignment slack past the end (changed
                                       // results) are out-of-bounds faults (schedules > 1 always include this run)
+    // Hazard detection (hazard.h): every load and store of the first run is checked against shadow state of
+    // threadgroup memory and of the writable buffers, and a race is reported whatever the thread schedule. Needs
+    // the kernel compiled with the access instrumentation (KernelInfo::instrumented; otherwise an "error" fault).
+    bool hazards = false;
+    // Which schedules the runs use (ScheduleMode): kInterleaved resumes every ready thread once per pass;
+    // kRunAhead lets each SIMD group run ahead of the others up to its next threadgroup barrier, the SIMD groups
+    // in forward, reverse or random order; kMixed alternates them (runtime.cpp lists the runs).
+    int schedule_mode = 2;
     // Cancellation (fa_cancel.h), or null. Checked between fiber steps and threadgroups; a request also interrupts a
     // thread stuck inside the kernel (as the watchdog does). The calling thread polls it while the launch runs.
     const fa_cancel *cancel = nullptr;
@@ -66,8 +74,10 @@ struct LaunchConfig {
     std::vector<ThreadgroupMemoryArg> threadgroup_memory;
 };
 
+enum ScheduleMode { kScheduleInterleaved = 0, kScheduleRunAhead = 1, kScheduleMixed = 2 };
+
 struct Fault {
-    std::string kind;     // "race", "out-of-bounds", "uninitialized-read", "divergent-barrier", "error"
+    std::string kind;     // "race", "race (simdgroup)", "out-of-bounds", "uninitialized-read", "divergent-barrier", "error"
     std::string message;  // names kernel, threadgroup, thread and source line where known
 };
 
@@ -78,10 +88,10 @@ const KernelInfo *find_kernel(const char *name);
 std::vector<std::string> kernel_names();
 
 // Run one dispatch. Returns the faults found (empty = clean). Never throws for kernel faults. Writable buffers get the
-// results of the forward schedule; Fault.kind is "race", "out-of-bounds", "uninitialized-read", "divergent-barrier",
-// "error" (invalid launch - a threadgroup above the kernel's [[max_total_threads_per_threadgroup]], a function
-// constant value of the wrong type, an unbound buffer -, wild pointer, timeout: FLASH_ATTN_CY_SIM_TIMEOUT seconds per
-// threadgroup, default 300)
+// results of the forward schedule; Fault.kind is "race", "race (simdgroup)" (hazard detector: two lanes of one SIMD
+// group), "out-of-bounds", "uninitialized-read", "divergent-barrier", "fast-math-hazard", "error" (invalid launch - a
+// threadgroup above the kernel's [[max_total_threads_per_threadgroup]], a function constant value of the wrong type,
+// an unbound buffer -, wild pointer, timeout: FLASH_ATTN_CY_SIM_TIMEOUT seconds per threadgroup, default 300)
 // or "note" (how many further faults were not listed). Safe to call from several threads at once.
 // A cancelled launch returns the single fault {"cancelled", ...} and leaves the caller's buffers untouched.
 std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, const std::vector<BufferArg> &buffers,

@@ -3,7 +3,7 @@
     python -m flash_attn_cy.sim run FILE.metal --kernel NAME --grid X[,Y[,Z]] --threadgroup X[,Y[,Z]]
         [--buffer INDEX=PATH.npy | --buffer INDEX=zeros:DTYPE:COUNT]... [--bytes INDEX=DTYPE:V1[,V2,...]]...
         [--constant NAME=VALUE | --constant INDEX=VALUE]... [-D NAME[=VALUE]]... [--threadgroup-memory INDEX=BYTES]...
-        [--schedules N] [--out DIR]
+        [--schedules N] [--schedule-mode interleaved|run-ahead|mixed] [--no-hazards] [--fast-math] [--out DIR]
     python -m flash_attn_cy.sim profile FILE.metal <the arguments of run> [--json] [--chip NAME] [--useful-flops N]
     python -m flash_attn_cy.sim check [-D NAME[=VALUE]]... FILE.metal...
 
@@ -161,7 +161,7 @@ def _run_args(a: argparse.Namespace):
 
     return run(a.file, a.kernel, _dims(a.grid, "--grid"), _dims(a.threadgroup, "--threadgroup"), buffers, byts,
                a.schedules, include_dirs=a.include, defines=a.define, constants=_constants(a.constant),
-               threadgroup_memory=_tg_memory(a.threadgroup_memory))
+               threadgroup_memory=_tg_memory(a.threadgroup_memory), hazards=a.hazards, schedule_mode=a.schedule_mode)
 
 
 def _save_buffers(a: argparse.Namespace, res) -> None:
@@ -270,7 +270,16 @@ def _add_run_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--threadgroup", required=True, help="threads per threadgroup X[,Y[,Z]]")
     r.add_argument("--buffer", action="append", default=[], help="INDEX=PATH.npy or INDEX=zeros:DTYPE:COUNT")
     r.add_argument("--bytes", action="append", default=[], help="INDEX=DTYPE:V1[,V2,...] (setBytes)")
-    r.add_argument("--schedules", type=int, default=3)
+    r.add_argument("--schedules", type=int, default=3,
+                   help="runs under different thread orders whose results are compared (default 3)")
+    r.add_argument("--schedule-mode", choices=("interleaved", "run-ahead", "mixed"), default="mixed",
+                   help="thread orders of those runs: interleaved (every ready thread one step at a time), run-ahead "
+                        "(each SIMD group runs ahead of the others up to its next threadgroup barrier, in forward, "
+                        "reverse and random SIMD-group order) or mixed (both; default)")
+    r.add_argument("--no-hazards", dest="hazards", action="store_false",
+                   help="turn the hazard detector off (on by default: every load and store of the first run is "
+                        "checked, and races are reported naming both threads and source lines; the kernel is then "
+                        "compiled with instrumentation and its first run takes about twice the CPU time)")
     r.add_argument("--out", help="write buffer<INDEX>.npy files here")
     r.add_argument("-I", "--include", action="append", default=[], help="extra directory for #include \"...\"")
     r.add_argument("--fast-math", action="store_true",

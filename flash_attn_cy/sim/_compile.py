@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional
 __all__ = ["SimCompileError", "runtime_dir", "find_cxx", "cache_dir", "load_module"]
 
 RUNTIME_SOURCES = ("runtime.cpp", "scheduler.cpp", "signals.cpp", "registry.cpp", "fiber.cpp", "guarded.cpp",
-                   "constants.cpp", "c_api.cpp")
+                   "constants.cpp", "hazard.cpp", "hazard_hooks.cpp", "c_api.cpp")
 CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing"]
 # Kernel modules also carry line tables (through the translator's #line markers they point into the .metal file),
 # so a fault's program counter can be mapped back to the source line. Stack clash protection makes a frame larger
@@ -38,6 +38,15 @@ MODULE_FLAGS = ["-g", "-fstack-clash-protection"]
 PROFILE_DEFINES = ["-DFASIM_PROFILE=1"]
 PROFILE_SOURCES = ("counters.cpp",)
 VARIANTS = ("", "profile")
+
+
+def hazard_flags(compiler_id: str) -> List[str]:
+    """Flags that make a kernel module call the hazard detector before every load and store (csrc/sim/hazard.h):
+    the compiler's ThreadSanitizer instrumentation, whose entry points the simulator runtime defines itself
+    (csrc/sim/hazard_hooks.cpp; the sanitizer's runtime is never linked). Function entry/exit calls are not needed."""
+    if "clang" in compiler_id.lower():
+        return ["-fsanitize=thread", "-mllvm", "-tsan-instrument-func-entry-exit=0"]
+    return ["-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0"]
 
 _lock = threading.Lock()
 _loaded: Dict[str, ctypes.CDLL] = {}
@@ -215,7 +224,12 @@ def _variant_flags(variant: str) -> List[str]:
 
 
 def _runtime_sources(variant: str) -> tuple:
-    return RUNTIME_SOURCES + (PROFILE_SOURCES if variant == "profile" else ())
+    """The runtime of a module. Both the hazard detector (hazard_hooks.cpp) and the work counters (counters.cpp)
+    answer the compiler's ThreadSanitizer calls, so a module holds one of them: a profile module the counters (it is
+    never run under the detector), every other module the detector's hooks."""
+    if variant == "profile":
+        return tuple(s for s in RUNTIME_SOURCES if s != "hazard_hooks.cpp") + PROFILE_SOURCES
+    return RUNTIME_SOURCES
 
 
 def instrument_flags(cid: str) -> List[str]:
@@ -267,19 +281,20 @@ def _runtime_objects(cxx: str, cid: str, variant: str = "") -> List[Path]:
 
 
 def load_module(cpp_code: str, label: str = "kernel", verify: Optional[Callable[[List[str]], None]] = None,
-                salt: str = "", variant: str = "") -> ctypes.CDLL:
+                salt: str = "", variant: str = "", instrumented: bool = False) -> ctypes.CDLL:
     """Compile translated C++ (with the runtime) into a cached shared library and load it.
 
     verify(flags) runs before the code is compiled, with the compiler flags the module gets (not when a module built
     earlier, after the same check, is reused); salt names the checks, so that modules built under other rules are
     not reused. variant "profile" builds the module with the work counters (see PROFILE_DEFINES); it then also
-    exports fasim_profile_counters."""
+    exports fasim_profile_counters. instrumented: the kernels are compiled for the hazard detector
+    (:func:`hazard_flags`; a module of its own, so that a module without it contains no instrumentation at all)."""
     cxx = find_cxx()
     vflags = _variant_flags(variant)
     with _lock:
         cid = _compiler_id(cxx)
         rt = runtime_dir()
-        kflags = instrument_flags(cid) if variant == "profile" else []
+        kflags = instrument_flags(cid) if variant == "profile" else hazard_flags(cid) if instrumented else []
         key = hashlib.sha256((cid + "\0" + " ".join(CXXFLAGS + MODULE_FLAGS + vflags + kflags) + "\0" + salt + "\0"
                               + cpp_code).encode()).hexdigest()[:24]
         if key in _loaded:
@@ -323,7 +338,8 @@ def load_module(cpp_code: str, label: str = "kernel", verify: Optional[Callable[
             ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p),
             ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.POINTER(ctypes.c_int),
             ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t), ctypes.c_int, ctypes.c_ulonglong,
-            ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p,  # fa_cancel * (_run.py)
+            ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,  # host_threads, bounds_run, hazards, schedule_mode
+            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p,  # fa_cancel * (_run.py)
             # function constants: count, index, name, MTLDataType, value pointer, value bytes (c_api.cpp)
             ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_uint),
             ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t),
@@ -357,8 +373,11 @@ def source_line(module_path: str, offset: int) -> str:
     inc = str(runtime_dir())
     frames = [ln.strip() for ln in out.splitlines() if ln.strip() and not ln.startswith("??")]
     for fr in frames:  # innermost first: skip frames inside the compatibility headers and the generated code
-        path = fr.rsplit(":", 1)[0]
+        fr = fr.split(" (discriminator")[0]
+        path, _, line = fr.rpartition(":")
+        path = os.path.normpath(path)  # the package's own kernels: paths relative to the build directory
         generated = "<simulator trampolines>" in path or os.path.basename(os.path.dirname(path)).startswith("mod-tmp-")
-        if not fr.startswith(inc) and ":" in fr and not generated:
-            return fr.split(" (discriminator")[0]
+        header = path.startswith(inc) or os.path.basename(path).startswith("fasim_")  # (built elsewhere: a wheel)
+        if path and not header and not generated:
+            return f"{path}:{line}"
     return ""

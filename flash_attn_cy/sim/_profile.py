@@ -188,7 +188,7 @@ def _backend_launch(kernel, grid, threads, nbuf, bidx, bdata, blen, bwr, nbytes,
         msg = ctypes.create_string_buffer(1 << 16)
         # the package's kernels take no function constants and no [[threadgroup(n)]] arguments: 6 + 3 empty ones
         n = lib.fasim_launch(kernel, grid, threads, nbuf, bidx, bdata, None, blen, bwr, nbytes, cidx, cdata, clen,
-                             schedules, 0x5EED, 0, 0, msg, len(msg), cancel, 0, None, None, None, None, None,
+                             schedules, 0x5EED, 0, 0, 0, 0, msg, len(msg), cancel, 0, None, None, None, None, None,
                              0, None, None)
         text = msg.value.decode(errors="replace")
         if n < 0:

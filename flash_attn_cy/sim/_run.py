@@ -20,13 +20,17 @@ from .translate import FunctionConstant, translate
 
 __all__ = ["Fault", "SimResult", "run", "load_source"]
 
-FAULT_KINDS = ("race", "out-of-bounds", "uninitialized-read", "divergent-barrier", "error", "note")
+FAULT_KINDS = ("race", "race (simdgroup)", "out-of-bounds", "uninitialized-read", "divergent-barrier", "error",
+               "fast-math-hazard", "note")
+# LaunchConfig::schedule_mode (csrc/sim/sim_api.h)
+SCHEDULE_MODES = {"interleaved": 0, "run-ahead": 1, "mixed": 2}
 
 
 @dataclasses.dataclass(frozen=True)
 class Fault:
-    """One problem the simulator found: ``kind`` is race, out-of-bounds, uninitialized-read, divergent-barrier or
-    error; ``message`` names kernel, threadgroup, thread and source line where known."""
+    """One problem the simulator found: ``kind`` is race, race (simdgroup), out-of-bounds, uninitialized-read,
+    divergent-barrier, fast-math-hazard or error; ``message`` names kernel, threadgroup, thread and source line where
+    known (a race: both threads, the memory and both source lines)."""
 
     kind: str
     message: str
@@ -91,10 +95,11 @@ _modules: Dict[tuple, Tuple[ctypes.CDLL, List[Tuple[str, float]], List[FunctionC
 
 
 def _module_for(source: str, path: str, include_dirs: Tuple[str, ...], defines: Tuple[Tuple[str, str], ...],
-                variant: str = "") -> Tuple[ctypes.CDLL, List[FunctionConstant]]:
+                variant: str = "", instrumented: bool = False) -> Tuple[ctypes.CDLL, List[FunctionConstant]]:
     """Translated and compiled module for this source (and its function constants), reused while the included
-    headers are unchanged (variant "profile": built with the work counters, flash_attn_cy.sim.profile)."""
-    key = (source, path, include_dirs, defines, trust.unchecked(), variant)  # unchecked modules never serve checked runs
+    headers are unchanged (variant "profile": built with the work counters, flash_attn_cy.sim.profile;
+    instrumented: built for the hazard detector, a module of its own)."""
+    key = (source, path, include_dirs, defines, trust.unchecked(), variant, instrumented)  # unchecked never serves checked
     hit = _modules.get(key)
     if hit is not None:
         lib, deps, fcs = hit
@@ -102,7 +107,8 @@ def _module_for(source: str, path: str, include_dirs: Tuple[str, ...], defines: 
             return lib, fcs
     tr = translate(source, path, list(include_dirs), defines=dict(defines))
     if trust.unchecked():
-        lib = _compile.load_module(tr.code, os.path.basename(path), salt="unchecked", variant=variant)
+        lib = _compile.load_module(tr.code, os.path.basename(path), salt="unchecked", variant=variant,
+                                   instrumented=instrumented)
     else:
         trust.check_translation(tr, source, path, include_dirs)
         clang = find_clang()
@@ -112,6 +118,7 @@ def _module_for(source: str, path: str, include_dirs: Tuple[str, ...], defines: 
                 "(none found: install clang, or set FLASH_ATTN_CY_CLANG); FLASH_ATTN_CY_SIM_UNCHECKED=1 runs files "
                 "unchecked, for files you trust")
         lib = _compile.load_module(tr.code, os.path.basename(path), salt=trust.SALT, variant=variant,
+                                   instrumented=instrumented,
                                    verify=lambda flags: trust.check_compiled(tr.code, path, clang, flags))
     _modules[key] = (lib, [(d, os.path.getmtime(d)) for d in tr.dependencies], tr.function_constants)
     return lib, tr.function_constants
@@ -122,7 +129,8 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         schedules: int = 3, *, seed: int = 0x5EED, host_threads: int = 0,
         include_dirs: Sequence[str] = (), defines: Optional[Union[Mapping[str, object], Sequence[str]]] = None,
         constants: Optional[Mapping[Union[str, int], object]] = None,
-        threadgroup_memory: Optional[Mapping[int, int]] = None) -> SimResult:
+        threadgroup_memory: Optional[Mapping[int, int]] = None, hazards: bool = True,
+        schedule_mode: str = "mixed") -> SimResult:
     """Run ``kernel`` from an MSL file (or source text) on the simulator.
 
     Args:
@@ -134,8 +142,9 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
             read-only arrays (``flags.writeable == False``) are bound read-only.
         bytes: ``{index: bytes | array | scalar}`` passed like ``setBytes``.
         schedules: 1 runs in forward thread order, plus once with the buffers against their lower guard pages
-            (out-of-bounds reads before the start or just past the end); N > 1 also reruns under reverse and N-2
-            seeded random orders and with another poison pattern, reporting races and uninitialised reads.
+            (out-of-bounds reads before the start or just past the end); N > 1 also reruns under N-1 other thread
+            orders (``schedule_mode``) and with another poison pattern, reporting results that differ as races and
+            uninitialised reads.
         seed: seed of the random schedules. host_threads: worker threads (0 = all cores).
         include_dirs: more directories for ``#include "..."`` (after the file's own).
         defines: preprocessor macros, ``{"NAME": value}`` or ``["NAME=VALUE", "NAME"]`` (as ``-D``).
@@ -145,6 +154,13 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
             an error fault).
         threadgroup_memory: ``{index: bytes}`` for the kernel's ``[[threadgroup(index)]]`` arguments (as
             ``setThreadgroupMemoryLength:atIndex:``; multiples of 16).
+        hazards: check every load and store of the first run against shadow state of threadgroup memory and of the
+            writable buffers (``kernels/README.md``, "Hazard detection"): a race is reported on the first run,
+            naming both threads, the memory and both source lines. The kernel is compiled for it into a module of
+            its own (its first run then takes about twice the CPU time); ``False`` runs the plain module.
+        schedule_mode: the thread orders of the runs: ``"interleaved"`` (every ready thread one step at a time),
+            ``"run-ahead"`` (each SIMD group runs ahead of the others up to its next threadgroup barrier, in
+            forward, reverse and random SIMD-group order) or ``"mixed"`` (both; the default).
 
     Returns:
         ``SimResult(buffers, faults)``: the buffers after the forward run (new arrays; a read-only buffer comes
@@ -162,10 +178,15 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         raise ValueError(f"schedules must be an int in [1, 2**31 - 1], got {schedules!r}")
     if not isinstance(host_threads, (int, np.integer)) or not 0 <= host_threads <= 4096:
         raise ValueError(f"host_threads must be an int in [0, 4096] (0 = all cores), got {host_threads!r}")
+    if not isinstance(hazards, (bool, np.bool_)):
+        raise TypeError(f"hazards must be a bool, got {hazards!r}")
+    if schedule_mode not in SCHEDULE_MODES:
+        raise ValueError(f"schedule_mode must be one of {', '.join(map(repr, SCHEDULE_MODES))}, got {schedule_mode!r}")
     source, path = load_source(path_or_source)
     counted = _profile.active()  # inside flash_attn_cy.sim.profile(): a profile build, and the dispatch is recorded
+    hazards = bool(hazards) and not counted  # a profile module answers the instrumentation with its counters
     lib, fcs = _module_for(source, path, tuple(str(d) for d in include_dirs), normalize_defines(defines),
-                           "profile" if counted else "")
+                           "profile" if counted else "", hazards)
     const_args = _constant_args(pack_constants(constants, fcs, path)) + _tg_memory_args(threadgroup_memory)
 
     # No copy of the inputs on this side: the runtime copies each buffer into its guarded mapping straight from the
@@ -223,7 +244,8 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         kernel.encode(), arr(ctypes.c_uint, g), arr(ctypes.c_uint, t), len(idx), arr(ctypes.c_int, idx),
         arr(ctypes.c_void_p, ptrs), arr(ctypes.c_void_p, srcs), arr(ctypes.c_size_t, lens), arr(ctypes.c_int, wr),
         len(bidx), arr(ctypes.c_int, bidx), arr(ctypes.c_void_p, bptr), arr(ctypes.c_size_t, blen), int(schedules),
-        int(seed) & (2**64 - 1), int(host_threads), 1, msg, len(msg)], const_args)
+        int(seed) & (2**64 - 1), int(host_threads), 1, int(bool(hazards)), SCHEDULE_MODES[schedule_mode], msg,
+        len(msg)], const_args)
     text = msg.value.decode(errors="replace")
     if n < 0:
         raise ValueError(f"kernel: {text}")
@@ -288,9 +310,9 @@ _PC_RE = re.compile(r" \[pc: (.+?)\+0x([0-9a-f]+)\]")
 
 
 def _with_source_line(message: str) -> str:
-    """Replace the runtime's "[pc: module+offset]" with the .metal source line when the line table knows it."""
-    m = _PC_RE.search(message)
-    if not m:
-        return message
-    where = _compile.source_line(m.group(1), int(m.group(2), 16))
-    return message[:m.start()] + (f" at {where}" if where else "") + message[m.end():]
+    """Replace each of the runtime's "[pc: module+offset]" with the .metal source line when the line table knows it
+    (a race names two)."""
+    def line(m: "re.Match[str]") -> str:
+        where = _compile.source_line(m.group(1), int(m.group(2), 16))
+        return f" at {where}" if where else ""
+    return _PC_RE.sub(line, message)

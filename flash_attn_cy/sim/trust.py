@@ -184,7 +184,7 @@ _MATH = ("exp exp2 exp10 expm1 log log2 log10 log1p pow sqrt cbrt sin cos tan as
 IMPORTS_ALLOWED = frozenset([f for m in _MATH for f in (m, m + "f")] + ["memcpy", "memmove", "memset"])
 IMPORT_PREFIXES_ALLOWED = ("llvm.", "_ZN5fasim", "_ZNK5fasim", "_ZTHN5fasim", "_ZTWN5fasim")
 # The one thing the generated kernel registration runs at load time (the translator's trampolines, translate/emit.py).
-REGISTRAR_CTOR = "_ZN5fasim15KernelRegistrarC1EPNS_10KernelInfoE"
+REGISTRAR_CTOR = "_ZN5fasim15KernelRegistrarC1EPNS_10KernelInfoEb"  # KernelRegistrar(KernelInfo *, bool)
 FRIENDLY = {
     "__cxa_guard_acquire": "a static local variable with dynamic initialisation",
     "__cxa_atexit": "an object with a destructor at namespace or static scope",

@@ -10,6 +10,9 @@ import flash_attn_cy as fa
 from flash_attn_cy.reference import attention_ref, to_float64
 from _metal_support import np_dtype, rand, require_sim
 from _tolerance import assert_close_to_ref
+from _sim_hazards import sim_hazards  # noqa: F401  (every test: under the hazard detector)
+
+pytestmark = pytest.mark.usefixtures("sim_hazards")
 
 
 @pytest.fixture(autouse=True)

@@ -130,15 +130,16 @@ def test_bad_arguments_raise_clear_errors():
 def test_infinite_loop_is_interrupted_by_the_watchdog(monkeypatch):
     monkeypatch.setenv("FLASH_ATTN_CY_SIM_TIMEOUT", "1")
     res = sim.run(CASES / "wild_pointer.metal", "spin_forever", 2, 32, {0: np.zeros(32, np.float32)}, schedules=1)
-    assert res.faults and res.faults[0].kind == "error"
-    assert "still running" in res.faults[0].message and "spin_forever" in res.faults[0].message
+    errors = [f for f in res.faults if f.kind == "error"]  # (the two threadgroups also race on y: hazard detector)
+    assert errors, res.faults
+    assert "still running" in errors[0].message and "spin_forever" in errors[0].message
 
 
 def test_race_between_threadgroups_through_device_memory():
     res = sim.run(CASES / "wild_pointer.metal", "cross_group_race", 8, 32, {0: np.zeros(1, np.float32)},
                   schedules=2, host_threads=1)
-    assert [f.kind for f in res.faults] == ["race"], res.faults
-    assert "buffer(0)" in res.faults[0].message and "threadgroup (" in res.faults[0].message
+    assert res.faults and {f.kind for f in res.faults} == {"race"}, res.faults  # write/write and read/write pairs
+    assert "buffer(0), byte offset 0" in res.faults[0].message and "threadgroup (" in res.faults[0].message
 
 
 @pytest.mark.parametrize("first", [0, 4, 1, 2])

@@ -61,18 +61,28 @@ struct ThreadCtx {
     const LaunchValues *launch;
 };
 
+// Code of the compatibility layer that touches only the simulator's own state (the thread's ids, SIMD-group exchange
+// areas): kernels compiled for the hazard detector do not report its loads and stores (hazard.h; they would only
+// cost time - a simd_sum alone reads 32 exchange slots per lane).
+#define FASIM_NO_HAZARD_CHECK __attribute__((no_sanitize("thread")))
+
 // The fiber running on this host thread (set by the scheduler before every switch).
 extern thread_local ThreadCtx *tl_ctx;
-inline ThreadCtx &ctx() { return *tl_ctx; }
+FASIM_NO_HAZARD_CHECK inline ThreadCtx &ctx() { return *tl_ctx; }
 
 enum SyncKind : int {
     kSyncSimd = 1,      // all lanes that have not returned
     kSyncSimdFull = 2,  // all 32 lanes (simdgroup_matrix operations)
 };
 
-// Blocks until the SIMD group (or threadgroup) has arrived; reports divergence instead of deadlocking.
-void simd_sync(ThreadCtx &c, const char *file, unsigned line, const char *what, int kind);
-void tg_barrier(ThreadCtx &c, const char *file, unsigned line, const char *what);
+// mem_flags of a simdgroup_barrier (the MSL enum's value), or this for a SIMD-group function: the hazard detector
+// (csrc/sim/hazard.h) takes those as ordering points of their SIMD group for both address spaces.
+constexpr int kMemCollective = -1;
+
+// Blocks until the SIMD group (or threadgroup) has arrived; reports divergence instead of deadlocking. `mem`: the
+// barrier's mem_flags, which say what memory it orders (read by the hazard detector).
+void simd_sync(ThreadCtx &c, const char *file, unsigned line, const char *what, int kind, int mem = kMemCollective);
+void tg_barrier(ThreadCtx &c, const char *file, unsigned line, const char *what, int mem);
 
 struct TgSite {
     const char *name;
@@ -144,9 +154,26 @@ struct KernelInfo {
     uint32_t max_threads;    // [[max_total_threads_per_threadgroup(N)]], 0 if none: a larger threadgroup is refused
     uint32_t tg_mem_mask;    // [[threadgroup(n)]] indices: the launch must give each a length
     const KernelInfo *next;
+    bool instrumented = false;  // compiled with the access instrumentation the hazard detector needs (hazard.h):
+                                // set by the registration, from FASIM_INSTRUMENTED of the kernel's own unit
 };
+
+// Whether this translation unit is compiled with -fsanitize=thread, whose load/store calls feed the hazard
+// detector (csrc/sim/hazard_hooks.cpp defines them; the sanitizer's runtime is never linked).
+#if defined(__SANITIZE_THREAD__)
+#define FASIM_INSTRUMENTED 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define FASIM_INSTRUMENTED 1
+#endif
+#endif
+#ifndef FASIM_INSTRUMENTED
+#define FASIM_INSTRUMENTED 0
+#endif
+
 struct KernelRegistrar {
-    explicit KernelRegistrar(KernelInfo *k);
+    // The default argument is evaluated where the registration is (the kernel's translation unit).
+    explicit KernelRegistrar(KernelInfo *k, bool instrumented = FASIM_INSTRUMENTED != 0);
 };
 
 // Kernel argument binders: a [[buffer(n)]] parameter converts to whatever pointer or reference type it has.

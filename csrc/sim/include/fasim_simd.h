@@ -21,23 +21,24 @@ enum class mem_flags : int {
 inline constexpr mem_flags operator|(mem_flags a, mem_flags b) { return mem_flags((int)a | (int)b); }
 inline constexpr mem_flags operator&(mem_flags a, mem_flags b) { return mem_flags((int)a & (int)b); }
 
-inline void threadgroup_barrier(mem_flags, FASIM_SITE_PARAMS) {
-    fasim::tg_barrier(fasim::ctx(), fasim_file, fasim_line, "threadgroup_barrier");
+inline void threadgroup_barrier(mem_flags flags, FASIM_SITE_PARAMS) {
+    fasim::tg_barrier(fasim::ctx(), fasim_file, fasim_line, "threadgroup_barrier", (int)flags);
 }
-inline void simdgroup_barrier(mem_flags, FASIM_SITE_PARAMS) {
-    fasim::simd_sync(fasim::ctx(), fasim_file, fasim_line, "simdgroup_barrier", fasim::kSyncSimd);
+inline void simdgroup_barrier(mem_flags flags, FASIM_SITE_PARAMS) {
+    fasim::simd_sync(fasim::ctx(), fasim_file, fasim_line, "simdgroup_barrier", fasim::kSyncSimd, (int)flags);
 }
 
 namespace fasim_detail {
 
-template <class T> inline T *slot(fasim::ThreadCtx &c, uint32_t par, uint32_t lane) {
+template <class T> FASIM_NO_HAZARD_CHECK inline T *slot(fasim::ThreadCtx &c, uint32_t par, uint32_t lane) {
     static_assert(sizeof(T) <= fasim::kExchangeBytes, "SIMD-group function on a type larger than the exchange slot");
     return reinterpret_cast<T *>(c.sg->xbuf[par][lane]);
 }
 
 // Publish v, wait for the group, return the parity whose slots hold everyone's values.
 template <class T>
-inline uint32_t exchange(fasim::ThreadCtx &c, const T &v, const char *file, unsigned line, const char *what) {
+FASIM_NO_HAZARD_CHECK inline uint32_t exchange(fasim::ThreadCtx &c, const T &v, const char *file, unsigned line,
+                                               const char *what) {
     uint32_t par = c.coll++ & 1u;
     *slot<T>(c, par, c.lane) = v;
     fasim::simd_sync(c, file, line, what, fasim::kSyncSimd);
@@ -49,7 +50,7 @@ template <class T> inline T zero() { return T(0); }
 }  // namespace fasim_detail
 
 #define FASIM_SIMD_REDUCE(NAME, INIT, COMBINE)                                                              \
-    template <class T> inline T NAME(T v, FASIM_SITE_PARAMS) {                                             \
+    template <class T> FASIM_NO_HAZARD_CHECK inline T NAME(T v, FASIM_SITE_PARAMS) {                       \
         fasim::ThreadCtx &c = fasim::ctx();                                                                 \
         uint32_t par = fasim_detail::exchange(c, v, fasim_file, fasim_line, #NAME);                         \
         uint32_t m = c.sg->mask[par];                                                                       \
@@ -71,7 +72,7 @@ FASIM_SIMD_REDUCE(simd_or, v, acc | x)
 FASIM_SIMD_REDUCE(simd_xor, v, acc ^ x)
 #undef FASIM_SIMD_REDUCE
 
-template <class T> inline T simd_prefix_inclusive_sum(T v, FASIM_SITE_PARAMS) {
+template <class T> FASIM_NO_HAZARD_CHECK inline T simd_prefix_inclusive_sum(T v, FASIM_SITE_PARAMS) {
     fasim::ThreadCtx &c = fasim::ctx();
     uint32_t par = fasim_detail::exchange(c, v, fasim_file, fasim_line, "simd_prefix_inclusive_sum");
     uint32_t m = c.sg->mask[par];
@@ -80,7 +81,7 @@ template <class T> inline T simd_prefix_inclusive_sum(T v, FASIM_SITE_PARAMS) {
         if (m >> l & 1u) acc = acc + *fasim_detail::slot<T>(c, par, l);
     return acc;
 }
-template <class T> inline T simd_prefix_exclusive_sum(T v, FASIM_SITE_PARAMS) {
+template <class T> FASIM_NO_HAZARD_CHECK inline T simd_prefix_exclusive_sum(T v, FASIM_SITE_PARAMS) {
     fasim::ThreadCtx &c = fasim::ctx();
     uint32_t par = fasim_detail::exchange(c, v, fasim_file, fasim_line, "simd_prefix_exclusive_sum");
     uint32_t m = c.sg->mask[par];
@@ -92,36 +93,36 @@ template <class T> inline T simd_prefix_exclusive_sum(T v, FASIM_SITE_PARAMS) {
 
 // Reads lane `src`'s value; an out-of-range or inactive source yields the caller's own value.
 template <class T>
-inline T fasim_shuffle_from(fasim::ThreadCtx &c, const T &v, long src, const char *file, unsigned line,
+FASIM_NO_HAZARD_CHECK inline T fasim_shuffle_from(fasim::ThreadCtx &c, const T &v, long src, const char *file, unsigned line,
                             const char *what) {
     uint32_t par = fasim_detail::exchange(c, v, file, line, what);
     if (src < 0 || src >= fasim::kSimdWidth || !(c.sg->mask[par] >> src & 1u)) return v;
     return *fasim_detail::slot<T>(c, par, (uint32_t)src);
 }
-template <class T> inline T simd_shuffle(T v, ushort lane, FASIM_SITE_PARAMS) {
+template <class T> FASIM_NO_HAZARD_CHECK inline T simd_shuffle(T v, ushort lane, FASIM_SITE_PARAMS) {
     return fasim_shuffle_from(fasim::ctx(), v, (long)lane, fasim_file, fasim_line, "simd_shuffle");
 }
-template <class T> inline T simd_broadcast(T v, ushort lane, FASIM_SITE_PARAMS) {
+template <class T> FASIM_NO_HAZARD_CHECK inline T simd_broadcast(T v, ushort lane, FASIM_SITE_PARAMS) {
     return fasim_shuffle_from(fasim::ctx(), v, (long)lane, fasim_file, fasim_line, "simd_broadcast");
 }
-template <class T> inline T simd_shuffle_xor(T v, ushort mask, FASIM_SITE_PARAMS) {
+template <class T> FASIM_NO_HAZARD_CHECK inline T simd_shuffle_xor(T v, ushort mask, FASIM_SITE_PARAMS) {
     fasim::ThreadCtx &c = fasim::ctx();
     return fasim_shuffle_from(c, v, (long)(c.lane ^ (mask & 31u)), fasim_file, fasim_line, "simd_shuffle_xor");
 }
-template <class T> inline T simd_shuffle_down(T v, ushort delta, FASIM_SITE_PARAMS) {
+template <class T> FASIM_NO_HAZARD_CHECK inline T simd_shuffle_down(T v, ushort delta, FASIM_SITE_PARAMS) {
     fasim::ThreadCtx &c = fasim::ctx();
     return fasim_shuffle_from(c, v, (long)c.lane + delta, fasim_file, fasim_line, "simd_shuffle_down");
 }
-template <class T> inline T simd_shuffle_up(T v, ushort delta, FASIM_SITE_PARAMS) {
+template <class T> FASIM_NO_HAZARD_CHECK inline T simd_shuffle_up(T v, ushort delta, FASIM_SITE_PARAMS) {
     fasim::ThreadCtx &c = fasim::ctx();
     return fasim_shuffle_from(c, v, (long)c.lane - delta, fasim_file, fasim_line, "simd_shuffle_up");
 }
-template <class T> inline T simd_broadcast_first(T v, FASIM_SITE_PARAMS) {
+template <class T> FASIM_NO_HAZARD_CHECK inline T simd_broadcast_first(T v, FASIM_SITE_PARAMS) {
     fasim::ThreadCtx &c = fasim::ctx();
     uint32_t par = fasim_detail::exchange(c, v, fasim_file, fasim_line, "simd_broadcast_first");
     return *fasim_detail::slot<T>(c, par, (uint32_t)__builtin_ctz(c.sg->mask[par]));
 }
-inline bool simd_is_first(FASIM_SITE_PARAMS) {
+FASIM_NO_HAZARD_CHECK inline bool simd_is_first(FASIM_SITE_PARAMS) {
     fasim::ThreadCtx &c = fasim::ctx();
     uint32_t par = fasim_detail::exchange(c, (int)1, fasim_file, fasim_line, "simd_is_first");
     return (uint32_t)__builtin_ctz(c.sg->mask[par]) == c.lane;
@@ -134,7 +135,7 @@ struct simd_vote {
     bool all() const { return false; }
     bool any() const { return v != 0; }
 };
-inline simd_vote simd_ballot(bool b, FASIM_SITE_PARAMS) {
+FASIM_NO_HAZARD_CHECK inline simd_vote simd_ballot(bool b, FASIM_SITE_PARAMS) {
     fasim::ThreadCtx &c = fasim::ctx();
     uint32_t par = fasim_detail::exchange(c, (int)b, fasim_file, fasim_line, "simd_ballot");
     ulong r = 0;
@@ -142,14 +143,14 @@ inline simd_vote simd_ballot(bool b, FASIM_SITE_PARAMS) {
         if ((c.sg->mask[par] >> l & 1u) && *fasim_detail::slot<int>(c, par, l)) r |= (ulong)1 << l;
     return simd_vote{r};
 }
-inline bool simd_all(bool b, FASIM_SITE_PARAMS) {
+FASIM_NO_HAZARD_CHECK inline bool simd_all(bool b, FASIM_SITE_PARAMS) {
     fasim::ThreadCtx &c = fasim::ctx();
     uint32_t par = fasim_detail::exchange(c, (int)b, fasim_file, fasim_line, "simd_all");
     for (uint32_t l = 0; l < (uint32_t)fasim::kSimdWidth; l++)
         if ((c.sg->mask[par] >> l & 1u) && !*fasim_detail::slot<int>(c, par, l)) return false;
     return true;
 }
-inline bool simd_any(bool b, FASIM_SITE_PARAMS) {
+FASIM_NO_HAZARD_CHECK inline bool simd_any(bool b, FASIM_SITE_PARAMS) {
     fasim::ThreadCtx &c = fasim::ctx();
     uint32_t par = fasim_detail::exchange(c, (int)b, fasim_file, fasim_line, "simd_any");
     for (uint32_t l = 0; l < (uint32_t)fasim::kSimdWidth; l++)
@@ -234,7 +235,7 @@ inline void simdgroup_store(const simdgroup_matrix<T, 8, 8> &m, T *dst, ulong el
 // D = A * B + C over the whole SIMD group: a chain of fused multiply-adds over k starting from C (a double-precision
 // step instead was measurably less faithful: fp32 backward tests at 2x the reference error failed by one ulp).
 template <class TD, class TA, class TB, class TC>
-inline void fasim_mma(simdgroup_matrix<TD, 8, 8> &d, const simdgroup_matrix<TA, 8, 8> &a,
+FASIM_NO_HAZARD_CHECK inline void fasim_mma(simdgroup_matrix<TD, 8, 8> &d, const simdgroup_matrix<TA, 8, 8> &a,
                       const simdgroup_matrix<TB, 8, 8> &b, const simdgroup_matrix<TC, 8, 8> *c, const char *file,
                       unsigned line, const char *what) {
     fasim::ThreadCtx &x = fasim::ctx();
