@@ -185,7 +185,8 @@ def test_uninstrumented_module_refuses_hazard_runs():
     x = np.zeros(64, np.float32)
     n = lib.fasim_launch(b"write_write", (c.c_uint * 3)(1, 1, 1), (c.c_uint * 3)(64, 1, 1), 1, (c.c_int * 1)(1),
                          (c.c_void_p * 1)(x.ctypes.data), None, (c.c_size_t * 1)(x.nbytes), (c.c_int * 1)(1), 0,
-                         None, None, None, 1, 0, 1, 0, 1, 2, msg, len(msg), None)
+                         None, None, None, 1, 0, 1, 0, 1, 2, msg, len(msg), None,
+                         0, None, None, None, None, None, 0, None, None)  # no function constants, no [[threadgroup(n)]]
     assert n == 1 and msg.value.decode().startswith("error\t"), msg.value
     assert "hazard detection needs the kernel compiled with the access instrumentation" in msg.value.decode()
 

@@ -100,7 +100,7 @@ def test_runtime_entry_point_checks_type_and_ignores_unknown_constants():
         args = _run._constant_args(values)
         n = lib.fasim_launch(b"fc_required", (ctypes.c_uint * 3)(1, 1, 1), (ctypes.c_uint * 3)(2, 1, 1), 1,
                              (ctypes.c_int * 1)(0), (ctypes.c_void_p * 1)(y.ctypes.data), None,
-                             (ctypes.c_size_t * 1)(y.nbytes), (ctypes.c_int * 1)(1), 0, None, None, None, 1, 1, 1, 0,
+                             (ctypes.c_size_t * 1)(y.nbytes), (ctypes.c_int * 1)(1), 0, None, None, None, 1, 1, 1, 0, 0, 0,
                              msg, len(msg), None, *args[:6], 0, None, None)
         return n, msg.value.decode(), y
 

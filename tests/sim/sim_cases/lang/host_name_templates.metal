@@ -20,6 +20,7 @@ template [[host_name("axpy_f32_n4")]] kernel axpy_f32_t axpy<float, 4>;
 
 // A plain kernel with a limit of 64 threads.
 [[kernel, max_total_threads_per_threadgroup(64)]] void limited(device uint* y [[buffer(0)]],
-                                                               uint i [[thread_position_in_grid]]) {
-    y[i] = i;
+                                                               uint2 i [[thread_position_in_grid]],
+                                                               uint2 n [[threads_per_grid]]) {
+    y[i.y * n.x + i.x] = i.x;  // one element per thread of the 2-D grid
 }
