@@ -188,7 +188,7 @@ public:
         const int64_t nkg = (nkb + kKeyGroup - 1) / kKeyGroup;
         const int64_t items1 = (int64_t)p_->batch * p_->nheads_kv * nkg;
         const int64_t items2 = (int64_t)p_->batch * p_->nheads_q * nqb;
-        const int threads = p_->num_threads;
+        const int threads = choose_threads(std::max(items1, items2));
         const fa_cancel *cancel = p_->cancel;  // items stop early once requested (fa_cancel.h)
         bool ok = fa_cpu::parallel_for(items0, [&](int64_t item) {
             compute_delta(item / p_->nheads_q, item % p_->nheads_q);
@@ -742,6 +742,27 @@ private:
             }
         }
     }
+
+    // Threads for this call: its multiply-adds (the five tile products of every visible (row, key) pair, per query
+    // head) against kMinMacsPerThread, counted only until every allowed thread would be busy; at most `items`.
+    int choose_threads(int64_t items) const {
+        const int most = fa_cpu::threads_for_work(items, INFINITY, 1.0, p_->num_threads);
+        const double enough = double(most) * kMinMacsPerThread;
+        const double per_pair = double(3 * d_ + 2 * dv_) * p_->nheads_q;
+        double macs = 0;
+        for (int64_t b = 0; b < p_->batch && macs < enough; ++b) {
+            const SeqGeometry g = sequence_geometry(p_, b);
+            for (int64_t i0 = 0; i0 < g.sq && macs < enough; i0 += kBlockQ) {
+                const int64_t i1 = std::min<int64_t>(i0 + kBlockQ, g.sq);
+                const int64_t lo = std::max<int64_t>(0, window_.key_lo(i0, g));
+                const int64_t hi = std::min<int64_t>(g.sk - 1, window_.key_hi(i1 - 1, g));
+                if (hi >= lo) macs += double(i1 - i0) * double(hi - lo + 1) * per_pair;
+            }
+        }
+        return fa_cpu::threads_for_work(items, macs, kMinMacsPerThread, p_->num_threads);
+    }
+    // ~50-100 us of tile products on one core: several times the cost of handing a worker the job.
+    static constexpr double kMinMacsPerThread = 4.0e6;
 
     // ---- single pass (deterministic == 0): dQ from per-thread partial sums ----
     // Saves pass 2's recomputation of S and dPd (5 tile products instead of 7) at the price of one fp32 copy of dQ
