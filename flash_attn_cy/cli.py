@@ -275,13 +275,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print("note: ml_dtypes is not installed, so NumPy has no bfloat16: timing fp32 only "
                   "(pip install ml_dtypes for bf16)", file=sys.stderr)
             dtypes = [d for d in dtypes if d != "bf16"]
+    if args.threads and len(set(args.threads)) > 1:  # thread scaling: its own cases and table
+        from . import _bench_scaling
+
+        return _bench_scaling.cmd_scaling(args, fa)
     backends = _choose_backends(args.backend, exclude_by_default=("sim",))
     if args.threads:
         setter = getattr(fa, "set_num_threads", None) or getattr(fa._core, "set_num_threads", None)
         if setter:
-            setter(args.threads)
+            setter(args.threads[0])
         if torch is not None:
-            torch.set_num_threads(args.threads)
+            torch.set_num_threads(args.threads[0])
 
     if args.min_time is None:
         args.min_time = _bench.DECODE_MIN_TIME if args.decode else _bench.DEFAULT_MIN_TIME
@@ -419,7 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--backward", action="store_true", help="time forward + backward (needs PyTorch)")
     pb.add_argument("--decode", action="store_true",
                     help="time flash_attn_with_kvcache with one query against a cache of --seqlens keys")
-    pb.add_argument("--threads", type=_positive_int, help="threads for flash_attn_cy's CPU backend and torch")
+    pb.add_argument("--threads", type=_csv_ints, metavar="N[,N...]",
+                    help="threads for flash_attn_cy's CPU backend and torch; several (e.g. 1,16): the thread-scaling "
+                         "table (parallel efficiency of both, also with OMP_WAIT_POLICY=PASSIVE) on issue 20's cases "
+                         "unless shapes are given")
     pb.add_argument("--min-time", type=_nonneg_float, default=None,
                     help=f"seconds of timed calls per side and shape (default {_bench.DEFAULT_MIN_TIME}; "
                          f"{_bench.DECODE_MIN_TIME} with --decode)")
