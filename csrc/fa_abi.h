@@ -189,9 +189,22 @@ int fa_backend_describe(fa_backend backend, char *out, size_t outlen);
  * launch of its plans to a profiling run instead of running it itself (the hook's type: csrc/sim_profile_hook.h). */
 void fa_sim_set_launch_hook(void *hook);
 
-/* CPU thread pool size (0 = hardware concurrency). */
+/* CPU thread pool size setting (0 = the CPUs this process may run on). A call uses at most that many threads, fewer
+ * when its work cannot keep them busy or fewer CPUs are available (csrc/cpu/thread_pool.h). */
 void fa_set_num_threads(int n);
 int fa_get_num_threads(void);
+
+/* What the CPU thread pool did for the CALLING thread's calls since its previous fa_cpu_take_pool_activity (tests and
+ * benchmarks; the counters are then reset): parallel-for calls, the most threads one of them used (1 = serial),
+ * workers handed a job, how many of those were woken from sleep, and how many were taken back before they started. */
+typedef struct fa_cpu_pool_activity {
+    int64_t calls;
+    int32_t max_threads;
+    int64_t workers_posted;
+    int64_t workers_woken;
+    int64_t workers_taken_back;
+} fa_cpu_pool_activity;
+void fa_cpu_take_pool_activity(fa_cpu_pool_activity *out);
 
 #ifdef __cplusplus
 }

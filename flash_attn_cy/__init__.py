@@ -155,15 +155,16 @@ def available_backends() -> list:
 
 
 def set_num_threads(n: int) -> None:
-    """Threads the CPU backend uses from the next call on (0 = one per hardware thread)."""
+    """Threads the CPU backend uses from the next call on, at most (0 = one per CPU this process may run on)."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):  # NumPy/PyTorch integers too (os.cpu_count() etc.)
         raise TypeError(f"set_num_threads: expected an int >= 0, got {type(n).__name__}")
     n = int(n)
     if n < 0:
-        raise ValueError(f"set_num_threads: expected an int >= 0 (0 = one per hardware thread), got {n}")
+        raise ValueError(f"set_num_threads: expected an int >= 0 (0 = one per CPU available), got {n}")
     _core.set_num_threads(min(n, 2**31 - 1))  # the pool caps its size; a C int must not overflow on the way
 
 
 def get_num_threads() -> int:
-    """Threads the CPU backend will use."""
+    """The CPU backend's thread count setting: the most threads a call uses. A call uses fewer when its work cannot
+    keep them busy, and never more than the CPUs this process may run on (affinity mask, cgroup CPU quota)."""
     return _core.get_num_threads()

@@ -60,7 +60,10 @@ def add_parser(sub) -> None:
     pb.add_argument("--cpu-isa", type=_csv_isas, metavar="LIST",
                     help="time the cpu backend once per kernel set, among portable,avx2,avx512 "
                          "(FLASH_ATTN_CY_CPU_ISA per call), side by side")
-    pb.add_argument("--threads", type=positive_int, help="threads for flash_attn_cy's CPU backend and torch")
+    pb.add_argument("--threads", type=csv_ints, metavar="N[,N...]",
+                    help="threads for flash_attn_cy's CPU backend and torch; several (e.g. 1,16): the thread-scaling "
+                         "table (parallel efficiency of both, also with OMP_WAIT_POLICY=PASSIVE) on issue 20's cases "
+                         "unless shapes are given")
     pb.add_argument("--cpu-time", action="store_true",
                     help="time with the calling thread's CPU time instead of wall time (needs --threads 1: on a "
                          "shared machine each side is then charged for its own work only)")
@@ -82,6 +85,9 @@ def add_parser(sub) -> None:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Combinations argparse cannot express: a usage error (exit 2) before anything is timed."""
+    # --threads N: one count for both sides; --threads 1,N,...: the thread-scaling table (_bench_scaling)
+    args.thread_counts = sorted(set(args.threads)) if args.threads else None
+    args.threads = args.thread_counts[0] if args.thread_counts and len(args.thread_counts) == 1 else None
     if args.backward and args.decode:
         parser.error("--backward and --decode cannot be combined")
     if args.kv_heads and not args.decode:
@@ -187,6 +193,10 @@ def _set_threads(fa, torch, n: Optional[int]) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     fa = import_package()
+    if args.thread_counts and len(args.thread_counts) > 1:  # thread scaling: its own cases and table
+        from . import _bench_scaling
+
+        return _bench_scaling.cmd_scaling(args, fa)
     if args.plot:
         try:
             import matplotlib  # noqa: F401

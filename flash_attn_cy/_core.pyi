@@ -88,10 +88,14 @@ def backend_describe(name: str) -> str:
     """Short description of the backend as built (or "unavailable: reason")."""
 
 def set_num_threads(n: int) -> None:
-    """CPU thread count for later calls (0 = hardware concurrency). ValueError if n < 0."""
+    """CPU thread count for later calls (0 = one per CPU available). ValueError if n < 0."""
 
 def get_num_threads() -> int:
-    """CPU threads the next call will use."""
+    """CPU thread count setting: the most threads a call uses (fewer when its work or the CPUs available are fewer)."""
+
+def _take_cpu_pool_activity() -> dict[str, int]:
+    """This thread's CPU thread-pool activity since the previous call (calls, max_threads, workers_posted,
+    workers_woken, workers_taken_back); resets the counters."""
 
 def _signal_poll_address() -> int:
     """Address of the C function that runs Python's signal handlers for a cancellation token (flash_attn_cy.sim)."""

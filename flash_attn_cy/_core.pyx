@@ -335,15 +335,26 @@ def backend_describe(str name):
 
 
 def set_num_threads(int n):
-    """CPU thread pool size for the following calls; 0 = one per hardware thread."""
+    """CPU thread pool size for the following calls; 0 = one per CPU available."""
     if n < 0:
         raise ValueError("num_threads must be >= 0 (0 = hardware concurrency), got %d" % n)
     fa_set_num_threads(n)
 
 
 def get_num_threads():
-    """CPU threads the next call will use."""
+    """CPU thread count setting: the most threads a call uses (fewer when its work or the CPUs available are fewer)."""
     return fa_get_num_threads()
+
+
+def _take_cpu_pool_activity():
+    """What the CPU thread pool did for this thread's calls since the previous call of this function (tests,
+    benchmarks): dict with calls, max_threads (the most one parallel step used; 1 = serial), workers_posted,
+    workers_woken (from sleep) and workers_taken_back (before they started)."""
+    cdef fa_cpu_pool_activity a
+    with nogil:
+        fa_cpu_take_pool_activity(&a)
+    return {"calls": a.calls, "max_threads": a.max_threads, "workers_posted": a.workers_posted,
+            "workers_woken": a.workers_woken, "workers_taken_back": a.workers_taken_back}
 
 
 ABI_VERSION = 1

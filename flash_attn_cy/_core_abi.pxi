@@ -109,3 +109,10 @@ cdef extern from "fa_abi.h" nogil:
     int fa_backend_describe(fa_backend backend, char *out, size_t outlen)
     void fa_set_num_threads(int n)
     int fa_get_num_threads()
+    ctypedef struct fa_cpu_pool_activity:
+        int64_t calls
+        int32_t max_threads
+        int64_t workers_posted
+        int64_t workers_woken
+        int64_t workers_taken_back
+    void fa_cpu_take_pool_activity(fa_cpu_pool_activity *out)

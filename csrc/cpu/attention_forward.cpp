@@ -483,6 +483,32 @@ void run_tiles(const ForwardJob<Acc> &job, int b, int hk, int tile0, int ntiles)
 // Work items of one (sequence, KV head): its query tiles in groups of QUERY_TILES_PER_ITEM.
 inline int tile_groups(int tiles, int per_item) { return (tiles + per_item - 1) / per_item; }
 
+// Multiply-adds one more thread must get to be worth waking: ~50-100 us of tile products on one core, several times
+// the cost of handing it the job (a few us when it polls, tens of us to wake it from sleep).
+constexpr double MIN_MACS_PER_THREAD = 4.0e6;
+
+// Threads for the call: its multiply-adds (rows x visible keys x (d + dv), per query tile and its key band) against
+// MIN_MACS_PER_THREAD, counted only until they could keep every allowed thread busy.
+template <typename Acc>
+int forward_threads(const ForwardJob<Acc> &job, int64_t total_tiles) {
+    const fa_params *p = job.p;
+    const int most = threads_for_work(total_tiles, INFINITY, 1.0, p->num_threads);
+    const double enough = double(most) * MIN_MACS_PER_THREAD;
+    const double per_key = double(p->headdim + p->headdim_v);
+    double macs = 0;
+    for (int b = 0; b < p->batch && macs < enough; ++b) {
+        const SeqGeometry &g = job.seqs[b];
+        const int64_t rows = int64_t(g.sq) * job.group;
+        for (int t = 0; t < job.tiles[b] && macs < enough; ++t) {
+            const int64_t r0 = int64_t(t) * BLOCK_M, r1 = std::min<int64_t>(r0 + BLOCK_M, rows);
+            const int64_t lo = fa_mask_key_lo(r0 / job.group, g.sq, g.sk, p->window_left);
+            const int64_t hi = fa_mask_key_hi((r1 - 1) / job.group, g.sq, g.sk, p->window_right);
+            if (hi > lo) macs += double(r1 - r0) * double(hi - lo) * per_key * p->nheads_kv;
+        }
+    }
+    return threads_for_work(total_tiles, macs, MIN_MACS_PER_THREAD, p->num_threads);
+}
+
 // The largest power of two <= QUERY_TILES_PER_ITEM that still leaves about 4 work items per thread (load balance).
 inline int tiles_per_item(int64_t total_tiles, int threads) {
     int per = QUERY_TILES_PER_ITEM;
@@ -504,9 +530,17 @@ int forward_impl(const fa_params *p, const TileKernels<Acc> *kern, char *err, si
         if (!resolve_sequence(p, b, job.seqs[b], err, errlen)) return FA_ERR_VALUE;
         job.tiles[b] = int32_t((int64_t(job.seqs[b].sq) * job.group + BLOCK_M - 1) / BLOCK_M);
     }
+    if (decode_path_applies(p, job.seqs)) {  // few query rows per KV head: decode_forward.cpp
+        if (!run_decode(p, job.seqs)) {  // (a cancelled call becomes FA_ERR_CANCELLED in fa_abi.cpp)
+            std::snprintf(err, errlen, "cpu forward: a worker failed (out of memory?)");
+            return FA_ERR_RUNTIME;
+        }
+        return FA_OK;
+    }
     int64_t total_tiles = 0;
     for (int b = 0; b < p->batch; ++b) total_tiles += int64_t(job.tiles[b]) * p->nheads_kv;
-    job.tiles_per_item = tiles_per_item(total_tiles, p->num_threads > 0 ? p->num_threads : pool_num_threads());
+    const int threads = forward_threads(job, total_tiles);
+    job.tiles_per_item = tiles_per_item(total_tiles, threads);
     for (int b = 0; b < p->batch; ++b)
         job.item_start[b + 1] = job.item_start[b] + int64_t(tile_groups(job.tiles[b], job.tiles_per_item)) * p->nheads_kv;
     job.dropout = p->dropout_p > 0.0f;
@@ -516,13 +550,6 @@ int forward_impl(const fa_params *p, const TileKernels<Acc> *kern, char *err, si
         job.drop.threshold = dropout_threshold(p->dropout_p);
         job.drop.inv_keep = p->dropout_p < 1.0f ? 1.0 / (1.0 - double(p->dropout_p)) : 0.0;
         job.drop.nheads_q = p->nheads_q;
-    }
-    if (decode_path_applies(p, job.seqs)) {  // few query rows per KV head: decode_forward.cpp
-        if (!run_decode(p, job.seqs)) {  // (a cancelled call becomes FA_ERR_CANCELLED in fa_abi.cpp)
-            std::snprintf(err, errlen, "cpu forward: a worker failed (out of memory?)");
-            return FA_ERR_RUNTIME;
-        }
-        return FA_OK;
     }
     const int64_t total = job.item_start[p->batch];
     auto item_fn = [&job](int64_t item) {
@@ -535,7 +562,7 @@ int forward_impl(const fa_params *p, const TileKernels<Acc> *kern, char *err, si
         const int tile0 = (groups - 1 - int(local % groups)) * job.tiles_per_item;
         run_tiles(job, b, hk, tile0, std::min(job.tiles_per_item, tiles - tile0));
     };
-    if (!parallel_for(total, item_fn, p->num_threads, p->cancel)) {
+    if (!parallel_for(total, item_fn, threads, p->cancel)) {
         std::snprintf(err, errlen, "cpu forward: a worker failed (out of memory?)");
         return FA_ERR_RUNTIME;
     }

@@ -5,10 +5,16 @@
 // the keys gives every thread work even for batch 1; each split leaves (m, l, unnormalised O) per row, merged by
 // their log-sum-exp at the end. Per block of DECODE_BLOCK keys: raw scores of every row, logit features (softcap,
 // ALiBi, masks: only when on, masks only on blocks crossing a band edge), online-softmax step, O += P V.
-// Bits: the number of splits depends on the batch and key count only (never on the thread count), the fp32
-// accumulators fold into double totals every KEY_CHUNK keys and at the split's end (key_chunks.h), and the merge
-// sums the splits in order in double, so results are identical for every thread count and accurate up to 2^31 keys.
-// Extra memory: O(batch * splits * nheads_q * headdim) for the partial results, plus a per-thread workspace.
+//
+// Bits vs threads: the keys of a sequence are cut into UNITS, a function of the problem only (64 keys to a few
+// KEY_CHUNKs, at most about MAX_UNITS per call). Every unit starts afresh (running max -inf) and leaves its own result
+// (m, l, unnormalised O in fp32: the accumulators of a one-chunk unit, or the double totals of a longer one, folded
+// every KEY_CHUNK keys from the unit's start as in key_chunks.h and rounded once), and the merge sums the units in
+// key order in double. A work item is a run of whole units, as many per item as the thread count calls for (a few
+// items per thread, so that every thread gets work, for batch 1 too); how units are grouped into items changes
+// nothing in any unit's arithmetic, so results are identical for every thread count and accurate up to 2^31 keys.
+// Extra memory: the unit results, O(units * nheads_q * headdim) floats (at most 1/16 of the K/V bytes read, and
+// bounded by MAX_UNITS), plus a per-thread workspace.
 #include "decode_forward.h"
 
 #include <algorithm>
@@ -27,28 +33,50 @@
 namespace fa_cpu {
 namespace {
 
-// Keys per split at least: the per-item setup (packing q, the fold, the merge) stays negligible next to streaming
-// them, and each split streams long enough for the hardware prefetchers (256-key splits measured 1.4-2x slower on 2
-// threads than the 2048-key splits the thread-dependent split used to choose there).
-constexpr int64_t MIN_KEYS_PER_SPLIT = 1024;
-// Work items (splits times batch) aimed at: 2 per thread on 16 threads, fixed so that the split - and with it the bits
-// of the result - does not depend on the thread count of the machine or the call.
-constexpr int64_t TARGET_ITEMS = 32;
+// Units (see the file comment). Short units give many threads work at moderate key counts (an 8k-key cache at
+// 8 KV heads x d128 is 32 units of 256 keys in fp32, 16 of 512 in bf16), but each unit costs its result: n rows x
+// (d + 2) floats zeroed, written and merged. A unit is therefore the smallest power of two from MIN_UNIT_KEYS to
+// KEY_CHUNK keys whose K/V bytes reach both MIN_UNIT_KV_BYTES and UNIT_BYTES_PER_TOTAL_BYTE times its result (a
+// function of the problem only), and beyond MAX_UNITS per call units grow by whole chunks (folded into double totals
+// every KEY_CHUNK keys), so that the unit results stay small however long the cache. Measured at 1 thread (Zen 5,
+// 8k keys, 32/8 heads, d128): units of 1 MiB cost ~5% more than one long split, 2 MiB ~1%, 4 MiB nothing measurable.
+constexpr int64_t MIN_UNIT_KEYS = 64;
+constexpr double MIN_UNIT_KV_BYTES = 2.0 * 1024 * 1024;
+constexpr double UNIT_BYTES_PER_TOTAL_BYTE = 16.0;
+constexpr int64_t CHUNK_BLOCKS = KEY_CHUNK / DECODE_BLOCK;
+constexpr int64_t MAX_UNITS = 256;  // 64 threads: 4 items each
+static_assert(KEY_CHUNK % MIN_UNIT_KEYS == 0 && MIN_UNIT_KEYS % DECODE_BLOCK == 0, "units tile chunks and blocks");
+// Work items aimed at per thread: equal items, but threads start at different times (wake-up latency, a busy core).
+constexpr int64_t ITEMS_PER_THREAD = 4;
+// K/V bytes one more thread must get to be worth waking (~30-100 us of streaming on one core).
+constexpr double MIN_KV_BYTES_PER_THREAD = 512.0 * 1024;
+// Bytes of unit results one more merge thread must get.
+constexpr double MIN_MERGE_BYTES_PER_THREAD = 256.0 * 1024;
 
 struct DecodeJob {
     const fa_params *p;
     const std::vector<SeqGeometry> *seqs;
     const DecodeKernels *kern;
     int group;   // query heads per KV head
-    int splits;  // key ranges per sequence
     MaskParams mp_base;
     int max_rows;  // query rows per KV head, largest over the sequences
     int pitch;     // row pitch of O (decode_pitch(headdim))
-    // Partial results (double totals of key_chunks.h), [batch][splits][nheads_kv * max_rows slots]; row (hk, r) of
-    // sequence b is slot hk * rows(b) + r (the kernels' layout). Every item writes all its rows.
-    double *m, *l, *o;
-    size_t slot0(int b, int s) const { return (size_t(b) * splits + s) * size_t(p->nheads_kv) * max_rows; }
+    // Per sequence b: keys [lo, hi) visible to some row, cut into units of unit_blocks[b] blocks; its units are
+    // unit_start[b] .. unit_start[b+1] - 1 of the call, its work items item_start[b] .. item_start[b+1] - 1, each
+    // of units_per_item[b] units (the last one fewer).
+    std::vector<int64_t> lo, hi, unit_blocks, unit_start, item_start, units_per_item;
+    // Unit results, unit_floats floats per unit (64-byte aligned): o [n][pitch], then m [n] and l [n] (padded to 16)
+    // for the n = nheads_kv * rows(b) rows of its sequence, row (hk, r) at hk * rows(b) + r (the kernels' layout):
+    // the fp32 accumulators of a one-chunk unit as they are, or a longer unit's double totals rounded once to fp32
+    // (relative to its running max m, unnormalised). Every unit writes all its rows.
+    float *results;
+    size_t unit_floats;
+    size_t ml_pad() const { return (size_t(p->nheads_kv) * max_rows + 15) & ~size_t(15); }
+    float *unit_o(int64_t unit) const { return results + size_t(unit) * unit_floats; }
+    float *unit_m(int64_t unit) const { return unit_o(unit) + size_t(p->nheads_kv) * max_rows * pitch; }
+    float *unit_l(int64_t unit) const { return unit_m(unit) + ml_pad(); }
     int rows(int b) const { return (*seqs)[b].sq * group; }
+    int64_t units(int b) const { return unit_start[b + 1] - unit_start[b]; }
 };
 
 // Query row r of KV head hk: (query i, head) with the group's heads fastest, as the general forward.
@@ -81,31 +109,23 @@ inline bool block_needs_mask(const MaskParams &mp, const SeqGeometry &g, int64_t
 }
 
 thread_local Workspace tl_decode_workspace;  // per worker: packed q, scores, kernel scratch
-thread_local Workspace tl_decode_partials;   // per calling thread: the splits' (m, l, O)
+thread_local Workspace tl_decode_results;    // per calling thread: the unit results (m, l, O)
+thread_local Workspace tl_decode_totals;     // per worker: double totals of a unit longer than a chunk
 
-// Keys of split s of sequence b, all KV heads.
-void decode_item(const DecodeJob &job, int b, int s) {
+// Units [u0, u1) of sequence b (indices within the sequence), all KV heads.
+void decode_item(const DecodeJob &job, int b, int64_t u0, int64_t u1) {
     const fa_params *p = job.p;
     const SeqGeometry &g = (*job.seqs)[b];
     const int R = job.rows(b), hkv = p->nheads_kv, d = p->headdim, n = hkv * R;
     if (R == 0) return;
     const int pitch = job.pitch;
-    ChunkTotals totals;
-    totals.M = job.m + job.slot0(b, s);
-    totals.L = job.l + job.slot0(b, s);
-    totals.O = job.o + job.slot0(b, s) * pitch;
-    totals.row_stride = pitch;
-    totals.col_stride = 1;
-    totals.reset(n, d);
     const MaskParams mp = mask_params(job, g);
-    int64_t lo, hi;
-    key_band(mp, g, lo, hi);
+    const int64_t lo = job.lo[b], hi = job.hi[b];
     const int64_t nblocks = hi > lo ? (hi - lo + DECODE_BLOCK - 1) / DECODE_BLOCK : 0;
-    const int64_t blk_begin = nblocks * s / job.splits, blk_end = nblocks * (s + 1) / job.splits;
-    if (blk_begin >= blk_end) return;
 
     // Workspace: packed q [n][pitch] (at most 4 bytes an element), scores [n][DECODE_BLOCK], the kernels' partial
-    // scores [n][64], q row pointers [n], the fp32 accumulators m, l [n] and o [n][pitch].
+    // scores [n][64], q row pointers [n], the fp32 accumulators m, l [n] and o [n][pitch] of units longer than a
+    // chunk (a one-chunk unit accumulates in its result slot).
     const size_t q_bytes = size_t(n) * pitch * sizeof(float);
     const size_t s_bytes = size_t(n) * DECODE_BLOCK * sizeof(float);
     const size_t p_bytes = (size_t(n) * sizeof(void *) + 63) & ~size_t(63);
@@ -118,11 +138,6 @@ void decode_item(const DecodeJob &job, int b, int s) {
     float *o = reinterpret_cast<float *>(ws + q_bytes + 5 * s_bytes + p_bytes);  // 64-byte aligned rows
     float *m = reinterpret_cast<float *>(ws + 2 * q_bytes + 5 * s_bytes + p_bytes);
     float *l = m + ml_bytes / sizeof(float);
-    for (int row = 0; row < n; ++row) {
-        m[row] = -INFINITY;
-        l[row] = 0.0f;
-        std::fill(o + size_t(row) * pitch, o + size_t(row + 1) * pitch, 0.0f);
-    }
     for (int hk = 0; hk < hkv; ++hk) {
         for (int r = 0; r < R; ++r) {
             const RowInfo ri = row_info(job, b, hk, r);
@@ -137,38 +152,75 @@ void decode_item(const DecodeJob &job, int b, int s) {
     const float mul_plain = float(mp.scale * LOG2E);
     // Key rows of a block by group: krows[4*grp + u] is key grp + 4u (see decode_kernels.h).
     const void *krows[DECODE_BLOCK], *vrows[DECODE_BLOCK];
-    for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
-        if (fa_cancel_rt::check(p->cancel)) return;
-        if (blk > blk_begin && (blk - blk_begin) % (KEY_CHUNK / DECODE_BLOCK) == 0) fold_chunk(n, d, m, l, o, pitch, 1, totals);
-        const int64_t t0 = lo + blk * DECODE_BLOCK;
-        const int nk = int(std::min<int64_t>(DECODE_BLOCK, hi - t0));
-        for (int grp = 0; grp < 4; ++grp)
-            for (int u = 0; u < 4; ++u) {
-                const int j = grp + 4 * u;  // keys past nk repeat the first one (read, never used)
-                const int64_t row = g.leftpad + t0 + (j < nk ? j : 0);
-                krows[4 * grp + u] = elem_ptr(p->k.data, kv_row_offset(p, g, row, false), p->dtype);
-                vrows[4 * grp + u] = elem_ptr(p->v.data, kv_row_offset(p, g, row, true), p->dtype);
-            }
-        const int groups = std::min(4, nk);  // group grp holds (nk - grp + 3) / 4 keys
-        for (int grp = 0; grp < groups; ++grp)
-            kern.scores_group(krows + 4 * grp, p->k.head_stride, hkv, R, d, pitch, qpack, grp, partial);
-        kern.scores_finish(partial, n, sc);
-        // logits in log2 units: features and masks (only on blocks crossing a band edge) by the scalar pass
-        float mul = mul_plain;
-        const bool masked = block_needs_mask(mp, g, t0, t0 + nk);
-        if (masked || features) {
-            for (int row = 0; row < n; ++row) {
-                const RowInfo ri = row_info(job, b, row / R, row % R);
-                float *sr = sc + row * DECODE_BLOCK;
-                for (int j = 0; j < nk; ++j) sr[j] = logit_log2(mp, sr[j], ri, t0 + j, masked);
-            }
-            mul = 1.0f;
-        }
-        kern.softmax(sc, n, nk, mul, m, l, o, d, pitch);
-        for (int grp = 0; grp < groups; ++grp)
-            kern.pv(vrows + 4 * grp, (nk - grp + 3) / 4, p->v.head_stride, hkv, R, d, pitch, sc + grp, 4, o);
+    const bool multi_chunk = job.unit_blocks[b] > CHUNK_BLOCKS;
+    ChunkTotals totals;
+    if (multi_chunk) {
+        double *t = reinterpret_cast<double *>(tl_decode_totals.get(size_t(n) * (pitch + 2) * sizeof(double)));
+        totals.O = t;
+        totals.M = t + size_t(n) * pitch;
+        totals.L = totals.M + n;
+        totals.row_stride = pitch;
+        totals.col_stride = 1;
     }
-    fold_chunk(n, d, m, l, o, pitch, 1, totals);
+    for (int64_t unit = u0; unit < u1; ++unit) {
+        const int64_t gu = job.unit_start[b] + unit;
+        if (!multi_chunk) {
+            o = job.unit_o(gu);
+            m = job.unit_m(gu);
+            l = job.unit_l(gu);
+        } else {
+            totals.reset(n, d);
+        }
+        // Every unit starts afresh: its bits do not depend on the units before it (nor on which item holds it).
+        for (int row = 0; row < n; ++row) {
+            m[row] = -INFINITY;
+            l[row] = 0.0f;
+            std::fill(o + size_t(row) * pitch, o + size_t(row + 1) * pitch, 0.0f);
+        }
+        const int64_t blk_begin = unit * job.unit_blocks[b];
+        const int64_t blk_end = std::min(nblocks, blk_begin + job.unit_blocks[b]);
+        for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
+            if (fa_cancel_rt::check(p->cancel)) return;
+            if (multi_chunk && blk > blk_begin && (blk - blk_begin) % CHUNK_BLOCKS == 0)
+                fold_chunk(n, d, m, l, o, pitch, 1, totals);
+            const int64_t t0 = lo + blk * DECODE_BLOCK;
+            const int nk = int(std::min<int64_t>(DECODE_BLOCK, hi - t0));
+            for (int grp = 0; grp < 4; ++grp)
+                for (int u = 0; u < 4; ++u) {
+                    const int j = grp + 4 * u;  // keys past nk repeat the first one (read, never used)
+                    const int64_t row = g.leftpad + t0 + (j < nk ? j : 0);
+                    krows[4 * grp + u] = elem_ptr(p->k.data, kv_row_offset(p, g, row, false), p->dtype);
+                    vrows[4 * grp + u] = elem_ptr(p->v.data, kv_row_offset(p, g, row, true), p->dtype);
+                }
+            const int groups = std::min(4, nk);  // group grp holds (nk - grp + 3) / 4 keys
+            for (int grp = 0; grp < groups; ++grp)
+                kern.scores_group(krows + 4 * grp, p->k.head_stride, hkv, R, d, pitch, qpack, grp, partial);
+            kern.scores_finish(partial, n, sc);
+            // logits in log2 units: features and masks (only on blocks crossing a band edge) by the scalar pass
+            float mul = mul_plain;
+            const bool masked = block_needs_mask(mp, g, t0, t0 + nk);
+            if (masked || features) {
+                for (int row = 0; row < n; ++row) {
+                    const RowInfo ri = row_info(job, b, row / R, row % R);
+                    float *sr = sc + row * DECODE_BLOCK;
+                    for (int j = 0; j < nk; ++j) sr[j] = logit_log2(mp, sr[j], ri, t0 + j, masked);
+                }
+                mul = 1.0f;
+            }
+            kern.softmax(sc, n, nk, mul, m, l, o, d, pitch);
+            for (int grp = 0; grp < groups; ++grp)
+                kern.pv(vrows + 4 * grp, (nk - grp + 3) / 4, p->v.head_stride, hkv, R, d, pitch, sc + grp, 4, o);
+        }
+        if (multi_chunk) {  // the double totals, rounded once, as the unit's result
+            fold_chunk(n, d, m, l, o, pitch, 1, totals);
+            float *uo = job.unit_o(gu), *um = job.unit_m(gu), *ul = job.unit_l(gu);
+            for (int row = 0; row < n; ++row) {
+                um[row] = float(totals.M[row]);
+                ul[row] = float(totals.L[row]);
+                for (int c = 0; c < d; ++c) uo[size_t(row) * pitch + c] = float(totals.O[size_t(row) * pitch + c]);
+            }
+        }
+    }
 }
 
 // Normalise one row and write it out with its LSE (natural log; +inf when the row saw no key).
@@ -181,28 +233,29 @@ void write_row(const DecodeJob &job, int b, const RowInfo &row, const double *ac
     write_row_lse(p, g, row, m, l);
 }
 
-// Merge the splits of (sequence b, KV head hk): rescale each by 2^(m_s - M) and normalise once.
+// Merge the units of (sequence b, KV head hk), in key order: rescale each by 2^(m_u - M) and normalise once.
 void decode_merge(const DecodeJob &job, int b, int hk) {
     const int R = job.rows(b);
+    const int64_t first = job.unit_start[b], units = job.units(b);
     double acc[FA_MAX_HEADDIM];
     for (int r = 0; r < R; ++r) {
         const size_t row = size_t(hk) * R + r;
         double M = -INFINITY;
-        bool nan_seen = false;  // a NaN/inf input makes a split's row sum NaN; the merged row must stay NaN
-        for (int s = 0; s < job.splits; ++s) {
-            M = std::max(M, job.m[job.slot0(b, s) + row]);
-            nan_seen |= std::isnan(job.l[job.slot0(b, s) + row]);
+        bool nan_seen = false;  // a NaN/inf input makes a unit's row sum NaN; the merged row must stay NaN
+        for (int64_t u = 0; u < units; ++u) {
+            M = std::max(M, double(job.unit_m(first + u)[row]));
+            nan_seen |= std::isnan(job.unit_l(first + u)[row]);
         }
         double L = 0.0;
         std::fill(acc, acc + FA_MAX_HEADDIM, 0.0);
         if (M != -INFINITY) {
-            for (int s = 0; s < job.splits; ++s) {  // in split order: the same bits for any schedule
-                const size_t ix = job.slot0(b, s) + row;
-                if (job.l[ix] == 0.0) continue;
-                const double w = std::exp2(job.m[ix] - M);
-                L += job.l[ix] * w;
-                const double *os = job.o + ix * job.pitch;
-                for (int c = 0; c < job.p->headdim; ++c) acc[c] += w * os[c];
+            for (int64_t u = 0; u < units; ++u) {  // in key order: the same bits for any schedule
+                const double lu = job.unit_l(first + u)[row];
+                if (lu == 0.0) continue;
+                const double w = std::exp2(double(job.unit_m(first + u)[row]) - M);
+                L += lu * w;
+                const float *os = job.unit_o(first + u) + row * job.pitch;
+                for (int c = 0; c < job.p->headdim; ++c) acc[c] += w * double(os[c]);
             }
         }
         if (nan_seen) L = NAN;
@@ -233,26 +286,66 @@ bool run_decode(const fa_params *p, const std::vector<SeqGeometry> &seqs) {
     job.mp_base.scale = p->softmax_scale;
     job.mp_base.softcap = p->softcap;
     job.mp_base.alibi = p->alibi_slopes != nullptr;
-    int64_t max_keys = 0;
-    for (const SeqGeometry &g : seqs) max_keys = std::max<int64_t>(max_keys, g.sk);
-    const int64_t want = (TARGET_ITEMS + p->batch - 1) / std::max(1, p->batch);
-    int64_t splits = std::max<int64_t>(1, std::min<int64_t>(want, max_keys / MIN_KEYS_PER_SPLIT));
-    if (p->num_splits > 0) splits = std::min<int64_t>(splits, p->num_splits);
-    job.splits = int(splits);
+    const int batch = p->batch;
     job.max_rows = 0;
-    for (int b = 0; b < p->batch; ++b) job.max_rows = std::max(job.max_rows, job.rows(b));
-    const size_t slots = size_t(p->batch) * job.splits * p->nheads_kv * job.max_rows;
+    for (int b = 0; b < batch; ++b) job.max_rows = std::max(job.max_rows, job.rows(b));
+
+    // Units: a function of the problem only (bits), see the file comment.
+    const int64_t max_units_per_seq = std::max<int64_t>(1, (MAX_UNITS + batch - 1) / std::max(1, batch));
+    const double key_bytes = 2.0 * p->nheads_kv * p->headdim * dtype_size(p->dtype);
+    const double total_bytes = double(p->nheads_kv) * job.max_rows * (decode_pitch(p->headdim) + 2) * sizeof(float);
+    const double unit_bytes = std::max(MIN_UNIT_KV_BYTES, UNIT_BYTES_PER_TOTAL_BYTE * total_bytes);
+    int64_t short_unit_keys = MIN_UNIT_KEYS;
+    while (short_unit_keys < KEY_CHUNK && double(short_unit_keys) * key_bytes < unit_bytes) short_unit_keys *= 2;
+    job.lo.assign(batch, 0);
+    job.hi.assign(batch, 0);
+    job.unit_blocks.assign(batch, CHUNK_BLOCKS);
+    job.unit_start.assign(size_t(batch) + 1, 0);
+    double kv_bytes = 0;
+    for (int b = 0; b < batch; ++b) {
+        const SeqGeometry &g = seqs[b];
+        int64_t units = 0;
+        if (job.rows(b) > 0) {
+            key_band(mask_params(job, g), g, job.lo[b], job.hi[b]);
+            const int64_t keys = std::max<int64_t>(0, job.hi[b] - job.lo[b]);
+            int64_t unit_keys = short_unit_keys;
+            if ((keys + unit_keys - 1) / unit_keys > max_units_per_seq) {  // long: whole chunks per unit
+                const int64_t chunks = (keys + KEY_CHUNK - 1) / KEY_CHUNK;
+                unit_keys = KEY_CHUNK * ((chunks + max_units_per_seq - 1) / max_units_per_seq);
+            }
+            job.unit_blocks[b] = unit_keys / DECODE_BLOCK;
+            units = std::max<int64_t>(1, (keys + unit_keys - 1) / unit_keys);  // 1: empty band
+            kv_bytes += 2.0 * double(keys) * p->nheads_kv * p->headdim * dtype_size(p->dtype);
+        }
+        job.unit_start[b + 1] = job.unit_start[b] + units;
+    }
+    const int64_t total_units = job.unit_start[batch];
+
+    // Work items: runs of units, a few per thread (the grouping never changes the bits).
+    const int threads = threads_for_work(total_units, kv_bytes, MIN_KV_BYTES_PER_THREAD, p->num_threads);
+    const int64_t per_item = std::max<int64_t>(1, total_units / (ITEMS_PER_THREAD * threads));
+    job.units_per_item.assign(batch, per_item);
+    job.item_start.assign(size_t(batch) + 1, 0);
+    for (int b = 0; b < batch; ++b) {
+        int64_t &upi = job.units_per_item[b];
+        if (p->num_splits > 0) upi = std::max(upi, (job.units(b) + p->num_splits - 1) / p->num_splits);
+        job.item_start[b + 1] = job.item_start[b] + (job.units(b) + upi - 1) / upi;
+    }
+
     job.pitch = decode_pitch(p->headdim);
-    double *partials = reinterpret_cast<double *>(tl_decode_partials.get(slots * (job.pitch + 2) * sizeof(double)));
-    job.o = partials;
-    job.m = partials + slots * job.pitch;
-    job.l = job.m + slots;
-    const bool ok = parallel_for(int64_t(p->batch) * job.splits, [&](int64_t item) {
-        decode_item(job, int(item / job.splits), int(item % job.splits));
-    }, p->num_threads, p->cancel);
-    return ok && parallel_for(int64_t(p->batch) * p->nheads_kv, [&](int64_t item) {
+    job.unit_floats = size_t(p->nheads_kv) * job.max_rows * job.pitch + 2 * job.ml_pad();
+    job.results = reinterpret_cast<float *>(tl_decode_results.get(size_t(total_units) * job.unit_floats * sizeof(float)));
+    const bool ok = parallel_for(job.item_start[batch], [&](int64_t item) {
+        const int b = int(std::upper_bound(job.item_start.begin(), job.item_start.end(), item) - job.item_start.begin()) - 1;
+        const int64_t u0 = (item - job.item_start[b]) * job.units_per_item[b];
+        decode_item(job, b, u0, std::min(job.units(b), u0 + job.units_per_item[b]));
+    }, threads, p->cancel);
+    const double merge_bytes = double(total_units) * job.unit_floats * sizeof(float);
+    const int merge_threads = threads_for_work(int64_t(batch) * p->nheads_kv, merge_bytes, MIN_MERGE_BYTES_PER_THREAD,
+                                               p->num_threads);
+    return ok && parallel_for(int64_t(batch) * p->nheads_kv, [&](int64_t item) {
         decode_merge(job, int(item / p->nheads_kv), int(item % p->nheads_kv));
-    }, p->num_threads, p->cancel);
+    }, merge_threads, p->cancel);
 }
 
 }  // namespace fa_cpu

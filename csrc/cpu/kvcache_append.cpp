@@ -19,6 +19,9 @@
 namespace fa_cpu {
 namespace {
 
+// Bytes of rows one more thread must write to be worth waking (tens of microseconds of copying).
+constexpr double MIN_BYTES_PER_THREAD = 256.0 * 1024;
+
 // Rotate one row in place in Acc precision (fp32, or fp64 for FA_F64), reading cos/sin at position `pos`.
 template <typename Acc>
 void rotate_row(Acc *x, const fa_kvcache_update *u, fa_dtype dt, int64_t pos) {
@@ -143,7 +146,13 @@ int fa_cpu_kvcache_append(const fa_params *p, const fa_kvcache_update *u, char *
     };
     // No cancellation token here: a started append always writes every row (fa_abi.h), so an interrupted
     // flash_attn_with_kvcache never leaves a cache half written.
-    if (!parallel_for(p->batch, fn, p->num_threads)) {
+    // Threads by the bytes written (new K/V rows and rotated q rows): one new token per sequence is far less than
+    // the cost of waking a worker.
+    const double row_bytes = double(p->headdim) * dtype_size(p->dtype);
+    const double bytes = double(p->batch) * row_bytes *
+                         ((has_new ? 2.0 * u->seqlen_new * p->nheads_kv : 0.0) + (rotary ? double(p->nheads_q) * p->seqlen_q : 0.0));
+    const int threads = threads_for_work(p->batch, bytes, MIN_BYTES_PER_THREAD, p->num_threads);
+    if (!parallel_for(p->batch, fn, threads)) {
         std::snprintf(err, errlen, "kvcache append: a worker failed");
         return FA_ERR_RUNTIME;
     }

@@ -1,8 +1,9 @@
 """Bitwise determinism of the CPU backend whatever the thread count (issue 17, item 11).
 
 The forward (dense, local window, GQA, varlen, decode, KV cache with paging, long key ranges that fold in chunks) and
-the backward with deterministic=True must give the same bits for 1, 2, 3, 4 and 7 threads: work is split by tile,
-never by thread. Idle pool workers are released after the idle time (FLASH_ATTN_CY_THREAD_IDLE_SECONDS, default 10 s).
+the backward with deterministic=True must give the same bits for 1, 2, 3, 4, 7 and 16 threads: work is split by
+tile (decode: items group fixed key units), never in a way that changes the arithmetic. The thread caps (work, CPUs
+available) are turned off here (FLASH_ATTN_CY_THREAD_CAPS=0) so that every count really runs. Idle pool workers are released after the idle time (FLASH_ATTN_CY_THREAD_IDLE_SECONDS, default 10 s).
 """
 from __future__ import annotations
 
@@ -19,7 +20,14 @@ from conftest import randn
 fa = pytest.importorskip("flash_attn_cy")
 from flash_attn_cy.interface import attention_backward, attention_forward  # noqa: E402
 
-THREADS = (1, 2, 3, 4, 7)
+THREADS = (1, 2, 3, 4, 7, 16)
+
+
+@pytest.fixture(autouse=True)
+def _every_thread_asked_for(monkeypatch):
+    """The pool caps a call's threads by its work and by the CPUs available (2 on a small CI machine); these tests
+    must run every thread count of THREADS for real, so that the work split changes with it."""
+    monkeypatch.setenv("FLASH_ATTN_CY_THREAD_CAPS", "0")
 
 
 def _for_each_thread_count(fn):
@@ -149,6 +157,7 @@ _IDLE_SCRIPT = textwrap.dedent("""
 
 def _idle_run(env_seconds, wait):
     env = dict(os.environ)
+    env["FLASH_ATTN_CY_THREAD_CAPS"] = "0"  # 4 threads even on a 2-CPU machine and for a small call
     if env_seconds is None:
         env.pop("FLASH_ATTN_CY_THREAD_IDLE_SECONDS", None)
     else:

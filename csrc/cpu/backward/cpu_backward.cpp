@@ -77,7 +77,7 @@ bool CpuBackward<T, A>::run() {
     const int64_t nkg = (nkb + kKeyGroup - 1) / kKeyGroup;
     const int64_t items1 = (int64_t)p_->batch * p_->nheads_kv * nkg;
     const int64_t items2 = (int64_t)p_->batch * p_->nheads_q * nqb;
-    const int threads = p_->num_threads;
+    const int threads = choose_threads(std::max(items1, items2));
     const fa_cancel *cancel = p_->cancel;  // items stop early once requested (fa_cancel.h)
     bool ok = fa_cpu::parallel_for(items0, [&](int64_t item) {
         compute_delta(item / p_->nheads_q, item % p_->nheads_q);

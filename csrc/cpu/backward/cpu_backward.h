@@ -23,6 +23,7 @@
 #include "bwd_workspace.h"
 #include "fa_abi.h"
 #include "cpu/buffer_pool.h"
+#include "cpu/thread_pool.h"
 
 namespace fa_bwd {
 
@@ -34,6 +35,27 @@ public:
     bool run();
 
 private:
+    // Threads for this call: its multiply-adds (the five tile products of every visible (row, key) pair, per query
+    // head) against kMinMacsPerThread, counted only until every allowed thread would be busy; at most `items`.
+    int choose_threads(int64_t items) const {
+        const int most = fa_cpu::threads_for_work(items, INFINITY, 1.0, p_->num_threads);
+        const double enough = double(most) * kMinMacsPerThread;
+        const double per_pair = double(3 * d_ + 2 * dv_) * p_->nheads_q;
+        double macs = 0;
+        for (int64_t b = 0; b < p_->batch && macs < enough; ++b) {
+            const SeqGeometry g = sequence_geometry(p_, b);
+            for (int64_t i0 = 0; i0 < g.sq && macs < enough; i0 += kBlockQ) {
+                const int64_t i1 = std::min<int64_t>(i0 + kBlockQ, g.sq);
+                const int64_t lo = std::max<int64_t>(0, window_.key_lo(i0, g));
+                const int64_t hi = std::min<int64_t>(g.sk - 1, window_.key_hi(i1 - 1, g));
+                if (hi >= lo) macs += double(i1 - i0) * double(hi - lo + 1) * per_pair;
+            }
+        }
+        return fa_cpu::threads_for_work(items, macs, kMinMacsPerThread, p_->num_threads);
+    }
+    // ~50-100 us of tile products on one core: several times the cost of handing a worker the job.
+    static constexpr double kMinMacsPerThread = 4.0e6;
+
     // ---- addressing ----
     // Element pointer of row `row` (relative to the sequence) of a q-side tensor (q, out, dout, dq).
     T *q_side(const fa_tensor &t, int64_t b, const SeqGeometry &g, int64_t row, int64_t h) const {
