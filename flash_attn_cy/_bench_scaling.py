@@ -144,7 +144,8 @@ def _child() -> None:
     job = json.loads(sys.stdin.read())
     rows = []
     for s in job["shapes"]:
-        times, _ = time_scaling(Shape(**s), job["threads"], job["min_time"], job["min_reps"], job["with_torch"])
+        shape = Shape(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})  # JSON made tuples lists
+        times, _ = time_scaling(shape, job["threads"], job["min_time"], job["min_reps"], job["with_torch"])
         rows.append(times)
     print(json.dumps(rows))
 
