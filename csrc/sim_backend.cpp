@@ -46,11 +46,30 @@ BufferMap map_buffers(fa_plan_kind kind, const fa_params *p, const fa_kvcache_up
 
 // The simulator's kernels specialise by name (templates); a launch with Metal function constants needs the
 // simulator's function-constant support, which this build does not have.
-int check_specialization(const fa_launch &l, char *err, size_t errlen) {
-    if (fa_kernel_function_constant_count(&l.desc) == 0) return FA_OK;
-    return fail(err, errlen, FA_ERR_UNAVAILABLE,
-                std::string("sim: kernel ") + l.kernel + " takes function constants, which this simulator build does "
-                "not support");
+// The launch's Metal function constants (the descriptor's specialisation constants that are not template
+// parameters), as the simulator takes them: the same (index, name, MTLDataType, bytes) the Metal shim passes to
+// MTLFunctionConstantValues (objc/fa_metal_context.mm). An element-type constant has no MTLDataType here either.
+int specialization(const fa_launch &l, std::vector<fasim::FunctionConstantValue> *out, char *err, size_t errlen) {
+    enum : uint32_t { kMtlFloat = 3, kMtlInt = 29, kMtlUInt = 33, kMtlBool = 53 };  // MTLDataType codes
+    for (int i = 0; i < l.desc.nspecs && i < FA_PLAN_MAX_SPECS; ++i) {
+        const fa_spec_constant &c = l.desc.specs[i];
+        if (c.index == FA_SPEC_TEMPLATE) continue;
+        fasim::FunctionConstantValue v;
+        v.index = c.index;
+        v.name.assign(c.name, strnlen(c.name, FA_SPEC_NAME_LEN));
+        const unsigned char *bytes = reinterpret_cast<const unsigned char *>(&c.value);
+        switch (c.type) {
+            case FA_SPEC_INT: v.mtl_type = kMtlInt; v.value.assign(bytes, bytes + 4); break;
+            case FA_SPEC_UINT: v.mtl_type = kMtlUInt; v.value.assign(bytes, bytes + 4); break;
+            case FA_SPEC_FLOAT: v.mtl_type = kMtlFloat; v.value.assign(bytes, bytes + 4); break;
+            case FA_SPEC_BOOL: v.mtl_type = kMtlBool; v.value.assign(1, c.value.i != 0 ? 1 : 0); break;
+            default:
+                return fail(err, errlen, FA_ERR_RUNTIME, std::string("plan: function constant ") + v.name + " of " +
+                                                             l.kernel + " has a type no function constant can have");
+        }
+        out->push_back(std::move(v));
+    }
+    return FA_OK;
 }
 
 }  // namespace
@@ -93,7 +112,6 @@ int fa_sim_execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_updat
     for (int li = 0; li < plan.nlaunches; ++li) {
         if (fa_cancel_rt::check(cancel)) return fail(err, errlen, FA_ERR_CANCELLED, "sim: cancelled");
         const fa_launch &l = plan.launches[li];
-        if (const int st = check_specialization(l, err, errlen)) return st;
         const fasim::KernelInfo *kernel = fasim::find_kernel(l.kernel);
         if (!kernel)
             return fail(err, errlen, FA_ERR_UNAVAILABLE,
@@ -123,6 +141,7 @@ int fa_sim_execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_updat
             cfg.grid[i] = l.grid[i];
             cfg.threads[i] = l.threads[i];
         }
+        if (const int st = specialization(l, &cfg.constants, err, errlen)) return st;
         cfg.schedules = p->sim_schedules > 1 ? p->sim_schedules : 1;
         cfg.cancel = cancel;
         std::vector<fasim::Fault> faults;

@@ -84,12 +84,25 @@ bool launch_with_hazards(const char *kernel, const LaunchConfig &cfg, const std:
         ydata.push_back(b.data);
         ylen.push_back(b.bytes);
     }
+    std::vector<int> cidx;
+    std::vector<const char *> cname;
+    std::vector<unsigned> ctype;
+    std::vector<const void *> cval;
+    std::vector<size_t> clen;
+    for (const FunctionConstantValue &c : cfg.constants) {
+        cidx.push_back(c.index);
+        cname.push_back(c.name.c_str());
+        ctype.push_back(c.mtl_type);
+        cval.push_back(c.value.data());
+        clen.push_back(c.value.size());
+    }
     std::vector<char> out(1 << 16);
     const int n = m.launch(kernel, cfg.grid, cfg.threads, (int)bidx.size(), bidx.data(), bdata.data(), bsrc.data(),
                            blen.data(), bwr.data(), (int)yidx.size(), yidx.data(), ydata.data(), ylen.data(),
                            cfg.schedules, cfg.seed, cfg.host_threads, cfg.bounds_run ? 1 : 0, 1, cfg.schedule_mode,
-                           out.data(), out.size(), cfg.cancel, 0, nullptr, nullptr, nullptr, nullptr, nullptr, 0,
-                           nullptr, nullptr);  // the package's kernels: no function constants, no [[threadgroup(n)]]
+                           out.data(), out.size(), cfg.cancel, (int)cidx.size(), cidx.data(), cname.data(),
+                           ctype.data(), cval.data(), clen.data(), 0, nullptr,
+                           nullptr);  // the package's kernels take no [[threadgroup(n)]] arguments
     if (n < 0) {
         *why = out.data();
         return false;
