@@ -13,6 +13,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cpu_dtype.h"
 #include "decode_kernels.h"
 #include "neon_common.h"
 
@@ -230,12 +231,15 @@ void scores_group_bf16dot(const void *const *krows, int64_t head_stride, int hkv
 
 FA_NEON_BF16_END
 
-const DecodeKernels k_f32 = {"neon-f32", &pack_q<FA_F32>, &scores_group<FA_F32>, &scores_finish, &softmax,
-                             &pv<FA_F32>};
-const DecodeKernels k_f16 = {"neon-f16", &pack_q<FA_F16>, &scores_group<FA_F16>, &scores_finish, &softmax,
-                             &pv<FA_F16>};
-const DecodeKernels k_bf16 = {"neon-bf16", &pack_q<FA_BF16>, &scores_group<FA_BF16>, &scores_finish, &softmax,
-                              &pv<FA_BF16>};
+// Order: name, pack_q, scores_group, scores_finish, softmax, pv.
+template <fa_dtype DT>
+constexpr DecodeKernels table(const char *name) {
+    return DecodeKernels{name, &pack_q<DT>, &scores_group<DT>, &scores_finish, &softmax, &pv<DT>};
+}
+const DecodeKernels k_f32 = table<FA_F32>("neon-f32");
+const DecodeKernels k_f16 = table<FA_F16>("neon-f16");
+const DecodeKernels k_bf16 = table<FA_BF16>("neon-bf16");
+// bf16 scores by BFDOT; the rest of the table is the widening one
 const DecodeKernels k_bf16dot = {"neon-bf16dot", &pack_q_bf16dot, &scores_group_bf16dot, &scores_finish, &softmax,
                                  &pv<FA_BF16>};
 
@@ -243,14 +247,7 @@ const DecodeKernels k_bf16dot = {"neon-bf16dot", &pack_q_bf16dot, &scores_group_
 
 const DecodeKernels *neon_bf16dot_decode_kernels() { return &k_bf16dot; }
 
-const DecodeKernels *neon_decode_kernels(fa_dtype dt) {
-    switch (dt) {
-        case FA_F32: return &k_f32;
-        case FA_F16: return &k_f16;
-        case FA_BF16: return &k_bf16;
-        default: return nullptr;
-    }
-}
+const DecodeKernels *neon_decode_kernels(fa_dtype dt) { return table_for(dt, &k_f32, &k_f16, &k_bf16); }
 
 #else
 

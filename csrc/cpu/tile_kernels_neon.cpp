@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "cpu_dtype.h"
 #include "neon_common.h"
 #include "tile_kernels.h"
 
@@ -195,14 +196,7 @@ const TileKernels<float> k_bf16 = table<FA_BF16>("neon-bf16");
 
 }  // namespace
 
-const TileKernels<float> *neon_kernels(fa_dtype dt) {
-    switch (dt) {
-        case FA_F32: return &k_f32;
-        case FA_F16: return &k_f16;
-        case FA_BF16: return &k_bf16;
-        default: return nullptr;
-    }
-}
+const TileKernels<float> *neon_kernels(fa_dtype dt) { return table_for(dt, &k_f32, &k_f16, &k_bf16); }
 
 #else
 
