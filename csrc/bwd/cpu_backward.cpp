@@ -91,7 +91,8 @@ struct Workspace {
     TileVec<A> dk_acc, dv_acc;  // [slot][kBlockK][d | dv]: dK/dV accumulators of pass 1
     TileVec<A> dq_acc;          // [kBlockQ][d]: dQ accumulator of pass 2
     std::vector<A> lse, delta;  // [kBlockQ] per-row LSE and D
-    std::vector<A> lse_lo;      // [kBlockQ] second part of a refined LSE (lse + lse_lo), else 0
+    std::vector<double> lse_hi, lse_lo;  // [kBlockQ] a refined row's LSE in two parts (refine_lse_block), else 0
+    TileVec<double> s64;        // [kBlockQ][kBlockK]: q·k in double, for rows with a refined LSE (refined_scores)
     std::vector<char> dead;     // [kBlockQ] row sees no key
     bool any_dead = false;      // some row of the loaded query tile is dead
     std::vector<A> keep;        // [kBlockK] dropout factor of one row: 0 or 1 / (1 - p)
@@ -134,7 +135,9 @@ struct Workspace {
         dv_acc.assign((size_t)kKeyGroup * kBlockK * dv, A(0));
         dq_acc.assign((size_t)kBlockQ * d, A(0));
         lse.assign(kBlockQ, A(0));
-        lse_lo.assign(kBlockQ, A(0));
+        lse_hi.assign(kBlockQ, 0.0);
+        lse_lo.assign(kBlockQ, 0.0);
+        s64.assign((size_t)kBlockQ * kBlockK, 0.0);
         delta.assign(kBlockQ, A(0));
         dead.assign(kBlockQ, 0);
         keep.assign(kBlockK, A(0));
@@ -194,8 +197,8 @@ public:
             compute_delta(item / p_->nheads_q, item % p_->nheads_q);
         }, threads, cancel);
         if (refine_lse_) {
-            lse_fine_.assign((size_t)p_->nheads_q * (size_t)q_rows_, A(0));
-            lse_lo_.assign((size_t)p_->nheads_q * (size_t)q_rows_, A(0));
+            lse_fine_.assign((size_t)p_->nheads_q * (size_t)q_rows_, 0.0);
+            lse_lo_.assign((size_t)p_->nheads_q * (size_t)q_rows_, 0.0);
             ok = ok && fa_cpu::parallel_for(items2, [&](int64_t item) {
                 const int64_t qb = item % nqb, rest = item / nqb;
                 refine_lse_block(rest / p_->nheads_q, rest % p_->nheads_q, qb, workspace());
@@ -238,7 +241,8 @@ private:
         return p_->lse[off];
     }
     // Element (b, h, row) of a per-query-row buffer laid out [nheads_q][q rows] (D, refined LSE).
-    A &row_at(std::vector<A> &buf, int64_t b, const SeqGeometry &g, int64_t row, int64_t h) const {
+    template <typename E>
+    E &row_at(std::vector<E> &buf, int64_t b, const SeqGeometry &g, int64_t row, int64_t h) const {
         const int64_t r = packed_q_ ? g.q_row0 + row : b * p_->seqlen_q + row;
         return buf[(size_t)h * (size_t)q_rows_ + (size_t)r];
     }
@@ -380,8 +384,10 @@ private:
             const float lse = lse_at(b, g, i0 + r, h);
             w.dead[r] = lse_is_dead(lse) || window_.key_lo(i0 + r, g) > window_.key_hi(i0 + r, g);
             w.any_dead = w.any_dead || w.dead[r];
-            w.lse[r] = w.dead[r] ? A(0) : (lse_fine_.empty() ? (A)lse : row_at(lse_fine_, b, g, i0 + r, h));
-            w.lse_lo[r] = (w.dead[r] || lse_lo_.empty()) ? A(0) : row_at(lse_lo_, b, g, i0 + r, h);
+            w.lse[r] = w.dead[r] ? A(0) : (A)lse;
+            const bool refined = !w.dead[r] && !lse_fine_.empty();
+            w.lse_hi[r] = refined ? row_at(lse_fine_, b, g, i0 + r, h) : 0.0;
+            w.lse_lo[r] = refined ? row_at(lse_lo_, b, g, i0 + r, h) : 0.0;
             w.delta[r] = delta_at(b, g, i0 + r, h);
         }
     }
@@ -411,7 +417,7 @@ private:
                 if (bf16_products_ && nk > 0)  // keys as pairs over rows for dQ += dX K
                     kernels_->pair_rows_bf16(reinterpret_cast<const uint16_t *>(k_side(p_->k, b, g, j0, hk)),
                                              p_->k.row_stride, nk, d_, w.kpairs(slot), 2 * d_);
-                return;
+                if (!refine_lse_) return;  // refined_scores reads the fp32 Kᵀ
             }
         }
         for (int e = 0; e < d_; ++e)
@@ -434,59 +440,83 @@ private:
         }
     }
 
-    // One row of the tile: raw products q·k in s -> P = exp(score - lse), 0 on masked keys (and tanh of the capped
-    // score in th for the softcap derivative). Returns true if some key of the row is visible.
+    // One row of the tile: raw products q·k in `raw` -> P = exp(score - lse) in out, 0 on masked keys (and tanh of
+    // the capped score in th for the softcap derivative). Returns true if some key of the row is visible.
+    template <typename S>
     bool probabilities_row(int64_t b, int64_t h, const SeqGeometry &g, int64_t i, int64_t j0, int nk, bool full,
-                           A lse, A lse_lo, A *s, A *th) const {
-        const bool any = logits_row(b, h, g, i, j0, nk, full, lse, lse_lo, s, th);
-        exp_row(s);
+                           const S *raw, S lse, S lse_lo, A *out, A *th) const {
+        const bool any = logits_row(b, h, g, i, j0, nk, full, raw, lse, lse_lo, out, th);
+        exp_row(out);
         return any;
     }
 
-    // The exponents of probabilities_row: s[c] <- (score - lse) - lse_lo (-1e30 on masked keys), score rounded to A
-    // first; lse_lo is 0 unless the LSE was refined (refine_lse_block).
-    bool logits_row(int64_t b, int64_t h, const SeqGeometry &g, int64_t i, int64_t j0, int nk, bool full, A lse,
-                    A lse_lo, A *s, A *th) const {
-        const A slope = alibi_slope(b, h);
-        const bool capped = softcap_ > A(0);
-        const A inv_cap = capped ? A(1) / softcap_ : A(0);
+    // The exponents of probabilities_row: out[c] <- (score - lse) - lse_lo (-1e30 on masked keys), the score formed
+    // from raw[c] in S (A, or double for a refined LSE: see refined_scores) and rounded to S first; lse_lo is 0
+    // unless the LSE was refined (refine_lse_block). out may be raw.
+    template <typename S, typename O>
+    bool logits_row(int64_t b, int64_t h, const SeqGeometry &g, int64_t i, int64_t j0, int nk, bool full,
+                    const S *raw, S lse, S lse_lo, O *out, A *th) const {
+        const S slope = (S)alibi_slope(b, h);
+        const S scale = std::is_same<S, A>::value ? (S)scale_ : (S)p_->softmax_scale;
+        const S cap = std::is_same<S, A>::value ? (S)softcap_ : (S)p_->softcap;
+        const bool capped = cap > S(0);
+        const S inv_cap = capped ? S(1) / cap : S(0);
         bool any = false;
         bool visible[kBlockK];
+        S x[kBlockK];
         for (int c = 0; c < kBlockK; ++c) {
             const int64_t j = j0 + c;
             visible[c] = c < nk && (full || window_.visible(i, j, g));
             if (!visible[c]) continue;
-            A x = s[c] * scale_;
+            S v = raw[c] * scale;
             if (capped) {
-                th[c] = std::tanh(x * inv_cap);
-                x = softcap_ * th[c];
+                const S t = std::tanh(v * inv_cap);
+                th[c] = (A)t;
+                v = cap * t;
             }
-            if (slope != A(0)) {
+            if (slope != S(0)) {
                 const int64_t dist = i + g.diag - j;
-                x -= slope * (A)(dist < 0 ? -dist : dist);
+                v -= slope * (S)(dist < 0 ? -dist : dist);
             }
-            s[c] = x;
+            x[c] = v;
             any = true;
         }
-        // The LSE is subtracted in a loop of its own, from the score as stored (rounded to A): in one expression the
+        // The LSE is subtracted in a loop of its own, from the score as stored (rounded to S): in one expression the
         // compiler may fuse the last product into an FMA (C++ compilers contract by default), whose exact product
         // would differ from the rounded one the LSE refinement and the fused kernels use - by 64 and more for huge
         // logits (exp of that: no weight, or inf).
-        for (int c = 0; c < kBlockK; ++c) s[c] = visible[c] ? (s[c] - lse) - lse_lo : A(-1e30);  // masked: exp -> 0
+        for (int c = 0; c < kBlockK; ++c) out[c] = visible[c] ? (O)((x[c] - lse) - lse_lo) : O(-1e30);  // masked: 0
         return any;
+    }
+
+    // q·k of the tile's rows in double, for rows whose LSE is refined (refine_lse_: large logits, or fp64). A P whose
+    // exponent is scale * q·k - LSE moves by scale times the error of q·k: the fp32 product's rounding (a few units
+    // of 2^-24 |q||k|) gives P relative errors of ~1e-4 at softmax_scale 100 with unit q, which dQ and dK carry as
+    // rounding noise as large as the float32 reference's own, and 1-3x beyond the tolerance depending on the data
+    // (issue 17 item 6). The products of two floats are exact in double and their sum nearly so, so P is then exact
+    // to float rounding and the fp32 gradients stay far inside the tolerance. Only the refined path pays for it.
+    double *refined_scores(int nq, Workspace<A> &w, int slot) const {
+        if constexpr (std::is_same<A, double>::value) {
+            return w.s.data();  // score_products formed them in double already
+        } else {
+            tile_scores_f64(nq, d_, w.q_rows, d_, w.kt(slot), w.s64.data());
+            return w.s64.data();
+        }
     }
 
     // Raw products of the tile: q·k into w.s and (with dp) dO·v into w.dp. One place, so that the LSE refinement sees
     // the very scores (same kernel, same rounding) that the gradient passes turn into probabilities.
+    // With a refined LSE, float tiles take q·k from refined_scores instead (w.s is not formed here).
     void score_products(int nq, Workspace<A> &w, int slot, bool dp) const {
+        const bool s = std::is_same<A, double>::value || !refine_lse_;
         if constexpr (std::is_same<A, float>::value) {
             if (q16_pack_) {
-                kernels_->scores_bf16(nq, d2_ / 2, w.q16_rows, d2_, w.kt16(slot), w.s.data());
+                if (s) kernels_->scores_bf16(nq, d2_ / 2, w.q16_rows, d2_, w.kt16(slot), w.s.data());
                 if (dp) kernels_->scores_bf16(nq, dv2_ / 2, w.dout16_rows, dv2_, w.vt16(slot), w.dp.data());
                 return;
             }
         }
-        matmul_nt(w.q_rows, d_, d_, w.kt(slot), nq, w.s.data());
+        if (s) matmul_nt(w.q_rows, d_, d_, w.kt(slot), nq, w.s.data());
         if (dp) matmul_nt(w.dout_rows, dv_, dv_, w.vt(slot), nq, w.dp.data());
     }
 
@@ -542,6 +572,7 @@ private:
         const bool capped = softcap_ > A(0);
 
         score_products(nq, w, slot, true);
+        const double *raw64 = refine_lse_ ? refined_scores(nq, w, slot) : nullptr;
 
         // The common interior tile: every pair visible, no per-element feature. One fused vector pass - except with a
         // refined LSE (huge logits), where every exponent must be formed as logits_row forms it (the refinement's
@@ -564,7 +595,10 @@ private:
                 for (int c = 0; c < kBlockK; ++c) s[c] = dp[c] = A(0);
                 continue;
             }
-            if (probabilities_row(b, h, g, i, j0, nk, full, w.lse[r], w.lse_lo[r], s, th)) any = true;
+            const bool live = raw64 ? probabilities_row(b, h, g, i, j0, nk, full, raw64 + (size_t)r * kBlockK,
+                                                        w.lse_hi[r], w.lse_lo[r], s, th)
+                                    : probabilities_row(b, h, g, i, j0, nk, full, s, w.lse[r], A(0), s, th);
+            any = any || live;
             // dS = P (dP - D) with dP = dPd * keep / (1 - p); dX = dS * scale (* softcap derivative).
             // Pd = P * keep / (1 - p) replaces P afterwards (dS needs the undropped P).
             const A delta = w.delta[r];
@@ -613,10 +647,10 @@ private:
         const int64_t i0 = qb * kBlockQ;
         if (i0 >= g.sq) return;
         const int nq = (int)std::min<int64_t>(kBlockQ, g.sq - i0);
-        load_query_tile(b, g, h, i0, nq, w);  // lse_fine_ holds zeros here: w.lse = 0, so logits_row gives x_j
-        A mx[kBlockQ];
+        load_query_tile(b, g, h, i0, nq, w);
+        double mx[kBlockQ];
         double sums[kBlockQ] = {}, wsums[kBlockQ] = {};  // sum_j e^(x_j - mx) and sum_j e^(x_j - mx) keep_j dPd_j
-        for (int r = 0; r < nq; ++r) mx[r] = A(-1e30);
+        for (int r = 0; r < nq; ++r) mx[r] = -1e300;
         const int64_t jlo = window_.key_lo(i0, g), jhi = window_.key_hi(i0 + nq - 1, g);
         for (int64_t kb = jlo / kBlockK; jlo <= jhi && kb <= jhi / kBlockK; ++kb) {
             const int64_t j0 = kb * kBlockK;
@@ -624,22 +658,23 @@ private:
             load_key_tile(b, g, h / group_, j0, nk, w, 0);
             const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
             score_products(nq, w, 0, true);
+            double *x = refined_scores(nq, w, 0);  // the logits replace the products in place
             for (int r = 0; r < nq; ++r) {
                 if (w.dead[r]) continue;
-                A *s = &w.s[(size_t)r * kBlockK];
+                double *s = x + (size_t)r * kBlockK;
                 const A *dp = &w.dp[(size_t)r * kBlockK];
-                logits_row(b, h, g, i0 + r, j0, nk, full, w.lse[r], A(0), s, &w.tanh_t[(size_t)r * kBlockK]);
+                logits_row(b, h, g, i0 + r, j0, nk, full, s, 0.0, 0.0, s, &w.tanh_t[(size_t)r * kBlockK]);
                 if (dropout_) dropout_factors(b, h, i0 + r, j0, w.keep.data());
-                A tmax = mx[r];
+                double tmax = mx[r];
                 for (int c = 0; c < kBlockK; ++c) tmax = s[c] > tmax ? s[c] : tmax;
                 if (tmax > mx[r]) {
-                    const double f = std::exp((double)mx[r] - (double)tmax);
+                    const double f = std::exp(mx[r] - tmax);
                     sums[r] *= f;
                     wsums[r] *= f;
                     mx[r] = tmax;
                 }
                 for (int c = 0; c < kBlockK; ++c) {
-                    const double e = std::exp((double)s[c] - (double)tmax);
+                    const double e = std::exp(s[c] - tmax);
                     sums[r] += e;
                     wsums[r] += e * (double)dp[c] * (dropout_ ? (double)w.keep[c] : 1.0);
                 }
@@ -652,8 +687,8 @@ private:
         // exactly 0 (the exact gradient) instead of the rounding of the stored O times softmax_scale.
         for (int r = 0; r < nq; ++r) {
             const bool live = !w.dead[r] && sums[r] > 0.0;
-            row_at(lse_fine_, b, g, i0 + r, h) = live ? w.lse[r] + mx[r] : w.lse[r];
-            row_at(lse_lo_, b, g, i0 + r, h) = live ? (A)std::log(sums[r]) : A(0);
+            row_at(lse_fine_, b, g, i0 + r, h) = live ? mx[r] : 0.0;
+            row_at(lse_lo_, b, g, i0 + r, h) = live ? std::log(sums[r]) : 0.0;
             if (live) delta_at(b, g, i0 + r, h) = (A)(wsums[r] / sums[r]);
         }
     }
@@ -891,8 +926,8 @@ private:
     std::vector<std::thread::id> partial_owner_;
     const BwdKernelsF32 *kernels_ = nullptr;  // float products (runtime ISA choice); double uses tile_product
     bool refine_lse_ = false;  // fp64, or fp32 with huge logits: recompute the LSE (refine_lse_block)
-    std::vector<A> lse_fine_;  // [nheads_q][q rows]: the refined LSE, empty unless refine_lse_
-    std::vector<A> lse_lo_;    // [nheads_q][q rows]: its second part (LSE = lse_fine_ + lse_lo_), same
+    std::vector<double> lse_fine_;  // [nheads_q][q rows]: the refined LSE, empty unless refine_lse_
+    std::vector<double> lse_lo_;    // [nheads_q][q rows]: its second part (LSE = lse_fine_ + lse_lo_), same
 };
 
 template <typename T, typename A>
