@@ -93,25 +93,154 @@ inline void fa_bwd_products_t(thread fa_frag& s, thread fa_frag* s_rows, const t
     }
 }
 
+// ---- q·k of refined rows in two parts (large logits: the exponent scale · q·k carries scale times the error of q·k,
+// and fp32 products rounded as plainly as the float32 reference's own gave dQ/dK 1-3x over the tolerance at
+// softmax_scale 10-300, depending on the data; issue 17 item 6) ----
+// Each operand x is split as hi + lo, hi = x truncated to a multiple of `unit`, a power of two with |x| < 2^8 · unit
+// for every element of x's row (query) or column (key): lo = x - hi is exact. A product of two hi parts is a multiple
+// of unit_q · unit_k below 2^16 of them, so a sum of <= 256 of them (the head dim) stays below 2^24 units: EXACT in
+// fp32 whatever the order or fusing of the sums (fast math may reassociate, and nothing here depends on rounding).
+// q·k = Σ hi_q hi_k (exact) + Σ (hi_q lo_k + lo_q hi_k + lo_q lo_k), the second sum ~2^-7 of the first, so its fp32
+// rounding is ~2^-7 of a plain product's. Only threadgroups holding a refined row pay the three extra products.
+// Both gradient kernels must form the very same bits (a refined row's exponents are differences from its reference
+// key, which the dQ kernel picked; at softmax_scale 1e8 one unit of the last place of q·k moves P by a factor of 2).
+// The hi part is exact; the lo part is one chain of accumulations, in the same order in both kernels although one
+// forms S = Q Kᵀ and the other Sᵀ = K Qᵀ (as the plain products, this relies on an 8x8 product and its transpose
+// rounding alike).
+struct fa_bwd_split {
+    float unit, inv;
+};
+
+// The split for a row or column whose largest |element| is maxabs (>= 0, finite): unit = 2^(floor(log2 maxabs) - 7),
+// built from the exponent bits (no log2 under fast math); at least the smallest normal float, so tiny rows keep
+// everything in lo rather than produce subnormal units that fast math may flush.
+inline fa_bwd_split fa_bwd_split_for(float maxabs) {
+    const int e = int((as_type<uint>(maxabs) >> 23) & 0xffu);  // biased exponent
+    const int u = max(e - 7, 1);
+    fa_bwd_split r;
+    r.unit = as_type<float>(uint(u) << 23);
+    r.inv = as_type<float>(uint(254 - u) << 23);  // 1 / unit, exactly
+    return r;
+}
+
+inline float fa_bwd_hi(float x, fa_bwd_split sp) { return trunc(x * sp.inv) * sp.unit; }
+
+// The largest |element| of this lane's fragment row across NDF fragments (every lane of the simdgroup must call it).
+template <int NDF>
+inline float fa_bwd_row_maxabs(thread fa_frag* f) {
+    float m = 0.0f;
+    for (int d = 0; d < NDF; ++d) m = max(m, max(abs(f[d].thread_elements()[0]), abs(f[d].thread_elements()[1])));
+    return fa_row_max(m);
+}
+
+// fa_bwd_products_t in two parts for threadgroups with refined rows: s_hi + s_lo = Σ_d s_rows[d] · (8 rows of
+// s_tile)ᵀ with s_hi exact (see above), and t as fa_bwd_products_t. row_split is the split of this lane's row of
+// s_rows; the 8 tile rows read transposed (the fragment's columns) get theirs here. ROWS_ARE_KEYS: the dK/dV kernel
+// (rows = keys), which takes the two cross products in the other order so that the chain matches the dQ kernel's.
+// Every lane must call it.
+template <typename T, int NDF, int LD, bool ROWS_ARE_KEYS>
+inline void fa_bwd_products_split(thread fa_frag& s_hi, thread fa_frag& s_lo, thread fa_frag* s_rows,
+                                  fa_bwd_split row_split, const threadgroup T* s_tile, thread fa_frag& t,
+                                  thread fa_frag* t_rows, const threadgroup T* t_tile, fa_lane_pos pos) {
+    // the columns' largest |element|: the lanes of a fragment column differ in lane bits 1, 2 and 4 (fa_frag_pos)
+    float cmax[2] = {0.0f, 0.0f};
+    for (int d = 0; d < NDF; ++d) {
+        fa_frag st;
+        fa_load_frag_t(st, s_tile + d * 8, LD, pos);
+        for (int e = 0; e < 2; ++e) cmax[e] = max(cmax[e], abs(st.thread_elements()[e]));
+    }
+    fa_bwd_split col_split[2];
+    for (int e = 0; e < 2; ++e) {
+        float m = cmax[e];
+        m = max(m, simd_shuffle_xor(m, ushort(2)));
+        m = max(m, simd_shuffle_xor(m, ushort(4)));
+        m = max(m, simd_shuffle_xor(m, ushort(16)));
+        col_split[e] = fa_bwd_split_for(m);
+    }
+    s_hi = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    s_lo = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    t = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    for (int d = 0; d < NDF; ++d) {
+        fa_frag st;
+        fa_load_frag_t(st, s_tile + d * 8, LD, pos);
+        fa_frag st_hi;
+        fa_frag st_lo;
+        fa_frag row_hi;
+        fa_frag row_lo;
+        for (int e = 0; e < 2; ++e) {
+            const float x = st.thread_elements()[e];
+            const float xh = fa_bwd_hi(x, col_split[e]);
+            st_hi.thread_elements()[e] = xh;
+            st_lo.thread_elements()[e] = x - xh;
+            const float y = s_rows[d].thread_elements()[e];
+            const float yh = fa_bwd_hi(y, row_split);
+            row_hi.thread_elements()[e] = yh;
+            row_lo.thread_elements()[e] = y - yh;
+        }
+        simdgroup_multiply_accumulate(s_hi, row_hi, st_hi, s_hi);
+        // s_lo += hi_q lo_k, then lo_q hi_k, then lo_q lo_k
+        if (ROWS_ARE_KEYS) {
+            simdgroup_multiply_accumulate(s_lo, row_lo, st_hi, s_lo);
+            simdgroup_multiply_accumulate(s_lo, row_hi, st_lo, s_lo);
+        } else {
+            simdgroup_multiply_accumulate(s_lo, row_hi, st_lo, s_lo);
+            simdgroup_multiply_accumulate(s_lo, row_lo, st_hi, s_lo);
+        }
+        simdgroup_multiply_accumulate(s_lo, row_lo, st_lo, s_lo);
+        fa_frag tt;
+        fa_load_frag_t(tt, t_tile + d * 8, LD, pos);
+        simdgroup_multiply_accumulate(t, t_rows[d], tt, t);
+    }
+}
+
+// ---- blocked accumulation (BLOCKED kernels, long sequences; issue 17 item 8) ----
+// dQ sums dX K over every key of its rows, dK and dV sum over every query row (of every head of the GQA group) that
+// sees their keys; each multiply-accumulate into a running fp32 sum rounds, so n of them give a relative error up to
+// ~n * 2^-24 (systematic for equal terms). The BLOCKED kernels (fa_bwd_dq_long_*, fa_bwd_dkdv_long_*; the plan picks
+// them, and the block lengths, for long sequences: fa_plan_backward.cpp) sum each 8-key (8-row) product on its own
+// and add it once, restart the running sums every p.acc_block_k key tiles (p.acc_block_q query blocks) and add each
+// finished block into an outer sum: about sqrt(n) additions at each level, in registers.
+// acc += a · b, with a · b formed from zero first (one rounding of acc per call, not one per product).
+inline void fa_bwd_mma_add(thread fa_frag& acc, thread fa_frag& a, thread fa_frag& b) {
+    fa_frag t = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    simdgroup_multiply_accumulate(t, a, b, t);
+    for (int e = 0; e < 2; ++e) acc.thread_elements()[e] += t.thread_elements()[e];
+}
+
+// outer += run, run = 0 for N fragments (the end of an accumulation block).
+template <int N>
+inline void fa_bwd_fold(thread fa_frag* outer, thread fa_frag* run) {
+    for (int d = 0; d < N; ++d) {
+        for (int e = 0; e < 2; ++e) outer[d].thread_elements()[e] += run[d].thread_elements()[e];
+        run[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    }
+}
+
 // The score of query i, key j from raw = q·k (unscaled), in the parts the gradient and the refinement need:
 // s = base · base_mul - slope · dist, with base = raw (base_mul = softmax_scale) or, under softcap, base = tanh(raw ·
-// softmax_scale / softcap) (base_mul = softcap). dcap is the softcap derivative (1 without).
+// softmax_scale / softcap) (base_mul = softcap). dcap is the softcap derivative (1 without). raw may come in two parts
+// (raw + raw_lo, fa_bwd_products_split; raw_lo = 0 otherwise): base_lo keeps the second (0 under softcap, whose tanh
+// takes the rounded sum).
 struct fa_bwd_score {
     float s;
     float base;
+    float base_lo;
     float dist;
     float dcap;
 };
 
-inline fa_bwd_score fa_bwd_score_of(constant fa_bwd_params& p, float raw, int i, int j, int sq, int sk, float slope) {
+inline fa_bwd_score fa_bwd_score_of(constant fa_bwd_params& p, float raw, float raw_lo, int i, int j, int sq, int sk,
+                                    float slope) {
     fa_bwd_score r;
-    r.s = raw * p.softmax_scale;
+    r.s = (raw + raw_lo) * p.softmax_scale;
     r.base = raw;
+    r.base_lo = raw_lo;
     r.dcap = 1.0f;
     if (p.softcap > 0.0f) {
         const float t = fa_tanh(r.s * p.softcap_inv);
         r.s = p.softcap * t;
         r.base = t;
+        r.base_lo = 0.0f;
         r.dcap = 1.0f - t * t;
     }
     r.dist = abs(float(i + (sk - sq) - j));
@@ -127,14 +256,15 @@ inline float fa_bwd_base_mul(constant fa_bwd_params& p) { return p.softcap > 0.0
 // kernel recomputes such a row's softmax from the very scores both gradient kernels form (same products, same
 // rounding) and keeps it in two parts: a reference key (the row's largest score, as its base and distance) and
 // log2 of the row sum relative to it. Exponents are then formed as differences from the reference,
-// (base - ref.base) · base_mul - slope · (dist - ref.dist): exactly 0 for the reference key itself, and no huge score
-// is ever subtracted from another huge number (where a fused multiply-add could leave its rounding error, 64 at 1e9).
+// ((base - ref.base) + (base_lo - ref.base_lo)) · base_mul - slope · (dist - ref.dist): exactly 0 for the reference
+// key itself, and no huge score is ever subtracted from another huge number (where a fused multiply-add could leave
+// its rounding error, 64 at 1e9). The scores of such rows come in two parts (fa_bwd_products_split).
 // D = rowsum(dO * O) is replaced by Σ_j P_j · keep_j · dPd_j over these probabilities and the same dPd values the
 // gradient subtracts it from: where one key holds all the weight, dPd - D is then exactly 0 (the exact gradient)
 // instead of the rounding of the stored O times softmax_scale.
 struct fa_bwd_ref {
     bool on;
-    float base, dist, lo2;
+    float base, base_lo, dist, lo2;
 };
 
 inline bool fa_bwd_refine_row(float lse2) { return lse2 < FA_BWD_DEAD_LSE2 && abs(lse2) > FA_BWD_REFINE_LSE2; }
@@ -143,6 +273,7 @@ inline fa_bwd_ref fa_bwd_no_ref() {
     fa_bwd_ref r;
     r.on = false;
     r.base = 0.0f;
+    r.base_lo = 0.0f;
     r.dist = 0.0f;
     r.lo2 = 0.0f;
     return r;
@@ -159,43 +290,48 @@ inline fa_bwd_ref fa_bwd_load_ref(constant fa_bwd_params& p, device const float*
     r.base = lse2[fa_bwd_slot(p, at, 1)];
     r.dist = lse2[fa_bwd_slot(p, at, 2)];
     r.lo2 = lse2[fa_bwd_slot(p, at, 3)];
+    r.base_lo = lse2[fa_bwd_slot(p, at, 4)];
     return r;
 }
 
-// log2 of the weight of a key (base, dist) relative to the reference key (rbase, rdist) of its row. Antisymmetric:
-// swapping the two keys negates it exactly, so lanes that compare the same pair agree on the winner.
-inline float fa_bwd_rel_log2(float base_mul, float slope, float base, float dist, float rbase, float rdist) {
-    return ((base - rbase) * base_mul - slope * (dist - rdist)) * FA_LOG2E;
+// log2 of the weight of a key (base + base_lo, dist) relative to the reference key (rbase + rbase_lo, rdist) of its
+// row. Antisymmetric: swapping the two keys negates it exactly, so lanes that compare the same pair agree on the winner.
+inline float fa_bwd_rel_log2(float base_mul, float slope, float base, float base_lo, float dist, float rbase,
+                             float rbase_lo, float rdist) {
+    return (((base - rbase) + (base_lo - rbase_lo)) * base_mul - slope * (dist - rdist)) * FA_LOG2E;
 }
 
-// Does key (base, dist) at relative log-weight x against the reference (rbase, rdist) replace it? Ties broken on the
-// parts, so that every lane of a row picks the same reference.
-inline bool fa_bwd_beats(float x, float base, float dist, float rbase, float rdist) {
-    return x > 0.0f || (x == 0.0f && (base > rbase || (base == rbase && dist < rdist)));
+// Does key (base, base_lo, dist) at relative log-weight x against the reference (rbase, rbase_lo, rdist) replace it?
+// Ties broken on the parts, so that every lane of a row picks the same reference.
+inline bool fa_bwd_beats(float x, float base, float base_lo, float dist, float rbase, float rbase_lo, float rdist) {
+    return x > 0.0f ||
+           (x == 0.0f && (base > rbase || (base == rbase && (base_lo > rbase_lo || (base_lo == rbase_lo && dist < rdist)))));
 }
 
 // One lane's share of a refined row: reference key, Σ 2^x and Σ 2^x · keep · dPd over the keys it saw.
 struct fa_bwd_refine_acc {
     float has;  // 1 once a key was seen (a float: it travels through simd_shuffle_xor)
-    float base, dist, sum, wsum;
+    float base, base_lo, dist, sum, wsum;
 };
 
-inline void fa_bwd_refine_add(thread fa_bwd_refine_acc& a, float base_mul, float slope, float base, float dist,
-                              float sum, float wsum) {
+inline void fa_bwd_refine_add(thread fa_bwd_refine_acc& a, float base_mul, float slope, float base, float base_lo,
+                              float dist, float sum, float wsum) {
     if (a.has == 0.0f) {
         a.has = 1.0f;
         a.base = base;
+        a.base_lo = base_lo;
         a.dist = dist;
         a.sum = sum;
         a.wsum = wsum;
         return;
     }
-    float x = fa_bwd_rel_log2(base_mul, slope, base, dist, a.base, a.dist);
-    if (fa_bwd_beats(x, base, dist, a.base, a.dist)) {
+    float x = fa_bwd_rel_log2(base_mul, slope, base, base_lo, dist, a.base, a.base_lo, a.dist);
+    if (fa_bwd_beats(x, base, base_lo, dist, a.base, a.base_lo, a.dist)) {
         const float f = exp2(-x);  // <= 1: the old reference's weight relative to the new one
         a.sum *= f;
         a.wsum *= f;
         a.base = base;
+        a.base_lo = base_lo;
         a.dist = dist;
         x = 0.0f;
     }
@@ -213,14 +349,15 @@ inline void fa_bwd_refine_merge(thread fa_bwd_refine_acc& a, float base_mul, flo
         fa_bwd_refine_acc o;
         o.has = simd_shuffle_xor(a.has, m);
         o.base = simd_shuffle_xor(a.base, m);
+        o.base_lo = simd_shuffle_xor(a.base_lo, m);
         o.dist = simd_shuffle_xor(a.dist, m);
         o.sum = simd_shuffle_xor(a.sum, m);
         o.wsum = simd_shuffle_xor(a.wsum, m);
-        if (o.has != 0.0f) fa_bwd_refine_add(a, base_mul, slope, o.base, o.dist, o.sum, o.wsum);
+        if (o.has != 0.0f) fa_bwd_refine_add(a, base_mul, slope, o.base, o.base_lo, o.dist, o.sum, o.wsum);
     }
 }
 
-// The per-element core shared by both kernels. raw = q·k, dpd = dO·v (both unscaled), for query i, key j.
+// The per-element core shared by both kernels. raw (+ raw_lo) = q·k, dpd = dO·v (both unscaled), for query i, key j.
 // Returns dX (gradient with respect to q·k) and sets pd (the dropped, rescaled probability, for dV).
 struct fa_bwd_elem {
     float pd;
@@ -234,18 +371,19 @@ inline float fa_bwd_keep(constant fa_bwd_params& p, uint bh, int i, int j) {
                : 0.0f;
 }
 
-inline fa_bwd_elem fa_bwd_element(constant fa_bwd_params& p, float raw, float dpd, int i, int j, int sq, int sk,
-                                  float lse2, float delta, float slope, uint bh, thread const fa_bwd_ref& ref) {
+inline fa_bwd_elem fa_bwd_element(constant fa_bwd_params& p, float raw, float raw_lo, float dpd, int i, int j, int sq,
+                                  int sk, float lse2, float delta, float slope, uint bh, thread const fa_bwd_ref& ref) {
     fa_bwd_elem r;
     r.pd = 0.0f;
     r.dx = 0.0f;
     if (lse2 >= FA_BWD_DEAD_LSE2 || !fa_mask_visible(i, j, sq, sk, p.window_left, p.window_right)) return r;
-    const fa_bwd_score sc = fa_bwd_score_of(p, raw, i, j, sq, sk, slope);
+    const fa_bwd_score sc = fa_bwd_score_of(p, raw, raw_lo, i, j, sq, sk, slope);
     // P <= 1: the exponent is <= 0 up to rounding (lse2 is the row's log-sum-exp), and is clamped there, so a huge
     // score whose fp32 rounding differs from the LSE's by more than a few units cannot give exp2 of a large
     // positive number (inf, then NaN in dK/dQ) - under fast math, exp2 is only safe for bounded arguments.
     // Refined rows (huge logits) take their exponent relative to the row's reference key instead (see fa_bwd_ref).
-    const float x = ref.on ? fa_bwd_rel_log2(fa_bwd_base_mul(p), slope, sc.base, sc.dist, ref.base, ref.dist) - ref.lo2
+    const float x = ref.on ? fa_bwd_rel_log2(fa_bwd_base_mul(p), slope, sc.base, sc.base_lo, sc.dist, ref.base,
+                                             ref.base_lo, ref.dist) - ref.lo2
                            : sc.s * FA_LOG2E - lse2;
     const float prob = exp2(min(x, 0.0f));
     const float keep = fa_bwd_keep(p, bh, i, j);
@@ -291,7 +429,8 @@ template <typename T>
 
 // ---------------------------------------------------------------------------------------------------------------
 // 2. dK, dV. Threadgroup (key block, kv head, batch); simdgroup sg owns keys kb + 8 sg .. kb + 8 sg + 7.
-template <typename T, int BD, int BQ, int NSG>
+// BLOCKED: blocked accumulation over the query blocks (see fa_bwd_fold), for long query ranges.
+template <typename T, int BD, int BQ, int NSG, bool BLOCKED = false>
 [[kernel]] void fa_bwd_dkdv(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
                             device const T* v [[buffer(2)]], device const T* dout [[buffer(4)]],
                             device const float* alibi [[buffer(6)]], device const int* cu_seqlens_q [[buffer(7)]],
@@ -337,6 +476,14 @@ template <typename T, int BD, int BQ, int NSG>
             dvf[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
         }
     }
+    const fa_bwd_split key_split = fa_bwd_split_for(fa_bwd_row_maxabs<NDF>(kf));  // for refined rows' scores
+    fa_frag dk_out[BLOCKED ? NDF : 1];  // BLOCKED: the finished blocks' sums
+    fa_frag dv_out[BLOCKED ? NDF : 1];
+    for (int d = 0; d < (BLOCKED ? NDF : 1); ++d) {
+        dk_out[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+        dv_out[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    }
+    int block_q = 0;
 
     // ---- query rows that see any key of this block (uniform across the threadgroup) ----
     const int k_last = min(kb + BK, s.sk) - 1;
@@ -368,12 +515,21 @@ template <typename T, int BD, int BQ, int NSG>
                 deltas[r] = in ? delta[at] : 0.0f;
             }
             threadgroup_barrier(mem_flags::mem_threadgroup);
+            // a refined row in the block (lane r checks row r; BQ <= the SIMD width): scores in two parts
+            const bool block_refine = simd_any(int(lane) < BQ && fa_bwd_refine_row(lse2s[min(int(lane), BQ - 1)]));
 
             for (int qf = 0; qf < NQF; ++qf) {
                 // Sᵀ (8 keys x 8 queries) = K Qᵀ and dPdᵀ = V dOᵀ
                 fa_frag st;
+                fa_frag st_lo;
                 fa_frag dpt;
-                fa_bwd_products_t<T, NDF, LD>(st, kf, qs + qf * 8 * LD, dpt, vf, dos + qf * 8 * LD, pos);
+                if (block_refine) {
+                    fa_bwd_products_split<T, NDF, LD, true>(st, st_lo, kf, key_split, qs + qf * 8 * LD, dpt, vf,
+                                                      dos + qf * 8 * LD, pos);
+                } else {
+                    fa_bwd_products_t<T, NDF, LD>(st, kf, qs + qf * 8 * LD, dpt, vf, dos + qf * 8 * LD, pos);
+                    st_lo = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+                }
                 // element (key, query): Pdᵀ into st, dXᵀ into dpt
                 for (int e = 0; e < 2; ++e) {
                     const int r = qf * 8 + pos.col + e;  // query row within the block
@@ -382,8 +538,9 @@ template <typename T, int BD, int BQ, int NSG>
                     const fa_bwd_ref ref = fa_bwd_refine_row(l2)
                                                ? fa_bwd_load_ref(p, lse2, fa_bwd_scratch_row(p, s, b, h, i0 + r))
                                                : fa_bwd_no_ref();
-                    const fa_bwd_elem g = fa_bwd_element(p, st.thread_elements()[e], dpt.thread_elements()[e],
-                                                         i0 + r, key, s.sq, s.sk, l2, deltas[r], slope, bh, ref);
+                    const fa_bwd_elem g = fa_bwd_element(p, st.thread_elements()[e], st_lo.thread_elements()[e],
+                                                         dpt.thread_elements()[e], i0 + r, key, s.sq, s.sk, l2,
+                                                         deltas[r], slope, bh, ref);
                     st.thread_elements()[e] = g.pd;
                     dpt.thread_elements()[e] = g.dx;
                 }
@@ -391,13 +548,31 @@ template <typename T, int BD, int BQ, int NSG>
                 for (int d = 0; d < NDF; ++d) {
                     fa_frag dof;
                     fa_load_frag(dof, dos + qf * 8 * LD + d * 8, LD, pos);
-                    simdgroup_multiply_accumulate(dvf[d], st, dof, dvf[d]);
                     fa_frag qfr;
                     fa_load_frag(qfr, qs + qf * 8 * LD + d * 8, LD, pos);
-                    simdgroup_multiply_accumulate(dkf[d], dpt, qfr, dkf[d]);
+                    if (BLOCKED) {
+                        fa_bwd_mma_add(dvf[d], st, dof);
+                        fa_bwd_mma_add(dkf[d], dpt, qfr);
+                    } else {
+                        simdgroup_multiply_accumulate(dvf[d], st, dof, dvf[d]);
+                        simdgroup_multiply_accumulate(dkf[d], dpt, qfr, dkf[d]);
+                    }
                 }
             }
             threadgroup_barrier(mem_flags::mem_threadgroup);  // the next block overwrites the staged rows
+            if (BLOCKED && ++block_q == p.acc_block_q) {
+                fa_bwd_fold<NDF>(dk_out, dkf);
+                fa_bwd_fold<NDF>(dv_out, dvf);
+                block_q = 0;
+            }
+        }
+    }
+    if (BLOCKED) {  // the last block, then the outer sums take the running ones' place
+        fa_bwd_fold<NDF>(dk_out, dkf);
+        fa_bwd_fold<NDF>(dv_out, dvf);
+        for (int d = 0; d < NDF; ++d) {
+            dkf[d] = dk_out[BLOCKED ? d : 0];
+            dvf[d] = dv_out[BLOCKED ? d : 0];
         }
     }
 
@@ -435,7 +610,8 @@ inline void fa_bwd_stage_kv(threadgroup T* ks, threadgroup T* vs, device const T
 
 // ---------------------------------------------------------------------------------------------------------------
 // 3. dQ. Threadgroup (query block, head, batch); simdgroup sg owns query rows m0 + 8 sg .. m0 + 8 sg + 7.
-template <typename T, int BD, int BK, int NSG>
+// BLOCKED: blocked accumulation over the key tiles (see fa_bwd_fold; refined rows' sums too), for long key ranges.
+template <typename T, int BD, int BK, int NSG, bool BLOCKED = false>
 [[kernel]] void fa_bwd_dq(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
                           device const T* v [[buffer(2)]], device const T* dout [[buffer(4)]],
                           device const float* alibi [[buffer(6)]], device const int* cu_seqlens_q [[buffer(7)]],
@@ -483,6 +659,7 @@ template <typename T, int BD, int BK, int NSG>
         fa_bwd_load_row<T, NDF>(dof, dout, dd, row_valid, p.headdim, pos);
         for (int d = 0; d < NDF; ++d) dqf[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
     }
+    const fa_bwd_split q_split = fa_bwd_split_for(fa_bwd_row_maxabs<NDF>(qf));  // for refined rows' scores
     const fa_long at = row_valid ? fa_bwd_scratch_row(p, s, b, h, i) : 0;
     const float row_lse2 = row_valid ? lse2[at] : FA_BWD_DEAD_LSE2;
     float row_delta = row_valid ? delta[at] : 0.0f;
@@ -491,9 +668,12 @@ template <typename T, int BD, int BK, int NSG>
 
     // ---- refined rows (large logits, see fa_bwd_ref): one extra pass over the keys, only in threadgroups that hold
     // such a row. Lane l checks row m0 + l (BQ == the SIMD width), so every simdgroup reaches the same decision and
-    // the pass (with its barriers) is uniform across the threadgroup.
+    // the pass (with its barriers) is uniform across the threadgroup. Every live row of such a threadgroup is refined,
+    // not only those with |LSE| > 64: with huge inputs (q ~1e5) a row whose q·k cancels to a small LSE still carries
+    // the rounding of its huge terms in a plain fp32 product and in the forward's LSE (as the CPU backward, which
+    // refines every row of a call that has one; issue 17 item 6). Such rows are marked for the dK/dV kernel by
+    // FA_BWD_REFINED_LSE2 in slot 0.
     fa_bwd_ref row_ref = fa_bwd_no_ref();
-    const bool refine = fa_bwd_refine_row(row_lse2);
     bool any_refine;
     {
         const int ic = m0 + int(lane);
@@ -501,70 +681,108 @@ template <typename T, int BD, int BK, int NSG>
         const float lc = ok ? lse2[fa_bwd_scratch_row(p, s, b, h, ic)] : 0.0f;
         any_refine = simd_any(ok && fa_bwd_refine_row(lc));
     }
+    const bool refine = any_refine && row_lse2 < FA_BWD_DEAD_LSE2;
     if (any_refine) {
         const float base_mul = fa_bwd_base_mul(p);
         fa_bwd_refine_acc acc;
         acc.has = 0.0f;
-        acc.base = acc.dist = acc.sum = acc.wsum = 0.0f;
+        acc.base = acc.base_lo = acc.dist = acc.sum = acc.wsum = 0.0f;
+        fa_bwd_refine_acc acc_out = acc;  // BLOCKED: the finished blocks' share, merged as the lanes' shares are
+        int block_tiles = 0;
         for (int n = n_begin; n < n_end; ++n) {
             const int kb = n * BK;
             fa_bwd_stage_kv<T, BD, BK, NT>(ks, vs, k, v, p, s, b, hkv, kb, tid);
             threadgroup_barrier(mem_flags::mem_threadgroup);
             for (int jf = 0; jf < NKF; ++jf) {
                 fa_frag sf;
+                fa_frag sf_lo;
                 fa_frag dpf;
-                fa_bwd_products_t<T, NDF, LD>(sf, qf, ks + jf * 8 * LD, dpf, dof, vs + jf * 8 * LD, pos);
+                fa_bwd_products_split<T, NDF, LD, false>(sf, sf_lo, qf, q_split, ks + jf * 8 * LD, dpf, dof,
+                                                  vs + jf * 8 * LD, pos);
                 for (int e = 0; e < 2; ++e) {
                     const int j = kb + jf * 8 + pos.col + e;
                     if (!refine || !fa_mask_visible(i, j, s.sq, s.sk, p.window_left, p.window_right)) continue;
-                    const fa_bwd_score sc = fa_bwd_score_of(p, sf.thread_elements()[e], i, j, s.sq, s.sk, slope);
-                    fa_bwd_refine_add(acc, base_mul, slope, sc.base, sc.dist, 1.0f,
+                    const fa_bwd_score sc = fa_bwd_score_of(p, sf.thread_elements()[e], sf_lo.thread_elements()[e],
+                                                            i, j, s.sq, s.sk, slope);
+                    fa_bwd_refine_add(acc, base_mul, slope, sc.base, sc.base_lo, sc.dist, 1.0f,
                                       dpf.thread_elements()[e] * fa_bwd_keep(p, bh, i, j));
                 }
             }
             threadgroup_barrier(mem_flags::mem_threadgroup);  // the next tile overwrites ks / vs
+            if (BLOCKED && (++block_tiles == p.acc_block_k || n + 1 == n_end)) {
+                if (acc.has != 0.0f)
+                    fa_bwd_refine_add(acc_out, base_mul, slope, acc.base, acc.base_lo, acc.dist, acc.sum, acc.wsum);
+                acc.has = 0.0f;
+                block_tiles = 0;
+            }
         }
+        if (BLOCKED) acc = acc_out;
         fa_bwd_refine_merge(acc, base_mul, slope);
         if (refine && acc.has != 0.0f) {
             // acc.sum >= 1: the reference key's own term is 2^0
             row_ref.on = true;
             row_ref.base = acc.base;
+            row_ref.base_lo = acc.base_lo;
             row_ref.dist = acc.dist;
             row_ref.lo2 = log2(acc.sum);
             row_delta = acc.wsum / acc.sum;
-            if ((lane & 9) == 0) {  // one lane per row (fragment column 0)
+            if ((lane & 9) == 0) {  // one lane per row (fragment column 0); every lane read slot 0 before the barriers
+                lse2[at] = FA_BWD_REFINED_LSE2;
                 lse2[fa_bwd_slot(p, at, 1)] = row_ref.base;
                 lse2[fa_bwd_slot(p, at, 2)] = row_ref.dist;
                 lse2[fa_bwd_slot(p, at, 3)] = row_ref.lo2;
+                lse2[fa_bwd_slot(p, at, 4)] = row_ref.base_lo;
                 delta[at] = row_delta;
             }
         }
     }
 
+    fa_frag dq_out[BLOCKED ? NDF : 1];  // BLOCKED: the finished blocks' sums
+    for (int d = 0; d < (BLOCKED ? NDF : 1); ++d) dq_out[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    int block_k = 0;
     for (int n = n_begin; n < n_end; ++n) {
         const int kb = n * BK;
         fa_bwd_stage_kv<T, BD, BK, NT>(ks, vs, k, v, p, s, b, hkv, kb, tid);
         threadgroup_barrier(mem_flags::mem_threadgroup);
 
         for (int jf = 0; jf < NKF; ++jf) {
-            // S (8 queries x 8 keys) = Q Kᵀ, dPd = dO Vᵀ
+            // S (8 queries x 8 keys) = Q Kᵀ (in two parts where rows are refined), dPd = dO Vᵀ
             fa_frag sf;
+            fa_frag sf_lo;
             fa_frag dpf;
-            fa_bwd_products_t<T, NDF, LD>(sf, qf, ks + jf * 8 * LD, dpf, dof, vs + jf * 8 * LD, pos);
+            if (any_refine) {
+                fa_bwd_products_split<T, NDF, LD, false>(sf, sf_lo, qf, q_split, ks + jf * 8 * LD, dpf, dof,
+                                                  vs + jf * 8 * LD, pos);
+            } else {
+                fa_bwd_products_t<T, NDF, LD>(sf, qf, ks + jf * 8 * LD, dpf, dof, vs + jf * 8 * LD, pos);
+                sf_lo = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+            }
             for (int e = 0; e < 2; ++e) {
                 const int j = kb + jf * 8 + pos.col + e;
-                const fa_bwd_elem g = fa_bwd_element(p, sf.thread_elements()[e], dpf.thread_elements()[e], i, j, s.sq,
-                                                     s.sk, row_lse2, row_delta, slope, bh, row_ref);
+                const fa_bwd_elem g = fa_bwd_element(p, sf.thread_elements()[e], sf_lo.thread_elements()[e],
+                                                     dpf.thread_elements()[e], i, j, s.sq, s.sk, row_lse2, row_delta,
+                                                     slope, bh, row_ref);
                 dpf.thread_elements()[e] = g.dx;
             }
             // dQ += dX K
             for (int d = 0; d < NDF; ++d) {
                 fa_frag kfr;
                 fa_load_frag(kfr, ks + jf * 8 * LD + d * 8, LD, pos);
-                simdgroup_multiply_accumulate(dqf[d], dpf, kfr, dqf[d]);
+                if (BLOCKED)
+                    fa_bwd_mma_add(dqf[d], dpf, kfr);
+                else
+                    simdgroup_multiply_accumulate(dqf[d], dpf, kfr, dqf[d]);
             }
         }
         threadgroup_barrier(mem_flags::mem_threadgroup);  // the next tile overwrites ks / vs
+        if (BLOCKED && ++block_k == p.acc_block_k) {
+            fa_bwd_fold<NDF>(dq_out, dqf);
+            block_k = 0;
+        }
+    }
+    if (BLOCKED) {  // the last block, then the outer sums take the running ones' place
+        fa_bwd_fold<NDF>(dq_out, dqf);
+        for (int d = 0; d < NDF; ++d) dqf[d] = dq_out[BLOCKED ? d : 0];
     }
 
     if (!row_valid) return;

@@ -23,7 +23,7 @@
 #define FA_BWD_BUF_DV 12
 #define FA_BWD_BUF_DELTA 13  // scratch: D = rowsum(dO * O), fp32 [nheads_q][q_rows]
 #define FA_BWD_BUF_LSE2 14   // scratch: fp32 [FA_BWD_LSE2_SLOTS][nheads_q][q_rows]: slot 0 the LSE in base-2 units
-                             // (dead rows FA_BWD_DEAD_LSE2), slots 1-3 a refined row's reference (fa_bwd.h)
+                             // (dead rows FA_BWD_DEAD_LSE2), slots 1-4 a refined row's reference (fa_bwd.h)
 #define FA_BWD_BUF_PARAMS 15
 
 // LSE2 of a row that sees no key: so large that exp2(score - it) is never evaluated (tested explicitly, fast math).
@@ -36,7 +36,10 @@
 // CPU backward's threshold, 1024, is too high for this kernel). Ordinary attention (|LSE| of a few tens) never pays
 // the extra pass.
 #define FA_BWD_REFINE_LSE2 92.332481f  // 64 * log2(e)
-#define FA_BWD_LSE2_SLOTS 4
+// Slot 0 of a row the dQ kernel refined (it refines every live row of a threadgroup that holds one above the
+// threshold): read by the dK/dV kernel, which runs after it, as "refined" (fa_bwd_refine_row); never a live LSE2.
+#define FA_BWD_REFINED_LSE2 (-3.40282346638528859812e+38f)
+#define FA_BWD_LSE2_SLOTS 5
 
 // Flags: FA_FLAG_ALIBI, FA_FLAG_VARLEN_Q, FA_FLAG_VARLEN_K, FA_FLAG_SEQUSED_K, FA_FLAG_DROPOUT (fa_kernel_params.h).
 struct fa_bwd_params {
@@ -64,6 +67,9 @@ struct fa_bwd_params {
     float dropout_scale;               // 1 / (1 - p), the forward's value
     fa_uint dropout_threshold;         // floor(p * 2^32) clamped
     fa_uint flags;
+    // *_long kernels (BLOCKED, long sequences; fa_bwd.h): accumulation blocks of key tiles (dQ kernel) and of query
+    // blocks (dK/dV kernel); 0 in the other kernels.
+    fa_int acc_block_k, acc_block_q;
     fa_int pad0;
 };
 

@@ -7,8 +7,12 @@
 //           into SCRATCH1's slots 1-3, and D taken from those probabilities into SCRATCH0 (fa_bwd.h).
 // Launch 3: fa_bwd_dkdv_<t>_d<BD>, grid (ceil(seqlen_k / 32), nheads_kv, batch): dK, dV (one writer per row).
 // Launches run in order, so 2 sees the scratch written by 1, and 3 that written by 1 and 2. No atomics anywhere:
-// deterministic by design.
+// deterministic by design. Long sequences get the blocked-accumulation kernels fa_bwd_dq_long_* / fa_bwd_dkdv_long_*
+// (acc_block_units).
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "fa_bwd_params.h"
@@ -49,6 +53,34 @@ void add_launch(fa_plan *plan, const char *name, const uint32_t grid[3], uint32_
 }
 
 uint32_t blocks(int64_t n, int64_t per) { return uint32_t((n + per - 1) / per); }
+
+// ---- blocked accumulation (kernels/fa_bwd.h, BLOCKED kernels) ----
+// Most fp32 additions one running sum of the plain kernels makes: dQ sums one 8-key product per 8 keys of its rows,
+// dK / dV one 8-row product per 8 query rows of every head of the group. 512 as the forward's
+// kMaxAccumulatorAddsPerSplit (csrc/plan/fa_plan_forward.cpp: worst case 512 * 2^-24 = 3.1e-5, 8x under the float16
+// floor of the tolerance rule): 4096 keys for dQ, 4096 query rows x group for dK / dV. Tests only:
+// FLASH_ATTN_CY_TEST_MAX_BWD_ADDS (1 .. 512) lowers it so the simulator runs the blocked kernels in seconds.
+constexpr int64_t kMaxBwdAccumulatorAdds = 512;
+
+int64_t max_bwd_accumulator_adds() {
+    if (const char *e = std::getenv("FLASH_ATTN_CY_TEST_MAX_BWD_ADDS")) {
+        const long v = std::strtol(e, nullptr, 10);
+        if (v >= 1 && v <= kMaxBwdAccumulatorAdds) return v;
+    }
+    return kMaxBwdAccumulatorAdds;
+}
+
+// Units (key tiles of the dQ kernel, query blocks of the dK/dV kernel) per accumulation block for a sum over `units`
+// units of `adds_per_unit` products each, or 0 when one running sum stays within max_bwd_accumulator_adds() (the
+// plain kernel). Blocks of about sqrt(total) products balance the two levels: at the ABI's 2^31 - 1 keys, 16384
+// additions per level instead of 2^28 in one sum.
+int acc_block_units(int64_t units, int adds_per_unit) {
+    const int64_t adds = units * adds_per_unit;
+    if (adds <= max_bwd_accumulator_adds()) return 0;
+    int64_t r = int64_t(std::sqrt(double(adds)));
+    while (r * r < adds) ++r;
+    return int(std::max<int64_t>(1, (r + adds_per_unit - 1) / adds_per_unit));
+}
 
 }  // namespace
 
@@ -96,6 +128,10 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
     if (p->seqused_k) flags |= FA_FLAG_SEQUSED_K;
     if (p->dropout_p > 0.0f) flags |= FA_FLAG_DROPOUT;
     k.flags = flags;
+    // dQ: the key tiles of a row; dK/dV: query blocks of every head of the group (+1: the first may be partial)
+    k.acc_block_k = acc_block_units(blocks(p->seqlen_k, q_bk), q_bk / 8);
+    k.acc_block_q = acc_block_units(int64_t(p->nheads_q / p->nheads_kv) * (int64_t(blocks(p->seqlen_q, kv_bq)) + 1),
+                                    kv_bq / 8);
 
     // ---- byte sizes of the user buffers (executor bounds checks) ----
     const int d = p->headdim;
@@ -146,7 +182,7 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
     }
     // ---- launch 2: dQ ----
     {
-        std::snprintf(name, sizeof(name), "fa_bwd_dq_%s_d%d", tag, bd);
+        std::snprintf(name, sizeof(name), "fa_bwd_dq_%s%s_d%d", k.acc_block_k ? "long_" : "", tag, bd);
         const uint32_t grid[3] = {gq, uint32_t(p->nheads_q), uint32_t(p->batch)};
         const Binding b[] = {{FA_BWD_BUF_Q, FA_BUF_Q},       {FA_BWD_BUF_K, FA_BUF_K}, {FA_BWD_BUF_V, FA_BUF_V},
                              {FA_BWD_BUF_DOUT, FA_BUF_DOUT}, {FA_BWD_BUF_DQ, FA_BUF_DQ},
@@ -156,7 +192,7 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
     }
     // ---- launch 3: dK, dV ----
     {
-        std::snprintf(name, sizeof(name), "fa_bwd_dkdv_%s_d%d", tag, bd);
+        std::snprintf(name, sizeof(name), "fa_bwd_dkdv_%s%s_d%d", k.acc_block_q ? "long_" : "", tag, bd);
         const uint32_t grid[3] = {gk, uint32_t(p->nheads_kv), uint32_t(p->batch)};
         const Binding b[] = {{FA_BWD_BUF_Q, FA_BUF_Q},   {FA_BWD_BUF_K, FA_BUF_K},   {FA_BWD_BUF_V, FA_BUF_V},
                              {FA_BWD_BUF_DOUT, FA_BUF_DOUT}, {FA_BWD_BUF_DK, FA_BUF_DK}, {FA_BWD_BUF_DV, FA_BUF_DV},

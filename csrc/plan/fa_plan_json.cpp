@@ -67,6 +67,7 @@ void attention_info(std::string &s, const fa_launch &l) {
            "\"num_splits\":%d,\"headdim\":%d,\"flags\":%u",
         vector ? "vector" : decode ? "fragment" : "prefill", bq, bk, bd, nsg, k.pack, k.num_splits, k.headdim,
         k.flags);
+    if (k.acc_block_tiles > 0) add(s, ",\"acc_block_tiles\":%d", k.acc_block_tiles);
     if (vector) add(s, ",\"vector_width\":%d,\"kv_vector_loads\":%s", fa_vec_width(bd),
                     (k.flags & FA_FLAG_KV_ALIGNED) ? "true" : "false");
     const bool dense = !(k.flags & (FA_FLAG_VARLEN_Q | FA_FLAG_VARLEN_K | FA_FLAG_SEQUSED_K));
