@@ -195,11 +195,13 @@ inline void fa_bwd_products_split(thread fa_frag& s_hi, thread fa_frag& s_lo, th
 
 // ---- blocked accumulation (BLOCKED kernels, long sequences; issue 17 item 8) ----
 // dQ sums dX K over every key of its rows, dK and dV sum over every query row (of every head of the GQA group) that
-// sees their keys; each multiply-accumulate into a running fp32 sum rounds, so n of them give a relative error up to
-// ~n * 2^-24 (systematic for equal terms). The BLOCKED kernels (fa_bwd_dq_long_*, fa_bwd_dkdv_long_*; the plan picks
-// them, and the block lengths, for long sequences: fa_plan_backward.cpp) sum each 8-key (8-row) product on its own
-// and add it once, restart the running sums every p.acc_block_k key tiles (p.acc_block_q query blocks) and add each
-// finished block into an outer sum: about sqrt(n) additions at each level, in registers.
+// sees their keys; each addition into a running fp32 sum rounds, so n of them give a relative error up to ~n * 2^-24
+// (systematic for equal terms). Every kernel sums each 8-key (8-row) product on its own and adds it once
+// (fa_bwd_mma_add: a multiply-accumulate may round once per product, 8x more often; at 1024 equal rows that was 1.6-1.8x
+// the float32 floor in dK/dV). The BLOCKED kernels (fa_bwd_dq_long_*, fa_bwd_dkdv_long_*; the plan picks them, and
+// the block lengths, for long sequences: fa_plan_backward.cpp) also restart the running sums every p.acc_block_k key
+// tiles (p.acc_block_q query blocks) and add each finished block into an outer sum: about sqrt(n) additions at each
+// level, in registers.
 // acc += a · b, with a · b formed from zero first (one rounding of acc per call, not one per product).
 inline void fa_bwd_mma_add(thread fa_frag& acc, thread fa_frag& a, thread fa_frag& b) {
     fa_frag t = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
@@ -550,13 +552,8 @@ template <typename T, int BD, int BQ, int NSG, bool BLOCKED = false>
                     fa_load_frag(dof, dos + qf * 8 * LD + d * 8, LD, pos);
                     fa_frag qfr;
                     fa_load_frag(qfr, qs + qf * 8 * LD + d * 8, LD, pos);
-                    if (BLOCKED) {
-                        fa_bwd_mma_add(dvf[d], st, dof);
-                        fa_bwd_mma_add(dkf[d], dpt, qfr);
-                    } else {
-                        simdgroup_multiply_accumulate(dvf[d], st, dof, dvf[d]);
-                        simdgroup_multiply_accumulate(dkf[d], dpt, qfr, dkf[d]);
-                    }
+                    fa_bwd_mma_add(dvf[d], st, dof);
+                    fa_bwd_mma_add(dkf[d], dpt, qfr);
                 }
             }
             threadgroup_barrier(mem_flags::mem_threadgroup);  // the next block overwrites the staged rows
@@ -768,10 +765,7 @@ template <typename T, int BD, int BK, int NSG, bool BLOCKED = false>
             for (int d = 0; d < NDF; ++d) {
                 fa_frag kfr;
                 fa_load_frag(kfr, ks + jf * 8 * LD + d * 8, LD, pos);
-                if (BLOCKED)
-                    fa_bwd_mma_add(dqf[d], dpf, kfr);
-                else
-                    simdgroup_multiply_accumulate(dqf[d], dpf, kfr, dqf[d]);
+                fa_bwd_mma_add(dqf[d], dpf, kfr);
             }
         }
         threadgroup_barrier(mem_flags::mem_threadgroup);  // the next tile overwrites ks / vs

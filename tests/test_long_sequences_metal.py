@@ -254,3 +254,70 @@ def test_blocked_prefill_with_a_window_in_the_simulator(monkeypatch, dtype):
     ref64, lse64 = attention_ref(q, k, v, return_lse=True, **kw)
     assert_close_to_ref(out, ref64, attention_ref(q, k, v, compute_dtype=dtype, **kw))
     lse_close(lse, lse64, atol=2e-5 * max(1.0, float(np.max(np.abs(lse64)))))
+
+
+# ---- the backward (csrc/plan/fa_plan_backward.cpp, kernels/fa_bwd.h) ----
+
+def _describe_backward(sq, sk, *, hq=2, hkv=2, d=64):
+    from flash_attn_cy import _core
+    q = _dense(0x7000_0000, (1, sq, hq, d), 2)
+    k = _dense(0x7100_0000, (1, sk, hkv, d), 2)
+    v = _dense(0x7200_0000, (1, sk, hkv, d), 2)
+    out = _dense(0x7300_0000, (1, sq, hq, d), 2)
+    lse = _dense(0x7400_0000, (1, hq, sq), 4)
+    dq = _dense(0x7500_0000, (1, sq, hq, d), 2)
+    dk = _dense(0x7600_0000, (1, sk, hkv, d), 2)
+    dv = _dense(0x7700_0000, (1, sk, hkv, d), 2)
+    plan = _core.describe_plan("backward", "metal", "float16", out, q, k, v, out, lse, dq, dk, dv,
+                               softmax_scale=0.125)  # dout, q, k, v, out, lse, dq, dk, dv
+    return [l["kernel"] for l in plan["launches"]]
+
+
+@pytest.mark.parametrize("sq,sk,dq_long,dkdv_long", [(1024, 1024, False, False), (1024, 2**16, True, False),
+                                                      (2**16, 1024, False, True), (2**20, 2**31 - 1, True, True)])
+def test_backward_plan_blocks_long_sequences(sq, sk, dq_long, dkdv_long):
+    """dQ sums over the keys, dK/dV over the query rows: past 512 additions (4096 keys, resp. 4096 query rows x
+    group) the plan names the blocked kernels; shorter ranges keep the plain ones."""
+    names = _describe_backward(sq, sk)
+    assert names == ["fa_bwd_pre_f16", "fa_bwd_dq_%sf16_d64" % ("long_" if dq_long else ""),
+                     "fa_bwd_dkdv_%sf16_d64" % ("long_" if dkdv_long else "")]
+
+
+def test_blocked_backward_with_equal_rows_in_the_simulator(monkeypatch):
+    """1024 identical query rows (and dO rows) over 1024 keys alternating between two (k, v) pairs: dV, dK are sums of
+    1024 equal terms per key and dQ of 512 equal pairs per row, where rounding is systematic. Before, the kernels
+    accumulated every product into the running sum (1.6-1.8x the float32 floor in dK/dV here); now each 8-row / 8-key
+    product is added once, and with the test override (FLASH_ATTN_CY_TEST_MAX_BWD_ADDS=1) the blocked kernels run."""
+    import torch
+
+    from _tolerance import assert_close_to_ref
+    from flash_attn_cy import backward
+    from flash_attn_cy.interface import flash_attn_func
+    from flash_attn_cy.reference import attention_ref_torch
+    _need_sim()
+    monkeypatch.setenv("FLASH_ATTN_CY_TEST_MAX_BWD_ADDS", "1")
+    n, d, scale = 1024, 64, 0.125
+    rng = np.random.default_rng(5)
+    ka, kb, va, vb, qrow, dorow = rng.standard_normal((6, d)).astype(np.float32)
+    q = np.broadcast_to(qrow, (1, n, 1, d)).copy()
+    dout = np.broadcast_to(dorow, (1, n, 1, d)).copy()
+    k = np.where((np.arange(n) % 2 == 0)[:, None], ka, kb)[None, :, None, :].astype(np.float32)
+    v = np.where((np.arange(n) % 2 == 0)[:, None], va, vb)[None, :, None, :].astype(np.float32)
+    from flash_attn_cy import _core
+    from test_metal_support import host_view
+    plan = _core.describe_plan("backward", "sim", "float32", *(host_view(x) for x in (dout, q, k, v, dout)),
+                               np.zeros((1, 1, n), np.float32), *(host_view(np.zeros_like(x)) for x in (q, k, v)),
+                               softmax_scale=scale)
+    names = [l["kernel"] for l in plan["launches"]]
+    assert names[1:] == ["fa_bwd_dq_long_f32_d64", "fa_bwd_dkdv_long_f32_d64"]
+    out, lse, _ = flash_attn_func(q, k, v, softmax_scale=scale, return_attn_probs=True, backend="sim")
+    grads = backward(dout, q, k, v, out, lse, softmax_scale=scale, backend="sim")
+
+    def ref(compute_dtype=None):
+        tq, tk, tv = (torch.from_numpy(x).requires_grad_() for x in (q, k, v))
+        o = attention_ref_torch(tq, tk, tv, softmax_scale=scale, compute_dtype=compute_dtype)
+        o.backward(torch.from_numpy(dout).to(o.dtype))
+        return [t.grad.to(torch.float64).numpy() for t in (tq, tk, tv)]
+
+    for name, ours, r64, r32 in zip(("dq", "dk", "dv"), grads, ref(), ref(torch.float32)):
+        assert_close_to_ref(ours, r64, r32, dtype=np.float32, what=name)
