@@ -224,7 +224,7 @@ def test_backward_large_logits_sim(rng, monkeypatch, math, dtype, scale):
         pytest.skip("the sim backend is not available in this build")
     # fp32 dQ/dK were 1-3x over the tolerance at scales 10-300 depending on the data (IEEE and fast math alike; these
     # tests' own draws hid it in IEEE mode): P carried scale times the fp32 rounding of q·k. Refined rows now form q·k
-    # in two exact-split parts (fa_bwd_products_split, kernels/fa_bwd.h). Two draws, the error being data dependent.
+    # in two exact-split parts (fa_bwd_products_split, kernels/fa_bwd_refine.h). Two draws, the error being data dependent.
     if math == "fast_math":
         monkeypatch.setenv("FLASH_ATTN_CY_SIM_FAST_MATH", "1")
     else:
