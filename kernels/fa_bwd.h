@@ -20,165 +20,36 @@
 #define FA_BWD_H
 
 #include "fa_bwd_params.h"
+#include "fa_bwd_refine.h"  // refined rows: two-part scores (fa_bwd_products_split), reference key (fa_bwd_ref)
+#include "fa_bwd_rows.h"    // sequences, row views, register rows, staging, 8x8 products and their accumulation
 #include "fa_forward.h"  // fragments (fa_frag, fa_frag_pos, fa_load_frag[_t]), FA_MASKED, FA_LOG2E, FA_INF_BITS
-#include "fa_bwd_refine.h"  // refined rows (large logits): fa_bwd_ref, fa_bwd_refine_add / _merge
 #include "fa_philox.h"
-
-// Lengths and packed offsets of sequence b.
-struct fa_bwd_seq {
-    int sq, sk;        // query rows, keys attended (seqused_k applied)
-    int sk_rows;       // key rows the sequence owns (dK/dV rows sk .. sk_rows-1 are written as zeros)
-    int q_start, k_start;
-};
-
-inline fa_bwd_seq fa_bwd_seq_info(constant fa_bwd_params& p, int b, device const int* cu_seqlens_q,
-                                  device const int* cu_seqlens_k, device const int* seqused_k) {
-    fa_bwd_seq s;
-    const fa_seq_rows qr = fa_seq_rows_of((p.flags & FA_FLAG_VARLEN_Q) != 0, cu_seqlens_q, b, p.seqlen_q);
-    const fa_seq_rows kr = fa_seq_rows_of((p.flags & FA_FLAG_VARLEN_K) != 0, cu_seqlens_k, b, p.seqlen_k);
-    s.q_start = qr.start;
-    s.sq = qr.count;
-    s.k_start = kr.start;
-    s.sk_rows = kr.count;
-    s.sk = (p.flags & FA_FLAG_SEQUSED_K) ? min(seqused_k[b], s.sk_rows) : s.sk_rows;
-    return s;
-}
-
-// Element offset of row i (within sequence b) of a q-side / k-side tensor.
-inline fa_long fa_bwd_qrow(constant fa_bwd_params& p, fa_long batch_stride, fa_long row_stride, thread const fa_bwd_seq& s,
-                           int b, int i) {
-    return (p.flags & FA_FLAG_VARLEN_Q) ? fa_long(s.q_start + i) * row_stride
-                                        : fa_long(b) * batch_stride + fa_long(i) * row_stride;
-}
-inline fa_long fa_bwd_krow(constant fa_bwd_params& p, fa_long batch_stride, fa_long row_stride, thread const fa_bwd_seq& s,
-                           int b, int j) {
-    return (p.flags & FA_FLAG_VARLEN_K) ? fa_long(s.k_start + j) * row_stride
-                                        : fa_long(b) * batch_stride + fa_long(j) * row_stride;
-}
-// Index of (b, h, row i) in the DELTA / LSE2 scratch.
-inline fa_long fa_bwd_scratch_row(constant fa_bwd_params& p, thread const fa_bwd_seq& s, int b, int h, int i) {
-    const fa_long r = (p.flags & FA_FLAG_VARLEN_Q) ? fa_long(s.q_start + i) : fa_long(b) * p.seqlen_q + i;
-    return fa_long(h) * p.q_rows + r;
-}
-
-// One head of a q-side (q, dout, dq: rows are queries) or k-side (k, v, dk, dv: rows are keys) tensor.
-struct fa_bwd_view {
-    fa_long batch_stride, row_stride, head_offset;
-    bool q_side;
-};
-
-inline fa_bwd_view fa_bwd_view_of(fa_long batch_stride, fa_long row_stride, fa_long head_stride, int head,
-                                  bool q_side) {
-    fa_bwd_view v;
-    v.batch_stride = batch_stride;
-    v.row_stride = row_stride;
-    v.head_offset = fa_long(head) * head_stride;
-    v.q_side = q_side;
-    return v;
-}
-
-// Element offset of row `row` (within sequence b) of the view.
-inline fa_long fa_bwd_at(constant fa_bwd_params& p, fa_bwd_view v, thread const fa_bwd_seq& s, int b, int row) {
-    return (v.q_side ? fa_bwd_qrow(p, v.batch_stride, v.row_stride, s, b, row)
-                     : fa_bwd_krow(p, v.batch_stride, v.row_stride, s, b, row)) +
-           v.head_offset;
-}
-
-// This lane's elements of the NDF 8-column fragments of one row (element offset `row` of `src`; fragment row = that
-// row, columns = head dim): zero for an invalid row and past headdim.
-template <typename T, int NDF>
-inline void fa_bwd_load_row(thread fa_frag* f, device const T* src, fa_long row, bool valid, int headdim,
-                            fa_lane_pos pos) {
-    for (int d = 0; d < NDF; ++d) {
-        for (int e = 0; e < 2; ++e) {
-            const int col = d * 8 + pos.col + e;
-            f[d].thread_elements()[e] = (valid && col < headdim) ? float(src[row + col]) : 0.0f;
-        }
-    }
-}
-
-// The register state of a simdgroup's 8 rows (keys in the dK/dV kernel, queries in the dQ kernel): this lane's row
-// of the two inputs x and y (K and V, or Q and dO), and the accumulators of one (dQ) or two (dK, dV) gradients.
-template <typename T, int NDF>
-inline void fa_bwd_lane_rows(thread fa_frag* xf, thread fa_frag* yf, thread fa_frag* acc0, thread fa_frag* acc1,
-                             device const T* x, device const T* y, constant fa_bwd_params& p, fa_bwd_view xv,
-                             fa_bwd_view yv, thread const fa_bwd_seq& s, int b, int row, bool valid,
-                             fa_lane_pos pos) {
-    fa_bwd_load_row<T, NDF>(xf, x, fa_bwd_at(p, xv, s, b, row), valid, p.headdim, pos);
-    fa_bwd_load_row<T, NDF>(yf, y, fa_bwd_at(p, yv, s, b, row), valid, p.headdim, pos);
-    for (int d = 0; d < NDF; ++d) {
-        acc0[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-        if (acc1) acc1[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-    }
-}
-
-// Writes this lane's elements of a gradient row (the inverse of fa_bwd_load_row, columns past headdim skipped).
-template <typename T, int NDF>
-inline void fa_bwd_store_row(device T* dst, fa_long row, thread fa_frag* f, int headdim, fa_lane_pos pos) {
-    for (int d = 0; d < NDF; ++d) {
-        for (int e = 0; e < 2; ++e) {
-            const int col = d * 8 + pos.col + e;
-            if (col < headdim) dst[row + col] = T(f[d].thread_elements()[e]);
-        }
-    }
-}
-
-// Stages rows row0 .. row0 + ROWS - 1 of x and y (views xv, yv) into xs / ys, row stride fa_tile_ld(BD): zero for
-// rows >= row_end and past the head dim. The caller syncs.
-template <typename T, int BD, int ROWS, int NT>
-inline void fa_bwd_stage_rows(threadgroup T* xs, threadgroup T* ys, device const T* x, device const T* y,
-                              constant fa_bwd_params& p, fa_bwd_view xv, fa_bwd_view yv, thread const fa_bwd_seq& s,
-                              int b, int row0, int row_end, ushort tid) {
-    constexpr int LD = fa_tile_ld(BD);
-    for (int idx = int(tid); idx < ROWS * BD; idx += NT) {
-        const int r = idx / BD;
-        const int col = idx % BD;
-        const int row = row0 + r;
-        const bool in = row < row_end && col < p.headdim;
-        xs[r * LD + col] = in ? x[fa_bwd_at(p, xv, s, b, row) + col] : T(0.0f);
-        ys[r * LD + col] = in ? y[fa_bwd_at(p, yv, s, b, row) + col] : T(0.0f);
-    }
-}
-
-// The two 8x8 products both gradient kernels form per block, over the head dim: s = Σ_d s_rows[d] · (8 rows of
-// s_tile)ᵀ and t = Σ_d t_rows[d] · (8 rows of t_tile)ᵀ, the tiles staged in threadgroup memory and read transposed
-// (dK/dV kernel: Sᵀ = K Qᵀ and dPdᵀ = V dOᵀ; dQ kernel: S = Q Kᵀ and dPd = dO Vᵀ).
-// The row fragments are not const: MSL declares simdgroup_multiply_accumulate's operands as non-const references.
-template <typename T, int NDF, int LD>
-inline void fa_bwd_products_t(thread fa_frag& s, thread fa_frag* s_rows, const threadgroup T* s_tile,
-                              thread fa_frag& t, thread fa_frag* t_rows, const threadgroup T* t_tile,
-                              fa_lane_pos pos) {
-    s = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-    t = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-    for (int d = 0; d < NDF; ++d) {
-        fa_frag st;
-        fa_load_frag_t(st, s_tile + d * 8, LD, pos);
-        simdgroup_multiply_accumulate(s, s_rows[d], st, s);
-        fa_frag tt;
-        fa_load_frag_t(tt, t_tile + d * 8, LD, pos);
-        simdgroup_multiply_accumulate(t, t_rows[d], tt, t);
-    }
-}
 
 // The score of query i, key j from raw = q·k (unscaled), in the parts the gradient and the refinement need:
 // s = base · base_mul - slope · dist, with base = raw (base_mul = softmax_scale) or, under softcap, base = tanh(raw ·
-// softmax_scale / softcap) (base_mul = softcap). dcap is the softcap derivative (1 without).
+// softmax_scale / softcap) (base_mul = softcap). dcap is the softcap derivative (1 without). raw may come in two parts
+// (raw + raw_lo, fa_bwd_products_split; raw_lo = 0 otherwise): base_lo keeps the second (0 under softcap, whose tanh
+// takes the rounded sum).
 struct fa_bwd_score {
     float s;
     float base;
+    float base_lo;
     float dist;
     float dcap;
 };
 
-inline fa_bwd_score fa_bwd_score_of(constant fa_bwd_params& p, float raw, int i, int j, int sq, int sk, float slope) {
+inline fa_bwd_score fa_bwd_score_of(constant fa_bwd_params& p, float raw, float raw_lo, int i, int j, int sq, int sk,
+                                    float slope) {
     fa_bwd_score r;
-    r.s = raw * p.softmax_scale;
+    r.s = (raw + raw_lo) * p.softmax_scale;
     r.base = raw;
+    r.base_lo = raw_lo;
     r.dcap = 1.0f;
     if (p.softcap > 0.0f) {
         const float t = fa_tanh(r.s * p.softcap_inv);
         r.s = p.softcap * t;
         r.base = t;
+        r.base_lo = 0.0f;
         r.dcap = 1.0f - t * t;
     }
     r.dist = abs(float(i + (sk - sq) - j));
@@ -188,7 +59,7 @@ inline fa_bwd_score fa_bwd_score_of(constant fa_bwd_params& p, float raw, int i,
 
 inline float fa_bwd_base_mul(constant fa_bwd_params& p) { return p.softcap > 0.0f ? p.softcap : p.softmax_scale; }
 
-// The per-element core shared by both kernels. raw = q·k, dpd = dO·v (both unscaled), for query i, key j.
+// The per-element core shared by both kernels. raw (+ raw_lo) = q·k, dpd = dO·v (both unscaled), for query i, key j.
 // Returns dX (gradient with respect to q·k) and sets pd (the dropped, rescaled probability, for dV).
 struct fa_bwd_elem {
     float pd;
@@ -202,18 +73,19 @@ inline float fa_bwd_keep(constant fa_bwd_params& p, uint bh, int i, int j) {
                : 0.0f;
 }
 
-inline fa_bwd_elem fa_bwd_element(constant fa_bwd_params& p, float raw, float dpd, int i, int j, int sq, int sk,
-                                  float lse2, float delta, float slope, uint bh, thread const fa_bwd_ref& ref) {
+inline fa_bwd_elem fa_bwd_element(constant fa_bwd_params& p, float raw, float raw_lo, float dpd, int i, int j, int sq,
+                                  int sk, float lse2, float delta, float slope, uint bh, thread const fa_bwd_ref& ref) {
     fa_bwd_elem r;
     r.pd = 0.0f;
     r.dx = 0.0f;
     if (lse2 >= FA_BWD_DEAD_LSE2 || !fa_mask_visible(i, j, sq, sk, p.window_left, p.window_right)) return r;
-    const fa_bwd_score sc = fa_bwd_score_of(p, raw, i, j, sq, sk, slope);
+    const fa_bwd_score sc = fa_bwd_score_of(p, raw, raw_lo, i, j, sq, sk, slope);
     // P <= 1: the exponent is <= 0 up to rounding (lse2 is the row's log-sum-exp), and is clamped there, so a huge
     // score whose fp32 rounding differs from the LSE's by more than a few units cannot give exp2 of a large
     // positive number (inf, then NaN in dK/dQ) - under fast math, exp2 is only safe for bounded arguments.
     // Refined rows (huge logits) take their exponent relative to the row's reference key instead (see fa_bwd_ref).
-    const float x = ref.on ? fa_bwd_rel_log2(fa_bwd_base_mul(p), slope, sc.base, sc.dist, ref.base, ref.dist) - ref.lo2
+    const float x = ref.on ? fa_bwd_rel_log2(fa_bwd_base_mul(p), slope, sc.base, sc.base_lo, sc.dist, ref.base,
+                                             ref.base_lo, ref.dist) - ref.lo2
                            : sc.s * FA_LOG2E - lse2;
     const float prob = exp2(min(x, 0.0f));
     const float keep = fa_bwd_keep(p, bh, i, j);
@@ -259,7 +131,8 @@ template <typename T>
 
 // ---------------------------------------------------------------------------------------------------------------
 // 2. dK, dV. Threadgroup (key block, kv head, batch); simdgroup sg owns keys kb + 8 sg .. kb + 8 sg + 7.
-template <typename T, int BD, int BQ, int NSG>
+// BLOCKED: blocked accumulation over the query blocks (see fa_bwd_fold), for long query ranges.
+template <typename T, int BD, int BQ, int NSG, bool BLOCKED = false>
 [[kernel]] void fa_bwd_dkdv(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
                             device const T* v [[buffer(2)]], device const T* dout [[buffer(4)]],
                             device const float* alibi [[buffer(6)]], device const int* cu_seqlens_q [[buffer(7)]],
@@ -297,6 +170,14 @@ template <typename T, int BD, int BQ, int NSG>
     fa_bwd_lane_rows<T, NDF>(kf, vf, dkf, dvf, k, v, p, fa_bwd_view_of(p.k_batch_stride, p.k_row_stride,
                              p.k_head_stride, hkv, false), fa_bwd_view_of(p.v_batch_stride, p.v_row_stride,
                              p.v_head_stride, hkv, false), s, b, key, key < s.sk, pos);
+    const fa_bwd_split key_split = fa_bwd_split_for(fa_bwd_row_maxabs<NDF>(kf));  // for refined rows' scores
+    fa_frag dk_out[BLOCKED ? NDF : 1];  // BLOCKED: the finished blocks' sums
+    fa_frag dv_out[BLOCKED ? NDF : 1];
+    for (int d = 0; d < (BLOCKED ? NDF : 1); ++d) {
+        dk_out[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+        dv_out[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    }
+    int block_q = 0;
 
     // ---- query rows that see any key of this block (uniform across the threadgroup) ----
     const int k_last = min(kb + BK, s.sk) - 1;
@@ -321,12 +202,21 @@ template <typename T, int BD, int BQ, int NSG>
                 deltas[r] = in ? delta[at] : 0.0f;
             }
             threadgroup_barrier(mem_flags::mem_threadgroup);
+            // a refined row in the block (lane r checks row r; BQ <= the SIMD width): scores in two parts
+            const bool block_refine = simd_any(int(lane) < BQ && fa_bwd_refine_row(lse2s[min(int(lane), BQ - 1)]));
 
             for (int qf = 0; qf < NQF; ++qf) {
                 // Sᵀ (8 keys x 8 queries) = K Qᵀ and dPdᵀ = V dOᵀ
                 fa_frag st;
+                fa_frag st_lo;
                 fa_frag dpt;
-                fa_bwd_products_t<T, NDF, LD>(st, kf, qs + qf * 8 * LD, dpt, vf, dos + qf * 8 * LD, pos);
+                if (block_refine) {
+                    fa_bwd_products_split<T, NDF, LD, true>(st, st_lo, kf, key_split, qs + qf * 8 * LD, dpt, vf,
+                                                      dos + qf * 8 * LD, pos);
+                } else {
+                    fa_bwd_products_t<T, NDF, LD>(st, kf, qs + qf * 8 * LD, dpt, vf, dos + qf * 8 * LD, pos);
+                    st_lo = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+                }
                 // element (key, query): Pdᵀ into st, dXᵀ into dpt
                 for (int e = 0; e < 2; ++e) {
                     const int r = qf * 8 + pos.col + e;  // query row within the block
@@ -335,8 +225,9 @@ template <typename T, int BD, int BQ, int NSG>
                     const fa_bwd_ref ref = fa_bwd_refine_row(l2)
                                                ? fa_bwd_load_ref(p, lse2, fa_bwd_scratch_row(p, s, b, h, i0 + r))
                                                : fa_bwd_no_ref();
-                    const fa_bwd_elem g = fa_bwd_element(p, st.thread_elements()[e], dpt.thread_elements()[e],
-                                                         i0 + r, key, s.sq, s.sk, l2, deltas[r], slope, bh, ref);
+                    const fa_bwd_elem g = fa_bwd_element(p, st.thread_elements()[e], st_lo.thread_elements()[e],
+                                                         dpt.thread_elements()[e], i0 + r, key, s.sq, s.sk, l2,
+                                                         deltas[r], slope, bh, ref);
                     st.thread_elements()[e] = g.pd;
                     dpt.thread_elements()[e] = g.dx;
                 }
@@ -344,13 +235,26 @@ template <typename T, int BD, int BQ, int NSG>
                 for (int d = 0; d < NDF; ++d) {
                     fa_frag dof;
                     fa_load_frag(dof, dos + qf * 8 * LD + d * 8, LD, pos);
-                    simdgroup_multiply_accumulate(dvf[d], st, dof, dvf[d]);
                     fa_frag qfr;
                     fa_load_frag(qfr, qs + qf * 8 * LD + d * 8, LD, pos);
-                    simdgroup_multiply_accumulate(dkf[d], dpt, qfr, dkf[d]);
+                    fa_bwd_mma_add(dvf[d], st, dof);
+                    fa_bwd_mma_add(dkf[d], dpt, qfr);
                 }
             }
             threadgroup_barrier(mem_flags::mem_threadgroup);  // the next block overwrites the staged rows
+            if (BLOCKED && ++block_q == p.acc_block_q) {
+                fa_bwd_fold<NDF>(dk_out, dkf);
+                fa_bwd_fold<NDF>(dv_out, dvf);
+                block_q = 0;
+            }
+        }
+    }
+    if (BLOCKED) {  // the last block, then the outer sums take the running ones' place
+        fa_bwd_fold<NDF>(dk_out, dkf);
+        fa_bwd_fold<NDF>(dv_out, dvf);
+        for (int d = 0; d < NDF; ++d) {
+            dkf[d] = dk_out[BLOCKED ? d : 0];
+            dvf[d] = dv_out[BLOCKED ? d : 0];
         }
     }
 
@@ -363,14 +267,16 @@ template <typename T, int BD, int BQ, int NSG>
 }
 
 // The dQ kernel's sweep over the key tiles n_begin .. n_end - 1 of its block: each tile of K, V (kv head hkv) is
-// staged into ks / vs, and for each of its 8-key fragments S = Q Kᵀ and dPd = dO Vᵀ are formed and handed to
-// op.tile(p, S, dPd, first key of this lane's columns, the fragment's K rows). The refinement pass and the gradient
-// pass are this sweep with different ops (fa_bwd_refine_op, fa_bwd_dq_op). Every thread of the threadgroup calls it.
+// staged into ks / vs, and for each of its 8-key fragments S = Q Kᵀ (with split: in two parts, S + S_lo,
+// fa_bwd_products_split with the rows' split q_split; else S_lo = 0) and dPd = dO Vᵀ are formed and handed to
+// op.tile(p, S, S_lo, dPd, first key of this lane's columns, the fragment's K rows); op.tile_end(p, last) follows each
+// tile (the BLOCKED kernels' accumulation blocks). The refinement pass and the gradient pass are this sweep with
+// different ops (fa_bwd_refine_op, fa_bwd_dq_op). Every thread of the threadgroup calls it.
 template <typename T, int BD, int BK, int NT, int NDF, typename Op>
 inline void fa_bwd_key_sweep(thread Op& op, threadgroup T* ks, threadgroup T* vs, device const T* k,
                              device const T* v, constant fa_bwd_params& p, thread const fa_bwd_seq& s, int b, int hkv,
-                             int n_begin, int n_end, thread fa_frag* qf, thread fa_frag* dof, fa_lane_pos pos,
-                             ushort tid) {
+                             int n_begin, int n_end, thread fa_frag* qf, fa_bwd_split q_split, bool split,
+                             thread fa_frag* dof, fa_lane_pos pos, ushort tid) {
     constexpr int LD = fa_tile_ld(BD);
     const fa_bwd_view kv = fa_bwd_view_of(p.k_batch_stride, p.k_row_stride, p.k_head_stride, hkv, false);
     const fa_bwd_view vv = fa_bwd_view_of(p.v_batch_stride, p.v_row_stride, p.v_head_stride, hkv, false);
@@ -380,17 +286,29 @@ inline void fa_bwd_key_sweep(thread Op& op, threadgroup T* ks, threadgroup T* vs
         threadgroup_barrier(mem_flags::mem_threadgroup);
         for (int jf = 0; jf < BK / 8; ++jf) {
             fa_frag sf;
+            fa_frag sf_lo;
             fa_frag dpf;
-            fa_bwd_products_t<T, NDF, LD>(sf, qf, ks + jf * 8 * LD, dpf, dof, vs + jf * 8 * LD, pos);
-            op.tile(p, sf, dpf, kb + jf * 8 + pos.col, ks + jf * 8 * LD);
+            if (split) {
+                fa_bwd_products_split<T, NDF, LD, false>(sf, sf_lo, qf, q_split, ks + jf * 8 * LD, dpf, dof,
+                                                         vs + jf * 8 * LD, pos);
+            } else {
+                fa_bwd_products_t<T, NDF, LD>(sf, qf, ks + jf * 8 * LD, dpf, dof, vs + jf * 8 * LD, pos);
+                sf_lo = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+            }
+            op.tile(p, sf, sf_lo, dpf, kb + jf * 8 + pos.col, ks + jf * 8 * LD);
         }
         threadgroup_barrier(mem_flags::mem_threadgroup);  // the next tile overwrites ks / vs
+        op.tile_end(p, n + 1 == n_end);
     }
 }
 
 // The refinement pass of a row (see fa_bwd_ref): this lane's share of the row's reference key and sums.
+// BLOCKED: the share of each accumulation block is merged into acc_out at its end, as the lanes' shares are merged.
+template <bool BLOCKED>
 struct fa_bwd_refine_op {
     fa_bwd_refine_acc acc;
+    fa_bwd_refine_acc acc_out;  // BLOCKED: the finished blocks' share
+    int block_tiles;
     fa_bwd_seq s;
     int i;
     bool refine;  // this lane's row is refined (the other lanes take part in the sweep, adding nothing)
@@ -398,21 +316,35 @@ struct fa_bwd_refine_op {
     uint bh;
 
     template <typename T>
-    void tile(constant fa_bwd_params& p, thread fa_frag& sf, thread fa_frag& dpf, int j0, const threadgroup T*) {
+    void tile(constant fa_bwd_params& p, thread fa_frag& sf, thread fa_frag& sf_lo, thread fa_frag& dpf, int j0,
+              const threadgroup T*) {
         for (int e = 0; e < 2; ++e) {
             const int j = j0 + e;
             if (!refine || !fa_mask_visible(i, j, s.sq, s.sk, p.window_left, p.window_right)) continue;
-            const fa_bwd_score sc = fa_bwd_score_of(p, sf.thread_elements()[e], i, j, s.sq, s.sk, slope);
-            fa_bwd_refine_add(acc, base_mul, slope, sc.base, sc.dist, 1.0f,
+            const fa_bwd_score sc =
+                fa_bwd_score_of(p, sf.thread_elements()[e], sf_lo.thread_elements()[e], i, j, s.sq, s.sk, slope);
+            fa_bwd_refine_add(acc, base_mul, slope, sc.base, sc.base_lo, sc.dist, 1.0f,
                               dpf.thread_elements()[e] * fa_bwd_keep(p, bh, i, j));
+        }
+    }
+
+    void tile_end(constant fa_bwd_params& p, bool last) {
+        if (BLOCKED && (++block_tiles == p.acc_block_k || last)) {
+            if (acc.has != 0.0f)
+                fa_bwd_refine_add(acc_out, base_mul, slope, acc.base, acc.base_lo, acc.dist, acc.sum, acc.wsum);
+            acc.has = 0.0f;
+            block_tiles = 0;
         }
     }
 };
 
-// The gradient pass of the dQ kernel: dX per element, then dQ += dX K.
-template <int NDF, int LD>
+// The gradient pass of the dQ kernel: dX per element, then dQ += dX K (each 8-key product added once,
+// fa_bwd_mma_add). BLOCKED: dqf restarts every p.acc_block_k key tiles, each finished block added into dq_out.
+template <int NDF, int LD, bool BLOCKED>
 struct fa_bwd_dq_op {
     thread fa_frag* dqf;
+    thread fa_frag* dq_out;
+    int block_k;
     fa_bwd_seq s;
     int i;
     float lse2, delta, slope;
@@ -421,23 +353,33 @@ struct fa_bwd_dq_op {
     fa_lane_pos pos;
 
     template <typename T>
-    void tile(constant fa_bwd_params& p, thread fa_frag& sf, thread fa_frag& dpf, int j0, const threadgroup T* krows) {
+    void tile(constant fa_bwd_params& p, thread fa_frag& sf, thread fa_frag& sf_lo, thread fa_frag& dpf, int j0,
+              const threadgroup T* krows) {
         for (int e = 0; e < 2; ++e) {
-            const fa_bwd_elem g = fa_bwd_element(p, sf.thread_elements()[e], dpf.thread_elements()[e], i, j0 + e,
-                                                 s.sq, s.sk, lse2, delta, slope, bh, ref);
+            const fa_bwd_elem g = fa_bwd_element(p, sf.thread_elements()[e], sf_lo.thread_elements()[e],
+                                                 dpf.thread_elements()[e], i, j0 + e, s.sq, s.sk, lse2, delta, slope,
+                                                 bh, ref);
             dpf.thread_elements()[e] = g.dx;
         }
         for (int d = 0; d < NDF; ++d) {
             fa_frag kfr;
             fa_load_frag(kfr, krows + d * 8, LD, pos);
-            simdgroup_multiply_accumulate(dqf[d], dpf, kfr, dqf[d]);
+            fa_bwd_mma_add(dqf[d], dpf, kfr);
+        }
+    }
+
+    void tile_end(constant fa_bwd_params& p, bool) {
+        if (BLOCKED && ++block_k == p.acc_block_k) {
+            fa_bwd_fold<NDF>(dq_out, dqf);
+            block_k = 0;
         }
     }
 };
 
 // ---------------------------------------------------------------------------------------------------------------
 // 3. dQ. Threadgroup (query block, head, batch); simdgroup sg owns query rows m0 + 8 sg .. m0 + 8 sg + 7.
-template <typename T, int BD, int BK, int NSG>
+// BLOCKED: blocked accumulation over the key tiles (see fa_bwd_fold; refined rows' sums too), for long key ranges.
+template <typename T, int BD, int BK, int NSG, bool BLOCKED = false>
 [[kernel]] void fa_bwd_dq(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
                           device const T* v [[buffer(2)]], device const T* dout [[buffer(4)]],
                           device const float* alibi [[buffer(6)]], device const int* cu_seqlens_q [[buffer(7)]],
@@ -480,6 +422,7 @@ template <typename T, int BD, int BK, int NSG>
     fa_bwd_lane_rows<T, NDF>(qf, dof, dqf, (thread fa_frag*)nullptr, q, dout, p, fa_bwd_view_of(p.q_batch_stride,
                              p.q_row_stride, p.q_head_stride, h, true), fa_bwd_view_of(p.do_batch_stride,
                              p.do_row_stride, p.do_head_stride, h, true), s, b, i, row_valid, pos);
+    const fa_bwd_split q_split = fa_bwd_split_for(fa_bwd_row_maxabs<NDF>(qf));  // for refined rows' scores
     const fa_long at = row_valid ? fa_bwd_scratch_row(p, s, b, h, i) : 0;
     const float row_lse2 = row_valid ? lse2[at] : FA_BWD_DEAD_LSE2;
     float row_delta = row_valid ? delta[at] : 0.0f;
@@ -488,7 +431,11 @@ template <typename T, int BD, int BK, int NSG>
 
     // ---- refined rows (large logits, see fa_bwd_ref): one extra pass over the keys, only in threadgroups that hold
     // such a row. Lane l checks row m0 + l (BQ == the SIMD width), so every simdgroup reaches the same decision and
-    // the pass (with its barriers) is uniform across the threadgroup.
+    // the pass (with its barriers) is uniform across the threadgroup. Every live row of such a threadgroup is refined,
+    // not only those with |LSE| > 64: with huge inputs (q ~1e5) a row whose q·k cancels to a small LSE still carries
+    // the rounding of its huge terms in a plain fp32 product and in the forward's LSE (as the CPU backward, which
+    // refines every row of a call that has one; issue 17 item 6). Such rows are marked for the dK/dV kernel by
+    // FA_BWD_REFINED_LSE2 in slot 0.
     fa_bwd_ref row_ref = fa_bwd_no_ref();
     bool any_refine;
     {
@@ -497,37 +444,49 @@ template <typename T, int BD, int BK, int NSG>
         const float lc = ok ? lse2[fa_bwd_scratch_row(p, s, b, h, ic)] : 0.0f;
         any_refine = simd_any(ok && fa_bwd_refine_row(lc));
     }
+    const bool refine = any_refine && row_lse2 < FA_BWD_DEAD_LSE2;
     if (any_refine) {
-        fa_bwd_refine_op ro;
+        fa_bwd_refine_op<BLOCKED> ro;
         ro.acc.has = 0.0f;
-        ro.acc.base = ro.acc.dist = ro.acc.sum = ro.acc.wsum = 0.0f;
+        ro.acc.base = ro.acc.base_lo = ro.acc.dist = ro.acc.sum = ro.acc.wsum = 0.0f;
+        ro.acc_out = ro.acc;
+        ro.block_tiles = 0;
         ro.s = s;
         ro.i = i;
-        ro.refine = fa_bwd_refine_row(row_lse2);
+        ro.refine = refine;
         ro.base_mul = fa_bwd_base_mul(p);
         ro.slope = slope;
         ro.bh = bh;
-        fa_bwd_key_sweep<T, BD, BK, NT, NDF>(ro, ks, vs, k, v, p, s, b, hkv, n_begin, n_end, qf, dof, pos, tid);
+        fa_bwd_key_sweep<T, BD, BK, NT, NDF>(ro, ks, vs, k, v, p, s, b, hkv, n_begin, n_end, qf, q_split, true, dof,
+                                             pos, tid);
+        if (BLOCKED) ro.acc = ro.acc_out;
         fa_bwd_refine_merge(ro.acc, ro.base_mul, slope);
-        if (ro.refine && ro.acc.has != 0.0f) {
+        if (refine && ro.acc.has != 0.0f) {
             // acc.sum >= 1: the reference key's own term is 2^0
             row_ref.on = true;
             row_ref.base = ro.acc.base;
+            row_ref.base_lo = ro.acc.base_lo;
             row_ref.dist = ro.acc.dist;
             row_ref.lo2 = log2(ro.acc.sum);
             row_delta = ro.acc.wsum / ro.acc.sum;
-            if ((lane & 9) == 0) {  // one lane per row (fragment column 0)
+            if ((lane & 9) == 0) {  // one lane per row (fragment column 0); every lane read slot 0 before the barriers
+                lse2[at] = FA_BWD_REFINED_LSE2;
                 lse2[fa_bwd_slot(p, at, 1)] = row_ref.base;
                 lse2[fa_bwd_slot(p, at, 2)] = row_ref.dist;
                 lse2[fa_bwd_slot(p, at, 3)] = row_ref.lo2;
+                lse2[fa_bwd_slot(p, at, 4)] = row_ref.base_lo;
                 delta[at] = row_delta;
             }
         }
     }
 
-    // ---- S = Q Kᵀ, dPd = dO Vᵀ per 8-key fragment, dX, dQ += dX K ----
-    fa_bwd_dq_op<NDF, LD> go;
+    // ---- S = Q Kᵀ (in two parts where rows are refined), dPd = dO Vᵀ per 8-key fragment, dX, dQ += dX K ----
+    fa_frag dq_out[BLOCKED ? NDF : 1];  // BLOCKED: the finished blocks' sums
+    for (int d = 0; d < (BLOCKED ? NDF : 1); ++d) dq_out[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    fa_bwd_dq_op<NDF, LD, BLOCKED> go;
     go.dqf = dqf;
+    go.dq_out = dq_out;
+    go.block_k = 0;
     go.s = s;
     go.i = i;
     go.lse2 = row_lse2;
@@ -536,7 +495,12 @@ template <typename T, int BD, int BK, int NSG>
     go.bh = bh;
     go.ref = row_ref;
     go.pos = pos;
-    fa_bwd_key_sweep<T, BD, BK, NT, NDF>(go, ks, vs, k, v, p, s, b, hkv, n_begin, n_end, qf, dof, pos, tid);
+    fa_bwd_key_sweep<T, BD, BK, NT, NDF>(go, ks, vs, k, v, p, s, b, hkv, n_begin, n_end, qf, q_split, any_refine, dof,
+                                         pos, tid);
+    if (BLOCKED) {  // the last block, then the outer sums take the running ones' place
+        fa_bwd_fold<NDF>(dq_out, dqf);
+        for (int d = 0; d < NDF; ++d) dqf[d] = dq_out[BLOCKED ? d : 0];
+    }
 
     if (!row_valid) return;
     const fa_bwd_view dqv = fa_bwd_view_of(p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, h, true);

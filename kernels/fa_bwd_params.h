@@ -19,7 +19,10 @@
 // CPU backward's threshold, 1024, is too high for this kernel). Ordinary attention (|LSE| of a few tens) never pays
 // the extra pass.
 #define FA_BWD_REFINE_LSE2 92.332481f  // 64 * log2(e)
-#define FA_BWD_LSE2_SLOTS 4
+// Slot 0 of a row the dQ kernel refined (it refines every live row of a threadgroup that holds one above the
+// threshold): read by the dK/dV kernel, which runs after it, as "refined" (fa_bwd_refine_row); never a live LSE2.
+#define FA_BWD_REFINED_LSE2 (-3.40282346638528859812e+38f)
+#define FA_BWD_LSE2_SLOTS 5
 
 // Flags: FA_FLAG_ALIBI, FA_FLAG_VARLEN_Q, FA_FLAG_VARLEN_K, FA_FLAG_SEQUSED_K, FA_FLAG_DROPOUT (fa_kernel_params.h).
 struct fa_bwd_params {
@@ -47,6 +50,9 @@ struct fa_bwd_params {
     float dropout_scale;               // 1 / (1 - p), the forward's value
     fa_uint dropout_threshold;         // floor(p * 2^32) clamped
     fa_uint flags;
+    // *_long kernels (BLOCKED, long sequences; fa_bwd.h): accumulation blocks of key tiles (dQ kernel) and of query
+    // blocks (dK/dV kernel); 0 in the other kernels.
+    fa_int acc_block_k, acc_block_q;
     fa_int pad0;
 };
 

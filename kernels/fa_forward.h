@@ -246,13 +246,42 @@ inline fa_tg_keys fa_tg_keys_of(constant fa_fwd_params& p, thread const fa_tg_ro
     return r;
 }
 
+// ---- blocked accumulation (BLOCKED kernels, long key ranges; issue 17 item 8) ----
+// The running row sum l and O take one fp32 addition per key tile, and each rounds: n additions give a relative error
+// up to ~n * 2^-24 (constant terms round the same way every time; the sum stops absorbing at 2^26 of them). Split-KV
+// bounds n per work item, but its partials cost splits x q rows x heads x (headdim + 1) fp32, which a long prefill
+// cannot afford (csrc/plan/fa_plan_forward.cpp, forced_partial_budget). The BLOCKED kernels instead restart (m, l, O)
+// every p.acc_block_tiles key tiles and merge each finished block into an outer (m, l, O) through its max, as the
+// split merge does through the LSE: about sqrt(tiles) additions at each level (the plan picks the block), in
+// registers, no extra memory.
+template <int NDF>
+inline void fa_fold_block(thread fa_frag* o_out, thread float& m_out, thread float& l_out, thread fa_frag* o_run,
+                          thread float& m_run, thread float& l_run) {
+    if (m_run != FA_MASKED) {  // the block saw a key (m_run is uniform across the 4 lanes of a row)
+        const float mn = max(m_out, m_run);
+        const float f_out = (m_out == FA_MASKED) ? 0.0f : exp2(m_out - mn);  // exponents <= 0: fast-math safe
+        const float f_run = exp2(m_run - mn);
+        l_out = l_out * f_out + l_run * f_run;
+        for (int d = 0; d < NDF; ++d) {
+            for (int e = 0; e < 2; ++e)
+                o_out[d].thread_elements()[e] = o_out[d].thread_elements()[e] * f_out + o_run[d].thread_elements()[e] * f_run;
+        }
+        m_out = mn;
+    }
+    for (int d = 0; d < NDF; ++d) o_run[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    m_run = FA_MASKED;
+    l_run = 0.0f;
+}
+
 // Does query i of sequence s see key j? (fa_mask.h)
 inline bool fa_visible(constant fa_fwd_params& p, thread const fa_seq& s, int i, int j) {
     return fa_mask_visible(i, j, s.sq, s.sk, p.window_left, p.window_right);
 }
 
 // The kernel. T: element type; BD: head dim of the specialization; BQ = 8 * NSG query rows; BK keys per tile.
-template <typename T, int BD, int BQ, int BK, int NSG>
+// BLOCKED: accumulate in blocks of p.acc_block_tiles key tiles (fa_fold_block), for key ranges the plan cannot split
+// enough; a separate specialization so that the outer accumulator costs no registers in every other call.
+template <typename T, int BD, int BQ, int BK, int NSG, bool BLOCKED = false>
 [[kernel]] void fa_attention(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
                              device const T* v [[buffer(2)]], device T* out [[buffer(3)]],
                              device float* lse [[buffer(4)]], device const float* alibi [[buffer(5)]],
@@ -312,6 +341,11 @@ template <typename T, int BD, int BQ, int BK, int NSG>
     for (int d = 0; d < NDF; ++d) of[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
     float m_run = FA_MASKED;  // running row max (base-2 units); FA_MASKED = no visible key yet
     float l_run = 0.0f;       // running row sum of exp2(s - m_run), before dropout
+    fa_frag o_out[BLOCKED ? NDF : 1];  // BLOCKED: the finished blocks' (m, l, O), merged by fa_fold_block
+    for (int d = 0; d < (BLOCKED ? NDF : 1); ++d) o_out[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    float m_out = FA_MASKED;
+    float l_out = 0.0f;
+    int block_tiles = 0;
 
     const bool has_alibi = (p.flags & FA_FLAG_ALIBI) != 0;
     const float slope_log2 = has_alibi ? alibi[fa_long(b) * p.alibi_batch_stride + hq] * FA_LOG2E : 0.0f;
@@ -371,20 +405,31 @@ template <typename T, int BD, int BQ, int BK, int NSG>
         }
         l_run = l_run * factor + fa_row_sum(tile_sum);
         m_run = m_new;
-        for (int d = 0; d < NDF; ++d) {
-            of[d].thread_elements()[0] *= factor;
-            of[d].thread_elements()[1] *= factor;
-        }
 
-        // O += P V
-        for (int j = 0; j < NKF; ++j) {
-            for (int d = 0; d < NDF; ++d) {
+        // O = O * factor + P V, the tile's P V summed on its own first: O takes one fp32 addition per tile (not one
+        // per key, as accumulating every product into O would), which is what the plan's accuracy bound counts
+        // (kMaxAccumulatorAddsPerSplit in csrc/plan/fa_plan_forward.cpp).
+        for (int d = 0; d < NDF; ++d) {
+            fa_frag pv = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+            for (int j = 0; j < NKF; ++j) {
                 fa_frag vf;
                 fa_load_frag(vf, vs + j * 8 * LD + d * 8, LD, pos);
-                simdgroup_multiply_accumulate(of[d], sf[j], vf, of[d]);
+                simdgroup_multiply_accumulate(pv, sf[j], vf, pv);
             }
+            for (int e = 0; e < 2; ++e)
+                of[d].thread_elements()[e] = of[d].thread_elements()[e] * factor + pv.thread_elements()[e];
         }
         threadgroup_barrier(mem_flags::mem_threadgroup);  // the next tile overwrites ks / vs
+        if (BLOCKED && ++block_tiles == p.acc_block_tiles) {
+            fa_fold_block<NDF>(o_out, m_out, l_out, of, m_run, l_run);
+            block_tiles = 0;
+        }
+    }
+    if (BLOCKED) {  // the last block, then the outer sums take the running ones' place
+        fa_fold_block<NDF>(o_out, m_out, l_out, of, m_run, l_run);
+        for (int d = 0; d < NDF; ++d) of[d] = o_out[(BLOCKED ? d : 0)];
+        m_run = m_out;
+        l_run = l_out;
     }
 
     // ---- epilogue: one normalisation, then O and the LSE ----

@@ -67,7 +67,7 @@
     X(SEQUSED_K, 9) X(DQ, 10) X(DK, 11) X(DV, 12)                                                               \
     X(DELTA, 13) /* scratch: D = rowsum(dO * O), fp32 [nheads_q][q_rows] */                                     \
     X(LSE2, 14)  /* scratch: fp32 [FA_BWD_LSE2_SLOTS][nheads_q][q_rows]: slot 0 the LSE in base-2 units (dead rows \
-                    FA_BWD_DEAD_LSE2), slots 1-3 a refined row's reference (fa_bwd.h) */
+                    FA_BWD_DEAD_LSE2), slots 1-4 a refined row's reference (fa_bwd.h) */
 
 #define FA_BWD_COMMON_SIGNATURE(Y)                                                                              \
     Y(CU_SEQLENS_Q, cu_seqlens_q, CU_SEQLENS_Q) Y(CU_SEQLENS_K, cu_seqlens_k, CU_SEQLENS_K)                     \

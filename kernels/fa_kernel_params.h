@@ -65,7 +65,7 @@ struct fa_fwd_params {
     fa_uint flags;                     // FA_FLAG_*
     fa_int page_block_size, max_blocks_per_seq;
     fa_int num_splits;                 // split-KV: key tiles of a row block are divided among num_splits groups
-    fa_int pad0;                       // keeps sizeof a multiple of 8
+    fa_int acc_block_tiles;            // fa_fwd_long_*: key tiles per accumulation block (fa_fold_block); else 0
 };
 
 // Merge of split-KV partials: one threadgroup per (query row, head, batch).

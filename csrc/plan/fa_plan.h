@@ -47,7 +47,10 @@ extern "C" {
     X(KVCACHE_APPEND, "kvcache_append", "fa_kvcache_append_{T}", FA_APPEND_SIGNATURE, APPEND, fa_append_params)   \
     X(BWD_PRE, "bwd_pre", "fa_bwd_pre_{T}", FA_BWD_PRE_SIGNATURE, BWD, fa_bwd_params)                             \
     X(BWD_DQ, "bwd_dq", "fa_bwd_dq_{T}_d{BD}", FA_BWD_DQ_SIGNATURE, BWD, fa_bwd_params)                           \
-    X(BWD_DKDV, "bwd_dkdv", "fa_bwd_dkdv_{T}_d{BD}", FA_BWD_DKDV_SIGNATURE, BWD, fa_bwd_params)
+    X(BWD_DKDV, "bwd_dkdv", "fa_bwd_dkdv_{T}_d{BD}", FA_BWD_DKDV_SIGNATURE, BWD, fa_bwd_params)                 \
+    X(PREFILL_LONG, "prefill_long", "fa_fwd_long_{T}_d{BD}", FA_ATTENTION_SIGNATURE, FWD, fa_fwd_params)          \
+    X(BWD_DQ_LONG, "bwd_dq_long", "fa_bwd_dq_long_{T}_d{BD}", FA_BWD_DQ_SIGNATURE, BWD, fa_bwd_params)            \
+    X(BWD_DKDV_LONG, "bwd_dkdv_long", "fa_bwd_dkdv_long_{T}_d{BD}", FA_BWD_DKDV_SIGNATURE, BWD, fa_bwd_params)
 
 #define FA_KERNEL_FAMILY_ENUM_(ID, name, pattern, signature, space, block) FA_KERNEL_##ID,
 typedef enum fa_kernel_family { FA_KERNEL_FAMILIES(FA_KERNEL_FAMILY_ENUM_) FA_KERNEL_FAMILY_COUNT } fa_kernel_family;

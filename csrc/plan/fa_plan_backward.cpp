@@ -4,10 +4,15 @@
 //           LSE in base-2 units into SCRATCH1 (fp32, [nheads_q][q rows] each).
 // Launch 2: fa_bwd_dq_<t>_d<BD>, grid (ceil(seqlen_q / 32), nheads_q, batch): dQ. Rows with large logits (|LSE| > 64)
 //           first get their softmax recomputed from the kernel's own scores: a reference score and log2 of the row sum
-//           into SCRATCH1's slots 1-3, and D taken from those probabilities into SCRATCH0 (fa_bwd.h).
+//           into SCRATCH1's slots 1-4, and D taken from those probabilities into SCRATCH0 (fa_bwd.h).
 // Launch 3: fa_bwd_dkdv_<t>_d<BD>, grid (ceil(seqlen_k / 32), nheads_kv, batch): dK, dV (one writer per row).
 // Launches run in order, so 2 sees the scratch written by 1, and 3 that written by 1 and 2. No atomics anywhere:
-// deterministic by design.
+// deterministic by design. Long sequences get the blocked-accumulation kernels fa_bwd_dq_long_* / fa_bwd_dkdv_long_*
+// (acc_block_units).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "fa_bwd_params.h"
@@ -19,6 +24,34 @@ namespace {
 using faplan::fail;
 
 uint32_t blocks(int64_t n, int64_t per) { return uint32_t((n + per - 1) / per); }
+
+// ---- blocked accumulation (kernels/fa_bwd.h, BLOCKED kernels) ----
+// Most fp32 additions one running sum of the plain kernels makes: dQ sums one 8-key product per 8 keys of its rows,
+// dK / dV one 8-row product per 8 query rows of every head of the group. 512 as the forward's
+// kMaxAccumulatorAddsPerSplit (csrc/plan/fa_plan_forward.cpp: worst case 512 * 2^-24 = 3.1e-5, 8x under the float16
+// floor of the tolerance rule): 4096 keys for dQ, 4096 query rows x group for dK / dV. Tests only:
+// FLASH_ATTN_CY_TEST_MAX_BWD_ADDS (1 .. 512) lowers it so the simulator runs the blocked kernels in seconds.
+constexpr int64_t kMaxBwdAccumulatorAdds = 512;
+
+int64_t max_bwd_accumulator_adds() {
+    if (const char *e = std::getenv("FLASH_ATTN_CY_TEST_MAX_BWD_ADDS")) {
+        const long v = std::strtol(e, nullptr, 10);
+        if (v >= 1 && v <= kMaxBwdAccumulatorAdds) return v;
+    }
+    return kMaxBwdAccumulatorAdds;
+}
+
+// Units (key tiles of the dQ kernel, query blocks of the dK/dV kernel) per accumulation block for a sum over `units`
+// units of `adds_per_unit` products each, or 0 when one running sum stays within max_bwd_accumulator_adds() (the
+// plain kernel). Blocks of about sqrt(total) products balance the two levels: at the ABI's 2^31 - 1 keys, 16384
+// additions per level instead of 2^28 in one sum.
+int acc_block_units(int64_t units, int adds_per_unit) {
+    const int64_t adds = units * adds_per_unit;
+    if (adds <= max_bwd_accumulator_adds()) return 0;
+    int64_t r = int64_t(std::sqrt(double(adds)));
+    while (r * r < adds) ++r;
+    return int(std::max<int64_t>(1, (r + adds_per_unit - 1) / adds_per_unit));
+}
 
 int check_backward(const fa_params *p, char *err, size_t errlen) {
     if (!faplan::dtype_tag(p->dtype))
@@ -54,6 +87,12 @@ fa_bwd_params backward_constants(const fa_params *p, int64_t q_rows) {
     if (p->seqused_k) flags |= FA_FLAG_SEQUSED_K;
     if (p->dropout_p > 0.0f) flags |= FA_FLAG_DROPOUT;
     k.flags = flags;
+    // dQ: the key tiles of a row; dK/dV: query blocks of every head of the group (+1: the first may be partial)
+    const int bd = fa_bucket_headdim(p->headdim), eb = faplan::elem_bytes(p->dtype);
+    const int q_bk = fa_bwd_q_bk(bd, eb), kv_bq = fa_bwd_kv_bq(bd, eb);
+    k.acc_block_k = acc_block_units(blocks(p->seqlen_k, q_bk), q_bk / 8);
+    k.acc_block_q = acc_block_units(int64_t(p->nheads_q / p->nheads_kv) * (int64_t(blocks(p->seqlen_q, kv_bq)) + 1),
+                                    kv_bq / 8);
     return k;
 }
 
@@ -93,11 +132,13 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
         {faplan::kernel_desc(FA_KERNEL_BWD_PRE, p->dtype), {blocks(p->seqlen_q, FA_BWD_PRE_ROWS), heads_q, batch},
          FA_BWD_PRE_THREADS, 0, fa_tile{FA_BWD_PRE_ROWS, 0, FA_BWD_PRE_THREADS / FA_SIMD_WIDTH}, 0},
         // 2: dQ (32-row query blocks against staged K/V tiles)
-        {faplan::kernel_desc(FA_KERNEL_BWD_DQ, p->dtype, bd), {blocks(p->seqlen_q, FA_BWD_Q_BQ), heads_q, batch},
+        {faplan::kernel_desc(k.acc_block_k ? FA_KERNEL_BWD_DQ_LONG : FA_KERNEL_BWD_DQ, p->dtype, bd),
+         {blocks(p->seqlen_q, FA_BWD_Q_BQ), heads_q, batch},
          FA_BWD_Q_SIMDGROUPS * FA_SIMD_WIDTH, uint32_t(fa_kv_tile_bytes(q_bk, bd, eb)),
          fa_tile{FA_BWD_Q_BQ, q_bk, FA_BWD_Q_SIMDGROUPS}, 0},
         // 3: dK, dV (32-key blocks against staged Q/dO blocks)
-        {faplan::kernel_desc(FA_KERNEL_BWD_DKDV, p->dtype, bd), {blocks(p->seqlen_k, FA_BWD_KV_BK), heads_kv, batch},
+        {faplan::kernel_desc(k.acc_block_q ? FA_KERNEL_BWD_DKDV_LONG : FA_KERNEL_BWD_DKDV, p->dtype, bd),
+         {blocks(p->seqlen_k, FA_BWD_KV_BK), heads_kv, batch},
          FA_BWD_KV_SIMDGROUPS * FA_SIMD_WIDTH, uint32_t(fa_bwd_qdo_bytes(kv_bq, bd, eb)),
          fa_tile{kv_bq, FA_BWD_KV_BK, FA_BWD_KV_SIMDGROUPS}, 0},
     };

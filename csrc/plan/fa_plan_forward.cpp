@@ -7,6 +7,7 @@
 // Last, only for return_attn_probs: fa_probs_<t> writes the probabilities (debug output, recomputes the scores).
 // fa_plan_forward is the steps in order: checks, tile choice, split choice, grid, buffer sizes, constants, launches.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -40,13 +41,20 @@ constexpr int64_t kMaxPartialBytes = int64_t(256) << 20;  // scratch cap for spl
 // the splits pairwise, so the error stays at this level up to the ABI's 2^31 - 1 keys, as long as the split partials
 // (fp32, splits x q rows x heads x (headdim + 1)) stay within forced_partial_budget(): decode and short-query calls
 // always do; a long prefill (e.g. 32k x 32k tokens, 32 heads: 0.5 GB of partials a split) keeps FlashAttention's O(N)
-// memory instead, with one addition per BK keys (64k keys at BK 32: 2048 additions, worst case 1.2e-4, typical 2.7e-6).
+// memory instead and runs the blocked prefill kernel (fa_fwd_long_*, accumulation_block_tiles): ~sqrt(tiles) additions
+// per accumulator level, e.g. 64k keys at BK 32 (2048 tiles): 46 + 45 instead of 2048, and 2^31 keys 8192 + 8192.
 constexpr int kMaxAccumulatorAddsPerSplit = 512;
 constexpr int64_t kMinForcedPartialBytes = int64_t(1) << 30;  // see forced_partial_budget
 
 // Scratch the accuracy-forced splits may take: 1 GiB, or 1/16 of the K/V bytes the call reads if that is more (a
 // decode over 2^31 keys reads terabytes; its partials are a small fraction of that).
+// For tests only, FLASH_ATTN_CY_TEST_FORCED_PARTIAL_BYTES replaces it (0 or more: no forced split that needs more),
+// so the simulator can run the blocked kernel on a key range it runs in seconds.
 int64_t forced_partial_budget(const fa_params *p, int eb) {
+    if (const char *e = std::getenv("FLASH_ATTN_CY_TEST_FORCED_PARTIAL_BYTES")) {
+        const long long v = std::strtoll(e, nullptr, 10);
+        if (v >= 0) return v;
+    }
     const int64_t kv_bytes = 2 * int64_t(p->batch) * std::max<int64_t>(p->seqlen_k, 0) * p->nheads_kv * p->headdim * eb;
     return std::max(kMinForcedPartialBytes, kv_bytes / 16);
 }
@@ -72,6 +80,19 @@ int64_t min_splits_for(int64_t seqlen_k, int keys_per_add) {
 }
 
 int ceil_div(int64_t a, int64_t b) { return int((a + b - 1) / b); }
+
+// Blocked accumulation of the prefill kernel (kernels/fa_forward.h, fa_fold_block): key tiles per block for a split
+// of up to `tiles_per_split` key tiles, or 0 when one running sum stays within max_keys_per_split() (the plan then
+// names fa_fwd_*, else fa_fwd_long_*). ceil(sqrt(tiles)) balances the two levels: each makes about sqrt(tiles)
+// additions, at most 8192 for the ABI's 2^31 - 1 keys at BK 32 (worst case 8192 * 2^-24 = 4.9e-4 per level, typical
+// sqrt(8192) * 2^-24 = 5.4e-6), against 2^26 for one running sum. Only the prefill kernel needs it: decode and
+// short-query calls split within forced_partial_budget().
+int acc_block_tiles(int64_t tiles_per_split, int bk) {
+    if (tiles_per_split <= max_keys_per_split(bk) / bk) return 0;
+    int64_t b = int64_t(std::sqrt(double(tiles_per_split)));
+    while (b * b < tiles_per_split) ++b;
+    return int(b);
+}
 
 // Which attention kernel serves `rows` packed query rows per head block (kernels/fa_tiles.h gives the reasons).
 fa_kernel_family choose_family(int64_t rows, bool allow_vector) {
@@ -252,7 +273,7 @@ uint32_t forward_flags(const ForwardCall &c, const AttentionTiles &t, int splits
     return flags;
 }
 
-fa_fwd_params forward_constants(const ForwardCall &c, const AttentionTiles &t, int splits) {
+fa_fwd_params forward_constants(const ForwardCall &c, const AttentionTiles &t, int splits, int acc_block) {
     const fa_params *p = c.p;
     fa_fwd_params k;
     std::memset(&k, 0, sizeof(k));
@@ -272,6 +293,7 @@ fa_fwd_params forward_constants(const ForwardCall &c, const AttentionTiles &t, i
     k.page_block_size = p->page_block_size;
     k.max_blocks_per_seq = p->max_blocks_per_seq;
     k.num_splits = splits;
+    k.acc_block_tiles = acc_block;
     return k;
 }
 
@@ -343,9 +365,16 @@ int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen, 
     if (const int rc = attention_grid(c, tiles, splits64, grid, err, errlen)) return rc;
     const int splits = int(splits64);  // <= seqlen_k / 32 + 1: fits
     set_forward_bytes(c, splits, out);
-    const fa_fwd_params k = forward_constants(c, tiles, splits);
+    // A prefill split too long for one running sum accumulates in blocks (the fa_fwd_long_* kernels)
+    AttentionTiles t = tiles;
+    const int acc_block = t.family == FA_KERNEL_PREFILL
+                              ? acc_block_tiles(ceil_div(ceil_div(std::max(p->seqlen_k, 0), t.tile.keys), splits),
+                                                t.tile.keys)
+                              : 0;
+    if (acc_block > 0) t.family = FA_KERNEL_PREFILL_LONG;
+    const fa_fwd_params k = forward_constants(c, t, splits, acc_block);
 
-    int rc = add_attention_launch(c, tiles, grid, k, out, err, errlen);
+    int rc = add_attention_launch(c, t, grid, k, out, err, errlen);
     if (rc == FA_OK && splits > 1) rc = add_merge_launch(c, k, out, err, errlen);
     if (rc == FA_OK && has_tensor(p, p->attn_probs, FA_BUF_ATTN_PROBS)) rc = add_probs_launch(c, k, out, err, errlen);
     return rc;

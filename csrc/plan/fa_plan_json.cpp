@@ -43,7 +43,7 @@ void tile_range(const fa_fwd_params &k, int bq, int bk, int64_t mt, int64_t *n_b
 
 bool is_attention(const fa_launch &l) {
     const int f = l.desc.family;
-    return f == FA_KERNEL_PREFILL || f == FA_KERNEL_FRAGMENT || f == FA_KERNEL_VECTOR;
+    return f == FA_KERNEL_PREFILL || f == FA_KERNEL_PREFILL_LONG || f == FA_KERNEL_FRAGMENT || f == FA_KERNEL_VECTOR;
 }
 
 // Tile and specialisation of an attention launch, with the counts of key tiles it visits (dense inputs).
@@ -57,7 +57,9 @@ void attention_info(std::string &s, const fa_launch &l) {
     const int bq = l.tile.rows, bk = l.tile.keys;
     add(s, ",\"attention\":{\"kind\":\"%s\",\"bq\":%d,\"bk\":%d,\"bd\":%d,\"simdgroups\":%d,\"pack\":%d,"
            "\"num_splits\":%d,\"headdim\":%d,\"flags\":%u",
-        fa_kernel_family_name(l.desc.family), bq, bk, bd, l.tile.simdgroups, k.pack, k.num_splits, k.headdim, k.flags);
+        l.desc.family == FA_KERNEL_PREFILL_LONG ? "prefill" : fa_kernel_family_name(l.desc.family), bq, bk, bd,
+        l.tile.simdgroups, k.pack, k.num_splits, k.headdim, k.flags);
+    if (k.acc_block_tiles > 0) add(s, ",\"acc_block_tiles\":%d", k.acc_block_tiles);
     if (vector) add(s, ",\"vector_width\":%d,\"kv_vector_loads\":%s", fa_vec_width(bd),
                     (k.flags & FA_FLAG_KV_ALIGNED) ? "true" : "false");
     const bool dense = !(k.flags & (FA_FLAG_VARLEN_Q | FA_FLAG_VARLEN_K | FA_FLAG_SEQUSED_K));

@@ -163,7 +163,7 @@ def _check_plan(plan: dict, tables: dict) -> set:
     return {launch["family"] for launch in plan["launches"]}
 
 
-def test_plans_bind_by_the_table(tables, rng):
+def test_plans_bind_by_the_table(tables, rng, monkeypatch):
     seen = set()
     for sq, sk, hq, hkv in [(37, 45, 4, 2), (1, 3000, 8, 2), (2, 100, 8, 2), (1, 5, 4, 4)]:
         q, k = rand(rng, (2, sq, hq, 64), "fp16"), rand(rng, (2, sk, hkv, 64), "fp16")
@@ -182,6 +182,16 @@ def test_plans_bind_by_the_table(tables, rng):
     seen |= _check_plan(_core.describe_plan("kvcache", "sim", dtype_name(q.dtype), host_view(q), host_view(kc),
                                             host_view(kc.copy()), host_view(knew), host_view(knew.copy()),
                                             softmax_scale=0.125, seqused_k=np.array([1, 5], np.int32)), tables)
+    # the blocked-accumulation families (long sequences), reached on small shapes through the plans' test overrides:
+    # no split partials (513 key tiles of 32 in one split: fa_fwd_long_*), one fp32 addition per running sum
+    # (fa_bwd_dq_long_*, fa_bwd_dkdv_long_*)
+    monkeypatch.setenv("FLASH_ATTN_CY_TEST_FORCED_PARTIAL_BYTES", "0")
+    monkeypatch.setenv("FLASH_ATTN_CY_TEST_MAX_BWD_ADDS", "1")
+    q, k = rand(rng, (1, 40, 2, 64), "fp16"), rand(rng, (1, 513 * 32, 2, 64), "fp16")
+    seen |= _check_plan(describe_forward(q, k, k, lse_shape=(1, 2, 40), num_splits=1), tables)
+    q, k = rand(rng, (2, 40, 4, 80), "fp32"), rand(rng, (2, 50, 2, 80), "fp32")
+    seen |= _check_plan(_core.describe_plan("backward", "sim", "float32", q, q, k, k, out, lse, *grads,
+                                            softmax_scale=0.125), tables)
     assert seen == {f["name"] for f in tables["families"]}  # every family exercised
 
 

@@ -38,7 +38,10 @@ def _core_library() -> Path | None:
     return libs[-1] if libs else None
 
 
-def test_metal_path_end_to_end(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def e2e_exe(tmp_path_factory) -> Path:
+    """The driver, built once per module (compiling the shim, the mock and the driver takes a minute)."""
+    tmp_path = tmp_path_factory.mktemp("e2e")
     lib = _core_library()
     if lib is None:
         pytest.skip("no libfa_core.a from a meson build directory (needs an editable install)")
@@ -79,6 +82,11 @@ def test_metal_path_end_to_end(tmp_path: Path) -> None:
         cmd.remove("-fsanitize=address")
         built = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-6000:]
+    return exe
+
+
+def test_metal_path_end_to_end(e2e_exe: Path) -> None:
+    exe, tmp_path = e2e_exe, e2e_exe.parent
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
     run = subprocess.run([str(exe), str(tmp_path / "fa_kernels.metallib")], capture_output=True, text=True,
                          timeout=600, env=env)
@@ -87,3 +95,45 @@ def test_metal_path_end_to_end(tmp_path: Path) -> None:
     assert "ERROR: AddressSanitizer" not in run.stderr, run.stderr[-6000:]
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     assert "FAIL" not in run.stdout
+
+
+def _sliced_qkv_bindings(route: str):
+    """(handle - storage buffer, byte offset) of q, k, v sliced out of one packed (1, 32, 3, 2, 64) fp16 MPS tensor,
+    as flash_attn_cy._mps finds them ("storage": the package's route) or as PyTorch 2.9.0/2.9.1's DLPack export
+    gives them ("dlpack_2_9": data = buffer + offset, byte_offset 0)."""
+    torch = pytest.importorskip("torch")
+    from test_objc_mps import _fake_mps_view
+
+    from flash_attn_cy import _mps
+    b, s, h, d = 1, 32, 2, 64
+    storage = 0x7000_0000
+    strides = (s * 3 * h * d, 3 * h * d, d, 1)
+    views = [_fake_mps_view(storage, b * s * 3 * h * d * 2, (b, s, h, d), strides, i * h * d, torch.float16)
+             for i in range(3)]
+    if route == "storage":
+        found = [_mps.device_tensor(x) for x in views]
+        return [(t.handle - storage, t.byte_offset) for t in found]
+    exported = [_mps.parse_capsule(x.__dlpack__()) for x in views]
+    return [(v.handle - storage, v.byte_offset) for v in exported]
+
+
+@pytest.mark.parametrize("route", ["storage", "dlpack_2_9"])
+def test_sliced_mps_views_through_the_mock_metal(e2e_exe: Path, route: str) -> None:
+    """Issue 17 item 14: k and v sliced out of a packed qkv MPS tensor, found by flash_attn_cy._mps, bound by the real
+    shim in the mock Metal and run by the simulator. The mock's buffers carry a poisoned tail, so a handle that points
+    into a buffer (buffer + offset: what PyTorch 2.9's DLPack export gives for such a view) is caught the moment the
+    shim messages it (FAIL line, abort); with the storage's buffer and byte offsets the output matches the CPU."""
+    bindings = _sliced_qkv_bindings(route)
+    args = [str(x) for pair in bindings for x in pair]
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
+    run = subprocess.run([str(e2e_exe), str(e2e_exe.parent / "fa_kernels.metallib"), "sliced", *args],
+                         capture_output=True, text=True, timeout=300, env=env)
+    print(run.stdout, run.stderr[-2000:])
+    if route == "storage":
+        assert [delta for delta, _ in bindings] == [0, 0, 0] and [o for _, o in bindings] == [0, 256, 512]
+        assert run.returncode == 0 and "FAIL" not in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
+        assert "sliced qkv f16 causal (offsets 0 256 512)" in run.stdout
+    else:
+        assert [delta for delta, _ in bindings] == [0, 256, 512]  # the export's `data`: not the MTLBuffer
+        assert run.returncode != 0
+        assert "is not an MTLBuffer: a pointer into a mock MTLBuffer" in run.stdout, run.stdout[-3000:]

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -15,6 +16,7 @@
 
 #include "fa_abi.h"
 #include "mock/metal_mock.h"
+#include "plan/fa_plan.h"
 #include "sim/sim_api.h"
 #include "objc_driver_checks.h"
 
@@ -290,8 +292,68 @@ static void run_device_buffer_case() {
           std::string("short device buffer: ") + err);
 }
 
+// q, k, v sliced out of one packed (batch, seqlen, 3, heads, dim) fp16 MTLBuffer, bound the way a caller bound them:
+// handle = the buffer + delta[i] (0 for the MTLBuffer itself), byte offset off[i] (tests/test_objc_e2e.py computes
+// them with flash_attn_cy._mps from fake sliced MPS views). out and lse are host memory. With the storage's buffer and
+// the slices' offsets the result must match the CPU backend; a handle into the middle of the buffer (PyTorch 2.9's
+// DLPack export) is not an MTLBuffer and the mock aborts with a FAIL line as soon as the shim messages it.
+static void run_sliced_qkv_case(const long long delta[3], const long long off[3]) {
+    const int B = 1, s = 32, h = 2, d = 64;
+    const int64_t row = 3 * h * d;  // elements between consecutive tokens of the packed tensor
+    const size_t packed = size_t(B) * s * row, nq = size_t(B) * s * h * d, nl = size_t(B) * h * s;
+    void *contents = nullptr;
+    char *buffer = static_cast<char *>(mock::new_device_buffer(packed * 2, &contents));
+    _Float16 *qkv = static_cast<_Float16 *>(contents);
+    std::mt19937 rng(11);
+    std::normal_distribution<float> normal;
+    for (size_t i = 0; i < packed; ++i) qkv[i] = _Float16(normal(rng));
+    fa_device_buffers dev;
+    std::memset(&dev, 0, sizeof dev);
+    const fa_buffer_id ids[3] = {FA_BUF_Q, FA_BUF_K, FA_BUF_V};
+    const int64_t view_bytes = ((int64_t(s) - 1) * row + int64_t(h - 1) * d + d) * 2;  // extent of one slice
+    for (int i = 0; i < 3; ++i) {
+        dev.handle[ids[i]] = buffer + delta[i];
+        dev.byte_offset[ids[i]] = off[i];
+        dev.byte_length[ids[i]] = view_bytes;
+    }
+    std::vector<_Float16> out_metal(nq), out_cpu(nq);
+    std::vector<float> lse_metal(nl), lse_cpu(nl);
+    auto params = [&](bool on_device, _Float16 *out, float *lse) {
+        fa_params p;
+        fa_params_init(&p);
+        p.batch = B, p.seqlen_q = p.seqlen_k = s, p.nheads_q = p.nheads_kv = h, p.headdim = p.headdim_v = d;
+        p.dtype = FA_F16;
+        fa_tensor *views[3] = {&p.q, &p.k, &p.v};
+        for (int i = 0; i < 3; ++i) {  // the CPU reads the same bytes through host pointers (slice i at i * h * d)
+            views[i]->data = on_device ? nullptr : qkv + i * h * d;
+            views[i]->head_stride = d, views[i]->row_stride = row, views[i]->batch_stride = int64_t(s) * row;
+        }
+        p.out.data = out, p.out.head_stride = d, p.out.row_stride = int64_t(h) * d;
+        p.out.batch_stride = int64_t(s) * h * d;
+        p.lse = lse;
+        p.lse_batch_stride = int64_t(h) * s, p.lse_head_stride = s, p.lse_row_stride = 1;
+        p.softmax_scale = 0.125f;
+        p.window_right = 0;  // causal
+        if (on_device) p.device_buffers = &dev;
+        return p;
+    };
+    char err[1024] = "";
+    fa_params pm = params(true, out_metal.data(), lse_metal.data());
+    int rc = fa_forward(FA_BACKEND_METAL, &pm, err, sizeof err);
+    CHECK(rc == FA_OK, std::string("sliced qkv metal: ") + err);
+    fa_params pc = params(false, out_cpu.data(), lse_cpu.data());
+    rc = fa_forward(FA_BACKEND_CPU, &pc, err, sizeof err);
+    CHECK(rc == FA_OK, std::string("sliced qkv cpu: ") + err);
+    double dout = 0, dlse = 0;
+    for (size_t i = 0; i < nq; ++i) dout = std::fmax(dout, std::fabs(double(out_metal[i]) - double(out_cpu[i])));
+    for (size_t i = 0; i < nl; ++i) dlse = std::fmax(dlse, std::fabs(lse_metal[i] - lse_cpu[i]));
+    std::printf("sliced qkv f16 causal (offsets %lld %lld %lld): max|metal - cpu| out %.3g, lse %.3g\n", off[0],
+                off[1], off[2], dout, dlse);
+    CHECK(dout <= 2e-3 && dlse <= 1e-4, std::string("sliced qkv views match the CPU backend"));
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2) return std::fprintf(stderr, "usage: e2e METALLIB_PATH\n"), 2;
+    if (argc < 2) return std::fprintf(stderr, "usage: e2e METALLIB_PATH [sliced DQ OQ DK OK DV OV]\n"), 2;
     // The mock "metallib" lists every kernel the simulator has; the shim loads it like a real library.
     FILE *f = std::fopen(argv[1], "w");
     if (f == nullptr) return 2;
@@ -302,6 +364,12 @@ int main(int argc, char **argv) {
     mock::set_fallback(run_in_simulator);
     char why[512];
     CHECK(fa_backend_available(FA_BACKEND_METAL, why, sizeof why) == 1, std::string("metal available: ") + why);
+    if (argc == 9 && std::strcmp(argv[2], "sliced") == 0) {  // only the sliced-view case (tests/test_objc_e2e.py)
+        long long delta[3], off[3];
+        for (int i = 0; i < 3; ++i) delta[i] = std::atoll(argv[3 + 2 * i]), off[i] = std::atoll(argv[4 + 2 * i]);
+        run_sliced_qkv_case(delta, off);
+        return fa_checks_report() ? 1 : 0;
+    }
     const Case cases[] = {
         {"f32 dense causal GQA", FA_F32, 2, 37, 53, 4, 2, 64, -1, 0, 1, true},
         {"f32 sliding window, unaligned", FA_F32, 1, 29, 29, 2, 2, 96, 8, 3, 1, false},

@@ -8,62 +8,87 @@
 
 namespace fa_bwd {
 
-// One row of the tile: raw products q·k in s -> P = exp(score - lse), 0 on masked keys (and tanh of the capped
-// score in th for the softcap derivative). Returns true if some key of the row is visible.
+// One row of the tile: raw products q·k in `raw` -> P = exp(score - lse) in out, 0 on masked keys (and tanh of
+// the capped score in th for the softcap derivative). Returns true if some key of the row is visible.
 template <typename T, typename A>
+template <typename S>
 bool CpuBackward<T, A>::probabilities_row(int64_t b, int64_t h, const SeqGeometry &g, int64_t i, int64_t j0, int nk,
-                                          bool full, A lse, A lse_lo, A *s, A *th) const {
-    const bool any = logits_row(b, h, g, i, j0, nk, full, lse, lse_lo, s, th);
-    exp_row(s);
+                                          bool full, const S *raw, S lse, S lse_lo, A *out, A *th) const {
+    const bool any = logits_row(b, h, g, i, j0, nk, full, raw, lse, lse_lo, out, th);
+    exp_row(out);
     return any;
 }
 
-// The exponents of probabilities_row: s[c] <- (score - lse) - lse_lo (-1e30 on masked keys), score rounded to A
-// first; lse_lo is 0 unless the LSE was refined (refine_lse_block).
+// The exponents of probabilities_row: out[c] <- (score - lse) - lse_lo (-1e30 on masked keys), the score formed
+// from raw[c] in S (A, or double for a refined LSE: see refined_scores) and rounded to S first; lse_lo is 0
+// unless the LSE was refined (refine_lse_block). out may be raw.
 template <typename T, typename A>
+template <typename S, typename O>
 bool CpuBackward<T, A>::logits_row(int64_t b, int64_t h, const SeqGeometry &g, int64_t i, int64_t j0, int nk,
-                                   bool full, A lse, A lse_lo, A *s, A *th) const {
-    const A slope = alibi_slope(b, h);
-    const bool capped = softcap_ > A(0);
-    const A inv_cap = capped ? A(1) / softcap_ : A(0);
+                                   bool full, const S *raw, S lse, S lse_lo, O *out, A *th) const {
+    const S slope = (S)alibi_slope(b, h);
+    const S scale = std::is_same<S, A>::value ? (S)scale_ : (S)p_->softmax_scale;
+    const S cap = std::is_same<S, A>::value ? (S)softcap_ : (S)p_->softcap;
+    const bool capped = cap > S(0);
+    const S inv_cap = capped ? S(1) / cap : S(0);
     bool any = false;
     bool visible[kBlockK];
+    S x[kBlockK];
     for (int c = 0; c < kBlockK; ++c) {
         const int64_t j = j0 + c;
         visible[c] = c < nk && (full || window_.visible(i, j, g));
         if (!visible[c]) continue;
-        A x = s[c] * scale_;
+        S v = raw[c] * scale;
         if (capped) {
-            th[c] = std::tanh(x * inv_cap);
-            x = softcap_ * th[c];
+            const S t = std::tanh(v * inv_cap);
+            th[c] = (A)t;
+            v = cap * t;
         }
-        if (slope != A(0)) {
+        if (slope != S(0)) {
             const int64_t dist = i + g.diag - j;
-            x -= slope * (A)(dist < 0 ? -dist : dist);
+            v -= slope * (S)(dist < 0 ? -dist : dist);
         }
-        s[c] = x;
+        x[c] = v;
         any = true;
     }
-    // The LSE is subtracted in a loop of its own, from the score as stored (rounded to A): in one expression the
+    // The LSE is subtracted in a loop of its own, from the score as stored (rounded to S): in one expression the
     // compiler may fuse the last product into an FMA (C++ compilers contract by default), whose exact product
     // would differ from the rounded one the LSE refinement and the fused kernels use - by 64 and more for huge
     // logits (exp of that: no weight, or inf).
-    for (int c = 0; c < kBlockK; ++c) s[c] = visible[c] ? (s[c] - lse) - lse_lo : A(-1e30);  // masked: exp -> 0
+    for (int c = 0; c < kBlockK; ++c) out[c] = visible[c] ? (O)((x[c] - lse) - lse_lo) : O(-1e30);  // masked: 0
     return any;
+}
+
+// q·k of the tile's rows in double, for rows whose LSE is refined (refine_lse_: large logits, or fp64). A P whose
+// exponent is scale * q·k - LSE moves by scale times the error of q·k: the fp32 product's rounding (a few units
+// of 2^-24 |q||k|) gives P relative errors of ~1e-4 at softmax_scale 100 with unit q, which dQ and dK carry as
+// rounding noise as large as the float32 reference's own, and 1-3x beyond the tolerance depending on the data
+// (issue 17 item 6). The products of two floats are exact in double and their sum nearly so, so P is then exact
+// to float rounding and the fp32 gradients stay far inside the tolerance. Only the refined path pays for it.
+template <typename T, typename A>
+double *CpuBackward<T, A>::refined_scores(int nq, Workspace<A> &w, int slot) const {
+    if constexpr (std::is_same<A, double>::value) {
+        return w.s.data();  // score_products formed them in double already
+    } else {
+        tile_scores_f64(nq, d_, w.q_rows, d_, w.kt(slot), w.s64.data());
+        return w.s64.data();
+    }
 }
 
 // Raw products of the tile: q·k into w.s and (with dp) dO·v into w.dp. One place, so that the LSE refinement sees
 // the very scores (same kernel, same rounding) that the gradient passes turn into probabilities.
+// With a refined LSE, float tiles take q·k from refined_scores instead (w.s is not formed here).
 template <typename T, typename A>
 void CpuBackward<T, A>::score_products(int nq, Workspace<A> &w, int slot, bool dp) const {
+    const bool s = std::is_same<A, double>::value || !refine_lse_;
     if constexpr (std::is_same<A, float>::value) {
         if (q16_pack_) {
-            kernels_->scores_bf16(nq, d2_ / 2, w.q16_rows, d2_, w.kt16(slot), w.s.data());
+            if (s) kernels_->scores_bf16(nq, d2_ / 2, w.q16_rows, d2_, w.kt16(slot), w.s.data());
             if (dp) kernels_->scores_bf16(nq, dv2_ / 2, w.dout16_rows, dv2_, w.vt16(slot), w.dp.data());
             return;
         }
     }
-    matmul_nt(w.q_rows, d_, d_, w.kt(slot), nq, w.s.data());
+    if (s) matmul_nt(w.q_rows, d_, d_, w.kt(slot), nq, w.s.data());
     if (dp) matmul_nt(w.dout_rows, dv_, dv_, w.vt(slot), nq, w.dp.data());
 }
 
@@ -122,6 +147,7 @@ bool CpuBackward<T, A>::tile_score_gradients(int64_t b, int64_t h, const SeqGeom
     const bool capped = softcap_ > A(0);
 
     score_products(nq, w, slot, true);
+    const double *raw64 = refine_lse_ ? refined_scores(nq, w, slot) : nullptr;
 
     // The common interior tile: every pair visible, no per-element feature. One fused vector pass - except with a
     // refined LSE (huge logits), where every exponent must be formed as logits_row forms it (the refinement's
@@ -144,7 +170,10 @@ bool CpuBackward<T, A>::tile_score_gradients(int64_t b, int64_t h, const SeqGeom
             for (int c = 0; c < kBlockK; ++c) s[c] = dp[c] = A(0);
             continue;
         }
-        if (probabilities_row(b, h, g, i, j0, nk, full, w.lse[r], w.lse_lo[r], s, th)) any = true;
+        const bool live = raw64 ? probabilities_row(b, h, g, i, j0, nk, full, raw64 + (size_t)r * kBlockK,
+                                                    w.lse_hi[r], w.lse_lo[r], s, th)
+                                : probabilities_row(b, h, g, i, j0, nk, full, s, w.lse[r], A(0), s, th);
+        any = any || live;
         // dS = P (dP - D) with dP = dPd * keep / (1 - p); dX = dS * scale (* softcap derivative).
         // Pd = P * keep / (1 - p) replaces P afterwards (dS needs the undropped P).
         const A delta = w.delta[r];
@@ -193,10 +222,10 @@ template <typename T, typename A>
 void CpuBackward<T, A>::refine_lse_block(int64_t b, int64_t h, int64_t qb, Workspace<A> &w) {
     const auto [g, i0, nq] = query_block(b, qb);
     if (nq == 0) return;
-    load_query_tile(b, g, h, i0, nq, w);  // lse_fine_ holds zeros here: w.lse = 0, so logits_row gives x_j
-    A mx[kBlockQ];
+    load_query_tile(b, g, h, i0, nq, w);
+    double mx[kBlockQ];
     double sums[kBlockQ] = {}, wsums[kBlockQ] = {};  // sum_j e^(x_j - mx) and sum_j e^(x_j - mx) keep_j dPd_j
-    for (int r = 0; r < nq; ++r) mx[r] = A(-1e30);
+    for (int r = 0; r < nq; ++r) mx[r] = -1e300;
     const int64_t jlo = window_.key_lo(i0, g), jhi = window_.key_hi(i0 + nq - 1, g);
     for (int64_t kb = jlo / kBlockK; jlo <= jhi && kb <= jhi / kBlockK; ++kb) {
         const int64_t j0 = kb * kBlockK;
@@ -204,22 +233,23 @@ void CpuBackward<T, A>::refine_lse_block(int64_t b, int64_t h, int64_t qb, Works
         load_key_tile(b, g, h / group_, j0, nk, w, 0);
         const bool full = window_.tile_fully_visible(i0, i0 + nq, j0, j0 + nk, g);
         score_products(nq, w, 0, true);
+        double *x = refined_scores(nq, w, 0);  // the logits replace the products in place
         for (int r = 0; r < nq; ++r) {
             if (w.dead[r]) continue;
-            A *s = &w.s[(size_t)r * kBlockK];
+            double *s = x + (size_t)r * kBlockK;
             const A *dp = &w.dp[(size_t)r * kBlockK];
-            logits_row(b, h, g, i0 + r, j0, nk, full, w.lse[r], A(0), s, &w.tanh_t[(size_t)r * kBlockK]);
+            logits_row(b, h, g, i0 + r, j0, nk, full, s, 0.0, 0.0, s, &w.tanh_t[(size_t)r * kBlockK]);
             if (dropout_) dropout_factors(b, h, i0 + r, j0, w.keep.data());
-            A tmax = mx[r];
+            double tmax = mx[r];
             for (int c = 0; c < kBlockK; ++c) tmax = s[c] > tmax ? s[c] : tmax;
             if (tmax > mx[r]) {
-                const double f = std::exp((double)mx[r] - (double)tmax);
+                const double f = std::exp(mx[r] - tmax);
                 sums[r] *= f;
                 wsums[r] *= f;
                 mx[r] = tmax;
             }
             for (int c = 0; c < kBlockK; ++c) {
-                const double e = std::exp((double)s[c] - (double)tmax);
+                const double e = std::exp(s[c] - tmax);
                 sums[r] += e;
                 wsums[r] += e * (double)dp[c] * (dropout_ ? (double)w.keep[c] : 1.0);
             }
@@ -232,8 +262,8 @@ void CpuBackward<T, A>::refine_lse_block(int64_t b, int64_t h, int64_t qb, Works
     // exactly 0 (the exact gradient) instead of the rounding of the stored O times softmax_scale.
     for (int r = 0; r < nq; ++r) {
         const bool live = !w.dead[r] && sums[r] > 0.0;
-        row_at(lse_fine_, b, g, i0 + r, h) = live ? w.lse[r] + mx[r] : w.lse[r];
-        row_at(lse_lo_, b, g, i0 + r, h) = live ? (A)std::log(sums[r]) : A(0);
+        row_at(lse_fine_, b, g, i0 + r, h) = live ? mx[r] : 0.0;
+        row_at(lse_lo_, b, g, i0 + r, h) = live ? std::log(sums[r]) : 0.0;
         if (live) delta_at(b, g, i0 + r, h) = (A)(wsums[r] / sums[r]);
     }
 }

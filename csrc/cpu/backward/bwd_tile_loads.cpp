@@ -107,8 +107,10 @@ void CpuBackward<T, A>::load_query_tile(int64_t b, const SeqGeometry &g, int64_t
         const float lse = lse_at(b, g, i0 + r, h);
         w.dead[r] = lse_is_dead(lse) || window_.key_lo(i0 + r, g) > window_.key_hi(i0 + r, g);
         w.any_dead = w.any_dead || w.dead[r];
-        w.lse[r] = w.dead[r] ? A(0) : (lse_fine_.empty() ? (A)lse : row_at(lse_fine_, b, g, i0 + r, h));
-        w.lse_lo[r] = (w.dead[r] || lse_lo_.empty()) ? A(0) : row_at(lse_lo_, b, g, i0 + r, h);
+        w.lse[r] = w.dead[r] ? A(0) : (A)lse;
+        const bool refined = !w.dead[r] && !lse_fine_.empty();
+        w.lse_hi[r] = refined ? row_at(lse_fine_, b, g, i0 + r, h) : 0.0;
+        w.lse_lo[r] = refined ? row_at(lse_lo_, b, g, i0 + r, h) : 0.0;
         w.delta[r] = delta_at(b, g, i0 + r, h);
     }
 }
@@ -140,7 +142,7 @@ void CpuBackward<T, A>::load_key_tile(int64_t b, const SeqGeometry &g, int64_t h
             if (bf16_products_ && nk > 0)  // keys as pairs over rows for dQ += dX K
                 kernels_->pair_rows_bf16(reinterpret_cast<const uint16_t *>(k_side(p_->k, b, g, j0, hk)),
                                          p_->k.row_stride, nk, d_, w.kpairs(slot), 2 * d_);
-            return;
+            if (!refine_lse_) return;  // refined_scores reads the fp32 Kᵀ
         }
     }
     for (int e = 0; e < d_; ++e)

@@ -125,6 +125,18 @@ void tile_product(int m, int n, int kk, const double *a, int64_t a_rs, int64_t a
     product_body(m, n, kk, a, a_rs, a_ks, b, b_rs, c, c_rs, accumulate);
 }
 
+FA_BWD_CLONES void tile_scores_f64(int m, int kk, const float *a, int64_t a_rs, const float *bt, double *out) {
+    for (int r = 0; r < m; ++r) {
+        double o[kBlockK] = {};
+        for (int t = 0; t < kk; ++t) {
+            const double w = (double)a[(int64_t)r * a_rs + t];
+            const float *x = bt + (int64_t)t * kBlockK;
+            for (int c = 0; c < kBlockK; ++c) o[c] += w * (double)x[c];
+        }
+        for (int c = 0; c < kBlockK; ++c) out[(int64_t)r * kBlockK + c] = o[c];
+    }
+}
+
 void tile_exp_row(double *x) {
     for (int c = 0; c < kBlockK; ++c) x[c] = std::exp(x[c]);
 }

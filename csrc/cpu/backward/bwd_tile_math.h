@@ -19,6 +19,10 @@ constexpr int kBlockK = 64;  // keys per tile
 void tile_product(int m, int n, int kk, const double *a, int64_t a_rs, int64_t a_ks, const double *b, int64_t b_rs,
                   double *c, int64_t c_rs, bool accumulate);
 
+// out[r][0:kBlockK] = sum_{t < kk} (double)a[r*a_rs + t] * (double)bt[t*kBlockK + 0:kBlockK] for r < m: S = Q Kᵀ of
+// float tiles in double (the rows with a refined LSE, bwd_score_gradients.cpp refined_scores), summed over t in order.
+void tile_scores_f64(int m, int kk, const float *a, int64_t a_rs, const float *bt, double *out);
+
 // x[c] = exp(x[c]) for c < kBlockK, in double with std::exp.
 void tile_exp_row(double *x);
 

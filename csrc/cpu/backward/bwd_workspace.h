@@ -60,7 +60,8 @@ struct Workspace {
     TileVec<A> dk_acc, dv_acc;  // [slot][kBlockK][d | dv]: dK/dV accumulators of pass 1
     TileVec<A> dq_acc;          // [kBlockQ][d]: dQ accumulator of pass 2
     std::vector<A> lse, delta;  // [kBlockQ] per-row LSE and D
-    std::vector<A> lse_lo;      // [kBlockQ] second part of a refined LSE (lse + lse_lo), else 0
+    std::vector<double> lse_hi, lse_lo;  // [kBlockQ] a refined row's LSE in two parts (refine_lse_block), else 0
+    TileVec<double> s64;        // [kBlockQ][kBlockK]: q·k in double, for rows with a refined LSE (refined_scores)
     std::vector<char> dead;     // [kBlockQ] row sees no key
     bool any_dead = false;      // some row of the loaded query tile is dead
     std::vector<A> keep;        // [kBlockK] dropout factor of one row: 0 or 1 / (1 - p)
@@ -103,7 +104,9 @@ struct Workspace {
         dv_acc.assign((size_t)kKeyGroup * kBlockK * dv, A(0));
         dq_acc.assign((size_t)kBlockQ * d, A(0));
         lse.assign(kBlockQ, A(0));
-        lse_lo.assign(kBlockQ, A(0));
+        lse_hi.assign(kBlockQ, 0.0);
+        lse_lo.assign(kBlockQ, 0.0);
+        s64.assign((size_t)kBlockQ * kBlockK, 0.0);
         delta.assign(kBlockQ, A(0));
         dead.assign(kBlockQ, 0);
         keep.assign(kBlockK, A(0));

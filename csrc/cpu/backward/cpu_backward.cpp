@@ -83,8 +83,8 @@ bool CpuBackward<T, A>::run() {
         compute_delta(item / p_->nheads_q, item % p_->nheads_q);
     }, threads, cancel);
     if (refine_lse_) {
-        lse_fine_.assign((size_t)p_->nheads_q * (size_t)q_rows_, A(0));
-        lse_lo_.assign((size_t)p_->nheads_q * (size_t)q_rows_, A(0));
+        lse_fine_.assign((size_t)p_->nheads_q * (size_t)q_rows_, 0.0);
+        lse_lo_.assign((size_t)p_->nheads_q * (size_t)q_rows_, 0.0);
         ok = ok && fa_cpu::parallel_for(items2, [&](int64_t item) {
             const int64_t qb = item % nqb, rest = item / nqb;
             refine_lse_block(rest / p_->nheads_q, rest % p_->nheads_q, qb, workspace());

@@ -72,7 +72,8 @@ private:
         return p_->lse[off];
     }
     // Element (b, h, row) of a per-query-row buffer laid out [nheads_q][q rows] (D, refined LSE).
-    A &row_at(std::vector<A> &buf, int64_t b, const SeqGeometry &g, int64_t row, int64_t h) const {
+    template <typename E>
+    E &row_at(std::vector<E> &buf, int64_t b, const SeqGeometry &g, int64_t row, int64_t h) const {
         const int64_t r = packed_q_ ? g.q_row0 + row : b * p_->seqlen_q + row;
         return buf[(size_t)h * (size_t)q_rows_ + (size_t)r];
     }
@@ -147,10 +148,13 @@ private:
     void peaked_score_gradients(int64_t b, int64_t h, const SeqGeometry &g, int64_t i0, int nq, int64_t j0, int nk,
                                 Workspace<A> &w);
     void score_products(int nq, Workspace<A> &w, int slot, bool dp) const;
+    double *refined_scores(int nq, Workspace<A> &w, int slot) const;
+    template <typename S>
     bool probabilities_row(int64_t b, int64_t h, const SeqGeometry &g, int64_t i, int64_t j0, int nk, bool full,
-                           A lse, A lse_lo, A *s, A *th) const;
-    bool logits_row(int64_t b, int64_t h, const SeqGeometry &g, int64_t i, int64_t j0, int nk, bool full, A lse,
-                    A lse_lo, A *s, A *th) const;
+                           const S *raw, S lse, S lse_lo, A *out, A *th) const;
+    template <typename S, typename O>
+    bool logits_row(int64_t b, int64_t h, const SeqGeometry &g, int64_t i, int64_t j0, int nk, bool full,
+                    const S *raw, S lse, S lse_lo, O *out, A *th) const;
     void dropout_factors(int64_t b, int64_t h, int64_t i, int64_t j0, A *keep) const;
     void refine_lse_block(int64_t b, int64_t h, int64_t qb, Workspace<A> &w);
     // Are there live rows whose fp32 LSE is too coarse for consistent probabilities (see refine_lse_block)?
@@ -197,8 +201,8 @@ private:
     std::vector<std::thread::id> partial_owner_;
     const BwdKernelsF32 *kernels_ = nullptr;  // float products (runtime ISA choice); double uses tile_product
     bool refine_lse_ = false;  // fp64, or fp32 with huge logits: recompute the LSE (refine_lse_block)
-    std::vector<A> lse_fine_;  // [nheads_q][q rows]: the refined LSE, empty unless refine_lse_
-    std::vector<A> lse_lo_;    // [nheads_q][q rows]: its second part (LSE = lse_fine_ + lse_lo_), same
+    std::vector<double> lse_fine_;  // [nheads_q][q rows]: the refined LSE, empty unless refine_lse_
+    std::vector<double> lse_lo_;    // [nheads_q][q rows]: its second part (LSE = lse_fine_ + lse_lo_), same
 };
 
 // The (element, accumulation) type pairs of the ABI's dtypes: fp32, fp16, bf16 accumulate in float, fp64 in double.

@@ -16,6 +16,8 @@
 
 // From the GNU runtime's <objc/runtime.h>, which cannot be included next to the stubs (it defines BOOL itself).
 extern "C" id class_createInstance(Class class_, size_t extraBytes);
+extern "C" size_t class_getInstanceSize(Class class_);
+extern "C" Class objc_getClass(const char *name);
 
 namespace mock {
 Knobs &knobs() {
@@ -167,6 +169,33 @@ static std::map<const void *, MTLLanguageVersion> &compile_versions() {
 - (void)setLanguageVersion:(MTLLanguageVersion)v { compile_versions()[(__bridge const void *)self] = v; }
 @end
 
+// A pointer into a mock MTLBuffer object is not an MTLBuffer: PyTorch 2.9.0/2.9.1's DLPack export of a sliced MPS
+// view puts exactly that (buffer + byte offset) in `data`, and a shim that bound it would message a bogus object
+// (on a Mac: a crash, or another object's methods). Every FAMockBuffer is allocated with kPoisonBytes of trailing
+// memory filled with this class's pointer, so a pointer 8-aligned and at least the object's size into it reads as a
+// FAMockNotABuffer, and whatever the shim sends it fails loudly (FAIL line, then abort) instead of reading garbage.
+static constexpr size_t kPoisonBytes = 64 * 1024;
+
+@interface FAMockNotABuffer : NSObject
+@end
+@implementation FAMockNotABuffer
+static void not_a_buffer(const char *message, id self) {
+    std::printf("FAIL: the shim sent -%s to %p, which is not an MTLBuffer: a pointer into a mock MTLBuffer "
+                "(buffer + offset, as a PyTorch 2.9 DLPack export of a sliced MPS view)\n", message, (void *)self);
+    std::fprintf(stderr, "metal mock: -%s sent to %p, a pointer into an MTLBuffer, not an MTLBuffer\n", message,
+                 (void *)self);
+    std::fflush(stdout);
+    std::abort();
+}
+- (NSUInteger)length { not_a_buffer("length", self); return 0; }
+- (void *)contents { not_a_buffer("contents", self); return nullptr; }
+- (NSString *)label { not_a_buffer("label", self); return nil; }
+- (void)setLabel:(NSString *)l { (void)l; not_a_buffer("setLabel:", self); }
+- (id)retain { not_a_buffer("retain", self); return self; }
+- (void)release { not_a_buffer("release", self); }
+- (id)autorelease { not_a_buffer("autorelease", self); return self; }
+@end
+
 @interface FAMockBuffer : NSObject <MTLBuffer> {
 @public
     NSString *lbl;
@@ -175,6 +204,14 @@ static std::map<const void *, MTLLanguageVersion> &compile_versions() {
 }
 @end
 @implementation FAMockBuffer
++ (instancetype)alloc {
+    id o = class_createInstance(self, kPoisonBytes);
+    const size_t start = (class_getInstanceSize(self) + 7) / 8 * 8;
+    Class poison = objc_getClass("FAMockNotABuffer");
+    for (size_t at = start; at + sizeof(Class) <= start + kPoisonBytes - 8; at += sizeof(Class))
+        std::memcpy(reinterpret_cast<char *>(o) + at, &poison, sizeof(Class));
+    return o;
+}
 - (NSString *)label { return lbl; }
 - (void)setLabel:(NSString *)l { lbl = l; }
 - (NSUInteger)length { return len; }
