@@ -32,12 +32,28 @@ FRONT_END = [
 CORE_IMPORTERS = {"_mps", "_arrays", "_validate", "_dispatch"}
 
 
+# Subpackages whose source lives outside the package folder in a checkout (an editable install maps them in; a
+# wheel installs them in place): flash_attn_cy.sim.translate is the simulator's build tool, csrc/sim/translate.
+MAPPED = {("sim", "translate"): os.path.join(os.path.dirname(ROOT), "csrc", "sim", "translate")}
+
+
+def _package_dirs():
+    """(folder, dotted parts relative to the package's parent) of every folder of the package's source."""
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        yield dirpath, os.path.relpath(dirpath, os.path.dirname(ROOT)).split(os.sep), filenames
+    for parts, src in MAPPED.items():
+        if not os.path.isdir(os.path.join(ROOT, *parts)) and os.path.isdir(src):
+            for dirpath, dirnames, filenames in os.walk(src):
+                dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+                sub = os.path.relpath(dirpath, src)
+                yield dirpath, [PACKAGE, *parts] + ([] if sub == "." else sub.split(os.sep)), filenames
+
+
 def _modules() -> dict:
     """Dotted name -> source path (None for compiled or generated modules without Python source here)."""
     mods = {}
-    for dirpath, dirnames, filenames in os.walk(ROOT):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-        rel = os.path.relpath(dirpath, os.path.dirname(ROOT)).split(os.sep)
+    for dirpath, rel, filenames in _package_dirs():
         for f in filenames:
             stem = f.split(".")[0]
             if f.endswith(".py"):
