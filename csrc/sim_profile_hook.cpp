@@ -5,6 +5,7 @@
 #include <string>
 
 #include "fa_mask.h"
+#include "sim/launch_args.h"
 
 namespace {
 
@@ -45,37 +46,14 @@ std::vector<Fault> ProfiledCall::launch(const char *name, const KernelInfo *kern
                                         const std::vector<BytesArg> &bytes) const {
     const fasim_launch_hook hook = g_hook.load(std::memory_order_acquire);
     if (!hook || !id_) return fasim::launch(kernel, cfg, buffers, bytes);
-    std::vector<int> bidx, bwr, cidx;
-    std::vector<void *> bdata;
-    std::vector<size_t> blen, clen;
-    std::vector<const void *> cdata;
-    for (const BufferArg &b : buffers) {
-        bidx.push_back(b.index);
-        bdata.push_back(b.data);
-        blen.push_back(b.bytes);
-        bwr.push_back(b.writable ? 1 : 0);
-    }
-    for (const BytesArg &c : bytes) {
-        cidx.push_back(c.index);
-        cdata.push_back(c.data);
-        clen.push_back(c.bytes);
-    }
+    const FlatLaunchArgs a(cfg, buffers, bytes);
     std::string out(1 << 16, '\0');
-    const int n = hook(name, cfg.grid, cfg.threads, int(buffers.size()), bidx.data(), bdata.data(), blen.data(),
-                       bwr.data(), int(bytes.size()), cidx.data(), cdata.data(), clen.data(), cfg.schedules, cfg.cancel,
-                       fa_useful_flops(kind_, p_), id_, &out[0], out.size());
-    out.resize(out.find('\0') == std::string::npos ? out.size() : out.find('\0'));
-    if (n < 0) return {{"error", "profile: " + out}};
-    std::vector<Fault> faults;
-    size_t pos = 0;
-    while (pos < out.size()) {
-        size_t nl = out.find('\n', pos);
-        if (nl == std::string::npos) nl = out.size();
-        const std::string line = out.substr(pos, nl - pos);
-        const size_t tab = line.find('\t');
-        if (!line.empty()) faults.push_back({line.substr(0, tab), tab == std::string::npos ? "" : line.substr(tab + 1)});
-        pos = nl + 1;
-    }
+    const int n = hook(name, cfg.grid, cfg.threads, int(buffers.size()), a.buf_index.data(), a.buf_data.data(),
+                       a.buf_bytes.data(), a.buf_writable.data(), int(bytes.size()), a.bytes_index.data(),
+                       a.bytes_data.data(), a.bytes_len.data(), cfg.schedules, cfg.cancel, fa_useful_flops(kind_, p_),
+                       id_, &out[0], out.size());
+    if (n < 0) return {{"error", "profile: " + std::string(out.c_str())}};
+    std::vector<Fault> faults = parse_fault_lines(out.c_str());
     if (n > 0 && faults.empty()) faults.push_back({"error", "profile: the launch reported faults without text"});
     return faults;
 }

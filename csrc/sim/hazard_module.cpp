@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "launch_args.h"
+
 namespace fasim {
 
 namespace {
@@ -68,54 +70,20 @@ bool launch_with_hazards(const char *kernel, const LaunchConfig &cfg, const std:
         *why = m.error;
         return false;
     }
-    std::vector<int> bidx, bwr, yidx;
-    std::vector<void *> bdata;
-    std::vector<const void *> bsrc, ydata;
-    std::vector<size_t> blen, ylen;
-    for (const BufferArg &b : buffers) {
-        bidx.push_back(b.index);
-        bdata.push_back(b.data);
-        bsrc.push_back(b.src);
-        blen.push_back(b.bytes);
-        bwr.push_back(b.writable ? 1 : 0);
-    }
-    for (const BytesArg &b : bytes) {
-        yidx.push_back(b.index);
-        ydata.push_back(b.data);
-        ylen.push_back(b.bytes);
-    }
-    std::vector<int> cidx;
-    std::vector<const char *> cname;
-    std::vector<unsigned> ctype;
-    std::vector<const void *> cval;
-    std::vector<size_t> clen;
-    for (const FunctionConstantValue &c : cfg.constants) {
-        cidx.push_back(c.index);
-        cname.push_back(c.name.c_str());
-        ctype.push_back(c.mtl_type);
-        cval.push_back(c.value.data());
-        clen.push_back(c.value.size());
-    }
+    const FlatLaunchArgs a(cfg, buffers, bytes);
     std::vector<char> out(1 << 16);
-    const int n = m.launch(kernel, cfg.grid, cfg.threads, (int)bidx.size(), bidx.data(), bdata.data(), bsrc.data(),
-                           blen.data(), bwr.data(), (int)yidx.size(), yidx.data(), ydata.data(), ylen.data(),
-                           cfg.schedules, cfg.seed, cfg.host_threads, cfg.bounds_run ? 1 : 0, 1, cfg.schedule_mode,
-                           out.data(), out.size(), cfg.cancel, (int)cidx.size(), cidx.data(), cname.data(),
-                           ctype.data(), cval.data(), clen.data(), 0, nullptr,
+    const int n = m.launch(kernel, cfg.grid, cfg.threads, (int)a.buf_index.size(), a.buf_index.data(), a.buf_data.data(),
+                           a.buf_src.data(), a.buf_bytes.data(), a.buf_writable.data(), (int)a.bytes_index.size(),
+                           a.bytes_index.data(), a.bytes_data.data(), a.bytes_len.data(), cfg.schedules, cfg.seed,
+                           cfg.host_threads, cfg.bounds_run ? 1 : 0, 1, cfg.schedule_mode, out.data(), out.size(),
+                           cfg.cancel, (int)a.const_index.size(), a.const_index.data(), a.const_name.data(),
+                           a.const_type.data(), a.const_value.data(), a.const_bytes.data(), 0, nullptr,
                            nullptr);  // the package's kernels take no [[threadgroup(n)]] arguments
     if (n < 0) {
         *why = out.data();
         return false;
     }
-    faults->clear();
-    const char *p = out.data();
-    while (*p) {  // lines "kind\tmessage\n"
-        const char *tab = strchr(p, '\t'), *nl = strchr(p, '\n');
-        if (!nl) nl = p + strlen(p);
-        if (!tab || tab > nl) tab = p;
-        faults->push_back({std::string(p, tab), std::string(tab == p ? p : tab + 1, nl)});
-        p = *nl ? nl + 1 : nl;
-    }
+    *faults = parse_fault_lines(out.data());
     return true;
 }
 
