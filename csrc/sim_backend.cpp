@@ -146,7 +146,7 @@ int fa_sim_execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_updat
         cfg.cancel = cancel;
         std::vector<fasim::Fault> faults;
         std::string why;
-        if (!hazards) faults = call.launch(l.kernel, kernel, cfg, buffers, bytes);
+        if (!hazards || call.profiling()) faults = call.launch(l.kernel, kernel, cfg, buffers, bytes);
         else if (!fasim::launch_with_hazards(l.kernel, cfg, buffers, bytes, &faults, &why))
             return fail(err, errlen, FA_ERR_UNAVAILABLE, "sim: FLASH_ATTN_CY_SIM_HAZARDS is set, but " + why);
         if (fa_cancel_rt::requested(cancel)) return fail(err, errlen, FA_ERR_CANCELLED, "sim: cancelled");

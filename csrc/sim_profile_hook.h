@@ -44,6 +44,9 @@ double fa_useful_flops(fa_plan_kind kind, const fa_params *p);
 class ProfiledCall {
   public:
     ProfiledCall(fa_plan_kind kind, const fa_params *p);
+    // True while flash_attn_cy.sim.profile() is active: launch() then runs on a profile module, which takes precedence
+    // over FLASH_ATTN_CY_SIM_HAZARDS (a profile module answers the instrumentation with its counters).
+    bool profiling() const { return id_ != 0; }
     // Runs one launch of the call: through the hook when one is installed, else fasim::launch.
     std::vector<Fault> launch(const char *name, const KernelInfo *kernel, const LaunchConfig &cfg,
                               const std::vector<BufferArg> &buffers, const std::vector<BytesArg> &bytes) const;
