@@ -54,20 +54,23 @@ from ._build_info import BUILD_INFO as _BUILD_INFO
 __version__: str = _BUILD_INFO["version"]
 
 
+# FLASH_ATTN_CY_CPU_ISA's values (amx-emulated: the AMX kernels on a scalar model of the tiles, for tests).
+_CPU_ISA_VALUES = ("portable", "avx2", "avx512", "amx", "amx-emulated", "neon")
+
+
 def _check_cpu_isa_override() -> None:
-    # The C++ backend reads FLASH_ATTN_CY_CPU_ISA on every call and knows four values, "portable", "avx2", "avx512"
-    # and "neon"; anything else (a typo) or a kernel set this CPU cannot run silently keeps the best kernels for this
-    # CPU, so either is pointed out once at import.
+    # The C++ backend reads FLASH_ATTN_CY_CPU_ISA on every call and knows the values of _CPU_ISA_VALUES (csrc/cpu/
+    # cpu_features.h); anything else (a typo) or a kernel set this CPU cannot run silently keeps the best kernels for
+    # this CPU, so either is pointed out once at import.
     import os
     import warnings
 
     value = os.environ.get("FLASH_ATTN_CY_CPU_ISA", "")
-    if value not in ("", "portable", "avx2", "avx512", "neon"):
-        warnings.warn(f"FLASH_ATTN_CY_CPU_ISA={value!r} is not a known value: only 'portable', 'avx2', 'avx512' and "
-                      "'neon' "
-                      "(force those CPU kernels) are; the CPU backend uses the best kernels for this CPU",
-                      RuntimeWarning, stacklevel=3)
-    elif value in ("avx2", "avx512", "neon"):
+    if value not in ("",) + _CPU_ISA_VALUES:
+        known = ", ".join(repr(v) for v in _CPU_ISA_VALUES)
+        warnings.warn(f"FLASH_ATTN_CY_CPU_ISA={value!r} is not a known value: only {known} (force those CPU kernels) "
+                      "are; the CPU backend uses the best kernels for this CPU", RuntimeWarning, stacklevel=3)
+    elif value not in ("", "portable"):
         # The description's first word (csrc/cpu/isa_dispatch.cpp) is the kernel path the C++ dispatch picked
         # (avx512-bf16 is the avx512 set with bf16 dot products).
         desc = _core.backend_describe("cpu")

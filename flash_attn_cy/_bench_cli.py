@@ -58,7 +58,7 @@ def add_parser(sub) -> None:
                          f"default {','.join(map(str, _bench.HOST_COST_SEQLENS))}) of flash_attn_func (torch and "
                          "NumPy), flash_attn_with_kvcache and flash_attn_varlen_func against PyTorch SDPA")
     pb.add_argument("--cpu-isa", type=_csv_isas, metavar="LIST",
-                    help="time the cpu backend once per kernel set, among portable,avx2,avx512 "
+                    help="time the cpu backend once per kernel set, among portable,avx2,avx512,amx "
                          "(FLASH_ATTN_CY_CPU_ISA per call), side by side")
     pb.add_argument("--threads", type=csv_ints, metavar="N[,N...]",
                     help="threads for flash_attn_cy's CPU backend and torch; several (e.g. 1,16): the thread-scaling "

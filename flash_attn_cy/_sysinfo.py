@@ -136,7 +136,8 @@ def package_versions() -> Dict[str, Optional[str]]:
 
 
 def cpu_kernel_path() -> str:
-    """The CPU backend's kernel path in use: "avx512-bf16", "avx512", "avx2", "neon" or "portable" ("unknown" if the extension
+    """The CPU backend's kernel path in use: "amx", "amx-emulated", "avx512-bf16", "avx512", "avx2", "neon" or "portable"
+    ("unknown" if the extension
     cannot say). It is the first word of the ISA part of the backend's description (csrc/cpu/isa_dispatch.cpp);
     FLASH_ATTN_CY_CPU_ISA is honoured, as by the kernels themselves."""
     import re

@@ -4,6 +4,14 @@
 #include <cstdlib>
 #include <cstring>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <cerrno>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#endif
 #if defined(__aarch64__) && defined(__linux__)
 #include <asm/hwcap.h>
 #include <sys/auxv.h>
@@ -30,6 +38,31 @@ bool hidden(const char *feature) {
     return false;
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// AMX: the CPU's AMX-TILE and AMX-BF16 (CPUID leaf 7), the OS's tile state (XCR0 bits 17, 18) and, on Linux, this
+// process's permission to use the tile data (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), Linux 5.16+):
+// without it the first tile instruction faults. Returns "" when usable, else why not.
+const char *detect_amx(bool &amx_fp16) {
+    unsigned a, b, c, d;
+    amx_fp16 = false;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 24) & 1) || !((d >> 22) & 1)) return "no AMX-BF16 on this CPU";
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) amx_fp16 = (a >> 21) & 1;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1)) return "the OS does not enable XSAVE";
+    unsigned xcr0_lo, xcr0_hi;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    if ((xcr0_lo & (3u << 17)) != (3u << 17)) return "the OS does not enable the AMX tile state";
+#if defined(__linux__)
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0)
+        return errno == EPERM ? "the OS refused this process the AMX tile data (arch_prctl: EPERM)"
+                              : "the OS refused this process the AMX tile data (arch_prctl failed)";
+    return "";
+#else
+    return "AMX is used on Linux only";
+#endif
+}
+#endif
+
 CpuFeatures detect() {
     CpuFeatures f;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -41,6 +74,11 @@ CpuFeatures detect() {
     f.avx512bf16 = f.avx512 && __builtin_cpu_supports("avx512bf16");
     if (hidden("avx2")) f.avx2 = false;
     if (hidden("avx512") || !f.avx2) f.avx512 = f.avx512bf16 = false;  // no AVX-512 machine lacks AVX2
+    // Asked only where the kernels could use it (the permission request is a system call), and never when hidden.
+    if (f.avx512bf16 && !hidden("amx")) {
+        f.amx_absent = detect_amx(f.amx_fp16);
+        f.amx = *f.amx_absent == '\0';
+    }
 #endif
 #ifdef FA_HAVE_NEON_KERNELS
 #if defined(__linux__)
@@ -74,12 +112,14 @@ CpuIsaRequest cpu_isa_request() {
     if (std::strcmp(env, "avx2") == 0) return CpuIsaRequest::avx2;
     if (std::strcmp(env, "avx512") == 0) return CpuIsaRequest::avx512;
     if (std::strcmp(env, "neon") == 0) return CpuIsaRequest::neon;
+    if (std::strcmp(env, "amx") == 0) return CpuIsaRequest::amx;
+    if (std::strcmp(env, "amx-emulated") == 0) return CpuIsaRequest::amx_emulated;
     return CpuIsaRequest::unknown;
 }
 
 CpuIsa cpu_isa_best() {
     const CpuFeatures &f = cpu_features();
-    return f.avx512 ? CpuIsa::avx512 : f.avx2 ? CpuIsa::avx2 : f.neon ? CpuIsa::neon : CpuIsa::portable;
+    return f.amx ? CpuIsa::amx : f.avx512 ? CpuIsa::avx512 : f.avx2 ? CpuIsa::avx2 : f.neon ? CpuIsa::neon : CpuIsa::portable;
 }
 
 CpuIsa cpu_isa() {
@@ -89,9 +129,15 @@ CpuIsa cpu_isa() {
         case CpuIsaRequest::avx2: if (f.avx2) return CpuIsa::avx2; break;
         case CpuIsaRequest::avx512: if (f.avx512) return CpuIsa::avx512; break;
         case CpuIsaRequest::neon: if (f.neon) return CpuIsa::neon; break;
+        case CpuIsaRequest::amx: if (f.amx) return CpuIsa::amx; break;
+        case CpuIsaRequest::amx_emulated: if (f.avx512bf16) return CpuIsa::amx; break;
         default: break;
     }
     return cpu_isa_best();
+}
+
+bool cpu_amx_emulated() {
+    return cpu_isa_request() == CpuIsaRequest::amx_emulated && cpu_isa() == CpuIsa::amx;
 }
 
 }  // namespace fa_cpu

@@ -4,7 +4,8 @@
 // AVX-512 kernels of tile_kernels_avx512.cpp and decode_kernels_avx512.cpp; x86-64 with AVX2+FMA+F16C but no
 // AVX-512 the AVX2 kernels of tile_kernels_avx2.cpp and decode_kernels_avx2.cpp; AArch64 (Advanced SIMD) the NEON
 // kernels of tile_kernels_neon.cpp and decode_kernels_neon.cpp; everything else the portable kernels.
-// FLASH_ATTN_CY_CPU_ISA=portable|avx2|avx512|neon forces a set the CPU can run (tests check every path on one
+// x86-64 with AMX-BF16 granted by the OS adds the AMX tile products of tile_kernels_amx.cpp to the AVX-512 set.
+// FLASH_ATTN_CY_CPU_ISA=portable|avx2|avx512|neon|amx|amx-emulated forces a set the CPU can run (tests check every path on one
 // machine).
 #include <string>
 
@@ -16,6 +17,9 @@ namespace fa_cpu {
 
 const TileKernels<float> *select_kernels_f32(fa_dtype dt) {
     switch (cpu_isa()) {
+        case CpuIsa::amx:
+            if (const TileKernels<float> *k = amx_kernels(dt, cpu_amx_emulated())) return k;
+            [[fallthrough]];  // other dtypes: the AVX-512 kernels
         case CpuIsa::avx512:
             if (const TileKernels<float> *k = avx512_kernels(dt)) return k;
             break;
@@ -32,6 +36,7 @@ const TileKernels<float> *select_kernels_f32(fa_dtype dt) {
 
 const DecodeKernels *select_decode_kernels(fa_dtype dt) {
     switch (cpu_isa()) {
+        case CpuIsa::amx:  // decode reads each K/V row once per few query rows: memory-bound, no tile products
         case CpuIsa::avx512:
             if (const DecodeKernels *k = avx512_decode_kernels(dt)) return k;
             break;
@@ -55,21 +60,28 @@ const char *isa_name(CpuIsaRequest r) {
         case CpuIsaRequest::avx2: return "avx2";
         case CpuIsaRequest::avx512: return "avx512";
         case CpuIsaRequest::neon: return "neon";
+        case CpuIsaRequest::amx: return "amx";
+        case CpuIsaRequest::amx_emulated: return "amx-emulated";
         default: return "portable";
     }
 }
 
 }  // namespace
 
-// The first word is the kernel path in use (portable, avx2, neon, avx512, or avx512-bf16 where the bf16 kernels use
-// vdpbf16ps): `info` and `bench` print it (flash_attn_cy/_sysinfo.py cpu_kernel_path) so that timings from different
+// The first word is the kernel path in use (portable, avx2, neon, avx512, avx512-bf16 where the bf16 kernels use
+// vdpbf16ps, amx or amx-emulated): `info` and `bench` print it (flash_attn_cy/_sysinfo.py cpu_kernel_path) so that timings from different
 // machines can be compared, and the tests read the kernel set from it (tests/_cpu_isa.py).
 const char *cpu_isa_description() {
     thread_local std::string s;
     const CpuIsa isa = cpu_isa();
     const CpuIsaRequest req = cpu_isa_request();
     const CpuFeatures &f = cpu_features();
-    if (isa == CpuIsa::avx512) {
+    if (isa == CpuIsa::amx) {
+        s = cpu_amx_emulated() ? "amx-emulated (bf16 forward products on a scalar model of the AMX tiles; otherwise "
+                                 "avx512-bf16)"
+                               : "amx (bf16 forward products on AMX tiles, TDPBF16PS; otherwise avx512-bf16: fp32 FMA, "
+                                 "bf16 decode and backward by vdpbf16ps, fp16 via vcvtph2ps)";
+    } else if (isa == CpuIsa::avx512) {
         s = f.avx512bf16 ? "avx512-bf16 (fp32 FMA, bf16 vdpbf16ps, fp16 via vcvtph2ps)"
                          : "avx512 (fp32 FMA, bf16/fp16 converted to fp32)";
     } else if (isa == CpuIsa::avx2) {
@@ -85,7 +97,9 @@ const char *cpu_isa_description() {
         const bool honoured = (req == CpuIsaRequest::portable && isa == CpuIsa::portable) ||
                               (req == CpuIsaRequest::avx2 && isa == CpuIsa::avx2) ||
                               (req == CpuIsaRequest::avx512 && isa == CpuIsa::avx512) ||
-                              (req == CpuIsaRequest::neon && isa == CpuIsa::neon);
+                              (req == CpuIsaRequest::neon && isa == CpuIsa::neon) ||
+                              ((req == CpuIsaRequest::amx || req == CpuIsaRequest::amx_emulated) &&
+                               isa == CpuIsa::amx);
         s += honoured ? std::string(" (forced by FLASH_ATTN_CY_CPU_ISA)")
                       : std::string(" (FLASH_ATTN_CY_CPU_ISA=") + isa_name(req) +
                             " ignored: this CPU cannot run those kernels)";

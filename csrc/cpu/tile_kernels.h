@@ -87,6 +87,10 @@ const TileKernels<float> *portable_kernels_f32(fa_dtype dt);
 const TileKernels<double> *portable_kernels_f64();
 // AVX-512 kernels (x86-64 builds only; nullptr when not compiled in). Callers check the CPU first.
 const TileKernels<float> *avx512_kernels(fa_dtype dt);
+// AMX kernels for bf16 (x86-64 builds only; nullptr for other dtypes, when not compiled in, or without the AVX-512
+// bf16 table they build on): the tile hardware, or its scalar model (`emulated`, amx_tiles.h). Callers check the CPU
+// (and the OS's tile-data permission) first.
+const TileKernels<float> *amx_kernels(fa_dtype dt, bool emulated);
 // AVX2+FMA+F16C kernels (x86-64 builds only; nullptr when not compiled in). Callers check the CPU first.
 const TileKernels<float> *avx2_kernels(fa_dtype dt);
 // Arm NEON kernels (AArch64 builds only; nullptr when not compiled in). Callers check the CPU first.
@@ -94,7 +98,8 @@ const TileKernels<float> *neon_kernels(fa_dtype dt);
 
 // The kernel table chosen for this machine and dtype (runtime CPU-feature dispatch, isa_dispatch.cpp).
 const TileKernels<float> *select_kernels_f32(fa_dtype dt);
-// Human-readable kernel set in use, its first word "avx512", "avx2", "neon" or "portable" (isa_dispatch.cpp).
+// Human-readable kernel set in use, its first word "amx", "amx-emulated", "avx512", "avx2", "neon" or "portable"
+// (isa_dispatch.cpp).
 const char *cpu_isa_description();
 
 }  // namespace fa_cpu

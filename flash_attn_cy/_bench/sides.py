@@ -27,7 +27,7 @@ from .cases import TINY_LLAMA, Shape
 COMPARISONS = ("torch", "torch-mps", "mlx")
 TITLES = {"torch": "PyTorch SDPA on the CPU", "torch-mps": "PyTorch SDPA on MPS", "mlx": "MLX fast SDPA"}
 ASV_NAMES = {"torch-sdpa-cpu": "torch", "torch-sdpa-mps": "torch-mps", "mlx": "mlx"}  # asv's impl axis -> ours
-CPU_ISAS = ("portable", "avx2", "avx512")  # FLASH_ATTN_CY_CPU_ISA's values
+CPU_ISAS = ("portable", "avx2", "avx512", "amx")  # FLASH_ATTN_CY_CPU_ISA's values (x86-64)
 GENERATE_SIDES = ("flash_attn_cy", "sdpa")
 
 Side = Callable[[], object]

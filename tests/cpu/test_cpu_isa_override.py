@@ -1,4 +1,4 @@
-"""FLASH_ATTN_CY_CPU_ISA: 'portable', 'avx2' and 'avx512' force those CPU kernels; any other value is pointed out at
+"""FLASH_ATTN_CY_CPU_ISA: 'portable', 'avx2', 'avx512', 'amx' and 'amx-emulated' force those CPU kernels; any other value is pointed out at
 import (it used to be ignored silently). Forcing a set the CPU cannot run: tests/cpu/test_cpu_isa_avx2.py."""
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ def _import_with(value):
                           cwd=os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("value", [None, "", "portable", "avx2", "avx512"])
+@pytest.mark.parametrize("value", [None, "", "portable", "avx2", "avx512", "amx", "amx-emulated"])
 def test_known_values_import_quietly(monkeypatch, value):
-    if value in ("avx2", "avx512"):
+    if value not in (None, "", "portable"):
         from _cpu_isa import cpu_isa_in_use
 
         monkeypatch.setenv("FLASH_ATTN_CY_CPU_ISA", value)
@@ -34,7 +34,7 @@ def test_known_values_import_quietly(monkeypatch, value):
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("value", ["AVX2", "Portable", "avx-512", "amx"])
+@pytest.mark.parametrize("value", ["AVX2", "Portable", "avx-512", "AMX", "amx_emulated"])
 def test_unknown_value_is_pointed_out(value):
     r = _import_with(value)
     assert r.returncode != 0
