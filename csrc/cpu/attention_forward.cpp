@@ -69,10 +69,11 @@ struct TileBuffers {
     // qT, oT, m, l, alpha of query tiles 1.. of an item, `extra_tile_bytes()` each, after the buffers above.
     char *extra;
     static size_t extra_tile_bytes() {
-        return sizeof(Acc) * (size_t(HEADDIM_PAD) * BLOCK_M * 2 + 3 * BLOCK_M) + 5 * 64;
+        return qT_bytes<Acc>() + sizeof(Acc) * (size_t(HEADDIM_PAD) * BLOCK_M + 3 * BLOCK_M) + 5 * 64;
     }
     static size_t bytes(int64_t elem_size, int extra_tiles = 0) {
-        return sizeof(Acc) * (size_t(HEADDIM_PAD) * BLOCK_M * 2 + size_t(BLOCK_N) * BLOCK_M + 3 * BLOCK_M) +
+        return qT_bytes<Acc>() +
+               sizeof(Acc) * (size_t(HEADDIM_PAD) * BLOCK_M + size_t(BLOCK_N) * BLOCK_M + 3 * BLOCK_M) +
                2 * size_t(BLOCK_N) * HEADDIM_PAD * elem_size + TILE_SCRATCH_BYTES + 2 * KV_PACK_BYTES +
                P_PACK_BYTES + 11 * 64 +
                size_t(extra_tiles) * extra_tile_bytes();
@@ -83,7 +84,7 @@ struct TileBuffers {
             base += (n + 63) & ~size_t(63);
             return r;
         };
-        qT = reinterpret_cast<Acc *>(take(sizeof(Acc) * HEADDIM_PAD * BLOCK_M));
+        qT = reinterpret_cast<Acc *>(take(qT_bytes<Acc>()));
         oT = reinterpret_cast<Acc *>(take(sizeof(Acc) * HEADDIM_PAD * BLOCK_M));
         sT = reinterpret_cast<Acc *>(take(sizeof(Acc) * BLOCK_N * BLOCK_M));
         m = reinterpret_cast<Acc *>(take(sizeof(Acc) * BLOCK_M));
@@ -109,7 +110,7 @@ struct TileBuffers {
             base += (n + 63) & ~size_t(63);
             return reinterpret_cast<Acc *>(r);
         };
-        q = take(sizeof(Acc) * HEADDIM_PAD * BLOCK_M);
+        q = take(qT_bytes<Acc>());
         o = take(sizeof(Acc) * HEADDIM_PAD * BLOCK_M);
         mm = take(sizeof(Acc) * BLOCK_M);
         ll = take(sizeof(Acc) * BLOCK_M);

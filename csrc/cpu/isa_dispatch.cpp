@@ -77,10 +77,11 @@ const char *cpu_isa_description() {
     const CpuIsaRequest req = cpu_isa_request();
     const CpuFeatures &f = cpu_features();
     if (isa == CpuIsa::amx) {
-        s = cpu_amx_emulated() ? "amx-emulated (bf16 forward products on a scalar model of the AMX tiles; otherwise "
-                                 "avx512-bf16)"
-                               : "amx (bf16 forward products on AMX tiles, TDPBF16PS; otherwise avx512-bf16: fp32 FMA, "
-                                 "bf16 decode and backward by vdpbf16ps, fp16 via vcvtph2ps)";
+        s = cpu_amx_emulated() ? "amx-emulated (bf16 and fp16 forward products on a scalar model of the AMX tiles; "
+                                 "otherwise avx512-bf16)"
+                               : "amx (bf16 and fp16 forward products on AMX tiles by TDPBF16PS, fp16 as exact bf16 "
+                                 "hi/lo parts; otherwise avx512-bf16: fp32 FMA, bf16 decode and backward by vdpbf16ps, "
+                                 "fp16 via vcvtph2ps)";
     } else if (isa == CpuIsa::avx512) {
         s = f.avx512bf16 ? "avx512-bf16 (fp32 FMA, bf16 vdpbf16ps, fp16 via vcvtph2ps)"
                          : "avx512 (fp32 FMA, bf16/fp16 converted to fp32)";

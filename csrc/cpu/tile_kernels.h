@@ -29,10 +29,21 @@ constexpr int HEADDIM_PAD = 256;  // FA_MAX_HEADDIM, even
 
 // Scratch bytes a kernel table may use per call (staging a converted or padded K/V tile).
 constexpr size_t TILE_SCRATCH_BYTES = size_t(BLOCK_N + 2) * (HEADDIM_PAD + 16) * sizeof(double);
-// Bytes of one prepared K or V tile (KvTile::packed): up to BLOCK_N rows widened to fp32 with padded rows.
-constexpr size_t KV_PACK_BYTES = size_t(BLOCK_N + 2) * (HEADDIM_PAD + 32) * sizeof(float);
-// Bytes of P in a table's own format (softmax_p / pack_p): at most the fp32 sT of a tile.
-constexpr size_t P_PACK_BYTES = size_t(BLOCK_N + 2) * BLOCK_M * sizeof(float);
+constexpr size_t max_bytes(size_t a, size_t b) { return a > b ? a : b; }
+// Bytes of a packed Q tile (qT, pack_qT) for accumulator Acc: the head dim of every row, or (AMX fp16,
+// tile_kernels_amx.cpp) three bf16 parts of it as 32-bit pairs.
+template <typename Acc>
+constexpr size_t qT_bytes() {
+    return max_bytes(sizeof(Acc) * HEADDIM_PAD * BLOCK_M, size_t(3) * HEADDIM_PAD / 2 * BLOCK_M * sizeof(uint32_t));
+}
+// Bytes of one prepared K or V tile (KvTile::packed): up to BLOCK_N rows widened to fp32 with padded rows, or (AMX
+// fp16, tile_kernels_amx.cpp) rows of three bf16 parts read in whole 16-row blocks.
+constexpr size_t KV_PACK_BYTES = max_bytes(size_t(BLOCK_N + 2) * (HEADDIM_PAD + 32) * sizeof(float),
+                                           size_t(BLOCK_N + 16) * 3 * HEADDIM_PAD * sizeof(uint16_t));
+// Bytes of P in a table's own format (softmax_p / pack_p): the fp32 sT of a tile, or (AMX fp16) three sets of bf16
+// key pairs.
+constexpr size_t P_PACK_BYTES = max_bytes(size_t(BLOCK_N + 2) * BLOCK_M * sizeof(float),
+                                          size_t(3) * (BLOCK_N + 31) / 32 * 16 * BLOCK_M * sizeof(uint32_t));
 
 // One K or V tile of up to BLOCK_N keys, prepared ONCE per work item (prep_k / prep_v) and then read by every query
 // tile of the item: a conversion or re-layout is paid once per K/V tile instead of once per (query tile, K/V tile).
@@ -47,7 +58,7 @@ template <typename Acc>
 struct TileKernels {
     const char *name;
     // Pack `nrows` (<= BLOCK_M) query rows (pointers to the first element of each row, dtype of the table) into
-    // qT, zero-padding rows up to nv*LANES. qT is at least HEADDIM_PAD*BLOCK_M*sizeof(Acc) bytes.
+    // qT, zero-padding rows up to nv*LANES. qT is qT_bytes<Acc>() bytes.
     void (*pack_qT)(const void *const *rows, int nrows, int d, int nv, void *qT);
     // sT[j][r] = sum_k K[j0+j][k] * qT[k][r] for j < nk, r < nv*LANES (keys j0.. of a prepared tile).
     void (*scores)(const KvTile &k, int j0, int nk, int d, const void *qT, int nv, Acc *sT, void *scratch);
