@@ -31,6 +31,25 @@ def _csv_isas(text: str) -> List[str]:
     return list(dict.fromkeys(vals))
 
 
+def _cpu_isa_runs(isa: str) -> bool:
+    """Whether FLASH_ATTN_CY_CPU_ISA=isa gives that kernel set here (else the backend silently runs its best set, and
+    a column named after `isa` would time another one): says so on stderr when not."""
+    old = os.environ.get("FLASH_ATTN_CY_CPU_ISA")
+    os.environ["FLASH_ATTN_CY_CPU_ISA"] = isa
+    try:
+        path = _sysinfo.cpu_kernel_path()
+    finally:
+        if old is None:
+            del os.environ["FLASH_ATTN_CY_CPU_ISA"]
+        else:
+            os.environ["FLASH_ATTN_CY_CPU_ISA"] = old
+    if path == isa or path.startswith(isa + "-") and not isa.startswith("amx"):
+        return True
+    print(f"note: this CPU cannot run the {isa} kernels (FLASH_ATTN_CY_CPU_ISA={isa} gives {path}): not timed",
+          file=sys.stderr)
+    return False
+
+
 def add_parser(sub) -> None:
     """The ``bench`` subcommand's options."""
     pb = sub.add_parser("bench", help="time backends against PyTorch scaled_dot_product_attention")
@@ -220,8 +239,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if "cpu" not in backends:
             print("error: --cpu-isa times the cpu backend, which is not among --backend", file=sys.stderr)
             return 2
+        runnable = [isa for isa in args.cpu_isa if _cpu_isa_runs(isa)]
+        if not runnable:
+            print("error: this CPU can run none of the kernel sets of --cpu-isa", file=sys.stderr)
+            return 2
         i = backends.index("cpu")
-        backends[i:i + 1] = [f"cpu:{isa}" for isa in args.cpu_isa]
+        backends[i:i + 1] = [f"cpu:{isa}" for isa in runnable]
     _set_threads(fa, torch, args.threads)
     hw = _sysinfo.hardware_summary()
     hw["cpu_kernel_path"] = _sysinfo.cpu_kernel_path()

@@ -183,6 +183,67 @@ struct EmulatedTiles {
     }
 };
 
+// ---- products over many tiles, for any engine ----
+// A operand i / B operand j of reduction step s (16 pairs) are at a_ptr(i, s) / b_ptr(j, s), rows a_stride /
+// b_stride bytes apart; every tile read or written lies wholly inside the caller's buffers (it pads them).
+// In the AMX region, so that the hardware engine's operations inline into them.
+FA_TARGET_BEGIN(FA_ISA_AMX)
+
+// A 2 x 2 (or smaller, MR x NC) block of C tiles: C[i][j] (tile C0 + 2i + j) = sum over `steps` reduction steps of
+// A_i(step) . B_j(step), starting from zero or from C as stored. Operand i/j of step s is at a_ptr(i, s) / b_ptr(j, s).
+template <class E, int MR, int NC, bool LOAD_C, class APtr, class BPtr>
+inline void block_product(float *c, int64_t c_rs_floats, int steps, APtr a_ptr, int64_t a_stride, BPtr b_ptr,
+                          int64_t b_stride) {
+    static_assert(MR >= 1 && MR <= 2 && NC >= 1 && NC <= 2, "2 x 2 accumulator tiles at most");
+    auto c_at = [&](int i, int j) { return c + int64_t(i) * TILE_ROWS * c_rs_floats + 16 * j; };
+    const int64_t c_stride = c_rs_floats * 4;
+    if (LOAD_C) {
+        E::template load<C0 + 0>(c_at(0, 0), c_stride);
+        if (NC == 2) E::template load<C0 + 1>(c_at(0, 1), c_stride);
+        if (MR == 2) E::template load<C0 + 2>(c_at(1, 0), c_stride);
+        if (MR == 2 && NC == 2) E::template load<C0 + 3>(c_at(1, 1), c_stride);
+    } else {
+        E::template zero<C0 + 0>();
+        if (NC == 2) E::template zero<C0 + 1>();
+        if (MR == 2) E::template zero<C0 + 2>();
+        if (MR == 2 && NC == 2) E::template zero<C0 + 3>();
+    }
+    for (int s = 0; s < steps; ++s) {
+        E::template load<A0 + 0>(a_ptr(0, s), a_stride);
+        if (MR == 2) E::template load<A0 + 1>(a_ptr(1, s), a_stride);
+        E::template load<B0 + 0>(b_ptr(0, s), b_stride);
+        if (NC == 2) E::template load<B0 + 1>(b_ptr(1, s), b_stride);
+        E::template dot_bf16<C0 + 0, A0 + 0, B0 + 0>();
+        if (NC == 2) E::template dot_bf16<C0 + 1, A0 + 0, B0 + 1>();
+        if (MR == 2) E::template dot_bf16<C0 + 2, A0 + 1, B0 + 0>();
+        if (MR == 2 && NC == 2) E::template dot_bf16<C0 + 3, A0 + 1, B0 + 1>();
+    }
+    E::template store<C0 + 0>(c_at(0, 0), c_stride);
+    if (NC == 2) E::template store<C0 + 1>(c_at(0, 1), c_stride);
+    if (MR == 2) E::template store<C0 + 2>(c_at(1, 0), c_stride);
+    if (MR == 2 && NC == 2) E::template store<C0 + 3>(c_at(1, 1), c_stride);
+}
+
+// C (rows c_rs floats apart) over `row_blocks` x `col_blocks` tiles of 16 x 16, in 2 x 2 blocks.
+template <class E, bool LOAD_C, class APtr, class BPtr>
+void tiled_product(float *c, int64_t c_rs, int row_blocks, int col_blocks, int steps, APtr a_ptr, int64_t a_stride,
+                   BPtr b_ptr, int64_t b_stride) {
+    for (int rb = 0; rb < row_blocks; rb += 2) {
+        for (int cb = 0; cb < col_blocks; cb += 2) {
+            float *cc = c + int64_t(rb) * TILE_ROWS * c_rs + 16 * cb;
+            auto a = [&](int i, int s) { return a_ptr(rb + i, s); };
+            auto b = [&](int j, int s) { return b_ptr(cb + j, s); };
+            const bool two_rows = rb + 1 < row_blocks, two_cols = cb + 1 < col_blocks;
+            if (two_rows && two_cols) block_product<E, 2, 2, LOAD_C>(cc, c_rs, steps, a, a_stride, b, b_stride);
+            else if (two_rows) block_product<E, 2, 1, LOAD_C>(cc, c_rs, steps, a, a_stride, b, b_stride);
+            else if (two_cols) block_product<E, 1, 2, LOAD_C>(cc, c_rs, steps, a, a_stride, b, b_stride);
+            else block_product<E, 1, 1, LOAD_C>(cc, c_rs, steps, a, a_stride, b, b_stride);
+        }
+    }
+}
+
+FA_TARGET_END
+
 }  // namespace amx
 }  // namespace fa_cpu
 #endif

@@ -27,9 +27,6 @@ namespace fa_cpu {
 #ifdef FA_HAVE_AVX512_KERNELS
 namespace {
 
-using amx::A0;
-using amx::B0;
-using amx::C0;
 using amx::TILE_PAIRS;
 using amx::TILE_ROWS;
 
@@ -55,59 +52,6 @@ template <fa_dtype DT>
 const TileKernels<float> *base_table() { return avx512_kernels(DT); }
 
 FA_TARGET_BEGIN(FA_ISA_AMX)
-
-// A 2 x 2 (or smaller, MR x NC) block of C tiles: C[i][j] (tile C0 + 2i + j) = sum over `steps` reduction steps of
-// A_i(step) . B_j(step), starting from zero or from C as stored. Operand i/j of step s is at a_ptr(i, s) / b_ptr(j, s).
-template <class E, int MR, int NC, bool LOAD_C, class APtr, class BPtr>
-inline void block_product(float *c, int64_t c_rs_floats, int steps, APtr a_ptr, int64_t a_stride, BPtr b_ptr,
-                          int64_t b_stride) {
-    static_assert(MR >= 1 && MR <= 2 && NC >= 1 && NC <= 2, "2 x 2 accumulator tiles at most");
-    auto c_at = [&](int i, int j) { return c + int64_t(i) * TILE_ROWS * c_rs_floats + 16 * j; };
-    const int64_t c_stride = c_rs_floats * 4;
-    if (LOAD_C) {
-        E::template load<C0 + 0>(c_at(0, 0), c_stride);
-        if (NC == 2) E::template load<C0 + 1>(c_at(0, 1), c_stride);
-        if (MR == 2) E::template load<C0 + 2>(c_at(1, 0), c_stride);
-        if (MR == 2 && NC == 2) E::template load<C0 + 3>(c_at(1, 1), c_stride);
-    } else {
-        E::template zero<C0 + 0>();
-        if (NC == 2) E::template zero<C0 + 1>();
-        if (MR == 2) E::template zero<C0 + 2>();
-        if (MR == 2 && NC == 2) E::template zero<C0 + 3>();
-    }
-    for (int s = 0; s < steps; ++s) {
-        E::template load<A0 + 0>(a_ptr(0, s), a_stride);
-        if (MR == 2) E::template load<A0 + 1>(a_ptr(1, s), a_stride);
-        E::template load<B0 + 0>(b_ptr(0, s), b_stride);
-        if (NC == 2) E::template load<B0 + 1>(b_ptr(1, s), b_stride);
-        E::template dot_bf16<C0 + 0, A0 + 0, B0 + 0>();
-        if (NC == 2) E::template dot_bf16<C0 + 1, A0 + 0, B0 + 1>();
-        if (MR == 2) E::template dot_bf16<C0 + 2, A0 + 1, B0 + 0>();
-        if (MR == 2 && NC == 2) E::template dot_bf16<C0 + 3, A0 + 1, B0 + 1>();
-    }
-    E::template store<C0 + 0>(c_at(0, 0), c_stride);
-    if (NC == 2) E::template store<C0 + 1>(c_at(0, 1), c_stride);
-    if (MR == 2) E::template store<C0 + 2>(c_at(1, 0), c_stride);
-    if (MR == 2 && NC == 2) E::template store<C0 + 3>(c_at(1, 1), c_stride);
-}
-
-// C (row blocks of 16, column blocks of 16 lanes) over `row_blocks` x `col_blocks` tiles, in 2 x 2 blocks.
-template <class E, bool LOAD_C, class APtr, class BPtr>
-void tiled_product(float *c, int row_blocks, int col_blocks, int steps, APtr a_ptr, int64_t a_stride, BPtr b_ptr,
-                   int64_t b_stride) {
-    for (int rb = 0; rb < row_blocks; rb += 2) {
-        for (int cb = 0; cb < col_blocks; cb += 2) {
-            float *cc = c + int64_t(rb) * TILE_ROWS * BLOCK_M + 16 * cb;
-            auto a = [&](int i, int s) { return a_ptr(rb + i, s); };
-            auto b = [&](int j, int s) { return b_ptr(cb + j, s); };
-            const bool two_rows = rb + 1 < row_blocks, two_cols = cb + 1 < col_blocks;
-            if (two_rows && two_cols) block_product<E, 2, 2, LOAD_C>(cc, BLOCK_M, steps, a, a_stride, b, b_stride);
-            else if (two_rows) block_product<E, 2, 1, LOAD_C>(cc, BLOCK_M, steps, a, a_stride, b, b_stride);
-            else if (two_cols) block_product<E, 1, 2, LOAD_C>(cc, BLOCK_M, steps, a, a_stride, b, b_stride);
-            else block_product<E, 1, 1, LOAD_C>(cc, BLOCK_M, steps, a, a_stride, b, b_stride);
-        }
-    }
-}
 
 // x = hi + lo, both rounded to bf16 (RNE), as fp32 values.
 inline void split_bf16(__m512 x, __m512 &hi, __m512 &lo) {
@@ -174,8 +118,8 @@ void scores(const KvTile &k, int j0, int nk, int d, const void *qT, int nv, floa
     const uint16_t *q = static_cast<const uint16_t *>(qT);
     auto a = [&](int i, int s) { return kb + int64_t(i) * TILE_ROWS * ws + s * STEP; };
     auto b = [&](int j, int s) { return q + (int64_t(s) * TILE_PAIRS * BLOCK_M + 16 * j) * 2; };
-    tiled_product<E, false>(sT, (nk + TILE_ROWS - 1) / TILE_ROWS, nv, ws / STEP, a, int64_t(ws) * 2, b,
-                            LANE_ROW_BYTES);
+    amx::tiled_product<E, false>(sT, BLOCK_M, (nk + TILE_ROWS - 1) / TILE_ROWS, nv, ws / STEP, a, int64_t(ws) * 2, b,
+                                 LANE_ROW_BYTES);
 }
 
 // vT[c][seg * K + j] = part LEFT_PART[seg] of V[j][c] (bf16 bits), K = round_up(nk, 32), for c < round_up(d, 16);
@@ -278,8 +222,8 @@ void pv(const KvTile &v, int j0, int nk, int d, const void *p, int nv, const flo
     constexpr int vt_row = PARTS<DT> * VT_STRIDE;
     auto a = [&](int i, int s) { return vT + int64_t(i) * TILE_ROWS * vt_row + s * STEP; };
     auto b = [&](int j, int s) { return pp + (int64_t(s) * TILE_PAIRS * BLOCK_M + 16 * j) * 2; };
-    tiled_product<E, true>(oT, row_blocks, nv, PARTS<DT> * round_up(nk, STEP) / STEP, a, int64_t(vt_row) * 2, b,
-                           LANE_ROW_BYTES);
+    amx::tiled_product<E, true>(oT, BLOCK_M, row_blocks, nv, PARTS<DT> * round_up(nk, STEP) / STEP, a,
+                                int64_t(vt_row) * 2, b, LANE_ROW_BYTES);
 }
 
 // The write-out of a finished query tile ends the work item's use of the tiles.
