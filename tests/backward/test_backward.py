@@ -57,17 +57,32 @@ LONG_CASES = {
 }
 
 
-@pytest.mark.parametrize("isa", ["selected", "portable"])
+def _force_cpu_isa(monkeypatch, isa):
+    """Run on FLASH_ATTN_CY_CPU_ISA=isa ("selected": the CPU's best set); skip where this CPU cannot run it."""
+    if isa == "selected":
+        return
+    from _cpu_isa import cpu_isa_in_use
+
+    monkeypatch.setenv("FLASH_ATTN_CY_CPU_ISA", isa)
+    if cpu_isa_in_use() != isa:
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+
+
+# amx-emulated: the AMX tile products (bf16) on the tiles' scalar model, on any CPU with AVX512-BF16.
+@pytest.mark.parametrize("isa", ["selected", "portable", "amx-emulated"])
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 @pytest.mark.parametrize("case", list(LONG_CASES))
 def test_long_grads(rng, monkeypatch, isa, dtype, case):
-    if isa == "portable":
-        monkeypatch.setenv("FLASH_ATTN_CY_CPU_ISA", "portable")
+    if isa == "amx-emulated" and dtype != "bf16":
+        pytest.skip("the AMX products serve bf16 only: fp32 runs the AVX-512 kernels under amx")
+    _force_cpu_isa(monkeypatch, isa)
     c = LONG_CASES[case]
     check_grads(rng, dtype, *c["shapes"], **c["kw"])
 
 
-# bf16 on AVX512-BF16: dV, dK and dQ multiply bf16 pairs (csrc/cpu/backward accumulate_bf16). Its register tiles depend on the
+# bf16 on AVX512-BF16 (and on AMX tiles: "amx-emulated", the same products on the tiles' scalar model, whose
+# operands are staged into whole 16 x 16 tiles for the same odd counts): dV, dK and dQ multiply bf16 pairs
+# (csrc/cpu/backward accumulate_bf16). Its register tiles depend on the
 # head dim (1-4 vectors of 16 columns per 64-column chunk, a masked tail, several chunks) and cover the rows of a
 # product in tiles of R rows plus 8/4/2/1-row remainders: key counts and query counts below give every remainder,
 # odd counts (a pair completed with zero) and tiles that start at odd query rows (windows).
@@ -78,8 +93,10 @@ BF16_TILE_CASES = [
 ]
 
 
+@pytest.mark.parametrize("isa", ["selected", "amx-emulated"])
 @pytest.mark.parametrize("d,sq,sk,kw", BF16_TILE_CASES, ids=[f"d{c[0]}_sq{c[1]}_sk{c[2]}" for c in BF16_TILE_CASES])
-def test_bf16_products_every_register_tile(rng, d, sq, sk, kw):
+def test_bf16_products_every_register_tile(rng, monkeypatch, isa, d, sq, sk, kw):
+    _force_cpu_isa(monkeypatch, isa)
     check_grads(rng, "bf16", (1, sq, 2, d), (1, sk, 1, d), **kw)
     check_grads(rng, "bf16", (1, sq, 2, d), (1, sk, 1, d), deterministic=True, **kw)
 

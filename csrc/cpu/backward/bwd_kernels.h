@@ -58,6 +58,9 @@ const BwdKernelsF32 *bwd_portable_kernels_f32();
 // The AVX-512 table (with or without the AVX512-BF16 entry), or nullptr when this build has none (not x86-64
 // GCC/clang). Callers check the CPU first.
 const BwdKernelsF32 *bwd_avx512_kernels_f32(bool with_bf16);
+// The AMX table: the AVX-512 bf16 table with the bf16 products on AMX tiles (the hardware, or their scalar model when
+// `emulated`), or nullptr when this build has none. Callers check the CPU (and the OS's tile permission) first.
+const BwdKernelsF32 *bwd_amx_kernels_f32(bool emulated);
 // The table for this machine: cpu_isa() is avx512 (AVX-512F/BW/VL/DQ present, FLASH_ATTN_CY_CPU_ISA neither
 // "portable" nor "avx2") -> AVX-512, with scores_bf16 when the CPU also has AVX512-BF16; else portable.
 const BwdKernelsF32 *select_bwd_kernels_f32();
