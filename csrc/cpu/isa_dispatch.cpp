@@ -7,6 +7,7 @@
 // x86-64 with AMX-BF16 granted by the OS adds the AMX tile products of tile_kernels_amx.cpp to the AVX-512 set.
 // FLASH_ATTN_CY_CPU_ISA=portable|avx2|avx512|neon|amx|amx-emulated forces a set the CPU can run (tests check every path on one
 // machine).
+#include <cstring>
 #include <string>
 
 #include "cpu_features.h"
@@ -94,6 +95,8 @@ const char *cpu_isa_description() {
     } else {
         s = "portable";
     }
+    // A CPU with AMX whose OS withholds the tile state: say why the AMX kernels are not in use.
+    if (!f.amx && std::strncmp(f.amx_absent, "the OS", 6) == 0) s += std::string(" (AMX not used: ") + f.amx_absent + ")";
     if (req != CpuIsaRequest::best && req != CpuIsaRequest::unknown) {
         const bool honoured = (req == CpuIsaRequest::portable && isa == CpuIsa::portable) ||
                               (req == CpuIsaRequest::avx2 && isa == CpuIsa::avx2) ||
