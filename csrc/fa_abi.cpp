@@ -68,11 +68,30 @@ int bad_backend(fa_backend b, char *err, size_t errlen) {
     return FA_ERR_VALUE;
 }
 
-// Sim and Metal backends both execute a plan; this forwards to the right executor.
+// Sim and Metal backends both execute a plan: the call's one plan is built here, for the chosen device, and handed
+// to its executor, which only carries it out (fa_backends.h).
 int execute_plan_backend(fa_backend backend, fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u,
                          char *err, size_t errlen) {
-    if (backend == FA_BACKEND_SIM) return fa_sim_execute(kind, p, u, err, errlen);
-    return fa_metal_execute(kind, p, u, err, errlen);
+    // The plan is large (launches with inline constants): keep it off the caller's stack.
+    const std::unique_ptr<fa_plan> plan(new fa_plan());
+    const fa_plan_launch_fits fits = backend == FA_BACKEND_METAL ? fa_metal_launch_fits : nullptr;
+    int rc = fa_plan_build_for_device(kind, p, u, fits, plan.get(), err, errlen);
+    if (rc != FA_OK) return rc;
+    if (backend == FA_BACKEND_SIM) return fa_sim_execute(plan.get(), p, u, err, errlen);
+    return fa_metal_execute(plan.get(), p, u, err, errlen);
+}
+
+// The simulator serves plans when its build has one kernel of every forward and KV-cache family, named as the plan
+// names them (fa_plan_probe_kernel_name).
+int sim_available(char *why, size_t whylen) {
+    char name[FA_PLAN_KERNEL_NAME_LEN];
+    for (int i = 0; fa_plan_probe_kernel_name(i, name, sizeof(name)) == FA_OK; ++i) {
+        if (fa_sim_has_kernel(name)) continue;
+        if (why && whylen)
+            std::snprintf(why, whylen, "the simulator build does not contain the attention kernels (kernels/*.metal)");
+        return 0;
+    }
+    return 1;
 }
 
 // Reject device buffers for backends that only take host pointers.
@@ -219,7 +238,7 @@ int fa_backend_available(fa_backend backend, char *why, size_t whylen) {
     int rc = guarded(why, whylen, [&]() -> int {
         switch (backend) {
             case FA_BACKEND_CPU: return 1;
-            case FA_BACKEND_SIM: return fa_sim_available(why, whylen);
+            case FA_BACKEND_SIM: return sim_available(why, whylen);
             case FA_BACKEND_METAL: return fa_metal_available(why, whylen);
         }
         return 0;
@@ -245,7 +264,7 @@ int fa_backend_describe(fa_backend backend, char *out, size_t outlen) {
                 return FA_OK;
             }
             case FA_BACKEND_SIM:
-                if (fa_sim_available(why, sizeof why)) {
+                if (sim_available(why, sizeof why)) {
                     set_msg(out, outlen, "project Metal kernels executed by the CPU Metal simulator");
                 } else if (out && outlen) {
                     std::snprintf(out, outlen, "unavailable: %s", why);

@@ -25,9 +25,12 @@ int unavailable(char *msg, size_t len) {
 
 }  // namespace
 
-int fa_metal_execute(fa_plan_kind, const fa_params *, const fa_kvcache_update *, char *err, size_t errlen) {
+int fa_metal_execute(const fa_plan *, const fa_params *, const fa_kvcache_update *, char *err, size_t errlen) {
     return unavailable(err, errlen);
 }
+
+// No device, nothing to refuse: the call fails in fa_metal_execute (never reached: the backend is unavailable).
+int fa_metal_launch_fits(const fa_launch *) { return 1; }
 
 int fa_metal_available(char *why, size_t whylen) {
     unavailable(why, whylen);

@@ -1,10 +1,11 @@
-// sim_backend.cpp - the `sim` backend: build the dispatch plan and execute it on the Metal simulator.
+// sim_backend.cpp - the `sim` backend: execute the dispatch plan the C ABI built on the Metal simulator.
 //
 // Exactly what the Metal shim does on a Mac, with the simulator in place of the GPU: every launch of the plan runs
-// in order, with the plan's grid, threadgroup size, buffer bindings and setBytes constants. Buffers are bound with
-// their exact byte sizes so the simulator reports any access outside a tensor; p->sim_schedules > 1 reruns each
-// launch under other thread schedules and reports differences (races); FLASH_ATTN_CY_SIM_HAZARDS=1 runs the launches
-// under the hazard detector (csrc/sim/hazard.h: races found on the first run). Any fault becomes FA_ERR_FAULT.
+// in order, with the plan's grid, threadgroup size, buffer bindings, function constants and setBytes constants. The
+// plan comes from csrc/fa_abi.cpp (one per call); this file decides nothing about it. Buffers are bound with their
+// exact byte sizes so the simulator reports any access outside a tensor; p->sim_schedules > 1 reruns each launch
+// under other thread schedules and reports differences (races); FLASH_ATTN_CY_SIM_HAZARDS=1 runs the launches under
+// the hazard detector (csrc/sim/hazard.h: races found on the first run). Any fault becomes FA_ERR_FAULT.
 // Cancellation (fa_params.cancel) is checked between launches and by the simulator inside them, except for the
 // KV-cache append plan: a started append writes every row (fa_abi.h).
 #include <cstdio>
@@ -14,7 +15,6 @@
 
 #include "fa_backends.h"
 #include "plan/fa_plan.h"
-#include "plan/fa_plan_build.h"  // the executor builds its own plan (tests/core/test_layers.py: KNOWN_UPWARD)
 #include "sim/hazard_module.h"
 #include "sim/sim_api.h"
 #include "sim_profile_hook.h"
@@ -44,8 +44,11 @@ BufferMap map_buffers(fa_plan_kind kind, const fa_params *p, const fa_kvcache_up
     return m;
 }
 
-// The simulator's kernels specialise by name (templates); a launch with Metal function constants needs the
-// simulator's function-constant support, which this build does not have.
+// Bytes of logical buffer `id` the plan lets its launches reach: the scratch the plan sizes, or the caller's tensor.
+int64_t buffer_size(const fa_plan &plan, int id) {
+    return fa_buffer_is_scratch(id) ? plan.scratch_bytes[id - FA_BUF_FIRST_SCRATCH] : plan.buffer_bytes[id];
+}
+
 // The launch's Metal function constants (the descriptor's specialisation constants that are not template
 // parameters), as the simulator takes them: the same (index, name, MTLDataType, bytes) the Metal shim passes to
 // MTLFunctionConstantValues (objc/fa_metal_context.mm). An element-type constant has no MTLDataType here either.
@@ -74,23 +77,13 @@ int specialization(const fa_launch &l, std::vector<fasim::FunctionConstantValue>
 
 }  // namespace
 
-int fa_sim_available(char *why, size_t whylen) {
-    bool all = true;
-    char name[FA_PLAN_KERNEL_NAME_LEN];
-    for (int i = 0; all && fa_plan_probe_kernel_name(i, name, sizeof(name)) == FA_OK; ++i)
-        all = fasim::find_kernel(name) != nullptr;
-    if (all) return 1;
-    if (why && whylen)
-        std::snprintf(why, whylen, "the simulator build does not contain the attention kernels (kernels/*.metal)");
-    return 0;
-}
+int fa_sim_has_kernel(const char *name) { return name != nullptr && fasim::find_kernel(name) != nullptr; }
 
-int fa_sim_execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, char *err, size_t errlen) {
-    static_assert(sizeof(fa_plan) < (1u << 20), "plan is built on the heap");
-    std::vector<fa_plan> plan_storage(1);
-    fa_plan &plan = plan_storage[0];
-    int rc = fa_plan_build(kind, p, u, &plan, err, errlen);
-    if (rc != FA_OK) return rc;
+int fa_sim_execute(const fa_plan *plan_in, const fa_params *p, const fa_kvcache_update *u, char *err, size_t errlen) {
+    const fa_plan &plan = *plan_in;
+    if (plan.kind < FA_PLAN_FORWARD || plan.kind > FA_PLAN_KVCACHE_APPEND)
+        return fail(err, errlen, FA_ERR_RUNTIME, "plan: unknown plan kind " + std::to_string(plan.kind));
+    const fa_plan_kind kind = static_cast<fa_plan_kind>(plan.kind);
 
     std::vector<std::vector<unsigned char>> scratch(FA_PLAN_SCRATCH_COUNT);
     for (int i = 0; i < FA_PLAN_SCRATCH_COUNT; ++i) {
@@ -103,7 +96,6 @@ int fa_sim_execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_updat
                         "sim: cannot allocate " + std::to_string(n) + " bytes of scratch memory");
         }
     }
-    for (int i = 0; i < FA_PLAN_SCRATCH_COUNT; ++i) plan.buffer_bytes[FA_BUF_FIRST_SCRATCH + i] = plan.scratch_bytes[i];
     const BufferMap map = map_buffers(kind, p, u, scratch);
 
     const fa_cancel *cancel = kind == FA_PLAN_KVCACHE_APPEND ? nullptr : p->cancel;
@@ -121,7 +113,7 @@ int fa_sim_execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_updat
             const fa_binding &b = l.bindings[bi];
             if (b.buffer < 0 || b.buffer >= FA_BUF_COUNT)
                 return fail(err, errlen, FA_ERR_RUNTIME, std::string("plan: bad buffer id in launch ") + l.kernel);
-            const int64_t size = plan.buffer_bytes[b.buffer];
+            const int64_t size = buffer_size(plan, b.buffer);
             unsigned char *base = static_cast<unsigned char *>(map.data[b.buffer]);
             if (!base || size <= 0 || b.byte_offset < 0 || b.byte_offset >= size)
                 return fail(err, errlen, FA_ERR_RUNTIME,

@@ -1,20 +1,19 @@
-// fa_metal_execute.mm - fa_metal_execute: build the dispatch plan, give every logical buffer an MTLBuffer, encode
-// the whole plan into one command buffer, wait, check, copy results back. The decisions (storage of each buffer,
-// offsets, copy-back, launch order and limits) are made by the portable code in fa_metal_binding.cpp; this file
-// only carries them out with Metal.
+// fa_metal_execute.mm - fa_metal_execute: carry out the dispatch plan the C ABI built (csrc/fa_abi.cpp, one per
+// call): give every logical buffer an MTLBuffer, encode the whole plan into one command buffer, wait, check, copy
+// results back. The decisions (storage of each buffer, offsets, copy-back, launch order and limits) are made by the
+// portable code in fa_metal_binding.cpp; this file only carries them out with Metal. It answers the plan's one
+// question about the device (fa_metal_launch_fits) but never builds or changes a plan.
 #import <Foundation/Foundation.h>
 #import <Metal/Metal.h>
 
 #include <unistd.h>
 
 #include <cstring>
-#include <memory>
 #include <new>
 
 #include "fa_backends.h"
 #include "fa_metal_binding.h"
 #include "fa_metal_context.h"
-#include "plan/fa_plan_build.h"  // the executor builds its own plan (tests/core/test_layers.py: KNOWN_UPWARD)
 
 // FA_METAL_MRC_EXECUTION_TEST: tests/objc/test_objc_execute.py runs this file on Linux against a mock Metal on the GNU
 // Objective-C runtime, which has no ARC; without ARC the test process merely leaks, which does not matter there.
@@ -119,40 +118,31 @@ int make_buffer(Context &ctx, int buf_id, BufferBinding &b, __strong id<MTLBuffe
     return FA_OK;
 }
 
-// Whether a vector decode launch (family FA_KERNEL_VECTOR, fa_vec*: 256-thread threadgroups) wants more threads than
-// its pipeline allows: Metal lowers a pipeline's maxTotalThreadsPerThreadgroup when its kernel needs many registers,
-// which the 4-row vector kernel at head dim 256 may. A pipeline that cannot be made is not decided here (encoding reports it).
-bool vector_launch_exceeds_pipeline(Context &ctx, const fa_plan &plan) {
-    for (int li = 0; li < plan.nlaunches; ++li) {
-        const fa_launch &l = plan.launches[li];
-        if (l.desc.family != FA_KERNEL_VECTOR) continue;
-        int status = FA_OK;
-        char ignored[256];
-        id<MTLComputePipelineState> state = fametal::pipeline(ctx, l, &status, ignored, sizeof ignored);
-        if (state == nil) return false;
-        const uint64_t threads = static_cast<uint64_t>(l.threads[0]) * l.threads[1] * l.threads[2];
-        if (threads > state.maxTotalThreadsPerThreadgroup) return true;
-    }
-    return false;
+// Whether a launch's threadgroup fits its pipeline: Metal lowers a pipeline's maxTotalThreadsPerThreadgroup when its
+// kernel needs many registers, which the 4-row vector kernel at head dim 256 may. A pipeline that cannot be made is
+// not decided here (encoding reports it).
+bool launch_fits(const fa_launch &l) {
+    Context &ctx = context();
+    if (!ctx.supported) return true;
+    int status = FA_OK;
+    char ignored[256];
+    id<MTLComputePipelineState> state = fametal::pipeline(ctx, l, &status, ignored, sizeof ignored);
+    if (state == nil) return true;
+    const uint64_t threads = static_cast<uint64_t>(l.threads[0]) * l.threads[1] * l.threads[2];
+    return threads <= state.maxTotalThreadsPerThreadgroup;
 }
 
-int execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, char *err, size_t errlen) {
+int execute(const fa_plan &plan, const fa_params *p, const fa_kvcache_update *u, char *err, size_t errlen) {
     Context &ctx = context();
     if (!ctx.supported) return fail(FA_ERR_UNAVAILABLE, err, errlen, "%s", ctx.reason.c_str());
-
-    std::unique_ptr<fa_plan> plan(new fa_plan);
-    std::memset(plan.get(), 0, sizeof(fa_plan));
-    int status = fa_plan_build(kind, p, u, plan.get(), err, errlen);
-    if (status != FA_OK) return status;
-    if (plan->nlaunches == 0) return FA_OK;  // nothing to compute (empty shapes): no command buffer at all
-    if (kind == FA_PLAN_FORWARD && vector_launch_exceeds_pipeline(ctx, *plan)) {
-        status = fa_plan_build_forward_without_vector(p, plan.get(), err, errlen);  // the fragment decode kernel
-        if (status != FA_OK) return status;
-    }
+    if (plan.kind < FA_PLAN_FORWARD || plan.kind > FA_PLAN_KVCACHE_APPEND)
+        return fail(FA_ERR_RUNTIME, err, errlen, "metal: the plan has an unknown kind %d", plan.kind);
+    if (plan.nlaunches == 0) return FA_OK;  // nothing to compute (empty shapes): no command buffer at all
+    const fa_plan_kind kind = static_cast<fa_plan_kind>(plan.kind);
 
     BindingPlan bindings;
-    status = plan_bindings(kind, p, u, plan.get(), static_cast<uint64_t>(getpagesize()), kWrapMinBytes, &bindings,
-                           err, errlen);
+    int status = plan_bindings(kind, p, u, &plan, static_cast<uint64_t>(getpagesize()), kWrapMinBytes, &bindings,
+                               err, errlen);
     if (status != FA_OK) return status;
 
     __strong id<MTLBuffer> buffers[FA_BUF_COUNT] = {};  // released (ARC) when this function returns
@@ -166,7 +156,7 @@ int execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, c
     if (enc == nil) return fail(FA_ERR_RUNTIME, err, errlen, "metal: could not create a command buffer and encoder");
     cmd.label = @"flash_attn_cy";
     MetalEncoder encoder(ctx, enc, buffers);
-    status = encode_plan(*plan, bindings, encoder, err, errlen);
+    status = encode_plan(plan, bindings, encoder, err, errlen);
     [enc endEncoding];
     if (status != FA_OK) return status;  // never committed: nothing ran
 
@@ -192,16 +182,27 @@ int execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, c
 }  // namespace
 }  // namespace fametal
 
-int fa_metal_execute(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u, char *err, size_t errlen) {
+int fa_metal_execute(const fa_plan *plan, const fa_params *p, const fa_kvcache_update *u, char *err, size_t errlen) {
     // Nothing may escape the C ABI: C++ exceptions and (in the Apple runtime, where they share one mechanism)
     // Objective-C exceptions become error codes.
     try {
         @autoreleasepool {
-            return fametal::execute(kind, p, u, err, errlen);
+            return fametal::execute(*plan, p, u, err, errlen);
         }
     } catch (const std::bad_alloc &) {
         return fametal::fail(FA_ERR_RUNTIME, err, errlen, "metal: out of host memory");
     } catch (...) {
         return fametal::fail(FA_ERR_RUNTIME, err, errlen, "metal: unexpected exception while running the plan");
+    }
+}
+
+int fa_metal_launch_fits(const fa_launch *launch) {
+    // Asked while the C ABI builds the plan; "cannot tell" is "fits" (the encoding of the launch then says why not).
+    try {
+        @autoreleasepool {
+            return fametal::launch_fits(*launch) ? 1 : 0;
+        }
+    } catch (...) {
+        return 1;
     }
 }

@@ -101,6 +101,7 @@ extern "C" int fa_plan_build(fa_plan_kind kind, const fa_params *p, const fa_kvc
                              char *err, size_t errlen) {
     if (!p || !out) return faplan::fail(err, errlen, FA_ERR_VALUE, "fa_plan_build: params and plan are required");
     std::memset(out, 0, sizeof(*out));
+    out->kind = kind;
     if (err && errlen) err[0] = '\0';
     switch (kind) {
         case FA_PLAN_FORWARD: return fa_plan_forward(p, out, err, errlen);
@@ -112,9 +113,16 @@ extern "C" int fa_plan_build(fa_plan_kind kind, const fa_params *p, const fa_kvc
     return faplan::fail(err, errlen, FA_ERR_VALUE, "fa_plan_build: unknown plan kind %d", int(kind));
 }
 
-extern "C" int fa_plan_build_forward_without_vector(const fa_params *p, fa_plan *out, char *err, size_t errlen) {
-    if (!p || !out) return faplan::fail(err, errlen, FA_ERR_VALUE, "fa_plan_build: params and plan are required");
+extern "C" int fa_plan_build_for_device(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *u,
+                                        fa_plan_launch_fits fits, fa_plan *out, char *err, size_t errlen) {
+    int rc = fa_plan_build(kind, p, u, out, err, errlen);
+    if (rc != FA_OK || fits == nullptr || kind != FA_PLAN_FORWARD) return rc;
+    bool vector_fits = true;
+    for (int li = 0; vector_fits && li < out->nlaunches; ++li)
+        if (out->launches[li].desc.family == FA_KERNEL_VECTOR) vector_fits = fits(&out->launches[li]) != 0;
+    if (vector_fits) return FA_OK;
+    // The same call with the decode rows on the fragment kernel (the split-KV merge, if any, is unchanged).
     std::memset(out, 0, sizeof(*out));
-    if (err && errlen) err[0] = '\0';
+    out->kind = kind;
     return fa_plan_forward(p, out, err, errlen, /*allow_vector=*/false);
 }

@@ -3,8 +3,9 @@
  * the executors read. It declares types only, so that the executors below the plan layer can include it; the
  * builders that fill it are declared in fa_plan_build.h.
  *
- * fa_plan_build() turns validated fa_params into a list of kernel launches, made once by the plan and only followed
- * by the executors: the simulator runs it on the CPU, the shim encodes it into one Metal command buffer. Each launch
+ * fa_plan_build() turns validated fa_params into a list of kernel launches. The C ABI (csrc/fa_abi.cpp) builds one
+ * plan per call and hands that object to the executor, which only follows it: the simulator (csrc/sim_backend.cpp)
+ * runs it on the CPU, the shim (objc/fa_metal_execute.mm) encodes it into one Metal command buffer. Each launch
  * is typed: which kernel (a family and its specialisation constants, fa_kernel_desc), the grid of threadgroups, the
  * threads per threadgroup, the tile the plan chose, the threadgroup memory it needs, the buffers it binds (a logical
  * buffer, fa_buffers.h, at a [[buffer(n)]] index, kernels/fa_kernel_args.h) and its constant block (setBytes).
@@ -116,6 +117,7 @@ typedef struct fa_launch {
 } fa_launch;
 
 typedef struct fa_plan {
+    int32_t kind;      /* fa_plan_kind: the call it computes (which buffers its launches write: fa_buffer_written) */
     int32_t nlaunches;
     fa_launch launches[FA_PLAN_MAX_LAUNCHES];
     int64_t scratch_bytes[FA_PLAN_SCRATCH_COUNT]; /* 0 = unused; scratch_bytes[i] is FA_BUF_SCRATCH0 + i */

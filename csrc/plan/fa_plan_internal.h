@@ -82,6 +82,6 @@ int fa_plan_backward(const fa_params *p, fa_plan *out, char *err, size_t errlen)
 
 // Forward and KV-cache append plans (fa_plan_forward.cpp, fa_plan_kvcache.cpp).
 // allow_vector = false plans decode calls with the fragment kernel instead of the 256-thread vector kernels
-// (fa_plan_build_forward_without_vector).
+// (fa_plan_build_for_device, when the device's vector pipeline allows fewer threads).
 int fa_plan_forward(const fa_params *p, fa_plan *out, char *err, size_t errlen, bool allow_vector = true);
 int fa_plan_kvcache_append(const fa_params *p, const fa_kvcache_update *u, fa_plan *out, char *err, size_t errlen);

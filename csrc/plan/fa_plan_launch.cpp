@@ -188,8 +188,8 @@ int add_launch(fa_plan *plan, const LaunchSpec &s, const void *constants, uint32
 
 }  // namespace faplan
 
-// One kernel of every forward and KV-cache family (fp32, head dim 64), named as the plan names them: what an executor
-// checks it has before it says it can serve plans (fa_sim_available).
+// One kernel of every forward and KV-cache family (fp32, head dim 64), named as the plan names them: the C ABI asks
+// the simulator for each (fa_sim_has_kernel) before it reports that backend able to serve plans.
 extern "C" int fa_plan_probe_kernel_name(int i, char *out, size_t outlen) {
     const fa_kernel_desc probes[] = {faplan::kernel_desc(FA_KERNEL_PREFILL, FA_F32, 64),
                                      faplan::kernel_desc(FA_KERNEL_FRAGMENT, FA_F32, 64),

@@ -45,13 +45,9 @@ PLACES = [
     ("kernels/", "kernels"),
 ]
 # Upward includes that remain, each with its reason. The test fails when one disappears, so the list stays exact.
-KNOWN_UPWARD = {
-    ("csrc/sim_backend.cpp", "csrc/plan/fa_plan_build.h"):
-        "the simulator executor builds its own plan (issue 18 item 2: the dispatcher builds it once and hands it down)",
-    ("objc/fa_metal_execute.mm", "csrc/plan/fa_plan_build.h"):
-        "the Metal executor builds its own plan, and replans without the vector kernels when a pipeline allows fewer "
-        "threads (issue 18 item 2)",
-}
+# Empty since the C ABI builds each call's plan and hands it to the executors (csrc/fa_backends.h): csrc/sim_backend.cpp
+# and objc/fa_metal_execute.mm read plan/fa_plan.h only, never the builders of plan/fa_plan_build.h.
+KNOWN_UPWARD: Dict[Tuple[str, str], str] = {}
 
 SOURCE_SUFFIXES = {".h", ".hpp", ".c", ".cc", ".cpp", ".m", ".mm", ".metal"}
 # Where the build looks for quoted includes after the including file's folder (meson: fa_include, objc's '.').
@@ -133,6 +129,20 @@ def test_includes_go_only_downward():
     assert not stale, f"no longer included, remove from KNOWN_UPWARD: {stale}"
 
 
+def test_executors_name_no_plan_builder():
+    # The include check cannot see a builder declared by hand: the executors name none of the functions
+    # plan/fa_plan_build.h declares (the C ABI builds each call's plan and hands it down, csrc/fa_backends.h).
+    header = (ROOT / "csrc" / "plan" / "fa_plan_build.h").read_text()
+    builders = set(re.findall(r"^\s*int\s+(fa_plan_\w+)\s*\(", header, re.M))
+    assert {"fa_plan_build", "fa_plan_build_for_device", "fa_plan_probe_kernel_name"} <= builders, builders
+    executors = [ROOT / "csrc" / "sim_backend.cpp", ROOT / "csrc" / "metal_unavailable.cpp",
+                 *sorted((ROOT / "objc").glob("*.mm")), *sorted((ROOT / "objc").glob("*.cpp")),
+                 *sorted((ROOT / "objc").glob("*.h"))]
+    found = [f"{path.relative_to(ROOT)}: {name}" for path in executors
+             for name in sorted(builders) if re.search(rf"\b{name}\b", path.read_text())]
+    assert not found, found
+
+
 def test_cython_layer_reaches_c_only_through_the_abi_headers():
     headers = {h for pyx in (ROOT / "flash_attn_cy").glob("*.pyx") for h, _ in includes(pyx)}
     project = {h for h in headers if resolve(ROOT, ROOT / "flash_attn_cy" / "x.pyx", h, True)}
@@ -169,6 +179,9 @@ def _tree(tmp_path: Path, files: Dict[str, str]) -> Path:
     ({"csrc/metal_unavailable.cpp": '#include "../objc/s.h"\n', "objc/s.h": ""}, ["sideways"]),
     ({"csrc/cpu/x.cpp": '#include "../metal_unavailable.cpp"\n', "csrc/metal_unavailable.cpp": ""}, ["sideways"]),
     ({"csrc/new_thing.cpp": ""}, ["unplaced"]),
+    # an executor that would build its own plan again
+    ({"csrc/sim_backend.cpp": '#include "plan/fa_plan_build.h"\n', "csrc/plan/fa_plan_build.h": ""}, ["upward"]),
+    ({"objc/fa_metal_execute.mm": '#include "plan/fa_plan_build.h"\n', "csrc/plan/fa_plan_build.h": ""}, ["upward"]),
 ])
 def test_the_check_itself(tmp_path, files, expected):
     root = _tree(tmp_path, files)

@@ -26,6 +26,10 @@ pytestmark = pytest.mark.skipif(sys.platform == "darwin", reason="compiles the M
                                 "macOS builds the real shim instead")
 
 
+# The C ABI builds each call's plan (csrc/plan) and hands the object to the executor (csrc/fa_backends.h).
+HANDOFF_POINTS = ("fa_plan_build_for_device", "fa_sim_execute", "fa_metal_execute")
+
+
 def _core_library() -> Path | None:
     env = os.environ.get("FA_CORE_LIB")
     if env:
@@ -65,11 +69,13 @@ def e2e_exe(tmp_path_factory) -> Path:
            f"-I{OBJC_STUBS}", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'kernels'}", f"-I{ROOT / 'objc'}",
            str(ROOT / "objc" / "fa_metal_context.mm"), str(ROOT / "objc" / "fa_metal_execute.mm"),
            str(OBJC_STUBS / "mock" / "metal_mock.mm"),
-           str(OBJC_TESTS / "test_objc_e2e_driver.mm"),
+           str(OBJC_TESTS / "test_objc_e2e_driver.mm"), str(OBJC_TESTS / "e2e_plan_handoff.mm"),
            "-x", "c++", str(ROOT / "objc" / "fa_metal_binding.cpp"),
            # Every object of the core (as the extension's link_whole does: weak scaffold definitions must not
            # shadow the real ones) except metal_unavailable, whose fa_metal_* the shim defines here.
-           "-x", "none", *objects, f"-L{objc_dir}", f"-Wl,-rpath,{objc_dir}", "-lobjc", "-pthread", "-o", str(exe)]
+           "-x", "none", *objects, f"-L{objc_dir}", f"-Wl,-rpath,{objc_dir}", "-lobjc", "-pthread",
+           # the plan hand-off points between the C ABI and the executors, observed by e2e_plan_handoff.mm
+           *(f"-Wl,--wrap={name}" for name in HANDOFF_POINTS), "-o", str(exe)]
     # fa_metal_kernels_embedded.cpp is generated only on macOS: give the shim an empty table, metallib from env.
     embedded = tmp_path / "embedded.cpp"
     embedded.write_text('#include "fa_metal_kernel_source.h"\n'
@@ -95,6 +101,24 @@ def test_metal_path_end_to_end(e2e_exe: Path) -> None:
     assert "ERROR: AddressSanitizer" not in run.stderr, run.stderr[-6000:]
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     assert "FAIL" not in run.stdout
+
+
+def test_plan_built_once_and_handed_to_each_executor(e2e_exe: Path) -> None:
+    """Issue 18 items 2 and 6: for a forward (prefill, split-KV decode, with attention probabilities), a backward and
+    a KV-cache append, the C ABI builds one plan; the simulator executor and the Metal shim (on the mock Metal) each
+    receive that very object, unchanged, run exactly its launches with the constant blocks read from it, and get
+    byte-identical plans and bit-identical results for the same call. A device whose vector pipeline allows fewer
+    threads gets, from the same single build, the fragment-kernel plan. See tests/objc/e2e_plan_handoff.mm."""
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
+    run = subprocess.run([str(e2e_exe), str(e2e_exe.parent / "fa_kernels.metallib"), "handoff"], capture_output=True,
+                         text=True, timeout=600, env=env)
+    print(run.stdout)
+    assert "ERROR: AddressSanitizer" not in run.stderr, run.stderr[-6000:]
+    assert run.returncode == 0 and "FAIL" not in run.stdout, run.stdout[-6000:] + run.stderr[-3000:]
+    for case in ("forward prefill causal GQA", "forward decode split-KV", "forward with attention probabilities",
+                 "backward causal", "kvcache append", "limited vector pipeline"):
+        assert f"{case}:" in run.stdout, case
+    assert "passed" in run.stdout
 
 
 def _sliced_qkv_bindings(route: str):

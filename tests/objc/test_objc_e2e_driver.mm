@@ -22,6 +22,9 @@
 
 #define CHECK(cond, what) fa_check((cond), __FILE__, __LINE__, #cond, std::string(what))
 
+// Mode "handoff": tests/objc/e2e_plan_handoff.mm (its own check count; returns its failures).
+int run_plan_handoff();
+
 // The mock's command buffer hands every project kernel to the simulator, with the exact bindings the shim made.
 static std::string run_in_simulator(const std::string &name, const std::vector<mock::Arg> &args, const uint32_t g[3],
                                     const uint32_t t[3]) {
@@ -353,7 +356,7 @@ static void run_sliced_qkv_case(const long long delta[3], const long long off[3]
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) return std::fprintf(stderr, "usage: e2e METALLIB_PATH [sliced DQ OQ DK OK DV OV]\n"), 2;
+    if (argc < 2) return std::fprintf(stderr, "usage: e2e METALLIB_PATH [handoff | sliced DQ OQ DK OK DV OV]\n"), 2;
     // The mock "metallib" lists every kernel the simulator has; the shim loads it like a real library.
     FILE *f = std::fopen(argv[1], "w");
     if (f == nullptr) return 2;
@@ -364,6 +367,7 @@ int main(int argc, char **argv) {
     mock::set_fallback(run_in_simulator);
     char why[512];
     CHECK(fa_backend_available(FA_BACKEND_METAL, why, sizeof why) == 1, std::string("metal available: ") + why);
+    if (argc == 3 && std::strcmp(argv[2], "handoff") == 0) return run_plan_handoff() ? 1 : 0;
     if (argc == 9 && std::strcmp(argv[2], "sliced") == 0) {  // only the sliced-view case (tests/test_objc_e2e.py)
         long long delta[3], off[3];
         for (int i = 0; i < 3; ++i) delta[i] = std::atoll(argv[3 + 2 * i]), off[i] = std::atoll(argv[4 + 2 * i]);

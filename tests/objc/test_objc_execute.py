@@ -3,7 +3,8 @@
 objc/fa_metal_context.mm, objc/fa_metal_execute.mm and objc/fa_metal_binding.cpp are compiled unchanged (except
 that the GNU Objective-C runtime has no ARC, so they are built with manual reference counting and leak) together
 with tests/objc/objc_stubs/mock (Foundation/Metal classes implementing the stub declarations: buffers are host memory,
-command buffers run small C++ test kernels at commit and bounds-check every access) and a stand-in dispatch plan.
+command buffers run small C++ test kernels at commit and bounds-check every access) and a stand-in dispatch plan,
+handed to fa_metal_execute as the C ABI hands its plan over.
 Each scenario runs in its own process because the shim's Metal context is process-wide.
 
 This proves the shim's logic runs as written: device refusal, library choice and caching, pipeline cache, buffer
@@ -27,7 +28,7 @@ from _paths import OBJC_STUBS, OBJC_TESTS, ROOT  # noqa: E402
 pytestmark = pytest.mark.skipif(sys.platform == "darwin", reason="compiles the Metal shim against Linux stub headers; "
                                 "macOS builds the real shim instead")
 SCENARIOS = ["nodevice", "paravirtual", "apple10", "apple7", "metallib", "nocopy_refused", "embedded",
-             "embedded_error", "errors", "device_buffers", "function_constants"]
+             "embedded_error", "errors", "device_buffers", "function_constants", "launch_fits"]
 
 
 def _toolchain():

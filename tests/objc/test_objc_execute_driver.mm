@@ -1,8 +1,9 @@
 // Runs the real shim (objc/fa_metal_context.mm, objc/fa_metal_execute.mm, objc/fa_metal_binding.cpp) against the
 // mock Metal of tests/objc/objc_stubs/mock, one scenario per process (the shim's Metal context is process-wide).
 // Built and run by tests/objc/test_objc_execute.py. Prints "FAIL ..." lines and "passed N checks"; exits non-zero on
-// failure. The plan comes from a stand-in fa_plan_build below (test kernels, not the project's), so this checks
-// the shim's own logic: device checks, library choice, buffers, offsets, encoding, errors and copy-back.
+// failure. The plan comes from a stand-in builder below (test kernels, not the project's) and is handed to
+// fa_metal_execute the way the C ABI hands it over, so this checks the shim's own logic: device checks, library
+// choice, buffers, offsets, encoding, errors and copy-back.
 #import <Foundation/Foundation.h>
 #import <Metal/Metal.h>
 
@@ -53,11 +54,10 @@ static void bind(fa_launch &l, int index, int buffer, int64_t offset) {
     l.bindings[l.nbindings++] = fa_binding{index, buffer, offset};
 }
 
-extern "C" int fa_plan_build(fa_plan_kind kind, const fa_params *p, const fa_kvcache_update *, fa_plan *out, char *err,
-                             size_t errlen) {
-    if (kind != FA_PLAN_FORWARD) return std::snprintf(err, errlen, "stand-in plan: forward only"), FA_ERR_UNSUPPORTED;
+static void stand_in_plan(const fa_params *p, fa_plan *out) {
     std::memset(out, 0, sizeof *out);
-    if (p->seqlen_q == 0) return FA_OK;  // empty plan, as the real one for empty shapes
+    out->kind = FA_PLAN_FORWARD;
+    if (p->seqlen_q == 0) return;  // empty plan, as the real one for empty shapes
     const uint32_t n = static_cast<uint32_t>(p->seqlen_q) * static_cast<uint32_t>(p->headdim);
     const uint32_t rows = static_cast<uint32_t>(p->seqlen_q);
     ScaleConstants c{n, static_cast<float>(p->softmax_scale)};
@@ -94,12 +94,13 @@ extern "C" int fa_plan_build(fa_plan_kind kind, const fa_params *p, const fa_kvc
     out->launches[2].constants_size = sizeof c;
     std::memcpy(out->launches[2].constants, &c, sizeof c);
     out->nlaunches = 3;
-    return FA_OK;
 }
 
-// The stand-in plan has no vector decode launch, so the shim's fallback never asks for this; it links the shim.
-extern "C" int fa_plan_build_forward_without_vector(const fa_params *p, fa_plan *out, char *err, size_t errlen) {
-    return fa_plan_build(FA_PLAN_FORWARD, p, nullptr, out, err, errlen);
+// A forward call as the C ABI makes it: the plan built once, then handed to the executor.
+static int execute(const fa_params *p, char *msg, size_t msglen) {
+    static fa_plan plan;  // large: not on the stack
+    stand_in_plan(p, &plan);
+    return fa_metal_execute(&plan, p, nullptr, msg, msglen);
 }
 
 // Test kernels: every access is bounds-checked against the bound MTLBuffer.
@@ -203,7 +204,10 @@ int main(int argc, char **argv) {
         CHECK(fa_metal_available(msg, sizeof msg) == 0);
         CHECK_CONTAINS(msg, "no Metal device");
         Call c;
-        CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_ERR_UNAVAILABLE);
+        CHECK(execute(&c.p, msg, sizeof msg) == FA_ERR_UNAVAILABLE);
+        static fa_plan plan;
+        stand_in_plan(&c.p, &plan);
+        CHECK(fa_metal_launch_fits(&plan.launches[0]) == 1);  // cannot tell without a device: the plan stays as it is
         CHECK(fa_metal_describe(msg, sizeof msg) == FA_OK);
         CHECK_CONTAINS(msg, "unavailable: no Metal device");
         char names[64];
@@ -221,7 +225,7 @@ int main(int argc, char **argv) {
         CHECK_CONTAINS(msg, "MTLGPUFamilyApple7");
         CHECK(mock::journal_has("supportsFamily 1007"));
         Call c;
-        CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_ERR_UNAVAILABLE);
+        CHECK(execute(&c.p, msg, sizeof msg) == FA_ERR_UNAVAILABLE);
         CHECK(!mock::journal_has("commit") && c.out_untouched());
         // Compiling needs a device, not a supported one (what CI's paravirtual runners can still check).
         char names[256];
@@ -270,7 +274,7 @@ int main(int argc, char **argv) {
         CHECK_CONTAINS(msg, "(not yet loaded)");
         for (int round = 0; round < 2; ++round) {
             Call c;
-            const int rc = fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg);
+            const int rc = execute(&c.p, msg, sizeof msg);
             CHECK(rc == FA_OK);
             if (rc != FA_OK) std::printf("  %s\n", msg);
             CHECK(c.results_ok(c.out));
@@ -316,7 +320,7 @@ int main(int argc, char **argv) {
             // The same call on memory from aligned_alloc (a caller's array): never wrapped (Apple forbids wrapping
             // malloc'd memory), copied in and out, and the results still come back.
             Call m(false);
-            CHECK(fa_metal_execute(FA_PLAN_FORWARD, &m.p, nullptr, msg, sizeof msg) == FA_OK);
+            CHECK(execute(&m.p, msg, sizeof msg) == FA_OK);
             CHECK(m.results_ok(m.out) && m.lse_ok());
             CHECK(count_prefix("nocopy") == 4 && count_prefix("bytes 18944 shared") == 2);
         } else {
@@ -334,7 +338,7 @@ int main(int argc, char **argv) {
         CHECK(fa_metal_describe(msg, sizeof msg) == FA_OK);
         CHECK_CONTAINS(msg, "embedded kernel source (2 files), compiled at first use (not yet compiled)");
         Call c;
-        const int rc = fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg);
+        const int rc = execute(&c.p, msg, sizeof msg);
         if (scenario == "embedded") {
             CHECK(rc == FA_OK && c.results_ok(c.out) && c.lse_ok());
             CHECK(count_prefix("library source") == 2);
@@ -348,7 +352,7 @@ int main(int argc, char **argv) {
             CHECK_CONTAINS(msg, "missing tile");
             CHECK(c.out_untouched() && !mock::journal_has("commit"));
             Call again;  // the failure is remembered, not retried
-            CHECK(fa_metal_execute(FA_PLAN_FORWARD, &again.p, nullptr, msg, sizeof msg) == FA_ERR_RUNTIME);
+            CHECK(execute(&again.p, msg, sizeof msg) == FA_ERR_RUNTIME);
             CHECK(count_prefix("library source") == 2);
             CHECK(fa_metal_available(msg, sizeof msg) == 0);  // and from now on the backend reports itself unusable
             CHECK_CONTAINS(msg, "stage2.metal failed");
@@ -359,7 +363,7 @@ int main(int argc, char **argv) {
         {  // a kernel missing from the library
             g_stage2_kernel = "mock_missing";
             Call c;
-            CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_ERR_RUNTIME);
+            CHECK(execute(&c.p, msg, sizeof msg) == FA_ERR_RUNTIME);
             CHECK_CONTAINS(msg, "kernel mock_missing is not in the kernel library (prebuilt metallib");
             CHECK(!mock::journal_has("commit") && c.out_untouched());
             g_stage2_kernel = "mock_stage2";
@@ -367,7 +371,7 @@ int main(int argc, char **argv) {
         {  // threadgroup larger than the pipeline allows: refused before anything runs
             mock::knobs().max_total_threads = 64;
             Call c;
-            CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_ERR_RUNTIME);
+            CHECK(execute(&c.p, msg, sizeof msg) == FA_ERR_RUNTIME);
             CHECK_CONTAINS(msg, "kernel mock_stage1 wants threadgroups of (128, 1, 1) = 128 threads");
             CHECK_CONTAINS(msg, "at most 64 threads");
             CHECK(!mock::journal_has("commit") && c.out_untouched());
@@ -376,7 +380,7 @@ int main(int argc, char **argv) {
         {  // a pipeline whose SIMD groups are not 32 lanes wide: the kernels would be wrong, so it is refused
             mock::knobs().thread_execution_width = 64;
             Call c;
-            CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_ERR_RUNTIME);
+            CHECK(execute(&c.p, msg, sizeof msg) == FA_ERR_RUNTIME);
             CHECK_CONTAINS(msg, "kernel mock_stage1 is written for 32-lane SIMD groups; this pipeline's "
                                 "threadExecutionWidth is 64");
             CHECK(!mock::journal_has("commit") && c.out_untouched());
@@ -385,7 +389,7 @@ int main(int argc, char **argv) {
         {  // the command buffer fails on the GPU: error text and status reach the caller, no copy-back
             mock::knobs().fail_command_buffer = true;
             Call c;
-            CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_ERR_RUNTIME);
+            CHECK(execute(&c.p, msg, sizeof msg) == FA_ERR_RUNTIME);
             CHECK_CONTAINS(msg, "the command buffer failed (status 5): Internal Error (0000000e:Internal Error)");
             CHECK(c.lse[0] == -777.0f);
             mock::knobs().fail_command_buffer = false;
@@ -393,7 +397,7 @@ int main(int argc, char **argv) {
         {  // a buffer larger than the device allows
             mock::knobs().max_buffer_length = 4096;
             Call c;
-            CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_ERR_RUNTIME);
+            CHECK(execute(&c.p, msg, sizeof msg) == FA_ERR_RUNTIME);
             CHECK_CONTAINS(msg, "could not allocate a 18944-byte buffer for");
             mock::knobs().max_buffer_length = 1ul << 30;
         }
@@ -401,12 +405,12 @@ int main(int argc, char **argv) {
             Call c;
             const size_t before = mock::journal().size();
             c.p.seqlen_q = 0;
-            CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_OK);
+            CHECK(execute(&c.p, msg, sizeof msg) == FA_OK);
             CHECK(mock::journal().size() == before);
         }
         {  // and the next call works again
             Call c;
-            CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_OK);
+            CHECK(execute(&c.p, msg, sizeof msg) == FA_OK);
             CHECK(c.results_ok(c.out));
         }
     } else if (scenario == "device_buffers") {
@@ -428,7 +432,7 @@ int main(int argc, char **argv) {
         dev.byte_length[FA_BUF_OUT] = int64_t(c.n()) * 4 + 100;
         c.p.device_buffers = &dev;
         c.p.out.data = nullptr;  // never dereferenced for device-bound tensors
-        const int rc = fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg);
+        const int rc = execute(&c.p, msg, sizeof msg);
         CHECK(rc == FA_OK);
         if (rc != FA_OK) std::printf("  %s\n", msg);
         CHECK(c.results_ok(reinterpret_cast<const float *>(static_cast<char *>(out_contents) + out_off)));
@@ -437,7 +441,7 @@ int main(int argc, char **argv) {
         CHECK(!mock::journal_has("nocopy") || count_prefix("nocopy") == 0);
         // The caller claims more bytes than the MTLBuffer has: caught against the buffer's real length.
         dev.byte_offset[FA_BUF_Q] = 512;
-        CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_ERR_VALUE);
+        CHECK(execute(&c.p, msg, sizeof msg) == FA_ERR_VALUE);
         CHECK_CONTAINS(msg, "the MTLBuffer given for q holds 19200 bytes; the call needs 18944 from offset 512");
     } else if (scenario == "function_constants") {
         if (argc < 3) return 2;
@@ -446,7 +450,7 @@ int main(int argc, char **argv) {
         for (int32_t value : {7, 7, -9}) {  // one pipeline per set of constant values, cached like the others
             g_stage2_constant = value;
             Call c;
-            CHECK(fa_metal_execute(FA_PLAN_FORWARD, &c.p, nullptr, msg, sizeof msg) == FA_OK);
+            CHECK(execute(&c.p, msg, sizeof msg) == FA_OK);
             CHECK(c.results_ok(c.out) && c.lse_ok());
         }
         CHECK(count_prefix("specialize mock_stage2 3:29=7") == 1 && count_prefix("specialize mock_stage2 3:29=-9") == 1);
@@ -455,13 +459,32 @@ int main(int argc, char **argv) {
         g_stage2_constant_type = FA_SPEC_BOOL;
         g_stage2_constant = 1;
         Call b;
-        CHECK(fa_metal_execute(FA_PLAN_FORWARD, &b.p, nullptr, msg, sizeof msg) == FA_OK);
+        CHECK(execute(&b.p, msg, sizeof msg) == FA_OK);
         CHECK(mock::journal_has("specialize mock_stage2 3:53=1"));
         g_stage2_constant_type = FA_SPEC_DTYPE;  // an element type is a template parameter, never a function constant
         Call d;
-        CHECK(fa_metal_execute(FA_PLAN_FORWARD, &d.p, nullptr, msg, sizeof msg) == FA_ERR_RUNTIME);
+        CHECK(execute(&d.p, msg, sizeof msg) == FA_ERR_RUNTIME);
         CHECK_CONTAINS(msg, "function constant MODE at index 3");
         CHECK(d.out_untouched());
+    } else if (scenario == "launch_fits") {
+        // The plan's question about the device while the C ABI builds a plan (fa_plan_build_for_device): does a
+        // launch's threadgroup fit its kernel's pipeline? Asked without encoding anything.
+        if (argc < 3) return 2;
+        setenv("FLASH_ATTN_CY_METALLIB", argv[2], 1);
+        mock::knobs().limited_prefix = "mock_stage2";  // a register-heavy pipeline: Metal allows it 64 threads
+        mock::knobs().limited_max_total_threads = 64;
+        static fa_plan plan;
+        Call c;
+        stand_in_plan(&c.p, &plan);  // 128-thread threadgroups
+        CHECK(fa_metal_launch_fits(&plan.launches[0]) == 1);
+        CHECK(fa_metal_launch_fits(&plan.launches[1]) == 0);
+        g_threads = 64;
+        stand_in_plan(&c.p, &plan);
+        CHECK(fa_metal_launch_fits(&plan.launches[1]) == 1);
+        std::snprintf(plan.launches[1].kernel, sizeof plan.launches[1].kernel, "mock_missing");
+        CHECK(fa_metal_launch_fits(&plan.launches[1]) == 1);  // no pipeline: not decided here, encoding reports it
+        CHECK(count_prefix("pipeline mock_stage2") == 1);      // cached: the call's encoding reuses it
+        CHECK(!mock::journal_has("commit") && !mock::journal_has("encoder"));
     } else {
         std::fprintf(stderr, "unknown scenario %s\n", scenario.c_str());
         return 2;

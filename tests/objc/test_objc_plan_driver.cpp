@@ -2,7 +2,9 @@
 // grid of calls: dtypes x head dims x layouts (dense, causal window, GQA decode with split-KV, varlen, paged,
 // KV-cache append). For each plan: every bound buffer gets storage, outputs are copied back or wrapped, inputs are
 // not, binding offsets fall inside their buffers, the encoding walk issues one dispatch per launch with barriers
-// between them, and every launch fits an M1's limits (1024 threads, 32 KiB threadgroup memory).
+// between them, and every launch fits an M1's limits (1024 threads, 32 KiB threadgroup memory). And the plan the C ABI
+// builds for a device (fa_plan_build_for_device) asks it only about vector decode launches and, refused, serves them
+// with the fragment kernel.
 // Built and run by tests/objc/test_objc_binding.py. Prints "FAIL ..." lines and "passed N checks".
 #include <cstdio>
 #include <cstdlib>
@@ -20,7 +22,7 @@ using namespace fametal;
 #define CHECK(cond, what) fa_check((cond), __FILE__, __LINE__, #cond, (what) + " " + err)
 
 static char err[1024];
-static int g_multi_launch_plans = 0, g_wrapped = 0, g_copied = 0;
+static int g_multi_launch_plans = 0, g_wrapped = 0, g_copied = 0, g_vector_fallbacks = 0;
 
 class Counter : public Encoder {
 public:
@@ -108,6 +110,45 @@ static void check_plan(const std::string &what, fa_plan_kind kind, const fa_para
     CHECK(c.bytes_calls == plan.nlaunches, what);  // every kernel takes its constant block
 }
 
+// fa_plan_build_for_device: what the C ABI builds for an executor that answers "does this launch fit?".
+static int g_asked = 0, g_asked_other = 0;  // questions, and questions about launches that are not vector decode
+static int fits_all(const fa_launch *l) {
+    ++g_asked, g_asked_other += l->desc.family != FA_KERNEL_VECTOR;
+    return 1;
+}
+static int refuses_vector(const fa_launch *l) {
+    ++g_asked, g_asked_other += l->desc.family != FA_KERNEL_VECTOR;
+    return l->desc.family != FA_KERNEL_VECTOR;
+}
+static bool has_family(const fa_plan &plan, int family) {
+    for (int i = 0; i < plan.nlaunches; ++i)
+        if (plan.launches[i].desc.family == family) return true;
+    return false;
+}
+
+static void check_for_device(const std::string &what, fa_plan_kind kind, const fa_params &p,
+                             const fa_kvcache_update *u) {
+    static fa_plan plain, fitted;  // large: not on the stack
+    CHECK(fa_plan_build(kind, &p, u, &plain, err, sizeof err) == FA_OK, what);
+    CHECK(plain.kind == kind, what);
+    const bool vector = has_family(plain, FA_KERNEL_VECTOR);
+    g_asked = g_asked_other = 0;
+    CHECK(fa_plan_build_for_device(kind, &p, u, fits_all, &fitted, err, sizeof err) == FA_OK, what);
+    CHECK(std::memcmp(&plain, &fitted, sizeof plain) == 0, what + ": a device that fits everything changes nothing");
+    CHECK(g_asked == (vector ? 1 : 0) && g_asked_other == 0, what + ": asked about launches it has no alternative to");
+    CHECK(fa_plan_build_for_device(kind, &p, u, nullptr, &fitted, err, sizeof err) == FA_OK, what);
+    CHECK(std::memcmp(&plain, &fitted, sizeof plain) == 0, what + ": no device question");
+    CHECK(fa_plan_build_for_device(kind, &p, u, refuses_vector, &fitted, err, sizeof err) == FA_OK, what);
+    CHECK(fitted.kind == kind && !has_family(fitted, FA_KERNEL_VECTOR), what);
+    if (vector) {
+        g_vector_fallbacks++;
+        CHECK(has_family(fitted, FA_KERNEL_FRAGMENT) && fitted.nlaunches == plain.nlaunches,
+              what + ": the vector decode launch goes to the fragment kernel, the merge stays");
+    } else {
+        CHECK(std::memcmp(&plain, &fitted, sizeof plain) == 0, what + ": nothing to refuse");
+    }
+}
+
 static fa_params base_params(fa_dtype dt, int d) {
     fa_params p;
     std::memset(&p, 0, sizeof p);
@@ -135,6 +176,7 @@ int main() {
                 p.lse_batch_stride = 4 * 77, p.lse_head_stride = 77, p.lse_row_stride = 1;
                 p.window_left = 32, p.window_right = 0;
                 check_plan("dense " + tag, FA_PLAN_FORWARD, p, nullptr);
+                check_for_device("dense " + tag, FA_PLAN_FORWARD, p, nullptr);
             }
             {  // GQA decode: one query row, long cache, split-KV (two launches through scratch)
                 Tensors t;
@@ -145,6 +187,7 @@ int main() {
                 p.lse_batch_stride = 8, p.lse_head_stride = 1, p.lse_row_stride = 1;
                 p.num_splits = 4;
                 check_plan("decode " + tag, FA_PLAN_FORWARD, p, nullptr);
+                check_for_device("decode " + tag, FA_PLAN_FORWARD, p, nullptr);
             }
             {  // varlen, no lse
                 Tensors t;
@@ -186,11 +229,13 @@ int main() {
                 u.rotary_cos = t.alloc(size_t(32) * d * eb);
                 u.rotary_sin = t.alloc(size_t(32) * d * eb);
                 check_plan("kvcache " + tag, FA_PLAN_KVCACHE_APPEND, p, &u);
+                check_for_device("kvcache " + tag, FA_PLAN_KVCACHE_APPEND, p, &u);
             }
         }
     }
     // The grid must have exercised split-KV (two launches) and both host storage kinds.
     CHECK(g_multi_launch_plans > 0 && g_wrapped > 0 && g_copied > 0, std::string("grid coverage"));
+    CHECK(g_vector_fallbacks > 0, std::string("grid coverage: vector decode plans served by the fragment kernel"));
     std::printf("%d multi-launch plans, %d wrapped and %d copied buffers\n", g_multi_launch_plans, g_wrapped,
                 g_copied);
     return fa_checks_report() ? 1 : 0;

@@ -39,6 +39,17 @@ Knobs &knobs();
 std::vector<std::string> &journal();
 bool journal_has(const std::string &prefix);
 
+// Each dispatch as the shim encoded it: the pipeline's kernel, grid and threadgroup, and the setBuffer / setBytes
+// calls made since the previous dispatch (setBytes with the address the shim passed: where its constants came from).
+struct DispatchRecord {
+    std::string kernel;
+    uint32_t grid[3], threads[3];
+    std::vector<int> buffer_indices;
+    std::vector<const void *> bytes_sources;
+    std::vector<size_t> bytes_lengths;
+};
+std::vector<DispatchRecord> &dispatch_log();
+
 // A bound argument as a kernel sees it.
 struct Arg {
     char *data = nullptr;  // contents + offset (nullptr when unbound)

@@ -28,6 +28,10 @@ std::vector<std::string> &journal() {
     static std::vector<std::string> j;
     return j;
 }
+std::vector<DispatchRecord> &dispatch_log() {
+    static std::vector<DispatchRecord> d;
+    return d;
+}
 bool journal_has(const std::string &prefix) {
     for (const std::string &line : journal())
         if (line.compare(0, prefix.size(), prefix) == 0) return true;
@@ -333,6 +337,7 @@ struct Dispatch {
     FAMockCommandBuffer *owner;
     std::string *pipeline;
     std::map<NSUInteger, Binding> *args;
+    mock::DispatchRecord *pending;  // this dispatch's calls so far (mock::dispatch_log)
     bool ended;
 }
 @end
@@ -351,6 +356,8 @@ struct Dispatch {
     b.is_bytes = true;
     b.bytes.assign(static_cast<const char *>(bytes), static_cast<const char *>(bytes) + length);
     (*args)[index] = b;
+    pending->bytes_sources.push_back(bytes);
+    pending->bytes_lengths.push_back(length);
     mock::note("setbytes " + std::to_string(index) + " " + std::to_string(length));
 }
 - (void)setBuffer:(id<MTLBuffer>)buffer offset:(NSUInteger)offset atIndex:(NSUInteger)index {
@@ -358,6 +365,7 @@ struct Dispatch {
     b.buffer = (FAMockBuffer *)buffer;
     b.offset = offset;
     (*args)[index] = b;
+    pending->buffer_indices.push_back(int(index));
     mock::note("setbuffer " + std::to_string(index) + " " + std::to_string(offset));
 }
 - (void)dispatchThreadgroups:(MTLSize)g threadsPerThreadgroup:(MTLSize)t {
@@ -367,6 +375,10 @@ struct Dispatch {
     d.grid[0] = g.width, d.grid[1] = g.height, d.grid[2] = g.depth;
     d.threads[0] = t.width, d.threads[1] = t.height, d.threads[2] = t.depth;
     owner->dispatches->push_back(d);
+    pending->kernel = d.kernel;
+    for (int i = 0; i < 3; ++i) pending->grid[i] = d.grid[i], pending->threads[i] = d.threads[i];
+    mock::dispatch_log().push_back(*pending);
+    *pending = mock::DispatchRecord();
     std::ostringstream os;
     os << "dispatch " << d.kernel << " " << g.width << "," << g.height << "," << g.depth << "/" << t.width << ","
        << t.height << "," << t.depth;
@@ -388,6 +400,7 @@ struct Dispatch {
     e->owner = self;
     e->pipeline = new std::string();
     e->args = new std::map<NSUInteger, Binding>();
+    e->pending = new mock::DispatchRecord();
     return e;
 }
 // Runs the recorded dispatches in order, as the GPU would after commit.
