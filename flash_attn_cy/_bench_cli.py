@@ -94,7 +94,8 @@ def add_parser(sub) -> None:
     pb.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
     pb.add_argument("--compare", action="append", metavar="NAME", choices=_bench.COMPARISONS,
                     help="library to time beside flash_attn_cy (repeatable): torch (SDPA on the CPU), torch-mps, "
-                         "mlx (default: torch; on a Mac also torch-mps and mlx when present)")
+                         "mlx, copy (decode: a copy of the K/V bytes) (default: torch, with --decode also copy; on a "
+                         "Mac also torch-mps and mlx when present)")
     pb.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
     progress_options(pb)
     pb.add_argument("--plot", metavar="FILE.png", help="save a bar chart (needs matplotlib)")
@@ -155,7 +156,9 @@ def _comparisons(args: argparse.Namespace) -> Optional[List[str]]:
                 print(f"error: --compare {name}: {reason}", file=sys.stderr)
                 return None
         return names
-    return _bench.default_comparisons(with_torch=not args.no_torch)
+    names = _bench.default_comparisons(with_torch=not args.no_torch)
+    # decode is bound by memory bandwidth: time a copy of the same bytes beside it (issue 20's decode target)
+    return names + ["copy"] if args.decode else names
 
 
 def _dtypes(args: argparse.Namespace) -> Optional[List[str]]:
@@ -311,7 +314,10 @@ def _timing_table(args, fa, torch, hw, shapes, backends, comparisons) -> int:
     for c in comparisons:
         for be in backends:
             ratios = [r.ms[c] / r.ms[be] for r in rows if r.ms.get(be) and r.ms.get(c)]
-            if ratios:
+            if ratios and c == "copy":
+                print(f"{be}'s K/V read rate as a share of the copy's, geometric mean: {_bench.geomean(ratios):.2f} "
+                      f"(lowest {min(ratios):.2f})")
+            elif ratios:
                 print(f"geometric mean speed-up of {be} over {c}: {_bench.geomean(ratios):.2f}x")
     threads = torch.get_num_threads() if torch is not None else None
     _write_json(args, rows, {"hardware": hw, "versions": _sysinfo.package_versions(), "matmul_peak_gflops": peak,

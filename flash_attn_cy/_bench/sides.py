@@ -24,8 +24,9 @@ import numpy as np
 
 from .cases import TINY_LLAMA, Shape
 
-COMPARISONS = ("torch", "torch-mps", "mlx")
-TITLES = {"torch": "PyTorch SDPA on the CPU", "torch-mps": "PyTorch SDPA on MPS", "mlx": "MLX fast SDPA"}
+COMPARISONS = ("torch", "torch-mps", "mlx", "copy")
+TITLES = {"torch": "PyTorch SDPA on the CPU", "torch-mps": "PyTorch SDPA on MPS", "mlx": "MLX fast SDPA",
+          "copy": "a copy of the decode call's K/V bytes"}
 ASV_NAMES = {"torch-sdpa-cpu": "torch", "torch-sdpa-mps": "torch-mps", "mlx": "mlx"}  # asv's impl axis -> ours
 CPU_ISAS = ("portable", "avx2", "avx512", "amx")  # FLASH_ATTN_CY_CPU_ISA's values (x86-64)
 GENERATE_SIDES = ("flash_attn_cy", "sdpa")
@@ -54,6 +55,8 @@ def comparison_available(name: str) -> Optional[str]:
     """None if comparison ``name`` can run here, else the reason it cannot."""
     if name not in COMPARISONS:
         return f"unknown comparison {name!r} (choose from {', '.join(COMPARISONS)})"
+    if name == "copy":
+        return None
     if name in ("torch", "torch-mps"):
         if not _has_module("torch"):
             return "PyTorch is not installed"
@@ -146,6 +149,8 @@ def make_side(impl: str, shape: Shape) -> Side:
         return _generate(impl, shape)
     if impl in ("torch", "torch-mps"):
         return _torch(shape, "mps" if impl == "torch-mps" else "cpu")
+    if impl == "copy":
+        return _copy(shape)
     if impl == "mlx":
         return _mlx(shape)
     backend, _, isa = impl.partition(":")
@@ -210,6 +215,28 @@ def _ours(backend: str, shape: Shape) -> Side:
                 _mps_sync()  # autograd's own MPS work (gradient accumulation) is queued on PyTorch's stream
         return fwd_bwd
     raise ValueError(f"unknown mode {shape.mode!r}")
+
+
+def _copy(shape: Shape) -> Side:
+    """Copies as many bytes as a decode call reads of K and V (cases.kv_bytes) from one buffer into another, with
+    PyTorch's multi-threaded copy (same thread count as the other sides) where installed, else NumPy's: the memory
+    bandwidth the decode kernels are measured against (issue 20: decode at >= 70% of it)."""
+    if shape.mode != "decode":
+        raise NotImplementedError("the copy baseline is for decode (memory-bound) cases")
+    from .cases import kv_bytes
+
+    n = int(kv_bytes(shape))
+    if _has_module("torch"):
+        import torch
+
+        src, dst = torch.ones(n, dtype=torch.uint8), torch.empty(n, dtype=torch.uint8)
+        return lambda: dst.copy_(src)
+    src, dst = np.ones(n, np.uint8), np.empty(n, np.uint8)
+
+    def copy():
+        np.copyto(dst, src)
+        return dst
+    return copy
 
 
 def _torch(shape: Shape, device: str) -> Side:
