@@ -24,35 +24,13 @@ using namespace avx512_tile;
 
 FA_TARGET_BEGIN(FA_ISA_AVX512)
 
-// C[r][lanes] (=|+=) sum_k A[r*a_rs + k*a_ks] * B[k*BLOCK_M + lanes], r < R, lanes < NV*16.
-// With SCALE_C, the old C is first multiplied by alpha[lanes] (the online-softmax rescale of O^T), or kept as it is
-// when alpha is nullptr.
-template <int R, int NV, bool SCALE_C>
-inline void micro_f32(const float *a, int64_t a_rs, int64_t a_ks, int kk, const float *b, float *c,
-                      const float *alpha) {
-    __m512 acc[R][NV];
-    load_acc<R, NV, SCALE_C>(acc, c, alpha);
-    for (int k = 0; k < kk; ++k) {
-        __m512 bv[NV];
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) bv[v] = _mm512_load_ps(b + k * BLOCK_M + 16 * v);
-        const float *ak = a + k * a_ks;
-#pragma GCC unroll 16
-        for (int r = 0; r < R; ++r) {
-            const __m512 av = _mm512_set1_ps(ak[r * a_rs]);
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
-        }
-    }
-    store_acc<R, NV>(acc, c);
-}
-
-// micro_f32 as a gemm() kernel.
+// The fp32 micro-kernel (lane::micro over Zmm: C[R rows][NV*16 lanes] (=|+=) A[r][k] broadcast * B[k][lanes]) as a
+// gemm() kernel.
 template <int NV, bool SCALE_C>
 struct MicroF32 {
     template <int R>
     static void tile(const float *a, int64_t a_rs, int64_t a_ks, int kk, const float *b, float *c, const float *alpha) {
-        micro_f32<R, NV, SCALE_C>(a, a_rs, a_ks, kk, b, c, alpha);
+        lane::micro<Zmm, R, NV, SCALE_C>(a, a_rs, a_ks, kk, b, c, alpha);
     }
 };
 
@@ -151,17 +129,9 @@ void pack_qT_f16(const void *const *rows, int nrows, int d, int nv, void *qT) {
 }
 
 // P stays fp32 in sT (fp32/fp16 tables, and before dropout).
-struct StoreF32InPlace {
-    void pair(float *col, int, int j, __m512 p0, __m512 p1) const {
-        _mm512_store_ps(col + j * BLOCK_M, p0);
-        _mm512_store_ps(col + (j + 1) * BLOCK_M, p1);
-    }
-    void last(float *col, int, int j, __m512 p0) const { _mm512_store_ps(col + j * BLOCK_M, p0); }
-};
-
 template <int DEG>
 void softmax_f32(float *sT, int nk, int nv, float mul, float *m, float *l, float *alpha) {
-    softmax_core<DEG>(sT, nk, nv, mul, m, l, alpha, StoreF32InPlace{});
+    softmax_core<DEG>(sT, nk, nv, mul, m, l, alpha, lane::StoreInPlace<Zmm>{});
 }
 
 // ---- row layout (decode: at most ROW_LAYOUT_MAX_ROWS query rows per tile), any storage type ----
