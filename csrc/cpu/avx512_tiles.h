@@ -49,6 +49,9 @@ struct Zmm {
     static vec max(vec a, vec b) { return _mm512_max_ps(a, b); }  // b when either is NaN
     static vec min(vec a, vec b) { return _mm512_min_ps(a, b); }
     static vec fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }  // a*b + c, one rounding
+    // Elements [c, c+16) of a row of d elements, zero past d (masked: reads nothing past the row).
+    template <fa_dtype DT>
+    static vec load_upto(const void *base, int64_t row0, int c, int d) { return load16<DT>(base, row0 + c, mask16(d - c)); }
     static vec zero_where_neg_inf(vec x) {
         return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ), x, _mm512_setzero_ps());
     }
