@@ -11,7 +11,7 @@
 //   tile measured ~8% faster than 6 x 16 lanes alone on Zen 4 (fewer loads per FMA).
 //   fp16 K/V widened to fp32 with vcvtph2ps, bf16 by a 16-bit shift (exact), once per K/V tile and work item; Q the
 //   same way when packed. So every dtype runs the fp32 products (AVX2 has no bf16 dot product; P stays fp32).
-//   Softmax: 8 lanes at a time, exp2 by avx2::exp2_ps (clamped: safe for any logit).
+//   Softmax: 8 lanes at a time, exp2 by avx2::Ops::exp2 (clamped: safe for any logit).
 //   O out: the driver's scalar write-out (write_rows = nullptr); few-row tiles use the lane layout too.
 // The kernel bodies are lane_kernels.h's, shared with NEON; avx2::Ops (avx2_common.h) picks the instructions.
 #include <cmath>

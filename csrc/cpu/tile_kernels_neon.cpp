@@ -8,7 +8,7 @@
 //   fp16 K/V widened to fp32 with fcvtl, bf16 by a 16-bit shift (exact), once per K/V tile and work item; Q the same
 //   way when packed. So every dtype runs the fp32 products (P stays fp32; the bf16 dot-product extension BFDOT is not
 //   used yet).
-//   Softmax: 4 lanes at a time, exp2 by neon::exp2_ps (clamped: safe for any logit).
+//   Softmax: 4 lanes at a time, exp2 by neon::Ops::exp2 (clamped: safe for any logit).
 //   O out: the driver's scalar write-out (write_rows = nullptr); few-row tiles use the lane layout too.
 // The kernel bodies are lane_kernels.h's, shared with AVX2; neon::Ops (neon_common.h) picks the instructions.
 // Speed on real Arm hardware has never been measured: these kernels were built with a cross compiler and checked
