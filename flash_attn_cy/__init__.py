@@ -35,6 +35,7 @@ from .interface import (
     flash_attn_varlen_kvpacked_func,
     flash_attn_varlen_qkvpacked_func,
 )
+from .interface import FLASH_ATTN_FUNCTIONS as _FLASH_ATTN_FUNCTIONS
 from .kvcache import flash_attn_with_kvcache
 from ._backward import backward
 from . import errors as _errors
@@ -83,12 +84,7 @@ _check_cpu_isa_override()
 
 
 __all__ = [
-    "flash_attn_func",
-    "flash_attn_qkvpacked_func",
-    "flash_attn_kvpacked_func",
-    "flash_attn_varlen_func",
-    "flash_attn_varlen_qkvpacked_func",
-    "flash_attn_varlen_kvpacked_func",
+    *_FLASH_ATTN_FUNCTIONS,  # flash_attn 2.x's functions (imported above)
     "flash_attn_with_kvcache",
     "backward",
     "backends",

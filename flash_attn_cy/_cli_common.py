@@ -52,24 +52,24 @@ def csv_dtypes(text: str) -> List[str]:
     return vals
 
 
-def positive_int(text: str) -> int:
+def _number(text: str, convert, bad, kind: str, wanted: str):
+    """text converted by `convert` (int, float), or argparse's error naming what was wanted when it does not convert
+    or bad(value)."""
     try:
-        v = int(text)
+        v = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+    if bad(v):
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
     return v
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v <= 0, "a positive integer", "a positive integer")
 
 
 def nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
-    return v
+    return _number(text, float, lambda v: v < 0, "a number", "a non-negative number")
 
 
 def choose_backends(requested: Optional[Sequence[str]], *, exclude_by_default=()) -> List[str]:

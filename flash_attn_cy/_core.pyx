@@ -309,26 +309,30 @@ def describe_plan(str kind, *args, **kw):
     return _json.loads(text)
 
 
+ctypedef int (*_backend_text_fn)(fa_backend, char *, size_t) noexcept nogil
+
+
+cdef tuple _backend_text(str name, _backend_text_fn fn):
+    """(fn's result, the text it wrote) for backend `name`: fa_backend_available's (ok, why) and
+    fa_backend_describe's (status, description) share this form."""
+    cdef fa_backend b = _backend_code(name)
+    cdef char text[ERRLEN]
+    cdef int rc
+    text[0] = 0
+    with nogil:
+        rc = fn(b, text, ERRLEN)
+    return rc, text.decode("utf-8", "replace")
+
+
 def backend_available(str name):
     """(available, reason) for backend `name`; the reason is empty when available."""
-    cdef fa_backend b = _backend_code(name)
-    cdef char why[ERRLEN]
-    cdef int ok
-    why[0] = 0
-    with nogil:
-        ok = fa_backend_available(b, why, ERRLEN)
-    return bool(ok), why.decode("utf-8", "replace")
+    ok, why = _backend_text(name, fa_backend_available)
+    return bool(ok), why
 
 
 def backend_describe(str name):
     """A short description of backend `name` as built."""
-    cdef fa_backend b = _backend_code(name)
-    cdef char out[ERRLEN]
-    cdef int rc
-    out[0] = 0
-    with nogil:
-        rc = fa_backend_describe(b, out, ERRLEN)
-    text = out.decode("utf-8", "replace")
+    rc, text = _backend_text(name, fa_backend_describe)
     if rc != FA_OK:
         return "unavailable: " + text if text else "unavailable"
     return text

@@ -25,17 +25,18 @@ Tensor = Any
 # out, or (out, softmax_lse, S_dmask) with return_attn_probs=True
 Result = Union[Tensor, Tuple[Tensor, Tensor, Optional[Tensor]]]
 
-__all__ = [
+# flash_attn 2.x's functions defined here: the package (__init__.py) and the flash_attn drop-in
+# (flash_attn_compat/flash_attn_interface.py) export them by this list.
+FLASH_ATTN_FUNCTIONS = (
     "flash_attn_func",
     "flash_attn_qkvpacked_func",
     "flash_attn_kvpacked_func",
     "flash_attn_varlen_func",
     "flash_attn_varlen_qkvpacked_func",
     "flash_attn_varlen_kvpacked_func",
-    "attention_forward",
-    "attention_backward",
-    "FLASH_ATTN_PROBS",
-]
+)
+
+__all__ = [*FLASH_ATTN_FUNCTIONS, "attention_forward", "attention_backward", "FLASH_ATTN_PROBS"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

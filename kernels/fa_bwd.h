@@ -94,6 +94,21 @@ inline fa_bwd_elem fa_bwd_element(constant fa_bwd_params& p, float raw, float ra
     return r;
 }
 
+// The score and dPd products of one 8x8 block as the threadgroup needs them: in two parts (fa_bwd_products_split)
+// when it has refined rows (`split`), else fa_bwd_products_t with s_lo = 0. Every lane must call it.
+template <typename T, int NDF, int LD, bool ROWS_ARE_KEYS>
+inline void fa_bwd_products(bool split, thread fa_frag& s_hi, thread fa_frag& s_lo, thread fa_frag* s_rows,
+                            fa_bwd_split row_split, const threadgroup T* s_tile, thread fa_frag& t,
+                            thread fa_frag* t_rows, const threadgroup T* t_tile, fa_lane_pos pos) {
+    if (split) {
+        fa_bwd_products_split<T, NDF, LD, ROWS_ARE_KEYS>(s_hi, s_lo, s_rows, row_split, s_tile, t, t_rows, t_tile,
+                                                         pos);
+    } else {
+        fa_bwd_products_t<T, NDF, LD>(s_hi, s_rows, s_tile, t, t_rows, t_tile, pos);
+        s_lo = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // 1. preprocess: DELTA and LSE2. Lanes 4r .. 4r+3 of the threadgroup share row r and split the head dim.
 template <typename T>
@@ -210,13 +225,8 @@ template <typename T, int BD, int BQ, int NSG, bool BLOCKED = false>
                 fa_frag st;
                 fa_frag st_lo;
                 fa_frag dpt;
-                if (block_refine) {
-                    fa_bwd_products_split<T, NDF, LD, true>(st, st_lo, kf, key_split, qs + qf * 8 * LD, dpt, vf,
-                                                      dos + qf * 8 * LD, pos);
-                } else {
-                    fa_bwd_products_t<T, NDF, LD>(st, kf, qs + qf * 8 * LD, dpt, vf, dos + qf * 8 * LD, pos);
-                    st_lo = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-                }
+                fa_bwd_products<T, NDF, LD, true>(block_refine, st, st_lo, kf, key_split, qs + qf * 8 * LD, dpt, vf,
+                                                  dos + qf * 8 * LD, pos);
                 // element (key, query): Pdᵀ into st, dXᵀ into dpt
                 for (int e = 0; e < 2; ++e) {
                     const int r = qf * 8 + pos.col + e;  // query row within the block
@@ -288,13 +298,8 @@ inline void fa_bwd_key_sweep(thread Op& op, threadgroup T* ks, threadgroup T* vs
             fa_frag sf;
             fa_frag sf_lo;
             fa_frag dpf;
-            if (split) {
-                fa_bwd_products_split<T, NDF, LD, false>(sf, sf_lo, qf, q_split, ks + jf * 8 * LD, dpf, dof,
-                                                         vs + jf * 8 * LD, pos);
-            } else {
-                fa_bwd_products_t<T, NDF, LD>(sf, qf, ks + jf * 8 * LD, dpf, dof, vs + jf * 8 * LD, pos);
-                sf_lo = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-            }
+            fa_bwd_products<T, NDF, LD, false>(split, sf, sf_lo, qf, q_split, ks + jf * 8 * LD, dpf, dof,
+                                               vs + jf * 8 * LD, pos);
             op.tile(p, sf, sf_lo, dpf, kb + jf * 8 + pos.col, ks + jf * 8 * LD);
         }
         threadgroup_barrier(mem_flags::mem_threadgroup);  // the next tile overwrites ks / vs

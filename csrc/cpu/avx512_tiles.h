@@ -1,7 +1,8 @@
 // avx512_tiles.h - the building blocks the AVX-512 tile kernels share (tile_kernels_avx512.cpp for fp32 / fp16,
 // tile_kernels_avx512_bf16.cpp for bf16): the register-tile row dispatch, the accumulators, the 16x16 transposes
-// between rows and the query-lane layout, and the online-softmax step. All inline or templates inside the AVX-512
-// target region (avx512_common.h); reached only after isa_dispatch.cpp has checked the CPU.
+// between rows and the query-lane layout, and the online-softmax step (lane_kernels.h's, over the Zmm traits). All
+// inline or templates inside the AVX-512 target region (avx512_common.h); reached only after isa_dispatch.cpp has
+// checked the CPU.
 #pragma once
 
 #include <cmath>
@@ -11,6 +12,11 @@
 #include "tile_kernels.h"
 
 #ifdef FA_HAVE_AVX512_KERNELS
+// The ISA-neutral micro-kernel and online-softmax step (shared with AVX2 and NEON), instantiated here with Zmm.
+FA_TARGET_BEGIN(FA_ISA_AVX512)
+#include "lane_kernels.h"
+FA_TARGET_END
+
 namespace fa_cpu {
 namespace avx512_tile {
 
@@ -27,6 +33,34 @@ template <> struct MicroRows<1> { static constexpr int value = 16; };
 template <> struct MicroRows<2> { static constexpr int value = 12; };
 template <> struct MicroRows<3> { static constexpr int value = 8; };
 template <> struct MicroRows<4> { static constexpr int value = 6; };
+
+// The vector operations lane_kernels.h's bodies are written over: 16 fp32 lanes, one intrinsic each.
+struct Zmm {
+    using vec = __m512;
+    static constexpr int N = 16;
+    static vec zero() { return _mm512_setzero_ps(); }
+    static vec set1(float x) { return _mm512_set1_ps(x); }
+    static vec load(const float *p) { return _mm512_load_ps(p); }
+    static void store(float *p, vec x) { _mm512_store_ps(p, x); }
+    static vec bcast(const float *p) { return _mm512_set1_ps(*p); }
+    static vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
+    static vec sub(vec a, vec b) { return _mm512_sub_ps(a, b); }
+    static vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+    static vec max(vec a, vec b) { return _mm512_max_ps(a, b); }  // b when either is NaN
+    static vec min(vec a, vec b) { return _mm512_min_ps(a, b); }
+    static vec fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }  // a*b + c, one rounding
+    // Elements [c, c+16) of a row of d elements, zero past d (masked: reads nothing past the row).
+    template <fa_dtype DT>
+    static vec load_upto(const void *base, int64_t row0, int c, int d) { return load16<DT>(base, row0 + c, mask16(d - c)); }
+    static vec zero_where_neg_inf(vec x) {
+        return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ), x, _mm512_setzero_ps());
+    }
+};
+// ... and for the softmax, its exp2: the polynomial of degree DEG (exp2_ps_folded).
+template <int DEG>
+struct ZmmSoftmax : Zmm {
+    static vec exp2(vec x) { return exp2_ps_folded<DEG>(x); }
+};
 
 // Row dispatch shared by the fp32 and bf16 products: Kernel<NV, SCALE_C>::tile<R> computes R rows of C with NV
 // 16-lane vectors; all `rows` rows are covered by full register tiles, then 8/4/2/1-row remainders.
@@ -160,77 +194,34 @@ inline const float *rescale_or_null(const float *alpha, int nv) {
     return nullptr;
 }
 
-// Online-softmax step, one 16-row vector at a time. Pass 1 only finds the max of the raw scores (mul > 0 commutes
-// with max; a negative mul uses the min); pass 2 computes p = exp2(s*mul - m), sums it in fp32 and
-// hands each pair of key rows (j, j+1) to Store, which writes P in the format the PV kernel reads (fp32 sT in
-// place, or bf16 key pairs in one pass with no second sweep over sT). always_inline: Store may need a wider ISA
-// than this region (bf16), which is fine once the body is inlined into a caller compiled for it.
 // a * b rounded to fp32. The plain multiply intrinsic is an ordinary vector product to GCC, which contracts it with
 // a following subtract into one FMA (C++ compilers fuse by default); the explicitly rounded form is opaque to that.
 __attribute__((always_inline)) inline __m512 mul_rounded(__m512 a, __m512 b) {
     return _mm512_mul_round_ps(a, b, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
+// The softmax exponents s*mul - m. m_new is a rounded product fl(s*mul); one FMA keeps the exact product, which is
+// the accurate choice while the rounding of m is small, but exceeds m by up to half an ulp of it: for huge logits
+// (|m| 1e9: ulp 64) that is exp2(+32) for the max key, exp2 overflow (inf, NaN) and, at |m| ~ 1e30, the max key's
+// own weight flushed to 0 (a row sum of 0). So where some row's |m| >= 2^20 (ulp >= 2^-3) the product is rounded
+// first (mul_rounded, then subtract): consistent with m, the max key gets exactly exp2(0) = 1.
+struct FusedExponent {
+    __m512 m_use, vmul;
+    bool huge;
+    FusedExponent(__m512 m, __m512 mul)
+        : m_use(m), vmul(mul),
+          huge(_mm512_cmp_ps_mask(_mm512_abs_ps(m), _mm512_set1_ps(1048576.0f), _CMP_GE_OQ) != 0) {}
+    __m512 operator()(__m512 x) const {
+        return huge ? _mm512_sub_ps(mul_rounded(x, vmul), m_use) : _mm512_fmsub_ps(x, vmul, m_use);
+    }
+};
+
+// Online-softmax step, one 16-row vector at a time (lane::softmax_core), with the exp2 polynomial of degree DEG;
+// Store writes P (pair / last: fp32 sT in place, or the bf16 key pairs of the PV product).
 template <int DEG, class Store>
 __attribute__((always_inline)) inline void softmax_core(float *sT, int nk, int nv, float mul, float *m, float *l,
                                                         float *alpha, const Store &store) {
-    const __m512 vmul = _mm512_set1_ps(mul);
-    const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
-    for (int v = 0; v < nv; ++v) {
-        float *col = sT + 16 * v;
-        const __m512 m_old = _mm512_load_ps(m + 16 * v);
-        // max of the raw scores, or min when a negative softmax_scale flips the order; two chains for latency
-        __m512 ext0, ext1;
-        int j = 0;
-        if (mul >= 0.0f) {
-            ext0 = ext1 = neg_inf;
-            for (; j + 2 <= nk; j += 2) {
-                ext0 = _mm512_max_ps(ext0, _mm512_load_ps(col + j * BLOCK_M));
-                ext1 = _mm512_max_ps(ext1, _mm512_load_ps(col + (j + 1) * BLOCK_M));
-            }
-            if (j < nk) ext0 = _mm512_max_ps(ext0, _mm512_load_ps(col + j * BLOCK_M));
-            ext0 = _mm512_max_ps(ext0, ext1);
-        } else {
-            ext0 = ext1 = _mm512_set1_ps(INFINITY);
-            for (; j + 2 <= nk; j += 2) {
-                ext0 = _mm512_min_ps(ext0, _mm512_load_ps(col + j * BLOCK_M));
-                ext1 = _mm512_min_ps(ext1, _mm512_load_ps(col + (j + 1) * BLOCK_M));
-            }
-            if (j < nk) ext0 = _mm512_min_ps(ext0, _mm512_load_ps(col + j * BLOCK_M));
-            ext0 = _mm512_min_ps(ext0, ext1);
-        }
-        const __m512 m_new = _mm512_max_ps(m_old, _mm512_mul_ps(ext0, vmul));
-        // Rows that have seen only masked keys keep m = -inf; subtract 0 instead so exp2 gives 0, not NaN.
-        const __m512 m_use = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(m_new, neg_inf, _CMP_EQ_OQ), m_new,
-                                                  _mm512_setzero_ps());
-        const __m512 a = exp2_ps_folded<DEG>(_mm512_sub_ps(m_old, m_use));
-        // Exponents s*mul - m. m_new is a rounded product fl(s*mul); one FMA keeps the exact product, which is the
-        // accurate choice while the rounding of m is small, but exceeds m by up to half an ulp of it: for huge logits
-        // (|m| 1e9: ulp 64) that is exp2(+32) for the max key, exp2 overflow (inf, NaN) and, at |m| ~ 1e30, the max
-        // key's own weight flushed to 0 (a row sum of 0). So where some row's |m| >= 2^20 (ulp >= 2^-3) the product
-        // is rounded first (mul_rounded, then subtract): consistent with m, the max key gets exactly exp2(0) = 1.
-        const bool huge = _mm512_cmp_ps_mask(_mm512_abs_ps(m_use), _mm512_set1_ps(1048576.0f), _CMP_GE_OQ) != 0;
-        const auto expo = [&](const float *src) {
-            const __m512 x = _mm512_load_ps(src);
-            return huge ? _mm512_sub_ps(mul_rounded(x, vmul), m_use) : _mm512_fmsub_ps(x, vmul, m_use);
-        };
-        __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
-        for (j = 0; j + 2 <= nk; j += 2) {  // two independent chains hide the exp latency
-            const __m512 p0 = exp2_ps_folded<DEG>(expo(col + j * BLOCK_M));
-            const __m512 p1 = exp2_ps_folded<DEG>(expo(col + (j + 1) * BLOCK_M));
-            store.pair(col, v, j, p0, p1);
-            sum0 = _mm512_add_ps(sum0, p0);
-            sum1 = _mm512_add_ps(sum1, p1);
-        }
-        if (j < nk) {
-            const __m512 p0 = exp2_ps_folded<DEG>(expo(col + j * BLOCK_M));
-            store.last(col, v, j, p0);
-            sum0 = _mm512_add_ps(sum0, p0);
-        }
-        _mm512_store_ps(alpha + 16 * v, a);
-        _mm512_store_ps(l + 16 * v, _mm512_fmadd_ps(_mm512_load_ps(l + 16 * v), a, _mm512_add_ps(sum0, sum1)));
-        _mm512_store_ps(m + 16 * v, m_new);
-    }
+    lane::softmax_core<ZmmSoftmax<DEG>, FusedExponent>(sT, nk, nv, mul, m, l, alpha, store);
 }
 
 FA_TARGET_END

@@ -52,31 +52,33 @@ void pack_q_f32(const void *const *qrows, int rows, int d, int pitch, void *qpac
                                   : _mm512_setzero_ps());
 }
 
-// Scores of one key group with fp32 FMAs (fp16/bf16 widened on load): four K rows read together, and the R rows of
-// a KV head share every K vector, so each q vector load feeds four FMAs.
-template <fa_dtype DT, int R>
-void scores_f32(const void *const *krows, int64_t head_stride, int hkv, int d, int pitch, const float *q, int g,
-                float *partial) {
-    const int full = d / 16, tail = d % 16;
-    const __mmask16 tm = mask16(tail);
+// Scores of one key group: four K rows read together, and the R rows of a KV head share every K vector, so each q
+// vector load feeds four products. K is the head-dim step: WidenedK (16 elements widened to fp32, fp32 FMA) or
+// Bf16PairsK (32 bf16 as 16 pairs, vdpbf16ps; in the bf16 region below). always_inline: Bf16PairsK needs a wider ISA
+// than this region, which is fine once the body is inlined into a caller compiled for it.
+template <class K, int R>
+__attribute__((always_inline)) inline void scores_keys(const void *const *krows, int64_t head_stride, int hkv, int d,
+                                                       int pitch, const typename K::QElem *q, int g, float *partial) {
+    const int full = d / K::STEP, tail = d % K::STEP;
+    const typename K::mask tm = K::tail_mask(tail);
     const void *k0 = krows[0], *k1 = krows[1], *k2 = krows[2], *k3 = krows[3];
     for (int hk = 0; hk < hkv; ++hk) {
         const int64_t h0 = hk * head_stride;
-        const float *qh = q + size_t(hk) * R * pitch;
+        const typename K::QElem *qh = q + size_t(hk) * R * pitch;
         __m512 acc[4][R];
         for (int u = 0; u < 4; ++u)
             for (int r = 0; r < R; ++r) acc[u][r] = _mm512_setzero_ps();
         for (int c = 0; c <= full; ++c) {
             if (c == full && !tail) break;
-            const __mmask16 m = c < full ? __mmask16(0xffff) : tm;
-            const __m512 a0 = load16<DT>(k0, h0 + 16 * c, m), a1 = load16<DT>(k1, h0 + 16 * c, m),
-                         a2 = load16<DT>(k2, h0 + 16 * c, m), a3 = load16<DT>(k3, h0 + 16 * c, m);
+            const typename K::mask m = c < full ? K::all() : tm;
+            const typename K::kvec a0 = K::load(k0, h0 + K::STEP * c, m), a1 = K::load(k1, h0 + K::STEP * c, m),
+                                   a2 = K::load(k2, h0 + K::STEP * c, m), a3 = K::load(k3, h0 + K::STEP * c, m);
             for (int r = 0; r < R; ++r) {
-                const __m512 qv = _mm512_load_ps(qh + r * pitch + 16 * c);
-                acc[0][r] = _mm512_fmadd_ps(a0, qv, acc[0][r]);
-                acc[1][r] = _mm512_fmadd_ps(a1, qv, acc[1][r]);
-                acc[2][r] = _mm512_fmadd_ps(a2, qv, acc[2][r]);
-                acc[3][r] = _mm512_fmadd_ps(a3, qv, acc[3][r]);
+                const typename K::kvec qv = K::load_q(qh + r * pitch + K::STEP * c);
+                acc[0][r] = K::madd(acc[0][r], a0, qv);
+                acc[1][r] = K::madd(acc[1][r], a1, qv);
+                acc[2][r] = K::madd(acc[2][r], a2, qv);
+                acc[3][r] = K::madd(acc[3][r], a3, qv);
             }
         }
         for (int r = 0; r < R; ++r)
@@ -84,16 +86,38 @@ void scores_f32(const void *const *krows, int64_t head_stride, int hkv, int d, i
     }
 }
 
+// scores_group for table K: the row count (1..DECODE_MAX_ROWS) as a template argument.
+template <class K>
+__attribute__((always_inline)) inline void scores_by_rows(const void *const *krows, int64_t head_stride, int hkv,
+                                                          int rows, int d, int pitch, const void *qpack, int g,
+                                                          float *partial) {
+    const typename K::QElem *q = static_cast<const typename K::QElem *>(qpack);
+    switch (rows) {
+        case 1: scores_keys<K, 1>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+        case 2: scores_keys<K, 2>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+        case 3: scores_keys<K, 3>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+        default: scores_keys<K, 4>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
+    }
+}
+
+// fp32 FMAs on K widened on load (fp16 by vcvtph2ps, bf16 by a shift).
+template <fa_dtype DT>
+struct WidenedK {
+    using QElem = float;
+    using kvec = __m512;
+    using mask = __mmask16;
+    static constexpr int STEP = 16;
+    static mask all() { return __mmask16(0xffff); }
+    static mask tail_mask(int tail) { return mask16(tail); }
+    static kvec load(const void *base, int64_t idx, mask m) { return load16<DT>(base, idx, m); }
+    static kvec load_q(const float *p) { return _mm512_load_ps(p); }
+    static __m512 madd(__m512 acc, kvec a, kvec qv) { return _mm512_fmadd_ps(a, qv, acc); }
+};
+
 template <fa_dtype DT>
 void scores_widen(const void *const *krows, int64_t head_stride, int hkv, int rows, int d, int pitch,
                   const void *qpack, int g, float *partial) {
-    const float *q = static_cast<const float *>(qpack);
-    switch (rows) {
-        case 1: scores_f32<DT, 1>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
-        case 2: scores_f32<DT, 2>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
-        case 3: scores_f32<DT, 3>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
-        default: scores_f32<DT, 4>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
-    }
+    scores_by_rows<WidenedK<DT>>(krows, head_stride, hkv, rows, d, pitch, qpack, g, partial);
 }
 
 void scores_finish(const float *partial, int n, float *s) {
@@ -200,51 +224,25 @@ void pack_q_bf16_pairs(const void *const *qrows, int rows, int d, int pitch, voi
     }
 }
 
-// 32 bf16 of a K row at idx, as 16 pairs (elements past the mask read nothing and are 0).
-inline __m512bh load32_bf16(const void *base, int64_t idx, __mmask32 m) {
-    return (__m512bh)_mm512_maskz_loadu_epi16(m, static_cast<const uint16_t *>(base) + idx);
-}
-
-// scores_f32 with vdpbf16ps: 32 elements (16 pairs) of the head dim per instruction, fp32 accumulation.
-template <int R>
-void scores_dp(const void *const *krows, int64_t head_stride, int hkv, int d, int pitch, const uint16_t *q, int g,
-               float *partial) {
-    const int full = d / 32, tail = d % 32;
-    const __mmask32 tm = tail ? __mmask32((1u << tail) - 1u) : __mmask32(0);
-    const void *k0 = krows[0], *k1 = krows[1], *k2 = krows[2], *k3 = krows[3];
-    for (int hk = 0; hk < hkv; ++hk) {
-        const int64_t h0 = hk * head_stride;
-        const uint16_t *qh = q + size_t(hk) * R * pitch;
-        __m512 acc[4][R];
-        for (int u = 0; u < 4; ++u)
-            for (int r = 0; r < R; ++r) acc[u][r] = _mm512_setzero_ps();
-        for (int c = 0; c <= full; ++c) {
-            if (c == full && !tail) break;
-            const __mmask32 m = c < full ? ~__mmask32(0) : tm;
-            const __m512bh a0 = load32_bf16(k0, h0 + 32 * c, m), a1 = load32_bf16(k1, h0 + 32 * c, m),
-                           a2 = load32_bf16(k2, h0 + 32 * c, m), a3 = load32_bf16(k3, h0 + 32 * c, m);
-            for (int r = 0; r < R; ++r) {
-                const __m512bh qv = (__m512bh)_mm512_load_si512(qh + r * pitch + 32 * c);
-                acc[0][r] = _mm512_dpbf16_ps(acc[0][r], a0, qv);
-                acc[1][r] = _mm512_dpbf16_ps(acc[1][r], a1, qv);
-                acc[2][r] = _mm512_dpbf16_ps(acc[2][r], a2, qv);
-                acc[3][r] = _mm512_dpbf16_ps(acc[3][r], a3, qv);
-            }
-        }
-        for (int r = 0; r < R; ++r)
-            _mm512_store_ps(partial + (hk * R + r) * 64 + g * 16, fold4(acc[0][r], acc[1][r], acc[2][r], acc[3][r]));
+// vdpbf16ps on bf16 pairs: 32 elements (16 pairs) of the head dim per instruction, fp32 accumulation; K rows and q
+// as they are (elements past the mask read nothing and are 0).
+struct Bf16PairsK {
+    using QElem = uint16_t;
+    using kvec = __m512bh;
+    using mask = __mmask32;
+    static constexpr int STEP = 32;
+    static mask all() { return ~__mmask32(0); }
+    static mask tail_mask(int tail) { return avx512::mask32(tail); }
+    static kvec load(const void *base, int64_t idx, mask m) {
+        return (__m512bh)_mm512_maskz_loadu_epi16(m, static_cast<const uint16_t *>(base) + idx);
     }
-}
+    static kvec load_q(const uint16_t *p) { return (__m512bh)_mm512_load_si512(p); }
+    static __m512 madd(__m512 acc, kvec a, kvec qv) { return _mm512_dpbf16_ps(acc, a, qv); }
+};
 
-void scores_bf16_pairs(const void *const *krows, int64_t head_stride, int hkv, int rows, int d,
-                       int pitch, const void *qpack, int g, float *partial) {
-    const uint16_t *q = static_cast<const uint16_t *>(qpack);
-    switch (rows) {
-        case 1: scores_dp<1>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
-        case 2: scores_dp<2>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
-        case 3: scores_dp<3>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
-        default: scores_dp<4>(krows, head_stride, hkv, d, pitch, q, g, partial); break;
-    }
+void scores_bf16_pairs(const void *const *krows, int64_t head_stride, int hkv, int rows, int d, int pitch,
+                       const void *qpack, int g, float *partial) {
+    scores_by_rows<Bf16PairsK>(krows, head_stride, hkv, rows, d, pitch, qpack, g, partial);
 }
 
 FA_TARGET_END

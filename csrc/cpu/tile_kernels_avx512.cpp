@@ -24,35 +24,13 @@ using namespace avx512_tile;
 
 FA_TARGET_BEGIN(FA_ISA_AVX512)
 
-// C[r][lanes] (=|+=) sum_k A[r*a_rs + k*a_ks] * B[k*BLOCK_M + lanes], r < R, lanes < NV*16.
-// With SCALE_C, the old C is first multiplied by alpha[lanes] (the online-softmax rescale of O^T), or kept as it is
-// when alpha is nullptr.
-template <int R, int NV, bool SCALE_C>
-inline void micro_f32(const float *a, int64_t a_rs, int64_t a_ks, int kk, const float *b, float *c,
-                      const float *alpha) {
-    __m512 acc[R][NV];
-    load_acc<R, NV, SCALE_C>(acc, c, alpha);
-    for (int k = 0; k < kk; ++k) {
-        __m512 bv[NV];
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) bv[v] = _mm512_load_ps(b + k * BLOCK_M + 16 * v);
-        const float *ak = a + k * a_ks;
-#pragma GCC unroll 16
-        for (int r = 0; r < R; ++r) {
-            const __m512 av = _mm512_set1_ps(ak[r * a_rs]);
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
-        }
-    }
-    store_acc<R, NV>(acc, c);
-}
-
-// micro_f32 as a gemm() kernel.
+// The fp32 micro-kernel (lane::micro over Zmm: C[R rows][NV*16 lanes] (=|+=) A[r][k] broadcast * B[k][lanes]) as a
+// gemm() kernel.
 template <int NV, bool SCALE_C>
 struct MicroF32 {
     template <int R>
     static void tile(const float *a, int64_t a_rs, int64_t a_ks, int kk, const float *b, float *c, const float *alpha) {
-        micro_f32<R, NV, SCALE_C>(a, a_rs, a_ks, kk, b, c, alpha);
+        lane::micro<Zmm, R, NV, SCALE_C>(a, a_rs, a_ks, kk, b, c, alpha);
     }
 };
 
@@ -107,30 +85,10 @@ void pack_qT_f32(const void *const *rows, int nrows, int d, int nv, void *qT) {
     pack_qT_words<LoadWidened<FA_F32>>(rows, nrows, d, d, nv, static_cast<uint32_t *>(qT));
 }
 
-// K/V tiles as contiguous fp32 rows, 64-byte aligned, prepared once per work item. The user's rows are often 2-8 KiB
-// apart (row stride = nheads * headdim), which maps a whole K/V tile onto a few L1 sets; the contiguous copy keeps the
-// tile resident in L1/L2 while the micro-kernels sweep it.
-inline int widened_stride(int d) { return (d + 15) & ~15; }
-
-void prep_f32(KvTile &t, int d) {
-    const int ws = widened_stride(d);
-    float *dst = static_cast<float *>(t.packed);
-    for (int j = 0; j < t.nk; ++j) {
-        const float *s = static_cast<const float *>(t.rows) + j * t.stride;
-        for (int c = 0; c < d; c += 16) _mm512_store_ps(dst + j * ws + c, _mm512_maskz_loadu_ps(mask16(d - c), s + c));
-    }
-}
-
-// fp16 K/V widened to fp32 once per work item (vcvtph2ps), then the fp32 kernels.
-void prep_f16(KvTile &t, int d) {
-    const int ws = widened_stride(d);
-    float *dst = static_cast<float *>(t.packed);
-    for (int j = 0; j < t.nk; ++j) {
-        const uint16_t *s = static_cast<const uint16_t *>(t.rows) + j * t.stride;
-        for (int c = 0; c < d; c += 16)
-            _mm512_store_ps(dst + j * ws + c, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask16(d - c), s + c)));
-    }
-}
+// K/V tiles as contiguous fp32 rows, 64-byte aligned, prepared once per work item (lane::prep; fp16 widened by
+// vcvtph2ps on the way). The user's rows are often 2-8 KiB apart (row stride = nheads * headdim), which maps a whole
+// K/V tile onto a few L1 sets; the contiguous copy keeps the tile resident in L1/L2 while the micro-kernels sweep it.
+inline int widened_stride(int d) { return lane::widened_stride<Zmm>(d); }
 
 void scores_f32(const KvTile &k, int j0, int nk, int d, const void *qT, int nv, float *sT, void *) {
     // S^T[j][lanes] = sum_c K[j][c] * qT[c][lanes]: A = K rows (row stride ws, k stride 1).
@@ -151,17 +109,9 @@ void pack_qT_f16(const void *const *rows, int nrows, int d, int nv, void *qT) {
 }
 
 // P stays fp32 in sT (fp32/fp16 tables, and before dropout).
-struct StoreF32InPlace {
-    void pair(float *col, int, int j, __m512 p0, __m512 p1) const {
-        _mm512_store_ps(col + j * BLOCK_M, p0);
-        _mm512_store_ps(col + (j + 1) * BLOCK_M, p1);
-    }
-    void last(float *col, int, int j, __m512 p0) const { _mm512_store_ps(col + j * BLOCK_M, p0); }
-};
-
 template <int DEG>
 void softmax_f32(float *sT, int nk, int nv, float mul, float *m, float *l, float *alpha) {
-    softmax_core<DEG>(sT, nk, nv, mul, m, l, alpha, StoreF32InPlace{});
+    softmax_core<DEG>(sT, nk, nv, mul, m, l, alpha, lane::StoreInPlace<Zmm>{});
 }
 
 // ---- row layout (decode: at most ROW_LAYOUT_MAX_ROWS query rows per tile), any storage type ----
@@ -257,11 +207,11 @@ FA_TARGET_END
 // prep_k, prep_v, softmax_p, pack_p, write_rows.
 const TileKernels<float> k_f32 = {"avx512-f32", &pack_qT_f32, &scores_f32, &softmax_f32<7>, &pv_f32,
                                   &pack_q_rows<FA_F32>, &scores_rows<FA_F32>, &pv_rows<FA_F32>,
-                                  &prep_f32, &prep_f32, nullptr, nullptr, &write_rows<FA_F32>};
-// fp16 runs the fp32 products on K/V widened once per work item (prep_f16).
+                                  &lane::prep<Zmm, FA_F32>, &lane::prep<Zmm, FA_F32>, nullptr, nullptr, &write_rows<FA_F32>};
+// fp16 runs the fp32 products on K/V widened once per work item (lane::prep<Zmm, FA_F16>).
 const TileKernels<float> k_f16 = {"avx512-f16", &pack_qT_f16, &scores_f32, &softmax_f32<7>, &pv_f32,
                                   &pack_q_rows<FA_F16>, &scores_rows<FA_F16>, &pv_rows<FA_F16>,
-                                  &prep_f16, &prep_f16, nullptr, nullptr, &write_rows<FA_F16>};
+                                  &lane::prep<Zmm, FA_F16>, &lane::prep<Zmm, FA_F16>, nullptr, nullptr, &write_rows<FA_F16>};
 const TileKernels<float> k_bf16 = {"avx512-bf16", &pack_qT_bf16, &scores_bf16, &softmax_f32<5>, &pv_bf16,
                                    &pack_q_rows<FA_BF16>, &scores_rows<FA_BF16>, &pv_rows<FA_BF16>,
                                    &prep_k_bf16, &prep_v_bf16, &softmax_p_bf16, &pack_p_bf16, &write_rows<FA_BF16>};

@@ -249,29 +249,15 @@ inline void count_access(const void *addr, size_t n, AccessKind kind, const void
         }
     }
     if (!acc) return;  // the thread's own stack, or the runtime's memory (SIMD exchange slots, thread ids)
-    switch (kind) {
-    case kLoad:
-        acc->loads++;
-        acc->bytes_read += n;
-        break;
-    case kStore:
-        acc->stores++;
-        acc->bytes_written += n;
-        break;
-    case kAtomicLoad:
-        acc->atomics++;
-        acc->bytes_read += n;
-        break;
-    case kAtomicStore:
-        acc->atomics++;
-        acc->bytes_written += n;
-        break;
-    case kAtomicRmw:
-        acc->atomics++;
-        acc->bytes_read += n;
-        acc->bytes_written += n;
-        break;
-    }
+    // Each kind is one operation (a load, a store, or an atomic of any sort) and reads and / or writes its bytes.
+    const bool atomic = kind == kAtomicLoad || kind == kAtomicStore || kind == kAtomicRmw;
+    const bool reads = kind == kLoad || kind == kAtomicLoad || kind == kAtomicRmw;
+    const bool writes = kind == kStore || kind == kAtomicStore || kind == kAtomicRmw;
+    if (atomic) acc->atomics++;
+    else if (reads) acc->loads++;
+    else acc->stores++;
+    if (reads) acc->bytes_read += n;
+    if (writes) acc->bytes_written += n;
 }
 
 }  // namespace
@@ -362,52 +348,9 @@ void *__tsan_memset(void *dst, int c, unsigned long n) {
 
 // Atomics: performed sequentially consistent (what fasim_atomic.h asks for anyway). Not counted here: the MSL atomic
 // functions count themselves once each (fasim_atomic.h, prof_atomic), however many builtins they take.
-#define FASIM_TSAN_ATOMIC(N, T)                                                                                       \
-    T __tsan_atomic##N##_load(const volatile T *a, int) {                                                             \
-        return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                                  \
-    }                                                                                                                 \
-    void __tsan_atomic##N##_store(volatile T *a, T v, int) {                                                          \
-        __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                                     \
-    }                                                                                                                 \
-    T __tsan_atomic##N##_exchange(volatile T *a, T v, int) {                                                          \
-        return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                                           \
-    }                                                                                                                 \
-    T __tsan_atomic##N##_fetch_add(volatile T *a, T v, int) {                                                         \
-        return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                                            \
-    }                                                                                                                 \
-    T __tsan_atomic##N##_fetch_sub(volatile T *a, T v, int) {                                                         \
-        return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                                            \
-    }                                                                                                                 \
-    T __tsan_atomic##N##_fetch_and(volatile T *a, T v, int) {                                                         \
-        return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                                            \
-    }                                                                                                                 \
-    T __tsan_atomic##N##_fetch_or(volatile T *a, T v, int) {                                                          \
-        return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                                             \
-    }                                                                                                                 \
-    T __tsan_atomic##N##_fetch_xor(volatile T *a, T v, int) {                                                         \
-        return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                                            \
-    }                                                                                                                 \
-    T __tsan_atomic##N##_fetch_nand(volatile T *a, T v, int) {                                                        \
-        return __atomic_fetch_nand(a, v, __ATOMIC_SEQ_CST);                                                           \
-    }                                                                                                                 \
-    int __tsan_atomic##N##_compare_exchange_strong(volatile T *a, T *c, T v, int, int) {                              \
-        return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                       \
-    }                                                                                                                 \
-    int __tsan_atomic##N##_compare_exchange_weak(volatile T *a, T *c, T v, int, int) {                                \
-        return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                       \
-    }                                                                                                                 \
-    T __tsan_atomic##N##_compare_exchange_val(volatile T *a, T c, T v, int, int) {                                    \
-        __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                             \
-        return c;                                                                                                     \
-    }
-FASIM_TSAN_ATOMIC(8, char)
-FASIM_TSAN_ATOMIC(16, short)
-FASIM_TSAN_ATOMIC(32, int)
-FASIM_TSAN_ATOMIC(64, long)
-#undef FASIM_TSAN_ATOMIC
-
-void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
+#define FASIM_TSAN_ATOMIC_NOTE(a, bytes, writes) ((void)0)
+#include "tsan_atomics.h"
+#undef FASIM_TSAN_ATOMIC_NOTE
 
 // The counts of the last launch this thread made, as JSON (counters.h, flash_attn_cy/sim/profile.py), or "" when
 // that launch counted nothing (refused before it ran, or cancelled). Reading them clears them. Returns the length

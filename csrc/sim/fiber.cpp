@@ -7,6 +7,8 @@
 #endif
 #include "fiber.h"
 
+#include "guarded.h"  // map_with_guards, host_page_size
+
 #include <stdint.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -14,28 +16,14 @@
 
 namespace fasim {
 
-static size_t page_size() {
-    static size_t p = (size_t)sysconf(_SC_PAGESIZE);
-    return p;
-}
-
 bool FiberStack::alloc(size_t usable) {
     if (map) return true;
-    size_t page = page_size();
+    size_t page = host_page_size();
     usable = (usable + page - 1) / page * page;
     map_len = usable + page;
-    void *m = mmap(nullptr, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANON
-#ifdef MAP_NORESERVE
-                                                                  | MAP_NORESERVE
-#endif
-                   , -1, 0);
-    if (m == MAP_FAILED) {
-        map = nullptr;
-        return false;
-    }
-    map = (char *)m;
+    map = map_with_guards(map_len, false, true);  // the stack grows down onto the guard page
+    if (!map) return false;
     guard_end = map + page;
-    mprotect(map, page, PROT_NONE);
     return true;
 }
 

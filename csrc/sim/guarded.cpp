@@ -12,20 +12,30 @@ size_t host_page_size() {
     return p;
 }
 
+char *map_with_guards(size_t len, bool guard_last, bool noreserve) {
+    int flags = MAP_PRIVATE | MAP_ANON;
+#ifdef MAP_NORESERVE
+    if (noreserve) flags |= MAP_NORESERVE;
+#else
+    (void)noreserve;
+#endif
+    void *m = mmap(nullptr, len, PROT_READ | PROT_WRITE, flags, -1, 0);
+    if (m == MAP_FAILED) return nullptr;
+    char *map = (char *)m;
+    const size_t page = host_page_size();
+    mprotect(map, page, PROT_NONE);
+    if (guard_last) mprotect(map + len - page, page, PROT_NONE);
+    return map;
+}
+
 bool Guarded::create(size_t n, bool end_aligned, unsigned char slack_pattern) {
     size_t page = host_page_size();
     len = n;
     area_len = (n + 16 + page - 1) / page * page;
     map_len = area_len + 2 * page;
-    void *m = mmap(nullptr, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANON, -1, 0);
-    if (m == MAP_FAILED) {
-        map = nullptr;
-        return false;
-    }
-    map = (char *)m;
+    map = map_with_guards(map_len, true, false);
+    if (!map) return false;
     area = map + page;
-    mprotect(map, page, PROT_NONE);
-    mprotect(area + area_len, page, PROT_NONE);
     if (end_aligned) {
         uintptr_t end = (uintptr_t)(area + area_len);
         data = (char *)((end - n) & ~(uintptr_t)15);

@@ -13,6 +13,12 @@ namespace fasim {
 
 size_t host_page_size();
 
+// A fresh private read-write mapping of `len` bytes (a multiple of the page size) whose first page, and with
+// guard_last its last page too, is PROT_NONE: an access there faults instead of reaching a neighbouring mapping
+// (guarded buffers, fiber stacks). `noreserve`: no swap reserved up front (a fiber stack is mostly never touched).
+// nullptr when mmap fails.
+char *map_with_guards(size_t len, bool guard_last, bool noreserve);
+
 struct Guarded {
     char *map = nullptr;
     size_t map_len = 0;

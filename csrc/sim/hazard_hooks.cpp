@@ -72,63 +72,8 @@ void __tsan_init() {}
 
 // Atomics: the operation itself (sequentially consistent, as the simulator's atomics are), recorded as an atomic
 // access: two atomics never race, an atomic and a plain access do.
-#define FASIM_HZ_ATOMIC(BITS, T)                                                                                     \
-    T __tsan_atomic##BITS##_load(const volatile T *a, int) {                                                         \
-        note(a, sizeof(T), kHzAtomic, FASIM_RET());                                                                  \
-        return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                                 \
-    }                                                                                                                \
-    void __tsan_atomic##BITS##_store(volatile T *a, T v, int) {                                                      \
-        note(a, sizeof(T), kHzAtomic | kHzWrite, FASIM_RET());                                                       \
-        __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                                    \
-    }                                                                                                                \
-    T __tsan_atomic##BITS##_exchange(volatile T *a, T v, int) {                                                      \
-        note(a, sizeof(T), kHzAtomic | kHzWrite, FASIM_RET());                                                       \
-        return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                                          \
-    }                                                                                                                \
-    T __tsan_atomic##BITS##_fetch_add(volatile T *a, T v, int) {                                                     \
-        note(a, sizeof(T), kHzAtomic | kHzWrite, FASIM_RET());                                                       \
-        return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                                           \
-    }                                                                                                                \
-    T __tsan_atomic##BITS##_fetch_sub(volatile T *a, T v, int) {                                                     \
-        note(a, sizeof(T), kHzAtomic | kHzWrite, FASIM_RET());                                                       \
-        return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                                           \
-    }                                                                                                                \
-    T __tsan_atomic##BITS##_fetch_and(volatile T *a, T v, int) {                                                     \
-        note(a, sizeof(T), kHzAtomic | kHzWrite, FASIM_RET());                                                       \
-        return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                                           \
-    }                                                                                                                \
-    T __tsan_atomic##BITS##_fetch_or(volatile T *a, T v, int) {                                                      \
-        note(a, sizeof(T), kHzAtomic | kHzWrite, FASIM_RET());                                                       \
-        return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                                            \
-    }                                                                                                                \
-    T __tsan_atomic##BITS##_fetch_xor(volatile T *a, T v, int) {                                                     \
-        note(a, sizeof(T), kHzAtomic | kHzWrite, FASIM_RET());                                                       \
-        return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                                           \
-    }                                                                                                                \
-    T __tsan_atomic##BITS##_fetch_nand(volatile T *a, T v, int) {                                                    \
-        note(a, sizeof(T), kHzAtomic | kHzWrite, FASIM_RET());                                                       \
-        return __atomic_fetch_nand(a, v, __ATOMIC_SEQ_CST);                                                          \
-    }                                                                                                                \
-    int __tsan_atomic##BITS##_compare_exchange_strong(volatile T *a, T *expected, T desired, int, int) {            \
-        note(a, sizeof(T), kHzAtomic | kHzWrite, FASIM_RET());                                                       \
-        return __atomic_compare_exchange_n(a, expected, desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);         \
-    }                                                                                                                \
-    int __tsan_atomic##BITS##_compare_exchange_weak(volatile T *a, T *expected, T desired, int, int) {              \
-        note(a, sizeof(T), kHzAtomic | kHzWrite, FASIM_RET());                                                       \
-        return __atomic_compare_exchange_n(a, expected, desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);         \
-    }                                                                                                                \
-    T __tsan_atomic##BITS##_compare_exchange_val(volatile T *a, T expected, T desired, int, int) {                  \
-        note(a, sizeof(T), kHzAtomic | kHzWrite, FASIM_RET());                                                       \
-        __atomic_compare_exchange_n(a, &expected, desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);               \
-        return expected;                                                                                             \
-    }
-FASIM_HZ_ATOMIC(8, int8_t)
-FASIM_HZ_ATOMIC(16, int16_t)
-FASIM_HZ_ATOMIC(32, int32_t)
-FASIM_HZ_ATOMIC(64, int64_t)
-#undef FASIM_HZ_ATOMIC
-
-void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
+#define FASIM_TSAN_ATOMIC_NOTE(a, bytes, writes) note(a, bytes, (writes) ? kHzAtomic | kHzWrite : kHzAtomic, FASIM_RET())
+#include "tsan_atomics.h"
+#undef FASIM_TSAN_ATOMIC_NOTE
 
 }  // extern "C"

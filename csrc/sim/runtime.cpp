@@ -284,22 +284,23 @@ std::vector<Fault> launch(const KernelInfo *kernel, const LaunchConfig &cfg, con
     // Regions: overlapping buffer bindings share one copy so that aliasing behaves as on the GPU.
     struct Item { char *p; size_t n; bool w; int idx; bool is_bytes; const char *src; };
     std::vector<Item> items;
+    // Marks [[buffer(index)]] bound (`what`: "buffer" or "bytes"); "" or why the launch is refused.
+    auto bind = [&](const char *what, int index, const void *data, size_t n) -> std::string {
+        const std::string launch = std::string("launch of '") + kernel->name + "': ";
+        if (index < 0 || index >= kMaxBuffers || L.bound[index])
+            return launch + what + " index " + std::to_string(index) + " is out of range [0, 31) or bound twice";
+        if (!data && n) return launch + what + "(" + std::to_string(index) + ") is null";
+        L.bound[index] = true;
+        return "";
+    };
     for (const BufferArg &b : buffers) {
-        if (b.index < 0 || b.index >= kMaxBuffers || L.bound[b.index])
-            return {{"error", std::string("launch of '") + kernel->name + "': buffer index " + std::to_string(b.index) +
-                                  " is out of range [0, 31) or bound twice"}};
-        if (!b.data && b.bytes)
-            return {{"error", std::string("launch of '") + kernel->name + "': buffer(" + std::to_string(b.index) + ") is null"}};
-        L.bound[b.index] = true;
+        const std::string refused_binding = bind("buffer", b.index, b.data, b.bytes);
+        if (!refused_binding.empty()) return {{"error", refused_binding}};
         items.push_back({(char *)b.data, b.bytes, b.writable, b.index, false, (const char *)b.src});
     }
     for (const BytesArg &b : bytes) {
-        if (b.index < 0 || b.index >= kMaxBuffers || L.bound[b.index])
-            return {{"error", std::string("launch of '") + kernel->name + "': bytes index " + std::to_string(b.index) +
-                                  " is out of range [0, 31) or bound twice"}};
-        if (!b.data && b.bytes)
-            return {{"error", std::string("launch of '") + kernel->name + "': bytes(" + std::to_string(b.index) + ") is null"}};
-        L.bound[b.index] = true;
+        const std::string refused_binding = bind("bytes", b.index, b.data, b.bytes);
+        if (!refused_binding.empty()) return {{"error", refused_binding}};
         items.push_back({(char *)b.data, b.bytes, false, b.index, true, nullptr});
     }
     for (int i = 0; i < kMaxBuffers; i++)

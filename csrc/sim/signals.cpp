@@ -18,37 +18,29 @@ std::string pc_text(void *pc) {
     return std::string(" [pc: ") + info.dli_fname + b;
 }
 
-void *fault_sp(void *uctx) {
+// The stack pointer and program counter saved in a signal's ucontext, by platform (both null where unknown).
+struct SavedRegs {
+    void *sp, *pc;
+};
+static SavedRegs saved_regs(void *uctx) {
     ucontext_t *uc = (ucontext_t *)uctx;
     (void)uc;
 #if defined(__linux__) && defined(__x86_64__)
-    return (void *)uc->uc_mcontext.gregs[REG_RSP];
+    return {(void *)uc->uc_mcontext.gregs[REG_RSP], (void *)uc->uc_mcontext.gregs[REG_RIP]};
 #elif defined(__linux__) && defined(__aarch64__)
-    return (void *)uc->uc_mcontext.sp;
+    return {(void *)uc->uc_mcontext.sp, (void *)uc->uc_mcontext.pc};
 #elif defined(__APPLE__) && defined(__aarch64__)
-    return (void *)uc->uc_mcontext->__ss.__sp;
+    return {(void *)uc->uc_mcontext->__ss.__sp, (void *)uc->uc_mcontext->__ss.__pc};
 #elif defined(__APPLE__) && defined(__x86_64__)
-    return (void *)uc->uc_mcontext->__ss.__rsp;
+    return {(void *)uc->uc_mcontext->__ss.__rsp, (void *)uc->uc_mcontext->__ss.__rip};
 #else
-    return nullptr;
+    return {nullptr, nullptr};
 #endif
 }
 
-void *fault_pc(void *uctx) {
-    ucontext_t *uc = (ucontext_t *)uctx;
-    (void)uc;
-#if defined(__linux__) && defined(__x86_64__)
-    return (void *)uc->uc_mcontext.gregs[REG_RIP];
-#elif defined(__linux__) && defined(__aarch64__)
-    return (void *)uc->uc_mcontext.pc;
-#elif defined(__APPLE__) && defined(__aarch64__)
-    return (void *)uc->uc_mcontext->__ss.__pc;
-#elif defined(__APPLE__) && defined(__x86_64__)
-    return (void *)uc->uc_mcontext->__ss.__rip;
-#else
-    return nullptr;
-#endif
-}
+void *fault_sp(void *uctx) { return saved_regs(uctx).sp; }
+
+void *fault_pc(void *uctx) { return saved_regs(uctx).pc; }
 
 constexpr int kNumSignals = 6;
 struct sigaction g_old[kNumSignals];

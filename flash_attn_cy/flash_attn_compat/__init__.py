@@ -19,26 +19,13 @@ Versions, honestly:
 
 from __future__ import annotations
 
-from .flash_attn_interface import (
-    flash_attn_func,
-    flash_attn_kvpacked_func,
-    flash_attn_qkvpacked_func,
-    flash_attn_varlen_func,
-    flash_attn_varlen_kvpacked_func,
-    flash_attn_varlen_qkvpacked_func,
-    flash_attn_with_kvcache,
-)
+from . import flash_attn_interface as _interface
 from ._alias import FLASH_ATTN_API_LEVEL, flash_attn_cy_version
 
 __version__ = FLASH_ATTN_API_LEVEL
 __flash_attn_cy_version__ = flash_attn_cy_version()
 
-__all__ = [
-    "flash_attn_func",
-    "flash_attn_kvpacked_func",
-    "flash_attn_qkvpacked_func",
-    "flash_attn_varlen_func",
-    "flash_attn_varlen_kvpacked_func",
-    "flash_attn_varlen_qkvpacked_func",
-    "flash_attn_with_kvcache",
-]
+# flash_attn's package exports its interface module's public functions: bound here by that module's own list (this
+# package is only ever imported as `flash_attn`, at run time, so no static import list is needed for tools).
+__all__ = list(_interface._PUBLIC_FUNCTIONS)
+globals().update({name: getattr(_interface, name) for name in __all__})

@@ -23,7 +23,7 @@ import os
 import re
 import sys
 import warnings
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 #: flash_attn release whose Python API (names, signatures, defaults, return values) the compat modules reproduce.
 FLASH_ATTN_API_LEVEL = "2.8.3"
@@ -94,16 +94,28 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-def _real_distribution_exists() -> bool:
-    """Whether some finder other than ours has distribution metadata for flash_attn (a real installation)."""
+def _other_finders_answer(method: str, *args: object) -> Iterator[object]:
+    """finder.method(*args) of every meta-path finder but flash_attn_cy's that has `method`, in order; a finder that
+    raises is skipped (a broken third-party finder must not break our lookups)."""
     for finder in sys.meta_path:
         if _is_our_finder(finder):
             continue
-        find = getattr(finder, "find_distributions", None)
-        if find is None:
+        call = getattr(finder, method, None)
+        if call is None:
             continue
         try:
-            if any(True for _ in find(importlib.metadata.DistributionFinder.Context(name=ALIAS_NAME))):
+            answer = call(*args)
+        except Exception:
+            continue
+        yield answer
+
+
+def _real_distribution_exists() -> bool:
+    """Whether some finder other than ours has distribution metadata for flash_attn (a real installation)."""
+    context = importlib.metadata.DistributionFinder.Context(name=ALIAS_NAME)
+    for dists in _other_finders_answer("find_distributions", context):
+        try:
+            if any(True for _ in dists):
                 return True
         except Exception:  # a broken third-party finder must not break metadata lookups
             continue
@@ -158,16 +170,7 @@ def _is_compat_path(path: Optional[str]) -> bool:
 
 def find_real_flash_attn() -> Optional[importlib.machinery.ModuleSpec]:
     """Spec of a ``flash_attn`` that is NOT ours (asking every finder but flash_attn_cy's), or None."""
-    for finder in sys.meta_path:
-        if _is_our_finder(finder):
-            continue
-        find_spec = getattr(finder, "find_spec", None)
-        if find_spec is None:
-            continue
-        try:
-            spec = find_spec(ALIAS_NAME, None)
-        except Exception:  # a broken third-party finder must not break the check
-            continue
+    for spec in _other_finders_answer("find_spec", ALIAS_NAME, None):
         if spec is not None and not _is_compat_path(spec.origin):
             return spec
     return None

@@ -33,6 +33,8 @@ no effect (flash_attn_cy's varlen outputs are defined everywhere anyway).
 
 from __future__ import annotations
 
+import inspect
+from types import SimpleNamespace
 from typing import Optional, Tuple
 
 import torch
@@ -149,155 +151,132 @@ def _lib(name: str) -> str:
     return f"{NAMESPACE}::{name}"
 
 
-@torch.library.custom_op(_lib("_flash_attn_forward"), mutates_args=())
-def _flash_attn_forward(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    dropout_p: float,
-    softmax_scale: float,
-    causal: bool,
-    window_size_left: int,
-    window_size_right: int,
-    softcap: float,
-    alibi_slopes: Optional[Tensor],
-    return_softmax: bool,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+# The four ops' parameters (flash_attn 2.8.3's names, order, types and defaults), from the groups they share: the one
+# place they are written. Each op's Python signature, and through it the torch.library schema (inferred from that
+# signature, as for a decorated function), is generated from these lists by _custom_op.
+_QKV = (("q", Tensor), ("k", Tensor), ("v", Tensor))
+_GRAD_INPUTS = (("dout", Tensor), *_QKV, ("out", Tensor), ("softmax_lse", Tensor), ("dq", Optional[Tensor]),
+                ("dk", Optional[Tensor]), ("dv", Optional[Tensor]))
+_VARLEN = (("cu_seqlens_q", Tensor), ("cu_seqlens_k", Tensor), ("max_seqlen_q", int), ("max_seqlen_k", int))
+_OPTIONS = (("dropout_p", float), ("softmax_scale", float), ("causal", bool), ("window_size_left", int),
+            ("window_size_right", int), ("softcap", float), ("alibi_slopes", Optional[Tensor]))
+_NO_DEFAULT = inspect.Parameter.empty
+
+
+def _custom_op(name: str, params, returns, mutates_args=(), **defaults):
+    """Decorator: `impl(a)`, `a` the bound arguments as attributes, registered as the custom op `name` whose
+    signature is `params` ((name, type) pairs, `defaults` by name) returning `returns`; impl.fake(a) (set by the
+    returned op's ``fake`` decorator) is its fake implementation for torch.compile."""
+    sig = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=t,
+                                               default=defaults.get(n, _NO_DEFAULT)) for n, t in params],
+                            return_annotation=returns)
+
+    def bound(args, kwargs) -> SimpleNamespace:
+        b = sig.bind(*args, **kwargs)
+        b.apply_defaults()
+        return SimpleNamespace(**b.arguments)
+
+    def register(impl):
+        def op_fn(*args, **kwargs):
+            return impl(bound(args, kwargs))
+
+        op_fn.__signature__ = sig
+        op_fn.__name__ = op_fn.__qualname__ = name
+        op_fn.__module__ = __name__
+        op_fn.__doc__ = impl.__doc__
+        op = torch.library.custom_op(_lib(name), mutates_args=mutates_args)(op_fn)
+        op.fake = lambda fake: op.register_fake(lambda *args, **kwargs: fake(bound(args, kwargs)))
+        return op
+
+    return register
+
+
+_FORWARD_RETURNS = Tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+@_custom_op("_flash_attn_forward", (*_QKV, *_OPTIONS, ("return_softmax", bool)), _FORWARD_RETURNS)
+def _flash_attn_forward(a):
     """flash_attn 2.8.3's dense forward: (out, softmax_lse (batch, nheads, seqlen_q), S_dmask, rng_state)."""
-    return _forward(q, k, v, None, None, None, None, dropout_p, softmax_scale, causal, window_size_left,
-                    window_size_right, softcap, alibi_slopes, return_softmax, None)
+    return _forward(a.q, a.k, a.v, None, None, None, None, a.dropout_p, a.softmax_scale, a.causal, a.window_size_left,
+                    a.window_size_right, a.softcap, a.alibi_slopes, a.return_softmax, None)
 
 
-@_flash_attn_forward.register_fake
-def _flash_attn_forward_fake(q, k, v, dropout_p, softmax_scale, causal, window_size_left, window_size_right,
-                             softcap, alibi_slopes, return_softmax):
-    batch, seqlen_q, nheads, _ = q.shape
-    s_shape = (batch, nheads, seqlen_q, k.shape[1]) if return_softmax else (0,)
-    return (torch.empty_like(q), q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32),
-            q.new_empty(s_shape, dtype=torch.float32 if return_softmax else q.dtype),
+@_flash_attn_forward.fake
+def _flash_attn_forward_fake(a):
+    batch, seqlen_q, nheads, _ = a.q.shape
+    return _forward_fake(a, (batch, nheads, seqlen_q), (batch, nheads, seqlen_q, a.k.shape[1]))
+
+
+def _forward_fake(a, lse_shape, s_dmask_shape):
+    q = a.q
+    return (torch.empty_like(q), q.new_empty(lse_shape, dtype=torch.float32),
+            q.new_empty(s_dmask_shape if a.return_softmax else (0,),
+                        dtype=torch.float32 if a.return_softmax else q.dtype),
             q.new_empty((2,), dtype=torch.int64))
 
 
-@torch.library.custom_op(_lib("_flash_attn_varlen_forward"), mutates_args=())
-def _flash_attn_varlen_forward(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    cu_seqlens_q: Tensor,
-    cu_seqlens_k: Tensor,
-    max_seqlen_q: int,
-    max_seqlen_k: int,
-    dropout_p: float,
-    softmax_scale: float,
-    causal: bool,
-    window_size_left: int = -1,
-    window_size_right: int = -1,
-    softcap: float = 0.0,
-    alibi_slopes: Optional[Tensor] = None,
-    return_softmax: bool = False,
-    block_table: Optional[Tensor] = None,
-    leftpad_k: Optional[Tensor] = None,
-    seqused_k: Optional[Tensor] = None,
-    zero_tensors: bool = False,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+@_custom_op("_flash_attn_varlen_forward",
+            (*_QKV, *_VARLEN, *_OPTIONS, ("return_softmax", bool), ("block_table", Optional[Tensor]),
+             ("leftpad_k", Optional[Tensor]), ("seqused_k", Optional[Tensor]), ("zero_tensors", bool)),
+            _FORWARD_RETURNS, window_size_left=-1, window_size_right=-1, softcap=0.0, alibi_slopes=None,
+            return_softmax=False, block_table=None, leftpad_k=None, seqused_k=None, zero_tensors=False)
+def _flash_attn_varlen_forward(a):
     """flash_attn 2.8.3's varlen forward: (out, softmax_lse (nheads, total_q), S_dmask, rng_state)."""
-    for name, val in (("leftpad_k", leftpad_k), ("seqused_k", seqused_k)):
-        if val is not None:
+    for name in ("leftpad_k", "seqused_k"):
+        if getattr(a, name) is not None:
             raise NotImplementedError(f"{name}: not supported by flash_attn_cy's _flash_attn_varlen_forward; "
                                       "use flash_attn_with_kvcache (cache_leftpad, cache_seqlens) instead")
-    return _forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
-                    causal, window_size_left, window_size_right, softcap, alibi_slopes, return_softmax, block_table)
+    return _forward(a.q, a.k, a.v, a.cu_seqlens_q, a.cu_seqlens_k, a.max_seqlen_q, a.max_seqlen_k, a.dropout_p,
+                    a.softmax_scale, a.causal, a.window_size_left, a.window_size_right, a.softcap, a.alibi_slopes,
+                    a.return_softmax, a.block_table)
 
 
-@_flash_attn_varlen_forward.register_fake
-def _flash_attn_varlen_forward_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
-                                    softmax_scale, causal, window_size_left=-1, window_size_right=-1, softcap=0.0,
-                                    alibi_slopes=None, return_softmax=False, block_table=None, leftpad_k=None,
-                                    seqused_k=None, zero_tensors=False):
-    total_q, nheads, _ = q.shape
-    batch = cu_seqlens_q.shape[0] - 1
-    s_shape = (batch, nheads, max_seqlen_q, max_seqlen_k) if return_softmax else (0,)
-    return (torch.empty_like(q), q.new_empty((nheads, total_q), dtype=torch.float32),
-            q.new_empty(s_shape, dtype=torch.float32 if return_softmax else q.dtype),
-            q.new_empty((2,), dtype=torch.int64))
+@_flash_attn_varlen_forward.fake
+def _flash_attn_varlen_forward_fake(a):
+    total_q, nheads, _ = a.q.shape
+    batch = a.cu_seqlens_q.shape[0] - 1
+    return _forward_fake(a, (nheads, total_q), (batch, nheads, a.max_seqlen_q, a.max_seqlen_k))
 
 
-@torch.library.custom_op(_lib("_flash_attn_backward"), mutates_args=("dq", "dk", "dv"))
-def _flash_attn_backward(
-    dout: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    out: Tensor,
-    softmax_lse: Tensor,
-    dq: Optional[Tensor],
-    dk: Optional[Tensor],
-    dv: Optional[Tensor],
-    dropout_p: float,
-    softmax_scale: float,
-    causal: bool,
-    window_size_left: int,
-    window_size_right: int,
-    softcap: float,
-    alibi_slopes: Optional[Tensor],
-    deterministic: bool,
-    rng_state: Optional[Tensor] = None,
-) -> Tensor:
+_GRADIENTS = ("dq", "dk", "dv")  # written in place (declared as mutated)
+
+
+@_custom_op("_flash_attn_backward",
+            (*_GRAD_INPUTS, *_OPTIONS, ("deterministic", bool), ("rng_state", Optional[Tensor])), Tensor,
+            mutates_args=_GRADIENTS, rng_state=None)
+def _flash_attn_backward(a):
     """flash_attn 2.8.3's dense backward: writes dq, dk, dv in place; returns softmax_d (batch, nheads,
     round_up(seqlen_q, 128))."""
-    return _backward(dout, q, k, v, out, softmax_lse, dq, dk, dv, None, None, None, None, dropout_p, softmax_scale,
-                     causal, window_size_left, window_size_right, softcap, alibi_slopes, deterministic, rng_state)
+    return _backward_args(a, None, None, None, None)
 
 
-@_flash_attn_backward.register_fake
-def _flash_attn_backward_fake(dout, q, k, v, out, softmax_lse, dq, dk, dv, dropout_p, softmax_scale, causal,
-                              window_size_left, window_size_right, softcap, alibi_slopes, deterministic,
-                              rng_state=None):
-    batch, seqlen_q, nheads, _ = q.shape
-    return q.new_empty((batch, nheads, _round_up(seqlen_q, 128)), dtype=torch.float32)
+@_flash_attn_backward.fake
+def _flash_attn_backward_fake(a):
+    batch, seqlen_q, nheads, _ = a.q.shape
+    return a.q.new_empty((batch, nheads, _round_up(seqlen_q, 128)), dtype=torch.float32)
 
 
-@torch.library.custom_op(_lib("_flash_attn_varlen_backward"), mutates_args=("dq", "dk", "dv"))
-def _flash_attn_varlen_backward(
-    dout: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    out: Tensor,
-    softmax_lse: Tensor,
-    dq: Optional[Tensor],
-    dk: Optional[Tensor],
-    dv: Optional[Tensor],
-    cu_seqlens_q: Tensor,
-    cu_seqlens_k: Tensor,
-    max_seqlen_q: int,
-    max_seqlen_k: int,
-    dropout_p: float,
-    softmax_scale: float,
-    causal: bool,
-    window_size_left: int,
-    window_size_right: int,
-    softcap: float,
-    alibi_slopes: Optional[Tensor],
-    deterministic: bool,
-    rng_state: Optional[Tensor] = None,
-    zero_tensors: bool = False,
-) -> Tensor:
+@_custom_op("_flash_attn_varlen_backward",
+            (*_GRAD_INPUTS, *_VARLEN, *_OPTIONS, ("deterministic", bool), ("rng_state", Optional[Tensor]),
+             ("zero_tensors", bool)), Tensor,
+            mutates_args=_GRADIENTS, rng_state=None, zero_tensors=False)
+def _flash_attn_varlen_backward(a):
     """flash_attn 2.8.3's varlen backward: writes dq, dk, dv in place; returns softmax_d (nheads,
     total_q + 128 * batch)."""
-    return _backward(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                     max_seqlen_k, dropout_p, softmax_scale, causal, window_size_left, window_size_right, softcap,
-                     alibi_slopes, deterministic, rng_state)
+    return _backward_args(a, a.cu_seqlens_q, a.cu_seqlens_k, a.max_seqlen_q, a.max_seqlen_k)
 
 
-@_flash_attn_varlen_backward.register_fake
-def _flash_attn_varlen_backward_fake(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k,
-                                     max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal, window_size_left,
-                                     window_size_right, softcap, alibi_slopes, deterministic, rng_state=None,
-                                     zero_tensors=False):
-    total_q, nheads, _ = q.shape
-    batch = cu_seqlens_q.shape[0] - 1
-    return q.new_empty((nheads, total_q + 128 * batch), dtype=torch.float32)
+@_flash_attn_varlen_backward.fake
+def _flash_attn_varlen_backward_fake(a):
+    total_q, nheads, _ = a.q.shape
+    batch = a.cu_seqlens_q.shape[0] - 1
+    return a.q.new_empty((nheads, total_q + 128 * batch), dtype=torch.float32)
+
+
+def _backward_args(a, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) -> Tensor:
+    return _backward(a.dout, a.q, a.k, a.v, a.out, a.softmax_lse, a.dq, a.dk, a.dv, cu_seqlens_q, cu_seqlens_k,
+                     max_seqlen_q, max_seqlen_k, a.dropout_p, a.softmax_scale, a.causal, a.window_size_left,
+                     a.window_size_right, a.softcap, a.alibi_slopes, a.deterministic, a.rng_state)
 
 
 _ops = getattr(torch.ops, NAMESPACE)

@@ -29,17 +29,11 @@ from flash_attn_cy.flash_attn_compat._s_dmask import (  # noqa: F401  (_get_bloc
     _get_block_size_n,
 )
 
-__all__ = [
-    "FlashAttnTypeError",
-    "FlashAttnValueError",
-    "flash_attn_func",
-    "flash_attn_kvpacked_func",
-    "flash_attn_qkvpacked_func",
-    "flash_attn_varlen_func",
-    "flash_attn_varlen_kvpacked_func",
-    "flash_attn_varlen_qkvpacked_func",
-    "flash_attn_with_kvcache",
-]
+# flash_attn 2.8.3's public functions, wrapped below (_drop_in); flash_attn/__init__.py re-exports the same list
+# (flash_attn_compat/__init__.py).
+_PUBLIC_FUNCTIONS = (*_interface.FLASH_ATTN_FUNCTIONS, "flash_attn_with_kvcache")
+
+__all__ = ["FlashAttnTypeError", "FlashAttnValueError", *_PUBLIC_FUNCTIONS]
 
 
 from flash_attn_cy.errors import FlashAttnTypeError, FlashAttnValueError  # noqa: E402  (declared in flash_attn_cy/errors.py)

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 __all__ = ["SimCompileError", "runtime_dir", "find_cxx", "cache_dir", "load_module"]
 
@@ -48,19 +48,29 @@ def hazard_flags(compiler_id: str) -> List[str]:
         return ["-fsanitize=thread", "-mllvm", "-tsan-instrument-func-entry-exit=0"]
     return ["-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0"]
 
-_lock = threading.Lock()
+class ForkRenewedLock:
+    """A lock (`factory`: threading.Lock or RLock) used as ``with lock:`` that a forked child gets anew. A process
+    forked while another thread held it (compiling a module takes seconds) would otherwise inherit it locked, with no
+    thread left to release it: its first sim.run would wait forever."""
+
+    def __init__(self, factory: Callable[[], Any] = threading.Lock) -> None:
+        self._factory = factory
+        self._lock = factory()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self._lock = self._factory()
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.__exit__(*exc)
+
+
+_lock = ForkRenewedLock()
 _loaded: Dict[str, ctypes.CDLL] = {}
-
-
-def _new_lock_in_child() -> None:
-    # A process forked while another thread held the lock (compiling a kernel takes seconds) would inherit it locked,
-    # with no thread left to release it: its first sim.run would wait forever. The child starts with a free lock.
-    global _lock
-    _lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 from ..errors import SimCompileError  # noqa: E402  (declared in flash_attn_cy/errors.py)

@@ -20,7 +20,6 @@ import ctypes
 import dataclasses
 import json
 import math
-import os
 import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -39,18 +38,8 @@ COUNTER_KEYS = (
 )
 FLOP_KEYS = ("mma_fp32", "mma_fp16", "mma_bf16", "fp32", "fp16", "bf16", "transcendental")
 
-_lock = threading.RLock()
+_lock = _compile.ForkRenewedLock(threading.RLock)  # held while a profile module compiles (seconds)
 _active: List["Profile"] = []
-
-
-def _new_lock_in_child() -> None:
-    # a fork while another thread held the lock (compiling a profile module takes seconds) would leave it held
-    global _lock
-    _lock = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def active() -> bool:

@@ -14,34 +14,20 @@ typedef unsigned long size_t;
 typedef _Float16 half;
 typedef __bf16 bfloat;
 
+#include "fasim_vec_names.h"
+
 namespace metal {
 
 #define FASIM_CHECK_VEC(T)                                 \
     typedef T T##2 __attribute__((ext_vector_type(2)));    \
     typedef T T##3 __attribute__((ext_vector_type(3)));    \
     typedef T T##4 __attribute__((ext_vector_type(4)));
-FASIM_CHECK_VEC(float)
-FASIM_CHECK_VEC(half)
-FASIM_CHECK_VEC(bfloat)
-FASIM_CHECK_VEC(int)
-FASIM_CHECK_VEC(uint)
-FASIM_CHECK_VEC(short)
-FASIM_CHECK_VEC(ushort)
-FASIM_CHECK_VEC(char)
-FASIM_CHECK_VEC(uchar)
-FASIM_CHECK_VEC(bool)
-FASIM_CHECK_VEC(long)
-FASIM_CHECK_VEC(ulong)
+FASIM_VEC_ELEMENTS(FASIM_CHECK_VEC)
 #undef FASIM_CHECK_VEC
 template <class T, int N> using vec = T __attribute__((ext_vector_type(N)));
 }  // namespace metal
 
-// MSL's vector types are global names too (see fasim_types.h).
-#define FASIM_VEC_GLOBAL(P) using metal::P##2; using metal::P##3; using metal::P##4;
-FASIM_VEC_GLOBAL(float) FASIM_VEC_GLOBAL(half) FASIM_VEC_GLOBAL(bfloat) FASIM_VEC_GLOBAL(int) FASIM_VEC_GLOBAL(uint)
-FASIM_VEC_GLOBAL(short) FASIM_VEC_GLOBAL(ushort) FASIM_VEC_GLOBAL(char) FASIM_VEC_GLOBAL(uchar)
-FASIM_VEC_GLOBAL(bool) FASIM_VEC_GLOBAL(long) FASIM_VEC_GLOBAL(ulong)
-#undef FASIM_VEC_GLOBAL
+FASIM_VEC_GLOBAL_NAMES  // MSL's vector types are global names too (fasim_vec_names.h)
 
 #include "fasim_traits.h"
 

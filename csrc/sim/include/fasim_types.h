@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "fasim_counters.h"
+#include "fasim_vec_names.h"
 
 typedef unsigned char uchar;
 typedef unsigned short ushort;
@@ -348,31 +349,15 @@ template <class T, int N> inline vec<bool, N> operator!(const vec<T, N> &a) {
     return r;
 }
 
-#define FASIM_VEC_NAMES(T, P)        \
-    typedef vec<T, 2> P##2;          \
-    typedef vec<T, 3> P##3;          \
-    typedef vec<T, 4> P##4;
-FASIM_VEC_NAMES(float, float)
-FASIM_VEC_NAMES(half, half)
-FASIM_VEC_NAMES(bfloat, bfloat)
-FASIM_VEC_NAMES(int, int)
-FASIM_VEC_NAMES(uint, uint)
-FASIM_VEC_NAMES(short, short)
-FASIM_VEC_NAMES(ushort, ushort)
-FASIM_VEC_NAMES(char, char)
-FASIM_VEC_NAMES(uchar, uchar)
-FASIM_VEC_NAMES(bool, bool)
-FASIM_VEC_NAMES(long, long)
-FASIM_VEC_NAMES(ulong, ulong)
+#define FASIM_VEC_NAMES(P)           \
+    typedef vec<P, 2> P##2;          \
+    typedef vec<P, 3> P##3;          \
+    typedef vec<P, 4> P##4;
+FASIM_VEC_ELEMENTS(FASIM_VEC_NAMES)
 #undef FASIM_VEC_NAMES
 
 static_assert(sizeof(float3) == 16 && alignof(float4) == 16 && sizeof(half4) == 8, "MSL vector layout");
 
 }  // namespace metal
 
-// MSL's vector types are names of the global namespace too (headers use half2 before `using namespace metal;`).
-#define FASIM_VEC_GLOBAL(P) using metal::P##2; using metal::P##3; using metal::P##4;
-FASIM_VEC_GLOBAL(float) FASIM_VEC_GLOBAL(half) FASIM_VEC_GLOBAL(bfloat) FASIM_VEC_GLOBAL(int) FASIM_VEC_GLOBAL(uint)
-FASIM_VEC_GLOBAL(short) FASIM_VEC_GLOBAL(ushort) FASIM_VEC_GLOBAL(char) FASIM_VEC_GLOBAL(uchar)
-FASIM_VEC_GLOBAL(bool) FASIM_VEC_GLOBAL(long) FASIM_VEC_GLOBAL(ulong)
-#undef FASIM_VEC_GLOBAL
+FASIM_VEC_GLOBAL_NAMES  // fasim_vec_names.h
