@@ -43,6 +43,7 @@ FASIM_VEC_GLOBAL(short) FASIM_VEC_GLOBAL(ushort) FASIM_VEC_GLOBAL(char) FASIM_VE
 FASIM_VEC_GLOBAL(bool) FASIM_VEC_GLOBAL(long) FASIM_VEC_GLOBAL(ulong)
 #undef FASIM_VEC_GLOBAL
 
+#define FASIM_CHECK_ADDRESS_SPACES 1
 #include "fasim_traits.h"
 
 namespace metal {
@@ -133,7 +134,7 @@ template <class T, int Rows, int Cols> struct simdgroup_matrix {
 typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
 typedef simdgroup_matrix<half, 8, 8> simdgroup_half8x8;
 typedef simdgroup_matrix<bfloat, 8, 8> simdgroup_bfloat8x8;
-template <class T, int R, int C> simdgroup_matrix<T, R, C> make_filled_simdgroup_matrix(T v);
+template <class T, int R, int C = R> simdgroup_matrix<T, R, C> make_filled_simdgroup_matrix(T v);
 // As MSL declares them: the pointer's element type is the matrix's, in device (1) or threadgroup (3) memory only.
 #define FASIM_CHECK_MATRIX_MEMORY(AS)                                                                              \
     template <class T>                                                                                            \

@@ -202,7 +202,8 @@ typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
 typedef simdgroup_matrix<half, 8, 8> simdgroup_half8x8;
 typedef simdgroup_matrix<bfloat, 8, 8> simdgroup_bfloat8x8;
 
-template <class T, int R, int C> inline simdgroup_matrix<T, R, C> make_filled_simdgroup_matrix(T v) {
+// MSL declares `template <typename T, int Cols, int Rows = Cols>` (llama.cpp writes make_filled_simdgroup_matrix<float, 8>).
+template <class T, int R, int C = R> inline simdgroup_matrix<T, R, C> make_filled_simdgroup_matrix(T v) {
     simdgroup_matrix<T, R, C> m;
     m.elems = vec<T, 2>(v);
     return m;
