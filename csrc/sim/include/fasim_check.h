@@ -174,6 +174,8 @@ bool atomic_compare_exchange_weak_explicit(A *a, E *expected, V desired, memory_
 
 }  // namespace metal
 
+#include "fasim_check_ext.h"
+
 // is_function_constant_defined(name), as the translator rewrites it (the names of function constants stay: they are
 // `extern const` variables in the constant address space, not constant expressions, as in MSL).
 namespace fasim {

@@ -121,7 +121,7 @@ class Translator(KernelPass, FunctionConstantPass, SpaceOverloadPass, Designator
                 self.fc_defined_call(i)
                 continue
             if (self.mode == "check" and VECTOR_TYPE_RE.match(t.text) and i + 1 < len(toks)
-                    and toks[i + 1].text == "(" and (i == 0 or toks[i - 1].text not in (".", "->", "::"))):
+                    and toks[i + 1].text == "(" and (i == 0 or toks[i - 1].text not in (".", "->", "::", "operator"))):
                 self.edits.append((t.start, t.end, f"::metal::fasim_make<{t.text}>"))
                 continue
             if t.text in UNSUPPORTED_KEYWORDS:
@@ -206,7 +206,7 @@ class Translator(KernelPass, FunctionConstantPass, SpaceOverloadPass, Designator
         return f"__attribute__((address_space({space})))"
 
     def constant_is_const(self, i: int) -> bool:
-        """Whether the `constant` at toks[i] must become `const` (execution): the constant address space is
+        """Whether the `constant` at toks[i] must also say `const`: the constant address space is
         read-only, so a `constant T *` may point at a program-scope constant (llama.cpp passes its constexpr tables
         to `constant float *` parameters); not where the declaration already says const (`const constant T &`)."""
         toks = self.toks
@@ -231,8 +231,8 @@ class Translator(KernelPass, FunctionConstantPass, SpaceOverloadPass, Designator
             if prev is not None and toks[prev].text in ("{", "}", ";", ":") and self.in_function(i):
                 if self.threadgroup_decl(i):
                     return
-        if self.mode == "exec" and t.text == "constant" and self.constant_is_const(i):
-            self.edits.append((t.start, t.end, "const"))
+        if t.text == "constant" and self.constant_is_const(i):
+            self.edits.append((t.start, t.end, ("const " + self.space_text(space)).strip()))
             return
         self.edits.append((t.start, t.end, self.space_text(space)))
 

@@ -16,7 +16,7 @@ kernel void matrix_ops(device const float *in [[buffer(0)]], device float *out [
                in[13], in[14], in[15]);
     float4x4 b(float4(in[16], in[17], in[18], in[19]), float4(in[20], in[21], in[22], in[23]),
                float4(in[24], in[25], in[26], in[27]), float4(in[28], in[29], in[30], in[31]));
-    float4 v(in[32], in[33], in[34], in[35]);
+    float4 v = float4(in[32], in[33], in[34], in[35]);
     for (int c = 0; c < 4; c++)
         for (int r = 0; r < 4; r++) out[c * 4 + r] = a[c][r];
     float4x4 d = a;
