@@ -3,7 +3,8 @@
     python -m flash_attn_cy.sim run FILE.metal --kernel NAME --grid X[,Y[,Z]] --threadgroup X[,Y[,Z]]
         [--buffer INDEX=PATH.npy | --buffer INDEX=zeros:DTYPE:COUNT]... [--bytes INDEX=DTYPE:V1[,V2,...]]...
         [--constant NAME=VALUE | --constant INDEX=VALUE]... [-D NAME[=VALUE]]... [--threadgroup-memory INDEX=BYTES]...
-        [--schedules N] [--schedule-mode interleaved|run-ahead|mixed] [--no-hazards] [--fast-math] [--only-kernel] [--out DIR]
+        [--schedules N] [--schedule-mode interleaved|run-ahead|mixed] [--no-hazards] [--fast-math]
+        [--only-kernel] [--out DIR]
     python -m flash_attn_cy.sim profile FILE.metal <the arguments of run> [--json] [--chip NAME] [--useful-flops N]
     python -m flash_attn_cy.sim check [-D NAME[=VALUE]]... FILE.metal...
 

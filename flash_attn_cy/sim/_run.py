@@ -191,7 +191,8 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
     hazards = bool(hazards) and not counted  # a profile module answers the instrumentation with its counters
     lib, fcs = _module_for(source, path, tuple(str(d) for d in include_dirs), normalize_defines(defines),
                            "profile" if counted else "", hazards, kernel if only_kernel else None)
-    const_args = _constant_args(pack_constants(constants, fcs, path)) + _tg_memory_args(threadgroup_memory)
+    packed_constants = pack_constants(constants, fcs, path)
+    const_args = _constant_args(packed_constants) + _tg_memory_args(threadgroup_memory)
 
     # No copy of the inputs on this side: the runtime copies each buffer into its guarded mapping straight from the
     # caller's array and writes the forward run's results into a fresh output array (pages touched only then), so
@@ -258,7 +259,8 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         kind, _, m = line.partition("\t")
         faults.append(Fault(kind, _with_source_line(m)))
     if counted:
-        _profile.record(lib, kernel, g, t, [str(f) for f in faults])
+        _profile.record(lib, kernel, g, t, [str(f) for f in faults],
+                        constants=_profile.constant_values(packed_constants))
     return SimResult(out, faults)
 
 

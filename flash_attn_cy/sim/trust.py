@@ -42,7 +42,8 @@ from ..errors import KernelRefused  # declared with the package's other exceptio
 # Reserved identifiers MSL code may use: Apple's predefined macros (undefined for both host compilers alike), the
 # standard position macros, and attribute spellings.
 RESERVED_ALLOWED = frozenset({
-    "__METAL_VERSION__", "__METAL__", "__METAL_MACOS__", "__METAL_IOS__", "__HAVE_BFLOAT__", "__VA_ARGS__", "__FILE__", "__LINE__",
+    "__METAL_VERSION__", "__METAL__", "__METAL_MACOS__", "__METAL_IOS__", "__HAVE_BFLOAT__",
+    "__VA_ARGS__", "__FILE__", "__LINE__",
     "__COUNTER__", "__func__", "__attribute__", "__restrict", "__restrict__",
     "__METAL_FAST_MATH__", "__METAL_PRECISE_MATH__", "__METAL_MAYBE_FAST_MATH__",
     "__is_empty",  # a type-trait builtin that Apple's compiler and both host compilers have (MLX's steel traits)

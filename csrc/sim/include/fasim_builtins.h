@@ -64,7 +64,9 @@ template <class T> inline T __metal_nextafter(T x, T y) { return T(::metal::next
 
 // SIMD-group builtins: the documented functions (their source line is the builtin's caller's caller).
 #define FASIM_BUILTIN_SIMD1(NAME)                                                                            \
-    template <class T> inline T __metal_##NAME(T x, FASIM_SITE_PARAMS) { return ::metal::NAME(x, fasim_file, fasim_line); }
+    template <class T> inline T __metal_##NAME(T x, FASIM_SITE_PARAMS) {                                     \
+        return ::metal::NAME(x, fasim_file, fasim_line);                                                     \
+    }
 #define FASIM_BUILTIN_SIMD2(NAME)                                                                            \
     template <class T> inline T __metal_##NAME(T x, ushort n, FASIM_SITE_PARAMS) {                           \
         return ::metal::NAME(x, n, fasim_file, fasim_line);                                                  \
@@ -117,7 +119,8 @@ namespace fasim {
 // a vector with a scalar is the vector; anything else is what C++'s ?: gives.
 template <class A, class B, class = void> struct cond_common { using type = std::common_type_t<A, B>; };
 template <class A, class B>
-struct cond_common<A, B, std::enable_if_t<(is_lowp<A>::value || is_lowp<B>::value) && is_scalar_v<A> && is_scalar_v<B>>> {
+struct cond_common<A, B, std::enable_if_t<(is_lowp<A>::value || is_lowp<B>::value) && is_scalar_v<A> &&
+                                          is_scalar_v<B>>> {
     using type = typename lowp_result<A, B>::type;
 };
 template <class T, int N, class S>

@@ -38,7 +38,8 @@ FASIM_NO_HAZARD_CHECK inline T simd_shuffle_and_fill_up(T data, T filling_data, 
     uint32_t par = fasim_detail::exchange(c, fasim_detail::FillPair<T>{data, filling_data}, fasim_file, fasim_line,
                                           "simd_shuffle_and_fill_up");
     if (modulo == 0 || modulo > fasim::kSimdWidth || delta >= modulo)
-        fasim::kernel_error("error", fasim_file, fasim_line, "simd_shuffle_and_fill_up: delta must be below modulo (<= 32)");
+        fasim::kernel_error("error", fasim_file, fasim_line,
+                            "simd_shuffle_and_fill_up: delta must be below modulo (<= 32)");
     long base = (long)(c.lane - c.lane % modulo), idx = (long)(c.lane % modulo) - (long)delta;
     return idx >= 0 ? fasim_detail::fill_from(c, par, base + idx, false, data)
                     : fasim_detail::fill_from(c, par, base + idx + modulo, true, data);
@@ -56,7 +57,8 @@ FASIM_NO_HAZARD_CHECK inline T simd_shuffle_and_fill_down(T data, T filling_data
     uint32_t par = fasim_detail::exchange(c, fasim_detail::FillPair<T>{data, filling_data}, fasim_file, fasim_line,
                                           "simd_shuffle_and_fill_down");
     if (modulo == 0 || modulo > fasim::kSimdWidth || delta >= modulo)
-        fasim::kernel_error("error", fasim_file, fasim_line, "simd_shuffle_and_fill_down: delta must be below modulo (<= 32)");
+        fasim::kernel_error("error", fasim_file, fasim_line,
+                            "simd_shuffle_and_fill_down: delta must be below modulo (<= 32)");
     long base = (long)(c.lane - c.lane % modulo), idx = (long)(c.lane % modulo) + (long)delta;
     return idx < (long)modulo ? fasim_detail::fill_from(c, par, base + idx, false, data)
                               : fasim_detail::fill_from(c, par, base + idx - modulo, true, data);

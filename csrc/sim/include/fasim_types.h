@@ -203,8 +203,9 @@ template <class T, int N, int... I> struct fasim_swizzle_proxy {
     const T &operator[](int i) const { return (&x)[i]; }                                       \
     template <class U, class = std::enable_if_t<!std::is_same<U, T>::value>>                   \
     explicit vec(const vec<U, N> &o) { for (int i = 0; i < N; i++) (*this)[i] = T((typename fasim_conv<U>::type)o[i]); } \
-    template <class U>                                                                         \
-    explicit vec(const packed_vec<U, N> &o) { for (int i = 0; i < N; i++) (*this)[i] = T((typename fasim_conv<U>::type)o[i]); }
+    template <class U> explicit vec(const packed_vec<U, N> &o) {                               \
+        for (int i = 0; i < N; i++) (*this)[i] = T((typename fasim_conv<U>::type)o[i]);        \
+    }
 
 template <class U> struct fasim_conv { using type = U; };
 template <> struct fasim_conv<half> { using type = float; };
