@@ -1,8 +1,8 @@
 """The language of real attention kernels from other projects (issue 19 section 2: MLX's sdpa_vector and steel
 attention, llama.cpp's flash_attn_ext), each feature in a kernel of our own (sim_cases/lang/matrix_packed.metal,
 builtins_simd.metal, sim_cases/realworld/constructs.metal) checked exactly against NumPy or hand-computed values:
-matrix types, packed vectors, Apple's `__metal_*` builtins, the math and SIMD-group functions those files call, address-space
-overloads, the conditional operator with half operands, GNU range designators, and translate(kernel=...)."""
+matrix types, packed vectors, Apple's `__metal_*` builtins, the math and SIMD-group functions those files call,
+address-space overloads, the conditional operator with half operands, GNU range designators, translate(kernel=)."""
 
 import importlib
 
