@@ -33,10 +33,10 @@ __all__ = ["SpaceOverloadPass"]
 
 _SPACES = ("thread", "threadgroup", "device", "constant")
 # MSL functions of the compatibility layer that kernel files overload at file scope (tests/sim checks that each is
-# a function of ::metal).
+# a function of ::metal): the SIMD-group functions, templates here as in Apple's header, so that a kernel's own
+# overload for another type (MLX's simd_shuffle(uint64_t, ...)) coexists with them. Not the math functions: the
+# simulator declares some as plain functions, which a kernel's definition of the same signature would collide with.
 METAL_FUNCTIONS = frozenset("""
-    abs max min clamp fabs fmax fmin fma mix select dot exp exp2 log log2 sqrt rsqrt pow floor ceil round trunc
-    sin cos tanh isnan isinf isfinite as_type
     simd_sum simd_product simd_max simd_min simd_and simd_or simd_xor simd_prefix_inclusive_sum
     simd_prefix_exclusive_sum simd_prefix_inclusive_product simd_prefix_exclusive_product simd_shuffle
     simd_broadcast simd_shuffle_xor simd_shuffle_up simd_shuffle_down simd_shuffle_rotate_up
