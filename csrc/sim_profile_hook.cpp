@@ -50,7 +50,9 @@ std::vector<Fault> ProfiledCall::launch(const char *name, const KernelInfo *kern
     std::string out(1 << 16, '\0');
     const int n = hook(name, cfg.grid, cfg.threads, int(buffers.size()), a.buf_index.data(), a.buf_data.data(),
                        a.buf_bytes.data(), a.buf_writable.data(), int(bytes.size()), a.bytes_index.data(),
-                       a.bytes_data.data(), a.bytes_len.data(), cfg.schedules, cfg.cancel, fa_useful_flops(kind_, p_),
+                       a.bytes_data.data(), a.bytes_len.data(), int(cfg.constants.size()), a.const_index.data(),
+                       a.const_name.data(), a.const_type.data(), a.const_value.data(), a.const_bytes.data(),
+                       cfg.schedules, cfg.cancel, fa_useful_flops(kind_, p_),
                        id_, &out[0], out.size());
     if (n < 0) return {{"error", "profile: " + std::string(out.c_str())}};
     std::vector<Fault> faults = parse_fault_lines(out.c_str());

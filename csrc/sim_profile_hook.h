@@ -16,14 +16,18 @@
 
 extern "C" {
 
-// One launch, in the argument form of the simulator's C entry point (csrc/sim/c_api.cpp, fasim_launch), plus the
-// attention call it belongs to: call_id (the same for every launch of one call) and that call's useful flops (the
-// attention's own matrix products over the visible query-key pairs, see fa_useful_flops). Faults go to `out` as
-// "kind\tmessage" lines; returns their number, or -1 with an error message in `out`.
+// One launch, in the argument form of the simulator's C entry point (csrc/sim/c_api.cpp, fasim_launch), its function
+// constants included (nconst entries of index, name, MTLDataType, value bytes: the profiled module is specialised
+// with them as the backend's own launch is, and the dispatch record names them), plus the attention call it belongs
+// to: call_id (the same for every launch of one call) and that call's useful flops (the attention's own matrix
+// products over the visible query-key pairs, see fa_useful_flops). Faults go to `out` as "kind\tmessage" lines;
+// returns their number, or -1 with an error message in `out`.
 typedef int (*fasim_launch_hook)(const char *kernel, const unsigned *grid, const unsigned *threads, int nbuf,
                                  const int *buf_index, void *const *buf_data, const size_t *buf_bytes,
                                  const int *buf_writable, int nbytes, const int *bytes_index,
-                                 const void *const *bytes_data, const size_t *bytes_len, int schedules,
+                                 const void *const *bytes_data, const size_t *bytes_len, int nconst,
+                                 const int *const_index, const char *const *const_name, const unsigned *const_type,
+                                 const void *const *const_value, const size_t *const_bytes, int schedules,
                                  const void *cancel, double useful_flops, unsigned long long call_id, char *out,
                                  size_t outlen);
 

@@ -3,7 +3,8 @@
     python -m flash_attn_cy.sim run FILE.metal --kernel NAME --grid X[,Y[,Z]] --threadgroup X[,Y[,Z]]
         [--buffer INDEX=PATH.npy | --buffer INDEX=zeros:DTYPE:COUNT]... [--bytes INDEX=DTYPE:V1[,V2,...]]...
         [--constant NAME=VALUE | --constant INDEX=VALUE]... [-D NAME[=VALUE]]... [--threadgroup-memory INDEX=BYTES]...
-        [--schedules N] [--schedule-mode interleaved|run-ahead|mixed] [--no-hazards] [--fast-math] [--out DIR]
+        [--schedules N] [--schedule-mode interleaved|run-ahead|mixed] [--no-hazards] [--fast-math]
+        [--only-kernel] [--out DIR]
     python -m flash_attn_cy.sim profile FILE.metal <the arguments of run> [--json] [--chip NAME] [--useful-flops N]
     python -m flash_attn_cy.sim check [-D NAME[=VALUE]]... FILE.metal...
 
@@ -161,7 +162,8 @@ def _run_args(a: argparse.Namespace):
 
     return run(a.file, a.kernel, _dims(a.grid, "--grid"), _dims(a.threadgroup, "--threadgroup"), buffers, byts,
                a.schedules, include_dirs=a.include, defines=a.define, constants=_constants(a.constant),
-               threadgroup_memory=_tg_memory(a.threadgroup_memory), hazards=a.hazards, schedule_mode=a.schedule_mode)
+               threadgroup_memory=_tg_memory(a.threadgroup_memory), hazards=a.hazards, schedule_mode=a.schedule_mode,
+               only_kernel=a.only_kernel)
 
 
 def _save_buffers(a: argparse.Namespace, res) -> None:
@@ -281,6 +283,9 @@ def _add_run_arguments(r: argparse.ArgumentParser) -> None:
                         "checked, and races are reported naming both threads and source lines; the kernel is then "
                         "compiled with instrumentation and its first run takes about twice the CPU time)")
     r.add_argument("--out", help="write buffer<INDEX>.npy files here")
+    r.add_argument("--only-kernel", action="store_true",
+                   help="compile only --kernel and what it uses, not every kernel of the file (files of hundreds of "
+                        "kernels, e.g. llama.cpp's ggml-metal.metal)")
     r.add_argument("-I", "--include", action="append", default=[], help="extra directory for #include \"...\"")
     r.add_argument("--fast-math", action="store_true",
                    help="model Metal's default fast math: transcendental functions at the MSL specification's error "

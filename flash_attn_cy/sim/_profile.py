@@ -24,6 +24,8 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from . import _compile
 from .chips import Chip, chip as _chip
 from .translate import translate_file
@@ -132,13 +134,14 @@ def _read_counters(lib: ctypes.CDLL) -> Dict[str, Any]:
 
 
 def record(lib: ctypes.CDLL, kernel: str, grid: Sequence[int], threadgroup: Sequence[int], faults: Sequence[str],
-           call: Optional[int] = None, useful_flops: Optional[float] = None) -> Dict[str, Any]:
+           call: Optional[int] = None, useful_flops: Optional[float] = None,
+           constants: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Reads the counters of the launch just made on this thread from profile module ``lib`` and appends the
-    dispatch to every active profile."""
+    dispatch to every active profile (``constants``: the launch's function constants, by name)."""
     c = _read_counters(lib)
     d: Dict[str, Any] = {"kernel": kernel, "grid": tuple(int(x) for x in grid),
                          "threadgroup": tuple(int(x) for x in threadgroup), "faults": list(faults),
-                         "counted": bool(c)}
+                         "counted": bool(c), "constants": dict(constants or {})}
     for k in COUNTER_KEYS:
         d[k] = int(c.get(k, 0))
     flops = {k: int(c.get("flops", {}).get(k, 0)) for k in FLOP_KEYS}
@@ -160,8 +163,29 @@ _HOOK_T = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint), ctypes.c_int,
     ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t),
     ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_void_p),
-    ctypes.POINTER(ctypes.c_size_t), ctypes.c_int, ctypes.c_void_p, ctypes.c_double, ctypes.c_ulonglong,
-    ctypes.c_void_p, ctypes.c_size_t)
+    ctypes.POINTER(ctypes.c_size_t), ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_char_p),
+    ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t), ctypes.c_int,
+    ctypes.c_void_p, ctypes.c_double, ctypes.c_ulonglong, ctypes.c_void_p, ctypes.c_size_t)
+
+# MTLDataType of a function constant -> its numpy scalar type (translate/function_constants.py MTL_DATA_TYPES; a
+# vector type is its scalar's code + components - 1).
+_MTL_SCALARS = {3: np.float32, 16: np.float16, 29: np.int32, 33: np.uint32, 37: np.int16, 41: np.uint16,
+                45: np.int8, 49: np.uint8, 53: np.bool_, 81: np.int64, 85: np.uint64}
+
+
+def constant_values(packed: Sequence[Tuple[int, str, int, bytes]]) -> Dict[str, Any]:
+    """{name: value} of a launch's function constants, (index, name, MTLDataType, bytes) each (a vector as a list;
+    bfloat as its raw 16-bit pattern; an unknown type as the bytes)."""
+    out: Dict[str, Any] = {}
+    for index, name, mtl, raw in packed:
+        key = name or str(index)
+        base = max((c for c in _MTL_SCALARS if c <= mtl and mtl - c < 4), default=None)
+        if base is None:
+            out[key] = np.frombuffer(raw, np.uint16).tolist() if mtl in (121, 122, 123, 124) else bytes(raw)
+            continue
+        vals = np.frombuffer(raw, _MTL_SCALARS[base]).tolist()
+        out[key] = vals[0] if len(vals) == 1 else vals
+    return out
 
 
 def _write_out(out: int, outlen: int, text: str) -> None:
@@ -169,16 +193,20 @@ def _write_out(out: int, outlen: int, text: str) -> None:
     ctypes.memmove(out, raw, len(raw))
 
 
-def _backend_launch(kernel, grid, threads, nbuf, bidx, bdata, blen, bwr, nbytes, cidx, cdata, clen, schedules, cancel,
-                    useful, call_id, out, outlen):  # pragma: no cover - exercised through the sim backend
+def _backend_launch(kernel, grid, threads, nbuf, bidx, bdata, blen, bwr, nbytes, cidx, cdata, clen, nconst, kidx,
+                    kname, ktype, kvalue, kbytes, schedules, cancel, useful, call_id, out,
+                    outlen):  # pragma: no cover - exercised through the sim backend
     try:
         name = kernel.decode()
         lib = _project_module(name)
         msg = ctypes.create_string_buffer(1 << 16)
-        # the package's kernels take no function constants and no [[threadgroup(n)]] arguments: 6 + 3 empty ones
+        # the launch's function constants go to the profile module as they came (the package's kernels take no
+        # [[threadgroup(n)]] arguments: the last 3 are empty)
         n = lib.fasim_launch(kernel, grid, threads, nbuf, bidx, bdata, None, blen, bwr, nbytes, cidx, cdata, clen,
-                             schedules, 0x5EED, 0, 0, 0, 0, msg, len(msg), cancel, 0, None, None, None, None, None,
-                             0, None, None)
+                             schedules, 0x5EED, 0, 0, 0, 0, msg, len(msg), cancel, nconst, kidx, kname, ktype, kvalue,
+                             kbytes, 0, None, None)
+        consts = constant_values([(kidx[i], (kname[i] or b"").decode(), ktype[i],
+                                   ctypes.string_at(kvalue[i], kbytes[i])) for i in range(nconst)])
         text = msg.value.decode(errors="replace")
         if n < 0:
             _write_out(out, outlen, text)
@@ -186,7 +214,7 @@ def _backend_launch(kernel, grid, threads, nbuf, bidx, bdata, blen, bwr, nbytes,
         g = [grid[i] for i in range(3)]
         t = [threads[i] for i in range(3)]
         faults = [ln.replace("\t", ": ", 1) for ln in text.splitlines() if ln]
-        record(lib, name, g, t, faults, call=int(call_id), useful_flops=float(useful))
+        record(lib, name, g, t, faults, call=int(call_id), useful_flops=float(useful), constants=consts)
         _write_out(out, outlen, text)
         return n
     except BaseException as e:  # noqa: BLE001 - nothing may unwind into the C caller

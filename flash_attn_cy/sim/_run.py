@@ -95,17 +95,18 @@ _modules: Dict[tuple, Tuple[ctypes.CDLL, List[Tuple[str, float]], List[FunctionC
 
 
 def _module_for(source: str, path: str, include_dirs: Tuple[str, ...], defines: Tuple[Tuple[str, str], ...],
-                variant: str = "", instrumented: bool = False) -> Tuple[ctypes.CDLL, List[FunctionConstant]]:
+                variant: str = "", instrumented: bool = False,
+                only: Optional[str] = None) -> Tuple[ctypes.CDLL, List[FunctionConstant]]:
     """Translated and compiled module for this source (and its function constants), reused while the included
     headers are unchanged (variant "profile": built with the work counters, flash_attn_cy.sim.profile;
-    instrumented: built for the hazard detector, a module of its own)."""
-    key = (source, path, include_dirs, defines, trust.unchecked(), variant, instrumented)  # unchecked never serves checked
+    instrumented: built for the hazard detector, a module of its own; only: a module of that one kernel)."""
+    key = (source, path, include_dirs, defines, trust.unchecked(), variant, instrumented, only)  # unchecked never serves checked
     hit = _modules.get(key)
     if hit is not None:
         lib, deps, fcs = hit
         if all(os.path.isfile(d) and os.path.getmtime(d) == m for d, m in deps):
             return lib, fcs
-    tr = translate(source, path, list(include_dirs), defines=dict(defines))
+    tr = translate(source, path, list(include_dirs), defines=dict(defines), kernel=only)
     if trust.unchecked():
         lib = _compile.load_module(tr.code, os.path.basename(path), salt="unchecked", variant=variant,
                                    instrumented=instrumented)
@@ -130,7 +131,7 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         include_dirs: Sequence[str] = (), defines: Optional[Union[Mapping[str, object], Sequence[str]]] = None,
         constants: Optional[Mapping[Union[str, int], object]] = None,
         threadgroup_memory: Optional[Mapping[int, int]] = None, hazards: bool = True,
-        schedule_mode: str = "mixed") -> SimResult:
+        schedule_mode: str = "mixed", only_kernel: bool = False) -> SimResult:
     """Run ``kernel`` from an MSL file (or source text) on the simulator.
 
     Args:
@@ -161,6 +162,9 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         schedule_mode: the thread orders of the runs: ``"interleaved"`` (every ready thread one step at a time),
             ``"run-ahead"`` (each SIMD group runs ahead of the others up to its next threadgroup barrier, in
             forward, reverse and random SIMD-group order) or ``"mixed"`` (both; the default).
+        only_kernel: compile only ``kernel`` and what it uses (a module of its own), not every kernel of the file:
+            for files of hundreds of kernels (llama.cpp's ggml-metal.metal), whose full build takes long or
+            instantiates templates the simulator's C++ cannot compile.
 
     Returns:
         ``SimResult(buffers, faults)``: the buffers after the forward run (new arrays; a read-only buffer comes
@@ -186,8 +190,9 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
     counted = _profile.active()  # inside flash_attn_cy.sim.profile(): a profile build, and the dispatch is recorded
     hazards = bool(hazards) and not counted  # a profile module answers the instrumentation with its counters
     lib, fcs = _module_for(source, path, tuple(str(d) for d in include_dirs), normalize_defines(defines),
-                           "profile" if counted else "", hazards)
-    const_args = _constant_args(pack_constants(constants, fcs, path)) + _tg_memory_args(threadgroup_memory)
+                           "profile" if counted else "", hazards, kernel if only_kernel else None)
+    packed_constants = pack_constants(constants, fcs, path)
+    const_args = _constant_args(packed_constants) + _tg_memory_args(threadgroup_memory)
 
     # No copy of the inputs on this side: the runtime copies each buffer into its guarded mapping straight from the
     # caller's array and writes the forward run's results into a fresh output array (pages touched only then), so
@@ -254,7 +259,8 @@ def run(path_or_source: Union[str, os.PathLike], kernel: str, grid, threadgroup,
         kind, _, m = line.partition("\t")
         faults.append(Fault(kind, _with_source_line(m)))
     if counted:
-        _profile.record(lib, kernel, g, t, [str(f) for f in faults])
+        _profile.record(lib, kernel, g, t, [str(f) for f in faults],
+                        constants=_profile.constant_values(packed_constants))
     return SimResult(out, faults)
 
 

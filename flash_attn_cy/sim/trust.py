@@ -42,9 +42,15 @@ from ..errors import KernelRefused  # declared with the package's other exceptio
 # Reserved identifiers MSL code may use: Apple's predefined macros (undefined for both host compilers alike), the
 # standard position macros, and attribute spellings.
 RESERVED_ALLOWED = frozenset({
-    "__METAL_VERSION__", "__METAL_MACOS__", "__METAL_IOS__", "__HAVE_BFLOAT__", "__FILE__", "__LINE__",
+    "__METAL_VERSION__", "__METAL__", "__METAL_MACOS__", "__METAL_IOS__", "__HAVE_BFLOAT__",
+    "__VA_ARGS__", "__FILE__", "__LINE__",
     "__COUNTER__", "__func__", "__attribute__", "__restrict", "__restrict__",
+    "__METAL_FAST_MATH__", "__METAL_PRECISE_MATH__", "__METAL_MAYBE_FAST_MATH__",
+    "__is_empty",  # a type-trait builtin that Apple's compiler and both host compilers have (MLX's steel traits)
 })
+# Apple's compiler builtins (`__metal_exp(x, __METAL_FAST_MATH__)`, MLX's bf16_math.h): the compatibility layer
+# defines the ones it supports (csrc/sim/include/fasim_builtins.h) and no host compiler predefines such a name.
+_METAL_BUILTIN_RE = re.compile(r"^__metal_[a-z0-9_]+$")
 DIRECTIVES_ALLOWED = frozenset({
     "define", "undef", "if", "ifdef", "ifndef", "elif", "elifdef", "elifndef", "else", "endif", "include", "pragma",
     "error", "warning", "",
@@ -96,7 +102,7 @@ def _scan_identifiers(toks: Iterable[Tuple[str, int]], where, errors: List[str])
                           "MSL built-ins")
         elif text in ("asm", "__asm", "__asm__"):
             errors.append(f"{where(line)}: '{text}' (inline assembly) is not MSL")
-        elif _RESERVED_RE.match(text) and text not in RESERVED_ALLOWED:
+        elif _RESERVED_RE.match(text) and text not in RESERVED_ALLOWED and not _METAL_BUILTIN_RE.match(text):
             errors.append(f"{where(line)}: reserved identifier '{text}' (compiler builtins and compiler-specific "
                           "macros are not MSL)")
         i += 1
@@ -155,7 +161,15 @@ def scan_sources(files: Sequence[Tuple[str, str]], include_dirs: Sequence[str] =
                     continue
                 if name in ("error", "warning"):
                     continue  # free text
-                ids.extend((w, t.line) for w in words)
+                local = set()
+                if name == "define" and re.match(r"\s*\w+\(", rest):
+                    # a function-like macro's parameter names are its own (MLX spells them __op__)
+                    close = words.index(")") if ")" in words else len(words)
+                    local = {w for w in words[2:close] if w != ","}
+                elif name in ("if", "ifdef", "ifndef", "elif", "elifdef", "elifndef"):
+                    # feature-test macros, read by the simulator's own preprocessor only (undefined there)
+                    local = {w for w in words if w.startswith("__cpp_")}
+                ids.extend((w, t.line) for w in words if w not in local)
             elif t.kind in ("id", "punct", "str"):
                 ids.append((t.text, t.line))
         _scan_identifiers(ids, where, errors)

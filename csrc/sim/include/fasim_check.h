@@ -29,6 +29,7 @@ template <class T, int N> using vec = T __attribute__((ext_vector_type(N)));
 
 FASIM_VEC_GLOBAL_NAMES  // MSL's vector types are global names too (fasim_vec_names.h)
 
+#define FASIM_CHECK_ADDRESS_SPACES 1
 #include "fasim_traits.h"
 
 namespace metal {
@@ -119,7 +120,7 @@ template <class T, int Rows, int Cols> struct simdgroup_matrix {
 typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
 typedef simdgroup_matrix<half, 8, 8> simdgroup_half8x8;
 typedef simdgroup_matrix<bfloat, 8, 8> simdgroup_bfloat8x8;
-template <class T, int R, int C> simdgroup_matrix<T, R, C> make_filled_simdgroup_matrix(T v);
+template <class T, int R, int C = R> simdgroup_matrix<T, R, C> make_filled_simdgroup_matrix(T v);
 // As MSL declares them: the pointer's element type is the matrix's, in device (1) or threadgroup (3) memory only.
 #define FASIM_CHECK_MATRIX_MEMORY(AS)                                                                              \
     template <class T>                                                                                            \
@@ -158,6 +159,8 @@ template <class A, class E, class V>
 bool atomic_compare_exchange_weak_explicit(A *a, E *expected, V desired, memory_order s, memory_order f);
 
 }  // namespace metal
+
+#include "fasim_check_ext.h"
 
 // is_function_constant_defined(name), as the translator rewrites it (the names of function constants stay: they are
 // `extern const` variables in the constant address space, not constant expressions, as in MSL).

@@ -105,13 +105,22 @@ struct CastSite {
     const char *file;
     unsigned line;
     CastSite(const char *f, unsigned l) : file(f), line(l) {}
-    template <class To, class From>
-    To as(From from) const {
-        using Pointee = std::remove_cv_t<std::remove_pointer_t<To>>;
-        check<To, From, Pointee>(from, std::integral_constant<bool, std::is_pointer<To>::value &&
-                                                                        std::is_pointer<From>::value &&
-                                                                        !std::is_void<Pointee>::value>());
-        return reinterpret_cast<To>(from);
+    // `from` by reference: a reference cast (`reinterpret_cast<thread half4 &>(m.thread_elements()) = v`, MLX's
+    // MMA fragments) names the caller's object, not a copy of it.
+    template <class To, class FromRef>
+    To as(FromRef &&from) const {
+        using From = std::remove_cv_t<std::remove_reference_t<FromRef>>;
+        if constexpr (std::is_reference<To>::value) {
+            using Referee = std::remove_cv_t<std::remove_reference_t<To>>;
+            check<To, const void *, Referee>(static_cast<const void *>(&from), std::true_type());
+            return reinterpret_cast<To>(from);
+        } else {
+            using Pointee = std::remove_cv_t<std::remove_pointer_t<To>>;
+            check<To, From, Pointee>(from, std::integral_constant<bool, std::is_pointer<To>::value &&
+                                                                            std::is_pointer<From>::value &&
+                                                                            !std::is_void<Pointee>::value>());
+            return reinterpret_cast<To>(from);
+        }
     }
 
   private:

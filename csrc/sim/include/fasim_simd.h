@@ -181,9 +181,14 @@ constexpr MatOwner kMatOwner{};
 // Element types: MSL specification §2.4 "SIMD-group matrix data types" (float, half; bfloat from MSL 3.1). The
 // operations below accept independent element types for d, a, b and c: the specification's table (§6.7, "SIMD-group
 // matrix functions") prints one T for all four, but Apple's metal_simdgroup_matrix header - what the compiler
-// enforces - declares them as four floating-point types (publicly transcribed from toolchain 32023.x), and kernels
-// that build on a Mac rely on it (llama.cpp's flash_attn_ext multiplies half fragments into a float accumulator).
-// Anything else, e.g. an integer matrix, fails here as there.
+// enforces - declares `template <typename R, typename T, typename U, typename V, int K, int Rows, int Cols>
+// enable_if_t<_valid_simdgroup_multiply_accumulate_v<R, T, U, V, K>> simdgroup_multiply_accumulate(thread
+// simdgroup_matrix<R, Cols, Rows> &d, simdgroup_matrix<T, K, Rows> a, simdgroup_matrix<U, Cols, K> b,
+// simdgroup_matrix<V, Cols, Rows> c)`, the condition being that all four are floating-point (toolchain metal
+// 32023.864, metal_simdgroup_matrix lines 197-211, as transcribed in several public repositories), and kernels that
+// build on a Mac rely on it (llama.cpp's flash_attn_ext multiplies half Q/K fragments into a float accumulator;
+// run unmodified here, README "Real-world kernels"). Decision: mixed element types stay accepted. Anything else, e.g.
+// an integer matrix, fails here as there.
 template <class T, int Rows, int Cols> struct simdgroup_matrix {
     static_assert(std::is_same<T, float>::value || std::is_same<T, half>::value || std::is_same<T, bfloat>::value,
                   "MSL §2.4: simdgroup_matrix elements are float, half or bfloat");
@@ -202,7 +207,8 @@ typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
 typedef simdgroup_matrix<half, 8, 8> simdgroup_half8x8;
 typedef simdgroup_matrix<bfloat, 8, 8> simdgroup_bfloat8x8;
 
-template <class T, int R, int C> inline simdgroup_matrix<T, R, C> make_filled_simdgroup_matrix(T v) {
+// MSL declares `template <typename T, int Cols, int Rows = Cols>` (llama.cpp writes make_filled_simdgroup_matrix<float, 8>).
+template <class T, int R, int C = R> inline simdgroup_matrix<T, R, C> make_filled_simdgroup_matrix(T v) {
     simdgroup_matrix<T, R, C> m;
     m.elems = vec<T, 2>(v);
     return m;

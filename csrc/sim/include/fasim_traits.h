@@ -60,6 +60,16 @@ template <class T> constexpr bool is_scalar_v = is_scalar<T>::value;
 template <class T> struct is_vector : false_type {};
 template <class T, int N> struct is_vector<vec<T, N>> : true_type {};
 template <class T> constexpr bool is_vector_v = is_vector<T>::value;
+// remove_addrspace (Apple's <metal_type_traits>; MLX's steel kernels use it): the type without its address space.
+// The simulator erases address spaces, so it is the type itself; the strict check (fasim_check.h, clang address
+// spaces 1-3) strips them.
+template <class T> struct remove_addrspace { using type = T; };
+#ifdef FASIM_CHECK_ADDRESS_SPACES
+template <class T> struct remove_addrspace<__attribute__((address_space(1))) T> { using type = T; };
+template <class T> struct remove_addrspace<__attribute__((address_space(2))) T> { using type = T; };
+template <class T> struct remove_addrspace<__attribute__((address_space(3))) T> { using type = T; };
+#endif
+template <class T> using remove_addrspace_t = typename remove_addrspace<T>::type;
 
 // numeric_limits: C++'s for the integer types and float, bit patterns for half and bfloat.
 template <class T> struct numeric_limits : std::numeric_limits<T> {};

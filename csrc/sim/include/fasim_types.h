@@ -20,11 +20,13 @@ typedef unsigned long ulong;
 
 namespace fasim {
 
-inline uint32_t f32_bits(float f) { uint32_t u; __builtin_memcpy(&u, &f, 4); return u; }
-inline float bits_f32(uint32_t u) { float f; __builtin_memcpy(&f, &u, 4); return f; }
+// constexpr throughout (bit casts, conversions, operators): MSL evaluates half and bfloat arithmetic in constant
+// expressions (MLX static_asserts a product of complex halves and initialises constexpr limits with -infinity).
+constexpr uint32_t f32_bits(float f) { return __builtin_bit_cast(uint32_t, f); }
+constexpr float bits_f32(uint32_t u) { return __builtin_bit_cast(float, u); }
 
 // IEEE binary32 -> binary16, round to nearest even (subnormals, overflow to inf, NaN kept quiet).
-inline uint16_t f32_to_f16(float f) {
+constexpr uint16_t f32_to_f16(float f) {
     uint32_t x = f32_bits(f);
     uint32_t sign = (x >> 16) & 0x8000u;
     uint32_t ax = x & 0x7fffffffu;
@@ -44,7 +46,7 @@ inline uint16_t f32_to_f16(float f) {
     return (uint16_t)(sign | r);
 }
 
-inline float f16_to_f32(uint16_t h) {
+constexpr float f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ffu;
     if (e == 0) {
@@ -56,24 +58,24 @@ inline float f16_to_f32(uint16_t h) {
     return bits_f32(sign | ((e + 112) << 23) | (m << 13));
 }
 
-inline uint16_t f32_to_bf16(float f) {
+constexpr uint16_t f32_to_bf16(float f) {
     uint32_t x = f32_bits(f);
     if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u);
     x += 0x7fffu + ((x >> 16) & 1u);
     return (uint16_t)(x >> 16);
 }
-inline float bf16_to_f32(uint16_t b) { return bits_f32((uint32_t)b << 16); }
+constexpr float bf16_to_f32(uint16_t b) { return bits_f32((uint32_t)b << 16); }
 
 }  // namespace fasim
 
 struct half {
     uint16_t bits;
     half() = default;
-    half(float f) : bits(fasim::f32_to_f16(f)) {}
+    constexpr half(float f) : bits(fasim::f32_to_f16(f)) {}
     template <class A, class = std::enable_if_t<std::is_arithmetic<A>::value>>
-    half(A a) : bits(fasim::f32_to_f16((float)a)) {}
-    operator float() const { return fasim::f16_to_f32(bits); }
-    static half from_bits(uint16_t b) { half h; h.bits = b; return h; }
+    constexpr half(A a) : bits(fasim::f32_to_f16((float)a)) {}
+    constexpr operator float() const { return fasim::f16_to_f32(bits); }
+    static constexpr half from_bits(uint16_t b) { half h{}; h.bits = b; return h; }
 };
 
 // MSL specification 3.1, §2.1 "Scalar data types" (the note on bfloat): "bfloat is an extended floating point type
@@ -85,14 +87,14 @@ struct half {
 struct bfloat {
     uint16_t bits;
     bfloat() = default;
-    explicit bfloat(float f) : bits(fasim::f32_to_bf16(f)) {}
+    constexpr explicit bfloat(float f) : bits(fasim::f32_to_bf16(f)) {}
     template <class A, std::enable_if_t<std::is_floating_point<A>::value, int> = 0>
-    explicit bfloat(A a) : bits(fasim::f32_to_bf16((float)a)) {}
+    constexpr explicit bfloat(A a) : bits(fasim::f32_to_bf16((float)a)) {}
     template <class A, std::enable_if_t<std::is_integral<A>::value, int> = 0>
-    bfloat(A a) : bits(fasim::f32_to_bf16((float)a)) {}
-    explicit bfloat(half h) : bits(fasim::f32_to_bf16((float)h)) {}
-    operator float() const { return fasim::bf16_to_f32(bits); }
-    static bfloat from_bits(uint16_t b) { bfloat h; h.bits = b; return h; }
+    constexpr bfloat(A a) : bits(fasim::f32_to_bf16((float)a)) {}
+    constexpr explicit bfloat(half h) : bits(fasim::f32_to_bf16((float)h)) {}
+    constexpr operator float() const { return fasim::bf16_to_f32(bits); }
+    static constexpr bfloat from_bits(uint16_t b) { bfloat h{}; h.bits = b; return h; }
 };
 
 namespace fasim {
@@ -121,7 +123,7 @@ using lowp_cmp_t = std::enable_if_t<(is_lowp<A>::value || is_lowp<B>::value) && 
 
 #define FASIM_LOWP_BINOP(OP)                                                                   \
     template <class A, class B>                                                                \
-    inline fasim::lowp_op_t<A, B> operator OP(A a, B b) {                                      \
+    constexpr fasim::lowp_op_t<A, B> operator OP(A a, B b) {                                      \
         using R = fasim::lowp_op_t<A, B>;                                                      \
         FASIM_COUNT_FLOPS_OF(R, 1);                                                            \
         return R((float)a OP (float)b);                                                        \
@@ -134,7 +136,7 @@ FASIM_LOWP_BINOP(/)
 
 #define FASIM_LOWP_CMP(OP)                                                                     \
     template <class A, class B>                                                                \
-    inline fasim::lowp_cmp_t<A, B> operator OP(A a, B b) { return (float)a OP (float)b; }
+    constexpr fasim::lowp_cmp_t<A, B> operator OP(A a, B b) { return (float)a OP (float)b; }
 FASIM_LOWP_CMP(==)
 FASIM_LOWP_CMP(!=)
 FASIM_LOWP_CMP(<)
@@ -151,23 +153,24 @@ constexpr bool lowp_assignable_v = is_lowp<L>::value && is_scalar_v<B> &&
 }  // namespace fasim
 #define FASIM_LOWP_ASSIGN(OP)                                                                  \
     template <class L, class B, class = std::enable_if_t<fasim::lowp_assignable_v<L, B>>>    \
-    inline L &operator OP##=(L &a, B b) { FASIM_COUNT_FLOPS_OF(L, 1); a = L((float)a OP (float)b); return a; }
+    constexpr L &operator OP##=(L &a, B b) { FASIM_COUNT_FLOPS_OF(L, 1); a = L((float)a OP (float)b); return a; }
 FASIM_LOWP_ASSIGN(+)
 FASIM_LOWP_ASSIGN(-)
 FASIM_LOWP_ASSIGN(*)
 FASIM_LOWP_ASSIGN(/)
 #undef FASIM_LOWP_ASSIGN
 
-inline half operator-(half h) { return half::from_bits((uint16_t)(h.bits ^ 0x8000u)); }
-inline bfloat operator-(bfloat h) { return bfloat::from_bits((uint16_t)(h.bits ^ 0x8000u)); }
-inline half operator+(half h) { return h; }
-inline bfloat operator+(bfloat h) { return h; }
+constexpr half operator-(half h) { return half::from_bits((uint16_t)(h.bits ^ 0x8000u)); }
+constexpr bfloat operator-(bfloat h) { return bfloat::from_bits((uint16_t)(h.bits ^ 0x8000u)); }
+constexpr half operator+(half h) { return h; }
+constexpr bfloat operator+(bfloat h) { return h; }
 
 // ---------------------------------------------------------------------------------------------------------------
 // vec<T, N>
 namespace metal {
 
 template <class T, int N> struct vec;
+template <class T, int N> struct packed_vec;  // fasim_packed.h
 
 // Swizzles: the translator rewrites `v.xy` into `v.template fasim_swizzle<0, 1>()` (a value) and `v.xy = w` or
 // `v.xy += w` into `v.template fasim_swizzle_ref<0, 1>() = w` (a proxy that writes the components back).
@@ -187,15 +190,23 @@ template <class T, int N, int... I> struct fasim_swizzle_proxy {
 #undef FASIM_SWZ_ASSIGN
 };
 
+// A scalar of another type converts to a vector as it converts to T (MSL: `half4 v = 0;`, `c ? half4 : 0.0f`):
+// one user-defined conversion, where going through T would take two (int -> half -> half4).
 #define FASIM_VEC_COMMON(N)                                                                    \
     using value_type = T;                                                                      \
+    template <class S, std::enable_if_t<fasim::is_scalar_v<S> && !std::is_same<S, T>::value && \
+                                        std::is_convertible<S, T>::value, int> = 0>            \
+    vec(S s) : vec(T(s)) {}                                                                    \
     static constexpr int size = N;                                                             \
     template <int... I> vec<T, (int)sizeof...(I)> fasim_swizzle() const { return vec<T, (int)sizeof...(I)>((*this)[I]...); } \
     template <int... I> fasim_swizzle_proxy<T, N, I...> fasim_swizzle_ref() { return {this}; } \
     T &operator[](int i) { return (&x)[i]; }                                                   \
     const T &operator[](int i) const { return (&x)[i]; }                                       \
     template <class U, class = std::enable_if_t<!std::is_same<U, T>::value>>                   \
-    explicit vec(const vec<U, N> &o) { for (int i = 0; i < N; i++) (*this)[i] = T((typename fasim_conv<U>::type)o[i]); }
+    explicit vec(const vec<U, N> &o) { for (int i = 0; i < N; i++) (*this)[i] = T((typename fasim_conv<U>::type)o[i]); } \
+    template <class U> explicit vec(const packed_vec<U, N> &o) {                               \
+        for (int i = 0; i < N; i++) (*this)[i] = T((typename fasim_conv<U>::type)o[i]);        \
+    }
 
 template <class U> struct fasim_conv { using type = U; };
 template <> struct fasim_conv<half> { using type = float; };

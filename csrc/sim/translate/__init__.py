@@ -29,17 +29,20 @@ __all__ = ["TranslateError", "Translation", "KernelEntry", "FunctionConstant", "
 
 
 def translate(source: str, path: str = "<source>.metal", include_dirs: Sequence[str] = (), mode: str = "exec",
-              header: str = "metal_stdlib", defines: Optional[Dict[str, str]] = None) -> Translation:
+              header: str = "metal_stdlib", defines: Optional[Dict[str, str]] = None,
+              kernel: Optional[str] = None) -> Translation:
     """Translate MSL ``source`` (read from ``path``, used for messages and relative includes) to C++.
 
     ``mode`` is ``"exec"`` (code for the simulator runtime) or ``"check"`` (code for the strict clang pass);
-    ``header`` is how the output includes the compatibility header; ``defines`` are extra macros (``-D NAME=VALUE``).
+    ``header`` is how the output includes the compatibility header; ``defines`` are extra macros (``-D NAME=VALUE``);
+    ``kernel`` registers only the kernel of that Metal function name (the others' templates are not instantiated).
     """
     if mode not in ("exec", "check"):
         raise ValueError(f"mode must be 'exec' or 'check', got {mode!r}")
     src = preprocess(source, path, include_dirs, defines, simulator=mode == "exec")
     tr = Translator(src, mode)
     tr.header = header
+    tr.only = kernel
     return tr.run()
 
 

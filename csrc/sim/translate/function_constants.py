@@ -176,7 +176,13 @@ class FunctionConstantPass:
             return  # a local variable or parameter of that name is in scope
         prev = self.prev_sig(i)
         nxt = toks[i + 1].text if i + 1 < len(toks) else ""
-        if (prev is not None and toks[prev].kind == "id" and toks[prev].text not in _NOT_A_DECLARATOR_BEFORE
+        # `T name`, or in a parameter list `T &name` / `T *name` (MLX: `const constant int& blocks [[buffer(4)]]`
+        # next to a function constant `blocks`)
+        typed_ref = (prev is not None and toks[prev].text in ("&", "*") and prev > 0
+                     and (toks[prev - 1].kind == "id" or toks[prev - 1].text == ">") and self.in_parameter_list(i)
+                     and not self.in_function(i))
+        if (prev is not None and (typed_ref or (toks[prev].kind == "id"
+                                                and toks[prev].text not in _NOT_A_DECLARATOR_BEFORE))
                 and nxt in _DECLARATOR_AFTER):
             if self.in_function(i) or self.in_parameter_list(i):
                 self.fc_shadows.setdefault(t.text, []).append((i, self.scope_end(i)))

@@ -53,7 +53,7 @@ class KernelPass:
     def kernels_init(self) -> None:
         self.defs: Dict[str, KernelDef] = {}
         self.entries: List[KernelEntry] = []
-        self.pending_inst: list = []  # (host name, kernel name, template args, file, line, token index)
+        self.pending_inst: list = []  # (host name, kernel name, template args, file, line, token index, `template`)
         self.seen_kernels: set = set()
 
     def kernel_at(self, i: int) -> None:
@@ -125,7 +125,7 @@ class KernelPass:
         if explicit_inst:
             if not targs:
                 raise self.err(k, "explicit kernel instantiation without template arguments")
-            self.pending_inst.append((host_name or name, name, targs, fname, fline, k))
+            self.pending_inst.append((host_name or name, name, targs, fname, fline, k, p))
             return
         if toks[k].text != "(":
             raise self.err(k, f"cannot parse the parameter list of kernel '{name}'")
@@ -236,12 +236,18 @@ class KernelPass:
 
     def instantiate(self) -> None:
         """Explicit instantiations become entries once every definition is known."""
-        for host, name, targs, fname, fline, k in self.pending_inst:
+        for host, name, targs, fname, fline, k, tpl in self.pending_inst:
             d = self.defs.get(name)
             if d is None:
                 raise self.err(k, f"explicit instantiation of kernel '{name}' before (or without) its definition")
             mt = None if d.max_threads is None else (f"{d.max_threads}{targs}()" if d.is_template else d.max_threads)
             self.entries.append(KernelEntry(host, name + targs, d.params, fname, fline, d.gates, mt))
+            if self.only is not None and host != self.only:
+                # translate(..., kernel=NAME): an explicit instantiation of another kernel would instantiate it
+                semi = k
+                while semi < len(self.toks) and self.toks[semi].text != ";":
+                    semi += 1
+                self.replace_range(self.toks[tpl].start, self.toks[min(semi, len(self.toks) - 1)].end, "")
         names = [e.name for e in self.entries]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

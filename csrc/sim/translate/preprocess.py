@@ -9,6 +9,7 @@ directory); `<metal_*>` (and `<simd/simd.h>`) become the compatibility header, i
 translator; any other `<...>` header is an `#error` at that point (only reached if no #if removes it).
 
 Predefined: __METAL_VERSION__ (310: MSL 3.1, the version the compatibility layer implements, bfloat included),
+__METAL__ (1, as Apple's compiler: headers shared with host code test it, MLX's defines.h),
 __HAVE_BFLOAT__, __cplusplus (201703L: MSL 3 is based on C++17), __FILE__, __LINE__, __COUNTER__, the macros
 <metal_stdlib> defines (METAL_STDLIB_MACROS: defined, left for the compiler to expand) and, when translating for the
 simulator, FASIM."""
@@ -27,7 +28,7 @@ from .pp_tokens import PUNCT_RE, PPTok, lex_lines
 
 __all__ = ["Preprocessed", "preprocess", "METAL_STDLIB_MACROS", "PREDEFINED"]
 
-PREDEFINED = {"__METAL_VERSION__": "310", "__HAVE_BFLOAT__": "1", "__cplusplus": "201703L"}
+PREDEFINED = {"__METAL_VERSION__": "310", "__METAL__": "1", "__HAVE_BFLOAT__": "1", "__cplusplus": "201703L"}
 # Macros the compatibility header defines as <metal_stdlib> does (csrc/sim/include/fasim_math.h and, for the strict
 # check, fasim_check.h; tests/test_sim_preprocess.py keeps this list and the headers in step).
 METAL_STDLIB_MACROS = frozenset({
@@ -203,6 +204,9 @@ class _Preprocessor:
         elif name == "pragma":
             if args and args[0].text == "once":
                 self.once.add(stack[-1] if stack else os.path.realpath(path))
+            elif args and args[0].text in ("unroll", "nounroll"):
+                # clang (so Metal) expands macros in a loop-unroll count: `#pragma unroll (MIN(DK8/2, 4*NSG))`
+                self.emit_line("#pragma " + _spell(args[:1] + self.expander.expand(args[1:])), ln[0])
             else:
                 self.emit_line("#pragma " + _spell(args), ln[0])
         elif name == "error":

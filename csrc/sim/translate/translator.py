@@ -12,8 +12,11 @@ from typing import Dict, List, Optional, Tuple
 from .errors import TranslateError
 from .function_constants import FunctionConstantPass
 from .kernels import ID_ATTRIBUTES, IGNORED_ATTRIBUTES, KernelPass
-from .lexer import Tok, c_string, match, split_top, tokenize
+from .lexer import Tok, c_string, match, match_angle, split_top, tokenize
 from .preprocess import Preprocessed
+from .conditionals import ConditionalPass
+from .designators import DesignatorPass
+from .space_overloads import SpaceOverloadPass
 
 __all__ = ["Translator", "ADDRESS_SPACES"]
 
@@ -33,7 +36,7 @@ VECTOR_TYPE_RE = re.compile(r"^(float|half|bfloat|int|uint|short|ushort|char|uch
 TEXTURE_RE = re.compile(r"^(texture[123]d|texture\dd_array|texturecube|texture_buffer|depth2d|depthcube)\w*$")
 
 
-class Translator(KernelPass, FunctionConstantPass):
+class Translator(KernelPass, FunctionConstantPass, SpaceOverloadPass, DesignatorPass, ConditionalPass):
     def __init__(self, src: Preprocessed, mode: str):
         self.src = src
         self.mode = mode  # "exec" (code for the simulator runtime) or "check" (code for the strict clang pass)
@@ -44,6 +47,7 @@ class Translator(KernelPass, FunctionConstantPass):
         self.attrs: Dict[int, Tuple[int, List[str]]] = {}  # token index of first '[' -> (index of last ']', items)
         self.attr_owner: List[Optional[int]] = [None] * len(self.toks)
         self.tg_count = 0
+        self.only: Optional[str] = None  # translate(..., kernel=NAME): register that kernel only (emit.py)
         self.kernels_init()
         self.fc_init()
 
@@ -117,7 +121,7 @@ class Translator(KernelPass, FunctionConstantPass):
                 self.fc_defined_call(i)
                 continue
             if (self.mode == "check" and VECTOR_TYPE_RE.match(t.text) and i + 1 < len(toks)
-                    and toks[i + 1].text == "(" and (i == 0 or toks[i - 1].text not in (".", "->", "::"))):
+                    and toks[i + 1].text == "(" and (i == 0 or toks[i - 1].text not in (".", "->", "::", "operator"))):
                 self.edits.append((t.start, t.end, f"::metal::fasim_make<{t.text}>"))
                 continue
             if t.text in UNSUPPORTED_KEYWORDS:
@@ -147,6 +151,10 @@ class Translator(KernelPass, FunctionConstantPass):
         for k, (close, items) in sorted(self.attrs.items()):
             for it in items:
                 self.check_attribute(k, it)
+        self.space_overloads()
+        if self.mode == "exec":
+            self.range_designators()
+            self.conditionals()
         self.instantiate()
         from .emit import emit  # emit.py builds the output from this pass's results
         return emit(self)
@@ -197,6 +205,23 @@ class Translator(KernelPass, FunctionConstantPass):
             return ""
         return f"__attribute__((address_space({space})))"
 
+    def constant_is_const(self, i: int) -> bool:
+        """Whether the `constant` at toks[i] must also say `const`: the constant address space is
+        read-only, so a `constant T *` may point at a program-scope constant (llama.cpp passes its constexpr tables
+        to `constant float *` parameters); not where the declaration already says const (`const constant T &`)."""
+        toks = self.toks
+        j = i - 1
+        while j >= 0 and (toks[j].kind == "id" or toks[j].text == "::") and toks[j].text != "const":
+            j -= 1
+        if j >= 0 and toks[j].text == "const":
+            return False
+        k = i + 1
+        while k < len(toks) and (toks[k].kind == "id" or toks[k].text in ("::", "<")):
+            if toks[k].text == "const":
+                return False
+            k = match_angle(toks, k) + 1 if toks[k].text == "<" else k + 1
+        return True
+
     def address_space(self, i: int) -> None:
         toks = self.toks
         t = toks[i]
@@ -206,6 +231,9 @@ class Translator(KernelPass, FunctionConstantPass):
             if prev is not None and toks[prev].text in ("{", "}", ";", ":") and self.in_function(i):
                 if self.threadgroup_decl(i):
                     return
+        if t.text == "constant" and self.constant_is_const(i):
+            self.edits.append((t.start, t.end, ("const " + self.space_text(space)).strip()))
+            return
         self.edits.append((t.start, t.end, self.space_text(space)))
 
     def prev_sig(self, i: int) -> Optional[int]:
