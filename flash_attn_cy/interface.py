@@ -56,8 +56,23 @@ def _run(q, k, v, names, plan_key=None, **options):
     else:
         out, lse, probs = attention_forward(q, k, v, **args)
         if plan_key is not None:
-            plan_key.store_forward(args, return_attn_probs)
+            plan_key.store_attention(args, return_attn_probs)
     return (out, lse, probs) if return_attn_probs else out
+
+
+_FORMS = _dispatch.PLAN_FORMS
+
+
+def _planned(form, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
+             window_size, softcap, alibi_slopes, deterministic, return_attn_probs, block_table, backend, seed):
+    """The plan cache first (flash_attn_cy/_core_planned_attn.pxi): a call of a form seen before runs from its stored
+    plan, and its result comes back; otherwise a PlanKey (store the general path's arguments under it) or None."""
+    if _arrays.dynamo_compiling():
+        return None
+    return _dispatch.planned_attention(
+        _FORMS[form], q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+        causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs, block_table, backend, seed,
+        _arrays._OUTPUTS_IN_HOST_BUFFERS)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -90,9 +105,8 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, sof
         softmax probabilities, with the entries dropout removed negated (a debugging aid, as flash_attn's).
     """
     # a call of a form seen before runs from its stored plan (the outputs directly); else validate and run
-    plan = None if _arrays.dynamo_compiling() else _dispatch.planned_forward(
-        q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-        return_attn_probs, backend, _arrays._OUTPUTS_IN_HOST_BUFFERS)
+    plan = _planned("dense", q, k, v, None, None, None, None, dropout_p, softmax_scale, causal, window_size, softcap,
+                    alibi_slopes, deterministic, return_attn_probs, None, backend, seed)
     if plan is not None and type(plan) is not PlanKey:
         return plan
     V.dense_shapes(q, k, v)
@@ -106,9 +120,13 @@ def flash_attn_qkvpacked_func(qkv: Tensor, dropout_p: float = 0.0, softmax_scale
                               alibi_slopes: Optional[Tensor] = None, deterministic: bool = False,
                               return_attn_probs: bool = False, *, backend: str = "auto", seed: Any = None) -> Result:
     """flash_attn_func with q, k, v stacked: qkv (batch, seqlen, 3, nheads, headdim). Same options and returns."""
+    plan = _planned("qkvpacked", qkv, None, None, None, None, None, None, dropout_p, softmax_scale, causal,
+                    window_size, softcap, alibi_slopes, deterministic, return_attn_probs, None, backend, seed)
+    if plan is not None and type(plan) is not PlanKey:
+        return plan
     q, k, v = V.unpack(qkv, "qkv", 2, 3, "(batch, seqlen, 3, nheads, headdim)", 5)
     V.dense_shapes(q, k, v)
-    return _run(q, k, v, ("qkv", "qkv", "qkv"), dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
+    return _run(q, k, v, ("qkv", "qkv", "qkv"), plan, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
                 window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic,
                 return_attn_probs=return_attn_probs, backend=backend, seed=seed)
 
@@ -119,12 +137,16 @@ def flash_attn_kvpacked_func(q: Tensor, kv: Tensor, dropout_p: float = 0.0, soft
                              return_attn_probs: bool = False, *, backend: str = "auto", seed: Any = None) -> Result:
     """flash_attn_func with k, v stacked: q (batch, seqlen_q, nheads, headdim), kv (batch, seqlen_k, 2, nheads_k,
     headdim). Same options and returns."""
+    plan = _planned("kvpacked", q, kv, None, None, None, None, None, dropout_p, softmax_scale, causal, window_size,
+                    softcap, alibi_slopes, deterministic, return_attn_probs, None, backend, seed)
+    if plan is not None and type(plan) is not PlanKey:
+        return plan
     k, v = V.unpack(kv, "kv", 2, 2, "(batch, seqlen_k, 2, nheads_k, headdim)", 5)
     V.ndim(q, "q", 4, "(batch, seqlen_q, nheads, headdim)")
     if kv.shape[0] != q.shape[0]:
         raise ValueError(f"kv: batch size {kv.shape[0]} must equal q's batch size {q.shape[0]}")
     V.head_dims(tuple(q.shape), tuple(k.shape), tuple(v.shape), "kv", "kv")
-    return _run(q, k, v, ("q", "kv", "kv"), dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
+    return _run(q, k, v, ("q", "kv", "kv"), plan, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
                 window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic,
                 return_attn_probs=return_attn_probs, backend=backend, seed=seed)
 
@@ -146,6 +168,11 @@ def flash_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor
     Returns out (total_q, nheads, headdim), or (out, softmax_lse (nheads, total_q) float32, S_dmask) with
     return_attn_probs (S_dmask: (batch, nheads, max_seqlen_q, max_seqlen_k), sequence b in the top-left corner).
     """
+    plan = _planned("varlen" if block_table is None else "varlen_paged", q, k, v, cu_seqlens_q, cu_seqlens_k,
+                    max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                    deterministic, return_attn_probs, block_table, backend, seed)
+    if plan is not None and type(plan) is not PlanKey:
+        return plan
     V.ndim(q, "q", 3, "(total_q, nheads, headdim)")
     if block_table is None:
         V.ndim(k, "k", 3, "(total_k, nheads_k, headdim)")
@@ -161,7 +188,7 @@ def flash_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor
     V.head_dims(tuple(q.shape), tuple(k.shape), tuple(v.shape))
     cu_q, cu_k, max_q, max_k, bt = V.varlen_meta(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                                 block_table)
-    return _run(q, k, v, ("q", "k", "v"), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
+    return _run(q, k, v, ("q", "k", "v"), plan, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
                 max_seqlen_k=max_k, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
                 window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic,
                 return_attn_probs=return_attn_probs, block_table=bt, backend=backend, seed=seed)
@@ -174,11 +201,16 @@ def flash_attn_varlen_qkvpacked_func(qkv: Tensor, cu_seqlens: Tensor, max_seqlen
                                      return_attn_probs: bool = False, *, backend: str = "auto",
                                      seed: Any = None) -> Result:
     """flash_attn_varlen_func with q, k, v stacked: qkv (total, 3, nheads, headdim), one cu_seqlens/max_seqlen."""
+    plan = _planned("varlen_qkvpacked", qkv, None, None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p,
+                    softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs, None,
+                    backend, seed)
+    if plan is not None and type(plan) is not PlanKey:
+        return plan
     q, k, v = V.unpack(qkv, "qkv", 1, 3, "(total, 3, nheads, headdim)", 4)
     V.head_dims(tuple(q.shape), tuple(k.shape), tuple(v.shape), "qkv", "qkv")
     cu_q, cu_k, max_q, max_k, _ = V.varlen_meta(q, k, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, None, "qkv",
                                                ("qkv", "cu_seqlens", "cu_seqlens", "max_seqlen", "max_seqlen"))
-    return _run(q, k, v, ("qkv", "qkv", "qkv"), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
+    return _run(q, k, v, ("qkv", "qkv", "qkv"), plan, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
                 max_seqlen_k=max_k, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
                 window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic,
                 return_attn_probs=return_attn_probs, backend=backend, seed=seed)
@@ -192,12 +224,17 @@ def flash_attn_varlen_kvpacked_func(q: Tensor, kv: Tensor, cu_seqlens_q: Tensor,
                                     return_attn_probs: bool = False, *, backend: str = "auto",
                                     seed: Any = None) -> Result:
     """flash_attn_varlen_func with k, v stacked: q (total_q, nheads, headdim), kv (total_k, 2, nheads_k, headdim)."""
+    plan = _planned("varlen_kvpacked", q, kv, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                    softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs, None,
+                    backend, seed)
+    if plan is not None and type(plan) is not PlanKey:
+        return plan
     V.ndim(q, "q", 3, "(total_q, nheads, headdim)")
     k, v = V.unpack(kv, "kv", 1, 2, "(total_k, 2, nheads_k, headdim)", 4)
     V.head_dims(tuple(q.shape), tuple(k.shape), tuple(v.shape), "kv", "kv")
     cu_q, cu_k, max_q, max_k, _ = V.varlen_meta(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, None,
                                                "kv")
-    return _run(q, k, v, ("q", "kv", "kv"), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
+    return _run(q, k, v, ("q", "kv", "kv"), plan, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
                 max_seqlen_k=max_k, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
                 window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic,
                 return_attn_probs=return_attn_probs, backend=backend, seed=seed)
