@@ -166,10 +166,12 @@ HOST_COST_CALLS = {  # name -> (what it times, case of one seqlen)
 
 
 def _host_cost_forms() -> None:
-    """One more host-cost case per public call form (torch tensors). PyTorch's side: SDPA on the same shapes with the
-    same feature where SDPA has it (ALiBi and the window as a precomputed attn_mask, dropout_p), the plain SDPA call
-    where it has none (softcap, probabilities, rotary, paging, left padding, batch index), the packed variants as
-    SDPA on the unpacked views; varlen as SDPA on the equivalent padded batch (one sequence: no padding)."""
+    """One more host-cost case per public call form (torch tensors). PyTorch's side computes the same attention
+    (sides.py): SDPA on the same shapes with the feature as SDPA takes it (ALiBi, the window and cache_leftpad as a
+    precomputed attn_mask, dropout_p); softcap and the probabilities, which SDPA lacks, step by step (matmul, softcap,
+    mask, softmax, matmul: transformers' eager attention); rotary as the new key and the query rotated by torch ops,
+    then SDPA; a paged cache or cache_batch_idx as SDPA on the dense cache; the packed variants as SDPA on contiguous
+    q, k, v; varlen as SDPA on the equivalent padded batch (one sequence: no padding)."""
     def fwd(option, heads_kv=2):
         return lambda s: Shape(1, 4, s, s, 64, "fp32", True, heads_kv=heads_kv, arrays="torch", option=option)
 

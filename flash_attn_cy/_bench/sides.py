@@ -228,7 +228,7 @@ def _ours_options(shape: Shape, x: Dict[str, object], kw: dict) -> None:
     elif shape.option == "window":
         kw["window_size"] = (4, 0)
     elif shape.option == "softcap":
-        kw["softcap"] = 30.0
+        kw["softcap"] = SOFTCAP
 
 
 def _ours(backend: str, shape: Shape) -> Side:
@@ -253,9 +253,7 @@ def _ours(backend: str, shape: Shape) -> Side:
         lens = _index(np.full(shape.batch, shape.seqlen_k - appended), q)
         new = dict(k=x["k_new"], v=x["v_new"]) if shape.append else {}
         if shape.option == "rotary":
-            half = shape.headdim // 2
-            angles = np.arange(shape.seqlen_k)[:, None] * (1e-4 ** (np.arange(half) / half))[None, :]
-            kw["rotary_cos"], kw["rotary_sin"] = (_like(q, f(angles).astype(np.float32)) for f in (np.cos, np.sin))
+            kw["rotary_cos"], kw["rotary_sin"] = (_like(q, t) for t in rotary_tables(shape))
         elif shape.option == "leftpad":
             kw["cache_leftpad"] = _index(np.minimum(1, shape.seqlen_k - appended) * np.ones(shape.batch), q)
         elif shape.option == "paged":
@@ -332,35 +330,95 @@ def _torch(shape: Shape, device: str) -> Side:
             sync()
         return bwd
 
+    attention = _eager(shape, device) if shape.option in EAGER_OPTIONS else F.scaled_dot_product_attention
     if shape.mode == "decode" and shape.append:
         # a decode step as PyTorch users write it: the new rows into the cache ([b, hk, s, d]), then attention
         pos, k_new, v_new = shape.seqlen_k - shape.seqlen_q, t["k_new"], t["v_new"]
+        rope = _rope(shape, device, pos) if shape.option == "rotary" else None
 
         def append_fwd():
-            k[:, :, pos:] = k_new
-            v[:, :, pos:] = v_new
-            out = F.scaled_dot_product_attention(q, k, v, **kw)
+            if rope is None:
+                k[:, :, pos:] = k_new
+                v[:, :, pos:] = v_new
+                out = attention(q, k, v, **kw)
+            else:  # the new key and the query rotated at their position first
+                k[:, :, pos:] = rope(k_new)
+                v[:, :, pos:] = v_new
+                out = attention(rope(q), k, v, **kw)
             sync()
             return out
         return append_fwd
 
     def fwd():  # the inputs need no grad: autograd records nothing
-        out = F.scaled_dot_product_attention(q, k, v, **kw)
+        out = attention(q, k, v, **kw)
         sync()
         return out
     return fwd
 
 
+# Options SDPA has no argument for, which PyTorch code computes step by step instead ("eager" attention, as
+# transformers' eager_attention_forward): matmul, softcap, mask, softmax (the probabilities), matmul.
+EAGER_OPTIONS = ("softcap", "probs")
+SOFTCAP = 30.0
+
+
+def _eager(shape: Shape, device: str):
+    """An SDPA-shaped callable (q, k, v, is_causal=..., enable_gqa=...) computing the attention step by step, with
+    shape.option's softcap, and the probabilities materialised (which "probs" returns to its caller)."""
+    import torch
+
+    rep = shape.heads // shape.kv_heads()
+    sq, sk = shape.seqlen_q, shape.seqlen_k
+    keep = torch.from_numpy(np.arange(sk)[None, :] <= np.arange(sq)[:, None] + (sk - sq)).to(device)
+    scale = shape.headdim ** -0.5
+
+    def attention(q, k, v, is_causal=False, enable_gqa=False, **_):
+        if rep > 1:
+            k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        s = q @ k.transpose(-1, -2) * scale
+        if shape.option == "softcap":
+            s = SOFTCAP * torch.tanh(s / SOFTCAP)
+        if shape.causal:
+            s = s.masked_fill(~keep, float("-inf"))
+        p = torch.softmax(s, -1)
+        out = p @ v
+        return (out, p) if shape.option == "probs" else out
+    return attention
+
+
+def rotary_tables(shape: Shape):
+    """cos, sin (seqlen_k, headdim / 2) float32: the rotary tables of the "rotary" cases (the whole head dim)."""
+    half = shape.headdim // 2
+    angles = np.arange(shape.seqlen_k)[:, None] * (1e-4 ** (np.arange(half) / half))[None, :]
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def _rope(shape: Shape, device: str, pos: int):
+    """x [b, h, 1, d] rotated at position pos, pairs (0, 1), (2, 3), ... (flash_attn's rotary_interleaved=True)."""
+    import torch
+
+    cos, sin = (torch.from_numpy(t).to(device) for t in rotary_tables(shape))
+
+    def rope(x):
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        c, s = cos[pos], sin[pos]
+        return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), -1).flatten(-2)
+    return rope
+
+
 def option_mask(shape: Shape, seqlen_q: int, seqlen_k: int) -> Optional[np.ndarray]:
     """SDPA's attn_mask for shape.option where SDPA has the feature only as a mask: ALiBi (a float bias, heads x
-    seqlen_q x seqlen_k, -inf where causal masks) and the window (bool); None for every other option."""
-    if shape.option not in ("alibi", "window"):
+    seqlen_q x seqlen_k, -inf where causal masks), the window and cache_leftpad (bool); None for every other
+    option."""
+    if shape.option not in ("alibi", "window", "leftpad"):
         return None
     i = np.arange(seqlen_q)[:, None] + (seqlen_k - seqlen_q)  # bottom-right aligned, as flash_attn
     j = np.arange(seqlen_k)[None, :]
     keep = (j <= i) if shape.causal else np.ones((seqlen_q, seqlen_k), bool)
     if shape.option == "window":
         return (keep & (j >= i - 4))[None]
+    if shape.option == "leftpad":  # the cache's first row is padding (when it holds a row before the new one)
+        return (keep & (j >= min(1, seqlen_k - seqlen_q)))[None]
     bias = -alibi_slopes(shape.heads)[:, None, None] * np.abs(i - j)[None]
     return np.where(keep[None], bias, -np.inf).astype(np.float32)
 
