@@ -8,9 +8,6 @@
 # keys at all), goes to the general path, which raises or handles it. The row counts of the varlen layout
 # (total_q, total_k) are data too, so that a serving loop of changing batch sizes keeps its plan.
 
-cdef object _general_philox = None  # _dropout.philox_state, imported on the first call with dropout
-
-
 cdef bint _read_index(object x, int ndim, _View *v, _Key *k) except -1:
     """An int32 index array (cu_seqlens, block_table) of either kind, as a _View with element strides (4 bytes),
     its kind, dtype and shape pushed on the key; False when it is not a C-readable int32 array of `ndim` axes with
@@ -87,7 +84,7 @@ def planned_attention(int form, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_
     the qkv forms and as k for the kv forms, the unused arguments None): the result when a stored plan covers the
     call; a PlanKey to store one under once the general path has run it; None when no plan can describe the call.
     host_buffer_outputs: NumPy outputs must come from HostBuffer (see _arrays.empty)."""
-    if forward is not _general_forward:  # a spy or a hook replaced forward: it sees every call
+    if forward is not _general_forward or _philox_state is None:  # a spy on forward sees every call
         return None
     cdef bint varlen = form >= FORM_VARLEN
     cdef bint paged = form == FORM_VARLEN_PAGED
@@ -133,7 +130,12 @@ def planned_attention(int form, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_
         max_q, max_k = _max_seqlen(max_seqlen_q), _max_seqlen(max_seqlen_k)
         if max_q < 0 or max_k < 0:
             return None
-        if not (_read_index(cu_seqlens_q, 1, &vcq, &key) and _read_index(cu_seqlens_k, 1, &vck, &key)):
+        if not _read_index(cu_seqlens_q, 1, &vcq, &key):
+            return None
+        if cu_seqlens_k is cu_seqlens_q:  # one array for both (self-attention, the packed qkv form): read once
+            vck = vcq
+            _push(&key, 0)
+        elif not _read_index(cu_seqlens_k, 1, &vck, &key):
             return None
         if paged and not _read_index(block_table, 2, &vbt, &key):
             return None
@@ -222,16 +224,18 @@ cdef object _run_attention(_Plan *plan, object kind, int form, object q, object 
             for j in range(need):
                 if bt[j] < 0 or bt[j] >= pages:
                     return None
-    dtype_obj = q.dtype
     cdef tuple shape
     if varlen:
         shape = (total_q, h, d)
     else:
         shape = (batch, sq, h, d)
     if kind is _np_ndarray:
-        out = _np_empty(shape, dtype_obj)
+        out = _np_empty(shape, q.dtype)
+    elif form != FORM_QKV and form != FORM_VARLEN_QKV and (  # varlen: q's 3 axes after the ABI's leading one
+            (vq.strides[3] == 1 and vq.strides[2] == d and vq.strides[1] == h * d) if varlen else _contiguous(vq)):
+        out = _torch_empty_like(q)  # q's shape, contiguous: torch's cheapest allocation
     else:
-        out = _torch_empty(shape, dtype=dtype_obj)
+        out = _torch_empty(shape, dtype=q.dtype)
     cdef char *out_data = _data_of(kind, out)
     lse = probs = None
     if plan.return_tuple:
@@ -290,8 +294,4 @@ cdef object _run_attention(_Plan *plan, object kind, int form, object q, object 
 cdef tuple _philox(object kind, object seed):
     """The dropout (seed, offset) of this call, drawn as the general path draws it (_dropout.philox_state, which also
     checks `seed`)."""
-    global _general_philox
-    if _general_philox is None:
-        from ._dropout import philox_state
-        _general_philox = philox_state
-    return _general_philox("numpy" if kind is _np_ndarray else "torch", seed)
+    return _philox_state("numpy" if kind is _np_ndarray else "torch", seed)

@@ -1,18 +1,18 @@
 # The plan cache: a call of a form seen before runs without redoing the Python validation it passed then.
 # Included by _core.pyx.
 #
-# The public functions (interface.flash_attn_func, kvcache.flash_attn_with_kvcache) call planned_forward /
+# The public functions (interface.py's attention functions, kvcache.flash_attn_with_kvcache) call planned_attention /
 # planned_kvcache first, with their raw arguments. That reads the tensors directly (NumPy's array struct; a torch
 # tensor's data_ptr(), shape and stride()), builds a key from everything the Python validation decides on - array
 # kind, dtype, shapes, every option's type and value - and looks it up. A hit fills fa_params from the plan stored
 # under the key and calls the ABI: nothing is normalised again and no Python object is made but the outputs. A miss
 # returns a PlanKey: the public function validates and runs the call on the general path and, when the call is of a
-# form a plan describes, stores its normalised arguments under that key (PlanKey.store_forward / store_kvcache).
+# form a plan describes, stores its normalised arguments under that key (PlanKey.store_attention / store_kvcache).
 #
 # A key covers what validation looked at, so a hit is a call validation would accept, normalised the same way; what
-# is data rather than form (pointers, strides, cache_seqlens values) is checked on every call, and anything the fast
-# path cannot vouch for - strides to copy, caches that overlap, lengths out of range, a spy on forward - goes to the
-# general path, which decides and raises its own messages. The ABI re-checks every call structurally either way.
+# is data rather than form (pointers, strides, the values of cache_seqlens, cu_seqlens and every index tensor) is
+# checked on every call, and anything the fast path cannot vouch for - strides to copy, caches that overlap, values
+# out of range, a spy on forward - goes to the general path, which decides and raises its own messages. The ABI re-checks every call structurally either way.
 
 import numpy as _np
 
@@ -324,15 +324,21 @@ cdef void _push_shape_from(_Key *k, _View *v, int first) noexcept:
         _push(k, v.shape[i])
 
 
-cdef object _probs_sentinel = None  # _validate.FLASH_ATTN_PROBS, looked up on first use (_validate imports _core)
+# What the attention plans take from the layers above (given by _dispatch at import: this layer imports none of them):
+# _validate.FLASH_ATTN_PROBS, a value of return_attn_probs, and _dropout.philox_state, the dropout RNG of a call.
+cdef object _probs_rule = None
+cdef object _philox_state = None
+
+
+def set_plan_sources(probs_rule, philox_state):
+    """Give the plan cache flash_attn's return_attn_probs rule value and the dropout RNG (see above)."""
+    global _probs_rule, _philox_state
+    _probs_rule, _philox_state = probs_rule, philox_state
 
 
 cdef bint _push_probs_option(_Key *k, object x) except -1:
     """return_attn_probs: an option, or FLASH_ATTN_PROBS (flash_attn's rule, the drop-in's value)."""
-    global _probs_sentinel
-    if _probs_sentinel is None:
-        _probs_sentinel = _sys.modules["flash_attn_cy._validate"].FLASH_ATTN_PROBS
-    if x is _probs_sentinel:
+    if x is _probs_rule and x is not None:
         _push(k, 5)
         _push(k, 0)
         return True
@@ -378,8 +384,8 @@ cdef _Plan *_lookup(_Key *k) noexcept:
 
 
 cdef class PlanKey:
-    """The key of a call form no plan covers yet, returned by planned_forward / planned_kvcache: once the general
-    path has validated and run the call, store_forward / store_kvcache record its normalised arguments under it."""
+    """The key of a call form no plan covers yet, returned by planned_attention / planned_kvcache: once the general
+    path has validated and run the call, store_attention / store_kvcache record its normalised arguments under it."""
     cdef _Key k
     cdef tuple refs  # the type and dtype objects whose addresses the key holds
 

@@ -27,6 +27,8 @@ from typing import Tuple
 import numpy as np
 
 from . import _arrays, _core
+from ._dropout import philox_state
+from ._validate import FLASH_ATTN_PROBS
 
 __all__ = ["attention_forward", "attention_backward", "kvcache_attention", "planned_attention", "planned_kvcache",
            "PlanKey", "PLAN_FORMS"]
@@ -37,6 +39,7 @@ planned_attention = _core.planned_attention
 planned_kvcache = _core.planned_kvcache
 PlanKey = _core.PlanKey
 PLAN_FORMS = _core.PLAN_FORMS  # the attention functions' call forms, as planned_attention takes them
+_core.set_plan_sources(FLASH_ATTN_PROBS, philox_state)  # what the plans take from the layers above _core
 
 
 def _core_kwargs(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, window_size,

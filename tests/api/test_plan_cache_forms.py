@@ -49,6 +49,7 @@ def same(a, b):
                 same(x, y)
         return
     assert type(a) is type(b) and tuple(a.shape) == tuple(b.shape) and a.dtype == b.dtype
+    assert (a.stride() == b.stride()) if torch.is_tensor(a) else (a.strides == b.strides)  # the same layout too
     a, b = (x.double().numpy() if torch.is_tensor(x) else x.astype(np.float64) for x in (a, b))
     np.testing.assert_array_equal(a, b)
 
