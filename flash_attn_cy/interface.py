@@ -60,19 +60,14 @@ def _run(q, k, v, names, plan_key=None, **options):
     return (out, lse, probs) if return_attn_probs else out
 
 
-_FORMS = _dispatch.PLAN_FORMS
-
-
-def _planned(form, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
-             window_size, softcap, alibi_slopes, deterministic, return_attn_probs, block_table, backend, seed):
-    """The plan cache first (flash_attn_cy/_core_planned_attn.pxi): a call of a form seen before runs from its stored
-    plan, and its result comes back; otherwise a PlanKey (store the general path's arguments under it) or None."""
-    if _arrays.dynamo_compiling():
-        return None
-    return _dispatch.planned_attention(
-        _FORMS[form], q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
-        causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs, block_table, backend, seed,
-        _arrays._OUTPUTS_IN_HOST_BUFFERS)
+# The plan cache first (flash_attn_cy/_core_planned_attn.pxi), called inline by every public function (a call
+# of a form seen before returns its result from there; otherwise a PlanKey to store the general path's arguments
+# under, or None): planned(form, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, <the options>,
+# block_table, backend, seed, outputs in host buffers).
+_planned = _dispatch.planned_attention
+_DENSE, _QKV, _KV, _VARLEN, _VARLEN_QKV, _VARLEN_KV, _VARLEN_PAGED = (_dispatch.PLAN_FORMS[f] for f in (
+    "dense", "qkvpacked", "kvpacked", "varlen", "varlen_qkvpacked", "varlen_kvpacked", "varlen_paged"))
+_compiling = _arrays.dynamo_compiling
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -105,8 +100,9 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, sof
         softmax probabilities, with the entries dropout removed negated (a debugging aid, as flash_attn's).
     """
     # a call of a form seen before runs from its stored plan (the outputs directly); else validate and run
-    plan = _planned("dense", q, k, v, None, None, None, None, dropout_p, softmax_scale, causal, window_size, softcap,
-                    alibi_slopes, deterministic, return_attn_probs, None, backend, seed)
+    plan = None if _compiling() else _planned(
+        _DENSE, q, k, v, None, None, None, None, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+        deterministic, return_attn_probs, None, backend, seed, _arrays._OUTPUTS_IN_HOST_BUFFERS)
     if plan is not None and type(plan) is not PlanKey:
         return plan
     V.dense_shapes(q, k, v)
@@ -120,8 +116,9 @@ def flash_attn_qkvpacked_func(qkv: Tensor, dropout_p: float = 0.0, softmax_scale
                               alibi_slopes: Optional[Tensor] = None, deterministic: bool = False,
                               return_attn_probs: bool = False, *, backend: str = "auto", seed: Any = None) -> Result:
     """flash_attn_func with q, k, v stacked: qkv (batch, seqlen, 3, nheads, headdim). Same options and returns."""
-    plan = _planned("qkvpacked", qkv, None, None, None, None, None, None, dropout_p, softmax_scale, causal,
-                    window_size, softcap, alibi_slopes, deterministic, return_attn_probs, None, backend, seed)
+    plan = None if _compiling() else _planned(
+        _QKV, qkv, None, None, None, None, None, None, dropout_p, softmax_scale, causal, window_size, softcap,
+        alibi_slopes, deterministic, return_attn_probs, None, backend, seed, _arrays._OUTPUTS_IN_HOST_BUFFERS)
     if plan is not None and type(plan) is not PlanKey:
         return plan
     q, k, v = V.unpack(qkv, "qkv", 2, 3, "(batch, seqlen, 3, nheads, headdim)", 5)
@@ -137,8 +134,9 @@ def flash_attn_kvpacked_func(q: Tensor, kv: Tensor, dropout_p: float = 0.0, soft
                              return_attn_probs: bool = False, *, backend: str = "auto", seed: Any = None) -> Result:
     """flash_attn_func with k, v stacked: q (batch, seqlen_q, nheads, headdim), kv (batch, seqlen_k, 2, nheads_k,
     headdim). Same options and returns."""
-    plan = _planned("kvpacked", q, kv, None, None, None, None, None, dropout_p, softmax_scale, causal, window_size,
-                    softcap, alibi_slopes, deterministic, return_attn_probs, None, backend, seed)
+    plan = None if _compiling() else _planned(
+        _KV, q, kv, None, None, None, None, None, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+        deterministic, return_attn_probs, None, backend, seed, _arrays._OUTPUTS_IN_HOST_BUFFERS)
     if plan is not None and type(plan) is not PlanKey:
         return plan
     k, v = V.unpack(kv, "kv", 2, 2, "(batch, seqlen_k, 2, nheads_k, headdim)", 5)
@@ -168,9 +166,10 @@ def flash_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor
     Returns out (total_q, nheads, headdim), or (out, softmax_lse (nheads, total_q) float32, S_dmask) with
     return_attn_probs (S_dmask: (batch, nheads, max_seqlen_q, max_seqlen_k), sequence b in the top-left corner).
     """
-    plan = _planned("varlen" if block_table is None else "varlen_paged", q, k, v, cu_seqlens_q, cu_seqlens_k,
-                    max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                    deterministic, return_attn_probs, block_table, backend, seed)
+    plan = None if _compiling() else _planned(
+        _VARLEN if block_table is None else _VARLEN_PAGED, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+        max_seqlen_k, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+        return_attn_probs, block_table, backend, seed, _arrays._OUTPUTS_IN_HOST_BUFFERS)
     if plan is not None and type(plan) is not PlanKey:
         return plan
     V.ndim(q, "q", 3, "(total_q, nheads, headdim)")
@@ -201,9 +200,10 @@ def flash_attn_varlen_qkvpacked_func(qkv: Tensor, cu_seqlens: Tensor, max_seqlen
                                      return_attn_probs: bool = False, *, backend: str = "auto",
                                      seed: Any = None) -> Result:
     """flash_attn_varlen_func with q, k, v stacked: qkv (total, 3, nheads, headdim), one cu_seqlens/max_seqlen."""
-    plan = _planned("varlen_qkvpacked", qkv, None, None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p,
-                    softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs, None,
-                    backend, seed)
+    plan = None if _compiling() else _planned(
+        _VARLEN_QKV, qkv, None, None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, softmax_scale, causal,
+        window_size, softcap, alibi_slopes, deterministic, return_attn_probs, None, backend, seed,
+        _arrays._OUTPUTS_IN_HOST_BUFFERS)
     if plan is not None and type(plan) is not PlanKey:
         return plan
     q, k, v = V.unpack(qkv, "qkv", 1, 3, "(total, 3, nheads, headdim)", 4)
@@ -224,9 +224,10 @@ def flash_attn_varlen_kvpacked_func(q: Tensor, kv: Tensor, cu_seqlens_q: Tensor,
                                     return_attn_probs: bool = False, *, backend: str = "auto",
                                     seed: Any = None) -> Result:
     """flash_attn_varlen_func with k, v stacked: q (total_q, nheads, headdim), kv (total_k, 2, nheads_k, headdim)."""
-    plan = _planned("varlen_kvpacked", q, kv, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
-                    softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs, None,
-                    backend, seed)
+    plan = None if _compiling() else _planned(
+        _VARLEN_KV, q, kv, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+        causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs, None, backend, seed,
+        _arrays._OUTPUTS_IN_HOST_BUFFERS)
     if plan is not None and type(plan) is not PlanKey:
         return plan
     V.ndim(q, "q", 3, "(total_q, nheads, headdim)")
