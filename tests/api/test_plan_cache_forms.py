@@ -271,3 +271,22 @@ def test_no_stale_plan_after_a_change_of_any_key_component(rng, general_path, ki
     got = fa.flash_attn_func(q, k, v, **base)
     same(got, general(lambda: fa.flash_attn_func(q, k, v, **base)))
     assert kind == "numpy" or hits() == before  # resized: a new form, validated again
+
+
+def test_varlen_keys_and_queries_with_their_own_cu_seqlens(rng, general_path):
+    """One array for cu_seqlens_q and cu_seqlens_k is read once; another array for the keys is another form, whose
+    values are read on every call as well."""
+    q, k, v, cu, m = varlen_tensors(rng, "torch", lens=(4, 4, 4))
+    run = lambda cu_k, m_k: fa.flash_attn_varlen_func(q, k, v, cu, cu_k, m, m_k, backend="cpu")  # noqa: E731
+    twice(lambda: run(cu, m))
+    cu_k = torch.tensor([0, 2, 9, 12], dtype=torch.int32)
+    calls = len(general_path)
+    got = run(cu_k, 7)
+    assert len(general_path) == calls + 1  # a new form
+    same(got, general(lambda: run(cu_k, 7)))
+    run(cu_k, 7)
+    cu_k.copy_(torch.tensor([0, 6, 7, 12], dtype=torch.int32))
+    before = hits()
+    got = run(cu_k, 6)
+    assert hits() == before + 1
+    same(got, general(lambda: run(cu_k, 6)))
