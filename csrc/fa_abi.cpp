@@ -15,9 +15,12 @@
 
 namespace {
 
-// snprintf that tolerates a NULL/zero-length message buffer.
+// snprintf that tolerates a NULL/zero-length message buffer. The empty message every call starts with is one store:
+// no formatting on the path of a call that succeeds.
 void set_msg(char *err, size_t errlen, const char *msg) {
-    if (err && errlen) std::snprintf(err, errlen, "%s", msg);
+    if (!err || !errlen) return;
+    if (!*msg) err[0] = 0;
+    else std::snprintf(err, errlen, "%s", msg);
 }
 
 // Runs `fn` (a backend call returning an fa_status) and converts C++ exceptions into fa_status codes.

@@ -111,6 +111,28 @@ bool bytes_meet(const ByteSet &a, const ByteSet &b) {
     return false;
 }
 
+// The interval from a set's lowest to its highest byte. Two sets whose spans are apart share no byte: told in O(1),
+// which is the common case (separate allocations), before the exact search of bytes_meet.
+struct Span {
+    const void *space;
+    __int128 lo, hi;
+    bool empty;
+};
+
+Span span_of(const ByteSet &s) {
+    Span sp{s.space, s.base, s.base, false};
+    for (int i = 0; i < s.n; ++i) {
+        if (s.ax[i].extent <= 0) sp.empty = true;  // an empty set meets nothing
+        const __int128 reach = (__int128)(s.ax[i].extent - 1) * s.ax[i].stride;
+        (reach < 0 ? sp.lo : sp.hi) += reach;
+    }
+    return sp;
+}
+
+bool spans_meet(const Span &a, const Span &b) {
+    return a.space == b.space && !a.empty && !b.empty && a.lo <= b.hi && b.lo <= a.hi;
+}
+
 // Refuses an append whose writes alias (see above). Units of ownership: a cache row (dense cache, through
 // cache_batch_idx) or a page (block_table); each may be written by one sequence only. Pages that are only read
 // may be shared freely.
@@ -126,7 +148,15 @@ int check_append_aliasing(const Ctx &c, const fa_kvcache_update *u) {
     };
     std::vector<Write> writes;
     int64_t row_lo = std::numeric_limits<int64_t>::max(), row_hi = -1;  // rows (offsets in a page) written
-    for (int32_t b = 0; b < p->batch; ++b) {
+    // A dense cache without cache_batch_idx: sequence b writes cache row b, so no unit is written twice and the
+    // units written are rows 0..batch-1; only the rows written are gathered (no list, no sort).
+    const bool row_per_sequence = !c.paged && !p->cache_batch_idx;
+    for (int32_t b = 0; row_per_sequence && b < p->batch; ++b) {
+        const int64_t start = (p->leftpad_k ? p->leftpad_k[b] : 0) + p->seqused_k[b];
+        row_lo = std::min(row_lo, start);
+        row_hi = std::max(row_hi, start + n - 1);
+    }
+    for (int32_t b = 0; !row_per_sequence && b < p->batch; ++b) {
         const int64_t start = (p->leftpad_k ? p->leftpad_k[b] : 0) + p->seqused_k[b], end = start + n;
         if (!c.paged) {
             writes.push_back({p->cache_batch_idx ? p->cache_batch_idx[b] : b, b, 0});
@@ -170,7 +200,8 @@ int check_append_aliasing(const Ctx &c, const fa_kvcache_update *u) {
     }
     // The written region of each cache, as one box: from the first to the last unit written and from the first to
     // the last row written (a superset of what is written, exact for the common one-row decode step).
-    const int64_t unit_lo = writes.front().unit, units = writes.back().unit - unit_lo + 1;
+    const int64_t unit_lo = row_per_sequence ? 0 : writes.front().unit;
+    const int64_t units = row_per_sequence ? p->batch : writes.back().unit - unit_lo + 1;
     const int64_t rows = row_hi - row_lo + 1;
     const char *names[2] = {"k_cache", "v_cache"};
     const fa_tensor *caches[2] = {&p->k, &p->v};
@@ -199,12 +230,16 @@ int check_append_aliasing(const Ctx &c, const fa_kvcache_update *u) {
         {"v", byte_set(c, u->vnew, FA_BUF_VNEW, 0, p->batch, 0, n, p->nheads_kv, p->headdim)},
         {"q", byte_set(c, p->q, FA_BUF_Q, 0, p->batch, 0, p->seqlen_q, p->nheads_q, p->headdim)},
     };
+    Span read_spans[5];
+    for (int i = 0; i < 5; ++i) read_spans[i] = span_of(reads[i].bytes);
     for (int w = 0; w < 2; ++w) {
         const ByteSet written = byte_set(c, *caches[w], slots[w], unit_lo, units, row_lo, rows, p->nheads_kv,
                                          p->headdim);
-        for (const Read &r : reads) {
+        const Span written_span = span_of(written);
+        for (int i = 0; i < 5; ++i) {
+            const Read &r = reads[i];
             if (r.name == names[w]) continue;  // the cache's own other rows: read after the append, never torn
-            if (bytes_meet(written, r.bytes))
+            if (spans_meet(written_span, read_spans[i]) && bytes_meet(written, r.bytes))
                 return fail(c.err, c.errlen, FA_ERR_VALUE,
                             "%s: shares memory with the rows of %s the append writes; the caches written in place "
                             "must not overlap each other or an input (q, k, v)", r.name, names[w]);

@@ -111,23 +111,32 @@ def _sim_set_launch_hook(address: int) -> None:
 # runs from the plan stored for that form: straight from the caller's NumPy arrays / CPU torch tensors to the ABI.
 
 class PlanKey:
-    """The key of a call form no plan covers yet (what planned_forward / planned_kvcache return on a miss)."""
-    def store_forward(self, args: Dict[str, Any], return_tuple: bool) -> None:
-        """Store `_validate.attention`'s normalised arguments under this key, if a plan describes the call."""
+    """The key of a call form no plan covers yet (what planned_attention / planned_kvcache return on a miss)."""
+    def store_attention(self, args: Dict[str, Any], return_tuple: bool) -> None:
+        """Store `_validate.attention`'s normalised arguments under this key."""
     def store_kvcache(self, call: Any) -> None:
         """Store a `_validate_kvcache.KvcacheCall` under this key, if a plan describes the call."""
 
-def planned_forward(q: Any, k: Any, v: Any, dropout_p: Any, softmax_scale: Any, causal: Any, window_size: Any,
-                    softcap: Any, alibi_slopes: Any, deterministic: Any, return_attn_probs: Any, backend: Any,
-                    host_buffer_outputs: bool) -> Any:
-    """flash_attn_func's raw arguments: its result when a stored plan covers the call, a PlanKey when none does yet,
-    None when no plan can describe the call (the general path runs it)."""
+# The attention functions' call forms: "dense", "qkvpacked", "kvpacked", "varlen", "varlen_qkvpacked",
+# "varlen_kvpacked", "varlen_paged" -> the code planned_attention takes.
+PLAN_FORMS: Dict[str, int]
+
+def set_plan_sources(probs_rule: Any, philox_state: Any) -> None:
+    """_validate.FLASH_ATTN_PROBS and _dropout.philox_state, given by _dispatch (this layer imports neither)."""
+
+def planned_attention(form: int, q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, max_seqlen_q: Any,
+                      max_seqlen_k: Any, dropout_p: Any, softmax_scale: Any, causal: Any, window_size: Any,
+                      softcap: Any, alibi_slopes: Any, deterministic: Any, return_attn_probs: Any, block_table: Any,
+                      backend: Any, seed: Any, host_buffer_outputs: bool) -> Any:
+    """An attention function's raw arguments (the packed tensor as q for the qkv forms, as k for the kv forms): its
+    result when a stored plan covers the call, a PlanKey when none does yet, None when no plan can describe the call
+    (the general path runs it)."""
 
 def planned_kvcache(q: Any, k_cache: Any, v_cache: Any, k: Any, v: Any, rotary_cos: Any, rotary_sin: Any,
                     cache_seqlens: Any, cache_batch_idx: Any, cache_leftpad: Any, block_table: Any, softmax_scale: Any,
                     causal: Any, window_size: Any, softcap: Any, rotary_interleaved: Any, alibi_slopes: Any,
                     num_splits: Any, return_softmax_lse: Any, backend: Any, host_buffer_outputs: bool) -> Any:
-    """flash_attn_with_kvcache's raw arguments, as planned_forward."""
+    """flash_attn_with_kvcache's raw arguments, as planned_attention."""
 
 def plan_cache_info() -> Dict[str, int]:
     """{"slots", "used", "hits"}: capacity, stored plans, calls run from a plan since start or clear_plans()."""

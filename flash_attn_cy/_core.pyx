@@ -7,11 +7,12 @@ This module turns those buffers into an `fa_params` through the buffer protocol 
 buffers, fp32 as float, fp64 as double; the head-dim axis must have stride 1), releases the GIL for every call into
 the ABI, and maps the ABI's error codes to Python exceptions carrying the C message.
 
-The plan cache (planned_forward, planned_kvcache) is the one shortcut: a public call of a form already validated
+The plan cache (planned_attention, planned_kvcache) is the one shortcut: a public call of a form already validated
 and run once goes straight from its arguments to the ABI (see _core_plans.pxi).
 
 Files, by job (included here, one extension module): _core_abi.pxi (the C declarations), _core_call.pxi (an ABI call
-assembled from buffers), _core_plans.pxi and _core_planned.pxi (the plan cache and its entry points),
+assembled from buffers), _core_plans.pxi, _core_planned.pxi and _core_planned_attn.pxi (the plan cache and its entry
+points),
 _core_host.pxi (host memory the package allocates itself).
 
 Tensor arguments are either host buffers (NumPy arrays or anything exporting the buffer protocol with the
@@ -366,4 +367,5 @@ ABI_VERSION = 1
 
 include "_core_plans.pxi"
 include "_core_planned.pxi"
+include "_core_planned_attn.pxi"
 include "_core_host.pxi"

@@ -1,18 +1,18 @@
 # The plan cache: a call of a form seen before runs without redoing the Python validation it passed then.
 # Included by _core.pyx.
 #
-# The public functions (interface.flash_attn_func, kvcache.flash_attn_with_kvcache) call planned_forward /
+# The public functions (interface.py's attention functions, kvcache.flash_attn_with_kvcache) call planned_attention /
 # planned_kvcache first, with their raw arguments. That reads the tensors directly (NumPy's array struct; a torch
 # tensor's data_ptr(), shape and stride()), builds a key from everything the Python validation decides on - array
 # kind, dtype, shapes, every option's type and value - and looks it up. A hit fills fa_params from the plan stored
 # under the key and calls the ABI: nothing is normalised again and no Python object is made but the outputs. A miss
 # returns a PlanKey: the public function validates and runs the call on the general path and, when the call is of a
-# form a plan describes, stores its normalised arguments under that key (PlanKey.store_forward / store_kvcache).
+# form a plan describes, stores its normalised arguments under that key (PlanKey.store_attention / store_kvcache).
 #
 # A key covers what validation looked at, so a hit is a call validation would accept, normalised the same way; what
-# is data rather than form (pointers, strides, cache_seqlens values) is checked on every call, and anything the fast
-# path cannot vouch for - strides to copy, caches that overlap, lengths out of range, a spy on forward - goes to the
-# general path, which decides and raises its own messages. The ABI re-checks every call structurally either way.
+# is data rather than form (pointers, strides, the values of cache_seqlens, cu_seqlens and every index tensor) is
+# checked on every call, and anything the fast path cannot vouch for - strides to copy, caches that overlap, values
+# out of range, a spy on forward - goes to the general path, which decides and raises its own messages. The ABI re-checks every call structurally either way.
 
 import numpy as _np
 
@@ -86,14 +86,29 @@ cdef extern from *:
 cdef enum:
     KEY_WORDS = 64
     PLAN_SLOTS = 64          # a power of two; a new form replaces whatever shared its slot
-    PLAN_FORWARD = 1
+    PLAN_ATTENTION = 1
     PLAN_KVCACHE = 2
     STACK_BATCH = 256        # cache_seqlens of up to this many sequences live on the stack
+    MAX_AXES = 5             # qkv packed: (batch, seqlen, 3, heads, dim)
+
+# The attention functions' call forms (interface.py passes them to planned_attention): where q, k, v come from.
+cdef enum:
+    FORM_DENSE = 0           # flash_attn_func: q, k, v (batch, seqlen, heads, dim)
+    FORM_QKV = 1             # flash_attn_qkvpacked_func: qkv (batch, seqlen, 3, heads, dim), given as q
+    FORM_KV = 2              # flash_attn_kvpacked_func: q, kv (batch, seqlen_k, 2, heads_k, dim), given as k
+    FORM_VARLEN = 3          # flash_attn_varlen_func: q, k, v (total, heads, dim); every form from here is varlen
+    FORM_VARLEN_QKV = 4      # flash_attn_varlen_qkvpacked_func: qkv (total, 3, heads, dim), given as q
+    FORM_VARLEN_KV = 5       # flash_attn_varlen_kvpacked_func: q, kv (total_k, 2, heads_k, dim), given as k
+    FORM_VARLEN_PAGED = 6    # flash_attn_varlen_func with a block_table: k, v (num_blocks, page, heads_k, dim)
+
+PLAN_FORMS = {"dense": FORM_DENSE, "qkvpacked": FORM_QKV, "kvpacked": FORM_KV, "varlen": FORM_VARLEN,
+              "varlen_qkvpacked": FORM_VARLEN_QKV, "varlen_kvpacked": FORM_VARLEN_KV, "varlen_paged": FORM_VARLEN_PAGED}
 
 cdef struct _View:           # one tensor as read directly
     char *data
-    Py_ssize_t shape[4]
-    Py_ssize_t strides[4]    # NumPy: bytes; torch: elements (see elements)
+    int nd                   # axes (0: no tensor)
+    Py_ssize_t shape[MAX_AXES]
+    Py_ssize_t strides[MAX_AXES]  # NumPy: bytes; torch: elements (see elements)
     int64_t dtype            # the element type: NumPy's descr (address), or torch's as DLPack (code, bits)
     bint elements
     bint writeable
@@ -109,8 +124,10 @@ cdef struct _Plan:
     fa_dtype dtype
     double softmax_scale, softcap
     int32_t window_left, window_right, num_splits
+    double dropout_p
     int32_t capacity
     bint want_lse, appending, interleaved, rotate_q_causal
+    bint return_tuple, want_probs  # attention: (out, softmax_lse, S_dmask) returned; S_dmask computed
 
 cdef _Plan _plans[PLAN_SLOTS]
 cdef list _plan_refs = [None] * PLAN_SLOTS   # per slot: the objects whose addresses its key holds, kept alive
@@ -121,6 +138,8 @@ cdef list _plan_refs = [None] * PLAN_SLOTS   # per slot: the objects whose addre
 cdef object _np_ndarray = _np.ndarray
 cdef object _np_empty = _np.empty
 cdef object _np_int32 = _np.dtype(_np.int32)
+cdef object _np_float32 = _np.dtype(_np.float32)
+cdef object _np_zeros = _np.zeros
 
 
 cdef bint _numpy_struct_matches() except -1:
@@ -137,16 +156,17 @@ cdef bint _NUMPY_DIRECT = _numpy_struct_matches()
 
 cdef object _torch_tensor = None   # torch.Tensor and the torch functions used per call, once torch is imported
 cdef object _torch_grad_enabled, _torch_is_tracing, _torch_inference_mode, _torch_bump, _torch_empty
-cdef object _torch_empty_like, _torch_float32, _torch_to_dlpack
+cdef object _torch_empty_like, _torch_float32, _torch_to_dlpack, _torch_zeros
 
 # torch dtypes in _View.dtype: DLPack's (code, bits) with bit 62 set (never a NumPy descr's address)
 cdef int64_t _DL_TAG = 1LL << 62
 cdef int64_t _DL_INT32 = _DL_TAG | (0 << 8) | 32
+cdef int64_t _DL_FLOAT32 = _DL_TAG | (2 << 8) | 32
 
 
 cdef bint _torch_ready() except -1:
     global _torch_tensor, _torch_grad_enabled, _torch_is_tracing, _torch_inference_mode, _torch_bump
-    global _torch_empty, _torch_empty_like, _torch_float32, _torch_to_dlpack
+    global _torch_empty, _torch_empty_like, _torch_float32, _torch_to_dlpack, _torch_zeros
     if _torch_tensor is not None:
         return True
     torch = _sys.modules.get("torch")
@@ -154,7 +174,7 @@ cdef bint _torch_ready() except -1:
         return False
     _torch_grad_enabled, _torch_is_tracing = torch.is_grad_enabled, torch._C._is_tracing
     _torch_inference_mode, _torch_bump = torch.is_inference_mode_enabled, torch._C._increment_version
-    _torch_empty, _torch_empty_like = torch.empty, torch.empty_like
+    _torch_empty, _torch_empty_like, _torch_zeros = torch.empty, torch.empty_like, torch.zeros
     _torch_float32, _torch_to_dlpack = torch.float32, torch._C._to_dlpack
     _torch_tensor = torch.Tensor
     return True
@@ -167,6 +187,7 @@ cdef int _read(object x, object kind, int ndim, _View *v) except -1:
     cdef fa_dl_tensor *t
     cdef int i
     cdef Py_ssize_t compact = 1
+    v.nd = ndim
     if kind is _np_ndarray:
         a = <fa_np_array *>x
         if a.nd != ndim:
@@ -295,6 +316,57 @@ cdef void _push_shape(_Key *k, _View *v, int ndim) noexcept:
         _push(k, v.shape[i])
 
 
+cdef void _push_shape_from(_Key *k, _View *v, int first) noexcept:
+    """v's rank and its shape from axis `first` on (the axes before it are data, checked on every call)."""
+    cdef int i
+    _push(k, v.nd)
+    for i in range(first, v.nd):
+        _push(k, v.shape[i])
+
+
+# What the attention plans take from the layers above (given by _dispatch at import: this layer imports none of them):
+# _validate.FLASH_ATTN_PROBS, a value of return_attn_probs, and _dropout.philox_state, the dropout RNG of a call.
+cdef object _probs_rule = None
+cdef object _philox_state = None
+
+
+def set_plan_sources(probs_rule, philox_state):
+    """Give the plan cache flash_attn's return_attn_probs rule value and the dropout RNG (see above)."""
+    global _probs_rule, _philox_state
+    _probs_rule, _philox_state = probs_rule, philox_state
+
+
+cdef bint _push_probs_option(_Key *k, object x) except -1:
+    """return_attn_probs: an option, or FLASH_ATTN_PROBS (flash_attn's rule, the drop-in's value)."""
+    if x is _probs_rule and x is not None:
+        _push(k, 5)
+        _push(k, 0)
+        return True
+    return _push_option(k, x)
+
+
+cdef void _select(_View *src, int axis, Py_ssize_t idx, Py_ssize_t itemsize, _View *dst) noexcept:
+    """dst: entry `idx` of src's `axis` (a packed qkv/kv tensor, element strides), that axis removed."""
+    cdef int i, j = 0
+    dst[0] = src[0]
+    dst.data = src.data + idx * src.strides[axis] * itemsize
+    for i in range(src.nd):
+        if i != axis:
+            dst.shape[j] = src.shape[i]
+            dst.strides[j] = src.strides[i]
+            j += 1
+    dst.nd = src.nd - 1
+
+
+cdef void _lead(_View *v) noexcept:
+    """The varlen layout of the ABI: a (total, heads, dim) view as [1, total, heads, dim]."""
+    cdef int i
+    for i in range(2, -1, -1):
+        v.shape[i + 1] = v.shape[i]
+        v.strides[i + 1] = v.strides[i]
+    v.shape[0], v.strides[0], v.nd = 1, 0, 4
+
+
 cdef inline uint64_t _hash(_Key *k) noexcept:
     cdef uint64_t h = 1469598103934665603ULL
     cdef int i
@@ -312,8 +384,8 @@ cdef _Plan *_lookup(_Key *k) noexcept:
 
 
 cdef class PlanKey:
-    """The key of a call form no plan covers yet, returned by planned_forward / planned_kvcache: once the general
-    path has validated and run the call, store_forward / store_kvcache record its normalised arguments under it."""
+    """The key of a call form no plan covers yet, returned by planned_attention / planned_kvcache: once the general
+    path has validated and run the call, store_attention / store_kvcache record its normalised arguments under it."""
     cdef _Key k
     cdef tuple refs  # the type and dtype objects whose addresses the key holds
 
@@ -329,25 +401,22 @@ cdef class PlanKey:
         name = str(<object>self.refs[1]).replace("torch.", "")
         return _DTYPE_CODES[name]
 
-    def store_forward(self, dict args, bint return_tuple):
-        """Record flash_attn_func's normalised arguments (`_validate.attention`'s) if a plan describes the call:
-        dense, no dropout, ALiBi or probabilities, the output alone returned."""
-        if (return_tuple or args["cu_seqlens_q"] is not None or args["block_table"] is not None
-                or args["alibi_slopes"] is not None or args["dropout_p"] != 0.0 or args["return_attn_probs"]):
-            return
+    def store_attention(self, dict args, bint return_tuple):
+        """Record an attention function's normalised arguments (`_validate.attention`'s; the key says the form)."""
         cdef fa_dtype dtype = self._dtype()
         cdef fa_backend backend = _backend_code(args["backend"])
         cdef _Plan *plan = self._claim()
         plan.backend, plan.dtype = backend, dtype
         plan.softmax_scale, plan.softcap = args["softmax_scale"], args["softcap"]
         plan.window_left, plan.window_right = args["window_size"]
+        plan.dropout_p = args["dropout_p"]
+        plan.return_tuple, plan.want_probs = return_tuple, args["return_attn_probs"]
         plan.used = True
 
     def store_kvcache(self, c):
         """Record flash_attn_with_kvcache's normalised arguments (a _validate_kvcache.KvcacheCall) if a plan
-        describes the call: a dense cache without rotary, left padding, batch index or ALiBi, something to compute."""
-        if (c.cos is not None or c.leftpad is not None or c.batch_idx is not None or c.block_table is not None
-                or c.alibi is not None or c.empty or c.kind == "mps"):
+        describes the call: one with something to compute (the key says the form)."""
+        if c.empty or c.kind == "mps":
             return
         cdef fa_dtype dtype = self._dtype()
         cdef fa_backend backend = _backend_code(c.backend)
@@ -389,9 +458,19 @@ cdef object _empty_like(object kind, object x, _View *v, bint contiguous):
 
 
 cdef object _empty_lse(object kind, Py_ssize_t b, Py_ssize_t h, Py_ssize_t s):
+    return _empty_lse_shape(kind, (b, h, s))
+
+
+cdef object _empty_lse_shape(object kind, tuple shape):
     if kind is _np_ndarray:
-        return _np_empty((b, h, s), _np.float32)
-    return _torch_empty((b, h, s), dtype=_torch_float32)
+        return _np_empty(shape, _np_float32)
+    return _torch_empty(shape, dtype=_torch_float32)
+
+
+cdef object _zeros_f32(object kind, tuple shape):
+    if kind is _np_ndarray:
+        return _np_zeros(shape, _np_float32)
+    return _torch_zeros(shape, dtype=_torch_float32)
 
 
 cdef char *_data_of(object kind, object x) except? NULL:

@@ -27,15 +27,19 @@ from typing import Tuple
 import numpy as np
 
 from . import _arrays, _core
+from ._dropout import philox_state
+from ._validate import FLASH_ATTN_PROBS
 
-__all__ = ["attention_forward", "attention_backward", "kvcache_attention", "planned_forward", "planned_kvcache",
-           "PlanKey"]
+__all__ = ["attention_forward", "attention_backward", "kvcache_attention", "planned_attention", "planned_kvcache",
+           "PlanKey", "PLAN_FORMS"]
 
 # The plan cache (flash_attn_cy/_core_plans.pxi): a call of a form seen before runs from the plan stored for it,
 # without validating and normalising again; a miss answers a PlanKey to store the general path's arguments under.
-planned_forward = _core.planned_forward
+planned_attention = _core.planned_attention
 planned_kvcache = _core.planned_kvcache
 PlanKey = _core.PlanKey
+PLAN_FORMS = _core.PLAN_FORMS  # the attention functions' call forms, as planned_attention takes them
+_core.set_plan_sources(FLASH_ATTN_PROBS, philox_state)  # what the plans take from the layers above _core
 
 
 def _core_kwargs(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, window_size,

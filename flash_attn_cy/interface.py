@@ -57,8 +57,18 @@ def _run(q, k, v, names, plan_key=None, **options):
     else:
         out, lse, probs = attention_forward(q, k, v, **args)
         if plan_key is not None:
-            plan_key.store_forward(args, return_attn_probs)
+            plan_key.store_attention(args, return_attn_probs)
     return (out, lse, probs) if return_attn_probs else out
+
+
+# The plan cache first (flash_attn_cy/_core_planned_attn.pxi), called inline by every public function (a call
+# of a form seen before returns its result from there; otherwise a PlanKey to store the general path's arguments
+# under, or None): planned(form, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, <the options>,
+# block_table, backend, seed, outputs in host buffers).
+_planned = _dispatch.planned_attention
+_DENSE, _QKV, _KV, _VARLEN, _VARLEN_QKV, _VARLEN_KV, _VARLEN_PAGED = (_dispatch.PLAN_FORMS[f] for f in (
+    "dense", "qkvpacked", "kvpacked", "varlen", "varlen_qkvpacked", "varlen_kvpacked", "varlen_paged"))
+_compiling = _arrays.dynamo_compiling
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -91,9 +101,9 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, sof
         softmax probabilities, with the entries dropout removed negated (a debugging aid, as flash_attn's).
     """
     # a call of a form seen before runs from its stored plan (the outputs directly); else validate and run
-    plan = None if _arrays.dynamo_compiling() else _dispatch.planned_forward(
-        q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-        return_attn_probs, backend, _arrays._OUTPUTS_IN_HOST_BUFFERS)
+    plan = None if _compiling() else _planned(
+        _DENSE, q, k, v, None, None, None, None, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+        deterministic, return_attn_probs, None, backend, seed, _arrays._OUTPUTS_IN_HOST_BUFFERS)
     if plan is not None and type(plan) is not PlanKey:
         return plan
     V.dense_shapes(q, k, v)
@@ -107,9 +117,14 @@ def flash_attn_qkvpacked_func(qkv: Tensor, dropout_p: float = 0.0, softmax_scale
                               alibi_slopes: Optional[Tensor] = None, deterministic: bool = False,
                               return_attn_probs: bool = False, *, backend: str = "auto", seed: Any = None) -> Result:
     """flash_attn_func with q, k, v stacked: qkv (batch, seqlen, 3, nheads, headdim). Same options and returns."""
+    plan = None if _compiling() else _planned(
+        _QKV, qkv, None, None, None, None, None, None, dropout_p, softmax_scale, causal, window_size, softcap,
+        alibi_slopes, deterministic, return_attn_probs, None, backend, seed, _arrays._OUTPUTS_IN_HOST_BUFFERS)
+    if plan is not None and type(plan) is not PlanKey:
+        return plan
     q, k, v = V.unpack(qkv, "qkv", 2, 3, "(batch, seqlen, 3, nheads, headdim)", 5)
     V.dense_shapes(q, k, v)
-    return _run(q, k, v, ("qkv", "qkv", "qkv"), dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
+    return _run(q, k, v, ("qkv", "qkv", "qkv"), plan, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
                 window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic,
                 return_attn_probs=return_attn_probs, backend=backend, seed=seed)
 
@@ -120,12 +135,17 @@ def flash_attn_kvpacked_func(q: Tensor, kv: Tensor, dropout_p: float = 0.0, soft
                              return_attn_probs: bool = False, *, backend: str = "auto", seed: Any = None) -> Result:
     """flash_attn_func with k, v stacked: q (batch, seqlen_q, nheads, headdim), kv (batch, seqlen_k, 2, nheads_k,
     headdim). Same options and returns."""
+    plan = None if _compiling() else _planned(
+        _KV, q, kv, None, None, None, None, None, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+        deterministic, return_attn_probs, None, backend, seed, _arrays._OUTPUTS_IN_HOST_BUFFERS)
+    if plan is not None and type(plan) is not PlanKey:
+        return plan
     k, v = V.unpack(kv, "kv", 2, 2, "(batch, seqlen_k, 2, nheads_k, headdim)", 5)
     V.ndim(q, "q", 4, "(batch, seqlen_q, nheads, headdim)")
     if kv.shape[0] != q.shape[0]:
         raise ValueError(f"kv: batch size {kv.shape[0]} must equal q's batch size {q.shape[0]}")
     V.head_dims(tuple(q.shape), tuple(k.shape), tuple(v.shape), "kv", "kv")
-    return _run(q, k, v, ("q", "kv", "kv"), dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
+    return _run(q, k, v, ("q", "kv", "kv"), plan, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
                 window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic,
                 return_attn_probs=return_attn_probs, backend=backend, seed=seed)
 
@@ -147,6 +167,12 @@ def flash_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor
     Returns out (total_q, nheads, headdim), or (out, softmax_lse (nheads, total_q) float32, S_dmask) with
     return_attn_probs (S_dmask: (batch, nheads, max_seqlen_q, max_seqlen_k), sequence b in the top-left corner).
     """
+    plan = None if _compiling() else _planned(
+        _VARLEN if block_table is None else _VARLEN_PAGED, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+        max_seqlen_k, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+        return_attn_probs, block_table, backend, seed, _arrays._OUTPUTS_IN_HOST_BUFFERS)
+    if plan is not None and type(plan) is not PlanKey:
+        return plan
     V.ndim(q, "q", 3, "(total_q, nheads, headdim)")
     if block_table is None:
         V.ndim(k, "k", 3, "(total_k, nheads_k, headdim)")
@@ -162,7 +188,7 @@ def flash_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor
     V.head_dims(tuple(q.shape), tuple(k.shape), tuple(v.shape))
     cu_q, cu_k, max_q, max_k, bt = V.varlen_meta(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                                 block_table)
-    return _run(q, k, v, ("q", "k", "v"), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
+    return _run(q, k, v, ("q", "k", "v"), plan, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
                 max_seqlen_k=max_k, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
                 window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic,
                 return_attn_probs=return_attn_probs, block_table=bt, backend=backend, seed=seed)
@@ -175,11 +201,17 @@ def flash_attn_varlen_qkvpacked_func(qkv: Tensor, cu_seqlens: Tensor, max_seqlen
                                      return_attn_probs: bool = False, *, backend: str = "auto",
                                      seed: Any = None) -> Result:
     """flash_attn_varlen_func with q, k, v stacked: qkv (total, 3, nheads, headdim), one cu_seqlens/max_seqlen."""
+    plan = None if _compiling() else _planned(
+        _VARLEN_QKV, qkv, None, None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, softmax_scale, causal,
+        window_size, softcap, alibi_slopes, deterministic, return_attn_probs, None, backend, seed,
+        _arrays._OUTPUTS_IN_HOST_BUFFERS)
+    if plan is not None and type(plan) is not PlanKey:
+        return plan
     q, k, v = V.unpack(qkv, "qkv", 1, 3, "(total, 3, nheads, headdim)", 4)
     V.head_dims(tuple(q.shape), tuple(k.shape), tuple(v.shape), "qkv", "qkv")
     cu_q, cu_k, max_q, max_k, _ = V.varlen_meta(q, k, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, None, "qkv",
                                                ("qkv", "cu_seqlens", "cu_seqlens", "max_seqlen", "max_seqlen"))
-    return _run(q, k, v, ("qkv", "qkv", "qkv"), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
+    return _run(q, k, v, ("qkv", "qkv", "qkv"), plan, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
                 max_seqlen_k=max_k, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
                 window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic,
                 return_attn_probs=return_attn_probs, backend=backend, seed=seed)
@@ -193,12 +225,18 @@ def flash_attn_varlen_kvpacked_func(q: Tensor, kv: Tensor, cu_seqlens_q: Tensor,
                                     return_attn_probs: bool = False, *, backend: str = "auto",
                                     seed: Any = None) -> Result:
     """flash_attn_varlen_func with k, v stacked: q (total_q, nheads, headdim), kv (total_k, 2, nheads_k, headdim)."""
+    plan = None if _compiling() else _planned(
+        _VARLEN_KV, q, kv, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+        causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs, None, backend, seed,
+        _arrays._OUTPUTS_IN_HOST_BUFFERS)
+    if plan is not None and type(plan) is not PlanKey:
+        return plan
     V.ndim(q, "q", 3, "(total_q, nheads, headdim)")
     k, v = V.unpack(kv, "kv", 1, 2, "(total_k, 2, nheads_k, headdim)", 4)
     V.head_dims(tuple(q.shape), tuple(k.shape), tuple(v.shape), "kv", "kv")
     cu_q, cu_k, max_q, max_k, _ = V.varlen_meta(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, None,
                                                "kv")
-    return _run(q, k, v, ("q", "kv", "kv"), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
+    return _run(q, k, v, ("q", "kv", "kv"), plan, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
                 max_seqlen_k=max_k, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
                 window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic,
                 return_attn_probs=return_attn_probs, backend=backend, seed=seed)

@@ -46,6 +46,7 @@ class Shape:
     lengths: Tuple[int, ...] = ()  # varlen: the sequences' lengths
     arrays: str = "numpy"  # what flash_attn_cy is given: "numpy" arrays or "torch" CPU tensors (MPS on a Mac's metal)
     append: bool = False  # decode: the call also appends seqlen_q new K/V rows to the cache (an LLM decode step)
+    option: str = ""  # one more call form (OPTIONS), as the host-cost cases time every public form
 
     def kv_heads(self) -> int:
         return self.heads_kv or self.heads
@@ -60,6 +61,8 @@ class Shape:
             extra += f" {len(self.lengths)} seq{'s' if len(self.lengths) > 1 else ''}"
         if self.arrays != "numpy":
             extra += f" {self.arrays}"
+        if self.option:
+            extra += f" {self.option}"
         mode = "" if self.mode == "fwd" else " " + self.mode + ("+append" if self.append else "")
         return (f"b{self.batch} h{self.heads}{kv} s{s} d{self.headdim} {self.dtype}"
                 f"{' causal' if self.causal else ''}{extra}{mode}")
@@ -76,6 +79,22 @@ class Shape:
             return 0.0
         f = 4.0 * self.heads * self.headdim * self.pairs()
         return f * {"fwd+bwd": 3.5, "bwd": 2.5}.get(self.mode, 1.0)
+
+
+# Shape.option: a call form beyond the plain one (what flash_attn_cy is called with; PyTorch's side in sides.py).
+OPTIONS = {
+    "alibi": "alibi_slopes (nheads,)",
+    "dropout": "dropout_p=0.1",
+    "probs": "return_attn_probs=True",
+    "window": "window_size=(4, 0)",
+    "softcap": "softcap=30.0",
+    "qkvpacked": "the qkvpacked variant",
+    "kvpacked": "the kvpacked variant",
+    "paged": "a paged cache (block_table, pages of 16 rows)",
+    "rotary": "rotary_cos/rotary_sin over the whole head dim",
+    "leftpad": "cache_leftpad (one row of left padding)",
+    "batch_idx": "cache_batch_idx",
+}
 
 
 def visible_pairs(seqlen_q: int, seqlen_k: int, causal: bool, window: Tuple[int, int] = (-1, -1)) -> int:
@@ -144,6 +163,47 @@ HOST_COST_CALLS = {  # name -> (what it times, case of one seqlen)
     "varlen": ("flash_attn_varlen_func, 1 sequence, torch tensors",
                lambda s: Shape(1, 4, s, s, 64, "fp32", True, "varlen", heads_kv=2, lengths=(s,), arrays="torch")),
 }
+
+
+def _host_cost_forms() -> None:
+    """One more host-cost case per public call form (torch tensors). PyTorch's side computes the same attention
+    (sides.py): SDPA on the same shapes with the feature as SDPA takes it (ALiBi, the window and cache_leftpad as a
+    precomputed attn_mask, dropout_p); softcap and the probabilities, which SDPA lacks, step by step (matmul, softcap,
+    mask, softmax, matmul: transformers' eager attention); rotary as the new key and the query rotated by torch ops,
+    then SDPA; a paged cache or cache_batch_idx as SDPA on the dense cache; the packed variants as SDPA on contiguous
+    q, k, v; varlen as SDPA on the equivalent padded batch (one sequence: no padding)."""
+    def fwd(option, heads_kv=2):
+        return lambda s: Shape(1, 4, s, s, 64, "fp32", True, heads_kv=heads_kv, arrays="torch", option=option)
+
+    def varlen(option, heads_kv=2):
+        return lambda s: Shape(1, 4, s, s, 64, "fp32", True, "varlen", heads_kv=heads_kv, lengths=(s,),
+                               arrays="torch", option=option)
+
+    def decode(option, append=True):
+        return lambda s: Shape(1, 4, 1, s, 64, "fp32", True, "decode", heads_kv=2, arrays="torch", append=append,
+                               option=option)
+
+    for option in ("alibi", "dropout", "probs", "window", "softcap"):
+        HOST_COST_CALLS[f"func-{option}"] = (f"flash_attn_func with {OPTIONS[option]}, torch tensors", fwd(option))
+    HOST_COST_CALLS["func-qkvpacked"] = ("flash_attn_qkvpacked_func (4 heads), torch tensors", fwd("qkvpacked", 4))
+    HOST_COST_CALLS["func-kvpacked"] = ("flash_attn_kvpacked_func, torch tensors", fwd("kvpacked"))
+    HOST_COST_CALLS["varlen-numpy"] = ("flash_attn_varlen_func, 1 sequence, NumPy arrays",
+                                       lambda s: replace(varlen("")(s), arrays="numpy"))
+    HOST_COST_CALLS["varlen-qkvpacked"] = ("flash_attn_varlen_qkvpacked_func (4 heads), 1 sequence, torch tensors",
+                                           varlen("qkvpacked", 4))
+    HOST_COST_CALLS["varlen-kvpacked"] = ("flash_attn_varlen_kvpacked_func, 1 sequence, torch tensors",
+                                          varlen("kvpacked"))
+    HOST_COST_CALLS["varlen-paged"] = ("flash_attn_varlen_func with a block_table (pages of 16 rows), 1 sequence, "
+                                       "torch tensors", varlen("paged"))
+    HOST_COST_CALLS["varlen-alibi"] = ("flash_attn_varlen_func with alibi_slopes, 1 sequence, torch tensors",
+                                       varlen("alibi"))
+    for option in ("rotary", "leftpad", "paged", "batch_idx", "alibi"):
+        HOST_COST_CALLS[f"kvcache-{option}"] = (
+            f"flash_attn_with_kvcache appending 1 row with {OPTIONS[option]} (PyTorch: the row copied into its cache, "
+            "then SDPA), torch tensors", decode(option))
+
+
+_host_cost_forms()
 
 
 def host_cost_shapes(seqlens: Sequence[int] = HOST_COST_SEQLENS) -> List[Tuple[str, Shape]]:

@@ -181,6 +181,61 @@ def _mps_sync() -> None:
     torch.mps.synchronize()
 
 
+ALIBI_BASE = 8.0  # ALiBi slopes 2 ** (-ALIBI_BASE * (h + 1) / heads), the usual geometric sequence
+PAGE = 16  # rows per page of the paged cases (flash_attn's paged caches take multiples of 16)
+
+
+def alibi_slopes(heads: int) -> np.ndarray:
+    return (2.0 ** (-ALIBI_BASE * (np.arange(heads) + 1) / heads)).astype(np.float32)
+
+
+def _like(x, values):
+    """values (NumPy) as an array of x's kind and device, keeping their dtype (float32 slopes, int32 indices)."""
+    if isinstance(x, np.ndarray):
+        return values
+    import torch
+
+    return torch.from_numpy(values).to(x.device)
+
+
+def _pages(packed, lengths):
+    """Packed rows [total, heads, dim] of sequences of `lengths` as pages of PAGE rows ([pages, PAGE, heads, dim],
+    each sequence on its own pages, in order) and the int32 block_table (batch, most pages of a sequence)."""
+    per = [-(-n // PAGE) for n in lengths]
+    rows = (sum(per) * PAGE,) + tuple(packed.shape[1:])
+    pages = np.zeros(rows, packed.dtype) if isinstance(packed, np.ndarray) else packed.new_zeros(rows)
+    table = np.zeros((len(lengths), max(per)), np.int32)
+    start = page = 0
+    for b, n in enumerate(lengths):
+        pages[page * PAGE:page * PAGE + n] = packed[start:start + n]
+        table[b, :per[b]] = np.arange(page, page + per[b])
+        start, page = start + n, page + per[b]
+    return pages.reshape((sum(per), PAGE) + tuple(packed.shape[1:])), _index(table, packed)
+
+
+def _stack(xs, axis: int):
+    if isinstance(xs[0], np.ndarray):
+        return np.stack(xs, axis=axis)
+    import torch
+
+    return torch.stack(xs, dim=axis)
+
+
+def _ours_options(shape: Shape, x: Dict[str, object], kw: dict) -> None:
+    """The keyword arguments of shape.option that every mode shares."""
+    q = x["q"]
+    if shape.option == "alibi":
+        kw["alibi_slopes"] = _like(q, alibi_slopes(shape.heads))
+    elif shape.option == "dropout":
+        kw["dropout_p"] = 0.1
+    elif shape.option == "probs":
+        kw["return_attn_probs"] = True
+    elif shape.option == "window":
+        kw["window_size"] = (4, 0)
+    elif shape.option == "softcap":
+        kw["softcap"] = SOFTCAP
+
+
 def _ours(backend: str, shape: Shape) -> Side:
     import flash_attn_cy as fa
 
@@ -189,17 +244,45 @@ def _ours(backend: str, shape: Shape) -> Side:
     kw = dict(causal=shape.causal, backend=backend)
     if shape.window != (-1, -1):
         kw["window_size"] = shape.window
+    _ours_options(shape, x, kw)
     if shape.mode == "fwd":
+        if shape.option == "qkvpacked":
+            qkv = _stack([q, k, v], 2)
+            return lambda: fa.flash_attn_qkvpacked_func(qkv, **kw)
+        if shape.option == "kvpacked":
+            kv = _stack([k, v], 2)
+            return lambda: fa.flash_attn_kvpacked_func(q, kv, **kw)
         return lambda: fa.flash_attn_func(q, k, v, **kw)
     if shape.mode == "decode":
         appended = shape.seqlen_q if shape.append else 0
         lens = _index(np.full(shape.batch, shape.seqlen_k - appended), q)
         new = dict(k=x["k_new"], v=x["v_new"]) if shape.append else {}
+        if shape.option == "rotary":
+            kw["rotary_cos"], kw["rotary_sin"] = (_like(q, t) for t in rotary_tables(shape))
+        elif shape.option == "leftpad":
+            kw["cache_leftpad"] = _index(np.minimum(1, shape.seqlen_k - appended) * np.ones(shape.batch), q)
+        elif shape.option == "paged":
+            rows = (shape.seqlen_k,) * shape.batch
+            k, kw["block_table"] = _pages(k.reshape((-1,) + tuple(k.shape[2:])), rows)
+            v, _ = _pages(v.reshape((-1,) + tuple(v.shape[2:])), rows)
+        elif shape.option == "batch_idx":  # the sequences live in the cache's last rows
+            k, v = (_stack([c, c], 0).reshape((2 * shape.batch,) + tuple(c.shape[1:])) for c in (k, v))
+            kw["cache_batch_idx"] = _index(np.arange(shape.batch) + shape.batch, q)
         # an appending call writes the same cache rows every time: each call is the same decode step
         return lambda: fa.flash_attn_with_kvcache(q, k, v, cache_seqlens=lens, **new, **kw)
     if shape.mode == "varlen":
         cu = _index(np.concatenate([[0], np.cumsum(shape.lengths)]), q)
         m = max(shape.lengths)
+        if shape.option == "qkvpacked":
+            qkv = _stack([q, k, v], 1)
+            return lambda: fa.flash_attn_varlen_qkvpacked_func(qkv, cu, m, **kw)
+        if shape.option == "kvpacked":
+            kv = _stack([k, v], 1)
+            return lambda: fa.flash_attn_varlen_kvpacked_func(q, kv, cu, cu, m, m, **kw)
+        if shape.option == "paged":
+            kp, kw["block_table"] = _pages(k, shape.lengths)
+            vp, _ = _pages(v, shape.lengths)
+            return lambda: fa.flash_attn_varlen_func(q, kp, vp, cu, cu, m, m, **kw)
         return lambda: fa.flash_attn_varlen_func(q, k, v, cu, cu, m, m, **kw)
     if shape.mode == "bwd":
         out, lse, _ = fa.flash_attn_func(q, k, v, return_attn_probs=True, **kw)
@@ -255,6 +338,7 @@ def _torch(shape: Shape, device: str) -> Side:
     # torch's is_causal is top-left aligned; it equals flash_attn's bottom-right one only for square attention,
     # and decode (one query seeing the whole cache) is unmasked in both conventions.
     kw["is_causal"] = shape.causal and shape.seqlen_q == shape.seqlen_k
+    _torch_options(shape, kw, device)
     sync = _mps_sync if device == "mps" else (lambda: None)
     if shape.mode == "fwd+bwd":
         q, k, v = (x.requires_grad_() for x in (q, k, v))
@@ -273,23 +357,109 @@ def _torch(shape: Shape, device: str) -> Side:
             sync()
         return bwd
 
+    attention = _eager(shape, device) if shape.option in EAGER_OPTIONS else F.scaled_dot_product_attention
     if shape.mode == "decode" and shape.append:
         # a decode step as PyTorch users write it: the new rows into the cache ([b, hk, s, d]), then attention
         pos, k_new, v_new = shape.seqlen_k - shape.seqlen_q, t["k_new"], t["v_new"]
+        rope = _rope(shape, device, pos) if shape.option == "rotary" else None
 
         def append_fwd():
-            k[:, :, pos:] = k_new
-            v[:, :, pos:] = v_new
-            out = F.scaled_dot_product_attention(q, k, v, **kw)
+            if rope is None:
+                k[:, :, pos:] = k_new
+                v[:, :, pos:] = v_new
+                out = attention(q, k, v, **kw)
+            else:  # the new key and the query rotated at their position first
+                k[:, :, pos:] = rope(k_new)
+                v[:, :, pos:] = v_new
+                out = attention(rope(q), k, v, **kw)
             sync()
             return out
         return append_fwd
 
     def fwd():  # the inputs need no grad: autograd records nothing
-        out = F.scaled_dot_product_attention(q, k, v, **kw)
+        out = attention(q, k, v, **kw)
         sync()
         return out
     return fwd
+
+
+# Options SDPA has no argument for, which PyTorch code computes step by step instead ("eager" attention, as
+# transformers' eager_attention_forward): matmul, softcap, mask, softmax (the probabilities), matmul.
+EAGER_OPTIONS = ("softcap", "probs")
+SOFTCAP = 30.0
+
+
+def _eager(shape: Shape, device: str):
+    """An SDPA-shaped callable (q, k, v, is_causal=..., enable_gqa=...) computing the attention step by step, with
+    shape.option's softcap, and the probabilities materialised (which "probs" returns to its caller)."""
+    import torch
+
+    rep = shape.heads // shape.kv_heads()
+    sq, sk = shape.seqlen_q, shape.seqlen_k
+    keep = torch.from_numpy(np.arange(sk)[None, :] <= np.arange(sq)[:, None] + (sk - sq)).to(device)
+    scale = shape.headdim ** -0.5
+
+    def attention(q, k, v, is_causal=False, enable_gqa=False, **_):
+        if rep > 1:
+            k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        s = q @ k.transpose(-1, -2) * scale
+        if shape.option == "softcap":
+            s = SOFTCAP * torch.tanh(s / SOFTCAP)
+        if shape.causal:
+            s = s.masked_fill(~keep, float("-inf"))
+        p = torch.softmax(s, -1)
+        out = p @ v
+        return (out, p) if shape.option == "probs" else out
+    return attention
+
+
+def rotary_tables(shape: Shape):
+    """cos, sin (seqlen_k, headdim / 2) float32: the rotary tables of the "rotary" cases (the whole head dim)."""
+    half = shape.headdim // 2
+    angles = np.arange(shape.seqlen_k)[:, None] * (1e-4 ** (np.arange(half) / half))[None, :]
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def _rope(shape: Shape, device: str, pos: int):
+    """x [b, h, 1, d] rotated at position pos, pairs (0, 1), (2, 3), ... (flash_attn's rotary_interleaved=True)."""
+    import torch
+
+    cos, sin = (torch.from_numpy(t).to(device) for t in rotary_tables(shape))
+
+    def rope(x):
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        c, s = cos[pos], sin[pos]
+        return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), -1).flatten(-2)
+    return rope
+
+
+def option_mask(shape: Shape, seqlen_q: int, seqlen_k: int) -> Optional[np.ndarray]:
+    """SDPA's attn_mask for shape.option where SDPA has the feature only as a mask: ALiBi (a float bias, heads x
+    seqlen_q x seqlen_k, -inf where causal masks), the window and cache_leftpad (bool); None for every other
+    option."""
+    if shape.option not in ("alibi", "window", "leftpad"):
+        return None
+    i = np.arange(seqlen_q)[:, None] + (seqlen_k - seqlen_q)  # bottom-right aligned, as flash_attn
+    j = np.arange(seqlen_k)[None, :]
+    keep = (j <= i) if shape.causal else np.ones((seqlen_q, seqlen_k), bool)
+    if shape.option == "window":
+        return (keep & (j >= i - 4))[None]
+    if shape.option == "leftpad":  # the cache's first row is padding (when it holds a row before the new one)
+        return (keep & (j >= min(1, seqlen_k - seqlen_q)))[None]
+    bias = -alibi_slopes(shape.heads)[:, None, None] * np.abs(i - j)[None]
+    return np.where(keep[None], bias, -np.inf).astype(np.float32)
+
+
+def _torch_options(shape: Shape, kw: dict, device: str) -> None:
+    """shape.option on PyTorch's side (see cases._host_cost_forms): a mask instead of is_causal, or dropout_p."""
+    import torch
+
+    mask = option_mask(shape, shape.seqlen_q, shape.seqlen_k)
+    if mask is not None:
+        kw["attn_mask"] = torch.from_numpy(mask).to(device)
+        kw["is_causal"] = False
+    elif shape.option == "dropout":
+        kw["dropout_p"] = 0.1
 
 
 def _torch_varlen(shape: Shape, device: str) -> Side:
@@ -313,6 +483,7 @@ def _torch_varlen(shape: Shape, device: str) -> Side:
     kw = {"enable_gqa": True} if shape.kv_heads() != shape.heads else {}
     if len(set(lengths)) == 1:
         kw["is_causal"] = shape.causal
+        _torch_options(shape, kw, device)
     else:
         idx = torch.arange(s)
         valid = idx[None, :] < torch.tensor(lengths)[:, None]
