@@ -70,8 +70,13 @@ struct HwTiles {
     }
     static void release() { _tile_release(); }
 #define FA_AMX_EACH_TILE(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+    // GCC's tile load and store are asm statements that take the address as a plain input and declare no memory
+    // effect, so the compiler could move ordinary stores of an operand past the load that reads it, or reuse values
+    // it knows from before a tile store wrote over them: a compiler-only barrier on each side keeps program order.
+    static void memory_barrier() { __asm__ __volatile__("" ::: "memory"); }
     template <int T>
     static void load(const void *p, int64_t stride) {
+        memory_barrier();
 #define FA_AMX_LOAD(n) if constexpr (T == n) _tile_loadd(n, p, stride);
         FA_AMX_EACH_TILE(FA_AMX_LOAD)
 #undef FA_AMX_LOAD
@@ -81,6 +86,7 @@ struct HwTiles {
 #define FA_AMX_STORE(n) if constexpr (T == n) _tile_stored(n, p, stride);
         FA_AMX_EACH_TILE(FA_AMX_STORE)
 #undef FA_AMX_STORE
+        memory_barrier();
     }
     template <int T>
     static void zero() {

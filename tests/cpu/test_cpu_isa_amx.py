@@ -1,8 +1,10 @@
 """The AMX kernels (csrc/cpu/tile_kernels_amx.cpp: bf16 and fp16 forward; csrc/cpu/backward/bwd_kernels_amx.cpp: the
 bf16 backward's products) and how they are chosen. Their arithmetic is checked against the float64 reference by the
 `isa` fixture's "amx" / "amx-emulated" cases (tests/cpu/test_cpu_forward*.py) and by tests/backward/test_backward.py;
-here: the scalar model of the tiles (FLASH_ATTN_CY_CPU_ISA=amx-emulated, amx_tiles.h) against the hardware, bit for
-bit, on a CPU with AMX, and the selection, hiding and fallback on any x86-64 CPU. A CPU without AMX-BF16 (or whose
+here: the scalar model of the tiles (FLASH_ATTN_CY_CPU_ISA=amx-emulated, amx_tiles.h) against the hardware on a CPU
+with AMX, and the selection, hiding and fallback on any x86-64 CPU. The model sums each TDPBF16PS in the order of the
+SDM's pseudo-code; whether the hardware sums in that very order has not been checked on an AMX machine, so the two
+are held to the difference a reordered fp32 sum can make (a rounding step of the output dtype), not to equal bits. A CPU without AMX-BF16 (or whose
 OS refuses the tile state) cannot run the hardware path: those tests say so when they skip."""
 from __future__ import annotations
 
@@ -49,15 +51,17 @@ def _forward_backward(dtype: str, causal: bool, d: int, seed: int = 0):
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("d", [40, 64, 128])
-def test_emulated_tiles_match_the_hardware_bitwise(monkeypatch, dtype, causal, d):
+def test_emulated_tiles_match_the_hardware(monkeypatch, dtype, causal, d):
     if not _runs(monkeypatch, "amx"):
         pytest.skip("this CPU cannot run the AMX kernels (it needs AMX-BF16, AVX512-BF16 and the OS's tile state)")
     results = {}
     for isa in ("amx", "amx-emulated"):
         monkeypatch.setenv("FLASH_ATTN_CY_CPU_ISA", isa)
         results[isa] = _forward_backward(dtype, causal, d)
+    step = {"bf16": 2.0 ** -7, "fp16": 2.0 ** -10}[dtype]  # relative rounding step of the output dtype
     for hw, emu in zip(results["amx"], results["amx-emulated"]):
-        np.testing.assert_array_equal(hw.float().numpy(), emu.float().numpy())
+        hw, emu = hw.float().numpy(), emu.float().numpy()
+        assert np.abs(hw - emu).max() <= 2 * step * np.abs(emu).max()
 
 
 def test_amx_is_the_best_set_where_it_runs(monkeypatch):
