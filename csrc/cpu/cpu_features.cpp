@@ -19,6 +19,7 @@
 #include <sys/sysctl.h>
 #endif
 #include "neon_common.h"
+#include "tile_kernels.h"  // amx_tiles_self_check
 
 namespace fa_cpu {
 namespace {
@@ -56,6 +57,7 @@ const char *detect_amx(bool &amx_fp16) {
     if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0)
         return errno == EPERM ? "the OS refused this process the AMX tile data (arch_prctl: EPERM)"
                               : "the OS refused this process the AMX tile data (arch_prctl failed)";
+    if (!amx_tiles_self_check()) return "the AMX self-check failed: a tile product disagreed with its model";
     return "";
 #else
     return "AMX is used on Linux only";

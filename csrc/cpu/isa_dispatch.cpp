@@ -95,8 +95,9 @@ const char *cpu_isa_description() {
     } else {
         s = "portable";
     }
-    // A CPU with AMX whose OS withholds the tile state: say why the AMX kernels are not in use.
-    if (!f.amx && std::strncmp(f.amx_absent, "the OS", 6) == 0) s += std::string(" (AMX not used: ") + f.amx_absent + ")";
+    // A CPU with AMX whose OS withholds the tile state (or whose tiles failed the self-check): say why AMX is unused.
+    if (!f.amx && (std::strncmp(f.amx_absent, "the OS", 6) == 0 || std::strncmp(f.amx_absent, "the AMX", 7) == 0))
+        s += std::string(" (AMX not used: ") + f.amx_absent + ")";
     if (req != CpuIsaRequest::best && req != CpuIsaRequest::unknown) {
         const bool honoured = (req == CpuIsaRequest::portable && isa == CpuIsa::portable) ||
                               (req == CpuIsaRequest::avx2 && isa == CpuIsa::avx2) ||

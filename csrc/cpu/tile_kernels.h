@@ -102,6 +102,9 @@ const TileKernels<float> *avx512_kernels(fa_dtype dt);
 // bf16 table they build on): the tile hardware, or its scalar model (`emulated`, amx_tiles.h). Callers check the CPU
 // (and the OS's tile-data permission) first.
 const TileKernels<float> *amx_kernels(fa_dtype dt, bool emulated);
+// One small product on the AMX tiles, compared with their scalar model (cpu_features.cpp runs it once, after the OS
+// has granted the tile state): false when they disagree, and AMX is then not used.
+bool amx_tiles_self_check();
 // AVX2+FMA+F16C kernels (x86-64 builds only; nullptr when not compiled in). Callers check the CPU first.
 const TileKernels<float> *avx2_kernels(fa_dtype dt);
 // Arm NEON kernels (AArch64 builds only; nullptr when not compiled in). Callers check the CPU first.

@@ -267,9 +267,44 @@ const TileKernels<float> *amx_kernels(fa_dtype dt, bool emulated) {
     return nullptr;
 }
 
+// Run once at detection, before AMX is ever selected: one product on the hardware tiles against the scalar model,
+// with small integers (every partial sum exact, so any summation order gives the same bits), operands of different
+// contents and strides (a swapped operand or a misread stride shows), accumulated onto a non-zero C. False: the tiles
+// do not compute what the kernels assume, and the AVX-512 kernels are used instead.
+FA_TARGET_BEGIN(FA_ISA_AMX)
+template <class E>
+void self_check_product(const uint16_t *a, const uint16_t *b, const float *c_in, float *c_out) {
+    E::configure();
+    E::template load<amx::C0>(c_in, 128);
+    E::template load<amx::A0 + 1>(a, 96);
+    E::template load<amx::B0>(b, 160);
+    E::template dot_bf16<amx::C0, amx::A0 + 1, amx::B0>();
+    E::template store<amx::C0>(c_out, 64);
+    E::release();
+}
+FA_TARGET_END
+
+bool amx_tiles_self_check() {
+    alignas(64) static uint16_t a[16 * 48], b[16 * 80];
+    alignas(64) static float c[16 * 32], hw[256], model[256];
+    auto bf16_of_int = [](int v) {  // small integers are exact in bf16
+        const float f = float(v);
+        uint32_t u;
+        std::memcpy(&u, &f, 4);
+        return uint16_t(u >> 16);
+    };
+    for (int i = 0; i < 16 * 48; ++i) a[i] = bf16_of_int((i * 7 + 3) % 9 - 4);
+    for (int i = 0; i < 16 * 80; ++i) b[i] = bf16_of_int((i * 5 + 1) % 7 - 3);
+    for (int i = 0; i < 16 * 32; ++i) c[i] = float((i * 3) % 11 - 5);
+    self_check_product<amx::HwTiles>(a, b, c, hw);
+    self_check_product<amx::EmulatedTiles>(a, b, c, model);
+    return std::memcmp(hw, model, sizeof hw) == 0;
+}
+
 #else
 
 const TileKernels<float> *amx_kernels(fa_dtype, bool) { return nullptr; }
+bool amx_tiles_self_check() { return false; }
 
 #endif
 
