@@ -18,13 +18,8 @@ import pytest
 from _metal_support import host_view, rand, require_sim
 from flash_attn_cy import _core
 
-# csrc/sim_profile_hook.h: fasim_launch_hook
-_HOOK_T = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint), ctypes.c_int,
-    ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t),
-    ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_void_p),
-    ctypes.POINTER(ctypes.c_size_t), ctypes.c_int, ctypes.c_void_p, ctypes.c_double, ctypes.c_ulonglong,
-    ctypes.c_void_p, ctypes.c_size_t)
+# csrc/sim_profile_hook.h: fasim_launch_hook, declared once for ctypes in flash_attn_cy.sim._profile
+from flash_attn_cy.sim._profile import _HOOK_T  # noqa: E402
 
 
 class _Recorder:
@@ -34,8 +29,8 @@ class _Recorder:
         self.launches = []
         self.hook = _HOOK_T(self._launch)
 
-    def _launch(self, kernel, grid, threads, nbuf, bidx, bdata, blen, bwr, nbytes, cidx, cdata, clen, schedules,
-                cancel, useful, call_id, out, outlen):
+    def _launch(self, kernel, grid, threads, nbuf, bidx, bdata, blen, bwr, nbytes, cidx, cdata, clen, nconst, kidx,
+                kname, ktype, kvalue, kbytes, schedules, cancel, useful, call_id, out, outlen):
         try:
             self.launches.append({
                 "kernel": kernel.decode(), "grid": [grid[i] for i in range(3)],
