@@ -39,14 +39,18 @@ FASIM_MATH1(sign, x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f))
 // exact). metal::NAME (and fast::NAME) is the same unless the fast-math model is on (FLASH_ATTN_CY_SIM_FAST_MATH,
 // `sim run --fast-math`), then it is fasim::fm::NAME (fasim_fast_math.h), reported at the caller's source line.
 // half keeps the precise form in both modes: the MSL specification's Table 8.3 (half precision) has no fast variant.
-#define FASIM_MATH_T(NAME, EXPR)                                                                             \
+// FASIM_MATH_PRECISE1 is the precise:: half of it, kept defined: fasim_math_ext.h's functions, which have no fast
+// form, are that alone (then used in metal:: and fast:: as well).
+#define FASIM_MATH_PRECISE1(NAME, EXPR)                                                                      \
     namespace precise {                                                                                      \
     inline float NAME(float x) { FASIM_COUNT_FLOPS(::fasim::kFlopTranscendental, 1); return EXPR; }          \
     inline half NAME(half x) { return half(NAME((float)x)); }                                                \
     template <class T, int N, class = fasim::not_bfloat_t<T>> inline vec<T, N> NAME(const vec<T, N> &v) {     \
         return vmap(v, [](T a) { return NAME(a); });                                                         \
     }                                                                                                        \
-    }                                                                                                        \
+    }
+#define FASIM_MATH_T(NAME, EXPR)                                                                             \
+    FASIM_MATH_PRECISE1(NAME, EXPR)                                                                          \
     inline float NAME(float x, const char *fasim_file = __builtin_FILE(), unsigned fasim_line = __builtin_LINE()) { \
         FASIM_COUNT_FLOPS(::fasim::kFlopTranscendental, 1);                                                  \
         if (__builtin_expect(::fasim::g_fast_math != 0, 0)) return ::fasim::fm::NAME(x, fasim_file, fasim_line); \
