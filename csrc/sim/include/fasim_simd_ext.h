@@ -51,28 +51,20 @@ FASIM_NO_HAZARD_CHECK inline T shuffle_and_fill(T data, T filling_data, ushort d
 }
 }  // namespace fasim_detail
 
-template <class T>
-FASIM_NO_HAZARD_CHECK inline T simd_shuffle_and_fill_up(T data, T filling_data, ushort delta, ushort modulo,
-                                                        FASIM_SITE_PARAMS) {
-    return fasim_detail::shuffle_and_fill(data, filling_data, delta, modulo, true, fasim_file, fasim_line,
-                                          "simd_shuffle_and_fill_up",
-                                          "simd_shuffle_and_fill_up: delta must be below modulo (<= 32)");
-}
-template <class T>
-FASIM_NO_HAZARD_CHECK inline T simd_shuffle_and_fill_up(T data, T filling_data, ushort delta, FASIM_SITE_PARAMS) {
-    return simd_shuffle_and_fill_up(data, filling_data, delta, (ushort)fasim::kSimdWidth, fasim_file, fasim_line);
-}
-template <class T>
-FASIM_NO_HAZARD_CHECK inline T simd_shuffle_and_fill_down(T data, T filling_data, ushort delta, ushort modulo,
-                                                          FASIM_SITE_PARAMS) {
-    return fasim_detail::shuffle_and_fill(data, filling_data, delta, modulo, false, fasim_file, fasim_line,
-                                          "simd_shuffle_and_fill_down",
-                                          "simd_shuffle_and_fill_down: delta must be below modulo (<= 32)");
-}
-template <class T>
-FASIM_NO_HAZARD_CHECK inline T simd_shuffle_and_fill_down(T data, T filling_data, ushort delta, FASIM_SITE_PARAMS) {
-    return simd_shuffle_and_fill_down(data, filling_data, delta, (ushort)fasim::kSimdWidth, fasim_file, fasim_line);
-}
+// Each direction with and without `modulo` (32, the whole group, when left out); NAME also names it in faults.
+#define FASIM_SHUFFLE_AND_FILL(NAME, UP)                                                                     \
+    template <class T>                                                                                       \
+    FASIM_NO_HAZARD_CHECK inline T NAME(T data, T filling_data, ushort delta, ushort modulo, FASIM_SITE_PARAMS) { \
+        return fasim_detail::shuffle_and_fill(data, filling_data, delta, modulo, UP, fasim_file, fasim_line, #NAME, \
+                                              #NAME ": delta must be below modulo (<= 32)");                 \
+    }                                                                                                        \
+    template <class T>                                                                                       \
+    FASIM_NO_HAZARD_CHECK inline T NAME(T data, T filling_data, ushort delta, FASIM_SITE_PARAMS) {           \
+        return NAME(data, filling_data, delta, (ushort)fasim::kSimdWidth, fasim_file, fasim_line);           \
+    }
+FASIM_SHUFFLE_AND_FILL(simd_shuffle_and_fill_up, true)
+FASIM_SHUFFLE_AND_FILL(simd_shuffle_and_fill_down, false)
+#undef FASIM_SHUFFLE_AND_FILL
 
 // "Returns data from the thread whose SIMD lane ID is the caller's minus (plus) delta, wrapping around the group."
 template <class T> FASIM_NO_HAZARD_CHECK inline T simd_shuffle_rotate_up(T v, ushort delta, FASIM_SITE_PARAMS) {
