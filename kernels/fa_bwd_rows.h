@@ -17,13 +17,8 @@ struct fa_bwd_seq {
 
 inline fa_bwd_seq fa_bwd_seq_info(constant fa_bwd_params& p, int b, device const int* cu_seqlens_q,
                                   device const int* cu_seqlens_k, device const int* seqused_k) {
-    fa_bwd_seq s;
-    const fa_seq_rows qr = fa_seq_rows_of((p.flags & FA_FLAG_VARLEN_Q) != 0, cu_seqlens_q, b, p.seqlen_q);
-    const fa_seq_rows kr = fa_seq_rows_of((p.flags & FA_FLAG_VARLEN_K) != 0, cu_seqlens_k, b, p.seqlen_k);
-    s.q_start = qr.start;
-    s.sq = qr.count;
-    s.k_start = kr.start;
-    s.sk_rows = kr.count;
+    fa_bwd_seq s = fa_seq_qk_rows<fa_bwd_seq>(p.flags, p.seqlen_q, p.seqlen_k, b, cu_seqlens_q, cu_seqlens_k);
+    s.sk_rows = s.sk;  // the rows it owns; sk below: the keys it attends
     s.sk = (p.flags & FA_FLAG_SEQUSED_K) ? min(seqused_k[b], s.sk_rows) : s.sk_rows;
     return s;
 }

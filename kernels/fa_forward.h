@@ -103,7 +103,7 @@ struct fa_seq {
 };
 
 // First packed row and row count of sequence b: from cu_seqlens in the varlen layout, else 0 and the dense length.
-// Shared with the backward's fa_bwd_seq_info.
+// Shared with the backward (fa_seq_qk_rows).
 struct fa_seq_rows {
     int start;
     int count;
@@ -116,16 +116,26 @@ inline fa_seq_rows fa_seq_rows_of(bool varlen, device const int* cu_seqlens, int
     return r;
 }
 
-inline fa_seq fa_seq_info(constant fa_fwd_params& p, int b, device const int* cu_seqlens_q,
-                          device const int* cu_seqlens_k, device const int* seqused_k, device const int* leftpad_k,
-                          device const int* cache_batch_idx) {
-    fa_seq s;
-    const fa_seq_rows qr = fa_seq_rows_of((p.flags & FA_FLAG_VARLEN_Q) != 0, cu_seqlens_q, b, p.seqlen_q);
-    const fa_seq_rows kr = fa_seq_rows_of((p.flags & FA_FLAG_VARLEN_K) != 0, cu_seqlens_k, b, p.seqlen_k);
+// Sequence b's q and k rows into S (fa_seq here, the backward's fa_bwd_seq): q_start, sq, k_start, and sk = every
+// key row it owns (each caller applies seqused_k its own way). Flags and dense lengths are passed as values: the
+// forward's and the backward's parameter structs both carry them.
+template <typename S>
+inline S fa_seq_qk_rows(uint flags, int seqlen_q, int seqlen_k, int b, device const int* cu_seqlens_q,
+                        device const int* cu_seqlens_k) {
+    const fa_seq_rows qr = fa_seq_rows_of((flags & FA_FLAG_VARLEN_Q) != 0, cu_seqlens_q, b, seqlen_q);
+    const fa_seq_rows kr = fa_seq_rows_of((flags & FA_FLAG_VARLEN_K) != 0, cu_seqlens_k, b, seqlen_k);
+    S s = {};
     s.q_start = qr.start;
     s.sq = qr.count;
     s.k_start = kr.start;
     s.sk = kr.count;
+    return s;
+}
+
+inline fa_seq fa_seq_info(constant fa_fwd_params& p, int b, device const int* cu_seqlens_q,
+                          device const int* cu_seqlens_k, device const int* seqused_k, device const int* leftpad_k,
+                          device const int* cache_batch_idx) {
+    fa_seq s = fa_seq_qk_rows<fa_seq>(p.flags, p.seqlen_q, p.seqlen_k, b, cu_seqlens_q, cu_seqlens_k);
     if (p.flags & FA_FLAG_SEQUSED_K) s.sk = seqused_k[b];
     s.leftpad = (p.flags & FA_FLAG_LEFTPAD_K) ? leftpad_k[b] : 0;
     s.kv_batch = (p.flags & FA_FLAG_CACHE_BATCH_IDX) ? cache_batch_idx[b] : b;

@@ -12,6 +12,7 @@
 
 #include "fasim_math_ext.h"
 #include "fasim_simd_ext.h"
+#include "fasim_math_names.h"
 
 #define __METAL_FAST_MATH__ (::fasim::kBuiltinFast)
 #define __METAL_PRECISE_MATH__ (::fasim::kBuiltinPrecise)
@@ -31,8 +32,8 @@ enum BuiltinMathMode { kBuiltinPrecise = 0, kBuiltinFast = 1 };
         return m == ::fasim::kBuiltinFast ? T(::metal::NAME(x, y)) : T(::metal::precise::NAME(x, y));       \
     }
 // Functions that are the same in every mode.
-#define FASIM_BUILTIN_E1(NAME, FN)                                                                           \
-    template <class T> inline T __metal_##NAME(T x, ::fasim::BuiltinMathMode) { return T(::metal::FN(x)); }
+#define FASIM_BUILTIN_E1(NAME)                                                                               \
+    template <class T> inline T __metal_##NAME(T x, ::fasim::BuiltinMathMode) { return T(::metal::NAME(x)); }
 #define FASIM_BUILTIN_E2(NAME)                                                                               \
     template <class T> inline T __metal_##NAME(T x, T y, ::fasim::BuiltinMathMode) { return T(::metal::NAME(x, y)); }
 #define FASIM_BUILTIN_E3(NAME)                                                                               \
@@ -40,14 +41,11 @@ enum BuiltinMathMode { kBuiltinPrecise = 0, kBuiltinFast = 1 };
         return T(::metal::NAME(x, y, z));                                                                    \
     }
 
-FASIM_BUILTIN_T1(exp) FASIM_BUILTIN_T1(exp2) FASIM_BUILTIN_T1(exp10) FASIM_BUILTIN_T1(log) FASIM_BUILTIN_T1(log2)
-FASIM_BUILTIN_T1(log10) FASIM_BUILTIN_T1(sqrt) FASIM_BUILTIN_T1(rsqrt) FASIM_BUILTIN_T1(sin) FASIM_BUILTIN_T1(cos)
-FASIM_BUILTIN_T1(tan) FASIM_BUILTIN_T1(tanh) FASIM_BUILTIN_T1(sinh) FASIM_BUILTIN_T1(cosh) FASIM_BUILTIN_T1(asin)
-FASIM_BUILTIN_T1(acos) FASIM_BUILTIN_T1(atan) FASIM_BUILTIN_T1(asinh) FASIM_BUILTIN_T1(acosh)
-FASIM_BUILTIN_T1(atanh) FASIM_BUILTIN_T1(sinpi) FASIM_BUILTIN_T1(cospi) FASIM_BUILTIN_T1(tanpi)
-FASIM_BUILTIN_T2(pow) FASIM_BUILTIN_T2(powr) FASIM_BUILTIN_T2(fmod) FASIM_BUILTIN_T2(divide)
-FASIM_BUILTIN_E1(fabs, fabs) FASIM_BUILTIN_E1(ceil, ceil) FASIM_BUILTIN_E1(floor, floor) FASIM_BUILTIN_E1(round, round)
-FASIM_BUILTIN_E1(rint, rint) FASIM_BUILTIN_E1(trunc, trunc) FASIM_BUILTIN_E1(fract, fract)
+// The name lists are fasim_math_names.h's (the strict check's declarations use the same ones).
+FASIM_MATH_PRECISE1_NAMES(FASIM_BUILTIN_T1)
+FASIM_MATH_EXT1_NAMES(FASIM_BUILTIN_T1)  // one form in every mode: metal:: and precise:: are the same function
+FASIM_MATH_PRECISE2_NAMES(FASIM_BUILTIN_T2)
+FASIM_MATH_EXACT1_NAMES(FASIM_BUILTIN_E1)
 FASIM_BUILTIN_E2(atan2) FASIM_BUILTIN_E2(fmax) FASIM_BUILTIN_E2(fmin)
 FASIM_BUILTIN_E3(fma) FASIM_BUILTIN_E3(fmax3) FASIM_BUILTIN_E3(fmin3) FASIM_BUILTIN_E3(fmedian3)
 #undef FASIM_BUILTIN_T1

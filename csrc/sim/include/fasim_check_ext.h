@@ -25,14 +25,7 @@ template <class T, int C, int R> vec<T, R> operator*(matrix<T, C, R> a, vec<T, C
 template <class T, int C, int R> vec<T, C> operator*(vec<T, R> v, matrix<T, C, R> a);
 template <class T, int K, int R, int C> matrix<T, C, R> operator*(matrix<T, K, R> a, matrix<T, C, K> b);
 template <class T, int C, int R> matrix<T, R, C> transpose(matrix<T, C, R> a);
-#define FASIM_CHECK_MATRIX_NAMES(T)                                                                          \
-    typedef matrix<T, 2, 2> T##2x2; typedef matrix<T, 2, 3> T##2x3; typedef matrix<T, 2, 4> T##2x4;          \
-    typedef matrix<T, 3, 2> T##3x2; typedef matrix<T, 3, 3> T##3x3; typedef matrix<T, 3, 4> T##3x4;          \
-    typedef matrix<T, 4, 2> T##4x2; typedef matrix<T, 4, 3> T##4x3; typedef matrix<T, 4, 4> T##4x4;
-FASIM_CHECK_MATRIX_NAMES(float)
-FASIM_CHECK_MATRIX_NAMES(half)
-FASIM_CHECK_MATRIX_NAMES(bfloat)
-#undef FASIM_CHECK_MATRIX_NAMES
+FASIM_MATRIX_NAMES  // float2x2 ... bfloat4x4 (fasim_vec_names.h)
 
 // Packed vectors as clang vectors aligned like one element (the layout differs, which a syntax check does not see):
 // component access, conversion to and from the aligned vector and reads from any address space work as in MSL.
@@ -46,8 +39,7 @@ FASIM_CHECK_PACKED(uchar)
 #undef FASIM_CHECK_PACKED
 
 #define FASIM_CHECK_F1(NAME) template <class T> T NAME(T x);
-FASIM_CHECK_F1(acosh) FASIM_CHECK_F1(asinh) FASIM_CHECK_F1(atanh) FASIM_CHECK_F1(sinpi) FASIM_CHECK_F1(cospi)
-FASIM_CHECK_F1(tanpi)
+FASIM_MATH_EXT1_NAMES(FASIM_CHECK_F1)  // fasim_math_names.h
 #undef FASIM_CHECK_F1
 #define FASIM_CHECK_F3(NAME) template <class T> T NAME(T x, T y, T z);
 FASIM_CHECK_F3(fmax3) FASIM_CHECK_F3(fmin3) FASIM_CHECK_F3(fmedian3) FASIM_CHECK_F3(max3) FASIM_CHECK_F3(min3)
@@ -84,16 +76,11 @@ template <class T> T simd_prefix_exclusive_product(T v);
 #define __METAL_PRECISE_MATH__ false
 #define __METAL_MAYBE_FAST_MATH__ true
 #define FASIM_CHECK_B1(NAME) template <class T> T __metal_##NAME(T x, bool mode);
-FASIM_CHECK_B1(exp) FASIM_CHECK_B1(exp2) FASIM_CHECK_B1(exp10) FASIM_CHECK_B1(log) FASIM_CHECK_B1(log2)
-FASIM_CHECK_B1(log10) FASIM_CHECK_B1(sqrt) FASIM_CHECK_B1(rsqrt) FASIM_CHECK_B1(sin) FASIM_CHECK_B1(cos)
-FASIM_CHECK_B1(tan) FASIM_CHECK_B1(tanh) FASIM_CHECK_B1(sinh) FASIM_CHECK_B1(cosh) FASIM_CHECK_B1(asin)
-FASIM_CHECK_B1(acos) FASIM_CHECK_B1(atan) FASIM_CHECK_B1(asinh) FASIM_CHECK_B1(acosh) FASIM_CHECK_B1(atanh)
-FASIM_CHECK_B1(sinpi) FASIM_CHECK_B1(cospi) FASIM_CHECK_B1(tanpi) FASIM_CHECK_B1(fabs) FASIM_CHECK_B1(ceil)
-FASIM_CHECK_B1(floor) FASIM_CHECK_B1(round) FASIM_CHECK_B1(rint) FASIM_CHECK_B1(trunc) FASIM_CHECK_B1(fract)
+// The same names as fasim_builtins.h defines, from the same lists (fasim_math_names.h).
+FASIM_MATH_PRECISE1_NAMES(FASIM_CHECK_B1) FASIM_MATH_EXT1_NAMES(FASIM_CHECK_B1) FASIM_MATH_EXACT1_NAMES(FASIM_CHECK_B1)
 #undef FASIM_CHECK_B1
 #define FASIM_CHECK_B2(NAME) template <class T> T __metal_##NAME(T x, T y, bool mode);
-FASIM_CHECK_B2(pow) FASIM_CHECK_B2(powr) FASIM_CHECK_B2(fmod) FASIM_CHECK_B2(divide) FASIM_CHECK_B2(atan2)
-FASIM_CHECK_B2(fmax) FASIM_CHECK_B2(fmin)
+FASIM_MATH_PRECISE2_NAMES(FASIM_CHECK_B2) FASIM_CHECK_B2(atan2) FASIM_CHECK_B2(fmax) FASIM_CHECK_B2(fmin)
 #undef FASIM_CHECK_B2
 #define FASIM_CHECK_B3(NAME) template <class T> T __metal_##NAME(T x, T y, T z, bool mode);
 FASIM_CHECK_B3(fmax3) FASIM_CHECK_B3(fmin3) FASIM_CHECK_B3(fmedian3) FASIM_CHECK_B3(fma)

@@ -5,6 +5,7 @@
 #include "fasim_types.h"
 #include "fasim_constants.h"
 #include "fasim_fast_math.h"
+#include "fasim_math_names.h"
 
 
 namespace fasim {
@@ -23,13 +24,11 @@ namespace metal {
     template <class T, int N, class = fasim::not_bfloat_t<T>> inline vec<T, N> NAME(const vec<T, N> &v) {     \
         return vmap(v, [](T a) { return NAME(a); });                                                         \
     }
-// Exact (or rounding-only) functions: the same in every math mode.
-FASIM_MATH1(floor, __builtin_floorf(x))
-FASIM_MATH1(ceil, __builtin_ceilf(x))
-FASIM_MATH1(round, __builtin_roundf(x))
-FASIM_MATH1(rint, __builtin_rintf(x))
-FASIM_MATH1(trunc, __builtin_truncf(x))
-FASIM_MATH1(fabs, __builtin_fabsf(x))
+// Exact (or rounding-only) functions: the same in every math mode. floor, ceil, round, rint, trunc, fabs: the C
+// library's float function of the same name (__builtin_floorf, ...), over fasim_math_names.h's list.
+#define FASIM_MATH1_LIBM(NAME) FASIM_MATH1(NAME, __builtin_##NAME##f(x))
+FASIM_MATH_EXACT1_LIBM_NAMES(FASIM_MATH1_LIBM)
+#undef FASIM_MATH1_LIBM
 FASIM_MATH1(fract, x - __builtin_floorf(x))
 FASIM_MATH1(saturate, x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x))
 FASIM_MATH1(sign, x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f))
@@ -39,14 +38,18 @@ FASIM_MATH1(sign, x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f))
 // exact). metal::NAME (and fast::NAME) is the same unless the fast-math model is on (FLASH_ATTN_CY_SIM_FAST_MATH,
 // `sim run --fast-math`), then it is fasim::fm::NAME (fasim_fast_math.h), reported at the caller's source line.
 // half keeps the precise form in both modes: the MSL specification's Table 8.3 (half precision) has no fast variant.
-#define FASIM_MATH_T(NAME, EXPR)                                                                             \
+// FASIM_MATH_PRECISE1 is the precise:: half of it, kept defined: fasim_math_ext.h's functions, which have no fast
+// form, are that alone (then used in metal:: and fast:: as well).
+#define FASIM_MATH_PRECISE1(NAME, EXPR)                                                                      \
     namespace precise {                                                                                      \
     inline float NAME(float x) { FASIM_COUNT_FLOPS(::fasim::kFlopTranscendental, 1); return EXPR; }          \
     inline half NAME(half x) { return half(NAME((float)x)); }                                                \
     template <class T, int N, class = fasim::not_bfloat_t<T>> inline vec<T, N> NAME(const vec<T, N> &v) {     \
         return vmap(v, [](T a) { return NAME(a); });                                                         \
     }                                                                                                        \
-    }                                                                                                        \
+    }
+#define FASIM_MATH_T(NAME, EXPR)                                                                             \
+    FASIM_MATH_PRECISE1(NAME, EXPR)                                                                          \
     inline float NAME(float x, const char *fasim_file = __builtin_FILE(), unsigned fasim_line = __builtin_LINE()) { \
         FASIM_COUNT_FLOPS(::fasim::kFlopTranscendental, 1);                                                  \
         if (__builtin_expect(::fasim::g_fast_math != 0, 0)) return ::fasim::fm::NAME(x, fasim_file, fasim_line); \
@@ -58,23 +61,12 @@ FASIM_MATH1(sign, x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f))
                                                     unsigned fasim_line = __builtin_LINE()) {                \
         return vmap(v, [&](T a) { return NAME(a, fasim_file, fasim_line); });                                \
     }
-FASIM_MATH_T(exp, __builtin_expf(x))
-FASIM_MATH_T(exp2, __builtin_exp2f(x))
+// exp, exp2, log, ... atan: the C library's float function of the same name (fasim_math_names.h's list).
+#define FASIM_MATH_T_LIBM(NAME) FASIM_MATH_T(NAME, __builtin_##NAME##f(x))
+FASIM_MATH_PRECISE1_LIBM_NAMES(FASIM_MATH_T_LIBM)
+#undef FASIM_MATH_T_LIBM
 FASIM_MATH_T(exp10, __builtin_powf(10.0f, x))
-FASIM_MATH_T(log, __builtin_logf(x))
-FASIM_MATH_T(log2, __builtin_log2f(x))
-FASIM_MATH_T(log10, __builtin_log10f(x))
-FASIM_MATH_T(sqrt, __builtin_sqrtf(x))
 FASIM_MATH_T(rsqrt, 1.0f / __builtin_sqrtf(x))
-FASIM_MATH_T(sin, __builtin_sinf(x))
-FASIM_MATH_T(cos, __builtin_cosf(x))
-FASIM_MATH_T(tan, __builtin_tanf(x))
-FASIM_MATH_T(tanh, __builtin_tanhf(x))
-FASIM_MATH_T(sinh, __builtin_sinhf(x))
-FASIM_MATH_T(cosh, __builtin_coshf(x))
-FASIM_MATH_T(asin, __builtin_asinf(x))
-FASIM_MATH_T(acos, __builtin_acosf(x))
-FASIM_MATH_T(atan, __builtin_atanf(x))
 #undef FASIM_MATH_T
 
 #define FASIM_MATH2(NAME, EXPR)                                                                              \

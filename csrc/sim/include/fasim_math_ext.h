@@ -11,14 +11,9 @@
 
 namespace metal {
 
+// The precise form (fasim_math.h's FASIM_MATH_PRECISE1) is also the metal:: and fast:: one.
 #define FASIM_MATH_X1(NAME, EXPR)                                                                            \
-    namespace precise {                                                                                      \
-    inline float NAME(float x) { FASIM_COUNT_FLOPS(::fasim::kFlopTranscendental, 1); return EXPR; }          \
-    inline half NAME(half x) { return half(NAME((float)x)); }                                                \
-    template <class T, int N, class = fasim::not_bfloat_t<T>> inline vec<T, N> NAME(const vec<T, N> &v) {     \
-        return vmap(v, [](T a) { return NAME(a); });                                                         \
-    }                                                                                                        \
-    }                                                                                                        \
+    FASIM_MATH_PRECISE1(NAME, EXPR)                                                                          \
     using precise::NAME;                                                                                     \
     namespace fast { using precise::NAME; }
 // MSL: sinpi(x) = sin(pi x) and so on; computed with the argument reduced first so that integers give exact zeros.

@@ -116,14 +116,7 @@ template <class T, int C, int R> inline matrix<T, R, C> transpose(const matrix<T
     return m;
 }
 
-#define FASIM_MATRIX_NAMES(T)                                                                                \
-    typedef matrix<T, 2, 2> T##2x2; typedef matrix<T, 2, 3> T##2x3; typedef matrix<T, 2, 4> T##2x4;          \
-    typedef matrix<T, 3, 2> T##3x2; typedef matrix<T, 3, 3> T##3x3; typedef matrix<T, 3, 4> T##3x4;          \
-    typedef matrix<T, 4, 2> T##4x2; typedef matrix<T, 4, 3> T##4x3; typedef matrix<T, 4, 4> T##4x4;
-FASIM_MATRIX_NAMES(float)
-FASIM_MATRIX_NAMES(half)
-FASIM_MATRIX_NAMES(bfloat)
-#undef FASIM_MATRIX_NAMES
+FASIM_MATRIX_NAMES  // float2x2 ... bfloat4x4 (fasim_vec_names.h)
 
 static_assert(sizeof(float4x4) == 64 && alignof(float4x4) == 16 && sizeof(half4x4) == 32 && sizeof(half2x4) == 16 &&
                   sizeof(float3x3) == 48,

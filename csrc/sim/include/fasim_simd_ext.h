@@ -31,42 +31,40 @@ FASIM_NO_HAZARD_CHECK inline T fill_from(fasim::ThreadCtx &c, uint32_t par, long
 // its own: lane l of segment base b takes data[b + l%modulo - delta], or filling_data[b + l%modulo - delta + modulo]
 // when that index falls below the segment. delta must be below modulo (a larger one is undefined in MSL: an error
 // fault here).
+// For _down: "... the sum of the caller's SIMD lane ID and delta. If the sum is greater than the SIMD-group size, the
+// function copies values from the lower delta lanes of filling_data into the upper delta lanes of data"; per segment
+// as above. The two directions differ only in the sign of delta and in which end of the segment wraps into
+// filling_data, so one collective serves both (`up` picks the direction, `fn` names the call in faults).
+namespace fasim_detail {
 template <class T>
-FASIM_NO_HAZARD_CHECK inline T simd_shuffle_and_fill_up(T data, T filling_data, ushort delta, ushort modulo,
-                                                        FASIM_SITE_PARAMS) {
+FASIM_NO_HAZARD_CHECK inline T shuffle_and_fill(T data, T filling_data, ushort delta, ushort modulo, bool up,
+                                                const char *fasim_file, unsigned fasim_line, const char *fn,
+                                                const char *bad_modulo) {
     fasim::ThreadCtx &c = fasim::ctx();
-    uint32_t par = fasim_detail::exchange(c, fasim_detail::FillPair<T>{data, filling_data}, fasim_file, fasim_line,
-                                          "simd_shuffle_and_fill_up");
+    uint32_t par = exchange(c, FillPair<T>{data, filling_data}, fasim_file, fasim_line, fn);
     if (modulo == 0 || modulo > fasim::kSimdWidth || delta >= modulo)
-        fasim::kernel_error("error", fasim_file, fasim_line,
-                            "simd_shuffle_and_fill_up: delta must be below modulo (<= 32)");
-    long base = (long)(c.lane - c.lane % modulo), idx = (long)(c.lane % modulo) - (long)delta;
-    return idx >= 0 ? fasim_detail::fill_from(c, par, base + idx, false, data)
-                    : fasim_detail::fill_from(c, par, base + idx + modulo, true, data);
+        fasim::kernel_error("error", fasim_file, fasim_line, bad_modulo);
+    long base = (long)(c.lane - c.lane % modulo), idx = (long)(c.lane % modulo) + (up ? -(long)delta : (long)delta);
+    if (idx < 0) return fill_from(c, par, base + idx + modulo, true, data);
+    if (idx >= (long)modulo) return fill_from(c, par, base + idx - modulo, true, data);
+    return fill_from(c, par, base + idx, false, data);
 }
-template <class T>
-FASIM_NO_HAZARD_CHECK inline T simd_shuffle_and_fill_up(T data, T filling_data, ushort delta, FASIM_SITE_PARAMS) {
-    return simd_shuffle_and_fill_up(data, filling_data, delta, (ushort)fasim::kSimdWidth, fasim_file, fasim_line);
-}
-// "... the sum of the caller's SIMD lane ID and delta. If the sum is greater than the SIMD-group size, the function
-// copies values from the lower delta lanes of filling_data into the upper delta lanes of data"; per segment as above.
-template <class T>
-FASIM_NO_HAZARD_CHECK inline T simd_shuffle_and_fill_down(T data, T filling_data, ushort delta, ushort modulo,
-                                                          FASIM_SITE_PARAMS) {
-    fasim::ThreadCtx &c = fasim::ctx();
-    uint32_t par = fasim_detail::exchange(c, fasim_detail::FillPair<T>{data, filling_data}, fasim_file, fasim_line,
-                                          "simd_shuffle_and_fill_down");
-    if (modulo == 0 || modulo > fasim::kSimdWidth || delta >= modulo)
-        fasim::kernel_error("error", fasim_file, fasim_line,
-                            "simd_shuffle_and_fill_down: delta must be below modulo (<= 32)");
-    long base = (long)(c.lane - c.lane % modulo), idx = (long)(c.lane % modulo) + (long)delta;
-    return idx < (long)modulo ? fasim_detail::fill_from(c, par, base + idx, false, data)
-                              : fasim_detail::fill_from(c, par, base + idx - modulo, true, data);
-}
-template <class T>
-FASIM_NO_HAZARD_CHECK inline T simd_shuffle_and_fill_down(T data, T filling_data, ushort delta, FASIM_SITE_PARAMS) {
-    return simd_shuffle_and_fill_down(data, filling_data, delta, (ushort)fasim::kSimdWidth, fasim_file, fasim_line);
-}
+}  // namespace fasim_detail
+
+// Each direction with and without `modulo` (32, the whole group, when left out); NAME also names it in faults.
+#define FASIM_SHUFFLE_AND_FILL(NAME, UP)                                                                     \
+    template <class T>                                                                                       \
+    FASIM_NO_HAZARD_CHECK inline T NAME(T data, T filling_data, ushort delta, ushort modulo, FASIM_SITE_PARAMS) { \
+        return fasim_detail::shuffle_and_fill(data, filling_data, delta, modulo, UP, fasim_file, fasim_line, #NAME, \
+                                              #NAME ": delta must be below modulo (<= 32)");                 \
+    }                                                                                                        \
+    template <class T>                                                                                       \
+    FASIM_NO_HAZARD_CHECK inline T NAME(T data, T filling_data, ushort delta, FASIM_SITE_PARAMS) {           \
+        return NAME(data, filling_data, delta, (ushort)fasim::kSimdWidth, fasim_file, fasim_line);           \
+    }
+FASIM_SHUFFLE_AND_FILL(simd_shuffle_and_fill_up, true)
+FASIM_SHUFFLE_AND_FILL(simd_shuffle_and_fill_down, false)
+#undef FASIM_SHUFFLE_AND_FILL
 
 // "Returns data from the thread whose SIMD lane ID is the caller's minus (plus) delta, wrapping around the group."
 template <class T> FASIM_NO_HAZARD_CHECK inline T simd_shuffle_rotate_up(T v, ushort delta, FASIM_SITE_PARAMS) {

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .lexer import open_angle_before
+
 __all__ = ["ConditionalPass"]
 
 _COND_STOP = {"(", "[", "{", "}", ",", ";", "?", ":", "return", "=", "+=", "-=", "*=", "/=", "%=", "&=", "|=", "^=",
@@ -47,16 +49,22 @@ class ConditionalPass:
             self.edits.append((toks[end].end, toks[end].end, "; })"))
 
     def _cond_colon(self, q: int) -> Optional[int]:
-        """The ':' that belongs to the '?' at toks[q]."""
+        """The ':' that belongs to the '?' at toks[q] (the second operand is any expression, commas included)."""
+        j = self._operand_stop(q, at_comma=False)
+        return j if j is not None and self.toks[j].text == ":" else None
+
+    def _operand_stop(self, after: int, at_comma: bool) -> Optional[int]:
+        """The token that ends the operand starting after toks[after], at bracket depth 0: a closing bracket, a ';',
+        the ':' of no '?' inside the operand, or (at_comma) a ','; None at the end of the tokens."""
         toks = self.toks
         depth, nested = 0, 0
-        for j in range(q + 1, len(toks)):
+        for j in range(after + 1, len(toks)):
             tx = toks[j].text
             if tx in ("(", "[", "{"):
                 depth += 1
             elif tx in (")", "]", "}"):
                 if depth == 0:
-                    return None
+                    return j
                 depth -= 1
             elif depth == 0 and tx == "?":
                 nested += 1
@@ -64,8 +72,8 @@ class ConditionalPass:
                 if nested == 0:
                     return j
                 nested -= 1
-            elif depth == 0 and tx == ";":
-                return None
+            elif depth == 0 and (tx == ";" or (at_comma and tx == ",")):
+                return j
         return None
 
     def _cond_start(self, q: int) -> Optional[int]:
@@ -99,45 +107,16 @@ class ConditionalPass:
         """The '<' opening the template argument list that the '>' (or '>>') at toks[gt] closes, when one does:
         balanced, within the statement, after a name."""
         toks = self.toks
-        angle = 0
-        for j in range(gt, -1, -1):
-            tx = toks[j].text
-            if tx in (";", "{", "}") or toks[j].kind == "pp":
-                return None
-            if tx == ">":
-                angle += 1
-            elif tx == ">>":
-                angle += 2
-            elif tx == "<":
-                angle -= 1
-                if angle == 0:
-                    return j if j > 0 and toks[j - 1].kind == "id" else None
-                if angle < 0:
-                    return None
-        return None
+        # a '>>' closes an inner list first: its '<' is skipped on the way to the outer one
+        j = open_angle_before(toks, gt, lambda t: t.text in (";", "{", "}") or t.kind == "pp",
+                              depth=1 if toks[gt].text == ">>" else 0)
+        return j if j is not None and j > 0 and toks[j - 1].kind == "id" else None
 
     def _cond_end(self, colon: int) -> Optional[int]:
         """Last token of the third operand (an assignment-expression: up to a ',', ';' or closing bracket at depth
         0, or the ':' of an enclosing conditional)."""
-        toks = self.toks
-        depth, nested = 0, 0
-        for j in range(colon + 1, len(toks)):
-            tx = toks[j].text
-            if tx in ("(", "[", "{"):
-                depth += 1
-            elif tx in (")", "]", "}"):
-                if depth == 0:
-                    return j - 1 if j - 1 > colon else None
-                depth -= 1
-            elif depth == 0 and tx == "?":
-                nested += 1
-            elif depth == 0 and tx == ":":
-                if nested == 0:
-                    return j - 1 if j - 1 > colon else None
-                nested -= 1
-            elif depth == 0 and tx in (",", ";"):
-                return j - 1 if j - 1 > colon else None
-        return None
+        j = self._operand_stop(colon, at_comma=True)
+        return j - 1 if j is not None and j - 1 > colon else None
 
     def _constant_statement(self, start: int) -> bool:
         toks = self.toks

@@ -23,7 +23,7 @@ import re
 from typing import Dict, List, Optional, Set
 
 from .errors import TranslateError
-from .lexer import c_string, match
+from .lexer import c_string, match, open_angle_before
 from .model import FunctionConstant
 from .pp_expr import evaluate
 from .pp_tokens import lex_lines
@@ -241,20 +241,7 @@ class FunctionConstantPass:
 
     def in_template_arguments(self, i: int) -> bool:
         """toks[i] follows an unclosed '<' of the current statement (`foo<constant T*>`)."""
-        depth = 0
-        for j in range(i - 1, -1, -1):
-            tx = self.toks[j].text
-            if tx in (";", "{", "}"):
-                return False
-            if tx == ">":
-                depth += 1
-            elif tx == ">>":
-                depth += 2
-            elif tx == "<":
-                if depth == 0:
-                    return True
-                depth -= 1
-        return False
+        return open_angle_before(self.toks, i, lambda t: t.text in (";", "{", "}")) is not None
 
     def fc_gate(self, item: str, where_tok: int) -> Optional[str]:
         """The bool constant named by a kernel argument's [[function_constant(name)]]."""

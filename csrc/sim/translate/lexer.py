@@ -8,7 +8,7 @@ from typing import Callable, List, Optional, Tuple
 
 from .errors import TranslateError
 
-__all__ = ["Tok", "TOKEN_RE", "tokenize", "match", "match_angle", "split_top", "c_string"]
+__all__ = ["Tok", "TOKEN_RE", "tokenize", "match", "match_angle", "open_angle_before", "split_top", "c_string"]
 
 TOKEN_RE = re.compile(
     r"""
@@ -105,6 +105,26 @@ def match_angle(toks: List[Tok], i: int) -> int:
         if depth <= 0:
             return j
     raise TranslateError("unbalanced '<'")
+
+
+def open_angle_before(toks: List[Tok], i: int, stop: Callable[[Tok], bool], depth: int = 0) -> Optional[int]:
+    """Index of the '<' whose template argument list is still open at toks[i], scanning back from toks[i - 1] ('>'
+    closes one list, '>>' two; `depth` lists already closed at toks[i] are skipped as well), or None when a token
+    for which stop() holds comes first. Several passes ask this of a '<' that may also be a less-than, each with the
+    statement boundaries of its own context as `stop`."""
+    for j in range(i - 1, -1, -1):
+        t = toks[j]
+        if stop(t):
+            return None
+        if t.text == ">":
+            depth += 1
+        elif t.text == ">>":
+            depth += 2
+        elif t.text == "<":
+            if depth == 0:
+                return j
+            depth -= 1
+    return None
 
 
 def split_top(toks: List[Tok], lo: int, hi: int) -> List[Tuple[int, int]]:

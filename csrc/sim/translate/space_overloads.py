@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 from .errors import TranslateError
-from .lexer import match_angle
+from .lexer import match_angle, open_angle_before
 
 __all__ = ["SpaceOverloadPass"]
 
@@ -94,31 +94,18 @@ class SpaceOverloadPass:
         """(first token, body's '{', last token) of the class template specialization whose template argument list
         holds toks[i] (`struct pointer_element<device T*> { ... };`, MLX's steel type traits), else None."""
         toks = self.toks
-        depth = 0
-        for j in range(i - 1, -1, -1):
-            tx = toks[j].text
-            if tx in (";", "{", "}", "(", ")"):
-                return None
-            if tx == ">":
-                depth += 1
-            elif tx == ">>":
-                depth += 2
-            elif tx == "<":
-                if depth:
-                    depth -= 1
-                    continue
-                if j < 2 or toks[j - 1].kind != "id" or toks[j - 2].text not in ("struct", "class"):
-                    return None
-                k = match_angle(toks, j) + 1
-                while k < len(toks) and toks[k].text not in ("{", ";"):
-                    k += 1
-                if k >= len(toks) or toks[k].text == ";":
-                    return None
-                end = self._match(k, "{", "}")
-                if end + 1 < len(toks) and toks[end + 1].text == ";":
-                    end += 1
-                return self._decl_start(j - 2), k, end
-        return None
+        j = open_angle_before(toks, i, lambda t: t.text in (";", "{", "}", "(", ")"))
+        if j is None or j < 2 or toks[j - 1].kind != "id" or toks[j - 2].text not in ("struct", "class"):
+            return None
+        k = match_angle(toks, j) + 1
+        while k < len(toks) and toks[k].text not in ("{", ";"):
+            k += 1
+        if k >= len(toks) or toks[k].text == ";":
+            return None
+        end = self._match(k, "{", "}")
+        if end + 1 < len(toks) and toks[end + 1].text == ";":
+            end += 1
+        return self._decl_start(j - 2), k, end
 
     def _decl_start(self, j: int) -> int:
         """First token of the declaration around toks[j]: after the previous one's end (`;`, a brace, a
