@@ -139,8 +139,22 @@ const void *kv_tile(const fa_params *p, const SeqGeometry &g, int hk, int64_t ke
     return stage;
 }
 
+// q . k for a query row already widened to Acc: the dtype switch sits outside the loop (the same products and sum
+// order as widening both per element).
+template <typename Acc>
+Acc dot_widened(const Acc *q, const void *krow, int d, fa_dtype dt) {
+    Acc s = 0;
+    switch (dt) {
+        case FA_F32: for (int c = 0; c < d; ++c) s += q[c] * load_elem<Acc>(krow, c, FA_F32); break;
+        case FA_F64: for (int c = 0; c < d; ++c) s += q[c] * load_elem<Acc>(krow, c, FA_F64); break;
+        case FA_F16: for (int c = 0; c < d; ++c) s += q[c] * load_elem<Acc>(krow, c, FA_F16); break;
+        case FA_BF16: for (int c = 0; c < d; ++c) s += q[c] * load_elem<Acc>(krow, c, FA_BF16); break;
+    }
+    return s;
+}
+
 // Debug output: the normalised probabilities of every (row, key), dropped ones negated (flash_attn's S_dmask).
-// Recomputes the scores with scalar code - slow by design, only used when attn_probs is requested.
+// Recomputes the scores with scalar code, only used when attn_probs is requested.
 template <typename Acc>
 void write_attn_probs(const ForwardJob<Acc> &job, int b, const SeqGeometry &g, const RowInfo &row, Acc m, Acc l,
                       const MaskParams &mp) {
@@ -153,13 +167,14 @@ void write_attn_probs(const ForwardJob<Acc> &job, int b, const SeqGeometry &g, c
     const int hk = row.head / job.group;
     const int64_t ncols = std::min<int64_t>(g.sk, p->seqlen_k);
     const uint32_t bh = uint32_t(b) * uint32_t(p->nheads_q) + uint32_t(row.head);
+    Acc q[HEADDIM_PAD];
+    for (int c = 0; c < p->headdim; ++c) q[c] = load_elem<Acc>(qrow, c, p->dtype);
     for (int64_t j = 0; j < ncols; ++j) {
         Acc prob = 0;
         if (l > 0 && key_visible(mp, row.i, j)) {
             const void *krow = elem_ptr(p->k.data, kv_row_offset(p, g, g.leftpad + j, false) +
                                                        int64_t(hk) * p->k.head_stride, p->dtype);
-            Acc qk = 0;
-            for (int c = 0; c < p->headdim; ++c) qk += load_elem<Acc>(qrow, c, p->dtype) * load_elem<Acc>(krow, c, p->dtype);
+            const Acc qk = dot_widened(q, krow, p->headdim, p->dtype);
             prob = std::exp2(logit_log2(mp, qk, row, j, true) - m) / l;
             if (job.dropout &&
                 !fa_dropout_keep(job.drop.seed, job.drop.offset, bh, uint32_t(row.i), uint32_t(j), job.drop.threshold))
