@@ -10,6 +10,7 @@ import pytest
 import flash_attn_cy as fa
 from flash_attn_cy import _core, _validate, _validate_kvcache
 
+from _plan_cache_support import count_calls, fresh_plans  # noqa: F401 (fresh_plans: autouse)
 from conftest import DTYPES, randn
 
 torch = pytest.importorskip("torch")
@@ -17,28 +18,12 @@ torch = pytest.importorskip("torch")
 B, S, H, HK, D, CAP = 2, 5, 4, 2, 16, 12
 
 
-@pytest.fixture(autouse=True)
-def fresh_plans():
-    _core.clear_plans()
-    yield
-    _core.clear_plans()
-
-
 @pytest.fixture
 def general_path(monkeypatch):
     """Counts the calls that went through validation (the general path)."""
     seen = {"attention": 0, "kvcache": 0}
-
-    def counting(module, name):
-        real = getattr(module, name)
-
-        def wrapper(*a, **k):
-            seen[name] += 1
-            return real(*a, **k)
-        monkeypatch.setattr(module, name, wrapper)
-
-    counting(_validate, "attention")
-    counting(_validate_kvcache, "kvcache")
+    count_calls(monkeypatch, _validate, "attention", lambda: seen.update(attention=seen["attention"] + 1))
+    count_calls(monkeypatch, _validate_kvcache, "kvcache", lambda: seen.update(kvcache=seen["kvcache"] + 1))
     return seen
 
 

@@ -13,6 +13,7 @@ import flash_attn_cy as fa
 from flash_attn_cy import _core, _validate
 from flash_attn_cy.interface import FLASH_ATTN_PROBS
 
+from _plan_cache_support import as_kind, count_calls, fresh_plans  # noqa: F401 (fresh_plans: autouse)
 from conftest import randn
 
 torch = pytest.importorskip("torch")
@@ -20,24 +21,12 @@ torch = pytest.importorskip("torch")
 H, HK, D = 4, 2, 16
 
 
-@pytest.fixture(autouse=True)
-def fresh_plans():
-    _core.clear_plans()
-    yield
-    _core.clear_plans()
-
-
 @pytest.fixture
 def general_path(monkeypatch):
     """Counts the calls that went through validation (the general path)."""
     seen = []
-    real = _validate.attention
-    monkeypatch.setattr(_validate, "attention", lambda *a, **k: seen.append(1) or real(*a, **k))
+    count_calls(monkeypatch, _validate, "attention", lambda: seen.append(1))
     return seen
-
-
-def as_kind(x, kind):
-    return x if kind == "numpy" else torch.from_numpy(np.ascontiguousarray(x))
 
 
 def same(a, b):

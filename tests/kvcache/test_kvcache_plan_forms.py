@@ -11,6 +11,7 @@ import pytest
 import flash_attn_cy as fa
 from flash_attn_cy import _core, _validate_kvcache
 
+from _plan_cache_support import as_kind, count_calls, fresh_plans  # noqa: F401 (fresh_plans: autouse)
 from conftest import randn
 
 torch = pytest.importorskip("torch")
@@ -18,23 +19,11 @@ torch = pytest.importorskip("torch")
 B, H, HK, D, CAP, PAGE = 2, 4, 2, 16, 32, 16
 
 
-@pytest.fixture(autouse=True)
-def fresh_plans():
-    _core.clear_plans()
-    yield
-    _core.clear_plans()
-
-
 @pytest.fixture
 def general_path(monkeypatch):
     seen = []
-    real = _validate_kvcache.kvcache
-    monkeypatch.setattr(_validate_kvcache, "kvcache", lambda *a, **k: seen.append(1) or real(*a, **k))
+    count_calls(monkeypatch, _validate_kvcache, "kvcache", lambda: seen.append(1))
     return seen
-
-
-def as_kind(x, kind):
-    return x if kind == "numpy" else torch.from_numpy(np.ascontiguousarray(x))
 
 
 def clone(x):
