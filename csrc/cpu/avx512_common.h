@@ -36,9 +36,11 @@ namespace avx512 {
 
 FA_TARGET_BEGIN(FA_ISA_AVX512)
 
-// Lanes [0, n) of a 16- / 32-lane mask; every lane for n >= 16 / 32.
-inline __mmask16 mask16(int n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u); }
-inline __mmask32 mask32(int n) { return n >= 32 ? ~__mmask32(0) : __mmask32((1u << n) - 1u); }
+// Lanes [0, n) of a 16- / 32-lane mask; every lane for n >= 16 / 32, none for n <= 0.
+inline __mmask16 mask16(int n) {
+    return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
+}
+inline __mmask32 mask32(int n) { return n >= 32 ? ~__mmask32(0) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1u); }
 
 // 16 consecutive elements of a row (fp32, fp16 or bf16 storage) at element `idx`, widened to fp32: all 16, or the
 // lanes of m (the others read nothing and are 0).

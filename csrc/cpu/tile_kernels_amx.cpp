@@ -47,6 +47,12 @@ inline int k_part_width(int d) { return round_up(d, STEP); }
 template <fa_dtype DT>
 constexpr int PARTS = DT == FA_F16 ? 3 : 1;
 constexpr int LEFT_PART[3] = {0, 1, 0}, RIGHT_PART[3] = {0, 0, 1};  // 0 = hi, 1 = lo
+// The earlier segment holding the same part as segment `seg` (its values are copied, not converted again), or -1.
+constexpr int same_part_before(const int (&parts)[3], int seg) {
+    for (int s = 0; s < seg; ++s)
+        if (parts[s] == parts[seg]) return s;
+    return -1;
+}
 
 template <fa_dtype DT>
 const TileKernels<float> *base_table() { return avx512_kernels(DT); }
@@ -65,7 +71,7 @@ inline __m512i part_words(const void *row, int e0, int n, int part) {
     if (DT == FA_BF16) return _mm512_maskz_loadu_epi16(avx512::mask32(n - e0), static_cast<const uint16_t *>(row) + e0);
     __m512 x[2], hi, lo;
     for (int h = 0; h < 2; ++h)  // (a half wholly past the row reads nothing)
-        x[h] = avx512::load16<FA_F16>(row, e0 + 16 * h, avx512::mask16(std::max(0, n - e0 - 16 * h)));
+        x[h] = avx512::load16<FA_F16>(row, e0 + 16 * h, avx512::mask16(n - e0 - 16 * h));
     __m512 v[2];
     for (int h = 0; h < 2; ++h) {
         split_bf16(x[h], hi, lo);
@@ -83,7 +89,13 @@ void pack_qT(const void *const *rows, int nrows, int d, int nv, void *qT) {
     const int part_words_n = k_part_width(d) / 2;
     uint32_t *out = static_cast<uint32_t *>(qT);
     for (int g = 0; g < nv; ++g) {
-        for (int seg = 0; seg < PARTS<DT>; ++seg)
+        for (int seg = 0; seg < PARTS<DT>; ++seg) {
+            if (const int src = same_part_before(RIGHT_PART, seg); src >= 0) {
+                for (int w = 0; w < part_words_n; ++w)
+                    std::memcpy(out + (seg * part_words_n + w) * BLOCK_M + 16 * g,
+                                out + (src * part_words_n + w) * BLOCK_M + 16 * g, 64);
+                continue;
+            }
             for (int w0 = 0; w0 < part_words_n; w0 += 16) {
                 __m512 x[16];
                 for (int r = 0; r < 16; ++r)
@@ -94,6 +106,7 @@ void pack_qT(const void *const *rows, int nrows, int d, int nv, void *qT) {
                 for (int c = 0; c < 16; ++c)
                     _mm512_store_ps(reinterpret_cast<float *>(out + (seg * part_words_n + w0 + c) * BLOCK_M + 16 * g), x[c]);
             }
+        }
     }
 }
 
@@ -104,9 +117,14 @@ void prep_k(KvTile &t, int d) {
     uint16_t *dst = static_cast<uint16_t *>(t.packed);
     for (int j = 0; j < t.nk; ++j) {
         const void *row = static_cast<const uint16_t *>(t.rows) + j * t.stride;
-        for (int seg = 0; seg < PARTS<DT>; ++seg)
+        for (int seg = 0; seg < PARTS<DT>; ++seg) {
+            if (const int src = same_part_before(LEFT_PART, seg); src >= 0) {
+                std::memcpy(dst + j * ws + seg * pw, dst + j * ws + src * pw, size_t(pw) * 2);
+                continue;
+            }
             for (int c = 0; c < pw; c += STEP)
                 _mm512_store_si512(dst + j * ws + seg * pw + c, part_words<DT>(row, c, d, LEFT_PART[seg]));
+        }
     }
 }
 
@@ -128,7 +146,13 @@ void scores(const KvTile &k, int j0, int nk, int d, const void *qT, int nv, floa
 template <fa_dtype DT>
 void transpose_v(const uint16_t *v, int64_t vstride, int nk, int d, uint16_t *vT) {
     const int keys = round_up(nk, STEP);
-    for (int seg = 0; seg < PARTS<DT>; ++seg)
+    for (int seg = 0; seg < PARTS<DT>; ++seg) {
+        if (const int src = same_part_before(LEFT_PART, seg); src >= 0) {
+            for (int c = 0; c < round_up(d, 16); ++c)
+                std::memcpy(vT + c * PARTS<DT> * VT_STRIDE + seg * keys, vT + c * PARTS<DT> * VT_STRIDE + src * keys,
+                            size_t(keys) * 2);
+            continue;
+        }
         for (int c0 = 0; c0 < d; c0 += 16) {
             const __mmask16 cols = avx512::mask16(d - c0);
             for (int kp0 = 0; kp0 < keys / 2; kp0 += 16) {
@@ -155,6 +179,7 @@ void transpose_v(const uint16_t *v, int64_t vstride, int nk, int d, uint16_t *vT
                                     x[c]);
             }
         }
+    }
 }
 
 template <fa_dtype DT>
