@@ -156,7 +156,7 @@ cdef bint _NUMPY_DIRECT = _numpy_struct_matches()
 
 cdef object _torch_tensor = None   # torch.Tensor and the torch functions used per call, once torch is imported
 cdef object _torch_grad_enabled, _torch_is_tracing, _torch_inference_mode, _torch_bump, _torch_empty
-cdef object _torch_empty_like, _torch_float32, _torch_to_dlpack, _torch_zeros
+cdef object _torch_empty_like, _torch_float32, _torch_to_dlpack, _torch_zeros, _torch_is_neg, _torch_data_ptr
 
 # torch dtypes in _View.dtype: DLPack's (code, bits) with bit 62 set (never a NumPy descr's address)
 cdef int64_t _DL_TAG = 1LL << 62
@@ -166,7 +166,8 @@ cdef int64_t _DL_FLOAT32 = _DL_TAG | (2 << 8) | 32
 
 cdef bint _torch_ready() except -1:
     global _torch_tensor, _torch_grad_enabled, _torch_is_tracing, _torch_inference_mode, _torch_bump
-    global _torch_empty, _torch_empty_like, _torch_float32, _torch_to_dlpack, _torch_zeros
+    global _torch_empty, _torch_empty_like, _torch_float32, _torch_to_dlpack, _torch_zeros, _torch_is_neg
+    global _torch_data_ptr
     if _torch_tensor is not None:
         return True
     torch = _sys.modules.get("torch")
@@ -176,6 +177,7 @@ cdef bint _torch_ready() except -1:
     _torch_inference_mode, _torch_bump = torch.is_inference_mode_enabled, torch._C._increment_version
     _torch_empty, _torch_empty_like, _torch_zeros = torch.empty, torch.empty_like, torch.zeros
     _torch_float32, _torch_to_dlpack = torch.float32, torch._C._to_dlpack
+    _torch_is_neg, _torch_data_ptr = torch.Tensor.is_neg, torch.Tensor.data_ptr  # unbound: no lookup per call
     _torch_tensor = torch.Tensor
     return True
 
@@ -201,13 +203,19 @@ cdef int _read(object x, object kind, int ndim, _View *v) except -1:
         v.writeable = (a.flags & FA_NPY_WRITEABLE) != 0
         return 1
     try:
-        if x.is_neg():  # DLPack hands out the stored values, not the negated ones the tensor stands for
-            return 0
         capsule = _torch_to_dlpack(x)
     except Exception:  # no storage (functorch wrappers, fake tensors, sparse): the general path decides
         return 0
     t = &(<fa_dl_managed *>PyCapsule_GetPointer(capsule, "dltensor")).dl_tensor
     if t.device.device_type != 1 or t.ndim != ndim or t.dtype.lanes != 1:  # kDLCPU
+        return 0
+    # DLPack hands out the stored values, not the negated ones a tensor with the negation bit stands for. Public
+    # torch gives that bit only to floating tensors (the .imag of a conjugated complex tensor); an integer tensor
+    # gets it from the private torch._neg_view alone, and the values of such an index array could pass the checks
+    # below only where the values it stands for would not (cu_seqlens must start at 0 and not decrease, pages lie
+    # in [0, num_blocks): the negation of a passing array is refused unless all zeros, where both agree), so asking
+    # is left to the floating tensors (kDLInt 0, kDLUInt 1 and kDLBool 6 are not).
+    if t.dtype.code != 0 and t.dtype.code != 1 and t.dtype.code != 6 and _torch_is_neg(x):
         return 0
     v.data = <char *>t.data + t.byte_offset  # valid after the capsule goes: x keeps the storage alive
     for i in range(ndim - 1, -1, -1):  # no strides: compact row-major (older DLPack)
@@ -477,7 +485,7 @@ cdef char *_data_of(object kind, object x) except? NULL:
     """The data pointer of an output this module just allocated (C-contiguous, the shape it asked for)."""
     if kind is _np_ndarray:
         return (<fa_np_array *>x).data
-    return <char *><size_t>x.data_ptr()
+    return <char *><size_t>_torch_data_ptr(x)
 
 
 cdef void _contiguous_view(_View *like, char *data, _View *v) noexcept:

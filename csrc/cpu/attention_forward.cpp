@@ -19,6 +19,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "call_env.h"
 #include "cpu_dtype.h"
 #include "decode_forward.h"
 #include "fa_backends.h"
@@ -534,7 +535,10 @@ inline int tiles_per_item(int64_t total_tiles, int threads) {
 
 template <typename Acc>
 int forward_impl(const fa_params *p, const TileKernels<Acc> *kern, char *err, size_t errlen) {
-    ForwardJob<Acc> job;
+    // One job per calling thread and Acc, reused so that its vectors keep their capacity (no allocation per call;
+    // calls never nest on a thread). Every field is set below before it is read.
+    thread_local ForwardJob<Acc> tl_job;
+    ForwardJob<Acc> &job = tl_job;
     job.p = p;
     job.kern = kern;
     job.group = p->nheads_q / p->nheads_kv;
@@ -590,6 +594,7 @@ int forward_impl(const fa_params *p, const TileKernels<Acc> *kern, char *err, si
 
 int fa_cpu_forward(const fa_params *p, char *err, size_t errlen) {
     using namespace fa_cpu;
+    const fa_cpu::CallEnvScope env;  // FLASH_ATTN_CY_CPU_ISA / _THREAD_CAPS read once for the whole call
     if (!p || !p->q.data || !p->k.data || !p->v.data || !p->out.data) {
         std::snprintf(err, errlen, "cpu forward: q, k, v and out must be non-NULL");
         return FA_ERR_VALUE;

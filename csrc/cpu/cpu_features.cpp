@@ -107,17 +107,7 @@ const CpuFeatures &cpu_features() {
     return f;
 }
 
-CpuIsaRequest cpu_isa_request() {
-    const char *env = std::getenv("FLASH_ATTN_CY_CPU_ISA");
-    if (!env || !*env) return CpuIsaRequest::best;
-    if (std::strcmp(env, "portable") == 0) return CpuIsaRequest::portable;
-    if (std::strcmp(env, "avx2") == 0) return CpuIsaRequest::avx2;
-    if (std::strcmp(env, "avx512") == 0) return CpuIsaRequest::avx512;
-    if (std::strcmp(env, "neon") == 0) return CpuIsaRequest::neon;
-    if (std::strcmp(env, "amx") == 0) return CpuIsaRequest::amx;
-    if (std::strcmp(env, "amx-emulated") == 0) return CpuIsaRequest::amx_emulated;
-    return CpuIsaRequest::unknown;
-}
+CpuIsaRequest cpu_isa_request() { return call_env().isa_request; }
 
 CpuIsa cpu_isa_best() {
     const CpuFeatures &f = cpu_features();

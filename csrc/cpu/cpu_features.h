@@ -3,6 +3,8 @@
 // decide from cpu_isa().
 #pragma once
 
+#include "call_env.h"
+
 namespace fa_cpu {
 
 struct CpuFeatures {
@@ -36,8 +38,7 @@ enum class CpuIsa { portable, avx2, avx512, neon, amx };
 // value gives the best set the CPU has (the Python package warns at import about the first two).
 CpuIsa cpu_isa();
 
-// What FLASH_ATTN_CY_CPU_ISA asks for now.
-enum class CpuIsaRequest { best, portable, avx2, avx512, neon, amx, amx_emulated, unknown };
+// What FLASH_ATTN_CY_CPU_ISA asks for now (the CpuIsaRequest of call_env.h: read once per ABI call).
 CpuIsaRequest cpu_isa_request();
 
 // The best kernel set this CPU can run (ignores FLASH_ATTN_CY_CPU_ISA).

@@ -223,17 +223,34 @@ void decode_item(const DecodeJob &job, int b, int64_t u0, int64_t u1) {
     }
 }
 
-// Normalise one row and write it out with its LSE (natural log; +inf when the row saw no key).
-void write_row(const DecodeJob &job, int b, const RowInfo &row, const double *acc, double m, double l) {
+// out[c] = acc[c] * scale / l for one row of dtype DT. The dtype is a template argument (and d a value) because the
+// stores through orow could alias *p: read from p inside the loop they would be reloaded per element and keep the
+// loop scalar. 0.0 + ...: the general sum starts from +0, so a -0 product comes out +0 here too.
+template <fa_dtype DT, typename A>
+void store_row(void *orow, const A *acc, double scale, double inv, int d) {
+    for (int c = 0; c < d; ++c) store_elem<float>(orow, c, DT, float((0.0 + scale * double(acc[c])) * inv));
+}
+
+// Normalise one row and write it out with its LSE (natural log; +inf when the row saw no key): out = acc * scale
+// / l, acc a unit's fp32 O row as it is, or the merge's double totals.
+template <typename A>
+void write_row(const DecodeJob &job, int b, const RowInfo &row, const A *acc, double scale, double m, double l) {
     const fa_params *p = job.p;
     const SeqGeometry &g = (*job.seqs)[b];
     const double inv = row_inv_sum(l);
     void *orow = out_row_ptr(p, g, row);
-    for (int c = 0; c < p->headdim; ++c) store_elem<float>(orow, c, p->dtype, float(acc[c] * inv));
+    switch (p->dtype) {
+        case FA_F32: store_row<FA_F32>(orow, acc, scale, inv, p->headdim); break;
+        case FA_F16: store_row<FA_F16>(orow, acc, scale, inv, p->headdim); break;
+        case FA_BF16: store_row<FA_BF16>(orow, acc, scale, inv, p->headdim); break;
+        case FA_F64: store_row<FA_F64>(orow, acc, scale, inv, p->headdim); break;
+    }
     write_row_lse(p, g, row, m, l);
 }
 
 // Merge the units of (sequence b, KV head hk), in key order: rescale each by 2^(m_u - M) and normalise once.
+// A sequence of one unit (every decode step on a short cache) has nothing to merge: its weight is 2^0 = 1, so its
+// row is written straight from the unit's O with the very bits the general sum would give.
 void decode_merge(const DecodeJob &job, int b, int hk) {
     const int R = job.rows(b);
     const int64_t first = job.unit_start[b], units = job.units(b);
@@ -246,8 +263,15 @@ void decode_merge(const DecodeJob &job, int b, int hk) {
             M = std::max(M, double(job.unit_m(first + u)[row]));
             nan_seen |= std::isnan(job.unit_l(first + u)[row]);
         }
+        const RowInfo info = row_info(job, b, hk, r);
+        const double l1 = job.unit_l(first)[row];
+        if (units == 1 && M != -INFINITY && l1 != 0.0) {  // (an empty unit takes the general path: zeros)
+            const double w = std::exp2(double(job.unit_m(first)[row]) - M);
+            write_row(job, b, info, job.unit_o(first) + row * job.pitch, w, M, nan_seen ? NAN : 0.0 + l1 * w);
+            continue;
+        }
         double L = 0.0;
-        std::fill(acc, acc + FA_MAX_HEADDIM, 0.0);
+        std::fill(acc, acc + job.p->headdim, 0.0);
         if (M != -INFINITY) {
             for (int64_t u = 0; u < units; ++u) {  // in key order: the same bits for any schedule
                 const double lu = job.unit_l(first + u)[row];
@@ -259,7 +283,7 @@ void decode_merge(const DecodeJob &job, int b, int hk) {
             }
         }
         if (nan_seen) L = NAN;
-        write_row(job, b, row_info(job, b, hk, r), acc, M, L);
+        write_row(job, b, info, acc, 1.0, M, L);
     }
 }
 
@@ -275,7 +299,10 @@ bool decode_path_applies(const fa_params *p, const std::vector<SeqGeometry> &seq
 }
 
 bool run_decode(const fa_params *p, const std::vector<SeqGeometry> &seqs) {
-    DecodeJob job;
+    // One job per calling thread, reused: its vectors keep their capacity, so a decode step allocates nothing (six
+    // mallocs and frees were ~5% of a one-token call's host time). Every field is set below before it is read.
+    thread_local DecodeJob tl_job;
+    DecodeJob &job = tl_job;
     job.p = p;
     job.seqs = &seqs;
     job.kern = select_decode_kernels(p->dtype);

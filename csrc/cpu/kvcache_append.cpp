@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "call_env.h"
 #include "cpu_dtype.h"
 #include "fa_backends.h"
 #include "seq_geometry.h"
@@ -79,6 +80,7 @@ void append_sequence(const fa_params *p, const fa_kvcache_update *u, int b, cons
 
 int fa_cpu_kvcache_append(const fa_params *p, const fa_kvcache_update *u, char *err, size_t errlen) {
     using namespace fa_cpu;
+    const fa_cpu::CallEnvScope env;  // FLASH_ATTN_CY_CPU_ISA / _THREAD_CAPS read once for the whole call
     if (!p || !u || !p->q.data || !p->k.data || !p->v.data) {
         std::snprintf(err, errlen, "kvcache append: q, k_cache and v_cache must be non-NULL");
         return FA_ERR_VALUE;

@@ -13,6 +13,8 @@
 // slot mutex, which the poster takes before it notifies.
 #include "thread_pool.h"
 
+#include "call_env.h"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -227,10 +229,7 @@ class ThreadPool {
     }
 
   private:
-    static bool caps_disabled() {
-        const char *e = std::getenv("FLASH_ATTN_CY_THREAD_CAPS");
-        return e && e[0] == '0' && e[1] == 0;
-    }
+    static bool caps_disabled() { return call_env().thread_caps_off; }
 
     static bool run_serial(int64_t n, const std::function<void(int64_t)> &fn, const fa_cancel *cancel) {
         try {
@@ -386,8 +385,7 @@ int available_cpus() {
 
 int threads_for_work(int64_t items, double work, double min_work_per_thread, int max_threads) {
     int threads = max_threads > 0 ? max_threads : pool().size();
-    const char *e = std::getenv("FLASH_ATTN_CY_THREAD_CAPS");
-    if (!(e && e[0] == '0' && e[1] == 0)) {
+    if (!call_env().thread_caps_off) {
         threads = std::min(threads, available_cpus());
         if (min_work_per_thread > 0) {
             const double by_work = work / min_work_per_thread;

@@ -27,6 +27,7 @@
 
 #include "cpu_backward.h"
 #include "fa_backends.h"
+#include "cpu/call_env.h"
 #include "cpu/thread_pool.h"
 
 namespace fa_bwd {
@@ -301,6 +302,7 @@ int run_backward(const fa_params *p, char *err, size_t errlen) {
 
 int fa_cpu_backward(const fa_params *p, char *err, size_t errlen) {
     using namespace fa_bwd;
+    const fa_cpu::CallEnvScope env;  // FLASH_ATTN_CY_CPU_ISA / _THREAD_CAPS read once for the whole call
     if (err && errlen) err[0] = '\0';
     if (p->block_table || p->leftpad_k || p->cache_batch_idx) {
         std::snprintf(err, errlen, "backward: paged / left-padded / batch-indexed KV caches have no backward");
