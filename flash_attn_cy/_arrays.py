@@ -42,16 +42,24 @@ def compiling() -> bool:
     return bool(torch.jit.is_tracing())
 
 
+_is_compiling: Any = None  # torch.compiler.is_compiling, once a call has found torch imported (see dynamo_compiling)
+
+
 def dynamo_compiling() -> bool:
     """True while torch.compile traces the caller: asked by the public functions on every call before the plan cache
-    (which dynamo cannot trace into), so it must be cheap. torch.jit.trace is noticed by the plan cache itself."""
+    (which dynamo cannot trace into), so it must be cheap: torch's own function is looked up once and kept (dynamo
+    folds a call of it to True while tracing). torch.jit.trace is noticed by the plan cache itself."""
+    global _is_compiling
+    if _is_compiling is not None:
+        return _is_compiling()
     torch = sys.modules.get("torch")
     if torch is None:
         return False
-    try:
-        return torch.compiler.is_compiling()
-    except AttributeError:  # a torch without torch.compiler.is_compiling
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    if is_compiling is None:  # a torch without torch.compiler.is_compiling
         return compiling()
+    _is_compiling = is_compiling
+    return is_compiling()
 
 
 def _functorch_wrapped(x: Any) -> bool:
