@@ -32,21 +32,11 @@ def _csv_isas(text: str) -> List[str]:
 
 
 def _cpu_isa_runs(isa: str) -> bool:
-    """Whether FLASH_ATTN_CY_CPU_ISA=isa gives that kernel set here (else the backend silently runs its best set, and
-    a column named after `isa` would time another one): says so on stderr when not."""
-    old = os.environ.get("FLASH_ATTN_CY_CPU_ISA")
-    os.environ["FLASH_ATTN_CY_CPU_ISA"] = isa
-    try:
-        path = _sysinfo.cpu_kernel_path()
-    finally:
-        if old is None:
-            del os.environ["FLASH_ATTN_CY_CPU_ISA"]
-        else:
-            os.environ["FLASH_ATTN_CY_CPU_ISA"] = old
-    if path == isa or path.startswith(isa + "-") and not isa.startswith("amx"):
+    """_bench.cpu_isa_runs, saying on stderr what runs instead when the set cannot run here."""
+    if _bench.cpu_isa_runs(isa):
         return True
-    print(f"note: this CPU cannot run the {isa} kernels (FLASH_ATTN_CY_CPU_ISA={isa} gives {path}): not timed",
-          file=sys.stderr)
+    print(f"note: this CPU cannot run the {isa} kernels (FLASH_ATTN_CY_CPU_ISA={isa} gives "
+          f"{_bench.cpu_kernel_set(isa)}): not timed", file=sys.stderr)
     return False
 
 
@@ -77,7 +67,7 @@ def add_parser(sub) -> None:
                          f"default {','.join(map(str, _bench.HOST_COST_SEQLENS))}) of flash_attn_func (torch and "
                          "NumPy), flash_attn_with_kvcache and flash_attn_varlen_func against PyTorch SDPA")
     pb.add_argument("--cpu-isa", type=_csv_isas, metavar="LIST",
-                    help="time the cpu backend once per kernel set, among portable,avx2,avx512,amx "
+                    help="time the cpu backend once per kernel set, among portable,avx2,avx512,amx,neon "
                          "(FLASH_ATTN_CY_CPU_ISA per call), side by side")
     pb.add_argument("--threads", type=csv_ints, metavar="N[,N...]",
                     help="threads for flash_attn_cy's CPU backend and torch; several (e.g. 1,16): the thread-scaling "

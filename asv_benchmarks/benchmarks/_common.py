@@ -192,6 +192,8 @@ class _Benchmark:
             impl = values[0]
             if g.peakmem_method and impl in ("metal", "torch-sdpa-mps", "mlx"):
                 raise NotImplementedError("process RSS does not see GPU allocations")
+        if impl.startswith("cpu:") and not sides.cpu_isa_runs(impl[4:]):  # CpuKernelSets: not this CPU's set
+            raise NotImplementedError(f"this CPU cannot run the {impl[4:]} kernels")
         self.impl = impl
         if g.impls == "":
             self._setup_host_cost(shape)

@@ -14,13 +14,15 @@ from .cases import (DEFAULT_DTYPES, DEFAULT_HEADDIMS, DEFAULT_SEQLENS, GROUPS, H
                     QUICK_HEADDIMS, QUICK_SEQLENS, Group, Shape, build_shapes, kv_bytes, visible_pairs)
 from .report import format_host_cost, format_table, geomean, plot, to_json
 from .run import Row, run_bench, run_host_cost, threads
-from .sides import COMPARISONS, CPU_ISAS, comparison_available, default_comparisons, make_side
+from .sides import (COMPARISONS, CPU_ISAS, comparison_available, cpu_isa_runs, cpu_kernel_set, default_comparisons,
+                    make_side)
 from .timing import (DECODE_MIN_TIME, DEFAULT_MIN_TIME, HOST_COST_MIN_TIME, interleaved_median_ms, interleaved_times,
                      matmul_peak_gflops, spread_pct)
 
 __all__ = ["DEFAULT_DTYPES", "DEFAULT_HEADDIMS", "DEFAULT_SEQLENS", "GROUPS", "HOST_COST_CALLS", "HOST_COST_SEQLENS",
            "QUICK_HEADDIMS", "QUICK_SEQLENS", "Group", "Shape", "build_shapes", "kv_bytes", "visible_pairs",
            "format_host_cost", "format_table", "geomean", "plot", "to_json", "Row", "run_bench", "run_host_cost",
-           "threads", "COMPARISONS", "CPU_ISAS", "comparison_available", "default_comparisons", "make_side",
+           "threads", "COMPARISONS", "CPU_ISAS", "comparison_available", "cpu_isa_runs", "cpu_kernel_set",
+           "default_comparisons", "make_side",
            "DECODE_MIN_TIME", "DEFAULT_MIN_TIME", "HOST_COST_MIN_TIME", "interleaved_median_ms", "interleaved_times",
            "matmul_peak_gflops", "spread_pct"]

@@ -223,6 +223,9 @@ METRICS = {
     "ratio_to_sdpa": "ratio",  # ours / SDPA per call, timed in alternating rounds in one process (<= 1: no costlier)
 }
 
+CPU_ISAS = ("portable", "avx2", "avx512", "amx", "neon")  # FLASH_ATTN_CY_CPU_ISA's values ("cpu:<set>" sides)
+CPU_KERNEL_SETS = ("amx", "avx512", "avx2", "neon")  # the fast ones, each an asv series of CpuKernelSets
+
 IMPLS_ALL = "all"  # every flash_attn_cy backend present (the simulator aside) and the baselines (sides.BASELINES)
 IMPLS_OURS = "ours"  # flash_attn_cy's backends only: no baseline has the feature
 IMPLS_SIM = "sim"  # the simulator only, on tiny shapes; not an axis
@@ -334,6 +337,13 @@ GROUPS: Dict[str, Group] = {g.name: g for g in [
           "flash_attn_cy beside sdpa (CPU, fp32): integration overhead as much as kernel speed.",
           (("batch", (1, 4)),), _generate_case, "time_generate",
           impl_axis=("attn_implementation", ("flash_attn_cy", "sdpa")), repeat=(1, 5, 4.0)),
+    Group("CpuKernelSets", "The CPU backend once per kernel set this CPU runs (FLASH_ATTN_CY_CPU_ISA: AMX tiles, "
+          "AVX-512, AVX2) beside PyTorch SDPA, at 2048 tokens, batch 1, 8 heads: the AVX-512 series stays measured on "
+          "machines where AMX is the default, so that neither path regresses unseen. A set the CPU cannot run is n/a.",
+          (("dtype", ("fp32", "fp16", "bf16")), ("headdim", (64, 128))),
+          lambda dtype, headdim: Shape(1, 8, 2048, 2048, headdim, dtype, False),
+          "time_forward", ("gflops",),
+          impl_axis=("kernel_set", tuple(f"cpu:{isa}" for isa in CPU_KERNEL_SETS) + ("torch-sdpa-cpu",))),
     Group("HostCost", "Host time per call at tiny shapes (1 thread, CPU backend): flash_attn_cy's front end against "
           "PyTorch SDPA's on the same shapes, in one process.",
           (("call", tuple(HOST_COST_CALLS)), ("seqlen", HOST_COST_SEQLENS)),

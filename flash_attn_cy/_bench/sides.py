@@ -22,13 +22,12 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from .cases import TINY_LLAMA, Shape
+from .cases import CPU_ISAS, TINY_LLAMA, Shape
 
 COMPARISONS = ("torch", "torch-mps", "mlx", "copy")
 TITLES = {"torch": "PyTorch SDPA on the CPU", "torch-mps": "PyTorch SDPA on MPS", "mlx": "MLX fast SDPA",
           "copy": "a copy of the decode call's K/V bytes"}
 ASV_NAMES = {"torch-sdpa-cpu": "torch", "torch-sdpa-mps": "torch-mps", "mlx": "mlx"}  # asv's impl axis -> ours
-CPU_ISAS = ("portable", "avx2", "avx512", "amx")  # FLASH_ATTN_CY_CPU_ISA's values (x86-64)
 GENERATE_SIDES = ("flash_attn_cy", "sdpa")
 
 Side = Callable[[], object]
@@ -156,6 +155,34 @@ def make_side(impl: str, shape: Shape) -> Side:
     backend, _, isa = impl.partition(":")
     side = _ours(backend, shape)
     return _with_cpu_isa(isa, side) if isa else side
+
+
+def cpu_kernel_set(isa: str) -> str:
+    """The CPU backend's kernel path under FLASH_ATTN_CY_CPU_ISA=isa on this machine ("avx512-bf16", "amx", ...), read
+    from its public description (``backends()['cpu']``), which names the set the kernels really use."""
+    import re
+
+    import flash_attn_cy
+
+    old = os.environ.get("FLASH_ATTN_CY_CPU_ISA")
+    os.environ["FLASH_ATTN_CY_CPU_ISA"] = isa
+    try:
+        text = flash_attn_cy.backends()["cpu"].get("description", "")
+    finally:
+        if old is None:
+            del os.environ["FLASH_ATTN_CY_CPU_ISA"]
+        else:
+            os.environ["FLASH_ATTN_CY_CPU_ISA"] = old
+    m = re.search(r"FlashAttention-2, ([a-z0-9-]+)", text)
+    return m.group(1) if m else "unknown"
+
+
+def cpu_isa_runs(isa: str) -> bool:
+    """Whether FLASH_ATTN_CY_CPU_ISA=isa gives that kernel set here: otherwise the backend runs its best set, and a
+    column or asv series named after ``isa`` would time another one. "avx512" covers "avx512-bf16"; "amx" is not
+    "amx-emulated" (the scalar model of the tiles, a test aid)."""
+    path = cpu_kernel_set(isa)
+    return path == isa or (path.startswith(isa + "-") and not isa.startswith("amx"))
 
 
 def _with_cpu_isa(isa: str, side: Side) -> Side:

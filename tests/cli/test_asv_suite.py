@@ -48,7 +48,22 @@ def _methods(cls):
 def test_suite_has_every_group():
     names = {c.__name__ for c in CLASSES}
     assert {"Forward", "SeqlenScaling", "GroupedQuery", "SlidingWindow", "Varlen", "Decode", "Backward",
-            "PeakMemory", "Simulator", "TinyLlamaGenerate", "HostCost"} <= names
+            "PeakMemory", "Simulator", "TinyLlamaGenerate", "HostCost", "CpuKernelSets"} <= names
+
+
+def test_cpu_kernel_sets_are_told_apart():
+    """CpuKernelSets times each set under its own name: a set counts as running only where FLASH_ATTN_CY_CPU_ISA
+    really gives it (the description's kernel path), so an AMX series never holds AVX-512 timings."""
+    import platform
+
+    sides = _common.sides
+    best = sides.cpu_kernel_set("")  # "avx512-bf16", "amx", "neon-bf16", ...
+    assert sides.cpu_isa_runs(best.split("-")[0]), best
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert not sides.cpu_isa_runs("neon")
+    else:
+        assert not any(sides.cpu_isa_runs(isa) for isa in ("avx2", "avx512", "amx"))
+    assert sides.cpu_isa_runs("amx") == (best == "amx")  # the tiles' scalar model is never an "amx" series
 
 
 def test_classes_are_the_case_table_of_the_cli():
@@ -117,6 +132,8 @@ def _tiny_cases(cls):
     """One parameter tuple per implementation (ours and the torch baseline when installed), the last value of every
     other axis (the largest case: _tiny shrinks it)."""
     base = [axis[-1] for axis in cls.params]
+    if cls.param_names[0] == "kernel_set":  # CpuKernelSets: every set (n/a where the CPU cannot run it)
+        return [(k, *base[1:]) for k in cls.params[0]]
     if "impl" not in cls.param_names:
         return [tuple(base)]
     i = cls.param_names.index("impl")
@@ -149,8 +166,9 @@ def test_each_benchmark_runs_on_a_tiny_case(cls, monkeypatch):
                 try:
                     bench.setup(*case)
                 except NotImplementedError as e:
-                    # only optional comparisons may be n/a; our backends must run
-                    assert _common.is_baseline(case[0]) or cls.__name__ == "TinyLlamaGenerate", (case, e)
+                    # only optional comparisons, and kernel sets this CPU lacks, may be n/a; our backends must run
+                    assert (_common.is_baseline(case[0]) or cls.__name__ == "TinyLlamaGenerate"
+                            or (case[0].startswith("cpu:") and not _common.sides.cpu_isa_runs(case[0][4:]))), (case, e)
                     continue
                 try:
                     result = getattr(bench, method)(*case)
