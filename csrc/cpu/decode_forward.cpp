@@ -150,8 +150,9 @@ void decode_item(const DecodeJob &job, int b, int64_t u0, int64_t u1) {
 
     const bool features = mp.softcap > 0 || mp.alibi;
     const float mul_plain = float(mp.scale * LOG2E);
-    // Key rows of a block by group: krows[4*grp + u] is key grp + 4u (see decode_kernels.h).
-    const void *krows[DECODE_BLOCK], *vrows[DECODE_BLOCK];
+    // Key rows of a block by group: krows[grp][u] is key grp + 4u, krows[grp][4 + u] the same key of the next block
+    // (nullptr after the last one), for the kernels that prefetch it (see decode_kernels.h).
+    const void *krows[4][8], *vrows[4][8];
     const bool multi_chunk = job.unit_blocks[b] > CHUNK_BLOCKS;
     ChunkTotals totals;
     if (multi_chunk) {
@@ -185,16 +186,21 @@ void decode_item(const DecodeJob &job, int b, int64_t u0, int64_t u1) {
                 fold_chunk(n, d, m, l, o, pitch, 1, totals);
             const int64_t t0 = lo + blk * DECODE_BLOCK;
             const int nk = int(std::min<int64_t>(DECODE_BLOCK, hi - t0));
+            const int64_t t_next = t0 + DECODE_BLOCK;
+            const int nk_next = blk + 1 < nblocks ? int(std::min<int64_t>(DECODE_BLOCK, hi - t_next)) : 0;
             for (int grp = 0; grp < 4; ++grp)
                 for (int u = 0; u < 4; ++u) {
                     const int j = grp + 4 * u;  // keys past nk repeat the first one (read, never used)
                     const int64_t row = g.leftpad + t0 + (j < nk ? j : 0);
-                    krows[4 * grp + u] = elem_ptr(p->k.data, kv_row_offset(p, g, row, false), p->dtype);
-                    vrows[4 * grp + u] = elem_ptr(p->v.data, kv_row_offset(p, g, row, true), p->dtype);
+                    krows[grp][u] = elem_ptr(p->k.data, kv_row_offset(p, g, row, false), p->dtype);
+                    vrows[grp][u] = elem_ptr(p->v.data, kv_row_offset(p, g, row, true), p->dtype);
+                    const int64_t next = g.leftpad + t_next + (j < nk_next ? j : 0);
+                    krows[grp][4 + u] = nk_next ? elem_ptr(p->k.data, kv_row_offset(p, g, next, false), p->dtype) : nullptr;
+                    vrows[grp][4 + u] = nk_next ? elem_ptr(p->v.data, kv_row_offset(p, g, next, true), p->dtype) : nullptr;
                 }
             const int groups = std::min(4, nk);  // group grp holds (nk - grp + 3) / 4 keys
             for (int grp = 0; grp < groups; ++grp)
-                kern.scores_group(krows + 4 * grp, p->k.head_stride, hkv, R, d, pitch, qpack, grp, partial);
+                kern.scores_group(krows[grp], p->k.head_stride, hkv, R, d, pitch, qpack, grp, partial);
             kern.scores_finish(partial, n, sc);
             // logits in log2 units: features and masks (only on blocks crossing a band edge) by the scalar pass
             float mul = mul_plain;
@@ -209,7 +215,7 @@ void decode_item(const DecodeJob &job, int b, int64_t u0, int64_t u1) {
             }
             kern.softmax(sc, n, nk, mul, m, l, o, d, pitch);
             for (int grp = 0; grp < groups; ++grp)
-                kern.pv(vrows + 4 * grp, (nk - grp + 3) / 4, p->v.head_stride, hkv, R, d, pitch, sc + grp, 4, o);
+                kern.pv(vrows[grp], (nk - grp + 3) / 4, p->v.head_stride, hkv, R, d, pitch, sc + grp, 4, o);
         }
         if (multi_chunk) {  // the double totals, rounded once, as the unit's result
             fold_chunk(n, d, m, l, o, pitch, 1, totals);

@@ -38,7 +38,9 @@ struct DecodeKernels {
     // across the groups even when several keys share a page) for every row (hk, r), hk < hkv, r < rows: partial
     // dot products q_{hk,r} . k_{g+4u,hk} go to partial[(hk*rows + r)*64 + 16g ..] in a kernel-defined form; keys
     // past the block's `nk` are unspecified. Key g+4u, KV head hk starts at krows[u] + hk*head_stride (elements);
-    // all four krows must be readable (repeat a valid row for missing keys).
+    // all four krows must be readable (repeat a valid row for missing keys). krows[4 + u] is key g+4u of the NEXT
+    // block (nullptr when there is none): a kernel may prefetch it (AVX-512 does, spread over its loop: the hardware
+    // prefetchers alone kept about half the bandwidth a plain read gets from DRAM, with the arithmetic in between).
     // qpack holds hkv*rows packed rows; partial is 64-byte aligned, 64 floats per row.
     void (*scores_group)(const void *const *krows, int64_t head_stride, int hkv, int rows, int d, int pitch,
                          const void *qpack, int g, float *partial);
@@ -47,10 +49,12 @@ struct DecodeKernels {
     void (*scores_finish)(const float *partial, int n, float *s);
     // Online-softmax step for n rows: s[row*DECODE_BLOCK + j] * mul are log2-domain logits (-inf = masked; lanes
     // j >= nk are ignored). Updates m[row], l[row], rescales o[row*pitch + c] (c < d) by exp2(m_old - m_new),
-    // and replaces s by p = exp2(s*mul - m_new) (0 for j >= nk).
+    // and replaces s by p = exp2(s*mul - m_new) (0 for j >= nk), in the form the table's pv reads (fp32 p_j at
+    // s[row*DECODE_BLOCK + j], or a kernel-defined packing of them: AVX-512 bf16).
     void (*softmax)(float *s, int n, int nk, float mul, float *m, float *l, float *o, int d, int pitch);
     // o[(hk*rows + r)*pitch + c] += sum_{u < nk} p[(hk*rows + r)*DECODE_BLOCK + u*pstep] * v_u[hk*head_stride + c]
-    // for c < d, where key u starts at vrows[u] (nk <= DECODE_BLOCK).
+    // for c < d, where key u starts at vrows[u] (nk <= 4: one key group); p as softmax left it (p = s + g, pstep 4
+    // for key group g: a packed form relies on that call pattern). vrows[4..7]: as krows[4..7] of scores_group.
     void (*pv)(const void *const *vrows, int nk, int64_t head_stride, int hkv, int rows, int d, int pitch,
                const float *p, int pstep, float *o);
 };
