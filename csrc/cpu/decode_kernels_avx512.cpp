@@ -85,11 +85,8 @@ __attribute__((always_inline)) inline void scores_keys(const void *const *krows,
         __m512 acc[4][R];
         for (int u = 0; u < 4; ++u)
             for (int r = 0; r < R; ++r) acc[u][r] = _mm512_setzero_ps();
-        for (int c = 0; c <= full; ++c) {
-            if (c == full && !tail) break;
-            const typename K::mask m = c < full ? K::all() : tm;
-            const typename K::kvec a0 = K::load(k0, h0 + K::STEP * c, m), a1 = K::load(k1, h0 + K::STEP * c, m),
-                                   a2 = K::load(k2, h0 + K::STEP * c, m), a3 = K::load(k3, h0 + K::STEP * c, m);
+        const auto step = [&](int c, typename K::kvec a0, typename K::kvec a1, typename K::kvec a2,
+                              typename K::kvec a3) __attribute__((always_inline)) {
             for (int r = 0; r < R; ++r) {
                 const typename K::kvec qv = K::load_q(qh + r * pitch + K::STEP * c);
                 acc[0][r] = K::madd(acc[0][r], a0, qv);
@@ -97,6 +94,15 @@ __attribute__((always_inline)) inline void scores_keys(const void *const *krows,
                 acc[2][r] = K::madd(acc[2][r], a2, qv);
                 acc[3][r] = K::madd(acc[3][r], a3, qv);
             }
+        };
+        // whole steps by plain loads (fp16: vcvtph2ps takes them as its memory operand), the tail masked
+        for (int c = 0; c < full; ++c) {
+            const int64_t i = h0 + K::STEP * c;
+            step(c, K::load(k0, i), K::load(k1, i), K::load(k2, i), K::load(k3, i));
+        }
+        if (tail) {
+            const int64_t i = h0 + K::STEP * full;
+            step(full, K::load(k0, i, tm), K::load(k1, i, tm), K::load(k2, i, tm), K::load(k3, i, tm));
         }
         for (int r = 0; r < R; ++r)
             _mm512_store_ps(partial + (hk * R + r) * 64 + g * 16, fold4(acc[0][r], acc[1][r], acc[2][r], acc[3][r]));
@@ -125,8 +131,8 @@ struct WidenedK {
     using mask = __mmask16;
     static constexpr int STEP = 16;
     static constexpr int ESIZE = DT == FA_F32 ? 4 : 2;  // bytes per stored element
-    static mask all() { return __mmask16(0xffff); }
     static mask tail_mask(int tail) { return mask16(tail); }
+    static kvec load(const void *base, int64_t idx) { return load16<DT>(base, idx); }
     static kvec load(const void *base, int64_t idx, mask m) { return load16<DT>(base, idx, m); }
     static kvec load_q(const float *p) { return _mm512_load_ps(p); }
     static __m512 madd(__m512 acc, kvec a, kvec qv) { return _mm512_fmadd_ps(a, qv, acc); }
@@ -325,8 +331,10 @@ struct Bf16PairsK {
     using mask = __mmask32;
     static constexpr int STEP = 32;
     static constexpr int ESIZE = 2;
-    static mask all() { return ~__mmask32(0); }
     static mask tail_mask(int tail) { return avx512::mask32(tail); }
+    static kvec load(const void *base, int64_t idx) {
+        return (__m512bh)_mm512_loadu_si512(static_cast<const uint16_t *>(base) + idx);
+    }
     static kvec load(const void *base, int64_t idx, mask m) {
         return (__m512bh)_mm512_maskz_loadu_epi16(m, static_cast<const uint16_t *>(base) + idx);
     }
