@@ -49,12 +49,20 @@ inline void micro(const float *a, int64_t a_rs, int64_t a_ks, int kk, const floa
         for (int w = 0; w < W; ++w) V::store(c + r * BLOCK_M + V::N * w, acc[r][w]);
 }
 
-// All `rows` rows of C over W vectors: register tiles of R rows, then 4 (when R > 4), 2 and 1.
+// All `rows` rows of C over W vectors: register tiles of R rows, then 4 (when R > 4), 2 and 1. When R = 3 would leave
+// one row (64 keys or head-dim rows: 21 x 3 + 1), the last three rows plus it run as 2 + 2 instead: a 1-row tile is
+// one FMA chain per accumulator, latency-bound (perf, AVX2 d=64: its 1/64 of the rows took ~3% of the time). Each
+// element of C is the same FMA chain over k whatever the tile, so the split changes no bits.
 template <class V, int W, int R, bool SCALE_C>
 void gemm_rows(int rows, const float *a, int64_t a_rs, int64_t a_ks, int kk, const float *b, float *c,
                const float *alpha) {
     int r = 0;
-    for (; r + R <= rows; r += R) micro<V, R, W, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha);
+    const int full = R == 3 && rows > R && rows % R == 1 ? rows - R - 1 : rows;
+    for (; r + R <= full; r += R) micro<V, R, W, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha);
+    if (R == 3 && r + 4 == rows) {
+        micro<V, 2, W, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha);
+        r += 2;
+    }
     if constexpr (R > 4) {
         if (r + 4 <= rows) { micro<V, 4, W, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha); r += 4; }
     }
