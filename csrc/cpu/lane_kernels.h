@@ -50,18 +50,25 @@ inline void micro(const float *a, int64_t a_rs, int64_t a_ks, int kk, const floa
 }
 
 // All `rows` rows of C over W vectors: register tiles of R rows, then 4 (when R > 4), 2 and 1. When R = 3 would leave
-// one row (64 keys or head-dim rows: 21 x 3 + 1), the last three rows plus it run as 2 + 2 instead: a 1-row tile is
-// one FMA chain per accumulator, latency-bound (perf, AVX2 d=64: its 1/64 of the rows took ~3% of the time). Each
-// element of C is the same FMA chain over k whatever the tile, so the split changes no bits.
+// one row (64 keys or head-dim rows: 21 x 3 + 1), the last three rows plus it run as a 4-row tile over each half of
+// the W vectors instead: a 1-row tile is one FMA chain per accumulator, latency-bound (perf, AVX2 d=64: its 1/64 of
+// the rows took ~3% of the time), and 4 x 16 lanes ran at 90-95% of the 3 x 32-lane tile's rate where 2 x 32 lanes
+// ran at 65% (Zen 5, L1-resident). Each element of C is the same FMA chain over k whatever the tile, so the split
+// changes no bits.
 template <class V, int W, int R, bool SCALE_C>
 void gemm_rows(int rows, const float *a, int64_t a_rs, int64_t a_ks, int kk, const float *b, float *c,
                const float *alpha) {
     int r = 0;
     const int full = R == 3 && rows > R && rows % R == 1 ? rows - R - 1 : rows;
     for (; r + R <= full; r += R) micro<V, R, W, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha);
-    if (R == 3 && r + 4 == rows) {
-        micro<V, 2, W, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha);
-        r += 2;
+    if constexpr (R == 3 && W % 2 == 0) {
+        if (r + 4 == rows) {
+            constexpr int H = W / 2, HL = H * V::N;  // half the vectors, and their lanes
+            micro<V, 4, H, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha);
+            micro<V, 4, H, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b + HL, c + r * BLOCK_M + HL,
+                                    alpha ? alpha + HL : nullptr);
+            return;
+        }
     }
     if constexpr (R > 4) {
         if (r + 4 <= rows) { micro<V, 4, W, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha); r += 4; }
