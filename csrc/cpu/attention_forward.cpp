@@ -55,15 +55,11 @@ struct ForwardJob {
 // The ABI carries softmax_scale as a double, so the fp64 path (gradient checks) sees the exact scale.
 double effective_scale(const fa_params *p) { return p->softmax_scale; }
 
-// Query tiles per work item (lane layout), at most. Each K/V tile is then fetched from memory once and used by all
-// of them while it is hot in L1/L2; with one query tile per item every query tile streamed all of K and V from memory
-// again (perf: ~27% of fp32 d=128 time sat in the K/V tile copies, i.e. in their cache misses). Eight tiles keep the
-// per-item state (qT + oT, 8 x 64 KiB at d = 128) inside a 1 MiB L2 and measured 2-4% faster than four (Zen 4).
-// On Zen 5 (1 thread, 2048 keys) 32 measured faster still, although the state then spills L2 (streamed in order, so
-// the hardware prefetchers follow): the strided K/V gather and copy per tile (prep_k/prep_v, memory-latency bound)
-// is shared by 4x the query rows. Against 8: AVX2 +3-5% (fp32 and bf16, d = 64 and 128), AVX-512 +2-5%. Jobs with
-// few query tiles use fewer per item so that every thread still gets several items (tiles_per_item()), and the
-// workspace is sized by the item's tiles (~130 KiB per fp32 tile), not by this bound.
+// Query tiles per work item (lane layout), at most. Each K/V tile is then fetched and prepared once for all of them
+// (with one per item, ~27% of fp32 d=128 time sat in the K/V tile copies' cache misses). 8 kept qT + oT in a 1 MiB L2
+// (measured 2-4% faster than 4 then); on Zen 5 (1 thread, 2048 keys) 32 beat 8 by 3-5% (AVX2) and 2-5% (AVX-512) though
+// the state spills L2 (streamed in order, which the prefetchers follow): the strided gather per tile, memory-latency
+// bound, is shared by 4x the rows. Few-tile jobs use fewer (tiles_per_item()); the workspace grows with the tiles.
 constexpr int QUERY_TILES_PER_ITEM = 32;
 
 template <typename Acc>
@@ -343,9 +339,8 @@ void lane_layout_tile(const ForwardJob<Acc> &job, QueryTile<Acc> &q, const MaskP
 // tile, a slice per query tile, while the current one is processed: the first reader of a tile (the contiguous copy
 // or conversion at the start of scores/pv) otherwise stalls on memory (~12% of fp32 d=128 time). Rows are
 // nheads*headdim apart, usually on different pages, where the hardware prefetchers do not follow.
-// Into L1 (locality 3, prefetcht0): on Zen 5, 1 thread, the L2 hint (prefetcht1) measured no faster than no prefetch
-// at all, while prefetcht0 made the whole forward 1-4% faster (AVX2 fp32/bf16, d64/d128) and 3-6% (AVX-512), the
-// prep copy's load stalls being what shrank.
+// Into L1 (prefetcht0): on Zen 5, 1 thread, the L2 hint measured as no prefetch at all, the L1 hint 1-4% faster
+// (AVX2 fp32/bf16, d64/d128; AVX-512 3-6%).
 void prefetch_kv_rows(const fa_params *p, const SeqGeometry &g, int hk, int64_t key0, int n) {
 #if defined(__GNUC__) || defined(__clang__)
     const int64_t bytes = int64_t(p->headdim) * dtype_size(p->dtype);
@@ -451,8 +446,7 @@ void run_tiles(const ForwardJob<Acc> &job, int b, int hk, int tile0, int ntiles)
     // K/V tiles on one grid, multiples of BLOCK_N from key 0 (so a query tile meets the same tile edges whichever
     // item holds it); each query tile takes the part of a tile inside its own band (causal/local tiles outside it
     // are skipped), so the tile just loaded is reused by every query tile of the item.
-    // Every dtype: bf16 too measured 3% faster with the L1 hint (AVX2 and AVX-512 bf16, d=64; with the L2 hint it had
-    // been 1-3% slower and was off).
+    // Every dtype: bf16 too measured 3% faster with the L1 hint (AVX2 and AVX-512, d=64; the L2 hint was 1-3% slower).
     const int prefetch_slice = (BLOCK_N + ntiles - 1) / ntiles;  // keys of the next tile prefetched per query tile
     KvTile kt, vt;
     kt.packed = buf.kpack;
