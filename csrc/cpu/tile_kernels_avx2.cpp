@@ -131,7 +131,8 @@ inline void store_row8(void *out, int c0, int nc, __m256 x) {
     if (DT == FA_BF16) {
         const __m256i u = _mm256_castps_si256(x);
         const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-        const __m256i rne = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+        const __m256i bias = _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff));
+        const __m256i rne = _mm256_srli_epi32(_mm256_add_epi32(u, bias), 16);
         const __m256i qnan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
         const __m256i is_nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
                                                   _mm256_set1_epi32(0x7f800000));
