@@ -57,7 +57,7 @@ double effective_scale(const fa_params *p) { return p->softmax_scale; }
 
 // Query tiles per work item (lane layout), at most. Each K/V tile is then fetched and prepared once for all of them
 // (with one per item, ~27% of fp32 d=128 time sat in the K/V tile copies' cache misses). 8 kept qT + oT in a 1 MiB L2
-// (measured 2-4% faster than 4 then); on Zen 5 (1 thread, 2048 keys) 32 beat 8 by 3-5% (AVX2) and 2-5% (AVX-512) though
+// (measured 2-4% faster than 4 then); on Zen 5 (1 thread, 2048 keys) 32 beat 8 by 3-4% (AVX2) and 2-5% (AVX-512) though
 // the state spills L2 (streamed in order, which the prefetchers follow): the strided gather per tile, memory-latency
 // bound, is shared by 4x the rows. Few-tile jobs use fewer (tiles_per_item()); the workspace grows with the tiles.
 constexpr int QUERY_TILES_PER_ITEM = 32;
@@ -339,8 +339,6 @@ void lane_layout_tile(const ForwardJob<Acc> &job, QueryTile<Acc> &q, const MaskP
 // tile, a slice per query tile, while the current one is processed: the first reader of a tile (the contiguous copy
 // or conversion at the start of scores/pv) otherwise stalls on memory (~12% of fp32 d=128 time). Rows are
 // nheads*headdim apart, usually on different pages, where the hardware prefetchers do not follow.
-// Into L1 (prefetcht0): on Zen 5, 1 thread, the L2 hint measured as no prefetch at all, the L1 hint 1-4% faster
-// (AVX2 fp32/bf16, d64/d128; AVX-512 3-6%).
 void prefetch_kv_rows(const fa_params *p, const SeqGeometry &g, int hk, int64_t key0, int n) {
 #if defined(__GNUC__) || defined(__clang__)
     const int64_t bytes = int64_t(p->headdim) * dtype_size(p->dtype);
@@ -351,8 +349,8 @@ void prefetch_kv_rows(const fa_params *p, const SeqGeometry &g, int hk, int64_t 
         const char *v = static_cast<const char *>(
             elem_ptr(p->v.data, kv_row_offset(p, g, row, true) + int64_t(hk) * p->v.head_stride, p->dtype));
         for (int64_t off = 0; off < bytes; off += 64) {
-            __builtin_prefetch(k + off, 0, 3);
-            __builtin_prefetch(v + off, 0, 3);
+            __builtin_prefetch(k + off, 0, 2);
+            __builtin_prefetch(v + off, 0, 2);
         }
     }
 #else
@@ -446,7 +444,8 @@ void run_tiles(const ForwardJob<Acc> &job, int b, int hk, int tile0, int ntiles)
     // K/V tiles on one grid, multiples of BLOCK_N from key 0 (so a query tile meets the same tile edges whichever
     // item holds it); each query tile takes the part of a tile inside its own band (causal/local tiles outside it
     // are skipped), so the tile just loaded is reused by every query tile of the item.
-    // Every dtype: bf16 too measured 3% faster with the L1 hint (AVX2 and AVX-512, d=64; the L2 hint was 1-3% slower).
+    // bf16 tiles are half the bytes: there the prefetch measured 1-3% slower (d=64 and 128, tiles prepared once).
+    const bool prefetch_next = p->dtype != FA_BF16;
     const int prefetch_slice = (BLOCK_N + ntiles - 1) / ntiles;  // keys of the next tile prefetched per query tile
     KvTile kt, vt;
     kt.packed = buf.kpack;
@@ -466,7 +465,7 @@ void run_tiles(const ForwardJob<Acc> &job, int b, int hk, int tile0, int ntiles)
         for (int i = 0; i < ntiles; ++i) {
             const int64_t pf0 = g0 + BLOCK_N + int64_t(i) * prefetch_slice;
             const int64_t pf1 = std::min<int64_t>(std::min<int64_t>(pf0 + prefetch_slice, g0 + 2 * BLOCK_N), band_hi);
-            if (pf0 < pf1) prefetch_kv_rows(p, g, hk, pf0, int(pf1 - pf0));
+            if (prefetch_next && pf0 < pf1) prefetch_kv_rows(p, g, hk, pf0, int(pf1 - pf0));
             QueryTile<Acc> &q = qt[i];
             const int64_t t0 = std::max(g0, q.lo), t1 = std::min(g1, q.hi);
             if (t0 < t1) lane_layout_tile(job, q, mp, drop, kt, vt, t0, int(t0 - g0), int(t1 - t0), buf);
