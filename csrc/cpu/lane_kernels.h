@@ -1,6 +1,7 @@
 // lane_kernels.h - the query-lane tile kernels (tile_kernels.h) written once over a vector-ops traits struct V:
 // avx2::Ops (tile_kernels_avx2.cpp), neon::Ops (tile_kernels_neon.cpp); the online-softmax step is also the AVX-512
-// one (avx512_tiles.h, with its own exponent rule and P store).
+// one (avx512_tiles.h, with its own exponent rule and P store) and the AVX2 one (with its own exponent rule and exp2;
+// NEON uses softmax<V> below).
 //
 // Why one body: the AVX2 and NEON kernels are the same algorithm with the same operation order (K/V widened to fp32
 // once per tile, fp32 FMA register tiles, the two-pass softmax), so the ISA only decides the instructions, which V
