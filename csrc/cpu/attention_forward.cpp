@@ -55,12 +55,12 @@ struct ForwardJob {
 // The ABI carries softmax_scale as a double, so the fp64 path (gradient checks) sees the exact scale.
 double effective_scale(const fa_params *p) { return p->softmax_scale; }
 
-// Query tiles per work item (lane layout), at most. Each K/V tile is then fetched from memory once and used by all
-// of them while it is hot in L1/L2; with one query tile per item every query tile streamed all of K and V from memory
-// again (perf: ~27% of fp32 d=128 time sat in the K/V tile copies, i.e. in their cache misses). Eight tiles keep the
-// per-item state (qT + oT, 8 x 64 KiB at d = 128) inside a 1 MiB L2 and measured 2-4% faster than four; jobs with
-// few query tiles use fewer per item so that every thread still gets several items (tiles_per_item()).
-constexpr int QUERY_TILES_PER_ITEM = 8;
+// Query tiles per work item (lane layout), at most. Each K/V tile is then fetched and prepared once for all of them
+// (with one per item, ~27% of fp32 d=128 time sat in the K/V tile copies' cache misses). 8 kept qT + oT in a 1 MiB L2
+// (measured 2-4% faster than 4 then); on Zen 5 (1 thread, 2048 keys) 32 beat 8 by 3-4% (AVX2) and 2-5% (AVX-512) though
+// the state spills L2 (streamed in order, which the prefetchers follow): the strided gather per tile, memory-latency
+// bound, is shared by 4x the rows. Few-tile jobs use fewer (tiles_per_item()); the workspace grows with the tiles.
+constexpr int QUERY_TILES_PER_ITEM = 32;
 
 template <typename Acc>
 struct TileBuffers {
@@ -368,7 +368,7 @@ void run_tiles(const ForwardJob<Acc> &job, int b, int hk, int tile0, int ntiles)
     const int64_t esz = dtype_size(p->dtype);
 
     TileBuffers<Acc> buf;
-    buf.carve(tl_workspace.get(TileBuffers<Acc>::bytes(esz, QUERY_TILES_PER_ITEM - 1)), esz);
+    buf.carve(tl_workspace.get(TileBuffers<Acc>::bytes(esz, ntiles - 1)), esz);
     const MaskParams mp = mask_params(job, g);
     QueryTile<Acc> qt[QUERY_TILES_PER_ITEM];
     for (int i = 0; i < ntiles; ++i) {

@@ -37,8 +37,16 @@ struct ChunkTotals {
         for (int r = 0; r < rows; ++r) {
             M[r] = -INFINITY;
             L[r] = 0.0;
-            for (int c = 0; c < d; ++c) O[r * row_stride + c * col_stride] = 0.0;
         }
+        // Along the contiguous axis: the forward's O^T columns are 512 bytes apart, and a row-by-row sweep there
+        // wrote one double per cache line (~2.5% of the fp32 d=128, 2048-key AVX2 forward sat in that loop).
+        if (row_stride == 1) {
+            for (int c = 0; c < d; ++c)
+                for (int r = 0; r < rows; ++r) O[c * col_stride + r] = 0.0;
+            return;
+        }
+        for (int r = 0; r < rows; ++r)
+            for (int c = 0; c < d; ++c) O[r * row_stride + c * col_stride] = 0.0;
     }
 };
 

@@ -1,6 +1,7 @@
 // lane_kernels.h - the query-lane tile kernels (tile_kernels.h) written once over a vector-ops traits struct V:
 // avx2::Ops (tile_kernels_avx2.cpp), neon::Ops (tile_kernels_neon.cpp); the online-softmax step is also the AVX-512
-// one (avx512_tiles.h, with its own exponent rule and P store).
+// one (avx512_tiles.h, with its own exponent rule and P store) and the AVX2 one (with its own exponent rule and exp2;
+// NEON uses softmax<V> below).
 //
 // Why one body: the AVX2 and NEON kernels are the same algorithm with the same operation order (K/V widened to fp32
 // once per tile, fp32 FMA register tiles, the two-pass softmax), so the ISA only decides the instructions, which V
@@ -49,12 +50,27 @@ inline void micro(const float *a, int64_t a_rs, int64_t a_ks, int kk, const floa
         for (int w = 0; w < W; ++w) V::store(c + r * BLOCK_M + V::N * w, acc[r][w]);
 }
 
-// All `rows` rows of C over W vectors: register tiles of R rows, then 4 (when R > 4), 2 and 1.
+// All `rows` rows of C over W vectors: register tiles of R rows, then 4 (when R > 4), 2 and 1. When R = 3 would leave
+// one row (64 keys or head-dim rows: 21 x 3 + 1), the last three rows plus it run as a 4-row tile over each half of
+// the W vectors instead: a 1-row tile is one FMA chain per accumulator, latency-bound (perf, AVX2 d=64: its 1/64 of
+// the rows took ~3% of the time), and 4 x 16 lanes ran at 90-95% of the 3 x 32-lane tile's rate where 2 x 32 lanes
+// ran at 65% (Zen 5, L1-resident). Each element of C is the same FMA chain over k whatever the tile, so the split
+// changes no bits.
 template <class V, int W, int R, bool SCALE_C>
 void gemm_rows(int rows, const float *a, int64_t a_rs, int64_t a_ks, int kk, const float *b, float *c,
                const float *alpha) {
     int r = 0;
-    for (; r + R <= rows; r += R) micro<V, R, W, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha);
+    const int full = R == 3 && rows > R && rows % R == 1 ? rows - R - 1 : rows;
+    for (; r + R <= full; r += R) micro<V, R, W, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha);
+    if constexpr (R == 3 && W % 2 == 0) {
+        if (r + 4 == rows) {
+            constexpr int H = W / 2, HL = H * V::N;  // half the vectors, and their lanes
+            micro<V, 4, H, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha);
+            micro<V, 4, H, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b + HL, c + r * BLOCK_M + HL,
+                                    alpha ? alpha + HL : nullptr);
+            return;
+        }
+    }
     if constexpr (R > 4) {
         if (r + 4 <= rows) { micro<V, 4, W, SCALE_C>(a + r * a_rs, a_rs, a_ks, kk, b, c + r * BLOCK_M, alpha); r += 4; }
     }
