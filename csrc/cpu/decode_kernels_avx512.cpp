@@ -25,22 +25,33 @@ using avx512::mask16;
 
 FA_TARGET_BEGIN(FA_ISA_AVX512)
 
-// Transposed reductions: the horizontal sums of 16 vectors (4 keys x 4 key groups of one row) in one vector, with
-// 15 adds and 30 shuffles instead of 16 separate horizontal reductions. fold4 packs the sums of the 4 keys of a
-// group into one vector (two rounds that halve the width and double the keys per register); finish4 folds the 4
-// groups' vectors; with group g holding keys g, g+4, g+8, g+12 this leaves key j in lane j.
+// Transposed reductions: the lane-wise reductions (sum or max: Op) of 16 vectors in one vector, 15 ops and 30
+// shuffles instead of 16 separate horizontal reductions. fold4 packs the reductions of 4 vectors (a group) into one
+// (two rounds that halve the width and double the vectors per register); finish4 folds the 4 groups' vectors; with
+// group g holding vectors g, g+4, g+8, g+12 (the scores: keys of group g) this leaves vector j's in lane j.
+struct AddOp {
+    static __m512 f(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
+};
+struct MaxOp {
+    // b when either is NaN: a NaN block max leaves the running max as it was (std::fmax's rule), while the row's
+    // NaN weights still poison its sum
+    static __m512 f(__m512 a, __m512 b) { return _mm512_max_ps(a, b); }
+};
+template <class Op = AddOp>
 inline __m512 fold4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
-    const __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
-    const __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, 0x88), _mm512_shuffle_f32x4(w0, w1, 0xDD));
+    const __m512 w0 = Op::f(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
+    const __m512 w1 = Op::f(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
+    return Op::f(_mm512_shuffle_f32x4(w0, w1, 0x88), _mm512_shuffle_f32x4(w0, w1, 0xDD));
+}
+template <class Op = AddOp>
+inline __m512 finish4(__m512 x0, __m512 x1, __m512 x2, __m512 x3) {
+    const __m512 y0 = Op::f(_mm512_shuffle_ps(x0, x1, 0x44), _mm512_shuffle_ps(x0, x1, 0xEE));
+    const __m512 y1 = Op::f(_mm512_shuffle_ps(x2, x3, 0x44), _mm512_shuffle_ps(x2, x3, 0xEE));
+    // lane 4u + g: the reduction of x_g's fourth u, i.e. vector g + 4u of group g = lane j for vector j
+    return Op::f(_mm512_shuffle_ps(y0, y1, 0x88), _mm512_shuffle_ps(y0, y1, 0xDD));
 }
 inline __m512 finish4(const float *x) {
-    const __m512 x0 = _mm512_load_ps(x), x1 = _mm512_load_ps(x + 16), x2 = _mm512_load_ps(x + 32),
-                 x3 = _mm512_load_ps(x + 48);
-    const __m512 y0 = _mm512_add_ps(_mm512_shuffle_ps(x0, x1, 0x44), _mm512_shuffle_ps(x0, x1, 0xEE));
-    const __m512 y1 = _mm512_add_ps(_mm512_shuffle_ps(x2, x3, 0x44), _mm512_shuffle_ps(x2, x3, 0xEE));
-    // lane 4u + g: the sum of x_g's fourth u, i.e. key g + 4u of group g = lane j for key j
-    return _mm512_add_ps(_mm512_shuffle_ps(y0, y1, 0x88), _mm512_shuffle_ps(y0, y1, 0xDD));
+    return finish4(_mm512_load_ps(x), _mm512_load_ps(x + 16), _mm512_load_ps(x + 32), _mm512_load_ps(x + 48));
 }
 
 // Software prefetch of the next block (rows[4..7], see decode_kernels.h), one KV head at a time from inside the
@@ -148,30 +159,12 @@ void scores_finish(const float *partial, int n, float *s) {
     for (int row = 0; row < n; ++row) _mm512_store_ps(s + row * DECODE_BLOCK, finish4(partial + row * 64));
 }
 
-// Lane-wise max / sum, for the transposed reductions below.
-struct MaxOp {
-    // b when either is NaN: a NaN block max leaves the running max as it was (std::fmax's rule), while the row's
-    // NaN weights still poison its sum
-    static __m512 f(__m512 a, __m512 b) { return _mm512_max_ps(a, b); }
-};
-struct AddOp {
-    static __m512 f(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
-};
-
-// v[i] reduced over its 16 lanes into lane i, for 16 vectors: fold4/finish4's pattern (15 ops + 30 shuffles instead
-// of 16 horizontal reductions of 4 serial steps each), with group g = vectors g, g+4, g+8, g+12.
+// v[i] reduced over its 16 lanes into lane i, for 16 vectors (fold4 per group, then finish4).
 template <class Op>
 inline __m512 reduce16(const __m512 *v) {
     __m512 w[4];
-    for (int g = 0; g < 4; ++g) {
-        const __m512 a0 = v[g], a1 = v[g + 4], a2 = v[g + 8], a3 = v[g + 12];
-        const __m512 w0 = Op::f(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
-        const __m512 w1 = Op::f(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
-        w[g] = Op::f(_mm512_shuffle_f32x4(w0, w1, 0x88), _mm512_shuffle_f32x4(w0, w1, 0xDD));
-    }
-    const __m512 y0 = Op::f(_mm512_shuffle_ps(w[0], w[1], 0x44), _mm512_shuffle_ps(w[0], w[1], 0xEE));
-    const __m512 y1 = Op::f(_mm512_shuffle_ps(w[2], w[3], 0x44), _mm512_shuffle_ps(w[2], w[3], 0xEE));
-    return Op::f(_mm512_shuffle_ps(y0, y1, 0x88), _mm512_shuffle_ps(y0, y1, 0xDD));
+    for (int g = 0; g < 4; ++g) w[g] = fold4<Op>(v[g], v[g + 4], v[g + 8], v[g + 12]);
+    return finish4<Op>(w[0], w[1], w[2], w[3]);
 }
 
 // bf16 P for pv_bf16_pairs: the row's 16 weights rounded to bf16 (nearest even) as the pairs (j, j+4) of the group
@@ -258,7 +251,7 @@ void pv_n(const void *const *vrows, int nk, int64_t head_stride, int hkv, int d,
             for (int r = 0; r < R; ++r)
                 for (int u = 0; u < 4; ++u) pb[r][u] = _mm512_set1_ps(p[(hk * R + r) * DECODE_BLOCK + (j + u) * pstep]);
             float *oh = o + size_t(hk) * R * pitch;
-            if (j == 0) prefetch_next(vrows, h0, d, DT == FA_F32 ? 4 : 2);  // vrows[4..7]: nk <= 4 here
+            if (j == 0) prefetch_next(vrows, h0, d, int(dtype_size(DT)));  // vrows[4..7]: nk <= 4 here
             for (int c = 0; c < chunks; ++c) {
                 const __mmask16 m = c + 1 < chunks ? __mmask16(0xffff) : last;
                 __m512 a0, a1, a2, a3;
