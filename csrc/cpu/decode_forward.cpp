@@ -191,9 +191,14 @@ void decode_item(const DecodeJob &job, int b, int64_t u0, int64_t u1) {
             for (int grp = 0; grp < 4; ++grp)
                 for (int u = 0; u < 4; ++u) {
                     const int j = grp + 4 * u;  // keys past nk repeat the first one (read, never used)
-                    const int64_t row = g.leftpad + t0 + (j < nk ? j : 0);
-                    krows[grp][u] = elem_ptr(p->k.data, kv_row_offset(p, g, row, false), p->dtype);
-                    vrows[grp][u] = elem_ptr(p->v.data, kv_row_offset(p, g, row, true), p->dtype);
+                    if (blk > blk_begin) {  // this block's rows: the previous block's "next" ones, same rule
+                        krows[grp][u] = krows[grp][4 + u];
+                        vrows[grp][u] = vrows[grp][4 + u];
+                    } else {
+                        const int64_t row = g.leftpad + t0 + (j < nk ? j : 0);
+                        krows[grp][u] = elem_ptr(p->k.data, kv_row_offset(p, g, row, false), p->dtype);
+                        vrows[grp][u] = elem_ptr(p->v.data, kv_row_offset(p, g, row, true), p->dtype);
+                    }
                     const int64_t next = g.leftpad + t_next + (j < nk_next ? j : 0);
                     krows[grp][4 + u] = nk_next ? elem_ptr(p->k.data, kv_row_offset(p, g, next, false), p->dtype) : nullptr;
                     vrows[grp][4 + u] = nk_next ? elem_ptr(p->v.data, kv_row_offset(p, g, next, true), p->dtype) : nullptr;
