@@ -16,6 +16,7 @@ NotImplementedError when it is made: the CLI prints "n/a", asv records n/a.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from typing import Callable, Dict, List, Optional
@@ -157,6 +158,20 @@ def make_side(impl: str, shape: Shape) -> Side:
     return _with_cpu_isa(isa, side) if isa else side
 
 
+@contextlib.contextmanager
+def _cpu_isa_env(isa: str):
+    """FLASH_ATTN_CY_CPU_ISA=isa meanwhile (the backend reads it on every call), the caller's value restored after."""
+    old = os.environ.get("FLASH_ATTN_CY_CPU_ISA")
+    os.environ["FLASH_ATTN_CY_CPU_ISA"] = isa
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["FLASH_ATTN_CY_CPU_ISA"]
+        else:
+            os.environ["FLASH_ATTN_CY_CPU_ISA"] = old
+
+
 def cpu_kernel_set(isa: str) -> str:
     """The CPU backend's kernel path under FLASH_ATTN_CY_CPU_ISA=isa on this machine ("avx512-bf16", "amx", ...), read
     from its public description (``backends()['cpu']``), which names the set the kernels really use."""
@@ -164,15 +179,8 @@ def cpu_kernel_set(isa: str) -> str:
 
     import flash_attn_cy
 
-    old = os.environ.get("FLASH_ATTN_CY_CPU_ISA")
-    os.environ["FLASH_ATTN_CY_CPU_ISA"] = isa
-    try:
+    with _cpu_isa_env(isa):
         text = flash_attn_cy.backends()["cpu"].get("description", "")
-    finally:
-        if old is None:
-            del os.environ["FLASH_ATTN_CY_CPU_ISA"]
-        else:
-            os.environ["FLASH_ATTN_CY_CPU_ISA"] = old
     m = re.search(r"FlashAttention-2, ([a-z0-9-]+)", text)
     return m.group(1) if m else "unknown"
 
@@ -190,15 +198,8 @@ def _with_cpu_isa(isa: str, side: Side) -> Side:
         raise ValueError(f"unknown CPU kernel set {isa!r} (choose from {', '.join(CPU_ISAS)})")
 
     def run():
-        old = os.environ.get("FLASH_ATTN_CY_CPU_ISA")
-        os.environ["FLASH_ATTN_CY_CPU_ISA"] = isa
-        try:
+        with _cpu_isa_env(isa):
             return side()
-        finally:
-            if old is None:
-                del os.environ["FLASH_ATTN_CY_CPU_ISA"]
-            else:
-                os.environ["FLASH_ATTN_CY_CPU_ISA"] = old
     return run
 
 
