@@ -12,6 +12,7 @@
 
 #include <cstdint>
 
+#include "exp2_poly.h"
 #include "fa_abi.h"  // fa_dtype
 
 // Regions of functions compiled for an extra ISA. GCC uses target pragmas; clang (Linux, Intel Macs) needs an
@@ -89,10 +90,7 @@ inline __m512 exp2_ps_scaled_arg(__m512 x) {
 template <int DEG>
 inline __m512 exp2_ps_folded(__m512 x) {
     static_assert(DEG >= 4 && DEG <= 7, "exp2 polynomial degree");
-    // (ln2)^k / k!, k = 0..7
-    constexpr float c[8] = {1.0f, 0.693147180559945f, 0.240226506959101f, 0.0555041086648216f,
-                            0.00961812910762848f, 0.00133335581464284f, 0.000154035303933816f,
-                            1.52527338040598e-05f};
+    constexpr const float *c = EXP2_POLY;  // (ln2)^k / k!
     x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x);
     const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(x, n);

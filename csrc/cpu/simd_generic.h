@@ -7,8 +7,10 @@
 // Include it only after V is defined and, on x86, INSIDE the ISA's target region (FA_TARGET_BEGIN): GCC and clang give
 // a template the target options of the region it is defined in, and these bodies call V's intrinsics. One ISA per
 // translation unit (the header is included once). It includes nothing itself for the same reason (a system header
-// inside a target region would be compiled for that ISA).
+// inside a target region would be compiled for that ISA), except exp2_poly.h, which holds constants only.
 #pragma once
+
+#include "exp2_poly.h"
 
 namespace fa_cpu {
 namespace simd {
@@ -21,9 +23,7 @@ namespace simd {
 // the output as in flash_attn and torch.
 template <class V>
 inline typename V::vec exp2_clamped(typename V::vec x) {
-    constexpr float c[8] = {1.0f, 0.693147180559945f, 0.240226506959101f, 0.0555041086648216f,
-                            0.00961812910762848f, 0.00133335581464284f, 0.000154035303933816f,
-                            1.52527338040598e-05f};
+    constexpr const float *c = EXP2_POLY;
     x = V::max(V::set1(-127.0f), x);
     x = V::min(V::set1(127.0f), x);
     const typename V::vec n = V::round_even(x);

@@ -47,9 +47,7 @@ FA_TARGET_BEGIN(FA_ISA_AVX2)
 //    the polynomial (the same degree-7 sum as simd::exp2_clamped) is accurate.
 struct SoftmaxOps : Ops {
     static vec exp2(vec x) {
-        constexpr float c[8] = {1.0f, 0.693147180559945f, 0.240226506959101f, 0.0555041086648216f,
-                                0.00961812910762848f, 0.00133335581464284f, 0.000154035303933816f,
-                                1.52527338040598e-05f};
+        constexpr const float *c = EXP2_POLY;
         const vec magic = _mm256_set1_ps(12583039.0f);  // 1.5 * 2^23 + 127
         // -127 flushes to 0 (biased exponent 0), -inf (masked) included; NaN stays NaN (max_ps returns its second
         // operand when either is NaN).
